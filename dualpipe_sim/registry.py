@@ -56,6 +56,9 @@ def get(name: str) -> Family:
 def build(name: str, stages: int, microbatches: int, **options) -> Schedule:
     """Check the constraints, then generate.  Raises ScheduleError on a broken rule."""
     family = get(name)
+    # Only pass the options this family declares: a scenario may carry keys
+    # (chunks_per_rank, ...) that other families ignore.
+    options = {k: v for k, v in options.items() if k in family.options and v is not None}
     problem = family.check(stages, microbatches, **options)
     if problem:
         raise ScheduleError(f"{name}: {problem}")
