@@ -22,18 +22,30 @@ class Family:
     constraints: str  # human-readable summary for `dualpipe-sim schedules`
     description: str
     options: tuple[str, ...] = ()  # scenario keys under [pipeline] the generator takes, e.g. chunks_per_rank
+    # analytic(stages, microbatches, costs, **options) -> {"bubble": idle time per
+    # rank from the paper's closed form, "peak_activation": max over ranks, in
+    # stage-activation units}; None where the family has no formula.
+    analytic: Callable[..., dict] | None = None
 
 
 _REGISTRY: dict[str, Family] = {}
 
 
-def register(name: str, *, check, constraints: str, description: str, options: tuple[str, ...] = ()):
+def register(
+    name: str,
+    *,
+    check,
+    constraints: str,
+    description: str,
+    options: tuple[str, ...] = (),
+    analytic: Callable[..., dict] | None = None,
+):
     """Decorator: register a generator under ``name``."""
 
     def wrap(fn):
         if name in _REGISTRY:
             raise RuntimeError(f"schedule {name!r} registered twice")
-        _REGISTRY[name] = Family(name, fn, check, constraints, description, options)
+        _REGISTRY[name] = Family(name, fn, check, constraints, description, options, analytic)
         return fn
 
     return wrap
@@ -63,6 +75,15 @@ def build(name: str, stages: int, microbatches: int, **options) -> Schedule:
     if problem:
         raise ScheduleError(f"{name}: {problem}")
     return family.generate(stages, microbatches, **options)
+
+
+def analytic(name: str, stages: int, microbatches: int, costs, **options) -> dict:
+    """The family's closed-form bubble and peak activation, or nulls."""
+    family = get(name)
+    options = {k: v for k, v in options.items() if k in family.options and v is not None}
+    if family.analytic is None:
+        return {"bubble": None, "peak_activation": None}
+    return family.analytic(stages, microbatches, costs, **options)
 
 
 def _load_builtin() -> None:

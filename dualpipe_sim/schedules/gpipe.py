@@ -1,10 +1,11 @@
 """GPipe (Huang et al. 2019): all forwards, then all backwards, one stage per rank."""
 
+from ..costs import mean_costs
 from ..ir import Op, Schedule
 from ..registry import register
 
 
-def _check(stages: int, microbatches: int) -> str | None:
+def check_one_stage_per_rank(stages: int, microbatches: int) -> str | None:
     if stages < 1:
         return f"pipeline.stages must be >= 1, got {stages}"
     if microbatches < 1:
@@ -12,11 +13,18 @@ def _check(stages: int, microbatches: int) -> str | None:
     return None
 
 
+def _analytic(stages: int, microbatches: int, costs) -> dict:
+    F, B, _, _ = mean_costs(costs, stages)
+    # Fill and drain: every rank waits (p-1) forward slots and (p-1) backward slots.
+    return {"bubble": (stages - 1) * (F + B), "peak_activation": microbatches}
+
+
 @register(
     "gpipe",
-    check=_check,
+    check=check_one_stage_per_rank,
     constraints="stages >= 1, microbatches >= 1; one stage per rank",
     description="GPipe: every forward, then every backward (reverse micro-batch order)",
+    analytic=_analytic,
 )
 def gpipe(stages: int, microbatches: int) -> Schedule:
     ranks = []

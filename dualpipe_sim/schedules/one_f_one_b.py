@@ -1,16 +1,24 @@
 """1F1B (PipeDream-Flush, Narayanan et al. 2019): warm-up forwards, then one forward
 one backward in turn, then cool-down backwards; one stage per rank."""
 
+from ..costs import mean_costs
 from ..ir import Op, Schedule
 from ..registry import register
-from .gpipe import _check
+from .gpipe import check_one_stage_per_rank
+
+
+def _analytic(stages: int, microbatches: int, costs) -> dict:
+    F, B, _, _ = mean_costs(costs, stages)
+    # Same fill and drain as GPipe; 1F1B only caps how many activations are alive.
+    return {"bubble": (stages - 1) * (F + B), "peak_activation": min(stages, microbatches)}
 
 
 @register(
     "1f1b",
-    check=_check,
+    check=check_one_stage_per_rank,
     constraints="stages >= 1, microbatches >= 1; one stage per rank",
     description="1F1B: stage s runs min(S-s, M) warm-up forwards, then alternates B and F",
+    analytic=_analytic,
 )
 def one_f_one_b(stages: int, microbatches: int) -> Schedule:
     ranks = []

@@ -1,0 +1,201 @@
+"""The SimPy engine: replays a schedule on a cost model and records a trace.
+
+Each rank is a SimPy process that walks its action list in order on its
+compute channel.  An action starts once everything it consumes is on the rank:
+
+* a forward needs the previous stage's activation;
+* a backward (B or I) needs its own stage's forward and the next stage's
+  gradient;
+* a W needs its I.
+
+When an op finishes, its result is delivered to the rank that consumes it: at
+once on the same rank, otherwise through the directed P2P link between the two
+ranks.  A link carries one transfer at a time (transfers queue FIFO) and runs
+beside compute, so a send costs the sender nothing and the receiver only waits
+if the data is late.
+
+A schedule that cannot finish leaves SimPy with no events; the engine then
+reports which action each unfinished rank is stuck at and what it waits for.
+It cannot hang: SimPy stops when the event queue is empty.
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from .costs import CostModel
+from .ir import FB, Op, Schedule, ScheduleError, ops_of
+from .trace import KIND_CODES, P2P, Trace, TraceBuilder
+from .validate import describe_wait
+
+
+class DeadlockError(ScheduleError):
+    """The simulation stopped with actions left on some ranks."""
+
+
+class Engine:
+    def __init__(self, schedule: Schedule, costs: CostModel) -> None:
+        self.schedule = schedule
+        self.costs = costs
+        self.env = simpy.Environment()
+        self.placement = schedule.placement()
+        self.last_stage = schedule.stages - 1
+        self.rec = TraceBuilder()
+        self.links: dict[tuple[int, int], simpy.Resource] = {}
+        # Data availability, keyed by (what, microbatch, stage, direction):
+        # "F" = activation out of a forward, "G" = gradient out of a B/I,
+        # "I" = an I is done (its W may run).  `local` fires on the producing
+        # rank, `remote` on the consuming rank once the transfer has landed.
+        self.local: dict[tuple, simpy.Event] = {}
+        self.remote: dict[tuple, simpy.Event] = {}
+        # Where each op sits, so a transfer knows which action it feeds.
+        self.position: dict[Op, tuple[int, int]] = {}
+        for rank, actions in enumerate(schedule.ranks):
+            for idx, action in enumerate(actions):
+                for op in ops_of(action):
+                    self.position[op] = (rank, idx)
+        self.cursor = [0] * schedule.num_ranks
+        self.done_keys: set = set()
+
+    # -- events ---------------------------------------------------------------
+    def _event(self, table: dict, key: tuple) -> simpy.Event:
+        ev = table.get(key)
+        if ev is None:
+            ev = table[key] = self.env.event()
+        return ev
+
+    def _needs(self, op: Op) -> list[simpy.Event]:
+        m, s, d = op.microbatch, op.stage, op.direction
+        if op.kind == "F":
+            return [self._event(self.remote, ("F", m, s - 1, d))] if s > 0 else []
+        if op.kind == "W":
+            return [self._event(self.local, ("I", m, s, d))]
+        needs = [self._event(self.local, ("F", m, s, d))]
+        if s < self.last_stage:
+            needs.append(self._event(self.remote, ("G", m, s + 1, d)))
+        return needs
+
+    def _finish(self, op: Op, rank: int) -> None:
+        """Publish an op's results: locally, and towards the rank that consumes them."""
+        m, s, d = op.microbatch, op.stage, op.direction
+        if op.kind == "W":
+            return
+        if op.kind == "F":
+            self._event(self.local, ("F", m, s, d)).succeed()
+            if s < self.last_stage:
+                self._deliver(("F", m, s, d), rank, Op("F", m, s + 1, d))
+            return
+        if op.kind == "I":
+            self._event(self.local, ("I", m, s, d)).succeed()
+        if s > 0:
+            consumer = Op("B", m, s - 1, d)
+            if consumer not in self.position:
+                consumer = Op("I", m, s - 1, d)
+            self._deliver(("G", m, s, d), rank, consumer)
+
+    def _deliver(self, key: tuple, src: int, consumer: Op) -> None:
+        dst = self.placement.get((key[3], consumer.stage), src)
+        arrived = self._event(self.remote, key)
+        if dst == src or self.costs.p2p <= 0:
+            arrived.succeed()
+            return
+        self.env.process(self._send(key, src, dst, consumer, arrived))
+
+    def _send(self, key, src, dst, consumer, arrived):
+        link = self.links.get((src, dst))
+        if link is None:
+            link = self.links[(src, dst)] = simpy.Resource(self.env, capacity=1)
+        with link.request() as req:
+            yield req
+            start = self.env.now
+            yield self.env.timeout(self.costs.p2p)
+        _, m, s, d = key
+        kind = 0 if key[0] == "F" else 1
+        action = self.position.get(consumer, (dst, -1))[1]
+        self.rec.comm.append((P2P, src, dst, kind, m, s, d, start, self.env.now, action, -1))
+        arrived.succeed()
+
+    # -- ranks ------------------------------------------------------------------
+    def _rank(self, rank: int):
+        env, costs, rec = self.env, self.costs, self.rec
+        for idx, action in enumerate(self.schedule.ranks[rank]):
+            self.cursor[rank] = idx
+            members = ops_of(action)
+            pending = [ev for op in members for ev in self._needs(op) if not ev.triggered]
+            if pending:
+                yield env.all_of(pending)
+            start = env.now
+            for op in members:
+                if op.kind == "F":
+                    rec.memory.append((start, rank, 1, costs.activation_bytes[op.stage]))
+            if isinstance(action, FB):
+                yield from self._run_pair(rank, idx, action, start)
+            else:
+                yield env.timeout(costs.duration(action))
+                rec.compute.append(_row(rank, action, start, env.now, idx, False))
+            end = env.now
+            for op in members:
+                if op.kind in ("B", "I"):
+                    rec.memory.append((end, rank, -1, -costs.activation_bytes[op.stage]))
+                self._finish(op, rank)
+        self.cursor[rank] = len(self.schedule.ranks[rank])
+
+    def _run_pair(self, rank: int, idx: int, pair: FB, start: float):
+        """Simple cost model: one FB takes costs.pair_duration; the chart splits
+        it between its forward and backward in proportion to their lone costs."""
+        total = self.costs.pair_duration(pair)
+        f, b = self.costs.duration(pair.forward), self.costs.duration(pair.backward)
+        split = start + (total * f / (f + b) if f + b > 0 else total / 2)
+        yield self.env.timeout(total)
+        self.rec.compute.append(_row(rank, pair.forward, start, split, idx, True))
+        self.rec.compute.append(_row(rank, pair.backward, split, self.env.now, idx, True))
+
+    # -- driver -------------------------------------------------------------------
+    def run(self) -> Trace:
+        for rank in range(self.schedule.num_ranks):
+            self.env.process(self._rank(rank))
+        self.env.run()
+        self._check_finished()
+        compute, comm, memory = self.rec.arrays()
+        held = self.schedule.stages_on_rank()
+        return Trace(
+            schedule=self.schedule.name,
+            stages=self.schedule.stages,
+            microbatches=self.schedule.microbatches,
+            ranks=self.schedule.num_ranks,
+            compute=compute,
+            comm=comm,
+            memory=memory,
+            stages_on_rank=held,
+            parameter_bytes=[float(sum(self.costs.parameter_bytes[s] for s in stages)) for stages in held],
+        )
+
+    def _check_finished(self) -> None:
+        stuck = []
+        done = {op for op, (rank, idx) in self.position.items() if idx < self.cursor[rank]}
+        from .validate import produced
+
+        done_keys = {k for op in done for k in produced(op)}
+        for rank, actions in enumerate(self.schedule.ranks):
+            idx = self.cursor[rank]
+            if idx < len(actions):
+                action = actions[idx]
+                stuck.append(
+                    f"rank {rank} is stuck at action {idx} {action} waiting for "
+                    f"{describe_wait(action, done_keys, self.schedule.stages)}"
+                )
+        if stuck:
+            raise DeadlockError("simulation cannot finish: " + "; ".join(stuck))
+
+
+def _row(rank: int, op: Op, start: float, end: float, idx: int, overlapped: bool, part: int = -1) -> tuple:
+    return (rank, KIND_CODES[op.kind], op.microbatch, op.stage, op.direction, start, end, idx, overlapped, part)
+
+
+def simulate(schedule: Schedule, costs: CostModel) -> Trace:
+    """Replay ``schedule`` on ``costs`` and return the trace."""
+    if len(costs.forward) < schedule.stages:
+        raise ScheduleError(
+            f"cost model has {len(costs.forward)} per-stage values but the schedule has {schedule.stages} stages"
+        )
+    return Engine(schedule, costs).run()

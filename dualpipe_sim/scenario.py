@@ -1,0 +1,186 @@
+"""Scenario files: TOML in, a validated Scenario out, with one-line errors.
+
+pydantic does the type and range checks so that every error names its field
+(``costs.forward: must be > 0``); the few cross-field rules are checked here.
+``--set a.b=value`` overrides are applied to the raw TOML before validation,
+so they get exactly the same checks.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .costs import CostModel
+
+
+class ScenarioError(ValueError):
+    """A scenario file or override breaks a rule; the message names the field."""
+
+
+PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegTime = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PerStage = Union[PositiveTime, list[PositiveTime]]
+PerStageNonNeg = Union[NonNegTime, list[NonNegTime]]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class Pipeline(_Section):
+    schedule: str
+    stages: Annotated[int, Field(ge=1, le=4096)]
+    microbatches: Annotated[int, Field(ge=1, le=1_000_000)]
+    chunks_per_rank: Annotated[int, Field(ge=1, le=64)] | None = None
+
+    @field_validator("stages", "microbatches", "chunks_per_rank", mode="before")
+    @classmethod
+    def _whole(cls, v):
+        # TOML 8.0 must not silently become 8; "8" (a string) is not a number.
+        if isinstance(v, bool) or isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError("must be a whole number")
+        return v
+
+
+class Costs(_Section):
+    forward: PerStage
+    backward: PerStage
+    weight: PerStageNonNeg | None = None
+    overlapped: PerStage | None = None
+
+
+class Comm(_Section):
+    p2p: NonNegTime = 0.0
+    p2p_mode: Literal["async"] = "async"
+
+
+class Memory(_Section):
+    activation: PerStageNonNeg = 1.0
+    parameters: PerStageNonNeg = 1.0
+
+
+class Scenario(_Section):
+    pipeline: Pipeline
+    costs: Costs
+    comm: Comm = Comm()
+    memory: Memory = Memory()
+    seed: int = 0
+
+    def options(self) -> dict:
+        """Schedule options taken from [pipeline] (each family uses the ones it declares)."""
+        return {"chunks_per_rank": self.pipeline.chunks_per_rank}
+
+    def cost_model(self) -> CostModel:
+        S = self.pipeline.stages
+        c = self.costs
+        forward = _per_stage(c.forward, S, "costs.forward")
+        backward = _per_stage(c.backward, S, "costs.backward")
+        weight = (
+            tuple(b / 2 for b in backward) if c.weight is None else _per_stage(c.weight, S, "costs.weight")
+        )
+        for s, (b, w) in enumerate(zip(backward, weight)):
+            if w > b:
+                raise ScenarioError(
+                    f"costs.weight: must be <= costs.backward (B - W is the input-gradient part), "
+                    f"got W={w} > B={b} at stage {s}"
+                )
+        return CostModel(
+            forward=forward,
+            backward=backward,
+            weight=weight,
+            overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
+            p2p=self.comm.p2p,
+            activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
+            parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
+        )
+
+
+def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:
+    if isinstance(value, list):
+        if len(value) != stages:
+            raise ScenarioError(f"{name}: a per-stage list needs one value per stage ({stages}), got {len(value)}")
+        return tuple(float(v) for v in value)
+    return (float(value),) * stages
+
+
+# -- loading ---------------------------------------------------------------------
+def load_raw(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot read scenario {path}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``a.b=value`` -> (["a", "b"], value); the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ScenarioError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. pipeline.stages=8")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words such as 1f1b or dualpipe
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    data = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ScenarioError(f"--set {text!r}: {part} is a value, not a table")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _deep_copy(d):
+    return {k: _deep_copy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def from_dict(data: dict) -> Scenario:
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_first_error(exc)) from None
+    scenario.cost_model()  # cross-field rules raise here, before anything runs
+    return scenario
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    return from_dict(apply_overrides(load_raw(path), overrides or []))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    # Drop pydantic's union-branch labels ("float", "list[...]") from the path.
+    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("float", "int")))]
+    field = ".".join(loc) or "scenario"
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return f"{field}: unknown key"
+    if kind == "missing":
+        return f"{field}: required key is missing"
+    if kind in ("finite_number",):
+        return f"{field}: must be a finite number, got {err.get('input')!r}"
+    value = err.get("input")
+    if isinstance(value, float) and math.isnan(value):
+        return f"{field}: must be a number, got NaN"
+    return f"{field}: {msg[0].lower() + msg[1:]}, got {value!r}"

@@ -1,0 +1,56 @@
+"""One run, end to end: scenario -> schedule -> engine -> trace -> metrics.
+
+The CLI, sweeps and comparisons all call :func:`run`; nothing else wires the
+stages together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import registry
+from .costs import CostModel
+from .engine import simulate
+from .ir import Schedule, ScheduleError
+from .metrics import compute_metrics
+from .scenario import Scenario, ScenarioError
+from .trace import Trace
+from .validate import validate
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    schedule: Schedule
+    costs: CostModel
+    trace: Trace
+    metrics: dict
+
+
+def build_schedule(scenario: Scenario) -> Schedule:
+    p = scenario.pipeline
+    return registry.build(p.schedule, p.stages, p.microbatches, **scenario.options())
+
+
+def run(scenario: Scenario, schedule: Schedule | None = None) -> Result:
+    """Simulate a scenario, with its registered schedule or with ``schedule``
+    (a user's own, e.g. read from a file).  Raises ScenarioError/ScheduleError
+    with a one-line message on bad input."""
+    costs = scenario.cost_model()
+    if schedule is None:
+        schedule = build_schedule(scenario)
+        analytic = registry.analytic(
+            scenario.pipeline.schedule, schedule.stages, schedule.microbatches, costs, **scenario.options()
+        )
+    else:
+        analytic = None
+        if schedule.stages != scenario.pipeline.stages:
+            raise ScenarioError(
+                f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
+            )
+    validate(schedule)
+    trace = simulate(schedule, costs)
+    return Result(scenario, schedule, costs, trace, compute_metrics(trace, analytic))
+
+
+__all__ = ["Result", "run", "build_schedule", "ScenarioError", "ScheduleError"]
