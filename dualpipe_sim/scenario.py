@@ -168,10 +168,17 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     return from_dict(apply_overrides(load_raw(path), overrides or []))
 
 
+def _is_union_label(part) -> bool:
+    return isinstance(part, str) and ("[" in part or "constrained" in part or part in ("float", "int", "list"))
+
+
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    # For "number or per-stage list" fields pydantic reports both branches; the
+    # deepest location is the branch that matched the input's shape.
+    errors = exc.errors()
+    err = max(errors, key=lambda e: len(e["loc"]))  # max keeps the first among equals
     # Drop pydantic's union-branch labels ("float", "list[...]") from the path.
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("float", "int")))]
+    loc = [str(p) for p in err["loc"] if not _is_union_label(p)]
     field = ".".join(loc) or "scenario"
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
@@ -183,4 +190,5 @@ def _first_error(exc: ValidationError) -> str:
     value = err.get("input")
     if isinstance(value, float) and math.isnan(value):
         return f"{field}: must be a number, got NaN"
+    msg = msg.removeprefix("Value error, ")
     return f"{field}: {msg[0].lower() + msg[1:]}, got {value!r}"

@@ -1,0 +1,143 @@
+"""The ``dualpipe-sim`` command: parse, call the library, print, write files.
+
+Bad input of any kind (scenario, override, schedule, constraints) ends with
+one line ``error: ...`` on stderr and exit status 2, and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import registry, simulation
+from .ir import Schedule, ScheduleError
+from .outputs import metrics_json, write_all, write_text
+from .scenario import ScenarioError
+from .scenario import load as load_scenario
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad command-line input that argparse cannot see (e.g. a missing file)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="simulate a scenario: summary table, metrics.json, gantt.png")
+    run.add_argument("scenario", help="scenario TOML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, e.g. --set pipeline.stages=8 (repeatable)")
+    run.add_argument("--out", default="out", help="output folder (default: out)")
+    run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
+    run.add_argument("--schedule-file", help="replay this schedule (JSON from `schedule --format json`) "
+                                             "instead of pipeline.schedule")
+
+    sch = sub.add_parser("schedule", help="print a schedule's per-rank op lists")
+    sch.add_argument("name")
+    sch.add_argument("--stages", type=int, required=True)
+    sch.add_argument("--microbatches", type=int, required=True)
+    sch.add_argument("--chunks-per-rank", type=int, default=None, help="model chunks per rank (interleaved)")
+    sch.add_argument("--format", choices=("text", "json"), default="text")
+
+    sub.add_parser("schedules", help="list the registered schedules and their constraints")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "schedule":
+            return _cmd_schedule(args)
+        return _cmd_schedules()
+    except (ScenarioError, ScheduleError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def read_schedule_file(path: str) -> Schedule:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--schedule-file: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScheduleError(f"--schedule-file {path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "ranks" not in data:
+        raise ScheduleError(f"--schedule-file {path}: expected an object with a \"ranks\" list")
+    return Schedule.from_json(data)
+
+
+def _cmd_run(args) -> int:
+    scenario = load_scenario(args.scenario, args.overrides)
+    schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
+    result = simulation.run(scenario, schedule)
+    metrics = result.metrics
+
+    from .plots.gantt import save_gantt  # matplotlib only when we draw
+
+    write_all(
+        args.out,
+        {
+            "metrics.json": write_text(metrics_json(metrics)),
+            "gantt.png": lambda path: save_gantt(result.trace, metrics, path),
+        },
+    )
+    if args.json:
+        sys.stdout.write(metrics_json(metrics))
+    else:
+        print(summary_table(metrics))
+        print(f"\nwrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'gantt.png'}")
+    return 0
+
+
+def summary_table(m: dict) -> str:
+    a, c = m["analytic"], m["comm"]
+    lines = [
+        f"schedule {m['schedule']}: {m['stages']} stages on {m['ranks']} ranks, {m['microbatches']} micro-batches",
+        f"makespan {m['makespan']:.4g}   bubble ratio {m['bubble_ratio']:.2%}",
+        "",
+        f"{'rank':>4} {'busy':>10} {'idle':>10} {'closed-form idle':>16} {'peak act':>8} {'peak act bytes':>14} {'params':>6}",
+    ]
+    formula = "-" if a.get("bubble") is None else f"{a['bubble']:.4g}"
+    for r in m["per_rank"]:
+        lines.append(
+            f"{r['rank']:>4} {r['busy']:>10.4g} {r['idle']:>10.4g} {formula:>16} {r['peak_activation']:>8} "
+            f"{r['peak_activation_bytes']:>14.4g} {r['parameter_copies']:>6}"
+        )
+    peak = max(r["peak_activation"] for r in m["per_rank"])
+    closed_peak = "-" if a.get("peak_activation") is None else a["peak_activation"]
+    lines.append(f"\npeak activation (max over ranks): {peak} measured, {closed_peak} closed form")
+    ratio = "n/a" if c["overlap_ratio"] is None else f"{c['overlap_ratio']:.1%}"
+    lines.append(
+        f"communication: p2p {c['p2p_time']:.4g}, all-to-all {c['a2a_time']:.4g}, "
+        f"exposed {c['exposed']:.4g}, hidden {c['hidden']:.4g}, overlap {ratio}"
+    )
+    return "\n".join(lines)
+
+
+def _cmd_schedule(args) -> int:
+    schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank)
+    if args.format == "json":
+        print(json.dumps(schedule.to_json()))
+    else:
+        print(schedule.to_text())
+    return 0
+
+
+def _cmd_schedules() -> int:
+    for name, family in registry.families().items():
+        print(f"{name:<18} {family.description}")
+        print(f"{'':<18} constraints: {family.constraints}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

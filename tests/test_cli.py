@@ -1,0 +1,123 @@
+"""The CLI contract: outputs, JSON shapes, and bad input -> one line, exit 2, no files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = str(ROOT / "scenarios" / "quickstart.toml")
+METRIC_KEYS = {"schedule", "stages", "ranks", "microbatches", "makespan", "bubble_ratio", "per_rank", "comm", "analytic"}
+PER_RANK_KEYS = {"rank", "busy", "idle", "peak_activation", "peak_activation_bytes", "parameter_bytes"}
+COMM_KEYS = {"p2p_time", "exposed", "hidden", "overlap_ratio", "a2a_time"}
+
+
+def test_run_writes_metrics_and_gantt(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", QUICK, "--out", str(out), "--set", "pipeline.schedule=1f1b"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= metrics.keys()
+    assert PER_RANK_KEYS <= metrics["per_rank"][0].keys()
+    assert COMM_KEYS <= metrics["comm"].keys()
+    assert {"bubble", "peak_activation"} <= metrics["analytic"].keys()
+    assert metrics["schedule"] == "1f1b"
+    assert (out / "gantt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bubble ratio" in capsys.readouterr().out
+
+
+def test_json_flag_prints_the_same_document(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["run", QUICK, "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((out / "metrics.json").read_text())
+
+
+def test_same_scenario_same_bytes(tmp_path):
+    for name in ("a", "b"):
+        assert main(["run", QUICK, "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
+
+
+def test_set_overrides(tmp_path):
+    out = tmp_path / "o"
+    args = ["run", QUICK, "--out", str(out), "--set", "pipeline.schedule=gpipe", "--set", "pipeline.stages=3",
+            "--set", "pipeline.microbatches=5", "--set", "costs.forward=[1, 2, 3]", "--set", "comm.p2p=0"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["schedule"], m["stages"], m["microbatches"]) == ("gpipe", 3, 5)
+    # GPipe with per-stage forward 1,2,3 and B = 2: the slowest stage (F=3) paces the pipeline.
+    assert m["per_rank"][2]["busy"] == pytest.approx(5 * (3 + 2))
+
+
+BAD = [
+    (["--set", "pipeline.stages=5"], "pipeline.stages must be even"),
+    (["--set", "pipeline.microbatches=6"], "pipeline.microbatches"),
+    (["--set", "costs.forward=-1"], "costs.forward: input should be greater than 0"),
+    (["--set", "costs.backward=abc"], "costs.backward"),
+    (["--set", "pipeline.nonsense=1"], "pipeline.nonsense: unknown key"),
+    (["--set", "pipeline.schedule=nope"], "unknown schedule 'nope'"),
+    (["--set", "nodot"], "expected KEY=VALUE"),
+    (["--set", "costs.weight=9"], "costs.weight: must be <= costs.backward"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(["run", QUICK, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging folder left behind either
+
+
+def test_missing_and_broken_files(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "none.toml")]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pipeline\nschedule=")
+    assert main(["run", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "scenario file not found" in err and "not valid TOML" in err
+
+
+def test_schedule_json_shape(capsys):
+    assert main(["schedule", "1f1b", "--stages", "2", "--microbatches", "2", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schedule"] == "1f1b" and doc["stages"] == 2 and doc["microbatches"] == 2
+    assert doc["ranks"][1] == [
+        {"kind": "F", "microbatch": 0, "stage": 1, "direction": 0},
+        {"kind": "B", "microbatch": 0, "stage": 1, "direction": 0},
+        {"kind": "F", "microbatch": 1, "stage": 1, "direction": 0},
+        {"kind": "B", "microbatch": 1, "stage": 1, "direction": 0},
+    ]
+
+
+def test_schedule_file_round_trip(tmp_path, capsys):
+    assert main(["schedule", "dualpipe", "--stages", "4", "--microbatches", "8", "--format", "json"]) == 0
+    path = tmp_path / "s.json"
+    path.write_text(capsys.readouterr().out)
+    base = ["run", QUICK, "--set", "pipeline.stages=4", "--set", "pipeline.microbatches=8"]
+    assert main([*base, "--out", str(tmp_path / "reg")]) == 0
+    assert main([*base, "--out", str(tmp_path / "file"), "--schedule-file", str(path)]) == 0
+    reg = json.loads((tmp_path / "reg" / "metrics.json").read_text())
+    own = json.loads((tmp_path / "file" / "metrics.json").read_text())
+    assert own["makespan"] == reg["makespan"] and own["per_rank"] == reg["per_rank"]
+
+
+def test_schedules_lists_constraints(capsys):
+    assert main(["schedules"]) == 0
+    out = capsys.readouterr().out
+    assert "1f1b" in out and "gpipe" in out and "dualpipe" in out and "constraints:" in out
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualpipe_sim.cli", "run", QUICK, "--set", "pipeline.stages=5", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
