@@ -1,0 +1,263 @@
+"""Invariants of every simulation, over random valid scenarios (hypothesis).
+
+For every registered schedule family (the registry is read at collection time,
+so a family added later is covered without editing this file) we draw a shape
+the family's own ``check`` accepts, random per-stage costs, a P2P cost and a
+seed, run the simulation and check the trace against truths computed here,
+independently of the engine:
+
+* every op of the schedule runs exactly once, in the action the schedule puts it in;
+* no action starts before the actions it consumes from have ended, plus the
+  P2P time when they sit on different ranks; every transfer lies between its
+  producer's end and its consumer's start, takes the P2P time, and a link
+  carries one transfer at a time;
+* a rank's compute channel runs its actions one at a time, in list order
+  (rows of one FB pair share an ``action`` index and are one unit);
+* each action lasts its cost, so a rank's busy time is the sum of its costs;
+* activation memory never goes negative and returns to zero on every rank;
+* makespan >= every rank's busy time and >= the critical path (longest chain
+  of costs through data dependencies, P2P delays and each rank's order); with
+  free communication (no link can queue) every action starts exactly at its
+  earliest possible time, so the makespan *is* the critical path;
+* the same scenario and seed give byte-identical metrics.json.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dualpipe_sim import registry, scenario, simulation
+from dualpipe_sim.ir import FB, ops_of
+from dualpipe_sim.outputs import metrics_json
+from dualpipe_sim.trace import KIND_NAMES, P2P
+
+MAX_STAGES, MAX_MICROBATCHES, MAX_CHUNKS = 8, 20, 4
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def valid_shapes(name: str) -> list[tuple[int, int, dict]]:
+    """Every small (stages, microbatches, options) the family's check accepts."""
+    family = registry.get(name)
+    option_values = [{}]
+    if "chunks_per_rank" in family.options:
+        option_values = [{}] + [{"chunks_per_rank": v} for v in range(1, MAX_CHUNKS + 1)]
+    return [
+        (s, m, opts)
+        for s in range(1, MAX_STAGES + 1)
+        for m in range(1, MAX_MICROBATCHES + 1)
+        for opts in option_values
+        if family.check(s, m, **opts) is None
+    ]
+
+
+FAMILIES = sorted(registry.families())
+SHAPES = {name: valid_shapes(name) for name in FAMILIES}
+
+time_value = st.floats(0.25, 8.0, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def scenarios(draw, name: str) -> dict:
+    """A raw scenario dict (as a TOML file would give) for one family."""
+    stages, microbatches, opts = draw(st.sampled_from(SHAPES[name]))
+    per_stage = st.lists(time_value, min_size=stages, max_size=stages)
+    forward, backward = draw(per_stage), draw(per_stage)
+    # W is a fraction of B, from 0 (all input-gradient) to all of it (I = 0).
+    fractions = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1), min_size=stages, max_size=stages))
+    costs = {"forward": forward, "backward": backward, "weight": [b * f for b, f in zip(backward, fractions)]}
+    if draw(st.booleans()):
+        costs["overlapped"] = draw(per_stage)
+    p2p = draw(st.just(0.0) | st.floats(0.01, 3.0))
+    return {
+        "pipeline": {"schedule": name, "stages": stages, "microbatches": microbatches, **opts},
+        "costs": costs,
+        "comm": {"p2p": p2p},
+        "memory": {"activation": draw(st.sampled_from([1.0, 3.5e9]))},
+        "seed": draw(st.integers(0, 2**31)),
+    }
+
+
+# -- independent truth ---------------------------------------------------------------
+def op_cost(op, costs: dict) -> float:
+    s = op.stage
+    f, b, w = costs["forward"][s], costs["backward"][s], costs["weight"][s]
+    return {"F": f, "B": b, "I": b - w, "W": w}[op.kind]
+
+
+def action_cost(action, costs: dict) -> float:
+    if isinstance(action, FB):
+        if "overlapped" in costs:
+            return costs["overlapped"][action.forward.stage]
+        return op_cost(action.forward, costs) + op_cost(action.backward, costs)
+    return op_cost(action, costs)
+
+
+def producers(op, where: dict) -> list:
+    """The ops whose output ``op`` consumes (written out here, not taken from the engine)."""
+    m, s, d = op.microbatch, op.stage, op.direction
+    key = lambda kind, stage: (kind, m, stage, d)  # noqa: E731
+    if op.kind == "F":
+        return [key("F", s - 1)] if s > 0 else []
+    if op.kind == "W":
+        return [key("I", s)]
+    deps = [key("F", s)]
+    if key("B", s + 1) in where:
+        deps.append(key("B", s + 1))
+    elif key("I", s + 1) in where:
+        deps.append(key("I", s + 1))
+    return deps
+
+
+def edges(schedule, p2p: float):
+    """(producer action, consumer action, lag) for every data dependency between two actions."""
+    where = {tuple(op): (r, i) for r, acts in enumerate(schedule.ranks) for i, a in enumerate(acts) for op in ops_of(a)}
+    out = []
+    for r, acts in enumerate(schedule.ranks):
+        for i, action in enumerate(acts):
+            for op in ops_of(action):
+                for dep in producers(op, where):
+                    src = where[dep]
+                    if src != (r, i):  # inside one FB pair: one unit
+                        out.append((src, (r, i), p2p if src[0] != r else 0.0))
+    return where, out
+
+
+def earliest_starts(schedule, costs: dict, p2p: float) -> tuple[dict, float]:
+    """Earliest start of every action given costs, data dependencies (+ P2P
+    between ranks) and each rank's order; and the critical path length."""
+    _, deps = edges(schedule, p2p)
+    incoming = defaultdict(list)
+    for src, dst, lag in deps:
+        incoming[dst].append((src, lag))
+    for r, acts in enumerate(schedule.ranks):
+        for i in range(1, len(acts)):
+            incoming[(r, i)].append(((r, i - 1), 0.0))
+    start, end = {}, {}
+    pending = {(r, i) for r, acts in enumerate(schedule.ranks) for i in range(len(acts))}
+    while pending:  # the schedule validated, so every round settles at least one action
+        ready = [a for a in pending if all(src in end for src, _ in incoming[a])]
+        assert ready, "dependency cycle in a schedule that validated"
+        for a in ready:
+            start[a] = max((end[src] + lag for src, lag in incoming[a]), default=0.0)
+            end[a] = start[a] + action_cost(schedule.ranks[a[0]][a[1]], costs)
+            pending.discard(a)
+    return start, max(end.values())
+
+
+def close(a: float, b: float, scale: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, scale)
+
+
+def action_spans(compute: np.ndarray) -> dict:
+    spans = {}
+    for row in compute:
+        key = (int(row["rank"]), int(row["action"]))
+        s, e = spans.get(key, (np.inf, -np.inf))
+        spans[key] = (min(s, float(row["start"])), max(e, float(row["end"])))
+    return spans
+
+
+# -- the checks ----------------------------------------------------------------------------
+def check_invariants(raw: dict, result) -> None:
+    schedule, trace, metrics = result.schedule, result.trace, result.metrics
+    costs = raw["costs"]
+    p2p = raw["comm"]["p2p"]
+    makespan = metrics["makespan"]
+    eps = lambda x, y: close(x, y, makespan)  # noqa: E731
+    where, deps = edges(schedule, p2p)
+
+    # Every op exactly once, where the schedule puts it.
+    seen, whole = defaultdict(set), defaultdict(int)
+    for row in trace.compute:
+        op = (KIND_NAMES[row["kind"]], int(row["microbatch"]), int(row["stage"]), int(row["direction"]))
+        seen[op].add((int(row["rank"]), int(row["action"])))
+        whole[op] += int(row["part"]) == -1  # a whole-op row (components have part >= 0)
+    assert set(seen) == set(where)
+    assert all(seen[op] == {where[op]} for op in where)
+    assert all(n <= 1 for n in whole.values()), "an op ran twice"
+
+    # Compute channel: actions one at a time, in list order, each lasting its cost.
+    spans = action_spans(trace.compute)
+    for r, acts in enumerate(schedule.ranks):
+        prev_end = 0.0
+        for i, action in enumerate(acts):
+            s, e = spans[(r, i)]
+            assert s >= prev_end or eps(s, prev_end), f"rank {r} action {i} starts before action {i - 1} ends"
+            assert eps(e - s, action_cost(action, costs))
+            prev_end = e
+        busy = sum(action_cost(a, costs) for a in acts)
+        assert eps(metrics["per_rank"][r]["busy"], busy)
+        assert makespan >= busy or eps(makespan, busy)
+        assert metrics["per_rank"][r]["idle"] >= -1e-9 * makespan
+
+    # Dependencies (+ P2P between ranks).
+    for src, dst, lag in deps:
+        assert spans[dst][0] >= spans[src][1] + lag or eps(spans[dst][0], spans[src][1] + lag), (src, dst)
+
+    # Transfers: one per cross-rank dependency when P2P costs time, none otherwise.
+    p2p_rows = trace.comm[trace.comm["channel"] == P2P]
+    cross = [d for d in deps if d[2] > 0]
+    assert len(p2p_rows) == len(cross)
+    by_consumer = defaultdict(list)
+    for row in p2p_rows:
+        by_consumer[(int(row["peer"]), int(row["action"]))].append(row)
+        assert eps(float(row["end"] - row["start"]), p2p)
+    for src, dst, _ in cross:
+        rows = [x for x in by_consumer[dst] if int(x["rank"]) == src[0]]
+        assert rows, f"no transfer into {dst} from rank {src[0]}"
+        assert any(float(x["start"]) >= spans[src][1] - 1e-9 * makespan for x in rows)
+        assert all(spans[dst][0] >= float(x["end"]) - 1e-9 * makespan for x in rows)
+    for link in {(int(x["rank"]), int(x["peer"])) for x in p2p_rows}:
+        rows = p2p_rows[(p2p_rows["rank"] == link[0]) & (p2p_rows["peer"] == link[1])]
+        rows = np.sort(rows, order="start")
+        assert np.all(rows["start"][1:] >= rows["end"][:-1] - 1e-9 * makespan), f"link {link} carries two at once"
+
+    # Activation memory: never negative, back to zero, one unit per forward.
+    mem = trace.memory
+    for r in range(trace.ranks):
+        rows = mem[mem["rank"] == r]
+        rows = rows[np.lexsort((rows["units"], rows["time"]))]  # frees first at equal times: the strict reading
+        assert np.all(np.cumsum(rows["units"]) >= 0)
+        assert int(rows["units"].sum()) == 0
+        assert abs(float(rows["bytes"].sum())) <= 1e-6 * max(1.0, float(np.abs(rows["bytes"]).max(initial=0)))
+        forwards = sum(1 for a in schedule.ranks[r] for op in ops_of(a) if op.kind == "F")
+        assert int((rows["units"] > 0).sum()) == forwards
+
+    # Critical path, computed from the schedule and the drawn costs alone.
+    start, critical = earliest_starts(schedule, costs, p2p)
+    assert makespan >= critical or eps(makespan, critical)
+    for a, s in start.items():
+        assert spans[a][0] >= s or eps(spans[a][0], s)
+    if p2p == 0:  # nothing can queue: the engine starts every action as early as possible
+        assert all(eps(spans[a][0], s) for a, s in start.items())
+        assert eps(makespan, critical)
+
+
+def simulate(raw: dict):
+    return simulation.run(scenario.from_dict(raw))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@SETTINGS
+@given(data=st.data())
+def test_invariants_hold_for_every_family(name, data):
+    raw = data.draw(scenarios(name))
+    check_invariants(raw, simulate(raw))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@settings(max_examples=8, deadline=None)
+@given(data=st.data())
+def test_same_scenario_same_bytes(name, data):
+    raw = data.draw(scenarios(name))
+    assert metrics_json(simulate(raw).metrics) == metrics_json(simulate(raw).metrics)
+
+
+def test_every_family_has_shapes_to_draw():
+    for name in FAMILIES:
+        assert SHAPES[name], f"{name}: no valid shape with stages <= {MAX_STAGES}, microbatches <= {MAX_MICROBATCHES}"
