@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import registry, simulation
+from . import actions, registry, simulation
 from .ir import Schedule, ScheduleError
 from .outputs import metrics_json, write_all, write_text
 from .scenario import ScenarioError
@@ -34,15 +34,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a scenario key, e.g. --set pipeline.stages=8 (repeatable)")
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
-    run.add_argument("--schedule-file", help="replay this schedule (JSON from `schedule --format json`) "
-                                             "instead of pipeline.schedule")
+    run.add_argument("--schedule-file", help="replay this schedule instead of pipeline.schedule: the JSON or "
+                                             "action-string form of `schedule --format json|actions`")
 
     sch = sub.add_parser("schedule", help="print a schedule's per-rank op lists")
     sch.add_argument("name")
     sch.add_argument("--stages", type=int, required=True)
     sch.add_argument("--microbatches", type=int, required=True)
     sch.add_argument("--chunks-per-rank", type=int, default=None, help="model chunks per rank (interleaved)")
-    sch.add_argument("--format", choices=("text", "json"), default="text")
+    sch.add_argument("--format", choices=("text", "json", "actions"), default="text",
+                     help="actions: PyTorch pipelining action strings, one line per rank")
 
     sub.add_parser("schedules", help="list the registered schedules and their constraints")
     return p
@@ -63,16 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def read_schedule_file(path: str) -> Schedule:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"--schedule-file: cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ScheduleError(f"--schedule-file {path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "ranks" not in data:
-        raise ScheduleError(f"--schedule-file {path}: expected an object with a \"ranks\" list")
-    return Schedule.from_json(data)
+    except UnicodeDecodeError as exc:
+        raise ScheduleError(f"--schedule-file {path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    # JSON or action strings, told apart by content; parsed and validated (actions.py).
+    return actions.read_schedule(text, f"--schedule-file {path}")
 
 
 def _cmd_run(args) -> int:
@@ -95,6 +93,9 @@ def _cmd_run(args) -> int:
     else:
         print(summary_table(metrics))
         print(f"\nwrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'gantt.png'}")
+    note = actions.ignored_note(schedule) if schedule is not None else None
+    if note:  # after success, on stderr: never a second line beside an error, never in --json output
+        print(f"note: --schedule-file {args.schedule_file}: {note}", file=sys.stderr)
     return 0
 
 
@@ -127,6 +128,8 @@ def _cmd_schedule(args) -> int:
     schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank)
     if args.format == "json":
         print(json.dumps(schedule.to_json()))
+    elif args.format == "actions":
+        sys.stdout.write(actions.format_actions(schedule))
     else:
         print(schedule.to_text())
     return 0
