@@ -14,6 +14,20 @@ ranks.  A link carries one transfer at a time (transfers queue FIFO) and runs
 beside compute, so a send costs the sender nothing and the receiver only waits
 if the data is late.
 
+What an action costs comes from ``CostModel.timeline``: one row for a plain
+op, a forward and a backward half for an FB pair, or, with the component
+model, one row per component on the rank's compute or all-to-all channel.  An
+action's inside depends only on the cost model (its inputs are all on the rank
+before it starts, its outputs leave after it ends), so its timeline is worked
+out once per kind of action and the engine only advances the clock by its
+length: one SimPy timeout per action, whatever the number of components.
+
+``comm.p2p_mode = "blocking"`` is the reference runtime's behaviour: before
+each compute call a rank issues the sends queued by its previous call together
+with the receives this call needs, and waits for all of them.  A send still
+starts as soon as it is issued (receives are not modelled as a rendezvous), so
+the only change from "async" is that the sender waits for its own sends.
+
 A schedule that cannot finish leaves SimPy with no events; the engine then
 reports which action each unfinished rank is stuck at and what it waits for.
 It cannot hang: SimPy stops when the event queue is empty.
@@ -25,7 +39,7 @@ import simpy
 
 from .costs import CostModel
 from .ir import FB, Op, Schedule, ScheduleError, ops_of
-from .trace import KIND_CODES, P2P, Trace, TraceBuilder
+from .trace import A2A, KIND_CODES, P2P, Trace, TraceBuilder
 from .validate import describe_wait
 
 
@@ -55,7 +69,9 @@ class Engine:
                 for op in ops_of(action):
                     self.position[op] = (rank, idx)
         self.cursor = [0] * schedule.num_ranks
-        self.done_keys: set = set()
+        self.blocking = costs.p2p_mode == "blocking"
+        self.outbox: list[list[simpy.Event]] = [[] for _ in schedule.ranks]  # blocking: sends to wait for
+        self.timelines: dict[tuple, tuple] = {}  # action signature -> costs.timeline(action)
 
     # -- events ---------------------------------------------------------------
     def _event(self, table: dict, key: tuple) -> simpy.Event:
@@ -99,7 +115,9 @@ class Engine:
         if dst == src or self.costs.p2p <= 0:
             arrived.succeed()
             return
-        self.env.process(self._send(key, src, dst, consumer, arrived))
+        sent = self.env.process(self._send(key, src, dst, consumer, arrived))
+        if self.blocking:
+            self.outbox[src].append(sent)
 
     def _send(self, key, src, dst, consumer, arrived):
         link = self.links.get((src, dst))
@@ -116,39 +134,53 @@ class Engine:
         arrived.succeed()
 
     # -- ranks ------------------------------------------------------------------
+    def _timeline(self, action) -> tuple:
+        if isinstance(action, FB):
+            key = (action.forward.stage, action.backward.kind, action.backward.stage)
+        else:
+            key = (action.kind, action.stage)
+        tl = self.timelines.get(key)
+        if tl is None:
+            tl = self.timelines[key] = self.costs.timeline(action)
+        return tl
+
     def _rank(self, rank: int):
         env, costs, rec = self.env, self.costs, self.rec
+        outbox = self.outbox[rank]
         for idx, action in enumerate(self.schedule.ranks[rank]):
             self.cursor[rank] = idx
             members = ops_of(action)
             pending = [ev for op in members for ev in self._needs(op) if not ev.triggered]
+            if outbox:  # blocking: the previous call's sends are in this call's batch
+                pending += [ev for ev in outbox if not ev.triggered]
+                outbox.clear()
             if pending:
                 yield env.all_of(pending)
             start = env.now
             for op in members:
                 if op.kind == "F":
                     rec.memory.append((start, rank, 1, costs.activation_bytes[op.stage]))
-            if isinstance(action, FB):
-                yield from self._run_pair(rank, idx, action, start)
-            else:
-                yield env.timeout(costs.duration(action))
-                rec.compute.append(_row(rank, action, start, env.now, idx, False))
+            total, rows = self._timeline(action)
+            yield env.timeout(total)
+            pair = isinstance(action, FB)
+            for member, part, on_a2a, t0, t1 in rows:
+                op = members[member]
+                if on_a2a:
+                    rec.comm.append(
+                        (A2A, rank, rank, KIND_CODES[op.kind], op.microbatch, op.stage, op.direction,
+                         start + t0, start + t1, idx, part)
+                    )  # fmt: skip
+                else:
+                    rec.compute.append(_row(rank, op, start + t0, start + t1, idx, pair, part))
             end = env.now
             for op in members:
                 if op.kind in ("B", "I"):
                     rec.memory.append((end, rank, -1, -costs.activation_bytes[op.stage]))
                 self._finish(op, rank)
         self.cursor[rank] = len(self.schedule.ranks[rank])
-
-    def _run_pair(self, rank: int, idx: int, pair: FB, start: float):
-        """Simple cost model: one FB takes costs.pair_duration; the chart splits
-        it between its forward and backward in proportion to their lone costs."""
-        total = self.costs.pair_duration(pair)
-        f, b = self.costs.duration(pair.forward), self.costs.duration(pair.backward)
-        split = start + (total * f / (f + b) if f + b > 0 else total / 2)
-        yield self.env.timeout(total)
-        self.rec.compute.append(_row(rank, pair.forward, start, split, idx, True))
-        self.rec.compute.append(_row(rank, pair.backward, split, self.env.now, idx, True))
+        if outbox:  # blocking: the last call's sends are flushed and waited for
+            yield env.all_of(list(outbox))
+            outbox.clear()
 
     # -- driver -------------------------------------------------------------------
     def run(self) -> Trace:
@@ -168,6 +200,7 @@ class Engine:
             memory=memory,
             stages_on_rank=held,
             parameter_bytes=[float(sum(self.costs.parameter_bytes[s] for s in stages)) for stages in held],
+            meta={"p2p_mode": self.costs.p2p_mode},
         )
 
     def _check_finished(self) -> None:

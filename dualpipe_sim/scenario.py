@@ -15,7 +15,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .costs import CostModel
+from .costs import COMPONENTS, CostModel
+from .costs import Chunk as ChunkCosts
 
 
 class ScenarioError(ValueError):
@@ -48,15 +49,37 @@ class Pipeline(_Section):
 
 
 class Costs(_Section):
-    forward: PerStage
-    backward: PerStage
+    forward: PerStage | None = None  # required unless [chunk] is given
+    backward: PerStage | None = None
     weight: PerStageNonNeg | None = None
     overlapped: PerStage | None = None
 
 
 class Comm(_Section):
     p2p: NonNegTime = 0.0
-    p2p_mode: Literal["async"] = "async"
+    p2p_mode: Literal["async", "blocking"] = "async"
+
+
+class Chunk(_Section):
+    """Component model: one stage = ``layers`` MoE layers; times per layer (see costs.COMPONENTS)."""
+
+    layers: Annotated[int, Field(ge=1, le=1000)]
+    attn_forward: PositiveTime
+    mlp_forward: PositiveTime
+    dispatch_forward: NonNegTime
+    combine_forward: NonNegTime
+    attn_backward_input: PositiveTime
+    attn_backward_weight: NonNegTime
+    mlp_backward_input: PositiveTime
+    mlp_backward_weight: NonNegTime
+    dispatch_backward: NonNegTime
+    combine_backward: NonNegTime
+    comm_compute_slowdown: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _whole(cls, v):
+        return Pipeline._whole(v)
 
 
 class Memory(_Section):
@@ -66,7 +89,8 @@ class Memory(_Section):
 
 class Scenario(_Section):
     pipeline: Pipeline
-    costs: Costs
+    costs: Costs = Costs()
+    chunk: Chunk | None = None
     comm: Comm = Comm()
     memory: Memory = Memory()
     seed: int = 0
@@ -78,6 +102,11 @@ class Scenario(_Section):
     def cost_model(self) -> CostModel:
         S = self.pipeline.stages
         c = self.costs
+        if self.chunk is not None:
+            return self._chunk_cost_model()
+        for name in ("forward", "backward"):
+            if getattr(c, name) is None:
+                raise ScenarioError(f"costs.{name}: required key is missing (or give a [chunk] table)")
         forward = _per_stage(c.forward, S, "costs.forward")
         backward = _per_stage(c.backward, S, "costs.backward")
         weight = (
@@ -95,6 +124,27 @@ class Scenario(_Section):
             weight=weight,
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
             p2p=self.comm.p2p,
+            p2p_mode=self.comm.p2p_mode,
+            activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
+            parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
+        )
+
+    def _chunk_cost_model(self) -> CostModel:
+        # With [chunk], F, B, W and F&B come from the components; stating them
+        # again in [costs] could only contradict them, so it is an error.
+        for name, value in self.costs:
+            if value is not None:
+                raise ScenarioError(
+                    f"costs.{name}: must be left out when [chunk] is given (it is derived from the components)"
+                )
+        ch = self.chunk
+        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, n) for n in COMPONENTS), ch.comm_compute_slowdown)
+        S = self.pipeline.stages
+        return CostModel.from_chunk(
+            S,
+            chunk,
+            p2p=self.comm.p2p,
+            p2p_mode=self.comm.p2p_mode,
             activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
             parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
         )
