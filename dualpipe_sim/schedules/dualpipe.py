@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..costs import mean_costs
 from ..ir import FB, Action, Op, Schedule, ScheduleError
 from ..registry import register
 
@@ -120,6 +121,14 @@ def _rank_program(rank: _Rank, legs: int, pos: int, per_lane: int) -> tuple[Acti
     return tuple(rank.actions)
 
 
+def _analytic(stages: int, microbatches: int, costs) -> dict:
+    """DualPipe README's closed forms, with PP = stages (for DualPipeV, 2 x ranks):
+    idle per rank (PP/2-1)(F&B+B-3W), peak activation PP+1 stage-activations.
+    F, B, W and F&B are stage means (with [chunk], F&B is the simulated pair)."""
+    F, B, W, FB_ = mean_costs(costs, stages)
+    return {"bubble": (stages / 2 - 1) * (FB_ + B - 3 * W), "peak_activation": stages + 1}
+
+
 # -- DualPipe: two directions, S stages on S ranks -------------------------------
 
 
@@ -147,6 +156,7 @@ def _check_dualpipe(stages: int, microbatches: int) -> str | None:
         "DualPipe (DeepSeek-V3): micro-batches fed from both ends, overlapped forward/backward pairs, "
         "zero-bubble weight splitting in warm-up and cool-down"
     ),
+    analytic=_analytic,
 )
 def dualpipe(stages: int, microbatches: int) -> Schedule:
     problem = _check_dualpipe(stages, microbatches)
@@ -189,6 +199,7 @@ def _check_dualpipev(stages: int, microbatches: int) -> str | None:
         "DualPipeV (cut-in-half DualPipe): one direction folded into a V, stages r and S-1-r on rank r, "
         "overlapped forward/backward pairs and zero-bubble weight splitting"
     ),
+    analytic=_analytic,
 )
 def dualpipev(stages: int, microbatches: int) -> Schedule:
     problem = _check_dualpipev(stages, microbatches)
