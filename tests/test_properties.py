@@ -3,7 +3,8 @@
 For every registered schedule family (the registry is read at collection time,
 so a family added later is covered without editing this file) we draw a shape
 the family's own ``check`` accepts, random per-stage costs, a P2P cost and a
-seed, run the simulation and check the trace against truths computed here,
+seed, sometimes the all-to-all component model (``[chunk]``) and the blocking
+P2P mode, run the simulation and check the trace against truths computed here,
 independently of the engine:
 
 * every op of the schedule runs exactly once, in the action the schedule puts it in;
@@ -13,7 +14,13 @@ independently of the engine:
   carries one transfer at a time;
 * a rank's compute channel runs its actions one at a time, in list order
   (rows of one FB pair share an ``action`` index and are one unit);
-* each action lasts its cost, so a rank's busy time is the sum of its costs;
+* each action lasts its cost, so a rank's busy time is the sum of its costs
+  (component model: a lone op lasts the sum of its components; an FB pair
+  lies between its longer lone op and all its components in a row, compute
+  slowed down; inside an action each channel runs one component at a time and
+  each component runs once per layer);
+* blocking P2P: a rank's next action starts only after the sends of the one
+  before it have landed;
 * activation memory never goes negative and returns to zero on every rank;
 * makespan >= every rank's busy time and >= the critical path (longest chain
   of costs through data dependencies, P2P delays and each rank's order); with
@@ -32,9 +39,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dualpipe_sim import registry, scenario, simulation
+from dualpipe_sim.costs import COMPONENTS
 from dualpipe_sim.ir import FB, ops_of
 from dualpipe_sim.outputs import metrics_json
-from dualpipe_sim.trace import KIND_NAMES, P2P
+from dualpipe_sim.trace import A2A, KIND_NAMES, P2P
 
 MAX_STAGES, MAX_MICROBATCHES, MAX_CHUNKS = 8, 20, 4
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -61,40 +69,74 @@ SHAPES = {name: valid_shapes(name) for name in FAMILIES}
 time_value = st.floats(0.25, 8.0, allow_nan=False, allow_infinity=False)
 
 
+FORWARD_PARTS = ("attn_forward", "dispatch_forward", "mlp_forward", "combine_forward")
+INPUT_PARTS = ("combine_backward", "mlp_backward_input", "dispatch_backward", "attn_backward_input")
+WEIGHT_PARTS = ("mlp_backward_weight", "attn_backward_weight")
+A2A_PARTS = ("dispatch_forward", "combine_forward", "combine_backward", "dispatch_backward")
+NONZERO_PARTS = ("attn_forward", "mlp_forward", "mlp_backward_input", "attn_backward_input")  # must be > 0
+OP_PARTS = {"F": FORWARD_PARTS, "I": INPUT_PARTS, "W": WEIGHT_PARTS, "B": INPUT_PARTS + WEIGHT_PARTS}
+
+
+@st.composite
+def chunks(draw) -> dict:
+    """A [chunk] table: per-layer component times (all-to-all and W parts may be 0)."""
+    table = {"layers": draw(st.integers(1, 3))}
+    for name in FORWARD_PARTS + INPUT_PARTS + WEIGHT_PARTS:
+        table[name] = draw(time_value if name in NONZERO_PARTS else st.just(0.0) | time_value)
+    table["comm_compute_slowdown"] = draw(st.just(1.0) | st.floats(1.0, 2.0))
+    return table
+
+
 @st.composite
 def scenarios(draw, name: str) -> dict:
     """A raw scenario dict (as a TOML file would give) for one family."""
     stages, microbatches, opts = draw(st.sampled_from(SHAPES[name]))
+    raw = {
+        "pipeline": {"schedule": name, "stages": stages, "microbatches": microbatches, **opts},
+        "comm": {"p2p": draw(st.just(0.0) | st.floats(0.01, 3.0)), "p2p_mode": draw(st.sampled_from(["async", "blocking"]))},
+        "memory": {"activation": draw(st.sampled_from([1.0, 3.5e9]))},
+        "seed": draw(st.integers(0, 2**31)),
+    }
+    if draw(st.integers(0, 3)) == 0:
+        raw["chunk"] = draw(chunks())
+        return raw
     per_stage = st.lists(time_value, min_size=stages, max_size=stages)
     forward, backward = draw(per_stage), draw(per_stage)
     # W is a fraction of B, from 0 (all input-gradient) to all of it (I = 0).
     fractions = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1), min_size=stages, max_size=stages))
-    costs = {"forward": forward, "backward": backward, "weight": [b * f for b, f in zip(backward, fractions)]}
+    raw["costs"] = {"forward": forward, "backward": backward, "weight": [b * f for b, f in zip(backward, fractions)]}
     if draw(st.booleans()):
-        costs["overlapped"] = draw(per_stage)
-    p2p = draw(st.just(0.0) | st.floats(0.01, 3.0))
-    return {
-        "pipeline": {"schedule": name, "stages": stages, "microbatches": microbatches, **opts},
-        "costs": costs,
-        "comm": {"p2p": p2p},
-        "memory": {"activation": draw(st.sampled_from([1.0, 3.5e9]))},
-        "seed": draw(st.integers(0, 2**31)),
-    }
+        raw["costs"]["overlapped"] = draw(per_stage)
+    return raw
 
 
 # -- independent truth ---------------------------------------------------------------
-def op_cost(op, costs: dict) -> float:
-    s = op.stage
+def op_cost(op, raw: dict) -> float:
+    if "chunk" in raw:
+        chunk = raw["chunk"]
+        return chunk["layers"] * sum(chunk[p] for p in OP_PARTS[op.kind])
+    s, costs = op.stage, raw["costs"]
     f, b, w = costs["forward"][s], costs["backward"][s], costs["weight"][s]
     return {"F": f, "B": b, "I": b - w, "W": w}[op.kind]
 
 
-def action_cost(action, costs: dict) -> float:
-    if isinstance(action, FB):
-        if "overlapped" in costs:
-            return costs["overlapped"][action.forward.stage]
-        return op_cost(action.forward, costs) + op_cost(action.backward, costs)
-    return op_cost(action, costs)
+def action_cost(action, raw: dict, model) -> float:
+    """What an action lasts.  For a component-model FB pair the interleaving is
+    the cost model's own answer (``model``), checked here against bounds."""
+    if not isinstance(action, FB):
+        return op_cost(action, raw)
+    if "chunk" in raw:
+        chunk, got = raw["chunk"], model.pair_duration(action)
+        parts = FORWARD_PARTS + OP_PARTS[action.backward.kind]
+        compute = sum(chunk[p] for p in parts if p not in A2A_PARTS) * chunk["layers"]
+        a2a = sum(chunk[p] for p in parts if p in A2A_PARTS) * chunk["layers"]
+        lower = max(op_cost(action.forward, raw), op_cost(action.backward, raw), compute, a2a)
+        upper = compute * chunk["comm_compute_slowdown"] + a2a
+        assert lower * (1 - 1e-9) <= got <= upper * (1 + 1e-9), (lower, got, upper)
+        return got
+    if "overlapped" in raw["costs"]:
+        return raw["costs"]["overlapped"][action.forward.stage]
+    return op_cost(action.forward, raw) + op_cost(action.backward, raw)
 
 
 def producers(op, where: dict) -> list:
@@ -127,7 +169,7 @@ def edges(schedule, p2p: float):
     return where, out
 
 
-def earliest_starts(schedule, costs: dict, p2p: float) -> tuple[dict, float]:
+def earliest_starts(schedule, cost: dict, p2p: float) -> tuple[dict, float]:
     """Earliest start of every action given costs, data dependencies (+ P2P
     between ranks) and each rank's order; and the critical path length."""
     _, deps = edges(schedule, p2p)
@@ -144,18 +186,23 @@ def earliest_starts(schedule, costs: dict, p2p: float) -> tuple[dict, float]:
         assert ready, "dependency cycle in a schedule that validated"
         for a in ready:
             start[a] = max((end[src] + lag for src, lag in incoming[a]), default=0.0)
-            end[a] = start[a] + action_cost(schedule.ranks[a[0]][a[1]], costs)
+            end[a] = start[a] + cost[a]
             pending.discard(a)
     return start, max(end.values())
+
+
+def _times(rows: np.ndarray) -> np.ndarray:
+    return rows[["rank", "action", "start", "end"]]
 
 
 def close(a: float, b: float, scale: float) -> bool:
     return abs(a - b) <= 1e-9 * max(1.0, scale)
 
 
-def action_spans(compute: np.ndarray) -> dict:
+def action_spans(rows: np.ndarray) -> dict:
+    """(rank, action) -> (first start, last end) over its rows."""
     spans = {}
-    for row in compute:
+    for row in rows:
         key = (int(row["rank"]), int(row["action"]))
         s, e = spans.get(key, (np.inf, -np.inf))
         spans[key] = (min(s, float(row["start"])), max(e, float(row["end"])))
@@ -165,35 +212,51 @@ def action_spans(compute: np.ndarray) -> dict:
 # -- the checks ----------------------------------------------------------------------------
 def check_invariants(raw: dict, result) -> None:
     schedule, trace, metrics = result.schedule, result.trace, result.metrics
-    costs = raw["costs"]
     p2p = raw["comm"]["p2p"]
     makespan = metrics["makespan"]
     eps = lambda x, y: close(x, y, makespan)  # noqa: E731
     where, deps = edges(schedule, p2p)
+    cost = {(r, i): action_cost(a, raw, result.costs) for r, acts in enumerate(schedule.ranks) for i, a in enumerate(acts)}
+    a2a_rows = trace.comm[trace.comm["channel"] == A2A]
 
-    # Every op exactly once, where the schedule puts it.
-    seen, whole = defaultdict(set), defaultdict(int)
-    for row in trace.compute:
-        op = (KIND_NAMES[row["kind"]], int(row["microbatch"]), int(row["stage"]), int(row["direction"]))
-        seen[op].add((int(row["rank"]), int(row["action"])))
-        whole[op] += int(row["part"]) == -1  # a whole-op row (components have part >= 0)
+    # Every op exactly once, where the schedule puts it; with components, each
+    # of its components once per layer (zero-length all-to-alls are left out).
+    seen, parts = defaultdict(set), defaultdict(list)
+    for table in (trace.compute, a2a_rows):
+        for row in table:
+            op = (KIND_NAMES[row["kind"]], int(row["microbatch"]), int(row["stage"]), int(row["direction"]))
+            seen[op].add((int(row["rank"]), int(row["action"])))
+            parts[op].append(int(row["part"]))
     assert set(seen) == set(where)
     assert all(seen[op] == {where[op]} for op in where)
-    assert all(n <= 1 for n in whole.values()), "an op ran twice"
+    for op in where:
+        if "chunk" in raw:
+            chunk = raw["chunk"]
+            expect = [p for p in OP_PARTS[op[0]] if not (p in A2A_PARTS and chunk[p] == 0)] * chunk["layers"]
+            assert sorted(parts[op]) == sorted(COMPONENTS.index(p) for p in expect), op
+        else:
+            assert parts[op] == [-1], f"{op} ran {len(parts[op])} times"
 
-    # Compute channel: actions one at a time, in list order, each lasting its cost.
-    spans = action_spans(trace.compute)
+    # Each rank's actions run one at a time, in list order, each lasting its cost.
+    spans = action_spans(np.concatenate([_times(trace.compute), _times(a2a_rows)]))
     for r, acts in enumerate(schedule.ranks):
         prev_end = 0.0
-        for i, action in enumerate(acts):
+        for i in range(len(acts)):
             s, e = spans[(r, i)]
             assert s >= prev_end or eps(s, prev_end), f"rank {r} action {i} starts before action {i - 1} ends"
-            assert eps(e - s, action_cost(action, costs))
+            assert eps(e - s, cost[(r, i)])
             prev_end = e
-        busy = sum(action_cost(a, costs) for a in acts)
+        busy = float(np.sum(trace.compute_of(r)["end"] - trace.compute_of(r)["start"]))
+        if "chunk" not in raw:  # one compute row per op: busy is the sum of the costs
+            assert eps(busy, sum(cost[(r, i)] for i in range(len(acts))))
         assert eps(metrics["per_rank"][r]["busy"], busy)
         assert makespan >= busy or eps(makespan, busy)
         assert metrics["per_rank"][r]["idle"] >= -1e-9 * makespan
+    # Inside an action (components of an FB pair): one component at a time per channel.
+    for table in (trace.compute, a2a_rows):
+        for (r, i) in spans:
+            rows = np.sort(table[(table["rank"] == r) & (table["action"] == i)], order=["start", "end"])
+            assert np.all(rows["start"][1:] >= rows["end"][:-1] - 1e-9 * makespan), (r, i)
 
     # Dependencies (+ P2P between ranks).
     for src, dst, lag in deps:
@@ -216,6 +279,13 @@ def check_invariants(raw: dict, result) -> None:
         rows = p2p_rows[(p2p_rows["rank"] == link[0]) & (p2p_rows["peer"] == link[1])]
         rows = np.sort(rows, order="start")
         assert np.all(rows["start"][1:] >= rows["end"][:-1] - 1e-9 * makespan), f"link {link} carries two at once"
+    if raw["comm"].get("p2p_mode") == "blocking":  # the next call waits for the previous call's sends
+        for row in p2p_rows:
+            m, s, d = int(row["microbatch"]), int(row["stage"]), int(row["direction"])
+            made_by = [("F", m, s, d)] if row["kind"] == 0 else [("B", m, s, d), ("I", m, s, d)]
+            r, i = next(where[op] for op in made_by if op in where)
+            if i + 1 < len(schedule.ranks[r]):
+                assert spans[(r, i + 1)][0] >= float(row["end"]) - 1e-9 * makespan, (r, i + 1)
 
     # Activation memory: never negative, back to zero, one unit per forward.
     mem = trace.memory
@@ -229,7 +299,7 @@ def check_invariants(raw: dict, result) -> None:
         assert int((rows["units"] > 0).sum()) == forwards
 
     # Critical path, computed from the schedule and the drawn costs alone.
-    start, critical = earliest_starts(schedule, costs, p2p)
+    start, critical = earliest_starts(schedule, cost, p2p)
     assert makespan >= critical or eps(makespan, critical)
     for a, s in start.items():
         assert spans[a][0] >= s or eps(spans[a][0], s)
