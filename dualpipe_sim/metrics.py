@@ -46,58 +46,78 @@ def intersect_length(a_starts, a_ends, b_starts, b_ends) -> float:
     )
 
 
+def by_rank(rows: np.ndarray, ranks: int, key: str = "rank") -> list[np.ndarray]:
+    """Split trace rows per rank in one linear pass (rows keep their order within a rank).
+
+    Trace arrays come sorted by rank (TraceBuilder); anything else is sorted stably first.
+    """
+    col = rows[key]
+    if len(col) > 1 and np.any(col[1:] < col[:-1]):
+        rows = rows[np.argsort(col, kind="stable")]
+        col = rows[key]
+    bounds = np.searchsorted(col, np.arange(ranks + 1))
+    return [rows[bounds[r] : bounds[r + 1]] for r in range(ranks)]
+
+
 def peak_activation(trace: Trace) -> tuple[list[int], list[float]]:
     units, nbytes = [0] * trace.ranks, [0.0] * trace.ranks
-    mem = trace.memory
-    for rank in range(trace.ranks):
-        rows = mem[mem["rank"] == rank]  # sorted by time, frees first (TraceBuilder)
+    for rank, rows in enumerate(by_rank(trace.memory, trace.ranks)):  # by time, frees first (TraceBuilder)
         if len(rows):
             units[rank] = int(max(0, np.cumsum(rows["units"]).max()))
             nbytes[rank] = float(max(0.0, np.cumsum(rows["bytes"]).max()))
     return units, nbytes
 
 
-def _action_windows(trace: Trace, rank: int) -> dict[int, tuple[float, float]]:
-    """For each action on a rank: (end of the previous action, its own start)."""
-    rows = trace.compute_of(rank)
-    windows: dict[int, tuple[float, float]] = {}
-    prev_end = 0.0
-    for action in np.unique(rows["action"]):  # sorted = execution order
-        part = rows[rows["action"] == action]
-        start, end = float(part["start"].min()), float(part["end"].max())
-        windows[int(action)] = (prev_end, start)
-        prev_end = end
-    return windows
+def _action_windows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one rank's compute rows: its action indices in increasing (= execution)
+    order and, for each, the window (end of the previous action, its own start)."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=rows["action"].dtype), np.empty(0), np.empty(0)
+    order = np.lexsort((rows["start"], rows["action"]))
+    actions, starts, ends = rows["action"][order], rows["start"][order], rows["end"][order]
+    first = np.flatnonzero(np.r_[True, actions[1:] != actions[:-1]])
+    last_end = np.maximum.reduceat(ends, first)
+    return actions[first], np.r_[0.0, last_end[:-1]], starts[first]
 
 
 def p2p_exposed(trace: Trace) -> float:
-    p2p = trace.comm[trace.comm["channel"] == P2P]
+    """Linear in the trace: one vectorised pass per receiving rank."""
+    p2p = trace.comm[(trace.comm["channel"] == P2P) & (trace.comm["action"] >= 0)]
     if len(p2p) == 0:
         return 0.0
     exposed = 0.0
-    for rank in np.unique(p2p["peer"]):
-        windows = _action_windows(trace, int(rank))
-        incoming = p2p[p2p["peer"] == rank]
-        for action in np.unique(incoming["action"]):
-            if action < 0 or int(action) not in windows:
-                continue
-            w0, w1 = windows[int(action)]
-            feeds = incoming[incoming["action"] == action]
-            # Clip each transfer feeding this action to the wait before it.
-            s = np.clip(feeds["start"], w0, w1)
-            e = np.clip(feeds["end"], w0, w1)
-            exposed += union_length(s, e)
+    for rows, feeds in zip(by_rank(trace.compute, trace.ranks), by_rank(p2p, trace.ranks, "peer")):
+        if len(feeds) == 0:
+            continue
+        actions, w0, w1 = _action_windows(rows)
+        if len(actions) == 0:
+            continue
+        idx = np.minimum(np.searchsorted(actions, feeds["action"]), len(actions) - 1)
+        known = actions[idx] == feeds["action"]
+        idx, feeds = idx[known], feeds[known]
+        # Clip each transfer to the wait before the action it feeds, then take the
+        # union per action.  Sorted by (action, start), one action's clipped
+        # transfers all lie before the next action's (its window starts where this
+        # action ends), so a running max of the ends never crosses actions.
+        s = np.clip(feeds["start"], w0[idx], w1[idx])
+        e = np.clip(feeds["end"], w0[idx], w1[idx])
+        order = np.lexsort((s, idx))
+        idx, s, e = idx[order], s[order], np.maximum.accumulate(e[order])
+        new_run = np.r_[True, (s[1:] > e[:-1]) | (idx[1:] != idx[:-1])]
+        run_end = e[np.r_[np.flatnonzero(new_run)[1:] - 1, len(e) - 1]]
+        exposed += float(np.sum(run_end - s[new_run]))
     return exposed
 
 
 def a2a_exposed(trace: Trace) -> float:
     a2a = trace.comm[trace.comm["channel"] == A2A]
     exposed = 0.0
-    for rank in np.unique(a2a["rank"]):
-        mine = a2a[a2a["rank"] == rank]
-        comp = trace.compute_of(int(rank))
-        hidden = intersect_length(mine["start"], mine["end"], comp["start"], comp["end"])
-        exposed += union_length(mine["start"], mine["end"]) - hidden
+    if len(a2a) == 0:
+        return exposed
+    for mine, comp in zip(by_rank(a2a, trace.ranks), by_rank(trace.compute, trace.ranks)):
+        if len(mine):
+            hidden = intersect_length(mine["start"], mine["end"], comp["start"], comp["end"])
+            exposed += union_length(mine["start"], mine["end"]) - hidden
     return exposed
 
 
@@ -106,8 +126,7 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> dict:
     makespan = trace.makespan
     units, nbytes = peak_activation(trace)
     per_rank = []
-    for rank in range(trace.ranks):
-        rows = trace.compute_of(rank)
+    for rank, rows in enumerate(by_rank(trace.compute, trace.ranks)):
         busy = float(np.sum(rows["end"] - rows["start"]))
         per_rank.append(
             {

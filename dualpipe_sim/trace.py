@@ -94,7 +94,9 @@ class TraceBuilder:
         comm = np.array(self.comm, dtype=COMM_DTYPE)
         memory = np.array(self.memory, dtype=MEMORY_DTYPE)
         compute = compute[np.lexsort((compute["start"], compute["rank"]))]
-        comm = comm[np.lexsort((comm["start"], comm["rank"], comm["channel"]))]
+        # peer last: two sends of one rank starting together (on two links) come
+        # out in one order whatever order the engine finished them in.
+        comm = comm[np.lexsort((comm["peer"], comm["start"], comm["rank"], comm["channel"]))]
         # Frees before allocations at the same instant: a B that ends as the next
         # F starts hands its memory over, it does not coexist with it.
         memory = memory[np.lexsort((memory["units"], memory["time"], memory["rank"]))]

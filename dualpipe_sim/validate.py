@@ -15,7 +15,7 @@ schedule deadlocks and the error names each stuck action and what it waits for.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from .ir import FB, Action, Op, Schedule, ScheduleError, ops_of
 
@@ -50,44 +50,54 @@ def check_complete(schedule: Schedule) -> None:
     S, M = schedule.stages, schedule.microbatches
     if S < 1 or M < 1:
         raise ScheduleError(f"a schedule needs stages >= 1 and microbatches >= 1, got {S} and {M}")
-    seen: Counter = Counter()
+    # Ops are NamedTuples, so plain (kind, microbatch, stage, direction) tuples look them up.
     where: dict[Op, int] = {}
-    direction_of: dict[int, int] = {}
+    direction_of: list[int | None] = [None] * M
     for rank, actions in enumerate(schedule.ranks):
         for action in actions:
-            if isinstance(action, FB) and (action.forward.kind != "F" or action.backward.kind not in ("B", "I")):
-                raise ScheduleError(f"rank {rank}: {action} must pair an F with a B or I")
-            for op in ops_of(action):
-                if not (0 <= op.stage < S):
-                    raise ScheduleError(f"rank {rank}: {op} has stage {op.stage}, outside 0..{S - 1}")
-                if not (0 <= op.microbatch < M):
-                    raise ScheduleError(f"rank {rank}: {op} has micro-batch {op.microbatch}, outside 0..{M - 1}")
-                d = direction_of.setdefault(op.microbatch, op.direction)
-                if d != op.direction:
+            if isinstance(action, FB):
+                if action.forward.kind != "F" or action.backward.kind not in ("B", "I"):
+                    raise ScheduleError(f"rank {rank}: {action} must pair an F with a B or I")
+                members = action
+            else:
+                members = (action,)
+            for op in members:
+                _, m, s, d = op
+                if not (0 <= s < S):
+                    raise ScheduleError(f"rank {rank}: {op} has stage {s}, outside 0..{S - 1}")
+                if not (0 <= m < M):
+                    raise ScheduleError(f"rank {rank}: {op} has micro-batch {m}, outside 0..{M - 1}")
+                dm = direction_of[m]
+                if dm is None:
+                    direction_of[m] = d
+                elif dm != d:
                     raise ScheduleError(
-                        f"rank {rank}: {op} runs micro-batch {op.microbatch} in direction {op.direction}, "
-                        f"but it runs in direction {d} elsewhere"
+                        f"rank {rank}: {op} runs micro-batch {m} in direction {d}, "
+                        f"but it runs in direction {dm} elsewhere"
                     )
-                seen[op] += 1
-                if seen[op] > 1:
+                if op in where:
                     raise ScheduleError(f"rank {rank}: {op} appears twice (also on rank {where[op]})")
                 where[op] = rank
     schedule.placement()  # one rank per (direction, stage)
     for m in range(M):
-        d = direction_of.get(m)
+        d = direction_of[m]
         if d is None:
             raise ScheduleError(f"micro-batch {m} has no ops at all")
         for s in range(S):
-            f, b, i, w = (Op(k, m, s, d) for k in "FBIW")
-            if not seen[f]:
-                raise ScheduleError(f"missing op {f}: forward of micro-batch {m} at stage {s}")
-            if seen[b] and (seen[i] or seen[w]):
-                raise ScheduleError(f"micro-batch {m} stage {s} has both a full backward {b} and a split one")
-            if not seen[b]:
-                if not seen[i]:
-                    raise ScheduleError(f"missing op {b}: backward (B, or I and W) of micro-batch {m} at stage {s}")
-                if not seen[w]:
-                    raise ScheduleError(f"missing op {w}: weight-gradient part of {i}")
+            if ("F", m, s, d) not in where:
+                raise ScheduleError(f"missing op {Op('F', m, s, d)}: forward of micro-batch {m} at stage {s}")
+            has_b, has_i, has_w = (("B", m, s, d) in where), (("I", m, s, d) in where), (("W", m, s, d) in where)
+            if has_b and (has_i or has_w):
+                raise ScheduleError(
+                    f"micro-batch {m} stage {s} has both a full backward {Op('B', m, s, d)} and a split one"
+                )
+            if not has_b:
+                if not has_i:
+                    raise ScheduleError(
+                        f"missing op {Op('B', m, s, d)}: backward (B, or I and W) of micro-batch {m} at stage {s}"
+                    )
+                if not has_w:
+                    raise ScheduleError(f"missing op {Op('W', m, s, d)}: weight-gradient part of {Op('I', m, s, d)}")
 
 
 def describe_wait(action: Action, done: set, stages: int) -> str:
@@ -111,37 +121,61 @@ def _dep_name(dep: Op) -> str:
     return str(dep)
 
 
+def _blocker(action: Action, done: set, last: int):
+    """The first result ``action`` needs that is not in ``done``, or None (it can run)."""
+    if isinstance(action, FB):
+        for op in action:
+            for dep in dependencies(op, last + 1):
+                if dep not in done and not _satisfied_within(dep, action):
+                    return dep
+        return None
+    kind, m, s, d = action  # plain ops: dependencies() inlined, this runs once per op
+    if kind == "F":
+        key = ("F", m, s - 1, d)
+        return key if s and key not in done else None
+    key = ("I", m, s, d) if kind == "W" else ("F", m, s, d)
+    if key not in done:
+        return key
+    if kind != "W" and s < last:
+        key = ("G", m, s + 1, d)
+        if key not in done:
+            return key
+    return None
+
+
 def validate(schedule: Schedule) -> None:
-    """Raise ScheduleError unless the schedule is complete and runs to the end."""
+    """Raise ScheduleError unless the schedule is complete and runs to the end.
+
+    Linear in the number of ops: each rank's cursor only moves forward, and a
+    blocked rank is woken once, by the result it waits for.
+    """
     check_complete(schedule)
-    S = schedule.stages
-    done: set[Op] = set()
+    last = schedule.stages - 1
+    done: set = set()
     pos = [0] * schedule.num_ranks
-    waiting_on: dict[Op, list[int]] = defaultdict(list)
+    waiting_on: dict[tuple, list[int]] = defaultdict(list)
     ready = list(range(schedule.num_ranks))
     while ready:
         rank = ready.pop()
         actions = schedule.ranks[rank]
-        while pos[rank] < len(actions):
-            action = actions[pos[rank]]
-            members = ops_of(action)
-            blocker = None
-            for op in members:
-                for dep in dependencies(op, S):
-                    if dep not in done and not any(dep in produced(o) for o in members):
-                        blocker = dep
-                        break
-                if blocker:
-                    break
+        i = pos[rank]
+        while i < len(actions):
+            action = actions[i]
+            blocker = _blocker(action, done, last)
             if blocker is not None:
                 waiting_on[blocker].append(rank)
                 break
-            pos[rank] += 1
-            for op in members:
-                for key in produced(op):
+            i += 1
+            for op in ops_of(action):
+                kind, m, s, d = op
+                keys = (("G", m, s, d), op) if kind == "I" else (("G", m, s, d),) if kind == "B" else (op,)
+                for key in keys:
                     done.add(key)
-                    ready.extend(waiting_on.pop(key, ()))
+                    woken = waiting_on.pop(key, None)
+                    if woken:
+                        ready.extend(woken)
+        pos[rank] = i
     stuck = [(r, schedule.ranks[r][pos[r]]) for r in range(schedule.num_ranks) if pos[r] < len(schedule.ranks[r])]
     if stuck:
-        lines = "; ".join(f"rank {r} is stuck at {a} waiting for {describe_wait(a, done, S)}" for r, a in stuck)
+        lines = "; ".join(f"rank {r} is stuck at {a} waiting for {describe_wait(a, done, last + 1)}" for r, a in stuck)
         raise ScheduleError(f"schedule deadlocks: {lines}")

@@ -1,0 +1,192 @@
+"""The fast path gives the SimPy engine's trace, row for row, and run() uses it.
+
+Random schedules are built as random topological orders of the op graph (so
+they can always finish), with random placements (any stage on any rank, two
+directions), split backwards, overlapped FB pairs and costs drawn from a few
+round values, so that ties (two results landing together, zero-length I or W,
+a link freeing as a new send is ready) happen often.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dualpipe_sim import fastpath, metrics, registry, scenario, simulation
+from dualpipe_sim.costs import CostModel
+from dualpipe_sim.engine import DeadlockError
+from dualpipe_sim.engine import simulate as engine_simulate
+from dualpipe_sim.ir import FB, Op, Schedule
+from dualpipe_sim.metrics import compute_metrics, union_length
+from dualpipe_sim.validate import validate
+
+
+def assert_same_trace(fast, slow):
+    for name in ("compute", "comm", "memory"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert a.dtype == b.dtype and a.tolist() == b.tolist(), name
+    assert fast.stages_on_rank == slow.stages_on_rank
+    assert fast.parameter_bytes == slow.parameter_bytes
+    assert (fast.schedule, fast.stages, fast.microbatches, fast.ranks) == (
+        slow.schedule, slow.stages, slow.microbatches, slow.ranks,
+    )
+    assert compute_metrics(fast) == compute_metrics(slow)
+
+
+def random_schedule(rnd, ranks, stages, microbatches, split_p, pair_p) -> Schedule:
+    place = {(d, s): rnd.randrange(ranks) for d in (0, 1) for s in range(stages)}
+    direction = [rnd.randrange(2) for _ in range(microbatches)]
+    needs, todo = {}, []
+    for m in range(microbatches):
+        d = direction[m]
+        for s in range(stages):
+            f = Op("F", m, s, d)
+            needs[f] = [Op("F", m, s - 1, d)] if s else []
+            grad = [("G", m, s + 1)] if s < stages - 1 else []
+            if rnd.random() < split_p:
+                i, w = Op("I", m, s, d), Op("W", m, s, d)
+                needs[i], needs[w] = [f, *grad], [i]
+                todo += [f, i, w]
+            else:
+                b = Op("B", m, s, d)
+                needs[b] = [f, *grad]
+                todo += [f, b]
+    done, lists = set(), [[] for _ in range(ranks)]
+
+    def finished(op):
+        done.add(op)
+        if op.kind in ("B", "I"):
+            done.add(("G", op.microbatch, op.stage))
+
+    while todo:
+        ready = [op for op in todo if all(n in done for n in needs[op])]
+        op = rnd.choice(ready)
+        rank = place[(op.direction, op.stage)]
+        partners = [o for o in ready if o.kind in ("B", "I") and place[(o.direction, o.stage)] == rank]
+        if op.kind == "F" and partners and rnd.random() < pair_p:
+            other = rnd.choice(partners)
+            lists[rank].append(FB(op, other))
+            for x in (op, other):
+                todo.remove(x)
+                finished(x)
+        else:
+            lists[rank].append(op)
+            todo.remove(op)
+            finished(op)
+    return Schedule("random", stages, microbatches, tuple(tuple(a) for a in lists))
+
+
+def random_costs(draw, stages) -> CostModel:
+    per = lambda values: tuple(draw(st.sampled_from(values)) for _ in range(stages))  # noqa: E731
+    backward = per((1.0, 2.0, 3.0))
+    fractions = [draw(st.sampled_from((0.0, 0.5, 1.0))) for _ in range(stages)]  # W = 0 and W = B (I = 0) included
+    return CostModel(
+        forward=per((0.5, 1.0, 1.5, 2.0)),
+        backward=backward,
+        weight=tuple(b * f for b, f in zip(backward, fractions)),
+        overlapped=draw(st.none() | st.just(per((1.0, 2.0, 2.5, 4.0)))),
+        p2p=draw(st.sampled_from((0.0, 0.25, 0.5, 1.0, 3.0))),
+        activation_bytes=per((0.0, 1.0, 2.5)),
+        parameter_bytes=per((1.0, 3.0)),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_schedules_same_trace_as_engine(data):
+    ranks = data.draw(st.integers(1, 4), label="ranks")
+    stages = data.draw(st.integers(1, 5), label="stages")
+    microbatches = data.draw(st.integers(1, 5), label="microbatches")
+    split_p = data.draw(st.sampled_from((0.0, 0.5, 1.0)), label="split")
+    pair_p = data.draw(st.sampled_from((0.0, 0.5, 1.0)), label="pair")
+    schedule = random_schedule(data.draw(st.randoms(use_true_random=False)), ranks, stages, microbatches, split_p, pair_p)
+    validate(schedule)  # the generator only makes schedules that can run
+    costs = random_costs(data.draw, stages)
+    fast = fastpath.simulate(schedule, costs)
+    assert_same_trace(fast, engine_simulate(schedule, costs))
+    assert metrics.p2p_exposed(fast) == pytest.approx(reference_p2p_exposed(fast), abs=1e-9)
+
+
+def registered_shapes():
+    """Every registered family on two small shapes it accepts."""
+    out = []
+    for name, family in registry.families().items():
+        found = 0
+        for stages in (2, 4, 6, 8):
+            for mbs in (stages, 2 * stages, 3 * stages + 1):
+                opts = {"chunks_per_rank": 2} if "chunks_per_rank" in family.options else {}
+                if found < 2 and family.check(stages, mbs, **opts) is None:
+                    out.append((name, stages, mbs, opts))
+                    found += 1
+    return out
+
+
+@pytest.mark.parametrize("name,stages,mbs,opts", registered_shapes())
+@pytest.mark.parametrize("p2p", [0.0, 0.5, 1.7])
+def test_registered_schedules_same_trace_as_engine(name, stages, mbs, opts, p2p):
+    schedule = registry.build(name, stages, mbs, **opts)
+    costs = CostModel(
+        forward=tuple(1.0 + 0.25 * (s % 3) for s in range(stages)),
+        backward=(2.0,) * stages,
+        weight=(1.0,) * stages,
+        overlapped=(2.5,) * stages,
+        p2p=p2p,
+        activation_bytes=(1.0,) * stages,
+        parameter_bytes=(1.0,) * stages,
+    )
+    assert_same_trace(fastpath.simulate(schedule, costs), engine_simulate(schedule, costs))
+
+
+def test_run_uses_the_fast_path_for_simple_costs(monkeypatch):
+    data = {
+        "pipeline": {"schedule": "dualpipe", "stages": 4, "microbatches": 8},
+        "costs": {"forward": 1.0, "backward": 2.0, "overlapped": 2.5},
+        "comm": {"p2p": 0.5},
+    }
+    expected = engine_simulate(simulation.build_schedule(scenario.from_dict(data)), scenario.from_dict(data).cost_model())
+
+    def no_engine(*args):
+        raise AssertionError("the SimPy engine ran")
+
+    monkeypatch.setattr(simulation, "simulate", no_engine)
+    result = simulation.run(scenario.from_dict(data))
+    assert_same_trace(result.trace, expected)
+
+
+def test_deadlock_is_reported_by_the_engine():
+    stuck = Schedule(
+        "custom", 2, 2,
+        ((Op("F", 0, 0), Op("B", 1, 0), Op("F", 1, 0), Op("B", 0, 0)),
+         (Op("F", 0, 1), Op("B", 0, 1), Op("F", 1, 1), Op("B", 1, 1))),
+    )
+    costs = CostModel.uniform(2, p2p=0.1)
+    with pytest.raises(DeadlockError) as fast:
+        fastpath.simulate(stuck, costs)
+    with pytest.raises(DeadlockError) as slow:
+        engine_simulate(stuck, costs)
+    assert str(fast.value) == str(slow.value)
+
+
+def test_component_costs_and_blocking_p2p_do_not_apply():
+    assert fastpath.applies(CostModel.uniform(4))
+    for changed in ({"chunk": object()}, {"p2p_mode": "blocking"}):
+        costs = CostModel.uniform(4)
+        object.__setattr__(costs, *next(iter(changed.items())))
+        assert not fastpath.applies(costs)
+        with pytest.raises(ValueError):
+            fastpath.simulate(registry.build("1f1b", 4, 4), costs)
+
+
+def reference_p2p_exposed(trace) -> float:
+    """The definition, one action at a time (metrics.p2p_exposed is the vectorised form):
+    each transfer clipped to the wait between the previous action's end and its action's start."""
+    p2p = trace.comm[(trace.comm["channel"] == 0) & (trace.comm["action"] >= 0)]
+    total = 0.0
+    for rank, action in {(int(x["peer"]), int(x["action"])) for x in p2p}:
+        rows = trace.compute[trace.compute["rank"] == rank]
+        earlier = rows["action"][rows["action"] < action]
+        w0 = float(rows[rows["action"] == earlier.max()]["end"].max()) if len(earlier) else 0.0
+        w1 = float(rows[rows["action"] == action]["start"].min())
+        feeds = p2p[(p2p["peer"] == rank) & (p2p["action"] == action)]
+        total += union_length(np.clip(feeds["start"], w0, w1), np.clip(feeds["end"], w0, w1))
+    return total
