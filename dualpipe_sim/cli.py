@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
     run.add_argument("--schedule-file", help="replay this schedule instead of pipeline.schedule: the JSON or "
                                              "action-string form of `schedule --format json|actions`")
+    run.add_argument("--trace", metavar="FILE", help="also write a Chrome/Perfetto trace, a file inside --out, "
+                                                     "e.g. out/trace.json")
 
     sch = sub.add_parser("schedule", help="print a schedule's per-rank op lists")
     sch.add_argument("name")
@@ -46,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="actions: PyTorch pipelining action strings, one line per rank")
 
     sub.add_parser("schedules", help="list the registered schedules and their constraints")
+
+    cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
+    cmp_.add_argument("scenario", help="scenario TOML file")
+    cmp_.add_argument("--schedules", default="1f1b,zb-h1,dualpipe,dualpipev,chimera",
+                      help="comma-separated schedule names (default: %(default)s)")
+    cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a scenario key for every schedule (repeatable)")
+    cmp_.add_argument("--out", default="out", help="output folder (default: out)")
     return p
 
 
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "schedule":
             return _cmd_schedule(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
         return _cmd_schedules()
     except (ScenarioError, ScheduleError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -76,23 +88,31 @@ def read_schedule_file(path: str) -> Schedule:
 def _cmd_run(args) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
+    from .exports.chrome import trace_name, write_chrome_trace
+
+    try:
+        trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png")) if args.trace else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     result = simulation.run(scenario, schedule)
     metrics = result.metrics
 
     from .plots.gantt import save_gantt  # matplotlib only when we draw
+    from .plots.memory import save_memory
 
-    write_all(
-        args.out,
-        {
-            "metrics.json": write_text(metrics_json(metrics)),
-            "gantt.png": lambda path: save_gantt(result.trace, metrics, path),
-        },
-    )
+    writers = {
+        "metrics.json": write_text(metrics_json(metrics)),
+        "gantt.png": lambda path: save_gantt(result.trace, metrics, path),
+        "memory.png": lambda path: save_memory(result.trace, metrics, path),
+    }
+    if trace_file:
+        writers[trace_file] = lambda path: write_chrome_trace(result.trace, path)
+    written = write_all(args.out, writers)
     if args.json:
         sys.stdout.write(metrics_json(metrics))
     else:
         print(summary_table(metrics))
-        print(f"\nwrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'gantt.png'}")
+        print("\nwrote " + ", ".join(str(f) for f in written))
     note = actions.ignored_note(schedule) if schedule is not None else None
     if note:  # after success, on stderr: never a second line beside an error, never in --json output
         print(f"note: --schedule-file {args.schedule_file}: {note}", file=sys.stderr)
@@ -139,6 +159,21 @@ def _cmd_schedules() -> int:
     for name, family in registry.families().items():
         print(f"{name:<18} {family.description}")
         print(f"{'':<18} constraints: {family.constraints}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from . import compare  # matplotlib only when we draw
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    try:
+        names = compare.parse_schedules(args.schedules)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    source = compare.describe_source(args.scenario, args.overrides)
+    result, written = compare.run_and_write(scenario, names, args.out, source)
+    print(compare.report(result))
+    print("\nwrote " + ", ".join(str(f) for f in written))
     return 0
 
 

@@ -1,0 +1,188 @@
+"""Run one scenario through several schedules and tabulate the results.
+
+Every schedule gets the same scenario (same model stages, micro-batches,
+costs and memory); only ``pipeline.schedule`` changes.  Schedules place the
+stages differently, so the number of devices differs (DualPipeV and ZB-V fold
+S stages onto S/2 ranks): the table shows it next to the times.
+
+A schedule is skipped, with the reason, when it is not registered or when the
+scenario breaks one of its constraints (the family's own check, or a schedule
+that cannot run to the end).  The speed-up column is 1F1B's makespan over
+the schedule's; 1F1B is run for it even when it is not among the schedules
+compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import registry, simulation
+from .exports.timeline import format_bytes
+from .ir import ScheduleError
+from .scenario import Scenario, ScenarioError
+
+DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
+BASELINE = "1f1b"
+
+
+@dataclass
+class Comparison:
+    results: list[simulation.Result]  # in the order asked for
+    skipped: list[tuple[str, str]]  # (schedule, reason)
+    baseline_makespan: float | None  # 1F1B on the same scenario
+
+
+def parse_schedules(text: str) -> list[str]:
+    """``"1f1b, dualpipe,1f1b"`` -> ``["1f1b", "dualpipe"]`` (order kept, repeats dropped)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ValueError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
+    return names
+
+
+def with_schedule(scenario: Scenario, name: str) -> Scenario:
+    return scenario.model_copy(update={"pipeline": scenario.pipeline.model_copy(update={"schedule": name})})
+
+
+def _try_run(scenario: Scenario, name: str) -> simulation.Result | str:
+    """The run, or the reason the schedule cannot take this scenario."""
+    if name not in registry.families():
+        return "not registered (`dualpipe-sim schedules` lists the known ones)"
+    try:
+        return simulation.run(with_schedule(scenario, name))
+    except ScheduleError as exc:
+        return str(exc).removeprefix(f"{name}: ")
+
+
+def compare(scenario: Scenario, names: list[str]) -> Comparison:
+    """Run ``scenario`` through each schedule.  Raises ScenarioError when none can run it."""
+    results, skipped = [], []
+    for name in names:
+        outcome = _try_run(scenario, name)
+        if isinstance(outcome, str):
+            skipped.append((name, outcome))
+        else:
+            results.append(outcome)
+    if not results:
+        reasons = "; ".join(f"{n}: {why}" for n, why in skipped)
+        raise ScenarioError(f"--schedules: none of the schedules can run this scenario ({reasons})")
+    base = next((r for r in results if r.metrics["schedule"] == BASELINE), None)
+    if base is None:
+        outcome = _try_run(scenario, BASELINE)
+        base = None if isinstance(outcome, str) else outcome
+    return Comparison(results, skipped, base.metrics["makespan"] if base else None)
+
+
+COLUMNS = (
+    ("schedule", "schedule"),
+    ("devices", "devices"),
+    ("makespan", "makespan (ms)"),
+    ("speedup", "speed-up vs 1F1B"),
+    ("bubble", "bubble ratio"),
+    ("peak", "peak activation"),
+    ("peak_bytes", "peak activation bytes"),
+    ("params", "parameter copies"),
+    ("exposed", "exposed comm (ms)"),
+)
+
+
+def summary_rows(comparison: Comparison) -> list[dict]:
+    """One row of numbers per schedule run (maxima are over ranks)."""
+    rows = []
+    for result in comparison.results:
+        m = result.metrics
+        base = comparison.baseline_makespan
+        rows.append(
+            {
+                "schedule": m["schedule"],
+                "devices": m["ranks"],
+                "makespan": m["makespan"],
+                "speedup": base / m["makespan"] if base and m["makespan"] > 0 else None,
+                "bubble": m["bubble_ratio"],
+                "peak": max(r["peak_activation"] for r in m["per_rank"]),
+                "peak_bytes": max(r["peak_activation_bytes"] for r in m["per_rank"]),
+                "params": max(r["parameter_copies"] for r in m["per_rank"]),
+                "exposed": m["comm"]["exposed"],
+            }
+        )
+    return rows
+
+
+def _cells(row: dict) -> list[str]:
+    return [
+        row["schedule"],
+        str(row["devices"]),
+        f"{row['makespan']:.4g}",
+        "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+        f"{row['bubble']:.1%}",
+        str(row["peak"]),
+        format_bytes(row["peak_bytes"]),
+        str(row["params"]),
+        f"{row['exposed']:.4g}",
+    ]
+
+
+def table(comparison: Comparison) -> str:
+    """The side-by-side table as an aligned Markdown table (reads in a terminal too)."""
+    body = [_cells(r) for r in summary_rows(comparison)]
+    head = [title for _, title in COLUMNS]
+    widths = [max(len(c) for c in col) for col in zip(head, *body)]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(b) for b in body)])
+
+
+def skipped_lines(comparison: Comparison) -> list[str]:
+    return [f"skipped {name}: {why}" for name, why in comparison.skipped]
+
+
+def report(comparison: Comparison) -> str:
+    """What the terminal shows: the table, then one line per skipped schedule."""
+    return "\n".join([table(comparison), *skipped_lines(comparison)])
+
+
+def describe_source(path: str, overrides: list[str]) -> str:
+    return f"`{path}`" + "".join(f" `--set {o}`" for o in overrides)
+
+
+def markdown(comparison: Comparison, source: str, png: str = "compare.png") -> str:
+    """compare.md: where the numbers come from, the table, the skips, the chart."""
+    m = comparison.results[0].metrics
+    lines = [
+        "# Schedule comparison",
+        "",
+        f"Scenario {source}: {m['stages']} model stages, {m['microbatches']} micro-batches; "
+        "every schedule runs the same stages, costs and memory sizes.",
+        "",
+        table(comparison),
+        "",
+        "Makespan and exposed communication in the scenario's time unit (ms). Speed-up = 1F1B makespan / "
+        "makespan on the same scenario"
+        + ("" if comparison.baseline_makespan else " (1F1B could not run it, so none is given)")
+        + ". Peak activation is the most stage-activations alive at once on any one rank, and its bytes; "
+        "parameter copies is the most model stages any one rank holds. Devices differ between schedules "
+        "that fold several stages onto one rank.",
+    ]
+    if comparison.skipped:
+        lines += ["", "Skipped:", ""] + [f"- `{n}`: {why}" for n, why in comparison.skipped]
+    lines += ["", f"![Gantt charts on a shared time axis]({png})", ""]
+    return "\n".join(lines)
+
+
+def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str) -> tuple[Comparison, list]:
+    """Compare, then write compare.md and compare.png into ``out_dir`` all-or-nothing."""
+    from .outputs import write_all, write_text
+    from .plots.compare import save_compare  # matplotlib only when we draw
+
+    comparison = compare(scenario, names)
+    files = write_all(
+        out_dir,
+        {
+            "compare.md": write_text(markdown(comparison, source)),
+            "compare.png": lambda path: save_compare(comparison.results, path),
+        },
+    )
+    return comparison, files

@@ -1,0 +1,1 @@
+"""Exports: pure functions of a trace (Chrome trace JSON, timelines)."""

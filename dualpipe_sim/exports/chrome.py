@@ -1,0 +1,222 @@
+"""Chrome trace event format (opens in Perfetto and chrome://tracing).
+
+A pure function of the trace arrays:
+
+* one process per rank (``pid`` = rank, ``process_name`` "rank r");
+* threads per rank: ``compute``, ``all-to-all`` and ``P2P send``.  Slices on
+  one thread must nest, so intervals of one channel that overlap in time (two
+  sends to different neighbours at once, say) go to extra threads
+  ``P2P send #2``, ... ; without overlaps each channel is exactly one thread;
+* every compute row and every comm row (channel P2P or A2A) is one complete
+  event (``"ph": "X"``) with args micro-batch, stage, direction and kind
+  (and, for component-model rows, ``part`` and its ``costs.COMPONENTS`` name);
+  all-to-all slices are named after their phase (``dispatch F3``, ``combine B3``);
+* activation memory is a counter track (``"ph": "C"``) per rank, with the
+  level in stage-activation units and in bytes after each instant;
+* each P2P send with a consumer (``action`` >= 0) gets a flow arrow
+  (``"ph": "s"`` on the send, ``"ph": "f"`` with ``"bp": "e"`` on the op that
+  consumes it, same ``id``); both ends sit at the middle of their slice so the
+  enclosing slice is unambiguous even when slices touch.
+
+Units: the scenario's time unit is the millisecond, and the format's ``ts``
+and ``dur`` are microseconds, so ``ts = t_ms * 1000``, rounded to the
+nanosecond.  Perfetto converts a fractional ``ts`` to whole nanoseconds by
+truncating ``ts * 1000``; every value written here is nudged (by at most a
+few units in the last place) so that truncation gives back exactly the
+intended nanosecond, and touching slices still touch after import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..costs import COMPONENTS
+from ..trace import A2A, KIND_NAMES, P2P, Trace
+from .timeline import activation_levels
+
+NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds
+US_PER_UNIT = 1000  # ... and in microseconds, the unit of ts/dur
+# (thread id base, thread name) per group; lane k of a group is tid base + k.
+THREADS = {"compute": (1, "compute"), "a2a": (101, "all-to-all"), "p2p": (201, "P2P send")}
+P2P_KINDS = ("activation", "gradient")  # comm kind 0 / 1 on the P2P channel
+
+
+def _ns(t) -> np.ndarray:
+    return np.rint(np.asarray(t, dtype=float) * NS_PER_UNIT).astype(np.int64)
+
+
+def _us(ns: int) -> float | int:
+    """Microseconds for a whole number of nanoseconds, such that a reader
+    computing int(value * 1000) (Perfetto) gets ``ns`` back exactly."""
+    ns = int(ns)
+    if ns % 1000 == 0:
+        return ns // 1000
+    v = ns / 1000
+    while int(v * 1000.0) < ns:
+        v = math.nextafter(v, math.inf)
+    return v
+
+
+def lanes(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Fewest lanes so that intervals on one lane never overlap (greedy on
+    start order, each interval to the lowest free lane)."""
+    order = np.lexsort((ends, starts))
+    lane = np.zeros(len(starts), dtype=np.int64)
+    lane_end: list[int] = []
+    for i in order:
+        for k, end in enumerate(lane_end):
+            if end <= starts[i]:
+                break
+        else:
+            k = len(lane_end)
+            lane_end.append(0)
+        lane_end[k] = ends[i]
+        lane[i] = k
+    return lane
+
+
+def _thread_names(pid: int, group: str, count: int) -> list[dict]:
+    base, name = THREADS[group]
+    events = []
+    for k in range(max(count, 1)):
+        tid = base + k
+        label = name if k == 0 else f"{name} #{k + 1}"
+        events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": label}})
+        events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
+    return events
+
+
+def _component(part: int) -> str | None:
+    """Name of a component-model part (costs.COMPONENTS), None for a whole op."""
+    return COMPONENTS[part] if 0 <= part < len(COMPONENTS) else None
+
+
+def _op_label(kind: int, microbatch: int, direction: int) -> str:
+    return f"{KIND_NAMES[kind]}{microbatch}" + (f" (dir {direction})" if direction else "")
+
+
+def chrome_trace(trace: Trace) -> dict:
+    """The trace as a Chrome trace event document (a JSON-ready dict)."""
+    comp, comm = trace.compute, trace.comm
+    c0, c1 = _ns(comp["start"]), _ns(comp["end"])
+    m0, m1 = _ns(comm["start"]), _ns(comm["end"])
+    comp_tid = np.zeros(len(comp), dtype=np.int64)
+    comm_tid = np.zeros(len(comm), dtype=np.int64)
+    meta, slices, counters, flows = [], [], [], []
+
+    for rank in range(trace.ranks):
+        meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_name", "args": {"name": f"rank {rank}"}})
+        meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_sort_index", "args": {"sort_index": rank}})
+        for group, rows, starts, ends, tids, mask in (
+            ("compute", comp, c0, c1, comp_tid, comp["rank"] == rank),
+            ("a2a", comm, m0, m1, comm_tid, (comm["rank"] == rank) & (comm["channel"] == A2A)),
+            ("p2p", comm, m0, m1, comm_tid, (comm["rank"] == rank) & (comm["channel"] == P2P)),
+        ):
+            idx = np.flatnonzero(mask)
+            lane = lanes(starts[idx], ends[idx])
+            tids[idx] = THREADS[group][0] + lane
+            meta += _thread_names(rank, group, int(lane.max()) + 1 if len(lane) else 1)
+
+        times, units, nbytes = activation_levels(trace, rank)
+        for t, u, b in zip(_ns(times), units, nbytes):
+            counters.append(
+                {"ph": "C", "pid": rank, "tid": 0, "name": "activation memory", "ts": _us(t),
+                 "args": {"units": int(u), "bytes": float(b)}}
+            )
+
+    for i, row in enumerate(comp):
+        args = {
+            "microbatch": int(row["microbatch"]), "stage": int(row["stage"]), "direction": int(row["direction"]),
+            "kind": KIND_NAMES[row["kind"]], "action": int(row["action"]), "overlapped": bool(row["overlapped"]),
+        }
+        if row["part"] >= 0:
+            args.update(part=int(row["part"]), component=_component(row["part"]))
+        slices.append(
+            {"ph": "X", "cat": "compute", "name": _op_label(row["kind"], row["microbatch"], row["direction"]),
+             "pid": int(row["rank"]), "tid": int(comp_tid[i]), "ts": _us(c0[i]), "dur": _us(c1[i] - c0[i]),
+             "args": args}
+        )
+
+    for i, row in enumerate(comm):
+        args = {"microbatch": int(row["microbatch"]), "stage": int(row["stage"]), "direction": int(row["direction"])}
+        if row["channel"] == P2P:
+            what = P2P_KINDS[row["kind"]] if 0 <= row["kind"] < len(P2P_KINDS) else f"kind {row['kind']}"
+            name, cat = f"{what} {row['microbatch']} to rank {row['peer']}", "p2p"
+            args.update(kind=what, to=int(row["peer"]), consumer_action=int(row["action"]))
+        else:
+            what = KIND_NAMES[row["kind"]] if 0 <= row["kind"] < len(KIND_NAMES) else f"kind {row['kind']}"
+            phase = (_component(row["part"]) or "a2a").split("_")[0]  # dispatch / combine
+            name, cat = f"{phase} {what}{row['microbatch']}", "a2a"
+            args.update(kind=what, action=int(row["action"]))
+        if row["part"] >= 0:
+            args.update(part=int(row["part"]), component=_component(row["part"]))
+        slices.append(
+            {"ph": "X", "cat": cat, "name": name, "pid": int(row["rank"]), "tid": int(comm_tid[i]),
+             "ts": _us(m0[i]), "dur": _us(m1[i] - m0[i]), "args": args}
+        )
+
+    # Flow arrows: each P2P send to the compute slice of the op that consumes it.
+    consumer: dict[tuple, int] = {}
+    for i, row in enumerate(comp):  # rows sorted by rank, start: the first part wins
+        is_forward = KIND_NAMES[row["kind"]] == "F"
+        key = (int(row["rank"]), int(row["action"]), is_forward, int(row["microbatch"]), int(row["direction"]))
+        consumer.setdefault(key, i)
+    for i in np.flatnonzero((comm["channel"] == P2P) & (comm["action"] >= 0)):
+        row = comm[i]
+        key = (int(row["peer"]), int(row["action"]), bool(row["kind"] == 0), int(row["microbatch"]), int(row["direction"]))
+        j = consumer.get(key)
+        if j is None:
+            continue
+        fid, name = len(flows) // 2, P2P_KINDS[row["kind"]] if row["kind"] < len(P2P_KINDS) else "p2p"
+        flows.append({"ph": "s", "cat": "p2p-flow", "name": name, "id": fid, "pid": int(row["rank"]),
+                      "tid": int(comm_tid[i]), "ts": _us((m0[i] + m1[i]) // 2)})
+        flows.append({"ph": "f", "bp": "e", "cat": "p2p-flow", "name": name, "id": fid, "pid": int(comp["rank"][j]),
+                      "tid": int(comp_tid[j]), "ts": _us((c0[j] + c1[j]) // 2)})
+
+    return {
+        "traceEvents": meta + slices + counters + flows,
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "schedule": trace.schedule,
+            "stages": trace.stages,
+            "ranks": trace.ranks,
+            "microbatches": trace.microbatches,
+            "time_unit": "ts and dur in microseconds: 1 scenario time unit (ms) = 1000",
+        },
+    }
+
+
+def chrome_trace_json(trace: Trace) -> str:
+    """The document as text, one event per line (same trace, same bytes)."""
+    doc = chrome_trace(trace)
+    events = ",\n".join(json.dumps(e, allow_nan=False) for e in doc.pop("traceEvents"))
+    rest = json.dumps(doc, allow_nan=False)[1:]
+    return '{"traceEvents": [\n' + events + "\n], " + rest + "\n"
+
+
+def trace_name(trace_path: str, out_dir: str, taken=()) -> str:
+    """Where ``run --trace PATH`` goes, as a name inside the output folder, so
+    that it is written with the other outputs, all-or-nothing.  Raises
+    ValueError (one line naming --trace) for a path outside ``out_dir`` or one
+    that another output already uses."""
+    out = Path(out_dir).resolve()
+    try:
+        rel = Path(trace_path).resolve().relative_to(out)
+    except ValueError:
+        raise ValueError(
+            f"--trace: must be a file inside the --out folder {out_dir}, e.g. {Path(out_dir) / 'trace.json'}; "
+            f"got {trace_path}"
+        ) from None
+    name = rel.as_posix()
+    if name in ("", ".") or name in taken:
+        raise ValueError(f"--trace: {trace_path} is the output folder or another output of run")
+    return name
+
+
+def write_chrome_trace(trace: Trace, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(chrome_trace_json(trace))

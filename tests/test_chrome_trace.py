@@ -1,0 +1,224 @@
+"""Chrome trace export: load the JSON and check it against the metrics and the schedule's rules."""
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualpipe_sim import scenario, simulation
+from dualpipe_sim.cli import main
+from dualpipe_sim.exports import chrome
+from dualpipe_sim.metrics import compute_metrics
+from dualpipe_sim.trace import A2A, COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, P2P, Trace
+
+from helpers import run_uniform
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = str(ROOT / "scenarios" / "quickstart.toml")
+
+
+def load(trace) -> list[dict]:
+    return json.loads(chrome.chrome_trace_json(trace))["traceEvents"]
+
+
+def ns(value) -> int:
+    """What Perfetto makes of a ts/dur in microseconds: int(value * 1000) nanoseconds."""
+    return int(value * 1000) if isinstance(value, float) else value * 1000
+
+
+def slices(events, cat=None):
+    return [e for e in events if e["ph"] == "X" and (cat is None or e["cat"] == cat)]
+
+
+@pytest.fixture(scope="module")
+def dualpipe():
+    # DualPipe with P2P costs: overlapped pairs, both directions, transfers that make ranks wait.
+    return simulation.run(scenario.load(QUICK, ["pipeline.microbatches=16"]))
+
+
+@pytest.fixture(scope="module", params=["1f1b", "zb-h1", "dualpipev"])
+def other(request):
+    return run_uniform(request.param, 4, 8, forward=1.0, backward=2.0, weight=0.7, p2p=0.3,
+                       memory__activation=[1.0, 2.0, 3.0, 4.0])
+
+
+def check_against_metrics(result):
+    events, m = load(result.trace), result.metrics
+    busy = defaultdict(float)
+    for e in slices(events, "compute"):
+        busy[e["pid"]] += e["dur"] / 1000  # us -> ms
+    for r in m["per_rank"]:
+        assert busy[r["rank"]] == pytest.approx(r["busy"], abs=1e-6)
+    p2p = sum(e["dur"] for e in slices(events, "p2p")) / 1000
+    a2a = sum(e["dur"] for e in slices(events, "a2a")) / 1000
+    assert p2p == pytest.approx(m["comm"]["p2p_time"], abs=1e-6)
+    assert a2a == pytest.approx(m["comm"]["a2a_time"], abs=1e-6)
+    counters = defaultdict(list)
+    for e in events:
+        if e["ph"] == "C":
+            counters[e["pid"]].append(e["args"])
+    for r in m["per_rank"]:
+        assert max(a["units"] for a in counters[r["rank"]]) == r["peak_activation"]
+        assert max(a["bytes"] for a in counters[r["rank"]]) == pytest.approx(r["peak_activation_bytes"])
+    return events
+
+
+def check_structure(events, ranks):
+    names = {(e["pid"], e["name"]): e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    assert names == {(r, "process_name"): f"rank {r}" for r in range(ranks)}
+    threads = {(e["pid"], e["args"]["name"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    for r in range(ranks):
+        assert {(r, "compute"), (r, "all-to-all"), (r, "P2P send")} <= threads
+    # Slices on one thread must nest; ours never overlap, in Perfetto's integer nanoseconds.
+    per_thread = defaultdict(list)
+    for e in slices(events):
+        assert e["dur"] >= 0
+        per_thread[(e["pid"], e["tid"])].append((ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])))
+    for spans in per_thread.values():
+        spans.sort()
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def check_flows(events):
+    """Every flow start has one finish; the arrow runs from a send to the op that consumes it."""
+    starts = {e["id"]: e for e in events if e["ph"] == "s"}
+    finishes = {e["id"]: e for e in events if e["ph"] == "f"}
+    assert len(starts) == sum(e["ph"] == "s" for e in events)  # ids unique
+    assert starts.keys() == finishes.keys()
+    assert all(e.get("bp") == "e" for e in finishes.values())
+
+    def enclosing(e, cat):
+        hits = [x for x in slices(events, cat) if x["pid"] == e["pid"] and x["tid"] == e["tid"]
+                and ns(x["ts"]) <= ns(e["ts"]) <= ns(x["ts"]) + ns(x["dur"])]
+        assert len(hits) == 1, (e, hits)
+        return hits[0]
+
+    for fid, s in starts.items():
+        send, op = enclosing(s, "p2p"), enclosing(finishes[fid], "compute")
+        a, b = send["args"], op["args"]
+        assert op["pid"] == a["to"] != send["pid"]
+        assert (b["microbatch"], b["direction"]) == (a["microbatch"], a["direction"])
+        if a["kind"] == "activation":  # stage s's output feeds stage s+1's forward
+            assert (b["kind"], b["stage"]) == ("F", a["stage"] + 1)
+        else:  # stage s's input gradient feeds stage s-1's backward
+            assert b["kind"] in ("B", "I") and b["stage"] == a["stage"] - 1
+        assert ns(op["ts"]) >= ns(send["ts"]) + ns(send["dur"])  # data lands before it is used
+    return len(starts)
+
+
+def test_dualpipe_trace_matches_metrics_and_dependencies(dualpipe):
+    events = check_against_metrics(dualpipe)
+    check_structure(events, dualpipe.trace.ranks)
+    flows = check_flows(events)
+    # Every cross-rank transfer feeds an op on another rank, so every send gets an arrow.
+    assert flows == len(slices(events, "p2p")) > 0
+    assert len(slices(events, "compute")) == len(dualpipe.trace.compute)
+    overlapped = [e for e in slices(events, "compute") if e["args"]["overlapped"]]
+    assert overlapped and {e["args"]["kind"] for e in overlapped} == {"F", "B"}
+
+
+def test_other_schedules(other):
+    events = check_against_metrics(other)
+    check_structure(events, other.trace.ranks)
+    assert check_flows(events) == len(slices(events, "p2p"))
+
+
+CHUNK = {"layers": 2, "attn_forward": 0.4, "mlp_forward": 0.5, "dispatch_forward": 0.6, "combine_forward": 0.7,
+         "attn_backward_input": 0.8, "attn_backward_weight": 0.2, "mlp_backward_input": 0.5,
+         "mlp_backward_weight": 0.3, "dispatch_backward": 0.6, "combine_backward": 0.5}
+
+
+@pytest.mark.parametrize("schedule", ["dualpipe", "1f1b"])
+def test_component_model_all_to_all(schedule):
+    # The engine's all-to-all channel: A2A rows with component parts, exported from the trace alone.
+    sc = scenario.from_dict({"pipeline": {"schedule": schedule, "stages": 4, "microbatches": 8},
+                             "chunk": CHUNK, "comm": {"p2p": 0.1}})
+    r = simulation.run(sc)
+    assert (r.trace.comm["channel"] == A2A).any()
+    events = check_against_metrics(r)
+    check_structure(events, r.trace.ranks)
+    assert check_flows(events) == len(slices(events, "p2p"))
+    a2a = slices(events, "a2a")
+    assert len(a2a) == int((r.trace.comm["channel"] == A2A).sum())
+    assert {e["name"].split()[0] for e in a2a} == {"dispatch", "combine"}
+    assert all(e["args"]["component"].startswith(e["name"].split()[0]) for e in a2a)
+
+
+def test_hand_worked_two_stages_one_microbatch():
+    # F=1, B=2, p2p=0.5 ms: rank 0 F [0,1), send [1,1.5), rank 1 F [1.5,2.5), B [2.5,4.5),
+    # gradient send [4.5,5), rank 0 B [5,7).  In microseconds:
+    r = run_uniform("1f1b", 2, 1, forward=1.0, backward=2.0, p2p=0.5)
+    events = load(r.trace)
+    got = sorted((e["pid"], e["name"], e["ts"], e["dur"]) for e in slices(events))
+    assert got == [
+        (0, "B0", 5000, 2000), (0, "F0", 0, 1000), (0, "activation 0 to rank 1", 1000, 500),
+        (1, "B0", 2500, 2000), (1, "F0", 1500, 1000), (1, "gradient 0 to rank 0", 4500, 500),
+    ]
+    counters = [(e["pid"], e["ts"], e["args"]["units"]) for e in events if e["ph"] == "C"]
+    # The level after each instant, from 0 at t=0: rank 0 allocates at once.
+    assert counters == [(0, 0, 1), (0, 7000, 0), (1, 0, 0), (1, 1500, 1), (1, 4500, 0)]
+
+
+def test_microsecond_values_survive_perfettos_truncation():
+    # Perfetto reads a fractional ts as int(ts * 1000) ns; plain ns / 1000 would lose one for many values.
+    for n in list(range(0, 20000, 7)) + [10**12 + 1, 123456789]:
+        assert ns(json.loads(json.dumps(chrome._us(n)))) == n
+
+
+def test_a2a_rows_and_overlaps_get_their_own_threads():
+    # A hand-made trace as the all-to-all component model writes it: A2A rows on a rank,
+    # two of which overlap, and two P2P sends from one rank at once (to both neighbours).
+    compute = np.array([(1, 0, 0, 0, 0, 0.0, 1.0, 0, False, -1), (1, 1, 0, 0, 0, 3.0, 5.0, 1, False, -1)],
+                       dtype=COMPUTE_DTYPE)
+    comm = np.array(
+        [
+            (A2A, 1, 1, 0, 0, 0, 0, 0.5, 1.5, 0, 0),
+            (A2A, 1, 1, 1, 0, 0, 0, 1.0, 2.0, 1, 1),  # overlaps the first
+            (A2A, 1, 1, 1, 0, 0, 0, 2.0, 2.5, 1, 2),  # touches the second, fits on lane 0
+            (P2P, 1, 0, 0, 0, 0, 0, 1.0, 1.2, -1, -1),
+            (P2P, 1, 2, 0, 0, 0, 0, 1.0, 1.4, -1, -1),
+        ],
+        dtype=COMM_DTYPE,
+    )
+    memory = np.array([(0.0, 1, 1, 8.0), (5.0, 1, -1, -8.0)], dtype=MEMORY_DTYPE)
+    trace = Trace("hand", 1, 1, 3, compute, comm, memory, [[], [0], []], [0.0, 1.0, 0.0])
+    events = load(trace)
+    m = compute_metrics(trace)
+    a2a = slices(events, "a2a")
+    assert sum(e["dur"] for e in a2a) / 1000 == pytest.approx(m["comm"]["a2a_time"]) == 2.5
+    assert len({e["tid"] for e in a2a}) == 2 and len({e["tid"] for e in slices(events, "p2p")}) == 2
+    check_structure(events, 3)
+    assert not [e for e in events if e["ph"] in "sf"]  # no consumer given: no arrows
+    threads = {e["args"]["name"] for e in events if e["ph"] == "M" and e["pid"] == 1 and e["name"] == "thread_name"}
+    assert threads == {"compute", "all-to-all", "all-to-all #2", "P2P send", "P2P send #2"}
+
+
+def test_cli_writes_trace_with_the_other_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", QUICK, "--out", str(out), "--trace", str(out / "trace.json"),
+                 "--set", "pipeline.microbatches=16"]) == 0
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "gantt.png", "memory.png", "trace.json"}
+    doc = json.loads((out / "trace.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    busy = sum(e["dur"] for e in doc["traceEvents"] if e["ph"] == "X" and e["cat"] == "compute") / 1000
+    assert busy == pytest.approx(sum(r["busy"] for r in metrics["per_rank"]))
+
+
+@pytest.mark.parametrize("where", ["elsewhere/trace.json", "out", "out/metrics.json"])
+def test_bad_trace_path_one_line_nothing_written(tmp_path, capsys, where):
+    assert main(["run", QUICK, "--out", str(tmp_path / "out"), "--trace", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --trace: ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_trace_writer_leaves_nothing(tmp_path, monkeypatch):
+    def boom(trace, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(chrome, "write_chrome_trace", boom)
+    with pytest.raises(OSError):
+        main(["run", QUICK, "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "out" / "t.json")])
+    assert list(tmp_path.iterdir()) == []
