@@ -9,8 +9,13 @@ Definitions (also in README.md):
   unit = one micro-batch's activations for one stage), and the same in bytes.
 * Communication, for P2P and all-to-all together:
   a P2P transfer is *exposed* for the part of it during which the receiving
-  rank sat idle waiting for the action that consumes it; an all-to-all phase
-  is exposed for the part of it when its rank's compute channel is idle.
+  rank sat idle waiting for the action that consumes it (with blocking P2P
+  the sender waits for all of it: fully exposed); an all-to-all phase is
+  exposed for the part of it when its rank's compute channel is idle.
+* ``between_ops`` of a rank: makespan minus the time inside its actions (an
+  action spans its first to its last component, all-to-all included).  This is
+  what a schedule's closed-form bubble predicts; it equals ``idle`` unless ops
+  hold all-to-all with the compute idle (component model).
   ``hidden`` = total - exposed; ``overlap_ratio`` = hidden / total (null when
   there is no communication).
 """
@@ -109,22 +114,49 @@ def p2p_exposed(trace: Trace) -> float:
     return exposed
 
 
-def a2a_exposed(trace: Trace) -> float:
+def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
+    """Per rank: all-to-all time, and the part of it with the rank's compute idle (exposed)."""
     a2a = trace.comm[trace.comm["channel"] == A2A]
-    exposed = 0.0
+    times, exposed = [0.0] * trace.ranks, [0.0] * trace.ranks
     if len(a2a) == 0:
-        return exposed
-    for mine, comp in zip(by_rank(a2a, trace.ranks), by_rank(trace.compute, trace.ranks)):
+        return times, exposed
+    for rank, (mine, comp) in enumerate(zip(by_rank(a2a, trace.ranks), by_rank(trace.compute, trace.ranks))):
         if len(mine):
+            times[rank] = float(np.sum(mine["end"] - mine["start"]))
             hidden = intersect_length(mine["start"], mine["end"], comp["start"], comp["end"])
-            exposed += union_length(mine["start"], mine["end"]) - hidden
-    return exposed
+            exposed[rank] = union_length(mine["start"], mine["end"]) - hidden
+    return times, exposed
+
+
+def a2a_exposed(trace: Trace) -> float:
+    return float(sum(a2a_per_rank(trace)[1]))
+
+
+def between_ops(trace: Trace) -> list[float]:
+    """Per rank: makespan minus the time spent inside actions, an action lasting
+    from its first component to its last (its all-to-all included)."""
+    a2a = trace.comm[trace.comm["channel"] == A2A]
+    out = []
+    for comp, mine in zip(by_rank(trace.compute, trace.ranks), by_rank(a2a, trace.ranks)):
+        act = np.concatenate([comp["action"], mine["action"]])
+        inside = 0.0
+        if len(act):
+            order = np.argsort(act, kind="stable")
+            act = act[order]
+            s = np.concatenate([comp["start"], mine["start"]])[order]
+            e = np.concatenate([comp["end"], mine["end"]])[order]
+            first = np.flatnonzero(np.r_[True, act[1:] != act[:-1]])
+            inside = float(np.sum(np.maximum.reduceat(e, first) - np.minimum.reduceat(s, first)))
+        out.append(trace.makespan - inside)
+    return out
 
 
 def compute_metrics(trace: Trace, analytic: dict | None = None) -> dict:
     """The metrics.json document (see README for every key)."""
     makespan = trace.makespan
     units, nbytes = peak_activation(trace)
+    a2a_times, a2a_exposed_ = a2a_per_rank(trace)
+    outside = between_ops(trace)
     per_rank = []
     for rank, rows in enumerate(by_rank(trace.compute, trace.ranks)):
         busy = float(np.sum(rows["end"] - rows["start"]))
@@ -133,17 +165,22 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> dict:
                 "rank": rank,
                 "busy": busy,
                 "idle": makespan - busy,
+                "between_ops": outside[rank],
                 "peak_activation": units[rank],
                 "peak_activation_bytes": nbytes[rank],
                 "parameter_bytes": trace.parameter_bytes[rank],
                 "parameter_copies": len(trace.stages_on_rank[rank]),
                 "stages": trace.stages_on_rank[rank],
+                "a2a_time": a2a_times[rank],
+                "a2a_exposed": a2a_exposed_[rank],
             }
         )
     comm = trace.comm
     p2p_time = float(np.sum(comm["end"][comm["channel"] == P2P] - comm["start"][comm["channel"] == P2P]))
     a2a_time = float(np.sum(comm["end"][comm["channel"] == A2A] - comm["start"][comm["channel"] == A2A]))
-    p2p_exp, a2a_exp = p2p_exposed(trace), a2a_exposed(trace)
+    # Blocking P2P: the sender waits for each of its sends, so all of it is exposed.
+    p2p_exp = p2p_time if trace.meta.get("p2p_mode") == "blocking" else p2p_exposed(trace)
+    a2a_exp = float(sum(a2a_exposed_))
     total = p2p_time + a2a_time
     exposed = p2p_exp + a2a_exp
     idle_total = sum(r["idle"] for r in per_rank)
