@@ -67,3 +67,26 @@ def test_two_parameter_copies_per_rank(family, S, M):
     m = run(family, S, M, costs={"forward": 1.0, "backward": 2.0}, memory={"parameters": 3.0e9}).metrics
     for r in m["per_rank"]:
         assert r["parameter_copies"] == 2 and r["parameter_bytes"] == 6.0e9
+
+
+@pytest.mark.parametrize("family,S,M", SHAPES[2::3])
+@pytest.mark.parametrize("delta", [0.25, 1.0, -0.5])
+def test_closed_form_is_the_middle_ranks_when_pairs_gain(family, S, M, delta):
+    """F = 1, B = 2, W = 1, F&B = 3 - delta with delta <= F (so F&B >= B; a negative
+    delta is a pair slower than F + B).
+
+    The middle ranks (DualPipe's S/2-1 and S/2, DualPipeV's last) idle exactly
+    the closed form.  By the phase counts (tests/test_dualpipe_schedules.py),
+    a rank at distance p from its nearer end runs 2C-3L+p+1 pairs against the
+    middle ranks' 2C-2L-1 (L = S/2 ranks per leg): L-2-p fewer, each replaced by
+    a lone F and a lone B that take delta longer.  All ranks share the makespan,
+    so that rank idles (L-2-p) x delta less than the closed form.  (Below B, the
+    pairs stop setting the pace and this breaks: see docs/dualpipe.md.)
+    """
+    m = run(family, S, M, costs={"forward": 1.0, "backward": 2.0, "weight": 1.0, "overlapped": 3.0 - delta}).metrics
+    L = S // 2
+    closed = (S / 2 - 1) * ((3.0 - delta) + 2.0 - 3.0)
+    assert m["analytic"]["bubble"] == pytest.approx(closed)
+    for r in m["per_rank"]:
+        p = min(r["rank"], S - 1 - r["rank"]) if family == "dualpipe" else r["rank"]
+        assert r["idle"] == pytest.approx(closed - max(0, L - 2 - p) * delta), r["rank"]
