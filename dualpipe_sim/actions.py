@@ -153,7 +153,9 @@ def read_schedule(text: str, source: str) -> Schedule:
     else:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        # ValueError (JSONDecodeError's base) also covers ints over Python's 4300-digit
+        # limit; RecursionError, arrays nested thousands deep.
+        except (ValueError, RecursionError) as exc:
             raise ScheduleError(f"{source}: not valid JSON: {exc}") from None
         if not isinstance(data, dict) or "ranks" not in data:
             raise ScheduleError(f"{source}: expected an object with a \"ranks\" list")

@@ -128,7 +128,7 @@ class Schedule:
             return cls(name or str(data.get("schedule", "custom")), stages, mbs, ranks)
         except ScheduleError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: "stages": Infinity
             raise ScheduleError(f"schedule JSON: {exc}") from None
 
     def to_text(self) -> str:

@@ -50,6 +50,13 @@ def check_complete(schedule: Schedule) -> None:
     S, M = schedule.stages, schedule.microbatches
     if S < 1 or M < 1:
         raise ScheduleError(f"a schedule needs stages >= 1 and microbatches >= 1, got {S} and {M}")
+    # Before sizing anything by M: a file may declare far more micro-batches than it holds.
+    count = sum(len(ops_of(a)) for actions in schedule.ranks for a in actions)
+    if count < M:
+        raise ScheduleError(
+            f"the schedule declares {M if M < 10**12 else f'{float(M):.3g}'} micro-batches but holds only {count} ops "
+            f"(each micro-batch needs an F and a B, or I and W, on every stage)"
+        )
     # Ops are NamedTuples, so plain (kind, microbatch, stage, direction) tuples look them up.
     where: dict[Op, int] = {}
     direction_of: list[int | None] = [None] * M
