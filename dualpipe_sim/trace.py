@@ -9,7 +9,10 @@ event: metrics, charts and exports are vectorised functions of these arrays.
 * ``comm``: one row per transfer: P2P sends between ranks (``channel`` P2P,
   ``rank`` = sender, ``peer`` = receiver) and all-to-all phases on a rank
   (``channel`` A2A, ``peer`` = rank).  ``action`` is the index, in the
-  receiving rank's list, of the action that consumes it (-1 when none).
+  receiving rank's list, of the action that consumes it (-1 when none); for
+  an all-to-all, the action it is part of, with ``kind`` that op's kind and
+  ``part`` the component index.
+* ``meta["p2p_mode"]``: "async" or "blocking" (the engine's P2P behaviour).
 * ``memory``: activation allocations (+) and frees (-) in stage-activation
   units and bytes.
 """
