@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import limits
 from .costs import COMPONENTS, CostModel
 from .costs import Chunk as ChunkCosts
 
@@ -87,13 +88,23 @@ class Memory(_Section):
     parameters: PerStageNonNeg = 1.0
 
 
+class Limits(_Section):
+    max_memory: Annotated[float, Field(gt=0, allow_inf_nan=False)] = limits.DEFAULT_MAX_MEMORY  # bytes
+
+
 class Scenario(_Section):
     pipeline: Pipeline
     costs: Costs = Costs()
     chunk: Chunk | None = None
     comm: Comm = Comm()
     memory: Memory = Memory()
-    seed: int = 0
+    limits: Limits = Limits()
+    seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _whole_seed(cls, v):
+        return Pipeline._whole(v)
 
     def options(self) -> dict:
         """Schedule options taken from [pipeline] (each family uses the ones it declares)."""
@@ -169,8 +180,10 @@ def load_raw(path: str | Path) -> dict:
         raise ScenarioError(f"cannot read scenario {path}: {exc}") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer over Python's 4300-digit limit
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: not a scenario: arrays or tables nested too deeply to read") from None
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -182,8 +195,10 @@ def parse_override(text: str) -> tuple[list[str], object]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # TOMLDecodeError (or an integer too long to convert)
         value = raw  # bare words such as 1f1b or dualpipe
+    except RecursionError:
+        raise ScenarioError(f"--set {key}: value nested too deeply to read") from None
     return key.split("."), value
 
 
@@ -211,6 +226,10 @@ def from_dict(data: dict) -> Scenario:
     except ValidationError as exc:
         raise ScenarioError(_first_error(exc)) from None
     scenario.cost_model()  # cross-field rules raise here, before anything runs
+    p = scenario.pipeline
+    too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory)
+    if too_big:  # refused before any schedule is built
+        raise ScenarioError(too_big)
     return scenario
 
 
@@ -241,4 +260,7 @@ def _first_error(exc: ValidationError) -> str:
     if isinstance(value, float) and math.isnan(value):
         return f"{field}: must be a number, got NaN"
     msg = msg.removeprefix("Value error, ")
-    return f"{field}: {msg[0].lower() + msg[1:]}, got {value!r}"
+    shown = repr(value)
+    if len(shown) > 80:  # a hostile value must not turn the one error line into a page
+        shown = shown[:60] + f"... ({len(shown)} characters)"
+    return f"{field}: {msg[0].lower() + msg[1:]}, got {shown}"

@@ -1,0 +1,55 @@
+"""Resource guards: refuse a run that would exhaust memory, and bound the engine.
+
+Memory.  A run holds a few Python objects per op while it simulates (the
+schedule, SimPy events, trace rows) and the charts draw one patch per op.
+Measured through ``dualpipe-sim run`` (zb-h1, 16 stages, 500 -> 2000
+micro-batches, charts included) peak memory grew by about 6.3 KB per op, the
+simulation alone by about 1 KB per op; :data:`BYTES_PER_OP` rounds that up to
+8 KiB.  A scenario of S stages and M micro-batches has at most 3 S M ops (F, I
+and W for every stage of every micro-batch), so it is refused before anything
+is built when 3 S M x 8 KiB exceeds ``limits.max_memory`` (default
+:data:`DEFAULT_MAX_MEMORY` = 4 GiB, i.e. about 520 000 ops).
+
+Events.  A rank process and a transfer each take a bounded number of SimPy
+events per action, so a run that can finish does so in at most
+:func:`max_events` steps; the engine stops with the stuck ops named if it ever
+goes past that (a livelock guard: nothing can loop forever).
+"""
+
+from __future__ import annotations
+
+BYTES_PER_OP = 8 * 1024
+DEFAULT_MAX_MEMORY = 4 * 1024**3
+OPS_PER_STAGE_AND_MICROBATCH = 3  # F, I, W: the most any schedule runs
+EVENTS_PER_OP = 32  # generous: an op takes ~6 events, a transfer ~5
+
+
+def estimate(stages: int, microbatches: int) -> tuple[int, int]:
+    """(most ops, bytes) a run of this shape may need."""
+    ops = OPS_PER_STAGE_AND_MICROBATCH * stages * microbatches
+    return ops, ops * BYTES_PER_OP
+
+
+def size_problem(stages: int, microbatches: int, max_memory: float) -> str | None:
+    """None when the shape fits, else one line with the estimate and the way out."""
+    ops, need = estimate(stages, microbatches)
+    if need <= max_memory:
+        return None
+    return (
+        f"limits.max_memory: {stages} stages x {microbatches} micro-batches is up to {ops:,} ops, "
+        f"about {_bytes(need)} to simulate and chart ({BYTES_PER_OP // 1024} KiB per op), over the limit of "
+        f"{_bytes(max_memory)}; use fewer stages or micro-batches, or raise limits.max_memory"
+    )
+
+
+def max_events(num_ops: int, num_ranks: int) -> int:
+    """Upper bound on the SimPy events of a run that finishes."""
+    return EVENTS_PER_OP * (num_ops + num_ranks) + 1000
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"

@@ -1,0 +1,174 @@
+"""Hostile input: every broken file in tests/hostile/ gives one clear line and exit 2.
+
+Each ``*.toml`` is a scenario (its first line says what is wrong with it); each
+``*.json`` is a schedule file replayed on a valid 2-stage, 2-micro-batch 1F1B
+scenario.  Every file runs through ``dualpipe_sim.cli.main`` in-process (under
+a watchdog, so a hang fails instead of stalling the suite): exit 2, exactly one
+line ``error: ...`` naming the problem, nothing on stdout, nothing written.  A
+sample with one file per kind of failure (all the ones that could hang or blow
+up memory among them) also runs as a real ``python -m dualpipe_sim.cli``
+process: exit status 2, no traceback, finished within a timeout.  (Every file as
+a process would cost ~0.3 s of imports each; the in-process run already covers
+every file's message.)
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim import limits, registry, scenario
+from dualpipe_sim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = ROOT / "tests" / "hostile"
+SCHEDULE_BASE = [str(ROOT / "scenarios" / "quickstart.toml"), "--set", "pipeline.schedule=1f1b",
+                 "--set", "pipeline.stages=2", "--set", "pipeline.microbatches=2"]  # fmt: skip
+
+# file -> a fragment the one error line must contain (field and rule).
+EXPECT = {
+    "activation-inf.toml": "memory.activation: must be a finite number",
+    "backward-inf.toml": "costs.backward: must be a finite number",
+    "backward-zero.toml": "costs.backward: input should be greater than 0",
+    "bad-toml.toml": "not valid TOML",
+    "deep-nesting.toml": "nested too deeply",
+    "dualpipe-odd-stages.toml": "pipeline.stages must be even",
+    "empty.toml": "pipeline: required key is missing",
+    "forward-list-nan.toml": "costs.forward.1: must be a finite number, got nan",
+    "forward-list-short.toml": "costs.forward: a per-stage list needs one value per stage (4), got 2",
+    "forward-nan.toml": "costs.forward: must be a finite number, got nan",
+    "forward-negative.toml": "costs.forward: input should be greater than 0",
+    "forward-table.toml": "costs.forward: input should be a valid number",
+    "huge-integer.toml": "not valid TOML: Exceeds the limit",
+    "limits-nan.toml": "limits.max_memory: must be a finite number",
+    "limits-too-small.toml": "limits.max_memory: 4 stages x 8 micro-batches is up to 96 ops",
+    "microbatches-negative.toml": "pipeline.microbatches: input should be greater than or equal to 1",
+    "missing-costs.toml": "costs.forward: required key is missing",
+    "not-utf8.toml": "cannot read scenario",
+    "overlapped-negative-inf.toml": "costs.overlapped: must be a finite number",
+    "p2p-mode-unknown.toml": "comm.p2p_mode: input should be 'async' or 'blocking'",
+    "p2p-negative.toml": "comm.p2p: input should be greater than or equal to 0",
+    "pipeline-not-table.toml": "pipeline: input should be a valid dictionary",
+    "schedule-number.toml": "pipeline.schedule: input should be a valid string",
+    "seed-float.toml": "seed: must be a whole number",
+    "seed-negative.toml": "seed: input should be greater than or equal to 0",
+    "stages-bool.toml": "pipeline.stages: must be a whole number",
+    "stages-float.toml": "pipeline.stages: must be a whole number",
+    "stages-huge.toml": "pipeline.stages: input should be less than or equal to 4096",
+    "stages-string.toml": "pipeline.stages: must be a whole number",
+    "stages-zero.toml": "pipeline.stages: input should be greater than or equal to 1",
+    "too-big-for-memory.toml": "limits.max_memory: 4096 stages x 1000000 micro-batches is up to 12,288,000,000 ops",
+    "unknown-costs-key.toml": "costs.fwd: unknown key",
+    "unknown-schedule.toml": "pipeline.schedule: unknown schedule 'pipedream-flush'",
+    "unknown-section.toml": "gpu: unknown key",
+    "unknown-top-key.toml": "sede: unknown key",
+    "weight-over-backward.toml": "costs.weight: must be <= costs.backward",
+    # Schedule files.
+    "schedule-bad-kind.json": "op kind must be one of F, B, I, W or FB, got 'X'",
+    "schedule-cycle.json": "schedule deadlocks: rank 0 is stuck at 0B1",  # waits on each other
+    "schedule-deep-nesting.json": "not valid JSON: maximum recursion depth exceeded",
+    "schedule-direction-2.json": "op direction must be 0 or 1, got 2",
+    "schedule-duplicate.json": "0F0 appears twice",
+    "schedule-fb-two-forwards.json": "FB needs a forward F and a backward B or I",
+    "schedule-huge-integer.json": "not valid JSON: Exceeds the limit",
+    "schedule-microbatches-huge.json": "declares 1e+300 micro-batches but holds only 8 ops",
+    "schedule-missing-op.json": "missing op 0B1",
+    "schedule-not-json.json": "not valid JSON",
+    "schedule-not-object.json": 'expected an object with a "ranks" list',
+    "schedule-stage-on-two-ranks.json": "stage 0 (direction 0) appears on rank 0 and on rank 1",
+    "schedule-stages-infinity.json": "schedule JSON: cannot convert float infinity to integer",
+    "schedule-stages-mismatch.json": "missing op 2F0",
+}
+# One per kind of failure, run as real processes.
+AS_PROCESS = [
+    "bad-toml.toml", "deep-nesting.toml", "forward-nan.toml", "huge-integer.toml", "too-big-for-memory.toml",
+    "unknown-top-key.toml", "schedule-cycle.json", "schedule-deep-nesting.json", "schedule-microbatches-huge.json",
+]  # fmt: skip
+WATCHDOG_SECONDS = 60
+
+
+def args_for(name: str, out: Path) -> list[str]:
+    path = str(HOSTILE / name)
+    head = [*SCHEDULE_BASE, "--schedule-file", path] if name.endswith(".json") else [path]
+    return ["run", *head, "--out", str(out)]
+
+
+@contextmanager
+def watchdog(seconds: int):
+    """Turn a hang into a failure (SIGALRM in the main thread)."""
+
+    def hung(*_):
+        raise TimeoutError(f"no answer within {seconds} s: the CLI hangs on this input")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_corpus_and_expectations_match():
+    on_disk = {p.name for p in HOSTILE.iterdir()}
+    assert on_disk == set(EXPECT), f"unlisted: {on_disk - set(EXPECT)}, missing: {set(EXPECT) - on_disk}"
+    assert set(AS_PROCESS) <= set(EXPECT)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT))
+def test_in_process_one_line_exit_2_nothing_written(name, tmp_path, capsys):
+    out = tmp_path / "out"
+    with watchdog(WATCHDOG_SECONDS):
+        status = main(args_for(name, out))
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert EXPECT[name] in captured.err
+    assert len(captured.err) < 600  # a clear line, not an echo of the hostile input
+    assert list(tmp_path.iterdir()) == []  # no output folder, no staging folder
+
+
+def test_oversized_run_is_refused_before_any_schedule_is_built(monkeypatch, tmp_path, capsys):
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("a schedule was built for a run that had to be refused")
+
+    monkeypatch.setattr(registry, "build", must_not_build)
+    assert main(args_for("too-big-for-memory.toml", tmp_path / "out")) == 2
+    assert "about 101 TB" in capsys.readouterr().err  # 3 x 4096 x 1e6 ops x 8 KiB
+
+
+def test_memory_cap_is_the_estimate_and_configurable():
+    raw = {"pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8}, "costs": {"forward": 1, "backward": 2}}
+    need = 3 * 4 * 8 * limits.BYTES_PER_OP
+    assert limits.estimate(4, 8) == (96, need)
+    scenario.from_dict({**raw, "limits": {"max_memory": need}})  # exactly at the cap: runs
+    with pytest.raises(scenario.ScenarioError, match=r"^limits.max_memory: 4 stages x 8 micro-batches"):
+        scenario.from_dict({**raw, "limits": {"max_memory": need - 1}})
+    assert scenario.from_dict(raw).limits.max_memory == limits.DEFAULT_MAX_MEMORY
+
+
+def test_as_processes_exit_2_without_traceback(tmp_path):
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "dualpipe_sim.cli", *args_for(name, tmp_path / name)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        for name in AS_PROCESS
+    }
+    try:
+        for name, proc in procs.items():
+            _, err = proc.communicate(timeout=WATCHDOG_SECONDS)
+            assert proc.returncode == 2, (name, err)
+            assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, (name, err)
+            assert EXPECT[name] in err
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert list(tmp_path.iterdir()) == []
