@@ -3,7 +3,9 @@
 Each rank row has a compute lane (boxes labelled with the micro-batch id) and,
 under it, a thin communication lane (P2P sends grey, all-to-all purple).
 Direction 0 is drawn in blues, direction 1 in oranges; within a direction F is
-light, B dark, I medium and W pale with a hatch.  An overlapped FB pair gets
+light, B dark, I medium and W pale with a hatch.  A one-direction schedule that
+puts several stages on a rank (DualPipeV, ZB-V, interleaved) uses the blues for
+each rank's first stage and the oranges for its later ones instead.  An overlapped FB pair gets
 one thick border around both halves, as in the DualPipe README figure.
 Empty space is idle time.
 
@@ -60,7 +62,23 @@ def _geometry(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y + np.where(upper, LANE_H / 2, 0.0), np.where(half, LANE_H / 2, LANE_H)
 
 
-def _draw_boxes(ax, rows: np.ndarray, edges: bool) -> None:
+def _by_chunk(trace: Trace) -> bool:
+    """One direction but several stages on a rank (V shapes, interleaving): the
+    two hues then tell a rank's first stage from its later ones."""
+    one_direction = not len(trace.compute) or (trace.compute["direction"] == 0).all()
+    return one_direction and any(len(s) > 1 for s in trace.stages_on_rank)
+
+
+def _hues(trace: Trace, rows: np.ndarray) -> np.ndarray:
+    """Colour family per row: its direction, or (see _by_chunk) 0 for the rank's
+    first stage and 1 for its later stages."""
+    if not _by_chunk(trace):
+        return rows["direction"]
+    first = np.array([min(s) if s else 0 for s in trace.stages_on_rank])
+    return (rows["stage"] != first[rows["rank"]]).astype(np.int8)
+
+
+def _draw_boxes(ax, rows: np.ndarray, hues: np.ndarray, edges: bool) -> None:
     if len(rows) == 0:
         return
     ys, hs = _geometry(rows)
@@ -68,7 +86,7 @@ def _draw_boxes(ax, rows: np.ndarray, edges: bool) -> None:
     kind = np.where(np.isin(rows["part"], list(WEIGHT_PARTS)), KIND_CODES["W"], rows["kind"])
     for d in (0, 1):
         for k, name in enumerate(KIND_NAMES):
-            sel = (rows["direction"] == d) & (kind == k)
+            sel = (hues == d) & (kind == k)
             if not sel.any():
                 continue
             # Hatching costs Agg ~1 ms a box: only whole W ops get it, W components stay plain.
@@ -150,7 +168,7 @@ def _draw_labels(ax, comp: np.ndarray, pts_per_time: float) -> None:
             continue
         components = row["part"] >= 0
         mid = (row["start"] + row["end"]) / 2
-        if components:
+        if components or kind == "W":  # striped or hatched boxes: the number needs a backing
             half_w = (0.62 * len(text) + 0.5) * size / 2 / pts_per_time
             tags.append((mid - half_w, mid + half_w, y + h * 0.15, h * 0.7))
         ax.text(mid, y + h / 2, text, ha="center", va="center", fontsize=size, zorder=4,
@@ -164,10 +182,12 @@ def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None
     comp = trace.compute
     makespan = xlim or trace.makespan or 1.0
     pts_per_time = width_in * 72 * 0.86 / makespan  # for sizing labels to their boxes
-    directions = set(np.unique(comp["direction"]).tolist()) if len(comp) else {0}
+    hues = _hues(trace, comp)
+    directions = set(np.unique(hues).tolist()) if len(comp) else {0}
 
-    _draw_boxes(ax, comp[comp["part"] < 0], edges=True)
-    _draw_boxes(ax, comp[comp["part"] >= 0], edges=False)
+    whole = comp["part"] < 0
+    _draw_boxes(ax, comp[whole], hues[whole], edges=True)
+    _draw_boxes(ax, comp[~whole], hues[~whole], edges=False)
     _draw_outlines(ax, _spans(trace))
     _draw_labels(ax, comp, pts_per_time)
 
@@ -214,7 +234,12 @@ def _legend(trace: Trace, directions: set[int]) -> list[Patch]:
         kinds_used.add("W")
     handles = []
     for d in sorted(directions):
-        label = "" if directions == {0} else f" (dir {d})"
+        if directions == {0}:
+            label = ""
+        elif _by_chunk(trace):
+            label = " (rank's first stage)" if d == 0 else " (rank's later stage)"
+        else:
+            label = f" (dir {d})"
         for kind, name in (("F", "forward"), ("B", "backward"), ("I", "input-grad"), ("W", "weight-grad")):
             if kind in kinds_used:
                 handles.append(
@@ -240,7 +265,7 @@ def figure_width(trace: Trace) -> float:
     """Wide enough that each action's box can carry a two-digit label."""
     comp = trace.compute
     actions = len(np.unique(comp["rank"].astype(np.int64) << 32 | comp["action"].astype(np.int64))) if len(comp) else 0
-    return float(np.clip(actions / max(trace.ranks, 1) * 0.3, 10, 44))
+    return float(np.clip(actions / max(trace.ranks, 1) * 0.3, 10, 30))
 
 
 def gantt_title(metrics: dict) -> str:
@@ -253,7 +278,8 @@ def gantt_title(metrics: dict) -> str:
 
 def save_gantt(trace: Trace, metrics: dict, path) -> None:
     width = figure_width(trace)
-    height = 1.3 + trace.ranks * (LANE_H + COMM_H + ROW_GAP) * 0.62
+    # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
+    height = max(1.3 + trace.ranks * (LANE_H + COMM_H + ROW_GAP) * 0.62, width / 6)
     fig, ax = plt.subplots(figsize=(width, height))
     draw_gantt(ax, trace, title=gantt_title(metrics), width_in=width)
     fig.tight_layout()
