@@ -35,6 +35,8 @@ It cannot hang: SimPy stops when the event queue is empty.
 
 from __future__ import annotations
 
+from collections import deque
+
 import simpy
 
 from .costs import CostModel
@@ -55,7 +57,7 @@ class Engine:
         self.placement = schedule.placement()
         self.last_stage = schedule.stages - 1
         self.rec = TraceBuilder()
-        self.links: dict[tuple[int, int], simpy.Resource] = {}
+        self.links: dict[tuple[int, int], deque] = {}  # (src, dst) -> transfers queued on that link
         # Data availability, keyed by (what, microbatch, stage, direction):
         # "F" = activation out of a forward, "G" = gradient out of a B/I,
         # "I" = an I is done (its W may run).  `local` fires on the producing
@@ -115,23 +117,32 @@ class Engine:
         if dst == src or self.costs.p2p <= 0:
             arrived.succeed()
             return
-        sent = self.env.process(self._send(key, src, dst, consumer, arrived))
         if self.blocking:
-            self.outbox[src].append(sent)
+            self.outbox[src].append(arrived)
+        # The link is a FIFO queue of transfers; the head one is on the wire.
+        # One timeout per transfer and no SimPy process or Resource: the queue
+        # gives the same start times (the previous transfer's end, or now).
+        queue = self.links.get((src, dst))
+        if queue is None:
+            queue = self.links[(src, dst)] = deque()
+        queue.append((key, src, dst, consumer, arrived))
+        if len(queue) == 1:
+            self._send(queue)
 
-    def _send(self, key, src, dst, consumer, arrived):
-        link = self.links.get((src, dst))
-        if link is None:
-            link = self.links[(src, dst)] = simpy.Resource(self.env, capacity=1)
-        with link.request() as req:
-            yield req
-            start = self.env.now
-            yield self.env.timeout(self.costs.p2p)
+    def _send(self, queue: deque) -> None:
+        """Put the transfer at the head of a link's queue on the wire."""
+        start = self.env.now
+        self.env.timeout(self.costs.p2p).callbacks.append(lambda _: self._landed(queue, start))
+
+    def _landed(self, queue: deque, start: float) -> None:
+        key, src, dst, consumer, arrived = queue.popleft()
         _, m, s, d = key
         kind = 0 if key[0] == "F" else 1
         action = self.position.get(consumer, (dst, -1))[1]
         self.rec.comm.append((P2P, src, dst, kind, m, s, d, start, self.env.now, action, -1))
         arrived.succeed()
+        if queue:
+            self._send(queue)
 
     # -- ranks ------------------------------------------------------------------
     def _timeline(self, action) -> tuple:
@@ -154,8 +165,9 @@ class Engine:
             if outbox:  # blocking: the previous call's sends are in this call's batch
                 pending += [ev for ev in outbox if not ev.triggered]
                 outbox.clear()
-            if pending:
-                yield env.all_of(pending)
+            for ev in pending:  # waiting for each in turn ends at the last one: no Condition needed
+                if not ev.processed:
+                    yield ev
             start = env.now
             for op in members:
                 if op.kind == "F":
@@ -204,6 +216,8 @@ class Engine:
         )
 
     def _check_finished(self) -> None:
+        if all(self.cursor[r] == len(actions) for r, actions in enumerate(self.schedule.ranks)):
+            return  # the usual case: no need to work out what was done
         stuck = []
         done = {op for op, (rank, idx) in self.position.items() if idx < self.cursor[rank]}
         from .validate import produced

@@ -42,7 +42,7 @@ def _engine(schedule: Schedule, costs: CostModel) -> Trace:
 
 def applies(costs: CostModel) -> bool:
     """True when the fast path gives the SimPy engine's trace for ``costs``."""
-    return getattr(costs, "chunk", None) is None and getattr(costs, "p2p_mode", "async") == "async"
+    return costs.chunk is None and costs.p2p_mode == "async"
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:
@@ -124,6 +124,7 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
             return (4 * b + IDONE,)
         return (4 * b + FWD, 4 * (b + 1) + GRAD) if s < last else (4 * b + FWD,)
 
+    pair_timing: dict[tuple, tuple[float, float]] = {}  # (F stage, B kind, B stage) -> (length, split)
     cursor, clock = [0] * n, [0.0] * n
     while ready:
         rank = ready.pop()
@@ -143,10 +144,12 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
                 if pair:
                     fwd, bwd = action
                     memory.append((start, rank, 1, act_bytes[fwd.stage]))
-                    total = costs.pair_duration(action)
-                    f, b = costs.duration(fwd), costs.duration(bwd)
-                    split = start + (total * f / (f + b) if f + b > 0 else total / 2)
-                    t = start + total
+                    shape = (fwd.stage, bwd.kind, bwd.stage)
+                    timing = pair_timing.get(shape)
+                    if timing is None:  # the engine's timeline: forward half (0, split), backward (split, total)
+                        total, rows = costs.timeline(action)
+                        timing = pair_timing[shape] = (total, rows[0][4])
+                    split, t = start + timing[1], start + timing[0]
                     compute.append((rank, 0, fwd.microbatch, fwd.stage, fwd.direction, start, split, idx, True, -1))
                     compute.append(
                         (rank, KIND_CODES[bwd.kind], bwd.microbatch, bwd.stage, bwd.direction, split, t, idx, True, -1)
@@ -188,4 +191,5 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
         memory=memory_rows,
         stages_on_rank=stages_on_rank,
         parameter_bytes=[float(sum(costs.parameter_bytes[s] for s in stages)) for stages in stages_on_rank],
+        meta={"p2p_mode": costs.p2p_mode},
     )

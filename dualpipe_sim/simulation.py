@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 from . import fastpath, registry
 from .costs import CostModel
-from .engine import simulate
+from .engine import DeadlockError, simulate
 from .ir import Schedule, ScheduleError
 from .metrics import compute_metrics
 from .scenario import Scenario, ScenarioError
 from .trace import Trace
-from .validate import validate
+from .validate import check_complete, validate
 
 
 @dataclass
@@ -48,9 +48,19 @@ def run(scenario: Scenario, schedule: Schedule | None = None) -> Result:
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
-    validate(schedule)
-    # Simple costs: the linear fast path gives the SimPy engine's trace, faster (fastpath.py).
-    trace = (fastpath.simulate if fastpath.applies(costs) else simulate)(schedule, costs)
+    if fastpath.applies(costs):
+        # Simple costs: the linear fast path gives the SimPy engine's trace, faster
+        # (fastpath.py).  Its pass is validate()'s replay with times, so only the
+        # completeness check runs first; a deadlock is then reported as validate() words it.
+        check_complete(schedule)
+        try:
+            trace = fastpath.simulate(schedule, costs)
+        except DeadlockError:
+            validate(schedule)
+            raise
+    else:
+        validate(schedule)
+        trace = simulate(schedule, costs)
     return Result(scenario, schedule, costs, trace, compute_metrics(trace, analytic))
 
 

@@ -131,11 +131,13 @@ def _dep_name(dep: Op) -> str:
 def _blocker(action: Action, done: set, last: int):
     """The first result ``action`` needs that is not in ``done``, or None (it can run)."""
     if isinstance(action, FB):
-        for op in action:
-            for dep in dependencies(op, last + 1):
-                if dep not in done and not _satisfied_within(dep, action):
-                    return dep
-        return None
+        fwd, bwd = action
+        blocker = _blocker(fwd, done, last) or _blocker(bwd, done, last)
+        if blocker == fwd:  # the backward's own forward, run inside the pair: look past it
+            _, m, s, d = bwd
+            key = ("G", m, s + 1, d)
+            blocker = key if s < last and key not in done else None
+        return blocker
     kind, m, s, d = action  # plain ops: dependencies() inlined, this runs once per op
     if kind == "F":
         key = ("F", m, s - 1, d)

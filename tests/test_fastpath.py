@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dualpipe_sim import fastpath, metrics, registry, scenario, simulation
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.costs import COMPONENTS, CostModel
 from dualpipe_sim.engine import DeadlockError
 from dualpipe_sim.engine import simulate as engine_simulate
-from dualpipe_sim.ir import FB, Op, Schedule
+from dualpipe_sim.ir import FB, Op, Schedule, ScheduleError
 from dualpipe_sim.metrics import compute_metrics, union_length
 from dualpipe_sim.validate import validate
 
@@ -27,6 +27,7 @@ def assert_same_trace(fast, slow):
         assert a.dtype == b.dtype and a.tolist() == b.tolist(), name
     assert fast.stages_on_rank == slow.stages_on_rank
     assert fast.parameter_bytes == slow.parameter_bytes
+    assert fast.meta == slow.meta
     assert (fast.schedule, fast.stages, fast.microbatches, fast.ranks) == (
         slow.schedule, slow.stages, slow.microbatches, slow.ranks,
     )
@@ -153,18 +154,50 @@ def test_run_uses_the_fast_path_for_simple_costs(monkeypatch):
     assert_same_trace(result.trace, expected)
 
 
-def test_deadlock_is_reported_by_the_engine():
-    stuck = Schedule(
-        "custom", 2, 2,
-        ((Op("F", 0, 0), Op("B", 1, 0), Op("F", 1, 0), Op("B", 0, 0)),
-         (Op("F", 0, 1), Op("B", 0, 1), Op("F", 1, 1), Op("B", 1, 1))),
-    )
-    costs = CostModel.uniform(2, p2p=0.1)
+STUCK = Schedule(
+    "custom", 2, 2,
+    ((Op("F", 0, 0), Op("B", 1, 0), Op("F", 1, 0), Op("B", 0, 0)),
+     (Op("F", 0, 1), Op("B", 0, 1), Op("F", 1, 1), Op("B", 1, 1))),
+)  # fmt: skip
+# validate() lets a pair's backward use its own forward; the engine cannot start it.
+SELF_PAIR = Schedule("custom", 1, 1, ((FB(Op("F", 0, 0), Op("B", 0, 0)),),))
+
+
+@pytest.mark.parametrize("schedule", [STUCK, SELF_PAIR])
+def test_deadlock_is_reported_by_the_engine(schedule):
+    costs = CostModel.uniform(schedule.stages, p2p=0.1)
     with pytest.raises(DeadlockError) as fast:
-        fastpath.simulate(stuck, costs)
+        fastpath.simulate(schedule, costs)
     with pytest.raises(DeadlockError) as slow:
-        engine_simulate(stuck, costs)
+        engine_simulate(schedule, costs)
     assert str(fast.value) == str(slow.value)
+
+
+@pytest.mark.parametrize("schedule", [STUCK, SELF_PAIR])
+@pytest.mark.parametrize("chunk", [False, True])
+def test_run_reports_deadlocks_alike_on_both_paths(schedule, chunk):
+    # run() skips validate()'s replay on the fast path; the error must not change.
+    data = {
+        "pipeline": {"schedule": "1f1b", "stages": schedule.stages, "microbatches": 2},
+        "costs": {"forward": 1.0, "backward": 2.0},
+        "comm": {"p2p": 0.5},
+    }
+    if chunk:  # the component model: SimPy engine
+        data["chunk"] = {"layers": 1, **{name: 1.0 for name in COMPONENTS}}
+        del data["costs"]
+    scn = scenario.from_dict(data)
+    assert fastpath.applies(scn.cost_model()) is not chunk
+    try:
+        validate(schedule)
+        expected = DeadlockError
+    except ScheduleError as exc:
+        expected = exc
+    with pytest.raises(ScheduleError) as got:
+        simulation.run(scn, schedule)
+    if expected is DeadlockError:
+        assert type(got.value) is DeadlockError
+    else:
+        assert str(got.value) == str(expected)
 
 
 def test_component_costs_and_blocking_p2p_do_not_apply():
