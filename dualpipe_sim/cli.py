@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schedules", help="list the registered schedules and their constraints")
 
+    swp = sub.add_parser("sweep", help="run a scenario over a grid: results.csv, summary.md, charts")
+    swp.add_argument("scenario", help="scenario TOML file (the base every grid point overrides)")
+    swp.add_argument("--grid", action="append", required=True, metavar="KEY=VALUES",
+                     help="a grid axis: KEY=a,b,c or KEY=start:stop:step (stop included), repeatable")
+    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key for every point")
+    swp.add_argument("--out", default="sweep", help="output folder (default: sweep)")
+    swp.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
+    swp.add_argument("--memory-limit", metavar="BYTES", help="per-rank memory for summary.md, e.g. 80e9 or 80GiB")
+    swp.add_argument("--resume", action="store_true", help="keep the rows in OUT/results.csv, run the rest")
+    swp.add_argument("--dask-scheduler", metavar="ADDRESS", help="run on this Dask cluster, e.g. tcp://host:8786")
+
     cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
     cmp_.add_argument("scenario", help="scenario TOML file")
     cmp_.add_argument("--schedules", default="1f1b,zb-h1,dualpipe,dualpipev,chimera",
@@ -66,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "schedule":
             return _cmd_schedule(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         if args.command == "compare":
             return _cmd_compare(args)
         return _cmd_schedules()
@@ -159,6 +173,28 @@ def _cmd_schedules() -> int:
     for name, family in registry.families().items():
         print(f"{name:<18} {family.description}")
         print(f"{'':<18} constraints: {family.constraints}")
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import Interrupted, SweepError, parse_bytes, run_sweep  # tqdm, charts: only for sweeps
+
+    try:
+        limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
+        if args.jobs is not None and args.dask_scheduler:
+            raise SweepError("--jobs: does not apply with --dask-scheduler (the cluster's workers run the points)")
+        report = run_sweep(args.scenario, args.grid, args.out, overrides=args.overrides, jobs=args.jobs,
+                           memory_limit=limit, resume=args.resume, dask_scheduler=args.dask_scheduler,
+                           progress=sys.stderr.isatty())
+    except SweepError as exc:
+        raise UsageError(str(exc)) from None
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    c = report.counts
+    print(f"{report.points} points ({report.ran} run now on {report.executor}): "
+          f"{c['ok']} ok, {c['skipped']} skipped, {c['error']} error")
+    print("wrote " + ", ".join(str(f) for f in report.files))
     return 0
 
 

@@ -1,0 +1,210 @@
+"""Sweep charts, drawn from the rows of results.csv.
+
+* bubble ratio vs micro-batches: one panel per stage count, one line per schedule;
+* peak activation per rank vs stages: one line per schedule (max over ranks
+  and over the micro-batch counts swept, i.e. the schedule's steady-state peak);
+* bubble-ratio heatmap over stages x micro-batches, one panel per schedule;
+  grey cells are points the schedule could not take (skipped) or that failed.
+
+Only ``ok`` rows are drawn.  When the grid has axes besides schedule, stages
+and micro-batches, the charts show the slice at the first value of each of
+those axes, and say so in their title.  A schedule keeps one colour in every chart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
+
+SHAPE = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches")
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """The ok points of one slice of a sweep, as numbers, plus every (schedule, S, M) tried."""
+
+    schedules: list[str]
+    stages: list[int]
+    microbatches: list[int]
+    bubble: dict[tuple[str, int, int], float]
+    peak_bytes: dict[tuple[str, int, int], float]
+    note: str  # "" or "slice: costs.forward=1.0"
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, str]], axes) -> "SweepView":
+        extra = [a.key for a in axes if a.key not in SHAPE]
+        first = {}
+        for row in rows:  # rows are in point order: the first seen is the axis's first value
+            for key in extra:
+                first.setdefault(key, row[key])
+        rows = [r for r in rows if all(r[k] == v for k, v in first.items())]
+        bubble, peak = {}, {}
+        for r in rows:
+            if r["status"] == "ok":
+                key = (r["pipeline.schedule"], int(r["pipeline.stages"]), int(r["pipeline.microbatches"]))
+                bubble[key] = float(r["bubble_ratio"])
+                peak[key] = float(r["peak_activation_bytes"])
+        return cls(
+            schedules=list(dict.fromkeys(r["pipeline.schedule"] for r in rows)),
+            stages=sorted({int(r["pipeline.stages"]) for r in rows if r["pipeline.stages"].isdigit()}),
+            microbatches=sorted({int(r["pipeline.microbatches"]) for r in rows if r["pipeline.microbatches"].isdigit()}),
+            bubble=bubble,
+            peak_bytes=peak,
+            note=("slice: " + ", ".join(f"{k}={v}" for k, v in first.items())) if first else "",
+        )
+
+    def colour(self, schedule: str):
+        return plt.get_cmap("tab10")(self.schedules.index(schedule) % 10)
+
+    def style(self, schedule: str) -> dict:
+        """Colour and marker; earlier schedules get bigger hollow markers and wider lines,
+        so schedules with identical values show as nested markers, not one hidden line."""
+        i = self.schedules.index(schedule)
+        n = len(self.schedules)
+        return {
+            "color": self.colour(schedule),
+            "marker": "osD^v<>p*h"[i % 10],
+            "ms": 4 + 2.2 * (n - 1 - i),
+            "mfc": "none" if i < n - 1 else self.colour(schedule),
+            "mew": 1.6,
+            "lw": 1.4 + 0.6 * (n - 1 - i),
+            "alpha": 0.9,
+        }
+
+
+def _title(fig, text: str, note: str) -> None:
+    fig.suptitle(text + (f"\n{note}" if note else ""), fontsize=13)
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _empty(ax, text="no point ran") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
+
+
+def bubble_vs_microbatches(view: SweepView, path) -> None:
+    nrows, ncols = _grid(max(len(view.stages), 1))
+    fig, axs = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.8, 3.3 * nrows + 1.0),
+                            squeeze=False, sharey=True)
+    for ax, stages in zip(axs.flat, view.stages):
+        _lines(ax, view, lambda sch: [(m, view.bubble[(sch, stages, m)]) for m in view.microbatches
+                                      if (sch, stages, m) in view.bubble])
+        ax.set_title(f"{stages} stages", fontsize=11)
+        ax.set_xlabel("micro-batches")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1.05 * max(view.bubble.values(), default=1.0) or 1.0)
+    for ax in axs[:, 0]:
+        ax.set_ylabel("bubble ratio")
+    for ax in list(axs.flat)[len(view.stages):]:
+        ax.axis("off")
+    _legend(fig, view)
+    _title(fig, "Bubble ratio vs micro-batches (one panel per stage count)", view.note)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def peak_activation_vs_stages(view: SweepView, path) -> None:
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+
+    def steady_peaks(sch):
+        per_stage = {s: [v for (n, s2, _), v in view.peak_bytes.items() if n == sch and s2 == s] for s in view.stages}
+        return [(s, max(vals)) for s, vals in per_stage.items() if vals]
+
+    drawn = _lines(ax, view, steady_peaks)
+    ax.set_xlabel("pipeline stages")
+    ax.set_ylabel("peak activation on the fullest rank")
+    ax.set_xticks(view.stages)
+    ax.yaxis.set_major_formatter(FuncFormatter(_bytes_tick))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(title="schedule", frameon=False, loc="upper left")
+    _title(fig, "Peak activation memory per rank vs stages\n(max over ranks and over the micro-batch counts swept)",
+           view.note)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bubble_heatmap(view: SweepView, path) -> None:
+    n_m, n_s = max(len(view.microbatches), 1), max(len(view.stages), 1)
+    nrows, ncols = _grid(max(len(view.schedules), 1), 2)
+    # Panel size follows the cell count, within bounds that keep labels readable.
+    panel_w = min(9.0, max(3.8, 0.55 * n_m + 1.4))
+    panel_h = min(6.0, max(2.6, 0.45 * n_s + 1.3))
+    fig, axs = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                            figsize=(panel_w * ncols + 1.3, panel_h * nrows + 0.8))
+    vmax = max(view.bubble.values(), default=1.0) or 1.0
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
+    image = None
+    annotate = n_m <= 14 and n_s <= 14
+    for ax, sch in zip(axs.flat, view.schedules):
+        grid = np.full((len(view.stages), len(view.microbatches)), np.nan)
+        for i, s in enumerate(view.stages):
+            for j, m in enumerate(view.microbatches):
+                grid[i, j] = view.bubble.get((sch, s, m), np.nan)
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=vmax, aspect="auto",
+                          origin="lower", interpolation="nearest")
+        if annotate:
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8,
+                            color="white" if v < 0.6 * vmax else "black")
+        ax.set_title(sch, fontsize=12)
+        _ticks(ax.set_xticks, ax.set_xticklabels, view.microbatches, max_labels=14)
+        _ticks(ax.set_yticks, ax.set_yticklabels, view.stages, max_labels=14)
+        ax.set_xlabel("micro-batches")
+        ax.set_ylabel("stages")
+    for ax in list(axs.flat)[len(view.schedules):]:
+        ax.axis("off")
+    if image is not None:
+        bar = fig.colorbar(image, ax=axs, shrink=0.9, format=PercentFormatter(1.0))
+        bar.set_label("bubble ratio (grey: skipped, the schedule cannot take the shape)")
+    _title(fig, "Bubble ratio over stages x micro-batches", view.note)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _lines(ax, view: SweepView, points_of) -> bool:
+    """One line per schedule from ``points_of(schedule) -> [(x, y), ...]``; says so when none ran."""
+    drawn = False
+    for sch in view.schedules:
+        pts = points_of(sch)
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, label=sch, **view.style(sch))
+            drawn = True
+    if not drawn:
+        _empty(ax)
+    return drawn
+
+
+def _ticks(set_ticks, set_labels, values, max_labels: int) -> None:
+    step = max(1, math.ceil(len(values) / max_labels))
+    idx = list(range(0, len(values), step))
+    set_ticks(idx)
+    set_labels([str(values[i]) for i in idx])
+
+
+def _legend(fig, view: SweepView) -> None:
+    handles = [plt.Line2D([], [], **view.style(s)) for s in view.schedules]
+    fig.legend(handles, view.schedules, title="schedule", loc="center right", frameon=False)
+
+
+def _bytes_tick(value: float, _pos) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:g} {unit}"
+    return f"{value:g} B"

@@ -1,0 +1,121 @@
+"""Parameter sweeps: run a scenario over the product of grid axes.
+
+``run_sweep`` is what ``dualpipe-sim sweep`` calls.  Order of work:
+
+1. read the scenario and the grid, and check them (grid.py): bad input stops
+   here, before anything is written;
+2. open results.csv (results.py), fresh or, with ``resume``, keeping the rows
+   already there and skipping their points;
+3. run the remaining points on an executor (executors.py), appending each
+   row as it finishes, with a progress bar;
+4. rewrite results.csv in point order, then write summary.md and the PNG
+   charts all-or-nothing (outputs.write_all).
+
+Ctrl-C during step 3 raises :class:`Interrupted` after the finished rows are
+safely in results.csv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..outputs import write_all, write_text
+from ..scenario import apply_overrides, load_raw
+from .errors import SweepError
+from .executors import DaskExecutor, LocalExecutor
+from .grid import Axis, check_against, parse_grid, points
+from .results import ResultsFile, columns, make_row, point_key, read_rows, row_key
+from .summary import parse_bytes, summary_markdown
+
+RESULTS = "results.csv"
+SUMMARY = "summary.md"
+PLOTS = ("bubble_vs_microbatches.png", "peak_activation_vs_stages.png", "bubble_heatmap.png")
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a sweep; every finished row is in results.csv."""
+
+
+@dataclass
+class SweepReport:
+    out: Path
+    points: int  # in this grid
+    ran: int  # run now (the rest were already in results.csv)
+    counts: dict[str, int]  # status -> rows in the final results.csv
+    files: list[Path]
+    executor: str
+
+
+def run_sweep(
+    scenario_path: str | Path,
+    grid: list[str],
+    out: str | Path,
+    *,
+    overrides: list[str] = (),
+    jobs: int | None = None,
+    memory_limit: float | None = None,
+    resume: bool = False,
+    dask_scheduler: str | None = None,
+    progress: bool = False,
+) -> SweepReport:
+    """Run every point of the grid; see the module docstring.  Raises ScenarioError
+    or SweepError (bad input, nothing written) or Interrupted."""
+    out = Path(out)
+    base = apply_overrides(load_raw(scenario_path), list(overrides))
+    axes = parse_grid(grid)
+    check_against(base, axes)
+    grid_points = points(axes)
+    cols = columns(axes)
+    path = out / RESULTS
+    if path.exists() and not resume:
+        raise SweepError(f"--out {out}: {path} already exists; pass --resume to continue it, or use another --out")
+    kept = read_rows(path, cols) if resume and path.exists() else []
+    done = {row_key(axes, r) for r in kept}
+    todo = [p for p in grid_points if point_key(p.values) not in done]
+    executor = DaskExecutor(dask_scheduler) if dask_scheduler else LocalExecutor(jobs)
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        results = ResultsFile(path, cols, kept)
+        try:
+            _run_points(executor, base, todo, axes, cols, results, progress)
+        except KeyboardInterrupt:
+            results.close()
+            left = len(todo) - (len(results.rows) - len(kept))
+            raise Interrupted(
+                f"interrupted: {len(results.rows)} finished rows are in {path}; "
+                f"rerun with --resume to run the other {left} points"
+            ) from None
+    finally:
+        executor.close()
+    rows = results.finish([point_key(p.values) for p in grid_points], axes)
+    files = [path, *write_reports(out, rows, cols, axes, memory_limit)]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
+    return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe())
+
+
+def _run_points(executor, base, todo, axes, cols, results: ResultsFile, progress: bool) -> None:
+    with tqdm(total=len(todo), unit="pt", desc="sweep", disable=not progress, dynamic_ncols=True) as bar:
+        for point, fields in executor.run(base, todo):
+            results.append(make_row(cols, axes, base, point, fields))
+            bar.update(1)
+
+
+def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis], memory_limit) -> list[Path]:
+    """summary.md and the charts, all-or-nothing."""
+    from ..plots import sweep as charts  # matplotlib only when we draw
+
+    view = charts.SweepView.from_rows(rows, axes)
+    writers = {
+        SUMMARY: write_text(summary_markdown(rows, cols, memory_limit)),
+        PLOTS[0]: lambda p: charts.bubble_vs_microbatches(view, p),
+        PLOTS[1]: lambda p: charts.peak_activation_vs_stages(view, p),
+        PLOTS[2]: lambda p: charts.bubble_heatmap(view, p),
+    }
+    return write_all(out, writers)
+
+
+__all__ = ["run_sweep", "SweepReport", "SweepError", "Interrupted", "parse_bytes", "parse_grid", "RESULTS"]

@@ -1,0 +1,93 @@
+"""summary.md: for each shape, the fastest schedule that fits in memory.
+
+A shape is one combination of every grid key except ``pipeline.schedule``
+(at least stages x micro-batches).  A schedule fits when its peak memory on
+its fullest rank, ``peak_memory_bytes`` = peak activation bytes + parameter
+bytes, is at most ``--memory-limit``.  Fastest = smallest makespan; a tie goes
+to the schedule name that sorts first, so the choice is deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SweepError
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(text: str) -> float:
+    """``80e9``, ``80GB`` (10^9) or ``80GiB`` (2^30) -> bytes."""
+    match = _BYTES.match(text)
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise SweepError(f"--memory-limit: expected a size in bytes such as 80e9, 80GB or 80GiB, got {text!r}")
+    value = float(match.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise SweepError(f"--memory-limit: must be > 0, got {text!r}")
+    return value
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.3g} B"
+
+
+def shape_keys(cols: list[str]) -> list[str]:
+    """Grid keys that define a shape: every column before ``status`` but the schedule."""
+    return [c for c in cols[: cols.index("status")] if c != "pipeline.schedule"]
+
+
+def fastest_fitting(rows: list[dict[str, str]], limit: float | None) -> tuple[dict | None, list[dict]]:
+    """(fastest ok row within the limit or None, ok rows over the limit)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    fits = [r for r in ok if limit is None or float(r["peak_memory_bytes"]) <= limit]
+    over = [r for r in ok if r not in fits]
+    best = min(fits, key=lambda r: (float(r["makespan"]), r["pipeline.schedule"]), default=None)
+    return best, over
+
+
+def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float | None) -> str:
+    keys = shape_keys(cols)
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
+    limit_text = (
+        f"memory limit {human_bytes(limit)} ({limit:.6g} bytes) per rank"
+        if limit is not None
+        else "no memory limit given (`--memory-limit`), so every schedule fits"
+    )
+    lines = [
+        "# Sweep summary",
+        "",
+        f"{len(rows)} points: {counts['ok']} ok, {counts['skipped']} skipped (the schedule cannot take the shape), "
+        f"{counts['error']} error. See results.csv for every point.",
+        "",
+        f"For each shape, the fastest schedule (smallest makespan) whose peak memory per rank "
+        f"(peak activation bytes + parameter bytes, on its fullest rank) fits: {limit_text}.",
+        "",
+        "| " + " | ".join([*keys, "fastest that fits", "makespan", "bubble ratio", "peak memory per rank",
+                          "over the limit", "skipped or error"]) + " |",
+        "|" + "---|" * (len(keys) + 6),
+    ]
+    for shape, members in groups.items():
+        best, over = fastest_fitting(members, limit)
+        skipped = [r["pipeline.schedule"] for r in members if r["status"] != "ok"]
+        over_text = ", ".join(f"{r['pipeline.schedule']} ({human_bytes(float(r['peak_memory_bytes']))})" for r in over)
+        if best is None:
+            cells = ["none fits" if over else "none ran", "", "", ""]
+        else:
+            cells = [
+                best["pipeline.schedule"],
+                f"{float(best['makespan']):.6g}",
+                f"{float(best['bubble_ratio']):.2%}",
+                human_bytes(float(best["peak_memory_bytes"])),
+            ]
+        lines.append("| " + " | ".join([*shape, *cells, over_text or "-", ", ".join(skipped) or "-"]) + " |")
+    lines += ["", "Sizes are decimal (1 GB = 10^9 bytes)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,102 @@
+"""Grid axes: lists, inclusive ranges, and bad syntax -> one clear ScenarioError."""
+
+import pytest
+
+from dualpipe_sim.scenario import ScenarioError
+from dualpipe_sim.sweep.grid import check_against, parse_axis, parse_grid, points
+
+BASE = {
+    "pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8},
+    "costs": {"forward": 1.0, "backward": 2.0},
+}
+
+
+def test_list_values_are_read_like_set_values():
+    axis = parse_axis("pipeline.schedule=1f1b, zb-h1,dualpipe")
+    assert axis.key == "pipeline.schedule"
+    assert axis.values == ("1f1b", "zb-h1", "dualpipe")
+    assert parse_axis("costs.forward=1,1.5,2").values == (1, 1.5, 2)
+    assert axis.override(1) == "pipeline.schedule=zb-h1"
+
+
+def test_list_items_keep_their_own_commas():
+    assert parse_axis("costs.forward=[1, 2],[3,4]").values == ([1, 2], [3, 4])
+    assert parse_axis('pipeline.schedule="a,b",c').values == ("a,b", "c")
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("pipeline.microbatches=8:64:8", [8, 16, 24, 32, 40, 48, 56, 64]),  # stop included
+        ("pipeline.microbatches=8:60:8", [8, 16, 24, 32, 40, 48, 56]),  # stop not on a step
+        ("pipeline.stages=4:4:1", [4]),
+        ("pipeline.stages=-2:2:2", [-2, 0, 2]),
+        ("costs.forward=0.1:0.5:0.1", [0.1, 0.2, 0.3, 0.4, 0.5]),  # decimal steps, no 0.30000000000000004
+        ("costs.forward=1:2:0.5", [1.0, 1.5, 2.0]),
+    ],
+)
+def test_ranges(spec, expected):
+    values = parse_axis(spec).values
+    assert list(values) == expected
+    assert all(type(v) is type(e) for v, e in zip(values, expected))  # 1:2:0.5 gives floats, 8:64:8 ints
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("pipeline.stages", "expected KEY=VALUES"),
+        ("=1,2", "expected KEY=VALUES"),
+        ("pipeline..stages=1", "expected KEY=VALUES"),
+        ("pipeline.stages=8:64:0", "step of start:stop:step must be > 0"),
+        ("pipeline.stages=8:64:-8", "step of start:stop:step must be > 0"),
+        ("pipeline.stages=64:8:8", "start must be <= stop"),
+        ("pipeline.stages=8:64", "a range is start:stop:step with three numbers"),
+        ("pipeline.stages=a:b:c", "a range is start:stop:step with three numbers"),
+        ("pipeline.stages=4,,8", "empty value in the list"),
+        ("pipeline.stages=", "empty value in the list"),
+        ("costs.forward=[1,2", "unbalanced brackets"),
+        ("pipeline.stages=4,8,4", "value 4 appears twice"),
+        ("pipeline.stages=1:10000000:1", "more than the 1000000"),
+    ],
+)
+def test_bad_syntax_names_the_rule(spec, words):
+    with pytest.raises(ScenarioError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
+        parse_axis(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_a_key_twice_is_an_error():
+    with pytest.raises(ScenarioError, match="pipeline.stages: the key is given twice"):
+        parse_grid(["pipeline.stages=4", "pipeline.stages=8"])
+
+
+def test_points_are_the_product_first_axis_slowest():
+    axes = parse_grid(["pipeline.schedule=1f1b,gpipe", "pipeline.stages=2:4:2", "pipeline.microbatches=4,8"])
+    pts = points(axes)
+    assert len(pts) == 2 * 2 * 2
+    assert [p.index for p in pts] == list(range(8))
+    assert pts[0].values == ("1f1b", 2, 4)
+    assert pts[1].values == ("1f1b", 2, 8)
+    assert pts[2].values == ("1f1b", 4, 4)
+    assert pts[4].overrides == ("pipeline.schedule=gpipe", "pipeline.stages=2", "pipeline.microbatches=4")
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("pipeline.nonsense=1,2", "--grid pipeline.nonsense=1: pipeline.nonsense: unknown key"),
+        ("pipeline.stages=4,a", "--grid pipeline.stages=a: pipeline.stages: must be a whole number"),
+        ("costs.forward=1,-1", "--grid costs.forward=-1: costs.forward: input should be greater than 0"),
+        ("pipeline.schedule=1f1b,nope", "--grid pipeline.schedule: unknown schedule 'nope'"),
+    ],
+)
+def test_values_wrong_whatever_the_point_stop_the_sweep(spec, words):
+    with pytest.raises(ScenarioError) as info:
+        check_against(BASE, parse_grid([spec]))
+    assert str(info.value).startswith(words), str(info.value)
+
+
+def test_combination_rules_are_left_to_each_point():
+    # A 4-value per-stage list is fine at 4 stages and wrong at 8: not the value's fault alone.
+    check_against(BASE, parse_grid(["costs.forward=[1,1,1,1]", "pipeline.stages=4,8"]))
+    check_against(BASE, parse_grid(["pipeline.schedule=dualpipe", "pipeline.microbatches=3"]))
