@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import actions, registry, simulation
+from . import actions, registry, simulation, variability
 from .ir import Schedule, ScheduleError
 from .outputs import metrics_json, write_all, write_text
 from .scenario import ScenarioError
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                                              "action-string form of `schedule --format json|actions`")
     run.add_argument("--trace", metavar="FILE", help="also write a Chrome/Perfetto trace, a file inside --out, "
                                                      "e.g. out/trace.json")
+    run.add_argument("--repeat", type=int, metavar="N", help="run N seeds (seed, seed+1, ...): p50/p95/max makespan "
+                     "and bubble ratio, printed and in repeat.json; metrics.json stays the first seed's")
 
     sch = sub.add_parser("schedule", help="print a schedule's per-rank op lists")
     sch.add_argument("name")
@@ -105,11 +107,15 @@ def _cmd_run(args) -> int:
     from .exports.chrome import trace_name, write_chrome_trace
 
     try:
-        trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png")) if args.trace else None
+        trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png", "repeat.json")) if args.trace else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    problem = None if args.repeat is None else variability.repeat_problem(args.repeat, scenario.seed)
+    if problem:
+        raise UsageError(f"--repeat: {problem}")
     result = simulation.run(scenario, schedule)
     metrics = result.metrics
+    repeats = variability.repeat(scenario, args.repeat, schedule, first=result) if args.repeat else None
 
     from .plots.gantt import save_gantt  # matplotlib only when we draw
     from .plots.memory import save_memory
@@ -121,11 +127,15 @@ def _cmd_run(args) -> int:
     }
     if trace_file:
         writers[trace_file] = lambda path: write_chrome_trace(result.trace, path)
+    if repeats:
+        writers["repeat.json"] = write_text(metrics_json(repeats))
     written = write_all(args.out, writers)
     if args.json:
         sys.stdout.write(metrics_json(metrics))
     else:
         print(summary_table(metrics))
+        if repeats:
+            print("\n" + variability.repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))
     note = actions.ignored_note(schedule) if schedule is not None else None
     if note:  # after success, on stderr: never a second line beside an error, never in --json output

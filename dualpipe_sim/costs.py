@@ -79,6 +79,7 @@ class CostModel:
     parameter_bytes: tuple[float, ...] = (1.0,)
     chunk: Chunk | None = None  # component model; F, B, W and F&B above are then derived from it
     p2p_mode: str = "async"  # "async": sends run beside compute; "blocking": see engine.py
+    variability: object | None = None  # variability.Variability: per-op jitter, slow ranks; None = none
 
     @classmethod
     def uniform(

@@ -39,6 +39,7 @@ from collections import deque
 
 import simpy
 
+from . import limits
 from .costs import CostModel
 from .ir import FB, Op, Schedule, ScheduleError, ops_of
 from .trace import A2A, KIND_CODES, P2P, Trace, TraceBuilder
@@ -74,6 +75,8 @@ class Engine:
         self.blocking = costs.p2p_mode == "blocking"
         self.outbox: list[list[simpy.Event]] = [[] for _ in schedule.ranks]  # blocking: sends to wait for
         self.timelines: dict[tuple, tuple] = {}  # action signature -> costs.timeline(action)
+        vary = getattr(costs, "variability", None)  # jitter and slow ranks: variability.py
+        self.scale = vary.bind(schedule, costs) if vary is not None else None
 
     # -- events ---------------------------------------------------------------
     def _event(self, table: dict, key: tuple) -> simpy.Event:
@@ -173,6 +176,8 @@ class Engine:
                 if op.kind == "F":
                     rec.memory.append((start, rank, 1, costs.activation_bytes[op.stage]))
             total, rows = self._timeline(action)
+            if self.scale is not None:  # this action's factor stretches its whole timeline
+                total, rows = self.scale(rank, idx, total, rows)
             yield env.timeout(total)
             pair = isinstance(action, FB)
             for member, part, on_a2a, t0, t1 in rows:
@@ -198,7 +203,7 @@ class Engine:
     def run(self) -> Trace:
         for rank in range(self.schedule.num_ranks):
             self.env.process(self._rank(rank))
-        self.env.run()
+        self._run_bounded()
         self._check_finished()
         compute, comm, memory = self.rec.arrays()
         held = self.schedule.stages_on_rank()
@@ -214,6 +219,22 @@ class Engine:
             parameter_bytes=[float(sum(self.costs.parameter_bytes[s] for s in stages)) for stages in held],
             meta={"p2p_mode": self.costs.p2p_mode},
         )
+
+    def _run_bounded(self) -> None:
+        """``env.run()``, stopped after limits.max_events steps: nothing can loop forever."""
+        bound = limits.max_events(len(self.position), self.schedule.num_ranks)
+        step = self.env.step
+        try:
+            for _ in range(bound):
+                step()
+        except simpy.core.EmptySchedule:
+            return  # the usual end: no events left
+        at = "; ".join(
+            f"rank {r} at action {i} {self.schedule.ranks[r][i]}"
+            for r, i in enumerate(self.cursor)
+            if i < len(self.schedule.ranks[r])
+        )
+        raise DeadlockError(f"simulation did not finish within {bound} events (livelock guard): {at or 'all ranks done'}")
 
     def _check_finished(self) -> None:
         if all(self.cursor[r] == len(actions) for r, actions in enumerate(self.schedule.ranks)):

@@ -42,6 +42,8 @@ def _engine(schedule: Schedule, costs: CostModel) -> Trace:
 
 def applies(costs: CostModel) -> bool:
     """True when the fast path gives the SimPy engine's trace for ``costs``."""
+    if getattr(costs, "variability", None) is not None:  # per-action lengths (variability.py): the engine
+        return False
     return costs.chunk is None and costs.p2p_mode == "async"
 
 

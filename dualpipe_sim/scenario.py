@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import limits
+from . import limits, variability
 from .costs import COMPONENTS, CostModel
 from .costs import Chunk as ChunkCosts
 
@@ -49,11 +49,27 @@ class Pipeline(_Section):
         return v
 
 
+class Jitter(_Section):
+    """Random per-op duration factors with mean 1 (variability.py)."""
+
+    distribution: Literal[variability.DISTRIBUTIONS]
+    cv: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    @field_validator("cv")
+    @classmethod
+    def _cv_fits(cls, v, info):
+        problem = variability.cv_problem(info.data.get("distribution", "lognormal"), v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
 class Costs(_Section):
     forward: PerStage | None = None  # required unless [chunk] is given
     backward: PerStage | None = None
     weight: PerStageNonNeg | None = None
     overlapped: PerStage | None = None
+    jitter: Jitter | None = None
 
 
 class Comm(_Section):
@@ -92,6 +108,11 @@ class Limits(_Section):
     max_memory: Annotated[float, Field(gt=0, allow_inf_nan=False)] = limits.DEFAULT_MAX_MEMORY  # bytes
 
 
+class Ranks(_Section):
+    # rank -> factor its compute takes longer by; TOML: slowdown = { 3 = 1.2 }
+    slowdown: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]] = {}
+
+
 class Scenario(_Section):
     pipeline: Pipeline
     costs: Costs = Costs()
@@ -99,6 +120,7 @@ class Scenario(_Section):
     comm: Comm = Comm()
     memory: Memory = Memory()
     limits: Limits = Limits()
+    ranks: Ranks = Ranks()
     seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
 
     @field_validator("seed", mode="before")
@@ -136,6 +158,7 @@ class Scenario(_Section):
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
             p2p=self.comm.p2p,
             p2p_mode=self.comm.p2p_mode,
+            variability=variability.from_scenario(self),
             activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
             parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
         )
@@ -144,7 +167,7 @@ class Scenario(_Section):
         # With [chunk], F, B, W and F&B come from the components; stating them
         # again in [costs] could only contradict them, so it is an error.
         for name, value in self.costs:
-            if value is not None:
+            if value is not None and name != "jitter":  # jitter scales whatever the durations are
                 raise ScenarioError(
                     f"costs.{name}: must be left out when [chunk] is given (it is derived from the components)"
                 )
@@ -156,6 +179,7 @@ class Scenario(_Section):
             chunk,
             p2p=self.comm.p2p,
             p2p_mode=self.comm.p2p_mode,
+            variability=variability.from_scenario(self),
             activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
             parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
         )

@@ -7,7 +7,8 @@ a watchdog, so a hang fails instead of stalling the suite): exit 2, exactly one
 line ``error: ...`` naming the problem, nothing on stdout, nothing written.  A
 sample with one file per kind of failure (all the ones that could hang or blow
 up memory among them) also runs as a real ``python -m dualpipe_sim.cli``
-process: exit status 2, no traceback, finished within a timeout.  (Every file as
+process: exit status 2, no traceback, finished within a timeout.  Last, the
+engine's own guard against running forever (a bound on SimPy events).  (Every file as
 a process would cost ~0.3 s of imports each; the in-process run already covers
 every file's message.)
 """
@@ -24,6 +25,9 @@ import pytest
 
 from dualpipe_sim import limits, registry, scenario
 from dualpipe_sim.cli import main
+from dualpipe_sim.costs import CostModel
+from dualpipe_sim.engine import DeadlockError, Engine
+from dualpipe_sim.ir import ops_of
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "hostile"
@@ -45,6 +49,8 @@ EXPECT = {
     "forward-negative.toml": "costs.forward: input should be greater than 0",
     "forward-table.toml": "costs.forward: input should be a valid number",
     "huge-integer.toml": "not valid TOML: Exceeds the limit",
+    "jitter-cv-too-wide.toml": "costs.jitter.cv: must be <= 0.3 for the normal distribution",
+    "jitter-unknown-distribution.toml": "costs.jitter.distribution: input should be 'lognormal', 'normal' or 'uniform'",
     "limits-nan.toml": "limits.max_memory: must be a finite number",
     "limits-too-small.toml": "limits.max_memory: 4 stages x 8 micro-batches is up to 96 ops",
     "microbatches-negative.toml": "pipeline.microbatches: input should be greater than or equal to 1",
@@ -57,6 +63,8 @@ EXPECT = {
     "schedule-number.toml": "pipeline.schedule: input should be a valid string",
     "seed-float.toml": "seed: must be a whole number",
     "seed-negative.toml": "seed: input should be greater than or equal to 0",
+    "slowdown-missing-rank.toml": "ranks.slowdown: rank 7 does not exist, the schedule has 4 ranks (0..3)",
+    "slowdown-zero.toml": "ranks.slowdown.1: input should be greater than 0",
     "stages-bool.toml": "pipeline.stages: must be a whole number",
     "stages-float.toml": "pipeline.stages: must be a whole number",
     "stages-huge.toml": "pipeline.stages: input should be less than or equal to 4096",
@@ -172,3 +180,29 @@ def test_as_processes_exit_2_without_traceback(tmp_path):
             if proc.poll() is None:
                 proc.kill()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_engine_livelock_guard_names_where_it_stopped(monkeypatch):
+    """The engine steps SimPy at most limits.max_events times (~3 events per op are
+    used, 32 allowed); past that it stops and says where every rank was."""
+    schedule = registry.build("1f1b", 3, 4)
+    monkeypatch.setattr(limits, "max_events", lambda ops, ranks: 10)
+    with pytest.raises(DeadlockError, match=r"did not finish within 10 events \(livelock guard\): rank 0 at action"):
+        Engine(schedule, CostModel.uniform(3, p2p=0.5)).run()
+
+
+def test_event_bound_leaves_room_for_real_runs():
+    schedule = registry.build("dualpipe", 8, 20)
+    engine = Engine(schedule, CostModel.uniform(8, p2p=0.3, p2p_mode="blocking"))
+    steps = 0
+    step = engine.env.step
+
+    def counting():
+        nonlocal steps
+        steps += 1
+        return step()
+
+    engine.env.step = counting
+    engine.run()
+    ops = sum(len(ops_of(a)) for actions in schedule.ranks for a in actions)
+    assert steps * 4 <= limits.max_events(ops, schedule.num_ranks)

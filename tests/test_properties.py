@@ -3,8 +3,9 @@
 For every registered schedule family (the registry is read at collection time,
 so a family added later is covered without editing this file) we draw a shape
 the family's own ``check`` accepts, random per-stage costs, a P2P cost and a
-seed, sometimes the all-to-all component model (``[chunk]``) and the blocking
-P2P mode, run the simulation and check the trace against truths computed here,
+seed, sometimes the all-to-all component model (``[chunk]``), the blocking
+P2P mode, jitter and a slow rank (each action then lasts its cost times the
+factor variability.py gives it), run the simulation and check the trace against truths computed here,
 independently of the engine:
 
 * every op of the schedule runs exactly once, in the action the schedule puts it in;
@@ -26,23 +27,29 @@ independently of the engine:
   of costs through data dependencies, P2P delays and each rank's order); with
   free communication (no link can queue) every action starts exactly at its
   earliest possible time, so the makespan *is* the critical path;
-* the same scenario and seed give byte-identical metrics.json.
+* the same scenario and seed give byte-identical metrics.json;
+* a schedule deadlocks in the engine exactly when validate() says it does, and
+  stuck at the same actions: there is no deadlock that only shows at run time.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualpipe_sim import registry, scenario, simulation
-from dualpipe_sim.costs import COMPONENTS
-from dualpipe_sim.ir import FB, ops_of
+from dualpipe_sim import registry, scenario, simulation, variability
+from dualpipe_sim.costs import COMPONENTS, CostModel
+from dualpipe_sim.engine import DeadlockError, Engine
+from dualpipe_sim.ir import FB, ScheduleError, ops_of
 from dualpipe_sim.outputs import metrics_json
 from dualpipe_sim.trace import A2A, KIND_NAMES, P2P
+from dualpipe_sim.validate import validate
 
 MAX_STAGES, MAX_MICROBATCHES, MAX_CHUNKS = 8, 20, 4
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -97,6 +104,12 @@ def scenarios(draw, name: str) -> dict:
         "memory": {"activation": draw(st.sampled_from([1.0, 3.5e9]))},
         "seed": draw(st.integers(0, 2**31)),
     }
+    if draw(st.integers(0, 3)) == 0:  # a straggler, and/or jitter
+        ranks = registry.build(name, stages, microbatches, **opts).num_ranks
+        raw["ranks"] = {"slowdown": {str(draw(st.integers(0, ranks - 1))): draw(st.floats(0.5, 3.0))}}
+    if draw(st.integers(0, 3)) == 0:
+        dist = draw(st.sampled_from(variability.DISTRIBUTIONS))
+        raw["costs"] = {"jitter": {"distribution": dist, "cv": draw(st.floats(0, variability.MAX_CV[dist]))}}
     if draw(st.integers(0, 3)) == 0:
         raw["chunk"] = draw(chunks())
         return raw
@@ -104,7 +117,7 @@ def scenarios(draw, name: str) -> dict:
     forward, backward = draw(per_stage), draw(per_stage)
     # W is a fraction of B, from 0 (all input-gradient) to all of it (I = 0).
     fractions = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1), min_size=stages, max_size=stages))
-    raw["costs"] = {"forward": forward, "backward": backward, "weight": [b * f for b, f in zip(backward, fractions)]}
+    raw.setdefault("costs", {}).update(forward=forward, backward=backward, weight=[b * f for b, f in zip(backward, fractions)])
     if draw(st.booleans()):
         raw["costs"]["overlapped"] = draw(per_stage)
     return raw
@@ -217,6 +230,9 @@ def check_invariants(raw: dict, result) -> None:
     eps = lambda x, y: close(x, y, makespan)  # noqa: E731
     where, deps = edges(schedule, p2p)
     cost = {(r, i): action_cost(a, raw, result.costs) for r, acts in enumerate(schedule.ranks) for i, a in enumerate(acts)}
+    if result.costs.variability is not None:  # jitter / a slow rank: each action x its factor
+        factors = result.costs.variability.bind(schedule, result.costs).factors
+        cost = {(r, i): c * factors[r][i] for (r, i), c in cost.items()}
     a2a_rows = trace.comm[trace.comm["channel"] == A2A]
 
     # Every op exactly once, where the schedule puts it; with components, each
@@ -331,3 +347,47 @@ def test_same_scenario_same_bytes(name, data):
 def test_every_family_has_shapes_to_draw():
     for name in FAMILIES:
         assert SHAPES[name], f"{name}: no valid shape with stages <= {MAX_STAGES}, microbatches <= {MAX_MICROBATCHES}"
+
+
+# -- no deadlock that only shows at run time -------------------------------------------------
+STUCK_AT = re.compile(r"rank (\d+) is stuck at (?:action \d+ )?(\S+)")
+
+
+@st.composite
+def reordered(draw):
+    """A registered schedule with a few actions swapped with their neighbour on
+    some ranks: sometimes still runnable, often not."""
+    name = draw(st.sampled_from(FAMILIES))
+    stages, microbatches, opts = draw(st.sampled_from(SHAPES[name]))
+    schedule = registry.build(name, stages, microbatches, **opts)
+    ranks = [list(actions) for actions in schedule.ranks]
+    for _ in range(draw(st.integers(1, 4))):
+        r = draw(st.integers(0, len(ranks) - 1))
+        if len(ranks[r]) > 1:
+            i = draw(st.integers(0, len(ranks[r]) - 2))
+            ranks[r][i], ranks[r][i + 1] = ranks[r][i + 1], ranks[r][i]
+    return replace(schedule, ranks=tuple(tuple(a) for a in ranks))
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedule=reordered(), p2p=st.just(0.0) | st.floats(0.01, 3.0), mode=st.sampled_from(["async", "blocking"]))
+def test_validate_and_engine_agree_on_deadlock(schedule, p2p, mode):
+    """validate() replays the orders with zero durations; the engine with real ones.
+    Durations cannot create or remove a wait-for cycle, so both must agree on
+    whether the schedule finishes and, if not, where each rank is stuck (the
+    ops that can ever run are fixed by the dependencies alone)."""
+    costs = CostModel.uniform(schedule.stages, forward=1.0, backward=2.0, p2p=p2p, p2p_mode=mode)
+    try:
+        validate(schedule)
+        static = None
+    except ScheduleError as exc:
+        static = str(exc)
+    try:
+        Engine(schedule, costs).run()  # the engine on its own, without validate()
+        dynamic = None
+    except DeadlockError as exc:
+        dynamic = str(exc)
+    assert (static is None) == (dynamic is None), (static, dynamic)
+    if static is not None:
+        assert "schedule deadlocks" in static
+        assert set(STUCK_AT.findall(static)) == set(STUCK_AT.findall(dynamic))

@@ -1,0 +1,211 @@
+"""Variability: per-op jitter and per-rank stragglers, as a transformation of durations.
+
+Scenario keys::
+
+    [costs.jitter]
+    distribution = "lognormal"   # or "normal", "uniform"
+    cv = 0.1                     # coefficient of variation (standard deviation / mean)
+
+    [ranks]
+    slowdown = { 3 = 1.2 }       # rank 3 takes 1.2x as long for everything it computes
+
+What changes: each action's timeline (its length and, with the component
+model, every component row) is multiplied by one factor,
+
+    factor(rank, action) = slowdown[rank] x jitter(action),
+
+so a slow or unlucky op stretches as a whole, all-to-all components included
+(a straggler's kernels delay its own all-to-all phases).  P2P transfers are not
+scaled.  ``jitter`` of a plain op is a draw with mean 1 and coefficient of
+variation ``cv``; of an FB pair, the mean of its two ops' draws weighted by
+their lone durations (the pair is one unit of work on the rank).
+
+Determinism: an op's draw is a pure function of (seed, kind, micro-batch,
+stage, direction) -- the seed is hashed by numpy's SeedSequence, the op's
+identity mixed in with SplitMix64 -- never of event order, so the same seed
+gives the same factors whatever runs first, and two schedules of the same
+shape see the same draw for the same op (a fair comparison).  The rank is not
+part of the identity: it follows from the op's stage.
+
+Distributions (all mean 1; z standard normal from two hashed uniforms by
+Box-Muller, u uniform on (0, 1)):
+
+* ``lognormal``: exp(sigma z - sigma^2 / 2) with sigma^2 = ln(1 + cv^2); cv <= 2;
+* ``normal``: 1 + cv z with z cut to [-3, 3] so a factor stays > 0; cv <= 0.3;
+* ``uniform``: 1 + cv sqrt(3) (2u - 1); cv <= 0.5.
+
+``dualpipe-sim run --repeat N`` runs seeds seed, seed+1, ..., seed+N-1 and
+summarises makespan and bubble ratio (:func:`repeat`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ir import FB, Schedule, ops_of
+
+DISTRIBUTIONS = ("lognormal", "normal", "uniform")
+MAX_CV = {"lognormal": 2.0, "normal": 0.3, "uniform": 0.5}
+NORMAL_CUT = 3.0
+KIND_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
+MAX_REPEAT = 10_000
+
+
+@dataclass(frozen=True)
+class Variability:
+    seed: int = 0
+    distribution: str | None = None  # None: no jitter
+    cv: float = 0.0
+    slowdown: tuple[tuple[int, float], ...] = ()  # (rank, factor), sorted
+
+    def bind(self, schedule: Schedule, costs) -> "Scaler":
+        """The factor of every action of ``schedule``; checks slowdown ranks exist."""
+        ranks = schedule.num_ranks
+        slow = [1.0] * ranks
+        for rank, factor in self.slowdown:
+            if rank >= ranks:
+                from .scenario import ScenarioError
+
+                raise ScenarioError(
+                    f"ranks.slowdown: rank {rank} does not exist, the schedule has {ranks} ranks (0..{ranks - 1})"
+                )
+            slow[rank] = factor
+        ops = [op for actions in schedule.ranks for a in actions for op in ops_of(a)]
+        draw = dict(zip(ops, self.jitter(ops))) if self.distribution and self.cv > 0 else {}
+        factors = []
+        for rank, actions in enumerate(schedule.ranks):
+            row = []
+            for action in actions:
+                if isinstance(action, FB) and draw:
+                    f, b = costs.duration(action.forward), costs.duration(action.backward)
+                    j = (draw[action.forward] * f + draw[action.backward] * b) / (f + b) if f + b > 0 else 1.0
+                else:
+                    j = draw.get(action, 1.0)
+                row.append(slow[rank] * j)
+            factors.append(row)
+        return Scaler(factors)
+
+    def jitter(self, ops) -> np.ndarray:
+        """Mean-1 factors for ``ops``, each a pure function of (seed, op)."""
+        u1, u2 = _uniforms(self.seed, ops)
+        cv = self.cv
+        if self.distribution == "uniform":
+            return 1.0 + cv * np.sqrt(3.0) * (2.0 * u1 - 1.0)
+        z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        if self.distribution == "normal":
+            return 1.0 + cv * np.clip(z, -NORMAL_CUT, NORMAL_CUT)
+        sigma2 = np.log1p(cv * cv)
+        return np.exp(np.sqrt(sigma2) * z - sigma2 / 2.0)
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """What the engine calls: scale one action's timeline by its factor."""
+
+    factors: list[list[float]]  # [rank][action index]
+
+    def __call__(self, rank: int, idx: int, total: float, rows: tuple) -> tuple[float, tuple]:
+        f = self.factors[rank][idx]
+        if f == 1.0:
+            return total, rows
+        return total * f, tuple((m, part, a2a, t0 * f, t1 * f) for m, part, a2a, t0, t1 in rows)
+
+
+def from_scenario(scenario) -> Variability | None:
+    """The scenario's variability, or None when it has none (the plain, faster path)."""
+    jitter = scenario.costs.jitter
+    has_jitter = jitter is not None and jitter.cv > 0
+    slowdown = tuple(sorted((r, float(f)) for r, f in scenario.ranks.slowdown.items() if f != 1.0))
+    if not has_jitter and not slowdown:
+        return None
+    return Variability(
+        seed=scenario.seed,
+        distribution=jitter.distribution if has_jitter else None,
+        cv=jitter.cv if has_jitter else 0.0,
+        slowdown=slowdown,
+    )
+
+
+def cv_problem(distribution: str, cv: float) -> str | None:
+    """None if ``cv`` suits the distribution, else the rule (for the scenario schema)."""
+    limit = MAX_CV[distribution]
+    if cv > limit:
+        why = {"normal": "its smallest factor, 1 - 3 cv, must stay >= 0.1",
+               "uniform": "its smallest factor, 1 - 1.73 cv, must stay >= 0.13"}.get(distribution, "")  # fmt: skip
+        return f"must be <= {limit} for the {distribution} distribution" + (f" ({why})" if why else "")
+    return None
+
+
+# -- hashing ------------------------------------------------------------------------------
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: a bijection on uint64 that scatters every bit."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(seed: int, ops) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent uniforms on (0, 1) per op, from (seed, kind, micro-batch, stage, direction)."""
+    key = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
+    fields = np.array([(KIND_CODE[o.kind], o.microbatch, o.stage, o.direction) for o in ops], dtype=np.uint64)
+    h = np.full(len(ops), key, dtype=np.uint64)
+    for column in fields.reshape(-1, 4).T:
+        h = _mix(h ^ column)
+    to_unit = lambda x: ((x >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53  # noqa: E731
+    return to_unit(_mix(h ^ np.uint64(1))), to_unit(_mix(h ^ np.uint64(2)))
+
+
+# -- repeats -------------------------------------------------------------------------------
+def repeat_problem(n: int, seed: int) -> str | None:
+    if not 1 <= n <= MAX_REPEAT:
+        return f"must be a whole number from 1 to {MAX_REPEAT}, got {n}"
+    if seed + n > 2**64:
+        return f"the seeds {seed}..{seed + n - 1} go past 2**64 - 1; use a smaller seed"
+    return None
+
+
+def repeat(scenario, n: int, schedule: Schedule | None = None, first=None) -> dict:
+    """Run ``n`` seeds (scenario.seed, +1, ...); per-seed makespan and bubble ratio and
+    their p50 / p95 / max (numpy's linear-interpolated percentiles).  ``first`` may be
+    the result already computed for scenario.seed."""
+    from . import simulation
+
+    runs = []
+    for i in range(n):
+        seeded = scenario.model_copy(update={"seed": scenario.seed + i})
+        result = first if (i == 0 and first is not None) else simulation.run(seeded, schedule)
+        m = result.metrics
+        runs.append({"seed": seeded.seed, "makespan": m["makespan"], "bubble_ratio": m["bubble_ratio"]})
+    summary = {}
+    for key in ("makespan", "bubble_ratio"):
+        values = np.array([r[key] for r in runs])
+        p50, p95 = np.percentile(values, [50, 95])
+        summary[key] = {"p50": float(p50), "p95": float(p95), "max": float(values.max()),
+                        "min": float(values.min()), "mean": float(values.mean())}  # fmt: skip
+    jitter = scenario.costs.jitter
+    return {
+        "schedule": m["schedule"],
+        "repeats": n,
+        "jitter": None if jitter is None else {"distribution": jitter.distribution, "cv": jitter.cv},
+        "slowdown": {str(r): f for r, f in sorted(scenario.ranks.slowdown.items())},
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def repeat_table(doc: dict) -> str:
+    runs = doc["runs"]
+    lines = [
+        f"repeat: {doc['repeats']} seeds ({runs[0]['seed']}..{runs[-1]['seed']})",
+        f"{'':<13} {'p50':>10} {'p95':>10} {'max':>10}",
+    ]
+    for key, label, fmt in (("makespan", "makespan", "{:>10.4g}"), ("bubble_ratio", "bubble ratio", "{:>10.2%}")):
+        s = doc["summary"][key]
+        lines.append(f"{label:<13} " + " ".join(fmt.format(s[p]) for p in ("p50", "p95", "max")))
+    return "\n".join(lines)
