@@ -7,6 +7,8 @@ round values, so that ties (two results landing together, zero-length I or W,
 a link freeing as a new send is ready) happen often.
 """
 
+import gc
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -223,3 +225,20 @@ def reference_p2p_exposed(trace) -> float:
         feeds = p2p[(p2p["peer"] == rank) & (p2p["action"] == action)]
         total += union_length(np.clip(feeds["start"], w0, w1), np.clip(feeds["end"], w0, w1))
     return total
+
+
+def test_run_restores_the_garbage_collector():
+    data = {"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 2}, "costs": {"forward": 1.0, "backward": 2.0}}
+    scn = scenario.from_dict(data)
+    assert gc.isenabled()
+    simulation.run(scn)
+    assert gc.isenabled()
+    with pytest.raises(ScheduleError):
+        simulation.run(scn, STUCK)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        simulation.run(scn)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
