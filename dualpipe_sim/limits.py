@@ -32,13 +32,19 @@ def estimate(stages: int, microbatches: int) -> tuple[int, int]:
 
 def size_problem(stages: int, microbatches: int, max_memory: float) -> str | None:
     """None when the shape fits, else one line with the estimate and the way out."""
-    ops, need = estimate(stages, microbatches)
+    ops, _ = estimate(stages, microbatches)
+    return ops_problem(ops, max_memory, f"{stages} stages x {microbatches} micro-batches is up to {ops:,} ops")
+
+
+def ops_problem(ops: int, max_memory: float, what: str) -> str | None:
+    """The same rule for a known op count (e.g. a schedule file's); ``what`` describes it."""
+    need = ops * BYTES_PER_OP
     if need <= max_memory:
         return None
     return (
-        f"limits.max_memory: {stages} stages x {microbatches} micro-batches is up to {ops:,} ops, "
-        f"about {_bytes(need)} to simulate and chart ({BYTES_PER_OP // 1024} KiB per op), over the limit of "
-        f"{_bytes(max_memory)}; use fewer stages or micro-batches, or raise limits.max_memory"
+        f"limits.max_memory: {what}, about {_bytes(need)} to simulate and chart ({BYTES_PER_OP // 1024} KiB "
+        f"per op), over the limit of {_bytes(max_memory)}; use fewer stages or micro-batches, or raise "
+        f"limits.max_memory"
     )
 
 

@@ -161,6 +161,21 @@ def test_memory_cap_is_the_estimate_and_configurable():
     assert scenario.from_dict(raw).limits.max_memory == limits.DEFAULT_MAX_MEMORY
 
 
+def test_schedule_file_is_held_to_the_same_cap(tmp_path, capsys):
+    """A schedule file brings its own op count (here 8 micro-batches on a 2-micro-batch
+    scenario); it is checked against limits.max_memory before anything runs."""
+    assert main(["schedule", "1f1b", "--stages", "2", "--microbatches", "8", "--format", "json"]) == 0
+    path = tmp_path / "s.json"
+    path.write_text(capsys.readouterr().out)
+    base = [*SCHEDULE_BASE, "--schedule-file", str(path), "--out", str(tmp_path / "o")]
+    cap = 32 * limits.BYTES_PER_OP  # 2 stages x 8 micro-batches x (F, B) = 32 ops: exactly fits
+    assert main(["run", *base, "--set", f"limits.max_memory={cap}"]) == 0
+    capsys.readouterr()
+    assert main(["run", *base, "--set", f"limits.max_memory={cap - 1}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: limits.max_memory: the schedule file has 32 ops") and err.count("\n") == 1
+
+
 def test_as_processes_exit_2_without_traceback(tmp_path):
     procs = {
         name: subprocess.Popen(
