@@ -30,7 +30,8 @@ the only change from "async" is that the sender waits for its own sends.
 
 A schedule that cannot finish leaves SimPy with no events; the engine then
 reports which action each unfinished rank is stuck at and what it waits for.
-It cannot hang: SimPy stops when the event queue is empty.
+It cannot hang: SimPy stops when the event queue is empty, and ``run`` stops
+anyway after ``limits.max_events`` steps (naming where each rank was).
 """
 
 from __future__ import annotations
