@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, ScheduleError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # `dualpipe-sim schedule ... | head`: the reader left; that is not an error.
+        # Point stdout at devnull so the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def read_schedule_file(path: str) -> Schedule:
@@ -154,13 +160,17 @@ def summary_table(m: dict) -> str:
         f"schedule {m['schedule']}: {m['stages']} stages on {m['ranks']} ranks, {m['microbatches']} micro-batches",
         f"makespan {m['makespan']:.4g}   bubble ratio {m['bubble_ratio']:.2%}",
         "",
-        f"{'rank':>4} {'busy':>10} {'idle':>10} {'closed-form idle':>16} {'peak act':>8} {'peak act bytes':>14} {'params':>6}",
+        # The closed forms predict the time between ops; with [chunk] that is less
+        # than compute idle (an op's own exposed all-to-all is inside the op).
+        f"{'rank':>4} {'busy':>10} {'idle':>10} {'between ops':>11} {'closed form':>11} {'peak act':>8} "
+        f"{'peak act bytes':>14} {'params':>6}",
     ]
     formula = "-" if a.get("bubble") is None else f"{a['bubble']:.4g}"
     for r in m["per_rank"]:
+        between = r.get("between_ops", r["idle"])
         lines.append(
-            f"{r['rank']:>4} {r['busy']:>10.4g} {r['idle']:>10.4g} {formula:>16} {r['peak_activation']:>8} "
-            f"{r['peak_activation_bytes']:>14.4g} {r['parameter_copies']:>6}"
+            f"{r['rank']:>4} {r['busy']:>10.4g} {r['idle']:>10.4g} {between:>11.4g} {formula:>11} "
+            f"{r['peak_activation']:>8} {r['peak_activation_bytes']:>14.4g} {r['parameter_copies']:>6}"
         )
     peak = max(r["peak_activation"] for r in m["per_rank"])
     closed_peak = "-" if a.get("peak_activation") is None else a["peak_activation"]

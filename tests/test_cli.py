@@ -121,3 +121,16 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_closed_pipe_is_not_an_error():
+    # `dualpipe-sim schedule ... | head -1`: the reader leaves early; no traceback, exit 0.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dualpipe_sim.cli", "schedule", "1f1b", "--stages", "64", "--microbatches", "4096"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
