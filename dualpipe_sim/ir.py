@@ -123,8 +123,8 @@ class Schedule:
     def from_json(cls, data: dict, name: str | None = None) -> "Schedule":
         try:
             ranks = tuple(tuple(action_from_json(a) for a in actions) for actions in data["ranks"])
-            stages = int(data.get("stages") or _infer_stages(ranks))
-            mbs = int(data.get("microbatches") or _infer_microbatches(ranks))
+            stages = _count(data, "stages") or _infer_stages(ranks)
+            mbs = _count(data, "microbatches") or _infer_microbatches(ranks)
             return cls(name or str(data.get("schedule", "custom")), stages, mbs, ranks)
         except ScheduleError:
             raise
@@ -177,6 +177,16 @@ def op_from_json(obj) -> Op:
     if fields["direction"] not in (0, 1):
         raise ScheduleError(f"schedule JSON: op direction must be 0 or 1, got {fields['direction']}")
     return Op(kind, fields["microbatch"], fields["stage"], fields["direction"])
+
+
+def _count(data: dict, key: str) -> int | None:
+    """An optional whole-number field of the schedule JSON (None when absent)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ScheduleError(f"schedule JSON: {key} must be a whole number >= 1, got {str(value)[:40]}")
+    return value
 
 
 def _all_ops(ranks):

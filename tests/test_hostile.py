@@ -84,12 +84,12 @@ EXPECT = {
     "schedule-duplicate.json": "0F0 appears twice",
     "schedule-fb-two-forwards.json": "FB needs a forward F and a backward B or I",
     "schedule-huge-integer.json": "not valid JSON: Exceeds the limit",
-    "schedule-microbatches-huge.json": "declares 1e+300 micro-batches but holds only 8 ops",
+    "schedule-microbatches-huge.json": "microbatches must be a whole number >= 1, got 1e+300",
     "schedule-missing-op.json": "missing op 0B1",
     "schedule-not-json.json": "not valid JSON",
     "schedule-not-object.json": 'expected an object with a "ranks" list',
     "schedule-stage-on-two-ranks.json": "stage 0 (direction 0) appears on rank 0 and on rank 1",
-    "schedule-stages-infinity.json": "schedule JSON: cannot convert float infinity to integer",
+    "schedule-stages-infinity.json": "schedule JSON: stages must be a whole number >= 1, got inf",
     "schedule-stages-mismatch.json": "missing op 2F0",
 }
 # One per kind of failure, run as real processes.
