@@ -65,6 +65,10 @@ def check_complete(schedule: Schedule) -> None:
             if isinstance(action, FB):
                 if action.forward.kind != "F" or action.backward.kind not in ("B", "I"):
                     raise ScheduleError(f"rank {rank}: {action} must pair an F with a B or I")
+                if action.forward.microbatch == action.backward.microbatch:
+                    # Its backward would need its own forward finished first: it can never start.
+                    raise ScheduleError(f"rank {rank}: {action} overlaps a micro-batch with itself; "
+                                        f"an FB pair needs two different micro-batches")
                 members = action
             else:
                 members = (action,)
@@ -109,16 +113,11 @@ def check_complete(schedule: Schedule) -> None:
 
 def describe_wait(action: Action, done: set, stages: int) -> str:
     missing = []
-    members = set(ops_of(action))
     for op in ops_of(action):
         for dep in dependencies(op, stages):
-            if dep not in done and not _satisfied_within(dep, members):
+            if dep not in done:
                 missing.append(_dep_name(dep))
     return ", ".join(missing) or "nothing (blocked by its own rank)"
-
-
-def _satisfied_within(dep: Op, members: set) -> bool:
-    return any(dep in produced(op) for op in members)
 
 
 def _dep_name(dep: Op) -> str:
@@ -131,13 +130,9 @@ def _dep_name(dep: Op) -> str:
 def _blocker(action: Action, done: set, last: int):
     """The first result ``action`` needs that is not in ``done``, or None (it can run)."""
     if isinstance(action, FB):
+        # Both halves' inputs must be there before the pair starts (as in the engine).
         fwd, bwd = action
-        blocker = _blocker(fwd, done, last) or _blocker(bwd, done, last)
-        if blocker == fwd:  # the backward's own forward, run inside the pair: look past it
-            _, m, s, d = bwd
-            key = ("G", m, s + 1, d)
-            blocker = key if s < last and key not in done else None
-        return blocker
+        return _blocker(fwd, done, last) or _blocker(bwd, done, last)
     kind, m, s, d = action  # plain ops: dependencies() inlined, this runs once per op
     if kind == "F":
         key = ("F", m, s - 1, d)

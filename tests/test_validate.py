@@ -73,3 +73,23 @@ def test_fb_pair_must_pair_forward_with_backward():
     s = two_stage([FB(Op("F", 0, 0), Op("F", 1, 0))], [], m=2)
     with pytest.raises(ScheduleError, match="must pair an F with a B or I"):
         validate(s)
+
+
+def test_fb_pair_of_one_microbatch_is_rejected():
+    # Its backward needs its own forward finished first, so no runtime could start it.
+    s = Schedule("custom", 1, 1, ((FB(Op("F", 0, 0), Op("B", 0, 0)),),))
+    with pytest.raises(ScheduleError, match="overlaps a micro-batch with itself"):
+        validate(s)
+
+
+def test_fb_pair_waits_for_both_halves_inputs():
+    # Rank 0 pairs F of micro-batch 1 with B of micro-batch 0 before B0's gradient
+    # can exist (rank 1 runs 1B0 only after 1F1, which needs this very pair's F).
+    s = two_stage(
+        [Op("F", 0, 0), FB(Op("F", 1, 0), Op("B", 0, 0)), Op("B", 1, 0)],
+        [Op("F", 0, 1), Op("F", 1, 1), Op("B", 0, 1), Op("B", 1, 1)],
+    )
+    with pytest.raises(ScheduleError, match=r"rank 0 is stuck at \(0F1;0B0\)OVERLAP_F_B waiting for the gradient from 1B0"):
+        validate(s)
+    with pytest.raises(DeadlockError):
+        Engine(s, CostModel.uniform(2)).run()
