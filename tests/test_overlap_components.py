@@ -43,11 +43,17 @@ def rows_of(trace, action, rank=0):
     for table in (trace.compute, trace.comm):
         for r in table[(table["action"] == action) & (table["rank"] == rank)]:
             out.setdefault(SHORT[COMPONENTS[r["part"]]], []).append((float(r["start"]), float(r["end"])))
-    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+    return {k: _flat(v[0] if len(v) == 1 else v) for k, v in out.items()}
 
 
 def approx(d):
-    return {k: pytest.approx(v) for k, v in d.items()}
+    # pytest.approx takes flat sequences only (newer pytest rejects nested ones):
+    # compare each component's (start, end) pairs flattened.
+    return {k: pytest.approx(_flat(v)) for k, v in d.items()}
+
+
+def _flat(v):
+    return [x for pair in v for x in pair] if v and isinstance(v[0], (tuple, list)) else list(v)
 
 
 # -- a pair whose all-to-all is fully hidden -------------------------------------------
