@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import actions, limits, registry, simulation, variability
-from .ir import Schedule, ScheduleError, ops_of
+from . import actions, registry, simulation, variability
+from .ir import Schedule, ScheduleError
 from .outputs import metrics_json, write_all, write_text
 from .scenario import ScenarioError
 from .scenario import load as load_scenario
@@ -110,11 +110,8 @@ def read_schedule_file(path: str) -> Schedule:
 def _cmd_run(args) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
     schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
-    if schedule is not None:  # the scenario's shape was checked on load; a file brings its own
-        ops = sum(len(ops_of(a)) for actions in schedule.ranks for a in actions)
-        too_big = limits.ops_problem(ops, scenario.limits.max_memory, f"the schedule file has {ops:,} ops")
-        if too_big:
-            raise ScenarioError(too_big)
+    if schedule is not None:
+        simulation.check_size(scenario, schedule)  # before any output work starts
     from .exports.chrome import trace_name, write_chrome_trace
 
     try:

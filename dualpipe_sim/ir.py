@@ -83,6 +83,10 @@ class Schedule:
     def num_actions(self) -> int:
         return sum(len(r) for r in self.ranks)
 
+    def num_ops(self) -> int:
+        """Plain ops (an FB pair counts two)."""
+        return sum(len(ops_of(a)) for actions in self.ranks for a in actions)
+
     def placement(self) -> dict[tuple[int, int], int]:
         """Map (direction, stage) -> rank, read off the op lists.
 

@@ -10,7 +10,7 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import fastpath, registry
+from . import fastpath, limits, registry
 from .costs import CostModel
 from .engine import DeadlockError, simulate
 from .ir import Schedule, ScheduleError
@@ -57,6 +57,15 @@ def gc_paused():
             gc.enable()
 
 
+def check_size(scenario: Scenario, schedule: Schedule) -> None:
+    """Refuse a user's own schedule too large for limits.max_memory (a scenario's
+    own shape is checked when it is loaded; a schedule brings its own op count)."""
+    ops = schedule.num_ops()
+    too_big = limits.ops_problem(ops, scenario.limits.max_memory, f"the schedule file has {ops:,} ops")
+    if too_big:
+        raise ScenarioError(too_big)
+
+
 def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
     costs = scenario.cost_model()
     if schedule is None:
@@ -66,6 +75,7 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
         )
     else:
         analytic = None
+        check_size(scenario, schedule)
         if schedule.stages != scenario.pipeline.stages:
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
