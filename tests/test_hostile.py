@@ -221,3 +221,18 @@ def test_event_bound_leaves_room_for_real_runs():
     engine.run()
     ops = sum(len(ops_of(a)) for actions in schedule.ranks for a in actions)
     assert steps * 4 <= limits.max_events(ops, schedule.num_ranks)
+
+
+def test_library_run_refuses_an_oversized_own_schedule():
+    # The cap holds for simulation.run() too, not only for the CLI's --schedule-file.
+    from dualpipe_sim import scenario, simulation
+    from dualpipe_sim.scenario import ScenarioError
+
+    sc = scenario.from_dict({
+        "pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1},
+        "costs": {"forward": 1.0, "backward": 2.0},
+        "limits": {"max_memory": 10 * 8 * 1024},  # room for 10 ops
+    })
+    big = registry.build("1f1b", 1, 8)  # 16 ops, on the scenario's one stage
+    with pytest.raises(ScenarioError, match="the schedule file has 16 ops"):
+        simulation.run(sc, big)
