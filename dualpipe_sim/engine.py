@@ -206,20 +206,7 @@ class Engine:
             self.env.process(self._rank(rank))
         self._run_bounded()
         self._check_finished()
-        compute, comm, memory = self.rec.arrays()
-        held = self.schedule.stages_on_rank()
-        return Trace(
-            schedule=self.schedule.name,
-            stages=self.schedule.stages,
-            microbatches=self.schedule.microbatches,
-            ranks=self.schedule.num_ranks,
-            compute=compute,
-            comm=comm,
-            memory=memory,
-            stages_on_rank=held,
-            parameter_bytes=[float(sum(self.costs.parameter_bytes[s] for s in stages)) for stages in held],
-            meta={"p2p_mode": self.costs.p2p_mode},
-        )
+        return Trace.of_run(self.schedule, self.costs, self.rec)
 
     def _run_bounded(self) -> None:
         """``env.run()``, stopped after limits.max_events steps: nothing can loop forever."""

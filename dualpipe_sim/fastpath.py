@@ -181,17 +181,5 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     if any(cursor[r] < len(schedule.ranks[r]) for r in range(n)):
         return _engine(schedule, costs)  # stuck: the engine names the stuck actions (DeadlockError)
 
-    compute_rows, comm_rows, memory_rows = rec.arrays()
-    stages_on_rank = [sorted(h) for h in held]
-    return Trace(
-        schedule=schedule.name,
-        stages=schedule.stages,
-        microbatches=schedule.microbatches,
-        ranks=n,
-        compute=compute_rows,
-        comm=comm_rows,
-        memory=memory_rows,
-        stages_on_rank=stages_on_rank,
-        parameter_bytes=[float(sum(costs.parameter_bytes[s] for s in stages)) for stages in stages_on_rank],
-        meta={"p2p_mode": costs.p2p_mode},
-    )
+    # The pass already saw every op's stage: no second scan of the schedule.
+    return Trace.of_run(schedule, costs, rec, stages_on_rank=[sorted(h) for h in held])

@@ -156,6 +156,13 @@ class Scenario(_Section):
             backward=backward,
             weight=weight,
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
+            **self._shared_cost_fields(),
+        )
+
+    def _shared_cost_fields(self) -> dict:
+        """Cost-model fields that do not depend on how compute is costed."""
+        S = self.pipeline.stages
+        return dict(
             p2p=self.comm.p2p,
             p2p_mode=self.comm.p2p_mode,
             variability=variability.from_scenario(self),
@@ -173,16 +180,7 @@ class Scenario(_Section):
                 )
         ch = self.chunk
         chunk = ChunkCosts(ch.layers, tuple(getattr(ch, n) for n in COMPONENTS), ch.comm_compute_slowdown)
-        S = self.pipeline.stages
-        return CostModel.from_chunk(
-            S,
-            chunk,
-            p2p=self.comm.p2p,
-            p2p_mode=self.comm.p2p_mode,
-            variability=variability.from_scenario(self),
-            activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
-            parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
-        )
+        return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields())
 
 
 def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:

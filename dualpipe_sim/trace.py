@@ -28,35 +28,23 @@ KIND_NAMES = ("F", "B", "I", "W")
 P2P, A2A = 0, 1
 CHANNEL_NAMES = ("p2p", "a2a")
 
+# What an interval is of and when: shared by compute and comm rows, in this
+# order (rows are appended as positional tuples).
+_OP_SPAN = [
+    ("kind", "i1"),
+    ("microbatch", "i4"),
+    ("stage", "i4"),
+    ("direction", "i1"),
+    ("start", "f8"),
+    ("end", "f8"),
+    ("action", "i4"),  # compute: index of the action in its rank's list; comm: of the consuming action
+]
 COMPUTE_DTYPE = np.dtype(
-    [
-        ("rank", "i4"),
-        ("kind", "i1"),
-        ("microbatch", "i4"),
-        ("stage", "i4"),
-        ("direction", "i1"),
-        ("start", "f8"),
-        ("end", "f8"),
-        ("action", "i4"),  # index of the action in its rank's list
-        ("overlapped", "?"),  # part of an FB pair
-        ("part", "i1"),  # component index (see costs.COMPONENTS), -1 = whole op
-    ]
-)
-COMM_DTYPE = np.dtype(
-    [
-        ("channel", "i1"),
-        ("rank", "i4"),
-        ("peer", "i4"),
-        ("kind", "i1"),
-        ("microbatch", "i4"),
-        ("stage", "i4"),
-        ("direction", "i1"),
-        ("start", "f8"),
-        ("end", "f8"),
-        ("action", "i4"),
-        ("part", "i1"),
-    ]
-)
+    [("rank", "i4"), *_OP_SPAN,
+     ("overlapped", "?"),  # part of an FB pair
+     ("part", "i1")]  # component index (see costs.COMPONENTS), -1 = whole op
+)  # fmt: skip
+COMM_DTYPE = np.dtype([("channel", "i1"), ("rank", "i4"), ("peer", "i4"), *_OP_SPAN, ("part", "i1")])
 MEMORY_DTYPE = np.dtype([("time", "f8"), ("rank", "i4"), ("units", "i4"), ("bytes", "f8")])
 
 
@@ -79,6 +67,24 @@ class Trace:
         if len(self.comm):
             ends.append(self.comm["end"].max())
         return float(max(ends))
+
+    @classmethod
+    def of_run(cls, schedule, costs, builder: "TraceBuilder", stages_on_rank: list[list[int]] | None = None) -> "Trace":
+        """The trace of a finished run of ``schedule`` on ``costs`` (engine and fast path alike)."""
+        compute, comm, memory = builder.arrays()
+        held = schedule.stages_on_rank() if stages_on_rank is None else stages_on_rank
+        return cls(
+            schedule=schedule.name,
+            stages=schedule.stages,
+            microbatches=schedule.microbatches,
+            ranks=schedule.num_ranks,
+            compute=compute,
+            comm=comm,
+            memory=memory,
+            stages_on_rank=held,
+            parameter_bytes=[float(sum(costs.parameter_bytes[s] for s in stages)) for stages in held],
+            meta={"p2p_mode": costs.p2p_mode},
+        )
 
     def compute_of(self, rank: int) -> np.ndarray:
         return self.compute[self.compute["rank"] == rank]
