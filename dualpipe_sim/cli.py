@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import actions, registry, simulation, variability
+from . import actions, registry, simulation, units, variability
 from .ir import Schedule, ScheduleError
 from .outputs import metrics_json, write_all, write_text
 from .scenario import ScenarioError
@@ -153,29 +153,30 @@ def _cmd_run(args) -> int:
 
 def summary_table(m: dict) -> str:
     a, c = m["analytic"], m["comm"]
+    num = units.number
     lines = [
         f"schedule {m['schedule']}: {m['stages']} stages on {m['ranks']} ranks, {m['microbatches']} micro-batches",
-        f"makespan {m['makespan']:.4g}   bubble ratio {m['bubble_ratio']:.2%}",
+        f"makespan {units.duration(m['makespan'])}   bubble ratio {m['bubble_ratio']:.2%}",
         "",
         # The closed forms predict the time between ops; with [chunk] that is less
         # than compute idle (an op's own exposed all-to-all is inside the op).
-        f"{'rank':>4} {'busy':>10} {'idle':>10} {'between ops':>11} {'closed form':>11} {'peak act':>8} "
+        f"{'rank':>4} {'busy (ms)':>10} {'idle (ms)':>10} {'between ops':>11} {'closed form':>11} {'peak act':>8} "
         f"{'peak act bytes':>14} {'params':>6}",
     ]
-    formula = "-" if a.get("bubble") is None else f"{a['bubble']:.4g}"
+    formula = "-" if a.get("bubble") is None else num(a["bubble"])
     for r in m["per_rank"]:
         between = r.get("between_ops", r["idle"])
         lines.append(
-            f"{r['rank']:>4} {r['busy']:>10.4g} {r['idle']:>10.4g} {between:>11.4g} {formula:>11} "
-            f"{r['peak_activation']:>8} {r['peak_activation_bytes']:>14.4g} {r['parameter_copies']:>6}"
+            f"{r['rank']:>4} {num(r['busy']):>10} {num(r['idle']):>10} {num(between):>11} {formula:>11} "
+            f"{r['peak_activation']:>8} {units.nbytes(r['peak_activation_bytes']):>14} {r['parameter_copies']:>6}"
         )
     peak = max(r["peak_activation"] for r in m["per_rank"])
     closed_peak = "-" if a.get("peak_activation") is None else a["peak_activation"]
     lines.append(f"\npeak activation (max over ranks): {peak} measured, {closed_peak} closed form")
     ratio = "n/a" if c["overlap_ratio"] is None else f"{c['overlap_ratio']:.1%}"
     lines.append(
-        f"communication: p2p {c['p2p_time']:.4g}, all-to-all {c['a2a_time']:.4g}, "
-        f"exposed {c['exposed']:.4g}, hidden {c['hidden']:.4g}, overlap {ratio}"
+        f"communication (ms, summed over ranks): p2p {num(c['p2p_time'])}, all-to-all {num(c['a2a_time'])}, "
+        f"exposed {num(c['exposed'])}, hidden {num(c['hidden'])}, overlap {ratio}"
     )
     return "\n".join(lines)
 

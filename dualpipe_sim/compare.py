@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import registry, simulation
-from .exports.timeline import format_bytes
+from . import registry, simulation, units
 from .ir import ScheduleError
 from .scenario import Scenario, ScenarioError
 
@@ -82,7 +81,7 @@ COLUMNS = (
     ("peak", "peak activation"),
     ("peak_bytes", "peak activation bytes"),
     ("params", "parameter copies"),
-    ("exposed", "exposed comm (ms)"),
+    ("exposed", "exposed comm, sum over ranks (ms)"),
 )
 
 
@@ -112,13 +111,13 @@ def _cells(row: dict) -> list[str]:
     return [
         row["schedule"],
         str(row["devices"]),
-        f"{row['makespan']:.4g}",
+        units.number(row["makespan"]),
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         f"{row['bubble']:.1%}",
         str(row["peak"]),
-        format_bytes(row["peak_bytes"]),
+        units.nbytes(row["peak_bytes"]),
         str(row["params"]),
-        f"{row['exposed']:.4g}",
+        units.number(row["exposed"]),
     ]
 
 
@@ -159,7 +158,9 @@ def markdown(comparison: Comparison, source: str, png: str = "compare.png") -> s
         "",
         table(comparison),
         "",
-        "Makespan and exposed communication in the scenario's time unit (ms). Speed-up = 1F1B makespan / "
+        "Makespan and exposed communication in the scenario's time unit (ms); exposed communication is the "
+        "sum over ranks of the time each rank waits on P2P or all-to-all, so it can exceed the makespan. "
+        "Sizes are decimal (1 GB = 10^9 bytes). Speed-up = 1F1B makespan / "
         "makespan on the same scenario"
         + ("" if comparison.baseline_makespan else " (1F1B could not run it, so none is given)")
         + ". Peak activation is the most stage-activations alive at once on any one rank, and its bytes; "

@@ -18,6 +18,8 @@ goes past that (a livelock guard: nothing can loop forever).
 
 from __future__ import annotations
 
+from .units import nbytes as _bytes
+
 BYTES_PER_OP = 8 * 1024
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 OPS_PER_STAGE_AND_MICROBATCH = 3  # F, I, W: the most any schedule runs
@@ -51,11 +53,3 @@ def ops_problem(ops: int, max_memory: float, what: str) -> str | None:
 def max_events(num_ops: int, num_ranks: int) -> int:
     """Upper bound on the SimPy events of a run that finishes."""
     return EVENTS_PER_OP * (num_ops + num_ranks) + 1000
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"

@@ -205,7 +205,9 @@ def repeat_table(doc: dict) -> str:
         f"repeat: {doc['repeats']} seeds ({runs[0]['seed']}..{runs[-1]['seed']})",
         f"{'':<13} {'p50':>10} {'p95':>10} {'max':>10}",
     ]
-    for key, label, fmt in (("makespan", "makespan", "{:>10.4g}"), ("bubble_ratio", "bubble ratio", "{:>10.2%}")):
+    from .units import number
+
+    for key, label, fmt in (("makespan", "makespan (ms)", number), ("bubble_ratio", "bubble ratio", "{:.2%}".format)):
         s = doc["summary"][key]
-        lines.append(f"{label:<13} " + " ".join(fmt.format(s[p]) for p in ("p50", "p95", "max")))
+        lines.append(f"{label:<13} " + " ".join(f"{fmt(s[p]):>10}" for p in ("p50", "p95", "max")))
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..trace import Trace
+from ..units import byte_scale, nbytes as format_bytes  # noqa: F401  (kept importable from here)
 
 
 def activation_levels(trace: Trace, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -28,16 +29,3 @@ def activation_levels(trace: Trace, rank: int) -> tuple[np.ndarray, np.ndarray, 
     last = np.ones(len(times), dtype=bool)
     last[:-1] = times[1:] != times[:-1]
     return times[last], units[last], nbytes[last]
-
-
-def byte_scale(value: float) -> tuple[float, str]:
-    """(divisor, unit) that shows ``value`` with 1-3 digits before the point."""
-    for div, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if value >= div:
-            return div, unit
-    return 1.0, "B"
-
-
-def format_bytes(value: float) -> str:
-    div, unit = byte_scale(value)
-    return f"{value / div:.3g} {unit}"

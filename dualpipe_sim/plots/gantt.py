@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from .. import units  # noqa: E402
 from ..costs import WEIGHT_PARTS  # noqa: E402
 from ..trace import A2A, KIND_CODES, KIND_NAMES, Trace  # noqa: E402
 
@@ -272,7 +273,7 @@ def gantt_title(metrics: dict) -> str:
     return (
         f"{metrics['schedule']}: {metrics['stages']} stages on {metrics['ranks']} ranks, "
         f"{metrics['microbatches']} micro-batches, bubble ratio {metrics['bubble_ratio']:.1%}, "
-        f"makespan {metrics['makespan']:.4g} ms"
+        f"makespan {units.duration(metrics['makespan'])}"
     )
 
 

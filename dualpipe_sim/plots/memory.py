@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .. import units  # noqa: E402
 from ..exports.timeline import activation_levels, byte_scale  # noqa: E402
 from ..trace import Trace  # noqa: E402
 
@@ -41,7 +42,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None) -> None:
         if r >= trace.ranks:
             ax.set_visible(False)
             continue
-        times, units, nbytes = levels[r]
+        times, units_alive, nbytes = levels[r]
         x = np.append(times, end)
         y = np.append(nbytes, nbytes[-1]) / div
         ax.fill_between(x, y, step="post", color=FILL, linewidth=0)
@@ -50,7 +51,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None) -> None:
         colour = PEAK if r == top else TOP
         ax.plot([times[i]], [nbytes[i] / div], "o", color=colour, markersize=4, zorder=3)
         ax.annotate(
-            f"{units[i]} ({nbytes[i] / div:.3g} {unit})",
+            f"{units_alive[i]} ({units.number(nbytes[i] / div, 3)} {unit})",
             (times[i], nbytes[i] / div),
             xytext=(4, 1),
             textcoords="offset points",
@@ -73,7 +74,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None) -> None:
     if trace.ranks:
         t_top, u_top, b_top = levels[top]
         i = int(np.argmax(b_top))
-        where = f"highest (red): {u_top[i]} ({b_top[i] / div:.3g} {unit}) on rank {top} at t={t_top[i]:.4g} ms"
+        where = f"highest (red): {u_top[i]} ({units.number(b_top[i] / div, 3)} {unit}) on rank {top} at t={units.duration(t_top[i])}"
     else:
         where = "no ranks"
     fig.suptitle(

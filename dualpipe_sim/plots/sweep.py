@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
+from .. import units  # noqa: E402
+
 SHAPE = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches")
 
 
@@ -204,7 +206,4 @@ def _legend(fig, view: SweepView) -> None:
 
 
 def _bytes_tick(value: float, _pos) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:g} {unit}"
-    return f"{value:g} B"
+    return units.nbytes(value, digits=4)

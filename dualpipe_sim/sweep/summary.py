@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from ..units import count, number
+from ..units import nbytes as human_bytes
 from .errors import SweepError
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
@@ -28,13 +30,6 @@ def parse_bytes(text: str) -> float:
     if value <= 0:
         raise SweepError(f"--memory-limit: must be > 0, got {text!r}")
     return value
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.3g} B"
 
 
 def shape_keys(cols: list[str]) -> list[str]:
@@ -58,7 +53,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     limit_text = (
-        f"memory limit {human_bytes(limit)} ({limit:.6g} bytes) per rank"
+        f"memory limit {human_bytes(limit)} ({count(round(limit))} bytes) per rank"
         if limit is not None
         else "no memory limit given (`--memory-limit`), so every schedule fits"
     )
@@ -71,7 +66,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         f"For each shape, the fastest schedule (smallest makespan) whose peak memory per rank "
         f"(peak activation bytes + parameter bytes, on its fullest rank) fits: {limit_text}.",
         "",
-        "| " + " | ".join([*keys, "fastest that fits", "makespan", "bubble ratio", "peak memory per rank",
+        "| " + " | ".join([*keys, "fastest that fits", "makespan (ms)", "bubble ratio", "peak memory per rank",
                           "over the limit", "skipped or error"]) + " |",
         "|" + "---|" * (len(keys) + 6),
     ]
@@ -84,7 +79,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         else:
             cells = [
                 best["pipeline.schedule"],
-                f"{float(best['makespan']):.6g}",
+                number(float(best["makespan"]), 6),
                 f"{float(best['bubble_ratio']):.2%}",
                 human_bytes(float(best["peak_memory_bytes"])),
             ]
