@@ -94,7 +94,7 @@ def measure(case: str, fraction: int, tiny: bool) -> dict:
         "run": t1 - t0,
         "sim": t2 - t1,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "makespan": result.metrics["makespan"],
+        "makespan": result.metrics.makespan,
     }
 
 

@@ -136,7 +136,7 @@ def closed_form_table() -> str:
     for label, kw in CASES:
         cells = []
         for family in ("dualpipe", "dualpipev"):
-            m = run(simple(family, S, M, **kw)).metrics
+            m = run(simple(family, S, M, **kw)).metrics.to_dict()
             closed = m["analytic"]["bubble"]
             cells.append(" / ".join(_mark(r["idle"], closed) for r in m["per_rank"][:4]))
         lines.append(f"| {label} | {closed:.4g} | {cells[0]} | {cells[1]} |")
@@ -145,7 +145,7 @@ def closed_form_table() -> str:
     for family in ("dualpipe", "dualpipev"):
         m = simulation.run(
             scenario.load(DEEPSEEK, [f"pipeline.schedule={family}", f"pipeline.stages={S}", f"pipeline.microbatches={M}"])
-        ).metrics
+        ).metrics.to_dict()
         closed = m["analytic"]["bubble"]
         row.append(" / ".join(_mark(r["between_ops"], closed) for r in m["per_rank"][:4]))
     lines.append(f"| deepseek-v3 components, time between ops | {closed:.4g} | {row[0]} | {row[1]} |")
@@ -163,7 +163,7 @@ def scenario_table() -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for family in ("dualpipe", "1f1b", "zb-h1", "gpipe"):
-        m = simulation.run(scenario.load(DEEPSEEK, [f"pipeline.schedule={family}"])).metrics
+        m = simulation.run(scenario.load(DEEPSEEK, [f"pipeline.schedule={family}"])).metrics.to_dict()
         c, a = m["comm"], m["analytic"]
         closed = "-" if a["bubble"] is None else f"{a['bubble']:.0f}"
         lines.append(

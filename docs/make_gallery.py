@@ -36,7 +36,7 @@ def main() -> None:
         except ScheduleError as exc:
             rows.append(f"| `{name}` | skipped: {exc} |||||||")
             continue
-        m = result.metrics
+        m = result.metrics.to_dict()
         idle = [r["idle"] for r in m["per_rank"]]
         peak = max(r["peak_activation"] for r in m["per_rank"])
         copies = max(r["parameter_copies"] for r in m["per_rank"])

@@ -39,7 +39,7 @@ def main() -> None:
     straggler, jitter = {}, {}
     for name in SCHEDULES:
         for k in FACTORS:
-            straggler[name, k] = simulation.run(scenario.from_dict(base(name, ranks={"slowdown": {"3": k}}))).metrics
+            straggler[name, k] = simulation.run(scenario.from_dict(base(name, ranks={"slowdown": {"3": k}}))).metrics.to_dict()
         for cv in CVS:
             data = base(name)
             data["costs"]["jitter"] = {"distribution": "lognormal", "cv": cv}

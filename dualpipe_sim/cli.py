@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import actions, registry, simulation, units, variability
+from . import actions, compare, registry, simulation, units, variability
 from .ir import Schedule, ScheduleError
+from .metrics import Metrics
 from .outputs import metrics_json, write_all, write_text
 from .scenario import ScenarioError
 from .scenario import load as load_scenario
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
     cmp_.add_argument("scenario", help="scenario TOML file")
-    cmp_.add_argument("--schedules", default="1f1b,zb-h1,dualpipe,dualpipev,chimera",
+    cmp_.add_argument("--schedules", default=",".join(compare.DEFAULT_SCHEDULES),
                       help="comma-separated schedule names (default: %(default)s)")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
@@ -151,32 +152,30 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def summary_table(m: dict) -> str:
-    a, c = m["analytic"], m["comm"]
+def summary_table(m: Metrics) -> str:
+    a, c, s = m.analytic, m.comm, m.scalars()
     num = units.number
     lines = [
-        f"schedule {m['schedule']}: {m['stages']} stages on {m['ranks']} ranks, {m['microbatches']} micro-batches",
-        f"makespan {units.duration(m['makespan'])}   bubble ratio {m['bubble_ratio']:.2%}",
+        f"schedule {m.schedule}: {m.stages} stages on {m.ranks} ranks, {m.microbatches} micro-batches",
+        f"makespan {units.duration(m.makespan)}   bubble ratio {m.bubble_ratio:.2%}",
         "",
         # The closed forms predict the time between ops; with [chunk] that is less
         # than compute idle (an op's own exposed all-to-all is inside the op).
         f"{'rank':>4} {'busy (ms)':>10} {'idle (ms)':>10} {'between ops':>11} {'closed form':>11} {'peak act':>8} "
         f"{'peak act bytes':>14} {'params':>6}",
     ]
-    formula = "-" if a.get("bubble") is None else num(a["bubble"])
-    for r in m["per_rank"]:
-        between = r.get("between_ops", r["idle"])
+    formula = "-" if a.bubble is None else num(a.bubble)
+    for r in m.per_rank:
         lines.append(
-            f"{r['rank']:>4} {num(r['busy']):>10} {num(r['idle']):>10} {num(between):>11} {formula:>11} "
-            f"{r['peak_activation']:>8} {units.nbytes(r['peak_activation_bytes']):>14} {r['parameter_copies']:>6}"
+            f"{r.rank:>4} {num(r.busy):>10} {num(r.idle):>10} {num(r.between_ops):>11} {formula:>11} "
+            f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes):>14} {r.parameter_copies:>6}"
         )
-    peak = max(r["peak_activation"] for r in m["per_rank"])
-    closed_peak = "-" if a.get("peak_activation") is None else a["peak_activation"]
-    lines.append(f"\npeak activation (max over ranks): {peak} measured, {closed_peak} closed form")
-    ratio = "n/a" if c["overlap_ratio"] is None else f"{c['overlap_ratio']:.1%}"
+    closed_peak = "-" if a.peak_activation is None else a.peak_activation
+    lines.append(f"\npeak activation (max over ranks): {s['peak_activation']} measured, {closed_peak} closed form")
+    ratio = "n/a" if c.overlap_ratio is None else f"{c.overlap_ratio:.1%}"
     lines.append(
-        f"communication (ms, summed over ranks): p2p {num(c['p2p_time'])}, all-to-all {num(c['a2a_time'])}, "
-        f"exposed {num(c['exposed'])}, hidden {num(c['hidden'])}, overlap {ratio}"
+        f"communication (ms, summed over ranks): p2p {num(c.p2p_time)}, all-to-all {num(c.a2a_time)}, "
+        f"exposed {num(c.exposed)}, hidden {num(c.hidden)}, overlap {ratio}"
     )
     return "\n".join(lines)
 
@@ -222,8 +221,6 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from . import compare  # matplotlib only when we draw
-
     scenario = load_scenario(args.scenario, args.overrides)
     try:
         names = compare.parse_schedules(args.schedules)

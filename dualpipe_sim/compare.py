@@ -65,11 +65,11 @@ def compare(scenario: Scenario, names: list[str]) -> Comparison:
     if not results:
         reasons = "; ".join(f"{n}: {why}" for n, why in skipped)
         raise ScenarioError(f"--schedules: none of the schedules can run this scenario ({reasons})")
-    base = next((r for r in results if r.metrics["schedule"] == BASELINE), None)
+    base = next((r for r in results if r.metrics.schedule == BASELINE), None)
     if base is None:
         outcome = _try_run(scenario, BASELINE)
         base = None if isinstance(outcome, str) else outcome
-    return Comparison(results, skipped, base.metrics["makespan"] if base else None)
+    return Comparison(results, skipped, base.metrics.makespan if base else None)
 
 
 COLUMNS = (
@@ -89,19 +89,19 @@ def summary_rows(comparison: Comparison) -> list[dict]:
     """One row of numbers per schedule run (maxima are over ranks)."""
     rows = []
     for result in comparison.results:
-        m = result.metrics
+        s = result.metrics.scalars()
         base = comparison.baseline_makespan
         rows.append(
             {
-                "schedule": m["schedule"],
-                "devices": m["ranks"],
-                "makespan": m["makespan"],
-                "speedup": base / m["makespan"] if base and m["makespan"] > 0 else None,
-                "bubble": m["bubble_ratio"],
-                "peak": max(r["peak_activation"] for r in m["per_rank"]),
-                "peak_bytes": max(r["peak_activation_bytes"] for r in m["per_rank"]),
-                "params": max(r["parameter_copies"] for r in m["per_rank"]),
-                "exposed": m["comm"]["exposed"],
+                "schedule": result.metrics.schedule,
+                "devices": s["ranks"],
+                "makespan": s["makespan"],
+                "speedup": base / s["makespan"] if base and s["makespan"] > 0 else None,
+                "bubble": s["bubble_ratio"],
+                "peak": s["peak_activation"],
+                "peak_bytes": s["peak_activation_bytes"],
+                "params": s["parameter_copies"],
+                "exposed": s["comm.exposed"],
             }
         )
     return rows
@@ -153,7 +153,7 @@ def markdown(comparison: Comparison, source: str, png: str = "compare.png") -> s
     lines = [
         "# Schedule comparison",
         "",
-        f"Scenario {source}: {m['stages']} model stages, {m['microbatches']} micro-batches; "
+        f"Scenario {source}: {m.stages} model stages, {m.microbatches} micro-batches; "
         "every schedule runs the same stages, costs and memory sizes.",
         "",
         table(comparison),

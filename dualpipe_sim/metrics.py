@@ -1,4 +1,28 @@
-"""Metrics: pure functions of a trace.
+"""Metrics: pure functions of a trace, as a typed record with one JSON form.
+
+:func:`compute_metrics` returns a :class:`Metrics`: dataclasses whose fields,
+in declaration order, are the keys of metrics.json (``Metrics.to_dict()`` is
+that document, ``outputs.metrics_json`` its canonical text).
+``Metrics.scalars()`` flattens it to the one-number-per-key view that the CLI
+summary, ``compare`` and the sweep's results.csv columns share ("max over
+ranks" is computed there, once).
+
+How to add a metric (touches this file, its test, README's metrics list and
+docs/architecture.md if it is a new block):
+
+1. a per-run number: add a field to :class:`Metrics` (or to
+   :class:`CommMetrics`), a per-rank number to :class:`RankMetrics`; give it
+   a default if older code builds the record without it; fill it in
+   :func:`compute_metrics`.  Its JSON key is the field name and it goes
+   where the field is declared, so add fields at the end of their class:
+   the bytes of every key before it stay the same.
+2. a new block (a nested object, e.g. ``"step": {...}``): a frozen dataclass
+   of its own, and a field ``step: StepMetrics | None = optional_block()``
+   on :class:`Metrics`.  An ``optional_block`` left as None is omitted from
+   the JSON, so runs without that feature keep byte-identical metrics.json.
+3. if the sweep, ``compare`` or the CLI summary should show it, add one line
+   to ``_SCALARS`` below (a dotted name and how to read it off a Metrics);
+   it then becomes a results.csv column too.
 
 Definitions (also in README.md):
 
@@ -22,9 +46,125 @@ Definitions (also in README.md):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Callable
+
 import numpy as np
 
 from .trace import A2A, P2P, Trace
+
+
+def optional_block():
+    """A dataclass field for a block only some runs have: omitted from the JSON while None."""
+    return field(default=None, metadata={"omit_if_none": True})
+
+
+def _plain(value):
+    """Dataclasses -> dicts (fields in order, optional blocks left out when None), tuples -> lists."""
+    if is_dataclass(value):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in fields(value)
+            if not (f.metadata.get("omit_if_none") and getattr(value, f.name) is None)
+        }
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class RankMetrics:
+    """One rank: an element of metrics.json ``per_rank``."""
+
+    rank: int
+    busy: float  # total length of its compute intervals
+    idle: float  # makespan - busy
+    between_ops: float  # makespan - time inside its actions (what closed forms predict)
+    peak_activation: int  # most stage-activations alive at once
+    peak_activation_bytes: float
+    parameter_bytes: float  # parameters of every stage it holds
+    parameter_copies: int  # how many stages it holds
+    stages: list[int]
+    a2a_time: float
+    a2a_exposed: float  # all-to-all time with the rank's compute idle
+
+
+@dataclass(frozen=True)
+class CommMetrics:
+    """metrics.json ``comm``: P2P and all-to-all over all ranks."""
+
+    p2p_time: float
+    a2a_time: float
+    exposed: float
+    hidden: float
+    overlap_ratio: float | None  # hidden / total; None without communication
+    p2p_exposed: float
+    a2a_exposed: float
+
+
+@dataclass(frozen=True)
+class Analytic:
+    """metrics.json ``analytic``: the family's closed forms (registry.analytic), None where none."""
+
+    bubble: float | None = None  # idle time per rank
+    peak_activation: float | None = None  # max over ranks, stage-activation units
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything measured on one run; ``to_dict()`` is metrics.json."""
+
+    schedule: str
+    stages: int
+    ranks: int
+    microbatches: int
+    makespan: float
+    bubble_ratio: float
+    per_rank: list[RankMetrics]
+    comm: CommMetrics
+    analytic: Analytic = Analytic()
+
+    def to_dict(self) -> dict:
+        """The metrics.json document (README lists every key)."""
+        return _plain(self)
+
+    def max_over_ranks(self, name: str):
+        """The largest value of the per-rank field ``name``."""
+        return max(getattr(r, name) for r in self.per_rank)
+
+    def scalars(self) -> dict[str, object]:
+        """One value per name of :func:`scalar_names`, in that order (per-rank numbers: max over ranks)."""
+        return {name: get(self) for name, get in _SCALARS}
+
+
+# The flat view: (dotted name, how to read it).  Order = results.csv column order.
+_SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
+    ("ranks", lambda m: m.ranks),
+    ("makespan", lambda m: m.makespan),
+    ("bubble_ratio", lambda m: m.bubble_ratio),
+    ("peak_activation", lambda m: m.max_over_ranks("peak_activation")),  # stage-activation units
+    ("peak_activation_bytes", lambda m: m.max_over_ranks("peak_activation_bytes")),
+    ("parameter_bytes", lambda m: m.max_over_ranks("parameter_bytes")),
+    # the fullest rank's activations + parameters
+    ("peak_memory_bytes", lambda m: max(r.peak_activation_bytes + r.parameter_bytes for r in m.per_rank)),
+    ("comm.p2p_time", lambda m: m.comm.p2p_time),
+    ("comm.a2a_time", lambda m: m.comm.a2a_time),
+    ("comm.exposed", lambda m: m.comm.exposed),
+    ("comm.hidden", lambda m: m.comm.hidden),
+    ("comm.overlap_ratio", lambda m: m.comm.overlap_ratio),
+    ("comm.p2p_exposed", lambda m: m.comm.p2p_exposed),
+    ("comm.a2a_exposed", lambda m: m.comm.a2a_exposed),
+    ("analytic.bubble", lambda m: m.analytic.bubble),
+    ("analytic.peak_activation", lambda m: m.analytic.peak_activation),
+    ("parameter_copies", lambda m: m.max_over_ranks("parameter_copies")),
+)
+
+
+def scalar_names() -> tuple[str, ...]:
+    """The keys of ``Metrics.scalars()``, known before any run (results.csv's metric columns)."""
+    return tuple(name for name, _ in _SCALARS)
 
 
 def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
@@ -128,10 +268,6 @@ def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
     return times, exposed
 
 
-def a2a_exposed(trace: Trace) -> float:
-    return float(sum(a2a_per_rank(trace)[1]))
-
-
 def between_ops(trace: Trace) -> list[float]:
     """Per rank: makespan minus the time spent inside actions, an action lasting
     from its first component to its last (its all-to-all included)."""
@@ -151,8 +287,8 @@ def between_ops(trace: Trace) -> list[float]:
     return out
 
 
-def compute_metrics(trace: Trace, analytic: dict | None = None) -> dict:
-    """The metrics.json document (see README for every key)."""
+def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
+    """The metrics of a trace; ``analytic`` is the family's closed forms (registry.analytic)."""
     makespan = trace.makespan
     units, nbytes = peak_activation(trace)
     a2a_times, a2a_exposed_ = a2a_per_rank(trace)
@@ -161,19 +297,19 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> dict:
     for rank, rows in enumerate(by_rank(trace.compute, trace.ranks)):
         busy = float(np.sum(rows["end"] - rows["start"]))
         per_rank.append(
-            {
-                "rank": rank,
-                "busy": busy,
-                "idle": makespan - busy,
-                "between_ops": outside[rank],
-                "peak_activation": units[rank],
-                "peak_activation_bytes": nbytes[rank],
-                "parameter_bytes": trace.parameter_bytes[rank],
-                "parameter_copies": len(trace.stages_on_rank[rank]),
-                "stages": trace.stages_on_rank[rank],
-                "a2a_time": a2a_times[rank],
-                "a2a_exposed": a2a_exposed_[rank],
-            }
+            RankMetrics(
+                rank=rank,
+                busy=busy,
+                idle=makespan - busy,
+                between_ops=outside[rank],
+                peak_activation=units[rank],
+                peak_activation_bytes=nbytes[rank],
+                parameter_bytes=trace.parameter_bytes[rank],
+                parameter_copies=len(trace.stages_on_rank[rank]),
+                stages=trace.stages_on_rank[rank],
+                a2a_time=a2a_times[rank],
+                a2a_exposed=a2a_exposed_[rank],
+            )
         )
     comm = trace.comm
     p2p_time = float(np.sum(comm["end"][comm["channel"] == P2P] - comm["start"][comm["channel"] == P2P]))
@@ -183,23 +319,23 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> dict:
     a2a_exp = float(sum(a2a_exposed_))
     total = p2p_time + a2a_time
     exposed = p2p_exp + a2a_exp
-    idle_total = sum(r["idle"] for r in per_rank)
-    return {
-        "schedule": trace.schedule,
-        "stages": trace.stages,
-        "ranks": trace.ranks,
-        "microbatches": trace.microbatches,
-        "makespan": makespan,
-        "bubble_ratio": idle_total / (trace.ranks * makespan) if makespan > 0 else 0.0,
-        "per_rank": per_rank,
-        "comm": {
-            "p2p_time": p2p_time,
-            "a2a_time": a2a_time,
-            "exposed": exposed,
-            "hidden": total - exposed,
-            "overlap_ratio": (total - exposed) / total if total > 0 else None,
-            "p2p_exposed": p2p_exp,
-            "a2a_exposed": a2a_exp,
-        },
-        "analytic": analytic or {"bubble": None, "peak_activation": None},
-    }
+    idle_total = sum(r.idle for r in per_rank)
+    return Metrics(
+        schedule=trace.schedule,
+        stages=trace.stages,
+        ranks=trace.ranks,
+        microbatches=trace.microbatches,
+        makespan=makespan,
+        bubble_ratio=idle_total / (trace.ranks * makespan) if makespan > 0 else 0.0,
+        per_rank=per_rank,
+        comm=CommMetrics(
+            p2p_time=p2p_time,
+            a2a_time=a2a_time,
+            exposed=exposed,
+            hidden=total - exposed,
+            overlap_ratio=(total - exposed) / total if total > 0 else None,
+            p2p_exposed=p2p_exp,
+            a2a_exposed=a2a_exp,
+        ),
+        analytic=Analytic(**analytic) if analytic else Analytic(),
+    )

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 
-def metrics_json(metrics: dict) -> str:
-    """Canonical text of metrics.json: same metrics, same bytes."""
-    return json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+def metrics_json(metrics) -> str:
+    """Canonical text of metrics.json (a Metrics, or any JSON document such as repeat.json):
+    same metrics, same bytes."""
+    doc = metrics.to_dict() if hasattr(metrics, "to_dict") else metrics
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
 def write_all(out_dir: str | Path, writers: dict[str, Callable[[Path], None]]) -> list[Path]:

@@ -14,7 +14,7 @@ from . import fastpath, limits, registry
 from .costs import CostModel
 from .engine import DeadlockError, simulate
 from .ir import Schedule, ScheduleError
-from .metrics import compute_metrics
+from .metrics import Metrics, compute_metrics
 from .scenario import Scenario, ScenarioError
 from .trace import Trace
 from .validate import check_complete, validate
@@ -26,7 +26,7 @@ class Result:
     schedule: Schedule
     costs: CostModel
     trace: Trace
-    metrics: dict
+    metrics: Metrics  # metrics.to_dict() is metrics.json
 
 
 def build_schedule(scenario: Scenario) -> Schedule:

@@ -181,7 +181,7 @@ def repeat(scenario, n: int, schedule: Schedule | None = None, first=None) -> di
         seeded = scenario.model_copy(update={"seed": scenario.seed + i})
         result = first if (i == 0 and first is not None) else simulation.run(seeded, schedule)
         m = result.metrics
-        runs.append({"seed": seeded.seed, "makespan": m["makespan"], "bubble_ratio": m["bubble_ratio"]})
+        runs.append({"seed": seeded.seed, "makespan": m.makespan, "bubble_ratio": m.bubble_ratio})
     summary = {}
     for key in ("makespan", "bubble_ratio"):
         values = np.array([r[key] for r in runs])
@@ -190,7 +190,7 @@ def repeat(scenario, n: int, schedule: Schedule | None = None, first=None) -> di
                         "min": float(values.min()), "mean": float(values.mean())}  # fmt: skip
     jitter = scenario.costs.jitter
     return {
-        "schedule": m["schedule"],
+        "schedule": m.schedule,
         "repeats": n,
         "jitter": None if jitter is None else {"distribution": jitter.distribution, "cv": jitter.cv},
         "slowdown": {str(r): f for r, f in sorted(scenario.ranks.slowdown.items())},

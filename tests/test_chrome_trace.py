@@ -45,7 +45,7 @@ def other(request):
 
 
 def check_against_metrics(result):
-    events, m = load(result.trace), result.metrics
+    events, m = load(result.trace), result.metrics.to_dict()
     busy = defaultdict(float)
     for e in slices(events, "compute"):
         busy[e["pid"]] += e["dur"] / 1000  # us -> ms
@@ -185,7 +185,7 @@ def test_a2a_rows_and_overlaps_get_their_own_threads():
     memory = np.array([(0.0, 1, 1, 8.0), (5.0, 1, -1, -8.0)], dtype=MEMORY_DTYPE)
     trace = Trace("hand", 1, 1, 3, compute, comm, memory, [[], [0], []], [0.0, 1.0, 0.0])
     events = load(trace)
-    m = compute_metrics(trace)
+    m = compute_metrics(trace).to_dict()
     a2a = slices(events, "a2a")
     assert sum(e["dur"] for e in a2a) / 1000 == pytest.approx(m["comm"]["a2a_time"]) == 2.5
     assert len({e["tid"] for e in a2a}) == 2 and len({e["tid"] for e in slices(events, "p2p")}) == 2

@@ -32,7 +32,7 @@ def write_scenario(tmp_path):
 
 def test_rows_against_closed_forms_and_metrics():
     c = compare.compare(base(), ["1f1b", "dualpipev", "not-a-schedule", "gpipe"])
-    assert [r.metrics["schedule"] for r in c.results] == ["1f1b", "dualpipev", "gpipe"]
+    assert [r.metrics.schedule for r in c.results] == ["1f1b", "dualpipev", "gpipe"]
     assert c.skipped[0][0] == "not-a-schedule" and "not registered" in c.skipped[0][1]
     rows = {r["schedule"]: r for r in compare.summary_rows(c)}
     assert rows["1f1b"]["makespan"] == pytest.approx(ONE_F_ONE_B)
@@ -43,7 +43,7 @@ def test_rows_against_closed_forms_and_metrics():
     assert (rows["1f1b"]["peak"], rows["1f1b"]["params"], rows["1f1b"]["devices"]) == (S, 1, S)
     # DualPipeV folds S stages onto S/2 ranks, two stages each.
     assert (rows["dualpipev"]["devices"], rows["dualpipev"]["params"]) == (S // 2, 2)
-    dv = c.results[1].metrics
+    dv = c.results[1].metrics.to_dict()
     assert rows["dualpipev"]["speedup"] == pytest.approx(ONE_F_ONE_B / dv["makespan"])
     assert rows["dualpipev"]["bubble"] == dv["bubble_ratio"]
     assert rows["dualpipev"]["exposed"] == dv["comm"]["exposed"] == 0
@@ -57,7 +57,7 @@ def test_baseline_runs_when_1f1b_is_not_listed():
 
 def test_constraint_broken_is_skipped_with_reason():
     c = compare.compare(base(microbatches=6), ["dualpipe", "1f1b"])  # DualPipe needs M >= 2S
-    assert [r.metrics["schedule"] for r in c.results] == ["1f1b"]
+    assert [r.metrics.schedule for r in c.results] == ["1f1b"]
     (name, why), = c.skipped
     assert name == "dualpipe" and "microbatches" in why
     assert "skipped dualpipe: " in compare.report(c)
@@ -81,7 +81,7 @@ def test_none_can_run_is_an_error():
 def test_figure_shares_one_time_axis():
     c = compare.compare(base(), ["1f1b", "dualpipev"])
     fig = compare_figure(c.results)
-    longest = max(r.metrics["makespan"] for r in c.results)
+    longest = max(r.metrics.makespan for r in c.results)
     assert len(fig.axes) == 2
     assert all(ax.get_xlim() == pytest.approx((0, longest)) for ax in fig.axes)
     plt.close(fig)

@@ -314,7 +314,7 @@ def test_bubble_and_peak_activation(family, S, M, F):
     simulate, CostModel, compute_metrics = _engine()
     B, W = 2 * F, F
     costs = CostModel.uniform(S, forward=F, backward=B, weight=W, overlapped=F + B, p2p=0.0)
-    m = compute_metrics(simulate(build(family, S, M), costs))
+    m = compute_metrics(simulate(build(family, S, M), costs)).to_dict()
     bubble = (S / 2 - 1) * ((F + B) + B - 3 * W)
     for rank in m["per_rank"]:
         assert rank["idle"] == pytest.approx(bubble), rank

@@ -36,7 +36,7 @@ def test_peak_marked_where_the_metrics_put_it():
     assert len(red) == 1
     ax, line = red[0]
     div, unit = byte_scale(2e9 * 16)
-    peak = max(p["peak_activation_bytes"] for p in r.metrics["per_rank"])
+    peak = r.metrics.scalars()["peak_activation_bytes"]
     assert (axes.index(ax), unit) == (0, "GB")
     assert line.get_ydata()[0] * div == pytest.approx(peak) == 32e9
     # First reached when rank 0's 16th forward starts: after 15 forwards of 1 ms.

@@ -30,7 +30,7 @@ def strs(actions) -> list[str]:
 def run(name, stages, microbatches, *, forward, backward, weight=None, p2p=0.0, **options):
     sched = build(name, stages, microbatches, **options)
     costs = CostModel.uniform(stages, forward=forward, backward=backward, weight=weight, p2p=p2p)
-    return sched, compute_metrics(simulate(sched, costs)), costs
+    return sched, compute_metrics(simulate(sched, costs)).to_dict(), costs
 
 
 def idles(metrics) -> list[float]:

@@ -27,7 +27,7 @@ def test_two_stage_1f1b_blocking_by_hand():
     }  # fmt: skip
     sends = sorted((float(x["start"]), float(x["end"])) for x in r.trace.comm)
     assert sends == [(1, 1.5), (2.5, 3), (4.5, 5), (8, 8.5)]
-    m = r.metrics
+    m = r.metrics.to_dict()
     assert m["makespan"] == 10.5
     assert m["comm"]["p2p_time"] == 2.0
     assert m["comm"]["exposed"] == 2.0 and m["comm"]["overlap_ratio"] == 0.0
@@ -47,8 +47,8 @@ def test_blocking_runs_and_never_beats_async(family, S, M):
     kw = dict(forward=1.0, backward=2.0, weight=1.0, p2p=0.2, costs__overlapped=2.5)
     a = run_uniform(family, S, M, comm__p2p_mode="async", **kw)
     b = run_uniform(family, S, M, comm__p2p_mode="blocking", **kw)
-    assert b.metrics["makespan"] >= a.metrics["makespan"]
-    assert b.metrics["comm"]["exposed"] == pytest.approx(b.metrics["comm"]["p2p_time"])
+    assert b.metrics.makespan >= a.metrics.makespan
+    assert b.metrics.comm.exposed == pytest.approx(b.metrics.comm.p2p_time)
     assert len(b.trace.compute) == len(a.trace.compute) == sum(
         len(x.ops) if hasattr(x, "ops") else 1 for actions in build(family, S, M).ranks for x in actions
     )

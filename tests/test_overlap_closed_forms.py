@@ -31,7 +31,7 @@ def run(family, S, M, **sections):
 @pytest.mark.parametrize("family,S,M", SHAPES)
 def test_closed_form_matches_simulation(family, S, M):
     """F = 1.5, B = 3, W = 1.5, F&B = 4.5: every rank idles (S/2-1)(4.5+3-4.5) = 3(S/2-1)."""
-    m = run(family, S, M, costs={"forward": 1.5, "backward": 3.0, "weight": 1.5, "overlapped": 4.5}).metrics
+    m = run(family, S, M, costs={"forward": 1.5, "backward": 3.0, "weight": 1.5, "overlapped": 4.5}).metrics.to_dict()
     bubble = 3.0 * (S / 2 - 1)
     assert m["analytic"] == {"bubble": pytest.approx(bubble), "peak_activation": S + 1}
     for r in m["per_rank"]:
@@ -42,7 +42,7 @@ def test_closed_form_matches_simulation(family, S, M):
 @pytest.mark.parametrize("family,S,M", SHAPES[::2])
 def test_closed_form_with_component_costs(family, S, M):
     """The same through [chunk]: F = 2, B = 4, W = 2, F&B = 6 -> (S/2-1)(6+4-6) = 4(S/2-1)."""
-    m = run(family, S, M, chunk=DENSE_CHUNK).metrics
+    m = run(family, S, M, chunk=DENSE_CHUNK).metrics.to_dict()
     assert m["analytic"]["bubble"] == pytest.approx(4.0 * (S / 2 - 1))
     for r in m["per_rank"]:
         assert r["idle"] == pytest.approx(4.0 * (S / 2 - 1))
@@ -50,7 +50,7 @@ def test_closed_form_with_component_costs(family, S, M):
 
 def test_bubble_does_not_grow_with_microbatches():
     costs = {"forward": 1.0, "backward": 2.0, "weight": 1.0}
-    idles = [[r["idle"] for r in run("dualpipe", 8, M, costs=costs).metrics["per_rank"]] for M in (16, 32, 64)]
+    idles = [[r.idle for r in run("dualpipe", 8, M, costs=costs).metrics.per_rank] for M in (16, 32, 64)]
     assert idles[0] == idles[1] == idles[2] == [6.0] * 8
 
 
@@ -58,13 +58,13 @@ def test_analytic_uses_the_simulated_pair_with_components():
     """All components 1 (one layer): F = 4, B = 6, W = 2 and the simulated F&B = 7
     (tests/test_overlap_components.py), so the closed form is (S/2-1)(7+6-6) = 7(S/2-1)."""
     ones = {k: 1 for k in DENSE_CHUNK}
-    m = run("dualpipe", 8, 16, chunk=ones).metrics
+    m = run("dualpipe", 8, 16, chunk=ones).metrics.to_dict()
     assert m["analytic"]["bubble"] == pytest.approx(7.0 * 3)
 
 
 @pytest.mark.parametrize("family,S,M", [("dualpipe", 8, 16), ("dualpipev", 8, 9), ("dualpipev", 2, 2)])
 def test_two_parameter_copies_per_rank(family, S, M):
-    m = run(family, S, M, costs={"forward": 1.0, "backward": 2.0}, memory={"parameters": 3.0e9}).metrics
+    m = run(family, S, M, costs={"forward": 1.0, "backward": 2.0}, memory={"parameters": 3.0e9}).metrics.to_dict()
     for r in m["per_rank"]:
         assert r["parameter_copies"] == 2 and r["parameter_bytes"] == 6.0e9
 
@@ -83,7 +83,7 @@ def test_closed_form_is_the_middle_ranks_when_pairs_gain(family, S, M, delta):
     so that rank idles (L-2-p) x delta less than the closed form.  (Below B, the
     pairs stop setting the pace and this breaks: see docs/dualpipe.md.)
     """
-    m = run(family, S, M, costs={"forward": 1.0, "backward": 2.0, "weight": 1.0, "overlapped": 3.0 - delta}).metrics
+    m = run(family, S, M, costs={"forward": 1.0, "backward": 2.0, "weight": 1.0, "overlapped": 3.0 - delta}).metrics.to_dict()
     L = S // 2
     closed = (S / 2 - 1) * ((3.0 - delta) + 2.0 - 3.0)
     assert m["analytic"]["bubble"] == pytest.approx(closed)

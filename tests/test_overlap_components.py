@@ -90,7 +90,7 @@ def test_pair_fully_hidden():
 
     from dualpipe_sim.metrics import compute_metrics
 
-    comm = compute_metrics(trace)["comm"]
+    comm = compute_metrics(trace).to_dict()["comm"]
     assert comm["a2a_time"] == pytest.approx(14.0)
     assert comm["a2a_exposed"] == pytest.approx(7.0)
     assert comm["overlap_ratio"] == pytest.approx(0.5)
@@ -122,7 +122,7 @@ def test_pair_partly_exposed():
 
     from dualpipe_sim.metrics import compute_metrics
 
-    comm = compute_metrics(trace)["comm"]
+    comm = compute_metrics(trace).to_dict()["comm"]
     # a2a: F0 2 + pair 4 + B1 2 = 8; exposed: F0 2 + Db 1 + B1 2 = 5.
     assert comm["a2a_time"] == 8.0
     assert comm["a2a_exposed"] == pytest.approx(5.0)
@@ -167,7 +167,7 @@ def test_lone_ops_run_components_in_sequence_and_expose_all_a2a():
     )
     from dualpipe_sim.metrics import compute_metrics
 
-    comm = compute_metrics(trace)["comm"]
+    comm = compute_metrics(trace).to_dict()["comm"]
     per_op_a2a = {"F": 2 * (2 + 4), "B": 2 * (0.5 + 2.5)}
     assert comm["a2a_time"] == pytest.approx(2 * 3 * (per_op_a2a["F"] + per_op_a2a["B"]))
     assert comm["a2a_exposed"] == pytest.approx(comm["a2a_time"])

@@ -23,8 +23,8 @@ def test_preset_derives_chunk_costs():
 
 def test_dualpipe_hides_all_to_all_that_1f1b_exposes():
     small = ["pipeline.stages=4", "pipeline.microbatches=8"]  # same chunk, a quick shape
-    dp = simulation.run(scenario.load(PRESET, small)).metrics
-    f1 = simulation.run(scenario.load(PRESET, small + ["pipeline.schedule=1f1b"])).metrics
+    dp = simulation.run(scenario.load(PRESET, small)).metrics.to_dict()
+    f1 = simulation.run(scenario.load(PRESET, small + ["pipeline.schedule=1f1b"])).metrics.to_dict()
     assert f1["comm"]["a2a_exposed"] == pytest.approx(f1["comm"]["a2a_time"])  # no pairs, nothing hidden
     assert dp["comm"]["a2a_time"] == pytest.approx(f1["comm"]["a2a_time"])  # same work
     assert dp["comm"]["a2a_exposed"] < dp["comm"]["a2a_time"]

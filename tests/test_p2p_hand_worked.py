@@ -22,7 +22,7 @@ def test_two_stage_p2p():
         (0, "F", 0): (0, 1), (0, "F", 1): (1, 2), (0, "B", 0): (5, 7), (0, "B", 1): (8, 10),
         (1, "F", 0): (1.5, 2.5), (1, "B", 0): (2.5, 4.5), (1, "F", 1): (4.5, 5.5), (1, "B", 1): (5.5, 7.5),
     }
-    m = r.metrics
+    m = r.metrics.to_dict()
     assert m["makespan"] == 10
     assert [x["idle"] for x in m["per_rank"]] == [4.0, 4.0]
     assert m["comm"]["p2p_time"] == pytest.approx(2.0)
@@ -45,5 +45,5 @@ def test_link_serialises_transfers():
 
 def test_no_communication_means_null_overlap_ratio():
     r = run_uniform("1f1b", 3, 4)
-    assert r.metrics["comm"]["overlap_ratio"] is None
-    assert r.metrics["comm"]["exposed"] == 0
+    assert r.metrics.comm.overlap_ratio is None
+    assert r.metrics.comm.exposed == 0

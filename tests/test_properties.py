@@ -224,7 +224,7 @@ def action_spans(rows: np.ndarray) -> dict:
 
 # -- the checks ----------------------------------------------------------------------------
 def check_invariants(raw: dict, result) -> None:
-    schedule, trace, metrics = result.schedule, result.trace, result.metrics
+    schedule, trace, metrics = result.schedule, result.trace, result.metrics.to_dict()
     p2p = raw["comm"]["p2p"]
     makespan = metrics["makespan"]
     eps = lambda x, y: close(x, y, makespan)  # noqa: E731

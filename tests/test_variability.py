@@ -133,19 +133,19 @@ def test_same_op_same_factor_under_any_schedule():
 def test_slow_rank_takes_its_factor_longer_and_others_do_not():
     plain = run(raw("1f1b", 4, 8))
     slow = run(raw("1f1b", 4, 8, slowdown={"2": 1.5}))
-    for before, after in zip(plain.metrics["per_rank"], slow.metrics["per_rank"]):
-        factor = 1.5 if before["rank"] == 2 else 1.0
-        assert after["busy"] == pytest.approx(factor * before["busy"], rel=1e-12)
-    assert slow.metrics["makespan"] >= 1.5 * plain.metrics["per_rank"][2]["busy"]
-    assert slow.metrics["makespan"] > plain.metrics["makespan"]
+    for before, after in zip(plain.metrics.per_rank, slow.metrics.per_rank):
+        factor = 1.5 if before.rank == 2 else 1.0
+        assert after.busy == pytest.approx(factor * before.busy, rel=1e-12)
+    assert slow.metrics.makespan >= 1.5 * plain.metrics.per_rank[2].busy
+    assert slow.metrics.makespan > plain.metrics.makespan
 
 
 def test_straggler_and_jitter_multiply():
     jitter = {"distribution": "normal", "cv": 0.2}
     a = run(raw("gpipe", 3, 4, jitter=jitter, seed=2))
     b = run(raw("gpipe", 3, 4, jitter=jitter, seed=2, slowdown={"0": 2.0}))
-    assert b.metrics["per_rank"][0]["busy"] == pytest.approx(2 * a.metrics["per_rank"][0]["busy"], rel=1e-12)
-    assert b.metrics["per_rank"][1]["busy"] == pytest.approx(a.metrics["per_rank"][1]["busy"], rel=1e-12)
+    assert b.metrics.per_rank[0].busy == pytest.approx(2 * a.metrics.per_rank[0].busy, rel=1e-12)
+    assert b.metrics.per_rank[1].busy == pytest.approx(a.metrics.per_rank[1].busy, rel=1e-12)
 
 
 def test_component_model_stretches_whole_timeline():

@@ -38,8 +38,7 @@ from ..costs import COMPONENTS
 from ..trace import A2A, KIND_NAMES, P2P, Trace
 from .timeline import activation_levels
 
-NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds
-US_PER_UNIT = 1000  # ... and in microseconds, the unit of ts/dur
+NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds (ts/dur are written in microseconds)
 # (thread id base, thread name) per group; lane k of a group is tid base + k.
 THREADS = {"compute": (1, "compute"), "a2a": (101, "all-to-all"), "p2p": (201, "P2P send")}
 P2P_KINDS = ("activation", "gradient")  # comm kind 0 / 1 on the P2P channel

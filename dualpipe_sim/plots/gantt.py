@@ -269,15 +269,15 @@ def figure_width(trace: Trace) -> float:
     return float(np.clip(actions / max(trace.ranks, 1) * 0.3, 10, 30))
 
 
-def gantt_title(metrics: dict) -> str:
+def gantt_title(metrics) -> str:
     return (
-        f"{metrics['schedule']}: {metrics['stages']} stages on {metrics['ranks']} ranks, "
-        f"{metrics['microbatches']} micro-batches, bubble ratio {metrics['bubble_ratio']:.1%}, "
-        f"makespan {units.duration(metrics['makespan'])}"
+        f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
+        f"{metrics.microbatches} micro-batches, bubble ratio {metrics.bubble_ratio:.1%}, "
+        f"makespan {units.duration(metrics.makespan)}"
     )
 
 
-def save_gantt(trace: Trace, metrics: dict, path) -> None:
+def save_gantt(trace: Trace, metrics, path) -> None:
     width = figure_width(trace)
     # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
     height = max(1.3 + trace.ranks * (LANE_H + COMM_H + ROW_GAP) * 0.62, width / 6)

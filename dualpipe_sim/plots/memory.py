@@ -86,13 +86,13 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None) -> None:
     )
 
 
-def save_memory(trace: Trace, metrics: dict, path) -> None:
+def save_memory(trace: Trace, metrics, path) -> None:
     cols = math.ceil(max(trace.ranks, 1) / ROWS_PER_COLUMN)
     rows = math.ceil(max(trace.ranks, 1) / cols)
     fig = plt.figure(figsize=(10 * cols ** 0.5 + 2, 1.4 + 0.62 * rows))
     title = (
-        f"{metrics['schedule']}: {metrics['stages']} stages on {metrics['ranks']} ranks, "
-        f"{metrics['microbatches']} micro-batches"
+        f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
+        f"{metrics.microbatches} micro-batches"
     )
     draw_memory(fig, trace, title=title)
     fig.tight_layout(h_pad=0.3)

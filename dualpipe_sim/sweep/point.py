@@ -10,28 +10,12 @@ from __future__ import annotations
 
 from .. import registry, simulation
 from ..ir import ScheduleError
+from ..metrics import scalar_names
 from ..scenario import ScenarioError, apply_overrides, from_dict
 
-# The scalar metrics of a point, as results.csv columns.  Dotted names follow
-# metrics.json; per-rank quantities are the maximum over ranks.
-METRIC_COLUMNS = (
-    "ranks",
-    "makespan",
-    "bubble_ratio",
-    "peak_activation",  # max over ranks, stage-activation units
-    "peak_activation_bytes",  # max over ranks
-    "parameter_bytes",  # max over ranks
-    "peak_memory_bytes",  # max over ranks of peak_activation_bytes + parameter_bytes
-    "comm.p2p_time",
-    "comm.a2a_time",
-    "comm.exposed",
-    "comm.hidden",
-    "comm.overlap_ratio",
-    "comm.p2p_exposed",
-    "comm.a2a_exposed",
-    "analytic.bubble",
-    "analytic.peak_activation",
-)
+# The scalar metrics of a point, as results.csv columns: Metrics.scalars(), whose
+# dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks.
+METRIC_COLUMNS = scalar_names()
 
 
 def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
@@ -46,12 +30,12 @@ def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
         problem = _constraint_problem(scenario)
         if problem:
             return {**row, "status": "skipped", "reason": problem}
-        metrics = simulation.run(scenario).metrics
+        scalars = simulation.run(scenario).metrics.scalars()
     except (ScenarioError, ScheduleError) as exc:
         return {**row, "status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad point must not stop a sweep
         return {**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
-    return {**row, **scalar_metrics(metrics)}
+    return {**row, **scalars}
 
 
 def _constraint_problem(scenario) -> str | None:
@@ -62,21 +46,3 @@ def _constraint_problem(scenario) -> str | None:
     problem = family.check(p.stages, p.microbatches, **options)
     return f"{p.schedule}: {problem}" if problem else None
 
-
-def scalar_metrics(m: dict) -> dict:
-    """metrics.json -> the METRIC_COLUMNS of one row."""
-    ranks = m["per_rank"]
-    comm, analytic = m["comm"], m["analytic"]
-    return {
-        "ranks": m["ranks"],
-        "makespan": m["makespan"],
-        "bubble_ratio": m["bubble_ratio"],
-        "peak_activation": max(r["peak_activation"] for r in ranks),
-        "peak_activation_bytes": max(r["peak_activation_bytes"] for r in ranks),
-        "parameter_bytes": max(r["parameter_bytes"] for r in ranks),
-        "peak_memory_bytes": max(r["peak_activation_bytes"] + r["parameter_bytes"] for r in ranks),
-        **{f"comm.{k}": comm.get(k) for k in ("p2p_time", "a2a_time", "exposed", "hidden", "overlap_ratio",
-                                               "p2p_exposed", "a2a_exposed")},
-        "analytic.bubble": analytic.get("bubble"),
-        "analytic.peak_activation": analytic.get("peak_activation"),
-    }
