@@ -8,6 +8,9 @@ quotes.  Deterministic: the same code gives the same numbers and pictures.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dualpipe_sim import scenario, simulation  # noqa: E402
+from dualpipe_sim import calibrate, kineto, scenario, simulation  # noqa: E402
 from dualpipe_sim.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS, CostModel  # noqa: E402
 from dualpipe_sim.engine import simulate  # noqa: E402
 from dualpipe_sim.ir import FB, Op, Schedule  # noqa: E402
@@ -174,6 +177,114 @@ def scenario_table() -> str:
     return "\n".join(lines)
 
 
+# -- calibration: DeepSeek's profiled pair next to the simulator's replay of it ---------------
+
+PROFILE_DATA = Path(os.environ.get("DUALPIPE_SIM_PROFILE_DATA", "/work/.mirror/deepseek-ai+profile-data/repo"))
+
+
+def deepseek_calibration() -> calibrate.Calibration:
+    """`dualpipe-sim calibrate train.json` on a checkout of deepseek-ai/profile-data (not shipped:
+    the repository has no licence file; DUALPIPE_SIM_PROFILE_DATA says where a checkout is)."""
+    plain = PROFILE_DATA / "train.json"
+    if plain.is_file():
+        return calibrate.calibrate(kineto.read(plain), "train.json")
+    data = subprocess.run(["git", "-C", str(PROFILE_DATA), "show", "HEAD:train.json"], capture_output=True,
+                          check=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.json"
+        path.write_bytes(data)
+        return calibrate.calibrate(kineto.read(path), "train.json")
+
+
+def calibration_figure(cal: calibrate.Calibration, name: str) -> None:
+    """Four lanes: the profile's compute and all-to-all, then the replay's."""
+    fig, ax = plt.subplots(figsize=(16, 3.4))
+    fwd, bwd, wgt, a2a_f, a2a_b = "#a6cee3", "#1f5f9e", "#dcebf5", "#c9b3e6", "#6a3d9a"
+    lanes = (("profile", cal.windows, 3.3), ("simulator", cal.predicted, 0.0))
+    for _, windows, base in lanes:
+        for (comp, layer), (start, end) in windows.items():
+            on_a2a = calibrate.channel_of(comp) == "a2a"
+            forward = comp.endswith("forward")
+            colour = (a2a_f if forward else a2a_b) if on_a2a else wgt if comp.endswith("weight") else fwd if forward else bwd
+            y = base + (0.0 if on_a2a else 1.1)
+            ax.broken_barh([(start, end - start)], (y, 0.9), facecolors=colour, edgecolors="white", linewidth=0.6)
+            ax.text((start + end) / 2, y + 0.45, f"{SHORT[comp]}{layer}", ha="center", va="center", fontsize=6,
+                    color="white" if colour in (bwd, a2a_b) else "black")  # fmt: skip
+    span_p = cal.predicted_span
+    ax.text(0, 5.45, f"profile (train.json): {cal.span:.1f} ms first kernel to last", fontsize=9, va="bottom")
+    ax.text(0, 2.15, f"simulator, replaying the calibrated [chunk]: {span_p:.1f} ms "
+            f"({(span_p - cal.span) / cal.span:+.1%})", fontsize=9, va="bottom")  # fmt: skip
+    ax.set_yticks([4.85, 3.75, 1.55, 0.45], ["compute", "all-to-all", "compute", "all-to-all"])
+    ax.set_ylim(-0.2, 5.9)
+    ax.set_xlim(0, max(cal.span, span_p) * 1.01)
+    ax.set_xlabel("time from the pair's first kernel (ms)")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(axis="y", length=0)
+    ax.legend(
+        handles=[
+            plt.Rectangle((0, 0), 1, 1, facecolor=c, label=lbl)
+            for c, lbl in ((fwd, "forward compute"), (bwd, "backward input-grad"), (wgt, "backward weight-grad"),
+                           (a2a_f, "forward all-to-all"), (a2a_b, "backward all-to-all"))
+        ],
+        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
+    )  # fmt: skip
+    ax.set_title("One overlapped pair of 4-MoE-layer chunks: DeepSeek's profile and the simulator "
+                 "(A attention, M MLP, MW/AW weight-grad, D dispatch, C combine; digit = layer)",
+                 fontsize=10, loc="left")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(IMG / name, dpi=110)
+    plt.close(fig)
+    print(f"wrote docs/img/{name}")
+
+
+def calibration_table(cal: calibrate.Calibration) -> str:
+    lines = ["| component | per layer, mean (min-max) ms | |", "| --- | --- | --- |"]
+    for comp, st in cal.components.items():
+        lines.append(f"| `{comp}` | {st.mean:.2f} ({st.min:.2f}-{st.max:.2f}) | {calibrate.channel_of(comp)} |")
+    streams = ", ".join(f"stream {s} {ch} {busy:.1f} ms" for s, (ch, busy) in cal.streams.items())
+    lines += ["", f"Span {cal.span:.1f} ms measured, {cal.predicted_span:.1f} ms replayed; busy: {streams}."]
+    worst = max(abs(p - m) for _, _, m, p in calibrate.start_errors(cal))
+    lines.append(f"Largest component start error of the replay: {worst:.1f} ms.")
+    return "\n".join(lines)
+
+
+# -- activation memory of one MoE layer, bottom-up ----------------------------------------
+
+# DeepSeek-V3 (deepseek-ai/DeepSeek-V3 inference/configs/config_671B.json) and the profile's run.
+TOKENS, HIDDEN, Q_LORA, KV_LORA, ROPE, HEADS, V_HEAD = 4096, 7168, 1536, 512, 64, 128, 128
+EXPERT_FF, TOP_K, EXPERTS = 2048, 8, 256
+FP8 = 1 + 4 / 128  # one byte per element plus an FP32 scale per 1x128 tile (report Sec. 3.3.1)
+E5M6 = 1.5 + 4 / 128  # 12-bit elements, same tiles (report Sec. 3.3.3)
+
+
+def activation_rows() -> list[tuple[str, float, str]]:
+    """(what is kept for the backward, bytes, why) per MoE layer per 4K-token micro-batch on one rank."""
+    s, h, routed = TOKENS, HIDDEN, TOP_K * TOKENS  # balanced EP64 routing: each rank's 4 experts get 8 x 4096 rows
+    return [
+        ("layer input (BF16)", s * h * 2, "attention RMSNorm is recomputed from it"),
+        ("MLA latents c_q, c_kv, k_rope (BF16)", s * (Q_LORA + KV_LORA + ROPE) * 2,
+         "the up-projections to q, k, v are recomputed from them"),
+        ("attention output (E5M6)", s * HEADS * V_HEAD * E5M6, "flash-attention backward and W_O's weight-grad"),
+        ("softmax log-sum-exp (FP32)", s * HEADS * 4, "flash-attention backward"),
+        ("residual after attention (BF16)", s * h * 2, "MoE RMSNorm is recomputed from it"),
+        ("router scores (FP32), top-8 ids and weights", s * EXPERTS * 4 + s * TOP_K * (8 + 4), "gate backward"),
+        ("routed-expert inputs, 8 x 4096 rows (FP8)", routed * h * FP8, "up-projection weight-grad"),
+        ("routed SwiGLU inputs (FP8)", routed * 2 * EXPERT_FF * FP8,
+         "SwiGLU (with the routing weight) is recomputed; down-projection input too"),
+        ("shared-expert SwiGLU input (FP8)", s * 2 * EXPERT_FF * FP8, "as for the routed experts"),
+    ]  # fmt: skip
+
+
+def activation_table() -> str:
+    rows = activation_rows()
+    lines = ["| kept for the backward | MB | needed for |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {b / 1e6:.1f} | {why} |" for what, b, why in rows]
+    total = sum(b for _, b, _ in rows)
+    lines.append(f"| **per MoE layer** | **{total / 1e6:.0f}** | x 4 layers = {4 * total:.3g} B per chunk |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     gantt(run(simple("dualpipe", 8, 20, FB_=2.5, p2p=0.05)), "dualpipe-8x20.png")
@@ -187,6 +298,12 @@ def main() -> None:
     print(closed_form_table())
     print("\nscenarios/deepseek-v3.toml:\n")
     print(scenario_table())
+    print("\nActivation memory per MoE layer:\n")
+    print(activation_table())
+    cal = deepseek_calibration()
+    calibration_figure(cal, "dualpipe-calibration.png")
+    print("\ncalibrate train.json:\n")
+    print(calibration_table(cal))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")
+    cal = sub.add_parser("calibrate", help="read a PyTorch profiler trace of one overlapped pair: [chunk] figures, "
+                                           "order, and the simulator's replay of it")
+    cal.add_argument("trace", help="Kineto Chrome trace (.json or .json.gz) of one forward+backward pair")
+    cal.add_argument("--map", dest="names", action="append", default=[], metavar="NAME=COMPONENT",
+                     help="annotation name -> [chunk] component, over DeepSeek's names (attn(F), mlp(B), ...); "
+                          "repeatable")
+    cal.add_argument("--out", help="also write chunk.toml and calibration.md into this folder")
+    cal.add_argument("--json", action="store_true", help="print the figures as JSON instead of the report")
     return p
 
 
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_sweep(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "calibrate":
+            return _cmd_calibrate(args)
         return _cmd_schedules()
     except (ScenarioError, ScheduleError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -230,6 +240,20 @@ def _cmd_compare(args) -> int:
     result, written = compare.run_and_write(scenario, names, args.out, source)
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from . import calibrate, kineto
+
+    try:
+        cal = calibrate.calibrate(kineto.read(args.trace, kineto.parse_map(args.names)), args.trace)
+    except kineto.TraceError as exc:
+        raise UsageError(str(exc)) from None
+    written = calibrate.write(cal, args.out) if args.out else []
+    sys.stdout.write(calibrate.to_json(cal) if args.json else calibrate.report_text(cal) + "\n")
+    if written and not args.json:
+        print("\nwrote " + ", ".join(str(f) for f in written))
     return 0
 
 
