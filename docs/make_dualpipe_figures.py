@@ -56,6 +56,23 @@ SHORT = {
 }  # fmt: skip
 
 
+def lane_style(ax, xlabel: str) -> None:
+    """Axes and legend of a component-lane chart (compute and all-to-all lanes)."""
+    ax.set_xlabel(xlabel)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(axis="y", length=0)
+    ax.legend(
+        handles=[
+            plt.Rectangle((0, 0), 1, 1, facecolor=c, label=lbl)
+            for c, lbl in (("#a6cee3", "forward compute"), ("#1f5f9e", "backward input-grad"),
+                           ("#dcebf5", "backward weight-grad"), ("#c9b3e6", "forward all-to-all"),
+                           ("#6a3d9a", "backward all-to-all"))
+        ],
+        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
+    )  # fmt: skip
+
+
 def pair_figure(name: str) -> None:
     """One rank, one stage of the deepseek-v3 chunk: F0 alone, F1 overlapped with B0, B1 alone."""
     costs = scenario.load(DEEPSEEK, ["pipeline.stages=1", "pipeline.microbatches=2"]).cost_model()
@@ -90,18 +107,7 @@ def pair_figure(name: str) -> None:
     ax.set_yticks([1.4, 0.4], ["compute", "all-to-all"])
     ax.set_ylim(-0.3, 2.5)
     ax.set_xlim(0, trace.makespan)
-    ax.set_xlabel("time (ms)")
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.tick_params(axis="y", length=0)
-    ax.legend(
-        handles=[
-            plt.Rectangle((0, 0), 1, 1, facecolor=c, label=lbl)
-            for c, lbl in ((fwd, "forward compute"), (bwd, "backward input-grad"), (wgt, "backward weight-grad"),
-                           ("#c9b3e6", "forward all-to-all"), ("#6a3d9a", "backward all-to-all"))
-        ],
-        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
-    )  # fmt: skip
+    lane_style(ax, "time (ms)")
     ax.set_title(
         "One 4-MoE-layer chunk of the deepseek-v3 scenario: A attention, M MLP, MW/AW weight-grad parts, "
         "D dispatch, C combine",
@@ -217,18 +223,7 @@ def calibration_figure(cal: calibrate.Calibration, name: str) -> None:
     ax.set_yticks([4.85, 3.75, 1.55, 0.45], ["compute", "all-to-all", "compute", "all-to-all"])
     ax.set_ylim(-0.2, 5.9)
     ax.set_xlim(0, max(cal.span, span_p) * 1.01)
-    ax.set_xlabel("time from the pair's first kernel (ms)")
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.tick_params(axis="y", length=0)
-    ax.legend(
-        handles=[
-            plt.Rectangle((0, 0), 1, 1, facecolor=c, label=lbl)
-            for c, lbl in ((fwd, "forward compute"), (bwd, "backward input-grad"), (wgt, "backward weight-grad"),
-                           (a2a_f, "forward all-to-all"), (a2a_b, "backward all-to-all"))
-        ],
-        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
-    )  # fmt: skip
+    lane_style(ax, "time from the pair's first kernel (ms)")
     ax.set_title("One overlapped pair of 4-MoE-layer chunks: DeepSeek's profile and the simulator "
                  "(A attention, M MLP, MW/AW weight-grad, D dispatch, C combine; digit = layer)",
                  fontsize=10, loc="left")  # fmt: skip
