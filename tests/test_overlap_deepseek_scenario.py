@@ -41,6 +41,6 @@ def test_preset_fits_the_80_gb_h800():
     sc = scenario.load(PRESET)
     assert sc.pipeline.microbatches == 15_360 // (2_048 // 16) == 120
     m = simulation.run(scenario.load(PRESET, ["pipeline.microbatches=32"])).metrics  # same peak, quicker
-    worst = max(r["peak_activation_bytes"] + r["parameter_bytes"] for r in m["per_rank"])
+    worst = max(r.peak_activation_bytes + r.parameter_bytes for r in m.per_rank)
     assert worst == pytest.approx(17 * 2.57e9 + 2 * 3.27e9)
     assert worst < 80e9
