@@ -167,7 +167,8 @@ def summary_table(m: Metrics) -> str:
     num = units.number
     lines = [
         f"schedule {m.schedule}: {m.stages} stages on {m.ranks} ranks, {m.microbatches} micro-batches",
-        f"makespan {units.duration(m.makespan)}   bubble ratio {m.bubble_ratio:.2%}",
+        f"makespan {units.duration(m.makespan)}   bubble ratio {m.bubble_ratio:.2%}   "
+        f"span bubble rate {m.span_bubble_rate:.2%}",
         "",
         # The closed forms predict the time between ops; with [chunk] that is less
         # than compute idle (an op's own exposed all-to-all is inside the op).
@@ -182,6 +183,8 @@ def summary_table(m: Metrics) -> str:
         )
     closed_peak = "-" if a.peak_activation is None else a.peak_activation
     lines.append(f"\npeak activation (max over ranks): {s['peak_activation']} measured, {closed_peak} closed form")
+    if a.bubble is None and a.reason:  # say why the closed-form column is empty
+        lines.append(f"closed-form bubble not given: {a.reason}")
     ratio = "n/a" if c.overlap_ratio is None else f"{c.overlap_ratio:.1%}"
     lines.append(
         f"communication (ms, summed over ranks): p2p {num(c.p2p_time)}, all-to-all {num(c.a2a_time)}, "

@@ -29,6 +29,14 @@ Definitions (also in README.md):
 * ``busy`` of a rank: total length of its compute intervals; ``idle`` =
   makespan - busy (the rank's bubble, including the tail after its last op).
 * ``bubble_ratio`` = sum of idle / (ranks x makespan).
+* ``span`` of a rank: from the start of its first op to the end of its last;
+  ``span_idle`` = span - busy (idle inside the rank's own span: the start-up
+  wait and the tail after its last op do not count).
+* ``span_bubble_rate``: the Zero Bubble paper's bubble rate (Qi et al. 2024,
+  Sec. 5.3), (cost - work) / cost with cost the longest rank span and work the
+  most busy time of a rank (m (T_F + T_B + T_W) in the paper).  Not
+  ``bubble_ratio``: a pipeline whose ranks each run without a gap has
+  span_bubble_rate 0 but bubble_ratio > 0 (the ranks start at different times).
 * ``peak_activation``: the most stage-activations alive at once on a rank (one
   unit = one micro-batch's activations for one stage), and the same in bytes.
 * Communication, for P2P and all-to-all together:
@@ -89,6 +97,8 @@ class RankMetrics:
     stages: list[int]
     a2a_time: float
     a2a_exposed: float  # all-to-all time with the rank's compute idle
+    span: float = 0.0  # first op start to last op end
+    span_idle: float = 0.0  # span - busy: idle inside the rank's own span
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,11 @@ class CommMetrics:
 class Analytic:
     """metrics.json ``analytic``: the family's closed forms (registry.analytic), None where none."""
 
-    bubble: float | None = None  # idle time per rank
+    bubble: float | None = None  # time between ops, largest over ranks; None outside the formula's range
     peak_activation: float | None = None  # max over ranks, stage-activation units
+    formula: str | None = None  # as docs/schedules.md writes it
+    range: str | None = None  # where the formula is exact
+    reason: str | None = None  # why bubble is None (None when it is given)
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,7 @@ class Metrics:
     per_rank: list[RankMetrics]
     comm: CommMetrics
     analytic: Analytic = Analytic()
+    span_bubble_rate: float = 0.0  # the Zero Bubble paper's (longest span - most busy) / longest span
 
     def to_dict(self) -> dict:
         """The metrics.json document (README lists every key)."""
@@ -159,6 +173,7 @@ _SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
     ("analytic.bubble", lambda m: m.analytic.bubble),
     ("analytic.peak_activation", lambda m: m.analytic.peak_activation),
     ("parameter_copies", lambda m: m.max_over_ranks("parameter_copies")),
+    ("span_bubble_rate", lambda m: m.span_bubble_rate),
 )
 
 
@@ -296,6 +311,7 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     per_rank = []
     for rank, rows in enumerate(by_rank(trace.compute, trace.ranks)):
         busy = float(np.sum(rows["end"] - rows["start"]))
+        span = float(rows["end"].max() - rows["start"].min()) if len(rows) else 0.0
         per_rank.append(
             RankMetrics(
                 rank=rank,
@@ -309,6 +325,8 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
                 stages=trace.stages_on_rank[rank],
                 a2a_time=a2a_times[rank],
                 a2a_exposed=a2a_exposed_[rank],
+                span=span,
+                span_idle=span - busy,
             )
         )
     comm = trace.comm
@@ -320,6 +338,8 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     total = p2p_time + a2a_time
     exposed = p2p_exp + a2a_exp
     idle_total = sum(r.idle for r in per_rank)
+    cost = max((r.span for r in per_rank), default=0.0)
+    work = max((r.busy for r in per_rank), default=0.0)
     return Metrics(
         schedule=trace.schedule,
         stages=trace.stages,
@@ -338,4 +358,5 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
             a2a_exposed=a2a_exp,
         ),
         analytic=Analytic(**analytic) if analytic else Analytic(),
+        span_bubble_rate=(cost - work) / cost if cost > 0 else 0.0,
     )

@@ -58,6 +58,7 @@ from __future__ import annotations
 from ..costs import mean_costs
 from ..ir import Op, Schedule
 from ..registry import register
+from .closed_form import COMMON_RANGE, common_problem, result
 
 
 def _check(stages: int, microbatches: int) -> str | None:
@@ -77,14 +78,17 @@ def peak_activations(stages: int) -> list[int]:
     return [D // 2 + 1 + min(r, D - 1 - r) for r in range(D)]
 
 
+CHIMERA_FORMULA = "(D - 2) F per iteration (paper Sec. 3.3, F = B)"
+CHIMERA_RANGE = f"B = F; {COMMON_RANGE}"
+
+
 def _analytic(stages: int, microbatches: int, costs) -> dict:
     F, B, _, _ = mean_costs(costs, stages)
-    D, units = stages, microbatches // stages
-    # F == B: the paper's D-2 idle slots per iteration.  Otherwise each of the
-    # D-2 idle slots of a unit costs max(F, B), and every further concatenated
-    # unit adds (D-2)|B-F| of intermediate bubbles (measured on the engine).
-    bubble = (D - 2) * (max(F, B) + (units - 1) * abs(B - F))
-    return {"bubble": bubble, "peak_activation": max(peak_activations(stages))}
+    D = stages
+    reason = common_problem(costs, stages)
+    if reason is None and abs(B - F) > 1e-9 * F:
+        reason = "B != F (direct concatenation leaves gaps between units the paper's formula does not count)"
+    return result((D - 2) * F, max(peak_activations(stages)), CHIMERA_FORMULA, CHIMERA_RANGE, reason)
 
 
 @register(

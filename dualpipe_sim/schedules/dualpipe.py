@@ -40,6 +40,7 @@ from collections import deque
 from ..costs import mean_costs
 from ..ir import FB, Action, Op, Schedule, ScheduleError
 from ..registry import register
+from .closed_form import COMMON_RANGE, common_problem, le, result
 
 
 class _Rank:
@@ -121,12 +122,27 @@ def _rank_program(rank: _Rank, legs: int, pos: int, per_lane: int) -> tuple[Acti
     return tuple(rank.actions)
 
 
+DUALPIPE_FORMULA = "(PP/2 - 1)(F&B + B - 3W), PP = stages"
+DUALPIPE_RANGE = f"F = I = W; max(F, B) <= F&B <= F + B; {COMMON_RANGE}"
+
+
 def _analytic(stages: int, microbatches: int, costs) -> dict:
     """DualPipe README's closed forms, with PP = stages (for DualPipeV, 2 x ranks):
     idle per rank (PP/2-1)(F&B+B-3W), peak activation PP+1 stage-activations.
-    F, B, W and F&B are stage means (with [chunk], F&B is the simulated pair)."""
+    F, B, W and F&B are stage means (with [chunk], F&B is the simulated pair).
+
+    The README's figure is an accounting of the schedule's gaps, not a timing:
+    on the engine it is the most idle rank's time between ops exactly when
+    F = I = W (and F&B lies between max(F, B) and F + B); otherwise the
+    gaps' sizes depend on which op waits for which, so it is not reported."""
     F, B, W, FB_ = mean_costs(costs, stages)
-    return {"bubble": (stages / 2 - 1) * (FB_ + B - 3 * W), "peak_activation": stages + 1}
+    I = B - W
+    reason = common_problem(costs, stages)
+    if reason is None and not (abs(F - I) <= 1e-9 * F and abs(I - W) <= 1e-9 * F):
+        reason = "F, I and W differ (the README's gap accounting is exact only when they are equal)"
+    if reason is None and not (le(max(F, B), FB_) and le(FB_, F + B)):
+        reason = "F&B outside [max(F, B), F + B]"
+    return result((stages / 2 - 1) * (FB_ + B - 3 * W), stages + 1, DUALPIPE_FORMULA, DUALPIPE_RANGE, reason)
 
 
 # -- DualPipe: two directions, S stages on S ranks -------------------------------

@@ -3,6 +3,7 @@
 from ..costs import mean_costs
 from ..ir import Op, Schedule
 from ..registry import register
+from .closed_form import COMMON_RANGE, common_problem, result
 
 
 def check_one_stage_per_rank(stages: int, microbatches: int) -> str | None:
@@ -16,7 +17,7 @@ def check_one_stage_per_rank(stages: int, microbatches: int) -> str | None:
 def _analytic(stages: int, microbatches: int, costs) -> dict:
     F, B, _, _ = mean_costs(costs, stages)
     # Fill and drain: every rank waits (p-1) forward slots and (p-1) backward slots.
-    return {"bubble": (stages - 1) * (F + B), "peak_activation": microbatches}
+    return result((stages - 1) * (F + B), microbatches, "(p-1)(F + B)", COMMON_RANGE, common_problem(costs, stages))
 
 
 @register(

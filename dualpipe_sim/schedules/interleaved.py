@@ -29,6 +29,7 @@ from __future__ import annotations
 from ..costs import mean_costs
 from ..ir import Op, Schedule
 from ..registry import register
+from .closed_form import COMMON_RANGE, common_problem, result
 
 DEFAULT_CHUNKS = 2
 
@@ -60,12 +61,17 @@ def _warmup(p: int, v: int, m: int, rank: int) -> int:
     return min((p - rank - 1) * 2 + (v - 1) * p, total)
 
 
+INTERLEAVED_FORMULA = "(p - 1)(f + b), f, b per stage (= (p-1)(F+B)/v per rank)"
+INTERLEAVED_RANGE = f"microbatches a multiple of the ranks; {COMMON_RANGE}"
+
+
 def _analytic(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS) -> dict:
     v = chunks_per_rank
     p = stages // v
     f, b, _, _ = mean_costs(costs, stages)
     peak = max(min(_warmup(p, v, microbatches, r) + 1, microbatches * v) for r in range(p))
-    return {"bubble": (p - 1) * (f + b), "peak_activation": peak}
+    reason = common_problem(costs, stages)
+    return result((p - 1) * (f + b), peak, INTERLEAVED_FORMULA, INTERLEAVED_RANGE, reason)
 
 
 @register(

@@ -4,13 +4,16 @@ one backward in turn, then cool-down backwards; one stage per rank."""
 from ..costs import mean_costs
 from ..ir import Op, Schedule
 from ..registry import register
+from .closed_form import COMMON_RANGE, common_problem, result
 from .gpipe import check_one_stage_per_rank
 
 
 def _analytic(stages: int, microbatches: int, costs) -> dict:
     F, B, _, _ = mean_costs(costs, stages)
     # Same fill and drain as GPipe; 1F1B only caps how many activations are alive.
-    return {"bubble": (stages - 1) * (F + B), "peak_activation": min(stages, microbatches)}
+    return result(
+        (stages - 1) * (F + B), min(stages, microbatches), "(p-1)(F + B)", COMMON_RANGE, common_problem(costs, stages)
+    )
 
 
 @register(
