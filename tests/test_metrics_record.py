@@ -17,9 +17,10 @@ from dualpipe_sim import scenario, simulation
 from dualpipe_sim.metrics import Metrics, _plain, optional_block, scalar_names
 from dualpipe_sim.outputs import metrics_json
 
-TOP_KEYS = ["schedule", "stages", "ranks", "microbatches", "makespan", "bubble_ratio", "per_rank", "comm", "analytic"]
+TOP_KEYS = ["schedule", "stages", "ranks", "microbatches", "makespan", "bubble_ratio", "per_rank", "comm", "analytic",
+            "span_bubble_rate"]
 RANK_KEYS = ["rank", "busy", "idle", "between_ops", "peak_activation", "peak_activation_bytes", "parameter_bytes",
-             "parameter_copies", "stages", "a2a_time", "a2a_exposed"]
+             "parameter_copies", "stages", "a2a_time", "a2a_exposed", "span", "span_idle"]
 COMM_KEYS = ["p2p_time", "a2a_time", "exposed", "hidden", "overlap_ratio", "p2p_exposed", "a2a_exposed"]
 
 
@@ -38,7 +39,7 @@ def test_json_form_keys_in_order(small):
     assert list(doc) == TOP_KEYS
     assert [list(r) for r in doc["per_rank"]] == [RANK_KEYS, RANK_KEYS]
     assert list(doc["comm"]) == COMM_KEYS
-    assert list(doc["analytic"]) == ["bubble", "peak_activation"]
+    assert list(doc["analytic"]) == ["bubble", "peak_activation", "formula", "range", "reason"]
     assert json.loads(metrics_json(small)) == doc  # plain JSON types all the way down
     assert metrics_json(small) == metrics_json(doc)
 
@@ -50,6 +51,12 @@ def test_hand_worked_1f1b(small):
     assert [r.peak_activation for r in small.per_rank] == [2, 1]
     assert small.comm.overlap_ratio is None  # no communication at all
     assert small.analytic.bubble == pytest.approx(3.0)  # (p - 1)(F + B)
+    # By hand: rank 0 runs F0 [0,1] F1 [1,2], waits for B0 [4,6], F2 [6,7], B1 [7,9],
+    # B2 [10,12]: span 12, 3 idle inside it; rank 1 runs F0 [1,2] B0 [2,4] F1 [4,5]
+    # B1 [5,7] F2 [7,8] B2 [8,10] without a gap: span 9.
+    assert [r.span for r in small.per_rank] == pytest.approx([12.0, 9.0])
+    assert [r.span_idle for r in small.per_rank] == pytest.approx([3.0, 0.0])
+    assert small.span_bubble_rate == pytest.approx((12.0 - 9.0) / 12.0)  # the Zero Bubble paper's rate
 
 
 def test_scalars_are_max_over_ranks(small):
