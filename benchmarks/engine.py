@@ -1,28 +1,33 @@
-"""Engine speed at scale: wall time, trace rows per second and peak RSS per case.
+"""Engine speed at scale: wall time against a plain linear pass, trace rows per second, peak RSS.
 
-    python benchmarks/engine.py [--repeat N] [--tiny]
+    python benchmarks/engine.py [--repeat N] [--tiny] [--cases a,b,...]
 
-Cases (issue 8), each measured in a fresh subprocess so that peak RSS
+Cases (issues 8 and 13), each measured in a fresh subprocess so that peak RSS
 (resource.getrusage ru_maxrss) is that case's alone:
 
 * a        DualPipe, 16 ranks x 256 micro-batches, component model (4 MoE layers
            per chunk: scenarios/deepseek-v3.toml with pipeline.microbatches=256).
-           Components need the SimPy engine.
+* a-simpy  a forced through the SimPy engine (validate() first, as run() does).
 * dp-simple DualPipe 16 x 256 with simple costs (F, B, W, F&B, no P2P): the peer
-           comparison (an existing pure-Python emulator: ~0.05 s).  Fast path.
+           comparison (an existing pure-Python emulator: ~0.05 s).
 * b        1F1B, 64 ranks x 1024 micro-batches, simple costs, no P2P (peer: ~3 s).
-           Fast path.
 * b-p2p    the same with comm.p2p = 0.05: every activation and gradient crosses a link.
 * b-simpy  b-p2p forced through the SimPy engine, for reference.
+
+"auto" cases use simulation.simulate, the one place the engine is chosen.
 
 Each case also runs at 1/8, 1/4 and 1/2 of its micro-batches (c): the op count
 grows linearly, so time per op should stay flat.
 
 Columns: ``run s`` is simulation.run end to end (build the schedule, validate,
-simulate, metrics); ``sim s`` the simulation alone; ``us/op`` = run s per op
-(an FB pair counts as two ops); ``rows/s`` = trace rows (compute intervals,
-transfers, all-to-all phases) per second of run; ``RSS MB`` = the subprocess's
-peak resident memory.  Wall times are the best of --repeat runs (the machine is
+simulate, metrics); ``sim s`` the simulation alone (proof that the schedule can
+run, the replay and the trace arrays); ``loop s`` a plain linear pass over the
+same ops (:func:`reference_loop`: start = max(rank free, inputs ready), no
+trace, no link queues); ``sim/loop`` the ratio (issue 13's target for simple
+costs: <= 5); ``us/op`` = sim s per op (an FB pair counts as two ops; issue
+13's target for the component model: < 15); ``rows/s`` = trace rows (compute
+intervals, transfers, all-to-all phases) per second of sim; ``RSS MB`` = the
+subprocess's peak resident memory.  Wall times are the best of --repeat runs (the machine is
 shared, so the best run is the least disturbed one); RSS is the largest seen.
 --tiny shrinks every case to a few hundred ops (the test suite runs it so the
 script stays runnable).
@@ -46,6 +51,7 @@ SIMPLE = {"forward": 1.0, "backward": 2.0, "weight": 1.0, "overlapped": 2.5}
 # name: (schedule, stages, micro-batches, tiny stages, tiny micro-batches, p2p, costs, engine)
 CASES = {
     "a": ("dualpipe", 16, 256, 4, 64, None, "components", "auto"),
+    "a-simpy": ("dualpipe", 16, 256, 4, 64, None, "components", "simpy"),
     "dp-simple": ("dualpipe", 16, 256, 4, 64, 0.0, "simple", "auto"),
     "b": ("1f1b", 64, 1024, 4, 64, 0.0, "simple", "auto"),
     "b-p2p": ("1f1b", 64, 1024, 4, 64, 0.05, "simple", "auto"),
@@ -67,41 +73,108 @@ def scenario_for(case: str, fraction: int, tiny: bool):
     return scenario.from_dict({"pipeline": shape, "costs": dict(SIMPLE), "comm": {"p2p": p2p}})
 
 
-def measure(case: str, fraction: int, tiny: bool) -> dict:
-    """One case in this process: time run() end to end, then the simulation alone."""
-    from dualpipe_sim import engine, fastpath, simulation
+def reference_loop(schedule, costs) -> float:
+    """A plain linear pass over the ops: each rank runs its actions in order, an action
+    starting at max(the rank's previous end, each input's arrival); inputs named by plain
+    tuples, lengths looked up once per kind of action, a crossing result arriving p2p later.
+    No trace, no link queues, no checks: the floor a simulator of the same ops can be held to."""
+    ranks = schedule.ranks
+    n, last, p2p = len(ranks), schedule.stages - 1, costs.p2p
+    where = schedule.placement()
+    length: dict = {}
+    for actions in ranks:
+        for a in actions:
+            sig = (a.forward.stage, a.backward.kind, a.backward.stage) if a.kind == "FB" else (a.kind, a.stage)
+            if sig not in length:
+                length[sig] = costs.timeline(a).length
+    ready: dict = {}  # ("F"|"G"|"I", microbatch, stage, direction) -> time on its consumer's rank
+    cursor, clock = [0] * n, [0.0] * n
+    moved = True
+    while moved:
+        moved = False
+        for r in range(n):
+            actions, i, t = ranks[r], cursor[r], clock[r]
+            while i < len(actions):
+                a = actions[i]
+                ops = (a.forward, a.backward) if a.kind == "FB" else (a,)
+                start, blocked = t, False
+                for kind, m, s, d in ops:
+                    if kind == "F":
+                        keys = (("F", m, s - 1, d),) if s else ()
+                    elif kind == "W":
+                        keys = (("I", m, s, d),)
+                    else:
+                        keys = (("F", m, s, d), ("G", m, s + 1, d)) if s < last else (("F", m, s, d),)
+                    for key in keys:
+                        at = ready.get(key)
+                        if at is None:
+                            blocked = True
+                            break
+                        if at > start:
+                            start = at
+                    if blocked:
+                        break
+                if blocked:
+                    break
+                sig = (a.forward.stage, a.backward.kind, a.backward.stage) if a.kind == "FB" else (a.kind, a.stage)
+                t = start + length[sig]
+                for kind, m, s, d in ops:
+                    if kind == "F":
+                        ready[("F", m, s, d)] = t if s == last or where[(d, s + 1)] == r else t + p2p
+                    elif kind != "W":
+                        ready[("G", m, s, d)] = t if s == 0 or where[(d, s - 1)] == r else t + p2p
+                        if kind == "I":
+                            ready[("I", m, s, d)] = t
+                i += 1
+                moved = True
+            cursor[r], clock[r] = i, t
+    return max(clock)
 
-    if CASES[case][-1] == "simpy":
-        simulation.fastpath = _NoFastPath  # run() then takes the SimPy engine
+
+def measure(case: str, fraction: int, tiny: bool) -> dict:
+    """One case in this process: time run() end to end, the simulation alone, and the reference loop."""
+    from dualpipe_sim import simulation, validate
+
+    forced = CASES[case][-1] == "simpy"
+
+    def simulate(schedule, costs):
+        if forced:  # what simulation.simulate does when the SimPy engine is chosen
+            from dualpipe_sim import engine
+
+            validate.validate(schedule)
+            return engine.simulate(schedule, costs)
+        return simulation.simulate(schedule, costs)
+
+    if forced:
+        simulation.simulate = simulate  # run() then takes the SimPy engine
     simulation.run(scenario_for(case, 8, True))  # warm-up: first-call imports are not per-run cost
     scn = scenario_for(case, fraction, tiny)
     t0 = time.perf_counter()
     result = simulation.run(scn)
     t1 = time.perf_counter()
-    simulate = fastpath.simulate if simulation.fastpath.applies(result.costs) else engine.simulate
     with simulation.gc_paused():  # as in run()
         simulate(result.schedule, result.costs)
-    t2 = time.perf_counter()
+        t2 = time.perf_counter()
+        reference_loop(result.schedule, result.costs)
+        t3 = time.perf_counter()
     trace = result.trace
+    from dualpipe_sim import fastpath
+
     return {
         "case": case,
         "fraction": fraction,
-        "engine": "fast" if simulate is fastpath.simulate else "simpy",
+        "engine": "fast" if not forced and fastpath.applies(result.costs) else "simpy",
         "ranks": trace.ranks,
         "microbatches": trace.microbatches,
-        "ops": sum(len(action.ops) if action.kind == "FB" else 1 for r in result.schedule.ranks for action in r),
+        "ops": result.schedule.num_ops(),
         "rows": len(trace.compute) + len(trace.comm),
         "run": t1 - t0,
         "sim": t2 - t1,
+        "loop": t3 - t2,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "makespan": result.metrics.makespan,
+        "simpy_loaded": "simpy" in sys.modules,
     }
-
-
-class _NoFastPath:
-    @staticmethod
-    def applies(costs) -> bool:
-        return False
 
 
 def in_subprocess(case: str, fraction: int, tiny: bool) -> dict:
@@ -122,7 +195,7 @@ def main() -> int:
         return 0
 
     header = f"{'case':<10} {'size':>4} {'engine':>6} {'ranks':>5} {'mbs':>5} {'ops':>7} {'rows':>7} " \
-             f"{'run s':>7} {'sim s':>7} {'us/op':>6} {'rows/s':>9} {'RSS MB':>7}"  # fmt: skip
+             f"{'run s':>7} {'sim s':>7} {'loop s':>7} {'sim/loop':>8} {'us/op':>6} {'rows/s':>9} {'RSS MB':>7} simpy"  # fmt: skip
     print(header)
     print("-" * len(header))
     for case in args.cases.split(","):
@@ -131,14 +204,16 @@ def main() -> int:
             runs = [in_subprocess(case, fraction, args.tiny) for _ in range(max(1, args.repeat))]
             best = min(runs, key=lambda r: r["run"])
             best["sim"] = min(r["sim"] for r in runs)
+            best["loop"] = min(r["loop"] for r in runs)
             rss = max(r["rss_mb"] for r in runs)
-            us = 1e6 * best["run"] / best["ops"]
+            us = 1e6 * best["sim"] / best["ops"]
             per_op.append(us)
             size = "1" if fraction == 1 else f"1/{fraction}"
             print(
                 f"{case:<10} {size:>4} {best['engine']:>6} {best['ranks']:>5} {best['microbatches']:>5} "
-                f"{best['ops']:>7} {best['rows']:>7} {best['run']:>7.3f} {best['sim']:>7.3f} {us:>6.2f} "
-                f"{best['rows'] / best['run']:>9.0f} {rss:>7.0f}",
+                f"{best['ops']:>7} {best['rows']:>7} {best['run']:>7.3f} {best['sim']:>7.3f} {best['loop']:>7.3f} "
+                f"{best['sim'] / best['loop']:>8.2f} {us:>6.2f} {best['rows'] / best['sim']:>9.0f} {rss:>7.0f} "
+                f"{'yes' if best['simpy_loaded'] else 'no'}",
                 flush=True,
             )
         print(f"{'':<10} time per op, largest / smallest over sizes: {max(per_op) / min(per_op):.2f}x")

@@ -16,36 +16,75 @@ Two ways to cost an action:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
 
 from .ir import FB, Action, Op
+from .rules import Channel, Kind
 
-# Component index (the trace's ``part`` field) -> name.  One layer's forward is
-# 0-3 in order; its backward is 4-9 in order (combine backward first, as the
-# gradient enters through the layer's output), with each weight-gradient part
-# right after the input-gradient part it belongs to, as DeepSeek-V3's Figure 4
-# places them.
-COMPONENTS = (
-    "attn_forward",  # 0 compute
-    "dispatch_forward",  # 1 a2a
-    "mlp_forward",  # 2 compute
-    "combine_forward",  # 3 a2a
-    "combine_backward",  # 4 a2a
-    "mlp_backward_input",  # 5 compute
-    "mlp_backward_weight",  # 6 compute (W)
-    "dispatch_backward",  # 7 a2a
-    "attn_backward_input",  # 8 compute
-    "attn_backward_weight",  # 9 compute (W)
-)
-A2A_PARTS = frozenset((1, 3, 4, 7))
-WEIGHT_PARTS = frozenset((6, 9))
-# One layer's components per op kind: a split backward I has no W parts, a W op
-# runs only the W parts.
-LAYER_PARTS = {"F": (0, 1, 2, 3), "B": (4, 5, 6, 7, 8, 9), "I": (4, 5, 7, 8), "W": (6, 9)}
 
-# A timeline row: (member, part, on_a2a, start, end).  member = 0 for a lone op
-# or the forward of a pair, 1 for the backward of a pair; part = component index
-# or -1 for a whole op; times are relative to the action's start.
-Row = tuple[int, int, bool, float, float]
+class Component(IntEnum):
+    """A component of one MoE layer; the value is the trace's ``part`` index, the name the [chunk] key.
+
+    One layer's forward is 0-3 in order; its backward is 4-9 in order (combine
+    backward first, as the gradient enters through the layer's output), with
+    each weight-gradient part right after the input-gradient part it belongs
+    to, as DeepSeek-V3's Figure 4 places them."""
+
+    attn_forward = 0
+    dispatch_forward = 1
+    mlp_forward = 2
+    combine_forward = 3
+    combine_backward = 4
+    mlp_backward_input = 5
+    mlp_backward_weight = 6
+    dispatch_backward = 7
+    attn_backward_input = 8
+    attn_backward_weight = 9
+
+    @property
+    def channel(self) -> Channel:
+        return _CHANNEL.get(self, Channel.COMPUTE)
+
+    @property
+    def grad(self) -> Kind:
+        """Which pass the component belongs to: F (forward), I (input-gradient) or W (weight-gradient)."""
+        return _PASS[self]
+
+    @property
+    def may_be_zero(self) -> bool:
+        """All-to-all (a dense layer has none) and weight-gradient parts may cost 0."""
+        return self.channel == Channel.A2A or self.grad == Kind.W
+
+
+_CHANNEL = {c: Channel.A2A for c in (Component.dispatch_forward, Component.combine_forward,
+                                    Component.combine_backward, Component.dispatch_backward)}  # fmt: skip
+_PASS = {c: Kind.F if c.name.endswith("_forward") else Kind.W if c.name.endswith("_weight") else Kind.I
+         for c in Component}  # fmt: skip
+COMPONENTS = tuple(c.name for c in Component)  # part index -> name
+A2A_PARTS = tuple(c for c in Component if c.channel == Channel.A2A)
+WEIGHT_PARTS = tuple(c for c in Component if c.grad == Kind.W)
+# Which passes an op kind runs: a split backward I has no W parts, a W op runs only the W parts.
+OP_PASSES = {Kind.F: (Kind.F,), Kind.B: (Kind.I, Kind.W), Kind.I: (Kind.I,), Kind.W: (Kind.W,)}
+# One layer's components per op kind, in layer order.
+LAYER_PARTS = {k: tuple(c for c in Component if c.grad in passes) for k, passes in OP_PASSES.items()}
+
+
+class Span(NamedTuple):
+    """One interval of an action's timeline, relative to the action's start."""
+
+    member: int  # 0: a lone op or a pair's forward; 1: a pair's backward
+    part: int  # Component index, -1 for a whole op
+    channel: Channel  # COMPUTE or A2A
+    start: float
+    end: float
+
+
+class Timeline(NamedTuple):
+    """What an action costs: its length and its intervals on the rank's channels."""
+
+    length: float
+    spans: tuple[Span, ...]
 
 
 @dataclass(frozen=True)
@@ -53,15 +92,15 @@ class Chunk:
     """One model chunk (stage) as ``layers`` identical MoE layers; times per layer."""
 
     layers: int
-    times: tuple[float, ...]  # per component, indexed like COMPONENTS
+    times: tuple[float, ...]  # per component, indexed by Component
     comm_compute_slowdown: float = 1.0  # compute runs this much slower while an a2a runs beside it
 
-    def stream(self, kind: str) -> tuple[tuple[int, bool, float], ...]:
-        """(part, on_a2a, duration) of every component of a ``kind`` op, in order.
+    def stream(self, kind: str) -> tuple[tuple[Component, Channel, float], ...]:
+        """(component, channel, duration) of every component of a ``kind`` op, in order.
 
         Zero-length all-to-all parts are dropped (a dense layer has none)."""
-        parts = [(p, p in A2A_PARTS, self.times[p]) for p in LAYER_PARTS[kind]]
-        layer = [c for c in parts if not (c[1] and c[2] == 0)]
+        parts = [(c, c.channel, self.times[c]) for c in LAYER_PARTS[kind]]
+        layer = [p for p in parts if not (p[1] == Channel.A2A and p[2] == 0)]
         return tuple(layer) * self.layers
 
     def total(self, kind: str) -> float:
@@ -142,7 +181,7 @@ class CostModel:
             return self.overlapped[pair.forward.stage]
         return self.duration(pair.forward) + self.duration(pair.backward)
 
-    def timeline(self, action: Action) -> tuple[float, tuple[Row, ...]]:
+    def timeline(self, action: Action) -> Timeline:
         """(length, rows) of one action, times relative to its start.
 
         Without components a lone op is one row; a pair takes ``pair_duration``
@@ -159,22 +198,29 @@ class CostModel:
             total = self.pair_duration(action)
             f, b = self.duration(action.forward), self.duration(action.backward)
             split = total * f / (f + b) if f + b > 0 else total / 2
-            return total, ((0, -1, False, 0.0, split), (1, -1, False, split, total))
+            return Timeline(total, (Span(0, -1, Channel.COMPUTE, 0.0, split), Span(1, -1, Channel.COMPUTE, split, total)))
         d = self.duration(action)
-        return d, ((0, -1, False, 0.0, d),)
+        return Timeline(d, (Span(0, -1, Channel.COMPUTE, 0.0, d),))
 
 
-def _in_sequence(stream) -> tuple[float, tuple[Row, ...]]:
+def signature(action: Action) -> tuple:
+    """What an action's timeline depends on: equal signatures, equal timelines (engines cache on it)."""
+    if isinstance(action, FB):
+        return (action.forward.stage, action.backward.kind, action.backward.stage)
+    return (action.kind, action.stage)
+
+
+def _in_sequence(stream) -> Timeline:
     """A lone op: each component starts when the one before it ends, so its
     all-to-all runs with the rank's compute idle (fully exposed)."""
     rows, t = [], 0.0
-    for part, on_a2a, d in stream:
-        rows.append((0, part, on_a2a, t, t + d))
+    for part, channel, d in stream:
+        rows.append(Span(0, int(part), channel, t, t + d))
         t += d
-    return t, tuple(rows)
+    return Timeline(t, tuple(rows))
 
 
-def interleave(forward, backward, slowdown: float = 1.0) -> tuple[float, tuple[Row, ...]]:
+def interleave(forward, backward, slowdown: float = 1.0) -> Timeline:
     """An overlapped pair: two component streams sharing one compute and one a2a channel.
 
     Each stream runs its components in order, each after the previous one ends.
@@ -187,7 +233,7 @@ def interleave(forward, backward, slowdown: float = 1.0) -> tuple[float, tuple[R
     nxt = [0, 0]  # next component per stream
     ready = [0.0, 0.0]  # when that component became ready
     running = [None, None]  # per channel (0 compute, 1 a2a): [member, part, start, work left or end]
-    rows: list[Row] = []
+    rows: list[Span] = []
     t = 0.0
     while True:
         for ch in (0, 1):
@@ -196,7 +242,7 @@ def interleave(forward, backward, slowdown: float = 1.0) -> tuple[float, tuple[R
                     m
                     for m in (0, 1)
                     if nxt[m] < len(streams[m])
-                    and streams[m][nxt[m]][1] == bool(ch)
+                    and (streams[m][nxt[m]][1] == Channel.A2A) == bool(ch)
                     and all(r is None or r[0] != m for r in running)
                 ]
                 if want:
@@ -217,11 +263,11 @@ def interleave(forward, backward, slowdown: float = 1.0) -> tuple[float, tuple[R
         for ch, t_end in ((0, t_comp), (1, t_a2a)):
             job = running[ch]
             if job is not None and t_end == t:
-                rows.append((job[0], job[1], bool(ch), job[2], t))
+                rows.append(Span(job[0], int(job[1]), Channel.A2A if ch else Channel.COMPUTE, job[2], t))
                 ready[job[0]] = t
                 running[ch] = None
     assert nxt == [len(forward), len(backward)]
-    return t, tuple(sorted(rows, key=lambda r: r[3]))
+    return Timeline(t, tuple(sorted(rows, key=lambda r: r.start)))
 
 
 def mean_costs(costs: CostModel, stages: int) -> tuple[float, float, float, float]:

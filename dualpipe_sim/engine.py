@@ -1,12 +1,9 @@
 """The SimPy engine: replays a schedule on a cost model and records a trace.
 
 Each rank is a SimPy process that walks its action list in order on its
-compute channel.  An action starts once everything it consumes is on the rank:
-
-* a forward needs the previous stage's activation;
-* a backward (B or I) needs its own stage's forward and the next stage's
-  gradient;
-* a W needs its I.
+compute channel.  An action starts once everything it needs (rules.RULES: a
+forward the previous stage's activation, a backward its own forward and the
+next stage's gradient, a W its I) is on the rank.
 
 When an op finishes, its result is delivered to the rank that consumes it: at
 once on the same rank, otherwise through the directed P2P link between the two
@@ -41,14 +38,13 @@ from collections import deque
 import simpy
 
 from . import limits
-from .costs import CostModel
-from .ir import FB, Op, Schedule, ScheduleError, ops_of
-from .trace import A2A, KIND_CODES, P2P, Trace, TraceBuilder
+from .costs import CostModel, Timeline, signature
+from .ir import DeadlockError, Op, Schedule, ScheduleError, ops_of
+from .rules import KEPT, RULES, SENT, Channel, produced
+from .trace import CommRow, Trace, TraceBuilder
 from .validate import describe_wait
 
-
-class DeadlockError(ScheduleError):
-    """The simulation stopped with actions left on some ranks."""
+__all__ = ["DeadlockError", "Engine", "simulate"]
 
 
 class Engine:
@@ -57,13 +53,12 @@ class Engine:
         self.costs = costs
         self.env = simpy.Environment()
         self.placement = schedule.placement()
-        self.last_stage = schedule.stages - 1
+        self.stages = schedule.stages
         self.rec = TraceBuilder()
         self.links: dict[tuple[int, int], deque] = {}  # (src, dst) -> transfers queued on that link
-        # Data availability, keyed by (what, microbatch, stage, direction):
-        # "F" = activation out of a forward, "G" = gradient out of a B/I,
-        # "I" = an I is done (its W may run).  `local` fires on the producing
-        # rank, `remote` on the consuming rank once the transfer has landed.
+        # Data availability per rules key (data, microbatch, stage, direction):
+        # `local` fires on the producing rank (for data in rules.KEPT), `remote`
+        # on the consuming rank once the transfer has landed.
         self.local: dict[tuple, simpy.Event] = {}
         self.remote: dict[tuple, simpy.Event] = {}
         # Where each op sits, so a transfer knows which action it feeds.
@@ -75,7 +70,7 @@ class Engine:
         self.cursor = [0] * schedule.num_ranks
         self.blocking = costs.p2p_mode == "blocking"
         self.outbox: list[list[simpy.Event]] = [[] for _ in schedule.ranks]  # blocking: sends to wait for
-        self.timelines: dict[tuple, tuple] = {}  # action signature -> costs.timeline(action)
+        self.timelines: dict[tuple, tuple[int, Timeline]] = {}  # action signature -> (trace index, costs.timeline)
         vary = getattr(costs, "variability", None)  # jitter and slow ranks: variability.py
         self.scale = vary.bind(schedule, costs) if vary is not None else None
 
@@ -87,33 +82,25 @@ class Engine:
         return ev
 
     def _needs(self, op: Op) -> list[simpy.Event]:
-        m, s, d = op.microbatch, op.stage, op.direction
-        if op.kind == "F":
-            return [self._event(self.remote, ("F", m, s - 1, d))] if s > 0 else []
-        if op.kind == "W":
-            return [self._event(self.local, ("I", m, s, d))]
-        needs = [self._event(self.local, ("F", m, s, d))]
-        if s < self.last_stage:
-            needs.append(self._event(self.remote, ("G", m, s + 1, d)))
-        return needs
+        kind, m, s, d = op
+        out = []
+        for data, offset in RULES[kind].needs:
+            if 0 <= s + offset < self.stages:
+                out.append(self._event(self.local if offset == 0 else self.remote, (data, m, s + offset, d)))
+        return out
 
     def _finish(self, op: Op, rank: int) -> None:
-        """Publish an op's results: locally, and towards the rank that consumes them."""
-        m, s, d = op.microbatch, op.stage, op.direction
-        if op.kind == "W":
-            return
-        if op.kind == "F":
-            self._event(self.local, ("F", m, s, d)).succeed()
-            if s < self.last_stage:
-                self._deliver(("F", m, s, d), rank, Op("F", m, s + 1, d))
-            return
-        if op.kind == "I":
-            self._event(self.local, ("I", m, s, d)).succeed()
-        if s > 0:
-            consumer = Op("B", m, s - 1, d)
-            if consumer not in self.position:
-                consumer = Op("I", m, s - 1, d)
-            self._deliver(("G", m, s, d), rank, consumer)
+        """Publish an op's results: locally, then towards the ranks that consume them."""
+        kind, m, s, d = op
+        made = RULES[kind].produces
+        for data in made:
+            if data in KEPT:
+                self._event(self.local, (data, m, s, d)).succeed()
+        for data in made:
+            kinds, step = SENT[data]
+            if kinds and 0 <= s + step < self.stages:
+                consumer = next((c for c in (Op(k, m, s + step, d) for k in kinds) if c in self.position), None)
+                self._deliver((data, m, s, d), rank, consumer or Op(kinds[-1], m, s + step, d))
 
     def _deliver(self, key: tuple, src: int, consumer: Op) -> None:
         dst = self.placement.get((key[3], consumer.stage), src)
@@ -140,27 +127,24 @@ class Engine:
 
     def _landed(self, queue: deque, start: float) -> None:
         key, src, dst, consumer, arrived = queue.popleft()
-        _, m, s, d = key
-        kind = 0 if key[0] == "F" else 1
+        data, m, s, d = key
         action = self.position.get(consumer, (dst, -1))[1]
-        self.rec.comm.append((P2P, src, dst, kind, m, s, d, start, self.env.now, action, -1))
+        self.rec.comm.append(CommRow(Channel.P2P, src, dst, data, m, s, d, start, self.env.now, action, -1))
         arrived.succeed()
         if queue:
             self._send(queue)
 
     # -- ranks ------------------------------------------------------------------
-    def _timeline(self, action) -> tuple:
-        if isinstance(action, FB):
-            key = (action.forward.stage, action.backward.kind, action.backward.stage)
-        else:
-            key = (action.kind, action.stage)
-        tl = self.timelines.get(key)
-        if tl is None:
-            tl = self.timelines[key] = self.costs.timeline(action)
-        return tl
+    def _timeline(self, action) -> tuple[int, Timeline]:
+        key = signature(action)
+        found = self.timelines.get(key)
+        if found is None:
+            timeline = self.costs.timeline(action)
+            found = self.timelines[key] = (self.rec.timeline(timeline), timeline)
+        return found
 
     def _rank(self, rank: int):
-        env, costs, rec = self.env, self.costs, self.rec
+        env, rec = self.env, self.rec
         outbox = self.outbox[rank]
         for idx, action in enumerate(self.schedule.ranks[rank]):
             self.cursor[rank] = idx
@@ -173,27 +157,11 @@ class Engine:
                 if not ev.processed:
                     yield ev
             start = env.now
+            index, timeline = self._timeline(action)
+            factor = 1.0 if self.scale is None else self.scale.factor(rank, idx)
+            yield env.timeout(timeline.length * factor)  # the action's inside: costs.timeline, stretched
+            rec.action(rank, idx, start, index, factor, members)
             for op in members:
-                if op.kind == "F":
-                    rec.memory.append((start, rank, 1, costs.activation_bytes[op.stage]))
-            total, rows = self._timeline(action)
-            if self.scale is not None:  # this action's factor stretches its whole timeline
-                total, rows = self.scale(rank, idx, total, rows)
-            yield env.timeout(total)
-            pair = isinstance(action, FB)
-            for member, part, on_a2a, t0, t1 in rows:
-                op = members[member]
-                if on_a2a:
-                    rec.comm.append(
-                        (A2A, rank, rank, KIND_CODES[op.kind], op.microbatch, op.stage, op.direction,
-                         start + t0, start + t1, idx, part)
-                    )  # fmt: skip
-                else:
-                    rec.compute.append(_row(rank, op, start + t0, start + t1, idx, pair, part))
-            end = env.now
-            for op in members:
-                if op.kind in ("B", "I"):
-                    rec.memory.append((end, rank, -1, -costs.activation_bytes[op.stage]))
                 self._finish(op, rank)
         self.cursor[rank] = len(self.schedule.ranks[rank])
         if outbox:  # blocking: the last call's sends are flushed and waited for
@@ -229,9 +197,7 @@ class Engine:
             return  # the usual case: no need to work out what was done
         stuck = []
         done = {op for op, (rank, idx) in self.position.items() if idx < self.cursor[rank]}
-        from .validate import produced
-
-        done_keys = {k for op in done for k in produced(op)}
+        done_keys = {k for op in done for k in produced(*op)}
         for rank, actions in enumerate(self.schedule.ranks):
             idx = self.cursor[rank]
             if idx < len(actions):
@@ -242,10 +208,6 @@ class Engine:
                 )
         if stuck:
             raise DeadlockError("simulation cannot finish: " + "; ".join(stuck))
-
-
-def _row(rank: int, op: Op, start: float, end: float, idx: int, overlapped: bool, part: int = -1) -> tuple:
-    return (rank, KIND_CODES[op.kind], op.microbatch, op.stage, op.direction, start, end, idx, overlapped, part)
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:

@@ -1,132 +1,143 @@
-"""Fast path: the SimPy engine's trace in one linear pass, for simple costs.
+"""Fast path: the SimPy engine's trace in one linear pass, without an event queue.
 
-With the simple cost model every action has a fixed length, so a simulation is
-a max-plus recurrence over the op dependency graph and needs no event queue:
+An action's inside depends only on the cost model (engine.py): its inputs are
+all on the rank before it starts and its outputs leave when it ends, so its
+length and intervals are ``CostModel.timeline(action)`` (stretched by
+variability's factor), asked once per kind of action, exactly as the SimPy
+engine asks.  Between actions a simulation with async P2P is a max-plus
+recurrence over the op dependency graph (rules.RULES):
 
 * an action starts at the latest of: the end of the rank's previous action and
-  the time each input is available on the rank (the engine's ``_needs``);
+  the time each key it needs is on the rank;
 * a result crossing ranks goes through its directed link, which carries one
   transfer at a time in request order.  Only the sending rank puts transfers
-  on a link, and it finishes its ops in its own order (an FB pair publishes its
-  forward, then its backward, at the same instant, as the engine does), so a
-  transfer starts at max(its op's end, the link's previous transfer end).
+  on a link, and it finishes its actions in order (an FB pair publishes its
+  forward's results, then its backward's, at the same instant, as the engine
+  does), so a transfer starts at max(its op's end, the link's previous
+  transfer end).
 
 Ranks are walked with per-rank cursors in a topological order (a rank runs
-until an input is missing and is woken by the op that produces it), each op
-is visited once: linear in the number of ops.  The floats are computed with
-the same operations as the SimPy engine (``start + duration``, ``start +
-p2p``), so the trace is identical row for row; tests/test_fastpath.py checks
-that over random schedules, shapes and costs.
+until a key is missing and is woken by the op that produces it); each op is
+visited once: linear in the number of ops.  The floats are computed with the
+same operations as the SimPy engine (``start + length``, ``start + p2p``), so
+the trace is identical row for row; tests/test_fastpath.py checks that over
+random schedules, shapes, simple and component costs, and variability.
 
-When it applies (:func:`applies`): the simple cost model (no component
-``chunk``) and ``comm.p2p_mode = "async"``.  simulation.run uses it then and the
-SimPy engine otherwise.  A schedule that cannot finish is handed to the SimPy
-engine, which reports where it is stuck (DeadlockError), so errors are the same.
+The pass also proves the schedule complete (each micro-batch runs one of
+rules.WORK on every stage, each op once) and able to finish, so nothing else
+need replay it first.  When it finds a problem it hands the schedule to
+validate.py, which raises the same one-line error as everywhere else.
+
+When it applies (:func:`applies`): ``comm.p2p_mode = "async"`` (blocking sends
+make a rank wait on its own transfers: the SimPy engine).
 """
 
 from __future__ import annotations
 
-from .costs import CostModel
-from .ir import FB, Op, Schedule, ScheduleError
-from .trace import KIND_CODES, P2P, Trace, TraceBuilder
+from .costs import CostModel, signature
+from .ir import FB, DeadlockError, Schedule, ScheduleError
+from .rules import KEPT, KINDS, RULES, SENT, WORK, Channel, Data, pair_problem
+from .trace import CommRow, Trace, TraceBuilder
+from .validate import check_complete, validate
 
-
-ACT, GRAD, FWD, IDONE = 0, 1, 2, 3  # ACT and GRAD double as the trace's comm kind (0 / 1)
-
-
-def _engine(schedule: Schedule, costs: CostModel) -> Trace:
-    from .engine import Engine  # imported late: the engine is only needed off the fast path
-
-    return Engine(schedule, costs).run()
+ND = len(Data)  # a key (data, m, s, d) is the integer ND * b + data, with b = (2 m + d) S + s
 
 
 def applies(costs: CostModel) -> bool:
     """True when the fast path gives the SimPy engine's trace for ``costs``."""
-    if getattr(costs, "variability", None) is not None:  # per-action lengths (variability.py): the engine
-        return False
-    return costs.chunk is None and costs.p2p_mode == "async"
+    return costs.p2p_mode == "async"
+
+
+def _refuse(schedule: Schedule) -> None:
+    """The pass found the schedule malformed or stuck: raise validate()'s words."""
+    validate(schedule)  # raises for every schedule the pass refuses
+    raise DeadlockError("simulation cannot finish")  # not reached unless the pass and validate() disagree
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:
-    """Same contract and same trace as engine.simulate, for costs where applies() holds."""
+    """Same contract and same trace as engine.simulate (after validate), for costs where applies() holds."""
     if not applies(costs):
-        raise ValueError("fastpath.simulate needs the simple cost model with async P2P")
+        raise ValueError("fastpath.simulate needs comm.p2p_mode = async")
     if len(costs.forward) < schedule.stages:
         raise ScheduleError(
             f"cost model has {len(costs.forward)} per-stage values but the schedule has {schedule.stages} stages"
         )
     S, n = schedule.stages, schedule.num_ranks
-    last, M = S - 1, schedule.microbatches
-    # Ops are numbered b = (2 m + d) S + s; the tables below are flat lists on b.
-    f_at, b_at, i_at = [-1] * (2 * M * S), [-1] * (2 * M * S), [-1] * (2 * M * S)  # action index of F / B / I
+    M = schedule.microbatches
+    if S < 1 or M < 1 or 2 * sum(len(actions) for actions in schedule.ranks) < M:
+        check_complete(schedule)  # raises (and before anything is sized by M)
+    size = 2 * M * S  # ops b = (2 m + d) S + s
+    at = {k: [-1] * size for k in KINDS}  # action index of each op, per kind (-1: not in the schedule)
     rank_of = [-1] * (2 * S)  # [d S + s]: the rank holding stage s of direction d (Schedule.placement)
+    direction_of = [-1] * M
     held: list[set[int]] = [set() for _ in range(n)]
+    ops = 0
     for rank, actions in enumerate(schedule.ranks):
         for idx, action in enumerate(actions):
-            for kind, m, s, d in action if isinstance(action, FB) else (action,):
-                if not (0 <= m < M and 0 <= s < S and d in (0, 1)) or rank_of[d * S + s] not in (-1, rank):
-                    return _engine(schedule, costs)  # malformed: the engine raises its own error
-                rank_of[d * S + s] = rank
+            pair = isinstance(action, FB)
+            if pair and pair_problem(*action):
+                _refuse(schedule)
+            for kind, m, s, d in action if pair else (action,):
+                ops += 1
+                table = at.get(kind)
+                if table is None or not (0 <= m < M and 0 <= s < S and d in (0, 1)):
+                    _refuse(schedule)
+                b = (2 * m + d) * S + s
+                if rank_of[d * S + s] not in (-1, rank) or direction_of[m] not in (-1, d) or table[b] >= 0:
+                    _refuse(schedule)
+                rank_of[d * S + s], direction_of[m], table[b] = rank, d, idx
                 held[rank].add(s)
-                table = f_at if kind == "F" else b_at if kind == "B" else i_at if kind == "I" else None
-                if table is not None:
-                    table[(2 * m + d) * S + s] = idx
-    p2p = costs.p2p
-    forward, backward, weight, act_bytes = costs.forward, costs.backward, costs.weight, costs.activation_bytes
-    rec = TraceBuilder()
-    compute, comm, memory = rec.compute, rec.comm, rec.memory
+    if -1 in direction_of or ops != _ops_needed(at, direction_of, S):
+        _refuse(schedule)
 
-    # When each result is available on the rank that consumes it, at key 4 b + tag
-    # (the engine's events): ACT / GRAD = activation / gradient out of op b has
-    # arrived; FWD = forward b done (its B/I may run); IDONE = I b done.
-    avail: list[float | None] = [None] * (8 * M * S)
-    waiting: dict[int, list[int]] = {}  # key -> ranks blocked on it
+    p2p = costs.p2p
+    scale = costs.variability.bind(schedule, costs) if getattr(costs, "variability", None) is not None else None
+    rec = TraceBuilder()
+    comm = rec.comm
+    # Per kind, read once from rules.RULES: (stage offset, key offset, local?) of each need;
+    # (data, kept locally?, consumer kinds, stage step) of each result.
+    wants = {k: tuple((nd.offset, ND * nd.offset + nd.data, nd.offset == 0) for nd in r.needs) for k, r in RULES.items()}
+    makes = {k: tuple((data, data in KEPT, *SENT[data]) for data in r.produces) for k, r in RULES.items()}
+
+    # When each key is available: `local` on the producing rank, `remote` on the consuming rank.
+    local: list[float | None] = [None] * (ND * size)
+    remote: list[float | None] = [None] * (ND * size)
+    waiting: dict[tuple[int, bool], list[int]] = {}  # (key, local?) -> ranks blocked on it
     link_free: dict[tuple[int, int], float] = {}
     ready = list(range(n))
 
-    def publish(key: int, t: float) -> None:
-        avail[key] = t
+    def publish(table: list, key: int, is_local: bool, t: float) -> None:
+        table[key] = t
         if waiting:
-            woken = waiting.pop(key, None)
+            woken = waiting.pop((key, is_local), None)
             if woken:
                 ready.extend(woken)
 
-    def send(tag: int, b: int, m: int, s: int, d: int, src: int, dst: int, action: int, t: float) -> None:
-        if dst == src or dst < 0 or p2p <= 0:
-            publish(4 * b + tag, t)
-            return
-        start = link_free.get((src, dst), t)  # one transfer at a time, in the sender's order
-        if start < t:
-            start = t
-        end = start + p2p
-        link_free[(src, dst)] = end
-        comm.append((P2P, src, dst, tag, m, s, d, start, end, action, -1))
-        publish(4 * b + tag, end)
-
-    def finish(op: Op, rank: int, t: float) -> None:
+    def finish(op, rank: int, t: float) -> None:
         kind, m, s, d = op
         b = (2 * m + d) * S + s
-        if kind == "F":
-            publish(4 * b + FWD, t)
-            if s < last:
-                send(ACT, b, m, s, d, rank, rank_of[d * S + s + 1], f_at[b + 1], t)
-        elif kind != "W":
-            if kind == "I":
-                publish(4 * b + IDONE, t)
-            if s > 0:  # the engine's consumer: the B at s-1, else its I
-                action = b_at[b - 1] if b_at[b - 1] >= 0 else i_at[b - 1]
-                send(GRAD, b, m, s, d, rank, rank_of[d * S + s - 1], action, t)
+        results = makes[kind]
+        for data, kept, _, _ in results:
+            if kept:
+                publish(local, ND * b + data, True, t)
+        for data, _, kinds, step in results:
+            if not kinds or not 0 <= s + step < S:
+                continue
+            key = ND * b + data
+            dst = rank_of[d * S + s + step]
+            if dst == rank or dst < 0 or p2p <= 0:
+                publish(remote, key, False, t)
+                continue
+            start = link_free.get((rank, dst), t)  # one transfer at a time, in the sender's order
+            if start < t:
+                start = t
+            end = start + p2p
+            link_free[(rank, dst)] = end
+            consumer = next((at[k][b + step] for k in kinds if at[k][b + step] >= 0), -1)  # the B, else the I
+            comm.append(CommRow(Channel.P2P, rank, dst, data, m, s, d, start, end, consumer, -1))
+            publish(remote, key, False, end)
 
-    def needs(op: Op) -> tuple[int, ...]:
-        kind, m, s, d = op
-        b = (2 * m + d) * S + s
-        if kind == "F":
-            return (4 * (b - 1) + ACT,) if s > 0 else ()
-        if kind == "W":
-            return (4 * b + IDONE,)
-        return (4 * b + FWD, 4 * (b + 1) + GRAD) if s < last else (4 * b + FWD,)
-
-    pair_timing: dict[tuple, tuple[float, float]] = {}  # (F stage, B kind, B stage) -> (length, split)
+    timelines: dict[tuple, tuple[int, float]] = {}  # signature -> (trace index, length) of costs.timeline, as in the engine
     cursor, clock = [0] * n, [0.0] * n
     while ready:
         rank = ready.pop()
@@ -134,52 +145,59 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
         while idx < len(actions):
             action = actions[idx]
             pair = isinstance(action, FB)
+            members = action if pair else (action,)
             start = t
-            for key in needs(action.forward) + needs(action.backward) if pair else needs(action):
-                at = avail[key]
-                if at is None:
-                    waiting.setdefault(key, []).append(rank)
+            blocked = False
+            for kind, m, s, d in members:
+                b = (2 * m + d) * S + s
+                for offset, koff, is_local in wants[kind]:
+                    if not 0 <= s + offset < S:
+                        continue
+                    avail = (local if is_local else remote)[ND * b + koff]
+                    if avail is None:
+                        waiting.setdefault((ND * b + koff, is_local), []).append(rank)
+                        blocked = True
+                        break
+                    if avail > start:
+                        start = avail
+                if blocked:
                     break
-                if at > start:
-                    start = at
-            else:
-                if pair:
-                    fwd, bwd = action
-                    memory.append((start, rank, 1, act_bytes[fwd.stage]))
-                    shape = (fwd.stage, bwd.kind, bwd.stage)
-                    timing = pair_timing.get(shape)
-                    if timing is None:  # the engine's timeline: forward half (0, split), backward (split, total)
-                        total, rows = costs.timeline(action)
-                        timing = pair_timing[shape] = (total, rows[0][4])
-                    split, t = start + timing[1], start + timing[0]
-                    compute.append((rank, 0, fwd.microbatch, fwd.stage, fwd.direction, start, split, idx, True, -1))
-                    compute.append(
-                        (rank, KIND_CODES[bwd.kind], bwd.microbatch, bwd.stage, bwd.direction, split, t, idx, True, -1)
-                    )
-                    memory.append((t, rank, -1, -act_bytes[bwd.stage]))
-                    finish(fwd, rank, t)
-                    finish(bwd, rank, t)
-                else:
-                    kind, m, s, d = action
-                    if kind == "F":
-                        memory.append((start, rank, 1, act_bytes[s]))
-                        t = start + forward[s]
-                    elif kind == "B":
-                        t = start + backward[s]
-                    elif kind == "I":
-                        t = start + (backward[s] - weight[s])
-                    else:
-                        t = start + weight[s]
-                    compute.append((rank, KIND_CODES[kind], m, s, d, start, t, idx, False, -1))
-                    if kind == "B" or kind == "I":
-                        memory.append((t, rank, -1, -act_bytes[s]))
-                    finish(action, rank, t)
-                idx += 1
-                continue
-            break  # blocked: woken by publish()
+            if blocked:
+                break  # woken by publish()
+            sig = signature(action)
+            found = timelines.get(sig)
+            if found is None:
+                timeline = costs.timeline(action)
+                found = timelines[sig] = (rec.timeline(timeline), timeline.length)
+            factor = 1.0 if scale is None else scale.factor(rank, idx)
+            t = start + found[1] * factor
+            rec.action(rank, idx, start, found[0], factor, members)
+            for op in members:
+                finish(op, rank, t)
+            idx += 1
         cursor[rank], clock[rank] = idx, t
     if any(cursor[r] < len(schedule.ranks[r]) for r in range(n)):
-        return _engine(schedule, costs)  # stuck: the engine names the stuck actions (DeadlockError)
+        _refuse(schedule)  # stuck: validate() names the stuck actions
 
     # The pass already saw every op's stage: no second scan of the schedule.
     return Trace.of_run(schedule, costs, rec, stages_on_rank=[sorted(h) for h in held])
+
+
+def _ops_needed(at: dict, direction_of: list[int], S: int) -> int:
+    """How many ops a complete schedule with these ops holds; -1 if some (micro-batch, stage)
+    runs a set of kinds that is not one of rules.WORK (a missing or conflicting op)."""
+    allowed = {sum(1 << KINDS.index(k) for k in w): len(w) for w in WORK}
+    tables = [at[k] for k in KINDS]
+    total = 0
+    for m, d in enumerate(direction_of):
+        base = (2 * m + d) * S
+        for b in range(base, base + S):
+            mask = 0
+            for bit, table in enumerate(tables):
+                if table[b] >= 0:
+                    mask |= 1 << bit
+            got = allowed.get(mask)
+            if got is None:
+                return -1
+            total += got
+    return total

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
-KINDS = ("F", "B", "I", "W")
+from .rules import KINDS, PAIR_BACKWARDS, PAIR_KIND, Kind
 
 
 class Op(NamedTuple):
@@ -44,7 +44,7 @@ class FB(NamedTuple):
 
     forward: Op
     backward: Op
-    kind = "FB"  # class attribute, not a field: lets code switch on .kind
+    kind = PAIR_KIND  # class attribute, not a field: lets code switch on .kind
 
     def __str__(self) -> str:
         return f"({self.forward};{self.backward})OVERLAP_F_B"
@@ -79,9 +79,6 @@ class Schedule:
     @property
     def num_ranks(self) -> int:
         return len(self.ranks)
-
-    def num_actions(self) -> int:
-        return sum(len(r) for r in self.ranks)
 
     def num_ops(self) -> int:
         """Plain ops (an FB pair counts two)."""
@@ -145,9 +142,13 @@ class ScheduleError(ValueError):
     """A schedule is malformed, incomplete or cannot run to the end."""
 
 
+class DeadlockError(ScheduleError):
+    """The simulation stopped with actions left on some ranks."""
+
+
 def action_to_json(action: Action) -> dict:
     if isinstance(action, FB):
-        return {"kind": "FB", "forward": op_to_json(action.forward), "backward": op_to_json(action.backward)}
+        return {"kind": PAIR_KIND, "forward": op_to_json(action.forward), "backward": op_to_json(action.backward)}
     return op_to_json(action)
 
 
@@ -158,9 +159,9 @@ def op_to_json(op: Op) -> dict:
 def action_from_json(obj: dict) -> Action:
     if not isinstance(obj, dict):
         raise ScheduleError(f"schedule JSON: an action must be an object, got {obj!r}")
-    if obj.get("kind") == "FB":
+    if obj.get("kind") == PAIR_KIND:
         fwd, bwd = op_from_json(obj.get("forward")), op_from_json(obj.get("backward"))
-        if fwd.kind != "F" or bwd.kind not in ("B", "I"):
+        if fwd.kind != Kind.F or bwd.kind not in PAIR_BACKWARDS:
             raise ScheduleError(f"schedule JSON: FB needs a forward F and a backward B or I, got {obj!r}")
         return FB(fwd, bwd)
     return op_from_json(obj)
@@ -171,7 +172,9 @@ def op_from_json(obj) -> Op:
         raise ScheduleError(f"schedule JSON: an op must be an object, got {obj!r}")
     kind = obj.get("kind")
     if kind not in KINDS:
-        raise ScheduleError(f"schedule JSON: op kind must be one of {', '.join(KINDS)} or FB, got {kind!r}")
+        raise ScheduleError(
+            f"schedule JSON: op kind must be one of {', '.join(k.value for k in KINDS)} or {PAIR_KIND}, got {kind!r}"
+        )
     fields = {}
     for key in ("microbatch", "stage", "direction"):
         value = obj.get(key, 0 if key == "direction" else None)

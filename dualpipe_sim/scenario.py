@@ -13,10 +13,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import limits, variability
-from .costs import COMPONENTS, CostModel
+from .costs import Component, CostModel
 from .costs import Chunk as ChunkCosts
 
 
@@ -77,26 +77,23 @@ class Comm(_Section):
     p2p_mode: Literal["async", "blocking"] = "async"
 
 
-class Chunk(_Section):
-    """Component model: one stage = ``layers`` MoE layers; times per layer (see costs.COMPONENTS)."""
-
+class _ChunkShape(_Section):
     layers: Annotated[int, Field(ge=1, le=1000)]
-    attn_forward: PositiveTime
-    mlp_forward: PositiveTime
-    dispatch_forward: NonNegTime
-    combine_forward: NonNegTime
-    attn_backward_input: PositiveTime
-    attn_backward_weight: NonNegTime
-    mlp_backward_input: PositiveTime
-    mlp_backward_weight: NonNegTime
-    dispatch_backward: NonNegTime
-    combine_backward: NonNegTime
     comm_compute_slowdown: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
 
     @field_validator("layers", mode="before")
     @classmethod
     def _whole(cls, v):
         return Pipeline._whole(v)
+
+
+# Component model: one stage = ``layers`` MoE layers; one key per costs.Component, its
+# time per layer (all-to-all and weight-gradient parts may be 0, the others must be > 0).
+Chunk = create_model(
+    "Chunk",
+    __base__=_ChunkShape,
+    **{c.name: (NonNegTime if c.may_be_zero else PositiveTime, ...) for c in Component},
+)
 
 
 class Memory(_Section):
@@ -179,7 +176,7 @@ class Scenario(_Section):
                     f"costs.{name}: must be left out when [chunk] is given (it is derived from the components)"
                 )
         ch = self.chunk
-        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, n) for n in COMPONENTS), ch.comm_compute_slowdown)
+        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, c.name) for c in Component), ch.comm_compute_slowdown)
         return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields())
 
 

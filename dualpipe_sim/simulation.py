@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from . import fastpath, limits, registry
 from .costs import CostModel
-from .engine import DeadlockError, simulate
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics, compute_metrics
 from .scenario import Scenario, ScenarioError
 from .trace import Trace
-from .validate import check_complete, validate
+from .validate import validate
 
 
 @dataclass
@@ -80,20 +79,23 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
-    if fastpath.applies(costs):
-        # Simple costs: the linear fast path gives the SimPy engine's trace, faster
-        # (fastpath.py).  Its pass is validate()'s replay with times, so only the
-        # completeness check runs first; a deadlock is then reported as validate() words it.
-        check_complete(schedule)
-        try:
-            trace = fastpath.simulate(schedule, costs)
-        except DeadlockError:
-            validate(schedule)
-            raise
-    else:
-        validate(schedule)
-        trace = simulate(schedule, costs)
+    trace = simulate(schedule, costs)
     return Result(scenario, schedule, costs, trace, compute_metrics(trace, analytic))
 
 
-__all__ = ["Result", "run", "build_schedule", "ScenarioError", "ScheduleError"]
+def simulate(schedule: Schedule, costs: CostModel) -> Trace:
+    """Prove ``schedule`` can run, then replay it on ``costs``: the one place an engine is chosen.
+
+    The linear fast path (fastpath.py) gives the SimPy engine's trace bit for bit
+    whenever it applies (async P2P) and proves completeness and progress in the
+    same pass, raising validate()'s words.  Otherwise validate() runs first and
+    the SimPy engine (engine.py, imported only then) replays the schedule."""
+    if fastpath.applies(costs):
+        return fastpath.simulate(schedule, costs)
+    validate(schedule)
+    from .engine import simulate as simpy_simulate
+
+    return simpy_simulate(schedule, costs)
+
+
+__all__ = ["Result", "run", "simulate", "build_schedule", "ScenarioError", "ScheduleError"]

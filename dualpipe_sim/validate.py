@@ -1,16 +1,11 @@
-"""Dependency rules and the proof that a schedule can run to the end.
+"""Proof that a schedule can run to the end: completeness and a zero-time replay.
 
-The rules (one micro-batch, one direction, S stages):
-
-* ``F`` at stage s needs ``F`` at stage s-1 (the activation);
-* ``B``/``I`` at stage s needs ``F`` at stage s (its saved activations) and the
-  ``B``/``I`` at stage s+1 (the gradient), except at the last stage;
-* ``W`` at stage s needs the ``I`` at stage s.
-
-:func:`validate` checks completeness (every op exactly once) and replays the
-per-rank orders with zero durations: a rank runs its next action as soon as
-every op it needs has run somewhere.  If ranks stop with actions left, the
-schedule deadlocks and the error names each stuck action and what it waits for.
+The dependency rules themselves live in rules.py.  :func:`validate` checks
+completeness (every micro-batch runs one of ``rules.WORK`` on every stage, each
+op once) and replays the per-rank orders with zero durations: a rank runs its
+next action as soon as every key it needs has been produced somewhere.  If ranks
+stop with actions left, the schedule deadlocks and the error names each stuck
+action and what it waits for.
 """
 
 from __future__ import annotations
@@ -18,31 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .ir import FB, Action, Op, Schedule, ScheduleError, ops_of
-
-
-def dependencies(op: Op, stages: int) -> list[Op]:
-    """The ops whose results ``op`` consumes (B and I are interchangeable as producers; see _producer)."""
-    m, s, d = op.microbatch, op.stage, op.direction
-    if op.kind == "F":
-        return [Op("F", m, s - 1, d)] if s > 0 else []
-    if op.kind in ("B", "I"):
-        deps = [Op("F", m, s, d)]
-        if s < stages - 1:
-            deps.append(Op("G", m, s + 1, d))  # "G": the gradient from B or I of stage s+1
-        return deps
-    if op.kind == "W":
-        return [Op("I", m, s, d)]
-    raise ScheduleError(f"unknown op kind {op.kind!r}")
-
-
-def produced(op: Op) -> list[Op]:
-    """The dependency keys that finishing ``op`` satisfies."""
-    if op.kind in ("B", "I"):
-        keys = [Op("G", op.microbatch, op.stage, op.direction)]
-        if op.kind == "I":
-            keys.append(op)
-        return keys
-    return [op]
+from .rules import KINDS, RULES, WORK, key_words, needs, pair_problem
 
 
 def check_complete(schedule: Schedule) -> None:
@@ -63,12 +34,9 @@ def check_complete(schedule: Schedule) -> None:
     for rank, actions in enumerate(schedule.ranks):
         for action in actions:
             if isinstance(action, FB):
-                if action.forward.kind != "F" or action.backward.kind not in ("B", "I"):
-                    raise ScheduleError(f"rank {rank}: {action} must pair an F with a B or I")
-                if action.forward.microbatch == action.backward.microbatch:
-                    # Its backward would need its own forward finished first: it can never start.
-                    raise ScheduleError(f"rank {rank}: {action} overlaps a micro-batch with itself; "
-                                        f"an FB pair needs two different micro-batches")
+                problem = pair_problem(*action)
+                if problem:
+                    raise ScheduleError(f"rank {rank}: {action} {problem}")
                 members = action
             else:
                 members = (action,)
@@ -90,71 +58,43 @@ def check_complete(schedule: Schedule) -> None:
                     raise ScheduleError(f"rank {rank}: {op} appears twice (also on rank {where[op]})")
                 where[op] = rank
     schedule.placement()  # one rank per (direction, stage)
+    work = [frozenset(w) for w in WORK]
     for m in range(M):
         d = direction_of[m]
         if d is None:
             raise ScheduleError(f"micro-batch {m} has no ops at all")
         for s in range(S):
-            if ("F", m, s, d) not in where:
-                raise ScheduleError(f"missing op {Op('F', m, s, d)}: forward of micro-batch {m} at stage {s}")
-            has_b, has_i, has_w = (("B", m, s, d) in where), (("I", m, s, d) in where), (("W", m, s, d) in where)
-            if has_b and (has_i or has_w):
-                raise ScheduleError(
-                    f"micro-batch {m} stage {s} has both a full backward {Op('B', m, s, d)} and a split one"
-                )
-            if not has_b:
-                if not has_i:
-                    raise ScheduleError(
-                        f"missing op {Op('B', m, s, d)}: backward (B, or I and W) of micro-batch {m} at stage {s}"
-                    )
-                if not has_w:
-                    raise ScheduleError(f"missing op {Op('W', m, s, d)}: weight-gradient part of {Op('I', m, s, d)}")
+            present = frozenset(k for k in KINDS if (k, m, s, d) in where)
+            if present in work:
+                continue
+            fits = [w for w in WORK if present <= frozenset(w)]
+            if not fits:  # e.g. a full backward and a split one
+                ran = " and ".join(str(Op(k, m, s, d)) for k in KINDS if k in present)
+                allowed = " or ".join("+".join(k.value for k in w) for w in WORK)
+                raise ScheduleError(f"micro-batch {m} stage {s} runs {ran}: it must run {allowed}, each once")
+            kind = next(k for k in fits[0] if k not in present)
+            raise ScheduleError(
+                f"missing op {Op(kind, m, s, d)}: {RULES[kind].words} of micro-batch {m} at stage {s}"
+            )
 
 
 def describe_wait(action: Action, done: set, stages: int) -> str:
-    missing = []
-    for op in ops_of(action):
-        for dep in dependencies(op, stages):
-            if dep not in done:
-                missing.append(_dep_name(dep))
+    """What ``action`` still waits for, given the keys in ``done``, in words."""
+    missing = [key_words(key) for op in ops_of(action) for key in needs(*op, stages) if key not in done]
     return ", ".join(missing) or "nothing (blocked by its own rank)"
-
-
-def _dep_name(dep: Op) -> str:
-    if dep.kind == "G":
-        suffix = f"@{dep.direction}" if dep.direction else ""
-        return f"the gradient from {dep.stage}B{dep.microbatch}{suffix} (or its I)"
-    return str(dep)
-
-
-def _blocker(action: Action, done: set, last: int):
-    """The first result ``action`` needs that is not in ``done``, or None (it can run)."""
-    if isinstance(action, FB):
-        # Both halves' inputs must be there before the pair starts (as in the engine).
-        fwd, bwd = action
-        return _blocker(fwd, done, last) or _blocker(bwd, done, last)
-    kind, m, s, d = action  # plain ops: dependencies() inlined, this runs once per op
-    if kind == "F":
-        key = ("F", m, s - 1, d)
-        return key if s and key not in done else None
-    key = ("I", m, s, d) if kind == "W" else ("F", m, s, d)
-    if key not in done:
-        return key
-    if kind != "W" and s < last:
-        key = ("G", m, s + 1, d)
-        if key not in done:
-            return key
-    return None
 
 
 def validate(schedule: Schedule) -> None:
     """Raise ScheduleError unless the schedule is complete and runs to the end.
 
     Linear in the number of ops: each rank's cursor only moves forward, and a
-    blocked rank is woken once, by the result it waits for.
+    blocked rank is woken once, by the key it waits for.
     """
     check_complete(schedule)
-    last = schedule.stages - 1
+    stages = schedule.stages
+    # Per kind: (data, offset) of each need, and what it produces (rules.RULES, read once).
+    wants = {k: tuple((n.data, n.offset) for n in r.needs) for k, r in RULES.items()}
+    makes = {k: r.produces for k, r in RULES.items()}
     done: set = set()
     pos = [0] * schedule.num_ranks
     waiting_on: dict[tuple, list[int]] = defaultdict(list)
@@ -165,15 +105,21 @@ def validate(schedule: Schedule) -> None:
         i = pos[rank]
         while i < len(actions):
             action = actions[i]
-            blocker = _blocker(action, done, last)
+            blocker = None
+            for kind, m, s, d in action if isinstance(action, FB) else (action,):
+                for data, offset in wants[kind]:
+                    if 0 <= s + offset < stages and (data, m, s + offset, d) not in done:
+                        blocker = (data, m, s + offset, d)
+                        break
+                if blocker is not None:
+                    break
             if blocker is not None:
                 waiting_on[blocker].append(rank)
                 break
             i += 1
-            for op in ops_of(action):
-                kind, m, s, d = op
-                keys = (("G", m, s, d), op) if kind == "I" else (("G", m, s, d),) if kind == "B" else (op,)
-                for key in keys:
+            for kind, m, s, d in action if isinstance(action, FB) else (action,):
+                for data in makes[kind]:
+                    key = (data, m, s, d)
                     done.add(key)
                     woken = waiting_on.pop(key, None)
                     if woken:
@@ -181,5 +127,5 @@ def validate(schedule: Schedule) -> None:
         pos[rank] = i
     stuck = [(r, schedule.ranks[r][pos[r]]) for r in range(schedule.num_ranks) if pos[r] < len(schedule.ranks[r])]
     if stuck:
-        lines = "; ".join(f"rank {r} is stuck at {a} waiting for {describe_wait(a, done, last + 1)}" for r, a in stuck)
+        lines = "; ".join(f"rank {r} is stuck at {a} waiting for {describe_wait(a, done, stages)}" for r, a in stuck)
         raise ScheduleError(f"schedule deadlocks: {lines}")

@@ -45,11 +45,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import FB, Schedule, ops_of
+from .rules import KIND_CODES
 
 DISTRIBUTIONS = ("lognormal", "normal", "uniform")
 MAX_CV = {"lognormal": 2.0, "normal": 0.3, "uniform": 0.5}
 NORMAL_CUT = 3.0
-KIND_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
 MAX_REPEAT = 10_000
 
 
@@ -102,15 +102,13 @@ class Variability:
 
 @dataclass(frozen=True)
 class Scaler:
-    """What the engine calls: scale one action's timeline by its factor."""
+    """What the engines ask: the factor of one action."""
 
     factors: list[list[float]]  # [rank][action index]
 
-    def __call__(self, rank: int, idx: int, total: float, rows: tuple) -> tuple[float, tuple]:
-        f = self.factors[rank][idx]
-        if f == 1.0:
-            return total, rows
-        return total * f, tuple((m, part, a2a, t0 * f, t1 * f) for m, part, a2a, t0, t1 in rows)
+    def factor(self, rank: int, idx: int) -> float:
+        """How much longer action ``idx`` of ``rank`` takes: its whole timeline is stretched by this."""
+        return self.factors[rank][idx]
 
 
 def from_scenario(scenario) -> Variability | None:
@@ -153,7 +151,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def _uniforms(seed: int, ops) -> tuple[np.ndarray, np.ndarray]:
     """Two independent uniforms on (0, 1) per op, from (seed, kind, micro-batch, stage, direction)."""
     key = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
-    fields = np.array([(KIND_CODE[o.kind], o.microbatch, o.stage, o.direction) for o in ops], dtype=np.uint64)
+    fields = np.array([(KIND_CODES[o.kind], o.microbatch, o.stage, o.direction) for o in ops], dtype=np.uint64)
     h = np.full(len(ops), key, dtype=np.uint64)
     for column in fields.reshape(-1, 4).T:
         h = _mix(h ^ column)

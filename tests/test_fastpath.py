@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualpipe_sim import fastpath, metrics, registry, scenario, simulation
-from dualpipe_sim.costs import COMPONENTS, CostModel
+from dualpipe_sim import engine, fastpath, metrics, registry, scenario, simulation, variability
+from dualpipe_sim.costs import COMPONENTS, Chunk, Component, CostModel
 from dualpipe_sim.engine import DeadlockError
 from dualpipe_sim.engine import simulate as engine_simulate
 from dualpipe_sim.ir import FB, Op, Schedule, ScheduleError
@@ -81,6 +81,15 @@ def random_schedule(rnd, ranks, stages, microbatches, split_p, pair_p) -> Schedu
 
 def random_costs(draw, stages) -> CostModel:
     per = lambda values: tuple(draw(st.sampled_from(values)) for _ in range(stages))  # noqa: E731
+    vary = draw(st.none() | st.builds(
+        variability.Variability, seed=st.integers(0, 9), distribution=st.sampled_from(variability.DISTRIBUTIONS),
+        cv=st.sampled_from((0.0, 0.1, 0.3)), slowdown=st.sampled_from(((), ((0, 1.5),))),
+    ), label="variability")  # fmt: skip
+    if draw(st.booleans(), label="components"):
+        times = tuple(draw(st.sampled_from((0.0, 0.5, 1.0, 2.0)) if c.may_be_zero else st.sampled_from((0.5, 1.0, 2.0)))
+                      for c in Component)  # fmt: skip
+        chunk = Chunk(draw(st.integers(1, 3)), times, draw(st.sampled_from((1.0, 1.5))))
+        return CostModel.from_chunk(stages, chunk, p2p=draw(st.sampled_from((0.0, 0.5, 3.0))), variability=vary)
     backward = per((1.0, 2.0, 3.0))
     fractions = [draw(st.sampled_from((0.0, 0.5, 1.0))) for _ in range(stages)]  # W = 0 and W = B (I = 0) included
     return CostModel(
@@ -91,6 +100,7 @@ def random_costs(draw, stages) -> CostModel:
         p2p=draw(st.sampled_from((0.0, 0.25, 0.5, 1.0, 3.0))),
         activation_bytes=per((0.0, 1.0, 2.5)),
         parameter_bytes=per((1.0, 3.0)),
+        variability=vary,
     )
 
 
@@ -151,7 +161,7 @@ def test_run_uses_the_fast_path_for_simple_costs(monkeypatch):
     def no_engine(*args):
         raise AssertionError("the SimPy engine ran")
 
-    monkeypatch.setattr(simulation, "simulate", no_engine)
+    monkeypatch.setattr(engine, "simulate", no_engine)
     result = simulation.run(scenario.from_dict(data))
     assert_same_trace(result.trace, expected)
 
@@ -161,55 +171,47 @@ STUCK = Schedule(
     ((Op("F", 0, 0), Op("B", 1, 0), Op("F", 1, 0), Op("B", 0, 0)),
      (Op("F", 0, 1), Op("B", 0, 1), Op("F", 1, 1), Op("B", 1, 1))),
 )  # fmt: skip
-# validate() lets a pair's backward use its own forward; the engine cannot start it.
+# An FB pair of one micro-batch: its backward would wait for its own forward.
 SELF_PAIR = Schedule("custom", 1, 1, ((FB(Op("F", 0, 0), Op("B", 0, 0)),),))
 
 
 @pytest.mark.parametrize("schedule", [STUCK, SELF_PAIR])
-def test_deadlock_is_reported_by_the_engine(schedule):
+def test_fast_path_refuses_in_validates_words(schedule):
     costs = CostModel.uniform(schedule.stages, p2p=0.1)
-    with pytest.raises(DeadlockError) as fast:
+    with pytest.raises(ScheduleError) as fast:
         fastpath.simulate(schedule, costs)
-    with pytest.raises(DeadlockError) as slow:
+    with pytest.raises(ScheduleError) as check:
+        validate(schedule)
+    assert str(fast.value) == str(check.value)
+    with pytest.raises(DeadlockError):  # the SimPy engine, without validate() first, finds it on its own
         engine_simulate(schedule, costs)
-    assert str(fast.value) == str(slow.value)
 
 
 @pytest.mark.parametrize("schedule", [STUCK, SELF_PAIR])
-@pytest.mark.parametrize("chunk", [False, True])
-def test_run_reports_deadlocks_alike_on_both_paths(schedule, chunk):
-    # run() skips validate()'s replay on the fast path; the error must not change.
+@pytest.mark.parametrize("mode", ["async", "blocking"])
+def test_run_reports_deadlocks_alike_on_both_paths(schedule, mode):
+    # run() replays with validate() before the SimPy engine, and inside the fast path's pass.
     data = {
         "pipeline": {"schedule": "1f1b", "stages": schedule.stages, "microbatches": 2},
-        "costs": {"forward": 1.0, "backward": 2.0},
-        "comm": {"p2p": 0.5},
+        "chunk": {"layers": 1, **{name: 1.0 for name in COMPONENTS}},
+        "comm": {"p2p": 0.5, "p2p_mode": mode},
     }
-    if chunk:  # the component model: SimPy engine
-        data["chunk"] = {"layers": 1, **{name: 1.0 for name in COMPONENTS}}
-        del data["costs"]
     scn = scenario.from_dict(data)
-    assert fastpath.applies(scn.cost_model()) is not chunk
-    try:
+    assert fastpath.applies(scn.cost_model()) is (mode == "async")
+    with pytest.raises(ScheduleError) as expected:
         validate(schedule)
-        expected = DeadlockError
-    except ScheduleError as exc:
-        expected = exc
     with pytest.raises(ScheduleError) as got:
         simulation.run(scn, schedule)
-    if expected is DeadlockError:
-        assert type(got.value) is DeadlockError
-    else:
-        assert str(got.value) == str(expected)
+    assert str(got.value) == str(expected.value)
 
 
-def test_component_costs_and_blocking_p2p_do_not_apply():
+def test_only_blocking_p2p_needs_the_simpy_engine():
     assert fastpath.applies(CostModel.uniform(4))
-    for changed in ({"chunk": object()}, {"p2p_mode": "blocking"}):
-        costs = CostModel.uniform(4)
-        object.__setattr__(costs, *next(iter(changed.items())))
-        assert not fastpath.applies(costs)
-        with pytest.raises(ValueError):
-            fastpath.simulate(registry.build("1f1b", 4, 4), costs)
+    assert fastpath.applies(CostModel.from_chunk(4, Chunk(2, tuple(1.0 for _ in COMPONENTS))))
+    costs = CostModel.uniform(4, p2p_mode="blocking")
+    assert not fastpath.applies(costs)
+    with pytest.raises(ValueError):
+        fastpath.simulate(registry.build("1f1b", 4, 4), costs)
 
 
 def reference_p2p_exposed(trace) -> float:

@@ -48,7 +48,8 @@ from dualpipe_sim.costs import COMPONENTS, CostModel
 from dualpipe_sim.engine import DeadlockError, Engine
 from dualpipe_sim.ir import FB, ScheduleError, ops_of
 from dualpipe_sim.outputs import metrics_json
-from dualpipe_sim.trace import A2A, KIND_NAMES, P2P
+from dualpipe_sim.rules import KIND_NAMES
+from dualpipe_sim.trace import A2A, P2P
 from dualpipe_sim.validate import validate
 
 MAX_STAGES, MAX_MICROBATCHES, MAX_CHUNKS = 8, 20, 4

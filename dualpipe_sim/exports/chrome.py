@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ..costs import COMPONENTS
-from ..trace import A2A, KIND_NAMES, P2P, Trace
+from ..rules import KIND_NAMES
+from ..trace import A2A, P2P, Trace
 from .timeline import activation_levels
 
 NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds (ts/dur are written in microseconds)

@@ -30,7 +30,8 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .. import units  # noqa: E402
 from ..costs import WEIGHT_PARTS  # noqa: E402
-from ..trace import A2A, KIND_CODES, KIND_NAMES, Trace  # noqa: E402
+from ..rules import KIND_CODES, KIND_NAMES  # noqa: E402
+from ..trace import A2A, Trace  # noqa: E402
 
 COLOURS = {
     0: {"F": "#a6cee3", "B": "#1f5f9e", "I": "#4f8fc9", "W": "#dcebf5"},

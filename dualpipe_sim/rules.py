@@ -1,0 +1,173 @@
+"""The rules of the simulation, written once: op kinds, what each needs and produces, channels.
+
+validate.py (the zero-time replay that proves a schedule can finish), the SimPy
+engine, the fast path and the exports all read these tables; none of them
+spells a rule out again.  Adding an op kind means a member of :class:`Kind`,
+its :data:`RULES` entry (and its place in :data:`WORK`), its cost in costs.py
+and its colour in plots/gantt.py.
+
+Ops (ir.Op) carry a :class:`Kind`.  Results are named by *keys*
+``(Data, microbatch, stage, direction)``: the data an op produced at its stage.
+An op at stage ``s`` needs, per :class:`Need`, the key ``(data, m, s + offset,
+d)``; a need whose stage falls outside ``0 .. stages-1`` is dropped (the first
+stage reads its input from the data loader, the last stage's backward starts
+from the loss).  ``offset = 0`` is a result of the same stage, hence on the same
+rank; ``offset = +-1`` comes from a neighbouring stage, through the P2P link
+between the two ranks when they differ.
+
+In words:
+
+* a forward needs the previous stage's activation;
+* a full backward (B) or an input-gradient (I) needs its own stage's forward
+  (the saved activations) and the next stage's gradient; the gradient goes to
+  the stage's B, else to its I;
+* a weight-gradient (W) needs its own I;
+* an overlapped pair (ir.FB) is a forward and a B or I of two different
+  micro-batches run as one action: it starts once both halves' inputs are on
+  the rank, and both halves' results leave when it ends.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+from typing import NamedTuple
+
+
+class Kind(str, Enum):
+    """An op kind.  A ``str`` enum: ``Kind.F == "F"``, so schedules and JSON keep their letters."""
+
+    F = "F"  # forward
+    B = "B"  # full backward (input- and weight-gradient together)
+    I = "I"  # noqa: E741  input-gradient part of a split backward
+    W = "W"  # weight-gradient part of a split backward
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def code(self) -> int:
+        """The kind's integer in trace arrays (its position in the enum)."""
+        return KIND_CODES[self.value]
+
+
+KINDS: tuple[Kind, ...] = tuple(Kind)
+KIND_NAMES: tuple[str, ...] = tuple(k.value for k in Kind)  # trace code -> letter
+KIND_CODES: dict[str, int] = {k.value: i for i, k in enumerate(Kind)}  # letter (or Kind) -> trace code
+PAIR_KIND = "FB"  # schedule JSON / ir.FB: a forward overlapped with a backward (B or I)
+PAIR_BACKWARDS = (Kind.B, Kind.I)  # what may be a pair's backward half
+
+
+class Data(IntEnum):
+    """What an op leaves behind.  ACTIVATION and GRADIENT codes are the P2P rows' ``kind`` in the trace."""
+
+    ACTIVATION = 0  # a forward's output (sent on) and saved activations (kept for the backward)
+    GRADIENT = 1  # a backward's gradient w.r.t. its input, for the stage before
+    INPUT_GRAD = 2  # an input-gradient is done: its weight-gradient may run
+
+
+DATA_WORDS = {Data.ACTIVATION: "activation", Data.GRADIENT: "gradient", Data.INPUT_GRAD: "input-gradient"}
+
+
+class Need(NamedTuple):
+    data: Data
+    offset: int  # producer stage - consumer stage: 0 same stage (same rank), +-1 a neighbour
+
+
+class Rule(NamedTuple):
+    needs: tuple[Need, ...]
+    produces: tuple[Data, ...]
+    words: str  # what the op is, for messages
+
+
+RULES: dict[Kind, Rule] = {
+    Kind.F: Rule((Need(Data.ACTIVATION, -1),), (Data.ACTIVATION,), "forward"),
+    Kind.B: Rule((Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT,), "backward (B, or I and W)"),
+    Kind.I: Rule(
+        (Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT, Data.INPUT_GRAD), "input-gradient part"
+    ),
+    Kind.W: Rule((Need(Data.INPUT_GRAD, 0),), (), "weight-gradient part"),
+}
+
+# The sets of kinds one micro-batch may run on one stage: exactly one of these,
+# each kind once.  The first set is the one named when ops are missing.
+WORK: tuple[tuple[Kind, ...], ...] = ((Kind.F, Kind.B), (Kind.F, Kind.I, Kind.W))
+
+
+def producers(data: Data) -> tuple[Kind, ...]:
+    """Kinds whose ops produce ``data``, in enum order."""
+    return tuple(k for k, rule in RULES.items() if data in rule.produces)
+
+
+def consumers(data: Data) -> tuple[tuple[Kind, ...], int]:
+    """(kinds, stage step) of the ops on another stage that consume ``data``: a result at stage s
+    goes to stage s + step, to the first of those kinds the schedule holds (B, else I).
+    ``((), 0)`` when it never leaves its stage."""
+    kinds, step = [], 0
+    for kind, rule in RULES.items():
+        for need in rule.needs:
+            if need.data == data and need.offset != 0:
+                kinds.append(kind)
+                step = -need.offset
+    return tuple(kinds), step
+
+
+SENT: dict[Data, tuple[tuple[Kind, ...], int]] = {d: consumers(d) for d in Data}
+# Data some op reads on its own stage (so on the producing rank): engines keep a local record of it.
+KEPT: frozenset[Data] = frozenset(n.data for r in RULES.values() for n in r.needs if n.offset == 0)
+# Activation memory: an op that produces the activation holds it from its start until the op
+# that reads it on its own stage (the backward, B or I) ends.
+ALLOCATES: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Data.ACTIVATION in r.produces)
+FREES: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Need(Data.ACTIVATION, 0) in r.needs)
+
+
+def needs(kind: str, microbatch: int, stage: int, direction: int, stages: int) -> list[tuple[Data, int, int, int]]:
+    """The keys an op needs before it may start (needs outside the pipeline dropped)."""
+    out = []
+    for data, offset in RULES[kind].needs:
+        s = stage + offset
+        if 0 <= s < stages:
+            out.append((data, microbatch, s, direction))
+    return out
+
+
+def produced(kind: str, microbatch: int, stage: int, direction: int) -> list[tuple[Data, int, int, int]]:
+    """The keys finishing an op makes available (on its own rank)."""
+    return [(data, microbatch, stage, direction) for data in RULES[kind].produces]
+
+
+def key_words(key: tuple) -> str:
+    """A key for an error message: "0F1", "the gradient from 1B0 (or its I)"."""
+    data, m, s, d = key
+    kinds = producers(data)
+    suffix = f"@{d}" if d else ""
+    first = f"{s}{kinds[0].value}{m}{suffix}"
+    if len(kinds) == 1:
+        return first
+    return f"the {DATA_WORDS[data]} from {first} (or its {', '.join(k.value for k in kinds[1:])})"
+
+
+def pair_problem(forward, backward) -> str | None:
+    """None if (forward, backward) may form an overlapped pair, else why not."""
+    if forward.kind != Kind.F or backward.kind not in PAIR_BACKWARDS:
+        return "must pair an F with a B or I"
+    if forward.microbatch == backward.microbatch:
+        # Its backward would need its own forward finished first: it can never start.
+        return "overlaps a micro-batch with itself; an FB pair needs two different micro-batches"
+    return None
+
+
+class Channel(IntEnum):
+    """A rank's channels: each runs one thing at a time, beside the others.
+
+    The P2P and A2A codes are the ``channel`` column of the trace's comm rows."""
+
+    P2P = 0  # a directed link between two ranks (one per ordered pair of ranks)
+    A2A = 1  # the rank's expert-parallel all-to-all
+    COMPUTE = 2  # the rank's compute stream
+
+    @property
+    def label(self) -> str:
+        return CHANNEL_LABELS[self]
+
+
+CHANNEL_LABELS = {Channel.P2P: "p2p", Channel.A2A: "a2a", Channel.COMPUTE: "compute"}
