@@ -10,16 +10,19 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import actions, compare, registry, simulation, units, variability
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics
+from .progress import each_file
 from .outputs import metrics_json, write_all, write_text
 from .scenario import ScenarioError
 from .scenario import load as load_scenario
 
 EXIT_BAD_INPUT = 2
+PLOTS = ("none", "png", "html", "all")  # --plots: which charts to draw (html = report.html)
 
 
 class UsageError(ValueError):
@@ -42,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                                                      "e.g. out/trace.json")
     run.add_argument("--repeat", type=int, metavar="N", help="run N seeds (seed, seed+1, ...): p50/p95/max makespan "
                      "and bubble ratio, printed and in repeat.json; metrics.json stays the first seed's")
+    run.add_argument("--plots", choices=PLOTS, default="png",
+                     help="charts to write: png (gantt.png, memory.png; the default), html (report.html, "
+                          "interactive), all, or none (fastest, e.g. with --json)")
 
     sch = sub.add_parser("schedule", help="print a schedule's per-rank op lists")
     sch.add_argument("name")
@@ -64,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("--memory-limit", metavar="BYTES", help="per-rank memory for summary.md, e.g. 80e9 or 80GiB")
     swp.add_argument("--resume", action="store_true", help="keep the rows in OUT/results.csv, run the rest")
     swp.add_argument("--dask-scheduler", metavar="ADDRESS", help="run on this Dask cluster, e.g. tcp://host:8786")
+    swp.add_argument("--plots", choices=("none", "png"), default="png",
+                     help="png: the sweep charts (default); none: results.csv and summary.md only")
 
     cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
     cmp_.add_argument("scenario", help="scenario TOML file")
@@ -72,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")
+    cmp_.add_argument("--plots", choices=PLOTS, default="png",
+                      help="png: compare.png (default); html: report.html with every schedule on one time "
+                           "axis; all; none")
     cal = sub.add_parser("calibrate", help="read a PyTorch profiler trace of one overlapped pair: [chunk] figures, "
                                            "order, and the simulator's replay of it")
     cal.add_argument("trace", help="Kineto Chrome trace (.json or .json.gz) of one forward+backward pair")
@@ -126,29 +137,36 @@ def _cmd_run(args) -> int:
     from .exports.chrome import trace_name, write_chrome_trace
 
     try:
-        trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png", "repeat.json")) if args.trace else None
+        trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png", "report.html",
+                                                                    "repeat.json")) if args.trace else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     problem = None if args.repeat is None else variability.repeat_problem(args.repeat, scenario.seed)
     if problem:
         raise UsageError(f"--repeat: {problem}")
-    result = simulation.run(scenario, schedule)
-    metrics = result.metrics
-    repeats = variability.repeat(scenario, args.repeat, schedule, first=result) if args.repeat else None
+    with progress_bar("run") as progress:
+        result = simulation.run(scenario, schedule)
+        metrics = result.metrics
+        repeats = None
+        if args.repeat:
+            repeats = variability.repeat(scenario, args.repeat, schedule, first=result, progress=progress)
 
-    from .plots.gantt import save_gantt  # matplotlib only when we draw
-    from .plots.memory import save_memory
+        writers = {"metrics.json": write_text(metrics_json(metrics))}
+        if args.plots in ("png", "all"):
+            from .plots.gantt import save_gantt  # matplotlib only when we draw
+            from .plots.memory import save_memory
 
-    writers = {
-        "metrics.json": write_text(metrics_json(metrics)),
-        "gantt.png": lambda path: save_gantt(result.trace, metrics, path),
-        "memory.png": lambda path: save_memory(result.trace, metrics, path),
-    }
-    if trace_file:
-        writers[trace_file] = lambda path: write_chrome_trace(result.trace, path)
-    if repeats:
-        writers["repeat.json"] = write_text(metrics_json(repeats))
-    written = write_all(args.out, writers)
+            writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path)
+            writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path)
+        if args.plots in ("html", "all"):
+            from .plots.report import save_report
+
+            writers["report.html"] = lambda path: save_report([result], path)
+        if trace_file:
+            writers[trace_file] = lambda path: write_chrome_trace(result.trace, path)
+        if repeats:
+            writers["repeat.json"] = write_text(metrics_json(repeats))
+        written = write_all(args.out, each_file(writers, progress))
     if args.json:
         sys.stdout.write(metrics_json(metrics))
     else:
@@ -220,7 +238,7 @@ def _cmd_sweep(args) -> int:
             raise SweepError("--jobs: does not apply with --dask-scheduler (the cluster's workers run the points)")
         report = run_sweep(args.scenario, args.grid, args.out, overrides=args.overrides, jobs=args.jobs,
                            memory_limit=limit, resume=args.resume, dask_scheduler=args.dask_scheduler,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), charts=args.plots == "png")
     except SweepError as exc:
         raise UsageError(str(exc)) from None
     except Interrupted as exc:
@@ -240,7 +258,9 @@ def _cmd_compare(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     source = compare.describe_source(args.scenario, args.overrides)
-    result, written = compare.run_and_write(scenario, names, args.out, source)
+    with progress_bar("compare") as progress:
+        result, written = compare.run_and_write(scenario, names, args.out, source, plots=args.plots,
+                                                progress=progress)
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
     return 0
@@ -258,6 +278,29 @@ def _cmd_calibrate(args) -> int:
     if written and not args.json:
         print("\nwrote " + ", ".join(str(f) for f in written))
     return 0
+
+
+@contextmanager
+def progress_bar(desc: str):
+    """A Progress (see progress.py) drawn as a tqdm bar on stderr, or None when stderr is
+    not a terminal.  The bar shows only once the work has taken a second."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=desc, file=sys.stderr, leave=False, delay=1.0, dynamic_ncols=True)
+
+    def update(done: int, total: int, what: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(what, refresh=False)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

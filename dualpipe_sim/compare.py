@@ -53,10 +53,14 @@ def _try_run(scenario: Scenario, name: str) -> simulation.Result | str:
         return str(exc).removeprefix(f"{name}: ")
 
 
-def compare(scenario: Scenario, names: list[str]) -> Comparison:
-    """Run ``scenario`` through each schedule.  Raises ScenarioError when none can run it."""
+def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
+    """Run ``scenario`` through each schedule.  Raises ScenarioError when none can run it.
+    ``progress`` is told of each schedule (progress.py)."""
+    from .progress import report as tell
+
     results, skipped = [], []
-    for name in names:
+    for i, name in enumerate(names):
+        tell(progress, i, len(names), name)
         outcome = _try_run(scenario, name)
         if isinstance(outcome, str):
             skipped.append((name, outcome))
@@ -147,7 +151,7 @@ def describe_source(path: str, overrides: list[str]) -> str:
     return f"`{path}`" + "".join(f" `--set {o}`" for o in overrides)
 
 
-def markdown(comparison: Comparison, source: str, png: str = "compare.png") -> str:
+def markdown(comparison: Comparison, source: str, png: str | None = "compare.png") -> str:
     """compare.md: where the numbers come from, the table, the skips, the chart."""
     m = comparison.results[0].metrics
     lines = [
@@ -169,21 +173,29 @@ def markdown(comparison: Comparison, source: str, png: str = "compare.png") -> s
     ]
     if comparison.skipped:
         lines += ["", "Skipped:", ""] + [f"- `{n}`: {why}" for n, why in comparison.skipped]
-    lines += ["", f"![Gantt charts on a shared time axis]({png})", ""]
+    if png:
+        lines += ["", f"![Gantt charts on a shared time axis]({png})"]
+    lines += [""]
     return "\n".join(lines)
 
 
-def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str) -> tuple[Comparison, list]:
-    """Compare, then write compare.md and compare.png into ``out_dir`` all-or-nothing."""
+def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str, plots: str = "png",
+                  progress=None) -> tuple[Comparison, list]:
+    """Compare, then write compare.md and the charts ``plots`` asks for (png: compare.png,
+    html: report.html, all, none) into ``out_dir`` all-or-nothing."""
     from .outputs import write_all, write_text
-    from .plots.compare import save_compare  # matplotlib only when we draw
+    from .progress import each_file
 
-    comparison = compare(scenario, names)
-    files = write_all(
-        out_dir,
-        {
-            "compare.md": write_text(markdown(comparison, source)),
-            "compare.png": lambda path: save_compare(comparison.results, path),
-        },
-    )
+    comparison = compare(scenario, names, progress)
+    png = plots in ("png", "all")
+    writers = {"compare.md": write_text(markdown(comparison, source, "compare.png" if png else None))}
+    if png:
+        from .plots.compare import save_compare  # matplotlib only when we draw
+
+        writers["compare.png"] = lambda path: save_compare(comparison.results, path)
+    if plots in ("html", "all"):
+        from .plots.report import save_report
+
+        writers["report.html"] = lambda path: save_report(comparison.results, path)
+    files = write_all(out_dir, each_file(writers, progress))
     return comparison, files

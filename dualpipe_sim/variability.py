@@ -168,11 +168,13 @@ def repeat_problem(n: int, seed: int) -> str | None:
     return None
 
 
-def repeat(scenario, n: int, schedule: Schedule | None = None, first=None) -> dict:
+def repeat(scenario, n: int, schedule: Schedule | None = None, first=None, progress=None) -> dict:
     """Run ``n`` seeds (scenario.seed, +1, ...); per-seed makespan and bubble ratio and
     their p50 / p95 / max (numpy's linear-interpolated percentiles).  ``first`` may be
-    the result already computed for scenario.seed."""
+    the result already computed for scenario.seed; ``progress`` is told of each seed
+    (progress.py)."""
     from . import simulation
+    from .progress import report
 
     runs = []
     for i in range(n):
@@ -180,6 +182,7 @@ def repeat(scenario, n: int, schedule: Schedule | None = None, first=None) -> di
         result = first if (i == 0 and first is not None) else simulation.run(seeded, schedule)
         m = result.metrics
         runs.append({"seed": seeded.seed, "makespan": m.makespan, "bubble_ratio": m.bubble_ratio})
+        report(progress, i + 1, n, f"seed {seeded.seed}")
     summary = {}
     for key in ("makespan", "bubble_ratio"):
         values = np.array([r[key] for r in runs])

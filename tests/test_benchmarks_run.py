@@ -20,3 +20,13 @@ def test_engine_benchmark_runs_on_a_tiny_size():
         assert engine == cases[case]
         assert int(ranks) == 4 and int(ops) > 0 and int(trace_rows) >= int(ops)
     assert out.count("time per op") == len(cases)
+
+
+def test_cli_benchmark_runs_on_a_tiny_size():
+    script = SCRIPT.parent / "cli.py"
+    out = subprocess.run([sys.executable, str(script), "--tiny", "--repeat", "1", "--plots", "none"],
+                         check=True, capture_output=True, text=True, timeout=300).stdout  # fmt: skip
+    assert out.startswith("machine: ")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:]}
+    assert set(rows) == {"quickstart", "deepseek", "1f1b-64x1024"}
+    assert all(float(r[1]) > 0 and r[-1] in ("met", "MISSED") for r in rows.values())

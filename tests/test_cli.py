@@ -134,3 +134,25 @@ def test_closed_pipe_is_not_an_error():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_plots_none_writes_no_chart_and_imports_no_matplotlib(tmp_path):
+    # A fresh process: --json with --plots none must not pay for matplotlib.
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = ("import sys; from dualpipe_sim.cli import main; "
+            f"rc = main(['run', {QUICK!r}, '--json', '--plots', 'none', '--out', {str(out)!r}]); "
+            "print('matplotlib' in sys.modules, 'simpy' in sys.modules, file=sys.stderr); sys.exit(rc)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.split()[:1] == ["False"]
+    assert {p.name for p in out.iterdir()} == {"metrics.json"}
+
+
+def test_compare_plots_none_has_no_image_link(tmp_path):
+    out = tmp_path / "out"
+    assert main(["compare", QUICK, "--schedules", "1f1b,dualpipe", "--plots", "none", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"compare.md"}
+    assert "![" not in (out / "compare.md").read_text()

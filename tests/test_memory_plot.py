@@ -9,7 +9,7 @@ from helpers import run_uniform
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.exports.timeline import activation_levels, byte_scale, format_bytes
-from dualpipe_sim.plots.memory import PEAK, draw_memory, save_memory
+from dualpipe_sim.plots.memory import BAND, PEAK, draw_memory, save_memory
 
 QUICK = str(Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml")
 
@@ -29,19 +29,30 @@ def test_peak_marked_where_the_metrics_put_it():
     # 16 ranks of 1F1B: rank 0 holds the most (16 activations of 2 GB).
     r = run_uniform("1f1b", 16, 24, memory__activation=2e9)
     fig = plt.figure(figsize=(10, 11))
-    draw_memory(fig, r.trace)
-    axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(axes) == 16
-    red = [(ax, line) for ax in axes for line in ax.get_lines() if line.get_color() == PEAK]
-    assert len(red) == 1
-    ax, line = red[0]
-    div, unit = byte_scale(2e9 * 16)
-    peak = r.metrics.scalars()["peak_activation_bytes"]
-    assert (axes.index(ax), unit) == (0, "GB")
-    assert line.get_ydata()[0] * div == pytest.approx(peak) == 32e9
+    ax, per_unit = draw_memory(fig, r.trace)
+    assert len(fig.axes) == 1  # one axes for all ranks: no shared-axis cascade
+    red = [line for line in ax.get_lines() if line.get_color() == PEAK]
+    assert len(red) == 1 and len(red[0].get_xdata()) == 1
+    x, y = red[0].get_xdata()[0], red[0].get_ydata()[0]
+    rank = 0  # band r spans [-r, -r + BAND]: the red dot is in rank 0's band
+    assert -rank <= y <= -rank + BAND
+    static = r.trace.parameter_bytes[rank]
+    peak = max(p.peak_activation_bytes for p in r.metrics.per_rank)
+    assert (y + rank) * per_unit - static == pytest.approx(peak) == 32e9
     # First reached when rank 0's 16th forward starts: after 15 forwards of 1 ms.
-    assert line.get_xdata()[0] == pytest.approx(15.0)
+    assert x == pytest.approx(15.0)
     assert "16 (32 GB)" in fig.texts[0].get_text()
+    plt.close(fig)
+
+
+def test_capacity_line_in_every_band():
+    r = run_uniform("1f1b", 4, 8, memory__activation=2e9)
+    fig = plt.figure(figsize=(10, 5))
+    ax, per_unit = draw_memory(fig, r.trace, capacity=40e9)
+    dashed = [c for c in ax.collections if c.get_linestyle()[0][1] is not None]
+    assert len(dashed) == 1
+    ys = sorted(seg[0][1] for seg in dashed[0].get_segments())
+    assert [(y + rank) * per_unit for rank, y in zip((3, 2, 1, 0), ys)] == pytest.approx([40e9] * 4)
     plt.close(fig)
 
 

@@ -246,3 +246,10 @@ def test_json_like_values_round_trip_in_the_csv(tmp_path, scenario):
     run_sweep(scenario, ["costs.backward=[2, 2],[3, 2.5]", "pipeline.stages=2"], tmp_path / "o", jobs=1)
     rows = read(tmp_path / "o" / "results.csv")
     assert [json.loads(r["costs.backward"]) for r in rows] == [[2, 2], [3, 2.5]]
+
+
+def test_charts_off_writes_table_and_summary_only(tmp_path, scenario):
+    # `sweep --plots none`: results.csv and summary.md, no chart (and no matplotlib work).
+    report = run_sweep(scenario, ["pipeline.stages=2,4"], tmp_path / "out", jobs=1, charts=False)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.csv", "summary.md"}
+    assert report.counts["ok"] == 2

@@ -12,39 +12,53 @@ Empty space is idle time.
 With the component model ([chunk]) an op is many boxes, one per compute
 component, drawn without edges; the weight-gradient components of a B are drawn
 as W.  An op gets one label, centred on its span, and a thin outline from its
-first to its last component (all-to-all included), so white inside an outline
-is compute waiting for the op's own all-to-all.  In an FB pair the forward's
+first to its last component (all-to-all included); under the components its span
+is filled with a pale tint of its colour, so pale inside an outline is compute
+waiting for the op's own all-to-all and forward still reads apart from backward
+when the components are thin stripes.  In an FB pair the forward's
 components fill the upper half of the lane and the backward's the lower half,
 so the two interleaved streams read as two rows under the pair's border.
+
+Labels are drawn as glyph outlines in one collection (one artist for all of
+them, not one text object per box), each sized to its box and left out where
+it cannot fit.
+
+Above :data:`MIN_BOX_PX` pixels per action the boxes cannot be read, and
+drawing them anyway aliases into grey bands; :func:`save_gantt` then draws
+the run as utilisation bands (see overview.py) with the warm-up and the
+cool-down in detail below it.  With components, a pair view (pair.py) shows
+one overlapped pair part by part under the whole-run chart.
 """
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Patch
+from matplotlib.path import Path
+from matplotlib.textpath import TextPath
+from matplotlib.transforms import Affine2D
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from .. import units
+from ..costs import WEIGHT_PARTS
+from ..rules import KIND_CODES, KIND_NAMES
+from ..trace import A2A, Trace
+from . import canvas
+from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)
+    COLOURS, COMM_COLOURS, DARK, actions_per_rank, direction_label, drawn_kind, hues, op_rows, spans,
+)  # fmt: skip
 
-from .. import units  # noqa: E402
-from ..costs import WEIGHT_PARTS  # noqa: E402
-from ..rules import KIND_CODES, KIND_NAMES  # noqa: E402
-from ..trace import A2A, Trace  # noqa: E402
-
-COLOURS = {
-    0: {"F": "#a6cee3", "B": "#1f5f9e", "I": "#4f8fc9", "W": "#dcebf5"},
-    1: {"F": "#fdc98a", "B": "#c1500a", "I": "#ec8a3c", "W": "#fdebd6"},
-}
-DARK = {"B", "I"}  # kinds drawn dark enough to need white text
-COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
 LANE_H, COMM_H, ROW_GAP = 0.62, 0.16, 0.22
+ROW_H = LANE_H + COMM_H + ROW_GAP  # one rank's row in data units
+ROW_IN = ROW_H * 0.62  # inches per rank row in gantt.png
+MIN_BOX_PX = 4.0  # narrower than this per action on average, boxes give way to utilisation bands
+LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 0.8, 2.55, 0.45, 0.55  # fixed margins: rank labels, legend, title, axis
 
 
 def _row_y(rank: int) -> float:
     """Bottom of a rank's compute lane; rank 0 at the top."""
-    return -rank * (LANE_H + COMM_H + ROW_GAP)
+    return -rank * ROW_H
 
 
 def _boxes(x0, x1, y, h, **style) -> PolyCollection:
@@ -58,71 +72,37 @@ def _boxes(x0, x1, y, h, **style) -> PolyCollection:
 def _geometry(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bottom, height) of each compute row's box: a full lane, or for a component
     of an FB pair the upper (forward) or lower (backward) half."""
-    y = -rows["rank"] * (LANE_H + COMM_H + ROW_GAP)
+    y = -rows["rank"] * ROW_H
     half = (rows["part"] >= 0) & rows["overlapped"]
     upper = half & (rows["kind"] == KIND_CODES["F"])
     return y + np.where(upper, LANE_H / 2, 0.0), np.where(half, LANE_H / 2, LANE_H)
 
 
-def _by_chunk(trace: Trace) -> bool:
-    """One direction but several stages on a rank (V shapes, interleaving): the
-    two hues then tell a rank's first stage from its later ones."""
-    one_direction = not len(trace.compute) or (trace.compute["direction"] == 0).all()
-    return one_direction and any(len(s) > 1 for s in trace.stages_on_rank)
+def _tint(colour: str, amount: float = 0.5) -> tuple[float, float, float]:
+    """``colour`` mixed with white."""
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    return tuple(rgb + (1 - rgb) * amount)
 
 
-def _hues(trace: Trace, rows: np.ndarray) -> np.ndarray:
-    """Colour family per row: its direction, or (see _by_chunk) 0 for the rank's
-    first stage and 1 for its later stages."""
-    if not _by_chunk(trace):
-        return rows["direction"]
-    first = np.array([min(s) if s else 0 for s in trace.stages_on_rank])
-    return (rows["stage"] != first[rows["rank"]]).astype(np.int8)
-
-
-def _draw_boxes(ax, rows: np.ndarray, hues: np.ndarray, edges: bool) -> None:
+def _draw_boxes(ax, rows: np.ndarray, hue: np.ndarray, edges: bool, tint: bool = False) -> None:
     if len(rows) == 0:
         return
     ys, hs = _geometry(rows)
-    # A weight-gradient component of a B is drawn as W.
-    kind = np.where(np.isin(rows["part"], list(WEIGHT_PARTS)), KIND_CODES["W"], rows["kind"])
+    kind = drawn_kind(rows)
     for d in (0, 1):
         for k, name in enumerate(KIND_NAMES):
-            sel = (hues == d) & (kind == k)
+            sel = (hue == d) & (kind == k)
             if not sel.any():
                 continue
             # Hatching costs Agg ~1 ms a box: only whole W ops get it, W components stay plain.
             hatch = "////" if name == "W" and edges else None
+            colour = _tint(COLOURS[d][name]) if tint else COLOURS[d][name]
             ax.add_collection(
-                _boxes(rows["start"][sel], rows["end"][sel], ys[sel], hs[sel], facecolors=COLOURS[d][name],
+                _boxes(rows["start"][sel], rows["end"][sel], ys[sel], hs[sel], facecolors=colour,
                        edgecolors="#333333" if edges or hatch else "none", linewidths=0.4 if edges else 0.0,
-                       hatch=hatch)
+                       hatch=hatch, zorder=1.9 if tint else 2),
+                autolim=False,
             )  # fmt: skip
-
-
-def _spans(trace: Trace) -> np.ndarray:
-    """One entry per action: rank, action, start, end (all-to-all included), overlapped, has components."""
-    comp = trace.compute
-    a2a = trace.comm[trace.comm["channel"] == A2A]
-    rank = np.concatenate([comp["rank"], a2a["rank"]])
-    action = np.concatenate([comp["action"], a2a["action"]])
-    start = np.concatenate([comp["start"], a2a["start"]])
-    end = np.concatenate([comp["end"], a2a["end"]])
-    over = np.concatenate([comp["overlapped"], np.zeros(len(a2a), bool)])
-    parts = np.concatenate([comp["part"] >= 0, np.ones(len(a2a), bool)])
-    if len(rank) == 0:
-        return np.empty(0, dtype=[("rank", "i4")])
-    order = np.lexsort((action, rank))
-    rank, action = rank[order], action[order]
-    first = np.flatnonzero(np.r_[True, (rank[1:] != rank[:-1]) | (action[1:] != action[:-1])])
-    out = np.empty(len(first), dtype=[("rank", "i4"), ("action", "i4"), ("start", "f8"), ("end", "f8"),
-                                      ("overlapped", "?"), ("components", "?")])  # fmt: skip
-    out["rank"], out["action"] = rank[first], action[first]
-    out["start"] = np.minimum.reduceat(start[order], first)
-    out["end"] = np.maximum.reduceat(end[order], first)
-    out["overlapped"] = np.maximum.reduceat(over[order], first)
-    out["components"] = np.maximum.reduceat(parts[order], first)
-    return out
 
 
 def _draw_outlines(ax, spans: np.ndarray) -> None:
@@ -131,159 +111,223 @@ def _draw_outlines(ax, spans: np.ndarray) -> None:
                                 (~spans["overlapped"] & spans["components"], 0.6, "#555555")):  # fmt: skip
         sel = spans[mask]
         if len(sel):
-            y = -sel["rank"] * (LANE_H + COMM_H + ROW_GAP)
+            y = -sel["rank"] * ROW_H
             ax.add_collection(
                 _boxes(sel["start"], sel["end"], y, LANE_H, facecolors="none", edgecolors=colour, linewidths=width,
-                       zorder=3)
+                       zorder=3),
+                autolim=False,
             )  # fmt: skip
 
 
-def _label_rows(comp: np.ndarray) -> np.ndarray:
-    """What to label: each whole-op row, and for a component op one row spanning
-    its components (same rank, action and op)."""
-    if len(comp) == 0 or (comp["part"] < 0).all():
-        return comp
-    whole, parts = comp[comp["part"] < 0], comp[comp["part"] >= 0]
-    order = np.lexsort((parts["kind"], parts["action"], parts["rank"]))
-    parts = parts[order]
-    key = np.stack([parts["rank"], parts["action"], parts["kind"]])
-    first = np.flatnonzero(np.r_[True, (key[:, 1:] != key[:, :-1]).any(axis=0)])
-    merged = parts[first].copy()
-    merged["start"] = np.minimum.reduceat(parts["start"], first)
-    merged["end"] = np.maximum.reduceat(parts["end"], first)
-    return np.concatenate([whole, merged])
+_FONT: list[FontProperties] = []
+_GLYPHS: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
 
-def _draw_labels(ax, comp: np.ndarray, pts_per_time: float) -> None:
-    """Micro-batch numbers, sized to the box, skipped where they cannot fit."""
-    rows = _label_rows(comp)
+def _glyph(text: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Outline of ``text`` at 1 pt (vertices centred on 0, codes) and its width in pt."""
+    g = _GLYPHS.get(text)
+    if g is None:
+        if not _FONT:
+            _FONT.append(FontProperties(family="DejaVu Sans"))
+        path = TextPath((0, 0), text, size=1, prop=_FONT[0])
+        ext = path.get_extents()
+        g = _GLYPHS[text] = (path.vertices - ((ext.x0 + ext.x1) / 2, (ext.y0 + ext.y1) / 2), path.codes, ext.width)
+    return g
+
+
+def draw_texts(ax, x, y, texts, sizes, colours, zorder: float = 4) -> None:
+    """Short texts centred on data points (x, y), ``sizes`` in points, as one collection of glyph outlines."""
+    if len(texts) == 0:
+        return
+    paths = []
+    for text, size in zip(texts, sizes):
+        v, codes, _ = _glyph(text)
+        paths.append(Path(v * size, codes))
+    coll = PathCollection(paths, offsets=np.column_stack([x, y]), offset_transform=ax.transData,
+                          facecolors=colours, edgecolors="none", zorder=zorder)  # fmt: skip
+    coll.set_transform(Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans)  # path units: points
+    ax.add_collection(coll, autolim=False)
+
+
+def _draw_labels(ax, comp: np.ndarray, pts_per_time: float, pts_per_y: float) -> None:
+    """Micro-batch numbers, sized to the box, left out where they cannot fit."""
+    rows = op_rows(comp)
     if len(rows) == 0:
         return
     ys, hs = _geometry(rows)
-    tags = []  # (x0, x1, y, h): white tags under the numbers of striped component ops
-    for row, y, h in zip(rows, ys, hs):
-        kind = KIND_NAMES[row["kind"]]
-        w_pts = (row["end"] - row["start"]) * pts_per_time
-        text = str(int(row["microbatch"]))
-        size = min(8.5, w_pts / (0.62 * len(text) + 0.4), h * 72 * 0.38 * (1.3 if h < LANE_H else 1))
-        if size < 4.5:
-            continue
-        components = row["part"] >= 0
-        mid = (row["start"] + row["end"]) / 2
-        if components or kind == "W":  # striped or hatched boxes: the number needs a backing
-            half_w = (0.62 * len(text) + 0.5) * size / 2 / pts_per_time
-            tags.append((mid - half_w, mid + half_w, y + h * 0.15, h * 0.7))
-        ax.text(mid, y + h / 2, text, ha="center", va="center", fontsize=size, zorder=4,
-                color="white" if kind in DARK and not components else "black")  # fmt: skip
-    if tags:
-        x0, x1, y, h = np.array(tags).T
-        ax.add_collection(_boxes(x0, x1, y, h, facecolors="white", edgecolors="none", alpha=0.85, zorder=3.5))
+    mbs, inverse = np.unique(rows["microbatch"], return_inverse=True)
+    texts = [str(int(m)) for m in mbs]
+    width_1pt = np.array([_glyph(t)[2] for t in texts])[inverse]
+    w_pts = (rows["end"] - rows["start"]) * pts_per_time
+    size = np.minimum(np.minimum(8.5, (w_pts - 3) / width_1pt), hs * pts_per_y * 0.45)
+    ok = size >= 4.5
+    if not ok.any():
+        return
+    rows, ys, hs, size, width_1pt, inverse = rows[ok], ys[ok], hs[ok], size[ok], width_1pt[ok], inverse[ok]
+    components = rows["part"] >= 0
+    mid = (rows["start"] + rows["end"]) / 2
+    dark = np.isin(rows["kind"], [KIND_CODES[k] for k in DARK]) & ~components
+    backed = components | (rows["kind"] == KIND_CODES["W"])  # striped or hatched boxes: the number needs a backing
+    if backed.any():
+        half_w = (width_1pt[backed] * size[backed] + 3) / 2 / pts_per_time
+        ax.add_collection(
+            _boxes(mid[backed] - half_w, mid[backed] + half_w, ys[backed] + hs[backed] * 0.15, hs[backed] * 0.7,
+                   facecolors="white", edgecolors="none", alpha=0.85, zorder=3.5),
+            autolim=False,
+        )  # fmt: skip
+    draw_texts(ax, mid, ys + hs / 2, [texts[i] for i in inverse], size,
+               np.where(dark[:, None], [[1.0, 1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0, 1.0]]))
 
 
-def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None = None, width_in: float = 12) -> None:
-    comp = trace.compute
-    makespan = xlim or trace.makespan or 1.0
-    pts_per_time = width_in * 72 * 0.86 / makespan  # for sizing labels to their boxes
-    hues = _hues(trace, comp)
-    directions = set(np.unique(hues).tolist()) if len(comp) else {0}
+def _axes_points(ax) -> tuple[float, float]:
+    """(width, height) of the axes in points, from its place in the figure."""
+    pos = ax.get_position()
+    w, h = ax.figure.get_size_inches()
+    return pos.width * w * 72, pos.height * h * 72
+
+
+def _window(rows: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """The rows that show between t0 and t1."""
+    return rows[(rows["end"] > t0) & (rows["start"] < t1)]
+
+
+def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None = None,
+               window: tuple[float, float] | None = None, legend: bool = True) -> None:
+    """Draw the trace on ``ax`` box by box; ``window`` = (t0, t1) draws only that time range
+    (default: 0 to ``xlim`` or the makespan).  Place the axes in the figure first: labels are
+    sized to the boxes from the axes' size."""
+    t0, t1 = window if window else (0.0, xlim or trace.makespan or 1.0)
+    width_pt, height_pt = _axes_points(ax)
+    ranks = trace.ranks
+    pts_per_time = width_pt / max(t1 - t0, 1e-12)
+    pts_per_y = height_pt / (ranks * ROW_H)
+    comp = _window(trace.compute, t0, t1)
+    hue = hues(trace, comp)
 
     whole = comp["part"] < 0
-    _draw_boxes(ax, comp[whole], hues[whole], edges=True)
-    _draw_boxes(ax, comp[~whole], hues[~whole], edges=False)
-    _draw_outlines(ax, _spans(trace))
-    _draw_labels(ax, comp, pts_per_time)
+    _draw_boxes(ax, comp[whole], hue[whole], edges=True)
+    _draw_boxes(ax, comp[~whole], hue[~whole], edges=False)
+    if (~whole).any():  # the pale span of each component op under its components
+        merged = op_rows(comp[~whole])
+        _draw_boxes(ax, merged, hues(trace, merged), edges=False, tint=True)
+    _draw_outlines(ax, _window(spans(trace), t0, t1))
+    _draw_labels(ax, comp, pts_per_time, pts_per_y)
 
     # Communication lane: P2P sends on the sender's row, all-to-all on its rank's row.
-    comm = trace.comm
+    comm = _window(trace.comm, t0, t1)
     for channel, name in ((0, "p2p"), (A2A, "a2a")):
         rows = comm[comm["channel"] == channel]
         if len(rows) == 0:
             continue
-        y = -rows["rank"] * (LANE_H + COMM_H + ROW_GAP) - COMM_H
+        y = -rows["rank"] * ROW_H - COMM_H
         ax.add_collection(
             _boxes(rows["start"], rows["end"], y, COMM_H * 0.9, facecolors=COMM_COLOURS[name], edgecolors="none",
-                   alpha=0.85)
+                   alpha=0.85),
+            autolim=False,
         )  # fmt: skip
 
-    ranks = trace.ranks
-    ax.set_xlim(0, makespan)
+    rank_axis(ax, ranks, t0, t1)
+    frame(ax, title, legend_for(trace) if legend else None)
+
+
+def frame(ax, title: str | None, handles: list | None) -> None:
+    """Title on the left above the chart, legend (if any) in the right margin."""
+    if title:
+        ax.set_title(title, fontsize=11, loc="left")
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+
+
+def rank_axis(ax, ranks: int, t0: float, t1: float) -> None:
+    """Time on x, one row per rank (rank 0 on top) with a faint guide behind each lane."""
+    ax.set_xlim(t0, t1)
     ax.set_ylim(_row_y(ranks - 1) - COMM_H - ROW_GAP / 2, LANE_H + ROW_GAP / 2)
-    ax.set_yticks([_row_y(r) + LANE_H / 2 for r in range(ranks)])
-    ax.set_yticklabels([f"rank {r}" for r in range(ranks)])
+    step = max(1, int(np.ceil(ranks / 32)))  # at most ~32 rank names
+    shown = range(0, ranks, step)
+    ax.set_yticks([_row_y(r) + LANE_H / 2 for r in shown], [f"rank {r}" for r in shown], fontsize=8 if ranks > 16 else 10)
     ax.tick_params(axis="y", length=0)
-    for r in range(ranks):  # faint lane guides make idle gaps read as gaps
-        y = _row_y(r)
-        ax.axhspan(y - COMM_H, y + LANE_H, color="#f4f4f4", zorder=0, linewidth=0)
+    guides = np.arange(ranks)
+    ax.add_collection(
+        _boxes(np.full(ranks, t0 - (t1 - t0)), np.full(ranks, t1 + (t1 - t0)), -guides * ROW_H - COMM_H,
+               LANE_H + COMM_H, facecolors="#f4f4f4", edgecolors="none", zorder=0),
+        autolim=False,
+    )  # fmt: skip
     ax.set_xlabel("time (ms)")
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=11, loc="left")
-    ax.legend(
-        handles=_legend(trace, directions),
-        loc="upper left",
-        bbox_to_anchor=(1.005, 1.0),
-        fontsize=8,
-        frameon=False,
-    )
 
 
-def _legend(trace: Trace, directions: set[int]) -> list[Patch]:
+def legend_for(trace: Trace) -> list[Patch]:
+    """Legend entries for what the box-by-box chart of ``trace`` uses."""
     comp = trace.compute
+    directions = set(np.unique(hues(trace, comp)).tolist()) if len(comp) else {0}
     kinds_used = {KIND_NAMES[k] for k in np.unique(comp["kind"]).tolist()} if len(comp) else set()
     hatch_w = bool(len(comp)) and ((comp["kind"] == KIND_CODES["W"]) & (comp["part"] < 0)).any()
     if len(comp) and np.isin(comp["part"], list(WEIGHT_PARTS)).any():
         kinds_used.add("W")
     handles = []
     for d in sorted(directions):
-        if directions == {0}:
-            label = ""
-        elif _by_chunk(trace):
-            label = " (rank's first stage)" if d == 0 else " (rank's later stage)"
-        else:
-            label = f" (dir {d})"
         for kind, name in (("F", "forward"), ("B", "backward"), ("I", "input-grad"), ("W", "weight-grad")):
             if kind in kinds_used:
-                handles.append(
-                    Patch(
-                        facecolor=COLOURS[d][kind],
-                        edgecolor="#333333",
-                        hatch="////" if kind == "W" and hatch_w else "",
-                        label=f"{kind} {name}{label}",
-                    )
-                )
-    if comp["overlapped"].any():
+                handles.append(Patch(facecolor=COLOURS[d][kind], edgecolor="#333333",
+                                     hatch="////" if kind == "W" and hatch_w else "",
+                                     label=f"{kind} {name}{direction_label(trace, directions, d)}"))  # fmt: skip
+    if len(comp) and (comp["part"] >= 0).any():
+        handles.append(Patch(facecolor=_tint(COLOURS[0]["F"]), edgecolor="#555555", linewidth=0.6,
+                             label="pale: op waiting for\nits own all-to-all"))  # fmt: skip
+    if len(comp) and comp["overlapped"].any():
         split = "forward above, backward below" if (comp["part"] >= 0).any() else "forward, then backward"
         handles.append(Patch(facecolor="white", edgecolor="black", linewidth=1.6, label=f"overlapped F&B\n({split})"))
+    handles += comm_legend(trace)
+    return handles
+
+
+def comm_legend(trace: Trace, suffix: str = "") -> list[Patch]:
     channels = set(np.unique(trace.comm["channel"]).tolist()) if len(trace.comm) else set()
+    handles = []
     if 0 in channels:
-        handles.append(Patch(facecolor=COMM_COLOURS["p2p"], label="P2P send"))
+        handles.append(Patch(facecolor=COMM_COLOURS["p2p"], label="P2P send" + suffix))
     if A2A in channels:
-        handles.append(Patch(facecolor=COMM_COLOURS["a2a"], label="all-to-all"))
+        handles.append(Patch(facecolor=COMM_COLOURS["a2a"], label="all-to-all" + suffix))
     return handles
 
 
 def figure_width(trace: Trace) -> float:
     """Wide enough that each action's box can carry a two-digit label."""
-    comp = trace.compute
-    actions = len(np.unique(comp["rank"].astype(np.int64) << 32 | comp["action"].astype(np.int64))) if len(comp) else 0
-    return float(np.clip(actions / max(trace.ranks, 1) * 0.3, 10, 30))
+    return float(np.clip(actions_per_rank(trace) * 0.3, 10, 30))
+
+
+def too_dense(trace: Trace, width_px: float, share: float = 1.0) -> bool:
+    """Boxes narrower than MIN_BOX_PX on average (``share``: this trace's makespan over the axis span)."""
+    return actions_per_rank(trace) * MIN_BOX_PX > width_px * share
 
 
 def gantt_title(metrics) -> str:
     return (
         f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
-        f"{metrics.microbatches} micro-batches, bubble ratio {metrics.bubble_ratio:.1%}, "
+        f"{metrics.microbatches} micro-batches, bubble ratio {units.percent(metrics.bubble_ratio)}, "
         f"makespan {units.duration(metrics.makespan)}"
     )
 
 
 def save_gantt(trace: Trace, metrics, path) -> None:
+    """gantt.png: box by box where boxes can be read, else utilisation bands with the ends in detail;
+    with components, one overlapped pair part by part underneath."""
+    from . import overview, pair  # noqa: PLC0415  (only the views this run needs)
+
     width = figure_width(trace)
-    # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
-    height = max(1.3 + trace.ranks * (LANE_H + COMM_H + ROW_GAP) * 0.62, width / 6)
-    fig, ax = plt.subplots(figsize=(width, height))
-    draw_gantt(ax, trace, title=gantt_title(metrics), width_in=width)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if too_dense(trace, (width - LEFT_IN - RIGHT_IN) * canvas.DPI):
+        fig = overview.overview_figure(trace, gantt_title(metrics))
+    else:
+        shown = pair.pick(trace)
+        pair_in = pair.HEIGHT_IN if shown is not None else 0.0
+        # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
+        chart = max(trace.ranks * ROW_IN, width / 6 - 1.3)
+        fig = canvas.new_figure(width, TOP_IN + chart + BOTTOM_IN + pair_in)
+        h = fig.get_figheight()
+        ax = fig.add_axes((LEFT_IN / width, (BOTTOM_IN + pair_in) / h, 1 - (LEFT_IN + RIGHT_IN) / width, chart / h))
+        draw_gantt(ax, trace, title=gantt_title(metrics))
+        if shown is not None:
+            pair.draw_pair(fig, trace, shown, (LEFT_IN / width, 0.45 / h, 1 - (LEFT_IN + RIGHT_IN) / width,
+                                               (pair_in - 1.15) / h))  # fmt: skip
+    canvas.save(fig, path)

@@ -1,100 +1,110 @@
-"""memory.png: activation memory per rank against time, the peak marked.
+"""memory.png: memory per rank against time, the peaks marked.
 
-Small multiples: one thin panel per rank (rank 0 on top), all on the same
-time and memory axes, so 16 or more ranks stay readable where 16 overlapping
-lines would not.  Each panel is a step line (the level held until the next
-allocation or free) with its own peak dotted and labelled; the peak over all
-ranks is drawn in red and named in the title.  Up to 16 ranks per column.
+One band per rank (rank 0 on top), all on one time axis and one memory
+scale, in a single axes: 64 ranks cost one set of ticks, not 64 subplots
+re-scaling each other.  In each band the rank's parameters (static, every
+stage it holds) are the grey base and its activations the blue step area on
+top (the level held until the next allocation or free).  Each band's peak of
+activations is dotted and labelled with the activations alive and their
+bytes; the highest over all ranks is red and named in the title.  With a
+``capacity`` (bytes per device) a red dashed line in every band marks it.
 """
 
 from __future__ import annotations
 
-import math
+import numpy as np
+from matplotlib.collections import LineCollection, PolyCollection
 
-import matplotlib
+from .. import units
+from ..exports.timeline import activation_levels
+from ..trace import Trace
+from ..units import byte_scale
+from . import canvas
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .. import units  # noqa: E402
-from ..exports.timeline import activation_levels, byte_scale  # noqa: E402
-from ..trace import Trace  # noqa: E402
-
-ROWS_PER_COLUMN = 16
-LINE, FILL, PEAK, TOP = "#1f5f9e", "#cfe0f1", "#d62728", "#444444"
+LINE, FILL, STATIC, PEAK, TOP = "#1f5f9e", "#cfe0f1", "#c8c8c8", "#d62728", "#444444"
+BAND = 0.8  # a band's height in rank rows; the rest is the gap to the next rank
+ROW_IN_MAX, ROW_IN_MIN = 0.62, 0.16
 
 
-def draw_memory(fig, trace: Trace, *, title: str | None = None) -> None:
-    ranks = max(trace.ranks, 1)
-    cols = math.ceil(ranks / ROWS_PER_COLUMN)
-    rows = math.ceil(ranks / cols)
-    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
-    levels = [activation_levels(trace, r) for r in range(trace.ranks)]
+def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float | None = None):
+    """Draw on ``fig`` (one axes, placed to fill it); returns (axes, bytes per band height)."""
+    ax = fig.add_subplot()
+    ranks = trace.ranks
+    levels = [activation_levels(trace, r) for r in range(ranks)]
     end = trace.makespan or 1.0
-    peak_bytes = max((float(b.max()) for _, _, b in levels), default=0.0)
-    div, unit = byte_scale(peak_bytes)
-    # The rank holding the highest peak (first such rank) and when it first got there.
-    top = max(range(trace.ranks), key=lambda r: (levels[r][2].max(), -r)) if trace.ranks else 0
+    static = [float(b) for b in trace.parameter_bytes] + [0.0] * max(0, ranks - len(trace.parameter_bytes))
+    top = max([s + float(b.max()) for s, (_, _, b) in zip(static, levels)] + [capacity or 0.0, 1.0])
+    scale = top * 1.25  # bytes per band height: room for the peak labels
+    div, unit = byte_scale(top)
 
-    for r in range(rows * cols):
-        ax = axes[r % rows][r // rows]
-        if r >= trace.ranks:
-            ax.set_visible(False)
-            continue
-        times, units_alive, nbytes = levels[r]
-        x = np.append(times, end)
-        y = np.append(nbytes, nbytes[-1]) / div
-        ax.fill_between(x, y, step="post", color=FILL, linewidth=0)
-        ax.step(x, y, where="post", color=LINE, linewidth=1.1)
+    areas, face, steps, dots, dot_colours = [], [], [], [], []
+    best = max(range(ranks), key=lambda r: (levels[r][2].max(), -r)) if ranks else 0
+    for r in range(ranks):
+        times, alive, nbytes = levels[r]
+        base = -r + static[r] / scale * BAND
+        x = np.repeat(np.append(times, end), 2)[1:-1]
+        y = base + np.repeat(nbytes, 2) / scale * BAND
+        areas.append(np.column_stack([np.r_[x, x[::-1]], np.r_[y, np.full(len(x), base)]]))
+        face.append(FILL)
+        steps.append(np.column_stack([x, y]))
+        if static[r] > 0:
+            areas.append(np.array([[0, -r], [end, -r], [end, base], [0, base]]))
+            face.append(STATIC)
         i = int(np.argmax(nbytes))  # first time the rank reaches its peak
-        colour = PEAK if r == top else TOP
-        ax.plot([times[i]], [nbytes[i] / div], "o", color=colour, markersize=4, zorder=3)
-        ax.annotate(
-            f"{units_alive[i]} ({units.number(nbytes[i] / div, 3)} {unit})",
-            (times[i], nbytes[i] / div),
-            xytext=(4, 1),
-            textcoords="offset points",
-            va="bottom",
-            fontsize=7,
-            color=colour,
-            fontweight="bold" if r == top else "normal",
-        )
-        ax.set_ylabel(f"rank {r}", rotation=0, ha="right", va="center", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_yticks([0, peak_bytes / div] if peak_bytes > 0 else [0])
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-    for c in range(cols):
-        last = min(rows, trace.ranks - c * rows) - 1
-        axes[last][c].set_xlabel("time (ms)")
-        axes[last][c].tick_params(labelbottom=True)  # sharex hides it above the bottom row
-    axes[0][0].set_xlim(0, end)
-    axes[0][0].set_ylim(0, (peak_bytes / div) * 1.6 if peak_bytes > 0 else 1)
-    if trace.ranks:
-        t_top, u_top, b_top = levels[top]
+        dots.append((times[i], base + nbytes[i] / scale * BAND))
+        dot_colours.append(PEAK if r == best else TOP)
+        if ranks <= 32 or r == best:
+            ax.annotate(f"{alive[i]} ({units.number(nbytes[i] / div, 3)} {unit})", dots[-1], xytext=(4, 1),
+                        textcoords="offset points", va="bottom", fontsize=7, color=dot_colours[-1],
+                        fontweight="bold" if r == best else "normal")  # fmt: skip
+    ax.add_collection(PolyCollection(areas, facecolors=face, edgecolors="none"), autolim=False)
+    ax.add_collection(LineCollection(steps, colors=LINE, linewidths=1.0), autolim=False)
+    if dots:
+        xy = np.array(dots)
+        for colour in (TOP, PEAK):
+            sel = np.array(dot_colours) == colour
+            if sel.any():
+                ax.plot(xy[sel, 0], xy[sel, 1], "o", color=colour, markersize=4, zorder=3, linestyle="none")
+    if capacity:
+        y = -np.arange(ranks) + capacity / scale * BAND
+        ax.add_collection(LineCollection([[(0, v), (end, v)] for v in y], colors=PEAK, linewidths=1.0,
+                                         linestyles="--"), autolim=False)  # fmt: skip
+    ax.hlines(-np.arange(ranks), 0, end, color="#888888", linewidth=0.6)  # each band's zero
+    ax.set_xlim(0, end)
+    ax.set_ylim(-ranks + 1 - 0.15, BAND + 0.05)
+    step = max(1, int(np.ceil(ranks / 32)))
+    ax.set_yticks([-r + BAND / 2 for r in range(0, ranks, step)], [f"rank {r}" for r in range(0, ranks, step)],
+                  fontsize=8)  # fmt: skip
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlabel("time (ms)")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    if ranks:
+        t_top, u_top, b_top = levels[best]
         i = int(np.argmax(b_top))
-        where = f"highest (red): {u_top[i]} ({units.number(b_top[i] / div, 3)} {unit}) on rank {top} at t={units.duration(t_top[i])}"
+        where = (f"highest (red): {u_top[i]} ({units.number(b_top[i] / div, 3)} {unit}) on rank {best} "
+                 f"at t={units.duration(t_top[i])}")
     else:
         where = "no ranks"
+    parts = "parameters (grey) + activations (blue)" if any(static) else "activations"
+    cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
     fig.suptitle(
         (title + "\n" if title else "")
-        + f"activation memory per rank in {unit}; dot = the rank's peak, labelled activations alive ({unit}); {where}",
-        fontsize=10,
-        x=0.01,
-        ha="left",
-    )
+        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n"
+        + f"dot = the rank's activation peak, labelled activations alive ({unit}); {where}",
+        fontsize=10, x=0.01, ha="left",
+    )  # fmt: skip
+    return ax, scale / BAND
 
 
-def save_memory(trace: Trace, metrics, path) -> None:
-    cols = math.ceil(max(trace.ranks, 1) / ROWS_PER_COLUMN)
-    rows = math.ceil(max(trace.ranks, 1) / cols)
-    fig = plt.figure(figsize=(10 * cols ** 0.5 + 2, 1.4 + 0.62 * rows))
+def save_memory(trace: Trace, metrics, path, capacity: float | None = None) -> None:
+    ranks = max(trace.ranks, 1)
+    row = float(np.clip(8.0 / ranks, ROW_IN_MIN, ROW_IN_MAX))
+    fig = canvas.new_figure(12, 1.5 + 0.5 + row * ranks)
+    canvas.place(fig, left=0.8, right=0.3, top=0.95, bottom=0.5)
     title = (
         f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
         f"{metrics.microbatches} micro-batches"
     )
-    draw_memory(fig, trace, title=title)
-    fig.tight_layout(h_pad=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    draw_memory(fig, trace, title=title, capacity=capacity)
+    canvas.save(fig, path)

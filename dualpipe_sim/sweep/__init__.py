@@ -60,6 +60,7 @@ def run_sweep(
     resume: bool = False,
     dask_scheduler: str | None = None,
     progress: bool = False,
+    charts: bool = True,
 ) -> SweepReport:
     """Run every point of the grid; see the module docstring.  Raises ScenarioError
     or SweepError (bad input, nothing written) or Interrupted."""
@@ -92,7 +93,7 @@ def run_sweep(
     finally:
         executor.close()
     rows = results.finish([point_key(p.values) for p in grid_points], axes)
-    files = [path, *write_reports(out, rows, cols, axes, memory_limit)]
+    files = [path, *write_reports(out, rows, cols, axes, memory_limit, charts)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe())
 
@@ -104,17 +105,17 @@ def _run_points(executor, base, todo, axes, cols, results: ResultsFile, progress
             bar.update(1)
 
 
-def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis], memory_limit) -> list[Path]:
-    """summary.md and the charts, all-or-nothing."""
-    from ..plots import sweep as charts  # matplotlib only when we draw
+def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis], memory_limit,
+                  charts: bool = True) -> list[Path]:
+    """summary.md and (unless ``charts`` is False) the charts, all-or-nothing."""
+    writers = {SUMMARY: write_text(summary_markdown(rows, cols, memory_limit))}
+    if charts:
+        from ..plots import sweep as draw  # matplotlib only when we draw
 
-    view = charts.SweepView.from_rows(rows, axes)
-    writers = {
-        SUMMARY: write_text(summary_markdown(rows, cols, memory_limit)),
-        PLOTS[0]: lambda p: charts.bubble_vs_microbatches(view, p),
-        PLOTS[1]: lambda p: charts.peak_activation_vs_stages(view, p),
-        PLOTS[2]: lambda p: charts.bubble_heatmap(view, p),
-    }
+        view = draw.SweepView.from_rows(rows, axes)
+        writers[PLOTS[0]] = lambda p: draw.bubble_vs_microbatches(view, p)
+        writers[PLOTS[1]] = lambda p: draw.peak_activation_vs_stages(view, p)
+        writers[PLOTS[2]] = lambda p: draw.bubble_heatmap(view, p)
     return write_all(out, writers)
 
 

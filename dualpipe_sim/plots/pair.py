@@ -1,0 +1,88 @@
+"""One overlapped pair, part by part: what the whole-run chart is made of.
+
+In the whole-run Gantt chart a pair of a component-costed run is a few
+pixels of stripes.  This view takes one overlapped F&B pair from the middle of
+rank 0's run and draws its forward parts on one lane and its backward parts on
+the other, compute and all-to-all alike, each part named, on that pair's own
+time scale: which compute hides which all-to-all can be read off directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
+from .. import units
+from ..rules import KIND_CODES
+from ..trace import A2A, Trace
+from .gantt import _boxes, _glyph, draw_texts
+from .style import COLOURS, hues
+
+HEIGHT_IN = 2.4  # the pair view's share of the figure, axes and titles included
+A2A_COLOURS = {"F": "#c9b3e6", "B": "#6a3d9a"}
+NAMES = {
+    "attn_forward": "attn", "dispatch_forward": "dispatch", "mlp_forward": "mlp", "combine_forward": "combine",
+    "combine_backward": "combine", "mlp_backward_input": "mlp", "mlp_backward_weight": "mlp W",
+    "dispatch_backward": "dispatch", "attn_backward_input": "attn", "attn_backward_weight": "attn W",
+}  # fmt: skip
+
+
+def pick(trace: Trace) -> tuple[int, int] | None:
+    """(rank, action) of the overlapped component pair nearest the middle of rank 0's
+    run (or of the first rank that has one); None without such pairs."""
+    comp = trace.compute
+    pairs = comp[(comp["part"] >= 0) & comp["overlapped"]]
+    if not len(pairs):
+        return None
+    rank = int(pairs["rank"].min())
+    mine = pairs[pairs["rank"] == rank]
+    actions = np.unique(mine["action"])
+    return rank, int(actions[len(actions) // 2])
+
+
+def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
+    rank, action = which
+    comp = trace.compute
+    comm = trace.comm
+    rows = comp[(comp["rank"] == rank) & (comp["action"] == action)]
+    a2a = comm[(comm["channel"] == A2A) & (comm["rank"] == rank) & (comm["action"] == action)]
+    hue = int(hues(trace, rows[:1])[0]) if len(rows) else 0
+    t0 = float(min(rows["start"].min(), a2a["start"].min() if len(a2a) else np.inf))
+    t1 = float(max(rows["end"].max(), a2a["end"].max() if len(a2a) else -np.inf))
+    ax = fig.add_axes(rect)
+    lane = {KIND_CODES["F"]: 1.0, KIND_CODES["B"]: 0.0}
+    x0, x1, y, colours, texts, dark = [], [], [], [], [], []
+    for r in list(rows) + list(a2a):
+        part = int(r["part"])
+        kind = "F" if r["kind"] == KIND_CODES["F"] else "B"
+        if part in A2A_PARTS:
+            colour = A2A_COLOURS[kind]
+        else:
+            colour = COLOURS[hue]["W" if part in WEIGHT_PARTS else kind]
+        x0.append(r["start"])
+        x1.append(r["end"])
+        y.append(lane[KIND_CODES[kind]] + 0.1)
+        colours.append(colour)
+        texts.append(NAMES[COMPONENTS[part]])
+        dark.append(colour in (A2A_COLOURS["B"], COLOURS[hue]["B"]))
+    ax.add_collection(_boxes(x0, x1, y, 0.8, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
+    pts_per_time = ax.get_position().width * fig.get_figwidth() * 72 / (t1 - t0)
+    width = np.array([_glyph(t)[2] for t in texts])
+    size = np.minimum(8.0, ((np.array(x1) - np.array(x0)) * pts_per_time - 2) / np.maximum(width, 1e-9))
+    ok = size >= 4.0
+    draw_texts(ax, ((np.array(x0) + x1) / 2)[ok], (np.array(y) + 0.4)[ok], [t for t, k in zip(texts, ok) if k],
+               size[ok], [(1, 1, 1, 1) if d else (0, 0, 0, 1) for d, k in zip(dark, ok) if k])
+    ax.set_xlim(t0, t1)
+    ax.set_ylim(-0.05, 2.0)
+    f = rows[rows["kind"] == KIND_CODES["F"]]
+    b = rows[rows["kind"] != KIND_CODES["F"]]
+    ax.set_yticks([1.5, 0.5], [f"F mb {int(f['microbatch'][0])}" if len(f) else "F",
+                               f"B mb {int(b['microbatch'][0])}" if len(b) else "B"], fontsize=9)  # fmt: skip
+    ax.tick_params(axis="y", length=0)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel("time (ms)")
+    ax.set_title(f"one overlapped pair part by part (rank {rank}, stage {int(rows['stage'][0])}, "
+                 f"{units.number(t0)} to {units.duration(t1)}): forward parts above, backward below; "
+                 "all-to-all in purple, compute in the op's colours, weight-gradient parts pale",
+                 fontsize=10, loc="left")  # fmt: skip

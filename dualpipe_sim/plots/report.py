@@ -1,0 +1,238 @@
+"""report.html: one self-contained, offline, interactive page of a run or a comparison.
+
+Plotly (plotly.js, embedded whole in the page: no server, no network) draws
+
+* the Gantt chart: one horizontal bar per op (an overlapped pair's forward
+  and backward halves are two bars, forward above), coloured as in
+  gantt.png; hovering a bar gives its kind, micro-batch, stage, rank, start,
+  end and, with [chunk], its components; drag to zoom, double-click to reset.
+  P2P sends and all-to-all phases are thin bars under each rank.  A
+  comparison puts every schedule's ranks on one time axis, one block of rows
+  per schedule;
+* the memory timeline per rank (parameters + activations, a step line per
+  rank), with the device capacity as a dashed line when it is known;
+* the metrics table (Metrics.scalars(), one row per schedule).
+
+Only plotly.js is taken from the ``plotly`` Python package (the ``html``
+extra); figures are written as plain plotly.js JSON, so no plotly Python
+objects are built per op.  Runs with more than :data:`MAX_BARS` ops show the
+warm-up and cool-down windows of gantt.png's large-run view instead of
+every op, and say so.  After drawing, the page writes how many op bars it
+drew into ``data-ops-drawn`` on <body> (the browser test reads it).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+
+import numpy as np
+
+from .. import units
+from ..costs import COMPONENTS
+from ..exports.timeline import activation_levels
+from ..rules import KIND_CODES, KIND_NAMES
+from ..trace import A2A, Trace
+from .style import COLOURS, COMM_COLOURS, drawn_kind, hues, op_rows
+
+MAX_BARS = 40_000  # op bars per page: beyond, SVG bars make the browser crawl
+ROW_PX = 22
+KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}
+
+
+class MissingPlotly(RuntimeError):
+    """report.html needs the optional ``plotly`` package."""
+
+
+def plotly_js() -> str:
+    try:
+        return (resources.files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise MissingPlotly("--plots html: report.html needs plotly: pip install 'dualpipe-sim[html]'") from exc
+
+
+def _parts_text(trace: Trace) -> dict[tuple[int, int, int], str]:
+    """(rank, action, kind) -> '<br>'-joined components with their times, for component ops."""
+    comp = trace.compute[trace.compute["part"] >= 0]
+    a2a = trace.comm[(trace.comm["channel"] == A2A) & (trace.comm["part"] >= 0)]
+    rows = [(int(r["rank"]), int(r["action"]), int(r["kind"]), float(r["start"]), float(r["end"]), int(r["part"]))
+            for block in (comp, a2a) for r in block]  # fmt: skip
+    out: dict[tuple[int, int, int], list[str]] = {}
+    for rank, action, kind, start, end, part in sorted(rows, key=lambda x: (x[0], x[1], x[2], x[3])):
+        out.setdefault((rank, action, kind), []).append(
+            f"{COMPONENTS[part]} {units.number(start)}-{units.number(end)}")
+    return {k: "<br>".join(v[:16] + ([f"... {len(v) - 16} more"] if len(v) > 16 else [])) for k, v in out.items()}
+
+
+def _window_rows(rows: np.ndarray, windows) -> np.ndarray:
+    if windows is None:
+        return rows
+    keep = np.zeros(len(rows), bool)
+    for t0, t1 in windows:
+        keep |= (rows["end"] > t0) & (rows["start"] < t1)
+    return rows[keep]
+
+
+def gantt_traces(trace: Trace, label: str, offset: int, windows=None) -> tuple[list[dict], int]:
+    """plotly.js bar traces of one run's ops and transfers, rows from ``offset``; and the op count."""
+    ops = _window_rows(op_rows(trace.compute), windows)
+    hue = hues(trace, ops)
+    kind = drawn_kind(ops) if len(ops) else ops["kind"]
+    parts = _parts_text(trace) if (trace.compute["part"] >= 0).any() else {}
+    half = ops["overlapped"]
+    forward = ops["kind"] == KIND_CODES["F"]
+    y = offset + ops["rank"] + np.where(half, np.where(forward, -0.17, 0.17), 0.0) - 0.08
+    width = np.where(half, 0.32, 0.66)
+    traces = []
+    for d in (0, 1):
+        for k, name in enumerate(KIND_NAMES):
+            sel = np.flatnonzero((hue == d) & (kind == k))
+            if not len(sel):
+                continue
+            rows = ops[sel]
+            text = [
+                f"{label}<br><b>{name} {KIND_WORDS[name]}</b>, micro-batch {int(r['microbatch'])}, stage {int(r['stage'])}, "
+                f"rank {int(r['rank'])}{' (overlapped pair)' if r['overlapped'] else ''}<br>"
+                f"start {units.duration(float(r['start']))}, end {units.duration(float(r['end']))}"
+                + (f"<br>components:<br>{parts[key]}" if (key := (int(r['rank']), int(r['action']), int(r['kind']))) in parts else "")
+                for r in rows
+            ]  # fmt: skip
+            traces.append({
+                "type": "bar", "orientation": "h", "name": f"{label} {name}{' dir ' + str(d) if d else ''}",
+                "legendgroup": f"{name}{d}", "showlegend": offset == 0,
+                "base": rows["start"].tolist(), "x": (rows["end"] - rows["start"]).tolist(),
+                "y": y[sel].tolist(), "width": width[sel].tolist(),
+                "marker": {"color": COLOURS[d][name], "line": {"width": 0.5, "color": "#333333"}},
+                "hovertext": text, "hoverinfo": "text", "meta": "op",
+            })  # fmt: skip
+    comm = _window_rows(trace.comm, windows)
+    for channel, name in ((0, "p2p"), (A2A, "a2a")):
+        rows = comm[comm["channel"] == channel]
+        if not len(rows):
+            continue
+        text = [f"{label}<br>{'P2P send' if channel == 0 else 'all-to-all'} rank {int(r['rank'])}"
+                + (f" -> {int(r['peer'])}" if channel == 0 else "")
+                + f", micro-batch {int(r['microbatch'])}<br>start {units.duration(float(r['start']))}, "
+                  f"end {units.duration(float(r['end']))}" for r in rows]  # fmt: skip
+        traces.append({
+            "type": "bar", "orientation": "h", "name": "P2P send" if channel == 0 else "all-to-all",
+            "legendgroup": name, "showlegend": offset == 0,
+            "base": rows["start"].tolist(), "x": (rows["end"] - rows["start"]).tolist(),
+            "y": (offset + rows["rank"] + 0.36).tolist(), "width": 0.12,
+            "marker": {"color": COMM_COLOURS[name], "line": {"width": 0}},
+            "hovertext": text, "hoverinfo": "text", "meta": "comm",
+        })  # fmt: skip
+    return traces, len(ops)
+
+
+def memory_traces(trace: Trace, label: str) -> list[dict]:
+    out = []
+    for r in range(trace.ranks):
+        times, alive, nbytes = activation_levels(trace, r)
+        static = trace.parameter_bytes[r] if r < len(trace.parameter_bytes) else 0.0
+        x = np.append(times, trace.makespan)
+        y = (np.append(nbytes, nbytes[-1]) + static) / 1e9
+        out.append({
+            "type": "scatter", "mode": "lines", "line": {"shape": "hv", "width": 1.2}, "name": f"{label} rank {r}",
+            "x": x.tolist(), "y": y.tolist(),
+            "hovertemplate": f"{label} rank {r}<br>t %{{x}} ms<br>%{{y:.4g}} GB (parameters {units.nbytes(static)} + activations)<extra></extra>",
+        })  # fmt: skip
+    return out
+
+
+def _table(results) -> str:
+    rows = [{"schedule": r.metrics.schedule, **r.metrics.scalars()} for r in results]
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(key, v):
+        if v is None:
+            return "-"
+        if isinstance(v, float) and key.endswith("bytes"):
+            return units.nbytes(v)
+        return units.number(v) if isinstance(v, float) else str(v)
+
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(k, row.get(k)))}</td>" for k in keys) + "</tr>"
+                   for row in rows)  # fmt: skip
+    return f"<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def report_html(results, capacity: float | None = None) -> str:
+    """The page for ``results`` (simulation.Result objects: one run, or a comparison)."""
+    from .overview import detail_windows
+
+    js = plotly_js()
+    gantt, memory, ticks, names, expected, notes = [], [], [], [], 0, []
+    offset = 0
+    for res in results:
+        trace = res.trace
+        label = trace.schedule
+        total = len(op_rows(trace.compute))
+        windows = None
+        if total > MAX_BARS // max(len(results), 1):
+            windows = detail_windows(trace)
+            notes.append(f"{label}: {total:,} ops, too many to draw one by one; shown: the warm-up "
+                         f"({units.number(windows[0][0])} to {units.duration(windows[0][1])}) and the cool-down "
+                         f"({units.number(windows[1][0])} to {units.duration(windows[1][1])}) ops")  # fmt: skip
+        traces, drawn = gantt_traces(trace, label, offset, windows)
+        gantt += traces
+        expected += drawn
+        ticks += [offset + r for r in range(trace.ranks)]
+        names += [f"{label} rank {r}" if len(results) > 1 else f"rank {r}" for r in range(trace.ranks)]
+        memory += memory_traces(trace, label)
+        offset += trace.ranks + 1
+    longest = max(r.trace.makespan for r in results) or 1.0
+    gantt_layout = {
+        "barmode": "overlay", "height": 140 + ROW_PX * offset, "hovermode": "closest",
+        "xaxis": {"title": {"text": "time (ms)"}, "range": [0, longest]},
+        "yaxis": {"autorange": "reversed", "tickvals": ticks, "ticktext": names, "zeroline": False},
+        "margin": {"l": 140, "r": 20, "t": 30, "b": 50}, "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom"},
+    }  # fmt: skip
+    memory_layout = {
+        "height": 420, "hovermode": "closest", "xaxis": {"title": {"text": "time (ms)"}, "range": [0, longest]},
+        "yaxis": {"title": {"text": "memory (GB): parameters + activations"}, "rangemode": "tozero"},
+        "margin": {"l": 80, "r": 20, "t": 30, "b": 50},
+    }  # fmt: skip
+    if capacity:
+        memory_layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": capacity / 1e9,
+                                    "y1": capacity / 1e9, "line": {"color": "#d62728", "dash": "dash"}}]  # fmt: skip
+    m = results[0].metrics
+    title = (f"{m.schedule}: {m.stages} stages, {m.microbatches} micro-batches" if len(results) == 1
+             else f"{len(results)} schedules, {m.stages} stages, {m.microbatches} micro-batches, one time axis")
+    dump = lambda obj: json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")  # noqa: E731
+    note = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>dualpipe-sim: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}} .note{{color:#a33}}</style>
+<script>{js}</script></head>
+<body data-ops-expected="{expected}">
+<h1>{html.escape(title)}</h1>
+<h2>Gantt chart</h2>
+<p>One bar per op (an overlapped pair: forward above, backward below); thin bars under a rank: P2P sends
+and all-to-all. Hover for details; drag to zoom, double-click to reset.</p>{note}
+<div id="gantt"></div>
+<h2>Memory per rank</h2><div id="memory"></div>
+<h2>Metrics</h2>{_table(results)}
+<p id="status">drawing...</p>
+<script>
+const gantt = {dump(gantt)};
+Promise.all([
+  Plotly.newPlot("gantt", gantt, {dump(gantt_layout)}, {{responsive: true}}),
+  Plotly.newPlot("memory", {dump(memory)}, {dump(memory_layout)}, {{responsive: true}}),
+]).then(() => {{
+  // Count the op bars actually drawn: paths in the SVG traces whose meta is "op".
+  const layers = document.querySelectorAll("#gantt .barlayer .trace");
+  let drawn = 0;
+  gantt.forEach((t, i) => {{ if (t.meta === "op" && layers[i]) drawn += layers[i].querySelectorAll(".point path").length; }});
+  document.body.dataset.opsDrawn = drawn;
+  document.getElementById("status").textContent = drawn + " ops drawn";
+}});
+</script>
+</body></html>
+"""
+
+
+def save_report(results, path, capacity: float | None = None) -> None:
+    path.write_text(report_html(results, capacity), encoding="utf-8")

@@ -1,0 +1,103 @@
+"""What the charts share and need no drawing library for: colours, and the trace
+regrouped as the charts show it (one row per op, one span per action).
+
+gantt.png, the utilisation bands, the pair view and report.html all colour an
+op by its colour family (:func:`hues`) and kind (:func:`drawn_kind`), so one
+op looks the same in every chart; report.html uses this module without
+importing matplotlib.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..costs import WEIGHT_PARTS
+from ..rules import KIND_CODES
+from ..trace import A2A, Trace
+
+COLOURS = {
+    0: {"F": "#a6cee3", "B": "#1f5f9e", "I": "#4f8fc9", "W": "#dcebf5"},
+    1: {"F": "#fdc98a", "B": "#c1500a", "I": "#ec8a3c", "W": "#fdebd6"},
+}
+DARK = {"B", "I"}  # kinds drawn dark enough to need white text
+COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
+
+
+def by_chunk(trace: Trace) -> bool:
+    """One direction but several stages on a rank (V shapes, interleaving): the
+    two hues then tell a rank's first stage from its later ones."""
+    one_direction = not len(trace.compute) or (trace.compute["direction"] == 0).all()
+    return one_direction and any(len(s) > 1 for s in trace.stages_on_rank)
+
+
+def hues(trace: Trace, rows: np.ndarray) -> np.ndarray:
+    """Colour family per row: its direction, or (see _by_chunk) 0 for the rank's
+    first stage and 1 for its later stages."""
+    if not by_chunk(trace):
+        return rows["direction"]
+    first = np.array([min(s) if s else 0 for s in trace.stages_on_rank])
+    return (rows["stage"] != first[rows["rank"]]).astype(np.int8)
+
+
+def drawn_kind(rows: np.ndarray) -> np.ndarray:
+    """Kind code each row is drawn as: a weight-gradient component of a B is drawn as W."""
+    return np.where(np.isin(rows["part"], list(WEIGHT_PARTS)), KIND_CODES["W"], rows["kind"])
+
+
+def spans(trace: Trace) -> np.ndarray:
+    """One entry per action: rank, action, start, end (all-to-all included), overlapped, has components."""
+    comp = trace.compute
+    a2a = trace.comm[trace.comm["channel"] == A2A]
+    rank = np.concatenate([comp["rank"], a2a["rank"]])
+    action = np.concatenate([comp["action"], a2a["action"]])
+    start = np.concatenate([comp["start"], a2a["start"]])
+    end = np.concatenate([comp["end"], a2a["end"]])
+    over = np.concatenate([comp["overlapped"], np.zeros(len(a2a), bool)])
+    parts = np.concatenate([comp["part"] >= 0, np.ones(len(a2a), bool)])
+    dtype = [("rank", "i4"), ("action", "i4"), ("start", "f8"), ("end", "f8"), ("overlapped", "?"),
+             ("components", "?")]  # fmt: skip
+    if len(rank) == 0:
+        return np.empty(0, dtype=dtype)
+    order = np.lexsort((action, rank))
+    rank, action = rank[order], action[order]
+    first = np.flatnonzero(np.r_[True, (rank[1:] != rank[:-1]) | (action[1:] != action[:-1])])
+    out = np.empty(len(first), dtype=dtype)
+    out["rank"], out["action"] = rank[first], action[first]
+    out["start"] = np.minimum.reduceat(start[order], first)
+    out["end"] = np.maximum.reduceat(end[order], first)
+    out["overlapped"] = np.maximum.reduceat(over[order], first)
+    out["components"] = np.maximum.reduceat(parts[order], first)
+    return out
+
+
+def op_rows(comp: np.ndarray) -> np.ndarray:
+    """One row per op: each whole-op row as it is, and for a component op one row
+    spanning its components (same rank, action and kind)."""
+    if len(comp) == 0 or (comp["part"] < 0).all():
+        return comp
+    whole, parts = comp[comp["part"] < 0], comp[comp["part"] >= 0]
+    order = np.lexsort((parts["kind"], parts["action"], parts["rank"]))
+    parts = parts[order]
+    key = np.stack([parts["rank"], parts["action"], parts["kind"]])
+    first = np.flatnonzero(np.r_[True, (key[:, 1:] != key[:, :-1]).any(axis=0)])
+    merged = parts[first].copy()
+    merged["start"] = np.minimum.reduceat(parts["start"], first)
+    merged["end"] = np.maximum.reduceat(parts["end"], first)
+    return np.concatenate([whole, merged])
+
+
+def direction_label(trace: Trace, directions: set[int], d: int) -> str:
+    if directions == {0}:
+        return ""
+    if by_chunk(trace):
+        return " (rank's first stage)" if d == 0 else " (rank's later stage)"
+    return f" (dir {d})"
+
+
+def actions_per_rank(trace: Trace) -> int:
+    """The most actions any rank runs (an overlapped pair is one action)."""
+    comp = trace.compute
+    if not len(comp):
+        return 0
+    keys = np.unique(comp["rank"].astype(np.int64) << 32 | comp["action"].astype(np.int64))
+    return int(np.bincount((keys >> 32).astype(np.int64)).max())
