@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
                           "repeatable")
     cal.add_argument("--out", help="also write chunk.toml and calibration.md into this folder")
     cal.add_argument("--json", action="store_true", help="print the figures as JSON instead of the report")
+    mdl = sub.add_parser("model", help="parameters, FLOPs, activation bytes and per-stage split of a model")
+    mdl.add_argument("source", help="scenario TOML with a [model] section, or an HF config.json "
+                                    "(then seq_length 4096, micro_batch_size 1, recompute none, 1 stage)")
+    mdl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, e.g. --set model.seq_length=8192 or memory.recompute=full")
+    mdl.add_argument("--json", action="store_true", help="print the figures as JSON")
+    mdl.add_argument("--explain", action="store_true", help="also say how each derived number is obtained")
     return p
 
 
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "calibrate":
             return _cmd_calibrate(args)
+        if args.command == "model":
+            return _cmd_model(args)
         return _cmd_schedules()
     except (ScenarioError, ScheduleError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -174,6 +183,9 @@ def _cmd_run(args) -> int:
         if repeats:
             print("\n" + variability.repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))
+    warning = memory_warning(metrics)
+    if warning:  # not an error: the run is still worth reading
+        print(warning, file=sys.stderr)
     note = actions.ignored_note(schedule) if schedule is not None else None
     if note:  # after success, on stderr: never a second line beside an error, never in --json output
         print(f"note: --schedule-file {args.schedule_file}: {note}", file=sys.stderr)
@@ -208,7 +220,35 @@ def summary_table(m: Metrics) -> str:
         f"communication (ms, summed over ranks): p2p {num(c.p2p_time)}, all-to-all {num(c.a2a_time)}, "
         f"exposed {num(c.exposed)}, hidden {num(c.hidden)}, overlap {ratio}"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + memory_lines(m))
+
+
+def memory_lines(m: Metrics) -> list[str]:
+    """Per-rank memory in GB (with a [model]) against the device's capacity."""
+    if m.memory_total() is None:
+        return []
+    gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731 - decimal GB, as units.nbytes and the datasheets
+    cap = "unknown" if not m.device_memory else f"{gb(m.device_memory)} GB"
+    lines = ["", f"memory per rank (GB; device {cap}):",
+             f"{'rank':>4} {'params':>8} {'grads':>8} {'optim':>8} {'act peak':>8} {'total':>8}"]  # fmt: skip
+    for r in m.per_rank:
+        mem = r.memory
+        over = "  over" if m.device_memory and mem.total > m.device_memory else ""
+        lines.append(f"{r.rank:>4} {gb(mem.parameters):>8} {gb(mem.gradients):>8} {gb(mem.optimizer):>8} "
+                     f"{gb(mem.activations_peak):>8} {gb(mem.total):>8}{over}")  # fmt: skip
+    return lines
+
+
+def memory_warning(m: Metrics) -> str | None:
+    """One line for stderr when some rank needs more memory than the device has."""
+    from .model.memory import over_capacity
+
+    over = over_capacity(m)
+    if not over:
+        return None
+    worst = max(over, key=lambda r: r.memory.total)
+    return (f"warning: {len(over)} of {m.ranks} ranks exceed the device memory ({units.nbytes(m.device_memory)}): "
+            f"rank {worst.rank} needs {units.nbytes(worst.memory.total)}")
 
 
 def _cmd_schedule(args) -> int:
@@ -301,6 +341,30 @@ def progress_bar(desc: str):
         yield update
     finally:
         bar.close()
+
+
+def _cmd_model(args) -> int:
+    from .model import derive, report
+    from .model.config import ModelError
+    from .scenario import apply_overrides, load_raw, sections_only
+
+    if args.source.endswith(".json"):
+        # A bare config: one stage, the verb's defaults; --set still applies to scenario keys.
+        raw = {"pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1}, "model": {"config": args.source}}
+    else:
+        raw = load_raw(args.source)
+    scenario = sections_only(apply_overrides(raw, args.overrides))
+    if scenario.model is None:
+        raise UsageError(f"{args.source}: no [model] section to describe")
+    try:
+        derived = derive.derive(derive.setup(scenario))
+    except ModelError as exc:
+        raise ScenarioError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report.summary(derived), indent=2, allow_nan=False))
+    else:
+        print(report.text(derived, explain=args.explain))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,6 +83,18 @@ def _plain(value):
 
 
 @dataclass(frozen=True)
+class RankMemory:
+    """metrics.json ``per_rank[].memory``: bytes on one rank with a [model] (model/memory.py).
+    ``total`` is the rank's peak of everything together: static memory + the activation peak."""
+
+    parameters: float
+    gradients: float
+    optimizer: float
+    activations_peak: float
+    total: float
+
+
+@dataclass(frozen=True)
 class RankMetrics:
     """One rank: an element of metrics.json ``per_rank``."""
 
@@ -99,6 +111,7 @@ class RankMetrics:
     a2a_exposed: float  # all-to-all time with the rank's compute idle
     span: float = 0.0  # first op start to last op end
     span_idle: float = 0.0  # span - busy: idle inside the rank's own span
+    memory: RankMemory | None = optional_block()  # known with a [model] section only
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,7 @@ class Metrics:
     comm: CommMetrics
     analytic: Analytic = Analytic()
     span_bubble_rate: float = 0.0  # the Zero Bubble paper's (longest span - most busy) / longest span
+    device_memory: float | None = None  # bytes of HBM per GPU ([hardware]); None when unknown
 
     def to_dict(self) -> dict:
         """The metrics.json document (README lists every key)."""
@@ -147,6 +161,16 @@ class Metrics:
     def max_over_ranks(self, name: str):
         """The largest value of the per-rank field ``name``."""
         return max(getattr(r, name) for r in self.per_rank)
+
+    def memory_total(self) -> float | None:
+        """Largest per-rank total memory (None without a [model])."""
+        totals = [r.memory.total for r in self.per_rank if r.memory is not None]
+        return max(totals) if totals else None
+
+    def fits(self) -> bool | None:
+        """Every rank within device_memory; None when the total or the capacity is unknown."""
+        total = self.memory_total()
+        return None if total is None or not self.device_memory else total <= self.device_memory
 
     def scalars(self) -> dict[str, object]:
         """One value per name of :func:`scalar_names`, in that order (per-rank numbers: max over ranks)."""
@@ -174,6 +198,11 @@ _SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
     ("analytic.peak_activation", lambda m: m.analytic.peak_activation),
     ("parameter_copies", lambda m: m.max_over_ranks("parameter_copies")),
     ("span_bubble_rate", lambda m: m.span_bubble_rate),
+    # With a [model]: the fullest rank's parameters + gradients + optimizer + activation peak,
+    # and whether it fits the device (None when either is unknown).
+    ("memory.total", lambda m: m.memory_total()),
+    ("device_memory", lambda m: m.device_memory),
+    ("fits", lambda m: m.fits()),
 )
 
 

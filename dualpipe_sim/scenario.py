@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from . import limits, variability
 from .costs import Component, CostModel
 from .costs import Chunk as ChunkCosts
+from .model.activations import POLICIES
+from .model.config import ModelError
+from .model.sections import HardwareSection, ModelSection, ParallelSection
 
 
 class ScenarioError(ValueError):
@@ -99,6 +102,7 @@ Chunk = create_model(
 class Memory(_Section):
     activation: PerStageNonNeg = 1.0
     parameters: PerStageNonNeg = 1.0
+    recompute: Literal[POLICIES] = "none"  # activation recompute policy (with [model]; model/activations.py)
 
 
 class Limits(_Section):
@@ -119,6 +123,10 @@ class Scenario(_Section):
     limits: Limits = Limits()
     ranks: Ranks = Ranks()
     seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
+    # Costs and memory from the model and the hardware (dualpipe_sim/model, docs/model.md).
+    model: ModelSection | None = None
+    parallel: ParallelSection | None = None
+    hardware: HardwareSection | None = None
 
     @field_validator("seed", mode="before")
     @classmethod
@@ -129,19 +137,56 @@ class Scenario(_Section):
         """Schedule options taken from [pipeline] (each family uses the ones it declares)."""
         return {"chunks_per_rank": self.pipeline.chunks_per_rank}
 
+    def derived(self):
+        """Per-stage figures derived from [model]/[parallel]/[hardware] (model/derive.py); None without [model]."""
+        if self.model is None:
+            if self.parallel is not None:
+                raise ScenarioError("parallel: only applies with a [model] section")
+            return None
+        from .model import derive
+
+        try:
+            return derive.derive(derive.setup(self))
+        except ModelError as exc:
+            raise ScenarioError(str(exc)) from None
+
+    def device_memory(self) -> float | None:
+        """Bytes of HBM per GPU from [hardware] (None when unknown)."""
+        if self.hardware is None:
+            return None
+        from .model import derive
+
+        try:
+            hbm = derive.hardware(self.hardware).hbm_bytes
+        except ModelError:
+            hbm = self.hardware.hbm
+        return hbm or None
+
     def cost_model(self) -> CostModel:
         S = self.pipeline.stages
         c = self.costs
+        derived = self.derived()
         if self.chunk is not None:
-            return self._chunk_cost_model()
+            return self._chunk_cost_model(derived)
+        if derived is not None and derived.moe_layer is not None:
+            return self._derived_chunk_cost_model(derived)
+        have = derived is not None and derived.stages[0].forward is not None
         for name in ("forward", "backward"):
-            if getattr(c, name) is None:
-                raise ScenarioError(f"costs.{name}: required key is missing (or give a [chunk] table)")
-        forward = _per_stage(c.forward, S, "costs.forward")
-        backward = _per_stage(c.backward, S, "costs.backward")
-        weight = (
-            tuple(b / 2 for b in backward) if c.weight is None else _per_stage(c.weight, S, "costs.weight")
+            if getattr(c, name) is None and not have:
+                where = " (or [hardware] to derive it from [model])" if derived is not None else " (or give a [chunk] table)"
+                raise ScenarioError(f"costs.{name}: required key is missing{where}")
+        pick = lambda name: (  # noqa: E731 - a hand-typed [costs] key overrides the derived one
+            tuple(getattr(s, name) for s in derived.stages) if getattr(c, name) is None
+            else _per_stage(getattr(c, name), S, f"costs.{name}")
         )
+        forward = pick("forward")
+        backward = pick("backward")
+        if c.weight is not None:
+            weight = _per_stage(c.weight, S, "costs.weight")
+        elif have and c.backward is None:
+            weight = tuple(s.weight for s in derived.stages)
+        else:
+            weight = tuple(b / 2 for b in backward)
         for s, (b, w) in enumerate(zip(backward, weight)):
             if w > b:
                 raise ScenarioError(
@@ -153,21 +198,38 @@ class Scenario(_Section):
             backward=backward,
             weight=weight,
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
-            **self._shared_cost_fields(),
+            **self._shared_cost_fields(derived),
         )
 
-    def _shared_cost_fields(self) -> dict:
-        """Cost-model fields that do not depend on how compute is costed."""
+    def _shared_cost_fields(self, derived=None) -> dict:
+        """Cost-model fields that do not depend on how compute is costed.  With [model], the
+        P2P time and memory are derived unless [comm]/[memory] give them by hand."""
         S = self.pipeline.stages
+        given = lambda section, key: derived is None or key in section.model_fields_set  # noqa: E731
+        p2p = self.comm.p2p if given(self.comm, "p2p") or derived.p2p is None else derived.p2p
         return dict(
-            p2p=self.comm.p2p,
+            p2p=p2p,
             p2p_mode=self.comm.p2p_mode,
             variability=variability.from_scenario(self),
-            activation_bytes=_per_stage(self.memory.activation, S, "memory.activation"),
-            parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters"),
-        )
+            activation_bytes=_per_stage(self.memory.activation, S, "memory.activation")
+            if given(self.memory, "activation") else derived.activation_bytes,
+            parameter_bytes=_per_stage(self.memory.parameters, S, "memory.parameters")
+            if given(self.memory, "parameters") else derived.parameter_bytes,
+        )  # fmt: skip
 
-    def _chunk_cost_model(self) -> CostModel:
+    def _derived_chunk_cost_model(self, derived) -> CostModel:
+        # An MoE model with expert parallelism: components derived for one MoE layer.
+        for name, value in self.costs:
+            if value is not None and name != "jitter":
+                raise ScenarioError(
+                    f"costs.{name}: must be left out for an MoE model with parallel.expert > 1 "
+                    "(the [chunk] components are derived; type a [chunk] table to override them)"
+                )
+        t = derived.moe_layer
+        chunk = ChunkCosts(derived.chunk_layers, tuple(getattr(t, c.name) for c in Component))
+        return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
+
+    def _chunk_cost_model(self, derived=None) -> CostModel:
         # With [chunk], F, B, W and F&B come from the components; stating them
         # again in [costs] could only contradict them, so it is an error.
         for name, value in self.costs:
@@ -177,7 +239,7 @@ class Scenario(_Section):
                 )
         ch = self.chunk
         chunk = ChunkCosts(ch.layers, tuple(getattr(ch, c.name) for c in Component), ch.comm_compute_slowdown)
-        return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields())
+        return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
 
 
 def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:
@@ -198,11 +260,21 @@ def load_raw(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenario {path}: {exc}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or an integer over Python's 4300-digit limit
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:
         raise ScenarioError(f"{path}: not a scenario: arrays or tables nested too deeply to read") from None
+    return _resolve_model_path(data, path)
+
+
+def _resolve_model_path(data: dict, path: Path) -> dict:
+    """A relative ``model.config`` is read from the scenario file's folder (overrides given
+    with --set are applied later and stay relative to the working directory)."""
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("config"), str) and not Path(model["config"]).is_absolute():
+        model["config"] = str(path.parent / model["config"])
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -250,6 +322,14 @@ def from_dict(data: dict) -> Scenario:
     if too_big:  # refused before any schedule is built
         raise ScenarioError(too_big)
     return scenario
+
+
+def sections_only(data: dict) -> Scenario:
+    """Validate the sections without the cost cross-checks (the ``model`` verb needs no costs)."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_first_error(exc)) from None
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:

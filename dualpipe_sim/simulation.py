@@ -14,6 +14,7 @@ from . import fastpath, limits, registry
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics, compute_metrics
+from .model import memory as model_memory
 from .scenario import Scenario, ScenarioError
 from .trace import Trace
 from .validate import validate
@@ -80,7 +81,8 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
     trace = simulate(schedule, costs)
-    return Result(scenario, schedule, costs, trace, compute_metrics(trace, analytic))
+    metrics = model_memory.attach(compute_metrics(trace, analytic), scenario, trace)
+    return Result(scenario, schedule, costs, trace, metrics)
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:

@@ -76,6 +76,18 @@ EXPECT = {
     "unknown-section.toml": "gpu: unknown key",
     "unknown-top-key.toml": "sede: unknown key",
     "weight-over-backward.toml": "costs.weight: must be <= costs.backward",
+    # [model], [parallel], [hardware] (issue 14).
+    "model-config-missing.toml": "no-such-config.json: model config file not found",
+    "model-expert-parallel.toml": "parallel.expert: must divide the number of routed experts (8), got 3",
+    "model-layout-string-stages.toml": "parallel.layout: 'Et|t|ttL' has 3 stages, pipeline.stages is 2",
+    "model-layout-sum.toml": "parallel.layout: the stages hold 3 layers, the model has 4 (num_hidden_layers)",
+    "model-missing-field.toml": "model.num_attention_heads: required key is missing",
+    "model-negative-size.toml": "model.hidden_size: must be >= 1, got -256",
+    "model-unknown-architecture.toml": "model.model_type: unknown architecture 'rwkv'",
+    "model-unknown-key.toml": "model.hidden_sizes: unknown key",
+    "hardware-unknown-preset.toml": "hardware.preset: unknown GPU preset (known: H100, H800, H200, B200, A100)",
+    "parallel-without-model.toml": "parallel: only applies with a [model] section",
+    "recompute-unknown.toml": "memory.recompute: input should be 'none', 'selective', 'full' or 'deepseek'",
     # Schedule files.
     "schedule-bad-kind.json": "op kind must be one of F, B, I, W or FB, got 'X'",
     "schedule-cycle.json": "schedule deadlocks: rank 0 is stuck at 0B1",  # waits on each other
@@ -95,7 +107,7 @@ EXPECT = {
 # One per kind of failure, run as real processes.
 AS_PROCESS = [
     "bad-toml.toml", "deep-nesting.toml", "forward-nan.toml", "huge-integer.toml", "too-big-for-memory.toml",
-    "unknown-top-key.toml", "schedule-cycle.json", "schedule-deep-nesting.json", "schedule-microbatches-huge.json",
+    "unknown-top-key.toml", "model-negative-size.toml", "schedule-cycle.json", "schedule-deep-nesting.json", "schedule-microbatches-huge.json",
 ]  # fmt: skip
 WATCHDOG_SECONDS = 60
 

@@ -18,7 +18,7 @@ from dualpipe_sim.metrics import Metrics, _plain, optional_block, scalar_names
 from dualpipe_sim.outputs import metrics_json
 
 TOP_KEYS = ["schedule", "stages", "ranks", "microbatches", "makespan", "bubble_ratio", "per_rank", "comm", "analytic",
-            "span_bubble_rate"]
+            "span_bubble_rate", "device_memory"]  # device_memory: null without [hardware] (issue 14)
 RANK_KEYS = ["rank", "busy", "idle", "between_ops", "peak_activation", "peak_activation_bytes", "parameter_bytes",
              "parameter_copies", "stages", "a2a_time", "a2a_exposed", "span", "span_idle"]
 COMM_KEYS = ["p2p_time", "a2a_time", "exposed", "hidden", "overlap_ratio", "p2p_exposed", "a2a_exposed"]
@@ -69,6 +69,8 @@ def test_scalars_are_max_over_ranks(small):
     assert s["parameter_copies"] == 1
     assert s["makespan"] == small.makespan and s["ranks"] == 2
     assert s["comm.overlap_ratio"] is None and s["analytic.bubble"] == small.analytic.bubble
+    # No [model]: total memory unknown, so whether it fits is unknown too.
+    assert s["memory.total"] is None and s["device_memory"] is None and s["fits"] is None
 
 
 def test_optional_block_left_out_while_none():

@@ -1,0 +1,128 @@
+"""Activation bytes one layer saves for its backward pass, per micro-batch, by recompute policy.
+
+Counting follows Korthikanti et al. 2022, "Reducing Activation Recomputation in
+Large Transformer Models" (Sec. 4): every tensor a layer's backward reads is
+listed once, 16-bit unless said otherwise, dropout masks 1 byte per element.
+For a GPT layer (LayerNorm, GeLU FFN of 4h, dropout, attention scores
+materialised) the list sums to s*b*h*(34 + 5*a*s/h) bytes; ``selective``
+recomputes the attention core (softmax, its dropout, attention over V),
+leaving 34*s*b*h; ``full`` keeps only each layer's input (2*s*b*h).
+
+Modern families (every family but GPT-2) are counted with their own tensors:
+flash attention (no s x s tensors: Q, K, V, the output and a float32
+log-sum-exp per row), no dropout, SwiGLU (the gate and up outputs feed the
+activation, its output feeds the down projection), GQA (K and V have
+num_key_value_heads heads), MLA (the compressed latents and their norms), and
+MoE (router probabilities in float32, each token's copy per routed expert).
+With flash attention ``selective`` saves nothing more than ``none``: flash
+attention already recomputes the scores.  ``deepseek`` is DeepSeek-V3's
+policy (report Sec. 3.2.3): recompute every RMSNorm and the MLA
+up-projections, so their outputs are not kept.  FP8 models (DeepSeek-V3) cache
+the inputs of FP8 linears in FP8 (1 byte), the attention output in E5M6
+(1.5 bytes), and the MoE SwiGLU input in FP8 with its output recomputed
+(report Sec. 3.3.2).  Tensor parallelism with sequence parallelism divides
+everything by ``tp``.  docs/model.md walks through each count.
+"""
+
+from __future__ import annotations
+
+from .config import ModelConfig
+
+POLICIES = ("none", "selective", "full", "deepseek")
+FP8_BYTES, E5M6_BYTES = 1.0, 1.5
+
+
+def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
+          tp: int = 1) -> dict[str, float]:  # fmt: skip
+    """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences."""
+    h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
+    sb = s * b
+    if policy == "full":
+        return {"layer input (checkpoint)": act * sb * h / tp}
+    drop_norm = policy == "deepseek"
+    eager = cfg.model_type == "gpt2"  # Korthikanti's setting: scores materialised
+    lin = FP8_BYTES if cfg.fp8 else act  # what a linear's cached input costs
+    out: dict[str, float] = {"norm1 input": act * sb * h}
+    if cfg.mla:
+        if cfg.q_lora_rank:
+            out["q_a input (norm1 output)"] = 0 if drop_norm else lin * sb * h
+            out["q latent (q_a_layernorm input)"] = act * sb * cfg.q_lora_rank
+            out["q_b input (q_a_layernorm output)"] = 0 if drop_norm else lin * sb * cfg.q_lora_rank
+        else:
+            out["q input (norm1 output)"] = 0 if drop_norm else lin * sb * h
+        out["kv latent + rope key (kv_a output)"] = act * sb * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+        out["kv_b input (kv_a_layernorm output)"] = 0 if drop_norm else lin * sb * cfg.kv_lora_rank
+        if not cfg.q_lora_rank:
+            out["kv_a input"] = 0  # same tensor as the q input
+        up = 0 if drop_norm else act  # up-projection outputs: recomputed by the deepseek policy
+        out["q (up-projected)"] = up * sb * a * cfg.qk_head_dim
+        out["k, v (up-projected)"] = up * sb * a * (cfg.qk_head_dim + cfg.v_head_dim)
+    else:
+        out["qkv input (norm1 output)"] = 0 if drop_norm else lin * sb * h
+        out["q, k"] = act * sb * (a + kv) * cfg.qk_head_dim
+        out["v"] = act * sb * kv * cfg.v_head_dim
+    if eager:
+        core = policy in ("selective",)
+        out["softmax output"] = 0 if core else act * a * s * s * b
+        if cfg.dropout:
+            out["attention dropout mask"] = 0 if core else a * s * s * b
+            out["attention dropout output"] = 0 if core else act * a * s * s * b
+    else:
+        out["softmax log-sum-exp (fp32)"] = 4.0 * sb * a
+    out["o_proj input"] = (E5M6_BYTES if cfg.fp8 else act) * sb * a * cfg.v_head_dim
+    if cfg.dropout:
+        out["attention residual dropout mask"] = 1.0 * sb * h
+    out["norm2 input"] = act * sb * h
+    out["mlp input (norm2 output)"] = 0 if drop_norm else (lin if not cfg.is_moe_layer(i) else act) * sb * h
+    if cfg.is_moe_layer(i):
+        k, fe = cfg.experts_per_token, cfg.moe_intermediate_size
+        out["router probabilities (fp32)"] = 4.0 * sb * cfg.num_experts
+        out["routed expert inputs (k copies)"] = lin * k * sb * h
+        if cfg.fp8:  # SwiGLU input cached in FP8, its output recomputed (DeepSeek-V3)
+            out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
+        else:
+            out["routed SwiGLU inputs"] = act * k * sb * 2 * fe
+            out["routed down inputs"] = act * k * sb * fe
+        if cfg.shared_intermediate_size:
+            fs = cfg.shared_intermediate_size
+            if cfg.fp8:
+                out["shared-expert SwiGLU input"] = FP8_BYTES * sb * 2 * fs
+            else:
+                out["shared-expert SwiGLU input"] = act * sb * 2 * fs
+                out["shared-expert down input"] = act * sb * fs
+    elif cfg.ffn == "gelu":
+        out["gelu input"] = act * sb * cfg.intermediate_size
+        out["fc2 input (gelu output)"] = act * sb * cfg.intermediate_size
+    else:
+        out["SwiGLU input (gate, up outputs)"] = act * sb * 2 * cfg.intermediate_size
+        out["down input (SwiGLU output)"] = lin * sb * cfg.intermediate_size
+    if cfg.dropout:
+        out["mlp dropout mask"] = 1.0 * sb * h
+    return {name: v / tp for name, v in out.items() if v}
+
+
+def layer_total(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
+                tp: int = 1) -> float:  # fmt: skip
+    return float(sum(layer(cfg, i, s, b, policy, act, tp).values()))
+
+
+def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1) -> float:
+    """The first stage's own activations: the embedding dropout mask (GPT-2); a lookup saves nothing else."""
+    return (1.0 * s * b * cfg.hidden_size if cfg.dropout else 0.0) / tp
+
+
+def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1) -> float:
+    """The last stage's own activations: final-norm input and output, and the float32 logits
+    the cross-entropy keeps (Korthikanti et al. Sec. 4.3)."""
+    return (2 * act * s * b * cfg.hidden_size + 4.0 * s * b * cfg.vocab_size) / tp
+
+
+def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1) -> float:
+    """One MTP module: its two norm inputs, the projection input, one layer and the shared head."""
+    proj = 0.0 if policy in ("deepseek", "full") else act * s * b * 2 * cfg.hidden_size
+    return (
+        2 * act * s * b * cfg.hidden_size / tp
+        + proj / tp
+        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp)
+        + head(cfg, s, b, act, tp)
+    )

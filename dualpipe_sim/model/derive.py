@@ -1,0 +1,306 @@
+"""From ``[model]``, ``[parallel]``, ``[hardware]`` and ``memory.recompute`` to per-stage figures.
+
+Per stage: parameters (dense and routed-expert parts), static memory per rank
+holding it, activation bytes per micro-batch, and, given hardware, the F, B, W
+times (ms) and P2P time; for an MoE model with expert parallelism, the
+``[chunk]`` components of one MoE layer.  Every derived time is
+FLOPs / (peak FLOP/s x efficiency) or overhead + bytes / bandwidth; the
+:func:`explain` rows say which.  docs/model.md gives the derivations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import activations, config, flops, layout, memory, params
+from .config import ModelConfig, ModelError
+from .hardware import PRESETS, Hardware, preset
+from .sections import DTYPES, ParallelSection
+
+# Flash attention skips the masked half of a causal s x s square; its backward
+# runs 5 matmuls of that size (recomputing the scores) against the forward's 2.
+FLASH_CAUSAL, FLASH_BACKWARD, EAGER_BACKWARD = 0.5, 2.5, 2.0
+FP8_SCALE_OVERHEAD = 4 / 128  # one fp32 scale per 128 FP8 values (DeepSeek-V3's tile quantisation)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the derivation reads, resolved and checked."""
+
+    cfg: ModelConfig
+    seq: int
+    mb: int
+    policy: str
+    act_bytes: float
+    sharding: memory.Sharding
+    stages: tuple[layout.Stage, ...]
+    hw: Hardware | None
+    efficiency: float = 0.4
+    a2a_overhead: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.seq * self.mb
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """One layer's times (ms) per micro-batch, by component (the [chunk] names)."""
+
+    attn_forward: float
+    mlp_forward: float
+    attn_backward_input: float
+    attn_backward_weight: float
+    mlp_backward_input: float
+    mlp_backward_weight: float
+    dispatch_forward: float = 0.0
+    combine_forward: float = 0.0
+    dispatch_backward: float = 0.0
+    combine_backward: float = 0.0
+
+    @property
+    def forward(self) -> float:
+        return self.attn_forward + self.mlp_forward
+
+    @property
+    def weight(self) -> float:
+        return self.attn_backward_weight + self.mlp_backward_weight
+
+    @property
+    def backward(self) -> float:
+        return self.attn_backward_input + self.mlp_backward_input + self.weight
+
+
+@dataclass
+class StageFigures:
+    dense_params: int  # whole-model counts this stage holds (before any sharding)
+    routed_params: int
+    activation_bytes: float  # per micro-batch on the rank running it
+    static: memory.Static  # per rank holding it
+    forward: float | None = None  # ms
+    backward: float | None = None
+    weight: float | None = None
+
+
+@dataclass
+class Derived:
+    setup: Setup
+    stages: list[StageFigures]
+    p2p: float | None = None  # ms
+    moe_layer: LayerTimes | None = None  # the [chunk] components, MoE with expert parallelism
+    chunk_layers: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parameter_bytes(self) -> tuple[float, ...]:
+        return tuple(s.static.parameters for s in self.stages)
+
+    @property
+    def activation_bytes(self) -> tuple[float, ...]:
+        return tuple(s.activation_bytes for s in self.stages)
+
+
+# -- resolving the sections --------------------------------------------------------
+def model_config(section, base_dir: Path | None = None) -> ModelConfig:
+    """The ModelConfig of a ``[model]`` section: its file, then inline fields over it."""
+    inline = section.inline()
+    for key in inline:
+        if key not in config.INLINE_FIELDS:
+            raise ModelError(f"model.{key}: unknown key")
+    raw: dict = {}
+    where = "model."
+    if section.config is not None:
+        path = Path(section.config)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        where = f"model.config {section.config}: "
+        try:
+            raw = dict(config.read_raw(path))
+        except ModelError as exc:
+            raise ModelError(f"model.config: {exc}") from None
+        if inline:
+            where = "model."
+    elif not inline:
+        raise ModelError("model.config: required key is missing (or give the architecture's fields inline)")
+    raw.update(inline)
+    cfg = config.from_hf(raw, where)
+    if section.fp8 is not None and section.fp8 != cfg.fp8:
+        from dataclasses import replace
+
+        cfg = replace(cfg, fp8=section.fp8)
+    return cfg
+
+
+def setup(scenario, stages: int | None = None) -> Setup:
+    """Resolve a Scenario's model sections (``scenario.model`` must be set)."""
+    m, par = scenario.model, scenario.parallel or ParallelSection()
+    cfg = model_config(m)
+    S = scenario.pipeline.stages if stages is None else stages
+    stage_list = tuple(layout.parse(par.layout, cfg.num_layers, S, cfg.mtp_layers))
+    if cfg.moe:
+        if cfg.num_experts % par.expert:
+            raise ModelError(
+                f"parallel.expert: must divide the number of routed experts ({cfg.num_experts}), got {par.expert}"
+            )
+        if (par.data * par.tensor) % par.expert:
+            raise ModelError(
+                f"parallel.expert: must divide parallel.data x parallel.tensor ({par.data * par.tensor}): "
+                f"expert-parallel ranks are carved out of the data-parallel ones, got {par.expert}"
+            )
+    elif par.expert > 1:
+        raise ModelError(f"parallel.expert: the model has no experts, so it must be 1, got {par.expert}")
+    if cfg.num_heads % par.tensor:
+        raise ModelError(f"parallel.tensor: must divide the attention heads ({cfg.num_heads}), got {par.tensor}")
+    optimizer = (4.0 if m.master_weights else 0.0) + 2 * DTYPES[m.optimizer_dtype]
+    sharding = memory.Sharding(
+        par.tensor, par.expert, par.data, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype], optimizer
+    )
+    hw, eff, overhead = None, 0.4, 0.0
+    section = scenario.hardware
+    if section is not None:
+        hw, eff, overhead = hardware(section), section.efficiency, section.a2a_overhead
+    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.memory.recompute, DTYPES[m.activations_dtype],
+                 sharding, stage_list, hw, eff, overhead)  # fmt: skip
+
+
+def hardware(section) -> Hardware:
+    figures = dict(
+        bf16_tflops=section.bf16_tflops,
+        fp8_tflops=section.fp8_tflops,
+        hbm_bytes=section.hbm,
+        p2p_gbps=section.p2p_bandwidth,
+        a2a_gbps=section.a2a_bandwidth,
+        a2a_intra_gbps=section.a2a_intra_bandwidth,
+        gpus_per_node=section.gpus_per_node,
+    )
+    if section.preset is not None:
+        return preset(section.preset, **figures)
+    for key, name in (("bf16_tflops", "bf16_tflops"), ("p2p_gbps", "p2p_bandwidth")):
+        if figures[key] is None:
+            raise ModelError(f"hardware.{name}: required key is missing (or give hardware.preset: {', '.join(PRESETS)})")
+    a2a = figures["a2a_gbps"] or figures["p2p_gbps"]
+    return Hardware("custom", figures["bf16_tflops"], figures["fp8_tflops"], figures["hbm_bytes"] or 0.0,
+                    figures["p2p_gbps"], a2a, figures["a2a_intra_gbps"] or a2a, figures["gpus_per_node"] or 8)  # fmt: skip
+
+
+# -- per-layer figures -------------------------------------------------------------
+def _ms(flops_: float, peak: float, eff: float) -> float:
+    return flops_ / (peak * eff) * 1e3
+
+
+def layer_times(st: Setup, i: int) -> LayerTimes:
+    """Times of layer ``i`` for one micro-batch on one rank (ms); needs hardware."""
+    cfg, hw, eff, tp = st.cfg, st.hw, st.efficiency, st.sharding.tensor
+    f = flops.layer(cfg, i, st.seq)
+    n = st.tokens / tp
+    lin, bf16 = hw.peak(cfg.fp8), hw.peak(False)  # attention core runs in BF16 (as DeepSeek-V3's does)
+    eager = cfg.model_type == "gpt2"
+    lin_attn = _ms(n * f.attn_linear, lin, eff)
+    core = _ms(n * f.attn_core * (1.0 if eager else FLASH_CAUSAL), bf16, eff)
+    mlp = _ms(n * f.mlp, lin, eff)
+    core_back = (EAGER_BACKWARD if eager else FLASH_BACKWARD) * core
+    redo_attn = {"full": lin_attn + core, "selective": core if eager else 0.0,
+                 "deepseek": _ms(n * f.up_projection, lin, eff)}.get(st.policy, 0.0)  # fmt: skip
+    redo_mlp = mlp if st.policy == "full" else 0.0
+    t = dict(
+        attn_forward=lin_attn + core,
+        mlp_forward=mlp,
+        attn_backward_input=lin_attn + core_back + redo_attn,
+        attn_backward_weight=lin_attn,
+        mlp_backward_input=mlp + redo_mlp,
+        mlp_backward_weight=mlp,
+    )
+    if cfg.is_moe_layer(i) and st.sharding.expert > 1:
+        t.update(a2a_times(st))
+    return LayerTimes(**t)
+
+
+def a2a_bytes(st: Setup) -> dict[str, float]:
+    """Bytes one rank sends per MoE layer and micro-batch over the link that limits each phase."""
+    cfg, ep = st.cfg, st.sharding.expert
+    k, h, n = cfg.experts_per_token, cfg.hidden_size, st.tokens
+    fp8 = 1.0 + FP8_SCALE_OVERHEAD if cfg.fp8 else st.act_bytes
+    per_node = st.hw.gpus_per_node
+    nodes = math.ceil(ep / per_node)
+    if nodes > 1:  # the NIC limits: one copy per remote node a token's experts live on
+        distinct = nodes * (1 - (1 - 1 / nodes) ** k)
+        if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing (DeepSeek-V3)
+            distinct = min(distinct, cfg.route_group_limit)
+        copies = distinct * (nodes - 1) / nodes
+    else:  # NVLink: every copy to another GPU of the node
+        copies = k * (ep - 1) / ep
+    elems = n * copies * h
+    # Forward dispatch and the gradient sent back through combine's backward carry FP8 in an FP8
+    # model (DeepSeek-V3 Sec. 3.3.2); both combines' payloads stay BF16.
+    return {"dispatch_forward": elems * fp8, "combine_forward": elems * st.act_bytes,
+            "dispatch_backward": elems * st.act_bytes, "combine_backward": elems * fp8}  # fmt: skip
+
+
+def a2a_times(st: Setup) -> dict[str, float]:
+    hw = st.hw
+    nodes = math.ceil(st.sharding.expert / hw.gpus_per_node)
+    gbps = hw.a2a_gbps if nodes > 1 else hw.a2a_intra_gbps
+    return {k: st.a2a_overhead + b / (gbps * 1e9) * 1e3 for k, b in a2a_bytes(st).items()}
+
+
+def _head_ms(st: Setup) -> float:
+    # The output head stays in BF16 (DeepSeek-V3 keeps it out of FP8).
+    return _ms(st.tokens / st.sharding.tensor * flops.head(st.cfg), st.hw.peak(False), st.efficiency)
+
+
+# -- per stage -----------------------------------------------------------------------
+def derive(st: Setup) -> Derived:
+    cfg, sh = st.cfg, st.sharding
+    args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+    figures = []
+    per_layer = {}
+    for stage in st.stages:
+        lp = [params.layer(cfg, i) for i in stage.layers]
+        dense = sum(p.dense for p in lp)
+        routed = sum(p.routed for p in lp)
+        act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
+        if stage.embedding:
+            dense += params.embedding(cfg)
+            act += activations.embedding(cfg, st.seq, st.mb, sh.tensor)
+        if stage.head:
+            dense += params.head(cfg)
+            act += activations.head(cfg, st.seq, st.mb, st.act_bytes, sh.tensor)
+        if stage.mtp:
+            mtp = params.mtp_module(cfg)
+            dense += stage.mtp * mtp.dense
+            routed += stage.mtp * mtp.routed
+            act += stage.mtp * activations.mtp_module(cfg, *args)
+        fig = StageFigures(dense, routed, act, memory.stage_static(dense, routed, sh))
+        if st.hw is not None:
+            times = []
+            for i in stage.layers + (cfg.num_layers,) * stage.mtp:
+                key = cfg.is_moe_layer(i)
+                if key not in per_layer:
+                    per_layer[key] = layer_times(st, i)
+                times.append(per_layer[key])
+            head = _head_ms(st) * (int(stage.head) + stage.mtp)
+            proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+            extra = head + proj
+            redo = extra if st.policy == "full" else 0.0
+            # a2a phases run in sequence with compute in a lone op; F, B carry them
+            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times) + extra
+            fig.weight = sum(t.weight for t in times) + extra
+            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times) + 2 * extra + redo
+        figures.append(fig)
+    out = Derived(st, figures)
+    if st.hw is not None:
+        boundary = st.act_bytes * st.tokens * cfg.hidden_size / sh.tensor
+        out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
+        if cfg.moe and sh.expert > 1:
+            moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
+            out.moe_layer = layer_times(st, moe_i)
+            counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
+            out.chunk_layers = max(1, counts.most_common(1)[0][0])
+            out.notes.append(
+                f"MoE with expert parallelism: every stage is costed as {out.chunk_layers} MoE layers' "
+                "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
+            )
+    return out

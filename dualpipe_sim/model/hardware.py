@@ -1,0 +1,54 @@
+"""GPU presets: peak dense TFLOP/s, HBM capacity and link bandwidths, with where each figure is from.
+
+Figures are per GPU, dense (no 2:4 sparsity), SXM parts.  Bandwidths are in
+GB/s (10^9 bytes/s) per direction; capacities in bytes (10^9, the datasheets'
+GB).  Sources (full citations in docs/model.md):
+
+* H100 SXM: NVIDIA H100 Tensor Core GPU datasheet: BF16 989.4 TFLOPS and FP8
+  1,978.9 TFLOPS dense (the datasheet's 1,979 / 3,958 are with sparsity),
+  80 GB HBM3, NVLink 900 GB/s bidirectional (450 per direction).
+  Inter-node: one 400 Gb/s ConnectX-7 NDR port per GPU = 50 GB/s (DGX H100).
+* H800 SXM: the export variant of the H100: the same compute and HBM, NVLink
+  cut to 400 GB/s bidirectional.  DeepSeek-V3 report (Sec. 3.2.2): "IB (50 GB/s)",
+  NVLink "160 GB/s" achieved.
+* H200 SXM: NVIDIA H200 datasheet: the H100's compute, 141 GB HBM3e, NVLink 900 GB/s.
+* B200 (HGX/DGX B200): NVIDIA DGX B200 datasheet: 72 PFLOPS FP8 training and
+  1,440 GB for 8 GPUs = 9 PFLOPS sparse, 4.5 dense FP8 and 2.25 dense BF16 per
+  GPU, 180 GB; NVLink 5 1,800 GB/s bidirectional; ConnectX-7 400 Gb/s per GPU.
+* A100 SXM 80GB: NVIDIA A100 datasheet: BF16 312 TFLOPS dense, no FP8, 80 GB
+  HBM2e, NVLink 600 GB/s bidirectional; HDR InfiniBand 200 Gb/s = 25 GB/s per GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    bf16_tflops: float  # peak dense
+    fp8_tflops: float | None  # None: no FP8 tensor cores (A100)
+    hbm_bytes: float
+    p2p_gbps: float  # pipeline send/recv between neighbouring stages (inter-node: the NIC)
+    a2a_gbps: float  # all-to-all per GPU across nodes (the NIC)
+    a2a_intra_gbps: float  # all-to-all per GPU inside a node (NVLink, per direction)
+    gpus_per_node: int = 8
+
+    def peak(self, fp8: bool) -> float:
+        """Peak FLOP/s for a matmul in FP8 (if the GPU has it) or BF16."""
+        tflops = self.fp8_tflops if fp8 and self.fp8_tflops else self.bf16_tflops
+        return tflops * 1e12
+
+
+PRESETS = {
+    "H100": Hardware("H100", 989.4, 1978.9, 80e9, 50.0, 50.0, 450.0),
+    "H800": Hardware("H800", 989.4, 1978.9, 80e9, 50.0, 50.0, 160.0),
+    "H200": Hardware("H200", 989.4, 1978.9, 141e9, 50.0, 50.0, 450.0),
+    "B200": Hardware("B200", 2250.0, 4500.0, 180e9, 50.0, 50.0, 900.0),
+    "A100": Hardware("A100", 312.0, None, 80e9, 25.0, 25.0, 300.0),
+}
+
+
+def preset(name: str, **overrides) -> Hardware:
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,142 @@
+"""Parameter counts of a :class:`~.config.ModelConfig`, per layer kind, as the HF modules hold them.
+
+Each count is the number of elements of the weights (and biases) a PyTorch
+implementation of that family holds; tests/test_model_params.py works the
+published totals out by hand from the same formulas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """One transformer layer's parameters, split by what shards them differently."""
+
+    attention: int  # q/k/v/o (or MLA's down/up projections and their norms)
+    norms: int  # the two pre-norms
+    mlp: int  # dense FFN, or an MoE layer's shared experts + router (replicated over EP)
+    routed: int  # all routed experts (sharded over EP); 0 in a dense layer
+    routed_active: int  # the experts_per_token of them one token uses
+
+    @property
+    def total(self) -> int:
+        return self.attention + self.norms + self.mlp + self.routed
+
+    @property
+    def activated(self) -> int:
+        return self.attention + self.norms + self.mlp + self.routed_active
+
+    @property
+    def dense(self) -> int:
+        """Everything but the routed experts: replicated across expert-parallel ranks."""
+        return self.attention + self.norms + self.mlp
+
+
+def _norm(cfg: ModelConfig, width: int) -> int:
+    return width * (2 if cfg.norm == "layernorm" else 1)
+
+
+def attention(cfg: ModelConfig) -> int:
+    h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
+    if cfg.mla:
+        nope = cfg.qk_head_dim - cfg.qk_rope_head_dim
+        if cfg.q_lora_rank:  # q = W_qb(norm(W_qa x))
+            q = h * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * a * cfg.qk_head_dim
+        else:
+            q = h * a * cfg.qk_head_dim
+        kv_a = h * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank  # + kv_a_layernorm
+        kv_b = cfg.kv_lora_rank * a * (nope + cfg.v_head_dim)
+        return q + kv_a + kv_b + a * cfg.v_head_dim * h
+    d, dv = cfg.qk_head_dim, cfg.v_head_dim
+    n = h * a * d + 2 * h * kv * d + a * dv * h  # q, k, v, o
+    if cfg.bias:
+        n += a * d + 2 * kv * d + h
+    elif cfg.qkv_bias:
+        n += a * d + 2 * kv * d
+    if cfg.qk_norm:
+        n += 2 * d
+    return n
+
+
+def ffn(cfg: ModelConfig, width: int) -> int:
+    h = cfg.hidden_size
+    if cfg.ffn == "gelu":
+        return 2 * h * width + ((width + h) if cfg.bias else 0)
+    return 3 * h * width  # gate, up, down
+
+
+def layer(cfg: ModelConfig, i: int) -> LayerParams:
+    """Parameters of layer ``i`` (0-based; MTP layers are MoE layers like the last one)."""
+    attn, norms = attention(cfg), 2 * _norm(cfg, cfg.hidden_size)
+    if not cfg.is_moe_layer(i):
+        return LayerParams(attn, norms, ffn(cfg, cfg.intermediate_size), 0, 0)
+    h, E = cfg.hidden_size, cfg.num_experts
+    expert = ffn(cfg, cfg.moe_intermediate_size)
+    router = h * E + (E if cfg.router_bias else 0)
+    shared = (ffn(cfg, cfg.shared_intermediate_size) if cfg.shared_intermediate_size else 0) + (
+        h if cfg.shared_expert_gate else 0
+    )
+    return LayerParams(attn, norms, shared + router, E * expert, cfg.experts_per_token * expert)
+
+
+def embedding(cfg: ModelConfig) -> int:
+    """Token embedding (and learned positions), held by the first stage."""
+    return cfg.vocab_size * cfg.hidden_size + cfg.max_positions * cfg.hidden_size
+
+
+def head(cfg: ModelConfig) -> int:
+    """Final norm and output projection, held by the last stage (a tied head holds its own copy
+    there, as Megatron does when embedding and head sit on different stages)."""
+    return _norm(cfg, cfg.hidden_size) + cfg.vocab_size * cfg.hidden_size  # no bias, GPT-2 included
+
+
+def head_unique(cfg: ModelConfig) -> int:
+    """What the head adds to the model's distinct parameters (a tied head adds only its norm)."""
+    return head(cfg) - (cfg.vocab_size * cfg.hidden_size if cfg.tie_word_embeddings else 0)
+
+
+def mtp_module(cfg: ModelConfig) -> LayerParams:
+    """One DeepSeek-V3 MTP module without the embedding and head it shares with the main model:
+    enorm + hnorm, the 2h -> h projection, one MoE layer and the shared head's norm."""
+    one = layer(cfg, cfg.num_layers)
+    h = cfg.hidden_size
+    extra = 2 * _norm(cfg, h) + 2 * h * h + _norm(cfg, h)
+    return LayerParams(one.attention, one.norms + extra, one.mlp, one.routed, one.routed_active)
+
+
+@dataclass(frozen=True)
+class Totals:
+    total: int  # main model: embedding + layers + head (no MTP)
+    activated: int  # per token: layers with their active experts + head (the embedding is a lookup)
+    embedding: int
+    head: int
+    layers: int
+    mtp: int  # MTP modules' own parameters (not in total)
+    by_kind: dict  # attention / norms / mlp / routed experts / embedding / head, summed over layers
+
+
+def totals(cfg: ModelConfig) -> Totals:
+    layers = [layer(cfg, i) for i in range(cfg.num_layers)]
+    emb, hd = embedding(cfg), head_unique(cfg)
+    kinds = {
+        "embedding": emb,
+        "attention": sum(p.attention for p in layers),
+        "norms": sum(p.norms for p in layers),
+        "mlp_dense_and_shared": sum(p.mlp for p in layers),
+        "routed_experts": sum(p.routed for p in layers),
+        "head": hd,
+    }
+    body = sum(p.total for p in layers)
+    return Totals(
+        total=emb + body + hd,
+        activated=sum(p.activated for p in layers) + head(cfg),
+        embedding=emb,
+        head=hd,
+        layers=body,
+        mtp=cfg.mtp_layers * mtp_module(cfg).total,
+        by_kind=kinds,
+    )

@@ -1,0 +1,187 @@
+"""The ``dualpipe-sim model`` verb's answer: counts, FLOPs, activation bytes and the per-stage split.
+
+:func:`summary` is the JSON document (keys ``parameters_total``,
+``parameters_activated``, ``flops_per_token``, ``activation_bytes_per_layer``,
+``stages`` and more); :func:`text` prints it for people, and with ``explain``
+also how every derived number is obtained.
+"""
+
+from __future__ import annotations
+
+from . import activations, derive, flops, params
+from .derive import Derived
+
+COMPONENT_ORDER = ("attn_forward", "mlp_forward", "dispatch_forward", "combine_forward", "combine_backward",
+                   "mlp_backward_input", "mlp_backward_weight", "dispatch_backward", "attn_backward_input",
+                   "attn_backward_weight")  # fmt: skip
+
+
+def summary(d: Derived) -> dict:
+    st = d.setup
+    cfg = st.cfg
+    t = params.totals(cfg)
+    f = flops.per_token(cfg, st.seq)
+    args = (st.seq, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
+    per_layer = [activations.layer_total(cfg, i, *args) for i in range(cfg.num_layers)]
+    stages = []
+    for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
+        row = {
+            "stage": i,
+            "layers": len(stage.layers),
+            "first_layer": stage.layers[0] if stage.layers else None,
+            "embedding": stage.embedding,
+            "head": stage.head,
+            "mtp": stage.mtp,
+            "parameters": fig.dense_params + fig.routed_params,
+            "parameters_routed": fig.routed_params,
+            "parameter_bytes_per_rank": fig.static.parameters,
+            "gradient_bytes_per_rank": fig.static.gradients,
+            "optimizer_bytes_per_rank": fig.static.optimizer,
+            "activation_bytes": fig.activation_bytes,
+        }
+        if fig.forward is not None:
+            row.update(forward_ms=fig.forward, backward_ms=fig.backward, weight_ms=fig.weight)
+        stages.append(row)
+    out = {
+        "model_type": cfg.model_type,
+        "parameters_total": t.total,
+        "parameters_activated": t.activated,
+        "parameters_mtp": t.mtp,
+        "parameters_by_kind": t.by_kind,
+        "seq_length": st.seq,
+        "micro_batch_size": st.mb,
+        "recompute": st.policy,
+        "flops_per_token": {"forward": f.forward, "training": f.training, "six_n": f.six_n,
+                            "attention": f.attention, "mtp_forward": f.mtp_forward},  # fmt: skip
+        "activation_bytes_per_layer": per_layer,
+        "stages": stages,
+    }
+    if st.hw is not None:
+        out["hardware"] = {"name": st.hw.name, "efficiency": st.efficiency, "a2a_overhead_ms": st.a2a_overhead}
+        out["p2p_ms"] = d.p2p
+        if d.moe_layer is not None:
+            out["chunk"] = {"layers": d.chunk_layers, **{k: getattr(d.moe_layer, k) for k in COMPONENT_ORDER}}
+    return out
+
+
+def _b(n: float) -> str:
+    return f"{n / 1e9:.2f} B"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def text(d: Derived, explain: bool = False) -> str:
+    s = summary(d)
+    st = d.setup
+    cfg = st.cfg
+    kinds = ", ".join(f"{k} {_b(v)}" for k, v in s["parameters_by_kind"].items() if v)
+    f = s["flops_per_token"]
+    lines = [
+        f"model {cfg.model_type}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads"
+        + (f", {cfg.num_experts} experts (top-{cfg.experts_per_token})" if cfg.moe else "")
+        + (f", {cfg.mtp_layers} MTP module(s)" if cfg.mtp_layers else "")
+        + (", FP8 linears" if cfg.fp8 else ""),
+        f"parameters: total {_b(s['parameters_total'])} (main model"
+        + (", without MTP" if cfg.mtp_layers else "") + f"), activated per token {_b(s['parameters_activated'])}"
+        + (f", MTP modules {_b(s['parameters_mtp'])}" if cfg.mtp_layers else ""),
+        f"  by kind: {kinds}",
+        f"FLOPs per token at seq_length {st.seq}: forward {f['forward']:.4g}, training {f['training']:.4g}"
+        f" (6N {f['six_n']:.4g} + attention {f['attention']:.4g})",
+    ]
+    per_layer = s["activation_bytes_per_layer"]
+    distinct = sorted(set(per_layer), key=per_layer.index)
+    shown = ", ".join(f"layers {_ranges([i for i, v in enumerate(per_layer) if v == b])}: {_gb(b)}" for b in distinct)
+    lines.append(
+        f"activation bytes per layer (recompute {st.policy}, micro-batch {st.mb} x {st.seq} tokens, "
+        f"tensor {st.sharding.tensor}): {shown}"
+    )
+    hw = st.hw is not None
+    lines += ["", f"{'stage':>5} {'layers':>6} {'holds':<6} {'params':>9} {'param/rank':>10} {'grad/rank':>10} "
+              f"{'optim/rank':>10} {'act/micro-batch':>15}" + (f" {'F ms':>8} {'B ms':>8} {'W ms':>8}" if hw else "")]
+    for row in s["stages"]:
+        holds = ("E" if row["embedding"] else "") + ("m" * row["mtp"]) + ("L" if row["head"] else "")
+        line = (f"{row['stage']:>5} {row['layers']:>6} {holds or '-':<6} {_b(row['parameters']):>9} "
+                f"{_gb(row['parameter_bytes_per_rank']):>10} {_gb(row['gradient_bytes_per_rank']):>10} "
+                f"{_gb(row['optimizer_bytes_per_rank']):>10} {_gb(row['activation_bytes']):>15}")  # fmt: skip
+        if hw:
+            line += f" {row['forward_ms']:>8.4g} {row['backward_ms']:>8.4g} {row['weight_ms']:>8.4g}"
+        lines.append(line)
+    if hw:
+        lines.append(f"\nP2P per activation: {d.p2p:.4g} ms on {st.hw.name}, efficiency {st.efficiency}")
+        if d.moe_layer is not None:
+            comps = ", ".join(f"{k} {getattr(d.moe_layer, k):.3g}" for k in COMPONENT_ORDER)
+            lines.append(f"[chunk] per MoE layer (ms), layers = {d.chunk_layers}: {comps}")
+    lines += [f"note: {n}" for n in d.notes]
+    if explain:
+        lines += ["", *explain_lines(d)]
+    return "\n".join(lines)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start = [], None
+    for i, x in enumerate(xs):
+        if start is None:
+            start = x
+        if i == len(xs) - 1 or xs[i + 1] != x + 1:
+            out.append(f"{start}" if start == x else f"{start}-{x}")
+            start = None
+    return ",".join(out)
+
+
+def explain_lines(d: Derived) -> list[str]:
+    """How each derived number is obtained (formulas with this model's figures)."""
+    st = d.setup
+    cfg, sh = st.cfg, st.sharding
+    lines = ["how these are derived (docs/model.md has the sources):"]
+    lines.append(
+        f"  parameters per rank: dense part / tensor ({sh.tensor}), routed experts / expert ({sh.expert}); "
+        f"ZeRO {sh.zero} shards " + ("nothing" if sh.zero == 0 else ["", "optimizer", "optimizer, gradients",
+                                                                     "optimizer, gradients, parameters"][sh.zero])
+        + f" over data ({sh.data}) for the dense part and data x tensor / expert ({sh.expert_data:g}) for experts"
+    )
+    lines.append(f"  bytes per parameter: parameters {sh.params_bytes:g}, gradients {sh.grads_bytes:g}, "
+                 f"optimizer {sh.optimizer_bytes:g} (fp32 master if kept + two Adam moments)")
+    kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
+    for moe in kinds:
+        i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
+        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+        lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
+                     f"recompute {st.policy}:")
+        lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]
+        lines.append(f"    {'total':<40} {sum(saved.values()) / 1e6:>10.2f} MB")
+    if st.hw is not None:
+        hw = st.hw
+        lin = hw.peak(cfg.fp8) / 1e12
+        lines.append(
+            f"  time = FLOPs / (peak x efficiency): linears at {lin:g} TFLOP/s ({'FP8' if cfg.fp8 else 'BF16'}), "
+            f"attention core and head at {hw.bf16_tflops:g} (BF16), efficiency {st.efficiency}; "
+            f"causal flash attention does half the s x s work, its backward 2.5x its forward"
+        )
+        for moe in kinds:
+            i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
+            lf = flops.layer(cfg, i, st.seq)
+            n = st.tokens / sh.tensor
+            lines.append(f"  {'MoE' if moe else 'dense'} layer forward FLOPs per micro-batch: attention linears "
+                         f"{n * lf.attn_linear:.4g}, attention core {n * lf.attn_core:.4g} (full square), "
+                         f"MLP {n * lf.mlp:.4g}")
+            t = derive.layer_times(st, i)
+            lines.append("    times (ms): " + ", ".join(f"{k} {getattr(t, k):.3g}" for k in COMPONENT_ORDER
+                                                       if getattr(t, k)))  # fmt: skip
+        if d.moe_layer is not None:
+            b = derive.a2a_bytes(st)
+            lines.append(
+                f"  all-to-all = overhead {st.a2a_overhead} ms + bytes / {hw.a2a_gbps:g} GB/s "
+                f"(NIC; node-limited routing counts one copy per remote node): "
+                + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in b.items())
+            )
+        lines.append(f"  P2P = {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} / tensor {sh.tensor} "
+                     f"/ {hw.p2p_gbps:g} GB/s = {d.p2p:.4g} ms")
+    lines.append(f"  recompute {st.policy}: " + {
+        "none": "nothing recomputed",
+        "selective": "attention core recomputed (Korthikanti et al.; with flash attention it already is)",
+        "full": "each layer's forward rerun in its backward; only layer inputs kept",
+        "deepseek": "RMSNorms and MLA up-projections rerun in the backward (DeepSeek-V3 Sec. 3.2.3)",
+    }[st.policy])
+    return lines

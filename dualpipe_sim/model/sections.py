@@ -1,0 +1,93 @@
+"""The scenario sections ``[model]``, ``[parallel]`` and ``[hardware]`` (pydantic, as scenario.py's).
+
+``[model]`` takes either ``config = "path/to/config.json"`` (HF format; a
+relative path is read from the scenario file's folder) or the same fields
+inline, or both (inline fields then override the file's).  Field names are the
+HF ones; see config.INLINE_FIELDS.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .hardware import PRESETS
+
+DTYPES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+Dtype = Literal["fp32", "bf16", "fp16", "fp8"]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _whole(v):
+    # TOML 8.0 must not silently become 8; "8" (a string) is not a number.
+    if isinstance(v, bool) or isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError("must be a whole number")
+    return v
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class ModelSection(BaseModel):
+    """``[model]``: the architecture (file or inline HF fields), batch shape and dtypes."""
+
+    model_config = ConfigDict(extra="allow", strict=False)  # inline HF fields, checked by config.py
+
+    config: str | None = None
+    seq_length: Annotated[int, Field(ge=1, le=10_000_000)] = 4096
+    micro_batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    params_dtype: Dtype = "bf16"  # the weights the forward pass reads
+    grads_dtype: Dtype = "fp32"  # accumulated gradients (Megatron's main_grad)
+    optimizer_dtype: Dtype = "fp32"  # Adam's two moments
+    master_weights: bool = True  # an fp32 copy of the weights in the optimizer
+    activations_dtype: Dtype = "bf16"
+    fp8: bool | None = None  # FP8 linears and FP8 activation caching; None = as the config says
+
+    @field_validator("seq_length", "micro_batch_size", mode="before")
+    @classmethod
+    def _w(cls, v):
+        return _whole(v)
+
+    def inline(self) -> dict:
+        """The inline HF fields (everything that is not a scenario key)."""
+        return dict(self.model_extra or {})
+
+
+class ParallelSection(_Section):
+    """``[parallel]``: degrees besides the pipeline's, ZeRO stage and the stage layout."""
+
+    tensor: Annotated[int, Field(ge=1, le=1024)] = 1
+    expert: Annotated[int, Field(ge=1, le=65536)] = 1
+    data: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    zero: Annotated[int, Field(ge=0, le=3)] = 0
+    layout: Union[str, list[int], None] = None
+
+    @field_validator("tensor", "expert", "data", "zero", mode="before")
+    @classmethod
+    def _w(cls, v):
+        return _whole(v)
+
+
+class HardwareSection(_Section):
+    """``[hardware]``: a GPU preset and/or its figures; times derived in milliseconds."""
+
+    preset: str | None = None
+    bf16_tflops: Positive | None = None
+    fp8_tflops: Positive | None = None
+    hbm: Positive | None = None  # bytes
+    p2p_bandwidth: Positive | None = None  # GB/s
+    a2a_bandwidth: Positive | None = None  # GB/s per GPU across nodes
+    a2a_intra_bandwidth: Positive | None = None  # GB/s per GPU inside a node
+    gpus_per_node: Annotated[int, Field(ge=1, le=1024)] | None = None
+    efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.4  # achieved / peak FLOP/s
+    a2a_overhead: NonNeg = 0.0  # ms per all-to-all phase beyond its bytes / bandwidth
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v):
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown GPU preset (known: {', '.join(PRESETS)})")
+        return v

@@ -1,0 +1,211 @@
+"""The model package against independent truth: published parameter totals (worked out by hand
+from each config's fields), Korthikanti et al.'s activation formula, Megatron's FLOPs formula,
+DeepSeek's profiled per-layer times, and ZeRO's sharding arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+from dualpipe_sim.model import activations, config, flops, layout, memory, params
+from dualpipe_sim.model.config import ModelError
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "scenarios" / "models"
+GPT2 = ROOT / "tests" / "data" / "gpt2-config.json"
+
+
+def close(x, target, rel=0.005):
+    return abs(x - target) <= rel * target
+
+
+# -- parameter counts, by hand ---------------------------------------------------------
+def test_deepseek_v3_671b_total_and_36_6b_activated():
+    cfg = config.read(MODELS / "deepseek-v3.json")
+    h, V, E, f_e, f_dense = 7168, 129280, 256, 2048, 18432
+    # MLA: q_a (h x 1536) + its norm + q_b (1536 x 128 heads x (128 nope + 64 rope))
+    #      + kv_a (h x (512 + 64)) + its norm + kv_b (512 x 128 x (128 + 128)) + o (128 x 128 x h)
+    mla = h * 1536 + 1536 + 1536 * 128 * 192 + h * 576 + 512 + 512 * 128 * 256 + 128 * 128 * h
+    assert mla == 187_107_328
+    norms = 2 * h
+    expert = 3 * h * f_e  # gate, up, down
+    dense_layer = mla + norms + 3 * h * f_dense
+    moe_layer = mla + norms + E * expert + 1 * expert + h * E + E  # routed, shared, router, its bias
+    total = V * h + 3 * dense_layer + 58 * moe_layer + h + V * h  # embedding, layers, final norm, head
+    assert total == 671_026_419_200
+    t = params.totals(cfg)
+    assert t.total == total and close(t.total, 671e9)
+    # Activated: 8 routed of 256 per token; the embedding is a lookup, the head a matmul.
+    # DeepSeek's README_WEIGHTS.md: 36.6B activated "including 0.9B for the output Head" (~37B).
+    active = 3 * dense_layer + 58 * (moe_layer - E * expert + 8 * expert) + h + V * h
+    assert t.activated == active and close(t.activated, 36.6e9) and round(t.activated / 1e9) == 37
+    # MTP module (not in the 671B): enorm, hnorm, 2h -> h projection, one MoE layer, shared-head norm.
+    assert t.mtp == 2 * h + 2 * h * h + moe_layer + h
+
+
+@pytest.mark.parametrize(
+    "name, h, layers, heads, kv, ffn, published",
+    [("llama3-70b.json", 8192, 80, 64, 8, 28672, 70.6e9), ("llama3.1-405b.json", 16384, 126, 128, 8, 53248, 405.9e9)],
+)
+def test_llama3_totals(name, h, layers, heads, kv, ffn, published):
+    V, d = 128256, 128
+    layer = h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * ffn + 2 * h
+    total = V * h + layers * layer + h + V * h
+    t = params.totals(config.read(MODELS / name))
+    assert t.total == total and close(total, published)
+
+
+def test_gpt2_small_is_124m_as_hf_counts_it():
+    # GPT-2 small's published count in HF: 124,439,808 (tied head, learned positions, biases).
+    assert params.totals(config.read(GPT2)).total == 124_439_808
+
+
+# -- activations: Korthikanti et al. 2022 ------------------------------------------------
+@pytest.mark.parametrize("s, b", [(1024, 1), (512, 4)])
+def test_korthikanti_formulas_for_a_gpt2_config(s, b):
+    cfg = config.read(GPT2)
+    h, a = 768, 12
+    assert cfg.dropout
+    assert activations.layer_total(cfg, 0, s, b, "none") == s * b * h * (34 + 5 * a * s / h)
+    assert activations.layer_total(cfg, 0, s, b, "selective") == 34 * s * b * h
+    assert activations.layer_total(cfg, 0, s, b, "full") == 2 * s * b * h
+    # Tensor parallelism with sequence parallelism divides everything by t (their Eq. 5).
+    assert activations.layer_total(cfg, 0, s, b, "none", tp=4) == s * b * h * (34 + 5 * a * s / h) / 4
+
+
+def test_modern_dense_layer_count_by_hand():
+    """Llama 3 70B, flash attention, no dropout, SwiGLU, GQA (docs/model.md lists the tensors)."""
+    cfg = config.read(MODELS / "llama3-70b.json")
+    s, b, h, f, a, kv, d = 8192, 1, 8192, 28672, 64, 8, 128
+    per_token = 2 * h + 2 * h + 2 * (a + kv) * d + 2 * kv * d + 4 * a + 2 * a * d + 2 * h + 2 * h + 4 * f + 2 * f
+    assert activations.layer_total(cfg, 0, s, b, "none") == s * b * per_token
+    # Flash attention already recomputes the scores: selective saves nothing more.
+    assert activations.layer_total(cfg, 0, s, b, "selective") == s * b * per_token
+
+
+def test_deepseek_policy_moe_layer_by_hand():
+    cfg = config.read(MODELS / "deepseek-v3.json")
+    s, h = 4096, 7168
+    kept = (
+        2 * h  # norm1 input (the norm is recomputed from it)
+        + 2 * 1536 + 2 * 576  # q latent, kv latent + rope key: the up-projections' inputs
+        + 4 * 128  # log-sum-exp per head
+        + 1.5 * 128 * 128  # attention output in E5M6
+        + 2 * h  # norm2 input
+        + 4 * 256  # router probabilities, fp32
+        + 8 * (h + 2 * 2048)  # 8 routed copies: FP8 expert input and SwiGLU input
+        + 2 * 2048  # shared expert's FP8 SwiGLU input
+    )
+    assert activations.layer_total(cfg, 10, s, 1, "deepseek") == s * kept
+
+
+# -- FLOPs: Megatron's formula and 6N + attention ----------------------------------------
+@pytest.mark.parametrize("s", [1024, 2048])
+def test_megatron_flops_formula_for_gpt(s):
+    raw = json.loads(GPT2.read_text())
+    raw.update(n_positions=s)
+    cfg = config.from_hf(raw)
+    l, h, V, B = 12, 768, 50257, 8
+    megatron = 72 * B * s * l * h**2 * (1 + s / (6 * h) + V / (12 * l * h))  # per iteration, no recompute
+    assert flops.per_token(cfg, s).training * B * s == pytest.approx(megatron, rel=1e-12)
+
+
+def test_six_n_plus_attention_for_llama():
+    cfg = config.read(MODELS / "llama3-70b.json")
+    s = 8192
+    f = flops.per_token(cfg, s)
+    t = params.totals(cfg)
+    matmul = t.activated - t.by_kind["norms"] - 8192  # minus the final norm
+    assert f.six_n == 6 * matmul
+    assert f.attention == 12 * 80 * s * 8192  # 3 x (QK^T + AV) = 12 l s h
+    assert f.training == f.six_n + f.attention
+
+
+# -- layouts ------------------------------------------------------------------------------
+def test_megatron_layout_string():
+    stages = layout.parse("Et*3|(t*4|)*14t*2mL", 61, 16, 1)
+    assert [len(s.layers) for s in stages] == [3] + [4] * 14 + [2]
+    assert stages[0].embedding and stages[-1].head and stages[-1].mtp == 1
+    assert stages[1].layers == (3, 4, 5, 6)
+    assert layout.to_string(stages).startswith("Et*3|t*4|")
+
+
+def test_default_and_list_layouts():
+    assert [len(s.layers) for s in layout.parse(None, 10, 4)] == [2, 3, 3, 2]
+    with pytest.raises(ModelError, match="parallel.layout: the stages hold 9 layers, the model has 10"):
+        layout.parse([3, 3, 3], 10, 3)
+
+
+# -- memory: ZeRO sharding -----------------------------------------------------------------
+def test_zero_stages_by_hand():
+    dense, routed = 1000, 800
+    sh = lambda z: memory.Sharding(tensor=2, expert=4, data=8, zero=z)  # noqa: E731
+    # per rank before ZeRO: 500 dense + 200 routed; expert-data-parallel group = 8 x 2 / 4 = 4
+    s0 = memory.stage_static(dense, routed, sh(0))
+    assert (s0.parameters, s0.gradients, s0.optimizer) == (2 * 700, 4 * 700, 12 * 700)
+    s1 = memory.stage_static(dense, routed, sh(1))
+    assert s1.optimizer == 12 * (500 / 8 + 200 / 4) and s1.gradients == 4 * 700
+    s3 = memory.stage_static(dense, routed, sh(3))
+    assert s3.parameters == 2 * (500 / 8 + 200 / 4)
+
+
+# -- the model verb ------------------------------------------------------------------------
+def test_model_verb_json_for_a_bare_config(capsys):
+    assert main(["model", str(MODELS / "llama3-70b.json"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("parameters_total", "parameters_activated", "flops_per_token", "activation_bytes_per_layer", "stages"):
+        assert key in out
+    assert out["parameters_total"] == 70_553_706_496
+    assert (out["seq_length"], out["micro_batch_size"], out["recompute"]) == (4096, 1, "none")
+    assert len(out["stages"]) == 1 and out["stages"][0]["layers"] == 80
+    assert sum(s["parameters"] for s in out["stages"]) == out["parameters_total"]
+
+
+def test_model_verb_set_and_stage_split(capsys):
+    args = ["model", str(GPT2), "--json", "--set", "model.seq_length=1024", "--set", "memory.recompute=selective",
+            "--set", "pipeline.stages=3", "--set", "parallel.layout=[3,5,4]"]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["activation_bytes_per_layer"] == [34 * 1024 * 768] * 12
+    assert [s["layers"] for s in out["stages"]] == [3, 5, 4]
+    # The embedding lives on the first stage, the (tied) head's copy on the last.
+    assert out["stages"][0]["embedding"] and out["stages"][2]["head"]
+
+
+def test_model_verb_bad_config_exits_2(tmp_path, capsys):
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}))
+    assert main(["model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "num_attention_heads: required key is missing" in err
+
+
+# -- derived times against DeepSeek's profile ---------------------------------------------
+# Per MoE layer, ms: DeepSeek's training profile (deepseek-ai/profile-data train.json: 4K tokens,
+# EP64, TP1, H800), as measured for scenarios/deepseek-v3.toml's [chunk].
+PROFILE = {
+    "attn_forward": 4.37, "mlp_forward": 4.60, "dispatch_forward": 6.69, "combine_forward": 8.68,
+    "combine_backward": 5.77, "mlp_backward_input": 5.31, "mlp_backward_weight": 5.06,
+    "dispatch_backward": 7.49, "attn_backward_input": 9.34, "attn_backward_weight": 2.39,
+}  # fmt: skip
+DEEPSEEK_SECTIONS = {
+    "pipeline": {"schedule": "dualpipe", "stages": 16, "microbatches": 32},
+    "model": {"config": str(MODELS / "deepseek-v3.json"), "seq_length": 4096, "micro_batch_size": 1,
+              "optimizer_dtype": "bf16"},
+    "parallel": {"expert": 64, "data": 128, "zero": 1, "layout": "Et*3|(t*4|)*14t*2mL"},
+    "hardware": {"preset": "H800", "efficiency": 0.324, "a2a_overhead": 4.04},
+    "memory": {"recompute": "deepseek"},
+}  # fmt: skip
+
+
+def test_h800_components_within_25_percent_of_the_profile():
+    from dualpipe_sim.model import derive
+    from dualpipe_sim.scenario import sections_only
+
+    d = derive.derive(derive.setup(sections_only(DEEPSEEK_SECTIONS)))
+    for name, measured in PROFILE.items():
+        got = getattr(d.moe_layer, name)
+        assert abs(got - measured) <= 0.25 * measured, (name, got, measured)
