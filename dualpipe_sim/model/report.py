@@ -8,12 +8,11 @@ also how every derived number is obtained.
 
 from __future__ import annotations
 
+from ..costs import Component
 from . import activations, derive, flops, params
 from .derive import Derived
 
-COMPONENT_ORDER = ("attn_forward", "mlp_forward", "dispatch_forward", "combine_forward", "combine_backward",
-                   "mlp_backward_input", "mlp_backward_weight", "dispatch_backward", "attn_backward_input",
-                   "attn_backward_weight")  # fmt: skip
+COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
 
 
 def summary(d: Derived) -> dict:
