@@ -51,7 +51,7 @@ def main() -> None:
             f"{min(idle):.3g} – {max(idle):.3g} | {_fmt(a['bubble'])} | {peak} | {_fmt(a['peak_activation'], '')} | {copies} |"
         )
         image = f"img/gallery-{name}.png"
-        save_gantt(result.trace, m, DOCS / image)
+        save_gantt(result.trace, result.metrics, DOCS / image)
         sections.append(f"#### `{name}`\n\n{family.description}. Constraints: {family.constraints}.\n\n![{name}]({image})\n")
 
     text = "\n".join(

@@ -1,27 +1,35 @@
-"""Interleaved 1F1B (Megatron-LM, Narayanan et al. 2021, "virtual pipeline").
+"""Interleaved 1F1B (Megatron-LM, Narayanan et al. 2021, "virtual pipeline"), in the
+per-rank order of torch.distributed.pipelining's ``ScheduleInterleaved1F1B``.
 
 Placement.  ``stages`` = v * p model stages on p ranks, v = ``chunks_per_rank``
 model chunks per rank: stage s lives on rank s % p, so rank r holds chunks
 c = 0..v-1 = stages r, r + p, ..., r + (v-1)p.  All micro-batches go in
 direction 0.
 
-Order: Megatron-LM's ``forward_backward_pipelining_with_interleaving`` (the
-classic form, micro-batch group size = p), transcribed per rank:
+Order (torch's "flexible" interleaving, any M >= 1 micro-batches):
 
-* every rank walks m*v *virtual* micro-batches k = 0..mv-1; in groups of p*v,
-  forward k runs chunk c = (k mod pv) // p on micro-batch
-  (k // pv) * p + k mod p; backward k runs chunk v-1-c on that micro-batch;
-* warm-up: (p - r - 1) * 2 + (v - 1) * p forwards (capped at mv); when m == p
-  Megatron runs every forward first (all warm-up);
-* steady state: forward k + warm-up, then backward k, until the forwards run
-  out; cool-down: the remaining backwards.
+* the M micro-batches form ``rounds`` = max(1, M // p) rounds of consecutive
+  micro-batches; torch needs M % rounds == 0 (round size M / rounds).  For the
+  M torch refuses (e.g. M = 9 on 4 ranks) the rounds differ in size by one,
+  the larger ones first;
+* a rank's forwards walk round by round, and within a round chunk by chunk
+  (chunk 0 for every micro-batch of the round, then chunk 1, ...); its
+  backwards walk the rounds the same way with the chunks in reverse;
+* warm-up: (v - 1) x (size of the first round) + 2 (p - 1 - r) forwards on
+  rank r (capped at M v); then one forward and one backward in turn; then the
+  remaining backwards.
 
-v = 1 is Megatron's non-interleaved schedule (warm-up p - r - 1), i.e. 1F1B.
+When M is a multiple of p (rounds of p) this is Megatron-LM's
+``forward_backward_pipelining_with_interleaving`` order, except that Megatron
+runs every forward first when M = p and torch does not.  v = 1 is 1F1B with
+2 (p - 1 - r) warm-up forwards instead of p - 1 - r.
 
-Closed form (zero communication, uniform per-stage costs f, b): every rank
-idles (p - 1)(f + b) = (p - 1)(F + B)/v with F = v f, B = v b the per-rank
-costs of a whole micro-batch; peak activation on rank r is the warm-up count
-plus one, at most (p - r - 1) * 2 + (v - 1) * p + 1 stage-activations.
+Closed form (no communication, uniform per-stage costs f, b): every rank idles
+(p - 1)(f + b) = (p - 1)/(v M) x busy (busy = v M (f + b)), the paper's bubble,
+whenever M >= p or v = 1, the rounds equal or not.  With M < p and v > 1 a
+round is shorter than the pipe: its micro-batches must come round all p ranks
+before the rank's next chunk can start, and the ranks idle more (not reported).
+Peak activation on rank r: its warm-up forwards plus one (capped at M v).
 """
 
 from __future__ import annotations
@@ -43,26 +51,25 @@ def _check(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS
             f"pipeline.stages must be a positive multiple of chunks_per_rank = {v} for interleaved-1f1b, "
             f"got {stages}"
         )
-    p = stages // v
-    if microbatches < 1 or microbatches % p:
-        return (
-            f"pipeline.microbatches must be a positive multiple of the {p} ranks "
-            f"(stages / chunks_per_rank) for interleaved-1f1b, got {microbatches}"
-        )
+    if microbatches < 1:
+        return f"pipeline.microbatches must be >= 1 for interleaved-1f1b, got {microbatches}"
     return None
 
 
+def round_sizes(p: int, m: int) -> list[int]:
+    """Micro-batches per round: torch's max(1, m // p) equal rounds when they divide m,
+    otherwise sizes differing by one, the larger first."""
+    rounds = max(1, m // p)
+    base, extra = divmod(m, rounds)
+    return [base + 1] * extra + [base] * (rounds - extra)
+
+
 def _warmup(p: int, v: int, m: int, rank: int) -> int:
-    total = m * v
-    if v == 1:
-        return min(p - rank - 1, total)
-    if m == p:
-        return total
-    return min((p - rank - 1) * 2 + (v - 1) * p, total)
+    return min((v - 1) * round_sizes(p, m)[0] + 2 * (p - 1 - rank), m * v)
 
 
 INTERLEAVED_FORMULA = "(p - 1)(f + b), f, b per stage (= (p-1)(F+B)/v per rank)"
-INTERLEAVED_RANGE = f"microbatches a multiple of the ranks; {COMMON_RANGE}"
+INTERLEAVED_RANGE = f"M >= p or v = 1; {COMMON_RANGE}"
 
 
 def _analytic(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS) -> dict:
@@ -71,52 +78,42 @@ def _analytic(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFA
     f, b, _, _ = mean_costs(costs, stages)
     peak = max(min(_warmup(p, v, microbatches, r) + 1, microbatches * v) for r in range(p))
     reason = common_problem(costs, stages)
+    if reason is None and microbatches < p and v > 1:
+        reason = f"microbatches {microbatches} < {p} ranks with {v} chunks per rank (rounds shorter than the pipe)"
     return result((p - 1) * (f + b), peak, INTERLEAVED_FORMULA, INTERLEAVED_RANGE, reason)
 
 
 @register(
     "interleaved-1f1b",
     check=_check,
-    constraints=(
-        "stages a multiple of chunks_per_rank (default 2); ranks = stages / chunks_per_rank; "
-        "microbatches a multiple of the rank count"
+    constraints="stages a multiple of chunks_per_rank (default 2); ranks = stages / chunks_per_rank; microbatches >= 1",
+    description=(
+        "Interleaved 1F1B (Megatron-LM virtual pipeline) in torch.distributed.pipelining's order: "
+        "v chunks per rank, stage s on rank s % p, any number of micro-batches"
     ),
-    description="Interleaved 1F1B (Megatron-LM virtual pipeline): v chunks per rank, stage s on rank s % p",
     options=("chunks_per_rank",),
     analytic=_analytic,
 )
 def interleaved_1f1b(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS) -> Schedule:
     v, m = chunks_per_rank, microbatches
     p = stages // v
-    total = m * v
-
-    def virtual(k: int, forward: bool) -> tuple[int, int]:
-        """(model stage, micro-batch) of the k-th forward or backward on rank r (stage = c*p + r)."""
-        in_group = k % (p * v)
-        chunk = in_group // p
-        if not forward:
-            chunk = v - 1 - chunk
-        return chunk, (k // (p * v)) * p + in_group % p
-
+    # The k-th forward (backward) of every rank: (chunk, micro-batch), round by round.
+    forwards: list[tuple[int, int]] = []
+    backwards: list[tuple[int, int]] = []
+    first = 0
+    for size in round_sizes(p, m):
+        mbs = range(first, first + size)
+        forwards += [(c, mb) for c in range(v) for mb in mbs]
+        backwards += [(c, mb) for c in reversed(range(v)) for mb in mbs]
+        first += size
     ranks = []
     for r in range(p):
         warmup = _warmup(p, v, m, r)
-        ops: list[Op] = []
-
-        def fwd(k: int) -> None:
-            c, mb = virtual(k, True)
-            ops.append(Op("F", mb, c * p + r))
-
-        def bwd(k: int) -> None:
-            c, mb = virtual(k, False)
-            ops.append(Op("B", mb, c * p + r))
-
-        for k in range(warmup):
-            fwd(k)
-        for k in range(total - warmup):
-            fwd(k + warmup)
-            bwd(k)
-        for k in range(total - warmup, total):
-            bwd(k)
+        fwd = [Op("F", mb, c * p + r) for c, mb in forwards]
+        bwd = [Op("B", mb, c * p + r) for c, mb in backwards]
+        ops = fwd[:warmup]
+        for k in range(len(fwd) - warmup):  # steady state: one forward, one backward
+            ops += [fwd[warmup + k], bwd[k]]
+        ops += bwd[len(fwd) - warmup :]
         ranks.append(tuple(ops))
     return Schedule("interleaved-1f1b", stages, m, tuple(ranks))
