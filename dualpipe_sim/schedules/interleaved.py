@@ -83,6 +83,25 @@ def _analytic(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFA
     return result((p - 1) * (f + b), peak, INTERLEAVED_FORMULA, INTERLEAVED_RANGE, reason)
 
 
+def rank_phases(p: int, v: int, m: int, r: int, extra_warmup: int = 0):
+    """Rank r's (warm-up forwards, steady (forward, backward) pairs, cool-down backwards);
+    ``extra_warmup`` more forwards before the steady state (the overlapped variant's)."""
+    # The k-th forward (backward) of every rank: (chunk, micro-batch), round by round.
+    forwards: list[tuple[int, int]] = []
+    backwards: list[tuple[int, int]] = []
+    first = 0
+    for size in round_sizes(p, m):
+        mbs = range(first, first + size)
+        forwards += [(c, mb) for c in range(v) for mb in mbs]
+        backwards += [(c, mb) for c in reversed(range(v)) for mb in mbs]
+        first += size
+    warmup = min(_warmup(p, v, m, r) + extra_warmup, m * v)
+    fwd = [Op("F", mb, c * p + r) for c, mb in forwards]
+    bwd = [Op("B", mb, c * p + r) for c, mb in backwards]
+    steady = list(zip(fwd[warmup:], bwd))
+    return fwd[:warmup], steady, bwd[len(steady) :]
+
+
 @register(
     "interleaved-1f1b",
     check=_check,
@@ -97,23 +116,8 @@ def _analytic(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFA
 def interleaved_1f1b(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS) -> Schedule:
     v, m = chunks_per_rank, microbatches
     p = stages // v
-    # The k-th forward (backward) of every rank: (chunk, micro-batch), round by round.
-    forwards: list[tuple[int, int]] = []
-    backwards: list[tuple[int, int]] = []
-    first = 0
-    for size in round_sizes(p, m):
-        mbs = range(first, first + size)
-        forwards += [(c, mb) for c in range(v) for mb in mbs]
-        backwards += [(c, mb) for c in reversed(range(v)) for mb in mbs]
-        first += size
     ranks = []
     for r in range(p):
-        warmup = _warmup(p, v, m, r)
-        fwd = [Op("F", mb, c * p + r) for c, mb in forwards]
-        bwd = [Op("B", mb, c * p + r) for c, mb in backwards]
-        ops = fwd[:warmup]
-        for k in range(len(fwd) - warmup):  # steady state: one forward, one backward
-            ops += [fwd[warmup + k], bwd[k]]
-        ops += bwd[len(fwd) - warmup :]
-        ranks.append(tuple(ops))
+        warm, steady, cool = rank_phases(p, v, m, r)
+        ranks.append(tuple(warm + [op for pair in steady for op in pair] + cool))
     return Schedule("interleaved-1f1b", stages, m, tuple(ranks))
