@@ -1,3 +1,3 @@
 """Built-in schedule families; importing this package registers them all."""
 
-from . import chimera, dualpipe, gpipe, interleaved, one_f_one_b, zero_bubble  # noqa: F401
+from . import chimera, dualpipe, gpipe, interleaved, one_f_one_b, overlap, zero_bubble  # noqa: F401

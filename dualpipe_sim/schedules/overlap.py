@@ -1,0 +1,90 @@
+"""1F1B and interleaved 1F1B with expert-parallel all-to-all overlap.
+
+The schedules DualPipe is most often weighed against: Megatron-LM's MoE
+"A2A overlap" runs a steady-state forward of one micro-batch and the backward
+of another as one overlapped pair, so the all-to-all of each hides behind the
+other's compute, as DualPipe's pairs do.  Here such a pair is the IR's FB
+action: its length is ``costs.overlapped`` with the simple cost model, or the
+two component streams interleaved on the rank's compute and all-to-all
+channels with ``[chunk]`` (costs.py), exactly as for DualPipe.
+
+Pairing.  Each family is its plain schedule with every steady-state step
+"forward k + warm-up, backward k" turned into one pair FB(forward, backward):
+
+* ``interleaved-1f1b-overlap``: ``interleaved-1f1b``'s (torch's) order with
+  one more warm-up forward on every rank, steady pairs FB(forward k + warm-up,
+  backward k), then the cool-down B's.  The extra forward keeps the last
+  rank's first pair from holding the forward and the backward of one
+  micro-batch on one stage.
+* ``1f1b-overlap``: the same with one chunk per rank (v = 1): 2(p-1-r) + 1
+  warm-up forwards on rank r, not 1F1B's p - r.  Why two more per hop: rank
+  r's pair i waits for the backward in rank r+1's pair i, which waits for a
+  forward from rank r.  With 1F1B's warm-up that forward comes from rank r's
+  pair i-1, so neighbouring ranks would take turns and each idle half the time
+  (a pair plus a P2P hop per pair); two forwards of lead per hop put it in
+  pair i-2 and the ranks run their pairs back to back.  Megatron pairs with
+  the interleaved schedule, whose warm-up has that lead built in.
+
+The lead costs memory: rank 0 holds 2p stage-activations at its peak with
+``1f1b-overlap`` (1F1B: p; DualPipe: PP + 1).  Warm-up and cool-down run lone
+ops with their all-to-all exposed.  No closed form is given.
+"""
+
+from __future__ import annotations
+
+from ..ir import FB, Action, Op, Schedule
+from ..registry import register
+from .closed_form import result
+from .gpipe import check_one_stage_per_rank
+from .interleaved import DEFAULT_CHUNKS, rank_phases
+from .interleaved import _check as _check_interleaved
+
+NO_FORMULA = "no closed form: nothing published for overlapped 1F1B pairs"
+
+
+def _analytic_1f1b(stages: int, microbatches: int, costs) -> dict:
+    # Rank 0 holds its 2p - 1 warm-up forwards and the pair's forward.
+    return result(None, min(2 * stages, microbatches), "-", "-", NO_FORMULA)
+
+
+def _analytic_interleaved(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS) -> dict:
+    return result(None, None, "-", "-", NO_FORMULA)
+
+
+def _paired(warm: list[Op], steady: list[tuple[Op, Op]], cool: list[Op]) -> tuple[Action, ...]:
+    return tuple(warm) + tuple(FB(f, b) for f, b in steady) + tuple(cool)
+
+
+@register(
+    "1f1b-overlap",
+    check=check_one_stage_per_rank,
+    constraints="stages >= 1, microbatches >= 1; one stage per rank",
+    description=(
+        "1F1B with expert-parallel all-to-all overlap (Megatron MoE A2A overlap): each steady-state "
+        "forward and backward of different micro-batches run as one overlapped pair"
+    ),
+    analytic=_analytic_1f1b,
+)
+def one_f_one_b_overlap(stages: int, microbatches: int) -> Schedule:
+    p, m = stages, microbatches
+    # One chunk per rank: the interleaved order with v = 1, i.e. 1F1B with 2(p-1-r) + 1 warm-up forwards.
+    ranks = tuple(_paired(*rank_phases(p, 1, m, r, extra_warmup=1)) for r in range(p))
+    return Schedule("1f1b-overlap", p, m, ranks)
+
+
+@register(
+    "interleaved-1f1b-overlap",
+    check=_check_interleaved,
+    constraints="stages a multiple of chunks_per_rank (default 2); ranks = stages / chunks_per_rank; microbatches >= 1",
+    description=(
+        "Interleaved 1F1B (torch's order, one more warm-up forward) with expert-parallel all-to-all "
+        "overlap: steady-state forward/backward of different micro-batches as overlapped pairs"
+    ),
+    options=("chunks_per_rank",),
+    analytic=_analytic_interleaved,
+)
+def interleaved_1f1b_overlap(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS) -> Schedule:
+    v, m = chunks_per_rank, microbatches
+    p = stages // v
+    ranks = tuple(_paired(*rank_phases(p, v, m, r, extra_warmup=1)) for r in range(p))
+    return Schedule("interleaved-1f1b-overlap", stages, m, ranks)
