@@ -263,9 +263,11 @@ def _cmd_schedule(args) -> int:
 
 
 def _cmd_schedules() -> int:
-    for name, family in registry.families().items():
-        print(f"{name:<18} {family.description}")
-        print(f"{'':<18} constraints: {family.constraints}")
+    families = registry.families()
+    width = max(18, *(len(name) for name in families))  # the longest name still lines up
+    for name, family in families.items():
+        print(f"{name:<{width}} {family.description}")
+        print(f"{'':<{width}} constraints: {family.constraints}")
     return 0
 
 

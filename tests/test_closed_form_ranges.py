@@ -67,3 +67,18 @@ def test_closed_form_only_inside_its_range(name, data):
     met = compute_metrics(simulate(registry.build(name, stages, microbatches, **opts), model)).to_dict()
     measured = max(r["between_ops"] for r in met["per_rank"])
     assert measured == pytest.approx(a["bubble"], abs=1e-9 * max(1.0, measured)), (stages, microbatches, opts, model)
+
+
+def test_summary_table_says_why_there_is_no_closed_form():
+    from dualpipe_sim import scenario, simulation
+    from dualpipe_sim.cli import summary_table
+
+    data = {
+        "pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8},
+        "costs": {"forward": 1.0, "backward": 2.0},
+        "comm": {"p2p": 0.1},
+    }
+    text = summary_table(simulation.run(scenario.from_dict(data)).metrics)
+    assert "closed-form bubble not given: comm.p2p > 0" in text
+    data["comm"]["p2p"] = 0.0
+    assert "not given" not in summary_table(simulation.run(scenario.from_dict(data)).metrics)
