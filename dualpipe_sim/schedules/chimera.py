@@ -35,11 +35,14 @@ What is true of this variant (tests check it on the engine):
   makespan is (2N + D - 2) F and **every rank idles (D - 2) F in total**, for
   any number of units: the concatenated units fill each other's drain and fill
   bubbles, so the D - 2 idle slots are per iteration, not per unit.  This is
-  the paper's bubble ratio (D - 2) / (2N + D - 2).  (When B != F, e.g. B = 2F as
-  is typical, the concatenation leaves intermediate bubbles; the paper's
-  forward doubling / backward halving address that and are not implemented
-  here.)  Measured on the engine for any F, B: every rank idles
-  (D - 2)(max(F, B) + (N/D - 1)|B - F|).
+  the paper's bubble ratio (D - 2) / (2N + D - 2), and the only closed form
+  reported (``analytic.bubble`` is null for B != F).
+* when B != F (B = 2F is typical) the concatenation leaves intermediate
+  bubbles between units, growing with N/D: at D = 8 with B = 2F and no P2P
+  time the bubble ratio is 33% at N = 8 and 22% at N = 64, where 1F1B's falls
+  from 47% to 10%.  The paper's
+  forward doubling and backward halving (Sec. 3.5) address this; they are not
+  implemented (docs/schedules.md says why).
 * peak activations on rank r are D/2 + 1 + min(r, D-1-r) stage-activations:
   D/2 + 1 on the end ranks, rising to D on the two middle ranks, so within the
   paper's activation-memory range [D/2 + 1, D].
