@@ -82,3 +82,17 @@ def test_summary_table_says_why_there_is_no_closed_form():
     assert "closed-form bubble not given: comm.p2p > 0" in text
     data["comm"]["p2p"] = 0.0
     assert "not given" not in summary_table(simulation.run(scenario.from_dict(data)).metrics)
+
+
+@pytest.mark.parametrize(
+    "name,stages,mbs,costs,why",
+    [
+        # issue 12's two examples of a formula printed outside its range
+        ("zb-h1", 8, 16, dict(forward=1.0, backward=2.25, weight=2.0), "W > F or W > I"),
+        ("dualpipe", 8, 16, dict(forward=1.0, backward=3.0, weight=2.9, overlapped=3.0), "F, I and W differ"),
+    ],
+)
+def test_issue_examples_are_not_reported(name, stages, mbs, costs, why):
+    model = CostModel.uniform(stages, **costs)
+    a = registry.analytic(name, stages, mbs, model)
+    assert a["bubble"] is None and why in a["reason"]
