@@ -19,8 +19,8 @@ attention already recomputes the scores.  ``deepseek`` is DeepSeek-V3's
 policy (report Sec. 3.2.3): recompute every RMSNorm and the MLA
 up-projections, so their outputs are not kept.  FP8 models (DeepSeek-V3) cache
 the inputs of FP8 linears in FP8 (1 byte), the attention output in E5M6
-(1.5 bytes), and the MoE SwiGLU input in FP8 with its output recomputed
-(report Sec. 3.3.2).  Tensor parallelism with sequence parallelism divides
+(1.5 bytes), each with an fp32 scale per 128 values, and the MoE SwiGLU input
+in FP8 with its output recomputed (report Sec. 3.3.1-3.3.3).  Tensor parallelism with sequence parallelism divides
 everything by ``tp``.  docs/model.md walks through each count.
 """
 
@@ -29,7 +29,8 @@ from __future__ import annotations
 from .config import ModelConfig
 
 POLICIES = ("none", "selective", "full", "deepseek")
-FP8_BYTES, E5M6_BYTES = 1.0, 1.5
+# FP8 (and E5M6, 12 bits) caches carry one fp32 scale per 1 x 128 tile (DeepSeek-V3 Sec. 3.3.1).
+FP8_BYTES, E5M6_BYTES = 1.0 + 4 / 128, 1.5 + 4 / 128
 
 
 def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
