@@ -106,12 +106,24 @@ def summary_rows(comparison: Comparison) -> list[dict]:
                 "peak_bytes": s["peak_activation_bytes"],
                 "params": s["parameter_copies"],
                 "exposed": s["comm.exposed"],
+                "memory": s["memory.total"],  # with a [model]: the fullest rank's total
+                "fits": s["fits"],  # None when the total or the device memory is unknown
             }
         )
     return rows
 
 
-def _cells(row: dict) -> list[str]:
+# Shown only when some schedule's total memory is known (a [model] scenario).
+MEMORY_COLUMNS = (("memory", "memory per rank (max)"), ("fits", "fits device memory"))
+
+
+def _columns(rows: list[dict]) -> tuple:
+    return COLUMNS + (MEMORY_COLUMNS if any(r["memory"] is not None for r in rows) else ())
+
+
+def _cells(row: dict, memory: bool = False) -> list[str]:
+    extra = [units.nbytes(row["memory"]) if row["memory"] is not None else "-",
+             {True: "yes", False: "NO", None: "-"}[row["fits"]]] if memory else []  # fmt: skip
     return [
         row["schedule"],
         str(row["devices"]),
@@ -122,13 +134,16 @@ def _cells(row: dict) -> list[str]:
         units.nbytes(row["peak_bytes"]),
         str(row["params"]),
         units.number(row["exposed"]),
+        *extra,
     ]
 
 
 def table(comparison: Comparison) -> str:
     """The side-by-side table as an aligned Markdown table (reads in a terminal too)."""
-    body = [_cells(r) for r in summary_rows(comparison)]
-    head = [title for _, title in COLUMNS]
+    rows = summary_rows(comparison)
+    columns = _columns(rows)
+    body = [_cells(r, len(columns) > len(COLUMNS)) for r in rows]
+    head = [title for _, title in columns]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
 
     def line(cells):

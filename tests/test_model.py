@@ -212,3 +212,70 @@ def test_h800_components_within_25_percent_of_the_profile():
     for name, measured in PROFILE.items():
         got = getattr(d.moe_layer, name)
         assert abs(got - measured) <= 0.25 * measured, (name, got, measured)
+
+
+# -- memory per rank in run, compare, sweep ---------------------------------------------------
+def tiny_toml(tmp_path, hbm: float) -> Path:
+    """A 4-layer Llama-style model on 2 stages; every derived time and byte is small."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+[pipeline]
+schedule = "1f1b"
+stages = 2
+microbatches = 4
+[model]
+model_type = "llama"
+hidden_size = 256
+num_hidden_layers = 4
+vocab_size = 1000
+num_attention_heads = 4
+intermediate_size = 512
+seq_length = 128
+[hardware]
+bf16_tflops = 1.0
+p2p_bandwidth = 1.0
+hbm = {hbm}
+""")
+    return path
+
+
+def test_run_prints_memory_and_warns_over_hbm(tmp_path, capsys):
+    assert main(["run", str(tiny_toml(tmp_path, 1e6)), "--out", str(tmp_path / "o"), "--plots", "png"]) == 0
+    out, err = capsys.readouterr()
+    assert "memory per rank (GB; device 0.00 GB)" in out and "over" in out
+    assert err.startswith("warning: 2 of 2 ranks exceed the device memory (1 MB)") and err.count("\n") == 1
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["device_memory"] == 1e6
+    # By hand: stage 0 = embedding 1000 x 256 + 2 layers; per layer q,o 2 x 256^2, k,v 2 x 256^2
+    # (4 kv heads = 4 heads), SwiGLU 3 x 256 x 512, two norms 2 x 256.
+    layer = 4 * 256 * 256 + 3 * 256 * 512 + 2 * 256
+    stage0 = 1000 * 256 + 2 * layer
+    mem = doc["per_rank"][0]["memory"]
+    assert mem["parameters"] == 2 * stage0 and mem["gradients"] == 4 * stage0 and mem["optimizer"] == 12 * stage0
+    assert mem["activations_peak"] == doc["per_rank"][0]["peak_activation_bytes"]
+    assert mem["total"] == pytest.approx(18 * stage0 + mem["activations_peak"])
+    assert (tmp_path / "o" / "memory.png").stat().st_size > 0
+
+
+def test_no_warning_when_it_fits(tmp_path, capsys):
+    assert main(["run", str(tiny_toml(tmp_path, 80e9)), "--out", str(tmp_path / "o"), "--plots", "none"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_compare_marks_what_does_not_fit(tmp_path, capsys):
+    assert main(["compare", str(tiny_toml(tmp_path, 1e6)), "--schedules", "1f1b,gpipe", "--out",
+                 str(tmp_path / "c"), "--plots", "none"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "fits device memory" in out and "NO" in out
+
+
+def test_sweep_summary_uses_total_memory_and_device_capacity():
+    from dualpipe_sim.sweep.summary import fastest_fitting
+
+    row = lambda name, ms, total, cap: {"status": "ok", "pipeline.schedule": name, "makespan": ms,  # noqa: E731
+                                        "peak_memory_bytes": "1", "memory.total": total, "device_memory": cap}
+    rows = [row("a", "1", "90e9", "80e9"), row("b", "2", "70e9", "80e9")]
+    best, over = fastest_fitting(rows, None)  # no --memory-limit: each point's device memory
+    assert best["pipeline.schedule"] == "b" and [r["pipeline.schedule"] for r in over] == ["a"]
+    best, _ = fastest_fitting(rows, 100e9)  # --memory-limit wins
+    assert best["pipeline.schedule"] == "a"

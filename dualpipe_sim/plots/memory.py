@@ -26,13 +26,17 @@ BAND = 0.8  # a band's height in rank rows; the rest is the gap to the next rank
 ROW_IN_MAX, ROW_IN_MIN = 0.62, 0.16
 
 
-def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float | None = None):
-    """Draw on ``fig`` (one axes, placed to fill it); returns (axes, bytes per band height)."""
+def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float | None = None,
+                static: list[float] | None = None):  # fmt: skip
+    """Draw on ``fig`` (one axes, placed to fill it); returns (axes, bytes per band height).
+    ``static``: bytes per rank under the activations (default: the trace's parameter bytes)."""
     ax = fig.add_subplot()
     ranks = trace.ranks
     levels = [activation_levels(trace, r) for r in range(ranks)]
     end = trace.makespan or 1.0
-    static = [float(b) for b in trace.parameter_bytes] + [0.0] * max(0, ranks - len(trace.parameter_bytes))
+    full = static is not None  # parameters, gradients and optimizer states (a [model] scenario)
+    static = [float(b) for b in (static if full else trace.parameter_bytes)]
+    static += [0.0] * max(0, ranks - len(static))
     top = max([s + float(b.max()) for s, (_, _, b) in zip(static, levels)] + [capacity or 0.0, 1.0])
     scale = top * 1.25  # bytes per band height: room for the peak labels
     div, unit = byte_scale(top)
@@ -86,7 +90,8 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
                  f"at t={units.duration(t_top[i])}")
     else:
         where = "no ranks"
-    parts = "parameters (grey) + activations (blue)" if any(static) else "activations"
+    grey = "parameters, gradients, optimizer states" if full else "parameters"
+    parts = f"{grey} (grey) + activations (blue)" if any(static) else "activations"
     cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
     fig.suptitle(
         (title + "\n" if title else "")
@@ -106,5 +111,9 @@ def save_memory(trace: Trace, metrics, path, capacity: float | None = None) -> N
         f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
         f"{metrics.microbatches} micro-batches"
     )
-    draw_memory(fig, trace, title=title, capacity=capacity)
+    # With a [model], the static memory is all of it and the capacity the device's (metrics.json).
+    mem = [r.memory for r in metrics.per_rank]
+    static = [m.parameters + m.gradients + m.optimizer for m in mem] if all(mem) and mem else None
+    capacity = capacity if capacity is not None else metrics.device_memory
+    draw_memory(fig, trace, title=title, capacity=capacity, static=static)
     canvas.save(fig, path)

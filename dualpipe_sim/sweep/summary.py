@@ -2,8 +2,10 @@
 
 A shape is one combination of every grid key except ``pipeline.schedule``
 (at least stages x micro-batches).  A schedule fits when its peak memory on
-its fullest rank, ``peak_memory_bytes`` = peak activation bytes + parameter
-bytes, is at most ``--memory-limit``.  Fastest = smallest makespan; a tie goes
+its fullest rank is at most ``--memory-limit`` or, without one, the point's
+``device_memory`` (a ``[hardware]`` section).  Peak memory is ``memory.total``
+(parameters, gradients, optimizer states and activations) where a ``[model]``
+gives it, else ``peak_memory_bytes`` = peak activation bytes + parameter bytes.  Fastest = smallest makespan; a tie goes
 to the schedule name that sorts first, so the choice is deterministic.
 """
 
@@ -37,10 +39,20 @@ def shape_keys(cols: list[str]) -> list[str]:
     return [c for c in cols[: cols.index("status")] if c != "pipeline.schedule"]
 
 
+def row_memory(row: dict[str, str]) -> float:
+    """The fullest rank's memory: everything with a [model], else activations + parameters."""
+    return float(row.get("memory.total") or row["peak_memory_bytes"])
+
+
+def row_limit(row: dict[str, str], limit: float | None) -> float | None:
+    """--memory-limit, else the point's device memory ([hardware]), else None (no limit)."""
+    return limit if limit is not None else (float(row["device_memory"]) if row.get("device_memory") else None)
+
+
 def fastest_fitting(rows: list[dict[str, str]], limit: float | None) -> tuple[dict | None, list[dict]]:
     """(fastest ok row within the limit or None, ok rows over the limit)."""
     ok = [r for r in rows if r["status"] == "ok"]
-    fits = [r for r in ok if limit is None or float(r["peak_memory_bytes"]) <= limit]
+    fits = [r for r in ok if row_limit(r, limit) is None or row_memory(r) <= row_limit(r, limit)]
     over = [r for r in ok if r not in fits]
     best = min(fits, key=lambda r: (float(r["makespan"]), r["pipeline.schedule"]), default=None)
     return best, over
@@ -52,11 +64,19 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
+    devices = any(r.get("device_memory") for r in rows)
     limit_text = (
         f"memory limit {human_bytes(limit)} ({count(round(limit))} bytes) per rank"
         if limit is not None
+        else "no `--memory-limit`: each point's device memory from `[hardware]`"
+        if devices
         else "no memory limit given (`--memory-limit`), so every schedule fits"
     )
+    what = (
+        "parameters, gradients, optimizer states and activations where `[model]` gives them, else "
+        if any(r.get("memory.total") for r in rows)
+        else ""
+    ) + "peak activation bytes + parameter bytes"
     lines = [
         "# Sweep summary",
         "",
@@ -64,7 +84,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         f"{counts['error']} error. See results.csv for every point.",
         "",
         f"For each shape, the fastest schedule (smallest makespan) whose peak memory per rank "
-        f"(peak activation bytes + parameter bytes, on its fullest rank) fits: {limit_text}.",
+        f"({what}, on its fullest rank) fits: {limit_text}.",
         "",
         "| " + " | ".join([*keys, "fastest that fits", "makespan (ms)", "bubble ratio", "peak memory per rank",
                           "over the limit", "skipped or error"]) + " |",
@@ -73,7 +93,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
     for shape, members in groups.items():
         best, over = fastest_fitting(members, limit)
         skipped = [r["pipeline.schedule"] for r in members if r["status"] != "ok"]
-        over_text = ", ".join(f"{r['pipeline.schedule']} ({human_bytes(float(r['peak_memory_bytes']))})" for r in over)
+        over_text = ", ".join(f"{r['pipeline.schedule']} ({human_bytes(row_memory(r))})" for r in over)
         if best is None:
             cells = ["none fits" if over else "none ran", "", "", ""]
         else:
@@ -81,7 +101,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
                 best["pipeline.schedule"],
                 number(float(best["makespan"]), 6),
                 f"{float(best['bubble_ratio']):.2%}",
-                human_bytes(float(best["peak_memory_bytes"])),
+                human_bytes(row_memory(best)),
             ]
         lines.append("| " + " | ".join([*shape, *cells, over_text or "-", ", ".join(skipped) or "-"]) + " |")
     lines += ["", "Sizes are decimal (1 GB = 10^9 bytes)."]
