@@ -59,3 +59,17 @@ def test_steady_state_is_pairs_of_different_microbatches(name, stages, opts):
     for actions in sched.ranks:
         pairs = [a for a in actions if isinstance(a, FB)]
         assert pairs and all(p.forward.microbatch != p.backward.microbatch or p.forward.stage != p.backward.stage for p in pairs)
+
+
+@pytest.mark.parametrize("p,v,m", [(2, 2, 4), (4, 2, 10), (4, 2, 3), (3, 3, 7)])
+def test_interleaved_overlap_peak_is_warmup_plus_two(p, v, m):
+    # Rank 0 holds its warm-up forwards, (v-1) x round + 2(p-1) + 1, and the first pair's
+    # forward (capped at v m): e.g. (2, 2, 4): 2 + 2 + 1 + 1 = 6 stage-activations.
+    from dualpipe_sim.registry import analytic
+    from dualpipe_sim.schedules.interleaved import round_sizes
+
+    costs = CostModel.uniform(p * v, forward=1.0, backward=2.0, overlapped=2.5)
+    met = compute_metrics(simulate(build("interleaved-1f1b-overlap", p * v, m, chunks_per_rank=v), costs))
+    expected = min((v - 1) * round_sizes(p, m)[0] + 2 * (p - 1) + 2, v * m)
+    assert max(r.peak_activation for r in met.per_rank) == expected
+    assert analytic("interleaved-1f1b-overlap", p * v, m, costs, chunks_per_rank=v)["peak_activation"] == expected

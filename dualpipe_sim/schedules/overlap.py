@@ -36,7 +36,7 @@ from ..ir import FB, Action, Op, Schedule
 from ..registry import register
 from .closed_form import result
 from .gpipe import check_one_stage_per_rank
-from .interleaved import DEFAULT_CHUNKS, rank_phases
+from .interleaved import DEFAULT_CHUNKS, _warmup, rank_phases
 from .interleaved import _check as _check_interleaved
 
 NO_FORMULA = "no closed form: nothing published for overlapped 1F1B pairs"
@@ -48,7 +48,11 @@ def _analytic_1f1b(stages: int, microbatches: int, costs) -> dict:
 
 
 def _analytic_interleaved(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS) -> dict:
-    return result(None, None, "-", "-", NO_FORMULA)
+    v, m = chunks_per_rank, microbatches
+    p = stages // v
+    # A rank holds its warm-up forwards (one more than interleaved-1f1b's) and the pair's forward.
+    peak = max(min(_warmup(p, v, m, r) + 2, m * v) for r in range(p))
+    return result(None, peak, "-", "-", NO_FORMULA)
 
 
 def _paired(warm: list[Op], steady: list[tuple[Op, Op]], cool: list[Op]) -> tuple[Action, ...]:
