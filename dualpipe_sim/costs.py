@@ -8,19 +8,38 @@ Two ways to cost an action:
 
 * simple: F, B, W per stage, and F&B (``overlapped``) for an overlapped pair;
 * components (:class:`Chunk`): a chunk is ``layers`` MoE layers, each made of
-  compute components and all-to-all (a2a) components.  :meth:`CostModel.timeline`
-  lays an action's components out on the rank's two channels (compute, a2a):
-  a lone op runs them in sequence, an FB pair interleaves the two ops' streams.
+  compute and all-to-all (a2a) components.  :meth:`CostModel.parts` states an
+  action's parts and what each needs; channels.py simulates them on the rank's
+  channels and :meth:`CostModel.timeline` returns the result.
+
+Inside an action (the component model's dependency rules, beside rules.py's
+rules between ops):
+
+* each pass runs its components as a chain, layer after layer: forward
+  ``attn_forward -> dispatch_forward -> mlp_forward -> combine_forward -> next
+  layer``; input-gradient ``combine_backward -> mlp_backward_input ->
+  dispatch_backward -> attn_backward_input -> next layer`` (the gradient enters
+  a layer through its output);
+* a weight-gradient part needs only its own input-gradient part
+  (``mlp_backward_weight`` the layer's ``mlp_backward_input``, ``attn_backward_weight``
+  its ``attn_backward_input``); nothing waits for it but the end of the op;
+* in an overlapped pair the channels serve ready parts by priority
+  (rules.PASS_PRIORITY, then layer, forward before backward) and, per
+  ``Chunk.order``, in a declared per-layer-pair order;
+* a lone op runs its components one after the other in layer order: with no
+  second micro-batch to overlap, its all-to-all runs with the compute idle
+  (fully exposed), and F, B and W are the sums of their components.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import NamedTuple
 
 from .ir import FB, Action, Op
-from .rules import Channel, Kind
+from .rules import PASS_PRIORITY, Channel, Kind
 
 
 class Component(IntEnum):
@@ -52,6 +71,11 @@ class Component(IntEnum):
         return _PASS[self]
 
     @property
+    def input_part(self) -> "Component | None":
+        """The input-gradient component a weight-gradient component needs (None for the others)."""
+        return Component[self.name.replace("_weight", "_input")] if self.grad == Kind.W else None
+
+    @property
     def may_be_zero(self) -> bool:
         """All-to-all (a dense layer has none) and weight-gradient parts may cost 0."""
         return self.channel == Channel.A2A or self.grad == Kind.W
@@ -68,6 +92,30 @@ WEIGHT_PARTS = tuple(c for c in Component if c.grad == Kind.W)
 OP_PASSES = {Kind.F: (Kind.F,), Kind.B: (Kind.I, Kind.W), Kind.I: (Kind.I,), Kind.W: (Kind.W,)}
 # One layer's components per op kind, in layer order.
 LAYER_PARTS = {k: tuple(c for c in Component if c.grad in passes) for k, passes in OP_PASSES.items()}
+
+
+# DeepSeek-V3's arrangement of one overlapped layer pair (forward chunk layer l,
+# backward chunk's l-th layer from its end), read off deepseek-ai/profile-data's
+# train.json (issue 11): the default of ``chunk.order``.
+DEEPSEEK_ORDER: dict[Channel, tuple[Component, ...]] = {
+    Channel.COMPUTE: (Component.attn_forward, Component.mlp_backward_input, Component.mlp_backward_weight,
+                      Component.mlp_forward, Component.attn_backward_input, Component.attn_backward_weight),
+    Channel.A2A: (Component.combine_backward, Component.dispatch_forward, Component.dispatch_backward,
+                  Component.combine_forward),
+}  # fmt: skip
+
+
+class Part(NamedTuple):
+    """One component of one layer of an action, as channels.lay_out simulates it."""
+
+    member: int  # 0: a lone op or a pair's forward; 1: a pair's backward
+    component: Component
+    layer: int  # the op's layer in the order it runs them (a backward runs its last layer first)
+    channel: Channel
+    duration: float
+    needs: tuple[int, ...]  # indices of the parts (in the action's list) it waits for
+    turn_after: int | None  # the part before it in its channel's declared order, or None
+    priority: tuple  # smaller is served first when several wait for the channel
 
 
 class Span(NamedTuple):
@@ -94,6 +142,9 @@ class Chunk:
     layers: int
     times: tuple[float, ...]  # per component, indexed by Component
     comm_compute_slowdown: float = 1.0  # compute runs this much slower while an a2a runs beside it
+    # Per channel, the declared order of a pair's components in each layer pair; () = none
+    # (the channel then serves by priority alone).
+    order: tuple[tuple[Channel, tuple[Component, ...]], ...] = tuple(DEEPSEEK_ORDER.items())
 
     def stream(self, kind: str) -> tuple[tuple[Component, Channel, float], ...]:
         """(component, channel, duration) of every component of a ``kind`` op, in order.
@@ -105,6 +156,39 @@ class Chunk:
 
     def total(self, kind: str) -> float:
         return sum(d for _, _, d in self.stream(kind))
+
+    def parts(self, kinds: tuple[str, ...]) -> tuple[Part, ...]:
+        """The parts of a lone op (``kinds`` = its kind) or of a pair (forward kind, backward kind)."""
+        out: list[Part] = []
+        if len(kinds) == 1:  # lone: one chain in layer order
+            stream = self.stream(kinds[0])
+            per_layer = len(stream) // self.layers
+            for n, (c, ch, d) in enumerate(stream):
+                out.append(Part(0, c, n // per_layer, ch, d, (n - 1,) if n else (), None, (n,)))
+            return tuple(out)
+        per_layer = len(self.stream(kinds[0])) // self.layers, len(self.stream(kinds[1])) // self.layers
+        index: dict[tuple[int, Component, int], int] = {}
+        for member, kind in enumerate(kinds):
+            last_in_pass: dict[Kind, int] = {}
+            for n, (c, ch, d) in enumerate(self.stream(kind)):
+                layer = n // per_layer[member]
+                if c.grad == Kind.W:
+                    needs = (index[(member, c.input_part, layer)],)
+                else:
+                    needs = (last_in_pass[c.grad],) if c.grad in last_in_pass else ()
+                i = len(out)
+                index[(member, c, layer)] = last_in_pass[c.grad] = i
+                out.append(Part(member, c, layer, ch, d, needs, None, (PASS_PRIORITY[c.grad], layer, member, int(c))))
+        for _, listed in self.order:  # declared order: each part waits for the one before it to start
+            previous = None
+            for layer in range(self.layers):
+                for c in listed:
+                    i = index.get((0 if c.grad == Kind.F else 1, c, layer))
+                    if i is None:
+                        continue  # not in this action (a W part of an I, a zero all-to-all)
+                    out[i] = out[i]._replace(turn_after=previous)
+                    previous = i
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -151,7 +235,7 @@ class CostModel:
         """Component model on every stage: F, B and W are the sums of a lone op's
         components, F&B the simulated length of an overlapped F+B pair."""
         rep = lambda x: (float(x),) * stages  # noqa: E731
-        fb = interleave(chunk.stream("F"), chunk.stream("B"), chunk.comm_compute_slowdown)[0]
+        fb = _lay_out(chunk, (Kind.F, Kind.B)).length  # raises channels.OrderError for an impossible order
         rest.setdefault("activation_bytes", rep(1.0))
         rest.setdefault("parameter_bytes", rep(1.0))
         return cls(
@@ -186,14 +270,12 @@ class CostModel:
 
         Without components a lone op is one row; a pair takes ``pair_duration``
         and is split between its forward and backward in proportion to their
-        lone costs (for the chart).  With components see :func:`interleave`.
+        lone costs (for the chart).  With components: the action's parts
+        (:meth:`Chunk.parts`) simulated on the rank's channels (channels.py).
         """
         if self.chunk is not None:
-            if isinstance(action, FB):
-                return interleave(
-                    self.chunk.stream("F"), self.chunk.stream(action.backward.kind), self.chunk.comm_compute_slowdown
-                )
-            return _in_sequence(self.chunk.stream(action.kind))
+            kinds = (Kind(action.forward.kind), Kind(action.backward.kind)) if isinstance(action, FB) else (Kind(action.kind),)
+            return _lay_out(self.chunk, kinds)
         if isinstance(action, FB):
             total = self.pair_duration(action)
             f, b = self.duration(action.forward), self.duration(action.backward)
@@ -210,64 +292,13 @@ def signature(action: Action) -> tuple:
     return (action.kind, action.stage)
 
 
-def _in_sequence(stream) -> Timeline:
-    """A lone op: each component starts when the one before it ends, so its
-    all-to-all runs with the rank's compute idle (fully exposed)."""
-    rows, t = [], 0.0
-    for part, channel, d in stream:
-        rows.append(Span(0, int(part), channel, t, t + d))
-        t += d
-    return Timeline(t, tuple(rows))
+@lru_cache(maxsize=64)
+def _lay_out(chunk: Chunk, kinds: tuple[Kind, ...]) -> Timeline:
+    """A chunk's parts for ``kinds`` on the rank's channels: the same chunk on every stage,
+    so a handful of simulations per run (SimPy is imported here, only for components)."""
+    from .channels import lay_out
 
-
-def interleave(forward, backward, slowdown: float = 1.0) -> Timeline:
-    """An overlapped pair: two component streams sharing one compute and one a2a channel.
-
-    Each stream runs its components in order, each after the previous one ends.
-    A channel, when free, takes the next component of whichever stream wants it;
-    if both do, the one that has waited longer, and the forward on a tie (the
-    order two SimPy processes queueing FIFO on two shared resources would give).
-    Compute progresses at 1/``slowdown`` of its speed while an a2a runs.
-    """
-    streams = (forward, backward)
-    nxt = [0, 0]  # next component per stream
-    ready = [0.0, 0.0]  # when that component became ready
-    running = [None, None]  # per channel (0 compute, 1 a2a): [member, part, start, work left or end]
-    rows: list[Span] = []
-    t = 0.0
-    while True:
-        for ch in (0, 1):
-            if running[ch] is None:
-                want = [
-                    m
-                    for m in (0, 1)
-                    if nxt[m] < len(streams[m])
-                    and (streams[m][nxt[m]][1] == Channel.A2A) == bool(ch)
-                    and all(r is None or r[0] != m for r in running)
-                ]
-                if want:
-                    m = min(want, key=lambda k: (ready[k], k))
-                    part, _, d = streams[m][nxt[m]]
-                    nxt[m] += 1
-                    running[ch] = [m, part, t, d if ch == 0 else t + d]
-        comp, a2a = running
-        if comp is None and a2a is None:
-            break
-        factor = slowdown if a2a is not None else 1.0
-        t_comp = t + comp[3] * factor if comp is not None else float("inf")
-        t_a2a = a2a[3] if a2a is not None else float("inf")
-        t_next = min(t_comp, t_a2a)
-        if comp is not None:
-            comp[3] -= (t_next - t) / factor
-        t = t_next
-        for ch, t_end in ((0, t_comp), (1, t_a2a)):
-            job = running[ch]
-            if job is not None and t_end == t:
-                rows.append(Span(job[0], int(job[1]), Channel.A2A if ch else Channel.COMPUTE, job[2], t))
-                ready[job[0]] = t
-                running[ch] = None
-    assert nxt == [len(forward), len(backward)]
-    return Timeline(t, tuple(sorted(rows, key=lambda r: r.start)))
+    return lay_out(chunk.parts(kinds), chunk.comm_compute_slowdown)
 
 
 def mean_costs(costs: CostModel, stages: int) -> tuple[float, float, float, float]:

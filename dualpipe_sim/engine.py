@@ -13,11 +13,15 @@ if the data is late.
 
 What an action costs comes from ``CostModel.timeline``: one row for a plain
 op, a forward and a backward half for an FB pair, or, with the component
-model, one row per component on the rank's compute or all-to-all channel.  An
-action's inside depends only on the cost model (its inputs are all on the rank
-before it starts, its outputs leave after it ends), so its timeline is worked
-out once per kind of action and the engine only advances the clock by its
-length: one SimPy timeout per action, whatever the number of components.
+model, one row per component, laid out on the rank's compute and all-to-all
+channels by channels.py (a SimPy PriorityResource per channel, a process per
+component: overlap falls out of that simulation).  An action's inside depends
+only on the cost model: its inputs are all on the rank before it starts and its
+outputs leave after it ends.  So each kind of action is simulated once (costs.py
+caches it; the same chunk on every stage gives a handful of simulations per
+run) and this engine only advances the rank's clock by the action's length: one
+SimPy timeout per action, whatever the number of components.  The trace rows
+are the timeline moved to the action's start (trace.TraceBuilder).
 
 ``comm.p2p_mode = "blocking"`` is the reference runtime's behaviour: before
 each compute call a rank issues the sends queued by its previous call together

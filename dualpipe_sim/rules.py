@@ -156,6 +156,11 @@ def pair_problem(forward, backward) -> str | None:
     return None
 
 
+# Serving order on a channel (smaller first): nothing waits for a weight-gradient part
+# but the end of its op, so forward and input-gradient parts go before it.
+PASS_PRIORITY: dict[Kind, int] = {Kind.F: 0, Kind.B: 0, Kind.I: 0, Kind.W: 1}
+
+
 class Channel(IntEnum):
     """A rank's channels: each runs one thing at a time, beside the others.
 

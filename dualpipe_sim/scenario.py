@@ -16,11 +16,13 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import limits, variability
-from .costs import Component, CostModel
+from .channels import OrderError
+from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
 from .model.activations import POLICIES
 from .model.config import ModelError
 from .model.sections import HardwareSection, ModelSection, ParallelSection
+from .rules import Channel
 
 
 class ScenarioError(ValueError):
@@ -80,9 +82,27 @@ class Comm(_Section):
     p2p_mode: Literal["async", "blocking"] = "async"
 
 
+class ChunkOrder(_Section):
+    """[chunk.order]: per channel, the order of a pair's components in each layer pair
+    (costs.Chunk.order); [] declares none (the channel serves by priority alone)."""
+
+    compute: list[str] = [c.name for c in DEEPSEEK_ORDER[Channel.COMPUTE]]
+    a2a: list[str] = [c.name for c in DEEPSEEK_ORDER[Channel.A2A]]
+
+    @field_validator("compute", "a2a")
+    @classmethod
+    def _each_once(cls, v, info):
+        channel = Channel.COMPUTE if info.field_name == "compute" else Channel.A2A
+        names = [c.name for c in Component if c.channel == channel]
+        if v and sorted(v) != sorted(names):
+            raise ValueError(f"must list each {info.field_name} component once ({', '.join(names)}), or be [] for none")
+        return v
+
+
 class _ChunkShape(_Section):
     layers: Annotated[int, Field(ge=1, le=1000)]
     comm_compute_slowdown: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
+    order: ChunkOrder = ChunkOrder()
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -238,8 +258,13 @@ class Scenario(_Section):
                     f"costs.{name}: must be left out when [chunk] is given (it is derived from the components)"
                 )
         ch = self.chunk
-        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, c.name) for c in Component), ch.comm_compute_slowdown)
-        return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
+        order = ((Channel.COMPUTE, ch.order.compute), (Channel.A2A, ch.order.a2a))
+        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, c.name) for c in Component), ch.comm_compute_slowdown,
+                           tuple((channel, tuple(Component[n] for n in names)) for channel, names in order))  # fmt: skip
+        try:
+            return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
+        except OrderError as exc:
+            raise ScenarioError(f"chunk.order: {exc}") from None
 
 
 def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:

@@ -144,11 +144,15 @@ class TraceBuilder:
         self.comm: list[CommRow] = []  # P2P transfers
         self.actions: list[tuple] = []  # one _ACTION_DTYPE record per action
         self.timelines: list = []  # costs.Timeline, by the index actions refer to
+        self._index: dict = {}  # timeline -> its index: equal timelines share one (expanded together)
 
     def timeline(self, timeline) -> int:
-        """Register a timeline (engines cache the index per kind of action)."""
-        self.timelines.append(timeline)
-        return len(self.timelines) - 1
+        """The index of ``timeline`` (engines cache it per kind of action)."""
+        index = self._index.get(timeline)
+        if index is None:
+            index = self._index[timeline] = len(self.timelines)
+            self.timelines.append(timeline)
+        return index
 
     def action(self, rank: int, idx: int, start: float, timeline: int, factor: float, members) -> None:
         """Action ``idx`` of ``rank`` ran from ``start`` for timeline ``timeline``'s length times ``factor``."""
@@ -160,74 +164,88 @@ class TraceBuilder:
 
     def arrays(self, activation_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         acts = np.array(self.actions, dtype=_ACTION_DTYPE)
-        computes, comms, memories = [], [np.array(self.comm, dtype=COMM_DTYPE)], []
-        order = np.argsort(acts["timeline"], kind="stable")
-        acts = acts[order]
-        cuts = np.flatnonzero(np.diff(acts["timeline"])) + 1
-        act_bytes = np.asarray(activation_bytes, dtype="f8")
-        for group in np.split(acts, cuts) if len(acts) else []:
-            tl = self.timelines[group["timeline"][0]]
-            start, factor = group["start"], group["factor"]
-            end = start + tl.length * factor  # as the engines advance their clocks
-            spans = tl.spans
-            member = np.array([sp.member for sp in spans], dtype=bool)
-            t0 = np.array([sp.start for sp in spans], dtype="f8")
-            t1 = np.array([sp.end for sp in spans], dtype="f8")
-            part = np.array([sp.part for sp in spans], dtype="i1")
-            channel = np.array([sp.channel for sp in spans], dtype="i1")
-            pos = np.arange(len(spans))
-            rows = {
-                "rank": group["rank"][:, None], "action": group["idx"][:, None],
-                "start": start[:, None] + factor[:, None] * t0, "end": start[:, None] + factor[:, None] * t1,
-                "overlapped": group["pair"][:, None], "part": part[None, :], "pos": pos[None, :],
-            }  # fmt: skip
-            for name in ("kind", "microbatch", "stage", "direction"):
-                rows[name] = np.where(member[None, :], group[name + "1"][:, None], group[name + "0"][:, None])
-            for ch, out, dtype in ((Channel.COMPUTE, computes, _COMPUTE_POS), (Channel.A2A, comms, COMM_DTYPE)):
-                cols = channel == ch
-                if not cols.any():
-                    continue
-                table = np.empty((len(group), int(cols.sum())), dtype=dtype)
-                for name in dtype.names:
-                    if name == "channel":
-                        table[name] = ch
-                    elif name == "peer":
-                        table[name] = rows["rank"]
-                    else:
-                        table[name] = np.broadcast_to(rows[name], (len(group), len(spans)))[:, cols]
-                out.append(table.ravel())
-            for which, when, units, sign in ((0, start, 1, 1.0), (1, end, -1, -1.0)):
-                for member_no in (0, 1):
-                    kinds = group[f"kind{member_no}"]
-                    mask = np.isin(kinds, _ALLOC_CODES if which == 0 else _FREE_CODES)
-                    if member_no == 1:
-                        mask &= group["pair"]  # a lone op's member 1 is itself
-                    if mask.any():
-                        mem = np.empty(int(mask.sum()), dtype=_MEMORY_POS)
-                        mem["time"], mem["rank"], mem["units"] = when[mask], group["rank"][mask], units
-                        mem["bytes"] = sign * act_bytes[group[f"stage{member_no}"][mask]]
-                        mem["action"] = group["idx"][mask]
-                        memories.append(mem)
-        compute = np.concatenate(computes) if computes else np.empty(0, dtype=_COMPUTE_POS)
-        # Rank and start order; an action's rows in timeline order, actions in their rank's order.
-        compute = compute[np.lexsort((compute["pos"], compute["action"], compute["start"], compute["rank"]))]
-        comm = np.concatenate(comms)
+        # Each rank's actions in its order.  A rank runs one action at a time and a timeline's
+        # spans are sorted by start, so the rows come out sorted by (rank, start) as they are made.
+        acts = acts[np.lexsort((acts["idx"], acts["rank"]))]
+        spans = [sp for tl in self.timelines for sp in tl.spans]
+        sp_member = np.array([sp.member for sp in spans], dtype=bool)
+        sp_t0 = np.array([sp.start for sp in spans], dtype="f8")
+        sp_t1 = np.array([sp.end for sp in spans], dtype="f8")
+        sp_part = np.array([sp.part for sp in spans], dtype="i1")
+        sp_channel = np.array([sp.channel for sp in spans], dtype="i1")
+        count = np.array([len(tl.spans) for tl in self.timelines], dtype=np.int64)
+        offset = np.cumsum(count) - count
+        # Row r belongs to action a[r] and is span pos[r] of its timeline.
+        per_action = count[acts["timeline"]]
+        a = np.repeat(np.arange(len(acts)), per_action)
+        first = np.cumsum(per_action) - per_action
+        span = offset[acts["timeline"]][a] + (np.arange(len(a)) - first[a])
+        start, factor = acts["start"][a], acts["factor"][a]
+        member = sp_member[span]
+        fields = {
+            "rank": acts["rank"][a], "action": acts["idx"][a],
+            "start": start + factor * sp_t0[span], "end": start + factor * sp_t1[span],
+            "overlapped": acts["pair"][a], "part": sp_part[span],
+        }  # fmt: skip
+        for name in ("kind", "microbatch", "stage", "direction"):
+            fields[name] = np.where(member, acts[name + "1"][a], acts[name + "0"][a])
+        on = sp_channel[span]
+        compute = _table(COMPUTE_DTYPE, fields, on == Channel.COMPUTE)
+        fields["channel"], fields["peer"] = on, fields["rank"]
+        a2a = _table(COMM_DTYPE, fields, on == Channel.A2A)
+        p2p = np.array(self.comm, dtype=COMM_DTYPE)
         # peer last: two sends of one rank starting together (on two links) come
         # out in one order whatever order the engine finished them in.
-        comm = comm[np.lexsort((comm["peer"], comm["start"], comm["rank"], comm["channel"]))]
-        memory = np.concatenate(memories) if memories else np.empty(0, dtype=_MEMORY_POS)
+        p2p = p2p[np.lexsort((p2p["peer"], p2p["start"], p2p["rank"], p2p["channel"]))]
+        comm = np.concatenate([p2p, a2a])  # channel P2P (0) before A2A (1)
+        memory = self._memory(acts, np.asarray(activation_bytes, dtype="f8"))
+        compute = _sorted(compute, ("start", "rank"))
+        comm = _sorted(comm, ("peer", "start", "rank", "channel"))
         # Frees before allocations at the same instant: a B that ends as the next
         # F starts hands its memory over, it does not coexist with it.
-        memory = memory[np.lexsort((memory["action"], memory["units"], memory["time"], memory["rank"]))]
-        return _drop(compute, COMPUTE_DTYPE), comm, _drop(memory, MEMORY_DTYPE)
+        memory = _sorted(memory, ("units", "time", "rank"))
+        return compute, comm, memory
+
+    def _memory(self, acts: np.ndarray, act_bytes: np.ndarray) -> np.ndarray:
+        """Per action in rank order: its allocations at its start, then its frees at its end."""
+        ends = acts["start"] + np.array([tl.length for tl in self.timelines])[acts["timeline"]] * acts["factor"]
+        pieces = []  # (order key, rows): order key sorts the pieces into action order
+        for step, when, units, codes in ((0, acts["start"], 1, _ALLOC_CODES), (2, ends, -1, _FREE_CODES)):
+            for member in (0, 1):
+                mask = np.isin(acts[f"kind{member}"], codes)
+                if member == 1:
+                    mask &= acts["pair"]  # a lone op's member 1 is itself
+                where = np.flatnonzero(mask)
+                rows = np.empty(len(where), dtype=MEMORY_DTYPE)
+                rows["time"], rows["rank"], rows["units"] = when[where], acts["rank"][where], units
+                rows["bytes"] = units * act_bytes[acts[f"stage{member}"][where]]
+                pieces.append((where * 4 + step + member, rows))
+        keys = np.concatenate([k for k, _ in pieces])
+        rows = np.concatenate([r for _, r in pieces])
+        return rows[np.argsort(keys, kind="stable")]
 
 
-def _drop(table: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``table`` with only ``dtype``'s fields (the sort keys used on the way dropped)."""
-    out = np.empty(len(table), dtype=dtype)
+def _table(dtype: np.dtype, fields: dict, mask: np.ndarray) -> np.ndarray:
+    out = np.empty(int(mask.sum()), dtype=dtype)
     for name in dtype.names:
-        out[name] = table[name]
+        out[name] = fields[name][mask]
     return out
+
+
+def _sorted(table: np.ndarray, keys: tuple[str, ...]) -> np.ndarray:
+    """``table`` in np.lexsort order of ``keys`` (last key first); rows are made in that
+    order already, so this only checks it, and sorts (stably) if a row is out of place."""
+    if len(table) < 2:
+        return table
+    ok = np.zeros(len(table) - 1, dtype=bool)  # row i+1 strictly after row i on some key
+    tied = np.ones(len(table) - 1, dtype=bool)
+    for name in reversed(keys):
+        col = table[name]
+        ok |= tied & (col[1:] > col[:-1])
+        tied &= col[1:] == col[:-1]
+    if (ok | tied).all():
+        return table
+    return table[np.lexsort(tuple(table[k] for k in keys))]
 
 
 _ACTION_DTYPE = np.dtype(
@@ -235,7 +253,5 @@ _ACTION_DTYPE = np.dtype(
      ("kind0", "i1"), ("microbatch0", "i4"), ("stage0", "i4"), ("direction0", "i1"),
      ("kind1", "i1"), ("microbatch1", "i4"), ("stage1", "i4"), ("direction1", "i1")]
 )  # fmt: skip
-_COMPUTE_POS = np.dtype(COMPUTE_DTYPE.descr + [("pos", "i4")])
-_MEMORY_POS = np.dtype(MEMORY_DTYPE.descr + [("action", "i4")])
 _ALLOC_CODES = [KIND_CODES[k] for k in ALLOCATES]
 _FREE_CODES = [KIND_CODES[k] for k in FREES]

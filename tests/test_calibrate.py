@@ -351,6 +351,5 @@ def test_deepseek_profile_figures_within_3_percent(deepseek):
     }  # fmt: skip
 
 
-@pytest.mark.xfail(reason="needs the engine's W-off-the-chain rule and chunk.order (issue 11 items 1-2)")
 def test_deepseek_profile_replay_within_5_percent(deepseek):
     assert deepseek.predicted_span == pytest.approx(129.0, rel=0.05)

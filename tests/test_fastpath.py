@@ -19,6 +19,7 @@ from dualpipe_sim.costs import COMPONENTS, Chunk, Component, CostModel
 from dualpipe_sim.engine import DeadlockError
 from dualpipe_sim.engine import simulate as engine_simulate
 from dualpipe_sim.ir import FB, Op, Schedule, ScheduleError
+from dualpipe_sim.rules import Channel
 from dualpipe_sim.metrics import compute_metrics, union_length
 from dualpipe_sim.validate import validate
 
@@ -88,7 +89,8 @@ def random_costs(draw, stages) -> CostModel:
     if draw(st.booleans(), label="components"):
         times = tuple(draw(st.sampled_from((0.0, 0.5, 1.0, 2.0)) if c.may_be_zero else st.sampled_from((0.5, 1.0, 2.0)))
                       for c in Component)  # fmt: skip
-        chunk = Chunk(draw(st.integers(1, 3)), times, draw(st.sampled_from((1.0, 1.5))))
+        order = draw(st.sampled_from((Chunk.order, ((Channel.COMPUTE, ()), (Channel.A2A, ())))), label="order")
+        chunk = Chunk(draw(st.integers(1, 3)), times, draw(st.sampled_from((1.0, 1.5))), order)
         return CostModel.from_chunk(stages, chunk, p2p=draw(st.sampled_from((0.0, 0.5, 3.0))), variability=vary)
     backward = per((1.0, 2.0, 3.0))
     fractions = [draw(st.sampled_from((0.0, 0.5, 1.0))) for _ in range(stages)]  # W = 0 and W = B (I = 0) included

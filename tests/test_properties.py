@@ -144,7 +144,11 @@ def action_cost(action, raw: dict, model) -> float:
         parts = FORWARD_PARTS + OP_PARTS[action.backward.kind]
         compute = sum(chunk[p] for p in parts if p not in A2A_PARTS) * chunk["layers"]
         a2a = sum(chunk[p] for p in parts if p in A2A_PARTS) * chunk["layers"]
-        lower = max(op_cost(action.forward, raw), op_cost(action.backward, raw), compute, a2a)
+        # Lower bounds: each channel's work, and each op's chain of parts that wait for one
+        # another (the forward's all; the backward's input-gradient ones: a W part waits only
+        # for its own input-gradient part, so the pair can end before a lone B would).
+        chain = op_cost(action.backward._replace(kind="I"), raw)
+        lower = max(op_cost(action.forward, raw), chain, compute, a2a)
         upper = compute * chunk["comm_compute_slowdown"] + a2a
         assert lower * (1 - 1e-9) <= got <= upper * (1 + 1e-9), (lower, got, upper)
         return got

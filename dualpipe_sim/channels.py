@@ -1,0 +1,100 @@
+"""One action's parts laid out on a rank's channels, simulated with SimPy resources.
+
+Each channel of the rank (rules.Channel: COMPUTE, A2A) is a
+``simpy.PriorityResource`` of capacity 1, and each part (costs.Part) a SimPy
+process that
+
+1. waits for the parts it needs (``Part.needs``: the data dependencies inside
+   the action, from the cost model);
+2. if its channel has a declared order (``chunk.order``), waits for its turn:
+   the part before it in that order must have started;
+3. asks its channel and holds it for its duration.  A free channel serves the
+   waiting part with the smallest ``Part.priority`` (forward and input-gradient
+   parts before weight-gradient parts, then the order the schedule implies;
+   rules.PASS_PRIORITY), first come first served among equals.
+
+Overlap is what falls out: while one op's all-to-all holds A2A, the other op's
+compute runs on COMPUTE.  With ``slowdown`` > 1 a compute part progresses at
+1/slowdown of its speed while any all-to-all part runs beside it.
+
+engine.py explains why one action's inside depends only on the cost model, so
+this runs once per kind of action (costs.py caches it), never per op.
+"""
+
+from __future__ import annotations
+
+from .rules import Channel
+
+
+class OrderError(ValueError):
+    """The parts cannot all run: a declared order contradicts the data dependencies."""
+
+
+def lay_out(parts, slowdown: float = 1.0):
+    """Simulate ``parts`` (costs.Part) and return their costs.Timeline, times from 0."""
+    import simpy  # here: scenarios import OrderError, and only the component model needs SimPy
+
+    from .costs import Span, Timeline
+
+    env = simpy.Environment()
+    channel = {ch: simpy.PriorityResource(env, capacity=1) for ch in {p.channel for p in parts}}
+    done = [env.event() for _ in parts]
+    started = [env.event() for _ in parts]
+    spans: list[Span] = []
+    a2a = _Busy(env)
+
+    def run(i: int):
+        part = parts[i]
+        for j in part.needs:
+            yield done[j]
+        if part.turn_after is not None:
+            yield started[part.turn_after]
+        with channel[part.channel].request(priority=part.priority) as req:
+            yield req
+            start = env.now
+            started[i].succeed()
+            if part.channel == Channel.A2A:
+                a2a.change(+1)
+                yield env.timeout(part.duration)
+                a2a.change(-1)
+            elif slowdown != 1.0:
+                yield from _slowed(env, part.duration, slowdown, a2a)
+            else:
+                yield env.timeout(part.duration)
+            spans.append(Span(part.member, int(part.component), part.channel, start, env.now))
+        done[i].succeed()
+
+    for i in range(len(parts)):
+        env.process(run(i))
+    env.run()
+    if len(spans) < len(parts):
+        stuck = [f"{p.component.name} (layer {p.layer})" for i, p in enumerate(parts) if not done[i].triggered]
+        raise OrderError(f"the declared order cannot run: {', '.join(stuck[:4])} never start")
+    length = max((s.end for s in spans), default=0.0)
+    return Timeline(length, tuple(sorted(spans, key=lambda s: s.start)))
+
+
+class _Busy:
+    """How many all-to-all parts run now, and an event that fires when that changes."""
+
+    def __init__(self, env) -> None:
+        self.env, self.count, self.changed = env, 0, env.event()
+
+    def change(self, step: int) -> None:
+        self.count += step
+        fired, self.changed = self.changed, self.env.event()
+        fired.succeed()
+
+
+def _slowed(env, work: float, slowdown: float, a2a: _Busy):
+    """Run ``work`` of compute at 1/slowdown of its speed while an all-to-all runs beside it."""
+    while True:
+        factor = slowdown if a2a.count else 1.0
+        begun = env.now
+        finish = env.timeout(work * factor)
+        yield finish | a2a.changed
+        if finish.processed:
+            return
+        work -= (env.now - begun) / factor
+        if work <= 0.0:
+            return
