@@ -148,7 +148,7 @@ def closed_form_table() -> str:
             m = run(simple(family, S, M, **kw)).metrics.to_dict()
             closed = m["analytic"]["bubble"]
             cells.append(" / ".join(_mark(r["idle"], closed) for r in m["per_rank"][:4]))
-        lines.append(f"| {label} | {closed:.4g} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {label} | {_closed(closed)} | {cells[0]} | {cells[1]} |")
     # The component model: the rank's time between ops is what the closed form predicts.
     row = []
     for family in ("dualpipe", "dualpipev"):
@@ -157,12 +157,18 @@ def closed_form_table() -> str:
         ).metrics.to_dict()
         closed = m["analytic"]["bubble"]
         row.append(" / ".join(_mark(r["between_ops"], closed) for r in m["per_rank"][:4]))
-    lines.append(f"| deepseek-v3 components, time between ops | {closed:.4g} | {row[0]} | {row[1]} |")
+    lines.append(f"| deepseek-v3 components, time between ops | {_closed(closed)} | {row[0]} | {row[1]} |")
     return "\n".join(lines)
 
 
-def _mark(value: float, closed: float) -> str:
+def _mark(value: float, closed: float | None) -> str:
+    if closed is None:  # outside the closed form's range (metrics say why)
+        return f"{value:.4g}"
     return f"**{value:.4g}**" if abs(value - closed) < 1e-9 * max(1.0, abs(closed)) else f"{value:.4g}"
+
+
+def _closed(closed: float | None) -> str:
+    return "- (out of range)" if closed is None else f"{closed:.4g}"
 
 
 def scenario_table() -> str:
