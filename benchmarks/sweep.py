@@ -29,11 +29,11 @@ from dualpipe_sim.scenario import load_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "quickstart.toml"
-GRID = [
-    "pipeline.schedule=1f1b,dualpipe,chimera",
-    "pipeline.stages=4:32:4",
-    "pipeline.microbatches=8:254:6",
-]
+GRID = {  # the CLI's --grid pipeline.schedule=1f1b,dualpipe,chimera pipeline.stages=4:32:4 pipeline.microbatches=8:254:6
+    "pipeline.schedule": ["1f1b", "dualpipe", "chimera"],
+    "pipeline.stages": range(4, 33, 4),
+    "pipeline.microbatches": range(8, 255, 6),
+}
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cpu0 = _cpu_seconds()
         start = time.perf_counter()
-        report = run_sweep(SCENARIO, GRID, Path(tmp) / "sweep", jobs=jobs, progress=sys.stderr.isatty())
+        report = run_sweep(SCENARIO, GRID, Path(tmp) / "sweep", jobs=jobs)
         seconds = time.perf_counter() - start
         cpu = _cpu_seconds() - cpu0
     c = report.counts

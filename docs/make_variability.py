@@ -5,7 +5,7 @@
 The quick-start costs (F 1, B 2, W 1, F&B 2.5, P2P 0.05 ms) on 8 stages and 20
 micro-batches, for 1F1B, ZB-H1, DualPipe and DualPipeV: (1) rank 3 slowed down
 by 1.0 to 2.0x; (2) lognormal per-op jitter, cv 0 to 0.3, 20 seeds each
-(``variability.repeat``).  Prints the two markdown tables and writes
+(``repeat.repeat``).  Prints the two markdown tables and writes
 docs/img/variability-straggler.png and docs/img/variability-gantt-dualpipe.png.
 """
 
@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dualpipe_sim import scenario, simulation, variability  # noqa: E402
+from dualpipe_sim import repeat, scenario, simulation  # noqa: E402
 from dualpipe_sim.plots.gantt import save_gantt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def main() -> None:
         for cv in CVS:
             data = base(name)
             data["costs"]["jitter"] = {"distribution": "lognormal", "cv": cv}
-            jitter[name, cv] = variability.repeat(scenario.from_dict(data), SEEDS)["summary"]
+            jitter[name, cv] = repeat.repeat(scenario.from_dict(data), SEEDS)["summary"]
 
     print("| schedule | ranks | slowdown of rank 3 | makespan | vs none | bubble ratio | rank 3 busy |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

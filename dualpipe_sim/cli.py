@@ -9,16 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from . import actions, compare, registry, simulation, units, variability
+from . import actions, compare, registry, repeat, simulation, units
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics
 from .progress import each_file
 from .outputs import metrics_json, write_all, write_text
-from .scenario import ScenarioError
+from .scenario import ScenarioError, parse_override
 from .scenario import load as load_scenario
 
 EXIT_BAD_INPUT = 2
@@ -149,8 +151,8 @@ def _cmd_run(args) -> int:
         trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png", "report.html",
                                                                     "repeat.json")) if args.trace else None
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    problem = None if args.repeat is None else variability.repeat_problem(args.repeat, scenario.seed)
+        raise UsageError(f"--trace: {exc}") from None
+    problem = None if args.repeat is None else repeat.repeat_problem(args.repeat, scenario.seed)
     if problem:
         raise UsageError(f"--repeat: {problem}")
     with progress_bar("run") as progress:
@@ -158,7 +160,7 @@ def _cmd_run(args) -> int:
         metrics = result.metrics
         repeats = None
         if args.repeat:
-            repeats = variability.repeat(scenario, args.repeat, schedule, first=result, progress=progress)
+            repeats = repeat.repeat(scenario, args.repeat, schedule, first=result, progress=progress)
 
         writers = {"metrics.json": write_text(metrics_json(metrics))}
         if args.plots in ("png", "all"):
@@ -181,7 +183,7 @@ def _cmd_run(args) -> int:
     else:
         print(summary_table(metrics))
         if repeats:
-            print("\n" + variability.repeat_table(repeats))
+            print("\n" + repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))
     warning = memory_warning(metrics)
     if warning:  # not an error: the run is still worth reading
@@ -251,6 +253,19 @@ def memory_warning(m: Metrics) -> str | None:
             f"rank {worst.rank} needs {units.nbytes(worst.memory.total)}")
 
 
+def repeat_table(doc: dict) -> str:
+    """The --repeat summary: p50 / p95 / max of makespan and bubble ratio."""
+    runs = doc["runs"]
+    lines = [
+        f"repeat: {doc['repeats']} seeds ({runs[0]['seed']}..{runs[-1]['seed']})",
+        f"{'':<13} {'p50':>10} {'p95':>10} {'max':>10}",
+    ]
+    for key, label, fmt in (("makespan", "makespan (ms)", units.number), ("bubble_ratio", "bubble ratio", "{:.2%}".format)):
+        s = doc["summary"][key]
+        lines.append(f"{label:<13} " + " ".join(f"{fmt(s[p]):>10}" for p in ("p50", "p95", "max")))
+    return "\n".join(lines)
+
+
 def _cmd_schedule(args) -> int:
     schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank)
     if args.format == "json":
@@ -272,19 +287,24 @@ def _cmd_schedules() -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import Interrupted, SweepError, parse_bytes, run_sweep  # tqdm, charts: only for sweeps
+    from .sweep import RESULTS, Interrupted, SweepError, run_sweep  # charts: only for sweeps
 
+    if args.jobs is not None and args.dask_scheduler:
+        raise UsageError("--jobs: does not apply with --dask-scheduler (the cluster's workers run the points)")
+    if not args.resume and (Path(args.out) / RESULTS).exists():
+        raise UsageError(f"--out {args.out}: {Path(args.out) / RESULTS} already exists; pass --resume to continue it, "
+                         f"or use another --out")
+    axes = parse_grid(args.grid)
     try:
-        limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
-        if args.jobs is not None and args.dask_scheduler:
-            raise SweepError("--jobs: does not apply with --dask-scheduler (the cluster's workers run the points)")
-        report = run_sweep(args.scenario, args.grid, args.out, overrides=args.overrides, jobs=args.jobs,
-                           memory_limit=limit, resume=args.resume, dask_scheduler=args.dask_scheduler,
-                           progress=sys.stderr.isatty(), charts=args.plots == "png")
+        with progress_bar("sweep") as progress:
+            report = run_sweep(args.scenario, axes, args.out, overrides=args.overrides, jobs=args.jobs,
+                               memory_limit=args.memory_limit, resume=args.resume,
+                               dask_scheduler=args.dask_scheduler, progress=progress, charts=args.plots == "png")
     except SweepError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
     except Interrupted as exc:
-        print(exc, file=sys.stderr)
+        print(f"interrupted: {exc.finished} finished rows are in {exc.path}; "
+              f"rerun with --resume to run the other {exc.left} points", file=sys.stderr)
         return 130
     c = report.counts
     print(f"{report.points} points ({report.ran} run now on {report.executor}): "
@@ -293,13 +313,88 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+# -- --grid syntax --------------------------------------------------------------------------
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_RANGE = re.compile(rf"^\s*({_NUMBER})\s*:\s*({_NUMBER})\s*:\s*({_NUMBER})\s*$")
+_EXAMPLE = "e.g. pipeline.stages=4,8,16 or pipeline.microbatches=8:64:8"
+
+
+def parse_axis(spec: str):
+    """``--grid KEY=v1,v2,...`` or ``KEY=start:stop:step`` -> Axis.  Each value is read
+    exactly like a ``--set`` value (TOML, else a bare string); a range's stop is
+    included when the steps land on it (8:64:8 is 8, 16, ..., 64; 8:60:8 ends at 56)."""
+    key, sep, body = spec.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part.strip() for part in key.split(".")):
+        raise UsageError(f"--grid {spec!r}: expected KEY=VALUES with a dotted scenario key, {_EXAMPLE}")
+    from .sweep.grid import Axis
+
+    match = _RANGE.match(body)
+    texts = _range_texts(spec, *match.groups()) if match else _split_list(spec, body)
+    return Axis(key, texts, tuple(parse_override(f"{key}={t}")[1] for t in texts))
+
+
+def _range_texts(spec: str, start: str, stop: str, step: str) -> tuple[str, ...]:
+    try:
+        a, b, s = Decimal(start), Decimal(stop), Decimal(step)
+    except InvalidOperation:  # pragma: no cover - the regex only lets numbers through
+        raise UsageError(f"--grid {spec!r}: start:stop:step must be numbers") from None
+    if s <= 0:
+        raise UsageError(f"--grid {spec!r}: the step of start:stop:step must be > 0, got {step}")
+    if b < a:
+        raise UsageError(f"--grid {spec!r}: start must be <= stop in start:stop:step")
+    from .sweep.grid import MAX_POINTS
+
+    count = int((b - a) / s) + 1  # exact decimal arithmetic: 0.1:0.5:0.1 has 5 values
+    if count > MAX_POINTS:
+        raise UsageError(f"--grid {spec!r}: {count} values, more than the {MAX_POINTS} a sweep takes")
+    integral = all(re.fullmatch(r"[+-]?\d+", t) for t in (start, stop, step))
+    values = [a + i * s for i in range(count)]
+    # Integers stay integers (pipeline.stages must be whole); anything else becomes a float.
+    return tuple(str(int(v)) if integral else repr(float(v)) for v in values)
+
+
+def _split_list(spec: str, body: str) -> tuple[str, ...]:
+    """Split on commas that are not inside brackets, braces or quotes (TOML lists keep theirs)."""
+    items, depth, quote, current = [], 0, None, []
+    for ch in body:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current).strip())
+    if depth != 0 or quote:
+        raise UsageError(f"--grid {spec!r}: unbalanced brackets or quotes in the value list")
+    if any(not item for item in items):
+        raise UsageError(f"--grid {spec!r}: empty value in the list, {_EXAMPLE}")
+    if ":" in body and len(items) == 1 and not body.strip().startswith(("[", "\"", "'")):
+        raise UsageError(f"--grid {spec!r}: a range is start:stop:step with three numbers, {_EXAMPLE}")
+    return tuple(items)
+
+
+def parse_grid(specs: list[str]) -> list:
+    """Every --grid as sweep axes, checked as a whole by the library (a key once, a value once, size)."""
+    from .sweep.grid import make_axes
+
+    return make_axes([parse_axis(s) for s in specs])
+
+
 def _cmd_compare(args) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
-    try:
-        names = compare.parse_schedules(args.schedules)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    source = compare.describe_source(args.scenario, args.overrides)
+    # "1f1b, dualpipe,1f1b" -> ["1f1b", "dualpipe"]: order kept, repeats dropped.
+    names = list(dict.fromkeys(n.strip() for n in args.schedules.split(",") if n.strip()))
+    if not names:
+        raise UsageError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
+    source = f"`{args.scenario}`" + "".join(f" `--set {o}`" for o in args.overrides)
     with progress_bar("compare") as progress:
         result, written = compare.run_and_write(scenario, names, args.out, source, plots=args.plots,
                                                 progress=progress)

@@ -31,14 +31,6 @@ class Comparison:
     baseline_makespan: float | None  # 1F1B on the same scenario
 
 
-def parse_schedules(text: str) -> list[str]:
-    """``"1f1b, dualpipe,1f1b"`` -> ``["1f1b", "dualpipe"]`` (order kept, repeats dropped)."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise ValueError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
-    return names
-
-
 def with_schedule(scenario: Scenario, name: str) -> Scenario:
     return scenario.model_copy(update={"pipeline": scenario.pipeline.model_copy(update={"schedule": name})})
 
@@ -68,7 +60,7 @@ def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
             results.append(outcome)
     if not results:
         reasons = "; ".join(f"{n}: {why}" for n, why in skipped)
-        raise ScenarioError(f"--schedules: none of the schedules can run this scenario ({reasons})")
+        raise ScenarioError(f"pipeline.schedule: none of the schedules can run this scenario ({reasons})")
     base = next((r for r in results if r.metrics.schedule == BASELINE), None)
     if base is None:
         outcome = _try_run(scenario, BASELINE)
@@ -160,10 +152,6 @@ def skipped_lines(comparison: Comparison) -> list[str]:
 def report(comparison: Comparison) -> str:
     """What the terminal shows: the table, then one line per skipped schedule."""
     return "\n".join([table(comparison), *skipped_lines(comparison)])
-
-
-def describe_source(path: str, overrides: list[str]) -> str:
-    return f"`{path}`" + "".join(f" `--set {o}`" for o in overrides)
 
 
 def markdown(comparison: Comparison, source: str, png: str | None = "compare.png") -> str:

@@ -1,63 +1,37 @@
-"""Schedule families by name.
+"""Schedule families by name: the table of ``schedules.FAMILIES``.
 
-A family registers a pure generator ``fn(stages, microbatches, **options) ->
-Schedule`` together with a ``check`` that states its constraints.  ``check``
-returns None when (stages, microbatches, options) are acceptable, otherwise one
-sentence naming the rule that is broken; callers turn that into a clean error.
+A family is a pure generator ``fn(stages, microbatches, **options) ->
+Schedule`` with a ``check`` that states its constraints (schedules/family.py).
+``check`` returns None when (stages, microbatches, options) are acceptable,
+otherwise one sentence naming the rule that is broken; :func:`build` turns
+that into a ScheduleError.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from .ir import Schedule, ScheduleError
+from .schedules import FAMILIES
+from .schedules.family import Family
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    generate: Callable[..., Schedule]
-    check: Callable[..., str | None]
-    constraints: str  # human-readable summary for `dualpipe-sim schedules`
-    description: str
-    options: tuple[str, ...] = ()  # scenario keys under [pipeline] the generator takes, e.g. chunks_per_rank
-    # analytic(stages, microbatches, costs, **options) -> {"bubble": idle time per
-    # rank from the paper's closed form, "peak_activation": max over ranks, in
-    # stage-activation units}; None where the family has no formula.
-    analytic: Callable[..., dict] | None = None
+def _table(families: tuple[Family, ...]) -> dict[str, Family]:
+    table: dict[str, Family] = {}
+    for family in families:
+        if family.name in table:
+            raise RuntimeError(f"schedule {family.name!r} is in schedules.FAMILIES twice")
+        table[family.name] = family
+    return dict(sorted(table.items()))
 
 
-_REGISTRY: dict[str, Family] = {}
-
-
-def register(
-    name: str,
-    *,
-    check,
-    constraints: str,
-    description: str,
-    options: tuple[str, ...] = (),
-    analytic: Callable[..., dict] | None = None,
-):
-    """Decorator: register a generator under ``name``."""
-
-    def wrap(fn):
-        if name in _REGISTRY:
-            raise RuntimeError(f"schedule {name!r} registered twice")
-        _REGISTRY[name] = Family(name, fn, check, constraints, description, options, analytic)
-        return fn
-
-    return wrap
+_REGISTRY = _table(FAMILIES)
 
 
 def families() -> dict[str, Family]:
-    _load_builtin()
-    return dict(sorted(_REGISTRY.items()))
+    """Every family by name, sorted."""
+    return dict(_REGISTRY)
 
 
 def get(name: str) -> Family:
-    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -85,6 +59,3 @@ def analytic(name: str, stages: int, microbatches: int, costs, **options) -> dic
         return {"bubble": None, "peak_activation": None}
     return family.analytic(stages, microbatches, costs, **options)
 
-
-def _load_builtin() -> None:
-    from . import schedules  # noqa: F401  (importing registers the built-in families)

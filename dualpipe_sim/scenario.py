@@ -2,8 +2,8 @@
 
 pydantic does the type and range checks so that every error names its field
 (``costs.forward: must be > 0``); the few cross-field rules are checked here.
-``--set a.b=value`` overrides are applied to the raw TOML before validation,
-so they get exactly the same checks.
+Overrides (``a.b=value`` texts, the CLI's ``--set``) are applied to the raw
+TOML before validation, so they get exactly the same checks.
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ from . import limits, variability
 from .channels import OrderError
 from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
+from .errors import ScenarioError
 from .model.activations import POLICIES
 from .model.config import ModelError
 from .model.sections import HardwareSection, ModelSection, ParallelSection
 from .rules import Channel
-
-
-class ScenarioError(ValueError):
-    """A scenario file or override breaks a rule; the message names the field."""
 
 
 PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -307,14 +304,14 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ScenarioError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. pipeline.stages=8")
+        raise ScenarioError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. pipeline.stages=8")
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except ValueError:  # TOMLDecodeError (or an integer too long to convert)
         value = raw  # bare words such as 1f1b or dualpipe
     except RecursionError:
-        raise ScenarioError(f"--set {key}: value nested too deeply to read") from None
+        raise ScenarioError(f"{key}: value nested too deeply to read") from None
     return key.split("."), value
 
 
@@ -326,7 +323,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ScenarioError(f"--set {text!r}: {part} is a value, not a table")
+                raise ScenarioError(f"override {text!r}: {part} is a value, not a table")
             node = child
         node[path[-1]] = value
     return data

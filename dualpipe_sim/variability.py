@@ -34,8 +34,7 @@ Box-Muller, u uniform on (0, 1)):
 * ``normal``: 1 + cv z with z cut to [-3, 3] so a factor stays > 0; cv <= 0.3;
 * ``uniform``: 1 + cv sqrt(3) (2u - 1); cv <= 0.5.
 
-``dualpipe-sim run --repeat N`` runs seeds seed, seed+1, ..., seed+N-1 and
-summarises makespan and bubble ratio (:func:`repeat`).
+Runs over many seeds are repeat.py's.
 """
 
 from __future__ import annotations
@@ -44,13 +43,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ScenarioError
 from .ir import FB, Schedule, ops_of
 from .rules import KIND_CODES
 
 DISTRIBUTIONS = ("lognormal", "normal", "uniform")
 MAX_CV = {"lognormal": 2.0, "normal": 0.3, "uniform": 0.5}
 NORMAL_CUT = 3.0
-MAX_REPEAT = 10_000
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,6 @@ class Variability:
         slow = [1.0] * ranks
         for rank, factor in self.slowdown:
             if rank >= ranks:
-                from .scenario import ScenarioError
-
                 raise ScenarioError(
                     f"ranks.slowdown: rank {rank} does not exist, the schedule has {ranks} ranks (0..{ranks - 1})"
                 )
@@ -157,58 +154,3 @@ def _uniforms(seed: int, ops) -> tuple[np.ndarray, np.ndarray]:
         h = _mix(h ^ column)
     to_unit = lambda x: ((x >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53  # noqa: E731
     return to_unit(_mix(h ^ np.uint64(1))), to_unit(_mix(h ^ np.uint64(2)))
-
-
-# -- repeats -------------------------------------------------------------------------------
-def repeat_problem(n: int, seed: int) -> str | None:
-    if not 1 <= n <= MAX_REPEAT:
-        return f"must be a whole number from 1 to {MAX_REPEAT}, got {n}"
-    if seed + n > 2**64:
-        return f"the seeds {seed}..{seed + n - 1} go past 2**64 - 1; use a smaller seed"
-    return None
-
-
-def repeat(scenario, n: int, schedule: Schedule | None = None, first=None, progress=None) -> dict:
-    """Run ``n`` seeds (scenario.seed, +1, ...); per-seed makespan and bubble ratio and
-    their p50 / p95 / max (numpy's linear-interpolated percentiles).  ``first`` may be
-    the result already computed for scenario.seed; ``progress`` is told of each seed
-    (progress.py)."""
-    from . import simulation
-    from .progress import report
-
-    runs = []
-    for i in range(n):
-        seeded = scenario.model_copy(update={"seed": scenario.seed + i})
-        result = first if (i == 0 and first is not None) else simulation.run(seeded, schedule)
-        m = result.metrics
-        runs.append({"seed": seeded.seed, "makespan": m.makespan, "bubble_ratio": m.bubble_ratio})
-        report(progress, i + 1, n, f"seed {seeded.seed}")
-    summary = {}
-    for key in ("makespan", "bubble_ratio"):
-        values = np.array([r[key] for r in runs])
-        p50, p95 = np.percentile(values, [50, 95])
-        summary[key] = {"p50": float(p50), "p95": float(p95), "max": float(values.max()),
-                        "min": float(values.min()), "mean": float(values.mean())}  # fmt: skip
-    jitter = scenario.costs.jitter
-    return {
-        "schedule": m.schedule,
-        "repeats": n,
-        "jitter": None if jitter is None else {"distribution": jitter.distribution, "cv": jitter.cv},
-        "slowdown": {str(r): f for r, f in sorted(scenario.ranks.slowdown.items())},
-        "summary": summary,
-        "runs": runs,
-    }
-
-
-def repeat_table(doc: dict) -> str:
-    runs = doc["runs"]
-    lines = [
-        f"repeat: {doc['repeats']} seeds ({runs[0]['seed']}..{runs[-1]['seed']})",
-        f"{'':<13} {'p50':>10} {'p95':>10} {'max':>10}",
-    ]
-    from .units import number
-
-    for key, label, fmt in (("makespan", "makespan (ms)", number), ("bubble_ratio", "bubble ratio", "{:.2%}".format)):
-        s = doc["summary"][key]
-        lines.append(f"{label:<13} " + " ".join(f"{fmt(s[p]):>10}" for p in ("p50", "p95", "max")))
-    return "\n".join(lines)

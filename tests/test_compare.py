@@ -74,7 +74,7 @@ def test_every_registered_schedule_runs_or_says_why():
 
 
 def test_none_can_run_is_an_error():
-    with pytest.raises(scenario.ScenarioError, match="--schedules: none of the schedules"):
+    with pytest.raises(scenario.ScenarioError, match="pipeline.schedule: none of the schedules"):
         compare.compare(base(microbatches=6), ["nope", "dualpipe"])
 
 
@@ -103,7 +103,7 @@ def test_cli_writes_table_and_chart(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--schedules", "nope,dualpipe", "--set", "pipeline.microbatches=6"], "--schedules: none of the schedules"),
+        (["--schedules", "nope,dualpipe", "--set", "pipeline.microbatches=6"], "pipeline.schedule: none of the schedules"),
         (["--schedules", " , "], "--schedules: give at least one"),
         (["--set", "costs.forward=-1"], "costs.forward"),
     ],

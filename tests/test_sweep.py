@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dualpipe_sim.cli import main
+from dualpipe_sim.cli import main, parse_grid
 from dualpipe_sim.sweep import Interrupted, SweepError, executors, run_sweep
 from dualpipe_sim.sweep.point import run_point as real_run_point
 
@@ -47,7 +47,7 @@ def read(path):
 
 
 def test_rows_match_closed_forms_and_skips_say_why(tmp_path, scenario):
-    report = run_sweep(scenario, GRID, tmp_path / "out", jobs=1)
+    report = run_sweep(scenario, parse_grid(GRID), tmp_path / "out", jobs=1)
     rows = read(tmp_path / "out" / "results.csv")
     assert len(rows) == report.points == 3 * 2 * 2
     # Point order: first axis slowest.
@@ -85,7 +85,7 @@ def test_rows_match_closed_forms_and_skips_say_why(tmp_path, scenario):
 def test_a_failing_point_is_an_error_row_and_the_sweep_goes_on(tmp_path, scenario):
     # A 2-value per-stage list fits 2 stages only; the 4-stage point fails, the others run.
     grid = ["costs.forward=[1, 3]", "pipeline.stages=2,4", "pipeline.microbatches=2"]
-    report = run_sweep(scenario, grid, tmp_path / "out", jobs=1)
+    report = run_sweep(scenario, parse_grid(grid), tmp_path / "out", jobs=1)
     rows = read(tmp_path / "out" / "results.csv")
     assert [r["status"] for r in rows] == ["ok", "error"]
     assert rows[1]["reason"] == "costs.forward: a per-stage list needs one value per stage (4), got 2"
@@ -105,7 +105,7 @@ def die_at_four_stages(base, overrides):
 
 def test_a_dead_worker_process_is_an_error_row_not_an_abort(tmp_path, scenario, monkeypatch):
     monkeypatch.setattr(executors, "run_point", die_at_four_stages)
-    report = run_sweep(scenario, ["pipeline.stages=2,4"], tmp_path / "out", jobs=2)
+    report = run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), tmp_path / "out", jobs=2)
     rows = read(tmp_path / "out" / "results.csv")
     assert [r["pipeline.stages"] for r in rows] == ["2", "4"]
     assert rows[1]["status"] == "error" and rows[1]["reason"].startswith("worker failed: BrokenProcessPool")
@@ -114,21 +114,21 @@ def test_a_dead_worker_process_is_an_error_row_not_an_abort(tmp_path, scenario, 
 
 def test_resume_skips_finished_points_and_ends_identical(tmp_path, scenario):
     fresh = tmp_path / "fresh"
-    run_sweep(scenario, GRID, fresh, jobs=1)
+    run_sweep(scenario, parse_grid(GRID), fresh, jobs=1)
     full = (fresh / "results.csv").read_text()
     lines = full.splitlines(keepends=True)
     # An interrupted sweep: header, 5 finished rows in another order, half of a sixth row.
     part = tmp_path / "part"
     part.mkdir()
     (part / "results.csv").write_text(lines[0] + "".join(lines[5:0:-1]) + lines[6][:15])
-    report = run_sweep(scenario, GRID, part, jobs=1, resume=True)
+    report = run_sweep(scenario, parse_grid(GRID), part, jobs=1, resume=True)
     assert report.ran == 12 - 5
     assert (part / "results.csv").read_text() == full
 
     # Finished rows really are skipped: a marked row survives a resume untouched.
     marked = full.replace(lines[2], lines[2].replace(",ok,,", ",ok,kept,", 1))
     (part / "results.csv").write_text(marked)
-    assert run_sweep(scenario, GRID, part, jobs=1, resume=True).ran == 0
+    assert run_sweep(scenario, parse_grid(GRID), part, jobs=1, resume=True).ran == 0
     assert (part / "results.csv").read_text() == marked
 
 
@@ -145,24 +145,26 @@ def test_ctrl_c_keeps_finished_rows_then_resume_completes(tmp_path, scenario, mo
     monkeypatch.setattr(executors, "run_point", interrupt_at_fifth)
     out = tmp_path / "out"
     with pytest.raises(Interrupted, match="4 finished rows"):
-        run_sweep(scenario, GRID, out, jobs=1)
+        run_sweep(scenario, parse_grid(GRID), out, jobs=1)
     rows = read(out / "results.csv")
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
     assert not (out / "summary.md").exists()
     monkeypatch.setattr(executors, "run_point", real)
-    run_sweep(scenario, GRID, out, jobs=1, resume=True)
-    run_sweep(scenario, GRID, tmp_path / "fresh", jobs=1)
+    run_sweep(scenario, parse_grid(GRID), out, jobs=1, resume=True)
+    run_sweep(scenario, parse_grid(GRID), tmp_path / "fresh", jobs=1)
     assert (out / "results.csv").read_bytes() == (tmp_path / "fresh" / "results.csv").read_bytes()
 
 
-def test_existing_results_need_resume_and_matching_columns(tmp_path, scenario):
+def test_existing_results_need_resume_and_matching_columns(tmp_path, scenario, capsys):
     out = tmp_path / "out"
-    run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1)
+    run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), out, jobs=1)
     before = (out / "results.csv").read_bytes()
-    with pytest.raises(SweepError, match="already exists; pass --resume"):
-        run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1)
+    with pytest.raises(SweepError, match="^out: .* already exists; resume it"):
+        run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), out, jobs=1)
+    assert main(["sweep", str(scenario), "--grid", "pipeline.stages=2,4", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {out}: {out / 'results.csv'} already exists; pass --resume")
     with pytest.raises(SweepError, match="columns of another grid"):
-        run_sweep(scenario, ["costs.forward=1,2"], out, jobs=1, resume=True)
+        run_sweep(scenario, parse_grid(["costs.forward=1,2"]), out, jobs=1, resume=True)
     assert (out / "results.csv").read_bytes() == before
 
 
@@ -171,14 +173,14 @@ def test_summary_picks_the_fastest_schedule_that_fits(tmp_path, scenario):
     # 1F1B and GPipe (M+S-1)(F+B) = 33.  Peak memory on rank 0: 1F1B and ZB-H1 hold S = 4
     # activations (4.5 GB with the 0.5 GB of parameters), GPipe all M = 8 (8.5 GB).
     grid = ["pipeline.schedule=gpipe,1f1b,zb-h1"]
-    run_sweep(scenario, grid, tmp_path / "a", jobs=1, memory_limit=5e9)
+    run_sweep(scenario, parse_grid(grid), tmp_path / "a", jobs=1, memory_limit=5e9)
     line = _summary_row(tmp_path / "a")
     assert line[:4] == ["4", "8", "zb-h1", "27"]
     assert line[5] == "4.5 GB" and line[6] == "gpipe (8.5 GB)"
-    run_sweep(scenario, grid, tmp_path / "b", jobs=1, memory_limit=4e9)
+    run_sweep(scenario, parse_grid(grid), tmp_path / "b", jobs=1, memory_limit=4e9)
     assert _summary_row(tmp_path / "b")[2] == "none fits"
     # No limit and a tie (GPipe = 1F1B = 33): the name that sorts first wins, whatever the grid order.
-    run_sweep(scenario, ["pipeline.schedule=gpipe,1f1b"], tmp_path / "c", jobs=1)
+    run_sweep(scenario, parse_grid(["pipeline.schedule=gpipe,1f1b"]), tmp_path / "c", jobs=1)
     assert _summary_row(tmp_path / "c")[2:4] == ["1f1b", "33"]
 
 
@@ -193,12 +195,12 @@ def test_same_csv_from_one_job_two_jobs_and_dask(tmp_path, scenario):
 
     grid = ["pipeline.schedule=1f1b,dualpipe,zb-h1", "pipeline.stages=2,4", "pipeline.microbatches=4:8:4",
             "comm.p2p=0,0.25"]
-    run_sweep(scenario, grid, tmp_path / "one", jobs=1)
-    run_sweep(scenario, grid, tmp_path / "two", jobs=2)
+    run_sweep(scenario, parse_grid(grid), tmp_path / "one", jobs=1)
+    run_sweep(scenario, parse_grid(grid), tmp_path / "two", jobs=2)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, host="127.0.0.1",
                       protocol="tcp", dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        report = run_sweep(scenario, grid, tmp_path / "dask", dask_scheduler=cluster.scheduler_address)
+        report = run_sweep(scenario, parse_grid(grid), tmp_path / "dask", dask_scheduler=cluster.scheduler_address)
     assert report.executor.startswith("Dask cluster at tcp://127.0.0.1")
     one = (tmp_path / "one" / "results.csv").read_bytes()
     assert one == (tmp_path / "two" / "results.csv").read_bytes() == (tmp_path / "dask" / "results.csv").read_bytes()
@@ -220,9 +222,9 @@ def test_cli_sweep_writes_and_reports(tmp_path, scenario, capsys):
     "extra,message",
     [
         (["--grid", "pipeline.stages=8:4:1"], "error: --grid 'pipeline.stages=8:4:1': start must be <= stop"),
-        (["--grid", "pipeline.bogus=1"], "error: --grid pipeline.bogus=1: pipeline.bogus: unknown key"),
+        (["--grid", "pipeline.bogus=1"], "error: grid value pipeline.bogus=1: pipeline.bogus: unknown key"),
         (["--grid", "pipeline.stages=2", "--memory-limit", "lots"], "error: --memory-limit: expected a size"),
-        (["--grid", "pipeline.stages=2", "--memory-limit", "0"], "error: --memory-limit: must be > 0"),
+        (["--grid", "pipeline.stages=2", "--memory-limit", "0"], "error: --memory-limit: must be a finite size > 0"),
         (["--grid", "pipeline.stages=2", "--jobs", "0"], "error: --jobs: must be >= 1"),
         (["--grid", "pipeline.stages=2", "--jobs", "2", "--dask-scheduler", "tcp://127.0.0.1:1"],
          "error: --jobs: does not apply with --dask-scheduler"),
@@ -238,18 +240,27 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, scenario, capsy
 
 
 def test_an_unreachable_dask_scheduler_is_one_clear_error():
-    with pytest.raises(SweepError, match=r"^--dask-scheduler tcp://127.0.0.1:1: cannot connect"):
+    with pytest.raises(SweepError, match=r"^dask_scheduler: tcp://127.0.0.1:1: cannot connect"):
         executors.DaskExecutor("tcp://127.0.0.1:1", timeout=0.5)
 
 
 def test_json_like_values_round_trip_in_the_csv(tmp_path, scenario):
-    run_sweep(scenario, ["costs.backward=[2, 2],[3, 2.5]", "pipeline.stages=2"], tmp_path / "o", jobs=1)
+    run_sweep(scenario, parse_grid(["costs.backward=[2, 2],[3, 2.5]", "pipeline.stages=2"]), tmp_path / "o", jobs=1)
     rows = read(tmp_path / "o" / "results.csv")
     assert [json.loads(r["costs.backward"]) for r in rows] == [[2, 2], [3, 2.5]]
 
 
 def test_charts_off_writes_table_and_summary_only(tmp_path, scenario):
     # `sweep --plots none`: results.csv and summary.md, no chart (and no matplotlib work).
-    report = run_sweep(scenario, ["pipeline.stages=2,4"], tmp_path / "out", jobs=1, charts=False)
+    report = run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), tmp_path / "out", jobs=1, charts=False)
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.csv", "summary.md"}
     assert report.counts["ok"] == 2
+
+
+def test_python_grid_and_progress_callback(tmp_path, scenario):
+    calls = []
+    report = run_sweep(scenario, {"pipeline.stages": [2, 4]}, tmp_path / "api", jobs=1,
+                       progress=lambda done, total, what: calls.append((done, total)))
+    assert calls == [(0, 2), (1, 2), (2, 2)] and report.counts["ok"] == 2
+    run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), tmp_path / "cli", jobs=1)
+    assert (tmp_path / "api" / "results.csv").read_bytes() == (tmp_path / "cli" / "results.csv").read_bytes()

@@ -1,9 +1,11 @@
-"""Grid axes: lists, inclusive ranges, and bad syntax -> one clear ScenarioError."""
+"""Grid axes: the CLI's --grid syntax (lists, inclusive ranges; bad syntax -> one clear
+error naming --grid) and the library's axes (a key once, a value once, checked values)."""
 
 import pytest
 
-from dualpipe_sim.scenario import ScenarioError
-from dualpipe_sim.sweep.grid import check_against, parse_axis, parse_grid, points
+from dualpipe_sim.cli import UsageError, parse_axis, parse_grid
+from dualpipe_sim.scenario import ScenarioError, parse_override
+from dualpipe_sim.sweep.grid import Axis, check_against, make_axes, points, toml_text
 
 BASE = {
     "pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8},
@@ -55,19 +57,39 @@ def test_ranges(spec, expected):
         ("pipeline.stages=4,,8", "empty value in the list"),
         ("pipeline.stages=", "empty value in the list"),
         ("costs.forward=[1,2", "unbalanced brackets"),
-        ("pipeline.stages=4,8,4", "value 4 appears twice"),
         ("pipeline.stages=1:10000000:1", "more than the 1000000"),
     ],
 )
 def test_bad_syntax_names_the_rule(spec, words):
-    with pytest.raises(ScenarioError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
         parse_axis(spec)
-    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("--grid ") and "\n" not in str(info.value)
 
 
-def test_a_key_twice_is_an_error():
+def test_a_key_or_a_value_twice_is_an_error():
     with pytest.raises(ScenarioError, match="pipeline.stages: the key is given twice"):
         parse_grid(["pipeline.stages=4", "pipeline.stages=8"])
+    with pytest.raises(ScenarioError, match="pipeline.stages: value 4 appears twice"):
+        parse_grid(["pipeline.stages=4,8,4"])
+    with pytest.raises(ScenarioError, match="pipeline.stages: value 4 appears twice"):
+        make_axes({"pipeline.stages": [4, 8, 4]})
+    with pytest.raises(ScenarioError, match="pipeline.stages: a grid axis needs at least one value"):
+        make_axes({"pipeline.stages": []})
+    with pytest.raises(ScenarioError, match="grid: 1001000 points, more than the 1000000"):
+        make_axes({"pipeline.stages": range(1001), "pipeline.microbatches": range(1000)})
+
+
+@pytest.mark.parametrize("value", [8, 0.1, 1e-05, -2.5e20, "1f1b", "true", 'a "quoted", b', True,
+                                   [1, 2.5], {"3": 1.2}, [[1, 2], [3]]])
+def test_python_values_become_override_text_that_reads_back(value):
+    assert parse_override(f"k={toml_text(value)}")[1] == value
+
+
+def test_axes_from_python_values_equal_the_cli_syntax():
+    api = make_axes({"pipeline.schedule": ["1f1b", "gpipe"], "pipeline.stages": range(2, 5, 2)})
+    cli = parse_grid(["pipeline.schedule=1f1b,gpipe", "pipeline.stages=2:4:2"])
+    assert [p.values for p in points(api)] == [p.values for p in points(cli)]
+    assert isinstance(api[0], Axis) and api[0].override(1) == 'pipeline.schedule="gpipe"'
 
 
 def test_points_are_the_product_first_axis_slowest():
@@ -84,10 +106,10 @@ def test_points_are_the_product_first_axis_slowest():
 @pytest.mark.parametrize(
     "spec,words",
     [
-        ("pipeline.nonsense=1,2", "--grid pipeline.nonsense=1: pipeline.nonsense: unknown key"),
-        ("pipeline.stages=4,a", "--grid pipeline.stages=a: pipeline.stages: must be a whole number"),
-        ("costs.forward=1,-1", "--grid costs.forward=-1: costs.forward: input should be greater than 0"),
-        ("pipeline.schedule=1f1b,nope", "--grid pipeline.schedule: unknown schedule 'nope'"),
+        ("pipeline.nonsense=1,2", "grid value pipeline.nonsense=1: pipeline.nonsense: unknown key"),
+        ("pipeline.stages=4,a", "grid value pipeline.stages=a: pipeline.stages: must be a whole number"),
+        ("costs.forward=1,-1", "grid value costs.forward=-1: costs.forward: input should be greater than 0"),
+        ("pipeline.schedule=1f1b,nope", "grid value pipeline.schedule=nope: unknown schedule 'nope'"),
     ],
 )
 def test_values_wrong_whatever_the_point_stop_the_sweep(spec, words):

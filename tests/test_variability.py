@@ -1,4 +1,4 @@
-"""Jitter, stragglers and --repeat (dualpipe_sim/variability.py).
+"""Jitter, stragglers (dualpipe_sim/variability.py) and --repeat (dualpipe_sim/repeat.py).
 
 The draws are checked against the distributions' own moments (fixed seeds, so
 the checks are deterministic; tolerances are several standard errors), for
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim import scenario, simulation, variability
+from dualpipe_sim import repeat, scenario, simulation
 from dualpipe_sim.cli import main
 from dualpipe_sim.ir import FB, Op, ops_of
 from dualpipe_sim.outputs import metrics_json
@@ -231,7 +231,7 @@ def test_repeat_without_jitter_repeats_one_result(tmp_path):
     assert doc["summary"]["makespan"]["p95"] == doc["runs"][0]["makespan"]
 
 
-@pytest.mark.parametrize("n", ["0", "-2", str(variability.MAX_REPEAT + 1)])
+@pytest.mark.parametrize("n", ["0", "-2", str(repeat.MAX_REPEAT + 1)])
 def test_repeat_out_of_range(tmp_path, capsys, n):
     assert main(["run", QUICK, "--out", str(tmp_path / "o"), "--repeat", n]) == 2
     err = capsys.readouterr().err

@@ -199,21 +199,21 @@ def chrome_trace_json(trace: Trace) -> str:
 
 
 def trace_name(trace_path: str, out_dir: str, taken=()) -> str:
-    """Where ``run --trace PATH`` goes, as a name inside the output folder, so
-    that it is written with the other outputs, all-or-nothing.  Raises
-    ValueError (one line naming --trace) for a path outside ``out_dir`` or one
-    that another output already uses."""
+    """Where a trace file asked for at ``trace_path`` goes, as a name inside the
+    output folder, so that it is written with the other outputs, all-or-nothing.
+    Raises ValueError (one line) for a path outside ``out_dir`` or one that
+    another output (``taken``) already uses."""
     out = Path(out_dir).resolve()
     try:
         rel = Path(trace_path).resolve().relative_to(out)
     except ValueError:
         raise ValueError(
-            f"--trace: must be a file inside the --out folder {out_dir}, e.g. {Path(out_dir) / 'trace.json'}; "
+            f"must be a file inside the output folder {out_dir}, e.g. {Path(out_dir) / 'trace.json'}; "
             f"got {trace_path}"
         ) from None
     name = rel.as_posix()
     if name in ("", ".") or name in taken:
-        raise ValueError(f"--trace: {trace_path} is the output folder or another output of run")
+        raise ValueError(f"{trace_path} is the output folder or another output of the run")
     return name
 
 

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from ..costs import mean_costs
 from ..ir import Op, Schedule
-from ..registry import register
+from .family import register
 from .closed_form import COMMON_RANGE, common_problem, result
 
 

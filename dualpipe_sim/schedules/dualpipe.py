@@ -39,7 +39,7 @@ from collections import deque
 
 from ..costs import mean_costs
 from ..ir import FB, Action, Op, Schedule, ScheduleError
-from ..registry import register
+from .family import register
 from .closed_form import COMMON_RANGE, common_problem, le, result
 
 

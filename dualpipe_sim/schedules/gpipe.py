@@ -2,7 +2,7 @@
 
 from ..costs import mean_costs
 from ..ir import Op, Schedule
-from ..registry import register
+from .family import register
 from .closed_form import COMMON_RANGE, common_problem, result
 
 

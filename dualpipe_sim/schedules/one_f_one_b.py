@@ -3,7 +3,7 @@ one backward in turn, then cool-down backwards; one stage per rank."""
 
 from ..costs import mean_costs
 from ..ir import Op, Schedule
-from ..registry import register
+from .family import register
 from .closed_form import COMMON_RANGE, common_problem, result
 from .gpipe import check_one_stage_per_rank
 

@@ -51,7 +51,7 @@ from collections import deque
 
 from ..costs import mean_costs
 from ..ir import Op, Schedule
-from ..registry import register
+from .family import register
 from .closed_form import COMMON_RANGE, common_problem, le, result
 from .gpipe import check_one_stage_per_rank
 

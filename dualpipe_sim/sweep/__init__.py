@@ -2,12 +2,12 @@
 
 ``run_sweep`` is what ``dualpipe-sim sweep`` calls.  Order of work:
 
-1. read the scenario and the grid, and check them (grid.py): bad input stops
-   here, before anything is written;
+1. read the scenario and the grid axes (``{key: values}``), and check them
+   (grid.py): bad input stops here, before anything is written;
 2. open results.csv (results.py), fresh or, with ``resume``, keeping the rows
    already there and skipping their points;
 3. run the remaining points on an executor (executors.py), appending each
-   row as it finishes, with a progress bar;
+   row as it finishes and calling ``progress(done, total)``;
 4. rewrite results.csv in point order, then write summary.md and the PNG
    charts all-or-nothing (outputs.write_all).
 
@@ -17,16 +17,15 @@ safely in results.csv.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
-
 from ..outputs import write_all, write_text
+from ..progress import Progress, report
 from ..scenario import apply_overrides, load_raw
 from .errors import SweepError
 from .executors import DaskExecutor, LocalExecutor
-from .grid import Axis, check_against, parse_grid, points
+from .grid import Axis, check_against, make_axes, points
 from .results import ResultsFile, columns, make_row, point_key, read_rows, row_key
 from .summary import parse_bytes, summary_markdown
 
@@ -36,7 +35,11 @@ PLOTS = ("bubble_vs_microbatches.png", "peak_activation_vs_stages.png", "bubble_
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped a sweep; every finished row is in results.csv."""
+    """Ctrl-C stopped a sweep; every finished row is in results.csv (``path``)."""
+
+    def __init__(self, path: Path, finished: int, left: int) -> None:
+        super().__init__(f"interrupted: {finished} finished rows are in {path}; resume to run the other {left} points")
+        self.path, self.finished, self.left = path, finished, left
 
 
 @dataclass
@@ -50,29 +53,36 @@ class SweepReport:
 
 
 def run_sweep(
-    scenario_path: str | Path,
-    grid: list[str],
+    scenario: str | Path | dict,
+    grid: Mapping[str, Iterable] | Iterable[Axis],
     out: str | Path,
     *,
     overrides: list[str] = (),
     jobs: int | None = None,
-    memory_limit: float | None = None,
+    memory_limit: float | str | None = None,
     resume: bool = False,
     dask_scheduler: str | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
     charts: bool = True,
 ) -> SweepReport:
-    """Run every point of the grid; see the module docstring.  Raises ScenarioError
-    or SweepError (bad input, nothing written) or Interrupted."""
+    """Run every point of the grid; see the module docstring.
+
+    ``scenario``: a TOML path or the raw scenario dict; ``grid``: ``{key: values}``,
+    e.g. ``{"pipeline.stages": [4, 8], "pipeline.microbatches": range(8, 65, 8)}``;
+    ``memory_limit``: bytes (or ``"80GiB"``) for summary.md; ``progress`` is told of
+    each finished point (progress.py); ``charts=False`` skips the PNG charts.
+    Raises ScenarioError or SweepError (bad input, nothing written) or Interrupted."""
     out = Path(out)
-    base = apply_overrides(load_raw(scenario_path), list(overrides))
-    axes = parse_grid(grid)
+    raw = scenario if isinstance(scenario, dict) else load_raw(scenario)
+    base = apply_overrides(raw, list(overrides))
+    axes = make_axes(grid)
     check_against(base, axes)
+    limit = None if memory_limit is None else parse_bytes(memory_limit)
     grid_points = points(axes)
     cols = columns(axes)
     path = out / RESULTS
     if path.exists() and not resume:
-        raise SweepError(f"--out {out}: {path} already exists; pass --resume to continue it, or use another --out")
+        raise SweepError("out", f"{path} already exists; resume it, or write to another folder")
     kept = read_rows(path, cols) if resume and path.exists() else []
     done = {row_key(axes, r) for r in kept}
     todo = [p for p in grid_points if point_key(p.values) not in done]
@@ -86,23 +96,20 @@ def run_sweep(
         except KeyboardInterrupt:
             results.close()
             left = len(todo) - (len(results.rows) - len(kept))
-            raise Interrupted(
-                f"interrupted: {len(results.rows)} finished rows are in {path}; "
-                f"rerun with --resume to run the other {left} points"
-            ) from None
+            raise Interrupted(path, len(results.rows), left) from None
     finally:
         executor.close()
     rows = results.finish([point_key(p.values) for p in grid_points], axes)
-    files = [path, *write_reports(out, rows, cols, axes, memory_limit, charts)]
+    files = [path, *write_reports(out, rows, cols, axes, limit, charts)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe())
 
 
-def _run_points(executor, base, todo, axes, cols, results: ResultsFile, progress: bool) -> None:
-    with tqdm(total=len(todo), unit="pt", desc="sweep", disable=not progress, dynamic_ncols=True) as bar:
-        for point, fields in executor.run(base, todo):
-            results.append(make_row(cols, axes, base, point, fields))
-            bar.update(1)
+def _run_points(executor, base, todo, axes, cols, results: ResultsFile, progress) -> None:
+    report(progress, 0, len(todo), "points")
+    for done, (point, fields) in enumerate(executor.run(base, todo), 1):
+        results.append(make_row(cols, axes, base, point, fields))
+        report(progress, done, len(todo), "points")
 
 
 def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis], memory_limit,
@@ -119,4 +126,4 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     return write_all(out, writers)
 
 
-__all__ = ["run_sweep", "SweepReport", "SweepError", "Interrupted", "parse_bytes", "parse_grid", "RESULTS"]
+__all__ = ["run_sweep", "SweepReport", "SweepError", "Interrupted", "Axis", "RESULTS"]

@@ -41,7 +41,7 @@ class LocalExecutor:
     def __init__(self, jobs: int | None = None) -> None:
         jobs = default_jobs() if jobs is None else jobs
         if jobs < 1:
-            raise SweepError(f"--jobs: must be >= 1, got {jobs}")
+            raise SweepError("jobs", f"must be >= 1, got {jobs}")
         self.jobs = jobs
 
     def run(self, base: dict, points: list[Point]) -> Iterator[tuple[Point, dict]]:
@@ -80,13 +80,11 @@ class DaskExecutor:
         try:
             from distributed import Client
         except ImportError:
-            raise SweepError(
-                "--dask-scheduler: dask.distributed is not installed; pip install -e '.[dask]'"
-            ) from None
+            raise SweepError("dask_scheduler", "dask.distributed is not installed; pip install -e '.[dask]'") from None
         try:
             self.client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise SweepError(f"--dask-scheduler {address}: cannot connect: {exc}") from None
+            raise SweepError("dask_scheduler", f"{address}: cannot connect: {exc}") from None
         self.address = address
 
     def run(self, base: dict, points: list[Point]) -> Iterator[tuple[Point, dict]]:

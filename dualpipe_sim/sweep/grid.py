@@ -1,38 +1,40 @@
-"""Sweep grids: ``--grid KEY=VALUES`` axes and the points of their product.
+"""Sweep grids: axes (a scenario key and its values) and the points of their product.
 
-An axis is one scenario key and its values, written either as a list
-(``pipeline.schedule=1f1b,dualpipe``) or as a numeric range
-``start:stop:step`` whose stop is inclusive when the steps land on it
-(``8:64:8`` is 8, 16, ..., 64; ``8:60:8`` ends at 56).  Each value is read
-exactly like a ``--set`` value (TOML, else a bare string), so a point is
-nothing more than a list of ``--set`` overrides applied to the base scenario.
+A point is nothing more than a list of overrides ``key=value`` (scenario.py)
+applied to the base scenario, so every value gets exactly the checks a
+scenario file's value gets.  An :class:`Axis` keeps each value both as parsed
+and as override text.  (The CLI's ``KEY=a,b,c`` / ``start:stop:step`` text
+syntax is cli.py's; it builds the same axes.)
 """
 
 from __future__ import annotations
 
 import itertools
-import re
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 from pydantic import ValidationError
 
 from .. import registry
-from ..scenario import Scenario, ScenarioError, apply_overrides, from_dict, parse_override
+from ..scenario import Scenario, ScenarioError, apply_overrides, from_dict
 
-MAX_POINTS = 1_000_000  # a guard against a typo such as 1:1e9:1
-_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_RANGE = re.compile(rf"^\s*({_NUMBER})\s*:\s*({_NUMBER})\s*:\s*({_NUMBER})\s*$")
-_EXAMPLE = "e.g. pipeline.stages=4,8,16 or pipeline.microbatches=8:64:8"
+MAX_POINTS = 1_000_000  # a guard against a typo such as a range of 1e9 values
 
 
 @dataclass(frozen=True)
 class Axis:
-    """One grid key and its values: ``texts`` as written (for --set), ``values`` as parsed."""
+    """One grid key and its values: ``texts`` as override text, ``values`` as parsed."""
 
     key: str
     texts: tuple[str, ...]
     values: tuple[object, ...]
+
+    @classmethod
+    def of(cls, key: str, values: Iterable) -> "Axis":
+        """An axis from Python values (numbers, strings, booleans, lists, tables)."""
+        values = tuple(values)
+        return cls(key, tuple(toml_text(v) for v in values), values)
 
     def override(self, i: int) -> str:
         return f"{self.key}={self.texts[i]}"
@@ -47,80 +49,43 @@ class Point:
     values: tuple[object, ...]  # one per axis, in axis order
 
 
-def parse_axis(spec: str) -> Axis:
-    """``KEY=v1,v2,...`` or ``KEY=start:stop:step`` -> Axis.  Raises ScenarioError naming the rule."""
-    key, sep, body = spec.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part.strip() for part in key.split(".")):
-        raise ScenarioError(f"--grid {spec!r}: expected KEY=VALUES with a dotted scenario key, {_EXAMPLE}")
-    match = _RANGE.match(body)
-    texts = _range_texts(spec, *match.groups()) if match else _split_list(spec, body)
-    values = tuple(parse_override(f"{key}={t}")[1] for t in texts)
-    seen: set[str] = set()
-    for text, value in zip(texts, values):
-        canon = repr(value)
-        if canon in seen:
-            raise ScenarioError(f"--grid {key}: value {text} appears twice")
-        seen.add(canon)
-    return Axis(key, texts, values)
+def toml_text(value) -> str:
+    """A value as the TOML an override reads back to the same value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_text(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_text(v)}" for k, v in value.items()) + "}"
+    raise ScenarioError(f"grid: cannot use {value!r} ({type(value).__name__}) as a scenario value")
 
 
-def _range_texts(spec: str, start: str, stop: str, step: str) -> tuple[str, ...]:
-    try:
-        a, b, s = Decimal(start), Decimal(stop), Decimal(step)
-    except InvalidOperation:  # pragma: no cover - the regex only lets numbers through
-        raise ScenarioError(f"--grid {spec!r}: start:stop:step must be numbers") from None
-    if s <= 0:
-        raise ScenarioError(f"--grid {spec!r}: the step of start:stop:step must be > 0, got {step}")
-    if b < a:
-        raise ScenarioError(f"--grid {spec!r}: start must be <= stop in start:stop:step")
-    count = int((b - a) / s) + 1  # exact decimal arithmetic: 0.1:0.5:0.1 has 5 values
-    if count > MAX_POINTS:
-        raise ScenarioError(f"--grid {spec!r}: {count} values, more than the {MAX_POINTS} a sweep takes")
-    integral = all(re.fullmatch(r"[+-]?\d+", t) for t in (start, stop, step))
-    values = [a + i * s for i in range(count)]
-    # Integers stay integers (pipeline.stages must be whole); anything else becomes a float.
-    return tuple(str(int(v)) if integral else repr(float(v)) for v in values)
-
-
-def _split_list(spec: str, body: str) -> tuple[str, ...]:
-    """Split on commas that are not inside brackets, braces or quotes (TOML lists keep theirs)."""
-    items, depth, quote, current = [], 0, None, []
-    for ch in body:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    items.append("".join(current).strip())
-    if depth != 0 or quote:
-        raise ScenarioError(f"--grid {spec!r}: unbalanced brackets or quotes in the value list")
-    if any(not item for item in items):
-        raise ScenarioError(f"--grid {spec!r}: empty value in the list, {_EXAMPLE}")
-    if ":" in body and len(items) == 1 and not body.strip().startswith(("[", "\"", "'")):
-        raise ScenarioError(f"--grid {spec!r}: a range is start:stop:step with three numbers, {_EXAMPLE}")
-    return tuple(items)
-
-
-def parse_grid(specs: list[str]) -> list[Axis]:
-    axes = [parse_axis(s) for s in specs]
+def make_axes(grid: Mapping[str, Iterable] | Iterable[Axis]) -> list[Axis]:
+    """``{key: values}`` (or ready axes) -> checked axes: a key once, each value once,
+    at least one value, at most MAX_POINTS points.  Raises ScenarioError naming the key."""
+    axes = [Axis.of(k, v) for k, v in grid.items()] if isinstance(grid, Mapping) else list(grid)
     keys = [a.key for a in axes]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise ScenarioError(f"--grid {key}: the key is given twice; put all its values in one --grid")
+    for axis in axes:
+        if not axis.key or any(not part.strip() for part in axis.key.split(".")):
+            raise ScenarioError(f"grid: {axis.key!r} is not a dotted scenario key such as pipeline.stages")
+        if keys.count(axis.key) > 1:
+            raise ScenarioError(f"{axis.key}: the key is given twice in the grid; put all its values in one axis")
+        if not axis.values:
+            raise ScenarioError(f"{axis.key}: a grid axis needs at least one value")
+        seen: set[str] = set()
+        for text, value in zip(axis.texts, axis.values):
+            if repr(value) in seen:
+                raise ScenarioError(f"{axis.key}: value {text} appears twice in the grid")
+            seen.add(repr(value))
     total = 1
     for axis in axes:
-        total *= len(axis.texts)
+        total *= len(axis.values)
     if total > MAX_POINTS:
-        raise ScenarioError(f"--grid: {total} points, more than the {MAX_POINTS} a sweep takes")
+        raise ScenarioError(f"grid: {total} points, more than the {MAX_POINTS} a sweep takes")
     return axes
 
 
@@ -141,7 +106,7 @@ def points(axes: list[Axis]) -> list[Point]:
 def check_against(base: dict, axes: list[Axis]) -> None:
     """Reject grid values that are wrong whatever the rest of the point is.
 
-    ``base`` (scenario file plus --set) must be a valid scenario on its own.
+    ``base`` (scenario file plus overrides) must be a valid scenario on its own.
     Then each grid value is applied alone to it: a type or range error there
     (an unknown key, stages=a, forward=-1) or an unknown schedule name is the
     value's fault and stops the sweep before it starts.  Rules that depend on
@@ -161,8 +126,9 @@ def check_against(base: dict, axes: list[Axis]) -> None:
                 try:
                     from_dict(data)
                 except ScenarioError as exc:
-                    raise ScenarioError(f"--grid {axis.key}={text}: {exc}") from None
+                    raise ScenarioError(f"grid value {axis.key}={text}: {exc}") from None
             if axis.key == "pipeline.schedule" and data["pipeline"]["schedule"] not in known:
                 raise ScenarioError(
-                    f"--grid pipeline.schedule: unknown schedule {text!r}; known: {', '.join(known)}"
+                    f"grid value pipeline.schedule={text}: unknown schedule {data['pipeline']['schedule']!r}; "
+                    f"known: {', '.join(known)}"
                 )

@@ -1,7 +1,7 @@
 """results.csv: its columns, how values are written, and how it grows row by row.
 
 Rows are appended and flushed the moment a point finishes, so an interrupted
-sweep keeps every finished row; ``--resume`` reads them back and skips those
+sweep keeps every finished row; resuming reads them back and skips those
 points.  When the sweep completes, the file is rewritten in point order
 (first grid axis slowest), so the same grid gives the same bytes whatever
 ran it and in whatever order the points finished.
@@ -76,13 +76,14 @@ def read_rows(path: Path, cols: list[str]) -> list[dict[str, str]]:
                 return []
             if header != cols:
                 raise SweepError(
-                    f"--resume: {path} has the columns of another grid ({', '.join(header[:4])}, ...); "
-                    f"resume with the same --grid keys in the same order, or use another --out"
+                    "resume",
+                    f"{path} has the columns of another grid ({', '.join(header[:4])}, ...); resume with "
+                    f"the same grid keys in the same order, or write to another folder",
                 )
             status = cols.index("status")
             return [dict(zip(cols, r)) for r in reader if len(r) == len(cols) and r[status] in STATUSES]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SweepError(f"--resume: cannot read {path}: {exc}") from None
+        raise SweepError("resume", f"cannot read {path}: {exc}") from None
 
 
 class ResultsFile:

@@ -2,7 +2,7 @@
 
 A shape is one combination of every grid key except ``pipeline.schedule``
 (at least stages x micro-batches).  A schedule fits when its peak memory on
-its fullest rank is at most ``--memory-limit`` or, without one, the point's
+its fullest rank is at most the memory limit or, without one, the point's
 ``device_memory`` (a ``[hardware]`` section).  Peak memory is ``memory.total``
 (parameters, gradients, optimizer states and activations) where a ``[model]``
 gives it, else ``peak_memory_bytes`` = peak activation bytes + parameter bytes.  Fastest = smallest makespan; a tie goes
@@ -22,15 +22,18 @@ _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
 _BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_bytes(text: str) -> float:
-    """``80e9``, ``80GB`` (10^9) or ``80GiB`` (2^30) -> bytes."""
-    match = _BYTES.match(text)
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _UNITS:
-        raise SweepError(f"--memory-limit: expected a size in bytes such as 80e9, 80GB or 80GiB, got {text!r}")
-    value = float(match.group(1)) * _UNITS[unit]
-    if value <= 0:
-        raise SweepError(f"--memory-limit: must be > 0, got {text!r}")
+def parse_bytes(text: str | float) -> float:
+    """``80e9``, ``80GB`` (10^9) or ``80GiB`` (2^30), or a number -> bytes (the memory limit)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        match = _BYTES.match(str(text))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _UNITS:
+            raise SweepError("memory_limit", f"expected a size in bytes such as 80e9, 80GB or 80GiB, got {text!r}")
+        value = float(match.group(1)) * _UNITS[unit]
+    if not value > 0 or value == float("inf"):
+        raise SweepError("memory_limit", f"must be a finite size > 0, got {text!r}")
     return value
 
 
@@ -68,9 +71,9 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
     limit_text = (
         f"memory limit {human_bytes(limit)} ({count(round(limit))} bytes) per rank"
         if limit is not None
-        else "no `--memory-limit`: each point's device memory from `[hardware]`"
+        else "no memory limit given: each point's device memory from `[hardware]`"
         if devices
-        else "no memory limit given (`--memory-limit`), so every schedule fits"
+        else "no memory limit given, so every schedule fits"
     )
     what = (
         "parameters, gradients, optimizer states and activations where `[model]` gives them, else "

@@ -1,0 +1,52 @@
+"""What a schedule family is: a generator, its constraints and closed forms.
+
+A family module marks its generator ``fn(stages, microbatches, **options) ->
+Schedule`` with :func:`register`, which attaches a :class:`Family` to it as
+``fn.family``; the table in ``schedules/__init__.py`` lists them, and
+registry.py serves that table by name.  Nothing is registered by importing a
+module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..ir import Schedule
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    generate: Callable[..., Schedule]
+    # check(stages, microbatches, **options) -> None when acceptable, else one
+    # sentence naming the broken rule (callers turn it into a clean error).
+    check: Callable[..., str | None]
+    constraints: str  # human-readable summary for `dualpipe-sim schedules`
+    description: str
+    options: tuple[str, ...] = ()  # scenario keys under [pipeline] the generator takes, e.g. chunks_per_rank
+    # analytic(stages, microbatches, costs, **options) -> {"bubble": idle time per
+    # rank from the paper's closed form, "peak_activation": max over ranks, in
+    # stage-activation units}; None where the family has no formula.
+    analytic: Callable[..., dict] | None = None
+
+
+def register(
+    name: str,
+    *,
+    check,
+    constraints: str,
+    description: str,
+    options: tuple[str, ...] = (),
+    analytic: Callable[..., dict] | None = None,
+):
+    """Decorator: describe a generator as the family ``name`` (sets ``fn.family``).
+
+    The family becomes known to the registry once it is listed in
+    ``schedules/__init__.py``'s FAMILIES table."""
+
+    def wrap(fn):
+        fn.family = Family(name, fn, check, constraints, description, options, analytic)
+        return fn
+
+    return wrap
