@@ -73,7 +73,7 @@ def measure(profile: Profile, source: str = "trace") -> Calibration:
     missing = [c for c in REQUIRED if c not in counts]
     if missing:
         raise TraceError(f"{source}: no kernels attributed to {', '.join(missing)} ([chunk] needs it > 0); "
-                         f"map its annotation with --map NAME=COMPONENT")
+                         f"map its annotation to it as NAME=COMPONENT")
     ks = profile.kernels
     t0 = min(k.start for k in ks)
     span = max(k.end for k in ks) - t0

@@ -86,9 +86,9 @@ def parse_map(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, component = item.rpartition("=")  # a name may itself hold '='
         if not sep or not name:
-            raise TraceError(f"--map {item!r}: expected NAME=COMPONENT, e.g. 'attn(F)=attn_forward'")
+            raise TraceError(f"name map {item!r}: expected NAME=COMPONENT, e.g. 'attn(F)=attn_forward'")
         if component not in COMPONENTS:
-            raise TraceError(f"--map {item!r}: {component!r} is not a component; one of {', '.join(COMPONENTS)}")
+            raise TraceError(f"name map {item!r}: {component!r} is not a component; one of {', '.join(COMPONENTS)}")
         names[name] = component
     return names
 
@@ -147,7 +147,7 @@ def attribute(events: list, names: dict[str, str], where: str = "trace") -> Prof
         raise TraceError(f"{where}: no user_annotation events (torch.profiler.record_function ranges) to attribute kernels to")
     if not annotations:
         shown = ", ".join(sorted(seen)[:6]) + (", ..." if len(seen) > 6 else "")
-        raise TraceError(f"{where}: unmapped names: no annotation maps to a component ({shown}); use --map NAME=COMPONENT")
+        raise TraceError(f"{where}: unmapped names: no annotation maps to a component ({shown}); map each to a component as NAME=COMPONENT")
 
     layer_of, layers = _occurrences(annotations)
     index = _Innermost(annotations)

@@ -263,7 +263,7 @@ def _hostile(tmp_path) -> dict[str, tuple[object, str]]:
         "no-events.json": ({"schemaVersion": 1}, "not a Kineto trace"),
         "no-annotations.json": (no_ann, "no user_annotation events"),
         "unmapped.json": ({"traceEvents": [{"ph": "X", "cat": "user_annotation", "name": "fwd", "ts": 1, "dur": 2}]},
-                          "unmapped names: no annotation maps to a component (fwd); use --map NAME=COMPONENT"),
+                          "unmapped names: no annotation maps to a component (fwd); map each to a component as NAME=COMPONENT"),
         "outside.json": (outside, "nothing attributable"),
         "no-launch.json": (no_launch, "nothing attributable"),
         "bad-ts.json": (bad_ts, "ts must be a finite number, got 'soon'"),
