@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dualpipe_sim import compare, scenario, simulation
 from dualpipe_sim.plots.compare import save_compare
-from dualpipe_sim.plots.gantt import save_gantt
+from dualpipe_sim.plots.gantt_file import save_gantt
 from dualpipe_sim.plots.memory import save_memory
 
 ROOT = Path(__file__).resolve().parent.parent

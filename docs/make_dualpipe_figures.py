@@ -22,7 +22,7 @@ from dualpipe_sim import calibrate, kineto, scenario, simulation  # noqa: E402
 from dualpipe_sim.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS, CostModel  # noqa: E402
 from dualpipe_sim.engine import simulate  # noqa: E402
 from dualpipe_sim.ir import FB, Op, Schedule  # noqa: E402
-from dualpipe_sim.plots.gantt import save_gantt  # noqa: E402
+from dualpipe_sim.plots.gantt_file import save_gantt  # noqa: E402
 from dualpipe_sim.trace import A2A  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dualpipe_sim import registry, scenario, simulation
 from dualpipe_sim.ir import ScheduleError
-from dualpipe_sim.plots.gantt import save_gantt
+from dualpipe_sim.plots.gantt_file import save_gantt
 
 DOCS = Path(__file__).resolve().parent
 START, END = "<!-- gallery:start -->", "<!-- gallery:end -->"

@@ -164,7 +164,7 @@ def _cmd_run(args) -> int:
 
         writers = {"metrics.json": write_text(metrics_json(metrics))}
         if args.plots in ("png", "all"):
-            from .plots.gantt import save_gantt  # matplotlib only when we draw
+            from .plots.gantt_file import save_gantt  # matplotlib only when we draw
             from .plots.memory import save_memory
 
             writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path)

@@ -24,7 +24,7 @@ them, not one text object per box), each sized to its box and left out where
 it cannot fit.
 
 Above :data:`MIN_BOX_PX` pixels per action the boxes cannot be read, and
-drawing them anyway aliases into grey bands; :func:`save_gantt` then draws
+drawing them anyway aliases into grey bands; ``gantt_file.save_gantt`` then draws
 the run as utilisation bands (see overview.py) with the warm-up and the
 cool-down in detail below it.  With components, a pair view (pair.py) shows
 one overlapped pair part by part under the whole-run chart.
@@ -308,26 +308,3 @@ def gantt_title(metrics) -> str:
         f"{metrics.microbatches} micro-batches, bubble ratio {units.percent(metrics.bubble_ratio)}, "
         f"makespan {units.duration(metrics.makespan)}"
     )
-
-
-def save_gantt(trace: Trace, metrics, path) -> None:
-    """gantt.png: box by box where boxes can be read, else utilisation bands with the ends in detail;
-    with components, one overlapped pair part by part underneath."""
-    from . import overview, pair  # noqa: PLC0415  (only the views this run needs)
-
-    width = figure_width(trace)
-    if too_dense(trace, (width - LEFT_IN - RIGHT_IN) * canvas.DPI):
-        fig = overview.overview_figure(trace, gantt_title(metrics))
-    else:
-        shown = pair.pick(trace)
-        pair_in = pair.HEIGHT_IN if shown is not None else 0.0
-        # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
-        chart = max(trace.ranks * ROW_IN, width / 6 - 1.3)
-        fig = canvas.new_figure(width, TOP_IN + chart + BOTTOM_IN + pair_in)
-        h = fig.get_figheight()
-        ax = fig.add_axes((LEFT_IN / width, (BOTTOM_IN + pair_in) / h, 1 - (LEFT_IN + RIGHT_IN) / width, chart / h))
-        draw_gantt(ax, trace, title=gantt_title(metrics))
-        if shown is not None:
-            pair.draw_pair(fig, trace, shown, (LEFT_IN / width, 0.45 / h, 1 - (LEFT_IN + RIGHT_IN) / width,
-                                               (pair_in - 1.15) / h))  # fmt: skip
-    canvas.save(fig, path)

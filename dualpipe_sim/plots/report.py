@@ -49,7 +49,7 @@ def plotly_js() -> str:
     try:
         return (resources.files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise MissingPlotly("--plots html: report.html needs plotly: pip install 'dualpipe-sim[html]'") from exc
+        raise MissingPlotly("report.html needs plotly: pip install 'dualpipe-sim[html]'") from exc
 
 
 def _parts_text(trace: Trace) -> dict[tuple[int, int, int], str]:

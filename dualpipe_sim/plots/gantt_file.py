@@ -1,0 +1,34 @@
+"""gantt.png: the Gantt view a run can be read in.
+
+Box by box (gantt.py) where boxes can be read, else utilisation bands with
+the ends in detail (overview.py); with components, one overlapped pair part
+by part underneath (pair.py).  This module composes those views, so that none
+of them imports another's caller.
+"""
+
+from __future__ import annotations
+
+from ..trace import Trace
+from . import canvas, overview, pair
+from .gantt import BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, TOP_IN, draw_gantt, figure_width, gantt_title, too_dense
+
+
+def save_gantt(trace: Trace, metrics, path) -> None:
+    """gantt.png: box by box where boxes can be read, else utilisation bands with the ends in detail;
+    with components, one overlapped pair part by part underneath."""
+    width = figure_width(trace)
+    if too_dense(trace, (width - LEFT_IN - RIGHT_IN) * canvas.DPI):
+        fig = overview.overview_figure(trace, gantt_title(metrics))
+    else:
+        shown = pair.pick(trace)
+        pair_in = pair.HEIGHT_IN if shown is not None else 0.0
+        # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
+        chart = max(trace.ranks * ROW_IN, width / 6 - 1.3)
+        fig = canvas.new_figure(width, TOP_IN + chart + BOTTOM_IN + pair_in)
+        h = fig.get_figheight()
+        ax = fig.add_axes((LEFT_IN / width, (BOTTOM_IN + pair_in) / h, 1 - (LEFT_IN + RIGHT_IN) / width, chart / h))
+        draw_gantt(ax, trace, title=gantt_title(metrics))
+        if shown is not None:
+            pair.draw_pair(fig, trace, shown, (LEFT_IN / width, 0.45 / h, 1 - (LEFT_IN + RIGHT_IN) / width,
+                                               (pair_in - 1.15) / h))  # fmt: skip
+    canvas.save(fig, path)
