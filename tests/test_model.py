@@ -279,3 +279,24 @@ def test_sweep_summary_uses_total_memory_and_device_capacity():
     assert best["pipeline.schedule"] == "b" and [r["pipeline.schedule"] for r in over] == ["a"]
     best, _ = fastest_fitting(rows, 100e9)  # --memory-limit wins
     assert best["pipeline.schedule"] == "a"
+
+
+def test_hand_typed_costs_override_the_derived(tmp_path):
+    from dualpipe_sim import scenario
+
+    base = scenario.load(tiny_toml(tmp_path, 80e9)).cost_model()
+    typed = scenario.load(tiny_toml(tmp_path, 80e9), ["costs.forward=5.0", "comm.p2p=0.25"]).cost_model()
+    assert typed.forward == (5.0, 5.0) and typed.backward == base.backward and typed.p2p == 0.25
+    assert base.p2p == pytest.approx(2 * 128 * 256 / 1e9 * 1e3)  # BF16 boundary activation over 1 GB/s, ms
+    held = scenario.load(tiny_toml(tmp_path, 80e9), ["memory.activation=7.0"]).cost_model()
+    assert held.activation_bytes == (7.0, 7.0) and held.parameter_bytes == base.parameter_bytes
+
+
+def test_llama_presets_load_and_70b_fits():
+    from dualpipe_sim import scenario, simulation
+
+    m = simulation.run(scenario.load(ROOT / "scenarios" / "llama3-70b.toml")).metrics
+    assert m.fits() is True and m.device_memory == 80e9
+    d405 = scenario.load(ROOT / "scenarios" / "llama3-405b.toml").derived()
+    assert [len(st.layers) for st in d405.setup.stages] == [3] + [4] * 30 + [3]
+    assert sum(st.dense_params for st in d405.stages) == 405_853_388_800  # every parameter on one stage
