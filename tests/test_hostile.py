@@ -80,6 +80,7 @@ EXPECT = {
     "model-config-missing.toml": "no-such-config.json: model config file not found",
     "model-expert-parallel.toml": "parallel.expert: must divide the number of routed experts (8), got 3",
     "model-layout-string-stages.toml": "parallel.layout: 'Et|t|ttL' has 3 stages, pipeline.stages is 2",
+    "model-layout-huge.toml": "parallel.layout: expands to more than a million tokens",
     "model-layout-sum.toml": "parallel.layout: the stages hold 3 layers, the model has 4 (num_hidden_layers)",
     "model-missing-field.toml": "model.num_attention_heads: required key is missing",
     "model-negative-size.toml": "model.hidden_size: must be >= 1, got -256",

@@ -112,6 +112,16 @@ def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -
     return int(value)
 
 
+MAX_LAYERS = 10_000  # the largest published models have ~100-200; the counts loop over layers
+
+
+def _layers(raw: dict, key: str, where: str) -> int:
+    n = _whole(raw, key, where)
+    if n > MAX_LAYERS:
+        raise ModelError(f"{where}{key}: must be <= {MAX_LAYERS:,}, got {n}")
+    return n
+
+
 def _flag(raw: dict, key: str, where: str, default: bool = False) -> bool:
     value = raw.get(key, default)
     if value is None:
@@ -152,7 +162,7 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     common = dict(
         model_type=mt,
         hidden_size=h,
-        num_layers=w("num_hidden_layers"),
+        num_layers=_layers(raw, "num_hidden_layers", where),
         vocab_size=w("vocab_size"),
         num_heads=heads,
         num_kv_heads=kv,
@@ -232,7 +242,7 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
     cfg = ModelConfig(
         model_type="gpt2",
         hidden_size=h,
-        num_layers=w("n_layer"),
+        num_layers=_layers(raw, "n_layer", where),
         vocab_size=w("vocab_size"),
         num_heads=heads,
         num_kv_heads=heads,

@@ -34,17 +34,25 @@ MAX_EXPANDED = 1_000_000
 
 
 def _expand(text: str) -> str:
-    for _ in range(64):  # nested groups, innermost first
-        new = _GROUP.sub(lambda m: m.group(1) * int(m.group(2)) if len(m.group(2)) < 7 else "?", text)
+    """Expand ``(...)*n`` groups (innermost first) and ``x*n`` tokens, refusing, before building
+    it, anything longer than MAX_EXPANDED characters."""
+
+    def repeat(body: str, times: str) -> str:
+        if len(times) > 7 or len(body) * int(times) > MAX_EXPANDED:
+            raise ModelError("parallel.layout: expands to more than a million tokens")
+        return body * int(times)
+
+    for _ in range(64):  # nesting depth
+        new = _GROUP.sub(lambda m: repeat(m.group(1), m.group(2)), text)
         if new == text:
             break
         text = new
         if len(text) > MAX_EXPANDED:
             raise ModelError("parallel.layout: expands to more than a million tokens")
-    text = _TOKEN.sub(lambda m: m.group(1) * int(m.group(2)) if len(m.group(2)) < 7 else "?", text)
-    if len(text) > MAX_EXPANDED:
+    total = len(text) + sum(len(m.group(1)) * int(m.group(2)) for m in _TOKEN.finditer(text) if len(m.group(2)) <= 7)
+    if total > MAX_EXPANDED or any(len(m.group(2)) > 7 for m in _TOKEN.finditer(text)):
         raise ModelError("parallel.layout: expands to more than a million tokens")
-    return text
+    return _TOKEN.sub(lambda m: repeat(m.group(1), m.group(2)), text)
 
 
 def parse(spec, num_layers: int, stages: int, mtp_layers: int = 0) -> list[Stage]:
