@@ -1,9 +1,12 @@
 """1F1B and interleaved 1F1B with expert-parallel all-to-all overlap.
 
-The schedules DualPipe is most often weighed against: Megatron-LM's MoE
-"A2A overlap" runs a steady-state forward of one micro-batch and the backward
-of another as one overlapped pair, so the all-to-all of each hides behind the
-other's compute, as DualPipe's pairs do.  Here such a pair is the IR's FB
+The schedules DualPipe is most often weighed against: Megatron-Core's
+"Combined 1F1B" (``--overlap-moe-expert-parallel-comm``, module
+``core.pipeline_parallel.combined_1f1b``) runs a steady-state forward of one
+micro-batch and the backward of another as one overlapped pair, so the
+all-to-all of each hides behind the other's compute, as DualPipe's pairs do.
+With pipeline parallelism Megatron-Core runs it on the interleaved schedule
+only; ``1f1b-overlap`` is the same pairing with one chunk per rank.  Here such a pair is the IR's FB
 action: its length is ``costs.overlapped`` with the simple cost model, or the
 two component streams interleaved on the rank's compute and all-to-all
 channels with ``[chunk]`` (costs.py), exactly as for DualPipe.
