@@ -222,6 +222,8 @@ def summary_table(m: Metrics) -> str:
         f"communication (ms, summed over ranks): p2p {num(c.p2p_time)}, all-to-all {num(c.a2a_time)}, "
         f"exposed {num(c.exposed)}, hidden {num(c.hidden)}, overlap {ratio}"
     )
+    if m.step is not None:
+        lines.append(step_line(m.step))
     return "\n".join(lines + memory_lines(m))
 
 
@@ -264,6 +266,16 @@ def repeat_table(doc: dict) -> str:
         s = doc["summary"][key]
         lines.append(f"{label:<13} " + " ".join(f"{fmt(s[p]):>10}" for p in ("p50", "p95", "max")))
     return "\n".join(lines)
+
+
+def step_line(st) -> str:
+    """The [step] summary: the whole step and its parts (max over ranks; see docs/step.md)."""
+    num, g, x = units.number, st.grad_sync, st.cross_copy_sync
+    return (
+        f"training step (ms): total {num(st.total)}, pipeline {num(st.pipeline)}; most on one rank: "
+        f"grad sync {num(g.time)} (exposed {num(g.exposed)}), cross-copy sync {num(x.time)} "
+        f"(exposed {num(x.exposed)}), optimizer {num(st.optimizer)}"
+    )
 
 
 def _cmd_schedule(args) -> int:

@@ -9,7 +9,8 @@ A schedule is skipped, with the reason, when it is not registered or when the
 scenario breaks one of its constraints (the family's own check, or a schedule
 that cannot run to the end).  The speed-up column is 1F1B's makespan over
 the schedule's; 1F1B is run for it even when it is not among the schedules
-compared.
+compared.  With [step] work (docs/step.md) the table gains a step column and
+the speed-up compares whole training steps instead: what a user waits for.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Comparison:
     results: list[simulation.Result]  # in the order asked for
     skipped: list[tuple[str, str]]  # (schedule, reason)
     baseline_makespan: float | None  # 1F1B on the same scenario
+    baseline_step: float | None = None  # ... its whole training step, with [step] work
+
+    @property
+    def has_step(self) -> bool:
+        return any(r.metrics.step is not None for r in self.results)
 
 
 def with_schedule(scenario: Scenario, name: str) -> Scenario:
@@ -65,13 +71,20 @@ def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
     if base is None:
         outcome = _try_run(scenario, BASELINE)
         base = None if isinstance(outcome, str) else outcome
-    return Comparison(results, skipped, base.metrics.makespan if base else None)
+    return Comparison(results, skipped, base.metrics.makespan if base else None,
+                      step_time(base.metrics) if base else None)  # fmt: skip
+
+
+def step_time(metrics) -> float:
+    """A run's whole training step: [step]'s total, or the makespan without [step] work."""
+    return metrics.step.total if metrics.step is not None else metrics.makespan
 
 
 COLUMNS = (
     ("schedule", "schedule"),
     ("devices", "devices"),
     ("makespan", "makespan (ms)"),
+    ("step", "step (ms)"),  # only with [step] work
     ("speedup", "speed-up vs 1F1B"),
     ("bubble", "bubble ratio"),
     ("peak", "peak activation"),
@@ -86,13 +99,16 @@ def summary_rows(comparison: Comparison) -> list[dict]:
     rows = []
     for result in comparison.results:
         s = result.metrics.scalars()
-        base = comparison.baseline_makespan
+        # With [step] work, the speed-up is of whole steps.
+        base = comparison.baseline_step if comparison.has_step else comparison.baseline_makespan
+        time = step_time(result.metrics) if comparison.has_step else s["makespan"]
         rows.append(
             {
                 "schedule": result.metrics.schedule,
                 "devices": s["ranks"],
                 "makespan": s["makespan"],
-                "speedup": base / s["makespan"] if base and s["makespan"] > 0 else None,
+                "step": step_time(result.metrics),
+                "speedup": base / time if base and time > 0 else None,
                 "bubble": s["bubble_ratio"],
                 "peak": s["peak_activation"],
                 "peak_bytes": s["peak_activation_bytes"],
@@ -120,6 +136,7 @@ def _cells(row: dict, memory: bool = False) -> list[str]:
         row["schedule"],
         str(row["devices"]),
         units.number(row["makespan"]),
+        units.number(row["step"]),
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         f"{row['bubble']:.1%}",
         str(row["peak"]),
@@ -134,8 +151,9 @@ def table(comparison: Comparison) -> str:
     """The side-by-side table as an aligned Markdown table (reads in a terminal too)."""
     rows = summary_rows(comparison)
     columns = _columns(rows)
-    body = [_cells(r, len(columns) > len(COLUMNS)) for r in rows]
-    head = [title for _, title in columns]
+    keep = [comparison.has_step or key != "step" for key, _ in columns]  # the step column only with [step] work
+    body = [[c for c, k in zip(_cells(r, len(columns) > len(COLUMNS)), keep) if k] for r in rows]
+    head = [title for (_, title), k in zip(columns, keep) if k]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
 
     def line(cells):
@@ -167,8 +185,10 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
         "",
         "Makespan and exposed communication in the scenario's time unit (ms); exposed communication is the "
         "sum over ranks of the time each rank waits on P2P or all-to-all, so it can exceed the makespan. "
-        "Sizes are decimal (1 GB = 10^9 bytes). Speed-up = 1F1B makespan / "
-        "makespan on the same scenario"
+        "Sizes are decimal (1 GB = 10^9 bytes). "
+        + ("Step = the whole training step: the pipeline, then gradient sync, cross-copy sync and the optimizer "
+           "([step], docs/step.md). Speed-up = 1F1B step / step on the same scenario"
+           if comparison.has_step else "Speed-up = 1F1B makespan / makespan on the same scenario")
         + ("" if comparison.baseline_makespan else " (1F1B could not run it, so none is given)")
         + ". Peak activation is the most stage-activations alive at once on any one rank, and its bytes; "
         "parameter copies is the most model stages any one rank holds. Devices differ between schedules "

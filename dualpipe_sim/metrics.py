@@ -59,6 +59,7 @@ from typing import Callable
 
 import numpy as np
 
+from .step import StepMetrics
 from .trace import A2A, P2P, Trace
 
 
@@ -153,6 +154,7 @@ class Metrics:
     analytic: Analytic = Analytic()
     span_bubble_rate: float = 0.0  # the Zero Bubble paper's (longest span - most busy) / longest span
     device_memory: float | None = None  # bytes of HBM per GPU ([hardware]); None when unknown
+    step: StepMetrics | None = optional_block()  # a whole training step, with [step] work (step.py)
 
     def to_dict(self) -> dict:
         """The metrics.json document (README lists every key)."""
@@ -203,6 +205,13 @@ _SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
     ("memory.total", lambda m: m.memory_total()),
     ("device_memory", lambda m: m.device_memory),
     ("fits", lambda m: m.fits()),
+    # The training step ([step]); empty without [step] work.
+    ("step.total", lambda m: m.step and m.step.total),
+    ("step.grad_sync.time", lambda m: m.step and m.step.grad_sync.time),
+    ("step.grad_sync.exposed", lambda m: m.step and m.step.grad_sync.exposed),
+    ("step.cross_copy_sync.time", lambda m: m.step and m.step.cross_copy_sync.time),
+    ("step.cross_copy_sync.exposed", lambda m: m.step and m.step.cross_copy_sync.exposed),
+    ("step.optimizer", lambda m: m.step and m.step.optimizer),
 )
 
 

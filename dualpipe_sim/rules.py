@@ -169,10 +169,13 @@ class Channel(IntEnum):
     P2P = 0  # a directed link between two ranks (one per ordered pair of ranks)
     A2A = 1  # the rank's expert-parallel all-to-all
     COMPUTE = 2  # the rank's compute stream
+    GRAD_SYNC = 3  # the rank's data-parallel gradient collectives (step.py, after its pipeline work)
+    CROSS_COPY = 4  # the link between the two ranks holding copies of one stage (step.py)
 
     @property
     def label(self) -> str:
         return CHANNEL_LABELS[self]
 
 
-CHANNEL_LABELS = {Channel.P2P: "p2p", Channel.A2A: "a2a", Channel.COMPUTE: "compute"}
+CHANNEL_LABELS = {Channel.P2P: "p2p", Channel.A2A: "a2a", Channel.COMPUTE: "compute",
+                  Channel.GRAD_SYNC: "grad sync", Channel.CROSS_COPY: "cross-copy sync"}  # fmt: skip

@@ -24,6 +24,7 @@ from .model.activations import POLICIES
 from .model.config import ModelError
 from .model.sections import HardwareSection, ModelSection, ParallelSection
 from .rules import Channel
+from .step import StepCosts
 
 
 PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -131,6 +132,29 @@ class Ranks(_Section):
     slowdown: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]] = {}
 
 
+class Step(_Section):
+    """End of a training step (step.py, docs/step.md); all zero: the step is the pipeline."""
+
+    grad_sync: PerStageNonNeg = 0.0  # per stage copy: its data-parallel gradient reduction
+    overlap_grad_sync: bool = False  # start a copy's sync at its last weight-gradient
+    cross_copy_sync: PerStageNonNeg = 0.0  # per stage held on two ranks: summing the two copies
+    cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
+    optimizer: PerStageNonNeg = 0.0  # per stage copy: its share of its rank's optimizer step
+    grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
+
+    @field_validator("grad_sync_buckets", mode="before")
+    @classmethod
+    def _whole(cls, v):
+        return Pipeline._whole(v)
+
+    @field_validator("overlap_grad_sync", "cross_copy_eager", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):  # "yes" or 1 must not pass for true
+            raise ValueError("must be true or false")
+        return v
+
+
 class Scenario(_Section):
     pipeline: Pipeline
     costs: Costs = Costs()
@@ -139,6 +163,7 @@ class Scenario(_Section):
     memory: Memory = Memory()
     limits: Limits = Limits()
     ranks: Ranks = Ranks()
+    step: Step | None = None
     seed: Annotated[int, Field(ge=0, lt=2**64)] = 0
     # Costs and memory from the model and the hardware (dualpipe_sim/model, docs/model.md).
     model: ModelSection | None = None
@@ -178,6 +203,20 @@ class Scenario(_Section):
         except ModelError:
             hbm = self.hardware.hbm
         return hbm or None
+
+    def step_costs(self) -> StepCosts | None:
+        """The [step] figures per stage, or None without a [step] table."""
+        if self.step is None:
+            return None
+        S, st = self.pipeline.stages, self.step
+        return StepCosts(
+            grad_sync=_per_stage(st.grad_sync, S, "step.grad_sync"),
+            cross_copy_sync=_per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
+            optimizer=_per_stage(st.optimizer, S, "step.optimizer"),
+            overlap_grad_sync=st.overlap_grad_sync,
+            cross_copy_eager=st.cross_copy_eager,
+            grad_sync_buckets=st.grad_sync_buckets,
+        )
 
     def cost_model(self) -> CostModel:
         S = self.pipeline.stages
@@ -339,6 +378,7 @@ def from_dict(data: dict) -> Scenario:
     except ValidationError as exc:
         raise ScenarioError(_first_error(exc)) from None
     scenario.cost_model()  # cross-field rules raise here, before anything runs
+    scenario.step_costs()
     p = scenario.pipeline
     too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory)
     if too_big:  # refused before any schedule is built

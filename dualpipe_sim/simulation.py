@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import fastpath, limits, registry
 from .costs import CostModel
@@ -16,6 +16,7 @@ from .ir import Schedule, ScheduleError
 from .metrics import Metrics, compute_metrics
 from .model import memory as model_memory
 from .scenario import Scenario, ScenarioError
+from .step import step_metrics, with_step
 from .trace import Trace
 from .validate import validate
 
@@ -80,8 +81,10 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
-    trace = simulate(schedule, costs)
+    trace = with_step(simulate(schedule, costs), scenario.step_costs())
     metrics = model_memory.attach(compute_metrics(trace, analytic), scenario, trace)
+    if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
+        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs()))
     return Result(scenario, schedule, costs, trace, metrics)
 
 

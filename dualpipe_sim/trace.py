@@ -15,6 +15,11 @@ event: metrics, charts and exports are vectorised functions of these arrays.
 * ``meta["p2p_mode"]``: "async" or "blocking" (the engine's P2P behaviour).
 * ``memory``: activation allocations (+) and frees (-) in stage-activation
   units and bytes.
+* ``step``: the end-of-step work after the pipeline (step.py), empty unless
+  the scenario has [step] figures: one row per grad sync of a stage copy
+  (``kind`` step.GRAD_SYNC), per rank of a cross-copy sync (CROSS_COPY,
+  ``peer`` = the other copy's rank) and per optimizer step (OPTIMIZER,
+  ``stage`` -1).  ``makespan`` stays the pipeline's; ``end`` includes these.
 """
 
 from __future__ import annotations
@@ -60,6 +65,17 @@ class CommRow(NamedTuple):
     part: int  # A2A: component index; P2P: -1
 
 
+class StepRow(NamedTuple):
+    """End-of-step work on a rank after the pipeline (step.py): a sync or its optimizer step."""
+
+    kind: int  # step.StepKind: GRAD_SYNC, CROSS_COPY or OPTIMIZER
+    rank: int
+    peer: int  # CROSS_COPY: the rank holding the stage's other copy; else the rank again
+    stage: int  # the stage copy synced; OPTIMIZER: -1 (all the rank holds)
+    start: float
+    end: float
+
+
 class MemoryRow(NamedTuple):
     """An activation allocation (+) or free (-) on a rank."""
 
@@ -85,6 +101,7 @@ def _dtype(row: type) -> np.dtype:
 COMPUTE_DTYPE = _dtype(ComputeRow)
 COMM_DTYPE = _dtype(CommRow)
 MEMORY_DTYPE = _dtype(MemoryRow)
+STEP_DTYPE = _dtype(StepRow)
 
 
 @dataclass
@@ -99,6 +116,7 @@ class Trace:
     stages_on_rank: list[list[int]]
     parameter_bytes: list[float]  # per rank: parameters of every stage it holds
     meta: dict = field(default_factory=dict)
+    step: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=STEP_DTYPE))
 
     @property
     def makespan(self) -> float:
@@ -106,6 +124,11 @@ class Trace:
         if len(self.comm):
             ends.append(self.comm["end"].max())
         return float(max(ends))
+
+    @property
+    def end(self) -> float:
+        """When the whole step is over: the makespan, or the last end-of-step row."""
+        return max(self.makespan, float(self.step["end"].max())) if len(self.step) else self.makespan
 
     @classmethod
     def of_run(cls, schedule, costs, builder: "TraceBuilder", stages_on_rank: list[list[int]] | None = None) -> "Trace":

@@ -11,6 +11,10 @@ A pure function of the trace arrays:
   event (``"ph": "X"``) with args micro-batch, stage, direction and kind
   (and, for component-model rows, ``part`` and its ``costs.COMPONENTS`` name);
   all-to-all slices are named after their phase (``dispatch F3``, ``combine B3``);
+* end-of-step rows (step.py, with [step] figures): grad syncs on thread
+  ``grad sync``, cross-copy sums on ``cross-copy sync`` (on both ranks of the
+  pair), each rank's optimizer step on its ``compute`` thread (category
+  ``optimizer``; it starts after the rank's pipeline work);
 * activation memory is a counter track (``"ph": "C"``) per rank, with the
   level in stage-activation units and in bytes after each instant;
 * each P2P send with a consumer (``action`` >= 0) gets a flow arrow
@@ -41,7 +45,8 @@ from .timeline import activation_levels
 
 NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds (ts/dur are written in microseconds)
 # (thread id base, thread name) per group; lane k of a group is tid base + k.
-THREADS = {"compute": (1, "compute"), "a2a": (101, "all-to-all"), "p2p": (201, "P2P send")}
+THREADS = {"compute": (1, "compute"), "a2a": (101, "all-to-all"), "p2p": (201, "P2P send"),
+           "grad_sync": (301, "grad sync"), "cross_copy_sync": (401, "cross-copy sync")}  # fmt: skip
 P2P_KINDS = ("activation", "gradient")  # comm kind 0 / 1 on the P2P channel
 
 
@@ -177,8 +182,9 @@ def chrome_trace(trace: Trace) -> dict:
         flows.append({"ph": "f", "bp": "e", "cat": "p2p-flow", "name": name, "id": fid, "pid": int(comp["rank"][j]),
                       "tid": int(comp_tid[j]), "ts": _us((c0[j] + c1[j]) // 2)})
 
+    meta_step, slices_step = _step_events(trace)
     return {
-        "traceEvents": meta + slices + counters + flows,
+        "traceEvents": meta + meta_step + slices + slices_step + counters + flows,
         "displayTimeUnit": "ms",
         "otherData": {
             "schedule": trace.schedule,
@@ -188,6 +194,31 @@ def chrome_trace(trace: Trace) -> dict:
             "time_unit": "ts and dur in microseconds: 1 scenario time unit (ms) = 1000",
         },
     }
+
+
+def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
+    """Thread names and slices of the end-of-step rows (none without [step] work)."""
+    from ..step import OPTIMIZER, STEP_KIND_NAMES
+
+    step = trace.step
+    meta, slices = [], []
+    if len(step) == 0:
+        return meta, slices
+    s0, s1 = _ns(step["start"]), _ns(step["end"])
+    for rank in range(trace.ranks):
+        for kind in (0, 1):  # one thread each: a channel runs one sync at a time
+            if ((step["rank"] == rank) & (step["kind"] == kind)).any():
+                meta += _thread_names(rank, STEP_KIND_NAMES[kind], 1)
+    for i, row in enumerate(step):
+        kind, stage = int(row["kind"]), int(row["stage"])
+        if kind == OPTIMIZER:
+            name, tid, args = "optimizer", THREADS["compute"][0], {}
+        else:
+            name, tid = f"{THREADS[STEP_KIND_NAMES[kind]][1]} stage {stage}", THREADS[STEP_KIND_NAMES[kind]][0]
+            args = {"stage": stage} | ({"with_rank": int(row["peer"])} if row["peer"] != row["rank"] else {})
+        slices.append({"ph": "X", "cat": STEP_KIND_NAMES[kind], "name": name, "pid": int(row["rank"]), "tid": tid,
+                       "ts": _us(s0[i]), "dur": _us(s1[i] - s0[i]), "args": args})  # fmt: skip
+    return meta, slices
 
 
 def chrome_trace_json(trace: Trace) -> str:

@@ -1,6 +1,7 @@
 """compare.png: one Gantt chart per schedule, stacked on a shared time axis.
 
-Every panel has the same x range (the longest makespan), so equal lengths mean
+Every panel has the same x range (the longest makespan, or with [step] work
+the longest training step), so equal lengths mean
 equal times across schedules and a shorter schedule ends visibly earlier.
 Panels are drawn box by box (:func:`draw_gantt`) while the densest of them
 still has readable boxes at the shared scale, else all as utilisation bands
@@ -23,12 +24,12 @@ def compare_figure(results):
     """``results``: simulation.Result objects, drawn top to bottom in this order."""
     from .overview import draw_overview, legend_handles
 
-    longest = max(r.trace.makespan for r in results) or 1.0
+    longest = max(r.trace.end for r in results) or 1.0  # end: the whole step with [step] work
     # Wide enough for the densest chart's labels at the shared scale.
-    width = max(figure_width(r.trace) * longest / (r.trace.makespan or longest) for r in results)
+    width = max(figure_width(r.trace) * longest / (r.trace.end or longest) for r in results)
     width = min(width, MAX_WIDTH_IN)
     plot_px = (width - LEFT_IN - RIGHT_IN) * canvas.DPI
-    bands = any(too_dense(r.trace, plot_px, (r.trace.makespan or longest) / longest) for r in results)
+    bands = any(too_dense(r.trace, plot_px, (r.trace.end or longest) / longest) for r in results)
     ranks = sum(r.trace.ranks for r in results)
     row = max(MIN_ROW_IN, min(ROW_IN, MAX_CHARTS_IN / max(ranks, 1)))
     heights = [r.trace.ranks * row for r in results]

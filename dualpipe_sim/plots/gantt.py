@@ -9,6 +9,11 @@ each rank's first stage and the oranges for its later ones instead.  An overlapp
 one thick border around both halves, as in the DualPipe README figure.
 Empty space is idle time.
 
+With [step] work (step.py) the chart runs to the end of the training step:
+each rank's grad syncs (green, upper half) and cross-copy sums (teal, lower
+half, drawn on both ranks of the pair) go in its communication lane, its
+optimizer step (olive, "opt") in its compute lane after its pipeline work.
+
 With the component model ([chunk]) an op is many boxes, one per compute
 component, drawn without edges; the weight-gradient components of a B are drawn
 as W.  An op gets one label, centred on its span, and a thin outline from its
@@ -49,6 +54,8 @@ from .style import (  # noqa: F401  (COLOURS and the rest stay importable from h
     COLOURS, COMM_COLOURS, DARK, actions_per_rank, direction_label, drawn_kind, hues, op_rows, spans,
 )  # fmt: skip
 
+STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e"}  # step.STEP_KIND_NAMES
+STEP_LABELS = {"grad_sync": "grad sync (data-parallel)", "cross_copy_sync": "cross-copy sync", "optimizer": "optimizer"}
 LANE_H, COMM_H, ROW_GAP = 0.62, 0.16, 0.22
 ROW_H = LANE_H + COMM_H + ROW_GAP  # one rank's row in data units
 ROW_IN = ROW_H * 0.62  # inches per rank row in gantt.png
@@ -194,9 +201,9 @@ def _window(rows: np.ndarray, t0: float, t1: float) -> np.ndarray:
 def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None = None,
                window: tuple[float, float] | None = None, legend: bool = True) -> None:
     """Draw the trace on ``ax`` box by box; ``window`` = (t0, t1) draws only that time range
-    (default: 0 to ``xlim`` or the makespan).  Place the axes in the figure first: labels are
-    sized to the boxes from the axes' size."""
-    t0, t1 = window if window else (0.0, xlim or trace.makespan or 1.0)
+    (default: 0 to ``xlim`` or the end of the step, the makespan without [step] work).  Place
+    the axes in the figure first: labels are sized to the boxes from the axes' size."""
+    t0, t1 = window if window else (0.0, xlim or trace.end or 1.0)
     width_pt, height_pt = _axes_points(ax)
     ranks = trace.ranks
     pts_per_time = width_pt / max(t1 - t0, 1e-12)
@@ -226,8 +233,32 @@ def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None
             autolim=False,
         )  # fmt: skip
 
+    _draw_step(ax, _window(trace.step, t0, t1), pts_per_time, pts_per_y)
     rank_axis(ax, ranks, t0, t1)
     frame(ax, title, legend_for(trace) if legend else None)
+
+
+def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> None:
+    """End-of-step rows: syncs in the communication lane, the optimizer in the compute lane."""
+    from ..step import GRAD_SYNC, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
+
+    for kind, name in enumerate(STEP_KIND_NAMES):
+        rows = step[step["kind"] == kind]
+        if len(rows) == 0:
+            continue
+        y = -rows["rank"] * ROW_H
+        if kind == OPTIMIZER:
+            ax.add_collection(_boxes(rows["start"], rows["end"], y, LANE_H, facecolors=STEP_COLOURS[name],
+                                     edgecolors="#333333", linewidths=0.4), autolim=False)  # fmt: skip
+            fits = (rows["end"] - rows["start"]) * pts_per_time >= 18
+            if fits.any() and LANE_H * pts_per_y >= 8:
+                mid = (rows["start"][fits] + rows["end"][fits]) / 2
+                draw_texts(ax, mid, y[fits] + LANE_H / 2, ["opt"] * int(fits.sum()), [7.0] * int(fits.sum()),
+                           [[1.0, 1.0, 1.0, 1.0]])  # fmt: skip
+        else:  # the two syncs run on separate channels and may overlap: half the lane each
+            y0 = y - COMM_H + (COMM_H * 0.45 if kind == GRAD_SYNC else 0.0)
+            ax.add_collection(_boxes(rows["start"], rows["end"], y0, COMM_H * 0.45, facecolors=STEP_COLOURS[name],
+                                     edgecolors="white", linewidths=0.5), autolim=False)  # fmt: skip
 
 
 def frame(ax, title: str | None, handles: list | None) -> None:
@@ -279,7 +310,17 @@ def legend_for(trace: Trace) -> list[Patch]:
         split = "forward above, backward below" if (comp["part"] >= 0).any() else "forward, then backward"
         handles.append(Patch(facecolor="white", edgecolor="black", linewidth=1.6, label=f"overlapped F&B\n({split})"))
     handles += comm_legend(trace)
+    handles += step_legend(trace)
     return handles
+
+
+def step_legend(trace: Trace) -> list[Patch]:
+    """Entries for the end-of-step rows the trace has ([step] work)."""
+    from ..step import STEP_KIND_NAMES  # noqa: PLC0415
+
+    kinds = np.unique(trace.step["kind"]).tolist() if len(trace.step) else []
+    return [Patch(facecolor=STEP_COLOURS[STEP_KIND_NAMES[k]], edgecolor="#333333", label=STEP_LABELS[STEP_KIND_NAMES[k]])
+            for k in kinds]  # fmt: skip
 
 
 def comm_legend(trace: Trace, suffix: str = "") -> list[Patch]:
@@ -307,4 +348,5 @@ def gantt_title(metrics) -> str:
         f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
         f"{metrics.microbatches} micro-batches, bubble ratio {units.percent(metrics.bubble_ratio)}, "
         f"makespan {units.duration(metrics.makespan)}"
+        + (f", step {units.duration(metrics.step.total)}" if metrics.step is not None else "")
     )

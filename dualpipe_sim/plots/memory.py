@@ -8,6 +8,9 @@ top (the level held until the next allocation or free).  Each band's peak of
 activations is dotted and labelled with the activations alive and their
 bytes; the highest over all ranks is red and named in the title.  With a
 ``capacity`` (bytes per device) a red dashed line in every band marks it.
+With [step] work the axis runs to the end of the training step and each band
+shades its rank's end-of-step work in the Gantt chart's colours: the
+activations are seen to be freed before the optimizer runs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     ax = fig.add_subplot()
     ranks = trace.ranks
     levels = [activation_levels(trace, r) for r in range(ranks)]
-    end = trace.makespan or 1.0
+    end = trace.end or 1.0
     full = static is not None  # parameters, gradients and optimizer states (a [model] scenario)
     static = [float(b) for b in (static if full else trace.parameter_bytes)]
     static += [0.0] * max(0, ranks - len(static))
@@ -93,13 +96,27 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     grey = "parameters, gradients, optimizer states" if full else "parameters"
     parts = f"{grey} (grey) + activations (blue)" if any(static) else "activations"
     cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
+    if len(trace.step):
+        _shade_step(ax, trace.step)
+    shaded = "; shaded: grad sync (green), cross-copy sync (teal), optimizer (olive)" if len(trace.step) else ""
     fig.suptitle(
         (title + "\n" if title else "")
-        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n"
+        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}{shaded}\n"
         + f"dot = the rank's activation peak, labelled activations alive ({unit}); {where}",
         fontsize=10, x=0.01, ha="left",
     )  # fmt: skip
     return ax, scale / BAND
+
+
+def _shade_step(ax, step: np.ndarray) -> None:
+    """Each end-of-step row as a band behind its rank's memory."""
+    from ..step import STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
+    from .gantt import STEP_COLOURS  # noqa: PLC0415
+
+    boxes = [np.array([[r["start"], -r["rank"]], [r["end"], -r["rank"]], [r["end"], -r["rank"] + BAND],
+                       [r["start"], -r["rank"] + BAND]]) for r in step]  # fmt: skip
+    colours = [STEP_COLOURS[STEP_KIND_NAMES[k]] for k in step["kind"]]
+    ax.add_collection(PolyCollection(boxes, facecolors=colours, edgecolors="none", alpha=0.25, zorder=0), autolim=False)
 
 
 def save_memory(trace: Trace, metrics, path, capacity: float | None = None) -> None:

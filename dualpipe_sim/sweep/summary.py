@@ -5,8 +5,9 @@ A shape is one combination of every grid key except ``pipeline.schedule``
 its fullest rank is at most the memory limit or, without one, the point's
 ``device_memory`` (a ``[hardware]`` section).  Peak memory is ``memory.total``
 (parameters, gradients, optimizer states and activations) where a ``[model]``
-gives it, else ``peak_memory_bytes`` = peak activation bytes + parameter bytes.  Fastest = smallest makespan; a tie goes
-to the schedule name that sorts first, so the choice is deterministic.
+gives it, else ``peak_memory_bytes`` = peak activation bytes + parameter bytes.  Fastest = smallest makespan, or
+with [step] work the smallest training step (``step.total``); a tie goes to
+the schedule name that sorts first, so the choice is deterministic.
 """
 
 from __future__ import annotations
@@ -57,8 +58,13 @@ def fastest_fitting(rows: list[dict[str, str]], limit: float | None) -> tuple[di
     ok = [r for r in rows if r["status"] == "ok"]
     fits = [r for r in ok if row_limit(r, limit) is None or row_memory(r) <= row_limit(r, limit)]
     over = [r for r in ok if r not in fits]
-    best = min(fits, key=lambda r: (float(r["makespan"]), r["pipeline.schedule"]), default=None)
+    best = min(fits, key=lambda r: (step_time(r), r["pipeline.schedule"]), default=None)
     return best, over
+
+
+def step_time(row: dict[str, str]) -> float:
+    """A row's whole training step: step.total with [step] work, else the makespan."""
+    return float(row.get("step.total") or row["makespan"])
 
 
 def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float | None) -> str:
@@ -68,6 +74,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     devices = any(r.get("device_memory") for r in rows)
+    step = any(r.get("step.total") for r in rows)  # [step] work: rank by the whole step
     limit_text = (
         f"memory limit {human_bytes(limit)} ({count(round(limit))} bytes) per rank"
         if limit is not None
@@ -86,23 +93,24 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         f"{len(rows)} points: {counts['ok']} ok, {counts['skipped']} skipped (the schedule cannot take the shape), "
         f"{counts['error']} error. See results.csv for every point.",
         "",
-        f"For each shape, the fastest schedule (smallest makespan) whose peak memory per rank "
+        f"For each shape, the fastest schedule (smallest {'training step, [step]' if step else 'makespan'}) whose peak memory per rank "
         f"({what}, on its fullest rank) fits: {limit_text}.",
         "",
-        "| " + " | ".join([*keys, "fastest that fits", "makespan (ms)", "bubble ratio", "peak memory per rank",
-                          "over the limit", "skipped or error"]) + " |",
-        "|" + "---|" * (len(keys) + 6),
+        "| " + " | ".join([*keys, "fastest that fits", "makespan (ms)", *(["step (ms)"] if step else []),
+                          "bubble ratio", "peak memory per rank", "over the limit", "skipped or error"]) + " |",
+        "|" + "---|" * (len(keys) + 6 + step),
     ]
     for shape, members in groups.items():
         best, over = fastest_fitting(members, limit)
         skipped = [r["pipeline.schedule"] for r in members if r["status"] != "ok"]
         over_text = ", ".join(f"{r['pipeline.schedule']} ({human_bytes(row_memory(r))})" for r in over)
         if best is None:
-            cells = ["none fits" if over else "none ran", "", "", ""]
+            cells = ["none fits" if over else "none ran", "", "", ""] + [""] * step
         else:
             cells = [
                 best["pipeline.schedule"],
                 number(float(best["makespan"]), 6),
+                *([number(step_time(best), 6)] if step else []),
                 f"{float(best['bubble_ratio']):.2%}",
                 human_bytes(row_memory(best)),
             ]
