@@ -23,7 +23,26 @@ this runs once per kind of action (costs.py caches it), never per op.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .rules import Channel
+
+
+class Span(NamedTuple):
+    """One interval of an action's timeline, relative to the action's start."""
+
+    member: int  # 0: a lone op or a pair's forward; 1: a pair's backward
+    part: int  # Component index, -1 for a whole op
+    channel: Channel  # COMPUTE or A2A
+    start: float
+    end: float
+
+
+class Timeline(NamedTuple):
+    """What an action costs: its length and its intervals on the rank's channels."""
+
+    length: float
+    spans: tuple[Span, ...]
 
 
 class OrderError(ValueError):
@@ -31,10 +50,8 @@ class OrderError(ValueError):
 
 
 def lay_out(parts, slowdown: float = 1.0):
-    """Simulate ``parts`` (costs.Part) and return their costs.Timeline, times from 0."""
+    """Simulate ``parts`` (costs.Part) and return their Timeline, times from 0."""
     import simpy  # here: scenarios import OrderError, and only the component model needs SimPy
-
-    from .costs import Span, Timeline
 
     env = simpy.Environment()
     channel = {ch: simpy.PriorityResource(env, capacity=1) for ch in {p.channel for p in parts}}

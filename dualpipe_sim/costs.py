@@ -38,6 +38,7 @@ from enum import IntEnum
 from functools import lru_cache
 from typing import NamedTuple
 
+from .channels import Span, Timeline, lay_out
 from .ir import FB, Action, Op
 from .rules import PASS_PRIORITY, Channel, Kind
 
@@ -116,23 +117,6 @@ class Part(NamedTuple):
     needs: tuple[int, ...]  # indices of the parts (in the action's list) it waits for
     turn_after: int | None  # the part before it in its channel's declared order, or None
     priority: tuple  # smaller is served first when several wait for the channel
-
-
-class Span(NamedTuple):
-    """One interval of an action's timeline, relative to the action's start."""
-
-    member: int  # 0: a lone op or a pair's forward; 1: a pair's backward
-    part: int  # Component index, -1 for a whole op
-    channel: Channel  # COMPUTE or A2A
-    start: float
-    end: float
-
-
-class Timeline(NamedTuple):
-    """What an action costs: its length and its intervals on the rank's channels."""
-
-    length: float
-    spans: tuple[Span, ...]
 
 
 @dataclass(frozen=True)
@@ -296,8 +280,6 @@ def signature(action: Action) -> tuple:
 def _lay_out(chunk: Chunk, kinds: tuple[Kind, ...]) -> Timeline:
     """A chunk's parts for ``kinds`` on the rank's channels: the same chunk on every stage,
     so a handful of simulations per run (SimPy is imported here, only for components)."""
-    from .channels import lay_out
-
     return lay_out(chunk.parts(kinds), chunk.comm_compute_slowdown)
 
 
