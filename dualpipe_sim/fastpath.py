@@ -94,48 +94,21 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     scale = costs.variability.bind(schedule, costs) if getattr(costs, "variability", None) is not None else None
     rec = TraceBuilder()
     comm = rec.comm
-    # Per kind, read once from rules.RULES: (stage offset, key offset, local?) of each need;
-    # (data, kept locally?, consumer kinds, stage step) of each result.
-    wants = {k: tuple((nd.offset, ND * nd.offset + nd.data, nd.offset == 0) for nd in r.needs) for k, r in RULES.items()}
-    makes = {k: tuple((data, data in KEPT, *SENT[data]) for data in r.produces) for k, r in RULES.items()}
-
-    # When each key is available: `local` on the producing rank, `remote` on the consuming rank.
-    local: list[float | None] = [None] * (ND * size)
-    remote: list[float | None] = [None] * (ND * size)
-    waiting: dict[tuple[int, bool], list[int]] = {}  # (key, local?) -> ranks blocked on it
-    link_free: dict[tuple[int, int], float] = {}
+    # Availability of key (data, m, s, d) in `avail` at 2 (ND b + data) + 1 on the producing
+    # rank (local) and at 2 (ND b + data) on the consuming rank, b = (2 m + d) S + s.
+    # Per kind, read once from rules.RULES: (stage offset, index offset) of each need; the
+    # index offsets of what it keeps locally; (index offset, data, stage step, where the
+    # consumer kinds sit) of what it sends.
+    wants = {k: tuple((nd.offset, 2 * (ND * nd.offset + nd.data) + (nd.offset == 0)) for nd in r.needs)
+             for k, r in RULES.items()}  # fmt: skip
+    kept = {k: tuple(2 * data + 1 for data in r.produces if data in KEPT) for k, r in RULES.items()}
+    sent = {k: tuple((2 * data, data, SENT[data][1], tuple(at[c] for c in SENT[data][0]))
+                     for data in r.produces if SENT[data][0]) for k, r in RULES.items()}  # fmt: skip
+    avail: list[float | None] = [None] * (2 * ND * size)
+    waiting: dict[int, list[int]] = {}  # avail index -> ranks blocked on it
+    link_free: dict[int, float] = {}  # src * n + dst -> when the link is free
+    P2P = Channel.P2P
     ready = list(range(n))
-
-    def publish(table: list, key: int, is_local: bool, t: float) -> None:
-        table[key] = t
-        if waiting:
-            woken = waiting.pop((key, is_local), None)
-            if woken:
-                ready.extend(woken)
-
-    def finish(op, rank: int, t: float) -> None:
-        kind, m, s, d = op
-        b = (2 * m + d) * S + s
-        results = makes[kind]
-        for data, kept, _, _ in results:
-            if kept:
-                publish(local, ND * b + data, True, t)
-        for data, _, kinds, step in results:
-            if not kinds or not 0 <= s + step < S:
-                continue
-            key = ND * b + data
-            dst = rank_of[d * S + s + step]
-            if dst == rank or dst < 0 or p2p <= 0:
-                publish(remote, key, False, t)
-                continue
-            start = link_free.get((rank, dst), t)  # one transfer at a time, in the sender's order
-            if start < t:
-                start = t
-            end = start + p2p
-            link_free[(rank, dst)] = end
-            consumer = next((at[k][b + step] for k in kinds if at[k][b + step] >= 0), -1)  # the B, else the I
-            comm.append(CommRow(Channel.P2P, rank, dst, data, m, s, d, start, end, consumer, -1))
-            publish(remote, key, False, end)
 
     timelines: dict[tuple, tuple[int, float]] = {}  # signature -> (trace index, length) of costs.timeline, as in the engine
     cursor, clock = [0] * n, [0.0] * n
@@ -147,23 +120,22 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
             pair = isinstance(action, FB)
             members = action if pair else (action,)
             start = t
-            blocked = False
+            blocked = -1
             for kind, m, s, d in members:
-                b = (2 * m + d) * S + s
-                for offset, koff, is_local in wants[kind]:
-                    if not 0 <= s + offset < S:
-                        continue
-                    avail = (local if is_local else remote)[ND * b + koff]
-                    if avail is None:
-                        waiting.setdefault((ND * b + koff, is_local), []).append(rank)
-                        blocked = True
-                        break
-                    if avail > start:
-                        start = avail
-                if blocked:
+                base = 2 * ND * ((2 * m + d) * S + s)
+                for offset, koff in wants[kind]:
+                    if 0 <= s + offset < S:
+                        at_ = avail[base + koff]
+                        if at_ is None:
+                            blocked = base + koff
+                            break
+                        if at_ > start:
+                            start = at_
+                if blocked >= 0:
                     break
-            if blocked:
-                break  # woken by publish()
+            if blocked >= 0:
+                waiting.setdefault(blocked, []).append(rank)
+                break  # woken when the key is published
             sig = signature(action)
             found = timelines.get(sig)
             if found is None:
@@ -172,8 +144,40 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
             factor = 1.0 if scale is None else scale.factor(rank, idx)
             t = start + found[1] * factor
             rec.action(rank, idx, start, found[0], factor, members)
-            for op in members:
-                finish(op, rank, t)
+            # Publish each member's results: locally, then towards their consumers (the engine's order).
+            for kind, m, s, d in members:
+                bm = (2 * m + d) * S
+                base = 2 * ND * (bm + s)
+                for koff in kept[kind]:
+                    avail[base + koff] = t
+                    if waiting:
+                        woken = waiting.pop(base + koff, None)
+                        if woken:
+                            ready.extend(woken)
+                for koff, data, step, tables in sent[kind]:
+                    s2 = s + step
+                    if not 0 <= s2 < S:
+                        continue
+                    dst = rank_of[d * S + s2]
+                    if dst == rank or p2p <= 0:
+                        arrive = t
+                    else:  # one transfer at a time on a link, in the sender's order
+                        link = rank * n + dst
+                        begin = link_free.get(link, t)
+                        if begin < t:
+                            begin = t
+                        arrive = link_free[link] = begin + p2p
+                        consumer = -1  # the B, else the I
+                        for table in tables:
+                            if table[bm + s2] >= 0:
+                                consumer = table[bm + s2]
+                                break
+                        comm.append(CommRow(P2P, rank, dst, data, m, s, d, begin, arrive, consumer, -1))
+                    avail[base + koff] = arrive
+                    if waiting:
+                        woken = waiting.pop(base + koff, None)
+                        if woken:
+                            ready.extend(woken)
             idx += 1
         cursor[rank], clock[rank] = idx, t
     if any(cursor[r] < len(schedule.ranks[r]) for r in range(n)):
@@ -186,18 +190,15 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
 def _ops_needed(at: dict, direction_of: list[int], S: int) -> int:
     """How many ops a complete schedule with these ops holds; -1 if some (micro-batch, stage)
     runs a set of kinds that is not one of rules.WORK (a missing or conflicting op)."""
-    allowed = {sum(1 << KINDS.index(k) for k in w): len(w) for w in WORK}
-    tables = [at[k] for k in KINDS]
-    total = 0
-    for m, d in enumerate(direction_of):
-        base = (2 * m + d) * S
-        for b in range(base, base + S):
-            mask = 0
-            for bit, table in enumerate(tables):
-                if table[b] >= 0:
-                    mask |= 1 << bit
-            got = allowed.get(mask)
-            if got is None:
-                return -1
-            total += got
-    return total
+    import numpy as np
+
+    sizes = np.full(1 << len(KINDS), -1, dtype=np.int64)  # bit mask of kinds -> ops, -1 not allowed
+    for work in WORK:
+        sizes[sum(1 << KINDS.index(k) for k in work)] = len(work)
+    m = np.arange(len(direction_of))
+    b = ((2 * m + np.asarray(direction_of))[:, None] * S + np.arange(S)[None, :]).ravel()
+    mask = np.zeros(len(b), dtype=np.int64)
+    for bit, kind in enumerate(KINDS):
+        mask |= (np.asarray(at[kind])[b] >= 0).astype(np.int64) << bit
+    got = sizes[mask]
+    return -1 if (got < 0).any() else int(got.sum())

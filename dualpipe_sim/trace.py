@@ -203,19 +203,25 @@ class TraceBuilder:
         a = np.repeat(np.arange(len(acts)), per_action)
         first = np.cumsum(per_action) - per_action
         span = offset[acts["timeline"]][a] + (np.arange(len(a)) - first[a])
-        start, factor = acts["start"][a], acts["factor"][a]
-        member = sp_member[span]
-        fields = {
-            "rank": acts["rank"][a], "action": acts["idx"][a],
-            "start": start + factor * sp_t0[span], "end": start + factor * sp_t1[span],
-            "overlapped": acts["pair"][a], "part": sp_part[span],
-        }  # fmt: skip
-        for name in ("kind", "microbatch", "stage", "direction"):
-            fields[name] = np.where(member, acts[name + "1"][a], acts[name + "0"][a])
         on = sp_channel[span]
-        compute = _table(COMPUTE_DTYPE, fields, on == Channel.COMPUTE)
-        fields["channel"], fields["peer"] = on, fields["rank"]
-        a2a = _table(COMM_DTYPE, fields, on == Channel.A2A)
+        tables = {}
+        for ch, dtype in ((Channel.COMPUTE, COMPUTE_DTYPE), (Channel.A2A, COMM_DTYPE)):
+            sel = np.flatnonzero(on == ch)
+            ra, rs = a[sel], span[sel]  # this channel's rows: their actions and spans
+            table = np.empty(len(sel), dtype=dtype)
+            start, factor = acts["start"][ra], acts["factor"][ra]
+            table["rank"], table["action"] = acts["rank"][ra], acts["idx"][ra]
+            table["start"], table["end"] = start + factor * sp_t0[rs], start + factor * sp_t1[rs]
+            table["part"] = sp_part[rs]
+            member = sp_member[rs]
+            for name in ("kind", "microbatch", "stage", "direction"):
+                table[name] = np.where(member, acts[name + "1"][ra], acts[name + "0"][ra])
+            if ch == Channel.COMPUTE:
+                table["overlapped"] = acts["pair"][ra]
+            else:
+                table["channel"], table["peer"] = ch, table["rank"]
+            tables[ch] = table
+        compute, a2a = tables[Channel.COMPUTE], tables[Channel.A2A]
         p2p = np.array(self.comm, dtype=COMM_DTYPE)
         # peer last: two sends of one rank starting together (on two links) come
         # out in one order whatever order the engine finished them in.
@@ -246,13 +252,6 @@ class TraceBuilder:
         keys = np.concatenate([k for k, _ in pieces])
         rows = np.concatenate([r for _, r in pieces])
         return rows[np.argsort(keys, kind="stable")]
-
-
-def _table(dtype: np.dtype, fields: dict, mask: np.ndarray) -> np.ndarray:
-    out = np.empty(int(mask.sum()), dtype=dtype)
-    for name in dtype.names:
-        out[name] = fields[name][mask]
-    return out
 
 
 def _sorted(table: np.ndarray, keys: tuple[str, ...]) -> np.ndarray:
