@@ -284,6 +284,7 @@ def rank_axis(ax, ranks: int, t0: float, t1: float) -> None:
         autolim=False,
     )  # fmt: skip
     ax.set_xlabel("time (ms)")
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")  # 243,992 ms, not -8 + 2.44e5
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 

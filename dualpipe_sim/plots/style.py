@@ -21,6 +21,21 @@ COLOURS = {
 }
 DARK = {"B", "I"}  # kinds drawn dark enough to need white text
 COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
+# Sweep charts: one fixed colour per schedule name, the same in every chart and every sweep
+# (not the order a grid happens to list them in); other names get one by a stable hash.
+SCHEDULE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                    "#bcbd22", "#17becf", "#393b79", "#637939")  # fmt: skip
+SCHEDULE_ORDER = ("1f1b", "chimera", "dualpipe", "dualpipev", "gpipe", "interleaved-1f1b", "zb-h1",
+                  "zb-h1-megatron", "zb-h2", "zbv")  # fmt: skip
+
+
+def schedule_colour(name: str) -> str:
+    """The fixed colour of a schedule in sweep charts."""
+    if name in SCHEDULE_ORDER:
+        return SCHEDULE_PALETTE[SCHEDULE_ORDER.index(name)]
+    import zlib  # noqa: PLC0415
+
+    return SCHEDULE_PALETTE[zlib.crc32(name.encode()) % len(SCHEDULE_PALETTE)]
 
 
 def by_chunk(trace: Trace) -> bool:

@@ -8,7 +8,9 @@
 
 Only ``ok`` rows are drawn.  When the grid has axes besides schedule, stages
 and micro-batches, the charts show the slice at the first value of each of
-those axes, and say so in their title.  A schedule keeps one colour in every chart.
+those axes, and say so in their title.  A schedule keeps one colour in every chart
+and every sweep (style.schedule_colour); lines of more than MAX_MARKED_POINTS
+points have no markers.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from .. import units  # noqa: E402
+from .style import schedule_colour  # noqa: E402
 
 SHAPE = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches")
+MAX_MARKED_POINTS = 24  # lines with more points than this are drawn without markers
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,19 @@ class SweepView:
         )
 
     def colour(self, schedule: str):
-        return plt.get_cmap("tab10")(self.schedules.index(schedule) % 10)
+        return schedule_colour(schedule)
+
+    def dense(self) -> bool:
+        """More points per line than markers can show apart: lines only."""
+        return max(len(self.microbatches), len(self.stages)) > MAX_MARKED_POINTS
 
     def style(self, schedule: str) -> dict:
         """Colour and marker; earlier schedules get bigger hollow markers and wider lines,
         so schedules with identical values show as nested markers, not one hidden line."""
         i = self.schedules.index(schedule)
         n = len(self.schedules)
+        if self.dense():  # markers would merge into a thick band: widths alone keep equal lines visible
+            return {"color": self.colour(schedule), "marker": None, "lw": 1.2 + 1.2 * (n - 1 - i), "alpha": 0.85}
         return {
             "color": self.colour(schedule),
             "marker": "osD^v<>p*h"[i % 10],

@@ -1,0 +1,25 @@
+"""Chart style that must not drift: a schedule's sweep colour, markers on dense lines."""
+
+from dualpipe_sim.plots.style import SCHEDULE_ORDER, schedule_colour
+from dualpipe_sim.plots.sweep import MAX_MARKED_POINTS, SweepView
+from dualpipe_sim.registry import families
+
+
+def view(schedules, microbatches):
+    return SweepView(schedules, [4], microbatches, {}, {}, "")
+
+
+def test_colour_follows_the_name_not_the_grid_order():
+    a, b = view(["1f1b", "dualpipe"], [8]), view(["dualpipe", "zbv", "1f1b"], [8])
+    assert a.colour("dualpipe") == b.colour("dualpipe") and a.colour("1f1b") == b.colour("1f1b")
+    # Every registered schedule has its own colour.
+    assert set(families()) <= set(SCHEDULE_ORDER)
+    assert len({schedule_colour(n) for n in SCHEDULE_ORDER}) == len(SCHEDULE_ORDER)
+    assert schedule_colour("my-own") == schedule_colour("my-own")
+
+
+def test_dense_lines_have_no_markers():
+    few = view(["1f1b"], list(range(1, MAX_MARKED_POINTS + 1)))
+    many = view(["1f1b"], list(range(1, 122)))
+    assert few.style("1f1b")["marker"] is not None
+    assert many.style("1f1b")["marker"] is None
