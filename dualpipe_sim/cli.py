@@ -140,7 +140,16 @@ def read_schedule_file(path: str) -> Schedule:
     return actions.read_schedule(text, f"--schedule-file {path}")
 
 
+def check_plots(plots: str) -> None:
+    """--plots html needs the optional plotly package: say so before any work starts."""
+    import importlib.util
+
+    if plots in ("html", "all") and importlib.util.find_spec("plotly") is None:
+        raise UsageError(f"--plots {plots}: report.html needs plotly: pip install 'dualpipe-sim[html]'")
+
+
 def _cmd_run(args) -> int:
+    check_plots(args.plots)
     scenario = load_scenario(args.scenario, args.overrides)
     schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
     if schedule is not None:
@@ -401,6 +410,7 @@ def parse_grid(specs: list[str]) -> list:
 
 
 def _cmd_compare(args) -> int:
+    check_plots(args.plots)
     scenario = load_scenario(args.scenario, args.overrides)
     # "1f1b, dualpipe,1f1b" -> ["1f1b", "dualpipe"]: order kept, repeats dropped.
     names = list(dict.fromkeys(n.strip() for n in args.schedules.split(",") if n.strip()))

@@ -156,3 +156,16 @@ def test_compare_plots_none_has_no_image_link(tmp_path):
     assert main(["compare", QUICK, "--schedules", "1f1b,dualpipe", "--plots", "none", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"compare.md"}
     assert "![" not in (out / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("verb", ["run", "compare"])
+def test_plots_html_without_plotly_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, verb):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
+    out = tmp_path / "out"
+    assert main([verb, QUICK, "--plots", "html", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --plots html: report.html needs plotly: pip install 'dualpipe-sim[html]'\n"
+    assert not out.exists()

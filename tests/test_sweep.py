@@ -264,3 +264,13 @@ def test_python_grid_and_progress_callback(tmp_path, scenario):
     assert calls == [(0, 2), (1, 2), (2, 2)] and report.counts["ok"] == 2
     run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), tmp_path / "cli", jobs=1)
     assert (tmp_path / "api" / "results.csv").read_bytes() == (tmp_path / "cli" / "results.csv").read_bytes()
+
+
+def test_a_swept_cost_axis_gets_its_own_chart(tmp_path, scenario):
+    from dualpipe_sim.plots.sweep import numeric_axes
+
+    grid = ["pipeline.schedule=1f1b,gpipe", "comm.p2p=0,0.25,0.5"]
+    run_sweep(scenario, parse_grid(grid), tmp_path / "out", jobs=1)
+    assert (tmp_path / "out" / "vs_comm.p2p.png").read_bytes()[:4] == b"\x89PNG"
+    axes = parse_grid(grid + ["pipeline.stages=2,4"])
+    assert numeric_axes([], axes) == ["comm.p2p"]  # not schedule, stages or micro-batches

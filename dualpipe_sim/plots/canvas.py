@@ -28,4 +28,5 @@ def place(fig: Figure, *, left: float, right: float, top: float, bottom: float, 
 
 
 def save(fig: Figure, path) -> None:
-    fig.savefig(path, dpi=DPI)
+    # zlib level 1: a third less encoding time than the default 6 for files ~10% larger.
+    fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})

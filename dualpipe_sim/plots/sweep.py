@@ -189,6 +189,54 @@ def bubble_heatmap(view: SweepView, path) -> None:
     plt.close(fig)
 
 
+def axis_chart_name(key: str) -> str:
+    """File name of the chart against swept axis ``key``: ``vs_comm.p2p.png``."""
+    return f"vs_{key}.png"
+
+
+def numeric_axes(rows: list[dict[str, str]], axes) -> list[str]:
+    """Swept keys besides schedule, stages and micro-batches whose values are all numbers (at least two)."""
+    keys = []
+    for a in axes:
+        if a.key in SHAPE or len(a.values) < 2:
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a.values):
+            keys.append(a.key)
+    return keys
+
+
+def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
+    """Makespan and bubble ratio against swept axis ``key`` (e.g. comm.p2p), one line per schedule;
+    every other swept key (stages and micro-batches included) at its first value, said in the title."""
+    others = [a.key for a in axes if a.key not in (key, "pipeline.schedule")]
+    first: dict[str, str] = {}
+    for row in rows:  # rows are in point order: the first seen is the axis's first value
+        for k in others:
+            first.setdefault(k, row[k])
+    kept = [r for r in rows if all(r[k] == v for k, v in first.items())]
+    xs = sorted({float(r[key]) for r in kept})
+    # Only colours and line styles are used from this view (dense() counts the x values).
+    view = SweepView(list(dict.fromkeys(r["pipeline.schedule"] for r in rows)), [], xs, {}, {}, "")
+    fig, axs = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    for ax, metric, label in ((axs[0], "makespan", "makespan (ms)"), (axs[1], "bubble_ratio", "bubble ratio")):
+        def points(sch, metric=metric):
+            return sorted((float(r[key]), float(r[metric])) for r in kept
+                          if r["pipeline.schedule"] == sch and r["status"] == "ok")  # fmt: skip
+        _lines(ax, view, points)
+        ax.set_xlabel(key)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+        if metric == "bubble_ratio":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    handles = [plt.Line2D([], [], **view.style(s)) for s in view.schedules]
+    axs[1].legend(handles, view.schedules, title="schedule", frameon=False, loc="best")
+    note = ("slice: " + ", ".join(f"{k}={v}" for k, v in first.items())) if first else ""
+    _title(fig, f"Makespan and bubble ratio vs {key}", note)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _lines(ax, view: SweepView, points_of) -> bool:
     """One line per schedule from ``points_of(schedule) -> [(x, y), ...]``; says so when none ran."""
     drawn = False

@@ -123,6 +123,8 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
         writers[PLOTS[0]] = lambda p: draw.bubble_vs_microbatches(view, p)
         writers[PLOTS[1]] = lambda p: draw.peak_activation_vs_stages(view, p)
         writers[PLOTS[2]] = lambda p: draw.bubble_heatmap(view, p)
+        for key in draw.numeric_axes(rows, axes):  # any other numeric axis swept, e.g. comm.p2p
+            writers[draw.axis_chart_name(key)] = lambda p, key=key: draw.against_axis(rows, axes, key, p)
     return write_all(out, writers)
 
 
