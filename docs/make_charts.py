@@ -25,7 +25,7 @@ BIG = ["limits.max_memory=16e9"]
 
 RUNS = {
     "charts-8x32.png": (QUICK, ["pipeline.microbatches=32"]),
-    "charts-deepseek-16x64.png": (DEEPSEEK, []),
+    "charts-deepseek-16x64.png": (DEEPSEEK, ["pipeline.microbatches=64"]),
     "charts-1f1b-64x2000.png": (QUICK, ["pipeline.schedule=1f1b", "pipeline.stages=64", "pipeline.microbatches=2000", *BIG]),
     "charts-1f1b-2x80000.png": (QUICK, ["pipeline.schedule=1f1b", "pipeline.stages=2", "pipeline.microbatches=80000",
                                         *BIG]),
