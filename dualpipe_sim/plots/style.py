@@ -24,9 +24,11 @@ COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
 # Sweep charts: one fixed colour per schedule name, the same in every chart and every sweep
 # (not the order a grid happens to list them in); other names get one by a stable hash.
 SCHEDULE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                    "#bcbd22", "#17becf", "#393b79", "#637939")  # fmt: skip
+                    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+                    "#e6550d", "#31a354", "#756bb1", "#636363")  # fmt: skip
+# Append new schedules at the end (never reorder): a name keeps its colour across versions.
 SCHEDULE_ORDER = ("1f1b", "chimera", "dualpipe", "dualpipev", "gpipe", "interleaved-1f1b", "zb-h1",
-                  "zb-h1-megatron", "zb-h2", "zbv")  # fmt: skip
+                  "zb-h1-megatron", "zb-h2", "zbv", "1f1b-overlap", "interleaved-1f1b-overlap")  # fmt: skip
 
 
 def schedule_colour(name: str) -> str:
