@@ -72,7 +72,7 @@ def measure(profile: Profile, source: str = "trace") -> Calibration:
     layers = _layer_count(counts, source)
     missing = [c for c in REQUIRED if c not in counts]
     if missing:
-        raise TraceError(f"{source}: no kernels attributed to {', '.join(missing)} ([chunk] needs it > 0); "
+        raise TraceError(f"{source}: no kernels attributed to {', '.join(missing)} ([chunk] needs each > 0); "
                          f"map its annotation to it as NAME=COMPONENT")
     ks = profile.kernels
     t0 = min(k.start for k in ks)

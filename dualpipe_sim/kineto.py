@@ -132,17 +132,17 @@ def attribute(events: list, names: dict[str, str], where: str = "trace") -> Prof
         if cat == ANNOTATION_CAT:
             name = ev.get("name")
             seen.add(str(name))
-            if name in names:
+            if isinstance(name, str) and name in names:
                 start, dur = _time(ev, i, where)
                 annotations.append((start, start + dur, _thread(ev), names[name]))
         elif cat in LAUNCH_CATS:
-            corr = _args(ev).get("correlation")
+            corr = _correlation(ev)
             if corr is not None:
                 launches[corr] = (_time(ev, i, where)[0], _thread(ev))
         elif cat in GPU_CATS:
             args = _args(ev)
             start, dur = _time(ev, i, where)
-            gpu.append((start, start + dur, args.get("stream"), args.get("correlation"), ev.get("pid"), ev.get("name"), i))
+            gpu.append((start, start + dur, args.get("stream"), _correlation(ev), str(ev.get("pid")), ev.get("name"), i))
     if not seen:
         raise TraceError(f"{where}: no user_annotation events (torch.profiler.record_function ranges) to attribute kernels to")
     if not annotations:
@@ -193,6 +193,12 @@ def _time(ev: dict, i: int, where: str) -> tuple[float, float]:
     if out[1] < 0:
         raise TraceError(f"{where}: traceEvents[{i}] ({ev.get('cat')}): dur must be >= 0, got {out[1]:g}")
     return out[0], out[1]
+
+
+def _correlation(ev: dict) -> int | str | None:
+    """args.correlation when it is a usable key (a number or a string), else None."""
+    corr = _args(ev).get("correlation")
+    return corr if isinstance(corr, (int, str)) and not isinstance(corr, bool) else None
 
 
 def _args(ev: dict) -> dict:

@@ -33,6 +33,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -251,6 +252,18 @@ def _hostile(tmp_path) -> dict[str, tuple[object, str]]:
     for e in bad_stream["traceEvents"]:
         if e.get("cat") == "kernel":
             e["args"]["stream"] = "seven"
+    odd_types = pair_trace().doc()
+    for e in odd_types["traceEvents"]:  # unhashable or odd values where keys are expected
+        if e.get("cat") == "cuda_runtime":
+            e["args"]["correlation"] = [e["args"]["correlation"]]
+        if e.get("cat") == "user_annotation" and e["name"] == "ProfilerStep#1":
+            e["name"] = {"a": 1}
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+            e["pid"] = {"gpu": 0}
+    two_gpus = pair_trace().doc()
+    for e in two_gpus["traceEvents"]:
+        if e.get("tid") == 23:
+            e["pid"] = 1
     two_layers_one = pair_trace()
     two_layers_one.annotation("attn(F)", 300, 310)
     two_layers_one.kernel(20, 21, 7, launch=301)
@@ -271,6 +284,10 @@ def _hostile(tmp_path) -> dict[str, tuple[object, str]]:
         "bad-stream.json": (bad_stream, "args.stream must be an integer, got 'seven'"),
         "uneven-layers.json": (two_layers_one.doc(), "components repeat a different number of times (attn_forward 2"),
         "no-mlp-forward.json": (no_mlp_f, "no kernels attributed to mlp_forward"),
+        # Runtime launches lost (their correlation is a list): only the driver-launched
+        # kernels (attention forward's memcpy, attention input-gradient's second) remain.
+        "odd-types.json": (odd_types, "no kernels attributed to mlp_forward, mlp_backward_input ([chunk] needs"),
+        "two-gpus.json": (two_gpus, "attributed kernels run on 2 devices (pids ['0', '1']); calibrate reads one GPU"),
         "broken.json.gz": (b"\x1f\x8b\x08\x00garbage", "broken gzip data"),
         "not-utf8.json": (b"\xff\xfe\x00{", "not JSON"),
     }
@@ -287,6 +304,15 @@ def test_hostile_traces_one_line_exit_2_nothing_written(tmp_path, capsys):
         assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, (name, captured.err)
         assert fragment in captured.err, (name, captured.err)
         assert not out.exists(), name
+
+
+def test_bad_trace_as_a_process_no_traceback(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"traceEvents": 3}')
+    done = subprocess.run([sys.executable, "-m", "dualpipe_sim.cli", "calibrate", str(path)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"error: {path}: not a Kineto trace: expected a JSON object with a traceEvents list\n"
 
 
 @pytest.mark.parametrize("args, fragment", [
