@@ -59,12 +59,21 @@ class Calibration:
     unattributed: int
     predicted_span: float | None = None
     predicted: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)  # the replay's windows
+    order_runs: bool = True  # False: the engine's dependency rules cannot follow the measured order
 
     def chunk(self) -> dict:
-        """The [chunk] table: layers and per-layer mean times, rounded to 1 us."""
+        """The [chunk] table: layers, per-layer mean times rounded to 1 us, and the order."""
         table = {"layers": self.layers}
         table.update({c: round(self.components[c].mean, 3) for c in COMPONENTS})
+        table["order"] = self.declared_order()
         return table
+
+    def declared_order(self) -> dict[str, list[str]]:
+        """chunk.order: the measured order per channel where it names every component of the
+        channel; [] (no declared order, priorities alone) where one is absent from the trace, and
+        everywhere if the engine cannot run the measured order."""
+        return {ch: self.order[ch] if self.order_runs and sorted(self.order[ch]) == sorted(c for c in COMPONENTS if channel_of(c) == ch)
+                else [] for ch in CHANNELS}
 
 
 def measure(profile: Profile, source: str = "trace") -> Calibration:
@@ -138,13 +147,16 @@ def replay(cal: Calibration) -> Calibration:
     """Simulate the pair with the calibrated [chunk]: fills predicted_span and predicted."""
     from . import simulation
     from .ir import FB, Op, Schedule
-    from .scenario import from_dict
+    from .scenario import ScenarioError, from_dict
     from .trace import A2A
 
-    scenario = from_dict({
-        "pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 2},
-        "chunk": cal.chunk(),
-    })
+    pipeline = {"schedule": "1f1b", "stages": 1, "microbatches": 2}
+    try:
+        scenario = from_dict({"pipeline": pipeline, "chunk": cal.chunk()})
+    except ScenarioError as exc:  # an order the engine's dependency rules cannot follow
+        cal.order_notes.append(f"replayed without the measured order ({exc})")
+        cal.order_runs = False
+        scenario = from_dict({"pipeline": pipeline, "chunk": cal.chunk()})
     pair = 1  # F0, then the pair (F1 with B0), then B1: the pair's inside depends on the costs only
     schedule = Schedule("calibrate-pair", 1, 2, ((Op("F", 0, 0), FB(Op("F", 1, 0), Op("B", 0, 0)), Op("B", 1, 0)),))
     trace = simulation.run(scenario, schedule).trace
@@ -190,9 +202,9 @@ def chunk_toml(cal: Calibration) -> str:
     for c in COMPONENTS:
         s = cal.components[c]
         lines.append(f"{c} = {s.mean:.3f}  # min {s.min:.3f}, max {s.max:.3f}")
-    lines.append("# measured per-layer-pair order on each channel (chunk.order):")
-    for ch in CHANNELS:
-        lines.append(f"# {ch}: {', '.join(cal.order[ch])}")
+    lines.append("[chunk.order]  # measured per layer pair; [] = not declared (a component is absent)")
+    for ch, names in cal.declared_order().items():
+        lines.append(f"{ch} = {json.dumps(names)}")
     return "\n".join(lines) + "\n"
 
 

@@ -164,6 +164,51 @@ def test_replay_predicts_the_hand_worked_pair(tmp_path):
     assert {k: pytest.approx(v) for k, v in cal.predicted.items()} == {k: cal.windows[k] for k in STARTS}
 
 
+def test_replay_follows_the_measured_order(tmp_path):
+    """The same parts, but this run put the MLP weight-gradient after the MLP forward:
+
+        compute  Af [0,2]  MbI [2,4]  Mf [5,7]  MbW [7,8]  AbI [8,11]  AbW [11,12]
+        a2a      Cb [0,1]  Df [2,5]   Db [5,7]  Cf [7,10]
+
+    The replay declares that order (chunk.order), so MbW, ready at 4, waits for Mf to
+    start (5, when Df ends) and the compute (7); AbI, ready at 7 when Db ends, waits
+    for MbW, which comes before it: [8,11].  Span 12 (by priority alone MbW would fill
+    [4,5] and the pair would end at 11)."""
+    t = KinetoTrace()
+    parts = [("combine(B)", 0, 1, 27), ("attn(F)", 0, 2, 7), ("mlp(B)", 2, 4, 7), ("dispatch(F)", 2, 5, 27),
+             ("dispatch(B)", 5, 7, 27), ("mlp(F)", 5, 7, 7), ("mlp(W)", 7, 8, 7), ("attn(B)", 8, 11, 7),
+             ("attn(W)", 11, 12, 7), ("combine(F)", 7, 10, 27)]  # fmt: skip
+    for n, (name, start, end, stream) in enumerate(parts):
+        t.annotation(name, 10 * n, 10 * n + 10)
+        t.kernel(start, end, stream, launch=10 * n + 1)
+    cal = calibrate.calibrate(kineto.read(t.write(tmp_path / "t.json")))
+    assert cal.order["compute"] == ["attn_forward", "mlp_backward_input", "mlp_forward", "mlp_backward_weight",
+                                    "attn_backward_input", "attn_backward_weight"]  # fmt: skip
+    assert cal.chunk()["order"] == cal.order
+    assert cal.predicted_span == pytest.approx(12.0)
+    assert {k: pytest.approx(v) for k, v in cal.predicted.items()} == cal.windows
+    assert max(abs(p - m) for _, _, m, p in calibrate.start_errors(cal)) == pytest.approx(0.0)
+
+
+def test_an_order_the_engine_cannot_run_is_replayed_without(tmp_path):
+    """A trace whose attention weight-gradient kernels run before its input-gradient ones (a
+    mislabelled range): that order cannot run (W needs its I), so the replay declares none,
+    says so, and chunk.toml declares none either."""
+    t = KinetoTrace()
+    parts = [("combine(B)", 0, 1, 27), ("attn(F)", 0, 2, 7), ("mlp(B)", 2, 4, 7), ("dispatch(F)", 2, 5, 27),
+             ("dispatch(B)", 5, 7, 27), ("mlp(W)", 4, 5, 7), ("mlp(F)", 5, 7, 7), ("attn(W)", 7, 8, 7),
+             ("attn(B)", 8, 11, 7), ("combine(F)", 7, 10, 27)]  # fmt: skip
+    for n, (name, start, end, stream) in enumerate(parts):
+        t.annotation(name, 10 * n, 10 * n + 10)
+        t.kernel(start, end, stream, launch=10 * n + 1)
+    cal = calibrate.calibrate(kineto.read(t.write(tmp_path / "t.json")))
+    assert cal.order["compute"][-2:] == ["attn_backward_weight", "attn_backward_input"]
+    assert len(cal.order_notes) == 1 and cal.order_notes[0].startswith("replayed without the measured order")
+    assert cal.declared_order() == {"compute": [], "a2a": []}
+    assert 'compute = []' in calibrate.chunk_toml(cal)
+    assert cal.predicted_span == pytest.approx(11.0)  # by priority: the hand-worked pair of the module docstring
+
+
 def test_layers_are_the_repeat_count_mean_min_max(tmp_path):
     """Two layers: attention forward 2 then 3 ms; MLP forward 1 ms twice; a2a parts absent."""
     t = KinetoTrace()
@@ -183,6 +228,8 @@ def test_layers_are_the_repeat_count_mean_min_max(tmp_path):
     af = cal.components["attn_forward"]
     assert (af.mean, af.min, af.max, *af.per_layer) == pytest.approx((2.5, 2.0, 3.0, 2.0, 3.0))
     assert cal.components["dispatch_forward"].mean == 0  # absent all-to-all: a dense layer
+    assert cal.order["compute"] == ["attn_forward", "mlp_forward", "mlp_backward_input", "attn_backward_input"]
+    assert cal.declared_order() == {"compute": [], "a2a": []}  # W and all-to-all parts absent: none declared
     assert cal.span == pytest.approx(18.0)
     assert cal.streams == {7: ("compute", pytest.approx((2 + 1 + 1 + 2) + (3 + 1 + 1 + 2)))}
 
@@ -220,7 +267,14 @@ def test_cli_report_json_and_files(tmp_path, capsys):
     assert doc["streams"]["23"] == {"channel": "compute", "busy": 0.8}
     # chunk.toml is a [chunk] table a scenario can use as it is.
     table = tomllib.loads((out / "chunk.toml").read_text())
+    order = table["chunk"].pop("order")
     assert table["chunk"] == pytest.approx({"layers": 1, **EXPECTED})
+    assert order == doc["order"] == {
+        "compute": ["attn_forward", "mlp_backward_input", "mlp_backward_weight", "mlp_forward",
+                    "attn_backward_input", "attn_backward_weight"],
+        "a2a": ["combine_backward", "dispatch_forward", "dispatch_backward", "combine_forward"],
+    }  # fmt: skip
+    table["chunk"]["order"] = order
     scen = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 2}, **table})
     assert scen.cost_model().chunk.layers == 1
     assert "| span, first kernel to last | 11.00 | 11.00 (+0.0%) |" in (out / "calibration.md").read_text()

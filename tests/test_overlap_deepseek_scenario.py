@@ -59,7 +59,6 @@ def test_preset_fits_the_80_gb_h800():
     assert max(r.memory.total for r in m.per_rank) < 80e9
 
 
-@pytest.mark.xfail(reason="needs the engine's W-off-the-chain rule and chunk.order (issue 11 items 1-2)")
 def test_steady_state_pair_span_matches_the_profile():
     """Issue 11's done-when: the median span of an overlapped pair on a middle rank (first
     component to last, all-to-all included) is within 5% of the profile's 129.0 ms."""
