@@ -164,6 +164,15 @@ def test_replay_predicts_the_hand_worked_pair(tmp_path):
     assert {k: pytest.approx(v) for k, v in cal.predicted.items()} == {k: cal.windows[k] for k in STARTS}
 
 
+def one_kernel_pair(tmp_path, parts) -> calibrate.Calibration:
+    """Calibrate a trace of (annotation, start ms, end ms, stream): one kernel per annotation."""
+    t = KinetoTrace()
+    for n, (name, start, end, stream) in enumerate(parts):
+        t.annotation(name, 10 * n, 10 * n + 10)
+        t.kernel(start, end, stream, launch=10 * n + 1)
+    return calibrate.calibrate(kineto.read(t.write(tmp_path / "t.json")))
+
+
 def test_replay_follows_the_measured_order(tmp_path):
     """The same parts, but this run put the MLP weight-gradient after the MLP forward:
 
@@ -174,14 +183,10 @@ def test_replay_follows_the_measured_order(tmp_path):
     start (5, when Df ends) and the compute (7); AbI, ready at 7 when Db ends, waits
     for MbW, which comes before it: [8,11].  Span 12 (by priority alone MbW would fill
     [4,5] and the pair would end at 11)."""
-    t = KinetoTrace()
-    parts = [("combine(B)", 0, 1, 27), ("attn(F)", 0, 2, 7), ("mlp(B)", 2, 4, 7), ("dispatch(F)", 2, 5, 27),
-             ("dispatch(B)", 5, 7, 27), ("mlp(F)", 5, 7, 7), ("mlp(W)", 7, 8, 7), ("attn(B)", 8, 11, 7),
-             ("attn(W)", 11, 12, 7), ("combine(F)", 7, 10, 27)]  # fmt: skip
-    for n, (name, start, end, stream) in enumerate(parts):
-        t.annotation(name, 10 * n, 10 * n + 10)
-        t.kernel(start, end, stream, launch=10 * n + 1)
-    cal = calibrate.calibrate(kineto.read(t.write(tmp_path / "t.json")))
+    cal = one_kernel_pair(tmp_path, [("combine(B)", 0, 1, 27), ("attn(F)", 0, 2, 7), ("mlp(B)", 2, 4, 7),
+                                     ("dispatch(F)", 2, 5, 27), ("dispatch(B)", 5, 7, 27), ("mlp(F)", 5, 7, 7),
+                                     ("mlp(W)", 7, 8, 7), ("attn(B)", 8, 11, 7), ("attn(W)", 11, 12, 7),
+                                     ("combine(F)", 7, 10, 27)])  # fmt: skip
     assert cal.order["compute"] == ["attn_forward", "mlp_backward_input", "mlp_forward", "mlp_backward_weight",
                                     "attn_backward_input", "attn_backward_weight"]  # fmt: skip
     assert cal.chunk()["order"] == cal.order
@@ -194,14 +199,10 @@ def test_an_order_the_engine_cannot_run_is_replayed_without(tmp_path):
     """A trace whose attention weight-gradient kernels run before its input-gradient ones (a
     mislabelled range): that order cannot run (W needs its I), so the replay declares none,
     says so, and chunk.toml declares none either."""
-    t = KinetoTrace()
-    parts = [("combine(B)", 0, 1, 27), ("attn(F)", 0, 2, 7), ("mlp(B)", 2, 4, 7), ("dispatch(F)", 2, 5, 27),
-             ("dispatch(B)", 5, 7, 27), ("mlp(W)", 4, 5, 7), ("mlp(F)", 5, 7, 7), ("attn(W)", 7, 8, 7),
-             ("attn(B)", 8, 11, 7), ("combine(F)", 7, 10, 27)]  # fmt: skip
-    for n, (name, start, end, stream) in enumerate(parts):
-        t.annotation(name, 10 * n, 10 * n + 10)
-        t.kernel(start, end, stream, launch=10 * n + 1)
-    cal = calibrate.calibrate(kineto.read(t.write(tmp_path / "t.json")))
+    cal = one_kernel_pair(tmp_path, [("combine(B)", 0, 1, 27), ("attn(F)", 0, 2, 7), ("mlp(B)", 2, 4, 7),
+                                     ("dispatch(F)", 2, 5, 27), ("dispatch(B)", 5, 7, 27), ("mlp(W)", 4, 5, 7),
+                                     ("mlp(F)", 5, 7, 7), ("attn(W)", 7, 8, 7), ("attn(B)", 8, 11, 7),
+                                     ("combine(F)", 7, 10, 27)])  # fmt: skip
     assert cal.order["compute"][-2:] == ["attn_backward_weight", "attn_backward_input"]
     assert len(cal.order_notes) == 1 and cal.order_notes[0].startswith("replayed without the measured order")
     assert cal.declared_order() == {"compute": [], "a2a": []}
