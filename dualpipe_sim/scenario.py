@@ -135,9 +135,11 @@ class Ranks(_Section):
 class Step(_Section):
     """End of a training step (step.py, docs/step.md); all zero: the step is the pipeline."""
 
-    grad_sync: PerStageNonNeg = 0.0  # per stage copy: its data-parallel gradient reduction
+    # per stage copy: its data-parallel gradient reduction; "derived": from [model]/[parallel]/[hardware]
+    grad_sync: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     overlap_grad_sync: bool = False  # start a copy's sync at its last weight-gradient
-    cross_copy_sync: PerStageNonNeg = 0.0  # per stage held on two ranks: summing the two copies
+    # per stage held on two ranks: summing the two copies; "derived" as grad_sync
+    cross_copy_sync: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
     optimizer: PerStageNonNeg = 0.0  # per stage copy: its share of its rank's optimizer step
     grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
@@ -209,9 +211,18 @@ class Scenario(_Section):
         if self.step is None:
             return None
         S, st = self.pipeline.stages, self.step
+        derived = {}
+        for key in ("grad_sync", "cross_copy_sync"):
+            if getattr(st, key) == "derived":
+                from .step import derived_sync
+
+                try:
+                    derived[key] = derived_sync(self, key)
+                except ModelError as exc:
+                    raise ScenarioError(f"step.{key}: {exc}") from None
         return StepCosts(
-            grad_sync=_per_stage(st.grad_sync, S, "step.grad_sync"),
-            cross_copy_sync=_per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
+            grad_sync=derived.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
+            cross_copy_sync=derived.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
             optimizer=_per_stage(st.optimizer, S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,

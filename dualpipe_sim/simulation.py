@@ -16,7 +16,7 @@ from .ir import Schedule, ScheduleError
 from .metrics import Metrics, compute_metrics
 from .model import memory as model_memory
 from .scenario import Scenario, ScenarioError
-from .step import step_metrics, with_step
+from .step import step_metrics, throughput, with_step
 from .trace import Trace
 from .validate import validate
 
@@ -84,7 +84,7 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
     trace = with_step(simulate(schedule, costs), scenario.step_costs())
     metrics = model_memory.attach(compute_metrics(trace, analytic), scenario, trace)
     if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
-        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs()))
+        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), throughput(scenario)))
     return Result(scenario, schedule, costs, trace, metrics)
 
 

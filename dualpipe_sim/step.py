@@ -29,10 +29,12 @@ and from P2P and all-to-all: nothing here contends with the pipeline's own
 traffic.  That is exact when the data-parallel collectives use the scale-out
 network, the cross-copy sum a link inside the pipeline replica, and neither
 shares a link with P2P or all-to-all; docs/step.md says what changes when
-they do.  It also means an earlier release can never make a step longer:
-each channel is one server fed in release order, whose last end only moves
-earlier when releases do, so overlapped sync is never slower than not, nor
-eager cross-copy sums than sums at the end.
+they do.  It also means overlapped grad sync is never slower than not: the
+cross-copy sums do not depend on it, and each rank's data-parallel channel is
+one server fed in release order whose last end only moves earlier when every
+release does.  Eager cross-copy sums carry no such guarantee: a long sum
+released early can hold a pair's link when a short one would have gone
+first (tests/test_step.py has a case).
 
 Each channel is one server fed in order of release time and the
 dependencies run one way (cross-copy -> grad sync -> optimizer), so one pass
@@ -41,7 +43,7 @@ over the jobs in that order gives the event simulation's exact times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 import numpy as np
@@ -229,6 +231,9 @@ class StepMetrics:
     overlap_grad_sync: bool
     cross_copy_eager: bool
     per_rank: list[RankStep]
+    # With a [model] (and [hardware] for mfu): see Throughput; left out of the JSON otherwise.
+    tokens_per_second: float | None = field(default=None, metadata={"omit_if_none": True})
+    mfu: float | None = field(default=None, metadata={"omit_if_none": True})
 
 
 def _after(rows: np.ndarray, t: float) -> float:
@@ -236,7 +241,7 @@ def _after(rows: np.ndarray, t: float) -> float:
     return float(np.sum(np.maximum(0.0, rows["end"] - np.maximum(rows["start"], t))))
 
 
-def step_metrics(trace: Trace, costs: StepCosts) -> StepMetrics:
+def step_metrics(trace: Trace, costs: StepCosts, throughput: "Throughput | None" = None) -> StepMetrics:
     """The ``step`` block.  A sync is *exposed* on a rank for the part of it that
     runs after the rank's pipeline work has ended: the rank has nothing left to
     do then but wait for it (before, it runs beside the rank's own work)."""
@@ -264,13 +269,84 @@ def step_metrics(trace: Trace, costs: StepCosts) -> StepMetrics:
     def worst(name: str) -> float:
         return max((getattr(p, name) for p in per_rank), default=0.0)
 
+    total = max(trace.makespan, worst("end"))
+    tps = mfu = None
+    if throughput is not None and total > 0:
+        tps = throughput.tokens / (total / 1e3)  # times are in ms
+        if throughput.peak:
+            mfu = tps * throughput.flops_per_token / (trace.ranks * throughput.devices_per_rank * throughput.peak)
     return StepMetrics(
         pipeline=trace.makespan,
         grad_sync=SyncMetrics(worst("grad_sync"), worst("grad_sync_exposed")),
         cross_copy_sync=SyncMetrics(worst("cross_copy_sync"), worst("cross_copy_exposed")),
         optimizer=worst("optimizer"),
-        total=max(trace.makespan, worst("end")),
+        total=total,
         overlap_grad_sync=costs.overlap_grad_sync,
         cross_copy_eager=costs.cross_copy_eager,
         per_rank=per_rank,
+        tokens_per_second=tps,
+        mfu=mfu,
     )
+
+
+# -- from the model ([model], [parallel], [hardware]; docs/step.md) ----------------------
+@dataclass(frozen=True)
+class Throughput:
+    """What tokens per second and MFU need besides the step time."""
+
+    tokens: float  # per step over all data-parallel replicas: M x micro_batch_size x seq_length x data
+    flops_per_token: float  # model FLOPs of training, no recomputation (model/flops.py: 3 x forward)
+    devices_per_rank: int  # GPUs behind one pipeline rank: tensor x data
+    peak: float | None  # dense peak FLOP/s per GPU of the precision the linears run in; None without [hardware]
+
+
+def throughput(scenario) -> Throughput | None:
+    """The model's tokens and FLOPs per step, or None without a [model]."""
+    if scenario.model is None:
+        return None
+    from .model import derive, flops
+
+    st = derive.setup(scenario)
+    sh = st.sharding
+    return Throughput(
+        tokens=float(scenario.pipeline.microbatches * st.tokens * sh.data),
+        flops_per_token=flops.per_token(st.cfg, st.seq).training,
+        devices_per_rank=sh.tensor * sh.data,
+        peak=st.hw.peak(st.cfg.fp8) if st.hw is not None else None,
+    )
+
+
+def derived_sync(scenario, key: str) -> tuple[float, ...]:
+    """Per-stage times (ms) of ``grad_sync`` or ``cross_copy_sync`` from the model.
+
+    The bytes are a rank's gradients of one stage copy: its dense parameters / tensor
+    and its routed-expert parameters / expert, times the gradient dtype's size.
+    * grad_sync: ring collectives over the data-parallel replicas on the NIC
+      (hardware's inter-node per-GPU bandwidth): all-reduce 2(D-1)/D x bytes / bw,
+      or with ZeRO >= 1 (sharded optimizer) reduce-scatter (D-1)/D x bytes / bw; the
+      dense part over ``data`` ranks, the routed part over ``data x tensor / expert``.
+    * cross_copy_sync: an all-reduce between the two ranks holding the copies,
+      2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
+    Raises model.config.ModelError when [model] or [hardware] is missing.
+    """
+    from .model import derive
+    from .model.config import ModelError
+
+    if scenario.model is None or scenario.hardware is None:
+        raise ModelError('"derived" needs the [model] and [hardware] sections')
+    st = derive.setup(scenario)
+    sh, hw = st.sharding, st.hw
+    out = []
+    for stage in scenario.derived().stages:
+        dense = stage.dense_params / sh.tensor * sh.grads_bytes
+        routed = stage.routed_params / sh.expert * sh.grads_bytes
+        if key == "cross_copy_sync":
+            out.append((dense + routed) / (hw.p2p_gbps * 1e9) * 1e3)
+            continue
+        factor = 1.0 if sh.zero >= 1 else 2.0  # reduce-scatter or all-reduce
+
+        def ring(nbytes: float, ranks: float) -> float:
+            return factor * (ranks - 1) / ranks * nbytes if ranks > 1 else 0.0
+
+        out.append((ring(dense, sh.data) + ring(routed, sh.expert_data)) / (hw.a2a_gbps * 1e9) * 1e3)
+    return tuple(out)
