@@ -9,7 +9,10 @@ TOML before validation, so they get exactly the same checks.
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -405,6 +408,14 @@ def sections_only(data: dict) -> Scenario:
         raise ScenarioError(_first_error(exc)) from None
 
 
+def read(source: str | Path | Mapping, overrides: Iterable[str] = ()) -> Scenario:
+    """A validated scenario from a TOML file or from a dict with the same keys as the
+    TOML, ``overrides`` (``"key=value"`` texts, as the CLI's --set takes) applied first.
+    This is the public API's ``dualpipe_sim.scenario(...)``."""
+    raw = load_raw(source) if isinstance(source, (str, Path)) else dict(source)  # apply_overrides copies it
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     return from_dict(apply_overrides(load_raw(path), overrides or []))
 
@@ -436,3 +447,15 @@ def _first_error(exc: ValidationError) -> str:
     if len(shown) > 80:  # a hostile value must not turn the one error line into a page
         shown = shown[:60] + f"... ({len(shown)} characters)"
     return f"{field}: {msg[0].lower() + msg[1:]}, got {shown}"
+
+
+class _CallableModule(types.ModuleType):
+    """The public API calls this module: ``dualpipe_sim.scenario("file.toml")`` is
+    :func:`read`, while ``dualpipe_sim.scenario.load`` and the rest stay reachable
+    (a function of that name in the package would hide the module)."""
+
+    def __call__(self, source: str | Path | Mapping, overrides: Iterable[str] = ()) -> Scenario:
+        return read(source, overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule
