@@ -300,3 +300,11 @@ def test_llama_presets_load_and_70b_fits():
     d405 = scenario.load(ROOT / "scenarios" / "llama3-405b.toml").derived()
     assert [len(st.layers) for st in d405.setup.stages] == [3] + [4] * 30 + [3]
     assert sum(st.dense_params for st in d405.stages) == 405_853_388_800  # every parameter on one stage
+
+
+def test_explain_names_each_derivation(capsys):
+    assert main(["model", str(ROOT / "scenarios" / "deepseek-v3.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "all-to-all = overhead 4.04 ms + bytes / 50 GB/s" in out
+    assert "routed expert inputs (k copies)" in out and "efficiency 0.324" in out
+    assert "ZeRO 1 shards optimizer over data (128)" in out
