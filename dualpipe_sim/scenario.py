@@ -217,7 +217,7 @@ class Scenario(_Section):
         derived = {}
         for key in ("grad_sync", "cross_copy_sync"):
             if getattr(st, key) == "derived":
-                from .step import derived_sync
+                from .model.step_figures import derived_sync
 
                 try:
                     derived[key] = derived_sync(self, key)

@@ -15,8 +15,9 @@ from .costs import CostModel
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics, compute_metrics
 from .model import memory as model_memory
+from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
-from .step import step_metrics, throughput, with_step
+from .step import step_metrics, with_step
 from .trace import Trace
 from .validate import validate
 
