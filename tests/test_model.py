@@ -308,3 +308,30 @@ def test_explain_names_each_derivation(capsys):
     assert "all-to-all = overhead 4.04 ms + bytes / 50 GB/s" in out
     assert "routed expert inputs (k copies)" in out and "efficiency 0.324" in out
     assert "ZeRO 1 shards optimizer over data (128)" in out
+
+
+def test_mixtral_and_qwen_moe_counts():
+    """Mixtral-8x7B (mistralai/Mixtral-8x7B-v0.1 config.json): 46.7B total, 12.9B active with the
+    embedding (Mistral's announcement).  Qwen1.5-MoE-A2.7B (Qwen/Qwen1.5-MoE-A2.7B config.json):
+    14.3B total, 2.7B activated with the embedding (Qwen's model card)."""
+    mixtral = config.from_hf({
+        "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 32000,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+        "num_local_experts": 8, "num_experts_per_tok": 2, "tie_word_embeddings": False})  # fmt: skip
+    expert = 3 * 4096 * 14336
+    attn = 2 * 4096 * 4096 + 2 * 4096 * 1024
+    layer = attn + 8 * expert + 4096 * 8 + 2 * 4096
+    t = params.totals(mixtral)
+    assert t.total == 32 * layer + 2 * 32000 * 4096 + 4096 and close(t.total, 46.7e9)
+    assert t.activated + t.embedding == 32 * (layer - 6 * expert) + 2 * 32000 * 4096 + 4096
+    assert close(t.activated + t.embedding, 12.9e9, rel=0.01)  # 12.88B
+    qwen = config.from_hf({
+        "model_type": "qwen2_moe", "hidden_size": 2048, "num_hidden_layers": 24, "vocab_size": 151936,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 5632,
+        "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632, "num_experts": 60,
+        "num_experts_per_tok": 4, "decoder_sparse_step": 1, "tie_word_embeddings": False})  # fmt: skip
+    expert, shared = 3 * 2048 * 1408, 3 * 2048 * 5632
+    layer = 4 * 2048 * 2048 + 3 * 2048 + 60 * expert + shared + 2048 + 2048 * 60 + 2 * 2048  # qkv biases, gate
+    t = params.totals(qwen)
+    assert t.total == 24 * layer + 2 * 151936 * 2048 + 2048 and close(t.total, 14.3e9)
+    assert round((t.activated + t.embedding) / 1e8) / 10 == 2.7

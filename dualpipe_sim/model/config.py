@@ -171,7 +171,8 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     if family == "deepseek":
         return _deepseek(raw, where, common)
     ffn = w("intermediate_size")
-    extra = dict(qkv_bias=_flag(raw, "attention_bias", where, default=mt == "qwen2"), qk_norm=mt == "qwen3")
+    extra = dict(qkv_bias=_flag(raw, "attention_bias", where, default=mt in ("qwen2", "qwen2_moe")),
+                 qk_norm=mt in ("qwen3", "qwen3_moe"))
     if family == "mixtral":
         extra.update(
             num_experts=w("num_local_experts"),
