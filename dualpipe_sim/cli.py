@@ -330,6 +330,8 @@ def _cmd_sweep(args) -> int:
     c = report.counts
     print(f"{report.points} points ({report.ran} run now on {report.executor}): "
           f"{c['ok']} ok, {c['skipped']} skipped, {c['error']} error")
+    if report.other_rows:
+        print(f"results.csv also keeps {report.other_rows} rows of earlier grids (after this grid's rows)")
     print("wrote " + ", ".join(str(f) for f in report.files))
     return 0
 

@@ -155,7 +155,7 @@ def test_ctrl_c_keeps_finished_rows_then_resume_completes(tmp_path, scenario, mo
     assert (out / "results.csv").read_bytes() == (tmp_path / "fresh" / "results.csv").read_bytes()
 
 
-def test_existing_results_need_resume_and_matching_columns(tmp_path, scenario, capsys):
+def test_existing_results_need_resume_and_another_grid_extends_them(tmp_path, scenario, capsys):
     out = tmp_path / "out"
     run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), out, jobs=1)
     before = (out / "results.csv").read_bytes()
@@ -163,9 +163,13 @@ def test_existing_results_need_resume_and_matching_columns(tmp_path, scenario, c
         run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), out, jobs=1)
     assert main(["sweep", str(scenario), "--grid", "pipeline.stages=2,4", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith(f"error: --out {out}: {out / 'results.csv'} already exists; pass --resume")
-    with pytest.raises(SweepError, match="columns of another grid"):
-        run_sweep(scenario, parse_grid(["costs.forward=1,2"]), out, jobs=1, resume=True)
     assert (out / "results.csv").read_bytes() == before
+    # Another grid key: a new column, the earlier rows kept after the new grid's (test_sweep_resume.py).
+    report = run_sweep(scenario, parse_grid(["costs.forward=1,2"]), out, jobs=1, resume=True)
+    rows = read(out / "results.csv")
+    assert (report.ran, report.other_rows) == (2, 2)
+    assert [(r["costs.forward"], r["pipeline.stages"]) for r in rows] == [("1", "4"), ("2", "4"), ("1.0", "2"),
+                                                                          ("1.0", "4")]
 
 
 def test_summary_picks_the_fastest_schedule_that_fits(tmp_path, scenario):

@@ -26,7 +26,7 @@ from ..scenario import apply_overrides, load_raw
 from .errors import SweepError
 from .executors import DaskExecutor, LocalExecutor
 from .grid import Axis, check_against, make_axes, points
-from .results import ResultsFile, columns, make_row, point_key, read_rows, row_key
+from .results import ResultsFile, ResumeError, columns, extend_rows, make_row, point_key, read_rows, row_key
 from .summary import parse_bytes, summary_markdown
 
 RESULTS = "results.csv"
@@ -50,6 +50,7 @@ class SweepReport:
     counts: dict[str, int]  # status -> rows in the final results.csv
     files: list[Path]
     executor: str
+    other_rows: int = 0  # rows of earlier grids of the same scenario, kept after this grid's in results.csv
 
 
 def run_sweep(
@@ -79,13 +80,16 @@ def run_sweep(
     check_against(base, axes)
     limit = None if memory_limit is None else parse_bytes(memory_limit)
     grid_points = points(axes)
-    cols = columns(axes)
     path = out / RESULTS
     if path.exists() and not resume:
         raise SweepError("out", f"{path} already exists; resume it, or write to another folder")
-    kept = read_rows(path, cols) if resume and path.exists() else []
-    done = {row_key(axes, r) for r in kept}
-    todo = [p for p in grid_points if point_key(p.values) not in done]
+    earlier_keys, kept = read_rows(path, base) if resume and path.exists() else ([], [])
+    cols = columns(axes, earlier_keys)
+    kept = extend_rows(kept, cols, base)
+    # Rows and points meet on the complete scenario they are (results.py), never on a few cells.
+    done = {row_key(base, r) for r in kept}
+    keys = [point_key(base, p.overrides) for p in grid_points]
+    todo = [p for p, key in zip(grid_points, keys) if key not in done]
     executor = DaskExecutor(dask_scheduler) if dask_scheduler else LocalExecutor(jobs)
 
     try:
@@ -99,16 +103,16 @@ def run_sweep(
             raise Interrupted(path, len(results.rows), left) from None
     finally:
         executor.close()
-    rows = results.finish([point_key(p.values) for p in grid_points], axes)
+    rows, others = results.finish(keys, base)
     files = [path, *write_reports(out, rows, cols, axes, limit, charts)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
-    return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe())
+    return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe(), len(others))
 
 
 def _run_points(executor, base, todo, axes, cols, results: ResultsFile, progress) -> None:
     report(progress, 0, len(todo), "points")
     for done, (point, fields) in enumerate(executor.run(base, todo), 1):
-        results.append(make_row(cols, axes, base, point, fields))
+        results.append(make_row(cols, base, point, fields))
         report(progress, done, len(todo), "points")
 
 
@@ -128,4 +132,4 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     return write_all(out, writers)
 
 
-__all__ = ["run_sweep", "SweepReport", "SweepError", "Interrupted", "Axis", "RESULTS"]
+__all__ = ["run_sweep", "SweepReport", "SweepError", "ResumeError", "Interrupted", "Axis", "RESULTS"]

@@ -5,29 +5,57 @@ sweep keeps every finished row; resuming reads them back and skips those
 points.  When the sweep completes, the file is rewritten in point order
 (first grid axis slowest), so the same grid gives the same bytes whatever
 ran it and in whatever order the points finished.
+
+Identity.  Every row carries the run it belongs to and the whole point, in
+its last two columns: ``point`` (the grid overrides that made it, as a JSON
+list) and ``scenario_id`` (a hash of the base scenario's content: the file's
+TOML after the run's overrides, comments and layout aside).  A row is matched
+to a point by the complete scenario the two make, never by a few cells, so a
+resume can neither skip a point it has not run nor give a row another
+point's labels.  Resuming with another base scenario is refused.  Resuming
+with another grid keeps every earlier row: the new grid's keys become new
+columns, filled for earlier rows from their own point, and rows outside the
+new grid stay after its rows (they are not in its summary or charts).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 from pathlib import Path
 
+from ..scenario import ScenarioError, apply_overrides
 from .errors import SweepError
 from .grid import Axis, Point
-from ..scenario import apply_overrides
 from .point import METRIC_COLUMNS
 
 STATUSES = ("ok", "skipped", "error")
 SHAPE_KEYS = ("schedule", "stages", "microbatches")  # [pipeline] keys every row carries, grid or not
+SHAPE_COLUMNS = tuple(f"pipeline.{k}" for k in SHAPE_KEYS)
+IDENTITY_COLUMNS = ("point", "scenario_id")  # last: what the row is a result of
 
 
-def columns(axes: list[Axis]) -> list[str]:
-    """pipeline.schedule/stages/microbatches, the other grid keys, status, reason, the metrics."""
-    shape = [f"pipeline.{k}" for k in SHAPE_KEYS]
-    return shape + [a.key for a in axes if a.key not in shape] + ["status", "reason", *METRIC_COLUMNS]
+class ResumeError(SweepError):
+    """An existing results.csv that this sweep must not continue (another scenario, another format)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("resume", message)
+
+
+def columns(axes: list[Axis], earlier_keys: list[str] = ()) -> list[str]:
+    """pipeline.schedule/stages/microbatches, the grid keys (an earlier run's first), status,
+    reason, the metrics, then the identity columns."""
+    keys = [k for k in earlier_keys if k not in SHAPE_COLUMNS]
+    keys += [a.key for a in axes if a.key not in SHAPE_COLUMNS and a.key not in keys]
+    return [*SHAPE_COLUMNS, *keys, "status", "reason", *METRIC_COLUMNS, *IDENTITY_COLUMNS]
+
+
+def grid_keys(cols: list[str]) -> list[str]:
+    """The key columns of a header: every column before ``status``."""
+    return cols[: cols.index("status")]
 
 
 def format_value(value) -> str:
@@ -43,47 +71,116 @@ def format_value(value) -> str:
     return str(value)
 
 
-def point_key(values) -> tuple[str, ...]:
-    """What identifies a point in results.csv: its grid cells, as written."""
-    return tuple(format_value(v) for v in values)
+def _canonical(data) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def row_key(axes: list[Axis], row: dict) -> tuple[str, ...]:
-    return tuple(row[a.key] for a in axes)
+def scenario_id(base: dict) -> str:
+    """16 hex digits naming the base scenario's content (file + overrides)."""
+    return hashlib.sha256(_canonical(base).encode()).hexdigest()[:16]
 
 
-def make_row(cols: list[str], axes: list[Axis], base: dict, point: Point, fields: dict) -> dict[str, str]:
-    """The CSV row of a finished point: its shape and grid cells from the point itself
+def point_key(base: dict, overrides) -> str | None:
+    """The whole point: the complete scenario ``overrides`` make of ``base``, as canonical text."""
+    try:
+        return _canonical(apply_overrides(base, list(overrides)))
+    except ScenarioError:
+        return None
+
+
+def row_overrides(row: dict[str, str]) -> list[str] | None:
+    """The grid overrides a row records, or None when its ``point`` cell is unreadable."""
+    try:
+        value = json.loads(row.get("point", ""))
+    except ValueError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def row_key(base: dict, row: dict[str, str]) -> str | None:
+    overrides = row_overrides(row)
+    return None if overrides is None else point_key(base, overrides)
+
+
+def _lookup(data: dict, dotted: str):
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def key_cells(keys: list[str], base: dict, overrides) -> dict[str, str]:
+    """The key cells of a point, read off the complete scenario it is (so they cannot disagree)."""
+    data = apply_overrides(base, list(overrides))
+    return {k: format_value(_lookup(data, k)) for k in keys}
+
+
+def make_row(cols: list[str], base: dict, point: Point, fields: dict) -> dict[str, str]:
+    """The CSV row of a finished point: key cells and identity from the point itself
     (so even a point whose worker died has them), status and metrics from run_point."""
     cells = {c: format_value(fields.get(c)) for c in cols}
-    pipeline = apply_overrides(base, list(point.overrides)).get("pipeline", {})
-    cells.update({f"pipeline.{k}": format_value(pipeline.get(k)) for k in SHAPE_KEYS})
-    cells.update({a.key: format_value(v) for a, v in zip(axes, point.values)})
+    cells.update(key_cells(grid_keys(cols), base, point.overrides))
+    cells["point"] = json.dumps(list(point.overrides))
+    cells["scenario_id"] = scenario_id(base)
     return cells
 
 
-def read_rows(path: Path, cols: list[str]) -> list[dict[str, str]]:
-    """Complete rows of an existing results.csv with exactly these columns.
+def extend_rows(rows: list[dict[str, str]], cols: list[str], base: dict) -> list[dict[str, str]]:
+    """Earlier rows under a header with more key columns: each new cell is read off the
+    row's own point (empty when the point cell cannot be read)."""
+    out = []
+    for row in rows:
+        missing = [c for c in cols if c not in row]
+        overrides = row_overrides(row)
+        filled = dict.fromkeys(missing, "")
+        if missing and overrides is not None:
+            try:
+                filled = key_cells(missing, base, overrides)
+            except ScenarioError:
+                pass
+        out.append({**row, **filled})
+    return out
+
+
+def read_rows(path: Path, base: dict) -> tuple[list[str], list[dict[str, str]]]:
+    """(key columns, complete rows) of an existing results.csv of this base scenario.
 
     A row cut short (the sweep was killed while writing it) or with an unknown
-    status is dropped, so its point runs again.
+    status is dropped, so its point runs again.  Raises ResumeError when the
+    file is not one this version wrote or its rows belong to another scenario.
     """
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                return []
-            if header != cols:
-                raise SweepError(
-                    "resume",
-                    f"{path} has the columns of another grid ({', '.join(header[:4])}, ...); resume with "
-                    f"the same grid keys in the same order, or write to another folder",
-                )
-            status = cols.index("status")
-            return [dict(zip(cols, r)) for r in reader if len(r) == len(cols) and r[status] in STATUSES]
+                return [], []
+            _check_header(path, header)
+            status = header.index("status")
+            rows = [dict(zip(header, r)) for r in reader if len(r) == len(header) and r[status] in STATUSES]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SweepError("resume", f"cannot read {path}: {exc}") from None
+        raise ResumeError(f"cannot read {path}: {exc}") from None
+    ours = scenario_id(base)
+    theirs = sorted({r["scenario_id"] for r in rows} - {ours})
+    if theirs:
+        raise ResumeError(
+            f"{path} holds results of another scenario (scenario_id {theirs[0]}, this one is {ours}: the "
+            f"scenario file's content or the overrides differ); resume with the same scenario and overrides, "
+            f"or write to another folder"
+        )
+    return grid_keys(header), rows
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    keys_end = header.index("status") if "status" in header else -1
+    tail = ["status", "reason", *METRIC_COLUMNS, *IDENTITY_COLUMNS]
+    if keys_end < 0 or header[keys_end:] != tail or tuple(header[:3]) != SHAPE_COLUMNS:
+        older = "point" not in header and "status" in header
+        why = "it was written by an older dualpipe-sim, without point identities" if older else (
+            f"its columns ({', '.join(header[:4])}, ...) are not those of a sweep's results.csv")
+        raise ResumeError(f"cannot resume {path}: {why}; write to another folder")
 
 
 class ResultsFile:
@@ -105,17 +202,23 @@ class ResultsFile:
     def close(self) -> None:
         self._file.close()
 
-    def finish(self, order: list[tuple[str, ...]], axes: list[Axis]) -> list[dict[str, str]]:
-        """Rewrite in point order; rows of points outside this grid (an earlier, wider
-        sweep being resumed) follow in the order they had.  Returns the sorted rows."""
+    def finish(self, order: list[str | None], base: dict) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """Rewrite in point order, rows of points outside this grid (earlier grids being
+        extended) after them in the order they had.  Returns (this grid's rows, the others)."""
         self.close()
-        rank = {key: i for i, key in enumerate(order)}
-        first: dict[tuple, dict] = {}
+        rank = {key: i for i, key in enumerate(order) if key is not None}
+        mine: dict[str, tuple[int, dict]] = {}
+        others, seen = [], set()
         for row in self.rows:
-            first.setdefault(row_key(axes, row), row)
-        rows = sorted(first.values(), key=lambda r: rank.get(row_key(axes, r), len(rank)))
-        self._rewrite(rows)
-        return rows
+            key = row_key(base, row)
+            if key in rank:
+                mine.setdefault(key, (rank[key], row))  # a point run twice: the same result, kept once
+            elif key is None or key not in seen:  # an unreadable point cell is kept as it is
+                seen.add(key)
+                others.append(row)
+        rows = [row for _, row in sorted(mine.values(), key=lambda item: item[0])]
+        self._rewrite(rows + others)
+        return rows, others
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
