@@ -15,24 +15,38 @@ from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from . import actions, compare, registry, repeat, simulation, units
+from . import actions, compare, limits, registry, repeat, simulation, units
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics
 from .progress import each_file
-from .outputs import metrics_json, write_all, write_text
-from .scenario import ScenarioError, parse_override
+from .outputs import OutputError, check_targets, metrics_json, write_all, write_text
+from .scenario import ScenarioError, oddities, parse_override
 from .scenario import load as load_scenario
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 PLOTS = ("none", "png", "html", "all")  # --plots: which charts to draw (html = report.html)
+RUN_FILES = ("metrics.json", "gantt.png", "memory.png")
 
 
 class UsageError(ValueError):
     """Bad command-line input that argparse cannot see (e.g. a missing file)."""
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dualpipe-sim")  # the installed distribution's
+    except Exception:  # noqa: BLE001 - run from a source tree without installing
+        from . import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="simulate a scenario: summary table, metrics.json, gantt.png")
@@ -122,11 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, ScheduleError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutputError as exc:
+        print(f"error: --out: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        # Ctrl-C: outputs are written all-or-nothing (outputs.write_all), so stopping
+        # here leaves the output folder as it was; 130 = 128 + SIGINT, as shells report it.
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `dualpipe-sim schedule ... | head`: the reader left; that is not an error.
         # Point stdout at devnull so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _chart_files(plots: str, png_names) -> list[str]:
+    """The chart files ``--plots`` writes, for the output check before any work."""
+    return [*(png_names if plots in ("png", "all") else ()), *(["report.html"] if plots in ("html", "all") else [])]
+
+
+def _refuse_unused_options(names: list[str], scenario) -> None:
+    problem = registry.unused_option(names, scenario.options())
+    if problem:
+        raise ScenarioError(problem)
 
 
 def read_schedule_file(path: str) -> Schedule:
@@ -154,16 +187,19 @@ def _cmd_run(args) -> int:
     schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
     if schedule is not None:
         simulation.check_size(scenario, schedule)  # before any output work starts
+    else:
+        _refuse_unused_options([scenario.pipeline.schedule], scenario)
     from .exports.chrome import trace_name, write_chrome_trace
 
     try:
-        trace_file = trace_name(args.trace, args.out, ("metrics.json", "gantt.png", "memory.png", "report.html",
-                                                                    "repeat.json")) if args.trace else None
+        trace_file = trace_name(args.trace, args.out, (*RUN_FILES, "report.html", "repeat.json")) if args.trace else None
     except ValueError as exc:
         raise UsageError(f"--trace: {exc}") from None
     problem = None if args.repeat is None else repeat.repeat_problem(args.repeat, scenario.seed)
     if problem:
         raise UsageError(f"--repeat: {problem}")
+    check_targets(args.out, ["metrics.json", *_chart_files(args.plots, RUN_FILES[1:]),
+                             *([trace_file] if trace_file else []), *(["repeat.json"] if args.repeat else [])])
     with progress_bar("run") as progress:
         result = simulation.run(scenario, schedule)
         metrics = result.metrics
@@ -187,8 +223,8 @@ def _cmd_run(args) -> int:
         if repeats:
             writers["repeat.json"] = write_text(metrics_json(repeats))
         written = write_all(args.out, each_file(writers, progress))
-    if args.json:
-        sys.stdout.write(metrics_json(metrics))
+    if args.json:  # with --repeat, the percentiles too (metrics.json itself stays the first seed's)
+        sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
         print(summary_table(metrics))
         if repeats:
@@ -200,7 +236,19 @@ def _cmd_run(args) -> int:
     note = actions.ignored_note(schedule) if schedule is not None else None
     if note:  # after success, on stderr: never a second line beside an error, never in --json output
         print(f"note: --schedule-file {args.schedule_file}: {note}", file=sys.stderr)
+    warnings = oddities(scenario)
+    jitter = scenario.costs.jitter
+    if args.repeat and args.repeat > 1 and (jitter is None or jitter.cv == 0):  # ranks.slowdown is not random
+        warnings.append(f"--repeat {args.repeat}: the scenario has no costs.jitter (or its cv is 0), so every "
+                        f"seed gives the same result")
+    _warn(warnings)
     return 0
+
+
+def _warn(lines: list[str]) -> None:
+    """Physically odd but legal input: after success, on stderr, one line each."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def summary_table(m: Metrics) -> str:
@@ -288,6 +336,18 @@ def step_line(st) -> str:
 
 
 def _cmd_schedule(args) -> int:
+    family = registry.get(args.name)
+    if args.chunks_per_rank is not None and "chunks_per_rank" not in family.options:
+        takers = [n for n, f in registry.families().items() if "chunks_per_rank" in f.options]
+        raise UsageError(f"--chunks-per-rank: schedule {args.name} does not take it (only {', '.join(takers)} "
+                         f"{'does' if len(takers) == 1 else 'do'})")
+    if limits.size_problem(args.stages, args.microbatches, limits.DEFAULT_MAX_MEMORY):  # the guard run holds to
+        ops, need = limits.estimate(args.stages, args.microbatches)
+        raise UsageError(
+            f"--stages {args.stages} x --microbatches {args.microbatches} is up to {units.count(ops)} ops, about "
+            f"{units.nbytes(need)} to build, over the {units.nbytes(limits.DEFAULT_MAX_MEMORY)} every verb holds to "
+            f"(limits.max_memory); use fewer stages or micro-batches"
+        )
     schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank)
     if args.format == "json":
         print(json.dumps(schedule.to_json()))
@@ -308,7 +368,7 @@ def _cmd_schedules() -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import RESULTS, Interrupted, SweepError, run_sweep  # charts: only for sweeps
+    from .sweep import PLOTS, RESULTS, SUMMARY, Interrupted, SweepError, run_sweep  # charts: only for sweeps
 
     if args.jobs is not None and args.dask_scheduler:
         raise UsageError("--jobs: does not apply with --dask-scheduler (the cluster's workers run the points)")
@@ -316,6 +376,7 @@ def _cmd_sweep(args) -> int:
         raise UsageError(f"--out {args.out}: {Path(args.out) / RESULTS} already exists; pass --resume to continue it, "
                          f"or use another --out")
     axes = parse_grid(args.grid)
+    check_targets(args.out, [RESULTS, SUMMARY, *(PLOTS if args.plots == "png" else ())])
     try:
         with progress_bar("sweep") as progress:
             report = run_sweep(args.scenario, axes, args.out, overrides=args.overrides, jobs=args.jobs,
@@ -326,13 +387,14 @@ def _cmd_sweep(args) -> int:
     except Interrupted as exc:
         print(f"interrupted: {exc.finished} finished rows are in {exc.path}; "
               f"rerun with --resume to run the other {exc.left} points", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     c = report.counts
     print(f"{report.points} points ({report.ran} run now on {report.executor}): "
           f"{c['ok']} ok, {c['skipped']} skipped, {c['error']} error")
     if report.other_rows:
         print(f"results.csv also keeps {report.other_rows} rows of earlier grids (after this grid's rows)")
     print("wrote " + ", ".join(str(f) for f in report.files))
+    _warn(oddities(load_scenario(args.scenario, args.overrides)))  # of the base; the points may differ
     return 0
 
 
@@ -418,12 +480,15 @@ def _cmd_compare(args) -> int:
     names = list(dict.fromkeys(n.strip() for n in args.schedules.split(",") if n.strip()))
     if not names:
         raise UsageError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
+    _refuse_unused_options(names, scenario)
+    check_targets(args.out, ["compare.md", *_chart_files(args.plots, ["compare.png"])])
     source = f"`{args.scenario}`" + "".join(f" `--set {o}`" for o in args.overrides)
     with progress_bar("compare") as progress:
         result, written = compare.run_and_write(scenario, names, args.out, source, plots=args.plots,
                                                 progress=progress)
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
+    _warn(oddities(scenario))
     return 0
 
 

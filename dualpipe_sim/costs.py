@@ -263,7 +263,7 @@ class CostModel:
         if isinstance(action, FB):
             total = self.pair_duration(action)
             f, b = self.duration(action.forward), self.duration(action.backward)
-            split = total * f / (f + b) if f + b > 0 else total / 2
+            split = total * (f / (f + b)) if f + b > 0 else total / 2  # f / (f + b) first: no overflow near 1e308
             return Timeline(total, (Span(0, -1, Channel.COMPUTE, 0.0, split), Span(1, -1, Channel.COMPUTE, split, total)))
         d = self.duration(action)
         return Timeline(d, (Span(0, -1, Channel.COMPUTE, 0.0, d),))

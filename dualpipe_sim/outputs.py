@@ -2,7 +2,13 @@
 
 Every file of a run is first written into a hidden staging folder beside the
 output folder, then moved into place; if anything fails on the way, the
-staging folder is removed and the output folder is left as it was.
+staging folder is removed, any file already replaced is put back, and the
+output folder is left as it was.
+
+:func:`check_targets` is the same rules asked before any work starts (a
+verb calls it right after reading its input), so an output folder that is a
+file, lies under a file, cannot be written, or has a folder where one of the
+files goes costs a one-line error, not a finished simulation.
 """
 
 from __future__ import annotations
@@ -12,7 +18,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
+
+
+class OutputError(ValueError):
+    """The output folder cannot take the files; one line naming the path and the rule."""
 
 
 def metrics_json(metrics) -> str:
@@ -22,24 +32,72 @@ def metrics_json(metrics) -> str:
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
+def check_targets(out_dir: str | Path, names: Iterable[str]) -> None:
+    """Raise OutputError unless ``out_dir`` can receive the files ``names``.
+
+    Nothing is created: the folder (or its nearest existing ancestor, where it
+    will be made) is probed with a temporary folder that is removed at once.
+    """
+    out = Path(out_dir)
+    existing = out
+    while not existing.exists() and not existing.is_symlink():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == out else f"{out}: "
+        raise OutputError(f"{where}{existing} is a file, not a folder")
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            raise OutputError(f"{target} is a folder where the file {name} goes; move it away")
+        for parent in list(Path(name).parents)[:-1]:  # e.g. sub/ of sub/trace.json
+            if (out / parent).exists() and not (out / parent).is_dir():
+                raise OutputError(f"{out / parent} is a file where the folder of {name} goes")
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{out.name or 'out'}-probe-", dir=existing)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write in {existing}: {exc.strerror or exc}") from None
+    os.rmdir(probe)
+
+
 def write_all(out_dir: str | Path, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
     """Call ``writers[name](path)`` for each file, then move them all into out_dir."""
     out = Path(out_dir)
+    check_targets(out, writers)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    moved: list[tuple[Path, Path | None]] = []  # (target, its earlier file kept in stage/.old, or None)
+    done = False
     try:
         for name, write in writers.items():
             target = stage / name
             target.parent.mkdir(parents=True, exist_ok=True)
             write(target)
         out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name in writers:
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(stage / name, out / name)
-            written.append(out / name)
-        return written
+        old = stage / ".old"
+        for i, name in enumerate(writers):
+            dest = out / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            backup = None
+            if dest.exists():
+                backup = old / str(i)
+                backup.parent.mkdir(exist_ok=True)
+                os.replace(dest, backup)
+            moved.append((dest, backup))
+            os.replace(stage / name, dest)
+        done = True
+        return [out / name for name in writers]
     finally:
+        if not done:  # put back what was there: all or nothing
+            for dest, backup in reversed(moved):
+                try:
+                    if backup is not None:
+                        os.replace(backup, dest)
+                    elif dest.exists():
+                        dest.unlink()
+                except OSError:
+                    pass
         shutil.rmtree(stage, ignore_errors=True)
 
 

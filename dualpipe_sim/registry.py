@@ -9,6 +9,7 @@ that into a ScheduleError.
 
 from __future__ import annotations
 
+from . import limits
 from .ir import Schedule, ScheduleError
 from .schedules import FAMILIES
 from .schedules.family import Family
@@ -39,8 +40,13 @@ def get(name: str) -> Family:
         raise ScheduleError(f"pipeline.schedule: unknown schedule {name!r}; known: {known}") from None
 
 
-def build(name: str, stages: int, microbatches: int, **options) -> Schedule:
-    """Check the constraints, then generate.  Raises ScheduleError on a broken rule."""
+def build(name: str, stages: int, microbatches: int, *, max_memory: float = limits.DEFAULT_MAX_MEMORY,
+          **options) -> Schedule:
+    """Check the size (limits.py: every caller holds to it) and the constraints, then
+    generate.  Raises ScheduleError on a broken rule."""
+    too_big = limits.size_problem(stages, microbatches, max_memory)
+    if too_big:  # before anything is allocated
+        raise ScheduleError(too_big)
     family = get(name)
     # Only pass the options this family declares: a scenario may carry keys
     # (chunks_per_rank, ...) that other families ignore.
@@ -49,6 +55,21 @@ def build(name: str, stages: int, microbatches: int, **options) -> Schedule:
     if problem:
         raise ScheduleError(f"{name}: {problem}")
     return family.generate(stages, microbatches, **options)
+
+
+def unused_option(names: list[str], options: dict) -> str | None:
+    """One line naming a [pipeline] option that is set but taken by none of the
+    schedules ``names`` (e.g. chunks_per_rank under dualpipe), else None."""
+    known = families()
+    for key, value in options.items():
+        if value is None:
+            continue
+        if not any(key in known[n].options for n in names if n in known):
+            takers = [n for n, f in known.items() if key in f.options]
+            verb = "does" if len(names) == 1 else "do"
+            return (f"pipeline.{key}: {', '.join(names)} {verb} not take it (only {', '.join(takers)} "
+                    f"{'does' if len(takers) == 1 else 'do'}); leave it out")
+    return None
 
 
 def analytic(name: str, stages: int, microbatches: int, costs, **options) -> dict:

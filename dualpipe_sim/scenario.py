@@ -8,6 +8,7 @@ TOML before validation, so they get exactly the same checks.
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 import tomllib
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import limits, variability
 from .channels import OrderError
@@ -30,8 +31,16 @@ from .rules import Channel
 from .step import StepCosts
 
 
-PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegTime = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+def _number(v):
+    # pydantic's lax mode reads "1.0" (text) and true as numbers; a scenario must say what it means.
+    if isinstance(v, (str, bool)):
+        raise ValueError("must be a number, not " + ("text in quotes" if isinstance(v, str) else "true/false"))
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+PositiveTime = Annotated[Number, Field(gt=0, allow_inf_nan=False)]
+NonNegTime = Annotated[Number, Field(ge=0, allow_inf_nan=False)]
 PerStage = Union[PositiveTime, list[PositiveTime]]
 PerStageNonNeg = Union[NonNegTime, list[NonNegTime]]
 
@@ -49,8 +58,8 @@ class Pipeline(_Section):
     @field_validator("stages", "microbatches", "chunks_per_rank", mode="before")
     @classmethod
     def _whole(cls, v):
-        # TOML 8.0 must not silently become 8; "8" (a string) is not a number.
-        if isinstance(v, bool) or isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
+        # A count is an integer: TOML 8.0 or 8.5 is not one, nor is "8" (text).
+        if isinstance(v, (bool, str, float)):
             raise ValueError("must be a whole number")
         return v
 
@@ -59,7 +68,7 @@ class Jitter(_Section):
     """Random per-op duration factors with mean 1 (variability.py)."""
 
     distribution: Literal[variability.DISTRIBUTIONS]
-    cv: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    cv: Annotated[Number, Field(ge=0, allow_inf_nan=False)]
 
     @field_validator("cv")
     @classmethod
@@ -102,7 +111,7 @@ class ChunkOrder(_Section):
 
 class _ChunkShape(_Section):
     layers: Annotated[int, Field(ge=1, le=1000)]
-    comm_compute_slowdown: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
+    comm_compute_slowdown: Annotated[Number, Field(ge=1, allow_inf_nan=False)] = 1.0
     order: ChunkOrder = ChunkOrder()
 
     @field_validator("layers", mode="before")
@@ -127,12 +136,12 @@ class Memory(_Section):
 
 
 class Limits(_Section):
-    max_memory: Annotated[float, Field(gt=0, allow_inf_nan=False)] = limits.DEFAULT_MAX_MEMORY  # bytes
+    max_memory: Annotated[Number, Field(gt=0, allow_inf_nan=False)] = limits.DEFAULT_MAX_MEMORY  # bytes
 
 
 class Ranks(_Section):
     # rank -> factor its compute takes longer by; TOML: slowdown = { 3 = 1.2 }
-    slowdown: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]] = {}
+    slowdown: dict[Annotated[int, Field(ge=0)], Annotated[Number, Field(gt=0, le=1000, allow_inf_nan=False)]] = {}
 
 
 class Step(_Section):
@@ -317,6 +326,29 @@ class Scenario(_Section):
             raise ScenarioError(f"chunk.order: {exc}") from None
 
 
+def oddities(scenario: Scenario) -> list[str]:
+    """Legal input that is physically odd, one line each (the CLI prints them as
+    warnings on stderr): the run goes ahead, but the figure is probably a slip."""
+    found = []
+    c = scenario.costs
+    if scenario.chunk is None and c.overlapped is not None and c.forward is not None and c.backward is not None:
+        S = scenario.pipeline.stages
+        try:
+            fb = _per_stage(c.overlapped, S, "costs.overlapped")
+            f, b = _per_stage(c.forward, S, "costs.forward"), _per_stage(c.backward, S, "costs.backward")
+        except ScenarioError:
+            return found  # a length mismatch is an error, reported elsewhere
+        for s, (pair, fs, bs) in enumerate(zip(fb, f, b)):
+            if pair < max(fs, bs):
+                found.append(
+                    f"costs.overlapped: {pair:g} at stage {s} is less than the longer half alone, max(F, B) = "
+                    f"{max(fs, bs):g}: an overlapped F+B pair would be faster than its {'backward' if bs >= fs else 'forward'} "
+                    f"on its own (expected between max(F, B) and F + B = {fs + bs:g})"
+                )
+                break
+    return found
+
+
 def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:
     if isinstance(value, list):
         if len(value) != stages:
@@ -329,7 +361,7 @@ def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:
 def load_raw(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is not TOML
     except FileNotFoundError:
         raise ScenarioError(f"scenario file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -424,6 +456,21 @@ def _is_union_label(part) -> bool:
     return isinstance(part, str) and ("[" in part or "constrained" in part or part in ("float", "int", "list"))
 
 
+def _known_keys(section: list[str]) -> list[str]:
+    """The keys the scenario schema allows in the table at ``section`` (e.g. ["costs"])."""
+    model = Scenario
+    for part in section:
+        field = model.model_fields.get(part)
+        inner = getattr(field, "annotation", None)
+        for arg in getattr(inner, "__args__", ()) or (inner,):  # Chunk | None -> Chunk
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return []
+    return list(model.model_fields)
+
+
 def _first_error(exc: ValidationError) -> str:
     # For "number or per-stage list" fields pydantic reports both branches; the
     # deepest location is the branch that matched the input's shape.
@@ -434,7 +481,9 @@ def _first_error(exc: ValidationError) -> str:
     field = ".".join(loc) or "scenario"
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        return f"{field}: unknown key"
+        known = _known_keys(loc[:-1]) if loc else []
+        close = [k for k in known if k.startswith(loc[-1])][:1] or difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        return f"{field}: unknown key" + (f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else "")
     if kind == "missing":
         return f"{field}: required key is missing"
     if kind in ("finite_number",):

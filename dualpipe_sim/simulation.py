@@ -7,8 +7,11 @@ stages together.
 from __future__ import annotations
 
 import gc
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from . import fastpath, limits, registry
 from .costs import CostModel
@@ -33,15 +36,18 @@ class Result:
 
 def build_schedule(scenario: Scenario) -> Schedule:
     p = scenario.pipeline
-    return registry.build(p.schedule, p.stages, p.microbatches, **scenario.options())
+    return registry.build(p.schedule, p.stages, p.microbatches, max_memory=scenario.limits.max_memory,
+                          **scenario.options())
 
 
 def run(scenario: Scenario, schedule: Schedule | None = None) -> Result:
     """Simulate a scenario, with its registered schedule or with ``schedule``
     (a user's own, e.g. read from a file).  Raises ScenarioError/ScheduleError
     with a one-line message on bad input."""
-    with gc_paused():
-        return _run(scenario, schedule)
+    with gc_paused(), np.errstate(over="ignore", invalid="ignore"):  # overflow is reported in words
+        result = _run(scenario, schedule)
+    _check_finite(scenario, result.metrics)
+    return result
 
 
 @contextmanager
@@ -102,6 +108,36 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     from .engine import simulate as simpy_simulate
 
     return simpy_simulate(schedule, costs)
+
+
+def _check_finite(scenario: Scenario, metrics: Metrics) -> None:
+    """Durations near the float limit (forward = 1e308) add up to inf: say so rather
+    than write a metrics.json no JSON reader takes."""
+    doc = metrics.to_dict()
+    bad = _first_non_finite(doc)
+    if bad is not None:
+        where = "chunk" if scenario.chunk is not None else "costs"
+        raise ScenarioError(
+            f"{where}: durations too large to simulate: {bad} comes out as {_first_value(doc, bad)} "
+            f"(times add up past the largest float, about 1.8e308); use smaller durations"
+        )
+
+
+def _first_non_finite(node, path: str = "") -> str | None:
+    if isinstance(node, float) and not math.isfinite(node):
+        return path or "a metric"
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def _first_value(node, path: str):
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
 
 
 __all__ = ["Result", "run", "simulate", "build_schedule", "ScenarioError", "ScheduleError"]

@@ -132,4 +132,4 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     return write_all(out, writers)
 
 
-__all__ = ["run_sweep", "SweepReport", "SweepError", "ResumeError", "Interrupted", "Axis", "RESULTS"]
+__all__ = ["run_sweep", "SweepReport", "SweepError", "ResumeError", "Interrupted", "Axis", "RESULTS", "SUMMARY", "PLOTS"]

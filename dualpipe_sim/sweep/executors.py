@@ -81,6 +81,15 @@ class DaskExecutor:
             from distributed import Client
         except ImportError:
             raise SweepError("dask_scheduler", "dask.distributed is not installed; pip install -e '.[dask]'") from None
+        from distributed.comm import resolve_address
+
+        try:
+            # Check the address first: a Client whose constructor fails on a malformed
+            # address ("foo") still runs its __del__, which waits 20 s and prints a traceback.
+            resolve_address(address)
+        except (OSError, ValueError, TypeError) as exc:
+            raise SweepError("dask_scheduler", f"{address}: not a scheduler address ({exc}); "
+                                               f"expected e.g. tcp://host:8786") from None
         try:
             self.client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:

@@ -113,10 +113,20 @@ def check_against(base: dict, axes: list[Axis]) -> None:
     the combination (a schedule's shape constraints, a per-stage list whose
     length must match the stage count) are left to each point.
     """
-    from_dict(base)
+    scenario = from_dict(base)
     known = registry.families()
     if base["pipeline"]["schedule"] not in known and "pipeline.schedule" not in {a.key for a in axes}:
         registry.get(base["pipeline"]["schedule"])  # raises the usual unknown-schedule error
+    schedule_axis = next((a for a in axes if a.key == "pipeline.schedule"), None)
+    names = [str(v) for v in schedule_axis.values] if schedule_axis else [scenario.pipeline.schedule]
+    options = dict(scenario.options())
+    for axis in axes:  # an option swept on its own axis counts as set
+        option = axis.key.removeprefix("pipeline.")
+        if axis.key.startswith("pipeline.") and option in options:
+            options[option] = axis.values[0]
+    problem = registry.unused_option(names, options)
+    if problem:
+        raise ScenarioError(problem)
     for axis in axes:
         for text in axis.texts:
             data = apply_overrides(base, [f"{axis.key}={text}"])
