@@ -38,9 +38,13 @@ def _number(v):
     return v
 
 
-Number = Annotated[float, BeforeValidator(_number)]
-PositiveTime = Annotated[Number, Field(gt=0, allow_inf_nan=False)]
-NonNegTime = Annotated[Number, Field(ge=0, allow_inf_nan=False)]
+def _num(**rules):
+    """A finite float under ``rules`` (gt=0, ...) that is given as a number, not text."""
+    return Annotated[float, Field(allow_inf_nan=False, **rules), BeforeValidator(_number)]
+
+
+PositiveTime = _num(gt=0)
+NonNegTime = _num(ge=0)
 PerStage = Union[PositiveTime, list[PositiveTime]]
 PerStageNonNeg = Union[NonNegTime, list[NonNegTime]]
 
@@ -68,7 +72,7 @@ class Jitter(_Section):
     """Random per-op duration factors with mean 1 (variability.py)."""
 
     distribution: Literal[variability.DISTRIBUTIONS]
-    cv: Annotated[Number, Field(ge=0, allow_inf_nan=False)]
+    cv: _num(ge=0)
 
     @field_validator("cv")
     @classmethod
@@ -111,7 +115,7 @@ class ChunkOrder(_Section):
 
 class _ChunkShape(_Section):
     layers: Annotated[int, Field(ge=1, le=1000)]
-    comm_compute_slowdown: Annotated[Number, Field(ge=1, allow_inf_nan=False)] = 1.0
+    comm_compute_slowdown: _num(ge=1) = 1.0
     order: ChunkOrder = ChunkOrder()
 
     @field_validator("layers", mode="before")
@@ -136,12 +140,12 @@ class Memory(_Section):
 
 
 class Limits(_Section):
-    max_memory: Annotated[Number, Field(gt=0, allow_inf_nan=False)] = limits.DEFAULT_MAX_MEMORY  # bytes
+    max_memory: _num(gt=0) = limits.DEFAULT_MAX_MEMORY  # bytes
 
 
 class Ranks(_Section):
     # rank -> factor its compute takes longer by; TOML: slowdown = { 3 = 1.2 }
-    slowdown: dict[Annotated[int, Field(ge=0)], Annotated[Number, Field(gt=0, le=1000, allow_inf_nan=False)]] = {}
+    slowdown: dict[Annotated[int, Field(ge=0)], _num(gt=0, le=1000)] = {}
 
 
 class Step(_Section):
@@ -475,7 +479,9 @@ def _first_error(exc: ValidationError) -> str:
     # For "number or per-stage list" fields pydantic reports both branches; the
     # deepest location is the branch that matched the input's shape.
     errors = exc.errors()
-    err = max(errors, key=lambda e: len(e["loc"]))  # max keeps the first among equals
+    # max keeps the first among equals; at equal depth an unknown key goes first: a typo
+    # (microbatch) also makes its key "missing", and the typo is what to point at.
+    err = max(errors, key=lambda e: (len(e["loc"]), e["type"] == "extra_forbidden"))
     # Drop pydantic's union-branch labels ("float", "list[...]") from the path.
     loc = [str(p) for p in err["loc"] if not _is_union_label(p)]
     field = ".".join(loc) or "scenario"

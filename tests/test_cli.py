@@ -126,7 +126,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
 def test_closed_pipe_is_not_an_error():
     # `dualpipe-sim schedule ... | head -1`: the reader leaves early; no traceback, exit 0.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dualpipe_sim.cli", "schedule", "1f1b", "--stages", "64", "--microbatches", "4096"],
+        [sys.executable, "-m", "dualpipe_sim.cli", "schedule", "1f1b", "--stages", "32", "--microbatches", "4096"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     proc.stdout.readline()

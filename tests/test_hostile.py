@@ -40,6 +40,12 @@ EXPECT = {
     "backward-inf.toml": "costs.backward: must be a finite number",
     "backward-zero.toml": "costs.backward: input should be greater than 0",
     "bad-toml.toml": "not valid TOML",
+    "bom-bad-toml.toml": "not valid TOML: Expected ']' at the end of a table declaration (at line 2",
+    "chunks-per-rank-unused.toml": "pipeline.chunks_per_rank: dualpipe does not take it (only interleaved-1f1b",
+    "forward-overflow.toml": "costs: durations too large to simulate: makespan comes out as inf",
+    "forward-string.toml": "costs.forward: must be a number, not text in quotes, got '1.0'",
+    "microbatches-float-whole.toml": "pipeline.microbatches: must be a whole number, got 20.0",
+    "microbatches-typo.toml": "pipeline.microbatch: unknown key; did you mean pipeline.microbatches?",
     "deep-nesting.toml": "nested too deeply",
     "dualpipe-odd-stages.toml": "pipeline.stages must be even",
     "empty.toml": "pipeline: required key is missing",
@@ -107,7 +113,7 @@ EXPECT = {
 }
 # One per kind of failure, run as real processes.
 AS_PROCESS = [
-    "bad-toml.toml", "deep-nesting.toml", "forward-nan.toml", "huge-integer.toml", "too-big-for-memory.toml",
+    "bad-toml.toml", "deep-nesting.toml", "forward-nan.toml", "forward-overflow.toml", "huge-integer.toml", "too-big-for-memory.toml",
     "unknown-top-key.toml", "model-negative-size.toml", "schedule-cycle.json", "schedule-deep-nesting.json", "schedule-microbatches-huge.json",
 ]  # fmt: skip
 WATCHDOG_SECONDS = 60
