@@ -180,7 +180,7 @@ def test_huge_but_summable_durations_give_a_clean_result():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = simulation.run(scenario.from_dict(raw(forward=1e300, overlapped=1e300))).metrics
-    assert math.isfinite(m["makespan"]) and m["makespan"] > 1e300
+    assert math.isfinite(m.makespan) and m.makespan > 1e300
     outputs.metrics_json(m)  # valid JSON: every number finite
 
 
@@ -257,8 +257,8 @@ def test_compare_and_titles_use_fixed_notation_and_say_what_is_summed():
     assert "exposed comm, sum over ranks (ms)" in text and "sum over ranks" in compare.markdown(result, "`q`")
     # 1F1B, S = 4, M = 8, F = 1000, B = 2000, p2p 0.05: (M + S - 1)(F + B) plus the P2P hops.
     m = result.results[0].metrics
-    assert 33_000 < m["makespan"] < 33_001 and " 33,001 " in compare.report(result)
-    assert gantt_title(m).endswith(f"makespan {m['makespan']:,.0f} ms")
+    assert 33_000 < m.makespan < 33_001 and " 33,001 " in compare.report(result)
+    assert gantt_title(m).endswith(f"makespan {m.makespan:,.0f} ms")
     assert " 8 GB " in compare.report(result)  # 1F1B rank 0 holds S = 4 activations of 2e9 bytes, decimal GB
 
 
