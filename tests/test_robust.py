@@ -242,7 +242,7 @@ def test_a_malformed_dask_address_is_one_line_without_teardown_noise(tmp_path):
         [sys.executable, "-m", "dualpipe_sim", "sweep", QUICK, "--grid", "pipeline.stages=4", "--dask-scheduler",
          "foo", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: --dask-scheduler foo: not a scheduler address (missing port number")
+    assert proc.stderr.startswith("error: --dask-scheduler: foo: not a scheduler address (missing port number")
     assert proc.stderr.count("\n") == 1 and "Exception ignored" not in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
 
