@@ -133,7 +133,8 @@ def _strings(tree: ast.AST) -> list[tuple[int, str]]:
     ]
 
 
-LIBRARY = sorted(name for name in MODULES if name != "dualpipe_sim.cli")
+# __main__ is the command's entry point: it only loads cli.py, saying "interrupted" if Ctrl-C comes first.
+LIBRARY = sorted(name for name in MODULES if name not in ("dualpipe_sim.cli", "dualpipe_sim.__main__"))
 
 
 def test_the_cli_has_flags_to_look_for():
