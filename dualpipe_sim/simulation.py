@@ -16,7 +16,7 @@ import numpy as np
 from . import fastpath, limits, registry
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
-from .metrics import Metrics, compute_metrics
+from .metrics import Metrics, RankMemory, compute_metrics
 from .model import memory as model_memory
 from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
@@ -89,10 +89,25 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
     trace = with_step(simulate(schedule, costs), scenario.step_costs())
-    metrics = model_memory.attach(compute_metrics(trace, analytic), scenario, trace)
+    metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace)
     if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
         metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), throughput(scenario)))
     return Result(scenario, schedule, costs, trace, metrics)
+
+
+def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace) -> Metrics:
+    """Metrics with ``device_memory`` (bytes or None) and, with [model], ``per_rank[].memory``."""
+    ranks = metrics.per_rank
+    derived = scenario.derived()
+    if derived is not None:
+        rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
+                                     [r.peak_activation_bytes for r in ranks])  # fmt: skip
+        if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
+            for r, mem in zip(ranks, rows):
+                mem["total"] += r.parameter_bytes - mem["parameters"]
+                mem["parameters"] = r.parameter_bytes
+        ranks = [replace(r, memory=RankMemory(**mem)) for r, mem in zip(ranks, rows)]
+    return replace(metrics, per_rank=ranks, device_memory=scenario.device_memory())
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:

@@ -70,25 +70,6 @@ def per_rank(stage_static: list[Static], stages_on_rank: list[list[int]], activa
     return out
 
 
-def attach(metrics, scenario, trace):
-    """Metrics with ``device_memory`` (bytes or None) and, with [model], ``per_rank[].memory``."""
-    from dataclasses import replace
-
-    from ..metrics import RankMemory
-
-    ranks = metrics.per_rank
-    derived = scenario.derived()
-    if derived is not None:
-        rows = per_rank([s.static for s in derived.stages], trace.stages_on_rank,
-                        [r.peak_activation_bytes for r in ranks])  # fmt: skip
-        if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
-            for r, mem in zip(ranks, rows):
-                mem["total"] += r.parameter_bytes - mem["parameters"]
-                mem["parameters"] = r.parameter_bytes
-        ranks = [replace(r, memory=RankMemory(**mem)) for r, mem in zip(ranks, rows)]
-    return replace(metrics, per_rank=ranks, device_memory=scenario.device_memory())
-
-
 def over_capacity(metrics) -> list:
     """The ranks whose total memory exceeds device_memory (empty when either is unknown)."""
     if not metrics.device_memory:
