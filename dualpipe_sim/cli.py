@@ -549,7 +549,7 @@ def _cmd_model(args) -> int:
     if args.json:
         print(json.dumps(report.summary(derived), indent=2, allow_nan=False))
     else:
-        print(report.text(derived, explain=args.explain))
+        print(report.text(derived, explain=args.explain, typed=report.hand_typed(scenario)))
     return 0
 
 

@@ -308,6 +308,7 @@ def test_explain_names_each_derivation(capsys):
     assert "all-to-all = overhead 4.04 ms + bytes / 50 GB/s" in out
     assert "routed expert inputs (k copies)" in out and "efficiency 0.324" in out
     assert "ZeRO 1 shards optimizer over data (128)" in out
+    assert "`run` uses the scenario's hand-typed [chunk], comm.p2p instead of the derived figures" in out
 
 
 def test_mixtral_and_qwen_moe_counts():

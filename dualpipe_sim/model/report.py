@@ -71,7 +71,17 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.3g} GB"
 
 
-def text(d: Derived, explain: bool = False) -> str:
+def hand_typed(scenario) -> list[str]:
+    """The scenario keys typed by hand that `run` uses instead of the derived figures."""
+    out = [f"costs.{k}" for k, v in scenario.costs if v is not None and k != "jitter"]
+    if scenario.chunk is not None:
+        out.append("[chunk]")
+    out += [f"comm.{k}" for k in ("p2p",) if k in scenario.comm.model_fields_set]
+    out += [f"memory.{k}" for k in ("activation", "parameters") if k in scenario.memory.model_fields_set]
+    return out
+
+
+def text(d: Derived, explain: bool = False, typed: list[str] = ()) -> str:
     s = summary(d)
     st = d.setup
     cfg = st.cfg
@@ -113,6 +123,8 @@ def text(d: Derived, explain: bool = False) -> str:
             comps = ", ".join(f"{k} {getattr(d.moe_layer, k):.3g}" for k in COMPONENT_ORDER)
             lines.append(f"[chunk] per MoE layer (ms), layers = {d.chunk_layers}: {comps}")
     lines += [f"note: {n}" for n in d.notes]
+    if typed:
+        lines.append(f"note: `run` uses the scenario's hand-typed {', '.join(typed)} instead of the derived figures")
     if explain:
         lines += ["", *explain_lines(d)]
     return "\n".join(lines)
