@@ -49,17 +49,15 @@ from .. import units
 from ..costs import WEIGHT_PARTS
 from ..rules import KIND_CODES, KIND_NAMES
 from ..trace import A2A, Trace
-from . import canvas
 from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)
-    COLOURS, COMM_COLOURS, DARK, actions_per_rank, direction_label, drawn_kind, hues, op_rows, spans,
+    COLOURS, COMM_COLOURS, DARK, STEP_COLOURS, STEP_LABELS, actions_per_rank, direction_label, drawn_kind, hues,
+    op_rows, spans,
 )  # fmt: skip
 
-STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e"}  # step.STEP_KIND_NAMES
-STEP_LABELS = {"grad_sync": "grad sync (data-parallel)", "cross_copy_sync": "cross-copy sync", "optimizer": "optimizer"}
 LANE_H, COMM_H, ROW_GAP = 0.62, 0.16, 0.22
 ROW_H = LANE_H + COMM_H + ROW_GAP  # one rank's row in data units
 ROW_IN = ROW_H * 0.62  # inches per rank row in gantt.png
-MIN_BOX_PX = 4.0  # narrower than this per action on average, boxes give way to utilisation bands
+MIN_BOX_PX = 8.0  # narrower than this per action on average (edges and borders swamp them), boxes give way to bands
 LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 0.8, 2.55, 0.45, 0.55  # fixed margins: rank labels, legend, title, axis
 
 

@@ -1,11 +1,15 @@
 """Utilisation bands: a run too long to draw box by box, drawn so it stays true.
 
-Time is cut into one bin per pixel column.  For each rank and bin the exact
+Time is cut into bins: one per pixel column, or as many as make a bin last
+about four typical actions when that is fewer (shorter bins would show the op
+mix of an instant, striped).  For each rank and bin the exact
 share of the bin spent in each kind of op (forward, backward, ... per colour
 family, as in the box-by-box chart) is stacked from the bottom of the rank's
 lane, so a column's coloured height is the rank's utilisation in that bin and
 the light grey above it is idle.  The communication lane under it shows the
-share of the bin spent sending P2P (grey) or in all-to-all (purple).  Nothing
+share of the bin spent sending P2P (grey) or in all-to-all (purple), and with
+[step] work the optimizer (compute lane) and the grad and cross-copy syncs
+(communication lane) in the Gantt chart's colours.  Nothing
 is drawn narrower than a pixel, so nothing aliases: a thousand tiny P2P sends
 show as the thin share of time they take, not as solid grey blocks.
 
@@ -24,13 +28,17 @@ from .. import units
 from ..rules import KIND_NAMES
 from ..trace import A2A, Trace
 from . import canvas
-from .gantt import BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_GAP, _row_y, comm_legend, draw_gantt, frame, rank_axis
+from .gantt import (
+    BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_GAP, STEP_COLOURS, _row_y, comm_legend, draw_gantt, frame,
+    rank_axis, step_legend,
+)  # fmt: skip
 from .style import COLOURS, COMM_COLOURS, direction_label, drawn_kind, hues, spans
 
 IDLE = "#f4f4f4"
 # One rank's row in image pixels: gap above, compute lane, comm lane, gap below (as ROW_GAP/LANE_H/COMM_H).
 TOP_PX, LANE_PX, COMM_PX, BOTTOM_PX = 5, 31, 8, 6
 DETAIL_ACTIONS = 6  # each detail window holds at least this many actions of every rank
+BIN_ACTIONS = 4  # a bin lasts at least this many typical (median) actions
 WIDTH_IN = 16.0
 
 
@@ -69,30 +77,56 @@ def _stack(shares: np.ndarray, rows_px: int, palette: np.ndarray) -> np.ndarray:
 
 
 def band_image(trace: Trace, t0: float, t1: float, bins: int) -> np.ndarray:
-    """The RGBA image of every rank's bands, rank 0 on top, rows as in the Gantt chart."""
+    """The RGBA image of every rank's bands, rank 0 on top, rows as in the Gantt chart.
+    With [step] work the optimizer is one more share of the compute lane and the grad and
+    cross-copy syncs two more of the communication lane."""
     edges = np.linspace(t0, t1, bins + 1)
     comp = trace.compute
     ranks = trace.ranks
     compute = _shares(comp, ranks, hues(trace, comp).astype(np.int64) * 4 + drawn_kind(comp), 8, edges)
     comm = trace.comm
-    chan = np.where(comm["channel"] == A2A, 1, 0).astype(np.int64)
-    links = _shares(comm, ranks, chan, 2, edges)
-    links[:, 1] = np.minimum(links[:, 1], 1 - np.minimum(links[:, 0], 1))  # a lane's shares add up to at most 1
-    palette = np.array([to_rgba(COLOURS[d][k]) for d in (0, 1) for k in KIND_NAMES] + [to_rgba(IDLE)])
-    comm_palette = np.array([to_rgba(COMM_COLOURS["p2p"]), to_rgba(COMM_COLOURS["a2a"]), to_rgba("#fbfbfb")])
+    links = _shares(comm, ranks, np.where(comm["channel"] == A2A, 1, 0).astype(np.int64), 2, edges)
+    palette = [to_rgba(COLOURS[d][k]) for d in (0, 1) for k in KIND_NAMES]
+    comm_palette = [to_rgba(COMM_COLOURS["p2p"]), to_rgba(COMM_COLOURS["a2a"])]
+    step = trace.step
+    if len(step):
+        from ..step import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+
+        shares = _shares(step, ranks, step["kind"].astype(np.int64), len(STEP_KIND_NAMES), edges)
+        syncs = [k for k in range(len(STEP_KIND_NAMES)) if k != OPTIMIZER]
+        compute = np.concatenate([compute, shares[:, [OPTIMIZER]]], axis=1)
+        links = np.concatenate([links, shares[:, syncs]], axis=1)
+        palette.append(to_rgba(STEP_COLOURS["optimizer"]))
+        comm_palette += [to_rgba(STEP_COLOURS[STEP_KIND_NAMES[k]]) for k in syncs]
+    # Channels of one lane can run at once (two P2P links, a sync beside a send): where their
+    # shares add up to more than the bin, scale them to fill it, keeping their proportions.
+    total = links.sum(axis=1, keepdims=True)
+    links = np.where(total > 1, links / np.maximum(total, 1e-12), links)
     image = np.zeros((ranks, TOP_PX + LANE_PX + COMM_PX + BOTTOM_PX, bins, 4))
-    image[:, TOP_PX:TOP_PX + LANE_PX] = _stack(compute, LANE_PX, palette)
-    image[:, TOP_PX + LANE_PX:TOP_PX + LANE_PX + COMM_PX] = _stack(links, COMM_PX, comm_palette)
+    image[:, TOP_PX:TOP_PX + LANE_PX] = _stack(compute, LANE_PX, np.array(palette + [to_rgba(IDLE)]))
+    image[:, TOP_PX + LANE_PX:TOP_PX + LANE_PX + COMM_PX] = _stack(links, COMM_PX,
+                                                                   np.array(comm_palette + [to_rgba("#fbfbfb")]))
     return image.reshape(ranks * image.shape[1], bins, 4)
+
+
+def bin_count(trace: Trace, span: float, pixels: int) -> int:
+    """One bin per pixel column, but no bin shorter than BIN_ACTIONS typical actions: a bin of
+    a fraction of an op would show the op mix of that instant, and the beat between op length
+    and bin length would draw stripes that are not in the run."""
+    sp = spans(trace)
+    typical = float(np.median(sp["end"] - sp["start"])) if len(sp) else 0.0
+    if typical <= 0:
+        return max(16, pixels)
+    return int(np.clip(span / (BIN_ACTIONS * typical), 16, max(16, pixels)))
 
 
 def draw_overview(ax, trace: Trace, *, title: str | None = None, span: tuple[float, float] | None = None,
                   legend: bool = True) -> None:
-    """Utilisation bands of ``trace`` on ``ax`` over ``span`` (default 0 to the makespan).
-    Place the axes first: one bin per pixel column."""
-    t0, t1 = span or (0.0, trace.makespan or 1.0)
+    """Utilisation bands of ``trace`` on ``ax`` over ``span`` (default 0 to the end of the step).
+    Place the axes first: bins are pixel columns, or wider (see :func:`bin_count`)."""
+    t0, t1 = span or (0.0, trace.end or 1.0)
     pos = ax.get_position()
-    bins = max(16, int(round(pos.width * ax.figure.get_figwidth() * canvas.DPI)))
+    bins = bin_count(trace, t1 - t0, int(round(pos.width * ax.figure.get_figwidth() * canvas.DPI)))
     ranks = trace.ranks
     top = LANE_H + ROW_GAP / 2
     bottom = _row_y(ranks - 1) - COMM_H - ROW_GAP / 2
@@ -112,14 +146,14 @@ def legend_handles(trace: Trace) -> list[Patch]:
                for c in sorted(used)]  # fmt: skip
     handles.append(Patch(facecolor=IDLE, edgecolor="#bbbbbb", label="idle"))
     handles += comm_legend(trace, " (share of time)")
-    return handles
+    return handles + step_legend(trace)
 
 
 def detail_windows(trace: Trace, k: int = DETAIL_ACTIONS) -> tuple[tuple[float, float], tuple[float, float]]:
     """(warm-up, cool-down) time windows: from 0 until every rank has finished k actions,
     and from when the first rank is down to its last k actions to the end."""
     sp = spans(trace)
-    end = trace.makespan
+    end = trace.end
     warm, cool = 0.0, end
     for r in range(trace.ranks):
         mine = sp[sp["rank"] == r]
@@ -139,8 +173,9 @@ def overview_figure(trace: Trace, title: str):
     h = fig.get_figheight()
     plot_w = WIDTH_IN - LEFT_IN - RIGHT_IN
     ax = fig.add_axes((LEFT_IN / WIDTH_IN, (BOTTOM_IN + chart + gap) / h, plot_w / WIDTH_IN, chart / h))
-    draw_overview(ax, trace, title=title + "\nutilisation bands: in each pixel column the coloured height is the "
-                  "share of that time spent in each kind of op; grey above it is idle")
+    bins = bin_count(trace, trace.end or 1.0, int(plot_w * canvas.DPI))
+    draw_overview(ax, trace, title=title + f"\nutilisation bands: in each time bin ({units.duration((trace.end or 1.0) / bins)}) "
+                  "the coloured height is the share of it spent in each kind of op; grey above it is idle")
     warm, cool = detail_windows(trace)
     half = (plot_w - 0.5) / 2
     for i, (label, (t0, t1)) in enumerate((("warm-up", warm), ("cool-down", cool))):

@@ -6,7 +6,8 @@ Plotly (plotly.js, embedded whole in the page: no server, no network) draws
   and backward halves are two bars, forward above), coloured as in
   gantt.png; hovering a bar gives its kind, micro-batch, stage, rank, start,
   end and, with [chunk], its components; drag to zoom, double-click to reset.
-  P2P sends and all-to-all phases are thin bars under each rank.  A
+  P2P sends and all-to-all phases are thin bars under each rank (all-to-all
+  phases only up to :data:`MAX_A2A_BARS`; each op's hover lists them anyway).  A
   comparison puts every schedule's ranks on one time axis, one block of rows
   per schedule;
 * the memory timeline per rank (parameters + activations, a step line per
@@ -30,13 +31,14 @@ from importlib import resources
 import numpy as np
 
 from .. import units
-from ..costs import COMPONENTS
+from ..costs import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ..rules import KIND_CODES, KIND_NAMES
 from ..trace import A2A, Trace
-from .style import COLOURS, COMM_COLOURS, drawn_kind, hues, op_rows
+from .style import COLOURS, COMM_COLOURS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
 
 MAX_BARS = 40_000  # op bars per page: beyond, SVG bars make the browser crawl
+MAX_A2A_BARS = 20_000  # all-to-all phase bars per page (a component run has several per op)
 ROW_PX = 22
 KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}
 
@@ -53,16 +55,19 @@ def plotly_js() -> str:
 
 
 def _parts_text(trace: Trace) -> dict[tuple[int, int, int], str]:
-    """(rank, action, kind) -> '<br>'-joined components with their times, for component ops."""
+    """(rank, action, kind) -> '<br>'-joined components of a component op: each component's
+    name, how many times it ran (once per layer) and its total time; all-to-all marked."""
     comp = trace.compute[trace.compute["part"] >= 0]
     a2a = trace.comm[(trace.comm["channel"] == A2A) & (trace.comm["part"] >= 0)]
-    rows = [(int(r["rank"]), int(r["action"]), int(r["kind"]), float(r["start"]), float(r["end"]), int(r["part"]))
-            for block in (comp, a2a) for r in block]  # fmt: skip
-    out: dict[tuple[int, int, int], list[str]] = {}
-    for rank, action, kind, start, end, part in sorted(rows, key=lambda x: (x[0], x[1], x[2], x[3])):
-        out.setdefault((rank, action, kind), []).append(
-            f"{COMPONENTS[part]} {units.number(start)}-{units.number(end)}")
-    return {k: "<br>".join(v[:16] + ([f"... {len(v) - 16} more"] if len(v) > 16 else [])) for k, v in out.items()}
+    totals: dict[tuple[int, int, int], dict[int, list[float]]] = {}
+    for block in (comp, a2a):
+        keys = zip(block["rank"].tolist(), block["action"].tolist(), block["kind"].tolist(), block["part"].tolist())
+        for (rank, action, kind, part), d in zip(keys, (block["end"] - block["start"]).tolist()):
+            entry = totals.setdefault((rank, action, kind), {}).setdefault(part, [0, 0.0])
+            entry[0] += 1
+            entry[1] += d
+    return {key: "<br>".join(f"{COMPONENTS[p]}{' (all-to-all)' if p in A2A_PARTS else ''}: {n}x, {units.duration(t)}"
+                             for p, (n, t) in sorted(parts.items())) for key, parts in totals.items()}  # fmt: skip
 
 
 def _window_rows(rows: np.ndarray, windows) -> np.ndarray:
@@ -74,8 +79,9 @@ def _window_rows(rows: np.ndarray, windows) -> np.ndarray:
     return rows[keep]
 
 
-def gantt_traces(trace: Trace, label: str, offset: int, windows=None) -> tuple[list[dict], int]:
-    """plotly.js bar traces of one run's ops and transfers, rows from ``offset``; and the op count."""
+def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: bool = True) -> tuple[list[dict], int]:
+    """plotly.js bar traces of one run's ops and transfers, rows from ``offset``; and the op count.
+    ``a2a_bars=False`` leaves out the all-to-all phases (each op's hover still lists them)."""
     ops = _window_rows(op_rows(trace.compute), windows)
     hue = hues(trace, ops)
     kind = drawn_kind(ops) if len(ops) else ops["kind"]
@@ -85,6 +91,8 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None) -> tuple[l
     y = offset + ops["rank"] + np.where(half, np.where(forward, -0.17, 0.17), 0.0) - 0.08
     width = np.where(half, 0.32, 0.66)
     traces = []
+    directions = set(np.unique(hue).tolist()) or {0}
+    family = {d: direction_label(trace, directions, d) for d in (0, 1)}  # " (dir 1)", " (rank's later stage)", ...
     for d in (0, 1):
         for k, name in enumerate(KIND_NAMES):
             sel = np.flatnonzero((hue == d) & (kind == k))
@@ -99,8 +107,8 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None) -> tuple[l
                 for r in rows
             ]  # fmt: skip
             traces.append({
-                "type": "bar", "orientation": "h", "name": f"{label} {name}{' dir ' + str(d) if d else ''}",
-                "legendgroup": f"{name}{d}", "showlegend": offset == 0,
+                "type": "bar", "orientation": "h", "name": f"{name} {KIND_WORDS[name]}{family[d]}",
+                "legendgroup": f"{name}{family[d]}",
                 "base": rows["start"].tolist(), "x": (rows["end"] - rows["start"]).tolist(),
                 "y": y[sel].tolist(), "width": width[sel].tolist(),
                 "marker": {"color": COLOURS[d][name], "line": {"width": 0.5, "color": "#333333"}},
@@ -109,7 +117,7 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None) -> tuple[l
     comm = _window_rows(trace.comm, windows)
     for channel, name in ((0, "p2p"), (A2A, "a2a")):
         rows = comm[comm["channel"] == channel]
-        if not len(rows):
+        if not len(rows) or (channel == A2A and not a2a_bars):
             continue
         text = [f"{label}<br>{'P2P send' if channel == 0 else 'all-to-all'} rank {int(r['rank'])}"
                 + (f" -> {int(r['peer'])}" if channel == 0 else "")
@@ -117,12 +125,30 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None) -> tuple[l
                   f"end {units.duration(float(r['end']))}" for r in rows]  # fmt: skip
         traces.append({
             "type": "bar", "orientation": "h", "name": "P2P send" if channel == 0 else "all-to-all",
-            "legendgroup": name, "showlegend": offset == 0,
+            "legendgroup": name,
             "base": rows["start"].tolist(), "x": (rows["end"] - rows["start"]).tolist(),
             "y": (offset + rows["rank"] + 0.36).tolist(), "width": 0.12,
             "marker": {"color": COMM_COLOURS[name], "line": {"width": 0}},
             "hovertext": text, "hoverinfo": "text", "meta": "comm",
         })  # fmt: skip
+    step = _window_rows(trace.step, windows)
+    if len(step):
+        from ..step import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+
+        for kind, name in enumerate(STEP_KIND_NAMES):
+            rows = step[step["kind"] == kind]
+            if not len(rows):
+                continue
+            text = [f"{label}<br>{STEP_LABELS[name]} rank {int(r['rank'])}<br>start {units.duration(float(r['start']))}, "
+                    f"end {units.duration(float(r['end']))}" for r in rows]  # fmt: skip
+            lane = 0.0 if kind == OPTIMIZER else 0.36
+            traces.append({
+                "type": "bar", "orientation": "h", "name": STEP_LABELS[name], "legendgroup": name, "base": rows["start"].tolist(), "x": (rows["end"] - rows["start"]).tolist(),
+                "y": (offset + rows["rank"] + lane - (0.08 if kind == OPTIMIZER else 0)).tolist(),
+                "width": 0.66 if kind == OPTIMIZER else 0.12,
+                "marker": {"color": STEP_COLOURS[name], "line": {"width": 0}},
+                "hovertext": text, "hoverinfo": "text", "meta": "step",
+            })  # fmt: skip
     return traces, len(ops)
 
 
@@ -131,7 +157,7 @@ def memory_traces(trace: Trace, label: str) -> list[dict]:
     for r in range(trace.ranks):
         times, alive, nbytes = activation_levels(trace, r)
         static = trace.parameter_bytes[r] if r < len(trace.parameter_bytes) else 0.0
-        x = np.append(times, trace.makespan)
+        x = np.append(times, trace.end)
         y = (np.append(nbytes, nbytes[-1]) + static) / 1e9
         out.append({
             "type": "scatter", "mode": "lines", "line": {"shape": "hv", "width": 1.2}, "name": f"{label} rank {r}",
@@ -175,14 +201,23 @@ def report_html(results, capacity: float | None = None) -> str:
             notes.append(f"{label}: {total:,} ops, too many to draw one by one; shown: the warm-up "
                          f"({units.number(windows[0][0])} to {units.duration(windows[0][1])}) and the cool-down "
                          f"({units.number(windows[1][0])} to {units.duration(windows[1][1])}) ops")  # fmt: skip
-        traces, drawn = gantt_traces(trace, label, offset, windows)
+        a2a = int((trace.comm["channel"] == A2A).sum())
+        a2a_bars = a2a <= MAX_A2A_BARS // max(len(results), 1)
+        if not a2a_bars:
+            notes.append(f"{label}: its {a2a:,} all-to-all phases are not drawn as bars (too many for the page); "
+                         "each op's hover lists its all-to-all components and their time")  # fmt: skip
+        traces, drawn = gantt_traces(trace, label, offset, windows, a2a_bars)
         gantt += traces
         expected += drawn
         ticks += [offset + r for r in range(trace.ranks)]
         names += [f"{label} rank {r}" if len(results) > 1 else f"rank {r}" for r in range(trace.ranks)]
         memory += memory_traces(trace, label)
         offset += trace.ranks + 1
-    longest = max(r.trace.makespan for r in results) or 1.0
+    seen = set()
+    for t in gantt:  # one legend entry per kind of bar, from whichever schedule has it first
+        t["showlegend"] = t["legendgroup"] not in seen
+        seen.add(t["legendgroup"])
+    longest = max(r.trace.end for r in results) or 1.0  # the whole step with [step] work
     gantt_layout = {
         "barmode": "overlay", "height": 140 + ROW_PX * offset, "hovermode": "closest",
         "xaxis": {"title": {"text": "time (ms)"}, "range": [0, longest]},
