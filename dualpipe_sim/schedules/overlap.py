@@ -67,8 +67,8 @@ def _paired(warm: list[Op], steady: list[tuple[Op, Op]], cool: list[Op]) -> tupl
     check=check_one_stage_per_rank,
     constraints="stages >= 1, microbatches >= 1; one stage per rank",
     description=(
-        "1F1B with expert-parallel all-to-all overlap (Megatron MoE A2A overlap): each steady-state "
-        "forward and backward of different micro-batches run as one overlapped pair"
+        "1F1B with expert-parallel all-to-all overlap (Megatron-Core Combined 1F1B's pairing, one chunk "
+        "per rank): each steady-state forward and backward of different micro-batches run as one overlapped pair"
     ),
     analytic=_analytic_1f1b,
 )
