@@ -27,6 +27,7 @@ from .kineto import Profile, TraceError
 from .metrics import union_length
 
 CHANNELS = ("compute", "a2a")
+OUT_FILES = ("chunk.toml", "calibration.md")  # what write() puts into --out
 # [chunk] requires these > 0; the all-to-all and W parts may be absent (0).
 REQUIRED = ("attn_forward", "mlp_forward", "attn_backward_input", "mlp_backward_input")
 
@@ -279,5 +280,5 @@ def write(cal: Calibration, out_dir: str | Path) -> list[Path]:
     """chunk.toml and calibration.md into out_dir, all or nothing."""
     from .outputs import write_all, write_text
 
-    return write_all(out_dir, {"chunk.toml": write_text(chunk_toml(cal)),
-                               "calibration.md": write_text(report_markdown(cal))})
+    texts = (chunk_toml(cal), report_markdown(cal))
+    return write_all(out_dir, {name: write_text(text) for name, text in zip(OUT_FILES, texts)})

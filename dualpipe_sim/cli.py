@@ -495,6 +495,8 @@ def _cmd_compare(args) -> int:
 def _cmd_calibrate(args) -> int:
     from . import calibrate, kineto
 
+    if args.out:
+        check_targets(args.out, calibrate.OUT_FILES)  # before the trace is read
     try:
         cal = calibrate.calibrate(kineto.read(args.trace, kineto.parse_map(args.names)), args.trace)
     except kineto.TraceError as exc:

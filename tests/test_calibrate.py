@@ -370,6 +370,17 @@ def test_bad_trace_as_a_process_no_traceback(tmp_path):
     assert done.stderr == f"error: {path}: not a Kineto trace: expected a JSON object with a traceEvents list\n"
 
 
+def test_out_that_is_a_file_one_line_exit_2(tmp_path, capsys):
+    path = pair_trace().write(tmp_path / "t.json")
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    assert main(["calibrate", str(path), "--out", str(blocker)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: --out: ") and "is a file, not a folder" in captured.err
+    assert blocker.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--map", "attn(F)=attention"], "'attention' is not a component; one of attn_forward"),
     (["--map", "attn_forward"], "expected NAME=COMPONENT"),
