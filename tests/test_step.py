@@ -333,3 +333,86 @@ def test_derived_needs_the_model():
 def test_no_model_no_throughput():
     d = run("1f1b", 4, 8, {"optimizer": 1.0}).metrics.to_dict()["step"]
     assert "tokens_per_second" not in d and "mfu" not in d
+
+
+# -- views: compare, sweep summary, Chrome trace, run summary --------------------------------
+
+STEP_43 = ["step.grad_sync=2", "step.cross_copy_sync=1", "step.optimizer=1"]
+BASE_43 = """
+[pipeline]
+schedule = "1f1b"
+stages = 4
+microbatches = 8
+[costs]
+forward = 1.0
+backward = 2.0
+weight = 1.0
+"""
+# S=4, M=8, F=1, B=2, W=1, no P2P.  Makespans: ZB-H1 M(F+B) + (S-1)(F+B-2W) = 27, DualPipe 26
+# (test_dualpipe_4x8_by_hand).  Steps: ZB-H1 holds one stage per rank, 27 + 2 + 1 = 30; DualPipe
+# sums at 26 [26,27], [27,28], reduces [27,29], [29,31], optimizer of two copies [31,33]: 33.
+
+
+def test_sweep_summary_ranks_by_step(tmp_path):
+    from dualpipe_sim.sweep import run_sweep
+    from dualpipe_sim.cli import parse_grid
+
+    base = tmp_path / "base.toml"
+    base.write_text(BASE_43)
+    grid = parse_grid(["pipeline.schedule=zb-h1,dualpipe"])
+    run_sweep(base, grid, tmp_path / "plain", jobs=1)
+    run_sweep(base, grid, tmp_path / "step", overrides=STEP_43, jobs=1)
+
+    def row(out):
+        lines = [x for x in (out / "summary.md").read_text().splitlines() if x.startswith("| 4 ")]
+        return [c.strip() for c in lines[0].strip("|").split("|")]
+
+    assert row(tmp_path / "plain")[2:4] == ["dualpipe", "26"]
+    assert row(tmp_path / "step")[2:5] == ["zb-h1", "27", "30"]
+    assert "smallest training step" in (tmp_path / "step" / "summary.md").read_text()
+    csv = (tmp_path / "step" / "results.csv").read_text().splitlines()
+    assert "step.total" in csv[0].split(",")
+
+
+def test_compare_speedup_is_of_whole_steps(tmp_path):
+    from dualpipe_sim import compare
+
+    base = tmp_path / "base.toml"
+    base.write_text(BASE_43)
+    c = compare.compare(scenario.load(base, STEP_43), ["zb-h1", "dualpipe"])
+    # 1F1B: (M + S - 1)(F + B) = 33 on rank 0, then its sync 2 and optimizer 1: 36.
+    assert c.has_step and c.baseline_step == 36
+    rows = {r["schedule"]: r for r in compare.summary_rows(c)}
+    assert rows["zb-h1"]["step"] == 30 and rows["dualpipe"]["step"] == 33
+    assert rows["zb-h1"]["speedup"] == pytest.approx(36 / 30)
+    assert "step (ms)" in compare.table(c)
+    plain = compare.compare(scenario.load(base), ["zb-h1", "dualpipe"])
+    assert not plain.has_step and "step (ms)" not in compare.table(plain)
+
+
+def test_chrome_trace_has_the_step_rows():
+    from dualpipe_sim.exports.chrome import chrome_trace
+
+    step = {"grad_sync": 2.0, "cross_copy_sync": 1.0, "optimizer": 0.5}
+    r = run("dualpipe", 4, 8, step, costs={"weight": 1.0, "overlapped": 3.0})
+    events = [e for e in chrome_trace(r.trace)["traceEvents"] if e.get("cat") in ("grad_sync", "cross_copy_sync", "optimizer")]
+    assert len(events) == len(r.trace.step)
+    got = sorted((e["cat"], e["pid"], e["ts"], e["dur"]) for e in events)
+    names = ("grad_sync", "cross_copy_sync", "optimizer")
+    want = sorted((names[x["kind"]], int(x["rank"]), round(x["start"] * 1000), round((x["end"] - x["start"]) * 1000))
+                  for x in r.trace.step)  # fmt: skip
+    assert got == want
+    sums = [e for e in events if e["cat"] == "cross_copy_sync"]
+    assert {(e["pid"], e["args"]["with_rank"]) for e in sums} == {(0, 3), (3, 0), (1, 2), (2, 1)}
+
+
+def test_run_prints_the_step_line(tmp_path, capsys):
+    from dualpipe_sim.cli import main
+
+    base = tmp_path / "base.toml"
+    base.write_text(BASE_43)
+    args = ["run", str(base), "--out", str(tmp_path / "o"), "--plots", "png"]
+    assert main(args + ["--set", "pipeline.schedule=dualpipe"] + [x for s in STEP_43 for x in ("--set", s)]) == 0
+    out = capsys.readouterr().out
+    assert "training step (ms): total 33, pipeline 26" in out
+    assert (tmp_path / "o" / "gantt.png").stat().st_size > 0 and (tmp_path / "o" / "memory.png").stat().st_size > 0
