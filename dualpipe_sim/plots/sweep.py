@@ -218,9 +218,12 @@ def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
     # Only colours and line styles are used from this view (dense() counts the x values).
     view = SweepView(list(dict.fromkeys(r["pipeline.schedule"] for r in rows)), [], xs, {}, {}, "")
     fig, axs = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
-    for ax, metric, label in ((axs[0], "makespan", "makespan (ms)"), (axs[1], "bubble_ratio", "bubble ratio")):
+    # With [step] work the time that matters is the whole training step (docs/step.md).
+    step = any(r.get("step.total") for r in kept)
+    time, time_label = ("step.total", "training step (ms)") if step else ("makespan", "makespan (ms)")
+    for ax, metric, label in ((axs[0], time, time_label), (axs[1], "bubble_ratio", "bubble ratio")):
         def points(sch, metric=metric):
-            return sorted((float(r[key]), float(r[metric])) for r in kept
+            return sorted((float(r[key]), float(r[metric] or r["makespan"])) for r in kept
                           if r["pipeline.schedule"] == sch and r["status"] == "ok")  # fmt: skip
         _lines(ax, view, points)
         ax.set_xlabel(key)
@@ -232,7 +235,7 @@ def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
     handles = [plt.Line2D([], [], **view.style(s)) for s in view.schedules]
     axs[1].legend(handles, view.schedules, title="schedule", frameon=False, loc="best")
     note = ("slice: " + ", ".join(f"{k}={v}" for k, v in first.items())) if first else ""
-    _title(fig, f"Makespan and bubble ratio vs {key}", note)
+    _title(fig, f"{'Training step' if step else 'Makespan'} and bubble ratio vs {key}", note)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
