@@ -58,6 +58,13 @@ def test_schedule_verb_refuses_what_run_refuses_before_building(monkeypatch, cap
     one_error_line(capsys, "limits.max_memory: 4096 stages x 100000 micro-batches is up to 1,228,800,000 ops")
 
 
+def test_schedule_verb_refusal_as_a_process():
+    proc = subprocess.run([sys.executable, "-m", "dualpipe_sim", "schedule", "1f1b", "--stages", "4096",
+                           "--microbatches", "100000"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --stages 4096 x --microbatches 100000") and proc.stderr.count("\n") == 1
+
+
 def test_the_library_builder_holds_to_the_same_guard():
     with pytest.raises(ScheduleError, match=r"^limits.max_memory: 4096 stages x 100000 micro-batches"):
         registry.build("1f1b", 4096, 100000)

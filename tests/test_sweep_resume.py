@@ -243,3 +243,20 @@ def test_no_finished_row_is_ever_lost_or_relabelled(tmp_path_factory, monkeypatc
         for r in rows:
             if r["status"] in ("ok", "skipped", "error"):
                 assert truthful(r, scenario, owner), f"row {r['point']} labelled as another point"
+
+
+def test_an_interrupted_rewrite_leaves_results_as_they_were(tmp_path, scenario, monkeypatch):
+    from dualpipe_sim.sweep import results
+
+    out = tmp_path / "o"
+    run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1)
+    before = (out / "results.csv").read_bytes()
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.os, "replace", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1, resume=True)
+    assert (out / "results.csv").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv"]  # no .results.csv.tmp

@@ -222,8 +222,12 @@ class ResultsFile:
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(_lines(self.cols, rows, header=True), encoding="utf-8", newline="")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(_lines(self.cols, rows, header=True), encoding="utf-8", newline="")
+            os.replace(tmp, self.path)
+        except BaseException:  # Ctrl-C or a full disk midway: results.csv stays as it was, no stray file
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _lines(cols: list[str], rows: list[dict[str, str]], header: bool) -> str:
