@@ -37,6 +37,7 @@ import re
 from collections import Counter
 
 from .ir import FB, Action, Op, Schedule, ScheduleError, ops_of
+from .rules import PAIR_BACKWARDS, Kind
 from .validate import validate
 
 HEADER = "# dualpipe-sim:"
@@ -120,7 +121,7 @@ def _parse_action(token: str, where: str) -> Action:
     pair = _PAIR.fullmatch(token)
     if pair:
         fwd, bwd = (_parse_op(t, token, where) for t in pair.groups())
-        if fwd.kind != "F" or bwd.kind not in ("B", "I"):
+        if fwd.kind != Kind.F or bwd.kind not in PAIR_BACKWARDS:
             raise ScheduleError(
                 f"{where}: bad token {token!r}: OVERLAP_F_B pairs a forward with a backward, forward first: (0F7;3B2)"
             )

@@ -156,6 +156,9 @@ def pair_problem(forward, backward) -> str | None:
     return None
 
 
+# Ops that leave a stage's weight gradients (the end-of-step gradient sync waits for the last).
+WEIGHT_GRADS: frozenset[Kind] = frozenset((Kind.B, Kind.W))
+
 # Serving order on a channel (smaller first): nothing waits for a weight-gradient part
 # but the end of its op, so forward and input-gradient parts go before it.
 PASS_PRIORITY: dict[Kind, int] = {Kind.F: 0, Kind.B: 0, Kind.I: 0, Kind.W: 1}

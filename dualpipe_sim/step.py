@@ -48,7 +48,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .rules import KIND_CODES, Channel
+from .rules import KIND_CODES, WEIGHT_GRADS, Channel
 from .trace import STEP_DTYPE, StepRow, Trace
 
 
@@ -66,7 +66,7 @@ class StepKind(IntEnum):
 
 GRAD_SYNC, CROSS_COPY, OPTIMIZER = StepKind
 STEP_KIND_NAMES = ("grad_sync", "cross_copy_sync", "optimizer")  # metrics.json / chart names, by code
-_WEIGHT_KINDS = (KIND_CODES["B"], KIND_CODES["W"])  # ops that produce weight gradients
+_WEIGHT_KINDS = tuple(KIND_CODES[k] for k in sorted(WEIGHT_GRADS))  # ops that produce weight gradients
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
     t1 = float(max(rows["end"].max(), a2a["end"].max() if len(a2a) else -np.inf))
     ax = fig.add_axes(rect)
     lane = {KIND_CODES["F"]: 1.0, KIND_CODES["B"]: 0.0}
-    x0, x1, y, colours, texts, dark = [], [], [], [], [], []
+    # In an op's lane, compute on top and all-to-all below: a weight-gradient part runs beside
+    # its own op's all-to-all (nothing waits for it), so the two must not share a strip.
+    x0, x1, y, h, colours, texts, dark = [], [], [], [], [], [], []
     for r in list(rows) + list(a2a):
         part = int(r["part"])
         kind = "F" if r["kind"] == KIND_CODES["F"] else "B"
@@ -61,16 +63,18 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
             colour = COLOURS[hue]["W" if part in WEIGHT_PARTS else kind]
         x0.append(r["start"])
         x1.append(r["end"])
-        y.append(lane[KIND_CODES[kind]] + 0.1)
+        y.append(lane[KIND_CODES[kind]] + (0.08 if part in A2A_PARTS else 0.47))
+        h.append(0.36 if part in A2A_PARTS else 0.45)
         colours.append(colour)
         texts.append(NAMES[COMPONENTS[part]])
         dark.append(colour in (A2A_COLOURS["B"], COLOURS[hue]["B"]))
-    ax.add_collection(_boxes(x0, x1, y, 0.8, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
+    h = np.array(h)
+    ax.add_collection(_boxes(x0, x1, y, h, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
     pts_per_time = ax.get_position().width * fig.get_figwidth() * 72 / (t1 - t0)
     width = np.array([_glyph(t)[2] for t in texts])
     size = np.minimum(8.0, ((np.array(x1) - np.array(x0)) * pts_per_time - 2) / np.maximum(width, 1e-9))
     ok = size >= 4.0
-    draw_texts(ax, ((np.array(x0) + x1) / 2)[ok], (np.array(y) + 0.4)[ok], [t for t, k in zip(texts, ok) if k],
+    draw_texts(ax, ((np.array(x0) + x1) / 2)[ok], (np.array(y) + h / 2)[ok], [t for t, k in zip(texts, ok) if k],
                size[ok], [(1, 1, 1, 1) if d else (0, 0, 0, 1) for d, k in zip(dark, ok) if k])
     ax.set_xlim(t0, t1)
     ax.set_ylim(-0.05, 2.0)
@@ -84,5 +88,5 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
     ax.set_xlabel("time (ms)")
     ax.set_title(f"one overlapped pair part by part (rank {rank}, stage {int(rows['stage'][0])}, "
                  f"{units.number(t0)} to {units.duration(t1)}): forward parts above, backward below; "
-                 "all-to-all in purple, compute in the op's colours, weight-gradient parts pale",
+                 "compute on top, all-to-all (purple) below; weight-gradient parts pale",
                  fontsize=10, loc="left")  # fmt: skip
