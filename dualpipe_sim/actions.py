@@ -37,7 +37,7 @@ import re
 from collections import Counter
 
 from .ir import FB, Action, Op, Schedule, ScheduleError, ops_of
-from .rules import PAIR_BACKWARDS, Kind
+from .rules import KIND_NAMES, PAIR_BACKWARDS, Kind
 from .validate import validate
 
 HEADER = "# dualpipe-sim:"
@@ -45,7 +45,7 @@ _HEADER = re.compile(r"#\s*dualpipe-sim:")
 HEADER_KEYS = ("schedule", "stages", "microbatches")
 COMM_KINDS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B", "UNSHARD", "RESHARD", "REDUCE_GRAD")
 
-_OP = re.compile(r"(\d+)([FBIW])(\d+)(?:@(\d+))?", re.ASCII)
+_OP = re.compile(r"(\d+)([" + "".join(KIND_NAMES) + r"])(\d+)(?:@(\d+))?", re.ASCII)  # kinds: rules.Kind
 _PAIR = re.compile(r"\(([^;()]*);([^;()]*)\)OVERLAP_F_B")
 _COMM = re.compile(r"\d+(?:" + "|".join(COMM_KINDS) + r")\d*(?:@\d+)?", re.ASCII)
 _RANK = re.compile(r"rank\s+(\d+)\s*:", re.ASCII)
