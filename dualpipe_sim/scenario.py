@@ -165,6 +165,13 @@ class Step(_Section):
     def _whole(cls, v):
         return Pipeline._whole(v)
 
+    @field_validator("grad_sync", "cross_copy_sync", mode="before")
+    @classmethod
+    def _time_or_derived(cls, v):
+        if isinstance(v, str) and v != "derived":
+            raise ValueError('must be a time in ms, a per-stage list, or "derived"')
+        return v
+
     @field_validator("overlap_grad_sync", "cross_copy_eager", mode="before")
     @classmethod
     def _bool(cls, v):

@@ -194,6 +194,7 @@ def test_chimera_sums_its_two_copies():
         ({"grad_sync_buckets": 0}, "step.grad_sync_buckets: input should be greater than or equal to 1"),
         ({"grad_sync_buckets": 2.5}, "step.grad_sync_buckets: must be a whole number"),
         ({"gradsync": 1}, "step.gradsync: unknown key"),
+        ({"grad_sync": "ring"}, 'step.grad_sync: must be a time in ms, a per-stage list, or "derived"'),
     ],
 )
 def test_bad_step_keys(step, message):
