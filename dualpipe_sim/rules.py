@@ -3,8 +3,9 @@
 validate.py (the zero-time replay that proves a schedule can finish), the SimPy
 engine, the fast path and the exports all read these tables; none of them
 spells a rule out again.  Adding an op kind means a member of :class:`Kind`,
-its :data:`RULES` entry (and its place in :data:`WORK`), its cost in costs.py
-and its colour in plots/gantt.py.
+its :data:`RULES` entry (and its place in :data:`WORK`, :data:`PASS_PRIORITY`,
+:data:`WEIGHT_GRADS`), its cost in costs.py (``CostModel.duration``,
+``OP_PASSES``) and how the drawing shows it (plots/: style.py colours, legend words).
 
 Ops (ir.Op) carry a :class:`Kind`.  Results are named by *keys*
 ``(Data, microbatch, stage, direction)``: the data an op produced at its stage.
@@ -43,11 +44,6 @@ class Kind(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-    @property
-    def code(self) -> int:
-        """The kind's integer in trace arrays (its position in the enum)."""
-        return KIND_CODES[self.value]
 
 
 KINDS: tuple[Kind, ...] = tuple(Kind)
