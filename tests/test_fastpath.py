@@ -138,17 +138,21 @@ def registered_shapes():
 
 @pytest.mark.parametrize("name,stages,mbs,opts", registered_shapes())
 @pytest.mark.parametrize("p2p", [0.0, 0.5, 1.7])
-def test_registered_schedules_same_trace_as_engine(name, stages, mbs, opts, p2p):
+@pytest.mark.parametrize("components", [False, True])
+def test_registered_schedules_same_trace_as_engine(name, stages, mbs, opts, p2p, components):
     schedule = registry.build(name, stages, mbs, **opts)
-    costs = CostModel(
-        forward=tuple(1.0 + 0.25 * (s % 3) for s in range(stages)),
-        backward=(2.0,) * stages,
-        weight=(1.0,) * stages,
-        overlapped=(2.5,) * stages,
-        p2p=p2p,
-        activation_bytes=(1.0,) * stages,
-        parameter_bytes=(1.0,) * stages,
-    )
+    shared = dict(p2p=p2p, activation_bytes=(1.0,) * stages, parameter_bytes=(1.0,) * stages)
+    if components:  # the deepseek-like arrangement on small round numbers, 2 layers
+        times = tuple(1.0 + 0.5 * (c % 3) for c in Component)
+        costs = CostModel.from_chunk(stages, Chunk(2, times), **shared)
+    else:
+        costs = CostModel(
+            forward=tuple(1.0 + 0.25 * (s % 3) for s in range(stages)),
+            backward=(2.0,) * stages,
+            weight=(1.0,) * stages,
+            overlapped=(2.5,) * stages,
+            **shared,
+        )
     assert_same_trace(fastpath.simulate(schedule, costs), engine_simulate(schedule, costs))
 
 
