@@ -50,8 +50,8 @@ from ..costs import WEIGHT_PARTS
 from ..rules import KIND_CODES, KIND_NAMES
 from ..trace import A2A, Trace
 from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)
-    COLOURS, COMM_COLOURS, DARK, STEP_COLOURS, STEP_LABELS, actions_per_rank, direction_label, drawn_kind, hues,
-    op_rows, spans,
+    COLOURS, COMM_COLOURS, DARK, KIND_WORDS, STEP_COLOURS, STEP_LABELS, actions_per_rank, direction_label, drawn_kind,
+    hues, op_rows, spans,
 )  # fmt: skip
 
 LANE_H, COMM_H, ROW_GAP = 0.62, 0.16, 0.22
@@ -306,7 +306,7 @@ def legend_for(trace: Trace) -> list[Patch]:
         kinds_used.add("W")
     handles = []
     for d in sorted(directions):
-        for kind, name in (("F", "forward"), ("B", "backward"), ("I", "input-grad"), ("W", "weight-grad")):
+        for kind, name in KIND_WORDS.items():
             if kind in kinds_used:
                 handles.append(Patch(facecolor=COLOURS[d][kind], edgecolor="#333333",
                                      hatch="////" if kind == "W" and hatch_w else "",

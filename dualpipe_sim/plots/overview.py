@@ -32,7 +32,7 @@ from .gantt import (
     BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_GAP, STEP_COLOURS, _row_y, comm_legend, draw_gantt, frame,
     rank_axis, step_legend,
 )  # fmt: skip
-from .style import COLOURS, COMM_COLOURS, direction_label, drawn_kind, hues, spans
+from .style import COLOURS, COMM_COLOURS, KIND_WORDS, direction_label, drawn_kind, hues, spans
 
 IDLE = "#f4f4f4"
 # One rank's row in image pixels: gap above, compute lane, comm lane, gap below (as ROW_GAP/LANE_H/COMM_H).
@@ -76,6 +76,11 @@ def _stack(shares: np.ndarray, rows_px: int, palette: np.ndarray) -> np.ndarray:
     return palette[idx]
 
 
+def _category(trace: Trace, comp: np.ndarray) -> np.ndarray:
+    """Each compute row's colour: its colour family x the number of kinds + its drawn kind."""
+    return hues(trace, comp).astype(np.int64) * len(KIND_NAMES) + drawn_kind(comp)
+
+
 def band_image(trace: Trace, t0: float, t1: float, bins: int) -> np.ndarray:
     """The RGBA image of every rank's bands, rank 0 on top, rows as in the Gantt chart.
     With [step] work the optimizer is one more share of the compute lane and the grad and
@@ -83,7 +88,7 @@ def band_image(trace: Trace, t0: float, t1: float, bins: int) -> np.ndarray:
     edges = np.linspace(t0, t1, bins + 1)
     comp = trace.compute
     ranks = trace.ranks
-    compute = _shares(comp, ranks, hues(trace, comp).astype(np.int64) * 4 + drawn_kind(comp), 8, edges)
+    compute = _shares(comp, ranks, _category(trace, comp), 2 * len(KIND_NAMES), edges)
     comm = trace.comm
     links = _shares(comm, ranks, np.where(comm["channel"] == A2A, 1, 0).astype(np.int64), 2, edges)
     palette = [to_rgba(COLOURS[d][k]) for d in (0, 1) for k in KIND_NAMES]
@@ -138,11 +143,11 @@ def draw_overview(ax, trace: Trace, *, title: str | None = None, span: tuple[flo
 
 def legend_handles(trace: Trace) -> list[Patch]:
     comp = trace.compute
-    used = set(np.unique(hues(trace, comp).astype(np.int64) * 4 + drawn_kind(comp)).tolist()) if len(comp) else set()
-    directions = {c // 4 for c in used} or {0}
-    names = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}
-    handles = [Patch(facecolor=COLOURS[c // 4][KIND_NAMES[c % 4]],
-                     label=f"{KIND_NAMES[c % 4]} {names[KIND_NAMES[c % 4]]}{direction_label(trace, directions, c // 4)}")
+    used = set(np.unique(_category(trace, comp)).tolist()) if len(comp) else set()
+    n = len(KIND_NAMES)
+    directions = {c // n for c in used} or {0}
+    handles = [Patch(facecolor=COLOURS[c // n][KIND_NAMES[c % n]],
+                     label=f"{KIND_NAMES[c % n]} {KIND_WORDS[KIND_NAMES[c % n]]}{direction_label(trace, directions, c // n)}")
                for c in sorted(used)]  # fmt: skip
     handles.append(Patch(facecolor=IDLE, edgecolor="#bbbbbb", label="idle"))
     handles += comm_legend(trace, " (share of time)")

@@ -35,12 +35,11 @@ from ..costs import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ..rules import KIND_CODES, KIND_NAMES
 from ..trace import A2A, Trace
-from .style import COLOURS, COMM_COLOURS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
+from .style import COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
 
 MAX_BARS = 40_000  # op bars per page: beyond, SVG bars make the browser crawl
 MAX_A2A_BARS = 20_000  # all-to-all phase bars per page (a component run has several per op)
 ROW_PX = 22
-KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}
 
 
 class MissingPlotly(RuntimeError):

@@ -20,6 +20,7 @@ COLOURS = {
     1: {"F": "#fdc98a", "B": "#c1500a", "I": "#ec8a3c", "W": "#fdebd6"},
 }
 DARK = {"B", "I"}  # kinds drawn dark enough to need white text
+KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}  # legends and hover text
 COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
 STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e"}  # step.STEP_KIND_NAMES
 STEP_LABELS = {"grad_sync": "grad sync (data-parallel)", "cross_copy_sync": "cross-copy sync", "optimizer": "optimizer"}
