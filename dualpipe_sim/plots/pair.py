@@ -66,7 +66,7 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
         y.append(lane[KIND_CODES[kind]] + (0.08 if part in A2A_PARTS else 0.47))
         h.append(0.36 if part in A2A_PARTS else 0.45)
         colours.append(colour)
-        texts.append(NAMES[COMPONENTS[part]])
+        texts.append(NAMES.get(COMPONENTS[part], COMPONENTS[part]))  # a new component: its full name
         dark.append(colour in (A2A_COLOURS["B"], COLOURS[hue]["B"]))
     h = np.array(h)
     ax.add_collection(_boxes(x0, x1, y, h, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
