@@ -95,6 +95,8 @@ EXPECT = {
     "hardware-unknown-preset.toml": "hardware.preset: unknown GPU preset (known: H100, H800, H200, B200, A100)",
     "parallel-without-model.toml": "parallel: only applies with a [model] section",
     "recompute-unknown.toml": "memory.recompute: input should be 'none', 'selective', 'full' or 'deepseek'",
+    "step-grad-sync-word.toml": 'step.grad_sync: must be a time in ms, a per-stage list, or "derived"',
+    "step-derived-without-model.toml": 'step.cross_copy_sync: "derived" needs the [model] and [hardware] sections',
     # Schedule files.
     "schedule-bad-kind.json": "op kind must be one of F, B, I, W or FB, got 'X'",
     "schedule-cycle.json": "schedule deadlocks: rank 0 is stuck at 0B1",  # waits on each other
