@@ -8,6 +8,7 @@ also how every derived number is obtained.
 
 from __future__ import annotations
 
+from .. import units
 from ..costs import Component
 from . import activations, derive, flops, params
 from .derive import Derived
@@ -64,7 +65,11 @@ def summary(d: Derived) -> dict:
 
 
 def _b(n: float) -> str:
-    return f"{n / 1e9:.2f} B"
+    return f"{n / 1e9:.2f} billion"  # not "B": it would read as bytes beside GB
+
+
+def _gflop(n: float) -> str:
+    return f"{units.number(n / 1e9)} GFLOP"
 
 
 def _gb(n: float) -> str:
@@ -96,8 +101,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = ()) -> str:
         + (", without MTP" if cfg.mtp_layers else "") + f"), activated per token {_b(s['parameters_activated'])}"
         + (f", MTP modules {_b(s['parameters_mtp'])}" if cfg.mtp_layers else ""),
         f"  by kind: {kinds}",
-        f"FLOPs per token at seq_length {st.seq}: forward {f['forward']:.4g}, training {f['training']:.4g}"
-        f" (6N {f['six_n']:.4g} + attention {f['attention']:.4g})",
+        f"FLOPs per token at seq_length {st.seq}: forward {_gflop(f['forward'])}, training {_gflop(f['training'])}"
+        f" (6N {_gflop(f['six_n'])} + attention {_gflop(f['attention'])})",
     ]
     per_layer = s["activation_bytes_per_layer"]
     distinct = sorted(set(per_layer), key=per_layer.index)
@@ -175,8 +180,8 @@ def explain_lines(d: Derived) -> list[str]:
             lf = flops.layer(cfg, i, st.seq)
             n = st.tokens / sh.tensor
             lines.append(f"  {'MoE' if moe else 'dense'} layer forward FLOPs per micro-batch: attention linears "
-                         f"{n * lf.attn_linear:.4g}, attention core {n * lf.attn_core:.4g} (full square), "
-                         f"MLP {n * lf.mlp:.4g}")
+                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} (full square), "
+                         f"MLP {_gflop(n * lf.mlp)}")
             t = derive.layer_times(st, i)
             lines.append("    times (ms): " + ", ".join(f"{k} {getattr(t, k):.3g}" for k in COMPONENT_ORDER
                                                        if getattr(t, k)))  # fmt: skip
