@@ -43,6 +43,8 @@ from dualpipe_sim import calibrate, kineto, scenario
 from dualpipe_sim.cli import main
 from dualpipe_sim.costs import COMPONENTS
 
+from helpers import DEEPSEEK_PROFILE_MS
+
 GPU_BASE = 1_740_461_679_470_813  # us
 CPU_BASE = 1_740_461_679_400_000
 MAIN, AUTOGRAD = 1166, 2571
@@ -398,12 +400,6 @@ def test_bad_map_and_missing_file(tmp_path, capsys, args, fragment):
 # -- DeepSeek's published training profile ---------------------------------------------------
 
 PROFILE_REPO = Path(os.environ.get("DUALPIPE_SIM_PROFILE_DATA", "/work/.mirror/deepseek-ai+profile-data/repo"))
-# Per-layer figures read off train.json independently (issue 11), ms.
-DEEPSEEK = {
-    "attn_forward": 4.37, "mlp_forward": 4.60, "dispatch_forward": 6.69, "combine_forward": 8.68,
-    "combine_backward": 5.77, "mlp_backward_input": 5.31, "mlp_backward_weight": 5.06,
-    "dispatch_backward": 7.49, "attn_backward_input": 9.34, "attn_backward_weight": 2.39,
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -432,7 +428,7 @@ def deepseek(deepseek_trace):
 
 def test_deepseek_profile_figures_within_3_percent(deepseek):
     assert deepseek.layers == 4
-    for c, want in DEEPSEEK.items():
+    for c, want in DEEPSEEK_PROFILE_MS.items():
         assert deepseek.components[c].mean == pytest.approx(want, rel=0.03), c
     assert deepseek.span == pytest.approx(129.0, abs=0.05)
     assert {s: ch for s, (ch, _) in deepseek.streams.items()} == {7: "compute", 23: "compute", 27: "a2a"}

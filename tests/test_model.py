@@ -13,6 +13,8 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.model import activations, config, flops, layout, memory, params
 from dualpipe_sim.model.config import ModelError
 
+from helpers import DEEPSEEK_PROFILE_MS
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "scenarios" / "models"
 GPT2 = ROOT / "tests" / "data" / "gpt2-config.json"
@@ -187,13 +189,6 @@ def test_model_verb_bad_config_exits_2(tmp_path, capsys):
 
 
 # -- derived times against DeepSeek's profile ---------------------------------------------
-# Per MoE layer, ms: DeepSeek's training profile (deepseek-ai/profile-data train.json: 4K tokens,
-# EP64, TP1, H800), as measured for scenarios/deepseek-v3.toml's [chunk].
-PROFILE = {
-    "attn_forward": 4.37, "mlp_forward": 4.60, "dispatch_forward": 6.69, "combine_forward": 8.68,
-    "combine_backward": 5.77, "mlp_backward_input": 5.31, "mlp_backward_weight": 5.06,
-    "dispatch_backward": 7.49, "attn_backward_input": 9.34, "attn_backward_weight": 2.39,
-}  # fmt: skip
 DEEPSEEK_SECTIONS = {
     "pipeline": {"schedule": "dualpipe", "stages": 16, "microbatches": 32},
     "model": {"config": str(MODELS / "deepseek-v3.json"), "seq_length": 4096, "micro_batch_size": 1,
@@ -209,7 +204,7 @@ def test_h800_components_within_25_percent_of_the_profile():
     from dualpipe_sim.scenario import sections_only
 
     d = derive.derive(derive.setup(sections_only(DEEPSEEK_SECTIONS)))
-    for name, measured in PROFILE.items():
+    for name, measured in DEEPSEEK_PROFILE_MS.items():
         got = getattr(d.moe_layer, name)
         assert abs(got - measured) <= 0.25 * measured, (name, got, measured)
 
