@@ -10,15 +10,16 @@ import sys
 
 def main() -> int:
     try:
-        from .cli import EXIT_INTERRUPTED, main as cli_main
+        from .cli import EXIT_INTERRUPTED, leave, main as cli_main
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     try:
-        return cli_main()
+        code = cli_main()
     except KeyboardInterrupt:  # pragma: no cover - cli.main handles it; this is the last net
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    leave(code)  # without the interpreter's teardown (cli.leave says why)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,12 @@ def _glyph(text: str) -> tuple[np.ndarray, np.ndarray, float]:
         if not _FONT:
             _FONT.append(FontProperties(family="DejaVu Sans"))
         path = TextPath((0, 0), text, size=1, prop=_FONT[0])
-        ext = path.get_extents()
-        g = _GLYPHS[text] = (path.vertices - ((ext.x0 + ext.x1) / 2, (ext.y0 + ext.y1) / 2), path.codes, ext.width)
+        # The box of the control points, not Path.get_extents (which solves every curve
+        # for its extrema: a third of a large chart's label time).  Fonts put on-curve
+        # points at a glyph's extremes: for DejaVu Sans "0" to "999" the two are equal.
+        points = path.vertices[path.codes != Path.CLOSEPOLY]
+        lo, hi = points.min(0), points.max(0)
+        g = _GLYPHS[text] = (path.vertices - (lo + hi) / 2, path.codes, float(hi[0] - lo[0]))
     return g
 
 
