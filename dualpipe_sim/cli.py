@@ -574,11 +574,15 @@ def leave(code: int) -> NoReturn:
     (numpy, pydantic, matplotlib): about 0.1 s of CPU, a tenth of a quickstart
     run, for memory the operating system takes back anyway.  The exit handlers a
     normal exit runs (``atexit``, and through it ``weakref.finalize``) still run,
-    and both streams are flushed first.  Only the process entry points call this,
-    never the library or the tests' in-process ``main``.
+    and both streams are flushed first.  With another thread still alive (a
+    cluster client, say) it exits the usual way, which joins it.  Only the process
+    entry points call this, never the library or the tests' in-process ``main``.
     """
     import atexit
+    import threading
 
+    if threading.active_count() > 1:
+        sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

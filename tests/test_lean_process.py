@@ -97,6 +97,17 @@ def test_leave_keeps_exit_code_output_and_exit_handlers(code):
     assert done.stderr == "line on stderr\n"
 
 
+def test_leave_with_another_thread_alive_exits_the_usual_way_and_joins_it():
+    done = _python("""
+        import threading, time
+        from dualpipe_sim.cli import leave
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
+        leave(5)
+    """)
+    assert done.returncode == 5
+    assert done.stdout == "thread finished\n"
+
+
 def test_the_command_still_prints_everything_through_leave(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dualpipe_sim", "schedule", "1f1b", "--stages", "2",
                            "--microbatches", "3"], capture_output=True, text=True, timeout=120)  # fmt: skip
