@@ -4,12 +4,16 @@ Every panel has the same x range (the longest makespan, or with [step] work
 the longest training step), so equal lengths mean
 equal times across schedules and a shorter schedule ends visibly earlier.
 Panels are drawn box by box (:func:`draw_gantt`) while the densest of them
-still has readable boxes at the shared scale, else all as utilisation bands
-(overview.py), so they compare like with like.  Rows shrink as the total rank
+still has readable boxes at the shared scale, else all as heat strips
+(overview.py), so they compare like with like.  One legend for all panels lists
+each colour once: the strips' colours that some panel shows, or the box
+legends merged by look.  Rows shrink as the total rank
 count grows, so eight schedules of 16 ranks stay a picture of sane size.
 """
 
 from __future__ import annotations
+
+import re
 
 from . import canvas
 from .gantt import BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, draw_gantt, figure_width, gantt_title, legend_for, too_dense
@@ -18,11 +22,12 @@ HEAD_IN = 0.75  # title and time axis per panel
 MAX_CHARTS_IN = 16.0  # the rows of all panels together, at most (rows shrink to fit, down to MIN_ROW_IN)
 MIN_ROW_IN = 0.14
 MAX_WIDTH_IN = 24.0
+QUALIFIED = re.compile(r"^(.*) \((dir \d|rank's \w+ stage)\)$")  # a box legend label naming a colour family
 
 
 def compare_figure(results):
     """``results``: simulation.Result objects, drawn top to bottom in this order."""
-    from .overview import draw_overview, legend_handles
+    from .overview import BIN_ACTIONS, band_legend, draw_overview
 
     longest = max(r.trace.end for r in results) or 1.0  # end: the whole step with [step] work
     # Wide enough for the densest chart's labels at the shared scale.
@@ -36,22 +41,42 @@ def compare_figure(results):
     fig = canvas.new_figure(width, sum(heights) + HEAD_IN * len(results) + 0.3)
     h = fig.get_figheight()
     y = h - 0.3
-    handles = {}  # one legend for all panels, in the right margin: label -> patch
+    handles, drawn = {}, []  # one legend for all panels, in the right margin
     for r, chart in zip(results, heights):
         y -= HEAD_IN - BOTTOM_IN + chart
         ax = fig.add_axes((LEFT_IN / width, y / h, 1 - (LEFT_IN + RIGHT_IN) / width, chart / h))
         y -= BOTTOM_IN
         if bands:
-            draw_overview(ax, r.trace, title=gantt_title(r.metrics), span=(0.0, longest), legend=False)
-            shown = legend_handles(r.trace)
+            drawn.append(draw_overview(ax, r.trace, title=gantt_title(r.metrics), span=(0.0, longest), legend=False))
         else:
             draw_gantt(ax, r.trace, title=gantt_title(r.metrics), xlim=longest, legend=False)
-            shown = legend_for(r.trace)
-        for patch in shown:
-            handles.setdefault(patch.get_label(), patch)
-    fig.legend(handles=list(handles.values()), loc="upper left", fontsize=8, frameon=False,
-               bbox_to_anchor=(1 - (RIGHT_IN - 0.05) / width, 1 - 0.3 / h))
+            for patch in legend_for(r.trace):
+                handles.setdefault(patch.get_label(), patch)
+    title = None
+    if bands:
+        waits = "\nor waiting for all-to-all" if any("a2a" in b.drawn() for b in drawn) else ""
+        title = f"strip colour: the mix over\n~{BIN_ACTIONS} actions; paler: partly idle{waits}"
+    fig.legend(handles=band_legend(drawn) if bands else _one_per_colour(handles.values()), loc="upper left",
+               fontsize=8, frameon=False, title=title, title_fontsize=8, alignment="left",
+               bbox_to_anchor=(1 - (RIGHT_IN - 0.05) / width, 1 - 0.3 / h))  # fmt: skip
     return fig
+
+
+def _one_per_colour(patches) -> list:
+    """The panels' box legends merged: one entry per look, its family qualifiers joined
+    ("F forward" of 1F1B and "F forward (dir 0)" of DualPipe are one blue: "F forward (dir 0)")."""
+    merged: dict[tuple, tuple] = {}  # look -> (first patch, its label without qualifier, qualifiers)
+    for patch in patches:
+        look = (patch.get_facecolor(), patch.get_hatch(), patch.get_edgecolor(), patch.get_linewidth())
+        found = QUALIFIED.match(patch.get_label())
+        base, qualifier = found.groups() if found else (patch.get_label(), None)
+        qualifiers = merged.setdefault(look, (patch, base, []))[2]
+        if qualifier and qualifier not in qualifiers:
+            qualifiers.append(qualifier)
+    for first, base, qualifiers in merged.values():
+        if qualifiers:
+            first.set_label(f"{base} ({' / '.join(qualifiers)})")
+    return [first for first, _, _ in merged.values()]
 
 
 def save_compare(results, path) -> None:

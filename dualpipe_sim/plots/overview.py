@@ -1,17 +1,25 @@
-"""Utilisation bands: a run too long to draw box by box, drawn so it stays true.
+"""Utilisation bands: a run too long to draw box by box, drawn as heat strips that stay true.
 
-Time is cut into bins: one per pixel column, or as many as make a bin last
-about four typical actions when that is fewer (shorter bins would show the op
-mix of an instant, striped).  For each rank and bin the exact
-share of the bin spent in each kind of op (forward, backward, ... per colour
-family, as in the box-by-box chart) is stacked from the bottom of the rank's
-lane, so a column's coloured height is the rank's utilisation in that bin and
-the light grey above it is idle.  The communication lane under it shows the
-share of the bin spent sending P2P (grey) or in all-to-all (purple), and with
-[step] work the optimizer (compute lane) and the grad and cross-copy syncs
-(communication lane) in the Gantt chart's colours.  Nothing
-is drawn narrower than a pixel, so nothing aliases: a thousand tiny P2P sends
-show as the thin share of time they take, not as solid grey blocks.
+Each rank's compute lane is a solid strip whose colour, column by column, is
+what the rank did around that time.  Colour: forward light, backward dark (a
+split backward's input- and weight-gradient halves count as backward), in the
+box chart's colours.  With two colour families (DualPipe's two directions, or a
+V/interleaved rank's first and later stages) the lane is split, the first family
+on top and the second below, each as tall as its share of the work, so the two
+never blend into a muddy hue.  Strength: the strip is as pale (towards the idle
+grey of an empty lane) as the rank was idle; time an op spends waiting for its
+own all-to-all counts half, as the box chart draws it pale.
+
+Shares are exact covered time per pixel column (:func:`coverage`), then
+averaged over a window of about :data:`BIN_ACTIONS` typical actions (a
+triangle: a box of half that width applied twice).  Without the window the
+op-by-op flicker of a column (1F1B's F, B, F, B at a pixel or less per op)
+would beat against the pixel grid and draw stripes that are not in the run;
+with it a column shows the local mix.  The thin lane under each strip mixes the
+P2P (grey) and all-to-all (purple) shares the same way, and with [step] work
+the optimizer (compute lane) and the grad and cross-copy syncs (communication
+lane) in the Gantt chart's colours.  The image is one artist (a pcolor image,
+a few rows per lane and one column per pixel), whatever the size of the run.
 
 :func:`overview_figure` adds the first and the last actions of every rank
 (warm-up and cool-down) box by box under the bands, their time windows
@@ -20,26 +28,31 @@ outlined on the bands.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from matplotlib.colors import to_rgba
+from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
 
 from .. import units
-from ..rules import KIND_NAMES
+from ..rules import KIND_CODES
 from ..trace import A2A, Trace
 from . import canvas
 from .gantt import (
-    BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_GAP, STEP_COLOURS, _row_y, comm_legend, draw_gantt, frame,
-    rank_axis, step_legend,
+    BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_H, STEP_COLOURS, STEP_LABELS, draw_gantt, frame, rank_axis,
 )  # fmt: skip
-from .style import COLOURS, COMM_COLOURS, KIND_WORDS, direction_label, drawn_kind, hues, spans
+from .style import COLOURS, COMM_COLOURS, by_chunk, hues, op_rows, spans
 
-IDLE = "#f4f4f4"
-# One rank's row in image pixels: gap above, compute lane, comm lane, gap below (as ROW_GAP/LANE_H/COMM_H).
-TOP_PX, LANE_PX, COMM_PX, BOTTOM_PX = 5, 31, 8, 6
+IDLE = "#f4f4f4"  # the lane guide's grey: an idle strip is an empty lane
+COMM_IDLE = "#ffffff"
+LANE_ROWS = 12  # image rows per compute lane: the families' split is drawn to 1/12 of the lane
+WAIT_WEIGHT = 0.5  # an op waiting for its own all-to-all is drawn pale: half its colour, half idle
 DETAIL_ACTIONS = 6  # each detail window holds at least this many actions of every rank
-BIN_ACTIONS = 4  # a bin lasts at least this many typical (median) actions
+BIN_ACTIONS = 4  # the averaging window lasts about this many typical (median) actions
 WIDTH_IN = 16.0
+BAND_KINDS = ("forward", "backward")  # the strip's colours per family: F light, B (and I, W) dark
+# What the two colour families stand for (style.hues): trace meaning -> (family 0, family 1) words.
+FAMILY_WORDS = {"dir": ("dir 0", "dir 1"), "chunk": ("rank's 1st stage", "later stages")}
 
 
 def coverage(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -56,6 +69,8 @@ def coverage(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.ndar
 def _shares(rows: np.ndarray, ranks: int, category: np.ndarray, n: int, edges: np.ndarray) -> np.ndarray:
     """(ranks, n, bins): share of each bin each rank spends in each category."""
     out = np.zeros((ranks, n, len(edges) - 1))
+    if len(rows) == 0:
+        return out
     key = rows["rank"].astype(np.int64) * n + category
     order = np.argsort(key, kind="stable")
     key = key[order]
@@ -67,91 +82,183 @@ def _shares(rows: np.ndarray, ranks: int, category: np.ndarray, n: int, edges: n
     return np.clip(out / (edges[1] - edges[0]), 0.0, 1.0)
 
 
-def _stack(shares: np.ndarray, rows_px: int, palette: np.ndarray) -> np.ndarray:
-    """(ranks, rows_px, bins, 4): each bin's shares stacked from the bottom pixel row up,
-    the rest in the palette's last colour."""
-    cum = np.cumsum(shares, axis=1)  # (ranks, n, bins)
-    levels = (np.arange(rows_px)[::-1] + 0.5) / rows_px  # top pixel row first
-    idx = (cum[:, None, :, :] <= levels[None, :, None, None]).sum(axis=2)
-    return palette[idx]
+def _box_mean(a: np.ndarray, half: int) -> np.ndarray:
+    """Mean over the bins i - half .. i + half along the last axis (fewer at the ends:
+    there is no time outside the chart to average in)."""
+    n = a.shape[-1]
+    cs = np.concatenate([np.zeros(a.shape[:-1] + (1,)), np.cumsum(a, axis=-1)], axis=-1)
+    i = np.arange(n)
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, n)
+    return (cs[..., hi] - cs[..., lo]) / (hi - lo)
 
 
-def _category(trace: Trace, comp: np.ndarray) -> np.ndarray:
-    """Each compute row's colour: its colour family x the number of kinds + its drawn kind."""
-    return hues(trace, comp).astype(np.int64) * len(KIND_NAMES) + drawn_kind(comp)
+def smooth(a: np.ndarray, half: int) -> np.ndarray:
+    """``a`` averaged along its last axis with a triangle of 4 * half + 1 bins (a box of
+    2 * half + 1 bins twice); unchanged when half is 0."""
+    return a if half < 1 else _box_mean(_box_mean(a, half), half)
 
 
-def band_image(trace: Trace, t0: float, t1: float, bins: int) -> np.ndarray:
-    """The RGBA image of every rank's bands, rank 0 on top, rows as in the Gantt chart.
-    With [step] work the optimizer is one more share of the compute lane and the grad and
-    cross-copy syncs two more of the communication lane."""
+def _mix(weights: np.ndarray, colours: list[str], rest: str) -> np.ndarray:
+    """RGB of each bin: the colours weighted by ``weights`` (n, ..., bins), ``rest`` for
+    the share left over (shares adding to more than the bin are scaled to fill it)."""
+    total = weights.sum(axis=0)
+    weights = weights / np.maximum(total, 1.0)
+    rgb = np.tensordot(np.array([to_rgb(c) for c in colours]).T, weights, axes=(1, 0))  # (3, ..., bins)
+    rgb += np.multiply.outer(np.array(to_rgb(rest)), 1.0 - np.minimum(total, 1.0))
+    return np.moveaxis(rgb, 0, -1)
+
+
+def _union(rows: np.ndarray, ranks: int, edges: np.ndarray) -> np.ndarray:
+    """(ranks, bins): share of each bin in which a rank has at least one of ``rows`` going."""
+    out = np.zeros((ranks, len(edges) - 1))
+    for r in range(ranks):
+        mine = rows[rows["rank"] == r]
+        if len(mine) == 0:
+            continue
+        mine = mine[np.argsort(mine["start"], kind="stable")]
+        reach = np.maximum.accumulate(mine["end"])  # the latest end so far: a gap after it starts a new block
+        first = np.r_[True, mine["start"][1:] > reach[:-1]]
+        last = np.r_[first[1:], True]
+        out[r] = coverage(mine["start"][first], reach[last], edges)
+    return np.clip(out / (edges[1] - edges[0]), 0.0, 1.0)
+
+
+@dataclass
+class Bands:
+    """What the heat strips of a trace show, per rank and time bin, before colouring."""
+
+    edges: np.ndarray  # bin edges (time)
+    busy: np.ndarray  # (ranks, bins): the strip's strength: computing, plus WAIT_WEIGHT of waiting inside an action
+    compute: np.ndarray  # (ranks, 2 families, 2 BAND_KINDS, bins): the mix of colours (share of the bin in each)
+    optimizer: np.ndarray  # (ranks, bins): share in the optimizer step ([step] work; zeros without)
+    links: np.ndarray  # (ranks, channels, bins): P2P, all-to-all, then the [step] syncs
+    link_names: list[str]  # per channel: "p2p", "a2a" or a step kind name
+    meaning: str  # what the two families stand for: "" (one family), "dir" or "chunk"
+
+    def idle(self) -> np.ndarray:
+        """(ranks, bins): the share of the strip drawn idle grey."""
+        return 1.0 - self.busy
+
+    def drawn(self) -> set:
+        """Legend keys of what shows: (family, kind) pairs, "idle", channel and step names."""
+        eps = 1e-9
+        keys = {(f, k) for f in range(2) for k in range(2) if self.compute[:, f, k].max(initial=0) > eps}
+        if (self.idle() > eps).any():
+            keys.add("idle")
+        if self.optimizer.max(initial=0) > eps:
+            keys.add("optimizer")
+        keys |= {name for c, name in enumerate(self.link_names) if self.links[:, c].max(initial=0) > eps}
+        return keys
+
+    def image(self) -> np.ndarray:
+        """RGBA, 2 + LANE_ROWS rows per rank from the bottom rank up: the communication lane,
+        the compute lane's rows bottom to top, the (transparent) gap above; one column per bin.
+        The lane is stacked from the top: the first family, the second, the optimizer, each
+        as tall as its share of the work in the bin, each in the mix of its colours made as
+        pale as the rank was idle."""
+        ranks, bins = self.busy.shape
+        groups = [self.compute[:, 0], self.compute[:, 1], self.optimizer[:, None]]  # each (ranks, n, bins)
+        palettes = [[COLOURS[f][k] for k in ("F", "B")] for f in (0, 1)] + [[STEP_COLOURS["optimizer"]]]
+        strength = np.stack([g.sum(axis=1) for g in groups])  # (3, ranks, bins)
+        # Where each group ends, as a share of the lane from the top.
+        cut = np.cumsum(strength, axis=0) / np.maximum(strength.sum(axis=0), 1e-12)
+        out = np.zeros((ranks, LANE_ROWS + 2, bins, 4))
+        level = 1.0 - (np.arange(LANE_ROWS) + 0.5) / LANE_ROWS  # each row's height from the top, bottom row first
+        which = (level[None, :, None, None] > cut[:2].transpose(1, 0, 2)[:, None]).sum(axis=2)  # (ranks, rows, bins)
+        for g, (weights, palette) in enumerate(zip(groups, palettes)):
+            mix = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12) * self.busy[:, None]
+            rgb = _mix(np.moveaxis(mix, 1, 0), palette, IDLE)  # (ranks, bins, 3)
+            rows = np.nonzero(which == g)
+            out[:, 1:LANE_ROWS + 1, :, :3][rows] = rgb[rows[0], rows[2]]
+        link_colours = [COMM_COLOURS.get(n) or STEP_COLOURS[n] for n in self.link_names]
+        out[:, 0, :, :3] = _mix(np.moveaxis(self.links, 1, 0), link_colours, COMM_IDLE)
+        out[:, :LANE_ROWS + 1, :, 3] = 1.0
+        return (out[::-1].reshape(ranks * (LANE_ROWS + 2), bins, 4) * 255).round().astype(np.uint8)
+
+
+def typical_action(trace: Trace) -> float:
+    """The median duration of an action (an op with its all-to-all, or an overlapped pair)."""
+    sp = spans(trace)
+    return float(np.median(sp["end"] - sp["start"])) if len(sp) else 0.0
+
+
+def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | None = None) -> Bands:
+    """The shares of ``bins`` equal bins from t0 to t1, averaged over ``window`` time
+    (default :data:`BIN_ACTIONS` typical actions; 0 keeps each bin's own shares)."""
     edges = np.linspace(t0, t1, bins + 1)
-    comp = trace.compute
     ranks = trace.ranks
-    compute = _shares(comp, ranks, _category(trace, comp), 2 * len(KIND_NAMES), edges)
+    comp = trace.compute
+    meaning = "chunk" if by_chunk(trace) else "dir" if len(comp) and (comp["direction"] != 0).any() else ""
+
+    def category(rows):
+        return hues(trace, rows).astype(np.int64) * 2 + (rows["kind"] != KIND_CODES["F"])
+
+    # The mix: each op's computing, plus WAIT_WEIGHT of the rest of its span (waiting for its all-to-all).
+    running = _shares(comp, ranks, category(comp), 4, edges)
+    ops = op_rows(comp)  # one row per op, from its first component to its last
+    span = _shares(ops, ranks, category(ops), 4, edges)
+    compute = (running + WAIT_WEIGHT * np.clip(span - running, 0.0, None)).reshape(ranks, 2, 2, bins)
+    # The strength: time computing, plus WAIT_WEIGHT of the time inside an action (all-to-all
+    # included) not computing; each counted once where pair halves or spans overlap.
+    computing = _union(comp, ranks, edges)
+    busy = computing + WAIT_WEIGHT * np.clip(_union(spans(trace), ranks, edges) - computing, 0.0, None)
     comm = trace.comm
     links = _shares(comm, ranks, np.where(comm["channel"] == A2A, 1, 0).astype(np.int64), 2, edges)
-    palette = [to_rgba(COLOURS[d][k]) for d in (0, 1) for k in KIND_NAMES]
-    comm_palette = [to_rgba(COMM_COLOURS["p2p"]), to_rgba(COMM_COLOURS["a2a"])]
+    names = ["p2p", "a2a"]
+    optimizer = np.zeros((ranks, bins))
     step = trace.step
     if len(step):
         from ..step import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         shares = _shares(step, ranks, step["kind"].astype(np.int64), len(STEP_KIND_NAMES), edges)
         syncs = [k for k in range(len(STEP_KIND_NAMES)) if k != OPTIMIZER]
-        compute = np.concatenate([compute, shares[:, [OPTIMIZER]]], axis=1)
+        optimizer = shares[:, OPTIMIZER]
         links = np.concatenate([links, shares[:, syncs]], axis=1)
-        palette.append(to_rgba(STEP_COLOURS["optimizer"]))
-        comm_palette += [to_rgba(STEP_COLOURS[STEP_KIND_NAMES[k]]) for k in syncs]
-    # Channels of one lane can run at once (two P2P links, a sync beside a send): where their
-    # shares add up to more than the bin, scale them to fill it, keeping their proportions.
-    total = links.sum(axis=1, keepdims=True)
-    links = np.where(total > 1, links / np.maximum(total, 1e-12), links)
-    image = np.zeros((ranks, TOP_PX + LANE_PX + COMM_PX + BOTTOM_PX, bins, 4))
-    image[:, TOP_PX:TOP_PX + LANE_PX] = _stack(compute, LANE_PX, np.array(palette + [to_rgba(IDLE)]))
-    image[:, TOP_PX + LANE_PX:TOP_PX + LANE_PX + COMM_PX] = _stack(links, COMM_PX,
-                                                                   np.array(comm_palette + [to_rgba("#fbfbfb")]))
-    return image.reshape(ranks * image.shape[1], bins, 4)
-
-
-def bin_count(trace: Trace, span: float, pixels: int) -> int:
-    """One bin per pixel column, but no bin shorter than BIN_ACTIONS typical actions: a bin of
-    a fraction of an op would show the op mix of that instant, and the beat between op length
-    and bin length would draw stripes that are not in the run."""
-    sp = spans(trace)
-    typical = float(np.median(sp["end"] - sp["start"])) if len(sp) else 0.0
-    if typical <= 0:
-        return max(16, pixels)
-    return int(np.clip(span / (BIN_ACTIONS * typical), 16, max(16, pixels)))
+        names += [STEP_KIND_NAMES[k] for k in syncs]
+    window = BIN_ACTIONS * typical_action(trace) if window is None else window
+    half = int(round(window / 4 / (edges[1] - edges[0]))) if bins else 0
+    busy = np.clip(smooth(busy + optimizer, half), 0.0, 1.0)
+    return Bands(edges, busy, smooth(compute, half), smooth(optimizer, half), smooth(links, half), names, meaning)
 
 
 def draw_overview(ax, trace: Trace, *, title: str | None = None, span: tuple[float, float] | None = None,
-                  legend: bool = True) -> None:
-    """Utilisation bands of ``trace`` on ``ax`` over ``span`` (default 0 to the end of the step).
-    Place the axes first: bins are pixel columns, or wider (see :func:`bin_count`)."""
+                  legend: bool = True) -> Bands:
+    """Heat strips of ``trace`` on ``ax`` over ``span`` (default 0 to the end of the step), one
+    column per pixel: place the axes first.  Returns what was drawn (for a shared legend)."""
     t0, t1 = span or (0.0, trace.end or 1.0)
     pos = ax.get_position()
-    bins = bin_count(trace, t1 - t0, int(round(pos.width * ax.figure.get_figwidth() * canvas.DPI)))
-    ranks = trace.ranks
-    top = LANE_H + ROW_GAP / 2
-    bottom = _row_y(ranks - 1) - COMM_H - ROW_GAP / 2
-    ax.imshow(band_image(trace, t0, t1, bins), extent=(t0, t1, bottom, top), aspect="auto",
-              interpolation="antialiased", zorder=1)  # fmt: skip
-    rank_axis(ax, ranks, t0, t1)
-    frame(ax, title, legend_handles(trace) if legend else None)
+    bins = max(16, int(round(pos.width * ax.figure.get_figwidth() * canvas.DPI)))
+    bands = band_shares(trace, t0, t1, bins)
+    y = -np.arange(trace.ranks)[::-1, None] * ROW_H + np.r_[-COMM_H, np.linspace(0.0, LANE_H, LANE_ROWS + 1)]
+    y_edges = np.r_[y.ravel(), y[-1, 0] + ROW_H]
+    ax.pcolorfast(bands.edges, y_edges, bands.image(), zorder=1)
+    rank_axis(ax, trace.ranks, t0, t1)
+    frame(ax, title, band_legend([bands]) if legend else None)
+    return bands
 
 
-def legend_handles(trace: Trace) -> list[Patch]:
-    comp = trace.compute
-    used = set(np.unique(_category(trace, comp)).tolist()) if len(comp) else set()
-    n = len(KIND_NAMES)
-    directions = {c // n for c in used} or {0}
-    handles = [Patch(facecolor=COLOURS[c // n][KIND_NAMES[c % n]],
-                     label=f"{KIND_NAMES[c % n]} {KIND_WORDS[KIND_NAMES[c % n]]}{direction_label(trace, directions, c // n)}")
-               for c in sorted(used)]  # fmt: skip
-    handles.append(Patch(facecolor=IDLE, edgecolor="#bbbbbb", label="idle"))
-    handles += comm_legend(trace, " (share of time)")
-    return handles + step_legend(trace)
+def band_legend(drawn: list[Bands]) -> list[Patch]:
+    """One entry per colour some of the ``drawn`` bands show, in a fixed order, short labels;
+    the two families named by what they stand for in the traces drawn."""
+    keys = set().union(*(b.drawn() for b in drawn))
+    meanings = [m for m in FAMILY_WORDS if any(b.meaning == m for b in drawn)]
+    handles = []
+    for f in range(2):
+        qualifier = " / ".join(FAMILY_WORDS[m][f] for m in meanings)
+        for k, word in enumerate(BAND_KINDS):
+            if (f, k) in keys:
+                label = word + (f", {qualifier}" if qualifier else "")
+                handles.append(Patch(facecolor=COLOURS[f]["FB"[k]], label=label))
+    if "idle" in keys:
+        handles.append(Patch(facecolor=IDLE, edgecolor="#bbbbbb", label="idle"))
+    if "optimizer" in keys:
+        handles.append(Patch(facecolor=STEP_COLOURS["optimizer"], label=STEP_LABELS["optimizer"]))
+    for name, label in (("p2p", "P2P send"), ("a2a", "all-to-all")):
+        if name in keys:
+            handles.append(Patch(facecolor=COMM_COLOURS[name], label=label))
+    handles += [Patch(facecolor=STEP_COLOURS[n], label=STEP_LABELS[n]) for n in ("grad_sync", "cross_copy_sync")
+                if n in keys]  # fmt: skip
+    return handles
 
 
 def detail_windows(trace: Trace, k: int = DETAIL_ACTIONS) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -178,9 +285,11 @@ def overview_figure(trace: Trace, title: str):
     h = fig.get_figheight()
     plot_w = WIDTH_IN - LEFT_IN - RIGHT_IN
     ax = fig.add_axes((LEFT_IN / WIDTH_IN, (BOTTOM_IN + chart + gap) / h, plot_w / WIDTH_IN, chart / h))
-    bins = bin_count(trace, trace.end or 1.0, int(plot_w * canvas.DPI))
-    draw_overview(ax, trace, title=title + f"\nutilisation bands: in each time bin ({units.duration((trace.end or 1.0) / bins)}) "
-                  "the coloured height is the share of it spent in each kind of op; grey above it is idle")
+    end = trace.end or 1.0
+    window = max(BIN_ACTIONS * typical_action(trace), end / (plot_w * canvas.DPI))
+    waits = " or waiting for all-to-all" if (trace.comm["channel"] == A2A).any() else ""
+    draw_overview(ax, trace, title=title + f"\nheat strips: each column is the mix of what the rank did over about "
+                  f"{units.duration(window)}; paler is partly idle{waits}")
     warm, cool = detail_windows(trace)
     half = (plot_w - 0.5) / 2
     for i, (label, (t0, t1)) in enumerate((("warm-up", warm), ("cool-down", cool))):
