@@ -20,6 +20,7 @@ from .metrics import Metrics, RankMemory, compute_metrics
 from .model import memory as model_memory
 from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
+from .schedules import closed_form
 from .step import step_metrics, with_step
 from .trace import Trace
 from .validate import validate
@@ -82,7 +83,7 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
             scenario.pipeline.schedule, schedule.stages, schedule.microbatches, costs, **scenario.options()
         )
     else:
-        analytic = None
+        analytic = closed_form.given_schedule()  # null, with the reason
         check_size(scenario, schedule)
         if schedule.stages != scenario.pipeline.stages:
             raise ScenarioError(

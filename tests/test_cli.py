@@ -108,6 +108,26 @@ def test_schedule_file_round_trip(tmp_path, capsys):
     assert own["makespan"] == reg["makespan"] and own["per_rank"] == reg["per_rank"]
 
 
+def test_schedule_file_says_why_no_closed_form(tmp_path, capsys):
+    # Regular 1F1B, 4 stages, 8 micro-batches, p2p 0: inside 1F1B's range, so the built-in
+    # schedule gets (S-1)(F+B) = 3 * (1 + 2) = 9 ms; the same ops read from a file get none, with why.
+    assert main(["schedule", "1f1b", "--stages", "4", "--microbatches", "8", "--format", "json"]) == 0
+    path = tmp_path / "s.json"
+    path.write_text(capsys.readouterr().out)
+    base = ["run", QUICK, "--set", "pipeline.schedule=1f1b", "--set", "pipeline.stages=4",
+            "--set", "pipeline.microbatches=8", "--set", "comm.p2p=0", "--plots", "none"]
+    assert main([*base, "--out", str(tmp_path / "reg")]) == 0
+    assert json.loads((tmp_path / "reg" / "metrics.json").read_text())["analytic"]["bubble"] == 9
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "file"), "--schedule-file", str(path)]) == 0
+    table = capsys.readouterr().out
+    analytic = json.loads((tmp_path / "file" / "metrics.json").read_text())["analytic"]
+    reason = "schedule given (e.g. read from a file), not built from pipeline.schedule: no closed form"
+    # the keys every run's analytic has, in their order; only reason is filled
+    assert analytic == {"bubble": None, "peak_activation": None, "formula": None, "range": None, "reason": reason}
+    assert f"closed-form bubble not given: {reason}" in table.splitlines()
+
+
 def test_schedules_lists_constraints(capsys):
     assert main(["schedules"]) == 0
     out = capsys.readouterr().out

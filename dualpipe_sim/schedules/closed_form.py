@@ -56,6 +56,16 @@ def result(bubble: float | None, peak, formula: str, range_: str, reason: str | 
     }
 
 
+# A schedule not built by a family (read from a file, or a Schedule given to
+# simulation.run) has no formula: its ``analytic`` says so instead of staying blank.
+GIVEN_REASON = "schedule given (e.g. read from a file), not built from pipeline.schedule: no closed form"
+
+
+def given_schedule() -> dict:
+    """The ``analytic`` dict of a schedule given to the run rather than built by a family."""
+    return result(None, None, None, None, reason=GIVEN_REASON)
+
+
 def le(a: float, b: float) -> bool:
     """a <= b up to rounding."""
     return a <= b + TOL * max(1.0, abs(a), abs(b))
