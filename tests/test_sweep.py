@@ -233,6 +233,11 @@ def test_cli_sweep_writes_and_reports(tmp_path, scenario, capsys):
         (["--grid", "pipeline.stages=2", "--jobs", "2", "--dask-scheduler", "tcp://127.0.0.1:1"],
          "error: --jobs: does not apply with --dask-scheduler"),
         (["--grid", "pipeline.stages=2", "--set", "costs.forward=-1"], "error: costs.forward: input should be"),
+        # an empty address is a slip, not "no Dask": said before anything runs
+        (["--grid", "pipeline.stages=2", "--dask-scheduler", ""],
+         "error: --dask-scheduler: empty address ''; give the scheduler's address, e.g. tcp://host:8786"),
+        (["--grid", "pipeline.stages=2", "--dask-scheduler", "  "],
+         "error: --dask-scheduler: empty address '  '; give the scheduler's address, e.g. tcp://host:8786"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, scenario, capsys, extra, message):

@@ -73,6 +73,9 @@ def run_sweep(
     ``memory_limit``: bytes (or ``"80GiB"``) for summary.md; ``progress`` is told of
     each finished point (progress.py); ``charts=False`` skips the PNG charts.
     Raises ScenarioError or SweepError (bad input, nothing written) or Interrupted."""
+    if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
+        raise SweepError("dask_scheduler", f"empty address {dask_scheduler!r}; give the scheduler's address, "
+                                           f"e.g. tcp://host:8786 (or leave it out to run locally)")
     out = Path(out)
     raw = scenario if isinstance(scenario, dict) else load_raw(scenario)
     base = apply_overrides(raw, list(overrides))
