@@ -405,8 +405,15 @@ def _cmd_sweep(args) -> int:
     if report.other_rows:
         print(f"results.csv also keeps {report.other_rows} rows of earlier grids (after this grid's rows)")
     print("wrote " + ", ".join(str(f) for f in report.files))
-    _warn(oddities(load_scenario(args.scenario, args.overrides)))  # of the base; the points may differ
+    _warn([sweep_warning(o, report.points) for o in report.oddities])
     return 0
+
+
+def sweep_warning(odd, total: int) -> str:
+    """One grid-wide oddity: its line at the first point it holds for, and how many points."""
+    if len(odd.points) == total:
+        return f"{odd.text} (at every point)"
+    return f"{odd.text} (at {len(odd.points)} of {total} points, e.g. {' '.join(odd.example.overrides)})"
 
 
 # -- --grid syntax --------------------------------------------------------------------------

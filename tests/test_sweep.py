@@ -283,3 +283,35 @@ def test_a_swept_cost_axis_gets_its_own_chart(tmp_path, scenario):
     assert (tmp_path / "out" / "vs_comm.p2p.png").read_bytes()[:4] == b"\x89PNG"
     axes = parse_grid(grid + ["pipeline.stages=2,4"])
     assert numeric_axes([], axes) == ["comm.p2p"]  # not schedule, stages or micro-batches
+
+
+# F = 1, B = 2 (SCENARIO): an overlapped pair under max(F, B) = 2 is odd, 2 to F + B = 3 is not.
+ODD_TAIL = ("is less than the longer half alone, max(F, B) = 2: an overlapped F+B pair would be faster than its "
+            "backward on its own (expected between max(F, B) and F + B = 3)")
+
+
+def test_sweep_warns_about_odd_grid_points_not_only_the_base(tmp_path, scenario, capsys):
+    # The base has no costs.overlapped (nothing odd); the grid makes 2 of its 3 values odd,
+    # at both stage counts: 4 of 6 points, the first in grid order being (0.5, 2 stages).
+    assert main(["sweep", str(scenario), "--grid", "costs.overlapped=2.5,0.5,1.5", "--grid", "pipeline.stages=2,4",
+                 "--out", str(tmp_path / "o"), "--jobs", "1", "--plots", "none"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"warning: costs.overlapped: 0.5 at stage 0 {ODD_TAIL} (at 4 of 6 points, e.g. "
+                   f"costs.overlapped=0.5 pipeline.stages=2)\n")
+
+
+def test_sweep_oddities_name_their_points_and_pass_over_invalid_ones(tmp_path, scenario):
+    # A per-stage list of 2 values: valid at 2 stages (stage 1's 1.5 < 2 is odd), not a
+    # scenario at 4 stages (an error row), so the warning holds at 1 point of 2.
+    report = run_sweep(scenario, parse_grid(["pipeline.stages=2,4"]), tmp_path / "o", jobs=1, charts=False,
+                       overrides=["pipeline.stages=2", "costs.overlapped=[2.5, 1.5]"])
+    assert report.counts == {"ok": 1, "skipped": 0, "error": 1}
+    [odd] = report.oddities
+    assert odd.key == "costs.overlapped" and odd.text == f"costs.overlapped: 1.5 at stage 1 {ODD_TAIL}"
+    assert [p.overrides for p in odd.points] == [("pipeline.stages=2",)] and odd.example == odd.points[0]
+
+
+def test_an_odd_base_warns_once_for_every_point(tmp_path, scenario, capsys):
+    assert main(["sweep", str(scenario), "--grid", "pipeline.stages=2,4", "--set", "costs.overlapped=1",
+                 "--out", str(tmp_path / "o"), "--jobs", "1", "--plots", "none"]) == 0
+    assert capsys.readouterr().err == f"warning: costs.overlapped: 1 at stage 0 {ODD_TAIL} (at every point)\n"

@@ -18,14 +18,14 @@ safely in results.csv.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from ..outputs import write_all, write_text
 from ..progress import Progress, report
 from ..scenario import apply_overrides, load_raw
 from .errors import SweepError
 from .executors import DaskExecutor, LocalExecutor
-from .grid import Axis, check_against, make_axes, points
+from .grid import Axis, Oddity, check_against, grid_oddities, make_axes, points
 from .results import ResultsFile, ResumeError, columns, extend_rows, make_row, point_key, read_rows, row_key
 from .summary import parse_bytes, summary_markdown
 
@@ -51,6 +51,7 @@ class SweepReport:
     files: list[Path]
     executor: str
     other_rows: int = 0  # rows of earlier grids of the same scenario, kept after this grid's in results.csv
+    oddities: list[Oddity] = field(default_factory=list)  # legal but odd input, and at which points
 
 
 def run_sweep(
@@ -93,6 +94,7 @@ def run_sweep(
     done = {row_key(base, r) for r in kept}
     keys = [point_key(base, p.overrides) for p in grid_points]
     todo = [p for p, key in zip(grid_points, keys) if key not in done]
+    odd = grid_oddities(base, grid_points)  # every point's, not only the base's
     executor = DaskExecutor(dask_scheduler) if dask_scheduler else LocalExecutor(jobs)
 
     try:
@@ -109,7 +111,7 @@ def run_sweep(
     rows, others = results.finish(keys, base)
     files = [path, *write_reports(out, rows, cols, axes, limit, charts)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
-    return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe(), len(others))
+    return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe(), len(others), odd)
 
 
 def _run_points(executor, base, todo, axes, cols, results: ResultsFile, progress) -> None:
@@ -135,4 +137,4 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     return write_all(out, writers)
 
 
-__all__ = ["run_sweep", "SweepReport", "SweepError", "ResumeError", "Interrupted", "Axis", "RESULTS", "SUMMARY", "PLOTS"]
+__all__ = ["run_sweep", "SweepReport", "SweepError", "ResumeError", "Interrupted", "Axis", "Oddity", "RESULTS", "SUMMARY", "PLOTS"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from .. import registry
-from ..scenario import Scenario, ScenarioError, apply_overrides, from_dict
+from ..scenario import Scenario, ScenarioError, apply_overrides, from_dict, oddities
 
 MAX_POINTS = 1_000_000  # a guard against a typo such as a range of 1e9 values
 
@@ -142,3 +142,30 @@ def check_against(base: dict, axes: list[Axis]) -> None:
                     f"grid value pipeline.schedule={text}: unknown schedule {data['pipeline']['schedule']!r}; "
                     f"known: {', '.join(known)}"
                 )
+
+
+@dataclass(frozen=True)
+class Oddity:
+    """A scenario.oddities() warning across a grid: its line at the first point it
+    holds for (``example``) and every point it holds for (``points``, grid order)."""
+
+    key: str  # the scenario key the line starts with, e.g. costs.overlapped
+    text: str
+    example: Point
+    points: tuple[Point, ...]
+
+
+def grid_oddities(base: dict, grid_points: list[Point]) -> list[Oddity]:
+    """scenario.oddities() of every point, one Oddity per key the lines name (the
+    lines' numbers differ from point to point), in order of first appearance.  A
+    point that is not a valid scenario is passed over: its row says why."""
+    found: dict[str, list] = {}
+    for point in grid_points:
+        try:
+            lines = oddities(from_dict(apply_overrides(base, list(point.overrides))))
+        except ScenarioError:
+            continue
+        for line in lines:
+            key = line.partition(":")[0]
+            found.setdefault(key, [line, point, []])[2].append(point)
+    return [Oddity(key, text, example, tuple(pts)) for key, (text, example, pts) in found.items()]
