@@ -108,4 +108,13 @@ def test_compare_box_legend_merges_qualifiers():
     fig = compare_figure(compare.compare(s, ["1f1b", "dualpipe"]).results)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(labels) == len(set(labels))
-    assert "F forward (dir 0)" in labels and "F forward" not in labels and "F forward (dir 1)" in labels
+    assert labels[:2] == ["F forward (dir 0)", "B backward (dir 0)"] and "F forward" not in labels
+    # With a V schedule too: blue is both dir 0 and a rank's first stage, named once, op colours first.
+    fig = compare_figure(compare.compare(s, ["1f1b", "dualpipe", "zbv"]).results)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(labels) == len(set(labels))
+    # ZB-V splits every backward into I and W: no B of its own, so B stays "dir 0" alone; DualPipe
+    # splits some (warm-up and cool-down), so I is both.
+    assert labels[:3] == ["F forward (dir 0 / 1st stage)", "B backward (dir 0)", "I input-grad (dir 0 / 1st stage)"]
+    ops = [i for i, label in enumerate(labels) if label[:2] in ("F ", "B ", "I ", "W ")]
+    assert ops == list(range(len(ops))) and "F forward (dir 1 / later stages)" in labels

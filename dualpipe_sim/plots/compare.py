@@ -17,12 +17,14 @@ import re
 
 from . import canvas
 from .gantt import BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, draw_gantt, figure_width, gantt_title, legend_for, too_dense
+from .style import COLOURS
 
 HEAD_IN = 0.75  # title and time axis per panel
 MAX_CHARTS_IN = 16.0  # the rows of all panels together, at most (rows shrink to fit, down to MIN_ROW_IN)
 MIN_ROW_IN = 0.14
 MAX_WIDTH_IN = 24.0
 QUALIFIED = re.compile(r"^(.*) \((dir \d|rank's \w+ stage)\)$")  # a box legend label naming a colour family
+SHORT = {"rank's first stage": "1st stage", "rank's later stage": "later stages"}  # as the heat strips' legend
 
 
 def compare_figure(results):
@@ -64,19 +66,28 @@ def compare_figure(results):
 
 def _one_per_colour(patches) -> list:
     """The panels' box legends merged: one entry per look, its family qualifiers joined
-    ("F forward" of 1F1B and "F forward (dir 0)" of DualPipe are one blue: "F forward (dir 0)")."""
+    ("F forward" of 1F1B and "F forward (dir 0)" of DualPipe are one blue: "F forward (dir 0)"),
+    the op colours first, direction 0 / first stage before 1, each in kind order."""
     merged: dict[tuple, tuple] = {}  # look -> (first patch, its label without qualifier, qualifiers)
     for patch in patches:
         look = (patch.get_facecolor(), patch.get_hatch(), patch.get_edgecolor(), patch.get_linewidth())
         found = QUALIFIED.match(patch.get_label())
         base, qualifier = found.groups() if found else (patch.get_label(), None)
         qualifiers = merged.setdefault(look, (patch, base, []))[2]
+        qualifier = SHORT.get(qualifier, qualifier)
         if qualifier and qualifier not in qualifiers:
             qualifiers.append(qualifier)
     for first, base, qualifiers in merged.values():
         if qualifiers:
             first.set_label(f"{base} ({' / '.join(qualifiers)})")
-    return [first for first, _, _ in merged.values()]
+    ops = {_rgba(c): (f, i) for f in (0, 1) for i, c in enumerate(COLOURS[f].values())}
+    entries = [first for first, _, _ in merged.values()]
+    return sorted(entries, key=lambda p: ops.get(tuple(p.get_facecolor()), (2, 0)))  # stable: the rest as met
+
+
+def _rgba(colour: str) -> tuple[float, ...]:
+    """'#rrggbb' as the RGBA a patch reports."""
+    return tuple(int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)) + (1.0,)
 
 
 def save_compare(results, path) -> None:
