@@ -48,7 +48,7 @@ COMM_IDLE = "#ffffff"
 LANE_ROWS = 12  # image rows per compute lane: the families' split is drawn to 1/12 of the lane
 WAIT_WEIGHT = 0.5  # an op waiting for its own all-to-all is drawn pale: half its colour, half idle
 DETAIL_ACTIONS = 6  # each detail window holds at least this many actions of every rank
-BIN_ACTIONS = 4  # the averaging window lasts about this many typical (median) actions
+BIN_ACTIONS = 8  # the averaging window lasts about this many typical (median) actions (see docs/charts.md)
 WIDTH_IN = 16.0
 BAND_KINDS = ("forward", "backward")  # the strip's colours per family: F light, B (and I, W) dark
 # What the two colour families stand for (style.hues): trace meaning -> (family 0, family 1) words.
