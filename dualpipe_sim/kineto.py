@@ -28,9 +28,12 @@ import bisect
 import gzip
 import json
 import math
+import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import limits, units
 from .costs import COMPONENTS
 
 # DeepSeek's profile-data names (train.json) -> [chunk] component names.
@@ -93,18 +96,11 @@ def parse_map(items: list[str]) -> dict[str, str]:
     return names
 
 
-def load(path: str | Path) -> dict:
-    """The trace's JSON object, from ``.json`` or gzip-compressed ``.json.gz``."""
+def load(path: str | Path, max_bytes: int | None = None) -> dict:
+    """The trace's JSON object, from ``.json`` or gzip-compressed ``.json.gz``; more
+    than ``max_bytes`` of JSON (default limits.MAX_TRACE_BYTES) is refused."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TraceError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, ValueError) as exc:
-            raise TraceError(f"{path}: broken gzip data: {exc}") from None
+    raw = _read_capped(path, limits.MAX_TRACE_BYTES if max_bytes is None else max_bytes)
     try:
         data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, our NaN refusal
@@ -112,6 +108,32 @@ def load(path: str | Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
         raise TraceError(f"{path}: not a Kineto trace: expected a JSON object with a traceEvents list")
     return data
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    """The file's JSON bytes (gzip undone), read no further than ``limit`` + 1 of them:
+    a plain file over the limit is refused by its size, a gzip one once it decompresses past it."""
+    try:
+        with path.open("rb") as f:
+            gz = f.peek(2)[:2] == b"\x1f\x8b"  # gzip magic, whatever the file is called
+            size = os.fstat(f.fileno()).st_size
+            if not gz and size > limit:
+                raise TraceError(_too_big(path, limit, f"{units.nbytes(size)}, over"))
+            try:
+                raw = (gzip.GzipFile(fileobj=f) if gz else f).read(limit + 1)
+            except (EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+                raise TraceError(f"{path}: broken gzip data: {exc}") from None
+    except OSError as exc:
+        raise TraceError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > limit:  # a pipe, or gzip data
+        raise TraceError(_too_big(path, limit, "decompresses to more than" if gz else "more than"))
+    return raw
+
+
+def _too_big(path: Path, limit: int, amount: str) -> str:
+    return (f"{path}: {amount} the {units.nbytes(limit)} of JSON a trace may have (limits.MAX_TRACE_BYTES: "
+            f"it is parsed whole, about {limits.TRACE_BYTES_FACTOR} bytes of memory per byte); calibrating needs "
+            f"one overlapped forward+backward pair (DeepSeek's train.json is 3.1 MB): profile fewer steps")
 
 
 def _no_constant(name: str):

@@ -10,6 +10,13 @@ and W for every stage of every micro-batch), so it is refused before anything
 is built when 3 S M x 8 KiB exceeds ``limits.max_memory`` (default
 :data:`DEFAULT_MAX_MEMORY` = 4 GiB, i.e. about 520 000 ops).
 
+Traces.  ``calibrate`` parses a profiler trace whole (json.loads): read and
+parsed, DeepSeek's 3.1 MB ``train.json`` peaked at 5.2 bytes of Python memory
+per byte of JSON (tracemalloc, gzip or not), :data:`TRACE_BYTES_FACTOR`
+rounds that up to 6.  So a trace is refused past :data:`MAX_TRACE_BYTES` of
+JSON (after gzip), the same 4 GiB budget / 6, about 716 MB: some 230 times a
+one-pair trace such as DeepSeek's, which is all a calibration needs.
+
 Events.  A rank process and a transfer each take a bounded number of SimPy
 events per action, so a run that can finish does so in at most
 :func:`max_events` steps; the engine stops with the stuck ops named if it ever
@@ -23,6 +30,8 @@ from .units import nbytes as _bytes
 BYTES_PER_OP = 8 * 1024
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 OPS_PER_STAGE_AND_MICROBATCH = 3  # F, I, W: the most any schedule runs
+TRACE_BYTES_FACTOR = 6  # Python memory per byte of trace JSON while it is read (5.2 measured)
+MAX_TRACE_BYTES = DEFAULT_MAX_MEMORY // TRACE_BYTES_FACTOR  # JSON bytes, after gzip: about 716 MB
 EVENTS_PER_OP = 32  # generous: runs use about 3 SimPy events per op, transfers included (measured)
 
 

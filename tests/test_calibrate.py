@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import calibrate, kineto, scenario
+from dualpipe_sim import calibrate, kineto, limits, scenario, units
 from dualpipe_sim.cli import main
 from dualpipe_sim.costs import COMPONENTS
 
@@ -381,6 +381,37 @@ def test_out_that_is_a_file_one_line_exit_2(tmp_path, capsys):
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith("error: --out: ") and "is a file, not a folder" in captured.err
     assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_trace_over_the_size_limit_is_refused(tmp_path, capsys, monkeypatch, gz):
+    # The hand-worked pair, N bytes of JSON: read at a limit of N, refused at N - 1, naming the
+    # file and the limit (plain: by its size before reading; gzip: once it decompresses past it).
+    n = len(json.dumps(pair_trace().doc()).encode())
+    path = pair_trace().write(tmp_path / ("t.json.gz" if gz else "t.json"), gz=gz)
+    monkeypatch.setattr(limits, "MAX_TRACE_BYTES", n)
+    assert main(["calibrate", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["components"] == pytest.approx(EXPECTED)
+    with pytest.raises(kineto.TraceError, match="of JSON a trace may have"):  # the limit as a parameter too
+        kineto.load(path, max_bytes=n - 1)
+    monkeypatch.setattr(limits, "MAX_TRACE_BYTES", n - 1)
+    out = tmp_path / "out"
+    assert main(["calibrate", str(path), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    amount = "decompresses to more than" if gz else f"{units.nbytes(n)}, over"
+    assert captured.out == "" and captured.err.count("\n") == 1 and not out.exists()
+    assert captured.err.startswith(f"error: {path}: {amount} the {units.nbytes(n - 1)} of JSON a trace "
+                                   f"may have (limits.MAX_TRACE_BYTES: "), captured.err
+
+
+def test_the_default_limit_refuses_a_large_file_without_reading_it(tmp_path):
+    # 4 GiB / 6 bytes of memory per JSON byte (5.2 measured on DeepSeek's train.json).
+    assert limits.MAX_TRACE_BYTES == 4 * 2**30 // 6 == 715_827_882
+    path = tmp_path / "huge.json"
+    with path.open("wb") as f:  # sparse: 10 GB long, no disk used; reading it would take 10 GB
+        f.truncate(10 * 10**9)
+    with pytest.raises(kineto.TraceError, match=r"huge.json: 10 GB, over the 716 MB of JSON a trace may have"):
+        kineto.read(path)
 
 
 @pytest.mark.parametrize("args, fragment", [
