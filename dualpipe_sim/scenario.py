@@ -357,6 +357,13 @@ def oddities(scenario: Scenario) -> list[str]:
                     f"on its own (expected between max(F, B) and F + B = {fs + bs:g})"
                 )
                 break
+            if pair > fs + bs:
+                found.append(
+                    f"costs.overlapped: {pair:g} at stage {s} is more than F + B = {fs + bs:g}, the two halves one "
+                    f"after the other: overlapping them would slow the pair down (expected between max(F, B) = "
+                    f"{max(fs, bs):g} and F + B)"
+                )
+                break
     return found
 
 

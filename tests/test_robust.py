@@ -333,3 +333,13 @@ def test_version(capsys):
     from dualpipe_sim import __version__
 
     assert capsys.readouterr().out == f"dualpipe-sim {__version__}\n"
+
+
+def test_a_pair_slower_than_its_halves_one_after_the_other_warns_and_runs(tmp_path, capsys):
+    # quickstart: F = 1, B = 2 per stage, so F + B = 3; a pair of 3 is legal and quiet, 3.5 is odd.
+    assert main(["run", QUICK, "--set", "costs.overlapped=3", "--out", str(tmp_path / "quiet")]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["run", QUICK, "--set", "costs.overlapped=3.5", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert err == ("warning: costs.overlapped: 3.5 at stage 0 is more than F + B = 3, the two halves one after the "
+                   "other: overlapping them would slow the pair down (expected between max(F, B) = 2 and F + B)\n")

@@ -315,3 +315,15 @@ def test_an_odd_base_warns_once_for_every_point(tmp_path, scenario, capsys):
     assert main(["sweep", str(scenario), "--grid", "pipeline.stages=2,4", "--set", "costs.overlapped=1",
                  "--out", str(tmp_path / "o"), "--jobs", "1", "--plots", "none"]) == 0
     assert capsys.readouterr().err == f"warning: costs.overlapped: 1 at stage 0 {ODD_TAIL} (at every point)\n"
+
+
+def test_two_kinds_of_warning_about_one_key_are_counted_apart(tmp_path, scenario, capsys):
+    # F = 1, B = 2: 0.5 is under max(F, B) = 2 (at both stage counts), 3.5 over F + B = 3 (at both).
+    assert main(["sweep", str(scenario), "--grid", "costs.overlapped=0.5,2.5,3.5", "--grid", "pipeline.stages=2,4",
+                 "--out", str(tmp_path / "o"), "--jobs", "1", "--plots", "none"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("warning: costs.overlapped: 0.5 at stage 0 is less than the longer half alone")
+    assert lines[0].endswith("(at 2 of 6 points, e.g. costs.overlapped=0.5 pipeline.stages=2)")
+    assert lines[1].startswith("warning: costs.overlapped: 3.5 at stage 0 is more than F + B = 3")
+    assert lines[1].endswith("(at 2 of 6 points, e.g. costs.overlapped=3.5 pipeline.stages=2)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -156,8 +157,8 @@ class Oddity:
 
 
 def grid_oddities(base: dict, grid_points: list[Point]) -> list[Oddity]:
-    """scenario.oddities() of every point, one Oddity per key the lines name (the
-    lines' numbers differ from point to point), in order of first appearance.  A
+    """scenario.oddities() of every point, one Oddity per kind of warning (the same
+    line but for its numbers, which differ from point to point), in order of first appearance.  A
     point that is not a valid scenario is passed over: its row says why."""
     found: dict[str, list] = {}
     for point in grid_points:
@@ -166,6 +167,11 @@ def grid_oddities(base: dict, grid_points: list[Point]) -> list[Oddity]:
         except ScenarioError:
             continue
         for line in lines:
-            key = line.partition(":")[0]
-            found.setdefault(key, [line, point, []])[2].append(point)
-    return [Oddity(key, text, example, tuple(pts)) for key, (text, example, pts) in found.items()]
+            found.setdefault(_shape(line), [line, point, []])[2].append(point)
+    return [Oddity(text.partition(":")[0], text, example, tuple(pts)) for text, example, pts in found.values()]
+
+
+def _shape(line: str) -> str:
+    """A warning without its numbers: one warning however its figures vary over the grid,
+    two for two kinds of warning about the same key."""
+    return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", line)
