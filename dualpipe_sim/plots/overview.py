@@ -111,11 +111,12 @@ def _mix(weights: np.ndarray, colours: list[str], rest: str) -> np.ndarray:
 def _union(rows: np.ndarray, ranks: int, edges: np.ndarray) -> np.ndarray:
     """(ranks, bins): share of each bin in which a rank has at least one of ``rows`` going."""
     out = np.zeros((ranks, len(edges) - 1))
+    rows = rows[np.lexsort((rows["start"], rows["rank"]))]
+    bounds = np.searchsorted(rows["rank"], np.arange(ranks + 1))
     for r in range(ranks):
-        mine = rows[rows["rank"] == r]
+        mine = rows[bounds[r]:bounds[r + 1]]
         if len(mine) == 0:
             continue
-        mine = mine[np.argsort(mine["start"], kind="stable")]
         reach = np.maximum.accumulate(mine["end"])  # the latest end so far: a gap after it starts a new block
         first = np.r_[True, mine["start"][1:] > reach[:-1]]
         last = np.r_[first[1:], True]
@@ -162,18 +163,26 @@ class Bands:
         strength = np.stack([g.sum(axis=1) for g in groups])  # (3, ranks, bins)
         # Where each group ends, as a share of the lane from the top.
         cut = np.cumsum(strength, axis=0) / np.maximum(strength.sum(axis=0), 1e-12)
-        out = np.zeros((ranks, LANE_ROWS + 2, bins, 4))
         level = 1.0 - (np.arange(LANE_ROWS) + 0.5) / LANE_ROWS  # each row's height from the top, bottom row first
         which = (level[None, :, None, None] > cut[:2].transpose(1, 0, 2)[:, None]).sum(axis=2)  # (ranks, rows, bins)
-        for g, (weights, palette) in enumerate(zip(groups, palettes)):
-            mix = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12) * self.busy[:, None]
-            rgb = _mix(np.moveaxis(mix, 1, 0), palette, IDLE)  # (ranks, bins, 3)
-            rows = np.nonzero(which == g)
-            out[:, 1:LANE_ROWS + 1, :, :3][rows] = rgb[rows[0], rows[2]]
+        rgb = np.stack([self._strip(w, palette) for w, palette in zip(groups, palettes)], axis=1)
+        out = np.zeros((ranks, LANE_ROWS + 2, bins, 4), np.uint8)
+        out[:, 1:LANE_ROWS + 1, :, :3] = np.take_along_axis(rgb, which[..., None], axis=1)  # rgb: (ranks, 3, bins, 3)
         link_colours = [COMM_COLOURS.get(n) or STEP_COLOURS[n] for n in self.link_names]
-        out[:, 0, :, :3] = _mix(np.moveaxis(self.links, 1, 0), link_colours, COMM_IDLE)
-        out[:, :LANE_ROWS + 1, :, 3] = 1.0
-        return (out[::-1].reshape(ranks * (LANE_ROWS + 2), bins, 4) * 255).round().astype(np.uint8)
+        out[:, 0, :, :3] = _bytes(_mix(np.moveaxis(self.links, 1, 0), link_colours, COMM_IDLE))
+        out[:, :LANE_ROWS + 1, :, 3] = 255
+        return out[::-1].reshape(ranks * (LANE_ROWS + 2), bins, 4)
+
+    def _strip(self, weights: np.ndarray, palette: list[str]) -> np.ndarray:
+        """(ranks, bins, 3) bytes: one group's colours mixed in proportion to ``weights``
+        (ranks, colours, bins), made as pale as the rank was idle."""
+        mix = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12) * self.busy[:, None]
+        return _bytes(_mix(np.moveaxis(mix, 1, 0), palette, IDLE))
+
+
+def _bytes(rgb: np.ndarray) -> np.ndarray:
+    """Colours 0-1 as 0-255 bytes."""
+    return (rgb * 255 + 0.5).astype(np.uint8)
 
 
 def typical_action(trace: Trace) -> float:
