@@ -131,7 +131,8 @@ def _read_capped(path: Path, limit: int) -> bytes:
 
 
 def _too_big(path: Path, limit: int, amount: str) -> str:
-    return (f"{path}: {amount} the {units.nbytes(limit)} of JSON a trace may have (limits.MAX_TRACE_BYTES: "
+    source = "limits.MAX_TRACE_BYTES" if limit == limits.MAX_TRACE_BYTES else "max_bytes"
+    return (f"{path}: {amount} the {units.nbytes(limit)} of JSON a trace may have ({source}: "
             f"it is parsed whole, about {limits.TRACE_BYTES_FACTOR} bytes of memory per byte); calibrating needs "
             f"one overlapped forward+backward pair (DeepSeek's train.json is 3.1 MB): profile fewer steps")
 
