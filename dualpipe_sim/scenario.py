@@ -157,7 +157,8 @@ class Step(_Section):
     # per stage held on two ranks: summing the two copies; "derived" as grad_sync
     cross_copy_sync: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
-    optimizer: PerStageNonNeg = 0.0  # per stage copy: its share of its rank's optimizer step
+    # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
+    optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
 
     @field_validator("grad_sync_buckets", mode="before")
@@ -165,7 +166,7 @@ class Step(_Section):
     def _whole(cls, v):
         return Pipeline._whole(v)
 
-    @field_validator("grad_sync", "cross_copy_sync", mode="before")
+    @field_validator("grad_sync", "cross_copy_sync", "optimizer", mode="before")
     @classmethod
     def _time_or_derived(cls, v):
         if isinstance(v, str) and v != "derived":
@@ -235,7 +236,7 @@ class Scenario(_Section):
             return None
         S, st = self.pipeline.stages, self.step
         derived = {}
-        for key in ("grad_sync", "cross_copy_sync"):
+        for key in ("grad_sync", "cross_copy_sync", "optimizer"):
             if getattr(st, key) == "derived":
                 from .model.step_figures import derived_sync
 
@@ -246,7 +247,7 @@ class Scenario(_Section):
         return StepCosts(
             grad_sync=derived.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
             cross_copy_sync=derived.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
-            optimizer=_per_stage(st.optimizer, S, "step.optimizer"),
+            optimizer=derived.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=st.grad_sync_buckets,
