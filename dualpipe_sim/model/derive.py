@@ -162,7 +162,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
     section = scenario.hardware
     if section is not None:
         hw, eff, overhead = hardware(section), section.efficiency, section.a2a_overhead
-    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.memory.recompute, DTYPES[m.activations_dtype],
+    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead)  # fmt: skip
 
 
