@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
     cmp_.add_argument("scenario", help="scenario TOML file")
     cmp_.add_argument("--schedules", default=",".join(compare.DEFAULT_SCHEDULES),
-                      help="comma-separated schedule names (default: %(default)s)")
+                      help="comma-separated schedule names (default: %(default)s); with B > F, chimera shows "
+                           "the faster of direct concatenation and chimera-doubling, and says which")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")

@@ -181,6 +181,21 @@ def test_doubling_beats_direct_concatenation_at_8_by_64():
     assert doubling.bubble_ratio <= one_f_one_b.bubble_ratio
 
 
+@pytest.mark.parametrize("D,N", [(4, 8), (4, 24), (6, 24), (8, 32)])
+@pytest.mark.parametrize("B", [1.0, 1.5, 2.0, 3.0, 4.0])
+def test_doubling_is_never_slower_than_direct_at_equal_costs(D, N, B):
+    from dualpipe_sim.costs import CostModel
+    from dualpipe_sim.fastpath import simulate
+    from dualpipe_sim.metrics import compute_metrics
+
+    costs = CostModel.uniform(D, 1.0, B)
+    doubling = compute_metrics(simulate(registry.build("chimera-doubling", D, N), costs)).makespan
+    direct = compute_metrics(simulate(registry.build("chimera", D, N), costs)).makespan
+    assert doubling <= direct + 1e-9
+    if B == 1.0:  # both idle (D - 2) F: the same makespan N(F + B) + (D - 2) F
+        assert doubling == direct == N * 2 + (D - 2)
+
+
 def test_default_recompute_is_full_and_costs_a_forward_per_backward():
     # The authors' doubling scripts pass --recompute_step: run_backward re-runs the stage forward.
     costs = {"forward": 1.0, "backward": 2.0}
@@ -238,6 +253,18 @@ def test_compare_shows_the_faster_chimera_and_says_which(tmp_path):
     assert compare.compare(same, ["chimera"]).notes == ()
     both = compare.compare(scenario, ["chimera", "chimera-doubling"])
     assert [r.metrics.schedule for r in both.results] == ["chimera", "chimera-doubling"] and both.notes == ()
+
+
+def test_help_and_cli_compare_say_which_variant(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "chimera-doubling" in " ".join(capsys.readouterr().out.split())
+    args = ["compare", "scenarios/quickstart.toml", "--schedules", "chimera", "--set", "pipeline.microbatches=16",
+            "--set", "memory.recompute=none", "--plots", "none", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| chimera-doubling |" in out and "chimera: forward doubling shown" in out
+    assert "chimera: forward doubling shown" in (tmp_path / "o" / "compare.md").read_text()
 
 
 def test_schedule_verb_prints_it(capsys):
