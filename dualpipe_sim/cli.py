@@ -238,6 +238,9 @@ def _cmd_run(args) -> int:
         sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
         print(summary_table(metrics))
+        if "recompute" not in scenario.memory.model_fields_set and scenario.recompute() != "none":
+            print(f"memory.recompute {scenario.recompute()}: {metrics.schedule}'s default (as its source runs it); "
+                  "--set memory.recompute=none to leave it out")
         if repeats:
             print("\n" + repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))

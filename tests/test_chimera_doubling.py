@@ -267,6 +267,19 @@ def test_help_and_cli_compare_say_which_variant(tmp_path, capsys):
     assert "chimera: forward doubling shown" in (tmp_path / "o" / "compare.md").read_text()
 
 
+def test_run_says_when_the_default_recompute_applies(tmp_path, capsys):
+    base = ["run", "scenarios/quickstart.toml", "--set", "pipeline.schedule=chimera-doubling",
+            "--set", "pipeline.microbatches=16", "--plots", "none"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "memory.recompute full: chimera-doubling's default" in out
+    # busy per rank = 16 F + 16 (B + F) = 16 + 48 with F = 1, B = 2
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["per_rank"][0]["busy"] == 64
+    assert main([*base, "--set", "memory.recompute=none", "--out", str(tmp_path / "b")]) == 0
+    assert "memory.recompute" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["per_rank"][0]["busy"] == 48
+
+
 def test_schedule_verb_prints_it(capsys):
     assert main(["schedule", "chimera-doubling", "--stages", "4", "--microbatches", "8", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
