@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
     cmp_.add_argument("scenario", help="scenario TOML file")
     cmp_.add_argument("--schedules", default=",".join(compare.DEFAULT_SCHEDULES),
-                      help="comma-separated schedule names (default: %(default)s)")
+                      help="comma-separated schedule names (default: %(default)s); with B > F, chimera shows "
+                           "the faster of direct concatenation and chimera-doubling, and says which")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")
@@ -237,6 +238,9 @@ def _cmd_run(args) -> int:
         sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
         print(summary_table(metrics))
+        if "recompute" not in scenario.memory.model_fields_set and scenario.recompute() != "none":
+            print(f"memory.recompute {scenario.recompute()}: {metrics.schedule}'s default (as its source runs it); "
+                  "--set memory.recompute=none to leave it out")
         if repeats:
             print("\n" + repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))

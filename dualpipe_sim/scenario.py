@@ -205,6 +205,16 @@ class Scenario(_Section):
         """Schedule options taken from [pipeline] (each family uses the ones it declares)."""
         return {"chunks_per_rank": self.pipeline.chunks_per_rank}
 
+    def recompute(self) -> str:
+        """memory.recompute as given, else the schedule family's default (what its source runs:
+        "full" for chimera-doubling, "none" for the others)."""
+        if "recompute" in self.memory.model_fields_set:
+            return self.memory.recompute
+        from . import registry  # here: registry imports the schedule families
+
+        family = registry.families().get(self.pipeline.schedule)
+        return family.recompute if family is not None else self.memory.recompute
+
     def derived(self):
         """Per-stage figures derived from [model]/[parallel]/[hardware] (model/derive.py); None without [model]."""
         if self.model is None:
@@ -278,6 +288,10 @@ class Scenario(_Section):
             weight = tuple(s.weight for s in derived.stages)
         else:
             weight = tuple(b / 2 for b in backward)
+        if c.backward is not None and self.recompute() == "full":
+            # A typed B is the plain backward; full recompute re-runs the stage's forward first
+            # (a derived B already has it). The extra time is input-gradient work: W is unchanged.
+            backward = tuple(b + f for b, f in zip(backward, forward))
         for s, (b, w) in enumerate(zip(backward, weight)):
             if w > b:
                 raise ScenarioError(

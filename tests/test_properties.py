@@ -131,6 +131,11 @@ def op_cost(op, raw: dict) -> float:
         return chunk["layers"] * sum(chunk[p] for p in OP_PARTS[op.kind])
     s, costs = op.stage, raw["costs"]
     f, b, w = costs["forward"][s], costs["backward"][s], costs["weight"][s]
+    # Full recompute re-runs the stage's forward before a typed backward (input-gradient work);
+    # left out, the policy is the family's default (chimera-doubling: full, as its authors run it).
+    family_default = registry.get(raw["pipeline"]["schedule"]).recompute
+    if raw.get("memory", {}).get("recompute", family_default) == "full":
+        b += f
     return {"F": f, "B": b, "I": b - w, "W": w}[op.kind]
 
 

@@ -183,7 +183,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
             rates = kernel_rates(section, hw)
-    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.memory.recompute, DTYPES[m.activations_dtype],
+    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap)  # fmt: skip
 
 
