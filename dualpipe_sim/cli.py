@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     sch.add_argument("--microbatches", type=int, required=True)
     sch.add_argument("--chunks-per-rank", type=int, default=None, help="model chunks per rank (interleaved)")
     sch.add_argument("--microbatch-group", type=int, default=None,
-                     help="micro-batches per virtual-stage group, Megatron-core's order (interleaved; default: torch's rounds)")
+                     help="micro-batches per virtual-stage group, in Megatron-core's order "
+                          "(interleaved; default: torch's rounds)")
     sch.add_argument("--format", choices=("text", "json", "actions"), default="text",
                      help="actions: PyTorch pipelining action strings, one line per rank")
 

@@ -21,6 +21,8 @@ Notation as in test_interleaved_torch.py: ``"0F0-4"`` is 0F0 0F1 0F2 0F3 0F4.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -156,10 +158,10 @@ def test_overlap_peak_is_megatron_warmup_plus_two(p, v, m, n):
 
 @pytest.mark.parametrize("n,start", [(4, 5.0), (5, 5.0), (6, 6.0), (8, 8.0)])
 def test_a_larger_group_hides_the_p2p_round_trip(n, start):
-    # p = 4, v = 2, M = 24 (accepts N = 4, 5, 6, 8), f = 1, b = 2, P2P c = 0.25.  Micro-batch 0 leaves rank 0 at f = 1 and
-    # crosses ranks 1-3 (f + c each) and the hop back: stage 4 can take it at p (f + c) = 5.  Rank 0
-    # is busy with its N chunk-0 forwards until N f.  So stage 4's F0 starts at max(N f, p (f + c)):
-    # 5 for N = 4 (rank 0 waits 1), 5 for N = 5, N for N >= 5 (no wait).
+    # p = 4, v = 2, M = 24 (accepts N = 4, 5, 6, 8), f = 1, b = 2, P2P c = 0.25.  Micro-batch 0 leaves
+    # rank 0 at f = 1 and crosses ranks 1-3 (f + c each) and the hop back: stage 4 can take it at
+    # p (f + c) = 5.  Rank 0 is busy with its N chunk-0 forwards until N f.  So stage 4's F0 starts
+    # at max(N f, p (f + c)): 5 for N = 4 (rank 0 waits 1), N for N >= 5 (no wait).
     costs = CostModel.uniform(8, forward=1.0, backward=2.0, p2p=0.25)
     trace = simulate(build("interleaved-1f1b", 8, 24, chunks_per_rank=2, microbatch_group=n), costs)
     got = [float(x["start"]) for x in trace.compute if x["stage"] == 4 and x["kind"] == 0 and x["microbatch"] == 0]
@@ -213,6 +215,21 @@ def test_bad_values_are_refused_by_the_scenario(value, fragment, capsys):
     one_error_line(capsys, fragment)
 
 
+def test_refusal_as_a_process_has_no_traceback(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualpipe_sim.cli", "run", QUICK, "--set", "pipeline.schedule=interleaved-1f1b",
+         "--set", "pipeline.microbatches=16", "--set", "pipeline.microbatch_group=5", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "" and not out.exists()
+    assert proc.stderr == (
+        "error: interleaved-1f1b: pipeline.microbatch_group = 5 leaves a last group of 1 micro-batch, fewer than "
+        "the 4 ranks (Megatron-core refuses it: the pipe would stall); use a group size that divides 16 or leaves "
+        "at least 4\n"
+    )
+
+
 def test_key_under_a_schedule_that_ignores_it_is_refused(capsys):
     # Refused, not warned about: a group size silently ignored would make a sweep's rows lie.
     assert main(["run", QUICK, "--set", "pipeline.microbatch_group=4", "--json", "--plots", "none"]) == 2
@@ -223,9 +240,10 @@ def test_key_under_a_schedule_that_ignores_it_is_refused(capsys):
 
 
 def test_schedule_verb_takes_the_group(capsys):
-    assert main(["schedule", "interleaved-1f1b", "--stages", "4", "--microbatches", "5", "--microbatch-group", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"rank {r}: " + " ".join(acts) for r, acts in enumerate(EXPECTED[("interleaved-1f1b", 2, 2, 5, 3)])]
+    args = ["schedule", "interleaved-1f1b", "--stages", "4", "--microbatches", "5", "--microbatch-group", "3"]
+    assert main(args) == 0
+    expected = EXPECTED[("interleaved-1f1b", 2, 2, 5, 3)]
+    assert capsys.readouterr().out.splitlines() == [f"rank {r}: " + " ".join(acts) for r, acts in enumerate(expected)]
 
 
 def test_scenario_run_and_sweep_take_the_key(tmp_path):

@@ -81,7 +81,8 @@ def group_problem(p: int, m: int, n: int | None) -> str | None:
         )
     if 0 < m % n < p:
         return (
-            f"pipeline.microbatch_group = {n} leaves a last group of {m % n} micro-batches, fewer than the "
+            f"pipeline.microbatch_group = {n} leaves a last group of {m % n} micro-batch{'es' if m % n > 1 else ''}, "
+            f"fewer than the "
             f"{p} ranks (Megatron-core refuses it: the pipe would stall); use a group size that divides "
             f"{m} or leaves at least {p}"
         )
