@@ -79,12 +79,12 @@ def group_problem(p: int, m: int, n: int | None) -> str | None:
             f"pipeline.microbatch_group must be between the ranks ({p}) and pipeline.microbatches ({m}), "
             f"as Megatron-core requires, got {n}"
         )
-    if 0 < m % n < p:
+    last = m % n
+    if 0 < last < p:
         return (
-            f"pipeline.microbatch_group = {n} leaves a last group of {m % n} micro-batch{'es' if m % n > 1 else ''}, "
-            f"fewer than the "
-            f"{p} ranks (Megatron-core refuses it: the pipe would stall); use a group size that divides "
-            f"{m} or leaves at least {p}"
+            f"pipeline.microbatch_group = {n} leaves a last group of {last} micro-batch{'es' if last > 1 else ''}, "
+            f"fewer than the {p} ranks (Megatron-core refuses it: the pipe would stall); use a group size that "
+            f"divides {m} or leaves at least {p}"
         )
     return None
 
