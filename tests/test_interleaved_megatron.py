@@ -33,6 +33,7 @@ from dualpipe_sim.fastpath import simulate
 from dualpipe_sim.ir import ScheduleError
 from dualpipe_sim.metrics import compute_metrics
 from dualpipe_sim.registry import analytic, build
+from dualpipe_sim.schedules.interleaved import group_problem
 from test_interleaved_torch import ops, pairs
 from test_robust import QUICK, one_error_line
 
@@ -103,6 +104,31 @@ def test_group_of_ranks_is_todays_order(name):
                 ), (p, v, m)
                 cases += 1
     assert cases == 6 * 4 * 5
+
+
+def test_torchs_rounds_are_megatron_groups_of_the_round_size():
+    # Every M >= p torch accepts (rounds R = M // p dividing M) makes R groups of M / R >= p, no
+    # remainder: Megatron-core's table for N = M / R, and the warm-up (v - 1) x round + 2 (p - 1 - r)
+    # is Megatron-core's for that N.  So the key-less order is Megatron-core's with N = M / R.
+    cases = 0
+    for p in range(1, 7):
+        for v in range(1, 4):
+            for m in range(p, 6 * p):
+                rounds = m // p
+                if m % rounds:
+                    continue  # torch refuses this M
+                assert build("interleaved-1f1b", p * v, m, chunks_per_rank=v) == build(
+                    "interleaved-1f1b", p * v, m, chunks_per_rank=v, microbatch_group=m // rounds
+                ), (p, v, m)
+                cases += 1
+    assert cases > 100
+    # M = 13 on 4 ranks (torch refuses it): our rounds 5, 4, 4 are no Megatron-core grouping (its
+    # groups are N, N, ..., M % N), so no N it accepts gives them.  13 % N for N = 4..13 is
+    # 1, 3, 1, 6, 5, 4, 3, 2, 1, 0: it accepts N = 7, 8, 9 (remainder >= 4) and 13.
+    ours = build("interleaved-1f1b", 8, 13, chunks_per_rank=2)
+    accepted = [n for n in range(4, 14) if group_problem(4, 13, n) is None]
+    assert accepted == [7, 8, 9, 13]
+    assert all(ours != build("interleaved-1f1b", 8, 13, chunks_per_rank=2, microbatch_group=n) for n in accepted)
 
 
 def test_without_the_key_the_order_is_unchanged():
