@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     sch.add_argument("--stages", type=int, required=True)
     sch.add_argument("--microbatches", type=int, required=True)
     sch.add_argument("--chunks-per-rank", type=int, default=None, help="model chunks per rank (interleaved)")
+    sch.add_argument("--microbatch-group", type=int, default=None,
+                     help="micro-batches per virtual-stage group, in Megatron-core's order "
+                          "(interleaved; default: torch's rounds)")
     sch.add_argument("--format", choices=("text", "json", "actions"), default="text",
                      help="actions: PyTorch pipelining action strings, one line per rank")
 
@@ -351,10 +354,11 @@ def step_line(st) -> str:
 
 def _cmd_schedule(args) -> int:
     family = registry.get(args.name)
-    if args.chunks_per_rank is not None and "chunks_per_rank" not in family.options:
-        takers = [n for n, f in registry.families().items() if "chunks_per_rank" in f.options]
-        raise UsageError(f"--chunks-per-rank: schedule {args.name} does not take it (only {', '.join(takers)} "
-                         f"{'does' if len(takers) == 1 else 'do'})")
+    for option in ("chunks_per_rank", "microbatch_group"):
+        if getattr(args, option) is not None and option not in family.options:
+            takers = [n for n, f in registry.families().items() if option in f.options]
+            raise UsageError(f"--{option.replace('_', '-')}: schedule {args.name} does not take it (only "
+                             f"{', '.join(takers)} {'does' if len(takers) == 1 else 'do'})")
     if limits.size_problem(args.stages, args.microbatches, limits.DEFAULT_MAX_MEMORY):  # the guard run holds to
         ops, need = limits.estimate(args.stages, args.microbatches)
         raise UsageError(
@@ -362,7 +366,8 @@ def _cmd_schedule(args) -> int:
             f"{units.nbytes(need)} to build, over the {units.nbytes(limits.DEFAULT_MAX_MEMORY)} every verb holds to "
             f"(limits.max_memory); use fewer stages or micro-batches"
         )
-    schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank)
+    schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank,
+                              microbatch_group=args.microbatch_group)
     if args.format == "json":
         print(json.dumps(schedule.to_json()))
     elif args.format == "actions":

@@ -58,8 +58,10 @@ class Pipeline(_Section):
     stages: Annotated[int, Field(ge=1, le=4096)]
     microbatches: Annotated[int, Field(ge=1, le=1_000_000)]
     chunks_per_rank: Annotated[int, Field(ge=1, le=64)] | None = None
+    # Megatron-core's microbatch_group_size_per_vp_stage (interleaved schedules; its range is checked there)
+    microbatch_group: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
-    @field_validator("stages", "microbatches", "chunks_per_rank", mode="before")
+    @field_validator("stages", "microbatches", "chunks_per_rank", "microbatch_group", mode="before")
     @classmethod
     def _whole(cls, v):
         # A count is an integer: TOML 8.0 or 8.5 is not one, nor is "8" (text).
@@ -203,7 +205,7 @@ class Scenario(_Section):
 
     def options(self) -> dict:
         """Schedule options taken from [pipeline] (each family uses the ones it declares)."""
-        return {"chunks_per_rank": self.pipeline.chunks_per_rank}
+        return {"chunks_per_rank": self.pipeline.chunks_per_rank, "microbatch_group": self.pipeline.microbatch_group}
 
     def recompute(self) -> str:
         """memory.recompute as given, else the schedule family's default (what its source runs:

@@ -62,6 +62,8 @@ def valid_shapes(name: str) -> list[tuple[int, int, dict]]:
     option_values = [{}]
     if "chunks_per_rank" in family.options:
         option_values = [{}] + [{"chunks_per_rank": v} for v in range(1, MAX_CHUNKS + 1)]
+    if "microbatch_group" in family.options:  # Megatron-core's groups (its check keeps the valid ones)
+        option_values += [{"chunks_per_rank": v, "microbatch_group": n} for v in (1, 2, 3) for n in range(2, 12)]
     return [
         (s, m, opts)
         for s in range(1, MAX_STAGES + 1)
