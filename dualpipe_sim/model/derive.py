@@ -46,6 +46,7 @@ class Setup:
     rates: KernelRates | None = None  # measured kernel rates: times from kernels.py
     context: int = 1
     tp_overlap: bool = True
+    sequence_parallel: bool = True
 
     @property
     def tokens(self) -> int:
@@ -55,7 +56,8 @@ class Setup:
     @property
     def layout(self) -> kernels.Layout:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
-                              self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes)  # fmt: skip
+                              self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
+                              self.sequence_parallel)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
         else:
             rates = kernel_rates(section, hw)
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
-                 sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap)  # fmt: skip
+                 sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
+                 par.sequence_parallel)  # fmt: skip
 
 
 def kernel_rates(section, hw: Hardware) -> KernelRates:
@@ -318,7 +321,8 @@ def _head_ms(st: Setup) -> float:
 # -- per stage -----------------------------------------------------------------------
 def derive(st: Setup) -> Derived:
     cfg, sh = st.cfg, st.sharding
-    args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+    seq = st.seq // st.context  # each context-parallel rank keeps its share of the sequence
+    args = (seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
     per_layer = {}
     for stage in st.stages:
@@ -328,10 +332,10 @@ def derive(st: Setup) -> Derived:
         act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
         if stage.embedding:
             dense += params.embedding(cfg)
-            act += activations.embedding(cfg, st.seq, st.mb, sh.tensor)
+            act += activations.embedding(cfg, seq, st.mb, sh.tensor)
         if stage.head:
             dense += params.head(cfg)
-            act += activations.head(cfg, st.seq, st.mb, st.act_bytes, sh.tensor)
+            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense

@@ -63,6 +63,12 @@ class Layout:
     policy: str = "none"  # memory.recompute
     tp_overlap: bool = True  # parallel.tp_comm_overlap
     act_bytes: float = 2.0
+    sequence_parallel: bool = True  # parallel.sequence_parallel
+
+    @property
+    def norm_tokens(self) -> float:
+        """Tokens a norm, residual add or dropout runs on: split by t with sequence parallelism."""
+        return self.tokens / self.tensor if self.sequence_parallel else self.tokens
 
     @property
     def tokens(self) -> int:
@@ -104,8 +110,12 @@ class Table:
         chunks on 132 - 16 SMs, the last chunk's transfer exposed; ``bulk`` (the backward's re-gather
         and reduce-scatter) beside the whole GEMM on 16 fewer SMs."""
         t = self.lay.tensor
-        if t <= 1:
-            return self.gemm(name, comp, m, n, k)
+        if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
+            return self.gemm(name, comp, m, n, k)  # without sequence parallelism the input is whole
+        if not self.lay.sequence_parallel:  # the output's partial sums are all-reduced, after the GEMM
+            secs = self.gemm(name, comp, m, n, k)
+            self.comm("tp all-reduce", comp, "all_reduce", nbytes, t, "nvlink")
+            return secs
         full = collectives.time(op, nbytes, t, self.r, "nvlink")
         if not self.lay.tp_overlap:
             secs = self.gemm(name, comp, m, n, k)
@@ -174,43 +184,86 @@ def attention_block(tb: Table, recompute: bool) -> None:
     a_t = cfg.num_heads // t
     low = 1.0 if lay.fp8 else ab
     projections = _attention_shapes(cfg, t)
+    eager = cfg.model_type == "gpt2"  # scores materialised (Megatron's fused softmax), as activations.py counts
     core = 2.0 * n * lay.seq * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
     comps = ("attn_forward",) + (("attn_backward_input",) if recompute else ())
     for comp in comps:  # forward, and again inside the input gradient when recomputed
-        tb.memory("input norm", comp, n / t * h * (ab + low))
+        tb.memory("input norm", comp, lay.norm_tokens * h * (ab + low))
         name, out, inp, _ = projections[0]
         tb.tp_linear(name, comp, n, out, inp, "all_gather", n * h * low, "ring")
         for name, out, inp, _ in projections[1:]:
             if cfg.mla and name.endswith("_up"):
                 tb.memory(f"{name[:-3]} latent norm", comp, n * inp * 2 * ab)
             tb.gemm(name, comp, n, out, inp)
-        tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
-                  else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
-        tb.attention("flash attention", comp, core, backward=False)
+        if not eager:  # GPT-2 style models have learned positions, no rotary embedding
+            tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
+                      else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
+        if eager:
+            _eager_attention(tb, comp, backward=False)
+        else:
+            tb.attention("flash attention", comp, core, backward=False)
         tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)
         tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline")
-        tb.memory("residual add", comp, 3 * n / t * h * ab)
+        tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
     tb.cast("grad cast", comp, n * h)
     tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
-    tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
-    tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
+    if eager:
+        if lay.policy == "selective":  # Korthikanti et al.: the attention core is recomputed
+            _eager_attention(tb, comp, backward=False)
+        _eager_attention(tb, comp, backward=True)
+    else:
+        tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
+    if not eager:
+        tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     for name, out, inp, _ in projections:
         tb.cast(f"{name} grad cast", comp, n * out)
     _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections])
-    tb.memory("input norm backward", comp, 4 * n / t * h * ab)
+    tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n)
 
 
+def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
+    """Attention with the s x s scores in memory (the whole square, as Megatron's masked softmax
+    computes it): batched GEMMs for QK^T and attention over V, memory-bound scale-mask-softmax
+    and dropout (2-byte elements, 1-byte mask).  The backward runs two GEMMs for each."""
+    cfg, lay = tb.cfg, tb.lay
+    s, d, ab = lay.seq // lay.context, cfg.qk_head_dim, lay.act_bytes
+    heads = lay.micro_batch * cfg.num_heads // lay.tensor
+    square = heads * s * s
+    if not backward:
+        tb.gemm("attention scores QK^T (batched)", comp, s, s, d, fp8=False, groups=heads)
+        tb.memory("scale + mask + softmax", comp, square * 2 * ab)
+        if cfg.dropout:
+            tb.memory("attention dropout", comp, square * (2 * ab + 1))
+        tb.gemm("attention over V (batched)", comp, s, d, s, fp8=False, groups=heads)
+        return
+    tb.gemm("attention over V dgrad (batched)", comp, s, s, d, fp8=False, groups=heads)
+    tb.gemm("attention over V wgrad: dV (batched)", comp, s, d, s, fp8=False, groups=heads)
+    if cfg.dropout:
+        tb.memory("attention dropout backward", comp, square * (2 * ab + 1))
+    tb.memory("softmax backward", comp, square * 3 * ab)
+    tb.gemm("scores dgrad: dQ (batched)", comp, s, d, s, fp8=False, groups=heads)
+    tb.gemm("scores dgrad: dK (batched)", comp, s, d, s, fp8=False, groups=heads)
+
+
 def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple[str, int, int, int]]) -> None:
-    """dgrad and wgrad of a block's input projections (name, tokens, in, out).  The first one's
-    dgrad runs beside the re-gather of the block's input (needed by the wgrad GEMMs) and its wgrad
-    beside the input gradient's reduce-scatter: Megatron launches both asynchronously, and with
-    tp_comm_overlap Transformer Engine runs them as "bulk" overlaps on 16 SMs."""
+    """dgrad and wgrad of a block's input projections (name, tokens, in, out).  With tp_comm_overlap
+    the re-gather of the block's input (for the wgrad GEMMs) runs beside the dgrad GEMMs and the
+    input gradient's reduce-scatter (all-reduce without sequence parallelism) beside the wgrad GEMMs,
+    as Transformer Engine's "bulk" overlaps on 16 SMs do; without, each is on the critical path."""
     lay, h = tb.lay, tb.cfg.hidden_size
     n = lay.tokens
     low = 1.0 if lay.fp8 else lay.act_bytes
     (name, m, inp, out), rest = shapes[0], shapes[1:]
+    hide = lay.tp_overlap  # without overlap every tensor-parallel collective is on the critical path
+    if not lay.sequence_parallel:  # the input gradient's all-reduce, beside the wgrad GEMMs when overlapped
+        for x, m2, i2, o2 in shapes:
+            tb.gemm(f"{x} dgrad", comp, m2, i2, o2)
+        wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2) for x, m2, i2, o2 in shapes)
+        tb.comm("tp all-reduce (grad)", wcomp, "all_reduce", n * h * lay.act_bytes, lay.tensor, "nvlink",
+                wgrad if hide else 0.0)  # fmt: skip
+        return
     if lay.tensor > 1 and lay.tp_overlap:
         tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk")
         for name2, m2, inp2, out2 in rest:
@@ -221,8 +274,9 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
         return
     dgrad = sum(tb.gemm(f"{x} dgrad", comp, m2, i2, o2) for x, m2, i2, o2 in shapes)
     wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2) for x, m2, i2, o2 in shapes)
-    tb.comm("tp all-gather (wgrad input)", comp, "all_gather", n * h * low, lay.tensor, "nvlink", dgrad)
-    tb.comm("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes, lay.tensor, "nvlink", wgrad)
+    tb.comm("tp all-gather (wgrad input)", comp, "all_gather", n * h * low, lay.tensor, "nvlink", dgrad if hide else 0.0)
+    tb.comm("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes, lay.tensor, "nvlink",
+            wgrad if hide else 0.0)  # fmt: skip
 
 
 def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix: str = "") -> None:
@@ -234,12 +288,12 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
     for comp in comps:
         if not prefix:
-            tb.memory("pre-mlp norm", comp, n / t * h * (ab + low))
+            tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + low))
         tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
         tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * low))
         tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline")
         if not prefix:
-            tb.memory("residual add", comp, 3 * n / t * h * ab)
+            tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     tb.cast(f"{prefix}grad cast", comp, n * h)
     tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
@@ -247,7 +301,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
     _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)])
     if not prefix:
-        tb.memory("pre-mlp norm backward", comp, 4 * n / t * h * ab)
+        tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n)
 
 

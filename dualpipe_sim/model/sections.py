@@ -66,8 +66,9 @@ class ParallelSection(_Section):
     zero: Annotated[int, Field(ge=0, le=3)] = 0
     layout: Union[str, list[int], None] = None
     tp_comm_overlap: bool = True  # tensor-parallel collectives pipelined under their GEMMs (Megatron --tp-comm-overlap)
+    sequence_parallel: bool = True  # norms and dropout split along the sequence; all-gather / reduce-scatter
 
-    @field_validator("tp_comm_overlap", mode="before")
+    @field_validator("tp_comm_overlap", "sequence_parallel", mode="before")
     @classmethod
     def _bool(cls, v):
         if not isinstance(v, bool):
