@@ -318,15 +318,19 @@ def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
     return f, i, w
 
 
-def stage_chunk(st: Setup, stage: layout.Stage) -> tuple[int, LayerTimes]:
+def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None) -> tuple[int, LayerTimes]:
     """A stage's [chunk] under the kernel model: the component sums of its layers, embedding, head
     and MTP modules, spread evenly over its MoE layers (the all-to-all is per MoE layer, so it stays
     exact; the extra compute is shared out between them).  A stage without MoE layers: its layers
     (at least 1), no all-to-all."""
     cfg = st.cfg
+    per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
     totals: dict[str, float] = {}
     for i in stage.layers:
-        for k, v in vars(layer_times(st, i)).items():
+        key = cfg.is_moe_layer(i)
+        if key not in per_layer:
+            per_layer[key] = layer_times(st, i)
+        for k, v in vars(per_layer[key]).items():
             totals[k] = totals.get(k, 0.0) + v
     for k, v in kernels.by_component(extra_kernels(st, stage)).items():
         totals[k] = totals.get(k, 0.0) + v
@@ -392,7 +396,7 @@ def derive(st: Setup) -> Derived:
             out.moe_layer = layer_times(st, moe_i)
             if st.rates is not None:  # DeepSeek-V3 report Sec. 3.2.2: its all-to-all kernels take 20 of 132 SMs
                 out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
-                out.stage_chunks = tuple(stage_chunk(st, stage) for stage in st.stages)
+                out.stage_chunks = tuple(stage_chunk(st, stage, per_layer) for stage in st.stages)
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
             if not out.stage_chunks:
