@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path as _Path
 
-from . import scenario
+from . import plan, scenario
 from .errors import ScenarioError
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics
@@ -34,11 +34,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "scenario", "run", "schedule_names", "build_schedule", "read_schedule", "metrics_json",
-    "save_gantt", "save_memory", "save_report", "save_chrome_trace", "save_compare",
+    "save_gantt", "save_memory", "save_report", "save_chrome_trace", "save_compare", "plan",
     "Scenario", "Schedule", "Result", "Metrics", "Trace", "ScenarioError", "ScheduleError", "__version__",
 ]  # fmt: skip
 
 # ``scenario`` is the scenario module, callable: scenario(source, overrides=()) is scenario.read.
+# ``plan`` is the plan package, callable the same way: plan(source, gpus, global_batch, seq, ...) is plan.plan.
 
 
 def run(sc, schedule: str | Schedule | None = None) -> Result:

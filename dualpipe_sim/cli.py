@@ -119,6 +119,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a scenario key, e.g. --set model.seq_length=8192 or memory.recompute=full")
     mdl.add_argument("--json", action="store_true", help="print the figures as JSON")
     mdl.add_argument("--explain", action="store_true", help="also say how each derived number is obtained")
+    pln = sub.add_parser("plan", help="the best layout and schedule for a model on N GPUs: table, plan.csv, "
+                                      "plan.md, plan.png, top-K scenario TOMLs")
+    pln.add_argument("source", help="HF config.json, or a scenario TOML with a [model] section")
+    pln.add_argument("--gpus", type=int, required=True, help="GPUs to lay the model out on (exactly)")
+    pln.add_argument("--hardware", help="GPU preset (H100, H800, ...); default: the TOML's [hardware]")
+    pln.add_argument("--global-batch", type=int, required=True, help="sequences per training step")
+    pln.add_argument("--seq", type=int, required=True, help="tokens per sequence")
+    pln.add_argument("--top", type=int, default=10, help="best layouts to show and write as TOMLs (default 10)")
+    pln.add_argument("--schedules", help="comma-separated schedules to consider (default: every registered one)")
+    pln.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key; parallel.tensor/context/expert/zero, model.micro_batch_size, "
+                          "memory.recompute and pipeline.chunks_per_rank pin that choice (repeatable)")
+    pln.add_argument("--budget", type=int, default=200,
+                     help="simulate at least this many candidates, best estimates first (default 200)")
+    pln.add_argument("--out", default="plan", help="output folder (default: plan)")
+    pln.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
+    pln.add_argument("--json", action="store_true", help="print the ranked top K as JSON instead of the table")
     return p
 
 
@@ -137,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_calibrate(args)
         if args.command == "model":
             return _cmd_model(args)
+        if args.command == "plan":
+            return _cmd_plan(args)
         return _cmd_schedules()
     except (ScenarioError, ScheduleError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -517,6 +536,32 @@ def _cmd_compare(args) -> int:
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
     _warn(oddities(scenario))
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from . import plan
+
+    names = None
+    if args.schedules is not None:
+        names = list(dict.fromkeys(n.strip() for n in args.schedules.split(",") if n.strip()))
+        if not names:
+            raise UsageError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
+    check_targets(args.out, plan.out_files(max(args.top, 1)))
+    with progress_bar("plan") as progress:
+        result = plan.plan(args.source, args.gpus, args.global_batch, args.seq, hardware=args.hardware,
+                           top=args.top, schedules=names, overrides=args.overrides, jobs=args.jobs,
+                           budget=args.budget, progress=progress)
+        _prepare_charts("png")
+        written = plan.write(result, args.out, progress)
+    if args.json:
+        print(json.dumps(plan.top_json(result, args.out), indent=2))
+        return 0
+    print(plan.files.markdown_table(plan.files.table(result)))
+    print("\npruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))
+    print("wrote " + ", ".join(str(f) for f in written[:3]) + f" and {len(written) - 3} scenario TOMLs")
     return 0
 
 

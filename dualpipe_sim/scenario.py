@@ -265,10 +265,11 @@ class Scenario(_Section):
             grad_sync_buckets=st.grad_sync_buckets,
         )
 
-    def cost_model(self) -> CostModel:
+    def cost_model(self, derived=None) -> CostModel:
+        """``derived``: this scenario's derived figures when the caller has them already."""
         S = self.pipeline.stages
         c = self.costs
-        derived = self.derived()
+        derived = self.derived() if derived is None else derived
         if self.chunk is not None:
             return self._chunk_cost_model(derived)
         if derived is not None and derived.moe_layer is not None:

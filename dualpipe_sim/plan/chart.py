@@ -1,0 +1,70 @@
+"""plan.png: throughput against peak memory for every simulated candidate.
+
+One dot per simulated candidate, coloured by schedule; the Pareto front (no
+other candidate is both faster and lighter) joined by a line; the top K
+numbered; the device's memory as a dashed line.
+"""
+
+from __future__ import annotations
+
+from matplotlib.lines import Line2D
+
+from ..plots.canvas import new_figure, place, save
+from ..plots.style import schedule_colour
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (less memory x, more throughput y), by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def draw(plan, path) -> None:
+    rows = [r for r in plan.rows if r.ok and r.tokens_per_second_per_gpu]
+    fig = new_figure(9.0, 5.6)
+    place(fig, left=0.9, right=2.3, top=0.5, bottom=0.7)
+    ax = fig.add_subplot(1, 1, 1)
+    pts = [(r.peak_memory / 1e9, r.tokens_per_second_per_gpu) for r in rows]
+    names = sorted({r.candidate.schedule for r in rows})
+    for name in names:
+        mine = [p for p, r in zip(pts, rows) if r.candidate.schedule == name]
+        ax.scatter([x for x, _ in mine], [y for _, y in mine], s=14, color=schedule_colour(name), alpha=0.75,
+                   linewidths=0, label=name)  # fmt: skip
+    front = pareto(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.25", lw=1.0, zorder=1)
+    if plan.device_memory:
+        ax.axvline(plan.device_memory / 1e9, color="0.4", ls="--", lw=1.0)
+        ax.annotate("device memory", (plan.device_memory / 1e9, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(-4, -12), textcoords="offset points", ha="right", fontsize=8, color="0.3")  # fmt: skip
+    # The top K sit close together: their numbers in a column at the top left (where a Pareto
+    # chart is empty: nothing there is both lighter and faster), each with a leader line.
+    top = plan.top
+    for k, r in enumerate(top, 1):
+        x, y = r.peak_memory / 1e9, r.tokens_per_second_per_gpu
+        ax.scatter([x], [y], s=60, facecolors="none", edgecolors="black", linewidths=0.9, zorder=3)
+        ax.annotate(f"#{k}", (x, y), xytext=(0.03, 0.97 - 0.045 * (k - 1)), textcoords="axes fraction",
+                    fontsize=8, ha="left", va="center", zorder=4,
+                    arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.5})  # fmt: skip
+    if plan.device_memory and pts:
+        right = max(x for x, _ in pts)
+        edge = 1.6 * plan.device_memory / 1e9
+        if right > edge:  # layouts far over the device only squash the ones that fit
+            beyond = sum(x > edge for x, _ in pts)
+            ax.set_xlim(0, edge)
+            ax.annotate(f"{beyond} layouts over {edge:.0f} GB not shown", (1.0, 0.0), xycoords="axes fraction",
+                        xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8, color="0.3")  # fmt: skip
+    ax.set_xlabel("peak memory per rank (GB): parameters, gradients, optimizer states, activations")
+    ax.set_ylabel("tokens / s per GPU")
+    ax.set_title(f"{len(rows)} simulated layouts on {plan.gpus} GPUs: throughput against memory "
+                 f"(line: Pareto front; circles: top {len(plan.top)})", fontsize=10)  # fmt: skip
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="0.25", lw=1.0))
+    labels.append("Pareto front")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    save(fig, path)

@@ -1,0 +1,114 @@
+"""A cheap estimate of one candidate: its step time and memory, without simulating it.
+
+Only used to prune candidates that cannot fit and to order the rest; every
+figure ``plan`` reports comes from a full simulation.
+
+* static bytes per rank: the parameters, gradients and optimizer states of the
+  stages it holds, sharded as ZeRO says (model/memory.py), from the stages'
+  parameter counts alone;
+* memory floor: the fullest rank's static bytes plus one micro-batch's
+  activations of the largest stage it holds.  Every schedule holds at least
+  that, so a floor above the device proves the candidate cannot fit;
+* memory estimate: the static bytes plus the closed form's peak number of live
+  activations (registry.analytic), or the floor where there is no formula;
+* step time: the busiest rank's work (each stage it holds, times the
+  micro-batches that pass it: M, or M/2 per direction when they enter from both
+  ends; a forward/backward pair run overlapped costs its F&B) plus the family's
+  closed-form bubble at the stages' mean costs, or (p - 1)(F + B) without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .. import registry
+from ..costs import CostModel
+from ..model import derive
+from ..model import memory as model_memory
+from ..scenario import apply_overrides, sections_only
+from .shapes import VIRTUAL_OPTION, paired_fraction, placement, shape
+from .space import Candidate
+
+
+@dataclass(frozen=True)
+class Estimate:
+    step_time: float  # ms
+    memory_floor: float  # bytes
+    memory: float  # bytes
+
+
+@dataclass(frozen=True)
+class StageFigures:
+    """Per stage: F + B, F&B (an overlapped pair), activation bytes; and the stages' means."""
+
+    work: tuple[float, ...]
+    pair: tuple[float, ...]
+    activation: tuple[float, ...]
+    mean: CostModel  # mean F, B, W (and F&B), no P2P: what the closed forms take
+
+
+class FigureCache:
+    """Derived figures by layout, so the schedules sharing a stage count share one derivation."""
+
+    def __init__(self, base: dict) -> None:
+        self.base = base
+        self._params: dict[int, tuple[list[tuple[int, int]], model_memory.Sharding]] = {}
+        self._figures: dict[tuple, StageFigures] = {}
+
+    def scenario(self, cand: Candidate):
+        return sections_only(apply_overrides(self.base, cand.overrides()))
+
+    def static(self, cand: Candidate) -> tuple[float, ...]:
+        """Static bytes of each stage on a rank of this candidate."""
+        if cand.stages not in self._params:
+            scenario = self.scenario(cand)
+            counts = [(s.dense_params, s.routed_params) for s in scenario.derived().stages]
+            self._params[cand.stages] = (counts, derive.setup(scenario).sharding)
+        counts, sharding = self._params[cand.stages]
+        sh = replace(sharding, tensor=cand.tensor, expert=cand.expert, data=cand.data * cand.context,
+                     zero=cand.zero)  # fmt: skip
+        return tuple(model_memory.stage_static(d, r, sh).total for d, r in counts)
+
+    def figures(self, cand: Candidate) -> StageFigures:
+        # ZeRO changes only static bytes: zero is not part of the key.
+        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute)
+        if key not in self._figures:
+            scenario = self.scenario(cand)
+            derived = scenario.derived()
+            costs = scenario.cost_model(derived)
+            work = tuple(f + b for f, b in zip(costs.forward, costs.backward))
+            pair = tuple(costs.overlapped or work)
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            uniform = CostModel.uniform(cand.stages, mean(costs.forward), mean(costs.backward),
+                                        mean(costs.weight), mean(pair) if costs.overlapped else None)  # fmt: skip
+            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform)
+        return self._figures[key]
+
+
+def static_floor(cache: FigureCache, cand: Candidate) -> float:
+    """The fullest rank's static bytes (parameters, gradients, optimizer states)."""
+    static = cache.static(cand)
+    return max(sum(static[s] for s in {s for _, s in held}) for held in placement(cand.schedule, cand.stages, cand.virtual))
+
+
+def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
+    fig, static = cache.figures(cand), cache.static(cand)
+    sh = shape(cand.schedule)
+    held = placement(cand.schedule, cand.stages, cand.virtual)
+    paired = paired_fraction(cand.schedule, cand.stages, cand.virtual)
+    per_direction = cand.microbatches / sh.directions
+    busiest = max(
+        sum(per_direction * (paired * fig.pair[s] + (1 - paired) * fig.work[s]) for _, s in on_rank)
+        for on_rank in held
+    )
+    options = {VIRTUAL_OPTION: cand.virtual} if cand.virtual else {}
+    closed = registry.analytic(cand.schedule, cand.stages, cand.microbatches, fig.mean, **options)
+    bubble = closed.get("bubble")
+    if bubble is None:
+        bubble = (cand.pipeline - 1) * fig.mean.forward[0] + (cand.pipeline - 1) * fig.mean.backward[0]
+    statics = [sum(static[s] for s in {s for _, s in on_rank}) for on_rank in held]
+    floor = max(st + max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held))
+    peak = closed.get("peak_activation")
+    memory = max(st + peak * max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
+        if peak else floor
+    return Estimate(busiest + bubble, floor, max(memory, floor))

@@ -1,0 +1,171 @@
+"""The plan's outputs as text: plan.csv, plan.md, the top-K scenario TOMLs, the --json list.
+
+Every figure in them is from a full simulation; a candidate only estimated
+says so (``simulated`` = estimate) and leaves the simulated columns empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from .. import units
+from ..sweep.grid import toml_text
+from .rank import Row
+
+# plan.csv's columns: the layout, then what the simulation gave, then how the row was treated.
+LAYOUT = ("tensor", "pipeline", "virtual", "context", "expert", "data", "micro_batch_size", "microbatches",
+          "recompute", "zero", "schedule", "stages")  # fmt: skip
+FIGURES = ("tokens_per_second_per_gpu", "step_time", "mfu", "bubble_ratio", "exposed_comm", "peak_memory",
+           "device_memory", "fits")  # fmt: skip
+COLUMNS = ("rank", *LAYOUT, *FIGURES, "estimated_step_time", "estimated_memory", "simulated", "pruned")
+
+
+def record(row: Row, rank: int | None, device: float | None) -> dict:
+    """One candidate as plan.csv's and --json's keys (None where a figure does not apply)."""
+    c, sim = row.candidate, (row.simulated if row.ok else {})
+    out = {"rank": rank, **{k: getattr(c, k) for k in LAYOUT}}
+    out.update(
+        tokens_per_second_per_gpu=row.tokens_per_second_per_gpu,
+        step_time=sim.get("step.total"),
+        mfu=row.mfu,
+        bubble_ratio=sim.get("bubble_ratio"),
+        exposed_comm=sim.get("comm.exposed"),
+        peak_memory=sim.get("memory.total"),
+        device_memory=device,
+        fits=sim.get("fits"),
+        estimated_step_time=row.estimate.step_time if row.estimate else None,
+        estimated_memory=row.estimate.memory if row.estimate else None,
+        simulated="yes" if row.ok else ("error" if row.simulated else ("estimate" if row.estimate and not row.pruned else "no")),
+        pruned=row.pruned or (row.simulated or {}).get("reason", ""),
+    )  # fmt: skip
+    return out
+
+
+def records(plan) -> list[dict]:
+    """Every row in rank order; ``rank`` numbers the simulated candidates that fit (1 = best)."""
+    out, n = [], 0
+    for row in plan.rows:
+        ranked = row.ok and row.fits is not False
+        n += ranked
+        out.append(record(row, n if ranked else None, plan.device_memory))
+    return out
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def plan_csv(plan) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for rec in records(plan):
+        writer.writerow([_cell(rec[k]) for k in COLUMNS])
+    return buf.getvalue()
+
+
+def scenario_name(rank: int) -> str:
+    return f"top-{rank:02d}.toml"
+
+
+def scenario_toml(plan, row: Row, out_dir: Path) -> str:
+    """A ready scenario: the plan's base with the candidate's keys; ``run`` gives the plan's metrics."""
+    from ..scenario import apply_overrides
+
+    data = apply_overrides(plan.base, row.candidate.overrides())
+    config = data["model"].get("config")
+    if isinstance(config, str):  # relative to the TOML, as load_raw reads it back
+        data["model"]["config"] = os.path.relpath(config, out_dir.resolve())
+    lines = [f"# dualpipe-sim plan: {row.candidate.label()} on {plan.gpus} GPUs, global batch "
+             f"{plan.global_batch} x {plan.seq} tokens"]  # fmt: skip
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines += [f"{k} = {toml_text(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for name, table in tables.items():
+        lines += ["", f"[{name}]", *(f"{k} = {toml_text(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def table(plan, rows: list[Row] | None = None) -> list[list[str]]:
+    """The top-K table: header row, then one row per candidate (text for people)."""
+    rows = plan.top if rows is None else rows
+    head = ["#", "schedule", "TP", "PP", "v", "CP", "EP", "DP", "mbs", "M", "recompute", "zero", "step",
+            "tok/s/GPU", "MFU", "bubble", "exposed comm", "peak mem / device"]  # fmt: skip
+    out = [head]
+    for i, r in enumerate(rows, 1):
+        c, sim = r.candidate, r.simulated
+        out.append([str(i), c.schedule, str(c.tensor), str(c.pipeline), str(c.virtual or "-"), str(c.context),
+                    str(c.expert), str(c.data), str(c.micro_batch_size), str(c.microbatches), c.recompute,
+                    str(c.zero), units.duration(sim["step.total"]), units.number(r.tokens_per_second_per_gpu),
+                    units.percent(r.mfu) if r.mfu is not None else "-", units.percent(sim["bubble_ratio"]),
+                    units.duration(sim["comm.exposed"]),
+                    f"{units.nbytes(sim['memory.total'])} / {units.nbytes(plan.device_memory or 0)}"])  # fmt: skip
+    return out
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """An aligned Markdown table (reads in a terminal too): text columns left, numbers right."""
+    head, *body = rows
+    widths = [max(len(c) for c in col) for col in zip(head, *body)]
+    left = {1, 10}  # schedule, recompute
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if i in left else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # fmt: skip
+
+    rule = "|" + "|".join("-" * (w + 1) + ("-" if i in left else ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(b) for b in body)])
+
+
+def plan_md(plan) -> str:
+    recs = records(plan)
+    simulated = sum(r["simulated"] in ("yes", "error") for r in recs)
+    estimated = sum(r["simulated"] == "estimate" for r in recs)
+    lines = [
+        f"# Plan: {plan.gpus} GPUs, global batch {plan.global_batch} x {plan.seq} tokens",
+        "",
+        f"{len(recs)} candidate rows: {simulated} simulated, {estimated} estimated only (their estimate was "
+        f"outside the simulated best: docs/plan.md), {sum(bool(r['pruned']) for r in recs)} pruned.",
+        "",
+        "## Best layouts (simulated, fitting the device)",
+        "",
+        markdown_table(table(plan)),
+        "",
+        "## Pruned, by reason",
+        "",
+        "| reason | rows |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in plan.pruned.items()),
+        "",
+    ]
+    if plan.top:
+        lines += ["## Why the winner wins", "", *why(plan), ""]
+    return "\n".join(lines)
+
+
+def why(plan) -> list[str]:
+    """The best candidate against the best of each other schedule: step, bubble, exposed comm, memory."""
+    best = plan.top[0]
+    seen, lines = {best.candidate.schedule}, []
+    b = best.simulated
+    lines.append(f"- **{best.candidate.label()}**: step {units.duration(b['step.total'])}, bubble "
+                 f"{units.percent(b['bubble_ratio'])}, exposed communication {units.duration(b['comm.exposed'])}, "
+                 f"peak memory {units.nbytes(b['memory.total'])}.")  # fmt: skip
+    for r in plan.rows:
+        if not r.ok or r.fits is False or r.candidate.schedule in seen:
+            continue
+        seen.add(r.candidate.schedule)
+        s = r.simulated
+        lines.append(f"- best {r.candidate.schedule}: {r.candidate.label()}: step "
+                     f"{units.duration(s['step.total'])} ({(s['step.total'] / b['step.total'] - 1) * 100:+.1f}%), "
+                     f"bubble {units.percent(s['bubble_ratio'])}, exposed communication "
+                     f"{units.duration(s['comm.exposed'])}, peak memory {units.nbytes(s['memory.total'])}.")  # fmt: skip
+    return lines

@@ -1,0 +1,110 @@
+"""A plan request checked and turned into the base scenario every candidate overrides.
+
+The source is a scenario TOML (its [model], [hardware], [step], [comm] and
+[memory] are kept; [pipeline] and [parallel] are what ``plan`` chooses) or an
+HF config.json.  Overrides apply to the base; one that sets a key ``plan``
+enumerates pins that choice to its value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import ScenarioError
+from ..model import derive
+from ..model.config import ModelError
+from ..model.hardware import PRESETS
+from ..model.sections import ModelSection
+from ..scenario import apply_overrides, load_raw, parse_override
+from .space import Choices, ModelShape, Request
+
+# [step] when the source gives none: the data-parallel sync, the DualPipe/Chimera copy sum and the
+# optimizer all derived, the gradient sync started as each stage copy's weight gradients finish.
+DERIVED_STEP = {"grad_sync": "derived", "cross_copy_sync": "derived", "optimizer": "derived",
+                "overlap_grad_sync": True}  # fmt: skip
+
+# --set keys that pin an enumerated choice: key -> Choices field
+PINS = {"parallel.tensor": "tensor", "parallel.context": "context", "parallel.expert": "expert",
+        "parallel.zero": "zero", "model.micro_batch_size": "micro_batch_size",
+        "memory.recompute": "recompute", "pipeline.chunks_per_rank": "virtual"}  # fmt: skip
+# keys plan sets itself: a --set of these is refused (say --schedules or a pin instead)
+CHOSEN = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches", "parallel.data")
+
+
+class PlanError(ScenarioError):
+    """A request no layout can serve; the message names the parameter."""
+
+
+def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides: list[str]) -> dict:
+    """The scenario dict every candidate starts from."""
+    path = Path(source)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise PlanError(f"source: model config not found: {path}")
+        base: dict = {"model": {"config": str(path.resolve())}}
+    else:
+        base = load_raw(path)
+        if "model" not in base:
+            raise PlanError(f"source: {path} has no [model] section (plan needs a model to lay out)")
+        config = base["model"].get("config")
+        if isinstance(config, str):
+            base["model"]["config"] = str(Path(config).resolve())
+    for key in ("pipeline", "parallel", "chunk", "costs"):
+        base.pop(key, None)
+    base["pipeline"] = {"schedule": "1f1b", "stages": 1, "microbatches": 1}  # every candidate sets these
+    base["model"]["seq_length"] = seq
+    if hardware is not None:
+        if hardware not in PRESETS:
+            raise PlanError(f"hardware: unknown GPU preset {hardware!r} (known: {', '.join(PRESETS)})")
+        base["hardware"] = {"preset": hardware}
+    if "hardware" not in base:
+        raise PlanError("hardware: give a GPU preset or a [hardware] section in the scenario")
+    base.setdefault("step", dict(DERIVED_STEP))
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key in CHOSEN:
+            raise PlanError(f"{key}: plan chooses it; narrow the schedules instead, or pin one of {', '.join(PINS)}")
+    return apply_overrides(base, overrides)
+
+
+def pinned_choices(overrides: list[str]) -> Choices:
+    """The enumeration's choices, with every --set of an enumerated key pinned to its value."""
+    choices = Choices()
+    for text in overrides:
+        parts, value = parse_override(text)
+        name = PINS.get(".".join(parts))
+        if name is not None:
+            choices = replace(choices, **{name: (value,)})
+    return choices
+
+
+def model_shape(base: dict) -> ModelShape:
+    try:
+        cfg = derive.model_config(ModelSection.model_validate(base["model"]))
+    except (ModelError, ValueError) as exc:
+        raise PlanError(f"model: {exc}") from None
+    return ModelShape(heads=cfg.num_heads, layers=cfg.num_layers, experts=cfg.num_experts)
+
+
+def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
+    for name, value in (("gpus", gpus), ("global_batch", global_batch), ("seq", seq)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PlanError(f"{name}: must be a whole number >= 1, got {value!r}")
+    from ..model.sections import HardwareSection
+
+    try:
+        hw = derive.hardware(HardwareSection.model_validate(base["hardware"]))
+    except (ModelError, ValueError) as exc:
+        raise PlanError(f"hardware: {exc}") from None
+    return Request(gpus=gpus, global_batch=global_batch, seq=seq, gpus_per_node=hw.gpus_per_node)
+
+
+def device_memory(base: dict) -> float | None:
+    from ..model.sections import HardwareSection
+
+    section = HardwareSection.model_validate(base["hardware"])
+    try:
+        return derive.hardware(section).hbm_bytes or section.hbm
+    except ModelError:
+        return section.hbm

@@ -1,0 +1,67 @@
+"""Simulating the chosen candidates with the normal engine, in worker processes.
+
+Each candidate is the plan's base scenario with its overrides, run by
+``simulation.run`` exactly as ``run`` runs the TOML written for it.  One
+derivation serves the whole run (``_OnceDerived``): the cost model, the
+[step] figures and the memory rows all read the same figures, which the plain
+Scenario would derive again for each (the result is the same, only sooner).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Iterator
+
+from pydantic import PrivateAttr
+
+from .. import simulation
+from ..scenario import Scenario, ScenarioError, apply_overrides
+from ..sweep.executors import _ignore_sigint, default_jobs
+
+BATCH = 8  # candidates per task: fewer round trips between processes
+
+
+class _OnceDerived(Scenario):
+    """A Scenario that derives its [model] figures once (it is never changed after loading)."""
+
+    _derived: object = PrivateAttr(default=None)
+
+    def derived(self):
+        if self._derived is None:
+            self._derived = super().derived()
+        return self._derived
+
+
+def run_candidate(base: dict, overrides: tuple[str, ...]) -> dict:
+    """``status`` (ok / error), ``reason`` and the scalar metrics of one candidate; never raises."""
+    try:
+        data = apply_overrides(base, list(overrides))
+        scenario = _OnceDerived.model_validate(data)  # scenario.from_dict's checks, on the subclass
+        scenario.cost_model()
+        scenario.step_costs()
+        return {"status": "ok", "reason": "", **simulation.run(scenario).metrics.scalars()}
+    except (ScenarioError, ValueError) as exc:
+        return {"status": "error", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one bad candidate must not stop the plan
+        return {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _run_batch(base: dict, batch: list[tuple[int, tuple[str, ...]]]) -> list[tuple[int, dict]]:
+    return [(i, run_candidate(base, overrides)) for i, overrides in batch]
+
+
+def run_all(base: dict, todo: list[tuple[int, tuple[str, ...]]], jobs: int | None) -> Iterator[tuple[int, dict]]:
+    """(index, fields) for each (index, overrides), as they finish; ``jobs`` processes (1: this one)."""
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs == 1 or len(todo) <= 1:
+        for i, overrides in todo:
+            yield i, run_candidate(base, overrides)
+        return
+    batches = [todo[k:k + BATCH] for k in range(0, len(todo), BATCH)]
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(batches)), initializer=_ignore_sigint)
+    try:
+        futures = [pool.submit(_run_batch, base, b) for b in batches]
+        for future in as_completed(futures):
+            yield from future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

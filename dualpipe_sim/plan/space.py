@@ -1,0 +1,179 @@
+"""The candidates ``plan`` considers: every layout of a model on exactly N GPUs.
+
+A candidate fixes the tensor, context, pipeline, expert and data degrees, the
+micro-batch size, the schedule (with its virtual stages), the recompute policy
+and the ZeRO stage.  Enumeration walks those choices in that order and drops a
+branch the moment a divisibility rule fails: the dropped row stands for every
+candidate under it (its later columns are left empty) and carries the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Iterator
+
+from .shapes import ScheduleShape
+
+TENSOR = (1, 2, 4, 8)  # within a node: tensor-parallel collectives need NVLink
+CONTEXT = (1, 2, 4, 8)
+MICRO_BATCH_SIZES = (1, 2, 4)
+VIRTUAL = (2, 3, 4, 5, 6, 8)  # virtual stages per rank tried for interleaved schedules
+RECOMPUTE = ("none", "selective", "full")
+ZERO = (0, 1)  # ZeRO-3's parameter all-gathers are not costed, so it is only tried when pinned
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What enumeration needs to know of the model."""
+
+    heads: int
+    layers: int
+    experts: int  # routed experts; 0 for a dense model
+
+
+@dataclass(frozen=True)
+class Request:
+    """The cluster and the batch: ``gpus`` GPUs, ``global_batch`` sequences of ``seq`` tokens per step."""
+
+    gpus: int
+    global_batch: int
+    seq: int
+    gpus_per_node: int = 8
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The values tried for each degree (a --set pins one to a single value)."""
+
+    tensor: tuple[int, ...] = TENSOR
+    context: tuple[int, ...] = CONTEXT
+    pipeline: tuple[int, ...] | None = None  # None: every divisor of the GPUs left
+    expert: tuple[int, ...] | None = None  # None: every power of two dividing the experts
+    micro_batch_size: tuple[int, ...] = MICRO_BATCH_SIZES
+    virtual: tuple[int, ...] = VIRTUAL
+    recompute: tuple[str, ...] = RECOMPUTE
+    zero: tuple[int, ...] = ZERO
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of plan.csv: a layout (``None`` = not chosen yet: the row was pruned above it)."""
+
+    tensor: int
+    context: int | None = None
+    pipeline: int | None = None
+    data: int | None = None
+    expert: int | None = None
+    micro_batch_size: int | None = None
+    microbatches: int | None = None
+    schedule: str | None = None
+    virtual: int | None = None
+    stages: int | None = None
+    recompute: str | None = None
+    zero: int | None = None
+    pruned: str = ""  # the rule it breaks; empty for a complete candidate
+
+    def complete(self) -> bool:
+        return not self.pruned
+
+    def overrides(self) -> list[str]:
+        """The scenario keys this candidate sets, as --set texts."""
+        keys = [
+            f'pipeline.schedule="{self.schedule}"', f"pipeline.stages={self.stages}",
+            f"pipeline.microbatches={self.microbatches}", f"model.micro_batch_size={self.micro_batch_size}",
+            f"parallel.tensor={self.tensor}", f"parallel.context={self.context}",
+            f"parallel.expert={self.expert}", f"parallel.data={self.data}", f"parallel.zero={self.zero}",
+            f'memory.recompute="{self.recompute}"',
+        ]  # fmt: skip
+        if self.virtual is not None:
+            keys.append(f"pipeline.chunks_per_rank={self.virtual}")
+        return keys
+
+    def label(self) -> str:
+        v = f" v{self.virtual}" if self.virtual else ""
+        return (f"{self.schedule}{v} TP{self.tensor} PP{self.pipeline} CP{self.context} EP{self.expert} "
+                f"DP{self.data} mbs{self.micro_batch_size} {self.recompute} zero{self.zero}")  # fmt: skip
+
+
+COLUMNS = tuple(f.name for f in fields(Candidate))
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleShape],
+                         choices: Choices = Choices()) -> Iterator[Candidate]:
+    """Every candidate, complete or pruned by a divisibility or schedule rule, in a fixed order."""
+    for t in choices.tensor:
+        row = Candidate(tensor=t)
+        if t > req.gpus_per_node:
+            yield replace(row, pruned=f"tensor: {t} > {req.gpus_per_node} GPUs per node")
+            continue
+        if model.heads % t:
+            yield replace(row, pruned=f"tensor: does not divide the {model.heads} attention heads")
+            continue
+        for c in choices.context:
+            row = Candidate(tensor=t, context=c)
+            if req.gpus % (t * c):
+                yield replace(row, pruned=f"gpus: {req.gpus} not a multiple of tensor x context")
+                continue
+            if c > 1 and req.seq % (2 * c):
+                yield replace(row, pruned="context: must divide the sequence in 2 x context chunks")
+                continue
+            yield from _pipelines(model, req, shapes, choices, row)
+
+
+def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
+    rest = req.gpus // (row.tensor * row.context)
+    for p in choices.pipeline or divisors(rest):
+        row_p = replace(row, pipeline=p, data=rest // p if rest % p == 0 else None)
+        if rest % p:
+            yield replace(row_p, pruned=f"gpus: {req.gpus} not a multiple of tensor x context x pipeline")
+            continue
+        if p > model.layers:
+            yield replace(row_p, pruned=f"pipeline: more ranks than the {model.layers} layers")
+            continue
+        for e in _experts(model, choices):
+            row_e = replace(row_p, expert=e)
+            if not model.experts and e > 1:
+                yield replace(row_e, pruned="expert: the model has no experts")
+                continue
+            if model.experts and model.experts % e:
+                yield replace(row_e, pruned=f"expert: does not divide the {model.experts} experts")
+                continue
+            if (row_p.data * row.tensor) % e:
+                yield replace(row_e, pruned="expert: does not divide data x tensor")
+                continue
+            for mbs in choices.micro_batch_size:
+                row_m = replace(row_e, micro_batch_size=mbs)
+                if req.global_batch % (row_p.data * mbs):
+                    yield replace(row_m, pruned="global_batch: not a multiple of data x micro_batch_size")
+                    continue
+                row_m = replace(row_m, microbatches=req.global_batch // (row_p.data * mbs))
+                yield from _schedules(model, shapes, choices, row_m)
+
+
+def _experts(model: ModelShape, choices: Choices) -> tuple[int, ...]:
+    if choices.expert is not None:
+        return choices.expert
+    if not model.experts:
+        return (1,)
+    return tuple(2**i for i in range(model.experts.bit_length()) if 2**i <= model.experts)
+
+
+def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
+    for shape in shapes:
+        for v in (choices.virtual if shape.virtual else (None,)):
+            stages = row.pipeline * (v or shape.stages_per_rank)
+            cand = replace(row, schedule=shape.name, virtual=v, stages=stages)
+            if stages > model.layers:
+                yield replace(cand, pruned=f"layers: {stages} stages > the {model.layers} layers")
+                continue
+            problem = shape.check(stages, row.microbatches, v)
+            if problem:
+                yield replace(cand, pruned=f"schedule: {shape.name}: {problem}")
+                continue
+            for rc in choices.recompute:
+                for z in choices.zero:
+                    yield replace(cand, recompute=rc, zero=z)
