@@ -23,7 +23,8 @@ from ..progress import Progress, each_file, report
 from . import chart, files
 from .estimate import FigureCache, estimate, static_floor
 from .rank import Row, estimate_order, ranked, to_simulate
-from .request import PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices
+from .request import (PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices,
+                      source_pins)
 from .shapes import shapes
 from .simulate import run_all
 from .space import enumerate_candidates
@@ -80,7 +81,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         registry.get(name)  # ScheduleError naming the unknown schedule
     device = device_memory(base)
     rows: list[Row] = []
-    for i, cand in enumerate(enumerate_candidates(model_shape(base), req, shapes(names), pinned_choices(overrides))):
+    for i, cand in enumerate(enumerate_candidates(model_shape(base), req, shapes(names), pinned_choices(source_pins(base) + overrides))):
         rows.append(Row(i, cand, pruned=cand.pruned))
     live = [r for r in rows if not r.pruned]
     cache = FigureCache(base)

@@ -73,16 +73,28 @@ class FigureCache:
         # ZeRO changes only static bytes: zero is not part of the key.
         key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute)
         if key not in self._figures:
-            scenario = self.scenario(cand)
-            derived = scenario.derived()
-            costs = scenario.cost_model(derived)
-            work = tuple(f + b for f, b in zip(costs.forward, costs.backward))
-            pair = tuple(costs.overlapped or work)
+            derived = self.scenario(cand).derived()
+            f, b, w, pair = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-            uniform = CostModel.uniform(cand.stages, mean(costs.forward), mean(costs.backward),
-                                        mean(costs.weight), mean(pair) if costs.overlapped else None)  # fmt: skip
+            uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
+            work = tuple(x + y for x, y in zip(f, b))
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform)
         return self._figures[key]
+
+
+def _stage_costs(derived, s: int) -> tuple[float, float, float, float]:
+    """F, B, W and an overlapped F&B pair of stage ``s`` (ms).  With [chunk] components (MoE) the
+    pair is its compute plus the slowdown of the compute an all-to-all overlaps (the simulated pair
+    lies within a few % of it); the engine lays the real pair out with channels.py."""
+    if not derived.stage_chunks:
+        st = derived.stages[s]
+        return st.forward, st.backward, st.weight, st.forward + st.backward
+    n, t = derived.stage_chunks[s]
+    fc, fa = t.attn_forward + t.mlp_forward, t.dispatch_forward + t.combine_forward
+    bw = t.attn_backward_weight + t.mlp_backward_weight
+    bc, ba = t.attn_backward_input + t.mlp_backward_input + bw, t.dispatch_backward + t.combine_backward
+    pair = fc + bc + (derived.comm_compute_slowdown - 1) * min(fc + bc, fa + ba)
+    return n * (fc + fa), n * (bc + ba), n * bw, n * max(pair, fa + ba)
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:

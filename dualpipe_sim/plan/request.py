@@ -30,6 +30,13 @@ PINS = {"parallel.tensor": "tensor", "parallel.context": "context", "parallel.ex
         "memory.recompute": "recompute", "pipeline.chunks_per_rank": "virtual"}  # fmt: skip
 # keys plan sets itself: a --set of these is refused (say --schedules or a pin instead)
 CHOSEN = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches", "parallel.data")
+KEPT_PARALLEL = ("tp_comm_overlap", "sequence_parallel")
+
+
+def source_pins(base: dict) -> list[str]:
+    """A recompute policy the source scenario states is kept: it pins memory.recompute."""
+    policy = base.get("memory", {}).get("recompute")
+    return [f'memory.recompute="{policy}"'] if isinstance(policy, str) else []
 
 
 class PlanError(ScenarioError):
@@ -50,8 +57,12 @@ def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides:
         config = base["model"].get("config")
         if isinstance(config, str):
             base["model"]["config"] = str(Path(config).resolve())
-    for key in ("pipeline", "parallel", "chunk", "costs"):
+    for key in ("pipeline", "chunk", "costs"):
         base.pop(key, None)
+    # [parallel]: plan chooses the degrees and the stage split; switches such as tp_comm_overlap stay.
+    kept = {k: v for k, v in base.pop("parallel", {}).items() if k in KEPT_PARALLEL}
+    if kept:
+        base["parallel"] = kept
     base["pipeline"] = {"schedule": "1f1b", "stages": 1, "microbatches": 1}  # every candidate sets these
     base["model"]["seq_length"] = seq
     if hardware is not None:
@@ -76,6 +87,8 @@ def pinned_choices(overrides: list[str]) -> Choices:
         name = PINS.get(".".join(parts))
         if name is not None:
             choices = replace(choices, **{name: (value,)})
+        if name == "context":
+            choices = replace(choices, min_context_tokens=1)
     return choices
 
 
@@ -84,7 +97,8 @@ def model_shape(base: dict) -> ModelShape:
         cfg = derive.model_config(ModelSection.model_validate(base["model"]))
     except (ModelError, ValueError) as exc:
         raise PlanError(f"model: {exc}") from None
-    return ModelShape(heads=cfg.num_heads, layers=cfg.num_layers, experts=cfg.num_experts)
+    return ModelShape(heads=cfg.num_heads, layers=cfg.num_layers, experts=cfg.num_experts,
+                      flash_attention=cfg.model_type != "gpt2")  # as model/activations.py counts
 
 
 def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:

@@ -20,6 +20,9 @@ MICRO_BATCH_SIZES = (1, 2, 4)
 VIRTUAL = (2, 3, 4, 5, 6, 8)  # virtual stages per rank tried for interleaved schedules
 RECOMPUTE = ("none", "selective", "full")
 ZERO = (0, 1)  # ZeRO-3's parameter all-gathers are not costed, so it is only tried when pinned
+# Context parallelism below this many tokens per rank is not tried: each ring step's attention
+# chunk gets too short to hide the K/V exchange behind (an assumption, docs/plan.md).
+MIN_CONTEXT_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ModelShape:
     heads: int
     layers: int
     experts: int  # routed experts; 0 for a dense model
+    flash_attention: bool = True  # scores never materialised: selective recompute saves nothing
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Choices:
     virtual: tuple[int, ...] = VIRTUAL
     recompute: tuple[str, ...] = RECOMPUTE
     zero: tuple[int, ...] = ZERO
+    min_context_tokens: int = MIN_CONTEXT_TOKENS  # 1 when parallel.context is pinned
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,9 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
             if c > 1 and req.seq % (2 * c):
                 yield replace(row, pruned="context: must divide the sequence in 2 x context chunks")
                 continue
+            if c > 1 and req.seq // c < choices.min_context_tokens:
+                yield replace(row, pruned=f"context: fewer than {choices.min_context_tokens} tokens per context rank")
+                continue
             yield from _pipelines(model, req, shapes, choices, row)
 
 
@@ -167,6 +175,9 @@ def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
         for v in (choices.virtual if shape.virtual else (None,)):
             stages = row.pipeline * (v or shape.stages_per_rank)
             cand = replace(row, schedule=shape.name, virtual=v, stages=stages)
+            if v and row.pipeline == 1:
+                yield replace(cand, pruned="virtual: needs pipeline >= 2 (one rank has nothing to interleave)")
+                continue
             if stages > model.layers:
                 yield replace(cand, pruned=f"layers: {stages} stages > the {model.layers} layers")
                 continue
@@ -176,4 +187,13 @@ def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
                 continue
             for rc in choices.recompute:
                 for z in choices.zero:
-                    yield replace(cand, recompute=rc, zero=z)
+                    yield replace(cand, recompute=rc, zero=z, pruned=_dominated(model, choices, rc, z))
+
+
+def _dominated(model: ModelShape, choices: Choices, recompute: str, zero: int) -> str:
+    """Why another candidate tried beside this one is never worse ('' if none is)."""
+    if recompute == "selective" and model.flash_attention and "none" in choices.recompute:
+        return "recompute: selective equals none under flash attention (it saves only the scores)"
+    if zero == 0 and 1 in choices.zero:
+        return "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)"
+    return ""
