@@ -4,8 +4,8 @@
 
 * Llama-3-70B (scenarios/models/llama3-70b.json) on 64 H100, global batch 128 x 8192 tokens;
 * DeepSeek-V3 (scenarios/models/deepseek-v3.json) on 2048 H800, global batch 15,360 x 4096
-  tokens, with the report's BF16 Adam moments (--set model.optimizer_dtype=bf16, as
-  scenarios/deepseek-v3-predicted.toml).
+  tokens, with the report's BF16 Adam moments and recompute policy (--set model.optimizer_dtype=bf16
+  --set memory.recompute=deepseek, as scenarios/deepseek-v3-predicted.toml; the policy is pinned).
 
 For each: wall time of the whole plan (enumerate, prune, estimate, simulate; no files written),
 the row counts, the pruning counts and the top 3.  Issue 27's target: under 2 minutes each on
@@ -29,7 +29,7 @@ CASES = {
     "llama": dict(source=ROOT / "scenarios/models/llama3-70b.json", gpus=64, global_batch=128, seq=8192,
                   hardware="H100", overrides=[]),
     "deepseek": dict(source=ROOT / "scenarios/models/deepseek-v3.json", gpus=2048, global_batch=15360, seq=4096,
-                     hardware="H800", overrides=["model.optimizer_dtype=bf16"]),
+                     hardware="H800", overrides=["model.optimizer_dtype=bf16", "memory.recompute=deepseek"]),
 }  # fmt: skip
 
 
