@@ -10,7 +10,8 @@ figure ``plan`` reports comes from a full simulation.
   activations of the largest stage it holds.  Every schedule holds at least
   that, so a floor above the device proves the candidate cannot fit;
 * memory estimate: the static bytes plus the closed form's peak number of live
-  activations (registry.analytic), or the floor where there is no formula;
+  activations (registry.analytic) of the rank's smallest stage, or the floor where there is no
+  formula;
 * step time: the busiest rank's work (each stage it holds, times the
   micro-batches that pass it: M, or M/2 per direction when they enter from both
   ends; a forward/backward pair run overlapped costs its F&B) plus the family's
@@ -121,6 +122,8 @@ def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     statics = [sum(static[s] for s in {s for _, s in on_rank}) for on_rank in held]
     floor = max(st + max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held))
     peak = closed.get("peak_activation")
-    memory = max(st + peak * max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
+    # Optimistic on purpose (the smallest stage's activations on each rank): it decides what is
+    # simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
+    memory = max(st + peak * min(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
         if peak else floor
     return Estimate(busiest + bubble, floor, max(memory, floor))

@@ -51,7 +51,7 @@ def estimate_order(rows: list[Row], device: float | None) -> list[Row]:
 
 
 def likely_fits(row: Row, device: float | None) -> bool:
-    """The memory estimate within MEMORY_SLACK of the device (the estimate runs high: see estimate.py)."""
+    """The memory estimate within MEMORY_SLACK of the device (estimate.py)."""
     return device is None or row.estimate.memory <= device * (1 + MEMORY_SLACK)
 
 
