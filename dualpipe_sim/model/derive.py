@@ -83,6 +83,7 @@ class StageFigures:
     forward: float | None = None  # ms
     backward: float | None = None
     weight: float | None = None
+    sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
 
 
 @dataclass
@@ -156,7 +157,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.tensor: must divide the attention heads ({cfg.num_heads}), got {par.tensor}")
     optimizer = (4.0 if m.master_weights else 0.0) + 2 * DTYPES[m.optimizer_dtype]
     sharding = memory.Sharding(
-        par.tensor, par.expert, par.data, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype], optimizer
+        par.tensor, par.expert, par.data, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype], optimizer, cfg.fp8,
+        scenario.memory.fp8_weight_cache,
     )
     hw, eff, overhead = None, 0.4, 0.0
     section = scenario.hardware
@@ -252,6 +254,26 @@ def _head_ms(st: Setup) -> float:
 
 
 # -- per stage -----------------------------------------------------------------------
+def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
+    """A stage's static bytes per rank (FP8 copies included) and its ZeRO 2/3 sharding buffers."""
+    cfg, sh = st.cfg, st.sharding
+    units = [(params.layer(cfg, i), params.linear_weights(cfg, i)) for i in stage.layers]
+    if stage.mtp:
+        mtp = params.mtp_module(cfg)
+        units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
+    dense = sum(p.dense for p, _ in units) + (params.embedding(cfg) if stage.embedding else 0)
+    dense += params.head(cfg) if stage.head else 0
+    routed = sum(p.routed for p, _ in units)
+    fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
+    # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
+    sizes = [(p.dense, p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
+    sizes += [(n, 0, 0.0) for n, here in ((params.embedding(cfg), stage.embedding), (params.head(cfg), stage.head)) if here]
+    biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.expert, default=(0, 0, 0.0))
+    fp8_unit = max((u[2] for u in sizes), default=0.0)
+    return (memory.stage_static(dense, routed, sh, fp8_dense, fp8_routed, fp8_unit),
+            memory.sharding_buffers(*biggest, sh))  # fmt: skip
+
+
 def derive(st: Setup) -> Derived:
     cfg, sh = st.cfg, st.sharding
     args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
@@ -273,7 +295,8 @@ def derive(st: Setup) -> Derived:
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
             act += stage.mtp * activations.mtp_module(cfg, *args)
-        fig = StageFigures(dense, routed, act, memory.stage_static(dense, routed, sh))
+        static, sharding_buffers = _stage_memory(st, stage)
+        fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []
             for i in stage.layers + (cfg.num_layers,) * stage.mtp:
