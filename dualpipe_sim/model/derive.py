@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activations, config, flops, layout, memory, params
+from . import activations, config, flops, fsdp, layout, memory, params
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .sections import DTYPES, ParallelSection
@@ -84,6 +84,7 @@ class StageFigures:
     backward: float | None = None
     weight: float | None = None
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
+    fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
 
 
 @dataclass
@@ -274,8 +275,39 @@ def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]
             memory.sharding_buffers(*biggest, sh))  # fmt: skip
 
 
+def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list[fsdp.Unit]:
+    """A stage's FSDP units in forward order with their compute (``times``: its layers' and MTP
+    modules') and their all-gather / reduce-scatter times over the data-parallel group."""
+    cfg, sh, hw = st.cfg, st.sharding, st.hw
+    redo = st.policy == "full"
+
+    def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
+        def ms(per_param: float) -> float:
+            return (fsdp.ring_ms(per_param * dense / sh.tensor, sh.data, hw.a2a_gbps)
+                    + fsdp.ring_ms(per_param * routed / sh.expert, sh.expert_data, hw.a2a_gbps))  # fmt: skip
+
+        return fsdp.Unit(forward, backward, ms(sh.params_bytes), ms(sh.grads_bytes))
+
+    head = _head_ms(st)
+    proj = _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, hw.peak(cfg.fp8), st.efficiency)
+    units = [unit(0.0, 0.0, params.embedding(cfg), 0)] if stage.embedding else []
+    for i, t in zip(stage.layers, times):
+        p = params.layer(cfg, i)
+        units.append(unit(t.forward, t.backward, p.dense, p.routed))
+    mtp = params.mtp_module(cfg)
+    for t in times[len(stage.layers) :]:  # an MTP module: its layer, projection and head
+        x = head + proj
+        units.append(unit(t.forward + x, t.backward + (3 if redo else 2) * x, mtp.dense, mtp.routed))
+    if stage.head:
+        units.append(unit(head, (3 if redo else 2) * head, params.head(cfg), 0))
+    return units
+
+
 def derive(st: Setup) -> Derived:
     cfg, sh = st.cfg, st.sharding
+    if sh.zero >= 3 and cfg.moe and sh.expert > 1:
+        raise ModelError("parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet "
+                         "(the all-to-all component model has no data-parallel channel); use 0, 1 or 2")  # fmt: skip
     args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
     per_layer = {}
@@ -312,6 +344,10 @@ def derive(st: Setup) -> Derived:
             fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times) + extra
             fig.weight = sum(t.weight for t in times) + extra
             fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times) + 2 * extra + redo
+            if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
+                fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times))
+                fig.forward += fig.fsdp_exposed[0]
+                fig.backward += fig.fsdp_exposed[1]
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:

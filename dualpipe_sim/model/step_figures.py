@@ -7,7 +7,7 @@ type its block) never import the model package.  docs/step.md gives the formulas
 from __future__ import annotations
 
 from ..step import Throughput
-from . import derive, flops
+from . import derive, flops, params
 from .config import ModelError
 
 
@@ -34,6 +34,9 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
       (hardware's inter-node per-GPU bandwidth): all-reduce 2(D-1)/D x bytes / bw,
       or with ZeRO >= 1 (sharded optimizer) reduce-scatter (D-1)/D x bytes / bw; the
       dense part over ``data`` ranks, the routed part over ``data x tensor / expert``.
+      With ZeRO >= 2 each FSDP unit's gradient is reduce-scattered after every backward
+      (model/fsdp.py), so what is left for the end of the step is the last backward's last
+      reduce-scatter: the stage's first unit (its embedding, else its first layer).
     * cross_copy_sync: an all-reduce between the two ranks holding the copies,
       2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
     Raises model.config.ModelError when [model] or [hardware] is missing.
@@ -43,9 +46,14 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
     st = derive.setup(scenario)
     sh, hw = st.sharding, st.hw
     out = []
-    for stage in scenario.derived().stages:
+    for where, stage in zip(st.stages, scenario.derived().stages):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         routed = stage.routed_params / sh.expert * sh.grads_bytes
+        if key == "grad_sync" and sh.zero >= 2:
+            first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
+            unit_dense, unit_routed = (params.embedding(st.cfg), 0) if where.embedding else (first.dense, first.routed)
+            dense = unit_dense / sh.tensor * sh.grads_bytes
+            routed = unit_routed / sh.expert * sh.grads_bytes
         if key == "cross_copy_sync":
             out.append((dense + routed) / (hw.p2p_gbps * 1e9) * 1e3)
             continue
