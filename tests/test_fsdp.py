@@ -97,3 +97,14 @@ def test_fsdp_with_expert_parallelism_is_refused_as_not_yet(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_model_verb_reports_the_exposure_and_buffers(tmp_path, capsys):
+    import json
+
+    assert main(["model", str(tiny_with_hardware(tmp_path, 3)), "--json"]) == 0
+    stage = json.loads(capsys.readouterr().out)["stages"][0]
+    fs = scenario.load(tiny_with_hardware(tmp_path, 3)).derived().stages[0]
+    assert stage["fsdp_exposed_ms"] == {"forward": fs.fsdp_exposed[0], "backward": fs.fsdp_exposed[1]}
+    assert stage["sharding_buffer_bytes_per_rank"] == 2 * (4 + 2) * LAYER  # tests/test_memory_terms.py
+    assert stage["fp8_weight_bytes_per_rank"] == 0

@@ -118,3 +118,46 @@ def test_without_transfer_time_the_trace_has_no_buffers(tmp_path):
     m0, m1 = memories(tiny(tmp_path), ["comm.p2p=0"])
     assert m0.p2p_buffers == m1.p2p_buffers == 0
     assert (m0.dynamic_peak, m1.dynamic_peak) == (2 * ACT0, ACT1)
+
+
+def test_llama3_405b_1f1b_fits_80_gb_with_every_term():
+    """scenarios/llama3-405b-1f1b.toml, rank 1 (8 layers; TP 8, DP 64, ZeRO 2), by hand.
+    A layer: q, o 2 x 16384^2 + k, v 2 x 16384 x 1024 + SwiGLU 3 x 16384 x 53,248 + norms 32,768
+    = 3,187,703,808 parameters; per rank (/ 8) 398,462,976.  Activations per layer at 8,192 tokens
+    (bf16, flash attention), / 8: norm1/qkv/norm2/mlp inputs 4 x 268,435,456, q and k 2 x 8192 x 136
+    x 128, v 2 x 8192 x 8 x 128, log-sum-exp 4 x 8192 x 128, o_proj input 2 x 8192 x 16384, SwiGLU
+    input 2 x 8192 x 106,496, down input 2 x 8192 x 53,248: 4,265,607,168 / 8 = 533,200,896.  1F1B
+    rank 1 of 16 holds 15 micro-batches.  Runtime: NCCL for TP 8, PP 16, DP 64 (688 MiB each)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "llama3-405b-1f1b.toml"
+    m = simulation.run(scenario.load(path)).metrics
+    mem = m.per_rank[1].memory
+    per_rank = 8 * 3_187_703_808 / 8
+    assert (mem.parameters, mem.gradients, mem.optimizer) == (2 * per_rank, 4 * per_rank / 64, 12 * per_rank / 64)
+    assert mem.sharding_buffers == 2 * 4 * 3_187_703_808 / 8  # two layers' fp32 gradients, whole
+    assert mem.activations_peak == 15 * 8 * 533_200_896
+    assert mem.runtime == 0.5e9 + 3 * 688 * MIB + 32 * MIB
+    static = mem.parameters + mem.gradients + mem.optimizer + mem.sharding_buffers + mem.runtime
+    assert mem.total == pytest.approx(static + mem.dynamic_peak)
+    assert mem.activations_peak <= mem.dynamic_peak <= mem.activations_peak + mem.p2p_buffers
+    assert m.device_memory == 80e9 and max(r.memory.total for r in m.per_rank) < 80e9
+
+
+def test_run_help_names_the_memory_keys(capsys):
+    from dualpipe_sim.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "memory.runtime=0" in out and "memory.fp8_weight_cache=false" in out and "parallel.zero=3 (FSDP)" in out
+
+
+def test_bad_memory_keys_are_refused_by_name(tmp_path, capsys):
+    from dualpipe_sim.cli import main
+
+    for key, words in (("memory.runtime=-1", "memory.runtime: input should be greater than or equal to 0"),
+                       ("memory.fp8_weight_cache=1", "memory.fp8_weight_cache: must be true or false")):  # fmt: skip
+        assert main(["run", str(tiny(tmp_path)), "--set", key, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and not (tmp_path / "o").exists()

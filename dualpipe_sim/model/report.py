@@ -37,10 +37,14 @@ def summary(d: Derived) -> dict:
             "parameter_bytes_per_rank": fig.static.parameters,
             "gradient_bytes_per_rank": fig.static.gradients,
             "optimizer_bytes_per_rank": fig.static.optimizer,
+            "fp8_weight_bytes_per_rank": fig.static.fp8_weights,
+            "sharding_buffer_bytes_per_rank": fig.sharding_buffers,
             "activation_bytes": fig.activation_bytes,
         }
         if fig.forward is not None:
             row.update(forward_ms=fig.forward, backward_ms=fig.backward, weight_ms=fig.weight)
+        if fig.fsdp_exposed is not None:  # ZeRO 3: part of forward_ms / backward_ms (model/fsdp.py)
+            row["fsdp_exposed_ms"] = {"forward": fig.fsdp_exposed[0], "backward": fig.fsdp_exposed[1]}
         stages.append(row)
     out = {
         "model_type": cfg.model_type,
