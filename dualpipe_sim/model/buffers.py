@@ -40,56 +40,49 @@ def a2a_bytes(st: Setup) -> dict[int, float]:
     return {int(c): 2 * copies * (fp8 if c in _FP8_PHASES else st.act_bytes) for c in phases}
 
 
-def _peak(times: np.ndarray, deltas: np.ndarray) -> float:
-    """Largest running sum of ``deltas`` in time order, frees first at equal times."""
-    if len(times) == 0:
-        return 0.0
-    order = np.lexsort((deltas > 0, times))
-    return float(max(0.0, np.cumsum(deltas[order]).max()))
+def _peaks(ranks: int, rank: np.ndarray, time: np.ndarray, delta: np.ndarray) -> list[float]:
+    """Per rank, the largest running sum of ``delta`` in time order (frees first at equal times)."""
+    order = np.lexsort((delta > 0, time, rank))
+    rank, delta = rank[order], delta[order]
+    bounds = np.searchsorted(rank, np.arange(ranks + 1))
+    return [float(max(0.0, np.cumsum(delta[a:b]).max())) if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _action_starts(trace: Trace) -> dict[tuple[int, int], float]:
-    """(rank, action index) -> when that action's first compute starts."""
+def _consumer_starts(trace: Trace, rank: np.ndarray, action: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """When action ``action`` of rank ``rank`` first computes (``fallback`` where it has no compute row)."""
     c = trace.compute
-    starts: dict[tuple[int, int], float] = {}
-    for rank, action, start in zip(c["rank"].tolist(), c["action"].tolist(), c["start"].tolist()):
-        key = (rank, action)
-        if start < starts.get(key, np.inf):
-            starts[key] = start
-    return starts
+    if len(c) == 0 or len(rank) == 0:
+        return fallback
+    key = c["rank"].astype(np.int64) << 32 | (c["action"].astype(np.int64) & 0xFFFFFFFF)
+    order = np.lexsort((c["start"], key))
+    key, start = key[order], c["start"][order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    key, start = key[first], start[first]
+    want = rank.astype(np.int64) << 32 | (action.astype(np.int64) & 0xFFFFFFFF)
+    idx = np.minimum(np.searchsorted(key, want), len(key) - 1)
+    return np.where(key[idx] == want, start[idx], fallback)
 
 
 def per_rank(trace: Trace, st: Setup) -> list[dict]:
     """Per rank: the peak of P2P buffers, of all-to-all buffers, and of both with the activations."""
-    ranks = trace.ranks
-    events: dict[str, list[list]] = {k: [[] for _ in range(ranks)] for k in ("act", "p2p", "a2a")}
-
-    def hold(kind: str, rank: int, t0: float, t1: float, nbytes: float) -> None:
-        events[kind][rank] += [(t0, nbytes), (t1, -nbytes)]
-
-    for row in trace.memory:
-        events["act"][int(row["rank"])].append((float(row["time"]), float(row["bytes"])))
     comm = trace.comm
-    p2p = comm[comm["channel"] == P2P]
-    if len(p2p):
-        size, starts = p2p_bytes(st), _action_starts(trace)
-        for row in p2p:
-            t0, t1 = float(row["start"]), float(row["end"])
-            hold("p2p", int(row["rank"]), t0, t1, size)
-            used = starts.get((int(row["peer"]), int(row["action"])), t1)
-            hold("p2p", int(row["peer"]), t0, max(t1, used), size)
-    a2a = comm[comm["channel"] == A2A]
-    if len(a2a):
-        sizes = a2a_bytes(st)
-        for row in a2a:
-            hold("a2a", int(row["rank"]), float(row["start"]), float(row["end"]), sizes.get(int(row["part"]), 0.0))
-    out = []
-    for r in range(ranks):
-        peaks = {}
-        for kind in ("p2p", "a2a"):
-            ev = np.array(events[kind][r], dtype="f8").reshape(-1, 2)
-            peaks[kind] = _peak(ev[:, 0], ev[:, 1])
-        every = np.array(events["act"][r] + events["p2p"][r] + events["a2a"][r], dtype="f8").reshape(-1, 2)
-        peaks["joint"] = _peak(every[:, 0], every[:, 1])
-        out.append(peaks)
-    return out
+    p2p, a2a = comm[comm["channel"] == P2P], comm[comm["channel"] == A2A]
+    # P2P: the sender holds [start, end], the receiver [start, when the consuming action starts]
+    size = p2p_bytes(st)
+    used = np.maximum(p2p["end"], _consumer_starts(trace, p2p["peer"], p2p["action"], p2p["end"]))
+    p2p_rank = np.concatenate([p2p["rank"], p2p["peer"]] * 2)
+    p2p_time = np.concatenate([p2p["start"], p2p["start"], p2p["end"], used])
+    p2p_delta = np.repeat([size, -size], 2 * len(p2p))
+    sizes = a2a_bytes(st)
+    a2a_size = np.array([sizes.get(int(part), 0.0) for part in range(len(Component))])[a2a["part"]] if len(a2a) else np.empty(0)
+    a2a_rank = np.concatenate([a2a["rank"], a2a["rank"]])
+    a2a_time = np.concatenate([a2a["start"], a2a["end"]])
+    a2a_delta = np.concatenate([a2a_size, -a2a_size])
+    mem = trace.memory
+    ranks = trace.ranks
+    joint = _peaks(ranks, np.concatenate([mem["rank"], p2p_rank, a2a_rank]),
+                   np.concatenate([mem["time"], p2p_time, a2a_time]),
+                   np.concatenate([mem["bytes"], p2p_delta, a2a_delta]))  # fmt: skip
+    p2p_peak = _peaks(ranks, p2p_rank, p2p_time, p2p_delta)
+    a2a_peak = _peaks(ranks, a2a_rank, a2a_time, a2a_delta)
+    return [{"p2p": p, "a2a": a, "joint": j} for p, a, j in zip(p2p_peak, a2a_peak, joint)]
