@@ -89,6 +89,8 @@ def test_zero_2_and_3_sharding_buffers(tmp_path):
     assert (z3.parameters, z3.gradients, z3.optimizer) == (2 * stage0 / 2, 4 * stage0 / 2, 12 * stage0 / 2)
     assert z3.sharding_buffers == 2 * (4 + 2) * LAYER
     assert z3.total == pytest.approx(18 * stage0 / 2 + z3.sharding_buffers + z3.dynamic_peak + z3.runtime)
+    alone, _ = memories(tiny(tmp_path, "[parallel]\nzero = 3"))  # one data-parallel rank: nothing to gather
+    assert alone.sharding_buffers == 0 and alone.parameters == 2 * stage0
     z1, _ = memories(tiny(tmp_path, extra.format(1)))
     assert z1.sharding_buffers == 0 and z1.gradients == 4 * stage0  # the distributed optimizer's buffer is whole
 

@@ -84,7 +84,7 @@ def stage_static(dense: int, routed: int, sh: Sharding, fp8_dense: int = 0, fp8_
         return per_param * (_shard(dense, routed, sh) if sharded else _per_rank(dense, routed, sh))
 
     fp8 = 0.0
-    if sh.fp8 and sh.zero < 3:  # under ZeRO 3 only the gathered layers have copies (sharding_buffers)
+    if sh.fp8 and (sh.zero < 3 or sh.data == 1):  # under ZeRO 3 only gathered layers have copies (sharding_buffers)
         # cached: every linear's copy all step; cast per use: the layer computing's copy
         fp8 = FP8_WEIGHT_BYTES * (_per_rank(fp8_dense, fp8_routed, sh) if sh.fp8_weight_cache else fp8_unit)
     return Static(
@@ -102,9 +102,11 @@ def sharding_buffers(unit_dense: float, unit_routed: float, unit_fp8: float, sh:
     parameters (and their FP8 copies); two units at a time (the one computing, the one in flight)."""
     if sh.zero < 2:
         return 0.0
+    # a part sharded over one rank is whole already: nothing to gather or reduce-scatter
+    dense, routed = (unit_dense if sh.data > 1 else 0), (unit_routed if sh.expert_data > 1 else 0)
     per_param = sh.grads_bytes + (sh.params_bytes if sh.zero >= 3 else 0.0)
-    fp8 = FP8_WEIGHT_BYTES * unit_fp8 if sh.fp8 and sh.zero >= 3 else 0.0
-    return UNITS_IN_FLIGHT * (per_param * _per_rank(unit_dense, unit_routed, sh) + fp8)
+    fp8 = FP8_WEIGHT_BYTES * unit_fp8 if sh.fp8 and sh.zero >= 3 and sh.data > 1 else 0.0
+    return UNITS_IN_FLIGHT * (per_param * _per_rank(dense, routed, sh) + fp8)
 
 
 # What a training process holds besides its tensors (docs/model.md, "Runtime allowance").
