@@ -3,9 +3,11 @@
 Per stage: parameters (dense and routed-expert parts), static memory per rank
 holding it, activation bytes per micro-batch, and, given hardware, the F, B, W
 times (ms) and P2P time; for an MoE model with expert parallelism, the
-``[chunk]`` components of one MoE layer.  Every derived time is
-FLOPs / (peak FLOP/s x efficiency) or overhead + bytes / bandwidth; the
-:func:`explain` rows say which.  docs/model.md gives the derivations.
+``[chunk]`` components of one MoE layer.  With a GPU preset and no
+``hardware.efficiency``, every time is the sum of the kernels the step runs
+(kernels.py, timed from measured kernel rates); with ``hardware.efficiency``
+(or a custom GPU without a preset) it is FLOPs / (peak FLOP/s x efficiency) or
+overhead + bytes / bandwidth, as before.  docs/model.md gives the derivations.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activations, config, flops, fsdp, layout, memory, params
+from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
+from .rates import KernelRates
 from .sections import DTYPES, ParallelSection
 
 # Flash attention skips the masked half of a causal s x s square; its backward
@@ -38,12 +41,23 @@ class Setup:
     sharding: memory.Sharding
     stages: tuple[layout.Stage, ...]
     hw: Hardware | None
-    efficiency: float = 0.4
+    efficiency: float = 0.4  # used when rates is None
     a2a_overhead: float = 0.0
+    rates: KernelRates | None = None  # measured kernel rates: times from kernels.py
+    context: int = 1
+    tp_overlap: bool = True
+    sequence_parallel: bool = True
 
     @property
     def tokens(self) -> int:
-        return self.seq * self.mb
+        """Tokens of one micro-batch on one rank of a context-parallel group."""
+        return self.seq * self.mb // self.context
+
+    @property
+    def layout(self) -> kernels.Layout:
+        return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
+                              self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
+                              self.sequence_parallel)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,17 +170,35 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.expert: the model has no experts, so it must be 1, got {par.expert}")
     if cfg.num_heads % par.tensor:
         raise ModelError(f"parallel.tensor: must divide the attention heads ({cfg.num_heads}), got {par.tensor}")
+    if (m.seq_length * m.micro_batch_size) % (2 * par.context) and par.context > 1:
+        raise ModelError(f"parallel.context: must divide seq_length x micro_batch_size in 2 x context chunks "
+                         f"({m.seq_length * m.micro_batch_size} tokens), got {par.context}")  # fmt: skip
     optimizer = (4.0 if m.master_weights else 0.0) + 2 * DTYPES[m.optimizer_dtype]
+    # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
-        par.tensor, par.expert, par.data, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype], optimizer, cfg.fp8,
-        scenario.memory.fp8_weight_cache,
+        par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
+        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache,
     )
-    hw, eff, overhead = None, 0.4, 0.0
+    hw, eff, overhead, rates = None, 0.4, 0.0, None
     section = scenario.hardware
     if section is not None:
-        hw, eff, overhead = hardware(section), section.efficiency, section.a2a_overhead
-    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.memory.recompute, DTYPES[m.activations_dtype],
-                 sharding, stage_list, hw, eff, overhead)  # fmt: skip
+        hw, overhead = hardware(section), section.a2a_overhead
+        if section.efficiency is not None or section.preset is None:
+            eff = 0.4 if section.efficiency is None else section.efficiency
+        else:
+            rates = kernel_rates(section, hw)
+    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
+                 sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
+                 par.sequence_parallel)  # fmt: skip
+
+
+def kernel_rates(section, hw: Hardware) -> KernelRates:
+    """The preset's measured kernel rates, scaled where the section overrides a peak or bandwidth."""
+    from .rates import PRESETS as RATES
+
+    base, ref = RATES[section.preset], PRESETS[section.preset]
+    return base.scaled(compute=hw.bf16_tflops / ref.bf16_tflops, nvlink=hw.a2a_intra_gbps / ref.a2a_intra_gbps,
+                       nic=hw.a2a_gbps / ref.a2a_gbps)  # fmt: skip
 
 
 def hardware(section) -> Hardware:
@@ -194,8 +226,14 @@ def _ms(flops_: float, peak: float, eff: float) -> float:
     return flops_ / (peak * eff) * 1e3
 
 
+def layer_kernels(st: Setup, i: int) -> list[kernels.Kernel]:
+    return kernels.layer(st.cfg, i, st.rates, st.layout)
+
+
 def layer_times(st: Setup, i: int) -> LayerTimes:
     """Times of layer ``i`` for one micro-batch on one rank (ms); needs hardware."""
+    if st.rates is not None:
+        return LayerTimes(**kernels.by_component(layer_kernels(st, i)))
     cfg, hw, eff, tp = st.cfg, st.hw, st.efficiency, st.sharding.tensor
     f = flops.layer(cfg, i, st.seq)
     n = st.tokens / tp
@@ -249,6 +287,34 @@ def a2a_times(st: Setup) -> dict[str, float]:
     return {k: st.a2a_overhead + b / (gbps * 1e9) * 1e3 for k, b in a2a_bytes(st).items()}
 
 
+def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
+    """The kernels of a stage's embedding, head and MTP modules (kernel model)."""
+    rows = []
+    if stage.embedding:
+        rows += kernels.embedding(st.cfg, st.rates, st.layout)
+    if stage.head:
+        rows += kernels.head(st.cfg, st.rates, st.layout)
+    for _ in range(stage.mtp):
+        rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
+    return rows
+
+
+def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
+    """(forward, input-gradient, weight-gradient) ms of a stage's embedding, head and MTP modules."""
+    if st.rates is not None:
+        return tuple(ms for _, ms in kernels.passes(extra_kernels(st, stage)))
+    cfg, sh = st.cfg, st.sharding
+    head = _head_ms(st) * (int(stage.head) + stage.mtp)
+    mtp = [layer_times(st, cfg.num_layers) for _ in range(stage.mtp)]
+    proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+    extra = head + proj
+    redo = extra if st.policy == "full" else 0.0
+    f = extra + sum(t.forward + t.dispatch_forward + t.combine_forward for t in mtp)
+    w = extra + sum(t.weight for t in mtp)
+    i = extra + redo + sum(t.backward - t.weight + t.dispatch_backward + t.combine_backward for t in mtp)
+    return f, i, w
+
+
 def _head_ms(st: Setup) -> float:
     # The output head stays in BF16 (DeepSeek-V3 keeps it out of FP8).
     return _ms(st.tokens / st.sharding.tensor * flops.head(st.cfg), st.hw.peak(False), st.efficiency)
@@ -276,30 +342,37 @@ def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]
 
 
 def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list[fsdp.Unit]:
-    """A stage's FSDP units in forward order with their compute (``times``: its layers' and MTP
-    modules') and their all-gather / reduce-scatter times over the data-parallel group."""
+    """A stage's FSDP units in forward order with their compute (``times``: its layers'; the
+    embedding, head and MTP modules as extra_times costs them) and their all-gather /
+    reduce-scatter times over the data-parallel group (collectives.py with a preset's kernel
+    rates, else a ring over the NIC bandwidth)."""
     cfg, sh, hw = st.cfg, st.sharding, st.hw
-    redo = st.policy == "full"
+
+    def collective(op: str, nbytes: float, ranks: float) -> float:
+        if st.rates is None:
+            return fsdp.ring_ms(nbytes, ranks, hw.a2a_gbps)
+        link = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+        return collectives.time(op, nbytes, int(ranks), st.rates, link) * 1e3
 
     def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
-        def ms(per_param: float) -> float:
-            return (fsdp.ring_ms(per_param * dense / sh.tensor, sh.data, hw.a2a_gbps)
-                    + fsdp.ring_ms(per_param * routed / sh.expert, sh.expert_data, hw.a2a_gbps))  # fmt: skip
+        def ms(op: str, per_param: float) -> float:
+            return (collective(op, per_param * dense / sh.tensor, sh.data)
+                    + collective(op, per_param * routed / sh.expert, sh.expert_data))  # fmt: skip
 
-        return fsdp.Unit(forward, backward, ms(sh.params_bytes), ms(sh.grads_bytes))
+        return fsdp.Unit(forward, backward, ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes))
 
-    head = _head_ms(st)
-    proj = _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, hw.peak(cfg.fp8), st.efficiency)
-    units = [unit(0.0, 0.0, params.embedding(cfg), 0)] if stage.embedding else []
+    def extra(**part) -> tuple[float, float]:
+        f, i, w = extra_times(st, layout.Stage((), **part))
+        return f, i + w
+
+    units = [unit(*extra(embedding=True), params.embedding(cfg), 0)] if stage.embedding else []
     for i, t in zip(stage.layers, times):
         p = params.layer(cfg, i)
         units.append(unit(t.forward, t.backward, p.dense, p.routed))
     mtp = params.mtp_module(cfg)
-    for t in times[len(stage.layers) :]:  # an MTP module: its layer, projection and head
-        x = head + proj
-        units.append(unit(t.forward + x, t.backward + (3 if redo else 2) * x, mtp.dense, mtp.routed))
+    units += [unit(*extra(mtp=1), mtp.dense, mtp.routed) for _ in range(stage.mtp)]
     if stage.head:
-        units.append(unit(head, (3 if redo else 2) * head, params.head(cfg), 0))
+        units.append(unit(*extra(head=True), params.head(cfg), 0))
     return units
 
 
@@ -308,7 +381,8 @@ def derive(st: Setup) -> Derived:
     if sh.zero >= 3 and cfg.moe and sh.expert > 1:
         raise ModelError("parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet "
                          "(the all-to-all component model has no data-parallel channel); use 0, 1 or 2")  # fmt: skip
-    args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+    seq = st.seq // st.context  # each context-parallel rank keeps its share of the sequence
+    args = (seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
     per_layer = {}
     for stage in st.stages:
@@ -318,10 +392,10 @@ def derive(st: Setup) -> Derived:
         act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
         if stage.embedding:
             dense += params.embedding(cfg)
-            act += activations.embedding(cfg, st.seq, st.mb, sh.tensor)
+            act += activations.embedding(cfg, seq, st.mb, sh.tensor)
         if stage.head:
             dense += params.head(cfg)
-            act += activations.head(cfg, st.seq, st.mb, st.act_bytes, sh.tensor)
+            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense
@@ -331,19 +405,19 @@ def derive(st: Setup) -> Derived:
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []
-            for i in stage.layers + (cfg.num_layers,) * stage.mtp:
+            for i in stage.layers:
                 key = cfg.is_moe_layer(i)
                 if key not in per_layer:
                     per_layer[key] = layer_times(st, i)
                 times.append(per_layer[key])
-            head = _head_ms(st) * (int(stage.head) + stage.mtp)
-            proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
-            extra = head + proj
-            redo = extra if st.policy == "full" else 0.0
             # a2a phases run in sequence with compute in a lone op; F, B carry them
-            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times) + extra
-            fig.weight = sum(t.weight for t in times) + extra
-            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times) + 2 * extra + redo
+            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times)
+            fig.weight = sum(t.weight for t in times)
+            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
+            f, i_, w = extra_times(st, stage)
+            fig.forward += f
+            fig.backward += i_ + w
+            fig.weight += w
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
                 fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times))
                 fig.forward += fig.fsdp_exposed[0]
@@ -352,7 +426,10 @@ def derive(st: Setup) -> Derived:
     out = Derived(st, figures)
     if st.hw is not None:
         boundary = st.act_bytes * st.tokens * cfg.hidden_size / sh.tensor
-        out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
+        if st.rates is not None:  # pipeline neighbours sit on different nodes (Megatron puts pp outermost)
+            out.p2p = collectives.p2p(boundary, st.rates, "nic") * 1e3
+        else:
+            out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)
