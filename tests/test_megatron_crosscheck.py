@@ -42,7 +42,7 @@ def megatron_activations(s, b, h, layers, pp, tp, v=None, microbatches=None):
     return act / tp
 
 
-def run(tmp_path, *, h, heads, layers, seq, pp, tp, dp, zero, m, schedule="1f1b", v=None):
+def run(tmp_path, *, h, heads, layers, seq, pp, tp, dp, zero, m, schedule="1f1b", v=None, sp=True):
     chunks = f"chunks_per_rank = {v}\n" if v else ""
     path = tmp_path / "gpt.toml"
     path.write_text(f"""
@@ -70,6 +70,7 @@ seq_length = {seq}
 tensor = {tp}
 data = {dp}
 zero = {zero}
+sequence_parallel = {str(sp).lower()}
 [memory]
 recompute = "selective"
 """)
@@ -137,3 +138,20 @@ def test_gpt_13b_fewer_microbatches_than_stages(tmp_path):
     assert act == 3_586_162_688
     assert mem.activations_peak == 3_586_129_920
     assert mem.activations_peak == pytest.approx(act, rel=0.01)
+
+
+def test_gpt_6_7b_without_sequence_parallelism(tmp_path):
+    """Megatron's compute_activation_memory_without_sp (any run without sequence parallelism or
+    selective recompute): per layer s*b*h*(10 + 24/t), all layers, + 8 s b p + s b h p, x min(1, M/p),
+    x 1.05 (its margin for temporaries), not divided by t (Korthikanti's Table 2: the norms, their
+    outputs and the residual dropout masks are whole on every tensor-parallel rank).  The 1F1B
+    case above without sequence parallelism: (10 + 12) x 32 x 8,388,608 + 8 x 2048 x 4 + 8,388,608
+    x 4 = 5,939,200,000 bytes before the margin, 6,236,160,000 with it.  Here rank 0: 4 x (8 x 22
+    + 1) x 8,388,608 = 5,939,134,464 (its embedding mask whole too): -0.001% against the figure
+    before the margin, which this project leaves to memory.runtime (docs/model.md)."""
+    r = run(tmp_path, h=4096, heads=32, layers=32, seq=2048, pp=4, tp=2, dp=4, zero=0, m=8, sp=False)
+    sbh = 2048 * 4096
+    before_margin = ((10 + 24 / 2) * sbh * 32 + 8 * 2048 * 4 + sbh * 4) * min(1, 8 / 4)
+    assert before_margin == 5_939_200_000 and before_margin * 1.05 == pytest.approx(6_236_160_000)
+    assert r.memory.activations_peak == 4 * (8 * 22 + 1) * sbh == 5_939_134_464
+    assert r.memory.activations_peak == pytest.approx(before_margin, rel=0.01)

@@ -163,3 +163,18 @@ def test_bad_memory_keys_are_refused_by_name(tmp_path, capsys):
         assert main(["run", str(tiny(tmp_path)), "--set", key, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_activations_without_sequence_parallelism_by_hand():
+    """The small model's layer on 2 tensor-parallel ranks.  With sequence parallelism everything
+    halves: 919,552 / 2.  Without, the norm inputs and the norm outputs feeding the linears (4 x
+    65,536) are whole on each rank and the rest halves: 262,144 + 657,408 / 2 = 590,848.  The head:
+    final-norm input and output whole (131,072), the fp32 logits split over the vocabulary (512,000 / 2)."""
+    from dualpipe_sim.model import activations, config
+
+    cfg = config.from_hf({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 1000,
+                          "num_attention_heads": 4, "intermediate_size": 512}, "model.")  # fmt: skip
+    assert activations.layer_total(cfg, 0, 128, 1, tp=2) == 919_552 / 2
+    assert activations.layer_total(cfg, 0, 128, 1, tp=2, sp=False) == 262_144 + 657_408 / 2
+    assert activations.head(cfg, 128, 1, tp=2, sp=False) == 131_072 + 512_000 / 2
+    assert activations.layer_total(cfg, 0, 128, 1, "full", tp=2, sp=False) == 65_536  # the checkpoint, whole

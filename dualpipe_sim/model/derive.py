@@ -389,18 +389,18 @@ def derive(st: Setup) -> Derived:
         lp = [params.layer(cfg, i) for i in stage.layers]
         dense = sum(p.dense for p in lp)
         routed = sum(p.routed for p in lp)
-        act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
+        act = sum(activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in stage.layers)
         if stage.embedding:
             dense += params.embedding(cfg)
-            act += activations.embedding(cfg, seq, st.mb, sh.tensor)
+            act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
             dense += params.head(cfg)
-            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor)
+            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor, sp=st.sequence_parallel)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
-            act += stage.mtp * activations.mtp_module(cfg, *args)
+            act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
         static, sharding_buffers = _stage_memory(st, stage)
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
