@@ -342,7 +342,7 @@ class Scenario(_Section):
                     "(the [chunk] components are derived; type a [chunk] table to override them)"
                 )
         t = derived.moe_layer
-        chunk = ChunkCosts(derived.chunk_layers, tuple(getattr(t, c.name) for c in Component))
+        chunk = ChunkCosts(derived.chunk_layers, tuple(getattr(t, c.name) for c in Component), derived.comm_compute_slowdown)
         return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
 
     def _chunk_cost_model(self, derived=None) -> CostModel:

@@ -26,6 +26,7 @@ from .sections import DTYPES, ParallelSection
 # Flash attention skips the masked half of a causal s x s square; its backward
 # runs 5 matmuls of that size (recomputing the scores) against the forward's 2.
 FLASH_CAUSAL, FLASH_BACKWARD, EAGER_BACKWARD = 0.5, 2.5, 2.0
+A2A_SMS = 20  # SMs an expert-parallel all-to-all kernel occupies (DeepSeek-V3 report, Sec. 3.2.2)
 FP8_SCALE_OVERHEAD = 4 / 128  # one fp32 scale per 128 FP8 values (DeepSeek-V3's tile quantisation)
 
 
@@ -108,6 +109,7 @@ class Derived:
     p2p: float | None = None  # ms
     moe_layer: LayerTimes | None = None  # the [chunk] components, MoE with expert parallelism
     chunk_layers: int = 0
+    comm_compute_slowdown: float = 1.0  # compute beside an all-to-all runs on the SMs the all-to-all leaves
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -433,6 +435,8 @@ def derive(st: Setup) -> Derived:
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)
+            if st.rates is not None:  # DeepSeek-V3 report Sec. 3.2.2: its all-to-all kernels take 20 of 132 SMs
+                out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
             out.notes.append(
