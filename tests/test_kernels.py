@@ -227,3 +227,29 @@ def test_korthikanti_table_4_layer_within_10_percent(policy, sp, forward, backwa
     passes = dict(kernels.passes(derive.layer_kernels(derive.setup(sc), 0)))
     assert passes["forward"] == pytest.approx(forward, rel=0.10)
     assert passes["backward_input"] + passes["backward_weight"] == pytest.approx(backward, rel=0.10)
+
+
+# -- per-stage [chunk] under the kernel model ---------------------------------------------------------
+def test_deepseek_stages_are_costed_apart():
+    # DeepSeek-V3 from its config (the default layout 3, 4 x 13, 3, 3): stage 0 holds the embedding and the 3
+    # dense layers (no MoE layer: a chunk of 3 layers without all-to-all); stage 15 three MoE layers, the MTP
+    # module (one more MoE layer) and the head; the middle stages 4 MoE layers. Each stage's chunk spreads
+    # its extra work over its MoE layers, so its lone-op sums are the sums of its kernels.
+    from dualpipe_sim import scenario
+    from dualpipe_sim.model.layout import Stage
+
+    sc = scenario.load(ROOT / "scenarios" / "deepseek-v3-predicted.toml")
+    d = sc.derived()
+    st = d.setup
+    cm = sc.cost_model()
+    assert [n for n, _ in d.stage_chunks] == [3] + [4] * 13 + [3, 4]
+    for s in (0, 1, 15):
+        stage = st.stages[s]
+        rows = [k for i in stage.layers for k in derive.layer_kernels(st, i)]
+        rows += derive.extra_kernels(st, Stage((), stage.embedding, stage.head, stage.mtp))
+        forward = sum(k.ms for k in rows if k.component.endswith("forward"))
+        assert cm.forward[s] == pytest.approx(forward)
+    # dense layers have no all-to-all and a smaller MLP; the head and MTP module outweigh a MoE layer
+    assert cm.forward[0] < cm.forward[1] < cm.forward[15] and cm.forward[15] > 1.2 * cm.forward[1]
+    # the pair of rank 0 (stage 0 forward, stage 15 backward) mixes the two stages' chunks
+    assert cm.chunk_of(0) != cm.chunk_of(15)
