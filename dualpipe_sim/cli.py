@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="simulate a scenario: summary table, metrics.json, gantt.png")
     run.add_argument("scenario", help="scenario TOML file")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key, e.g. --set pipeline.stages=8 (repeatable)")
+                     help="override a scenario key, e.g. --set pipeline.stages=8, --set parallel.zero=3 (FSDP), "
+                          "--set memory.runtime=0 or memory.fp8_weight_cache=false (repeatable)")
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
     run.add_argument("--schedule-file", help="replay this schedule instead of pipeline.schedule: the JSON or "
@@ -307,13 +308,17 @@ def memory_lines(m: Metrics) -> list[str]:
         return []
     gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731 - decimal GB, as units.nbytes and the datasheets
     cap = "unknown" if not m.device_memory else f"{gb(m.device_memory)} GB"
+    # "dyn peak": activations + P2P + all-to-all buffers at their joint peak (total adds that, not the three)
     lines = ["", f"memory per rank (GB; device {cap}):",
-             f"{'rank':>4} {'params':>8} {'grads':>8} {'optim':>8} {'act peak':>8} {'total':>8}"]  # fmt: skip
+             f"{'rank':>4} {'params':>8} {'fp8 w':>8} {'grads':>8} {'optim':>8} {'zero buf':>8} {'act peak':>8} "
+             f"{'p2p buf':>8} {'a2a buf':>8} {'dyn peak':>8} {'runtime':>8} {'total':>8}"]  # fmt: skip
     for r in m.per_rank:
         mem = r.memory
         over = "  over" if m.device_memory and mem.total > m.device_memory else ""
-        lines.append(f"{r.rank:>4} {gb(mem.parameters):>8} {gb(mem.gradients):>8} {gb(mem.optimizer):>8} "
-                     f"{gb(mem.activations_peak):>8} {gb(mem.total):>8}{over}")  # fmt: skip
+        terms = (mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,
+                 mem.activations_peak, mem.p2p_buffers, mem.a2a_buffers, mem.dynamic_peak, mem.runtime, mem.total)
+        lines.append(f"{r.rank:>4} " + " ".join(f"{gb(x):>8}" for x in terms) + over)
+    lines.append("total = params + fp8 w + grads + optim + zero buf + dyn peak + runtime (docs/model.md)")
     return lines
 
 

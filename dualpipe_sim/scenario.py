@@ -139,6 +139,15 @@ class Memory(_Section):
     activation: PerStageNonNeg = 1.0
     parameters: PerStageNonNeg = 1.0
     recompute: Literal[POLICIES] = "none"  # activation recompute policy (with [model]; model/activations.py)
+    runtime: _num(ge=0) | None = None  # bytes per rank for CUDA context, NCCL, workspace; None: derived (model/memory.py)
+    fp8_weight_cache: bool = True  # FP8 models: keep each linear's FP8 weight copy + transpose all step (TE)
+
+    @field_validator("fp8_weight_cache", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):  # "yes" or 1 must not pass for true
+            raise ValueError("must be true or false")
+        return v
 
 
 class Limits(_Section):

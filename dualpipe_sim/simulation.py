@@ -17,6 +17,7 @@ from . import fastpath, limits, registry
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics, RankMemory, compute_metrics
+from .model import buffers as model_buffers
 from .model import memory as model_memory
 from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
@@ -101,8 +102,15 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace) -> Metrics:
     ranks = metrics.per_rank
     derived = scenario.derived()
     if derived is not None:
+        setup = derived.setup
+        runtime = scenario.memory.runtime
+        if runtime is None:
+            sh = setup.sharding
+            groups = [sh.tensor, trace.ranks, sh.data, sh.expert, round(sh.expert_data) if sh.expert > 1 else 1]
+            runtime = model_memory.runtime_allowance(groups, setup.hw is None or setup.hw.name != "A100")
         rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
-                                     [r.peak_activation_bytes for r in ranks])  # fmt: skip
+                                     [r.peak_activation_bytes for r in ranks], model_buffers.per_rank(trace, setup),
+                                     [s.sharding_buffers for s in derived.stages], runtime)  # fmt: skip
         if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
             for r, mem in zip(ranks, rows):
                 mem["total"] += r.parameter_bytes - mem["parameters"]

@@ -54,7 +54,19 @@ def test_preset_fits_the_80_gb_h800():
     assert mem.gradients == pytest.approx(4 * (dense + routed))
     assert mem.optimizer == pytest.approx(8 * (dense / 128 + routed / 2))
     assert m.per_rank[2].peak_activation == 17
-    assert mem.total == pytest.approx(mem.parameters + mem.gradients + mem.optimizer + mem.activations_peak)
+    # FP8 weights cast per use (the preset's fp8_weight_cache = false): per stage, its largest layer's
+    # linears on this rank, copy + transpose: MLA 187,107,328 - its two norms (1,536 + 512) + shared
+    # expert 44,040,192 + 4 routed experts 176,160,768 = 407,306,240 elements, x 2 bytes, 2 stages.
+    assert mem.fp8_weights == 2 * 2 * (187_107_328 - 2_048 + 44_040_192 + 176_160_768)
+    # All-to-all: one phase at a time on the rank, each a send + receive buffer of 4,096 tokens x 8
+    # copies x 7,168; the largest is a BF16 one (the FP8 phases take 1 + 4/128 bytes).
+    assert mem.a2a_buffers == 2 * 4096 * 8 * 7168 * 2
+    assert mem.activations_peak <= mem.dynamic_peak <= mem.activations_peak + mem.p2p_buffers + mem.a2a_buffers
+    # NCCL communicators: pipeline 16, data 128, expert 64 (688 MiB each), expert-data 2 (544 MiB)
+    assert mem.runtime == 0.5e9 + (3 * 688 + 544) * 2**20 + 32 * 2**20
+    assert mem.sharding_buffers == 0  # ZeRO 1
+    assert mem.total == pytest.approx(mem.parameters + mem.fp8_weights + mem.gradients + mem.optimizer
+                                      + mem.dynamic_peak + mem.runtime)  # fmt: skip
     assert m.device_memory == 80e9
     assert max(r.memory.total for r in m.per_rank) < 80e9
 
