@@ -360,8 +360,21 @@ class Scenario(_Section):
                 )
         ch = self.chunk
         order = ((Channel.COMPUTE, ch.order.compute), (Channel.A2A, ch.order.a2a))
-        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, c.name) for c in Component), ch.comm_compute_slowdown,
-                           tuple((channel, tuple(Component[n] for n in names)) for channel, names in order))  # fmt: skip
+        order = tuple((channel, tuple(Component[n] for n in names)) for channel, names in order)
+        times = tuple(getattr(ch, c.name) for c in Component)
+        chunk = ChunkCosts(ch.layers, times, ch.comm_compute_slowdown, order)
+        if derived is not None and derived.setup.hw is not None and derived.setup.cfg.moe:
+            # With an MoE [model] and [hardware], the typed components are one MoE layer's, and each
+            # stage is costed as its layout holds it: its MoE layers as typed, its dense layers,
+            # embedding, head and MTP modules derived (model/derive.stage_chunk).
+            from .model.derive import LayerTimes, stage_chunk
+
+            typed = LayerTimes(**{c.name: times[c] for c in Component})
+            per_layer: dict = {}
+            chunk = tuple(
+                ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), ch.comm_compute_slowdown, order)
+                for n, t in (stage_chunk(derived.setup, s, per_layer, typed) for s in derived.setup.stages)
+            )
         try:
             return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
         except OrderError as exc:

@@ -320,25 +320,47 @@ def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
     return f, i, w
 
 
-def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None) -> tuple[int, LayerTimes]:
-    """A stage's [chunk] under the kernel model: the component sums of its layers, embedding, head
-    and MTP modules, spread evenly over its MoE layers (the all-to-all is per MoE layer, so it stays
-    exact; the extra compute is shared out between them).  A stage without MoE layers: its layers
-    (at least 1), no all-to-all."""
+def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
+                moe_times: LayerTimes | None = None) -> tuple[int, LayerTimes]:  # fmt: skip
+    """A stage's [chunk]: the component sums of its layers, embedding, head and MTP modules, spread
+    evenly over its MoE layers (the all-to-all is per MoE layer, so it stays exact; the extra compute
+    is shared out between them).  A stage without MoE layers: its layers (at least 1), no all-to-all.
+    ``moe_times``: a hand-typed MoE layer (a [chunk] table) instead of the derived one."""
     cfg = st.cfg
     per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
     totals: dict[str, float] = {}
-    for i in stage.layers:
+
+    def add(parts) -> None:
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v
+
+    for i in stage.layers + (cfg.num_layers,) * stage.mtp:  # an MTP module runs one more layer
         key = cfg.is_moe_layer(i)
+        if moe_times is not None and key:
+            add(vars(moe_times))
+            continue
         if key not in per_layer:
             per_layer[key] = layer_times(st, i)
-        for k, v in vars(per_layer[key]).items():
-            totals[k] = totals.get(k, 0.0) + v
-    for k, v in kernels.by_component(extra_kernels(st, stage)).items():
-        totals[k] = totals.get(k, 0.0) + v
+        add(vars(per_layer[key]))
+    add(module_components(st, stage))
     moe = sum(cfg.is_moe_layer(i) for i in stage.layers) + stage.mtp
     layers = moe or max(1, len(stage.layers))
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
+
+
+def module_components(st: Setup, stage: layout.Stage) -> dict[str, float]:
+    """ms per [chunk] component of a stage's embedding, head and MTP modules, their layers left out."""
+    if st.rates is not None:
+        rows = extra_kernels(st, layout.Stage((), stage.embedding, stage.head))
+        for _ in range(stage.mtp):
+            rows += kernels.mtp_projection(st.cfg, st.rates, st.layout) + kernels.head(st.cfg, st.rates, st.layout)
+        return kernels.by_component(rows)
+    cfg, sh = st.cfg, st.sharding
+    head = _head_ms(st) * (int(stage.head) + stage.mtp)
+    proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+    extra = head + proj  # as extra_times: its input gradient and weight gradient each as long again
+    redo = extra if st.policy == "full" else 0.0
+    return {"mlp_forward": extra, "mlp_backward_input": extra + redo, "mlp_backward_weight": extra}
 
 
 def _head_ms(st: Setup) -> float:
