@@ -291,7 +291,18 @@ def summary_table(m: Metrics) -> str:
     )
     if m.step is not None:
         lines.append(step_line(m.step))
+    if m.throughput is not None:
+        lines.append(throughput_line(m.throughput))
     return "\n".join(lines + memory_lines(m))
+
+
+def throughput_line(t) -> str:
+    """With a [model]: tokens/s, per GPU and MFU of the step (the makespan alone without [step])."""
+    step = (f"step {units.duration(t.step_time)}" if t.step_source == "step"
+            else f"step = pipeline makespan only, {units.duration(t.step_time)}, no [step] work")  # fmt: skip
+    mfu = "n/a (no [hardware] peak)" if t.mfu is None else units.percent(t.mfu)
+    return (f"throughput ({step}): {units.number(t.tokens_per_second)} tokens/s, "
+            f"{units.number(t.tokens_per_second_per_gpu)} tokens/s per GPU ({units.count(t.gpus)} GPUs), MFU {mfu}")
 
 
 def memory_lines(m: Metrics) -> list[str]:

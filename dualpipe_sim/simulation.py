@@ -16,7 +16,7 @@ import numpy as np
 from . import fastpath, limits, registry
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
-from .metrics import Metrics, RankMemory, compute_metrics
+from .metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
 from .model import memory as model_memory
 from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
@@ -91,8 +91,11 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
             )
     trace = with_step(simulate(schedule, costs), scenario.step_costs())
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace)
+    tp = throughput(scenario)
     if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
-        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), throughput(scenario)))
+        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), tp))
+    step_time = metrics.step.total if metrics.step is not None else metrics.makespan
+    metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))
     return Result(scenario, schedule, costs, trace, metrics)
 
 
