@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..outputs import write_all, write_text
+from ..outputs import os_problem, write_all, write_text
 from ..progress import Progress, report
 from ..scenario import apply_overrides, load_raw
 from .errors import SweepError
@@ -97,6 +97,7 @@ def run_sweep(
     odd = grid_oddities(base, grid_points)  # every point's, not only the base's
     executor = DaskExecutor(dask_scheduler) if dask_scheduler else LocalExecutor(jobs)
 
+    results = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         results = ResultsFile(path, cols, kept)
@@ -106,9 +107,18 @@ def run_sweep(
             results.close()
             left = len(todo) - (len(results.rows) - len(kept))
             raise Interrupted(path, len(results.rows), left) from None
+        rows, others = results.finish(keys, base)
+    except OSError as exc:  # a full disk, a read-only folder: one line; the rows written so far stay
+        kept_rows = len(results.rows) if results is not None else len(kept)
+        if results is not None:
+            try:
+                results.close()
+            except OSError:  # its buffer is empty (each row is flushed), but the disk may say no again
+                pass
+        raise os_problem(path, exc, f"{kept_rows} finished rows are in it; rerun with --resume once it can be "
+                                    f"written") from None
     finally:
         executor.close()
-    rows, others = results.finish(keys, base)
     files = [path, *write_reports(out, rows, cols, axes, limit, charts)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe(), len(others), odd)
