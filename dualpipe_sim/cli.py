@@ -23,6 +23,7 @@ from .progress import each_file
 from .outputs import OutputError, check_targets, metrics_json, write_all, write_text
 from .scenario import ScenarioError, oddities, parse_override
 from .scenario import load as load_scenario
+from .signals import stop_on_sigterm, stopped
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -140,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"error: --out: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        # Ctrl-C: outputs are written all-or-nothing (outputs.write_all), so stopping
-        # here leaves the output folder as it was; 130 = 128 + SIGINT, as shells report it.
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM (signals.py): outputs are written all-or-nothing (outputs.write_all),
+        # so stopping here leaves the output folder as it was; 130 / 143 = 128 + the signal.
+        word, code = stopped(exc)
+        print(word, file=sys.stderr)
+        return code
     except BrokenPipeError:
         # `dualpipe-sim schedule ... | head`: the reader left; that is not an error.
         # Point stdout at devnull so the interpreter's final flush does not complain.
@@ -411,9 +413,10 @@ def _cmd_sweep(args) -> int:
     except SweepError as exc:
         raise UsageError(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
     except Interrupted as exc:
-        print(f"interrupted: {exc.finished} finished rows are in {exc.path}; "
+        word, code = stopped(exc.signal)
+        print(f"{word}: {exc.finished} finished rows are in {exc.path}; "
               f"rerun with --resume to run the other {exc.left} points", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return code
     c = report.counts
     print(f"{report.points} points ({report.ran} run now on {report.executor}): "
           f"{c['ok']} ok, {c['skipped']} skipped, {c['error']} error")
@@ -615,4 +618,5 @@ def leave(code: int) -> NoReturn:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    stop_on_sigterm()
     leave(main())

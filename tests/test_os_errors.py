@@ -89,7 +89,7 @@ def test_sweep_results_failure_is_one_line_and_keeps_finished_rows(tmp_path, mon
     assert main(["sweep", *SMALL, "--grid", "pipeline.microbatches=2,4,6", "--out", str(out), "--jobs", "1",
                  "--plots", "none"]) == 2  # fmt: skip
     err = one_line(capsys.readouterr().err)
-    assert str(out / "results.csv") in err and text in err and "1 finished rows are in it" in err
+    assert str(out / "results.csv") in err and text in err and "1 finished rows are in it; resume the sweep" in err
     lines = (out / "results.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("1f1b,2,2,")  # header + the one finished row
 

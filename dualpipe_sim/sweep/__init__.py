@@ -11,8 +11,8 @@
 4. rewrite results.csv in point order, then write summary.md and the PNG
    charts all-or-nothing (outputs.write_all).
 
-Ctrl-C during step 3 raises :class:`Interrupted` after the finished rows are
-safely in results.csv.
+Ctrl-C or SIGTERM during step 3 raises :class:`Interrupted` after the finished
+rows are safely in results.csv (and, on SIGTERM, the worker processes are stopped).
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ PLOTS = ("bubble_vs_microbatches.png", "peak_activation_vs_stages.png", "bubble_
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped a sweep; every finished row is in results.csv (``path``)."""
+    """Ctrl-C or SIGTERM stopped a sweep; every finished row is in results.csv (``path``);
+    ``signal`` is the KeyboardInterrupt that did (signals.Terminated for SIGTERM)."""
 
-    def __init__(self, path: Path, finished: int, left: int) -> None:
+    def __init__(self, path: Path, finished: int, left: int, signal: BaseException | None = None) -> None:
         super().__init__(f"interrupted: {finished} finished rows are in {path}; resume to run the other {left} points")
         self.path, self.finished, self.left = path, finished, left
+        self.signal = signal if signal is not None else KeyboardInterrupt()
 
 
 @dataclass
@@ -103,10 +105,10 @@ def run_sweep(
         results = ResultsFile(path, cols, kept)
         try:
             _run_points(executor, base, todo, axes, cols, results, progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
             results.close()
             left = len(todo) - (len(results.rows) - len(kept))
-            raise Interrupted(path, len(results.rows), left) from None
+            raise Interrupted(path, len(results.rows), left, exc) from None
         rows, others = results.finish(keys, base)
     except OSError as exc:  # a full disk, a read-only folder: one line; the rows written so far stay
         kept_rows = len(results.rows) if results is not None else len(kept)
@@ -115,7 +117,7 @@ def run_sweep(
                 results.close()
             except OSError:  # its buffer is empty (each row is flushed), but the disk may say no again
                 pass
-        raise os_problem(path, exc, f"{kept_rows} finished rows are in it; rerun with --resume once it can be "
+        raise os_problem(path, exc, f"{kept_rows} finished rows are in it; resume the sweep once it can be "
                                     f"written") from None
     finally:
         executor.close()
