@@ -119,8 +119,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--memory-limit -5GB`` -> ``--memory-limit=-5GB``: argparse takes a value that starts
+    with '-' (and is not a plain negative number) for a flag and says "expected one argument";
+    joined, the value reaches the check that names the rule."""
+    takes_value, flags = set(), set()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in [parser, *(c for a in subs for c in a.choices.values())]:
+        for action in p._actions:
+            flags.update(action.option_strings)
+            if action.option_strings and action.nargs is None and not isinstance(action, argparse._StoreConstAction):
+                takes_value.update(action.option_strings)
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] not in flags \
+                and len(argv[i + 1]) > 1:
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(_dash_values(parser, sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -242,13 +266,13 @@ def _cmd_run(args) -> int:
     if args.json:  # with --repeat, the percentiles too (metrics.json itself stays the first seed's)
         sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
-        print(summary_table(metrics))
+        print(summary_table(metrics, bytes_given=activation_bytes_given(scenario)))
         if repeats:
             print("\n" + repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))
-    warning = memory_warning(metrics)
-    if warning:  # not an error: the run is still worth reading
-        print(warning, file=sys.stderr)
+    for warning in (memory_warning(metrics), layout_warning(metrics)):
+        if warning:  # not an error: the run is still worth reading
+            print(warning, file=sys.stderr)
     note = actions.ignored_note(schedule) if schedule is not None else None
     if note:  # after success, on stderr: never a second line beside an error, never in --json output
         print(f"note: --schedule-file {args.schedule_file}: {note}", file=sys.stderr)
@@ -267,7 +291,13 @@ def _warn(lines: list[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def summary_table(m: Metrics) -> str:
+def activation_bytes_given(scenario) -> bool:
+    """Whether activation bytes mean anything: memory.activation typed, or a [model] deriving it
+    (otherwise the 1-byte default stands in and the bytes count stage-activations)."""
+    return scenario.model is not None or "activation" in scenario.memory.model_fields_set
+
+
+def summary_table(m: Metrics, bytes_given: bool = True) -> str:
     a, c, s = m.analytic, m.comm, m.scalars()
     num = units.number
     lines = [
@@ -284,8 +314,11 @@ def summary_table(m: Metrics) -> str:
     for r in m.per_rank:
         lines.append(
             f"{r.rank:>4} {num(r.busy):>10} {num(r.idle):>10} {num(r.between_ops):>11} {formula:>11} "
-            f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes):>14} {r.parameter_copies:>6}"
+            f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes) if bytes_given else 'n/a':>14} "
+            f"{r.parameter_copies:>6}"
         )
+    if not bytes_given:
+        lines.append("peak act bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
     closed_peak = "-" if a.peak_activation is None else a.peak_activation
     lines.append(f"\npeak activation (max over ranks): {s['peak_activation']} measured, {closed_peak} closed form")
     if a.bubble is None and a.reason:  # say why the closed-form column is empty
@@ -337,6 +370,24 @@ def memory_warning(m: Metrics) -> str | None:
     worst = max(over, key=lambda r: r.memory.total)
     return (f"warning: {len(over)} of {m.ranks} ranks exceed the device memory ({units.nbytes(m.device_memory)}): "
             f"rank {worst.rank} needs {units.nbytes(worst.memory.total)}")
+
+
+UNEQUAL_RANKS = 1.25  # with a [model]: one rank's compute this many times another's is worth a warning
+
+
+def layout_warning(m: Metrics) -> str | None:
+    """With a [model] (where parallel.layout places the layers): one line when the ranks' compute
+    (busy time, all the stages each holds) is more than 25% apart; the busiest rank sets the pace."""
+    if m.throughput is None and all(r.memory is None for r in m.per_rank):
+        return None
+    hi = max(m.per_rank, key=lambda r: r.busy)
+    lo = min(m.per_rank, key=lambda r: r.busy)
+    if not lo.busy > 0 or hi.busy <= UNEQUAL_RANKS * lo.busy:
+        return None
+    return (f"warning: parallel.layout: rank {hi.rank} computes {hi.busy / lo.busy:.2f}x what rank {lo.rank} does "
+            f"(busy {units.duration(hi.busy)} on stages {hi.stages} against {units.duration(lo.busy)} on "
+            f"{lo.stages}, more than 25% apart): the busiest rank sets the pipeline's pace; move layers with "
+            f"parallel.layout (e.g. fewer on the stage with the head)")
 
 
 def repeat_table(doc: dict) -> str:
@@ -526,6 +577,10 @@ def _cmd_compare(args) -> int:
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
     _warn(oddities(scenario))
+    # The layout is the scenario's, shared by every schedule: one line, from the first that is uneven.
+    layout = next((w for w in (layout_warning(r.metrics) for r in result.results) if w), None)
+    if layout:
+        print(layout, file=sys.stderr)
     return 0
 
 

@@ -92,7 +92,7 @@ EXPECT = {
     "model-negative-size.toml": "model.hidden_size: must be >= 1, got -256",
     "model-unknown-architecture.toml": "model.model_type: unknown architecture 'rwkv'",
     "model-unknown-key.toml": "model.hidden_sizes: unknown key",
-    "hardware-unknown-preset.toml": "hardware.preset: unknown GPU preset (known: H100, H800, H200, B200, A100)",
+    "hardware-unknown-preset.toml": "hardware.preset: unknown GPU preset; did you mean 'H800'? (known: H100, H800, H200, B200, A100)",
     "parallel-without-model.toml": "parallel: only applies with a [model] section",
     "recompute-unknown.toml": "memory.recompute: input should be 'none', 'selective', 'full' or 'deepseek'",
     "step-grad-sync-word.toml": 'step.grad_sync: must be a time in ms, a per-stage list, or "derived"',
