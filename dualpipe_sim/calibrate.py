@@ -203,7 +203,8 @@ def chunk_toml(cal: Calibration) -> str:
     lines = [
         f"# Calibrated by `dualpipe-sim calibrate` from {json.dumps(cal.source)}:",
         f"# per-layer mean busy time of each component over {cal.layers} layers (union of its kernels",
-        "# across streams), ms.  Paste into a scenario; see calibration.md beside this file.",
+        "# across streams), ms.  Include it in a scenario with [chunk] file = \"chunk.toml\" (a path relative",
+        "# to the scenario file) or paste it in; see calibration.md beside this file.",
         "[chunk]",
         f"layers = {cal.layers}",
     ]
