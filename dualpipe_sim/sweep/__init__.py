@@ -140,12 +140,8 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     if charts:
         from ..plots import sweep as draw  # matplotlib only when we draw
 
-        view = draw.SweepView.from_rows(rows, axes)
-        writers[PLOTS[0]] = lambda p: draw.bubble_vs_microbatches(view, p)
-        writers[PLOTS[1]] = lambda p: draw.peak_activation_vs_stages(view, p)
-        writers[PLOTS[2]] = lambda p: draw.bubble_heatmap(view, p)
-        for key in draw.numeric_axes(rows, axes):  # any other numeric axis swept, e.g. comm.p2p
-            writers[draw.axis_chart_name(key)] = lambda p, key=key: draw.against_axis(rows, axes, key, p)
+        # Each chart against an axis the grid sweeps (plots/sweep.py: charts), e.g. vs_comm.p2p.png.
+        writers.update(draw.charts(rows, axes))
     return write_all(out, writers)
 
 
