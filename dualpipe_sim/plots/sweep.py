@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from .. import units  # noqa: E402
+from .canvas import PNG_METADATA  # noqa: E402
 from .style import schedule_colour  # noqa: E402
 
 SHAPE = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches")
@@ -128,7 +129,7 @@ def bubble_vs_microbatches(view: SweepView, path) -> None:
     _legend(fig, view, twins)
     _title(fig, "Bubble ratio vs micro-batches (one panel per stage count)", view.note)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -152,7 +153,7 @@ def peak_activation_vs_stages(view: SweepView, path) -> None:
     _title(fig, "Peak activation memory per rank vs stages\n(max over ranks and over the micro-batch counts swept)",
            view.note)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -191,7 +192,7 @@ def bubble_heatmap(view: SweepView, path) -> None:
         bar = fig.colorbar(image, ax=axs, shrink=0.9, format=PercentFormatter(1.0))
         bar.set_label("bubble ratio (grey: skipped, the schedule cannot take the shape)")
     _title(fig, "Bubble ratio over stages x micro-batches", view.note)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -282,7 +283,7 @@ def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
     axs[1].legend(handles, [_label(s, twins) for s in view.schedules], title="schedule", frameon=False, loc="best")
     note = ("slice: " + ", ".join(f"{k}={v}" for k, v in first.items())) if first else ""
     _title(fig, f"{'Training step' if step else 'Makespan'} and bubble ratio vs {key}", note)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
