@@ -195,7 +195,9 @@ def _refuse_unused_options(names: list[str], scenario) -> None:
 
 def read_schedule_file(path: str) -> Schedule:
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = limits.read_text(path, limits.MAX_SCHEDULE_BYTES)
+    except limits.TooBig as exc:
+        raise UsageError(f"--schedule-file: {exc}") from None
     except OSError as exc:
         raise UsageError(f"--schedule-file: cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

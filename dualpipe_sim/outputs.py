@@ -45,6 +45,8 @@ def check_targets(out_dir: str | Path, names: Iterable[str]) -> None:
     Nothing is created: the folder (or its nearest existing ancestor, where it
     will be made) is probed with a temporary folder that is removed at once.
     """
+    if not str(out_dir).strip():  # Path("") is ".": an empty --out would write into the working folder
+        raise OutputError("an empty path; give a folder, e.g. out")
     out = Path(out_dir)
     existing = out
     while not existing.exists() and not existing.is_symlink():

@@ -379,7 +379,9 @@ def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:
 def load_raw(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is not TOML
+        text = limits.read_text(path)  # -sig: a byte-order mark (Windows editors) is not TOML; size-capped
+    except limits.TooBig as exc:
+        raise ScenarioError(f"scenario {exc}") from None
     except FileNotFoundError:
         raise ScenarioError(f"scenario file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -398,7 +400,8 @@ def _resolve_model_path(data: dict, path: Path) -> dict:
     (overrides given with --set are applied later and stay relative to the working directory)."""
     for section, key in (("model", "config"), ("chunk", "file")):
         table = data.get(section)
-        if isinstance(table, dict) and isinstance(table.get(key), str) and not Path(table[key]).is_absolute():
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key].strip() \
+                and not Path(table[key]).is_absolute():
             table[key] = str(path.parent / table[key])
     return data
 
@@ -414,7 +417,9 @@ def include_chunk_file(data: dict) -> dict:
         raise ScenarioError(f"chunk.file: must be the path of a TOML file with a [chunk] table, got {name!r}"[:200])
     path = Path(name)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = limits.read_text(path)
+    except limits.TooBig as exc:
+        raise ScenarioError(f"chunk.file: {exc}") from None
     except FileNotFoundError:
         raise ScenarioError(f"chunk.file: {path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

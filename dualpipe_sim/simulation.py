@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import fastpath, limits, registry
+from . import fastpath, limits, registry, units
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
@@ -129,10 +129,22 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     return simpy_simulate(schedule, costs)
 
 
+# Past this many ms times are finite but a chart's axis ticks overflow (matplotlib scales its
+# tick steps by up to 10x the range): a run that ends later is refused.
+MAX_END_MS = 1e305
+
+
 def _check_finite(scenario: Scenario, metrics: Metrics) -> None:
     """Durations near the float limit (forward = 1e308) add up to inf: say so rather
     than write a metrics.json no JSON reader takes."""
     doc = metrics.to_dict()
+    end = metrics.step.total if metrics.step is not None else metrics.makespan
+    if math.isfinite(end) and end > MAX_END_MS:
+        where = "step" if metrics.step is not None and metrics.step.total > metrics.makespan else (
+            "chunk" if scenario.chunk is not None else "costs")
+        raise ScenarioError(f"{where}: durations too large to simulate: the run ends at {units.duration(end)}, past "
+                            f"{MAX_END_MS:g} ms (charts cannot scale their axes there); "
+                            f"use smaller durations")
     bad = _first_non_finite(doc)
     if bad is not None:
         where = "chunk" if scenario.chunk is not None else "costs"

@@ -271,12 +271,14 @@ def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
         twins = pair if metric == time else {s: t for s, t in twins.items() if pair.get(s) == t}  # equal in both
         _lines(ax, view, points)
         if not numeric:
-            ax.set_xticks(xs, labels)
+            long = max(len(t) for t in labels) > 12  # e.g. a table value: slanted, so neighbours do not overlap
+            ax.set_xticks(xs, labels, rotation=15 if long else 0, ha="right" if long else "center")
             ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xlabel(key)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
+        top = max((y for sch in view.schedules for _, y in points(sch)), default=0.0)
+        ax.set_ylim(0, 1.08 * top if top > 0 else 1.0)  # room above the highest marker
         if metric == "bubble_ratio":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     handles = [plt.Line2D([], [], **view.style(s)) for s in view.schedules]
