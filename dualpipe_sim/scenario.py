@@ -432,7 +432,7 @@ def include_chunk_file(data: dict) -> dict:
         raise ScenarioError(f"chunk.file: {path}: nested too deeply to read") from None
     table = included.get("chunk")
     if not isinstance(table, dict):
-        raise ScenarioError(f"chunk.file: {path}: has no [chunk] table (calibrate --out writes one in chunk.toml)")
+        raise ScenarioError(f"chunk.file: {path}: has no [chunk] table (the chunk.toml that calibrate writes has one)")
     if "file" in table:
         raise ScenarioError(f"chunk.file: {path}: includes another file (chunk.file); one level only")
     own = {k: v for k, v in chunk.items() if k != "file"}
