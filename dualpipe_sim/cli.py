@@ -21,7 +21,7 @@ from .ir import Schedule, ScheduleError
 from .metrics import Metrics
 from .progress import each_file
 from .outputs import OutputError, check_targets, metrics_json, write_all, write_text
-from .scenario import ScenarioError, oddities, parse_override
+from .scenario import ScenarioError, activation_bytes_given, oddities, parse_override
 from .scenario import load as load_scenario
 from .signals import stop_on_sigterm, stopped
 
@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="simulate a scenario: summary table, metrics.json, gantt.png")
+    run = sub.add_parser("run", help="simulate a scenario: summary table (with a [model] also tokens/s, tokens/s per "
+                                     "GPU and MFU), metrics.json, gantt.png")
     run.add_argument("scenario", help="scenario TOML file")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set pipeline.stages=8 (repeatable)")
@@ -291,12 +292,6 @@ def _warn(lines: list[str]) -> None:
     """Physically odd but legal input: after success, on stderr, one line each."""
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
-
-
-def activation_bytes_given(scenario) -> bool:
-    """Whether activation bytes mean anything: memory.activation typed, or a [model] deriving it
-    (otherwise the 1-byte default stands in and the bytes count stage-activations)."""
-    return scenario.model is not None or "activation" in scenario.memory.model_fields_set
 
 
 def summary_table(m: Metrics, bytes_given: bool = True) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import registry, simulation, units
 from .ir import ScheduleError
-from .scenario import Scenario, ScenarioError
+from .scenario import Scenario, ScenarioError, activation_bytes_given
 
 DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
 BASELINE = "1f1b"
@@ -111,7 +111,8 @@ def summary_rows(comparison: Comparison) -> list[dict]:
                 "speedup": base / time if base and time > 0 else None,
                 "bubble": s["bubble_ratio"],
                 "peak": s["peak_activation"],
-                "peak_bytes": s["peak_activation_bytes"],
+                # None (shown n/a) when no memory.activation or [model] gives an activation's bytes
+                "peak_bytes": s["peak_activation_bytes"] if activation_bytes_given(result.scenario) else None,
                 "params": s["parameter_copies"],
                 "exposed": s["comm.exposed"],
                 "memory": s["memory.total"],  # with a [model]: the fullest rank's total
@@ -151,7 +152,7 @@ def _cells(row: dict, memory: bool = False, throughput: bool = False) -> list[st
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         f"{row['bubble']:.1%}",
         str(row["peak"]),
-        units.nbytes(row["peak_bytes"]),
+        "n/a" if row["peak_bytes"] is None else units.nbytes(row["peak_bytes"]),
         str(row["params"]),
         units.number(row["exposed"]),
         *extra,

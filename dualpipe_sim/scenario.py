@@ -337,6 +337,13 @@ class Scenario(_Section):
             raise ScenarioError(f"chunk.order: {exc}") from None
 
 
+def activation_bytes_given(scenario: Scenario) -> bool:
+    """Whether activation bytes mean anything: memory.activation typed, or a [model] deriving it.
+    Otherwise the 1-byte default stands in and the byte figures count stage-activations, so
+    what people read shows them as n/a (metrics.json keeps the numbers)."""
+    return scenario.model is not None or "activation" in scenario.memory.model_fields_set
+
+
 def oddities(scenario: Scenario) -> list[str]:
     """Legal input that is physically odd, one line each (the CLI prints them as
     warnings on stderr): the run goes ahead, but the figure is probably a slip."""

@@ -99,3 +99,11 @@ def test_preset_did_you_mean(tmp_path, capsys, typed, meant):
     assert main(["run", LLAMA, "--set", f"hardware.preset={typed}", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: hardware.preset: unknown GPU preset; did you mean '{meant}'?"), err
+
+
+def test_compare_and_report_show_n_a_for_bytes_nobody_gave(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text('[pipeline]\nschedule = "1f1b"\nstages = 4\nmicrobatches = 8\n[costs]\nforward = 1\nbackward = 2\n')
+    assert main(["compare", str(path), "--schedules", "1f1b,gpipe", "--out", str(tmp_path / "c"), "--plots", "none"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:4]
+    assert all(r.split("|")[7].strip() == "n/a" for r in rows), rows  # the peak activation bytes column

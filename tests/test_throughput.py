@@ -106,3 +106,9 @@ def test_report_table_shows_throughput_and_percentages(tmp_path):
     assert "<th class=name>throughput.mfu</th><td>" + f"{m.throughput.mfu:.1%}" in page
     assert "<th class=name>bubble_ratio</th><td>" + f"{m.bubble_ratio:.1%}" in page
     assert "pipeline makespan alone" in page
+
+
+def test_run_help_names_the_throughput(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "tokens/s per GPU and MFU" in " ".join(capsys.readouterr().out.split())

@@ -38,6 +38,7 @@ from .. import units
 from ..costs import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ..rules import KIND_CODES, KIND_NAMES
+from ..scenario import activation_bytes_given
 from ..trace import A2A, Trace
 from .style import COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
 
@@ -207,6 +208,9 @@ def _cell(key: str, v) -> str:
 def _table(results) -> str:
     """Metrics.scalars() with one row per metric and one column per schedule (readable at any width)."""
     rows = [r.metrics.scalars() for r in results]
+    for row, r in zip(rows, results):
+        if not activation_bytes_given(r.scenario):  # the 1-byte default: the bytes count stage-activations
+            row.update({k: "n/a" for k in ("peak_activation_bytes", "peak_memory_bytes")})
     keys = [k for k in dict.fromkeys(k for row in rows for k in row) if any(row.get(k) is not None for row in rows)]
     head = "<th>metric</th>" + "".join(f"<th>{html.escape(r.metrics.schedule)}</th>" for r in results)
     body = "".join(f"<tr><th class=name>{html.escape(k)}</th>"
