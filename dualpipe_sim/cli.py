@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     sch.add_argument("--stages", type=int, required=True)
     sch.add_argument("--microbatches", type=int, required=True)
     sch.add_argument("--chunks-per-rank", type=int, default=None, help="model chunks per rank (interleaved)")
+    sch.add_argument("--microbatch-group", type=int, default=None,
+                     help="micro-batches per virtual-stage group, in Megatron-core's order "
+                          "(interleaved; default: torch's rounds)")
     sch.add_argument("--format", choices=("text", "json", "actions"), default="text",
                      help="actions: PyTorch pipelining action strings, one line per rank")
 
@@ -95,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="run a scenario through several schedules: table, compare.md, compare.png")
     cmp_.add_argument("scenario", help="scenario TOML file")
     cmp_.add_argument("--schedules", default=",".join(compare.DEFAULT_SCHEDULES),
-                      help="comma-separated schedule names (default: %(default)s)")
+                      help="comma-separated schedule names (default: %(default)s); with B > F, chimera shows "
+                           "the faster of direct concatenation and chimera-doubling, and says which")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")
@@ -270,6 +274,9 @@ def _cmd_run(args) -> int:
         sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
         print(summary_table(metrics, bytes_given=activation_bytes_given(scenario)))
+        if "recompute" not in scenario.memory.model_fields_set and scenario.recompute() != "none":
+            print(f"memory.recompute {scenario.recompute()}: {metrics.schedule}'s default (as its source runs it); "
+                  "--set memory.recompute=none to leave it out")
         if repeats:
             print("\n" + repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))
@@ -412,10 +419,11 @@ def step_line(st) -> str:
 
 def _cmd_schedule(args) -> int:
     family = registry.get(args.name)
-    if args.chunks_per_rank is not None and "chunks_per_rank" not in family.options:
-        takers = [n for n, f in registry.families().items() if "chunks_per_rank" in f.options]
-        raise UsageError(f"--chunks-per-rank: schedule {args.name} does not take it (only {', '.join(takers)} "
-                         f"{'does' if len(takers) == 1 else 'do'})")
+    for option in ("chunks_per_rank", "microbatch_group"):
+        if getattr(args, option) is not None and option not in family.options:
+            takers = [n for n, f in registry.families().items() if option in f.options]
+            raise UsageError(f"--{option.replace('_', '-')}: schedule {args.name} does not take it (only "
+                             f"{', '.join(takers)} {'does' if len(takers) == 1 else 'do'})")
     if limits.size_problem(args.stages, args.microbatches, limits.DEFAULT_MAX_MEMORY):  # the guard run holds to
         ops, need = limits.estimate(args.stages, args.microbatches)
         raise UsageError(
@@ -423,7 +431,8 @@ def _cmd_schedule(args) -> int:
             f"{units.nbytes(need)} to build, over the {units.nbytes(limits.DEFAULT_MAX_MEMORY)} every verb holds to "
             f"(limits.max_memory); use fewer stages or micro-batches"
         )
-    schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank)
+    schedule = registry.build(args.name, args.stages, args.microbatches, chunks_per_rank=args.chunks_per_rank,
+                              microbatch_group=args.microbatch_group)
     if args.format == "json":
         print(json.dumps(schedule.to_json()))
     elif args.format == "actions":

@@ -58,8 +58,10 @@ class Pipeline(_Section):
     stages: Annotated[int, Field(ge=1, le=4096)]
     microbatches: Annotated[int, Field(ge=1, le=1_000_000)]
     chunks_per_rank: Annotated[int, Field(ge=1, le=64)] | None = None
+    # Megatron-core's microbatch_group_size_per_vp_stage (interleaved schedules; its range is checked there)
+    microbatch_group: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
-    @field_validator("stages", "microbatches", "chunks_per_rank", mode="before")
+    @field_validator("stages", "microbatches", "chunks_per_rank", "microbatch_group", mode="before")
     @classmethod
     def _whole(cls, v):
         # A count is an integer: TOML 8.0 or 8.5 is not one, nor is "8" (text).
@@ -157,7 +159,8 @@ class Step(_Section):
     # per stage held on two ranks: summing the two copies; "derived" as grad_sync
     cross_copy_sync: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
-    optimizer: PerStageNonNeg = 0.0  # per stage copy: its share of its rank's optimizer step
+    # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
+    optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
 
     @field_validator("grad_sync_buckets", mode="before")
@@ -165,7 +168,7 @@ class Step(_Section):
     def _whole(cls, v):
         return Pipeline._whole(v)
 
-    @field_validator("grad_sync", "cross_copy_sync", mode="before")
+    @field_validator("grad_sync", "cross_copy_sync", "optimizer", mode="before")
     @classmethod
     def _time_or_derived(cls, v):
         if isinstance(v, str) and v != "derived":
@@ -202,7 +205,17 @@ class Scenario(_Section):
 
     def options(self) -> dict:
         """Schedule options taken from [pipeline] (each family uses the ones it declares)."""
-        return {"chunks_per_rank": self.pipeline.chunks_per_rank}
+        return {"chunks_per_rank": self.pipeline.chunks_per_rank, "microbatch_group": self.pipeline.microbatch_group}
+
+    def recompute(self) -> str:
+        """memory.recompute as given, else the schedule family's default (what its source runs:
+        "full" for chimera-doubling, "none" for the others)."""
+        if "recompute" in self.memory.model_fields_set:
+            return self.memory.recompute
+        from . import registry  # here: registry imports the schedule families
+
+        family = registry.families().get(self.pipeline.schedule)
+        return family.recompute if family is not None else self.memory.recompute
 
     def derived(self):
         """Per-stage figures derived from [model]/[parallel]/[hardware] (model/derive.py); None without [model]."""
@@ -235,7 +248,7 @@ class Scenario(_Section):
             return None
         S, st = self.pipeline.stages, self.step
         derived = {}
-        for key in ("grad_sync", "cross_copy_sync"):
+        for key in ("grad_sync", "cross_copy_sync", "optimizer"):
             if getattr(st, key) == "derived":
                 from .model.step_figures import derived_sync
 
@@ -246,7 +259,7 @@ class Scenario(_Section):
         return StepCosts(
             grad_sync=derived.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
             cross_copy_sync=derived.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
-            optimizer=_per_stage(st.optimizer, S, "step.optimizer"),
+            optimizer=derived.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=st.grad_sync_buckets,
@@ -277,6 +290,10 @@ class Scenario(_Section):
             weight = tuple(s.weight for s in derived.stages)
         else:
             weight = tuple(b / 2 for b in backward)
+        if c.backward is not None and self.recompute() == "full":
+            # A typed B is the plain backward; full recompute re-runs the stage's forward first
+            # (a derived B already has it). The extra time is input-gradient work: W is unchanged.
+            backward = tuple(b + f for b, f in zip(backward, forward))
         for s, (b, w) in enumerate(zip(backward, weight)):
             if w > b:
                 raise ScenarioError(

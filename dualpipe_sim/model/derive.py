@@ -3,9 +3,11 @@
 Per stage: parameters (dense and routed-expert parts), static memory per rank
 holding it, activation bytes per micro-batch, and, given hardware, the F, B, W
 times (ms) and P2P time; for an MoE model with expert parallelism, the
-``[chunk]`` components of one MoE layer.  Every derived time is
-FLOPs / (peak FLOP/s x efficiency) or overhead + bytes / bandwidth; the
-:func:`explain` rows say which.  docs/model.md gives the derivations.
+``[chunk]`` components of one MoE layer.  With a GPU preset and no
+``hardware.efficiency``, every time is the sum of the kernels the step runs
+(kernels.py, timed from measured kernel rates); with ``hardware.efficiency``
+(or a custom GPU without a preset) it is FLOPs / (peak FLOP/s x efficiency) or
+overhead + bytes / bandwidth, as before.  docs/model.md gives the derivations.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activations, config, flops, layout, memory, params
+from . import activations, collectives, config, flops, kernels, layout, memory, params
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
+from .rates import KernelRates
 from .sections import DTYPES, ParallelSection
 
 # Flash attention skips the masked half of a causal s x s square; its backward
@@ -38,12 +41,23 @@ class Setup:
     sharding: memory.Sharding
     stages: tuple[layout.Stage, ...]
     hw: Hardware | None
-    efficiency: float = 0.4
+    efficiency: float = 0.4  # used when rates is None
     a2a_overhead: float = 0.0
+    rates: KernelRates | None = None  # measured kernel rates: times from kernels.py
+    context: int = 1
+    tp_overlap: bool = True
+    sequence_parallel: bool = True
 
     @property
     def tokens(self) -> int:
-        return self.seq * self.mb
+        """Tokens of one micro-batch on one rank of a context-parallel group."""
+        return self.seq * self.mb // self.context
+
+    @property
+    def layout(self) -> kernels.Layout:
+        return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
+                              self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
+                              self.sequence_parallel)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,16 +168,35 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.expert: the model has no experts, so it must be 1, got {par.expert}")
     if cfg.num_heads % par.tensor:
         raise ModelError(f"parallel.tensor: must divide the attention heads ({cfg.num_heads}), got {par.tensor}")
+    if (m.seq_length * m.micro_batch_size) % (2 * par.context) and par.context > 1:
+        raise ModelError(f"parallel.context: must divide seq_length x micro_batch_size in 2 x context chunks "
+                         f"({m.seq_length * m.micro_batch_size} tokens), got {par.context}")  # fmt: skip
     optimizer = (4.0 if m.master_weights else 0.0) + 2 * DTYPES[m.optimizer_dtype]
+    # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
-        par.tensor, par.expert, par.data, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype], optimizer
+        par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
+        optimizer,
     )
-    hw, eff, overhead = None, 0.4, 0.0
+    hw, eff, overhead, rates = None, 0.4, 0.0, None
     section = scenario.hardware
     if section is not None:
-        hw, eff, overhead = hardware(section), section.efficiency, section.a2a_overhead
-    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.memory.recompute, DTYPES[m.activations_dtype],
-                 sharding, stage_list, hw, eff, overhead)  # fmt: skip
+        hw, overhead = hardware(section), section.a2a_overhead
+        if section.efficiency is not None or section.preset is None:
+            eff = 0.4 if section.efficiency is None else section.efficiency
+        else:
+            rates = kernel_rates(section, hw)
+    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
+                 sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
+                 par.sequence_parallel)  # fmt: skip
+
+
+def kernel_rates(section, hw: Hardware) -> KernelRates:
+    """The preset's measured kernel rates, scaled where the section overrides a peak or bandwidth."""
+    from .rates import PRESETS as RATES
+
+    base, ref = RATES[section.preset], PRESETS[section.preset]
+    return base.scaled(compute=hw.bf16_tflops / ref.bf16_tflops, nvlink=hw.a2a_intra_gbps / ref.a2a_intra_gbps,
+                       nic=hw.a2a_gbps / ref.a2a_gbps)  # fmt: skip
 
 
 def hardware(section) -> Hardware:
@@ -191,8 +224,14 @@ def _ms(flops_: float, peak: float, eff: float) -> float:
     return flops_ / (peak * eff) * 1e3
 
 
+def layer_kernels(st: Setup, i: int) -> list[kernels.Kernel]:
+    return kernels.layer(st.cfg, i, st.rates, st.layout)
+
+
 def layer_times(st: Setup, i: int) -> LayerTimes:
     """Times of layer ``i`` for one micro-batch on one rank (ms); needs hardware."""
+    if st.rates is not None:
+        return LayerTimes(**kernels.by_component(layer_kernels(st, i)))
     cfg, hw, eff, tp = st.cfg, st.hw, st.efficiency, st.sharding.tensor
     f = flops.layer(cfg, i, st.seq)
     n = st.tokens / tp
@@ -246,6 +285,34 @@ def a2a_times(st: Setup) -> dict[str, float]:
     return {k: st.a2a_overhead + b / (gbps * 1e9) * 1e3 for k, b in a2a_bytes(st).items()}
 
 
+def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
+    """The kernels of a stage's embedding, head and MTP modules (kernel model)."""
+    rows = []
+    if stage.embedding:
+        rows += kernels.embedding(st.cfg, st.rates, st.layout)
+    if stage.head:
+        rows += kernels.head(st.cfg, st.rates, st.layout)
+    for _ in range(stage.mtp):
+        rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
+    return rows
+
+
+def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
+    """(forward, input-gradient, weight-gradient) ms of a stage's embedding, head and MTP modules."""
+    if st.rates is not None:
+        return tuple(ms for _, ms in kernels.passes(extra_kernels(st, stage)))
+    cfg, sh = st.cfg, st.sharding
+    head = _head_ms(st) * (int(stage.head) + stage.mtp)
+    mtp = [layer_times(st, cfg.num_layers) for _ in range(stage.mtp)]
+    proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+    extra = head + proj
+    redo = extra if st.policy == "full" else 0.0
+    f = extra + sum(t.forward + t.dispatch_forward + t.combine_forward for t in mtp)
+    w = extra + sum(t.weight for t in mtp)
+    i = extra + redo + sum(t.backward - t.weight + t.dispatch_backward + t.combine_backward for t in mtp)
+    return f, i, w
+
+
 def _head_ms(st: Setup) -> float:
     # The output head stays in BF16 (DeepSeek-V3 keeps it out of FP8).
     return _ms(st.tokens / st.sharding.tensor * flops.head(st.cfg), st.hw.peak(False), st.efficiency)
@@ -254,7 +321,8 @@ def _head_ms(st: Setup) -> float:
 # -- per stage -----------------------------------------------------------------------
 def derive(st: Setup) -> Derived:
     cfg, sh = st.cfg, st.sharding
-    args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+    seq = st.seq // st.context  # each context-parallel rank keeps its share of the sequence
+    args = (seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
     per_layer = {}
     for stage in st.stages:
@@ -264,10 +332,10 @@ def derive(st: Setup) -> Derived:
         act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
         if stage.embedding:
             dense += params.embedding(cfg)
-            act += activations.embedding(cfg, st.seq, st.mb, sh.tensor)
+            act += activations.embedding(cfg, seq, st.mb, sh.tensor)
         if stage.head:
             dense += params.head(cfg)
-            act += activations.head(cfg, st.seq, st.mb, st.act_bytes, sh.tensor)
+            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense
@@ -276,24 +344,27 @@ def derive(st: Setup) -> Derived:
         fig = StageFigures(dense, routed, act, memory.stage_static(dense, routed, sh))
         if st.hw is not None:
             times = []
-            for i in stage.layers + (cfg.num_layers,) * stage.mtp:
+            for i in stage.layers:
                 key = cfg.is_moe_layer(i)
                 if key not in per_layer:
                     per_layer[key] = layer_times(st, i)
                 times.append(per_layer[key])
-            head = _head_ms(st) * (int(stage.head) + stage.mtp)
-            proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
-            extra = head + proj
-            redo = extra if st.policy == "full" else 0.0
             # a2a phases run in sequence with compute in a lone op; F, B carry them
-            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times) + extra
-            fig.weight = sum(t.weight for t in times) + extra
-            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times) + 2 * extra + redo
+            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times)
+            fig.weight = sum(t.weight for t in times)
+            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
+            f, i_, w = extra_times(st, stage)
+            fig.forward += f
+            fig.backward += i_ + w
+            fig.weight += w
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
         boundary = st.act_bytes * st.tokens * cfg.hidden_size / sh.tensor
-        out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
+        if st.rates is not None:  # pipeline neighbours sit on different nodes (Megatron puts pp outermost)
+            out.p2p = collectives.p2p(boundary, st.rates, "nic") * 1e3
+        else:
+            out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)
