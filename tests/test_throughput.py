@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim import scenario, simulation, units
 from dualpipe_sim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,8 @@ def test_run_prints_throughput_and_says_what_the_step_is(tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.startswith("throughput"))
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())["throughput"]
     assert "pipeline makespan only" in line and "no [step] work" in line
-    assert f"{doc['tokens_per_second_per_gpu']:,.1f} tokens/s per GPU" in line
+    per_gpu = doc["tokens_per_second"] / doc["gpus"]  # the JSON's own figures, divided here
+    assert f"{units.number(per_gpu)} tokens/s per GPU" in line and doc["tokens_per_second_per_gpu"] == pytest.approx(per_gpu)
     assert f"MFU {doc['mfu']:.1%}" in line and "2,048 GPUs" in line
 
 
