@@ -212,3 +212,46 @@ def test_model_json_lists_kernels(capsys):
     assert {"kernel", "component", "kind", "shape", "flops", "bytes", "ms", "bound"} <= set(dense[0])
     fwd = sum(r["ms"] for r in dense if r["component"] in ("attn_forward", "mlp_forward"))
     assert fwd * 4 == pytest.approx(doc["stages"][1]["forward_ms"])  # stage 1: 4 layers, no extra module
+
+
+# -- a published per-layer measurement ------------------------------------------------------------------
+@pytest.mark.parametrize("policy,sp,forward,backward", [("none", False, 7.7, 11.9), ("none", True, 7.2, 11.8),
+                                                        ("full", False, 7.7, 19.5), ("selective", True, 7.2, 13.1)])  # fmt: skip
+def test_korthikanti_table_4_layer_within_15_percent(policy, sp, forward, backward):
+    # Korthikanti et al. 2022, Table 4: one layer of their 22B GPT (h 6144, 64 heads, TP 8, micro-batch 4,
+    # s 2048) on an A100, forward / backward ms as measured. Not fitted: the A100 rates come from kernel tables.
+    # The model is 6-12% fast here (docs/validation.md): its A100 GEMM rate is 2025's measured maximum
+    # (torch 2.6), the paper ran 2022's libraries.
+    from dualpipe_sim import scenario
+
+    sc = scenario.load(ROOT / "scenarios" / "validation" / "k22-22b-full.toml",
+                       [f"memory.recompute={policy}", f"parallel.sequence_parallel={str(sp).lower()}"])
+    passes = dict(kernels.passes(derive.layer_kernels(derive.setup(sc), 0)))
+    assert passes["forward"] == pytest.approx(forward, rel=0.15)
+    assert passes["backward_input"] + passes["backward_weight"] == pytest.approx(backward, rel=0.15)
+
+
+# -- per-stage [chunk] under the kernel model ---------------------------------------------------------
+def test_deepseek_stages_are_costed_apart():
+    # DeepSeek-V3 from its config (the default layout 3, 4 x 13, 3, 3): stage 0 holds the embedding and the 3
+    # dense layers (no MoE layer: a chunk of 3 layers without all-to-all); stage 15 three MoE layers, the MTP
+    # module (one more MoE layer) and the head; the middle stages 4 MoE layers. Each stage's chunk spreads
+    # its extra work over its MoE layers, so its lone-op sums are the sums of its kernels.
+    from dualpipe_sim import scenario
+    from dualpipe_sim.model.layout import Stage
+
+    sc = scenario.load(ROOT / "scenarios" / "deepseek-v3-predicted.toml")
+    d = sc.derived()
+    st = d.setup
+    cm = sc.cost_model()
+    assert [n for n, _ in d.stage_chunks] == [3] + [4] * 13 + [3, 4]
+    for s in (0, 1, 15):
+        stage = st.stages[s]
+        rows = [k for i in stage.layers for k in derive.layer_kernels(st, i)]
+        rows += derive.extra_kernels(st, Stage((), stage.embedding, stage.head, stage.mtp))
+        forward = sum(k.ms for k in rows if k.component.endswith("forward"))
+        assert cm.forward[s] == pytest.approx(forward)
+    # dense layers have no all-to-all and a smaller MLP; the head and MTP module outweigh a MoE layer
+    assert cm.forward[0] < cm.forward[1] < cm.forward[15] and cm.forward[15] > 1.2 * cm.forward[1]
+    # the pair of rank 0 (stage 0 forward, stage 15 backward) mixes the two stages' chunks
+    assert cm.chunk_of(0) != cm.chunk_of(15)

@@ -26,6 +26,7 @@ from .sections import DTYPES, ParallelSection
 # Flash attention skips the masked half of a causal s x s square; its backward
 # runs 5 matmuls of that size (recomputing the scores) against the forward's 2.
 FLASH_CAUSAL, FLASH_BACKWARD, EAGER_BACKWARD = 0.5, 2.5, 2.0
+A2A_SMS = 20  # SMs an expert-parallel all-to-all kernel occupies (DeepSeek-V3 report, Sec. 3.2.2)
 FP8_SCALE_OVERHEAD = 4 / 128  # one fp32 scale per 128 FP8 values (DeepSeek-V3's tile quantisation)
 
 
@@ -106,6 +107,10 @@ class Derived:
     p2p: float | None = None  # ms
     moe_layer: LayerTimes | None = None  # the [chunk] components, MoE with expert parallelism
     chunk_layers: int = 0
+    comm_compute_slowdown: float = 1.0  # compute beside an all-to-all runs on the SMs the all-to-all leaves
+    # kernel model: each stage's [chunk] as (layers, LayerTimes): its layers, embedding, head and MTP
+    # spread evenly over its MoE layers (dense-only stages: over their layers, no all-to-all)
+    stage_chunks: tuple[tuple[int, LayerTimes], ...] = ()
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -313,6 +318,27 @@ def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
     return f, i, w
 
 
+def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None) -> tuple[int, LayerTimes]:
+    """A stage's [chunk] under the kernel model: the component sums of its layers, embedding, head
+    and MTP modules, spread evenly over its MoE layers (the all-to-all is per MoE layer, so it stays
+    exact; the extra compute is shared out between them).  A stage without MoE layers: its layers
+    (at least 1), no all-to-all."""
+    cfg = st.cfg
+    per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
+    totals: dict[str, float] = {}
+    for i in stage.layers:
+        key = cfg.is_moe_layer(i)
+        if key not in per_layer:
+            per_layer[key] = layer_times(st, i)
+        for k, v in vars(per_layer[key]).items():
+            totals[k] = totals.get(k, 0.0) + v
+    for k, v in kernels.by_component(extra_kernels(st, stage)).items():
+        totals[k] = totals.get(k, 0.0) + v
+    moe = sum(cfg.is_moe_layer(i) for i in stage.layers) + stage.mtp
+    layers = moe or max(1, len(stage.layers))
+    return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
+
+
 def _head_ms(st: Setup) -> float:
     # The output head stays in BF16 (DeepSeek-V3 keeps it out of FP8).
     return _ms(st.tokens / st.sharding.tensor * flops.head(st.cfg), st.hw.peak(False), st.efficiency)
@@ -368,10 +394,14 @@ def derive(st: Setup) -> Derived:
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)
+            if st.rates is not None:  # DeepSeek-V3 report Sec. 3.2.2: its all-to-all kernels take 20 of 132 SMs
+                out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
+                out.stage_chunks = tuple(stage_chunk(st, stage, per_layer) for stage in st.stages)
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
-            out.notes.append(
-                f"MoE with expert parallelism: every stage is costed as {out.chunk_layers} MoE layers' "
-                "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
-            )
+            if not out.stage_chunks:
+                out.notes.append(
+                    f"MoE with expert parallelism: every stage is costed as {out.chunk_layers} MoE layers' "
+                    "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
+                )
     return out
