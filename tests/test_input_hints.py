@@ -60,9 +60,13 @@ def test_unequal_ranks_warn_once_naming_the_layout(tmp_path, capsys):
 
 
 def test_balanced_shipped_scenarios_do_not_warn(tmp_path, capsys):
-    for name in ("llama3-70b.toml", "deepseek-v3.toml"):  # per-rank busy within 6% (interleaved / DualPipe)
-        assert main(["run", str(ROOT / "scenarios" / name), "--out", str(tmp_path / name), "--plots", "none"]) == 0
-        assert "parallel.layout" not in capsys.readouterr().err
+    name = "llama3-70b.toml"  # per-rank busy within 6% (interleaved)
+    assert main(["run", str(ROOT / "scenarios" / name), "--out", str(tmp_path / name), "--plots", "none"]) == 0
+    assert "parallel.layout" not in capsys.readouterr().err
+    # DeepSeek-V3's ranks 0 and 15 carry the embedding, dense layers, MTP module and heads: 1.46x a middle
+    # rank (docs/dualpipe.md), which the warning names; the rebalanced layout string there is within 1.33x.
+    assert main(["run", str(ROOT / "scenarios" / "deepseek-v3.toml"), "--out", str(tmp_path / "ds"), "--plots", "none"]) == 0
+    assert "parallel.layout" in capsys.readouterr().err
 
 
 def test_without_memory_activation_bytes_show_n_a(tmp_path, capsys):

@@ -96,7 +96,9 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     else:
         where = "no ranks"
     grey = (static_words or "parameters, gradients, optimizer states") if full else "parameters"
-    parts = f"{grey} (grey) + activations (blue)" if any(static) else "activations"
+    # the static terms on a line of their own: with every memory term they no longer fit beside the rest
+    parts = "static (grey) + activations (blue)" if any(static) else "activations"
+    grey_line = f"grey: {grey}\n" if any(static) else ""
     cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
     if len(trace.step):
         _shade_step(ax, trace.step)
@@ -104,7 +106,8 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     shaded = "\nshaded: grad sync (green), cross-copy sync (teal), optimizer (olive)" if len(trace.step) else ""
     fig.suptitle(
         (title + "\n" if title else "")
-        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}{shaded}\n"
+        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n{grey_line}"
+        + (shaded[1:] + "\n" if shaded else "")
         + f"dot = the rank's activation peak, labelled activations alive ({unit}); {where}",
         fontsize=10, x=0.01, ha="left",
     )  # fmt: skip
