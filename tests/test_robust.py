@@ -212,6 +212,11 @@ def wait_until_working(proc, out: Path, verb: str) -> None:
         time.sleep(0.05)
 
 
+def default_sigint() -> None:
+    """Run in the child between fork and exec: SIGINT back to its default (Python then raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("verb", ["run", "compare", "sweep"])
 def test_ctrl_c_exits_130_without_traceback_and_leaves_outputs_as_they_were(verb, tmp_path):
     out = tmp_path / "out"
@@ -223,8 +228,12 @@ def test_ctrl_c_exits_130_without_traceback_and_leaves_outputs_as_they_were(verb
         "sweep": ["sweep", QUICK, "--grid", "pipeline.microbatches=1500,1502,1504,1506,1508,1510", "--set",
                   "pipeline.stages=16", "--jobs", "2"],
     }[verb]
+    # The child gets the default SIGINT disposition whatever pytest was started with: a shell runs a
+    # background job (`cmd &`, some CI launchers) with SIGINT ignored, and an ignored SIGINT is
+    # inherited through exec, so the child would never see the Ctrl-C this test sends.
     proc = subprocess.Popen([sys.executable, "-m", "dualpipe_sim", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=default_sigint)
     wait_until_working(proc, out, verb)
     assert proc.poll() is None, "finished before it could be interrupted: give it more work"
     proc.send_signal(signal.SIGINT)
