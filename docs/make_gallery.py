@@ -25,6 +25,7 @@ BASE = {
     "pipeline": {"stages": 8, "microbatches": 16},
     "costs": {"forward": 1.0, "backward": 2.0, "weight": 1.0, "overlapped": 2.5},
     "comm": {"p2p": 0.0},
+    "memory": {"recompute": "none"},  # the same costs for every schedule (chimera-doubling defaults to full)
 }
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import registry, simulation, units
+from .costs import mean_costs
 from .ir import ScheduleError
-from .scenario import Scenario, ScenarioError
+from .scenario import Scenario, ScenarioError, activation_bytes_given
 
 DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
 BASELINE = "1f1b"
@@ -31,6 +32,7 @@ class Comparison:
     skipped: list[tuple[str, str]]  # (schedule, reason)
     baseline_makespan: float | None  # 1F1B on the same scenario
     baseline_step: float | None = None  # ... its whole training step, with [step] work
+    notes: tuple[str, ...] = ()  # lines under the table (which Chimera variant is shown, and why)
 
     @property
     def has_step(self) -> bool:
@@ -56,10 +58,12 @@ def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
     ``progress`` is told of each schedule (progress.py)."""
     from .progress import report as tell
 
-    results, skipped = [], []
+    results, skipped, notes = [], [], []
     for i, name in enumerate(names):
         tell(progress, i, len(names), name)
         outcome = _try_run(scenario, name)
+        if name == "chimera" and "chimera-doubling" not in names and not isinstance(outcome, str):
+            outcome = _better_chimera(scenario, outcome, notes)
         if isinstance(outcome, str):
             skipped.append((name, outcome))
         else:
@@ -72,7 +76,29 @@ def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
         outcome = _try_run(scenario, BASELINE)
         base = None if isinstance(outcome, str) else outcome
     return Comparison(results, skipped, base.metrics.makespan if base else None,
-                      step_time(base.metrics) if base else None)  # fmt: skip
+                      step_time(base.metrics) if base else None, tuple(notes))  # fmt: skip
+
+
+def _better_chimera(scenario: Scenario, direct: simulation.Result, notes: list[str]) -> simulation.Result:
+    """Chimera's two variants: with B > F forward doubling may beat direct concatenation, so
+    the faster of the two takes chimera's row, and a note says which and by how much."""
+    F, B, _, _ = mean_costs(direct.costs, direct.schedule.stages)
+    if B <= F:
+        return direct
+    doubling = _try_run(scenario, "chimera-doubling")
+    if isinstance(doubling, str):
+        notes.append(f"chimera: direct concatenation shown; forward doubling cannot run this scenario ({doubling})")
+        return direct
+    a, b = step_time(direct.metrics), step_time(doubling.metrics)
+    recompute = with_schedule(scenario, "chimera-doubling").recompute()
+    given = "recompute" in scenario.memory.model_fields_set
+    both = (f"direct concatenation {units.number(a)} ms, forward doubling {units.number(b)} ms "
+            f"(memory.recompute {recompute}{'' if given else ', its default: the authors run it so'})")  # fmt: skip
+    if b < a:
+        notes.append(f"chimera: forward doubling shown (chimera-doubling), the faster variant here: {both}")
+        return doubling
+    notes.append(f"chimera: direct concatenation shown, the faster variant here: {both}")
+    return direct
 
 
 def step_time(metrics) -> float:
@@ -111,11 +137,14 @@ def summary_rows(comparison: Comparison) -> list[dict]:
                 "speedup": base / time if base and time > 0 else None,
                 "bubble": s["bubble_ratio"],
                 "peak": s["peak_activation"],
-                "peak_bytes": s["peak_activation_bytes"],
+                # None (shown n/a) when no memory.activation or [model] gives an activation's bytes
+                "peak_bytes": s["peak_activation_bytes"] if activation_bytes_given(result.scenario) else None,
                 "params": s["parameter_copies"],
                 "exposed": s["comm.exposed"],
                 "memory": s["memory.total"],  # with a [model]: the fullest rank's total
                 "fits": s["fits"],  # None when the total or the device memory is unknown
+                "tokens_per_gpu": s["throughput.tokens_per_second_per_gpu"],  # with a [model]
+                "mfu": s["throughput.mfu"],  # with a [model] and a [hardware] peak
             }
         )
     return rows
@@ -125,13 +154,22 @@ def summary_rows(comparison: Comparison) -> list[dict]:
 MEMORY_COLUMNS = (("memory", "memory per rank (max)"), ("fits", "fits device memory"))
 
 
+# Shown only when some schedule has a throughput (a [model] scenario): of the step, or of
+# the makespan alone without [step] work (compare.md says which).
+THROUGHPUT_COLUMNS = (("tokens_per_gpu", "tokens/s per GPU"), ("mfu", "MFU"))
+
+
 def _columns(rows: list[dict]) -> tuple:
-    return COLUMNS + (MEMORY_COLUMNS if any(r["memory"] is not None for r in rows) else ())
+    return (COLUMNS + (MEMORY_COLUMNS if any(r["memory"] is not None for r in rows) else ())
+            + (THROUGHPUT_COLUMNS if any(r["tokens_per_gpu"] is not None for r in rows) else ()))  # fmt: skip
 
 
-def _cells(row: dict, memory: bool = False) -> list[str]:
+def _cells(row: dict, memory: bool = False, throughput: bool = False) -> list[str]:
     extra = [units.nbytes(row["memory"]) if row["memory"] is not None else "-",
              {True: "yes", False: "NO", None: "-"}[row["fits"]]] if memory else []  # fmt: skip
+    if throughput:
+        extra += ["-" if row["tokens_per_gpu"] is None else units.number(row["tokens_per_gpu"]),
+                  "-" if row["mfu"] is None else units.percent(row["mfu"])]  # fmt: skip
     return [
         row["schedule"],
         str(row["devices"]),
@@ -140,7 +178,7 @@ def _cells(row: dict, memory: bool = False) -> list[str]:
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         f"{row['bubble']:.1%}",
         str(row["peak"]),
-        units.nbytes(row["peak_bytes"]),
+        "n/a" if row["peak_bytes"] is None else units.nbytes(row["peak_bytes"]),
         str(row["params"]),
         units.number(row["exposed"]),
         *extra,
@@ -152,7 +190,8 @@ def table(comparison: Comparison) -> str:
     rows = summary_rows(comparison)
     columns = _columns(rows)
     keep = [comparison.has_step or key != "step" for key, _ in columns]  # the step column only with [step] work
-    body = [[c for c, k in zip(_cells(r, len(columns) > len(COLUMNS)), keep) if k] for r in rows]
+    memory, throughput = MEMORY_COLUMNS[0] in columns, THROUGHPUT_COLUMNS[0] in columns
+    body = [[c for c, k in zip(_cells(r, memory, throughput), keep) if k] for r in rows]
     head = [title for (_, title), k in zip(columns, keep) if k]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
 
@@ -169,7 +208,10 @@ def skipped_lines(comparison: Comparison) -> list[str]:
 
 def report(comparison: Comparison) -> str:
     """What the terminal shows: the table, then one line per skipped schedule."""
-    return "\n".join([table(comparison), *skipped_lines(comparison)])
+    note = []
+    if not comparison.has_step and any(r.metrics.throughput is not None for r in comparison.results):
+        note = ["tokens/s per GPU and MFU are of the pipeline makespan alone (no [step] work: no grad sync, no optimizer)"]
+    return "\n".join([table(comparison), *comparison.notes, *note, *skipped_lines(comparison)])
 
 
 def markdown(comparison: Comparison, source: str, png: str | None = "compare.png") -> str:
@@ -192,8 +234,15 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
         + ("" if comparison.baseline_makespan else " (1F1B could not run it, so none is given)")
         + ". Peak activation is the most stage-activations alive at once on any one rank, and its bytes; "
         "parameter copies is the most model stages any one rank holds. Devices differ between schedules "
-        "that fold several stages onto one rank.",
+        "that fold several stages onto one rank."
+        + (" Tokens/s per GPU and MFU (model FLOPs / GPUs x peak FLOP/s) are of the "
+           + ("whole training step." if comparison.has_step
+              else "pipeline makespan alone: there is no [step] work, so gradient sync and the optimizer are "
+                   "left out and the figures are an upper bound.")
+           if any(r.metrics.throughput is not None for r in comparison.results) else ""),
     ]
+    if comparison.notes:
+        lines += [""] + [f"- {note}" for note in comparison.notes]
     if comparison.skipped:
         lines += ["", "Skipped:", ""] + [f"- `{n}`: {why}" for n, why in comparison.skipped]
     if png:

@@ -141,8 +141,9 @@ class Chunk:
     def total(self, kind: str) -> float:
         return sum(d for _, _, d in self.stream(kind))
 
-    def parts(self, kinds: tuple[str, ...]) -> tuple[Part, ...]:
-        """The parts of a lone op (``kinds`` = its kind) or of a pair (forward kind, backward kind)."""
+    def parts(self, kinds: tuple[str, ...], other: "Chunk | None" = None) -> tuple[Part, ...]:
+        """The parts of a lone op (``kinds`` = its kind) or of a pair (forward kind, backward kind);
+        ``other``: the backward's chunk when its stage is costed apart from the forward's."""
         out: list[Part] = []
         if len(kinds) == 1:  # lone: one chain in layer order
             stream = self.stream(kinds[0])
@@ -150,11 +151,12 @@ class Chunk:
             for n, (c, ch, d) in enumerate(stream):
                 out.append(Part(0, c, n // per_layer, ch, d, (n - 1,) if n else (), None, (n,)))
             return tuple(out)
-        per_layer = len(self.stream(kinds[0])) // self.layers, len(self.stream(kinds[1])) // self.layers
+        chunks = (self, other or self)
+        per_layer = tuple(len(c.stream(k)) // c.layers for c, k in zip(chunks, kinds))
         index: dict[tuple[int, Component, int], int] = {}
         for member, kind in enumerate(kinds):
             last_in_pass: dict[Kind, int] = {}
-            for n, (c, ch, d) in enumerate(self.stream(kind)):
+            for n, (c, ch, d) in enumerate(chunks[member].stream(kind)):
                 layer = n // per_layer[member]
                 if c.grad == Kind.W:
                     needs = (index[(member, c.input_part, layer)],)
@@ -165,7 +167,7 @@ class Chunk:
                 out.append(Part(member, c, layer, ch, d, needs, None, (PASS_PRIORITY[c.grad], layer, member, int(c))))
         for _, listed in self.order:  # declared order: each part waits for the one before it to start
             previous = None
-            for layer in range(self.layers):
+            for layer in range(max(c.layers for c in chunks)):
                 for c in listed:
                     i = index.get((0 if c.grad == Kind.F else 1, c, layer))
                     if i is None:
@@ -184,7 +186,9 @@ class CostModel:
     p2p: float = 0.0  # one activation or gradient between two ranks
     activation_bytes: tuple[float, ...] = (1.0,)
     parameter_bytes: tuple[float, ...] = (1.0,)
-    chunk: Chunk | None = None  # component model; F, B, W and F&B above are then derived from it
+    # component model; F, B, W and F&B above are then derived from it.  One chunk for every stage,
+    # or a tuple of one per stage (a model's stages costed apart: embedding, head, dense layers)
+    chunk: Chunk | tuple[Chunk, ...] | None = None
     p2p_mode: str = "async"  # "async": sends run beside compute; "blocking": see engine.py
     variability: object | None = None  # variability.Variability: per-op jitter, slow ranks; None = none
 
@@ -215,21 +219,25 @@ class CostModel:
         )
 
     @classmethod
-    def from_chunk(cls, stages: int, chunk: Chunk, **rest) -> "CostModel":
-        """Component model on every stage: F, B and W are the sums of a lone op's
-        components, F&B the simulated length of an overlapped F+B pair."""
-        rep = lambda x: (float(x),) * stages  # noqa: E731
-        fb = _lay_out(chunk, (Kind.F, Kind.B)).length  # raises channels.OrderError for an impossible order
-        rest.setdefault("activation_bytes", rep(1.0))
-        rest.setdefault("parameter_bytes", rep(1.0))
+    def from_chunk(cls, stages: int, chunk: Chunk | tuple[Chunk, ...], **rest) -> "CostModel":
+        """Component model on every stage (one chunk, or one per stage): F, B and W are the sums of
+        a lone op's components, F&B the simulated length of an overlapped F+B pair of one stage."""
+        each = chunk if isinstance(chunk, tuple) else (chunk,) * stages
+        # raises channels.OrderError for an impossible order
+        fb = tuple(_lay_out(c, (Kind.F, Kind.B)).length for c in each)
+        rest.setdefault("activation_bytes", (1.0,) * stages)
+        rest.setdefault("parameter_bytes", (1.0,) * stages)
         return cls(
-            forward=rep(chunk.total("F")),
-            backward=rep(chunk.total("B")),
-            weight=rep(chunk.total("W")),
-            overlapped=rep(fb),
+            forward=tuple(float(c.total("F")) for c in each),
+            backward=tuple(float(c.total("B")) for c in each),
+            weight=tuple(float(c.total("W")) for c in each),
+            overlapped=fb,
             chunk=chunk,
             **rest,
         )
+
+    def chunk_of(self, stage: int) -> Chunk:
+        return self.chunk[stage] if isinstance(self.chunk, tuple) else self.chunk
 
     def duration(self, op: Op) -> float:
         s = op.stage
@@ -258,8 +266,10 @@ class CostModel:
         (:meth:`Chunk.parts`) simulated on the rank's channels (channels.py).
         """
         if self.chunk is not None:
-            kinds = (Kind(action.forward.kind), Kind(action.backward.kind)) if isinstance(action, FB) else (Kind(action.kind),)
-            return _lay_out(self.chunk, kinds)
+            if isinstance(action, FB):
+                f, b = self.chunk_of(action.forward.stage), self.chunk_of(action.backward.stage)
+                return _lay_out(f, (Kind(action.forward.kind), Kind(action.backward.kind)), None if b == f else b)
+            return _lay_out(self.chunk_of(action.stage), (Kind(action.kind),))
         if isinstance(action, FB):
             total = self.pair_duration(action)
             f, b = self.duration(action.forward), self.duration(action.backward)
@@ -276,11 +286,11 @@ def signature(action: Action) -> tuple:
     return (action.kind, action.stage)
 
 
-@lru_cache(maxsize=64)
-def _lay_out(chunk: Chunk, kinds: tuple[Kind, ...]) -> Timeline:
-    """A chunk's parts for ``kinds`` on the rank's channels: the same chunk on every stage,
-    so a handful of simulations per run (SimPy is imported here, only for components)."""
-    return lay_out(chunk.parts(kinds), chunk.comm_compute_slowdown)
+@lru_cache(maxsize=1024)
+def _lay_out(chunk: Chunk, kinds: tuple[Kind, ...], other: Chunk | None = None) -> Timeline:
+    """A chunk's parts for ``kinds`` on the rank's channels (``other``: a pair's backward chunk when
+    it differs): a handful of simulations per run (SimPy is imported here, only for components)."""
+    return lay_out(chunk.parts(kinds, other), chunk.comm_compute_slowdown)
 
 
 def mean_costs(costs: CostModel, stages: int) -> tuple[float, float, float, float]:

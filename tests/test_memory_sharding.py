@@ -16,3 +16,21 @@ def test_zero_2_shards_gradients_and_optimizer_not_parameters():
     assert s2.gradients == 4 * (500 / 8 + 200 / 4)  # fp32, sharded
     assert s2.optimizer == 12 * (500 / 8 + 200 / 4)  # master + two moments, sharded
     assert s2.total == 1400 + 450 + 1350
+
+
+def test_total_is_the_sum_of_its_terms_on_deepseek_v3():
+    # README's definition of per_rank[].memory.total: the static terms (parameters, gradients,
+    # optimizer, fp8_weights) + sharding_buffers + dynamic_peak + runtime.  DeepSeek-V3 is FP8, so
+    # every term is there (fp8_weights > 0).
+    from pathlib import Path
+
+    from dualpipe_sim import scenario, simulation
+
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "deepseek-v3.toml"
+    res = simulation.run(scenario.load(path, ["pipeline.microbatches=32"]))
+    for r in res.metrics.to_dict()["per_rank"]:
+        m = r["memory"]
+        assert m["fp8_weights"] > 0
+        terms = (m["parameters"] + m["gradients"] + m["optimizer"] + m["fp8_weights"] + m["sharding_buffers"]
+                 + m["dynamic_peak"] + m["runtime"])  # fmt: skip
+        assert abs(m["total"] - terms) <= 1e-9 * terms, r["rank"]

@@ -250,7 +250,7 @@ def test_constraint_errors_name_the_field(name, stages, mbs, options, field, wor
 
 
 def test_interleaved_declares_its_option_and_defaults_to_two_chunks():
-    assert get("interleaved-1f1b").options == ("chunks_per_rank",)
+    assert get("interleaved-1f1b").options == ("chunks_per_rank", "microbatch_group")
     assert build("interleaved-1f1b", 8, 4).num_ranks == 4
     # other families ignore a stray chunks_per_rank from the scenario
     assert build("zb-h1", 4, 4, chunks_per_rank=3).num_ranks == 4

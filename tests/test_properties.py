@@ -66,6 +66,8 @@ def valid_shapes(name: str) -> list[tuple[int, int, dict]]:
     option_values = [{}]
     if "chunks_per_rank" in family.options:
         option_values = [{}] + [{"chunks_per_rank": v} for v in range(1, MAX_CHUNKS + 1)]
+    if "microbatch_group" in family.options:  # Megatron-core's groups (its check keeps the valid ones)
+        option_values += [{"chunks_per_rank": v, "microbatch_group": n} for v in (1, 2, 3) for n in range(2, 12)]
     return [
         (s, m, opts)
         for s in range(1, MAX_STAGES + 1)
@@ -135,6 +137,11 @@ def op_cost(op, raw: dict) -> float:
         return chunk["layers"] * sum(chunk[p] for p in OP_PARTS[op.kind])
     s, costs = op.stage, raw["costs"]
     f, b, w = costs["forward"][s], costs["backward"][s], costs["weight"][s]
+    # Full recompute re-runs the stage's forward before a typed backward (input-gradient work);
+    # left out, the policy is the family's default (chimera-doubling: full, as its authors run it).
+    family_default = registry.get(raw["pipeline"]["schedule"]).recompute
+    if raw.get("memory", {}).get("recompute", family_default) == "full":
+        b += f
     return {"F": f, "B": b, "I": b - w, "W": w}[op.kind]
 
 

@@ -3,9 +3,11 @@
 Per stage: parameters (dense and routed-expert parts), static memory per rank
 holding it, activation bytes per micro-batch, and, given hardware, the F, B, W
 times (ms) and P2P time; for an MoE model with expert parallelism, the
-``[chunk]`` components of one MoE layer.  Every derived time is
-FLOPs / (peak FLOP/s x efficiency) or overhead + bytes / bandwidth; the
-:func:`explain` rows say which.  docs/model.md gives the derivations.
+``[chunk]`` components of one MoE layer.  With a GPU preset and no
+``hardware.efficiency``, every time is the sum of the kernels the step runs
+(kernels.py, timed from measured kernel rates); with ``hardware.efficiency``
+(or a custom GPU without a preset) it is FLOPs / (peak FLOP/s x efficiency) or
+overhead + bytes / bandwidth, as before.  docs/model.md gives the derivations.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activations, config, flops, layout, memory, params
+from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
+from .rates import KernelRates
 from .sections import DTYPES, ParallelSection
 
 # Flash attention skips the masked half of a causal s x s square; its backward
 # runs 5 matmuls of that size (recomputing the scores) against the forward's 2.
 FLASH_CAUSAL, FLASH_BACKWARD, EAGER_BACKWARD = 0.5, 2.5, 2.0
+A2A_SMS = 20  # SMs an expert-parallel all-to-all kernel occupies (DeepSeek-V3 report, Sec. 3.2.2)
 FP8_SCALE_OVERHEAD = 4 / 128  # one fp32 scale per 128 FP8 values (DeepSeek-V3's tile quantisation)
 
 
@@ -38,12 +42,23 @@ class Setup:
     sharding: memory.Sharding
     stages: tuple[layout.Stage, ...]
     hw: Hardware | None
-    efficiency: float = 0.4
+    efficiency: float = 0.4  # used when rates is None
     a2a_overhead: float = 0.0
+    rates: KernelRates | None = None  # measured kernel rates: times from kernels.py
+    context: int = 1
+    tp_overlap: bool = True
+    sequence_parallel: bool = True
 
     @property
     def tokens(self) -> int:
-        return self.seq * self.mb
+        """Tokens of one micro-batch on one rank of a context-parallel group."""
+        return self.seq * self.mb // self.context
+
+    @property
+    def layout(self) -> kernels.Layout:
+        return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
+                              self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
+                              self.sequence_parallel)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class StageFigures:
     forward: float | None = None  # ms
     backward: float | None = None
     weight: float | None = None
+    sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
+    fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
 
 
 @dataclass
@@ -92,6 +109,10 @@ class Derived:
     p2p: float | None = None  # ms
     moe_layer: LayerTimes | None = None  # the [chunk] components, MoE with expert parallelism
     chunk_layers: int = 0
+    comm_compute_slowdown: float = 1.0  # compute beside an all-to-all runs on the SMs the all-to-all leaves
+    # kernel model: each stage's [chunk] as (layers, LayerTimes): its layers, embedding, head and MTP
+    # spread evenly over its MoE layers (dense-only stages: over their layers, no all-to-all)
+    stage_chunks: tuple[tuple[int, LayerTimes], ...] = ()
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -154,16 +175,35 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.expert: the model has no experts, so it must be 1, got {par.expert}")
     if cfg.num_heads % par.tensor:
         raise ModelError(f"parallel.tensor: must divide the attention heads ({cfg.num_heads}), got {par.tensor}")
+    if (m.seq_length * m.micro_batch_size) % (2 * par.context) and par.context > 1:
+        raise ModelError(f"parallel.context: must divide seq_length x micro_batch_size in 2 x context chunks "
+                         f"({m.seq_length * m.micro_batch_size} tokens), got {par.context}")  # fmt: skip
     optimizer = (4.0 if m.master_weights else 0.0) + 2 * DTYPES[m.optimizer_dtype]
+    # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
-        par.tensor, par.expert, par.data, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype], optimizer
+        par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
+        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache,
     )
-    hw, eff, overhead = None, 0.4, 0.0
+    hw, eff, overhead, rates = None, 0.4, 0.0, None
     section = scenario.hardware
     if section is not None:
-        hw, eff, overhead = hardware(section), section.efficiency, section.a2a_overhead
-    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.memory.recompute, DTYPES[m.activations_dtype],
-                 sharding, stage_list, hw, eff, overhead)  # fmt: skip
+        hw, overhead = hardware(section), section.a2a_overhead
+        if section.efficiency is not None or section.preset is None:
+            eff = 0.4 if section.efficiency is None else section.efficiency
+        else:
+            rates = kernel_rates(section, hw)
+    return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
+                 sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
+                 par.sequence_parallel)  # fmt: skip
+
+
+def kernel_rates(section, hw: Hardware) -> KernelRates:
+    """The preset's measured kernel rates, scaled where the section overrides a peak or bandwidth."""
+    from .rates import PRESETS as RATES
+
+    base, ref = RATES[section.preset], PRESETS[section.preset]
+    return base.scaled(compute=hw.bf16_tflops / ref.bf16_tflops, nvlink=hw.a2a_intra_gbps / ref.a2a_intra_gbps,
+                       nic=hw.a2a_gbps / ref.a2a_gbps)  # fmt: skip
 
 
 def hardware(section) -> Hardware:
@@ -191,8 +231,14 @@ def _ms(flops_: float, peak: float, eff: float) -> float:
     return flops_ / (peak * eff) * 1e3
 
 
+def layer_kernels(st: Setup, i: int) -> list[kernels.Kernel]:
+    return kernels.layer(st.cfg, i, st.rates, st.layout)
+
+
 def layer_times(st: Setup, i: int) -> LayerTimes:
     """Times of layer ``i`` for one micro-batch on one rank (ms); needs hardware."""
+    if st.rates is not None:
+        return LayerTimes(**kernels.by_component(layer_kernels(st, i)))
     cfg, hw, eff, tp = st.cfg, st.hw, st.efficiency, st.sharding.tensor
     f = flops.layer(cfg, i, st.seq)
     n = st.tokens / tp
@@ -246,61 +292,203 @@ def a2a_times(st: Setup) -> dict[str, float]:
     return {k: st.a2a_overhead + b / (gbps * 1e9) * 1e3 for k, b in a2a_bytes(st).items()}
 
 
+def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
+    """The kernels of a stage's embedding, head and MTP modules (kernel model)."""
+    rows = []
+    if stage.embedding:
+        rows += kernels.embedding(st.cfg, st.rates, st.layout)
+    if stage.head:
+        rows += kernels.head(st.cfg, st.rates, st.layout)
+    for _ in range(stage.mtp):
+        rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
+    return rows
+
+
+def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
+    """(forward, input-gradient, weight-gradient) ms of a stage's embedding, head and MTP modules."""
+    if st.rates is not None:
+        return tuple(ms for _, ms in kernels.passes(extra_kernels(st, stage)))
+    cfg, sh = st.cfg, st.sharding
+    head = _head_ms(st) * (int(stage.head) + stage.mtp)
+    mtp = [layer_times(st, cfg.num_layers) for _ in range(stage.mtp)]
+    proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+    extra = head + proj
+    redo = extra if st.policy == "full" else 0.0
+    f = extra + sum(t.forward + t.dispatch_forward + t.combine_forward for t in mtp)
+    w = extra + sum(t.weight for t in mtp)
+    i = extra + redo + sum(t.backward - t.weight + t.dispatch_backward + t.combine_backward for t in mtp)
+    return f, i, w
+
+
+def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
+                moe_times: LayerTimes | None = None) -> tuple[int, LayerTimes]:  # fmt: skip
+    """A stage's [chunk]: the component sums of its layers, embedding, head and MTP modules, spread
+    evenly over its MoE layers (the all-to-all is per MoE layer, so it stays exact; the extra compute
+    is shared out between them).  A stage without MoE layers: its layers (at least 1), no all-to-all.
+    ``moe_times``: a hand-typed MoE layer (a [chunk] table) instead of the derived one."""
+    cfg = st.cfg
+    per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
+    totals: dict[str, float] = {}
+
+    def add(parts) -> None:
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v
+
+    for i in stage.layers + (cfg.num_layers,) * stage.mtp:  # an MTP module runs one more layer
+        key = cfg.is_moe_layer(i)
+        if moe_times is not None and key:
+            add(vars(moe_times))
+            continue
+        if key not in per_layer:
+            per_layer[key] = layer_times(st, i)
+        add(vars(per_layer[key]))
+    add(module_components(st, stage))
+    moe = sum(cfg.is_moe_layer(i) for i in stage.layers) + stage.mtp
+    layers = moe or max(1, len(stage.layers))
+    return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
+
+
+def module_components(st: Setup, stage: layout.Stage) -> dict[str, float]:
+    """ms per [chunk] component of a stage's embedding, head and MTP modules, their layers left out."""
+    if st.rates is not None:
+        rows = extra_kernels(st, layout.Stage((), stage.embedding, stage.head))
+        for _ in range(stage.mtp):
+            rows += kernels.mtp_projection(st.cfg, st.rates, st.layout) + kernels.head(st.cfg, st.rates, st.layout)
+        return kernels.by_component(rows)
+    cfg, sh = st.cfg, st.sharding
+    head = _head_ms(st) * (int(stage.head) + stage.mtp)
+    proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+    extra = head + proj  # as extra_times: its input gradient and weight gradient each as long again
+    redo = extra if st.policy == "full" else 0.0
+    return {"mlp_forward": extra, "mlp_backward_input": extra + redo, "mlp_backward_weight": extra}
+
+
 def _head_ms(st: Setup) -> float:
     # The output head stays in BF16 (DeepSeek-V3 keeps it out of FP8).
     return _ms(st.tokens / st.sharding.tensor * flops.head(st.cfg), st.hw.peak(False), st.efficiency)
 
 
 # -- per stage -----------------------------------------------------------------------
+def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
+    """A stage's static bytes per rank (FP8 copies included) and its ZeRO 2/3 sharding buffers."""
+    cfg, sh = st.cfg, st.sharding
+    units = [(params.layer(cfg, i), params.linear_weights(cfg, i)) for i in stage.layers]
+    if stage.mtp:
+        mtp = params.mtp_module(cfg)
+        units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
+    dense = sum(p.dense for p, _ in units) + (params.embedding(cfg) if stage.embedding else 0)
+    dense += params.head(cfg) if stage.head else 0
+    routed = sum(p.routed for p, _ in units)
+    fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
+    # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
+    sizes = [(p.dense, p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
+    sizes += [(n, 0, 0.0) for n, here in ((params.embedding(cfg), stage.embedding), (params.head(cfg), stage.head)) if here]
+    biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.expert, default=(0, 0, 0.0))
+    fp8_unit = max((u[2] for u in sizes), default=0.0)
+    return (memory.stage_static(dense, routed, sh, fp8_dense, fp8_routed, fp8_unit),
+            memory.sharding_buffers(*biggest, sh))  # fmt: skip
+
+
+def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list[fsdp.Unit]:
+    """A stage's FSDP units in forward order with their compute (``times``: its layers'; the
+    embedding, head and MTP modules as extra_times costs them) and their all-gather /
+    reduce-scatter times over the data-parallel group (collectives.py with a preset's kernel
+    rates, else a ring over the NIC bandwidth)."""
+    cfg, sh, hw = st.cfg, st.sharding, st.hw
+
+    def collective(op: str, nbytes: float, ranks: float) -> float:
+        if st.rates is None:
+            return fsdp.ring_ms(nbytes, ranks, hw.a2a_gbps)
+        link = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+        return collectives.time(op, nbytes, int(ranks), st.rates, link) * 1e3
+
+    def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
+        def ms(op: str, per_param: float) -> float:
+            return (collective(op, per_param * dense / sh.tensor, sh.data)
+                    + collective(op, per_param * routed / sh.expert, sh.expert_data))  # fmt: skip
+
+        return fsdp.Unit(forward, backward, ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes))
+
+    def extra(**part) -> tuple[float, float]:
+        f, i, w = extra_times(st, layout.Stage((), **part))
+        return f, i + w
+
+    units = [unit(*extra(embedding=True), params.embedding(cfg), 0)] if stage.embedding else []
+    for i, t in zip(stage.layers, times):
+        p = params.layer(cfg, i)
+        units.append(unit(t.forward, t.backward, p.dense, p.routed))
+    mtp = params.mtp_module(cfg)
+    units += [unit(*extra(mtp=1), mtp.dense, mtp.routed) for _ in range(stage.mtp)]
+    if stage.head:
+        units.append(unit(*extra(head=True), params.head(cfg), 0))
+    return units
+
+
 def derive(st: Setup) -> Derived:
     cfg, sh = st.cfg, st.sharding
-    args = (st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+    if sh.zero >= 3 and cfg.moe and sh.expert > 1:
+        raise ModelError("parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet "
+                         "(the all-to-all component model has no data-parallel channel); use 0, 1 or 2")  # fmt: skip
+    seq = st.seq // st.context  # each context-parallel rank keeps its share of the sequence
+    args = (seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
     per_layer = {}
     for stage in st.stages:
         lp = [params.layer(cfg, i) for i in stage.layers]
         dense = sum(p.dense for p in lp)
         routed = sum(p.routed for p in lp)
-        act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
+        act = sum(activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in stage.layers)
         if stage.embedding:
             dense += params.embedding(cfg)
-            act += activations.embedding(cfg, st.seq, st.mb, sh.tensor)
+            act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
             dense += params.head(cfg)
-            act += activations.head(cfg, st.seq, st.mb, st.act_bytes, sh.tensor)
+            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor, sp=st.sequence_parallel)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
-            act += stage.mtp * activations.mtp_module(cfg, *args)
-        fig = StageFigures(dense, routed, act, memory.stage_static(dense, routed, sh))
+            act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
+        static, sharding_buffers = _stage_memory(st, stage)
+        fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []
-            for i in stage.layers + (cfg.num_layers,) * stage.mtp:
+            for i in stage.layers:
                 key = cfg.is_moe_layer(i)
                 if key not in per_layer:
                     per_layer[key] = layer_times(st, i)
                 times.append(per_layer[key])
-            head = _head_ms(st) * (int(stage.head) + stage.mtp)
-            proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
-            extra = head + proj
-            redo = extra if st.policy == "full" else 0.0
             # a2a phases run in sequence with compute in a lone op; F, B carry them
-            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times) + extra
-            fig.weight = sum(t.weight for t in times) + extra
-            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times) + 2 * extra + redo
+            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times)
+            fig.weight = sum(t.weight for t in times)
+            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
+            f, i_, w = extra_times(st, stage)
+            fig.forward += f
+            fig.backward += i_ + w
+            fig.weight += w
+            if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
+                fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times))
+                fig.forward += fig.fsdp_exposed[0]
+                fig.backward += fig.fsdp_exposed[1]
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
         boundary = st.act_bytes * st.tokens * cfg.hidden_size / sh.tensor
-        out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
+        if st.rates is not None:  # pipeline neighbours sit on different nodes (Megatron puts pp outermost)
+            out.p2p = collectives.p2p(boundary, st.rates, "nic") * 1e3
+        else:
+            out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)
+            if st.rates is not None:  # DeepSeek-V3 report Sec. 3.2.2: its all-to-all kernels take 20 of 132 SMs
+                out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
+                out.stage_chunks = tuple(stage_chunk(st, stage, per_layer) for stage in st.stages)
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
-            out.notes.append(
-                f"MoE with expert parallelism: every stage is costed as {out.chunk_layers} MoE layers' "
-                "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
-            )
+            if not out.stage_chunks:
+                out.notes.append(
+                    f"MoE with expert parallelism: every stage is costed as {out.chunk_layers} MoE layers' "
+                    "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
+                )
     return out

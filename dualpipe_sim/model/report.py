@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import units
 from ..costs import Component
-from . import activations, derive, flops, params
+from . import activations, derive, flops, kernels, params
 from .derive import Derived
 
 COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
@@ -21,8 +21,8 @@ def summary(d: Derived) -> dict:
     cfg = st.cfg
     t = params.totals(cfg)
     f = flops.per_token(cfg, st.seq)
-    args = (st.seq, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
-    per_layer = [activations.layer_total(cfg, i, *args) for i in range(cfg.num_layers)]
+    args = (st.seq // st.context, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
+    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in range(cfg.num_layers)]
     stages = []
     for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
         row = {
@@ -37,10 +37,14 @@ def summary(d: Derived) -> dict:
             "parameter_bytes_per_rank": fig.static.parameters,
             "gradient_bytes_per_rank": fig.static.gradients,
             "optimizer_bytes_per_rank": fig.static.optimizer,
+            "fp8_weight_bytes_per_rank": fig.static.fp8_weights,
+            "sharding_buffer_bytes_per_rank": fig.sharding_buffers,
             "activation_bytes": fig.activation_bytes,
         }
         if fig.forward is not None:
             row.update(forward_ms=fig.forward, backward_ms=fig.backward, weight_ms=fig.weight)
+        if fig.fsdp_exposed is not None:  # ZeRO 3: part of forward_ms / backward_ms (model/fsdp.py)
+            row["fsdp_exposed_ms"] = {"forward": fig.fsdp_exposed[0], "backward": fig.fsdp_exposed[1]}
         stages.append(row)
     out = {
         "model_type": cfg.model_type,
@@ -57,11 +61,53 @@ def summary(d: Derived) -> dict:
         "stages": stages,
     }
     if st.hw is not None:
-        out["hardware"] = {"name": st.hw.name, "efficiency": st.efficiency, "a2a_overhead_ms": st.a2a_overhead}
+        out["hardware"] = {"name": st.hw.name, "efficiency": None if st.rates else st.efficiency,
+                           "a2a_overhead_ms": st.a2a_overhead, "times": "kernels" if st.rates else "efficiency"}  # fmt: skip
         out["p2p_ms"] = d.p2p
+        if st.rates is not None:
+            out["kernels"] = {name: [_kernel_row(k) for k in rows] for name, rows in kernel_tables(d).items()}
         if d.moe_layer is not None:
             out["chunk"] = {"layers": d.chunk_layers, **{k: getattr(d.moe_layer, k) for k in COMPONENT_ORDER}}
     return out
+
+
+def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
+    """One micro-batch's kernels on one rank: a layer of each kind, and the extra modules the model has."""
+    from .layout import Stage
+
+    st = d.setup
+    cfg = st.cfg
+    out = {}
+    for moe in sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)}):
+        i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
+        out["moe layer" if moe else "dense layer"] = derive.layer_kernels(st, i)
+    out["embedding"] = derive.extra_kernels(st, Stage((), embedding=True))
+    out["head"] = derive.extra_kernels(st, Stage((), head=True))
+    if cfg.mtp_layers:
+        out["mtp module"] = derive.extra_kernels(st, Stage((), mtp=1))
+    return out
+
+
+def _kernel_row(k: kernels.Kernel) -> dict:
+    return {"kernel": k.name, "component": k.component, "kind": k.kind, "shape": k.shape, "flops": k.flops,
+            "bytes": k.bytes, "ms": k.ms, "bound": k.bound}  # fmt: skip
+
+
+def kernel_lines(name: str, rows: list[kernels.Kernel]) -> list[str]:
+    """A block's kernel table for people: one line a kernel, then its passes and what bounds it."""
+    lines = [f"  {name}: {len(rows)} kernels",
+             f"    {'kernel':<36} {'component':<21} {'shape':<44} {'GFLOP':>8} {'MB':>8} {'ms':>8}  bound"]
+    for k in rows:
+        lines.append(f"    {k.name:<36} {k.component:<21} {k.shape:<44} {k.flops / 1e9:>8.4g} {k.bytes / 1e6:>8.4g} "
+                     f"{k.ms:>8.4f}  {k.bound}")
+    total = sum(k.ms for k in rows) or 1.0
+    passes = ", ".join(f"{p.replace('_', ' ')} {ms:.4g} ms" for p, ms in kernels.passes(rows))
+    share = {}
+    for k in rows:
+        share[k.bound] = share.get(k.bound, 0.0) + k.ms
+    bounds = ", ".join(f"{b} {v / total:.0%}" for b, v in sorted(share.items(), key=lambda x: -x[1]))
+    lines.append(f"    {passes}; time bound by {bounds}")
+    return lines
 
 
 def _b(n: float) -> str:
@@ -123,7 +169,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = ()) -> str:
             line += f" {row['forward_ms']:>8.4g} {row['backward_ms']:>8.4g} {row['weight_ms']:>8.4g}"
         lines.append(line)
     if hw:
-        lines.append(f"\nP2P per activation: {d.p2p:.4g} ms on {st.hw.name}, efficiency {st.efficiency}")
+        how = "from kernels" if st.rates else f"efficiency {st.efficiency}"
+        lines.append(f"\nP2P per activation: {d.p2p:.4g} ms on {st.hw.name}, {how}")
         if d.moe_layer is not None:
             comps = ", ".join(f"{k} {getattr(d.moe_layer, k):.3g}" for k in COMPONENT_ORDER)
             lines.append(f"[chunk] per MoE layer (ms), layers = {d.chunk_layers}: {comps}")
@@ -162,12 +209,28 @@ def explain_lines(d: Derived) -> list[str]:
     kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
     for moe in kinds:
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
-        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel)
         lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
                      f"recompute {st.policy}:")
         lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]
         lines.append(f"    {'total':<40} {sum(saved.values()) / 1e6:>10.2f} MB")
-    if st.hw is not None:
+    if st.rates is not None:
+        r = st.rates
+        lines.append(
+            f"  times from kernels on {r.name} (docs/model.md, 'Kernel-level costs'): GEMMs by tile/wave model "
+            f"({r.sms} SMs, achievable {r.gemm_bf16.peak / 1e12:g} TFLOP/s BF16"
+            + (f", {r.gemm_fp8.peak / 1e12:g} FP8" if r.gemm_fp8 else "")
+            + f"), flash attention {r.attention_forward / 1e12:g} / {r.attention_backward / 1e12:g} TFLOP/s "
+            f"forward / backward at long sequences, memory-bound kernels at {r.hbm / 1e12:.3g} TB/s, "
+            f"every kernel at least {r.floor * 1e6:g} us; collectives {r.latency * 1e6:g} us + bytes / "
+            f"{r.nvlink_bus / 1e9:g} GB/s (NVLink) or {r.nic_bus / 1e9:g} GB/s (NIC); "
+            f"tensor-parallel overlap {'on' if st.tp_overlap else 'off'}"
+        )
+        for name, rows in kernel_tables(d).items():
+            lines += kernel_lines(name, rows)
+        lines.append(f"  P2P = {r.latency * 1e6:g} us + {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} "
+                     f"/ tensor {sh.tensor} / {r.nic_bus / 1e9:g} GB/s = {d.p2p:.4g} ms")
+    elif st.hw is not None:
         hw = st.hw
         lin = hw.peak(cfg.fp8) / 1e12
         lines.append(

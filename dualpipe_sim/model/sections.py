@@ -62,10 +62,20 @@ class ParallelSection(_Section):
     tensor: Annotated[int, Field(ge=1, le=1024)] = 1
     expert: Annotated[int, Field(ge=1, le=65536)] = 1
     data: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    context: Annotated[int, Field(ge=1, le=1024)] = 1  # sequence split across ranks (ring attention)
     zero: Annotated[int, Field(ge=0, le=3)] = 0
     layout: Union[str, list[int], None] = None
+    tp_comm_overlap: bool = True  # tensor-parallel collectives pipelined under their GEMMs (Megatron --tp-comm-overlap)
+    sequence_parallel: bool = True  # norms and dropout split along the sequence; all-gather / reduce-scatter
 
-    @field_validator("tensor", "expert", "data", "zero", mode="before")
+    @field_validator("tp_comm_overlap", "sequence_parallel", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
+
+    @field_validator("tensor", "expert", "data", "context", "zero", mode="before")
     @classmethod
     def _w(cls, v):
         return _whole(v)
@@ -82,12 +92,19 @@ class HardwareSection(_Section):
     a2a_bandwidth: Positive | None = None  # GB/s per GPU across nodes
     a2a_intra_bandwidth: Positive | None = None  # GB/s per GPU inside a node
     gpus_per_node: Annotated[int, Field(ge=1, le=1024)] | None = None
-    efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.4  # achieved / peak FLOP/s
+    # achieved / peak FLOP/s of every compute component; None: kernel-level times from the preset's rates
+    efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     a2a_overhead: NonNeg = 0.0  # ms per all-to-all phase beyond its bytes / bandwidth
 
     @field_validator("preset")
     @classmethod
     def _known(cls, v):
         if v is not None and v not in PRESETS:
-            raise ValueError(f"unknown GPU preset (known: {', '.join(PRESETS)})")
+            import difflib
+
+            # Case first (h100 -> H100), then a near miss (H10 -> H100).
+            close = [p for p in PRESETS if p.lower() == str(v).lower()] or difflib.get_close_matches(
+                str(v).upper(), list(PRESETS), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown GPU preset{hint} (known: {', '.join(PRESETS)})")
         return v

@@ -7,8 +7,13 @@ type its block) never import the model package.  docs/step.md gives the formulas
 from __future__ import annotations
 
 from ..step import Throughput
-from . import derive, flops
+from . import collectives, derive, flops, params
 from .config import ModelError
+
+# Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
+# master weight (read + write), the fp32 gradient (read) and the new 16-bit weight (write).
+ADAM_FIXED_BYTES = 4 + 4 + 4 + 2
+ADAM_KERNELS = 4  # multi-tensor-apply launches per stage copy (a handful; each at least the kernel floor)
 
 
 def throughput(scenario) -> Throughput | None:
@@ -26,7 +31,7 @@ def throughput(scenario) -> Throughput | None:
 
 
 def derived_sync(scenario, key: str) -> tuple[float, ...]:
-    """Per-stage times (ms) of ``grad_sync`` or ``cross_copy_sync`` from the model.
+    """Per-stage times (ms) of ``grad_sync``, ``cross_copy_sync`` or ``optimizer`` from the model.
 
     The bytes are a rank's gradients of one stage copy: its dense parameters / tensor
     and its routed-expert parameters / expert, times the gradient dtype's size.
@@ -34,18 +39,48 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
       (hardware's inter-node per-GPU bandwidth): all-reduce 2(D-1)/D x bytes / bw,
       or with ZeRO >= 1 (sharded optimizer) reduce-scatter (D-1)/D x bytes / bw; the
       dense part over ``data`` ranks, the routed part over ``data x tensor / expert``.
+      With ZeRO >= 2 each FSDP unit's gradient is reduce-scattered after every backward
+      (model/fsdp.py), so what is left for the end of the step is the last backward's last
+      reduce-scatter: the stage's first unit (its embedding, else its first layer).
     * cross_copy_sync: an all-reduce between the two ranks holding the copies,
       2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
+    * optimizer: an Adam step over the parameters the rank updates (sharded by ZeRO >= 1):
+      the bytes it streams through HBM / achievable bandwidth (needs a preset's kernel rates).
+    With a preset's kernel rates the collectives are nccl-tests' bus-bandwidth model
+    (collectives.py: latency + bytes x factor / bus bandwidth) on the NIC, or on NVLink when
+    the data-parallel group fits in one node.
     Raises model.config.ModelError when [model] or [hardware] is missing.
     """
     if scenario.model is None or scenario.hardware is None:
         raise ModelError('"derived" needs the [model] and [hardware] sections')
     st = derive.setup(scenario)
     sh, hw = st.sharding, st.hw
+    if key == "optimizer" and st.rates is None:
+        raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
     out = []
-    for stage in scenario.derived().stages:
+    for where, stage in zip(st.stages, scenario.derived().stages):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         routed = stage.routed_params / sh.expert * sh.grads_bytes
+        if key == "grad_sync" and sh.zero >= 2:
+            first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
+            unit_dense, unit_routed = (params.embedding(st.cfg), 0) if where.embedding else (first.dense, first.routed)
+            dense = unit_dense / sh.tensor * sh.grads_bytes
+            routed = unit_routed / sh.expert * sh.grads_bytes
+        if key == "optimizer":
+            shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
+            updated = stage.dense_params / sh.tensor * shard(sh.data) + stage.routed_params / sh.expert * shard(sh.expert_data)
+            per_param = ADAM_FIXED_BYTES + 2 * (sh.optimizer_bytes - 4)  # the two moments read and written
+            out.append((updated * per_param / st.rates.hbm + ADAM_KERNELS * st.rates.floor) * 1e3)
+            continue
+        if st.rates is not None:
+            nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+            op = "reduce_scatter" if sh.zero >= 1 else "all_reduce"
+            if key == "cross_copy_sync":
+                out.append(collectives.p2p(dense + routed, st.rates, "nic") * 1e3)
+            else:
+                out.append((collectives.time(op, dense, sh.data, st.rates, nic)
+                            + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3)
+            continue
         if key == "cross_copy_sync":
             out.append((dense + routed) / (hw.p2p_gbps * 1e9) * 1e3)
             continue

@@ -31,7 +31,8 @@ SCHEDULE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c5
                     "#e6550d", "#31a354", "#756bb1", "#636363")  # fmt: skip
 # Append new schedules at the end (never reorder): a name keeps its colour across versions.
 SCHEDULE_ORDER = ("1f1b", "chimera", "dualpipe", "dualpipev", "gpipe", "interleaved-1f1b", "zb-h1",
-                  "zb-h1-megatron", "zb-h2", "zbv", "1f1b-overlap", "interleaved-1f1b-overlap")  # fmt: skip
+                  "zb-h1-megatron", "zb-h2", "zbv", "1f1b-overlap", "interleaved-1f1b-overlap",
+                  "chimera-doubling")  # fmt: skip
 
 
 def schedule_colour(name: str) -> str:

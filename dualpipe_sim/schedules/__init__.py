@@ -4,7 +4,7 @@ A new family: write its module (a generator marked with ``family.register``)
 and add its generator to FAMILIES below; nothing else registers it.
 """
 
-from . import chimera, dualpipe, gpipe, interleaved, one_f_one_b, overlap, zero_bubble
+from . import chimera, chimera_doubling, dualpipe, gpipe, interleaved, one_f_one_b, overlap, zero_bubble
 from .family import Family
 
 FAMILIES: tuple[Family, ...] = tuple(
@@ -20,6 +20,7 @@ FAMILIES: tuple[Family, ...] = tuple(
         dualpipe.dualpipe,
         dualpipe.dualpipev,
         chimera.chimera,
+        chimera_doubling.chimera_doubling,
         overlap.one_f_one_b_overlap,
         overlap.interleaved_1f1b_overlap,
     )

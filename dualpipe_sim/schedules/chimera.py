@@ -40,14 +40,16 @@ What is true of this variant (tests check it on the engine):
 * when B != F (B = 2F is typical) the concatenation leaves intermediate
   bubbles between units, growing with N/D: at D = 8 with B = 2F and no P2P
   time the bubble ratio is 33% at N = 8 and 22% at N = 64, where 1F1B's falls
-  from 47% to 10%.  The paper's
-  forward doubling and backward halving (Sec. 3.5) address this; they are not
-  implemented (docs/schedules.md says why).
+  from 47% to 10%.  Forward doubling (chimera_doubling.py, the authors'
+  loop) addresses this; backward halving is not built (docs/schedules.md
+  says why).
 * peak activations on rank r are D/2 + 1 + min(r, D-1-r) stage-activations:
   D/2 + 1 on the end ranks, rising to D on the two middle ranks, so within the
   paper's activation-memory range [D/2 + 1, D].
 
-Checked against the reference by running its generator: same per-rank order
+Equal, worker by worker, to the direct loop of the authors'
+``main_with_runtime_direct.py`` at (D, N) = (4, 8) and (8, 16)
+(tests/test_chimera_doubling.py).  Checked against the reference by running its generator: same per-rank order
 (directions, F/B and micro-batch ids) for D = 2..10 and N = D, 2D (and 3D for
 D = 4).  For D >= 6 with three or more units the reference pushes a new unit
 each time *any* earlier micro-batch of a direction leaves the pipeline, so its

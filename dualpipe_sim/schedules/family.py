@@ -29,6 +29,7 @@ class Family:
     # rank from the paper's closed form, "peak_activation": max over ranks, in
     # stage-activation units}; None where the family has no formula.
     analytic: Callable[..., dict] | None = None
+    recompute: str = "none"  # memory.recompute when the scenario leaves it out (what the family's source runs)
 
 
 def register(
@@ -39,6 +40,7 @@ def register(
     description: str,
     options: tuple[str, ...] = (),
     analytic: Callable[..., dict] | None = None,
+    recompute: str = "none",
 ):
     """Decorator: describe a generator as the family ``name`` (sets ``fn.family``).
 
@@ -46,7 +48,7 @@ def register(
     ``schedules/__init__.py``'s FAMILIES table."""
 
     def wrap(fn):
-        fn.family = Family(name, fn, check, constraints, description, options, analytic)
+        fn.family = Family(name, fn, check, constraints, description, options, analytic, recompute)
         return fn
 
     return wrap

@@ -19,10 +19,16 @@ Order (torch's "flexible" interleaving, any M >= 1 micro-batches):
   rank r (capped at M v); then one forward and one backward in turn; then the
   remaining backwards.
 
-When M is a multiple of p (rounds of p) this is Megatron-LM's
-``forward_backward_pipelining_with_interleaving`` order, except that Megatron
-runs every forward first when M = p and torch does not.  v = 1 is 1F1B with
-2 (p - 1 - r) warm-up forwards instead of p - 1 - r.
+When M is a multiple of p (rounds of p) this is Megatron-core's
+``forward_backward_pipelining_with_interleaving`` order with its default
+group size N = p.  v = 1 is 1F1B with 2 (p - 1 - r) warm-up forwards instead
+of p - 1 - r.
+
+``microbatch_group`` = N (Megatron-core's ``microbatch_group_size_per_vp_stage``):
+the rounds are instead Megatron-core's ``get_schedule_table`` groups, N
+consecutive micro-batches each and the remainder M % N last, and the warm-up
+is (v - 1) N + 2 (p - 1 - r) (``get_pp_rank_microbatches``).  Megatron-core
+refuses N outside [p, M] and a last group of fewer than p; so do we.
 
 Closed form (no communication, uniform per-stage costs f, b): every rank idles
 (p - 1)(f + b) = (p - 1)/(v M) x busy (busy = v M (f + b)), the paper's bubble,
@@ -30,6 +36,9 @@ whenever M >= p or v = 1, the rounds equal or not.  With M < p and v > 1 a
 round is shorter than the pipe: its micro-batches must come round all p ranks
 before the rank's next chunk can start, and the ranks idle more (not reported).
 Peak activation on rank r: its warm-up forwards plus one (capped at M v).
+Any accepted N keeps the bubble at (p - 1)(f + b) and adds (v - 1)(N - p)
+stage-activations to every rank's peak over N = p; what a larger N buys is
+slack for P2P time (docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from .closed_form import COMMON_RANGE, common_problem, result
 DEFAULT_CHUNKS = 2
 
 
-def _check(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS) -> str | None:
+def _check(
+    stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS, microbatch_group: int | None = None
+) -> str | None:
     v = chunks_per_rank
     if not isinstance(v, int) or v < 1:
         return f"pipeline.chunks_per_rank must be a whole number >= 1 for interleaved-1f1b, got {v!r}"
@@ -53,6 +64,28 @@ def _check(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS
         )
     if microbatches < 1:
         return f"pipeline.microbatches must be >= 1 for interleaved-1f1b, got {microbatches}"
+    return group_problem(stages // v, microbatches, microbatch_group)
+
+
+def group_problem(p: int, m: int, n: int | None) -> str | None:
+    """Why Megatron-core would refuse microbatch_group = n on p ranks with m micro-batches
+    (forward_backward_pipelining_with_interleaving's two checks), or None."""
+    if n is None:
+        return None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return f"pipeline.microbatch_group must be a whole number >= 1, got {n!r}"
+    if not p <= n <= m:
+        return (
+            f"pipeline.microbatch_group must be between the ranks ({p}) and pipeline.microbatches ({m}), "
+            f"as Megatron-core requires, got {n}"
+        )
+    last = m % n
+    if 0 < last < p:
+        return (
+            f"pipeline.microbatch_group = {n} leaves a last group of {last} micro-batch{'es' if last > 1 else ''}, "
+            f"fewer than the {p} ranks (Megatron-core refuses it: the pipe would stall); use a group size that "
+            f"divides {m} or leaves at least {p}"
+        )
     return None
 
 
@@ -64,60 +97,83 @@ def round_sizes(p: int, m: int) -> list[int]:
     return [base + 1] * extra + [base] * (rounds - extra)
 
 
-def _warmup(p: int, v: int, m: int, rank: int) -> int:
-    return min((v - 1) * round_sizes(p, m)[0] + 2 * (p - 1 - rank), m * v)
+def group_sizes(p: int, m: int, n: int | None = None) -> list[int]:
+    """Micro-batches per group: torch's rounds without n, else Megatron-core's
+    get_schedule_table groups of n, the remainder m % n last."""
+    if n is None:
+        return round_sizes(p, m)
+    return [n] * (m // n) + ([m % n] if m % n else [])
+
+
+def _warmup(p: int, v: int, m: int, rank: int, n: int | None = None) -> int:
+    # Megatron-core's (v - 1) N + 2 (p - 1 - r); the first group is N long (n <= m).
+    return min((v - 1) * group_sizes(p, m, n)[0] + 2 * (p - 1 - rank), m * v)
 
 
 INTERLEAVED_FORMULA = "(p - 1)(f + b), f, b per stage (= (p-1)(F+B)/v per rank)"
 INTERLEAVED_RANGE = f"M >= p or v = 1; {COMMON_RANGE}"
 
 
-def _analytic(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS) -> dict:
+def _analytic(
+    stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS, microbatch_group: int | None = None
+) -> dict:
     v = chunks_per_rank
     p = stages // v
     f, b, _, _ = mean_costs(costs, stages)
-    peak = max(min(_warmup(p, v, microbatches, r) + 1, microbatches * v) for r in range(p))
+    # The bubble does not depend on N (every accepted N is >= p); the peak does, through the warm-up.
+    peak = max(min(_warmup(p, v, microbatches, r, microbatch_group) + 1, microbatches * v) for r in range(p))
     reason = common_problem(costs, stages)
     if reason is None and microbatches < p and v > 1:
         reason = f"microbatches {microbatches} < {p} ranks with {v} chunks per rank (rounds shorter than the pipe)"
     return result((p - 1) * (f + b), peak, INTERLEAVED_FORMULA, INTERLEAVED_RANGE, reason)
 
 
-def rank_phases(p: int, v: int, m: int, r: int, extra_warmup: int = 0):
+def rank_phases(p: int, v: int, m: int, r: int, extra_warmup: int = 0, n: int | None = None):
     """Rank r's (warm-up forwards, steady (forward, backward) pairs, cool-down backwards);
-    ``extra_warmup`` more forwards before the steady state (the overlapped variant's)."""
-    # The k-th forward (backward) of every rank: (chunk, micro-batch), round by round.
+    ``extra_warmup`` more forwards before the steady state (the overlapped variant's);
+    ``n`` the microbatch_group (None: torch's rounds)."""
+    # The k-th forward (backward) of every rank: (chunk, micro-batch), group by group.
     forwards: list[tuple[int, int]] = []
     backwards: list[tuple[int, int]] = []
     first = 0
-    for size in round_sizes(p, m):
+    for size in group_sizes(p, m, n):
         mbs = range(first, first + size)
         forwards += [(c, mb) for c in range(v) for mb in mbs]
         backwards += [(c, mb) for c in reversed(range(v)) for mb in mbs]
         first += size
-    warmup = min(_warmup(p, v, m, r) + extra_warmup, m * v)
+    warmup = min(_warmup(p, v, m, r, n) + extra_warmup, m * v)
     fwd = [Op("F", mb, c * p + r) for c, mb in forwards]
     bwd = [Op("B", mb, c * p + r) for c, mb in backwards]
     steady = list(zip(fwd[warmup:], bwd))
     return fwd[:warmup], steady, bwd[len(steady) :]
 
 
+INTERLEAVED_OPTIONS = ("chunks_per_rank", "microbatch_group")
+INTERLEAVED_CONSTRAINTS = (
+    "stages a multiple of chunks_per_rank (default 2); ranks = stages / chunks_per_rank; microbatches >= 1; "
+    "microbatch_group (optional, Megatron-core's order) between ranks and microbatches, leaving no last group "
+    "smaller than ranks"
+)
+
+
 @register(
     "interleaved-1f1b",
     check=_check,
-    constraints="stages a multiple of chunks_per_rank (default 2); ranks = stages / chunks_per_rank; microbatches >= 1",
+    constraints=INTERLEAVED_CONSTRAINTS,
     description=(
         "Interleaved 1F1B (Megatron-LM virtual pipeline) in torch.distributed.pipelining's order: "
         "v chunks per rank, stage s on rank s % p, any number of micro-batches"
     ),
-    options=("chunks_per_rank",),
+    options=INTERLEAVED_OPTIONS,
     analytic=_analytic,
 )
-def interleaved_1f1b(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS) -> Schedule:
+def interleaved_1f1b(
+    stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS, microbatch_group: int | None = None
+) -> Schedule:
     v, m = chunks_per_rank, microbatches
     p = stages // v
     ranks = []
     for r in range(p):
-        warm, steady, cool = rank_phases(p, v, m, r)
+        warm, steady, cool = rank_phases(p, v, m, r, n=microbatch_group)
         ranks.append(tuple(warm + [op for pair in steady for op in pair] + cool))
     return Schedule("interleaved-1f1b", stages, m, tuple(ranks))

@@ -14,8 +14,10 @@ channels with ``[chunk]`` (costs.py), exactly as for DualPipe.
 Pairing.  Each family is its plain schedule with every steady-state step
 "forward k + warm-up, backward k" turned into one pair FB(forward, backward):
 
-* ``interleaved-1f1b-overlap``: ``interleaved-1f1b``'s (torch's) order with
-  one more warm-up forward on every rank, steady pairs FB(forward k + warm-up,
+* ``interleaved-1f1b-overlap``: ``interleaved-1f1b``'s order (torch's, or
+  Megatron-core's with ``microbatch_group``) with one more warm-up forward on
+  every rank, as Megatron-core's ``get_pp_rank_microbatches`` adds with
+  ``overlap_moe_expert_parallel_comm``, steady pairs FB(forward k + warm-up,
   backward k), then the cool-down B's.  The extra forward keeps the last
   rank's first pair from holding the forward and the backward of one
   micro-batch on one stage.
@@ -39,7 +41,7 @@ from ..ir import FB, Action, Op, Schedule
 from .family import register
 from .closed_form import result
 from .gpipe import check_one_stage_per_rank
-from .interleaved import DEFAULT_CHUNKS, _warmup, rank_phases
+from .interleaved import DEFAULT_CHUNKS, INTERLEAVED_CONSTRAINTS, INTERLEAVED_OPTIONS, _warmup, rank_phases
 from .interleaved import _check as _check_interleaved
 
 NO_FORMULA = "no closed form: nothing published for overlapped 1F1B pairs"
@@ -50,11 +52,13 @@ def _analytic_1f1b(stages: int, microbatches: int, costs) -> dict:
     return result(None, min(2 * stages, microbatches), "-", "-", NO_FORMULA)
 
 
-def _analytic_interleaved(stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS) -> dict:
+def _analytic_interleaved(
+    stages: int, microbatches: int, costs, chunks_per_rank: int = DEFAULT_CHUNKS, microbatch_group: int | None = None
+) -> dict:
     v, m = chunks_per_rank, microbatches
     p = stages // v
     # A rank holds its warm-up forwards (one more than interleaved-1f1b's) and the pair's forward.
-    peak = max(min(_warmup(p, v, m, r) + 2, m * v) for r in range(p))
+    peak = max(min(_warmup(p, v, m, r, microbatch_group) + 2, m * v) for r in range(p))
     return result(None, peak, "-", "-", NO_FORMULA)
 
 
@@ -82,16 +86,19 @@ def one_f_one_b_overlap(stages: int, microbatches: int) -> Schedule:
 @register(
     "interleaved-1f1b-overlap",
     check=_check_interleaved,
-    constraints="stages a multiple of chunks_per_rank (default 2); ranks = stages / chunks_per_rank; microbatches >= 1",
+    constraints=INTERLEAVED_CONSTRAINTS,
     description=(
         "Interleaved 1F1B (torch's order, one more warm-up forward) with expert-parallel all-to-all "
         "overlap: steady-state forward/backward of different micro-batches as overlapped pairs"
     ),
-    options=("chunks_per_rank",),
+    options=INTERLEAVED_OPTIONS,
     analytic=_analytic_interleaved,
 )
-def interleaved_1f1b_overlap(stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS) -> Schedule:
+def interleaved_1f1b_overlap(
+    stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS, microbatch_group: int | None = None
+) -> Schedule:
     v, m = chunks_per_rank, microbatches
     p = stages // v
-    ranks = tuple(_paired(*rank_phases(p, v, m, r, extra_warmup=1)) for r in range(p))
+    # Megatron-core's warm-up plus one with overlap_moe_expert_parallel_comm (get_pp_rank_microbatches).
+    ranks = tuple(_paired(*rank_phases(p, v, m, r, extra_warmup=1, n=microbatch_group)) for r in range(p))
     return Schedule("interleaved-1f1b-overlap", stages, m, ranks)

@@ -1,0 +1,137 @@
+"""Fit the GEMM model's rates (achievable peak, short-K overhead, floor) to kernel-level tables.
+
+    python benchmarks/fit_kernel_rates.py
+
+Reads the measured GEMM tables in tests/data/kernels/ (XLA's sm_90 and sm_100 matmul tables,
+DeepGEMM's H800 FP8 table), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
+least squares on log time (a grid search, then a finer one around the best), and prints them with
+the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
+rounded; tests/test_kernels.py checks that they reproduce the tables.  Only kernel measurements
+go in: no training run is fitted.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dualpipe_sim.model import gemm  # noqa: E402
+
+DATA = ROOT / "tests" / "data" / "kernels"
+
+
+def rows(name: str) -> list[dict]:
+    with open(DATA / name) as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+
+
+def table(name: str, column: str, scale: float = 1.0):
+    """(b, m, n, k, seconds) arrays of one measured table."""
+    out = []
+    for r in rows(name):
+        b = int(r.get("b") or r.get("groups"))
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        rate = float(r[column]) * scale
+        out.append((b, m, n, k, 2.0 * b * m * n * k / rate))
+    return np.array(out)
+
+
+def predict(t: np.ndarray, peak: float, k0: float, floor: float, sms: int, hbm: float, dtype: float) -> np.ndarray:
+    rates = gemm.GemmRates(peak, k0, floor)
+    return np.array([gemm.time(int(m), int(n), int(k), rates, sms, hbm, dtype, groups=int(b)).seconds
+                     for b, m, n, k, _ in t])
+
+
+def fit(t: np.ndarray, sms: int, hbm: float, dtype: float, peaks, k0s, floors):
+    b, m, n, k, secs = t.T
+    flops = 2 * b * m * n * k
+    nbytes = b * ((m * k + k * n) * dtype + m * n * 2.0)
+    best = None
+    for _ in range(3):  # grid, then two finer grids around the best
+        P, K0, FL = np.meshgrid(peaks, k0s, floors, indexing="ij")
+        P, K0, FL = P[..., None], K0[..., None], FL[..., None]
+        eff = np.array([[gemm.efficiency(int(mm), int(nn), int(kk), sms, k0, int(bb))
+                         for bb, mm, nn, kk in zip(b, m, n, k)] for k0 in k0s])  # (k0, shapes)
+        compute = flops / (P * eff[None, :, None, :])
+        pred = FL + np.maximum(compute, nbytes / hbm)
+        err = ((np.log(pred) - np.log(secs)) ** 2).sum(axis=-1)
+        i = np.unravel_index(np.argmin(err), err.shape)
+        best = (float(peaks[i[0]]), float(k0s[i[1]]), float(floors[i[2]]))
+        span = lambda v, xs: np.linspace(max(xs[0], v - 2 * (xs[1] - xs[0])), v + 2 * (xs[1] - xs[0]), 21)  # noqa: E731
+        peaks, k0s, floors = span(best[0], peaks), span(best[1], k0s), span(best[2], floors)
+    return best
+
+
+def report(label, t, sms, hbm, dtype, peaks, k0s, floors):
+    peak, k0, floor = fit(t, sms, hbm, dtype, peaks, k0s, floors)
+    err = predict(t, peak, k0, floor, sms, hbm, dtype) / t[:, 4] - 1
+    print(f"{label}: peak {peak / 1e12:.1f} TFLOP/s, k_overhead {k0:.0f}, floor {floor * 1e6:.2f} us; "
+          f"|error| median {np.median(np.abs(err)):.1%}, 90th pct {np.percentile(np.abs(err), 90):.1%}, "
+          f"worst {np.abs(err).max():.1%} over {len(t)} shapes")
+    return floor
+
+
+def main_gemm() -> None:
+    H100_HBM = 3.35e12 * 0.9
+    floor = report("sm_90 bf16 (XLA)", table("xla_matmul_sm90.csv", "bf16xbf16->bf16"), 132, H100_HBM, 2.0,
+           np.linspace(600e12, 989e12, 41), np.linspace(0, 1000, 41), np.linspace(0, 10e-6, 41))
+    report("H800 fp8 (DeepGEMM)", table("deepgemm_h800_fp8.csv", "tflops", 1e12), 132, H100_HBM, 1.0,
+           np.linspace(1000e12, 1979e12, 41), np.linspace(0, 2000, 41), np.array([floor, floor]))  # no tiny shapes: sm_90's floor
+    B200_HBM = 8e12 * 0.9
+    floor = report("sm_100 bf16 (XLA)", table("xla_matmul_sm100.csv", "bf16"), 148, B200_HBM, 2.0,
+           np.linspace(1200e12, 2250e12, 41), np.linspace(0, 2000, 41), np.linspace(0, 10e-6, 41))
+    report("sm_100 fp8 (XLA)", table("xla_matmul_sm100.csv", "fp8"), 148, B200_HBM, 1.0,
+           np.linspace(2400e12, 4500e12, 41), np.linspace(0, 3000, 41), np.array([floor, floor]))
+
+
+def attention_rows(gpu: str, impl: str, kind: str) -> dict[int, float]:
+    return {int(r["seq"]): float(r["tflops"]) * 1e12 for r in rows("attention.csv")
+            if r["gpu"] == gpu and r["impl"] == impl and r["pass"] == kind}
+
+
+def fit_attention(label: str, measured: dict) -> None:
+    seqs = np.array(sorted(measured))
+    rates = np.array([measured[s] for s in seqs])
+    best = None
+    for half in np.linspace(0, 3000, 301):
+        shape = seqs / (seqs + half)
+        peak = np.exp(np.mean(np.log(rates / shape)))  # least squares on log rate for this half
+        err = np.abs(peak * shape / rates - 1)
+        if best is None or (err ** 2).sum() < best[2]:
+            best = (peak, half, (err ** 2).sum(), err.max())
+    print(f"{label}: rate {best[0] / 1e12:.0f} TFLOP/s, seq_half {best[1]:.0f}; worst error {best[3]:.1%}")
+
+
+def main_attention() -> None:
+    cudnn_fwd = attention_rows("H100", "cudnn", "forward")
+    plain = attention_rows("H100", "cudnn", "forward_noncausal")
+    # The backward figure is non-causal: scaled by the forward's causal / non-causal ratio at each length
+    cudnn_bwd = {s: b * cudnn_fwd[s] / plain[s] for s, b in attention_rows("H100", "cudnn", "backward_noncausal").items()}
+    fit_attention("H100 cuDNN forward, causal", cudnn_fwd)
+    fit_attention("H100 cuDNN backward, causal (non-causal x forward's causal ratio)", cudnn_bwd)
+    fit_attention("A100 FA2 forward+backward", attention_rows("A100", "fa2", "forward_backward"))
+
+
+
+def main_collectives() -> None:
+    """One latency and one bus bandwidth for all-gather, reduce-scatter and all-to-all over 8 GPUs:
+    least squares on relative error of time = latency + bytes x 7/8 / bus."""
+    data = rows("xla_collectives_sm90.csv")
+    x = np.array([float(r["bytes"]) * 7 / 8 for r in data])
+    t = np.array([float(r["us"]) * 1e-6 for r in data])
+    (lat, inv), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T / t[:, None], np.ones_like(t), rcond=None)
+    err = np.abs((lat + x * inv) / t - 1)
+    print(f"sm_90 NVLink collectives (XLA): latency {lat * 1e6:.1f} us, bus {1 / inv / 1e9:.0f} GB/s; "
+          f"|error| median {np.median(err):.1%}, worst {err.max():.1%} over {len(t)} rows")
+
+
+if __name__ == "__main__":
+    main_gemm()
+    main_attention()
+    main_collectives()

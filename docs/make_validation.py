@@ -1,0 +1,120 @@
+"""Predicted vs published throughput of the runs in scenarios/validation/ (docs/validation.md).
+
+    python docs/make_validation.py           # print the table
+    python docs/make_validation.py --write   # and rewrite the table in docs/validation.md
+
+Each scenario is a published, measured training run's layout; scenarios/validation/published.csv
+holds what was measured (tokens/s per GPU, from the paper's own figures) and where it is from.  The
+prediction is `step.tokens_per_second / GPUs` of a normal run, no hardware.efficiency.  These rows
+are for checking only: nothing in the cost model is fitted to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dualpipe_sim import scenario, simulation  # noqa: E402
+from dualpipe_sim.model import derive, kernels  # noqa: E402
+
+FOLDER = ROOT / "scenarios" / "validation"
+DOC = ROOT / "docs" / "validation.md"
+
+
+def gpus(sc) -> int:
+    p = sc.pipeline
+    ranks = p.stages // (p.chunks_per_rank or 1) if p.schedule.startswith("interleaved") else p.stages
+    par = sc.parallel
+    return ranks * par.tensor * par.data * par.context
+
+
+def rows() -> list[dict]:
+    out = []
+    with open(FOLDER / "published.csv") as fh:
+        for row in csv.DictReader(fh):
+            sc = scenario.load(FOLDER / row["scenario"])
+            assert gpus(sc) == int(row["gpus"]), row["name"]
+            m = simulation.run(sc).metrics
+            predicted = m.step.tokens_per_second / int(row["gpus"])
+            published = float(row["published_tokens_per_second_per_gpu"])
+            out.append({**row, "predicted": predicted, "error": predicted / published - 1,
+                        "bubble": m.bubble_ratio, "step_s": m.step.total / 1e3})
+    return out
+
+
+def table(data: list[dict]) -> str:
+    lines = ["| run | GPUs | published | tokens/s/GPU published | predicted | error | step (s) | bubble |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data:
+        lines.append(f"| {r['name']} | {r['gpus']} | {r['published']} | {float(r['published_tokens_per_second_per_gpu']):,.1f} "
+                     f"| {r['predicted']:,.1f} | {r['error']:+.1%} | {r['step_s']:.2f} | {r['bubble']:.1%} |")
+    errs = [abs(r["error"]) for r in data]
+    lines.append("")
+    lines.append(f"Mean |error| {sum(errs) / len(errs):.1%}, worst {max(errs):.1%} over {len(errs)} runs; "
+                 f"mean signed error {sum(r['error'] for r in data) / len(data):+.1%}.")
+    return "\n".join(lines)
+
+
+# DeepSeek's profiled per-layer components (deepseek-ai/profile-data train.json, H800; the figures
+# scenarios/deepseek-v3.toml's [chunk] types, tests/helpers.py), against the kernel model's.
+PROFILE_MS = {"attn_forward": 4.37, "mlp_forward": 4.60, "dispatch_forward": 6.69, "combine_forward": 8.68,
+              "combine_backward": 5.77, "mlp_backward_input": 5.31, "mlp_backward_weight": 5.06,
+              "dispatch_backward": 7.49, "attn_backward_input": 9.34, "attn_backward_weight": 2.39}  # fmt: skip
+
+
+def deepseek_components() -> str:
+    sc = scenario.load(ROOT / "scenarios" / "deepseek-v3-predicted.toml")
+    d = sc.derived()
+    slow = d.comm_compute_slowdown
+    lines = ["| component | profile (ms) | kernels, alone (ms) | beside the all-to-all (ms) | error |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, measured in PROFILE_MS.items():
+        alone = getattr(d.moe_layer, name)
+        beside = alone if name.startswith(("dispatch", "combine")) else alone * slow
+        lines.append(f"| {name} | {measured:.2f} | {alone:.2f} | {beside:.2f} | {beside / measured - 1:+.0%} |")
+    return "\n".join(lines)
+
+
+# Korthikanti et al. 2022, Table 4: one transformer layer of their 22B model (h 6144, 64 heads, TP 8,
+# micro-batch 4, s 2048) on A100, forward and backward time (ms), measured.
+K22_LAYER = {("none", False): (7.7, 11.9), ("none", True): (7.2, 11.8), ("full", False): (7.7, 19.5),
+             ("selective", False): (7.7, 13.2), ("selective", True): (7.2, 13.1)}  # fmt: skip
+
+
+def k22_layer() -> str:
+    lines = ["| recompute | sequence parallel | forward measured | predicted | backward measured | predicted |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for (policy, sp), (fwd, bwd) in K22_LAYER.items():
+        sc = scenario.load(ROOT / "scenarios" / "validation" / "k22-22b-full.toml",
+                           [f"memory.recompute={policy}", f"parallel.sequence_parallel={str(sp).lower()}"])
+        rows = derive.layer_kernels(derive.setup(sc), 0)
+        passes = dict(kernels.passes(rows))
+        f, b = passes["forward"], passes["backward_input"] + passes["backward_weight"]
+        lines.append(f"| {policy} | {'yes' if sp else 'no'} | {fwd} | {f:.2f} ({f / fwd - 1:+.0%}) | {bwd} | "
+                     f"{b:.2f} ({b / bwd - 1:+.0%}) |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"validation table": lambda: table(rows()), "deepseek components": deepseek_components,
+            "k22 layer": k22_layer}
+
+
+def replace(doc: str, name: str, text: str) -> str:
+    begin, end = f"<!-- {name}: docs/make_validation.py -->", f"<!-- end of {name} -->"
+    head, rest = doc.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{text}\n{end}{tail}"
+
+
+if __name__ == "__main__":
+    doc = DOC.read_text()
+    for name, make in SECTIONS.items():
+        text = make()
+        print(text, end="\n\n")
+        doc = replace(doc, name, text)
+    if "--write" in sys.argv[1:]:
+        DOC.write_text(doc)

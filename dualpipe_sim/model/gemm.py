@@ -1,0 +1,89 @@
+"""How long one GEMM (or one grouped GEMM) takes on a GPU, from its shape.
+
+A tensor-core GEMM kernel cuts the (M x N) output into tiles, one thread block
+each, and runs them in *waves* of one tile per SM.  Three things keep it below
+the GPU's peak, and each is a term here:
+
+* **tile and wave quantisation**: a wave that is not full, and the padding of a
+  tile that hangs over the edge of M or N, compute nothing useful.  The useful
+  fraction is ``M*N / (waves * SMs * tile_m * tile_n)``, the best over the tile
+  shapes a library picks from;
+* **a short K**: each tile streams K in steps, plus a fixed prologue and
+  epilogue (load the first operands, write the tile) worth ``k_overhead`` of K;
+  the mainloop's share is ``K / (K + k_overhead)``.  When there are fewer tiles
+  than SMs, libraries split K across several thread blocks (split-K / stream-K):
+  the best split of each tile shape is taken, each slice paying the overhead;
+* **a floor per kernel**: launch and synchronisation latency, paid however small
+  the GEMM, and the bytes of A, B and C over the achievable HBM bandwidth when
+  that takes longer than the math.
+
+The rates (``GemmRates``: achievable peak, ``k_overhead``, floor) are per GPU
+architecture and dtype, each from a kernel-level measurement (docs/model.md,
+"Kernel rates"); nothing here is fitted to a training run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Output tile shapes (rows x columns) that cuBLAS / CUTLASS heuristics choose among for large
+# tensor-core GEMMs (CUTLASS's Hopper and Ampere default tile shapes; docs/model.md).
+TILES = ((128, 256), (256, 128), (128, 128))
+
+
+@dataclass(frozen=True)
+class GemmRates:
+    peak: float  # achievable FLOP/s of a large, well-shaped GEMM
+    k_overhead: float  # prologue + epilogue of one tile, in elements of K
+    floor: float  # seconds: the shortest a GEMM kernel takes (launch + sync)
+
+
+@dataclass(frozen=True)
+class GemmTime:
+    seconds: float
+    flops: float
+    bytes: float
+    utilisation: float  # useful fraction of the tiles' waves
+    bound: str  # "compute", "memory" or "latency"
+
+
+SPLITS = (1, 2, 4, 8, 16)  # K split across this many thread blocks per tile (split-K)
+MIN_SLICE = 256  # no slice of K shorter than this
+
+
+def utilisation(m: int, n: int, sms: int, groups: int = 1) -> float:
+    """Useful share of the tiles' waves for ``groups`` GEMMs of (m x n) outputs run as one kernel."""
+    return efficiency(m, n, 1 << 30, sms, 0.0, groups)
+
+
+def efficiency(m: int, n: int, k: int, sms: int, k_overhead: float, groups: int = 1) -> float:
+    """Share of the achievable peak: the best tile shape and K split, its waves' useful
+    fraction times its mainloop's share of each K slice."""
+    best = 0.0
+    for tm, tn in TILES:
+        tiles = groups * math.ceil(m / tm) * math.ceil(n / tn)
+        for split in SPLITS:
+            if split > 1 and (k / split < MIN_SLICE or tiles * split > 2 * sms):
+                break
+            waves = math.ceil(tiles * split / sms)
+            useful = groups * m * n * split / (waves * sms * tm * tn)
+            best = max(best, useful * (k / split) / (k / split + k_overhead))
+    return best
+
+
+def time(m: int, n: int, k: int, rates: GemmRates, sms: int, hbm: float, dtype_bytes: float,
+         groups: int = 1, out_bytes: float = 2.0) -> GemmTime:  # fmt: skip
+    """One kernel of ``groups`` GEMMs (m x k) @ (k x n); ``hbm`` the achievable bytes/s."""
+    if min(m, n, k, groups) <= 0:
+        return GemmTime(0.0, 0.0, 0.0, 1.0, "latency")
+    flops = 2.0 * m * n * k * groups
+    nbytes = groups * ((m * k + k * n) * dtype_bytes + m * n * out_bytes)
+    util = efficiency(m, n, k, sms, rates.k_overhead, groups)
+    compute = flops / (rates.peak * util)
+    memory = nbytes / hbm
+    body = max(compute, memory)
+    bound = "compute" if compute >= memory else "memory"
+    if rates.floor > body:
+        bound = "latency"
+    return GemmTime(rates.floor + body, flops, nbytes, util, bound)

@@ -1,0 +1,471 @@
+"""The kernels one layer (or the embedding, the head, an MTP module) runs, each timed from its shape.
+
+A Megatron-core / Transformer-Engine training step runs, per layer and micro-batch,
+a forward pass, an input-gradient pass (I) and a weight-gradient pass (W).  Each
+:class:`Kernel` here is one launch (or one collective) of one of them, with its
+shape after the tensor (t), context (c) and expert (e) splits, its FLOPs and
+bytes, its time and what bounds it.  Each belongs to a ``[chunk]`` component
+(``attn_forward`` ... ``combine_backward``, costs.Component), so summing a
+table by component gives the component model's figures.
+
+Kinds and how each is timed (the rates are per GPU, model/rates.py):
+
+* ``gemm``: gemm.time (tile/wave quantisation, short-K overhead, floor);
+  grouped expert GEMMs run as one kernel of (E/e) groups;
+* ``attention``: flash attention at the measured forward / backward rate for the
+  sequence length (causal: half the s x s square);
+* ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
+  activations, RoPE, residual adds, router, permute, FP8 casts, cross-entropy);
+* ``comm``: collectives (model/collectives.py) on NVLink or the NIC; ``exposed``
+  is the part that stays on the critical path under Megatron's overlap rules.
+
+docs/model.md ("Kernel-level costs") lists every kernel and its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from . import collectives, gemm
+from .config import ModelConfig
+from .rates import KernelRates
+
+F, I, W = "forward", "backward_input", "backward_weight"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    component: str  # the [chunk] component it is part of (attn_forward, ..., combine_backward)
+    kind: str  # gemm, attention, memory or comm
+    shape: str
+    flops: float
+    bytes: float
+    seconds: float  # on the critical path of its component (comm: the exposed part)
+    bound: str  # compute, memory, latency or communication
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1e3
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the kernels' shapes depend on besides the model."""
+
+    seq: int  # whole sequence (attention context)
+    micro_batch: int
+    tensor: int = 1
+    context: int = 1
+    expert: int = 1
+    fp8: bool = False
+    policy: str = "none"  # memory.recompute
+    tp_overlap: bool = True  # parallel.tp_comm_overlap
+    act_bytes: float = 2.0
+    sequence_parallel: bool = True  # parallel.sequence_parallel
+
+    @property
+    def norm_tokens(self) -> float:
+        """Tokens a norm, residual add or dropout runs on: split by t with sequence parallelism."""
+        return self.tokens / self.tensor if self.sequence_parallel else self.tokens
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of one micro-batch on one context-parallel rank (before the tensor split)."""
+        return self.seq * self.micro_batch // self.context
+
+
+class Table:
+    """Builds one block's kernels on one GPU (a list, with helpers for each kind)."""
+
+    def __init__(self, rates: KernelRates, lay: Layout, cfg: ModelConfig):
+        self.r, self.lay, self.cfg = rates, lay, cfg
+        self.rows: list[Kernel] = []
+
+    # -- one kernel of each kind -----------------------------------------------------------------
+    def gemm(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None = None, groups: int = 1,
+             splits: int = 1, sm_margin: int = 0) -> float:  # fmt: skip
+        """One GEMM; ``splits``: run as that many GEMMs of m / splits rows (a pipelined overlap);
+        ``sm_margin``: SMs left to a communication kernel running beside it."""
+        low = self.lay.fp8 if fp8 is None else fp8
+        rates = self.r.gemm_fp8 if low and self.r.gemm_fp8 is not None else self.r.gemm_bf16
+        sms = self.r.sms - sm_margin
+        rates = replace(rates, peak=rates.peak * sms / self.r.sms)
+        t = gemm.time(-(-m // splits), n, k, rates, sms, self.r.hbm, 1.0 if low else 2.0, groups)
+        shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (" fp8" if low else " bf16")
+        if splits > 1 or sm_margin:
+            shape += f" ({splits} splits, {sms} SMs)" if splits > 1 else f" ({sms} SMs)"
+        secs = t.seconds * splits
+        self.rows.append(Kernel(name, comp, "gemm", shape, t.flops * splits, t.bytes * splits, secs, t.bound))
+        return secs
+
+    def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str) -> float:
+        """A sequence-parallel linear and its all-gather (before) or reduce-scatter (after).
+
+        Without tp_comm_overlap the collective runs alone, before or after its GEMM.  With it,
+        Transformer Engine's userbuffers (its defaults, transformer_engine/pytorch/module/base.py)
+        split the GEMM: ``ring`` (all-gathers; proj/fc2 dgrad) in t chunks, exchanged by the copy
+        engines, the first chunk's transfer exposed; ``pipeline`` (forward reduce-scatters) in 4
+        chunks on 132 - 16 SMs, the last chunk's transfer exposed; ``bulk`` (the backward's re-gather
+        and reduce-scatter) beside the whole GEMM on 16 fewer SMs."""
+        t = self.lay.tensor
+        if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
+            return self.gemm(name, comp, m, n, k)  # without sequence parallelism the input is whole
+        if not self.lay.sequence_parallel:  # the output's partial sums are all-reduced, after the GEMM
+            secs = self.gemm(name, comp, m, n, k)
+            self.comm("tp all-reduce", comp, "all_reduce", nbytes, t, "nvlink")
+            return secs
+        full = collectives.time(op, nbytes, t, self.r, "nvlink")
+        if not self.lay.tp_overlap:
+            secs = self.gemm(name, comp, m, n, k)
+            self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
+            return secs
+        splits, margin = {"ring": (t, 0), "pipeline": (4, 16), "bulk": (1, 16)}[method]
+        secs = self.gemm(name, comp, m, n, k, splits=splits, sm_margin=margin)
+        first = 0.0 if method == "bulk" else full / splits  # the chunk no GEMM runs beside
+        exposed = first + max(0.0, full - first - secs)
+        self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
+        return secs
+
+    def attention(self, name: str, comp: str, flops: float, backward: bool) -> float:
+        rate = self.r.attention_rate(self.lay.seq // self.lay.context, backward)
+        body = flops / rate
+        bound = "latency" if self.r.floor > body else "compute"
+        secs = self.r.floor + body
+        shape = f"{self.lay.tokens // self.lay.micro_batch} q x {self.lay.seq} kv x {self.cfg.num_heads // self.lay.tensor} heads"
+        self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
+        return secs
+
+    def memory(self, name: str, comp: str, nbytes: float) -> float:
+        body = nbytes / self.r.hbm
+        secs = self.r.floor + body
+        self.rows.append(Kernel(name, comp, "memory", f"{nbytes / 1e6:.3g} MB", 0.0, nbytes, secs,
+                                "latency" if self.r.floor > body else "memory"))  # fmt: skip
+        return secs
+
+    def comm(self, name: str, comp: str, op: str, nbytes: float, group: int, link: str, hidden_under: float = 0.0) -> float:
+        """A collective of ``nbytes`` (the whole gathered / reduced tensor) over ``group`` ranks;
+        the part longer than ``hidden_under`` seconds of compute it overlaps is exposed."""
+        if group <= 1 or nbytes <= 0:
+            return 0.0
+        full = collectives.time(op, nbytes, group, self.r, link)
+        exposed = max(0.0, full - hidden_under)
+        self.rows.append(Kernel(name, comp, "comm", f"{op} {nbytes / 1e6:.3g} MB over {group} ({link})", 0.0,
+                                nbytes, exposed, "communication"))  # fmt: skip
+        return exposed
+
+    def cast(self, name: str, comp: str, elems: float) -> None:
+        """FP8 cast + transpose of one bf16 tensor (Transformer Engine: read 2 B, write 1 B twice)."""
+        if self.lay.fp8:
+            self.memory(name, comp, 4.0 * elems)
+
+
+# -- the blocks -------------------------------------------------------------------------------------
+def _attention_shapes(cfg: ModelConfig, t: int) -> list[tuple[str, int, int, bool]]:
+    """(name, out features per rank, in features, split by t) of the attention input projections."""
+    h, a, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.qk_head_dim
+    if cfg.mla:
+        nope = d - cfg.qk_rope_head_dim
+        rows = []
+        if cfg.q_lora_rank:
+            rows += [("q_down", cfg.q_lora_rank, h, False), ("q_up", a * d // t, cfg.q_lora_rank, True)]
+        else:
+            rows += [("q_proj", a * d // t, h, True)]
+        rows += [("kv_down", cfg.kv_lora_rank + cfg.qk_rope_head_dim, h, False),
+                 ("kv_up", a * (nope + cfg.v_head_dim) // t, cfg.kv_lora_rank, True)]  # fmt: skip
+        return rows
+    return [("qkv", (a * d + 2 * kv * d) // t, h, True)]
+
+
+def attention_block(tb: Table, recompute: bool) -> None:
+    cfg, lay = tb.cfg, tb.lay
+    h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
+    a_t = cfg.num_heads // t
+    low = 1.0 if lay.fp8 else ab
+    projections = _attention_shapes(cfg, t)
+    eager = cfg.model_type == "gpt2"  # scores materialised (Megatron's fused softmax), as activations.py counts
+    core = 2.0 * n * lay.seq * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
+    comps = ("attn_forward",) + (("attn_backward_input",) if recompute else ())
+    for comp in comps:  # forward, and again inside the input gradient when recomputed
+        tb.memory("input norm", comp, lay.norm_tokens * h * (ab + low))
+        name, out, inp, _ = projections[0]
+        tb.tp_linear(name, comp, n, out, inp, "all_gather", n * h * low, "ring")
+        for name, out, inp, _ in projections[1:]:
+            if cfg.mla and name.endswith("_up"):
+                tb.memory(f"{name[:-3]} latent norm", comp, n * inp * 2 * ab)
+            tb.gemm(name, comp, n, out, inp)
+        if not eager:  # GPT-2 style models have learned positions, no rotary embedding
+            tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
+                      else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
+        if eager:
+            _eager_attention(tb, comp, backward=False)
+        else:
+            tb.attention("flash attention", comp, core, backward=False)
+        tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)
+        tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline")
+        tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
+    comp, wcomp = "attn_backward_input", "attn_backward_weight"
+    tb.cast("grad cast", comp, n * h)
+    tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
+    if eager:
+        if lay.policy == "selective":  # Korthikanti et al.: the attention core is recomputed
+            _eager_attention(tb, comp, backward=False)
+        _eager_attention(tb, comp, backward=True)
+    else:
+        tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
+    if not eager:
+        tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
+    for name, out, inp, _ in projections:
+        tb.cast(f"{name} grad cast", comp, n * out)
+    _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections])
+    tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
+    tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n)
+
+
+def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
+    """Attention with the s x s scores in memory (the whole square, as Megatron's masked softmax
+    computes it): batched GEMMs for QK^T and attention over V, memory-bound scale-mask-softmax
+    and dropout (2-byte elements, 1-byte mask).  The backward runs two GEMMs for each."""
+    cfg, lay = tb.cfg, tb.lay
+    s, d, ab = lay.seq // lay.context, cfg.qk_head_dim, lay.act_bytes
+    heads = lay.micro_batch * cfg.num_heads // lay.tensor
+    square = heads * s * s
+    if not backward:
+        tb.gemm("attention scores QK^T (batched)", comp, s, s, d, fp8=False, groups=heads)
+        tb.memory("scale + mask + softmax", comp, square * 2 * ab)
+        if cfg.dropout:
+            tb.memory("attention dropout", comp, square * (2 * ab + 1))
+        tb.gemm("attention over V (batched)", comp, s, d, s, fp8=False, groups=heads)
+        return
+    tb.gemm("attention over V dgrad (batched)", comp, s, s, d, fp8=False, groups=heads)
+    tb.gemm("attention over V wgrad: dV (batched)", comp, s, d, s, fp8=False, groups=heads)
+    if cfg.dropout:
+        tb.memory("attention dropout backward", comp, square * (2 * ab + 1))
+    tb.memory("softmax backward", comp, square * 3 * ab)
+    tb.gemm("scores dgrad: dQ (batched)", comp, s, d, s, fp8=False, groups=heads)
+    tb.gemm("scores dgrad: dK (batched)", comp, s, d, s, fp8=False, groups=heads)
+
+
+def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple[str, int, int, int]]) -> None:
+    """dgrad and wgrad of a block's input projections (name, tokens, in, out).  With tp_comm_overlap
+    the re-gather of the block's input (for the wgrad GEMMs) runs beside the dgrad GEMMs and the
+    input gradient's reduce-scatter (all-reduce without sequence parallelism) beside the wgrad GEMMs,
+    as Transformer Engine's "bulk" overlaps on 16 SMs do; without, each is on the critical path."""
+    lay, h = tb.lay, tb.cfg.hidden_size
+    n = lay.tokens
+    low = 1.0 if lay.fp8 else lay.act_bytes
+    (name, m, inp, out), rest = shapes[0], shapes[1:]
+    hide = lay.tp_overlap  # without overlap every tensor-parallel collective is on the critical path
+    if not lay.sequence_parallel:  # the input gradient's all-reduce, beside the wgrad GEMMs when overlapped
+        for x, m2, i2, o2 in shapes:
+            tb.gemm(f"{x} dgrad", comp, m2, i2, o2)
+        wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2) for x, m2, i2, o2 in shapes)
+        tb.comm("tp all-reduce (grad)", wcomp, "all_reduce", n * h * lay.act_bytes, lay.tensor, "nvlink",
+                wgrad if hide else 0.0)  # fmt: skip
+        return
+    if lay.tensor > 1 and lay.tp_overlap:
+        tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk")
+        for name2, m2, inp2, out2 in rest:
+            tb.gemm(f"{name2} dgrad", comp, m2, inp2, out2)
+        tb.tp_linear(f"{name} wgrad", wcomp, inp, out, m, "reduce_scatter", n * h * lay.act_bytes, "bulk")
+        for name2, m2, inp2, out2 in rest:
+            tb.gemm(f"{name2} wgrad", wcomp, inp2, out2, m2)
+        return
+    dgrad = sum(tb.gemm(f"{x} dgrad", comp, m2, i2, o2) for x, m2, i2, o2 in shapes)
+    wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2) for x, m2, i2, o2 in shapes)
+    tb.comm("tp all-gather (wgrad input)", comp, "all_gather", n * h * low, lay.tensor, "nvlink", dgrad if hide else 0.0)
+    tb.comm("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes, lay.tensor, "nvlink",
+            wgrad if hide else 0.0)  # fmt: skip
+
+
+def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix: str = "") -> None:
+    cfg, lay = tb.cfg, tb.lay
+    h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
+    f = (width or cfg.intermediate_size) // t
+    up = 2 * f if cfg.ffn == "swiglu" else f
+    low = 1.0 if lay.fp8 else ab
+    comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
+    for comp in comps:
+        if not prefix:
+            tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + low))
+        tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
+        tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * low))
+        tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline")
+        if not prefix:
+            tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
+    comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
+    tb.cast(f"{prefix}grad cast", comp, n * h)
+    tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
+    tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
+    tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
+    _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)])
+    if not prefix:
+        tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
+    tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n)
+
+
+def moe_mlp_block(tb: Table, recompute: bool) -> None:
+    """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
+    the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back."""
+    cfg, lay = tb.cfg, tb.lay
+    h, t, ab = cfg.hidden_size, lay.tensor, lay.act_bytes
+    n = lay.tokens // t  # this rank's tokens after the sequence split
+    E, k, fe, e = cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size, lay.expert
+    local = max(1, E // e)
+    m = max(1, round(n * k * e / E))  # tokens per local expert, balanced routing
+    low = 1.0 if lay.fp8 else ab
+    comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
+    for comp in comps:
+        tb.memory("pre-mlp norm", comp, n * h * (ab + low))
+        tb.gemm("router", comp, n, E, h, fp8=False)
+        tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
+        tb.memory("permute", comp, n * h * ab + n * k * h * low)
+        tb.gemm("experts fc1 (grouped)", comp, m, 2 * fe, h, groups=local)
+        tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low))
+        tb.gemm("experts fc2 (grouped)", comp, m, h, fe, groups=local)
+        tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
+        tb.memory("residual add", comp, 3 * n * h * ab)
+    comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
+    tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
+    tb.cast("experts grad cast", comp, n * k * h)
+    tb.gemm("experts fc2 dgrad (grouped)", comp, m, fe, h, groups=local)
+    tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab)
+    tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe)
+    tb.gemm("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, groups=local)
+    tb.memory("permute backward", comp, n * k * h * ab + n * h * ab)
+    tb.memory("router backward", comp, n * E * 4 * 3)
+    tb.gemm("router dgrad", comp, n, h, E, fp8=False)
+    tb.memory("pre-mlp norm backward", comp, 4 * n * h * ab)
+    tb.gemm("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, groups=local)
+    tb.gemm("experts fc2 wgrad (grouped)", wcomp, fe, h, m, groups=local)
+    tb.gemm("router wgrad", wcomp, h, E, n, fp8=False)
+    if cfg.shared_intermediate_size:
+        dense_mlp_block(tb, recompute, cfg.shared_intermediate_size, prefix="shared expert ")
+    _all_to_all(tb, n)
+
+
+def _all_to_all(tb: Table, n: int) -> None:
+    """Dispatch and combine, forward and backward: each rank sends its tokens' copies to the
+    ranks of their experts (expert parallelism e); FP8 payloads where the model is FP8."""
+    lay, cfg, r = tb.lay, tb.cfg, tb.r
+    e = lay.expert
+    if e <= 1:
+        return
+    k, h = cfg.experts_per_token, cfg.hidden_size
+    fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
+    link = "nvlink" if e <= r.gpus_per_node else "nic"
+    copies = k * (e - 1) / e  # copies of a token that leave the rank (balanced routing)
+    if link == "nic":
+        nodes = -(-e // r.gpus_per_node)
+        distinct = nodes * (1 - (1 - 1 / nodes) ** k)
+        if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing
+            distinct = min(distinct, cfg.route_group_limit)
+        copies = distinct * (nodes - 1) / nodes
+    elems = n * copies * h
+    for comp, per in (("dispatch_forward", fp8), ("combine_forward", lay.act_bytes),
+                      ("dispatch_backward", lay.act_bytes), ("combine_backward", fp8)):  # fmt: skip
+        secs = collectives.all_to_all(elems * per, r, link)
+        tb.rows.append(Kernel("all-to-all", comp, "comm", f"{elems * per / 1e6:.3g} MB sent ({link})", 0.0,
+                              elems * per, secs, "communication"))  # fmt: skip
+
+
+def context_exchange(tb: Table) -> None:
+    """Ring attention across c context-parallel ranks (Megatron / Transformer Engine ``p2p``):
+    c - 1 steps, each sending this rank's K and V to the next rank while the attention of the
+    previous block runs; the backward sends K, V and their gradients.  Only what a step's
+    exchange takes beyond that step's attention is exposed."""
+    lay, cfg, r = tb.lay, tb.cfg, tb.r
+    c = lay.context
+    if c <= 1:
+        return
+    kv_heads = cfg.num_heads if cfg.mla else cfg.num_kv_heads
+    kv = 2.0 * lay.tokens * max(1, kv_heads // lay.tensor) * cfg.qk_head_dim * lay.act_bytes
+    link = "nvlink" if c * lay.tensor <= r.gpus_per_node else "nic"
+    for comp, nbytes, attn in (("attn_forward", kv, "flash attention"),
+                               ("attn_backward_input", 2 * kv, "flash attention backward")):  # fmt: skip
+        step_attn = sum(k.seconds for k in tb.rows if k.name == attn and k.component == comp) / c
+        step = collectives.p2p(nbytes, r, link)
+        exposed = (c - 1) * max(0.0, step - step_attn)
+        tb.rows.append(Kernel("context-parallel KV exchange", comp, "comm",
+                              f"{c - 1} x {nbytes / 1e6:.3g} MB ({link})", 0.0, (c - 1) * nbytes, exposed,
+                              "communication"))  # fmt: skip
+
+
+def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """Every kernel of layer ``i`` for one micro-batch on one rank."""
+    tb = Table(rates, lay, cfg)
+    full = lay.policy == "full"
+    attention_block(tb, full)
+    context_exchange(tb)
+    if cfg.is_moe_layer(i):
+        moe_mlp_block(tb, full)
+    else:
+        dense_mlp_block(tb, full)
+    if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
+        redo = [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)]
+        tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
+                           k.seconds, k.bound) for k in redo]  # fmt: skip
+    return tb.rows
+
+
+def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """Vocabulary-parallel embedding: a lookup of this rank's vocabulary shard for every token,
+    reduced (scattered along the sequence) across the tensor-parallel ranks; its backward adds the
+    gradient rows into the embedding's gradient."""
+    tb = Table(rates, lay, cfg)
+    n, h, ab, t = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor
+    tb.memory("embedding lookup", "mlp_forward", n * h * ab + n * 8)
+    tb.comm("tp reduce-scatter", "mlp_forward", "reduce_scatter", n * h * ab, t, "nvlink")
+    tb.comm("tp all-gather (grad)", "mlp_backward_weight", "all_gather", n * h * ab, t, "nvlink")
+    tb.memory("embedding gradient", "mlp_backward_weight", n * h * (ab + 2 * 4))
+    return tb.rows
+
+
+def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """Final norm, output layer (BF16) and the vocabulary-parallel softmax cross-entropy."""
+    tb = Table(rates, lay, cfg)
+    n, h, ab, t, V = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor, cfg.vocab_size
+    v = -(-V // t)
+    tb.memory("final norm", "mlp_forward", 2 * n / t * h * ab)
+    tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring")
+    # max, sum of exponentials and the loss read the logits; the float32 softmax is kept for the backward
+    tb.memory("cross-entropy", "mlp_forward", n * v * (2 * ab + 4))
+    tb.memory("cross-entropy backward", "mlp_backward_input", n * v * (4 + ab))
+    d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
+    tb.comm("tp reduce-scatter (grad)", "mlp_backward_input", "reduce_scatter", n * h * ab, t, "nvlink", 0.0)
+    tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)
+    tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False)
+    del d
+    return tb.rows
+
+
+def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """An MTP module's own kernels: its two norms and the 2h -> h projection."""
+    tb = Table(rates, lay, cfg)
+    n, h, ab, t = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor
+    tb.memory("mtp norms", "attn_forward", 2 * 2 * n / t * h * ab)
+    tb.gemm("mtp projection", "attn_forward", n, h // t, 2 * h)
+    tb.gemm("mtp projection dgrad", "attn_backward_input", n, 2 * h, h // t)
+    tb.gemm("mtp projection wgrad", "attn_backward_weight", 2 * h, h // t, n)
+    return tb.rows
+
+
+def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """One DeepSeek-V3 MTP module: two norms, the 2h -> h projection, one layer and the shared head."""
+    return mtp_projection(cfg, rates, lay) + layer(cfg, cfg.num_layers, rates, lay) + head(cfg, rates, lay)
+
+
+def by_component(rows: list[Kernel]) -> dict[str, float]:
+    """Milliseconds per [chunk] component."""
+    out: dict[str, float] = {}
+    for k in rows:
+        out[k.component] = out.get(k.component, 0.0) + k.ms
+    return out
+
+
+def passes(rows: list[Kernel]) -> Iterator[tuple[str, float]]:
+    """(forward | backward_input | backward_weight, ms) of a block, all-to-all included."""
+    for name in (F, I, W):
+        yield name, sum(k.ms for k in rows if k.component.endswith(name) or
+                        (name == I and k.component.endswith("_backward") and k.kind == "comm"))  # fmt: skip

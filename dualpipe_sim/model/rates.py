@@ -1,0 +1,83 @@
+"""What one GPU achieves per kind of kernel, each figure from a kernel-level measurement.
+
+One :class:`KernelRates` per GPU preset: GEMM rates per dtype (gemm.py's model,
+fitted by ``benchmarks/fit_kernel_rates.py`` to measured GEMM tables), flash
+attention's measured forward / backward rates by sequence length, the
+achievable HBM bandwidth of a streaming kernel, and NCCL's bus bandwidths and
+latency on NVLink and on the NIC.  docs/model.md ("Kernel rates") gives the
+source of every number; tests/test_kernels.py checks the fitted ones against
+their tables.  No figure here comes from a whole training run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .gemm import GemmRates
+
+
+@dataclass(frozen=True)
+class KernelRates:
+    name: str
+    sms: int
+    gemm_bf16: GemmRates
+    gemm_fp8: GemmRates | None  # None: no FP8 tensor cores
+    # Flash attention (causal, head dim 128): rate(s) = rate * s / (s + seq_half), FLOPs counted as
+    # 4 s^2 h d / 2 forward and 2.5x that backward (flash-attention's benchmark convention).
+    attention_forward: float  # FLOP/s
+    attention_backward: float
+    attention_seq_half: float  # sequence length at which half the rate is reached
+    hbm: float  # achievable bytes/s of a streaming (memory-bound) kernel
+    floor: float  # seconds: the shortest any kernel takes (launch and synchronisation)
+    nvlink_bus: float  # NCCL bus bandwidth inside a node, bytes/s (all-gather / reduce-scatter / all-to-all)
+    nic_bus: float  # per GPU across nodes, bytes/s
+    latency: float  # seconds per collective or P2P transfer
+    gpus_per_node: int = 8
+
+    def attention_rate(self, seq: int, backward: bool) -> float:
+        rate = self.attention_backward if backward else self.attention_forward
+        return rate * seq / (seq + self.attention_seq_half)
+
+    def scaled(self, compute: float = 1.0, memory: float = 1.0, nvlink: float = 1.0, nic: float = 1.0) -> "KernelRates":
+        """The same GPU generation with other peaks (a custom [hardware] section): each rate scaled
+        by the ratio of the given peak to the preset's."""
+        g = lambda r: None if r is None else replace(r, peak=r.peak * compute)  # noqa: E731
+        return replace(self, gemm_bf16=g(self.gemm_bf16), gemm_fp8=g(self.gemm_fp8),
+                       attention_forward=self.attention_forward * compute,
+                       attention_backward=self.attention_backward * compute, hbm=self.hbm * memory,
+                       nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic)  # fmt: skip
+
+
+# -- the presets ------------------------------------------------------------------------------------
+# Fitted by benchmarks/fit_kernel_rates.py (its output, rounded), sources in docs/model.md:
+# GEMMs: XLA's sm_90 / sm_100 matmul tables (bf16; sm_100 fp8) and DeepGEMM's H800 FP8 table (Hopper fp8);
+# attention: cuDNN forward / backward, causal, head dim 128 (FlashAttention-3 paper figures, H100), FA2 on A100;
+# collectives: XLA's sm_90 collective table (8 GPUs, NVLink); NICs: NVIDIA's NCCL maintainers' 46-49 GB/s per
+# 400 Gb/s NDR NIC; HBM: gpu-benches' streaming "scale" kernel at 85% of the datasheet (A100 80GB, H100 PCIe).
+_SM90_BF16 = GemmRates(peak=836e12, k_overhead=103, floor=5.54e-6)
+_SM90_FP8 = GemmRates(peak=1554e12, k_overhead=434, floor=5.54e-6)
+_HBM_FRACTION = 0.85
+_FLOOR = 2.5e-6  # back-to-back small kernels (gpu-benches gpu-small-kernels, H200 and A100)
+_NIC_NDR = 47e9  # one 400 Gb/s NDR / CX7 NIC per GPU
+_LATENCY = 25.5e-6
+
+_H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION, _FLOOR,
+                    321e9, _NIC_NDR, _LATENCY)  # fmt: skip
+PRESETS: dict[str, KernelRates] = {
+    "H100": _H100,
+    # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
+    "H800": replace(_H100, name="H800", nvlink_bus=155e9),
+    "H200": replace(_H100, name="H200", hbm=4.8e12 * _HBM_FRACTION),
+    # sm_100: XLA's table (bf16 and fp8); attention: H100's cuDNN curve scaled by the GEMM peaks' ratio
+    # (no per-length B200 attention table reached; FlashAttention-4's 1,613 TFLOP/s bounds it); NVLink 5: XLA's
+    # sm_100_B200 collectives (all-gather / reduce-scatter / all-to-all at 1-2 GiB: 601-642 GB/s)
+    "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(3196e12, 0.0, 5.25e-6),
+                        562e12 * 1579 / 836, 500e12 * 1579 / 836, 390.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9,
+                        _NIC_NDR, _LATENCY),  # fmt: skip
+    # sm_80: no per-shape GEMM table reached: sm_90's fitted shape, its peak scaled by the two GPUs' measured
+    # maximum achievable matmul FLOPS (stas00/ml-engineering's MAMF table: A100 SXM 271.2, H100 SXM 794.5
+    # TFLOP/s BF16); FA2's forward+backward rate for both passes; NCCL all-reduce bus bandwidth 8 x A100
+    # (Azure nccl-tests): 230 GB/s; HDR 200 Gb/s NIC: half the NDR figure
+    "A100": KernelRates("A100", 108, GemmRates(836e12 * 271.2 / 794.5, 103, 5.54e-6), None, 193e12, 193e12, 480.0,
+                        2.039e12 * _HBM_FRACTION, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY),  # fmt: skip
+}
