@@ -1,6 +1,6 @@
 """Mutation check: plant each bug of mutations.toml, alone, in a copy of the project; its tests must fail.
 
-    python tests/mutations/run.py                 # every mutation (12 minutes on 2 shared cores)
+    python tests/mutations/run.py                 # every mutation (about 10 minutes on 2 shared cores)
     python tests/mutations/run.py --only ID,ID    # some of them
     python tests/mutations/run.py --list          # the list, nothing run
 
