@@ -22,6 +22,7 @@ from dualpipe_sim import calibrate, kineto, scenario, simulation  # noqa: E402
 from dualpipe_sim.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS, CostModel  # noqa: E402
 from dualpipe_sim.engine import simulate  # noqa: E402
 from dualpipe_sim.ir import FB, Op, Schedule  # noqa: E402
+from dualpipe_sim.plots.canvas import PNG_METADATA  # noqa: E402
 from dualpipe_sim.plots.gantt_file import save_gantt  # noqa: E402
 from dualpipe_sim.trace import A2A  # noqa: E402
 
@@ -114,7 +115,7 @@ def pair_figure(name: str) -> None:
         fontsize=10, loc="left",
     )  # fmt: skip
     fig.tight_layout()
-    fig.savefig(IMG / name, dpi=110)
+    fig.savefig(IMG / name, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     print(f"wrote docs/img/{name}")
 
@@ -194,14 +195,20 @@ def scenario_table() -> str:
 PROFILE_DATA = Path(os.environ.get("DUALPIPE_SIM_PROFILE_DATA", "/work/.mirror/deepseek-ai+profile-data/repo"))
 
 
-def deepseek_calibration() -> calibrate.Calibration:
+def deepseek_calibration() -> calibrate.Calibration | None:
     """`dualpipe-sim calibrate train.json` on a checkout of deepseek-ai/profile-data (not shipped:
-    the repository has no licence file; DUALPIPE_SIM_PROFILE_DATA says where a checkout is)."""
+    the repository has no licence file; DUALPIPE_SIM_PROFILE_DATA says where a checkout is).
+    None, after one line saying so, when there is none."""
     plain = PROFILE_DATA / "train.json"
     if plain.is_file():
         return calibrate.calibrate(kineto.read(plain), "train.json")
-    data = subprocess.run(["git", "-C", str(PROFILE_DATA), "show", "HEAD:train.json"], capture_output=True,
-                          check=True).stdout
+    try:
+        data = subprocess.run(["git", "-C", str(PROFILE_DATA), "show", "HEAD:train.json"], capture_output=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        print(f"skipped dualpipe-calibration.png and its table: no checkout of deepseek-ai/profile-data at "
+              f"{PROFILE_DATA} (set DUALPIPE_SIM_PROFILE_DATA to one)")
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.json"
         path.write_bytes(data)
@@ -234,7 +241,7 @@ def calibration_figure(cal: calibrate.Calibration, name: str) -> None:
                  "(A attention, M MLP, MW/AW weight-grad, D dispatch, C combine; digit = layer)",
                  fontsize=10, loc="left")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(IMG / name, dpi=110)
+    fig.savefig(IMG / name, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     print(f"wrote docs/img/{name}")
 
@@ -302,9 +309,10 @@ def main() -> None:
     print("\nActivation memory per MoE layer:\n")
     print(activation_table())
     cal = deepseek_calibration()
-    calibration_figure(cal, "dualpipe-calibration.png")
-    print("\ncalibrate train.json:\n")
-    print(calibration_table(cal))
+    if cal is not None:
+        calibration_figure(cal, "dualpipe-calibration.png")
+        print("\ncalibrate train.json:\n")
+        print(calibration_table(cal))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dualpipe_sim import repeat, scenario, simulation  # noqa: E402
+from dualpipe_sim.plots.canvas import PNG_METADATA  # noqa: E402
 from dualpipe_sim.plots.gantt_file import save_gantt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("quickstart costs (F 1, B 2, W 1, F&B 2.5, P2P 0.05), 8 stages, 20 micro-batches", fontsize=10)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "img" / "variability-straggler.png", dpi=100)
+    fig.savefig(ROOT / "docs" / "img" / "variability-straggler.png", dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
 
     result = simulation.run(scenario.from_dict(base("dualpipe", ranks={"slowdown": {"3": 1.5}})))

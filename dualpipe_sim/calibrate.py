@@ -96,6 +96,13 @@ def measure(profile: Profile, source: str = "trace") -> Calibration:
     for c in COMPONENTS:
         per_layer = tuple(busy.get((c, n), 0.0) for n in range(layers)) if c in counts else (0.0,) * layers
         components[c] = Stats(sum(per_layer) / layers, min(per_layer), max(per_layer), per_layer)
+    for c in REQUIRED:  # [chunk] needs these > 0 at its 1 us resolution: say which events, in which trace
+        if round(components[c].mean, 3) <= 0:
+            mine = [k for k in ks if k.component == c]
+            shown = ", ".join(f"traceEvents[{k.event}] ({k.name[:40]!r}, {(k.end - k.start) * 1e3:g} us)"
+                              for k in mine[:3])
+            raise TraceError(f"{source}: {c} measures {components[c].mean * 1e3:.3g} us per layer, under the 1 us "
+                             f"[chunk] resolution (it needs > 0); its kernels: {shown}"[:400])
 
     streams = {}
     for s in sorted({k.stream for k in ks}):
@@ -196,7 +203,8 @@ def chunk_toml(cal: Calibration) -> str:
     lines = [
         f"# Calibrated by `dualpipe-sim calibrate` from {json.dumps(cal.source)}:",
         f"# per-layer mean busy time of each component over {cal.layers} layers (union of its kernels",
-        "# across streams), ms.  Paste into a scenario; see calibration.md beside this file.",
+        "# across streams), ms.  Include it in a scenario with [chunk] file = \"chunk.toml\" (a path relative",
+        "# to the scenario file) or paste it in; see calibration.md beside this file.",
         "[chunk]",
         f"layers = {cal.layers}",
     ]

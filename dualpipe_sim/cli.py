@@ -21,8 +21,9 @@ from .ir import Schedule, ScheduleError
 from .metrics import Metrics
 from .progress import each_file
 from .outputs import OutputError, check_targets, metrics_json, write_all, write_text
-from .scenario import ScenarioError, oddities, parse_override
+from .scenario import ScenarioError, activation_bytes_given, oddities, parse_override
 from .scenario import load as load_scenario
+from .signals import stop_on_sigterm, stopped
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -50,10 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="simulate a scenario: summary table, metrics.json, gantt.png")
+    run = sub.add_parser("run", help="simulate a scenario: summary table (with a [model] also tokens/s, tokens/s per "
+                                     "GPU and MFU), metrics.json, gantt.png")
     run.add_argument("scenario", help="scenario TOML file")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key, e.g. --set pipeline.stages=8 (repeatable)")
+                     help="override a scenario key, e.g. --set pipeline.stages=8, --set parallel.zero=3 (FSDP), "
+                          "--set memory.runtime=0 or memory.fp8_weight_cache=false (repeatable)")
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
     run.add_argument("--schedule-file", help="replay this schedule instead of pipeline.schedule: the JSON or "
@@ -139,8 +142,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--memory-limit -5GB`` -> ``--memory-limit=-5GB``: argparse takes a value that starts
+    with '-' (and is not a plain negative number) for a flag and says "expected one argument";
+    joined, the value reaches the check that names the rule."""
+    takes_value, flags = set(), set()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in [parser, *(c for a in subs for c in a.choices.values())]:
+        for action in p._actions:
+            flags.update(action.option_strings)
+            if action.option_strings and action.nargs is None and not isinstance(action, argparse._StoreConstAction):
+                takes_value.update(action.option_strings)
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] not in flags \
+                and len(argv[i + 1]) > 1:
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(_dash_values(parser, sys.argv[1:] if argv is None else list(argv)))
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -163,16 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"error: --out: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        # Ctrl-C: outputs are written all-or-nothing (outputs.write_all), so stopping
-        # here leaves the output folder as it was; 130 = 128 + SIGINT, as shells report it.
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM (signals.py): outputs are written all-or-nothing (outputs.write_all),
+        # so stopping here leaves the output folder as it was; 130 / 143 = 128 + the signal.
+        word, code = stopped(exc)
+        print(word, file=sys.stderr)
+        return code
     except BrokenPipeError:
         # `dualpipe-sim schedule ... | head`: the reader left; that is not an error.
         # Point stdout at devnull so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # any other file the OS refused (outputs.py words its own): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _chart_files(plots: str, png_names) -> list[str]:
@@ -188,7 +220,9 @@ def _refuse_unused_options(names: list[str], scenario) -> None:
 
 def read_schedule_file(path: str) -> Schedule:
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = limits.read_text(path, limits.MAX_SCHEDULE_BYTES)
+    except limits.TooBig as exc:
+        raise UsageError(f"--schedule-file: {exc}") from None
     except OSError as exc:
         raise UsageError(f"--schedule-file: cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -259,16 +293,16 @@ def _cmd_run(args) -> int:
     if args.json:  # with --repeat, the percentiles too (metrics.json itself stays the first seed's)
         sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
-        print(summary_table(metrics))
+        print(summary_table(metrics, bytes_given=activation_bytes_given(scenario)))
         if "recompute" not in scenario.memory.model_fields_set and scenario.recompute() != "none":
             print(f"memory.recompute {scenario.recompute()}: {metrics.schedule}'s default (as its source runs it); "
                   "--set memory.recompute=none to leave it out")
         if repeats:
             print("\n" + repeat_table(repeats))
         print("\nwrote " + ", ".join(str(f) for f in written))
-    warning = memory_warning(metrics)
-    if warning:  # not an error: the run is still worth reading
-        print(warning, file=sys.stderr)
+    for warning in (memory_warning(metrics), layout_warning(metrics)):
+        if warning:  # not an error: the run is still worth reading
+            print(warning, file=sys.stderr)
     note = actions.ignored_note(schedule) if schedule is not None else None
     if note:  # after success, on stderr: never a second line beside an error, never in --json output
         print(f"note: --schedule-file {args.schedule_file}: {note}", file=sys.stderr)
@@ -287,7 +321,7 @@ def _warn(lines: list[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def summary_table(m: Metrics) -> str:
+def summary_table(m: Metrics, bytes_given: bool = True) -> str:
     a, c, s = m.analytic, m.comm, m.scalars()
     num = units.number
     lines = [
@@ -304,8 +338,11 @@ def summary_table(m: Metrics) -> str:
     for r in m.per_rank:
         lines.append(
             f"{r.rank:>4} {num(r.busy):>10} {num(r.idle):>10} {num(r.between_ops):>11} {formula:>11} "
-            f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes):>14} {r.parameter_copies:>6}"
+            f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes) if bytes_given else 'n/a':>14} "
+            f"{r.parameter_copies:>6}"
         )
+    if not bytes_given:
+        lines.append("peak act bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
     closed_peak = "-" if a.peak_activation is None else a.peak_activation
     lines.append(f"\npeak activation (max over ranks): {s['peak_activation']} measured, {closed_peak} closed form")
     if a.bubble is None and a.reason:  # say why the closed-form column is empty
@@ -317,7 +354,18 @@ def summary_table(m: Metrics) -> str:
     )
     if m.step is not None:
         lines.append(step_line(m.step))
+    if m.throughput is not None:
+        lines.append(throughput_line(m.throughput))
     return "\n".join(lines + memory_lines(m))
+
+
+def throughput_line(t) -> str:
+    """With a [model]: tokens/s, per GPU and MFU of the step (the makespan alone without [step])."""
+    step = (f"step {units.duration(t.step_time)}" if t.step_source == "step"
+            else f"step = pipeline makespan only, {units.duration(t.step_time)}, no [step] work")  # fmt: skip
+    mfu = "n/a (no [hardware] peak)" if t.mfu is None else units.percent(t.mfu)
+    return (f"throughput ({step}): {units.number(t.tokens_per_second)} tokens/s, "
+            f"{units.number(t.tokens_per_second_per_gpu)} tokens/s per GPU ({units.count(t.gpus)} GPUs), MFU {mfu}")
 
 
 def memory_lines(m: Metrics) -> list[str]:
@@ -326,13 +374,17 @@ def memory_lines(m: Metrics) -> list[str]:
         return []
     gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731 - decimal GB, as units.nbytes and the datasheets
     cap = "unknown" if not m.device_memory else f"{gb(m.device_memory)} GB"
+    # "dyn peak": activations + P2P + all-to-all buffers at their joint peak (total adds that, not the three)
     lines = ["", f"memory per rank (GB; device {cap}):",
-             f"{'rank':>4} {'params':>8} {'grads':>8} {'optim':>8} {'act peak':>8} {'total':>8}"]  # fmt: skip
+             f"{'rank':>4} {'params':>8} {'fp8 w':>8} {'grads':>8} {'optim':>8} {'zero buf':>8} {'act peak':>8} "
+             f"{'p2p buf':>8} {'a2a buf':>8} {'dyn peak':>8} {'runtime':>8} {'total':>8}"]  # fmt: skip
     for r in m.per_rank:
         mem = r.memory
         over = "  over" if m.device_memory and mem.total > m.device_memory else ""
-        lines.append(f"{r.rank:>4} {gb(mem.parameters):>8} {gb(mem.gradients):>8} {gb(mem.optimizer):>8} "
-                     f"{gb(mem.activations_peak):>8} {gb(mem.total):>8}{over}")  # fmt: skip
+        terms = (mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,
+                 mem.activations_peak, mem.p2p_buffers, mem.a2a_buffers, mem.dynamic_peak, mem.runtime, mem.total)
+        lines.append(f"{r.rank:>4} " + " ".join(f"{gb(x):>8}" for x in terms) + over)
+    lines.append("total = params + fp8 w + grads + optim + zero buf + dyn peak + runtime (docs/model.md)")
     return lines
 
 
@@ -346,6 +398,24 @@ def memory_warning(m: Metrics) -> str | None:
     worst = max(over, key=lambda r: r.memory.total)
     return (f"warning: {len(over)} of {m.ranks} ranks exceed the device memory ({units.nbytes(m.device_memory)}): "
             f"rank {worst.rank} needs {units.nbytes(worst.memory.total)}")
+
+
+UNEQUAL_RANKS = 1.25  # with a [model]: one rank's compute this many times another's is worth a warning
+
+
+def layout_warning(m: Metrics) -> str | None:
+    """With a [model] (where parallel.layout places the layers): one line when the ranks' compute
+    (busy time, all the stages each holds) is more than 25% apart; the busiest rank sets the pace."""
+    if m.throughput is None and all(r.memory is None for r in m.per_rank):
+        return None
+    hi = max(m.per_rank, key=lambda r: r.busy)
+    lo = min(m.per_rank, key=lambda r: r.busy)
+    if not lo.busy > 0 or hi.busy <= UNEQUAL_RANKS * lo.busy:
+        return None
+    return (f"warning: parallel.layout: rank {hi.rank} computes {hi.busy / lo.busy:.2f}x what rank {lo.rank} does "
+            f"(busy {units.duration(hi.busy)} on stages {hi.stages} against {units.duration(lo.busy)} on "
+            f"{lo.stages}, more than 25% apart): the busiest rank sets the pipeline's pace; move layers with "
+            f"parallel.layout (e.g. fewer on the stage with the head)")
 
 
 def repeat_table(doc: dict) -> str:
@@ -424,9 +494,10 @@ def _cmd_sweep(args) -> int:
     except SweepError as exc:
         raise UsageError(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
     except Interrupted as exc:
-        print(f"interrupted: {exc.finished} finished rows are in {exc.path}; "
+        word, code = stopped(exc.signal)
+        print(f"{word}: {exc.finished} finished rows are in {exc.path}; "
               f"rerun with --resume to run the other {exc.left} points", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return code
     c = report.counts
     print(f"{report.points} points ({report.ran} run now on {report.executor}): "
           f"{c['ok']} ok, {c['skipped']} skipped, {c['error']} error")
@@ -536,6 +607,10 @@ def _cmd_compare(args) -> int:
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
     _warn(oddities(scenario))
+    # The layout is the scenario's, shared by every schedule: one line, from the first that is uneven.
+    layout = next((w for w in (layout_warning(r.metrics) for r in result.results) if w), None)
+    if layout:
+        print(layout, file=sys.stderr)
     return 0
 
 
@@ -654,4 +729,5 @@ def leave(code: int) -> NoReturn:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    stop_on_sigterm()
     leave(main())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from . import registry, simulation, units
 from .costs import mean_costs
 from .ir import ScheduleError
-from .scenario import Scenario, ScenarioError
+from .scenario import Scenario, ScenarioError, activation_bytes_given
 
 DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
 BASELINE = "1f1b"
@@ -137,11 +137,14 @@ def summary_rows(comparison: Comparison) -> list[dict]:
                 "speedup": base / time if base and time > 0 else None,
                 "bubble": s["bubble_ratio"],
                 "peak": s["peak_activation"],
-                "peak_bytes": s["peak_activation_bytes"],
+                # None (shown n/a) when no memory.activation or [model] gives an activation's bytes
+                "peak_bytes": s["peak_activation_bytes"] if activation_bytes_given(result.scenario) else None,
                 "params": s["parameter_copies"],
                 "exposed": s["comm.exposed"],
                 "memory": s["memory.total"],  # with a [model]: the fullest rank's total
                 "fits": s["fits"],  # None when the total or the device memory is unknown
+                "tokens_per_gpu": s["throughput.tokens_per_second_per_gpu"],  # with a [model]
+                "mfu": s["throughput.mfu"],  # with a [model] and a [hardware] peak
             }
         )
     return rows
@@ -151,13 +154,22 @@ def summary_rows(comparison: Comparison) -> list[dict]:
 MEMORY_COLUMNS = (("memory", "memory per rank (max)"), ("fits", "fits device memory"))
 
 
+# Shown only when some schedule has a throughput (a [model] scenario): of the step, or of
+# the makespan alone without [step] work (compare.md says which).
+THROUGHPUT_COLUMNS = (("tokens_per_gpu", "tokens/s per GPU"), ("mfu", "MFU"))
+
+
 def _columns(rows: list[dict]) -> tuple:
-    return COLUMNS + (MEMORY_COLUMNS if any(r["memory"] is not None for r in rows) else ())
+    return (COLUMNS + (MEMORY_COLUMNS if any(r["memory"] is not None for r in rows) else ())
+            + (THROUGHPUT_COLUMNS if any(r["tokens_per_gpu"] is not None for r in rows) else ()))  # fmt: skip
 
 
-def _cells(row: dict, memory: bool = False) -> list[str]:
+def _cells(row: dict, memory: bool = False, throughput: bool = False) -> list[str]:
     extra = [units.nbytes(row["memory"]) if row["memory"] is not None else "-",
              {True: "yes", False: "NO", None: "-"}[row["fits"]]] if memory else []  # fmt: skip
+    if throughput:
+        extra += ["-" if row["tokens_per_gpu"] is None else units.number(row["tokens_per_gpu"]),
+                  "-" if row["mfu"] is None else units.percent(row["mfu"])]  # fmt: skip
     return [
         row["schedule"],
         str(row["devices"]),
@@ -166,7 +178,7 @@ def _cells(row: dict, memory: bool = False) -> list[str]:
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         f"{row['bubble']:.1%}",
         str(row["peak"]),
-        units.nbytes(row["peak_bytes"]),
+        "n/a" if row["peak_bytes"] is None else units.nbytes(row["peak_bytes"]),
         str(row["params"]),
         units.number(row["exposed"]),
         *extra,
@@ -178,7 +190,8 @@ def table(comparison: Comparison) -> str:
     rows = summary_rows(comparison)
     columns = _columns(rows)
     keep = [comparison.has_step or key != "step" for key, _ in columns]  # the step column only with [step] work
-    body = [[c for c, k in zip(_cells(r, len(columns) > len(COLUMNS)), keep) if k] for r in rows]
+    memory, throughput = MEMORY_COLUMNS[0] in columns, THROUGHPUT_COLUMNS[0] in columns
+    body = [[c for c, k in zip(_cells(r, memory, throughput), keep) if k] for r in rows]
     head = [title for (_, title), k in zip(columns, keep) if k]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
 
@@ -195,7 +208,10 @@ def skipped_lines(comparison: Comparison) -> list[str]:
 
 def report(comparison: Comparison) -> str:
     """What the terminal shows: the table, then one line per skipped schedule."""
-    return "\n".join([table(comparison), *comparison.notes, *skipped_lines(comparison)])
+    note = []
+    if not comparison.has_step and any(r.metrics.throughput is not None for r in comparison.results):
+        note = ["tokens/s per GPU and MFU are of the pipeline makespan alone (no [step] work: no grad sync, no optimizer)"]
+    return "\n".join([table(comparison), *comparison.notes, *note, *skipped_lines(comparison)])
 
 
 def markdown(comparison: Comparison, source: str, png: str | None = "compare.png") -> str:
@@ -218,7 +234,12 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
         + ("" if comparison.baseline_makespan else " (1F1B could not run it, so none is given)")
         + ". Peak activation is the most stage-activations alive at once on any one rank, and its bytes; "
         "parameter copies is the most model stages any one rank holds. Devices differ between schedules "
-        "that fold several stages onto one rank.",
+        "that fold several stages onto one rank."
+        + (" Tokens/s per GPU and MFU (model FLOPs / GPUs x peak FLOP/s) are of the "
+           + ("whole training step." if comparison.has_step
+              else "pipeline makespan alone: there is no [step] work, so gradient sync and the optimizer are "
+                   "left out and the figures are an upper bound.")
+           if any(r.metrics.throughput is not None for r in comparison.results) else ""),
     ]
     if comparison.notes:
         lines += [""] + [f"- {note}" for note in comparison.notes]

@@ -55,6 +55,12 @@ DEEPSEEK_NAMES = {
 GPU_CATS = frozenset(("kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset"))
 LAUNCH_CATS = frozenset(("cuda_runtime", "cuda_driver", "runtime", "driver"))
 ANNOTATION_CAT = "user_annotation"
+# Kineto's ts is microseconds since 1970 (about 1.7e15 in 2025).  Past 1e16 (the year 2286)
+# float64 holds a time only to 2 us, and a kernel at ts = 1e300 has start + dur == start:
+# no trace a profiler wrote lies there.
+MAX_TS_US = 1e16
+# A profile of one overlapped pair lasts milliseconds; kernels an hour apart are not one pair.
+MAX_SPAN_US = 3.6e9
 
 
 class TraceError(ValueError):
@@ -71,6 +77,7 @@ class Kernel:
     component: str
     layer: int  # occurrence index of the component's annotation
     name: str
+    event: int = -1  # its index in traceEvents (for messages)
 
 
 @dataclass(frozen=True)
@@ -146,11 +153,49 @@ def read(path: str | Path, names: dict[str, str] | None = None) -> Profile:
     return attribute(load(path)["traceEvents"], DEEPSEEK_NAMES if names is None else names, str(path))
 
 
+def complete_events(events: list, where: str = "trace") -> list[tuple[int, dict]]:
+    """(index, event) of every complete event: ``"X"`` ones as they are, and each ``"B"``/``"E"``
+    pair on one thread (pid, tid) as one ``"X"`` (its ts, dur = end - begin), at the B's index.
+    Pairs nest per thread in time order (the Chrome trace format's rule, whatever the order in
+    the file); an E with no open B,
+    a B never ended, or an E naming another range than the open B is refused, naming the event."""
+    out, open_, begins = [], {}, []
+    for i, ev in enumerate(events):
+        if not isinstance(ev, dict):
+            continue
+        ph = ev.get("ph")
+        if ph == "X":
+            out.append((i, ev))
+        elif ph in ("B", "E"):
+            begins.append((_time(ev, i, where, dur=False)[0], i, ev))
+    # By time; at one time an E first (a range ending where the next begins), then file order.
+    # (So a zero-length B/E range reads as an E before its B: refused, and it holds no kernel.)
+    for ts, i, ev in sorted(begins, key=lambda b: (b[0], b[2]["ph"] == "B", b[1])):
+        stack = open_.setdefault(_thread(ev), [])
+        if ev["ph"] == "B":
+            stack.append((ts, i, ev))
+            continue
+        if not stack:
+            raise TraceError(f"{where}: traceEvents[{i}]: an E (end) event with no B (begin) open on its thread "
+                             f"(pid {ev.get('pid')}, tid {ev.get('tid')})"[:240])
+        b_ts, b_i, b_ev = stack.pop()
+        if "name" in ev and ev.get("name") != b_ev.get("name"):
+            raise TraceError(f"{where}: traceEvents[{i}]: the E event of {str(ev.get('name'))[:60]!r} comes while "
+                             f"traceEvents[{b_i}] {str(b_ev.get('name'))[:60]!r} is still open on its thread (B/E "
+                             f"pairs must nest; is an E missing?)")
+        out.append((b_i, {**b_ev, **{k: v for k, v in ev.items() if k == "args" and not b_ev.get("args")},
+                          "ph": "X", "ts": b_ts, "dur": ts - b_ts}))
+    for stack in open_.values():
+        if stack:
+            _, b_i, b_ev = stack[0]
+            raise TraceError(f"{where}: traceEvents[{b_i}] {str(b_ev.get('name'))[:60]!r}: a B (begin) event "
+                             f"that no E (end) event on its thread closes")
+    return sorted(out, key=lambda x: x[0])
+
+
 def attribute(events: list, names: dict[str, str], where: str = "trace") -> Profile:
     annotations, launches, gpu, seen = [], {}, [], set()
-    for i, ev in enumerate(events):
-        if not isinstance(ev, dict) or ev.get("ph") != "X":
-            continue
+    for i, ev in complete_events(events, where):
         cat = str(ev.get("cat", "")).lower()
         if cat == ANNOTATION_CAT:
             name = ev.get("name")
@@ -184,15 +229,16 @@ def attribute(events: list, names: dict[str, str], where: str = "trace") -> Prof
         if isinstance(stream, bool) or not isinstance(stream, int):
             raise TraceError(f"{where}: traceEvents[{i}]: args.stream must be an integer, got {stream!r}"[:200])
         devices.add(pid)
-        hits.append((start, end, stream, hit, name))
+        hits.append((start, end, stream, hit, name, i))
     if not hits:
         raise TraceError(f"{where}: nothing attributable: no kernel/memcpy/memset event was launched "
                          f"(cuda_runtime or cuda_driver, same args.correlation) inside a mapped annotation")
+    _check_span(hits, where)
     # Kineto writes microseconds since the epoch (16 digits): subtract the first
     # attributed event's time before scaling to ms, or float64 rounding shows.
     origin = min(h[0] for h in hits)
-    kernels = [Kernel(stream, (start - origin) / 1000, (end - origin) / 1000, annotations[a][3], layer_of[a], str(name))
-               for start, end, stream, a, name in hits]
+    kernels = [Kernel(stream, (start - origin) / 1000, (end - origin) / 1000, annotations[a][3], layer_of[a], str(name), i)
+               for start, end, stream, a, name, i in hits]
     if len(devices) > 1:
         raise TraceError(f"{where}: attributed kernels run on {len(devices)} devices (pids {sorted(devices, key=str)}); "
                          f"calibrate reads one GPU's trace")
@@ -200,10 +246,24 @@ def attribute(events: list, names: dict[str, str], where: str = "trace") -> Prof
                    tuple(devices))
 
 
-def _time(ev: dict, i: int, where: str) -> tuple[float, float]:
-    """(ts, dur) of an event in us, as written; both must be finite numbers, dur >= 0."""
+def _check_span(hits: list, where: str) -> None:
+    """Refuse attributed GPU events spread over more than MAX_SPAN_US, naming the one farthest
+    from the middle (by start) of the others: a stray timestamp, not one profiled pair."""
+    starts = sorted(h[0] for h in hits)
+    if max(h[1] for h in hits) - starts[0] <= MAX_SPAN_US:
+        return
+    middle = starts[len(starts) // 2]
+    far = max(hits, key=lambda h: abs(h[0] - middle))
+    raise TraceError(f"{where}: traceEvents[{far[5]}] ({str(far[4])[:60]!r}) starts {abs(far[0] - middle) / 1e6:.3g} s "
+                     f"{'after' if far[0] > middle else 'before'} the trace's other kernels: outside the span of one "
+                     f"profiled pair (at most {MAX_SPAN_US / 3.6e9:g} hour); remove it or profile one pair")
+
+
+def _time(ev: dict, i: int, where: str, dur: bool = True) -> tuple[float, float]:
+    """(ts, dur) of an event in us, as written; both must be finite numbers, dur >= 0, and
+    |ts| <= MAX_TS_US.  ``dur=False``: a B or E event, which has a ts only (dur 0)."""
     out = []
-    for key in ("ts", "dur"):
+    for key in ("ts", "dur") if dur else ("ts",):
         v = ev.get(key)
         if isinstance(v, str):  # some exporters write "ts": "123.456"
             try:
@@ -213,6 +273,11 @@ def _time(ev: dict, i: int, where: str) -> tuple[float, float]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise TraceError(f"{where}: traceEvents[{i}] ({ev.get('cat')}): {key} must be a finite number, got {v!r}"[:200])
         out.append(float(v))
+    if abs(out[0]) > MAX_TS_US:
+        raise TraceError(f"{where}: traceEvents[{i}] ({ev.get('cat')}): ts {out[0]:g} us is outside any plausible trace "
+                         f"time (Kineto writes microseconds since 1970, about 1.7e15; at most {MAX_TS_US:g})"[:240])
+    if not dur:
+        return out[0], 0.0
     if out[1] < 0:
         raise TraceError(f"{where}: traceEvents[{i}] ({ev.get('cat')}): dur must be >= 0, got {out[1]:g}")
     return out[0], out[1]

@@ -62,3 +62,25 @@ def ops_problem(ops: int, max_memory: float, what: str) -> str | None:
 def max_events(num_ops: int, num_ranks: int) -> int:
     """Upper bound on the SimPy events of a run that finishes."""
     return EVENTS_PER_OP * (num_ops + num_ranks) + 1000
+
+
+# Text inputs (scenario files, chunk.file, schedule files) are read whole; a scenario is a few
+# kB, a schedule file of the largest run limits.max_memory allows (about 520 000 ops, ~20 bytes
+# of JSON each) about 10 MB.  Past these a file is not one (/dev/zero, a disk image) and is
+# refused before it fills memory.
+MAX_SCENARIO_BYTES = 16 * 1024**2
+MAX_SCHEDULE_BYTES = 256 * 1024**2
+
+
+class TooBig(ValueError):
+    """A text input over its size cap; the message names the file and the cap."""
+
+
+def read_text(path, max_bytes: int = MAX_SCENARIO_BYTES) -> str:
+    """The UTF-8 text of ``path`` (a byte-order mark dropped), reading at most ``max_bytes`` + 1
+    bytes: more is TooBig.  OSError and UnicodeDecodeError propagate for the caller to word."""
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise TooBig(f"{path}: more than {_bytes(max_bytes)}, too large to be one (is it the file you meant?)")
+    return raw.decode("utf-8-sig")

@@ -93,6 +93,13 @@ class RankMemory:
     optimizer: float
     activations_peak: float
     total: float
+    # docs/model.md "Memory per rank": total = the static terms + sharding_buffers + dynamic_peak + runtime
+    fp8_weights: float = 0.0  # FP8 copies and transposes of the FP8 linears' weights
+    sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded gradient (and, ZeRO 3, parameter) buffers
+    p2p_buffers: float = 0.0  # peak of in-flight P2P buffers
+    a2a_buffers: float = 0.0  # peak of all-to-all token buffers
+    dynamic_peak: float = 0.0  # peak of activations + P2P + all-to-all buffers together
+    runtime: float = 0.0  # CUDA context, NCCL communicators, GEMM workspace
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,33 @@ class Analytic:
 
 
 @dataclass(frozen=True)
+class ThroughputMetrics:
+    """metrics.json ``throughput`` (with a [model]): tokens and model FLOPs per second of one step.
+
+    The step is ``step.total`` when [step] adds work, else the pipeline's makespan alone
+    (``step_source`` says which: ``"step"`` or ``"pipeline"``), so without [step] the figures
+    leave out gradient sync and the optimizer and are an upper bound."""
+
+    step_source: str  # "step": step.total; "pipeline": the makespan alone (no [step] work)
+    step_time: float  # ms
+    tokens_per_step: float  # over all data-parallel replicas
+    gpus: int  # ranks x tensor x data
+    tokens_per_second: float
+    tokens_per_second_per_gpu: float
+    mfu: float | None  # model FLOPs / (gpus x peak FLOP/s); None without a [hardware] peak
+
+
+def throughput_metrics(step_time: float, from_step: bool, ranks: int, tp) -> ThroughputMetrics | None:
+    """The ``throughput`` block from a step time (ms) and a step.Throughput (None: no block)."""
+    if tp is None or not step_time > 0:
+        return None
+    gpus = ranks * tp.devices_per_rank
+    tps = tp.tokens / (step_time / 1e3)  # times are in ms
+    mfu = tps * tp.flops_per_token / (gpus * tp.peak) if tp.peak else None
+    return ThroughputMetrics("step" if from_step else "pipeline", step_time, tp.tokens, gpus, tps, tps / gpus, mfu)
+
+
+@dataclass(frozen=True)
 class Metrics:
     """Everything measured on one run; ``to_dict()`` is metrics.json."""
 
@@ -155,6 +189,7 @@ class Metrics:
     span_bubble_rate: float = 0.0  # the Zero Bubble paper's (longest span - most busy) / longest span
     device_memory: float | None = None  # bytes of HBM per GPU ([hardware]); None when unknown
     step: StepMetrics | None = optional_block()  # a whole training step, with [step] work (step.py)
+    throughput: ThroughputMetrics | None = optional_block()  # with a [model]: tokens/s, per GPU, MFU
 
     def to_dict(self) -> dict:
         """The metrics.json document (README lists every key)."""
@@ -212,6 +247,11 @@ _SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
     ("step.cross_copy_sync.time", lambda m: m.step and m.step.cross_copy_sync.time),
     ("step.cross_copy_sync.exposed", lambda m: m.step and m.step.cross_copy_sync.exposed),
     ("step.optimizer", lambda m: m.step and m.step.optimizer),
+    # With a [model]: the step's throughput (the makespan alone without [step] work).
+    ("throughput.step_time", lambda m: m.throughput and m.throughput.step_time),
+    ("throughput.tokens_per_second", lambda m: m.throughput and m.throughput.tokens_per_second),
+    ("throughput.tokens_per_second_per_gpu", lambda m: m.throughput and m.throughput.tokens_per_second_per_gpu),
+    ("throughput.mfu", lambda m: m.throughput and m.throughput.mfu),
 )
 
 

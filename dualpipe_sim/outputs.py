@@ -25,6 +25,13 @@ class OutputError(ValueError):
     """The output folder cannot take the files; one line naming the path and the rule."""
 
 
+def os_problem(path, exc: OSError, after: str = "") -> OutputError:
+    """An operating-system failure while writing ``path`` (no space, no permission, a
+    read-only disk, a file where a folder goes) as one line naming the path, then ``after``
+    (what became of the earlier files)."""
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}" + (f"; {after}" if after else ""))
+
+
 def metrics_json(metrics) -> str:
     """Canonical text of metrics.json (a Metrics, or any JSON document such as repeat.json):
     same metrics, same bytes."""
@@ -38,6 +45,8 @@ def check_targets(out_dir: str | Path, names: Iterable[str]) -> None:
     Nothing is created: the folder (or its nearest existing ancestor, where it
     will be made) is probed with a temporary folder that is removed at once.
     """
+    if not str(out_dir).strip():  # Path("") is ".": an empty --out would write into the working folder
+        raise OutputError("an empty path; give a folder, e.g. out")
     out = Path(out_dir)
     existing = out
     while not existing.exists() and not existing.is_symlink():
@@ -62,18 +71,25 @@ def check_targets(out_dir: str | Path, names: Iterable[str]) -> None:
 
 
 def write_all(out_dir: str | Path, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
-    """Call ``writers[name](path)`` for each file, then move them all into out_dir."""
+    """Call ``writers[name](path)`` for each file, then move them all into out_dir.
+    An OSError on the way (a full disk, say) is an OutputError naming the file, with out_dir
+    left as it was."""
     out = Path(out_dir)
     check_targets(out, writers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except OSError as exc:
+        raise os_problem(out, exc) from None
     moved: list[tuple[Path, Path | None]] = []  # (target, its earlier file kept in stage/.old, or None)
     done = False
+    name = None
     try:
         for name, write in writers.items():
             target = stage / name
             target.parent.mkdir(parents=True, exist_ok=True)
             write(target)
+        name = None
         out.mkdir(parents=True, exist_ok=True)
         old = stage / ".old"
         for i, name in enumerate(writers):
@@ -88,6 +104,8 @@ def write_all(out_dir: str | Path, writers: dict[str, Callable[[Path], None]]) -
             os.replace(stage / name, dest)
         done = True
         return [out / name for name in writers]
+    except OSError as exc:  # the files already there are put back below; one line, no traceback
+        raise os_problem(out / name if name else out, exc, f"{out} is left as it was") from None
     finally:
         if not done:  # put back what was there: all or nothing
             for dest, backup in reversed(moved):

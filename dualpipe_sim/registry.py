@@ -37,7 +37,9 @@ def get(name: str) -> Family:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise ScheduleError(f"pipeline.schedule: unknown schedule {name!r}; known: {known}") from None
+        close = [n for n in _REGISTRY if n.lower() == str(name).lower()]  # DualPipe -> dualpipe
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ScheduleError(f"pipeline.schedule: unknown schedule {name!r}{hint}; known: {known}") from None
 
 
 def build(name: str, stages: int, microbatches: int, *, max_memory: float = limits.DEFAULT_MAX_MEMORY,

@@ -139,6 +139,15 @@ class Memory(_Section):
     activation: PerStageNonNeg = 1.0
     parameters: PerStageNonNeg = 1.0
     recompute: Literal[POLICIES] = "none"  # activation recompute policy (with [model]; model/activations.py)
+    runtime: _num(ge=0) | None = None  # bytes per rank for CUDA context, NCCL, workspace; None: derived (model/memory.py)
+    fp8_weight_cache: bool = True  # FP8 models: keep each linear's FP8 weight copy + transpose all step (TE)
+
+    @field_validator("fp8_weight_cache", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):  # "yes" or 1 must not pass for true
+            raise ValueError("must be true or false")
+        return v
 
 
 class Limits(_Section):
@@ -352,12 +361,32 @@ class Scenario(_Section):
                 )
         ch = self.chunk
         order = ((Channel.COMPUTE, ch.order.compute), (Channel.A2A, ch.order.a2a))
-        chunk = ChunkCosts(ch.layers, tuple(getattr(ch, c.name) for c in Component), ch.comm_compute_slowdown,
-                           tuple((channel, tuple(Component[n] for n in names)) for channel, names in order))  # fmt: skip
+        order = tuple((channel, tuple(Component[n] for n in names)) for channel, names in order)
+        times = tuple(getattr(ch, c.name) for c in Component)
+        chunk = ChunkCosts(ch.layers, times, ch.comm_compute_slowdown, order)
+        if derived is not None and derived.setup.hw is not None and derived.setup.cfg.moe:
+            # With an MoE [model] and [hardware], the typed components are one MoE layer's, and each
+            # stage is costed as its layout holds it: its MoE layers as typed, its dense layers,
+            # embedding, head and MTP modules derived (model/derive.stage_chunk).
+            from .model.derive import LayerTimes, stage_chunk
+
+            typed = LayerTimes(**{c.name: times[c] for c in Component})
+            per_layer: dict = {}
+            chunk = tuple(
+                ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), ch.comm_compute_slowdown, order)
+                for n, t in (stage_chunk(derived.setup, s, per_layer, typed) for s in derived.setup.stages)
+            )
         try:
             return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
         except OrderError as exc:
             raise ScenarioError(f"chunk.order: {exc}") from None
+
+
+def activation_bytes_given(scenario: Scenario) -> bool:
+    """Whether activation bytes mean anything: memory.activation typed, or a [model] deriving it.
+    Otherwise the 1-byte default stands in and the byte figures count stage-activations, so
+    what people read shows them as n/a (metrics.json keeps the numbers)."""
+    return scenario.model is not None or "activation" in scenario.memory.model_fields_set
 
 
 def oddities(scenario: Scenario) -> list[str]:
@@ -402,7 +431,9 @@ def _per_stage(value, stages: int, name: str) -> tuple[float, ...]:
 def load_raw(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (Windows editors) is not TOML
+        text = limits.read_text(path)  # -sig: a byte-order mark (Windows editors) is not TOML; size-capped
+    except limits.TooBig as exc:
+        raise ScenarioError(f"scenario {exc}") from None
     except FileNotFoundError:
         raise ScenarioError(f"scenario file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -417,12 +448,47 @@ def load_raw(path: str | Path) -> dict:
 
 
 def _resolve_model_path(data: dict, path: Path) -> dict:
-    """A relative ``model.config`` is read from the scenario file's folder (overrides given
-    with --set are applied later and stay relative to the working directory)."""
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("config"), str) and not Path(model["config"]).is_absolute():
-        model["config"] = str(path.parent / model["config"])
+    """A relative ``model.config`` or ``chunk.file`` is read from the scenario file's folder
+    (overrides given with --set are applied later and stay relative to the working directory)."""
+    for section, key in (("model", "config"), ("chunk", "file")):
+        table = data.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key].strip() \
+                and not Path(table[key]).is_absolute():
+            table[key] = str(path.parent / table[key])
     return data
+
+
+def include_chunk_file(data: dict) -> dict:
+    """``chunk.file = "chunk.toml"``: the [chunk] table of that file (what ``calibrate --out``
+    writes), under the keys the scenario's own [chunk] gives (those win).  Errors name the file."""
+    chunk = data.get("chunk")
+    if not isinstance(chunk, dict) or "file" not in chunk:
+        return data
+    name = chunk["file"]
+    if not isinstance(name, str) or not name.strip():
+        raise ScenarioError(f"chunk.file: must be the path of a TOML file with a [chunk] table, got {name!r}"[:200])
+    path = Path(name)
+    try:
+        text = limits.read_text(path)
+    except limits.TooBig as exc:
+        raise ScenarioError(f"chunk.file: {exc}") from None
+    except FileNotFoundError:
+        raise ScenarioError(f"chunk.file: {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"chunk.file: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        included = tomllib.loads(text)
+    except ValueError as exc:
+        raise ScenarioError(f"chunk.file: {path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"chunk.file: {path}: nested too deeply to read") from None
+    table = included.get("chunk")
+    if not isinstance(table, dict):
+        raise ScenarioError(f"chunk.file: {path}: has no [chunk] table (the chunk.toml that calibrate writes has one)")
+    if "file" in table:
+        raise ScenarioError(f"chunk.file: {path}: includes another file (chunk.file); one level only")
+    own = {k: v for k, v in chunk.items() if k != "file"}
+    return {**data, "chunk": {**table, **own}}
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -460,6 +526,7 @@ def _deep_copy(d):
 
 
 def from_dict(data: dict) -> Scenario:
+    data = include_chunk_file(data)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -475,6 +542,7 @@ def from_dict(data: dict) -> Scenario:
 
 def sections_only(data: dict) -> Scenario:
     """Validate the sections without the cost cross-checks (the ``model`` verb needs no costs)."""
+    data = include_chunk_file(data)
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:

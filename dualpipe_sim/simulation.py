@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import fastpath, limits, registry
+from . import fastpath, limits, registry, units
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
-from .metrics import Metrics, RankMemory, compute_metrics
+from .metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
+from .model import buffers as model_buffers
 from .model import memory as model_memory
 from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
@@ -91,8 +92,11 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
             )
     trace = with_step(simulate(schedule, costs), scenario.step_costs())
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace)
+    tp = throughput(scenario)
     if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
-        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), throughput(scenario)))
+        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), tp))
+    step_time = metrics.step.total if metrics.step is not None else metrics.makespan
+    metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))
     return Result(scenario, schedule, costs, trace, metrics)
 
 
@@ -101,8 +105,15 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace) -> Metrics:
     ranks = metrics.per_rank
     derived = scenario.derived()
     if derived is not None:
+        setup = derived.setup
+        runtime = scenario.memory.runtime
+        if runtime is None:
+            sh = setup.sharding
+            groups = [sh.tensor, trace.ranks, sh.data, sh.expert, round(sh.expert_data) if sh.expert > 1 else 1]
+            runtime = model_memory.runtime_allowance(groups, setup.hw is None or setup.hw.name != "A100")
         rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
-                                     [r.peak_activation_bytes for r in ranks])  # fmt: skip
+                                     [r.peak_activation_bytes for r in ranks], model_buffers.per_rank(trace, setup),
+                                     [s.sharding_buffers for s in derived.stages], runtime)  # fmt: skip
         if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
             for r, mem in zip(ranks, rows):
                 mem["total"] += r.parameter_bytes - mem["parameters"]
@@ -126,10 +137,22 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     return simpy_simulate(schedule, costs)
 
 
+# Past this many ms times are finite but a chart's axis ticks overflow (matplotlib scales its
+# tick steps by up to 10x the range): a run that ends later is refused.
+MAX_END_MS = 1e305
+
+
 def _check_finite(scenario: Scenario, metrics: Metrics) -> None:
     """Durations near the float limit (forward = 1e308) add up to inf: say so rather
     than write a metrics.json no JSON reader takes."""
     doc = metrics.to_dict()
+    end = metrics.step.total if metrics.step is not None else metrics.makespan
+    if math.isfinite(end) and end > MAX_END_MS:
+        where = "step" if metrics.step is not None and metrics.step.total > metrics.makespan else (
+            "chunk" if scenario.chunk is not None else "costs")
+        raise ScenarioError(f"{where}: durations too large to simulate: the run ends at {units.duration(end)}, past "
+                            f"{MAX_END_MS:g} ms (charts cannot scale their axes there); "
+                            f"use smaller durations")
     bad = _first_non_finite(doc)
     if bad is not None:
         where = "chunk" if scenario.chunk is not None else "costs"

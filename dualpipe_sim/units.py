@@ -29,6 +29,7 @@ formatter never raises on a number.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 TIME_UNIT = "ms"
 BYTE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")  # powers of 1000
@@ -53,13 +54,18 @@ def number(x: float, digits: int = 4) -> str:
 
 
 def _engineering(x: float, digits: int) -> str:
-    exp = math.floor(math.log10(abs(x)))
+    # Decimal, not x / 10**exp3: near the float limits that power under- or overflows
+    # (5e-324 / 10**-324 divides by 0.0).
+    d = Decimal(x)
+    exp = d.adjusted()  # floor(log10(|x|)), exact even for subnormals
     exp3 = exp - exp % 3
-    mantissa = round(x / 10**exp3, max(0, digits - 1 - (exp - exp3)))
+    mantissa = round(d.scaleb(-exp3), max(0, digits - 1 - (exp - exp3)))
     if abs(mantissa) >= 1000:  # rounding carried into the next group (999.96e3 -> 1e6)
         exp3 += 3
-        mantissa = round(x / 10**exp3, max(0, digits - 1))
-    text = f"{mantissa:f}".rstrip("0").rstrip(".")
+        mantissa = round(d.scaleb(-exp3), max(0, digits - 1))
+    text = f"{mantissa:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return f"{text}e{exp3}"
 
 

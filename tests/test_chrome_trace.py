@@ -214,11 +214,14 @@ def test_bad_trace_path_one_line_nothing_written(tmp_path, capsys, where):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failing_trace_writer_leaves_nothing(tmp_path, monkeypatch):
+def test_failing_trace_writer_leaves_nothing(tmp_path, monkeypatch, capsys):
     def boom(trace, path):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(chrome, "write_chrome_trace", boom)
-    with pytest.raises(OSError):
-        main(["run", QUICK, "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "out" / "t.json")])
+    # One line naming the file, exit 2 (issue 25), not a traceback; still nothing written.
+    assert main(["run", QUICK, "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "out" / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out: cannot write ") and "t.json: No space left on device" in err
+    assert err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []

@@ -92,11 +92,45 @@ EXPECT = {
     "model-negative-size.toml": "model.hidden_size: must be >= 1, got -256",
     "model-unknown-architecture.toml": "model.model_type: unknown architecture 'rwkv'",
     "model-unknown-key.toml": "model.hidden_sizes: unknown key",
-    "hardware-unknown-preset.toml": "hardware.preset: unknown GPU preset (known: H100, H800, H200, B200, A100)",
+    "hardware-unknown-preset.toml": "hardware.preset: unknown GPU preset; did you mean 'H800'? (known: H100, H800, H200, B200, A100)",
     "parallel-without-model.toml": "parallel: only applies with a [model] section",
     "recompute-unknown.toml": "memory.recompute: input should be 'none', 'selective', 'full' or 'deepseek'",
     "step-grad-sync-word.toml": 'step.grad_sync: must be a time in ms, a per-stage list, or "derived"',
     "step-derived-without-model.toml": 'step.cross_copy_sync: "derived" needs the [model] and [hardware] sections',
+    # Issue 25's hostile pass: chunk.file, layouts with empty stages, files that never end,
+    # near-miss names, times past what charts can scale.
+    "activation-overflow.toml": "costs: durations too large to simulate: per_rank.0.peak_activation_bytes comes out as inf",
+    "chunk-file-dev-zero.toml": "chunk.file: /dev/zero: more than 16.8 MB, too large to be one",
+    "chunk-file-directory.toml": "chunk.file: cannot read",
+    "chunk-file-empty.toml": "chunk.file: must be the path of a TOML file with a [chunk] table, got ''",
+    "chunk-file-missing.toml": "no-such-chunk.toml: file not found",
+    "chunk-file-no-table.toml": "empty.toml: has no [chunk] table",
+    "chunk-file-number.toml": "chunk.file: must be the path of a TOML file with a [chunk] table, got 3",
+    "chunk-file-self.toml": "chunk-file-self.toml: includes another file (chunk.file); one level only",
+    "chunk-order-twice.toml": "chunk.order.compute: must list each compute component once",
+    "hardware-efficiency-over-one.toml": "hardware.efficiency: input should be less than or equal to 1, got 2",
+    "hardware-efficiency-zero.toml": "hardware.efficiency: input should be greater than 0, got 0",
+    "hardware-hbm-negative.toml": "hardware.hbm: input should be greater than 0, got -1",
+    "hardware-preset-empty.toml": "hardware.preset: unknown GPU preset (known: H100, H800, H200, B200, A100), got ''",
+    "hardware-preset-lowercase.toml": "hardware.preset: unknown GPU preset; did you mean 'H100'?",
+    "hardware-preset-number.toml": "hardware.preset: input should be a valid string, got 100",
+    "model-config-dev-zero.toml": "model.config: /dev/zero: more than 16 MiB, too large to be a model config",
+    "model-layout-empty-stage.toml": "parallel.layout: stage 0 would hold no layer, head or MTP module",
+    "model-layout-empty-string.toml": "parallel.layout: '' has 1 stages, pipeline.stages is 2",
+    "model-layout-string-empty-stage.toml": "parallel.layout: stage 1 would hold no layer, head or MTP module",
+    "model-micro-batch-negative.toml": "model.micro_batch_size: input should be greater than or equal to 1, got -1",
+    "model-more-stages-than-layers.toml": "use at most 4 stages (the model has 4 layers, num_hidden_layers)",
+    "model-seq-length-huge.toml": "model.seq_length: unable to parse input string as an integer",
+    "p2p-overflow.toml": "costs: durations too large to simulate: makespan comes out as inf",
+    "parallel-data-zero.toml": "parallel.data: input should be greater than or equal to 1, got 0",
+    "parallel-tensor-too-big.toml": "parallel.tensor: must divide the attention heads (4), got 8",
+    "parameters-list-short.toml": "memory.parameters: a per-stage list needs one value per stage (4), got 2",
+    "recompute-uppercase.toml": "memory.recompute: input should be 'none', 'selective', 'full' or 'deepseek', got 'FULL'",
+    "schedule-case.toml": "pipeline.schedule: unknown schedule 'DualPipe'; did you mean 'dualpipe'?",
+    "schedule-empty-string.toml": "pipeline.schedule: unknown schedule ''; known: 1f1b",
+    "step-buckets-zero.toml": "step.grad_sync_buckets: input should be greater than or equal to 1, got 0",
+    "step-optimizer-negative.toml": "step.optimizer: input should be greater than or equal to 0, got -1.0",
+    "step-optimizer-overflow.toml": "step: durations too large to simulate: the run ends at 100e306 ms, past 1e+305 ms",
     # Schedule files.
     "schedule-bad-kind.json": "op kind must be one of F, B, I, W or FB, got 'X'",
     "schedule-cycle.json": "schedule deadlocks: rank 0 is stuck at 0B1",  # waits on each other
@@ -117,6 +151,7 @@ EXPECT = {
 AS_PROCESS = [
     "bad-toml.toml", "deep-nesting.toml", "forward-nan.toml", "forward-overflow.toml", "huge-integer.toml", "too-big-for-memory.toml",
     "unknown-top-key.toml", "model-negative-size.toml", "schedule-cycle.json", "schedule-deep-nesting.json", "schedule-microbatches-huge.json",
+    "chunk-file-dev-zero.toml", "model-config-dev-zero.toml", "step-optimizer-overflow.toml",
 ]  # fmt: skip
 WATCHDOG_SECONDS = 60
 
@@ -257,3 +292,49 @@ def test_library_run_refuses_an_oversized_own_schedule():
     big = registry.build("1f1b", 1, 8)  # 16 ops, on the scenario's one stage
     with pytest.raises(ScenarioError, match="the schedule file has 16 ops"):
         simulation.run(sc, big)
+
+
+# -- issue 25: hostile command lines and files that are not what they claim --------------------
+QUICK = str(ROOT / "scenarios" / "quickstart.toml")
+
+
+def _full_results(tmp_path: Path) -> list[str]:
+    """A results.csv that is a link to /dev/full (reads zeros forever, writes fail: no space)."""
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "results.csv").symlink_to("/dev/full")
+    return ["sweep", QUICK, "--grid", "pipeline.stages=2,4", "--out", str(out), "--resume", "--jobs", "1"]
+
+
+HOSTILE_COMMANDS = {
+    "run-out-empty": (lambda t: ["run", QUICK, "--out", ""], "--out: an empty path; give a folder"),
+    "sweep-out-blank": (lambda t: ["sweep", QUICK, "--grid", "pipeline.stages=2,4", "--out", " "],
+                        "--out: an empty path; give a folder"),
+    "run-scenario-dev-zero": (lambda t: ["run", "/dev/zero", "--out", str(t / "o")], "scenario /dev/zero: more than 16.8 MB"),
+    "schedule-file-dev-zero": (lambda t: ["run", QUICK, "--schedule-file", "/dev/zero", "--out", str(t / "o")],
+                               "--schedule-file: /dev/zero: more than 268 MB"),
+    "resume-dev-full": (_full_results, "--resume: cannot resume"),
+    "memory-limit-negative": (lambda t: ["sweep", QUICK, "--grid", "pipeline.stages=2,4", "--memory-limit", "-5GB",
+                                         "--out", str(t / "o")], "--memory-limit: must be a finite size > 0, got '-5GB'"),
+    "memory-limit-minus-inf": (lambda t: ["sweep", QUICK, "--grid", "pipeline.stages=2,4", "--memory-limit", "-inf",
+                                          "--out", str(t / "o")], "--memory-limit: expected a size in bytes"),
+    "chunk-file-set-list": (lambda t: ["run", QUICK, "--set", "chunk.file=[1, 2]", "--out", str(t / "o")],
+                            "chunk.file: must be the path of a TOML file with a [chunk] table, got [1, 2]"),
+    "run-schedule-case": (lambda t: ["run", QUICK, "--set", "pipeline.schedule=GPipe", "--out", str(t / "o")],
+                          "unknown schedule 'GPipe'; did you mean 'gpipe'?"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_COMMANDS))
+def test_hostile_command_lines_one_line_exit_2(name, tmp_path, capsys, monkeypatch):
+    make, fragment = HOSTILE_COMMANDS[name]
+    args = make(tmp_path)
+    monkeypatch.chdir(tmp_path)  # an --out that slipped through would land here
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with watchdog(WATCHDOG_SECONDS):
+        status = main(args)
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert fragment in captured.err, captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

@@ -248,7 +248,9 @@ def test_run_prints_memory_and_warns_over_hbm(tmp_path, capsys):
     mem = doc["per_rank"][0]["memory"]
     assert mem["parameters"] == 2 * stage0 and mem["gradients"] == 4 * stage0 and mem["optimizer"] == 12 * stage0
     assert mem["activations_peak"] == doc["per_rank"][0]["peak_activation_bytes"]
-    assert mem["total"] == pytest.approx(18 * stage0 + mem["activations_peak"])
+    # runtime: CUDA context 0.5 GB + the pipeline's NCCL communicator of 2 ranks (544 MiB) + 32 MiB workspace
+    assert mem["runtime"] == 0.5e9 + 544 * 2**20 + 32 * 2**20
+    assert mem["total"] == pytest.approx(18 * stage0 + mem["dynamic_peak"] + mem["runtime"])
     assert (tmp_path / "o" / "memory.png").stat().st_size > 0
 
 

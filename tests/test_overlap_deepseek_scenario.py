@@ -12,17 +12,42 @@ PRESET = Path(__file__).resolve().parent.parent / "scenarios" / "deepseek-v3.tom
 
 
 def test_preset_derives_chunk_costs():
-    """Per layer: forward 4.37 + 6.69 + 4.60 + 8.68 = 24.34, backward 5.77 + 5.31 +
-    5.06 + 7.49 + 9.34 + 2.39 = 35.36, weight 5.06 + 2.39 = 7.45; times 4 layers."""
+    """A middle stage (4 MoE layers), per layer: forward 4.37 + 6.69 + 4.60 + 8.68 = 24.34, backward
+    5.77 + 5.31 + 5.06 + 7.49 + 9.34 + 2.39 = 35.36, weight 5.06 + 2.39 = 7.45; times 4 layers."""
     sc = scenario.load(PRESET)
     assert (sc.pipeline.schedule, sc.pipeline.stages) == ("dualpipe", 16)
     c = sc.cost_model()
-    assert c.forward[0] == pytest.approx(97.36)
-    assert c.backward[0] == pytest.approx(141.44)
-    assert c.weight[0] == pytest.approx(29.8)
+    for s in range(1, 14):
+        assert c.forward[s] == pytest.approx(97.36)
+        assert c.backward[s] == pytest.approx(141.44)
+        assert c.weight[s] == pytest.approx(29.8)
     # The pair hides the backward's all-to-all that a lone backward exposes, so F&B can be
     # shorter than B alone; it cannot be shorter than its compute, 4 x 31.07 = 124.28.
-    assert c.forward[0] + c.backward[0] > c.overlapped[0] > 124.28
+    assert c.forward[1] + c.backward[1] > c.overlapped[1] > 124.28
+
+
+def test_preset_costs_the_first_and_last_stages_as_they_are():
+    """Stage 15 holds 3 MoE layers, the MTP module (one more MoE layer, the 2h -> h projection, the
+    shared head) and the head.  By hand, with the profiled layer and the preset's H800 figures at its
+    efficiency 0.324: a head's forward is 4,096 tokens x 2 x 7,168 x 129,280 FLOPs at the BF16 peak
+    989.4 TFLOP/s x 0.324 = 23.68 ms, the projection 4,096 x 2 x 2 x 7,168^2 at the FP8 peak 1,978.9 x
+    0.324 = 1.31 ms; input and weight gradients each as long again (recompute "deepseek" reruns
+    neither).  Stage 0 holds the embedding and the 3 dense layers: no all-to-all."""
+    sc = scenario.load(PRESET)
+    c = sc.cost_model()
+    head = 4096 * 2 * 7168 * 129280 / (989.4e12 * 0.324) * 1e3
+    proj = 4096 * 2 * 2 * 7168**2 / (1978.9e12 * 0.324) * 1e3
+    extra = 2 * head + proj
+    assert head == pytest.approx(23.68, abs=0.01) and proj == pytest.approx(1.31, abs=0.01)
+    assert c.forward[15] == pytest.approx(4 * 24.34 + extra)
+    assert c.backward[15] == pytest.approx(4 * 35.36 + 2 * extra)
+    assert c.weight[15] == pytest.approx(4 * 7.45 + extra)
+    assert c.chunk_of(15).layers == 4 and c.chunk_of(0).layers == 3
+    assert all(c.chunk_of(0).times[p] == 0 for p in (1, 3, 4, 7))  # the dispatch / combine parts
+    # so the ranks holding stages 0 and 15 are the busiest (DualPipe: rank r holds stages r and 15 - r)
+    m = simulation.run(scenario.load(PRESET, ["pipeline.microbatches=32"])).metrics
+    busy = [r.busy for r in m.per_rank]
+    assert busy[0] == busy[15] == max(busy) and busy[0] > 1.3 * busy[7]
 
 
 def test_dualpipe_hides_all_to_all_that_1f1b_exposes():
@@ -54,7 +79,19 @@ def test_preset_fits_the_80_gb_h800():
     assert mem.gradients == pytest.approx(4 * (dense + routed))
     assert mem.optimizer == pytest.approx(8 * (dense / 128 + routed / 2))
     assert m.per_rank[2].peak_activation == 17
-    assert mem.total == pytest.approx(mem.parameters + mem.gradients + mem.optimizer + mem.activations_peak)
+    # FP8 weights cast per use (the preset's fp8_weight_cache = false): per stage, its largest layer's
+    # linears on this rank, copy + transpose: MLA 187,107,328 - its two norms (1,536 + 512) + shared
+    # expert 44,040,192 + 4 routed experts 176,160,768 = 407,306,240 elements, x 2 bytes, 2 stages.
+    assert mem.fp8_weights == 2 * 2 * (187_107_328 - 2_048 + 44_040_192 + 176_160_768)
+    # All-to-all: one phase at a time on the rank, each a send + receive buffer of 4,096 tokens x 8
+    # copies x 7,168; the largest is a BF16 one (the FP8 phases take 1 + 4/128 bytes).
+    assert mem.a2a_buffers == 2 * 4096 * 8 * 7168 * 2
+    assert mem.activations_peak <= mem.dynamic_peak <= mem.activations_peak + mem.p2p_buffers + mem.a2a_buffers
+    # NCCL communicators: pipeline 16, data 128, expert 64 (688 MiB each), expert-data 2 (544 MiB)
+    assert mem.runtime == 0.5e9 + (3 * 688 + 544) * 2**20 + 32 * 2**20
+    assert mem.sharding_buffers == 0  # ZeRO 1
+    assert mem.total == pytest.approx(mem.parameters + mem.fp8_weights + mem.gradients + mem.optimizer
+                                      + mem.dynamic_peak + mem.runtime)  # fmt: skip
     assert m.device_memory == 80e9
     assert max(r.memory.total for r in m.per_rank) < 80e9
 

@@ -23,6 +23,10 @@ independently of the engine:
 * blocking P2P: a rank's next action starts only after the sends of the one
   before it have landed;
 * activation memory never goes negative and returns to zero on every rank;
+  each rank's peak (units and bytes) is a plain count over the hold intervals
+  (a forward's start to its backward's end) read off the trace's action times;
+* ``span``, ``span_idle`` and ``span_bubble_rate`` follow from the per-rank
+  compute intervals (longest span against the most busy rank);
 * makespan >= every rank's busy time and >= the critical path (longest chain
   of costs through data dependencies, P2P delays and each rank's order); with
   free communication (no link can queue) every action starts exactly at its
@@ -325,6 +329,36 @@ def check_invariants(raw: dict, result) -> None:
         assert abs(float(rows["bytes"].sum())) <= 1e-6 * max(1.0, float(np.abs(rows["bytes"]).max(initial=0)))
         forwards = sum(1 for a in schedule.ranks[r] for op in ops_of(a) if op.kind == "F")
         assert int((rows["units"] > 0).sum()) == forwards
+
+    # Peak activation, a plain count over hold intervals: a forward's activation is held from the
+    # start of the action running it until the end of the action running the backward (B, or I)
+    # of the same micro-batch, stage and direction; intervals are half-open, so one freed as the
+    # next is taken does not overlap it.
+    tol = 1e-9 * makespan
+    held = defaultdict(list)
+    for op, (r, i) in where.items():
+        if op[0] == "F":
+            back = [where[(k, *op[1:])] for k in ("B", "I") if (k, *op[1:]) in where]
+            assert len(back) == 1 and back[0][0] == r, op
+            held[r].append((spans[(r, i)][0], spans[back[0]][1]))
+    activation = raw["memory"]["activation"]
+    for r in range(trace.ranks):
+        peak = max((sum(1 for a, b in held[r] if a <= t + tol and t < b - tol) for t, _ in held[r]), default=0)
+        assert metrics["per_rank"][r]["peak_activation"] == peak, r
+        assert close(metrics["per_rank"][r]["peak_activation_bytes"], peak * activation, peak * activation), r
+
+    # Span metrics from the per-rank compute intervals: span = first start to last end, the Zero
+    # Bubble paper's rate = (longest span - most busy rank's busy time) / longest span.
+    busy_of, span_of = [], []
+    for r in range(trace.ranks):
+        rows = [(float(x["start"]), float(x["end"])) for x in trace.compute if x["rank"] == r]
+        busy_of.append(sum(e - s for s, e in rows))
+        span_of.append(max(e for _, e in rows) - min(s for s, _ in rows) if rows else 0.0)
+        assert eps(metrics["per_rank"][r]["span"], span_of[r])
+        assert eps(metrics["per_rank"][r]["span_idle"], span_of[r] - busy_of[r])
+    longest = max(span_of)
+    rate = (longest - max(busy_of)) / longest if longest > 0 else 0.0
+    assert abs(metrics["span_bubble_rate"] - rate) <= 1e-9, (metrics["span_bubble_rate"], rate)
 
     # Critical path, computed from the schedule and the drawn costs alone.
     start, critical = earliest_starts(schedule, cost, p2p)

@@ -21,7 +21,10 @@ up-projections, so their outputs are not kept.  FP8 models (DeepSeek-V3) cache
 the inputs of FP8 linears in FP8 (1 byte), the attention output in E5M6
 (1.5 bytes), each with an fp32 scale per 128 values, and the MoE SwiGLU input
 in FP8 with its output recomputed (report Sec. 3.3.1-3.3.3).  Tensor parallelism with sequence parallelism divides
-everything by ``tp``.  docs/model.md walks through each count.
+everything by ``tp``; without it (``sp=False``) the tensors outside the tensor-parallel regions (norm
+inputs and outputs, residual dropout masks, MLA's latents, the router's input side, a checkpointed
+layer input) are whole on every rank (Korthikanti et al. Sec. 4.2.2: ``s*b*h*(10 + 24/t)`` for GPT
+with selective recompute).  docs/model.md walks through each count.
 """
 
 from __future__ import annotations
@@ -33,13 +36,23 @@ POLICIES = ("none", "selective", "full", "deepseek")
 FP8_BYTES, E5M6_BYTES = 1.0 + 4 / 128, 1.5 + 4 / 128
 
 
+# Without sequence parallelism these are whole on every tensor-parallel rank (not divided by tp).
+OUTSIDE_TP = frozenset({
+    "layer input (checkpoint)", "norm1 input", "qkv input (norm1 output)", "q input (norm1 output)",
+    "q_a input (norm1 output)", "q latent (q_a_layernorm input)", "q_b input (q_a_layernorm output)",
+    "kv latent + rope key (kv_a output)", "kv_b input (kv_a_layernorm output)",
+    "attention residual dropout mask", "norm2 input", "mlp input (norm2 output)",
+    "router probabilities (fp32)", "mlp dropout mask",
+})  # fmt: skip
+
+
 def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
-          tp: int = 1) -> dict[str, float]:  # fmt: skip
+          tp: int = 1, sp: bool = True) -> dict[str, float]:  # fmt: skip
     """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences."""
     h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
     sb = s * b
     if policy == "full":
-        return {"layer input (checkpoint)": act * sb * h / tp}
+        return {"layer input (checkpoint)": act * sb * h / (tp if sp else 1)}
     drop_norm = policy == "deepseek"
     eager = cfg.model_type == "gpt2"  # Korthikanti's setting: scores materialised
     lin = FP8_BYTES if cfg.fp8 else act  # what a linear's cached input costs
@@ -99,31 +112,34 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
         out["down input (SwiGLU output)"] = lin * sb * cfg.intermediate_size
     if cfg.dropout:
         out["mlp dropout mask"] = 1.0 * sb * h
-    return {name: v / tp for name, v in out.items() if v}
+    return {name: v / (tp if sp or name not in OUTSIDE_TP else 1) for name, v in out.items() if v}
 
 
 def layer_total(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
-                tp: int = 1) -> float:  # fmt: skip
-    return float(sum(layer(cfg, i, s, b, policy, act, tp).values()))
+                tp: int = 1, sp: bool = True) -> float:  # fmt: skip
+    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp).values()))
 
 
-def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1) -> float:
+def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1, sp: bool = True) -> float:
     """The first stage's own activations: the embedding dropout mask (GPT-2); a lookup saves nothing else."""
-    return (1.0 * s * b * cfg.hidden_size if cfg.dropout else 0.0) / tp
+    return (1.0 * s * b * cfg.hidden_size if cfg.dropout else 0.0) / (tp if sp else 1)
 
 
-def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1) -> float:
-    """The last stage's own activations: final-norm input and output, and the float32 logits
-    the cross-entropy keeps (Korthikanti et al. Sec. 4.3)."""
-    return (2 * act * s * b * cfg.hidden_size + 4.0 * s * b * cfg.vocab_size) / tp
+def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1, sp: bool = True) -> float:
+    """The last stage's own activations: final-norm input and output (whole on every rank without
+    sequence parallelism), and the float32 logits the cross-entropy keeps, split over the vocabulary
+    (Korthikanti et al. Sec. 4.3)."""
+    return 2 * act * s * b * cfg.hidden_size / (tp if sp else 1) + 4.0 * s * b * cfg.vocab_size / tp
 
 
-def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1) -> float:
+def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1,
+               sp: bool = True) -> float:  # fmt: skip
     """One MTP module: its two norm inputs, the projection input, one layer and the shared head."""
     proj = 0.0 if policy in ("deepseek", "full") else act * s * b * 2 * cfg.hidden_size
+    whole = tp if sp else 1  # norm inputs and the projection input sit outside tensor parallelism
     return (
-        2 * act * s * b * cfg.hidden_size / tp
-        + proj / tp
-        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp)
-        + head(cfg, s, b, act, tp)
+        2 * act * s * b * cfg.hidden_size / whole
+        + proj / whole
+        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp)
+        + head(cfg, s, b, act, tp, sp)
     )

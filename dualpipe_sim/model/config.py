@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import limits
+
 
 class ModelError(ValueError):
     """A model config breaks a rule; the message names the field."""
@@ -287,8 +289,10 @@ def read_raw(path: str | Path) -> dict:
     """A config.json file's fields, unchecked (errors name the file)."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+        raw = json.loads(limits.read_text(path))  # size-capped: /dev/zero is not a config
         problem = None if isinstance(raw, dict) else "expected a JSON object of config fields"
+    except limits.TooBig:
+        problem = f"more than {limits.MAX_SCENARIO_BYTES // 1024**2} MiB, too large to be a model config"
     except FileNotFoundError:
         problem = "model config file not found"
     except (OSError, UnicodeDecodeError) as exc:

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activations, collectives, config, flops, kernels, layout, memory, params
+from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -98,6 +98,8 @@ class StageFigures:
     forward: float | None = None  # ms
     backward: float | None = None
     weight: float | None = None
+    sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
+    fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
 
 
 @dataclass
@@ -180,7 +182,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
     # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
         par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
-        optimizer,
+        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache,
     )
     hw, eff, overhead, rates = None, 0.4, 0.0, None
     section = scenario.hardware
@@ -318,25 +320,47 @@ def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
     return f, i, w
 
 
-def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None) -> tuple[int, LayerTimes]:
-    """A stage's [chunk] under the kernel model: the component sums of its layers, embedding, head
-    and MTP modules, spread evenly over its MoE layers (the all-to-all is per MoE layer, so it stays
-    exact; the extra compute is shared out between them).  A stage without MoE layers: its layers
-    (at least 1), no all-to-all."""
+def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
+                moe_times: LayerTimes | None = None) -> tuple[int, LayerTimes]:  # fmt: skip
+    """A stage's [chunk]: the component sums of its layers, embedding, head and MTP modules, spread
+    evenly over its MoE layers (the all-to-all is per MoE layer, so it stays exact; the extra compute
+    is shared out between them).  A stage without MoE layers: its layers (at least 1), no all-to-all.
+    ``moe_times``: a hand-typed MoE layer (a [chunk] table) instead of the derived one."""
     cfg = st.cfg
     per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
     totals: dict[str, float] = {}
-    for i in stage.layers:
+
+    def add(parts) -> None:
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v
+
+    for i in stage.layers + (cfg.num_layers,) * stage.mtp:  # an MTP module runs one more layer
         key = cfg.is_moe_layer(i)
+        if moe_times is not None and key:
+            add(vars(moe_times))
+            continue
         if key not in per_layer:
             per_layer[key] = layer_times(st, i)
-        for k, v in vars(per_layer[key]).items():
-            totals[k] = totals.get(k, 0.0) + v
-    for k, v in kernels.by_component(extra_kernels(st, stage)).items():
-        totals[k] = totals.get(k, 0.0) + v
+        add(vars(per_layer[key]))
+    add(module_components(st, stage))
     moe = sum(cfg.is_moe_layer(i) for i in stage.layers) + stage.mtp
     layers = moe or max(1, len(stage.layers))
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
+
+
+def module_components(st: Setup, stage: layout.Stage) -> dict[str, float]:
+    """ms per [chunk] component of a stage's embedding, head and MTP modules, their layers left out."""
+    if st.rates is not None:
+        rows = extra_kernels(st, layout.Stage((), stage.embedding, stage.head))
+        for _ in range(stage.mtp):
+            rows += kernels.mtp_projection(st.cfg, st.rates, st.layout) + kernels.head(st.cfg, st.rates, st.layout)
+        return kernels.by_component(rows)
+    cfg, sh = st.cfg, st.sharding
+    head = _head_ms(st) * (int(stage.head) + stage.mtp)
+    proj = stage.mtp * _ms(st.tokens / sh.tensor * 2.0 * 2 * cfg.hidden_size**2, st.hw.peak(cfg.fp8), st.efficiency)
+    extra = head + proj  # as extra_times: its input gradient and weight gradient each as long again
+    redo = extra if st.policy == "full" else 0.0
+    return {"mlp_forward": extra, "mlp_backward_input": extra + redo, "mlp_backward_weight": extra}
 
 
 def _head_ms(st: Setup) -> float:
@@ -345,8 +369,66 @@ def _head_ms(st: Setup) -> float:
 
 
 # -- per stage -----------------------------------------------------------------------
+def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
+    """A stage's static bytes per rank (FP8 copies included) and its ZeRO 2/3 sharding buffers."""
+    cfg, sh = st.cfg, st.sharding
+    units = [(params.layer(cfg, i), params.linear_weights(cfg, i)) for i in stage.layers]
+    if stage.mtp:
+        mtp = params.mtp_module(cfg)
+        units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
+    dense = sum(p.dense for p, _ in units) + (params.embedding(cfg) if stage.embedding else 0)
+    dense += params.head(cfg) if stage.head else 0
+    routed = sum(p.routed for p, _ in units)
+    fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
+    # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
+    sizes = [(p.dense, p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
+    sizes += [(n, 0, 0.0) for n, here in ((params.embedding(cfg), stage.embedding), (params.head(cfg), stage.head)) if here]
+    biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.expert, default=(0, 0, 0.0))
+    fp8_unit = max((u[2] for u in sizes), default=0.0)
+    return (memory.stage_static(dense, routed, sh, fp8_dense, fp8_routed, fp8_unit),
+            memory.sharding_buffers(*biggest, sh))  # fmt: skip
+
+
+def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list[fsdp.Unit]:
+    """A stage's FSDP units in forward order with their compute (``times``: its layers'; the
+    embedding, head and MTP modules as extra_times costs them) and their all-gather /
+    reduce-scatter times over the data-parallel group (collectives.py with a preset's kernel
+    rates, else a ring over the NIC bandwidth)."""
+    cfg, sh, hw = st.cfg, st.sharding, st.hw
+
+    def collective(op: str, nbytes: float, ranks: float) -> float:
+        if st.rates is None:
+            return fsdp.ring_ms(nbytes, ranks, hw.a2a_gbps)
+        link = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+        return collectives.time(op, nbytes, int(ranks), st.rates, link) * 1e3
+
+    def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
+        def ms(op: str, per_param: float) -> float:
+            return (collective(op, per_param * dense / sh.tensor, sh.data)
+                    + collective(op, per_param * routed / sh.expert, sh.expert_data))  # fmt: skip
+
+        return fsdp.Unit(forward, backward, ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes))
+
+    def extra(**part) -> tuple[float, float]:
+        f, i, w = extra_times(st, layout.Stage((), **part))
+        return f, i + w
+
+    units = [unit(*extra(embedding=True), params.embedding(cfg), 0)] if stage.embedding else []
+    for i, t in zip(stage.layers, times):
+        p = params.layer(cfg, i)
+        units.append(unit(t.forward, t.backward, p.dense, p.routed))
+    mtp = params.mtp_module(cfg)
+    units += [unit(*extra(mtp=1), mtp.dense, mtp.routed) for _ in range(stage.mtp)]
+    if stage.head:
+        units.append(unit(*extra(head=True), params.head(cfg), 0))
+    return units
+
+
 def derive(st: Setup) -> Derived:
     cfg, sh = st.cfg, st.sharding
+    if sh.zero >= 3 and cfg.moe and sh.expert > 1:
+        raise ModelError("parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet "
+                         "(the all-to-all component model has no data-parallel channel); use 0, 1 or 2")  # fmt: skip
     seq = st.seq // st.context  # each context-parallel rank keeps its share of the sequence
     args = (seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
@@ -355,19 +437,20 @@ def derive(st: Setup) -> Derived:
         lp = [params.layer(cfg, i) for i in stage.layers]
         dense = sum(p.dense for p in lp)
         routed = sum(p.routed for p in lp)
-        act = sum(activations.layer_total(cfg, i, *args) for i in stage.layers)
+        act = sum(activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in stage.layers)
         if stage.embedding:
             dense += params.embedding(cfg)
-            act += activations.embedding(cfg, seq, st.mb, sh.tensor)
+            act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
             dense += params.head(cfg)
-            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor)
+            act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor, sp=st.sequence_parallel)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
-            act += stage.mtp * activations.mtp_module(cfg, *args)
-        fig = StageFigures(dense, routed, act, memory.stage_static(dense, routed, sh))
+            act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
+        static, sharding_buffers = _stage_memory(st, stage)
+        fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []
             for i in stage.layers:
@@ -383,6 +466,10 @@ def derive(st: Setup) -> Derived:
             fig.forward += f
             fig.backward += i_ + w
             fig.weight += w
+            if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
+                fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times))
+                fig.forward += fig.fsdp_exposed[0]
+                fig.backward += fig.fsdp_exposed[1]
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:

@@ -440,15 +440,20 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     return tb.rows
 
 
-def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
-    """One DeepSeek-V3 MTP module: two norms, the 2h -> h projection, one layer and the shared head."""
+def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """An MTP module's own kernels: its two norms and the 2h -> h projection."""
     tb = Table(rates, lay, cfg)
     n, h, ab, t = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor
     tb.memory("mtp norms", "attn_forward", 2 * 2 * n / t * h * ab)
     tb.gemm("mtp projection", "attn_forward", n, h // t, 2 * h)
     tb.gemm("mtp projection dgrad", "attn_backward_input", n, 2 * h, h // t)
     tb.gemm("mtp projection wgrad", "attn_backward_weight", 2 * h, h // t, n)
-    return tb.rows + layer(cfg, cfg.num_layers, rates, lay) + head(cfg, rates, lay)
+    return tb.rows
+
+
+def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
+    """One DeepSeek-V3 MTP module: two norms, the 2h -> h projection, one layer and the shared head."""
+    return mtp_projection(cfg, rates, lay) + layer(cfg, cfg.num_layers, rates, lay) + head(cfg, rates, lay)
 
 
 def by_component(rows: list[Kernel]) -> dict[str, float]:

@@ -56,7 +56,21 @@ def _expand(text: str) -> str:
 
 
 def parse(spec, num_layers: int, stages: int, mtp_layers: int = 0) -> list[Stage]:
-    """The stages for ``spec`` (None, a list of counts or a Megatron string); ModelError names what is wrong."""
+    """The stages for ``spec`` (None, a list of counts or a Megatron string); ModelError names what is
+    wrong.  A stage with nothing to compute (no layer, head or MTP module) is refused: its forward
+    and backward would take 0 ms, and durations are > 0."""
+    out = _parse(spec, num_layers, stages, mtp_layers)
+    empty = [s for s, st in enumerate(out) if not st.layers and not st.head and not st.mtp]
+    if empty:
+        which = f"stage {empty[0]}" if len(empty) == 1 else f"{len(empty)} stages ({', '.join(map(str, empty[:5]))}" + \
+            (", ..." if len(empty) > 5 else "") + ")"
+        how = (f"use at most {num_layers} stages (the model has {num_layers} layers, num_hidden_layers)"
+               if spec is None else "give every stage at least one layer")
+        raise ModelError(f"parallel.layout: {which} would hold no layer, head or MTP module (nothing to compute); {how}")
+    return out
+
+
+def _parse(spec, num_layers: int, stages: int, mtp_layers: int) -> list[Stage]:
     if spec is None:
         base, extra = divmod(num_layers, stages)
         counts = [base + (1 if 1 <= s <= extra else 0) for s in range(stages)]  # extra < stages

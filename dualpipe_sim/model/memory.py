@@ -8,6 +8,17 @@ its routed experts are split over ``expert`` ranks and replicated over the
 expert-data-parallel group of ``data x tensor / expert`` ranks (Megatron's
 layout with expert tensor parallelism 1).  Optimizer bytes per parameter:
 an fp32 master copy (if kept) plus Adam's two moments.
+
+Gradients are Megatron-core's gradient buffer (``main_grad``, ``grads_dtype``):
+whole under DDP (ZeRO 0) and the distributed optimizer (ZeRO 1, which
+reduce-scatters in place), sharded under ZeRO 2 and FSDP (ZeRO 3), which then
+need unsharded per-layer buffers while a layer's gradients are reduce-scattered
+(and, under ZeRO 3, while its parameters are all-gathered):
+:func:`sharding_buffers`.  FP8 linears keep an FP8 copy of their weights and
+its transpose (Transformer Engine's weight cache across micro-batches).
+:func:`runtime_allowance` is what the process holds besides tensors: CUDA
+context, NCCL buffers per process group, the cuBLAS/TE workspace.
+docs/model.md, "Memory per rank", gives the figures and their sources.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ class Sharding:
     params_bytes: float = 2.0
     grads_bytes: float = 4.0
     optimizer_bytes: float = 12.0  # per parameter: master (4) + two moments (4 + 4)
+    fp8: bool = False  # FP8 linears: an FP8 weight copy and its transpose per linear weight
+    fp8_weight_cache: bool = True  # keep the FP8 copies across micro-batches (Transformer Engine); else cast per use
 
     @property
     def expert_data(self) -> float:
@@ -35,38 +48,97 @@ class Static:
     parameters: float
     gradients: float
     optimizer: float
+    fp8_weights: float = 0.0  # FP8 copy + transpose of the FP8 linears' weights
 
     @property
     def total(self) -> float:
-        return self.parameters + self.gradients + self.optimizer
+        return self.parameters + self.gradients + self.optimizer + self.fp8_weights
 
     def __add__(self, other: "Static") -> "Static":
         return Static(self.parameters + other.parameters, self.gradients + other.gradients,
-                      self.optimizer + other.optimizer)  # fmt: skip
+                      self.optimizer + other.optimizer, self.fp8_weights + other.fp8_weights)  # fmt: skip
 
 
-def stage_static(dense: int, routed: int, sh: Sharding) -> Static:
-    """Bytes one rank holds for one stage with ``dense`` and ``routed`` parameters (whole model counts)."""
-    d, r = dense / sh.tensor, routed / sh.expert  # this rank's share before ZeRO
+# Transformer Engine keeps, per FP8 linear, the weight cast to FP8 and its transpose (Hopper's
+# FP8 GEMMs take one layout, so the backward needs the other): 1 + 1 bytes per weight element.
+FP8_WEIGHT_BYTES = 2.0
+UNITS_IN_FLIGHT = 2  # FSDP: the layer computing and the one prefetched (or being reduce-scattered)
+
+
+def _per_rank(dense: float, routed: float, sh: Sharding) -> float:
+    """Elements one rank holds of ``dense`` and ``routed`` whole-model parameters (before ZeRO)."""
+    return dense / sh.tensor + routed / sh.expert
+
+
+def _shard(dense: float, routed: float, sh: Sharding) -> float:
+    return dense / sh.tensor / sh.data + routed / sh.expert / sh.expert_data
+
+
+def stage_static(dense: int, routed: int, sh: Sharding, fp8_dense: int = 0, fp8_routed: int = 0,
+                 fp8_unit: float = 0.0) -> Static:  # fmt: skip
+    """Bytes one rank holds for one stage with ``dense`` and ``routed`` parameters (whole model counts),
+    ``fp8_dense`` and ``fp8_routed`` of them the weights of FP8 linears (used when ``sh.fp8``), and
+    ``fp8_unit`` the FP8-linear elements per rank of its largest layer."""
 
     def kept(per_param: float, sharded: bool) -> float:
-        return per_param * (d / sh.data + r / sh.expert_data if sharded else d + r)
+        return per_param * (_shard(dense, routed, sh) if sharded else _per_rank(dense, routed, sh))
 
+    fp8 = 0.0
+    if sh.fp8 and (sh.zero < 3 or sh.data == 1):  # under ZeRO 3 only gathered layers have copies (sharding_buffers)
+        # cached: every linear's copy all step; cast per use: the layer computing's copy
+        fp8 = FP8_WEIGHT_BYTES * (_per_rank(fp8_dense, fp8_routed, sh) if sh.fp8_weight_cache else fp8_unit)
     return Static(
         parameters=kept(sh.params_bytes, sh.zero >= 3),
         gradients=kept(sh.grads_bytes, sh.zero >= 2),
         optimizer=kept(sh.optimizer_bytes, sh.zero >= 1),
+        fp8_weights=fp8,
     )
 
 
-def per_rank(stage_static: list[Static], stages_on_rank: list[list[int]], activations_peak: list[float]) -> list[dict]:
+def sharding_buffers(unit_dense: float, unit_routed: float, unit_fp8: float, sh: Sharding) -> float:
+    """Unsharded buffers ZeRO 2 and 3 hold besides their shards, for the largest FSDP unit (one
+    layer, the embedding or the head: ``unit_*`` whole-model counts, ``unit_fp8`` already per rank):
+    ZeRO >= 2 the unit's whole gradient while it is reduce-scattered, ZeRO 3 also its gathered
+    parameters (and their FP8 copies); two units at a time (the one computing, the one in flight)."""
+    if sh.zero < 2:
+        return 0.0
+    # a part sharded over one rank is whole already: nothing to gather or reduce-scatter
+    dense, routed = (unit_dense if sh.data > 1 else 0), (unit_routed if sh.expert_data > 1 else 0)
+    per_param = sh.grads_bytes + (sh.params_bytes if sh.zero >= 3 else 0.0)
+    fp8 = FP8_WEIGHT_BYTES * unit_fp8 if sh.fp8 and sh.zero >= 3 and sh.data > 1 else 0.0
+    return UNITS_IN_FLIGHT * (per_param * _per_rank(dense, routed, sh) + fp8)
+
+
+# What a training process holds besides its tensors (docs/model.md, "Runtime allowance").
+CUDA_CONTEXT = 0.5e9  # assumption: CUDA 12 context with lazy module loading on a Hopper GPU
+NCCL_PAIR_GROUP = 544 * 2**20  # one NCCL communicator of two ranks (NVIDIA/nccl#964, A100 NVLink)
+NCCL_GROUP = 688 * 2**20  # one NCCL communicator of more than two ranks (same measurement)
+WORKSPACE_HOPPER, WORKSPACE_OLDER = 32 * 2**20, 4 * 2**20  # cuBLAS workspace NVIDIA recommends
+
+
+def runtime_allowance(group_sizes: list[int], hopper: bool = True) -> float:
+    """CUDA context + one NCCL communicator per process group of more than one rank + the GEMM workspace."""
+    nccl = sum(NCCL_PAIR_GROUP if n == 2 else NCCL_GROUP for n in group_sizes if n > 1)
+    return CUDA_CONTEXT + nccl + (WORKSPACE_HOPPER if hopper else WORKSPACE_OLDER)
+
+
+def per_rank(stage_static: list[Static], stages_on_rank: list[list[int]], activations_peak: list[float],
+             buffers: list[dict] | None = None, stage_buffers: list[float] | None = None,
+             runtime: float = 0.0) -> list[dict]:  # fmt: skip
     """metrics.json's ``per_rank[].memory``: bytes per rank; ``total`` is the rank's peak of
-    everything together (static memory is held all along, so it is static + the activation peak)."""
+    everything together.  Static memory (parameters, gradients, optimizer, FP8 copies), the
+    sharding buffers and the runtime allowance are held all along; activations, P2P and
+    all-to-all buffers come and go, so the total adds their joint peak (``buffers[r]``:
+    ``{"p2p", "a2a", "joint"}``, from model/buffers.py; without it the activation peak alone)."""
     out = []
-    for held, peak in zip(stages_on_rank, activations_peak):
+    for r, (held, peak) in enumerate(zip(stages_on_rank, activations_peak)):
         st = sum((stage_static[s] for s in held), Static(0.0, 0.0, 0.0))
+        dyn = buffers[r] if buffers else {"p2p": 0.0, "a2a": 0.0, "joint": peak}
+        sharding = max((stage_buffers[s] for s in held), default=0.0) if stage_buffers else 0.0
         out.append({"parameters": st.parameters, "gradients": st.gradients, "optimizer": st.optimizer,
-                    "activations_peak": peak, "total": st.total + peak})  # fmt: skip
+                    "activations_peak": peak, "total": st.total + sharding + dyn["joint"] + runtime,
+                    "fp8_weights": st.fp8_weights, "sharding_buffers": sharding, "p2p_buffers": dyn["p2p"],
+                    "a2a_buffers": dyn["a2a"], "dynamic_peak": dyn["joint"], "runtime": runtime})  # fmt: skip
     return out
 
 

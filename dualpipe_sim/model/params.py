@@ -140,3 +140,30 @@ def totals(cfg: ModelConfig) -> Totals:
         mtp=cfg.mtp_layers * mtp_module(cfg).total,
         by_kind=kinds,
     )
+
+
+def _ffn_weights(cfg: ModelConfig, width: int) -> int:
+    return (2 if cfg.ffn == "gelu" else 3) * cfg.hidden_size * width
+
+
+def linear_weights(cfg: ModelConfig, i: int) -> tuple[int, int]:
+    """(dense, routed) weight elements of layer ``i``'s linears: what FP8 GEMMs read (norms, biases
+    and the router stay in higher precision, DeepSeek-V3 report Sec. 3.3)."""
+    h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
+    if cfg.mla:
+        q = h * cfg.q_lora_rank + cfg.q_lora_rank * a * cfg.qk_head_dim if cfg.q_lora_rank else h * a * cfg.qk_head_dim
+        nope = cfg.qk_head_dim - cfg.qk_rope_head_dim
+        attn = q + h * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank * a * (nope + cfg.v_head_dim)
+        attn += a * cfg.v_head_dim * h
+    else:
+        attn = h * a * cfg.qk_head_dim + 2 * h * kv * cfg.qk_head_dim + a * cfg.v_head_dim * h
+    if not cfg.is_moe_layer(i):
+        return attn + _ffn_weights(cfg, cfg.intermediate_size), 0
+    shared = _ffn_weights(cfg, cfg.shared_intermediate_size) if cfg.shared_intermediate_size else 0
+    return attn + shared, cfg.num_experts * _ffn_weights(cfg, cfg.moe_intermediate_size)
+
+
+def mtp_linear_weights(cfg: ModelConfig) -> tuple[int, int]:
+    """One MTP module's linears: its layer's and the 2h -> h projection's."""
+    dense, routed = linear_weights(cfg, cfg.num_layers)
+    return dense + 2 * cfg.hidden_size**2, routed

@@ -74,9 +74,10 @@ PRESETS: dict[str, KernelRates] = {
     "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(3196e12, 0.0, 5.25e-6),
                         562e12 * 1579 / 836, 500e12 * 1579 / 836, 390.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9,
                         _NIC_NDR, _LATENCY),  # fmt: skip
-    # sm_80: no GEMM table reached: sm_90's fitted shape at its fraction of the datasheet peak (836 / 989.4);
-    # FA2's forward+backward rate for both passes; NCCL all-reduce bus bandwidth 8 x A100 (Azure nccl-tests):
-    # 230 GB/s; HDR 200 Gb/s NIC: half the NDR figure
-    "A100": KernelRates("A100", 108, GemmRates(312e12 * 836 / 989.4, 103, 5.54e-6), None, 193e12, 193e12, 480.0,
+    # sm_80: no per-shape GEMM table reached: sm_90's fitted shape, its peak scaled by the two GPUs' measured
+    # maximum achievable matmul FLOPS (stas00/ml-engineering's MAMF table: A100 SXM 271.2, H100 SXM 794.5
+    # TFLOP/s BF16); FA2's forward+backward rate for both passes; NCCL all-reduce bus bandwidth 8 x A100
+    # (Azure nccl-tests): 230 GB/s; HDR 200 Gb/s NIC: half the NDR figure
+    "A100": KernelRates("A100", 108, GemmRates(836e12 * 271.2 / 794.5, 103, 5.54e-6), None, 193e12, 193e12, 480.0,
                         2.039e12 * _HBM_FRACTION, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY),  # fmt: skip
 }

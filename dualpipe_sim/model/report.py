@@ -22,7 +22,7 @@ def summary(d: Derived) -> dict:
     t = params.totals(cfg)
     f = flops.per_token(cfg, st.seq)
     args = (st.seq // st.context, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
-    per_layer = [activations.layer_total(cfg, i, *args) for i in range(cfg.num_layers)]
+    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in range(cfg.num_layers)]
     stages = []
     for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
         row = {
@@ -37,10 +37,14 @@ def summary(d: Derived) -> dict:
             "parameter_bytes_per_rank": fig.static.parameters,
             "gradient_bytes_per_rank": fig.static.gradients,
             "optimizer_bytes_per_rank": fig.static.optimizer,
+            "fp8_weight_bytes_per_rank": fig.static.fp8_weights,
+            "sharding_buffer_bytes_per_rank": fig.sharding_buffers,
             "activation_bytes": fig.activation_bytes,
         }
         if fig.forward is not None:
             row.update(forward_ms=fig.forward, backward_ms=fig.backward, weight_ms=fig.weight)
+        if fig.fsdp_exposed is not None:  # ZeRO 3: part of forward_ms / backward_ms (model/fsdp.py)
+            row["fsdp_exposed_ms"] = {"forward": fig.fsdp_exposed[0], "backward": fig.fsdp_exposed[1]}
         stages.append(row)
     out = {
         "model_type": cfg.model_type,
@@ -205,7 +209,7 @@ def explain_lines(d: Derived) -> list[str]:
     kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
     for moe in kinds:
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
-        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor)
+        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel)
         lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
                      f"recompute {st.policy}:")
         lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]

@@ -7,7 +7,7 @@ type its block) never import the model package.  docs/step.md gives the formulas
 from __future__ import annotations
 
 from ..step import Throughput
-from . import collectives, derive, flops
+from . import collectives, derive, flops, params
 from .config import ModelError
 
 # Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
@@ -39,6 +39,9 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
       (hardware's inter-node per-GPU bandwidth): all-reduce 2(D-1)/D x bytes / bw,
       or with ZeRO >= 1 (sharded optimizer) reduce-scatter (D-1)/D x bytes / bw; the
       dense part over ``data`` ranks, the routed part over ``data x tensor / expert``.
+      With ZeRO >= 2 each FSDP unit's gradient is reduce-scattered after every backward
+      (model/fsdp.py), so what is left for the end of the step is the last backward's last
+      reduce-scatter: the stage's first unit (its embedding, else its first layer).
     * cross_copy_sync: an all-reduce between the two ranks holding the copies,
       2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
     * optimizer: an Adam step over the parameters the rank updates (sharded by ZeRO >= 1):
@@ -55,9 +58,14 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
     if key == "optimizer" and st.rates is None:
         raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
     out = []
-    for stage in scenario.derived().stages:
+    for where, stage in zip(st.stages, scenario.derived().stages):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         routed = stage.routed_params / sh.expert * sh.grads_bytes
+        if key == "grad_sync" and sh.zero >= 2:
+            first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
+            unit_dense, unit_routed = (params.embedding(st.cfg), 0) if where.embedding else (first.dense, first.routed)
+            dense = unit_dense / sh.tensor * sh.grads_bytes
+            routed = unit_routed / sh.expert * sh.grads_bytes
         if key == "optimizer":
             shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
             updated = stage.dense_params / sh.tensor * shard(sh.data) + stage.routed_params / sh.expert * shard(sh.expert_data)

@@ -43,6 +43,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch
 from matplotlib.path import Path
 from matplotlib.textpath import TextPath
+from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Affine2D
 
 from .. import units
@@ -295,7 +296,8 @@ def rank_axis(ax, ranks: int, t0: float, t1: float) -> None:
         autolim=False,
     )  # fmt: skip
     ax.set_xlabel("time (ms)")
-    ax.ticklabel_format(axis="x", useOffset=False, style="plain")  # 243,992 ms, not -8 + 2.44e5
+    # 243,992 ms, not -8 + 2.44e5; past 1e15 units' engineering form (800e18), not 21 digits per tick.
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: units.number(v)))
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 

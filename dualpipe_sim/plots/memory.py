@@ -15,6 +15,8 @@ activations are seen to be freed before the optimizer runs.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 from matplotlib.collections import LineCollection, PolyCollection
 
@@ -30,7 +32,7 @@ ROW_IN_MAX, ROW_IN_MIN = 0.62, 0.16
 
 
 def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float | None = None,
-                static: list[float] | None = None):  # fmt: skip
+                static: list[float] | None = None, static_words: str | None = None):  # fmt: skip
     """Draw on ``fig`` (one axes, placed to fill it); returns (axes, bytes per band height).
     ``static``: bytes per rank under the activations (default: the trace's parameter bytes)."""
     ax = fig.add_subplot()
@@ -93,15 +95,19 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
                  f"at t={units.duration(t_top[i])}")
     else:
         where = "no ranks"
-    grey = "parameters, gradients, optimizer states" if full else "parameters"
-    parts = f"{grey} (grey) + activations (blue)" if any(static) else "activations"
+    grey = (static_words or "parameters, gradients, optimizer states") if full else "parameters"
+    # the static terms on a line of their own: with every memory term they no longer fit beside the rest
+    parts = "static (grey) + activations (blue)" if any(static) else "activations"
+    grey_line = f"grey: {grey}\n" if any(static) else ""
     cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
     if len(trace.step):
         _shade_step(ax, trace.step)
-    shaded = "; shaded: grad sync (green), cross-copy sync (teal), optimizer (olive)" if len(trace.step) else ""
+    # Its own line: beside the rest it ran past the figure's right edge.
+    shaded = "\nshaded: grad sync (green), cross-copy sync (teal), optimizer (olive)" if len(trace.step) else ""
     fig.suptitle(
         (title + "\n" if title else "")
-        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}{shaded}\n"
+        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n{grey_line}"
+        + (shaded[1:] + "\n" if shaded else "")
         + f"dot = the rank's activation peak, labelled activations alive ({unit}); {where}",
         fontsize=10, x=0.01, ha="left",
     )  # fmt: skip
@@ -122,15 +128,21 @@ def _shade_step(ax, step: np.ndarray) -> None:
 def save_memory(trace: Trace, metrics, path, capacity: float | None = None) -> None:
     ranks = max(trace.ranks, 1)
     row = float(np.clip(8.0 / ranks, ROW_IN_MIN, ROW_IN_MAX))
-    fig = canvas.new_figure(12, 1.5 + 0.5 + row * ranks)
-    canvas.place(fig, left=0.8, right=0.3, top=0.95, bottom=0.5)
+    extra = 0.2 if len(trace.step) else 0.0  # a fourth title line
+    fig = canvas.new_figure(12, 1.5 + 0.5 + extra + row * ranks)
+    canvas.place(fig, left=0.8, right=0.3, top=0.95 + extra, bottom=0.5)
     title = (
         f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
         f"{metrics.microbatches} micro-batches"
     )
     # With a [model], the static memory is all of it and the capacity the device's (metrics.json).
     mem = [r.memory for r in metrics.per_rank]
-    static = [m.parameters + m.gradients + m.optimizer for m in mem] if all(mem) and mem else None
+    # Everything per_rank[].memory counts but the activation peak (a term added there is counted here).
+    static = [m.total - m.activations_peak for m in mem] if all(mem) and mem else None
+    words = None
+    if static is not None:
+        names = [k for k in asdict(mem[0]) if k not in ("total", "activations_peak")]
+        words = ", ".join(n.replace("_", " ") + (" states" if n == "optimizer" else "") for n in names)
     capacity = capacity if capacity is not None else metrics.device_memory
-    draw_memory(fig, trace, title=title, capacity=capacity, static=static)
+    draw_memory(fig, trace, title=title, capacity=capacity, static=static, static_words=words)
     canvas.save(fig, path)

@@ -10,9 +10,12 @@ Plotly (plotly.js, embedded whole in the page: no server, no network) draws
   phases only up to :data:`MAX_A2A_BARS`; each op's hover lists them anyway).  A
   comparison puts every schedule's ranks on one time axis, one block of rows
   per schedule;
-* the memory timeline per rank (parameters + activations, a step line per
-  rank), with the device capacity as a dashed line when it is known;
-* the metrics table (Metrics.scalars(), one row per schedule).
+* the memory timeline per rank (a step line per rank: activations over
+  everything else the rank holds, with a [model] every term of
+  ``per_rank[].memory``, so its peak is ``memory.total``), with the device
+  capacity as a dashed line when it is known;
+* the metrics table (Metrics.scalars(), one row per metric, one column per
+  schedule; ratios as percentages).
 
 Only plotly.js is taken from the ``plotly`` Python package (the ``html``
 extra); figures are written as plain plotly.js JSON, so no plotly Python
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import asdict
 from importlib import resources
 
 import numpy as np
@@ -34,6 +38,7 @@ from .. import units
 from ..costs import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ..rules import KIND_CODES, KIND_NAMES
+from ..scenario import activation_bytes_given
 from ..trace import A2A, Trace
 from .style import COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
 
@@ -151,36 +156,73 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: 
     return traces, len(ops)
 
 
-def memory_traces(trace: Trace, label: str) -> list[dict]:
+def static_memory(metrics, rank: int) -> tuple[float, str]:
+    """(bytes, hover words) a rank holds besides its activations: with a [model], every term of
+    ``per_rank[].memory`` but the activation peak (read from the dict, so a new term is counted
+    as soon as metrics has it); without, the parameter bytes the trace knows."""
+    mem = metrics.per_rank[rank].memory if rank < len(metrics.per_rank) else None
+    if mem is None:
+        static = metrics.per_rank[rank].parameter_bytes if rank < len(metrics.per_rank) else 0.0
+        return static, f"parameters {units.nbytes(static)}"
+    terms = {k: v for k, v in asdict(mem).items() if k not in ("total", "activations_peak")}
+    # total = the rank's peak of everything: all but the activation peak is held the whole step.
+    static = mem.total - mem.activations_peak
+    return static, ", ".join(f"{k.replace('_', ' ')} {units.nbytes(v)}" for k, v in terms.items())
+
+
+def memory_traces(trace: Trace, label: str, metrics=None) -> list[dict]:
     out = []
     for r in range(trace.ranks):
         times, alive, nbytes = activation_levels(trace, r)
-        static = trace.parameter_bytes[r] if r < len(trace.parameter_bytes) else 0.0
+        if metrics is not None:
+            static, words = static_memory(metrics, r)
+        else:
+            static = trace.parameter_bytes[r] if r < len(trace.parameter_bytes) else 0.0
+            words = f"parameters {units.nbytes(static)}"
         x = np.append(times, trace.end)
         y = (np.append(nbytes, nbytes[-1]) + static) / 1e9
         out.append({
             "type": "scatter", "mode": "lines", "line": {"shape": "hv", "width": 1.2}, "name": f"{label} rank {r}",
             "x": x.tolist(), "y": y.tolist(),
-            "hovertemplate": f"{label} rank {r}<br>t %{{x}} ms<br>%{{y:.4g}} GB (parameters {units.nbytes(static)} + activations)<extra></extra>",
+            "hovertemplate": f"{label} rank {r}<br>t %{{x}} ms<br>%{{y:.4g}} GB ({words} + activations)<extra></extra>",
         })  # fmt: skip
     return out
 
 
+# results.csv names whose values are ratios in [0, 1]: shown as percentages.
+PERCENT_KEYS = ("bubble_ratio", "span_bubble_rate", "comm.overlap_ratio", "throughput.mfu")
+
+
+def _cell(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float) and key in PERCENT_KEYS:
+        return units.percent(v)
+    if isinstance(v, float) and (key.endswith("bytes") or key in ("memory.total", "device_memory")):
+        return units.nbytes(v)
+    return units.number(v) if isinstance(v, float) else str(v)
+
+
 def _table(results) -> str:
-    rows = [{"schedule": r.metrics.schedule, **r.metrics.scalars()} for r in results]
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-
-    def cell(key, v):
-        if v is None:
-            return "-"
-        if isinstance(v, float) and key.endswith("bytes"):
-            return units.nbytes(v)
-        return units.number(v) if isinstance(v, float) else str(v)
-
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(k, row.get(k)))}</td>" for k in keys) + "</tr>"
-                   for row in rows)  # fmt: skip
-    return f"<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    """Metrics.scalars() with one row per metric and one column per schedule (readable at any width)."""
+    rows = [r.metrics.scalars() for r in results]
+    for row, r in zip(rows, results):
+        if not activation_bytes_given(r.scenario):  # the 1-byte default: the bytes count stage-activations
+            row.update({k: "n/a" for k in ("peak_activation_bytes", "peak_memory_bytes")})
+    keys = [k for k in dict.fromkeys(k for row in rows for k in row) if any(row.get(k) is not None for row in rows)]
+    head = "<th>metric</th>" + "".join(f"<th>{html.escape(r.metrics.schedule)}</th>" for r in results)
+    body = "".join(f"<tr><th class=name>{html.escape(k)}</th>"
+                   + "".join(f"<td>{html.escape(_cell(k, row.get(k)))}</td>" for row in rows) + "</tr>"
+                   for k in keys)  # fmt: skip
+    note = ("<p>Times in ms; sizes decimal (1 GB = 10^9 bytes); per-rank figures are the maximum over ranks; "
+            "metrics every schedule leaves empty are not listed.")
+    if any(r.metrics.throughput is not None and r.metrics.throughput.step_source == "pipeline" for r in results):
+        note += (" Throughput (tokens/s, per GPU, MFU) is of the pipeline makespan alone: no [step] work, "
+                 "so gradient sync and the optimizer are left out.")
+    note += "</p>"
+    return f"{note}<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def report_html(results, capacity: float | None = None) -> str:
@@ -210,7 +252,7 @@ def report_html(results, capacity: float | None = None) -> str:
         expected += drawn
         ticks += [offset + r for r in range(trace.ranks)]
         names += [f"{label} rank {r}" if len(results) > 1 else f"rank {r}" for r in range(trace.ranks)]
-        memory += memory_traces(trace, label)
+        memory += memory_traces(trace, label, res.metrics)
         offset += trace.ranks + 1
     seen = set()
     for t in gantt:  # one legend entry per kind of bar, from whichever schedule has it first
@@ -223,14 +265,25 @@ def report_html(results, capacity: float | None = None) -> str:
         "yaxis": {"autorange": "reversed", "tickvals": ticks, "ticktext": names, "zeroline": False},
         "margin": {"l": 140, "r": 20, "t": 30, "b": 50}, "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom"},
     }  # fmt: skip
+    model = any(r.per_rank and r.per_rank[0].memory is not None for r in (res.metrics for res in results))
+    memory_title = "memory (GB)"
+    memory_note = ("activations over everything else the rank holds: every term of metrics.json "
+                   "<code>per_rank[].memory</code> (hover a line for them), so a line's peak is "
+                   "<code>memory.total</code>" if model else "activations over the parameter bytes")
+    if capacity is None:  # the device's HBM ([hardware]) when the caller does not say
+        capacity = max((res.metrics.device_memory or 0.0 for res in results), default=0.0) or None
     memory_layout = {
         "height": 420, "hovermode": "closest", "xaxis": {"title": {"text": "time (ms)"}, "range": [0, longest]},
-        "yaxis": {"title": {"text": "memory (GB): parameters + activations"}, "rangemode": "tozero"},
+        "yaxis": {"title": {"text": memory_title}, "rangemode": "tozero"},
         "margin": {"l": 80, "r": 20, "t": 30, "b": 50},
     }  # fmt: skip
     if capacity:
         memory_layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": capacity / 1e9,
                                     "y1": capacity / 1e9, "line": {"color": "#d62728", "dash": "dash"}}]  # fmt: skip
+        memory_layout["annotations"] = [{"xref": "paper", "x": 1, "xanchor": "right", "y": capacity / 1e9,
+                                         "yanchor": "bottom", "showarrow": False, "font": {"color": "#d62728"},
+                                         "text": f"device memory {units.nbytes(capacity)}"}]  # fmt: skip
+        memory_layout["yaxis"]["range"] = [0, 1.08 * max(capacity / 1e9, *(max(t["y"]) for t in memory))]
     m = results[0].metrics
     title = (f"{m.schedule}: {m.stages} stages, {m.microbatches} micro-batches" if len(results) == 1
              else f"{len(results)} schedules, {m.stages} stages, {m.microbatches} micro-batches, one time axis")
@@ -239,7 +292,7 @@ def report_html(results, capacity: float | None = None) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dualpipe-sim: {html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}} .note{{color:#a33}}</style>
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}} th.name{{text-align:left;font-weight:normal;font-family:monospace}} .note{{color:#a33}}</style>
 <script>{js}</script></head>
 <body data-ops-expected="{expected}">
 <h1>{html.escape(title)}</h1>
@@ -247,7 +300,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#
 <p>One bar per op (an overlapped pair: forward above, backward below); thin bars under a rank: P2P sends
 and all-to-all. Hover for details; drag to zoom, double-click to reset.</p>{note}
 <div id="gantt"></div>
-<h2>Memory per rank</h2><div id="memory"></div>
+<h2>Memory per rank</h2><p>Each rank's {memory_note}; dashed: the device's memory ([hardware]), when known.</p>
+<div id="memory"></div>
 <h2>Metrics</h2>{_table(results)}
 <p id="status">drawing...</p>
 <script>

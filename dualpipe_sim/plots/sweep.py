@@ -6,11 +6,15 @@
 * bubble-ratio heatmap over stages x micro-batches, one panel per schedule;
   grey cells are points the schedule could not take (skipped) or that failed.
 
-Only ``ok`` rows are drawn.  When the grid has axes besides schedule, stages
-and micro-batches, the charts show the slice at the first value of each of
-those axes, and say so in their title.  A schedule keeps one colour in every chart
-and every sweep (style.schedule_colour); lines of more than MAX_MARKED_POINTS
-points have no markers.
+Only ``ok`` rows are drawn, and only against axes the grid sweeps (two or more
+values): :func:`charts` picks them.  Every other swept key gets ``vs_KEY.png``,
+a line per schedule against it (numbers on a number line; anything else, e.g.
+``memory.recompute=none,full``, one position per value, in grid order).  The
+charts show the slice at the first value of each axis they do not plot, and say
+so in their title.  A schedule keeps one colour in every chart and every sweep
+(style.schedule_colour); lines of more than MAX_MARKED_POINTS points have no
+markers; a schedule whose values equal an earlier one's is drawn nested under it
+and its legend entry says ``= that schedule``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from .. import units  # noqa: E402
+from .canvas import PNG_METADATA  # noqa: E402
 from .style import schedule_colour  # noqa: E402
 
 SHAPE = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches")
@@ -108,6 +113,7 @@ def bubble_vs_microbatches(view: SweepView, path) -> None:
     nrows, ncols = _grid(max(len(view.stages), 1))
     fig, axs = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.8, 3.3 * nrows + 1.0),
                             squeeze=False, sharey=True)
+    twins = same_as(_by_schedule(view.bubble, view.schedules))
     for ax, stages in zip(axs.flat, view.stages):
         _lines(ax, view, lambda sch: [(m, view.bubble[(sch, stages, m)]) for m in view.microbatches
                                       if (sch, stages, m) in view.bubble])
@@ -120,10 +126,10 @@ def bubble_vs_microbatches(view: SweepView, path) -> None:
         ax.set_ylabel("bubble ratio")
     for ax in list(axs.flat)[len(view.stages):]:
         ax.axis("off")
-    _legend(fig, view)
+    _legend(fig, view, twins)
     _title(fig, "Bubble ratio vs micro-batches (one panel per stage count)", view.note)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -134,7 +140,8 @@ def peak_activation_vs_stages(view: SweepView, path) -> None:
         per_stage = {s: [v for (n, s2, _), v in view.peak_bytes.items() if n == sch and s2 == s] for s in view.stages}
         return [(s, max(vals)) for s, vals in per_stage.items() if vals]
 
-    drawn = _lines(ax, view, steady_peaks)
+    twins = same_as({sch: dict(steady_peaks(sch)) for sch in view.schedules})
+    drawn = _lines(ax, view, steady_peaks, twins)
     ax.set_xlabel("pipeline stages")
     ax.set_ylabel("peak activation on the fullest rank")
     ax.set_xticks(view.stages)
@@ -146,7 +153,7 @@ def peak_activation_vs_stages(view: SweepView, path) -> None:
     _title(fig, "Peak activation memory per rank vs stages\n(max over ranks and over the micro-batch counts swept)",
            view.note)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -185,7 +192,7 @@ def bubble_heatmap(view: SweepView, path) -> None:
         bar = fig.colorbar(image, ax=axs, shrink=0.9, format=PercentFormatter(1.0))
         bar.set_label("bubble ratio (grey: skipped, the schedule cannot take the shape)")
     _title(fig, "Bubble ratio over stages x micro-batches", view.note)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -196,13 +203,37 @@ def axis_chart_name(key: str) -> str:
 
 def numeric_axes(rows: list[dict[str, str]], axes) -> list[str]:
     """Swept keys besides schedule, stages and micro-batches whose values are all numbers (at least two)."""
-    keys = []
-    for a in axes:
-        if a.key in SHAPE or len(a.values) < 2:
-            continue
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a.values):
-            keys.append(a.key)
-    return keys
+    return [a.key for a in other_axes(axes) if _numeric(a)]
+
+
+def other_axes(axes) -> list:
+    """Swept axes (two or more values) besides schedule, stages and micro-batches: each gets vs_KEY.png."""
+    return [a for a in axes if a.key not in SHAPE and len(a.values) >= 2]
+
+
+def _numeric(axis) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axis.values)
+
+
+def _swept(axes, key: str) -> bool:
+    return any(a.key == key and len(a.values) >= 2 for a in axes)
+
+
+def charts(rows: list[dict[str, str]], axes) -> dict[str, object]:
+    """file name -> draw(path): the charts of this grid, each against an axis it sweeps.
+    bubble_vs_microbatches.png needs micro-batches swept, peak_activation_vs_stages.png stages,
+    bubble_heatmap.png both; vs_KEY.png for every other swept key."""
+    view = SweepView.from_rows(rows, axes)
+    out = {}
+    if _swept(axes, "pipeline.microbatches"):
+        out["bubble_vs_microbatches.png"] = lambda p: bubble_vs_microbatches(view, p)
+    if _swept(axes, "pipeline.stages"):
+        out["peak_activation_vs_stages.png"] = lambda p: peak_activation_vs_stages(view, p)
+    if _swept(axes, "pipeline.microbatches") and _swept(axes, "pipeline.stages"):
+        out["bubble_heatmap.png"] = lambda p: bubble_heatmap(view, p)
+    for a in other_axes(axes):
+        out[axis_chart_name(a.key)] = lambda p, a=a: against_axis(rows, axes, a.key, p)
+    return out
 
 
 def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
@@ -214,40 +245,77 @@ def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
         for k in others:
             first.setdefault(k, row[k])
     kept = [r for r in rows if all(r[k] == v for k, v in first.items())]
-    xs = sorted({float(r[key]) for r in kept})
+    axis = next(a for a in axes if a.key == key)
+    numeric = _numeric(axis)
+    if numeric:
+        xs = sorted({float(r[key]) for r in kept})
+        where = float
+    else:  # one position per value, in the grid's order, labelled with the value as results.csv has it
+        from ..sweep.results import format_value  # noqa: PLC0415
+
+        labels = [format_value(v) for v in axis.values]
+        xs = list(range(len(labels)))
+        where = labels.index
     # Only colours and line styles are used from this view (dense() counts the x values).
     view = SweepView(list(dict.fromkeys(r["pipeline.schedule"] for r in rows)), [], xs, {}, {}, "")
     fig, axs = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     # With [step] work the time that matters is the whole training step (docs/step.md).
     step = any(r.get("step.total") for r in kept)
     time, time_label = ("step.total", "training step (ms)") if step else ("makespan", "makespan (ms)")
+    twins = {}
     for ax, metric, label in ((axs[0], time, time_label), (axs[1], "bubble_ratio", "bubble ratio")):
         def points(sch, metric=metric):
-            return sorted((float(r[key]), float(r[metric] or r["makespan"])) for r in kept
+            return sorted((where(r[key]), float(r[metric] or r["makespan"])) for r in kept
                           if r["pipeline.schedule"] == sch and r["status"] == "ok")  # fmt: skip
+        pair = same_as({sch: dict(points(sch)) for sch in view.schedules})
+        twins = pair if metric == time else {s: t for s, t in twins.items() if pair.get(s) == t}  # equal in both
         _lines(ax, view, points)
+        if not numeric:
+            long = max(len(t) for t in labels) > 12  # e.g. a table value: slanted, so neighbours do not overlap
+            ax.set_xticks(xs, labels, rotation=15 if long else 0, ha="right" if long else "center")
+            ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xlabel(key)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
+        top = max((y for sch in view.schedules for _, y in points(sch)), default=0.0)
+        ax.set_ylim(0, 1.08 * top if top > 0 else 1.0)  # room above the highest marker
         if metric == "bubble_ratio":
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     handles = [plt.Line2D([], [], **view.style(s)) for s in view.schedules]
-    axs[1].legend(handles, view.schedules, title="schedule", frameon=False, loc="best")
+    axs[1].legend(handles, [_label(s, twins) for s in view.schedules], title="schedule", frameon=False, loc="best")
     note = ("slice: " + ", ".join(f"{k}={v}" for k, v in first.items())) if first else ""
     _title(fig, f"{'Training step' if step else 'Makespan'} and bubble ratio vs {key}", note)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
-def _lines(ax, view: SweepView, points_of) -> bool:
+def same_as(series: dict[str, dict]) -> dict[str, str]:
+    """schedule -> the earlier schedule whose values it equals at every point (equal series hide
+    one another; the legend says so).  ``series``: schedule -> {point: value}, in legend order."""
+    out, seen = {}, []
+    for sch, values in series.items():
+        twin = next((o for o in seen if values and series[o].keys() == values.keys()
+                     and all(math.isclose(series[o][k], v, rel_tol=1e-12, abs_tol=1e-15) for k, v in values.items())),
+                    None)  # fmt: skip
+        if twin is None:
+            seen.append(sch)
+        else:
+            out[sch] = twin
+    return out
+
+
+def _label(sch: str, twins: dict[str, str]) -> str:
+    return f"{sch} (= {twins[sch]})" if sch in twins else sch
+
+
+def _lines(ax, view: SweepView, points_of, twins: dict[str, str] | None = None) -> bool:
     """One line per schedule from ``points_of(schedule) -> [(x, y), ...]``; says so when none ran."""
     drawn = False
     for sch in view.schedules:
         pts = points_of(sch)
         if pts:
             x, y = zip(*pts)
-            ax.plot(x, y, label=sch, **view.style(sch))
+            ax.plot(x, y, label=_label(sch, twins or {}), **view.style(sch))
             drawn = True
     if not drawn:
         _empty(ax)
@@ -261,9 +329,14 @@ def _ticks(set_ticks, set_labels, values, max_labels: int) -> None:
     set_labels([str(values[i]) for i in idx])
 
 
-def _legend(fig, view: SweepView) -> None:
+def _legend(fig, view: SweepView, twins: dict[str, str] | None = None) -> None:
     handles = [plt.Line2D([], [], **view.style(s)) for s in view.schedules]
-    fig.legend(handles, view.schedules, title="schedule", loc="center right", frameon=False)
+    fig.legend(handles, [_label(s, twins or {}) for s in view.schedules], title="schedule", loc="center right",
+               frameon=False)  # fmt: skip
+
+
+def _by_schedule(values: dict[tuple, float], schedules: list[str]) -> dict[str, dict]:
+    return {sch: {k[1:]: v for k, v in values.items() if k[0] == sch} for sch in schedules}
 
 
 def _bytes_tick(value: float, _pos) -> str:

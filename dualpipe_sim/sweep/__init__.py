@@ -11,8 +11,8 @@
 4. rewrite results.csv in point order, then write summary.md and the PNG
    charts all-or-nothing (outputs.write_all).
 
-Ctrl-C during step 3 raises :class:`Interrupted` after the finished rows are
-safely in results.csv.
+Ctrl-C or SIGTERM during step 3 raises :class:`Interrupted` after the finished
+rows are safely in results.csv (and, on SIGTERM, the worker processes are stopped).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..outputs import write_all, write_text
+from ..outputs import os_problem, write_all, write_text
 from ..progress import Progress, report
 from ..scenario import apply_overrides, load_raw
 from .errors import SweepError
@@ -35,11 +35,13 @@ PLOTS = ("bubble_vs_microbatches.png", "peak_activation_vs_stages.png", "bubble_
 
 
 class Interrupted(Exception):
-    """Ctrl-C stopped a sweep; every finished row is in results.csv (``path``)."""
+    """Ctrl-C or SIGTERM stopped a sweep; every finished row is in results.csv (``path``);
+    ``signal`` is the KeyboardInterrupt that did (signals.Terminated for SIGTERM)."""
 
-    def __init__(self, path: Path, finished: int, left: int) -> None:
+    def __init__(self, path: Path, finished: int, left: int, signal: BaseException | None = None) -> None:
         super().__init__(f"interrupted: {finished} finished rows are in {path}; resume to run the other {left} points")
         self.path, self.finished, self.left = path, finished, left
+        self.signal = signal if signal is not None else KeyboardInterrupt()
 
 
 @dataclass
@@ -97,18 +99,28 @@ def run_sweep(
     odd = grid_oddities(base, grid_points)  # every point's, not only the base's
     executor = DaskExecutor(dask_scheduler) if dask_scheduler else LocalExecutor(jobs)
 
+    results = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         results = ResultsFile(path, cols, kept)
         try:
             _run_points(executor, base, todo, axes, cols, results, progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
             results.close()
             left = len(todo) - (len(results.rows) - len(kept))
-            raise Interrupted(path, len(results.rows), left) from None
+            raise Interrupted(path, len(results.rows), left, exc) from None
+        rows, others = results.finish(keys, base)
+    except OSError as exc:  # a full disk, a read-only folder: one line; the rows written so far stay
+        kept_rows = len(results.rows) if results is not None else len(kept)
+        if results is not None:
+            try:
+                results.close()
+            except OSError:  # its buffer is empty (each row is flushed), but the disk may say no again
+                pass
+        raise os_problem(path, exc, f"{kept_rows} finished rows are in it; resume the sweep once it can be "
+                                    f"written") from None
     finally:
         executor.close()
-    rows, others = results.finish(keys, base)
     files = [path, *write_reports(out, rows, cols, axes, limit, charts)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     return SweepReport(out, len(grid_points), len(todo), counts, files, executor.describe(), len(others), odd)
@@ -128,12 +140,8 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     if charts:
         from ..plots import sweep as draw  # matplotlib only when we draw
 
-        view = draw.SweepView.from_rows(rows, axes)
-        writers[PLOTS[0]] = lambda p: draw.bubble_vs_microbatches(view, p)
-        writers[PLOTS[1]] = lambda p: draw.peak_activation_vs_stages(view, p)
-        writers[PLOTS[2]] = lambda p: draw.bubble_heatmap(view, p)
-        for key in draw.numeric_axes(rows, axes):  # any other numeric axis swept, e.g. comm.p2p
-            writers[draw.axis_chart_name(key)] = lambda p, key=key: draw.against_axis(rows, axes, key, p)
+        # Each chart against an axis the grid sweeps (plots/sweep.py: charts), e.g. vs_comm.p2p.png.
+        writers.update(draw.charts(rows, axes))
     return write_all(out, writers)
 
 

@@ -9,10 +9,10 @@ becomes an ``error`` row like any other failure.
 from __future__ import annotations
 
 import os
-import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Iterator
 
+from ..signals import Terminated, worker_ignores_stop_signals
 from .errors import SweepError
 from .grid import Point
 from .point import run_point
@@ -30,9 +30,6 @@ def _worker_error(exc: BaseException) -> dict:
     return {"status": "error", "reason": f"worker failed: {type(exc).__name__}: {exc}"}
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C goes to the whole process group; only the parent should act on it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class LocalExecutor:
@@ -49,7 +46,7 @@ class LocalExecutor:
             for point in points:
                 yield point, run_point(base, point.overrides)
             return
-        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(points)), initializer=_ignore_sigint)
+        pool = ProcessPoolExecutor(max_workers=min(self.jobs, len(points)), initializer=worker_ignores_stop_signals)
         try:
             futures = {pool.submit(run_point, base, p.overrides): p for p in points}
             for future in as_completed(futures):
@@ -58,6 +55,13 @@ class LocalExecutor:
                 except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool
                     fields = _worker_error(exc)
                 yield futures[future], fields
+        except Terminated:
+            # SIGTERM: stop now, the running points too (their rows were never written).  The
+            # workers ignore SIGTERM (only the parent decides), so SIGKILL; the pool has no
+            # public way to reach its processes.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+            raise
         finally:
             # On Ctrl-C: drop queued points, let the few running ones end.
             pool.shutdown(wait=True, cancel_futures=True)

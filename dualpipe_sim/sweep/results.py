@@ -151,6 +151,8 @@ def read_rows(path: Path, base: dict) -> tuple[list[str], list[dict[str, str]]]:
     status is dropped, so its point runs again.  Raises ResumeError when the
     file is not one this version wrote or its rows belong to another scenario.
     """
+    if not path.is_file():  # a device (/dev/full reads zeros forever), a fifo: not a results.csv
+        raise ResumeError(f"cannot resume {path}: not a regular file; write to another folder")
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 
-from ..units import count, number
+from ..units import count, number, percent
 from ..units import nbytes as human_bytes
 from .errors import SweepError
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_BYTES = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_bytes(text: str | float) -> float:
@@ -67,6 +67,10 @@ def step_time(row: dict[str, str]) -> float:
     return float(row.get("step.total") or row["makespan"])
 
 
+def _cell(row: dict[str, str], key: str, fmt) -> str:
+    return fmt(float(row[key])) if row.get(key) else "-"
+
+
 def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float | None) -> str:
     keys = shape_keys(cols)
     groups: dict[tuple, list[dict]] = {}
@@ -75,6 +79,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "error")}
     devices = any(r.get("device_memory") for r in rows)
     step = any(r.get("step.total") for r in rows)  # [step] work: rank by the whole step
+    tput = any(r.get("throughput.tokens_per_second_per_gpu") for r in rows)  # a [model]: throughput columns
     limit_text = (
         f"memory limit {human_bytes(limit)} ({count(round(limit))} bytes) per rank"
         if limit is not None
@@ -97,15 +102,16 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         f"({what}, on its fullest rank) fits: {limit_text}.",
         "",
         "| " + " | ".join([*keys, "fastest that fits", "makespan (ms)", *(["step (ms)"] if step else []),
-                          "bubble ratio", "peak memory per rank", "over the limit", "skipped or error"]) + " |",
-        "|" + "---|" * (len(keys) + 6 + step),
+                          "bubble ratio", "peak memory per rank",
+                          *(["tokens/s per GPU", "MFU"] if tput else []), "over the limit", "skipped or error"]) + " |",
+        "|" + "---|" * (len(keys) + 6 + step + 2 * tput),
     ]
     for shape, members in groups.items():
         best, over = fastest_fitting(members, limit)
         skipped = [r["pipeline.schedule"] for r in members if r["status"] != "ok"]
         over_text = ", ".join(f"{r['pipeline.schedule']} ({human_bytes(row_memory(r))})" for r in over)
         if best is None:
-            cells = ["none fits" if over else "none ran", "", "", ""] + [""] * step
+            cells = ["none fits" if over else "none ran", "", "", ""] + [""] * (step + 2 * tput)
         else:
             cells = [
                 best["pipeline.schedule"],
@@ -113,7 +119,13 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
                 *([number(step_time(best), 6)] if step else []),
                 f"{float(best['bubble_ratio']):.2%}",
                 human_bytes(row_memory(best)),
+                *([_cell(best, "throughput.tokens_per_second_per_gpu", number),
+                   _cell(best, "throughput.mfu", percent)] if tput else []),
             ]
         lines.append("| " + " | ".join([*shape, *cells, over_text or "-", ", ".join(skipped) or "-"]) + " |")
     lines += ["", "Sizes are decimal (1 GB = 10^9 bytes)."]
+    if tput:
+        lines[-1] += (" Tokens/s per GPU and MFU (model FLOPs / GPUs x peak FLOP/s) are of the "
+                      + ("training step ([step])." if step else "pipeline makespan alone (no [step] work: no gradient "
+                         "sync or optimizer), an upper bound."))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""In-flight communication buffers per rank, read off a finished trace, and their joint peak
+with the activations.
+
+* **P2P**: a boundary tensor (one micro-batch's activation or its gradient,
+  ``act_bytes x tokens x hidden / tensor``) is held by its sender while the
+  transfer runs, and by its receiver from the transfer's start (the receive
+  buffer is posted) until the action that consumes it starts (the activation
+  rows take it over there).
+* **All-to-all**: each phase of an MoE layer holds a send and a receive buffer of
+  the micro-batch's routed token copies (``2 x tokens / tensor x top-k x
+  hidden``, FP8 where the phase carries FP8) while it runs.
+
+The activation rows (trace.memory) and these intervals are summed over time per
+rank; ``joint`` is that sum's peak, which is what the rank's total adds (the
+separate peaks need not coincide).  docs/model.md, "Memory per rank", says why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..costs import Component
+from ..trace import A2A, P2P, Trace
+from .derive import FP8_SCALE_OVERHEAD, Setup
+
+_FP8_PHASES = (Component.dispatch_forward, Component.combine_backward)  # FP8 in an FP8 model (DeepSeek-V3 Sec. 3.3.2)
+
+
+def p2p_bytes(st: Setup) -> float:
+    """One boundary tensor on one rank."""
+    return st.act_bytes * st.tokens * st.cfg.hidden_size / st.sharding.tensor
+
+
+def a2a_bytes(st: Setup) -> dict[int, float]:
+    """Send + receive buffers of one all-to-all phase, by component index."""
+    cfg = st.cfg
+    copies = st.tokens / st.sharding.tensor * cfg.experts_per_token * cfg.hidden_size
+    fp8 = 1.0 + FP8_SCALE_OVERHEAD if cfg.fp8 else st.act_bytes
+    phases = (Component.dispatch_forward, Component.combine_forward, Component.dispatch_backward, Component.combine_backward)
+    return {int(c): 2 * copies * (fp8 if c in _FP8_PHASES else st.act_bytes) for c in phases}
+
+
+def _peaks(ranks: int, rank: np.ndarray, time: np.ndarray, delta: np.ndarray) -> list[float]:
+    """Per rank, the largest running sum of ``delta`` in time order (frees first at equal times)."""
+    order = np.lexsort((delta > 0, time, rank))
+    rank, delta = rank[order], delta[order]
+    bounds = np.searchsorted(rank, np.arange(ranks + 1))
+    return [float(max(0.0, np.cumsum(delta[a:b]).max())) if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _consumer_starts(trace: Trace, rank: np.ndarray, action: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """When action ``action`` of rank ``rank`` first computes (``fallback`` where it has no compute row)."""
+    c = trace.compute
+    if len(c) == 0 or len(rank) == 0:
+        return fallback
+    key = c["rank"].astype(np.int64) << 32 | (c["action"].astype(np.int64) & 0xFFFFFFFF)
+    order = np.lexsort((c["start"], key))
+    key, start = key[order], c["start"][order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    key, start = key[first], start[first]
+    want = rank.astype(np.int64) << 32 | (action.astype(np.int64) & 0xFFFFFFFF)
+    idx = np.minimum(np.searchsorted(key, want), len(key) - 1)
+    return np.where(key[idx] == want, start[idx], fallback)
+
+
+def per_rank(trace: Trace, st: Setup) -> list[dict]:
+    """Per rank: the peak of P2P buffers, of all-to-all buffers, and of both with the activations."""
+    comm = trace.comm
+    p2p, a2a = comm[comm["channel"] == P2P], comm[comm["channel"] == A2A]
+    # P2P: the sender holds [start, end], the receiver [start, when the consuming action starts]
+    size = p2p_bytes(st)
+    used = np.maximum(p2p["end"], _consumer_starts(trace, p2p["peer"], p2p["action"], p2p["end"]))
+    p2p_rank = np.concatenate([p2p["rank"], p2p["peer"]] * 2)
+    p2p_time = np.concatenate([p2p["start"], p2p["start"], p2p["end"], used])
+    p2p_delta = np.repeat([size, -size], 2 * len(p2p))
+    sizes = a2a_bytes(st)
+    a2a_size = np.array([sizes.get(int(part), 0.0) for part in range(len(Component))])[a2a["part"]] if len(a2a) else np.empty(0)
+    a2a_rank = np.concatenate([a2a["rank"], a2a["rank"]])
+    a2a_time = np.concatenate([a2a["start"], a2a["end"]])
+    a2a_delta = np.concatenate([a2a_size, -a2a_size])
+    mem = trace.memory
+    ranks = trace.ranks
+    joint = _peaks(ranks, np.concatenate([mem["rank"], p2p_rank, a2a_rank]),
+                   np.concatenate([mem["time"], p2p_time, a2a_time]),
+                   np.concatenate([mem["bytes"], p2p_delta, a2a_delta]))  # fmt: skip
+    p2p_peak = _peaks(ranks, p2p_rank, p2p_time, p2p_delta)
+    a2a_peak = _peaks(ranks, a2a_rank, a2a_time, a2a_delta)
+    return [{"p2p": p, "a2a": a, "joint": j} for p, a, j in zip(p2p_peak, a2a_peak, joint)]

@@ -1,0 +1,62 @@
+"""FSDP (``parallel.zero = 3``): per-layer parameter all-gathers and gradient reduce-scatters on a
+rank's data-parallel channel, and how much of them an action waits for.
+
+Each FSDP unit (a layer, an MTP module, the embedding, the head) is all-gathered from the
+data-parallel shards before its forward and again before its backward (parameters are resharded
+after use), and its gradient is reduce-scattered after its backward, every micro-batch.  The rule
+is FSDP's: one collective at a time on the rank's data-parallel channel (first issued, first
+served); while unit j computes, unit j+1's all-gather runs (prefetch of one unit; the first unit
+of an action is not prefetched); unit j's reduce-scatter is issued when its backward ends.  A unit
+starts computing when the one before it has ended and its own all-gather has.  What the action
+then takes beyond its compute is its exposed communication; derive.py adds it to the stage's
+forward (all-gathers) and backward (all-gathers and reduce-scatters).  The last unit's
+reduce-scatter runs after the action, under the next one (not counted here); the end of the step
+waits for the last backward's (model/step_figures.py).  Collectives are rings over the
+data-parallel group on the NIC: (D - 1) / D x bytes / bandwidth.  docs/model.md, "FSDP".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One FSDP unit of a stage, per micro-batch on one rank (ms)."""
+
+    forward: float  # its forward compute
+    backward: float  # its backward compute (input and weight gradients)
+    gather: float  # all-gathering its parameters
+    reduce: float  # reduce-scattering its gradient
+
+
+def ring_ms(nbytes: float, ranks: float, gbps: float) -> float:
+    """An all-gather or reduce-scatter of ``nbytes`` (the whole, per rank) over ``ranks`` ranks."""
+    return (ranks - 1) / ranks * nbytes / (gbps * 1e9) * 1e3 if ranks > 1 else 0.0
+
+
+def exposed(compute: list[float], gathers: list[float], reduces: list[float] | None = None) -> float:
+    """Time an action of units ``compute`` (in the order they run) spends waiting for its
+    all-gathers, with reduce-scatters queued on the same channel after each unit."""
+    if not compute:
+        return 0.0
+    channel = gathers[0]  # when the channel is next free; the first gather starts with the action
+    gathered = gathers[0]  # when the unit about to run has its parameters
+    clock = 0.0  # when the unit before it ended
+    for j, c in enumerate(compute):
+        start = max(clock, gathered)
+        if j + 1 < len(compute):  # prefetch the next unit's parameters
+            channel = max(channel, start) + gathers[j + 1]
+            gathered = channel
+        clock = start + c
+        if reduces is not None:
+            channel = max(channel, clock) + reduces[j]
+    return clock - sum(compute)
+
+
+def stage_exposure(units: list[Unit]) -> tuple[float, float]:
+    """(forward, backward) exposed communication of one stage's units, given in forward order."""
+    f = exposed([u.forward for u in units], [u.gather for u in units])
+    back = units[::-1]
+    b = exposed([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back])
+    return f, b

@@ -1,0 +1,110 @@
+"""FSDP (parallel.zero = 3): per-unit all-gathers and reduce-scatters on the data-parallel channel,
+prefetching one unit ahead (model/fsdp.py, docs/model.md "FSDP"), worked by hand."""
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim import scenario
+from dualpipe_sim.cli import main
+from dualpipe_sim.model import fsdp
+
+LAYER, EMB = 655_872, 256_000  # tests/test_memory_terms.py's tiny model: a layer's and the embedding's parameters
+
+PRESETS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def test_compute_longer_than_gathers_hides_all_but_the_first():
+    """AG1 [0,1]; unit 1 [1,3] while AG2 [1,2]; unit 2 [3,5] while AG3 [3,4]; unit 3 [5,7]: 1 exposed."""
+    assert fsdp.exposed([2, 2, 2], [1, 1, 1]) == 1
+
+
+def test_gathers_longer_than_compute_set_the_pace():
+    """AG1 [0,3]; unit 1 [3,4]; AG2 (issued at 3) [3,6]; unit 2 [6,7]; AG3 [6,9]; unit 3 [9,10]: 7 exposed."""
+    assert fsdp.exposed([1, 1, 1], [3, 3, 3]) == 7
+
+
+def test_reduce_scatters_queue_before_the_next_gather():
+    """Backward, compute 1, gathers 1, reduce-scatters 2: AG1 [0,1]; unit 1 [1,2], AG2 [1,2];
+    RS1 (issued at 2) [2,4]; unit 2 [2,3]; AG3, issued at 2 after RS1, [4,5]; RS2 [5,7];
+    unit 3 [5,6]: 6 - 3 = 3 exposed.  The last reduce-scatter runs after the action (not counted)."""
+    assert fsdp.exposed([1, 1, 1], [1, 1, 1], [2, 2, 2]) == 3
+    assert fsdp.exposed([2, 2], [1, 1], [1, 1]) == 1  # RS1 [3,4] is past AG2 [1,2]: only AG1 exposed
+
+
+def test_ring_collective_time():
+    assert fsdp.ring_ms(1e9, 4, 50.0) == pytest.approx(3 / 4 * 1e9 / 50e9 * 1e3)
+    assert fsdp.ring_ms(1e9, 1, 50.0) == 0.0
+
+
+def tiny_with_hardware(tmp_path, zero: int):
+    path = tmp_path / f"tiny{zero}.toml"
+    path.write_text(f"""
+[pipeline]
+schedule = "1f1b"
+stages = 2
+microbatches = 2
+[model]
+model_type = "llama"
+hidden_size = 256
+num_hidden_layers = 4
+vocab_size = 1000
+num_attention_heads = 4
+intermediate_size = 512
+seq_length = 128
+[parallel]
+data = 2
+zero = {zero}
+[hardware]
+bf16_tflops = 1.0
+p2p_bandwidth = 1.0
+[step]
+grad_sync = "derived"
+""")
+    return path
+
+
+def test_stage_forward_carries_its_exposed_gathers(tmp_path):
+    """DP 2 over 1 GB/s: gathering a layer's bf16 parameters takes 1/2 x 2 x 655,872 B = 0.655872 ms,
+    the embedding's 1/2 x 2 x 256,000 B = 0.256 ms.  Stage 0 forward: AG(embedding) [0, 0.256], the
+    embedding computes nothing; AG(layer 0) [0.256, 0.911872]; layer 0 runs c ms while AG(layer 1)
+    runs 0.655872 ms; layer 1 starts at 0.911872 + max(c, 0.655872)."""
+    plain = scenario.load(tiny_with_hardware(tmp_path, 2)).derived().stages[0]
+    fs = scenario.load(tiny_with_hardware(tmp_path, 3)).derived().stages[0]
+    c = plain.forward / 2  # two equal layers
+    gather = 2 * LAYER / 2 / 1e9 * 1e3
+    exposed = 2 * EMB / 2 / 1e9 * 1e3 + gather + max(0.0, gather - c)
+    assert fs.fsdp_exposed[0] == pytest.approx(exposed)
+    assert fs.forward == pytest.approx(plain.forward + exposed)
+    assert fs.backward == pytest.approx(plain.backward + fs.fsdp_exposed[1]) and fs.fsdp_exposed[1] > 0
+    assert plain.fsdp_exposed is None
+
+
+def test_end_of_step_waits_for_the_last_reduce_scatter_only(tmp_path):
+    """ZeRO >= 2 reduce-scatters every unit after every backward; the step's derived grad sync is
+    the last one: stage 0's embedding, 1/2 x 4 x 256,000 B over 1 GB/s = 0.512 ms; stage 1's first
+    layer, 1/2 x 4 x 655,872 B = 1.311744 ms."""
+    for zero in (2, 3):
+        sync = scenario.load(tiny_with_hardware(tmp_path, zero)).step_costs().grad_sync
+        assert sync == pytest.approx((0.512, 1.311744))
+    whole = scenario.load(tiny_with_hardware(tmp_path, 1)).step_costs().grad_sync  # ZeRO 1: the whole stage
+    assert whole[0] == pytest.approx(1 / 2 * 4 * (EMB + 2 * LAYER) / 1e9 * 1e3)
+
+
+def test_fsdp_with_expert_parallelism_is_refused_as_not_yet(tmp_path, capsys):
+    code = main(["run", str(PRESETS / "deepseek-v3.toml"), "--set", "parallel.zero=3", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_model_verb_reports_the_exposure_and_buffers(tmp_path, capsys):
+    import json
+
+    assert main(["model", str(tiny_with_hardware(tmp_path, 3)), "--json"]) == 0
+    stage = json.loads(capsys.readouterr().out)["stages"][0]
+    fs = scenario.load(tiny_with_hardware(tmp_path, 3)).derived().stages[0]
+    assert stage["fsdp_exposed_ms"] == {"forward": fs.fsdp_exposed[0], "backward": fs.fsdp_exposed[1]}
+    assert stage["sharding_buffer_bytes_per_rank"] == 2 * (4 + 2) * LAYER  # tests/test_memory_terms.py
+    assert stage["fp8_weight_bytes_per_rank"] == 0

@@ -1,0 +1,81 @@
+"""Sweep charts against what the grid sweeps (issue 25): a non-numeric axis charted at every
+value, no chart against an axis that was not swept, equal series named in the legend.
+Figures are caught before they close and their lines read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import parse_grid
+from dualpipe_sim.plots import sweep as draw
+from dualpipe_sim.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ROOT / "scenarios" / "quickstart.toml"
+LLAMA = ROOT / "scenarios" / "llama3-70b.toml"
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    caught = []
+    real = draw.plt.close
+
+    def close(fig=None):
+        caught.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(draw.plt, "close", close)
+    return caught
+
+
+def names(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if p.suffix == ".png"}
+
+
+def test_only_swept_axes_are_charted(tmp_path, figures):
+    out = tmp_path / "a"
+    run_sweep(QUICK, parse_grid(["pipeline.schedule=1f1b,zb-h1", "pipeline.microbatches=8,16"]), out, jobs=1)
+    assert names(out) == {"bubble_vs_microbatches.png"}  # stages not swept: no chart against it, no heatmap
+    out = tmp_path / "b"
+    run_sweep(QUICK, parse_grid(["pipeline.stages=2,4", "pipeline.microbatches=8,16"]), out, jobs=1)
+    assert names(out) == {"bubble_vs_microbatches.png", "peak_activation_vs_stages.png", "bubble_heatmap.png"}
+    out = tmp_path / "c"
+    run_sweep(QUICK, parse_grid(["pipeline.schedule=1f1b,zb-h1"]), out, jobs=1)
+    assert names(out) == set()  # nothing swept but the schedule: compare draws that
+
+
+def test_a_word_axis_is_charted_at_every_value(tmp_path, figures):
+    grid = ["pipeline.schedule=1f1b,gpipe,zb-h1", "memory.recompute=none,selective,full"]
+    raw = LLAMA.read_text().replace("chunks_per_rank = 5", "").replace('"models/', f'"{LLAMA.parent}/models/')
+    (tmp_path / "l.toml").write_text(raw)
+    run_sweep(tmp_path / "l.toml", parse_grid(grid + ["pipeline.stages=8"]), tmp_path / "o", jobs=1)
+    assert names(tmp_path / "o") == {"vs_memory.recompute.png"}
+    fig = figures[-1]
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["none", "selective", "full"]
+    for line in left.lines:  # every schedule at all three values
+        assert list(line.get_xdata()) == [0, 1, 2]
+    # Full recompute reruns the forward: every schedule's makespan grows from "none" to "full".
+    for line in left.lines:
+        y = list(line.get_ydata())
+        assert y[2] > y[0]
+
+
+def test_equal_series_are_named_in_the_legend(tmp_path, figures):
+    # Without P2P time, 1F1B and GPipe have the same makespan (M + S - 1)(F + B) and bubble ratio.
+    grid = ["pipeline.schedule=1f1b,gpipe", "costs.backward=2,3"]
+    run_sweep(QUICK, parse_grid(grid + ["pipeline.stages=4", "pipeline.microbatches=8"]), tmp_path / "o", jobs=1,
+              overrides=["comm.p2p=0"])  # fmt: skip
+    fig = figures[-1]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["1f1b", "gpipe (= 1f1b)"]
+    one, two = fig.axes[0].lines
+    assert list(one.get_ydata()) == list(two.get_ydata()) == [33, 44]  # 11 x (1 + 2), 11 x (1 + 3)
+    assert one.get_markersize() > two.get_markersize()
+
+
+def test_same_as_by_hand():
+    series = {"a": {1: 0.5, 2: 0.25}, "b": {1: 0.5, 2: 0.25}, "c": {1: 0.5, 2: 0.3}, "d": {1: 0.5}}
+    assert draw.same_as(series) == {"b": "a"}
