@@ -4,8 +4,9 @@ Only used to prune candidates that cannot fit and to order the rest; every
 figure ``plan`` reports comes from a full simulation.
 
 * static bytes per rank: the parameters, gradients and optimizer states of the
-  stages it holds, sharded as ZeRO says (model/memory.py), from the stages'
-  parameter counts alone;
+  stages it holds, sharded as ZeRO says (model/memory.py), and the runtime
+  allowance; first from the stages' parameter counts alone (a lower bound: no
+  FP8 weight copies), then as derived (with them and ZeRO's buffers);
 * memory floor: the fullest rank's static bytes plus one micro-batch's
   activations of the largest stage it holds.  Every schedule holds at least
   that, so a floor above the device proves the candidate cannot fit;
@@ -26,6 +27,7 @@ from .. import registry
 from ..costs import CostModel
 from ..model import derive
 from ..model import memory as model_memory
+from ..model.sections import HardwareSection
 from ..scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, paired_fraction, placement, shape
 from .space import Candidate
@@ -46,6 +48,8 @@ class StageFigures:
     pair: tuple[float, ...]
     activation: tuple[float, ...]
     mean: CostModel  # mean F, B, W (and F&B), no P2P: what the closed forms take
+    static: tuple[float, ...] = ()  # parameters, gradients, optimizer, FP8 copies per stage (model/memory.py)
+    buffers: tuple[float, ...] = ()  # ZeRO 2/3 unsharded buffers per stage (a rank holds its largest)
 
 
 class FigureCache:
@@ -55,6 +59,17 @@ class FigureCache:
         self.base = base
         self._params: dict[int, tuple[list[tuple[int, int]], model_memory.Sharding]] = {}
         self._figures: dict[tuple, StageFigures] = {}
+        self.hardware_name = derive.hardware(HardwareSection.model_validate(base["hardware"])).name
+
+    def runtime(self, cand: Candidate) -> float:
+        """What simulation.py adds to every rank besides tensors: memory.runtime, else the CUDA
+        context, one NCCL communicator per process group and the GEMM workspace."""
+        given = self.base.get("memory", {}).get("runtime")
+        if given is not None:
+            return float(given)
+        dp = cand.data * cand.context  # the optimizer's and the gradients' group (model/derive.py)
+        groups = [cand.tensor, cand.pipeline, dp, cand.expert, round(dp * cand.tensor / cand.expert) if cand.expert > 1 else 1]
+        return model_memory.runtime_allowance(groups, self.hardware_name != "A100")
 
     def scenario(self, cand: Candidate):
         return sections_only(apply_overrides(self.base, cand.overrides()))
@@ -71,15 +86,17 @@ class FigureCache:
         return tuple(model_memory.stage_static(d, r, sh).total for d, r in counts)
 
     def figures(self, cand: Candidate) -> StageFigures:
-        # ZeRO changes only static bytes: zero is not part of the key.
-        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute)
+        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
+               cand.zero)
         if key not in self._figures:
             derived = self.scenario(cand).derived()
             f, b, w, pair = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
-            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform)
+            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform,
+                                              tuple(st.static.total for st in derived.stages),
+                                              tuple(st.sharding_buffers for st in derived.stages))  # fmt: skip
         return self._figures[key]
 
 
@@ -99,13 +116,15 @@ def _stage_costs(derived, s: int) -> tuple[float, float, float, float]:
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
-    """The fullest rank's static bytes (parameters, gradients, optimizer states)."""
+    """A lower bound of the fullest rank's bytes before any activation: its stages' parameters,
+    gradients and optimizer states (without FP8 weight copies) and the runtime allowance."""
     static = cache.static(cand)
-    return max(sum(static[s] for s in {s for _, s in held}) for held in placement(cand.schedule, cand.stages, cand.virtual))
+    held = placement(cand.schedule, cand.stages, cand.virtual)
+    return max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
 
 
 def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
-    fig, static = cache.figures(cand), cache.static(cand)
+    fig = cache.figures(cand)
     sh = shape(cand.schedule)
     held = placement(cand.schedule, cand.stages, cand.virtual)
     paired = paired_fraction(cand.schedule, cand.stages, cand.virtual)
@@ -119,7 +138,9 @@ def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     bubble = closed.get("bubble")
     if bubble is None:
         bubble = (cand.pipeline - 1) * fig.mean.forward[0] + (cand.pipeline - 1) * fig.mean.backward[0]
-    statics = [sum(static[s] for s in {s for _, s in on_rank}) for on_rank in held]
+    runtime = cache.runtime(cand)
+    statics = [sum(fig.static[s] for s in {s for _, s in on_rank}) + max(fig.buffers[s] for _, s in on_rank) + runtime
+               for on_rank in held]  # fmt: skip
     floor = max(st + max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held))
     peak = closed.get("peak_activation")
     # Optimistic on purpose (the smallest stage's activations on each rank): it decides what is

@@ -16,7 +16,8 @@ from pydantic import PrivateAttr
 
 from .. import simulation
 from ..scenario import Scenario, ScenarioError, apply_overrides
-from ..sweep.executors import _ignore_sigint, default_jobs
+from ..signals import Terminated, worker_ignores_stop_signals
+from ..sweep.executors import default_jobs
 
 BATCH = 8  # candidates per task: fewer round trips between processes
 
@@ -58,10 +59,14 @@ def run_all(base: dict, todo: list[tuple[int, tuple[str, ...]]], jobs: int | Non
             yield i, run_candidate(base, overrides)
         return
     batches = [todo[k:k + BATCH] for k in range(0, len(todo), BATCH)]
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(batches)), initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(batches)), initializer=worker_ignores_stop_signals)
     try:
         futures = [pool.submit(_run_batch, base, b) for b in batches]
         for future in as_completed(futures):
             yield from future.result()
+    except Terminated:  # SIGTERM: the workers ignore it (only the parent decides), so end them now
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
