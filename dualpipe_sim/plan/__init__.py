@@ -20,7 +20,7 @@ from ..model import derive, flops
 from ..model.sections import HardwareSection, ModelSection
 from ..outputs import write_all, write_text
 from ..progress import Progress, each_file, report
-from . import chart, files
+from . import files
 from .estimate import FigureCache, estimate, static_floor
 from .rank import Row, estimate_order, ranked, to_simulate
 from .request import (PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices,
@@ -151,6 +151,8 @@ def out_files(top: int) -> list[str]:
 
 def write(result: Plan, out_dir: str | Path, progress: Progress | None = None) -> list[Path]:
     """plan.csv, plan.md, plan.png and top-NN.toml for each of the top K, all or nothing."""
+    from . import chart  # matplotlib only when a chart is drawn
+
     out = Path(out_dir)
     writers = {"plan.csv": write_text(files.plan_csv(result)), "plan.md": write_text(files.plan_md(result)),
                "plan.png": lambda path: chart.draw(result, path)}  # fmt: skip
