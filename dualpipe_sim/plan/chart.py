@@ -58,7 +58,7 @@ def draw(plan, path) -> None:
             ax.set_xlim(0, edge)
             ax.annotate(f"{beyond} layouts over {edge:.0f} GB not shown", (1.0, 0.0), xycoords="axes fraction",
                         xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8, color="0.3")  # fmt: skip
-    ax.set_xlabel("peak memory per rank (GB): parameters, gradients, optimizer states, activations")
+    ax.set_xlabel("peak memory per rank (GB): static bytes, activations, buffers, runtime allowance")
     ax.set_ylabel("tokens / s per GPU")
     ax.set_title(f"{len(rows)} simulated layouts on {plan.gpus} GPUs: throughput against memory "
                  f"(line: Pareto front; circles: top {len(plan.top)})", fontsize=10)  # fmt: skip
