@@ -224,3 +224,17 @@ def test_cli_bad_request_is_one_line_exit_2_nothing_written(config, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: gpus: no layout") and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_scenario_source_keeps_its_recompute_and_switches(config, tmp_path):
+    # A TOML's memory.recompute pins the policy; its [parallel] degrees are plan's to choose, its
+    # tp_comm_overlap switch is kept in every candidate.
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f'[model]\nconfig = "{config}"\n[memory]\nrecompute = "full"\n'
+                    '[parallel]\ntensor = 2\ntp_comm_overlap = false\n[hardware]\npreset = "H100"\n')  # fmt: skip
+    result = ds_plan(toml, 4, 8, 2048, schedules=["1f1b"], jobs=1)
+    complete = [r.candidate for r in result.rows if not r.pruned]
+    assert {c.recompute for c in complete} == {"full"}
+    assert {c.tensor for c in complete} == {1, 2, 4}
+    assert result.base["parallel"] == {"tp_comm_overlap": False}
+    assert len(complete) == 17  # every (layout, mbs) pair of HAND_LAYOUTS, at zero 1
