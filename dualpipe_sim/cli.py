@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")
+    cmp_.add_argument("--same-gpus", type=int, metavar="N",
+                      help="run each schedule at the stage count that uses N GPUs (pipeline ranks x tensor x data "
+                           "x context), so DualPipeV, ZB-V and interleaved schedules use as many GPUs as the rest; "
+                           "default: every schedule at the scenario's stage count")
     cmp_.add_argument("--plots", choices=PLOTS, default="png",
                       help="png: compare.png (default); html: report.html with every schedule on one time "
                            "axis; all; none")
@@ -598,12 +602,14 @@ def _cmd_compare(args) -> int:
     if not names:
         raise UsageError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
     _refuse_unused_options(names, scenario)
+    if args.same_gpus is not None and not 1 <= args.same_gpus <= 1_000_000:
+        raise UsageError(f"--same-gpus: must be a whole number of GPUs from 1 to 1,000,000, got {args.same_gpus}")
     check_targets(args.out, ["compare.md", *_chart_files(args.plots, ["compare.png"])])
     source = f"`{args.scenario}`" + "".join(f" `--set {o}`" for o in args.overrides)
     _prepare_charts(args.plots)
     with progress_bar("compare") as progress:
         result, written = compare.run_and_write(scenario, names, args.out, source, plots=args.plots,
-                                                progress=progress)
+                                                progress=progress, same_gpus=args.same_gpus)
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
     _warn(oddities(scenario))

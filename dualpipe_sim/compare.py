@@ -43,25 +43,67 @@ def with_schedule(scenario: Scenario, name: str) -> Scenario:
     return scenario.model_copy(update={"pipeline": scenario.pipeline.model_copy(update={"schedule": name})})
 
 
-def _try_run(scenario: Scenario, name: str) -> simulation.Result | str:
+def at_gpus(scenario: Scenario, name: str, gpus: int) -> Scenario | str:
+    """``scenario`` with the stage count that runs ``name`` on ``gpus`` GPUs (pipeline ranks x tensor x
+    data x context): one stage per rank, two for the V-shaped families (DualPipeV, ZB-V), and
+    ``pipeline.chunks_per_rank`` (default 2) for the interleaved ones; or why it cannot.  The model
+    stays the same: a [model] is re-split by its layout; typed per-stage times and sizes are scaled by
+    old stages / new stages (one value each only)."""
+    from .plan.shapes import shape  # how many stages a family puts on a rank, read off its build
+
+    par = scenario.parallel
+    per_rank = par.tensor * par.data * par.context if par is not None else 1
+    if gpus % per_rank:
+        return f"{gpus} GPUs is not a multiple of tensor x data x context = {per_rank} GPUs per rank"
+    sh = shape(name)
+    stages = gpus // per_rank * ((scenario.pipeline.chunks_per_rank or 2) if sh.virtual else sh.stages_per_rank)
+    update = {"pipeline": scenario.pipeline.model_copy(update={"schedule": name, "stages": stages})}
+    if scenario.model is None:  # the same model cut into more or fewer stages: each stage's share scales
+        if scenario.chunk is not None:
+            return "needs a [model] to re-split a [chunk] scenario over another stage count"
+        scale = scenario.pipeline.stages / stages
+        costs, memory = scenario.costs, scenario.memory
+        if any(isinstance(v, list) for v in (costs.forward, costs.backward, costs.weight, costs.overlapped,
+                                             memory.activation, memory.parameters)):  # fmt: skip
+            return "per-stage lists cannot be re-split over another stage count (give one value each, or a [model])"
+        times = {k: v * scale for k in ("forward", "backward", "weight", "overlapped")
+                 if (v := getattr(costs, k)) is not None}  # fmt: skip
+        update["costs"] = costs.model_copy(update=times)
+        sizes = {k: getattr(memory, k) * scale for k in ("activation", "parameters") if k in memory.model_fields_set}
+        update["memory"] = memory.model_copy(update=sizes)
+    return scenario.model_copy(update=update)
+
+
+def _try_run(scenario: Scenario, name: str, same_gpus: int | None = None) -> simulation.Result | str:
     """The run, or the reason the schedule cannot take this scenario."""
     if name not in registry.families():
         return "not registered (`dualpipe-sim schedules` lists the known ones)"
+    if same_gpus is not None:
+        scenario = at_gpus(scenario, name, same_gpus)
+        if isinstance(scenario, str):
+            return scenario
+        try:  # another stage count: per-stage lists or a layout written for the old one no longer fit
+            return simulation.run(scenario)
+        except ScheduleError as exc:
+            return str(exc).removeprefix(f"{name}: ")
+        except ScenarioError as exc:
+            return f"at {scenario.pipeline.stages} stages: {exc}"
     try:
         return simulation.run(with_schedule(scenario, name))
     except ScheduleError as exc:
         return str(exc).removeprefix(f"{name}: ")
 
 
-def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
+def compare(scenario: Scenario, names: list[str], progress=None, same_gpus: int | None = None) -> Comparison:
     """Run ``scenario`` through each schedule.  Raises ScenarioError when none can run it.
-    ``progress`` is told of each schedule (progress.py)."""
+    ``progress`` is told of each schedule (progress.py).  ``same_gpus``: each schedule at the stage
+    count that puts it on that many GPUs (at_gpus), instead of the scenario's stage count."""
     from .progress import report as tell
 
     results, skipped, notes = [], [], []
     for i, name in enumerate(names):
         tell(progress, i, len(names), name)
-        outcome = _try_run(scenario, name)
+        outcome = _try_run(scenario, name, same_gpus)
         if name == "chimera" and "chimera-doubling" not in names and not isinstance(outcome, str):
             outcome = _better_chimera(scenario, outcome, notes)
         if isinstance(outcome, str):
@@ -73,7 +115,7 @@ def compare(scenario: Scenario, names: list[str], progress=None) -> Comparison:
         raise ScenarioError(f"pipeline.schedule: none of the schedules can run this scenario ({reasons})")
     base = next((r for r in results if r.metrics.schedule == BASELINE), None)
     if base is None:
-        outcome = _try_run(scenario, BASELINE)
+        outcome = _try_run(scenario, BASELINE, same_gpus)
         base = None if isinstance(outcome, str) else outcome
     return Comparison(results, skipped, base.metrics.makespan if base else None,
                       step_time(base.metrics) if base else None, tuple(notes))  # fmt: skip
@@ -252,13 +294,13 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
 
 
 def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str, plots: str = "png",
-                  progress=None) -> tuple[Comparison, list]:
+                  progress=None, same_gpus: int | None = None) -> tuple[Comparison, list]:
     """Compare, then write compare.md and the charts ``plots`` asks for (png: compare.png,
     html: report.html, all, none) into ``out_dir`` all-or-nothing."""
     from .outputs import write_all, write_text
     from .progress import each_file
 
-    comparison = compare(scenario, names, progress)
+    comparison = compare(scenario, names, progress, same_gpus)
     png = plots in ("png", "all")
     writers = {"compare.md": write_text(markdown(comparison, source, "compare.png" if png else None))}
     if png:
