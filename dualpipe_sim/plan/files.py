@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import units
 from ..sweep.grid import toml_text
+from ..sweep.results import format_value  # one cell format for plan.csv and results.csv
 from .rank import Row
 
 # plan.csv's columns: the layout, then what the simulation gave, then how the row was treated.
@@ -54,22 +55,12 @@ def records(plan) -> list[dict]:
     return out
 
 
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def plan_csv(plan) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for rec in records(plan):
-        writer.writerow([_cell(rec[k]) for k in COLUMNS])
+        writer.writerow([format_value(rec[k]) for k in COLUMNS])
     return buf.getvalue()
 
 
