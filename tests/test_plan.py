@@ -56,14 +56,16 @@ def hand_complete() -> set[tuple]:
     """(schedule, tensor, pipeline, data, mbs, M, stages, recompute, zero) of every complete candidate:
     1f1b runs every layout (stages = pipeline); dualpipev needs stages = 2 x pipeline <= 4 layers and
     M >= stages.  Selective recompute equals none (flash attention) and zero 0 never beats zero 1, so
-    both are pruned: none and full at zero 1 remain."""
+    both are pruned; zero 2 and 3 equal 1 with one data-parallel rank (pruned there): none and full at
+    zero 1, 2 and 3 remain where data > 1, at zero 1 where data = 1."""
     out = set()
     for (t, p, d), by_mbs in HAND_LAYOUTS.items():
         for mbs, m in by_mbs.items():
             for rc in ("none", "full"):
-                out.add(("1f1b", t, p, d, mbs, m, p, rc, 1))
-                if 2 * p <= 4 and m >= 2 * p:
-                    out.add(("dualpipev", t, p, d, mbs, m, 2 * p, rc, 1))
+                for z in (1, 2, 3) if d > 1 else (1,):
+                    out.add(("1f1b", t, p, d, mbs, m, p, rc, z))
+                    if 2 * p <= 4 and m >= 2 * p:
+                        out.add(("dualpipev", t, p, d, mbs, m, 2 * p, rc, z))
     return out
 
 
@@ -72,29 +74,32 @@ def test_every_complete_candidate_is_listed(tiny):
     got = {(c.schedule, c.tensor, c.pipeline, c.data, c.micro_batch_size, c.microbatches, c.stages, c.recompute,
             c.zero) for c in complete}  # fmt: skip
     assert got == hand_complete()
-    assert len(got) == 17 * 2 + 9 * 2  # 17 (layout, mbs) pairs run 1f1b; 9 run dualpipev
+    # 17 (layout, mbs) pairs run 1f1b, 8 of them with data > 1; 9 run dualpipev, 4 of them with data > 1
+    assert len(got) == (8 * 6 + 9 * 2) + (4 * 6 + 5 * 2)
 
 
 def test_every_pruning_reason_is_counted(tiny):
-    # 1f1b: 17 pairs x 3 recompute x 2 zero = 102 rows; dualpipev: 9 pairs x 6 = 54 rows, the 3 pairs
+    # 1f1b: 17 pairs x 3 recompute x 4 zero = 204 rows; dualpipev: 9 pairs x 12 = 108 rows, the 3 pairs
     # with pipeline 4 need 8 stages (> 4 layers), and 5 pairs have M < stages (A: M1; D: M1; B: M2, M1;
-    # E: M2).  Selective rows: (17 + 9) x 2; zero-0 rows besides those: (17 + 9) x 2.
+    # E: M2).  Selective rows: (17 + 9) x 4; zero-0 rows besides those: (17 + 9) x 2; zero 2 and 3 at
+    # none and full on the pairs with data 1 (9 of 1f1b's, 5 of dualpipev's): 14 x 4.
     assert tiny.pruned == {
         "context: fewer than 2048 tokens per context rank": 3,
         "global_batch: not a multiple of data x micro_batch_size": 1,
         "gpus: 4 not a multiple of tensor x context": 6,
         "layers": 3,
-        "recompute: selective equals none under flash attention (it saves only the scores)": 52,
+        "recompute: selective equals none under flash attention (it saves only the scores)": 104,
         "schedule: dualpipev": 5,
         "tensor: does not divide the 4 attention heads": 1,
         "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)": 52,
+        "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)": 56,
     }
-    assert len(tiny.rows) == 1 + 6 + 3 + 1 + 102 + 3 + 5 + 54
+    assert len(tiny.rows) == 1 + 6 + 3 + 1 + 204 + 3 + 5 + 108
 
 
 def test_small_space_is_simulated_whole_and_ranked_by_throughput(tiny):
     complete = [r for r in tiny.rows if not r.pruned]
-    assert all(r.ok for r in complete)  # 52 survivors < the default budget: every one simulated
+    assert all(r.ok for r in complete)  # 100 survivors < the default budget: every one simulated
     tokens_per_gpu = 8 * 2048 / 4
     for r in complete:  # tokens/s per GPU = the step's tokens on one GPU / the step time
         assert r.tokens_per_second_per_gpu == pytest.approx(tokens_per_gpu / (r.simulated["step.total"] / 1e3))
@@ -173,7 +178,7 @@ def test_pins_narrow_the_space(config):
                      overrides=["parallel.tensor=2", "memory.recompute=full"])  # fmt: skip
     complete = [r.candidate for r in pinned.rows if not r.pruned]
     assert {c.tensor for c in complete} == {2} and {c.recompute for c in complete} == {"full"}
-    assert len(complete) == 6  # (2,1,2) x 3 mbs + (2,2,1) x 3 mbs
+    assert len(complete) == 12  # (2,1,2) x 3 mbs x zero 1, 2, 3 + (2,2,1) x 3 mbs x zero 1
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -205,8 +210,9 @@ def test_cli_outputs_and_a_top_scenario_reproduces_its_metrics(config, tmp_path)
                 "schedule", "tokens_per_second_per_gpu", "step_time", "peak_memory", "fits", "pruned", "scenario"}
     assert required <= set(top[0])
     rows = list(csv.DictReader((out / "plan.csv").open()))
-    assert len(rows) == 175 and required - {"scenario"} <= set(rows[0])
-    assert sum(r["simulated"] == "yes" for r in rows) == 52 and sum(bool(r["pruned"]) for r in rows) == 123
+    assert len(rows) == 331 and required - {"scenario"} <= set(rows[0])
+    assert sum(r["simulated"] == "yes" for r in rows) == 100 and sum(bool(r["pruned"]) for r in rows) == 231
+    assert {r["zero"] for r in rows if r["simulated"] == "yes"} == {"1", "2", "3"}
     assert {p.name for p in out.iterdir()} == {"plan.csv", "plan.md", "plan.png", "top-01.toml", "top-02.toml",
                                                "top-03.toml"}  # fmt: skip
     # `run` on a written scenario gives the plan's figures
@@ -237,4 +243,62 @@ def test_a_scenario_source_keeps_its_recompute_and_switches(config, tmp_path):
     assert {c.recompute for c in complete} == {"full"}
     assert {c.tensor for c in complete} == {1, 2, 4}
     assert result.base["parallel"] == {"tp_comm_overlap": False}
-    assert len(complete) == 17  # every (layout, mbs) pair of HAND_LAYOUTS, at zero 1
+    assert len(complete) == 8 * 3 + 9  # every (layout, mbs) pair of HAND_LAYOUTS: zero 1-3 where data > 1
+
+
+# -- ZeRO 2 and 3 in the search ------------------------------------------------------------------
+
+
+def test_fsdp_with_expert_parallelism_is_pruned_and_counted():
+    # The tiny model with 4 routed experts, 1f1b only.  Expert degrees by (tensor, pipeline, data): e
+    # divides 4 experts and data x tensor.  A zero-3 row (none or full recompute) with e > 1 is pruned
+    # as not modelled unless the one-rank rule (data 1, tensor = expert) takes it first:
+    # (1,1,4): e2, e4 x 2 mbs; (1,2,2): e2 x 3; (1,4,1): none; (2,1,2): e2, e4 x 3; (2,2,1): e2 is
+    # one-rank; (4,1,1): e2 x 3 (e4 one-rank).  16 per policy, 32 rows.
+    from dualpipe_sim.plan.shapes import shapes
+    from dualpipe_sim.plan.space import ModelShape, Request, enumerate_candidates
+
+    rows = list(enumerate_candidates(ModelShape(heads=4, layers=4, experts=4), Request(4, 8, 2048), shapes(["1f1b"])))
+    fsdp = [c for c in rows if c.pruned.startswith("zero: 3 (FSDP) with expert parallelism")]
+    assert len(fsdp) == 32
+    assert all(c.zero == 3 and c.expert > 1 and c.recompute in ("none", "full") for c in fsdp)
+    complete = [c for c in rows if not c.pruned]
+    assert not any(c.zero == 3 and c.expert > 1 for c in complete)
+    assert any(c.zero == 3 and c.expert == 1 and c.data > 1 for c in complete)  # FSDP without EP stays
+    assert any(c.zero == 2 and c.expert > 1 for c in complete)  # ZeRO 2 with EP stays
+
+
+def test_zero_2_and_3_equal_zero_1_on_one_data_parallel_rank(config):
+    # The rule that prunes them: over one rank a ZeRO shard is the whole and every collective is
+    # empty, so the simulation gives the same metrics to the byte (1f1b, TP1 PP4 DP1, and TP2 PP2 DP1).
+    from dualpipe_sim.plan.request import base_scenario
+    from dualpipe_sim.plan.simulate import run_candidate
+
+    base = base_scenario(config, "H100", 2048, [])
+    for t, p in ((1, 4), (2, 2)):
+        runs = [run_candidate(base, tuple(Candidate(tensor=t, context=1, pipeline=p, data=1, expert=1, micro_batch_size=1,
+                                                    microbatches=8, schedule="1f1b", stages=p, recompute="none",
+                                                    zero=z).overrides())) for z in (1, 2, 3)]  # fmt: skip
+        assert runs[0]["status"] == "ok" and runs[0] == runs[1] == runs[2]
+
+
+def test_memory_floor_sees_zero_savings(config):
+    # Static bytes per parameter with bf16 parameters, fp32 gradients and Adam (fp32 master + two fp32
+    # moments: 12 B) over 4 data-parallel ranks: ZeRO 1 2 + 4 + 12/4 = 9; ZeRO 2 2 + (4 + 12)/4 = 6;
+    # ZeRO 3 (2 + 4 + 12)/4 = 4.5.  The floor that prunes by memory is those bytes + the runtime allowance.
+    from dualpipe_sim.plan.estimate import FigureCache, static_floor
+    from dualpipe_sim.plan.request import base_scenario
+
+    cache = FigureCache(base_scenario(config, "H100", 2048, []))
+    cands = [Candidate(tensor=1, context=1, pipeline=1, data=4, expert=1, micro_batch_size=1, microbatches=2,
+                       schedule="1f1b", stages=1, recompute="none", zero=z) for z in (1, 2, 3)]  # fmt: skip
+    static = [static_floor(cache, c) - cache.runtime(c) for c in cands]
+    assert static[1] / static[0] == pytest.approx(6 / 9) and static[2] / static[0] == pytest.approx(4.5 / 9)
+    # and the figures the estimate adds activations to hold the same shards (plus ZeRO 2/3's buffers)
+    full = [cache.figures(c).static[0] for c in cands]
+    assert full == pytest.approx(static)
+    # The tiny model by hand: a layer 4 x 256^2 (attention) + 3 x 256 x 512 (MLP) + 2 x 256 (norms) =
+    # 655,872; with the embedding and head (1000 x 256 each) and the final norm, 3,135,744 parameters.
+    assert static[0] == 9 * 3_135_744
+    # ZeRO 2 holds two units' whole fp32 gradients (the largest unit: a layer), ZeRO 3 also their bf16 parameters
+    assert [cache.figures(c).buffers[0] for c in cands] == [0, 2 * 4 * 655_872, 2 * (4 + 2) * 655_872]

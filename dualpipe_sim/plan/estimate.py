@@ -59,6 +59,7 @@ class FigureCache:
         self.base = base
         self._params: dict[int, tuple[list[tuple[int, int]], model_memory.Sharding]] = {}
         self._figures: dict[tuple, StageFigures] = {}
+        self._derived: dict[tuple, derive.Derived] = {}
         self.hardware_name = derive.hardware(HardwareSection.model_validate(base["hardware"])).name
 
     def runtime(self, cand: Candidate) -> float:
@@ -89,14 +90,21 @@ class FigureCache:
         key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
                cand.zero)
         if key not in self._figures:
-            derived = self.scenario(cand).derived()
+            # ZeRO 0-2 change only memory (model/derive.py costs collectives in the actions only for
+            # ZeRO 3): one derivation of the times serves them, the memory is worked out per stage.
+            times = (*key[:-1], cand.zero >= 3)
+            if times not in self._derived:
+                self._derived[times] = self.scenario(cand).derived()
+            derived = self._derived[times]
             f, b, w, pair = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
+            st = replace(derived.setup, sharding=replace(derived.setup.sharding, zero=cand.zero))
+            memory = [derive._stage_memory(st, stage) for stage in st.stages]  # as derive() works it out
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform,
-                                              tuple(st.static.total for st in derived.stages),
-                                              tuple(st.sharding_buffers for st in derived.stages))  # fmt: skip
+                                              tuple(static.total for static, _ in memory),
+                                              tuple(buffers for _, buffers in memory))  # fmt: skip
         return self._figures[key]
 
 

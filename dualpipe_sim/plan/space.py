@@ -19,7 +19,7 @@ CONTEXT = (1, 2, 4, 8)
 MICRO_BATCH_SIZES = (1, 2, 4)
 VIRTUAL = (2, 3, 4, 5, 6, 8)  # virtual stages per rank tried for interleaved schedules
 RECOMPUTE = ("none", "selective", "full")
-ZERO = (0, 1)  # ZeRO-3's parameter all-gathers are not costed, so it is only tried when pinned
+ZERO = (0, 1, 2, 3)  # 2: gradients sharded too; 3 (FSDP): parameters too, gathered per layer (model/fsdp.py)
 # Context parallelism below this many tokens per rank is not tried: each ring step's attention
 # chunk gets too short to hide the K/V exchange behind (an assumption, docs/plan.md).
 MIN_CONTEXT_TOKENS = 2048
@@ -187,13 +187,26 @@ def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
                 continue
             for rc in choices.recompute:
                 for z in choices.zero:
-                    yield replace(cand, recompute=rc, zero=z, pruned=_dominated(model, choices, rc, z))
+                    cand_z = replace(cand, recompute=rc, zero=z)
+                    yield replace(cand_z, pruned=_dominated(model, choices, cand_z) or _unmodelled(model, cand_z))
 
 
-def _dominated(model: ModelShape, choices: Choices, recompute: str, zero: int) -> str:
+def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
     """Why another candidate tried beside this one is never worse ('' if none is)."""
-    if recompute == "selective" and model.flash_attention and "none" in choices.recompute:
+    if cand.recompute == "selective" and model.flash_attention and "none" in choices.recompute:
         return "recompute: selective equals none under flash attention (it saves only the scores)"
-    if zero == 0 and 1 in choices.zero:
+    if cand.zero == 0 and 1 in choices.zero:
         return "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)"
+    # ZeRO shards over data x context ranks (experts over data x context x tensor / expert): over one
+    # rank a shard is the whole, every collective is empty, and ZeRO 2 and 3 equal 1 to the byte.
+    one_rank = cand.data * cand.context == 1 and (not model.experts or cand.tensor == cand.expert)
+    if cand.zero >= 2 and one_rank and 1 in choices.zero:
+        return "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)"
+    return ""
+
+
+def _unmodelled(model: ModelShape, cand: Candidate) -> str:
+    """A rule of the model, judged here so it costs no derivation: FSDP with expert parallelism."""
+    if cand.zero == 3 and model.experts and cand.expert > 1:
+        return "zero: 3 (FSDP) with expert parallelism is not modelled (model/derive.py refuses it)"
     return ""
