@@ -142,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="simulate at least this many candidates, best estimates first (default 200)")
     pln.add_argument("--out", default="plan", help="output folder (default: plan)")
     pln.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
+    pln.add_argument("--dask-scheduler", metavar="ADDRESS",
+                     help="simulate the candidates on this Dask cluster, e.g. tcp://host:8786")
+    pln.add_argument("--resume", action="store_true",
+                     help="continue an interrupted plan in --out: simulate only the candidates it did not finish")
     pln.add_argument("--json", action="store_true", help="print the ranked top K as JSON instead of the table")
     return p
 
@@ -622,6 +626,7 @@ def _cmd_compare(args) -> int:
 
 def _cmd_plan(args) -> int:
     from . import plan
+    from .sweep.errors import SweepError
 
     names = None
     if args.schedules is not None:
@@ -630,13 +635,27 @@ def _cmd_plan(args) -> int:
             raise UsageError("--schedules: give at least one schedule name, e.g. 1f1b,dualpipe")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
-    check_targets(args.out, plan.out_files(max(args.top, 1)))
-    with progress_bar("plan") as progress:
-        result = plan.plan(args.source, args.gpus, args.global_batch, args.seq, hardware=args.hardware,
-                           top=args.top, schedules=names, overrides=args.overrides, jobs=args.jobs,
-                           budget=args.budget, progress=progress)
-        _prepare_charts("png")
-        written = plan.write(result, args.out, progress)
+    if args.jobs is not None and args.dask_scheduler:
+        raise UsageError("--jobs: does not apply with --dask-scheduler (the cluster's workers run the candidates)")
+    if not args.resume and (Path(args.out) / plan.JOURNAL).exists():
+        raise UsageError(f"--out {args.out}: {Path(args.out) / plan.JOURNAL} holds the finished candidates of an "
+                         f"interrupted plan; pass --resume to continue it, or use another --out")  # fmt: skip
+    check_targets(args.out, [*plan.out_files(max(args.top, 1)), plan.JOURNAL])
+    try:
+        with progress_bar("plan") as progress:
+            result = plan.plan(args.source, args.gpus, args.global_batch, args.seq, hardware=args.hardware,
+                               top=args.top, schedules=names, overrides=args.overrides, jobs=args.jobs,
+                               budget=args.budget, progress=progress, out=args.out, resume=args.resume,
+                               dask_scheduler=args.dask_scheduler)
+            _prepare_charts("png")
+            written = plan.write(result, args.out, progress)
+    except SweepError as exc:  # the Dask address, worded as sweep words it
+        raise UsageError(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
+    except plan.Interrupted as exc:
+        word, code = stopped(exc.signal)
+        print(f"{word}: {exc.finished} finished candidates are in {exc.path}; "
+              f"rerun with --resume to simulate the other {exc.left}", file=sys.stderr)
+        return code
     if args.json:
         print(json.dumps(plan.top_json(result, args.out), indent=2))
         return 0

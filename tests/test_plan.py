@@ -11,6 +11,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,16 +58,27 @@ def hand_complete() -> set[tuple]:
     1f1b runs every layout (stages = pipeline); dualpipev needs stages = 2 x pipeline <= 4 layers and
     M >= stages.  Selective recompute equals none (flash attention) and zero 0 never beats zero 1, so
     both are pruned; zero 2 and 3 equal 1 with one data-parallel rank (pruned there): none and full at
-    zero 1, 2 and 3 remain where data > 1, at zero 1 where data = 1."""
+    zero 1, 2 and 3 remain where data > 1, at zero 1 where data = 1.  Zero 1 is pruned where its
+    zero-2 twin is no heavier (see ZERO1_PRUNED): with pipeline 1 and data > 1."""
     out = set()
     for (t, p, d), by_mbs in HAND_LAYOUTS.items():
         for mbs, m in by_mbs.items():
             for rc in ("none", "full"):
-                for z in (1, 2, 3) if d > 1 else (1,):
+                for z in ((2, 3) if p == 1 else (1, 2, 3)) if d > 1 else (1,):
                     out.add(("1f1b", t, p, d, mbs, m, p, rc, z))
                     if 2 * p <= 4 and m >= 2 * p:
                         out.add(("dualpipev", t, p, d, mbs, m, 2 * p, rc, z))
     return out
+
+
+# Zero 1 is pruned where ZeRO 2 is as fast and no heavier: on every rank ZeRO 2's sharded fp32
+# gradients 4P / D plus two units' whole gradients 2 x 4 U take no more than ZeRO 1's whole 4P (P the
+# rank's parameters, U its largest unit: a layer, 655,872; see test_memory_floor_sees_zero_savings):
+# P (1 - 1/D) >= 2U.  Pipeline 1 holds the whole model, 3,135,744: D = 4 and D = 2 both pass (2.35M,
+# 1.57M >= 1.31M).  Pipeline 2 at D 2: 1f1b's stages (embedding or head + 2 layers, about 1.57M) give
+# 0.78M, dualpipev's rank (embedding, head + 2 layers, 1.82M) 0.91M: kept.  Rows: 1f1b's 5 pairs with
+# pipeline 1 and data > 1, dualpipev's 3, at none and full: 16.
+ZERO1_PRUNED = "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
 
 
 def test_every_complete_candidate_is_listed(tiny):
@@ -74,8 +86,9 @@ def test_every_complete_candidate_is_listed(tiny):
     got = {(c.schedule, c.tensor, c.pipeline, c.data, c.micro_batch_size, c.microbatches, c.stages, c.recompute,
             c.zero) for c in complete}  # fmt: skip
     assert got == hand_complete()
-    # 17 (layout, mbs) pairs run 1f1b, 8 of them with data > 1; 9 run dualpipev, 4 of them with data > 1
-    assert len(got) == (8 * 6 + 9 * 2) + (4 * 6 + 5 * 2)
+    # 17 (layout, mbs) pairs run 1f1b, 8 of them with data > 1 (5 with pipeline 1: no zero 1); 9 run
+    # dualpipev, 4 of them with data > 1 (3 with pipeline 1)
+    assert len(got) == (8 * 6 - 5 * 2 + 9 * 2) + (4 * 6 - 3 * 2 + 5 * 2)
 
 
 def test_every_pruning_reason_is_counted(tiny):
@@ -93,13 +106,29 @@ def test_every_pruning_reason_is_counted(tiny):
         "tensor: does not divide the 4 attention heads": 1,
         "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)": 52,
         "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)": 56,
+        ZERO1_PRUNED: 16,
     }
     assert len(tiny.rows) == 1 + 6 + 3 + 1 + 204 + 3 + 5 + 108
 
 
+def test_a_zero_1_pruned_for_its_zero_2_twin_is_never_better(tiny, config):
+    # The rule, checked by simulating both: the ZeRO 2 twin is as fast or faster and no heavier.
+    from dualpipe_sim.plan.request import base_scenario
+    from dualpipe_sim.plan.simulate import run_candidate
+
+    base = base_scenario(config, "H100", 2048, [])
+    pruned = [r.candidate for r in tiny.rows if r.pruned == ZERO1_PRUNED]
+    assert len(pruned) == 16
+    for cand in pruned:
+        one = run_candidate(base, tuple(cand.overrides()))
+        two = run_candidate(base, tuple(replace(cand, zero=2, pruned="").overrides()))
+        assert one["status"] == two["status"] == "ok"
+        assert two["step.total"] <= one["step.total"] and two["memory.total"] <= one["memory.total"]
+
+
 def test_small_space_is_simulated_whole_and_ranked_by_throughput(tiny):
     complete = [r for r in tiny.rows if not r.pruned]
-    assert all(r.ok for r in complete)  # 100 survivors < the default budget: every one simulated
+    assert all(r.ok for r in complete)  # 84 survivors < the default budget: every one simulated
     tokens_per_gpu = 8 * 2048 / 4
     for r in complete:  # tokens/s per GPU = the step's tokens on one GPU / the step time
         assert r.tokens_per_second_per_gpu == pytest.approx(tokens_per_gpu / (r.simulated["step.total"] / 1e3))
@@ -178,7 +207,7 @@ def test_pins_narrow_the_space(config):
                      overrides=["parallel.tensor=2", "memory.recompute=full"])  # fmt: skip
     complete = [r.candidate for r in pinned.rows if not r.pruned]
     assert {c.tensor for c in complete} == {2} and {c.recompute for c in complete} == {"full"}
-    assert len(complete) == 12  # (2,1,2) x 3 mbs x zero 1, 2, 3 + (2,2,1) x 3 mbs x zero 1
+    assert len(complete) == 9  # (2,1,2) x 3 mbs x zero 2, 3 (zero 1 pruned) + (2,2,1) x 3 mbs x zero 1
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -211,7 +240,7 @@ def test_cli_outputs_and_a_top_scenario_reproduces_its_metrics(config, tmp_path)
     assert required <= set(top[0])
     rows = list(csv.DictReader((out / "plan.csv").open()))
     assert len(rows) == 331 and required - {"scenario"} <= set(rows[0])
-    assert sum(r["simulated"] == "yes" for r in rows) == 100 and sum(bool(r["pruned"]) for r in rows) == 231
+    assert sum(r["simulated"] == "yes" for r in rows) == 84 and sum(bool(r["pruned"]) for r in rows) == 247
     assert {r["zero"] for r in rows if r["simulated"] == "yes"} == {"1", "2", "3"}
     assert {p.name for p in out.iterdir()} == {"plan.csv", "plan.md", "plan.png", "top-01.toml", "top-02.toml",
                                                "top-03.toml"}  # fmt: skip
@@ -243,7 +272,9 @@ def test_a_scenario_source_keeps_its_recompute_and_switches(config, tmp_path):
     assert {c.recompute for c in complete} == {"full"}
     assert {c.tensor for c in complete} == {1, 2, 4}
     assert result.base["parallel"] == {"tp_comm_overlap": False}
-    assert len(complete) == 8 * 3 + 9  # every (layout, mbs) pair of HAND_LAYOUTS: zero 1-3 where data > 1
+    # every (layout, mbs) pair of HAND_LAYOUTS: zero 1-3 where data > 1 (zero 1 pruned for 5 pairs with
+    # pipeline 1), zero 1 where data = 1
+    assert len(complete) == 8 * 3 - 5 + 9
 
 
 # -- ZeRO 2 and 3 in the search ------------------------------------------------------------------
@@ -302,3 +333,13 @@ def test_memory_floor_sees_zero_savings(config):
     assert static[0] == 9 * 3_135_744
     # ZeRO 2 holds two units' whole fp32 gradients (the largest unit: a layer), ZeRO 3 also their bf16 parameters
     assert [cache.figures(c).buffers[0] for c in cands] == [0, 2 * 4 * 655_872, 2 * (4 + 2) * 655_872]
+
+
+def test_every_schedule_has_its_own_colour_and_shape_in_the_chart():
+    from dualpipe_sim import registry
+    from dualpipe_sim.plan.chart import schedule_marker
+    from dualpipe_sim.plots.style import schedule_colour
+
+    names = list(registry.families())
+    assert len({(schedule_colour(n), schedule_marker(n)) for n in names}) == len(names)
+    assert len({schedule_marker(n) for n in names}) == len(names)  # the shape alone tells them apart

@@ -20,19 +20,33 @@ from ..model import derive, flops
 from ..model.sections import HardwareSection, ModelSection
 from ..outputs import write_all, write_text
 from ..progress import Progress, each_file, report
+from ..sweep.errors import SweepError
 from . import files
 from .estimate import FigureCache, estimate, static_floor
 from .rank import Row, estimate_order, ranked, to_simulate
 from .request import (PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices,
                       source_pins)
-from .shapes import shapes
-from .simulate import run_all
-from .space import enumerate_candidates
+from .journal import NAME as JOURNAL
+from .journal import Journal
+from .shapes import placement, shapes
+from .simulate import DaskCandidates, LocalCandidates
+from .space import ModelShape, enumerate_candidates, shards_nothing
 
 DEFAULT_BUDGET = 200  # candidates simulated at least (when that many survive pruning)
 DEFAULT_TOP = 10
 
-__all__ = ["Plan", "PlanError", "plan", "write", "top_json", "out_files"]
+__all__ = ["Plan", "PlanError", "Interrupted", "plan", "write", "top_json", "out_files", "JOURNAL"]
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a plan while simulating; every finished candidate is in the
+    journal (``path``, journal.py) and ``resume`` simulates only the ``left`` others.  ``signal``
+    is the KeyboardInterrupt that did (signals.Terminated for SIGTERM)."""
+
+    def __init__(self, path: Path, finished: int, left: int, signal: BaseException) -> None:
+        super().__init__(f"interrupted: {finished} finished candidates are in {path}; resume to simulate the "
+                         f"other {left}")  # fmt: skip
+        self.path, self.finished, self.left, self.signal = path, finished, left, signal
 
 
 @dataclass
@@ -47,6 +61,7 @@ class Plan:
     rows: list[Row]
     top_k: int = DEFAULT_TOP
     pruned: dict[str, int] = field(default_factory=dict)  # reason (its rule, without figures) -> rows
+    journal: Path | None = None  # the finished candidates on disk (journal.py); write() removes it
 
     @property
     def top(self) -> list[Row]:
@@ -65,14 +80,30 @@ def reason_kind(reason: str) -> str:
 
 def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware: str | None = None,
          top: int = DEFAULT_TOP, schedules: list[str] | None = None, overrides: list[str] = (),
-         jobs: int | None = None, budget: int = DEFAULT_BUDGET, progress: Progress | None = None) -> Plan:
+         jobs: int | None = None, budget: int = DEFAULT_BUDGET, progress: Progress | None = None,
+         out: str | Path | None = None, resume: bool = False, dask_scheduler: str | None = None) -> Plan:
     """Rank every layout of the model in ``source`` (scenario TOML or HF config.json) on ``gpus`` GPUs,
     ``global_batch`` sequences of ``seq`` tokens per step.  Raises PlanError (a ScenarioError) naming
-    the parameter for an impossible request."""
+    the parameter for an impossible request.
+
+    ``out``: keep each simulated candidate in ``out``/plan.partial.jsonl as it finishes, so that
+    Ctrl-C (raising :class:`Interrupted`) loses none and ``resume=True`` simulates only the others.
+    ``dask_scheduler``: simulate on that dask.distributed cluster instead of ``jobs`` local
+    processes (a bad address raises sweep's SweepError, param ``dask_scheduler``)."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise PlanError(f"top: must be a whole number >= 1, got {top!r}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise PlanError(f"budget: must be a whole number >= 1, got {budget!r}")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise PlanError(f"jobs: must be a whole number >= 1, got {jobs!r}")
+    if dask_scheduler is not None and jobs is not None:
+        raise PlanError("jobs: does not apply with dask_scheduler (the cluster's workers run the candidates)")
+    if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
+        raise SweepError("dask_scheduler", f"empty address {dask_scheduler!r}; give the scheduler's address, "
+                                           f"e.g. tcp://host:8786 (or leave it out to run locally)")
+    if out is not None and not resume and (Path(out) / JOURNAL).exists():
+        raise PlanError(f"resume: {Path(out) / JOURNAL} holds the finished candidates of an interrupted plan; "
+                        f"resume it, or write to another folder")  # fmt: skip
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides)
     req = make_request(base, gpus, global_batch, seq)
@@ -81,7 +112,9 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         registry.get(name)  # ScheduleError naming the unknown schedule
     device = device_memory(base)
     rows: list[Row] = []
-    for i, cand in enumerate(enumerate_candidates(model_shape(base), req, shapes(names), pinned_choices(source_pins(base) + overrides))):
+    choices = pinned_choices(source_pins(base) + overrides)
+    shape_of_model = model_shape(base)
+    for i, cand in enumerate(enumerate_candidates(shape_of_model, req, shapes(names), choices)):
         rows.append(Row(i, cand, pruned=cand.pruned))
     live = [r for r in rows if not r.pruned]
     cache = FigureCache(base)
@@ -89,7 +122,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     for n, row in enumerate(live):
         if n % 100 == 0:
             report(progress, n, len(live), "estimating")
-        row.pruned = _prune(cache, row, device, same_as)
+        row.pruned = _prune(cache, row, device, same_as, shape_of_model, choices.zero)
     survivors = [r for r in live if not r.pruned]
     if not survivors:
         counts = Counter(reason_kind(r.pruned) for r in rows)
@@ -97,7 +130,16 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         raise PlanError(f"gpus: no layout of the model runs on {gpus} GPUs with global batch {global_batch}; "
                         f"pruned: {worst}")  # fmt: skip
     chosen = to_simulate(estimate_order(survivors, device), budget, device)
-    _simulate(base, chosen, jobs, progress)
+    executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
+    try:
+        journal = Journal(Path(out), base, resume) if out is not None else None
+        try:
+            _simulate(executor, base, chosen, journal, progress)
+        finally:
+            if journal is not None:
+                journal.close()
+    finally:
+        executor.close()
     per_gpu_tokens = global_batch * seq / gpus
     flops_per_token, peak = _flops(base, seq)
     for row in chosen:
@@ -106,12 +148,15 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
             if peak:
                 row.mfu = row.tokens_per_second_per_gpu * flops_per_token / peak
     pruned = Counter(reason_kind(r.pruned) for r in rows if r.pruned)
-    return Plan(base, gpus, global_batch, seq, device, ranked(rows), top, dict(sorted(pruned.items())))
+    return Plan(base, gpus, global_batch, seq, device, ranked(rows), top, dict(sorted(pruned.items())),
+                journal.path if journal is not None else None)
 
 
-def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tuple, int]) -> str:
+def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tuple, int], model: ModelShape,
+           zeros: tuple[int, ...]) -> str:  # fmt: skip
     """Why a complete candidate is not worth simulating ('' when it is): a rule of the model,
-    a memory floor over the device, or costs and memory equal to another candidate's."""
+    a memory floor over the device, a ZeRO 2 twin as fast and no heavier, or costs and memory
+    equal to another candidate's."""
     cand = row.candidate
     try:
         if device and static_floor(cache, cand) > device:
@@ -121,6 +166,8 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
         return f"model: {exc}"
     if device and row.estimate.memory_floor > device:
         return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB"
+    if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand):
+        return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
     # Policies that change nothing here (selective recompute under flash attention) run once.
     fig = cache.figures(cand)
     key = (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
@@ -130,11 +177,42 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
     return ""
 
 
-def _simulate(base: dict, chosen: list[Row], jobs: int | None, progress: Progress | None) -> None:
-    todo = [(i, tuple(r.candidate.overrides())) for i, r in enumerate(chosen)]
-    for done, (i, fields) in enumerate(run_all(base, todo, jobs), 1):
-        chosen[i].simulated = fields
-        report(progress, done, len(todo), "simulating")
+def _zero2_no_heavier(cache: FigureCache, cand) -> bool:
+    """ZeRO 2 runs the same actions as ZeRO 1 (model/derive.py costs collectives inside actions
+    only for ZeRO 3), its end-of-step gradient sync is one unit's reduce-scatter instead of the
+    stage's (model/step_figures.py) and the optimizer step is the same: never slower.  It is no
+    heavier when on every rank its sharded gradients and unsharded buffers take no more than ZeRO
+    1's whole gradients (activations, P2P buffers and the runtime allowance are the same)."""
+    one, two = cache.figures(cand), cache.figures(replace(cand, zero=2))
+    for on_rank in placement(cand.schedule, cand.stages, cand.virtual):
+        held = {s for _, s in on_rank}
+        if sum(two.static[s] for s in held) + max(two.buffers[s] for s in held) > \
+                sum(one.static[s] for s in held) + max(one.buffers[s] for s in held):
+            return False
+    return True
+
+
+def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, progress: Progress | None) -> None:
+    """Simulate the chosen rows, those the journal holds from an interrupted run excepted."""
+    todo = []
+    for i, row in enumerate(chosen):
+        overrides = tuple(row.candidate.overrides())
+        row.simulated = journal.finished(overrides) if journal is not None else None
+        if row.simulated is None:
+            todo.append((i, overrides))
+    report(progress, 0, len(todo), "simulating")
+    done = 0
+    try:
+        for i, fields in executor.run(base, todo):
+            if journal is not None:
+                journal.append(chosen[i].candidate.overrides(), fields)
+            chosen[i].simulated = fields
+            done += 1
+            report(progress, done, len(todo), "simulating")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
+        if journal is None:
+            raise
+        raise Interrupted(journal.path, len(chosen) - len(todo) + done, len(todo) - done, exc) from None
 
 
 def _flops(base: dict, seq: int) -> tuple[float, float | None]:
@@ -158,7 +236,10 @@ def write(result: Plan, out_dir: str | Path, progress: Progress | None = None) -
                "plan.png": lambda path: chart.draw(result, path)}  # fmt: skip
     for k, row in enumerate(result.top, 1):
         writers[files.scenario_name(k)] = write_text(files.scenario_toml(result, row, out))
-    return write_all(out, each_file(writers, progress))
+    written = write_all(out, each_file(writers, progress))
+    if result.journal is not None:  # the outputs hold every finished candidate now
+        result.journal.unlink(missing_ok=True)
+    return written
 
 
 def top_json(result: Plan, out_dir: str | Path) -> list[dict]:

@@ -10,7 +10,16 @@ from __future__ import annotations
 from matplotlib.lines import Line2D
 
 from ..plots.canvas import new_figure, place, save
-from ..plots.style import schedule_colour
+from ..plots.style import SCHEDULE_ORDER, schedule_colour
+
+# A shape per schedule besides its colour (the sweep charts' colours: plots/style.py): among 13
+# schedules some colours are close (interleaved-1f1b-overlap's olive, chimera-doubling's brown), so
+# no two schedules share both.  Indexed like SCHEDULE_ORDER; other names take "o".
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d")
+
+
+def schedule_marker(name: str) -> str:
+    return MARKERS[SCHEDULE_ORDER.index(name) % len(MARKERS)] if name in SCHEDULE_ORDER else "o"
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -33,8 +42,8 @@ def draw(plan, path) -> None:
     names = sorted({r.candidate.schedule for r in rows})
     for name in names:
         mine = [p for p, r in zip(pts, rows) if r.candidate.schedule == name]
-        ax.scatter([x for x, _ in mine], [y for _, y in mine], s=14, color=schedule_colour(name), alpha=0.75,
-                   linewidths=0, label=name)  # fmt: skip
+        ax.scatter([x for x, _ in mine], [y for _, y in mine], s=22, color=schedule_colour(name), alpha=0.8,
+                   marker=schedule_marker(name), linewidths=0, label=name)  # fmt: skip
     front = pareto(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.25", lw=1.0, zorder=1)
     if plan.device_memory:

@@ -17,7 +17,8 @@ from pydantic import PrivateAttr
 from .. import simulation
 from ..scenario import Scenario, ScenarioError, apply_overrides
 from ..signals import Terminated, worker_ignores_stop_signals
-from ..sweep.executors import default_jobs
+from ..sweep.executors import DaskExecutor, default_jobs
+from ..sweep.executors import _worker_error as worker_error
 
 BATCH = 8  # candidates per task: fewer round trips between processes
 
@@ -70,3 +71,36 @@ def run_all(base: dict, todo: list[tuple[int, tuple[str, ...]]], jobs: int | Non
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class LocalCandidates:
+    """``jobs`` local worker processes (None: every core; 1: this process)."""
+
+    def __init__(self, jobs: int | None) -> None:
+        self.jobs = jobs
+
+    def run(self, base: dict, todo: list[tuple[int, tuple[str, ...]]]) -> Iterator[tuple[int, dict]]:
+        return run_all(base, todo, self.jobs)
+
+    def close(self) -> None:
+        pass
+
+
+class DaskCandidates(DaskExecutor):
+    """The candidates on a dask.distributed cluster: sweep's executor (its address checks, its
+    words for a bad address, its client), shipping plan's batches instead of sweep points."""
+
+    def run(self, base: dict, todo: list[tuple[int, tuple[str, ...]]]) -> Iterator[tuple[int, dict]]:
+        from distributed import as_completed as dask_completed
+
+        batches = [todo[k:k + BATCH] for k in range(0, len(todo), BATCH)]
+        futures = {self.client.submit(_run_batch, base, b, pure=False): b for b in batches}
+        try:
+            for future in dask_completed(list(futures), loop=self.client.loop):
+                try:
+                    done = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that cannot import us, a lost worker
+                    done = [(i, worker_error(exc)) for i, _ in futures[future]]
+                yield from done
+        finally:
+            self.client.cancel(list(futures))

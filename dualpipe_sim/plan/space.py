@@ -197,12 +197,15 @@ def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
         return "recompute: selective equals none under flash attention (it saves only the scores)"
     if cand.zero == 0 and 1 in choices.zero:
         return "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)"
-    # ZeRO shards over data x context ranks (experts over data x context x tensor / expert): over one
-    # rank a shard is the whole, every collective is empty, and ZeRO 2 and 3 equal 1 to the byte.
-    one_rank = cand.data * cand.context == 1 and (not model.experts or cand.tensor == cand.expert)
-    if cand.zero >= 2 and one_rank and 1 in choices.zero:
+    if cand.zero >= 2 and shards_nothing(model, cand) and 1 in choices.zero:
         return "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)"
     return ""
+
+
+def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
+    """ZeRO shards over data x context ranks (experts over data x context x tensor / expert): over one
+    rank a shard is the whole, every collective is empty, and ZeRO 1, 2 and 3 are equal to the byte."""
+    return cand.data * cand.context == 1 and (not model.experts or cand.tensor == cand.expert)
 
 
 def _unmodelled(model: ModelShape, cand: Candidate) -> str:

@@ -1,0 +1,89 @@
+"""The finished candidates of a plan, kept on disk while it runs so that Ctrl-C loses none.
+
+One JSON line per simulated candidate, appended and flushed the moment it
+finishes: the plan's base scenario id, the candidate's overrides, and the
+fields its simulation gave.  ``--resume`` reads them back and simulates only
+the others; a candidate is matched by the complete scenario it is (the base
+plus its overrides, sweep/results.py's ``point_key``), so a resumed plan can
+never give one candidate another's figures.  JSON keeps every float to the
+last bit, so the outputs equal an uninterrupted run's byte for byte.  The file
+is removed once the plan's outputs are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..sweep.results import point_key, scenario_id
+from .request import PlanError
+
+NAME = "plan.partial.jsonl"
+
+
+class Journal:
+    """``out/plan.partial.jsonl`` opened for appending: fresh, or with ``resume`` keeping the lines it
+    held (``done``).  plan() refuses an existing one without ``resume`` before any work."""
+
+    def __init__(self, out: Path, base: dict, resume: bool) -> None:
+        self.path = out / NAME
+        self.base, self.id = base, scenario_id(base)
+        self.done: dict[str, dict] = read(self.path, base, self.id) if resume and self.path.exists() else {}
+        out.mkdir(parents=True, exist_ok=True)
+        # Start from a clean file holding the kept lines (drops a half-written last line).
+        tmp = self.path.with_name(f".{NAME}.tmp")
+        try:
+            tmp.write_text("".join(self._line(o, f) for o, f in self.done.values()), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.done = {k: f for k, (_, f) in self.done.items()}
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def _line(self, overrides, fields: dict) -> str:
+        return json.dumps({"scenario_id": self.id, "candidate": list(overrides), "fields": fields}) + "\n"
+
+    def finished(self, overrides) -> dict | None:
+        """The fields of a candidate simulated before (None if it was not)."""
+        return self.done.get(point_key(self.base, overrides))
+
+    def append(self, overrides, fields: dict) -> None:
+        self._file.write(self._line(overrides, fields))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
+    """{complete scenario: (overrides, fields)} of the lines in ``path``; a line cut short is dropped.
+    Raises PlanError when the file is not a plan journal or holds another plan's candidates."""
+    if not path.is_file():
+        raise PlanError(f"resume: cannot resume {path}: not a regular file; write to another folder")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"resume: cannot read {path}: {exc}") from None
+    out = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            overrides, fields, theirs = entry["candidate"], entry["fields"], entry["scenario_id"]
+        except (ValueError, TypeError, KeyError):
+            continue  # the last line of a killed plan
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            continue
+        if theirs != ours:
+            raise PlanError(f"resume: {path} holds candidates of another plan (scenario_id {theirs}, this one is "
+                            f"{ours}: the model, hardware, sequence or overrides differ); resume with the same "
+                            f"request, or write to another folder")  # fmt: skip
+        key = point_key(base, overrides)
+        if key is not None and isinstance(fields, dict):
+            out[key] = (overrides, fields)
+    return out

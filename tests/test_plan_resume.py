@@ -1,0 +1,195 @@
+"""``plan``: Ctrl-C keeps the finished candidates, ``--resume`` simulates only the others and gives the
+same outputs, byte for byte, as an uninterrupted run; the same outputs on a Dask cluster.
+
+The small model of tests/test_plan.py (4 layers, 4 GPUs, global batch 8 x 2048, 1f1b and dualpipev):
+84 candidates survive pruning and all are simulated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim import plan as ds_plan
+from dualpipe_sim.plan import JOURNAL, Interrupted, PlanError
+
+TINY = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000}  # fmt: skip
+REQUEST = dict(hardware="H100", schedules=["1f1b", "dualpipev"], top=3)
+SIMULATED = 84  # tests/test_plan.py counts them by hand
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def whole(config, tmp_path_factory) -> dict[str, bytes]:
+    """The outputs of an uninterrupted run (one process)."""
+    out = tmp_path_factory.mktemp("whole") / "plan"
+    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=1, out=out, **REQUEST), out)
+    return _files(out)
+
+
+class StopAfter:
+    """A progress callback that presses Ctrl-C once ``k`` candidates are simulated."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.totals = k, []
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if what == "simulating":
+            self.totals.append(total)
+            if done >= self.k:
+                raise KeyboardInterrupt
+
+
+class Count:
+    def __init__(self) -> None:
+        self.totals = []
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if what == "simulating":
+            self.totals.append(total)
+
+
+def _journal_lines(out: Path) -> int:
+    return len((out / JOURNAL).read_text().splitlines())
+
+
+@pytest.mark.parametrize("k", [1, 37])
+def test_interrupted_plan_keeps_finished_candidates_and_resume_gives_the_same_bytes(config, tmp_path, whole, k):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted) as info:
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(k), **REQUEST)
+    assert (info.value.finished, info.value.left) == (k, SIMULATED - k)
+    assert isinstance(info.value.signal, KeyboardInterrupt)
+    assert [p.name for p in out.iterdir()] == [JOURNAL]  # nothing half-done: no plan.csv, no TOMLs
+    assert _journal_lines(out) == k
+    # without --resume the journal is not overwritten
+    with pytest.raises(PlanError, match="resume: .* holds the finished candidates of an interrupted plan"):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, **REQUEST)
+    count = Count()
+    result = ds_plan(config, 4, 8, 2048, jobs=1, out=out, resume=True, progress=count, **REQUEST)
+    assert count.totals and set(count.totals) == {SIMULATED - k}  # only what was left is simulated
+    ds_plan.write(result, out)
+    assert _files(out) == whole  # and the journal is gone
+
+
+def test_interrupted_twice_with_worker_processes(config, tmp_path, whole):
+    # Two processes finish candidates in any order; two interruptions, then a resume: the same bytes.
+    out = tmp_path / "plan"
+    for k in (9, 20):
+        with pytest.raises(Interrupted):
+            ds_plan(config, 4, 8, 2048, jobs=2, out=out, resume=True, progress=StopAfter(k), **REQUEST)
+    kept = _journal_lines(out)
+    assert kept >= 29
+    count = Count()
+    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=2, out=out, resume=True, progress=count, **REQUEST), out)
+    assert set(count.totals) == {SIMULATED - kept}
+    assert _files(out) == whole
+
+
+def test_a_line_cut_short_is_simulated_again(config, tmp_path, whole):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(5), **REQUEST)
+    text = (out / JOURNAL).read_text()
+    (out / JOURNAL).write_text(text[: len(text) - 40])  # a kill in the middle of the fifth line
+    count = Count()
+    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=1, out=out, resume=True, progress=count, **REQUEST), out)
+    assert set(count.totals) == {SIMULATED - 4}
+    assert _files(out) == whole
+
+
+def test_resume_refuses_another_plans_journal(config, tmp_path):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(2), **REQUEST)
+    with pytest.raises(PlanError, match="resume: .* holds candidates of another plan"):
+        ds_plan(config, 4, 8, 4096, jobs=1, out=out, resume=True, **REQUEST)
+    assert _journal_lines(out) == 2  # left as it was
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "dualpipe_sim", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kwargs)  # fmt: skip
+
+
+def _plan_args(config, out):
+    return ["plan", config, "--gpus", 4, "--hardware", "H100", "--global-batch", 8, "--seq", 2048,
+            "--schedules", "1f1b,dualpipev", "--top", 3, "--out", out, "--jobs", 1]  # fmt: skip
+
+
+def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
+    out = tmp_path / "plan"
+    proc = subprocess.Popen([sys.executable, "-m", "dualpipe_sim", *map(str, _plan_args(config, out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / JOURNAL).exists() and _journal_lines(out) >= 3:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the plan finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "rerun with --resume to simulate the other" in stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert [p.name for p in out.iterdir()] == [JOURNAL]
+    kept = _journal_lines(out)
+    # an existing journal without --resume: one line, exit 2, the journal untouched
+    again = _cli(*_plan_args(config, out))
+    assert again.returncode == 2 and again.stderr.startswith("error: --out") and "--resume" in again.stderr
+    assert _journal_lines(out) == kept
+    done = _cli(*_plan_args(config, out), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert _files(out) == whole
+
+
+def test_dask_cluster_gives_the_same_outputs(config, tmp_path, whole):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:  # fmt: skip
+        out = tmp_path / "plan"
+        ds_plan.write(ds_plan(config, 4, 8, 2048, out=out, dask_scheduler=cluster.scheduler_address, **REQUEST),
+                      out)  # fmt: skip
+        assert _files(out) == whole
+        # interrupted on the cluster, resumed on the cluster
+        out2 = tmp_path / "plan2"
+        with pytest.raises(Interrupted):
+            ds_plan(config, 4, 8, 2048, out=out2, dask_scheduler=cluster.scheduler_address, progress=StopAfter(10),
+                    **REQUEST)  # fmt: skip
+        ds_plan.write(ds_plan(config, 4, 8, 2048, out=out2, dask_scheduler=cluster.scheduler_address, resume=True,
+                              **REQUEST), out2)  # fmt: skip
+        assert _files(out2) == whole
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--dask-scheduler", "foo"], "error: --dask-scheduler: foo: not a scheduler address"),
+    (["--dask-scheduler", "tcp://127.0.0.1:1"], "error: --dask-scheduler: tcp://127.0.0.1:1: cannot connect"),
+    (["--dask-scheduler", " "], "error: --dask-scheduler: empty address"),
+    (["--dask-scheduler", "tcp://127.0.0.1:1", "--jobs", "2"], "error: --jobs: does not apply with --dask-scheduler"),
+])  # fmt: skip
+def test_cli_dask_errors_as_sweep_words_them(config, tmp_path, extra, words):
+    pytest.importorskip("distributed")
+    out = tmp_path / "plan"
+    args = [a for a in _plan_args(config, out) if a not in ("--jobs", 1)]
+    proc = _cli(*args, *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(words) and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
