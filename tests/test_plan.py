@@ -336,9 +336,9 @@ def test_memory_floor_sees_zero_savings(config):
 
 
 def test_every_schedule_has_its_own_colour_and_shape_in_the_chart():
-    from dualpipe_sim import registry
+    from dualpipe_sim.outputs.plots.style import schedule_colour
     from dualpipe_sim.plan.chart import schedule_marker
-    from dualpipe_sim.plots.style import schedule_colour
+    from dualpipe_sim.schedules import registry
 
     names = list(registry.families())
     assert len({(schedule_colour(n), schedule_marker(n)) for n in names}) == len(names)

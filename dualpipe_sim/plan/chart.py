@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from matplotlib.lines import Line2D
 
-from ..plots.canvas import new_figure, place, save
-from ..plots.style import SCHEDULE_ORDER, schedule_colour
+from ..outputs.plots.canvas import new_figure, place, save
+from ..outputs.plots.style import SCHEDULE_ORDER, schedule_colour
 
 # A shape per schedule besides its colour (the sweep charts' colours: plots/style.py): among 13
 # schedules some colours are close (interleaved-1f1b-overlap's olive, chimera-doubling's brown), so
