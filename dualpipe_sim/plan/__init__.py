@@ -110,28 +110,12 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     names = list(schedules) if schedules else list(registry.families())
     for name in names:
         registry.get(name)  # ScheduleError naming the unknown schedule
-    device = device_memory(base)
-    rows: list[Row] = []
-    choices = pinned_choices(source_pins(base) + overrides)
-    shape_of_model = model_shape(base)
-    for i, cand in enumerate(enumerate_candidates(shape_of_model, req, shapes(names), choices)):
-        rows.append(Row(i, cand, pruned=cand.pruned))
-    live = [r for r in rows if not r.pruned]
-    cache = FigureCache(base)
-    same_as: dict[tuple, int] = {}
-    for n, row in enumerate(live):
-        if n % 100 == 0:
-            report(progress, n, len(live), "estimating")
-        row.pruned = _prune(cache, row, device, same_as, shape_of_model, choices.zero)
-    survivors = [r for r in live if not r.pruned]
-    if not survivors:
-        counts = Counter(reason_kind(r.pruned) for r in rows)
-        worst = ", ".join(f"{k} ({v})" for k, v in counts.most_common(3))
-        raise PlanError(f"gpus: no layout of the model runs on {gpus} GPUs with global batch {global_batch}; "
-                        f"pruned: {worst}")  # fmt: skip
-    chosen = to_simulate(estimate_order(survivors, device), budget, device)
+    # Connect first: a bad Dask address is refused before the minutes of estimating.
     executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
     try:
+        device = device_memory(base)
+        rows, survivors = _estimated(base, req, names, overrides, device, progress)
+        chosen = to_simulate(estimate_order(survivors, device), budget, device)
         journal = Journal(Path(out), base, resume) if out is not None else None
         try:
             _simulate(executor, base, chosen, journal, progress)
@@ -150,6 +134,30 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     pruned = Counter(reason_kind(r.pruned) for r in rows if r.pruned)
     return Plan(base, gpus, global_batch, seq, device, ranked(rows), top, dict(sorted(pruned.items())),
                 journal.path if journal is not None else None)
+
+
+def _estimated(base: dict, req, names: list[str], overrides: list[str], device: float | None,
+               progress: Progress | None) -> tuple[list[Row], list[Row]]:  # fmt: skip
+    """Every candidate as a row (pruned ones with their reason, the rest estimated), and the survivors."""
+    rows: list[Row] = []
+    choices = pinned_choices(source_pins(base) + overrides)
+    model = model_shape(base)
+    for i, cand in enumerate(enumerate_candidates(model, req, shapes(names), choices)):
+        rows.append(Row(i, cand, pruned=cand.pruned))
+    live = [r for r in rows if not r.pruned]
+    cache = FigureCache(base)
+    same_as: dict[tuple, int] = {}
+    for n, row in enumerate(live):
+        if n % 100 == 0:
+            report(progress, n, len(live), "estimating")
+        row.pruned = _prune(cache, row, device, same_as, model, choices.zero)
+    survivors = [r for r in live if not r.pruned]
+    if not survivors:
+        counts = Counter(reason_kind(r.pruned) for r in rows)
+        worst = ", ".join(f"{k} ({v})" for k, v in counts.most_common(3))
+        raise PlanError(f"gpus: no layout of the model runs on {req.gpus} GPUs with global batch "
+                        f"{req.global_batch}; pruned: {worst}")  # fmt: skip
+    return rows, survivors
 
 
 def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tuple, int], model: ModelShape,
