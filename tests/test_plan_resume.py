@@ -19,6 +19,7 @@ import pytest
 
 from dualpipe_sim import plan as ds_plan
 from dualpipe_sim.plan import JOURNAL, Interrupted, PlanError
+from test_sigterm import alive, children, default_signals
 
 TINY = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
         "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000}  # fmt: skip
@@ -135,15 +136,24 @@ def _plan_args(config, out):
             "--schedules", "1f1b,dualpipev", "--top", 3, "--out", out, "--jobs", 1]  # fmt: skip
 
 
-def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
-    out = tmp_path / "plan"
-    proc = subprocess.Popen([sys.executable, "-m", "dualpipe_sim", *map(str, _plan_args(config, out))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+def _start(args) -> subprocess.Popen:
+    # default SIGINT/SIGTERM handlers in the child, whatever pytest runs with (tests/test_sigterm.py)
+    return subprocess.Popen([sys.executable, "-m", "dualpipe_sim", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)  # fmt: skip
+
+
+def _wait_for_lines(proc, out: Path, n: int) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / JOURNAL).exists() and _journal_lines(out) >= 3:
-            break
+        if (out / JOURNAL).exists() and _journal_lines(out) >= n:
+            return
         time.sleep(0.005)
+
+
+def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
+    out = tmp_path / "plan"
+    proc = _start(_plan_args(config, out))
+    _wait_for_lines(proc, out, 3)
     assert proc.poll() is None, "the plan finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -156,6 +166,28 @@ def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
     again = _cli(*_plan_args(config, out))
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "--resume" in again.stderr
     assert _journal_lines(out) == kept
+    done = _cli(*_plan_args(config, out), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert _files(out) == whole
+
+
+def test_sigterm_stops_the_workers_keeps_the_journal_and_resume_finishes(config, tmp_path, whole):
+    out = tmp_path / "plan"
+    proc = _start([*_plan_args(config, out)[:-1], 2])  # --jobs 2
+    _wait_for_lines(proc, out, 1)
+    workers = children(proc.pid)
+    assert proc.poll() is None and workers, "no worker processes to stop: give it more work"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.startswith("terminated: ") and stderr.count("\n") == 1 and "--resume" in stderr
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers), "a plan worker outlived its parent"
+    kept = _journal_lines(out)
+    assert f"terminated: {kept} finished candidates are in {out / JOURNAL}" in stderr
+    assert [p.name for p in out.iterdir()] == [JOURNAL]
     done = _cli(*_plan_args(config, out), "--resume")
     assert done.returncode == 0, done.stderr
     assert _files(out) == whole
