@@ -121,8 +121,10 @@ def test_resume_refuses_another_plans_journal(config, tmp_path):
     out = tmp_path / "plan"
     with pytest.raises(Interrupted):
         ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(2), **REQUEST)
+    calls = []
     with pytest.raises(PlanError, match="resume: .* holds candidates of another plan"):
-        ds_plan(config, 4, 8, 4096, jobs=1, out=out, resume=True, **REQUEST)
+        ds_plan(config, 4, 8, 4096, jobs=1, out=out, resume=True, progress=lambda *a: calls.append(a), **REQUEST)
+    assert calls == []  # refused before any estimating
     assert _journal_lines(out) == 2  # left as it was
 
 

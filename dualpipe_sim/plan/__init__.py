@@ -101,22 +101,21 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
         raise SweepError("dask_scheduler", f"empty address {dask_scheduler!r}; give the scheduler's address, "
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
-    if out is not None and not resume and (Path(out) / JOURNAL).exists():
-        raise PlanError(f"resume: {Path(out) / JOURNAL} holds the finished candidates of an interrupted plan; "
-                        f"resume it, or write to another folder")  # fmt: skip
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides)
     req = make_request(base, gpus, global_batch, seq)
     names = list(schedules) if schedules else list(registry.families())
     for name in names:
         registry.get(name)  # ScheduleError naming the unknown schedule
+    journal = Journal(Path(out), base, resume) if out is not None else None  # read and checked, not written
     # Connect first: a bad Dask address is refused before the minutes of estimating.
     executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
     try:
         device = device_memory(base)
         rows, survivors = _estimated(base, req, names, overrides, device, progress)
         chosen = to_simulate(estimate_order(survivors, device), budget, device)
-        journal = Journal(Path(out), base, resume) if out is not None else None
+        if journal is not None:
+            journal.start()
         try:
             _simulate(executor, base, chosen, journal, progress)
         finally:

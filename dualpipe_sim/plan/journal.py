@@ -23,23 +23,30 @@ NAME = "plan.partial.jsonl"
 
 
 class Journal:
-    """``out/plan.partial.jsonl`` opened for appending: fresh, or with ``resume`` keeping the lines it
-    held (``done``).  plan() refuses an existing one without ``resume`` before any work."""
+    """``out/plan.partial.jsonl``: with ``resume``, the lines it holds are read (and checked) at once;
+    :meth:`start` then rewrites it with them and opens it for appending.  Nothing is written before
+    ``start``, so a plan refused later leaves the folder as it was."""
 
     def __init__(self, out: Path, base: dict, resume: bool) -> None:
-        self.path = out / NAME
+        self.out, self.path = out, out / NAME
+        if self.path.exists() and not resume:
+            raise PlanError(f"resume: {self.path} holds the finished candidates of an interrupted plan; "
+                            f"resume it, or write to another folder")  # fmt: skip
         self.base, self.id = base, scenario_id(base)
-        self.done: dict[str, dict] = read(self.path, base, self.id) if resume and self.path.exists() else {}
-        out.mkdir(parents=True, exist_ok=True)
-        # Start from a clean file holding the kept lines (drops a half-written last line).
+        self._kept = read(self.path, base, self.id) if resume and self.path.exists() else {}
+        self.done = {key: fields for key, (_, fields) in self._kept.items()}
+        self._file = None
+
+    def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        # A clean file holding the kept lines (drops a half-written last line).
         tmp = self.path.with_name(f".{NAME}.tmp")
         try:
-            tmp.write_text("".join(self._line(o, f) for o, f in self.done.values()), encoding="utf-8")
+            tmp.write_text("".join(self._line(o, f) for o, f in self._kept.values()), encoding="utf-8")
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.done = {k: f for k, (_, f) in self.done.items()}
         self._file = self.path.open("a", encoding="utf-8")
 
     def _line(self, overrides, fields: dict) -> str:
@@ -54,11 +61,8 @@ class Journal:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
-
-    def remove(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
+        if self._file is not None:
+            self._file.close()
 
 
 def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
