@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .costs import A2A_PARTS, COMPONENTS
+from .schedules.components import A2A_PARTS, COMPONENTS
 from .kineto import Profile, TraceError
 from .metrics import union_length
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import registry, simulation, units
-from .costs import mean_costs
+from .schedules.closed_form import mean_costs
 from .ir import ScheduleError
 from .scenario import Scenario, ScenarioError, activation_bytes_given
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..costs import COMPONENTS
+from ..schedules.components import COMPONENTS
 from ..rules import KIND_NAMES
 from ..trace import A2A, P2P, Trace
 from .timeline import activation_levels

@@ -35,7 +35,7 @@ from importlib import resources
 import numpy as np
 
 from .. import units
-from ..costs import A2A_PARTS, COMPONENTS
+from ..schedules.components import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ..rules import KIND_CODES, KIND_NAMES
 from ..scenario import activation_bytes_given

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..costs import WEIGHT_PARTS
+from ..schedules.components import WEIGHT_PARTS
 from ..rules import KIND_CODES
 from ..trace import A2A, Trace
 
