@@ -113,13 +113,13 @@ def test_cycle_finder_finds_a_cycle():
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_every_module_imports(name):
-    if name.startswith("dualpipe_sim.plots"):
+    if name.startswith("dualpipe_sim.outputs.plots"):
         pytest.importorskip("matplotlib")
     importlib.import_module(name)
 
 
 def test_no_import_cycles():
-    assert GRAPH["dualpipe_sim.registry"]  # the reader sees imports at all
+    assert GRAPH["dualpipe_sim.schedules.registry"]  # the reader sees imports at all
     assert _cycle(GRAPH) is None, " -> ".join(_cycle(GRAPH))
 
 
@@ -189,7 +189,7 @@ def _breaches(graph: dict[str, set[str]], text: str) -> list[str]:
     return out
 
 
-COST_MODEL = ("costs", "channels")  # the modules that time an action (under inputs/ after the move)
+COST_MODEL = ("inputs.costs", "inputs.channels")  # the modules that time an action
 
 
 def _reaches_cost_model(graph: dict[str, set[str]], text: str) -> list[str]:
@@ -208,7 +208,7 @@ def _reaches_cost_model(graph: dict[str, set[str]], text: str) -> list[str]:
                 if nxt not in seen:
                     seen[nxt] = seen[node] + [nxt]
                     stack.append(nxt)
-        hit = next((m for m in seen if _short(m).split(".")[-1] in COST_MODEL), None)
+        hit = next((m for m in seen if _short(m) in COST_MODEL), None)
         if hit:
             out.append(" -> ".join(_short(m) for m in seen[hit]))
     return out
@@ -241,16 +241,16 @@ def test_a_planted_bad_import_is_caught():
     """The checks see a bad import: metrics (a reader) importing the cost model, inside a function
     or at the top; and an import only an exception allows is allowed for that module alone."""
     text = DOC.read_text(encoding="utf-8")
-    metrics = "dualpipe_sim.metrics"
+    metrics = "dualpipe_sim.readers.metrics"
     source = MODULES[metrics][0].read_text(encoding="utf-8")
-    for bad in ("from .costs import CostModel\n", "def _f():\n    from . import costs\n"):
+    for bad in ("from ..inputs.costs import CostModel\n", "def _f():\n    from ..inputs import costs\n"):
         graph = {**GRAPH, metrics: _imports(metrics, source + bad)}
-        assert _breaches(graph, text) == ["metrics (readers) -> costs (inputs)"]
-        assert _reaches_cost_model(graph, text)[0].startswith("metrics -> costs")
-    gantt = "dualpipe_sim.plots.gantt"  # plots.report's exception is its own, not every plot's
-    planted = MODULES[gantt][0].read_text(encoding="utf-8") + "from ..scenario import activation_bytes_given\n"
-    assert _breaches({**GRAPH, gantt: _imports(gantt, planted)}, text) == ["plots.gantt (outputs) -> scenario (inputs)"]
-    guarded = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .costs import CostModel\n"
+        assert _breaches(graph, text) == ["readers.metrics (readers) -> inputs.costs (inputs)"]
+        assert _reaches_cost_model(graph, text)[0].startswith("readers.metrics -> inputs.costs")
+    gantt = "dualpipe_sim.outputs.plots.gantt"  # plots.report's exception is its own, not every plot's
+    planted = MODULES[gantt][0].read_text(encoding="utf-8") + "from ...inputs.scenario import activation_bytes_given\n"
+    assert _breaches({**GRAPH, gantt: _imports(gantt, planted)}, text) == ["outputs.plots.gantt (outputs) -> inputs.scenario (inputs)"]
+    guarded = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..inputs.costs import CostModel\n"
     assert _breaches({**GRAPH, metrics: _imports(metrics, source + guarded)}, text) == []
 
 
@@ -318,7 +318,8 @@ def test_only_cli_prints_or_draws_progress(name):
 
 
 def test_every_family_a_module_describes_is_in_the_table():
-    from dualpipe_sim import registry, schedules
+    from dualpipe_sim.schedules import registry
+    from dualpipe_sim import schedules
 
     described = {
         value.family.name

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 import dualpipe_sim as ds
-from dualpipe_sim import scenario as scenario_mod
+from dualpipe_sim.inputs import scenario as scenario_mod
 from dualpipe_sim.cli import main
 from dualpipe_sim.compare import compare
 from dualpipe_sim.model import derive
 from dualpipe_sim.plan.simulate import run_candidate
-from dualpipe_sim.resolve import Inputs, resolve
+from dualpipe_sim.inputs.resolve import Inputs, resolve
 from dualpipe_sim.sweep.point import run_point
 
 TINY = {

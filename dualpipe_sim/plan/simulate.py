@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Iterator
 
 from .. import simulation
-from ..scenario import ScenarioError, apply_overrides, resolved
+from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 from ..signals import Terminated, worker_ignores_stop_signals
 from ..sweep.executors import default_jobs
 

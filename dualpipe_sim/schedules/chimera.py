@@ -60,7 +60,7 @@ for the first two units of any D.
 
 from __future__ import annotations
 
-from ..ir import Op, Schedule
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 

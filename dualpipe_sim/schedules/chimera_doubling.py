@@ -37,7 +37,7 @@ its graph and every backward first re-runs its stage's forward (runtime.py,
 
 from __future__ import annotations
 
-from ..ir import Op, Schedule
+from .ir import Op, Schedule
 from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 from .family import register
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # closed forms read a cost model's per-stage figures; they never build one
-    from ..costs import CostModel
+    from ..inputs.costs import CostModel
 
 TOL = 1e-9
 COMMON_RANGE = "same F, B, W on every stage; comm.p2p = 0; no jitter or slow rank"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from ..rules import Channel, Kind
+from .rules import Channel, Kind
 
 
 class Component(IntEnum):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..ir import FB, Action, Op, Schedule, ScheduleError
+from .ir import FB, Action, Op, Schedule, ScheduleError
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, le, mean_costs, result
 

@@ -1,6 +1,6 @@
 """GPipe (Huang et al. 2019): all forwards, then all backwards, one stage per rank."""
 
-from ..ir import Op, Schedule
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 

@@ -43,7 +43,7 @@ slack for P2P time (docs/schedules.md).
 
 from __future__ import annotations
 
-from ..ir import Op, Schedule
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 

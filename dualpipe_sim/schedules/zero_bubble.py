@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..ir import Op, Schedule
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, le, mean_costs, result
 from .gpipe import check_one_stage_per_rank

@@ -38,9 +38,9 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .channels import Span, Timeline, lay_out
-from .ir import FB, Action, Op
-from .rules import PASS_PRIORITY, Channel, Kind
-from .schedules.components import (  # noqa: F401 - the vocabulary, re-exported for the cost model's readers
+from ..schedules.ir import FB, Action, Op
+from ..schedules.rules import PASS_PRIORITY, Channel, Kind
+from ..schedules.components import (  # noqa: F401 - the vocabulary, re-exported for the cost model's readers
     A2A_PARTS,
     COMPONENTS,
     LAYER_PARTS,

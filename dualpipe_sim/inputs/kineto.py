@@ -33,8 +33,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import limits, units
-from .schedules.components import COMPONENTS
+from .. import limits, units
+from ..schedules.components import COMPONENTS
 
 # DeepSeek's profile-data names (train.json) -> [chunk] component names.
 DEEPSEEK_NAMES = {

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .costs import CostModel
-    from .model.derive import Derived
+    from ..engine.step import StepCosts
+    from ..model.derive import Derived
     from .scenario import Scenario
-    from .step import StepCosts
 
 
 @dataclass(frozen=True)
