@@ -258,13 +258,13 @@ class Scenario(_Section):
         if self.step is None:
             return None
         S, st = self.pipeline.stages, self.step
-        figures, model = {}, derived
+        figures = {}
         for key in ("grad_sync", "cross_copy_sync", "optimizer"):
             if getattr(st, key) == "derived":
                 from ..model.step_figures import derived_sync
 
                 try:
-                    figures[key] = derived_sync(self, key, model)
+                    figures[key] = derived_sync(self, key, derived)
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
         return StepCosts(
