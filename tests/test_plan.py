@@ -343,3 +343,23 @@ def test_every_schedule_has_its_own_colour_and_shape_in_the_chart():
     names = list(registry.families())
     assert len({(schedule_colour(n), schedule_marker(n)) for n in names}) == len(names)
     assert len({schedule_marker(n) for n in names}) == len(names)  # the shape alone tells them apart
+
+
+def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config):
+    # FigureCache derives the stage times once for every data-parallel degree and ZeRO 0-2 and works
+    # the memory out per candidate; each complete candidate's figures must equal its own derivation.
+    from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
+    from dualpipe_sim.plan.estimate import FigureCache
+
+    complete = [r.candidate for r in tiny.rows if not r.pruned]
+    assert {c.data for c in complete} == {1, 2, 4} and {c.zero for c in complete} == {1, 2, 3}
+    fresh = {c: sections_only(apply_overrides(tiny.base, c.overrides())).derived() for c in complete}
+    # Which candidate derives a shared entry first depends on the order asked: both orders of data.
+    for order in (1, -1):
+        cache = FigureCache(tiny.base)
+        for cand in sorted(complete, key=lambda c: order * c.data):
+            fig, own = cache.figures(cand), fresh[cand]
+            assert fig.static == tuple(st.static.total for st in own.stages)
+            assert fig.buffers == tuple(st.sharding_buffers for st in own.stages)
+            assert fig.activation == tuple(own.activation_bytes)
+            assert fig.work == tuple(st.forward + st.backward for st in own.stages)

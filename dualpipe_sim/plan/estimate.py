@@ -60,6 +60,9 @@ class FigureCache:
         self._params: dict[int, tuple[list[tuple[int, int]], model_memory.Sharding]] = {}
         self._figures: dict[tuple, StageFigures] = {}
         self._derived: dict[tuple, derive.Derived] = {}
+        # by (stages, tensor, expert, data x context, zero): what memory depends on of a layout
+        self._static: dict[tuple, tuple[float, ...]] = {}
+        self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.hardware_name = derive.hardware(HardwareSection.model_validate(base["hardware"])).name
 
     def runtime(self, cand: Candidate) -> float:
@@ -81,18 +84,24 @@ class FigureCache:
             scenario = self.scenario(cand)
             counts = [(s.dense_params, s.routed_params) for s in scenario.derived().stages]
             self._params[cand.stages] = (counts, derive.setup(scenario).sharding)
-        counts, sharding = self._params[cand.stages]
-        sh = replace(sharding, tensor=cand.tensor, expert=cand.expert, data=cand.data * cand.context,
-                     zero=cand.zero)  # fmt: skip
-        return tuple(model_memory.stage_static(d, r, sh).total for d, r in counts)
+        key = (cand.stages, cand.tensor, cand.expert, cand.data * cand.context, cand.zero)
+        if key not in self._static:
+            counts, sharding = self._params[cand.stages]
+            sh = replace(sharding, tensor=cand.tensor, expert=cand.expert, data=cand.data * cand.context,
+                         zero=cand.zero)  # fmt: skip
+            self._static[key] = tuple(model_memory.stage_static(d, r, sh).total for d, r in counts)
+        return self._static[key]
 
     def figures(self, cand: Candidate) -> StageFigures:
         key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
                cand.zero)
         if key not in self._figures:
-            # ZeRO 0-2 change only memory (model/derive.py costs collectives in the actions only for
-            # ZeRO 3): one derivation of the times serves them, the memory is worked out per stage.
-            times = (*key[:-1], cand.zero >= 3)
+            # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
+            # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
+            # serves them all, and the memory is worked out per stage for the candidate's sharding.
+            fsdp = cand.zero >= 3
+            times = (cand.tensor, cand.context, cand.expert, cand.data if fsdp else None, cand.micro_batch_size,
+                     cand.stages, cand.recompute, fsdp)  # fmt: skip
             if times not in self._derived:
                 self._derived[times] = self.scenario(cand).derived()
             derived = self._derived[times]
@@ -100,12 +109,20 @@ class FigureCache:
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
-            st = replace(derived.setup, sharding=replace(derived.setup.sharding, zero=cand.zero))
-            memory = [derive._stage_memory(st, stage) for stage in st.stages]  # as derive() works it out
-            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform,
-                                              tuple(static.total for static, _ in memory),
-                                              tuple(buffers for _, buffers in memory))  # fmt: skip
+            static, buffers = self._stage_memory(cand, derived)
+            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers)
         return self._figures[key]
+
+    def _stage_memory(self, cand: Candidate, derived) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Each stage's static bytes and ZeRO 2/3 buffers for the candidate's sharding, as derive()
+        works them out (they depend on the stages and the sharding only)."""
+        key = (cand.stages, cand.tensor, cand.expert, cand.data * cand.context, cand.zero)
+        if key not in self._memory:
+            sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=cand.zero)
+            st = replace(derived.setup, sharding=sh)
+            memory = [derive._stage_memory(st, stage) for stage in st.stages]
+            self._memory[key] = (tuple(m.total for m, _ in memory), tuple(b for _, b in memory))
+        return self._memory[key]
 
 
 def _stage_costs(derived, s: int) -> tuple[float, float, float, float]:
