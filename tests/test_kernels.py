@@ -153,6 +153,36 @@ def test_a100_nvlink_collectives_take_the_measured_bus_bandwidth_at_their_size()
     assert collectives.time("all_reduce", 1e9, 4, a100, "nic") == pytest.approx(25.5e-6 + 1e9 * 1.5 / 23.5e9)
 
 
+@pytest.mark.parametrize("sp,scatter_gather,want_ms", [
+    # one boundary activation of the k22 22B layout (2 B x 4 x 2048 tokens x 6144 = 100,663,296 B, TP 8) to the
+    # next stage over the A100's HDR NIC (23.5 GB/s, 25.5 us):
+    (False, False, (25.5e-6 + 100663296 / 23.5e9) * 1e3),  # Megatron-core without sequence parallelism: whole
+    # Megatron-LM 2021-2022: 1/8 each over the NIC, then an all-gather of the whole tensor over 8 GPUs on NVLink,
+    # at Azure's all-reduce bus bandwidth for 96 MiB (171.05 GB/s, see the curve test above)
+    (False, True, (25.5e-6 + 12582912 / 23.5e9 + 100663296 * 7 / 8 / ((166.63 + math.log2(1.5) * 7.55) * 1e9)) * 1e3),
+    (True, False, (25.5e-6 + 12582912 / 23.5e9) * 1e3),  # sequence parallel: each rank holds and sends 1/8
+    (True, True, (25.5e-6 + 12582912 / 23.5e9) * 1e3),  # (Megatron turned scatter-gather off with it)
+])  # fmt: skip
+def test_p2p_by_hand(sp, scatter_gather, want_ms):
+    from dualpipe_sim import scenario
+
+    sc = scenario.load(ROOT / "scenarios" / "validation" / "k22-22b-full.toml",
+                       [f"parallel.sequence_parallel={str(sp).lower()}",
+                        f"parallel.pipeline_scatter_gather={str(scatter_gather).lower()}"])  # fmt: skip
+    assert derive.p2p_ms(derive.setup(sc)) == pytest.approx(want_ms)
+    assert sc.derived().p2p == pytest.approx(want_ms)
+
+
+def test_pipeline_scatter_gather_must_be_a_bool(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text((ROOT / "scenarios" / "validation" / "k22-22b-full.toml").read_text()
+                    .replace("pipeline_scatter_gather = true", 'pipeline_scatter_gather = "yes"'))  # fmt: skip
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pipeline_scatter_gather" in err and "true or false" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 LLAMA = {
     "pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8},
     "model": {"config": str(ROOT / "scenarios" / "models" / "llama3-70b.json"), "seq_length": 8192},

@@ -48,6 +48,7 @@ class Setup:
     context: int = 1
     tp_overlap: bool = True
     sequence_parallel: bool = True
+    scatter_gather: bool = False  # parallel.pipeline_scatter_gather
 
     @property
     def tokens(self) -> int:
@@ -194,7 +195,27 @@ def setup(scenario, stages: int | None = None) -> Setup:
             rates = kernel_rates(section, hw)
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
-                 par.sequence_parallel)  # fmt: skip
+                 par.sequence_parallel, par.pipeline_scatter_gather)  # fmt: skip
+
+
+def p2p_ms(st: Setup) -> float:
+    """One boundary activation (or its gradient) sent to the next stage, ms.
+
+    With sequence parallelism each tensor-parallel rank holds 1/t of it and sends that.  Without,
+    each rank holds the whole tensor: Megatron-core sends it whole; with ``scatter_gather`` (Megatron-LM
+    2021-2022, megatron/p2p_communication.py; DeepSpeed's pipeline engine) each rank sends 1/t and
+    the receivers all-gather it over NVLink before using it.  Pipeline neighbours sit on different
+    nodes (Megatron puts the pipeline outermost), so the send crosses the NIC.
+    """
+    whole = st.act_bytes * st.tokens * st.cfg.hidden_size
+    t = st.sharding.tensor
+    sent = whole / t if st.sequence_parallel or st.scatter_gather else whole
+    if st.rates is None:
+        return sent / (st.hw.p2p_gbps * 1e9) * 1e3
+    gather = 0.0
+    if st.scatter_gather and not st.sequence_parallel:
+        gather = collectives.time("all_gather", whole, t, st.rates, "nvlink")
+    return (collectives.p2p(sent, st.rates, "nic") + gather) * 1e3
 
 
 def kernel_rates(section, hw: Hardware) -> KernelRates:
@@ -473,11 +494,7 @@ def derive(st: Setup) -> Derived:
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
-        boundary = st.act_bytes * st.tokens * cfg.hidden_size / sh.tensor
-        if st.rates is not None:  # pipeline neighbours sit on different nodes (Megatron puts pp outermost)
-            out.p2p = collectives.p2p(boundary, st.rates, "nic") * 1e3
-        else:
-            out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
+        out.p2p = p2p_ms(st)
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)

@@ -67,8 +67,11 @@ class ParallelSection(_Section):
     layout: Union[str, list[int], None] = None
     tp_comm_overlap: bool = True  # tensor-parallel collectives pipelined under their GEMMs (Megatron --tp-comm-overlap)
     sequence_parallel: bool = True  # norms and dropout split along the sequence; all-gather / reduce-scatter
+    # without sequence parallelism, send 1/tensor of a boundary activation per rank and all-gather it over NVLink
+    # at the receiver (Megatron-LM 2021-2022 --scatter-gather-tensors-in-pipeline, DeepSpeed's PartitionedTensor)
+    pipeline_scatter_gather: bool = False
 
-    @field_validator("tp_comm_overlap", "sequence_parallel", mode="before")
+    @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather", mode="before")
     @classmethod
     def _bool(cls, v):
         if not isinstance(v, bool):
