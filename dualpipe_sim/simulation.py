@@ -13,18 +13,20 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import fastpath, limits, registry, units
-from .costs import CostModel
-from .ir import Schedule, ScheduleError
-from .metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
+from .engine import fastpath
+from . import limits, units
+from .schedules import registry
+from .inputs.costs import CostModel
+from .schedules.ir import Schedule, ScheduleError
+from .readers.metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
 from .model import buffers as model_buffers
 from .model import memory as model_memory
 from .model.step_figures import throughput
-from .scenario import Scenario, ScenarioError
+from .inputs.scenario import Scenario, ScenarioError
 from .schedules import closed_form
-from .step import step_metrics, with_step
-from .trace import Trace
-from .validate import validate
+from .engine.step import step_metrics, with_step
+from .engine.trace import Trace
+from .engine.validate import validate
 
 
 @dataclass
@@ -132,7 +134,7 @@ def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     if fastpath.applies(costs):
         return fastpath.simulate(schedule, costs)
     validate(schedule)
-    from .engine import simulate as simpy_simulate
+    from .engine.simpy_engine import simulate as simpy_simulate
 
     return simpy_simulate(schedule, costs)
 

@@ -17,7 +17,7 @@ import pytest
 from dualpipe_sim.cli import main
 from dualpipe_sim.model import collectives, derive, flops, gemm, kernels
 from dualpipe_sim.model.rates import PRESETS
-from dualpipe_sim.scenario import sections_only
+from dualpipe_sim.inputs.scenario import sections_only
 
 DATA = Path(__file__).parent / "data" / "kernels"
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_a100_nvlink_collectives_take_the_measured_bus_bandwidth_at_their_size()
     (True, True, (25.5e-6 + 12582912 / 23.5e9) * 1e3),  # (Megatron turned scatter-gather off with it)
 ])  # fmt: skip
 def test_p2p_by_hand(sp, scatter_gather, want_ms):
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
 
     sc = scenario.load(ROOT / "scenarios" / "validation" / "k22-22b-full.toml",
                        [f"parallel.sequence_parallel={str(sp).lower()}",
@@ -289,7 +289,7 @@ def test_korthikanti_table_4_layer_within_15_percent(policy, sp, forward, backwa
     # Korthikanti et al. 2022, Table 4: one layer of their 22B GPT (h 6144, 64 heads, TP 8, micro-batch 4,
     # s 2048) on an A100, forward / backward ms as measured. Not fitted: the A100 rates come from kernel tables.
     # docs/validation.md gives how far off each row is.
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
 
     sc = scenario.load(ROOT / "scenarios" / "validation" / "k22-22b-full.toml",
                        [f"memory.recompute={policy}", f"parallel.sequence_parallel={str(sp).lower()}"])
@@ -304,7 +304,7 @@ def test_deepseek_stages_are_costed_apart():
     # dense layers (no MoE layer: a chunk of 3 layers without all-to-all); stage 15 three MoE layers, the MTP
     # module (one more MoE layer) and the head; the middle stages 4 MoE layers. Each stage's chunk spreads
     # its extra work over its MoE layers, so its lone-op sums are the sums of its kernels.
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
     from dualpipe_sim.model.layout import Stage
 
     sc = scenario.load(ROOT / "scenarios" / "deepseek-v3-predicted.toml")

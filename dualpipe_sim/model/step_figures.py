@@ -6,7 +6,7 @@ type its block) never import the model package.  docs/step.md gives the formulas
 
 from __future__ import annotations
 
-from ..step import Throughput
+from ..engine.step import Throughput
 from . import collectives, derive, flops, params
 from .config import ModelError
 

@@ -48,7 +48,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .rules import KIND_CODES, WEIGHT_GRADS, Channel
+from ..schedules.rules import KIND_CODES, WEIGHT_GRADS, Channel
 from .trace import STEP_DTYPE, StepRow, Trace
 
 

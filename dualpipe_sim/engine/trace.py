@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .rules import ALLOCATES, FREES, KIND_CODES, Channel
+from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, Channel
 
 P2P, A2A = Channel.P2P, Channel.A2A  # the comm rows' channel codes
 

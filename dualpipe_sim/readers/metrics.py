@@ -59,8 +59,8 @@ from typing import Callable
 
 import numpy as np
 
-from .step import StepMetrics
-from .trace import A2A, P2P, Trace
+from ..engine.step import StepMetrics
+from ..engine.trace import A2A, P2P, Trace
 
 
 def optional_block():

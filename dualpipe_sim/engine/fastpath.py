@@ -34,9 +34,9 @@ make a rank wait on its own transfers: the SimPy engine).
 
 from __future__ import annotations
 
-from .costs import CostModel, signature
-from .ir import FB, DeadlockError, Schedule, ScheduleError
-from .rules import KEPT, KINDS, RULES, SENT, WORK, Channel, Data, pair_problem
+from ..inputs.costs import CostModel, signature
+from ..schedules.ir import FB, DeadlockError, Schedule, ScheduleError
+from ..schedules.rules import KEPT, KINDS, RULES, SENT, WORK, Channel, Data, pair_problem
 from .trace import CommRow, Trace, TraceBuilder
 from .validate import check_complete, validate
 

@@ -41,10 +41,10 @@ from collections import deque
 
 import simpy
 
-from . import limits
-from .costs import CostModel, Timeline, signature
-from .ir import DeadlockError, Op, Schedule, ScheduleError, ops_of
-from .rules import KEPT, RULES, SENT, Channel, produced
+from .. import limits
+from ..inputs.costs import CostModel, Timeline, signature
+from ..schedules.ir import DeadlockError, Op, Schedule, ScheduleError, ops_of
+from ..schedules.rules import KEPT, RULES, SENT, Channel, produced
 from .trace import CommRow, Trace, TraceBuilder
 from .validate import describe_wait
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .ir import FB, Action, Op, Schedule, ScheduleError, ops_of
-from .rules import KINDS, RULES, WORK, key_words, needs, pair_problem
+from ..schedules.ir import FB, Action, Op, Schedule, ScheduleError, ops_of
+from ..schedules.rules import KINDS, RULES, WORK, key_words, needs, pair_problem
 
 
 def check_complete(schedule: Schedule) -> None:
