@@ -322,3 +322,53 @@ def test_deepseek_stages_are_costed_apart():
     assert cm.forward[0] < cm.forward[1] < cm.forward[15] and cm.forward[15] > 1.2 * cm.forward[1]
     # the pair of rank 0 (stage 0 forward, stage 15 backward) mixes the two stages' chunks
     assert cm.chunk_of(0) != cm.chunk_of(15)
+
+
+# -- the end of a step: data-parallel sync and optimizer, by hand ---------------------------------------
+def _n21(name, overrides=()):
+    from dualpipe_sim.inputs import scenario
+
+    return scenario.load(ROOT / "scenarios" / "validation" / f"{name}.toml", list(overrides))
+
+
+def test_data_parallel_all_reduce_uses_every_nic_of_a_node_by_hand():
+    from dualpipe_sim.model.step_figures import derived_sync
+
+    # n21-1.7b: TP 1, DP 32 on 4 DGX A100 nodes: each node holds 8 ranks of the one data-parallel group, each
+    # with its HDR NIC, so NCCL's rings run over 8 NICs (NVIDIA/nccl#812: 192 GB/s all-reduce bus bandwidth on
+    # DGX A100s, 8 x 24). fp16 gradients of all 1,771,732,992 parameters (24 layers of 12 h^2 + 13 h, h 2304;
+    # embedding 51,200 x 2304, positions 2048 x 2304; final norm 2 x 2304).
+    sc = _n21("n21-1.7b")
+    params = 24 * (12 * 2304**2 + 13 * 2304) + 51200 * 2304 + 2048 * 2304 + 2 * 2304
+    assert sc.derived().stages[0].dense_params == params
+    want = 25.5e-6 + 2 * params * 2 * 31 / 32 / (8 * 23.5e9)
+    assert derived_sync(sc, "grad_sync")[0] == pytest.approx(want * 1e3)
+    # TP 8 (n21-18b, DP 32): one rank of each data-parallel group per node, one NIC
+    sc = _n21("n21-18b")
+    want = 25.5e-6 + 2 * sc.derived().stages[0].dense_params / 8 * 2 * 31 / 32 / 23.5e9
+    assert derived_sync(sc, "grad_sync")[0] == pytest.approx(want * 1e3)
+
+
+@pytest.mark.parametrize("overrides,per_param", [
+    # fp16 weights and gradients (n21-*, Megatron-LM 2021): Adam 14 + both moments 16, gradient norm 4, copy of the
+    # master weight into the fp16 one 4, fp16 -> fp32 gradient cast 2 + 4, loss-scale unscale and inf check 4 + 4
+    ((), 14 + 16 + 4 + 4 + 6 + 8),
+    # bf16 weights, fp32 gradients (Megatron's default mixed precision): no cast, no loss scaling
+    (("model.params_dtype=bf16", "model.grads_dtype=fp32"), 14 + 16 + 4 + 4),
+])  # fmt: skip
+def test_optimizer_bytes_by_hand(overrides, per_param):
+    from dualpipe_sim.model.step_figures import derived_sync
+
+    sc = _n21("n21-1.7b", overrides)
+    params = sc.derived().stages[0].dense_params  # TP 1, ZeRO 0: the rank updates all of them
+    # one streaming pass at the A100's measured 1.61 TB/s, plus one kernel floor
+    assert derived_sync(sc, "optimizer")[0] == pytest.approx((params * per_param / 1.61e12 + 2.5e-6) * 1e3)
+
+
+def test_a100_memory_bound_kernel_by_hand():
+    # k22 22B layer on an A100: the input LayerNorm reads and writes 4 x 2048 x 6144 fp16 values (no sequence
+    # parallelism): 2 x 100,663,296 B at Azure's measured 1.61 TB/s, plus the 2.5 us floor
+    rows = derive.layer_kernels(derive.setup(_n21("k22-22b-full")), 0)
+    norm = next(k for k in rows if k.name == "input norm")
+    assert norm.bytes == 2 * 100663296
+    assert norm.seconds == pytest.approx(2.5e-6 + 2 * 100663296 / 1.61e12)

@@ -39,15 +39,19 @@ def measured_bus(curve, nbytes: float) -> float:
     return b0 + (b1 - b0) * math.log2(nbytes / s0) / math.log2(s1 / s0)
 
 
-def time(op: str, nbytes: float, n: int, rates, link: str) -> float:
-    """Seconds for ``op`` on a tensor of ``nbytes`` (the whole gathered or reduced tensor) over ``n`` ranks."""
+def time(op: str, nbytes: float, n: int, rates, link: str, nics: int = 1) -> float:
+    """Seconds for ``op`` on a tensor of ``nbytes`` (the whole gathered or reduced tensor) over ``n`` ranks.
+
+    ``nics``: across nodes, how many of the group's ranks share each node, each with its own NIC: NCCL
+    runs a ring per NIC, so the bus bandwidth is that many NICs' (NVIDIA/nccl#812: a DGX A100's 8 HDR
+    NICs give 192 GB/s all-reduce bus bandwidth across nodes, 8 x the 24 GB/s of one, NVIDIA/nccl#412)."""
     if n <= 1 or nbytes <= 0:
         return 0.0
     curve = rates.nvlink_curve if link == "nvlink" else ()
     if curve:  # the measured time includes NCCL's latency; a message below the table costs its first row
         size = max(nbytes, curve[0][0])
         return size * FACTORS[op](n) / measured_bus(curve, size)
-    return rates.latency + nbytes * FACTORS[op](n) / bus(rates, link)
+    return rates.latency + nbytes * FACTORS[op](n) / (bus(rates, link) * (nics if link == "nic" else 1))
 
 
 def all_to_all(sent: float, rates, link: str) -> float:

@@ -198,6 +198,14 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  par.sequence_parallel, par.pipeline_scatter_gather)  # fmt: skip
 
 
+def stage_head_params(cfg, stage: layout.Stage) -> int:
+    """The head's parameters on its stage: a tied head on the embedding's own stage shares its weight
+    (Megatron keeps a second copy only when the two sit on different stages)."""
+    if not stage.head:
+        return 0
+    return params.head_unique(cfg) if stage.embedding else params.head(cfg)
+
+
 def p2p_ms(st: Setup) -> float:
     """One boundary activation (or its gradient) sent to the next stage, ms.
 
@@ -398,7 +406,7 @@ def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]
         mtp = params.mtp_module(cfg)
         units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
     dense = sum(p.dense for p, _ in units) + (params.embedding(cfg) if stage.embedding else 0)
-    dense += params.head(cfg) if stage.head else 0
+    dense += stage_head_params(cfg, stage)
     routed = sum(p.routed for p, _ in units)
     fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
     # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
@@ -463,7 +471,7 @@ def derive(st: Setup) -> Derived:
             dense += params.embedding(cfg)
             act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
-            dense += params.head(cfg)
+            dense += stage_head_params(cfg, stage)
             act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor, sp=st.sequence_parallel)
         if stage.mtp:
             mtp = params.mtp_module(cfg)

@@ -86,9 +86,10 @@ PRESETS: dict[str, KernelRates] = {
                         _NIC_NDR, _LATENCY),  # fmt: skip
     # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
     # i.e. at sustained clocks: peak and k_overhead fitted, sm_90's floor as the table has no tiny shape;
-    # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured); FA2's forward+backward rate for
-    # both passes; HDR 200 Gb/s NIC: half the NDR figure
+    # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured; the streaming "Mul" kernel, one
+    # load and one store as gpu-benches' "scale", at 1.61 TB/s); FA2's forward+backward rate for both passes;
+    # HDR 200 Gb/s NIC: half the NDR figure
     "A100": KernelRates("A100", 108, GemmRates(262.7e12, 67, 5.54e-6), None, 193e12, 193e12, 480.0,
-                        2.039e12 * _HBM_FRACTION, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY,
+                        1.61e12, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY,
                         nvlink_curve=_A100_ALL_REDUCE),  # fmt: skip
 }
