@@ -372,3 +372,53 @@ def test_a100_memory_bound_kernel_by_hand():
     norm = next(k for k in rows if k.name == "input norm")
     assert norm.bytes == 2 * 100663296
     assert norm.seconds == pytest.approx(2.5e-6 + 2 * 100663296 / 1.61e12)
+
+
+# -- Megatron-LM 2021's separate kernels (model.runtime = "megatron-lm-2021"), by hand ----------------------
+def test_megatron_lm_2021_kernels_by_hand():
+    # n21-145b: TP 8, micro-batch 2 x 2048 = 4096 tokens, h 12288 (QKV 3h / 8 = 4608 per rank, FFN 4h / 8 = 6144),
+    # no sequence parallelism, fp16, 2304 / (24 x 2) = 48 micro-batches, fp16 gradients
+    st = derive.setup(_n21("n21-145b"))
+    rows = {(k.name, k.component): k for k in derive.layer_kernels(st, 0)}
+    n, ab = 4096, 2
+    want = {("qkv bias add", "attn_forward"): 2 * n * 4608 * ab,  # read and write the QKV output
+            ("qkv bias add", "attn_backward_input"): 2 * n * 4608 * ab,  # again in the full recompute
+            ("qkv bias gradient", "attn_backward_weight"): n * 4608 * ab,  # one read of the output gradient
+            ("out_proj bias gradient", "attn_backward_weight"): n * 12288 * ab,
+            ("fc1 bias gradient", "mlp_backward_weight"): n * 6144 * ab,
+            ("fc2 bias gradient", "mlp_backward_weight"): n * 12288 * ab,
+            # autograd's param.grad += grad in fp16 (2 + 2 read, 2 written) from the 2nd of 48 micro-batches:
+            # the layer's 12 h^2 + 13 h parameters / 8
+            ("gradient accumulation", "mlp_backward_weight"): (12 * 12288**2 + 13 * 12288) / 8 * 6 * 47 / 48}  # fmt: skip
+    for key, nbytes in want.items():
+        assert rows[key].bytes == pytest.approx(nbytes)
+        assert rows[key].seconds == pytest.approx(2.5e-6 + nbytes / 1.61e12)
+    head = {k.name: k for k in kernels.head(st.cfg, st.rates, st.layout)}
+    # the vocabulary shard 51200 / 8 = 6400: 38 bytes per logit forward (fp16 -> fp32 cast 2 + 4, max 4, subtract
+    # 8, exp 8, sum 4, divide 8), 14 backward (scale 8, cast back 4 + 2)
+    assert head["cross-entropy (unfused)"].bytes == n * 6400 * 38
+    assert head["cross-entropy backward (unfused)"].bytes == n * 6400 * 14
+    assert head["output layer gradient accumulation"].bytes == pytest.approx(6400 * 12288 * 6 * 47 / 48)
+    # Megatron-core (the default) fuses all of them away
+    core = derive.setup(_n21("n21-145b", ["model.runtime=megatron-core"]))
+    names = {k.name for k in derive.layer_kernels(core, 0) + kernels.head(core.cfg, core.rates, core.layout)}
+    assert not {name for name, _ in want} & names and "cross-entropy" in names
+
+
+def test_fp32_main_gradients_add_every_micro_batch():
+    # Megatron's DDP hook main_grad.add_(grad): read 2 + 4, write 4 bytes per parameter, every micro-batch
+    sc = _n21("n21-145b", ["model.grads_dtype=fp32"])
+    assert derive.setup(sc).grad_accumulation == 10
+    sc = _n21("n21-1.7b")  # one micro-batch of fp16 gradients: nothing to add
+    assert derive.setup(sc).grad_accumulation == 0
+    assert not [k for k in derive.layer_kernels(derive.setup(sc), 0) if "accumulation" in k.name]
+
+
+def test_model_runtime_rejects_other_values(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text((ROOT / "scenarios" / "validation" / "n21-145b.toml").read_text()
+                    .replace('runtime = "megatron-lm-2021"', 'runtime = "megatron-2019"'))  # fmt: skip
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model.runtime" in err and "megatron-lm-2021" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -49,6 +49,8 @@ class Setup:
     tp_overlap: bool = True
     sequence_parallel: bool = True
     scatter_gather: bool = False  # parallel.pipeline_scatter_gather
+    legacy: bool = False  # model.runtime = "megatron-lm-2021"
+    grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of a separate accumulation pass
 
     @property
     def tokens(self) -> int:
@@ -59,7 +61,7 @@ class Setup:
     def layout(self) -> kernels.Layout:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
-                              self.sequence_parallel)  # fmt: skip
+                              self.sequence_parallel, self.legacy, self.grad_accumulation)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,22 @@ def setup(scenario, stages: int | None = None) -> Setup:
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
             rates = kernel_rates(section, hw)
+    legacy = m.runtime == "megatron-lm-2021"
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
-                 par.sequence_parallel, par.pipeline_scatter_gather)  # fmt: skip
+                 par.sequence_parallel, par.pipeline_scatter_gather, legacy,
+                 grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0)  # fmt: skip
+
+
+def grad_accumulation_bytes(m, microbatches: int) -> float:
+    """Bytes per parameter and micro-batch that Megatron-LM of 2021 spends adding a weight gradient
+    into the accumulated one (Megatron-core fuses it into the wgrad GEMM, --gradient-accumulation-fusion).
+    16-bit gradients: autograd's ``param.grad += grad`` (read both, write one) from the second
+    micro-batch on, spread over all; fp32 main gradients: the DDP hook's ``main_grad.add_(grad)``
+    (read 2 + 4, write 4) every micro-batch (megatron/model/distributed.py @ 6985e58)."""
+    if DTYPES[m.grads_dtype] == 4:
+        return DTYPES[m.activations_dtype] + 4 + 4
+    return 3 * DTYPES[m.grads_dtype] * (microbatches - 1) / microbatches
 
 
 def stage_head_params(cfg, stage: layout.Stage) -> int:

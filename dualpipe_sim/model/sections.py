@@ -45,6 +45,9 @@ class ModelSection(BaseModel):
     master_weights: bool = True  # an fp32 copy of the weights in the optimizer
     activations_dtype: Dtype = "bf16"
     fp8: bool | None = None  # FP8 linears and FP8 activation caching; None = as the config says
+    # whose memory-bound kernels a layer runs: Megatron-core with Transformer Engine (bias and gradient
+    # accumulation fused into the GEMMs) or Megatron-LM of 2021 (each apart; docs/model.md)
+    runtime: Literal["megatron-core", "megatron-lm-2021"] = "megatron-core"
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
