@@ -405,6 +405,13 @@ def test_megatron_lm_2021_kernels_by_hand():
     assert not {name for name, _ in want} & names and "cross-entropy" in names
 
 
+def test_explain_names_the_runtime(capsys):
+    assert main(["model", str(ROOT / "scenarios" / "validation" / "n21-145b.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "Megatron-LM 2021's separate bias" in out and "gradient accumulation " in out
+    assert "/ tensor 8 (scatter-gather)" in out and "all-gather of the whole tensor over 8 ranks" in out
+
+
 def test_fp32_main_gradients_add_every_micro_batch():
     # Megatron's DDP hook main_grad.add_(grad): read 2 + 4, write 4 bytes per parameter, every micro-batch
     sc = _n21("n21-145b", ["model.grads_dtype=fp32"])

@@ -238,6 +238,8 @@ def explain_lines(d: Derived) -> list[str]:
             + ("; NVLink all-reduce / all-gather / reduce-scatter at the bus bandwidth measured at their size"
                if r.nvlink_curve else "") + "; "
             f"tensor-parallel overlap {'on' if st.tp_overlap else 'off'}"
+            + ("; Megatron-LM 2021's separate bias, gradient-accumulation and cross-entropy kernels"
+               " (model.runtime)" if st.legacy else "")
         )
         for name, rows in kernel_tables(d).items():
             lines += kernel_lines(name, rows)
