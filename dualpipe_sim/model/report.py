@@ -9,7 +9,7 @@ also how every derived number is obtained.
 from __future__ import annotations
 
 from .. import units
-from ..inputs.costs import Component
+from ..schedules.components import Component
 from . import activations, derive, flops, kernels, params
 from .derive import Derived
 

@@ -39,11 +39,12 @@ def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
     return per_param
 
 
-def throughput(scenario) -> Throughput | None:
-    """The model's tokens and FLOPs per step, or None without a [model]."""
+def throughput(scenario, derived=None) -> Throughput | None:
+    """The model's tokens and FLOPs per step, or None without a [model].  ``derived``: the
+    scenario's derived figures when the caller has them (their setup is the scenario's)."""
     if scenario.model is None:
         return None
-    st = derive.setup(scenario)
+    st = derive.setup(scenario) if derived is None else derived.setup
     sh = st.sharding
     return Throughput(
         tokens=float(scenario.pipeline.microbatches * st.tokens * sh.data),
@@ -53,7 +54,7 @@ def throughput(scenario) -> Throughput | None:
     )
 
 
-def derived_sync(scenario, key: str) -> tuple[float, ...]:
+def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     """Per-stage times (ms) of ``grad_sync``, ``cross_copy_sync`` or ``optimizer`` from the model.
 
     The bytes are a rank's gradients of one stage copy: its dense parameters / tensor
@@ -73,16 +74,18 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
     With a preset's kernel rates the collectives are nccl-tests' bus-bandwidth model
     (collectives.py: latency + bytes x factor / bus bandwidth) on the NIC, or on NVLink when
     the data-parallel group fits in one node.
+    ``derived``: the scenario's derived figures when the caller has them (else derived here).
     Raises model.config.ModelError when [model] or [hardware] is missing.
     """
     if scenario.model is None or scenario.hardware is None:
         raise ModelError('"derived" needs the [model] and [hardware] sections')
-    st = derive.setup(scenario)
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
     sh, hw = st.sharding, st.hw
     if key == "optimizer" and st.rates is None:
         raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
     out = []
-    for where, stage in zip(st.stages, scenario.derived().stages):
+    for where, stage in zip(st.stages, derived.stages):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         routed = stage.routed_params / sh.expert * sh.grads_bytes
         if key == "grad_sync" and sh.zero >= 2:
