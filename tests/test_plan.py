@@ -345,12 +345,18 @@ def test_every_schedule_has_its_own_colour_and_shape_in_the_chart():
     assert len({schedule_marker(n) for n in names}) == len(names)  # the shape alone tells them apart
 
 
-def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config):
+@pytest.mark.parametrize("legacy", [False, True])
+def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config, legacy):
     # FigureCache derives the stage times once for every data-parallel degree and ZeRO 0-2 and works
     # the memory out per candidate; each complete candidate's figures must equal its own derivation.
+    # Megatron-LM 2021 with bf16 gradients costs an accumulation pass that depends on the micro-batch
+    # count (model/derive.py's grad_accumulation_bytes), so there the data degree is part of the key.
     from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
     from dualpipe_sim.plan.estimate import FigureCache
 
+    if legacy:
+        tiny = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b", "dualpipev"], jobs=1, budget=1,
+                       overrides=['model.runtime="megatron-lm-2021"', 'model.grads_dtype="bf16"'])  # fmt: skip
     complete = [r.candidate for r in tiny.rows if not r.pruned]
     assert {c.data for c in complete} == {1, 2, 4} and {c.zero for c in complete} == {1, 2, 3}
     fresh = {c: sections_only(apply_overrides(tiny.base, c.overrides())).derived() for c in complete}

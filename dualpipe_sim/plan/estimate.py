@@ -27,7 +27,7 @@ from ..schedules import registry
 from ..inputs.costs import CostModel
 from ..model import derive
 from ..model import memory as model_memory
-from ..model.sections import HardwareSection
+from ..model.sections import HardwareSection, ModelSection
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, paired_fraction, placement, shape
 from .space import Candidate
@@ -64,6 +64,9 @@ class FigureCache:
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.hardware_name = derive.hardware(HardwareSection.model_validate(base["hardware"])).name
+        # Megatron-LM 2021's gradient accumulation costs per micro-batch (derive.grad_accumulation_bytes):
+        # then the times depend on the micro-batch count, which the data-parallel degree sets.
+        self.times_read_microbatches = ModelSection.model_validate(base["model"]).runtime == "megatron-lm-2021"
 
     def runtime(self, cand: Candidate) -> float:
         """What simulation.py adds to every rank besides tensors: memory.runtime, else the CUDA
@@ -100,8 +103,9 @@ class FigureCache:
             # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
             # serves them all, and the memory is worked out per stage for the candidate's sharding.
             fsdp = cand.zero >= 3
-            times = (cand.tensor, cand.context, cand.expert, cand.data if fsdp else None, cand.micro_batch_size,
-                     cand.stages, cand.recompute, fsdp)  # fmt: skip
+            data = cand.data if fsdp or self.times_read_microbatches else None
+            times = (cand.tensor, cand.context, cand.expert, data, cand.micro_batch_size, cand.stages, cand.recompute,
+                     fsdp)  # fmt: skip
             if times not in self._derived:
                 self._derived[times] = self.scenario(cand).derived()
             derived = self._derived[times]
