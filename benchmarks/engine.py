@@ -143,7 +143,7 @@ def measure(case: str, fraction: int, tiny: bool) -> dict:
         if forced:  # what simulation.simulate does when the SimPy engine is chosen
             from dualpipe_sim import engine
 
-            validate.validate(schedule)
+            validate.validate(schedule)  # the SimPy engine words a deadlock its own way: prove it first
             return engine.simulate(schedule, costs)
         return simulation.simulate(schedule, costs)
 
@@ -161,12 +161,10 @@ def measure(case: str, fraction: int, tiny: bool) -> dict:
         reference_loop(result.schedule, result.costs)
         t3, c3 = time.perf_counter(), time.process_time()
     trace = result.trace
-    from dualpipe_sim import fastpath
-
     return {
         "case": case,
         "fraction": fraction,
-        "engine": "fast" if not forced and fastpath.applies(result.costs) else "simpy",
+        "engine": "simpy" if forced else "replay",
         "ranks": trace.ranks,
         "microbatches": trace.microbatches,
         "ops": result.schedule.num_ops(),

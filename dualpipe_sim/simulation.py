@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import fastpath, limits, registry, units
+from . import limits, registry, replay, units
 from .costs import CostModel
 from .ir import Schedule, ScheduleError
 from .metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
@@ -24,7 +24,7 @@ from .scenario import Scenario, ScenarioError
 from .schedules import closed_form
 from .step import step_metrics, with_step
 from .trace import Trace
-from .validate import validate
+from .validate import index_ops
 
 
 @dataclass
@@ -123,18 +123,11 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace) -> Metrics:
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:
-    """Prove ``schedule`` can run, then replay it on ``costs``: the one place an engine is chosen.
-
-    The linear fast path (fastpath.py) gives the SimPy engine's trace bit for bit
-    whenever it applies (async P2P) and proves completeness and progress in the
-    same pass, raising validate()'s words.  Otherwise validate() runs first and
-    the SimPy engine (engine.py, imported only then) replays the schedule."""
-    if fastpath.applies(costs):
-        return fastpath.simulate(schedule, costs)
-    validate(schedule)
-    from .engine import simulate as simpy_simulate
-
-    return simpy_simulate(schedule, costs)
+    """Prove ``schedule`` complete, then replay it on ``costs`` (replay.py, async or blocking
+    P2P): its trace.  The replay proves it can finish on the way, raising validate()'s words.
+    The SimPy engine (engine.py) is the reference the tests hold this replay equal to."""
+    replay.check_costs_cover(schedule, costs)
+    return replay.simulate(schedule, costs, index_ops(schedule))
 
 
 # Past this many ms times are finite but a chart's axis ticks overflow (matplotlib scales its

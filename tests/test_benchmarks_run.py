@@ -8,7 +8,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "engine.py"
 
 
 def test_engine_benchmark_runs_on_a_tiny_size():
-    cases = {"a": "fast", "a-simpy": "simpy", "b": "fast", "b-simpy": "simpy"}  # components and simple costs, each engine
+    cases = {"a": "replay", "a-simpy": "simpy", "b": "replay", "b-simpy": "simpy"}  # components and simple costs, each engine
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--repeat", "1", "--cases", ",".join(cases)],
         check=True, capture_output=True, text=True, timeout=300,

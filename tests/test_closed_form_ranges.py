@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dualpipe_sim import registry
 from dualpipe_sim.costs import CostModel
-from dualpipe_sim.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.metrics import compute_metrics
 from test_properties import valid_shapes  # the same small shapes as the invariants
 

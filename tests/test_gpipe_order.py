@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from dualpipe_sim.costs import CostModel
-from dualpipe_sim.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.registry import build
 from dualpipe_sim.rules import KIND_CODES
 

@@ -29,7 +29,7 @@ import pytest
 from dualpipe_sim import scenario, simulation
 from dualpipe_sim.cli import main
 from dualpipe_sim.costs import CostModel
-from dualpipe_sim.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.ir import ScheduleError
 from dualpipe_sim.metrics import compute_metrics
 from dualpipe_sim.registry import analytic, build

@@ -22,7 +22,7 @@ import re
 import pytest
 
 from dualpipe_sim.costs import CostModel
-from dualpipe_sim.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.metrics import compute_metrics
 from dualpipe_sim.registry import analytic, build
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from dualpipe_sim.costs import CostModel
-from dualpipe_sim.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.metrics import compute_metrics
 from dualpipe_sim.registry import build
 
