@@ -59,7 +59,7 @@ from typing import Callable
 
 import numpy as np
 
-from .step import StepMetrics
+from .step_metrics import StepMetrics
 from .trace import A2A, P2P, Trace
 
 

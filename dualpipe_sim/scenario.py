@@ -28,7 +28,7 @@ from .model.activations import POLICIES
 from .model.config import ModelError
 from .model.sections import HardwareSection, ModelSection, ParallelSection
 from .rules import Channel
-from .step import StepCosts
+from .step_costs import StepCosts
 
 
 def _number(v):

@@ -22,7 +22,8 @@ from .model import memory as model_memory
 from .model.step_figures import throughput
 from .scenario import Scenario, ScenarioError
 from .schedules import closed_form
-from .step import step_metrics, with_step
+from .step import with_step
+from .step_metrics import step_metrics
 from .trace import Trace
 from .validate import index_ops
 

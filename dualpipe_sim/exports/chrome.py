@@ -198,7 +198,7 @@ def chrome_trace(trace: Trace) -> dict:
 
 def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
     """Thread names and slices of the end-of-step rows (none without [step] work)."""
-    from ..step import OPTIMIZER, STEP_KIND_NAMES
+    from ..trace import OPTIMIZER, STEP_KIND_NAMES
 
     step = trace.step
     meta, slices = [], []
