@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dualpipe_sim import scenario  # noqa: E402
+from dualpipe_sim.inputs import scenario  # noqa: E402
 
 DENSE = {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 256, "vocab_size": 128256,
          "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672}  # fmt: skip

@@ -62,7 +62,7 @@ CASES = {
 
 
 def scenario_for(case: str, fraction: int, tiny: bool):
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
 
     name, stages, mbs, tiny_stages, tiny_mbs, p2p, costs, _ = CASES[case]
     if tiny:
@@ -135,13 +135,14 @@ def reference_loop(schedule, costs) -> float:
 
 def measure(case: str, fraction: int, tiny: bool) -> dict:
     """One case in this process: time run() end to end, the simulation alone, and the reference loop."""
-    from dualpipe_sim import simulation, validate
+    from dualpipe_sim import simulation
+    from dualpipe_sim.engine import validate
 
     forced = CASES[case][-1] == "simpy"
 
     def simulate(schedule, costs):
         if forced:  # what simulation.simulate does when the SimPy engine is chosen
-            from dualpipe_sim import engine
+            from dualpipe_sim.engine import simpy_engine as engine
 
             validate.validate(schedule)  # the SimPy engine words a deadlock its own way: prove it first
             return engine.simulate(schedule, costs)

@@ -25,7 +25,7 @@ from pathlib import Path
 from dualpipe_sim.sweep import run_sweep
 from dualpipe_sim.sweep.executors import default_jobs
 from dualpipe_sim.sweep.point import run_point
-from dualpipe_sim.scenario import load_raw
+from dualpipe_sim.inputs.scenario import load_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "quickstart.toml"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dualpipe_sim import compare, scenario, simulation
-from dualpipe_sim.plots.compare import save_compare
-from dualpipe_sim.plots.gantt_file import save_gantt
-from dualpipe_sim.plots.memory import save_memory
+from dualpipe_sim import compare, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.outputs.plots.compare import save_compare
+from dualpipe_sim.outputs.plots.gantt_file import save_gantt
+from dualpipe_sim.outputs.plots.memory import save_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"

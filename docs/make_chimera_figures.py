@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dualpipe_sim import scenario, simulation
-from dualpipe_sim.plots.gantt_file import save_gantt
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
+from dualpipe_sim.outputs.plots.gantt_file import save_gantt
 
 DOCS = Path(__file__).resolve().parent
 SHAPE = {"stages": 4, "microbatches": 8}

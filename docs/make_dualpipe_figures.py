@@ -18,13 +18,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dualpipe_sim import calibrate, kineto, scenario, simulation  # noqa: E402
-from dualpipe_sim.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS, CostModel  # noqa: E402
-from dualpipe_sim.engine import simulate  # noqa: E402
-from dualpipe_sim.ir import FB, Op, Schedule  # noqa: E402
-from dualpipe_sim.plots.canvas import PNG_METADATA  # noqa: E402
-from dualpipe_sim.plots.gantt_file import save_gantt  # noqa: E402
-from dualpipe_sim.trace import A2A  # noqa: E402
+from dualpipe_sim import calibrate, simulation  # noqa: E402
+from dualpipe_sim.inputs import kineto, scenario
+from dualpipe_sim.inputs.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS, CostModel  # noqa: E402
+from dualpipe_sim.engine.simpy_engine import simulate  # noqa: E402
+from dualpipe_sim.schedules.ir import FB, Op, Schedule  # noqa: E402
+from dualpipe_sim.outputs.plots.canvas import PNG_METADATA  # noqa: E402
+from dualpipe_sim.outputs.plots.gantt_file import save_gantt  # noqa: E402
+from dualpipe_sim.engine.trace import A2A  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 IMG = ROOT / "docs" / "img"

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dualpipe_sim import registry, scenario, simulation
-from dualpipe_sim.ir import ScheduleError
-from dualpipe_sim.plots.gantt_file import save_gantt
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
+from dualpipe_sim.schedules.ir import ScheduleError
+from dualpipe_sim.outputs.plots.gantt_file import save_gantt
 
 DOCS = Path(__file__).resolve().parent
 START, END = "<!-- gallery:start -->", "<!-- gallery:end -->"

@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualpipe_sim import scenario, simulation  # noqa: E402
+from dualpipe_sim.inputs import scenario  # noqa: E402
+from dualpipe_sim import simulation
 from dualpipe_sim.model import derive, kernels  # noqa: E402
 
 FOLDER = ROOT / "scenarios" / "validation"

@@ -18,9 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dualpipe_sim import repeat, scenario, simulation  # noqa: E402
-from dualpipe_sim.plots.canvas import PNG_METADATA  # noqa: E402
-from dualpipe_sim.plots.gantt_file import save_gantt  # noqa: E402
+from dualpipe_sim import repeat, simulation  # noqa: E402
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.outputs.plots.canvas import PNG_METADATA  # noqa: E402
+from dualpipe_sim.outputs.plots.gantt_file import save_gantt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev")

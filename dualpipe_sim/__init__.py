@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from pathlib import Path as _Path
 
-from . import plan, scenario
+from . import plan
+from .inputs import scenario
 from .errors import ScenarioError
-from .ir import Schedule, ScheduleError
-from .metrics import Metrics
-from .scenario import Scenario
+from .schedules.ir import Schedule, ScheduleError
+from .readers.metrics import Metrics
+from .inputs.scenario import Scenario
 from .simulation import Result
-from .trace import Trace
+from .engine.trace import Trace
 
 __version__ = "0.1.0"
 
@@ -58,14 +59,14 @@ def run(sc, schedule: str | Schedule | None = None) -> Result:
 
 def schedule_names() -> dict[str, str]:
     """Registered schedule names and their one-line descriptions."""
-    from .registry import families
+    from .schedules.registry import families
 
     return {name: family.description for name, family in families().items()}
 
 
 def build_schedule(name: str, stages: int, microbatches: int, **options) -> Schedule:
     """A registered schedule's op lists (``options``: e.g. ``chunks_per_rank=2``)."""
-    from .registry import build
+    from .schedules.registry import build
 
     return build(name, stages, microbatches, **options)
 
@@ -80,41 +81,41 @@ def read_schedule(path: str | _Path) -> Schedule:
 
 def metrics_json(result: Result) -> str:
     """The text of metrics.json for ``result`` (the CLI writes exactly this)."""
-    from .outputs import metrics_json as text
+    from .outputs.files import metrics_json as text
 
     return text(result.metrics)
 
 
 def save_gantt(result: Result, path: str | _Path) -> None:
     """gantt.png of a run."""
-    from .plots.gantt_file import save_gantt as save
+    from .outputs.plots.gantt_file import save_gantt as save
 
     save(result.trace, result.metrics, _Path(path))
 
 
 def save_memory(result: Result, path: str | _Path) -> None:
     """memory.png of a run."""
-    from .plots.memory import save_memory as save
+    from .outputs.plots.memory import save_memory as save
 
     save(result.trace, result.metrics, _Path(path))
 
 
 def save_report(result: Result | list[Result], path: str | _Path) -> None:
     """report.html of one run, or of several side by side (needs the ``html`` extra: plotly)."""
-    from .plots.report import save_report as save
+    from .outputs.plots.report import save_report as save
 
     save(result if isinstance(result, list) else [result], _Path(path))
 
 
 def save_chrome_trace(result: Result, path: str | _Path) -> None:
     """A Chrome/Perfetto trace (JSON) of a run."""
-    from .exports.chrome import write_chrome_trace
+    from .outputs.exports.chrome import write_chrome_trace
 
     write_chrome_trace(result.trace, _Path(path))
 
 
 def save_compare(results: list[Result], path: str | _Path) -> None:
     """compare.png: several runs' Gantt charts stacked on one time axis."""
-    from .plots.compare import save_compare as save
+    from .outputs.plots.compare import save_compare as save
 
     save(list(results), _Path(path))

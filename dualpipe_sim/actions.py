@@ -36,9 +36,9 @@ import json
 import re
 from collections import Counter
 
-from .ir import FB, Action, Op, Schedule, ScheduleError, ops_of
-from .rules import KIND_NAMES, PAIR_BACKWARDS, Kind
-from .validate import validate
+from .schedules.ir import FB, Action, Op, Schedule, ScheduleError, ops_of
+from .schedules.rules import KIND_NAMES, PAIR_BACKWARDS, Kind
+from .engine.validate import validate
 
 HEADER = "# dualpipe-sim:"
 _HEADER = re.compile(r"#\s*dualpipe-sim:")

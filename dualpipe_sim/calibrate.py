@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .costs import A2A_PARTS, COMPONENTS
-from .kineto import Profile, TraceError
-from .metrics import union_length
+from .inputs.costs import A2A_PARTS, COMPONENTS
+from .inputs.kineto import Profile, TraceError
+from .readers.metrics import union_length
 
 CHANNELS = ("compute", "a2a")
 OUT_FILES = ("chunk.toml", "calibration.md")  # what write() puts into --out
@@ -154,9 +154,9 @@ def _per_layer_order(sequence: dict, layers: int) -> tuple[dict[str, list[str]],
 def replay(cal: Calibration) -> Calibration:
     """Simulate the pair with the calibrated [chunk]: fills predicted_span and predicted."""
     from . import simulation
-    from .ir import FB, Op, Schedule
-    from .scenario import ScenarioError, from_dict
-    from .trace import A2A
+    from .schedules.ir import FB, Op, Schedule
+    from .inputs.scenario import ScenarioError, from_dict
+    from .engine.trace import A2A
 
     pipeline = {"schedule": "1f1b", "stages": 1, "microbatches": 2}
     try:
@@ -286,7 +286,7 @@ def _pct(predicted: float | None, measured: float) -> str:
 
 def write(cal: Calibration, out_dir: str | Path) -> list[Path]:
     """chunk.toml and calibration.md into out_dir, all or nothing."""
-    from .outputs import write_all, write_text
+    from .outputs.files import write_all, write_text
 
     texts = (chunk_toml(cal), report_markdown(cal))
     return write_all(out_dir, {name: write_text(text) for name, text in zip(OUT_FILES, texts)})

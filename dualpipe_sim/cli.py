@@ -16,13 +16,14 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import NoReturn
 
-from . import actions, compare, limits, registry, repeat, simulation, units
-from .ir import Schedule, ScheduleError
-from .metrics import Metrics
+from . import actions, compare, limits, repeat, simulation, units
+from .schedules import registry
+from .schedules.ir import Schedule, ScheduleError
+from .readers.metrics import Metrics
 from .progress import each_file
-from .outputs import OutputError, check_targets, metrics_json, write_all, write_text
-from .scenario import ScenarioError, activation_bytes_given, oddities, parse_override
-from .scenario import load as load_scenario
+from .outputs.files import OutputError, check_targets, metrics_json, write_all, write_text
+from .inputs.scenario import ScenarioError, activation_bytes_given, oddities, parse_override
+from .inputs.scenario import load as load_scenario
 from .signals import stop_on_sigterm, stopped
 
 EXIT_BAD_INPUT = 2
@@ -238,7 +239,7 @@ def read_schedule_file(path: str) -> Schedule:
 def _prepare_charts(plots: str) -> None:
     """Before the first PNG chart: matplotlib imported lean (plots/lean.py), in this process only."""
     if plots in ("png", "all"):
-        from .plots import lean
+        from .outputs.plots import lean
 
         lean.import_matplotlib()
 
@@ -259,7 +260,7 @@ def _cmd_run(args) -> int:
         simulation.check_size(scenario, schedule)  # before any output work starts
     else:
         _refuse_unused_options([scenario.pipeline.schedule], scenario)
-    from .exports.chrome import trace_name, write_chrome_trace
+    from .outputs.exports.chrome import trace_name, write_chrome_trace
 
     try:
         trace_file = trace_name(args.trace, args.out, (*RUN_FILES, "report.html", "repeat.json")) if args.trace else None
@@ -280,13 +281,13 @@ def _cmd_run(args) -> int:
         writers = {"metrics.json": write_text(metrics_json(metrics))}
         if args.plots in ("png", "all"):
             _prepare_charts(args.plots)
-            from .plots.gantt_file import save_gantt  # matplotlib only when we draw
-            from .plots.memory import save_memory
+            from .outputs.plots.gantt_file import save_gantt  # matplotlib only when we draw
+            from .outputs.plots.memory import save_memory
 
             writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path)
             writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path)
         if args.plots in ("html", "all"):
-            from .plots.report import save_report
+            from .outputs.plots.report import save_report
 
             writers["report.html"] = lambda path: save_report([result], path)
         if trace_file:
@@ -647,7 +648,8 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from . import calibrate, kineto
+    from . import calibrate
+    from .inputs import kineto
 
     if args.out:
         check_targets(args.out, calibrate.OUT_FILES)  # before the trace is read
@@ -688,7 +690,7 @@ def progress_bar(desc: str):
 def _cmd_model(args) -> int:
     from .model import derive, report
     from .model.config import ModelError
-    from .scenario import apply_overrides, load_raw, sections_only
+    from .inputs.scenario import apply_overrides, load_raw, sections_only
 
     if args.source.endswith(".json"):
         # A bare config: one stage, the verb's defaults; --set still applies to scenario keys.

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import registry, simulation, units
-from .costs import mean_costs
-from .ir import ScheduleError
-from .scenario import Scenario, ScenarioError, activation_bytes_given
+from .schedules import registry
+from . import simulation, units
+from .inputs.costs import mean_costs
+from .schedules.ir import ScheduleError
+from .inputs.scenario import Scenario, ScenarioError, activation_bytes_given
 
 DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
 BASELINE = "1f1b"
@@ -297,18 +298,18 @@ def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str, pl
                   progress=None, same_gpus: int | None = None) -> tuple[Comparison, list]:
     """Compare, then write compare.md and the charts ``plots`` asks for (png: compare.png,
     html: report.html, all, none) into ``out_dir`` all-or-nothing."""
-    from .outputs import write_all, write_text
+    from .outputs.files import write_all, write_text
     from .progress import each_file
 
     comparison = compare(scenario, names, progress, same_gpus)
     png = plots in ("png", "all")
     writers = {"compare.md": write_text(markdown(comparison, source, "compare.png" if png else None))}
     if png:
-        from .plots.compare import save_compare  # matplotlib only when we draw
+        from .outputs.plots.compare import save_compare  # matplotlib only when we draw
 
         writers["compare.png"] = lambda path: save_compare(comparison.results, path)
     if plots in ("html", "all"):
-        from .plots.report import save_report
+        from .outputs.plots.report import save_report
 
         writers["report.html"] = lambda path: save_report(comparison.results, path)
     files = write_all(out_dir, each_file(writers, progress))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import simulation
-from .ir import Schedule
+from .schedules.ir import Schedule
 from .progress import Progress, report
 
 MAX_REPEAT = 10_000

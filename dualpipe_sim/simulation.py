@@ -13,19 +13,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import limits, registry, replay, units
-from .costs import CostModel
-from .ir import Schedule, ScheduleError
-from .metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
+from . import limits, units
+from .engine import replay
+from .schedules import registry
+from .inputs.costs import CostModel
+from .schedules.ir import Schedule, ScheduleError
+from .readers.metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
 from .model import buffers as model_buffers
 from .model import memory as model_memory
 from .model.step_figures import throughput
-from .scenario import Scenario, ScenarioError
+from .inputs.scenario import Scenario, ScenarioError
 from .schedules import closed_form
-from .step import with_step
-from .step_metrics import step_metrics
-from .trace import Trace
-from .validate import index_ops
+from .engine.step import with_step
+from .readers.step_metrics import step_metrics
+from .engine.trace import Trace
+from .engine.validate import index_ops
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Small builders shared by the tests."""
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 
 
 def run_uniform(schedule, stages, microbatches, forward=1.0, backward=2.0, weight=None, p2p=0.0, **extra):

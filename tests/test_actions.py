@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import registry, scenario, simulation
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 from dualpipe_sim.actions import detect_format, format_actions, parse_actions
 from dualpipe_sim.cli import main
-from dualpipe_sim.ir import FB, Op, ScheduleError
-from dualpipe_sim.outputs import metrics_json
+from dualpipe_sim.schedules.ir import FB, Op, ScheduleError
+from dualpipe_sim.outputs.files import metrics_json
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "scenarios" / "quickstart.toml")  # F = 1, B = 2, W = 1, overlapped pair 2.5

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from dualpipe_sim import compare, scenario
-from dualpipe_sim.plots.compare import compare_figure
-from dualpipe_sim.plots.overview import IDLE, LANE_ROWS, band_legend, band_shares, smooth
-from dualpipe_sim.plots.style import COLOURS
-from dualpipe_sim.rules import KIND_CODES
-from dualpipe_sim.trace import COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, Trace
+from dualpipe_sim import compare
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.outputs.plots.compare import compare_figure
+from dualpipe_sim.outputs.plots.overview import IDLE, LANE_ROWS, band_legend, band_shares, smooth
+from dualpipe_sim.outputs.plots.style import COLOURS
+from dualpipe_sim.schedules.rules import KIND_CODES
+from dualpipe_sim.engine.trace import COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, Trace
 
 
 def trace(rows, ranks=1, stages_on_rank=None):

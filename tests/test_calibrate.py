@@ -39,9 +39,10 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import calibrate, kineto, limits, scenario, units
+from dualpipe_sim import calibrate, limits, units
+from dualpipe_sim.inputs import kineto, scenario
 from dualpipe_sim.cli import main
-from dualpipe_sim.costs import COMPONENTS
+from dualpipe_sim.inputs.costs import COMPONENTS
 
 from helpers import DEEPSEEK_PROFILE_MS
 

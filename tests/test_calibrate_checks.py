@@ -10,7 +10,8 @@ import pathlib
 
 import pytest
 
-from dualpipe_sim import calibrate, kineto
+from dualpipe_sim import calibrate
+from dualpipe_sim.inputs import kineto
 from dualpipe_sim.cli import main
 
 from test_calibrate import EXPECTED, GPU_BASE, pair_trace

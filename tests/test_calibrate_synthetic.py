@@ -15,7 +15,8 @@ import tomllib
 import pytest
 
 import synthetic_kineto as synth
-from dualpipe_sim import calibrate, kineto
+from dualpipe_sim import calibrate
+from dualpipe_sim.inputs import kineto
 from dualpipe_sim.cli import main
 
 US = 0.002  # ms: Kineto's microseconds since the epoch hold about 0.25 us in a float64

@@ -26,10 +26,11 @@ import json
 
 import pytest
 
-from dualpipe_sim import compare, registry, simulation
+from dualpipe_sim import compare, simulation
+from dualpipe_sim.schedules import registry
 from dualpipe_sim.cli import main
-from dualpipe_sim.ir import Op, ScheduleError
-from dualpipe_sim.scenario import from_dict
+from dualpipe_sim.schedules.ir import Op, ScheduleError
+from dualpipe_sim.inputs.scenario import from_dict
 
 
 def ops(text: str, rank: int, stages: int) -> tuple[Op, ...]:
@@ -184,9 +185,9 @@ def test_doubling_beats_direct_concatenation_at_8_by_64():
 @pytest.mark.parametrize("D,N", [(4, 8), (4, 24), (6, 24), (8, 32)])
 @pytest.mark.parametrize("B", [1.0, 1.5, 2.0, 3.0, 4.0])
 def test_doubling_is_never_slower_than_direct_at_equal_costs(D, N, B):
-    from dualpipe_sim.costs import CostModel
+    from dualpipe_sim.inputs.costs import CostModel
     from dualpipe_sim.simulation import simulate
-    from dualpipe_sim.metrics import compute_metrics
+    from dualpipe_sim.readers.metrics import compute_metrics
 
     costs = CostModel.uniform(D, 1.0, B)
     doubling = compute_metrics(simulate(registry.build("chimera-doubling", D, N), costs)).makespan
@@ -224,7 +225,7 @@ def test_model_scenarios_derive_memory_with_the_default_policy():
 
 
 def test_closed_form_range():
-    from dualpipe_sim.costs import CostModel
+    from dualpipe_sim.inputs.costs import CostModel
 
     for F, B, given in [(1.0, 1.0, True), (1.0, 1.5, True), (1.0, 2.0, True), (1.0, 0.9, False), (1.0, 2.1, False)]:
         a = registry.analytic("chimera-doubling", 6, 24, CostModel.uniform(6, F, B))

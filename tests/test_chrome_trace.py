@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 from dualpipe_sim.cli import main
-from dualpipe_sim.exports import chrome
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.trace import A2A, COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, P2P, Trace
+from dualpipe_sim.outputs.exports import chrome
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.engine.trace import A2A, COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, P2P, Trace
 
 from helpers import run_uniform
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import calibrate, kineto, scenario, simulation
+from dualpipe_sim import calibrate, simulation
+from dualpipe_sim.inputs import kineto, scenario
 from dualpipe_sim.cli import main
-from dualpipe_sim.outputs import metrics_json
+from dualpipe_sim.outputs.files import metrics_json
 
 from test_calibrate import pair_trace
 

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualpipe_sim import registry
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.metrics import compute_metrics
+from dualpipe_sim.readers.metrics import compute_metrics
 from test_properties import valid_shapes  # the same small shapes as the invariants
 
 FAMILIES = sorted(name for name, fam in registry.families().items() if fam.analytic is not None)
@@ -70,7 +70,8 @@ def test_closed_form_only_inside_its_range(name, data):
 
 
 def test_summary_table_says_why_there_is_no_closed_form():
-    from dualpipe_sim import scenario, simulation
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim import simulation
     from dualpipe_sim.cli import summary_table
 
     data = {

@@ -3,9 +3,11 @@
 import matplotlib.pyplot as plt
 import pytest
 
-from dualpipe_sim import compare, registry, scenario
+from dualpipe_sim import compare
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
-from dualpipe_sim.plots.compare import compare_figure
+from dualpipe_sim.outputs.plots.compare import compare_figure
 
 F, B, S, M = 1.0, 2.0, 4, 8
 ONE_F_ONE_B = (M + S - 1) * (F + B)  # 1F1B makespan with uniform stages and free P2P

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import compare, scenario
+from dualpipe_sim import compare
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,8 +37,8 @@ from collections import Counter
 
 import pytest
 
-from dualpipe_sim.registry import build
-from dualpipe_sim.validate import validate
+from dualpipe_sim.schedules.registry import build
+from dualpipe_sim.engine.validate import validate
 
 
 def pair(f: str, b: str) -> str:

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from dualpipe_sim.ir import FB, Op, Schedule, ScheduleError
-from dualpipe_sim.registry import build, get
-from dualpipe_sim.validate import validate
+from dualpipe_sim.schedules.ir import FB, Op, Schedule, ScheduleError
+from dualpipe_sim.schedules.registry import build, get
+from dualpipe_sim.engine.validate import validate
 
 DUALPIPE_SHAPES = [
     (S, M)
@@ -290,9 +290,9 @@ def test_two_parameter_copies_per_rank():
 
 
 def _engine():
-    engine = pytest.importorskip("dualpipe_sim.engine")
-    costs = pytest.importorskip("dualpipe_sim.costs")
-    metrics = pytest.importorskip("dualpipe_sim.metrics")
+    engine = pytest.importorskip("dualpipe_sim.engine.simpy_engine")
+    costs = pytest.importorskip("dualpipe_sim.inputs.costs")
+    metrics = pytest.importorskip("dualpipe_sim.readers.metrics")
     return engine.simulate, costs.CostModel, metrics.compute_metrics
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import scenario
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
 from dualpipe_sim.model import fsdp
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.registry import build
-from dualpipe_sim.rules import KIND_CODES
+from dualpipe_sim.schedules.registry import build
+from dualpipe_sim.schedules.rules import KIND_CODES
 
 EXPECTED = {
     (2, 3): [

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import limits, registry, scenario
+from dualpipe_sim import limits
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
-from dualpipe_sim.costs import CostModel
-from dualpipe_sim.engine import DeadlockError, Engine
-from dualpipe_sim.ir import ops_of
+from dualpipe_sim.inputs.costs import CostModel
+from dualpipe_sim.engine.simpy_engine import DeadlockError, Engine
+from dualpipe_sim.schedules.ir import ops_of
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "tests" / "hostile"
@@ -281,8 +283,9 @@ def test_event_bound_leaves_room_for_real_runs():
 
 def test_library_run_refuses_an_oversized_own_schedule():
     # The cap holds for simulation.run() too, not only for the CLI's --schedule-file.
-    from dualpipe_sim import scenario, simulation
-    from dualpipe_sim.scenario import ScenarioError
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim import simulation
+    from dualpipe_sim.inputs.scenario import ScenarioError
 
     sc = scenario.from_dict({
         "pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1},

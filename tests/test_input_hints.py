@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 from dualpipe_sim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,13 +26,14 @@ import sys
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 from dualpipe_sim.cli import main
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.ir import ScheduleError
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.registry import analytic, build
+from dualpipe_sim.schedules.ir import ScheduleError
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.schedules.registry import analytic, build
 from dualpipe_sim.schedules.interleaved import group_problem
 from test_interleaved_torch import ops, pairs
 from test_robust import QUICK, one_error_line

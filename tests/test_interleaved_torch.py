@@ -21,10 +21,10 @@ import re
 
 import pytest
 
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.registry import analytic, build
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.schedules.registry import analytic, build
 
 
 def ops(text: str) -> list[str]:

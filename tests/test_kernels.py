@@ -17,7 +17,7 @@ import pytest
 from dualpipe_sim.cli import main
 from dualpipe_sim.model import collectives, derive, flops, gemm, kernels
 from dualpipe_sim.model.rates import PRESETS
-from dualpipe_sim.scenario import sections_only
+from dualpipe_sim.inputs.scenario import sections_only
 
 DATA = Path(__file__).parent / "data" / "kernels"
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_korthikanti_table_4_layer_within_15_percent(policy, sp, forward, backwa
     # s 2048) on an A100, forward / backward ms as measured. Not fitted: the A100 rates come from kernel tables.
     # The model is 6-12% fast here (docs/validation.md): its A100 GEMM rate is 2025's measured maximum
     # (torch 2.6), the paper ran 2022's libraries.
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
 
     sc = scenario.load(ROOT / "scenarios" / "validation" / "k22-22b-full.toml",
                        [f"memory.recompute={policy}", f"parallel.sequence_parallel={str(sp).lower()}"])
@@ -237,7 +237,7 @@ def test_deepseek_stages_are_costed_apart():
     # dense layers (no MoE layer: a chunk of 3 layers without all-to-all); stage 15 three MoE layers, the MTP
     # module (one more MoE layer) and the head; the middle stages 4 MoE layers. Each stage's chunk spreads
     # its extra work over its MoE layers, so its lone-op sums are the sums of its kernels.
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
     from dualpipe_sim.model.layout import Stage
 
     sc = scenario.load(ROOT / "scenarios" / "deepseek-v3-predicted.toml")

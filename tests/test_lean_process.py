@@ -39,7 +39,7 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_lean_import_draws_the_same_bytes_and_set_still_sets(tmp_path):
     normal = _python("import sys\n" + DRAW, str(tmp_path / "normal.png"))
-    lean = _python("import sys\nfrom dualpipe_sim.plots import lean\nlean.import_matplotlib()\n" + DRAW,
+    lean = _python("import sys\nfrom dualpipe_sim.outputs.plots import lean\nlean.import_matplotlib()\n" + DRAW,
                    str(tmp_path / "lean.png"))  # fmt: skip
     assert normal.returncode == 0 and lean.returncode == 0, normal.stderr + lean.stderr
     assert lean.stdout == normal.stdout == "3.0 tab:orange\n"
@@ -49,7 +49,7 @@ def test_lean_import_draws_the_same_bytes_and_set_still_sets(tmp_path):
 def test_lean_import_only_shortens_the_docs_of_classes_it_imports():
     done = _python("""
         import inspect
-        from dualpipe_sim.plots import lean
+        from dualpipe_sim.outputs.plots import lean
         lean.import_matplotlib()
         import matplotlib.artist as artist
         from matplotlib.lines import Line2D
@@ -73,7 +73,7 @@ def test_lean_import_leaves_an_already_imported_matplotlib_alone():
     done = _python("""
         import matplotlib.figure
         from matplotlib.lines import Line2D
-        from dualpipe_sim.plots import lean
+        from dualpipe_sim.outputs.plots import lean
         lean.import_matplotlib()
         assert "Supported properties" in Line2D.set.__doc__
         print("ok")

@@ -20,7 +20,8 @@ figures differ by a fraction of a percent (the position table, left out of Megat
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 
 MEGATRON_BYTES_DDP = 18  # 2 (bf16 weight) + 4 (fp32 grad) + 4 + 4 + 4 (fp32 master, two moments)
 

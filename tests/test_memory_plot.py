@@ -8,8 +8,8 @@ import pytest
 from helpers import run_uniform
 
 from dualpipe_sim.cli import main
-from dualpipe_sim.exports.timeline import activation_levels, byte_scale, format_bytes
-from dualpipe_sim.plots.memory import BAND, PEAK, draw_memory, save_memory
+from dualpipe_sim.outputs.exports.timeline import activation_levels, byte_scale, format_bytes
+from dualpipe_sim.outputs.plots.memory import BAND, PEAK, draw_memory, save_memory
 
 QUICK = str(Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml")
 

@@ -27,7 +27,8 @@ def test_total_is_the_sum_of_its_terms_on_deepseek_v3():
     # every term is there (fp8_weights > 0).
     from pathlib import Path
 
-    from dualpipe_sim import scenario, simulation
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim import simulation
 
     path = Path(__file__).resolve().parent.parent / "scenarios" / "deepseek-v3.toml"
     res = simulation.run(scenario.load(path, ["pipeline.microbatches=32"]))
@@ -46,7 +47,7 @@ def test_derived_grad_sync_under_zero_1_is_a_reduce_scatter_by_hand():
     # TP1; dense parts over 128 replicas, routed experts over 128 x 1 / 64 = 2; fp32 gradients.
     from pathlib import Path
 
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
     from dualpipe_sim.model.step_figures import derived_sync
 
     s = scenario.load(Path(__file__).resolve().parent.parent / "scenarios" / "deepseek-v3.toml")

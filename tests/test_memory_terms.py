@@ -14,7 +14,8 @@ The model: Llama-type, h 256, 4 heads of 64 (4 KV heads), SwiGLU 512, 4 layers, 
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 from dualpipe_sim.model import memory
 
 LAYER, LINEAR, EMB, HEAD = 655_872, 655_360, 256_000, 256_256

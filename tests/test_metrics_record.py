@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
-from dualpipe_sim.metrics import Metrics, _plain, optional_block, scalar_names
-from dualpipe_sim.outputs import metrics_json
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
+from dualpipe_sim.readers.metrics import Metrics, _plain, optional_block, scalar_names
+from dualpipe_sim.outputs.files import metrics_json
 
 TOP_KEYS = ["schedule", "stages", "ranks", "microbatches", "makespan", "bubble_ratio", "per_rank", "comm", "analytic",
             "span_bubble_rate", "device_memory"]  # device_memory: null without [hardware] (issue 14)

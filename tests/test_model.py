@@ -201,7 +201,7 @@ DEEPSEEK_SECTIONS = {
 
 def test_h800_components_within_25_percent_of_the_profile():
     from dualpipe_sim.model import derive
-    from dualpipe_sim.scenario import sections_only
+    from dualpipe_sim.inputs.scenario import sections_only
 
     d = derive.derive(derive.setup(sections_only(DEEPSEEK_SECTIONS)))
     for name, measured in DEEPSEEK_PROFILE_MS.items():
@@ -279,7 +279,7 @@ def test_sweep_summary_uses_total_memory_and_device_capacity():
 
 
 def test_hand_typed_costs_override_the_derived(tmp_path):
-    from dualpipe_sim import scenario
+    from dualpipe_sim.inputs import scenario
 
     base = scenario.load(tiny_toml(tmp_path, 80e9)).cost_model()
     typed = scenario.load(tiny_toml(tmp_path, 80e9), ["costs.forward=5.0", "comm.p2p=0.25"]).cost_model()
@@ -290,7 +290,8 @@ def test_hand_typed_costs_override_the_derived(tmp_path):
 
 
 def test_llama_presets_load_and_70b_fits():
-    from dualpipe_sim import scenario, simulation
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim import simulation
 
     m = simulation.run(scenario.load(ROOT / "scenarios" / "llama3-70b.toml")).metrics
     assert m.fits() is True and m.device_memory == 80e9

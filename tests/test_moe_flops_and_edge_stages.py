@@ -23,7 +23,7 @@ import pytest
 
 from dualpipe_sim import simulation
 from dualpipe_sim.model import activations, config, derive, flops
-from dualpipe_sim.scenario import from_dict, sections_only
+from dualpipe_sim.inputs.scenario import from_dict, sections_only
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEPSEEK = ROOT / "scenarios" / "models" / "deepseek-v3.json"

@@ -15,12 +15,12 @@ from collections import Counter
 
 import pytest
 
-from dualpipe_sim.costs import CostModel
-from dualpipe_sim.engine import simulate
-from dualpipe_sim.ir import Op, ScheduleError
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.registry import analytic, build, get
-from dualpipe_sim.validate import validate
+from dualpipe_sim.inputs.costs import CostModel
+from dualpipe_sim.engine.simpy_engine import simulate
+from dualpipe_sim.schedules.ir import Op, ScheduleError
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.schedules.registry import analytic, build, get
+from dualpipe_sim.engine.validate import validate
 
 
 def strs(actions) -> list[str]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.ir import FB
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.registry import build
+from dualpipe_sim.schedules.ir import FB
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.schedules.registry import build
 
 
 def strs(actions):
@@ -65,7 +65,7 @@ def test_steady_state_is_pairs_of_different_microbatches(name, stages, opts):
 def test_interleaved_overlap_peak_is_warmup_plus_two(p, v, m):
     # Rank 0 holds its warm-up forwards, (v-1) x round + 2(p-1) + 1, and the first pair's
     # forward (capped at v m): e.g. (2, 2, 4): 2 + 2 + 1 + 1 = 6 stage-activations.
-    from dualpipe_sim.registry import analytic
+    from dualpipe_sim.schedules.registry import analytic
     from dualpipe_sim.schedules.interleaved import round_sizes
 
     costs = CostModel.uniform(p * v, forward=1.0, backward=2.0, overlapped=2.5)

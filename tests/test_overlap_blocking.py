@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim.registry import build
+from dualpipe_sim.schedules.registry import build
 from helpers import run_uniform
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
 
 SHAPES = [("dualpipe", S, M) for S in (2, 4, 8, 12) for M in (2 * S, 2 * S + 6)] + [
     ("dualpipev", 2 * R, M) for R in (1, 3, 4, 7) for M in (2 * R, 2 * R + 3, 4 * R)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim import scenario
-from dualpipe_sim.costs import COMPONENTS, DEEPSEEK_ORDER, Chunk, Component, CostModel
-from dualpipe_sim.engine import simulate
-from dualpipe_sim.ir import FB, Op, Schedule
-from dualpipe_sim.rules import Channel
-from dualpipe_sim.trace import A2A
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.inputs.costs import COMPONENTS, DEEPSEEK_ORDER, Chunk, Component, CostModel
+from dualpipe_sim.engine.simpy_engine import simulate
+from dualpipe_sim.schedules.ir import FB, Op, Schedule
+from dualpipe_sim.schedules.rules import Channel
+from dualpipe_sim.engine.trace import A2A
 
 NAMES = {
     "Af": "attn_forward", "Df": "dispatch_forward", "Mf": "mlp_forward", "Cf": "combine_forward",
@@ -95,7 +95,7 @@ def test_pair_fully_hidden():
     # The lone ops: components back to back.
     assert rows_of(trace, 0) == approx(dict(Af=(0, 2), Df=(2, 4.5), Mf=(4.5, 6.5), Cf=(6.5, 8.5)))
 
-    from dualpipe_sim.metrics import compute_metrics
+    from dualpipe_sim.readers.metrics import compute_metrics
 
     comm = compute_metrics(trace).to_dict()["comm"]
     assert comm["a2a_time"] == pytest.approx(14.0)
@@ -130,7 +130,7 @@ def test_pair_partly_exposed():
     assert rows_of(trace, 1) == approx({k: (t0 + a, t0 + b) for k, (a, b) in expect.items()})
     assert trace.makespan == 6 + 8 + 8
 
-    from dualpipe_sim.metrics import compute_metrics
+    from dualpipe_sim.readers.metrics import compute_metrics
 
     comm = compute_metrics(trace).to_dict()["comm"]
     # a2a: F0 4 + pair 8 + B1 4 = 16; exposed: F0 4 + pair 2 + B1 4 = 10.
@@ -248,14 +248,14 @@ def test_lone_ops_run_components_in_sequence_and_expose_all_a2a():
     times = dict(Af=1, Df=2, Mf=3, Cf=4, Cb=0.5, MbI=1.5, MbW=1, Db=2.5, AbI=2, AbW=0.5)
     costs = CostModel.from_chunk(2, chunk(layers=2, **times))
     assert costs.forward[0] == 2 * 10 and costs.backward[0] == 2 * 8 and costs.weight[0] == 2 * 1.5
-    from dualpipe_sim.registry import build
+    from dualpipe_sim.schedules.registry import build
 
     trace = simulate(build("1f1b", 2, 3), costs)
     # Rank 0's first forward, layer by layer: Af 1, Df 2, Mf 3, Cf 4, then again.
     assert rows_of(trace, 0) == approx(
         dict(Af=[(0, 1), (10, 11)], Df=[(1, 3), (11, 13)], Mf=[(3, 6), (13, 16)], Cf=[(6, 10), (16, 20)])
     )
-    from dualpipe_sim.metrics import compute_metrics
+    from dualpipe_sim.readers.metrics import compute_metrics
 
     comm = compute_metrics(trace).to_dict()["comm"]
     per_op_a2a = {"F": 2 * (2 + 4), "B": 2 * (0.5 + 2.5)}

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim import scenario, simulation
-from dualpipe_sim.trace import A2A
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
+from dualpipe_sim.engine.trace import A2A
 
 PRESET = Path(__file__).resolve().parent.parent / "scenarios" / "deepseek-v3.toml"
 

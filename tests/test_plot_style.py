@@ -1,8 +1,8 @@
 """Chart style that must not drift: a schedule's sweep colour, markers on dense lines."""
 
-from dualpipe_sim.plots.style import SCHEDULE_ORDER, schedule_colour
-from dualpipe_sim.plots.sweep import MAX_MARKED_POINTS, SweepView
-from dualpipe_sim.registry import families
+from dualpipe_sim.outputs.plots.style import SCHEDULE_ORDER, schedule_colour
+from dualpipe_sim.outputs.plots.sweep import MAX_MARKED_POINTS, SweepView
+from dualpipe_sim.schedules.registry import families
 
 
 def view(schedules, microbatches):

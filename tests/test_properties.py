@@ -47,14 +47,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualpipe_sim import registry, scenario, simulation, variability
-from dualpipe_sim.costs import COMPONENTS, CostModel
-from dualpipe_sim.engine import DeadlockError, Engine
-from dualpipe_sim.ir import FB, ScheduleError, ops_of
-from dualpipe_sim.outputs import metrics_json
-from dualpipe_sim.rules import KIND_NAMES
-from dualpipe_sim.trace import A2A, P2P
-from dualpipe_sim.validate import validate
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs import scenario, variability
+from dualpipe_sim import simulation
+from dualpipe_sim.inputs.costs import COMPONENTS, CostModel
+from dualpipe_sim.engine.simpy_engine import DeadlockError, Engine
+from dualpipe_sim.schedules.ir import FB, ScheduleError, ops_of
+from dualpipe_sim.outputs.files import metrics_json
+from dualpipe_sim.schedules.rules import KIND_NAMES
+from dualpipe_sim.engine.trace import A2A, P2P
+from dualpipe_sim.engine.validate import validate
 
 MAX_STAGES, MAX_MICROBATCHES, MAX_CHUNKS = 8, 20, 4
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

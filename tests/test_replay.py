@@ -15,14 +15,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualpipe_sim import engine, metrics, registry, replay, scenario, simulation, variability
-from dualpipe_sim.costs import COMPONENTS, Chunk, Component, CostModel
-from dualpipe_sim.engine import DeadlockError
-from dualpipe_sim.engine import simulate as engine_simulate
-from dualpipe_sim.ir import FB, Op, Schedule, ScheduleError
-from dualpipe_sim.rules import Channel
-from dualpipe_sim.metrics import compute_metrics, union_length
-from dualpipe_sim.validate import validate
+from dualpipe_sim import simulation
+from dualpipe_sim.engine import replay
+from dualpipe_sim.engine import simpy_engine as engine
+from dualpipe_sim.engine.simpy_engine import DeadlockError
+from dualpipe_sim.engine.simpy_engine import simulate as engine_simulate
+from dualpipe_sim.engine.validate import validate
+from dualpipe_sim.inputs import scenario, variability
+from dualpipe_sim.inputs.costs import COMPONENTS, Chunk, Component, CostModel
+from dualpipe_sim.readers import metrics
+from dualpipe_sim.readers.metrics import compute_metrics, union_length
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.schedules.ir import FB, Op, Schedule, ScheduleError
+from dualpipe_sim.schedules.rules import Channel
 
 
 def simulate(schedule, costs):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim import compare, scenario, simulation
+from dualpipe_sim import compare, simulation
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
 
 pytest.importorskip("plotly", reason="report.html needs plotly (pip install 'dualpipe-sim[html]')")
@@ -59,7 +60,7 @@ def test_run_report_draws_every_op(tmp_path):
 def test_compare_report_with_components_draws_every_op(tmp_path):
     sc = scenario.load(DEEPSEEK, ["pipeline.stages=4", "pipeline.microbatches=8"])
     c = compare.compare(sc, ["1f1b", "dualpipe"])
-    from dualpipe_sim.plots.report import save_report
+    from dualpipe_sim.outputs.plots.report import save_report
 
     save_report(c.results, tmp_path / "report.html")
     assert drawn(tmp_path / "report.html") == sum(ops_in(r.trace) for r in c.results)

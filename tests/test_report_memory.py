@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import scenario, simulation
-from dualpipe_sim.metrics import RankMemory
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
+from dualpipe_sim.readers.metrics import RankMemory
 
 pytest.importorskip("plotly")
-from dualpipe_sim.plots.report import report_html  # noqa: E402
+from dualpipe_sim.outputs.plots.report import report_html  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA = ROOT / "scenarios" / "llama3-70b.toml"
@@ -84,7 +85,7 @@ def test_metrics_table_one_row_per_metric():
 
 
 def test_memory_png_title_is_not_clipped(monkeypatch, tmp_path):
-    from dualpipe_sim.plots import canvas, memory
+    from dualpipe_sim.outputs.plots import canvas, memory
 
     caught = []
     monkeypatch.setattr(memory.canvas, "save", lambda fig, path: caught.append(fig))

@@ -20,10 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import compare, outputs, registry, scenario, simulation
+from dualpipe_sim import compare, simulation
+from dualpipe_sim.outputs import files as outputs
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
-from dualpipe_sim.ir import ScheduleError
-from dualpipe_sim.plots.gantt import gantt_title
+from dualpipe_sim.schedules.ir import ScheduleError
+from dualpipe_sim.outputs.plots.gantt import gantt_title
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "scenarios" / "quickstart.toml")

@@ -14,10 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import test_properties as tp
-from dualpipe_sim import scenario, simulation
-from dualpipe_sim.outputs import metrics_json
-from dualpipe_sim.scenario import ScenarioError
-from dualpipe_sim.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation
+from dualpipe_sim.outputs.files import metrics_json
+from dualpipe_sim.inputs.scenario import ScenarioError
+from dualpipe_sim.engine.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -398,7 +399,7 @@ def test_compare_speedup_is_of_whole_steps(tmp_path):
 
 
 def test_chrome_trace_has_the_step_rows():
-    from dualpipe_sim.exports.chrome import chrome_trace
+    from dualpipe_sim.outputs.exports.chrome import chrome_trace
 
     step = {"grad_sync": 2.0, "cross_copy_sync": 1.0, "optimizer": 0.5}
     r = run("dualpipe", 4, 8, step, costs={"weight": 1.0, "overlapped": 3.0})

@@ -276,7 +276,7 @@ def test_python_grid_and_progress_callback(tmp_path, scenario):
 
 
 def test_a_swept_cost_axis_gets_its_own_chart(tmp_path, scenario):
-    from dualpipe_sim.plots.sweep import numeric_axes
+    from dualpipe_sim.outputs.plots.sweep import numeric_axes
 
     grid = ["pipeline.schedule=1f1b,gpipe", "comm.p2p=0,0.25,0.5"]
     run_sweep(scenario, parse_grid(grid), tmp_path / "out", jobs=1)

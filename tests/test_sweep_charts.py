@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.cli import parse_grid
-from dualpipe_sim.plots import sweep as draw
+from dualpipe_sim.outputs.plots import sweep as draw
 from dualpipe_sim.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ error naming --grid) and the library's axes (a key once, a value once, checked v
 import pytest
 
 from dualpipe_sim.cli import UsageError, parse_axis, parse_grid
-from dualpipe_sim.scenario import ScenarioError, parse_override
+from dualpipe_sim.inputs.scenario import ScenarioError, parse_override
 from dualpipe_sim.sweep.grid import Axis, check_against, make_axes, points, toml_text
 
 BASE = {

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dualpipe_sim.cli import main, parse_grid
-from dualpipe_sim.scenario import apply_overrides, load_raw
+from dualpipe_sim.inputs.scenario import apply_overrides, load_raw
 from dualpipe_sim.sweep import Interrupted, ResumeError, SweepError, executors
 from dualpipe_sim.sweep import run_sweep as _run_sweep
 from dualpipe_sim.sweep.point import run_point as real_run_point

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim import scenario, simulation, units
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim import simulation, units
 from dualpipe_sim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

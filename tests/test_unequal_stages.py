@@ -40,11 +40,11 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim.costs import CostModel
-from dualpipe_sim.engine import simulate as simpy_simulate
+from dualpipe_sim.inputs.costs import CostModel
+from dualpipe_sim.engine.simpy_engine import simulate as simpy_simulate
 from dualpipe_sim.simulation import simulate as fast_simulate
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.registry import build
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.schedules.registry import build
 
 from helpers import run_uniform
 

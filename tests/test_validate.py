@@ -2,11 +2,11 @@
 
 import pytest
 
-from dualpipe_sim import registry
-from dualpipe_sim.costs import CostModel
-from dualpipe_sim.engine import DeadlockError, Engine
-from dualpipe_sim.ir import FB, Op, Schedule, ScheduleError
-from dualpipe_sim.validate import validate
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs.costs import CostModel
+from dualpipe_sim.engine.simpy_engine import DeadlockError, Engine
+from dualpipe_sim.schedules.ir import FB, Op, Schedule, ScheduleError
+from dualpipe_sim.engine.validate import validate
 
 
 def two_stage(rank0, rank1, m=2):

@@ -1,4 +1,4 @@
-"""Jitter, stragglers (dualpipe_sim/variability.py) and --repeat (dualpipe_sim/repeat.py).
+"""Jitter, stragglers (dualpipe_sim/inputs/variability.py) and --repeat (dualpipe_sim/repeat.py).
 
 The draws are checked against the distributions' own moments (fixed seeds, so
 the checks are deterministic; tolerances are several standard errors), for
@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim import repeat, scenario, simulation
+from dualpipe_sim import repeat, simulation
+from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
-from dualpipe_sim.ir import FB, Op, ops_of
-from dualpipe_sim.outputs import metrics_json
-from dualpipe_sim.variability import Variability
+from dualpipe_sim.schedules.ir import FB, Op, ops_of
+from dualpipe_sim.outputs.files import metrics_json
+from dualpipe_sim.inputs.variability import Variability
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "scenarios" / "quickstart.toml")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.metrics import compute_metrics
-from dualpipe_sim.registry import build
+from dualpipe_sim.readers.metrics import compute_metrics
+from dualpipe_sim.schedules.registry import build
 
 
 @pytest.mark.parametrize("p,m", [(4, 8), (4, 3), (3, 6), (6, 12), (2, 1)])

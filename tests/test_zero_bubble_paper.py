@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim import registry
-from dualpipe_sim.costs import CostModel
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.simulation import simulate
-from dualpipe_sim.metrics import compute_metrics
+from dualpipe_sim.readers.metrics import compute_metrics
 
 # model, p, m, T_F, T_B, T_W, T_comm (Table 9); 1F1B, ZB-H1, ZB-H2 bubble rates (Table 5)
 PAPER = [

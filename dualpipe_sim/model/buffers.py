@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..costs import Component
-from ..trace import A2A, P2P, Trace
+from ..inputs.costs import Component
+from ..engine.trace import A2A, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
 
 _FP8_PHASES = (Component.dispatch_forward, Component.combine_backward)  # FP8 in an FP8 model (DeepSeek-V3 Sec. 3.3.2)

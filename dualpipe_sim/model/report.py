@@ -9,7 +9,7 @@ also how every derived number is obtained.
 from __future__ import annotations
 
 from .. import units
-from ..costs import Component
+from ..inputs.costs import Component
 from . import activations, derive, flops, kernels, params
 from .derive import Derived
 

@@ -6,7 +6,7 @@ which types its block) never import the model package.  docs/step.md gives the f
 
 from __future__ import annotations
 
-from ..step_costs import Throughput
+from ..inputs.step_costs import Throughput
 from . import collectives, derive, flops, params
 from .config import ModelError
 

@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import registry
+from ..schedules import registry
 from ..model import derive, flops
 from ..model.sections import HardwareSection, ModelSection
-from ..outputs import write_all, write_text
+from ..outputs.files import write_all, write_text
 from ..progress import Progress, each_file, report
 from . import files
 from .estimate import FigureCache, estimate, static_floor

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from matplotlib.lines import Line2D
 
-from ..plots.canvas import new_figure, place, save
-from ..plots.style import schedule_colour
+from ..outputs.plots.canvas import new_figure, place, save
+from ..outputs.plots.style import schedule_colour
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import registry
-from ..costs import CostModel
+from ..schedules import registry
+from ..inputs.costs import CostModel
 from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection
-from ..scenario import apply_overrides, sections_only
+from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, paired_fraction, placement, shape
 from .space import Candidate
 

@@ -70,7 +70,7 @@ def scenario_name(rank: int) -> str:
 
 def scenario_toml(plan, row: Row, out_dir: Path) -> str:
     """A ready scenario: the plan's base with the candidate's keys; ``run`` gives the plan's metrics."""
-    from ..scenario import apply_overrides
+    from ..inputs.scenario import apply_overrides
 
     data = apply_overrides(plan.base, row.candidate.overrides())
     config = data["model"].get("config")

@@ -16,7 +16,7 @@ from ..model import derive
 from ..model.config import ModelError
 from ..model.hardware import PRESETS
 from ..model.sections import ModelSection
-from ..scenario import apply_overrides, load_raw, parse_override
+from ..inputs.scenario import apply_overrides, load_raw, parse_override
 from .space import Choices, ModelShape, Request
 
 # [step] when the source gives none: the data-parallel sync, the DualPipe/Chimera copy sum and the

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .. import registry
-from ..ir import FB, ops_of
+from ..schedules import registry
+from ..schedules.ir import FB, ops_of
 
 VIRTUAL_OPTION = "chunks_per_rank"
 

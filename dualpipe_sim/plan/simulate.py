@@ -15,7 +15,7 @@ from typing import Iterator
 from pydantic import PrivateAttr
 
 from .. import simulation
-from ..scenario import Scenario, ScenarioError, apply_overrides
+from ..inputs.scenario import Scenario, ScenarioError, apply_overrides
 from ..signals import Terminated, worker_ignores_stop_signals
 from ..sweep.executors import default_jobs
 

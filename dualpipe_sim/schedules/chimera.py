@@ -60,8 +60,8 @@ for the first two units of any D.
 
 from __future__ import annotations
 
-from ..costs import mean_costs
-from ..ir import Op, Schedule
+from ..inputs.costs import mean_costs
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, result
 

@@ -20,7 +20,7 @@ formulas leave transfers out), no jitter or slow rank.
 
 from __future__ import annotations
 
-from ..costs import CostModel
+from ..inputs.costs import CostModel
 
 TOL = 1e-9
 COMMON_RANGE = "same F, B, W on every stage; comm.p2p = 0; no jitter or slow rank"

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..costs import mean_costs
-from ..ir import FB, Action, Op, Schedule, ScheduleError
+from ..inputs.costs import mean_costs
+from .ir import FB, Action, Op, Schedule, ScheduleError
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, le, result
 

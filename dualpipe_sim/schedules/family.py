@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir import Schedule
+from .ir import Schedule
 
 
 @dataclass(frozen=True)

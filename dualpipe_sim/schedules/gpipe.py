@@ -1,7 +1,7 @@
 """GPipe (Huang et al. 2019): all forwards, then all backwards, one stage per rank."""
 
-from ..costs import mean_costs
-from ..ir import Op, Schedule
+from ..inputs.costs import mean_costs
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, result
 

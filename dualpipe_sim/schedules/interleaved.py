@@ -43,8 +43,8 @@ slack for P2P time (docs/schedules.md).
 
 from __future__ import annotations
 
-from ..costs import mean_costs
-from ..ir import Op, Schedule
+from ..inputs.costs import mean_costs
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, result
 

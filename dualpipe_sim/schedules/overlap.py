@@ -37,7 +37,7 @@ ops with their all-to-all exposed.  No closed form is given.
 
 from __future__ import annotations
 
-from ..ir import FB, Action, Op, Schedule
+from .ir import FB, Action, Op, Schedule
 from .family import register
 from .closed_form import result
 from .gpipe import check_one_stage_per_rank

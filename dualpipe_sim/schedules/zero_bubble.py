@@ -49,8 +49,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..costs import mean_costs
-from ..ir import Op, Schedule
+from ..inputs.costs import mean_costs
+from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, le, result
 from .gpipe import check_one_stage_per_rank

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..outputs import os_problem, write_all, write_text
+from ..outputs.files import os_problem, write_all, write_text
 from ..progress import Progress, report
-from ..scenario import apply_overrides, load_raw
+from ..inputs.scenario import apply_overrides, load_raw
 from .errors import SweepError
 from .executors import DaskExecutor, LocalExecutor
 from .grid import Axis, Oddity, check_against, grid_oddities, make_axes, points
@@ -138,7 +138,7 @@ def write_reports(out: Path, rows: list[dict], cols: list[str], axes: list[Axis]
     """summary.md and (unless ``charts`` is False) the charts, all-or-nothing."""
     writers = {SUMMARY: write_text(summary_markdown(rows, cols, memory_limit))}
     if charts:
-        from ..plots import sweep as draw  # matplotlib only when we draw
+        from ..outputs.plots import sweep as draw  # matplotlib only when we draw
 
         # Each chart against an axis the grid sweeps (plots/sweep.py: charts), e.g. vs_comm.p2p.png.
         writers.update(draw.charts(rows, axes))

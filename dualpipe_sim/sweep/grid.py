@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from .. import registry
-from ..scenario import Scenario, ScenarioError, apply_overrides, from_dict, oddities
+from ..schedules import registry
+from ..inputs.scenario import Scenario, ScenarioError, apply_overrides, from_dict, oddities
 
 MAX_POINTS = 1_000_000  # a guard against a typo such as a range of 1e9 values
 

@@ -8,10 +8,11 @@ check says why), anything else that goes wrong is ``error`` with its message.
 
 from __future__ import annotations
 
-from .. import registry, simulation
-from ..ir import ScheduleError
-from ..metrics import scalar_names
-from ..scenario import ScenarioError, apply_overrides, from_dict
+from ..schedules import registry
+from .. import simulation
+from ..schedules.ir import ScheduleError
+from ..readers.metrics import scalar_names
+from ..inputs.scenario import ScenarioError, apply_overrides, from_dict
 
 # The scalar metrics of a point, as results.csv columns: Metrics.scalars(), whose
 # dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks.

@@ -27,7 +27,7 @@ import json
 import os
 from pathlib import Path
 
-from ..scenario import ScenarioError, apply_overrides
+from ..inputs.scenario import ScenarioError, apply_overrides
 from .errors import SweepError
 from .grid import Axis, Point
 from .point import METRIC_COLUMNS

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..costs import WEIGHT_PARTS
-from ..rules import KIND_CODES
-from ..trace import A2A, Trace
+from ...inputs.costs import WEIGHT_PARTS
+from ...schedules.rules import KIND_CODES
+from ...engine.trace import A2A, Trace
 
 COLOURS = {
     0: {"F": "#a6cee3", "B": "#1f5f9e", "I": "#4f8fc9", "W": "#dcebf5"},

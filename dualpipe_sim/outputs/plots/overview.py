@@ -34,9 +34,9 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
 
-from .. import units
-from ..rules import KIND_CODES
-from ..trace import A2A, Trace
+from ... import units
+from ...schedules.rules import KIND_CODES
+from ...engine.trace import A2A, Trace
 from . import canvas
 from .gantt import (
     BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_H, STEP_COLOURS, STEP_LABELS, draw_gantt, frame, rank_axis,
@@ -217,7 +217,7 @@ def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | N
     optimizer = np.zeros((ranks, bins))
     step = trace.step
     if len(step):
-        from ..trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         shares = _shares(step, ranks, step["kind"].astype(np.int64), len(STEP_KIND_NAMES), edges)
         syncs = [k for k in range(len(STEP_KIND_NAMES)) if k != OPTIMIZER]

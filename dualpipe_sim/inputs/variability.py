@@ -43,9 +43,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ScenarioError
-from .ir import FB, Schedule, ops_of
-from .rules import KIND_CODES
+from ..errors import ScenarioError
+from ..schedules.ir import FB, Schedule, ops_of
+from ..schedules.rules import KIND_CODES
 
 DISTRIBUTIONS = ("lognormal", "normal", "uniform")
 MAX_CV = {"lognormal": 2.0, "normal": 0.3, "uniform": 0.5}

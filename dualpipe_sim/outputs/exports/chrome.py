@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..costs import COMPONENTS
-from ..rules import KIND_NAMES
-from ..trace import A2A, P2P, Trace
+from ...inputs.costs import COMPONENTS
+from ...schedules.rules import KIND_NAMES
+from ...engine.trace import A2A, P2P, Trace
 from .timeline import activation_levels
 
 NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds (ts/dur are written in microseconds)
@@ -198,7 +198,7 @@ def chrome_trace(trace: Trace) -> dict:
 
 def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
     """Thread names and slices of the end-of-step rows (none without [step] work)."""
-    from ..trace import OPTIMIZER, STEP_KIND_NAMES
+    from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES
 
     step = trace.step
     meta, slices = [], []

@@ -33,7 +33,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import limits, units
+from .. import limits, units
 from .costs import COMPONENTS
 
 # DeepSeek's profile-data names (train.json) -> [chunk] component names.

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .step_costs import StepCosts, Throughput
-from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, Trace, pipeline_ends
+from ..inputs.step_costs import StepCosts, Throughput
+from ..engine.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, Trace, pipeline_ends
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from dataclasses import asdict
 import numpy as np
 from matplotlib.collections import LineCollection, PolyCollection
 
-from .. import units
+from ... import units
 from ..exports.timeline import activation_levels
-from ..trace import Trace
-from ..units import byte_scale
+from ...engine.trace import Trace
+from ...units import byte_scale
 from . import canvas
 
 LINE, FILL, STATIC, PEAK, TOP = "#1f5f9e", "#cfe0f1", "#c8c8c8", "#d62728", "#444444"
@@ -116,7 +116,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
 
 def _shade_step(ax, step: np.ndarray) -> None:
     """Each end-of-step row as a band behind its rank's memory."""
-    from ..trace import STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
+    from ...engine.trace import STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
     from .gantt import STEP_COLOURS  # noqa: PLC0415
 
     boxes = [np.array([[r["start"], -r["rank"]], [r["end"], -r["rank"]], [r["end"], -r["rank"] + BAND],

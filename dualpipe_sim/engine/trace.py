@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .rules import ALLOCATES, FREES, KIND_CODES, WEIGHT_GRADS, Channel
+from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, WEIGHT_GRADS, Channel
 
 P2P, A2A = Channel.P2P, Channel.A2A  # the comm rows' channel codes
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .rules import Channel
+from ..schedules.rules import Channel
 
 
 class Span(NamedTuple):

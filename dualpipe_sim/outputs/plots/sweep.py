@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
-from .. import units  # noqa: E402
+from ... import units  # noqa: E402
 from .canvas import PNG_METADATA  # noqa: E402
 from .style import schedule_colour  # noqa: E402
 
@@ -251,7 +251,7 @@ def against_axis(rows: list[dict[str, str]], axes, key: str, path) -> None:
         xs = sorted({float(r[key]) for r in kept})
         where = float
     else:  # one position per value, in the grid's order, labelled with the value as results.csv has it
-        from ..sweep.results import format_value  # noqa: PLC0415
+        from ...sweep.results import format_value  # noqa: PLC0415
 
         labels = [format_value(v) for v in axis.values]
         xs = list(range(len(labels)))

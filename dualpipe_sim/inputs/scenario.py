@@ -19,15 +19,16 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from . import limits, variability
+from .. import limits
+from . import variability
 from .channels import OrderError
 from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
-from .errors import ScenarioError
-from .model.activations import POLICIES
-from .model.config import ModelError
-from .model.sections import HardwareSection, ModelSection, ParallelSection
-from .rules import Channel
+from ..errors import ScenarioError
+from ..model.activations import POLICIES
+from ..model.config import ModelError
+from ..model.sections import HardwareSection, ModelSection, ParallelSection
+from ..schedules.rules import Channel
 from .step_costs import StepCosts
 
 
@@ -221,7 +222,7 @@ class Scenario(_Section):
         "full" for chimera-doubling, "none" for the others)."""
         if "recompute" in self.memory.model_fields_set:
             return self.memory.recompute
-        from . import registry  # here: registry imports the schedule families
+        from ..schedules import registry  # here: registry imports the schedule families
 
         family = registry.families().get(self.pipeline.schedule)
         return family.recompute if family is not None else self.memory.recompute
@@ -232,7 +233,7 @@ class Scenario(_Section):
             if self.parallel is not None:
                 raise ScenarioError("parallel: only applies with a [model] section")
             return None
-        from .model import derive
+        from ..model import derive
 
         try:
             return derive.derive(derive.setup(self))
@@ -243,7 +244,7 @@ class Scenario(_Section):
         """Bytes of HBM per GPU from [hardware] (None when unknown)."""
         if self.hardware is None:
             return None
-        from .model import derive
+        from ..model import derive
 
         try:
             hbm = derive.hardware(self.hardware).hbm_bytes
@@ -259,7 +260,7 @@ class Scenario(_Section):
         derived = {}
         for key in ("grad_sync", "cross_copy_sync", "optimizer"):
             if getattr(st, key) == "derived":
-                from .model.step_figures import derived_sync
+                from ..model.step_figures import derived_sync
 
                 try:
                     derived[key] = derived_sync(self, key)
@@ -368,7 +369,7 @@ class Scenario(_Section):
             # With an MoE [model] and [hardware], the typed components are one MoE layer's, and each
             # stage is costed as its layout holds it: its MoE layers as typed, its dense layers,
             # embedding, head and MTP modules derived (model/derive.stage_chunk).
-            from .model.derive import LayerTimes, stage_chunk
+            from ..model.derive import LayerTimes, stage_chunk
 
             typed = LayerTimes(**{c.name: times[c] for c in Component})
             per_layer: dict = {}

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import FB, Op, Schedule, ScheduleError, ops_of
+from ..schedules.ir import FB, Op, Schedule, ScheduleError, ops_of
+from ..schedules.rules import KINDS, RULES, WORK, Kind, pair_problem
 from .replay import OpIndex, cell, deadlock_error, replay
-from .rules import KINDS, RULES, WORK, Kind, pair_problem
 
 
 def check_complete(schedule: Schedule) -> None:

@@ -45,9 +45,9 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from .costs import CostModel, signature
-from .ir import FB, Action, DeadlockError, Schedule, ScheduleError, ops_of
-from .rules import KEPT, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
+from ..inputs.costs import CostModel, signature
+from ..schedules.ir import FB, Action, DeadlockError, Schedule, ScheduleError, ops_of
+from ..schedules.rules import KEPT, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
 from .trace import CommRow, Trace, TraceBuilder
 
 # -- where each op sits ------------------------------------------------------------------

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..trace import Trace
-from ..units import byte_scale, nbytes as format_bytes  # noqa: F401  (kept importable from here)
+from ...engine.trace import Trace
+from ...units import byte_scale, nbytes as format_bytes  # noqa: F401  (kept importable from here)
 
 
 def activation_levels(trace: Trace, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

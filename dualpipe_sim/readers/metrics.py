@@ -60,7 +60,7 @@ from typing import Callable
 import numpy as np
 
 from .step_metrics import StepMetrics
-from .trace import A2A, P2P, Trace
+from ..engine.trace import A2A, P2P, Trace
 
 
 def optional_block():

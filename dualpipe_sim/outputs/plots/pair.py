@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
-from .. import units
-from ..rules import KIND_CODES
-from ..trace import A2A, Trace
+from ...inputs.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
+from ... import units
+from ...schedules.rules import KIND_CODES
+from ...engine.trace import A2A, Trace
 from .gantt import _boxes, _glyph, draw_texts
 from .style import COLOURS, hues
 

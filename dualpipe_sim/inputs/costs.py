@@ -39,8 +39,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .channels import Span, Timeline, lay_out
-from .ir import FB, Action, Op
-from .rules import PASS_PRIORITY, Channel, Kind
+from ..schedules.ir import FB, Action, Op
+from ..schedules.rules import PASS_PRIORITY, Channel, Kind
 
 
 class Component(IntEnum):

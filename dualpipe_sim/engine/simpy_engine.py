@@ -45,10 +45,10 @@ from collections import deque
 
 import simpy
 
-from . import limits
-from .costs import CostModel, Timeline, signature
-from .ir import DeadlockError, Op, Schedule, ops_of
-from .rules import KEPT, RULES, SENT, Channel, produced
+from .. import limits
+from ..inputs.costs import CostModel, Timeline, signature
+from ..schedules.ir import DeadlockError, Op, Schedule, ops_of
+from ..schedules.rules import KEPT, RULES, SENT, Channel, produced
 from .trace import CommRow, Trace, TraceBuilder
 from .replay import check_costs_cover, describe_wait
 

@@ -8,7 +8,7 @@ of them imports another's caller.
 
 from __future__ import annotations
 
-from ..trace import Trace
+from ...engine.trace import Trace
 from . import canvas, overview, pair
 from .gantt import BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, TOP_IN, draw_gantt, figure_width, gantt_title, too_dense
 

@@ -9,10 +9,10 @@ that into a ScheduleError.
 
 from __future__ import annotations
 
-from . import limits
+from .. import limits
 from .ir import Schedule, ScheduleError
-from .schedules import FAMILIES
-from .schedules.family import Family
+from . import FAMILIES
+from .family import Family
 
 
 def _table(families: tuple[Family, ...]) -> dict[str, Family]:

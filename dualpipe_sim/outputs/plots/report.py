@@ -34,12 +34,12 @@ from importlib import resources
 
 import numpy as np
 
-from .. import units
-from ..costs import A2A_PARTS, COMPONENTS
+from ... import units
+from ...inputs.costs import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
-from ..rules import KIND_CODES, KIND_NAMES
-from ..scenario import activation_bytes_given
-from ..trace import A2A, Trace
+from ...schedules.rules import KIND_CODES, KIND_NAMES
+from ...inputs.scenario import activation_bytes_given
+from ...engine.trace import A2A, Trace
 from .style import COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
 
 MAX_BARS = 40_000  # op bars per page: beyond, SVG bars make the browser crawl
@@ -137,7 +137,7 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: 
         })  # fmt: skip
     step = _window_rows(trace.step, windows)
     if len(step):
-        from ..trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         for kind, name in enumerate(STEP_KIND_NAMES):
             rows = step[step["kind"] == kind]
