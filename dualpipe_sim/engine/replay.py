@@ -84,14 +84,14 @@ class KindPlan(NamedTuple):
 
     needs: tuple[tuple[int, int], ...]  # (stage offset, slot step) of each need
     kept: tuple[int, ...]  # slot steps of the results kept on the op's rank
-    sent: tuple[tuple[int, Data, int, tuple[Kind, ...]], ...]  # (slot step, data, stage step, consumer kinds)
+    sent: tuple[tuple[int, Data, int], ...]  # (slot step, data, stage step to the consumer)
 
 
 def _plan(rule) -> KindPlan:
     return KindPlan(
         needs=tuple((n.offset, slot(n.offset, n.data, n.offset != 0)) for n in rule.needs),
         kept=tuple(slot(0, data, False) for data in rule.produces if data in KEPT),
-        sent=tuple((slot(0, data, True), data, SENT[data][1], SENT[data][0]) for data in rule.produces if SENT[data][0]),
+        sent=tuple((slot(0, data, True), data, SENT[data][1]) for data in rule.produces if SENT[data][0]),
     )
 
 
@@ -131,23 +131,19 @@ def replay(schedule: Schedule, index: OpIndex, run_action: RunAction, p2p: float
     cursor, free_at = [0] * n, [0.0] * n
     sends_land = [0.0] * n  # blocking: when the rank's previous action's sends have landed
     runnable = list(range(n))
-
-    def publish(where: int, t: float) -> None:
-        available[where] = t
-        if waiting:
-            woken = waiting.pop(where, None)
-            if woken:
-                runnable.extend(woken)
+    rank_of = index.rank_of
+    receiver = receiving_actions(index) if transfers is not None else {}
 
     while runnable:
         rank = runnable.pop()
         actions, idx, t = schedule.ranks[rank], cursor[rank], free_at[rank]
         while idx < len(actions):
             action = actions[idx]
-            members = action if isinstance(action, FB) else (action,)
-            start, missing = (sends_land[rank] if sends_land[rank] > t else t), -1
+            members = action if type(action) is FB else (action,)
+            start = sends_land[rank] if sends_land[rank] > t else t
+            missing = -1
             for kind, m, s, _ in members:
-                first = slot(cell(m, s, S), 0, False)
+                first = SLOTS_PER_CELL * (m * S + s)  # slot(cell(m, s, S), 0, False), written out: the hot loop
                 for offset, step in PLANS[kind].needs:
                     if 0 <= s + offset < S:
                         ready = available[first + step]
@@ -164,33 +160,49 @@ def replay(schedule: Schedule, index: OpIndex, run_action: RunAction, p2p: float
             t = run_action(rank, idx, action, members, start)
             landed = 0.0
             for kind, m, s, d in members:
-                first = slot(cell(m, s, S), 0, False)
+                first = SLOTS_PER_CELL * (m * S + s)
                 plan = PLANS[kind]
                 for step in plan.kept:
-                    publish(first + step, t)
-                for step, data, stage_step, consumers in plan.sent:
+                    available[first + step] = t
+                    if first + step in waiting:
+                        runnable.extend(waiting.pop(first + step))
+                for step, data, stage_step in plan.sent:
                     to = s + stage_step
                     if not 0 <= to < S:
                         continue
-                    dst = index.rank_of[d][to]
+                    dst = rank_of[d][to]
                     if dst == rank or p2p <= 0:
-                        publish(first + step, t)
-                        continue
-                    link = links.get((rank, dst))
-                    if link is None:
-                        link = links[(rank, dst)] = Link()
-                    begin, arrive = link.carry(t, p2p)
-                    if arrive > landed:
-                        landed = arrive
-                    if transfers is not None:
-                        consumer = next(a for a in (index.action_of[k][cell(m, to, S)] for k in consumers) if a >= 0)
-                        transfers.append(CommRow(Channel.P2P, rank, dst, data, m, s, d, begin, arrive, consumer, -1))
-                    publish(first + step, arrive)
+                        arrive = t
+                    else:
+                        link = links.get((rank, dst))
+                        if link is None:
+                            link = links[(rank, dst)] = Link()
+                        begin, arrive = link.carry(t, p2p)
+                        if arrive > landed:
+                            landed = arrive
+                        if transfers is not None:
+                            consumer = receiver[data][m * S + to]  # at cell(m, to, S)
+                            transfers.append(CommRow(Channel.P2P, rank, dst, data, m, s, d, begin, arrive, consumer, -1))
+                    available[first + step] = arrive
+                    if first + step in waiting:
+                        runnable.extend(waiting.pop(first + step))
             if blocking:
                 sends_land[rank] = landed
             idx += 1
         cursor[rank], free_at[rank] = idx, t
     return cursor
+
+
+def receiving_actions(index: OpIndex) -> dict[Data, list[int]]:
+    """Per datum sent across stages, per cell: the index of the action that receives it (the
+    trace's P2P ``action``).  A complete cell holds exactly one of the consumer kinds (a B or
+    else an I: rules.WORK), and an absent kind's index is -1, so the largest index is it."""
+    out = {}
+    for data, (kinds, _) in SENT.items():
+        if kinds:
+            tables = [index.action_of[k] for k in kinds]
+            out[data] = tables[0] if len(tables) == 1 else list(map(max, *tables))
+    return out
 
 
 # -- a schedule that cannot finish, in words -------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..schedules.ir import FB, Op, Schedule, ScheduleError, ops_of
 from ..schedules.rules import KINDS, RULES, WORK, Kind, pair_problem
-from .replay import OpIndex, cell, deadlock_error, replay
+from .replay import OpIndex, deadlock_error, replay
 
 
 def check_complete(schedule: Schedule) -> None:
@@ -94,14 +94,15 @@ def index_ops(schedule: Schedule) -> OpIndex:
     ops = 0
     for rank, actions in enumerate(schedule.ranks):
         for idx, action in enumerate(actions):
-            if isinstance(action, FB) and pair_problem(*action):
+            pair = type(action) is FB
+            if pair and pair_problem(*action):
                 return _incomplete(schedule)
-            for kind, m, s, d in ops_of(action):
+            for kind, m, s, d in action if pair else (action,):
                 ops += 1
                 where = action_of.get(kind)
                 if where is None or not (0 <= m < M and 0 <= s < S and d in (0, 1)):
                     return _incomplete(schedule)
-                c = cell(m, s, S)
+                c = m * S + s  # cell(m, s, S), written out: once per op
                 if rank_of[d][s] not in (-1, rank) or direction_of[m] not in (-1, d) or where[c] >= 0:
                     return _incomplete(schedule)  # two ranks for one stage, two directions, an op twice
                 rank_of[d][s], direction_of[m], where[c] = rank, d, idx
