@@ -48,7 +48,9 @@ from typing import Callable, NamedTuple
 from ..inputs.costs import CostModel, signature
 from ..schedules.ir import FB, Action, DeadlockError, Schedule, ScheduleError, ops_of
 from ..schedules.rules import KEPT, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
-from .trace import CommRow, Trace, TraceBuilder
+from .trace import Trace, TraceBuilder
+
+P2P = int(Channel.P2P)
 
 # -- where each op sits ------------------------------------------------------------------
 
@@ -119,10 +121,10 @@ RunAction = Callable[[int, int, Action, tuple, float], float]
 
 
 def replay(schedule: Schedule, index: OpIndex, run_action: RunAction, p2p: float = 0.0,
-           blocking: bool = False, transfers: list[CommRow] | None = None) -> list[int]:
+           blocking: bool = False, transfers: list[tuple] | None = None) -> list[int]:
     """Run each rank's actions in order as far as the rules let them (module docstring).
     ``run_action`` says when an action started at ``start`` ends; a transfer costs ``p2p``
-    and is appended to ``transfers`` as a CommRow.  Returns each rank's cursor: the length
+    and is appended to ``transfers`` (a CommRow's fields).  Returns each rank's cursor: the length
     of its list when it finished, else the action it is stuck at."""
     S, n = schedule.stages, schedule.num_ranks
     available: list[float | None] = [None] * (SLOTS_PER_CELL * S * schedule.microbatches)
@@ -180,9 +182,9 @@ def replay(schedule: Schedule, index: OpIndex, run_action: RunAction, p2p: float
                         begin, arrive = link.carry(t, p2p)
                         if arrive > landed:
                             landed = arrive
-                        if transfers is not None:
+                        if transfers is not None:  # a CommRow's fields as a plain tuple (cheaper to make)
                             consumer = receiver[data][m * S + to]  # at cell(m, to, S)
-                            transfers.append(CommRow(Channel.P2P, rank, dst, data, m, s, d, begin, arrive, consumer, -1))
+                            transfers.append((P2P, rank, dst, data, m, s, d, begin, arrive, consumer, -1))
                     available[first + step] = arrive
                     if first + step in waiting:
                         runnable.extend(waiting.pop(first + step))

@@ -181,7 +181,7 @@ class TraceBuilder:
     how rows are made, only in when actions start."""
 
     def __init__(self) -> None:
-        self.comm: list[CommRow] = []  # P2P transfers
+        self.comm: list[tuple] = []  # P2P transfers: CommRow, or a plain tuple of its fields
         self.actions: list[tuple] = []  # one _ACTION_DTYPE record per action
         self.timelines: list = []  # costs.Timeline, by the index actions refer to
         self._index: dict = {}  # timeline -> its index: equal timelines share one (expanded together)
