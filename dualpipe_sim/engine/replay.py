@@ -36,7 +36,7 @@ not replayed here: its inputs are all on the rank before it starts and its
 outputs leave when it ends, so ``CostModel.timeline`` lays each kind of action
 out once and the replay only moves that timeline to the action's start.
 
-engine.py models the same rules with SimPy events; tests/test_replay.py holds
+simpy_engine.py models the same rules with SimPy events; tests/test_replay.py holds
 this core's trace equal to the SimPy engine's bit for bit (the floats come
 from the same operations: ``start + length * factor``, ``begin + p2p``).
 """
@@ -50,7 +50,7 @@ from ..schedules.ir import FB, Action, DeadlockError, Schedule, ScheduleError, o
 from ..schedules.rules import KEPT, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
 from .trace import Trace, TraceBuilder
 
-P2P = int(Channel.P2P)
+P2P = int(Channel.P2P)  # the comm rows' channel code
 
 # -- where each op sits ------------------------------------------------------------------
 
