@@ -5,10 +5,12 @@
 Two 128-stage scenarios on H100 (TP 8, DP 8, interleaved-free 1F1B, 256 micro-batches' worth of
 schedule not simulated): a dense Llama-style model of 256 layers and an MoE model of 256 layers
 (64 experts, top-8, EP 8: the per-stage [chunk] path).  For each, the CPU time of
-``scenario.cost_model()`` and ``scenario.step_costs()`` (the whole derivation a run does: per-layer
-kernel tables, extra modules, per-stage chunks, the derived grad sync and optimizer), best of
---repeat, is printed beside the same calls with hand-typed costs.  Issue 21's target: under 50 ms
-added.
+``resolve(scenario)`` (the whole derivation a run does, once: per-layer kernel tables, extra
+modules, per-stage chunks, the derived grad sync and optimizer), best of --repeat, is printed beside
+the same call with hand-typed costs, and how many times model/derive.py's derive() ran in it.
+Issue 21's target: under 50 ms added.  Last, a whole read-and-run of
+scenarios/deepseek-v3-predicted.toml (``ds.run(path)``), the first in this process, with its
+derive() count (issue 23: once per run).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import dualpipe_sim as ds  # noqa: E402
 from dualpipe_sim.inputs import scenario  # noqa: E402
+from dualpipe_sim.inputs.resolve import resolve  # noqa: E402
+from dualpipe_sim.model import derive  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DENSE = {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 256, "vocab_size": 128256,
          "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672}  # fmt: skip
@@ -45,18 +52,39 @@ def best(fn, repeat: int) -> float:
     return out
 
 
+def counting_derivations() -> list[int]:
+    """Count model/derive.py's derive() calls from now on: a one-item list."""
+    count = [0]
+    real = derive.derive
+
+    def counted(setup):
+        count[0] += 1
+        return real(setup)
+
+    derive.derive = counted
+    return count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    count = counting_derivations()
+    first = ROOT / "scenarios" / "deepseek-v3-predicted.toml"
+    t = time.process_time()
+    ds.run(first)  # first: before the model's caches are warm, as a command-line run is
+    run_ms, run_count = (time.process_time() - t) * 1e3, count[0]
     typed = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 128, "microbatches": 256},
                                 "costs": {"forward": 1.0, "backward": 2.0}, "step": {"grad_sync": 1.0}})  # fmt: skip
-    base = best(lambda: (typed.cost_model(), typed.step_costs()), args.repeat)
+    base = best(lambda: resolve(typed), args.repeat)
     print(f"hand-typed costs, 128 stages: {base * 1e3:.2f} ms")
     for name, model, expert in (("dense 256 layers", DENSE, 1), ("MoE 256 layers, EP 8", MOE, 8)):
         sc = scenario.from_dict(raw(model, expert))
-        t = best(lambda: (sc.cost_model(), sc.step_costs()), args.repeat)
-        print(f"{name}, 128 stages, kernel model: {t * 1e3:.1f} ms (adds {(t - base) * 1e3:.1f} ms)")
+        count[0] = 0
+        t = best(lambda: resolve(sc), args.repeat)
+        print(f"{name}, 128 stages, kernel model: {t * 1e3:.1f} ms (adds {(t - base) * 1e3:.1f} ms; "
+              f"derive() {count[0] // args.repeat} time(s) per resolve)")
+    print(f"scenarios/deepseek-v3-predicted.toml, read and run: {run_ms:.0f} ms, derive() {run_count} time(s)")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ def rows(name: str) -> list[dict]:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))
 
 
-def table(name: str, column: str, scale: float = 1.0):
-    """(b, m, n, k, seconds) arrays of one measured table."""
+def table(name: str, column: str, scale: float = 1.0, kind: str | None = None):
+    """(b, m, n, k, seconds) arrays of one measured table (its ``kind`` rows only, when given)."""
     out = []
     for r in rows(name):
-        b = int(r.get("b") or r.get("groups"))
+        if kind is not None and r["kind"] != kind:
+            continue
+        b = int(r.get("b") or r.get("groups") or 1)
         m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
         rate = float(r[column]) * scale
         out.append((b, m, n, k, 2.0 * b * m * n * k / rate))
@@ -88,6 +90,9 @@ def main_gemm() -> None:
            np.linspace(1200e12, 2250e12, 41), np.linspace(0, 2000, 41), np.linspace(0, 10e-6, 41))
     report("sm_100 fp8 (XLA)", table("xla_matmul_sm100.csv", "fp8"), 148, B200_HBM, 1.0,
            np.linspace(2400e12, 4500e12, 41), np.linspace(0, 3000, 41), np.array([floor, floor]))
+    # A100: Azure's cuBLASLt FP16 table has no tiny shape to pin the floor: sm_90's floor, as for DeepGEMM's
+    report("A100 fp16 (Azure cuBLASLt)", table("azure_a100.csv", "value", 1e12, kind="gemm"), 108, 2.039e12 * 0.85,
+           2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))
 
 
 def attention_rows(gpu: str, impl: str, kind: str) -> dict[int, float]:

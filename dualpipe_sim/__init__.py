@@ -51,10 +51,12 @@ def run(sc, schedule: str | Schedule | None = None) -> Result:
     from .compare import with_schedule
     from .simulation import run as simulate
 
-    sc = sc if isinstance(sc, Scenario) else scenario.read(sc)
+    inputs = None  # a Scenario given is resolved by the run; a path or dict here, once, as it is read
+    if not isinstance(sc, Scenario):
+        sc, inputs = scenario.read_resolved(sc)
     if isinstance(schedule, str):
         return simulate(with_schedule(sc, schedule))
-    return simulate(sc, schedule)
+    return simulate(sc, schedule, inputs)
 
 
 def schedule_names() -> dict[str, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs.costs import A2A_PARTS, COMPONENTS
+from .schedules.components import A2A_PARTS, COMPONENTS
 from .inputs.kineto import Profile, TraceError
 from .readers.metrics import union_length
 
@@ -155,19 +155,19 @@ def replay(cal: Calibration) -> Calibration:
     """Simulate the pair with the calibrated [chunk]: fills predicted_span and predicted."""
     from . import simulation
     from .schedules.ir import FB, Op, Schedule
-    from .inputs.scenario import ScenarioError, from_dict
+    from .inputs.scenario import ScenarioError, resolved
     from .engine.trace import A2A
 
     pipeline = {"schedule": "1f1b", "stages": 1, "microbatches": 2}
     try:
-        scenario = from_dict({"pipeline": pipeline, "chunk": cal.chunk()})
+        scenario, inputs = resolved({"pipeline": pipeline, "chunk": cal.chunk()})
     except ScenarioError as exc:  # an order the engine's dependency rules cannot follow
         cal.order_notes.append(f"replayed without the measured order ({exc})")
         cal.order_runs = False
-        scenario = from_dict({"pipeline": pipeline, "chunk": cal.chunk()})
+        scenario, inputs = resolved({"pipeline": pipeline, "chunk": cal.chunk()})
     pair = 1  # F0, then the pair (F1 with B0), then B1: the pair's inside depends on the costs only
     schedule = Schedule("calibrate-pair", 1, 2, ((Op("F", 0, 0), FB(Op("F", 1, 0), Op("B", 0, 0)), Op("B", 1, 0)),))
-    trace = simulation.run(scenario, schedule).trace
+    trace = simulation.run(scenario, schedule, inputs).trace
     rows = [(int(r["part"]), float(r["start"]), float(r["end"])) for r in trace.compute if r["action"] == pair]
     rows += [(int(r["part"]), float(r["start"]), float(r["end"]))
              for r in trace.comm if r["action"] == pair and r["channel"] == A2A]

@@ -24,6 +24,7 @@ from .progress import each_file
 from .outputs.files import OutputError, check_targets, metrics_json, write_all, write_text
 from .inputs.scenario import ScenarioError, activation_bytes_given, oddities, parse_override
 from .inputs.scenario import load as load_scenario
+from .inputs.scenario import load_resolved
 from .signals import stop_on_sigterm, stopped
 
 EXIT_BAD_INPUT = 2
@@ -254,7 +255,7 @@ def check_plots(plots: str) -> None:
 
 def _cmd_run(args) -> int:
     check_plots(args.plots)
-    scenario = load_scenario(args.scenario, args.overrides)
+    scenario, inputs = load_resolved(args.scenario, args.overrides)
     schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
     if schedule is not None:
         simulation.check_size(scenario, schedule)  # before any output work starts
@@ -272,7 +273,7 @@ def _cmd_run(args) -> int:
     check_targets(args.out, ["metrics.json", *_chart_files(args.plots, RUN_FILES[1:]),
                              *([trace_file] if trace_file else []), *(["repeat.json"] if args.repeat else [])])
     with progress_bar("run") as progress:
-        result = simulation.run(scenario, schedule)
+        result = simulation.run(scenario, schedule, inputs)
         metrics = result.metrics
         repeats = None
         if args.repeat:
@@ -688,8 +689,7 @@ def progress_bar(desc: str):
 
 
 def _cmd_model(args) -> int:
-    from .model import derive, report
-    from .model.config import ModelError
+    from .model import report
     from .inputs.scenario import apply_overrides, load_raw, sections_only
 
     if args.source.endswith(".json"):
@@ -700,10 +700,7 @@ def _cmd_model(args) -> int:
     scenario = sections_only(apply_overrides(raw, args.overrides))
     if scenario.model is None:
         raise UsageError(f"{args.source}: no [model] section to describe")
-    try:
-        derived = derive.derive(derive.setup(scenario))
-    except ModelError as exc:
-        raise ScenarioError(str(exc)) from None
+    derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)
     if args.json:
         print(json.dumps(report.summary(derived), indent=2, allow_nan=False))
     else:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .schedules import registry
 from . import simulation, units
-from .inputs.costs import mean_costs
+from .schedules.closed_form import mean_costs
 from .schedules.ir import ScheduleError
 from .inputs.scenario import Scenario, ScenarioError, activation_bytes_given
 

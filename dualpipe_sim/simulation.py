@@ -18,6 +18,7 @@ from .engine import replay
 from .schedules import registry
 from .inputs.costs import CostModel
 from .schedules.ir import Schedule, ScheduleError
+from .inputs.resolve import Inputs, resolve
 from .readers.metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
 from .model import buffers as model_buffers
 from .model import memory as model_memory
@@ -37,6 +38,7 @@ class Result:
     costs: CostModel
     trace: Trace
     metrics: Metrics  # metrics.to_dict() is metrics.json
+    inputs: Inputs | None = None  # what the run read off the scenario (resolve.py); costs is inputs.costs
 
 
 def build_schedule(scenario: Scenario) -> Schedule:
@@ -45,12 +47,14 @@ def build_schedule(scenario: Scenario) -> Schedule:
                           **scenario.options())
 
 
-def run(scenario: Scenario, schedule: Schedule | None = None) -> Result:
+def run(scenario: Scenario, schedule: Schedule | None = None, inputs: Inputs | None = None) -> Result:
     """Simulate a scenario, with its registered schedule or with ``schedule``
-    (a user's own, e.g. read from a file).  Raises ScenarioError/ScheduleError
-    with a one-line message on bad input."""
+    (a user's own, e.g. read from a file).  ``inputs``: ``resolve(scenario)`` when the
+    caller has it already (scenario.resolved), else resolved here, once.  Raises
+    ScenarioError/ScheduleError with a one-line message on bad input."""
+    inputs = resolve(scenario) if inputs is None else inputs
     with gc_paused(), np.errstate(over="ignore", invalid="ignore"):  # overflow is reported in words
-        result = _run(scenario, schedule)
+        result = _run(scenario, schedule, inputs)
     _check_finite(scenario, result.metrics)
     return result
 
@@ -79,8 +83,8 @@ def check_size(scenario: Scenario, schedule: Schedule) -> None:
         raise ScenarioError(too_big)
 
 
-def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
-    costs = scenario.cost_model()
+def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Result:
+    costs = inputs.costs
     if schedule is None:
         schedule = build_schedule(scenario)
         analytic = registry.analytic(
@@ -93,20 +97,20 @@ def _run(scenario: Scenario, schedule: Schedule | None) -> Result:
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
-    trace = with_step(simulate(schedule, costs), scenario.step_costs())
-    metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace)
-    tp = throughput(scenario)
+    trace = with_step(simulate(schedule, costs), inputs.step_costs)
+    metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace, inputs)
+    tp = throughput(scenario, inputs.derived)
     if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
-        metrics = replace(metrics, step=step_metrics(trace, scenario.step_costs(), tp))
+        metrics = replace(metrics, step=step_metrics(trace, inputs.step_costs, tp))
     step_time = metrics.step.total if metrics.step is not None else metrics.makespan
     metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))
-    return Result(scenario, schedule, costs, trace, metrics)
+    return Result(scenario, schedule, costs, trace, metrics, inputs)
 
 
-def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace) -> Metrics:
+def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inputs) -> Metrics:
     """Metrics with ``device_memory`` (bytes or None) and, with [model], ``per_rank[].memory``."""
     ranks = metrics.per_rank
-    derived = scenario.derived()
+    derived = inputs.derived
     if derived is not None:
         setup = derived.setup
         runtime = scenario.memory.runtime
@@ -122,7 +126,7 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace) -> Metrics:
                 mem["total"] += r.parameter_bytes - mem["parameters"]
                 mem["parameters"] = r.parameter_bytes
         ranks = [replace(r, memory=RankMemory(**mem)) for r, mem in zip(ranks, rows)]
-    return replace(metrics, per_rank=ranks, device_memory=scenario.device_memory())
+    return replace(metrics, per_rank=ranks, device_memory=inputs.device_memory)
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:

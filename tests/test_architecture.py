@@ -5,6 +5,9 @@
   lazy ones inside functions included; a package's own ``__init__`` importing
   its submodules is the usual parent -> child edge, and a submodule's implicit
   import of its parent package is not counted);
+* each part of the package imports only the parts docs/architecture.md's table lets it
+  ("Parts and what each may import", read from the doc, its exceptions too), and nothing in
+  the readers or outputs reaches the cost model;
 * only cli.py speaks the command line: no other module prints, writes to
   stdout/stderr or draws a progress bar, and no string in another module (its
   docstrings aside) names one of the CLI's flags.
@@ -43,10 +46,22 @@ def _modules() -> dict[str, tuple[Path, str]]:
 MODULES = _modules()
 
 
-def _imports(name: str) -> set[str]:
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (annotations only: never run)."""
+    return {id(inner) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+            for stmt in node.body for inner in ast.walk(stmt)}  # fmt: skip
+
+
+def _imports(name: str, source: str | None = None) -> set[str]:
+    """The package's modules ``name`` imports (``source``: its text, else its file's)."""
     path, package = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
+    skip = _type_checking_only(tree)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -59,6 +74,9 @@ def _imports(name: str) -> set[str]:
                 sub = f"{module}.{alias.name}"
                 found.add(sub if sub in MODULES else module)
     return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -101,9 +119,139 @@ def test_every_module_imports(name):
 
 
 def test_no_import_cycles():
-    graph = {name: _imports(name) for name in MODULES}
-    assert graph["dualpipe_sim.schedules.registry"]  # the reader sees imports at all
-    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert GRAPH["dualpipe_sim.schedules.registry"]  # the reader sees imports at all
+    assert _cycle(GRAPH) is None, " -> ".join(_cycle(GRAPH))
+
+
+# -- the parts and what each may import (docs/architecture.md) ------------------------------
+DOC = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _doc_table(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table whose header row is ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line == header)
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _names(cell: str) -> list[str]:
+    return [n.rstrip("/") for n in re.findall(r"`([^`]+)`", cell)]
+
+
+def _parts(text: str) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """(part -> its module names, part -> the parts it may import) from the doc's table."""
+    members, allowed = {}, {}
+    for part, modules, may in _doc_table(text, "| part | modules | may import |"):
+        members[part] = _names(modules)
+        allowed[part] = set() if may == "nothing" else {p.strip() for p in may.split(",")}
+    return members, allowed
+
+
+def _exceptions(text: str) -> set[tuple[str, str]]:
+    return {(_names(mod)[0], _names(imp)[0]) for mod, imp, _ in _doc_table(text, "| module | imports | why |")}
+
+
+def _short(module: str) -> str:
+    """A module's name inside the package: `cli`, `plots.gantt`; the package itself is `__init__`."""
+    return module.removeprefix("dualpipe_sim").removeprefix(".") or "__init__"
+
+
+def _matches(module: str, name: str) -> bool:
+    short = _short(module)
+    return short == name or short.startswith(name + ".")
+
+
+def _part_of(module: str, members: dict[str, list[str]]) -> str | None:
+    """The part whose longest listed name covers ``module`` (None: in no part)."""
+    hits = [(len(n), part) for part, names in members.items() for n in names if _matches(module, n)]
+    return max(hits)[1] if hits else None
+
+
+def _breaches(graph: dict[str, set[str]], text: str) -> list[str]:
+    """Every import the doc's parts table does not allow, as 'a (part) -> b (part)'."""
+    members, allowed = _parts(text)
+    excepted = _exceptions(text)
+    out = []
+    for module, targets in sorted(graph.items()):
+        mine = _part_of(module, members)
+        for target in sorted(targets):
+            theirs = _part_of(target, members)
+            if theirs in (mine, "base") or theirs in allowed[mine]:
+                continue
+            if any(_matches(module, a) and _matches(target, b) for a, b in excepted):
+                continue
+            out.append(f"{_short(module)} ({mine}) -> {_short(target)} ({theirs})")
+    return out
+
+
+COST_MODEL = ("inputs.costs", "inputs.channels")  # the modules that time an action
+
+
+def _reaches_cost_model(graph: dict[str, set[str]], text: str) -> list[str]:
+    """Modules of the readers and outputs whose imports (followed through, the exceptions'
+    edges left out) reach the cost model, each with the path."""
+    members, _ = _parts(text)
+    excepted = _exceptions(text)
+    follow = {m: {t for t in ts if not any(_matches(m, a) and _matches(t, b) for a, b in excepted)}
+              for m, ts in graph.items()}  # fmt: skip
+    out = []
+    for start in sorted(m for m in graph if _part_of(m, members) in ("readers", "outputs")):
+        seen, stack = {start: [start]}, [start]
+        while stack:
+            node = stack.pop()
+            for nxt in follow[node]:
+                if nxt not in seen:
+                    seen[nxt] = seen[node] + [nxt]
+                    stack.append(nxt)
+        hit = next((m for m in seen if _short(m) in COST_MODEL), None)
+        if hit:
+            out.append(" -> ".join(_short(m) for m in seen[hit]))
+    return out
+
+
+def test_every_module_is_in_a_part():
+    members, allowed = _parts(DOC.read_text(encoding="utf-8"))
+    assert {"base", "schedules", "inputs", "engine", "readers", "outputs", "face"} <= set(members)
+    assert all(p in members for may in allowed.values() for p in may), "a part may import an unknown part"
+    assert [_short(m) for m in MODULES if _part_of(m, members) is None] == []
+
+
+def test_each_part_imports_only_what_the_table_allows():
+    assert _breaches(GRAPH, DOC.read_text(encoding="utf-8")) == []
+
+
+def test_readers_and_outputs_never_reach_the_cost_model():
+    assert _reaches_cost_model(GRAPH, DOC.read_text(encoding="utf-8")) == []
+
+
+def test_every_exception_is_still_needed():
+    """An exception row whose import is gone must go too: the list only shrinks."""
+    text = DOC.read_text(encoding="utf-8")
+    stale = [(a, b) for a, b in sorted(_exceptions(text))
+             if not any(_matches(m, a) and any(_matches(t, b) for t in ts) for m, ts in GRAPH.items())]
+    assert stale == [], f"docs/architecture.md lists exceptions no module needs any more: {stale}"
+
+
+def test_a_planted_bad_import_is_caught():
+    """The checks see a bad import: metrics (a reader) importing the cost model, inside a function
+    or at the top; and an import only an exception allows is allowed for that module alone."""
+    text = DOC.read_text(encoding="utf-8")
+    metrics = "dualpipe_sim.readers.metrics"
+    source = MODULES[metrics][0].read_text(encoding="utf-8")
+    for bad in ("from ..inputs.costs import CostModel\n", "def _f():\n    from ..inputs import costs\n"):
+        graph = {**GRAPH, metrics: _imports(metrics, source + bad)}
+        assert _breaches(graph, text) == ["readers.metrics (readers) -> inputs.costs (inputs)"]
+        assert _reaches_cost_model(graph, text)[0].startswith("readers.metrics -> inputs.costs")
+    gantt = "dualpipe_sim.outputs.plots.gantt"  # plots.report's exception is its own, not every plot's
+    planted = MODULES[gantt][0].read_text(encoding="utf-8") + "from ...inputs.scenario import activation_bytes_given\n"
+    assert _breaches({**GRAPH, gantt: _imports(gantt, planted)}, text) == ["outputs.plots.gantt (outputs) -> inputs.scenario (inputs)"]
+    guarded = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..inputs.costs import CostModel\n"
+    assert _breaches({**GRAPH, metrics: _imports(metrics, source + guarded)}, text) == []
 
 
 def _cli_flags() -> set[str]:

@@ -23,3 +23,12 @@ def test_dense_lines_have_no_markers():
     many = view(["1f1b"], list(range(1, 122)))
     assert few.style("1f1b")["marker"] is not None
     assert many.style("1f1b")["marker"] is None
+
+
+def test_every_registered_family_has_a_colour_of_its_own():
+    """A new family must be added to SCHEDULE_ORDER (docs/architecture.md, "How to add a schedule"):
+    else its sweep and plan colour comes from a hash of its name and may equal another's."""
+    missing = sorted(set(families()) - set(SCHEDULE_ORDER))
+    assert missing == [], f"add {missing} to outputs/plots/style.py's SCHEDULE_ORDER"
+    stale = sorted(set(SCHEDULE_ORDER) - set(families()))
+    assert stale == [], f"SCHEDULE_ORDER names schedules no longer registered: {stale}"

@@ -53,7 +53,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..inputs.step_costs import StepCosts
+from ..step_costs import StepCosts
 from .replay import Link
 from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, STEP_DTYPE, StepRow, Trace, pipeline_ends
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import limits, units
-from .costs import COMPONENTS
+from ..schedules.components import COMPONENTS
 
 # DeepSeek's profile-data names (train.json) -> [chunk] component names.
 DEEPSEEK_NAMES = {

@@ -29,7 +29,8 @@ from ..model.activations import POLICIES
 from ..model.config import ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection
 from ..schedules.rules import Channel
-from .step_costs import StepCosts
+from .resolve import Inputs, resolve
+from ..step_costs import StepCosts
 
 
 def _number(v):
@@ -252,24 +253,24 @@ class Scenario(_Section):
             hbm = self.hardware.hbm
         return hbm or None
 
-    def step_costs(self) -> StepCosts | None:
-        """The [step] figures per stage, or None without a [step] table."""
+    def step_costs(self, derived=None) -> StepCosts | None:
+        """The [step] figures per stage, or None without a [step] table.  ``derived``: as cost_model's."""
         if self.step is None:
             return None
         S, st = self.pipeline.stages, self.step
-        derived = {}
+        figures = {}
         for key in ("grad_sync", "cross_copy_sync", "optimizer"):
             if getattr(st, key) == "derived":
                 from ..model.step_figures import derived_sync
 
                 try:
-                    derived[key] = derived_sync(self, key)
+                    figures[key] = derived_sync(self, key, derived)
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
         return StepCosts(
-            grad_sync=derived.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
-            cross_copy_sync=derived.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
-            optimizer=derived.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
+            grad_sync=figures.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
+            cross_copy_sync=figures.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
+            optimizer=figures.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=st.grad_sync_buckets,
@@ -527,18 +528,22 @@ def _deep_copy(d):
 
 
 def from_dict(data: dict) -> Scenario:
+    return resolved(data)[0]
+
+
+def resolved(data: dict) -> tuple[Scenario, Inputs]:
+    """from_dict's scenario and its inputs (resolve.py): a run handed both derives nothing again."""
     data = include_chunk_file(data)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_first_error(exc)) from None
-    scenario.cost_model()  # cross-field rules raise here, before anything runs
-    scenario.step_costs()
+    inputs = resolve(scenario)  # cross-field rules raise here, before anything runs
     p = scenario.pipeline
     too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory)
     if too_big:  # refused before any schedule is built
         raise ScenarioError(too_big)
-    return scenario
+    return scenario, inputs
 
 
 def sections_only(data: dict) -> Scenario:
@@ -554,12 +559,22 @@ def read(source: str | Path | Mapping, overrides: Iterable[str] = ()) -> Scenari
     """A validated scenario from a TOML file or from a dict with the same keys as the
     TOML, ``overrides`` (``"key=value"`` texts, as the CLI's --set takes) applied first.
     This is the public API's ``dualpipe_sim.scenario(...)``."""
+    return read_resolved(source, overrides)[0]
+
+
+def read_resolved(source: str | Path | Mapping, overrides: Iterable[str] = ()) -> tuple[Scenario, Inputs]:
+    """read's scenario and its inputs (see resolved)."""
     raw = load_raw(source) if isinstance(source, (str, Path)) else dict(source)  # apply_overrides copies it
-    return from_dict(apply_overrides(raw, list(overrides)))
+    return resolved(apply_overrides(raw, list(overrides)))
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     return from_dict(apply_overrides(load_raw(path), overrides or []))
+
+
+def load_resolved(path: str | Path, overrides: list[str] | None = None) -> tuple[Scenario, Inputs]:
+    """load's scenario and its inputs (see resolved)."""
+    return resolved(apply_overrides(load_raw(path), overrides or []))
 
 
 def _is_union_label(part) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..inputs.costs import Component
+from ..schedules.components import Component
 from ..engine.trace import A2A, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
 

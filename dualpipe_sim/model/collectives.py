@@ -6,10 +6,17 @@ bytes over n ranks, the bottleneck link carries ``S * factor`` with factor
 an all-to-all; the *bus bandwidth* is what that link achieves, so
 ``time = latency + S * factor / bus``.  ``link`` is ``"nvlink"`` inside a node
 or ``"nic"`` across nodes (one NIC per GPU); rates.KernelRates holds the
-measured bus bandwidths and latency.
+measured bus bandwidths and latency.  A GPU with a measured all-reduce curve
+(``rates.nvlink_curve``: A100) takes, inside a node, the bus bandwidth measured
+at the tensor's size instead (interpolated in log size; below the table's
+smallest message, that message's time): an all-reduce of 100 MB on 8 A100s runs
+at 170 GB/s, not at the 230 GB/s of gigabyte messages.
 """
 
 from __future__ import annotations
+
+import bisect
+import math
 
 FACTORS = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
            "reduce_scatter": lambda n: (n - 1) / n}  # fmt: skip
@@ -19,11 +26,32 @@ def bus(rates, link: str) -> float:
     return rates.nvlink_bus if link == "nvlink" else rates.nic_bus
 
 
-def time(op: str, nbytes: float, n: int, rates, link: str) -> float:
-    """Seconds for ``op`` on a tensor of ``nbytes`` (the whole gathered or reduced tensor) over ``n`` ranks."""
+def measured_bus(curve, nbytes: float) -> float:
+    """Bus bandwidth of a measured (bytes, bytes/s) curve at ``nbytes``: linear in log2(bytes) between
+    rows, the end rows' figures beyond them."""
+    sizes = [size for size, _ in curve]
+    i = bisect.bisect_left(sizes, nbytes)
+    if i == 0:
+        return curve[0][1]
+    if i == len(curve):
+        return curve[-1][1]
+    (s0, b0), (s1, b1) = curve[i - 1], curve[i]
+    return b0 + (b1 - b0) * math.log2(nbytes / s0) / math.log2(s1 / s0)
+
+
+def time(op: str, nbytes: float, n: int, rates, link: str, nics: int = 1) -> float:
+    """Seconds for ``op`` on a tensor of ``nbytes`` (the whole gathered or reduced tensor) over ``n`` ranks.
+
+    ``nics``: across nodes, how many of the group's ranks share each node, each with its own NIC: NCCL
+    runs a ring per NIC, so the bus bandwidth is that many NICs' (NVIDIA/nccl#812: a DGX A100's 8 HDR
+    NICs give 192 GB/s all-reduce bus bandwidth across nodes, 8 x the 24 GB/s of one, NVIDIA/nccl#412)."""
     if n <= 1 or nbytes <= 0:
         return 0.0
-    return rates.latency + nbytes * FACTORS[op](n) / bus(rates, link)
+    curve = rates.nvlink_curve if link == "nvlink" else ()
+    if curve:  # the measured time includes NCCL's latency; a message below the table costs its first row
+        size = max(nbytes, curve[0][0])
+        return size * FACTORS[op](n) / measured_bus(curve, size)
+    return rates.latency + nbytes * FACTORS[op](n) / (bus(rates, link) * (nics if link == "nic" else 1))
 
 
 def all_to_all(sent: float, rates, link: str) -> float:

@@ -48,6 +48,9 @@ class Setup:
     context: int = 1
     tp_overlap: bool = True
     sequence_parallel: bool = True
+    scatter_gather: bool = False  # parallel.pipeline_scatter_gather
+    legacy: bool = False  # model.runtime = "megatron-lm-2021"
+    grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of a separate accumulation pass
 
     @property
     def tokens(self) -> int:
@@ -58,7 +61,7 @@ class Setup:
     def layout(self) -> kernels.Layout:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
-                              self.sequence_parallel)  # fmt: skip
+                              self.sequence_parallel, self.legacy, self.grad_accumulation)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -192,9 +195,50 @@ def setup(scenario, stages: int | None = None) -> Setup:
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
             rates = kernel_rates(section, hw)
+    legacy = m.runtime == "megatron-lm-2021"
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
-                 par.sequence_parallel)  # fmt: skip
+                 par.sequence_parallel, par.pipeline_scatter_gather, legacy,
+                 grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0)  # fmt: skip
+
+
+def grad_accumulation_bytes(m, microbatches: int) -> float:
+    """Bytes per parameter and micro-batch that Megatron-LM of 2021 spends adding a weight gradient
+    into the accumulated one (Megatron-core fuses it into the wgrad GEMM, --gradient-accumulation-fusion).
+    16-bit gradients: autograd's ``param.grad += grad`` (read both, write one) from the second
+    micro-batch on, spread over all; fp32 main gradients: the DDP hook's ``main_grad.add_(grad)``
+    (read 2 + 4, write 4) every micro-batch (megatron/model/distributed.py @ 6985e58)."""
+    if DTYPES[m.grads_dtype] == 4:
+        return DTYPES[m.activations_dtype] + 4 + 4
+    return 3 * DTYPES[m.grads_dtype] * (microbatches - 1) / microbatches
+
+
+def stage_head_params(cfg, stage: layout.Stage) -> int:
+    """The head's parameters on its stage: a tied head on the embedding's own stage shares its weight
+    (Megatron keeps a second copy only when the two sit on different stages)."""
+    if not stage.head:
+        return 0
+    return params.head_unique(cfg) if stage.embedding else params.head(cfg)
+
+
+def p2p_ms(st: Setup) -> float:
+    """One boundary activation (or its gradient) sent to the next stage, ms.
+
+    With sequence parallelism each tensor-parallel rank holds 1/t of it and sends that.  Without,
+    each rank holds the whole tensor: Megatron-core sends it whole; with ``scatter_gather`` (Megatron-LM
+    2021-2022, megatron/p2p_communication.py; DeepSpeed's pipeline engine) each rank sends 1/t and
+    the receivers all-gather it over NVLink before using it.  Pipeline neighbours sit on different
+    nodes (Megatron puts the pipeline outermost), so the send crosses the NIC.
+    """
+    whole = st.act_bytes * st.tokens * st.cfg.hidden_size
+    t = st.sharding.tensor
+    sent = whole / t if st.sequence_parallel or st.scatter_gather else whole
+    if st.rates is None:
+        return sent / (st.hw.p2p_gbps * 1e9) * 1e3
+    gather = 0.0
+    if st.scatter_gather and not st.sequence_parallel:
+        gather = collectives.time("all_gather", whole, t, st.rates, "nvlink")
+    return (collectives.p2p(sent, st.rates, "nic") + gather) * 1e3
 
 
 def kernel_rates(section, hw: Hardware) -> KernelRates:
@@ -377,7 +421,7 @@ def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]
         mtp = params.mtp_module(cfg)
         units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
     dense = sum(p.dense for p, _ in units) + (params.embedding(cfg) if stage.embedding else 0)
-    dense += params.head(cfg) if stage.head else 0
+    dense += stage_head_params(cfg, stage)
     routed = sum(p.routed for p, _ in units)
     fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
     # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
@@ -442,7 +486,7 @@ def derive(st: Setup) -> Derived:
             dense += params.embedding(cfg)
             act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
-            dense += params.head(cfg)
+            dense += stage_head_params(cfg, stage)
             act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor, sp=st.sequence_parallel)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
@@ -473,11 +517,7 @@ def derive(st: Setup) -> Derived:
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
-        boundary = st.act_bytes * st.tokens * cfg.hidden_size / sh.tensor
-        if st.rates is not None:  # pipeline neighbours sit on different nodes (Megatron puts pp outermost)
-            out.p2p = collectives.p2p(boundary, st.rates, "nic") * 1e3
-        else:
-            out.p2p = boundary / (st.hw.p2p_gbps * 1e9) * 1e3
+        out.p2p = p2p_ms(st)
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = layer_times(st, moe_i)

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import collectives, gemm
+from . import collectives, gemm, params
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -64,6 +64,8 @@ class Layout:
     tp_overlap: bool = True  # parallel.tp_comm_overlap
     act_bytes: float = 2.0
     sequence_parallel: bool = True  # parallel.sequence_parallel
+    legacy: bool = False  # model.runtime = "megatron-lm-2021": bias, accumulation, cross-entropy apart
+    grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of the accumulation pass
 
     @property
     def norm_tokens(self) -> float:
@@ -402,11 +404,37 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         moe_mlp_block(tb, full)
     else:
         dense_mlp_block(tb, full)
+    if lay.legacy:
+        _legacy_layer_kernels(tb, i, full)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
         redo = [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)]
         tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
                            k.seconds, k.bound) for k in redo]  # fmt: skip
     return tb.rows
+
+
+def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
+    """What Megatron-LM of 2021 runs apart that Megatron-core / Transformer Engine fuses into the GEMMs
+    (megatron/mpu/layers.py, megatron/model/distributed.py @ 6985e58): the QKV bias added after its
+    GEMM (``F.linear`` on a 3-D input: matmul, then ``+= bias``; the other biases are fused into
+    bias-GeLU and bias-dropout-add), every bias's gradient (a sum over the tokens of its output
+    gradient), and the weight gradients added into the accumulated ones."""
+    cfg, lay = tb.cfg, tb.lay
+    n, ab, h, t = lay.tokens, lay.act_bytes, cfg.hidden_size, lay.tensor
+    qkv = _attention_shapes(cfg, t)[0][1]  # this rank's QKV outputs
+    if cfg.bias or cfg.qkv_bias:
+        for comp in ("attn_forward",) + (("attn_backward_input",) if recompute else ()):
+            tb.memory("qkv bias add", comp, 2 * n * qkv * ab)
+        tb.memory("qkv bias gradient", "attn_backward_weight", n * qkv * ab)
+    if cfg.bias:
+        tb.memory("out_proj bias gradient", "attn_backward_weight", lay.norm_tokens * h * ab)
+        if not cfg.is_moe_layer(i):
+            tb.memory("fc1 bias gradient", "mlp_backward_weight", n * cfg.intermediate_size // t * ab)
+            tb.memory("fc2 bias gradient", "mlp_backward_weight", lay.norm_tokens * h * ab)
+    if lay.grad_accumulation > 0:
+        p = params.layer(cfg, i)
+        tb.memory("gradient accumulation", "mlp_backward_weight",
+                  (p.dense / t + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
 
 
 def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
@@ -429,9 +457,18 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     v = -(-V // t)
     tb.memory("final norm", "mlp_forward", 2 * n / t * h * ab)
     tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring")
-    # max, sum of exponentials and the loss read the logits; the float32 softmax is kept for the backward
-    tb.memory("cross-entropy", "mlp_forward", n * v * (2 * ab + 4))
-    tb.memory("cross-entropy backward", "mlp_backward_input", n * v * (4 + ab))
+    if lay.legacy:
+        # Megatron-LM 2021 (megatron/mpu/cross_entropy.py, gpt_model.py @ 6985e58), op by op on fp32 logits:
+        # cast (ab + 4), max (4), subtract (4 + 4), exp (4 + 4), sum (4), divide (4 + 4); backward: scale
+        # the saved softmax by the loss gradient (4 + 4) and cast back (4 + ab)
+        tb.memory("cross-entropy (unfused)", "mlp_forward", n * v * (ab + 36))
+        tb.memory("cross-entropy backward (unfused)", "mlp_backward_input", n * v * (12 + ab))
+        if lay.grad_accumulation > 0:
+            tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
+    else:
+        # max, sum of exponentials and the loss read the logits; the float32 softmax is kept for the backward
+        tb.memory("cross-entropy", "mlp_forward", n * v * (2 * ab + 4))
+        tb.memory("cross-entropy backward", "mlp_backward_input", n * v * (4 + ab))
     d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
     tb.comm("tp reduce-scatter (grad)", "mlp_backward_input", "reduce_scatter", n * h * ab, t, "nvlink", 0.0)
     tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)

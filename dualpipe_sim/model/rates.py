@@ -33,6 +33,10 @@ class KernelRates:
     nic_bus: float  # per GPU across nodes, bytes/s
     latency: float  # seconds per collective or P2P transfer
     gpus_per_node: int = 8
+    # Measured NCCL all-reduce bus bandwidth by message size inside a node, ((bytes, bytes/s), ...) rising in
+    # bytes; when given, NVLink all-reduce / all-gather / reduce-scatter take the bus bandwidth measured at
+    # their size (collectives.py) instead of latency + nvlink_bus.
+    nvlink_curve: tuple[tuple[float, float], ...] = ()
 
     def attention_rate(self, seq: int, backward: bool) -> float:
         rate = self.attention_backward if backward else self.attention_forward
@@ -45,7 +49,8 @@ class KernelRates:
         return replace(self, gemm_bf16=g(self.gemm_bf16), gemm_fp8=g(self.gemm_fp8),
                        attention_forward=self.attention_forward * compute,
                        attention_backward=self.attention_backward * compute, hbm=self.hbm * memory,
-                       nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic)  # fmt: skip
+                       nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic,
+                       nvlink_curve=tuple((size, bus * nvlink) for size, bus in self.nvlink_curve))  # fmt: skip
 
 
 # -- the presets ------------------------------------------------------------------------------------
@@ -61,6 +66,11 @@ _FLOOR = 2.5e-6  # back-to-back small kernels (gpu-benches gpu-small-kernels, H2
 _NIC_NDR = 47e9  # one 400 Gb/s NDR / CX7 NIC per GPU
 _LATENCY = 25.5e-6
 
+# Azure ND A100 v4, nccl-tests all_reduce_perf over 8 A100-SXM4-80GB (NCCL 2.18.5): bus GB/s at 2^10 .. 2^33 bytes
+_A100_ALL_REDUCE = tuple((float(1 << (10 + i)), gbs * 1e9) for i, gbs in enumerate((
+    0.04, 0.08, 0.17, 0.33, 0.67, 1.37, 2.70, 5.15, 10.11, 19.24, 36.22, 53.54, 71.43, 89.99, 109.22, 132.77,
+    166.63, 174.18, 213.87, 221.58, 228.10, 230.22, 230.48, 231.58)))  # fmt: skip
+
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION, _FLOOR,
                     321e9, _NIC_NDR, _LATENCY)  # fmt: skip
 PRESETS: dict[str, KernelRates] = {
@@ -74,10 +84,12 @@ PRESETS: dict[str, KernelRates] = {
     "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(3196e12, 0.0, 5.25e-6),
                         562e12 * 1579 / 836, 500e12 * 1579 / 836, 390.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9,
                         _NIC_NDR, _LATENCY),  # fmt: skip
-    # sm_80: no per-shape GEMM table reached: sm_90's fitted shape, its peak scaled by the two GPUs' measured
-    # maximum achievable matmul FLOPS (stas00/ml-engineering's MAMF table: A100 SXM 271.2, H100 SXM 794.5
-    # TFLOP/s BF16); FA2's forward+backward rate for both passes; NCCL all-reduce bus bandwidth 8 x A100
-    # (Azure nccl-tests): 230 GB/s; HDR 200 Gb/s NIC: half the NDR figure
-    "A100": KernelRates("A100", 108, GemmRates(836e12 * 271.2 / 794.5, 103, 5.54e-6), None, 193e12, 193e12, 480.0,
-                        2.039e12 * _HBM_FRACTION, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY),  # fmt: skip
+    # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
+    # i.e. at sustained clocks: peak and k_overhead fitted, sm_90's floor as the table has no tiny shape;
+    # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured; the streaming "Mul" kernel, one
+    # load and one store as gpu-benches' "scale", at 1.61 TB/s); FA2's forward+backward rate for both passes;
+    # HDR 200 Gb/s NIC: half the NDR figure
+    "A100": KernelRates("A100", 108, GemmRates(262.7e12, 67, 5.54e-6), None, 193e12, 193e12, 480.0,
+                        1.61e12, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY,
+                        nvlink_curve=_A100_ALL_REDUCE),  # fmt: skip
 }

@@ -9,7 +9,7 @@ also how every derived number is obtained.
 from __future__ import annotations
 
 from .. import units
-from ..inputs.costs import Component
+from ..schedules.components import Component
 from . import activations, derive, flops, kernels, params
 from .derive import Derived
 
@@ -182,6 +182,17 @@ def text(d: Derived, explain: bool = False, typed: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def _p2p_split(st) -> str:
+    """How much of the boundary tensor each rank sends (derive.p2p_ms)."""
+    if st.sharding.tensor == 1:
+        return ""
+    if st.sequence_parallel:
+        return f"/ tensor {st.sharding.tensor} (sequence parallel) "
+    if st.scatter_gather:
+        return f"/ tensor {st.sharding.tensor} (scatter-gather) "
+    return "(whole: no sequence parallelism) "
+
+
 def _ranges(xs: list[int]) -> str:
     out, start = [], None
     for i, x in enumerate(xs):
@@ -223,13 +234,19 @@ def explain_lines(d: Derived) -> list[str]:
             + f"), flash attention {r.attention_forward / 1e12:g} / {r.attention_backward / 1e12:g} TFLOP/s "
             f"forward / backward at long sequences, memory-bound kernels at {r.hbm / 1e12:.3g} TB/s, "
             f"every kernel at least {r.floor * 1e6:g} us; collectives {r.latency * 1e6:g} us + bytes / "
-            f"{r.nvlink_bus / 1e9:g} GB/s (NVLink) or {r.nic_bus / 1e9:g} GB/s (NIC); "
+            f"{r.nvlink_bus / 1e9:g} GB/s (NVLink) or {r.nic_bus / 1e9:g} GB/s (NIC)"
+            + ("; NVLink all-reduce / all-gather / reduce-scatter at the bus bandwidth measured at their size"
+               if r.nvlink_curve else "") + "; "
             f"tensor-parallel overlap {'on' if st.tp_overlap else 'off'}"
+            + ("; Megatron-LM 2021's separate bias, gradient-accumulation and cross-entropy kernels"
+               " (model.runtime)" if st.legacy else "")
         )
         for name, rows in kernel_tables(d).items():
             lines += kernel_lines(name, rows)
+        gather = (f" + all-gather of the whole tensor over {sh.tensor} ranks (NVLink, pipeline scatter-gather)"
+                  if st.scatter_gather and not st.sequence_parallel and sh.tensor > 1 else "")
         lines.append(f"  P2P = {r.latency * 1e6:g} us + {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} "
-                     f"/ tensor {sh.tensor} / {r.nic_bus / 1e9:g} GB/s = {d.p2p:.4g} ms")
+                     f"{_p2p_split(st)}/ {r.nic_bus / 1e9:g} GB/s{gather} = {d.p2p:.4g} ms")
     elif st.hw is not None:
         hw = st.hw
         lin = hw.peak(cfg.fp8) / 1e12
@@ -255,7 +272,7 @@ def explain_lines(d: Derived) -> list[str]:
                 f"(NIC; node-limited routing counts one copy per remote node): "
                 + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in b.items())
             )
-        lines.append(f"  P2P = {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} / tensor {sh.tensor} "
+        lines.append(f"  P2P = {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} {_p2p_split(st)}"
                      f"/ {hw.p2p_gbps:g} GB/s = {d.p2p:.4g} ms")
     lines.append(f"  recompute {st.policy}: " + {
         "none": "nothing recomputed",

@@ -45,6 +45,9 @@ class ModelSection(BaseModel):
     master_weights: bool = True  # an fp32 copy of the weights in the optimizer
     activations_dtype: Dtype = "bf16"
     fp8: bool | None = None  # FP8 linears and FP8 activation caching; None = as the config says
+    # whose memory-bound kernels a layer runs: Megatron-core with Transformer Engine (bias and gradient
+    # accumulation fused into the GEMMs) or Megatron-LM of 2021 (each apart; docs/model.md)
+    runtime: Literal["megatron-core", "megatron-lm-2021"] = "megatron-core"
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
@@ -67,8 +70,11 @@ class ParallelSection(_Section):
     layout: Union[str, list[int], None] = None
     tp_comm_overlap: bool = True  # tensor-parallel collectives pipelined under their GEMMs (Megatron --tp-comm-overlap)
     sequence_parallel: bool = True  # norms and dropout split along the sequence; all-gather / reduce-scatter
+    # without sequence parallelism, send 1/tensor of a boundary activation per rank and all-gather it over NVLink
+    # at the receiver (Megatron-LM 2021-2022 --scatter-gather-tensors-in-pipeline, DeepSpeed's PartitionedTensor)
+    pipeline_scatter_gather: bool = False
 
-    @field_validator("tp_comm_overlap", "sequence_parallel", mode="before")
+    @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather", mode="before")
     @classmethod
     def _bool(cls, v):
         if not isinstance(v, bool):

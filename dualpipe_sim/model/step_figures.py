@@ -6,20 +6,45 @@ which types its block) never import the model package.  docs/step.md gives the f
 
 from __future__ import annotations
 
-from ..inputs.step_costs import Throughput
+from ..step_costs import Throughput
 from . import collectives, derive, flops, params
 from .config import ModelError
 
 # Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
 # master weight (read + write), the fp32 gradient (read) and the new 16-bit weight (write).
 ADAM_FIXED_BYTES = 4 + 4 + 4 + 2
+# Passes Megatron's mixed-precision optimizer makes around Adam (megatron/optimizer/ at 6985e58, 2021;
+# megatron/core/optimizer/ today), bytes per parameter: the gradient norm for clipping (multi_tensor_l2norm
+# reads the fp32 gradient; --clip-grad is 1.0 by default); the copy of the updated fp32 master weight
+# into the 16-bit one (_copy_main_params_to_model_params, a pass of its own: it reads the fp32 weight,
+# its 16-bit write is counted above); with fp16 weights the loss-scale unscale and inf check
+# (_amp_foreach_non_finite_check_and_unscale_: reads and writes the fp32 gradient); with 16-bit
+# gradients their cast into fp32 main gradients (main_param.grad = model_param.grad.float()).
+GRAD_NORM_BYTES = 4
+MASTER_COPY_BYTES = 4
+UNSCALE_BYTES = 4 + 4
+GRAD_CAST_BYTES = 2 + 4
 
 
-def throughput(scenario) -> Throughput | None:
-    """The model's tokens and FLOPs per step, or None without a [model]."""
+def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
+    """HBM bytes one Adam step of Megatron's mixed-precision optimizer streams per parameter."""
+    m = model_section
+    per_param = ADAM_FIXED_BYTES + 2 * (optimizer_bytes - 4) + GRAD_NORM_BYTES  # the two moments read and written
+    if m.master_weights:
+        per_param += MASTER_COPY_BYTES
+        if m.grads_dtype in ("fp16", "bf16"):
+            per_param += GRAD_CAST_BYTES
+    if m.params_dtype == "fp16":
+        per_param += UNSCALE_BYTES
+    return per_param
+
+
+def throughput(scenario, derived=None) -> Throughput | None:
+    """The model's tokens and FLOPs per step, or None without a [model].  ``derived``: the
+    scenario's derived figures when the caller has them (their setup is the scenario's)."""
     if scenario.model is None:
         return None
-    st = derive.setup(scenario)
+    st = derive.setup(scenario) if derived is None else derived.setup
     sh = st.sharding
     return Throughput(
         tokens=float(scenario.pipeline.microbatches * st.tokens * sh.data),
@@ -29,7 +54,7 @@ def throughput(scenario) -> Throughput | None:
     )
 
 
-def derived_sync(scenario, key: str) -> tuple[float, ...]:
+def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     """Per-stage times (ms) of ``grad_sync``, ``cross_copy_sync`` or ``optimizer`` from the model.
 
     The bytes are a rank's gradients of one stage copy: its dense parameters / tensor
@@ -44,20 +69,23 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
     * cross_copy_sync: an all-reduce between the two ranks holding the copies,
       2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
     * optimizer: an Adam step over the parameters the rank updates (sharded by ZeRO >= 1):
-      the bytes it streams through HBM / achievable bandwidth (needs a preset's kernel rates).
+      the bytes it and the passes around it stream through HBM (optimizer_bytes_per_param) /
+      achievable bandwidth (needs a preset's kernel rates).
     With a preset's kernel rates the collectives are nccl-tests' bus-bandwidth model
     (collectives.py: latency + bytes x factor / bus bandwidth) on the NIC, or on NVLink when
     the data-parallel group fits in one node.
+    ``derived``: the scenario's derived figures when the caller has them (else derived here).
     Raises model.config.ModelError when [model] or [hardware] is missing.
     """
     if scenario.model is None or scenario.hardware is None:
         raise ModelError('"derived" needs the [model] and [hardware] sections')
-    st = derive.setup(scenario)
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
     sh, hw = st.sharding, st.hw
     if key == "optimizer" and st.rates is None:
         raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
     out = []
-    for where, stage in zip(st.stages, scenario.derived().stages):
+    for where, stage in zip(st.stages, derived.stages):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         routed = stage.routed_params / sh.expert * sh.grads_bytes
         if key == "grad_sync" and sh.zero >= 2:
@@ -68,18 +96,21 @@ def derived_sync(scenario, key: str) -> tuple[float, ...]:
         if key == "optimizer":
             shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
             updated = stage.dense_params / sh.tensor * shard(sh.data) + stage.routed_params / sh.expert * shard(sh.expert_data)
-            per_param = ADAM_FIXED_BYTES + 2 * (sh.optimizer_bytes - 4)  # the two moments read and written
+            per_param = optimizer_bytes_per_param(scenario.model, sh.optimizer_bytes)
             # one fused multi-tensor Adam launch: its floor once (how many launches apex / TE split it
             # into is not published; each adds 2.5 us against milliseconds of streaming)
             out.append((updated * per_param / st.rates.hbm + st.rates.floor) * 1e3)
             continue
         if st.rates is not None:
             nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+            # Megatron's rank order puts tensor innermost, then data: a node holds gpus_per_node / tensor
+            # ranks of each data-parallel group, each on its own NIC
+            per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
             op = "reduce_scatter" if sh.zero >= 1 else "all_reduce"
             if key == "cross_copy_sync":
                 out.append(collectives.p2p(dense + routed, st.rates, "nic") * 1e3)
             else:
-                out.append((collectives.time(op, dense, sh.data, st.rates, nic)
+                out.append((collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
                             + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3)
             continue
         if key == "cross_copy_sync":

@@ -30,7 +30,7 @@ PINS = {"parallel.tensor": "tensor", "parallel.context": "context", "parallel.ex
         "memory.recompute": "recompute", "pipeline.chunks_per_rank": "virtual"}  # fmt: skip
 # keys plan sets itself: a --set of these is refused (say --schedules or a pin instead)
 CHOSEN = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches", "parallel.data")
-KEPT_PARALLEL = ("tp_comm_overlap", "sequence_parallel")
+KEPT_PARALLEL = ("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather")
 
 
 def source_pins(base: dict) -> list[str]:

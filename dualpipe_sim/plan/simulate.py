@@ -2,9 +2,8 @@
 
 Each candidate is the plan's base scenario with its overrides, run by
 ``simulation.run`` exactly as ``run`` runs the TOML written for it.  One
-derivation serves the whole run (``_OnceDerived``): the cost model, the
-[step] figures and the memory rows all read the same figures, which the plain
-Scenario would derive again for each (the result is the same, only sooner).
+derivation serves the whole run: the checks on reading (``scenario.resolved``)
+resolve the candidate's inputs (resolve.py), and the run reads those.
 """
 
 from __future__ import annotations
@@ -12,35 +11,19 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Iterator
 
-from pydantic import PrivateAttr
-
 from .. import simulation
-from ..inputs.scenario import Scenario, ScenarioError, apply_overrides
+from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 from ..signals import Terminated, worker_ignores_stop_signals
 from ..sweep.executors import default_jobs
 
 BATCH = 8  # candidates per task: fewer round trips between processes
 
 
-class _OnceDerived(Scenario):
-    """A Scenario that derives its [model] figures once (it is never changed after loading)."""
-
-    _derived: object = PrivateAttr(default=None)
-
-    def derived(self):
-        if self._derived is None:
-            self._derived = super().derived()
-        return self._derived
-
-
 def run_candidate(base: dict, overrides: tuple[str, ...]) -> dict:
     """``status`` (ok / error), ``reason`` and the scalar metrics of one candidate; never raises."""
     try:
-        data = apply_overrides(base, list(overrides))
-        scenario = _OnceDerived.model_validate(data)  # scenario.from_dict's checks, on the subclass
-        scenario.cost_model()
-        scenario.step_costs()
-        return {"status": "ok", "reason": "", **simulation.run(scenario).metrics.scalars()}
+        scenario, inputs = resolved(apply_overrides(base, list(overrides)))
+        return {"status": "ok", "reason": "", **simulation.run(scenario, inputs=inputs).metrics.scalars()}
     except (ScenarioError, ValueError) as exc:
         return {"status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad candidate must not stop the plan

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..inputs.step_costs import StepCosts, Throughput
+from ..step_costs import StepCosts, Throughput
 from ..engine.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, Trace, pipeline_ends
 
 

@@ -60,10 +60,9 @@ for the first two units of any D.
 
 from __future__ import annotations
 
-from ..inputs.costs import mean_costs
 from .ir import Op, Schedule
 from .family import register
-from .closed_form import COMMON_RANGE, common_problem, result
+from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 
 
 def _check(stages: int, microbatches: int) -> str | None:

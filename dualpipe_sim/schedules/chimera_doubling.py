@@ -37,9 +37,8 @@ its graph and every backward first re-runs its stage's forward (runtime.py,
 
 from __future__ import annotations
 
-from ..inputs.costs import mean_costs
 from .ir import Op, Schedule
-from .closed_form import COMMON_RANGE, common_problem, result
+from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 from .family import register
 
 

@@ -20,7 +20,10 @@ formulas leave transfers out), no jitter or slow rank.
 
 from __future__ import annotations
 
-from ..inputs.costs import CostModel
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # closed forms read a cost model's per-stage figures; they never build one
+    from ..inputs.costs import CostModel
 
 TOL = 1e-9
 COMMON_RANGE = "same F, B, W on every stage; comm.p2p = 0; no jitter or slow rank"
@@ -69,3 +72,11 @@ def given_schedule() -> dict:
 def le(a: float, b: float) -> bool:
     """a <= b up to rounding."""
     return a <= b + TOL * max(1.0, abs(a), abs(b))
+
+
+def mean_costs(costs: CostModel, stages: int) -> tuple[float, float, float, float]:
+    """(F, B, W, F&B) averaged over stages: closed forms assume uniform stages."""
+    mean = lambda xs: sum(xs[:stages]) / stages  # noqa: E731
+    F, B, W = mean(costs.forward), mean(costs.backward), mean(costs.weight)
+    FB = mean(costs.overlapped) if costs.overlapped is not None else F + B
+    return F, B, W, FB

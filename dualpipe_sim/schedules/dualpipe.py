@@ -37,10 +37,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..inputs.costs import mean_costs
 from .ir import FB, Action, Op, Schedule, ScheduleError
 from .family import register
-from .closed_form import COMMON_RANGE, common_problem, le, result
+from .closed_form import COMMON_RANGE, common_problem, le, mean_costs, result
 
 
 class _Rank:

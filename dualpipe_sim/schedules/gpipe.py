@@ -1,9 +1,8 @@
 """GPipe (Huang et al. 2019): all forwards, then all backwards, one stage per rank."""
 
-from ..inputs.costs import mean_costs
 from .ir import Op, Schedule
 from .family import register
-from .closed_form import COMMON_RANGE, common_problem, result
+from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 
 
 def check_one_stage_per_rank(stages: int, microbatches: int) -> str | None:

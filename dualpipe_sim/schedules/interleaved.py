@@ -43,10 +43,9 @@ slack for P2P time (docs/schedules.md).
 
 from __future__ import annotations
 
-from ..inputs.costs import mean_costs
 from .ir import Op, Schedule
 from .family import register
-from .closed_form import COMMON_RANGE, common_problem, result
+from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 
 DEFAULT_CHUNKS = 2
 

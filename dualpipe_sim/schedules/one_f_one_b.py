@@ -1,10 +1,9 @@
 """1F1B (PipeDream-Flush, Narayanan et al. 2019): warm-up forwards, then one forward
 one backward in turn, then cool-down backwards; one stage per rank."""
 
-from ..inputs.costs import mean_costs
 from .ir import Op, Schedule
 from .family import register
-from .closed_form import COMMON_RANGE, common_problem, result
+from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 from .gpipe import check_one_stage_per_rank
 
 

@@ -49,10 +49,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..inputs.costs import mean_costs
 from .ir import Op, Schedule
 from .family import register
-from .closed_form import COMMON_RANGE, common_problem, le, result
+from .closed_form import COMMON_RANGE, common_problem, le, mean_costs, result
 from .gpipe import check_one_stage_per_rank
 
 

@@ -12,7 +12,7 @@ from ..schedules import registry
 from .. import simulation
 from ..schedules.ir import ScheduleError
 from ..readers.metrics import scalar_names
-from ..inputs.scenario import ScenarioError, apply_overrides, from_dict
+from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 
 # The scalar metrics of a point, as results.csv columns: Metrics.scalars(), whose
 # dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks.
@@ -27,11 +27,11 @@ def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
     """
     row: dict = {"status": "ok", "reason": ""}
     try:
-        scenario = from_dict(apply_overrides(base, list(overrides)))
+        scenario, inputs = resolved(apply_overrides(base, list(overrides)))
         problem = _constraint_problem(scenario)
         if problem:
             return {**row, "status": "skipped", "reason": problem}
-        scalars = simulation.run(scenario).metrics.scalars()
+        scalars = simulation.run(scenario, inputs=inputs).metrics.scalars()
     except (ScenarioError, ScheduleError) as exc:
         return {**row, "status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad point must not stop a sweep

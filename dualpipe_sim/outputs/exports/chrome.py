@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...inputs.costs import COMPONENTS
+from ...schedules.components import COMPONENTS
 from ...schedules.rules import KIND_NAMES
 from ...engine.trace import A2A, P2P, Trace
 from .timeline import activation_levels

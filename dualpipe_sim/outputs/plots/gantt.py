@@ -47,7 +47,7 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Affine2D
 
 from ... import units
-from ...inputs.costs import WEIGHT_PARTS
+from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES, KIND_NAMES
 from ...engine.trace import A2A, Trace
 from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)

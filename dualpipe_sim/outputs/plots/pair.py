@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...inputs.costs import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
+from ...schedules.components import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
 from ... import units
 from ...schedules.rules import KIND_CODES
 from ...engine.trace import A2A, Trace

@@ -35,7 +35,7 @@ from importlib import resources
 import numpy as np
 
 from ... import units
-from ...inputs.costs import A2A_PARTS, COMPONENTS
+from ...schedules.components import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ...schedules.rules import KIND_CODES, KIND_NAMES
 from ...inputs.scenario import activation_bytes_given

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...inputs.costs import WEIGHT_PARTS
+from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES
 from ...engine.trace import A2A, Trace
 

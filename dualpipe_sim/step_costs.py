@@ -3,8 +3,9 @@
 :class:`StepCosts` is the scenario's [step] resolved per stage (scenario.py
 builds it; step.py simulates it); :class:`Throughput` is what a step yields in
 tokens and FLOPs, filled in from [model] by model/step_figures.py and read by
-the step's metrics (step_metrics.py).  Plain records: this module imports
-nothing of the simulation, so the scenario and the readers can import it.
+the step's metrics (readers/step_metrics.py).  Plain records that import
+nothing: a shared leaf (like errors.py) that the scenario, the model, the
+engine and the readers may all import (docs/architecture.md, the parts table).
 """
 
 from __future__ import annotations
