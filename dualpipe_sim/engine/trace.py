@@ -149,7 +149,7 @@ class Trace:
 
     @classmethod
     def of_run(cls, schedule, costs, builder: "TraceBuilder", stages_on_rank: list[list[int]] | None = None) -> "Trace":
-        """The trace of a finished run of ``schedule`` on ``costs`` (engine and fast path alike)."""
+        """The trace of a finished run of ``schedule`` on ``costs`` (the replay core and the SimPy engine alike)."""
         compute, comm, memory = builder.arrays(costs.activation_bytes)
         held = schedule.stages_on_rank() if stages_on_rank is None else stages_on_rank
         return cls(
