@@ -221,20 +221,25 @@ class TraceBuilder:
         first = np.cumsum(per_action) - per_action
         span = offset[acts["timeline"]][a] + (np.arange(len(a)) - first[a])
         on = sp_channel[span]
+        # Per-action columns made contiguous once (gathers from a structured array's fields are
+        # strided), a pair's two members side by side: [member, action].
+        column = {name: np.ascontiguousarray(acts[name]) for name in ("rank", "idx", "start", "factor", "pair")}
+        members = {name: np.stack([acts[name + "0"], acts[name + "1"]])
+                   for name in ("kind", "microbatch", "stage", "direction")}  # fmt: skip
         tables = {}
         for ch, dtype in ((Channel.COMPUTE, COMPUTE_DTYPE), (Channel.A2A, COMM_DTYPE)):
             sel = np.flatnonzero(on == ch)
             ra, rs = a[sel], span[sel]  # this channel's rows: their actions and spans
             table = np.empty(len(sel), dtype=dtype)
-            start, factor = acts["start"][ra], acts["factor"][ra]
-            table["rank"], table["action"] = acts["rank"][ra], acts["idx"][ra]
+            start, factor = column["start"][ra], column["factor"][ra]
+            table["rank"], table["action"] = column["rank"][ra], column["idx"][ra]
             table["start"], table["end"] = start + factor * sp_t0[rs], start + factor * sp_t1[rs]
             table["part"] = sp_part[rs]
-            member = sp_member[rs]
-            for name in ("kind", "microbatch", "stage", "direction"):
-                table[name] = np.where(member, acts[name + "1"][ra], acts[name + "0"][ra])
+            member = sp_member[rs].astype(np.intp)
+            for name, both in members.items():
+                table[name] = both[member, ra]
             if ch == Channel.COMPUTE:
-                table["overlapped"] = acts["pair"][ra]
+                table["overlapped"] = column["pair"][ra]
             else:
                 table["channel"], table["peer"] = ch, table["rank"]
             tables[ch] = table
