@@ -1,6 +1,7 @@
 """Engine speed at scale: wall time against a plain linear pass, trace rows per second, peak RSS.
 
     python benchmarks/engine.py [--repeat N] [--tiny] [--cases a,b,...]
+    python benchmarks/engine.py --targets [--tiny]      # issue 23's targets, best of 3
 
 Cases (issues 8 and 13), each measured in a fresh subprocess so that peak RSS
 (resource.getrusage ru_maxrss) is that case's alone:
@@ -33,6 +34,22 @@ subprocess's peak resident memory.  Wall times are the best of --repeat runs (th
 shared, so the best run is the least disturbed one); RSS is the largest seen.
 --tiny shrinks every case to a few hundred ops (the test suite runs it so the
 script stays runnable).
+
+``--targets`` measures issue 23's targets instead (CPU seconds, best of 3, in one
+process; :func:`targets`):
+
+* ``replay / longest path``: 1F1B 64 x 1024 with ``comm.p2p = 0.05``: the
+  simulation (completeness scan, replay, trace arrays) plus metrics, against
+  :func:`longest_path_pass`, a tight pure-Python longest-path pass over the
+  same actions (the graph built beforehand, untimed): target within 4x;
+* ``components``: case a (DualPipe 16 x 256, ``[chunk]``) simulation plus
+  metrics per op: target under 10 us;
+* ``--trace``: writing the Chrome trace of the 1F1B case, per op (target under
+  10 us) and its peak Python memory beyond the trace arrays (tracemalloc);
+* ``size guard``: peak RSS (VmHWM) of ``dualpipe-sim run`` in a fresh process
+  at 1/8 and full size of the 1F1B case, without charts and with them; the
+  growth per op against limits.py's estimate per op (``limits.estimate`` over
+  the ops the run has): target within 2x.
 """
 
 from __future__ import annotations
@@ -133,6 +150,136 @@ def reference_loop(schedule, costs) -> float:
     return max(clock)
 
 
+def action_graph(schedule, costs) -> tuple[list[int], list[float], list[tuple[tuple[int, float], ...]]]:
+    """The actions as a graph for :func:`longest_path_pass`: a topological order, each action's
+    length and its predecessors (previous action on its rank at 0, the producers of its inputs
+    at 0 on the same rank, else at ``costs.p2p``).  Built with the rules' needs, untimed."""
+    from dualpipe_sim.schedules.ir import ops_of
+    from dualpipe_sim.schedules.rules import needs, produced
+
+    node, rank_of, producer = [], [], {}
+    for rank, actions in enumerate(schedule.ranks):
+        for a in actions:
+            for op in ops_of(a):
+                for key in produced(*op):
+                    producer[key] = len(node)
+            node.append(a)
+            rank_of.append(rank)
+    length = [costs.timeline(a).length for a in node]
+    preds, first = [], 0
+    for rank, actions in enumerate(schedule.ranks):
+        for i, a in enumerate(actions):
+            me = first + i
+            edges = [(me - 1, 0.0)] if i else []
+            for op in ops_of(a):
+                for key in needs(*op, schedule.stages):
+                    p = producer[key]
+                    edges.append((p, 0.0 if rank_of[p] == rank else costs.p2p))
+            preds.append(tuple(edges))
+        first += len(actions)
+    indegree = [len(e) for e in preds]
+    users = [[] for _ in node]
+    for me, edges in enumerate(preds):
+        for p, _ in edges:
+            users[p].append(me)
+    order = [i for i, d in enumerate(indegree) if d == 0]
+    for i in order:  # Kahn: the list grows as nodes become ready
+        for u in users[i]:
+            indegree[u] -= 1
+            if indegree[u] == 0:
+                order.append(u)
+    return order, length, preds
+
+
+def longest_path_pass(order, length, preds) -> float:
+    """end[i] = max over predecessors (end[p] + edge) + length[i], in topological order: the
+    tightest pure-Python pass over the same actions (no trace, no link queues, no checks)."""
+    end = [0.0] * len(length)
+    for i in order:
+        t = 0.0
+        for p, w in preds[i]:
+            v = end[p] + w
+            if v > t:
+                t = v
+        end[i] = t + length[i]
+    return max(end)
+
+
+def _best_cpu(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        c = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c)
+    return best
+
+
+def targets(tiny: bool) -> None:
+    """Issue 23's targets (module docstring), printed as a table."""
+    import os
+    import tempfile
+    import tracemalloc
+
+    from dualpipe_sim import limits, simulation
+    from dualpipe_sim.outputs.exports.chrome import write_chrome_trace
+    from dualpipe_sim.readers.metrics import compute_metrics
+
+    rows = []
+    with simulation.gc_paused():
+        for case, family in (("b-p2p", "1F1B"), ("a", "DualPipe")):
+            result = simulation.run(scenario_for(case, 1, tiny))
+            extra = ", p2p 0.05" if case == "b-p2p" else ", [chunk]"
+            what = f"{family} {result.trace.ranks} x {result.trace.microbatches}{extra}"
+            schedule, costs, ops = result.schedule, result.costs, result.schedule.num_ops()
+            sim = _best_cpu(lambda: compute_metrics(simulation.simulate(schedule, costs)))
+            if case == "b-p2p":
+                graph = action_graph(schedule, costs)
+                assert longest_path_pass(*graph) == result.trace.compute["end"].max()  # the same makespan
+                floor = _best_cpu(lambda: longest_path_pass(*graph))
+                rows.append((f"replay + trace + metrics / longest path ({what})", f"{sim / floor:.1f}x", "<= 4x"))
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = os.path.join(tmp, "trace.json")
+                    write = _best_cpu(lambda: write_chrome_trace(result.trace, path))
+                    tracemalloc.start()
+                    write_chrome_trace(result.trace, path)
+                    peak = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.stop()
+                    size = os.path.getsize(path)
+                rows.append((f"--trace, per op ({what})", f"{1e6 * write / ops:.1f} us", "< 10 us"))
+                rows.append((f"--trace, peak Python memory while writing ({size / ops:.0f} B of JSON per op)",
+                             f"{peak / 2**20:.1f} MB ({peak / ops:.0f} B per op)", "constant"))
+            rows.append((f"replay + trace + metrics, per op ({what})", f"{1e6 * sim / ops:.2f} us", "< 10 us" if case == "a" else ""))
+    # The size guard: peak RSS of the command in a fresh process, at two sizes of the 1F1B case,
+    # without charts (the simulation, metrics and files: the growth per op) and with them.
+    name, stages, mbs, tiny_stages, tiny_mbs, *_ = CASES["b-p2p"]
+    if tiny:
+        stages, mbs = tiny_stages, tiny_mbs
+    per_op = limits.estimate(stages, mbs)[1] / (2 * stages * mbs)  # what the guard reserves per op 1F1B has
+    for plots in ("none", "png"):
+        rss = []
+        for m in (mbs // 8, mbs):
+            with tempfile.TemporaryDirectory() as out:
+                # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
+                cmd = [sys.executable, "-c", "import sys; from dualpipe_sim.cli import main; main(sys.argv[1:]); "
+                       "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], "
+                       "file=sys.stderr)",
+                       "run", str(ROOT / "scenarios" / "quickstart.toml"), "--set", f"pipeline.schedule={name}",
+                       "--set", f"pipeline.stages={stages}", "--set", f"pipeline.microbatches={m}",
+                       "--set", "comm.p2p=0.05", "--plots", plots, "--out", out]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rss.append((int(done.stderr.split()[-1]) * 1024, 2 * stages * m))
+        (r0, o0), (r1, o1) = rss
+        grow = (r1 - r0) / (o1 - o0)
+        rows.append((f"size guard: `run --plots {plots}` RSS {r0 / 2**20:.0f} -> {r1 / 2**20:.0f} MB, "
+                     f"{stages} x {mbs // 8} -> {mbs}; per op of the growth",
+                     f"{grow:.0f} B vs estimate {per_op:.0f} B ({per_op / grow:.1f}x)" if grow > 0 else
+                     "no growth at these sizes", "within 2x"))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'target':<{width}}  {'measured':>34}  goal")
+    for what, got, goal in rows:
+        print(f"{what:<{width}}  {got:>34}  {goal}")
+
+
 def measure(case: str, fraction: int, tiny: bool) -> dict:
     """One case in this process: time run() end to end, the simulation alone, and the reference loop."""
     from dualpipe_sim import simulation
@@ -144,7 +291,7 @@ def measure(case: str, fraction: int, tiny: bool) -> dict:
         if forced:  # what simulation.simulate does when the SimPy engine is chosen
             from dualpipe_sim.engine import simpy_engine as engine
 
-            validate.validate(schedule)
+            validate.validate(schedule)  # the SimPy engine words a deadlock its own way: prove it first
             return engine.simulate(schedule, costs)
         return simulation.simulate(schedule, costs)
 
@@ -162,12 +309,10 @@ def measure(case: str, fraction: int, tiny: bool) -> dict:
         reference_loop(result.schedule, result.costs)
         t3, c3 = time.perf_counter(), time.process_time()
     trace = result.trace
-    from dualpipe_sim.engine import fastpath
-
     return {
         "case": case,
         "fraction": fraction,
-        "engine": "fast" if not forced and fastpath.applies(result.costs) else "simpy",
+        "engine": "simpy" if forced else "replay",
         "ranks": trace.ranks,
         "microbatches": trace.microbatches,
         "ops": result.schedule.num_ops(),
@@ -195,7 +340,11 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a few hundred ops per case (keeps the script tested)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--one", nargs=2, metavar=("CASE", "FRACTION"), help=argparse.SUPPRESS)
+    parser.add_argument("--targets", action="store_true", help="issue 23's targets instead of the cases")
     args = parser.parse_args()
+    if args.targets:
+        targets(args.tiny)
+        return 0
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.tiny)))
         return 0

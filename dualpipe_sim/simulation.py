@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .engine import fastpath
 from . import limits, units
+from .engine import replay
 from .schedules import registry
 from .inputs.costs import CostModel
 from .schedules.ir import Schedule, ScheduleError
@@ -25,9 +25,10 @@ from .model import memory as model_memory
 from .model.step_figures import throughput
 from .inputs.scenario import Scenario, ScenarioError
 from .schedules import closed_form
-from .engine.step import step_metrics, with_step
+from .engine.step import with_step
+from .readers.step_metrics import step_metrics
 from .engine.trace import Trace
-from .engine.validate import validate
+from .engine.validate import index_ops
 
 
 @dataclass
@@ -129,18 +130,11 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inp
 
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:
-    """Prove ``schedule`` can run, then replay it on ``costs``: the one place an engine is chosen.
-
-    The linear fast path (fastpath.py) gives the SimPy engine's trace bit for bit
-    whenever it applies (async P2P) and proves completeness and progress in the
-    same pass, raising validate()'s words.  Otherwise validate() runs first and
-    the SimPy engine (engine.py, imported only then) replays the schedule."""
-    if fastpath.applies(costs):
-        return fastpath.simulate(schedule, costs)
-    validate(schedule)
-    from .engine.simpy_engine import simulate as simpy_simulate
-
-    return simpy_simulate(schedule, costs)
+    """Prove ``schedule`` complete, then replay it on ``costs`` (replay.py, async or blocking
+    P2P): its trace.  The replay proves it can finish on the way, raising validate()'s words.
+    The SimPy engine (engine.py) is the reference the tests hold this replay equal to."""
+    replay.check_costs_cover(schedule, costs)
+    return replay.simulate(schedule, costs, index_ops(schedule))
 
 
 # Past this many ms times are finite but a chart's axis ticks overflow (matplotlib scales its

@@ -8,7 +8,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "engine.py"
 
 
 def test_engine_benchmark_runs_on_a_tiny_size():
-    cases = {"a": "fast", "a-simpy": "simpy", "b": "fast", "b-simpy": "simpy"}  # components and simple costs, each engine
+    cases = {"a": "replay", "a-simpy": "simpy", "b": "replay", "b-simpy": "simpy"}  # components and simple costs, each engine
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--repeat", "1", "--cases", ",".join(cases)],
         check=True, capture_output=True, text=True, timeout=300,
@@ -20,6 +20,41 @@ def test_engine_benchmark_runs_on_a_tiny_size():
         assert engine == cases[case]
         assert int(ranks) == 4 and int(ops) > 0 and int(trace_rows) >= int(ops)
     assert out.count("time per op") == len(cases)
+
+
+def test_engine_benchmark_targets_run_on_a_tiny_size():
+    """--targets prints issue 23's rows; its longest-path pass is checked inside against the
+    replay's makespan (an assert in the script), so a run that finishes is that check passing."""
+    out = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--targets"],
+                         check=True, capture_output=True, text=True, timeout=300).stdout  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0].startswith("target")
+    starts = ["replay + trace + metrics / longest path", "--trace, per op", "--trace, peak Python memory",
+              "replay + trace + metrics, per op (1F1B", "replay + trace + metrics, per op (DualPipe",
+              "size guard: `run --plots none`", "size guard: `run --plots png`"]
+    assert len(lines) == 1 + len(starts)
+    assert all(line.startswith(start) for line, start in zip(lines[1:], starts)), lines
+
+
+def test_longest_path_pass_is_the_replays_makespan_without_link_queues():
+    """The benchmark's floor computes what the replay does when no link ever queues: GPipe
+    2 x 2 (F = 1, B = 2, p2p = 0), 1F1B 4 x 8 with p2p = 0.25 (F and B outlast a send)."""
+    import importlib.util
+
+    from dualpipe_sim import simulation
+    from dualpipe_sim.inputs.costs import CostModel
+    from dualpipe_sim.schedules import registry
+
+    spec = importlib.util.spec_from_file_location("bench_engine", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, stages, mbs, p2p, want in (("gpipe", 2, 2, 0.0, 9.0), ("1f1b", 4, 8, 0.25, None)):
+        schedule = registry.build(name, stages, mbs)
+        costs = CostModel.uniform(stages, forward=1.0, backward=2.0, p2p=p2p)
+        makespan = float(simulation.simulate(schedule, costs).compute["end"].max())
+        assert bench.longest_path_pass(*bench.action_graph(schedule, costs)) == makespan
+        if want is not None:  # GPipe's closed form, no P2P: (M + S - 1) (F + B) = 3 x 3
+            assert makespan == want
 
 
 def test_cli_benchmark_runs_on_a_tiny_size():

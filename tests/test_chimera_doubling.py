@@ -186,7 +186,7 @@ def test_doubling_beats_direct_concatenation_at_8_by_64():
 @pytest.mark.parametrize("B", [1.0, 1.5, 2.0, 3.0, 4.0])
 def test_doubling_is_never_slower_than_direct_at_equal_costs(D, N, B):
     from dualpipe_sim.inputs.costs import CostModel
-    from dualpipe_sim.engine.fastpath import simulate
+    from dualpipe_sim.simulation import simulate
     from dualpipe_sim.readers.metrics import compute_metrics
 
     costs = CostModel.uniform(D, 1.0, B)

@@ -13,6 +13,7 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.outputs.exports import chrome
 from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.engine.trace import A2A, COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, P2P, Trace
+from dualpipe_sim.inputs.costs import COMPONENTS
 
 from helpers import run_uniform
 
@@ -226,3 +227,40 @@ def test_failing_trace_writer_leaves_nothing(tmp_path, monkeypatch, capsys):
     assert err.startswith("error: --out: cannot write ") and "t.json: No space left on device" in err
     assert err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+STREAMED = [
+    {"pipeline": {"schedule": "dualpipe", "stages": 4, "microbatches": 8}, "comm": {"p2p": 0.3},
+     "costs": {"forward": 1 / 3, "backward": 0.7, "weight": 0.2, "overlapped": 0.9}},  # ts off whole microseconds
+    {"pipeline": {"schedule": "zb-h1", "stages": 3, "microbatches": 6}, "comm": {"p2p": 0.5, "p2p_mode": "blocking"},
+     "costs": {"forward": 1.0, "backward": 2.0, "weight": 1.0, "jitter": {"distribution": "lognormal", "cv": 0.3}},
+     "step": {"grad_sync": 2.0, "optimizer": 1.0, "overlap_grad_sync": True}},
+    {"pipeline": {"schedule": "dualpipe", "stages": 4, "microbatches": 8}, "comm": {"p2p": 0.1},
+     "chunk": {"layers": 2, **{name: 0.25 + 0.5 * (i % 3) for i, name in enumerate(COMPONENTS)}},
+     "step": {"cross_copy_sync": 1.5, "grad_sync": 1.0, "cross_copy_eager": True}},
+]
+
+
+@pytest.mark.parametrize("data", STREAMED, ids=["off-microsecond", "blocking-jitter-step", "components-step"])
+def test_streamed_file_holds_the_documents_events(data, tmp_path):
+    """write_chrome_trace streams column-wise; parsed, its file is chrome_trace()'s document, event for event."""
+    trace = simulation.run(scenario.from_dict(data)).trace
+    path = tmp_path / "t.json"
+    chrome.write_chrome_trace(trace, path)
+    assert json.loads(path.read_text()) == chrome.chrome_trace(trace)
+    assert path.read_text() == chrome.chrome_trace_json(trace)
+
+
+def test_streaming_does_not_dump_each_event(monkeypatch, tmp_path):
+    """json.dumps runs per rank and per end-of-step row, not per op: 8x the micro-batches, as many calls."""
+    calls = []
+    real = json.dumps
+    monkeypatch.setattr(chrome.json, "dumps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    counts = []
+    for mbs in (8, 64):
+        data = {"pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": mbs}, "comm": {"p2p": 0.5},
+                "costs": {"forward": 1.0, "backward": 2.0}}
+        calls.clear()
+        chrome.write_chrome_trace(simulation.run(scenario.from_dict(data)).trace, tmp_path / "t.json")
+        counts.append(len(calls))
+    assert counts[0] == counts[1] > 0

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dualpipe_sim.schedules import registry
 from dualpipe_sim.inputs.costs import CostModel
-from dualpipe_sim.engine.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.readers.metrics import compute_metrics
 from test_properties import valid_shapes  # the same small shapes as the invariants
 

@@ -30,7 +30,7 @@ from dualpipe_sim.inputs import scenario
 from dualpipe_sim import simulation
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs.costs import CostModel
-from dualpipe_sim.engine.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.schedules.ir import ScheduleError
 from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.schedules.registry import analytic, build

@@ -22,7 +22,7 @@ import re
 import pytest
 
 from dualpipe_sim.inputs.costs import CostModel
-from dualpipe_sim.engine.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.schedules.registry import analytic, build
 

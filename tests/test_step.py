@@ -18,7 +18,7 @@ from dualpipe_sim.inputs import scenario
 from dualpipe_sim import simulation
 from dualpipe_sim.outputs.files import metrics_json
 from dualpipe_sim.inputs.scenario import ScenarioError
-from dualpipe_sim.engine.step import CROSS_COPY, GRAD_SYNC, OPTIMIZER
+from dualpipe_sim.engine.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -424,3 +424,27 @@ def test_run_prints_the_step_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "training step (ms): total 33, pipeline 26" in out
     assert (tmp_path / "o" / "gantt.png").stat().st_size > 0 and (tmp_path / "o" / "memory.png").stat().st_size > 0
+
+
+def test_step_is_split_by_layer():
+    """[step]'s inputs (step_costs.py), its simulation (step.py) and its metrics reader
+    (step_metrics.py) are apart: the scenario and the metrics reader import, directly or
+    not, nothing that simulates (step.py, the replay core, either engine)."""
+    import test_architecture as arch
+
+    def module(name: str) -> str:
+        (found,) = [m for m in arch.MODULES if m.rsplit(".", 1)[-1] == name]
+        return found
+
+    def reached(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in arch._imports(todo.pop()) - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    simulating = {module(m) for m in ("step", "replay", "engine", "simulation", "validate")}
+    for reader in ("scenario", "metrics", "step_metrics", "step_costs"):
+        assert not reached(module(reader)) & simulating, reader
+    assert module("step_costs") in reached(module("scenario")) and module("step_metrics") in reached(module("metrics"))

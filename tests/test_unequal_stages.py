@@ -42,7 +42,7 @@ import pytest
 
 from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.engine.simpy_engine import simulate as simpy_simulate
-from dualpipe_sim.engine.fastpath import simulate as fast_simulate
+from dualpipe_sim.simulation import simulate as fast_simulate
 from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.schedules.registry import build
 
@@ -56,7 +56,7 @@ def slow_last_stage() -> CostModel:
                      activation_bytes=(1.0,) * 4, parameter_bytes=(1.0,) * 4)  # fmt: skip
 
 
-@pytest.mark.parametrize("simulate", [fast_simulate, simpy_simulate], ids=["fastpath", "simpy"])
+@pytest.mark.parametrize("simulate", [fast_simulate, simpy_simulate], ids=["replay", "simpy"])
 def test_span_and_idle_with_a_3x_slower_last_stage(simulate):
     met = compute_metrics(simulate(build("1f1b", 4, 8), slow_last_stage()))
     assert met.makespan == pytest.approx(81.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from dualpipe_sim.inputs.costs import CostModel
-from dualpipe_sim.engine.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.schedules.registry import build
 

@@ -15,7 +15,7 @@ import pytest
 
 from dualpipe_sim.schedules import registry
 from dualpipe_sim.inputs.costs import CostModel
-from dualpipe_sim.engine.fastpath import simulate
+from dualpipe_sim.simulation import simulate
 from dualpipe_sim.readers.metrics import compute_metrics
 
 # model, p, m, T_F, T_B, T_W, T_comm (Table 9); 1F1B, ZB-H1, ZB-H2 bubble rates (Table 5)

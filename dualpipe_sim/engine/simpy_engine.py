@@ -1,4 +1,8 @@
-"""The SimPy engine: replays a schedule on a cost model and records a trace.
+"""The SimPy engine: the reference the replay core (replay.py) is held equal to.
+
+simulation.simulate replays schedules with replay.py; this engine models the
+same rules with SimPy events and processes, and tests/test_replay.py checks
+that both give the same trace, bit for bit, on random schedules and costs.
 
 Each rank is a SimPy process that walks its action list in order on its
 compute channel.  An action starts once everything it needs (rules.RULES: a
@@ -43,10 +47,10 @@ import simpy
 
 from .. import limits
 from ..inputs.costs import CostModel, Timeline, signature
-from ..schedules.ir import DeadlockError, Op, Schedule, ScheduleError, ops_of
+from ..schedules.ir import DeadlockError, Op, Schedule, ops_of
 from ..schedules.rules import KEPT, RULES, SENT, Channel, produced
 from .trace import CommRow, Trace, TraceBuilder
-from .validate import describe_wait
+from .replay import check_costs_cover, describe_wait
 
 __all__ = ["DeadlockError", "Engine", "simulate"]
 
@@ -216,8 +220,5 @@ class Engine:
 
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     """Replay ``schedule`` on ``costs`` and return the trace."""
-    if len(costs.forward) < schedule.stages:
-        raise ScheduleError(
-            f"cost model has {len(costs.forward)} per-stage values but the schedule has {schedule.stages} stages"
-        )
+    check_costs_cover(schedule, costs)
     return Engine(schedule, costs).run()

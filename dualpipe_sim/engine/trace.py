@@ -17,7 +17,7 @@ event: metrics, charts and exports are vectorised functions of these arrays.
   units and bytes.
 * ``step``: the end-of-step work after the pipeline (step.py), empty unless
   the scenario has [step] figures: one row per grad sync of a stage copy
-  (``kind`` step.GRAD_SYNC), per rank of a cross-copy sync (CROSS_COPY,
+  (``kind`` StepKind.GRAD_SYNC), per rank of a cross-copy sync (CROSS_COPY,
   ``peer`` = the other copy's rank) and per optimizer step (OPTIMIZER,
   ``stage`` -1).  ``makespan`` stays the pipeline's; ``end`` includes these.
 """
@@ -25,11 +25,12 @@ event: metrics, charts and exports are vectorised functions of these arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
 
-from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, Channel
+from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, WEIGHT_GRADS, Channel
 
 P2P, A2A = Channel.P2P, Channel.A2A  # the comm rows' channel codes
 
@@ -65,10 +66,26 @@ class CommRow(NamedTuple):
     part: int  # A2A: component index; P2P: -1
 
 
+class StepKind(IntEnum):
+    """What an end-of-step row is: the trace's ``step["kind"]`` codes."""
+
+    GRAD_SYNC = 0  # on the rank's Channel.GRAD_SYNC
+    CROSS_COPY = 1  # on Channel.CROSS_COPY, the pair's link (a row on each rank of the pair)
+    OPTIMIZER = 2  # on the rank's Channel.COMPUTE, after its pipeline work
+
+    @property
+    def channel(self) -> Channel:
+        return (Channel.GRAD_SYNC, Channel.CROSS_COPY, Channel.COMPUTE)[self]
+
+
+GRAD_SYNC, CROSS_COPY, OPTIMIZER = StepKind
+STEP_KIND_NAMES = ("grad_sync", "cross_copy_sync", "optimizer")  # metrics.json / chart names, by code
+
+
 class StepRow(NamedTuple):
     """End-of-step work on a rank after the pipeline (step.py): a sync or its optimizer step."""
 
-    kind: int  # step.StepKind: GRAD_SYNC, CROSS_COPY or OPTIMIZER
+    kind: int  # StepKind: GRAD_SYNC, CROSS_COPY or OPTIMIZER
     rank: int
     peer: int  # CROSS_COPY: the rank holding the stage's other copy; else the rank again
     stage: int  # the stage copy synced; OPTIMIZER: -1 (all the rank holds)
@@ -132,7 +149,7 @@ class Trace:
 
     @classmethod
     def of_run(cls, schedule, costs, builder: "TraceBuilder", stages_on_rank: list[list[int]] | None = None) -> "Trace":
-        """The trace of a finished run of ``schedule`` on ``costs`` (engine and fast path alike)."""
+        """The trace of a finished run of ``schedule`` on ``costs`` (the replay core and the SimPy engine alike)."""
         compute, comm, memory = builder.arrays(costs.activation_bytes)
         held = schedule.stages_on_rank() if stages_on_rank is None else stages_on_rank
         return cls(
@@ -164,7 +181,7 @@ class TraceBuilder:
     how rows are made, only in when actions start."""
 
     def __init__(self) -> None:
-        self.comm: list[CommRow] = []  # P2P transfers
+        self.comm: list[tuple] = []  # P2P transfers: CommRow, or a plain tuple of its fields
         self.actions: list[tuple] = []  # one _ACTION_DTYPE record per action
         self.timelines: list = []  # costs.Timeline, by the index actions refer to
         self._index: dict = {}  # timeline -> its index: equal timelines share one (expanded together)
@@ -204,20 +221,25 @@ class TraceBuilder:
         first = np.cumsum(per_action) - per_action
         span = offset[acts["timeline"]][a] + (np.arange(len(a)) - first[a])
         on = sp_channel[span]
+        # Per-action columns made contiguous once (gathers from a structured array's fields are
+        # strided), a pair's two members side by side: [member, action].
+        column = {name: np.ascontiguousarray(acts[name]) for name in ("rank", "idx", "start", "factor", "pair")}
+        members = {name: np.stack([acts[name + "0"], acts[name + "1"]])
+                   for name in ("kind", "microbatch", "stage", "direction")}  # fmt: skip
         tables = {}
         for ch, dtype in ((Channel.COMPUTE, COMPUTE_DTYPE), (Channel.A2A, COMM_DTYPE)):
             sel = np.flatnonzero(on == ch)
             ra, rs = a[sel], span[sel]  # this channel's rows: their actions and spans
             table = np.empty(len(sel), dtype=dtype)
-            start, factor = acts["start"][ra], acts["factor"][ra]
-            table["rank"], table["action"] = acts["rank"][ra], acts["idx"][ra]
+            start, factor = column["start"][ra], column["factor"][ra]
+            table["rank"], table["action"] = column["rank"][ra], column["idx"][ra]
             table["start"], table["end"] = start + factor * sp_t0[rs], start + factor * sp_t1[rs]
             table["part"] = sp_part[rs]
-            member = sp_member[rs]
-            for name in ("kind", "microbatch", "stage", "direction"):
-                table[name] = np.where(member, acts[name + "1"][ra], acts[name + "0"][ra])
+            member = sp_member[rs].astype(np.intp)
+            for name, both in members.items():
+                table[name] = both[member, ra]
             if ch == Channel.COMPUTE:
-                table["overlapped"] = acts["pair"][ra]
+                table["overlapped"] = column["pair"][ra]
             else:
                 table["channel"], table["peer"] = ch, table["rank"]
             tables[ch] = table
@@ -277,3 +299,48 @@ _ACTION_DTYPE = np.dtype(
 )  # fmt: skip
 _ALLOC_CODES = [KIND_CODES[k] for k in ALLOCATES]
 _FREE_CODES = [KIND_CODES[k] for k in FREES]
+
+
+# -- what the end of a step waits for (step.py simulates it, step_metrics.py reads it) ---------
+_WEIGHT_GRAD_CODES = tuple(KIND_CODES[k] for k in sorted(WEIGHT_GRADS))  # ops that produce weight gradients
+
+
+@dataclass(frozen=True)
+class PipelineEnds:
+    """When each rank's pipeline work ends and each stage copy's gradients are complete."""
+
+    rank_end: list[float]  # per rank: its last compute, all-to-all or outgoing P2P send
+    last_weight: dict[tuple[int, int], tuple[float, float]]  # (rank, stage) -> (start, end) of its last B or W
+    holders: dict[int, list[int]]  # stage -> the ranks holding a copy of it, ascending
+
+
+def pipeline_ends(trace: Trace) -> PipelineEnds:
+    """Read off a pipeline trace what the end-of-step work waits for.
+
+    A rank's pipeline work includes its outgoing P2P sends: before its
+    optimizer may change the weights, a rank waits for what it sent to land.
+    """
+    rank_end = [0.0] * trace.ranks
+    # Comm rows carry the sender (P2P) or the rank itself (all-to-all) in "rank".
+    for rows in (trace.compute, trace.comm):
+        if len(rows):
+            ends = np.full(trace.ranks, -np.inf)
+            np.maximum.at(ends, rows["rank"], rows["end"])
+            rank_end = [max(a, float(b)) for a, b in zip(rank_end, ends)]
+    # The last weight-gradient op of each (rank, stage): the group's latest row, spread
+    # back to the first row of the same action (component rows of one op share it).
+    grads = trace.compute[np.isin(trace.compute["kind"], _WEIGHT_GRAD_CODES)]
+    last_weight: dict[tuple[int, int], tuple[float, float]] = {}
+    if len(grads):
+        grads = grads[np.lexsort((grads["end"], grads["stage"], grads["rank"]))]
+        key = grads["rank"].astype(np.int64) << 32 | grads["stage"]
+        bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            group = grads[a:b]
+            op = group[group["action"] == group["action"][-1]]
+            last_weight[(int(op["rank"][0]), int(op["stage"][0]))] = (float(op["start"].min()), float(op["end"][-1]))
+    holders: dict[int, list[int]] = {}
+    for r, stages in enumerate(trace.stages_on_rank):
+        for s in stages:
+            holders.setdefault(s, []).append(r)
+    return PipelineEnds(rank_end, last_weight, holders)

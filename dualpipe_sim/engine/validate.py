@@ -1,19 +1,21 @@
 """Proof that a schedule can run to the end: completeness and a zero-time replay.
 
-The dependency rules themselves live in rules.py.  :func:`validate` checks
-completeness (every micro-batch runs one of ``rules.WORK`` on every stage, each
-op once) and replays the per-rank orders with zero durations: a rank runs its
-next action as soon as every key it needs has been produced somewhere.  If ranks
-stop with actions left, the schedule deadlocks and the error names each stuck
-action and what it waits for.
+The dependency rules themselves live in rules.py, the replay in replay.py.
+:func:`index_ops` checks completeness (every micro-batch runs one of
+``rules.WORK`` on every stage, each op once) in the scan that finds where each
+op sits; :func:`check_complete` words what is wrong.  :func:`validate` then
+replays the per-rank orders with zero durations: if ranks stop with actions
+left, the schedule deadlocks and the error names each stuck action and what it
+waits for (replay.deadlock_error).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import numpy as np
 
-from ..schedules.ir import FB, Action, Op, Schedule, ScheduleError, ops_of
-from ..schedules.rules import KINDS, RULES, WORK, key_words, needs, pair_problem
+from ..schedules.ir import FB, Op, Schedule, ScheduleError, ops_of
+from ..schedules.rules import KINDS, RULES, WORK, Kind, pair_problem
+from .replay import OpIndex, deadlock_error, replay
 
 
 def check_complete(schedule: Schedule) -> None:
@@ -78,54 +80,62 @@ def check_complete(schedule: Schedule) -> None:
             )
 
 
-def describe_wait(action: Action, done: set, stages: int) -> str:
-    """What ``action`` still waits for, given the keys in ``done``, in words."""
-    missing = [key_words(key) for op in ops_of(action) for key in needs(*op, stages) if key not in done]
-    return ", ".join(missing) or "nothing (blocked by its own rank)"
+def index_ops(schedule: Schedule) -> OpIndex:
+    """Where each op of ``schedule`` sits, in one scan that also proves it complete; when it
+    is not, :func:`check_complete` words the first problem."""
+    S, M = schedule.stages, schedule.microbatches
+    if S < 1 or M < 1 or 2 * sum(len(actions) for actions in schedule.ranks) < M:
+        check_complete(schedule)  # raises (and before anything is sized by M)
+    cells = S * M
+    action_of: dict[Kind, list[int]] = {k: [-1] * cells for k in KINDS}
+    rank_of = ([-1] * S, [-1] * S)
+    direction_of = [-1] * M
+    held: list[set[int]] = [set() for _ in schedule.ranks]
+    ops = 0
+    for rank, actions in enumerate(schedule.ranks):
+        for idx, action in enumerate(actions):
+            pair = type(action) is FB
+            if pair and pair_problem(*action):
+                return _incomplete(schedule)
+            for kind, m, s, d in action if pair else (action,):
+                ops += 1
+                where = action_of.get(kind)
+                if where is None or not (0 <= m < M and 0 <= s < S and d in (0, 1)):
+                    return _incomplete(schedule)
+                c = m * S + s  # cell(m, s, S), written out: once per op
+                if rank_of[d][s] not in (-1, rank) or direction_of[m] not in (-1, d) or where[c] >= 0:
+                    return _incomplete(schedule)  # two ranks for one stage, two directions, an op twice
+                rank_of[d][s], direction_of[m], where[c] = rank, d, idx
+                held[rank].add(s)
+    if -1 in direction_of or ops != _ops_of_complete(action_of, S, M):
+        return _incomplete(schedule)
+    return OpIndex(action_of, rank_of, [sorted(h) for h in held])
 
 
-def validate(schedule: Schedule) -> None:
-    """Raise ScheduleError unless the schedule is complete and runs to the end.
+def _incomplete(schedule: Schedule):
+    check_complete(schedule)  # raises for every schedule index_ops refuses
+    raise ScheduleError("schedule is incomplete")  # not reached unless the two disagree
 
-    Linear in the number of ops: each rank's cursor only moves forward, and a
-    blocked rank is woken once, by the key it waits for.
-    """
-    check_complete(schedule)
-    stages = schedule.stages
-    # Per kind: (data, offset) of each need, and what it produces (rules.RULES, read once).
-    wants = {k: tuple((n.data, n.offset) for n in r.needs) for k, r in RULES.items()}
-    makes = {k: r.produces for k, r in RULES.items()}
-    done: set = set()
-    pos = [0] * schedule.num_ranks
-    waiting_on: dict[tuple, list[int]] = defaultdict(list)
-    ready = list(range(schedule.num_ranks))
-    while ready:
-        rank = ready.pop()
-        actions = schedule.ranks[rank]
-        i = pos[rank]
-        while i < len(actions):
-            action = actions[i]
-            blocker = None
-            for kind, m, s, d in action if isinstance(action, FB) else (action,):
-                for data, offset in wants[kind]:
-                    if 0 <= s + offset < stages and (data, m, s + offset, d) not in done:
-                        blocker = (data, m, s + offset, d)
-                        break
-                if blocker is not None:
-                    break
-            if blocker is not None:
-                waiting_on[blocker].append(rank)
-                break
-            i += 1
-            for kind, m, s, d in action if isinstance(action, FB) else (action,):
-                for data in makes[kind]:
-                    key = (data, m, s, d)
-                    done.add(key)
-                    woken = waiting_on.pop(key, None)
-                    if woken:
-                        ready.extend(woken)
-        pos[rank] = i
-    stuck = [(r, schedule.ranks[r][pos[r]]) for r in range(schedule.num_ranks) if pos[r] < len(schedule.ranks[r])]
+
+def _ops_of_complete(action_of: dict[Kind, list[int]], stages: int, microbatches: int) -> int:
+    """How many ops a complete schedule holding these ops has; -1 if some cell runs a set of
+    kinds that is not one of rules.WORK (an op missing, or a B beside an I)."""
+    ops_for = np.full(1 << len(KINDS), -1, dtype=np.int64)  # bit mask of kinds -> ops in it, -1: not allowed
+    for work in WORK:
+        ops_for[sum(1 << KINDS.index(k) for k in work)] = len(work)
+    mask = np.zeros(stages * microbatches, dtype=np.int64)
+    for bit, kind in enumerate(KINDS):
+        mask |= (np.asarray(action_of[kind]) >= 0).astype(np.int64) << bit
+    got = ops_for[mask]
+    return -1 if (got < 0).any() else int(got.sum())
+
+
+def validate(schedule: Schedule) -> OpIndex:
+    """Raise ScheduleError unless the schedule is complete and runs to the end; return its
+    OpIndex.  The run to the end is replay.py's replay with every action taking no time
+    (whether a rank can go on never depends on durations: a link always delivers)."""
+    index = index_ops(schedule)
+    stuck = deadlock_error(schedule, replay(schedule, index, lambda rank, idx, action, members, start: start))
     if stuck:
-        lines = "; ".join(f"rank {r} is stuck at {a} waiting for {describe_wait(a, done, stages)}" for r, a in stuck)
-        raise ScheduleError(f"schedule deadlocks: {lines}")
+        raise stuck
+    return index

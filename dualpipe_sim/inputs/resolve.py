@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .costs import CostModel
-    from ..engine.step import StepCosts
+    from ..step_costs import StepCosts
     from ..model.derive import Derived
     from .scenario import Scenario
 

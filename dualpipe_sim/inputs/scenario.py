@@ -29,8 +29,8 @@ from ..model.activations import POLICIES
 from ..model.config import ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection
 from ..schedules.rules import Channel
-from ..engine.step import StepCosts
 from .resolve import Inputs, resolve
+from ..step_costs import StepCosts
 
 
 def _number(v):

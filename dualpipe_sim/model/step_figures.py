@@ -1,12 +1,12 @@
 """[step] figures from the model: derived sync times, and the tokens and FLOPs of a step.
 
-Kept apart from step.py so that the end-of-step simulation (and metrics, which
-type its block) never import the model package.  docs/step.md gives the formulas.
+Kept apart from step.py so that the end-of-step simulation (and step_metrics.py,
+which types its block) never import the model package.  docs/step.md gives the formulas.
 """
 
 from __future__ import annotations
 
-from ..engine.step import Throughput
+from ..step_costs import Throughput
 from . import collectives, derive, flops, params
 from .config import ModelError
 

@@ -59,7 +59,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..engine.step import StepMetrics
+from .step_metrics import StepMetrics
 from ..engine.trace import A2A, P2P, Trace
 
 

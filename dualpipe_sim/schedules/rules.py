@@ -1,8 +1,9 @@
 """The rules of the simulation, written once: op kinds, what each needs and produces, channels.
 
-validate.py (the zero-time replay that proves a schedule can finish), the SimPy
-engine, the fast path and the exports all read these tables; none of them
-spells a rule out again.  Adding an op kind means a member of :class:`Kind`,
+The replay core (engine/replay.py: the simulation, and validate.py's
+zero-time replay that proves a schedule can finish), the SimPy reference
+engine and the exports all read these tables; none of them spells a rule out
+again.  Adding an op kind means a member of :class:`Kind`,
 its :data:`RULES` entry (and its place in :data:`WORK`, :data:`PASS_PRIORITY`,
 :data:`WEIGHT_GRADS`), its cost in costs.py (``CostModel.duration``,
 ``OP_PASSES``) and how the drawing shows it (plots/: style.py colours, legend words).

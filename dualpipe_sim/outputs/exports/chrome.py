@@ -32,6 +32,7 @@ intended nanosecond, and touching slices still touch after import.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -198,7 +199,7 @@ def chrome_trace(trace: Trace) -> dict:
 
 def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
     """Thread names and slices of the end-of-step rows (none without [step] work)."""
-    from ...engine.step import OPTIMIZER, STEP_KIND_NAMES
+    from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES
 
     step = trace.step
     meta, slices = [], []
@@ -222,11 +223,10 @@ def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
 
 
 def chrome_trace_json(trace: Trace) -> str:
-    """The document as text, one event per line (same trace, same bytes)."""
-    doc = chrome_trace(trace)
-    events = ",\n".join(json.dumps(e, allow_nan=False) for e in doc.pop("traceEvents"))
-    rest = json.dumps(doc, allow_nan=False)[1:]
-    return '{"traceEvents": [\n' + events + "\n], " + rest + "\n"
+    """The document as text, one event per line (what :func:`write_chrome_trace` writes)."""
+    out = io.StringIO()
+    _write(trace, out)
+    return out.getvalue()
 
 
 def trace_name(trace_path: str, out_dir: str, taken=()) -> str:
@@ -249,5 +249,179 @@ def trace_name(trace_path: str, out_dir: str, taken=()) -> str:
 
 
 def write_chrome_trace(trace: Trace, path) -> None:
+    """The document of :func:`chrome_trace`, streamed to ``path`` one event per line."""
     with open(path, "w", encoding="utf-8") as f:
-        f.write(chrome_trace_json(trace))
+        _write(trace, f)
+
+
+# -- streaming: the same events as chrome_trace(), formatted a block of rows at a time -------------
+# chrome_trace() builds one dict per event, which costs ~4 KB and a json.dumps per event.  The
+# writer below formats the per-op events (slices, counters, flows) column-wise from the trace
+# arrays, BLOCK rows at a time, so its memory beyond the trace arrays is a few numpy columns per
+# row and one block of text.  Only the per-rank metadata and the end-of-step rows (a handful per
+# rank) go through chrome_trace's own builders and json.dumps.
+BLOCK = 20_000
+
+
+def _write(trace: Trace, f) -> None:
+    comp, comm = trace.compute, trace.comm
+    comp_tid = np.zeros(len(comp), dtype=np.int64)
+    comm_tid = np.zeros(len(comm), dtype=np.int64)
+    meta = []
+    for rank in range(trace.ranks):
+        meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_name", "args": {"name": f"rank {rank}"}})
+        meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_sort_index", "args": {"sort_index": rank}})
+        for group, rows, tids, mask in (
+            ("compute", comp, comp_tid, comp["rank"] == rank),
+            ("a2a", comm, comm_tid, (comm["rank"] == rank) & (comm["channel"] == A2A)),
+            ("p2p", comm, comm_tid, (comm["rank"] == rank) & (comm["channel"] == P2P)),
+        ):
+            idx = np.flatnonzero(mask)
+            lane = lanes(_ns(rows["start"][idx]), _ns(rows["end"][idx]))
+            tids[idx] = THREADS[group][0] + lane
+            meta += _thread_names(rank, group, int(lane.max()) + 1 if len(lane) else 1)
+    meta_step, slices_step = _step_events(trace)
+    f.write('{"traceEvents": [\n')
+    first = [True]
+
+    def put(lines: list[str]) -> None:
+        if lines:
+            f.write(("" if first[0] else ",\n") + ",\n".join(lines))
+            first[0] = False
+
+    put([json.dumps(e, allow_nan=False) for e in meta + meta_step])
+    for a in range(0, len(comp), BLOCK):
+        put(_compute_slices(comp[a:a + BLOCK], comp_tid[a:a + BLOCK]))
+    for a in range(0, len(comm), BLOCK):
+        put(_comm_slices(comm[a:a + BLOCK], comm_tid[a:a + BLOCK]))
+    put([json.dumps(e, allow_nan=False) for e in slices_step])
+    for rank in range(trace.ranks):
+        times, units, nbytes = activation_levels(trace, rank)
+        for a in range(0, len(times), BLOCK):
+            put(_counters(rank, times[a:a + BLOCK], units[a:a + BLOCK], nbytes[a:a + BLOCK]))
+    sends, consumers = _flow_ends(comp, comm)
+    for a in range(0, len(sends), BLOCK):
+        put(_flows(a, sends[a:a + BLOCK], consumers[a:a + BLOCK], comp, comm, comp_tid, comm_tid))
+    other = {"schedule": trace.schedule, "stages": trace.stages, "ranks": trace.ranks,
+             "microbatches": trace.microbatches,
+             "time_unit": "ts and dur in microseconds: 1 scenario time unit (ms) = 1000"}  # fmt: skip
+    f.write("\n], " + json.dumps({"displayTimeUnit": "ms", "otherData": other}, allow_nan=False)[1:] + "\n")
+
+
+def _us_texts(ns: np.ndarray) -> list[str]:
+    """:func:`_us` of each value as JSON text, column-wise (values past 2**53 ns, where a float
+    no longer holds every nanosecond, go through _us itself)."""
+    ns = np.asarray(ns, dtype=np.int64)
+    if len(ns) and np.abs(ns).max() >= 2**53:
+        return [json.dumps(_us(v)) for v in ns.tolist()]
+    whole = ns % 1000 == 0
+    v = ns / 1000
+    short = ~whole & ((v * 1000.0).astype(np.int64) < ns)  # int(v * 1000) must give ns back
+    while short.any():
+        v[short] = np.nextafter(v[short], np.inf)
+        short = ~whole & ((v * 1000.0).astype(np.int64) < ns)
+    return [str(i) if w else repr(x) for i, x, w in zip((ns // 1000).tolist(), v.tolist(), whole.tolist())]
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ValueError(f"Out of range float values are not JSON compliant: {what}")
+    return values
+
+
+def _part_args(parts: list[int]) -> list[str]:
+    return [f', "part": {p}, "component": "{_component(p)}"' if p >= 0 else "" for p in parts]
+
+
+def _compute_slices(rows: np.ndarray, tids: np.ndarray) -> list[str]:
+    c0, c1 = _ns(_finite(rows["start"], "start")), _ns(_finite(rows["end"], "end"))
+    ts, dur = _us_texts(c0), _us_texts(c1 - c0)
+    kinds = [KIND_NAMES[k] for k in rows["kind"].tolist()]
+    mbs, dirs = rows["microbatch"].tolist(), rows["direction"].tolist()
+    return [
+        f'{{"ph": "X", "cat": "compute", "name": "{k}{m}{f" (dir {d})" if d else ""}", "pid": {r}, "tid": {t}, '
+        f'"ts": {a}, "dur": {b}, "args": {{"microbatch": {m}, "stage": {s}, "direction": {d}, "kind": "{k}", '
+        f'"action": {act}, "overlapped": {"true" if o else "false"}{part}}}}}'
+        for k, m, d, r, t, a, b, s, act, o, part in zip(
+            kinds, mbs, dirs, rows["rank"].tolist(), tids.tolist(), ts, dur, rows["stage"].tolist(),
+            rows["action"].tolist(), rows["overlapped"].tolist(), _part_args(rows["part"].tolist()))
+    ]  # fmt: skip
+
+
+def _comm_slices(rows: np.ndarray, tids: np.ndarray) -> list[str]:
+    m0, m1 = _ns(_finite(rows["start"], "start")), _ns(_finite(rows["end"], "end"))
+    ts, dur = _us_texts(m0), _us_texts(m1 - m0)
+    out = []
+    for ch, kind, m, s, d, r, peer, act, part, t, a, b, extra in zip(
+        rows["channel"].tolist(), rows["kind"].tolist(), rows["microbatch"].tolist(), rows["stage"].tolist(),
+        rows["direction"].tolist(), rows["rank"].tolist(), rows["peer"].tolist(), rows["action"].tolist(),
+        rows["part"].tolist(), tids.tolist(), ts, dur, _part_args(rows["part"].tolist()),
+    ):  # fmt: skip
+        if ch == P2P:
+            what = P2P_KINDS[kind] if 0 <= kind < len(P2P_KINDS) else f"kind {kind}"
+            name, cat, more = f"{what} {m} to rank {peer}", "p2p", f'"to": {peer}, "consumer_action": {act}'
+        else:
+            what = KIND_NAMES[kind] if 0 <= kind < len(KIND_NAMES) else f"kind {kind}"
+            phase = (_component(part) or "a2a").split("_")[0]  # dispatch / combine
+            name, cat, more = f"{phase} {what}{m}", "a2a", f'"action": {act}'
+        out.append(f'{{"ph": "X", "cat": "{cat}", "name": "{name}", "pid": {r}, "tid": {t}, "ts": {a}, "dur": {b}, '
+                   f'"args": {{"microbatch": {m}, "stage": {s}, "direction": {d}, "kind": "{what}", {more}{extra}}}}}')
+    return out
+
+
+def _counters(rank: int, times: np.ndarray, units: np.ndarray, nbytes: np.ndarray) -> list[str]:
+    return [
+        f'{{"ph": "C", "pid": {rank}, "tid": 0, "name": "activation memory", "ts": {t}, '
+        f'"args": {{"units": {u}, "bytes": {b!r}}}}}'
+        for t, u, b in zip(_us_texts(_ns(_finite(times, "memory time"))), units.tolist(),
+                           _finite(nbytes.astype(float), "memory bytes").tolist())
+    ]  # fmt: skip
+
+
+def _flow_ends(comp: np.ndarray, comm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P2P rows with a consumer, the compute row each feeds): chrome_trace's flow arrows, matched
+    column-wise.  A send feeds the first compute row (rows are by rank, start) of the action it
+    names on its receiver, of the same micro-batch and direction, a forward for an activation."""
+    sends = np.flatnonzero((comm["channel"] == P2P) & (comm["action"] >= 0))
+    fields = ("rank", "action", "forward", "microbatch", "direction")
+    keys = {
+        "rank": np.concatenate([comp["rank"], comm["peer"][sends]]).astype(np.int64),
+        "action": np.concatenate([comp["action"], comm["action"][sends]]).astype(np.int64),
+        "forward": np.concatenate([comp["kind"] == KIND_NAMES.index("F"), comm["kind"][sends] == 0]),
+        "microbatch": np.concatenate([comp["microbatch"], comm["microbatch"][sends]]).astype(np.int64),
+        "direction": np.concatenate([comp["direction"], comm["direction"][sends]]).astype(np.int64),
+    }
+    is_send = np.r_[np.zeros(len(comp), dtype=bool), np.ones(len(sends), dtype=bool)]
+    row = np.r_[np.arange(len(comp)), np.arange(len(sends))]
+    # Sorted by key, compute rows first and in row order: each key's group starts with its consumer.
+    order = np.lexsort((row, is_send, *(keys[k] for k in reversed(fields))))
+    new_group = np.zeros(len(order), dtype=bool)
+    new_group[:1] = True
+    for k in fields:
+        col = keys[k][order]
+        new_group[1:] |= col[1:] != col[:-1]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
+    head = order[group_start]  # the first element of each element's group
+    consumer = np.where(is_send[head], -1, row[head])
+    fed = np.full(len(sends), -1, dtype=np.int64)
+    sent = is_send[order]
+    fed[row[order][sent]] = consumer[sent]
+    keep = fed >= 0
+    return sends[keep], fed[keep]
+
+
+def _flows(first_id: int, sends: np.ndarray, fed: np.ndarray, comp, comm, comp_tid, comm_tid) -> list[str]:
+    m0, m1 = _ns(comm["start"][sends]), _ns(comm["end"][sends])
+    c0, c1 = _ns(comp["start"][fed]), _ns(comp["end"][fed])
+    kinds = comm["kind"][sends].tolist()
+    names = [P2P_KINDS[k] if k < len(P2P_KINDS) else "p2p" for k in kinds]
+    out = []
+    for i, (name, pid, tid, ts, cpid, ctid, cts) in enumerate(zip(
+        names, comm["rank"][sends].tolist(), comm_tid[sends].tolist(), _us_texts((m0 + m1) // 2),
+        comp["rank"][fed].tolist(), comp_tid[fed].tolist(), _us_texts((c0 + c1) // 2),
+    )):  # fmt: skip
+        fid = first_id + i
+        out.append(f'{{"ph": "s", "cat": "p2p-flow", "name": "{name}", "id": {fid}, "pid": {pid}, "tid": {tid}, "ts": {ts}}}')
+        out.append(f'{{"ph": "f", "bp": "e", "cat": "p2p-flow", "name": "{name}", "id": {fid}, "pid": {cpid}, '
+                   f'"tid": {ctid}, "ts": {cts}}}')
+    return out

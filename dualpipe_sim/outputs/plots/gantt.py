@@ -252,7 +252,7 @@ def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None
 
 def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> None:
     """End-of-step rows: syncs in the communication lane, the optimizer in the compute lane."""
-    from ...engine.step import GRAD_SYNC, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
+    from ...engine.trace import GRAD_SYNC, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
 
     for kind, name in enumerate(STEP_KIND_NAMES):
         rows = step[step["kind"] == kind]
@@ -330,7 +330,7 @@ def legend_for(trace: Trace) -> list[Patch]:
 
 def step_legend(trace: Trace) -> list[Patch]:
     """Entries for the end-of-step rows the trace has ([step] work)."""
-    from ...engine.step import STEP_KIND_NAMES  # noqa: PLC0415
+    from ...engine.trace import STEP_KIND_NAMES  # noqa: PLC0415
 
     kinds = np.unique(trace.step["kind"]).tolist() if len(trace.step) else []
     return [Patch(facecolor=STEP_COLOURS[STEP_KIND_NAMES[k]], edgecolor="#333333", label=STEP_LABELS[STEP_KIND_NAMES[k]])

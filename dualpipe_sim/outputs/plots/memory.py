@@ -116,7 +116,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
 
 def _shade_step(ax, step: np.ndarray) -> None:
     """Each end-of-step row as a band behind its rank's memory."""
-    from ...engine.step import STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
+    from ...engine.trace import STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
     from .gantt import STEP_COLOURS  # noqa: PLC0415
 
     boxes = [np.array([[r["start"], -r["rank"]], [r["end"], -r["rank"]], [r["end"], -r["rank"] + BAND],

@@ -217,7 +217,7 @@ def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | N
     optimizer = np.zeros((ranks, bins))
     step = trace.step
     if len(step):
-        from ...engine.step import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         shares = _shares(step, ranks, step["kind"].astype(np.int64), len(STEP_KIND_NAMES), edges)
         syncs = [k for k in range(len(STEP_KIND_NAMES)) if k != OPTIMIZER]

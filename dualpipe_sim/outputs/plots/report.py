@@ -137,7 +137,7 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: 
         })  # fmt: skip
     step = _window_rows(trace.step, windows)
     if len(step):
-        from ...engine.step import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         for kind, name in enumerate(STEP_KIND_NAMES):
             rows = step[step["kind"] == kind]

@@ -1,4 +1,5 @@
-"""The fast path gives the SimPy engine's trace, row for row, and run() uses it.
+"""The replay core (replay.py) gives the SimPy engine's trace, row for row, async and
+blocking P2P alike, and run() uses it; validation is the same replay at zero cost.
 
 Random schedules are built as random topological orders of the op graph (so
 they can always finish), with random placements (any stage on any rank, two
@@ -14,18 +15,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dualpipe_sim.engine import simpy_engine as engine, fastpath
-from dualpipe_sim.readers import metrics
-from dualpipe_sim.schedules import registry
-from dualpipe_sim.inputs import scenario, variability
 from dualpipe_sim import simulation
-from dualpipe_sim.inputs.costs import COMPONENTS, Chunk, Component, CostModel
+from dualpipe_sim.engine import replay
+from dualpipe_sim.engine import simpy_engine as engine
 from dualpipe_sim.engine.simpy_engine import DeadlockError
 from dualpipe_sim.engine.simpy_engine import simulate as engine_simulate
+from dualpipe_sim.engine.validate import validate
+from dualpipe_sim.inputs import scenario, variability
+from dualpipe_sim.inputs.costs import COMPONENTS, Chunk, Component, CostModel
+from dualpipe_sim.readers import metrics
+from dualpipe_sim.readers.metrics import compute_metrics, union_length
+from dualpipe_sim.schedules import registry
 from dualpipe_sim.schedules.ir import FB, Op, Schedule, ScheduleError
 from dualpipe_sim.schedules.rules import Channel
-from dualpipe_sim.readers.metrics import compute_metrics, union_length
-from dualpipe_sim.engine.validate import validate
+
+
+def simulate(schedule, costs):
+    """The replay core, as run() calls it."""
+    return simulation.simulate(schedule, costs)
 
 
 def assert_same_trace(fast, slow):
@@ -95,7 +102,8 @@ def random_costs(draw, stages) -> CostModel:
                       for c in Component)  # fmt: skip
         order = draw(st.sampled_from((Chunk.order, ((Channel.COMPUTE, ()), (Channel.A2A, ())))), label="order")
         chunk = Chunk(draw(st.integers(1, 3)), times, draw(st.sampled_from((1.0, 1.5))), order)
-        return CostModel.from_chunk(stages, chunk, p2p=draw(st.sampled_from((0.0, 0.5, 3.0))), variability=vary)
+        return CostModel.from_chunk(stages, chunk, p2p=draw(st.sampled_from((0.0, 0.5, 3.0))), variability=vary,
+                                    p2p_mode=draw(st.sampled_from(("async", "blocking")), label="p2p_mode"))
     backward = per((1.0, 2.0, 3.0))
     fractions = [draw(st.sampled_from((0.0, 0.5, 1.0))) for _ in range(stages)]  # W = 0 and W = B (I = 0) included
     return CostModel(
@@ -107,10 +115,11 @@ def random_costs(draw, stages) -> CostModel:
         activation_bytes=per((0.0, 1.0, 2.5)),
         parameter_bytes=per((1.0, 3.0)),
         variability=vary,
+        p2p_mode=draw(st.sampled_from(("async", "blocking")), label="p2p_mode"),
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_schedules_same_trace_as_engine(data):
     ranks = data.draw(st.integers(1, 4), label="ranks")
@@ -121,7 +130,7 @@ def test_random_schedules_same_trace_as_engine(data):
     schedule = random_schedule(data.draw(st.randoms(use_true_random=False)), ranks, stages, microbatches, split_p, pair_p)
     validate(schedule)  # the generator only makes schedules that can run
     costs = random_costs(data.draw, stages)
-    fast = fastpath.simulate(schedule, costs)
+    fast = simulate(schedule, costs)
     assert_same_trace(fast, engine_simulate(schedule, costs))
     assert metrics.p2p_exposed(fast) == pytest.approx(reference_p2p_exposed(fast), abs=1e-9)
 
@@ -143,9 +152,10 @@ def registered_shapes():
 @pytest.mark.parametrize("name,stages,mbs,opts", registered_shapes())
 @pytest.mark.parametrize("p2p", [0.0, 0.5, 1.7])
 @pytest.mark.parametrize("components", [False, True])
-def test_registered_schedules_same_trace_as_engine(name, stages, mbs, opts, p2p, components):
+@pytest.mark.parametrize("mode", ["async", "blocking"])
+def test_registered_schedules_same_trace_as_engine(name, stages, mbs, opts, p2p, components, mode):
     schedule = registry.build(name, stages, mbs, **opts)
-    shared = dict(p2p=p2p, activation_bytes=(1.0,) * stages, parameter_bytes=(1.0,) * stages)
+    shared = dict(p2p=p2p, activation_bytes=(1.0,) * stages, parameter_bytes=(1.0,) * stages, p2p_mode=mode)
     if components:  # the deepseek-like arrangement on small round numbers, 2 layers
         times = tuple(1.0 + 0.5 * (c % 3) for c in Component)
         costs = CostModel.from_chunk(stages, Chunk(2, times), **shared)
@@ -157,14 +167,15 @@ def test_registered_schedules_same_trace_as_engine(name, stages, mbs, opts, p2p,
             overlapped=(2.5,) * stages,
             **shared,
         )
-    assert_same_trace(fastpath.simulate(schedule, costs), engine_simulate(schedule, costs))
+    assert_same_trace(simulate(schedule, costs), engine_simulate(schedule, costs))
 
 
-def test_run_uses_the_fast_path_for_simple_costs(monkeypatch):
+@pytest.mark.parametrize("mode", ["async", "blocking"])
+def test_run_uses_the_replay_core_not_simpy(monkeypatch, mode):
     data = {
         "pipeline": {"schedule": "dualpipe", "stages": 4, "microbatches": 8},
         "costs": {"forward": 1.0, "backward": 2.0, "overlapped": 2.5},
-        "comm": {"p2p": 0.5},
+        "comm": {"p2p": 0.5, "p2p_mode": mode},
     }
     expected = engine_simulate(simulation.build_schedule(scenario.from_dict(data)), scenario.from_dict(data).cost_model())
 
@@ -186,10 +197,10 @@ SELF_PAIR = Schedule("custom", 1, 1, ((FB(Op("F", 0, 0), Op("B", 0, 0)),),))
 
 
 @pytest.mark.parametrize("schedule", [STUCK, SELF_PAIR])
-def test_fast_path_refuses_in_validates_words(schedule):
+def test_replay_refuses_in_validates_words(schedule):
     costs = CostModel.uniform(schedule.stages, p2p=0.1)
     with pytest.raises(ScheduleError) as fast:
-        fastpath.simulate(schedule, costs)
+        simulate(schedule, costs)
     with pytest.raises(ScheduleError) as check:
         validate(schedule)
     assert str(fast.value) == str(check.value)
@@ -200,14 +211,13 @@ def test_fast_path_refuses_in_validates_words(schedule):
 @pytest.mark.parametrize("schedule", [STUCK, SELF_PAIR])
 @pytest.mark.parametrize("mode", ["async", "blocking"])
 def test_run_reports_deadlocks_alike_on_both_paths(schedule, mode):
-    # run() replays with validate() before the SimPy engine, and inside the fast path's pass.
+    # run() replays once, with costs; validate() replays at zero cost: one core, one wording.
     data = {
         "pipeline": {"schedule": "1f1b", "stages": schedule.stages, "microbatches": 2},
         "chunk": {"layers": 1, **{name: 1.0 for name in COMPONENTS}},
         "comm": {"p2p": 0.5, "p2p_mode": mode},
     }
     scn = scenario.from_dict(data)
-    assert fastpath.applies(scn.cost_model()) is (mode == "async")
     with pytest.raises(ScheduleError) as expected:
         validate(schedule)
     with pytest.raises(ScheduleError) as got:
@@ -215,13 +225,30 @@ def test_run_reports_deadlocks_alike_on_both_paths(schedule, mode):
     assert str(got.value) == str(expected.value)
 
 
-def test_only_blocking_p2p_needs_the_simpy_engine():
-    assert fastpath.applies(CostModel.uniform(4))
-    assert fastpath.applies(CostModel.from_chunk(4, Chunk(2, tuple(1.0 for _ in COMPONENTS))))
-    costs = CostModel.uniform(4, p2p_mode="blocking")
-    assert not fastpath.applies(costs)
-    with pytest.raises(ValueError):
-        fastpath.simulate(registry.build("1f1b", 4, 4), costs)
+def test_blocking_waits_for_the_previous_actions_sends_hand_worked():
+    """F0 F1 B0 B1 on 2 stages, 2 ranks, F = 1, B = 2, p2p = 3, worked by hand.
+
+    Async: rank 0 runs F0 0-1 (lands 4) and F1 1-2 (the link is busy until 4: 4-7);
+    rank 1 F0 4-5, F1 7-8, B0 8-10 (gradient 10-13), B1 10-12 (link busy: 13-16);
+    rank 0 B0 13-15, B1 16-18.  Blocking: each call first waits for the previous call's
+    sends to land: rank 0's F1 waits for F0's send (4-5, sent 5-8); rank 1 F0 4-5, F1 8-9,
+    B0 9-11 (gradient 11-14), B1 waits for it: 14-16 (gradient 16-19); rank 0 B0 waits
+    for F1's send and the gradient: 14-16, B1 19-21."""
+    order = lambda s: (Op("F", 0, s), Op("F", 1, s), Op("B", 0, s), Op("B", 1, s))  # noqa: E731
+    schedule = Schedule("custom", 2, 2, (order(0), order(1)))
+    want = {
+        "async": [(0, "F", 0, 0, 1), (0, "F", 1, 1, 2), (0, "B", 0, 13, 15), (0, "B", 1, 16, 18),
+                  (1, "F", 0, 4, 5), (1, "F", 1, 7, 8), (1, "B", 0, 8, 10), (1, "B", 1, 10, 12)],
+        "blocking": [(0, "F", 0, 0, 1), (0, "F", 1, 4, 5), (0, "B", 0, 14, 16), (0, "B", 1, 19, 21),
+                     (1, "F", 0, 4, 5), (1, "F", 1, 8, 9), (1, "B", 0, 9, 11), (1, "B", 1, 14, 16)],
+    }  # fmt: skip
+    for mode, rows in want.items():
+        costs = CostModel(forward=(1.0, 1.0), backward=(2.0, 2.0), weight=(0.0, 0.0), p2p=3.0, p2p_mode=mode,
+                          activation_bytes=(1.0, 1.0), parameter_bytes=(1.0, 1.0))
+        for trace in (simulate(schedule, costs), engine_simulate(schedule, costs)):
+            got = sorted((int(r["rank"]), int(r["action"]), "FBIW"[r["kind"]], int(r["microbatch"]), r["start"], r["end"])
+                         for r in trace.compute)  # fmt: skip
+            assert [row[:1] + row[2:] for row in got] == rows, mode
 
 
 def reference_p2p_exposed(trace) -> float:

@@ -1,0 +1,39 @@
+"""What the end of a training step costs and yields: [step]'s inputs.
+
+:class:`StepCosts` is the scenario's [step] resolved per stage (scenario.py
+builds it; step.py simulates it); :class:`Throughput` is what a step yields in
+tokens and FLOPs, filled in from [model] by model/step_figures.py and read by
+the step's metrics (readers/step_metrics.py).  Plain records that import
+nothing: a shared leaf (like errors.py) that the scenario, the model, the
+engine and the readers may all import (docs/architecture.md, the parts table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """What the end of a step costs, per model stage (the scenario's [step])."""
+
+    grad_sync: tuple[float, ...]  # per stage copy: reduce its gradients over data-parallel replicas
+    cross_copy_sync: tuple[float, ...]  # per stage held on two ranks: sum the two copies' gradients
+    optimizer: tuple[float, ...]  # per stage copy: its share of its rank's optimizer step
+    overlap_grad_sync: bool = False
+    cross_copy_eager: bool = False
+    grad_sync_buckets: int = 1  # a copy's grad sync in this many equal collectives
+
+    def active(self) -> bool:
+        """False when every figure is zero: the step is then the pipeline, nothing is added."""
+        return any(self.grad_sync) or any(self.cross_copy_sync) or any(self.optimizer)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What tokens per second and MFU need besides the step time."""
+
+    tokens: float  # per step over all data-parallel replicas: M x micro_batch_size x seq_length x data
+    flops_per_token: float  # model FLOPs of training, no recomputation (model/flops.py: 3 x forward)
+    devices_per_rank: int  # GPUs behind one pipeline rank: tensor x data
+    peak: float | None  # dense peak FLOP/s per GPU of the precision the linears run in; None without [hardware]
