@@ -57,6 +57,8 @@ def test_hopper_tokens_per_gpu_is_the_global_batch_over_the_published_step(row):
         ("mlperf30-gpt3-512", 4, 8, 12, 16, 128, 2048),
         ("mlperf30-gpt3-3584cw", 4, 8, 12, 112, 24, 2688),
         ("mlperf31-gpt3-10752", 4, 8, 12, 336, 8, 2688),
+        ("mlperf40-gpt3-512", 4, 8, 4, 16, 72, 2304),  # micro-batch 2
+        ("mlperf40-gpt3-11616", 4, 6, 8, 484, 6, 2904),
         # Megatron-MoE-ModelZoo's Qwen3 H100 table: TP, PP, VPP, DP, GA, GBS
         ("mz-qwen3-235b-ep32pp8", 2, 8, 4, 16, 128, 2048),
         ("mz-qwen3-235b-tp4ep8pp8", 4, 8, 4, 8, 256, 2048),
