@@ -108,3 +108,40 @@ def test_model_verb_reports_the_exposure_and_buffers(tmp_path, capsys):
     assert stage["fsdp_exposed_ms"] == {"forward": fs.fsdp_exposed[0], "backward": fs.fsdp_exposed[1]}
     assert stage["sharding_buffer_bytes_per_rank"] == 2 * (4 + 2) * LAYER  # tests/test_memory_terms.py
     assert stage["fp8_weight_bytes_per_rank"] == 0
+
+
+def _fast_compute(tmp_path, zero: int, schedule: str = "1f1b", microbatches: int = 8):
+    """tiny_with_hardware at 1,000 TFLOP/s and M micro-batches: compute far shorter than a sync."""
+    text = tiny_with_hardware(tmp_path, zero).read_text()
+    text = text.replace("bf16_tflops = 1.0", "bf16_tflops = 1000.0").replace("microbatches = 2", f"microbatches = {microbatches}")
+    text = text.replace('schedule = "1f1b"', f'schedule = "{schedule}"')
+    path = tmp_path / f"fast{zero}{schedule}.toml"
+    path.write_text(text)
+    return scenario.load(path)
+
+
+@pytest.mark.parametrize("schedule, copies", [("1f1b", 1), ("dualpipe", 2)])
+def test_zero_2_waits_for_what_its_channel_could_not_carry_under_compute(tmp_path, schedule, copies):
+    """ZeRO 2 reduce-scatters a stage copy's whole gradient after each of its M / copies backwards
+    (ZeRO 1: once).  Stage 0's is 1/2 x 4 x (256,000 + 2 x 655,872) B over 1 GB/s = 3.135488 ms;
+    at 1,000 TFLOP/s a micro-batch's F + B + W is far shorter, so at the step's end the channel
+    still carries M / copies x (3.135488 - compute) ms.  DualPipe holds each stage on two ranks."""
+    whole = _fast_compute(tmp_path, 1, schedule).step_costs().grad_sync
+    assert whole[0] == pytest.approx(1 / 2 * 4 * (EMB + 2 * LAYER) / 1e9 * 1e3)
+    sc = _fast_compute(tmp_path, 2, schedule)
+    stages = sc.derived().stages
+    sync = sc.step_costs().grad_sync
+    for s in (0, 1):
+        compute = stages[s].forward + stages[s].backward + (stages[s].weight or 0.0)
+        assert compute < whole[s] / 10  # the case the bound is for
+        assert sync[s] == pytest.approx(8 / copies * (whole[s] - compute))
+
+
+def test_zero_2_with_compute_to_spare_waits_only_for_the_last_reduce_scatter(tmp_path):
+    """At 1 TFLOP/s and 2 micro-batches each backward's reduce-scatter fits under the compute:
+    the end of the step waits for the last unit's only (test_end_of_step_waits_for_the_last_reduce_scatter_only)."""
+    sc = scenario.load(tiny_with_hardware(tmp_path, 2))
+    whole = scenario.load(tiny_with_hardware(tmp_path, 1)).step_costs().grad_sync
+    stages = sc.derived().stages
+    assert all(st.forward + st.backward + (st.weight or 0.0) >= w for st, w in zip(stages, whole))
+    assert sc.step_costs().grad_sync == pytest.approx((0.512, 1.311744))

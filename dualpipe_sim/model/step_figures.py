@@ -39,6 +39,62 @@ def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
     return per_param
 
 
+def _sync_ms(st, key: str, dense: float, routed: float) -> float:
+    """One grad sync (reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum of ``dense``
+    bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms)."""
+    sh, hw = st.sharding, st.hw
+    if st.rates is not None:
+        nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+        # Megatron's rank order puts tensor innermost, then data: a node holds gpus_per_node / tensor
+        # ranks of each data-parallel group, each on its own NIC
+        per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
+        op = "reduce_scatter" if sh.zero >= 1 else "all_reduce"
+        if key == "cross_copy_sync":
+            return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
+        return (collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
+                + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
+    if key == "cross_copy_sync":
+        return (dense + routed) / (hw.p2p_gbps * 1e9) * 1e3
+    factor = 1.0 if sh.zero >= 1 else 2.0  # reduce-scatter or all-reduce
+
+    def ring(nbytes: float, ranks: float) -> float:
+        return factor * (ranks - 1) / ranks * nbytes if ranks > 1 else 0.0
+
+    return (ring(dense, sh.data) + ring(routed, sh.expert_data)) / (hw.a2a_gbps * 1e9) * 1e3
+
+
+def _stage_copies(scenario) -> list[int]:
+    """How many ranks hold each stage (2 for DualPipe's and Chimera's two directions), read off the
+    scenario's own schedule."""
+    from ..schedules import registry
+    from ..schedules.ir import ScheduleError
+
+    p = scenario.pipeline
+    held = [0] * p.stages
+    try:
+        schedule = registry.build(p.schedule, p.stages, p.microbatches, **scenario.options())
+    except ScheduleError:  # the run refuses it with its own words; one copy each meanwhile
+        return [1] * p.stages
+    for stages in schedule.stages_on_rank():
+        for s in stages:
+            held[s] += 1
+    return held
+
+
+def _zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
+    """ZeRO 2's end-of-step wait bounded by its data-parallel channel's load (ms).
+
+    ZeRO 2 reduce-scatters a stage copy's whole gradient after every backward it runs (M / copies
+    of them per step), where ZeRO 1 does it once.  They run on the data-parallel channel beside the
+    rank's compute, so at best they hide under all of that copy's compute (F + B + W per micro-batch);
+    what the channel still has to carry when the pipeline ends is waited for.  A lower bound: the
+    pipeline's P2P and the expert all-to-all on the same NIC are not counted.
+    """
+    backwards = scenario.pipeline.microbatches / copies
+    compute = (stage.forward or 0.0) + (stage.backward or 0.0) + (stage.weight or 0.0)
+    return max(0.0, backwards * (full_ms - compute))
+
+
 def throughput(scenario, derived=None) -> Throughput | None:
     """The model's tokens and FLOPs per step, or None without a [model].  ``derived``: the
     scenario's derived figures when the caller has them (their setup is the scenario's)."""
@@ -84,15 +140,11 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     sh, hw = st.sharding, st.hw
     if key == "optimizer" and st.rates is None:
         raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
+    copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     out = []
-    for where, stage in zip(st.stages, derived.stages):
+    for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         routed = stage.routed_params / sh.expert * sh.grads_bytes
-        if key == "grad_sync" and sh.zero >= 2:
-            first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
-            unit_dense, unit_routed = (params.embedding(st.cfg), 0) if where.embedding else (first.dense, first.routed)
-            dense = unit_dense / sh.tensor * sh.grads_bytes
-            routed = unit_routed / sh.expert * sh.grads_bytes
         if key == "optimizer":
             shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
             updated = stage.dense_params / sh.tensor * shard(sh.data) + stage.routed_params / sh.expert * shard(sh.expert_data)
@@ -101,25 +153,13 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             # into is not published; each adds 2.5 us against milliseconds of streaming)
             out.append((updated * per_param / st.rates.hbm + st.rates.floor) * 1e3)
             continue
-        if st.rates is not None:
-            nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
-            # Megatron's rank order puts tensor innermost, then data: a node holds gpus_per_node / tensor
-            # ranks of each data-parallel group, each on its own NIC
-            per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
-            op = "reduce_scatter" if sh.zero >= 1 else "all_reduce"
-            if key == "cross_copy_sync":
-                out.append(collectives.p2p(dense + routed, st.rates, "nic") * 1e3)
-            else:
-                out.append((collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
-                            + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3)
+        if key == "grad_sync" and sh.zero >= 2:
+            first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
+            unit_dense, unit_routed = (params.embedding(st.cfg), 0) if where.embedding else (first.dense, first.routed)
+            tail = _sync_ms(st, key, unit_dense / sh.tensor * sh.grads_bytes, unit_routed / sh.expert * sh.grads_bytes)
+            if copies is not None and stage.forward is not None:
+                tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
+            out.append(tail)
             continue
-        if key == "cross_copy_sync":
-            out.append((dense + routed) / (hw.p2p_gbps * 1e9) * 1e3)
-            continue
-        factor = 1.0 if sh.zero >= 1 else 2.0  # reduce-scatter or all-reduce
-
-        def ring(nbytes: float, ranks: float) -> float:
-            return factor * (ranks - 1) / ranks * nbytes if ranks > 1 else 0.0
-
-        out.append((ring(dense, sh.data) + ring(routed, sh.expert_data)) / (hw.a2a_gbps * 1e9) * 1e3)
+        out.append(_sync_ms(st, key, dense, routed))
     return tuple(out)
