@@ -173,7 +173,8 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
         return f"model: {exc}"
     if device and row.estimate.memory_floor > device:
         return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB"
-    if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand):
+    if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand) \
+            and cache.reduce_scatters_fit(cand):
         return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
     # Policies that change nothing here (selective recompute under flash attention) run once.
     fig = cache.figures(cand)
@@ -187,7 +188,8 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
 def _zero2_no_heavier(cache: FigureCache, cand) -> bool:
     """ZeRO 2 runs the same actions as ZeRO 1 (model/derive.py costs collectives inside actions
     only for ZeRO 3), its end-of-step gradient sync is one unit's reduce-scatter instead of the
-    stage's (model/step_figures.py) and the optimizer step is the same: never slower.  It is no
+    stage's where the per-micro-batch ones fit under the compute (model/step_figures.py; the caller
+    checks that: FigureCache.reduce_scatters_fit) and the optimizer step is the same: never slower.  It is no
     heavier when on every rank its sharded gradients and unsharded buffers take no more than ZeRO
     1's whole gradients (activations, P2P buffers and the runtime allowance are the same)."""
     one, two = cache.figures(cand), cache.figures(replace(cand, zero=2))

@@ -28,6 +28,7 @@ from ..inputs.costs import CostModel
 from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection, ModelSection
+from ..model.step_figures import derived_sync
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, paired_fraction, placement, shape
 from .space import Candidate
@@ -60,6 +61,7 @@ class FigureCache:
         self._params: dict[int, tuple[list[tuple[int, int]], model_memory.Sharding]] = {}
         self._figures: dict[tuple, StageFigures] = {}
         self._derived: dict[tuple, derive.Derived] = {}
+        self._fits: dict[tuple, bool] = {}  # reduce_scatters_fit, by layout
         # by (stages, tensor, expert, data x context, zero): what memory depends on of a layout
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -102,13 +104,7 @@ class FigureCache:
             # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
             # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
             # serves them all, and the memory is worked out per stage for the candidate's sharding.
-            fsdp = cand.zero >= 3
-            data = cand.data if fsdp or self.times_read_microbatches else None
-            times = (cand.tensor, cand.context, cand.expert, data, cand.micro_batch_size, cand.stages, cand.recompute,
-                     fsdp)  # fmt: skip
-            if times not in self._derived:
-                self._derived[times] = self.scenario(cand).derived()
-            derived = self._derived[times]
+            derived = self._derived_for(cand)
             f, b, w, pair = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
@@ -116,6 +112,33 @@ class FigureCache:
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers)
         return self._figures[key]
+
+    def _derived_for(self, cand: Candidate) -> derive.Derived:
+        # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
+        # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
+        # serves them all.
+        fsdp = cand.zero >= 3
+        data = cand.data if fsdp or self.times_read_microbatches else None
+        times = (cand.tensor, cand.context, cand.expert, data, cand.micro_batch_size, cand.stages, cand.recompute,
+                 fsdp)  # fmt: skip
+        if times not in self._derived:
+            self._derived[times] = self.scenario(cand).derived()
+        return self._derived[times]
+
+    def reduce_scatters_fit(self, cand: Candidate) -> bool:
+        """Whether every stage's whole-gradient reduce-scatter (ZeRO 1's end-of-step sync) is no
+        longer than its F + B + W per micro-batch: then ZeRO 2's per-micro-batch reduce-scatters
+        leave nothing beyond their last unit's for the end of the step (model/step_figures.py)."""
+        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute)
+        if key not in self._fits:
+            derived = self._derived_for(cand)
+            sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=1)
+            one = replace(derived, setup=replace(derived.setup, sharding=sh))
+            whole = derived_sync(self.scenario(replace(cand, zero=1)), "grad_sync", one)
+            self._fits[key] = all(
+                r <= (st.forward or 0.0) + (st.backward or 0.0) + (st.weight or 0.0) for r, st in zip(whole, derived.stages)
+            )
+        return self._fits[key]
 
     def _stage_memory(self, cand: Candidate, derived) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Each stage's static bytes and ZeRO 2/3 buffers for the candidate's sharding, as derive()
