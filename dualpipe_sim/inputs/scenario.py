@@ -137,6 +137,12 @@ Chunk = create_model(
 )
 
 
+def _strict_bool(v):
+    if not isinstance(v, bool):  # "yes" or 1 must not pass for true
+        raise ValueError("must be true or false")
+    return v
+
+
 class Memory(_Section):
     activation: PerStageNonNeg = 1.0
     parameters: PerStageNonNeg = 1.0
@@ -147,9 +153,7 @@ class Memory(_Section):
     @field_validator("fp8_weight_cache", mode="before")
     @classmethod
     def _bool(cls, v):
-        if not isinstance(v, bool):  # "yes" or 1 must not pass for true
-            raise ValueError("must be true or false")
-        return v
+        return _strict_bool(v)
 
 
 class Limits(_Section):
@@ -189,9 +193,7 @@ class Step(_Section):
     @field_validator("overlap_grad_sync", "cross_copy_eager", mode="before")
     @classmethod
     def _bool(cls, v):
-        if not isinstance(v, bool):  # "yes" or 1 must not pass for true
-            raise ValueError("must be true or false")
-        return v
+        return _strict_bool(v)
 
 
 class Scenario(_Section):
