@@ -139,3 +139,33 @@ def test_attention_key_rejects_other_values(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.attention" in err and "flash" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# -- the dispatcher's own kernels -----------------------------------------------------------------------
+def test_regrouping_by_local_expert_and_the_count_exchange_by_hand():
+    # Qwen3-235B, TP 4 / EP 8: 4096 / 4 = 1024 tokens per rank, top-8: 8192 rows of h = 4096 in BF16 received
+    # (balanced routing), read and written once to group them by the 16 local experts: 134,217,728 bytes,
+    # after the dispatch and again (reversed) before the combine, and both again in the backward.
+    st = _load("mz-qwen3-235b-tp4ep8pp8")
+    rows = [k for k in derive.layer_kernels(st, 0) if "local expert" in k.name]
+    assert sorted((k.name, k.component) for k in rows) == [
+        ("sort by local expert", "mlp_forward"), ("sort by local expert backward", "mlp_backward_input"),
+        ("unsort by local expert", "mlp_forward"), ("unsort by local expert backward", "mlp_backward_input")]
+    for k in rows:
+        assert k.bytes == 2 * 1024 * 8 * 4096 * 2
+        assert k.seconds == pytest.approx(2.5e-6 + 134217728 / HBM)
+    # the counts: 128 experts x 8 bytes from each of the 8 expert-parallel ranks, all-gathered over NVLink:
+    # 25.5 us + 8192 x 7/8 / 321 GB/s
+    (counts,) = [k for k in derive.layer_kernels(st, 0) if k.name == "token counts all-gather"]
+    assert counts.component == "dispatch_forward" and counts.bytes == 8192
+    assert counts.seconds == pytest.approx(25.5e-6 + 8192 * 7 / 8 / 321e9)
+
+
+def test_one_local_expert_needs_no_regrouping_and_no_expert_parallelism_no_exchange():
+    # EP 128: one expert per rank; EP 1: nothing is sent, no counts are exchanged
+    one = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=128", "parallel.data=32"])
+    names = {k.name for k in derive.layer_kernels(one, 0)}
+    assert "sort by local expert" not in names and "token counts all-gather" in names
+    alone = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=1"])
+    names = {k.name for k in derive.layer_kernels(alone, 0)}
+    assert "sort by local expert" in names and "token counts all-gather" not in names

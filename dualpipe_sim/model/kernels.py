@@ -336,7 +336,10 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
 
 def moe_mlp_block(tb: Table, recompute: bool) -> None:
     """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
-    the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back."""
+    the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back.
+    With several local experts the received rows are regrouped by expert after the dispatch and
+    back before the combine (Megatron-core token_dispatcher.py: ``sort_chunks_by_idxs``, "Permutation
+    2"; the DeepEP dispatcher's ``get_permuted_hidden_states_by_experts``), forward and backward."""
     cfg, lay = tb.cfg, tb.lay
     h, t, ab = cfg.hidden_size, lay.tensor, lay.act_bytes
     n = lay.tokens // t  # this rank's tokens after the sequence split
@@ -350,18 +353,26 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         tb.gemm("router", comp, n, E, h, fp8=False)
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
         tb.memory("permute", comp, n * h * ab + n * k * h * low)
+        if local > 1:  # the received rows regrouped by local expert (read and write each)
+            tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
         tb.experts("experts fc1 (grouped)", comp, m, 2 * fe, h, local)
         tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low))
         tb.experts("experts fc2 (grouped)", comp, m, h, fe, local)
+        if local > 1:
+            tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
         tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
         tb.memory("residual add", comp, 3 * n * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
+    if local > 1:
+        tb.memory("unsort by local expert backward", comp, 2 * n * k * h * ab)
     tb.cast("experts grad cast", comp, n * k * h)
     tb.experts("experts fc2 dgrad (grouped)", comp, m, fe, h, local)
     tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab)
     tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe)
     tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, local)
+    if local > 1:
+        tb.memory("sort by local expert backward", comp, 2 * n * k * h * ab)
     tb.memory("permute backward", comp, n * k * h * ab + n * h * ab)
     tb.memory("router backward", comp, n * E * 4 * 3)
     tb.gemm("router dgrad", comp, n, h, E, fp8=False)
@@ -392,6 +403,10 @@ def _all_to_all(tb: Table, n: int) -> None:
             distinct = min(distinct, cfg.route_group_limit)
         copies = distinct * (nodes - 1) / nodes
     elems = n * copies * h
+    # before the dispatch, the ranks exchange how many tokens each sends to each expert (Megatron-core
+    # token_dispatcher.py, MoEAlltoAllTokenDispatcher.preprocess: an all-gather of E int64 counts over the
+    # expert-parallel group; DeepEP's notify step): a latency-bound collective every forward
+    tb.comm("token counts all-gather", "dispatch_forward", "all_gather", cfg.num_experts * 8.0 * e, e, link)
     for comp, per in (("dispatch_forward", fp8), ("combine_forward", lay.act_bytes),
                       ("dispatch_backward", lay.act_bytes), ("combine_backward", fp8)):  # fmt: skip
         secs = collectives.all_to_all(elems * per, r, link)
