@@ -169,3 +169,41 @@ def test_one_local_expert_needs_no_regrouping_and_no_expert_parallelism_no_excha
     alone = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=1"])
     names = {k.name for k in derive.layer_kernels(alone, 0)}
     assert "sort by local expert" in names and "token counts all-gather" not in names
+
+
+# -- model.moe_aux_loss ---------------------------------------------------------------------------------------
+def test_aux_loss_kernels_and_their_all_reduce_by_hand():
+    # Qwen3-235B TP 4 (aux loss on): 1024 tokens x 128 experts per rank.  Scores: read the fp32 logits and
+    # write fp32 scores (8 bytes per entry); the loss: read the scores (4) and the routing map (1); backward:
+    # the scores' gradient (8).  The 128 int64 counts all-reduced over the 4 tensor-parallel ranks on NVLink:
+    # 25.5 us + 1024 x 2 x 3/4 / 321 GB/s.
+    st = _load("mz-qwen3-235b-tp4ep8pp8")
+    rows = {(k.name, k.component): k for k in derive.layer_kernels(st, 0)}
+    n, E = 1024, 128
+    for key, nbytes in {("aux-loss scores", "mlp_forward"): n * E * 8, ("aux loss", "mlp_forward"): n * E * 5,
+                        ("aux loss backward", "mlp_backward_input"): n * E * 8}.items():  # fmt: skip
+        assert rows[key].bytes == nbytes and rows[key].seconds == pytest.approx(2.5e-6 + nbytes / HBM)
+    ar = rows[("aux-loss token counts all-reduce", "mlp_forward")]
+    assert ar.seconds == pytest.approx(25.5e-6 + 1024 * 2 * 3 / 4 / 321e9)
+    # off (Megatron's --moe-aux-loss-coeff default 0.0): none of them
+    off = _load("mz-qwen3-235b-tp4ep8pp8", ["model.moe_aux_loss=false"])
+    assert not [k for k in derive.layer_kernels(off, 0) if "aux" in k.name]
+    # TP 1: no sequence split, nothing to all-reduce
+    tp1 = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.tensor=1", "parallel.data=32"])
+    names = {k.name for k in derive.layer_kernels(tp1, 0)}
+    assert "aux loss" in names and "aux-loss token counts all-reduce" not in names
+
+
+def test_aux_loss_runs_once_in_the_recompute_under_full_recomputation():
+    st = _load("mz-qwen3-235b-tp4ep8pp8", ["memory.recompute=full"])
+    comps = [k.component for k in derive.layer_kernels(st, 0) if k.name == "aux loss"]
+    assert comps == ["mlp_backward_input"]
+
+
+def test_aux_loss_key_must_be_a_bool(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text((VALIDATION / "mz-qwen3-235b-tp4ep8pp8.toml").read_text().replace("moe_aux_loss = true", 'moe_aux_loss = "yes"'))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model.moe_aux_loss" in err and "true or false" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -52,6 +52,7 @@ class Setup:
     legacy: bool = False  # model.runtime = "megatron-lm-2021"
     grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of a separate accumulation pass
     expert_streams: int = kernels.TE_COMPUTE_STREAMS  # model.expert_gemm (0: one grouped kernel)
+    aux_loss: bool = False  # model.moe_aux_loss
 
     @property
     def tokens(self) -> int:
@@ -63,7 +64,7 @@ class Setup:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
-                              self.expert_streams)  # fmt: skip
+                              self.expert_streams, self.aux_loss)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
                  grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
-                 kernels.TE_COMPUTE_STREAMS if m.expert_gemm == "multi-stream" else 0)  # fmt: skip
+                 kernels.TE_COMPUTE_STREAMS if m.expert_gemm == "multi-stream" else 0, m.moe_aux_loss)  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:

@@ -73,6 +73,7 @@ class Layout:
     grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of the accumulation pass
     # model.expert_gemm: GEMMs of different local experts that run at once (0: all, one grouped kernel)
     expert_streams: int = TE_COMPUTE_STREAMS
+    aux_loss: bool = False  # model.moe_aux_loss: the router's load-balancing loss is computed
 
     @property
     def norm_tokens(self) -> float:
@@ -352,6 +353,8 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         tb.memory("pre-mlp norm", comp, n * h * (ab + low))
         tb.gemm("router", comp, n, E, h, fp8=False)
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
+        if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
+            _aux_loss(tb, comp, n)
         tb.memory("permute", comp, n * h * ab + n * k * h * low)
         if local > 1:  # the received rows regrouped by local expert (read and write each)
             tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
@@ -374,6 +377,8 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     if local > 1:
         tb.memory("sort by local expert backward", comp, 2 * n * k * h * ab)
     tb.memory("permute backward", comp, n * k * h * ab + n * h * ab)
+    if lay.aux_loss:  # the aux loss's gradient into the scores, then through their softmax
+        tb.memory("aux loss backward", comp, n * E * 4 * 2)
     tb.memory("router backward", comp, n * E * 4 * 3)
     tb.gemm("router dgrad", comp, n, h, E, fp8=False)
     tb.memory("pre-mlp norm backward", comp, 4 * n * h * ab)
@@ -383,6 +388,19 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     if cfg.shared_intermediate_size:
         dense_mlp_block(tb, recompute, cfg.shared_intermediate_size, prefix="shared expert ")
     _all_to_all(tb, n)
+
+
+def _aux_loss(tb: Table, comp: str, n: int) -> None:
+    """The load-balancing aux loss (Megatron-core moe/router.py ``aux_loss_load_balancing``, moe_utils.py
+    ``switch_load_balancing_loss_func``): the scores recomputed from the fp32 logits, the loss from their
+    sums over the tokens and the tokens per expert; with the sequence split over t x c ranks the E counts
+    (int64) are all-reduced over them first.  Skipped where grad is off (a checkpointed first forward)."""
+    lay, E = tb.lay, tb.cfg.num_experts
+    tb.memory("aux-loss scores", comp, n * E * 4 * 2)
+    tb.memory("aux loss", comp, n * E * (4 + 1))
+    group = lay.tensor * lay.context
+    tb.comm("aux-loss token counts all-reduce", comp, "all_reduce", E * 8.0, group,
+            "nvlink" if group <= tb.r.gpus_per_node else "nic")  # fmt: skip
 
 
 def _all_to_all(tb: Table, n: int) -> None:

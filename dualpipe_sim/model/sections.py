@@ -55,6 +55,16 @@ class ModelSection(BaseModel):
     # GEMM per expert on 4 streams: Megatron-core's --moe-grouped-gemm) or "grouped" (one grouped kernel, as
     # DeepGEMM's or the grouped_gemm package's)
     expert_gemm: Literal["multi-stream", "grouped"] = "multi-stream"
+    # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
+    # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
+    moe_aux_loss: bool = False
+
+    @field_validator("moe_aux_loss", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
