@@ -207,3 +207,17 @@ def test_aux_loss_key_must_be_a_bool(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.moe_aux_loss" in err and "true or false" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_names_the_attention_and_the_expert_launch(capsys):
+    assert main(["model", str(VALIDATION / "mz-qwen3-235b-tp4ep8pp8.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "attention flash (model.attention)" in out
+    assert "expert GEMMs one GEMM per expert on 4 streams (model.expert_gemm), aux loss on" in out
+    assert "16 x 512 x 3072 x 4096 bf16 (4 streams: 4 rounds)" in out  # fc1 of the 16 local experts
+    assert main(["model", str(ROOT / "scenarios" / "deepseek-v3-predicted.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "expert GEMMs one grouped kernel (model.expert_gemm)" in out and "aux loss on" not in out
+    assert main(["model", str(VALIDATION / "n21-145b.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "attention eager (scores in memory)" in out and "expert GEMMs" not in out
