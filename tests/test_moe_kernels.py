@@ -221,3 +221,20 @@ def test_explain_names_the_attention_and_the_expert_launch(capsys):
     assert main(["model", str(VALIDATION / "n21-145b.toml"), "--explain"]) == 0
     out = capsys.readouterr().out
     assert "attention eager (scores in memory)" in out and "expert GEMMs" not in out
+
+
+def test_sequential_experts_one_at_a_time_by_hand():
+    # Megatron's SequentialMLP: each of 2 experts' 128 x 256 x 4096 GEMM alone. 128 x 128 tiles: 2, split 16
+    # -> 32 blocks in one wave: useful 128 x 256 x 16 / (132 x 128 x 128) = 32/132 at slices of 256 (split 8:
+    # 16/132 at 512/615, less; 128 x 256 tiles: 16/132 at 256/359). Each pays its own floor.
+    cfg = _load("mz-qwen3-235b-tp4ep8pp8").cfg
+    tb = _table(cfg, 1)
+    got = tb.experts("experts fc1", "mlp_forward", 128, 256, 4096, groups=2)
+    one = FLOOR + max(2 * 128 * 256 * 4096 / (PEAK * 32 / 132 * 256 / 359), (128 * 4096 + 4096 * 256 + 128 * 256) * 2 / HBM)
+    assert got == pytest.approx(2 * one)
+    assert "one at a time: 2 GEMMs" in tb.rows[0].shape
+    # its activation: one kernel per expert, each with the 2.5 us floor, the same bytes in all
+    assert tb.memory("experts swiglu", "mlp_forward", 1e6, launches=16) == pytest.approx(16 * 2.5e-6 + 1e6 / HBM)
+    st = _load("mz-qwen3-235b-tp4ep8pp8", ["model.expert_gemm=sequential"])
+    rows = {k.name: k for k in derive.layer_kernels(st, 0)}
+    assert rows["experts swiglu"].shape.endswith("(16 kernels)") and "16 GEMMs" in rows["experts fc2 (grouped)"].shape

@@ -205,7 +205,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
                  grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
-                 kernels.TE_COMPUTE_STREAMS if m.expert_gemm == "multi-stream" else 0, m.moe_aux_loss)  # fmt: skip
+                 {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
+                 m.moe_aux_loss)  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:

@@ -12,7 +12,8 @@ Kinds and how each is timed (the rates are per GPU, model/rates.py):
 
 * ``gemm``: gemm.time (tile/wave quantisation, short-K overhead, floor);
   expert GEMMs as the runtime launches them (``Layout.expert_streams``): Transformer
-  Engine's GroupedLinear, one GEMM per local expert on 4 streams, or one grouped kernel;
+  Engine's GroupedLinear, one GEMM per local expert on 4 streams, one at a time
+  (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
   sequence length (causal: half the s x s square);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
@@ -113,7 +114,8 @@ class Table:
     def experts(self, name: str, comp: str, m: int, n: int, k: int, groups: int) -> float:
         """One GEMM of every local expert.  With ``expert_streams`` s, the runtime launches them one by
         one on s streams: ceil(groups / s) rounds, each round's s GEMMs sharing the SMs as one kernel of
-        their tiles would (its own waves, its own floor).  With 0, one grouped kernel of all groups."""
+        their tiles would (its own waves, its own floor); s = 1 is Megatron's SequentialMLP, a Python loop
+        over the experts.  With 0, one grouped kernel of all groups."""
         s = self.lay.expert_streams
         if s <= 0 or groups <= s:
             return self.gemm(name, comp, m, n, k, groups=groups)
@@ -124,7 +126,8 @@ class Table:
             secs += self.gemm(name, comp, m, n, k, groups=rest)
         parts = self.rows[rows:]
         del self.rows[rows:]
-        shape = f"{groups} x {m} x {n} x {k} {parts[0].shape.split()[-1]} ({s} streams: {-(-groups // s)} rounds)"
+        how = f"{s} streams: {-(-groups // s)} rounds" if s > 1 else f"one at a time: {groups} GEMMs"
+        shape = f"{groups} x {m} x {n} x {k} {parts[0].shape.split()[-1]} ({how})"
         self.rows.append(Kernel(name, comp, "gemm", shape, 2.0 * m * n * k * groups,
                                 full * parts[0].bytes + (parts[1].bytes if rest else 0.0), secs, parts[0].bound))  # fmt: skip
         return secs
@@ -167,11 +170,13 @@ class Table:
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
 
-    def memory(self, name: str, comp: str, nbytes: float) -> float:
+    def memory(self, name: str, comp: str, nbytes: float, launches: int = 1) -> float:
+        """A memory-bound kernel (``launches`` > 1: the same bytes split over that many kernels)."""
         body = nbytes / self.r.hbm
-        secs = self.r.floor + body
-        self.rows.append(Kernel(name, comp, "memory", f"{nbytes / 1e6:.3g} MB", 0.0, nbytes, secs,
-                                "latency" if self.r.floor > body else "memory"))  # fmt: skip
+        secs = launches * self.r.floor + body
+        shape = f"{nbytes / 1e6:.3g} MB" + (f" ({launches} kernels)" if launches > 1 else "")
+        self.rows.append(Kernel(name, comp, "memory", shape, 0.0, nbytes, secs,
+                                "latency" if launches * self.r.floor > body else "memory"))  # fmt: skip
         return secs
 
     def comm(self, name: str, comp: str, op: str, nbytes: float, group: int, link: str, hidden_under: float = 0.0) -> float:
@@ -348,6 +353,8 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     local = max(1, E // e)
     m = max(1, round(n * k * e / E))  # tokens per local expert, balanced routing
     low = 1.0 if lay.fp8 else ab
+    # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
+    launches = local if lay.expert_streams == 1 else 1
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
     for comp in comps:
         tb.memory("pre-mlp norm", comp, n * h * (ab + low))
@@ -359,7 +366,7 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         if local > 1:  # the received rows regrouped by local expert (read and write each)
             tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
         tb.experts("experts fc1 (grouped)", comp, m, 2 * fe, h, local)
-        tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low))
+        tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low), launches)
         tb.experts("experts fc2 (grouped)", comp, m, h, fe, local)
         if local > 1:
             tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
@@ -371,7 +378,7 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         tb.memory("unsort by local expert backward", comp, 2 * n * k * h * ab)
     tb.cast("experts grad cast", comp, n * k * h)
     tb.experts("experts fc2 dgrad (grouped)", comp, m, fe, h, local)
-    tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab)
+    tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab, launches)
     tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe)
     tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, local)
     if local > 1:

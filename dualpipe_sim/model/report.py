@@ -288,7 +288,8 @@ def _runtime_notes(st) -> str:
     """What the scenario says its runtime ran: the attention core and, for MoE, the experts' launch."""
     out = f"; attention {'eager (scores in memory)' if st.cfg.eager_attention else 'flash'} (model.attention)"
     if st.cfg.moe:
-        launch = f"one GEMM per expert on {st.expert_streams} streams" if st.expert_streams else "one grouped kernel"
+        launch = {0: "one grouped kernel", 1: "one expert at a time"}.get(
+            st.expert_streams, f"one GEMM per expert on {st.expert_streams} streams")
         out += f"; expert GEMMs {launch} (model.expert_gemm)"
         out += ", aux loss on (model.moe_aux_loss)" if st.aux_loss else ""
     return out

@@ -52,9 +52,10 @@ class ModelSection(BaseModel):
     # default) or "flash" (fused attention, the default of every other family); None = the family's default
     attention: Literal["eager", "flash"] | None = None
     # how the local experts' GEMMs are launched: "multi-stream" (Transformer Engine's GroupedLinear, one cuBLAS
-    # GEMM per expert on 4 streams: Megatron-core's --moe-grouped-gemm) or "grouped" (one grouped kernel, as
-    # DeepGEMM's or the grouped_gemm package's)
-    expert_gemm: Literal["multi-stream", "grouped"] = "multi-stream"
+    # GEMM per expert on 4 streams: Megatron-core's --moe-grouped-gemm), "grouped" (one grouped kernel, as
+    # DeepGEMM's or the grouped_gemm package's) or "sequential" (Megatron-core's SequentialMLP, without
+    # --moe-grouped-gemm: a Python loop, one expert's GEMMs and activation after another)
+    expert_gemm: Literal["multi-stream", "grouped", "sequential"] = "multi-stream"
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
