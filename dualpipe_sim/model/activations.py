@@ -54,7 +54,7 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     if policy == "full":
         return {"layer input (checkpoint)": act * sb * h / (tp if sp else 1)}
     drop_norm = policy == "deepseek"
-    eager = cfg.model_type == "gpt2"  # Korthikanti's setting: scores materialised
+    eager = cfg.eager_attention  # Korthikanti's setting: scores materialised (model.attention)
     lin = FP8_BYTES if cfg.fp8 else act  # what a linear's cached input costs
     out: dict[str, float] = {"norm1 input": act * sb * h}
     if cfg.mla:

@@ -86,6 +86,7 @@ class ModelConfig:
     route_group_limit: int = 0  # ... of which a token may use topk_group
     mtp_layers: int = 0  # DeepSeek-V3 multi-token-prediction modules
     fp8: bool = False  # the model trains its linears in FP8 (DeepSeek-V3's quantization_config)
+    eager_attention: bool = False  # scores materialised (GPT-2 family's default); else flash attention
 
     @property
     def moe(self) -> bool:
@@ -258,6 +259,7 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
         tie_word_embeddings=_flag(raw, "tie_word_embeddings", where, default=True),
         max_positions=w("n_positions"),
         dropout=drop,
+        eager_attention=True,  # Megatron's fused masked softmax, as Korthikanti et al. measured it
     )
     return _checked(cfg, where)
 

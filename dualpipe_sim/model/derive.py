@@ -51,6 +51,8 @@ class Setup:
     scatter_gather: bool = False  # parallel.pipeline_scatter_gather
     legacy: bool = False  # model.runtime = "megatron-lm-2021"
     grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of a separate accumulation pass
+    expert_streams: int = kernels.TE_COMPUTE_STREAMS  # model.expert_gemm (0: one grouped kernel)
+    aux_loss: bool = False  # model.moe_aux_loss
 
     @property
     def tokens(self) -> int:
@@ -61,7 +63,8 @@ class Setup:
     def layout(self) -> kernels.Layout:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
-                              self.sequence_parallel, self.legacy, self.grad_accumulation)  # fmt: skip
+                              self.sequence_parallel, self.legacy, self.grad_accumulation,
+                              self.expert_streams, self.aux_loss)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,12 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
         raise ModelError("model.config: required key is missing (or give the architecture's fields inline)")
     raw.update(inline)
     cfg = config.from_hf(raw, where)
-    if section.fp8 is not None and section.fp8 != cfg.fp8:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if section.fp8 is not None and section.fp8 != cfg.fp8:
         cfg = replace(cfg, fp8=section.fp8)
+    if section.attention is not None:  # what the runtime ran: scores materialised or flash attention
+        cfg = replace(cfg, eager_attention=section.attention == "eager")
     return cfg
 
 
@@ -199,7 +204,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
-                 grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0)  # fmt: skip
+                 grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
+                 {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
+                 m.moe_aux_loss)  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:
@@ -287,7 +294,7 @@ def layer_times(st: Setup, i: int) -> LayerTimes:
     f = flops.layer(cfg, i, st.seq)
     n = st.tokens / tp
     lin, bf16 = hw.peak(cfg.fp8), hw.peak(False)  # attention core runs in BF16 (as DeepSeek-V3's does)
-    eager = cfg.model_type == "gpt2"
+    eager = cfg.eager_attention
     lin_attn = _ms(n * f.attn_linear, lin, eff)
     core = _ms(n * f.attn_core * (1.0 if eager else FLASH_CAUSAL), bf16, eff)
     mlp = _ms(n * f.mlp, lin, eff)

@@ -11,7 +11,9 @@ table by component gives the component model's figures.
 Kinds and how each is timed (the rates are per GPU, model/rates.py):
 
 * ``gemm``: gemm.time (tile/wave quantisation, short-K overhead, floor);
-  grouped expert GEMMs run as one kernel of (E/e) groups;
+  expert GEMMs as the runtime launches them (``Layout.expert_streams``): Transformer
+  Engine's GroupedLinear, one GEMM per local expert on 4 streams, one at a time
+  (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
   sequence length (causal: half the s x s square);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
@@ -32,6 +34,10 @@ from .config import ModelConfig
 from .rates import KernelRates
 
 F, I, W = "forward", "backward_input", "backward_weight"
+# Transformer Engine's GroupedLinear (Megatron-core's TEGroupedMLP, --moe-grouped-gemm) issues one cuBLAS GEMM per
+# local expert, round-robin on this many compute streams (transformer_engine/common/gemm/cublaslt_gemm.cu,
+# nvte_multi_stream_cublas_gemm; num_streams = 4 in include/transformer_engine/gemm.h)
+TE_COMPUTE_STREAMS = 4
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,9 @@ class Layout:
     sequence_parallel: bool = True  # parallel.sequence_parallel
     legacy: bool = False  # model.runtime = "megatron-lm-2021": bias, accumulation, cross-entropy apart
     grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of the accumulation pass
+    # model.expert_gemm: GEMMs of different local experts that run at once (0: all, one grouped kernel)
+    expert_streams: int = TE_COMPUTE_STREAMS
+    aux_loss: bool = False  # model.moe_aux_loss: the router's load-balancing loss is computed
 
     @property
     def norm_tokens(self) -> float:
@@ -102,7 +111,29 @@ class Table:
         self.rows.append(Kernel(name, comp, "gemm", shape, t.flops * splits, t.bytes * splits, secs, t.bound))
         return secs
 
-    def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str) -> float:
+    def experts(self, name: str, comp: str, m: int, n: int, k: int, groups: int) -> float:
+        """One GEMM of every local expert.  With ``expert_streams`` s, the runtime launches them one by
+        one on s streams: ceil(groups / s) rounds, each round's s GEMMs sharing the SMs as one kernel of
+        their tiles would (its own waves, its own floor); s = 1 is Megatron's SequentialMLP, a Python loop
+        over the experts.  With 0, one grouped kernel of all groups."""
+        s = self.lay.expert_streams
+        if s <= 0 or groups <= s:
+            return self.gemm(name, comp, m, n, k, groups=groups)
+        full, rest = divmod(groups, s)
+        rows = len(self.rows)
+        secs = full * self.gemm(name, comp, m, n, k, groups=s)
+        if rest:
+            secs += self.gemm(name, comp, m, n, k, groups=rest)
+        parts = self.rows[rows:]
+        del self.rows[rows:]
+        how = f"{s} streams: {-(-groups // s)} rounds" if s > 1 else f"one at a time: {groups} GEMMs"
+        shape = f"{groups} x {m} x {n} x {k} {parts[0].shape.split()[-1]} ({how})"
+        self.rows.append(Kernel(name, comp, "gemm", shape, 2.0 * m * n * k * groups,
+                                full * parts[0].bytes + (parts[1].bytes if rest else 0.0), secs, parts[0].bound))  # fmt: skip
+        return secs
+
+    def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str,
+                  fp8: bool | None = None) -> float:  # fmt: skip
         """A sequence-parallel linear and its all-gather (before) or reduce-scatter (after).
 
         Without tp_comm_overlap the collective runs alone, before or after its GEMM.  With it,
@@ -113,18 +144,18 @@ class Table:
         and reduce-scatter) beside the whole GEMM on 16 fewer SMs."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
-            return self.gemm(name, comp, m, n, k)  # without sequence parallelism the input is whole
+            return self.gemm(name, comp, m, n, k, fp8)  # without sequence parallelism the input is whole
         if not self.lay.sequence_parallel:  # the output's partial sums are all-reduced, after the GEMM
-            secs = self.gemm(name, comp, m, n, k)
+            secs = self.gemm(name, comp, m, n, k, fp8)
             self.comm("tp all-reduce", comp, "all_reduce", nbytes, t, "nvlink")
             return secs
         full = collectives.time(op, nbytes, t, self.r, "nvlink")
         if not self.lay.tp_overlap:
-            secs = self.gemm(name, comp, m, n, k)
+            secs = self.gemm(name, comp, m, n, k, fp8)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
         splits, margin = {"ring": (t, 0), "pipeline": (4, 16), "bulk": (1, 16)}[method]
-        secs = self.gemm(name, comp, m, n, k, splits=splits, sm_margin=margin)
+        secs = self.gemm(name, comp, m, n, k, fp8, splits=splits, sm_margin=margin)
         first = 0.0 if method == "bulk" else full / splits  # the chunk no GEMM runs beside
         exposed = first + max(0.0, full - first - secs)
         self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
@@ -139,11 +170,13 @@ class Table:
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
 
-    def memory(self, name: str, comp: str, nbytes: float) -> float:
+    def memory(self, name: str, comp: str, nbytes: float, launches: int = 1) -> float:
+        """A memory-bound kernel (``launches`` > 1: the same bytes split over that many kernels)."""
         body = nbytes / self.r.hbm
-        secs = self.r.floor + body
-        self.rows.append(Kernel(name, comp, "memory", f"{nbytes / 1e6:.3g} MB", 0.0, nbytes, secs,
-                                "latency" if self.r.floor > body else "memory"))  # fmt: skip
+        secs = launches * self.r.floor + body
+        shape = f"{nbytes / 1e6:.3g} MB" + (f" ({launches} kernels)" if launches > 1 else "")
+        self.rows.append(Kernel(name, comp, "memory", shape, 0.0, nbytes, secs,
+                                "latency" if launches * self.r.floor > body else "memory"))  # fmt: skip
         return secs
 
     def comm(self, name: str, comp: str, op: str, nbytes: float, group: int, link: str, hidden_under: float = 0.0) -> float:
@@ -186,7 +219,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
     a_t = cfg.num_heads // t
     low = 1.0 if lay.fp8 else ab
     projections = _attention_shapes(cfg, t)
-    eager = cfg.model_type == "gpt2"  # scores materialised (Megatron's fused softmax), as activations.py counts
+    eager = cfg.eager_attention  # scores materialised (Megatron's fused softmax), as activations.py counts
     core = 2.0 * n * lay.seq * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
     comps = ("attn_forward",) + (("attn_backward_input",) if recompute else ())
     for comp in comps:  # forward, and again inside the input gradient when recomputed
@@ -197,7 +230,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
             if cfg.mla and name.endswith("_up"):
                 tb.memory(f"{name[:-3]} latent norm", comp, n * inp * 2 * ab)
             tb.gemm(name, comp, n, out, inp)
-        if not eager:  # GPT-2 style models have learned positions, no rotary embedding
+        if not cfg.max_positions:  # GPT-2 style models have learned positions, no rotary embedding
             tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
                       else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
         if eager:
@@ -216,7 +249,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
         _eager_attention(tb, comp, backward=True)
     else:
         tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
-    if not eager:
+    if not cfg.max_positions:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     for name, out, inp, _ in projections:
         tb.cast(f"{name} grad cast", comp, n * out)
@@ -309,7 +342,10 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
 
 def moe_mlp_block(tb: Table, recompute: bool) -> None:
     """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
-    the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back."""
+    the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back.
+    With several local experts the received rows are regrouped by expert after the dispatch and
+    back before the combine (Megatron-core token_dispatcher.py: ``sort_chunks_by_idxs``, "Permutation
+    2"; the DeepEP dispatcher's ``get_permuted_hidden_states_by_experts``), forward and backward."""
     cfg, lay = tb.cfg, tb.lay
     h, t, ab = cfg.hidden_size, lay.tensor, lay.act_bytes
     n = lay.tokens // t  # this rank's tokens after the sequence split
@@ -317,34 +353,61 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     local = max(1, E // e)
     m = max(1, round(n * k * e / E))  # tokens per local expert, balanced routing
     low = 1.0 if lay.fp8 else ab
+    # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
+    launches = local if lay.expert_streams == 1 else 1
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
     for comp in comps:
         tb.memory("pre-mlp norm", comp, n * h * (ab + low))
         tb.gemm("router", comp, n, E, h, fp8=False)
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
+        if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
+            _aux_loss(tb, comp, n)
         tb.memory("permute", comp, n * h * ab + n * k * h * low)
-        tb.gemm("experts fc1 (grouped)", comp, m, 2 * fe, h, groups=local)
-        tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low))
-        tb.gemm("experts fc2 (grouped)", comp, m, h, fe, groups=local)
+        if local > 1:  # the received rows regrouped by local expert (read and write each)
+            tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
+        tb.experts("experts fc1 (grouped)", comp, m, 2 * fe, h, local)
+        tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low), launches)
+        tb.experts("experts fc2 (grouped)", comp, m, h, fe, local)
+        if local > 1:
+            tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
         tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
         tb.memory("residual add", comp, 3 * n * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
+    if local > 1:
+        tb.memory("unsort by local expert backward", comp, 2 * n * k * h * ab)
     tb.cast("experts grad cast", comp, n * k * h)
-    tb.gemm("experts fc2 dgrad (grouped)", comp, m, fe, h, groups=local)
-    tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab)
+    tb.experts("experts fc2 dgrad (grouped)", comp, m, fe, h, local)
+    tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab, launches)
     tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe)
-    tb.gemm("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, groups=local)
+    tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, local)
+    if local > 1:
+        tb.memory("sort by local expert backward", comp, 2 * n * k * h * ab)
     tb.memory("permute backward", comp, n * k * h * ab + n * h * ab)
+    if lay.aux_loss:  # the aux loss's gradient into the scores, then through their softmax
+        tb.memory("aux loss backward", comp, n * E * 4 * 2)
     tb.memory("router backward", comp, n * E * 4 * 3)
     tb.gemm("router dgrad", comp, n, h, E, fp8=False)
     tb.memory("pre-mlp norm backward", comp, 4 * n * h * ab)
-    tb.gemm("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, groups=local)
-    tb.gemm("experts fc2 wgrad (grouped)", wcomp, fe, h, m, groups=local)
+    tb.experts("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, local)
+    tb.experts("experts fc2 wgrad (grouped)", wcomp, fe, h, m, local)
     tb.gemm("router wgrad", wcomp, h, E, n, fp8=False)
     if cfg.shared_intermediate_size:
         dense_mlp_block(tb, recompute, cfg.shared_intermediate_size, prefix="shared expert ")
     _all_to_all(tb, n)
+
+
+def _aux_loss(tb: Table, comp: str, n: int) -> None:
+    """The load-balancing aux loss (Megatron-core moe/router.py ``aux_loss_load_balancing``, moe_utils.py
+    ``switch_load_balancing_loss_func``): the scores recomputed from the fp32 logits, the loss from their
+    sums over the tokens and the tokens per expert; with the sequence split over t x c ranks the E counts
+    (int64) are all-reduced over them first.  Skipped where grad is off (a checkpointed first forward)."""
+    lay, E = tb.lay, tb.cfg.num_experts
+    tb.memory("aux-loss scores", comp, n * E * 4 * 2)
+    tb.memory("aux loss", comp, n * E * (4 + 1))
+    group = lay.tensor * lay.context
+    tb.comm("aux-loss token counts all-reduce", comp, "all_reduce", E * 8.0, group,
+            "nvlink" if group <= tb.r.gpus_per_node else "nic")  # fmt: skip
 
 
 def _all_to_all(tb: Table, n: int) -> None:
@@ -365,6 +428,10 @@ def _all_to_all(tb: Table, n: int) -> None:
             distinct = min(distinct, cfg.route_group_limit)
         copies = distinct * (nodes - 1) / nodes
     elems = n * copies * h
+    # before the dispatch, the ranks exchange how many tokens each sends to each expert (Megatron-core
+    # token_dispatcher.py, MoEAlltoAllTokenDispatcher.preprocess: an all-gather of E int64 counts over the
+    # expert-parallel group; DeepEP's notify step): a latency-bound collective every forward
+    tb.comm("token counts all-gather", "dispatch_forward", "all_gather", cfg.num_experts * 8.0 * e, e, link)
     for comp, per in (("dispatch_forward", fp8), ("combine_forward", lay.act_bytes),
                       ("dispatch_backward", lay.act_bytes), ("combine_backward", fp8)):  # fmt: skip
         secs = collectives.all_to_all(elems * per, r, link)
@@ -456,7 +523,8 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     n, h, ab, t, V = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor, cfg.vocab_size
     v = -(-V // t)
     tb.memory("final norm", "mlp_forward", 2 * n / t * h * ab)
-    tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring")
+    # BF16 even in an FP8 model: Megatron-core's output layer is a plain ColumnParallelLinear, not a TE one
+    tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring", fp8=False)
     if lay.legacy:
         # Megatron-LM 2021 (megatron/mpu/cross_entropy.py, gpt_model.py @ 6985e58), op by op on fp32 logits:
         # cast (ab + 4), max (4), subtract (4 + 4), exp (4 + 4), sum (4), divide (4 + 4); backward: scale

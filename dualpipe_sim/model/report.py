@@ -240,6 +240,7 @@ def explain_lines(d: Derived) -> list[str]:
             f"tensor-parallel overlap {'on' if st.tp_overlap else 'off'}"
             + ("; Megatron-LM 2021's separate bias, gradient-accumulation and cross-entropy kernels"
                " (model.runtime)" if st.legacy else "")
+            + _runtime_notes(st)
         )
         for name, rows in kernel_tables(d).items():
             lines += kernel_lines(name, rows)
@@ -281,3 +282,14 @@ def explain_lines(d: Derived) -> list[str]:
         "deepseek": "RMSNorms and MLA up-projections rerun in the backward (DeepSeek-V3 Sec. 3.2.3)",
     }[st.policy])
     return lines
+
+
+def _runtime_notes(st) -> str:
+    """What the scenario says its runtime ran: the attention core and, for MoE, the experts' launch."""
+    out = f"; attention {'eager (scores in memory)' if st.cfg.eager_attention else 'flash'} (model.attention)"
+    if st.cfg.moe:
+        launch = {0: "one grouped kernel", 1: "one expert at a time"}.get(
+            st.expert_streams, f"one GEMM per expert on {st.expert_streams} streams")
+        out += f"; expert GEMMs {launch} (model.expert_gemm)"
+        out += ", aux loss on (model.moe_aux_loss)" if st.aux_loss else ""
+    return out

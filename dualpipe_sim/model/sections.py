@@ -48,6 +48,24 @@ class ModelSection(BaseModel):
     # whose memory-bound kernels a layer runs: Megatron-core with Transformer Engine (bias and gradient
     # accumulation fused into the GEMMs) or Megatron-LM of 2021 (each apart; docs/model.md)
     runtime: Literal["megatron-core", "megatron-lm-2021"] = "megatron-core"
+    # the attention core: "eager" (s x s scores in memory, Megatron's fused softmax; the GPT-2 family's
+    # default) or "flash" (fused attention, the default of every other family); None = the family's default
+    attention: Literal["eager", "flash"] | None = None
+    # how the local experts' GEMMs are launched: "multi-stream" (Transformer Engine's GroupedLinear, one cuBLAS
+    # GEMM per expert on 4 streams: Megatron-core's --moe-grouped-gemm), "grouped" (one grouped kernel, as
+    # DeepGEMM's or the grouped_gemm package's) or "sequential" (Megatron-core's SequentialMLP, without
+    # --moe-grouped-gemm: a Python loop, one expert's GEMMs and activation after another)
+    expert_gemm: Literal["multi-stream", "grouped", "sequential"] = "multi-stream"
+    # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
+    # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
+    moe_aux_loss: bool = False
+
+    @field_validator("moe_aux_loss", mode="before")
+    @classmethod
+    def _bool(cls, v):
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
