@@ -377,27 +377,21 @@ MOE = {"model_type": "mixtral", "hidden_size": 256, "num_hidden_layers": 4, "voc
 
 
 def test_zero_1_is_kept_where_zero_2_reduce_scatters_cannot_hide(tmp_path):
-    """64 experts, top-1, no expert parallelism: an expert's parameters see 1/64 of the tokens, so a
-    micro-batch's F + B + W is shorter than a whole-gradient reduce-scatter and ZeRO 2's one per
-    micro-batch leaves a backlog at the end of the step (model/step_figures.py).  Then ZeRO 1 is
-    not pruned for its ZeRO 2 twin, and simulating both shows why: the twin is slower."""
+    """64 experts, top-1, no expert parallelism: an expert's parameters see 1/64 of the tokens, so on
+    some layouts a micro-batch's F + B + W is shorter than a whole-gradient reduce-scatter and ZeRO 2's
+    one per micro-batch may leave a backlog longer than ZeRO 1's single sync (model/step_figures.py;
+    tests/test_fsdp.py works such a case by hand).  ZeRO 2 is then not sure to be faster, so ZeRO 1
+    is not pruned for its twin; where they fit, it is."""
+    from dualpipe_sim.plan.estimate import FigureCache
     from dualpipe_sim.plan.request import base_scenario
-    from dualpipe_sim.plan.simulate import run_candidate
 
     config = tmp_path / "moe.json"
     config.write_text(json.dumps(MOE))
     result = ds_plan(config, 2, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1)
-    # expert 1: every expert's gradient reduce-scattered over both ranks (with expert 2 the experts'
-    # data-parallel group is one rank: only the small dense part is synced, it fits, zero 1 is pruned)
-    ones = [r.candidate for r in result.rows if r.candidate.zero == 1 and r.candidate.data == 2 and r.candidate.expert == 1]
-    assert ones and not any(r.pruned == ZERO1_PRUNED for r in result.rows if r.candidate.expert == 1)
-    assert any(r.pruned == ZERO1_PRUNED for r in result.rows if r.candidate.expert == 2)
-    base = base_scenario(config, "H100", 2048, [])
-    slower = 0
-    for cand in ones:
-        cand = replace(cand, pruned="")
-        one = run_candidate(base, tuple(cand.overrides()))
-        two = run_candidate(base, tuple(replace(cand, zero=2).overrides()))
-        if one["status"] == two["status"] == "ok":
-            slower += two["step.total"] > one["step.total"]
-    assert slower > 0
+    cache = FigureCache(base_scenario(config, "H100", 2048, []))
+    # expert 1: every expert's gradient reduce-scattered over both ranks
+    rows = [r for r in result.rows if r.candidate.zero == 1 and r.candidate.data == 2 and r.candidate.expert == 1
+            and r.candidate.recompute == "none"]  # fmt: skip
+    backlog = [r for r in rows if not cache.reduce_scatters_fit(r.candidate)]
+    assert backlog and not any(r.pruned == ZERO1_PRUNED for r in backlog)
+    assert any(r.pruned == ZERO1_PRUNED for r in rows if r not in backlog)
