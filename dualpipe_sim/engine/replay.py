@@ -133,14 +133,16 @@ class Flat(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """What the replay loop reads per action (numbered as in Flat), as plain Python lists:
-    the slots it needs, the slots it publishes when it ends, its transfers."""
+    """What the replay loop reads per action (numbered as in Flat): the slots it needs and
+    what it publishes when it ends; and per transfer (a result crossing ranks through a link)
+    its slot and its link."""
 
     needs: list  # per action: the slots it waits for, in member then rules order
-    local: list  # per action: slots published at its end (kept, same rank, or P2P free)
-    sends: list  # per action: (slot, link, transfer) through a link, in the order they are sent
-    links: int  # how many links carry transfers
-    transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat)
+    outs: list  # per action: slots published at its end (kept, same rank, or P2P free), and
+    #             ~transfer for each transfer, in the order sent (member, then rules order)
+    slot: np.ndarray  # per transfer: the slot it publishes on arrival
+    link: np.ndarray  # per transfer: its link (one per pair of sender and receiver ranks)
+    transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat), stage
 
 
 # Per kind code: rules.RULES read as slot steps (KindPlan), as arrays indexed by kind code.
@@ -171,13 +173,9 @@ def _left_justified(values: np.ndarray, valid: np.ndarray, rows: int, row_of: np
     vals = values.ravel()[flat_valid]
     owner = np.repeat(row_of, values.shape[1])[flat_valid]
     count = np.bincount(owner, minlength=rows)
-    cuts = np.cumsum(count).tolist()
-    vals = vals.tolist()
-    out, lo = [], 0
-    for hi in cuts:  # one slice per action: a list the loop iterates without checks
-        out.append(vals[lo:hi])
-        lo = hi
-    return out
+    ends = np.cumsum(count)
+    # One slice per action (a list the loop iterates without checks), cut in C by map.
+    return list(map(vals.tolist().__getitem__, map(slice, (ends - count).tolist(), ends.tolist())))
 
 
 def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
@@ -200,16 +198,14 @@ def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
     dst = rank_of[d[:, None], np.clip(to, 0, S - 1)]
     crossing = out_ok & _OUT_SENT[kind] & (dst != rank[:, None]) & with_links
     slots = first[:, None] + _OUT_STEP[kind]
-    local = _left_justified(slots, out_ok & ~crossing, actions, flat.action)
     op, j = np.nonzero(crossing)  # row-major: in action, member, then rules order
     sender, receiver = rank[op], dst[op, j]
-    pair_code = sender * len(flat.rank_bounds) + receiver
-    codes, link = np.unique(pair_code, return_inverse=True)
-    sends: list = [()] * actions
-    for a, triple in zip(flat.action[op].tolist(), zip(slots[op, j].tolist(), link.tolist(), range(len(op)))):
-        sends[a] = sends[a] + (triple,)
+    _, link = np.unique(sender * len(flat.rank_bounds) + receiver, return_inverse=True)
+    # A transfer is written ~number (negative) among the action's results, in its place.
+    slots[op, j] = ~np.arange(len(op))
+    outs = _left_justified(slots, out_ok, actions, flat.action)
     transfers = (sender, receiver, _OUT_DATA[kind[op], j], op, to[op, j])
-    return Plan(needs, local, sends, len(codes), transfers)
+    return Plan(needs, outs, first[op] + _OUT_STEP[kind[op], j], link, transfers)
 
 
 def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None, p2p: float = 0.0,
@@ -225,11 +221,12 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
     n = len(bounds) - 1
     if length is None:
         length = [0.0] * bounds[-1]
-    needs, local, sends = p.needs, p.local, p.sends
+    needs, outs = p.needs, p.outs
+    transfer_slot, transfer_link = p.slot.tolist(), p.link.tolist()
     available: list[float | None] = [None] * (SLOTS_PER_CELL * schedule.stages * schedule.microbatches)
-    waiting: dict[int, list[int]] = {}  # slot -> ranks stopped until it is published
-    link_free = [0.0] * p.links  # when each link's last transfer ends (a Link each, unrolled)
-    begin = [0.0] * len(p.transfers[0])  # each transfer's start
+    waiting = [-1] * len(available)  # slot -> the rank stopped until it is published (its one reader)
+    link_free = [0.0] * (max(transfer_link) + 1 if transfer_link else 0)  # when each link's last transfer ends
+    begin = [0.0] * len(transfer_link)  # each transfer's start
     starts = [0.0] * bounds[-1]
     cursor, free_at = bounds[:-1], [0.0] * n
     sends_land = [0.0] * n  # blocking: when the rank's previous action's sends have landed
@@ -239,7 +236,7 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
         rank = runnable.pop()
         i, end, t = cursor[rank], bounds[rank + 1], free_at[rank]
         while i < end:
-            start = sends_land[rank] if sends_land[rank] > t else t
+            start = sends_land[rank] if blocking and sends_land[rank] > t else t
             for sl in needs[i]:
                 ready = available[sl]
                 if ready is None:
@@ -249,29 +246,28 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
             else:
                 t = start + length[i]
                 starts[i] = start
-                for sl in local[i]:
-                    available[sl] = t
-                    if sl in waiting:
-                        runnable.extend(waiting.pop(sl))
-                if sends[i]:
-                    landed = 0.0
-                    for sl, link, tid in sends[i]:
+                landed = 0.0
+                for sl in outs[i]:
+                    if sl < 0:  # a transfer: through its link, one at a time (Link.carry, unrolled)
+                        sent = ~sl
+                        link = transfer_link[sent]
                         free = link_free[link]
                         go = t if t > free else free
                         arrive = link_free[link] = go + p2p
-                        begin[tid] = go
+                        begin[sent] = go
                         if arrive > landed:
                             landed = arrive
+                        sl = transfer_slot[sent]
                         available[sl] = arrive
-                        if sl in waiting:
-                            runnable.extend(waiting.pop(sl))
-                    if blocking:
-                        sends_land[rank] = landed
-                elif blocking:
-                    sends_land[rank] = 0.0
+                    else:
+                        available[sl] = t
+                    if waiting[sl] >= 0:
+                        runnable.append(waiting[sl])
+                if blocking:
+                    sends_land[rank] = landed
                 i += 1
                 continue
-            waiting.setdefault(sl, []).append(rank)
+            waiting[sl] = rank
             break  # woken when the slot is published
         cursor[rank], free_at[rank] = i, t
     return [c - b for c, b in zip(cursor, bounds)], starts, begin, p.transfers
