@@ -27,9 +27,18 @@ The rules of the replay (rules.RULES says what each op needs and produces):
   max(its action's end, the link's previous transfer's end).
 
 Ranks are walked with cursors: a rank runs until a result it needs is not
-published yet and is woken by the action that publishes it.  Each action runs
-once: linear in the number of ops.  A rank left with actions is stuck, and
+published yet and is woken by the action that publishes it (each result has
+one reader, so one waiting rank per slot).  Each action runs once: linear in
+the number of ops.  A rank left with actions is stuck, and
 :func:`deadlock_error` says at which action and what it waits for.
+
+Speed: the loop is the only per-action Python.  Before it, :func:`plan` reads
+each action's needed slots and published slots off the ops' numpy columns
+(validate.flat_ops), a transfer written ``~its number`` among the published
+ones; after it, the starts it returns become the trace's columns with numpy
+(:func:`simulate`, TraceBuilder.arrays).  The order in which ranks are walked
+changes nothing but the order of work: every time is a max and a sum of the
+same floats, and a link's transfers come in its sender's action order.
 
 An action's inside (its components on the rank's channels, channels.py) is
 not replayed here: its inputs are all on the rank before it starts and its
@@ -63,7 +72,7 @@ def cell(microbatch: int, stage: int, stages: int) -> int:
 
 
 class OpIndex(NamedTuple):
-    """Where each op of a complete schedule sits (validate.index_ops builds it in one scan)."""
+    """Where each op of a complete schedule sits (validate.index_ops builds it with numpy)."""
 
     action_of: dict[Kind, list[int]]  # per kind, per cell: the op's action index in its rank's list (-1: none)
     rank_of: tuple[list[int], list[int]]  # [direction][stage]: the rank holding that stage in that direction
@@ -104,8 +113,9 @@ PLANS: dict[Kind, KindPlan] = {kind: _plan(rule) for kind, rule in RULES.items()
 
 
 class Link:
-    """A channel that carries one thing at a time, in the order it is given work: P2P links
-    between ranks here, step.py's data-parallel channels and pair links."""
+    """A channel that carries one thing at a time, in the order it is given work: step.py's
+    data-parallel channels and pair links; :func:`replay` keeps its P2P links' ``free`` in a
+    list (``link_free``) and does ``carry`` inline, the hot loop's one call saved."""
 
     __slots__ = ("free",)
 
@@ -137,7 +147,7 @@ class Plan(NamedTuple):
     what it publishes when it ends; and per transfer (a result crossing ranks through a link)
     its slot and its link."""
 
-    needs: list  # per action: the slots it waits for, in member then rules order
+    needs: list  # per action: the slots it waits for, in member then rules order (padded: replay)
     outs: list  # per action: slots published at its end (kept, same rank, or P2P free), and
     #             ~transfer for each transfer, in the order sent (member, then rules order)
     slot: np.ndarray  # per transfer: the slot it publishes on arrival
@@ -166,16 +176,16 @@ for _kind, _p in PLANS.items():
         _OUT_ANY[_c, _j] = True
 
 
-def _left_justified(values: np.ndarray, valid: np.ndarray, rows: int, row_of: np.ndarray) -> list:
-    """Per row (action), the valid ``values`` in their order, as lists: ``values`` / ``valid``
-    are (ops, k) and ``row_of`` the action of each op (ops of one action adjacent, in order)."""
-    flat_valid = valid.ravel()
-    vals = values.ravel()[flat_valid]
-    owner = np.repeat(row_of, values.shape[1])[flat_valid]
-    count = np.bincount(owner, minlength=rows)
-    ends = np.cumsum(count)
-    # One slice per action (a list the loop iterates without checks), cut in C by map.
-    return list(map(vals.tolist().__getitem__, map(slice, (ends - count).tolist(), ends.tolist())))
+def _per_action(values: np.ndarray, valid: np.ndarray, flat: Flat, pad: int) -> list[list[int]]:
+    """Per action, its ops' ``values`` (ops x k) where ``valid``, else ``pad``: a list of k ints
+    for a lone op, 2k when the schedule has pairs (members side by side), made in C by tolist."""
+    values = np.where(valid, values, pad)
+    actions = flat.rank_bounds[-1]
+    if len(values) == actions:  # no pairs: one op per action
+        return values.tolist()
+    rows = np.full((actions, 2, values.shape[1]), pad, dtype=values.dtype)
+    rows[flat.action, flat.member] = values
+    return rows.reshape(actions, -1).tolist()
 
 
 def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
@@ -183,13 +193,13 @@ def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
     results for a stage on another rank go through a link, else they are there at once)."""
     flat = index.flat
     S = schedule.stages
-    actions = flat.rank_bounds[-1]
     kind, m, s, d = flat.kind, flat.microbatch, flat.stage, flat.direction
     first = SLOTS_PER_CELL * (m * S + s)
     # needs: (ops, 2) columns, a need outside the pipeline dropped
     need_stage = s[:, None] + _NEED_OFFSET[kind]
     need_ok = _NEED_ANY[kind] & (need_stage >= 0) & (need_stage < S)
-    needs = _left_justified(first[:, None] + _NEED_STEP[kind], need_ok, actions, flat.action)
+    pad = SLOTS_PER_CELL * S * schedule.microbatches  # past the last slot: see replay()
+    needs = _per_action(first[:, None] + _NEED_STEP[kind], need_ok, flat, pad)
     # results: kept, and sent to the consumer's stage when there is one
     to = s[:, None] + _OUT_STAGE[kind]
     out_ok = _OUT_ANY[kind] & (to >= 0) & (to < S)
@@ -203,7 +213,7 @@ def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
     _, link = np.unique(sender * len(flat.rank_bounds) + receiver, return_inverse=True)
     # A transfer is written ~number (negative) among the action's results, in its place.
     slots[op, j] = ~np.arange(len(op))
-    outs = _left_justified(slots, out_ok, actions, flat.action)
+    outs = _per_action(slots, out_ok, flat, pad + 1)
     transfers = (sender, receiver, _OUT_DATA[kind[op], j], op, to[op, j])
     return Plan(needs, outs, first[op] + _OUT_STEP[kind[op], j], link, transfers)
 
@@ -223,7 +233,9 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
         length = [0.0] * bounds[-1]
     needs, outs = p.needs, p.outs
     transfer_slot, transfer_link = p.slot.tolist(), p.link.tolist()
-    available: list[float | None] = [None] * (SLOTS_PER_CELL * schedule.stages * schedule.microbatches)
+    # Per slot, when it is available (None: not yet).  Plan pads each action's lists to one
+    # length with two more slots: a need of time 0 (never waited for) and a result nobody reads.
+    available: list[float | None] = [None] * (SLOTS_PER_CELL * schedule.stages * schedule.microbatches) + [0.0, 0.0]
     waiting = [-1] * len(available)  # slot -> the rank stopped until it is published (its one reader)
     link_free = [0.0] * (max(transfer_link) + 1 if transfer_link else 0)  # when each link's last transfer ends
     begin = [0.0] * len(transfer_link)  # each transfer's start
