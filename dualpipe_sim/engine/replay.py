@@ -74,7 +74,7 @@ def cell(microbatch: int, stage: int, stages: int) -> int:
 class OpIndex(NamedTuple):
     """Where each op of a complete schedule sits (validate.index_ops builds it with numpy)."""
 
-    action_of: dict[Kind, list[int]]  # per kind, per cell: the op's action index in its rank's list (-1: none)
+    action_of: dict[Kind, np.ndarray]  # per kind, per cell: the op's action index in its rank's list (-1: none)
     rank_of: tuple[list[int], list[int]]  # [direction][stage]: the rank holding that stage in that direction
     stages_on_rank: list[list[int]]  # per rank: the stages it holds, ascending
     flat: "Flat"  # the ops as columns, in rank and action order

@@ -101,8 +101,13 @@ def flat_ops(schedule: Schedule) -> Flat | None:
                 member.append(np.zeros(len(ops), dtype=np.int8))
             if ops:
                 kinds, ms, ss, ds = zip(*ops)
-                columns.append((list(map(KIND_CODES.__getitem__, kinds)), ms, ss, ds))
-        kind, m, s, d = (np.array([v for c in columns for v in c[i]], dtype=np.int64) for i in range(4))
+                numbers = [np.array(v) for v in (ms, ss, ds)]
+                if any(a.dtype.kind not in "iub" for a in numbers):  # a float, a text, an int past int64
+                    return None
+                columns.append([np.array(list(map(KIND_CODES.__getitem__, kinds)), dtype=np.int64),
+                                *(a.astype(np.int64) for a in numbers)])  # fmt: skip
+        kind, m, s, d = (np.concatenate([c[i] for c in columns]) if columns else np.empty(0, np.int64)
+                         for i in range(4))  # fmt: skip
     except (TypeError, ValueError, KeyError, OverflowError):  # not four fields, an unknown kind, a huge number
         return None
     cat = (lambda parts, t: np.concatenate(parts).astype(t)) if owner else (lambda parts, t: np.empty(0, t))
@@ -148,7 +153,7 @@ def index_ops(schedule: Schedule) -> OpIndex:
     table = table.reshape(len(KINDS), cells)
     if len(kind) != _ops_of_complete(table, S, M):
         return _incomplete(schedule)
-    action_of = {k: table[i].tolist() for i, k in enumerate(KINDS)}
+    action_of = {k: table[i] for i, k in enumerate(KINDS)}
     rank_of = tuple(np.where(high >= 0, high, -1).reshape(2, S).tolist())
     held = np.unique(rank * S + s)
     stages_on_rank = [[] for _ in range(n)]
