@@ -227,7 +227,7 @@ def test_ctrl_c_exits_130_without_traceback_and_leaves_outputs_as_they_were(verb
     args = {
         "run": ["run", QUICK, *LONG],
         "compare": ["compare", QUICK, *LONG, "--schedules", "1f1b,zb-h1,dualpipe"],
-        "sweep": ["sweep", QUICK, "--grid", "pipeline.microbatches=1500,1502,1504,1506,1508,1510", "--set",
+        "sweep": ["sweep", QUICK, "--grid", "pipeline.microbatches=4000,4002,4004,4006,4008,4010", "--set",
                   "pipeline.stages=16", "--jobs", "2"],
     }[verb]
     # The child starts with SIGINT's default handler: with SIGINT ignored in pytest (a CI runner's
