@@ -46,10 +46,14 @@ process; :func:`targets`):
   metrics per op: target under 10 us;
 * ``--trace``: writing the Chrome trace of the 1F1B case, per op (target under
   10 us) and its peak Python memory beyond the trace arrays (tracemalloc);
-* ``size guard``: peak RSS (VmHWM) of ``dualpipe-sim run`` in a fresh process
-  at 1/8 and full size of the 1F1B case, without charts and with them; the
-  growth per op against limits.py's estimate per op (``limits.estimate`` over
-  the ops the run has): target within 2x.
+* ``size guard`` (:func:`size_guard_rows`): peak RSS (VmHWM) of ``dualpipe-sim
+  run`` in a fresh process.  Per op: ``--plots none`` at 1/8 and full size of
+  1F1B 64 x 1024 with P2P, ZB-H1 16 x 2048 and DualPipe 16 x 256 with
+  ``[chunk]``; the growth per op against what ``limits.memory_for`` reserves
+  over the same growth (3 S M ops at the scenario's trace rows per op).  Per
+  box: ``--plots png`` over ``--plots none`` at 1F1B 64 x 128, whose Gantt
+  chart draws its 16,384 actions as boxes, against ``limits.BYTES_PER_BOX``.
+  Target within 2x.
 """
 
 from __future__ import annotations
