@@ -46,10 +46,14 @@ process; :func:`targets`):
   metrics per op: target under 10 us;
 * ``--trace``: writing the Chrome trace of the 1F1B case, per op (target under
   10 us) and its peak Python memory beyond the trace arrays (tracemalloc);
-* ``size guard``: peak RSS (VmHWM) of ``dualpipe-sim run`` in a fresh process
-  at 1/8 and full size of the 1F1B case, without charts and with them; the
-  growth per op against limits.py's estimate per op (``limits.estimate`` over
-  the ops the run has): target within 2x.
+* ``size guard`` (:func:`size_guard_rows`): peak RSS (VmHWM) of ``dualpipe-sim
+  run`` in a fresh process.  Per op: ``--plots none`` at 1/8 and full size of
+  1F1B 64 x 1024 with P2P, ZB-H1 16 x 2048 and DualPipe 16 x 256 with
+  ``[chunk]``; the growth per op against what ``limits.memory_for`` reserves
+  over the same growth (3 S M ops at the scenario's trace rows per op).  Per
+  box: ``--plots png`` over ``--plots none`` at 1F1B 64 x 128, whose Gantt
+  chart draws its 16,384 actions as boxes, against ``limits.BYTES_PER_BOX``.
+  Target within 2x.
 """
 
 from __future__ import annotations
@@ -249,35 +253,76 @@ def targets(tiny: bool) -> None:
                 rows.append((f"--trace, peak Python memory while writing ({size / ops:.0f} B of JSON per op)",
                              f"{peak / 2**20:.1f} MB ({peak / ops:.0f} B per op)", "constant"))
             rows.append((f"replay + trace + metrics, per op ({what})", f"{1e6 * sim / ops:.2f} us", "< 10 us" if case == "a" else ""))
-    # The size guard: peak RSS of the command in a fresh process, at two sizes of the 1F1B case,
-    # without charts (the simulation, metrics and files: the growth per op) and with them.
-    name, stages, mbs, tiny_stages, tiny_mbs, *_ = CASES["b-p2p"]
-    if tiny:
-        stages, mbs = tiny_stages, tiny_mbs
-    per_op = limits.estimate(stages, mbs)[1] / (2 * stages * mbs)  # what the guard reserves per op 1F1B has
-    for plots in ("none", "png"):
-        rss = []
-        for m in (mbs // 8, mbs):
-            with tempfile.TemporaryDirectory() as out:
-                # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
-                cmd = [sys.executable, "-c", "import sys; from dualpipe_sim.cli import main; main(sys.argv[1:]); "
-                       "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], "
-                       "file=sys.stderr)",
-                       "run", str(ROOT / "scenarios" / "quickstart.toml"), "--set", f"pipeline.schedule={name}",
-                       "--set", f"pipeline.stages={stages}", "--set", f"pipeline.microbatches={m}",
-                       "--set", "comm.p2p=0.05", "--plots", plots, "--out", out]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                rss.append((int(done.stderr.split()[-1]) * 1024, 2 * stages * m))
-        (r0, o0), (r1, o1) = rss
-        grow = (r1 - r0) / (o1 - o0)
-        rows.append((f"size guard: `run --plots {plots}` RSS {r0 / 2**20:.0f} -> {r1 / 2**20:.0f} MB, "
-                     f"{stages} x {mbs // 8} -> {mbs}; per op of the growth",
-                     f"{grow:.0f} B vs estimate {per_op:.0f} B ({per_op / grow:.1f}x)" if grow > 0 else
-                     "no growth at these sizes", "within 2x"))
+    rows += size_guard_rows(tiny)
     width = max(len(r[0]) for r in rows)
     print(f"{'target':<{width}}  {'measured':>34}  goal")
     for what, got, goal in rows:
         print(f"{what:<{width}}  {got:>34}  {goal}")
+
+
+# The size guard's cases: (name, scenario file, --set texts, stages, micro-batches at full size, tiny size).
+GUARD_CASES = (
+    ("1F1B, p2p 0.05", "quickstart.toml", ("pipeline.schedule=1f1b", "comm.p2p=0.05"), 64, 1024, (4, 64)),
+    ("ZB-H1, p2p 0.05", "quickstart.toml", ("pipeline.schedule=zb-h1", "comm.p2p=0.05"), 16, 2048, (4, 64)),
+    ("DualPipe, [chunk]", "deepseek-v3.toml", (), 16, 256, (4, 64)),
+)
+
+
+def peak_rss(toml: str, sets, plots: str) -> int:
+    """Peak RSS (bytes) of ``dualpipe-sim run`` in a fresh process: VmHWM, not ru_maxrss (Linux
+    carries ru_maxrss over from the forking parent)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-c", "import sys; from dualpipe_sim.cli import main; main(sys.argv[1:]); "
+               "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)",
+               "run", str(ROOT / "scenarios" / toml), *[x for s in sets for x in ("--set", s)],
+               "--plots", plots, "--out", out]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return int(done.stderr.split()[-1]) * 1024
+
+
+def size_guard_rows(tiny: bool) -> list[tuple[str, str, str]]:
+    """limits.py's estimate against peak RSS: per op, the growth from 1/8 to the full size without
+    charts (what the guard reserves per op over the same growth: its 3 S M ops, the ops the run
+    has, at the scenario's rows per op); per box, `--plots png` over `--plots none` at a size
+    whose Gantt chart draws boxes."""
+    from dualpipe_sim import limits, simulation
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim.inputs.resolve import resolve
+
+    rows = []
+    for what, toml, sets, stages, mbs, small in GUARD_CASES:
+        if tiny:
+            stages, mbs = small
+        shape = [f"pipeline.stages={stages}"]
+        rss, ops, reserve = [], [], []
+        for m in (mbs // 8, mbs):
+            full = [*sets, *shape, f"pipeline.microbatches={m}"]
+            scn = scenario.read(str(ROOT / "scenarios" / toml), full)
+            per_row = scenario.trace_rows_per_op(resolve(scn).costs)
+            rss.append(peak_rss(toml, full, "none"))
+            ops.append(simulation.build_schedule(scn).num_ops())
+            reserve.append(limits.memory_for(limits.OPS_PER_STAGE_AND_MICROBATCH * stages * m, 0, per_row))
+        grow, est = (rss[1] - rss[0]) / (ops[1] - ops[0]), (reserve[1] - reserve[0]) / (ops[1] - ops[0])
+        rows.append((f"size guard, per op: {what} {stages} x {mbs // 8} -> {mbs} ({per_row:g} rows per op), "
+                     f"`run --plots none` peak RSS {rss[0] / 2**20:.0f} -> {rss[1] / 2**20:.0f} MB",
+                     f"{grow:.0f} B vs estimate {est:.0f} B ({est / grow:.1f}x)" if grow > 0 else "no growth",
+                     "within 2x"))  # fmt: skip
+    # Boxes: 1F1B 64 x 128 draws its 16,384 actions as boxes (256 per rank, under 366).
+    stages, m = (4, 16) if tiny else (64, 128)
+    sets = ("pipeline.schedule=1f1b", "comm.p2p=0.05", f"pipeline.stages={stages}", f"pipeline.microbatches={m}")
+    none, png = peak_rss("quickstart.toml", sets, "none"), peak_rss("quickstart.toml", sets, "png")
+    boxes = 2 * stages * m
+    ops, need = limits.estimate(stages, m)
+    rows.append((f"size guard, per box: 1F1B {stages} x {m} ({boxes:,} boxes), `--plots png` {png / 2**20:.0f} MB "
+                 f"over `--plots none` {none / 2**20:.0f} MB",
+                 f"{(png - none) / boxes:.0f} B vs estimate {limits.BYTES_PER_BOX} B "
+                 f"({limits.BYTES_PER_BOX * boxes / max(png - none, 1):.1f}x)", "within 2x"))  # fmt: skip
+    rows.append((f"size guard, whole run: 1F1B {stages} x {m} with charts, peak RSS {png / 2**20:.0f} MB "
+                 f"(about 55 MB of it any run's start)", f"estimate {need / 2**20:.0f} MB for {ops:,} ops "
+                 f"({need / png:.1f}x the peak)", "within 2x"))  # fmt: skip
+    return rows
 
 
 def measure(case: str, fraction: int, tiny: bool) -> dict:

@@ -1,14 +1,26 @@
 """Resource guards: refuse a run that would exhaust memory, and bound the engine.
 
 Memory.  A run holds a few Python objects per op while it simulates (the
-schedule, SimPy events, trace rows) and the charts draw one patch per op.
-Measured through ``dualpipe-sim run`` (zb-h1, 16 stages, 500 -> 2000
-micro-batches, charts included) peak memory grew by about 6.3 KB per op, the
-simulation alone by about 1 KB per op; :data:`BYTES_PER_OP` rounds that up to
-8 KiB.  A scenario of S stages and M micro-batches has at most 3 S M ops (F, I
-and W for every stage of every micro-batch), so it is refused before anything
-is built when 3 S M x 8 KiB exceeds ``limits.max_memory`` (default
-:data:`DEFAULT_MAX_MEMORY` = 4 GiB, i.e. about 520 000 ops).
+schedule's actions, the replay's per-action lists, the trace rows and the
+metrics' temporaries) and the Gantt chart draws one patch per trace row while
+it draws boxes.  Measured as the growth of peak RSS of ``dualpipe-sim run
+--plots none`` between 1/8 and the full size (``python benchmarks/engine.py
+--targets``): about 0.84 to 0.91 KB per op with one trace row per op (1F1B 64
+stages with P2P, ZB-H1 16 stages), 2.9 KB per op with about 20 rows per op
+(``deepseek-v3.toml``, components), so about 110 B per further row; each box
+drawn adds about 9.2 KB (1F1B 64 x 128: 16,384 boxes, 144 MB).  The estimate
+(:func:`estimate`) rounds these up: :data:`BYTES_PER_OP` per op,
+:data:`BYTES_PER_ROW` per further trace row of an op, :data:`BYTES_PER_BOX` per
+box.  A scenario of S stages and M micro-batches has at most 3 S M ops (F, I
+and W for every stage of every micro-batch).  Boxes are drawn only while a
+rank's row holds at most :data:`BOX_ACTIONS_PER_RANK` actions (gantt.py's
+MIN_BOX_PX on its widest figure; bands beyond), and a rank runs at least M
+actions (an F and a B or I per micro-batch on each stage it holds, at most two
+to an action), so the chart's term is counted when M is at most that, for at
+most that many actions on each of at most S ranks.  The run is refused before
+anything is built when the estimate exceeds ``limits.max_memory`` (default
+:data:`DEFAULT_MAX_MEMORY` = 4 GiB).  Not counted: the 50 to 60 MB any run
+starts from (the interpreter, numpy, matplotlib).
 
 Traces.  ``calibrate`` parses a profiler trace whole (json.loads): read and
 parsed, DeepSeek's 3.1 MB ``train.json`` peaked at 5.2 bytes of Python memory
@@ -27,7 +39,10 @@ from __future__ import annotations
 
 from .units import nbytes as _bytes
 
-BYTES_PER_OP = 8 * 1024
+BYTES_PER_OP = 1024  # per op, its one trace row included (0.84-0.91 KB measured)
+BYTES_PER_ROW = 128  # per further trace row of an op: components, all-to-all phases (about 110 B measured)
+BYTES_PER_BOX = 10 * 1024  # per box the Gantt chart draws (about 9.2 KB measured)
+BOX_ACTIONS_PER_RANK = 366  # gantt.py: (30 in - 3.35 in of margins) x 110 dpi / 8 px per box
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 OPS_PER_STAGE_AND_MICROBATCH = 3  # F, I, W: the most any schedule runs
 TRACE_BYTES_FACTOR = 6  # Python memory per byte of trace JSON while it is read (5.2 measured)
@@ -35,27 +50,39 @@ MAX_TRACE_BYTES = DEFAULT_MAX_MEMORY // TRACE_BYTES_FACTOR  # JSON bytes, after 
 EVENTS_PER_OP = 32  # generous: runs use about 3 SimPy events per op, transfers included (measured)
 
 
-def estimate(stages: int, microbatches: int) -> tuple[int, int]:
-    """(most ops, bytes) a run of this shape may need."""
+def estimate(stages: int, microbatches: int, rows_per_op: float = 1.0) -> tuple[int, int]:
+    """(most ops, bytes) a run of this shape may need, charts included; ``rows_per_op``: trace
+    rows per op (1 for simple costs; the component model's parts per op)."""
     ops = OPS_PER_STAGE_AND_MICROBATCH * stages * microbatches
-    return ops, ops * BYTES_PER_OP
+    boxes = min(ops, stages * BOX_ACTIONS_PER_RANK) if microbatches <= BOX_ACTIONS_PER_RANK else 0
+    return ops, memory_for(ops, boxes, rows_per_op)
 
 
-def size_problem(stages: int, microbatches: int, max_memory: float) -> str | None:
+def memory_for(ops: int, boxes: int, rows_per_op: float = 1.0) -> int:
+    """Bytes for ``ops`` ops of ``rows_per_op`` trace rows each, ``boxes`` of them drawn as boxes."""
+    rows = max(rows_per_op, 1.0)
+    return int(ops * (BYTES_PER_OP + (rows - 1) * BYTES_PER_ROW) + boxes * rows * BYTES_PER_BOX)
+
+
+def size_problem(stages: int, microbatches: int, max_memory: float, rows_per_op: float = 1.0) -> str | None:
     """None when the shape fits, else one line with the estimate and the way out."""
-    ops, _ = estimate(stages, microbatches)
-    return ops_problem(ops, max_memory, f"{stages} stages x {microbatches} micro-batches is up to {ops:,} ops")
+    ops, need = estimate(stages, microbatches, rows_per_op)
+    return _problem(need, max_memory, f"{stages} stages x {microbatches} micro-batches is up to {ops:,} ops")
 
 
-def ops_problem(ops: int, max_memory: float, what: str) -> str | None:
-    """The same rule for a known op count (e.g. a schedule file's); ``what`` describes it."""
-    need = ops * BYTES_PER_OP
+def ops_problem(ops: int, max_memory: float, what: str, boxes: int | None = None) -> str | None:
+    """The same rule for a known op count (e.g. a schedule file's; ``boxes``: how many of them
+    the chart draws as boxes, all when not given); ``what`` describes it."""
+    return _problem(memory_for(ops, ops if boxes is None else boxes), max_memory, what)
+
+
+def _problem(need: int, max_memory: float, what: str) -> str | None:
     if need <= max_memory:
         return None
     return (
         f"limits.max_memory: {what}, about {_bytes(need)} to simulate and chart ({BYTES_PER_OP // 1024} KiB "
-        f"per op), over the limit of {_bytes(max_memory)}; use fewer stages or micro-batches, or raise "
-        f"limits.max_memory"
+        f"per op, {BYTES_PER_BOX // 1024} KiB per chart box), over the limit of {_bytes(max_memory)}; use fewer "
+        f"stages or micro-batches, or raise limits.max_memory"
     )
 
 

@@ -78,7 +78,8 @@ def check_size(scenario: Scenario, schedule: Schedule) -> None:
     """Refuse a user's own schedule too large for limits.max_memory (a scenario's
     own shape is checked when it is loaded; a schedule brings its own op count)."""
     ops = schedule.num_ops()
-    too_big = limits.ops_problem(ops, scenario.limits.max_memory, f"the schedule file has {ops:,} ops")
+    boxes = ops if max(map(len, schedule.ranks), default=0) <= limits.BOX_ACTIONS_PER_RANK else 0  # else bands
+    too_big = limits.ops_problem(ops, scenario.limits.max_memory, f"the schedule file has {ops:,} ops", boxes)
     if too_big:
         raise ScenarioError(too_big)
 

@@ -31,7 +31,8 @@ def test_engine_benchmark_targets_run_on_a_tiny_size():
     assert lines[0].startswith("target")
     starts = ["replay + trace + metrics / longest path", "--trace, per op", "--trace, peak Python memory",
               "replay + trace + metrics, per op (1F1B", "replay + trace + metrics, per op (DualPipe",
-              "size guard: `run --plots none`", "size guard: `run --plots png`"]
+              "size guard, per op: 1F1B", "size guard, per op: ZB-H1", "size guard, per op: DualPipe",
+              "size guard, per box: 1F1B", "size guard, whole run: 1F1B"]
     assert len(lines) == 1 + len(starts)
     assert all(line.startswith(start) for line, start in zip(lines[1:], starts)), lines
 

@@ -54,8 +54,8 @@ def test_schedule_verb_refuses_what_run_refuses_before_building(monkeypatch, cap
                                                 "1f1b": family.__class__(**{**family.__dict__,
                                                                             "generate": must_not_generate})})
     assert main(["schedule", "1f1b", "--stages", "4096", "--microbatches", "100000"]) == 2
-    # 3 x 4096 x 100000 ops x 8 KiB = 10.07e12 bytes
-    one_error_line(capsys, "--stages 4096 x --microbatches 100000 is up to 1,228,800,000 ops", "10.1 TB")
+    # 3 x 4096 x 100000 ops x 1 KiB = 1.258e12 bytes (no chart boxes: 100000 micro-batches draw bands)
+    one_error_line(capsys, "--stages 4096 x --microbatches 100000 is up to 1,228,800,000 ops", "1.26 TB")
     assert main(["run", QUICK, "--set", "pipeline.schedule=1f1b", "--set", "pipeline.stages=4096",
                  "--set", "pipeline.microbatches=100000"]) == 2
     one_error_line(capsys, "limits.max_memory: 4096 stages x 100000 micro-batches is up to 1,228,800,000 ops")
@@ -71,7 +71,10 @@ def test_schedule_verb_refusal_as_a_process():
 def test_the_library_builder_holds_to_the_same_guard():
     with pytest.raises(ScheduleError, match=r"^limits.max_memory: 4096 stages x 100000 micro-batches"):
         registry.build("1f1b", 4096, 100000)
-    assert registry.build("1f1b", 2, 2, max_memory=12 * 8 * 1024).stages == 2  # exactly 12 ops fit
+    fits = 12 * 1024 + 12 * 10 * 1024  # 3 x 2 x 2 = 12 ops at 1 KiB, each a chart box at 10 KiB: exactly fits
+    assert registry.build("1f1b", 2, 2, max_memory=fits).stages == 2
+    with pytest.raises(ScheduleError, match=r"^limits.max_memory: 2 stages x 2 micro-batches is up to 12 ops"):
+        registry.build("1f1b", 2, 2, max_memory=fits - 1)
 
 
 def test_an_option_the_schedule_does_not_take_is_refused(capsys):
@@ -224,7 +227,7 @@ def test_ctrl_c_exits_130_without_traceback_and_leaves_outputs_as_they_were(verb
     args = {
         "run": ["run", QUICK, *LONG],
         "compare": ["compare", QUICK, *LONG, "--schedules", "1f1b,zb-h1,dualpipe"],
-        "sweep": ["sweep", QUICK, "--grid", "pipeline.microbatches=1500,1502,1504,1506,1508,1510", "--set",
+        "sweep": ["sweep", QUICK, "--grid", "pipeline.microbatches=4000,4002,4004,4006,4008,4010", "--set",
                   "pipeline.stages=16", "--jobs", "2"],
     }[verb]
     # The child starts with SIGINT's default handler: with SIGINT ignored in pytest (a CI runner's

@@ -203,10 +203,10 @@ class TraceBuilder:
         )  # fmt: skip
 
     def arrays(self, activation_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        acts = np.array(self.actions, dtype=_ACTION_DTYPE)
+        acts = np.asarray(self.actions, dtype=_ACTION_DTYPE)
         # Each rank's actions in its order.  A rank runs one action at a time and a timeline's
         # spans are sorted by start, so the rows come out sorted by (rank, start) as they are made.
-        acts = acts[np.lexsort((acts["idx"], acts["rank"]))]
+        acts = _sorted(acts, ("idx", "rank"))
         spans = [sp for tl in self.timelines for sp in tl.spans]
         sp_member = np.array([sp.member for sp in spans], dtype=bool)
         sp_t0 = np.array([sp.start for sp in spans], dtype="f8")
@@ -244,10 +244,10 @@ class TraceBuilder:
                 table["channel"], table["peer"] = ch, table["rank"]
             tables[ch] = table
         compute, a2a = tables[Channel.COMPUTE], tables[Channel.A2A]
-        p2p = np.array(self.comm, dtype=COMM_DTYPE)
+        p2p = np.asarray(self.comm, dtype=COMM_DTYPE)
         # peer last: two sends of one rank starting together (on two links) come
         # out in one order whatever order the engine finished them in.
-        p2p = p2p[np.lexsort((p2p["peer"], p2p["start"], p2p["rank"], p2p["channel"]))]
+        p2p = _sorted(p2p, ("peer", "start", "rank", "channel"))
         comm = np.concatenate([p2p, a2a])  # channel P2P (0) before A2A (1)
         memory = self._memory(acts, np.asarray(activation_bytes, dtype="f8"))
         compute = _sorted(compute, ("start", "rank"))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..schedules.ir import FB, Op, Schedule, ScheduleError, ops_of
-from ..schedules.rules import KINDS, RULES, WORK, Kind, pair_problem
-from .replay import OpIndex, deadlock_error, replay
+from ..schedules.rules import KIND_CODES, KINDS, PAIR_BACKWARDS, RULES, WORK, Kind, pair_problem
+from .replay import Flat, OpIndex, deadlock_error, replay
 
 
 def check_complete(schedule: Schedule) -> None:
@@ -80,36 +80,90 @@ def check_complete(schedule: Schedule) -> None:
             )
 
 
+def flat_ops(schedule: Schedule) -> Flat | None:
+    """The ops of ``schedule`` as numpy columns (replay.Flat), read off the action objects in
+    one pass per rank; None when some action is not an op or pair of a known kind."""
+    columns, owner, member, bounds = [], [], [], [0]
+    try:
+        for actions in schedule.ranks:
+            first = bounds[-1]
+            bounds.append(first + len(actions))
+            if FB in set(map(type, actions)):
+                ops = [op for a in actions for op in (a if type(a) is FB else (a,))]
+                width = np.fromiter((2 if type(a) is FB else 1 for a in actions), dtype=np.int64, count=len(actions))
+                owner.append(np.repeat(np.arange(first, bounds[-1]), width))
+                second = np.zeros(len(ops), dtype=np.int8)
+                second[np.cumsum(width)[width == 2] - 1] = 1
+                member.append(second)
+            else:
+                ops = actions
+                owner.append(np.arange(first, bounds[-1]))
+                member.append(np.zeros(len(ops), dtype=np.int8))
+            if ops:
+                kinds, ms, ss, ds = zip(*ops)
+                numbers = [np.array(v) for v in (ms, ss, ds)]
+                if any(a.dtype.kind not in "iub" for a in numbers):  # a float, a text, an int past int64
+                    return None
+                columns.append([np.array(list(map(KIND_CODES.__getitem__, kinds)), dtype=np.int64),
+                                *(a.astype(np.int64) for a in numbers)])  # fmt: skip
+        kind, m, s, d = (np.concatenate([c[i] for c in columns]) if columns else np.empty(0, np.int64)
+                         for i in range(4))  # fmt: skip
+    except (TypeError, ValueError, KeyError, OverflowError):  # not four fields, an unknown kind, a huge number
+        return None
+    cat = (lambda parts, t: np.concatenate(parts).astype(t)) if owner else (lambda parts, t: np.empty(0, t))
+    return Flat(kind, m, s, d, cat(owner, np.int64), cat(member, np.int8), bounds)
+
+
 def index_ops(schedule: Schedule) -> OpIndex:
-    """Where each op of ``schedule`` sits, in one scan that also proves it complete; when it
-    is not, :func:`check_complete` words the first problem."""
+    """Where each op of ``schedule`` sits, found with numpy over its columns (flat_ops), which
+    also proves it complete; when it is not, :func:`check_complete` words the first problem."""
     S, M = schedule.stages, schedule.microbatches
     if S < 1 or M < 1 or 2 * sum(len(actions) for actions in schedule.ranks) < M:
         check_complete(schedule)  # raises (and before anything is sized by M)
-    cells = S * M
-    action_of: dict[Kind, list[int]] = {k: [-1] * cells for k in KINDS}
-    rank_of = ([-1] * S, [-1] * S)
-    direction_of = [-1] * M
-    held: list[set[int]] = [set() for _ in schedule.ranks]
-    ops = 0
-    for rank, actions in enumerate(schedule.ranks):
-        for idx, action in enumerate(actions):
-            pair = type(action) is FB
-            if pair and pair_problem(*action):
-                return _incomplete(schedule)
-            for kind, m, s, d in action if pair else (action,):
-                ops += 1
-                where = action_of.get(kind)
-                if where is None or not (0 <= m < M and 0 <= s < S and d in (0, 1)):
-                    return _incomplete(schedule)
-                c = m * S + s  # cell(m, s, S), written out: once per op
-                if rank_of[d][s] not in (-1, rank) or direction_of[m] not in (-1, d) or where[c] >= 0:
-                    return _incomplete(schedule)  # two ranks for one stage, two directions, an op twice
-                rank_of[d][s], direction_of[m], where[c] = rank, d, idx
-                held[rank].add(s)
-    if -1 in direction_of or ops != _ops_of_complete(action_of, S, M):
+    flat = flat_ops(schedule)
+    if flat is None:
         return _incomplete(schedule)
-    return OpIndex(action_of, rank_of, [sorted(h) for h in held])
+    kind, m, s, d, member = flat.kind, flat.microbatch, flat.stage, flat.direction, flat.member
+    if ((m < 0) | (m >= M) | (s < 0) | (s >= S) | ((d != 0) & (d != 1))).any():
+        return _incomplete(schedule)
+    back = np.flatnonzero(member == 1)  # a pair's backward half, right after its forward
+    fwd = back - 1
+    if ((kind[fwd] != _F) | ~np.isin(kind[back], _PAIR_BACKWARDS) | (m[fwd] == m[back])).any():
+        return _incomplete(schedule)  # rules.pair_problem
+    n = len(schedule.ranks)
+    rank_a = np.repeat(np.arange(n), np.diff(flat.rank_bounds))  # per action: its rank and index there
+    idx_a = np.arange(flat.rank_bounds[-1]) - np.asarray(flat.rank_bounds[:-1], dtype=np.int64)[rank_a]
+    rank = rank_a[flat.action]
+    # One rank per (direction, stage) and one direction per micro-batch: smallest = largest.
+    place = d * S + s
+    low, high = np.full(2 * S, n), np.full(2 * S, -1)
+    np.minimum.at(low, place, rank)
+    np.maximum.at(high, place, rank)
+    d_low, d_high = np.full(M, 2), np.full(M, -1)
+    np.minimum.at(d_low, m, d)
+    np.maximum.at(d_high, m, d)
+    if (low[high >= 0] != high[high >= 0]).any() or (d_low != d_high).any():
+        return _incomplete(schedule)  # two ranks for one stage, two directions, a micro-batch with no ops
+    cells = S * M
+    where = kind * cells + m * S + s  # (kind, cell(m, s, S))
+    if len(where) and np.bincount(where, minlength=len(KINDS) * cells).max() > 1:
+        return _incomplete(schedule)  # an op twice
+    table = np.full(len(KINDS) * cells, -1, dtype=np.int64)
+    table[where] = idx_a[flat.action]
+    table = table.reshape(len(KINDS), cells)
+    if len(kind) != _ops_of_complete(table, S, M):
+        return _incomplete(schedule)
+    action_of = {k: table[i] for i, k in enumerate(KINDS)}
+    rank_of = tuple(np.where(high >= 0, high, -1).reshape(2, S).tolist())
+    held = np.unique(rank * S + s)
+    stages_on_rank = [[] for _ in range(n)]
+    for r, stage in zip((held // S).tolist(), (held % S).tolist()):
+        stages_on_rank[r].append(stage)
+    return OpIndex(action_of, rank_of, stages_on_rank, flat)
+
+
+_F = KIND_CODES[Kind.F]
+_PAIR_BACKWARDS = [KIND_CODES[k] for k in PAIR_BACKWARDS]
 
 
 def _incomplete(schedule: Schedule):
@@ -117,7 +171,7 @@ def _incomplete(schedule: Schedule):
     raise ScheduleError("schedule is incomplete")  # not reached unless the two disagree
 
 
-def _ops_of_complete(action_of: dict[Kind, list[int]], stages: int, microbatches: int) -> int:
+def _ops_of_complete(action_of: np.ndarray, stages: int, microbatches: int) -> int:
     """How many ops a complete schedule holding these ops has; -1 if some cell runs a set of
     kinds that is not one of rules.WORK (an op missing, or a B beside an I)."""
     ops_for = np.full(1 << len(KINDS), -1, dtype=np.int64)  # bit mask of kinds -> ops in it, -1: not allowed
@@ -125,7 +179,7 @@ def _ops_of_complete(action_of: dict[Kind, list[int]], stages: int, microbatches
         ops_for[sum(1 << KINDS.index(k) for k in work)] = len(work)
     mask = np.zeros(stages * microbatches, dtype=np.int64)
     for bit, kind in enumerate(KINDS):
-        mask |= (np.asarray(action_of[kind]) >= 0).astype(np.int64) << bit
+        mask |= (action_of[bit] >= 0).astype(np.int64) << bit
     got = ops_for[mask]
     return -1 if (got < 0).any() else int(got.sum())
 
@@ -135,7 +189,7 @@ def validate(schedule: Schedule) -> OpIndex:
     OpIndex.  The run to the end is replay.py's replay with every action taking no time
     (whether a rank can go on never depends on durations: a link always delivers)."""
     index = index_ops(schedule)
-    stuck = deadlock_error(schedule, replay(schedule, index, lambda rank, idx, action, members, start: start))
+    stuck = deadlock_error(schedule, replay(schedule, index)[0])
     if stuck:
         raise stuck
     return index

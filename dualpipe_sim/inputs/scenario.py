@@ -28,7 +28,7 @@ from ..errors import ScenarioError
 from ..model.activations import POLICIES
 from ..model.config import ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection
-from ..schedules.rules import Channel
+from ..schedules.rules import WORK, Channel
 from .resolve import Inputs, resolve
 from ..step_costs import StepCosts
 
@@ -542,10 +542,19 @@ def resolved(data: dict) -> tuple[Scenario, Inputs]:
         raise ScenarioError(_first_error(exc)) from None
     inputs = resolve(scenario)  # cross-field rules raise here, before anything runs
     p = scenario.pipeline
-    too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory)
+    too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory, trace_rows_per_op(inputs.costs))
     if too_big:  # refused before any schedule is built
         raise ScenarioError(too_big)
     return scenario, inputs
+
+
+def trace_rows_per_op(costs) -> float:
+    """Trace rows per op, for the size guard: 1, or with [chunk] the most parts (one row each)
+    of a micro-batch's work on a stage (an F and a B, or an F, an I and a W) over its ops."""
+    if costs.chunk is None:
+        return 1.0
+    chunks = set(costs.chunk) if isinstance(costs.chunk, tuple) else {costs.chunk}
+    return max(sum(len(c.parts((k,))) for k in work) / len(work) for c in chunks for work in WORK)
 
 
 def sections_only(data: dict) -> Scenario:

@@ -270,10 +270,9 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
     new_run = np.empty(len(s), dtype=bool)
     new_run[0] = True
     new_run[1:] = s[1:] > e[:-1]
-    run_id = np.cumsum(new_run) - 1
     run_start = s[new_run]
-    run_end = np.zeros(run_id[-1] + 1)
-    np.maximum.at(run_end, run_id, e)
+    # e is a running max: a run ends at the e of its last interval, just before the next run.
+    run_end = e[np.r_[np.flatnonzero(new_run)[1:] - 1, len(e) - 1]]
     return float(np.sum(run_end - run_start))
 
 
@@ -356,8 +355,11 @@ def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
     for rank, (mine, comp) in enumerate(zip(by_rank(a2a, trace.ranks), by_rank(trace.compute, trace.ranks))):
         if len(mine):
             times[rank] = float(np.sum(mine["end"] - mine["start"]))
-            hidden = intersect_length(mine["start"], mine["end"], comp["start"], comp["end"])
-            exposed[rank] = union_length(mine["start"], mine["end"]) - hidden
+            own = union_length(mine["start"], mine["end"])
+            hidden = own + union_length(comp["start"], comp["end"]) - union_length(
+                np.concatenate([mine["start"], comp["start"]]), np.concatenate([mine["end"], comp["end"]])
+            )  # intersect_length, with the all-to-all's own union reused
+            exposed[rank] = own - hidden
     return times, exposed
 
 
@@ -365,6 +367,7 @@ def between_ops(trace: Trace) -> list[float]:
     """Per rank: makespan minus the time spent inside actions, an action lasting
     from its first component to its last (its all-to-all included)."""
     a2a = trace.comm[trace.comm["channel"] == A2A]
+    makespan = trace.makespan  # a max over every row: once, not per rank
     out = []
     for comp, mine in zip(by_rank(trace.compute, trace.ranks), by_rank(a2a, trace.ranks)):
         act = np.concatenate([comp["action"], mine["action"]])
@@ -376,7 +379,7 @@ def between_ops(trace: Trace) -> list[float]:
             e = np.concatenate([comp["end"], mine["end"]])[order]
             first = np.flatnonzero(np.r_[True, act[1:] != act[:-1]])
             inside = float(np.sum(np.maximum.reduceat(e, first) - np.minimum.reduceat(s, first)))
-        out.append(trace.makespan - inside)
+        out.append(makespan - inside)
     return out
 
 
