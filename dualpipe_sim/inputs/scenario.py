@@ -27,7 +27,7 @@ from .costs import Chunk as ChunkCosts
 from ..errors import ScenarioError
 from ..model.activations import POLICIES
 from ..model.config import ModelError
-from ..model.sections import HardwareSection, ModelSection, ParallelSection
+from ..model.sections import HardwareSection, ModelSection, ParallelSection, strict_bool
 from ..schedules.rules import WORK, Channel
 from .resolve import Inputs, resolve
 from ..step_costs import StepCosts
@@ -137,12 +137,6 @@ Chunk = create_model(
 )
 
 
-def _strict_bool(v):
-    if not isinstance(v, bool):  # "yes" or 1 must not pass for true
-        raise ValueError("must be true or false")
-    return v
-
-
 class Memory(_Section):
     activation: PerStageNonNeg = 1.0
     parameters: PerStageNonNeg = 1.0
@@ -153,7 +147,7 @@ class Memory(_Section):
     @field_validator("fp8_weight_cache", mode="before")
     @classmethod
     def _bool(cls, v):
-        return _strict_bool(v)
+        return strict_bool(v)
 
 
 class Limits(_Section):
@@ -193,7 +187,7 @@ class Step(_Section):
     @field_validator("overlap_grad_sync", "cross_copy_eager", mode="before")
     @classmethod
     def _bool(cls, v):
-        return _strict_bool(v)
+        return strict_bool(v)
 
 
 class Scenario(_Section):

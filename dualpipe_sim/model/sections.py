@@ -20,6 +20,13 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+def strict_bool(v):
+    """A TOML boolean only: "yes" or 1 must not pass for true (every section's switches use it)."""
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
 def _whole(v):
     # TOML 8.0 must not silently become 8; "8" (a string) is not a number.
     if isinstance(v, bool) or isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
@@ -63,9 +70,7 @@ class ModelSection(BaseModel):
     @field_validator("moe_aux_loss", mode="before")
     @classmethod
     def _bool(cls, v):
-        if not isinstance(v, bool):
-            raise ValueError("must be true or false")
-        return v
+        return strict_bool(v)
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
@@ -95,9 +100,7 @@ class ParallelSection(_Section):
     @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather", mode="before")
     @classmethod
     def _bool(cls, v):
-        if not isinstance(v, bool):
-            raise ValueError("must be true or false")
-        return v
+        return strict_bool(v)
 
     @field_validator("tensor", "expert", "data", "context", "zero", mode="before")
     @classmethod
