@@ -3,7 +3,7 @@
     python benchmarks/fit_kernel_rates.py
 
 Reads the measured GEMM tables in tests/data/kernels/ (XLA's sm_90 and sm_100 matmul tables,
-DeepGEMM's H800 FP8 table), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
+DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 table on H100), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
 least squares on log time (a grid search, then a finer one around the best), and prints them with
 the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
 rounded; tests/test_kernels.py checks that they reproduce the tables.  Only kernel measurements
@@ -85,6 +85,9 @@ def main_gemm() -> None:
            np.linspace(600e12, 989e12, 41), np.linspace(0, 1000, 41), np.linspace(0, 10e-6, 41))
     report("H800 fp8 (DeepGEMM)", table("deepgemm_h800_fp8.csv", "tflops", 1e12), 132, H100_HBM, 1.0,
            np.linspace(1000e12, 1979e12, 41), np.linspace(0, 2000, 41), np.array([floor, floor]))  # no tiny shapes: sm_90's floor
+    # cuBLASLt FP8 (as Transformer Engine runs it): Azure's 9 shapes on H100 80GB HBM3; sm_90's floor, as for A100's table
+    report("H100 fp8 (Azure cuBLASLt)", table("azure_h100_fp8.csv", "value", 1e12, kind="gemm"), 132, H100_HBM, 1.0,
+           np.linspace(1000e12, 1979e12, 41), np.linspace(0, 2000, 41), np.array([floor, floor]))
     B200_HBM = 8e12 * 0.9
     floor = report("sm_100 bf16 (XLA)", table("xla_matmul_sm100.csv", "bf16"), 148, B200_HBM, 2.0,
            np.linspace(1200e12, 2250e12, 41), np.linspace(0, 2000, 41), np.linspace(0, 10e-6, 41))

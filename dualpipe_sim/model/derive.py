@@ -200,6 +200,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
             rates = kernel_rates(section, hw)
+            try:
+                rates = rates.with_fp8_gemm(m.fp8_gemm)
+            except ValueError as exc:
+                raise ModelError(f"model.fp8_gemm: {exc}") from None
     legacy = m.runtime == "megatron-lm-2021"
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,

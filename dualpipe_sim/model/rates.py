@@ -37,6 +37,17 @@ class KernelRates:
     # bytes; when given, NVLink all-reduce / all-gather / reduce-scatter take the bus bandwidth measured at
     # their size (collectives.py) instead of latency + nvlink_bus.
     nvlink_curve: tuple[tuple[float, float], ...] = ()
+    # DeepGEMM's FP8 kernels (fine-grained scaling, DeepSeek's runtime): model.fp8_gemm = "deepgemm" takes
+    # these instead of gemm_fp8 (cuBLASLt, as Transformer Engine runs FP8); None: no DeepGEMM table
+    gemm_fp8_deepgemm: GemmRates | None = None
+
+    def with_fp8_gemm(self, library: str) -> "KernelRates":
+        """The same GPU with the FP8 GEMMs of ``library`` ("cublas" or "deepgemm")."""
+        if library == "cublas":
+            return self
+        if self.gemm_fp8_deepgemm is None:
+            raise ValueError(f'"deepgemm" has no measured FP8 table on {self.name} (H100, H800, H200 only)')
+        return replace(self, gemm_fp8=self.gemm_fp8_deepgemm)
 
     def attention_rate(self, seq: int, backward: bool) -> float:
         rate = self.attention_backward if backward else self.attention_forward
@@ -47,6 +58,7 @@ class KernelRates:
         by the ratio of the given peak to the preset's."""
         g = lambda r: None if r is None else replace(r, peak=r.peak * compute)  # noqa: E731
         return replace(self, gemm_bf16=g(self.gemm_bf16), gemm_fp8=g(self.gemm_fp8),
+                       gemm_fp8_deepgemm=g(self.gemm_fp8_deepgemm),
                        attention_forward=self.attention_forward * compute,
                        attention_backward=self.attention_backward * compute, hbm=self.hbm * memory,
                        nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic,
@@ -55,12 +67,15 @@ class KernelRates:
 
 # -- the presets ------------------------------------------------------------------------------------
 # Fitted by benchmarks/fit_kernel_rates.py (its output, rounded), sources in docs/model.md:
-# GEMMs: XLA's sm_90 / sm_100 matmul tables (bf16; sm_100 fp8) and DeepGEMM's H800 FP8 table (Hopper fp8);
+# GEMMs: XLA's sm_90 / sm_100 matmul tables (bf16; sm_100 fp8), Azure's cuBLASLt FP8 table on H100 (Hopper fp8,
+# as Transformer Engine runs it) and DeepGEMM's H800 FP8 table (Hopper fp8 in DeepSeek's runtime);
 # attention: cuDNN forward / backward, causal, head dim 128 (FlashAttention-3 paper figures, H100), FA2 on A100;
 # collectives: XLA's sm_90 collective table (8 GPUs, NVLink); NICs: NVIDIA's NCCL maintainers' 46-49 GB/s per
 # 400 Gb/s NDR NIC; HBM: gpu-benches' streaming "scale" kernel at 85% of the datasheet (A100 80GB, H100 PCIe).
 _SM90_BF16 = GemmRates(peak=836e12, k_overhead=103, floor=5.54e-6)
-_SM90_FP8 = GemmRates(peak=1554e12, k_overhead=434, floor=5.54e-6)
+_SM90_FP8 = GemmRates(peak=1554e12, k_overhead=434, floor=5.54e-6)  # DeepGEMM
+# cuBLASLt (Azure ND H100 v5, 10,000 warm-up iterations); its k_overhead fits to 0 (the grid's edge); sm_90's floor
+_SM90_FP8_CUBLAS = GemmRates(peak=1382e12, k_overhead=0.0, floor=5.54e-6)
 _HBM_FRACTION = 0.85
 _FLOOR = 2.5e-6  # back-to-back small kernels (gpu-benches gpu-small-kernels, H200 and A100)
 _NIC_NDR = 47e9  # one 400 Gb/s NDR / CX7 NIC per GPU
@@ -71,8 +86,8 @@ _A100_ALL_REDUCE = tuple((float(1 << (10 + i)), gbs * 1e9) for i, gbs in enumera
     0.04, 0.08, 0.17, 0.33, 0.67, 1.37, 2.70, 5.15, 10.11, 19.24, 36.22, 53.54, 71.43, 89.99, 109.22, 132.77,
     166.63, 174.18, 213.87, 221.58, 228.10, 230.22, 230.48, 231.58)))  # fmt: skip
 
-_H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION, _FLOOR,
-                    321e9, _NIC_NDR, _LATENCY)  # fmt: skip
+_H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
+                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8)  # fmt: skip
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800

@@ -63,6 +63,9 @@ class ModelSection(BaseModel):
     # DeepGEMM's or the grouped_gemm package's) or "sequential" (Megatron-core's SequentialMLP, without
     # --moe-grouped-gemm: a Python loop, one expert's GEMMs and activation after another)
     expert_gemm: Literal["multi-stream", "grouped", "sequential"] = "multi-stream"
+    # whose FP8 GEMM kernels time the FP8 linears on Hopper: "cublas" (cuBLASLt, as Transformer Engine runs
+    # them) or "deepgemm" (DeepGEMM's fine-grained-scaling kernels, DeepSeek's runtime); docs/model.md
+    fp8_gemm: Literal["cublas", "deepgemm"] = "cublas"
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
