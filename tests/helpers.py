@@ -26,3 +26,16 @@ DEEPSEEK_PROFILE_MS = {
     "combine_backward": 5.77, "mlp_backward_input": 5.31, "mlp_backward_weight": 5.06,
     "dispatch_backward": 7.49, "attn_backward_input": 9.34, "attn_backward_weight": 2.39,
 }  # fmt: skip
+
+
+# A 4-layer Llama-style [model] table (seq 128): the small model whose derived times and bytes
+# tests/test_fsdp.py, test_memory_terms.py and test_model.py work out by hand.
+TINY_LLAMA_MODEL = """[model]
+model_type = "llama"
+hidden_size = 256
+num_hidden_layers = 4
+vocab_size = 1000
+num_attention_heads = 4
+intermediate_size = 512
+seq_length = 128
+"""

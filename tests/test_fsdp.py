@@ -8,6 +8,7 @@ import pytest
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
 from dualpipe_sim.model import fsdp
+from helpers import TINY_LLAMA_MODEL
 
 LAYER, EMB = 655_872, 256_000  # tests/test_memory_terms.py's tiny model: a layer's and the embedding's parameters
 
@@ -44,15 +45,7 @@ def tiny_with_hardware(tmp_path, zero: int):
 schedule = "1f1b"
 stages = 2
 microbatches = 2
-[model]
-model_type = "llama"
-hidden_size = 256
-num_hidden_layers = 4
-vocab_size = 1000
-num_attention_heads = 4
-intermediate_size = 512
-seq_length = 128
-[parallel]
+{TINY_LLAMA_MODEL}[parallel]
 data = 2
 zero = {zero}
 [hardware]

@@ -17,6 +17,7 @@ import pytest
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim import simulation
 from dualpipe_sim.model import memory
+from helpers import TINY_LLAMA_MODEL
 
 LAYER, LINEAR, EMB, HEAD = 655_872, 655_360, 256_000, 256_256
 ACT0, ACT1, BOUNDARY = 1_839_104, 2_482_176, 65_536
@@ -35,15 +36,7 @@ forward = 1.0
 backward = 2.0
 [comm]
 p2p = 0.5
-[model]
-model_type = "llama"
-hidden_size = 256
-num_hidden_layers = 4
-vocab_size = 1000
-num_attention_heads = 4
-intermediate_size = 512
-seq_length = 128
-{extra}
+{TINY_LLAMA_MODEL}{extra}
 """)
     return path
 

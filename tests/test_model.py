@@ -13,7 +13,7 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.model import activations, config, flops, layout, memory, params
 from dualpipe_sim.model.config import ModelError
 
-from helpers import DEEPSEEK_PROFILE_MS
+from helpers import DEEPSEEK_PROFILE_MS, TINY_LLAMA_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "scenarios" / "models"
@@ -218,15 +218,7 @@ def tiny_toml(tmp_path, hbm: float) -> Path:
 schedule = "1f1b"
 stages = 2
 microbatches = 4
-[model]
-model_type = "llama"
-hidden_size = 256
-num_hidden_layers = 4
-vocab_size = 1000
-num_attention_heads = 4
-intermediate_size = 512
-seq_length = 128
-[hardware]
+{TINY_LLAMA_MODEL}[hardware]
 bf16_tflops = 1.0
 p2p_bandwidth = 1.0
 hbm = {hbm}
