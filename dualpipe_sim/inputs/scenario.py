@@ -171,6 +171,10 @@ class Step(_Section):
     # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
     optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
+    # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
+    overlap_param_gather: bool | None = None
+    # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
+    runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
@@ -184,10 +188,18 @@ class Step(_Section):
             raise ValueError('must be a time in ms, a per-stage list, or "derived"')
         return v
 
-    @field_validator("overlap_grad_sync", "cross_copy_eager", mode="before")
+    @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", mode="before")
     @classmethod
     def _bool(cls, v):
-        return strict_bool(v)
+        return None if v is None else strict_bool(v)
+
+    def param_gather_overlapped(self) -> bool:
+        """overlap_param_gather as given, else as overlap_grad_sync; None: the combination is refused
+        (Megatron: --overlap-param-gather needs --overlap-grad-reduce; DeepSpeed overlaps neither)."""
+        overlapped = self.overlap_grad_sync if self.overlap_param_gather is None else self.overlap_param_gather
+        if overlapped and (not self.overlap_grad_sync or self.runtime == "deepspeed-bf16"):
+            return None
+        return overlapped
 
 
 class Scenario(_Section):
@@ -254,6 +266,12 @@ class Scenario(_Section):
         if self.step is None:
             return None
         S, st = self.pipeline.stages, self.step
+        if st.runtime == "deepspeed-bf16" and st.overlap_grad_sync:
+            raise ScenarioError('step.overlap_grad_sync: must be false with step.runtime = "deepspeed-bf16" '
+                                "(DeepSpeed's pipeline engine reduces the gradients after the pipeline)")
+        if st.param_gather_overlapped() is None:
+            raise ScenarioError("step.overlap_param_gather: must be false unless step.overlap_grad_sync = true "
+                                "(Megatron: --overlap-param-gather needs --overlap-grad-reduce)")
         figures = {}
         for key in ("grad_sync", "cross_copy_sync", "optimizer"):
             if getattr(st, key) == "derived":

@@ -24,6 +24,11 @@ GRAD_NORM_BYTES = 4
 MASTER_COPY_BYTES = 4
 UNSCALE_BYTES = 4 + 4
 GRAD_CAST_BYTES = 2 + 4
+# DeepSpeed's data-parallel all-reduce of its fp32 gradients (v0.6.5 runtime/engine.py, allreduce_bucket):
+# cast to the communication dtype (bf16 for a bf16 run: read 4, write 2), scaled by 1/D after the
+# all-reduce (read 2, write 2), copied back into the fp32 gradient (read 2, write 4).
+DS_BF16_COMM_PASSES = (4 + 2) + (2 + 2) + (2 + 4)
+BF16 = 2  # bytes: DeepSpeed's bf16 communication dtype and bf16 weights
 
 
 def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
@@ -39,23 +44,23 @@ def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
     return per_param
 
 
-def _sync_ms(st, key: str, dense: float, routed: float) -> float:
-    """One grad sync (reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum of ``dense``
-    bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms)."""
+def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None) -> float:
+    """One grad sync (``op``; default reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum
+    of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms)."""
     sh, hw = st.sharding, st.hw
+    op = op or ("reduce_scatter" if sh.zero >= 1 else "all_reduce")
     if st.rates is not None:
         nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
         # Megatron's rank order puts tensor innermost, then data: a node holds gpus_per_node / tensor
         # ranks of each data-parallel group, each on its own NIC
         per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
-        op = "reduce_scatter" if sh.zero >= 1 else "all_reduce"
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
         return (collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
                 + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
     if key == "cross_copy_sync":
         return (dense + routed) / (hw.p2p_gbps * 1e9) * 1e3
-    factor = 1.0 if sh.zero >= 1 else 2.0  # reduce-scatter or all-reduce
+    factor = 2.0 if op == "all_reduce" else 1.0  # all-reduce, or reduce-scatter / all-gather
 
     def ring(nbytes: float, ranks: float) -> float:
         return factor * (ranks - 1) / ranks * nbytes if ranks > 1 else 0.0
@@ -63,22 +68,72 @@ def _sync_ms(st, key: str, dense: float, routed: float) -> float:
     return (ring(dense, sh.data) + ring(routed, sh.expert_data)) / (hw.a2a_gbps * 1e9) * 1e3
 
 
-def _stage_copies(scenario) -> list[int]:
-    """How many ranks hold each stage (2 for DualPipe's and Chimera's two directions), read off the
-    scenario's own schedule."""
+def _stage_ranks(scenario) -> list[set[int]] | None:
+    """The pipeline ranks holding each stage (two for DualPipe's and Chimera's two directions), read
+    off the scenario's own schedule; None when it cannot be built (the run refuses it in its own words)."""
     from ..schedules import registry
     from ..schedules.ir import ScheduleError
 
     p = scenario.pipeline
-    held = [0] * p.stages
+    held = [set() for _ in range(p.stages)]
     try:
         schedule = registry.build(p.schedule, p.stages, p.microbatches, **scenario.options())
-    except ScheduleError:  # the run refuses it with its own words; one copy each meanwhile
-        return [1] * p.stages
-    for stages in schedule.stages_on_rank():
+    except ScheduleError:
+        return None
+    for rank, stages in enumerate(schedule.stages_on_rank()):
         for s in stages:
-            held[s] += 1
+            held[s].add(rank)
     return held
+
+
+def _stage_copies(scenario) -> list[int]:
+    """How many ranks hold each stage (one each when the schedule cannot be built)."""
+    ranks = _stage_ranks(scenario)
+    return [1] * scenario.pipeline.stages if ranks is None else [len(r) for r in ranks]
+
+
+def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:
+    """{stage: ms} of the tied word embedding's gradient all-reduce, on the stage holding the embedding
+    and the one holding the head.
+
+    Megatron all-reduces the word embedding's gradient between the first and the last pipeline stage
+    after the data-parallel reduction, before the optimizer (megatron/training.py @ 6985e58, "All-reduce
+    word_embeddings' grad across first and last stages"; Megatron-core's finalize_model_grads,
+    _allreduce_word_embedding_grads @ d98e8a6); DeepSpeed's pipeline engine does it before its
+    reduction (_exec_reduce_tied_grads, v0.6.5).  V x h / tensor elements of ``grad_bytes`` each, over
+    a group of 2 ranks (one per node: nics = 1), across nodes unless the two pipeline ranks' GPUs share
+    one (Megatron's order: tensor, data, then pipeline outermost).  Nothing when the head is untied,
+    when one stage holds both, or when one rank holds both stages (a V-shaped schedule's rank 0).
+    """
+    cfg, sh = st.cfg, st.sharding
+    embed = [i for i, w in enumerate(st.stages) if w.embedding]
+    head = [i for i, w in enumerate(st.stages) if w.head]
+    if not cfg.tie_word_embeddings or not embed or not head or embed[0] == head[0]:
+        return {}
+    e, h = embed[0], head[0]
+    ranks = _stage_ranks(scenario)
+    if ranks is None or ranks[e] & ranks[h]:
+        return {}
+    nbytes = cfg.vocab_size * cfg.hidden_size / sh.tensor * grad_bytes
+    gpus_per_rank = sh.tensor * sh.data
+    nodes = {(min(ranks[s]) * gpus_per_rank) // st.hw.gpus_per_node for s in (e, h)}
+    link = "nvlink" if len(nodes) == 1 else "nic"
+    if st.rates is not None:
+        ms = collectives.time("all_reduce", nbytes, 2, st.rates, link) * 1e3
+    else:  # a ring all-reduce over 2 ranks carries the tensor once: 2 (2 - 1) / 2 x bytes
+        gbps = st.hw.a2a_intra_gbps if link == "nvlink" else st.hw.a2a_gbps
+        ms = nbytes / (gbps * 1e9) * 1e3
+    return {e: ms, h: ms}
+
+
+def param_gather_ms(st, stage) -> float:
+    """All-gathering a stage copy's updated weights from their ZeRO 1/2 shards after the optimizer
+    (Megatron's distributed optimizer: gather_model_params after optimizer.step, in the parameters'
+    dtype since 57bfa7c, Sep 2022; DeepSpeed's bf16 optimizer: all_gather_dp_groups in step(),
+    v0.6.5), over the same groups and links as the gradient reduction (ms)."""
+    sh = st.sharding
+    return _sync_ms(st, "grad_sync", stage.dense_params / sh.tensor * sh.params_bytes,
+                    stage.routed_params / sh.expert * sh.params_bytes, op="all_gather")  # fmt: skip
 
 
 def _zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
@@ -140,6 +195,15 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     sh, hw = st.sharding, st.hw
     if key == "optimizer" and st.rates is None:
         raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
+    step = scenario.step
+    deepspeed = step is not None and step.runtime == "deepspeed-bf16"
+    if deepspeed and key != "cross_copy_sync":
+        _check_deepspeed(st)
+    if key == "cross_copy_sync":
+        tied = {}
+    else:  # DeepSpeed's bf16 optimizer keeps (and all-reduces) fp32 gradients
+        tied = tied_embedding_ms(scenario, st, 4.0 if deepspeed else sh.grads_bytes) if key == "grad_sync" else {}
+    gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     out = []
     for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
@@ -149,9 +213,19 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
             updated = stage.dense_params / sh.tensor * shard(sh.data) + stage.routed_params / sh.expert * shard(sh.expert_data)
             per_param = optimizer_bytes_per_param(scenario.model, sh.optimizer_bytes)
+            streamed = updated * per_param
+            if deepspeed:  # its gradient norm reads the rank's whole fp32 gradient, not the shard
+                streamed += (stage.dense_params / sh.tensor - updated) * GRAD_NORM_BYTES
             # one fused multi-tensor Adam launch: its floor once (how many launches apex / TE split it
             # into is not published; each adds 2.5 us against milliseconds of streaming)
-            out.append((updated * per_param / st.rates.hbm + st.rates.floor) * 1e3)
+            ms = (streamed / st.rates.hbm + st.rates.floor) * 1e3
+            # then the updated weights all-gathered, unless Megatron hides it under the next forward
+            out.append(ms + (param_gather_ms(st, stage) if gather else 0.0))
+            continue
+        if deepspeed:  # the fp32 gradient cast to bf16, all-reduced (not reduce-scattered), cast back
+            whole = stage.dense_params / sh.tensor
+            out.append(_sync_ms(st, key, whole * BF16, 0.0, op="all_reduce")
+                       + whole * DS_BF16_COMM_PASSES / st.rates.hbm * 1e3 + tied.get(s, 0.0))  # fmt: skip
             continue
         if key == "grad_sync" and sh.zero >= 2:
             first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
@@ -159,7 +233,20 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             tail = _sync_ms(st, key, unit_dense / sh.tensor * sh.grads_bytes, unit_routed / sh.expert * sh.grads_bytes)
             if copies is not None and stage.forward is not None:
                 tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
-            out.append(tail)
+            out.append(tail + tied.get(s, 0.0))
             continue
-        out.append(_sync_ms(st, key, dense, routed))
+        out.append(_sync_ms(st, key, dense, routed) + tied.get(s, 0.0))
     return tuple(out)
+
+
+def _check_deepspeed(st) -> None:
+    """What step.runtime = "deepspeed-bf16" describes: DeepSpeed v0.6.5's BF16_Optimizer (optimizer
+    states sharded over the data-parallel ranks: ZeRO 1) reducing dense gradients only."""
+    if st.rates is None:
+        raise ModelError('step.runtime = "deepspeed-bf16" needs a hardware.preset without hardware.efficiency')
+    if st.sharding.zero != 1:
+        raise ModelError('step.runtime = "deepspeed-bf16" shards the optimizer as ZeRO 1 does: '
+                         f"parallel.zero must be 1, got {st.sharding.zero}")
+    if st.cfg.moe:
+        raise ModelError('step.runtime = "deepspeed-bf16" reduces dense gradients only (DeepSpeed v0.6.5 '
+                         "refuses experts there): the model must have no experts")

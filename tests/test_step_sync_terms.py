@@ -1,0 +1,155 @@
+"""The end-of-step work issue 21 added to [step]'s "derived" figures, each worked out by hand from the
+runtime's code: the tied word embedding's gradient all-reduce between the first and the last stage,
+ZeRO 1/2's parameter all-gather after the optimizer, and DeepSpeed's bf16 data-parallel step
+(docs/step.md, "From the model"; docs/validation.md).  Rates: the A100 preset's (25.5 us NCCL latency,
+23.5 GB/s bus bandwidth per HDR NIC, 1.61 TB/s streaming HBM, 2.5 us kernel floor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+from dualpipe_sim.errors import ScenarioError
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.model.step_figures import derived_sync
+
+ROOT = Path(__file__).resolve().parents[1]
+LAT, NIC, HBM, FLOOR = 25.5e-6, 23.5e9, 1.61e12, 2.5e-6
+
+
+def _load(name, overrides=()):
+    return scenario.load(ROOT / "scenarios" / "validation" / f"{name}.toml", list(overrides))
+
+
+def _layer(h):  # a GPT layer's parameters: 12 h^2 + 13 h (QKV, out_proj, fc1, fc2 with biases; two LayerNorms)
+    return 12 * h * h + 13 * h
+
+
+# n21-145b: h 12288, V 51200, 80 layers on 16 virtual stages (5 each) of 8 ranks, TP 8, DP 24, fp16 gradients.
+H, V = 12288, 51200
+STAGE0 = 5 * _layer(H) + V * H + 2048 * H  # the embedding and the learned positions
+MIDDLE = 5 * _layer(H)
+LAST = 5 * _layer(H) + 2 * H + V * H  # the final norm and the tied head's own copy
+
+
+def _dp_all_reduce(params):  # fp16 over 24 ranks, one per node (TP 8): one NIC
+    return LAT + 2 * params / 8 * 2 * 23 / 24 / NIC
+
+
+def test_tied_embedding_all_reduce_by_hand():
+    # Megatron-LM (training.py @ 6985e58): the first and the last pipeline rank (0 and 7, different nodes)
+    # all-reduce the word embedding's fp16 gradient, V x h / 8 elements: a 2-rank ring carries it once
+    sc = _load("n21-145b")
+    d = sc.derived()
+    assert (d.stages[0].dense_params, d.stages[7].dense_params, d.stages[15].dense_params) == (STAGE0, MIDDLE, LAST)
+    tied = LAT + V * H / 8 * 2 / NIC
+    got = derived_sync(sc, "grad_sync")
+    assert got[0] == pytest.approx((_dp_all_reduce(STAGE0) + tied) * 1e3)
+    assert got[15] == pytest.approx((_dp_all_reduce(LAST) + tied) * 1e3)
+    assert got[7] == pytest.approx(_dp_all_reduce(MIDDLE) * 1e3)  # holds neither: no tie
+
+
+def test_untied_or_single_stage_or_one_rank_has_no_tied_all_reduce():
+    sc = _load("n21-145b", ["model.tie_word_embeddings=false"])
+    assert derived_sync(sc, "grad_sync")[0] == pytest.approx(_dp_all_reduce(STAGE0) * 1e3)
+    # PP = 1 (k22-22b: TP 8, no data parallelism): the head shares the embedding's weight on its own stage
+    assert derived_sync(_load("k22-22b-full"), "grad_sync") == (0.0,)
+    # DualPipeV puts stage 0 and stage S-1 on rank 0: the tie never leaves the rank
+    base = ["pipeline.schedule=dualpipev", "pipeline.stages=16", "pipeline.chunks_per_rank=1",
+            "model.tie_word_embeddings=true"]  # fmt: skip
+    got = derived_sync(_load("n21-145b", base), "grad_sync")
+    assert got[0] == pytest.approx(_dp_all_reduce(STAGE0) * 1e3)
+
+
+def test_k22_without_data_parallelism_reduces_only_the_tie():
+    # k22-175b: h 12288, V 51200, TP 8, PP 8 (the 1F1B of 8 ranks, 12 layers each), bf16 with fp32 gradients
+    got = derived_sync(_load("k22-175b-full"), "grad_sync")
+    tied = (LAT + V * H / 8 * 4 / NIC) * 1e3
+    assert got[0] == pytest.approx(tied) and got[-1] == pytest.approx(tied)
+    assert set(got[1:-1]) == {0.0}
+
+
+# -- ZeRO 1: the parameter all-gather after the optimizer ------------------------------------------------
+def _adam(params, zero_ranks=24):  # fp16 weights and gradients: 14 + 16 + 4 + 4 + 6 + 8 bytes per updated one
+    return params / 8 / zero_ranks * 52 / HBM + FLOOR
+
+
+def test_zero1_parameter_all_gather_follows_the_optimizer_by_hand():
+    # Megatron's distributed optimizer (gather_model_params after optimizer.step, 2022): the rank's fp16
+    # weights all-gathered over the 24 data-parallel ranks, (D - 1) / D of them on the bottleneck link
+    sc = _load("n21-145b", ["parallel.zero=1"])
+    gather = LAT + MIDDLE / 8 * 2 * 23 / 24 / NIC
+    assert derived_sync(sc, "optimizer")[7] == pytest.approx((_adam(MIDDLE) + gather) * 1e3)
+    # ZeRO 0 updates every weight in place: nothing to gather
+    assert derived_sync(_load("n21-145b"), "optimizer")[7] == pytest.approx(_adam(MIDDLE, 1) * 1e3)
+
+
+@pytest.mark.parametrize("overrides,exposed", [
+    (["step.overlap_grad_sync=true"], False),  # --overlap-param-gather goes with --overlap-grad-reduce
+    (["step.overlap_grad_sync=true", "step.overlap_param_gather=false"], True),
+    (["step.overlap_grad_sync=false"], True),
+])  # fmt: skip
+def test_overlapped_parameter_all_gather_hides_under_the_next_forward(overrides, exposed):
+    sc = _load("n21-145b", ["parallel.zero=1", *overrides])
+    gather = (LAT + MIDDLE / 8 * 2 * 23 / 24 / NIC) if exposed else 0.0
+    assert derived_sync(sc, "optimizer")[7] == pytest.approx((_adam(MIDDLE) + gather) * 1e3)
+
+
+def test_overlapped_parameter_gather_without_overlapped_reduction_is_refused(tmp_path, capsys):
+    with pytest.raises(ScenarioError, match=r"step\.overlap_param_gather: .*overlap_grad_sync"):
+        _load("n21-145b", ["parallel.zero=1", "step.overlap_param_gather=true"])
+    path = ROOT / "scenarios" / "validation" / "n21-145b.toml"
+    code = main(["run", str(path), "--set", "step.overlap_param_gather=true", "--out", str(tmp_path / "o")])
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert "step.overlap_param_gather" in capsys.readouterr().err
+
+
+# -- DeepSpeed's bf16 step (BLOOM-176B) --------------------------------------------------------------------
+# TP 4, PP 12, DP 8 (two ranks of each data-parallel group per node: 2 NICs), layers [5, 6 x 10, 5], h 14336,
+# V 250880; Jean Zay's Omni-Path typed as 6.25 GB/s per GPU: the preset's NIC bus bandwidth x 6.25 / 25.
+BH, BV = 14336, 250880
+OPA = NIC * 6.25 / 25
+
+
+def test_deepspeed_bf16_gradient_all_reduce_by_hand():
+    sc = _load("bloom-176b")
+    whole = 6 * _layer(BH) / 4  # a middle stage's elements on one rank
+    assert sc.derived().stages[5].dense_params == 6 * _layer(BH)
+    # the fp32 gradient cast to bf16, all-reduced over 8 ranks on 2 NICs, scaled by 1/8 and cast back:
+    # 6 + 4 + 6 bytes per element streamed through HBM
+    want = LAT + whole * 2 * 2 * 7 / 8 / (2 * OPA) + whole * 16 / HBM
+    got = derived_sync(sc, "grad_sync")
+    assert got[5] == pytest.approx(want * 1e3)
+    # the first stage adds the tied embedding's fp32 gradient (_hp_grad), all-reduced with the last stage's
+    first = 5 * _layer(BH) / 4 + (BV * BH + 2048 * BH) / 4
+    tied = LAT + BV * BH / 4 * 4 / OPA
+    assert got[0] == pytest.approx((LAT + first * 2 * 2 * 7 / 8 / (2 * OPA) + first * 16 / HBM + tied) * 1e3)
+
+
+def test_deepspeed_bf16_optimizer_by_hand():
+    sc = _load("bloom-176b")
+    whole = 6 * _layer(BH) / 4
+    # Adam on the rank's 1/8 shard (bf16 weights, fp32 gradients: 14 + 16 + 4 + 4 bytes), the gradient norm
+    # over the whole fp32 gradient (4 bytes: the shard's 4 are among the 38), one kernel floor; then the bf16
+    # weights all-gathered over the 8 ranks (sequential, in the optimizer's step())
+    adam = (whole / 8 * 38 + (whole - whole / 8) * 4) / HBM + FLOOR
+    gather = LAT + whole * 2 * 7 / 8 / (2 * OPA)
+    assert derived_sync(sc, "optimizer")[5] == pytest.approx((adam + gather) * 1e3)
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["parallel.zero=0"], r"step\.grad_sync: .*parallel\.zero must be 1, got 0"),
+    (["step.overlap_grad_sync=true"], r"step\.overlap_grad_sync: must be false"),
+])  # fmt: skip
+def test_deepspeed_bf16_refuses_what_it_does_not_describe(overrides, words):
+    with pytest.raises(ScenarioError, match=words):
+        _load("bloom-176b", overrides)
+
+
+def test_megatron_runtime_is_the_default_and_unknown_runtimes_are_refused():
+    sc = _load("n21-145b")
+    assert sc.step.runtime == "megatron"
+    with pytest.raises(ScenarioError, match=r"step\.runtime"):
+        _load("n21-145b", ["step.runtime=deepspeed"])
