@@ -1,7 +1,8 @@
 """The end-of-step work issue 21 added to [step]'s "derived" figures, each worked out by hand from the
 runtime's code: the tied word embedding's gradient all-reduce between the first and the last stage,
 ZeRO 1/2's parameter all-gather after the optimizer, and DeepSpeed's bf16 data-parallel step
-(docs/step.md, "From the model"; docs/validation.md).  Rates: the A100 preset's (25.5 us NCCL latency,
+(docs/step.md, "From the model"; docs/validation.md); and one per-micro-batch overhead of BLOOM's runtime,
+Megatron-DeepSpeed's tensor-parallel parameter sync in every forward.  Rates: the A100 preset's (25.5 us NCCL latency,
 23.5 GB/s bus bandwidth per HDR NIC, 1.61 TB/s streaming HBM, 2.5 us kernel floor)."""
 
 from __future__ import annotations
@@ -153,3 +154,24 @@ def test_megatron_runtime_is_the_default_and_unknown_runtimes_are_refused():
     assert sc.step.runtime == "megatron"
     with pytest.raises(ScenarioError, match=r"step\.runtime"):
         _load("n21-145b", ["step.runtime=deepspeed"])
+
+
+# -- Megatron-DeepSpeed's --sync-tp-duplicated-parameters (BLOOM) --------------------------------------------
+def test_tp_duplicated_parameter_syncs_by_hand():
+    from dualpipe_sim.model import derive
+
+    # every forward of a BLOOM layer (LayerNorm with bias, biased linears, TP 4) all-reduces 2 x 2 norm parameters
+    # and the out_proj and fc2 biases: 6 tensors of h = 14336 bf16 elements = 28,672 B over 4 ranks on NVLink; full
+    # recomputation runs the forward again in the backward: 12 per layer and micro-batch. The A100's measured
+    # all-reduce bus bandwidth between 16 KiB (0.67 GB/s) and 32 KiB (1.37 GB/s), log-linear at 28,672 B
+    size = BH * 2
+    bus = 0.67e9 + (1.37e9 - 0.67e9) * 0.8073549220576041  # log2(28672 / 16384)
+    each = size * 2 * 3 / 4 / bus
+    rows = [k for k in derive.layer_kernels(derive.setup(_load("bloom-176b")), 0) if "tp-duplicated" in k.name]
+    comps = sorted(k.component for k in rows)
+    assert comps == sorted(["attn_forward"] * 3 + ["attn_backward_input"] * 3 + ["mlp_forward"] * 3
+                           + ["mlp_backward_input"] * 3)  # fmt: skip
+    assert sum(k.seconds for k in rows) == pytest.approx(12 * each)
+    # Megatron-core (the default) has no such step
+    off = _load("bloom-176b", ["parallel.sync_tp_duplicated_parameters=false"])
+    assert not [k for k in derive.layer_kernels(derive.setup(off), 0) if "tp-duplicated" in k.name]

@@ -75,6 +75,7 @@ class Layout:
     # model.expert_gemm: GEMMs of different local experts that run at once (0: all, one grouped kernel)
     expert_streams: int = TE_COMPUTE_STREAMS
     aux_loss: bool = False  # model.moe_aux_loss: the router's load-balancing loss is computed
+    sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters (Megatron-DeepSpeed)
 
     @property
     def norm_tokens(self) -> float:
@@ -473,6 +474,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         dense_mlp_block(tb, full)
     if lay.legacy:
         _legacy_layer_kernels(tb, i, full)
+    if lay.sync_tp_duplicated:
+        _tp_duplicated_syncs(tb, i, full)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
         redo = [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)]
         tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
@@ -502,6 +505,22 @@ def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
         p = params.layer(cfg, i)
         tb.memory("gradient accumulation", "mlp_backward_weight",
                   (p.dense / t + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
+
+
+def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
+    """Megatron-DeepSpeed's ``--sync-tp-duplicated-parameters`` (bigscience-workshop/Megatron-DeepSpeed
+    ``megatron/model/fused_layer_norm.py``, ``megatron/mpu/layers.py``): each forward of a LayerNorm
+    all-reduces (averages) its weight and its bias over the tensor-parallel group, and each
+    row-parallel linear its bias: h elements each (the run's 16-bit dtype, ``act_bytes``),
+    latency-bound.  The attention block's norm and out_proj bias, the MLP's norm and (dense) fc2
+    bias; again in a recomputed forward."""
+    cfg, lay = tb.cfg, tb.lay
+    h, t = cfg.hidden_size, lay.tensor
+    per_norm = 2 if cfg.bias else 1  # a LayerNorm's weight and bias; an RMSNorm's weight
+    for block, row_bias in (("attn", cfg.bias), ("mlp", cfg.bias and not cfg.is_moe_layer(i))):
+        for comp in (f"{block}_forward",) + ((f"{block}_backward_input",) if recompute else ()):
+            for _ in range(per_norm + row_bias):
+                tb.comm("tp-duplicated parameter sync", comp, "all_reduce", h * lay.act_bytes, t, "nvlink")
 
 
 def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:

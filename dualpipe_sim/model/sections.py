@@ -99,8 +99,12 @@ class ParallelSection(_Section):
     # without sequence parallelism, send 1/tensor of a boundary activation per rank and all-gather it over NVLink
     # at the receiver (Megatron-LM 2021-2022 --scatter-gather-tensors-in-pipeline, DeepSpeed's PartitionedTensor)
     pipeline_scatter_gather: bool = False
+    # Megatron-DeepSpeed's --sync-tp-duplicated-parameters: every forward all-reduces each norm's and row-parallel
+    # bias's parameters over the tensor-parallel group (BLOOM); Megatron-core has no such step
+    sync_tp_duplicated_parameters: bool = False
 
-    @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather", mode="before")
+    @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather",
+                     "sync_tp_duplicated_parameters", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
