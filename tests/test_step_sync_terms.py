@@ -2,7 +2,7 @@
 runtime's code: the tied word embedding's gradient all-reduce between the first and the last stage,
 ZeRO 1/2's parameter all-gather after the optimizer, and DeepSpeed's bf16 data-parallel step
 (docs/step.md, "From the model"; docs/validation.md); and one per-micro-batch overhead of BLOOM's runtime,
-Megatron-DeepSpeed's tensor-parallel parameter sync in every forward.  Rates: the A100 preset's (25.5 us NCCL latency,
+Megatron-DeepSpeed's tensor-parallel parameter sync in every forward, and its ALiBi pass.  Rates: the A100 preset's (25.5 us NCCL latency,
 23.5 GB/s bus bandwidth per HDR NIC, 1.61 TB/s streaming HBM, 2.5 us kernel floor)."""
 
 from __future__ import annotations
@@ -175,3 +175,17 @@ def test_tp_duplicated_parameter_syncs_by_hand():
     # Megatron-core (the default) has no such step
     off = _load("bloom-176b", ["parallel.sync_tp_duplicated_parameters=false"])
     assert not [k for k in derive.layer_kernels(derive.setup(off), 0) if "tp-duplicated" in k.name]
+
+
+def test_alibi_through_baddbmm_by_hand():
+    from dualpipe_sim.model import derive
+
+    # Megatron-DeepSpeed's ALiBi: baddbmm(alibi slice, q, k^T, beta=1) copies the broadcast biases into the
+    # b x heads/t x s x s output (a write) and the GEMM reads it back: 2 x 2 bytes per score. BLOOM: micro-batch 2,
+    # 112 heads / TP 4, s 2048: 56 x 2048^2 scores; in the forward and, with full recomputation, again
+    rows = [k for k in derive.layer_kernels(derive.setup(_load("bloom-176b")), 0) if "alibi" in k.name]
+    assert sorted(k.component for k in rows) == ["attn_backward_input", "attn_forward"]
+    each = 56 * 2048**2 * 2 * 2 / HBM + FLOOR
+    assert [k.seconds for k in rows] == [pytest.approx(each)] * 2
+    off = derive.setup(_load("bloom-176b", ["model.alibi=false"]))
+    assert not [k for k in derive.layer_kernels(off, 0) if "alibi" in k.name]

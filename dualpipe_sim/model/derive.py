@@ -54,6 +54,7 @@ class Setup:
     expert_streams: int = kernels.TE_COMPUTE_STREAMS  # model.expert_gemm (0: one grouped kernel)
     aux_loss: bool = False  # model.moe_aux_loss
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters
+    alibi: bool = False  # model.alibi
 
     @property
     def tokens(self) -> int:
@@ -65,7 +66,8 @@ class Setup:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
-                              self.expert_streams, self.aux_loss, self.sync_tp_duplicated)  # fmt: skip
+                              self.expert_streams, self.aux_loss, self.sync_tp_duplicated,
+                              self.alibi)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
                  grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
                  {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
-                 m.moe_aux_loss, par.sync_tp_duplicated_parameters)  # fmt: skip
+                 m.moe_aux_loss, par.sync_tp_duplicated_parameters, m.alibi)  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:

@@ -76,6 +76,7 @@ class Layout:
     expert_streams: int = TE_COMPUTE_STREAMS
     aux_loss: bool = False  # model.moe_aux_loss: the router's load-balancing loss is computed
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters (Megatron-DeepSpeed)
+    alibi: bool = False  # model.alibi: Megatron-DeepSpeed's ALiBi through baddbmm (eager attention)
 
     @property
     def norm_tokens(self) -> float:
@@ -268,6 +269,8 @@ def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
     heads = lay.micro_batch * cfg.num_heads // lay.tensor
     square = heads * s * s
     if not backward:
+        if lay.alibi:  # Megatron-DeepSpeed: baddbmm(alibi, q, k^T, beta=1): the biases copied into the output
+            tb.memory("alibi bias into the scores (baddbmm input)", comp, square * 2 * ab)  # and read by the GEMM
         tb.gemm("attention scores QK^T (batched)", comp, s, s, d, fp8=False, groups=heads)
         tb.memory("scale + mask + softmax", comp, square * 2 * ab)
         if cfg.dropout:

@@ -69,8 +69,11 @@ class ModelSection(BaseModel):
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
+    # ALiBi attention biases (BLOOM) as Megatron-DeepSpeed adds them to eager attention's scores: torch.baddbmm
+    # with beta = 1 on a broadcast slice of the biases, which PyTorch copies into the s x s output first
+    alibi: bool = False
 
-    @field_validator("moe_aux_loss", mode="before")
+    @field_validator("moe_aux_loss", "alibi", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
