@@ -2,7 +2,8 @@
 runtime's code: the tied word embedding's gradient all-reduce between the first and the last stage,
 ZeRO 1/2's parameter all-gather after the optimizer, and DeepSpeed's bf16 data-parallel step
 (docs/step.md, "From the model"; docs/validation.md); and one per-micro-batch overhead of BLOOM's runtime,
-Megatron-DeepSpeed's tensor-parallel parameter sync in every forward, and its ALiBi pass.  Rates: the A100 preset's (25.5 us NCCL latency,
+Megatron-DeepSpeed's tensor-parallel parameter sync in every forward, its ALiBi pass and DeepSpeed's
+gradient accumulation through a cast.  Rates: the A100 preset's (25.5 us NCCL latency,
 23.5 GB/s bus bandwidth per HDR NIC, 1.61 TB/s streaming HBM, 2.5 us kernel floor)."""
 
 from __future__ import annotations
@@ -189,3 +190,33 @@ def test_alibi_through_baddbmm_by_hand():
     assert [k.seconds for k in rows] == [pytest.approx(each)] * 2
     off = derive.setup(_load("bloom-176b", ["model.alibi=false"]))
     assert not [k for k in derive.layer_kernels(off, 0) if "alibi" in k.name]
+
+
+def test_deepspeed_bf16_gradient_accumulation_by_hand():
+    from dualpipe_sim.model import derive
+
+    # update_hp_grads (DeepSpeed v0.6.5) every micro-batch: hp_grad.add_(lp_grad.to(fp32)): 2 + 4 bytes for the
+    # cast, 4 + 4 + 4 for the add, over the rank's share of the layer (12 h^2 + 13 h over TP 4)
+    st = derive.setup(_load("bloom-176b"))
+    [row] = [k for k in derive.layer_kernels(st, 0) if k.name == "gradient accumulation"]
+    assert row.component == "mlp_backward_weight"
+    assert row.seconds == pytest.approx(_layer(BH) / 4 * 18 / HBM + FLOOR)
+    # the first stage's embedding (vocabulary 250,880 and 2,048 positions, x h, / TP 4) as well
+    [emb] = [k for k in derive.extra_kernels(st, st.stages[0]) if k.name == "embedding gradient accumulation"]
+    assert emb.seconds == pytest.approx((BV + 2048) * BH / 4 * 18 / HBM + FLOOR)
+    # Megatron-LM 2021's DDP hook instead: main_grad.add_(grad), read 2 + 4, write 4 (model.runtime alone)
+    meg = derive.setup(_load("bloom-176b", ["step.runtime=megatron"]))
+    [row] = [k for k in derive.layer_kernels(meg, 0) if k.name == "gradient accumulation"]
+    assert row.seconds == pytest.approx(_layer(BH) / 4 * 10 / HBM + FLOOR)
+
+
+def test_a_tied_head_on_the_embeddings_stage_accumulates_the_shared_weight_once():
+    from dualpipe_sim.model import derive
+
+    # n21-1.7b (PP 1, TP 1, fp16 gradients) run over 16 micro-batches: autograd's += from the second on, 3 x 2 x 15 / 16
+    # bytes a micro-batch: the embedding's stage accumulates only its positions; the shared word embedding is the head's
+    st = derive.setup(_load("n21-1.7b", ["pipeline.microbatches=16"]))
+    rows = {k.name: k.seconds for k in derive.extra_kernels(st, st.stages[0])}
+    per = 3 * 2 * 15 / 16
+    assert rows["embedding gradient accumulation"] == pytest.approx(2048 * 2304 * per / HBM + FLOOR)
+    assert rows["output layer gradient accumulation"] == pytest.approx(51200 * 2304 * per / HBM + FLOOR)

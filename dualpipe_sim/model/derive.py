@@ -208,12 +208,21 @@ def setup(scenario, stages: int | None = None) -> Setup:
             except ValueError as exc:
                 raise ModelError(f"model.fp8_gemm: {exc}") from None
     legacy = m.runtime == "megatron-lm-2021"
+    accumulation = grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0
+    if scenario.step is not None and scenario.step.runtime == "deepspeed-bf16":
+        accumulation = DEEPSPEED_BF16_ACCUMULATION_BYTES
     return Setup(cfg, m.seq_length, m.micro_batch_size, scenario.recompute(), DTYPES[m.activations_dtype],
                  sharding, stage_list, hw, eff, overhead, rates, par.context, par.tp_comm_overlap,
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
-                 grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
+                 accumulation,
                  {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
                  m.moe_aux_loss, par.sync_tp_duplicated_parameters, m.alibi)  # fmt: skip
+
+
+# DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a
+# cast temporary (runtime/bf16_optimizer.py update_hp_grads, v0.6.5: hp_grad.add_(lp.grad.to(fp32))):
+# the cast reads 2 and writes 4 bytes, the add reads 4 + 4 and writes 4
+DEEPSPEED_BF16_ACCUMULATION_BYTES = (2 + 4) + (4 + 4 + 4)
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:
@@ -354,12 +363,27 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
     """The kernels of a stage's embedding, head and MTP modules (kernel model)."""
     rows = []
     if stage.embedding:
-        rows += kernels.embedding(st.cfg, st.rates, st.layout)
+        rows += kernels.embedding(st.cfg, st.rates, st.layout) + _embedding_accumulation(st, stage)
     if stage.head:
         rows += kernels.head(st.cfg, st.rates, st.layout)
     for _ in range(stage.mtp):
         rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
     return rows
+
+
+def _embedding_accumulation(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
+    """The embedding's weight gradients (word and learned positions, / tensor as every stage's
+    parameters are counted) added into the accumulated ones each micro-batch, where the runtime does
+    it apart (``grad_accumulation``).  A tied head on the same stage shares the word embedding: its
+    gradient is summed before one accumulation, counted with the head's kernels."""
+    cfg, lay = st.cfg, st.layout
+    if lay.grad_accumulation <= 0:
+        return []
+    shared = cfg.vocab_size * cfg.hidden_size if stage.head and cfg.tie_word_embeddings else 0
+    tb = kernels.Table(st.rates, lay, cfg)
+    tb.memory("embedding gradient accumulation", "mlp_backward_weight",
+              (params.embedding(cfg) - shared) / lay.tensor * lay.grad_accumulation)  # fmt: skip
+    return tb.rows
 
 
 def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:

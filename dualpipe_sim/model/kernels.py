@@ -477,6 +477,10 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         dense_mlp_block(tb, full)
     if lay.legacy:
         _legacy_layer_kernels(tb, i, full)
+    if lay.grad_accumulation > 0:  # a runtime that adds each weight gradient into the accumulated one apart
+        p = params.layer(cfg, i)
+        tb.memory("gradient accumulation", "mlp_backward_weight",
+                  (p.dense / lay.tensor + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
     if lay.sync_tp_duplicated:
         _tp_duplicated_syncs(tb, i, full)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
@@ -490,8 +494,9 @@ def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
     """What Megatron-LM of 2021 runs apart that Megatron-core / Transformer Engine fuses into the GEMMs
     (megatron/mpu/layers.py, megatron/model/distributed.py @ 6985e58): the QKV bias added after its
     GEMM (``F.linear`` on a 3-D input: matmul, then ``+= bias``; the other biases are fused into
-    bias-GeLU and bias-dropout-add), every bias's gradient (a sum over the tokens of its output
-    gradient), and the weight gradients added into the accumulated ones."""
+    bias-GeLU and bias-dropout-add) and every bias's gradient (a sum over the tokens of its output
+    gradient); adding the weight gradients into the accumulated ones is ``layer``'s
+    ``grad_accumulation`` pass."""
     cfg, lay = tb.cfg, tb.lay
     n, ab, h, t = lay.tokens, lay.act_bytes, cfg.hidden_size, lay.tensor
     qkv = _attention_shapes(cfg, t)[0][1]  # this rank's QKV outputs
@@ -504,10 +509,6 @@ def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
         if not cfg.is_moe_layer(i):
             tb.memory("fc1 bias gradient", "mlp_backward_weight", n * cfg.intermediate_size // t * ab)
             tb.memory("fc2 bias gradient", "mlp_backward_weight", lay.norm_tokens * h * ab)
-    if lay.grad_accumulation > 0:
-        p = params.layer(cfg, i)
-        tb.memory("gradient accumulation", "mlp_backward_weight",
-                  (p.dense / t + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
 
 
 def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
@@ -553,12 +554,12 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
         # the saved softmax by the loss gradient (4 + 4) and cast back (4 + ab)
         tb.memory("cross-entropy (unfused)", "mlp_forward", n * v * (ab + 36))
         tb.memory("cross-entropy backward (unfused)", "mlp_backward_input", n * v * (12 + ab))
-        if lay.grad_accumulation > 0:
-            tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
     else:
         # max, sum of exponentials and the loss read the logits; the float32 softmax is kept for the backward
         tb.memory("cross-entropy", "mlp_forward", n * v * (2 * ab + 4))
         tb.memory("cross-entropy backward", "mlp_backward_input", n * v * (4 + ab))
+    if lay.grad_accumulation > 0:
+        tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
     d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
     tb.comm("tp reduce-scatter (grad)", "mlp_backward_input", "reduce_scatter", n * h * ab, t, "nvlink", 0.0)
     tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)
