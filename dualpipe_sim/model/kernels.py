@@ -38,6 +38,12 @@ F, I, W = "forward", "backward_input", "backward_weight"
 # local expert, round-robin on this many compute streams (transformer_engine/common/gemm/cublaslt_gemm.cu,
 # nvte_multi_stream_cublas_gemm; num_streams = 4 in include/transformer_engine/gemm.h)
 TE_COMPUTE_STREAMS = 4
+# Transformer Engine's per-tensor ("delayed") FP8 scaling keeps this many past amaxes of every FP8 tensor: the
+# MLPerf GPT-3 runs' FP8_AMAX_HISTORY (config_fp8.sh) and TE's DelayedScaling default (amax_history_len)
+AMAX_HISTORY = 1024
+# amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
+# (TE's FP8FwdTensors / FP8BwdTensors)
+AMAXES = {"forward": 3, "backward": 2}
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class Layout:
     # model.expert_gemm: GEMMs of different local experts that run at once (0: all, one grouped kernel)
     expert_streams: int = TE_COMPUTE_STREAMS
     aux_loss: bool = False  # model.moe_aux_loss: the router's load-balancing loss is computed
+    # model.fp8_amax_reduction: ranks the FP8 amaxes are reduced over once per model chunk and micro-batch
+    # (0: no per-tensor scaling bookkeeping), and whether the compute stream waits for that all-reduce
+    amax_group: int = 0
+    amax_blocking: bool = True
 
     @property
     def norm_tokens(self) -> float:
@@ -559,6 +569,41 @@ def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Ke
 def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """One DeepSeek-V3 MTP module: two norms, the 2h -> h projection, one layer and the shared head."""
     return mtp_projection(cfg, rates, lay) + layer(cfg, cfg.num_layers, rates, lay) + head(cfg, rates, lay)
+
+
+def fp8_linears(cfg: ModelConfig, i: int, lay: Layout) -> int:
+    """Transformer Engine FP8 GEMM modules of layer ``i`` on one rank (each keeps its own amaxes)."""
+    n = len(_attention_shapes(cfg, lay.tensor)) + 1
+    if cfg.is_moe_layer(i):
+        return n + 2 * max(1, cfg.num_experts // lay.expert) + (2 if cfg.shared_intermediate_size else 0)
+    return n + 2
+
+
+def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tuple[int, ...]) -> list[Kernel]:
+    """Transformer Engine's per-tensor ("delayed") FP8 scaling, once per model chunk and micro-batch.
+
+    Megatron wraps a model chunk's forward in one ``fp8_autocast``; at its exit Transformer Engine
+    concatenates the amaxes its FP8 modules recorded, all-reduces them (max) over the amax group and
+    updates every amax history and scale in one kernel; the first module's backward does the same for the
+    gradients' amaxes (TE v1.6 ``fp8.py`` ``reduce_and_update_fp8_tensors``, ``all_reduce(async_op=False)``;
+    v0.8 ``global_amax_reduction``).  A few bytes over up to thousands of ranks: NCCL's latency model
+    (collectives.small_all_reduce).  Not blocking (TE 0.8-1.x's ``NVTE_ASYNC_AMAX_REDUCTION=1``), it runs
+    beside the compute and only the update kernel is costed."""
+    if lay.amax_group <= 0:
+        return []
+    tb = Table(rates, lay, cfg)
+    linears = sum(fp8_linears(cfg, i, lay) for i in layers)
+    group, per_node = lay.amax_group, min(lay.amax_group, rates.gpus_per_node)
+    for comp, direction in (("mlp_forward", "forward"), ("attn_backward_input", "backward")):
+        amaxes = linears * AMAXES[direction]
+        if group > 1:
+            secs = collectives.small_all_reduce(group, per_node) if lay.amax_blocking else 0.0
+            link = "nvlink" if group <= per_node else "nic"
+            tb.rows.append(Kernel(f"fp8 amax all-reduce ({direction})", comp, "comm",
+                                  f"all_reduce {amaxes * 4} B over {group} ({link})", 0.0, amaxes * 4.0, secs,
+                                  "latency"))  # fmt: skip
+        tb.memory(f"fp8 amax + scale update ({direction})", comp, 2.0 * AMAX_HISTORY * amaxes * 4)
+    return tb.rows
 
 
 def by_component(rows: list[Kernel]) -> dict[str, float]:

@@ -85,6 +85,9 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     out["head"] = derive.extra_kernels(st, Stage((), head=True))
     if cfg.mtp_layers:
         out["mtp module"] = derive.extra_kernels(st, Stage((), mtp=1))
+    chunk = derive.chunk_kernels(st, st.stages[0])
+    if chunk:
+        out["per model chunk (stage 0)"] = chunk
     return out
 
 

@@ -69,6 +69,11 @@ class ModelSection(BaseModel):
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
+    # FP8 with per-tensor (delayed) scaling, as Transformer Engine runs it: the amaxes all-reduced once per model
+    # chunk and micro-batch, forward and backward, over "data" (tensor x data x context ranks: Megatron's amax
+    # reduction group, TE's default) or "tensor" ranks (TE 0.8-1.x NVTE_DP_AMAX_REDUCE_INTERVAL=0), blocking;
+    # "hidden": not waited for (NVTE_ASYNC_AMAX_REDUCTION=1). DeepGEMM's fine-grained scaling has none
+    fp8_amax_reduction: Literal["data", "tensor", "hidden"] = "data"
 
     @field_validator("moe_aux_loss", mode="before")
     @classmethod

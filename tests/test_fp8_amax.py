@@ -1,0 +1,88 @@
+"""Transformer Engine's FP8 amax reduction (model.fp8_amax_reduction, kernels.amax_reduction) and NCCL's
+latency model for a tiny all-reduce (collectives.small_all_reduce), worked by hand.
+
+The latency constants are NCCL's own (src/graph/tuning.cc @ 4365458, v2.18.5): LL protocol, base 6.8 us
+(tree) / 6.6 us (ring), 0.6 us per NVLink hop, 5.0 / 2.7 us per network hop, 1 us per inter-node ring
+step's launch; log2 is NCCL's integer log2i."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.model import collectives, derive, kernels
+from dualpipe_sim.model.rates import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+V30 = ROOT / "scenarios" / "validation" / "mlperf30-gpt3-512.toml"  # TP 4, DP 16: an amax group of 64 ranks
+H100 = PRESETS["H100"]
+
+
+@pytest.mark.parametrize("ranks, per_node, us", [
+    (448, 8, 6.8 + 2 * (7 * 0.6 + 5 * 5.0)),  # 56 nodes, log2i(56) = 5: tree (ring: 6.6 + 782 x 1 + 112 x 2.7)
+    (64, 8, 6.8 + 2 * (7 * 0.6 + 3 * 5.0)),  # 8 nodes: tree 45.2 us
+    (16, 8, 6.8 + 2 * (7 * 0.6 + 1 * 5.0)),  # 2 nodes: tree 25.2 us against ring 6.6 + 26 x 1 + 4 x 2.7 = 43.4
+    (8, 8, 6.6 + 14 * 0.6),  # one node: ring 15.0 us against tree 6.8 + 2 x 7 x 0.6 = 15.2
+    (4, 8, 6.6 + 6 * 0.6),  # a tensor-parallel group of 4: ring 10.2 us against tree 10.4
+    (1, 8, 0.0),
+])  # fmt: skip
+def test_small_all_reduce_is_nccls_latency_model(ranks, per_node, us):
+    assert collectives.small_all_reduce(ranks, per_node) == pytest.approx(us * 1e-6)
+
+
+def test_amax_reduction_kernels_by_hand():
+    # one GPT-3 layer per chunk at TP 4: QKV, out_proj, fc1, fc2 = 4 FP8 GEMM modules; forward 3 amaxes each
+    # (input, weight, output), backward 2 (output and input gradients); fp32 amaxes
+    st = derive.setup(scenario.load(V30, []))
+    rows = derive.chunk_kernels(st, st.stages[1])
+    by = {k.name: k for k in rows}
+    fwd, bwd = by["fp8 amax all-reduce (forward)"], by["fp8 amax all-reduce (backward)"]
+    assert (fwd.bytes, bwd.bytes) == (4 * 3 * 4, 4 * 2 * 4)
+    assert fwd.seconds == bwd.seconds == pytest.approx(45.2e-6)  # 64 ranks on 8 nodes, as above
+    assert (fwd.component, bwd.component) == ("mlp_forward", "attn_backward_input")
+    # the update reads and writes 1,024 past amaxes of each (TE's amax history, FP8_AMAX_HISTORY=1024)
+    update = by["fp8 amax + scale update (forward)"]
+    assert update.bytes == 2 * 1024 * 12 * 4
+    assert update.seconds == pytest.approx(2.5e-6 + 2 * 1024 * 12 * 4 / (0.85 * 3.35e12))
+
+
+def _stage(overrides):
+    d = scenario.load(V30, overrides).derived()
+    return d.stages[1]
+
+
+def test_the_key_moves_each_chunk_by_the_all_reduce():
+    # "data" (tensor x data = 64 ranks, 8 nodes), "tensor" (4 ranks on NVLink), "hidden" (not waited for): the
+    # forward and the input gradient of every stage differ by exactly the all-reduce; the weight gradient not at all
+    data, tensor, hidden = (_stage([f"model.fp8_amax_reduction={v}"]) for v in ("data", "tensor", "hidden"))
+    assert data.forward - hidden.forward == pytest.approx(45.2e-3)
+    assert tensor.forward - hidden.forward == pytest.approx(10.2e-3)
+    assert data.backward - hidden.backward == pytest.approx(45.2e-3)  # B holds I + W
+    assert data.weight == hidden.weight
+
+
+def test_deepgemm_fine_grained_scaling_has_no_amax_reduction():
+    st = derive.setup(scenario.load(V30, ["model.fp8_gemm=deepgemm"]))
+    assert st.amax_group == 0 and derive.chunk_kernels(st, st.stages[1]) == []
+    st = derive.setup(scenario.load(V30, ["model.fp8=false"]))
+    assert derive.chunk_kernels(st, st.stages[1]) == []
+
+
+def test_amax_group_counts_context_ranks():
+    lay = kernels.Layout(4096, 1, tensor=2, context=2, fp8=True, amax_group=2 * 2 * 8)
+    cfg = derive.setup(scenario.load(V30, [])).cfg
+    rows = kernels.amax_reduction(cfg, H100, lay, (0,))
+    assert rows[0].seconds == pytest.approx(collectives.small_all_reduce(32, 8))
+    st = derive.setup(scenario.load(V30, ["parallel.context=2", "parallel.data=8"]))
+    assert st.amax_group == 4 * 8 * 2
+
+
+def test_bad_value_names_the_key(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(V30), "--set", "model.fp8_amax_reduction=always", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.fp8_amax_reduction" in err and "hidden" in err and "Traceback" not in err
+    assert not out.exists()
