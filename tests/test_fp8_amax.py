@@ -86,3 +86,58 @@ def test_bad_value_names_the_key(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.fp8_amax_reduction" in err and "hidden" in err and "Traceback" not in err
     assert not out.exists()
+
+
+# -- Transformer Engine userbuffers as a run configures them (parallel.tp_overlap_sms, tp_overlap_atomic) ------
+def _fp8_rates_on(sms: int):
+    from dataclasses import replace
+
+    return replace(H100.gemm_fp8, peak=H100.gemm_fp8.peak * sms / 132)
+
+
+def test_overlap_sms_and_atomic_gemm_by_hand():
+    from dualpipe_sim.model import collectives, gemm
+
+    # v3.1: fc2_fprop's reduce-scatter kernel takes 4 SMs (set_sm_margin 1: the GEMM gets 128) and the GEMM is one
+    # atomic GEMM of all 2,048 rows; v3.0: 20 SMs and 4 split GEMMs of 512 rows (TE release_v0.8)
+    v31 = derive.setup(scenario.load(ROOT / "scenarios" / "validation" / "mlperf31-gpt3-512.toml", []))
+    v30 = derive.setup(scenario.load(V30, []))
+    rows31 = {k.name: k for k in derive.layer_kernels(v31, 0)}
+    rows30 = {k.name: k for k in derive.layer_kernels(v30, 0)}
+    want31 = gemm.time(2048, 12288, 12288, _fp8_rates_on(128), 128, H100.hbm, 1.0).seconds
+    want30 = 4 * gemm.time(512, 12288, 12288, _fp8_rates_on(112), 112, H100.hbm, 1.0).seconds
+    assert rows31["fc2"].seconds == pytest.approx(want31)
+    assert rows30["fc2"].seconds == pytest.approx(want30)
+    # out_proj (proj_fprop, 24 SMs in both); the bulk overlaps: qkv dgrad beside a 4-SM all-gather, fc1 wgrad 4
+    assert rows31["out_proj"].seconds == pytest.approx(
+        gemm.time(2048, 12288, 3072, _fp8_rates_on(108), 108, H100.hbm, 1.0).seconds)
+    assert rows31["qkv dgrad"].seconds == pytest.approx(
+        gemm.time(2048, 12288, 9216, _fp8_rates_on(128), 128, H100.hbm, 1.0).seconds)
+    # the atomic GEMM's reduce-scatter: its last quarter after the GEMM, the rest beside it
+    full = collectives.time("reduce_scatter", 2048 * 12288 * 2, 4, H100, "nvlink")
+    rs = next(k for k in derive.layer_kernels(v31, 0) if k.name.startswith("tp reduce-scatter (pipeline")
+              and k.component == "mlp_forward")  # fmt: skip
+    assert rs.seconds == pytest.approx(full / 4 + max(0.0, full * 3 / 4 - want31))
+
+
+def test_default_overlaps_are_transformer_engines():
+    # nothing given: every SM-using overlap takes TE's num_sm 16, and the reduce-scatter GEMMs are 4 splits
+    st = derive.setup(scenario.load(V30, ["parallel.tp_overlap_sms={}"]))
+    assert st.layout.ub_sm("fc1_wgrad") == 16 and st.layout.ub_atomic == ()
+    from dualpipe_sim.model import gemm
+
+    fc2 = next(k for k in derive.layer_kernels(st, 0) if k.name == "fc2")
+    assert fc2.seconds == pytest.approx(4 * gemm.time(512, 12288, 12288, _fp8_rates_on(116), 116, H100.hbm, 1.0).seconds)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("parallel.tp_overlap_sms={qkv=4}", "qkv_dgrad"),
+    ("parallel.tp_overlap_sms={fc1_dgrad=100}", "64"),
+    ("parallel.tp_overlap_atomic=[\"qkv_dgrad\"]", "proj_fprop"),
+])  # fmt: skip
+def test_bad_overlap_keys_name_the_key(tmp_path, capsys, override, words):
+    out = tmp_path / "out"
+    assert main(["run", str(V30), "--set", override, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "parallel.tp_overlap" in err and words in err and "Traceback" not in err
+    assert not out.exists()

@@ -55,6 +55,8 @@ class Setup:
     aux_loss: bool = False  # model.moe_aux_loss
     amax_group: int = 0  # ranks the FP8 amaxes are reduced over per model chunk (0: no per-tensor scaling)
     amax_blocking: bool = True  # model.fp8_amax_reduction is not "hidden"
+    ub_sms: tuple[tuple[str, int], ...] = ()  # parallel.tp_overlap_sms
+    ub_atomic: tuple[str, ...] = ()  # parallel.tp_overlap_atomic
 
     @property
     def tokens(self) -> int:
@@ -66,7 +68,8 @@ class Setup:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
-                              self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking)  # fmt: skip
+                              self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking,
+                              self.ub_sms, self.ub_atomic)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
                  grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
                  {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
-                 m.moe_aux_loss, amax_group, m.fp8_amax_reduction != "hidden")  # fmt: skip
+                 m.moe_aux_loss, amax_group, m.fp8_amax_reduction != "hidden",
+                 tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))))  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:

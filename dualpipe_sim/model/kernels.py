@@ -44,6 +44,13 @@ AMAX_HISTORY = 1024
 # amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
 # (TE's FP8FwdTensors / FP8BwdTensors)
 AMAXES = {"forward": 3, "backward": 2}
+# Transformer Engine's userbuffers overlaps that run a communication kernel on SMs, by TE's name, and the SMs each
+# takes by default (initialize_ub's num_sm = 16; the ring exchanges run on the copy engines). A scenario's
+# parallel.tp_overlap_sms gives a run's own (its ub_tp_comm_overlap_cfg yaml).
+UB_SM_OVERLAPS = ("qkv_dgrad", "qkv_wgrad", "fc1_dgrad", "fc1_wgrad", "proj_fprop", "fc2_fprop")
+UB_DEFAULT_SMS = 16
+UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatters, which can run an atomic GEMM
+UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,14 @@ class Layout:
     # (0: no per-tensor scaling bookkeeping), and whether the compute stream waits for that all-reduce
     amax_group: int = 0
     amax_blocking: bool = True
+    # parallel.tp_overlap_sms: SMs each userbuffers overlap's communication kernel takes, ((TE name, SMs), ...);
+    # parallel.tp_overlap_atomic: the FP8 forward reduce-scatter overlaps whose GEMM is one atomic GEMM
+    ub_sms: tuple[tuple[str, int], ...] = ()
+    ub_atomic: tuple[str, ...] = ()
+
+    def ub_sm(self, name: str) -> int:
+        """SMs the communication kernel of Transformer Engine's userbuffers overlap ``name`` takes."""
+        return dict(self.ub_sms).get(name, UB_DEFAULT_SMS)
 
     @property
     def norm_tokens(self) -> float:
@@ -143,7 +158,7 @@ class Table:
         return secs
 
     def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str,
-                  fp8: bool | None = None) -> float:  # fmt: skip
+                  fp8: bool | None = None, ub: str = "") -> float:  # fmt: skip
         """A sequence-parallel linear and its all-gather (before) or reduce-scatter (after).
 
         Without tp_comm_overlap the collective runs alone, before or after its GEMM.  With it,
@@ -151,7 +166,10 @@ class Table:
         split the GEMM: ``ring`` (all-gathers; proj/fc2 dgrad) in t chunks, exchanged by the copy
         engines, the first chunk's transfer exposed; ``pipeline`` (forward reduce-scatters) in 4
         chunks on 132 - 16 SMs, the last chunk's transfer exposed; ``bulk`` (the backward's re-gather
-        and reduce-scatter) beside the whole GEMM on 16 fewer SMs."""
+        and reduce-scatter) beside the whole GEMM on 16 fewer SMs.  ``ub``: the overlap's name in
+        Transformer Engine, whose SMs a scenario may give (``Layout.ub_sm``); an FP8 pipeline overlap
+        named in ``ub_atomic`` runs its GEMM as one atomic GEMM whose finished chunks the reduce-scatter
+        follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
             return self.gemm(name, comp, m, n, k, fp8)  # without sequence parallelism the input is whole
@@ -164,8 +182,11 @@ class Table:
             secs = self.gemm(name, comp, m, n, k, fp8)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
-        splits, margin = {"ring": (t, 0), "pipeline": (4, 16), "bulk": (1, 16)}[method]
-        secs = self.gemm(name, comp, m, n, k, fp8, splits=splits, sm_margin=margin)
+        splits = {"ring": t, "pipeline": UB_PIPELINE_SPLITS, "bulk": 1}[method]
+        margin = 0 if method == "ring" else self.lay.ub_sm(ub)
+        low = self.lay.fp8 if fp8 is None else fp8
+        atomic = method == "pipeline" and low and ub in self.lay.ub_atomic
+        secs = self.gemm(name, comp, m, n, k, fp8, splits=1 if atomic else splits, sm_margin=margin)
         first = 0.0 if method == "bulk" else full / splits  # the chunk no GEMM runs beside
         exposed = first + max(0.0, full - first - secs)
         self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
@@ -248,7 +269,8 @@ def attention_block(tb: Table, recompute: bool) -> None:
         else:
             tb.attention("flash attention", comp, core, backward=False)
         tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)
-        tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline")
+        tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
+                     ub="proj_fprop")
         tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
     tb.cast("grad cast", comp, n * h)
@@ -263,7 +285,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     for name, out, inp, _ in projections:
         tb.cast(f"{name} grad cast", comp, n * out)
-    _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections])
+    _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections], "qkv")
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n)
 
@@ -292,7 +314,8 @@ def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
     tb.gemm("scores dgrad: dK (batched)", comp, s, d, s, fp8=False, groups=heads)
 
 
-def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple[str, int, int, int]]) -> None:
+def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple[str, int, int, int]],
+                            ub: str) -> None:  # fmt: skip
     """dgrad and wgrad of a block's input projections (name, tokens, in, out).  With tp_comm_overlap
     the re-gather of the block's input (for the wgrad GEMMs) runs beside the dgrad GEMMs and the
     input gradient's reduce-scatter (all-reduce without sequence parallelism) beside the wgrad GEMMs,
@@ -310,10 +333,11 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
                 wgrad if hide else 0.0)  # fmt: skip
         return
     if lay.tensor > 1 and lay.tp_overlap:
-        tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk")
+        tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk", ub=f"{ub}_dgrad")
         for name2, m2, inp2, out2 in rest:
             tb.gemm(f"{name2} dgrad", comp, m2, inp2, out2)
-        tb.tp_linear(f"{name} wgrad", wcomp, inp, out, m, "reduce_scatter", n * h * lay.act_bytes, "bulk")
+        tb.tp_linear(f"{name} wgrad", wcomp, inp, out, m, "reduce_scatter", n * h * lay.act_bytes, "bulk",
+                     ub=f"{ub}_wgrad")
         for name2, m2, inp2, out2 in rest:
             tb.gemm(f"{name2} wgrad", wcomp, inp2, out2, m2)
         return
@@ -336,7 +360,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
             tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + low))
         tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
         tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * low))
-        tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline")
+        tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline", ub="fc2_fprop")
         if not prefix:
             tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
@@ -344,7 +368,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
     tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
     tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
-    _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)])
+    _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)], "fc1")
     if not prefix:
         tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n)

@@ -104,11 +104,40 @@ class ParallelSection(_Section):
     # without sequence parallelism, send 1/tensor of a boundary activation per rank and all-gather it over NVLink
     # at the receiver (Megatron-LM 2021-2022 --scatter-gather-tensors-in-pipeline, DeepSpeed's PartitionedTensor)
     pipeline_scatter_gather: bool = False
+    # SMs the communication kernel of each Transformer Engine userbuffers overlap takes, by TE's name (a run's
+    # ub_tp_comm_overlap_cfg yaml, num_sm); the ones not named take TE's default, 16 (kernels.UB_SM_OVERLAPS)
+    tp_overlap_sms: dict[str, Annotated[int, Field(ge=0, le=64)]] = {}
+    # the FP8 forward reduce-scatter overlaps ("proj_fprop", "fc2_fprop") whose GEMM runs as one atomic GEMM that
+    # the reduce-scatter follows (TE's NVTE_UB_ATOMIC_GEMM_RS=1, or a cfg's atomic_gemm: 1); else 4 split GEMMs
+    tp_overlap_atomic: list[str] = []
 
     @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
+
+    @field_validator("tp_overlap_sms", mode="before")
+    @classmethod
+    def _ub_names(cls, v):
+        from .kernels import UB_SM_OVERLAPS
+
+        if isinstance(v, dict):
+            for name, sms in v.items():
+                if name not in UB_SM_OVERLAPS:
+                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_SM_OVERLAPS)}")
+                _whole(sms)
+        return v
+
+    @field_validator("tp_overlap_atomic", mode="before")
+    @classmethod
+    def _atomic_names(cls, v):
+        from .kernels import UB_ATOMIC_OVERLAPS
+
+        if isinstance(v, list):
+            for name in v:
+                if name not in UB_ATOMIC_OVERLAPS:
+                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_ATOMIC_OVERLAPS)}")
+        return v
 
     @field_validator("tensor", "expert", "data", "context", "zero", mode="before")
     @classmethod
