@@ -209,6 +209,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
                 rates = rates.with_fp8_gemm(m.fp8_gemm)
             except ValueError as exc:
                 raise ModelError(f"model.fp8_gemm: {exc}") from None
+            try:
+                rates = rates.with_attention_kernel(m.attention_kernel)
+            except ValueError as exc:
+                raise ModelError(f"model.attention_kernel: {exc}") from None
     legacy = m.runtime == "megatron-lm-2021"
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":

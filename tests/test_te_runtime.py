@@ -1,5 +1,7 @@
-"""Transformer Engine's FP8 amax reduction (model.fp8_amax_reduction, kernels.amax_reduction) and NCCL's
-latency model for a tiny all-reduce (collectives.small_all_reduce), worked by hand.
+"""What a Transformer Engine runtime runs as a run configures it, worked by hand: the FP8 amax reduction
+(model.fp8_amax_reduction, kernels.amax_reduction) with NCCL's latency model for a tiny all-reduce
+(collectives.small_all_reduce), the userbuffers overlaps' SMs and atomic GEMMs (parallel.tp_overlap_sms,
+tp_overlap_atomic) and the flash attention library (model.attention_kernel).
 
 The latency constants are NCCL's own (src/graph/tuning.cc @ 4365458, v2.18.5): LL protocol, base 6.8 us
 (tree) / 6.6 us (ring), 0.6 us per NVLink hop, 5.0 / 2.7 us per network hop, 1 us per inter-node ring
@@ -140,4 +142,28 @@ def test_bad_overlap_keys_name_the_key(tmp_path, capsys, override, words):
     assert main(["run", str(V30), "--set", override, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "parallel.tp_overlap" in err and words in err and "Traceback" not in err
+    assert not out.exists()
+
+
+# -- model.attention_kernel: whose flash attention ------------------------------------------------------------
+def test_flash_attn_2_rates_by_hand(tmp_path, capsys):
+    # GPT-3 at TP 4: 24 heads x 2,048^2 x 128, causal half: forward 4 s^2 h d / t / 2 FLOPs at flash-attn 2's H100 rate
+    # (350 TFLOP/s x s / (s + 400)), backward 2.5x at 327 x s / (s + 580); each plus the 2.5 us kernel floor
+    fa2 = derive.setup(scenario.load(V30, ["model.attention_kernel=flash-attn-2"]))
+    rows = {(k.name, k.component): k for k in derive.layer_kernels(fa2, 0)}
+    flops = 4 * 2048**2 * 12288 / 4 / 2
+    fwd = rows[("flash attention", "attn_forward")]
+    bwd = rows[("flash attention backward", "attn_backward_input")]
+    assert fwd.seconds == pytest.approx(2.5e-6 + flops / (350e12 * 2048 / 2448))
+    assert bwd.seconds == pytest.approx(2.5e-6 + 2.5 * flops / (327e12 * 2048 / 2628))
+    cudnn = derive.setup(scenario.load(V30, ["model.attention_kernel=cudnn"]))
+    core = next(k for k in derive.layer_kernels(cudnn, 0) if k.name == "flash attention")
+    assert core.seconds == pytest.approx(2.5e-6 + flops / (562e12 * 2048 / 2438))
+    # A100's table is flash-attn 2's already; B200 has none: one error naming the key
+    assert PRESETS["A100"].with_attention_kernel("flash-attn-2") is PRESETS["A100"]
+    out = tmp_path / "out"
+    args = ["--set", "model.attention_kernel=flash-attn-2", "--set", "hardware.preset=B200", "--out", str(out)]
+    assert main(["run", str(V30), *args]) == 2
+    err = capsys.readouterr().err
+    assert "model.attention_kernel" in err and "B200" in err and "Traceback" not in err
     assert not out.exists()
