@@ -74,8 +74,8 @@ class ModelSection(BaseModel):
     # reduction group, TE's default) or "tensor" ranks (TE 0.8-1.x NVTE_DP_AMAX_REDUCE_INTERVAL=0), blocking;
     # "hidden": not waited for (NVTE_ASYNC_AMAX_REDUCTION=1). DeepGEMM's fine-grained scaling has none
     fp8_amax_reduction: Literal["data", "tensor", "hidden"] = "data"
-    # whose flash attention kernels: "cudnn" (Transformer Engine's FusedAttention, which TE 1.x selects on Hopper)
-    # or "flash-attn-2" (Dao's library, which TE 1.0-1.5 preferred when installed); docs/model.md, "Kernel rates"
+    # whose flash attention kernels: "cudnn" (Transformer Engine's FusedAttention, which TE 1.2+ selects on Hopper)
+    # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed); docs/model.md, "Kernel rates"
     attention_kernel: Literal["cudnn", "flash-attn-2"] = "cudnn"
 
     @field_validator("moe_aux_loss", mode="before")
