@@ -53,6 +53,8 @@ class Setup:
     grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of a separate accumulation pass
     expert_streams: int = kernels.TE_COMPUTE_STREAMS  # model.expert_gemm (0: one grouped kernel)
     aux_loss: bool = False  # model.moe_aux_loss
+    host_op: float = 0.0  # model.host_overhead_us, seconds (kernel-level times only)
+    dispatcher: str = "alltoall"  # model.moe_dispatcher
 
     @property
     def tokens(self) -> int:
@@ -64,7 +66,7 @@ class Setup:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
-                              self.expert_streams, self.aux_loss)  # fmt: skip
+                              self.expert_streams, self.aux_loss, self.host_op, self.dispatcher)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
                  grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
                  {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
-                 m.moe_aux_loss)  # fmt: skip
+                 m.moe_aux_loss, m.host_overhead_us * 1e-6 if rates is not None else 0.0,
+                 m.moe_dispatcher)  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:
