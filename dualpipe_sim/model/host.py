@@ -79,13 +79,13 @@ def calls(row, tensor: int, expert_streams: int, local_experts: int) -> int:
     if "(pipeline overlap)" in row.name:
         return 4  # one reduce-scatter per chunk
     if "splits" in row.shape:
-        return int(row.shape.split("(")[1].split()[0])  # "(4 splits, ...)": one GEMM per chunk
+        return int(row.shape.split("(")[1].split()[0])  # Table.gemm's "(4 splits, ...)": a GEMM per chunk
     return _CALLS.get(row.name, 1)
 
 
-def _dispatch(dispatcher: str, local_experts: int) -> tuple[list[Step], list[Step]]:
+def _dispatch(dispatcher: str) -> tuple[list[Step], list[Step]]:
     """The dispatcher's own calls around the all-to-all and where it syncs (Megatron-core @ 1e057005,
-    moe/token_dispatcher.py, moe/fused_a2a.py; DeepEP buffer.py): (before the dispatch, after it)."""
+    moe/token_dispatcher.py, moe/fused_a2a.py; DeepEP csrc/deep_ep.cpp): (before the dispatch, after it)."""
     if dispatcher == "deepep":
         # _DeepepManager.setup_metadata: topk; FusedDispatch: get_dispatch_layout, then buffer.dispatch's
         # notify kernel, after which the CPU polls for the received counts
@@ -118,7 +118,7 @@ def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: i
     a2a = {k.component: k for k in rows if k.name == "all-to-all"}
     counts = [step(k) for k in rows if k.name == "token counts all-gather"]
     cut = next((i for i, s in enumerate(mlp) if s.label in ("permute", "sort by local expert")), len(mlp))
-    before, after = _dispatch(dispatcher, local_experts)
+    before, after = _dispatch(dispatcher)
     send = [step(a2a["dispatch_forward"])] if "dispatch_forward" in a2a else []
     back = [step(a2a["combine_forward"])] if "combine_forward" in a2a else []
     tail = mlp[cut:]
