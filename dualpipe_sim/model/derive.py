@@ -57,6 +57,8 @@ class Setup:
     amax_blocking: bool = True  # model.fp8_amax_reduction is not "hidden"
     ub_sms: tuple[tuple[str, int], ...] = ()  # parallel.tp_overlap_sms
     ub_atomic: tuple[str, ...] = ()  # parallel.tp_overlap_atomic
+    host_op: float = 0.0  # model.host_overhead_us, seconds (kernel-level times only)
+    dispatcher: str = "alltoall"  # model.moe_dispatcher
 
     @property
     def tokens(self) -> int:
@@ -69,7 +71,7 @@ class Setup:
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
                               self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking,
-                              self.ub_sms, self.ub_atomic)  # fmt: skip
+                              self.ub_sms, self.ub_atomic, self.host_op, self.dispatcher)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0,
                  {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
                  m.moe_aux_loss, amax_group, m.fp8_amax_reduction != "hidden",
-                 tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))))  # fmt: skip
+                 tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))),
+                 m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher)  # fmt: skip
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:

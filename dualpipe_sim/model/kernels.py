@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import collectives, gemm, params
+from . import collectives, gemm, host, params
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -57,7 +57,7 @@ UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-s
 class Kernel:
     name: str
     component: str  # the [chunk] component it is part of (attn_forward, ..., combine_backward)
-    kind: str  # gemm, attention, memory or comm
+    kind: str  # gemm, attention, memory, comm or host (host.py: the host's share of an MoE forward)
     shape: str
     flops: float
     bytes: float
@@ -100,6 +100,8 @@ class Layout:
     def ub_sm(self, name: str) -> int:
         """SMs the communication kernel of Transformer Engine's userbuffers overlap ``name`` takes."""
         return dict(self.ub_sms).get(name, UB_DEFAULT_SMS)
+    host_op: float = 0.0  # model.host_overhead_us in seconds: host time per PyTorch call (0: not costed)
+    dispatcher: str = "alltoall"  # model.moe_dispatcher: where the MoE forward makes the host wait (host.py)
 
     @property
     def norm_tokens(self) -> float:
@@ -503,6 +505,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     context_exchange(tb)
     if cfg.is_moe_layer(i):
         moe_mlp_block(tb, full)
+        if lay.host_op > 0:
+            host_share(tb, full)
     else:
         dense_mlp_block(tb, full)
     if lay.legacy:
@@ -512,6 +516,18 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
                            k.seconds, k.bound) for k in redo]  # fmt: skip
     return tb.rows
+
+
+def host_share(tb: Table, recompute: bool) -> None:
+    """What the host adds to an MoE layer's forward (host.py): launches from Python between the
+    dispatcher's syncs; again in the input gradient when the forward is rerun there."""
+    lay, cfg = tb.lay, tb.cfg
+    local = max(1, cfg.num_experts // lay.expert)
+    secs, ops, syncs = host.forward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
+                                           lay.dispatcher, cfg.qk_norm)  # fmt: skip
+    shape = f"{ops} calls x {lay.host_op * 1e6:.3g} us, {syncs} syncs ({lay.dispatcher})"
+    for comp in ("mlp_forward",) + (("mlp_backward_input",) if recompute else ()):
+        tb.rows.append(Kernel("host launches and syncs", comp, "host", shape, 0.0, 0.0, secs, "host"))
 
 
 def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:

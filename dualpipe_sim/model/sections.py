@@ -77,11 +77,24 @@ class ModelSection(BaseModel):
     # whose flash attention kernels: "cudnn" (Transformer Engine's FusedAttention, which TE 1.2+ selects on Hopper)
     # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed); docs/model.md, "Kernel rates"
     attention_kernel: Literal["cudnn", "flash-attn-2"] = "cudnn"
+    # host time per PyTorch call that launches a kernel (us), which the MoE forward's syncs expose (model/host.py);
+    # default: torch.nn.Linear's forward on a DGX H100 host (NVIDIA/TransformerEngine#2053); 0: not costed
+    host_overhead_us: Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)] = 13.5
+    # Megatron-core's MoE token dispatcher: where its forward makes the host wait (docs/model.md, "Host syncs in
+    # the MoE layer"): "alltoall" (--moe-token-dispatcher-type alltoall, one sync) or "deepep" (flex + DeepEP)
+    moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
 
     @field_validator("moe_aux_loss", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
+
+    @field_validator("host_overhead_us", mode="before")
+    @classmethod
+    def _number(cls, v):
+        if isinstance(v, (bool, str)):  # "13.5" or true must not pass for a number of microseconds
+            raise ValueError("must be a number of microseconds (0 or more)")
+        return v
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
