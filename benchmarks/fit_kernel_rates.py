@@ -124,6 +124,13 @@ def main_attention() -> None:
     fit_attention("H100 cuDNN forward, causal", cudnn_fwd)
     fit_attention("H100 cuDNN backward, causal (non-causal x forward's causal ratio)", cudnn_bwd)
     fit_attention("A100 FA2 forward+backward", attention_rows("A100", "fa2", "forward_backward"))
+    # flash-attn 2 on H100 (model.attention_kernel = "flash-attn-2"): its forward, and its backward from the
+    # forward+backward figure (FLOPs 1 + 2.5 of the forward's: time 3.5 F / fb = F / fwd + 2.5 F / bwd)
+    fa2_fwd = attention_rows("H100", "fa2", "forward")
+    fa2_fb = attention_rows("H100", "fa2", "forward_backward")
+    fit_attention("H100 FA2 forward, causal", fa2_fwd)
+    fit_attention("H100 FA2 backward, causal (from forward+backward)",
+                  {s: 2.5 / (3.5 / fa2_fb[s] - 1 / fa2_fwd[s]) for s in fa2_fb})
 
 
 

@@ -62,3 +62,30 @@ def all_to_all(sent: float, rates, link: str) -> float:
 def p2p(nbytes: float, rates, link: str) -> float:
     """Seconds for one send of ``nbytes`` to one other rank."""
     return rates.latency + nbytes / bus(rates, link) if nbytes > 0 else 0.0
+
+
+# NCCL's own latency model for choosing an algorithm (NVIDIA/nccl src/graph/tuning.cc @ 4365458, the v2.18.5 build
+# the MLPerf v3.1 GPT-3 runs installed), microseconds, LL protocol (the lowest latency, which NCCL picks for a
+# message of bytes): a base per algorithm, a latency per NVLink hop and per network hop, and for an inter-node
+# ring a launch overhead per step (getNetOverhead: 1 us on Intel x86, as DGX H100's Xeons).  log2 is NCCL's log2i.
+NCCL_LL_BASE = {"tree": 6.8, "ring": 6.6}
+NCCL_LL_NVLINK = 0.6
+NCCL_LL_NET = {"tree": 5.0, "ring": 2.7}
+NCCL_NET_OVERHEAD = 1.0
+
+
+def small_all_reduce(ranks: int, per_node: int) -> float:
+    """Seconds NCCL's tuning model predicts for an all-reduce of a few bytes over ``ranks`` ranks, ``per_node``
+    of them on each node: the lower of tree (up and down a tree of nodes, log2(nodes) network hops each way)
+    and ring (2(n-1) steps, 2 x nodes of them across the network) with the LL protocol.  Used where a
+    collective is all latency (FP8 amax reductions), over groups of up to thousands of GPUs; the bandwidth
+    model above keeps its measured latency."""
+    if ranks <= 1:
+        return 0.0
+    nodes = -(-ranks // per_node)
+    ppn = ranks / nodes
+    tree = NCCL_LL_BASE["tree"] + 2 * ((ppn - 1) * NCCL_LL_NVLINK + (nodes.bit_length() - 1) * NCCL_LL_NET["tree"])
+    net_steps = 2 * nodes if nodes > 1 else 0
+    intra = max(NCCL_LL_NVLINK, NCCL_NET_OVERHEAD) if nodes > 1 else NCCL_LL_NVLINK
+    ring = NCCL_LL_BASE["ring"] + (2 * (ranks - 1) - net_steps) * intra + net_steps * NCCL_LL_NET["ring"]
+    return min(tree, ring) * 1e-6

@@ -53,6 +53,12 @@ class Setup:
     grad_accumulation: float = 0.0  # bytes per parameter and micro-batch of a separate accumulation pass
     expert_streams: int = kernels.TE_COMPUTE_STREAMS  # model.expert_gemm (0: one grouped kernel)
     aux_loss: bool = False  # model.moe_aux_loss
+    amax_group: int = 0  # ranks the FP8 amaxes are reduced over per model chunk (0: no per-tensor scaling)
+    amax_blocking: bool = True  # model.fp8_amax_reduction is not "hidden"
+    ub_sms: tuple[tuple[str, int], ...] = ()  # parallel.tp_overlap_sms
+    ub_atomic: tuple[str, ...] = ()  # parallel.tp_overlap_atomic
+    host_op: float = 0.0  # model.host_overhead_us, seconds (kernel-level times only)
+    dispatcher: str = "alltoall"  # model.moe_dispatcher
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters
     alibi: bool = False  # model.alibi
 
@@ -66,8 +72,9 @@ class Setup:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
-                              self.expert_streams, self.aux_loss, self.sync_tp_duplicated,
-                              self.alibi)  # fmt: skip
+                              self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking,
+                              self.ub_sms, self.ub_atomic, self.host_op, self.dispatcher,
+                              self.sync_tp_duplicated, self.alibi)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,14 @@ def setup(scenario, stages: int | None = None) -> Setup:
                 rates = rates.with_fp8_gemm(m.fp8_gemm)
             except ValueError as exc:
                 raise ModelError(f"model.fp8_gemm: {exc}") from None
+            try:
+                rates = rates.with_attention_kernel(m.attention_kernel)
+            except ValueError as exc:
+                raise ModelError(f"model.attention_kernel: {exc}") from None
     legacy = m.runtime == "megatron-lm-2021"
+    amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
+    if cfg.fp8 and m.fp8_gemm == "cublas":
+        amax_group = par.tensor if m.fp8_amax_reduction == "tensor" else par.tensor * par.data * par.context
     accumulation = grad_accumulation_bytes(m, scenario.pipeline.microbatches) if legacy else 0.0
     if scenario.step is not None and scenario.step.runtime == "deepspeed-bf16":
         accumulation = DEEPSPEED_BF16_ACCUMULATION_BYTES
@@ -216,7 +230,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  par.sequence_parallel, par.pipeline_scatter_gather, legacy,
                  accumulation,
                  {"multi-stream": kernels.TE_COMPUTE_STREAMS, "sequential": 1, "grouped": 0}[m.expert_gemm],
-                 m.moe_aux_loss, par.sync_tp_duplicated_parameters, m.alibi)  # fmt: skip
+                 m.moe_aux_loss, amax_group, m.fp8_amax_reduction != "hidden",
+                 tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))),
+                 m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
+                 par.sync_tp_duplicated_parameters, m.alibi)  # fmt: skip
 
 
 # DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a
@@ -386,6 +403,13 @@ def _embedding_accumulation(st: Setup, stage: layout.Stage) -> list[kernels.Kern
     return tb.rows
 
 
+def chunk_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
+    """What a model chunk (a stage) runs once per micro-batch besides its modules: the FP8 amax reduction."""
+    if st.rates is None:
+        return []
+    return kernels.amax_reduction(st.cfg, st.rates, st.layout, tuple(stage.layers) + (st.cfg.num_layers,) * stage.mtp)
+
+
 def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
     """(forward, input-gradient, weight-gradient) ms of a stage's embedding, head and MTP modules."""
     if st.rates is not None:
@@ -425,6 +449,8 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
             per_layer[key] = layer_times(st, i)
         add(vars(per_layer[key]))
     add(module_components(st, stage))
+    if st.rates is not None:
+        add(kernels.by_component(chunk_kernels(st, stage)))
     moe = sum(cfg.is_moe_layer(i) for i in stage.layers) + stage.mtp
     layers = moe or max(1, len(stage.layers))
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
@@ -545,6 +571,9 @@ def derive(st: Setup) -> Derived:
             fig.weight = sum(t.weight for t in times)
             fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
             f, i_, w = extra_times(st, stage)
+            if st.rates is not None:  # once per model chunk and micro-batch
+                cf, ci, cw = (ms for _, ms in kernels.passes(chunk_kernels(st, stage)))
+                f, i_, w = f + cf, i_ + ci, w + cw
             fig.forward += f
             fig.backward += i_ + w
             fig.weight += w

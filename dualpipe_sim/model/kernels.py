@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import collectives, gemm, params
+from . import collectives, gemm, host, params
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -38,13 +38,26 @@ F, I, W = "forward", "backward_input", "backward_weight"
 # local expert, round-robin on this many compute streams (transformer_engine/common/gemm/cublaslt_gemm.cu,
 # nvte_multi_stream_cublas_gemm; num_streams = 4 in include/transformer_engine/gemm.h)
 TE_COMPUTE_STREAMS = 4
+# Transformer Engine's per-tensor ("delayed") FP8 scaling keeps this many past amaxes of every FP8 tensor: the
+# MLPerf GPT-3 runs' FP8_AMAX_HISTORY (config_fp8.sh) and TE's DelayedScaling default (amax_history_len)
+AMAX_HISTORY = 1024
+# amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
+# (TE's FP8FwdTensors / FP8BwdTensors)
+AMAXES = {"forward": 3, "backward": 2}
+# Transformer Engine's userbuffers overlaps that run a communication kernel on SMs, by TE's name, and the SMs each
+# takes by default (initialize_ub's num_sm = 16; the ring exchanges run on the copy engines). A scenario's
+# parallel.tp_overlap_sms gives a run's own (its ub_tp_comm_overlap_cfg yaml).
+UB_SM_OVERLAPS = ("qkv_dgrad", "qkv_wgrad", "fc1_dgrad", "fc1_wgrad", "proj_fprop", "fc2_fprop")
+UB_DEFAULT_SMS = 16
+UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatters, which can run an atomic GEMM
+UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
 
 
 @dataclass(frozen=True)
 class Kernel:
     name: str
     component: str  # the [chunk] component it is part of (attn_forward, ..., combine_backward)
-    kind: str  # gemm, attention, memory or comm
+    kind: str  # gemm, attention, memory, comm or host (host.py: the host's share of an MoE forward)
     shape: str
     flops: float
     bytes: float
@@ -75,6 +88,20 @@ class Layout:
     # model.expert_gemm: GEMMs of different local experts that run at once (0: all, one grouped kernel)
     expert_streams: int = TE_COMPUTE_STREAMS
     aux_loss: bool = False  # model.moe_aux_loss: the router's load-balancing loss is computed
+    # model.fp8_amax_reduction: ranks the FP8 amaxes are reduced over once per model chunk and micro-batch
+    # (0: no per-tensor scaling bookkeeping), and whether the compute stream waits for that all-reduce
+    amax_group: int = 0
+    amax_blocking: bool = True
+    # parallel.tp_overlap_sms: SMs each userbuffers overlap's communication kernel takes, ((TE name, SMs), ...);
+    # parallel.tp_overlap_atomic: the FP8 forward reduce-scatter overlaps whose GEMM is one atomic GEMM
+    ub_sms: tuple[tuple[str, int], ...] = ()
+    ub_atomic: tuple[str, ...] = ()
+
+    def ub_sm(self, name: str) -> int:
+        """SMs the communication kernel of Transformer Engine's userbuffers overlap ``name`` takes."""
+        return dict(self.ub_sms).get(name, UB_DEFAULT_SMS)
+    host_op: float = 0.0  # model.host_overhead_us in seconds: host time per PyTorch call (0: not costed)
+    dispatcher: str = "alltoall"  # model.moe_dispatcher: where the MoE forward makes the host wait (host.py)
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters (Megatron-DeepSpeed)
     alibi: bool = False  # model.alibi: Megatron-DeepSpeed's ALiBi through baddbmm (eager attention)
 
@@ -135,7 +162,7 @@ class Table:
         return secs
 
     def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str,
-                  fp8: bool | None = None) -> float:  # fmt: skip
+                  fp8: bool | None = None, ub: str = "") -> float:  # fmt: skip
         """A sequence-parallel linear and its all-gather (before) or reduce-scatter (after).
 
         Without tp_comm_overlap the collective runs alone, before or after its GEMM.  With it,
@@ -143,7 +170,10 @@ class Table:
         split the GEMM: ``ring`` (all-gathers; proj/fc2 dgrad) in t chunks, exchanged by the copy
         engines, the first chunk's transfer exposed; ``pipeline`` (forward reduce-scatters) in 4
         chunks on 132 - 16 SMs, the last chunk's transfer exposed; ``bulk`` (the backward's re-gather
-        and reduce-scatter) beside the whole GEMM on 16 fewer SMs."""
+        and reduce-scatter) beside the whole GEMM on 16 fewer SMs.  ``ub``: the overlap's name in
+        Transformer Engine, whose SMs a scenario may give (``Layout.ub_sm``); an FP8 pipeline overlap
+        named in ``ub_atomic`` runs its GEMM as one atomic GEMM whose finished chunks the reduce-scatter
+        follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
             return self.gemm(name, comp, m, n, k, fp8)  # without sequence parallelism the input is whole
@@ -156,8 +186,11 @@ class Table:
             secs = self.gemm(name, comp, m, n, k, fp8)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
-        splits, margin = {"ring": (t, 0), "pipeline": (4, 16), "bulk": (1, 16)}[method]
-        secs = self.gemm(name, comp, m, n, k, fp8, splits=splits, sm_margin=margin)
+        splits = {"ring": t, "pipeline": UB_PIPELINE_SPLITS, "bulk": 1}[method]
+        margin = 0 if method == "ring" else self.lay.ub_sm(ub)
+        low = self.lay.fp8 if fp8 is None else fp8
+        atomic = method == "pipeline" and low and ub in self.lay.ub_atomic
+        secs = self.gemm(name, comp, m, n, k, fp8, splits=1 if atomic else splits, sm_margin=margin)
         first = 0.0 if method == "bulk" else full / splits  # the chunk no GEMM runs beside
         exposed = first + max(0.0, full - first - secs)
         self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
@@ -240,7 +273,8 @@ def attention_block(tb: Table, recompute: bool) -> None:
         else:
             tb.attention("flash attention", comp, core, backward=False)
         tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)
-        tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline")
+        tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
+                     ub="proj_fprop")
         tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
     tb.cast("grad cast", comp, n * h)
@@ -255,7 +289,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     for name, out, inp, _ in projections:
         tb.cast(f"{name} grad cast", comp, n * out)
-    _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections])
+    _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections], "qkv")
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n)
 
@@ -286,7 +320,8 @@ def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
     tb.gemm("scores dgrad: dK (batched)", comp, s, d, s, fp8=False, groups=heads)
 
 
-def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple[str, int, int, int]]) -> None:
+def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple[str, int, int, int]],
+                            ub: str) -> None:  # fmt: skip
     """dgrad and wgrad of a block's input projections (name, tokens, in, out).  With tp_comm_overlap
     the re-gather of the block's input (for the wgrad GEMMs) runs beside the dgrad GEMMs and the
     input gradient's reduce-scatter (all-reduce without sequence parallelism) beside the wgrad GEMMs,
@@ -304,10 +339,11 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
                 wgrad if hide else 0.0)  # fmt: skip
         return
     if lay.tensor > 1 and lay.tp_overlap:
-        tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk")
+        tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk", ub=f"{ub}_dgrad")
         for name2, m2, inp2, out2 in rest:
             tb.gemm(f"{name2} dgrad", comp, m2, inp2, out2)
-        tb.tp_linear(f"{name} wgrad", wcomp, inp, out, m, "reduce_scatter", n * h * lay.act_bytes, "bulk")
+        tb.tp_linear(f"{name} wgrad", wcomp, inp, out, m, "reduce_scatter", n * h * lay.act_bytes, "bulk",
+                     ub=f"{ub}_wgrad")
         for name2, m2, inp2, out2 in rest:
             tb.gemm(f"{name2} wgrad", wcomp, inp2, out2, m2)
         return
@@ -330,7 +366,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
             tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + low))
         tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
         tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * low))
-        tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline")
+        tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline", ub="fc2_fprop")
         if not prefix:
             tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
@@ -338,7 +374,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
     tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
     tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
-    _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)])
+    _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)], "fc1")
     if not prefix:
         tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n)
@@ -473,6 +509,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     context_exchange(tb)
     if cfg.is_moe_layer(i):
         moe_mlp_block(tb, full)
+        if lay.host_op > 0:
+            host_share(tb, full)
     else:
         dense_mlp_block(tb, full)
     if lay.legacy:
@@ -488,6 +526,18 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
                            k.seconds, k.bound) for k in redo]  # fmt: skip
     return tb.rows
+
+
+def host_share(tb: Table, recompute: bool) -> None:
+    """What the host adds to an MoE layer's forward (host.py): launches from Python between the
+    dispatcher's syncs; again in the input gradient when the forward is rerun there."""
+    lay, cfg = tb.lay, tb.cfg
+    local = max(1, cfg.num_experts // lay.expert)
+    secs, ops, syncs = host.forward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
+                                           lay.dispatcher, cfg.qk_norm)  # fmt: skip
+    shape = f"{ops} calls x {lay.host_op * 1e6:.3g} us, {syncs} syncs ({lay.dispatcher})"
+    for comp in ("mlp_forward",) + (("mlp_backward_input",) if recompute else ()):
+        tb.rows.append(Kernel("host launches and syncs", comp, "host", shape, 0.0, 0.0, secs, "host"))
 
 
 def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
@@ -582,6 +632,41 @@ def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Ke
 def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """One DeepSeek-V3 MTP module: two norms, the 2h -> h projection, one layer and the shared head."""
     return mtp_projection(cfg, rates, lay) + layer(cfg, cfg.num_layers, rates, lay) + head(cfg, rates, lay)
+
+
+def fp8_linears(cfg: ModelConfig, i: int, lay: Layout) -> int:
+    """Transformer Engine FP8 GEMM modules of layer ``i`` on one rank (each keeps its own amaxes)."""
+    n = len(_attention_shapes(cfg, lay.tensor)) + 1
+    if cfg.is_moe_layer(i):
+        return n + 2 * max(1, cfg.num_experts // lay.expert) + (2 if cfg.shared_intermediate_size else 0)
+    return n + 2
+
+
+def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tuple[int, ...]) -> list[Kernel]:
+    """Transformer Engine's per-tensor ("delayed") FP8 scaling, once per model chunk and micro-batch.
+
+    Megatron wraps a model chunk's forward in one ``fp8_autocast``; at its exit Transformer Engine
+    concatenates the amaxes its FP8 modules recorded, all-reduces them (max) over the amax group and
+    updates every amax history and scale in one kernel; the first module's backward does the same for the
+    gradients' amaxes (TE v1.6 ``fp8.py`` ``reduce_and_update_fp8_tensors``, ``all_reduce(async_op=False)``;
+    v0.8 ``global_amax_reduction``).  A few bytes over up to thousands of ranks: NCCL's latency model
+    (collectives.small_all_reduce).  Not blocking (TE 0.8-1.x's ``NVTE_ASYNC_AMAX_REDUCTION=1``), it runs
+    beside the compute and only the update kernel is costed."""
+    if lay.amax_group <= 0:
+        return []
+    tb = Table(rates, lay, cfg)
+    linears = sum(fp8_linears(cfg, i, lay) for i in layers)
+    group, per_node = lay.amax_group, min(lay.amax_group, rates.gpus_per_node)
+    for comp, direction in (("mlp_forward", "forward"), ("attn_backward_input", "backward")):
+        amaxes = linears * AMAXES[direction]
+        if group > 1:
+            secs = collectives.small_all_reduce(group, per_node) if lay.amax_blocking else 0.0
+            link = "nvlink" if group <= per_node else "nic"
+            tb.rows.append(Kernel(f"fp8 amax all-reduce ({direction})", comp, "comm",
+                                  f"all_reduce {amaxes * 4} B over {group} ({link})", 0.0, amaxes * 4.0, secs,
+                                  "latency"))  # fmt: skip
+        tb.memory(f"fp8 amax + scale update ({direction})", comp, 2.0 * AMAX_HISTORY * amaxes * 4)
+    return tb.rows
 
 
 def by_component(rows: list[Kernel]) -> dict[str, float]:

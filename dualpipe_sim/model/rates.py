@@ -40,6 +40,10 @@ class KernelRates:
     # DeepGEMM's FP8 kernels (fine-grained scaling, DeepSeek's runtime): model.fp8_gemm = "deepgemm" takes
     # these instead of gemm_fp8 (cuBLASLt, as Transformer Engine runs FP8); None: no DeepGEMM table
     gemm_fp8_deepgemm: GemmRates | None = None
+    # Dao's flash-attn 2 library (model.attention_kernel = "flash-attn-2"): (forward, backward FLOP/s, forward and
+    # backward seq_half), as attention_forward etc.; None: no table (A100's figures are flash-attn 2's already)
+    attention_fa2: tuple[float, float, float, float] | None = None
+    attention_seq_half_backward: float | None = None  # None: attention_seq_half
 
     def with_fp8_gemm(self, library: str) -> "KernelRates":
         """The same GPU with the FP8 GEMMs of ``library`` ("cublas" or "deepgemm")."""
@@ -49,9 +53,20 @@ class KernelRates:
             raise ValueError(f'"deepgemm" has no measured FP8 table on {self.name} (H100, H800, H200 only)')
         return replace(self, gemm_fp8=self.gemm_fp8_deepgemm)
 
+    def with_attention_kernel(self, kernel: str) -> "KernelRates":
+        """The same GPU with the flash attention kernels of ``kernel`` ("cudnn" or "flash-attn-2")."""
+        if kernel == "cudnn" or self.name == "A100":  # A100's rates are flash-attn 2's (no cuDNN table)
+            return self
+        if self.attention_fa2 is None:
+            raise ValueError(f'"flash-attn-2" has no measured table on {self.name} (H100, H800, H200 and A100 only)')
+        fwd, bwd, half, half_bwd = self.attention_fa2
+        return replace(self, attention_forward=fwd, attention_backward=bwd, attention_seq_half=half,
+                       attention_seq_half_backward=half_bwd)  # fmt: skip
+
     def attention_rate(self, seq: int, backward: bool) -> float:
         rate = self.attention_backward if backward else self.attention_forward
-        return rate * seq / (seq + self.attention_seq_half)
+        half = self.attention_seq_half_backward if backward and self.attention_seq_half_backward else self.attention_seq_half
+        return rate * seq / (seq + half)
 
     def scaled(self, compute: float = 1.0, memory: float = 1.0, nvlink: float = 1.0, nic: float = 1.0) -> "KernelRates":
         """The same GPU generation with other peaks (a custom [hardware] section): each rate scaled
@@ -61,6 +76,8 @@ class KernelRates:
                        gemm_fp8_deepgemm=g(self.gemm_fp8_deepgemm),
                        attention_forward=self.attention_forward * compute,
                        attention_backward=self.attention_backward * compute, hbm=self.hbm * memory,
+                       attention_fa2=None if self.attention_fa2 is None else
+                       (self.attention_fa2[0] * compute, self.attention_fa2[1] * compute, *self.attention_fa2[2:]),
                        nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic,
                        nvlink_curve=tuple((size, bus * nvlink) for size, bus in self.nvlink_curve))  # fmt: skip
 
@@ -86,8 +103,11 @@ _A100_ALL_REDUCE = tuple((float(1 << (10 + i)), gbs * 1e9) for i, gbs in enumera
     0.04, 0.08, 0.17, 0.33, 0.67, 1.37, 2.70, 5.15, 10.11, 19.24, 36.22, 53.54, 71.43, 89.99, 109.22, 132.77,
     166.63, 174.18, 213.87, 221.58, 228.10, 230.22, 230.48, 231.58)))  # fmt: skip
 
+# flash-attn 2 on H100 80GB SXM5 (flash-attention's H100 benchmark figures, causal, head dim 128): forward fitted
+# directly, backward from the forward+backward figure (benchmarks/fit_kernel_rates.py)
+_H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
-                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8)  # fmt: skip
+                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2)  # fmt: skip
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800

@@ -85,6 +85,9 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     out["head"] = derive.extra_kernels(st, Stage((), head=True))
     if cfg.mtp_layers:
         out["mtp module"] = derive.extra_kernels(st, Stage((), mtp=1))
+    chunk = derive.chunk_kernels(st, st.stages[0])
+    if chunk:
+        out["per model chunk (stage 0)"] = chunk
     return out
 
 
@@ -292,4 +295,7 @@ def _runtime_notes(st) -> str:
             st.expert_streams, f"one GEMM per expert on {st.expert_streams} streams")
         out += f"; expert GEMMs {launch} (model.expert_gemm)"
         out += ", aux loss on (model.moe_aux_loss)" if st.aux_loss else ""
+        out += (f"; host {st.host_op * 1e6:.3g} us per PyTorch call, {st.dispatcher} dispatcher's syncs "
+                "(model.host_overhead_us, model.moe_dispatcher)" if st.host_op > 0 else
+                "; host launches not costed (model.host_overhead_us)")
     return out

@@ -69,6 +69,20 @@ class ModelSection(BaseModel):
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
+    # FP8 with per-tensor (delayed) scaling, as Transformer Engine runs it: the amaxes all-reduced once per model
+    # chunk and micro-batch, forward and backward, over "data" (tensor x data x context ranks: Megatron's amax
+    # reduction group, TE's default) or "tensor" ranks (TE 0.8-1.x NVTE_DP_AMAX_REDUCE_INTERVAL=0), blocking;
+    # "hidden": not waited for (NVTE_ASYNC_AMAX_REDUCTION=1). DeepGEMM's fine-grained scaling has none
+    fp8_amax_reduction: Literal["data", "tensor", "hidden"] = "data"
+    # whose flash attention kernels: "cudnn" (Transformer Engine's FusedAttention, which TE 1.2+ selects on Hopper)
+    # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed); docs/model.md, "Kernel rates"
+    attention_kernel: Literal["cudnn", "flash-attn-2"] = "cudnn"
+    # host time per PyTorch call that launches a kernel (us), which the MoE forward's syncs expose (model/host.py);
+    # default: torch.nn.Linear's forward on a DGX H100 host (NVIDIA/TransformerEngine#2053); 0: not costed
+    host_overhead_us: Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)] = 13.5
+    # Megatron-core's MoE token dispatcher: where its forward makes the host wait (docs/model.md, "Host syncs in
+    # the MoE layer"): "alltoall" (--moe-token-dispatcher-type alltoall, one sync) or "deepep" (flex + DeepEP)
+    moe_dispatcher: Literal["alltoall", "deepep"] = "alltoall"
     # ALiBi attention biases (BLOOM) as Megatron-DeepSpeed adds them to eager attention's scores: torch.baddbmm
     # with beta = 1 on a broadcast slice of the biases, which PyTorch copies into the s x s output first
     alibi: bool = False
@@ -77,6 +91,13 @@ class ModelSection(BaseModel):
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
+
+    @field_validator("host_overhead_us", mode="before")
+    @classmethod
+    def _number(cls, v):
+        if isinstance(v, (bool, str)):  # "13.5" or true must not pass for a number of microseconds
+            raise ValueError("must be a number of microseconds (0 or more)")
+        return v
 
     @field_validator("seq_length", "micro_batch_size", mode="before")
     @classmethod
@@ -102,6 +123,12 @@ class ParallelSection(_Section):
     # without sequence parallelism, send 1/tensor of a boundary activation per rank and all-gather it over NVLink
     # at the receiver (Megatron-LM 2021-2022 --scatter-gather-tensors-in-pipeline, DeepSpeed's PartitionedTensor)
     pipeline_scatter_gather: bool = False
+    # SMs the communication kernel of each Transformer Engine userbuffers overlap takes, by TE's name (a run's
+    # ub_tp_comm_overlap_cfg yaml, num_sm); the ones not named take TE's default, 16 (kernels.UB_SM_OVERLAPS)
+    tp_overlap_sms: dict[str, Annotated[int, Field(ge=0, le=64)]] = {}
+    # the FP8 forward reduce-scatter overlaps ("proj_fprop", "fc2_fprop") whose GEMM runs as one atomic GEMM that
+    # the reduce-scatter follows (TE's NVTE_UB_ATOMIC_GEMM_RS=1, or a cfg's atomic_gemm: 1); else 4 split GEMMs
+    tp_overlap_atomic: list[str] = []
     # Megatron-DeepSpeed's --sync-tp-duplicated-parameters: every forward all-reduces each norm's and row-parallel
     # bias's parameters over the tensor-parallel group (BLOOM); Megatron-core has no such step
     sync_tp_duplicated_parameters: bool = False
@@ -111,6 +138,29 @@ class ParallelSection(_Section):
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
+
+    @field_validator("tp_overlap_sms", mode="before")
+    @classmethod
+    def _ub_names(cls, v):
+        from .kernels import UB_SM_OVERLAPS
+
+        if isinstance(v, dict):
+            for name, sms in v.items():
+                if name not in UB_SM_OVERLAPS:
+                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_SM_OVERLAPS)}")
+                _whole(sms)
+        return v
+
+    @field_validator("tp_overlap_atomic", mode="before")
+    @classmethod
+    def _atomic_names(cls, v):
+        from .kernels import UB_ATOMIC_OVERLAPS
+
+        if isinstance(v, list):
+            for name in v:
+                if name not in UB_ATOMIC_OVERLAPS:
+                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_ATOMIC_OVERLAPS)}")
+        return v
 
     @field_validator("tensor", "expert", "data", "context", "zero", mode="before")
     @classmethod
