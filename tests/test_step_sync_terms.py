@@ -220,3 +220,20 @@ def test_a_tied_head_on_the_embeddings_stage_accumulates_the_shared_weight_once(
     per = 3 * 2 * 15 / 16
     assert rows["embedding gradient accumulation"] == pytest.approx(2048 * 2304 * per / HBM + FLOOR)
     assert rows["output layer gradient accumulation"] == pytest.approx(51200 * 2304 * per / HBM + FLOOR)
+
+
+@pytest.mark.parametrize("stages", [2, 4, 6])
+def test_stage_placement_does_not_depend_on_microbatches(stages):
+    """_stage_ranks builds a schedule with the fewest micro-batches its family accepts: every registered
+    family must place each stage on the same ranks whatever the micro-batch count."""
+    from dualpipe_sim.schedules import registry
+
+    for name in registry.families():
+        seen = {}
+        for m in (1, 2, stages, 2 * stages, 3 * stages, 6 * stages):
+            try:
+                seen[m] = [sorted(r) for r in registry.build(name, stages, m).stages_on_rank()]
+            except Exception:  # a count the family refuses
+                continue
+        assert len(seen) >= 2, name
+        assert all(v == next(iter(seen.values())) for v in seen.values()), (name, seen)
