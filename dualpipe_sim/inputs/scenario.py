@@ -171,6 +171,9 @@ class Step(_Section):
     # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
     optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
+    # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron)
+    grad_sync_launch: Literal["ready", "pp-aligned"] = "ready"
+    grad_sync_shares_p2p: bool = False  # grad sync and pipeline P2P on one link (one NIC per GPU): P2P goes first
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
@@ -184,7 +187,7 @@ class Step(_Section):
             raise ValueError('must be a time in ms, a per-stage list, or "derived"')
         return v
 
-    @field_validator("overlap_grad_sync", "cross_copy_eager", mode="before")
+    @field_validator("overlap_grad_sync", "cross_copy_eager", "grad_sync_shares_p2p", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
@@ -270,6 +273,8 @@ class Scenario(_Section):
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=st.grad_sync_buckets,
+            grad_sync_launch=st.grad_sync_launch,
+            nic_shared=st.grad_sync_shares_p2p,
         )
 
     def cost_model(self, derived=None) -> CostModel:
