@@ -90,3 +90,32 @@ def test_cli_bad_value_exit_2(tmp_path):
     out = subprocess.run(["dualpipe-sim", "run", str(path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert out.returncode == 2 and "step.grad_sync_launch" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- the data-parallel reduce-scatter as NCCL rings (collectives.bucketed) -------------------------------
+def test_ring_latency_is_nccls_tuning_model_by_hand():
+    from dualpipe_sim.model import collectives
+
+    # NCCL tuning.cc @ 4365458, ring reduce-scatter: base + (ranks - nodes) intra-node steps + (nodes - 1)
+    # network steps.  DP 320 on 160 nodes (2 ranks each): Simple 8.4 + 160 x max(3.4, 3 x 1.0) + 159 x 14;
+    # LL128 14 + 160 x max(1.9, 1.0) + 159 x 4.  DP 16 on 8 nodes: Simple 8.4 + 8 x 3.4 + 7 x 14.
+    assert collectives.ring_latency("simple", 320, 2) == pytest.approx((8.4 + 160 * 3.4 + 159 * 14) * 1e-6)
+    assert collectives.ring_latency("ll128", 320, 2) == pytest.approx((14 + 160 * 1.9 + 159 * 4) * 1e-6)
+    assert collectives.ring_latency("simple", 16, 2) == pytest.approx((8.4 + 8 * 3.4 + 7 * 14) * 1e-6)
+
+
+def test_mlperf_chunk_reduce_scatter_by_hand():
+    from dualpipe_sim.model import collectives, rates
+
+    # One GPT-3 layer's bf16 gradients per TP-4 rank, (12 h^2 + 13 h) / 4 x 2 bytes with h = 12,288, as 9
+    # buckets over DP 320 (2 ranks and NICs per node: 2 x 47 GB/s bus).  Simple: 9 x 2.7784 ms + 319/320 x
+    # 906.05 MB / 94 GB/s = 25.006 + 9.608 = 34.61 ms; LL128: 9 x 0.954 ms + 9.608 / 0.92 = 8.586 + 10.444 =
+    # 19.03 ms: LL128, about twice the bandwidth-only 9.6 ms.  At DP 16 (8 nodes) Simple's 9 x 0.1336 +
+    # 15/16 x 906.05 / 94 = 1.202 + 9.036 = 10.24 ms beats LL128's 9 x 0.0572 + 9.822 = 10.34 ms.
+    nbytes = (12 * 12288**2 + 13 * 12288) / 4 * 2
+    h100 = rates.PRESETS["H100"]
+    assert collectives.bucketed("reduce_scatter", nbytes, 320, h100, 2, 9) == pytest.approx(
+        9 * (14 + 160 * 1.9 + 159 * 4) * 1e-6 + 319 / 320 * nbytes / (0.92 * 94e9))
+    assert collectives.bucketed("reduce_scatter", nbytes, 320, h100, 2, 9) == pytest.approx(19.03e-3, abs=0.01e-3)
+    assert collectives.bucketed("reduce_scatter", nbytes, 16, h100, 2, 9) == pytest.approx(
+        9 * (8.4 + 8 * 3.4 + 7 * 14) * 1e-6 + 15 / 16 * nbytes / 94e9)

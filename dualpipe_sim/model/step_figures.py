@@ -39,9 +39,10 @@ def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
     return per_param
 
 
-def _sync_ms(st, key: str, dense: float, routed: float) -> float:
+def _sync_ms(st, key: str, dense: float, routed: float, buckets: int = 1) -> float:
     """One grad sync (reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum of ``dense``
-    bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms)."""
+    bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms); a
+    reduce-scatter across nodes as ``buckets`` NCCL rings (collectives.bucketed)."""
     sh, hw = st.sharding, st.hw
     if st.rates is not None:
         nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
@@ -51,8 +52,11 @@ def _sync_ms(st, key: str, dense: float, routed: float) -> float:
         op = "reduce_scatter" if sh.zero >= 1 else "all_reduce"
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
-        return (collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
-                + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
+        if op == "reduce_scatter" and nic == "nic":
+            dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets)
+        else:
+            dense_s = collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
+        return (dense_s + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
     if key == "cross_copy_sync":
         return (dense + routed) / (hw.p2p_gbps * 1e9) * 1e3
     factor = 1.0 if sh.zero >= 1 else 2.0  # reduce-scatter or all-reduce
@@ -141,6 +145,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     if key == "optimizer" and st.rates is None:
         raise ModelError('"derived" needs a hardware.preset without hardware.efficiency (the kernel rates)')
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
+    buckets = scenario.step.grad_sync_buckets if key == "grad_sync" and scenario.step is not None else 1
     out = []
     for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
@@ -161,5 +166,5 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
                 tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
             out.append(tail)
             continue
-        out.append(_sync_ms(st, key, dense, routed))
+        out.append(_sync_ms(st, key, dense, routed, buckets))
     return tuple(out)
