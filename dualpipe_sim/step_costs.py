@@ -23,6 +23,10 @@ class StepCosts:
     overlap_grad_sync: bool = False
     cross_copy_eager: bool = False
     grad_sync_buckets: int = 1  # a copy's grad sync in this many equal collectives
+    # "ready": a copy's overlapped sync is released at its last weight-gradient op; "pp-aligned": rank r
+    # releases it r weight-gradient ops later (Megatron's interleaved schedule), past its last at its end
+    grad_sync_launch: str = "ready"
+    nic_shared: bool = False  # the grad sync yields its rank's link to the rank's P2P transfers
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""

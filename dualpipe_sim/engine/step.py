@@ -55,7 +55,8 @@ import numpy as np
 
 from ..step_costs import StepCosts
 from .replay import Link
-from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, STEP_DTYPE, StepRow, Trace, pipeline_ends
+from ..schedules.rules import KIND_CODES, WEIGHT_GRADS
+from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, P2P, STEP_DTYPE, StepRow, Trace, pipeline_ends
 
 
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
@@ -63,6 +64,63 @@ def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, f
     release order, ties by stage then part: (stage, start, end) each."""
     link = Link()
     return [(s, *link.carry(release, length)) for release, s, _, length in sorted(jobs)]
+
+
+def _aligned_launches(trace: Trace, rank_end: list[float]) -> dict[tuple[int, int], float]:
+    """(rank, stage) -> when Megatron's interleaved schedule launches that copy's overlapped grad sync.
+
+    Rank r launches a copy's reduction after its r-th weight-gradient op past the copy's last one
+    (``grad_sync_microbatch_id = microbatch_id - pipeline_parallel_rank``, so that the ranks of a
+    pipeline launch together); a launch past the rank's last such op happens once its pipeline
+    work is over (the loop's "remaining grad reductions").  Megatron-core schedules.py @ df72712,
+    apex PR #1611 (docs/step.md)."""
+    rows = trace.compute[np.isin(trace.compute["kind"], [KIND_CODES[k] for k in WEIGHT_GRADS])]
+    out: dict[tuple[int, int], float] = {}
+    for r in range(trace.ranks):
+        mine = rows[rows["rank"] == r]
+        ops: dict[int, tuple[float, int]] = {}  # action -> (its last row's end, stage)
+        for action, end, stage in zip(mine["action"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
+            ops[action] = max(ops.get(action, (end, stage)), (end, stage))
+        order = sorted(ops.values())
+        last = {stage: i for i, (_, stage) in enumerate(order)}
+        for stage, i in last.items():
+            out[(r, stage)] = order[i + r][0] if i + r < len(order) else rank_end[r]
+    return out
+
+
+def _p2p_busy(trace: Trace, rank: int) -> np.ndarray:
+    """The rank's link busy with its P2P sends or receives: merged (start, end) rows, in order."""
+    c = trace.comm
+    mine = c[(c["channel"] == P2P) & ((c["rank"] == rank) | (c["peer"] == rank))]
+    merged: list[list[float]] = []
+    for a, b in sorted(zip(mine["start"].tolist(), mine["end"].tolist())):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return np.array(merged, dtype=float).reshape(-1, 2)
+
+
+def _yielding(jobs: list[tuple[float, int, int, float]], busy: np.ndarray) -> list[tuple[int, float, float]]:
+    """_fifo on a link that the P2P transfers ``busy`` hold first: a job runs only while none is
+    on it, so each ends ``length`` of free link time after it starts."""
+    free, out = 0.0, []
+    ends = busy[:, 1] if len(busy) else np.empty(0)
+    for release, s, _, length in sorted(jobs):
+        start = t = max(release, free)
+        left = length
+        i = int(np.searchsorted(ends, t, side="right"))  # the first transfer not over by t
+        while left > 0:
+            if i < len(busy) and busy[i, 0] <= t:  # inside a transfer: wait for its end
+                t = busy[i, 1]
+                i += 1
+                continue
+            gap = (busy[i, 0] - t) if i < len(busy) else left
+            step = min(gap, left)
+            t, left = t + step, left - step
+        free = t
+        out.append((s, start, t))
+    return out
 
 
 def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
@@ -91,6 +149,8 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
     # way through the copy's last weight-gradient op (it yields its gradients evenly).
     n = costs.grad_sync_buckets
     synced = [0.0] * trace.ranks  # per rank: when every sync of its stages has ended
+    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
+    launches = _aligned_launches(trace, ends.rank_end) if aligned else {}
     for r, stages in enumerate(trace.stages_on_rank):
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
         jobs = []
@@ -100,8 +160,10 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
             t0, t1 = ends.last_weight.get((r, s), (ends.rank_end[r], ends.rank_end[r]))
             for k in range(1, n + 1):
                 ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else ends.rank_end[r]
+                if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
+                    ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))
-        for s, t0, t1 in _fifo(jobs):
+        for s, t0, t1 in _yielding(jobs, _p2p_busy(trace, r)) if costs.nic_shared else _fifo(jobs):
             rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
             synced[r] = max(synced[r], t1)
 

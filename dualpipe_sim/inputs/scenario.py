@@ -175,6 +175,9 @@ class Step(_Section):
     overlap_param_gather: bool | None = None
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
+    # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron)
+    grad_sync_launch: Literal["ready", "pp-aligned"] = "ready"
+    grad_sync_shares_p2p: bool = False  # grad sync and pipeline P2P on one link (one NIC per GPU): P2P goes first
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
@@ -188,7 +191,8 @@ class Step(_Section):
             raise ValueError('must be a time in ms, a per-stage list, or "derived"')
         return v
 
-    @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", mode="before")
+    @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", "grad_sync_shares_p2p",
+                     mode="before")
     @classmethod
     def _bool(cls, v):
         return None if v is None else strict_bool(v)
@@ -288,6 +292,8 @@ class Scenario(_Section):
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=st.grad_sync_buckets,
+            grad_sync_launch=st.grad_sync_launch,
+            nic_shared=st.grad_sync_shares_p2p,
         )
 
     def cost_model(self, derived=None) -> CostModel:

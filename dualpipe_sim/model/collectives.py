@@ -54,6 +54,42 @@ def time(op: str, nbytes: float, n: int, rates, link: str, nics: int = 1) -> flo
     return rates.latency + nbytes * FACTORS[op](n) / (bus(rates, link) * (nics if link == "nic" else 1))
 
 
+# NCCL's tuning model of a ring reduce-scatter or all-gather (tuning.cc @ 4365458, as above), microseconds, for the
+# two protocols a large message may take: a base, a latency per step inside a node (NVLink, or the per-step network
+# launch overhead if larger: getNetOverhead's 1 us, x3 for Simple) and per step across the network (IB: no added
+# plugin latency, net_ib.cc); LL128 carries 0.92 of the bus bandwidth with 2+ ranks per node, 0.7 with one.
+NCCL_RING_BASE = {"simple": 8.4, "ll128": 14.0}
+NCCL_RING_NVLINK = {"simple": 3.4, "ll128": 1.9}
+NCCL_RING_NET = {"simple": 14.0, "ll128": 4.0}
+NCCL_NET_OVERHEAD_FACTOR = {"simple": 3.0, "ll128": 1.0}
+
+
+def ring_latency(protocol: str, ranks: int, per_node: int) -> float:
+    """Seconds of NCCL's modelled latency for one ring reduce-scatter / all-gather over ``ranks`` ranks,
+    ``per_node`` on each node: ranks - 1 steps, nodes - 1 of them across the network."""
+    nodes = -(-ranks // per_node)
+    overhead = NCCL_NET_OVERHEAD * NCCL_NET_OVERHEAD_FACTOR[protocol] if nodes > 1 else 0.0
+    intra = max(NCCL_RING_NVLINK[protocol], overhead)
+    inter_steps = nodes - 1
+    return (NCCL_RING_BASE[protocol] + (ranks - 1 - inter_steps) * intra + inter_steps * NCCL_RING_NET[protocol]) * 1e-6
+
+
+def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int) -> float:
+    """Seconds for a reduce-scatter or all-gather of ``nbytes`` over ``n`` ranks across nodes (``per_node`` of
+    them, each with its NIC, on a node), sent as ``buckets`` equal NCCL collectives in one group (apex's
+    coalesced bucket syncs).  As NCCL's tuner times it (tuning.cc ncclTopoGetAlgoTime, enqueue.cc's
+    aggregation: a ring pays its latency once per op) and picks the faster protocol: latency x buckets +
+    bytes x factor / bus bandwidth, the bus the measured NIC one (x per_node NICs; LL128 a fraction of it).
+    Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring latency is ~1 ms."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    bus = rates.nic_bus * per_node
+    ll128 = 0.92 if per_node >= 2 else 0.7
+    moved = nbytes * FACTORS[op](n)
+    return min(buckets * ring_latency("simple", n, per_node) + moved / bus,
+               buckets * ring_latency("ll128", n, per_node) + moved / (bus * ll128))
+
+
 def all_to_all(sent: float, rates, link: str) -> float:
     """Seconds for an all-to-all in which each rank sends ``sent`` bytes to the others."""
     return rates.latency + sent / bus(rates, link) if sent > 0 else 0.0

@@ -44,9 +44,10 @@ def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
     return per_param
 
 
-def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None) -> float:
+def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1) -> float:
     """One grad sync (``op``; default reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum
-    of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms)."""
+    of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms);
+    a reduce-scatter across nodes as ``buckets`` NCCL rings (collectives.bucketed)."""
     sh, hw = st.sharding, st.hw
     op = op or ("reduce_scatter" if sh.zero >= 1 else "all_reduce")
     if st.rates is not None:
@@ -56,8 +57,11 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None) -
         per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
-        return (collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
-                + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
+        if op == "reduce_scatter" and nic == "nic":
+            dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets)
+        else:
+            dense_s = collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
+        return (dense_s + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
     if key == "cross_copy_sync":
         return (dense + routed) / (hw.p2p_gbps * 1e9) * 1e3
     factor = 2.0 if op == "all_reduce" else 1.0  # all-reduce, or reduce-scatter / all-gather
@@ -212,6 +216,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
         tied = tied_embedding_ms(scenario, st, 4.0 if deepspeed else sh.grads_bytes) if key == "grad_sync" else {}
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
+    buckets = scenario.step.grad_sync_buckets if key == "grad_sync" and scenario.step is not None else 1
     out = []
     for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
@@ -242,7 +247,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
                 tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
             out.append(tail + tied.get(s, 0.0))
             continue
-        out.append(_sync_ms(st, key, dense, routed) + tied.get(s, 0.0))
+        out.append(_sync_ms(st, key, dense, routed, buckets=buckets) + tied.get(s, 0.0))
     return tuple(out)
 
 
