@@ -106,6 +106,12 @@ class Layout:
     alibi: bool = False  # model.alibi: Megatron-DeepSpeed's ALiBi through baddbmm (eager attention)
 
     @property
+    def te_fp8(self) -> bool:
+        """FP8 linears through Transformer Engine's per-tensor scaling (cuBLASLt; amaxes to reduce), whose
+        casts and transposes are listed as TE's modules run them; DeepGEMM's runtime quantises its own way."""
+        return self.fp8 and self.amax_group > 0
+
+    @property
     def norm_tokens(self) -> float:
         """Tokens a norm, residual add or dropout runs on: split by t with sequence parallelism."""
         return self.tokens / self.tensor if self.sequence_parallel else self.tokens
@@ -230,6 +236,26 @@ class Table:
         if self.lay.fp8:
             self.memory(name, comp, 4.0 * elems)
 
+    def transpose(self, name: str, comp: str, elems: float) -> None:
+        """Transformer Engine's ``fp8_transpose`` of an FP8 tensor a wgrad GEMM needs: read 1 B, write 1 B."""
+        if self.lay.te_fp8:
+            self.memory(name, comp, 2.0 * elems)
+
+    def output_grad_cast(self, prefix: str, comp: str, wcomp: str) -> None:
+        """The output gradient of a row-parallel linear (out_proj, fc2) made FP8 for its dgrad and wgrad
+        GEMMs.  Transformer Engine (``grad_output_preprocess`` in module/base.py, release_v0.8 to v1.6): with
+        sequence parallelism the gradient is all-gathered in FP8, so the bias gradient is a separate sum
+        over this rank's rows, the cast is of those rows, and the gathered tensor is transposed apart for
+        the wgrad GEMM; otherwise one fused cast + transpose + bias-gradient kernel of the whole tensor."""
+        lay, h, ab = self.lay, self.cfg.hidden_size, self.lay.act_bytes
+        if not (lay.te_fp8 and lay.sequence_parallel and lay.tensor > 1):
+            self.cast(f"{prefix}grad cast", comp, lay.tokens * h)
+            return
+        if self.cfg.bias:
+            self.memory(f"{prefix}bias gradient", comp, lay.norm_tokens * h * ab)
+        self.memory(f"{prefix}grad cast", comp, lay.norm_tokens * h * (ab + 1))
+        self.transpose(f"{prefix}grad transpose (wgrad)", wcomp, lay.tokens * h)
+
 
 # -- the blocks -------------------------------------------------------------------------------------
 def _attention_shapes(cfg: ModelConfig, t: int) -> list[tuple[str, int, int, bool]]:
@@ -277,7 +303,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
                      ub="proj_fprop")
         tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
-    tb.cast("grad cast", comp, n * h)
+    tb.output_grad_cast("", comp, wcomp)
     tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
     if eager:
         if lay.policy == "selective":  # Korthikanti et al.: the attention core is recomputed
@@ -290,6 +316,8 @@ def attention_block(tb: Table, recompute: bool) -> None:
     for name, out, inp, _ in projections:
         tb.cast(f"{name} grad cast", comp, n * out)
     _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections], "qkv")
+    # TE's LayerNormLinear keeps the (gathered) FP8 norm output and transposes it for its wgrad GEMM
+    tb.transpose(f"{projections[0][0]} input transpose (wgrad)", wcomp, n * h)
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n)
 
@@ -370,11 +398,24 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         if not prefix:
             tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
-    tb.cast(f"{prefix}grad cast", comp, n * h)
+    te = lay.te_fp8 and not prefix  # Transformer Engine's LayerNormMLP (shared experts are plain TE linears)
+    if prefix:
+        tb.cast(f"{prefix}grad cast", comp, n * h)
+    else:
+        tb.output_grad_cast(prefix, comp, wcomp)
     tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
-    tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
-    tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
+    if te:  # LayerNormMLP transposes its FP8 activation output for the fc2 wgrad GEMM
+        tb.transpose("fc2 input transpose (wgrad)", wcomp, n * f)
+    if te and cfg.ffn != "swiglu":
+        # LayerNormMLP's GeLU backward is one kernel (fp8_cast_transpose_bgrad_dgelu_fused): reads the fc2
+        # dgrad and the saved fc1 output (16-bit), writes the FP8 gradient and its transpose
+        tb.memory("dgelu + grad cast (fused)", comp, n * up * (2 * ab + 2))
+    else:
+        tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
+        tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
     _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)], "fc1")
+    if te:  # the (gathered) FP8 norm output transposed for the fc1 wgrad GEMM
+        tb.transpose("fc1 input transpose (wgrad)", wcomp, n * h)
     if not prefix:
         tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n)
