@@ -61,6 +61,7 @@ class Setup:
     dispatcher: str = "alltoall"  # model.moe_dispatcher
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters
     alibi: bool = False  # model.alibi
+    deepseek_kernels: bool = False  # DeepSeek's runtime: its MoE layers' kernel list (deepseek_kernels.py)
 
     @property
     def tokens(self) -> int:
@@ -74,7 +75,7 @@ class Setup:
                               self.sequence_parallel, self.legacy, self.grad_accumulation,
                               self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking,
                               self.ub_sms, self.ub_atomic, self.host_op, self.dispatcher,
-                              self.sync_tp_duplicated, self.alibi)  # fmt: skip
+                              self.sync_tp_duplicated, self.alibi, self.deepseek_kernels)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  m.moe_aux_loss, amax_group, m.fp8_amax_reduction != "hidden",
                  tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))),
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
-                 par.sync_tp_duplicated_parameters, m.alibi)  # fmt: skip
+                 par.sync_tp_duplicated_parameters, m.alibi,
+                 cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek")  # fmt: skip
 
 
 # DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a

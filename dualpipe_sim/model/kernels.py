@@ -104,6 +104,9 @@ class Layout:
     dispatcher: str = "alltoall"  # model.moe_dispatcher: where the MoE forward makes the host wait (host.py)
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters (Megatron-DeepSpeed)
     alibi: bool = False  # model.alibi: Megatron-DeepSpeed's ALiBi through baddbmm (eager attention)
+    # DeepSeek's runtime (FP8 by DeepGEMM, recompute "deepseek"): its MLA + MoE layers' kernels as its
+    # profile lists them (deepseek_kernels.py)
+    deepseek: bool = False
 
     @property
     def te_fp8(self) -> bool:
@@ -131,14 +134,15 @@ class Table:
 
     # -- one kernel of each kind -----------------------------------------------------------------
     def gemm(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None = None, groups: int = 1,
-             splits: int = 1, sm_margin: int = 0) -> float:  # fmt: skip
+             splits: int = 1, sm_margin: int = 0, out_bytes: float = 2.0) -> float:  # fmt: skip
         """One GEMM; ``splits``: run as that many GEMMs of m / splits rows (a pipelined overlap);
-        ``sm_margin``: SMs left to a communication kernel running beside it."""
+        ``sm_margin``: SMs left to a communication kernel running beside it; ``out_bytes``: per output
+        value moved (8: an fp32 gradient accumulated in place, read and written)."""
         low = self.lay.fp8 if fp8 is None else fp8
         rates = self.r.gemm_fp8 if low and self.r.gemm_fp8 is not None else self.r.gemm_bf16
         sms = self.r.sms - sm_margin
         rates = replace(rates, peak=rates.peak * sms / self.r.sms)
-        t = gemm.time(-(-m // splits), n, k, rates, sms, self.r.hbm, 1.0 if low else 2.0, groups)
+        t = gemm.time(-(-m // splits), n, k, rates, sms, self.r.hbm, 1.0 if low else 2.0, groups, out_bytes)
         shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (" fp8" if low else " bf16")
         if splits > 1 or sm_margin:
             shape += f" ({splits} splits, {sms} SMs)" if splits > 1 else f" ({sms} SMs)"
@@ -146,19 +150,19 @@ class Table:
         self.rows.append(Kernel(name, comp, "gemm", shape, t.flops * splits, t.bytes * splits, secs, t.bound))
         return secs
 
-    def experts(self, name: str, comp: str, m: int, n: int, k: int, groups: int) -> float:
+    def experts(self, name: str, comp: str, m: int, n: int, k: int, groups: int, out_bytes: float = 2.0) -> float:
         """One GEMM of every local expert.  With ``expert_streams`` s, the runtime launches them one by
         one on s streams: ceil(groups / s) rounds, each round's s GEMMs sharing the SMs as one kernel of
         their tiles would (its own waves, its own floor); s = 1 is Megatron's SequentialMLP, a Python loop
         over the experts.  With 0, one grouped kernel of all groups."""
         s = self.lay.expert_streams
         if s <= 0 or groups <= s:
-            return self.gemm(name, comp, m, n, k, groups=groups)
+            return self.gemm(name, comp, m, n, k, groups=groups, out_bytes=out_bytes)
         full, rest = divmod(groups, s)
         rows = len(self.rows)
-        secs = full * self.gemm(name, comp, m, n, k, groups=s)
+        secs = full * self.gemm(name, comp, m, n, k, groups=s, out_bytes=out_bytes)
         if rest:
-            secs += self.gemm(name, comp, m, n, k, groups=rest)
+            secs += self.gemm(name, comp, m, n, k, groups=rest, out_bytes=out_bytes)
         parts = self.rows[rows:]
         del self.rows[rows:]
         how = f"{s} streams: {-(-groups // s)} rounds" if s > 1 else f"one at a time: {groups} GEMMs"
@@ -545,6 +549,11 @@ def context_exchange(tb: Table) -> None:
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Every kernel of layer ``i`` for one micro-batch on one rank."""
     tb = Table(rates, lay, cfg)
+    if lay.deepseek and cfg.mla and cfg.q_lora_rank and cfg.is_moe_layer(i) and lay.tensor == lay.context == 1:
+        from . import deepseek_kernels  # imports this module
+
+        deepseek_kernels.moe_layer(tb)
+        return tb.rows
     full = lay.policy == "full"
     attention_block(tb, full)
     context_exchange(tb)
