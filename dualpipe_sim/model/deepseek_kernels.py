@@ -32,8 +32,10 @@ token reaching a rank once for several of its experts): an upper bound on those 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from .kernels import Table, _all_to_all
+if TYPE_CHECKING:  # kernels.py calls this module; the Table is only passed in
+    from .kernels import Table
 
 SCALE = 4 / 128  # one fp32 scale per 128 values (1 x 128 tiles, DeepSeek-V3 report Sec. 3.3.2)
 ROW_CAST = 2 + 1 + SCALE  # bf16 read, FP8 + scales written
@@ -186,10 +188,9 @@ def moe_layer(tb: Table) -> None:
     tb.memory("input gradient sum", B, 3 * n * h * ab)
     tb.memory("input norm backward", B, 4 * n * h * ab, launches=2)
 
-    # -- the all-to-all, with DeepEP's layout and notify kernels and the gradient's FP8 cast
+    # -- DeepEP's layout and notify kernels and the gradient's FP8 cast (the all-to-alls: kernels.py)
     tb.memory("dispatch layout", "dispatch_forward", n * k * 8 + n * E / 8)
     tb.memory("grad cast (FP8 dispatch)", "combine_backward", n * h * ROW_CAST)
     for comp in ("combine_forward", "dispatch_backward", "combine_backward"):
         tb.comm("cached notify", comp, "all_gather", E * 8.0 * lay.expert, lay.expert,
                 "nvlink" if lay.expert <= tb.r.gpus_per_node else "nic")  # fmt: skip
-    _all_to_all(tb, n)

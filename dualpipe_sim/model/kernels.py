@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import collectives, gemm, host, params
+from . import collectives, deepseek_kernels, gemm, host, params
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -550,9 +550,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     """Every kernel of layer ``i`` for one micro-batch on one rank."""
     tb = Table(rates, lay, cfg)
     if lay.deepseek and cfg.mla and cfg.q_lora_rank and cfg.is_moe_layer(i) and lay.tensor == lay.context == 1:
-        from . import deepseek_kernels  # imports this module
-
         deepseek_kernels.moe_layer(tb)
+        _all_to_all(tb, lay.tokens)
         return tb.rows
     full = lay.policy == "full"
     attention_block(tb, full)
