@@ -134,6 +134,18 @@ def test_fp8_gemm_key_picks_the_library(tmp_path, capsys):
     assert "model.fp8_gemm" in err and "cublas" in err and "Traceback" not in err
 
 
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_is_refused(tmp_path, capsys):
+    # an FP8 model on the A100 was costed with BF16 GEMMs but FP8 casts and weight copies: refused instead
+    src = ROOT / "scenarios" / "validation" / "mlperf31-gpt3-512.toml"
+    for args in (["--set", "hardware.preset=A100"], ["--set", "hardware.preset=A100", "--set", "hardware.efficiency=0.5"]):
+        assert main(["run", str(src), *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "model.fp8" in err and "A100" in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()
+    assert main(["run", str(src), "--set", "hardware.preset=A100", "--set", "model.fp8=false",
+                 "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+
+
 def test_b200_rates_reproduce_xla_sm100_rows():
     b = PRESETS["B200"]
     rows = table("xla_matmul_sm100.csv")

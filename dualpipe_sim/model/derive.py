@@ -207,6 +207,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
     section = scenario.hardware
     if section is not None:
         hw, overhead = hardware(section), section.a2a_overhead
+        if cfg.fp8 and hw.fp8_tflops is None:  # the kernels, casts and FP8 weight copies would be costed
+            raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
+                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200)")
         if section.efficiency is not None or section.preset is None:
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
