@@ -59,7 +59,7 @@ import numpy as np
 from ..inputs.costs import CostModel
 from ..schedules.ir import Action, DeadlockError, Schedule, ScheduleError, ops_of
 from ..schedules.rules import KEPT, KIND_CODES, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
-from .trace import _ACTION_DTYPE, COMM_DTYPE, Trace, TraceBuilder
+from .trace import COMM_DTYPE, Trace, TraceBuilder
 
 P2P = int(Channel.P2P)  # the comm rows' channel code
 
@@ -143,79 +143,92 @@ class Flat(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """What the replay loop reads per action (numbered as in Flat): the slots it needs and
-    what it publishes when it ends; and per transfer (a result crossing ranks through a link)
-    its slot and its link."""
+    """What the replay loop reads: per action (numbered as in Flat, one spare entry at the end
+    for a result nobody reads) and per transfer (a result crossing ranks, numbered in the order
+    sent: action, member, then rules order, so each action's transfers are consecutive)."""
 
-    needs: list  # per action: the slots it waits for, in member then rules order (padded: replay)
-    outs: list  # per action: slots published at its end (kept, same rank, or P2P free), and
-    #             ~transfer for each transfer, in the order sent (member, then rules order)
-    slot: np.ndarray  # per transfer: the slot it publishes on arrival
-    link: np.ndarray  # per transfer: its link (one per pair of sender and receiver ranks)
+    missing: list  # per action: how many of its needs come from another rank or a later action
+    sent_upto: list  # per action: the number of transfers of all actions up to it, itself included
+    link: list  # per transfer: its link (one per pair of sender and receiver ranks)
+    receiver: list  # per link: its receiving rank
+    consumer: list  # per transfer: the action that needs it (the spare entry when none)
     transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat), stage
 
 
-# Per kind code: rules.RULES read as slot steps (KindPlan), as arrays indexed by kind code.
+# rules.RULES read as slot steps (KindPlan), one array per need or result (column j),
+# indexed by kind code: a 1-D gather each, with numpy.
 _CODES = len(KIND_CODES)
-_NEED_OFFSET = np.zeros((_CODES, 2), dtype=np.int64)
-_NEED_STEP = np.zeros((_CODES, 2), dtype=np.int64)
-_NEED_ANY = np.zeros((_CODES, 2), dtype=bool)
-_OUT_STEP = np.zeros((_CODES, 2), dtype=np.int64)  # kept first, then sent (the SimPy engine's order)
-_OUT_STAGE = np.zeros((_CODES, 2), dtype=np.int64)  # stage step to the consumer (0: kept)
-_OUT_DATA = np.zeros((_CODES, 2), dtype=np.int64)
-_OUT_SENT = np.zeros((_CODES, 2), dtype=bool)
-_OUT_ANY = np.zeros((_CODES, 2), dtype=bool)
+_WIDTH = 2  # the most needs, and the most results, of one kind
+_NEED_OFFSET = np.zeros((_WIDTH, _CODES), dtype=np.int64)
+_NEED_STEP = np.zeros((_WIDTH, _CODES), dtype=np.int64)
+_NEED_ANY = np.zeros((_WIDTH, _CODES), dtype=bool)
+_OUT_STEP = np.zeros((_WIDTH, _CODES), dtype=np.int64)  # kept first, then sent (the SimPy engine's order)
+_OUT_STAGE = np.zeros((_WIDTH, _CODES), dtype=np.int64)  # stage step to the consumer (0: kept)
+_OUT_DATA = np.zeros((_WIDTH, _CODES), dtype=np.int64)
+_OUT_SENT = np.zeros((_WIDTH, _CODES), dtype=bool)
+_OUT_ANY = np.zeros((_WIDTH, _CODES), dtype=bool)
 for _kind, _p in PLANS.items():
     _c = KIND_CODES[_kind]
     for _j, (_offset, _step) in enumerate(_p.needs):
-        _NEED_OFFSET[_c, _j], _NEED_STEP[_c, _j], _NEED_ANY[_c, _j] = _offset, _step, True
+        _NEED_OFFSET[_j, _c], _NEED_STEP[_j, _c], _NEED_ANY[_j, _c] = _offset, _step, True
     for _j, (_step, _sent, _data, _stage) in enumerate(
         [(s, False, 0, 0) for s in _p.kept] + [(s, True, int(d), st) for s, d, st in _p.sent]
     ):
-        _OUT_STEP[_c, _j], _OUT_SENT[_c, _j], _OUT_DATA[_c, _j], _OUT_STAGE[_c, _j] = _step, _sent, _data, _stage
-        _OUT_ANY[_c, _j] = True
+        _OUT_STEP[_j, _c], _OUT_SENT[_j, _c], _OUT_DATA[_j, _c], _OUT_STAGE[_j, _c] = _step, _sent, _data, _stage
+        _OUT_ANY[_j, _c] = True
 
 
-def _per_action(values: np.ndarray, valid: np.ndarray, flat: Flat, pad: int) -> list[list[int]]:
-    """Per action, its ops' ``values`` (ops x k) where ``valid``, else ``pad``: a list of k ints
-    for a lone op, 2k when the schedule has pairs (members side by side), made in C by tolist."""
-    values = np.where(valid, values, pad)
-    actions = flat.rank_bounds[-1]
-    if len(values) == actions:  # no pairs: one op per action
-        return values.tolist()
-    rows = np.full((actions, 2, values.shape[1]), pad, dtype=values.dtype)
-    rows[flat.action, flat.member] = values
-    return rows.reshape(actions, -1).tolist()
-
-
-def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
-    """Read each action's needs and results off ``index.flat`` with numpy (``with_links``:
-    results for a stage on another rank go through a link, else they are there at once)."""
+def plan(schedule: Schedule, index: OpIndex) -> Plan:
+    """Read off ``index.flat`` with numpy what the loop needs: a need met by an earlier action
+    of the same rank is met by the time its reader starts (the rank's clock is past it), so
+    only the others are counted (``missing``), and only results crossing ranks are handed on,
+    each through the link from its rank to its reader's."""
     flat = index.flat
-    S = schedule.stages
-    kind, m, s, d = flat.kind, flat.microbatch, flat.stage, flat.direction
-    first = SLOTS_PER_CELL * (m * S + s)
-    # needs: (ops, 2) columns, a need outside the pipeline dropped
-    need_stage = s[:, None] + _NEED_OFFSET[kind]
-    need_ok = _NEED_ANY[kind] & (need_stage >= 0) & (need_stage < S)
-    pad = SLOTS_PER_CELL * S * schedule.microbatches  # past the last slot: see replay()
-    needs = _per_action(first[:, None] + _NEED_STEP[kind], need_ok, flat, pad)
-    # results: kept, and sent to the consumer's stage when there is one
-    to = s[:, None] + _OUT_STAGE[kind]
-    out_ok = _OUT_ANY[kind] & (to >= 0) & (to < S)
+    S, n = schedule.stages, flat.rank_bounds[-1]
+    kind, s, action = flat.kind, flat.stage, flat.action
+    rank_a = np.repeat(np.arange(len(flat.rank_bounds) - 1), np.diff(flat.rank_bounds))  # per action
+    rank = rank_a[action]
+    cell_slot = SLOTS_PER_CELL * (flat.microbatch * S + s)
     rank_of = np.asarray(index.rank_of, dtype=np.int64)  # [direction, stage]
-    rank = np.repeat(np.arange(len(flat.rank_bounds) - 1), np.diff(flat.rank_bounds))[flat.action]
-    dst = rank_of[d[:, None], np.clip(to, 0, S - 1)]
-    crossing = out_ok & _OUT_SENT[kind] & (dst != rank[:, None]) & with_links
-    slots = first[:, None] + _OUT_STEP[kind]
-    op, j = np.nonzero(crossing)  # row-major: in action, member, then rules order
-    sender, receiver = rank[op], dst[op, j]
-    _, link = np.unique(sender * len(flat.rank_bounds) + receiver, return_inverse=True)
-    # A transfer is written ~number (negative) among the action's results, in its place.
-    slots[op, j] = ~np.arange(len(op))
-    outs = _per_action(slots, out_ok, flat, pad + 1)
-    transfers = (sender, receiver, _OUT_DATA[kind[op], j], op, to[op, j])
-    return Plan(needs, outs, first[op] + _OUT_STEP[kind[op], j], link, transfers)
+    writer = np.full(SLOTS_PER_CELL * S * schedule.microbatches, -1, dtype=np.int64)  # slot -> its action
+    reader = np.full(len(writer), n, dtype=np.int64)  # slot -> the action reading it (n: the spare)
+    crossing = []  # per result column: (ops, their slots, their consumers' stages)
+    for j in range(_WIDTH):
+        to = s + _OUT_STAGE[j][kind]
+        ops = np.flatnonzero(_OUT_ANY[j][kind] & (to >= 0) & (to < S))
+        slot_j = cell_slot[ops] + _OUT_STEP[j][kind[ops]]
+        writer[slot_j] = action[ops]
+        sent = _OUT_SENT[j][kind[ops]] & (rank_of[flat.direction[ops], to[ops]] != rank[ops])
+        crossing.append((ops[sent], slot_j[sent], to[ops[sent]]))
+    missing = np.zeros(n + 1, dtype=np.int64)
+    for j in range(_WIDTH):
+        at = s + _NEED_OFFSET[j][kind]
+        ops = np.flatnonzero(_NEED_ANY[j][kind] & (at >= 0) & (at < S))
+        slot_j = cell_slot[ops] + _NEED_STEP[j][kind[ops]]
+        me = action[ops]
+        reader[slot_j] = me
+        maker = writer[slot_j]
+        met = (maker >= 0) & (maker < me) & (rank_a[maker] == rank_a[me])
+        missing += np.bincount(me[~met], minlength=n + 1)
+    # transfers in the order sent: by op, then result column
+    op = np.concatenate([c[0] for c in crossing])
+    column = np.repeat(np.arange(_WIDTH), [len(c[0]) for c in crossing])
+    order = np.argsort(op * _WIDTH + column, kind="stable")
+    op, column = op[order], column[order]
+    slot_t = np.concatenate([c[1] for c in crossing])[order]
+    to = np.concatenate([c[2] for c in crossing])[order]
+    sender = rank[op]
+    receiver = rank_of[flat.direction[op], to]
+    links, link = np.unique(sender * len(flat.rank_bounds) + receiver, return_inverse=True)
+    sent_upto = np.cumsum(np.bincount(action[op], minlength=n))
+    transfers = (sender, receiver, _OUT_DATA[column, kind[op]], op, to)
+    return Plan(missing.tolist(), sent_upto.tolist(), link.tolist(), (links % len(flat.rank_bounds)).tolist(),
+                reader[slot_t].tolist(), transfers)
+
+
+# A rank stopped at an action adds this to the action's count of missing needs: the result
+# that brings the count down to it wakes the rank.
+_STOPPED = 1 << 40
 
 
 def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None, p2p: float = 0.0,
@@ -224,65 +237,64 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
     ``length``: per action (numbered as in index.flat) how long it lasts (None: no time, no
     links: validation).  A transfer costs ``p2p``.  Returns each rank's cursor (the length of
     its list when it finished, else the action it is stuck at), each action's start, each
-    transfer's start and Plan.transfers (who sent what to whom)."""
-    links = length is not None and p2p > 0
-    p = plan(schedule, index, links)
+    transfer's start and Plan.transfers (who sent what to whom; empty without links)."""
+    p = plan(schedule, index)
     bounds = index.flat.rank_bounds
     n = len(bounds) - 1
     if length is None:
-        length = [0.0] * bounds[-1]
-    needs, outs = p.needs, p.outs
-    transfer_slot, transfer_link = p.slot.tolist(), p.link.tolist()
-    # Per slot, when it is available (None: not yet).  Plan pads each action's lists to one
-    # length with two more slots: a need of time 0 (never waited for) and a result nobody reads.
-    available: list[float | None] = [None] * (SLOTS_PER_CELL * schedule.stages * schedule.microbatches) + [0.0, 0.0]
-    waiting = [-1] * len(available)  # slot -> the rank stopped until it is published (its one reader)
-    link_free = [0.0] * (max(transfer_link) + 1 if transfer_link else 0)  # when each link's last transfer ends
+        length, p2p = [0.0] * bounds[-1], 0.0
+    # Without P2P time a transfer lands as its action ends: a link's previous transfer, from an
+    # earlier action of the same rank, has landed by then, so the loop below needs no other path.
+    missing, sent_upto, transfer_link, receiver, consumer = p.missing, p.sent_upto, p.link, p.receiver, p.consumer
+    ready = [0.0] * len(missing)  # per action: when its last counted need landed on its rank
+    link_free = [0.0] * len(receiver)  # when each link's last transfer ends
     begin = [0.0] * len(transfer_link)  # each transfer's start
     starts = [0.0] * bounds[-1]
     cursor, free_at = bounds[:-1], [0.0] * n
+    sent = [sent_upto[b - 1] if b else 0 for b in cursor]  # per rank: its next transfer's number
     sends_land = [0.0] * n  # blocking: when the rank's previous action's sends have landed
     runnable = list(range(n))
+    stopped = _STOPPED
 
     while runnable:
         rank = runnable.pop()
-        i, end, t = cursor[rank], bounds[rank + 1], free_at[rank]
+        i, end, t, x, landed = cursor[rank], bounds[rank + 1], free_at[rank], sent[rank], sends_land[rank]
         while i < end:
-            start = sends_land[rank] if blocking and sends_land[rank] > t else t
-            for sl in needs[i]:
-                ready = available[sl]
-                if ready is None:
-                    break
-                if ready > start:
-                    start = ready
-            else:
-                t = start + length[i]
-                starts[i] = start
-                landed = 0.0
-                for sl in outs[i]:
-                    if sl < 0:  # a transfer: through its link, one at a time (Link.carry, unrolled)
-                        sent = ~sl
-                        link = transfer_link[sent]
-                        free = link_free[link]
-                        go = t if t > free else free
-                        arrive = link_free[link] = go + p2p
-                        begin[sent] = go
-                        if arrive > landed:
-                            landed = arrive
-                        sl = transfer_slot[sent]
-                        available[sl] = arrive
-                    else:
-                        available[sl] = t
-                    if waiting[sl] >= 0:
-                        runnable.append(waiting[sl])
-                if blocking:
-                    sends_land[rank] = landed
-                i += 1
-                continue
-            waiting[sl] = rank
-            break  # woken when the slot is published
-        cursor[rank], free_at[rank] = i, t
-    return [c - b for c, b in zip(cursor, bounds)], starts, begin, p.transfers
+            if missing[i]:
+                missing[i] += stopped  # woken when its last need lands
+                break
+            start = ready[i]
+            if t > start:
+                start = t
+            if blocking and landed > start:
+                start = landed
+            starts[i] = start
+            t = start + length[i]
+            landed = 0.0
+            upto = sent_upto[i]
+            while x < upto:  # its transfers, each through its link, one at a time (Link.carry, unrolled)
+                link = transfer_link[x]
+                free = link_free[link]
+                go = t if t > free else free
+                arrive = link_free[link] = go + p2p
+                begin[x] = go
+                if arrive > landed:
+                    landed = arrive
+                c = consumer[x]
+                if arrive > ready[c]:
+                    ready[c] = arrive
+                left = missing[c] - 1
+                if left == stopped:
+                    left = 0
+                    runnable.append(receiver[link])
+                missing[c] = left
+                x += 1
+            i += 1
+        cursor[rank], free_at[rank], sent[rank], sends_land[rank] = i, t, x, landed
+    transfers = p.transfers
+    if not p2p > 0:  # no links: nothing to record
+        begin, transfers = [], tuple(column[:0] for column in transfers)
+    return [c - b for c, b in zip(cursor, bounds)], starts, begin, transfers
 
 
 def receiving_actions(index: OpIndex) -> dict[Data, np.ndarray]:
@@ -359,13 +371,12 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     stuck = deadlock_error(schedule, cursor)
     if stuck:
         raise stuck
-    acts = np.empty(len(head), dtype=_ACTION_DTYPE)
-    acts["timeline"] = np.asarray(timeline, dtype=np.int64)[which]
-    acts["rank"], acts["idx"], acts["start"], acts["factor"], acts["pair"] = rank, idx, starts, factor, pair
+    columns = {"timeline": np.asarray(timeline, dtype=np.int64)[which], "rank": rank, "idx": idx,
+               "start": np.array(starts, dtype="f8"), "factor": factor, "pair": pair}  # fmt: skip
     for member, op in (("0", head), ("1", tail)):
-        acts["kind" + member], acts["microbatch" + member] = flat.kind[op], flat.microbatch[op]
-        acts["stage" + member], acts["direction" + member] = flat.stage[op], flat.direction[op]
-    rec.actions = acts
+        columns["kind" + member], columns["microbatch" + member] = flat.kind[op], flat.microbatch[op]
+        columns["stage" + member], columns["direction" + member] = flat.stage[op], flat.direction[op]
+    rec.columns = columns  # numbered rank by rank: in each rank's order
     rec.comm = _transfers(schedule, index, transfers, begin, costs.p2p)
     return Trace.of_run(schedule, costs, rec, stages_on_rank=index.stages_on_rank)
 
