@@ -152,7 +152,7 @@ class Plan(NamedTuple):
     link: list  # per transfer: its link (one per pair of sender and receiver ranks)
     receiver: list  # per link: its receiving rank
     consumer: list  # per transfer: the action that needs it (the spare entry when none)
-    transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat), stage
+    transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat), stage, reader
 
 
 # rules.RULES read as slot steps (KindPlan), one array per need or result (column j),
@@ -219,11 +219,23 @@ def plan(schedule: Schedule, index: OpIndex) -> Plan:
     to = np.concatenate([c[2] for c in crossing])[order]
     sender = rank[op]
     receiver = rank_of[flat.direction[op], to]
-    links, link = np.unique(sender * len(flat.rank_bounds) + receiver, return_inverse=True)
+    links, link = dense_ids(sender * len(flat.rank_bounds) + receiver, len(flat.rank_bounds) ** 2)
     sent_upto = np.cumsum(np.bincount(action[op], minlength=n))
-    transfers = (sender, receiver, _OUT_DATA[column, kind[op]], op, to)
+    reads = reader[slot_t]
+    transfers = (sender, receiver, _OUT_DATA[column, kind[op]], op, to, reads)
     return Plan(missing.tolist(), sent_upto.tolist(), link.tolist(), (links % len(flat.rank_bounds)).tolist(),
-                reader[slot_t].tolist(), transfers)
+                reads.tolist(), transfers)
+
+
+def dense_ids(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True) for keys in 0..size-1: through a table when it is
+    small beside the keys (no sort), else np.unique."""
+    if size > 4 * len(keys) + 1024:
+        return np.unique(keys, return_inverse=True)
+    seen = np.zeros(size, dtype=bool)
+    seen[keys] = True
+    number = np.cumsum(seen) - 1
+    return np.flatnonzero(seen), number[keys]
 
 
 # A rank stopped at an action adds this to the action's count of missing needs: the result
@@ -297,17 +309,6 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
     return [c - b for c, b in zip(cursor, bounds)], starts, begin, transfers
 
 
-def receiving_actions(index: OpIndex) -> dict[Data, np.ndarray]:
-    """Per datum sent across stages, per cell: the index of the action that receives it (the
-    trace's P2P ``action``).  A complete cell holds exactly one of the consumer kinds (a B or
-    else an I: rules.WORK), and an absent kind's index is -1, so the largest index is it."""
-    out = {}
-    for data, (kinds, _) in SENT.items():
-        if kinds:
-            out[data] = np.max([index.action_of[k] for k in kinds], axis=0)
-    return out
-
-
 # -- a schedule that cannot finish, in words -------------------------------------------------
 def describe_wait(action: Action, done: set, stages: int) -> str:
     """What ``action`` still waits for, given the keys in ``done``, in words."""
@@ -352,7 +353,9 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     # One timeline per kind of action (costs.signature, as codes): laid out once, moved to each start.
     k0, s0, k1, s1 = flat.kind[head], flat.stage[head], flat.kind[tail], flat.stage[tail]
     sig = np.where(pair, ((k1 + 1) * S + s0) * S + s1 + len(KIND_CODES) * S, k0 * S + s0)
-    _, first, which = np.unique(sig, return_index=True, return_inverse=True)
+    kinds_of_action, which = dense_ids(sig, (len(KIND_CODES) + 1) * S * S + len(KIND_CODES) * S)
+    first = np.zeros(len(kinds_of_action), dtype=np.int64)
+    first[which] = np.arange(len(which))  # an action of each kind (all of a kind have one timeline)
     rec = TraceBuilder()
     timeline, tl_length = [], []
     for a in first.tolist():
@@ -372,10 +375,12 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     if stuck:
         raise stuck
     columns = {"timeline": np.asarray(timeline, dtype=np.int64)[which], "rank": rank, "idx": idx,
-               "start": np.array(starts, dtype="f8"), "factor": factor, "pair": pair}  # fmt: skip
+               "start": np.fromiter(starts, dtype="f8", count=len(starts)), "factor": factor, "pair": pair}  # fmt: skip
     for member, op in (("0", head), ("1", tail)):
-        columns["kind" + member], columns["microbatch" + member] = flat.kind[op], flat.microbatch[op]
-        columns["stage" + member], columns["direction" + member] = flat.stage[op], flat.direction[op]
+        lone = len(op) == len(flat.kind)  # no pairs: the op columns are the action columns
+        for name, values in (("kind", flat.kind), ("microbatch", flat.microbatch), ("stage", flat.stage),
+                             ("direction", flat.direction)):  # fmt: skip
+            columns[name + member] = values if lone else values[op]
     rec.columns = columns  # numbered rank by rank: in each rank's order
     rec.comm = _transfers(schedule, index, transfers, begin, costs.p2p)
     return Trace.of_run(schedule, costs, rec, stages_on_rank=index.stages_on_rank)
@@ -383,16 +388,14 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
 
 def _transfers(schedule: Schedule, index: OpIndex, transfers: tuple, begin: list[float], p2p: float) -> np.ndarray:
     """The P2P rows (CommRow fields) of the replay's transfers."""
-    sender, receiver, data, op, to = transfers
-    flat, S = index.flat, schedule.stages
+    sender, receiver, data, op, _, reader = transfers
+    flat = index.flat
     rows = np.empty(len(op), dtype=COMM_DTYPE)
     rows["channel"], rows["rank"], rows["peer"], rows["kind"] = P2P, sender, receiver, data
-    m = flat.microbatch[op]
-    rows["microbatch"], rows["stage"], rows["direction"] = m, flat.stage[op], flat.direction[op]
-    start = np.asarray(begin, dtype="f8")
+    rows["microbatch"], rows["stage"], rows["direction"] = flat.microbatch[op], flat.stage[op], flat.direction[op]
+    start = np.fromiter(begin, dtype="f8", count=len(begin))
     rows["start"], rows["end"], rows["part"] = start, start + p2p, -1
-    consumer = np.full((len(Data), S * schedule.microbatches), -1, dtype=np.int64)
-    for d, table in receiving_actions(index).items():
-        consumer[d] = table
-    rows["action"] = consumer[data, m * S + to]
+    # the reading action's index in its rank's list (-1: none, Plan's spare action)
+    first = np.asarray(flat.rank_bounds[:-1], dtype=np.int64)
+    rows["action"] = np.where(reader < flat.rank_bounds[-1], reader - first[receiver], -1)
     return rows
