@@ -187,9 +187,11 @@ def plan(schedule: Schedule, index: OpIndex) -> Plan:
     S, n = schedule.stages, flat.rank_bounds[-1]
     kind, s, action = flat.kind, flat.stage, flat.action
     rank_a = np.repeat(np.arange(len(flat.rank_bounds) - 1), np.diff(flat.rank_bounds))  # per action
+    rank_first = np.asarray(flat.rank_bounds[:-1], dtype=np.int64)[rank_a]  # per action: its rank's first
     rank = rank_a[action]
     cell_slot = SLOTS_PER_CELL * (flat.microbatch * S + s)
-    rank_of = np.asarray(index.rank_of, dtype=np.int64)  # [direction, stage]
+    rank_of = np.asarray(index.rank_of, dtype=np.int64).ravel()  # [direction * S + stage]
+    place = flat.direction * S  # + stage: the (direction, stage) of an op's neighbour
     writer = np.full(SLOTS_PER_CELL * S * schedule.microbatches, -1, dtype=np.int64)  # slot -> its action
     reader = np.full(len(writer), n, dtype=np.int64)  # slot -> the action reading it (n: the spare)
     crossing = []  # per result column: (ops, their slots, their consumers' stages)
@@ -198,8 +200,9 @@ def plan(schedule: Schedule, index: OpIndex) -> Plan:
         ops = np.flatnonzero(_OUT_ANY[j][kind] & (to >= 0) & (to < S))
         slot_j = cell_slot[ops] + _OUT_STEP[j][kind[ops]]
         writer[slot_j] = action[ops]
-        sent = _OUT_SENT[j][kind[ops]] & (rank_of[flat.direction[ops], to[ops]] != rank[ops])
-        crossing.append((ops[sent], slot_j[sent], to[ops[sent]]))
+        to = to[ops]
+        sent = _OUT_SENT[j][kind[ops]] & (rank_of[place[ops] + to] != rank[ops])
+        crossing.append((ops[sent], slot_j[sent], to[sent]))
     missing = np.zeros(n + 1, dtype=np.int64)
     for j in range(_WIDTH):
         at = s + _NEED_OFFSET[j][kind]
@@ -208,7 +211,7 @@ def plan(schedule: Schedule, index: OpIndex) -> Plan:
         me = action[ops]
         reader[slot_j] = me
         maker = writer[slot_j]
-        met = (maker >= 0) & (maker < me) & (rank_a[maker] == rank_a[me])
+        met = (maker >= rank_first[me]) & (maker < me)  # an earlier action of the same rank (-1: none)
         missing += np.bincount(me[~met], minlength=n + 1)
     # transfers in the order sent: by op, then result column
     op = np.concatenate([c[0] for c in crossing])
@@ -218,7 +221,7 @@ def plan(schedule: Schedule, index: OpIndex) -> Plan:
     slot_t = np.concatenate([c[1] for c in crossing])[order]
     to = np.concatenate([c[2] for c in crossing])[order]
     sender = rank[op]
-    receiver = rank_of[flat.direction[op], to]
+    receiver = rank_of[place[op] + to]
     links, link = dense_ids(sender * len(flat.rank_bounds) + receiver, len(flat.rank_bounds) ** 2)
     sent_upto = np.cumsum(np.bincount(action[op], minlength=n))
     reads = reader[slot_t]
@@ -264,13 +267,12 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
     starts = [0.0] * bounds[-1]
     cursor, free_at = bounds[:-1], [0.0] * n
     sent = [sent_upto[b - 1] if b else 0 for b in cursor]  # per rank: its next transfer's number
-    sends_land = [0.0] * n  # blocking: when the rank's previous action's sends have landed
     runnable = list(range(n))
     stopped = _STOPPED
 
     while runnable:
         rank = runnable.pop()
-        i, end, t, x, landed = cursor[rank], bounds[rank + 1], free_at[rank], sent[rank], sends_land[rank]
+        i, end, t, x = cursor[rank], bounds[rank + 1], free_at[rank], sent[rank]
         while i < end:
             if missing[i]:
                 missing[i] += stopped  # woken when its last need lands
@@ -278,31 +280,32 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
             start = ready[i]
             if t > start:
                 start = t
-            if blocking and landed > start:
-                start = landed
             starts[i] = start
             t = start + length[i]
-            landed = 0.0
             upto = sent_upto[i]
-            while x < upto:  # its transfers, each through its link, one at a time (Link.carry, unrolled)
-                link = transfer_link[x]
-                free = link_free[link]
-                go = t if t > free else free
-                arrive = link_free[link] = go + p2p
-                begin[x] = go
-                if arrive > landed:
-                    landed = arrive
-                c = consumer[x]
-                if arrive > ready[c]:
-                    ready[c] = arrive
-                left = missing[c] - 1
-                if left == stopped:
-                    left = 0
-                    runnable.append(receiver[link])
-                missing[c] = left
-                x += 1
+            if x < upto:
+                landed = t
+                while x < upto:  # its transfers, each through its link, one at a time (Link.carry, unrolled)
+                    link = transfer_link[x]
+                    free = link_free[link]
+                    go = t if t > free else free
+                    arrive = link_free[link] = go + p2p
+                    begin[x] = go
+                    if arrive > landed:
+                        landed = arrive
+                    c = consumer[x]
+                    if arrive > ready[c]:
+                        ready[c] = arrive
+                    left = missing[c] - 1
+                    if left == stopped:
+                        left = 0
+                        runnable.append(receiver[link])
+                    missing[c] = left
+                    x += 1
+                if blocking:  # the rank's next action waits for these sends to land too
+                    t = landed
             i += 1
-        cursor[rank], free_at[rank], sent[rank], sends_land[rank] = i, t, x, landed
+        cursor[rank], free_at[rank], sent[rank] = i, t, x
     transfers = p.transfers
     if not p2p > 0:  # no links: nothing to record
         begin, transfers = [], tuple(column[:0] for column in transfers)
