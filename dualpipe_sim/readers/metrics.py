@@ -322,6 +322,8 @@ def _actions(rank: np.ndarray, action: np.ndarray, start: np.ndarray, end: np.nd
     if len(key) == 0:
         return key, np.empty(0), np.empty(0)
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    if len(first) == len(key):  # one row per action (simple costs)
+        return key, start, end
     return key[first], np.minimum.reduceat(start, first), np.maximum.reduceat(end, first)
 
 
@@ -340,15 +342,26 @@ def p2p_exposed(trace: Trace) -> float:
     rank = key >> 32
     w0 = np.r_[0.0, last_end[:-1]]
     w0[np.r_[True, rank[1:] != rank[:-1]]] = 0.0
-    wanted = comm["peer"][feed].astype(np.int64) << 32 | comm["action"][feed]
-    idx = np.minimum(np.searchsorted(key, wanted), len(key) - 1)
-    known = key[idx] == wanted
+    # The action each transfer feeds, by a table: actions numbered rank after rank.
+    first = np.searchsorted(rank, np.arange(trace.ranks + 1))
+    size = np.zeros(trace.ranks, dtype=np.int64)  # per rank: its largest action + 1
+    has = first[1:] > first[:-1]
+    size[has] = (key[first[1:][has] - 1] & 0xFFFFFFFF) + 1
+    offset = np.r_[0, np.cumsum(size)]
+    where = np.full(offset[-1] + 1, -1, dtype=np.int64)  # numbered action -> its index in key (-1: none)
+    where[offset[rank] + (key & 0xFFFFFFFF)] = np.arange(len(key))
+    peer, action = comm["peer"][feed].astype(np.int64), comm["action"][feed].astype(np.int64)
+    idx = where[np.where(action < size[peer], offset[peer] + action, offset[-1])]
+    known = idx >= 0
     idx = idx[known]
     s = np.clip(comm["start"][feed][known], w0[idx], w1[idx])
     e = np.clip(comm["end"][feed][known], w0[idx], w1[idx])
     if len(idx) > 1 and not np.all((idx[1:] > idx[:-1]) | ((idx[1:] == idx[:-1]) & (s[1:] >= s[:-1]))):
-        order = np.lexsort((s, idx))
+        order = np.argsort(idx, kind="stable")  # the transfers of each action together, in row order
         idx, s, e = idx[order], s[order], e[order]
+        if not np.all((idx[1:] > idx[:-1]) | (s[1:] >= s[:-1])):  # and by start
+            order = np.lexsort((s, idx))
+            idx, s, e = idx[order], s[order], e[order]
     # The union per action, rank by rank: one action's clipped transfers all lie before the
     # next action's (its window starts where this action ends), so a running max of the ends
     # never crosses actions within a rank.
