@@ -36,7 +36,7 @@ shared, so the best run is the least disturbed one); RSS is the largest seen.
 script stays runnable).
 
 ``--targets`` measures issue 23's targets instead (CPU seconds, best of 3, in one
-process; :func:`targets`):
+process, the simulation's runs and the longest-path pass's taken in turn; :func:`targets`):
 
 * ``replay / longest path``: 1F1B 64 x 1024 with ``comm.p2p = 0.05``: the
   simulation (completeness scan, replay, trace arrays) plus metrics, against
@@ -218,6 +218,18 @@ def _best_cpu(fn, repeat: int = 3) -> float:
     return best
 
 
+def _best_cpu_interleaved(fns, repeat: int = 3) -> list[float]:
+    """Best of ``repeat`` CPU times of each function, their runs taken in turn (f, g, f, g, ...)
+    so that a ratio of two of them compares runs made under the same load of a shared machine."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for k, fn in enumerate(fns):
+            c = time.process_time()
+            fn()
+            best[k] = min(best[k], time.process_time() - c)
+    return best
+
+
 def targets(tiny: bool) -> None:
     """Issue 23's targets (module docstring), printed as a table."""
     import os
@@ -235,11 +247,13 @@ def targets(tiny: bool) -> None:
             extra = ", p2p 0.05" if case == "b-p2p" else ", [chunk]"
             what = f"{family} {result.trace.ranks} x {result.trace.microbatches}{extra}"
             schedule, costs, ops = result.schedule, result.costs, result.schedule.num_ops()
-            sim = _best_cpu(lambda: compute_metrics(simulation.simulate(schedule, costs)))
+            run = lambda: compute_metrics(simulation.simulate(schedule, costs))  # noqa: E731
             if case == "b-p2p":
                 graph = action_graph(schedule, costs)
                 assert longest_path_pass(*graph) == result.trace.compute["end"].max()  # the same makespan
-                floor = _best_cpu(lambda: longest_path_pass(*graph))
+                sim, floor = _best_cpu_interleaved([run, lambda: longest_path_pass(*graph)])
+            else:
+                sim = _best_cpu(run)
                 rows.append((f"replay + trace + metrics / longest path ({what})", f"{sim / floor:.1f}x", "<= 4x"))
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, "trace.json")

@@ -52,6 +52,7 @@ from the same operations: ``start + length * factor``, ``begin + p2p``).
 
 from __future__ import annotations
 
+from array import array
 from typing import NamedTuple
 
 import numpy as np
@@ -247,7 +248,7 @@ _STOPPED = 1 << 40
 
 
 def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None, p2p: float = 0.0,
-           blocking: bool = False) -> tuple[list[int], list[float], list[float], tuple]:
+           blocking: bool = False) -> tuple[list[int], array, array, tuple]:
     """Run each rank's actions in order as far as the rules let them (module docstring).
     ``length``: per action (numbered as in index.flat) how long it lasts (None: no time, no
     links: validation).  A transfer costs ``p2p``.  Returns each rank's cursor (the length of
@@ -263,8 +264,9 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
     missing, sent_upto, transfer_link, receiver, consumer = p.missing, p.sent_upto, p.link, p.receiver, p.consumer
     ready = [0.0] * len(missing)  # per action: when its last counted need landed on its rank
     link_free = [0.0] * len(receiver)  # when each link's last transfer ends
-    begin = [0.0] * len(transfer_link)  # each transfer's start
-    starts = [0.0] * bounds[-1]
+    # Starts written into C doubles: numpy reads them without a copy, and no float object outlives its action.
+    begin = array("d", bytes(8 * len(transfer_link)))  # each transfer's start
+    starts = array("d", bytes(8 * bounds[-1]))
     cursor, free_at = bounds[:-1], [0.0] * n
     sent = [sent_upto[b - 1] if b else 0 for b in cursor]  # per rank: its next transfer's number
     runnable = list(range(n))
@@ -308,7 +310,7 @@ def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None
         cursor[rank], free_at[rank], sent[rank] = i, t, x
     transfers = p.transfers
     if not p2p > 0:  # no links: nothing to record
-        begin, transfers = [], tuple(column[:0] for column in transfers)
+        begin, transfers = array("d"), tuple(column[:0] for column in transfers)
     return [c - b for c, b in zip(cursor, bounds)], starts, begin, transfers
 
 
@@ -378,7 +380,7 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     if stuck:
         raise stuck
     columns = {"timeline": np.asarray(timeline, dtype=np.int64)[which], "rank": rank, "idx": idx,
-               "start": np.fromiter(starts, dtype="f8", count=len(starts)), "factor": factor, "pair": pair}  # fmt: skip
+               "start": np.frombuffer(starts, dtype="f8"), "factor": factor, "pair": pair}  # fmt: skip
     for member, op in (("0", head), ("1", tail)):
         lone = len(op) == len(flat.kind)  # no pairs: the op columns are the action columns
         for name, values in (("kind", flat.kind), ("microbatch", flat.microbatch), ("stage", flat.stage),
@@ -389,14 +391,14 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     return Trace.of_run(schedule, costs, rec, stages_on_rank=index.stages_on_rank)
 
 
-def _transfers(schedule: Schedule, index: OpIndex, transfers: tuple, begin: list[float], p2p: float) -> np.ndarray:
+def _transfers(schedule: Schedule, index: OpIndex, transfers: tuple, begin: array, p2p: float) -> np.ndarray:
     """The P2P rows (CommRow fields) of the replay's transfers."""
     sender, receiver, data, op, _, reader = transfers
     flat = index.flat
     rows = np.empty(len(op), dtype=COMM_DTYPE)
     rows["channel"], rows["rank"], rows["peer"], rows["kind"] = P2P, sender, receiver, data
     rows["microbatch"], rows["stage"], rows["direction"] = flat.microbatch[op], flat.stage[op], flat.direction[op]
-    start = np.fromiter(begin, dtype="f8", count=len(begin))
+    start = np.frombuffer(begin, dtype="f8")
     rows["start"], rows["end"], rows["part"] = start, start + p2p, -1
     # the reading action's index in its rank's list (-1: none, Plan's spare action)
     first = np.asarray(flat.rank_bounds[:-1], dtype=np.int64)
