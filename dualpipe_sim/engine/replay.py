@@ -247,7 +247,7 @@ def dense_ids(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 _STOPPED = 1 << 40
 
 
-def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None, p2p: float = 0.0,
+def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | None = None, p2p: float = 0.0,
            blocking: bool = False) -> tuple[list[int], array, array, tuple]:
     """Run each rank's actions in order as far as the rules let them (module docstring).
     ``length``: per action (numbered as in index.flat) how long it lasts (None: no time, no
@@ -374,7 +374,7 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     else:
         factor = np.ones(len(head))
     length = np.asarray(tl_length, dtype="f8")[which] * factor  # the SimPy engine's length * factor
-    cursor, starts, begin, transfers = replay(schedule, index, length.tolist(), costs.p2p,
+    cursor, starts, begin, transfers = replay(schedule, index, array("d", length.tobytes()), costs.p2p,
                                               costs.p2p_mode == "blocking")
     stuck = deadlock_error(schedule, cursor)
     if stuck:

@@ -234,11 +234,10 @@ class TraceBuilder:
             table["rank"], table["action"] = col["rank"][ra], col["idx"][ra]
             table["start"], table["end"] = start + factor * sp_t0[rs], start + factor * sp_t1[rs]
             table["part"] = sp_part[rs]
-            second = np.flatnonzero(sp_member[rs])  # rows of a pair's second member
+            member = sp_member[rs]  # a pair's second member's rows read the actions' second columns
+            both = ra + member * len(timeline) if member.any() else None
             for name in ("kind", "microbatch", "stage", "direction"):
-                table[name] = col[name + "0"][ra]
-                if len(second):
-                    table[name][second] = col[name + "1"][ra[second]]
+                table[name] = col[name + "0"][ra] if both is None else np.concatenate([col[name + "0"], col[name + "1"]])[both]
             if ch == Channel.COMPUTE:
                 table["overlapped"] = col["pair"][ra]
             else:
@@ -249,8 +248,8 @@ class TraceBuilder:
         # peer last: two sends of one rank starting together (on two links) come
         # out in one order whatever order the engine finished them in.
         comm = _sorted(p2p, ("peer", "start", "rank", "channel"))
-        if len(a2a):
-            comm = _sorted(np.concatenate([comm, a2a]), ("peer", "start", "rank", "channel"))  # P2P (0) before A2A (1)
+        if len(a2a):  # P2P (channel 0) before A2A (1): each part in order is the whole in order
+            comm = np.concatenate([comm, _sorted(a2a, ("peer", "start", "rank", "channel"))])
         length = np.array([tl.length for tl in self.timelines], dtype="f8")
         memory = _memory(col, col["start"] + length[timeline] * col["factor"], np.asarray(activation_bytes, dtype="f8"))
         compute = _sorted(compute, ("start", "rank"))

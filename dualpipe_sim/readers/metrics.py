@@ -376,9 +376,17 @@ def p2p_exposed(trace: Trace) -> float:
     return exposed
 
 
+def channel_rows(comm: np.ndarray, channel: int) -> np.ndarray:
+    """The comm rows on ``channel``: a slice when the rows are by channel (TraceBuilder's order)."""
+    col = comm["channel"]
+    if len(col) > 1 and np.any(col[1:] < col[:-1]):
+        return comm[col == channel]
+    return comm[np.searchsorted(col, channel) : np.searchsorted(col, channel, side="right")]
+
+
 def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
     """Per rank: all-to-all time, and the part of it with the rank's compute idle (exposed)."""
-    a2a = trace.comm[trace.comm["channel"] == A2A]
+    a2a = channel_rows(trace.comm, A2A)
     times, exposed = [0.0] * trace.ranks, [0.0] * trace.ranks
     if len(a2a) == 0:
         return times, exposed
@@ -400,11 +408,15 @@ def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
 def between_ops(trace: Trace) -> list[float]:
     """Per rank: makespan minus the time spent inside actions, an action lasting
     from its first component to its last (its all-to-all included)."""
-    a2a = trace.comm[trace.comm["channel"] == A2A]
+    a2a = channel_rows(trace.comm, A2A)
     makespan = trace.makespan  # a max over every row: once, not per rank
-    columns = [np.concatenate([trace.compute[name], a2a[name]]) if len(a2a) else trace.compute[name]
-               for name in ("rank", "action", "start", "end")]  # fmt: skip
-    key, first_start, last_end = _actions(*columns)
+    c = trace.compute
+    key, first_start, last_end = _actions(c["rank"], c["action"], c["start"], c["end"])
+    if len(a2a):  # each action's first and last of its compute rows and of its all-to-all rows
+        key2, first2, last2 = _actions(a2a["rank"], a2a["action"], a2a["start"], a2a["end"])
+        key, first_start, last_end = _actions(np.concatenate([key >> 32, key2 >> 32]),
+                                              np.concatenate([key, key2]) & 0xFFFFFFFF,
+                                              np.concatenate([first_start, first2]), np.concatenate([last_end, last2]))
     inside = last_end - first_start
     bounds = np.searchsorted(key >> 32, np.arange(trace.ranks + 1)).tolist()
     return [makespan - (float(np.sum(inside[lo:hi])) if hi > lo else 0.0) for lo, hi in zip(bounds[:-1], bounds[1:])]
