@@ -248,12 +248,12 @@ def targets(tiny: bool) -> None:
             what = f"{family} {result.trace.ranks} x {result.trace.microbatches}{extra}"
             schedule, costs, ops = result.schedule, result.costs, result.schedule.num_ops()
             run = lambda: compute_metrics(simulation.simulate(schedule, costs))  # noqa: E731
-            if case == "b-p2p":
+            if case != "b-p2p":
+                sim = _best_cpu(run)
+            else:
                 graph = action_graph(schedule, costs)
                 assert longest_path_pass(*graph) == result.trace.compute["end"].max()  # the same makespan
                 sim, floor = _best_cpu_interleaved([run, lambda: longest_path_pass(*graph)])
-            else:
-                sim = _best_cpu(run)
                 rows.append((f"replay + trace + metrics / longest path ({what})", f"{sim / floor:.1f}x", "<= 4x"))
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, "trace.json")

@@ -26,19 +26,30 @@ The rules of the replay (rules.RULES says what each op needs and produces):
   a link and it finishes its actions in order, so a transfer starts at
   max(its action's end, the link's previous transfer's end).
 
-Ranks are walked with cursors: a rank runs until a result it needs is not
-published yet and is woken by the action that publishes it (each result has
-one reader, so one waiting rank per slot).  Each action runs once: linear in
-the number of ops.  A rank left with actions is stuck, and
+Ranks are walked with cursors: a rank runs until a result it needs has not
+landed yet and is woken by the transfer that brings its last one.  Each action
+runs once: linear in the number of ops.  A rank left with actions is stuck, and
 :func:`deadlock_error` says at which action and what it waits for.
 
+Two facts make the loop small.  A result an action needs from an earlier action
+of its own rank is there by the time it starts (its rank's clock is past that
+action's end), so only the other needs are counted (``Plan.missing``): results
+from other ranks, and one from a later action of the same rank, which never
+comes (that rank is stuck first).  And only results crossing ranks move: each
+through its link, pushed to the one action that reads it (each result has one
+reader), which keeps the latest arrival and counts down.  Without P2P time the
+same path serves: a link's previous transfer, from an earlier action of the
+sender, has landed by the time the next one leaves, so it lands as its action
+ends.  With blocking P2P the rank's clock after an action is the latest of its
+end and its sends' landings.
+
 Speed: the loop is the only per-action Python.  Before it, :func:`plan` reads
-each action's needed slots and published slots off the ops' numpy columns
-(validate.flat_ops), a transfer written ``~its number`` among the published
-ones; after it, the starts it returns become the trace's columns with numpy
-(:func:`simulate`, TraceBuilder.arrays).  The order in which ranks are walked
-changes nothing but the order of work: every time is a max and a sum of the
-same floats, and a link's transfers come in its sender's action order.
+the counts, the transfers, their links and readers off the ops' numpy columns
+(validate.flat_ops); starts are written into C doubles (``array("d")``) that
+become the trace's columns with numpy without a copy (:func:`simulate`,
+TraceBuilder.arrays).  The order in which ranks are walked changes nothing but
+the order of work: every time is a max and a sum of the same floats, and a
+link's transfers come in its sender's action order.
 
 An action's inside (its components on the rank's channels, channels.py) is
 not replayed here: its inputs are all on the rank before it starts and its
@@ -81,9 +92,9 @@ class OpIndex(NamedTuple):
     flat: "Flat"  # the ops as columns, in rank and action order
 
 
-# -- when each result is available ---------------------------------------------------------
-# The replay keeps one time per result and place: each datum of a cell is available on
-# the rank that produced it (kept) and on the rank that consumes it (sent), at two slots.
+# -- which result is which -------------------------------------------------------------------
+# Each datum of a cell has two slots: on the rank that produced it (kept) and on the rank
+# that consumes it (sent).  plan() matches each need to the action that writes its slot.
 SLOTS_PER_CELL = 2 * len(Data)
 
 
@@ -159,7 +170,7 @@ class Plan(NamedTuple):
 # rules.RULES read as slot steps (KindPlan), one array per need or result (column j),
 # indexed by kind code: a 1-D gather each, with numpy.
 _CODES = len(KIND_CODES)
-_WIDTH = 2  # the most needs, and the most results, of one kind
+_WIDTH = max(max(len(p.needs), len(p.kept) + len(p.sent)) for p in PLANS.values())  # most needs or results of a kind
 _NEED_OFFSET = np.zeros((_WIDTH, _CODES), dtype=np.int64)
 _NEED_STEP = np.zeros((_WIDTH, _CODES), dtype=np.int64)
 _NEED_ANY = np.zeros((_WIDTH, _CODES), dtype=bool)

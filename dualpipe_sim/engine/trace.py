@@ -173,7 +173,8 @@ class TraceBuilder:
     """What an engine records while it runs, and the trace arrays it expands to at the end.
 
     Engines record one entry per action (:meth:`action`: where and when it ran,
-    which timeline, stretched by which factor) and one CommRow per P2P transfer.
+    which timeline, stretched by which factor; the replay core hands the same as
+    numpy columns, ``columns``) and one CommRow per P2P transfer (or their array).
     An action's rows are its timeline's spans moved to its start, and its memory
     rows follow from rules.ALLOCATES / FREES, so :meth:`arrays` builds them for
     all actions at once with numpy instead of one Python tuple per interval.
