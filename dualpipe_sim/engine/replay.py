@@ -203,7 +203,7 @@ def plan(schedule: Schedule, index: OpIndex) -> Plan:
     rank = rank_a[action]
     cell_slot = SLOTS_PER_CELL * (flat.microbatch * S + s)
     rank_of = np.asarray(index.rank_of, dtype=np.int64).ravel()  # [direction * S + stage]
-    place = flat.direction * S  # + stage: the (direction, stage) of an op's neighbour
+    place = flat.direction * S  # rank_of[place + stage]: the rank holding that stage in the op's direction
     writer = np.full(SLOTS_PER_CELL * S * schedule.microbatches, -1, dtype=np.int64)  # slot -> its action
     reader = np.full(len(writer), n, dtype=np.int64)  # slot -> the action reading it (n: the spare)
     crossing = []  # per result column: (ops, their slots, their consumers' stages)
