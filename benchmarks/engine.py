@@ -2,6 +2,7 @@
 
     python benchmarks/engine.py [--repeat N] [--tiny] [--cases a,b,...]
     python benchmarks/engine.py --targets [--tiny]      # issue 23's targets, best of 3
+    python benchmarks/engine.py --parts [--tiny]        # where the first target's time goes
 
 Cases (issues 8 and 13), each measured in a fresh subprocess so that peak RSS
 (resource.getrusage ru_maxrss) is that case's alone:
@@ -285,6 +286,57 @@ def targets(tiny: bool) -> None:
         print(f"{what:<{width}}  {got:>34}  {goal}")
 
 
+PARTS = ("reading the schedule into columns, proving it complete", "planning the loop (numpy)", "the loop",
+         "the trace arrays", "metrics", "the longest-path pass (the floor)")
+
+
+def parts(tiny: bool) -> None:
+    """Where the time of ``--targets``' first row goes, per op of 1F1B 64 x 1024 with P2P: each
+    stage's best of 7 CPU times in one process (the plan and the loop told apart by timing
+    replay.plan inside replay.replay)."""
+    from dualpipe_sim import simulation
+    from dualpipe_sim.engine import replay, validate
+    from dualpipe_sim.readers.metrics import compute_metrics
+
+    result = simulation.run(scenario_for("b-p2p", 1, tiny))
+    schedule, costs, ops = result.schedule, result.costs, result.schedule.num_ops()
+    spent: dict[str, float] = {}
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            c = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - c
+        return run
+
+    plan, run_replay = replay.plan, replay.replay
+    replay.plan, replay.replay = timed("plan", plan), timed("replay", run_replay)
+    best = dict.fromkeys(PARTS, float("inf"))
+    try:
+        with simulation.gc_paused():
+            for _ in range(7):
+                spent.clear()
+                c0 = time.process_time()
+                index = validate.index_ops(schedule)
+                c1 = time.process_time()
+                trace = replay.simulate(schedule, costs, index)
+                c2 = time.process_time()
+                compute_metrics(trace)
+                c3 = time.process_time()
+                took = (c1 - c0, spent["plan"], spent["replay"] - spent["plan"], c2 - c1 - spent["replay"], c3 - c2)
+                best.update({k: min(best[k], v) for k, v in zip(PARTS, took)})
+            graph = action_graph(schedule, costs)
+            best[PARTS[-1]] = _best_cpu(lambda: longest_path_pass(*graph), 7)
+    finally:
+        replay.plan, replay.replay = plan, run_replay
+    width = max(map(len, PARTS))
+    print(f"{'part (1F1B ' + str(schedule.stages) + ' x ' + str(schedule.microbatches) + ', p2p 0.05)':<{width}}  us per op")
+    for name in PARTS:
+        print(f"{name:<{width}}  {1e6 * best[name] / ops:.2f}")
+
+
 # The size guard's cases: (name, scenario file, --set texts, stages, micro-batches at full size, tiny size).
 GUARD_CASES = (
     ("1F1B, p2p 0.05", "quickstart.toml", ("pipeline.schedule=1f1b", "comm.p2p=0.05"), 64, 1024, (4, 64)),
@@ -411,9 +463,13 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--one", nargs=2, metavar=("CASE", "FRACTION"), help=argparse.SUPPRESS)
     parser.add_argument("--targets", action="store_true", help="issue 23's targets instead of the cases")
+    parser.add_argument("--parts", action="store_true", help="where --targets' first row's time goes, per op")
     args = parser.parse_args()
     if args.targets:
         targets(args.tiny)
+        return 0
+    if args.parts:
+        parts(args.tiny)
         return 0
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.tiny)))
