@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from .units import nbytes as _bytes
 
-BYTES_PER_OP = 1024  # per op, its one trace row included (0.84-0.91 KB measured)
+BYTES_PER_OP = 768  # per op, its one trace row included (540-660 B measured: benchmarks/engine.py --targets)
 BYTES_PER_ROW = 128  # per further trace row of an op: components, all-to-all phases (about 110 B measured)
 BYTES_PER_BOX = 10 * 1024  # per box the Gantt chart draws (about 9.2 KB measured)
 BOX_ACTIONS_PER_RANK = 366  # gantt.py: (30 in - 3.35 in of margins) x 110 dpi / 8 px per box
@@ -80,7 +80,7 @@ def _problem(need: int, max_memory: float, what: str) -> str | None:
     if need <= max_memory:
         return None
     return (
-        f"limits.max_memory: {what}, about {_bytes(need)} to simulate and chart ({BYTES_PER_OP // 1024} KiB "
+        f"limits.max_memory: {what}, about {_bytes(need)} to simulate and chart ({BYTES_PER_OP} B "
         f"per op, {BYTES_PER_BOX // 1024} KiB per chart box), over the limit of {_bytes(max_memory)}; use fewer "
         f"stages or micro-batches, or raise limits.max_memory"
     )

@@ -66,3 +66,13 @@ def test_cli_benchmark_runs_on_a_tiny_size():
     rows = {line.split()[0]: line.split() for line in out.splitlines()[3:]}
     assert set(rows) == {"quickstart", "deepseek", "1f1b-64x1024"}
     assert all(float(r[1]) > 0 and r[-1] in ("met", "MISSED") for r in rows.values())
+
+
+def test_engine_benchmark_parts_run_on_a_tiny_size():
+    """--parts prints one row per stage of the first target's run, each a time per op."""
+    out = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--parts"],
+                         check=True, capture_output=True, text=True, timeout=300).stdout  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0].startswith("part (1F1B 4 x 64") and len(lines) == 7
+    for line in lines[1:]:
+        assert float(line.rsplit(None, 1)[1]) >= 0

@@ -206,14 +206,14 @@ def test_oversized_run_is_refused_before_any_schedule_is_built(monkeypatch, tmp_
 
     monkeypatch.setattr(registry, "build", must_not_build)
     assert main(args_for("too-big-for-memory.toml", tmp_path / "out")) == 2
-    # 3 x 4096 x 1e6 ops x 1 KiB; no chart boxes (1e6 micro-batches: bands)
-    assert "about 12.6 TB" in capsys.readouterr().err
+    # 3 x 4096 x 1e6 ops x 768 B; no chart boxes (1e6 micro-batches: bands)
+    assert "about 9.44 TB" in capsys.readouterr().err
 
 
 def test_memory_cap_is_the_estimate_and_configurable():
     raw = {"pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8}, "costs": {"forward": 1, "backward": 2}}
-    # 3 x 4 x 8 = 96 ops at 1 KiB, each drawn as a box at 10 KiB (8 micro-batches: boxes, not bands)
-    need = 96 * 1024 + 96 * 10 * 1024
+    # 3 x 4 x 8 = 96 ops at 768 B, each drawn as a box at 10 KiB (8 micro-batches: boxes, not bands)
+    need = 96 * 768 + 96 * 10 * 1024
     assert limits.estimate(4, 8) == (96, need)
     scenario.from_dict({**raw, "limits": {"max_memory": need}})  # exactly at the cap: runs
     with pytest.raises(scenario.ScenarioError, match=r"^limits.max_memory: 4 stages x 8 micro-batches"):
@@ -228,7 +228,7 @@ def test_schedule_file_is_held_to_the_same_cap(tmp_path, capsys):
     path = tmp_path / "s.json"
     path.write_text(capsys.readouterr().out)
     base = [*SCHEDULE_BASE, "--schedule-file", str(path), "--out", str(tmp_path / "o")]
-    cap = 32 * 1024 + 32 * 10 * 1024  # 2 stages x 8 micro-batches x (F, B) = 32 ops, each a box: exactly fits
+    cap = 32 * 768 + 32 * 10 * 1024  # 2 stages x 8 micro-batches x (F, B) = 32 ops, each a box: exactly fits
     assert main(["run", *base, "--set", f"limits.max_memory={cap}"]) == 0
     capsys.readouterr()
     assert main(["run", *base, "--set", f"limits.max_memory={cap - 1}"]) == 2
@@ -346,16 +346,16 @@ def test_hostile_command_lines_one_line_exit_2(name, tmp_path, capsys, monkeypat
 
 
 def test_size_guard_counts_trace_rows_and_chart_boxes():
-    """limits.estimate by hand: 1 KiB per op, 128 B per further trace row, 10 KiB per box drawn;
+    """limits.estimate by hand: 768 B per op, 128 B per further trace row, 10 KiB per box drawn;
     boxes only while a rank can hold at most 366 actions (then bands), at most 366 per rank."""
     # 2 stages x 8 micro-batches: 48 ops, all boxes
-    assert limits.estimate(2, 8) == (48, 48 * 1024 + 48 * 10240)
+    assert limits.estimate(2, 8) == (48, 48 * 768 + 48 * 10240)
     # 64 x 200: 38,400 ops, boxes capped at 64 ranks x 366 actions
-    assert limits.estimate(64, 200) == (38400, 38400 * 1024 + 64 * 366 * 10240)
+    assert limits.estimate(64, 200) == (38400, 38400 * 768 + 64 * 366 * 10240)
     # 64 x 1024: a rank runs at least 1024 actions, more than 366: bands, no boxes
-    assert limits.estimate(64, 1024) == (196608, 196608 * 1024)
+    assert limits.estimate(64, 1024) == (196608, 196608 * 768)
     # 20 rows per op: 19 further rows at 128 B per op, and 20 boxes per op drawn
-    assert limits.estimate(2, 8, 20.0) == (48, 48 * (1024 + 19 * 128) + 48 * 20 * 10240)
+    assert limits.estimate(2, 8, 20.0) == (48, 48 * (768 + 19 * 128) + 48 * 20 * 10240)
 
 
 def test_size_guard_reads_rows_per_op_off_the_component_model():

@@ -281,3 +281,15 @@ def test_run_restores_the_garbage_collector():
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+@given(st.lists(st.integers(0, 40), max_size=60), st.integers(0, 200))
+@settings(max_examples=60, deadline=None)
+def test_dense_ids_number_keys_as_unique_does(keys, extra):
+    """replay.dense_ids numbers keys through a table when the key range is small, else by
+    np.unique: both give np.unique's distinct keys and inverse."""
+    keys = np.array(keys, dtype=np.int64)
+    for size in (41, 41 + extra, 10**6):  # the table, and past 4x the keys: np.unique itself
+        distinct, inverse = replay.dense_ids(keys, size)
+        want, want_inverse = np.unique(keys, return_inverse=True)
+        assert distinct.tolist() == want.tolist() and inverse.tolist() == want_inverse.tolist()

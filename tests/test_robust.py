@@ -54,8 +54,8 @@ def test_schedule_verb_refuses_what_run_refuses_before_building(monkeypatch, cap
                                                 "1f1b": family.__class__(**{**family.__dict__,
                                                                             "generate": must_not_generate})})
     assert main(["schedule", "1f1b", "--stages", "4096", "--microbatches", "100000"]) == 2
-    # 3 x 4096 x 100000 ops x 1 KiB = 1.258e12 bytes (no chart boxes: 100000 micro-batches draw bands)
-    one_error_line(capsys, "--stages 4096 x --microbatches 100000 is up to 1,228,800,000 ops", "1.26 TB")
+    # 3 x 4096 x 100000 ops x 768 B = 9.437e11 bytes (no chart boxes: 100000 micro-batches draw bands)
+    one_error_line(capsys, "--stages 4096 x --microbatches 100000 is up to 1,228,800,000 ops", "944 GB")
     assert main(["run", QUICK, "--set", "pipeline.schedule=1f1b", "--set", "pipeline.stages=4096",
                  "--set", "pipeline.microbatches=100000"]) == 2
     one_error_line(capsys, "limits.max_memory: 4096 stages x 100000 micro-batches is up to 1,228,800,000 ops")
@@ -71,7 +71,7 @@ def test_schedule_verb_refusal_as_a_process():
 def test_the_library_builder_holds_to_the_same_guard():
     with pytest.raises(ScheduleError, match=r"^limits.max_memory: 4096 stages x 100000 micro-batches"):
         registry.build("1f1b", 4096, 100000)
-    fits = 12 * 1024 + 12 * 10 * 1024  # 3 x 2 x 2 = 12 ops at 1 KiB, each a chart box at 10 KiB: exactly fits
+    fits = 12 * 768 + 12 * 10 * 1024  # 3 x 2 x 2 = 12 ops at 768 B, each a chart box at 10 KiB: exactly fits
     assert registry.build("1f1b", 2, 2, max_memory=fits).stages == 2
     with pytest.raises(ScheduleError, match=r"^limits.max_memory: 2 stages x 2 micro-batches is up to 12 ops"):
         registry.build("1f1b", 2, 2, max_memory=fits - 1)

@@ -19,7 +19,7 @@ import pytest
 
 from test_robust import LONG, QUICK, wait_until_working
 
-SWEEP = ["sweep", QUICK, "--grid", "pipeline.microbatches=1500,1502,1504,1506,1508,1510", "--set",
+SWEEP = ["sweep", QUICK, "--grid", "pipeline.microbatches=4000,4002,4004,4006,4008,4010", "--set",
          "pipeline.stages=16", "--jobs", "2"]  # fmt: skip
 
 

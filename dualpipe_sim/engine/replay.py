@@ -26,19 +26,30 @@ The rules of the replay (rules.RULES says what each op needs and produces):
   a link and it finishes its actions in order, so a transfer starts at
   max(its action's end, the link's previous transfer's end).
 
-Ranks are walked with cursors: a rank runs until a result it needs is not
-published yet and is woken by the action that publishes it (each result has
-one reader, so one waiting rank per slot).  Each action runs once: linear in
-the number of ops.  A rank left with actions is stuck, and
+Ranks are walked with cursors: a rank runs until a result it needs has not
+landed yet and is woken by the transfer that brings its last one.  Each action
+runs once: linear in the number of ops.  A rank left with actions is stuck, and
 :func:`deadlock_error` says at which action and what it waits for.
 
+Two facts make the loop small.  A result an action needs from an earlier action
+of its own rank is there by the time it starts (its rank's clock is past that
+action's end), so only the other needs are counted (``Plan.missing``): results
+from other ranks, and one from a later action of the same rank, which never
+comes (that rank is stuck first).  And only results crossing ranks move: each
+through its link, pushed to the one action that reads it (each result has one
+reader), which keeps the latest arrival and counts down.  Without P2P time the
+same path serves: a link's previous transfer, from an earlier action of the
+sender, has landed by the time the next one leaves, so it lands as its action
+ends.  With blocking P2P the rank's clock after an action is the latest of its
+end and its sends' landings.
+
 Speed: the loop is the only per-action Python.  Before it, :func:`plan` reads
-each action's needed slots and published slots off the ops' numpy columns
-(validate.flat_ops), a transfer written ``~its number`` among the published
-ones; after it, the starts it returns become the trace's columns with numpy
-(:func:`simulate`, TraceBuilder.arrays).  The order in which ranks are walked
-changes nothing but the order of work: every time is a max and a sum of the
-same floats, and a link's transfers come in its sender's action order.
+the counts, the transfers, their links and readers off the ops' numpy columns
+(validate.flat_ops); starts are written into C doubles (``array("d")``) that
+become the trace's columns with numpy without a copy (:func:`simulate`,
+TraceBuilder.arrays).  The order in which ranks are walked changes nothing but
+the order of work: every time is a max and a sum of the same floats, and a
+link's transfers come in its sender's action order.
 
 An action's inside (its components on the rank's channels, channels.py) is
 not replayed here: its inputs are all on the rank before it starts and its
@@ -52,6 +63,7 @@ from the same operations: ``start + length * factor``, ``begin + p2p``).
 
 from __future__ import annotations
 
+from array import array
 from typing import NamedTuple
 
 import numpy as np
@@ -59,7 +71,7 @@ import numpy as np
 from ..inputs.costs import CostModel
 from ..schedules.ir import Action, DeadlockError, Schedule, ScheduleError, ops_of
 from ..schedules.rules import KEPT, KIND_CODES, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
-from .trace import _ACTION_DTYPE, COMM_DTYPE, Trace, TraceBuilder
+from .trace import COMM_DTYPE, Trace, TraceBuilder
 
 P2P = int(Channel.P2P)  # the comm rows' channel code
 
@@ -80,9 +92,9 @@ class OpIndex(NamedTuple):
     flat: "Flat"  # the ops as columns, in rank and action order
 
 
-# -- when each result is available ---------------------------------------------------------
-# The replay keeps one time per result and place: each datum of a cell is available on
-# the rank that produced it (kept) and on the rank that consumes it (sent), at two slots.
+# -- which result is which -------------------------------------------------------------------
+# Each datum of a cell has two slots: on the rank that produced it (kept) and on the rank
+# that consumes it (sent).  plan() matches each need to the action that writes its slot.
 SLOTS_PER_CELL = 2 * len(Data)
 
 
@@ -143,157 +155,174 @@ class Flat(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """What the replay loop reads per action (numbered as in Flat): the slots it needs and
-    what it publishes when it ends; and per transfer (a result crossing ranks through a link)
-    its slot and its link."""
+    """What the replay loop reads: per action (numbered as in Flat, one spare entry at the end
+    for a result nobody reads) and per transfer (a result crossing ranks, numbered in the order
+    sent: action, member, then rules order, so each action's transfers are consecutive)."""
 
-    needs: list  # per action: the slots it waits for, in member then rules order (padded: replay)
-    outs: list  # per action: slots published at its end (kept, same rank, or P2P free), and
-    #             ~transfer for each transfer, in the order sent (member, then rules order)
-    slot: np.ndarray  # per transfer: the slot it publishes on arrival
-    link: np.ndarray  # per transfer: its link (one per pair of sender and receiver ranks)
-    transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat), stage
+    missing: list  # per action: how many of its needs come from another rank or a later action
+    sent_upto: list  # per action: the number of transfers of all actions up to it, itself included
+    link: list  # per transfer: its link (one per pair of sender and receiver ranks)
+    receiver: list  # per link: its receiving rank
+    consumer: list  # per transfer: the action that needs it (the spare entry when none)
+    transfers: tuple  # per transfer, numpy columns: sender, receiver, data, op row (into Flat), stage, reader
 
 
-# Per kind code: rules.RULES read as slot steps (KindPlan), as arrays indexed by kind code.
+# rules.RULES read as slot steps (KindPlan), one array per need or result (column j),
+# indexed by kind code: a 1-D gather each, with numpy.
 _CODES = len(KIND_CODES)
-_NEED_OFFSET = np.zeros((_CODES, 2), dtype=np.int64)
-_NEED_STEP = np.zeros((_CODES, 2), dtype=np.int64)
-_NEED_ANY = np.zeros((_CODES, 2), dtype=bool)
-_OUT_STEP = np.zeros((_CODES, 2), dtype=np.int64)  # kept first, then sent (the SimPy engine's order)
-_OUT_STAGE = np.zeros((_CODES, 2), dtype=np.int64)  # stage step to the consumer (0: kept)
-_OUT_DATA = np.zeros((_CODES, 2), dtype=np.int64)
-_OUT_SENT = np.zeros((_CODES, 2), dtype=bool)
-_OUT_ANY = np.zeros((_CODES, 2), dtype=bool)
+_WIDTH = max(max(len(p.needs), len(p.kept) + len(p.sent)) for p in PLANS.values())  # most needs or results of a kind
+_NEED_OFFSET = np.zeros((_WIDTH, _CODES), dtype=np.int64)
+_NEED_STEP = np.zeros((_WIDTH, _CODES), dtype=np.int64)
+_NEED_ANY = np.zeros((_WIDTH, _CODES), dtype=bool)
+_OUT_STEP = np.zeros((_WIDTH, _CODES), dtype=np.int64)  # kept first, then sent (the SimPy engine's order)
+_OUT_STAGE = np.zeros((_WIDTH, _CODES), dtype=np.int64)  # stage step to the consumer (0: kept)
+_OUT_DATA = np.zeros((_WIDTH, _CODES), dtype=np.int64)
+_OUT_SENT = np.zeros((_WIDTH, _CODES), dtype=bool)
+_OUT_ANY = np.zeros((_WIDTH, _CODES), dtype=bool)
 for _kind, _p in PLANS.items():
     _c = KIND_CODES[_kind]
     for _j, (_offset, _step) in enumerate(_p.needs):
-        _NEED_OFFSET[_c, _j], _NEED_STEP[_c, _j], _NEED_ANY[_c, _j] = _offset, _step, True
+        _NEED_OFFSET[_j, _c], _NEED_STEP[_j, _c], _NEED_ANY[_j, _c] = _offset, _step, True
     for _j, (_step, _sent, _data, _stage) in enumerate(
         [(s, False, 0, 0) for s in _p.kept] + [(s, True, int(d), st) for s, d, st in _p.sent]
     ):
-        _OUT_STEP[_c, _j], _OUT_SENT[_c, _j], _OUT_DATA[_c, _j], _OUT_STAGE[_c, _j] = _step, _sent, _data, _stage
-        _OUT_ANY[_c, _j] = True
+        _OUT_STEP[_j, _c], _OUT_SENT[_j, _c], _OUT_DATA[_j, _c], _OUT_STAGE[_j, _c] = _step, _sent, _data, _stage
+        _OUT_ANY[_j, _c] = True
 
 
-def _per_action(values: np.ndarray, valid: np.ndarray, flat: Flat, pad: int) -> list[list[int]]:
-    """Per action, its ops' ``values`` (ops x k) where ``valid``, else ``pad``: a list of k ints
-    for a lone op, 2k when the schedule has pairs (members side by side), made in C by tolist."""
-    values = np.where(valid, values, pad)
-    actions = flat.rank_bounds[-1]
-    if len(values) == actions:  # no pairs: one op per action
-        return values.tolist()
-    rows = np.full((actions, 2, values.shape[1]), pad, dtype=values.dtype)
-    rows[flat.action, flat.member] = values
-    return rows.reshape(actions, -1).tolist()
-
-
-def plan(schedule: Schedule, index: OpIndex, with_links: bool) -> Plan:
-    """Read each action's needs and results off ``index.flat`` with numpy (``with_links``:
-    results for a stage on another rank go through a link, else they are there at once)."""
+def plan(schedule: Schedule, index: OpIndex) -> Plan:
+    """Read off ``index.flat`` with numpy what the loop needs: a need met by an earlier action
+    of the same rank is met by the time its reader starts (the rank's clock is past it), so
+    only the others are counted (``missing``), and only results crossing ranks are handed on,
+    each through the link from its rank to its reader's."""
     flat = index.flat
-    S = schedule.stages
-    kind, m, s, d = flat.kind, flat.microbatch, flat.stage, flat.direction
-    first = SLOTS_PER_CELL * (m * S + s)
-    # needs: (ops, 2) columns, a need outside the pipeline dropped
-    need_stage = s[:, None] + _NEED_OFFSET[kind]
-    need_ok = _NEED_ANY[kind] & (need_stage >= 0) & (need_stage < S)
-    pad = SLOTS_PER_CELL * S * schedule.microbatches  # past the last slot: see replay()
-    needs = _per_action(first[:, None] + _NEED_STEP[kind], need_ok, flat, pad)
-    # results: kept, and sent to the consumer's stage when there is one
-    to = s[:, None] + _OUT_STAGE[kind]
-    out_ok = _OUT_ANY[kind] & (to >= 0) & (to < S)
-    rank_of = np.asarray(index.rank_of, dtype=np.int64)  # [direction, stage]
-    rank = np.repeat(np.arange(len(flat.rank_bounds) - 1), np.diff(flat.rank_bounds))[flat.action]
-    dst = rank_of[d[:, None], np.clip(to, 0, S - 1)]
-    crossing = out_ok & _OUT_SENT[kind] & (dst != rank[:, None]) & with_links
-    slots = first[:, None] + _OUT_STEP[kind]
-    op, j = np.nonzero(crossing)  # row-major: in action, member, then rules order
-    sender, receiver = rank[op], dst[op, j]
-    _, link = np.unique(sender * len(flat.rank_bounds) + receiver, return_inverse=True)
-    # A transfer is written ~number (negative) among the action's results, in its place.
-    slots[op, j] = ~np.arange(len(op))
-    outs = _per_action(slots, out_ok, flat, pad + 1)
-    transfers = (sender, receiver, _OUT_DATA[kind[op], j], op, to[op, j])
-    return Plan(needs, outs, first[op] + _OUT_STEP[kind[op], j], link, transfers)
+    S, n = schedule.stages, flat.rank_bounds[-1]
+    kind, s, action = flat.kind, flat.stage, flat.action
+    rank_a = np.repeat(np.arange(len(flat.rank_bounds) - 1), np.diff(flat.rank_bounds))  # per action
+    rank_first = np.asarray(flat.rank_bounds[:-1], dtype=np.int64)[rank_a]  # per action: its rank's first
+    rank = rank_a[action]
+    cell_slot = SLOTS_PER_CELL * (flat.microbatch * S + s)
+    rank_of = np.asarray(index.rank_of, dtype=np.int64).ravel()  # [direction * S + stage]
+    place = flat.direction * S  # rank_of[place + stage]: the rank holding that stage in the op's direction
+    writer = np.full(SLOTS_PER_CELL * S * schedule.microbatches, -1, dtype=np.int64)  # slot -> its action
+    reader = np.full(len(writer), n, dtype=np.int64)  # slot -> the action reading it (n: the spare)
+    crossing = []  # per result column: (ops, their slots, their consumers' stages)
+    for j in range(_WIDTH):
+        to = s + _OUT_STAGE[j][kind]
+        ops = np.flatnonzero(_OUT_ANY[j][kind] & (to >= 0) & (to < S))
+        slot_j = cell_slot[ops] + _OUT_STEP[j][kind[ops]]
+        writer[slot_j] = action[ops]
+        to = to[ops]
+        sent = _OUT_SENT[j][kind[ops]] & (rank_of[place[ops] + to] != rank[ops])
+        crossing.append((ops[sent], slot_j[sent], to[sent]))
+    missing = np.zeros(n + 1, dtype=np.int64)
+    for j in range(_WIDTH):
+        at = s + _NEED_OFFSET[j][kind]
+        ops = np.flatnonzero(_NEED_ANY[j][kind] & (at >= 0) & (at < S))
+        slot_j = cell_slot[ops] + _NEED_STEP[j][kind[ops]]
+        me = action[ops]
+        reader[slot_j] = me
+        maker = writer[slot_j]
+        met = (maker >= rank_first[me]) & (maker < me)  # an earlier action of the same rank (-1: none)
+        missing += np.bincount(me[~met], minlength=n + 1)
+    # transfers in the order sent: by op, then result column
+    op = np.concatenate([c[0] for c in crossing])
+    column = np.repeat(np.arange(_WIDTH), [len(c[0]) for c in crossing])
+    order = np.argsort(op * _WIDTH + column, kind="stable")
+    op, column = op[order], column[order]
+    slot_t = np.concatenate([c[1] for c in crossing])[order]
+    to = np.concatenate([c[2] for c in crossing])[order]
+    sender = rank[op]
+    receiver = rank_of[place[op] + to]
+    links, link = dense_ids(sender * len(flat.rank_bounds) + receiver, len(flat.rank_bounds) ** 2)
+    sent_upto = np.cumsum(np.bincount(action[op], minlength=n))
+    reads = reader[slot_t]
+    transfers = (sender, receiver, _OUT_DATA[column, kind[op]], op, to, reads)
+    return Plan(missing.tolist(), sent_upto.tolist(), link.tolist(), (links % len(flat.rank_bounds)).tolist(),
+                reads.tolist(), transfers)
 
 
-def replay(schedule: Schedule, index: OpIndex, length: list[float] | None = None, p2p: float = 0.0,
-           blocking: bool = False) -> tuple[list[int], list[float], list[float], tuple]:
+def dense_ids(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True) for keys in 0..size-1: through a table when it is
+    small beside the keys (no sort), else np.unique."""
+    if size > 4 * len(keys) + 1024:
+        return np.unique(keys, return_inverse=True)
+    seen = np.zeros(size, dtype=bool)
+    seen[keys] = True
+    number = np.cumsum(seen) - 1
+    return np.flatnonzero(seen), number[keys]
+
+
+# A rank stopped at an action adds this to the action's count of missing needs: the result
+# that brings the count down to it wakes the rank.
+_STOPPED = 1 << 40
+
+
+def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | None = None, p2p: float = 0.0,
+           blocking: bool = False) -> tuple[list[int], array, array, tuple]:
     """Run each rank's actions in order as far as the rules let them (module docstring).
     ``length``: per action (numbered as in index.flat) how long it lasts (None: no time, no
     links: validation).  A transfer costs ``p2p``.  Returns each rank's cursor (the length of
     its list when it finished, else the action it is stuck at), each action's start, each
-    transfer's start and Plan.transfers (who sent what to whom)."""
-    links = length is not None and p2p > 0
-    p = plan(schedule, index, links)
+    transfer's start and Plan.transfers (who sent what to whom; empty without links)."""
+    p = plan(schedule, index)
     bounds = index.flat.rank_bounds
     n = len(bounds) - 1
     if length is None:
-        length = [0.0] * bounds[-1]
-    needs, outs = p.needs, p.outs
-    transfer_slot, transfer_link = p.slot.tolist(), p.link.tolist()
-    # Per slot, when it is available (None: not yet).  Plan pads each action's lists to one
-    # length with two more slots: a need of time 0 (never waited for) and a result nobody reads.
-    available: list[float | None] = [None] * (SLOTS_PER_CELL * schedule.stages * schedule.microbatches) + [0.0, 0.0]
-    waiting = [-1] * len(available)  # slot -> the rank stopped until it is published (its one reader)
-    link_free = [0.0] * (max(transfer_link) + 1 if transfer_link else 0)  # when each link's last transfer ends
-    begin = [0.0] * len(transfer_link)  # each transfer's start
-    starts = [0.0] * bounds[-1]
+        length, p2p = [0.0] * bounds[-1], 0.0
+    # Without P2P time a transfer lands as its action ends: a link's previous transfer, from an
+    # earlier action of the same rank, has landed by then, so the loop below needs no other path.
+    missing, sent_upto, transfer_link, receiver, consumer = p.missing, p.sent_upto, p.link, p.receiver, p.consumer
+    ready = [0.0] * len(missing)  # per action: when its last counted need landed on its rank
+    link_free = [0.0] * len(receiver)  # when each link's last transfer ends
+    # Starts written into C doubles: numpy reads them without a copy, and no float object outlives its action.
+    begin = array("d", bytes(8 * len(transfer_link)))  # each transfer's start
+    starts = array("d", bytes(8 * bounds[-1]))
     cursor, free_at = bounds[:-1], [0.0] * n
-    sends_land = [0.0] * n  # blocking: when the rank's previous action's sends have landed
+    sent = [sent_upto[b - 1] if b else 0 for b in cursor]  # per rank: its next transfer's number
     runnable = list(range(n))
+    stopped = _STOPPED
 
     while runnable:
         rank = runnable.pop()
-        i, end, t = cursor[rank], bounds[rank + 1], free_at[rank]
+        i, end, t, x = cursor[rank], bounds[rank + 1], free_at[rank], sent[rank]
         while i < end:
-            start = sends_land[rank] if blocking and sends_land[rank] > t else t
-            for sl in needs[i]:
-                ready = available[sl]
-                if ready is None:
-                    break
-                if ready > start:
-                    start = ready
-            else:
-                t = start + length[i]
-                starts[i] = start
-                landed = 0.0
-                for sl in outs[i]:
-                    if sl < 0:  # a transfer: through its link, one at a time (Link.carry, unrolled)
-                        sent = ~sl
-                        link = transfer_link[sent]
-                        free = link_free[link]
-                        go = t if t > free else free
-                        arrive = link_free[link] = go + p2p
-                        begin[sent] = go
-                        if arrive > landed:
-                            landed = arrive
-                        sl = transfer_slot[sent]
-                        available[sl] = arrive
-                    else:
-                        available[sl] = t
-                    if waiting[sl] >= 0:
-                        runnable.append(waiting[sl])
-                if blocking:
-                    sends_land[rank] = landed
-                i += 1
-                continue
-            waiting[sl] = rank
-            break  # woken when the slot is published
-        cursor[rank], free_at[rank] = i, t
-    return [c - b for c, b in zip(cursor, bounds)], starts, begin, p.transfers
-
-
-def receiving_actions(index: OpIndex) -> dict[Data, np.ndarray]:
-    """Per datum sent across stages, per cell: the index of the action that receives it (the
-    trace's P2P ``action``).  A complete cell holds exactly one of the consumer kinds (a B or
-    else an I: rules.WORK), and an absent kind's index is -1, so the largest index is it."""
-    out = {}
-    for data, (kinds, _) in SENT.items():
-        if kinds:
-            out[data] = np.max([index.action_of[k] for k in kinds], axis=0)
-    return out
+            if missing[i]:
+                missing[i] += stopped  # woken when its last need lands
+                break
+            start = ready[i]
+            if t > start:
+                start = t
+            starts[i] = start
+            t = start + length[i]
+            upto = sent_upto[i]
+            if x < upto:
+                landed = t
+                while x < upto:  # its transfers, each through its link, one at a time (Link.carry, unrolled)
+                    link = transfer_link[x]
+                    free = link_free[link]
+                    go = t if t > free else free
+                    arrive = link_free[link] = go + p2p
+                    begin[x] = go
+                    if arrive > landed:
+                        landed = arrive
+                    c = consumer[x]
+                    if arrive > ready[c]:
+                        ready[c] = arrive
+                    left = missing[c] - 1
+                    if left == stopped:
+                        left = 0
+                        runnable.append(receiver[link])
+                    missing[c] = left
+                    x += 1
+                if blocking:  # the rank's next action waits for these sends to land too
+                    t = landed
+            i += 1
+        cursor[rank], free_at[rank], sent[rank] = i, t, x
+    transfers = p.transfers
+    if not p2p > 0:  # no links: nothing to record
+        begin, transfers = array("d"), tuple(column[:0] for column in transfers)
+    return [c - b for c, b in zip(cursor, bounds)], starts, begin, transfers
 
 
 # -- a schedule that cannot finish, in words -------------------------------------------------
@@ -340,7 +369,9 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     # One timeline per kind of action (costs.signature, as codes): laid out once, moved to each start.
     k0, s0, k1, s1 = flat.kind[head], flat.stage[head], flat.kind[tail], flat.stage[tail]
     sig = np.where(pair, ((k1 + 1) * S + s0) * S + s1 + len(KIND_CODES) * S, k0 * S + s0)
-    _, first, which = np.unique(sig, return_index=True, return_inverse=True)
+    kinds_of_action, which = dense_ids(sig, (len(KIND_CODES) + 1) * S * S + len(KIND_CODES) * S)
+    first = np.zeros(len(kinds_of_action), dtype=np.int64)
+    first[which] = np.arange(len(which))  # an action of each kind (all of a kind have one timeline)
     rec = TraceBuilder()
     timeline, tl_length = [], []
     for a in first.tolist():
@@ -354,34 +385,33 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     else:
         factor = np.ones(len(head))
     length = np.asarray(tl_length, dtype="f8")[which] * factor  # the SimPy engine's length * factor
-    cursor, starts, begin, transfers = replay(schedule, index, length.tolist(), costs.p2p,
+    cursor, starts, begin, transfers = replay(schedule, index, array("d", length.tobytes()), costs.p2p,
                                               costs.p2p_mode == "blocking")
     stuck = deadlock_error(schedule, cursor)
     if stuck:
         raise stuck
-    acts = np.empty(len(head), dtype=_ACTION_DTYPE)
-    acts["timeline"] = np.asarray(timeline, dtype=np.int64)[which]
-    acts["rank"], acts["idx"], acts["start"], acts["factor"], acts["pair"] = rank, idx, starts, factor, pair
+    columns = {"timeline": np.asarray(timeline, dtype=np.int64)[which], "rank": rank, "idx": idx,
+               "start": np.frombuffer(starts, dtype="f8"), "factor": factor, "pair": pair}  # fmt: skip
     for member, op in (("0", head), ("1", tail)):
-        acts["kind" + member], acts["microbatch" + member] = flat.kind[op], flat.microbatch[op]
-        acts["stage" + member], acts["direction" + member] = flat.stage[op], flat.direction[op]
-    rec.actions = acts
+        lone = len(op) == len(flat.kind)  # no pairs: the op columns are the action columns
+        for name, values in (("kind", flat.kind), ("microbatch", flat.microbatch), ("stage", flat.stage),
+                             ("direction", flat.direction)):  # fmt: skip
+            columns[name + member] = values if lone else values[op]
+    rec.columns = columns  # numbered rank by rank: in each rank's order
     rec.comm = _transfers(schedule, index, transfers, begin, costs.p2p)
     return Trace.of_run(schedule, costs, rec, stages_on_rank=index.stages_on_rank)
 
 
-def _transfers(schedule: Schedule, index: OpIndex, transfers: tuple, begin: list[float], p2p: float) -> np.ndarray:
+def _transfers(schedule: Schedule, index: OpIndex, transfers: tuple, begin: array, p2p: float) -> np.ndarray:
     """The P2P rows (CommRow fields) of the replay's transfers."""
-    sender, receiver, data, op, to = transfers
-    flat, S = index.flat, schedule.stages
+    sender, receiver, data, op, _, reader = transfers
+    flat = index.flat
     rows = np.empty(len(op), dtype=COMM_DTYPE)
     rows["channel"], rows["rank"], rows["peer"], rows["kind"] = P2P, sender, receiver, data
-    m = flat.microbatch[op]
-    rows["microbatch"], rows["stage"], rows["direction"] = m, flat.stage[op], flat.direction[op]
-    start = np.asarray(begin, dtype="f8")
+    rows["microbatch"], rows["stage"], rows["direction"] = flat.microbatch[op], flat.stage[op], flat.direction[op]
+    start = np.frombuffer(begin, dtype="f8")
     rows["start"], rows["end"], rows["part"] = start, start + p2p, -1
-    consumer = np.full((len(Data), S * schedule.microbatches), -1, dtype=np.int64)
-    for d, table in receiving_actions(index).items():
-        consumer[d] = table
-    rows["action"] = consumer[data, m * S + to]
+    # the reading action's index in its rank's list (-1: none, Plan's spare action)
+    first = np.asarray(flat.rank_bounds[:-1], dtype=np.int64)
+    rows["action"] = np.where(reader < flat.rank_bounds[-1], reader - first[receiver], -1)
     return rows

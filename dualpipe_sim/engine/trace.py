@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, WEIGHT_GRADS, Channel
+from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, KINDS, WEIGHT_GRADS, Channel
 
 P2P, A2A = Channel.P2P, Channel.A2A  # the comm rows' channel codes
 
@@ -173,7 +173,8 @@ class TraceBuilder:
     """What an engine records while it runs, and the trace arrays it expands to at the end.
 
     Engines record one entry per action (:meth:`action`: where and when it ran,
-    which timeline, stretched by which factor) and one CommRow per P2P transfer.
+    which timeline, stretched by which factor; the replay core hands the same as
+    numpy columns, ``columns``) and one CommRow per P2P transfer (or their array).
     An action's rows are its timeline's spans moved to its start, and its memory
     rows follow from rules.ALLOCATES / FREES, so :meth:`arrays` builds them for
     all actions at once with numpy instead of one Python tuple per interval.
@@ -181,8 +182,9 @@ class TraceBuilder:
     how rows are made, only in when actions start."""
 
     def __init__(self) -> None:
-        self.comm: list[tuple] = []  # P2P transfers: CommRow, or a plain tuple of its fields
+        self.comm: list[tuple] | np.ndarray = []  # P2P transfers: CommRow, a plain tuple of its fields, or a COMM_DTYPE array
         self.actions: list[tuple] = []  # one _ACTION_DTYPE record per action
+        self.columns: dict[str, np.ndarray] | None = None  # or the same as columns, in (rank, idx) order
         self.timelines: list = []  # costs.Timeline, by the index actions refer to
         self._index: dict = {}  # timeline -> its index: equal timelines share one (expanded together)
 
@@ -203,10 +205,10 @@ class TraceBuilder:
         )  # fmt: skip
 
     def arrays(self, activation_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        acts = np.asarray(self.actions, dtype=_ACTION_DTYPE)
         # Each rank's actions in its order.  A rank runs one action at a time and a timeline's
         # spans are sorted by start, so the rows come out sorted by (rank, start) as they are made.
-        acts = _sorted(acts, ("idx", "rank"))
+        col = self.columns if self.columns is not None else _action_columns(self.actions)
+        timeline = col["timeline"]
         spans = [sp for tl in self.timelines for sp in tl.spans]
         sp_member = np.array([sp.member for sp in spans], dtype=bool)
         sp_t0 = np.array([sp.start for sp in spans], dtype="f8")
@@ -216,30 +218,29 @@ class TraceBuilder:
         count = np.array([len(tl.spans) for tl in self.timelines], dtype=np.int64)
         offset = np.cumsum(count) - count
         # Row r belongs to action a[r] and is span pos[r] of its timeline.
-        per_action = count[acts["timeline"]]
-        a = np.repeat(np.arange(len(acts)), per_action)
-        first = np.cumsum(per_action) - per_action
-        span = offset[acts["timeline"]][a] + (np.arange(len(a)) - first[a])
+        per_action = count[timeline]
+        if len(count) and (count == 1).all():  # one span per action (simple costs): row r is action r
+            a, span = np.arange(len(timeline)), offset[timeline]
+        else:
+            a = np.repeat(np.arange(len(timeline)), per_action)
+            first = np.cumsum(per_action) - per_action
+            span = offset[timeline][a] + (np.arange(len(a)) - first[a])
         on = sp_channel[span]
-        # Per-action columns made contiguous once (gathers from a structured array's fields are
-        # strided), a pair's two members side by side: [member, action].
-        column = {name: np.ascontiguousarray(acts[name]) for name in ("rank", "idx", "start", "factor", "pair")}
-        members = {name: np.stack([acts[name + "0"], acts[name + "1"]])
-                   for name in ("kind", "microbatch", "stage", "direction")}  # fmt: skip
         tables = {}
         for ch, dtype in ((Channel.COMPUTE, COMPUTE_DTYPE), (Channel.A2A, COMM_DTYPE)):
             sel = np.flatnonzero(on == ch)
             ra, rs = a[sel], span[sel]  # this channel's rows: their actions and spans
             table = np.empty(len(sel), dtype=dtype)
-            start, factor = column["start"][ra], column["factor"][ra]
-            table["rank"], table["action"] = column["rank"][ra], column["idx"][ra]
+            start, factor = col["start"][ra], col["factor"][ra]
+            table["rank"], table["action"] = col["rank"][ra], col["idx"][ra]
             table["start"], table["end"] = start + factor * sp_t0[rs], start + factor * sp_t1[rs]
             table["part"] = sp_part[rs]
-            member = sp_member[rs].astype(np.intp)
-            for name, both in members.items():
-                table[name] = both[member, ra]
+            member = sp_member[rs]  # a pair's second member's rows read the actions' second columns
+            both = ra + member * len(timeline) if member.any() else None
+            for name in ("kind", "microbatch", "stage", "direction"):
+                table[name] = col[name + "0"][ra] if both is None else np.concatenate([col[name + "0"], col[name + "1"]])[both]
             if ch == Channel.COMPUTE:
-                table["overlapped"] = column["pair"][ra]
+                table["overlapped"] = col["pair"][ra]
             else:
                 table["channel"], table["peer"] = ch, table["rank"]
             tables[ch] = table
@@ -247,33 +248,40 @@ class TraceBuilder:
         p2p = np.asarray(self.comm, dtype=COMM_DTYPE)
         # peer last: two sends of one rank starting together (on two links) come
         # out in one order whatever order the engine finished them in.
-        p2p = _sorted(p2p, ("peer", "start", "rank", "channel"))
-        comm = np.concatenate([p2p, a2a])  # channel P2P (0) before A2A (1)
-        memory = self._memory(acts, np.asarray(activation_bytes, dtype="f8"))
+        comm = _sorted(p2p, ("peer", "start", "rank", "channel"))
+        if len(a2a):  # P2P (channel 0) before A2A (1): each part in order is the whole in order
+            comm = np.concatenate([comm, _sorted(a2a, ("peer", "start", "rank", "channel"))])
+        length = np.array([tl.length for tl in self.timelines], dtype="f8")
+        memory = _memory(col, col["start"] + length[timeline] * col["factor"], np.asarray(activation_bytes, dtype="f8"))
         compute = _sorted(compute, ("start", "rank"))
-        comm = _sorted(comm, ("peer", "start", "rank", "channel"))
         # Frees before allocations at the same instant: a B that ends as the next
         # F starts hands its memory over, it does not coexist with it.
         memory = _sorted(memory, ("units", "time", "rank"))
         return compute, comm, memory
 
-    def _memory(self, acts: np.ndarray, act_bytes: np.ndarray) -> np.ndarray:
-        """Per action in rank order: its allocations at its start, then its frees at its end."""
-        ends = acts["start"] + np.array([tl.length for tl in self.timelines])[acts["timeline"]] * acts["factor"]
-        pieces = []  # (order key, rows): order key sorts the pieces into action order
-        for step, when, units, codes in ((0, acts["start"], 1, _ALLOC_CODES), (2, ends, -1, _FREE_CODES)):
-            for member in (0, 1):
-                mask = np.isin(acts[f"kind{member}"], codes)
-                if member == 1:
-                    mask &= acts["pair"]  # a lone op's member 1 is itself
-                where = np.flatnonzero(mask)
-                rows = np.empty(len(where), dtype=MEMORY_DTYPE)
-                rows["time"], rows["rank"], rows["units"] = when[where], acts["rank"][where], units
-                rows["bytes"] = units * act_bytes[acts[f"stage{member}"][where]]
-                pieces.append((where * 4 + step + member, rows))
-        keys = np.concatenate([k for k, _ in pieces])
-        rows = np.concatenate([r for _, r in pieces])
-        return rows[np.argsort(keys, kind="stable")]
+
+def _action_columns(actions: list[tuple]) -> dict[str, np.ndarray]:
+    """TraceBuilder.action's records as columns, in each rank's order."""
+    acts = _sorted(np.asarray(actions, dtype=_ACTION_DTYPE), ("idx", "rank"))
+    return {name: np.ascontiguousarray(acts[name]) for name in _ACTION_DTYPE.names}
+
+
+def _memory(col: dict[str, np.ndarray], ends: np.ndarray, act_bytes: np.ndarray) -> np.ndarray:
+    """Per action in rank order: its allocations at its start, then its frees at its end
+    (member 0 before member 1): four places per action, the empty ones dropped."""
+    pair = col["pair"]
+    places = np.stack([_ALLOCATES[col["kind0"]], _ALLOCATES[col["kind1"]] & pair,
+                       _FREES[col["kind0"]], _FREES[col["kind1"]] & pair], axis=1)  # fmt: skip
+    at = np.flatnonzero(places)  # in action order, then place order
+    a, place = at >> 2, at & 3
+    alloc, second = place < 2, (place & 1).astype(bool)
+    rows = np.empty(len(at), dtype=MEMORY_DTYPE)
+    rows["time"] = np.where(alloc, col["start"][a], ends[a])
+    rows["rank"] = col["rank"][a]
+    units = np.where(alloc, 1, -1)
+    rows["units"] = units
+    rows["bytes"] = units * act_bytes[np.where(second, col["stage1"][a], col["stage0"][a])]
+    return rows
 
 
 def _sorted(table: np.ndarray, keys: tuple[str, ...]) -> np.ndarray:
@@ -297,8 +305,8 @@ _ACTION_DTYPE = np.dtype(
      ("kind0", "i1"), ("microbatch0", "i4"), ("stage0", "i4"), ("direction0", "i1"),
      ("kind1", "i1"), ("microbatch1", "i4"), ("stage1", "i4"), ("direction1", "i1")]
 )  # fmt: skip
-_ALLOC_CODES = [KIND_CODES[k] for k in ALLOCATES]
-_FREE_CODES = [KIND_CODES[k] for k in FREES]
+_ALLOCATES = np.array([k in ALLOCATES for k in KINDS], dtype=bool)  # by kind code
+_FREES = np.array([k in FREES for k in KINDS], dtype=bool)
 
 
 # -- what the end of a step waits for (step.py simulates it, step_metrics.py reads it) ---------

@@ -11,6 +11,9 @@ waits for (replay.deadlock_error).
 
 from __future__ import annotations
 
+from array import array
+from itertools import chain
+
 import numpy as np
 
 from ..schedules.ir import FB, Op, Schedule, ScheduleError, ops_of
@@ -83,6 +86,9 @@ def check_complete(schedule: Schedule) -> None:
 def flat_ops(schedule: Schedule) -> Flat | None:
     """The ops of ``schedule`` as numpy columns (replay.Flat), read off the action objects in
     one pass per rank; None when some action is not an op or pair of a known kind."""
+    ranks = schedule.ranks
+    if set(map(type, chain.from_iterable(ranks))) == {Op}:  # every action a lone Op
+        return _flat_lone_ops(ranks)
     columns, owner, member, bounds = [], [], [], [0]
     try:
         for actions in schedule.ranks:
@@ -112,6 +118,22 @@ def flat_ops(schedule: Schedule) -> Flat | None:
         return None
     cat = (lambda parts, t: np.concatenate(parts).astype(t)) if owner else (lambda parts, t: np.empty(0, t))
     return Flat(kind, m, s, d, cat(owner, np.int64), cat(member, np.int8), bounds)
+
+
+def _flat_lone_ops(ranks: list) -> Flat | None:
+    """flat_ops when every action is one Op (four fields each): the fields of all ranks read in
+    one pass, each column's type found by numpy as in flat_ops."""
+    fields = list(chain.from_iterable(chain.from_iterable(ranks)))
+    try:
+        kind = np.array(list(map(KIND_CODES.__getitem__, fields[0::4])), dtype=np.int64)
+    except (TypeError, KeyError):  # an unknown kind
+        return None
+    try:  # array("q") takes ints (and bools) only, as flat_ops's dtype check
+        numbers = [np.frombuffer(array("q", fields[k::4]), dtype=np.int64) for k in (1, 2, 3)]
+    except (TypeError, OverflowError):  # a float, a text, an int past int64
+        return None
+    bounds = np.cumsum([0, *map(len, ranks)]).tolist()
+    return Flat(kind, *numbers, np.arange(bounds[-1]), np.zeros(bounds[-1], np.int8), bounds)
 
 
 def index_ops(schedule: Schedule) -> OpIndex:
@@ -155,7 +177,9 @@ def index_ops(schedule: Schedule) -> OpIndex:
         return _incomplete(schedule)
     action_of = {k: table[i] for i, k in enumerate(KINDS)}
     rank_of = tuple(np.where(high >= 0, high, -1).reshape(2, S).tolist())
-    held = np.unique(rank * S + s)
+    on = np.zeros(n * S, dtype=bool)  # (rank, stage) held
+    on[rank * S + s] = True
+    held = np.flatnonzero(on)
     stages_on_rank = [[] for _ in range(n)]
     for r, stage in zip((held // S).tolist(), (held % S).tolist()):
         stages_on_rank[r].append(stage)

@@ -283,104 +283,143 @@ def intersect_length(a_starts, a_ends, b_starts, b_ends) -> float:
     )
 
 
-def by_rank(rows: np.ndarray, ranks: int, key: str = "rank") -> list[np.ndarray]:
-    """Split trace rows per rank in one linear pass (rows keep their order within a rank).
-
-    Trace arrays come sorted by rank (TraceBuilder); anything else is sorted stably first.
-    """
+def _split(rows: np.ndarray, ranks: int, key: str = "rank") -> tuple[np.ndarray, list[int]]:
+    """``rows`` sorted by ``key`` (trace arrays come sorted by rank, TraceBuilder; anything else
+    is sorted stably first) and where each rank's rows begin: rank r's are bounds[r]..bounds[r+1]."""
     col = rows[key]
     if len(col) > 1 and np.any(col[1:] < col[:-1]):
         rows = rows[np.argsort(col, kind="stable")]
         col = rows[key]
-    bounds = np.searchsorted(col, np.arange(ranks + 1))
+    return rows, np.searchsorted(col, np.arange(ranks + 1)).tolist()
+
+
+def by_rank(rows: np.ndarray, ranks: int, key: str = "rank") -> list[np.ndarray]:
+    """Split trace rows per rank in one linear pass (rows keep their order within a rank)."""
+    rows, bounds = _split(rows, ranks, key)
     return [rows[bounds[r] : bounds[r + 1]] for r in range(ranks)]
 
 
 def peak_activation(trace: Trace) -> tuple[list[int], list[float]]:
     units, nbytes = [0] * trace.ranks, [0.0] * trace.ranks
-    for rank, rows in enumerate(by_rank(trace.memory, trace.ranks)):  # by time, frees first (TraceBuilder)
-        if len(rows):
-            units[rank] = int(max(0, np.cumsum(rows["units"]).max()))
-            nbytes[rank] = float(max(0.0, np.cumsum(rows["bytes"]).max()))
+    rows, bounds = _split(trace.memory, trace.ranks)  # by time, frees first (TraceBuilder)
+    all_units, all_bytes = rows["units"], rows["bytes"]
+    for rank in range(trace.ranks):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        if hi > lo:
+            units[rank] = int(max(0, np.cumsum(all_units[lo:hi]).max()))
+            nbytes[rank] = float(max(0.0, np.cumsum(all_bytes[lo:hi]).max()))
     return units, nbytes
 
 
-def _action_windows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For one rank's compute rows: its action indices in increasing (= execution)
-    order and, for each, the window (end of the previous action, its own start)."""
-    if len(rows) == 0:
-        return np.empty(0, dtype=rows["action"].dtype), np.empty(0), np.empty(0)
-    order = np.lexsort((rows["start"], rows["action"]))
-    actions, starts, ends = rows["action"][order], rows["start"][order], rows["end"][order]
-    first = np.flatnonzero(np.r_[True, actions[1:] != actions[:-1]])
-    last_end = np.maximum.reduceat(ends, first)
-    return actions[first], np.r_[0.0, last_end[:-1]], starts[first]
+def _actions(rank: np.ndarray, action: np.ndarray, start: np.ndarray, end: np.ndarray):
+    """Rows of several ranks' actions (compute rows, all-to-all rows) grouped per action, in
+    rank then action (= execution) order: each action's key (rank << 32 | action) and its
+    rows' earliest start and latest end."""
+    key = rank.astype(np.int64) << 32 | action
+    if len(key) > 1 and np.any(key[1:] < key[:-1]):
+        order = np.argsort(key, kind="stable")
+        key, start, end = key[order], start[order], end[order]
+    if len(key) == 0:
+        return key, np.empty(0), np.empty(0)
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    if len(first) == len(key):  # one row per action (simple costs)
+        return key, start, end
+    return key[first], np.minimum.reduceat(start, first), np.maximum.reduceat(end, first)
 
 
 def p2p_exposed(trace: Trace) -> float:
-    """Linear in the trace: one vectorised pass per receiving rank."""
-    p2p = trace.comm[(trace.comm["channel"] == P2P) & (trace.comm["action"] >= 0)]
-    if len(p2p) == 0:
+    """Linear in the trace: each transfer clipped, with numpy, to the wait before the action
+    it feeds; their union per action summed rank by rank."""
+    comm = trace.comm
+    feed = (comm["channel"] == P2P) & (comm["action"] >= 0)
+    if not feed.any():
         return 0.0
+    # Each action's window: from the end of its rank's previous action (0 for the first) to its start.
+    c = trace.compute
+    key, w1, last_end = _actions(c["rank"], c["action"], c["start"], c["end"])
+    if len(key) == 0:
+        return 0.0
+    rank = key >> 32
+    w0 = np.r_[0.0, last_end[:-1]]
+    w0[np.r_[True, rank[1:] != rank[:-1]]] = 0.0
+    # The action each transfer feeds, by a table: actions numbered rank after rank.
+    first = np.searchsorted(rank, np.arange(trace.ranks + 1))
+    size = np.zeros(trace.ranks, dtype=np.int64)  # per rank: its largest action + 1
+    has = first[1:] > first[:-1]
+    size[has] = (key[first[1:][has] - 1] & 0xFFFFFFFF) + 1
+    offset = np.r_[0, np.cumsum(size)]
+    where = np.full(offset[-1] + 1, -1, dtype=np.int64)  # numbered action -> its index in key (-1: none)
+    where[offset[rank] + (key & 0xFFFFFFFF)] = np.arange(len(key))
+    peer, action = comm["peer"][feed].astype(np.int64), comm["action"][feed].astype(np.int64)
+    idx = where[np.where(action < size[peer], offset[peer] + action, offset[-1])]
+    known = idx >= 0
+    idx = idx[known]
+    s = np.clip(comm["start"][feed][known], w0[idx], w1[idx])
+    e = np.clip(comm["end"][feed][known], w0[idx], w1[idx])
+    if len(idx) > 1 and not np.all((idx[1:] > idx[:-1]) | ((idx[1:] == idx[:-1]) & (s[1:] >= s[:-1]))):
+        order = np.argsort(idx, kind="stable")  # the transfers of each action together, in row order
+        idx, s, e = idx[order], s[order], e[order]
+        if not np.all((idx[1:] > idx[:-1]) | (s[1:] >= s[:-1])):  # and by start
+            order = np.lexsort((s, idx))
+            idx, s, e = idx[order], s[order], e[order]
+    # The union per action, rank by rank: one action's clipped transfers all lie before the
+    # next action's (its window starts where this action ends), so a running max of the ends
+    # never crosses actions within a rank.
+    bounds = np.searchsorted(rank[idx], np.arange(trace.ranks + 1)).tolist()
     exposed = 0.0
-    for rows, feeds in zip(by_rank(trace.compute, trace.ranks), by_rank(p2p, trace.ranks, "peer")):
-        if len(feeds) == 0:
-            continue
-        actions, w0, w1 = _action_windows(rows)
-        if len(actions) == 0:
-            continue
-        idx = np.minimum(np.searchsorted(actions, feeds["action"]), len(actions) - 1)
-        known = actions[idx] == feeds["action"]
-        idx, feeds = idx[known], feeds[known]
-        # Clip each transfer to the wait before the action it feeds, then take the
-        # union per action.  Sorted by (action, start), one action's clipped
-        # transfers all lie before the next action's (its window starts where this
-        # action ends), so a running max of the ends never crosses actions.
-        s = np.clip(feeds["start"], w0[idx], w1[idx])
-        e = np.clip(feeds["end"], w0[idx], w1[idx])
-        order = np.lexsort((s, idx))
-        idx, s, e = idx[order], s[order], np.maximum.accumulate(e[order])
-        new_run = np.r_[True, (s[1:] > e[:-1]) | (idx[1:] != idx[:-1])]
-        run_end = e[np.r_[np.flatnonzero(new_run)[1:] - 1, len(e) - 1]]
-        exposed += float(np.sum(run_end - s[new_run]))
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi > lo:
+            i, si, ei = idx[lo:hi], s[lo:hi], np.maximum.accumulate(e[lo:hi])
+            new_run = np.r_[True, (si[1:] > ei[:-1]) | (i[1:] != i[:-1])]
+            run_end = ei[np.r_[np.flatnonzero(new_run)[1:] - 1, len(ei) - 1]]
+            exposed += float(np.sum(run_end - si[new_run]))
     return exposed
+
+
+def channel_rows(comm: np.ndarray, channel: int) -> np.ndarray:
+    """The comm rows on ``channel``: a slice when the rows are by channel (TraceBuilder's order)."""
+    col = comm["channel"]
+    if len(col) > 1 and np.any(col[1:] < col[:-1]):
+        return comm[col == channel]
+    return comm[np.searchsorted(col, channel) : np.searchsorted(col, channel, side="right")]
 
 
 def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
     """Per rank: all-to-all time, and the part of it with the rank's compute idle (exposed)."""
-    a2a = trace.comm[trace.comm["channel"] == A2A]
+    a2a = channel_rows(trace.comm, A2A)
     times, exposed = [0.0] * trace.ranks, [0.0] * trace.ranks
     if len(a2a) == 0:
         return times, exposed
-    for rank, (mine, comp) in enumerate(zip(by_rank(a2a, trace.ranks), by_rank(trace.compute, trace.ranks))):
-        if len(mine):
-            times[rank] = float(np.sum(mine["end"] - mine["start"]))
-            own = union_length(mine["start"], mine["end"])
-            hidden = own + union_length(comp["start"], comp["end"]) - union_length(
-                np.concatenate([mine["start"], comp["start"]]), np.concatenate([mine["end"], comp["end"]])
-            )  # intersect_length, with the all-to-all's own union reused
-            exposed[rank] = own - hidden
+    a2a, mine = _split(a2a, trace.ranks)
+    comp, theirs = _split(trace.compute, trace.ranks)
+    a_start, a_end, c_start, c_end = a2a["start"], a2a["end"], comp["start"], comp["end"]
+    for rank in range(trace.ranks):
+        lo, hi = mine[rank], mine[rank + 1]
+        if hi > lo:
+            ms, me = a_start[lo:hi], a_end[lo:hi]
+            cs, ce = c_start[theirs[rank] : theirs[rank + 1]], c_end[theirs[rank] : theirs[rank + 1]]
+            times[rank] = float(np.sum(me - ms))
+            own = union_length(ms, me)
+            hidden = own + union_length(cs, ce) - union_length(np.concatenate([ms, cs]), np.concatenate([me, ce]))
+            exposed[rank] = own - hidden  # intersect_length, with the all-to-all's own union reused
     return times, exposed
 
 
 def between_ops(trace: Trace) -> list[float]:
     """Per rank: makespan minus the time spent inside actions, an action lasting
     from its first component to its last (its all-to-all included)."""
-    a2a = trace.comm[trace.comm["channel"] == A2A]
+    a2a = channel_rows(trace.comm, A2A)
     makespan = trace.makespan  # a max over every row: once, not per rank
-    out = []
-    for comp, mine in zip(by_rank(trace.compute, trace.ranks), by_rank(a2a, trace.ranks)):
-        act = np.concatenate([comp["action"], mine["action"]])
-        inside = 0.0
-        if len(act):
-            order = np.argsort(act, kind="stable")
-            act = act[order]
-            s = np.concatenate([comp["start"], mine["start"]])[order]
-            e = np.concatenate([comp["end"], mine["end"]])[order]
-            first = np.flatnonzero(np.r_[True, act[1:] != act[:-1]])
-            inside = float(np.sum(np.maximum.reduceat(e, first) - np.minimum.reduceat(s, first)))
-        out.append(makespan - inside)
-    return out
+    c = trace.compute
+    key, first_start, last_end = _actions(c["rank"], c["action"], c["start"], c["end"])
+    if len(a2a):  # each action's first and last of its compute rows and of its all-to-all rows
+        key2, first2, last2 = _actions(a2a["rank"], a2a["action"], a2a["start"], a2a["end"])
+        key, first_start, last_end = _actions(np.concatenate([key >> 32, key2 >> 32]),
+                                              np.concatenate([key, key2]) & 0xFFFFFFFF,
+                                              np.concatenate([first_start, first2]), np.concatenate([last_end, last2]))
+    inside = last_end - first_start
+    bounds = np.searchsorted(key >> 32, np.arange(trace.ranks + 1)).tolist()
+    return [makespan - (float(np.sum(inside[lo:hi])) if hi > lo else 0.0) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
@@ -390,9 +429,12 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     a2a_times, a2a_exposed_ = a2a_per_rank(trace)
     outside = between_ops(trace)
     per_rank = []
-    for rank, rows in enumerate(by_rank(trace.compute, trace.ranks)):
-        busy = float(np.sum(rows["end"] - rows["start"]))
-        span = float(rows["end"].max() - rows["start"].min()) if len(rows) else 0.0
+    compute, bounds = _split(trace.compute, trace.ranks)
+    length, starts, ends = compute["end"] - compute["start"], compute["start"], compute["end"]
+    for rank in range(trace.ranks):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        busy = float(np.sum(length[lo:hi]))
+        span = float(ends[lo:hi].max() - starts[lo:hi].min()) if hi > lo else 0.0
         per_rank.append(
             RankMetrics(
                 rank=rank,
