@@ -314,3 +314,22 @@ def test_mlperf_start_wait_by_hand():
     d = sc.derived()
     exposed = param_gather_ms(d.setup, d.stages[5])
     assert gather[5] - (fp16[5] - exposed) == pytest.approx(want * 1e3 / 12)
+
+
+@pytest.mark.parametrize("schedule", ["dualpipe", "chimera", "1f1b"])
+def test_start_wait_once_per_rank_whatever_the_copies(schedule):
+    # DualPipe and Chimera hold two stage copies a rank (r and S-1-r), 1F1B one: every rank's optimizer,
+    # the sum over the copies it holds, gets the wait once
+    over = [f"pipeline.schedule={schedule}", "pipeline.stages=8", "pipeline.chunks_per_rank=1", "parallel.zero=1",
+            "step.overlap_grad_sync=true"]  # fmt: skip
+    hidden = derived_sync(_load("n21-145b", over), "optimizer")
+    exposed = derived_sync(_load("n21-145b", [*over, "step.overlap_param_gather=false"]), "optimizer")
+    sc = _load("n21-145b", over)
+    d = sc.derived()
+    from dualpipe_sim.model.step_figures import _stage_ranks, param_gather_ms, start_gather_ms
+
+    wait = start_gather_ms(d.setup, d.stages[0], 1)
+    added = [h - (e - param_gather_ms(d.setup, st)) for h, e, st in zip(hidden, exposed, d.stages)]
+    held = _stage_ranks(sc)
+    for r in range(8):
+        assert sum(a for a, ranks in zip(added, held) if r in ranks) == pytest.approx(wait)
