@@ -88,6 +88,13 @@ def test_zero1_parameter_all_gather_follows_the_optimizer_by_hand():
     assert derived_sync(_load("n21-145b"), "optimizer")[7] == pytest.approx(_adam(MIDDLE, 1) * 1e3)
 
 
+# Overlapped, the next step's pipeline waits for stage 0's all-gather before its first forward: a ring over
+# 24 ranks on 24 nodes (one NIC each) as NCCL's tuner times it, 23 network steps: Simple 8.4 + 23 x 14 us
+# (LL128's 14 + 23 x 4 us at 0.7 of the bus is slower for 2.3 GB), once per bucket
+def _start_wait(buckets=1):
+    return buckets * (8.4 + 23 * 14.0) * 1e-6 + STAGE0 / 8 * 2 * 23 / 24 / NIC
+
+
 @pytest.mark.parametrize("overrides,exposed", [
     (["step.overlap_grad_sync=true"], False),  # --overlap-param-gather goes with --overlap-grad-reduce
     (["step.overlap_grad_sync=true", "step.overlap_param_gather=false"], True),
@@ -96,7 +103,24 @@ def test_zero1_parameter_all_gather_follows_the_optimizer_by_hand():
 def test_overlapped_parameter_all_gather_hides_under_the_next_forward(overrides, exposed):
     sc = _load("n21-145b", ["parallel.zero=1", *overrides])
     gather = (LAT + MIDDLE / 8 * 2 * 23 / 24 / NIC) if exposed else 0.0
-    assert derived_sync(sc, "optimizer")[7] == pytest.approx((_adam(MIDDLE) + gather) * 1e3)
+    # hidden, all but stage 0's at the next step's start: each rank's 2 stages carry half that wait each
+    start = 0.0 if exposed else _start_wait() / 2
+    assert derived_sync(sc, "optimizer")[7] == pytest.approx((_adam(MIDDLE) + gather + start) * 1e3)
+
+
+@pytest.mark.parametrize("buckets", [1, 9])
+def test_overlapped_gather_start_wait_lands_once_on_every_rank(buckets):
+    # 16 stages on 8 ranks: every rank's optimizer (the sum over its 2 stages) gets the whole wait once
+    over = ["parallel.zero=1", "step.overlap_grad_sync=true", f"step.grad_sync_buckets={buckets}"]
+    hidden = derived_sync(_load("n21-145b", over), "optimizer")
+    exposed = derived_sync(_load("n21-145b", [*over, "step.overlap_param_gather=false"]), "optimizer")
+    d = _load("n21-145b").derived()
+    gathers = [LAT + st.dense_params / 8 * 2 * 23 / 24 / NIC for st in d.stages]
+    added = [(h - e) / 1e3 + g for h, e, g in zip(hidden, exposed, gathers)]  # hidden - (exposed - gather)
+    assert added == pytest.approx([_start_wait(buckets) / 2] * 16)
+    # ZeRO 0 gathers nothing: no wait
+    plain = derived_sync(_load("n21-145b", ["step.overlap_grad_sync=true"]), "optimizer")
+    assert plain[7] == pytest.approx(_adam(MIDDLE, 1) * 1e3)
 
 
 def test_overlapped_parameter_gather_without_overlapped_reduction_is_refused(tmp_path, capsys):
@@ -237,3 +261,75 @@ def test_stage_placement_does_not_depend_on_microbatches(stages):
                 continue
         assert len(seen) >= 2, name
         assert all(v == next(iter(seen.values())) for v in seen.values()), (name, seen)
+
+
+# -- Transformer Engine's FP8 weight refresh once per step (MLPerf v3.1 GPT-3 at 512 GPUs) ---------------
+# h 12288, one layer per stage, TP 4, DP 16, fp8 through TE (fp8_gemm "cublas"), ZeRO 1 overlapped, 9 buckets.
+GH = 12288
+H100_HBM = 2.8475e12  # the H100 preset's streaming HBM bandwidth (docs/model.md, "Kernel rates")
+
+
+def _cast_per_layer():
+    # the layer's linears: QKV 3h^2, out_proj h^2, fc1 4h^2, fc2 4h^2 = 12 h^2 weights, / TP 4 on a rank;
+    # TE's cast + transpose reads 2 bytes and writes 1 + 1 for each
+    return 12 * GH * GH / 4 * (2 + 1 + 1) / H100_HBM
+
+
+@pytest.mark.parametrize("overrides,cast", [
+    ([], True),
+    (["memory.fp8_weight_cache=false"], False),  # no cache: not this once-a-step refresh
+    (["model.fp8_gemm=deepgemm"], False),  # DeepGEMM's runtime quantises its own way
+])  # fmt: skip
+def test_fp8_weight_refresh_once_per_step_by_hand(overrides, cast):
+    sc = _load("mlperf31-gpt3-512", overrides)
+    assert sc.derived().setup.rates.hbm == H100_HBM
+    base = derived_sync(_load("mlperf31-gpt3-512", ["model.fp8=false", *overrides]), "optimizer")
+    got = derived_sync(sc, "optimizer")
+    # a middle stage (one layer, rank 5's 12 stages): only the cast differs from the same run in BF16
+    # (the gather wait and the Adam step are the same bytes: weights and optimizer states do not change)
+    assert got[5] - base[5] == pytest.approx(_cast_per_layer() * 1e3 if cast else 0.0)
+    if cast:
+        assert _cast_per_layer() * 1e3 == pytest.approx(0.636, abs=1e-3)
+
+
+def test_mlperf_start_wait_by_hand():
+    # stage 0: the layer (12 h^2 + 13 h) and the embedding (50,688 x h padded vocabulary + 2,048 x h learned
+    # positions), / TP 4,
+    # bf16; DP 16 as 8 nodes of 2 ranks (2 NICs): Simple ring 8.4 + 8 x 3.4 (NVLink hops) + 7 x 14 us, LL128
+    # 14 + 8 x 1.9 + 7 x 4 us at 0.92 of the bus; 9 buckets each pay the ring's latency
+    sc = _load("mlperf31-gpt3-512")
+    rates = sc.derived().setup.rates
+    stage0 = (12 * GH * GH + 13 * GH + (50688 + 2048) * GH) / 4 * 2
+    assert sc.derived().stages[0].dense_params == 12 * GH * GH + 13 * GH + (50688 + 2048) * GH
+    moved, bus = stage0 * 15 / 16, 2 * rates.nic_bus
+    want = min(9 * (8.4 + 8 * 3.4 + 7 * 14) * 1e-6 + moved / bus, 9 * (14 + 8 * 1.9 + 7 * 4) * 1e-6 + moved / (bus * 0.92))
+    from dualpipe_sim.model.step_figures import start_gather_ms
+
+    assert start_gather_ms(sc.derived().setup, sc.derived().stages[0], 9) == pytest.approx(want * 1e3)
+    # 12 stages a rank: each carries 1/12 of it, beside its Adam step and its cast
+    fp16 = derived_sync(_load("mlperf31-gpt3-512", ["step.overlap_param_gather=false"]), "optimizer")
+    gather = derived_sync(_load("mlperf31-gpt3-512"), "optimizer")
+    from dualpipe_sim.model.step_figures import param_gather_ms
+
+    d = sc.derived()
+    exposed = param_gather_ms(d.setup, d.stages[5])
+    assert gather[5] - (fp16[5] - exposed) == pytest.approx(want * 1e3 / 12)
+
+
+@pytest.mark.parametrize("schedule", ["dualpipe", "chimera", "1f1b"])
+def test_start_wait_once_per_rank_whatever_the_copies(schedule):
+    # DualPipe and Chimera hold two stage copies a rank (r and S-1-r), 1F1B one: every rank's optimizer,
+    # the sum over the copies it holds, gets the wait once
+    over = [f"pipeline.schedule={schedule}", "pipeline.stages=8", "pipeline.chunks_per_rank=1", "parallel.zero=1",
+            "step.overlap_grad_sync=true"]  # fmt: skip
+    hidden = derived_sync(_load("n21-145b", over), "optimizer")
+    exposed = derived_sync(_load("n21-145b", [*over, "step.overlap_param_gather=false"]), "optimizer")
+    sc = _load("n21-145b", over)
+    d = sc.derived()
+    from dualpipe_sim.model.step_figures import _stage_ranks, param_gather_ms, start_gather_ms
+
+    wait = start_gather_ms(d.setup, d.stages[0], 1)
+    added = [h - (e - param_gather_ms(d.setup, st)) for h, e, st in zip(hidden, exposed, d.stages)]
+    held = _stage_ranks(sc)
+    for r in range(8):
+        assert sum(a for a, ranks in zip(added, held) if r in ranks) == pytest.approx(wait)

@@ -73,3 +73,20 @@ def test_deepgemm_runtime_has_none_of_te_s_transposes():
     assert not st.layout.te_fp8
     assert not any("transpose" in name or name == "bias gradient" for name, _ in rows)
     assert ("activation backward", "mlp_backward_input") in rows
+
+
+def test_uncached_fp8_weights_cast_in_every_forward_by_hand():
+    # memory.fp8_weight_cache = false: every forward refreshes the FP8 weight copies (TE's is_first_microbatch
+    # None), one cast + transpose kernel per linear: read 2, write 1 + 1 bytes a weight element.  At TP 4:
+    # QKV 3h^2 / 4 and out_proj h^2 / 4 in the attention (2 kernels), fc1 and fc2 4h^2 / 4 each (2 kernels)
+    h = 12288
+    _, rows = _rows(["memory.fp8_weight_cache=false"])
+    attn = rows[("attention weights fp8 cast (uncached)", "attn_forward")]
+    mlp = rows[("mlp weights fp8 cast (uncached)", "mlp_forward")]
+    assert attn.bytes == h * h * 4 and mlp.bytes == 2 * h * h * 4
+    assert attn.seconds == pytest.approx(2 * FLOOR + h * h * 4 / HBM)
+    assert mlp.seconds == pytest.approx(2 * FLOOR + 2 * h * h * 4 / HBM)
+    # cached (the default), and DeepGEMM's runtime: no such rows in the micro-batch's layer
+    for over in ([], ["memory.fp8_weight_cache=false", "model.fp8_gemm=deepgemm"]):
+        _, rows = _rows(over)
+        assert not any("weights fp8 cast" in name for name, _ in rows), over

@@ -107,6 +107,8 @@ class Layout:
     # DeepSeek's runtime (FP8 by DeepGEMM, recompute "deepseek"): its MLA + MoE layers' kernels as its
     # profile lists them (deepseek_kernels.py)
     deepseek: bool = False
+    # memory.fp8_weight_cache = false: Transformer Engine casts each FP8 weight in every forward (no copy kept)
+    fp8_weight_each_use: bool = False
 
     @property
     def te_fp8(self) -> bool:
@@ -570,6 +572,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
                   (p.dense / lay.tensor + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
     if lay.sync_tp_duplicated:
         _tp_duplicated_syncs(tb, i, full)
+    if lay.te_fp8 and lay.fp8_weight_each_use:
+        fp8_weight_casts(tb, i)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
         redo = [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)]
         tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
@@ -681,6 +685,26 @@ def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Ke
 def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """One DeepSeek-V3 MTP module: two norms, the 2h -> h projection, one layer and the shared head."""
     return mtp_projection(cfg, rates, lay) + layer(cfg, cfg.num_layers, rates, lay) + head(cfg, rates, lay)
+
+
+# Transformer Engine's weight refresh (cast_transpose into weight_fp8 and weight_t_fp8: read 2, write 1 + 1
+# bytes a weight element), in every forward when nothing is cached (is_first_microbatch None: linear.py,
+# layernorm_linear.py, layernorm_mlp.py at release_v0.8 / 09ba842 / v1.6); with the cache, once a step
+# (model/step_figures.py fp8_weight_cast_ms)
+FP8_WEIGHT_CAST_BYTES = 2 + 1 + 1
+
+
+def fp8_weight_casts(tb: Table, i: int) -> None:
+    """Layer ``i``'s FP8 weights cast and transposed in its forward, one kernel per linear (uncached)."""
+    cfg, lay = tb.cfg, tb.lay
+    dense, routed = params.linear_weights(cfg, i)
+    shapes = _attention_shapes(cfg, lay.tensor)
+    attn = sum(o * k for _, o, k, _ in shapes) + cfg.num_heads // lay.tensor * cfg.v_head_dim * cfg.hidden_size
+    mlp = max(0.0, dense / lay.tensor + routed / lay.expert - attn)  # the rest of the rank's linears
+    n = fp8_linears(cfg, i, lay)
+    n_attn = len(shapes) + 1
+    tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * FP8_WEIGHT_CAST_BYTES, n_attn)
+    tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * FP8_WEIGHT_CAST_BYTES, n - n_attn)
 
 
 def fp8_linears(cfg: ModelConfig, i: int, lay: Layout) -> int:

@@ -7,7 +7,7 @@ which types its block) never import the model package.  docs/step.md gives the f
 from __future__ import annotations
 
 from ..step_costs import Throughput
-from . import collectives, derive, flops, params
+from . import collectives, derive, flops, kernels, params
 from .config import ModelError
 
 # Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
@@ -147,6 +147,56 @@ def param_gather_ms(st, stage) -> float:
                     stage.routed_params / sh.expert * sh.params_bytes, op="all_gather")  # fmt: skip
 
 
+def fp8_weight_cast_ms(st, where) -> float:
+    """A stage copy's FP8 weight refresh on its rank, once per step (ms): the first micro-batch's
+    forward of each model chunk casts and transposes every FP8 linear weight it holds, which the
+    cache (``memory.fp8_weight_cache = true``) then keeps for the step's other micro-batches
+    (kernels.FP8_WEIGHT_CAST_BYTES gives the source; without the cache every forward pays it there).
+    Nothing unless the linears run through Transformer Engine (``model.fp8_gemm = "cublas"``) with
+    the cache; a preset's kernel rates give the HBM bandwidth."""
+    cfg, sh = st.cfg, st.sharding
+    if not (st.layout.te_fp8 and sh.fp8_weight_cache and st.rates is not None):
+        return 0.0
+    units = [params.linear_weights(cfg, i) for i in where.layers] + [params.mtp_linear_weights(cfg)] * where.mtp
+    elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.expert
+    return elements * kernels.FP8_WEIGHT_CAST_BYTES / st.rates.hbm * 1e3 if elements else 0.0
+
+
+def start_gather_ms(st, first_stage, buckets: int) -> float:
+    """The wait before a step's first forward for the first stage's overlapped parameter all-gather (ms).
+
+    With ``--overlap-param-gather`` the optimizer leaves its updated shards to be gathered under the
+    next step: Megatron's interleaved schedule launches the all-gathers of model chunks 0 and 1
+    before its first forward (``param_sync_func[0]``, ``[1]``, Megatron-core schedules.py), the
+    others as the schedule reaches each chunk's first micro-batch, and a chunk's forward waits for
+    its parameters.  The pipeline's first forward is stage 0's, at time 0 in every schedule, and
+    every other stage's first forward waits for it: so the whole pipeline starts once stage 0's
+    all-gather (its ``buckets``, the gradients' buckets, on the data-parallel link) has landed.
+    The other stages' gathers run beside it from time 0 and are taken as landed before their input
+    arrives; chunk 1's and later ones as landed before their chunk's first forward."""
+    sh = st.sharding
+    nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes
+    if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
+        per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
+        dense = collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets) * 1e3
+        routed = first_stage.routed_params / sh.expert * sh.params_bytes
+        return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+    return param_gather_ms(st, first_stage)
+
+
+def _once_per_rank(scenario, stages: int) -> list[float]:
+    """Per stage, the weight that puts a per-rank figure on each rank once when spread over the
+    stage copies it holds (a rank's optimizer figure is the sum over its copies): 1 / copies held."""
+    held = _stage_ranks(scenario)
+    if held is None:
+        return [1.0] + [0.0] * (stages - 1)
+    per_rank: dict[int, int] = {}
+    for ranks in held:
+        for r in ranks:
+            per_rank[r] = per_rank.get(r, 0) + 1
+    return [1.0 / per_rank[min(ranks)] if ranks else 0.0 for ranks in held]
+
+
 def _zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
     """ZeRO 2's end-of-step wait bounded by its data-parallel channel's load (ms).
 
@@ -215,6 +265,12 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     else:  # DeepSpeed's bf16 optimizer keeps (and all-reduces) fp32 gradients
         tied = tied_embedding_ms(scenario, st, 4.0 if deepspeed else sh.grads_bytes) if key == "grad_sync" else {}
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
+    # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
+    # optimizer figure (the same step period, the gap between two pipelines) once
+    start = 0.0
+    if key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped():
+        start = start_gather_ms(st, derived.stages[0], step.grad_sync_buckets)
+    share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     buckets = scenario.step.grad_sync_buckets if key == "grad_sync" and scenario.step is not None else 1
     out = []
@@ -232,7 +288,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             # into is not published; each adds 2.5 us against milliseconds of streaming)
             ms = (streamed / st.rates.hbm + st.rates.floor) * 1e3
             # then the updated weights all-gathered, unless Megatron hides it under the next forward
-            out.append(ms + (param_gather_ms(st, stage) if gather else 0.0))
+            ms += param_gather_ms(st, stage) if gather else 0.0
+            # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
+            ms += fp8_weight_cast_ms(st, where) + (start * share[s] if share else 0.0)
+            out.append(ms)
             continue
         if deepspeed:  # the fp32 gradient cast to bf16, all-reduced (not reduce-scattered), cast back
             whole = stage.dense_params / sh.tensor
