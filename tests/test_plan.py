@@ -104,11 +104,22 @@ def test_every_pruning_reason_is_counted(tiny):
         "recompute: selective equals none under flash attention (it saves only the scores)": 104,
         "schedule: dualpipev": 5,
         "tensor: does not divide the 4 attention heads": 1,
-        "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)": 52,
+        "zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)": 52,
         "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)": 56,
         ZERO1_PRUNED: 16,
     }
     assert len(tiny.rows) == 1 + 6 + 3 + 1 + 204 + 3 + 5 + 108
+
+
+def test_zero_0_is_tried_when_the_parameter_all_gather_is_not_hidden(config):
+    # Not overlapped, ZeRO 1's all-gather follows the optimizer: its reduce-scatter and all-gather move an
+    # all-reduce's bytes, so ZeRO 0 is no longer dominated and no row is pruned for it.
+    shown = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
+                    overrides=["step.overlap_param_gather=false", "memory.recompute=none"])
+    assert not any(reason.startswith("zero: 0 never beats 1") for reason in shown.pruned)
+    hidden = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
+                     overrides=["memory.recompute=none"])
+    assert any(reason.startswith("zero: 0 never beats 1") for reason in hidden.pruned)
 
 
 def test_a_zero_1_pruned_for_its_zero_2_twin_is_never_better(tiny, config):

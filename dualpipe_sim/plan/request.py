@@ -16,7 +16,7 @@ from ..model import derive
 from ..model.config import ModelError
 from ..model.hardware import PRESETS
 from ..model.sections import ModelSection
-from ..inputs.scenario import apply_overrides, load_raw, parse_override
+from ..inputs.scenario import Step, apply_overrides, load_raw, parse_override
 from .space import Choices, ModelShape, Request
 
 # [step] when the source gives none: the data-parallel sync, the DualPipe/Chimera copy sum and the
@@ -97,8 +97,13 @@ def model_shape(base: dict) -> ModelShape:
         cfg = derive.model_config(ModelSection.model_validate(base["model"]))
     except (ModelError, ValueError) as exc:
         raise PlanError(f"model: {exc}") from None
+    try:
+        hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True
+    except ValueError:  # a malformed [step] is refused, in its own words, when the candidates run
+        hidden = False
     return ModelShape(heads=cfg.num_heads, layers=cfg.num_layers, experts=cfg.num_experts,
-                      flash_attention=cfg.model_type != "gpt2")  # as model/activations.py counts
+                      flash_attention=cfg.model_type != "gpt2",  # as model/activations.py counts
+                      param_gather_hidden=hidden)  # fmt: skip
 
 
 def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:

@@ -27,12 +27,15 @@ MIN_CONTEXT_TOKENS = 2048
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What enumeration needs to know of the model."""
+    """What enumeration needs to know of the model (and of its [step])."""
 
     heads: int
     layers: int
     experts: int  # routed experts; 0 for a dense model
     flash_attention: bool = True  # scores never materialised: selective recompute saves nothing
+    # [step]'s parameter all-gather runs under the next forward (step.overlap_param_gather): only then
+    # does ZeRO 1 cost no more sync than ZeRO 0's all-reduce (the same bytes in two halves, one hidden)
+    param_gather_hidden: bool = True
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,8 @@ def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
     """Why another candidate tried beside this one is never worse ('' if none is)."""
     if cand.recompute == "selective" and model.flash_attention and "none" in choices.recompute:
         return "recompute: selective equals none under flash attention (it saves only the scores)"
-    if cand.zero == 0 and 1 in choices.zero:
-        return "zero: 0 never beats 1 here (same compute, sharded optimizer; the model costs no all-gather)"
+    if cand.zero == 0 and 1 in choices.zero and model.param_gather_hidden:
+        return "zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)"
     if cand.zero >= 2 and shards_nothing(model, cand) and 1 in choices.zero:
         return "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)"
     return ""
