@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ def lanes(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     start order, each interval to the lowest free lane)."""
     order = np.lexsort((ends, starts))
     lane = np.zeros(len(starts), dtype=np.int64)
+    if (ends[order[:-1]] <= starts[order[1:]]).all():
+        return lane  # no overlaps: all on lane 0 (what the loop below gives, at numpy speed)
     lane_end: list[int] = []
     for i in order:
         for k, end in enumerate(lane_end):
@@ -257,29 +260,76 @@ def write_chrome_trace(trace: Trace, path) -> None:
 # -- streaming: the same events as chrome_trace(), formatted a block of rows at a time -------------
 # chrome_trace() builds one dict per event, which costs ~4 KB and a json.dumps per event.  The
 # writer below formats the per-op events (slices, counters, flows) column-wise from the trace
-# arrays, BLOCK rows at a time, so its memory beyond the trace arrays is a few numpy columns per
-# row and one block of text.  Only the per-rank metadata and the end-of-step rows (a handful per
-# rank) go through chrome_trace's own builders and json.dumps.
-BLOCK = 20_000
+# arrays, BLOCK rows at a time, and works one segment of rows at a time: in the engine's row order
+# (compute by rank, comm by channel and rank, memory by rank) a segment is one rank's rows, so the
+# writer's memory beyond the trace arrays is one rank's lanes (and a peer's, for the flow arrows)
+# and one block of text.  Lanes are computed twice (thread names go first, slices later) rather
+# than kept for the whole trace.  Only the per-rank metadata and the end-of-step rows (a handful
+# per rank) go through chrome_trace's own builders and json.dumps.
+BLOCK = 1024  # rows per block of text (~250 KB of it)
+MAX_RUNS = 4096  # more runs than this: the rows are in no per-rank order; one segment, the whole table
+
+
+def _segments(table: np.ndarray, keys: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of ``table`` covering it, such that all rows with one value of ``keys``
+    lie in one range: the runs of equal keys when each value makes one run, else the whole table.
+    Scanned BLOCK rows at a time."""
+    n = len(table)
+    if n == 0:
+        return []
+    starts = [0]
+    for a in range(0, n - 1, BLOCK):
+        chunk = table[a:a + BLOCK + 1]
+        change = np.zeros(len(chunk) - 1, dtype=bool)
+        for k in keys:
+            change |= chunk[k][1:] != chunk[k][:-1]
+        starts += (a + 1 + np.flatnonzero(change)).tolist()
+        if len(starts) > MAX_RUNS:
+            return [(0, n)]
+    seen = set()
+    for a in starts:
+        key = tuple(table[k][a].item() for k in keys)
+        if key in seen:  # a value in two runs
+            return [(0, n)]
+        seen.add(key)
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _segment_tids(rows: np.ndarray, ranks: int) -> tuple[np.ndarray, dict[tuple[int, str], int]]:
+    """(thread id of each row, lane count per (rank, group)) for a segment of compute or comm rows
+    (one holding every row of each of its ranks); rows of no rank in range(ranks) keep tid 0."""
+    tids = np.zeros(len(rows), dtype=np.int64)
+    counts = {}
+    is_comm = "channel" in rows.dtype.names
+    groups = (("a2a", A2A), ("p2p", P2P)) if is_comm else (("compute", None),)
+    for rank in np.unique(rows["rank"]).tolist():
+        if not 0 <= rank < ranks:
+            continue
+        for group, channel in groups:
+            mask = rows["rank"] == rank
+            if channel is not None:
+                mask &= rows["channel"] == channel
+            idx = np.flatnonzero(mask)
+            if len(idx):
+                lane = lanes(_ns(rows["start"][idx]), _ns(rows["end"][idx]))
+                tids[idx] = THREADS[group][0] + lane
+                counts[rank, group] = int(lane.max()) + 1
+    return tids, counts
 
 
 def _write(trace: Trace, f) -> None:
     comp, comm = trace.compute, trace.comm
-    comp_tid = np.zeros(len(comp), dtype=np.int64)
-    comm_tid = np.zeros(len(comm), dtype=np.int64)
+    comp_segments, comm_segments = _segments(comp, ("rank",)), _segments(comm, ("channel", "rank"))
+    counts: dict[tuple[int, str], int] = {}
+    for table, segments in ((comp, comp_segments), (comm, comm_segments)):
+        for a, b in segments:
+            counts.update(_segment_tids(table[a:b], trace.ranks)[1])
     meta = []
     for rank in range(trace.ranks):
         meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_name", "args": {"name": f"rank {rank}"}})
         meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_sort_index", "args": {"sort_index": rank}})
-        for group, rows, tids, mask in (
-            ("compute", comp, comp_tid, comp["rank"] == rank),
-            ("a2a", comm, comm_tid, (comm["rank"] == rank) & (comm["channel"] == A2A)),
-            ("p2p", comm, comm_tid, (comm["rank"] == rank) & (comm["channel"] == P2P)),
-        ):
-            idx = np.flatnonzero(mask)
-            lane = lanes(_ns(rows["start"][idx]), _ns(rows["end"][idx]))
-            tids[idx] = THREADS[group][0] + lane
-            meta += _thread_names(rank, group, int(lane.max()) + 1 if len(lane) else 1)
+        for group in ("compute", "a2a", "p2p"):
+            meta += _thread_names(rank, group, counts.get((rank, group), 1))
     meta_step, slices_step = _step_events(trace)
     f.write('{"traceEvents": [\n')
     first = [True]
@@ -290,22 +340,67 @@ def _write(trace: Trace, f) -> None:
             first[0] = False
 
     put([json.dumps(e, allow_nan=False) for e in meta + meta_step])
-    for a in range(0, len(comp), BLOCK):
-        put(_compute_slices(comp[a:a + BLOCK], comp_tid[a:a + BLOCK]))
-    for a in range(0, len(comm), BLOCK):
-        put(_comm_slices(comm[a:a + BLOCK], comm_tid[a:a + BLOCK]))
+    for table, segments, slices in ((comp, comp_segments, _compute_slices), (comm, comm_segments, _comm_slices)):
+        for a, b in segments:
+            rows = table[a:b]
+            tids = _segment_tids(rows, trace.ranks)[0]
+            for c in range(0, len(rows), BLOCK):
+                put(slices(rows[c:c + BLOCK], tids[c:c + BLOCK]))
     put([json.dumps(e, allow_nan=False) for e in slices_step])
+    memory_of = {}  # rank -> its memory segment
+    for a, b in _segments(trace.memory, ("rank",)):
+        memory_of |= dict.fromkeys(np.unique(trace.memory["rank"][a:b]).tolist(), (a, b))
     for rank in range(trace.ranks):
-        times, units, nbytes = activation_levels(trace, rank)
-        for a in range(0, len(times), BLOCK):
-            put(_counters(rank, times[a:a + BLOCK], units[a:a + BLOCK], nbytes[a:a + BLOCK]))
-    sends, consumers = _flow_ends(comp, comm)
-    for a in range(0, len(sends), BLOCK):
-        put(_flows(a, sends[a:a + BLOCK], consumers[a:a + BLOCK], comp, comm, comp_tid, comm_tid))
+        a, b = memory_of.get(rank, (0, 0))
+        times, units, nbytes = activation_levels(replace(trace, memory=trace.memory[a:b]), rank)
+        for c in range(0, len(times), BLOCK):
+            put(_counters(rank, times[c:c + BLOCK], units[c:c + BLOCK], nbytes[c:c + BLOCK]))
+    for lines in _flow_blocks(trace, comp_segments, comm_segments):
+        put(lines)
     other = {"schedule": trace.schedule, "stages": trace.stages, "ranks": trace.ranks,
              "microbatches": trace.microbatches,
              "time_unit": "ts and dur in microseconds: 1 scenario time unit (ms) = 1000"}  # fmt: skip
     f.write("\n], " + json.dumps({"displayTimeUnit": "ms", "otherData": other}, allow_nan=False)[1:] + "\n")
+
+
+def _flow_blocks(trace: Trace, comp_segments, comm_segments):
+    """The flow arrows' lines, a block of comm rows at a time, in comm row order (flow ids count
+    the matched sends in that order).  Each send is looked up in its receiver's compute segment
+    only; the last two segments' indexes are kept (a rank sends to one or two peers)."""
+    comp, comm = trace.compute, trace.comm
+    segment_of = {}  # rank -> its compute segment
+    for a, b in comp_segments:
+        segment_of |= dict.fromkeys(np.unique(comp["rank"][a:b]).tolist(), (a, b))
+    indexes: dict[tuple[int, int], _Consumers] = {}
+    next_id = 0
+    for a, b in comm_segments:
+        rows = comm[a:b]
+        if not ((rows["channel"] == P2P) & (rows["action"] >= 0)).any():
+            continue
+        tids = _segment_tids(rows, trace.ranks)[0]
+        for c in range(0, len(rows), BLOCK):
+            block = rows[c:c + BLOCK]
+            sends = np.flatnonzero((block["channel"] == P2P) & (block["action"] >= 0))
+            fed = np.full(len(block), -1, dtype=np.int64)  # compute row (whole table) each send feeds
+            fed_tid = np.zeros(len(block), dtype=np.int64)
+            for peer in np.unique(block["peer"][sends]).tolist():
+                if peer not in segment_of:
+                    continue
+                segment = segment_of[peer]
+                if segment not in indexes:
+                    if len(indexes) >= 2:
+                        del indexes[next(iter(indexes))]  # the oldest
+                    indexes[segment] = _Consumers(comp[segment[0]:segment[1]], trace.ranks)
+                index = indexes[segment]
+                mine = sends[block["peer"][sends] == peer]
+                row = index.of(block[mine])
+                hit = row >= 0
+                fed[mine[hit]] = segment[0] + row[hit]
+                fed_tid[mine[hit]] = index.tids[row[hit]]
+            keep = np.flatnonzero(fed >= 0)
+            if len(keep):
+                yield _flows(next_id, block[keep], tids[c + keep], comp[fed[keep]], fed_tid[keep])
+                next_id += len(keep)
 
 
 def _us_texts(ns: np.ndarray) -> list[str]:
@@ -378,47 +473,58 @@ def _counters(rank: int, times: np.ndarray, units: np.ndarray, nbytes: np.ndarra
     ]  # fmt: skip
 
 
-def _flow_ends(comp: np.ndarray, comm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P2P rows with a consumer, the compute row each feeds): chrome_trace's flow arrows, matched
-    column-wise.  A send feeds the first compute row (rows are by rank, start) of the action it
-    names on its receiver, of the same micro-batch and direction, a forward for an activation."""
-    sends = np.flatnonzero((comm["channel"] == P2P) & (comm["action"] >= 0))
-    fields = ("rank", "action", "forward", "microbatch", "direction")
-    keys = {
-        "rank": np.concatenate([comp["rank"], comm["peer"][sends]]).astype(np.int64),
-        "action": np.concatenate([comp["action"], comm["action"][sends]]).astype(np.int64),
-        "forward": np.concatenate([comp["kind"] == KIND_NAMES.index("F"), comm["kind"][sends] == 0]),
-        "microbatch": np.concatenate([comp["microbatch"], comm["microbatch"][sends]]).astype(np.int64),
-        "direction": np.concatenate([comp["direction"], comm["direction"][sends]]).astype(np.int64),
-    }
-    is_send = np.r_[np.zeros(len(comp), dtype=bool), np.ones(len(sends), dtype=bool)]
-    row = np.r_[np.arange(len(comp)), np.arange(len(sends))]
-    # Sorted by key, compute rows first and in row order: each key's group starts with its consumer.
-    order = np.lexsort((row, is_send, *(keys[k] for k in reversed(fields))))
-    new_group = np.zeros(len(order), dtype=bool)
-    new_group[:1] = True
-    for k in fields:
-        col = keys[k][order]
-        new_group[1:] |= col[1:] != col[:-1]
-    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
-    head = order[group_start]  # the first element of each element's group
-    consumer = np.where(is_send[head], -1, row[head])
-    fed = np.full(len(sends), -1, dtype=np.int64)
-    sent = is_send[order]
-    fed[row[order][sent]] = consumer[sent]
-    keep = fed >= 0
-    return sends[keep], fed[keep]
+# A flow arrow's match key: a send feeds the compute row of its receiver (rank) running the action
+# it names, of the same micro-batch and direction, a forward for an activation.
+_FLOW_FIELDS = ("rank", "action", "forward", "microbatch", "direction")
 
 
-def _flows(first_id: int, sends: np.ndarray, fed: np.ndarray, comp, comm, comp_tid, comm_tid) -> list[str]:
-    m0, m1 = _ns(comm["start"][sends]), _ns(comm["end"][sends])
-    c0, c1 = _ns(comp["start"][fed]), _ns(comp["end"][fed])
-    kinds = comm["kind"][sends].tolist()
-    names = [P2P_KINDS[k] if k < len(P2P_KINDS) else "p2p" for k in kinds]
+class _Consumers:
+    """The compute rows of a segment, searchable by flow key: a key's first row (row order) is
+    the one a send feeds (chrome_trace's dict keeps the first row of each key too).  Keys are
+    packed into one int64 (each field offset by its least value in the segment, mixed radix), which
+    numpy searches far faster than a multi-field record."""
+
+    def __init__(self, rows: np.ndarray, ranks: int) -> None:
+        cols = [rows["rank"], rows["action"], rows["kind"] == KIND_NAMES.index("F"), rows["microbatch"],
+                rows["direction"]]  # fmt: skip
+        self.low = [int(c.min()) for c in cols]
+        self.size = [int(c.max()) - lo + 1 for c, lo in zip(cols, self.low)]
+        keys = self._pack(cols)
+        self.order = np.argsort(keys, kind="stable")  # equal keys stay in row order
+        self.keys = keys[self.order]
+        self.tids = _segment_tids(rows, ranks)[0]
+
+    def _pack(self, cols) -> np.ndarray:
+        if math.prod(self.size) >= 2**62:  # too wide to pack: a record per key
+            keys = np.empty(len(cols[0]), dtype=[(k, "i8") for k in _FLOW_FIELDS])
+            for k, c in zip(_FLOW_FIELDS, cols):
+                keys[k] = c
+            return keys
+        key = np.zeros(len(cols[0]), dtype=np.int64)
+        for c, lo, size in zip(cols, self.low, self.size):
+            key = key * size + np.clip(c.astype(np.int64) - lo, 0, size - 1)
+        return key
+
+    def of(self, sends: np.ndarray) -> np.ndarray:
+        """Row in the segment each send feeds, -1 for none."""
+        cols = [sends["peer"], sends["action"], sends["kind"] == 0, sends["microbatch"], sends["direction"]]
+        inside = np.ones(len(sends), dtype=bool)  # every field within the segment's range (else no match)
+        for c, lo, size in zip(cols, self.low, self.size):
+            inside &= (c >= lo) & (c < lo + size)
+        keys = self._pack(cols)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(inside & (self.keys[at] == keys), self.order[at], -1)
+
+
+def _flows(first_id: int, sends: np.ndarray, send_tids: np.ndarray, fed: np.ndarray, fed_tids: np.ndarray) -> list[str]:
+    """Flow arrow lines: send row i of ``sends`` to compute row i of ``fed``, ids from ``first_id``."""
+    m0, m1 = _ns(sends["start"]), _ns(sends["end"])
+    c0, c1 = _ns(fed["start"]), _ns(fed["end"])
+    names = [P2P_KINDS[k] if k < len(P2P_KINDS) else "p2p" for k in sends["kind"].tolist()]
     out = []
     for i, (name, pid, tid, ts, cpid, ctid, cts) in enumerate(zip(
-        names, comm["rank"][sends].tolist(), comm_tid[sends].tolist(), _us_texts((m0 + m1) // 2),
-        comp["rank"][fed].tolist(), comp_tid[fed].tolist(), _us_texts((c0 + c1) // 2),
+        names, sends["rank"].tolist(), send_tids.tolist(), _us_texts((m0 + m1) // 2),
+        fed["rank"].tolist(), fed_tids.tolist(), _us_texts((c0 + c1) // 2),
     )):  # fmt: skip
         fid = first_id + i
         out.append(f'{{"ph": "s", "cat": "p2p-flow", "name": "{name}", "id": {fid}, "pid": {pid}, "tid": {tid}, "ts": {ts}}}')
