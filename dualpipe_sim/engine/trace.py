@@ -12,6 +12,11 @@ event: metrics, charts and exports are vectorised functions of these arrays.
   receiving rank's list, of the action that consumes it (-1 when none); for
   an all-to-all, the action it is part of, with ``kind`` that op's kind and
   ``part`` the component index.
+* ``consumer``: per comm row, the ``compute`` row its transfer feeds (the
+  first row, in row order, of the receiver running that action with the same
+  micro-batch and direction, a forward for an activation), -1 when none
+  (all-to-all rows, unconsumed sends).  Set by the engines; None in a trace
+  built by hand (``consumer_rows`` computes it).
 * ``meta["p2p_mode"]``: "async" or "blocking" (the engine's P2P behaviour).
 * ``memory``: activation allocations (+) and frees (-) in stage-activation
   units and bytes.
@@ -24,6 +29,7 @@ event: metrics, charts and exports are vectorised functions of these arrays.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -134,6 +140,7 @@ class Trace:
     parameter_bytes: list[float]  # per rank: parameters of every stage it holds
     meta: dict = field(default_factory=dict)
     step: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=STEP_DTYPE))
+    consumer: np.ndarray | None = None  # per comm row, the compute row it feeds (-1 none); consumer_rows()
 
     @property
     def makespan(self) -> float:
@@ -163,6 +170,7 @@ class Trace:
             stages_on_rank=held,
             parameter_bytes=[float(sum(costs.parameter_bytes[s] for s in stages)) for stages in held],
             meta={"p2p_mode": costs.p2p_mode},
+            consumer=consumer_rows(compute, comm),
         )
 
     def compute_of(self, rank: int) -> np.ndarray:
@@ -282,6 +290,49 @@ def _memory(col: dict[str, np.ndarray], ends: np.ndarray, act_bytes: np.ndarray)
     rows["units"] = units
     rows["bytes"] = units * act_bytes[np.where(second, col["stage1"][a], col["stage0"][a])]
     return rows
+
+
+def consumer_rows(compute: np.ndarray, comm: np.ndarray) -> np.ndarray:
+    """Per comm row, the compute row that consumes its transfer, -1 for none: for a P2P send
+    naming an action, the first compute row (row order) of its receiver (``peer``) with that
+    ``action``, micro-batch and direction, a forward for an activation (kind 0)."""
+    out = np.full(len(comm), -1, dtype=np.int64)
+    sends = np.flatnonzero((comm["channel"] == P2P) & (comm["action"] >= 0))
+    if not len(sends) or not len(compute):
+        return out
+    rows = comm[sends]
+    ckeys = [compute["rank"], compute["action"], compute["kind"] == KIND_CODES["F"], compute["microbatch"],
+             compute["direction"]]  # fmt: skip
+    skeys = [rows["peer"], rows["action"], rows["kind"] == 0, rows["microbatch"], rows["direction"]]
+    packed = _pack(ckeys, skeys)
+    if packed is None:  # too wide to pack in 64 bits: a dict, first row of each key
+        first: dict[tuple, int] = {}
+        for i, key in enumerate(zip(*(c.tolist() for c in ckeys))):
+            first.setdefault(key, i)
+        out[sends] = [first.get(key, -1) for key in zip(*(c.tolist() for c in skeys))]
+        return out
+    ckey, skey = packed
+    order = np.argsort(ckey, kind="stable")  # equal keys stay in row order: the first row first
+    ckey = ckey[order]
+    at = np.minimum(np.searchsorted(ckey, skey), len(ckey) - 1)
+    out[sends] = np.where(ckey[at] == skey, order[at], -1)
+    return out
+
+
+def _pack(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Both key lists packed into int64s (mixed radix over the fields' joint range, so equal keys
+    and only they pack equal), None when the ranges need more than 62 bits."""
+    low = [min(int(x.min()), int(y.min())) for x, y in zip(a, b)]
+    size = [max(int(x.max()), int(y.max())) - lo + 1 for x, y, lo in zip(a, b, low)]
+    if math.prod(size) >= 2**62:
+        return None
+    packed = []
+    for cols in (a, b):
+        key = np.zeros(len(cols[0]), dtype=np.int64)
+        for c, lo, n in zip(cols, low, size):
+            key = key * n + (c.astype(np.int64) - lo)
+        packed.append(key)
+    return packed[0], packed[1]
 
 
 def _sorted(table: np.ndarray, keys: tuple[str, ...]) -> np.ndarray:

@@ -42,7 +42,7 @@ import numpy as np
 
 from ...schedules.components import COMPONENTS
 from ...schedules.rules import KIND_NAMES
-from ...engine.trace import A2A, P2P, Trace
+from ...engine.trace import A2A, P2P, Trace, consumer_rows
 from .timeline import activation_levels
 
 NS_PER_UNIT = 1_000_000  # scenario time unit (ms) in nanoseconds (ts/dur are written in microseconds)
@@ -260,12 +260,15 @@ def write_chrome_trace(trace: Trace, path) -> None:
 # -- streaming: the same events as chrome_trace(), formatted a block of rows at a time -------------
 # chrome_trace() builds one dict per event, which costs ~4 KB and a json.dumps per event.  The
 # writer below formats the per-op events (slices, counters, flows) column-wise from the trace
-# arrays, BLOCK rows at a time, and works one segment of rows at a time: in the engine's row order
-# (compute by rank, comm by channel and rank, memory by rank) a segment is one rank's rows, so the
-# writer's memory beyond the trace arrays is one rank's lanes (and a peer's, for the flow arrows)
-# and one block of text.  Lanes are computed twice (thread names go first, slices later) rather
-# than kept for the whole trace.  Only the per-rank metadata and the end-of-step rows (a handful
-# per rank) go through chrome_trace's own builders and json.dumps.
+# arrays, BLOCK rows at a time.  In the engine's row order (compute by rank and start, comm by
+# channel, rank and start, memory by rank) one rank's rows of one thread group are one segment,
+# sorted by start, so thread lanes are assigned block by block carrying only the lanes' end times
+# (the greedy of lanes(), ties of equal start taken by end as it does), and a flow arrow's end is
+# the compute row trace.consumer names, read by position: the writer's memory beyond the trace
+# arrays is a few blocks, whatever the ops per rank.  Rows in no such order (a trace built by hand)
+# fall back to lanes of the whole segment.  Lanes are computed twice (thread names go first, slices
+# later) rather than kept.  Only the per-rank metadata and the end-of-step rows (a handful per rank)
+# go through chrome_trace's own builders and json.dumps.
 BLOCK = 1024  # rows per block of text (~250 KB of it)
 MAX_RUNS = 4096  # more runs than this: the rows are in no per-rank order; one segment, the whole table
 
@@ -295,17 +298,19 @@ def _segments(table: np.ndarray, keys: tuple[str, ...]) -> list[tuple[int, int]]
     return list(zip(starts, starts[1:] + [n]))
 
 
+def _groups(rows: np.ndarray) -> tuple[tuple[str, int | None], ...]:
+    return (("a2a", A2A), ("p2p", P2P)) if "channel" in rows.dtype.names else (("compute", None),)
+
+
 def _segment_tids(rows: np.ndarray, ranks: int) -> tuple[np.ndarray, dict[tuple[int, str], int]]:
     """(thread id of each row, lane count per (rank, group)) for a segment of compute or comm rows
     (one holding every row of each of its ranks); rows of no rank in range(ranks) keep tid 0."""
     tids = np.zeros(len(rows), dtype=np.int64)
     counts = {}
-    is_comm = "channel" in rows.dtype.names
-    groups = (("a2a", A2A), ("p2p", P2P)) if is_comm else (("compute", None),)
     for rank in np.unique(rows["rank"]).tolist():
         if not 0 <= rank < ranks:
             continue
-        for group, channel in groups:
+        for group, channel in _groups(rows):
             mask = rows["rank"] == rank
             if channel is not None:
                 mask &= rows["channel"] == channel
@@ -317,13 +322,140 @@ def _segment_tids(rows: np.ndarray, ranks: int) -> tuple[np.ndarray, dict[tuple[
     return tids, counts
 
 
+def _one_lane_group(rows: np.ndarray) -> tuple[int, str | None] | None:
+    """(rank, thread group or None for no group) when the segment is one rank's rows of one
+    channel in start order (what block-wise lanes need), else None.  Read BLOCK rows at a time."""
+    first = rows[0]
+    channel = int(first["channel"]) if "channel" in rows.dtype.names else None
+    last = None
+    for c in range(0, len(rows), BLOCK):
+        block = rows[c:c + BLOCK]
+        start = _ns(block["start"])
+        if (block["rank"] != first["rank"]).any() or (channel is not None and (block["channel"] != channel).any()):
+            return None
+        if (start[1:] < start[:-1]).any() or (last is not None and start[0] < last):
+            return None
+        last = start[-1]
+    group = next((g for g, ch in _groups(rows) if ch == channel), None)
+    return int(first["rank"]), group
+
+
+def _greedy(lane_end: list[int], start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """lanes() continued over one more block of a segment: ``lane_end`` holds each lane's end
+    time so far and is updated.  The block must hold every row of its start times."""
+    order = np.lexsort((end, start))
+    lane = np.zeros(len(start), dtype=np.int64)
+    if len(order) and all(t <= start[order[0]] for t in lane_end) and (end[order[:-1]] <= start[order[1:]]).all():
+        if not lane_end:
+            lane_end.append(0)
+        lane_end[0] = int(end[order[-1]])  # no overlaps: all on lane 0, as the loop below gives
+        return lane
+    for i in order.tolist():
+        for k, t in enumerate(lane_end):
+            if t <= start[i]:
+                break
+        else:
+            k = len(lane_end)
+            lane_end.append(0)
+        lane_end[k] = int(end[i])
+        lane[i] = k
+    return lane
+
+
+def _tid_blocks(rows: np.ndarray, ranks: int, counts: dict | None = None):
+    """(c, d, thread ids of rows[c:d]) over a segment, in order; lane counts per (rank, group)
+    go to ``counts`` once the segment is done.  One rank's rows of one channel in start order
+    take constant memory (lanes carried block to block); any other segment, lanes() of all of it."""
+    key = _one_lane_group(rows) if len(rows) else None
+    if key is None:
+        tids, segment_counts = _segment_tids(rows, ranks)
+        for c in range(0, len(rows), BLOCK):
+            yield c, min(c + BLOCK, len(rows)), tids[c:c + BLOCK]
+        if counts is not None:
+            counts.update(segment_counts)
+        return
+    rank, group = key
+    if group is None or not 0 <= rank < ranks:
+        for c in range(0, len(rows), BLOCK):
+            yield c, min(c + BLOCK, len(rows)), np.zeros(min(BLOCK, len(rows) - c), dtype=np.int64)
+        return
+    lane_end: list[int] = []
+    c = 0
+    while c < len(rows):
+        d = _next_cut(rows, c)
+        block = rows[c:d]
+        yield c, d, THREADS[group][0] + _greedy(lane_end, _ns(block["start"]), _ns(block["end"]))
+        c = d
+    if counts is not None:
+        counts[rank, group] = len(lane_end)
+
+
+def _next_cut(rows: np.ndarray, c: int) -> int:
+    """The end of the block of a start-sorted segment that begins at row c: about BLOCK rows, never
+    splitting a run of equal starts (ns), which lanes() orders by end, so a block holds them all."""
+    n = len(rows)
+    d = min(c + BLOCK, n)
+    if d == n:
+        return d
+    start = _ns(rows["start"][c:d + 1])
+    if start[-1] != start[-2]:
+        return d
+    e = int(np.searchsorted(start[:-1], start[-1]))  # where the run of equal starts begins
+    if e > 0:
+        return c + e
+    while d < n:  # the whole block is one start: take the run to its end
+        chunk = _ns(rows["start"][d:d + BLOCK])
+        k = int(np.searchsorted(chunk, start[-1], side="right"))
+        d += k
+        if k < len(chunk):
+            break
+    return d
+
+
+def _rank_segments(table: np.ndarray, segments) -> dict[int, tuple[int, int, bool]]:
+    """rank -> (a, b, whether rows [a, b) are that rank's alone) for the segments of a table;
+    read BLOCK rows at a time (a segment of several ranks, the whole-table fallback, is read whole)."""
+    out = {}
+    for a, b in segments:
+        first = table["rank"][a]
+        if all((table["rank"][c:min(c + BLOCK, b)] == first).all() for c in range(a, b, BLOCK)):
+            out[int(first)] = (a, b, True)
+        else:
+            out |= dict.fromkeys(np.unique(table["rank"][a:b]).tolist(), (a, b, False))
+    return out
+
+
+def _level_blocks(rows: np.ndarray):
+    """timeline.activation_levels() of one rank's memory rows, BLOCK rows at a time: the running
+    sums go on from the last entry (np.cumsum adds in order, so the floats are the same sums), and
+    each block's last entry waits for the next block (a later row at the same time replaces it)."""
+    held = None  # (time, units, bytes) of the last entry so far
+    for c in range(0, len(rows), BLOCK):
+        block = rows[c:c + BLOCK]
+        if held is None:
+            times = np.concatenate([[0.0], block["time"]])
+            units = np.concatenate([[0], np.cumsum(block["units"])])
+            nbytes = np.concatenate([[0.0], np.cumsum(block["bytes"])])
+        else:
+            times = np.concatenate([[held[0]], block["time"]])
+            units = np.cumsum(np.concatenate([[held[1]], block["units"]]))
+            nbytes = np.cumsum(np.concatenate([[held[2]], block["bytes"]]))
+        last = times[1:] != times[:-1]  # entries 0..n-2: kept when the next one is at another time
+        yield times[:-1][last], units[:-1][last], nbytes[:-1][last]
+        held = times[-1], units[-1], nbytes[-1]
+    if held is None:
+        held = 0.0, 0, 0.0
+    yield np.array([held[0]]), np.array([held[1]]), np.array([held[2]])
+
+
 def _write(trace: Trace, f) -> None:
     comp, comm = trace.compute, trace.comm
     comp_segments, comm_segments = _segments(comp, ("rank",)), _segments(comm, ("channel", "rank"))
     counts: dict[tuple[int, str], int] = {}
     for table, segments in ((comp, comp_segments), (comm, comm_segments)):
         for a, b in segments:
-            counts.update(_segment_tids(table[a:b], trace.ranks)[1])
+            for _ in _tid_blocks(table[a:b], trace.ranks, counts):
+                pass
     meta = []
     for rank in range(trace.ranks):
         meta.append({"ph": "M", "pid": rank, "tid": 0, "name": "process_name", "args": {"name": f"rank {rank}"}})
@@ -343,19 +475,20 @@ def _write(trace: Trace, f) -> None:
     for table, segments, slices in ((comp, comp_segments, _compute_slices), (comm, comm_segments, _comm_slices)):
         for a, b in segments:
             rows = table[a:b]
-            tids = _segment_tids(rows, trace.ranks)[0]
-            for c in range(0, len(rows), BLOCK):
-                put(slices(rows[c:c + BLOCK], tids[c:c + BLOCK]))
+            for c, d, tids in _tid_blocks(rows, trace.ranks):
+                put(slices(rows[c:d], tids))
     put([json.dumps(e, allow_nan=False) for e in slices_step])
-    memory_of = {}  # rank -> its memory segment
-    for a, b in _segments(trace.memory, ("rank",)):
-        memory_of |= dict.fromkeys(np.unique(trace.memory["rank"][a:b]).tolist(), (a, b))
+    memory_of = _rank_segments(trace.memory, _segments(trace.memory, ("rank",)))
     for rank in range(trace.ranks):
-        a, b = memory_of.get(rank, (0, 0))
+        a, b, alone = memory_of.get(rank, (0, 0, True))
+        if alone:  # one rank's rows: its levels block by block
+            for times, units, nbytes in _level_blocks(trace.memory[a:b]):
+                put(_counters(rank, times, units, nbytes))
+            continue
         times, units, nbytes = activation_levels(replace(trace, memory=trace.memory[a:b]), rank)
         for c in range(0, len(times), BLOCK):
             put(_counters(rank, times[c:c + BLOCK], units[c:c + BLOCK], nbytes[c:c + BLOCK]))
-    for lines in _flow_blocks(trace, comp_segments, comm_segments):
+    for lines in _flow_blocks(trace, comp_segments, comm_segments, counts):
         put(lines)
     other = {"schedule": trace.schedule, "stages": trace.stages, "ranks": trace.ranks,
              "microbatches": trace.microbatches,
@@ -363,44 +496,41 @@ def _write(trace: Trace, f) -> None:
     f.write("\n], " + json.dumps({"displayTimeUnit": "ms", "otherData": other}, allow_nan=False)[1:] + "\n")
 
 
-def _flow_blocks(trace: Trace, comp_segments, comm_segments):
+def _flow_blocks(trace: Trace, comp_segments, comm_segments, counts):
     """The flow arrows' lines, a block of comm rows at a time, in comm row order (flow ids count
-    the matched sends in that order).  Each send is looked up in its receiver's compute segment
-    only; the last two segments' indexes are kept (a rank sends to one or two peers)."""
+    the matched sends in that order).  A send's end is the compute row trace.consumer names (worked
+    out here for a trace without it); its thread is the compute thread when the receiver has one
+    lane, else the receiver's lanes are computed (the last two receivers' kept)."""
     comp, comm = trace.compute, trace.comm
-    segment_of = {}  # rank -> its compute segment
-    for a, b in comp_segments:
-        segment_of |= dict.fromkeys(np.unique(comp["rank"][a:b]).tolist(), (a, b))
-    indexes: dict[tuple[int, int], _Consumers] = {}
+    consumer = trace.consumer if trace.consumer is not None else consumer_rows(comp, comm)
+    segment_of = {rank: (a, b) for rank, (a, b, _) in _rank_segments(comp, comp_segments).items()}
+    lanes_of: dict[tuple[int, int], np.ndarray] = {}  # compute segment -> its rows' tids (several lanes only)
     next_id = 0
     for a, b in comm_segments:
         rows = comm[a:b]
-        if not ((rows["channel"] == P2P) & (rows["action"] >= 0)).any():
+        if not any((consumer[c:min(c + BLOCK, b)] >= 0).any() for c in range(a, b, BLOCK)):
             continue
-        tids = _segment_tids(rows, trace.ranks)[0]
-        for c in range(0, len(rows), BLOCK):
-            block = rows[c:c + BLOCK]
-            sends = np.flatnonzero((block["channel"] == P2P) & (block["action"] >= 0))
-            fed = np.full(len(block), -1, dtype=np.int64)  # compute row (whole table) each send feeds
-            fed_tid = np.zeros(len(block), dtype=np.int64)
-            for peer in np.unique(block["peer"][sends]).tolist():
-                if peer not in segment_of:
-                    continue
-                segment = segment_of[peer]
-                if segment not in indexes:
-                    if len(indexes) >= 2:
-                        del indexes[next(iter(indexes))]  # the oldest
-                    indexes[segment] = _Consumers(comp[segment[0]:segment[1]], trace.ranks)
-                index = indexes[segment]
-                mine = sends[block["peer"][sends] == peer]
-                row = index.of(block[mine])
-                hit = row >= 0
-                fed[mine[hit]] = segment[0] + row[hit]
-                fed_tid[mine[hit]] = index.tids[row[hit]]
+        for c, d, tids in _tid_blocks(rows, trace.ranks):
+            fed = consumer[a + c:a + d]
             keep = np.flatnonzero(fed >= 0)
-            if len(keep):
-                yield _flows(next_id, block[keep], tids[c + keep], comp[fed[keep]], fed_tid[keep])
-                next_id += len(keep)
+            if not len(keep):
+                continue
+            fed = fed[keep]
+            fed_rows = comp[fed]
+            fed_tid = np.full(len(keep), THREADS["compute"][0], dtype=np.int64)
+            fed_tid[(fed_rows["rank"] < 0) | (fed_rows["rank"] >= trace.ranks)] = 0
+            for rank in np.unique(fed_rows["rank"]).tolist():
+                if counts.get((rank, "compute"), 1) == 1:
+                    continue
+                segment = segment_of[rank]
+                if segment not in lanes_of:
+                    if len(lanes_of) >= 2:
+                        del lanes_of[next(iter(lanes_of))]  # the oldest
+                    lanes_of[segment] = _segment_tids(comp[segment[0]:segment[1]], trace.ranks)[0]
+                mine = fed_rows["rank"] == rank
+                fed_tid[mine] = lanes_of[segment][fed[mine] - segment[0]]
+            yield _flows(next_id, rows[c:d][keep], tids[keep], fed_rows, fed_tid)
+            next_id += len(keep)
 
 
 def _us_texts(ns: np.ndarray) -> list[str]:
@@ -471,49 +601,6 @@ def _counters(rank: int, times: np.ndarray, units: np.ndarray, nbytes: np.ndarra
         for t, u, b in zip(_us_texts(_ns(_finite(times, "memory time"))), units.tolist(),
                            _finite(nbytes.astype(float), "memory bytes").tolist())
     ]  # fmt: skip
-
-
-# A flow arrow's match key: a send feeds the compute row of its receiver (rank) running the action
-# it names, of the same micro-batch and direction, a forward for an activation.
-_FLOW_FIELDS = ("rank", "action", "forward", "microbatch", "direction")
-
-
-class _Consumers:
-    """The compute rows of a segment, searchable by flow key: a key's first row (row order) is
-    the one a send feeds (chrome_trace's dict keeps the first row of each key too).  Keys are
-    packed into one int64 (each field offset by its least value in the segment, mixed radix), which
-    numpy searches far faster than a multi-field record."""
-
-    def __init__(self, rows: np.ndarray, ranks: int) -> None:
-        cols = [rows["rank"], rows["action"], rows["kind"] == KIND_NAMES.index("F"), rows["microbatch"],
-                rows["direction"]]  # fmt: skip
-        self.low = [int(c.min()) for c in cols]
-        self.size = [int(c.max()) - lo + 1 for c, lo in zip(cols, self.low)]
-        keys = self._pack(cols)
-        self.order = np.argsort(keys, kind="stable")  # equal keys stay in row order
-        self.keys = keys[self.order]
-        self.tids = _segment_tids(rows, ranks)[0]
-
-    def _pack(self, cols) -> np.ndarray:
-        if math.prod(self.size) >= 2**62:  # too wide to pack: a record per key
-            keys = np.empty(len(cols[0]), dtype=[(k, "i8") for k in _FLOW_FIELDS])
-            for k, c in zip(_FLOW_FIELDS, cols):
-                keys[k] = c
-            return keys
-        key = np.zeros(len(cols[0]), dtype=np.int64)
-        for c, lo, size in zip(cols, self.low, self.size):
-            key = key * size + np.clip(c.astype(np.int64) - lo, 0, size - 1)
-        return key
-
-    def of(self, sends: np.ndarray) -> np.ndarray:
-        """Row in the segment each send feeds, -1 for none."""
-        cols = [sends["peer"], sends["action"], sends["kind"] == 0, sends["microbatch"], sends["direction"]]
-        inside = np.ones(len(sends), dtype=bool)  # every field within the segment's range (else no match)
-        for c, lo, size in zip(cols, self.low, self.size):
-            inside &= (c >= lo) & (c < lo + size)
-        keys = self._pack(cols)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(inside & (self.keys[at] == keys), self.order[at], -1)
 
 
 def _flows(first_id: int, sends: np.ndarray, send_tids: np.ndarray, fed: np.ndarray, fed_tids: np.ndarray) -> list[str]:
