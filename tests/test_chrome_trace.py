@@ -293,25 +293,27 @@ def test_rows_in_no_rank_order_stream_the_same_document(data):
     assert len([e for e in streamed["traceEvents"] if e["ph"] == "s"]) > 0  # arrows were matched
 
 
+def _writing_peak(tmp_path, stages: int, microbatches: int) -> int:
+    """Peak Python memory (tracemalloc) while writing the Chrome trace of a 1F1B run with P2P."""
+    import tracemalloc
+
+    data = {"pipeline": {"schedule": "1f1b", "stages": stages, "microbatches": microbatches}, "comm": {"p2p": 0.5},
+            "costs": {"forward": 1.0, "backward": 2.0}}
+    trace = simulation.run(scenario.from_dict(data)).trace
+    chrome.write_chrome_trace(trace, tmp_path / "warm.json")  # first-call costs (imports, caches) out
+    tracemalloc.start()
+    try:
+        chrome.write_chrome_trace(trace, tmp_path / "t.json")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_writer_memory_is_one_ranks_share(tmp_path):
     """Peak Python memory while writing (tracemalloc) follows one rank's rows, not the trace's:
     1F1B with 8x the ranks at the same micro-batches (8x the ops, the same ops per rank) stays
     within 1.5x (a whole-trace writer, e.g. the one before issue 23, grows ~9x here)."""
-    import tracemalloc
-
-    def peak(stages: int) -> int:
-        data = {"pipeline": {"schedule": "1f1b", "stages": stages, "microbatches": 256}, "comm": {"p2p": 0.5},
-                "costs": {"forward": 1.0, "backward": 2.0}}
-        trace = simulation.run(scenario.from_dict(data)).trace
-        chrome.write_chrome_trace(trace, tmp_path / "warm.json")  # first-call costs (imports, caches) out
-        tracemalloc.start()
-        try:
-            chrome.write_chrome_trace(trace, tmp_path / "t.json")
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    small, large = peak(4), peak(32)
+    small, large = _writing_peak(tmp_path, 4, 256), _writing_peak(tmp_path, 32, 256)
     assert large < 1.5 * small, (small, large)
 
 
@@ -336,23 +338,8 @@ def test_writer_memory_is_constant_in_ops_per_rank(tmp_path, monkeypatch):
     """Peak Python memory while writing (tracemalloc) is a few blocks of rows, not one rank's rows:
     with blocks of 64 rows, 4 ranks x 512 micro-batches (1,024 rows per rank and table) stays within
     1.25x of 4 x 64 (128 per rank) and under 300 KB (the rank-by-rank writer before grew 2.1x here, 96 to 200 KB)."""
-    import tracemalloc
-
     monkeypatch.setattr(chrome, "BLOCK", 64)
-
-    def peak(microbatches: int) -> int:
-        data = {"pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": microbatches}, "comm": {"p2p": 0.5},
-                "costs": {"forward": 1.0, "backward": 2.0}}
-        trace = simulation.run(scenario.from_dict(data)).trace
-        chrome.write_chrome_trace(trace, tmp_path / "warm.json")  # first-call costs (imports, caches) out
-        tracemalloc.start()
-        try:
-            chrome.write_chrome_trace(trace, tmp_path / "t.json")
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    small, large = peak(64), peak(512)
+    small, large = _writing_peak(tmp_path, 4, 64), _writing_peak(tmp_path, 4, 512)
     assert large < 1.25 * small and large < 300_000, (small, large)
 
 
