@@ -108,3 +108,14 @@ def test_qk_norms_only_where_the_model_has_them_and_rerun_under_full_recompute()
     assert not [k for k in derive.layer_kernels(_load("k22-22b-full"), 0) if "q / k" in k.name]
     rows = derive.layer_kernels(_load("mz-qwen3-235b-tp4ep8pp8", ["memory.recompute=full"]), 0)
     assert sorted(k.component for k in rows if k.name == "q / k norms") == ["attn_backward_input", "attn_forward"]
+
+
+def test_the_wgrad_accumulation_reads_and_writes_the_main_grads_dtype():
+    """fp32 main_grad: 4 + 4 bytes per output value; a bf16 buffer (apex's, the MLPerf GPT-3 rows'
+    ``grads_dtype = "bf16"``): 2 + 2; Megatron-LM 2021's separate accumulation pass: the GEMM writes 16 bits."""
+    assert kernels.Layout(2048, 1).wgrad_out == 8.0
+    assert kernels.Layout(2048, 1, grad_bytes=2.0).wgrad_out == 4.0
+    assert kernels.Layout(2048, 1, legacy=True, grad_bytes=4.0).wgrad_out == 2.0
+    mlperf = derive.setup(scenario.load(VALIDATION / "mlperf31-gpt3-512.toml"))
+    assert mlperf.layout.wgrad_out == 4.0  # its scenario says grads_dtype = "bf16"
+    assert _load("mz-qwen3-235b-tp4ep8pp8").layout.wgrad_out == 8.0  # fp32 gradients (Megatron's bf16 default)

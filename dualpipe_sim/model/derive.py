@@ -76,7 +76,8 @@ class Setup:
                               self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking,
                               self.ub_sms, self.ub_atomic, self.host_op, self.dispatcher,
                               self.sync_tp_duplicated, self.alibi, self.deepseek_kernels,
-                              not self.sharding.fp8_weight_cache)  # fmt: skip
+                              not self.sharding.fp8_weight_cache,
+                              grad_bytes=self.sharding.grads_bytes)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,8 @@ UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-s
 # hands Transformer Engine's linears fuse_wgrad_accumulation: each wgrad GEMM accumulates (beta = 1) into the
 # parameter's fp32 main_grad (bf16 training keeps fp32 gradients: accumulate_allreduce_grads_in_fp32), so every
 # output value is read and written in fp32 (TE v2.4 module/grouped_linear.py, linear.py: accumulate=
-# accumulate_wgrad_into_param_main_grad; Megatron's own ColumnParallelLinear: wgrad_gemm_accum_fp32)
-WGRAD_ACCUMULATE_BYTES = 8.0
+# accumulate_wgrad_into_param_main_grad; Megatron's own ColumnParallelLinear: wgrad_gemm_accum_fp32): every
+# output value of the main_grad's dtype (model.grads_dtype) is read and written
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,14 @@ class Layout:
     deepseek: bool = False
     # memory.fp8_weight_cache = false: Transformer Engine casts each FP8 weight in every forward (no copy kept)
     fp8_weight_each_use: bool = False
+    grad_bytes: float = 4.0  # model.grads_dtype: the main_grad buffer the wgrad GEMMs accumulate into
 
     @property
     def wgrad_out(self) -> float:
-        """Bytes per output value a wgrad GEMM moves: Megatron-core accumulates into the fp32 main_grad;
-        a runtime that adds the gradients in a pass of its own (``grad_accumulation``) writes 16 bits."""
-        return self.act_bytes if self.legacy or self.grad_accumulation > 0 else WGRAD_ACCUMULATE_BYTES
+        """Bytes per output value a wgrad GEMM moves: Megatron-core accumulates into the main_grad (read +
+        write, fp32 or, with 16-bit gradients such as apex's bf16 buffer, 16 bits); a runtime that adds the
+        gradients in a pass of its own (``grad_accumulation``) writes 16 bits."""
+        return self.act_bytes if self.legacy or self.grad_accumulation > 0 else 2 * self.grad_bytes
 
     @property
     def te_fp8(self) -> bool:
