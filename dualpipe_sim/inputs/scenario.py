@@ -25,6 +25,7 @@ from .channels import OrderError
 from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
 from ..errors import ScenarioError
+from ..model import ddp_buckets
 from ..model.activations import POLICIES
 from ..model.config import ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection, strict_bool
@@ -170,19 +171,23 @@ class Step(_Section):
     cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
     # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
     optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
-    grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
+    # a copy's grad sync in n equal parts; "derived": Megatron-core's DDP buckets (model/ddp_buckets.py)
+    grad_sync_buckets: Union[Annotated[int, Field(ge=1, le=1000)], Literal["derived"]] = "derived"
     # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
     overlap_param_gather: bool | None = None
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
-    # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron)
-    grad_sync_launch: Literal["ready", "pp-aligned"] = "ready"
+    # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's
+    # interleaved schedule); "derived": "pp-aligned" for interleaved-1f1b with 2+ chunks per rank, else "ready"
+    grad_sync_launch: Literal["ready", "pp-aligned", "derived"] = "derived"
     grad_sync_shares_p2p: bool = False  # grad sync and pipeline P2P on one link (one NIC per GPU): P2P goes first
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
     def _whole(cls, v):
-        return Pipeline._whole(v)
+        if isinstance(v, str) and v != "derived":
+            raise ValueError('must be a whole number of buckets (1-1000) or "derived"')
+        return v if v == "derived" else Pipeline._whole(v)
 
     @field_validator("grad_sync", "cross_copy_sync", "optimizer", mode="before")
     @classmethod
@@ -291,10 +296,22 @@ class Scenario(_Section):
             optimizer=figures.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
-            grad_sync_buckets=st.grad_sync_buckets,
-            grad_sync_launch=st.grad_sync_launch,
+            grad_sync_buckets=ddp_buckets.per_stage(self, derived),
+            grad_sync_launch=self.grad_sync_launch(),
             nic_shared=st.grad_sync_shares_p2p,
         )
+
+    def grad_sync_launch(self) -> str:
+        """step.grad_sync_launch as given; "derived": Megatron-core's (align_grad_reduce, on by default):
+        "pp-aligned" in its interleaved schedule, "ready" otherwise (docs/step.md, "Launch")."""
+        launch = self.step.grad_sync_launch
+        if launch != "derived":
+            return launch
+        from ..schedules.interleaved import DEFAULT_CHUNKS
+
+        chunks = self.pipeline.chunks_per_rank or DEFAULT_CHUNKS
+        megatron = self.step.runtime == "megatron"
+        return "pp-aligned" if megatron and self.pipeline.schedule == "interleaved-1f1b" and chunks > 1 else "ready"
 
     def cost_model(self, derived=None) -> CostModel:
         """``derived``: this scenario's derived figures when the caller has them already."""
