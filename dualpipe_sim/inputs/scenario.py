@@ -98,7 +98,9 @@ class Costs(_Section):
 
 class Comm(_Section):
     p2p: NonNegTime = 0.0
-    p2p_mode: Literal["async", "blocking"] = "async"
+    # "derived": "blocking" for Megatron's schedules with a [model] (Megatron-core's 1F1B waits for its batched
+    # send/receive), except Megatron-core's interleaved one (overlap_p2p_comm); else "async"
+    p2p_mode: Literal["async", "blocking", "derived"] = "derived"
 
 
 class ChunkOrder(_Section):
@@ -301,17 +303,31 @@ class Scenario(_Section):
             nic_shared=st.grad_sync_shares_p2p,
         )
 
+    def p2p_mode(self) -> str:
+        """comm.p2p_mode as given; "derived": "blocking" for 1F1B (and, under model.runtime = "megatron-lm-2021",
+        interleaved 1F1B) with a [model], else "async" (docs/model.md, "What the defaults describe")."""
+        if self.comm.p2p_mode != "derived":
+            return self.comm.p2p_mode
+        if self.model is None:
+            return "async"
+        old = self.model.runtime == "megatron-lm-2021"
+        interleaved = self.pipeline.schedule == "interleaved-1f1b" and self._megatron_interleaved()
+        return "blocking" if self.pipeline.schedule == "1f1b" or (old and interleaved) else "async"
+
+    def _megatron_interleaved(self) -> bool:
+        from ..schedules.interleaved import DEFAULT_CHUNKS
+
+        return (self.pipeline.chunks_per_rank or DEFAULT_CHUNKS) > 1
+
     def grad_sync_launch(self) -> str:
         """step.grad_sync_launch as given; "derived": Megatron-core's (align_grad_reduce, on by default):
         "pp-aligned" in its interleaved schedule, "ready" otherwise (docs/step.md, "Launch")."""
         launch = self.step.grad_sync_launch
         if launch != "derived":
             return launch
-        from ..schedules.interleaved import DEFAULT_CHUNKS
-
-        chunks = self.pipeline.chunks_per_rank or DEFAULT_CHUNKS
         megatron = self.step.runtime == "megatron"
-        return "pp-aligned" if megatron and self.pipeline.schedule == "interleaved-1f1b" and chunks > 1 else "ready"
+        interleaved = self.pipeline.schedule == "interleaved-1f1b" and self._megatron_interleaved()
+        return "pp-aligned" if megatron and interleaved else "ready"
 
     def cost_model(self, derived=None) -> CostModel:
         """``derived``: this scenario's derived figures when the caller has them already."""
@@ -365,7 +381,7 @@ class Scenario(_Section):
         p2p = self.comm.p2p if given(self.comm, "p2p") or derived.p2p is None else derived.p2p
         return dict(
             p2p=p2p,
-            p2p_mode=self.comm.p2p_mode,
+            p2p_mode=self.p2p_mode(),
             variability=variability.from_scenario(self),
             activation_bytes=_per_stage(self.memory.activation, S, "memory.activation")
             if given(self.memory, "activation") else derived.activation_bytes,
