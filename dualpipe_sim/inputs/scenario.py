@@ -311,13 +311,14 @@ class Scenario(_Section):
         if self.model is None:
             return "async"
         old = self.model.runtime == "megatron-lm-2021"
-        interleaved = self.pipeline.schedule == "interleaved-1f1b" and self._megatron_interleaved()
-        return "blocking" if self.pipeline.schedule == "1f1b" or (old and interleaved) else "async"
+        return "blocking" if self.pipeline.schedule == "1f1b" or (old and self._megatron_interleaved()) else "async"
 
     def _megatron_interleaved(self) -> bool:
+        """Megatron's interleaved schedule (with or without the all-to-all overlap), 2+ chunks per rank."""
         from ..schedules.interleaved import DEFAULT_CHUNKS
 
-        return (self.pipeline.chunks_per_rank or DEFAULT_CHUNKS) > 1
+        chunks = self.pipeline.chunks_per_rank or DEFAULT_CHUNKS
+        return self.pipeline.schedule in ("interleaved-1f1b", "interleaved-1f1b-overlap") and chunks > 1
 
     def grad_sync_launch(self) -> str:
         """step.grad_sync_launch as given; "derived": Megatron-core's (align_grad_reduce, on by default):
@@ -326,8 +327,7 @@ class Scenario(_Section):
         if launch != "derived":
             return launch
         megatron = self.step.runtime == "megatron"
-        interleaved = self.pipeline.schedule == "interleaved-1f1b" and self._megatron_interleaved()
-        return "pp-aligned" if megatron and interleaved else "ready"
+        return "pp-aligned" if megatron and self._megatron_interleaved() else "ready"
 
     def cost_model(self, derived=None) -> CostModel:
         """``derived``: this scenario's derived figures when the caller has them already."""
