@@ -22,7 +22,7 @@ class StepCosts:
     optimizer: tuple[float, ...]  # per stage copy: its share of its rank's optimizer step
     overlap_grad_sync: bool = False
     cross_copy_eager: bool = False
-    grad_sync_buckets: int = 1  # a copy's grad sync in this many equal collectives
+    grad_sync_buckets: int | tuple[int, ...] = 1  # a copy's grad sync in this many equal collectives (or per stage)
     # "ready": a copy's overlapped sync is released at its last weight-gradient op; "pp-aligned": rank r
     # releases it r weight-gradient ops later (Megatron's interleaved schedule), past its last at its end
     grad_sync_launch: str = "ready"

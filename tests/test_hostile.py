@@ -65,7 +65,7 @@ EXPECT = {
     "missing-costs.toml": "costs.forward: required key is missing",
     "not-utf8.toml": "cannot read scenario",
     "overlapped-negative-inf.toml": "costs.overlapped: must be a finite number",
-    "p2p-mode-unknown.toml": "comm.p2p_mode: input should be 'async' or 'blocking'",
+    "p2p-mode-unknown.toml": "comm.p2p_mode: input should be 'async', 'blocking' or 'derived'",
     "p2p-negative.toml": "comm.p2p: input should be greater than or equal to 0",
     "pipeline-not-table.toml": "pipeline: input should be a valid dictionary",
     "schedule-number.toml": "pipeline.schedule: input should be a valid string",

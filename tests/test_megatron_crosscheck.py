@@ -67,6 +67,7 @@ attn_pdrop = 0.1
 resid_pdrop = 0.1
 embd_pdrop = 0.1
 seq_length = {seq}
+attention = "eager"   # the formula's model: Megatron-LM's materialised scores
 [parallel]
 tensor = {tp}
 data = {dp}

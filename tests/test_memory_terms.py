@@ -36,6 +36,7 @@ forward = 1.0
 backward = 2.0
 [comm]
 p2p = 0.5
+p2p_mode = "async"  # the times worked below (the default for 1F1B with a [model] is "blocking")
 {TINY_LLAMA_MODEL}{extra}
 """)
     return path

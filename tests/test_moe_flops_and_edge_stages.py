@@ -96,7 +96,7 @@ def test_gpt2_first_and_last_stage_activation_bytes_by_hand():
     embedding = 1 * s * b * h  # the embedding dropout mask, 1 byte per element
     head = 2 * s * b * h + 2 * s * b * h + 4 * s * b * V  # final-norm input, projection input, fp32 logits
     got = _stages({"pipeline": {"schedule": "1f1b", "stages": 3, "microbatches": 4},
-                   "model": {"config": str(GPT2), "seq_length": s, "micro_batch_size": b}})  # fmt: skip
+                   "model": {"config": str(GPT2), "seq_length": s, "micro_batch_size": b, "attention": "eager"}})  # fmt: skip
     assert got == [4 * layer + embedding, 4 * layer, 4 * layer + head]
     # The logits alone: 4 x 1024 x 2 x 50257 = 411.7 MB, more than one layer (~176 MB).
     assert 4 * s * b * V == 411_705_344
@@ -137,7 +137,7 @@ def test_peak_bytes_of_a_run_use_the_edge_stages_bytes():
     res = simulation.run(from_dict({
         "pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 4},
         "costs": {"forward": 1.0, "backward": 2.0}, "comm": {"p2p": 0.0},
-        "model": {"config": str(GPT2), "seq_length": s, "micro_batch_size": b}}))  # fmt: skip
+        "model": {"config": str(GPT2), "seq_length": s, "micro_batch_size": b, "attention": "eager"}}))  # fmt: skip
     ranks = res.metrics.per_rank
     assert [r.peak_activation for r in ranks] == [2, 1]
     assert [r.peak_activation_bytes for r in ranks] == pytest.approx([2 * first, last], rel=1e-12)

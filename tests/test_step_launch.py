@@ -22,7 +22,7 @@ def run(step: dict, p2p: float = 0.0):
         "pipeline": {"schedule": "interleaved-1f1b", "stages": 4, "chunks_per_rank": 2, "microbatches": 2},
         "costs": {"forward": 1.0, "backward": 2.0},
         "comm": {"p2p": p2p},
-        "step": {"overlap_grad_sync": True, **step},
+        "step": {"overlap_grad_sync": True, "grad_sync_launch": "ready", **step},  # "ready" pinned: not the default
     }
     result = simulation.run(scenario.from_dict(raw))
     syncs = result.trace.step[result.trace.step["kind"] == GRAD_SYNC]
@@ -40,6 +40,8 @@ def test_pp_aligned_launch_by_hand():
     # Rank 0 (lag 0) launches as before.  Rank 1 (lag 1): stage 3's last backward is its 2nd (ends 9),
     # launched after its 3rd (B(0, 1), ends 11); stage 1's last is its 4th and last: after the loop, 13.
     assert aligned == {(0, 2): (11.0, 12.0), (0, 0): (15.0, 16.0), (1, 3): (11.0, 12.0), (1, 1): (13.0, 14.0)}
+    # The default, "derived", is Megatron-core's: pp-aligned in its interleaved schedule (align_grad_reduce).
+    assert run({"grad_sync": 1.0, "grad_sync_launch": "derived"}) == aligned
 
 
 def test_pp_aligned_needs_overlap():
@@ -73,7 +75,7 @@ def test_sharing_never_shortens_a_sync():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("grad_sync_launch", "late", "step.grad_sync_launch: input should be 'ready' or 'pp-aligned', got 'late'"),
+    ("grad_sync_launch", "late", "step.grad_sync_launch: input should be 'ready', 'pp-aligned' or 'derived', got 'late'"),
     ("grad_sync_shares_p2p", 3, "step.grad_sync_shares_p2p: must be true or false, got 3"),
 ])  # fmt: skip
 def test_bad_values_name_the_key(key, value, message):

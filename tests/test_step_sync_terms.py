@@ -101,7 +101,7 @@ def _start_wait(buckets=1):
     (["step.overlap_grad_sync=false"], True),
 ])  # fmt: skip
 def test_overlapped_parameter_all_gather_hides_under_the_next_forward(overrides, exposed):
-    sc = _load("n21-145b", ["parallel.zero=1", *overrides])
+    sc = _load("n21-145b", ["parallel.zero=1", "step.grad_sync_buckets=1", *overrides])
     gather = (LAT + MIDDLE / 8 * 2 * 23 / 24 / NIC) if exposed else 0.0
     # hidden, all but stage 0's at the next step's start: each rank's 2 stages carry half that wait each
     start = 0.0 if exposed else _start_wait() / 2
@@ -321,7 +321,7 @@ def test_start_wait_once_per_rank_whatever_the_copies(schedule):
     # DualPipe and Chimera hold two stage copies a rank (r and S-1-r), 1F1B one: every rank's optimizer,
     # the sum over the copies it holds, gets the wait once
     over = [f"pipeline.schedule={schedule}", "pipeline.stages=8", "pipeline.chunks_per_rank=1", "parallel.zero=1",
-            "step.overlap_grad_sync=true"]  # fmt: skip
+            "step.overlap_grad_sync=true", "step.grad_sync_buckets=1"]  # fmt: skip
     hidden = derived_sync(_load("n21-145b", over), "optimizer")
     exposed = derived_sync(_load("n21-145b", [*over, "step.overlap_param_gather=false"]), "optimizer")
     sc = _load("n21-145b", over)

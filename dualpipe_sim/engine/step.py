@@ -147,7 +147,7 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
     # 2. Grad sync of each copy, bucket by bucket, FIFO on its rank's data-parallel
     # channel, after its stage's sum.  Overlapped, bucket k of n is ready k/n of the
     # way through the copy's last weight-gradient op (it yields its gradients evenly).
-    n = costs.grad_sync_buckets
+    per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
     synced = [0.0] * trace.ranks  # per rank: when every sync of its stages has ended
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     launches = _aligned_launches(trace, ends.rank_end) if aligned else {}
@@ -158,6 +158,7 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
             if costs.grad_sync[s] <= 0:
                 continue
             t0, t1 = ends.last_weight.get((r, s), (ends.rank_end[r], ends.rank_end[r]))
+            n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
             for k in range(1, n + 1):
                 ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else ends.rank_end[r]
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)

@@ -25,6 +25,7 @@ from .channels import OrderError
 from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
 from ..errors import ScenarioError
+from ..model import ddp_buckets
 from ..model.activations import POLICIES
 from ..model.config import ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection, strict_bool
@@ -97,7 +98,9 @@ class Costs(_Section):
 
 class Comm(_Section):
     p2p: NonNegTime = 0.0
-    p2p_mode: Literal["async", "blocking"] = "async"
+    # "derived": "blocking" for Megatron's schedules with a [model] (Megatron-core's 1F1B waits for its batched
+    # send/receive), except Megatron-core's interleaved one (overlap_p2p_comm); else "async"
+    p2p_mode: Literal["async", "blocking", "derived"] = "derived"
 
 
 class ChunkOrder(_Section):
@@ -170,19 +173,23 @@ class Step(_Section):
     cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
     # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
     optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
-    grad_sync_buckets: Annotated[int, Field(ge=1, le=1000)] = 1  # a copy's grad sync in n equal parts
+    # a copy's grad sync in n equal parts; "derived": Megatron-core's DDP buckets (model/ddp_buckets.py)
+    grad_sync_buckets: Union[Annotated[int, Field(ge=1, le=1000)], Literal["derived"]] = "derived"
     # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
     overlap_param_gather: bool | None = None
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
-    # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron)
-    grad_sync_launch: Literal["ready", "pp-aligned"] = "ready"
+    # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's
+    # interleaved schedule); "derived": "pp-aligned" for interleaved-1f1b with 2+ chunks per rank, else "ready"
+    grad_sync_launch: Literal["ready", "pp-aligned", "derived"] = "derived"
     grad_sync_shares_p2p: bool = False  # grad sync and pipeline P2P on one link (one NIC per GPU): P2P goes first
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
     def _whole(cls, v):
-        return Pipeline._whole(v)
+        if isinstance(v, str) and v != "derived":
+            raise ValueError('must be a whole number of buckets (1-1000) or "derived"')
+        return v if v == "derived" else Pipeline._whole(v)
 
     @field_validator("grad_sync", "cross_copy_sync", "optimizer", mode="before")
     @classmethod
@@ -291,10 +298,36 @@ class Scenario(_Section):
             optimizer=figures.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
-            grad_sync_buckets=st.grad_sync_buckets,
-            grad_sync_launch=st.grad_sync_launch,
+            grad_sync_buckets=ddp_buckets.per_stage(self, derived),
+            grad_sync_launch=self.grad_sync_launch(),
             nic_shared=st.grad_sync_shares_p2p,
         )
+
+    def p2p_mode(self) -> str:
+        """comm.p2p_mode as given; "derived": "blocking" for 1F1B (and, under model.runtime = "megatron-lm-2021",
+        interleaved 1F1B) with a [model], else "async" (docs/model.md, "What the defaults describe")."""
+        if self.comm.p2p_mode != "derived":
+            return self.comm.p2p_mode
+        if self.model is None:
+            return "async"
+        old = self.model.runtime == "megatron-lm-2021"
+        return "blocking" if self.pipeline.schedule == "1f1b" or (old and self._megatron_interleaved()) else "async"
+
+    def _megatron_interleaved(self) -> bool:
+        """Megatron's interleaved schedule (with or without the all-to-all overlap), 2+ chunks per rank."""
+        from ..schedules.interleaved import DEFAULT_CHUNKS
+
+        chunks = self.pipeline.chunks_per_rank or DEFAULT_CHUNKS
+        return self.pipeline.schedule in ("interleaved-1f1b", "interleaved-1f1b-overlap") and chunks > 1
+
+    def grad_sync_launch(self) -> str:
+        """step.grad_sync_launch as given; "derived": Megatron-core's (align_grad_reduce, on by default):
+        "pp-aligned" in its interleaved schedule, "ready" otherwise (docs/step.md, "Launch")."""
+        launch = self.step.grad_sync_launch
+        if launch != "derived":
+            return launch
+        megatron = self.step.runtime == "megatron"
+        return "pp-aligned" if megatron and self._megatron_interleaved() else "ready"
 
     def cost_model(self, derived=None) -> CostModel:
         """``derived``: this scenario's derived figures when the caller has them already."""
@@ -348,7 +381,7 @@ class Scenario(_Section):
         p2p = self.comm.p2p if given(self.comm, "p2p") or derived.p2p is None else derived.p2p
         return dict(
             p2p=p2p,
-            p2p_mode=self.comm.p2p_mode,
+            p2p_mode=self.p2p_mode(),
             variability=variability.from_scenario(self),
             activation_bytes=_per_stage(self.memory.activation, S, "memory.activation")
             if given(self.memory, "activation") else derived.activation_bytes,

@@ -173,6 +173,8 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
         cfg = replace(cfg, fp8=section.fp8)
     if section.attention is not None:  # what the runtime ran: scores materialised or flash attention
         cfg = replace(cfg, eager_attention=section.attention == "eager")
+    elif section.runtime == "megatron-core":  # TE's DotProductAttention, whatever the family (docs/model.md)
+        cfg = replace(cfg, eager_attention=False)
     return cfg
 
 

@@ -55,8 +55,8 @@ class ModelSection(BaseModel):
     # whose memory-bound kernels a layer runs: Megatron-core with Transformer Engine (bias and gradient
     # accumulation fused into the GEMMs) or Megatron-LM of 2021 (each apart; docs/model.md)
     runtime: Literal["megatron-core", "megatron-lm-2021"] = "megatron-core"
-    # the attention core: "eager" (s x s scores in memory, Megatron's fused softmax; the GPT-2 family's
-    # default) or "flash" (fused attention, the default of every other family); None = the family's default
+    # the attention core: "eager" (s x s scores in memory, Megatron's fused softmax) or "flash" (fused attention);
+    # None: flash under runtime "megatron-core" (TE's DotProductAttention), else the family's (GPT-2: eager)
     attention: Literal["eager", "flash"] | None = None
     # how the local experts' GEMMs are launched: "multi-stream" (Transformer Engine's GroupedLinear, one cuBLAS
     # GEMM per expert on 4 streams: Megatron-core's --moe-grouped-gemm), "grouped" (one grouped kernel, as

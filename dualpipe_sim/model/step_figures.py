@@ -7,7 +7,7 @@ which types its block) never import the model package.  docs/step.md gives the f
 from __future__ import annotations
 
 from ..step_costs import Throughput
-from . import collectives, derive, flops, kernels, params
+from . import collectives, ddp_buckets, derive, flops, kernels, params
 from .config import ModelError
 
 # Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
@@ -269,10 +269,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     # optimizer figure (the same step period, the gap between two pipelines) once
     start = 0.0
     if key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped():
-        start = start_gather_ms(st, derived.stages[0], step.grad_sync_buckets)
+        start = start_gather_ms(st, derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0])
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
-    buckets = scenario.step.grad_sync_buckets if key == "grad_sync" and scenario.step is not None else 1
+    buckets = ddp_buckets.per_stage(scenario, derived) if key == "grad_sync" else (1,) * len(st.stages)
     out = []
     for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
@@ -306,7 +306,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
                 tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
             out.append(tail + tied.get(s, 0.0))
             continue
-        out.append(_sync_ms(st, key, dense, routed, buckets=buckets) + tied.get(s, 0.0))
+        out.append(_sync_ms(st, key, dense, routed, buckets=buckets[s]) + tied.get(s, 0.0))
     return tuple(out)
 
 

@@ -1,0 +1,95 @@
+"""``step.grad_sync_buckets = "derived"``: how many buckets Megatron-core's DDP reduces each stage in.
+
+Megatron-core (NVIDIA/Megatron-LM @ d98e8a6, the same @ 1e05700; docs/model.md, "What the defaults
+describe"): with --overlap-grad-reduce a bucket holds at least ``max(40e6, 1e6 x data)`` elements
+(``distributed_data_parallel.py``; ``data`` without context ranks), filled by walking the parameters in
+reverse registration order and closed at the first parameter that takes it to that size
+(``param_and_grad_buffer.py``); only the first model chunk of pipeline rank 0 is bucketed (``pp_rank > 0``
+and ``model_chunk_idx > 0`` set ``disable_bucketing``): every other stage is one bucket, and so is every
+stage without the overlap.  With the distributed optimizer a tied embedding that is shared with a later
+stage starts a bucket of its own (``_does_param_require_new_bucket``).  Routed experts sit in a buffer of
+their own, reduced over the expert-data ranks: not counted here (the dense buffer's buckets are the ones
+``step_figures`` times as NCCL rings).
+
+Parameters at the granularity of Megatron's Transformer-Engine modules, in the order a layer registers them
+(``Attention`` makes ``linear_proj`` before ``SelfAttention`` makes ``linear_qkv``): the output projection,
+the input norm, the attention's input projections as one tensor (MLA's several as one), the MLP's norm, then
+the dense MLP's fc1 and fc2 (an MoE layer: its router and shared expert's fc1 and fc2).  Linear weights are
+split over the tensor ranks; norms, positions and the router are not.
+"""
+
+from __future__ import annotations
+
+from . import params
+
+MIN_BUCKET = 40_000_000  # elements: Megatron-core's floor
+PER_DATA_RANK = 1_000_000  # elements per data-parallel rank above it
+
+
+def bucket_size(data: int) -> int:
+    """Megatron-core's default bucket size (elements) for ``data`` data-parallel ranks."""
+    return max(MIN_BUCKET, PER_DATA_RANK * data)
+
+
+def count(sizes_reversed: list[int], size: int, split_last: bool = False) -> int:
+    """Buckets Megatron fills from parameters of ``sizes_reversed`` elements (backward order): a bucket
+    closes at the first parameter that brings it to ``size``; ``split_last``: the last parameter (a
+    shared embedding) starts a bucket of its own."""
+    buckets, filled = 0, 0
+    for i, n in enumerate(sizes_reversed):
+        if split_last and i == len(sizes_reversed) - 1 and filled > 0:
+            buckets, filled = buckets + 1, 0
+        filled += n
+        if filled >= size:
+            buckets, filled = buckets + 1, 0
+    return buckets + (1 if filled > 0 else 0)
+
+
+def _layer_tensors(cfg, i: int, t: int) -> list[int]:
+    """Dense-buffer parameters of layer ``i`` on one tensor rank, in registration order."""
+    h = cfg.hidden_size
+    out = cfg.num_heads * cfg.v_head_dim * h
+    attn = params.attention(cfg)
+    norm = params._norm(cfg, h)
+    tensors = [out // t + (h if cfg.bias else 0), norm, (attn - out - (h if cfg.bias else 0)) // t, norm]
+    if not cfg.is_moe_layer(i):
+        width = cfg.intermediate_size
+        fc1 = (1 if cfg.ffn == "gelu" else 2) * h * width
+        return tensors + [(fc1 + (width if cfg.bias else 0)) // t, h * width // t + (h if cfg.bias else 0)]
+    tensors.append(h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0))
+    if cfg.shared_intermediate_size:
+        width = cfg.shared_intermediate_size
+        tensors += [2 * h * width // t, h * width // t]
+    return tensors
+
+
+def stage_zero_tensors(cfg, stage, t: int) -> list[int]:
+    """Stage 0's dense parameters on one tensor rank, in registration order (embedding first)."""
+    h = cfg.hidden_size
+    tensors = [cfg.vocab_size * h // t] if stage.embedding else []
+    if stage.embedding and cfg.max_positions:
+        tensors.append(cfg.max_positions * h)
+    for i in stage.layers:
+        tensors += _layer_tensors(cfg, i, t)
+    if stage.head:
+        tensors.append(params._norm(cfg, h))
+        if not cfg.tie_word_embeddings:
+            tensors.append(cfg.vocab_size * h // t)
+    return tensors
+
+
+def per_stage(scenario, derived=None) -> tuple[int, ...]:
+    """``step.grad_sync_buckets`` per stage: as given, or "derived" by Megatron-core's rule (1 per stage
+    without [model], without the overlap or with DeepSpeed's end of step)."""
+    step, stages = scenario.step, scenario.pipeline.stages
+    if step is None:
+        return (1,) * stages
+    if step.grad_sync_buckets != "derived":
+        return (int(step.grad_sync_buckets),) * stages
+    if scenario.model is None or not step.overlap_grad_sync or step.runtime != "megatron":
+        return (1,) * stages
+    st = (scenario.derived() if derived is None else derived).setup
+    sh, first = st.sharding, st.stages[0]
+    shared = first.embedding and not first.head and st.cfg.tie_word_embeddings and sh.zero >= 1
+    n = count(stage_zero_tensors(st.cfg, first, sh.tensor)[::-1], bucket_size(sh.data), split_last=shared)
+    return (max(1, n),) + (1,) * (stages - 1)
