@@ -64,6 +64,11 @@ def test_hopper_tokens_per_gpu_is_the_global_batch_over_the_published_step(row):
         # v4.1 (NGC 24.09): INTERLEAVED_PIPELINE=6, micro-batch 2; the logs' 128 and 64 accumulation steps
         ("mlperf41-gpt3-256", 4, 8, 6, 8, 128, 2048),
         ("mlperf41-gpt3-512", 4, 8, 6, 16, 64, 2048),
+        # v5.0 Llama 3.1 405B: config_DGXH100_<nodes>x8x<minibs>xtp8pp8cp2.sh, INTERLEAVED_PIPELINE=8, MINIBS = the
+        # logs' accumulation steps, DP = GPUs / (TP 8 x PP 8 x CP 2)
+        ("mlperf50-llama405b-512", 8, 8, 8, 4, 288, 1152),
+        ("mlperf50-llama405b-2432", 8, 8, 8, 19, 64, 1216),
+        ("mlperf50-llama405b-8192", 8, 8, 8, 64, 24, 1536),
         # Megatron-MoE-ModelZoo's Qwen3 H100 table: TP, PP, VPP, DP, GA, GBS
         ("mz-qwen3-235b-ep32pp8", 2, 8, 4, 16, 128, 2048),
         ("mz-qwen3-235b-tp4ep8pp8", 4, 8, 4, 8, 256, 2048),
@@ -75,6 +80,20 @@ def test_layouts_as_published(name, tp, pp, vp, dp, m, gbs):
     assert (sc.parallel.tensor, p.stages // p.chunks_per_rank, p.chunks_per_rank, sc.parallel.data) == (tp, pp, vp, dp)
     assert p.microbatches == m and m * sc.model.micro_batch_size * dp == gbs
     assert sc.hardware.preset == "H100" and sc.hardware.efficiency is None
+
+
+@pytest.mark.parametrize("gpus", [512, 2048, 2432, 2560, 8192])
+def test_llama405b_rows_as_the_code_sets_them(gpus):
+    sc = SCRIPT["scenario"].load(FOLDER / f"mlperf50-llama405b-{gpus}.toml")
+    assert sc.parallel.context == 2 and sc.model.seq_length == 8192 and sc.model.micro_batch_size == 1
+    # NeMo's get_vocab_size: 128,256 up to a multiple of 128 x TP 8 = 1,024: 126 x 1,024
+    assert sc.model.vocab_size == 126 * 1024 and 125 * 1024 < 128256 <= 126 * 1024
+    # ASYM_PP_EMBED / ASYM_PP_LOSS: 126 layers + the embedding + the loss = 128 over 64 virtual stages, 2 each
+    from dualpipe_sim.model import layout
+
+    stages = layout.parse(sc.parallel.layout, 126, sc.pipeline.stages)
+    assert len(stages) == 64 and stages[0].embedding and stages[-1].head
+    assert [len(st.layers) + st.embedding + st.head for st in stages] == [2] * 64
 
 
 def test_b200_layout_as_published():
@@ -101,15 +120,18 @@ def test_v41_amax_reduction_group(name, group):
     assert derive.setup(SCRIPT["scenario"].load(FOLDER / f"{name}.toml")).amax_group == group
 
 
-@pytest.mark.parametrize("name", ["mlperf41-gpt3-256", "mlperf41-gpt3-512", "mlperf41-gpt3-64b200"])
-def test_v41_rows_simulate_and_count_the_global_batch(name):
-    """The v4.1 rows run as the table runs them (a real simulation): each step trains the logs' global batch,
-    2,048 sequences of 2,048 tokens, so tokens/s x step time = 4,194,304 whatever the prediction."""
-    row = next(r for r in ROWS if r["name"] == name)
-    (got,) = [r for r in SCRIPT["rows"]((load(row).hardware.preset,)) if r["name"] == name]
-    gpus = int(row["gpus"])
-    assert got["predicted"] * gpus * got["step_s"] == pytest.approx(2048 * 2048, rel=1e-9)
-    assert 0.0 < got["bubble"] < 0.5
+@pytest.mark.parametrize("name, tokens", [
+    # MLPerf v4.1 GPT-3: the logs' global batch, 2,048 sequences of 2,048 tokens
+    ("mlperf41-gpt3-256", 2048 * 2048), ("mlperf41-gpt3-512", 2048 * 2048), ("mlperf41-gpt3-64b200", 2048 * 2048),
+    # MLPerf v5.0 Llama 3.1 405B: 1,152 and 1,536 sequences of 8,192 tokens
+    ("mlperf50-llama405b-512", 1152 * 8192), ("mlperf50-llama405b-8192", 1536 * 8192),
+])  # fmt: skip
+def test_new_mlperf_rows_simulate_and_count_the_global_batch(name, tokens):
+    """The rows run as the table runs them (a real simulation): each step trains the logs' global batch,
+    so tokens/s x step time = the batch's tokens whatever the prediction."""
+    m = SCRIPT["simulation"].run(load(next(r for r in ROWS if r["name"] == name))).metrics
+    assert m.step.tokens_per_second * m.step.total / 1e3 == pytest.approx(tokens, rel=1e-9)
+    assert 0.0 < m.bubble_ratio < 0.5
 
 
 def fake_run(sc):
