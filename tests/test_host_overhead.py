@@ -69,10 +69,10 @@ def test_grouped_linear_is_a_gemm_per_expert_and_two_event_calls_per_stream():
 def test_forward_starts_after_the_last_sync_and_ends_on_one():
     st = _load("mz-qwen3-235b-tp4ep8pp8")
     rows = [k for k in derive.layer_kernels(st, 0) if k.kind != "host"]
-    steps = host.forward_steps(rows, 4, 4, 16, "deepep", True)
+    steps = host.forward_steps(rows, 4, 4, 16, "deepep")
     assert steps[-1].sync and not steps[0].sync
     assert sum(s.sync for s in steps) == 4  # DeepEP's count poll and three reads of a size (docs/model.md)
-    assert sum(s.sync for s in host.forward_steps(rows, 4, 4, 16, "alltoall", True)) == 1
+    assert sum(s.sync for s in host.forward_steps(rows, 4, 4, 16, "alltoall")) == 1
     gpu = sum(k.seconds for k in rows if k.component in ("attn_forward", "mlp_forward")
               or (k.component in ("dispatch_forward", "combine_forward")))  # fmt: skip
     assert sum(s.seconds for s in steps) == pytest.approx(gpu)  # every forward kernel, once
@@ -83,12 +83,12 @@ def test_all_host_bound_forward_is_calls_times_cost_plus_waits():
     # calls x 1 ms + syncs x wait, whatever the kernels
     st = _load("mz-qwen3-235b-tp4ep8pp8")
     rows = [k for k in derive.layer_kernels(st, 0) if k.kind != "host"]
-    steps = host.forward_steps(rows, 4, 4, 16, "deepep", True)
+    steps = host.forward_steps(rows, 4, 4, 16, "deepep")
     calls, syncs = sum(s.ops for s in steps), sum(s.sync for s in steps)
     longest_share = max(s.seconds / max(1, s.ops) for s in steps)
     assert longest_share < 1e-3
     gpu = sum(s.seconds for s in steps)
-    excess, n, k = host.forward_excess(rows, 1e-3, 4, 4, 16, "deepep", True)
+    excess, n, k = host.forward_excess(rows, 1e-3, 4, 4, 16, "deepep")
     # the last call's own GPU share runs after it is issued
     last = steps[-1].seconds / max(1, steps[-1].ops)
     assert (n, k) == (calls, syncs)

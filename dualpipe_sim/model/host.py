@@ -29,6 +29,7 @@ HOST_OP_US = 13.5  # model.host_overhead_us default: one PyTorch call that launc
 # Megatron-core @ 1e057005 with Transformer Engine; rows not listed are one call.
 _CALLS = {
     "rope": 2,  # q and k, one fused RoPE call each
+    "q / k norms": 2,  # Qwen3's per-head q and k RMSNorms: a TE norm call each
     "router": 3,  # moe/router.py gating: input.to(fp32), weight.to(fp32), linear (--moe-router-dtype fp32)
     # moe_utils.topk_softmax_with_capacity: topk, softmax, zeros_like + scatter (probs), zeros_like + int +
     # scatter + bool (map), sum (tokens per expert)
@@ -105,15 +106,13 @@ def _dispatch(dispatcher: str) -> tuple[list[Step], list[Step]]:
     return before, []
 
 
-def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int, dispatcher: str,
-                  qk_norm: bool) -> list[Step]:  # fmt: skip
+def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int,
+                  dispatcher: str) -> list[Step]:  # fmt: skip
     """One MoE layer's forward in launch order, from just after its last sync round to the same point in
     the next layer (the layers repeat, so the tail of this layer stands for the previous one's)."""
     fwd = [k for k in rows if k.component in ("attn_forward", "mlp_forward")]
     step = lambda k: Step(k.name, calls(k, tensor, expert_streams, local_experts), k.seconds)  # noqa: E731
     attn = [step(k) for k in fwd if k.component == "attn_forward"]
-    if qk_norm:  # Qwen3's per-head q and k RMSNorms (two TE norm calls; their GPU time is not in the table)
-        attn.insert(2, Step("q / k norms", 2, 0.0))
     mlp = [step(k) for k in fwd if k.component == "mlp_forward"]
     a2a = {k.component: k for k in rows if k.name == "all-to-all"}
     counts = [step(k) for k in rows if k.name == "token counts all-gather"]
@@ -129,8 +128,8 @@ def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: i
 
 
 def forward_excess(rows: list, per_op: float, tensor: int, expert_streams: int, local_experts: int,
-                   dispatcher: str, qk_norm: bool) -> tuple[float, int, int]:  # fmt: skip
+                   dispatcher: str) -> tuple[float, int, int]:  # fmt: skip
     """(seconds the host adds to one MoE layer's forward, PyTorch calls, syncs)."""
-    steps = forward_steps(rows, tensor, expert_streams, local_experts, dispatcher, qk_norm)
+    steps = forward_steps(rows, tensor, expert_streams, local_experts, dispatcher)
     gpu = sum(s.seconds for s in steps)
     return max(0.0, replay(steps, per_op) - gpu), sum(s.ops for s in steps), sum(s.sync for s in steps)

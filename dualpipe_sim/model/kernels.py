@@ -51,6 +51,12 @@ UB_SM_OVERLAPS = ("qkv_dgrad", "qkv_wgrad", "fc1_dgrad", "fc1_wgrad", "proj_fpro
 UB_DEFAULT_SMS = 16
 UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatters, which can run an atomic GEMM
 UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
+# Megatron-core's --gradient-accumulation-fusion (on unless --no-gradient-accumulation-fusion, arguments.py @ 1e05700)
+# hands Transformer Engine's linears fuse_wgrad_accumulation: each wgrad GEMM accumulates (beta = 1) into the
+# parameter's fp32 main_grad (bf16 training keeps fp32 gradients: accumulate_allreduce_grads_in_fp32), so every
+# output value is read and written in fp32 (TE v2.4 module/grouped_linear.py, linear.py: accumulate=
+# accumulate_wgrad_into_param_main_grad; Megatron's own ColumnParallelLinear: wgrad_gemm_accum_fp32)
+WGRAD_ACCUMULATE_BYTES = 8.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,12 @@ class Layout:
     deepseek: bool = False
     # memory.fp8_weight_cache = false: Transformer Engine casts each FP8 weight in every forward (no copy kept)
     fp8_weight_each_use: bool = False
+
+    @property
+    def wgrad_out(self) -> float:
+        """Bytes per output value a wgrad GEMM moves: Megatron-core accumulates into the fp32 main_grad;
+        a runtime that adds the gradients in a pass of its own (``grad_accumulation``) writes 16 bits."""
+        return self.act_bytes if self.legacy or self.grad_accumulation > 0 else WGRAD_ACCUMULATE_BYTES
 
     @property
     def te_fp8(self) -> bool:
@@ -174,7 +186,7 @@ class Table:
         return secs
 
     def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str,
-                  fp8: bool | None = None, ub: str = "") -> float:  # fmt: skip
+                  fp8: bool | None = None, ub: str = "", out_bytes: float = 2.0) -> float:  # fmt: skip
         """A sequence-parallel linear and its all-gather (before) or reduce-scatter (after).
 
         Without tp_comm_overlap the collective runs alone, before or after its GEMM.  With it,
@@ -188,21 +200,22 @@ class Table:
         follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
-            return self.gemm(name, comp, m, n, k, fp8)  # without sequence parallelism the input is whole
+            return self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)  # without SP the input is whole
         if not self.lay.sequence_parallel:  # the output's partial sums are all-reduced, after the GEMM
-            secs = self.gemm(name, comp, m, n, k, fp8)
+            secs = self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)
             self.comm("tp all-reduce", comp, "all_reduce", nbytes, t, "nvlink")
             return secs
         full = collectives.time(op, nbytes, t, self.r, "nvlink")
         if not self.lay.tp_overlap:
-            secs = self.gemm(name, comp, m, n, k, fp8)
+            secs = self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
         splits = {"ring": t, "pipeline": UB_PIPELINE_SPLITS, "bulk": 1}[method]
         margin = 0 if method == "ring" else self.lay.ub_sm(ub)
         low = self.lay.fp8 if fp8 is None else fp8
         atomic = method == "pipeline" and low and ub in self.lay.ub_atomic
-        secs = self.gemm(name, comp, m, n, k, fp8, splits=1 if atomic else splits, sm_margin=margin)
+        secs = self.gemm(name, comp, m, n, k, fp8, splits=1 if atomic else splits, sm_margin=margin,
+                         out_bytes=out_bytes)
         first = 0.0 if method == "bulk" else full / splits  # the chunk no GEMM runs beside
         exposed = first + max(0.0, full - first - secs)
         self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
@@ -280,6 +293,11 @@ def _attention_shapes(cfg: ModelConfig, t: int) -> list[tuple[str, int, int, boo
     return [("qkv", (a * d + 2 * kv * d) // t, h, True)]
 
 
+def _qk_heads(cfg: ModelConfig, t: int) -> int:
+    """Query plus key heads on one tensor-parallel rank (a key head shared by several ranks is on each)."""
+    return cfg.num_heads // t + max(1, cfg.num_kv_heads // t)
+
+
 def attention_block(tb: Table, recompute: bool) -> None:
     cfg, lay = tb.cfg, tb.lay
     h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
@@ -297,6 +315,8 @@ def attention_block(tb: Table, recompute: bool) -> None:
             if cfg.mla and name.endswith("_up"):
                 tb.memory(f"{name[:-3]} latent norm", comp, n * inp * 2 * ab)
             tb.gemm(name, comp, n, out, inp)
+        if cfg.qk_norm:  # Qwen3 (--qk-layernorm): a TE RMSNorm over each head's q and one over k, read + write
+            tb.memory("q / k norms", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 2 * ab, launches=2)
         if not cfg.max_positions:  # GPT-2 style models have learned positions, no rotary embedding
             tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
                       else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
@@ -319,13 +339,15 @@ def attention_block(tb: Table, recompute: bool) -> None:
         tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
     if not cfg.max_positions:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
+    if cfg.qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
+        tb.memory("q / k norms backward", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 3 * ab, launches=2)
     for name, out, inp, _ in projections:
         tb.cast(f"{name} grad cast", comp, n * out)
     _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections], "qkv")
     # TE's LayerNormLinear keeps the (gathered) FP8 norm output and transposes it for its wgrad GEMM
     tb.transpose(f"{projections[0][0]} input transpose (wgrad)", wcomp, n * h)
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
-    tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n)
+    tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n, out_bytes=lay.wgrad_out)
 
 
 def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
@@ -368,7 +390,7 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
     if not lay.sequence_parallel:  # the input gradient's all-reduce, beside the wgrad GEMMs when overlapped
         for x, m2, i2, o2 in shapes:
             tb.gemm(f"{x} dgrad", comp, m2, i2, o2)
-        wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2) for x, m2, i2, o2 in shapes)
+        wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2, out_bytes=lay.wgrad_out) for x, m2, i2, o2 in shapes)
         tb.comm("tp all-reduce (grad)", wcomp, "all_reduce", n * h * lay.act_bytes, lay.tensor, "nvlink",
                 wgrad if hide else 0.0)  # fmt: skip
         return
@@ -377,12 +399,12 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
         for name2, m2, inp2, out2 in rest:
             tb.gemm(f"{name2} dgrad", comp, m2, inp2, out2)
         tb.tp_linear(f"{name} wgrad", wcomp, inp, out, m, "reduce_scatter", n * h * lay.act_bytes, "bulk",
-                     ub=f"{ub}_wgrad")
+                     ub=f"{ub}_wgrad", out_bytes=lay.wgrad_out)
         for name2, m2, inp2, out2 in rest:
-            tb.gemm(f"{name2} wgrad", wcomp, inp2, out2, m2)
+            tb.gemm(f"{name2} wgrad", wcomp, inp2, out2, m2, out_bytes=lay.wgrad_out)
         return
     dgrad = sum(tb.gemm(f"{x} dgrad", comp, m2, i2, o2) for x, m2, i2, o2 in shapes)
-    wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2) for x, m2, i2, o2 in shapes)
+    wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2, out_bytes=lay.wgrad_out) for x, m2, i2, o2 in shapes)
     tb.comm("tp all-gather (wgrad input)", comp, "all_gather", n * h * low, lay.tensor, "nvlink", dgrad if hide else 0.0)
     tb.comm("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes, lay.tensor, "nvlink",
             wgrad if hide else 0.0)  # fmt: skip
@@ -424,7 +446,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         tb.transpose("fc1 input transpose (wgrad)", wcomp, n * h)
     if not prefix:
         tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
-    tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n)
+    tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n, out_bytes=lay.wgrad_out)
 
 
 def moe_mlp_block(tb: Table, recompute: bool) -> None:
@@ -476,8 +498,8 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     tb.memory("router backward", comp, n * E * 4 * 3)
     tb.gemm("router dgrad", comp, n, h, E, fp8=False)
     tb.memory("pre-mlp norm backward", comp, 4 * n * h * ab)
-    tb.experts("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, local)
-    tb.experts("experts fc2 wgrad (grouped)", wcomp, fe, h, m, local)
+    tb.experts("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, local, out_bytes=lay.wgrad_out)
+    tb.experts("experts fc2 wgrad (grouped)", wcomp, fe, h, m, local, out_bytes=lay.wgrad_out)
     tb.gemm("router wgrad", wcomp, h, E, n, fp8=False)
     if cfg.shared_intermediate_size:
         dense_mlp_block(tb, recompute, cfg.shared_intermediate_size, prefix="shared expert ")
@@ -587,7 +609,7 @@ def host_share(tb: Table, recompute: bool) -> None:
     lay, cfg = tb.lay, tb.cfg
     local = max(1, cfg.num_experts // lay.expert)
     secs, ops, syncs = host.forward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
-                                           lay.dispatcher, cfg.qk_norm)  # fmt: skip
+                                           lay.dispatcher)  # fmt: skip
     shape = f"{ops} calls x {lay.host_op * 1e6:.3g} us, {syncs} syncs ({lay.dispatcher})"
     for comp in ("mlp_forward",) + (("mlp_backward_input",) if recompute else ()):
         tb.rows.append(Kernel("host launches and syncs", comp, "host", shape, 0.0, 0.0, secs, "host"))
@@ -666,7 +688,7 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
     tb.comm("tp reduce-scatter (grad)", "mlp_backward_input", "reduce_scatter", n * h * ab, t, "nvlink", 0.0)
     tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)
-    tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False)
+    tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)
     del d
     return tb.rows
 
@@ -678,7 +700,7 @@ def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Ke
     tb.memory("mtp norms", "attn_forward", 2 * 2 * n / t * h * ab)
     tb.gemm("mtp projection", "attn_forward", n, h // t, 2 * h)
     tb.gemm("mtp projection dgrad", "attn_backward_input", n, 2 * h, h // t)
-    tb.gemm("mtp projection wgrad", "attn_backward_weight", 2 * h, h // t, n)
+    tb.gemm("mtp projection wgrad", "attn_backward_weight", 2 * h, h // t, n, out_bytes=lay.wgrad_out)
     return tb.rows
 
 

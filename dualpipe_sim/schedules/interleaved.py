@@ -59,7 +59,8 @@ def _check(
     if stages < 1 or stages % v:
         return (
             f"pipeline.stages must be a positive multiple of chunks_per_rank = {v} for interleaved-1f1b, "
-            f"got {stages}"
+            f"got {stages} (stages counts every model chunk: pipeline ranks x chunks_per_rank, "
+            f"e.g. {8 * v} for 8 ranks)"
         )
     if microbatches < 1:
         return f"pipeline.microbatches must be >= 1 for interleaved-1f1b, got {microbatches}"
