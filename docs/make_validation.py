@@ -6,9 +6,9 @@
 Each scenario is a published, measured training run's layout; scenarios/validation/published.csv
 holds what was measured (tokens/s per GPU, from the paper's own figures) and where it is from.  The
 prediction is `step.tokens_per_second / GPUs` of a normal run, no hardware.efficiency.  These rows
-are for checking only: nothing in the cost model is fitted to them.  The A100 runs and the Hopper
-(H100 / H800) runs are two tables, each with its own mean and worst: the GPU is the scenario's
-`hardware.preset`.
+are for checking only: nothing in the cost model is fitted to them.  The A100 runs, the Hopper
+(H100 / H800) runs and the B200 runs are three tables, each with its own mean and worst: the GPU is
+the scenario's `hardware.preset`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def gpus(sc) -> int:
 
 
 HOPPER = ("H100", "H800")
+BLACKWELL = ("B200",)  # its rates have other sources (XLA's sm_100 tables): not averaged with Hopper's
 
 
 def rows(presets: tuple[str, ...]) -> list[dict]:
@@ -63,7 +64,8 @@ def table(data: list[dict]) -> str:
                      f"| {r['predicted']:,.1f} | {r['error']:+.1%} | {r['step_s']:.2f} | {r['bubble']:.1%} |")
     errs = [abs(r["error"]) for r in data]
     lines.append("")
-    lines.append(f"Mean |error| {sum(errs) / len(errs):.1%}, worst {max(errs):.1%} over {len(errs)} runs; "
+    runs = f"{len(errs)} run" + ("s" if len(errs) != 1 else "")
+    lines.append(f"Mean |error| {sum(errs) / len(errs):.1%}, worst {max(errs):.1%} over {runs}; "
                  f"mean signed error {sum(r['error'] for r in data) / len(data):+.1%}.")
     return "\n".join(lines)
 
@@ -109,6 +111,7 @@ def k22_layer() -> str:
 
 
 SECTIONS = {"validation table": lambda: table(rows(("A100",))), "hopper table": lambda: table(rows(HOPPER)),
+            "b200 table": lambda: table(rows(BLACKWELL)),
             "deepseek components": deepseek_components, "k22 layer": k22_layer}
 
 
