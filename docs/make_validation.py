@@ -8,7 +8,9 @@ holds what was measured (tokens/s per GPU, from the paper's own figures) and whe
 prediction is `step.tokens_per_second / GPUs` of a normal run, no hardware.efficiency.  These rows
 are for checking only: nothing in the cost model is fitted to them.  The A100 runs, the Hopper
 (H100 / H800) runs and the B200 runs are three tables, each with its own mean and worst: the GPU is
-the scenario's `hardware.preset`.
+the scenario's `hardware.preset`.  Runs that users reported in issue threads or a third party's guide
+(COMMUNITY) are a fourth table, whatever their GPU: their configs were not reviewed and some settings
+come from the code's defaults (docs/validation.md, "Community runs").
 """
 
 from __future__ import annotations
@@ -37,30 +39,38 @@ def gpus(sc) -> int:
 
 HOPPER = ("H100", "H800")
 BLACKWELL = ("B200",)  # its rates have other sources (XLA's sm_100 tables): not averaged with Hopper's
+# name prefixes of the community runs: Megatron-MoE-ModelZoo issue #7, Pai-Megatron-Patch issue #643, xtuner's guide
+COMMUNITY = ("mz7-", "pai643-", "xt-")
 
 
-def rows(presets: tuple[str, ...]) -> list[dict]:
-    """The runs in published.csv whose scenario runs on one of ``presets``, predicted."""
+def rows(presets: tuple[str, ...] | None, community: bool = False) -> list[dict]:
+    """The runs in published.csv whose scenario runs on one of ``presets`` (None: any), predicted; the
+    community runs only (``community``) or none of them."""
     out = []
     with open(FOLDER / "published.csv") as fh:
         for row in csv.DictReader(fh):
+            if row["name"].startswith(COMMUNITY) != community:
+                continue
             sc = scenario.load(FOLDER / row["scenario"])
-            if sc.hardware.preset not in presets:
+            if presets is not None and sc.hardware.preset not in presets:
                 continue
             assert gpus(sc) == int(row["gpus"]), row["name"]
             m = simulation.run(sc).metrics
             predicted = m.step.tokens_per_second / int(row["gpus"])
             published = float(row["published_tokens_per_second_per_gpu"])
-            out.append({**row, "predicted": predicted, "error": predicted / published - 1,
+            out.append({**row, "gpu": sc.hardware.preset, "predicted": predicted, "error": predicted / published - 1,
                         "bubble": m.bubble_ratio, "step_s": m.step.total / 1e3})
     return out
 
 
-def table(data: list[dict]) -> str:
-    lines = ["| run | GPUs | published | tokens/s/GPU published | predicted | error | step (s) | bubble |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+def table(data: list[dict], gpu: bool = False) -> str:
+    """The rows as a markdown table, then their mean and worst |error|; ``gpu`` adds the GPU column."""
+    col = " GPU |" if gpu else ""
+    lines = [f"| run |{col} GPUs | published | tokens/s/GPU published | predicted | error | step (s) | bubble |",
+             f"| --- |{' --- |' if gpu else ''} ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in data:
-        lines.append(f"| {r['name']} | {r['gpus']} | {r['published']} | {float(r['published_tokens_per_second_per_gpu']):,.1f} "
+        cell = f" {r['gpu']} |" if gpu else ""
+        lines.append(f"| {r['name']} |{cell} {r['gpus']} | {r['published']} | {float(r['published_tokens_per_second_per_gpu']):,.1f} "
                      f"| {r['predicted']:,.1f} | {r['error']:+.1%} | {r['step_s']:.2f} | {r['bubble']:.1%} |")
     errs = [abs(r["error"]) for r in data]
     lines.append("")
@@ -112,6 +122,7 @@ def k22_layer() -> str:
 
 SECTIONS = {"validation table": lambda: table(rows(("A100",))), "hopper table": lambda: table(rows(HOPPER)),
             "b200 table": lambda: table(rows(BLACKWELL)),
+            "community table": lambda: table(rows(None, community=True), gpu=True),
             "deepseek components": deepseek_components, "k22 layer": k22_layer}
 
 

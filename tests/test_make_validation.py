@@ -1,12 +1,14 @@
 """docs/make_validation.py and its inputs (docs/validation.md): published.csv agrees with each
-scenario's layout and with the published step time it quotes, and the script splits the runs into
-an A100, a Hopper and a B200 table, each with its own mean and worst.  No simulation runs here."""
+scenario's layout and with the published step time (or TFLOP/s, through Megatron's own FLOPs formula)
+it quotes, and the script splits the runs into an A100, a Hopper, a B200 and a community table, each with
+its own mean and worst.  Only the newer runs are simulated here (their step's tokens)."""
 
 from __future__ import annotations
 
 import csv
 import re
 import runpy
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ FOLDER = ROOT / "scenarios" / "validation"
 SCRIPT = runpy.run_path(str(ROOT / "docs" / "make_validation.py"), run_name="doc_script_under_test")
 ROWS = list(csv.DictReader(open(FOLDER / "published.csv")))
 STEP = re.compile(r"^([0-9.]+) s per (?:step|iteration)")
+TFLOPS = re.compile(r"^([0-9.]+) TFLOP/s per GPU \(Megatron's formula\)")
 
 
 def load(row):
@@ -30,18 +33,24 @@ def test_each_row_has_its_scenario_and_gpu_count(row):
     assert row["source"]
 
 
-HOPPER = [r for r in ROWS if load(r).hardware.preset in ("H100", "H800")]
-BLACKWELL = [r for r in ROWS if load(r).hardware.preset == "B200"]
-MEASURED = HOPPER + BLACKWELL  # rows whose published figure is a step time of the scenario's own global batch
+COMMUNITY = [r for r in ROWS if r["name"].startswith(SCRIPT["COMMUNITY"])]
+HOPPER = [r for r in ROWS if load(r).hardware.preset in ("H100", "H800") and r not in COMMUNITY]
+BLACKWELL = [r for r in ROWS if load(r).hardware.preset == "B200" and r not in COMMUNITY]
+NEWER = HOPPER + BLACKWELL + COMMUNITY  # the runs whose figure is checked against the scenario's own layout below
+BY_STEP = [r for r in NEWER if STEP.match(r["published"])]
+BY_TFLOPS = [r for r in NEWER if TFLOPS.match(r["published"])]
 
 
 def test_hopper_rows_exist_and_cover_the_runs_the_doc_names():
     names = {r["name"] for r in HOPPER}
     assert len(HOPPER) >= 10
-    assert {"mlperf30-gpt3-768", "mlperf31-gpt3-10752", "mz-qwen3-235b-ep32pp8"} <= names
+    assert {"mlperf30-gpt3-768", "mlperf31-gpt3-10752", "mz-qwen3-235b-ep32pp8", "mz-mixtral-8x22b"} <= names
+    assert {r["name"] for r in COMMUNITY} >= {"mz7-qwen3-30b-a3b-b200", "pai643-qwen3-30b-a3b-pp2ep8",
+                                              "xt-qwen3-235b-tp2ep32pp8vpp4-deepep"}
+    assert len(BY_STEP) + len(BY_TFLOPS) == len(NEWER)  # every figure is a step time or a TFLOP/s
 
 
-@pytest.mark.parametrize("row", MEASURED, ids=[r["name"] for r in MEASURED])
+@pytest.mark.parametrize("row", BY_STEP, ids=[r["name"] for r in BY_STEP])
 def test_hopper_tokens_per_gpu_is_the_global_batch_over_the_published_step(row):
     """tokens/s per GPU = micro-batches x micro-batch x data x sequence / step / GPUs: the CSV's
     figure against the step time it quotes and the scenario's own layout (a typo in either fails)."""
@@ -72,6 +81,12 @@ def test_hopper_tokens_per_gpu_is_the_global_batch_over_the_published_step(row):
         # Megatron-MoE-ModelZoo's Qwen3 H100 table: TP, PP, VPP, DP, GA, GBS
         ("mz-qwen3-235b-ep32pp8", 2, 8, 4, 16, 128, 2048),
         ("mz-qwen3-235b-tp4ep8pp8", 4, 8, 4, 8, 256, 2048),
+        # ModelZoo runtime.conf [Mixtral-8x22B]: TP 2, PP 8, VPP 7 on 16 nodes, GBS 256
+        ("mz-mixtral-8x22b", 2, 8, 7, 8, 32, 256),
+        # xtuner's H800 rows: tp, pp, vpp as named, DP = 256 / (TP x PP), GBS 2048
+        ("xt-qwen3-235b-tp4ep8pp8vpp4", 4, 8, 4, 8, 256, 2048),
+        ("xt-qwen3-235b-tp2ep32pp8vpp4", 2, 8, 4, 16, 128, 2048),
+        ("xt-qwen3-235b-tp2ep32pp8vpp4-deepep", 2, 8, 4, 16, 128, 2048),
     ],
 )
 def test_layouts_as_published(name, tp, pp, vp, dp, m, gbs):
@@ -79,7 +94,85 @@ def test_layouts_as_published(name, tp, pp, vp, dp, m, gbs):
     p = sc.pipeline
     assert (sc.parallel.tensor, p.stages // p.chunks_per_rank, p.chunks_per_rank, sc.parallel.data) == (tp, pp, vp, dp)
     assert p.microbatches == m and m * sc.model.micro_batch_size * dp == gbs
-    assert sc.hardware.preset == "H100" and sc.hardware.efficiency is None
+    assert sc.hardware.preset in ("H100", "H800") and sc.hardware.efficiency is None
+
+
+@pytest.mark.parametrize(
+    "name, gpu, tp, pp, ep, dp, m, gbs, seq",
+    [  # the reports' own figures: ModelZoo #7 (EP 8, GBS 64 on 8 B200), Pai-Megatron-Patch #643 (16 H800),
+        # xtuner's guide (tp2, ep8, pp8 on 256 H800: DP 16)
+        ("mz7-qwen3-30b-a3b-b200", "B200", 1, 1, 8, 8, 8, 64, 4096),
+        ("pai643-qwen3-30b-a3b-pp2ep8", "H800", 1, 2, 8, 8, 16, 128, 8192),
+        ("pai643-qwen3-30b-a3b-pp4ep4", "H800", 1, 4, 4, 4, 64, 256, 8192),
+        ("xt-qwen3-235b-tp2ep8pp8", "H800", 2, 8, 8, 16, 128, 2048, 4096),
+    ],
+)
+def test_community_layouts_as_published(name, gpu, tp, pp, ep, dp, m, gbs, seq):
+    sc = SCRIPT["scenario"].load(FOLDER / f"{name}.toml")
+    p, par = sc.pipeline, sc.parallel
+    assert (par.tensor, p.stages, par.expert, par.data, p.microbatches) == (tp, pp, ep, dp, m)
+    assert m * sc.model.micro_batch_size * dp == gbs and sc.model.seq_length == seq
+    assert sc.hardware.preset == gpu and sc.hardware.efficiency is None
+
+
+def megatron_flops_per_token(m) -> float:
+    """Megatron-LM's num_floating_point_operations / (batch x sequence) for a GQA MoE model with SwiGLU and
+    every layer MoE (megatron/training/training.py, causal attention halved since mid-2025): 3 passes x 2 FLOPs
+    per multiply-add over the experts routed to, the QKV and output projections, the causal attention core
+    and the logits. Written here from Megatron's code, not from the simulator's FLOPs counter."""
+    h, s, kv = m["hidden_size"], m["seq_length"], m.get("head_dim", m["hidden_size"] // m["num_attention_heads"])
+    q, k = kv * m["num_attention_heads"], kv * m["num_key_value_heads"]
+    ffn = m.get("moe_intermediate_size") or m["intermediate_size"]  # Mixtral's experts are FFN-wide
+    attention = 6 * (h * (q + 2 * k) + q * s / 2 * 2 + q * h)
+    return 6 * h * ffn * m["num_experts_per_tok"] * 3 * m["num_hidden_layers"] + attention * m["num_hidden_layers"] \
+        + 6 * h * m["vocab_size"]
+
+
+def qwen3_235b(vocab):
+    return {"hidden_size": 4096, "num_hidden_layers": 94, "num_attention_heads": 64, "num_key_value_heads": 4,
+            "head_dim": 128, "intermediate_size": 12288, "moe_intermediate_size": 1536, "num_experts_per_tok": 8,
+            "vocab_size": vocab, "seq_length": 4096}
+
+
+@pytest.mark.parametrize("tp, step, published_tf", [(2, 19.7, 245), (4, 29.0, 167)])
+def test_megatron_formula_gives_the_modelzoo_tables_own_tflops(tp, step, published_tf):
+    """The formula above, fed the ModelZoo Qwen3-235B rows' step times, gives the table's own "Per GPU TF"
+    (their vocabulary padded to a multiple of 1187 x TP): 246.2 and 167.3 against 245 and 167; without the
+    causal halving it would give 278 and 189.  So the TFLOP/s this page converts were counted this way."""
+    vocab = -(-151936 // (1187 * tp)) * 1187 * tp
+    tokens_per_gpu = 2048 * 4096 / step / 256
+    assert megatron_flops_per_token(qwen3_235b(vocab)) * tokens_per_gpu / 1e12 == pytest.approx(published_tf, rel=6e-3)
+
+
+def test_megatron_formula_by_hand_for_mixtral_8x22b():
+    """Mixtral 8x22B at 4,096 tokens, by hand: experts 6 x 6144 x 16384 x 2 x 3 x 56 = 2.02937e11; attention
+    6 x 6144 x (8192 + 4096 + 6144) x 56 = 3.80507e10; logits 6 x 6144 x 32000 = 1.17965e9."""
+    m = tomllib.loads((FOLDER / "mz-mixtral-8x22b.toml").read_text())["model"]
+    assert megatron_flops_per_token(m) == pytest.approx(2.02937e11 + 3.80507e10 + 1.17965e9, rel=1e-5)
+
+
+@pytest.mark.parametrize("row", BY_TFLOPS, ids=[r["name"] for r in BY_TFLOPS])
+def test_tokens_per_gpu_is_the_published_tflops_over_megatrons_flops_per_token(row):
+    """A run published as TFLOP/s per GPU: the CSV's tokens/s per GPU = TFLOP/s / Megatron's FLOPs per token
+    for the scenario's own model (a typo in the CSV or the scenario fails)."""
+    m = tomllib.loads((FOLDER / row["scenario"]).read_text())["model"]
+    tflops = float(TFLOPS.match(row["published"]).group(1))
+    expected = tflops * 1e12 / megatron_flops_per_token(m)
+    assert float(row["published_tokens_per_second_per_gpu"]) == pytest.approx(expected, rel=5e-5)
+
+
+SIMULATED = BY_TFLOPS + [r for r in COMMUNITY if r not in BY_TFLOPS]
+
+
+@pytest.mark.parametrize("row", SIMULATED, ids=[r["name"] for r in SIMULATED])
+def test_new_moe_runs_simulate_their_global_batch(row):
+    """Each community run and each run published as TFLOP/s simulates: the step's tokens are its global batch
+    (micro-batches x micro-batch x data x sequence), and the predicted tokens/s per GPU is positive."""
+    sc = load(row)
+    step = SCRIPT["simulation"].run(sc).metrics.step
+    tokens = sc.pipeline.microbatches * sc.model.micro_batch_size * sc.parallel.data * sc.model.seq_length
+    assert step.tokens_per_second * step.total / 1e3 == pytest.approx(tokens, rel=1e-9)
+    assert step.tokens_per_second / int(row["gpus"]) > 0
 
 
 @pytest.mark.parametrize("gpus", [512, 2048, 2432, 2560, 8192])
@@ -145,11 +238,14 @@ def test_rows_split_by_gpu_and_cover_the_csv(monkeypatch):
     monkeypatch.setattr(SCRIPT["simulation"], "run", fake_run)
     a100, hopper = SCRIPT["rows"](("A100",)), SCRIPT["rows"](SCRIPT["HOPPER"])
     b200 = SCRIPT["rows"](SCRIPT["BLACKWELL"])
-    names = [{r["name"] for r in t} for t in (a100, hopper, b200)]
-    assert names[0] | names[1] | names[2] == {r["name"] for r in ROWS}
-    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    community = SCRIPT["rows"](None, community=True)
+    names = [{r["name"] for r in t} for t in (a100, hopper, b200, community)]
+    assert set().union(*names) == {r["name"] for r in ROWS}
+    assert sum(len(n) for n in names) == len(ROWS)  # no run in two tables
+    assert names[3] == {r["name"] for r in COMMUNITY}
     assert all(r["predicted"] == 1000.0 for r in a100) and all(r["predicted"] == 2000.0 for r in hopper)
     assert [r["name"] for r in b200] == ["mlperf41-gpt3-64b200"] and b200[0]["predicted"] == 3000.0
+    assert {r["gpu"] for r in community} == {"B200", "H800"}
     row = next(r for r in hopper if r["name"] == "mlperf30-gpt3-768")
     assert row["error"] == pytest.approx(2000.0 / 675.57 - 1)
 
@@ -171,9 +267,11 @@ def test_the_doc_has_both_tables_between_their_markers():
     hopper = doc.split("<!-- hopper table: docs/make_validation.py -->")[1].split("<!-- end of hopper table -->")[0]
     assert f"over {len(HOPPER)} runs" in hopper
     a100 = doc.split("<!-- validation table: docs/make_validation.py -->")[1].split("<!-- end of validation table -->")[0]
-    assert f"over {len(ROWS) - len(HOPPER) - len(BLACKWELL)} runs" in a100
+    assert f"over {len(ROWS) - len(HOPPER) - len(BLACKWELL) - len(COMMUNITY)} runs" in a100
     b200 = doc.split("<!-- b200 table: docs/make_validation.py -->")[1].split("<!-- end of b200 table -->")[0]
     assert f"over {len(BLACKWELL)} run" in b200
+    community = doc.split("<!-- community table: docs/make_validation.py -->")[1].split("<!-- end of community table -->")[0]
+    assert f"over {len(COMMUNITY)} runs" in community and "| GPU |" in community
 
 
 def test_table_says_run_for_one():
@@ -187,10 +285,12 @@ def test_readme_quotes_the_validation_tables_own_figures():
     are regenerated by the script; a stale README figure fails here)."""
     doc = (ROOT / "docs" / "validation.md").read_text()
     tables = re.findall(r"^Mean \|error\| ([0-9.]+)%, worst ([0-9.]+)% over (\d+) runs?", doc, re.M)
-    assert len(tables) == 3
+    assert len(tables) == 4
     readme = " ".join((ROOT / "README.md").read_text().split())
-    (a_mean, a_worst, a_runs), (h_mean, h_worst, h_runs), (b_mean, b_worst, b_runs) = tables
+    (a_mean, a_worst, a_runs), (h_mean, h_worst, h_runs), (b_mean, b_worst, b_runs), (c_mean, c_worst, c_runs) = tables
     assert b_runs == "1" and b_mean == b_worst and f"on 1 B200 run (MLPerf GPT-3) {b_mean}% too high" in readme
     assert f"on {a_runs} A100 runs" in readme and f"{a_mean}% too high on average, {a_worst}% at worst" in readme
     worst = f"{float(h_worst):.0f}%" if float(h_worst) >= 100 else f"{h_worst}%"
     assert f"on {h_runs} H100 runs" in readme and f"{h_mean}% too high on average and {worst} at worst" in readme
+    worst = f"{float(c_worst):.0f}%" if float(c_worst) >= 100 else f"{c_worst}%"
+    assert f"on {c_runs} community-reported MoE runs" in readme and f"{c_mean}% too high on average and {worst} at worst" in readme
