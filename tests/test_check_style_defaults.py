@@ -156,3 +156,17 @@ def test_stage_zero_buckets_hide_the_one_stage_sync_under_the_last_backward():
     derived = simulation.run(scenario.from_dict(raw)).metrics.step
     one = simulation.run(scenario.from_dict({**raw, "step": {**OVERLAPPED, "grad_sync_buckets": 1}})).metrics.step
     assert derived.grad_sync.exposed < one.grad_sync.exposed
+
+
+def test_a_derived_grad_sync_brings_a_derived_optimizer_unless_told_otherwise():
+    """step.optimizer unset: "derived" beside a derived grad_sync with a GPU preset's kernel rates (the check's
+    scenarios say only grad_sync); set, it is kept; with hardware.efficiency (no kernel rates) it stays 0."""
+    unset = scenario.from_dict(DENSE).step_costs().optimizer
+    explicit = scenario.from_dict({**DENSE, "step": {**OVERLAPPED, "optimizer": "derived"}}).step_costs().optimizer
+    assert unset == explicit and min(unset) > 0
+    zero = scenario.from_dict({**DENSE, "step": {**OVERLAPPED, "optimizer": 0}}).step_costs().optimizer
+    assert set(zero) == {0.0}
+    typed = {**DENSE, "hardware": {"preset": "H100", "efficiency": 0.4}}
+    assert set(scenario.from_dict(typed).step_costs().optimizer) == {0.0}
+    plain = {**DENSE, "step": {"grad_sync": 1.0}}  # a typed grad sync: the optimizer is not derived either
+    assert set(scenario.from_dict(plain).step_costs().optimizer) == {0.0}

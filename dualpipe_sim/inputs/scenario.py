@@ -171,8 +171,10 @@ class Step(_Section):
     # per stage held on two ranks: summing the two copies; "derived" as grad_sync
     cross_copy_sync: Union[PerStageNonNeg, Literal["derived"]] = 0.0
     cross_copy_eager: bool = False  # sum as soon as both copies are done, not after the pipeline
-    # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware]
-    optimizer: Union[PerStageNonNeg, Literal["derived"]] = 0.0
+    # per stage copy: its share of its rank's optimizer step; "derived": from [model]/[parallel]/[hardware];
+    # None (unset): "derived" when grad_sync is and the GPU preset's kernel rates time it, else 0
+    # (Scenario.optimizer_setting)
+    optimizer: Union[PerStageNonNeg, Literal["derived"], None] = None
     # a copy's grad sync in n equal parts; "derived": Megatron-core's DDP buckets (model/ddp_buckets.py)
     grad_sync_buckets: Union[Annotated[int, Field(ge=1, le=1000)], Literal["derived"]] = "derived"
     # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
@@ -272,6 +274,15 @@ class Scenario(_Section):
             hbm = self.hardware.hbm
         return hbm or None
 
+    def optimizer_setting(self):
+        """step.optimizer as set, or its default: "derived" beside a derived grad_sync when the optimizer can
+        be timed (a GPU preset's kernel rates: no hardware.efficiency), else no time."""
+        st = self.step
+        if st.optimizer is not None:
+            return st.optimizer
+        timed = self.hardware is not None and self.hardware.preset is not None and self.hardware.efficiency is None
+        return "derived" if st.grad_sync == "derived" and self.model is not None and timed else 0.0
+
     def step_costs(self, derived=None) -> StepCosts | None:
         """The [step] figures per stage, or None without a [step] table.  ``derived``: as cost_model's."""
         if self.step is None:
@@ -284,8 +295,9 @@ class Scenario(_Section):
             raise ScenarioError("step.overlap_param_gather: must be false unless step.overlap_grad_sync = true "
                                 "(Megatron: --overlap-param-gather needs --overlap-grad-reduce)")
         figures = {}
-        for key in ("grad_sync", "cross_copy_sync", "optimizer"):
-            if getattr(st, key) == "derived":
+        settings = {"grad_sync": st.grad_sync, "cross_copy_sync": st.cross_copy_sync, "optimizer": self.optimizer_setting()}
+        for key, setting in settings.items():
+            if setting == "derived":
                 from ..model.step_figures import derived_sync
 
                 try:
@@ -295,7 +307,7 @@ class Scenario(_Section):
         return StepCosts(
             grad_sync=figures.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
             cross_copy_sync=figures.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
-            optimizer=figures.get("optimizer") or _per_stage(st.optimizer, S, "step.optimizer"),
+            optimizer=figures.get("optimizer") or _per_stage(settings["optimizer"], S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=ddp_buckets.per_stage(self, derived),
