@@ -91,8 +91,18 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int)
 
 
 def all_to_all(sent: float, rates, link: str) -> float:
-    """Seconds for an all-to-all in which each rank sends ``sent`` bytes to the others."""
+    """Seconds for an all-to-all in which each rank sends ``sent`` bytes to the others (across nodes: the bytes
+    bound for other nodes, each GPU on its own NIC; NCCL's all-to-all cannot use more than one NIC per rank)."""
     return rates.latency + sent / bus(rates, link) if sent > 0 else 0.0
+
+
+def deepep(logical: float, ranks: int, rates, combine: bool) -> float:
+    """Seconds for one DeepEP normal-kernel dispatch (or combine) across nodes over ``ranks`` EP ranks moving
+    ``logical`` bytes, a token counted once per destination node, its own node included: DeepEP's measured
+    logical bandwidth at that EP size (``rates.deepep_dispatch`` / ``deepep_combine``; linear in log2(ranks)
+    between rows, the end rows' figures beyond them).  The measured time is the whole kernel's: no latency added."""
+    curve = rates.deepep_combine if combine else rates.deepep_dispatch
+    return logical / measured_bus(curve, ranks) if logical > 0 else 0.0
 
 
 def p2p(nbytes: float, rates, link: str) -> float:

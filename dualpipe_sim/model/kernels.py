@@ -140,6 +140,11 @@ class Layout:
         """Tokens of one micro-batch on one context-parallel rank (before the tensor split)."""
         return self.seq * self.micro_batch // self.context
 
+    @property
+    def deepep(self) -> bool:
+        """DeepEP's kernels carry the expert all-to-all: Megatron-core's flex dispatcher, or DeepSeek's runtime."""
+        return self.dispatcher == "deepep" or self.deepseek
+
 
 class Table:
     """Builds one block's kernels on one GPU (a list, with helpers for each kind)."""
@@ -532,12 +537,18 @@ def _all_to_all(tb: Table, n: int) -> None:
     fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
     link = "nvlink" if e <= r.gpus_per_node else "nic"
     copies = k * (e - 1) / e  # copies of a token that leave the rank (balanced routing)
+    deepep = False
     if link == "nic":
         nodes = -(-e // r.gpus_per_node)
-        distinct = nodes * (1 - (1 - 1 / nodes) ** k)
+        distinct = nodes * (1 - (1 - 1 / nodes) ** k)  # nodes a token's k experts fall on
         if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing
             distinct = min(distinct, cfg.route_group_limit)
-        copies = distinct * (nodes - 1) / nodes
+        # Megatron's alltoall dispatcher (NCCL): one row per (token, expert), so every copy bound for another
+        # node crosses the NIC; DeepEP sends a token once per destination node and forwards it on NVLink there
+        copies = (distinct if lay.deepep else k) * (nodes - 1) / nodes
+        deepep = lay.deepep and bool(r.deepep_dispatch)
+        if deepep:  # DeepEP's measured bandwidth counts a token once per node, its own included
+            copies = distinct
     elems = n * copies * h
     # before the dispatch, the ranks exchange how many tokens each sends to each expert (Megatron-core
     # token_dispatcher.py, MoEAlltoAllTokenDispatcher.preprocess: an all-gather of E int64 counts over the
@@ -545,9 +556,12 @@ def _all_to_all(tb: Table, n: int) -> None:
     tb.comm("token counts all-gather", "dispatch_forward", "all_gather", cfg.num_experts * 8.0 * e, e, link)
     for comp, per in (("dispatch_forward", fp8), ("combine_forward", lay.act_bytes),
                       ("dispatch_backward", lay.act_bytes), ("combine_backward", fp8)):  # fmt: skip
-        secs = collectives.all_to_all(elems * per, r, link)
-        tb.rows.append(Kernel("all-to-all", comp, "comm", f"{elems * per / 1e6:.3g} MB sent ({link})", 0.0,
-                              elems * per, secs, "communication"))  # fmt: skip
+        if deepep:  # the combine kernel in combine_forward and in the dispatch's backward, as DeepEP runs them
+            secs = collectives.deepep(elems * per, e, r, combine=comp in ("combine_forward", "dispatch_backward"))
+            shape = f"{elems * per / 1e6:.3g} MB to {distinct:.3g} nodes (DeepEP, EP {e})"
+        else:
+            secs, shape = collectives.all_to_all(elems * per, r, link), f"{elems * per / 1e6:.3g} MB sent ({link})"
+        tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
 
 
 def context_exchange(tb: Table) -> None:

@@ -44,6 +44,11 @@ class KernelRates:
     # backward seq_half), as attention_forward etc.; None: no table (A100's figures are flash-attn 2's already)
     attention_fa2: tuple[float, float, float, float] | None = None
     attention_seq_half_backward: float | None = None  # None: attention_seq_half
+    # DeepEP's normal kernels across nodes (model.moe_dispatcher = "deepep", DeepSeek's runtime): measured logical
+    # bandwidth, ((EP ranks, bytes/s), ...) rising in ranks, of its dispatch and its combine kernel; the logical bytes
+    # count a token once per destination node, its own included (collectives.deepep); (): no table for this GPU
+    deepep_dispatch: tuple[tuple[float, float], ...] = ()
+    deepep_combine: tuple[tuple[float, float], ...] = ()
 
     def with_fp8_gemm(self, library: str) -> "KernelRates":
         """The same GPU with the FP8 GEMMs of ``library`` ("cublas" or "deepgemm")."""
@@ -79,7 +84,9 @@ class KernelRates:
                        attention_fa2=None if self.attention_fa2 is None else
                        (self.attention_fa2[0] * compute, self.attention_fa2[1] * compute, *self.attention_fa2[2:]),
                        nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic,
-                       nvlink_curve=tuple((size, bus * nvlink) for size, bus in self.nvlink_curve))  # fmt: skip
+                       nvlink_curve=tuple((size, bus * nvlink) for size, bus in self.nvlink_curve),
+                       deepep_dispatch=tuple((ep, bw * nic) for ep, bw in self.deepep_dispatch),
+                       deepep_combine=tuple((ep, bw * nic) for ep, bw in self.deepep_combine))  # fmt: skip
 
 
 # -- the presets ------------------------------------------------------------------------------------
@@ -103,11 +110,18 @@ _A100_ALL_REDUCE = tuple((float(1 << (10 + i)), gbs * 1e9) for i, gbs in enumera
     0.04, 0.08, 0.17, 0.33, 0.67, 1.37, 2.70, 5.15, 10.11, 19.24, 36.22, 53.54, 71.43, 89.99, 109.22, 132.77,
     166.63, 174.18, 213.87, 221.58, 228.10, 230.22, 230.48, 231.58)))  # fmt: skip
 
+# DeepEP's README (@ 3b1045d, H800, CX7 400 Gb/s per GPU, 4096 tokens x 7168, top-8, FP8 dispatch / BF16 combine):
+# internode "bottleneck bandwidth (RDMA)" at EP 16, 32, 64 (tests/data/kernels/deepep_h800_internode.csv); taken for
+# H100 and H200 too (the same NIC; an H200 pair of nodes on CX7 measured 38-44 GB/s at EP 16, DeepEP#493)
+_DEEPEP_DISPATCH = ((16.0, 43e9), (32.0, 58e9), (64.0, 51e9))
+_DEEPEP_COMBINE = ((16.0, 43e9), (32.0, 57e9), (64.0, 50e9))
+
 # flash-attn 2 on H100 80GB SXM5 (flash-attention's H100 benchmark figures, causal, head dim 128): forward fitted
 # directly, backward from the forward+backward figure (benchmarks/fit_kernel_rates.py)
 _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
-                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2)  # fmt: skip
+                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2,
+                    deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE)  # fmt: skip
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
