@@ -237,13 +237,15 @@ def test_v51_b200_buckets_by_hand():
         assert SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama405b-{nodes * 8}b200.toml").step.grad_sync_buckets == 6
 
 
-@pytest.mark.parametrize("nodes, gpu, cp, dp, mbs, gbs", [(1, "B200", 1, 8, 2, 16), (8, "B200", 2, 32, 1, 32),
-                                                        (8, "H200", 2, 32, 1, 32)])
-def test_v51_llama8b_layout_as_published(nodes, gpu, cp, dp, mbs, gbs):
-    # University of Florida hpg.dgxb200x8/config_DGXB200_<nodes>x8x<minibs>xtp1pp1cp<cp>_8b.sh, HPE
-    # config_XD670_8x8x1xtp1pp1cp2_8b.sh: TP 1, PP 1, MINIBS = MICRO_BATCH_SIZE; DP = nodes x 8 / CP; the logs'
+@pytest.mark.parametrize("nodes, name, gpu, cp, dp, mbs, gbs", [
+    (1, "8b200", "B200", 1, 8, 2, 16), (8, "64b200", "B200", 2, 32, 1, 32), (8, "64b200-verda", "B200", 2, 32, 1, 32),
+    (8, "64h200", "H200", 2, 32, 1, 32),
+])  # fmt: skip
+def test_v51_llama8b_layout_as_published(nodes, name, gpu, cp, dp, mbs, gbs):
+    # University of Florida hpg.dgxb200x8/config_DGXB200_<nodes>x8x<minibs>xtp1pp1cp<cp>_8b.sh (Verda's 8-node file is
+    # the same), HPE config_XD670_8x8x1xtp1pp1cp2_8b.sh: TP 1, PP 1, MINIBS = MICRO_BATCH_SIZE; DP = nodes x 8 / CP; the logs'
     # global_batch_size = MINIBS x DP and 1 accumulation step
-    sc = SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{nodes * 8}{gpu.lower()}.toml")
+    sc = SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{name}.toml")
     p, par = sc.pipeline, sc.parallel
     assert (par.tensor, p.stages, par.context, par.data, p.microbatches) == (1, 1, cp, dp, 1)
     assert nodes * 8 // cp == dp and sc.model.micro_batch_size == mbs and mbs * dp == gbs
@@ -266,7 +268,7 @@ def test_v51_b200_llama8b_buckets_by_hand():
         if fill >= 134217728:
             buckets, fill = buckets + 1, 0
     assert buckets == 1 + 1 + 31 + 1 and fill == 0
-    for name in ("8b200", "64b200", "64h200"):
+    for name in ("8b200", "64b200", "64b200-verda", "64h200"):
         assert SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{name}.toml").step.grad_sync_buckets == 34
 
 
@@ -292,6 +294,7 @@ def test_v41_amax_reduction_group(name, group):
     ("mlperf51-llama405b-256b200", 576 * 8192), ("mlperf51-llama405b-448b200", 1008 * 8192),
     # the University of Florida's Llama 3.1 8B runs: 16 and 32 sequences
     ("mlperf51-llama8b-8b200", 16 * 8192), ("mlperf51-llama8b-64b200", 32 * 8192), ("mlperf51-llama8b-64h200", 32 * 8192),
+    ("mlperf51-llama8b-64b200-verda", 32 * 8192),
 ])  # fmt: skip
 def test_new_mlperf_rows_simulate_and_count_the_global_batch(name, tokens):
     """The rows run as the table runs them (a real simulation): each step trains the logs' global batch,
@@ -323,7 +326,8 @@ def test_rows_split_by_gpu_and_cover_the_csv(monkeypatch):
     assert names[3] == {r["name"] for r in COMMUNITY}
     assert all(r["predicted"] == 1000.0 for r in a100) and all(r["predicted"] == 2000.0 for r in hopper)
     assert [r["name"] for r in b200] == ["mlperf41-gpt3-64b200", "mlperf51-llama405b-256b200",
-                                         "mlperf51-llama405b-448b200", "mlperf51-llama8b-8b200", "mlperf51-llama8b-64b200"]
+                                         "mlperf51-llama405b-448b200", "mlperf51-llama8b-8b200", "mlperf51-llama8b-64b200",
+                                         "mlperf51-llama8b-64b200-verda"]
     assert all(r["predicted"] == 3000.0 for r in b200)
     assert {"mlperf50-llama405b-512h200", "mlperf50-llama405b-1024h200", "mlperf51-llama8b-64h200"} <= {
         r["name"] for r in hopper}
