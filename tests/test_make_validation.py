@@ -238,7 +238,9 @@ def test_v51_b200_buckets_by_hand():
 
 
 @pytest.mark.parametrize("nodes, name, gpu, cp, dp, mbs, gbs", [
-    (1, "8b200", "B200", 1, 8, 2, 16), (8, "64b200", "B200", 2, 32, 1, 32), (8, "64b200-verda", "B200", 2, 32, 1, 32),
+    (1, "8b200", "B200", 1, 8, 2, 16), (2, "16b200", "B200", 1, 16, 2, 32), (4, "32b200", "B200", 2, 16, 1, 16),
+    (8, "64b200", "B200", 2, 32, 1, 32), (16, "128b200", "B200", 2, 64, 1, 64), (32, "256b200", "B200", 2, 128, 1, 128),
+    (8, "64b200-verda", "B200", 2, 32, 1, 32),
     (8, "64h200", "H200", 2, 32, 1, 32),
 ])  # fmt: skip
 def test_v51_llama8b_layout_as_published(nodes, name, gpu, cp, dp, mbs, gbs):
@@ -268,7 +270,7 @@ def test_v51_b200_llama8b_buckets_by_hand():
         if fill >= 134217728:
             buckets, fill = buckets + 1, 0
     assert buckets == 1 + 1 + 31 + 1 and fill == 0
-    for name in ("8b200", "64b200", "64b200-verda", "64h200"):
+    for name in ("8b200", "16b200", "32b200", "64b200", "128b200", "256b200", "64b200-verda", "64h200"):
         assert SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{name}.toml").step.grad_sync_buckets == 34
 
 
@@ -327,7 +329,8 @@ def test_rows_split_by_gpu_and_cover_the_csv(monkeypatch):
     assert all(r["predicted"] == 1000.0 for r in a100) and all(r["predicted"] == 2000.0 for r in hopper)
     assert [r["name"] for r in b200] == ["mlperf41-gpt3-64b200", "mlperf51-llama405b-256b200",
                                          "mlperf51-llama405b-448b200", "mlperf51-llama8b-8b200", "mlperf51-llama8b-64b200",
-                                         "mlperf51-llama8b-64b200-verda"]
+                                         "mlperf51-llama8b-64b200-verda", "mlperf51-llama8b-16b200", "mlperf51-llama8b-32b200",
+                                         "mlperf51-llama8b-128b200", "mlperf51-llama8b-256b200"]
     assert all(r["predicted"] == 3000.0 for r in b200)
     assert {"mlperf50-llama405b-512h200", "mlperf50-llama405b-1024h200", "mlperf51-llama8b-64h200"} <= {
         r["name"] for r in hopper}
