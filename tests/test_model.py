@@ -287,7 +287,7 @@ def test_llama_presets_load_and_70b_fits():
     from dualpipe_sim import simulation
 
     m = simulation.run(scenario.load(ROOT / "scenarios" / "llama3-70b.toml")).metrics
-    assert m.fits() is True and m.device_memory == 80e9
+    assert m.fits() is True and m.device_memory == 81559 * 2**20
     d405 = scenario.load(ROOT / "scenarios" / "llama3-405b.toml").derived()
     assert [len(st.layers) for st in d405.setup.stages] == [3] + [4] * 30 + [3]
     assert sum(st.dense_params for st in d405.stages) == 405_853_388_800  # every parameter on one stage

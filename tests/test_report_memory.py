@@ -38,8 +38,8 @@ def test_memory_chart_peaks_at_memory_total_with_the_device_line():
         mem = rank.memory
         assert mem.total > mem.parameters + mem.activations_peak  # gradients and optimizer states count too
     (line,) = layout["shapes"]
-    assert line["y0"] == line["y1"] == pytest.approx(80e9 / 1e9) and line["line"]["dash"] == "dash"
-    assert layout["annotations"][0]["text"] == "device memory 80 GB"
+    assert line["y0"] == line["y1"] == pytest.approx(81559 * 2**20 / 1e9) and line["line"]["dash"] == "dash"
+    assert layout["annotations"][0]["text"] == "device memory 85.5 GB"  # H100's 81559 MiB in 10^9 bytes
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,6 @@ def test_memory_png_title_is_not_clipped(monkeypatch, tmp_path):
     renderer = FigureCanvasAgg(fig).get_renderer()
     box = fig._suptitle.get_window_extent(renderer)
     assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
-    assert "shaded: grad sync" in fig._suptitle.get_text() and "capacity 80 GB" in fig._suptitle.get_text()
+    assert "shaded: grad sync" in fig._suptitle.get_text() and "capacity 85.5 GB" in fig._suptitle.get_text()  # H800 = H100: 81559 MiB
     axes_top = fig.axes[0].get_window_extent(renderer).y1
     assert box.y0 >= axes_top  # the title's four lines sit above the bands

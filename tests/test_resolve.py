@@ -93,7 +93,7 @@ def test_inputs_are_the_scenarios_own_figures():
     assert isinstance(inputs, Inputs)
     assert inputs.costs == sc.cost_model()
     assert inputs.step_costs == sc.step_costs()
-    assert inputs.device_memory == sc.device_memory() == 80e9  # H100: 80 GB of HBM
+    assert inputs.device_memory == sc.device_memory() == 81559 * 2**20  # H100: the 81559 MiB it reports
     assert [s.static for s in inputs.derived.stages] == [s.static for s in sc.derived().stages]
     assert all(x > 0 for x in inputs.step_costs.grad_sync + inputs.step_costs.optimizer)
 

@@ -1,8 +1,9 @@
 """GPU presets: peak dense TFLOP/s, HBM capacity and link bandwidths, with where each figure is from.
 
 Figures are per GPU, dense (no 2:4 sparsity), SXM parts.  Bandwidths are in
-GB/s (10^9 bytes/s) per direction; capacities in bytes (10^9, the datasheets'
-GB).  Sources (full citations in docs/model.md):
+GB/s (10^9 bytes/s) per direction; capacities in bytes: the total the device
+reports (nvidia-smi, in MiB), not the datasheet's decimal "80 GB", so an H100
+holds 85.5 GB (10^9).  Sources (full citations in docs/model.md):
 
 * H100 SXM: NVIDIA H100 Tensor Core GPU datasheet: BF16 989.4 TFLOPS and FP8
   1,978.9 TFLOPS dense (the datasheet's 1,979 / 3,958 are with sparsity),
@@ -41,12 +42,25 @@ class Hardware:
         return tflops * 1e12
 
 
+MIB = 2**20
+
+# Device memory as reported (MLPerf Training system descriptions, "accelerator_memory_capacity", nvidia-smi's
+# total).  The model's runtime allowance (memory.py) is charged on top, so "fits" means needed <= this total.
+# H100-SXM5-80GB: mlcommons/training_results_v4.0 @ 6fe9543 NVIDIA/systems/eos_n128_ngc24.04_nemo.json
+H100_HBM = 81559 * MIB
+# H200-SXM5-141GB: mlcommons/training_results_v4.0 @ 6fe9543 NVIDIA/systems/h200_ngc24.04_dgl.json
+H200_HBM = 143771 * MIB
+# B200-SXM-180GB: mlcommons/training_results_v5.1 @ 441d65f Dell/systems/1xXE9680Lx8B200-SXM-180GB.json
+B200_HBM = 183359 * MIB
+# A100-SXM4-80GB: the MLPerf v2.1-v4.0 systems give only "80 GB", no reported total was reached: the datasheet's.
+A100_HBM = 80e9
+
 PRESETS = {
-    "H100": Hardware("H100", 989.4, 1978.9, 80e9, 50.0, 50.0, 450.0),
-    "H800": Hardware("H800", 989.4, 1978.9, 80e9, 50.0, 50.0, 160.0),
-    "H200": Hardware("H200", 989.4, 1978.9, 141e9, 50.0, 50.0, 450.0),
-    "B200": Hardware("B200", 2250.0, 4500.0, 180e9, 50.0, 50.0, 900.0),
-    "A100": Hardware("A100", 312.0, None, 80e9, 25.0, 25.0, 300.0),
+    "H100": Hardware("H100", 989.4, 1978.9, H100_HBM, 50.0, 50.0, 450.0),
+    "H800": Hardware("H800", 989.4, 1978.9, H100_HBM, 50.0, 50.0, 160.0),  # assumed: H100's die and memory
+    "H200": Hardware("H200", 989.4, 1978.9, H200_HBM, 50.0, 50.0, 450.0),
+    "B200": Hardware("B200", 2250.0, 4500.0, B200_HBM, 50.0, 50.0, 900.0),
+    "A100": Hardware("A100", 312.0, None, A100_HBM, 25.0, 25.0, 300.0),
 }
 
 
