@@ -199,7 +199,10 @@ def test_huge_but_summable_durations_give_a_clean_result():
 
 
 # -- Ctrl-C -----------------------------------------------------------------------------------
-LONG = ["--set", "pipeline.stages=16", "--set", "pipeline.microbatches=10000"]  # several s of CPU, ~0.7 s of it imports: still working when signalled however fast the engine gets
+# about 10 s of CPU for `run` (~0.7 s of it imports): still working when signalled, however fast the engine gets and
+# however long a loaded machine keeps this test from running between its check and the signal (10,000
+# micro-batches finished first once, under load)
+LONG = ["--set", "pipeline.stages=16", "--set", "pipeline.microbatches=30000"]
 
 
 def cpu_seconds(pid: int) -> float:
