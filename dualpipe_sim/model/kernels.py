@@ -51,12 +51,6 @@ UB_SM_OVERLAPS = ("qkv_dgrad", "qkv_wgrad", "fc1_dgrad", "fc1_wgrad", "proj_fpro
 UB_DEFAULT_SMS = 16
 UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatters, which can run an atomic GEMM
 UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
-# Megatron-core's --gradient-accumulation-fusion (on unless --no-gradient-accumulation-fusion, arguments.py @ 1e05700)
-# hands Transformer Engine's linears fuse_wgrad_accumulation: each wgrad GEMM accumulates (beta = 1) into the
-# parameter's fp32 main_grad (bf16 training keeps fp32 gradients: accumulate_allreduce_grads_in_fp32), so every
-# output value is read and written in fp32 (TE v2.4 module/grouped_linear.py, linear.py: accumulate=
-# accumulate_wgrad_into_param_main_grad; Megatron's own ColumnParallelLinear: wgrad_gemm_accum_fp32): every
-# output value of the main_grad's dtype (model.grads_dtype) is read and written
 
 
 @dataclass(frozen=True)
@@ -119,9 +113,12 @@ class Layout:
 
     @property
     def wgrad_out(self) -> float:
-        """Bytes per output value a wgrad GEMM moves: Megatron-core accumulates into the main_grad (read +
-        write, fp32 or, with 16-bit gradients such as apex's bf16 buffer, 16 bits); a runtime that adds the
-        gradients in a pass of its own (``grad_accumulation``) writes 16 bits."""
+        """Bytes per output value a wgrad GEMM moves.  Megatron-core's --gradient-accumulation-fusion (on by
+        default, arguments.py @ 1e05700) has each wgrad GEMM accumulate (beta = 1) into the parameter's
+        main_grad (TE v2.4 grouped_linear.py / linear.py: accumulate_wgrad_into_param_main_grad; Megatron's
+        wgrad_gemm_accum_fp32): every value read and written in ``model.grads_dtype`` (fp32 by default, 16 bits
+        with apex's bf16 buffer).  A runtime that adds the gradients in a pass of its own (``grad_accumulation``)
+        writes 16 bits."""
         return self.act_bytes if self.legacy or self.grad_accumulation > 0 else 2 * self.grad_bytes
 
     @property
