@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.cli import main
-from dualpipe_sim.model import activations, config, flops, layout, memory, params
+from dualpipe_sim.model import activations, config, derive, flops, layout, memory, params
 from dualpipe_sim.model.config import ModelError
 
 from helpers import DEEPSEEK_PROFILE_MS, TINY_LLAMA_MODEL
@@ -193,7 +193,7 @@ def test_model_verb_bad_config_exits_2(tmp_path, capsys):
 DEEPSEEK_SECTIONS = {
     "pipeline": {"schedule": "dualpipe", "stages": 16, "microbatches": 32},
     "model": {"config": str(MODELS / "deepseek-v3.json"), "seq_length": 4096, "micro_batch_size": 1,
-              "optimizer_dtype": "bf16"},
+              "optimizer_dtype": "bf16", "moe_dispatcher": "deepep"},  # DeepSeek's all-to-all: a token once per node
     "parallel": {"expert": 64, "data": 128, "zero": 1, "layout": "Et*3|(t*4|)*14t*2mL"},
     "hardware": {"preset": "H800", "efficiency": 0.324, "a2a_overhead": 4.04},
     "memory": {"recompute": "deepseek"},
@@ -327,3 +327,37 @@ def test_mixtral_and_qwen_moe_counts():
     t = params.totals(qwen)
     assert t.total == 24 * layer + 2 * 151936 * 2048 + 2048 and close(t.total, 14.3e9)
     assert round((t.activated + t.embedding) / 1e8) / 10 == 2.7
+
+
+@pytest.mark.parametrize("dispatcher", ["alltoall", "deepep"])
+def test_efficiency_model_all_to_all_counts_copies_as_the_dispatcher_sends_them(tmp_path, dispatcher):
+    """With hardware.efficiency the all-to-all crosses the NIC as in the kernel model: Megatron's NCCL
+    all-to-all sends every (token, expert) copy bound for another node, DeepEP one per remote node reached."""
+    from dualpipe_sim.inputs import scenario
+
+    path = tmp_path / "ep16.toml"
+    path.write_text(f"""
+[pipeline]
+schedule = "1f1b"
+stages = 16
+microbatches = 32
+[model]
+config = "{MODELS / 'deepseek-v3.json'}"
+seq_length = 4096
+micro_batch_size = 1
+moe_dispatcher = "{dispatcher}"
+[parallel]
+expert = 16
+data = 16
+[hardware]
+preset = "H800"
+efficiency = 0.4
+""")
+    st = scenario.load(path).derived().setup
+    # EP 16 on nodes of 8: 2 nodes. A token's 8 experts: each on the other node with probability 1/2.
+    # NCCL: 8 x 1/2 = 4 copies over the NIC. DeepEP: the nodes reached, 2 (1 - 1/2^8) = 1.9921875, half remote.
+    copies = 4.0 if dispatcher == "alltoall" else 2 * (1 - 0.5**8) / 2
+    b = derive.a2a_bytes(st)
+    assert b["combine_forward"] == pytest.approx(4096 * copies * 7168 * 2, rel=1e-12)  # BF16 combine
+    t = derive.a2a_times(st)
+    assert t["combine_forward"] == pytest.approx(st.a2a_overhead + b["combine_forward"] / 50e9 * 1e3, rel=1e-12)

@@ -18,7 +18,7 @@ import pytest
 
 from dualpipe_sim import plan as ds_plan
 from dualpipe_sim.plan import PlanError, reason_kind
-from dualpipe_sim.plan.chart import pareto
+from dualpipe_sim.plan.chart import fitting_front, pareto
 from dualpipe_sim.plan.estimate import Estimate
 from dualpipe_sim.plan.rank import Row, ranked, to_simulate
 from dualpipe_sim.plan.shapes import shape
@@ -206,6 +206,9 @@ def test_schedule_shapes_from_the_registry():
 def test_pareto_front_by_hand():
     # (memory, throughput): (1, 1) and (2, 3) and (4, 5) are on the front; (3, 2) is beaten by (2, 3)
     assert pareto([(3, 2), (1, 1), (4, 5), (2, 3)]) == [1, 3, 2]
+    # (4, 5) needs more than the device's 3.5: the front stops at (2, 3); (3, 2) is beaten by it
+    assert fitting_front([(3, 2), (1, 1), (4, 5), (2, 3)], 3.5) == [1, 3]
+    assert fitting_front([(3, 2), (1, 1), (4, 5), (2, 3)], None) == [1, 3, 2]
 
 
 def test_reason_kinds_drop_figures():

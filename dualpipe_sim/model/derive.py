@@ -364,11 +364,14 @@ def a2a_bytes(st: Setup) -> dict[str, float]:
     fp8 = 1.0 + FP8_SCALE_OVERHEAD if cfg.fp8 else st.act_bytes
     per_node = st.hw.gpus_per_node
     nodes = math.ceil(ep / per_node)
-    if nodes > 1:  # the NIC limits: one copy per remote node a token's experts live on
-        distinct = nodes * (1 - (1 - 1 / nodes) ** k)
+    if nodes > 1:  # the NIC limits; as kernels._all_to_all counts the copies that cross it:
+        distinct = nodes * (1 - (1 - 1 / nodes) ** k)  # nodes a token's k experts fall on
         if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing (DeepSeek-V3)
             distinct = min(distinct, cfg.route_group_limit)
-        copies = distinct * (nodes - 1) / nodes
+        # DeepEP (and DeepSeek's runtime) sends a token once per remote node; Megatron's NCCL
+        # all-to-all one row per (token, expert), so every copy bound for another node
+        deepep = st.dispatcher == "deepep" or st.deepseek_kernels
+        copies = (distinct if deepep else k) * (nodes - 1) / nodes
     else:  # NVLink: every copy to another GPU of the node
         copies = k * (ep - 1) / ep
     elems = n * copies * h

@@ -273,7 +273,7 @@ def explain_lines(d: Derived) -> list[str]:
             b = derive.a2a_bytes(st)
             lines.append(
                 f"  all-to-all = overhead {st.a2a_overhead} ms + bytes / {hw.a2a_gbps:g} GB/s "
-                f"(NIC; node-limited routing counts one copy per remote node): "
+                f"(NIC: {'one copy per remote node a token reaches, DeepEP' if st.dispatcher == 'deepep' or st.deepseek_kernels else 'every (token, expert) copy bound for another node, NCCL'}): "
                 + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in b.items())
             )
         lines.append(f"  P2P = {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} {_p2p_split(st)}"

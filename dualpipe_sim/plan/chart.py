@@ -1,7 +1,7 @@
 """plan.png: throughput against peak memory for every simulated candidate.
 
-One dot per simulated candidate, coloured by schedule; the Pareto front (no
-other candidate is both faster and lighter) joined by a line; the top K
+One dot per simulated candidate, coloured by schedule; the Pareto front of
+those that fit the device (no other is both faster and lighter) joined by a line; the top K
 numbered; the device's memory as a dashed line.
 """
 
@@ -33,6 +33,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def fitting_front(points: list[tuple[float, float]], limit: float | None) -> list[int]:
+    """The Pareto front of the points whose memory x is within ``limit`` (all if None): a layout
+    over the device is no choice, however fast, so it must not bend the front."""
+    fitting = [i for i, (x, _) in enumerate(points) if limit is None or x <= limit]
+    return [fitting[i] for i in pareto([points[i] for i in fitting])]
+
+
 def draw(plan, path) -> None:
     rows = [r for r in plan.rows if r.ok and r.tokens_per_second_per_gpu]
     fig = new_figure(9.0, 5.6)
@@ -44,7 +51,7 @@ def draw(plan, path) -> None:
         mine = [p for p, r in zip(pts, rows) if r.candidate.schedule == name]
         ax.scatter([x for x, _ in mine], [y for _, y in mine], s=22, color=schedule_colour(name), alpha=0.8,
                    marker=schedule_marker(name), linewidths=0, label=name)  # fmt: skip
-    front = pareto(pts)
+    front = fitting_front(pts, plan.device_memory / 1e9 if plan.device_memory else None)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.25", lw=1.0, zorder=1)
     if plan.device_memory:
         ax.axvline(plan.device_memory / 1e9, color="0.4", ls="--", lw=1.0)
@@ -70,10 +77,10 @@ def draw(plan, path) -> None:
     ax.set_xlabel("peak memory per rank (GB): static bytes, activations, buffers, runtime allowance")
     ax.set_ylabel("tokens / s per GPU")
     ax.set_title(f"{len(rows)} simulated layouts on {plan.gpus} GPUs: throughput against memory "
-                 f"(line: Pareto front; circles: top {len(plan.top)})", fontsize=10)  # fmt: skip
+                 f"(line: Pareto front of those that fit; circles: top {len(plan.top)})", fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.25", lw=1.0))
-    labels.append("Pareto front")
+    labels.append("Pareto front (fitting)")
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     save(fig, path)
