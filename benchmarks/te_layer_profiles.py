@@ -2,7 +2,7 @@
 
     python benchmarks/te_layer_profiles.py
 
-Two sources, each a timing of one layer's kernels in isolation (not a training run's tokens/s); their
+Three sources, each a timing of one layer's kernels in isolation (not a training run's tokens/s); their
 figures are in tests/data/kernels/ with what each times:
 
 1. TE's getting-started benchmark (``te_getting_started_h100.csv``): one GPT layer (hidden 4096, 32 heads,
