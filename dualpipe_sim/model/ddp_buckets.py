@@ -20,6 +20,8 @@ split over the tensor ranks; norms, positions and the router are not.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from . import params
 
 MIN_BUCKET = 40_000_000  # elements: Megatron-core's floor
@@ -35,14 +37,8 @@ def count(sizes_reversed: list[int], size: int, split_last: bool = False) -> int
     """Buckets Megatron fills from parameters of ``sizes_reversed`` elements (backward order): a bucket
     closes at the first parameter that brings it to ``size``; ``split_last``: the last parameter (a
     shared embedding) starts a bucket of its own."""
-    buckets, filled = 0, 0
-    for i, n in enumerate(sizes_reversed):
-        if split_last and i == len(sizes_reversed) - 1 and filled > 0:
-            buckets, filled = buckets + 1, 0
-        filled += n
-        if filled >= size:
-            buckets, filled = buckets + 1, 0
-    return buckets + (1 if filled > 0 else 0)
+    sizes = sizes_reversed[::-1]
+    return len(_filled(sizes, list(range(len(sizes))), size, split_last))
 
 
 def _layer_tensors(cfg, i: int, t: int) -> list[int]:
@@ -120,7 +116,7 @@ def per_stage(scenario, derived=None) -> tuple[int, ...]:
 def _equal(tensors: list[int], members: list[int], n: int) -> list[tuple[int, int, int]]:
     """``members`` (indices into ``tensors``, forward order) cut into ``n`` buckets of equal elements:
     (forward position of the bucket's first element, elements, 1) per bucket, forward order."""
-    start = [sum(tensors[:i]) for i in range(len(tensors))]
+    start = [0, *accumulate(tensors)]
     total = sum(tensors[i] for i in members)
     out, walked, k = [], 0, 0
     for i in members:
@@ -136,7 +132,7 @@ def _filled(tensors: list[int], members: list[int], size: int, split_first: bool
     """``members`` bucketed by Megatron's fill rule (walked backwards, a bucket closed at the tensor that
     brings it to ``size``; ``split_first``: the forward's first, a shared embedding, in a bucket of its own):
     (forward position of its first tensor, elements, 1) per bucket, forward order."""
-    start = [sum(tensors[:i]) for i in range(len(tensors))]
+    start = [0, *accumulate(tensors)]
     out, filled, first = [], 0, None
     for i in reversed(members):
         if split_first and i == members[0] == 0 and filled:
