@@ -7,6 +7,10 @@ what grows is the data-parallel collectives' ring latency.  Worked by hand from 
 the model cites: base 8.4 / 14.0 us, NVLink step 3.4 / 1.9 us, network step 14.0 / 4.0 us; the per-step
 network overhead getNetOverhead is 1 us on the runs' Intel Xeon 8570 hosts, x3 for Simple) and the B200
 preset's NIC bus bandwidth (47 GB/s per NDR NIC, 8 a node).
+
+``start_gather_ms`` is the whole bf16 gather the model waited for when this was written; these rows now
+take Megatron-core's chained wait with FP8 parameters (tests/test_param_gather_start.py), and the whole
+gather is the figure of ``step.param_gather = "apex"`` and of Megatron-core's interleaved schedule.
 """
 
 from __future__ import annotations

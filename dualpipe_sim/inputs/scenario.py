@@ -179,6 +179,9 @@ class Step(_Section):
     grad_sync_buckets: Union[Annotated[int, Field(ge=1, le=1000)], Literal["derived"]] = "derived"
     # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
     overlap_param_gather: bool | None = None
+    # whose overlapped parameter all-gather the step's start waits for (model/step_figures.py): Megatron-core's
+    # distributed optimizer (bucket by bucket in the forward pre-hooks) or apex's DistributedFusedAdam (all of them)
+    param_gather: Literal["megatron-core", "apex"] = "megatron-core"
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
     # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's

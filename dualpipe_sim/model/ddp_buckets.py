@@ -20,6 +20,8 @@ split over the tensor ranks; norms, positions and the router are not.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 from . import params
 
 MIN_BUCKET = 40_000_000  # elements: Megatron-core's floor
@@ -35,14 +37,8 @@ def count(sizes_reversed: list[int], size: int, split_last: bool = False) -> int
     """Buckets Megatron fills from parameters of ``sizes_reversed`` elements (backward order): a bucket
     closes at the first parameter that brings it to ``size``; ``split_last``: the last parameter (a
     shared embedding) starts a bucket of its own."""
-    buckets, filled = 0, 0
-    for i, n in enumerate(sizes_reversed):
-        if split_last and i == len(sizes_reversed) - 1 and filled > 0:
-            buckets, filled = buckets + 1, 0
-        filled += n
-        if filled >= size:
-            buckets, filled = buckets + 1, 0
-    return buckets + (1 if filled > 0 else 0)
+    sizes = sizes_reversed[::-1]
+    return len(_filled(sizes, list(range(len(sizes))), size, split_last))
 
 
 def _layer_tensors(cfg, i: int, t: int) -> list[int]:
@@ -61,6 +57,28 @@ def _layer_tensors(cfg, i: int, t: int) -> list[int]:
         width = cfg.shared_intermediate_size
         tensors += [2 * h * width // t, h * width // t]
     return tensors
+
+
+def _layer_linears(cfg, i: int) -> list[bool]:
+    """Which of ``_layer_tensors(cfg, i, t)`` are Transformer Engine linear weights (FP8 parameters)."""
+    flags = [True, False, True, False]
+    if not cfg.is_moe_layer(i):
+        return flags + [True, True]
+    return flags + [False] + ([True, True] if cfg.shared_intermediate_size else [])
+
+
+def stage_zero_linears(cfg, stage) -> list[bool]:
+    """Per tensor of ``stage_zero_tensors``: a Transformer Engine linear weight, which Megatron-core keeps as an
+    FP8 parameter under --fp8-param-gather (the embedding, the norms, the router and the output layer, a
+    Megatron ``ColumnParallelLinear``, stay 16-bit)."""
+    flags = [False] if stage.embedding else []
+    if stage.embedding and cfg.max_positions:
+        flags.append(False)
+    for i in stage.layers:
+        flags += _layer_linears(cfg, i)
+    if stage.head:
+        flags += [False] if cfg.tie_word_embeddings else [False, False]
+    return flags
 
 
 def stage_zero_tensors(cfg, stage, t: int) -> list[int]:
@@ -93,3 +111,58 @@ def per_stage(scenario, derived=None) -> tuple[int, ...]:
     shared = first.embedding and not first.head and st.cfg.tie_word_embeddings and sh.zero >= 1
     n = count(stage_zero_tensors(st.cfg, first, sh.tensor)[::-1], bucket_size(sh.data), split_last=shared)
     return (max(1, n),) + (1,) * (stages - 1)
+
+
+def _equal(tensors: list[int], members: list[int], n: int) -> list[tuple[int, int, int]]:
+    """``members`` (indices into ``tensors``, forward order) cut into ``n`` buckets of equal elements:
+    (forward position of the bucket's first element, elements, 1) per bucket, forward order."""
+    start = [0, *accumulate(tensors)]
+    total = sum(tensors[i] for i in members)
+    out, walked, k = [], 0, 0
+    for i in members:
+        # the buckets that begin inside this tensor
+        while k < n and k * total // n < walked + tensors[i]:
+            out.append((start[i] + k * total // n - walked, (k + 1) * total // n - k * total // n, 1))
+            k += 1
+        walked += tensors[i]
+    return out
+
+
+def _filled(tensors: list[int], members: list[int], size: int, split_first: bool = False) -> list[tuple[int, int, int]]:
+    """``members`` bucketed by Megatron's fill rule (walked backwards, a bucket closed at the tensor that
+    brings it to ``size``; ``split_first``: the forward's first, a shared embedding, in a bucket of its own):
+    (forward position of its first tensor, elements, 1) per bucket, forward order."""
+    start = [0, *accumulate(tensors)]
+    out, filled, first = [], 0, None
+    for i in reversed(members):
+        if split_first and i == members[0] == 0 and filled:
+            out.append((start[first], filled, 1))
+            filled = 0
+        filled, first = filled + tensors[i], i
+        if filled >= size:
+            out.append((start[first], filled, 1))
+            filled = 0
+    if filled:
+        out.append((start[first], filled, 1))
+    return out[::-1]
+
+
+def gather_groups(tensors: list[int], linears: list[bool], buckets: int | None, size: int,
+                  fp8_params: bool, split_first: bool = False) -> list[tuple[int, int, int, int]]:
+    """Stage 0's parameter all-gather bucket groups in the order Megatron-core gathers them (the forward's):
+    (forward position of the group's first parameter in elements, 16-bit elements, FP8 elements, buckets).
+
+    ``buckets``: the given count, as that many equal buckets (of the FP8 parameters with ``fp8_params``);
+    None: Megatron's fill rule at ``size`` elements (``split_first`` as ``count``'s ``split_last``).  Without FP8 parameters every bucket is a group of its
+    own; with them the FP8 weights sit in a uint8 buffer of their own and every bucket of the 16-bit buffer
+    joins the group holding the forward's first FP8 bucket (param_and_grad_buffer.py ``partition_buckets``,
+    case 3), which is gathered first."""
+    cut = (lambda members: _equal(tensors, members, buckets)) if buckets else (lambda members: _filled(tensors, members, size, split_first))
+    if not fp8_params or not any(linears):
+        return [(pos, n, 0, b) for pos, n, b in cut(list(range(len(tensors))))]
+    fp8 = cut([i for i, lin in enumerate(linears) if lin])
+    rest = [i for i, lin in enumerate(linears) if not lin]
+    wide = _filled(tensors, rest, size, split_first) if not buckets and rest else ([(0, sum(tensors[i] for i in rest), 1)] if rest else [])
+    first = min([fp8[0][0]] + [pos for pos, _, _ in wide])
+    head = (first, sum(n for _, n, _ in wide), fp8[0][1], fp8[0][2] + sum(b for _, _, b in wide))
+    return [head] + [(pos, 0, n, b) for pos, n, b in fp8[1:]]

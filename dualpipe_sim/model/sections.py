@@ -86,8 +86,11 @@ class ModelSection(BaseModel):
     # ALiBi attention biases (BLOOM) as Megatron-DeepSpeed adds them to eager attention's scores: torch.baddbmm
     # with beta = 1 on a broadcast slice of the biases, which PyTorch copies into the s x s output first
     alibi: bool = False
+    # FP8 parameters (Megatron --fp8-param-gather, NeMo FP8_PARAMS): the linears' weights kept in FP8, gathered
+    # by the distributed optimizer at 1 byte each (model/step_figures.py); needs model.fp8
+    fp8_params: bool = False
 
-    @field_validator("moe_aux_loss", "alibi", mode="before")
+    @field_validator("moe_aux_loss", "alibi", "fp8_params", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)

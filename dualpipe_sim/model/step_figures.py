@@ -137,14 +137,23 @@ def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:
     return {e: ms, h: ms}
 
 
-def param_gather_ms(st, stage) -> float:
+def fp8_param_elements(st, where) -> tuple[float, float]:
+    """(dense, routed) linear-weight elements one rank holds of a stage copy: what FP8 parameters
+    (``model.fp8_params``) keep at 1 byte."""
+    units = [params.linear_weights(st.cfg, i) for i in where.layers] + [params.mtp_linear_weights(st.cfg)] * where.mtp
+    return sum(d for d, _ in units) / st.sharding.tensor, sum(r for _, r in units) / st.sharding.expert
+
+
+def param_gather_ms(st, stage, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
     """All-gathering a stage copy's updated weights from their ZeRO 1/2 shards after the optimizer
     (Megatron's distributed optimizer: gather_model_params after optimizer.step, in the parameters'
     dtype since 57bfa7c, Sep 2022; DeepSpeed's bf16 optimizer: all_gather_dp_groups in step(),
-    v0.6.5), over the same groups and links as the gradient reduction (ms)."""
+    v0.6.5), over the same groups and links as the gradient reduction (ms).  ``fp8``: the (dense,
+    routed) elements held as FP8 parameters, 1 byte each (fp8_param_elements)."""
     sh = st.sharding
-    return _sync_ms(st, "grad_sync", stage.dense_params / sh.tensor * sh.params_bytes,
-                    stage.routed_params / sh.expert * sh.params_bytes, op="all_gather")  # fmt: skip
+    saved = sh.params_bytes - 1.0
+    return _sync_ms(st, "grad_sync", stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * saved,
+                    stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * saved, op="all_gather")  # fmt: skip
 
 
 def fp8_weight_cast_ms(st, where) -> float:
@@ -162,8 +171,9 @@ def fp8_weight_cast_ms(st, where) -> float:
     return elements * kernels.FP8_WEIGHT_CAST_BYTES / st.rates.hbm * 1e3 if elements else 0.0
 
 
-def start_gather_ms(st, first_stage, buckets: int) -> float:
-    """The wait before a step's first forward for the first stage's overlapped parameter all-gather (ms).
+def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
+    """The wait before a step's first forward for the whole of the first stage's overlapped parameter
+    all-gather (ms): apex's DistributedFusedAdam, and Megatron-core's interleaved schedule.
 
     With ``--overlap-param-gather`` the optimizer leaves its updated shards to be gathered under the
     next step: Megatron's interleaved schedule launches the all-gathers of model chunks 0 and 1
@@ -173,15 +183,65 @@ def start_gather_ms(st, first_stage, buckets: int) -> float:
     every other stage's first forward waits for it: so the whole pipeline starts once stage 0's
     all-gather (its ``buckets``, the gradients' buckets, on the data-parallel link) has landed.
     The other stages' gathers run beside it from time 0 and are taken as landed before their input
-    arrives; chunk 1's and later ones as landed before their chunk's first forward."""
+    arrives; chunk 1's and later ones as landed before their chunk's first forward.  ``fp8``: as
+    param_gather_ms's."""
     sh = st.sharding
-    nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes
+    nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0)
+    if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
+        dense = _gather_ms(st, nbytes, buckets)
+        routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
+        return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+    return param_gather_ms(st, first_stage, fp8)
+
+
+def _gather_ms(st, nbytes: float, buckets: int) -> float:
+    """An all-gather of ``nbytes`` of dense parameters over the data-parallel ranks (ms): across nodes as
+    ``buckets`` NCCL rings in one group (collectives.bucketed), else one collective on its link."""
+    sh = st.sharding
     if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
         per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
-        dense = collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets) * 1e3
-        routed = first_stage.routed_params / sh.expert * sh.params_bytes
-        return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
-    return param_gather_ms(st, first_stage)
+        return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets) * 1e3
+    return _sync_ms(st, "grad_sync", nbytes, 0.0, op="all_gather")
+
+
+def chained_wait_ms(gathers: list[float], computes: list[float]) -> float:
+    """What the forward waits for when each bucket group's all-gather is launched as the previous one is
+    waited for (Megatron-core's forward pre-hook, ms): the first group's whole gather, then, group by
+    group, what gather k takes beyond ``computes[k - 1]``, the forward's compute from group k - 1's
+    first parameter to group k's."""
+    return gathers[0] + sum(max(0.0, g - f) for g, f in zip(gathers[1:], computes)) if gathers else 0.0
+
+
+def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
+    """The wait before a step's first forward for stage 0's overlapped parameter all-gather as Megatron-core
+    runs it outside its interleaved schedule (ms).
+
+    There ``align_param_gather`` is off (training/arguments.py), no ``param_sync_func`` launches anything,
+    and each module's forward pre-hook calls ``finish_param_sync`` of its parameters' bucket group: the
+    first group is launched there and waited for, and each wait launches the next group in the chain
+    (``next_param_gather_bucket_group``: the groups in reverse bucket order, the forward's).  So the forward
+    waits for the first group whole, then for what each group's gather takes beyond the forward's compute
+    since the previous group's wait (chained_wait_ms).  The groups (ddp_buckets.gather_groups): the given
+    ``step.grad_sync_buckets`` as equal buckets, or "derived" by Megatron's fill rule; each an NCCL ring
+    per bucket on the data-parallel link; the stage's forward spread over its parameters in forward order.
+    The routed experts' own buffer is waited for whole, as start_gather_ms does."""
+    cfg, sh = st.cfg, st.sharding
+    fp8 = scenario.model.fp8_params
+    tensors = ddp_buckets.stage_zero_tensors(cfg, where, sh.tensor)
+    given = None if scenario.step.grad_sync_buckets == "derived" else buckets
+    shared = where.embedding and not where.head and cfg.tie_word_embeddings
+    groups = ddp_buckets.gather_groups(tensors, ddp_buckets.stage_zero_linears(cfg, where), given,
+                                       ddp_buckets.bucket_size(sh.data), fp8, shared)  # fmt: skip
+    # the groups' shares of the stage's parameters, in bytes as param_gather_ms counts them (dense / tensor)
+    linear, routed_linear = fp8_param_elements(st, where) if fp8 else (0.0, 0.0)
+    wide_all, narrow_all = sum(g[1] for g in groups), sum(g[2] for g in groups)
+    wide = (stage.dense_params / sh.tensor - linear) / wide_all if wide_all else 0.0
+    narrow = linear / narrow_all if narrow_all else 0.0
+    gathers = [_gather_ms(st, w * wide * sh.params_bytes + n * narrow, b) for _, w, n, b in groups]
+    per_element = (stage.forward or 0.0) / sum(tensors)
+    computes = [(b[0] - a[0]) * per_element for a, b in zip(groups, groups[1:])]
+    routed = stage.routed_params / sh.expert * sh.params_bytes - routed_linear * (sh.params_bytes - 1.0)
+    return chained_wait_ms(gathers, computes) + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
 
 
 def _once_per_rank(scenario, stages: int) -> list[float]:
@@ -267,9 +327,17 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
+    fp8 = scenario.model.fp8_params
+    if fp8 and not st.layout.te_fp8:
+        raise ModelError("model.fp8_params: FP8 parameters need FP8 linears through Transformer Engine "
+                         '(model.fp8 = true, model.fp8_gemm = "cublas")')
     start = 0.0
     if key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped():
-        start = start_gather_ms(st, derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0])
+        first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
+        if step.param_gather == "megatron-core" and not scenario._megatron_interleaved():
+            start = prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
+        else:  # apex, or Megatron-core's interleaved schedule: chunk 0's buckets all launched at its start
+            start = start_gather_ms(st, first, bucket, fp8_param_elements(st, st.stages[0]) if fp8 else (0.0, 0.0))
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     buckets = ddp_buckets.per_stage(scenario, derived) if key == "grad_sync" else (1,) * len(st.stages)
@@ -288,7 +356,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             # into is not published; each adds 2.5 us against milliseconds of streaming)
             ms = (streamed / st.rates.hbm + st.rates.floor) * 1e3
             # then the updated weights all-gathered, unless Megatron hides it under the next forward
-            ms += param_gather_ms(st, stage) if gather else 0.0
+            ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
             ms += fp8_weight_cast_ms(st, where) + (start * share[s] if share else 0.0)
             out.append(ms)

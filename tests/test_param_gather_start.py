@@ -1,0 +1,157 @@
+"""The overlapped parameter all-gather at a step's start, as Megatron-core's distributed optimizer runs it
+(docs/step.md, "The step's start"), and FP8 parameters gathered at 1 byte (``model.fp8_params``).
+
+Outside the interleaved schedule Megatron-core launches each bucket group's all-gather in the forward
+pre-hook as the previous group is waited for (``finish_param_sync``, ``next_param_gather_bucket_group``):
+the forward waits for the first group whole, then for what each gather takes beyond the forward's compute
+since the previous wait.  Worked by hand below from NCCL's ring model (the B200 preset: 47 GB/s per NDR
+NIC, 8 a node; tuning.cc's Simple / LL128 constants, as tests/test_llama8b_dp_growth.py spells them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.model import ddp_buckets, step_figures
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "scenarios" / "validation"
+BUS = 8 * 47e9  # eight NDR NICs a node, one per rank of the data-parallel group on it
+# Llama 3.1 8B: linears per layer qkv 4096 x (4096 + 2 x 1024), proj 4096^2, fc1 2 x 4096 x 14336, fc2 4096 x 14336
+LINEAR = 32 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336)
+WIDE = 2 * 128256 * 4096 + 65 * 4096  # embedding, output layer, 2 norms x 32 layers + the final norm
+PARAMS = LINEAR + WIDE
+
+
+def _load(name, overrides=()):
+    return scenario.load(FOLDER / f"{name}.toml", list(overrides))
+
+
+def _ring_ms(nbytes: float, rings: int, ranks: int = 256, nodes: int = 32) -> float:
+    """NCCL's all-gather of ``nbytes`` over ``ranks`` as ``rings`` rings: the faster of Simple and LL128."""
+    simple = rings * (8.4 + (ranks - nodes) * 3.4 + (nodes - 1) * 14.0) * 1e-6 + (ranks - 1) / ranks * nbytes / BUS
+    ll128 = rings * (14.0 + (ranks - nodes) * 1.9 + (nodes - 1) * 4.0) * 1e-6 + (ranks - 1) / ranks * nbytes / (0.92 * BUS)
+    return min(simple, ll128) * 1e3
+
+
+def test_three_buckets_by_hand():
+    # gathers 4, 3 and 5 ms; the forward runs 2 ms from bucket 0's first parameter to bucket 1's, 6 ms to bucket 2's.
+    # t = 4: bucket 0 landed, bucket 1 launched; the forward reaches bucket 1 at 6, it landed at 7: waits 1;
+    # bucket 2 launched at 7, lands at 12; the forward reaches it at 13: no wait.  4 + 1 + 0 = 5
+    assert step_figures.chained_wait_ms([4.0, 3.0, 5.0], [2.0, 6.0]) == 5.0
+    # a forward too short to hide anything waits for every gather: the whole 12
+    assert step_figures.chained_wait_ms([4.0, 3.0, 5.0], [0.0, 0.0]) == 12.0
+    assert step_figures.chained_wait_ms([], []) == 0.0
+
+
+def test_fp8_parameters_form_their_own_buffer_whose_first_group_takes_the_rest():
+    # embedding 10, layer (proj 4, norm 1, qkv 6, norm 1, fc1 8, fc2 4), final norm 1, output 10: 45 elements
+    tensors = [10, 4, 1, 6, 1, 8, 4, 1, 10]
+    linears = [False, True, False, True, False, True, True, False, False]
+    # one buffer, filled backwards at 12: [output 10 + norm 1 + fc2 4] closes at 15, [fc1 8 + norm 1 + qkv 6] at 15,
+    # [norm 1 + proj 4 + embedding 10] the rest: from the forward's positions 0, 15 and 30, each a group of one
+    assert ddp_buckets.gather_groups(tensors, linears, None, 12, False) == [(0, 15, 0, 1), (15, 15, 0, 1), (30, 15, 0, 1)]
+    # FP8: the linears' buffer (proj 4, qkv 6, fc1 8, fc2 4) filled at 12: [fc2 + fc1] = 12 from fc1's position 22,
+    # [qkv + proj] = 10; the 16-bit buffer (embedding, norms, output: 23) in buckets [output 10 + norm + norm = 12],
+    # [norm + embedding = 11], both joining the forward's first FP8 group (partition_buckets case 3): 3 buckets
+    assert ddp_buckets.gather_groups(tensors, linears, None, 12, True) == [(0, 23, 10, 3), (22, 0, 12, 1)]
+    # the given count: that many equal buckets of the FP8 parameters (22 elements: 11 and 11, the second from fc1's
+    # second element, position 23); the 16-bit ones as one bucket
+    assert ddp_buckets.gather_groups(tensors, linears, 2, 0, True) == [(0, 23, 11, 2), (23, 0, 11, 1)]
+
+
+def test_llama8b_three_equal_buckets_by_hand():
+    # the 256-GPU row without FP8 parameters, in 3 equal buckets (floor(k x P / 3) elements apart), bf16
+    sc = _load("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3"])
+    d = sc.derived()
+    assert d.stages[0].dense_params == PARAMS == sum(ddp_buckets.stage_zero_tensors(d.setup.cfg, d.setup.stages[0], 1))
+    cuts = [0, PARAMS // 3, 2 * PARAMS // 3, PARAMS]
+    gathers = [_ring_ms(2 * (b - a), 1) for a, b in zip(cuts, cuts[1:])]
+    forward = d.stages[0].forward  # the stage's derived forward, spread over its parameters
+    computes = [forward * (b - a) / PARAMS for a, b in zip(cuts, cuts[1:-1])]
+    by_hand = gathers[0] + max(0.0, gathers[1] - computes[0]) + max(0.0, gathers[2] - computes[1])
+    got = step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 3)
+    assert got == pytest.approx(by_hand, rel=1e-12)
+    # each later gather (15.4 ms) outlasts a third of the 35.5 ms forward by 3.6 ms: 15.4 + 2 x 3.6, not 46
+    assert gathers[1] > computes[0] and gathers[2] > computes[1]
+    assert got == pytest.approx(22.51, abs=0.01)
+    # and the same on the run's optimizer figure (one stage, one rank): the whole wait beside the Adam step
+    apex = step_figures.derived_sync(_load("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3",
+                                                                         "step.param_gather=apex"]), "optimizer")[0]  # fmt: skip
+    whole = step_figures.start_gather_ms(d.setup, d.stages[0], 3)
+    assert whole == pytest.approx(_ring_ms(2 * PARAMS, 3), rel=1e-12)
+    assert step_figures.derived_sync(sc, "optimizer")[0] == pytest.approx(apex - whole + by_hand, rel=1e-12)
+
+
+def test_fp8_parameters_gather_one_byte_each():
+    # one bucket: the whole stage in one ring, the linears at 1 byte and the rest at 2
+    sc = _load("mlperf51-llama8b-256b200", ["step.grad_sync_buckets=1"])
+    assert sc.model.fp8_params
+    d = sc.derived()
+    assert step_figures.fp8_param_elements(d.setup, d.setup.stages[0]) == (LINEAR, 0.0)
+    nbytes = LINEAR * 1 + WIDE * 2
+    assert nbytes == pytest.approx(9_081_200_640)  # against 16,060,522,496 in bf16
+    # Megatron-core: the FP8 bucket and the 16-bit buffer's bucket in one group, two rings
+    assert step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 1) == pytest.approx(
+        _ring_ms(nbytes, 2), rel=1e-12)
+    assert step_figures.start_gather_ms(d.setup, d.stages[0], 1, (LINEAR, 0.0)) == pytest.approx(_ring_ms(nbytes, 1), rel=1e-12)
+    # the exposed gather after the optimizer (overlap off) counts the same bytes
+    assert step_figures.param_gather_ms(d.setup, d.stages[0], (LINEAR, 0.0)) < step_figures.param_gather_ms(d.setup, d.stages[0])
+
+
+def test_llama8b_row_waits_for_the_first_group_and_the_rest_beyond_the_forward():
+    # 34 equal FP8 buckets: the first group is the 16-bit buffer (2 bytes x WIDE) and the first FP8 bucket, 2 rings;
+    # each later group one ring of LINEAR / 34 bytes (floor cuts), after the forward over its parameters
+    sc = _load("mlperf51-llama8b-256b200")
+    d = sc.derived()
+    cuts = [k * LINEAR // 34 for k in range(35)]
+    first = _ring_ms(2 * WIDE + cuts[1], 2)
+    later = [_ring_ms(b - a, 1) for a, b in zip(cuts[1:], cuts[2:])]
+    per = d.stages[0].forward / PARAMS
+    got = step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 34)
+    # the forward from one group's first parameter to the next's runs over LINEAR / 34 linear elements and the
+    # norms (4,096 each) between them: at least the linears', at most with 4 norms more; before the second group
+    # also the embedding (128,256 x 4,096)
+    gaps = [128256 * 4096 + cuts[1]] + [b - a for a, b in zip(cuts[1:], cuts[2:-1])]
+    low = first + sum(max(0.0, g - (n + 4 * 4096) * per) for g, n in zip(later, gaps))
+    high = first + sum(max(0.0, g - n * per) for g, n in zip(later, gaps))
+    assert low <= got <= high
+    assert high - low < 0.1  # ms
+    # well under the whole gather the apex rule waits for
+    assert got < 0.5 * step_figures.start_gather_ms(d.setup, d.stages[0], 34, (LINEAR, 0.0))
+
+
+def test_interleaved_megatron_core_waits_for_the_whole_first_chunk():
+    # align_param_gather (on by default in the interleaved schedule): chunk 0's bucket groups all launched at the
+    # schedule's start, the model's end first, so the embedding's lands last: the apex rule's figure
+    core = step_figures.derived_sync(_load("mlperf50-llama405b-512"), "optimizer")
+    apex = step_figures.derived_sync(_load("mlperf50-llama405b-512", ["step.param_gather=apex"]), "optimizer")
+    assert core == apex
+
+
+def test_apex_rule_on_a_gpt3_row_is_the_whole_gather():
+    # mlperf31-gpt3-512 pins "apex"; run as Megatron-core's non-interleaved schedule it would wait less
+    sc = _load("mlperf31-gpt3-512")
+    assert sc.step.param_gather == "apex"
+    base = step_figures.derived_sync(sc, "optimizer")
+    over = ["pipeline.schedule=1f1b", "pipeline.chunks_per_rank=1", "pipeline.stages=8"]
+    apex = step_figures.derived_sync(_load("mlperf31-gpt3-512", over), "optimizer")
+    core = step_figures.derived_sync(_load("mlperf31-gpt3-512", [*over, "step.param_gather=megatron-core"]), "optimizer")
+    assert sum(core) < sum(apex)
+    assert len(base) == 96
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("step.param_gather=deepspeed", "step.param_gather"),
+    ("model.fp8_params=yes", "model.fp8_params"),
+    ("model.fp8=false", "model.fp8_params"),  # FP8 parameters without FP8 linears
+])  # fmt: skip
+def test_bad_values_exit_2_naming_the_key(tmp_path, capsys, setting, words):
+    out = tmp_path / "o"
+    code = main(["run", str(FOLDER / "mlperf51-llama8b-8b200.toml"), "--set", setting, "--out", str(out), "--plots", "none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
