@@ -183,11 +183,28 @@ def main_memory() -> None:
         model = launches * r.floor + nbytes / r.hbm
         print(f"  {kernel} {provider} {mode}: {nbytes / 1e6:9.1f} MB {secs * 1e6:9.1f} us {nbytes / secs / 1e12:5.2f} TB/s "
               f"model {model * 1e6:9.1f} us {model / secs - 1:+6.1%}")
-    fused = np.array([(b, s) for k, p, m, b, n, s in liger_rows() if p == "liger"])
-    (t0, inv), *_ = np.linalg.lstsq(np.vstack([np.ones(len(fused)), fused[:, 0]]).T / fused[:, 1:2],
-                                    np.ones(len(fused)), rcond=None)
-    print(f"Triton (liger) forward rows: t0 {t0 * 1e6:.1f} us + bytes / {1 / inv / 1e12:.2f} TB/s "
-          f"({1 / inv / 3.35e12:.0%} of 3.35) over {len(fused)} rows")
+    a100, a100_rows = rates.PRESETS["A100"], []
+    print("A100 memory-bound kernels (Liger-Kernel, A100-SXM4-80GB): kernel, tokens, cols, MB, measured us, TB/s, model us, error")
+    for r in rows("liger_a100_memory_kernels.csv"):
+        n, c, secs = int(r["rows"]), int(r["cols"]), float(r["ms_median"]) * 1e-3
+        per = 4 if r["kernel"] == "rope" else 2 * (4 if r["dtype"] == "float32" else 2)  # read + write each value
+        nbytes = n * c * per * (int(r["q_heads"]) + int(r["kv_heads"]) if r["kernel"] == "rope" else 1)
+        model = a100.floor + nbytes / a100.hbm
+        a100_rows.append((nbytes, secs))
+        print(f"  {r['kernel']} {n} x {c}: {nbytes / 1e6:7.1f} MB {secs * 1e6:7.1f} us {nbytes / secs / 1e12:5.2f} TB/s "
+              f"model {model * 1e6:7.1f} us {model / secs - 1:+6.1%}")
+    fit_per_call("H100 Triton (liger) forward rows", [(b, s) for k, p, m, b, n, s in liger_rows() if p == "liger"], 3.35e12)
+    fit_per_call("A100 Triton (liger) forward rows", a100_rows, 2.039e12)
+
+
+def fit_per_call(label: str, measured: list[tuple[float, float]], datasheet: float) -> None:
+    """time = t0 + bytes / B, least squares on relative error; t0 holds do_bench's per-call cost."""
+    data = np.array(measured)
+    (t0, inv), *_ = np.linalg.lstsq(np.vstack([np.ones(len(data)), data[:, 0]]).T / data[:, 1:2],
+                                    np.ones(len(data)), rcond=None)
+    err = np.abs((t0 + data[:, 0] * inv) / data[:, 1] - 1)
+    print(f"{label}: t0 {t0 * 1e6:.1f} us + bytes / {1 / inv / 1e12:.2f} TB/s ({1 / inv / datasheet:.0%} of the "
+          f"datasheet); |error| median {np.median(err):.1%}, worst {err.max():.1%} over {len(data)} rows")
 
 
 if __name__ == "__main__":
