@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualpipe_sim.model import gemm  # noqa: E402
+from dualpipe_sim.model import gemm, kernels, rates  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "kernels"
 
@@ -146,7 +146,69 @@ def main_collectives() -> None:
           f"|error| median {np.median(err):.1%}, worst {err.max():.1%} over {len(t)} rows")
 
 
+# Bytes per (row, col) element of Liger-Kernel's memory-bound rows as the model counts them (kernels.py), bf16,
+# and the kernels the model launches for each: (kernel, provider, pass) -> (bytes, launches)
+LIGER_BYTES = {
+    ("megatron_cross_entropy", "megatron-unfused", "forward"): (2 + kernels.CE_FORWARD_FP32_BYTES, kernels.CE_FORWARD_KERNELS),
+    ("megatron_cross_entropy", "megatron-unfused", "backward"): (kernels.CE_BACKWARD_FP32_BYTES + 2, kernels.CE_BACKWARD_KERNELS),
+    ("megatron_rms_norm", "liger", "forward"): (2 + 2, 1),  # read x, write y
+    ("megatron_swiglu", "liger", "forward"): (2 * 2 + 2, 1),  # read gate and up, write the product
+    ("megatron_swiglu", "megatron", "forward"): (2 * 2 + 2, 1),
+    ("relu_squared", "liger", "forward"): (2 + 2, 1),
+}
+
+
+def liger_rows() -> list[tuple]:
+    """(kernel, provider, pass, bytes, launches, measured seconds) of the Liger rows the model has a kernel for;
+    a "backward" row times forward + backward, so the forward row of the same size is taken off."""
+    data = rows("liger_h100_memory_kernels.csv")
+    fwd = {(r["kernel"], r["provider"], r["cols"]): float(r["ms_median"]) for r in data if r["mode"] == "forward"}
+    out = []
+    for r in data:
+        key = (r["kernel"], r["provider"], r["mode"])
+        if key not in LIGER_BYTES:
+            continue
+        per, launches = LIGER_BYTES[key]
+        ms = float(r["ms_median"]) - (fwd[(r["kernel"], r["provider"], r["cols"])] if r["mode"] == "backward" else 0.0)
+        out.append((*key, int(r["rows"]) * int(r["cols"]) * per, launches, ms * 1e-3))
+    return out
+
+
+def main_memory() -> None:
+    """Liger-Kernel's H100 SXM timings against the model's floor + bytes / (0.85 x 3.35 TB/s); and, for the record,
+    time = t0 + bytes / B fitted to the Triton (liger) forward rows, whose t0 holds do_bench's per-call cost."""
+    r = rates.PRESETS["H100"]
+    print("H100 memory-bound kernels (Liger-Kernel): kernel, provider, pass, MB, measured us, achieved TB/s, model us, error")
+    for kernel, provider, mode, nbytes, launches, secs in liger_rows():
+        model = launches * r.floor + nbytes / r.hbm
+        print(f"  {kernel} {provider} {mode}: {nbytes / 1e6:9.1f} MB {secs * 1e6:9.1f} us {nbytes / secs / 1e12:5.2f} TB/s "
+              f"model {model * 1e6:9.1f} us {model / secs - 1:+6.1%}")
+    a100, a100_rows = rates.PRESETS["A100"], []
+    print("A100 memory-bound kernels (Liger-Kernel, A100-SXM4-80GB): kernel, tokens, cols, MB, measured us, TB/s, model us, error")
+    for r in rows("liger_a100_memory_kernels.csv"):
+        n, c, secs = int(r["rows"]), int(r["cols"]), float(r["ms_median"]) * 1e-3
+        per = 4 if r["kernel"] == "rope" else 2 * (4 if r["dtype"] == "float32" else 2)  # read + write each value
+        nbytes = n * c * per * (int(r["q_heads"]) + int(r["kv_heads"]) if r["kernel"] == "rope" else 1)
+        model = a100.floor + nbytes / a100.hbm
+        a100_rows.append((nbytes, secs))
+        print(f"  {r['kernel']} {n} x {c}: {nbytes / 1e6:7.1f} MB {secs * 1e6:7.1f} us {nbytes / secs / 1e12:5.2f} TB/s "
+              f"model {model * 1e6:7.1f} us {model / secs - 1:+6.1%}")
+    fit_per_call("H100 Triton (liger) forward rows", [(b, s) for k, p, m, b, n, s in liger_rows() if p == "liger"], 3.35e12)
+    fit_per_call("A100 Triton (liger) forward rows", a100_rows, 2.039e12)
+
+
+def fit_per_call(label: str, measured: list[tuple[float, float]], datasheet: float) -> None:
+    """time = t0 + bytes / B, least squares on relative error; t0 holds do_bench's per-call cost."""
+    data = np.array(measured)
+    (t0, inv), *_ = np.linalg.lstsq(np.vstack([np.ones(len(data)), data[:, 0]]).T / data[:, 1:2],
+                                    np.ones(len(data)), rcond=None)
+    err = np.abs((t0 + data[:, 0] * inv) / data[:, 1] - 1)
+    print(f"{label}: t0 {t0 * 1e6:.1f} us + bytes / {1 / inv / 1e12:.2f} TB/s ({1 / inv / datasheet:.0%} of the "
+          f"datasheet); |error| median {np.median(err):.1%}, worst {err.max():.1%} over {len(data)} rows")
+
+
 if __name__ == "__main__":
     main_gemm()
     main_attention()
     main_collectives()
+    main_memory()

@@ -44,6 +44,12 @@ AMAX_HISTORY = 1024
 # amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
 # (TE's FP8FwdTensors / FP8BwdTensors)
 AMAXES = {"forward": 3, "backward": 2}
+# Megatron's vocabulary cross-entropy, op by op on fp32 logits (kernels.head): bytes per logit beyond the 16-bit
+# logits read or written, and the kernels each pass launches
+CE_FORWARD_FP32_BYTES = 4 + 4 + (4 + 4) + (4 + 4) + 4 + (4 + 4)  # cast's write, max, subtract, exp, sum, divide
+CE_BACKWARD_FP32_BYTES = (4 + 4) + 4  # scale by the loss gradient, the cast back's read
+CE_FORWARD_KERNELS = 6
+CE_BACKWARD_KERNELS = 2
 # Transformer Engine's userbuffers overlaps that run a communication kernel on SMs, by TE's name, and the SMs each
 # takes by default (initialize_ub's num_sm = 16; the ring exchanges run on the copy engines). A scenario's
 # parallel.tp_overlap_sms gives a run's own (its ub_tp_comm_overlap_cfg yaml).
@@ -686,16 +692,14 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     tb.memory("final norm", "mlp_forward", 2 * n / t * h * ab)
     # BF16 even in an FP8 model: Megatron-core's output layer is a plain ColumnParallelLinear, not a TE one
     tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring", fp8=False)
-    if lay.legacy:
-        # Megatron-LM 2021 (megatron/mpu/cross_entropy.py, gpt_model.py @ 6985e58), op by op on fp32 logits:
-        # cast (ab + 4), max (4), subtract (4 + 4), exp (4 + 4), sum (4), divide (4 + 4); backward: scale
-        # the saved softmax by the loss gradient (4 + 4) and cast back (4 + ab)
-        tb.memory("cross-entropy (unfused)", "mlp_forward", n * v * (ab + 36))
-        tb.memory("cross-entropy backward (unfused)", "mlp_backward_input", n * v * (12 + ab))
-    else:
-        # max, sum of exponentials and the loss read the logits; the float32 softmax is kept for the backward
-        tb.memory("cross-entropy", "mlp_forward", n * v * (2 * ab + 4))
-        tb.memory("cross-entropy backward", "mlp_backward_input", n * v * (4 + ab))
+    # Megatron's vocab_parallel_cross_entropy, op by op on fp32 logits (Megatron-LM 2021 mpu/cross_entropy.py
+    # @ 6985e58; Megatron-core tensor_parallel/cross_entropy.py @ df72712, 0014f13, 1e05700, its default with
+    # --cross-entropy-loss-fusion off): cast (ab + 4), max (4), subtract (4 + 4), exp (4 + 4), sum (4),
+    # divide (4 + 4), six kernels; backward: scale the saved softmax by the loss gradient (4 + 4) and cast
+    # back (4 + ab), two kernels. Liger-Kernel's H100 timings of that function: docs/model.md, "Kernel rates"
+    tb.memory("cross-entropy (unfused)", "mlp_forward", n * v * (ab + CE_FORWARD_FP32_BYTES), CE_FORWARD_KERNELS)
+    tb.memory("cross-entropy backward (unfused)", "mlp_backward_input", n * v * (CE_BACKWARD_FP32_BYTES + ab),
+              CE_BACKWARD_KERNELS)
     if lay.grad_accumulation > 0:
         tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
     d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
