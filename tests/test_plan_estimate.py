@@ -1,0 +1,149 @@
+"""plan's estimated step (plan/step_estimate.py) against closed forms and hand-worked cases.
+
+The replay it runs is the engine's (engine/replay.py, held to the SimPy engine in
+tests/test_replay.py); what is checked here is what the estimate adds: the cost of
+each action, the extrapolation in M and the step's end after the pipeline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualpipe_sim.inputs.costs import CostModel
+from dualpipe_sim.plan.shapes import VIRTUAL_OPTION, shape
+from dualpipe_sim.plan.step_estimate import StageCosts, built, counts, lengths, pipeline, replayed, step_end_ms
+from dualpipe_sim.schedules import registry
+from dualpipe_sim.schedules.ir import FB, ops_of
+from dualpipe_sim.step_costs import StepCosts
+
+
+def uniform(stages: int, f: float, b: float, w: float, pair: float | None = None) -> StageCosts:
+    rep = lambda x: (float(x),) * stages  # noqa: E731
+    return StageCosts(rep(f), rep(b), rep(w), rep(f + b if pair is None else pair))
+
+
+@pytest.mark.parametrize("p,m", [(2, 1), (4, 4), (4, 7), (8, 16), (3, 40)])
+def test_1f1b_replay_is_the_closed_form(p, m):
+    # 1F1B on uniform stages: M (F + B) of work and (p - 1)(F + B) of bubble on every rank
+    f, b = 1.25, 2.5
+    cost = uniform(p, f, b, 0.75)
+    makespan, _, _ = pipeline("1f1b", p, m, None, p, cost, 0.0, False)
+    closed = registry.analytic("1f1b", p, m, CostModel.uniform(p, f, b))["bubble"]
+    assert closed == pytest.approx((p - 1) * (f + b))
+    assert makespan == pytest.approx(m * (f + b) + closed, rel=1e-12)
+
+
+def test_extrapolation_in_m_is_linear_on_1f1b_and_exact():
+    # 40 micro-batches on 3 stages are replayed at two small counts and extrapolated; 1F1B's
+    # makespan is affine in M past the fill, so the line lands on the closed form and on the
+    # full replay, here with uneven stages too
+    p, m = 3, 40
+    assert counts("1f1b", p, m, None, p) == (7, 10)  # 2p + (40 - 2p) mod p, one period (p) on
+    cost = StageCosts((1.0, 1.5, 1.2), (2.0, 3.5, 2.2), (0.5, 0.5, 0.5), (3.0, 5.0, 3.4))
+    extrapolated, _, replayed_at = pipeline("1f1b", p, m, None, p, cost, 0.1, False)
+    assert replayed_at == 10
+    assert extrapolated == pytest.approx(replayed(built("1f1b", p, m, None), cost, 0.1, False).makespan, rel=1e-12)
+    # the slowest stage sets the pace: 40 micro-batches of its F + B = 5.0, plus the others' fill and drain
+    assert extrapolated > m * 5.0
+
+
+def test_uneven_two_stage_1f1b_worked_by_hand():
+    # stages F = (1, 2), B = (2, 4), no P2P, 3 micro-batches.  Rank 0: F0 F1 B0 F2 B1 B2; rank 1: F0 B0 F1 B1 F2 B2.
+    # rank 1: F0 1-3, B0 3-7, F1 7-9, B1 9-13, F2 13-15 (rank 0's F2 ended at 10), B2 15-19
+    # rank 0: F0 0-1, F1 1-2, B0 7-9, F2 9-10, B1 13-15, B2 19-21: makespan 21
+    sched = registry.build("1f1b", 2, 3)
+    order = [[f"{op.kind}{op.microbatch}" for a in actions for op in ops_of(a)] for actions in sched.ranks]
+    assert order == [["F0", "F1", "B0", "F2", "B1", "B2"], ["F0", "B0", "F1", "B1", "F2", "B2"]]
+    cost = StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0), (3.0, 6.0))
+    run = replayed(built("1f1b", 2, 3, None), cost, 0.0, False)
+    assert run.makespan == 21.0
+    assert run.rank_end.tolist() == [21.0, 19.0]
+    assert run.copy_ready.tolist() == [21.0, 19.0]  # each stage's last backward (its weight gradients)
+    # with P2P of 0.5 per transfer (async): rank 1's F0 waits 1.5, and every hand-over costs 0.5 more
+    assert replayed(built("1f1b", 2, 3, None), cost, 0.5, False).makespan > 21.0
+
+
+def test_step_end_worked_by_hand():
+    # the replay above; grad sync 3 and 6 ms, optimizer 1 ms per stage.  Overlapped: stage 0's sync
+    # starts at 21 (its last backward), ends 24, optimizer to 25; stage 1's at 19, ends 25, optimizer
+    # to 26: the step ends at 26, 5 ms after the pipeline's 21
+    b = built("1f1b", 2, 3, None)
+    run = replayed(b, StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0), (3.0, 6.0)), 0.0, False)
+    overlapped = StepCosts(grad_sync=(3.0, 6.0), cross_copy_sync=(0.0, 0.0), optimizer=(1.0, 1.0), overlap_grad_sync=True)
+    assert step_end_ms(b, run, overlapped) == pytest.approx(5.0)
+    # not overlapped a sync starts when its rank's pipeline work ends: the same here (each stage's
+    # last backward is its rank's last action)
+    assert step_end_ms(b, run, StepCosts((3.0, 6.0), (0.0, 0.0), (1.0, 1.0))) == pytest.approx(5.0)
+    # a rank holding two copies (DualPipe: stage s and p - 1 - s) runs their syncs one after the
+    # other on its channel and its optimizer over both: checked on the same figures below
+    assert step_end_ms(b, run, None) == 0.0
+    assert step_end_ms(b, run, StepCosts((0.0, 0.0), (0.0, 0.0), (0.0, 0.0))) == 0.0
+
+
+def test_step_end_one_channel_per_rank():
+    # DualPipe on 4 stages: rank r holds stage r (one direction) and stage 3 - r (the other).  With
+    # grad syncs far longer than the drain, a rank's second copy is released while its first syncs,
+    # so its channel runs both back to back from the first release, then its optimizer over both:
+    # done_r = first release + g[r] + g[3 - r] + o[r] + o[3 - r]
+    b = built("dualpipe", 4, 8, None)
+    run = replayed(b, uniform(4, 1.0, 2.0, 1.0, 2.5), 0.0, False)
+    g, o = (1000.0, 2000.0, 3000.0, 4000.0), (1.0, 2.0, 3.0, 4.0)
+    end = step_end_ms(b, run, StepCosts(g, (0.0,) * 4, o, overlap_grad_sync=True))
+    done = []
+    for rank in range(4):
+        mine = [c for c in range(len(b.copy_rank)) if b.copy_rank[c] == rank]
+        assert sorted(int(b.copy_stage[c]) for c in mine) == [min(rank, 3 - rank), max(rank, 3 - rank)]
+        assert max(run.copy_ready[c] for c in mine) - min(run.copy_ready[c] for c in mine) < 1000.0
+        done.append(min(run.copy_ready[c] for c in mine) + g[rank] + g[3 - rank] + o[rank] + o[3 - rank])
+    assert run.makespan + end == pytest.approx(max(done))
+
+
+NO_CLOSED_FORM = {"1f1b-overlap", "interleaved-1f1b-overlap"}  # registry.analytic gives no bubble for them
+
+
+def _families():
+    for name in registry.families():
+        if name not in NO_CLOSED_FORM:
+            yield name, (2 if shape(name).virtual else None)
+
+
+# (F, B, W, F&B) tried in turn until the family's closed form covers them (docs/schedules.md, its range)
+IN_RANGE = [(1.0, 2.0, 0.75, 2.5), (1.0, 2.0, 1.0, 2.5), (1.0, 2.0, 1.0, 3.0), (1.0, 1.0, 0.5, 2.0)]
+
+
+@pytest.mark.parametrize("name,virtual", list(_families()))
+def test_replay_idle_is_the_closed_form_on_four_ranks(name, virtual):
+    # Every family's closed form (docs/schedules.md; tests/test_closed_form_ranges.py holds them exact
+    # against the simulation) gives the largest time a rank spends between its ops on uniform stages
+    # without P2P.  The estimate's actions, lengths and replay must leave the same gaps.
+    sh = shape(name)
+    stages = 4 * (virtual or sh.stages_per_rank)
+    family = registry.get(name)
+    options = {VIRTUAL_OPTION: virtual} if virtual else {}
+    m = next(m for m in (16, 8, 32) if family.check(stages, m, **options) is None)
+    for f, b, w, fb in IN_RANGE:
+        closed = registry.analytic(name, stages, m, CostModel.uniform(stages, f, b, w, overlapped=fb), **options)
+        if closed["bubble"] is not None:
+            break
+    assert closed["bubble"] is not None, closed["reason"]
+    bl = built(name, stages, m, virtual)
+    costs = uniform(stages, f, b, w, fb)
+    run = replayed(bl, costs, 0.0, False)
+    work = np.add.reduceat(lengths(bl, costs), bl.rank_first)  # time inside each rank's actions
+    # between_ops (metrics): the makespan minus a rank's time inside its actions, the largest over ranks
+    assert run.makespan - work.min() == pytest.approx(closed["bubble"], rel=1e-9, abs=1e-9), (f, b, w, fb)
+
+
+def test_1f1b_overlap_worked_by_hand():
+    # No closed form is published for overlapped 1F1B pairs (registry.analytic gives none), so by
+    # hand: 4 stages, 6 micro-batches, F = 1, B = 2, F&B = 2.5 on every stage, no P2P.  Rank 3 pairs
+    # F1+B0 4-6.5, F2+B1 -9, F3+B2 -11.5 (F3 leaves rank 2's pair F3+B0 at 9), F4+B3 -14, F5+B4
+    # -16.5, B5 -18.5; rank 2's last backwards wait for rank 3's (B3 14-16, B4 16.5-18.5, B5
+    # -20.5); rank 1 then B5 -22.5 and rank 0 B5 -24.5
+    sched = registry.build("1f1b-overlap", 4, 6)
+    pairs = [sum(isinstance(a, FB) for a in actions) for actions in sched.ranks]
+    assert pairs == [0, 1, 3, 5]
+    run = replayed(built("1f1b-overlap", 4, 6, None), uniform(4, 1.0, 2.0, 0.0, 2.5), 0.0, False)
+    assert run.makespan == 24.5
+    assert run.rank_end.tolist() == [24.5, 22.5, 20.5, 18.5]
