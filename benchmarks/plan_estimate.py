@@ -8,8 +8,9 @@ DIR/<case>.csv; ``--csv`` reads a plan.csv instead of planning).  For the simula
 prints:
 
 * Spearman's rank correlation between the estimated and the simulated step time (1 = the same order);
-* the winner's rank by estimated step time among every estimated candidate (simulated or not): how
-  deep the plan must simulate to meet it;
+* the winner's rank by estimated step time among every estimated candidate (simulated or not), and
+  among those the plan orders first (memory estimate within 10% of the device, rank.py): how deep
+  the plan must simulate to meet it;
 * the median and the worst |estimated / simulated - 1|, in all and per schedule family.
 
 The simulated figures are the check: nothing in the estimate is fitted to them.
@@ -22,6 +23,7 @@ import csv
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from plan import CASES  # noqa: E402  (benchmarks/plan.py)
+
+from dualpipe_sim.plan.rank import MEMORY_SLACK  # noqa: E402
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -66,12 +70,14 @@ def plan_csv(name: str, jobs: int | None, keep: Path | None) -> Path:
     from dualpipe_sim.plan import files
 
     c = CASES[name]
+    start = time.perf_counter()
     result = plan(c["source"], c["gpus"], c["global_batch"], c["seq"], hardware=c["hardware"],
                   overrides=c["overrides"], jobs=jobs, top=3)  # fmt: skip
     out = keep if keep is not None else Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.csv"
     path.write_text(files.plan_csv(result))
+    print(f"{name}: plan {time.perf_counter() - start:.1f} s wall (--jobs {jobs})", flush=True)
     return path
 
 
@@ -81,12 +87,16 @@ def report(name: str, rows: list[dict]) -> list[str]:
     winner = next(r for r in rows if r["rank"] == "1")
     est_w = float(winner["estimated_step_time"])
     rank_w = 1 + sum(float(r["estimated_step_time"]) < est_w for r in estimated)
+    # the plan's own order (rank.estimate_order): those whose memory estimate is within 10% of the device first
+    likely = [r for r in estimated if float(r["estimated_memory"]) <= float(r["device_memory"]) * (1 + MEMORY_SLACK)]
+    order_w = 1 + sum(float(r["estimated_step_time"]) < est_w for r in likely)
     est = [float(r["estimated_step_time"]) for r in sim]
     got = [float(r["step_time"]) for r in sim]
     err = [abs(e / g - 1) for e, g in zip(est, got)]
     lines = [f"{name}: {len(sim)} simulated of {len(estimated)} estimated; Spearman {spearman(est, got):.3f}; "
              f"winner ({winner['schedule']}, {float(winner['step_time']):,.0f} ms simulated, "
-             f"{est_w:,.0f} ms estimated) is {rank_w} of {len(estimated)} by estimate; "
+             f"{est_w:,.0f} ms estimated) is {rank_w} of {len(estimated)} by estimate, {order_w} of {len(likely)} "
+             f"likely to fit; "
              f"|est/sim - 1| median {statistics.median(err):.1%}, worst {max(err):.1%}"]  # fmt: skip
     lines.append(f"  {'schedule':26} {'n':>4} {'Spearman':>9} {'median':>7} {'worst':>7} {'mean est/sim':>13}")
     for family in sorted({r["schedule"] for r in sim}):

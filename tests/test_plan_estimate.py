@@ -15,12 +15,16 @@ from dualpipe_sim.plan.shapes import VIRTUAL_OPTION, shape
 from dualpipe_sim.plan.step_estimate import StageCosts, built, counts, lengths, pipeline, replayed, step_end_ms
 from dualpipe_sim.schedules import registry
 from dualpipe_sim.schedules.ir import FB, ops_of
+from dualpipe_sim.schedules.rules import KIND_CODES
 from dualpipe_sim.step_costs import StepCosts
 
 
 def uniform(stages: int, f: float, b: float, w: float, pair: float | None = None) -> StageCosts:
+    """Same costs on every stage; an overlapped F&B pair of ``pair`` (>= (F + B) / 2) by giving the
+    backward F + B - pair of all-to-all, which the pair hides under the two computes."""
     rep = lambda x: (float(x),) * stages  # noqa: E731
-    return StageCosts(rep(f), rep(b), rep(w), rep(f + b if pair is None else pair))
+    hidden = 0.0 if pair is None else f + b - pair
+    return StageCosts(rep(f), rep(b), rep(w), rep(0.0), rep(hidden))
 
 
 @pytest.mark.parametrize("p,m", [(2, 1), (4, 4), (4, 7), (8, 16), (3, 40)])
@@ -40,7 +44,7 @@ def test_extrapolation_in_m_is_linear_on_1f1b_and_exact():
     # full replay, here with uneven stages too
     p, m = 3, 40
     assert counts("1f1b", p, m, None, p) == (7, 10)  # 2p + (40 - 2p) mod p, one period (p) on
-    cost = StageCosts((1.0, 1.5, 1.2), (2.0, 3.5, 2.2), (0.5, 0.5, 0.5), (3.0, 5.0, 3.4))
+    cost = StageCosts((1.0, 1.5, 1.2), (2.0, 3.5, 2.2), (0.5, 0.5, 0.5))
     extrapolated, _, replayed_at = pipeline("1f1b", p, m, None, p, cost, 0.1, False)
     assert replayed_at == 10
     assert extrapolated == pytest.approx(replayed(built("1f1b", p, m, None), cost, 0.1, False).makespan, rel=1e-12)
@@ -55,7 +59,7 @@ def test_uneven_two_stage_1f1b_worked_by_hand():
     sched = registry.build("1f1b", 2, 3)
     order = [[f"{op.kind}{op.microbatch}" for a in actions for op in ops_of(a)] for actions in sched.ranks]
     assert order == [["F0", "F1", "B0", "F2", "B1", "B2"], ["F0", "B0", "F1", "B1", "F2", "B2"]]
-    cost = StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0), (3.0, 6.0))
+    cost = StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0))
     run = replayed(built("1f1b", 2, 3, None), cost, 0.0, False)
     assert run.makespan == 21.0
     assert run.rank_end.tolist() == [21.0, 19.0]
@@ -69,7 +73,7 @@ def test_step_end_worked_by_hand():
     # starts at 21 (its last backward), ends 24, optimizer to 25; stage 1's at 19, ends 25, optimizer
     # to 26: the step ends at 26, 5 ms after the pipeline's 21
     b = built("1f1b", 2, 3, None)
-    run = replayed(b, StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0), (3.0, 6.0)), 0.0, False)
+    run = replayed(b, StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0)), 0.0, False)
     overlapped = StepCosts(grad_sync=(3.0, 6.0), cross_copy_sync=(0.0, 0.0), optimizer=(1.0, 1.0), overlap_grad_sync=True)
     assert step_end_ms(b, run, overlapped) == pytest.approx(5.0)
     # not overlapped a sync starts when its rank's pipeline work ends: the same here (each stage's
@@ -97,6 +101,38 @@ def test_step_end_one_channel_per_rank():
         assert max(run.copy_ready[c] for c in mine) - min(run.copy_ready[c] for c in mine) < 1000.0
         done.append(min(run.copy_ready[c] for c in mine) + g[rank] + g[3 - rank] + o[rank] + o[3 - rank])
     assert run.makespan + end == pytest.approx(max(done))
+
+
+def test_cross_copy_sums_share_their_pair_of_ranks():
+    # DualPipe on 4 stages: ranks 0 and 3 hold stages 0 and 3 (one copy each), ranks 1 and 2 stages 1
+    # and 2.  Not eager, a stage's two copies are summed once both ranks' pipelines end, one sum at a
+    # time per pair of ranks: link (0, 3) carries 10 + 40 ms from the later of ranks 0 and 3's ends,
+    # link (1, 2) 20 + 30 ms; no grad sync or optimizer here
+    b = built("dualpipe", 4, 8, None)
+    run = replayed(b, uniform(4, 1.0, 2.0, 1.0, 2.5), 0.0, False)
+    end = step_end_ms(b, run, StepCosts((0.0,) * 4, (10.0, 20.0, 30.0, 40.0), (0.0,) * 4))
+    e = run.rank_end
+    assert run.makespan + end == pytest.approx(max(max(e[0], e[3]) + 50.0, max(e[1], e[2]) + 50.0))
+
+
+def test_overlapped_pair_of_two_stages_worked_by_hand():
+    # A pair runs its two computes on the compute channel, slowed by 1.25 while an all-to-all runs
+    # beside them, and the two all-to-alls on theirs; it lasts the longer.  Stage 0: F 4 (1 of it
+    # all-to-all), B 6 (2); stage 1: F 2 (1), B 9 (6), no W.  F0 + B1: compute 3 + 3 = 6, all-to-all
+    # 1 + 6 = 7, so max(6 + 0.25 x 6, 7) = 7.5; F1 + B0: compute 1 + 4 = 5, all-to-all 3: 5.75;
+    # F0 + B0: compute 7, all-to-all 3: 7.75; F1 + B1: compute 4, all-to-all 7: max(5, 7) = 7
+    cost = StageCosts((4.0, 2.0), (6.0, 9.0), (0.0, 0.0), (1.0, 1.0), (2.0, 6.0), 1.25)
+    b = built("dualpipe", 2, 4, None)
+    got = {(int(b.stage[a]), int(b.back_stage[a])): x for a, x in enumerate(lengths(b, cost)) if not b.lone[a]}
+    assert got, "DualPipe on 2 ranks and 4 micro-batches pairs forwards with backwards"
+    hand = {(0, 1): 7.5, (1, 0): 5.75, (0, 0): 7.75, (1, 1): 7.0}
+    for key, value in got.items():
+        assert value == pytest.approx(hand[key]), key
+    # a lone forward or backward runs its all-to-all in full: its whole F or B (W is 0 here)
+    lone = [(int(b.kind[a]), int(b.stage[a]), x) for a, x in enumerate(lengths(b, cost)) if b.lone[a]]
+    whole = {KIND_CODES["F"]: (4.0, 2.0), KIND_CODES["B"]: (6.0, 9.0), KIND_CODES["I"]: (6.0, 9.0),
+             KIND_CODES["W"]: (0.0, 0.0)}  # fmt: skip
+    assert lone and all(x == whole[k][s] for k, s, x in lone)
 
 
 NO_CLOSED_FORM = {"1f1b-overlap", "interleaved-1f1b-overlap"}  # registry.analytic gives no bubble for them

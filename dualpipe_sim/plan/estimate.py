@@ -110,13 +110,14 @@ class FigureCache:
             # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
             # serves them all, and the memory is worked out per stage for the candidate's sharding.
             derived = self._derived_for(cand)
-            f, b, w, pair = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
+            f, b, w, pair, fa, ba = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
-                                              StageCosts(f, b, w, pair), derived.p2p or 0.0)  # fmt: skip
+                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown),
+                                              derived.p2p or 0.0)  # fmt: skip
         return self._figures[key]
 
     def step_costs(self, cand: Candidate) -> StepCosts | None:
@@ -188,19 +189,20 @@ class FigureCache:
         return self._memory[key]
 
 
-def _stage_costs(derived, s: int) -> tuple[float, float, float, float]:
-    """F, B, W and an overlapped F&B pair of stage ``s`` (ms).  With [chunk] components (MoE) the
-    pair is its compute plus the slowdown of the compute an all-to-all overlaps (the simulated pair
-    lies within a few % of it); the engine lays the real pair out with channels.py."""
+def _stage_costs(derived, s: int) -> tuple[float, ...]:
+    """F, B, W and an overlapped F&B pair of stage ``s`` (ms), and the all-to-all inside its F and
+    B.  With [chunk] components (MoE) the pair is its compute plus the slowdown of the compute an
+    all-to-all overlaps (the simulated pair lies within a few % of it); the engine lays the real
+    pair out with channels.py."""
     if not derived.stage_chunks:
         st = derived.stages[s]
-        return st.forward, st.backward, st.weight, st.forward + st.backward
+        return st.forward, st.backward, st.weight, st.forward + st.backward, 0.0, 0.0
     n, t = derived.stage_chunks[s]
     fc, fa = t.attn_forward + t.mlp_forward, t.dispatch_forward + t.combine_forward
     bw = t.attn_backward_weight + t.mlp_backward_weight
     bc, ba = t.attn_backward_input + t.mlp_backward_input + bw, t.dispatch_backward + t.combine_backward
     pair = fc + bc + (derived.comm_compute_slowdown - 1) * min(fc + bc, fa + ba)
-    return n * (fc + fa), n * (bc + ba), n * bw, n * max(pair, fa + ba)
+    return n * (fc + fa), n * (bc + ba), n * bw, n * max(pair, fa + ba), n * fa, n * ba
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:

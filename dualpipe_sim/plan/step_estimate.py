@@ -5,8 +5,8 @@ Three terms, each from the engine's own rules rather than fitted to simulations:
 * **the pipeline** (``pipeline_ms``): the family's schedule, built at a small
   micro-batch count, replayed by the engine's replay core (engine/replay.py: the
   same dependency rules, P2P links and blocking sends as a run) on the candidate's
-  per-stage costs: F, B, I = B - W, W, and an overlapped pair at the F&B the
-  estimate works out per stage (estimate.py).  Its makespan holds every bubble, the
+  per-stage costs: F, B, I = B - W, W, and an overlapped pair from its two stages'
+  compute and all-to-all (``lengths``).  Its makespan holds every bubble, the
   fill and drain of uneven stages and each P2P transfer (``derived.p2p`` per
   transfer, blocking where ``comm.p2p_mode`` says so).  Replaying at the real
   M would cost as much as the run; a schedule in steady state adds the same time per
@@ -18,8 +18,9 @@ Three terms, each from the engine's own rules rather than fitted to simulations:
   weight-gradient op ends (``step.overlap_grad_sync``, else when its rank's pipeline
   ends), one at a time on its rank's data-parallel channel; the rank's optimizer
   follows.  Read off the small replay's tail, which a longer pipeline only shifts.
-  Left out: the cross-copy sum of a stage held twice, grad-sync buckets (each sync
-  is released whole) and the grad sync yielding to P2P;
+  A stage held twice (DualPipe, Chimera) first sums its two copies on their ranks' link.
+  Left out: grad-sync buckets (each sync is released whole), Megatron's pp-aligned
+  launches and the grad sync yielding to P2P;
 * what is not modelled here: the [chunk] model's all-to-all inside an action is in
   the stage costs already (a lone forward or backward costs its all-to-all in full;
   an overlapped pair the estimate's F&B), so nothing is added for it.
@@ -56,6 +57,7 @@ class Built:
     wgrad_copy: np.ndarray  # ... and its stage copy (numbered over (direction, stage))
     copy_rank: np.ndarray  # per stage copy: the rank holding it
     copy_stage: np.ndarray  # per stage copy: its stage
+    copy_twin: np.ndarray  # per stage copy: the other copy of its stage (DualPipe, Chimera), else -1
 
 
 @lru_cache(maxsize=None)
@@ -84,32 +86,44 @@ def built(name: str, stages: int, microbatches: int, virtual: int | None) -> Bui
     wg = np.flatnonzero(np.isin(flat.kind, _WEIGHT_CODES))
     wgrad_copy = np.array([copy_id[(int(d), int(s))] for d, s in zip(flat.direction[wg], flat.stage[wg])],
                           dtype=np.int64)  # fmt: skip
+    twin = [next((j for j, (_, t) in enumerate(copies) if t == s and j != i), -1) for i, (_, s) in enumerate(copies)]
     return Built(schedule, index, lone, kind, stage, back, np.asarray(flat.rank_bounds[:-1], dtype=np.int64),
                  flat.action[wg], wgrad_copy, np.array([placement[c] for c in copies], dtype=np.int64),
-                 np.array([s for _, s in copies], dtype=np.int64))  # fmt: skip
+                 np.array([s for _, s in copies], dtype=np.int64), np.array(twin, dtype=np.int64))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class StageCosts:
-    """Per stage (ms): forward, whole backward, its weight-gradient part and an overlapped F&B pair."""
+    """Per stage (ms): forward, whole backward, its weight-gradient part, and the all-to-all time
+    inside the forward and the backward (the [chunk] model's dispatch and combine; 0 for a dense
+    model), with the slowdown of compute that runs beside an all-to-all (derive's
+    comm_compute_slowdown)."""
 
     forward: tuple[float, ...]
     backward: tuple[float, ...]
     weight: tuple[float, ...]
-    pair: tuple[float, ...]
+    forward_a2a: tuple[float, ...] = ()
+    backward_a2a: tuple[float, ...] = ()
+    slowdown: float = 1.0
 
 
 def lengths(b: Built, costs: StageCosts) -> np.ndarray:
-    """Each action's length: a lone op as CostModel.duration takes it (I = B - W), an overlapped pair
-    its forward plus its backward, shortened by the overlap the two stages' own F&B pairs show."""
-    f, bw, w, pair = (np.asarray(x, dtype=float) for x in (costs.forward, costs.backward, costs.weight, costs.pair))
+    """Each action's length: a lone op as CostModel.duration takes it (I = B - W), its all-to-all in
+    full; an overlapped pair (F of one stage, B or I of another) as estimate.py works out a stage's
+    own pair: the two computes, slowed where an all-to-all runs beside them, or the two all-to-alls
+    if they take longer (the [chunk] model's two channels, compute and all-to-all)."""
+    f, bw, w = (np.asarray(x, dtype=float) for x in (costs.forward, costs.backward, costs.weight))
     per_kind = np.zeros((max(_F, _B, _I, _W) + 1, len(f)))
     per_kind[_F], per_kind[_B], per_kind[_I], per_kind[_W] = f, bw, bw - w, w
     out = per_kind[b.kind, np.where(b.lone, b.stage, b.back_stage)]
     if not b.lone.all():
-        ratio = np.divide(pair, f + bw, out=np.ones_like(pair), where=f + bw > 0)  # a stage's pair / (F + B)
         p = ~b.lone
-        out[p] = (f[b.stage[p]] + out[p]) * (ratio[b.stage[p]] + ratio[b.back_stage[p]]) / 2
+        zero = np.zeros(len(f))
+        fa = np.asarray(costs.forward_a2a, dtype=float) if costs.forward_a2a else zero
+        ba = np.asarray(costs.backward_a2a, dtype=float) if costs.backward_a2a else zero
+        comm = fa[b.stage[p]] + ba[b.back_stage[p]]
+        compute = f[b.stage[p]] - fa[b.stage[p]] + out[p] - ba[b.back_stage[p]]
+        out[p] = np.maximum(compute + (costs.slowdown - 1) * np.minimum(compute, comm), comm)
     return out
 
 
@@ -165,15 +179,30 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
 
 
 def step_end_ms(b: Built, run: Replayed, step) -> float:
-    """What the step's end adds after the pipeline's makespan (ms), as step.py lays it out: per rank,
-    its copies' grad syncs one at a time in release order on its data-parallel channel, then its
-    optimizer over every copy it holds.  ``step``: the scenario's StepCosts (None: nothing)."""
+    """What the step's end adds after the pipeline's makespan (ms), as step.py lays it out: a stage
+    held twice first sums its two copies' gradients (one sum at a time per pair of ranks, from both
+    copies' last weight-gradient op with ``step.cross_copy_eager``, else both ranks' end); then per
+    rank its copies' grad syncs one at a time in release order on its data-parallel channel; then
+    its optimizer over every copy it holds.  ``step``: the scenario's StepCosts (None: nothing)."""
     if step is None or not step.active():
         return 0.0
     grad = np.asarray(step.grad_sync, dtype=float)[b.copy_stage]
+    cross = np.asarray(step.cross_copy_sync, dtype=float)[b.copy_stage]
     optimizer = np.asarray(step.optimizer, dtype=float)[b.copy_stage]
-    release = run.copy_ready if step.overlap_grad_sync else run.rank_end[b.copy_rank]
+    ends = run.rank_end[b.copy_rank]
+    release = run.copy_ready if step.overlap_grad_sync else ends
     done = run.rank_end.copy()
+    summed = np.zeros(len(grad))  # per copy: when its stage's cross-copy sum ends
+    pairs = [c for c in range(len(grad)) if c < b.copy_twin[c]]
+    if pairs and cross.any():
+        start = run.copy_ready if step.cross_copy_eager else ends
+        link: dict[tuple, float] = {}
+        for c in sorted(pairs, key=lambda c: (max(start[c], start[b.copy_twin[c]]), c)):
+            t = b.copy_twin[c]
+            key = tuple(sorted((int(b.copy_rank[c]), int(b.copy_rank[t]))))
+            summed[c] = summed[t] = link[key] = max(link.get(key, 0.0), start[c], start[t]) + cross[c]
+        np.maximum.at(done, b.copy_rank, summed)
+        release = np.maximum(release, summed)  # a copy's grad sync reduces the summed gradient
     channel = np.zeros(len(run.rank_end))
     for c in np.lexsort((np.arange(len(release)), release)):
         r = b.copy_rank[c]
