@@ -64,8 +64,14 @@ def test_uneven_two_stage_1f1b_worked_by_hand():
     assert run.makespan == 21.0
     assert run.rank_end.tolist() == [21.0, 19.0]
     assert run.copy_ready.tolist() == [21.0, 19.0]  # each stage's last backward (its weight gradients)
-    # with P2P of 0.5 per transfer (async): rank 1's F0 waits 1.5, and every hand-over costs 0.5 more
-    assert replayed(built("1f1b", 2, 3, None), cost, 0.5, False).makespan > 21.0
+    # P2P 0.5 per transfer, async: rank 1 F0 1.5-3.5, B0 -7.5 (lands on rank 0 at 8), F1 -9.5, B1 -13.5
+    # (lands 14); rank 0 B0 8-10, F2 10-11 (lands 11.5), B1 14-16; rank 1 F2 13.5-15.5, B2 -19.5
+    # (lands 20); rank 0 B2 20-22
+    assert replayed(built("1f1b", 2, 3, None), cost, 0.5, False).makespan == 22.0
+    # blocking: a rank's next action also waits for its sends to land.  Rank 0 F0 0-1 (free at 1.5),
+    # F1 1.5-2.5 (free 3); rank 1 F0 1.5-3.5, B0 -7.5 (free 8), F1 8-10, B1 -14 (free 14.5); rank 0
+    # B0 8-10, F2 10-11 (free 11.5), B1 14.5-16.5; rank 1 F2 14.5-16.5, B2 -20.5 (lands 21); rank 0 B2 21-23
+    assert replayed(built("1f1b", 2, 3, None), cost, 0.5, True).makespan == 23.0
 
 
 def test_step_end_worked_by_hand():

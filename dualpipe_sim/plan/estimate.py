@@ -67,6 +67,7 @@ class FigureCache:
         self._fits: dict[tuple, bool] = {}  # reduce_scatters_fit, by layout
         self._steps: dict[tuple, StepCosts | None] = {}  # step_costs, by layout, M and placement
         self._pipelines: dict[tuple, tuple] = {}  # pipeline_ms, by schedule shape and stage costs
+        self._blocking: dict[tuple, bool] = {}  # comm.p2p_mode resolved blocking, by schedule and chunks
         # by (stages, tensor, expert, data x context, zero): what memory depends on of a layout
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -135,7 +136,7 @@ class FigureCache:
 
     def pipeline_ms(self, cand: Candidate, fig: StageFigures) -> tuple[float, float]:
         """The pipeline's estimated makespan and what the step's end adds after it (ms)."""
-        blocking = self._blocking(cand)
+        blocking = self.blocking(cand)
         key = (cand.schedule, cand.stages, cand.virtual, cand.microbatches, fig.costs, fig.p2p, blocking)
         if key not in self._pipelines:
             self._pipelines[key] = pipeline(cand.schedule, cand.stages, cand.microbatches, cand.virtual,
@@ -143,12 +144,12 @@ class FigureCache:
         makespan, run, m = self._pipelines[key]
         return makespan, step_end_ms(built(cand.schedule, cand.stages, m, cand.virtual), run, self.step_costs(cand))
 
-    def _blocking(self, cand: Candidate) -> bool:
-        """comm.p2p_mode as the candidate's run resolves it (Scenario.p2p_mode: by family when "derived")."""
-        key = ("p2p_mode", cand.schedule)
-        if key not in self._pipelines:
-            self._pipelines[key] = self.scenario(cand).p2p_mode() == "blocking"
-        return self._pipelines[key]
+    def blocking(self, cand: Candidate) -> bool:
+        """Whether the candidate's P2P sends block (Scenario.p2p_mode: by family when "derived")."""
+        key = (cand.schedule, cand.virtual)
+        if key not in self._blocking:
+            self._blocking[key] = self.scenario(cand).p2p_mode() == "blocking"
+        return self._blocking[key]
 
     def _derived_for(self, cand: Candidate) -> derive.Derived:
         # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
@@ -211,11 +212,6 @@ def static_floor(cache: FigureCache, cand: Candidate) -> float:
     static = cache.static(cand)
     held = placement(cand.schedule, cand.stages, cand.virtual)
     return max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
-
-
-def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
-    """The candidate's memory figures and estimated step time."""
-    return replace(memory_estimate(cache, cand), step_time=step_time(cache, cand))
 
 
 def step_time(cache: FigureCache, cand: Candidate) -> float:

@@ -1,8 +1,8 @@
 """The estimated step time of one candidate: its schedule replayed on the stage costs.
 
-Three terms, each from the engine's own rules rather than fitted to simulations:
+Two terms, each from the engine's own rules and the model's figures, never fitted to simulations:
 
-* **the pipeline** (``pipeline_ms``): the family's schedule, built at a small
+* **the pipeline** (``pipeline``): the family's schedule, built at a small
   micro-batch count, replayed by the engine's replay core (engine/replay.py: the
   same dependency rules, P2P links and blocking sends as a run) on the candidate's
   per-stage costs: F, B, I = B - W, W, and an overlapped pair from its two stages'
@@ -20,10 +20,11 @@ Three terms, each from the engine's own rules rather than fitted to simulations:
   follows.  Read off the small replay's tail, which a longer pipeline only shifts.
   A stage held twice (DualPipe, Chimera) first sums its two copies on their ranks' link.
   Left out: grad-sync buckets (each sync is released whole), Megatron's pp-aligned
-  launches and the grad sync yielding to P2P;
-* what is not modelled here: the [chunk] model's all-to-all inside an action is in
-  the stage costs already (a lone forward or backward costs its all-to-all in full;
-  an overlapped pair the estimate's F&B), so nothing is added for it.
+  launches and the grad sync yielding to P2P.
+
+The [chunk] model's all-to-all is inside the actions' lengths already (a lone forward or
+backward costs its all-to-all in full, an overlapped pair hides what its two channels can),
+so no term is added for it.
 """
 
 from __future__ import annotations
