@@ -181,11 +181,11 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
     key = (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
     if key in same_as:
         return f"duplicate: same costs and memory as candidate {same_as[key]}"
-    same_as[key] = row.index
     try:  # the step time last: a replay of the schedule, spent on candidates that may be simulated
         row.estimate = replace(row.estimate, step_time=step_time(cache, cand))
     except ValueError as exc:
         return f"model: {exc}"
+    same_as[key] = row.index
     return ""
 
 
