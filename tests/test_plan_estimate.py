@@ -189,3 +189,16 @@ def test_1f1b_overlap_worked_by_hand():
     run = replayed(built("1f1b-overlap", 4, 6, None), uniform(4, 1.0, 2.0, 0.0, 2.5), 0.0, False)
     assert run.makespan == 24.5
     assert run.rank_end.tolist() == [24.5, 22.5, 20.5, 18.5]
+
+
+def test_interleaved_1f1b_overlap_worked_by_hand():
+    # No closed form either; 2 ranks x 2 chunks (rank 0 stages 0 and 2, rank 1 stages 1 and 3), 2
+    # micro-batches, F = 1, B = 2, F&B = 2.5, no P2P.  Rank 0: F0s0 0-1, F1s0 -2, F0s2 2-3 (F0s1 ended
+    # 2), F1s2 3-4; rank 1: F0s1 1-2, F1s1 2-3, F0s3 3-4, F1s3+B0s3 4-6.5, B1s3 -8.5; rank 0: B0s2
+    # 6.5-8.5, B1s2 -10.5; rank 1: B0s1 8.5-10.5, B1s1 -12.5; rank 0: B0s0 10.5-12.5, B1s0 -14.5
+    sched = registry.build("interleaved-1f1b-overlap", 4, 2, chunks_per_rank=2)
+    assert [sum(isinstance(a, FB) for a in actions) for actions in sched.ranks] == [0, 1]
+    run = replayed(built("interleaved-1f1b-overlap", 4, 2, 2), uniform(4, 1.0, 2.0, 0.0, 2.5), 0.0, False)
+    assert run.makespan == 14.5
+    assert run.rank_end.tolist() == [14.5, 12.5]
+    assert run.copy_ready.tolist() == [14.5, 12.5, 10.5, 8.5]  # stages 0-3's last backwards
