@@ -383,6 +383,9 @@ def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config, 
             assert fig.buffers == tuple(st.sharding_buffers for st in own.stages)
             assert fig.activation == tuple(own.activation_bytes)
             assert fig.work == tuple(st.forward + st.backward for st in own.stages)
+            # the [step] figures the estimated step's end reads: the candidate's own, whatever the
+            # shared derivation's sharding and whichever candidate filled the entry first
+            assert cache.step_costs(cand) == sections_only(apply_overrides(tiny.base, cand.overrides())).step_costs(own)
 
 
 MOE = {"model_type": "mixtral", "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 1000, "num_attention_heads": 4,

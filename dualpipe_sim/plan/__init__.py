@@ -22,7 +22,7 @@ from ..outputs.files import write_all, write_text
 from ..progress import Progress, each_file, report
 from ..sweep.errors import SweepError
 from . import files
-from .estimate import FigureCache, estimate, static_floor
+from .estimate import FigureCache, memory_estimate, static_floor, step_time
 from .rank import Row, estimate_order, ranked, to_simulate
 from .request import (PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices,
                       source_pins)
@@ -168,7 +168,7 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
     try:
         if device and static_floor(cache, cand) > device:
             return f"memory: parameters, gradients and optimizer states alone exceed {device / 1e9:.1f} GB"
-        row.estimate = estimate(cache, cand)
+        row.estimate = memory_estimate(cache, cand)
     except ValueError as exc:  # ScenarioError / ScheduleError: a rule of the model or the schedule
         return f"model: {exc}"
     if device and row.estimate.memory_floor > device:
@@ -181,6 +181,10 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
     key = (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
     if key in same_as:
         return f"duplicate: same costs and memory as candidate {same_as[key]}"
+    try:  # the step time last: a replay of the schedule, spent on candidates that may be simulated
+        row.estimate = replace(row.estimate, step_time=step_time(cache, cand))
+    except ValueError as exc:
+        return f"model: {exc}"
     same_as[key] = row.index
     return ""
 

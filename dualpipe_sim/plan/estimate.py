@@ -13,10 +13,9 @@ figure ``plan`` reports comes from a full simulation.
 * memory estimate: the static bytes plus the closed form's peak number of live
   activations (registry.analytic) of the rank's smallest stage, or the floor where there is no
   formula;
-* step time: the busiest rank's work (each stage it holds, times the
-  micro-batches that pass it: M, or M/2 per direction when they enter from both
-  ends; a forward/backward pair run overlapped costs its F&B) plus the family's
-  closed-form bubble at the stages' mean costs, or (p - 1)(F + B) without one.
+* step time: the candidate's schedule replayed by the engine's replay core on
+  its per-stage F, B, W and F&B and its P2P time, extrapolated to its M, plus the
+  step's end (grad sync and optimizer) after it (step_estimate.py).
 """
 
 from __future__ import annotations
@@ -25,18 +24,20 @@ from dataclasses import dataclass, replace
 
 from ..schedules import registry
 from ..inputs.costs import CostModel
+from ..step_costs import StepCosts
 from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection, ModelSection
 from ..model.step_figures import derived_sync
 from ..inputs.scenario import apply_overrides, sections_only
-from .shapes import VIRTUAL_OPTION, paired_fraction, placement, shape
+from .shapes import VIRTUAL_OPTION, placement
 from .space import Candidate
+from .step_estimate import StageCosts, built, pipeline, step_end_ms
 
 
 @dataclass(frozen=True)
 class Estimate:
-    step_time: float  # ms
+    step_time: float | None  # ms; None for a candidate pruned before its step was estimated
     memory_floor: float  # bytes
     memory: float  # bytes
 
@@ -51,6 +52,8 @@ class StageFigures:
     mean: CostModel  # mean F, B, W (and F&B), no P2P: what the closed forms take
     static: tuple[float, ...] = ()  # parameters, gradients, optimizer, FP8 copies per stage (model/memory.py)
     buffers: tuple[float, ...] = ()  # ZeRO 2/3 unsharded buffers per stage (a rank holds its largest)
+    costs: StageCosts | None = None  # per stage F, B, W, F&B: what the replay takes (step_estimate.py)
+    p2p: float = 0.0  # ms per P2P transfer (model/derive.py's p2p_ms)
 
 
 class FigureCache:
@@ -62,6 +65,9 @@ class FigureCache:
         self._figures: dict[tuple, StageFigures] = {}
         self._derived: dict[tuple, derive.Derived] = {}
         self._fits: dict[tuple, bool] = {}  # reduce_scatters_fit, by layout
+        self._steps: dict[tuple, StepCosts | None] = {}  # step_costs, by layout, M and placement
+        self._pipelines: dict[tuple, tuple] = {}  # pipeline_ms, by schedule shape and stage costs
+        self._blocking: dict[tuple, bool] = {}  # comm.p2p_mode resolved blocking, by schedule and chunks
         # by (stages, tensor, expert, data x context, zero): what memory depends on of a layout
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
@@ -105,13 +111,45 @@ class FigureCache:
             # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
             # serves them all, and the memory is worked out per stage for the candidate's sharding.
             derived = self._derived_for(cand)
-            f, b, w, pair = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
+            f, b, w, pair, fa, ba = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
             static, buffers = self._stage_memory(cand, derived)
-            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers)
+            self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
+                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown),
+                                              derived.p2p or 0.0)  # fmt: skip
         return self._figures[key]
+
+    def step_costs(self, cand: Candidate) -> StepCosts | None:
+        """The candidate's [step] figures per stage, as its run resolves them (Scenario.step_costs:
+        model/step_figures.py), from the shared derivation with the candidate's sharding."""
+        # the schedule matters only by where the stages sit (M follows from data and micro-batch size)
+        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
+               cand.zero, placement(cand.schedule, cand.stages, cand.virtual))  # fmt: skip
+        if key not in self._steps:
+            derived = self._derived_for(cand)
+            sharding = replace(derived.setup.sharding, data=cand.data * cand.context, zero=cand.zero)
+            own = replace(derived, setup=replace(derived.setup, sharding=sharding))
+            self._steps[key] = self.scenario(cand).step_costs(own)
+        return self._steps[key]
+
+    def pipeline_ms(self, cand: Candidate, fig: StageFigures) -> tuple[float, float]:
+        """The pipeline's estimated makespan and what the step's end adds after it (ms)."""
+        blocking = self.blocking(cand)
+        key = (cand.schedule, cand.stages, cand.virtual, cand.microbatches, fig.costs, fig.p2p, blocking)
+        if key not in self._pipelines:
+            self._pipelines[key] = pipeline(cand.schedule, cand.stages, cand.microbatches, cand.virtual,
+                                            cand.pipeline, fig.costs, fig.p2p, blocking)  # fmt: skip
+        makespan, run, m = self._pipelines[key]
+        return makespan, step_end_ms(built(cand.schedule, cand.stages, m, cand.virtual), run, self.step_costs(cand))
+
+    def blocking(self, cand: Candidate) -> bool:
+        """Whether the candidate's P2P sends block (Scenario.p2p_mode: by family when "derived")."""
+        key = (cand.schedule, cand.virtual)
+        if key not in self._blocking:
+            self._blocking[key] = self.scenario(cand).p2p_mode() == "blocking"
+        return self._blocking[key]
 
     def _derived_for(self, cand: Candidate) -> derive.Derived:
         # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
@@ -152,19 +190,20 @@ class FigureCache:
         return self._memory[key]
 
 
-def _stage_costs(derived, s: int) -> tuple[float, float, float, float]:
-    """F, B, W and an overlapped F&B pair of stage ``s`` (ms).  With [chunk] components (MoE) the
-    pair is its compute plus the slowdown of the compute an all-to-all overlaps (the simulated pair
-    lies within a few % of it); the engine lays the real pair out with channels.py."""
+def _stage_costs(derived, s: int) -> tuple[float, ...]:
+    """F, B, W and an overlapped F&B pair of stage ``s`` (ms), and the all-to-all inside its F and
+    B.  With [chunk] components (MoE) the pair is its compute plus the slowdown of the compute an
+    all-to-all overlaps (the simulated pair lies within a few % of it); the engine lays the real
+    pair out with channels.py."""
     if not derived.stage_chunks:
         st = derived.stages[s]
-        return st.forward, st.backward, st.weight, st.forward + st.backward
+        return st.forward, st.backward, st.weight, st.forward + st.backward, 0.0, 0.0
     n, t = derived.stage_chunks[s]
     fc, fa = t.attn_forward + t.mlp_forward, t.dispatch_forward + t.combine_forward
     bw = t.attn_backward_weight + t.mlp_backward_weight
     bc, ba = t.attn_backward_input + t.mlp_backward_input + bw, t.dispatch_backward + t.combine_backward
     pair = fc + bc + (derived.comm_compute_slowdown - 1) * min(fc + bc, fa + ba)
-    return n * (fc + fa), n * (bc + ba), n * bw, n * max(pair, fa + ba)
+    return n * (fc + fa), n * (bc + ba), n * bw, n * max(pair, fa + ba), n * fa, n * ba
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
@@ -175,21 +214,18 @@ def static_floor(cache: FigureCache, cand: Candidate) -> float:
     return max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
 
 
-def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
+def step_time(cache: FigureCache, cand: Candidate) -> float:
+    """The estimated step (ms): the pipeline's replayed makespan plus the step's end after it."""
+    makespan, step_end = cache.pipeline_ms(cand, cache.figures(cand))
+    return makespan + step_end
+
+
+def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:
+    """The memory floor and estimate, the step time left None (the plan prunes on memory first)."""
     fig = cache.figures(cand)
-    sh = shape(cand.schedule)
     held = placement(cand.schedule, cand.stages, cand.virtual)
-    paired = paired_fraction(cand.schedule, cand.stages, cand.virtual)
-    per_direction = cand.microbatches / sh.directions
-    busiest = max(
-        sum(per_direction * (paired * fig.pair[s] + (1 - paired) * fig.work[s]) for _, s in on_rank)
-        for on_rank in held
-    )
     options = {VIRTUAL_OPTION: cand.virtual} if cand.virtual else {}
     closed = registry.analytic(cand.schedule, cand.stages, cand.microbatches, fig.mean, **options)
-    bubble = closed.get("bubble")
-    if bubble is None:
-        bubble = (cand.pipeline - 1) * fig.mean.forward[0] + (cand.pipeline - 1) * fig.mean.backward[0]
     runtime = cache.runtime(cand)
     statics = [sum(fig.static[s] for s in {s for _, s in on_rank}) + max(fig.buffers[s] for _, s in on_rank) + runtime
                for on_rank in held]  # fmt: skip
@@ -199,4 +235,4 @@ def estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     # simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
     memory = max(st + peak * min(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
         if peak else floor
-    return Estimate(busiest + bubble, floor, max(memory, floor))
+    return Estimate(None, floor, max(memory, floor))

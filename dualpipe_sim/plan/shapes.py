@@ -1,8 +1,8 @@
 """What each registered schedule needs of a layout, read off the registry.
 
-A family does not say how many stages it puts on a rank or whether it pairs a
-forward with a backward; building it once at a small size (``probe``) shows
-both: ranks = stages / stages_per_rank, and the placement of every stage.
+A family does not say how many stages it puts on a rank or where; building it
+once at a small size (``probe``) shows both: ranks = stages / stages_per_rank,
+and the placement of every stage.
 The family's own ``check`` then decides each (stages, micro-batches) shape.
 """
 
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..schedules import registry
-from ..schedules.ir import FB, ops_of
 
 VIRTUAL_OPTION = "chunks_per_rank"
 
@@ -43,27 +42,14 @@ def shape(name: str) -> ScheduleShape:
 
 @lru_cache(maxsize=4096)
 def placement(name: str, stages: int, virtual: int | None) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """(direction, stage) pairs on each rank, and the fraction of a rank's forwards run paired with a
-    backward, from a build with 2 micro-batches per stage (every family accepts that count)."""
+    """(direction, stage) pairs on each rank, from a build with 2 micro-batches per stage (every
+    family accepts that count)."""
     options = {VIRTUAL_OPTION: virtual} if virtual else {}
     schedule = registry.build(name, stages, 2 * stages, **options)
     on_rank: list[set] = [set() for _ in range(schedule.num_ranks)]
     for (d, s), r in schedule.placement().items():
         on_rank[r].add((d, s))
     return tuple(tuple(sorted(held)) for held in on_rank)
-
-
-@lru_cache(maxsize=4096)
-def paired_fraction(name: str, stages: int, virtual: int | None) -> float:
-    """The share of forwards a schedule runs as half of an overlapped forward/backward pair."""
-    options = {VIRTUAL_OPTION: virtual} if virtual else {}
-    schedule = registry.build(name, stages, 2 * stages, **options)
-    pairs = forwards = 0
-    for actions in schedule.ranks:
-        for action in actions:
-            pairs += isinstance(action, FB)
-            forwards += sum(op.kind == "F" for op in ops_of(action))
-    return pairs / forwards if forwards else 0.0
 
 
 def shapes(names: list[str]) -> list[ScheduleShape]:
