@@ -17,17 +17,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from dualpipe_sim import repeat, simulation, units  # noqa: E402
+from dualpipe_sim import compare, repeat, simulation, units  # noqa: E402
 from dualpipe_sim.actions import ignored_note, parse_actions  # noqa: E402
 from dualpipe_sim.engine.trace import COMPUTE_DTYPE  # noqa: E402
 from dualpipe_sim.engine.validate import validate  # noqa: E402
 from dualpipe_sim.inputs import scenario  # noqa: E402
 from dualpipe_sim.inputs.scenario import load  # noqa: E402
-from dualpipe_sim.model import derive, layout  # noqa: E402
-from dualpipe_sim.model.config import ModelError, from_hf  # noqa: E402
+from dualpipe_sim.model import derive, layout, params  # noqa: E402
+from dualpipe_sim.model.config import ModelError, from_hf, read  # noqa: E402
 from dualpipe_sim.outputs.plots import gantt  # noqa: E402
 from dualpipe_sim.plan.estimate import Estimate  # noqa: E402
-from dualpipe_sim.plan.rank import Row, likely_fits, to_simulate  # noqa: E402
+from dualpipe_sim.plan.rank import Row, estimate_order, likely_fits, to_simulate  # noqa: E402
 from dualpipe_sim.plan.shapes import paired_fraction, shape  # noqa: E402
 from dualpipe_sim.plan.space import Candidate  # noqa: E402
 from dualpipe_sim.schedules.ir import Op, Schedule, ScheduleError  # noqa: E402
@@ -129,6 +129,33 @@ def test_layout_string_with_the_head_on_a_middle_stage_is_refused():
     """layout-head-not-required-last.  The loss ends the pipeline: L on stage 1 of 3 is refused, naming the rule."""
     with pytest.raises(ModelError, match=r"must place the head L once, on the last stage"):
         layout.parse("Et|tL|t", 3, 3)
+
+
+def test_gpt2_small_activated_parameters_by_hand():
+    """params-activated-without-tied-head.  GPT-2 small (h 768, 12 layers, vocab 50257) ties its head to the
+    embedding, yet every token still multiplies by it.  A layer: q, k, v, o with biases 4h^2 + 4h, two
+    LayerNorms 4h, the MLP 8h^2 + 5h: 7,087,872; 12 of them 85,054,464; the head's LayerNorm 2h and
+    projection 50257 h: 38,598,912; activated 123,653,376 (the embedding and positions are lookups)."""
+    cfg = from_hf({"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
+                   "n_positions": 1024})  # fmt: skip
+    h = 768
+    layer = (4 * h * h + 4 * h) + 4 * h + (8 * h * h + 5 * h)
+    assert layer == 7_087_872
+    assert params.totals(cfg).activated == 12 * layer + 2 * h + 50257 * h == 123_653_376
+
+
+def test_deepseek_linear_weights_are_the_parameters_less_norms_and_router():
+    """params-mtp-projection-h-by-h.  DeepSeek-V3 has no biases, so what its FP8 GEMMs read (linear_weights)
+    is a layer's parameters less its norms (two pre-norms, MLA's q and kv latent norms) and the BF16
+    router (h x E weights, E correction biases).  An MTP module adds enorm, hnorm and the shared head's
+    norm (3h) and its 2h -> h projection, which is a linear."""
+    cfg = read(ROOT / "scenarios" / "models" / "deepseek-v3.json")
+    h, E = cfg.hidden_size, cfg.num_experts
+    latent_norms, router = cfg.q_lora_rank + cfg.kv_lora_rank, h * E + E
+    assert sum(params.linear_weights(cfg, 0)) == params.layer(cfg, 0).total - 2 * h - latent_norms  # dense
+    assert sum(params.linear_weights(cfg, 3)) == params.layer(cfg, 3).total - 2 * h - latent_norms - router
+    mtp = params.mtp_module(cfg).total
+    assert sum(params.mtp_linear_weights(cfg)) == mtp - (2 * h + 3 * h) - latent_norms - router
 
 
 def _deepseek_layer_rows():
@@ -288,3 +315,33 @@ def test_a_candidate_a_little_over_the_device_is_still_simulated():
     near, far = row(0, 1.05 * device), row(1, 1.2 * device)
     assert likely_fits(near, device) and not likely_fits(far, device)
     assert [r.index for r in to_simulate([near, far], 1, device)] == [0]
+
+
+def test_plan_tries_likely_fits_before_faster_estimates_over_the_device():
+    """plan-unlikely-fits-simulated-first.  A candidate estimated at twice the device's memory comes after
+    one that fits, however much faster its estimate (estimate_order's docstring)."""
+    device = 80e9
+    fast_too_big = Row(0, Candidate(tensor=1), estimate=Estimate(50.0, 0.0, 2 * device))
+    slow_fits = Row(1, Candidate(tensor=1), estimate=Estimate(100.0, 0.0, 0.5 * device))
+    assert [r.index for r in estimate_order([fast_too_big, slow_fits], device)] == [1, 0]
+    assert [r.index for r in estimate_order([fast_too_big, slow_fits], None)] == [0, 1]  # no device: by estimate
+
+
+# -- compare --same-gpus, chart titles ------------------------------------------------------------------------
+def test_same_gpus_counts_context_parallel_gpus_per_rank():
+    """compare-same-gpus-ignores-context.  tensor 2 x context 2: each pipeline rank is 4 GPUs, so 16 GPUs are
+    4 ranks: 4 stages of 1F1B, 8 of DualPipeV (two per rank)."""
+    model = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 4},
+                                "model": {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 8,
+                                          "vocab_size": 1000, "num_attention_heads": 4, "intermediate_size": 512,
+                                          "seq_length": 128},
+                                "parallel": {"tensor": 2, "context": 2}, "hardware": {"preset": "H100"}})  # fmt: skip
+    assert compare.at_gpus(model, "1f1b", 16).pipeline.stages == 4
+    assert compare.at_gpus(model, "dualpipev", 16).pipeline.stages == 8
+    assert "tensor x data x context = 4 GPUs per rank" in compare.at_gpus(model, "1f1b", 6)
+
+
+def test_gantt_title_says_stages_on_ranks():
+    """gantt-title-stages-and-ranks-swapped.  DualPipeV folds 8 stages onto 4 ranks; the title says so."""
+    metrics = run("dualpipev", 8, 16, costs={"forward": 1.0, "backward": 2.0}).metrics
+    assert gantt.gantt_title(metrics).startswith("dualpipev: 8 stages on 4 ranks, 16 micro-batches, ")
