@@ -28,7 +28,7 @@ from dualpipe_sim.model.config import ModelError, from_hf, read  # noqa: E402
 from dualpipe_sim.outputs.plots import gantt  # noqa: E402
 from dualpipe_sim.plan.estimate import Estimate  # noqa: E402
 from dualpipe_sim.plan.rank import Row, estimate_order, likely_fits, to_simulate  # noqa: E402
-from dualpipe_sim.plan.shapes import paired_fraction, shape  # noqa: E402
+from dualpipe_sim.plan.shapes import shape  # noqa: E402
 from dualpipe_sim.plan.space import Candidate  # noqa: E402
 from dualpipe_sim.schedules.ir import Op, Schedule, ScheduleError  # noqa: E402
 from dualpipe_sim.schedules.rules import KIND_CODES  # noqa: E402
@@ -293,15 +293,6 @@ def test_plan_checks_an_interleaved_candidate_at_its_own_chunk_count():
     sh = shape("interleaved-1f1b")
     assert sh.check(9, 6, 3) is None
     assert "multiple of chunks_per_rank = 3" in sh.check(4, 8, 3)
-
-
-def test_paired_fraction_of_1f1b_overlap_by_hand():
-    """plan-paired-fraction-per-action.  1f1b-overlap with m = 2p: rank r runs 2(p - 1 - r) + 1 warm-up
-    forwards and pairs the rest, so of p x 2p forwards sum_r (2p - 2(p - 1 - r) - 1) = p^2 are paired:
-    one half.  1F1B pairs none."""
-    for p in (2, 3, 4):
-        assert paired_fraction("1f1b-overlap", p, None) == pytest.approx(0.5)
-    assert paired_fraction("1f1b", 4, None) == 0.0
 
 
 def test_a_candidate_a_little_over_the_device_is_still_simulated():
