@@ -26,7 +26,10 @@ H100 = PRESETS["H100"]
 
 
 def _per_logit(impl: str, ab: float = 2) -> tuple[tuple[float, int], tuple[float, int]]:
-    (f32, fpass, fk), (b32, bpass, bk) = kernels.CE_COUNTS[impl]
+    if impl == "megatron":
+        return (kernels.CE_FORWARD_FP32_BYTES + ab, kernels.CE_FORWARD_KERNELS), (
+            kernels.CE_BACKWARD_FP32_BYTES + ab, kernels.CE_BACKWARD_KERNELS)
+    (f32, fpass, fk), (b32, bpass, bk) = kernels.CE_FUSED[impl]
     return (f32 + fpass * ab, fk), (b32 + bpass * ab, bk)
 
 
