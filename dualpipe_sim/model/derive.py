@@ -62,6 +62,7 @@ class Setup:
     sync_tp_duplicated: bool = False  # parallel.sync_tp_duplicated_parameters
     alibi: bool = False  # model.alibi
     deepseek_kernels: bool = False  # DeepSeek's runtime: its MoE layers' kernel list (deepseek_kernels.py)
+    cross_entropy: str = "megatron"  # model.cross_entropy
 
     @property
     def tokens(self) -> int:
@@ -77,7 +78,8 @@ class Setup:
                               self.ub_sms, self.ub_atomic, self.host_op, self.dispatcher,
                               self.sync_tp_duplicated, self.alibi, self.deepseek_kernels,
                               not self.sharding.fp8_weight_cache,
-                              grad_bytes=self.sharding.grads_bytes)  # fmt: skip
+                              grad_bytes=self.sharding.grads_bytes,
+                              cross_entropy=self.cross_entropy)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
             except ValueError as exc:
                 raise ModelError(f"model.attention_kernel: {exc}") from None
     legacy = m.runtime == "megatron-lm-2021"
+    if legacy and m.cross_entropy != "megatron":  # Megatron-LM of 2021 had only its op-by-op function
+        raise ModelError('model.cross_entropy: must be "megatron" with model.runtime = "megatron-lm-2021"')
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":
         amax_group = par.tensor if m.fp8_amax_reduction == "tensor" else par.tensor * par.data * par.context
@@ -242,7 +246,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))),
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
                  par.sync_tp_duplicated_parameters, m.alibi,
-                 cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek")  # fmt: skip
+                 cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
+                 m.cross_entropy)  # fmt: skip
 
 
 # DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a

@@ -50,6 +50,19 @@ CE_FORWARD_FP32_BYTES = 4 + 4 + (4 + 4) + (4 + 4) + 4 + (4 + 4)  # cast's write,
 CE_BACKWARD_FP32_BYTES = (4 + 4) + 4  # scale by the loss gradient, the cast back's read
 CE_FORWARD_KERNELS = 6
 CE_BACKWARD_KERNELS = 2
+# model.cross_entropy's fused implementations: per logit, (fp32 bytes, passes over the 16-bit logits or gradient,
+# kernels), forward and backward (docs/model.md, "Kernel rates"; "megatron" is the op-by-op function above).
+# "megatron-fused": Megatron-core's fused_vocab_parallel_cross_entropy, three torch.compile graphs forward: cast + max
+# (read 16-bit, write 4), exp of the shifted logits into a fresh buffer with its sum (4 + 4) that Inductor copies back
+# into the in-place input (4 + 4; Megatron's own note on it in fusions/fused_cross_entropy.py @ 0cb4a9c), div_ (4 + 4);
+# one graph backward: the copy for the target scatter (4 + 4), then scale and cast (4 + 4 + the 16-bit write).
+# "te": Transformer Engine's Triton parallel_cross_entropy on the 16-bit logits: an online-softmax pass (read), a pass
+# that reads them again and writes the gradient in place (read + write); backward one kernel scaling it in place by
+# the per-token loss gradient (read + write), which Megatron's per-token loss (reduce_loss=False) never skips
+CE_FUSED = {
+    "megatron-fused": ((4 + (4 + 4) + (4 + 4) + (4 + 4), 1, 4), ((4 + 4) + (4 + 4), 1, 3)),
+    "te": ((0, 3, 2), (0, 2, 1)),
+}
 # Transformer Engine's userbuffers overlaps that run a communication kernel on SMs, by TE's name, and the SMs each
 # takes by default (initialize_ub's num_sm = 16; the ring exchanges run on the copy engines). A scenario's
 # parallel.tp_overlap_sms gives a run's own (its ub_tp_comm_overlap_cfg yaml).
@@ -116,6 +129,7 @@ class Layout:
     # memory.fp8_weight_cache = false: Transformer Engine casts each FP8 weight in every forward (no copy kept)
     fp8_weight_each_use: bool = False
     grad_bytes: float = 4.0  # model.grads_dtype: the main_grad buffer the wgrad GEMMs accumulate into
+    cross_entropy: str = "megatron"  # model.cross_entropy: whose vocabulary cross-entropy (CE_FUSED)
 
     @property
     def wgrad_out(self) -> float:
@@ -697,9 +711,15 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     # --cross-entropy-loss-fusion off): cast (ab + 4), max (4), subtract (4 + 4), exp (4 + 4), sum (4),
     # divide (4 + 4), six kernels; backward: scale the saved softmax by the loss gradient (4 + 4) and cast
     # back (4 + ab), two kernels. Liger-Kernel's H100 timings of that function: docs/model.md, "Kernel rates"
-    tb.memory("cross-entropy (unfused)", "mlp_forward", n * v * (ab + CE_FORWARD_FP32_BYTES), CE_FORWARD_KERNELS)
-    tb.memory("cross-entropy backward (unfused)", "mlp_backward_input", n * v * (CE_BACKWARD_FP32_BYTES + ab),
-              CE_BACKWARD_KERNELS)
+    if lay.cross_entropy == "megatron":
+        tb.memory("cross-entropy (unfused)", "mlp_forward", n * v * (ab + CE_FORWARD_FP32_BYTES), CE_FORWARD_KERNELS)
+        tb.memory("cross-entropy backward (unfused)", "mlp_backward_input", n * v * (CE_BACKWARD_FP32_BYTES + ab),
+                  CE_BACKWARD_KERNELS)
+    else:  # a fused implementation (model.cross_entropy, CE_FUSED)
+        (f32, fpass, fkern), (b32, bpass, bkern) = CE_FUSED[lay.cross_entropy]
+        tag = {"megatron-fused": "fused", "te": "te"}[lay.cross_entropy]
+        tb.memory(f"cross-entropy ({tag})", "mlp_forward", n * v * (f32 + fpass * ab), fkern)
+        tb.memory(f"cross-entropy backward ({tag})", "mlp_backward_input", n * v * (b32 + bpass * ab), bkern)
     if lay.grad_accumulation > 0:
         tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
     d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)

@@ -69,6 +69,10 @@ class ModelSection(BaseModel):
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
+    # whose vocabulary cross-entropy: "megatron" (Megatron-core's op-by-op vocab_parallel_cross_entropy, its default),
+    # "megatron-fused" (--cross-entropy-loss-fusion, --cross-entropy-fusion-impl native) or "te" (impl te:
+    # Transformer Engine's Triton parallel_cross_entropy); docs/model.md, "Kernel rates"
+    cross_entropy: Literal["megatron", "megatron-fused", "te"] = "megatron"
     # FP8 with per-tensor (delayed) scaling, as Transformer Engine runs it: the amaxes all-reduced once per model
     # chunk and micro-batch, forward and backward, over "data" (tensor x data x context ranks: Megatron's amax
     # reduction group, TE's default) or "tensor" ranks (TE 0.8-1.x NVTE_DP_AMAX_REDUCE_INTERVAL=0), blocking;
