@@ -336,3 +336,17 @@ def test_gantt_title_says_stages_on_ranks():
     """gantt-title-stages-and-ranks-swapped.  DualPipeV folds 8 stages onto 4 ranks; the title says so."""
     metrics = run("dualpipev", 8, 16, costs={"forward": 1.0, "backward": 2.0}).metrics
     assert gantt.gantt_title(metrics).startswith("dualpipev: 8 stages on 4 ranks, 16 micro-batches, ")
+
+
+def test_dualpipe_closed_form_takes_an_unprofiled_pair_as_f_plus_b():
+    """closed-form-pair-as-longer-half.  DualPipe's bubble (PP/2 - 1)(F&B + B - 3W) (DualPipe README) with no
+    costs.overlapped: the pair is F + B.  8 stages, F = 1, B = 2, W = 1: (4 - 1)(3 + 2 - 3) = 6."""
+    analytic = run("dualpipe", 8, 16, costs={"forward": 1.0, "backward": 2.0, "weight": 1.0}).metrics.to_dict()["analytic"]
+    assert analytic["bubble"] == pytest.approx(6.0)
+
+
+def test_chimera_closed_form_refused_when_backward_is_shorter_than_forward():
+    """chimera-closed-form-given-when-b-below-f.  Chimera's (D - 2) F bubble assumes B = F (the paper's
+    unit-cost case); with B < F it does not hold, so no figure is given and the reason names B != F."""
+    analytic = run("chimera", 4, 8, costs={"forward": 2.0, "backward": 1.0}).metrics.to_dict()["analytic"]
+    assert analytic["bubble"] is None and "B != F" in analytic["reason"]
