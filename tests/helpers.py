@@ -1,5 +1,7 @@
 """Small builders shared by the tests."""
 
+import csv
+
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim import simulation
 
@@ -39,3 +41,9 @@ num_attention_heads = 4
 intermediate_size = 512
 seq_length = 128
 """
+
+
+def kernel_table(path) -> list[dict]:
+    """A measured table under tests/data/kernels/: CSV rows after the '#' lines that name its source."""
+    with open(path) as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))

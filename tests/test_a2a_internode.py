@@ -6,7 +6,6 @@ are worked by hand from those rules and the table; sources in docs/model.md ("Ke
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import collectives, derive, kernels
 from dualpipe_sim.model.rates import PRESETS
+from helpers import kernel_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "kernels" / "deepep_h800_internode.csv"
@@ -21,8 +21,7 @@ H800 = PRESETS["H800"]
 
 
 def _rows() -> list[dict]:
-    with open(DATA) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return kernel_table(DATA)
 
 
 def _cfg(name: str):

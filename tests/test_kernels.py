@@ -6,7 +6,6 @@ Megatron's formula, its components sum to the layer's times)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.model import collectives, derive, flops, gemm, kernels
 from dualpipe_sim.model.rates import PRESETS
 from dualpipe_sim.inputs.scenario import sections_only
+from helpers import kernel_table
 
 DATA = Path(__file__).parent / "data" / "kernels"
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,7 @@ H100 = PRESETS["H100"]
 
 
 def table(name: str) -> list[dict]:
-    with open(DATA / name) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return kernel_table(DATA / name)
 
 
 # -- one GEMM by hand ------------------------------------------------------------------------------

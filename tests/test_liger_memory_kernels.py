@@ -10,13 +10,13 @@ TE's, both are one fused kernel per pass).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 
 from dualpipe_sim.model import derive, kernels
 from dualpipe_sim.model.rates import PRESETS
+from helpers import kernel_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "kernels" / "liger_h100_memory_kernels.csv"
@@ -24,8 +24,7 @@ H100 = PRESETS["H100"]
 
 
 def _rows() -> list[dict]:
-    with open(DATA) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return kernel_table(DATA)
 
 
 def _measured(kernel: str, provider: str) -> dict[tuple[str, int], float]:
@@ -106,8 +105,7 @@ def test_a100_fused_kernels_at_large_sizes_match_the_measured_copy_rate():
     # A100-SXM4-80GB (tests/data/kernels/liger_a100_memory_kernels.csv): from 134 MB up the model's 2.5 us +
     # bytes / 1.61 TB/s (Azure's copy kernel) is within -10%..+5% (measured 1.41-1.67 TB/s).
     a100 = PRESETS["A100"]
-    with open(ROOT / "tests" / "data" / "kernels" / "liger_a100_memory_kernels.csv") as fh:
-        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    rows = kernel_table(ROOT / "tests" / "data" / "kernels" / "liger_a100_memory_kernels.csv")
     checked = 0
     for r in rows:
         n, c = int(r["rows"]), int(r["cols"])

@@ -13,6 +13,7 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import activations, derive, gemm, kernels
 from dualpipe_sim.model.rates import PRESETS
+from helpers import kernel_table
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = ROOT / "scenarios" / "validation"
@@ -246,11 +247,9 @@ def test_small_bf16_gemms_reproduce_xla_sm90_rows():
     # The 98 single GEMMs of the table with a dimension of 512 or less: the tile/wave model with the fitted H100
     # constants is unbiased there (mean signed error within 3%) with a median |error| under 10%; its worst
     # rows (512 x 256 x 4096 and 256 x 512 x 4096: 33% fast) are the short-and-deep shapes split-K serves.
-    import csv
     import statistics
 
-    with open(ROOT / "tests" / "data" / "kernels" / "xla_matmul_sm90.csv") as fh:
-        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    rows = kernel_table(ROOT / "tests" / "data" / "kernels" / "xla_matmul_sm90.csv")
     errs = []
     for r in rows:
         b, m, n, k = (int(r[c]) for c in ("b", "m", "n", "k"))

@@ -9,7 +9,6 @@ documented discrepancy, so that a change which moves it has to move the docs too
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,14 @@ import pytest
 from dualpipe_sim.inputs.scenario import sections_only
 from dualpipe_sim.model import derive
 from dualpipe_sim.model.rates import PRESETS
+from helpers import kernel_table
 
 DATA = Path(__file__).parent / "data" / "kernels"
 H100 = PRESETS["H100"]
 
 
 def table(name: str) -> list[dict]:
-    with open(DATA / name) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return kernel_table(DATA / name)
 
 
 def layer_rows(model: dict, parallel: dict, memory: dict | None = None):

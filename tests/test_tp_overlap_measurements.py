@@ -12,7 +12,6 @@ GEMM split into chunks, which the model charges as smaller GEMMs).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from dualpipe_sim.model import collectives, gemm, kernels
 from dualpipe_sim.model.config import ModelConfig
 from dualpipe_sim.model.rates import PRESETS
+from helpers import kernel_table
 
 DATA = Path(__file__).parent / "data" / "kernels" / "flux_readme_tp8.csv"
 # The A800 is an A100 with its NVLink cut (same SMs, clocks and HBM): its GEMMs are checked on the A100 preset
@@ -32,8 +32,7 @@ GEMM_TOL, COMM_TOL = 0.08, 0.05
 
 
 def rows() -> list[dict]:
-    with open(DATA) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    return kernel_table(DATA)
 
 
 def _cfg() -> ModelConfig:
