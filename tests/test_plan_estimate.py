@@ -202,3 +202,26 @@ def test_interleaved_1f1b_overlap_worked_by_hand():
     assert run.makespan == 14.5
     assert run.rank_end.tolist() == [14.5, 12.5]
     assert run.copy_ready.tolist() == [14.5, 12.5, 10.5, 8.5]  # stages 0-3's last backwards
+
+
+@pytest.mark.parametrize("name,virtual,blocking", [("1f1b", None, True), ("dualpipev", None, False),
+                                                    ("interleaved-1f1b", 2, False), ("dualpipe", None, True),
+                                                    ("interleaved-1f1b-overlap", 2, True)])  # fmt: skip
+def test_shared_transfer_plan_changes_no_replay(name, virtual, blocking):
+    # The estimate works a schedule's transfer plan out once (built) and replays it on many
+    # layouts' costs: each replay must equal the engine's own, which plans afresh, to the bit,
+    # however many replays came before on the same plan.
+    from dualpipe_sim.engine import replay
+
+    stages = 4 * (virtual or (2 if name == "dualpipev" else 1))
+    b = built(name, stages, 16, virtual)
+    rng = np.random.default_rng(7)
+    for p2p in (0.0, 0.37, 0.0, 1.9):
+        f = rng.uniform(1.0, 2.0, stages)
+        costs = StageCosts(tuple(f), tuple(2 * f), tuple(0.8 * f), tuple(0.1 * f), tuple(0.3 * f), 1.2)
+        length = lengths(b, costs)
+        _, fresh, _, _ = replay.replay(b.schedule, b.index, length.tolist(), p2p, blocking)
+        ends = np.frombuffer(fresh, dtype=float) + length
+        run = replayed(b, costs, p2p, blocking)
+        assert run.makespan == float(ends.max())
+        assert run.rank_end.tolist() == np.maximum.reduceat(ends, b.rank_first).tolist()

@@ -259,13 +259,14 @@ _STOPPED = 1 << 40
 
 
 def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | None = None, p2p: float = 0.0,
-           blocking: bool = False) -> tuple[list[int], array, array, tuple]:
+           blocking: bool = False, planned: Plan | None = None) -> tuple[list[int], array, array, tuple]:
     """Run each rank's actions in order as far as the rules let them (module docstring).
     ``length``: per action (numbered as in index.flat) how long it lasts (None: no time, no
     links: validation).  A transfer costs ``p2p``.  Returns each rank's cursor (the length of
     its list when it finished, else the action it is stuck at), each action's start, each
-    transfer's start and Plan.transfers (who sent what to whom; empty without links)."""
-    p = plan(schedule, index)
+    transfer's start and Plan.transfers (who sent what to whom; empty without links).  ``planned``:
+    ``plan(schedule, index)`` worked out once for many replays of one schedule (plan's estimate)."""
+    p = plan(schedule, index) if planned is None else planned
     bounds = index.flat.rank_bounds
     n = len(bounds) - 1
     if length is None:
@@ -273,6 +274,8 @@ def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | Non
     # Without P2P time a transfer lands as its action ends: a link's previous transfer, from an
     # earlier action of the same rank, has landed by then, so the loop below needs no other path.
     missing, sent_upto, transfer_link, receiver, consumer = p.missing, p.sent_upto, p.link, p.receiver, p.consumer
+    if planned is not None:
+        missing = list(missing)  # the loop counts it down: a shared plan keeps its own
     ready = [0.0] * len(missing)  # per action: when its last counted need landed on its rank
     link_free = [0.0] * len(receiver)  # when each link's last transfer ends
     # Starts written into C doubles: numpy reads them without a copy, and no float object outlives its action.

@@ -43,7 +43,7 @@ def fitting_front(points: list[tuple[float, float]], limit: float | None) -> lis
 def draw(plan, path) -> None:
     rows = [r for r in plan.rows if r.ok and r.tokens_per_second_per_gpu]
     fig = new_figure(9.0, 5.6)
-    place(fig, left=0.9, right=2.3, top=0.5, bottom=0.7)
+    place(fig, left=0.9, right=2.3, top=0.75, bottom=0.7)  # a two-line title
     ax = fig.add_subplot(1, 1, 1)
     pts = [(r.peak_memory / 1e9, r.tokens_per_second_per_gpu) for r in rows]
     names = sorted({r.candidate.schedule for r in rows})
@@ -76,7 +76,7 @@ def draw(plan, path) -> None:
                         xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8, color="0.3")  # fmt: skip
     ax.set_xlabel("peak memory per rank (GB): static bytes, activations, buffers, runtime allowance")
     ax.set_ylabel("tokens / s per GPU")
-    ax.set_title(f"{len(rows)} simulated layouts on {plan.gpus} GPUs: throughput against memory "
+    ax.set_title(f"{len(rows)} simulated layouts on {plan.gpus} GPUs: throughput against memory\n"
                  f"(line: Pareto front of those that fit; circles: top {len(plan.top)})", fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()

@@ -59,6 +59,7 @@ class Built:
     copy_rank: np.ndarray  # per stage copy: the rank holding it
     copy_stage: np.ndarray  # per stage copy: its stage
     copy_twin: np.ndarray  # per stage copy: the other copy of its stage (DualPipe, Chimera), else -1
+    transfers: object = None  # replay.Plan: the replay core's transfer plan, worked out once per build
 
 
 @lru_cache(maxsize=None)
@@ -90,7 +91,8 @@ def built(name: str, stages: int, microbatches: int, virtual: int | None) -> Bui
     twin = [next((j for j, (_, t) in enumerate(copies) if t == s and j != i), -1) for i, (_, s) in enumerate(copies)]
     return Built(schedule, index, lone, kind, stage, back, np.asarray(flat.rank_bounds[:-1], dtype=np.int64),
                  flat.action[wg], wgrad_copy, np.array([placement[c] for c in copies], dtype=np.int64),
-                 np.array([s for _, s in copies], dtype=np.int64), np.array(twin, dtype=np.int64))  # fmt: skip
+                 np.array([s for _, s in copies], dtype=np.int64), np.array(twin, dtype=np.int64),
+                 replay.plan(schedule, index))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Replayed:
 def replayed(b: Built, costs: StageCosts, p2p: float, blocking: bool) -> Replayed:
     """The replay core run on ``costs`` (engine/replay.py), P2P ``p2p`` ms per transfer."""
     length = lengths(b, costs)
-    cursor, starts, _, _ = replay.replay(b.schedule, b.index, length.tolist(), p2p, blocking)
+    cursor, starts, _, _ = replay.replay(b.schedule, b.index, length.tolist(), p2p, blocking, b.transfers)
     ends = np.frombuffer(starts, dtype=float) + length
     rank_end = np.maximum.reduceat(ends, b.rank_first) if len(ends) else np.zeros(len(b.rank_first))
     # a transfer still travelling when its sender's last action ends lands later, but nothing waits for it
