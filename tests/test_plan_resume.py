@@ -46,6 +46,19 @@ def whole(config, tmp_path_factory) -> dict[str, bytes]:
     return _files(out)
 
 
+# Ctrl-C must land while the plan still runs: since the estimate replays every schedule, the 84 tiny
+# simulations of the default request take a fraction of a second after the first journal line, so the
+# Ctrl-C test plans a global batch of 64 (up to 64 micro-batches a simulation) against its own whole run.
+LONG_BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def whole_long(config, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("whole_long") / "plan"
+    ds_plan.write(ds_plan(config, 4, LONG_BATCH, 2048, jobs=1, out=out, **REQUEST), out)
+    return _files(out)
+
+
 class StopAfter:
     """A progress callback that presses Ctrl-C once ``k`` candidates are simulated."""
 
@@ -133,8 +146,8 @@ def _cli(*args, **kwargs):
                           timeout=300, **kwargs)  # fmt: skip
 
 
-def _plan_args(config, out):
-    return ["plan", config, "--gpus", 4, "--hardware", "H100", "--global-batch", 8, "--seq", 2048,
+def _plan_args(config, out, global_batch=8):
+    return ["plan", config, "--gpus", 4, "--hardware", "H100", "--global-batch", global_batch, "--seq", 2048,
             "--schedules", "1f1b,dualpipev", "--top", 3, "--out", out, "--jobs", 1]  # fmt: skip
 
 
@@ -152,10 +165,10 @@ def _wait_for_lines(proc, out: Path, n: int) -> None:
         time.sleep(0.005)
 
 
-def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
+def test_sigint_on_the_cli_then_resume(config, tmp_path, whole_long):
     out = tmp_path / "plan"
-    proc = _start(_plan_args(config, out))
-    _wait_for_lines(proc, out, 3)
+    proc = _start(_plan_args(config, out, LONG_BATCH))
+    _wait_for_lines(proc, out, 1)  # the first finished candidate: the plan has the most left to do
     assert proc.poll() is None, "the plan finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -165,12 +178,12 @@ def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
     assert [p.name for p in out.iterdir()] == [JOURNAL]
     kept = _journal_lines(out)
     # an existing journal without --resume: one line, exit 2, the journal untouched
-    again = _cli(*_plan_args(config, out))
+    again = _cli(*_plan_args(config, out, LONG_BATCH))
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "--resume" in again.stderr
     assert _journal_lines(out) == kept
-    done = _cli(*_plan_args(config, out), "--resume")
+    done = _cli(*_plan_args(config, out, LONG_BATCH), "--resume")
     assert done.returncode == 0, done.stderr
-    assert _files(out) == whole
+    assert _files(out) == whole_long
 
 
 def test_sigterm_stops_the_workers_keeps_the_journal_and_resume_finishes(config, tmp_path, whole):
