@@ -105,3 +105,13 @@ def test_megatron_lm_2021_runs_only_its_own(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.cross_entropy" in err and "megatron-lm-2021" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("impl", ["megatron", "megatron-fused", "te"])
+def test_explain_names_the_cross_entropy_each_value_runs(impl, capsys):
+    scenario_path = Path(__file__).resolve().parents[1] / "scenarios" / "validation" / "mlperf31-gpt3-512.toml"
+    assert main(["model", str(scenario_path), "--explain", "--set", f"model.cross_entropy={impl}"]) == 0
+    out = capsys.readouterr().out
+    wanted = {"megatron": "op by op on fp32 logits", "megatron-fused": "Megatron's fused function",
+              "te": "Transformer Engine's Triton kernel"}[impl]  # fmt: skip
+    assert f"vocabulary cross-entropy {wanted}" in out

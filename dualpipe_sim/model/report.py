@@ -16,6 +16,14 @@ from .derive import Derived
 COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
 
 
+
+# How each model.cross_entropy value runs the loss over the vocabulary (docs/model.md, "Kernel rates")
+CROSS_ENTROPY_NOTES = {
+    "megatron": "op by op on fp32 logits (Megatron's vocab_parallel_cross_entropy)",
+    "megatron-fused": "Megatron's fused function (torch.compile)",
+    "te": "Transformer Engine's Triton kernel on the 16-bit logits",
+}
+
 def summary(d: Derived) -> dict:
     st = d.setup
     cfg = st.cfg
@@ -241,8 +249,9 @@ def explain_lines(d: Derived) -> list[str]:
             + ("; NVLink all-reduce / all-gather / reduce-scatter at the bus bandwidth measured at their size"
                if r.nvlink_curve else "") + "; "
             f"tensor-parallel overlap {'on' if st.tp_overlap else 'off'}"
-            + ("; Megatron-LM 2021's separate bias, gradient-accumulation and cross-entropy kernels"
-               " (model.runtime)" if st.legacy else "")
+            + ("; Megatron-LM 2021's separate bias and gradient-accumulation kernels (model.runtime)"
+               if st.legacy else "")
+            + f"; vocabulary cross-entropy {CROSS_ENTROPY_NOTES[st.cross_entropy]} (model.cross_entropy)"
             + _runtime_notes(st)
         )
         for name, rows in kernel_tables(d).items():
