@@ -207,7 +207,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
     # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
         par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
-        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache,
+        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache, m.fp8_params,
     )
     hw, eff, overhead, rates = None, 0.4, 0.0, None
     section = scenario.hardware
@@ -494,7 +494,7 @@ def _head_ms(st: Setup) -> float:
 
 
 # -- per stage -----------------------------------------------------------------------
-def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
+def stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
     """A stage's static bytes per rank (FP8 copies included) and its ZeRO 2/3 sharding buffers."""
     cfg, sh = st.cfg, st.sharding
     units = [(params.layer(cfg, i), params.linear_weights(cfg, i)) for i in stage.layers]
@@ -574,7 +574,7 @@ def derive(st: Setup) -> Derived:
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
             act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
-        static, sharding_buffers = _stage_memory(st, stage)
+        static, sharding_buffers = stage_memory(st, stage)
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []

@@ -169,7 +169,7 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
     cand = row.candidate
     try:
         if device and static_floor(cache, cand) > device:
-            return f"memory: parameters, gradients and optimizer states alone exceed {device / 1e9:.1f} GB"
+            return f"memory: parameters, gradients, optimizer states and FP8 weight copies alone exceed {device / 1e9:.1f} GB"
         row.estimate = memory_estimate(cache, cand)
     except ValueError as exc:  # ScenarioError / ScheduleError: a rule of the model or the schedule
         return f"model: {exc}"
