@@ -15,7 +15,8 @@ Kinds and how each is timed (the rates are per GPU, model/rates.py):
   Engine's GroupedLinear, one GEMM per local expert on 4 streams, one at a time
   (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
-  sequence length (causal: half the s x s square);
+  sequence length (causal: half the s x s square); with context parallelism one
+  kernel per step of Transformer Engine's ring (``ring_attention``);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
   activations, RoPE, residual adds, router, permute, FP8 casts, cross-entropy);
 * ``comm``: collectives (model/collectives.py) on NVLink or the NIC; ``exposed``
