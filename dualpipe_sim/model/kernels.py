@@ -15,7 +15,8 @@ Kinds and how each is timed (the rates are per GPU, model/rates.py):
   Engine's GroupedLinear, one GEMM per local expert on 4 streams, one at a time
   (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
-  sequence length (causal: half the s x s square);
+  sequence length (causal: half the s x s square); with context parallelism one
+  kernel per step of Transformer Engine's ring (``ring_attention``);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
   activations, RoPE, residual adds, router, permute, FP8 casts, cross-entropy);
 * ``comm``: collectives (model/collectives.py) on NVLink or the NIC; ``exposed``
@@ -169,6 +170,9 @@ class Table:
     def __init__(self, rates: KernelRates, lay: Layout, cfg: ModelConfig):
         self.r, self.lay, self.cfg = rates, lay, cfg
         self.rows: list[Kernel] = []
+        # context parallelism: per ring attention (ring_attention), its component, pass and each step's compute
+        # that the step's transfer overlaps; context_exchange reads them
+        self.cp_steps: list[tuple[str, bool, list[float]]] = []
 
     # -- one kernel of each kind -----------------------------------------------------------------
     def gemm(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None = None, groups: int = 1,
@@ -246,6 +250,8 @@ class Table:
         return secs
 
     def attention(self, name: str, comp: str, flops: float, backward: bool) -> float:
+        if self.lay.context > 1:  # Transformer Engine's ring, step by step
+            return ring_attention(self, name, comp, flops, backward)
         rate = self.r.attention_rate(self.lay.seq // self.lay.context, backward)
         body = flops / rate
         bound = "latency" if self.r.floor > body else "compute"
@@ -581,26 +587,135 @@ def _all_to_all(tb: Table, n: int) -> None:
         tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
 
 
+# Context parallelism as Transformer Engine runs it with cp_comm_type "p2p" (Megatron-core's default when
+# context_parallel_size > 1): AttnFuncWithCPAndKVP2P in transformer_engine/pytorch/attention/dot_product_attention/
+# context_parallel.py @ release_v2.8 (docs/model.md, "Context parallelism step by step"). Causal, load-balanced: CP
+# rank r holds sequence chunks r and 2c-1-r of 2c, so every step of its ring is half an L x L square (L = s / c)
+# and does 1/c of the rank's causal attention; sbhd layout, so no step copies its halves. BF16 attention
+# (fp8_dot_product_attention off): each step's output and softmax-lse stay in the step's dtypes (16-bit, fp32).
+LSE_BYTES = 4  # the softmax log-sum-exp per query row and head, fp32
+
+
+def _ring_sections(c: int, rank: int, backward: bool) -> list[str]:
+    """Which part of the causal square each of the c steps of ``rank`` computes: the diagonal (its own K/V,
+    causal), the lower triangle (all its queries, the first half of an earlier rank's keys) or the upper
+    (the second half of its queries, all of a later rank's keys).  The backward runs the steps in reverse."""
+    if backward:
+        return ["diagonal" if i == c - 1 else "lower" if i >= c - rank - 1 else "upper" for i in range(c)]
+    return ["diagonal" if i == 0 else "lower" if i <= rank else "upper" for i in range(c)]
+
+
+def _ring_rank(tb: Table, name: str, comp: str, step_flops: float, backward: bool, rank: int
+               ) -> tuple[list[Kernel], list[float]]:  # fmt: skip
+    """One CP rank's kernels of one ring attention pass, and per step the compute its transfer overlaps."""
+    lay, cfg = tb.lay, tb.cfg
+    c, b, ab = lay.context, lay.micro_batch, lay.act_bytes
+    L = lay.seq // c
+    a_t = cfg.num_heads // lay.tensor
+    kv_elems = b * L * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim)  # K and V of this rank
+    lse = b * a_t * L  # softmax-lse values of this rank's queries
+    sub = Table(tb.r, lay, cfg)
+    windows: list[float] = []
+    kind = "backward" if backward else "forward"
+    sub.memory(f"cp K/V into the ring buffer ({kind})", comp, 2 * kv_elems * ab)  # torch.cat / copy_: read, write
+    sections = _ring_sections(c, rank, backward)
+    if backward and rank < c - 1:  # the second half of the lse, made contiguous for the upper-triangle steps
+        sub.memory("cp second-half lse copy", comp, 2 * LSE_BYTES * lse / 2)
+    q_elems, out_elems = b * L * a_t * cfg.qk_head_dim, b * L * a_t * cfg.v_head_dim
+    for i, section in enumerate(sections):
+        # flash attention parallelises over query tiles forward, key tiles backward (FlashAttention-2, Sec. 3),
+        # each looping over the other side: a full block looping over n keys (queries) does per tile what a
+        # causal kernel of 2n does on average, so it takes the measured causal rate at 2n
+        q_len, kv_len = (L // 2 if section == "upper" else L), (L // 2 if section == "lower" else L)
+        rate_len = L if section == "diagonal" else 2 * (q_len if backward else kv_len)
+        rate = sub.r.attention_rate(rate_len, backward)
+        body = step_flops / rate
+        shape = f"{q_len} q x {kv_len} kv{' causal' if section == 'diagonal' else ''} x {a_t} heads" + \
+            (f" x {b} seqs" if b > 1 else "") + f" (at the {rate_len} rate)"
+        sub.rows.append(Kernel(f"{name} step {i} ({section})", comp, "attention", shape, step_flops, 0.0,
+                               sub.r.floor + body, "latency" if sub.r.floor > body else "compute"))  # fmt: skip
+        window = sub.rows[-1].seconds
+        if not backward:
+            if i >= 1:  # the previous step's lse merged into the running one, beside this step's attention
+                prev = sections[i - 1]
+                nbytes = 2 * LSE_BYTES * lse if i == 1 else 3 * LSE_BYTES * lse / (2 if prev == "upper" else 1)
+                window += sub.memory(f"cp softmax-lse {'clone' if i == 1 else 'correction'} (step {i - 1})",
+                                     comp, nbytes)  # fmt: skip
+            windows.append(window)
+            continue
+        # dq of this step into the rank's dq (16-bit, eager copy_ / add_), before the wait for the transfer
+        first = c - rank - 1
+        if section != "upper":
+            nbytes, launches = ((3 * q_elems, 1) if i > first else (2 * q_elems, 1) if rank == c - 1
+                                else (2.5 * q_elems, 2))  # fmt: skip
+        else:
+            nbytes, launches = (1.5 * q_elems if i > 0 else q_elems), 1
+        window += sub.memory(f"cp dq accumulation (step {i})", comp, nbytes * ab, launches)
+        windows.append(window)
+        # dk, dv of this step into the ones received from the next rank, after the wait (eager, per tensor)
+        if section == "diagonal":
+            nbytes, launches = (2.5 * kv_elems, 4) if rank == 0 else (3 * kv_elems, 2)
+        elif section == "lower":
+            nbytes = kv_elems if (i == 0 and rank == c - 1) else 1.5 * kv_elems
+            launches = 2
+        else:
+            nbytes, launches = (3 * kv_elems if i > 0 else 2 * kv_elems), 2
+        sub.memory(f"cp dk / dv accumulation (step {i})", comp, nbytes * ab, launches)
+    if not backward:  # the output merged step by step once the ring is done, into the 16-bit output
+        for i, section in enumerate(sections):
+            full = (2 if i == 0 else 3) * out_elems * ab + 2 * LSE_BYTES * lse
+            sub.memory(f"cp output correction (step {i})", comp, full / (2 if section == "upper" else 1))
+    return sub.rows, windows
+
+
+def _cp_kv_heads(tb: Table) -> int:
+    """K / V heads on one tensor-parallel rank (MLA: one per query head)."""
+    kv_heads = tb.cfg.num_heads if tb.cfg.mla else tb.cfg.num_kv_heads
+    return max(1, kv_heads // tb.lay.tensor)
+
+
+def ring_attention(tb: Table, name: str, comp: str, flops: float, backward: bool) -> float:
+    """A causal attention pass split over c context-parallel ranks: c steps of flops / c each, with the
+    softmax-lse and output corrections (forward) or the dq / dk / dv accumulations (backward) between them.
+    The ring runs at its slowest rank's pace, so that rank's kernels are listed (ranks differ in which steps
+    are lower or upper triangles)."""
+    c = tb.lay.context
+    ranks = [_ring_rank(tb, name, comp, flops / c, backward, rank) for rank in range(c)]
+    rows, windows = max(ranks, key=lambda rw: sum(k.seconds for k in rw[0]))
+    tb.rows += rows
+    tb.cp_steps.append((comp, backward, windows))
+    return sum(k.seconds for k in rows)
+
+
 def context_exchange(tb: Table) -> None:
-    """Ring attention across c context-parallel ranks (Megatron / Transformer Engine ``p2p``):
-    c - 1 steps, each sending this rank's K and V to the next rank while the attention of the
-    previous block runs; the backward sends K, V and their gradients.  Only what a step's
-    exchange takes beyond that step's attention is exposed."""
+    """The ring's transfers across c context-parallel ranks (Transformer Engine ``p2p``, ring_attention):
+    forward, steps 0 .. c-2 each send this rank's K and V on to the next rank while the step's attention
+    runs; backward, step 0 sends K and V, steps 1 .. c-2 K, V and the dK, dV accumulated so far, step c-1
+    dK, dV only, each beside its step's attention backward and dq accumulation.  What a transfer takes
+    beyond the compute it overlaps is exposed."""
     lay, cfg, r = tb.lay, tb.cfg, tb.r
     c = lay.context
     if c <= 1:
         return
-    kv_heads = cfg.num_heads if cfg.mla else cfg.num_kv_heads
-    kv = 2.0 * lay.tokens * max(1, kv_heads // lay.tensor) * cfg.qk_head_dim * lay.act_bytes
     link = "nvlink" if c * lay.tensor <= r.gpus_per_node else "nic"
-    for comp, nbytes, attn in (("attn_forward", kv, "flash attention"),
-                               ("attn_backward_input", 2 * kv, "flash attention backward")):  # fmt: skip
-        step_attn = sum(k.seconds for k in tb.rows if k.name == attn and k.component == comp) / c
-        step = collectives.p2p(nbytes, r, link)
-        exposed = (c - 1) * max(0.0, step - step_attn)
-        tb.rows.append(Kernel("context-parallel KV exchange", comp, "comm",
-                              f"{c - 1} x {nbytes / 1e6:.3g} MB ({link})", 0.0, (c - 1) * nbytes, exposed,
-                              "communication"))  # fmt: skip
+    if not tb.cp_steps:  # the eager attention (no ring of Transformer Engine's): the exchange whole
+        kv = 2.0 * lay.tokens * _cp_kv_heads(tb) * cfg.qk_head_dim * lay.act_bytes
+        for comp, nbytes in (("attn_forward", kv), ("attn_backward_input", 2 * kv)):
+            exposed = (c - 1) * collectives.p2p(nbytes, r, link)
+            tb.rows.append(Kernel("context-parallel KV exchange", comp, "comm",
+                                  f"{c - 1} x {nbytes / 1e6:.3g} MB ({link})", 0.0, (c - 1) * nbytes, exposed,
+                                  "communication"))  # fmt: skip
+        return
+    kv = lay.tokens * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim) * lay.act_bytes
+    for comp, backward, windows in tb.cp_steps:
+        for i, window in enumerate(windows):
+            if not backward and i == c - 1:
+                break  # the last forward step has nothing left to send
+            what, nbytes = (("K/V", kv) if not backward or i == 0 else ("dK/dV", kv) if i == c - 1
+                            else ("K/V + dK/dV", 2 * kv))  # fmt: skip
+            exposed = max(0.0, collectives.p2p(nbytes, r, link) - window)
+            tb.rows.append(Kernel(f"context-parallel {what} exchange (step {i})", comp, "comm",
+                                  f"{nbytes / 1e6:.3g} MB ({link})", 0.0, nbytes, exposed, "communication"))
 
 
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
