@@ -286,7 +286,7 @@ def test_layer_gemm_flops_are_megatrons_formula(overrides):
         assert got == pytest.approx(want) and inputs == pytest.approx(want * redo)
         weights = sum(k.flops for k in rows if k.kind == "gemm" and k.component == comp.replace("forward", "backward_weight"))
         assert weights == pytest.approx(want)
-    core = sum(k.flops for k in rows if k.name == "flash attention" and k.component == "attn_forward")
+    core = sum(k.flops for k in rows if k.kind == "attention" and k.component == "attn_forward")  # CP: per step
     assert core == pytest.approx(n * f.attn_core * 0.5)
 
 
@@ -316,9 +316,10 @@ def test_context_parallel_splits_tokens_and_adds_the_ring():
     st = _setup({"parallel.context": 2})
     rows = derive.layer_kernels(st, 0)
     assert st.tokens == 4096
-    ring = [k for k in rows if k.name == "context-parallel KV exchange"]
-    assert [k.component for k in ring] == ["attn_forward", "attn_backward_input"]
+    ring = [k for k in rows if k.name.startswith("context-parallel")]
+    assert [k.component for k in ring] == ["attn_forward", "attn_backward_input", "attn_backward_input"]
     # K and V of 4,096 tokens x 1 KV head per TP rank x 128 x 2 bytes: 2 MB a step, under a step's attention
+    # (tests/test_context_parallel_ring.py works the ring's steps by hand)
     assert ring[0].bytes == 2 * 4096 * 1 * 128 * 2
 
 

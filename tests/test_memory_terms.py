@@ -102,6 +102,24 @@ def test_fp8_weight_copies(tmp_path):
     assert m0.fp8_weights == 0 and m0.sharding_buffers == 2 * ((4 + 2) * LAYER + 2 * LINEAR)
 
 
+
+def test_fp8_parameters_are_the_fp8_copy(tmp_path):
+    """model.fp8_params (Megatron-core's --fp8-param-gather: Transformer Engine Float8Tensor weights):
+    each FP8 linear weight is held at 1 byte instead of the 2-byte parameter plus its 1-byte FP8
+    copy, and only the transpose (1 byte) is kept beside it.  Stage 0 (embedding + 2 layers):
+    parameters 2 x (256,000 + 2 x 655,872) - 1 x 2 x 655,360; copies 1 x 2 x 655,360; the 16-bit
+    weights' 2 bytes per FP8 element are what it saves.  ZeRO 3 over 2 data ranks: the shard holds
+    half of that, and each of the 2 gathered units is (4 + 2) x 655,872 - 1 x 655,360 of gradients
+    and parameters plus its 1-byte transposes 655,360: 2 x 6 x 655,872."""
+    base, _ = memories(tiny(tmp_path, "fp8 = true"))
+    m0, _ = memories(tiny(tmp_path, "fp8 = true\nfp8_params = true"))
+    assert m0.parameters == 2 * (EMB + 2 * LAYER) - 2 * LINEAR
+    assert m0.fp8_weights == 2 * LINEAR
+    assert base.parameters + base.fp8_weights - (m0.parameters + m0.fp8_weights) == 2 * 2 * LINEAR
+    z3, _ = memories(tiny(tmp_path, "fp8 = true\nfp8_params = true\n[parallel]\ndata = 2\nzero = 3"))
+    assert z3.parameters == (2 * (EMB + 2 * LAYER) - 2 * LINEAR) / 2
+    assert z3.fp8_weights == 0 and z3.sharding_buffers == 2 * 6 * LAYER
+
 def test_runtime_allowance_and_its_override(tmp_path):
     assert memory.runtime_allowance([1, 1]) == 0.5e9 + 32 * MIB
     assert memory.runtime_allowance([8, 16, 2], hopper=False) == 0.5e9 + (688 + 688 + 544) * MIB + 4 * MIB

@@ -416,3 +416,21 @@ def test_zero_1_is_kept_where_zero_2_reduce_scatters_cannot_hide(tmp_path):
     backlog = [r for r in rows if not cache.reduce_scatters_fit(r.candidate)]
     assert backlog and not any(r.pruned == ZERO1_PRUNED for r in backlog)
     assert any(r.pruned == ZERO1_PRUNED for r in rows if r not in backlog)
+
+
+def test_a_config_removed_mid_run_fails_its_candidates_not_the_plan(tmp_path, monkeypatch):
+    # The config is read before any candidate runs; a file gone once simulation starts fails the
+    # candidates (each row names model.config) and the plan still returns its ranked rows.
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    real = sys.modules["dualpipe_sim.plan"]._simulate
+
+    def remove_then_simulate(*args, **kwargs):
+        path.unlink()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["dualpipe_sim.plan"], "_simulate", remove_then_simulate)
+    result = ds_plan(path, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1, budget=2)
+    simulated = [r for r in result.rows if r.simulated is not None]
+    assert simulated and not path.exists()
+    assert all(r.simulated["status"] == "error" and "model.config" in r.simulated["reason"] for r in simulated)

@@ -63,6 +63,7 @@ class Setup:
     alibi: bool = False  # model.alibi
     deepseek_kernels: bool = False  # DeepSeek's runtime: its MoE layers' kernel list (deepseek_kernels.py)
     cross_entropy: str = "megatron"  # model.cross_entropy
+    fp8_current: bool = False  # model.fp8_recipe = "current"
 
     @property
     def tokens(self) -> int:
@@ -79,7 +80,7 @@ class Setup:
                               self.sync_tp_duplicated, self.alibi, self.deepseek_kernels,
                               not self.sharding.fp8_weight_cache,
                               grad_bytes=self.sharding.grads_bytes,
-                              cross_entropy=self.cross_entropy)  # fmt: skip
+                              cross_entropy=self.cross_entropy, fp8_current=self.fp8_current)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
     # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
         par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
-        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache,
+        optimizer, cfg.fp8, scenario.memory.fp8_weight_cache, m.fp8_params,
     )
     hw, eff, overhead, rates = None, 0.4, 0.0, None
     section = scenario.hardware
@@ -231,6 +232,11 @@ def setup(scenario, stages: int | None = None) -> Setup:
     legacy = m.runtime == "megatron-lm-2021"
     if legacy and m.cross_entropy != "megatron":  # Megatron-LM of 2021 had only its op-by-op function
         raise ModelError('model.cross_entropy: must be "megatron" with model.runtime = "megatron-lm-2021"')
+    if m.fp8_recipe == "current" and m.fp8_gemm != "cublas":  # DeepGEMM's runtime scales per tile, its own way
+        raise ModelError('model.fp8_recipe: "current" is Transformer Engine\'s recipe; it needs model.fp8_gemm = "cublas"')
+    if m.fp8_recipe == "current" and "fp8_amax_reduction" in m.model_fields_set:
+        raise ModelError('model.fp8_amax_reduction: delayed scaling only; with model.fp8_recipe = "current" there is no '
+                         "per-chunk amax reduction (leave the key out)")  # fmt: skip
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":
         amax_group = par.tensor if m.fp8_amax_reduction == "tensor" else par.tensor * par.data * par.context
@@ -247,7 +253,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
                  par.sync_tp_duplicated_parameters, m.alibi,
                  cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
-                 m.cross_entropy)  # fmt: skip
+                 m.cross_entropy, m.fp8_recipe == "current")  # fmt: skip
 
 
 # DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a
@@ -494,7 +500,7 @@ def _head_ms(st: Setup) -> float:
 
 
 # -- per stage -----------------------------------------------------------------------
-def _stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
+def stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
     """A stage's static bytes per rank (FP8 copies included) and its ZeRO 2/3 sharding buffers."""
     cfg, sh = st.cfg, st.sharding
     units = [(params.layer(cfg, i), params.linear_weights(cfg, i)) for i in stage.layers]
@@ -574,7 +580,7 @@ def derive(st: Setup) -> Derived:
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
             act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
-        static, sharding_buffers = _stage_memory(st, stage)
+        static, sharding_buffers = stage_memory(st, stage)
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []

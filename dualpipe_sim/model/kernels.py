@@ -15,7 +15,8 @@ Kinds and how each is timed (the rates are per GPU, model/rates.py):
   Engine's GroupedLinear, one GEMM per local expert on 4 streams, one at a time
   (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
-  sequence length (causal: half the s x s square);
+  sequence length (causal: half the s x s square); with context parallelism one
+  kernel per step of Transformer Engine's ring (``ring_attention``);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
   activations, RoPE, residual adds, router, permute, FP8 casts, cross-entropy);
 * ``comm``: collectives (model/collectives.py) on NVLink or the NIC; ``exposed``
@@ -41,6 +42,13 @@ TE_COMPUTE_STREAMS = 4
 # Transformer Engine's per-tensor ("delayed") FP8 scaling keeps this many past amaxes of every FP8 tensor: the
 # MLPerf GPT-3 runs' FP8_AMAX_HISTORY (config_fp8.sh) and TE's DelayedScaling default (amax_history_len)
 AMAX_HISTORY = 1024
+# Transformer Engine's Float8CurrentScalingQuantizer (TE release_v2.8 @ 40c69e7, pytorch/csrc/quantizer.cpp quantize_impl;
+# common/recipe/current_scaling.cu): a quantize of a 16-bit tensor launches zero_amax_kernel (one thread), amax_kernel
+# (reads the tensor once), compute_scale_from_amax_kernel (one thread), then the same cast as delayed scaling. Where a
+# norm or an activation computes the amax in its own pass (quantize_with_amax: FUSED_NORM_AMAX_FP8 in
+# csrc/extensions/normalization.cpp, FUSED_ACTIVATION_AMAX_FP8 in activation.cpp) it writes its output in 16 bits and
+# the cast is a kernel of its own, after amax.zero_() and the scale kernel
+CURRENT_SCALING_KERNELS = 3  # zero, amax, scale (quantize); zero, scale, cast (quantize_with_amax)
 # amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
 # (TE's FP8FwdTensors / FP8BwdTensors)
 AMAXES = {"forward": 3, "backward": 2}
@@ -130,6 +138,7 @@ class Layout:
     fp8_weight_each_use: bool = False
     grad_bytes: float = 4.0  # model.grads_dtype: the main_grad buffer the wgrad GEMMs accumulate into
     cross_entropy: str = "megatron"  # model.cross_entropy: whose vocabulary cross-entropy (CE_FUSED)
+    fp8_current: bool = False  # model.fp8_recipe = "current": Transformer Engine's Float8CurrentScaling
 
     @property
     def wgrad_out(self) -> float:
@@ -146,6 +155,12 @@ class Layout:
         """FP8 linears through Transformer Engine's per-tensor scaling (cuBLASLt; amaxes to reduce), whose
         casts and transposes are listed as TE's modules run them; DeepGEMM's runtime quantises its own way."""
         return self.fp8 and self.amax_group > 0
+
+    @property
+    def current_scaling(self) -> bool:
+        """Transformer Engine's FP8 linears with current (per-tensor) scaling: each cast computes its scale from
+        its own input's amax first (CURRENT_SCALING_KERNELS), and no amax history or per-chunk reduction."""
+        return self.te_fp8 and self.fp8_current
 
     @property
     def norm_tokens(self) -> float:
@@ -169,6 +184,9 @@ class Table:
     def __init__(self, rates: KernelRates, lay: Layout, cfg: ModelConfig):
         self.r, self.lay, self.cfg = rates, lay, cfg
         self.rows: list[Kernel] = []
+        # context parallelism: per ring attention (ring_attention), its component, pass and each step's compute
+        # that the step's transfer overlaps; context_exchange reads them
+        self.cp_steps: list[tuple[str, bool, list[float]]] = []
 
     # -- one kernel of each kind -----------------------------------------------------------------
     def gemm(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None = None, groups: int = 1,
@@ -246,6 +264,8 @@ class Table:
         return secs
 
     def attention(self, name: str, comp: str, flops: float, backward: bool) -> float:
+        if self.lay.context > 1:  # Transformer Engine's ring, step by step
+            return ring_attention(self, name, comp, flops, backward)
         rate = self.r.attention_rate(self.lay.seq // self.lay.context, backward)
         body = flops / rate
         bound = "latency" if self.r.floor > body else "compute"
@@ -274,10 +294,52 @@ class Table:
                                 nbytes, exposed, "communication"))  # fmt: skip
         return exposed
 
-    def cast(self, name: str, comp: str, elems: float) -> None:
-        """FP8 cast + transpose of one bf16 tensor (Transformer Engine: read 2 B, write 1 B twice)."""
+    def cast(self, name: str, comp: str, elems: float, groups: int = 1) -> None:
+        """FP8 cast + transpose of one bf16 tensor (Transformer Engine: read 2 B, write 1 B twice); with current
+        scaling its amax pass first (``groups``: tensors quantized one by one, as GroupedLinear's experts)."""
         if self.lay.fp8:
             self.memory(name, comp, 4.0 * elems)
+            self.amax(name.removesuffix(" cast"), comp, elems, groups)
+
+    def amax(self, name: str, comp: str, elems: float, groups: int = 1, reduce: bool = False) -> None:
+        """Current scaling's amax of a 16-bit tensor before its cast: zero the amax, read the tensor once,
+        compute the scale (CURRENT_SCALING_KERNELS per tensor); ``reduce``: the amax is all-reduced over the
+        tensor-parallel group first (tp_amax_all_reduce)."""
+        if not self.lay.current_scaling:
+            return
+        self.memory(f"{name} amax", comp, elems * self.lay.act_bytes,
+                    CURRENT_SCALING_KERNELS * groups)  # fmt: skip
+        if reduce:
+            self.tp_amax_all_reduce(comp)
+
+    def cast_after_amax(self, name: str, comp: str, elems: float, reduce: bool = False) -> None:
+        """Current scaling where a norm or activation computed the amax as it wrote its 16-bit output: zero
+        the amax (before it), the scale kernel and the cast (read 2 B, write 1 B) as kernels of their own."""
+        if not self.lay.current_scaling:
+            return
+        self.memory(name, comp, elems * (self.lay.act_bytes + 1.0), CURRENT_SCALING_KERNELS)
+        if reduce:
+            self.tp_amax_all_reduce(comp)
+
+    def tp_amax_all_reduce(self, comp: str) -> None:
+        """With sequence parallelism a column-parallel linear's input and a row-parallel linear's output gradient
+        are cast before their all-gather, so their amax is all-reduced (max) over the tensor-parallel group first
+        and waited for (TE release_v2.8 ``_customize_quantizers_float8_current_scaling``: ``with_amax_reduction``,
+        ``amax_reduction_group = tp_group``; quantizer.cpp: ``allreduce(...)->wait()``): 4 bytes, all latency."""
+        t = self.lay.tensor
+        if t <= 1 or not self.lay.sequence_parallel:
+            return
+        per_node = min(t, self.r.gpus_per_node)
+        self.rows.append(Kernel("fp8 amax all-reduce (tp)", comp, "comm",
+                                f"all_reduce 4 B over {t} ({'nvlink' if t <= per_node else 'nic'})", 0.0, 4.0,
+                                collectives.small_all_reduce(t, per_node), "latency"))  # fmt: skip
+
+    def grad_bias_sum(self, name: str, comp: str, elems: float) -> None:
+        """Current scaling has no fused bias-gradient + cast kernel (TE release_v2.8 csrc/extensions/bias.cpp
+        ``bgrad_quantize``: fused only for delayed scaling and MXFP8), so the bias gradient is a sum of its own
+        over the 16-bit gradient (read once) before the cast."""
+        if self.lay.current_scaling:
+            self.memory(f"{name} bias sum (unfused)", comp, elems * self.lay.act_bytes)
 
     def transpose(self, name: str, comp: str, elems: float) -> None:
         """Transformer Engine's ``fp8_transpose`` of an FP8 tensor a wgrad GEMM needs: read 1 B, write 1 B."""
@@ -292,10 +354,13 @@ class Table:
         the wgrad GEMM; otherwise one fused cast + transpose + bias-gradient kernel of the whole tensor."""
         lay, h, ab = self.lay, self.cfg.hidden_size, self.lay.act_bytes
         if not (lay.te_fp8 and lay.sequence_parallel and lay.tensor > 1):
+            if self.cfg.bias:
+                self.grad_bias_sum(f"{prefix}grad", comp, lay.tokens * h)
             self.cast(f"{prefix}grad cast", comp, lay.tokens * h)
             return
         if self.cfg.bias:
             self.memory(f"{prefix}bias gradient", comp, lay.norm_tokens * h * ab)
+        self.amax(f"{prefix}grad", comp, lay.norm_tokens * h, reduce=True)
         self.memory(f"{prefix}grad cast", comp, lay.norm_tokens * h * (ab + 1))
         self.transpose(f"{prefix}grad transpose (wgrad)", wcomp, lay.tokens * h)
 
@@ -331,9 +396,12 @@ def attention_block(tb: Table, recompute: bool) -> None:
     eager = cfg.eager_attention  # scores materialised (Megatron's fused softmax), as activations.py counts
     core = 2.0 * n * lay.seq * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
     comps = ("attn_forward",) + (("attn_backward_input",) if recompute else ())
+    # current scaling: TE's norm writes 16 bits with the amax (FUSED_NORM_AMAX_FP8), then a cast of its own
+    norm_out = ab if lay.current_scaling else low
     for comp in comps:  # forward, and again inside the input gradient when recomputed
-        tb.memory("input norm", comp, lay.norm_tokens * h * (ab + low))
+        tb.memory("input norm", comp, lay.norm_tokens * h * (ab + norm_out))
         name, out, inp, _ = projections[0]
+        tb.cast_after_amax(f"{name} input cast", comp, lay.norm_tokens * h, reduce=True)
         tb.tp_linear(name, comp, n, out, inp, "all_gather", n * h * low, "ring")
         for name, out, inp, _ in projections[1:]:
             if cfg.mla and name.endswith("_up"):
@@ -348,7 +416,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
             _eager_attention(tb, comp, backward=False)
         else:
             tb.attention("flash attention", comp, core, backward=False)
-        tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)
+        tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)  # an amax pass first with current scaling
         tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
                      ub="proj_fprop")
         tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
@@ -366,6 +434,8 @@ def attention_block(tb: Table, recompute: bool) -> None:
     if cfg.qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
         tb.memory("q / k norms backward", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 3 * ab, launches=2)
     for name, out, inp, _ in projections:
+        if cfg.bias or cfg.qkv_bias:
+            tb.grad_bias_sum(f"{name} grad", comp, n * out)
         tb.cast(f"{name} grad cast", comp, n * out)
     _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections], "qkv")
     # TE's LayerNormLinear keeps the (gathered) FP8 norm output and transposes it for its wgrad GEMM
@@ -440,17 +510,26 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     f = (width or cfg.intermediate_size) // t
     up = 2 * f if cfg.ffn == "swiglu" else f
     low = 1.0 if lay.fp8 else ab
+    te = lay.te_fp8 and not prefix  # Transformer Engine's LayerNormMLP (shared experts are plain TE linears)
+    # current scaling: LayerNormMLP's norm and activation write 16 bits with the amax, then a cast of their own
+    fused_out = ab if te and lay.current_scaling else low
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
     for comp in comps:
         if not prefix:
-            tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + low))
+            tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + fused_out))
+            tb.cast_after_amax("fc1 input cast", comp, lay.norm_tokens * h, reduce=True)
+        else:  # a plain TE linear casts the (sequence-parallel) norm output itself
+            tb.amax(f"{prefix}fc1 input", comp, lay.norm_tokens * h, reduce=True)
         tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
-        tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * low))
+        tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * fused_out))
+        if te:
+            tb.cast_after_amax("fc2 input cast", comp, n * f)
+        else:  # Megatron's activation, then the TE linear's own cast
+            tb.amax(f"{prefix}fc2 input", comp, n * f)
         tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline", ub="fc2_fprop")
         if not prefix:
             tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
-    te = lay.te_fp8 and not prefix  # Transformer Engine's LayerNormMLP (shared experts are plain TE linears)
     if prefix:
         tb.cast(f"{prefix}grad cast", comp, n * h)
     else:
@@ -458,12 +537,14 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
     if te:  # LayerNormMLP transposes its FP8 activation output for the fc2 wgrad GEMM
         tb.transpose("fc2 input transpose (wgrad)", wcomp, n * f)
-    if te and cfg.ffn != "swiglu":
+    if te and cfg.ffn != "swiglu" and not lay.current_scaling:
         # LayerNormMLP's GeLU backward is one kernel (fp8_cast_transpose_bgrad_dgelu_fused): reads the fc2
         # dgrad and the saved fc1 output (16-bit), writes the FP8 gradient and its transpose
         tb.memory("dgelu + grad cast (fused)", comp, n * up * (2 * ab + 2))
     else:
         tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
+        if te:  # LayerNormMLP (release_v2.8) calls bgrad_quantize on fc1's gradient, bias or not
+            tb.grad_bias_sum("fc1 grad", comp, n * up)
         tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
     _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)], "fc1")
     if te:  # the (gathered) FP8 norm output transposed for the fc1 wgrad GEMM
@@ -498,8 +579,10 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         tb.memory("permute", comp, n * h * ab + n * k * h * low)
         if local > 1:  # the received rows regrouped by local expert (read and write each)
             tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
+        tb.amax("experts fc1 input", comp, n * k * h, local)  # GroupedLinear quantizes each expert's rows apart
         tb.experts("experts fc1 (grouped)", comp, m, 2 * fe, h, local)
         tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low), launches)
+        tb.amax("experts fc2 input", comp, n * k * fe, local)
         tb.experts("experts fc2 (grouped)", comp, m, h, fe, local)
         if local > 1:
             tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
@@ -509,10 +592,10 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
     if local > 1:
         tb.memory("unsort by local expert backward", comp, 2 * n * k * h * ab)
-    tb.cast("experts grad cast", comp, n * k * h)
+    tb.cast("experts grad cast", comp, n * k * h, local)
     tb.experts("experts fc2 dgrad (grouped)", comp, m, fe, h, local)
     tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab, launches)
-    tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe)
+    tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe, local)
     tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, local)
     if local > 1:
         tb.memory("sort by local expert backward", comp, 2 * n * k * h * ab)
@@ -581,26 +664,135 @@ def _all_to_all(tb: Table, n: int) -> None:
         tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
 
 
+# Context parallelism as Transformer Engine runs it with cp_comm_type "p2p" (Megatron-core's default when
+# context_parallel_size > 1): AttnFuncWithCPAndKVP2P in transformer_engine/pytorch/attention/dot_product_attention/
+# context_parallel.py @ release_v2.8 (docs/model.md, "Context parallelism step by step"). Causal, load-balanced: CP
+# rank r holds sequence chunks r and 2c-1-r of 2c, so every step of its ring is half an L x L square (L = s / c)
+# and does 1/c of the rank's causal attention; sbhd layout, so no step copies its halves. BF16 attention
+# (fp8_dot_product_attention off): each step's output and softmax-lse stay in the step's dtypes (16-bit, fp32).
+LSE_BYTES = 4  # the softmax log-sum-exp per query row and head, fp32
+
+
+def _ring_sections(c: int, rank: int, backward: bool) -> list[str]:
+    """Which part of the causal square each of the c steps of ``rank`` computes: the diagonal (its own K/V,
+    causal), the lower triangle (all its queries, the first half of an earlier rank's keys) or the upper
+    (the second half of its queries, all of a later rank's keys).  The backward runs the steps in reverse."""
+    if backward:
+        return ["diagonal" if i == c - 1 else "lower" if i >= c - rank - 1 else "upper" for i in range(c)]
+    return ["diagonal" if i == 0 else "lower" if i <= rank else "upper" for i in range(c)]
+
+
+def _ring_rank(tb: Table, name: str, comp: str, step_flops: float, backward: bool, rank: int
+               ) -> tuple[list[Kernel], list[float]]:  # fmt: skip
+    """One CP rank's kernels of one ring attention pass, and per step the compute its transfer overlaps."""
+    lay, cfg = tb.lay, tb.cfg
+    c, b, ab = lay.context, lay.micro_batch, lay.act_bytes
+    L = lay.seq // c
+    a_t = cfg.num_heads // lay.tensor
+    kv_elems = b * L * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim)  # K and V of this rank
+    lse = b * a_t * L  # softmax-lse values of this rank's queries
+    sub = Table(tb.r, lay, cfg)
+    windows: list[float] = []
+    kind = "backward" if backward else "forward"
+    sub.memory(f"cp K/V into the ring buffer ({kind})", comp, 2 * kv_elems * ab)  # torch.cat / copy_: read, write
+    sections = _ring_sections(c, rank, backward)
+    if backward and rank < c - 1:  # the second half of the lse, made contiguous for the upper-triangle steps
+        sub.memory("cp second-half lse copy", comp, 2 * LSE_BYTES * lse / 2)
+    q_elems, out_elems = b * L * a_t * cfg.qk_head_dim, b * L * a_t * cfg.v_head_dim
+    for i, section in enumerate(sections):
+        # flash attention parallelises over query tiles forward, key tiles backward (FlashAttention-2, Sec. 3),
+        # each looping over the other side: a full block looping over n keys (queries) does per tile what a
+        # causal kernel of 2n does on average, so it takes the measured causal rate at 2n
+        q_len, kv_len = (L // 2 if section == "upper" else L), (L // 2 if section == "lower" else L)
+        rate_len = L if section == "diagonal" else 2 * (q_len if backward else kv_len)
+        rate = sub.r.attention_rate(rate_len, backward)
+        body = step_flops / rate
+        shape = f"{q_len} q x {kv_len} kv{' causal' if section == 'diagonal' else ''} x {a_t} heads" + \
+            (f" x {b} seqs" if b > 1 else "") + f" (at the {rate_len} rate)"
+        sub.rows.append(Kernel(f"{name} step {i} ({section})", comp, "attention", shape, step_flops, 0.0,
+                               sub.r.floor + body, "latency" if sub.r.floor > body else "compute"))  # fmt: skip
+        window = sub.rows[-1].seconds
+        if not backward:
+            if i >= 1:  # the previous step's lse merged into the running one, beside this step's attention
+                prev = sections[i - 1]
+                nbytes = 2 * LSE_BYTES * lse if i == 1 else 3 * LSE_BYTES * lse / (2 if prev == "upper" else 1)
+                window += sub.memory(f"cp softmax-lse {'clone' if i == 1 else 'correction'} (step {i - 1})",
+                                     comp, nbytes)  # fmt: skip
+            windows.append(window)
+            continue
+        # dq of this step into the rank's dq (16-bit, eager copy_ / add_), before the wait for the transfer
+        first = c - rank - 1
+        if section != "upper":
+            nbytes, launches = ((3 * q_elems, 1) if i > first else (2 * q_elems, 1) if rank == c - 1
+                                else (2.5 * q_elems, 2))  # fmt: skip
+        else:
+            nbytes, launches = (1.5 * q_elems if i > 0 else q_elems), 1
+        window += sub.memory(f"cp dq accumulation (step {i})", comp, nbytes * ab, launches)
+        windows.append(window)
+        # dk, dv of this step into the ones received from the next rank, after the wait (eager, per tensor)
+        if section == "diagonal":
+            nbytes, launches = (2.5 * kv_elems, 4) if rank == 0 else (3 * kv_elems, 2)
+        elif section == "lower":
+            nbytes = kv_elems if (i == 0 and rank == c - 1) else 1.5 * kv_elems
+            launches = 2
+        else:
+            nbytes, launches = (3 * kv_elems if i > 0 else 2 * kv_elems), 2
+        sub.memory(f"cp dk / dv accumulation (step {i})", comp, nbytes * ab, launches)
+    if not backward:  # the output merged step by step once the ring is done, into the 16-bit output
+        for i, section in enumerate(sections):
+            full = (2 if i == 0 else 3) * out_elems * ab + 2 * LSE_BYTES * lse
+            sub.memory(f"cp output correction (step {i})", comp, full / (2 if section == "upper" else 1))
+    return sub.rows, windows
+
+
+def _cp_kv_heads(tb: Table) -> int:
+    """K / V heads on one tensor-parallel rank (MLA: one per query head)."""
+    kv_heads = tb.cfg.num_heads if tb.cfg.mla else tb.cfg.num_kv_heads
+    return max(1, kv_heads // tb.lay.tensor)
+
+
+def ring_attention(tb: Table, name: str, comp: str, flops: float, backward: bool) -> float:
+    """A causal attention pass split over c context-parallel ranks: c steps of flops / c each, with the
+    softmax-lse and output corrections (forward) or the dq / dk / dv accumulations (backward) between them.
+    The ring runs at its slowest rank's pace, so that rank's kernels are listed (ranks differ in which steps
+    are lower or upper triangles)."""
+    c = tb.lay.context
+    ranks = [_ring_rank(tb, name, comp, flops / c, backward, rank) for rank in range(c)]
+    rows, windows = max(ranks, key=lambda rw: sum(k.seconds for k in rw[0]))
+    tb.rows += rows
+    tb.cp_steps.append((comp, backward, windows))
+    return sum(k.seconds for k in rows)
+
+
 def context_exchange(tb: Table) -> None:
-    """Ring attention across c context-parallel ranks (Megatron / Transformer Engine ``p2p``):
-    c - 1 steps, each sending this rank's K and V to the next rank while the attention of the
-    previous block runs; the backward sends K, V and their gradients.  Only what a step's
-    exchange takes beyond that step's attention is exposed."""
+    """The ring's transfers across c context-parallel ranks (Transformer Engine ``p2p``, ring_attention):
+    forward, steps 0 .. c-2 each send this rank's K and V on to the next rank while the step's attention
+    runs; backward, step 0 sends K and V, steps 1 .. c-2 K, V and the dK, dV accumulated so far, step c-1
+    dK, dV only, each beside its step's attention backward and dq accumulation.  What a transfer takes
+    beyond the compute it overlaps is exposed."""
     lay, cfg, r = tb.lay, tb.cfg, tb.r
     c = lay.context
     if c <= 1:
         return
-    kv_heads = cfg.num_heads if cfg.mla else cfg.num_kv_heads
-    kv = 2.0 * lay.tokens * max(1, kv_heads // lay.tensor) * cfg.qk_head_dim * lay.act_bytes
     link = "nvlink" if c * lay.tensor <= r.gpus_per_node else "nic"
-    for comp, nbytes, attn in (("attn_forward", kv, "flash attention"),
-                               ("attn_backward_input", 2 * kv, "flash attention backward")):  # fmt: skip
-        step_attn = sum(k.seconds for k in tb.rows if k.name == attn and k.component == comp) / c
-        step = collectives.p2p(nbytes, r, link)
-        exposed = (c - 1) * max(0.0, step - step_attn)
-        tb.rows.append(Kernel("context-parallel KV exchange", comp, "comm",
-                              f"{c - 1} x {nbytes / 1e6:.3g} MB ({link})", 0.0, (c - 1) * nbytes, exposed,
-                              "communication"))  # fmt: skip
+    if not tb.cp_steps:  # the eager attention (no ring of Transformer Engine's): the exchange whole
+        kv = 2.0 * lay.tokens * _cp_kv_heads(tb) * cfg.qk_head_dim * lay.act_bytes
+        for comp, nbytes in (("attn_forward", kv), ("attn_backward_input", 2 * kv)):
+            exposed = (c - 1) * collectives.p2p(nbytes, r, link)
+            tb.rows.append(Kernel("context-parallel KV exchange", comp, "comm",
+                                  f"{c - 1} x {nbytes / 1e6:.3g} MB ({link})", 0.0, (c - 1) * nbytes, exposed,
+                                  "communication"))  # fmt: skip
+        return
+    kv = lay.tokens * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim) * lay.act_bytes
+    for comp, backward, windows in tb.cp_steps:
+        for i, window in enumerate(windows):
+            if not backward and i == c - 1:
+                break  # the last forward step has nothing left to send
+            what, nbytes = (("K/V", kv) if not backward or i == 0 else ("dK/dV", kv) if i == c - 1
+                            else ("K/V + dK/dV", 2 * kv))  # fmt: skip
+            exposed = max(0.0, collectives.p2p(nbytes, r, link) - window)
+            tb.rows.append(Kernel(f"context-parallel {what} exchange (step {i})", comp, "comm",
+                                  f"{nbytes / 1e6:.3g} MB ({link})", 0.0, nbytes, exposed, "communication"))
 
 
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
@@ -764,6 +956,8 @@ def fp8_weight_casts(tb: Table, i: int) -> None:
     n_attn = len(shapes) + 1
     tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * FP8_WEIGHT_CAST_BYTES, n_attn)
     tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * FP8_WEIGHT_CAST_BYTES, n - n_attn)
+    tb.amax("attention weights (uncached)", "attn_forward", attn, n_attn)
+    tb.amax("mlp weights (uncached)", "mlp_forward", mlp, n - n_attn)
 
 
 def fp8_linears(cfg: ModelConfig, i: int, lay: Layout) -> int:
@@ -784,7 +978,7 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
     v0.8 ``global_amax_reduction``).  A few bytes over up to thousands of ranks: NCCL's latency model
     (collectives.small_all_reduce).  Not blocking (TE 0.8-1.x's ``NVTE_ASYNC_AMAX_REDUCTION=1``), it runs
     beside the compute and only the update kernel is costed."""
-    if lay.amax_group <= 0:
+    if lay.amax_group <= 0 or lay.current_scaling:  # current scaling keeps no history and reduces per cast
         return []
     tb = Table(rates, lay, cfg)
     linears = sum(fp8_linears(cfg, i, lay) for i in layers)

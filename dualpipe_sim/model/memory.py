@@ -15,7 +15,9 @@ reduce-scatters in place), sharded under ZeRO 2 and FSDP (ZeRO 3), which then
 need unsharded per-layer buffers while a layer's gradients are reduce-scattered
 (and, under ZeRO 3, while its parameters are all-gathered):
 :func:`sharding_buffers`.  FP8 linears keep an FP8 copy of their weights and
-its transpose (Transformer Engine's weight cache across micro-batches).
+its transpose (Transformer Engine's weight cache across micro-batches); with FP8 parameters
+(``model.fp8_params``) the weight itself is the FP8 copy (1 byte, no 16-bit parameter), so only
+the transpose is kept beside it.
 :func:`runtime_allowance` is what the process holds besides tensors: CUDA
 context, NCCL buffers per process group, the cuBLAS/TE workspace.
 docs/model.md, "Memory per rank", gives the figures and their sources.
@@ -37,6 +39,7 @@ class Sharding:
     optimizer_bytes: float = 12.0  # per parameter: master (4) + two moments (4 + 4)
     fp8: bool = False  # FP8 linears: an FP8 weight copy and its transpose per linear weight
     fp8_weight_cache: bool = True  # keep the FP8 copies across micro-batches (Transformer Engine); else cast per use
+    fp8_params: bool = False  # model.fp8_params: the FP8 linears' weights are held in FP8 (1 byte), no 16-bit copy
 
     @property
     def expert_data(self) -> float:
@@ -62,6 +65,13 @@ class Static:
 # Transformer Engine keeps, per FP8 linear, the weight cast to FP8 and its transpose (Hopper's
 # FP8 GEMMs take one layout, so the backward needs the other): 1 + 1 bytes per weight element.
 FP8_WEIGHT_BYTES = 2.0
+
+
+def fp8_copy_bytes(sh: Sharding) -> float:
+    """Bytes per FP8-linear weight element kept beside the parameter: the FP8 copy and its
+    transpose, or with FP8 parameters the transpose alone (the parameter is the FP8 copy:
+    Transformer Engine's Float8Tensor weights under Megatron-core's ``--fp8-param-gather``)."""
+    return FP8_WEIGHT_BYTES - 1.0 if sh.fp8_params else FP8_WEIGHT_BYTES
 UNITS_IN_FLIGHT = 2  # FSDP: the layer computing and the one prefetched (or being reduce-scattered)
 
 
@@ -84,11 +94,16 @@ def stage_static(dense: int, routed: int, sh: Sharding, fp8_dense: int = 0, fp8_
         return per_param * (_shard(dense, routed, sh) if sharded else _per_rank(dense, routed, sh))
 
     fp8 = 0.0
+    copy = fp8_copy_bytes(sh)
     if sh.fp8 and (sh.zero < 3 or sh.data == 1):  # under ZeRO 3 only gathered layers have copies (sharding_buffers)
         # cached: every linear's copy all step; cast per use: the layer computing's copy
-        fp8 = FP8_WEIGHT_BYTES * (_per_rank(fp8_dense, fp8_routed, sh) if sh.fp8_weight_cache else fp8_unit)
+        fp8 = copy * (_per_rank(fp8_dense, fp8_routed, sh) if sh.fp8_weight_cache else fp8_unit)
+    parameters = kept(sh.params_bytes, sh.zero >= 3)
+    if sh.fp8 and sh.fp8_params:  # those weights are 1-byte parameters, sharded as the others
+        fp8_held = _shard(fp8_dense, fp8_routed, sh) if sh.zero >= 3 else _per_rank(fp8_dense, fp8_routed, sh)
+        parameters -= (sh.params_bytes - 1.0) * fp8_held
     return Static(
-        parameters=kept(sh.params_bytes, sh.zero >= 3),
+        parameters=parameters,
         gradients=kept(sh.grads_bytes, sh.zero >= 2),
         optimizer=kept(sh.optimizer_bytes, sh.zero >= 1),
         fp8_weights=fp8,
@@ -105,7 +120,11 @@ def sharding_buffers(unit_dense: float, unit_routed: float, unit_fp8: float, sh:
     # a part sharded over one rank is whole already: nothing to gather or reduce-scatter
     dense, routed = (unit_dense if sh.data > 1 else 0), (unit_routed if sh.expert_data > 1 else 0)
     per_param = sh.grads_bytes + (sh.params_bytes if sh.zero >= 3 else 0.0)
-    fp8 = FP8_WEIGHT_BYTES * unit_fp8 if sh.fp8 and sh.zero >= 3 and sh.data > 1 else 0.0
+    fp8 = 0.0
+    if sh.fp8 and sh.zero >= 3 and sh.data > 1:
+        fp8 = fp8_copy_bytes(sh) * unit_fp8
+        if sh.fp8_params:  # the unit's FP8 weights are gathered at 1 byte, not params_bytes
+            fp8 -= (sh.params_bytes - 1.0) * unit_fp8
     return UNITS_IN_FLIGHT * (per_param * _per_rank(dense, routed, sh) + fp8)
 
 

@@ -78,6 +78,10 @@ class ModelSection(BaseModel):
     # reduction group, TE's default) or "tensor" ranks (TE 0.8-1.x NVTE_DP_AMAX_REDUCE_INTERVAL=0), blocking;
     # "hidden": not waited for (NVTE_ASYNC_AMAX_REDUCTION=1). DeepGEMM's fine-grained scaling has none
     fp8_amax_reduction: Literal["data", "tensor", "hidden"] = "data"
+    # Transformer Engine's FP8 scaling recipe: "delayed" (DelayedScaling: scales from the amax history, reduced per
+    # chunk as fp8_amax_reduction says) or "current" (Float8CurrentScaling, Megatron --fp8-recipe tensorwise: every
+    # cast reads its input for the amax first, no history, no per-chunk reduction); docs/model.md, "FP8 current scaling"
+    fp8_recipe: Literal["delayed", "current"] = "delayed"
     # whose flash attention kernels: "cudnn" (Transformer Engine's FusedAttention, which TE 1.2+ selects on Hopper)
     # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed); docs/model.md, "Kernel rates"
     attention_kernel: Literal["cudnn", "flash-attn-2"] = "cudnn"

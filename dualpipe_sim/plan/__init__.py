@@ -104,6 +104,9 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides)
     req = make_request(base, gpus, global_batch, seq)
+    # Read the model's config once, before the minutes of work: a file removed mid-run then fails
+    # the candidates that read it (each row says so), not the whole plan after they have run.
+    flops_per_token, peak = _flops(base, seq)
     names = list(schedules) if schedules else list(registry.families())
     for name in names:
         registry.get(name)  # ScheduleError naming the unknown schedule
@@ -124,7 +127,6 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     finally:
         executor.close()
     per_gpu_tokens = global_batch * seq / gpus
-    flops_per_token, peak = _flops(base, seq)
     for row in chosen:
         if row.ok and row.simulated.get("step.total"):
             row.tokens_per_second_per_gpu = per_gpu_tokens / (row.simulated["step.total"] / 1e3)
@@ -167,7 +169,7 @@ def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tup
     cand = row.candidate
     try:
         if device and static_floor(cache, cand) > device:
-            return f"memory: parameters, gradients and optimizer states alone exceed {device / 1e9:.1f} GB"
+            return f"memory: parameters, gradients, optimizer states and FP8 weight copies alone exceed {device / 1e9:.1f} GB"
         row.estimate = memory_estimate(cache, cand)
     except ValueError as exc:  # ScenarioError / ScheduleError: a rule of the model or the schedule
         return f"model: {exc}"

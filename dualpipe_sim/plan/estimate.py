@@ -61,7 +61,7 @@ class FigureCache:
 
     def __init__(self, base: dict) -> None:
         self.base = base
-        self._params: dict[int, tuple[list[tuple[int, int]], model_memory.Sharding]] = {}
+        self._setups: dict[int, derive.Setup] = {}  # by stage count: the layers each stage holds
         self._figures: dict[tuple, StageFigures] = {}
         self._derived: dict[tuple, derive.Derived] = {}
         self._fits: dict[tuple, bool] = {}  # reduce_scatters_fit, by layout
@@ -91,16 +91,16 @@ class FigureCache:
 
     def static(self, cand: Candidate) -> tuple[float, ...]:
         """Static bytes of each stage on a rank of this candidate."""
-        if cand.stages not in self._params:
-            scenario = self.scenario(cand)
-            counts = [(s.dense_params, s.routed_params) for s in scenario.derived().stages]
-            self._params[cand.stages] = (counts, derive.setup(scenario).sharding)
+        if cand.stages not in self._setups:
+            self._setups[cand.stages] = derive.setup(self.scenario(cand))
         key = (cand.stages, cand.tensor, cand.expert, cand.data * cand.context, cand.zero)
         if key not in self._static:
-            counts, sharding = self._params[cand.stages]
-            sh = replace(sharding, tensor=cand.tensor, expert=cand.expert, data=cand.data * cand.context,
+            setup = self._setups[cand.stages]
+            sh = replace(setup.sharding, tensor=cand.tensor, expert=cand.expert, data=cand.data * cand.context,
                          zero=cand.zero)  # fmt: skip
-            self._static[key] = tuple(model_memory.stage_static(d, r, sh).total for d, r in counts)
+            # the stage's static bytes as `run` counts them (FP8 copies and FP8 parameters included)
+            st = replace(setup, sharding=sh)
+            self._static[key] = tuple(derive.stage_memory(st, stage)[0].total for stage in setup.stages)
         return self._static[key]
 
     def figures(self, cand: Candidate) -> StageFigures:
@@ -185,7 +185,7 @@ class FigureCache:
         if key not in self._memory:
             sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=cand.zero)
             st = replace(derived.setup, sharding=sh)
-            memory = [derive._stage_memory(st, stage) for stage in st.stages]
+            memory = [derive.stage_memory(st, stage) for stage in st.stages]
             self._memory[key] = (tuple(m.total for m, _ in memory), tuple(b for _, b in memory))
         return self._memory[key]
 
@@ -207,8 +207,8 @@ def _stage_costs(derived, s: int) -> tuple[float, ...]:
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
-    """A lower bound of the fullest rank's bytes before any activation: its stages' parameters,
-    gradients and optimizer states (without FP8 weight copies) and the runtime allowance."""
+    """A lower bound of the fullest rank's bytes before any activation: its stages' static bytes
+    (parameters, gradients, optimizer states, FP8 weight copies) and the runtime allowance."""
     static = cache.static(cand)
     held = placement(cand.schedule, cand.stages, cand.virtual)
     return max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
