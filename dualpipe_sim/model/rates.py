@@ -63,7 +63,8 @@ class KernelRates:
         if kernel == "cudnn" or self.name == "A100":  # A100's rates are flash-attn 2's (no cuDNN table)
             return self
         if self.attention_fa2 is None:
-            raise ValueError(f'"flash-attn-2" has no measured table on {self.name} (H100, H800, H200 and A100 only)')
+            raise ValueError(f'"flash-attn-2" has no measured table on {self.name} '
+                             "(H100, H800, H200, B200 and A100 only)")
         fwd, bwd, half, half_bwd = self.attention_fa2
         return replace(self, attention_forward=fwd, attention_backward=bwd, attention_seq_half=half,
                        attention_seq_half_backward=half_bwd)  # fmt: skip
@@ -127,12 +128,14 @@ PRESETS: dict[str, KernelRates] = {
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
     "H800": replace(_H100, name="H800", nvlink_bus=155e9),
     "H200": replace(_H100, name="H200", hbm=4.8e12 * _HBM_FRACTION),
-    # sm_100: XLA's table (bf16 and fp8); attention: H100's cuDNN curve scaled by the GEMM peaks' ratio
-    # (no per-length B200 attention table reached; FlashAttention-4's 1,613 TFLOP/s bounds it); NVLink 5: XLA's
-    # sm_100_B200 collectives (all-gather / reduce-scatter / all-to-all at 1-2 GiB: 601-642 GB/s)
+    # sm_100: XLA's table (bf16 and fp8); attention: cudnn-frontend's SDPA training benchmark on B200 (cuDNN 9.13.1
+    # and flash-attn 2.7.4, causal, head dim 128; tests/data/kernels/cudnn_frontend_sdpa.csv, fitted by
+    # benchmarks/fit_kernel_rates.py); NVLink 5: XLA's sm_100_B200 collectives (all-gather / reduce-scatter /
+    # all-to-all at 1-2 GiB: 601-642 GB/s)
     "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(3196e12, 0.0, 5.25e-6),
-                        562e12 * 1579 / 836, 500e12 * 1579 / 836, 390.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9,
-                        _NIC_NDR, _LATENCY),  # fmt: skip
+                        1591e12, 1323e12, 2790.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9, _NIC_NDR, _LATENCY,
+                        attention_seq_half_backward=3660.0,
+                        attention_fa2=(452e12, 397e12, 1020.0, 2170.0)),  # fmt: skip
     # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
     # i.e. at sustained clocks: peak and k_overhead fitted, sm_90's floor as the table has no tiny shape;
     # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured; the streaming "Mul" kernel, one
