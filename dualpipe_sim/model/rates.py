@@ -122,7 +122,8 @@ _DEEPEP_COMBINE = ((16.0, 43e9), (32.0, 57e9), (64.0, 50e9))
 _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
                     _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2,
-                    deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE)  # fmt: skip
+                    deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE,
+                    attention_seq_half_backward=780.0)  # the backward's own fit (benchmarks/fit_kernel_rates.py)
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
