@@ -269,15 +269,13 @@ def fp8_transpose(m, hw: Hardware | None) -> bool:
     """model.fp8_transpose resolved: whether Transformer Engine makes the FP8 transposes its backward GEMMs read.
     "derived": not on a GPU in NON_TN_FP8 (TE from v2.4 skips them there, v2.0 in its casts), else kept; "kept"
     describes TE 1.x anywhere (the rule is in no tag before v2.0).  DeepGEMM's runtime (Hopper only) keeps its own."""
+    if m.fp8_transpose == "none" and hw is not None and hw.name != "custom" and hw.name not in NON_TN_FP8:
+        raise ModelError(f'model.fp8_transpose: "none" needs FP8 GEMMs that take non-TN layouts '
+                         f"({', '.join(NON_TN_FP8)}); the {hw.name}'s take the TN layout only, so Transformer "
+                         'Engine transposes (use "kept" or leave the key out)')  # fmt: skip
     if m.fp8_transpose == "kept" or m.fp8_gemm != "cublas":
         return True
-    if m.fp8_transpose == "none":
-        if hw is not None and hw.name != "custom" and hw.name not in NON_TN_FP8:
-            raise ModelError(f'model.fp8_transpose: "none" needs FP8 GEMMs that take non-TN layouts '
-                             f"({', '.join(NON_TN_FP8)}); the {hw.name}'s take the TN layout only, so Transformer "
-                             'Engine transposes (use "kept" or leave the key out)')  # fmt: skip
-        return False
-    return hw is None or hw.name not in NON_TN_FP8
+    return m.fp8_transpose == "derived" and (hw is None or hw.name not in NON_TN_FP8)
 
 
 # DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a
