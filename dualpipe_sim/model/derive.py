@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params
@@ -64,6 +64,7 @@ class Setup:
     deepseek_kernels: bool = False  # DeepSeek's runtime: its MoE layers' kernel list (deepseek_kernels.py)
     cross_entropy: str = "megatron"  # model.cross_entropy
     fp8_current: bool = False  # model.fp8_recipe = "current"
+    fp8_transpose: bool = True  # model.fp8_transpose resolved: Transformer Engine makes FP8 transposes
 
     @property
     def tokens(self) -> int:
@@ -80,7 +81,8 @@ class Setup:
                               self.sync_tp_duplicated, self.alibi, self.deepseek_kernels,
                               not self.sharding.fp8_weight_cache,
                               grad_bytes=self.sharding.grads_bytes,
-                              cross_entropy=self.cross_entropy, fp8_current=self.fp8_current)  # fmt: skip
+                              cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
+                              fp8_transpose=self.fp8_transpose)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if m.fp8_recipe == "current" and "fp8_amax_reduction" in m.model_fields_set:
         raise ModelError('model.fp8_amax_reduction: delayed scaling only; with model.fp8_recipe = "current" there is no '
                          "per-chunk amax reduction (leave the key out)")  # fmt: skip
+    transpose = fp8_transpose(m, hw)
+    sharding = replace(sharding, fp8_transpose=transpose)
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":
         amax_group = par.tensor if m.fp8_amax_reduction == "tensor" else par.tensor * par.data * par.context
@@ -253,7 +257,25 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
                  par.sync_tp_duplicated_parameters, m.alibi,
                  cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
-                 m.cross_entropy, m.fp8_recipe == "current")  # fmt: skip
+                 m.cross_entropy, m.fp8_recipe == "current", transpose)  # fmt: skip
+
+
+# GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
+# sm_120, sm_130 on); of the presets the B200. The others' FP8 GEMMs take the TN layout only (A100: no FP8 at all).
+NON_TN_FP8 = ("B200",)
+
+
+def fp8_transpose(m, hw: Hardware | None) -> bool:
+    """model.fp8_transpose resolved: whether Transformer Engine makes the FP8 transposes its backward GEMMs read.
+    "derived": not on a GPU in NON_TN_FP8 (TE from v2.4 skips them there, v2.0 in its casts), else kept; "kept"
+    describes TE 1.x anywhere (the rule is in no tag before v2.0).  DeepGEMM's runtime (Hopper only) keeps its own."""
+    if m.fp8_transpose == "none" and hw is not None and hw.name != "custom" and hw.name not in NON_TN_FP8:
+        raise ModelError(f'model.fp8_transpose: "none" needs FP8 GEMMs that take non-TN layouts '
+                         f"({', '.join(NON_TN_FP8)}); the {hw.name}'s take the TN layout only, so Transformer "
+                         'Engine transposes (use "kept" or leave the key out)')  # fmt: skip
+    if m.fp8_transpose == "kept" or m.fp8_gemm != "cublas":
+        return True
+    return m.fp8_transpose == "derived" and (hw is None or hw.name not in NON_TN_FP8)
 
 
 # DeepSpeed's bf16 optimizer adds every micro-batch's bf16 weight gradient into its fp32 one through a

@@ -139,6 +139,9 @@ class Layout:
     grad_bytes: float = 4.0  # model.grads_dtype: the main_grad buffer the wgrad GEMMs accumulate into
     cross_entropy: str = "megatron"  # model.cross_entropy: whose vocabulary cross-entropy (CE_FUSED)
     fp8_current: bool = False  # model.fp8_recipe = "current": Transformer Engine's Float8CurrentScaling
+    # model.fp8_transpose resolved: Transformer Engine writes the FP8 transposes its backward GEMMs read (false: TE 2.x
+    # on Blackwell, whose FP8 GEMMs read the row-wise data in any layout)
+    fp8_transpose: bool = True
 
     @property
     def wgrad_out(self) -> float:
@@ -295,11 +298,18 @@ class Table:
         return exposed
 
     def cast(self, name: str, comp: str, elems: float, groups: int = 1) -> None:
-        """FP8 cast + transpose of one bf16 tensor (Transformer Engine: read 2 B, write 1 B twice); with current
-        scaling its amax pass first (``groups``: tensors quantized one by one, as GroupedLinear's experts)."""
+        """FP8 cast + transpose of one bf16 tensor in one kernel (Transformer Engine's cast_transpose: read 2 B,
+        write 1 B twice; without transposes, write once); with current scaling its amax pass first (``groups``:
+        tensors quantized one by one, as GroupedLinear's experts)."""
         if self.lay.fp8:
-            self.memory(name, comp, 4.0 * elems)
+            self.memory(name, comp, (2.0 + self.fp8_writes) * elems)
             self.amax(name.removesuffix(" cast"), comp, elems, groups)
+
+    @property
+    def fp8_writes(self) -> float:
+        """Bytes an FP8 cast writes per element: the row-wise data and, where TE makes transposes, the
+        column-wise (transposed) copy in the same kernel."""
+        return 2.0 if self.lay.fp8_transpose else 1.0
 
     def amax(self, name: str, comp: str, elems: float, groups: int = 1, reduce: bool = False) -> None:
         """Current scaling's amax of a 16-bit tensor before its cast: zero the amax, read the tensor once,
@@ -312,12 +322,16 @@ class Table:
         if reduce:
             self.tp_amax_all_reduce(comp)
 
-    def cast_after_amax(self, name: str, comp: str, elems: float, reduce: bool = False) -> None:
+    def cast_after_amax(self, name: str, comp: str, elems: float, reduce: bool = False,
+                        transposed: bool = False) -> None:  # fmt: skip
         """Current scaling where a norm or activation computed the amax as it wrote its 16-bit output: zero
-        the amax (before it), the scale kernel and the cast (read 2 B, write 1 B) as kernels of their own."""
+        the amax (before it), the scale kernel and the cast (read 2 B, write 1 B) as kernels of their own;
+        ``transposed``: the quantizer asks for column-wise data too, which the same cast kernel writes
+        (cast_transpose; nothing more without transposes)."""
         if not self.lay.current_scaling:
             return
-        self.memory(name, comp, elems * (self.lay.act_bytes + 1.0), CURRENT_SCALING_KERNELS)
+        writes = self.fp8_writes if transposed else 1.0
+        self.memory(name, comp, elems * (self.lay.act_bytes + writes), CURRENT_SCALING_KERNELS)
         if reduce:
             self.tp_amax_all_reduce(comp)
 
@@ -342,9 +356,19 @@ class Table:
             self.memory(f"{name} bias sum (unfused)", comp, elems * self.lay.act_bytes)
 
     def transpose(self, name: str, comp: str, elems: float) -> None:
-        """Transformer Engine's ``fp8_transpose`` of an FP8 tensor a wgrad GEMM needs: read 1 B, write 1 B."""
-        if self.lay.te_fp8:
+        """Transformer Engine's ``fp8_transpose`` of an FP8 tensor a wgrad GEMM needs: read 1 B, write 1 B
+        (none where TE makes no transposes)."""
+        if self.lay.te_fp8 and self.lay.fp8_transpose:
             self.memory(name, comp, 2.0 * elems)
+
+    def norm_output_fused_transpose(self) -> bool:
+        """Whether a LayerNormLinear / LayerNormMLP input cast writes the wgrad's transpose itself: with current
+        scaling and no sequence-parallel gather of it, TE release_v2.8 asks the quantizer for row- and column-wise
+        data (``set_usage(rowwise=True, columnwise=backward_needs_input)``) and quantize_with_amax's cast writes
+        both; gathered, it is cast row-wise, re-gathered in the backward and transposed there (``update_usage``).
+        Delayed scaling's norm writes FP8 itself and transposes apart (ln_api.cpp ``nvte_transpose``)."""
+        lay = self.lay
+        return lay.current_scaling and not (lay.sequence_parallel and lay.tensor > 1)
 
     def output_grad_cast(self, prefix: str, comp: str, wcomp: str) -> None:
         """The output gradient of a row-parallel linear (out_proj, fc2) made FP8 for its dgrad and wgrad
@@ -401,7 +425,8 @@ def attention_block(tb: Table, recompute: bool) -> None:
     for comp in comps:  # forward, and again inside the input gradient when recomputed
         tb.memory("input norm", comp, lay.norm_tokens * h * (ab + norm_out))
         name, out, inp, _ = projections[0]
-        tb.cast_after_amax(f"{name} input cast", comp, lay.norm_tokens * h, reduce=True)
+        tb.cast_after_amax(f"{name} input cast", comp, lay.norm_tokens * h, reduce=True,
+                           transposed=tb.norm_output_fused_transpose())  # fmt: skip
         tb.tp_linear(name, comp, n, out, inp, "all_gather", n * h * low, "ring")
         for name, out, inp, _ in projections[1:]:
             if cfg.mla and name.endswith("_up"):
@@ -438,8 +463,10 @@ def attention_block(tb: Table, recompute: bool) -> None:
             tb.grad_bias_sum(f"{name} grad", comp, n * out)
         tb.cast(f"{name} grad cast", comp, n * out)
     _input_projection_grads(tb, comp, wcomp, [(name, n, inp, out) for name, out, inp, _ in projections], "qkv")
-    # TE's LayerNormLinear keeps the (gathered) FP8 norm output and transposes it for its wgrad GEMM
-    tb.transpose(f"{projections[0][0]} input transpose (wgrad)", wcomp, n * h)
+    # TE's LayerNormLinear keeps the (gathered) FP8 norm output and transposes it for its wgrad GEMM, unless its
+    # input cast wrote the transpose already
+    if not tb.norm_output_fused_transpose():
+        tb.transpose(f"{projections[0][0]} input transpose (wgrad)", wcomp, n * h)
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n, out_bytes=lay.wgrad_out)
 
@@ -517,7 +544,8 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     for comp in comps:
         if not prefix:
             tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + fused_out))
-            tb.cast_after_amax("fc1 input cast", comp, lay.norm_tokens * h, reduce=True)
+            tb.cast_after_amax("fc1 input cast", comp, lay.norm_tokens * h, reduce=True,
+                               transposed=tb.norm_output_fused_transpose())  # fmt: skip
         else:  # a plain TE linear casts the (sequence-parallel) norm output itself
             tb.amax(f"{prefix}fc1 input", comp, lay.norm_tokens * h, reduce=True)
         tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
@@ -539,15 +567,16 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         tb.transpose("fc2 input transpose (wgrad)", wcomp, n * f)
     if te and cfg.ffn != "swiglu" and not lay.current_scaling:
         # LayerNormMLP's GeLU backward is one kernel (fp8_cast_transpose_bgrad_dgelu_fused): reads the fc2
-        # dgrad and the saved fc1 output (16-bit), writes the FP8 gradient and its transpose
-        tb.memory("dgelu + grad cast (fused)", comp, n * up * (2 * ab + 2))
+        # dgrad and the saved fc1 output (16-bit), writes the FP8 gradient and its transpose (no transpose where
+        # TE makes none)
+        tb.memory("dgelu + grad cast (fused)", comp, n * up * (2 * ab + tb.fp8_writes))
     else:
         tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
         if te:  # LayerNormMLP (release_v2.8) calls bgrad_quantize on fc1's gradient, bias or not
             tb.grad_bias_sum("fc1 grad", comp, n * up)
         tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
     _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)], "fc1")
-    if te:  # the (gathered) FP8 norm output transposed for the fc1 wgrad GEMM
+    if te and not tb.norm_output_fused_transpose():  # the (gathered) FP8 norm output transposed for the fc1 wgrad
         tb.transpose("fc1 input transpose (wgrad)", wcomp, n * h)
     if not prefix:
         tb.memory("pre-mlp norm backward", comp, 4 * lay.norm_tokens * h * ab)
@@ -945,6 +974,17 @@ def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel
 FP8_WEIGHT_CAST_BYTES = 2 + 1 + 1
 
 
+def fp8_weight_cast_bytes(fp8_params: bool, transpose: bool) -> float:
+    """Bytes per weight element of Transformer Engine's FP8 weight refresh.  A 16-bit weight: read 2, write the FP8
+    copy (1) and, where TE makes transposes, its transpose (1) in the same kernel (FP8_WEIGHT_CAST_BYTES).  FP8
+    parameters (``model.fp8_params``: Float8Tensor weights under fp8_model_init, cast from the master weights by the
+    optimizer): only the transpose is made from the FP8 weight (read 1, write 1: ``Float8Tensor.transpose_2d`` in
+    TE 1.x, ``update_usage(columnwise_usage=True)`` -> ``fp8_transpose`` in 2.x), and nothing without transposes."""
+    if fp8_params:
+        return 2.0 if transpose else 0.0
+    return FP8_WEIGHT_CAST_BYTES - (0 if transpose else 1)
+
+
 def fp8_weight_casts(tb: Table, i: int) -> None:
     """Layer ``i``'s FP8 weights cast and transposed in its forward, one kernel per linear (uncached)."""
     cfg, lay = tb.cfg, tb.lay
@@ -954,8 +994,9 @@ def fp8_weight_casts(tb: Table, i: int) -> None:
     mlp = max(0.0, dense / lay.tensor + routed / lay.expert - attn)  # the rest of the rank's linears
     n = fp8_linears(cfg, i, lay)
     n_attn = len(shapes) + 1
-    tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * FP8_WEIGHT_CAST_BYTES, n_attn)
-    tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * FP8_WEIGHT_CAST_BYTES, n - n_attn)
+    per = fp8_weight_cast_bytes(False, lay.fp8_transpose)  # a cast per use: 16-bit weights
+    tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * per, n_attn)
+    tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * per, n - n_attn)
     tb.amax("attention weights (uncached)", "attn_forward", attn, n_attn)
     tb.amax("mlp weights (uncached)", "mlp_forward", mlp, n - n_attn)
 

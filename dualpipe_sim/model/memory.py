@@ -17,7 +17,8 @@ need unsharded per-layer buffers while a layer's gradients are reduce-scattered
 :func:`sharding_buffers`.  FP8 linears keep an FP8 copy of their weights and
 its transpose (Transformer Engine's weight cache across micro-batches); with FP8 parameters
 (``model.fp8_params``) the weight itself is the FP8 copy (1 byte, no 16-bit parameter), so only
-the transpose is kept beside it.
+the transpose is kept beside it; no transpose where Transformer Engine makes none (Blackwell,
+``model.fp8_transpose``).
 :func:`runtime_allowance` is what the process holds besides tensors: CUDA
 context, NCCL buffers per process group, the cuBLAS/TE workspace.
 docs/model.md, "Memory per rank", gives the figures and their sources.
@@ -40,6 +41,7 @@ class Sharding:
     fp8: bool = False  # FP8 linears: an FP8 weight copy and its transpose per linear weight
     fp8_weight_cache: bool = True  # keep the FP8 copies across micro-batches (Transformer Engine); else cast per use
     fp8_params: bool = False  # model.fp8_params: the FP8 linears' weights are held in FP8 (1 byte), no 16-bit copy
+    fp8_transpose: bool = True  # model.fp8_transpose resolved: Transformer Engine keeps each FP8 weight's transpose
 
     @property
     def expert_data(self) -> float:
@@ -68,10 +70,11 @@ FP8_WEIGHT_BYTES = 2.0
 
 
 def fp8_copy_bytes(sh: Sharding) -> float:
-    """Bytes per FP8-linear weight element kept beside the parameter: the FP8 copy and its
-    transpose, or with FP8 parameters the transpose alone (the parameter is the FP8 copy:
-    Transformer Engine's Float8Tensor weights under Megatron-core's ``--fp8-param-gather``)."""
-    return FP8_WEIGHT_BYTES - 1.0 if sh.fp8_params else FP8_WEIGHT_BYTES
+    """Bytes per FP8-linear weight element kept beside the parameter: the FP8 copy (none with FP8
+    parameters: the parameter is the copy, Transformer Engine's Float8Tensor weights under
+    Megatron-core's ``--fp8-param-gather``) and its transpose (none where ``sh.fp8_transpose`` is off:
+    TE 2.x on Blackwell, quantizer.cpp ``with_transpose = columnwise_usage && !nvte_is_non_tn_fp8_gemm_supported()``)."""
+    return FP8_WEIGHT_BYTES - (1.0 if sh.fp8_params else 0.0) - (0.0 if sh.fp8_transpose else 1.0)
 UNITS_IN_FLIGHT = 2  # FSDP: the layer computing and the one prefetched (or being reduce-scattered)
 
 

@@ -307,4 +307,8 @@ def _runtime_notes(st) -> str:
         out += (f"; host {st.host_op * 1e6:.3g} us per PyTorch call, {st.dispatcher} dispatcher's syncs "
                 "(model.host_overhead_us, model.moe_dispatcher)" if st.host_op > 0 else
                 "; host launches not costed (model.host_overhead_us)")
+    if st.layout.te_fp8:  # Transformer Engine's FP8 linears: whether its casts write the transposes too
+        out += ("; FP8 transposes kept (TN-only FP8 GEMMs): written by the cast where TE's quantizer asks for them, "
+                "else a transpose kernel of its own (model.fp8_transpose)" if st.fp8_transpose else
+                "; no FP8 transposes: the backward GEMMs read the row-wise FP8 data (model.fp8_transpose)")
     return out

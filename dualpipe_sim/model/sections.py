@@ -97,6 +97,10 @@ class ModelSection(BaseModel):
     # FP8 parameters (Megatron --fp8-param-gather, NeMo FP8_PARAMS): the linears' weights kept in FP8, gathered
     # by the distributed optimizer at 1 byte each (model/step_figures.py); needs model.fp8
     fp8_params: bool = False
+    # whether Transformer Engine makes the FP8 transposes its wgrad / dgrad GEMMs read: "kept" (Hopper, and TE 1.x on
+    # any GPU: FP8 GEMMs in the TN layout only), "none" (TE 2.x on Blackwell: nvte_is_non_tn_fp8_gemm_supported, the
+    # GEMMs read the row-wise data), "derived" (none on a B200, else kept); docs/model.md, "FP8 transposes"
+    fp8_transpose: Literal["derived", "kept", "none"] = "derived"
 
     @field_validator("moe_aux_loss", "alibi", "fp8_params", mode="before")
     @classmethod

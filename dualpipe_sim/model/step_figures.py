@@ -168,7 +168,8 @@ def fp8_weight_cast_ms(st, where) -> float:
         return 0.0
     units = [params.linear_weights(cfg, i) for i in where.layers] + [params.mtp_linear_weights(cfg)] * where.mtp
     elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.expert
-    return elements * kernels.FP8_WEIGHT_CAST_BYTES / st.rates.hbm * 1e3 if elements else 0.0
+    per = kernels.fp8_weight_cast_bytes(sh.fp8_params, sh.fp8_transpose)  # FP8 parameters: the transpose alone
+    return elements * per / st.rates.hbm * 1e3 if elements else 0.0
 
 
 def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
