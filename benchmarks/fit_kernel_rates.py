@@ -143,6 +143,52 @@ def main_attention() -> None:
     fit_attention("H100 FA2 backward, causal (from forward+backward)",
                   {s: 2.5 / (3.5 / fa2_fb[s] - 1 / fa2_fwd[s]) for s in fa2_fb})
 
+    main_attention_cudnn_frontend()
+
+
+def sdpa_rows(source: str, library: str, kind: str, top: int = 1 << 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(seq, FLOPs, seconds) of one series of cudnn_frontend_sdpa.csv, sequences up to ``top``."""
+    picked = [r for r in rows("cudnn_frontend_sdpa.csv") if r["source"] == source and r["library"] == library
+              and r["pass"] == kind and int(r["seq"]) <= top]
+    seq = np.array([float(r["seq"]) for r in picked])
+    flops = np.array([4 * int(r["batch"]) * float(r["seq"]) ** 2 * int(r["q_heads"]) * int(r["head_dim"]) / 2
+                      for r in picked]) * (2.5 if kind == "backward" else 1.0)
+    return seq, flops, np.array([float(r["ms"]) * 1e-3 for r in picked])
+
+
+def fit_attention_timed(label: str, seq: np.ndarray, flops: np.ndarray, secs: np.ndarray) -> None:
+    """time = t0 + FLOPs / (rate x s / (s + seq_half)), least squares on relative error of time; t0 holds the
+    host's cost of the call that the benchmark's CUDA events enclose (the GPU waits for it), not used by the model."""
+    best = None
+    for half in np.arange(0.0, 6001.0, 10.0):
+        x = flops * (seq + half) / seq / secs  # time per unit 1 / rate, relative to the measured time
+        for t0 in np.arange(0.0, 0.3e-3, 1e-6):
+            z = 1 - t0 / secs
+            inv = (x * z).sum() / (x * x).sum()
+            err = t0 / secs + inv * x - 1
+            if inv > 0 and (best is None or (err ** 2).sum() < best[0]):
+                best = ((err ** 2).sum(), 1 / inv, half, t0, err)
+    _, rate, half, t0, err = best
+    print(f"{label}: rate {rate / 1e12:.0f} TFLOP/s, seq_half {half:.0f}, t0 {t0 * 1e6:.0f} us; |error| median "
+          f"{np.median(np.abs(err)):.1%}, worst {np.abs(err).max():.1%} over {len(err)} rows (model time vs measured: "
+          + ", ".join(f"{int(s)} {e:+.1%}" for s, e in zip(seq, err)) + ")")
+
+
+def main_attention_cudnn_frontend() -> None:
+    """B200's attention from NVIDIA/cudnn-frontend's SDPA training benchmark (cuDNN 9.13.1 and flash-attn 2.7.4,
+    Llama 3.1 405B's heads, batch 1), over 512-16,384 tokens as the H100 table; then H200's kernel times with
+    cuDNN 9.19.1 against the H100 curve."""
+    for library in ("cudnn", "flash-attn-2"):
+        for kind in ("forward", "backward"):
+            fit_attention_timed(f"B200 {library} {kind}, causal (cudnn-frontend, 512-16384)",
+                                *sdpa_rows("b200_913", library, kind, 16384))
+    h100 = rates.PRESETS["H100"]
+    for kind in ("forward", "backward"):
+        seq, flops, secs = sdpa_rows("h200_919", "cudnn", kind)
+        measured = flops / secs
+        model = np.array([h100.attention_rate(int(s), kind == "backward") for s in seq])
+        print(f"H200 cuDNN 9.19.1 {kind} (kernel time), TFLOP/s measured -> the H100 curve's: " + ", ".join(
+            f"{int(s)}: {m / 1e12:.0f} -> {c / 1e12:.0f} ({c / m - 1:+.0%})" for s, m, c in zip(seq, measured, model)))
 
 
 def main_collectives() -> None:

@@ -63,7 +63,8 @@ class KernelRates:
         if kernel == "cudnn" or self.name == "A100":  # A100's rates are flash-attn 2's (no cuDNN table)
             return self
         if self.attention_fa2 is None:
-            raise ValueError(f'"flash-attn-2" has no measured table on {self.name} (H100, H800, H200 and A100 only)')
+            raise ValueError(f'"flash-attn-2" has no measured table on {self.name} '
+                             "(H100, H800, H200, B200 and A100 only)")
         fwd, bwd, half, half_bwd = self.attention_fa2
         return replace(self, attention_forward=fwd, attention_backward=bwd, attention_seq_half=half,
                        attention_seq_half_backward=half_bwd)  # fmt: skip
@@ -121,7 +122,8 @@ _DEEPEP_COMBINE = ((16.0, 43e9), (32.0, 57e9), (64.0, 50e9))
 _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
                     _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2,
-                    deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE)  # fmt: skip
+                    deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE,
+                    attention_seq_half_backward=780.0)  # the backward's own fit (benchmarks/fit_kernel_rates.py)
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
@@ -129,12 +131,14 @@ PRESETS: dict[str, KernelRates] = {
     "H200": replace(_H100, name="H200", hbm=4.8e12 * _HBM_FRACTION),
     # sm_100: XLA's table (bf16; the floor); fp8: Azure's cuBLASLt FP8 table on GB200 after 10,000 warm-up
     # iterations (the B200's GPU at a higher power limit: an upper bound), peak fitted with sm_100's floor and
-    # k_overhead 0 (not identified by its grid); attention: H100's cuDNN curve scaled by the GEMM peaks' ratio
-    # (no per-length B200 attention table reached; FlashAttention-4's 1,613 TFLOP/s bounds it); NVLink 5: XLA's
-    # sm_100_B200 collectives (all-gather / reduce-scatter / all-to-all at 1-2 GiB: 601-642 GB/s)
+    # k_overhead 0 (not identified by its grid); attention: cudnn-frontend's SDPA training benchmark on B200 (cuDNN 9.13.1
+    # and flash-attn 2.7.4, causal, head dim 128; tests/data/kernels/cudnn_frontend_sdpa.csv, fitted by
+    # benchmarks/fit_kernel_rates.py); NVLink 5: XLA's sm_100_B200 collectives (all-gather / reduce-scatter /
+    # all-to-all at 1-2 GiB: 601-642 GB/s)
     "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(2972e12, 0.0, 5.25e-6),
-                        562e12 * 1579 / 836, 500e12 * 1579 / 836, 390.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9,
-                        _NIC_NDR, _LATENCY),  # fmt: skip
+                        1591e12, 1323e12, 2790.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9, _NIC_NDR, _LATENCY,
+                        attention_seq_half_backward=3660.0,
+                        attention_fa2=(452e12, 397e12, 1020.0, 2170.0)),  # fmt: skip
     # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
     # i.e. at sustained clocks: peak and k_overhead fitted, sm_90's floor as the table has no tiny shape;
     # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured; the streaming "Mul" kernel, one
