@@ -38,7 +38,7 @@ def gpus(sc) -> int:
 
 
 HOPPER = ("H100", "H800", "H200")  # H200: the H100 preset's kernel rates with H200's HBM
-BLACKWELL = ("B200",)  # its rates have other sources (XLA's sm_100 tables): not averaged with Hopper's
+BLACKWELL = ("B200",)  # its rates have other sources (XLA's sm_100 tables, a GB200 FP8 table): not averaged with Hopper's
 # name prefixes of the community runs: Megatron-MoE-ModelZoo issue #7, Pai-Megatron-Patch issue #643, xtuner's guide
 COMMUNITY = ("mz7-", "pai643-", "xt-")
 

@@ -149,7 +149,55 @@ def test_b200_rates_reproduce_xla_sm100_rows():
     b = PRESETS["B200"]
     rows = table("xla_matmul_sm100.csv")
     assert np.median(_errors(rows, "bf16", b.gemm_bf16, 148, b.hbm, 2.0)) < 0.10
-    assert np.median(_errors(rows, "fp8", b.gemm_fp8, 148, b.hbm, 1.0)) < 0.10
+
+
+def _gb200_rows(column="value"):
+    return [{**r, "b": 1, "tflops": r[column]} for r in table("azure_gb200_fp8.csv") if r["kind"] == "gemm"]
+
+
+def test_b200_fp8_rates_reproduce_azure_gb200_table():
+    # Azure's cuBLASLt FP8 GEMMs on GB200 after 10,000 warm-up iterations. Fitted: the 6 rows slower than sm_100's
+    # floor plus their FLOPs at the datasheet's 4,500 TFLOP/s; the other 3 no achievable peak can reach with that floor.
+    b = PRESETS["B200"]
+    rows = _gb200_rows()
+    reachable = [r for r in rows
+                 if 2 * int(r["m"]) * int(r["n"]) * int(r["k"]) / (float(r["value"]) * 1e12)
+                 > b.gemm_fp8.floor + 2 * int(r["m"]) * int(r["n"]) * int(r["k"]) / 4500e12]  # fmt: skip
+    assert [(r["m"], r["k"]) for r in rows if r not in reachable] == [("1024", "1024"), ("2048", "2048"), ("1024", "1024")]
+    err = _errors(reachable, "value", b.gemm_fp8, 148, b.hbm, 1.0, 1e12)
+    # docs/model.md: median 3.3%, worst 12.9% (802816 x 192 x 768, memory-bound); the large compute-bound GEMMs within 5%
+    assert len(err) == 6 and np.median(err) < 0.04 and err.max() < 0.13
+    big = [e for e, r in zip(err, reachable) if min(int(r["m"]), int(r["n"]), int(r["k"])) >= 6144]
+    assert len(big) == 4 and max(big) < 0.05
+    # the 3 small rows ran in less than floor + 4 us: the model, which pays the floor, is 39-57% slow there
+    small = _errors([r for r in rows if r not in reachable], "value", b.gemm_fp8, 148, b.hbm, 1.0, 1e12)
+    assert 0.35 < small.min() and small.max() < 0.60
+
+
+def test_b200_fp8_gemm_by_hand():
+    # 8192^3 FP8 on a B200 at the GB200-fitted rate (2,972 TFLOP/s, k_overhead 0, floor 5.25 us): 128 x 256 tiles ->
+    # 64 x 32 = 2048 tiles, ceil(2048 / 148) = 14 waves, useful share 2048 / (14 x 148) = 0.98842 (128 x 128: 4096 tiles
+    # in 28 waves, the same share); no split-K; 2 x 8192^3 / (2972e12 x 0.98842) = 374.3 us, + 5.25 us = 379.5 us.
+    b = PRESETS["B200"]
+    t = gemm.time(8192, 8192, 8192, b.gemm_fp8, 148, b.hbm, 1.0)
+    assert t.bound == "compute" and t.utilisation == pytest.approx(2048 / (14 * 148))
+    assert t.seconds == pytest.approx(5.25e-6 + 2 * 8192**3 / (2972e12 * 2048 / (14 * 148)))
+    assert t.seconds == pytest.approx(379.5e-6, abs=0.1e-6)
+    # GB200 measured 2,876.6 TFLOP/s (an upper bound for a B200, at GB200's higher power limit): within 1%
+    assert 2 * 8192**3 / t.seconds / 1e12 == pytest.approx(2876.6, rel=0.01)
+
+
+def test_xla_sm100_fp8_rows_run_above_gb200_sustained_rate():
+    # Why the GB200 table and not XLA's: XLA's short runs of batched 4096-wide FP8 GEMMs (3,122-3,280 TFLOP/s) beat every
+    # GB200 row after 10,000 warm-up iterations (at most 2,906.9), on a GPU with the higher power limit; the model at
+    # the GB200 rates is 12-15% slower than those XLA rows.
+    b = PRESETS["B200"]
+    xla = [r for r in table("xla_matmul_sm100.csv") if r["b"] == "4" and int(r["n"]) >= 2048]
+    assert len(xla) == 3
+    best_sustained = max(float(r["value"]) for r in _gb200_rows()) * 1e12
+    assert min(float(r["fp8"]) for r in xla) > 1.07 * best_sustained
+    err = _errors(xla, "fp8", b.gemm_fp8, 148, b.hbm, 1.0)
+    assert 0.10 < err.min() and err.max() < 0.16
 
 
 def test_a100_rates_reproduce_azure_cublaslt_table():

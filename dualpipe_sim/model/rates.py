@@ -92,8 +92,8 @@ class KernelRates:
 
 # -- the presets ------------------------------------------------------------------------------------
 # Fitted by benchmarks/fit_kernel_rates.py (its output, rounded), sources in docs/model.md:
-# GEMMs: XLA's sm_90 / sm_100 matmul tables (bf16; sm_100 fp8), Azure's cuBLASLt FP8 table on H100 (Hopper fp8,
-# as Transformer Engine runs it) and DeepGEMM's H800 FP8 table (Hopper fp8 in DeepSeek's runtime);
+# GEMMs: XLA's sm_90 / sm_100 matmul tables (bf16), Azure's cuBLASLt FP8 tables on H100 and GB200 (Hopper and B200
+# fp8, as Transformer Engine runs it) and DeepGEMM's H800 FP8 table (Hopper fp8 in DeepSeek's runtime);
 # attention: cuDNN forward / backward, causal, head dim 128 (FlashAttention-3 paper figures, H100), FA2 on A100;
 # collectives: XLA's sm_90 collective table (8 GPUs, NVLink); NICs: NVIDIA's NCCL maintainers' 46-49 GB/s per
 # 400 Gb/s NDR NIC; HBM: gpu-benches' streaming "scale" kernel at 85% of the datasheet (A100 80GB, H100 PCIe).
@@ -129,11 +129,13 @@ PRESETS: dict[str, KernelRates] = {
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
     "H800": replace(_H100, name="H800", nvlink_bus=155e9),
     "H200": replace(_H100, name="H200", hbm=4.8e12 * _HBM_FRACTION),
-    # sm_100: XLA's table (bf16 and fp8); attention: cudnn-frontend's SDPA training benchmark on B200 (cuDNN 9.13.1
+    # sm_100: XLA's table (bf16; the floor); fp8: Azure's cuBLASLt FP8 table on GB200 after 10,000 warm-up
+    # iterations (the B200's GPU at a higher power limit: an upper bound), peak fitted with sm_100's floor and
+    # k_overhead 0 (not identified by its grid); attention: cudnn-frontend's SDPA training benchmark on B200 (cuDNN 9.13.1
     # and flash-attn 2.7.4, causal, head dim 128; tests/data/kernels/cudnn_frontend_sdpa.csv, fitted by
     # benchmarks/fit_kernel_rates.py); NVLink 5: XLA's sm_100_B200 collectives (all-gather / reduce-scatter /
     # all-to-all at 1-2 GiB: 601-642 GB/s)
-    "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(3196e12, 0.0, 5.25e-6),
+    "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(2972e12, 0.0, 5.25e-6),
                         1591e12, 1323e12, 2790.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9, _NIC_NDR, _LATENCY,
                         attention_seq_half_backward=3660.0,
                         attention_fa2=(452e12, 397e12, 1020.0, 2170.0)),  # fmt: skip
