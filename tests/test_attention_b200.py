@@ -92,8 +92,8 @@ def test_b200_attention_time_by_hand():
 
 def test_h100_cudnn_curve_is_slower_than_h200_kernel_times_with_cudnn_9_19():
     # docs/model.md's check: at 4,096-32,768 tokens the H100 curve (FlashAttention-3 paper's cuDNN) is 13-19%
-    # below cuDNN 9.19.1's forward on H200 and 4-16% below its backward; at 2,048 tokens within 2% forward, 13% above
-    # the backward (the H100 preset's backward uses seq_half 390)
+    # below cuDNN 9.19.1's forward on H200 and 11-18% below its backward; at 2,048 tokens within 3% both ways (the
+    # H100 preset's backward at its own seq_half 780; with the forward's 390 it was 4-16% below, 13% above at 2,048)
     h100 = PRESETS["H100"]
     for r in kernel_table(CSV):
         if r["source"] != "h200_919":
@@ -101,6 +101,6 @@ def test_h100_cudnn_curve_is_slower_than_h200_kernel_times_with_cudnn_9_19():
         s, backward = int(r["seq"]), r["pass"] == "backward"
         ratio = h100.attention_rate(s, backward) / (_flops(r) / (float(r["ms"]) * 1e-3))
         if s == 2048:
-            assert ratio == pytest.approx(1.13 if backward else 0.98, abs=0.01)
+            assert ratio == pytest.approx(0.98, abs=0.01)
         else:
-            assert (0.84 if backward else 0.80) <= ratio <= (0.97 if backward else 0.87)
+            assert (0.82 if backward else 0.80) <= ratio <= (0.89 if backward else 0.87)
