@@ -406,10 +406,11 @@ def test_zero_1_is_kept_where_zero_2_reduce_scatters_cannot_hide(tmp_path):
     config.write_text(json.dumps(MOE))
     # without the host's share of the MoE forward (model/host.py), which on this tiny model makes every
     # micro-batch long enough to hide the reduce-scatters: the case needs one where they cannot hide (with 64
-    # experts the wgrads' fp32 main_grad accumulation, 8 bytes per parameter and micro-batch, hides them all)
+    # experts the wgrads' fp32 main_grad accumulation, 8 bytes per parameter and micro-batch, hides them all); 1,024
+    # tokens: at 2,048 the H100 attention backward at its own seq_half (780, main's 787dd34) hides them all too
     host_off = ["model.host_overhead_us=0"]
-    result = ds_plan(config, 2, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1, overrides=host_off)
-    cache = FigureCache(base_scenario(config, "H100", 2048, host_off))
+    result = ds_plan(config, 2, 8, 1024, hardware="H100", schedules=["1f1b"], jobs=1, overrides=host_off)
+    cache = FigureCache(base_scenario(config, "H100", 1024, host_off))
     # expert 1: every expert's gradient reduce-scattered over both ranks
     rows = [r for r in result.rows if r.candidate.zero == 1 and r.candidate.data == 2 and r.candidate.expert == 1
             and r.candidate.recompute == "none"]  # fmt: skip
