@@ -107,6 +107,15 @@ def main_gemm() -> None:
     # A100: Azure's cuBLASLt FP16 table has no tiny shape to pin the floor: sm_90's floor, as for DeepGEMM's
     report("A100 fp16 (Azure cuBLASLt)", table("azure_a100.csv", "value", 1e12, kind="gemm"), 108, 2.039e12 * 0.85,
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))
+    # Checked, not fitted: H100 SXM's best shapes under cuBLAS 12.1 / 12.4 / 12.6 (stas00/ml-engineering MAMF) vs the preset
+    h100 = rates.PRESETS["H100"]
+    for r in rows("mamf_h100_cuda_versions.csv"):
+        fp8 = r["dtype"] == "fp8"
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        t = gemm.time(m, n, k, h100.gemm_fp8 if fp8 else h100.gemm_bf16, h100.sms, h100.hbm, 1.0 if fp8 else 2.0)
+        model = 2 * m * n * k / t.seconds / 1e12
+        print(f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
+              f"preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
 
 
 def attention_rows(gpu: str, impl: str, kind: str) -> dict[int, float]:
