@@ -6,6 +6,8 @@ which types its block) never import the model package.  docs/step.md gives the f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..step_costs import Throughput
 from . import collectives, ddp_buckets, derive, flops, kernels, params
 from .config import ModelError
@@ -29,6 +31,13 @@ GRAD_CAST_BYTES = 2 + 4
 # all-reduce (read 2, write 2), copied back into the fp32 gradient (read 2, write 4).
 DS_BF16_COMM_PASSES = (4 + 2) + (2 + 2) + (2 + 4)
 BF16 = 2  # bytes: DeepSpeed's bf16 communication dtype and bf16 weights
+# SMs a data-parallel ring reduce-scatter / all-gather occupies (step.dp_comm_sms' default): NCCL runs one CTA per
+# channel, and its CTAs do not share an SM with compute kernels (NCCL's maintainer, NVIDIA/nccl#689). Across DGX
+# nodes with 8 NICs the ring search finds 8 channels (one per NIC, NVIDIA/nccl#977's logs), which NCCL doubles
+# (graph/connect.cc, ncclTopoPostset, v2.28.3): 16 CTAs, "on DGX with 8 NICs ... it would use 16 SMs" (#689). The
+# MLPerf v5.1 B200 rows set NCCL_MIN_CTAS=16 / NCCL_MAX_CTAS=32 (config_common.sh), which override the per-group
+# YAML (envConfigOverride, init.cc v2.28.3): 16 there too. docs/step.md, "Data-parallel collectives take SMs".
+NCCL_DP_CTAS = 16
 
 
 def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
@@ -389,3 +398,28 @@ def _check_deepspeed(st) -> None:
     if st.cfg.moe:
         raise ModelError('step.runtime = "deepspeed-bf16" reduces dense gradients only (DeepSpeed v0.6.5 '
                          "refuses experts there): the model must have no experts")
+
+
+def fewer_sms(rates, sms: int):
+    """The GPU's kernel rates with ``sms`` SMs taken by a communication kernel: GEMMs' tiles in waves over
+    the SMs left and their peak, like flash attention's, scaled by the share left; HBM unchanged."""
+    left = rates.sms - sms
+    if left < 1:
+        raise ModelError(f"must be below the GPU's {rates.sms} SMs, got {sms}")
+    return replace(rates.scaled(compute=left / rates.sms), sms=left)
+
+
+def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
+    """Per stage, how much longer its compute (forward + backward, ms) runs while a data-parallel
+    collective holds ``sms`` of the GPU's SMs: the stage derived again on fewer_sms' rates, over the
+    stage as derived.  () when the compute is not timed from a preset's kernel rates."""
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
+    if st.rates is None:
+        return ()
+    slow = derive.derive(replace(st, rates=fewer_sms(st.rates, sms)))
+    out = []
+    for full, less in zip(derived.stages, slow.stages):
+        base = (full.forward or 0.0) + (full.backward or 0.0)
+        out.append((less.forward + less.backward) / base if base > 0 else 1.0)
+    return tuple(out)
