@@ -413,13 +413,28 @@ def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
     """Per stage, how much longer its compute (forward + backward, ms) runs while a data-parallel
     collective holds ``sms`` of the GPU's SMs: the stage derived again on fewer_sms' rates, over the
     stage as derived.  () when the compute is not timed from a preset's kernel rates."""
-    derived = scenario.derived() if derived is None else derived
-    st = derived.setup
+    st = (scenario.derived() if derived is None else derived).setup
     if st.rates is None:
         return ()
-    slow = derive.derive(replace(st, rates=fewer_sms(st.rates, sms)))
+    slow = replace(st, rates=fewer_sms(st.rates, sms))
+    full_layers, less_layers = {}, {}  # layer kind -> its compute, shared across stages
     out = []
-    for full, less in zip(derived.stages, slow.stages):
-        base = (full.forward or 0.0) + (full.backward or 0.0)
-        out.append((less.forward + less.backward) / base if base > 0 else 1.0)
+    for stage in st.stages:
+        base = _stage_compute(st, stage, full_layers)
+        out.append(_stage_compute(slow, stage, less_layers) / base if base > 0 else 1.0)
     return tuple(out)
+
+
+def _stage_compute(st, stage, per_layer: dict) -> float:
+    """A stage's forward + backward kernels for one micro-batch (ms), summed as derive.derive sums them
+    (its layers, all-to-all included, its embedding, head and MTP modules, its per-chunk kernels), without
+    running derive() again (a run derives once)."""
+    total = 0.0
+    for i in stage.layers:
+        key = st.cfg.is_moe_layer(i)
+        if key not in per_layer:
+            t = derive.layer_times(st, i)
+            per_layer[key] = t.forward + t.backward + t.dispatch_forward + t.combine_forward + \
+                t.dispatch_backward + t.combine_backward
+        total += per_layer[key]
+    return total + sum(derive.extra_times(st, stage)) + sum(ms for _, ms in kernels.passes(derive.chunk_kernels(st, stage)))
