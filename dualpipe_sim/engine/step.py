@@ -84,11 +84,10 @@ def _aligned_launches(trace: Trace, rank_end: list[float], maps=None) -> dict[tu
         ops: dict[int, tuple[float, int]] = {}  # action -> (its last row's end, stage)
         for action, end, stage in zip(mine["action"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
             ops[action] = max(ops.get(action, (end, stage)), (end, stage))
-        order = sorted(ops.values())
+        order = sorted((maps[r](end) if maps else end, stage) for end, stage in ops.values())
         last = {stage: i for i, (_, stage) in enumerate(order)}
         for stage, i in last.items():
-            at = order[i + r][0] if i + r < len(order) else None
-            out[(r, stage)] = rank_end[r] if at is None else maps[r](at) if maps else at
+            out[(r, stage)] = order[i + r][0] if i + r < len(order) else rank_end[r]
     return out
 
 
@@ -167,11 +166,13 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
     stretched (_stretch), applied to every time read off the pipeline, or None."""
     rows: list[StepRow] = []
     at = (lambda r, t: t) if maps is None else (lambda r, t: maps[r](t))  # noqa: E731
-    rank_end = [at(r, t) for r, t in enumerate(ends.rank_end)]
+    raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
+    ends = PipelineEnds([at(r, t) for r, t in enumerate(raw.rank_end)],
+                        {(r, s): (at(r, a), at(r, b)) for (r, s), (a, b) in raw.last_weight.items()}, raw.holders)
 
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.
-        return at(rank, ends.last_weight.get((rank, stage), (0.0, ends.rank_end[rank]))[1]) if early else rank_end[rank]
+        return ends.last_weight.get((rank, stage), (0.0, ends.rank_end[rank]))[1] if early else ends.rank_end[rank]
 
     # 1. Cross-copy sums, FIFO on each pair's link.
     per_link: dict[tuple[int, int], list] = {}
@@ -191,19 +192,20 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
     per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
     synced = [0.0] * trace.ranks  # per rank: when every sync of its stages has ended
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
-    launches = _aligned_launches(trace, rank_end, maps) if aligned else {}
+    launches = _aligned_launches(trace, ends.rank_end, maps) if aligned else {}
     for r, stages in enumerate(trace.stages_on_rank):
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
         jobs = []
         for s in stages:
             if costs.grad_sync[s] <= 0:
                 continue
-            t0, t1 = ends.last_weight.get((r, s), (ends.rank_end[r], ends.rank_end[r]))
+            t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
             n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
             for k in range(1, n + 1):
-                ready = at(r, t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else rank_end[r]
+                ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
+                ready = at(r, ready)
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
-                    ready = launches.get((r, s), rank_end[r])
+                    ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))
         for s, t0, t1 in _yielding(jobs, _p2p_busy(trace, r)) if costs.nic_shared else _fifo(jobs):
             rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
@@ -213,7 +215,7 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
     for r, stages in enumerate(trace.stages_on_rank):
         length = float(sum(costs.optimizer[s] for s in stages))
         if length > 0:
-            start = max(rank_end[r], synced[r])
+            start = max(ends.rank_end[r], synced[r])
             rows.append(StepRow(OPTIMIZER, r, r, -1, start, start + length))
     return rows
 
