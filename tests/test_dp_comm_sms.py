@@ -105,13 +105,15 @@ def _raw(path: Path) -> dict:
 
 def test_llama8b_step_longer_by_the_stretch():
     """The 64-GPU row: the step grows by (f - 1) x the backward's time under its syncs (the pipeline is
-    one forward and one backward), never by more than (f - 1) x the whole sync time."""
+    one forward and one backward) plus the optimizer figure's share for the forward under the parameter
+    all-gather; the first never more than (f - 1) x the whole sync time."""
     sc = scenario.load(LLAMA8B_64)
     off = scenario.from_dict({**_raw(LLAMA8B_64), "step": {**_raw(LLAMA8B_64)["step"], "dp_comm_sms": 0}})
     (f,) = sc.step_costs().dp_comm_slowdown
     on_m, off_m = simulation.run(sc).metrics.step, simulation.run(off).metrics.step
     assert on_m.pipeline == off_m.pipeline  # the pipeline's trace is not re-run
-    grown = on_m.total - off_m.total
+    gather = on_m.optimizer - off_m.optimizer
+    grown = on_m.total - off_m.total - gather
     assert 0 < grown <= (f - 1) * off_m.grad_sync.time + 1e-9
 
 
@@ -123,3 +125,25 @@ def test_cli_bad_value_exit_2(tmp_path, value, message):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "step.dp_comm_sms" in out.stderr and message in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("gather, waited, forward, expected", [
+    (20.0, 5.0, 100.0, 0.1 * 15.0),  # 15 ms of the gather beside the forward
+    (20.0, 25.0, 100.0, 0.0),  # all of it waited for at the step's start: nothing beside the forward
+    (20.0, 0.0, 10.0, 0.1 * 10.0),  # the forward is shorter than the gather: all of the forward slowed
+])  # fmt: skip
+def test_forward_under_gather_by_hand(gather, waited, forward, expected):
+    assert step_figures.forward_under_gather_ms(gather, waited, forward, 1.1) == pytest.approx(expected)
+
+
+def test_llama8b_gather_slows_the_forward_within_its_bound():
+    """The 64-GPU row overlaps its FP8 parameter all-gather with the next forward: the optimizer figure
+    grows by more than nothing and at most (f - 1) x the whole gather."""
+    on = scenario.load(LLAMA8B_64)
+    off = scenario.from_dict({**_raw(LLAMA8B_64), "step": {**_raw(LLAMA8B_64)["step"], "dp_comm_sms": 0}})
+    (f,) = on.step_costs().dp_comm_slowdown
+    d = on.derived()
+    st, stage = d.setup, d.stages[0]
+    gather = step_figures.param_gather_ms(st, stage, step_figures.fp8_param_elements(st, st.stages[0]))
+    grown = on.step_costs().optimizer[0] - off.step_costs().optimizer[0]
+    assert 0 < grown <= (f - 1) * gather + 1e-9

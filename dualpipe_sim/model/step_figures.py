@@ -348,6 +348,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
         else:  # apex, or Megatron-core's interleaved schedule: chunk 0's buckets all launched at its start
             start = start_gather_ms(st, first, bucket, fp8_param_elements(st, st.stages[0]) if fp8 else (0.0, 0.0))
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
+    # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
+    beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
+    slow = dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if beside and step.dp_comm_sms else ()
+    held = _stage_copies(scenario) if slow else None
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     buckets = ddp_buckets.per_stage(scenario, derived) if key == "grad_sync" else (1,) * len(st.stages)
     out = []
@@ -368,6 +372,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
             ms += fp8_weight_cast_ms(st, where) + (start * share[s] if share else 0.0)
+            if slow:
+                whole = param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0))
+                forward = scenario.pipeline.microbatches / held[s] * (stage.forward or 0.0)
+                ms += forward_under_gather_ms(whole, start if s == 0 else 0.0, forward, slow[s])
             out.append(ms)
             continue
         if deepspeed:  # the fp32 gradient cast to bf16, all-reduced (not reduce-scattered), cast back
@@ -398,6 +406,13 @@ def _check_deepspeed(st) -> None:
     if st.cfg.moe:
         raise ModelError('step.runtime = "deepspeed-bf16" reduces dense gradients only (DeepSpeed v0.6.5 '
                          "refuses experts there): the model must have no experts")
+
+
+def forward_under_gather_ms(gather: float, waited: float, forward: float, slowdown: float) -> float:
+    """What a stage copy's overlapped parameter all-gather adds to the next step's forward (ms): the part of
+    the gather not already waited for at the step's start runs beside that copy's forward compute (at most
+    all of it), which runs ``slowdown`` times slower meanwhile: (slowdown - 1) x that overlap."""
+    return (slowdown - 1.0) * min(max(0.0, gather - waited), forward)
 
 
 def fewer_sms(rates, sms: int):
