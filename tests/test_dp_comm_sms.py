@@ -147,3 +147,16 @@ def test_llama8b_gather_slows_the_forward_within_its_bound():
     gather = step_figures.param_gather_ms(st, stage, step_figures.fp8_param_elements(st, st.stages[0]))
     grown = on.step_costs().optimizer[0] - off.step_costs().optimizer[0]
     assert 0 < grown <= (f - 1) * gather + 1e-9
+
+
+@pytest.mark.parametrize("name", ["validation/mlperf51-llama8b-64b200", "validation/mlperf31-gpt3-512",
+                                  "validation/mz-qwen3-235b-ep32pp8", "deepseek-v3-predicted"])  # fmt: skip
+def test_stage_compute_is_derives_sum(name):
+    """The slowdown's denominator is the stage as derive() figured it; its numerator is the same sum
+    (_stage_compute) on fewer SMs: at full SMs the two agree, stage by stage."""
+    sc = scenario.load(ROOT / "scenarios" / f"{name}.toml")
+    d = sc.derived()
+    per_layer: dict = {}
+    for where, fig in zip(d.setup.stages, d.stages):
+        exposed = sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0
+        assert step_figures._stage_compute(d.setup, where, per_layer) == pytest.approx(fig.forward + fig.backward - exposed)

@@ -6,6 +6,7 @@ which types its block) never import the model package.  docs/step.md gives the f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from ..step_costs import Throughput
@@ -428,22 +429,30 @@ def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
     """Per stage, how much longer its compute (forward + backward, ms) runs while a data-parallel
     collective holds ``sms`` of the GPU's SMs: the stage derived again on fewer_sms' rates, over the
     stage as derived.  () when the compute is not timed from a preset's kernel rates."""
-    st = (scenario.derived() if derived is None else derived).setup
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
     if st.rates is None:
         return ()
-    slow = replace(st, rates=fewer_sms(st.rates, sms))
-    full_layers, less_layers = {}, {}  # layer kind -> its compute, shared across stages
     out = []
-    for stage in st.stages:
-        base = _stage_compute(st, stage, full_layers)
-        out.append(_stage_compute(slow, stage, less_layers) / base if base > 0 else 1.0)
+    for fig, less in zip(derived.stages, _slowed_compute(st, sms)):
+        # the stage as derived: the same sum (_stage_compute), plus FSDP's exposed collectives, which are not compute
+        base = fig.forward + fig.backward - (sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0)
+        out.append(less / base if base > 0 else 1.0)
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _slowed_compute(st, sms: int) -> tuple[float, ...]:
+    """Each stage's compute (ms, _stage_compute) on fewer_sms' rates; kept for the plan's candidates, whose
+    step figures ask twice (grad sync's slowdown and the optimizer's gather term)."""
+    slow, per_layer = replace(st, rates=fewer_sms(st.rates, sms)), {}
+    return tuple(_stage_compute(slow, stage, per_layer) for stage in st.stages)
 
 
 def _stage_compute(st, stage, per_layer: dict) -> float:
     """A stage's forward + backward kernels for one micro-batch (ms), summed as derive.derive sums them
     (its layers, all-to-all included, its embedding, head and MTP modules, its per-chunk kernels), without
-    running derive() again (a run derives once)."""
+    running derive() again (a run derives once); tests/test_dp_comm_sms.py holds it equal to derive's."""
     total = 0.0
     for i in stage.layers:
         key = st.cfg.is_moe_layer(i)
