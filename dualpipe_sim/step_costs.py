@@ -27,6 +27,9 @@ class StepCosts:
     # releases it r weight-gradient ops later (Megatron's interleaved schedule), past its last at its end
     grad_sync_launch: str = "ready"
     nic_shared: bool = False  # the grad sync yields its rank's link to the rank's P2P transfers
+    # per stage: how much longer its compute runs while a data-parallel collective holds step.dp_comm_sms of the
+    # rank's SMs (model/step_figures.dp_comm_slowdown); () or 1.0: not slowed
+    dp_comm_slowdown: tuple[float, ...] = ()
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""

@@ -22,7 +22,9 @@ LAT, NIC, HBM, FLOOR = 25.5e-6, 23.5e9, 1.61e12, 2.5e-6
 
 
 def _load(name, overrides=()):
-    return scenario.load(ROOT / "scenarios" / "validation" / f"{name}.toml", list(overrides))
+    # step.dp_comm_sms = 0: the terms here by hand, without the compute slowed beside the data-parallel
+    # collectives (its own terms: tests/test_dp_comm_sms.py)
+    return scenario.load(ROOT / "scenarios" / "validation" / f"{name}.toml", ["step.dp_comm_sms=0", *overrides])
 
 
 def _layer(h):  # a GPT layer's parameters: 12 h^2 + 13 h (QKV, out_proj, fc1, fc2 with biases; two LayerNorms)

@@ -23,6 +23,9 @@ pipeline trace and adds what happens in between, as rows of the trace's
 * **optimizer** (``OPTIMIZER``): a rank's optimizer step updates every copy it
   holds, lasting the sum of ``step.optimizer[s]`` over them, on its compute
   channel once its pipeline work and every sync of its stages have ended.
+* **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
+  ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass
+  lays the step out on each rank's times stretched by it (_stretch).
 
 The data-parallel channels and the pair links are separate from each other
 and from P2P and all-to-all: nothing here contends with the pipeline's own
@@ -56,7 +59,7 @@ import numpy as np
 from ..step_costs import StepCosts
 from .replay import Link
 from ..schedules.rules import KIND_CODES, WEIGHT_GRADS
-from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, P2P, STEP_DTYPE, StepRow, Trace, pipeline_ends
+from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow, Trace, pipeline_ends
 
 
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
@@ -66,14 +69,14 @@ def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, f
     return [(s, *link.carry(release, length)) for release, s, _, length in sorted(jobs)]
 
 
-def _aligned_launches(trace: Trace, rank_end: list[float]) -> dict[tuple[int, int], float]:
+def _aligned_launches(trace: Trace, rank_end: list[float], maps=None) -> dict[tuple[int, int], float]:
     """(rank, stage) -> when Megatron's interleaved schedule launches that copy's overlapped grad sync.
 
     Rank r launches a copy's reduction after its r-th weight-gradient op past the copy's last one
     (``grad_sync_microbatch_id = microbatch_id - pipeline_parallel_rank``, so that the ranks of a
     pipeline launch together); a launch past the rank's last such op happens once its pipeline
     work is over (the loop's "remaining grad reductions").  Megatron-core schedules.py @ df72712,
-    apex PR #1611 (docs/step.md)."""
+    apex PR #1611 (docs/step.md).  ``maps``: per rank, its stretched times (_stretch), or None."""
     rows = trace.compute[np.isin(trace.compute["kind"], [KIND_CODES[k] for k in WEIGHT_GRADS])]
     out: dict[tuple[int, int], float] = {}
     for r in range(trace.ranks):
@@ -81,7 +84,7 @@ def _aligned_launches(trace: Trace, rank_end: list[float]) -> dict[tuple[int, in
         ops: dict[int, tuple[float, int]] = {}  # action -> (its last row's end, stage)
         for action, end, stage in zip(mine["action"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
             ops[action] = max(ops.get(action, (end, stage)), (end, stage))
-        order = sorted(ops.values())
+        order = sorted((maps[r](end) if maps else end, stage) for end, stage in ops.values())
         last = {stage: i for i, (_, stage) in enumerate(order)}
         for stage, i in last.items():
             out[(r, stage)] = order[i + r][0] if i + r < len(order) else rank_end[r]
@@ -123,10 +126,49 @@ def _yielding(jobs: list[tuple[float, int, int, float]], busy: np.ndarray) -> li
     return out
 
 
+def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
+    """Per rank, the map from the pipeline's times to its times with its compute slowed under its grad syncs.
+
+    A compute row of stage s that overlaps the rank's grad sync rows for d ms takes (slowdown[s] - 1) x d ms
+    longer (the collective's CTAs hold SMs the compute kernels would use), and what follows on the rank moves
+    by as much: t -> t + sum over those overlaps before t of (f - 1) x their length.  The overlaps are the
+    first pass's (the syncs as timed on the unslowed pipeline); docs/step.md, "Data-parallel collectives take SMs"."""
+    maps = []
+    c = trace.compute
+    for r in range(trace.ranks):
+        busy = sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)
+        mine = c[c["rank"] == r]
+        weight = np.array([slowdown[s] - 1.0 for s in mine["stage"].tolist()], dtype=float)
+        lo, hi, w = [], [], []
+        for u, v in busy:
+            a, b = np.maximum(mine["start"], u), np.minimum(mine["end"], v)
+            keep = (b > a) & (weight != 0.0)
+            lo.append(a[keep]), hi.append(b[keep]), w.append(weight[keep])
+        lo, hi, w = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, w))
+        maps.append(lambda t, lo=lo, hi=hi, w=w: t + float(np.sum(w * np.clip(t - lo, 0.0, hi - lo))))
+    return maps
+
+
 def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
-    """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace."""
+    """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace.  With compute slowed under the
+    data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times."""
     ends = pipeline_ends(trace)
+    rows = _step_rows(trace, costs, ends, None)
+    if any(f != 1.0 for f in costs.dp_comm_slowdown) and any(x.kind == GRAD_SYNC for x in rows):
+        rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown))
+    out = np.array(rows, dtype=STEP_DTYPE)
+    return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
+
+
+def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list[StepRow]:
+    """One pass over the cross-copy sums, the grad syncs and the optimizer steps, given when each rank's
+    pipeline work and each copy's last weight-gradient op end (``ends``); ``maps``: per rank, its times
+    stretched (_stretch), applied to every time read off the pipeline, or None."""
     rows: list[StepRow] = []
+    at = (lambda r, t: t) if maps is None else (lambda r, t: maps[r](t))  # noqa: E731
+    raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
+    ends = PipelineEnds([at(r, t) for r, t in enumerate(raw.rank_end)],
+                        {(r, s): (at(r, a), at(r, b)) for (r, s), (a, b) in raw.last_weight.items()}, raw.holders)
 
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.
@@ -150,17 +192,18 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
     per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
     synced = [0.0] * trace.ranks  # per rank: when every sync of its stages has ended
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
-    launches = _aligned_launches(trace, ends.rank_end) if aligned else {}
+    launches = _aligned_launches(trace, ends.rank_end, maps) if aligned else {}
     for r, stages in enumerate(trace.stages_on_rank):
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
         jobs = []
         for s in stages:
             if costs.grad_sync[s] <= 0:
                 continue
-            t0, t1 = ends.last_weight.get((r, s), (ends.rank_end[r], ends.rank_end[r]))
+            t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
             n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
             for k in range(1, n + 1):
-                ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else ends.rank_end[r]
+                ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
+                ready = at(r, ready)
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
                     ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))
@@ -174,9 +217,7 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
         if length > 0:
             start = max(ends.rank_end[r], synced[r])
             rows.append(StepRow(OPTIMIZER, r, r, -1, start, start + length))
-
-    out = np.array(rows, dtype=STEP_DTYPE)
-    return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
+    return rows
 
 
 def with_step(trace: Trace, costs: StepCosts | None) -> Trace:

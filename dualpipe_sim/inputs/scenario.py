@@ -188,6 +188,9 @@ class Step(_Section):
     # interleaved schedule); "derived": "pp-aligned" for interleaved-1f1b with 2+ chunks per rank, else "ready"
     grad_sync_launch: Literal["ready", "pp-aligned", "derived"] = "derived"
     grad_sync_shares_p2p: bool = False  # grad sync and pipeline P2P on one link (one NIC per GPU): P2P goes first
+    # SMs (NCCL CTAs) a data-parallel collective takes from the compute it overlaps (model/step_figures.py,
+    # NCCL_DP_CTAS); 0: it takes none
+    dp_comm_sms: Annotated[int, Field(ge=0, le=64)] = 16
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
@@ -195,6 +198,11 @@ class Step(_Section):
         if isinstance(v, str) and v != "derived":
             raise ValueError('must be a whole number of buckets (1-1000) or "derived"')
         return v if v == "derived" else Pipeline._whole(v)
+
+    @field_validator("dp_comm_sms", mode="before")
+    @classmethod
+    def _whole_sms(cls, v):
+        return Pipeline._whole(v)
 
     @field_validator("grad_sync", "cross_copy_sync", "optimizer", mode="before")
     @classmethod
@@ -316,7 +324,20 @@ class Scenario(_Section):
             grad_sync_buckets=ddp_buckets.per_stage(self, derived),
             grad_sync_launch=self.grad_sync_launch(),
             nic_shared=st.grad_sync_shares_p2p,
+            dp_comm_slowdown=self._dp_comm_slowdown(derived),
         )
+
+    def _dp_comm_slowdown(self, derived) -> tuple[float, ...]:
+        """Per stage, its compute's slowdown under a data-parallel collective (step.dp_comm_sms); () when the
+        collectives take no SMs or the compute is not timed from kernels (no [model] or no preset's rates)."""
+        if not self.step.dp_comm_sms or self.model is None or self.hardware is None:
+            return ()
+        from ..model.step_figures import dp_comm_slowdown
+
+        try:
+            return dp_comm_slowdown(self, self.step.dp_comm_sms, derived)
+        except ModelError as exc:
+            raise ScenarioError(f"step.dp_comm_sms: {exc}") from None
 
     def p2p_mode(self) -> str:
         """comm.p2p_mode as given; "derived": "blocking" for 1F1B (and, under model.runtime = "megatron-lm-2021",

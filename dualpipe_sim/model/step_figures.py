@@ -6,6 +6,9 @@ which types its block) never import the model package.  docs/step.md gives the f
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
 from ..step_costs import Throughput
 from . import collectives, ddp_buckets, derive, flops, kernels, params
 from .config import ModelError
@@ -29,6 +32,13 @@ GRAD_CAST_BYTES = 2 + 4
 # all-reduce (read 2, write 2), copied back into the fp32 gradient (read 2, write 4).
 DS_BF16_COMM_PASSES = (4 + 2) + (2 + 2) + (2 + 4)
 BF16 = 2  # bytes: DeepSpeed's bf16 communication dtype and bf16 weights
+# SMs a data-parallel ring reduce-scatter / all-gather occupies (step.dp_comm_sms' default): NCCL runs one CTA per
+# channel, and its CTAs do not share an SM with compute kernels (NCCL's maintainer, NVIDIA/nccl#689). Across DGX
+# nodes with 8 NICs the ring search finds 8 channels (one per NIC, NVIDIA/nccl#977's logs), which NCCL doubles
+# (graph/connect.cc, ncclTopoPostset, v2.28.3): 16 CTAs, "on DGX with 8 NICs ... it would use 16 SMs" (#689). The
+# MLPerf v5.1 B200 rows set NCCL_MIN_CTAS=16 / NCCL_MAX_CTAS=32 (config_common.sh), which override the per-group
+# YAML (envConfigOverride, init.cc v2.28.3): 16 there too. docs/step.md, "Data-parallel collectives take SMs".
+NCCL_DP_CTAS = 16
 
 
 def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
@@ -340,6 +350,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
         else:  # apex, or Megatron-core's interleaved schedule: chunk 0's buckets all launched at its start
             start = start_gather_ms(st, first, bucket, fp8_param_elements(st, st.stages[0]) if fp8 else (0.0, 0.0))
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
+    # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
+    beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
+    slow = dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if beside and step.dp_comm_sms else ()
+    held = _stage_copies(scenario) if slow else None
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     buckets = ddp_buckets.per_stage(scenario, derived) if key == "grad_sync" else (1,) * len(st.stages)
     out = []
@@ -360,6 +374,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
             ms += fp8_weight_cast_ms(st, where) + (start * share[s] if share else 0.0)
+            if slow:
+                whole = param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0))
+                forward = scenario.pipeline.microbatches / held[s] * (stage.forward or 0.0)
+                ms += forward_under_gather_ms(whole, start if s == 0 else 0.0, forward, slow[s])
             out.append(ms)
             continue
         if deepspeed:  # the fp32 gradient cast to bf16, all-reduced (not reduce-scattered), cast back
@@ -390,3 +408,58 @@ def _check_deepspeed(st) -> None:
     if st.cfg.moe:
         raise ModelError('step.runtime = "deepspeed-bf16" reduces dense gradients only (DeepSpeed v0.6.5 '
                          "refuses experts there): the model must have no experts")
+
+
+def forward_under_gather_ms(gather: float, waited: float, forward: float, slowdown: float) -> float:
+    """What a stage copy's overlapped parameter all-gather adds to the next step's forward (ms): the part of
+    the gather not already waited for at the step's start runs beside that copy's forward compute (at most
+    all of it), which runs ``slowdown`` times slower meanwhile: (slowdown - 1) x that overlap."""
+    return (slowdown - 1.0) * min(max(0.0, gather - waited), forward)
+
+
+def fewer_sms(rates, sms: int):
+    """The GPU's kernel rates with ``sms`` SMs taken by a communication kernel: GEMMs' tiles in waves over
+    the SMs left and their peak, like flash attention's, scaled by the share left; HBM unchanged."""
+    left = rates.sms - sms
+    if left < 1:
+        raise ModelError(f"must be below the GPU's {rates.sms} SMs, got {sms}")
+    return replace(rates.scaled(compute=left / rates.sms), sms=left)
+
+
+def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
+    """Per stage, how much longer its compute (forward + backward, ms) runs while a data-parallel
+    collective holds ``sms`` of the GPU's SMs: the stage derived again on fewer_sms' rates, over the
+    stage as derived.  () when the compute is not timed from a preset's kernel rates."""
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
+    if st.rates is None:
+        return ()
+    out = []
+    for fig, less in zip(derived.stages, _slowed_compute(st, sms)):
+        # the stage as derived: the same sum (_stage_compute), plus FSDP's exposed collectives, which are not compute
+        base = fig.forward + fig.backward - (sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0)
+        out.append(less / base if base > 0 else 1.0)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _slowed_compute(st, sms: int) -> tuple[float, ...]:
+    """Each stage's compute (ms, _stage_compute) on fewer_sms' rates; kept for the plan's candidates, whose
+    step figures ask twice (grad sync's slowdown and the optimizer's gather term)."""
+    slow, per_layer = replace(st, rates=fewer_sms(st.rates, sms)), {}
+    return tuple(_stage_compute(slow, stage, per_layer) for stage in st.stages)
+
+
+def _stage_compute(st, stage, per_layer: dict) -> float:
+    """A stage's forward + backward kernels for one micro-batch (ms), summed as derive.derive sums them
+    (its layers, all-to-all included, its embedding, head and MTP modules, its per-chunk kernels), without
+    running derive() again (a run derives once); tests/test_dp_comm_sms.py holds it equal to derive's."""
+    total = 0.0
+    for i in stage.layers:
+        key = st.cfg.is_moe_layer(i)
+        if key not in per_layer:
+            t = derive.layer_times(st, i)
+            per_layer[key] = t.forward + t.backward + t.dispatch_forward + t.combine_forward + \
+                t.dispatch_backward + t.combine_backward
+        total += per_layer[key]
+    return total + sum(derive.extra_times(st, stage)) + sum(ms for _, ms in kernels.passes(derive.chunk_kernels(st, stage)))
