@@ -10,7 +10,8 @@ are for checking only: nothing in the cost model is fitted to them.  The A100 ru
 (H100 / H800 / H200) runs and the B200 runs are three tables, each with its own mean and worst: the GPU is
 the scenario's `hardware.preset`.  Runs that users reported in issue threads or a third party's guide
 (COMMUNITY) are a fourth table, whatever their GPU: their configs were not reviewed and some settings
-come from the code's defaults (docs/validation.md, "Community runs").
+come from the code's defaults (docs/validation.md, "Community runs").  The MLPerf rows' evaluations, which run the
+forward only, are held against the model's forward in a table of their own (`eval_forward`, "Forward only").
 """
 
 from __future__ import annotations
@@ -120,10 +121,82 @@ def k22_layer() -> str:
     return "\n".join(lines)
 
 
+# MLPerf evaluations, forward only (docs/validation.md, "Forward only: the logs' evaluations"): per row, the median of
+# the MLLOG `validation_step_time(ing)` tracked stats over each evaluation's steps after its first (the first also holds
+# the evaluation's start, 0.1-0.2 s), in s, and how many steps that is; read from the result logs each scenario cites.
+# A validation step is one global batch (the evaluation set, 5,662 GPT-3 / 5,760 405B / 1,024 8B sequences, padded to
+# whole global batches), so each data-parallel rank runs the scenario's micro-batches forward through the pipeline.
+EVAL_STEP_S = {
+    "mlperf30-gpt3-512": (4.94974, 144), "mlperf30-gpt3-768": (4.97423, 74), "mlperf30-gpt3-768cw": (5.00862, 75),
+    "mlperf30-gpt3-1536cw": (2.53054, 77), "mlperf30-gpt3-3584cw": (0.92916, 132),
+    "mlperf31-gpt3-512": (4.15601, 144), "mlperf31-gpt3-768": (4.16154, 75), "mlperf31-gpt3-4096": (0.46951, 144),
+    "mlperf31-gpt3-6144": (0.46792, 75), "mlperf31-gpt3-8192": (0.46962, 79), "mlperf31-gpt3-10240": (0.20750, 138),
+    "mlperf31-gpt3-10752": (0.20644, 132),
+    "mlperf41-gpt3-256": (6.57626, 146), "mlperf41-gpt3-512": (3.20255, 146), "mlperf41-gpt3-64b200": (16.26415, 144),
+    "mlperf50-llama405b-512": (19.32579, 72), "mlperf50-llama405b-2048": (4.91839, 76),
+    "mlperf50-llama405b-2432": (4.41518, 84), "mlperf50-llama405b-2560": (3.83744, 90),
+    "mlperf50-llama405b-8192": (2.13141, 63), "mlperf50-llama405b-512h200": (16.58322, 72),
+    "mlperf50-llama405b-1024h200": (8.30293, 72), "mlperf51-llama405b-256b200": (9.56610, 81),
+    "mlperf51-llama405b-448b200": (9.62421, 35),
+    "mlperf51-llama8b-8b200": (0.160088, 8190), "mlperf51-llama8b-16b200": (0.163484, 2480),
+    "mlperf51-llama8b-32b200": (0.047443, 17451), "mlperf51-llama8b-64b200": (0.047518, 4464),
+    "mlperf51-llama8b-128b200": (0.046874, 1380), "mlperf51-llama8b-256b200": (0.046623, 490),
+    "mlperf51-llama8b-64b200-verda": (0.047226, 4650), "mlperf51-llama8b-64h200": (0.088416, 7502),
+}  # fmt: skip
+# the MLPerf rows whose logs time no validation step (v4.0: LOG_METRICS=OFF, only whole evaluations, whose start is
+# a third of a step at 6 micro-batches): left out of that table
+EVAL_UNTIMED = ("mlperf40-gpt3-512", "mlperf40-gpt3-10752", "mlperf40-gpt3-11616")
+
+
+def eval_model_ms(sc) -> tuple[float, float]:
+    """The model's forward-only pipeline for one micro-batch per rank, in ms: the slowest rank's chunk forwards summed,
+    and the pipeline's fill shared over the step's micro-batches. Forward only, the last rank starts after PP - 1
+    chunk forwards and their sends, then runs its M x chunks back to back (Megatron runs the chunks in groups of PP
+    micro-batches; every M here is a multiple of PP), so a step is M x rank + (PP - 1) x (chunk + P2P)."""
+    d, p = sc.derived(), sc.pipeline
+    chunks = (p.chunks_per_rank or 1) if p.schedule.startswith("interleaved") else 1
+    ranks = p.stages // chunks
+    forward = [s.forward for s in d.stages]
+    rank = max(sum(forward[r::ranks]) for r in range(ranks))
+    fill = (ranks - 1) * (sum(forward) / len(forward) + d.p2p) / p.microbatches if ranks > 1 else 0.0
+    return rank, fill
+
+
+def eval_forward(data: list[dict]) -> str:
+    """The logs' evaluations against the model's forward: per MLPerf row of ``data`` (rows() output: the name, the GPU,
+    the model's step and the whole-step error), measured ms per micro-batch per rank (a validation step / M), the
+    model's, and how much of the step the model misses (measured - model step = model step x error, tokens/s being
+    inverse to the step) its forward accounts for: M x (measured - model forward)."""
+    lines = ["| run | GPU | micro-batches a step (M) | steps timed | measured (ms per micro-batch per rank) "
+             "| model: slowest rank + fill (ms) | forward error | whole-step error (tokens/s) | forward's share of the step "
+             "the model misses |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    errs = []
+    for r in data:
+        if r["name"] not in EVAL_STEP_S:
+            continue
+        sc = scenario.load(FOLDER / r["scenario"])
+        step_s, steps = EVAL_STEP_S[r["name"]]
+        m = sc.pipeline.microbatches
+        measured = step_s * 1e3 / m
+        rank, fill = eval_model_ms(sc)
+        err = (rank + fill) / measured - 1
+        errs.append(err)
+        missed = r["step_s"] * 1e3 * r["error"]
+        share = m * (measured - rank - fill) / missed
+        lines.append(f"| {r['name']} | {r['gpu']} | {m} | {steps:,} | {measured:.1f} | {rank:.1f} + {fill:.1f} "
+                     f"| {err:+.1%} | {r['error']:+.1%} | {share:.0%} |")
+    lines.append("")
+    lines.append(f"Mean forward error {sum(errs) / len(errs):+.1%} over {len(errs)} runs (worst {min(errs):+.1%}, "
+                 f"best {max(errs):+.1%}); not timed: {', '.join(EVAL_UNTIMED)}.")
+    return "\n".join(lines)
+
+
 SECTIONS = {"validation table": lambda: table(rows(("A100",))), "hopper table": lambda: table(rows(HOPPER)),
             "b200 table": lambda: table(rows(BLACKWELL)),
             "community table": lambda: table(rows(None, community=True), gpu=True),
-            "deepseek components": deepseek_components, "k22 layer": k22_layer}
+            "deepseek components": deepseek_components, "k22 layer": k22_layer,
+            "eval forward": lambda: eval_forward(rows(HOPPER) + rows(BLACKWELL))}
 
 
 def replace(doc: str, name: str, text: str) -> str:

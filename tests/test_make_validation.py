@@ -383,3 +383,33 @@ def test_readme_quotes_the_validation_tables_own_figures():
     assert f"on {h_runs} H100 / H200 runs" in readme and f"{h_mean}% too high on average and {worst} at worst" in readme
     worst = f"{float(c_worst):.0f}%" if float(c_worst) >= 100 else f"{c_worst}%"
     assert f"on {c_runs} community-reported MoE runs" in readme and f"{c_mean}% too high on average and {worst} at worst" in readme
+
+
+def test_eval_forward_table_by_hand(monkeypatch):
+    """The forward-only table's columns by hand for two rows: measured = the logs' validation step / M (EVAL_STEP_S),
+    the model's slowest rank + fill (eval_model_ms), and the forward's share of the step the model misses, M x
+    (measured - model) / (model step x whole-step error), here with a made-up step of 1 s and error +25%."""
+    data = [{"name": n, "scenario": f"{n}.toml", "gpu": "X", "step_s": 1.0, "error": 0.25}
+            for n in ("mlperf51-llama8b-64b200", "mlperf50-llama405b-512", "n21-1.7b")]  # fmt: skip
+    lines = SCRIPT["eval_forward"](data).splitlines()
+    by_name = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("| ml")}
+    assert set(by_name) == {"mlperf51-llama8b-64b200", "mlperf50-llama405b-512"}  # rows the logs time, nothing else
+    for name, m, step_s in (("mlperf51-llama8b-64b200", 1, 0.047518), ("mlperf50-llama405b-512", 288, 19.32579)):
+        measured = step_s * 1e3 / m  # 47.5 ms and 67.1 ms
+        rank, fill = SCRIPT["eval_model_ms"](load({"scenario": f"{name}.toml"}))
+        cells = by_name[name]
+        assert cells[2] == str(m) and cells[4] == f"{measured:.1f}" and cells[5] == f"{rank:.1f} + {fill:.1f}"
+        assert cells[6] == f"{(rank + fill) / measured - 1:+.1%}" and cells[7] == "+25.0%"
+        assert cells[8] == f"{m * (measured - rank - fill) / 250.0:.0%}"
+    assert lines[-1].startswith("Mean forward error ") and "over 2 runs" in lines[-1]
+    assert lines[-1].endswith("not timed: mlperf40-gpt3-512, mlperf40-gpt3-10752, mlperf40-gpt3-11616.")
+
+
+def test_readme_quotes_the_forward_tables_own_figures():
+    """README's forward-only sentence repeats the table's summary line (mean, range, runs): a stale figure fails."""
+    doc = (ROOT / "docs" / "validation.md").read_text()
+    mean, worst, best, runs = re.search(r"^Mean forward error -([0-9.]+)% over (\d+) runs \(worst -([0-9.]+)%, "
+                                        r"best -([0-9.]+)%\)", doc, re.M).group(1, 3, 4, 2)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"on the {runs} runs they time the model's forward is too fast on every one, {mean}% on average " \
+           f"({best}-{worst}%)" in readme
