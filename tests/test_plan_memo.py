@@ -113,3 +113,16 @@ def test_figure_cache_scenario_is_the_candidates_own():
         sc = cache.scenario(cand)
         assert sc == sections_only(apply_overrides(base, cand.overrides()))
         assert (sc.parallel.tensor, sc.pipeline.stages, sc.pipeline.schedule) == (cand.tensor, cand.stages, cand.schedule)
+
+
+def test_amax_group_reaches_the_stage_times():
+    """Transformer Engine's FP8 amax reduction spans tensor x data x context ranks, so the data-parallel
+    degree reaches the kernels' Layout and the stage times (not memory alone): the kernel tables'
+    key must hold the Layout whole."""
+    first, second = PAIRS["amax group (data)"]
+    a, b = alone(first), alone(second)
+    assert (a.setup.amax_group, b.setup.amax_group) == (2 * 16, 2 * 64)
+    assert a.stages[0].forward != b.stages[0].forward
+    memo = derive.Memo()
+    assert [s.forward for s in through(memo, first).stages] == [s.forward for s in a.stages]
+    assert [s.forward for s in through(memo, second).stages] == [s.forward for s in b.stages]

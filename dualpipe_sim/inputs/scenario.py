@@ -262,7 +262,8 @@ class Scenario(_Section):
         from ..model import derive
 
         try:
-            return derive.derive(derive.setup(self), memo)
+            st = derive.setup(self)
+            return derive.derive(st) if memo is None else derive.derive(st, memo)
         except ModelError as exc:
             raise ScenarioError(str(exc)) from None
 
