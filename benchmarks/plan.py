@@ -15,6 +15,7 @@ the project's 2-core machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
@@ -44,9 +45,10 @@ def main() -> int:
         result = plan(c["source"], c["gpus"], c["global_batch"], c["seq"], hardware=c["hardware"],
                       overrides=c["overrides"], jobs=args.jobs, top=3)  # fmt: skip
         wall = time.perf_counter() - start
+        load = os.getloadavg()[0]  # other processes share the 2 cores: the 1-minute load average says how many
         kinds = Counter("simulated" if r.simulated else "estimated only" if r.estimate and not r.pruned else "pruned"
                         for r in result.rows)  # fmt: skip
-        print(f"{name}: {wall:.1f} s wall; {len(result.rows)} rows: "
+        print(f"{name}: {wall:.1f} s wall (load average {load:.2f} at the end); {len(result.rows)} rows: "
               + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
         print("  pruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))
         for k, r in enumerate(result.top, 1):

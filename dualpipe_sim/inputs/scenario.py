@@ -260,8 +260,9 @@ class Scenario(_Section):
         family = registry.families().get(self.pipeline.schedule)
         return family.recompute if family is not None else self.memory.recompute
 
-    def derived(self):
-        """Per-stage figures derived from [model]/[parallel]/[hardware] (model/derive.py); None without [model]."""
+    def derived(self, memo=None):
+        """Per-stage figures derived from [model]/[parallel]/[hardware] (model/derive.py); None without [model].
+        ``memo``: a derive.Memo kept across a caller's many derivations (the same figures, sooner)."""
         if self.model is None:
             if self.parallel is not None:
                 raise ScenarioError("parallel: only applies with a [model] section")
@@ -269,7 +270,8 @@ class Scenario(_Section):
         from ..model import derive
 
         try:
-            return derive.derive(derive.setup(self))
+            st = derive.setup(self)
+            return derive.derive(st) if memo is None else derive.derive(st, memo)
         except ModelError as exc:
             raise ScenarioError(str(exc)) from None
 

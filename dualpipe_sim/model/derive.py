@@ -16,6 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params
 from .config import ModelConfig, ModelError
@@ -146,6 +147,43 @@ class Derived:
     @property
     def activation_bytes(self) -> tuple[float, ...]:
         return tuple(s.activation_bytes for s in self.stages)
+
+
+class Memo:
+    """Figures that many derivations compute alike, kept for one caller that derives many layouts
+    (plan/estimate.py's FigureCache: thousands of them, most sharing their layers' kernels).
+
+    A table is one function's values for one context (the part of its arguments a derivation's
+    many lookups share, hashed once per table fetched); context and key together are everything the
+    function reads (``times_key`` and the comments at each use), so a hit returns what the call
+    would.  The values are immutable.  Its owner decides how long it lives: nothing here is global.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple, dict] = {}
+
+    def table(self, name: str, *context) -> dict:
+        return self._tables.setdefault((name, context), {})
+
+
+def _table(memo: Memo | None, name: str, *context) -> dict | None:
+    return None if memo is None else memo.table(name, *context)
+
+
+def _get(table: dict | None, key, compute, *args):
+    """``compute(*args)``, kept in ``table`` under ``key`` (computed every time without a table)."""
+    if table is None:
+        return compute(*args)
+    if key not in table:
+        table[key] = compute(*args)
+    return table[key]
+
+
+def times_key(st: Setup) -> tuple:
+    """What a layer's, a module's or a chunk's kernels read of a Setup: with kernel rates the model,
+    the rates and the kernels' Layout (kernels.layer and friends take nothing else); without them
+    (FLOPs / efficiency) the whole Setup but its stages, which no per-layer figure reads."""
+    return (st.cfg, st.rates, st.layout) if st.rates is not None else (replace(st, stages=()),)
 
 
 # -- resolving the sections --------------------------------------------------------
@@ -472,12 +510,14 @@ def extra_times(st: Setup, stage: layout.Stage) -> tuple[float, float, float]:
 
 
 def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
-                moe_times: LayerTimes | None = None) -> tuple[int, LayerTimes]:  # fmt: skip
+                moe_times: LayerTimes | None = None, memo: Memo | None = None) -> tuple[int, LayerTimes]:  # fmt: skip
     """A stage's [chunk]: the component sums of its layers, embedding, head and MTP modules, spread
     evenly over its MoE layers (the all-to-all is per MoE layer, so it stays exact; the extra compute
     is shared out between them).  A stage without MoE layers: its layers (at least 1), no all-to-all.
     ``moe_times``: a hand-typed MoE layer (a [chunk] table) instead of the derived one."""
     cfg = st.cfg
+    tkey = times_key(st) if memo is not None else None
+    layer_tab, module_tab = _table(memo, "layer_times", tkey), _table(memo, "module_components", tkey)
     per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
     totals: dict[str, float] = {}
 
@@ -491,11 +531,13 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
             add(vars(moe_times))
             continue
         if key not in per_layer:
-            per_layer[key] = layer_times(st, i)
+            per_layer[key] = _get(layer_tab, i, layer_times, st, i)
         add(vars(per_layer[key]))
-    add(module_components(st, stage))
+    # module_components reads the stage's embedding, head and MTP modules only; chunk_kernels its layers
+    add(_get(module_tab, (stage.embedding, stage.head, stage.mtp), lambda: MappingProxyType(module_components(st, stage))))
     if st.rates is not None:
-        add(kernels.by_component(chunk_kernels(st, stage)))
+        add(_get(_table(memo, "chunk_components", tkey), (stage.layers, stage.mtp),
+                 lambda: MappingProxyType(kernels.by_component(chunk_kernels(st, stage)))))  # fmt: skip
     moe = sum(cfg.is_moe_layer(i) for i in stage.layers) + stage.mtp
     layers = moe or max(1, len(stage.layers))
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
@@ -522,9 +564,11 @@ def _head_ms(st: Setup) -> float:
 
 
 # -- per stage -----------------------------------------------------------------------
-def stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
+def stage_memory(st: Setup, stage: layout.Stage, memo: Memo | None = None) -> tuple[memory.Static, float]:
     """A stage's static bytes per rank (FP8 copies included) and its ZeRO 2/3 sharding buffers."""
     cfg, sh = st.cfg, st.sharding
+    if memo is not None:  # it reads the model, the sharding and the stage, nothing else of the Setup
+        return _get(memo.table("stage_memory", cfg, sh), stage, stage_memory, st, stage)
     units = [(params.layer(cfg, i), params.linear_weights(cfg, i)) for i in stage.layers]
     if stage.mtp:
         mtp = params.mtp_module(cfg)
@@ -542,11 +586,12 @@ def stage_memory(st: Setup, stage: layout.Stage) -> tuple[memory.Static, float]:
             memory.sharding_buffers(*biggest, sh))  # fmt: skip
 
 
-def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list[fsdp.Unit]:
+def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables: tuple = (None, None, None)) -> list[fsdp.Unit]:
     """A stage's FSDP units in forward order with their compute (``times``: its layers'; the
     embedding, head and MTP modules as extra_times costs them) and their all-gather /
     reduce-scatter times over the data-parallel group (collectives.py with a preset's kernel
-    rates, else a ring over the NIC bandwidth)."""
+    rates, else a ring over the NIC bandwidth).  ``tables``: derive's Memo tables of the
+    collectives, extra_times and the layers' parameters (or None each)."""
     cfg, sh, hw = st.cfg, st.sharding, st.hw
 
     def collective(op: str, nbytes: float, ranks: float) -> float:
@@ -560,15 +605,19 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list
             return (collective(op, per_param * dense / sh.tensor, sh.data)
                     + collective(op, per_param * routed / sh.expert, sh.expert_data))  # fmt: skip
 
-        return fsdp.Unit(forward, backward, ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes))
+        gather, reduce = _get(sync_tab, (dense, routed),
+                              lambda: (ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes)))
+        return fsdp.Unit(forward, backward, gather, reduce)
 
     def extra(**part) -> tuple[float, float]:
-        f, i, w = extra_times(st, layout.Stage((), **part))
+        where = layout.Stage((), **part)
+        f, i, w = _get(extra_tab, (where.embedding, where.head, where.mtp), extra_times, st, where)
         return f, i + w
 
+    sync_tab, extra_tab, params_tab = tables
     units = [unit(*extra(embedding=True), params.embedding(cfg), 0)] if stage.embedding else []
     for i, t in zip(stage.layers, times):
-        p = params.layer(cfg, i)
+        p = _get(params_tab, i, params.layer, cfg, i)
         units.append(unit(t.forward, t.backward, p.dense, p.routed))
     mtp = params.mtp_module(cfg)
     units += [unit(*extra(mtp=1), mtp.dense, mtp.routed) for _ in range(stage.mtp)]
@@ -577,7 +626,9 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes]) -> list
     return units
 
 
-def derive(st: Setup) -> Derived:
+def derive(st: Setup, memo: Memo | None = None) -> Derived:
+    """Per-stage figures of a resolved Setup.  ``memo``: figures kept from the caller's other
+    derivations (Memo); the result is the same with or without it."""
     cfg, sh = st.cfg, st.sharding
     if sh.zero >= 3 and cfg.moe and sh.expert > 1:
         raise ModelError("parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled yet "
@@ -586,11 +637,19 @@ def derive(st: Setup) -> Derived:
     args = (seq, st.mb, st.policy, st.act_bytes, sh.tensor)
     figures = []
     per_layer = {}
+    tkey = times_key(st) if memo is not None else None
+    # a layer's parameters read the model; its activations the model, ``args`` and sequence parallelism
+    params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, st.sequence_parallel)
+    layer_tab, extra_tab, passes_tab = (_table(memo, name, tkey) for name in ("layer_times", "extra_times", "chunk_passes"))
+    memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage
+    # the FSDP units' collectives read the sharding, the rates (else the hardware's NIC) and the unit's sizes
+    fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw), extra_tab, params_tab)
     for stage in st.stages:
-        lp = [params.layer(cfg, i) for i in stage.layers]
+        lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
         dense = sum(p.dense for p in lp)
         routed = sum(p.routed for p in lp)
-        act = sum(activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in stage.layers)
+        act = sum(_get(act_tab, i, lambda i: activations.layer_total(cfg, i, *args, sp=st.sequence_parallel), i)
+                  for i in stage.layers)  # fmt: skip
         if stage.embedding:
             dense += params.embedding(cfg)
             act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
@@ -602,28 +661,30 @@ def derive(st: Setup) -> Derived:
             dense += stage.mtp * mtp.dense
             routed += stage.mtp * mtp.routed
             act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
-        static, sharding_buffers = stage_memory(st, stage)
+        static, sharding_buffers = _get(memory_tab, stage, stage_memory, st, stage)
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
             times = []
             for i in stage.layers:
                 key = cfg.is_moe_layer(i)
-                if key not in per_layer:
-                    per_layer[key] = layer_times(st, i)
+                if key not in per_layer:  # layer_times reads times_key(st) and the layer
+                    per_layer[key] = _get(layer_tab, i, layer_times, st, i)
                 times.append(per_layer[key])
             # a2a phases run in sequence with compute in a lone op; F, B carry them
             fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times)
             fig.weight = sum(t.weight for t in times)
             fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
-            f, i_, w = extra_times(st, stage)
+            # extra_times reads the stage's embedding, head and MTP modules; chunk_kernels its layers
+            f, i_, w = _get(extra_tab, (stage.embedding, stage.head, stage.mtp), extra_times, st, stage)
             if st.rates is not None:  # once per model chunk and micro-batch
-                cf, ci, cw = (ms for _, ms in kernels.passes(chunk_kernels(st, stage)))
+                cf, ci, cw = _get(passes_tab, (stage.layers, stage.mtp),
+                                  lambda: tuple(ms for _, ms in kernels.passes(chunk_kernels(st, stage))))
                 f, i_, w = f + cf, i_ + ci, w + cw
             fig.forward += f
             fig.backward += i_ + w
             fig.weight += w
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
-                fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times))
+                fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times, fsdp_tabs))
                 fig.forward += fig.fsdp_exposed[0]
                 fig.backward += fig.fsdp_exposed[1]
         figures.append(fig)
@@ -632,10 +693,10 @@ def derive(st: Setup) -> Derived:
         out.p2p = p2p_ms(st)
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
-            out.moe_layer = layer_times(st, moe_i)
+            out.moe_layer = _get(layer_tab, moe_i, layer_times, st, moe_i)
             if st.rates is not None:  # DeepSeek-V3 report Sec. 3.2.2: its all-to-all kernels take 20 of 132 SMs
                 out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
-                out.stage_chunks = tuple(stage_chunk(st, stage, per_layer) for stage in st.stages)
+                out.stage_chunks = tuple(stage_chunk(st, stage, per_layer, memo=memo) for stage in st.stages)
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
             if not out.stage_chunks:

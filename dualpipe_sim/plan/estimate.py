@@ -71,6 +71,9 @@ class FigureCache:
         # by (stages, tensor, expert, data x context, zero): what memory depends on of a layout
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        self.floors: dict[tuple, float] = {}  # static_floor, by what it reads of a candidate
+        self._last_scenario: tuple = (None, None)  # (overrides, Scenario): see scenario()
+        self._memo = derive.Memo()  # per-layer and per-stage figures the derivations share (this plan's only)
         self.hardware_name = derive.hardware(HardwareSection.model_validate(base["hardware"])).name
         # Megatron-LM 2021's gradient accumulation costs per micro-batch (derive.grad_accumulation_bytes):
         # then the times depend on the micro-batch count, which the data-parallel degree sets.
@@ -87,7 +90,12 @@ class FigureCache:
         return model_memory.runtime_allowance(groups, self.hardware_name != "A100")
 
     def scenario(self, cand: Candidate):
-        return sections_only(apply_overrides(self.base, cand.overrides()))
+        overrides = tuple(cand.overrides())
+        # the last candidate's: a new layout asks for its scenario two or three times in a row
+        # (derivation, step figures, P2P mode); the base is fixed, so the overrides are the whole key
+        if self._last_scenario[0] != overrides:
+            self._last_scenario = (overrides, sections_only(apply_overrides(self.base, list(overrides))))
+        return self._last_scenario[1]
 
     def static(self, cand: Candidate) -> tuple[float, ...]:
         """Static bytes of each stage on a rank of this candidate."""
@@ -100,7 +108,7 @@ class FigureCache:
                          zero=cand.zero)  # fmt: skip
             # the stage's static bytes as `run` counts them (FP8 copies and FP8 parameters included)
             st = replace(setup, sharding=sh)
-            self._static[key] = tuple(derive.stage_memory(st, stage)[0].total for stage in setup.stages)
+            self._static[key] = tuple(derive.stage_memory(st, stage, self._memo)[0].total for stage in setup.stages)
         return self._static[key]
 
     def figures(self, cand: Candidate) -> StageFigures:
@@ -160,7 +168,7 @@ class FigureCache:
         times = (cand.tensor, cand.context, cand.expert, data, cand.micro_batch_size, cand.stages, cand.recompute,
                  fsdp)  # fmt: skip
         if times not in self._derived:
-            self._derived[times] = self.scenario(cand).derived()
+            self._derived[times] = self.scenario(cand).derived(self._memo)
         return self._derived[times]
 
     def reduce_scatters_fit(self, cand: Candidate) -> bool:
@@ -185,7 +193,7 @@ class FigureCache:
         if key not in self._memory:
             sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=cand.zero)
             st = replace(derived.setup, sharding=sh)
-            memory = [derive.stage_memory(st, stage) for stage in st.stages]
+            memory = [derive.stage_memory(st, stage, self._memo) for stage in st.stages]
             self._memory[key] = (tuple(m.total for m, _ in memory), tuple(b for _, b in memory))
         return self._memory[key]
 
@@ -209,9 +217,16 @@ def _stage_costs(derived, s: int) -> tuple[float, ...]:
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
     """A lower bound of the fullest rank's bytes before any activation: its stages' static bytes
     (parameters, gradients, optimizer states, FP8 weight copies) and the runtime allowance."""
-    static = cache.static(cand)
-    held = placement(cand.schedule, cand.stages, cand.virtual)
-    return max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
+    # static() reads (stages, tensor, expert, data x context, zero), placement (schedule, stages,
+    # virtual), runtime() (tensor, pipeline, data x context, expert): candidates differing in micro-batch
+    # size or recompute share the floor
+    key = (cand.schedule, cand.stages, cand.virtual, cand.tensor, cand.pipeline, cand.expert, cand.data * cand.context,
+           cand.zero)  # fmt: skip
+    if key not in cache.floors:
+        static = cache.static(cand)
+        held = placement(cand.schedule, cand.stages, cand.virtual)
+        cache.floors[key] = max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
+    return cache.floors[key]
 
 
 def step_time(cache: FigureCache, cand: Candidate) -> float:
