@@ -160,3 +160,23 @@ def test_stage_compute_is_derives_sum(name):
     for where, fig in zip(d.setup.stages, d.stages):
         exposed = sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0
         assert step_figures._stage_compute(d.setup, where, per_layer) == pytest.approx(fig.forward + fig.backward - exposed)
+
+
+def test_a_shared_nic_yields_to_p2p_where_the_stretched_rank_sends_it():
+    """grad_sync_shares_p2p with the slowdown, worked by hand.  1F1B, 2 stages, one micro-batch, P2P 0.5 ms:
+    rank 1 runs F [1.5, 2.5] and B [2.5, 4.5], then sends the gradient back [4.5, 5.0].  Its bucket 1 (0.5 ms)
+    is ready at 3.5 and runs [3.5, 4.0] beside B, which at 1.5x ends 0.25 later, at 4.75; the send leaves then,
+    [4.75, 5.25], on the NIC bucket 2 needs: bucket 2, launched at 4.75, yields to it and runs 5.25-5.75 (its row
+    [4.75, 5.75]; on the unstretched send, [4.5, 5.0], it would end at 5.5); the optimizer follows, [5.75, 6.75]."""
+    raw = {
+        "pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 1},
+        "costs": {"forward": 1.0, "backward": 2.0},
+        "comm": {"p2p": 0.5, "p2p_mode": "async"},
+        "step": {"grad_sync": 1.0, "grad_sync_buckets": 2, "overlap_grad_sync": True, "optimizer": 1.0,
+                 "grad_sync_shares_p2p": True},
+    }
+    sc = scenario.from_dict(raw)
+    rows = step.simulate_step(simulation.run(sc).trace, replace(sc.step_costs(), dp_comm_slowdown=(1.5, 1.5)))
+    rank1 = rows[rows["rank"] == 1]
+    assert spans(rank1, GRAD_SYNC) == [(3.5, 4.0), (4.75, 5.75)]
+    assert spans(rank1, OPTIMIZER) == [(5.75, 6.75)]

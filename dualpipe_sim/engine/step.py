@@ -207,7 +207,10 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
                     ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))
-        for s, t0, t1 in _yielding(jobs, _p2p_busy(trace, r)) if costs.nic_shared else _fifo(jobs):
+        busy = _p2p_busy(trace, r) if costs.nic_shared else None
+        if busy is not None and maps is not None:  # the rank's P2P moves with its stretched compute
+            busy = np.array([[at(r, a), at(r, b)] for a, b in busy.tolist()], dtype=float).reshape(-1, 2)
+        for s, t0, t1 in _yielding(jobs, busy) if costs.nic_shared else _fifo(jobs):
             rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
             synced[r] = max(synced[r], t1)
 
