@@ -80,7 +80,7 @@ class Setup:
                               self.expert_streams, self.aux_loss, self.amax_group, self.amax_blocking,
                               self.ub_sms, self.ub_atomic, self.host_op, self.dispatcher,
                               self.sync_tp_duplicated, self.alibi, self.deepseek_kernels,
-                              not self.sharding.fp8_weight_cache,
+                              not (self.sharding.fp8_weight_cache or self.sharding.fp8_params),
                               grad_bytes=self.sharding.grads_bytes,
                               cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
                               fp8_transpose=self.fp8_transpose)  # fmt: skip

@@ -134,7 +134,8 @@ class Layout:
     # DeepSeek's runtime (FP8 by DeepGEMM, recompute "deepseek"): its MLA + MoE layers' kernels as its
     # profile lists them (deepseek_kernels.py)
     deepseek: bool = False
-    # memory.fp8_weight_cache = false: Transformer Engine casts each FP8 weight in every forward (no copy kept)
+    # memory.fp8_weight_cache = false: Transformer Engine casts each FP8 weight in every forward (no copy kept);
+    # not with model.fp8_params, whose FP8 weight is the GEMM's operand and keeps its transpose all step
     fp8_weight_each_use: bool = False
     grad_bytes: float = 4.0  # model.grads_dtype: the main_grad buffer the wgrad GEMMs accumulate into
     cross_entropy: str = "megatron"  # model.cross_entropy: whose vocabulary cross-entropy (CE_FUSED)

@@ -39,6 +39,24 @@ BF16 = 2  # bytes: DeepSpeed's bf16 communication dtype and bf16 weights
 # MLPerf v5.1 B200 rows set NCCL_MIN_CTAS=16 / NCCL_MAX_CTAS=32 (config_common.sh), which override the per-group
 # YAML (envConfigOverride, init.cc v2.28.3): 16 there too. docs/step.md, "Data-parallel collectives take SMs".
 NCCL_DP_CTAS = 16
+# FP8 parameters (model.fp8_params, Megatron-core's --fp8-param-gather): the distributed optimizer skips the 16-bit
+# copy of an FP8 weight's shard ("FP8 params are quantized in the above quantize_param_shard", distrib_optimizer.py
+# _copy_main_params_to_model_params @ 25.09-alpha.rc1 d339190), so the copy's read 4 / write 2 go, and
+# quantize_param_shard hands every FP8 weight to Transformer Engine's cast_master_weights_to_fp8 (fp8_utils.py, TE >= 2.2;
+# tensor/utils.py @ release_v2.8 40c69e7): per shard, master_weight.to(bf16) (read 4, write 2), with current scaling
+# tex.compute_amax of that bf16 shard (read 2: zero_amax_kernel + amax kernel), then the cast (read 2, write 1, and 1
+# more where TE makes transposes: the weight's quantizer asks for column-wise data, so quantizer.cpp
+# convert_and_update_tensor gives the shard a transpose on GPUs without non-TN FP8 GEMMs and the cast writes it;
+# delayed scaling's cast also records the shard's amax). docs/step.md, "FP8 parameters' optimizer-side cast".
+FP8_SHARD_SKIPPED_COPY = MASTER_COPY_BYTES + 2
+FP8_SHARD_TO_BF16 = 4 + 2
+FP8_SHARD_AMAX = 2
+FP8_SHARD_CAST_READ = 2
+# kernels per FP8 weight with a shard on the rank: delayed, the bf16 copy, 1 / scale (create_tensor_from_data's
+# fp8_scale_inv, a CUDA op) and the cast; current, the bf16 copy, compute_amax's two and the cast
+FP8_SHARD_KERNELS = {"delayed": 3, "current": 4}
+# TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
+MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
 
 def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
@@ -52,6 +70,83 @@ def optimizer_bytes_per_param(model_section, optimizer_bytes: float) -> float:
     if m.params_dtype == "fp16":
         per_param += UNSCALE_BYTES
     return per_param
+
+
+def fp8_shard_bytes(recipe: str, transpose: bool, master_weights: bool = True) -> float:
+    """HBM bytes per FP8-parameter shard element that Transformer Engine's optimizer-side cast streams beyond the
+    16-bit copy it replaces (FP8_SHARD_*): delayed 6 + 2 + 1 (+ 1 transposed) - 6, current 2 more for the amax."""
+    skipped = 2 + (MASTER_COPY_BYTES if master_weights else 0)  # optimizer_bytes_per_param's copy pass
+    cast = FP8_SHARD_TO_BF16 + FP8_SHARD_CAST_READ + (2.0 if transpose else 1.0)
+    return cast + (FP8_SHARD_AMAX if recipe == "current" else 0) - skipped
+
+
+def fp8_cast_fixed_launches(recipe: str, tensors: int) -> int:
+    """Kernels cast_master_weights_to_fp8 launches once per optimizer call over ``tensors`` FP8 weights (every FP8
+    weight in the optimizer's buffers, shard or not), besides the amax all-reduce: delayed, the overflow buffer's
+    zeros, four multi_tensor_scale copies (amaxes and scales packed and unpacked) and torch.reciprocal; current, two
+    zeros (overflow buffer, packed amaxes) and multi_tensor_compute_scale_and_scale_inv (MULTI_TENSOR_MAX a launch)."""
+    if tensors <= 0:
+        return 0
+    if recipe == "current":
+        return 2 + -(-tensors // MULTI_TENSOR_MAX[3])
+    return 1 + 4 * -(-tensors // MULTI_TENSOR_MAX[2]) + 1
+
+
+def fp8_param_tensors(st, where) -> tuple[int, int]:
+    """(dense, routed) FP8 weights one rank holds of a stage copy: one per Transformer Engine linear
+    (kernels.fp8_linears; a GroupedLinear's weight per local expert), an MTP module's layer and its projection."""
+    cfg, lay = st.cfg, st.layout
+    dense = routed = 0
+    for i in list(where.layers) + [cfg.num_layers] * where.mtp:
+        experts = 2 * max(1, cfg.num_experts // lay.expert) if cfg.is_moe_layer(i) else 0
+        dense += kernels.fp8_linears(cfg, i, lay) - experts
+        routed += experts
+    return dense + where.mtp, routed
+
+
+def fp8_amax_all_reduce_ms(st, dense_tensors: int, routed_tensors: int) -> float:
+    """cast_master_weights_to_fp8's amax all-reduce (MAX) of one fp32 per FP8 weight, packed, once per optimizer:
+    Megatron-core's dense optimizer over the data x context ranks (intra_dp_cp_group), its expert optimizer over the
+    expert-data ranks; torch.distributed.all_reduce without async_op, so the compute stream waits (ms, NCCL's latency
+    model: collectives.small_all_reduce)."""
+    sh, per_node = st.sharding, st.rates.gpus_per_node
+    dense = collectives.small_all_reduce(sh.data, max(1, min(sh.data, per_node // sh.tensor))) if dense_tensors else 0.0
+    edp = int(sh.expert_data)
+    routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.expert))) if routed_tensors else 0.0
+    return (dense + routed) * 1e3
+
+
+def fp8_master_cast_ms(scenario, st) -> list[float]:
+    """Per stage copy, what Transformer Engine's optimizer-side cast of a rank's FP8 weight shards adds to its
+    optimizer figure (ms; ``model.fp8_params``): after the Adam step, before the parameter all-gather
+    (Megatron-core's step_with_ready_grads -> _copy_main_params_to_model_params -> quantize_param_shard ->
+    cast_master_weights_to_fp8).  The copy's bytes beyond the 16-bit copy it replaces (fp8_shard_bytes) over the
+    preset's HBM bandwidth, FP8_SHARD_KERNELS launch floors per FP8 weight (every weight taken to have a piece on the
+    rank: an upper bound, exact where each weight spans a bucket), and once per rank, spread over the stage copies it
+    holds, the launches around the amax all-reduce (fp8_cast_fixed_launches) and that all-reduce itself."""
+    sh, rates, m = st.sharding, st.rates, scenario.model
+    held = _stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
+    tensors = [fp8_param_tensors(st, where) for where in st.stages]
+    per_rank: dict[int, list[int]] = {}
+    for ranks, (d, r) in zip(held, tensors):
+        for rank in ranks:
+            total = per_rank.setdefault(rank, [0, 0])
+            total[0], total[1] = total[0] + d, total[1] + r
+    share = _once_per_rank(scenario, len(st.stages))
+    per_element = fp8_shard_bytes(m.fp8_recipe, sh.fp8_transpose, m.master_weights)
+    out = []
+    for s, where in enumerate(st.stages):
+        dense, routed = fp8_param_elements(st, where)
+        if sh.zero >= 1:  # the distributed optimizer's shard (Megatron-core needs it for --fp8-param-gather)
+            dense, routed = dense / sh.data, routed / sh.expert_data
+        launches = sum(tensors[s]) * FP8_SHARD_KERNELS[m.fp8_recipe]
+        ms = ((dense + routed) * per_element / rates.hbm + launches * rates.floor) * 1e3
+        if held[s]:
+            d, r = per_rank[min(held[s])]
+            fixed = fp8_cast_fixed_launches(m.fp8_recipe, d) + fp8_cast_fixed_launches(m.fp8_recipe, r)
+            ms += (fixed * rates.floor * 1e3 + fp8_amax_all_reduce_ms(st, d, r)) * share[s]
+        out.append(ms)
+    return out
 
 
 def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1) -> float:
@@ -172,9 +267,12 @@ def fp8_weight_cast_ms(st, where) -> float:
     cache (``memory.fp8_weight_cache = true``) then keeps for the step's other micro-batches
     (kernels.FP8_WEIGHT_CAST_BYTES gives the source; without the cache every forward pays it there).
     Nothing unless the linears run through Transformer Engine (``model.fp8_gemm = "cublas"``) with
-    the cache; a preset's kernel rates give the HBM bandwidth."""
+    the cache or FP8 parameters (whose transpose lives on the Float8Tensor until the optimizer resets it,
+    whatever the cache: TE release_v2.8 get_weight_workspace returns a QuantizedTensor weight as it is,
+    and update_usage makes the transpose only while ``_transpose_invalid``); a preset's kernel rates give
+    the HBM bandwidth."""
     cfg, sh = st.cfg, st.sharding
-    if not (st.layout.te_fp8 and sh.fp8_weight_cache and st.rates is not None):
+    if not (st.layout.te_fp8 and (sh.fp8_weight_cache or sh.fp8_params) and st.rates is not None):
         return 0.0
     units = [params.linear_weights(cfg, i) for i in where.layers] + [params.mtp_linear_weights(cfg)] * where.mtp
     elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.expert
@@ -350,6 +448,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
         else:  # apex, or Megatron-core's interleaved schedule: chunk 0's buckets all launched at its start
             start = start_gather_ms(st, first, bucket, fp8_param_elements(st, st.stages[0]) if fp8 else (0.0, 0.0))
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
+    master_cast = fp8_master_cast_ms(scenario, st) if key == "optimizer" and fp8 and not deepspeed else None
     # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
     beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
     slow = dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if beside and step.dp_comm_sms else ()
@@ -370,6 +469,8 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             # one fused multi-tensor Adam launch: its floor once (how many launches apex / TE split it
             # into is not published; each adds 2.5 us against milliseconds of streaming)
             ms = (streamed / st.rates.hbm + st.rates.floor) * 1e3
+            # with FP8 parameters, Transformer Engine casts the updated shards to FP8 in place of the 16-bit copy
+            ms += master_cast[s] if master_cast else 0.0
             # then the updated weights all-gathered, unless Megatron hides it under the next forward
             ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute

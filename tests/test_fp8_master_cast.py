@@ -1,0 +1,115 @@
+"""FP8 parameters' optimizer-side cast and their weight casts, worked by hand (docs/step.md, "FP8 parameters'
+optimizer-side cast"; docs/model.md, "FP8 weight copies").
+
+With ``model.fp8_params`` (Megatron-core's --fp8-param-gather) the distributed optimizer skips the 16-bit copy of
+an FP8 weight's shard and Transformer Engine's ``cast_master_weights_to_fp8`` (tensor/utils.py @ release_v2.8)
+writes the FP8 weight instead: per shard a bf16 copy of the fp32 master, with current scaling its amax, the cast;
+then one all-reduce (MAX) of one fp32 amax per FP8 weight over the data-parallel ranks, waited for.  And a Float8Tensor
+weight is the GEMM's operand in every forward: no per-micro-batch cast, its transpose made once a step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.inputs.scenario import load
+from dualpipe_sim.model import derive, step_figures
+from dualpipe_sim.model.step_figures import derived_sync
+
+VALIDATION = Path(__file__).resolve().parent.parent / "scenarios" / "validation"
+B200_HBM = 8e12 * 0.85  # the B200 preset's streaming HBM bandwidth (rates.py)
+H200_HBM = 4.8e12 * 0.85
+FLOOR = 2.5e-6  # every preset's kernel floor
+
+# Llama 3.1 8B (h 4096, 32 heads, 8 KV heads of 128, FFN 14336, 32 layers): each layer's four TE linears
+QKV = 4096 * (4096 + 2 * 8 * 128)  # 25,165,824
+PROJ = 4096 * 4096  # 16,777,216
+FC1 = 2 * 14336 * 4096  # 117,440,512 (SwiGLU's two halves in one weight)
+FC2 = 14336 * 4096  # 58,720,256
+LAYER = QKV + PROJ + FC1 + FC2  # 218,103,808
+
+
+def _load(name, overrides=()):
+    return load(VALIDATION / f"{name}.toml", list(overrides))
+
+
+@pytest.mark.parametrize("recipe,transpose,want", [
+    # the 16-bit copy it replaces reads the fp32 master (4) and writes bf16 (2): 6 bytes less
+    ("delayed", True, (4 + 2) + (2 + 1 + 1) - 6),  # bf16 copy; cast writes data and the shard's transpose
+    ("delayed", False, (4 + 2) + (2 + 1) - 6),  # Blackwell: no transpose
+    ("current", True, (4 + 2) + 2 + (2 + 1 + 1) - 6),  # and compute_amax reads the bf16 copy once more
+    ("current", False, (4 + 2) + 2 + (2 + 1) - 6),
+])  # fmt: skip
+def test_bytes_per_shard_element_by_hand(recipe, transpose, want):
+    assert step_figures.fp8_shard_bytes(recipe, transpose) == want
+
+
+def test_fixed_launches_by_hand():
+    # delayed: zeros for the overflow flag, 4 multi_tensor_scale passes of up to 64 one-element tensors each
+    # (multi_tensor_apply.cuh, depth 2), torch.reciprocal
+    assert step_figures.fp8_cast_fixed_launches("delayed", 64) == 1 + 4 + 1
+    assert step_figures.fp8_cast_fixed_launches("delayed", 65) == 1 + 4 * 2 + 1
+    # current: two zeros (flag, packed amaxes), compute_scale_and_scale_inv in launches of 48 (depth 3)
+    assert step_figures.fp8_cast_fixed_launches("current", 48) == 2 + 1
+    assert step_figures.fp8_cast_fixed_launches("current", 128) == 2 + 3
+    assert step_figures.fp8_cast_fixed_launches("current", 0) == 0
+
+
+def test_llama8b_b200_optimizer_cast_by_hand(monkeypatch):
+    # MLPerf v5.1 Llama 3.1 8B on 64 B200: PP 1, TP 1, DP 32 x CP 2 = 64 optimizer shards, current scaling, no
+    # transposes (Blackwell), ZeRO 1.  One stage copy: 32 layers x 4 FP8 weights = 128 tensors.
+    sc = _load("mlperf51-llama8b-64b200")
+    st = sc.derived().setup
+    assert (st.rates.hbm, st.rates.floor, st.sharding.data, st.sharding.fp8_transpose) == (B200_HBM, FLOOR, 64, False)
+    assert step_figures.fp8_param_tensors(st, st.stages[0]) == (128, 0)
+    # one weight, fc2: its shard 58,720,256 / 64 = 917,504 elements x 5 bytes (fp32 read 4, bf16 written 2, amax
+    # read 2, cast read 2 and FP8 written 1, less the 16-bit copy's 6) = 4,587,520 B: 0.675 us at 6.8 TB/s,
+    # beside its 4 kernel floors (bf16 copy, zero amax, amax, cast): 10 us
+    fc2 = FC2 / 64 * 5
+    assert fc2 == 4_587_520 and fc2 / B200_HBM == pytest.approx(0.6746e-6, rel=1e-3)
+    # the rank's 128 weights: 109,051,904 shard elements x 5 B = 545,259,520 B -> 80.19 us;
+    # 128 x 4 + 5 fixed (2 zeros, 3 scale launches of <= 48) = 517 floors -> 1,292.5 us
+    streamed = 32 * LAYER / 64 * 5
+    assert streamed == 545_259_520
+    # the amax all-reduce: 128 fp32 over 64 ranks, 8 a node (TP 1) on 8 nodes: NCCL's LL tree
+    # 6.8 + 2 x ((8 - 1) x 0.6 + log2(8) x 5.0) = 45.2 us below its ring 6.6 + (126 - 16) x 1.0 + 16 x 2.7 = 159.8 us
+    all_reduce = 45.2e-6
+    want = streamed / B200_HBM + 517 * FLOOR + all_reduce
+    assert want == pytest.approx(1.417885e-3, rel=1e-6)
+    assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
+    # and it is what the step's optimizer figure gains
+    with_cast = derived_sync(sc, "optimizer")
+    monkeypatch.setattr(step_figures, "fp8_master_cast_ms", lambda scenario, st: [0.0] * len(st.stages))
+    assert with_cast[0] - derived_sync(sc, "optimizer")[0] == pytest.approx(want * 1e3)
+
+
+def test_delayed_scaling_on_hopper_writes_the_shard_transpose():
+    # the same 8B row on H200 with delayed scaling: 4 B a shard element (a transpose written), 3 kernels a weight
+    # (bf16 copy, 1 / scale, the cast with its amax), 1 + 4 x 2 + 1 fixed (128 weights: two multi_tensor_scale
+    # launches per pass); the all-reduce: the H200 row's DP 32 x CP 2 over 8-GPU nodes as above, 45.2 us
+    sc = _load("mlperf51-llama8b-64h200", ["model.fp8_recipe=delayed"])
+    st = sc.derived().setup
+    assert (st.rates.hbm, st.sharding.data, st.sharding.fp8_transpose) == (H200_HBM, 64, True)
+    want = 32 * LAYER / 64 * 4 / H200_HBM + (128 * 3 + 10) * FLOOR + 45.2e-6
+    assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
+
+
+def test_uncached_fp8_params_are_the_gemm_operand_by_hand():
+    # memory.fp8_weight_cache = false with FP8 parameters: TE's get_weight_workspace hands the Float8Tensor to the
+    # GEMM as it is, so no layer lists a per-forward weight cast; its transpose (read 1, write 1 on Hopper) is made
+    # once after each optimizer step, as with the cache: 32 layers x 218,103,808 elements x 2 B at 4.08 TB/s
+    over = ["memory.fp8_weight_cache=false"]
+    sc = _load("mlperf51-llama8b-64h200", over)
+    st = sc.derived().setup
+    assert not any("uncached" in k.name for k in derive.layer_kernels(st, 0))
+    want = 32 * LAYER * 2 / H200_HBM
+    assert step_figures.fp8_weight_cast_ms(st, st.stages[0]) == pytest.approx(want * 1e3)
+    assert want == pytest.approx(3.4212e-3, rel=1e-4)
+    # 16-bit weights uncached: the cast + transpose in every forward (2 + 1 + 1 B), none at the step
+    st = _load("mlperf51-llama8b-64h200", [*over, "model.fp8_params=false"]).derived().setup
+    rows = {k.name: k for k in derive.layer_kernels(st, 0)}
+    assert rows["attention weights fp8 cast (uncached)"].bytes == (QKV + PROJ) * 4
+    assert rows["mlp weights fp8 cast (uncached)"].bytes == (FC1 + FC2) * 4
+    assert step_figures.fp8_weight_cast_ms(st, st.stages[0]) == 0.0
