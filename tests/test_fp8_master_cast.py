@@ -96,6 +96,28 @@ def test_delayed_scaling_on_hopper_writes_the_shard_transpose():
     assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
 
 
+def test_moe_expert_optimizer_casts_and_reduces_apart_by_hand():
+    # Mixtral 8x22B (h 6144, 48 heads, 8 KV heads of 128, 8 experts of FFN 16384, one layer a stage, 7 stages a rank)
+    # made FP8 with FP8 parameters at TP 2, DP 8, EP 4 (expert-data 8 x 2 / 4 = 4), H100, delayed scaling.
+    # Megatron-core runs a dense and an expert distributed optimizer, each its own cast_master_weights_to_fp8.
+    sc = load(VALIDATION / "mz-mixtral-8x22b.toml", ["model.fp8=true", "model.fp8_params=true", "parallel.expert=4"])
+    st = sc.derived().setup
+    assert (st.sharding.data, st.sharding.expert_data, st.rates.hbm) == (8, 4, 2.8475e12)
+    # a stage copy: QKV and out_proj (dense), fc1 and fc2 of each of its 2 local experts (routed)
+    assert step_figures.fp8_param_tensors(st, st.stages[5]) == (2, 4)
+    # shards: attention 6144 x (6144 + 2 x 1024) + 6144 x 6144 = 88,080,384 / TP 2 / DP 8 = 5,505,024;
+    # experts 8 x 3 x 6144 x 16384 = 2,415,919,104 / EP 4 / expert-data 4 = 150,994,944; 4 B each (Hopper, delayed)
+    streamed = (88_080_384 / 2 / 8 + 2_415_919_104 / 4 / 4) * 4
+    assert streamed == 625_999_872
+    # per rank, once (7 stage copies share it): 14 dense and 28 routed weights, 1 + 4 + 1 fixed launches each;
+    # the dense amax all-reduce over 8 ranks, 4 a node (TP 2) on 2 nodes: tree 6.8 + 2 x (3 x 0.6 + 5.0) = 20.4 us
+    # (ring 6.6 + 10 x 1.0 + 4 x 2.7 = 27.4); the experts' over 4, 2 a node (EP 4): tree 6.8 + 2 x (0.6 + 5.0) = 18.0 us
+    # (ring 6.6 + 2 x 1.0 + 4 x 2.7 = 19.4)
+    per_rank = 12 * FLOOR + (20.4 + 18.0) * 1e-6
+    want = streamed / 2.8475e12 + (2 + 4) * 3 * FLOOR + per_rank / 7
+    assert step_figures.fp8_master_cast_ms(sc, st)[5] == pytest.approx(want * 1e3)
+
+
 def test_uncached_fp8_params_are_the_gemm_operand_by_hand():
     # memory.fp8_weight_cache = false with FP8 parameters: TE's get_weight_workspace hands the Float8Tensor to the
     # GEMM as it is, so no layer lists a per-forward weight cast; its transpose (read 1, write 1 on Hopper) is made
