@@ -127,12 +127,11 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
     sh, rates, m = st.sharding, st.rates, scenario.model
     held = _stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
     tensors = [fp8_param_tensors(st, where) for where in st.stages]
-    per_rank: dict[int, list[int]] = {}
+    per_rank: dict[int, list[int]] = {}  # rank: [dense weights, routed weights, stage copies held]
     for ranks, (d, r) in zip(held, tensors):
         for rank in ranks:
-            total = per_rank.setdefault(rank, [0, 0])
-            total[0], total[1] = total[0] + d, total[1] + r
-    share = _once_per_rank(scenario, len(st.stages))
+            total = per_rank.setdefault(rank, [0, 0, 0])
+            total[0], total[1], total[2] = total[0] + d, total[1] + r, total[2] + 1
     per_element = fp8_shard_bytes(m.fp8_recipe, sh.fp8_transpose, m.master_weights)
     out = []
     for s, where in enumerate(st.stages):
@@ -141,10 +140,10 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
             dense, routed = dense / sh.data, routed / sh.expert_data
         launches = sum(tensors[s]) * FP8_SHARD_KERNELS[m.fp8_recipe]
         ms = ((dense + routed) * per_element / rates.hbm + launches * rates.floor) * 1e3
-        if held[s]:
-            d, r = per_rank[min(held[s])]
+        if held[s]:  # the rank's once-per-step part, spread evenly over the copies it holds (as _once_per_rank)
+            d, r, copies = per_rank[min(held[s])]
             fixed = fp8_cast_fixed_launches(m.fp8_recipe, d) + fp8_cast_fixed_launches(m.fp8_recipe, r)
-            ms += (fixed * rates.floor * 1e3 + fp8_amax_all_reduce_ms(st, d, r)) * share[s]
+            ms += (fixed * rates.floor * 1e3 + fp8_amax_all_reduce_ms(st, d, r)) / copies
         out.append(ms)
     return out
 
