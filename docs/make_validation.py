@@ -167,8 +167,8 @@ EVAL_UNTIMED = ("mlperf40-gpt3-512", "mlperf40-gpt3-10752", "mlperf40-gpt3-11616
 
 
 def eval_model_ms(sc) -> tuple[float, float]:
-    """The model's forward-only pipeline per micro-batch per rank in a validation step after an evaluation's first, in ms:
-    the slowest rank's chunk forwards summed, and the P2P the schedule's ring leaves exposed. Megatron's forward-only
+    """The model's forward-only pipeline per micro-batch per rank in a validation step after an evaluation's first, in
+    ms: the slowest rank's chunk forwards summed, and the P2P the schedule's ring leaves exposed. Megatron's forward-only
     interleaved schedule runs each chunk for PP micro-batches in a row, so rank 0 wants a group's first micro-batch back
     for its next chunk PP chunk forwards after it left, and the ring it travels holds PP chunk forwards and PP sends:
     each of the chunks - 1 returns waits PP sends, shared by the group's PP micro-batches, (chunks - 1) x P2P a
@@ -211,8 +211,8 @@ def eval_forward(data: list[dict]) -> str:
         errs.append(err)
         missed = r["step_s"] * 1e3 * r["error"]
         share = m * (measured - rank - ring) / missed
-        lines.append(f"| {r['name']} | {r['gpu']} | {m} | {steps:,} | {measured:.1f} | {window} | {rank:.1f} + {ring:.1f} "
-                     f"| {err:+.1%} | {r['error']:+.1%} | {share:.0%} |")
+        lines.append(f"| {r['name']} | {r['gpu']} | {m} | {steps:,} | {measured:.1f} | {window} "
+                     f"| {rank:.1f} + {ring:.1f} | {err:+.1%} | {r['error']:+.1%} | {share:.0%} |")
     lines.append("")
     lines.append(f"Mean forward error {sum(errs) / len(errs):+.1%} over {len(errs)} runs (worst {min(errs):+.1%}, "
                  f"best {max(errs):+.1%}); not timed: {', '.join(EVAL_UNTIMED)}.")

@@ -140,8 +140,9 @@ def test_forward_only_pipeline_worked_by_hand():
     micro-batches 0 and 1 (0-1, 1-2), rank 1 stage 1 (1.5-2.5, 2.5-3.5), rank 0 stage 2 (3-4, 4-5), rank 1 stage 3
     (4.5-5.5, 5.5-6.5): the first step ends at 6.5. The second starts on rank 0 at 5 while rank 1 finishes the first:
     stage 0 5-7, stage 1 6.5-8.5, stage 2 8-10, stage 3 9.5-11.5: 5 ms a step, 2.5 a micro-batch, no fill. With sends
-    of no time: the first step ends at 5, then 4 ms a step, 2 a micro-batch (the rank's sum). The one P2P a micro-batch is the ring's: rank 0 wants
-    micro-batch 0 back for stage 2 two forwards after it left, and it comes back after two forwards and two sends."""
+    of no time: the first step ends at 5, then 4 ms a step, 2 a micro-batch (the rank's sum). The one P2P a
+    micro-batch is the ring's: rank 0 wants micro-batch 0 back for stage 2 two forwards after it left, and it comes
+    back after two forwards and two sends."""
     assert forward_only_timeline([1.0] * 4, 2, 2, 2, 0.5, 3) == pytest.approx([6.5, 11.5, 16.5])
     assert forward_only_timeline([1.0] * 4, 2, 2, 2, 0.0, 3) == pytest.approx([5.0, 9.0, 13.0])
     assert SCRIPT["eval_pipeline_ms"]([1.0] * 4, 2, 2, 0.5) == (2.0, 0.5)
@@ -161,7 +162,8 @@ def test_model_forward_is_the_schedules_steady_step(name):
     assert ends[0] / m > (rank + ring) * 1.01  # the first step's fill: 2-7% at M = 8 and 24
 
 
-# GPT-3 v3.1 (NeMo 23.09): TimingCallback's window ends before the step does; the MLLOG events a loop apart time all of it
+# GPT-3 v3.1 (NeMo 23.09): TimingCallback's window ends before the step does; the MLLOG events, a loop apart,
+# time all of it
 GPT3_CASES = [("gpt3-v31-512-result_0-eval1-3.txt", "mlperf31-gpt3-512"),
               ("gpt3-v31-10240-result_0-eval1-5.txt", "mlperf31-gpt3-10240")]  # fmt: skip
 
@@ -185,7 +187,8 @@ def test_gpt3_logged_window_leaves_out_a_constant_end_of_step():
     """The code (NeMo bd0b818 TimingCallback, sync_cuda False; PTL 1.9.4 evaluation loop) times a step on the host from
     `on_validation_batch_start` to `on_validation_batch_end`; rank 0's GPU still runs the step then, and the stream sync
     comes after the timer stops. In the logs: every later step's loop is its window plus 56-59 ms, at M = 128 and at
-    M = 8 alike, so the window per micro-batch falls with M (32.4 -> 26.1 ms) while the loop's does not (32.8 -> 33.3)."""
+    M = 8 alike, so the window per micro-batch falls with M (32.4 -> 26.1 ms) while the loop's does not
+    (32.8 -> 33.3)."""
     got = {}
     for file, name in GPT3_CASES:
         events = mllog(DATA / file)
