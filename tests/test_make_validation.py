@@ -386,22 +386,26 @@ def test_readme_quotes_the_validation_tables_own_figures():
 
 
 def test_eval_forward_table_by_hand(monkeypatch):
-    """The forward-only table's columns by hand for two rows: measured = the logs' validation step / M (EVAL_STEP_S),
-    the model's slowest rank + fill (eval_model_ms), and the forward's share of the step the model misses, M x
-    (measured - model) / (model step x whole-step error), here with a made-up step of 1 s and error +25%."""
+    """The forward-only table's columns by hand for three rows: measured = the logs' validation step / M (EVAL_STEP_S;
+    for a GPT-3 row its loop, with its logged window beside it, EVAL_WINDOW_S), the model's slowest rank + ring P2P
+    (eval_model_ms), and the forward's share of the step the model misses, M x (measured - model) / (model step x
+    whole-step error), here with a made-up step of 1 s and error +25%."""
     data = [{"name": n, "scenario": f"{n}.toml", "gpu": "X", "step_s": 1.0, "error": 0.25}
-            for n in ("mlperf51-llama8b-64b200", "mlperf50-llama405b-512", "n21-1.7b")]  # fmt: skip
+            for n in ("mlperf51-llama8b-64b200", "mlperf50-llama405b-512", "mlperf31-gpt3-10240", "n21-1.7b")]  # fmt: skip
     lines = SCRIPT["eval_forward"](data).splitlines()
     by_name = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("| ml")}
-    assert set(by_name) == {"mlperf51-llama8b-64b200", "mlperf50-llama405b-512"}  # rows the logs time, nothing else
-    for name, m, step_s in (("mlperf51-llama8b-64b200", 1, 0.047518), ("mlperf50-llama405b-512", 288, 19.32579)):
-        measured = step_s * 1e3 / m  # 47.5 ms and 67.1 ms
-        rank, fill = SCRIPT["eval_model_ms"](load({"scenario": f"{name}.toml"}))
+    assert set(by_name) == {"mlperf51-llama8b-64b200", "mlperf50-llama405b-512", "mlperf31-gpt3-10240"}  # timed rows only
+    for name, m, step_s, window in (("mlperf51-llama8b-64b200", 1, 0.047518, "the loop"),
+                                    ("mlperf50-llama405b-512", 288, 19.32579, "the loop"),
+                                    ("mlperf31-gpt3-10240", 8, 0.2650, f"{207.50 / 8:.1f}")):  # fmt: skip
+        measured = step_s * 1e3 / m  # 47.5, 67.1 and 33.1 ms
+        rank, ring = SCRIPT["eval_model_ms"](load({"scenario": f"{name}.toml"}))
         cells = by_name[name]
-        assert cells[2] == str(m) and cells[4] == f"{measured:.1f}" and cells[5] == f"{rank:.1f} + {fill:.1f}"
-        assert cells[6] == f"{(rank + fill) / measured - 1:+.1%}" and cells[7] == "+25.0%"
-        assert cells[8] == f"{m * (measured - rank - fill) / 250.0:.0%}"
-    assert lines[-1].startswith("Mean forward error ") and "over 2 runs" in lines[-1]
+        assert cells[2] == str(m) and cells[4] == f"{measured:.1f}" and cells[5] == window
+        assert cells[6] == f"{rank:.1f} + {ring:.1f}"
+        assert cells[7] == f"{(rank + ring) / measured - 1:+.1%}" and cells[8] == "+25.0%"
+        assert cells[9] == f"{m * (measured - rank - ring) / 250.0:.0%}"
+    assert lines[-1].startswith("Mean forward error ") and "over 3 runs" in lines[-1]
     assert lines[-1].endswith("not timed: mlperf40-gpt3-512, mlperf40-gpt3-10752, mlperf40-gpt3-11616.")
 
 
