@@ -92,6 +92,7 @@ def test_reduce_scatter_and_adam_by_hand(tmp_path):
     gather = items["parameter all-gather (exposed)"]
     assert gather["bytes"][0] == STAGE0 * 2
     assert gather["ms"][0] == pytest.approx((r.latency + STAGE0 * 2 / 2 / r.nvlink_bus) * 1e3, rel=1e-12)
+    assert gather["bound"] == "latency"  # 25.5 us of 25.5 + 1,567,744 / 321 GB/s = 30.4 us
 
 
 def test_json_key_has_the_same_numbers(tmp_path, capsys):

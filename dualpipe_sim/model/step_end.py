@@ -177,8 +177,11 @@ def _optimizer(scenario, derived) -> list[Item]:
     whole = tuple(sf.param_gather_ms(st, f, e) for f, e in zip(derived.stages, fp8_elements))
     routed = any(f.routed_params for f in derived.stages)
     if sh.zero in (1, 2) and not overlapped:
+        latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if f.routed_params else 0.0, op="all_gather")
+                        for f in derived.stages)  # a 1-byte message: what the gather takes besides its bytes
         out.append(Item("parameter all-gather (exposed)", "optimizer", gather_bytes, whole, _groups(sh, routed),
-                        _link(st), "bandwidth", "after the optimizer, nothing beside it (overlap_param_gather off)"))
+                        _link(st), _bound(whole, latency),
+                        "after the optimizer, nothing beside it (overlap_param_gather off)"))
     start, share = 0.0, None
     if overlapped:
         first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
