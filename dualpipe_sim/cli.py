@@ -126,8 +126,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "(then seq_length 4096, micro_batch_size 1, recompute none, 1 stage)")
     mdl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set model.seq_length=8192 or memory.recompute=full")
-    mdl.add_argument("--json", action="store_true", help="print the figures as JSON")
-    mdl.add_argument("--explain", action="store_true", help="also say how each derived number is obtained")
+    mdl.add_argument("--json", action="store_true", help="print the figures as JSON (with step_end: the step's end "
+                                                          "item by item, null without [step])")
+    mdl.add_argument("--explain", action="store_true", help="also say how each derived number is obtained, "
+                                                             "and the step's end item by item")
     pln = sub.add_parser("plan", help="the best layout and schedule for a model on N GPUs: table, plan.csv, "
                                       "plan.md, plan.png, top-K scenario TOMLs")
     pln.add_argument("source", help="HF config.json, or a scenario TOML with a [model] section")
@@ -721,9 +723,9 @@ def _cmd_model(args) -> int:
         raise UsageError(f"{args.source}: no [model] section to describe")
     derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)
     if args.json:
-        print(json.dumps(report.summary(derived), indent=2, allow_nan=False))
+        print(json.dumps(report.summary(derived, scenario), indent=2, allow_nan=False))
     else:
-        print(report.text(derived, explain=args.explain, typed=report.hand_typed(scenario)))
+        print(report.text(derived, explain=args.explain, typed=report.hand_typed(scenario), scenario=scenario))
     return 0
 
 

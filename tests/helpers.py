@@ -43,6 +43,13 @@ seq_length = 128
 """
 
 
+def tiny_llama_toml(tmp_path, tail: str = ""):
+    """tiny.toml: TINY_LLAMA_MODEL on 2 stages of 1F1B with 4 micro-batches, then ``tail`` (more tables)."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(f'[pipeline]\nschedule = "1f1b"\nstages = 2\nmicrobatches = 4\n{TINY_LLAMA_MODEL}{tail}')
+    return path
+
+
 def kernel_table(path) -> list[dict]:
     """A measured table under tests/data/kernels/: CSV rows after the '#' lines that name its source."""
     with open(path) as fh:

@@ -120,6 +120,26 @@ def test_fp8_parameters_are_the_fp8_copy(tmp_path):
     assert z3.parameters == (2 * (EMB + 2 * LAYER) - 2 * LINEAR) / 2
     assert z3.fp8_weights == 0 and z3.sharding_buffers == 2 * 6 * LAYER
 
+
+def test_fp8_parameters_keep_every_transpose_without_the_cache(tmp_path):
+    """FP8 parameters with memory.fp8_weight_cache = false: Transformer Engine (release_v2.8) hands a Float8Tensor
+    weight back from get_weight_workspace before its cache, after update_usage(columnwise_usage=True) stored the
+    transpose on the parameter, where it stays all step: stage 0 holds both layers' transposes, 1 byte x 2 x 655,360
+    = 1,310,720 bytes, as with the cache (16-bit weights cast per use hold one layer's copy + transpose, 2 x 655,360,
+    the same number by coincidence of 2 layers and 2 bytes: the 3-layer stage below tells them apart).  Without
+    transposes (model.fp8_transpose = "none", Blackwell) nothing."""
+    fp8 = "fp8 = true\nfp8_params = true"
+    m0, m1 = memories(tiny(tmp_path, fp8), ["memory.fp8_weight_cache=false"])
+    assert (m0.fp8_weights, m1.fp8_weights) == (1 * 2 * LINEAR, 1 * 2 * LINEAR)
+    # layers 3 + 1: stage 0's three layers' transposes, 3 x 655,360 = 1,966,080 (one layer's would be 655,360);
+    # 16-bit weights cast per use: the largest layer's copy and transpose, 2 x 655,360 = 1,310,720
+    m0, _ = memories(tiny(tmp_path, fp8), ["memory.fp8_weight_cache=false", "parallel.layout=[3, 1]"])
+    assert m0.fp8_weights == 3 * LINEAR == 1_966_080
+    m0, _ = memories(tiny(tmp_path, "fp8 = true"), ["memory.fp8_weight_cache=false", "parallel.layout=[3, 1]"])
+    assert m0.fp8_weights == 2 * LINEAR == 1_310_720
+    m0, _ = memories(tiny(tmp_path, fp8), ["memory.fp8_weight_cache=false", "model.fp8_transpose=none"])
+    assert m0.fp8_weights == 0
+
 def test_runtime_allowance_and_its_override(tmp_path):
     assert memory.runtime_allowance([1, 1]) == 0.5e9 + 32 * MIB
     assert memory.runtime_allowance([8, 16, 2], hopper=False) == 0.5e9 + (688 + 688 + 544) * MIB + 4 * MIB

@@ -13,7 +13,7 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.model import activations, config, derive, flops, layout, memory, params
 from dualpipe_sim.model.config import ModelError
 
-from helpers import DEEPSEEK_PROFILE_MS, TINY_LLAMA_MODEL
+from helpers import DEEPSEEK_PROFILE_MS, tiny_llama_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "scenarios" / "models"
@@ -213,18 +213,7 @@ def test_h800_components_within_25_percent_of_the_profile():
 # -- memory per rank in run, compare, sweep ---------------------------------------------------
 def tiny_toml(tmp_path, hbm: float) -> Path:
     """A 4-layer Llama-style model on 2 stages; every derived time and byte is small."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""
-[pipeline]
-schedule = "1f1b"
-stages = 2
-microbatches = 4
-{TINY_LLAMA_MODEL}[hardware]
-bf16_tflops = 1.0
-p2p_bandwidth = 1.0
-hbm = {hbm}
-""")
-    return path
+    return tiny_llama_toml(tmp_path, f"[hardware]\nbf16_tflops = 1.0\np2p_bandwidth = 1.0\nhbm = {hbm}\n")
 
 
 def test_run_prints_memory_and_warns_over_hbm(tmp_path, capsys):

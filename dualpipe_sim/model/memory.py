@@ -17,8 +17,8 @@ need unsharded per-layer buffers while a layer's gradients are reduce-scattered
 :func:`sharding_buffers`.  FP8 linears keep an FP8 copy of their weights and
 its transpose (Transformer Engine's weight cache across micro-batches); with FP8 parameters
 (``model.fp8_params``) the weight itself is the FP8 copy (1 byte, no 16-bit parameter), so only
-the transpose is kept beside it; no transpose where Transformer Engine makes none (Blackwell,
-``model.fp8_transpose``).
+the transpose is kept beside it, every linear's all step (cache or not); no transpose where
+Transformer Engine makes none (Blackwell, ``model.fp8_transpose``).
 :func:`runtime_allowance` is what the process holds besides tensors: CUDA
 context, NCCL buffers per process group, the cuBLAS/TE workspace.
 docs/model.md, "Memory per rank", gives the figures and their sources.
@@ -73,7 +73,11 @@ def fp8_copy_bytes(sh: Sharding) -> float:
     """Bytes per FP8-linear weight element kept beside the parameter: the FP8 copy (none with FP8
     parameters: the parameter is the copy, Transformer Engine's Float8Tensor weights under
     Megatron-core's ``--fp8-param-gather``) and its transpose (none where ``sh.fp8_transpose`` is off:
-    TE 2.x on Blackwell, quantizer.cpp ``with_transpose = columnwise_usage && !nvte_is_non_tn_fp8_gemm_supported()``)."""
+    TE 2.x on Blackwell, quantizer.cpp ``with_transpose = columnwise_usage && !nvte_is_non_tn_fp8_gemm_supported()``).
+    An FP8 parameter's transpose is held all step with or without ``sh.fp8_weight_cache``: TE release_v2.8's
+    ``get_weight_workspace`` hands a quantized weight back before its cache (module/base.py 1369-1376) after
+    ``update_usage(columnwise_usage=True)``, which stores the transpose on the parameter (float8_tensor_base.py
+    191-229, ``_create_transpose`` 183-189) and keeps it while later calls leave columnwise usage unset."""
     return FP8_WEIGHT_BYTES - (1.0 if sh.fp8_params else 0.0) - (0.0 if sh.fp8_transpose else 1.0)
 UNITS_IN_FLIGHT = 2  # FSDP: the layer computing and the one prefetched (or being reduce-scattered)
 
@@ -99,8 +103,10 @@ def stage_static(dense: int, routed: int, sh: Sharding, fp8_dense: int = 0, fp8_
     fp8 = 0.0
     copy = fp8_copy_bytes(sh)
     if sh.fp8 and (sh.zero < 3 or sh.data == 1):  # under ZeRO 3 only gathered layers have copies (sharding_buffers)
-        # cached: every linear's copy all step; cast per use: the layer computing's copy
-        fp8 = copy * (_per_rank(fp8_dense, fp8_routed, sh) if sh.fp8_weight_cache else fp8_unit)
+        # cached: every linear's copy all step; cast per use: the layer computing's copy.  FP8 parameters keep
+        # their transpose on the Float8Tensor itself whatever the cache (fp8_copy_bytes): every linear's, all step
+        every = sh.fp8_weight_cache or sh.fp8_params
+        fp8 = copy * (_per_rank(fp8_dense, fp8_routed, sh) if every else fp8_unit)
     parameters = kept(sh.params_bytes, sh.zero >= 3)
     if sh.fp8 and sh.fp8_params:  # those weights are 1-byte parameters, sharded as the others
         fp8_held = _shard(fp8_dense, fp8_routed, sh) if sh.zero >= 3 else _per_rank(fp8_dense, fp8_routed, sh)

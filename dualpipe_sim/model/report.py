@@ -2,15 +2,15 @@
 
 :func:`summary` is the JSON document (keys ``parameters_total``,
 ``parameters_activated``, ``flops_per_token``, ``activation_bytes_per_layer``,
-``stages`` and more); :func:`text` prints it for people, and with ``explain``
-also how every derived number is obtained.
+``stages`` and more; ``step_end`` with the scenario: model/step_end.py); :func:`text` prints it for
+people, and with ``explain`` also how every derived number is obtained, the step's end item by item.
 """
 
 from __future__ import annotations
 
 from .. import units
 from ..schedules.components import Component
-from . import activations, derive, flops, kernels, params
+from . import activations, derive, flops, kernels, params, step_end
 from .derive import Derived
 
 COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
@@ -24,7 +24,9 @@ CROSS_ENTROPY_NOTES = {
     "te": "Transformer Engine's Triton kernel on the 16-bit logits",
 }
 
-def summary(d: Derived) -> dict:
+def summary(d: Derived, scenario=None) -> dict:
+    """The verb's JSON; with the ``scenario`` the figures derive from, ``step_end``: what `run` adds once per step
+    (step_end.summary; null without a [step] table)."""
     st = d.setup
     cfg = st.cfg
     t = params.totals(cfg)
@@ -76,6 +78,8 @@ def summary(d: Derived) -> dict:
             out["kernels"] = {name: [_kernel_row(k) for k in rows] for name, rows in kernel_tables(d).items()}
         if d.moe_layer is not None:
             out["chunk"] = {"layers": d.chunk_layers, **{k: getattr(d.moe_layer, k) for k in COMPONENT_ORDER}}
+    if scenario is not None:
+        out["step_end"] = step_end.summary(scenario, d)
     return out
 
 
@@ -143,7 +147,7 @@ def hand_typed(scenario) -> list[str]:
     return out
 
 
-def text(d: Derived, explain: bool = False, typed: list[str] = ()) -> str:
+def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None) -> str:
     s = summary(d)
     st = d.setup
     cfg = st.cfg
@@ -190,7 +194,56 @@ def text(d: Derived, explain: bool = False, typed: list[str] = ()) -> str:
         lines.append(f"note: `run` uses the scenario's hand-typed {', '.join(typed)} instead of the derived figures")
     if explain:
         lines += ["", *explain_lines(d)]
+        if scenario is not None:
+            lines += step_end_lines(step_end.summary(scenario, d))
     return "\n".join(lines)
+
+
+def _by_stage(what: str, values: list[float], fmt) -> str:
+    """``what`` per stage as runs of equal values: "ms by stage 0: 1.2, 1-6: 0.98, 7: 1.5" ("ms 1.2, every stage")."""
+    shown = [fmt(v) for v in values]
+    if len(set(shown)) == 1:
+        return f"{what} {shown[0]}" + (", every stage" if len(shown) > 1 else "")
+    out, start = [], 0
+    for i in range(1, len(shown) + 1):
+        if i == len(shown) or shown[i] != shown[start]:
+            out.append(f"{_ranges(list(range(start, i)))}: {shown[start]}")
+            start = i
+    return f"{what} by stage " + ", ".join(out)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _size(n: float) -> str:
+    return "0" if n == 0 else f"{n / 1e9:.4g} GB" if n >= 1e9 else f"{n / 1e6:.4g} MB"
+
+
+def step_end_lines(end: dict | None) -> list[str]:
+    """The step's end for people: each part of `run`'s [step] figures, per stage copy, then the figures."""
+    if end is None:
+        return ["", "  the step's end: no [step] table, so `run` adds nothing after the pipeline "
+                '(step.grad_sync = "derived" costs it from the model)']
+    if "error" in end:  # `run` refuses this [step] table; the model is still described
+        return ["", f"  the step's end: not costed, `run` would refuse the scenario: {end['error']}"]
+    sync = f"overlapped, launch {end['grad_sync_launch']}" if end["overlap_grad_sync"] else "after the pipeline"
+    gather = "overlapped with the next forward" if end["overlap_param_gather"] else "not overlapped"
+    settings = f"grad sync {sync}, parameter gather {gather}, step.dp_comm_sms {end['dp_comm_sms']}"
+    lines = ["", f"  the step's end, once per step, per stage copy (docs/step.md; {settings}):"]
+    for it in end["items"]:
+        lines.append(f"    {it['name']} [{it['figure']}]: {it['group']}; {it['link']}; bound by {it['bound']}")
+        size = f"{_by_stage('size', it['bytes'], _size)}; " if any(it["bytes"]) else ""
+        lines.append(f"      {size}{_by_stage('ms', it['ms'], _ms)}")
+        lines.append(f"      {it['rule']}")
+    derived = set(end["derived"])
+    for key, values in end["figures_ms"].items():
+        how = "derived: the sum of its parts above" if key in derived else "as the scenario gives it"
+        lines.append(f"    run's step.{key} ({how}): {_by_stage('ms', values, _ms)}")
+    if end["dp_comm_slowdown"]:
+        lines.append(f"    compute beside a data-parallel collective runs slower ({end['dp_comm_sms']} SMs taken, "
+                     f"step.dp_comm_sms): {_by_stage('x', end['dp_comm_slowdown'], lambda v: f'{v:.4g}')}")
+    return lines
 
 
 def _p2p_split(st) -> str:

@@ -1,0 +1,239 @@
+"""The step's end item by item, for ``dualpipe-sim model --explain`` and ``--json``: what a step costs once.
+
+`run` takes three per-stage figures from [step] (``Scenario.step_costs``: grad_sync, cross_copy_sync, optimizer)
+and a compute slowdown per stage (step.dp_comm_sms).  Each derived figure is a sum of parts that
+model/step_figures.py times (the data-parallel reduction, the tied embedding's all-reduce, the Adam step, the FP8
+parameters' cast, the parameter all-gather or the wait for it at the next step's start, the FP8 weight refresh, the
+gather's slowdown of the forward it runs beside).  :func:`items` lists those parts, each timed by the function
+derived_sync calls for it, with its bytes, group, link and what bounds it; :func:`summary` adds the figures `run`
+uses, which the parts sum to (tests/test_step_end_report.py holds them equal).  Nothing here is timed anew.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import ScenarioError
+from . import collectives, ddp_buckets
+from . import step_figures as sf
+
+FIGURES = ("grad_sync", "cross_copy_sync", "optimizer")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One part of the step's end: per stage copy its bytes and time (ms), in ``figure`` (one of FIGURES)."""
+
+    name: str
+    figure: str
+    bytes: tuple[float, ...]
+    ms: tuple[float, ...]
+    group: str  # which ranks take part
+    link: str  # nvlink, nic, hbm or - (none)
+    bound: str  # bandwidth, latency, memory, launches, ...
+    rule: str  # when it runs and what it overlaps
+
+
+def _link(st) -> str:
+    """The data-parallel group's link for the dense part, as step_figures._sync_ms picks it."""
+    if st.rates is None:
+        return "nic"
+    return "nvlink" if st.sharding.tensor * st.sharding.data <= st.rates.gpus_per_node else "nic"
+
+
+def _bound(total: tuple[float, ...], latency: tuple[float, ...]) -> str:
+    """latency where the collective's time at a 1-byte message is over half its time, else bandwidth."""
+    worst = max(range(len(total)), key=lambda s: total[s])
+    return "latency" if total[worst] > 0 and latency[worst] > total[worst] / 2 else "bandwidth"
+
+
+def _buckets(buckets) -> str:
+    """NCCL collectives per stage copy, as runs of stages."""
+    if len(set(buckets)) == 1:
+        return f"{buckets[0]} bucket(s) a stage"
+    runs = [(s, b) for s, b in enumerate(buckets) if s == 0 or buckets[s - 1] != b]
+    ends = [s - 1 for s, _ in runs[1:]] + [len(buckets) - 1]
+    return "buckets by stage " + ", ".join(f"{a}{'' if a == e else f'-{e}'}: {b}" for (a, b), e in zip(runs, ends))
+
+
+def _groups(sh, routed: bool) -> str:
+    dense = f"data x context {sh.data}"
+    return dense + (f" (dense), expert-data {sh.expert_data:g} (experts, NIC)" if routed else "")
+
+
+def _settings(scenario) -> dict:
+    """[step]'s three figures as set: a time, a per-stage list, or "derived" (the optimizer's default resolved)."""
+    step = scenario.step
+    return {"grad_sync": step.grad_sync, "cross_copy_sync": step.cross_copy_sync,
+            "optimizer": scenario.optimizer_setting()}  # fmt: skip
+
+
+def items(scenario, derived) -> list[Item]:
+    """The parts of the derived [step] figures, in the order the step runs them (empty without a [step] or
+    [hardware], or where no figure is "derived")."""
+    step = scenario.step
+    if step is None or scenario.hardware is None:
+        return []
+    settings = _settings(scenario)
+    out = []
+    if settings["grad_sync"] == "derived":
+        out += _grad_sync(scenario, derived)
+    if settings["cross_copy_sync"] == "derived":
+        out += _cross_copy(derived)
+    if settings["optimizer"] == "derived":
+        out += _optimizer(scenario, derived)
+    return out
+
+
+def _grads(derived) -> list[tuple[float, float]]:
+    """Per stage copy, (dense, routed) gradient bytes one rank holds (derived_sync's)."""
+    sh = derived.setup.sharding
+    return [(f.dense_params / sh.tensor * sh.grads_bytes, f.routed_params / sh.expert * sh.grads_bytes)
+            for f in derived.stages]  # fmt: skip
+
+
+def _grad_sync(scenario, derived) -> list[Item]:
+    st, step = derived.setup, scenario.step
+    sh = st.sharding
+    deepspeed = step.runtime == "deepspeed-bf16"
+    grads = _grads(derived)
+    routed = any(r for _, r in grads)
+    op = "all-reduce" if deepspeed or sh.zero == 0 else "reduce-scatter"
+    tied = sf.tied_embedding_ms(scenario, st, 4.0 if deepspeed else sh.grads_bytes)
+    overlap = (f"overlapped with the backward, launch {scenario.grad_sync_launch()}"
+               if step.overlap_grad_sync else "after the pipeline's last backward")
+    if deepspeed or sh.zero >= 2:  # their own rules inside derived_sync: the figure less the tied all-reduce
+        whole = sf.derived_sync(scenario, "grad_sync", derived)
+        ms = tuple(w - tied.get(s, 0.0) for s, w in enumerate(whole))
+        rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
+                f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog)")
+        # DeepSpeed sends its dense gradient in bf16; ZeRO 2/3's figure is a part of the stage's gradient
+        nbytes = tuple(f.dense_params / sh.tensor * sf.BF16 for f in derived.stages) if deepspeed else \
+            tuple(d + r for d, r in grads)
+        out = [Item(f"data-parallel gradient {op}", "grad_sync", nbytes, ms, _groups(sh, routed), _link(st),
+                    "bandwidth", rule)]  # fmt: skip
+    else:
+        buckets = ddp_buckets.per_stage(scenario, derived)
+        ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) for (d, r), b in zip(grads, buckets))
+        latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b)
+                        for (_, r), b in zip(grads, buckets))  # fmt: skip
+        given = "step.grad_sync_buckets" + (" derived" if step.grad_sync_buckets == "derived" else " given")
+        rule = f"{_buckets(buckets)} ({given}); {overlap}"
+        out = [Item(f"data-parallel gradient {op}", "grad_sync", tuple(d + r for d, r in grads), ms,
+                    _groups(sh, routed), _link(st), _bound(ms, latency), rule)]  # fmt: skip
+    if tied:
+        nbytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (4.0 if deepspeed else sh.grads_bytes)
+        per = tuple(tied.get(s, 0.0) for s in range(len(st.stages)))
+        # which link tied_embedding_ms took (the two pipeline ranks on one node or not): the one its time is
+        on_node = st.rates is not None and math.isclose(
+            next(iter(tied.values())), collectives.time("all_reduce", nbytes, 2, st.rates, "nvlink") * 1e3)
+        link = "nvlink" if on_node else "nic"
+        out.append(Item("tied embedding gradient all-reduce", "grad_sync",
+                        tuple(nbytes if s in tied else 0.0 for s in range(len(st.stages))), per,
+                        "2: the embedding's and the head's pipeline ranks", link, "bandwidth",
+                        "after the data-parallel reduction, before the optimizer"))  # fmt: skip
+    return out
+
+
+def _cross_copy(derived) -> list[Item]:
+    st = derived.setup
+    grads = _grads(derived)
+    ms = tuple(sf._sync_ms(st, "cross_copy_sync", d, r) for d, r in grads)
+    return [Item("cross-copy gradient sum", "cross_copy_sync", tuple(d + r for d, r in grads), ms,
+                 "2: the ranks holding a stage's two copies", "nic", "bandwidth",
+                 "a stage held twice (DualPipe, Chimera): the copies' gradients summed")]  # fmt: skip
+
+
+def _optimizer(scenario, derived) -> list[Item]:
+    """The optimizer figure's parts, as derived_sync adds them per stage copy."""
+    st, step, m = derived.setup, scenario.step, scenario.model
+    sh, rates = st.sharding, st.rates
+    n = len(st.stages)
+    deepspeed = step.runtime == "deepspeed-bf16"
+    fp8 = m.fp8_params
+    fp8_elements = [sf.fp8_param_elements(st, w) if fp8 else (0.0, 0.0) for w in st.stages]
+    overlapped = sh.zero in (1, 2) and step.param_gather_overlapped()
+    # Adam over the rank's shard: bytes per parameter (optimizer_bytes_per_param) at the HBM rate, one launch floor
+    per_param = sf.optimizer_bytes_per_param(m, sh.optimizer_bytes)
+    streamed = []
+    for f in derived.stages:
+        shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
+        updated = f.dense_params / sh.tensor * shard[0] + f.routed_params / sh.expert * shard[1]
+        extra = (f.dense_params / sh.tensor - updated) * sf.GRAD_NORM_BYTES if deepspeed else 0.0
+        streamed.append(updated * per_param + extra)
+    adam = tuple((b / rates.hbm + rates.floor) * 1e3 for b in streamed)
+    out = [Item("optimizer step (Adam + clip norm + master copy)", "optimizer", tuple(streamed), adam,
+                f"the rank's shard (ZeRO {sh.zero})", "hbm", "memory",
+                f"{per_param:g} B per parameter updated at {rates.hbm / 1e12:.3g} TB/s + one launch")]  # fmt: skip
+    if fp8 and not deepspeed:
+        cast = tuple(sf.fp8_master_cast_ms(scenario, st))
+        out.append(Item("FP8 parameters' cast + amax all-reduce", "optimizer", (0.0,) * n, cast,
+                        f"amax over data x context {sh.data}", "hbm", "memory + launches",
+                        "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
+    gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
+                         + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
+                         for f, e in zip(derived.stages, fp8_elements))  # fmt: skip
+    whole = tuple(sf.param_gather_ms(st, f, e) for f, e in zip(derived.stages, fp8_elements))
+    routed = any(f.routed_params for f in derived.stages)
+    if sh.zero in (1, 2) and not overlapped:
+        latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if f.routed_params else 0.0, op="all_gather")
+                        for f in derived.stages)  # a 1-byte message: what the gather takes besides its bytes
+        out.append(Item("parameter all-gather (exposed)", "optimizer", gather_bytes, whole, _groups(sh, routed),
+                        _link(st), _bound(whole, latency),
+                        "after the optimizer, nothing beside it (overlap_param_gather off)"))
+    start, share = 0.0, None
+    if overlapped:
+        first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
+        if step.param_gather == "megatron-core" and not scenario._megatron_interleaved():
+            start = sf.prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
+            how = "Megatron-core's bucket-group chain before stage 0's first forward"
+        else:
+            start = sf.start_gather_ms(st, first, bucket, fp8_elements[0])
+            how = "stage 0's whole gather before its first forward"
+        share = sf._once_per_rank(scenario, n) if start > 0 else None
+        out.append(Item("parameter all-gather: wait at the next step's start", "optimizer",
+                        (gather_bytes[0],) + (0.0,) * (n - 1), tuple(start * w for w in share or [0.0] * n),
+                        _groups(sh, routed), _link(st), "bandwidth + ring latency",
+                        f"{how} (step.param_gather = {step.param_gather}); on every rank once, "
+                        "split over the stage copies it holds"))  # fmt: skip
+    refresh = tuple(sf.fp8_weight_cast_ms(st, w) for w in st.stages)
+    if any(refresh):
+        out.append(Item("FP8 weight refresh (first micro-batch)", "optimizer", (0.0,) * n, refresh, "the rank",
+                        "hbm", "memory", "the FP8 copies (or FP8 parameters' transposes) made once a step"))
+    slow = sf.dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if overlapped and step.dp_comm_sms else ()
+    if slow:
+        held = sf._stage_copies(scenario)  # the copy's forwards in a step: M / copies of them
+        forwards = [scenario.pipeline.microbatches / held[s] * (f.forward or 0.0) for s, f in enumerate(derived.stages)]
+        beside = tuple(sf.forward_under_gather_ms(whole[s], start if s == 0 else 0.0, forwards[s], slow[s])
+                       for s in range(n))
+        out.append(Item("forward slowed beside the overlapped all-gather", "optimizer", (0.0,) * n, beside,
+                        "the rank", "-", f"SMs ({step.dp_comm_sms} taken)",
+                        "(slowdown - 1) x the forward the gather runs beside (step.dp_comm_sms)"))  # fmt: skip
+    return out
+
+
+def summary(scenario, derived) -> dict | None:
+    """The ``step_end`` JSON: `run`'s [step] figures per stage copy (ms), the settings that shape them, the
+    compute slowdown and the parts (:func:`items`); None without a [step] table; ``{"error": ...}`` when `run`
+    would refuse the [step] table (the model verb still describes the model: its words say why)."""
+    try:
+        costs = scenario.step_costs(derived)
+    except ScenarioError as exc:
+        return {"error": str(exc)}
+    if costs is None:
+        return None
+    step, settings = scenario.step, _settings(scenario)
+    return {
+        "figures_ms": {k: list(getattr(costs, k)) for k in FIGURES},
+        "derived": [k for k in FIGURES if settings[k] == "derived"],
+        "overlap_grad_sync": costs.overlap_grad_sync,
+        "overlap_param_gather": bool(step.param_gather_overlapped()),
+        "grad_sync_launch": costs.grad_sync_launch,
+        "grad_sync_buckets": list(costs.grad_sync_buckets) if isinstance(costs.grad_sync_buckets, tuple)
+        else costs.grad_sync_buckets,
+        "dp_comm_sms": step.dp_comm_sms,
+        "dp_comm_slowdown": list(costs.dp_comm_slowdown),
+        "items": [{"name": i.name, "figure": i.figure, "bytes": list(i.bytes), "ms": list(i.ms), "group": i.group,
+                   "link": i.link, "bound": i.bound, "rule": i.rule} for i in items(scenario, derived)],
+    }

@@ -1,0 +1,158 @@
+"""`dualpipe-sim model --explain` / `--json`: the step's end item by item (model/step_end.py).
+
+The small model (tests/helpers.py TINY_LLAMA_MODEL): Llama-type, h 256, 4 layers of 655,872 parameters, vocab 1000,
+untied head; two stages: stage 0 the embedding (256,000) + 2 layers = 1,567,744 parameters, stage 1 2 layers + final
+norm + head (256,256) = 1,568,000.  On an H100 preset with data 2 and ZeRO 1 the data-parallel group (tensor 1 x
+data 2) fits in one node: NVLink.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.model import report, step_end
+from helpers import tiny_llama_toml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE0, STAGE1 = 256_000 + 2 * 655_872, 2 * 655_872 + 256_256
+
+
+def tiny(tmp_path, step: str = "", parallel: str = "data = 2\nzero = 1") -> Path:
+    return tiny_llama_toml(tmp_path, f'[parallel]\n{parallel}\n[hardware]\npreset = "H100"\n'
+                                     f'[step]\ngrad_sync = "derived"\n{step}\n')
+
+
+def _sums(sc):
+    """Per derived figure, the items' ms summed per stage; and `run`'s StepCosts."""
+    d = sc.derived()
+    costs = sc.step_costs(d)
+    end = step_end.summary(sc, d)
+    sums = {}
+    for it in end["items"]:
+        sums.setdefault(it["figure"], [0.0] * sc.pipeline.stages)
+        sums[it["figure"]] = [a + b for a, b in zip(sums[it["figure"]], it["ms"])]
+    return sums, costs, end
+
+
+CASES = [  # (scenario file or None for the tiny one, overrides): every composition derived_sync has
+    (None, []),  # ZeRO 1, not overlapped: reduce-scatter, Adam, exposed all-gather
+    (None, ["step.overlap_grad_sync=true"]),  # the wait at the next step's start, the gather's slowdown
+    (None, ["parallel.zero=2"]),  # ZeRO 2's last unit (or backlog)
+    (None, ["parallel.zero=0"]),  # DDP all-reduce, Adam over the whole copy
+    (None, ["hardware.efficiency=0.5"]),  # no kernel rates: bytes / a2a bandwidth, no optimizer figure
+    ("scenarios/validation/mlperf51-llama8b-64b200.toml", []),  # FP8 parameters' cast, bucket-group chain
+    ("scenarios/validation/mlperf41-gpt3-512.toml", []),  # tied embedding, FP8 weight refresh, apex's wait
+    ("scenarios/validation/bloom-176b.toml", []),  # DeepSpeed bf16
+    ("scenarios/deepseek-v3-predicted.toml", []),  # experts, DualPipe's cross-copy sum
+]
+
+
+@pytest.mark.parametrize("path, sets", CASES)
+def test_items_sum_to_the_figures_run_uses(tmp_path, path, sets):
+    """Invariant: each derived [step] figure `run` uses (Scenario.step_costs) is the sum of its listed parts,
+    stage by stage, and the section's figures and slowdown are run's."""
+    sc = scenario.load(ROOT / path if path else tiny(tmp_path), sets)
+    sums, costs, end = _sums(sc)
+    assert end["derived"], "the case derives nothing"
+    for key in step_end.FIGURES:
+        assert end["figures_ms"][key] == list(getattr(costs, key))
+        if key in end["derived"]:
+            assert sums[key] == pytest.approx(list(getattr(costs, key)), rel=1e-12, abs=1e-12)
+        else:
+            assert key not in sums
+    assert end["dp_comm_slowdown"] == list(costs.dp_comm_slowdown)
+    assert end["grad_sync_launch"] == costs.grad_sync_launch
+
+
+def test_reduce_scatter_and_adam_by_hand(tmp_path):
+    """ZeRO 1 over data 2 on NVLink, fp32 gradients: stage 0 reduce-scatters 1,567,744 x 4 = 6,270,976 bytes,
+    (2 - 1) / 2 of it over the bus: latency + 3,135,488 B / the NVLink bus (H100: 25.5 us + 3,135,488 / 321 GB/s =
+    25.5 + 9.77 us = 0.03527 ms: latency-bound).  Adam over the shard, 1,567,744 / 2 = 783,872 parameters, each
+    4 + 4 + 4 + 2 (master, gradient, new weight) + 2 x 8 (two fp32 moments read and written) + 4 (the clip
+    norm's read) + 4 (the master copy's read) = 38 bytes: 29,787,136 B / 2.8475 TB/s + one 2.5 us launch."""
+    sc = scenario.load(tiny(tmp_path))
+    r = sc.derived().setup.rates
+    end = step_end.summary(sc, sc.derived())
+    items = {it["name"]: it for it in end["items"]}
+    rs = items["data-parallel gradient reduce-scatter"]
+    assert rs["bytes"] == [STAGE0 * 4, STAGE1 * 4]
+    assert rs["ms"][0] == pytest.approx((r.latency + 6_270_976 / 2 / r.nvlink_bus) * 1e3, rel=1e-12)
+    assert (r.latency, r.nvlink_bus) == (25.5e-6, 321e9)  # the figures worked above
+    assert rs["ms"][0] == pytest.approx(0.03527, abs=1e-5)
+    assert (rs["link"], rs["bound"]) == ("nvlink", "latency")
+    adam = items["optimizer step (Adam + clip norm + master copy)"]
+    assert adam["bytes"][0] == 783_872 * 38 == 29_787_136
+    assert adam["ms"][0] == pytest.approx((29_787_136 / r.hbm + r.floor) * 1e3, rel=1e-12)
+    # not overlapped: the whole all-gather of the updated bf16 weights, 1,567,744 x 2 B over data 2 on NVLink
+    gather = items["parameter all-gather (exposed)"]
+    assert gather["bytes"][0] == STAGE0 * 2
+    assert gather["ms"][0] == pytest.approx((r.latency + STAGE0 * 2 / 2 / r.nvlink_bus) * 1e3, rel=1e-12)
+    assert gather["bound"] == "latency"  # 25.5 us of 25.5 + 1,567,744 / 321 GB/s = 30.4 us
+
+
+def test_json_key_has_the_same_numbers(tmp_path, capsys):
+    path = tiny(tmp_path)
+    assert main(["model", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    sc = scenario.load(path)
+    costs = sc.step_costs(sc.derived())
+    assert doc["step_end"]["figures_ms"]["grad_sync"] == list(costs.grad_sync)
+    assert doc["step_end"]["figures_ms"]["optimizer"] == list(costs.optimizer)
+    assert [it["name"] for it in doc["step_end"]["items"]] == [
+        "data-parallel gradient reduce-scatter", "optimizer step (Adam + clip norm + master copy)",
+        "parameter all-gather (exposed)"]  # fmt: skip
+    assert doc["step_end"] == step_end.summary(sc, sc.derived())
+
+
+def test_explain_text_reads(tmp_path, capsys):
+    assert main(["model", str(tiny(tmp_path)), "--explain"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    at = lines.index("  the step's end, once per step, per stage copy (docs/step.md; grad sync after the pipeline, "
+                     "parameter gather not overlapped, step.dp_comm_sms 16):")
+    assert lines[at + 1] == ("    data-parallel gradient reduce-scatter [grad_sync]: data x context 2; nvlink; "
+                             "bound by latency")
+    # 6,270,976 and 6,272,000 bytes; 0.03527 ms (worked above) and stage 1's 25.5 us + 3,136,000 / 321 GB/s
+    assert lines[at + 2] == "      size by stage 0: 6.271 MB, 1: 6.272 MB; ms 0.03527, every stage"
+    assert "    run's step.grad_sync (derived: the sum of its parts above): ms 0.03527, every stage" in lines
+    assert "    run's step.cross_copy_sync (as the scenario gives it): ms 0, every stage" in lines
+    # without --explain the section is left out; JSON always has it
+    assert main(["model", str(tiny(tmp_path))]) == 0
+    assert "the step's end" not in capsys.readouterr().out
+
+
+def test_without_a_step_table(tmp_path, capsys):
+    path = tmp_path / "nostep.toml"
+    path.write_text(tiny(tmp_path).read_text().split("[step]")[0])
+    assert main(["model", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_end"] is None
+    assert main(["model", str(path), "--explain"]) == 0
+    assert "the step's end: no [step] table, so `run` adds nothing after the pipeline" in capsys.readouterr().out
+
+
+def test_report_summary_without_scenario_has_no_key(tmp_path):
+    sc = scenario.load(tiny(tmp_path))
+    assert "step_end" not in report.summary(sc.derived())
+
+
+def test_help_names_the_section(capsys):
+    with pytest.raises(SystemExit):
+        main(["model", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "step_end: the step's end item by item" in out and "and the step's end item by item" in out
+
+
+def test_a_step_run_refuses_is_said_not_raised(tmp_path, capsys):
+    """[step] grad_sync = "derived" without [hardware]: `run` refuses it; `model` still describes the model."""
+    path = tmp_path / "nohw.toml"
+    path.write_text(tiny(tmp_path).read_text().replace('[hardware]\npreset = "H100"\n', ""))
+    assert main(["model", str(path), "--json"]) == 0
+    want = 'step.grad_sync: "derived" needs the [model] and [hardware] sections'
+    assert json.loads(capsys.readouterr().out)["step_end"] == {"error": want}
+    assert main(["model", str(path), "--explain"]) == 0
+    assert f"  the step's end: not costed, `run` would refuse the scenario: {want}" in capsys.readouterr().out.splitlines()
