@@ -6,7 +6,9 @@ Reads the measured GEMM tables in tests/data/kernels/ (XLA's sm_90 and sm_100 ma
 DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 tables on H100 and GB200), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
 least squares on log time (a grid search, then a finer one around the best), and prints them with
 the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
-rounded; tests/test_kernels.py checks that they reproduce the tables.  Only kernel measurements
+rounded; tests/test_kernels.py checks that they reproduce the tables.  It then prints the H100
+and B200 presets beside stas00/ml-engineering's best-shape MAMF figures (checked, not fitted:
+tests/test_gemm_cuda_versions.py, tests/test_gemm_b200_mamf.py).  Only kernel measurements
 go in: no training run is fitted.
 """
 
@@ -116,6 +118,16 @@ def main_gemm() -> None:
         model = 2 * m * n * k / t.seconds / 1e12
         print(f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
               f"preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
+    # Checked, not fitted: the B200 preset at the best shapes MAMF found on B200 SXM and GB200 (one call at a time, an L2
+    # flush and an output copy between calls: not a sustained table; tests/test_gemm_b200_mamf.py)
+    b200 = rates.PRESETS["B200"]
+    for r in rows("mamf_blackwell.csv"):
+        fp8 = r["dtype"] == "fp8"
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        t = gemm.time(m, n, k, b200.gemm_fp8 if fp8 else b200.gemm_bf16, b200.sms, b200.hbm, 1.0 if fp8 else 2.0)
+        model = 2 * m * n * k / t.seconds / 1e12
+        print(f"{r['gpu']} {r['dtype']} MAMF, torch {r['torch']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
+              f"B200 preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
 
 
 def attention_rows(gpu: str, impl: str, kind: str) -> dict[int, float]:
