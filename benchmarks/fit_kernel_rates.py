@@ -6,7 +6,9 @@ Reads the measured GEMM tables in tests/data/kernels/ (XLA's sm_90 and sm_100 ma
 DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 tables on H100 and GB200), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
 least squares on log time (a grid search, then a finer one around the best), and prints them with
 the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
-rounded; tests/test_kernels.py checks that they reproduce the tables.  Only kernel measurements
+rounded; tests/test_kernels.py checks that they reproduce the tables.  It then prints the H100
+and B200 presets beside stas00/ml-engineering's best-shape MAMF figures (checked, not fitted:
+tests/test_gemm_cuda_versions.py, tests/test_gemm_b200_mamf.py).  Only kernel measurements
 go in: no training run is fitted.
 """
 
@@ -116,6 +118,39 @@ def main_gemm() -> None:
         model = 2 * m * n * k / t.seconds / 1e12
         print(f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
               f"preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
+    # Checked, not fitted: the B200 preset at the best shapes MAMF found on B200 SXM and GB200 (one call at a time, an L2
+    # flush and an output copy between calls: not a sustained table; tests/test_gemm_b200_mamf.py)
+    b200 = rates.PRESETS["B200"]
+    for r in rows("mamf_blackwell.csv"):
+        fp8 = r["dtype"] == "fp8"
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        t = gemm.time(m, n, k, b200.gemm_fp8 if fp8 else b200.gemm_bf16, b200.sms, b200.hbm, 1.0 if fp8 else 2.0)
+        model = 2 * m * n * k / t.seconds / 1e12
+        print(f"{r['gpu']} {r['dtype']} MAMF, torch {r['torch']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
+              f"B200 preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
+    # Checked, not fitted: the B200 preset against cuBLASLt on a B200 after 10,000 warm-up iterations (M = N = 8192,
+    # K = 128-1024; tests/test_gemm_b200_triton_cublas.py). Fitted alone, for the record: K <= 1024 cannot pin the peak
+    # of a long-K GEMM (it trades against k_overhead; FP8's free fit lands above the 4,500 TFLOP/s datasheet).
+    b200_table = rows("triton_cublas_b200.csv")
+    for dtype, r_b200, size in (("fp8", b200.gemm_fp8, 1.0), ("fp16", b200.gemm_bf16, 2.0), ("mxfp8", b200.gemm_fp8, 1.0)):
+        picked = [r for r in b200_table if r["dtype"] == dtype]
+        errors = []
+        for r in picked:
+            m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+            out = 2.0 if dtype == "mxfp8" else size  # FP8 writes FP8 here; MXFP8 and FP16 write FP16
+            t = gemm.time(m, n, k, r_b200, b200.sms, b200.hbm, size, out_bytes=out)
+            errors.append(f"K {k} {float(r['value']):.0f} -> {2 * m * n * k / t.seconds / 1e12:.0f} "
+                          f"({2 * m * n * k / t.seconds / 1e12 / float(r['value']) - 1:+.1%})")
+        print(f"B200 {dtype} cuBLASLt (8192 x 8192 x K, after 10,000 warm-up iterations), TFLOP/s measured -> B200 preset: "
+              + ", ".join(errors))
+        if dtype == "mxfp8":  # two long-K rows of another kernel: a check of the FP8 rate, nothing to fit
+            continue
+        t = np.array([(1, int(r["m"]), int(r["n"]), int(r["k"]), 2.0 * int(r["m"]) * int(r["n"]) * int(r["k"])
+                       / (float(r["value"]) * 1e12)) for r in picked])
+        top = 4500e12 if dtype == "fp8" else 2250e12
+        for label, sel in (("K 128-1024", t), ("K 512-1024", t[t[:, 3] >= 512])):
+            report(f"  for the record, B200 {dtype} fitted to this table alone, {label}", sel, 148, B200_HBM, size,
+                   np.linspace(0.4 * top, 1.1 * top, 51), np.linspace(0, 2000, 41), np.array([5.25e-6, 5.25e-6]))
 
 
 def attention_rows(gpu: str, impl: str, kind: str) -> dict[int, float]:
