@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from dualpipe_sim import simulation
@@ -18,7 +19,8 @@ from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
 from dualpipe_sim.plan.estimate import FigureCache, step_time
 from dualpipe_sim.plan.request import base_scenario
 from dualpipe_sim.plan.space import Candidate
-from dualpipe_sim.plan.step_estimate import StageCosts, built, replayed, step_end_ms
+from dualpipe_sim.plan.step_estimate import StageCosts, built, pipeline, replayed, step_end_ms, trace_of
+from dualpipe_sim.schedules.rules import KIND_CODES, Kind
 from dualpipe_sim.step_costs import StepCosts
 
 
@@ -104,3 +106,33 @@ def test_dp_comm_sms_moves_estimate_and_run_alike(base):
     est0, got0 = _estimate_and_run(apply_overrides(base, ["step.dp_comm_sms=0"]), cand)
     assert got > got0  # the slowdown is there to see in the run
     assert est - est0 == pytest.approx(got - got0, rel=1e-6)
+
+
+def test_overlapped_pair_split_by_hand():
+    # 1F1B with overlapped pairs on 2 stages, F = 1 and B = 2 on each, no all-to-all: a pair lasts
+    # F + B = 3 and the trace step.py reads gives its forward the first F / (F + B) of it, its backward
+    # the rest (a run without [chunk] lays a pair out so too: the next test)
+    b = built("1f1b-overlap", 2, 4, None)
+    run = replayed(b, StageCosts((1.0, 1.0), (2.0, 2.0), (0.0, 0.0)), 0.0, False)
+    rows = trace_of(b, run).compute
+    pairs = rows[rows["overlapped"]]
+    assert len(pairs) > 0
+    forward, backward = pairs[pairs["kind"] == KIND_CODES[Kind.F]], pairs[pairs["kind"] != KIND_CODES[Kind.F]]
+    assert np.all(forward["end"] - forward["start"] == 1.0) and np.all(backward["end"] - backward["start"] == 2.0)
+    assert forward["end"].tolist() == backward["start"].tolist()
+
+
+@pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
+def test_the_estimates_trace_is_the_runs(base, cand):
+    # where the assumptions hold (above), the trace the estimate hands step.py has the run's compute rows
+    cache = FigureCache(base)
+    fig = cache.figures(cand)
+    _, run, m = pipeline(cand.schedule, cand.stages, cand.microbatches, cand.virtual, cand.pipeline, fig.costs,
+                         fig.p2p, cache.blocking(cand))  # fmt: skip
+    assert m == cand.microbatches
+    mine = trace_of(built(cand.schedule, cand.stages, m, cand.virtual), run).compute
+    theirs = simulation.run(sections_only(apply_overrides(base, cand.overrides()))).trace.compute
+    names = ("rank", "kind", "microbatch", "stage", "direction", "action", "overlapped")
+    key = lambda r: (*(int(r[n]) for n in names), round(float(r["start"]), 9), round(float(r["end"]), 9))  # noqa: E731
+    assert sorted(map(key, mine)) == sorted(map(key, theirs))
+    assert mine["overlapped"].any() == (cand.schedule == "dualpipev")  # DualPipeV's pairs among them
