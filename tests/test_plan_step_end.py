@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from dualpipe_sim import simulation
+from dualpipe_sim.engine.step import simulate_step
 from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
 from dualpipe_sim.plan.estimate import FigureCache, step_time
 from dualpipe_sim.plan.request import base_scenario
 from dualpipe_sim.plan.space import Candidate
-from dualpipe_sim.plan.step_estimate import StageCosts, built, pipeline, replayed, step_end_ms, trace_of
+from dualpipe_sim.plan.step_estimate import StageCosts, built, pipeline, replayed, step_end_ms, step_rows, trace_of
 from dualpipe_sim.schedules.rules import KIND_CODES, Kind
 from dualpipe_sim.step_costs import StepCosts
 
@@ -136,3 +137,26 @@ def test_the_estimates_trace_is_the_runs(base, cand):
     key = lambda r: (*(int(r[n]) for n in names), round(float(r["start"]), 9), round(float(r["end"]), 9))  # noqa: E731
     assert sorted(map(key, mine)) == sorted(map(key, theirs))
     assert mine["overlapped"].any() == (cand.schedule == "dualpipev")  # DualPipeV's pairs among them
+
+
+@pytest.mark.parametrize("name,stages,m,virtual", [("1f1b", 4, 9, None), ("zb-h1", 4, 8, None),
+                                                   ("interleaved-1f1b", 8, 8, 2), ("dualpipev", 8, 10, None),
+                                                   ("dualpipe", 4, 8, None), ("1f1b-overlap", 3, 7, None)])  # fmt: skip
+@pytest.mark.parametrize("overlap,launch,shared", [(True, "ready", False), (True, "pp-aligned", True),
+                                                   (False, "ready", True)])  # fmt: skip
+def test_the_cut_trace_gives_step_py_the_same_rows(name, stages, m, virtual, overlap, launch, shared):
+    # step_end_ms hands step.py only the tail of the replay (what ends after the earliest start of a
+    # copy's last weight-gradient op): the step's rows must be those of the whole trace, bit for bit
+    rng = np.random.default_rng(stages * m)
+    b = built(name, stages, m, virtual)
+    f = tuple(rng.uniform(1.0, 2.0, stages))
+    costs = StageCosts(f, tuple(2 * x for x in f), tuple(rng.uniform(0.3, 0.9, stages)), (0.0,) * stages,
+                       tuple(rng.uniform(0.0, 0.5, stages)), 1.2)  # fmt: skip
+    run = replayed(b, costs, 0.1, False)
+    step = StepCosts(tuple(rng.uniform(0.5, 6.0, stages)), tuple(rng.uniform(0.0, 2.0, stages)),
+                     tuple(rng.uniform(0.1, 1.0, stages)), overlap_grad_sync=overlap, grad_sync_buckets=3,
+                     grad_sync_launch=launch, nic_shared=shared, dp_comm_slowdown=tuple(rng.uniform(1.0, 1.4, stages)))
+    whole = simulate_step(trace_of(b, run), step)
+    assert step_rows(b, run, step).tobytes() == whole.tobytes()
+    last = b.last_wgrad[b.last_wgrad >= 0]
+    assert len(trace_of(b, run, float(run.starts[last].min())).compute) < len(trace_of(b, run).compute)  # a cut

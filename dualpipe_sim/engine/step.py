@@ -84,7 +84,10 @@ def _aligned_launches(trace: Trace, rank_end: list[float], maps=None) -> dict[tu
         ops: dict[int, tuple[float, int]] = {}  # action -> (its last row's end, stage)
         for action, end, stage in zip(mine["action"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
             ops[action] = max(ops.get(action, (end, stage)), (end, stage))
-        order = sorted((maps[r](end) if maps else end, stage) for end, stage in ops.values())
+        ends, stages = (list(x) for x in zip(*ops.values())) if ops else ([], [])
+        if maps:  # one call for the rank's ops (plan's estimate lays out thousands of steps)
+            ends = maps[r](np.array(ends)).tolist()
+        order = sorted(zip(ends, stages))
         last = {stage: i for i, (_, stage) in enumerate(order)}
         for stage, i in last.items():
             out[(r, stage)] = order[i + r][0] if i + r < len(order) else rank_end[r]
@@ -145,7 +148,8 @@ def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
             keep = (b > a) & (weight != 0.0)
             lo.append(a[keep]), hi.append(b[keep]), w.append(weight[keep])
         lo, hi, w = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, w))
-        maps.append(lambda t, lo=lo, hi=hi, w=w: t + float(np.sum(w * np.clip(t - lo, 0.0, hi - lo))))
+        # t a time or an array of times (the same sums, bit for bit)
+        maps.append(lambda t, lo=lo, hi=hi, w=w: t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1))
     return maps
 
 
@@ -201,9 +205,13 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
                 continue
             t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
             n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
+            readies = []
             for k in range(1, n + 1):
                 ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
-                ready = at(r, ready)
+                readies.append(ready)
+            if maps is not None and not aligned:  # the stage's buckets stretched in one call
+                readies = maps[r](np.array(readies)).tolist()
+            for k, ready in enumerate(readies, 1):
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
                     ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))

@@ -59,6 +59,7 @@ class Built:
     wgrad_copy: np.ndarray  # ... and its stage copy (numbered over (direction, stage))
     copy_rank: np.ndarray  # per stage copy: the rank holding it
     copy_stage: np.ndarray  # per stage copy: its stage
+    last_wgrad: np.ndarray  # per stage copy: the action of its last weight-gradient op (its rank's latest)
     transfers: object = None  # replay.Plan: the replay core's transfer plan, worked out once per build
 
 
@@ -88,9 +89,11 @@ def built(name: str, stages: int, microbatches: int, virtual: int | None) -> Bui
     wg = np.flatnonzero(np.isin(flat.kind, _WEIGHT_CODES))
     wgrad_copy = np.array([copy_id[(int(d), int(s))] for d, s in zip(flat.direction[wg], flat.stage[wg])],
                           dtype=np.int64)  # fmt: skip
+    last = np.full(len(copies), -1, dtype=np.int64)  # a copy sits on one rank, whose actions run in order
+    np.maximum.at(last, wgrad_copy, flat.action[wg])
     return Built(schedule, index, lone, kind, stage, back, np.asarray(flat.rank_bounds[:-1], dtype=np.int64),
                  flat.action[wg], wgrad_copy, np.array([placement[c] for c in copies], dtype=np.int64),
-                 np.array([s for _, s in copies], dtype=np.int64),
+                 np.array([s for _, s in copies], dtype=np.int64), last,
                  replay.plan(schedule, index))  # fmt: skip
 
 
@@ -196,36 +199,49 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
     return r2.makespan + (microbatches - m2) / (m2 - m1) * (r2.makespan - r1.makespan), r2, m2
 
 
-def trace_of(b: Built, run: Replayed) -> Trace:
+def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:
     """The replay as a trace, for step.py: a compute row per op (a lone op its action; a pair's forward
     the first ``share`` of the pair, its backward the rest: the [chunk] model interleaves the two,
-    which only moves where the pair's weight gradients end inside it) and a P2P row per transfer."""
+    which only moves where the pair's weight gradients end inside it) and a P2P row per transfer;
+    only the actions and transfers that end at ``since`` or later."""
     flat = b.index.flat
     n_ranks = len(b.rank_first)
-    rank = np.repeat(np.arange(n_ranks), np.diff(flat.rank_bounds))[flat.action]
-    start, length, share = run.starts[flat.action], run.length[flat.action], run.share[flat.action]
-    second = flat.member == 1
-    rows = np.empty(len(flat.kind), dtype=COMPUTE_DTYPE)
-    rows["rank"], rows["kind"], rows["microbatch"] = rank, flat.kind, flat.microbatch
-    rows["stage"], rows["direction"] = flat.stage, flat.direction
+    keep = (run.starts + run.length >= since)[flat.action]
+    flat_action, flat_member = flat.action[keep], flat.member[keep]
+    rank = np.repeat(np.arange(n_ranks), np.diff(flat.rank_bounds))[flat_action]
+    start, length, share = run.starts[flat_action], run.length[flat_action], run.share[flat_action]
+    second = flat_member == 1
+    rows = np.empty(len(flat_action), dtype=COMPUTE_DTYPE)
+    rows["rank"], rows["kind"], rows["microbatch"] = rank, flat.kind[keep], flat.microbatch[keep]
+    rows["stage"], rows["direction"] = flat.stage[keep], flat.direction[keep]
     rows["start"] = np.where(second, start + length * share, start)
     rows["end"] = np.where(second, start + length, start + length * share)
-    rows["action"] = flat.action - b.rank_first[rank]
-    rows["overlapped"] = ~b.lone[flat.action]
+    rows["action"] = flat_action - b.rank_first[rank]
+    rows["overlapped"] = ~b.lone[flat_action]
     rows["part"] = -1
     # without P2P time the replay times no transfer (each lands as its action ends): no rows
     comm = replay._transfers(b.schedule, b.index, b.transfers.transfers, run.begin, run.p2p) if len(run.begin) \
         else np.empty(0, dtype=COMM_DTYPE)
+    comm = comm[comm["end"] >= since]
     s = b.schedule
     return Trace(s.name, s.stages, s.microbatches, n_ranks, rows, comm, np.empty(0, dtype=MEMORY_DTYPE),
                  b.index.stages_on_rank, [0.0] * n_ranks)  # fmt: skip
 
 
 def step_end_ms(b: Built, run: Replayed, step) -> float:
-    """What the step's end adds after the pipeline's makespan (ms): step.py's rows (simulate_step) laid
-    out on the replay's trace (trace_of), their last end past the makespan.  ``step``: the scenario's
-    StepCosts (None: nothing)."""
+    """What the step's end adds after the pipeline's makespan (ms): step.py's rows (step_rows), their last
+    end past the makespan.  ``step``: the scenario's StepCosts (None: nothing)."""
     if step is None or not step.active():
         return 0.0
-    rows = simulate_step(trace_of(b, run), step)
+    rows = step_rows(b, run, step)
     return max(0.0, float(rows["end"].max()) - run.makespan) if len(rows) else 0.0
+
+
+def step_rows(b: Built, run: Replayed, step) -> np.ndarray:
+    """step.py's end-of-step rows (simulate_step) on the replay's trace (trace_of).  No sync starts before
+    the earliest start of a copy's last weight-gradient op (a bucket is released within it at the
+    earliest), and nothing that ends before then moves a sync, a stretch, a launch or a rank's end: the
+    trace is cut there, and the rows are the whole trace's (tests/test_plan_step_end.py)."""
+    last = b.last_wgrad[b.last_wgrad >= 0]
+    since = float(run.starts[last].min()) if len(last) else -np.inf
+    return simulate_step(trace_of(b, run, since), step)
