@@ -171,8 +171,13 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
     rows: list[StepRow] = []
     at = (lambda r, t: t) if maps is None else (lambda r, t: maps[r](t))  # noqa: E731
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
-    ends = PipelineEnds([at(r, t) for r, t in enumerate(raw.rank_end)],
-                        {(r, s): (at(r, a), at(r, b)) for (r, s), (a, b) in raw.last_weight.items()}, raw.holders)
+    if maps is not None:  # every time read off the pipeline stretched, one call per rank
+        times = [[t] for t in raw.rank_end]
+        for (r, _), pair in raw.last_weight.items():
+            times[r] += pair
+        moved = [iter(maps[r](np.array(ts)).tolist()) for r, ts in enumerate(times)]
+        ends = PipelineEnds([next(m) for m in moved],
+                            {(r, s): (next(moved[r]), next(moved[r])) for r, s in raw.last_weight}, raw.holders)
 
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.
