@@ -139,14 +139,19 @@ def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
     maps = []
     c = trace.compute
     for r in range(trace.ranks):
-        busy = sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)
+        busy = np.array(sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)).reshape(-1, 2)
         mine = c[c["rank"] == r]
         weight = np.array([slowdown[s] - 1.0 for s in mine["stage"].tolist()], dtype=float)
+        # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
+        # order sync by sync, row by row
+        near = (weight != 0.0) & (mine["end"] > busy[:, 0].min(initial=np.inf)) & (mine["start"] < busy[:, 1].max(initial=-np.inf))
+        start, end, weight = mine["start"][near], mine["end"][near], weight[near]
         lo, hi, w = [], [], []
-        for u, v in busy:
-            a, b = np.maximum(mine["start"], u), np.minimum(mine["end"], v)
-            keep = (b > a) & (weight != 0.0)
-            lo.append(a[keep]), hi.append(b[keep]), w.append(weight[keep])
+        block = max(1, (1 << 20) // max(1, len(start)))
+        for i in range(0, len(busy), block):
+            a, b = np.maximum(start, busy[i:i + block, :1]), np.minimum(end, busy[i:i + block, 1:])
+            keep = b > a
+            lo.append(a[keep]), hi.append(b[keep]), w.append(np.broadcast_to(weight, a.shape)[keep])
         lo, hi, w = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, w))
         # t a time or an array of times (the same sums, bit for bit)
         maps.append(lambda t, lo=lo, hi=hi, w=w: t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1))
