@@ -7,8 +7,9 @@
   tokens, with the report's BF16 Adam moments and recompute policy (--set model.optimizer_dtype=bf16
   --set memory.recompute=deepseek, as scenarios/deepseek-v3-predicted.toml; the policy is pinned).
 
-For each: wall time of the whole plan (enumerate, prune, estimate, simulate; no files written),
-the row counts, the pruning counts and the top 3.  Issue 27's target: under 2 minutes each on
+For each: wall time of the whole plan (enumerate, prune, estimate, simulate; no files written), its
+CPU time (this process's and its finished worker processes', ``resource.getrusage``), the 1-minute
+load average at its end (other work shares the machine), the row counts, the pruning counts and the top 3.  Issue 27's target: under 2 minutes each on
 the project's 2-core machine.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from collections import Counter
@@ -34,6 +36,12 @@ CASES = {
 }  # fmt: skip
 
 
+def _cpu() -> float:
+    """CPU seconds so far of this process and of its worker processes that have ended."""
+    own, workers = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=(*CASES, "both"), default="both")
@@ -41,14 +49,14 @@ def main() -> int:
     args = ap.parse_args()
     for name in CASES if args.case == "both" else [args.case]:
         c = CASES[name]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         result = plan(c["source"], c["gpus"], c["global_batch"], c["seq"], hardware=c["hardware"],
                       overrides=c["overrides"], jobs=args.jobs, top=3)  # fmt: skip
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, _cpu() - cpu
         load = os.getloadavg()[0]  # other processes share the 2 cores: the 1-minute load average says how many
         kinds = Counter("simulated" if r.simulated else "estimated only" if r.estimate and not r.pruned else "pruned"
                         for r in result.rows)  # fmt: skip
-        print(f"{name}: {wall:.1f} s wall (load average {load:.2f} at the end); {len(result.rows)} rows: "
+        print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average {load:.2f} at the end); {len(result.rows)} rows: "
               + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
         print("  pruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))
         for k, r in enumerate(result.top, 1):

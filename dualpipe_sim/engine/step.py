@@ -84,7 +84,10 @@ def _aligned_launches(trace: Trace, rank_end: list[float], maps=None) -> dict[tu
         ops: dict[int, tuple[float, int]] = {}  # action -> (its last row's end, stage)
         for action, end, stage in zip(mine["action"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
             ops[action] = max(ops.get(action, (end, stage)), (end, stage))
-        order = sorted((maps[r](end) if maps else end, stage) for end, stage in ops.values())
+        ends, stages = (list(x) for x in zip(*ops.values())) if ops else ([], [])
+        if maps:  # one call for the rank's ops (plan's estimate lays out thousands of steps)
+            ends = maps[r](np.array(ends)).tolist()
+        order = sorted(zip(ends, stages))
         last = {stage: i for i, (_, stage) in enumerate(order)}
         for stage, i in last.items():
             out[(r, stage)] = order[i + r][0] if i + r < len(order) else rank_end[r]
@@ -136,16 +139,22 @@ def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
     maps = []
     c = trace.compute
     for r in range(trace.ranks):
-        busy = sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)
+        busy = np.array(sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)).reshape(-1, 2)
         mine = c[c["rank"] == r]
         weight = np.array([slowdown[s] - 1.0 for s in mine["stage"].tolist()], dtype=float)
+        # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
+        # order sync by sync, row by row
+        near = (weight != 0.0) & (mine["end"] > busy[:, 0].min(initial=np.inf)) & (mine["start"] < busy[:, 1].max(initial=-np.inf))
+        start, end, weight = mine["start"][near], mine["end"][near], weight[near]
         lo, hi, w = [], [], []
-        for u, v in busy:
-            a, b = np.maximum(mine["start"], u), np.minimum(mine["end"], v)
-            keep = (b > a) & (weight != 0.0)
-            lo.append(a[keep]), hi.append(b[keep]), w.append(weight[keep])
+        block = max(1, (1 << 20) // max(1, len(start)))
+        for i in range(0, len(busy), block):
+            a, b = np.maximum(start, busy[i:i + block, :1]), np.minimum(end, busy[i:i + block, 1:])
+            keep = b > a
+            lo.append(a[keep]), hi.append(b[keep]), w.append(np.broadcast_to(weight, a.shape)[keep])
         lo, hi, w = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, w))
-        maps.append(lambda t, lo=lo, hi=hi, w=w: t + float(np.sum(w * np.clip(t - lo, 0.0, hi - lo))))
+        # t a time or an array of times (the same sums, bit for bit)
+        maps.append(lambda t, lo=lo, hi=hi, w=w: t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1))
     return maps
 
 
@@ -167,8 +176,13 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
     rows: list[StepRow] = []
     at = (lambda r, t: t) if maps is None else (lambda r, t: maps[r](t))  # noqa: E731
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
-    ends = PipelineEnds([at(r, t) for r, t in enumerate(raw.rank_end)],
-                        {(r, s): (at(r, a), at(r, b)) for (r, s), (a, b) in raw.last_weight.items()}, raw.holders)
+    if maps is not None:  # every time read off the pipeline stretched, one call per rank
+        times = [[t] for t in raw.rank_end]
+        for (r, _), pair in raw.last_weight.items():
+            times[r] += pair
+        moved = [iter(maps[r](np.array(ts)).tolist()) for r, ts in enumerate(times)]
+        ends = PipelineEnds([next(m) for m in moved],
+                            {(r, s): (next(moved[r]), next(moved[r])) for r, s in raw.last_weight}, raw.holders)
 
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.
@@ -201,9 +215,13 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
                 continue
             t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
             n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
+            readies = []
             for k in range(1, n + 1):
                 ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
-                ready = at(r, ready)
+                readies.append(ready)
+            if maps is not None and not aligned:  # the stage's buckets stretched in one call
+                readies = maps[r](np.array(readies)).tolist()
+            for k, ready in enumerate(readies, 1):
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
                     ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))

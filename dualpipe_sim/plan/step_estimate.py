@@ -14,13 +14,12 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   two small counts one period apart (``counts``); where M is small it is replayed as is;
 * **the step's end** (``step_end_ms``): what step.py adds after the pipeline, from the
   scenario's [step] figures (``Scenario.step_costs``: model/step_figures.py's derived
-  grad sync and optimizer).  Each stage copy's grad sync starts when its last
-  weight-gradient op ends (``step.overlap_grad_sync``, else when its rank's pipeline
-  ends), one at a time on its rank's data-parallel channel; the rank's optimizer
-  follows.  Read off the small replay's tail, which a longer pipeline only shifts.
-  A stage held twice (DualPipe, Chimera) first sums its two copies on their ranks' link.
-  Left out: grad-sync buckets (each sync is released whole), Megatron's pp-aligned
-  launches and the grad sync yielding to P2P.
+  grad sync, optimizer and compute slowdown under a data-parallel collective).  The small
+  replay's tail, which a longer pipeline only shifts, is written as a trace (``trace_of``:
+  a row per op, a pair's two ops one after the other in the shares of its two computes,
+  and the P2P transfers) and handed to step.py's own ``simulate_step``: the same buckets,
+  launches, cross-copy sums, NIC shared with P2P, optimizer, and the second pass on the
+  ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.
 
 The [chunk] model's all-to-all is inside the actions' lengths already (a lone forward or
 backward costs its all-to-all in full, an overlapped pair hides what its two channels can),
@@ -35,6 +34,8 @@ from functools import lru_cache
 import numpy as np
 
 from ..engine import replay, validate
+from ..engine.step import simulate_step
+from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, Trace
 from ..schedules import registry
 from ..schedules.rules import KIND_CODES, WEIGHT_GRADS, Kind
 from .shapes import VIRTUAL_OPTION
@@ -58,7 +59,7 @@ class Built:
     wgrad_copy: np.ndarray  # ... and its stage copy (numbered over (direction, stage))
     copy_rank: np.ndarray  # per stage copy: the rank holding it
     copy_stage: np.ndarray  # per stage copy: its stage
-    copy_twin: np.ndarray  # per stage copy: the other copy of its stage (DualPipe, Chimera), else -1
+    last_wgrad: np.ndarray  # per stage copy: the action of its last weight-gradient op (its rank's latest)
     transfers: object = None  # replay.Plan: the replay core's transfer plan, worked out once per build
 
 
@@ -88,10 +89,11 @@ def built(name: str, stages: int, microbatches: int, virtual: int | None) -> Bui
     wg = np.flatnonzero(np.isin(flat.kind, _WEIGHT_CODES))
     wgrad_copy = np.array([copy_id[(int(d), int(s))] for d, s in zip(flat.direction[wg], flat.stage[wg])],
                           dtype=np.int64)  # fmt: skip
-    twin = [next((j for j, (_, t) in enumerate(copies) if t == s and j != i), -1) for i, (_, s) in enumerate(copies)]
+    last = np.full(len(copies), -1, dtype=np.int64)  # a copy sits on one rank, whose actions run in order
+    np.maximum.at(last, wgrad_copy, flat.action[wg])
     return Built(schedule, index, lone, kind, stage, back, np.asarray(flat.rank_bounds[:-1], dtype=np.int64),
                  flat.action[wg], wgrad_copy, np.array([placement[c] for c in copies], dtype=np.int64),
-                 np.array([s for _, s in copies], dtype=np.int64), np.array(twin, dtype=np.int64),
+                 np.array([s for _, s in copies], dtype=np.int64), last,
                  replay.plan(schedule, index))  # fmt: skip
 
 
@@ -115,41 +117,57 @@ def lengths(b: Built, costs: StageCosts) -> np.ndarray:
     full; an overlapped pair (F of one stage, B or I of another) as estimate.py works out a stage's
     own pair: the two computes, slowed where an all-to-all runs beside them, or the two all-to-alls
     if they take longer (the [chunk] model's two channels, compute and all-to-all)."""
+    return _lengths(b, costs)[0]
+
+
+def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
+    """lengths, and per action the share of it its first op takes (1 when lone; a pair's forward's
+    compute over the pair's two computes)."""
     f, bw, w = (np.asarray(x, dtype=float) for x in (costs.forward, costs.backward, costs.weight))
     per_kind = np.zeros((max(_F, _B, _I, _W) + 1, len(f)))
     per_kind[_F], per_kind[_B], per_kind[_I], per_kind[_W] = f, bw, bw - w, w
     out = per_kind[b.kind, np.where(b.lone, b.stage, b.back_stage)]
+    share = np.ones(len(out))
     if not b.lone.all():
         p = ~b.lone
         zero = np.zeros(len(f))
         fa = np.asarray(costs.forward_a2a, dtype=float) if costs.forward_a2a else zero
         ba = np.asarray(costs.backward_a2a, dtype=float) if costs.backward_a2a else zero
         comm = fa[b.stage[p]] + ba[b.back_stage[p]]
-        compute = f[b.stage[p]] - fa[b.stage[p]] + out[p] - ba[b.back_stage[p]]
+        first = f[b.stage[p]] - fa[b.stage[p]]
+        compute = first + out[p] - ba[b.back_stage[p]]
+        share[p] = np.where(compute > 0, first / np.where(compute > 0, compute, 1.0), 0.5)
         out[p] = np.maximum(compute + (costs.slowdown - 1) * np.minimum(compute, comm), comm)
-    return out
+    return out, share
 
 
 @dataclass(frozen=True)
 class Replayed:
-    """One replay: its makespan, when each rank's pipeline work ends, and when each stage copy's
-    last weight-gradient op ends (ms)."""
+    """One replay: its makespan, when each rank's pipeline work ends, when each stage copy's last
+    weight-gradient op ends (ms), and what trace_of needs: each action's start and length, its first
+    op's share of it (_lengths), each transfer's start and the P2P time."""
 
     makespan: float
     rank_end: np.ndarray
     copy_ready: np.ndarray
+    starts: np.ndarray
+    length: np.ndarray
+    share: np.ndarray
+    begin: object  # array("d"), per transfer
+    p2p: float
 
 
 def replayed(b: Built, costs: StageCosts, p2p: float, blocking: bool) -> Replayed:
     """The replay core run on ``costs`` (engine/replay.py), P2P ``p2p`` ms per transfer."""
-    length = lengths(b, costs)
-    cursor, starts, _, _ = replay.replay(b.schedule, b.index, length.tolist(), p2p, blocking, b.transfers)
-    ends = np.frombuffer(starts, dtype=float) + length
+    length, share = _lengths(b, costs)
+    cursor, starts, begin, _ = replay.replay(b.schedule, b.index, length.tolist(), p2p, blocking, b.transfers)
+    start = np.frombuffer(starts, dtype=float)
+    ends = start + length
     rank_end = np.maximum.reduceat(ends, b.rank_first) if len(ends) else np.zeros(len(b.rank_first))
     # a transfer still travelling when its sender's last action ends lands later, but nothing waits for it
     ready = np.zeros(len(b.copy_rank))
     np.maximum.at(ready, b.wgrad_copy, ends[b.wgrad_action])
-    return Replayed(float(ends.max()) if len(ends) else 0.0, rank_end, ready)
+    return Replayed(float(ends.max()) if len(ends) else 0.0, rank_end, ready, start, length, share, begin, p2p)
 
 
 def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int) -> tuple[int, ...]:
@@ -181,35 +199,49 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
     return r2.makespan + (microbatches - m2) / (m2 - m1) * (r2.makespan - r1.makespan), r2, m2
 
 
+def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:
+    """The replay as a trace, for step.py: a compute row per op (a lone op its action; a pair's forward
+    the first ``share`` of the pair, its backward the rest: the [chunk] model interleaves the two,
+    which only moves where the pair's weight gradients end inside it) and a P2P row per transfer;
+    only the actions and transfers that end at ``since`` or later."""
+    flat = b.index.flat
+    n_ranks = len(b.rank_first)
+    keep = (run.starts + run.length >= since)[flat.action]
+    flat_action, flat_member = flat.action[keep], flat.member[keep]
+    rank = np.repeat(np.arange(n_ranks), np.diff(flat.rank_bounds))[flat_action]
+    start, length, share = run.starts[flat_action], run.length[flat_action], run.share[flat_action]
+    second = flat_member == 1
+    rows = np.empty(len(flat_action), dtype=COMPUTE_DTYPE)
+    rows["rank"], rows["kind"], rows["microbatch"] = rank, flat.kind[keep], flat.microbatch[keep]
+    rows["stage"], rows["direction"] = flat.stage[keep], flat.direction[keep]
+    rows["start"] = np.where(second, start + length * share, start)
+    rows["end"] = np.where(second, start + length, start + length * share)
+    rows["action"] = flat_action - b.rank_first[rank]
+    rows["overlapped"] = ~b.lone[flat_action]
+    rows["part"] = -1
+    # without P2P time the replay times no transfer (each lands as its action ends): no rows
+    comm = replay._transfers(b.schedule, b.index, b.transfers.transfers, run.begin, run.p2p) if len(run.begin) \
+        else np.empty(0, dtype=COMM_DTYPE)
+    comm = comm[comm["end"] >= since]
+    s = b.schedule
+    return Trace(s.name, s.stages, s.microbatches, n_ranks, rows, comm, np.empty(0, dtype=MEMORY_DTYPE),
+                 b.index.stages_on_rank, [0.0] * n_ranks)  # fmt: skip
+
+
 def step_end_ms(b: Built, run: Replayed, step) -> float:
-    """What the step's end adds after the pipeline's makespan (ms), as step.py lays it out: a stage
-    held twice first sums its two copies' gradients (one sum at a time per pair of ranks, from both
-    copies' last weight-gradient op with ``step.cross_copy_eager``, else both ranks' end); then per
-    rank its copies' grad syncs one at a time in release order on its data-parallel channel; then
-    its optimizer over every copy it holds.  ``step``: the scenario's StepCosts (None: nothing)."""
+    """What the step's end adds after the pipeline's makespan (ms): step.py's rows (step_rows), their last
+    end past the makespan.  ``step``: the scenario's StepCosts (None: nothing)."""
     if step is None or not step.active():
         return 0.0
-    grad = np.asarray(step.grad_sync, dtype=float)[b.copy_stage]
-    cross = np.asarray(step.cross_copy_sync, dtype=float)[b.copy_stage]
-    optimizer = np.asarray(step.optimizer, dtype=float)[b.copy_stage]
-    ends = run.rank_end[b.copy_rank]
-    release = run.copy_ready if step.overlap_grad_sync else ends
-    done = run.rank_end.copy()
-    summed = np.zeros(len(grad))  # per copy: when its stage's cross-copy sum ends
-    pairs = [c for c in range(len(grad)) if c < b.copy_twin[c]]
-    if pairs and cross.any():
-        start = run.copy_ready if step.cross_copy_eager else ends
-        link: dict[tuple, float] = {}
-        for c in sorted(pairs, key=lambda c: (max(start[c], start[b.copy_twin[c]]), c)):
-            t = b.copy_twin[c]
-            key = tuple(sorted((int(b.copy_rank[c]), int(b.copy_rank[t]))))
-            summed[c] = summed[t] = link[key] = max(link.get(key, 0.0), start[c], start[t]) + cross[c]
-        np.maximum.at(done, b.copy_rank, summed)
-        release = np.maximum(release, summed)  # a copy's grad sync reduces the summed gradient
-    channel = np.zeros(len(run.rank_end))
-    for c in np.lexsort((np.arange(len(release)), release)):
-        r = b.copy_rank[c]
-        channel[r] = max(channel[r], release[c]) + grad[c]
-        done[r] = max(done[r], channel[r])
-    done += np.bincount(b.copy_rank, weights=optimizer, minlength=len(done))
-    return max(0.0, float(done.max()) - run.makespan)
+    rows = step_rows(b, run, step)
+    return max(0.0, float(rows["end"].max()) - run.makespan) if len(rows) else 0.0
+
+
+def step_rows(b: Built, run: Replayed, step) -> np.ndarray:
+    """step.py's end-of-step rows (simulate_step) on the replay's trace (trace_of).  No sync starts before
+    the earliest start of a copy's last weight-gradient op (a bucket is released within it at the
+    earliest), and nothing that ends before then moves a sync, a stretch, a launch or a rank's end: the
+    trace is cut there, and the rows are the whole trace's (tests/test_plan_step_end.py)."""
+    last = b.last_wgrad[b.last_wgrad >= 0]
+    since = float(run.starts[last].min()) if len(last) else -np.inf
+    return simulate_step(trace_of(b, run, since), step)

@@ -1,0 +1,162 @@
+"""plan's estimated step's end (plan/step_estimate.step_end_ms) sees what `run` sees at the step's end.
+
+The estimate writes its small replay as a trace and hands it to step.py's own simulate_step, so the
+grad-sync buckets, Megatron's launches and the compute slowed under a data-parallel collective
+(``step.dp_comm_sms``, StepCosts.dp_comm_slowdown) count there as in a run.  One case is worked by
+hand; the others hold the estimate to `run` where the estimate's assumptions hold exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from dualpipe_sim import simulation
+from dualpipe_sim.engine.step import simulate_step
+from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
+from dualpipe_sim.plan.estimate import FigureCache, step_time
+from dualpipe_sim.plan.request import base_scenario
+from dualpipe_sim.plan.space import Candidate
+from dualpipe_sim.plan.step_estimate import StageCosts, built, pipeline, replayed, step_end_ms, step_rows, trace_of
+from dualpipe_sim.schedules.rules import KIND_CODES, Kind
+from dualpipe_sim.step_costs import StepCosts
+
+
+def test_dp_comm_slowdown_worked_by_hand():
+    # 1F1B on 2 stages, 3 micro-batches, F = (1, 2), B = (2, 4), W in B, no P2P (the replay that
+    # tests/test_plan_estimate.py works by hand): rank 0's last backward (stage 0) runs [19, 21],
+    # rank 1's (stage 1) [15, 19]; the pipeline ends at 21.
+    # [step]: grad sync 2 and 4 ms in 2 buckets each, overlapped; optimizer 1 and 2 ms.  A bucket k of
+    # 2 is ready k/2 of the way through the copy's last backward (step.py).
+    # Without a slowdown: rank 0's buckets (1 ms each) are ready at 20 and 21: [20, 21], [21, 22], its
+    # optimizer [22, 23].  Rank 1's (2 ms each) at 17 and 19: [17, 19], [19, 21], optimizer [21, 23].
+    # The step ends at 23: 2 ms after the pipeline.
+    # With stage 1's compute 1.5x slower beside a collective (stage 0's not slowed): on rank 1 bucket 1
+    # [17, 19] runs beside the last backward's last 2 ms, which take (1.5 - 1) x 2 = 1 ms longer; the
+    # rank's pipeline work ends at 20, bucket 2 runs [20, 22] and the optimizer [22, 24].  Rank 0 is as
+    # before.  The step ends at 24: 3 ms after the pipeline, 1 ms more.
+    b = built("1f1b", 2, 3, None)
+    run = replayed(b, StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0)), 0.0, False)
+    assert run.makespan == 21.0
+    plain = StepCosts(grad_sync=(2.0, 4.0), cross_copy_sync=(0.0, 0.0), optimizer=(1.0, 2.0),
+                      overlap_grad_sync=True, grad_sync_buckets=2)  # fmt: skip
+    assert step_end_ms(b, run, plain) == pytest.approx(2.0)
+    assert step_end_ms(b, run, replace(plain, dp_comm_slowdown=(1.0, 1.0))) == pytest.approx(2.0)
+    assert step_end_ms(b, run, replace(plain, dp_comm_slowdown=(1.0, 1.5))) == pytest.approx(3.0)
+    # the slowdown on stage 0 instead: rank 0's bucket 1 [20, 21] beside its backward's last 1 ms adds
+    # 0.5 ms; bucket 2 runs [21.5, 22.5], the optimizer [22.5, 23.5]: 2.5 ms after the pipeline
+    assert step_end_ms(b, run, replace(plain, dp_comm_slowdown=(1.5, 1.0))) == pytest.approx(2.5)
+    # released whole (one bucket), each copy's sync starts at its last backward's end, beside no
+    # compute of its rank: nothing is slowed (rank 0: [21, 23], optimizer [23, 24]; rank 1: [19, 23],
+    # optimizer [23, 25]; the step ends at 25, 4 ms after the pipeline)
+    whole = replace(plain, grad_sync_buckets=1)
+    assert step_end_ms(b, run, whole) == step_end_ms(b, run, replace(whole, dp_comm_slowdown=(1.5, 1.5))) == 4.0
+
+
+# A small dense model on 4 H100 (tests/test_plan.py's): derived stage times, [step] derived as plan
+# sets it (overlapped grad sync, Megatron-core's DDP buckets, step.dp_comm_sms 16 by default).
+TINY = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plan_step_end") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return base_scenario(path, "H100", 2048, [])
+
+
+# Where the estimate's assumptions hold exactly: a dense model (no [chunk] all-to-all, so a pair, as
+# DualPipeV runs it, is its forward then its backward, as the estimate splits it), no random model, and
+# M <= 4 x ranks, so the schedule is replayed at M itself (no extrapolation).  Then the estimate's
+# pipeline is the run's, and its step's end is step.py's on the same rows: equal to the run's step to
+# rounding (stated tolerance: 1e-9 relative).
+LAYOUTS = [
+    Candidate(tensor=1, context=1, pipeline=2, data=2, expert=1, micro_batch_size=1, microbatches=4,
+              schedule="1f1b", stages=2, recompute="none", zero=1),
+    Candidate(tensor=1, context=1, pipeline=2, data=2, expert=1, micro_batch_size=1, microbatches=4,
+              schedule="zb-h1", stages=2, recompute="none", zero=1),
+    Candidate(tensor=1, context=1, pipeline=2, data=2, expert=1, micro_batch_size=1, microbatches=4,
+              schedule="interleaved-1f1b", virtual=2, stages=4, recompute="none", zero=1),
+    Candidate(tensor=1, context=1, pipeline=2, data=2, expert=1, micro_batch_size=1, microbatches=4,
+              schedule="dualpipev", stages=4, recompute="none", zero=2),
+]  # fmt: skip
+
+
+def _estimate_and_run(base: dict, cand: Candidate) -> tuple[float, float]:
+    est = step_time(FigureCache(base), cand)
+    run = simulation.run(sections_only(apply_overrides(base, cand.overrides())))
+    return est, run.metrics.scalars()["step.total"]
+
+
+@pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
+def test_estimate_is_the_run_where_its_assumptions_hold(base, cand):
+    est, got = _estimate_and_run(base, cand)
+    assert est == pytest.approx(got, rel=1e-9)
+
+
+def test_dp_comm_sms_moves_estimate_and_run_alike(base):
+    # interleaved 1F1B: a rank's first chunk's grad sync runs beside its second chunk's backwards, which
+    # the collective's 16 SMs slow; with step.dp_comm_sms = 0 nothing is slowed.  Estimate and run both
+    # move, by the same amount (the case above, its assumptions holding).
+    cand = LAYOUTS[2]
+    est, got = _estimate_and_run(base, cand)
+    est0, got0 = _estimate_and_run(apply_overrides(base, ["step.dp_comm_sms=0"]), cand)
+    assert got > got0  # the slowdown is there to see in the run
+    assert est - est0 == pytest.approx(got - got0, rel=1e-6)
+
+
+def test_overlapped_pair_split_by_hand():
+    # 1F1B with overlapped pairs on 2 stages, F = 1 and B = 2 on each, no all-to-all: a pair lasts
+    # F + B = 3 and the trace step.py reads gives its forward the first F / (F + B) of it, its backward
+    # the rest (a run without [chunk] lays a pair out so too: the next test)
+    b = built("1f1b-overlap", 2, 4, None)
+    run = replayed(b, StageCosts((1.0, 1.0), (2.0, 2.0), (0.0, 0.0)), 0.0, False)
+    rows = trace_of(b, run).compute
+    pairs = rows[rows["overlapped"]]
+    assert len(pairs) > 0
+    forward, backward = pairs[pairs["kind"] == KIND_CODES[Kind.F]], pairs[pairs["kind"] != KIND_CODES[Kind.F]]
+    assert np.all(forward["end"] - forward["start"] == 1.0) and np.all(backward["end"] - backward["start"] == 2.0)
+    assert forward["end"].tolist() == backward["start"].tolist()
+
+
+@pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
+def test_the_estimates_trace_is_the_runs(base, cand):
+    # where the assumptions hold (above), the trace the estimate hands step.py has the run's compute rows
+    cache = FigureCache(base)
+    fig = cache.figures(cand)
+    _, run, m = pipeline(cand.schedule, cand.stages, cand.microbatches, cand.virtual, cand.pipeline, fig.costs,
+                         fig.p2p, cache.blocking(cand))  # fmt: skip
+    assert m == cand.microbatches
+    mine = trace_of(built(cand.schedule, cand.stages, m, cand.virtual), run).compute
+    theirs = simulation.run(sections_only(apply_overrides(base, cand.overrides()))).trace.compute
+    names = ("rank", "kind", "microbatch", "stage", "direction", "action", "overlapped")
+    key = lambda r: (*(int(r[n]) for n in names), round(float(r["start"]), 9), round(float(r["end"]), 9))  # noqa: E731
+    assert sorted(map(key, mine)) == sorted(map(key, theirs))
+    assert mine["overlapped"].any() == (cand.schedule == "dualpipev")  # DualPipeV's pairs among them
+
+
+@pytest.mark.parametrize("name,stages,m,virtual", [("1f1b", 4, 9, None), ("zb-h1", 4, 8, None),
+                                                   ("interleaved-1f1b", 8, 8, 2), ("dualpipev", 8, 10, None),
+                                                   ("dualpipe", 4, 8, None), ("1f1b-overlap", 3, 7, None)])  # fmt: skip
+@pytest.mark.parametrize("overlap,launch,shared", [(True, "ready", False), (True, "pp-aligned", True),
+                                                   (False, "ready", True)])  # fmt: skip
+def test_the_cut_trace_gives_step_py_the_same_rows(name, stages, m, virtual, overlap, launch, shared):
+    # step_end_ms hands step.py only the tail of the replay (what ends after the earliest start of a
+    # copy's last weight-gradient op): the step's rows must be those of the whole trace, bit for bit
+    rng = np.random.default_rng(stages * m)
+    b = built(name, stages, m, virtual)
+    f = tuple(rng.uniform(1.0, 2.0, stages))
+    costs = StageCosts(f, tuple(2 * x for x in f), tuple(rng.uniform(0.3, 0.9, stages)), (0.0,) * stages,
+                       tuple(rng.uniform(0.0, 0.5, stages)), 1.2)  # fmt: skip
+    run = replayed(b, costs, 0.1, False)
+    step = StepCosts(tuple(rng.uniform(0.5, 6.0, stages)), tuple(rng.uniform(0.0, 2.0, stages)),
+                     tuple(rng.uniform(0.1, 1.0, stages)), overlap_grad_sync=overlap, grad_sync_buckets=3,
+                     grad_sync_launch=launch, nic_shared=shared, dp_comm_slowdown=tuple(rng.uniform(1.0, 1.4, stages)))
+    whole = simulate_step(trace_of(b, run), step)
+    assert step_rows(b, run, step).tobytes() == whole.tobytes()
+    last = b.last_wgrad[b.last_wgrad >= 0]
+    assert len(trace_of(b, run, float(run.starts[last].min())).compute) < len(trace_of(b, run).compute)  # a cut
