@@ -107,12 +107,20 @@ def _grad_sync(scenario, derived) -> list[Item]:
         whole = sf.derived_sync(scenario, "grad_sync", derived)
         ms = tuple(w - tied.get(s, 0.0) for s, w in enumerate(whole))
         rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
-                f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog)")
-        # DeepSpeed sends its dense gradient in bf16; ZeRO 2/3's figure is a part of the stage's gradient
-        nbytes = tuple(f.dense_params / sh.tensor * sf.BF16 for f in derived.stages) if deepspeed else \
-            tuple(d + r for d, r in grads)
+                f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog: "
+                "the stage's whole gradient, M / copies times)")
+        if deepspeed:  # its dense gradient sent in bf16
+            nbytes = tuple(f.dense_params / sh.tensor * sf.BF16 for f in derived.stages)
+            bound = _bound(ms, (sf._sync_ms(st, "grad_sync", 1.0, 0.0, op="all_reduce"),) * len(ms))
+        else:  # ZeRO 2/3: the last unit's reduce-scatter, or where the channel's backlog is longer, that backlog
+            units = [sf.last_unit_grads(st, w) for w in st.stages]
+            unit_ms = [sf._sync_ms(st, "grad_sync", d, r) for d, r in units]
+            backlog = [m > u * (1 + 1e-9) for m, u in zip(ms, unit_ms)]
+            nbytes = tuple(sum(g) if b else sum(u) for g, u, b in zip(grads, units, backlog))
+            latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0) for _, r in units)
+            bound = "bandwidth (the backlog)" if any(backlog) else _bound(ms, latency)
         out = [Item(f"data-parallel gradient {op}", "grad_sync", nbytes, ms, _groups(sh, routed), _link(st),
-                    "bandwidth", rule)]  # fmt: skip
+                    bound, rule)]  # fmt: skip
     else:
         buckets = ddp_buckets.per_stage(scenario, derived)
         ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) for (d, r), b in zip(grads, buckets))
@@ -169,7 +177,9 @@ def _optimizer(scenario, derived) -> list[Item]:
     if fp8 and not deepspeed:
         cast = tuple(sf.fp8_master_cast_ms(scenario, st))
         out.append(Item("FP8 parameters' cast + amax all-reduce", "optimizer", (0.0,) * n, cast,
-                        f"amax over data x context {sh.data}", "hbm", "memory + launches",
+                        f"amax over data x context {sh.data}" + (f", the experts' over expert-data {sh.expert_data:g}"
+                                                                 if any(f.routed_params for f in derived.stages) else ""),
+                        "hbm", "memory + launches",
                         "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
