@@ -198,3 +198,16 @@ def test_fp8_cast_item_names_the_expert_group(capsys):
     items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
     assert items["FP8 parameters' cast + amax all-reduce"]["group"] == (
         "amax over data x context 8, the experts' over expert-data 4")
+
+
+def test_tied_embedding_all_reduce_bound_by_its_figures(tmp_path):
+    """The tiny model with a tied head: its embedding's gradient, 1,000 x 256 x 4 B = 1,024,000 B, all-reduced between
+    the two pipeline ranks (GPUs 0-1 and 2-3, one node: NVLink): 25.5 us + 2 x (2 - 1) / 2 x 1,024,000 / 321 GB/s =
+    25.5 + 3.19 = 28.69 us, of which the 1-byte message's 25.5 us is over half: latency-bound, as docs/model.md's rule
+    says."""
+    sc = scenario.load(tiny(tmp_path), ["model.tie_word_embeddings=true"])
+    items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
+    tied = items["tied embedding gradient all-reduce"]
+    assert tied["bytes"] == [1_024_000, 1_024_000]
+    assert tied["ms"] == pytest.approx([0.028690, 0.028690], abs=1e-6)
+    assert (tied["link"], tied["bound"]) == ("nvlink", "latency")

@@ -137,9 +137,10 @@ def _grad_sync(scenario, derived) -> list[Item]:
         on_node = st.rates is not None and math.isclose(
             next(iter(tied.values())), collectives.time("all_reduce", nbytes, 2, st.rates, "nvlink") * 1e3)
         link = "nvlink" if on_node else "nic"
+        latency = collectives.time("all_reduce", 1.0, 2, st.rates, link) * 1e3 if st.rates is not None else 0.0
         out.append(Item("tied embedding gradient all-reduce", "grad_sync",
                         tuple(nbytes if s in tied else 0.0 for s in range(len(st.stages))), per,
-                        "2: the embedding's and the head's pipeline ranks", link, "bandwidth",
+                        "2: the embedding's and the head's pipeline ranks", link, _bound(per, (latency,) * len(per)),
                         "after the data-parallel reduction, before the optimizer"))  # fmt: skip
     return out
 
@@ -148,8 +149,9 @@ def _cross_copy(derived) -> list[Item]:
     st = derived.setup
     grads = _grads(derived)
     ms = tuple(sf._sync_ms(st, "cross_copy_sync", d, r) for d, r in grads)
+    latency = (sf._sync_ms(st, "cross_copy_sync", 1.0, 0.0),) * len(ms)  # one send of 1 byte
     return [Item("cross-copy gradient sum", "cross_copy_sync", tuple(d + r for d, r in grads), ms,
-                 "2: the ranks holding a stage's two copies", "nic", "bandwidth",
+                 "2: the ranks holding a stage's two copies", "nic", _bound(ms, latency),
                  "a stage held twice (DualPipe, Chimera): the copies' gradients summed")]  # fmt: skip
 
 
