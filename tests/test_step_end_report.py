@@ -211,3 +211,17 @@ def test_tied_embedding_all_reduce_bound_by_its_figures(tmp_path):
     assert tied["bytes"] == [1_024_000, 1_024_000]
     assert tied["ms"] == pytest.approx([0.028690, 0.028690], abs=1e-6)
     assert (tied["link"], tied["bound"]) == ("nvlink", "latency")
+
+
+def test_cross_copy_sum_said_unused_where_no_stage_is_held_twice(tmp_path):
+    """step.cross_copy_sync = "derived" on 1F1B: the sum is derived for every stage (the tiny model's 6,270,976 B at
+    the NIC's rate), but no stage is held by two ranks, so `run` (engine/step.py) adds none of it; the item says so.
+    On DualPipe, where every stage is held twice, it does not."""
+    sc = scenario.load(tiny(tmp_path), ["step.cross_copy_sync=derived"])
+    (cross,) = [it for it in step_end.summary(sc, sc.derived())["items"] if it["figure"] == "cross_copy_sync"]
+    assert cross["bytes"] == [STAGE0 * 4, STAGE1 * 4]
+    assert cross["rule"].endswith("; no stage is held twice here: `run` adds none of it")
+    sc = scenario.load(tiny(tmp_path), ["step.cross_copy_sync=derived", "pipeline.schedule=dualpipe",
+                                        "pipeline.microbatches=8"])  # fmt: skip
+    (cross,) = [it for it in step_end.summary(sc, sc.derived())["items"] if it["figure"] == "cross_copy_sync"]
+    assert cross["rule"] == "a stage held twice (DualPipe, Chimera): the copies' gradients summed"

@@ -80,7 +80,7 @@ def items(scenario, derived) -> list[Item]:
     if settings["grad_sync"] == "derived":
         out += _grad_sync(scenario, derived)
     if settings["cross_copy_sync"] == "derived":
-        out += _cross_copy(derived)
+        out += _cross_copy(scenario, derived)
     if settings["optimizer"] == "derived":
         out += _optimizer(scenario, derived)
     return out
@@ -145,14 +145,18 @@ def _grad_sync(scenario, derived) -> list[Item]:
     return out
 
 
-def _cross_copy(derived) -> list[Item]:
+def _cross_copy(scenario, derived) -> list[Item]:
     st = derived.setup
+    # derived for every stage, but `run` sums only the stages two ranks hold (engine/step.py)
+    twice = [n == 2 for n in sf._stage_copies(scenario)]
+    where = "" if all(twice) else "; no stage is held twice here: `run` adds none of it" if not any(twice) else \
+        "; `run` adds it only for the stages two ranks hold"
     grads = _grads(derived)
     ms = tuple(sf._sync_ms(st, "cross_copy_sync", d, r) for d, r in grads)
     latency = (sf._sync_ms(st, "cross_copy_sync", 1.0, 0.0),) * len(ms)  # one send of 1 byte
     return [Item("cross-copy gradient sum", "cross_copy_sync", tuple(d + r for d, r in grads), ms,
                  "2: the ranks holding a stage's two copies", "nic", _bound(ms, latency),
-                 "a stage held twice (DualPipe, Chimera): the copies' gradients summed")]  # fmt: skip
+                 f"a stage held twice (DualPipe, Chimera): the copies' gradients summed{where}")]  # fmt: skip
 
 
 def _optimizer(scenario, derived) -> list[Item]:
