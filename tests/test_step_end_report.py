@@ -225,3 +225,11 @@ def test_cross_copy_sum_said_unused_where_no_stage_is_held_twice(tmp_path):
                                         "pipeline.microbatches=8"])  # fmt: skip
     (cross,) = [it for it in step_end.summary(sc, sc.derived())["items"] if it["figure"] == "cross_copy_sync"]
     assert cross["rule"] == "a stage held twice (DualPipe, Chimera): the copies' gradients summed"
+
+
+def test_adam_over_the_whole_copy_without_zero(tmp_path):
+    """ZeRO 0: no optimizer shard; Adam updates stage 0's 1,567,744 parameters, 38 B each (as above) = 59,574,272 B."""
+    sc = scenario.load(tiny(tmp_path), ["parallel.zero=0"])
+    adam = step_end.summary(sc, sc.derived())["items"][1]
+    assert adam["bytes"][0] == STAGE0 * 38 == 59_574_272
+    assert adam["group"] == "the rank's whole stage copy (ZeRO 0)"

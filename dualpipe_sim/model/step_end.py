@@ -178,7 +178,8 @@ def _optimizer(scenario, derived) -> list[Item]:
         streamed.append(updated * per_param + extra)
     adam = tuple((b / rates.hbm + rates.floor) * 1e3 for b in streamed)
     out = [Item("optimizer step (Adam + clip norm + master copy)", "optimizer", tuple(streamed), adam,
-                f"the rank's shard (ZeRO {sh.zero})", "hbm", "memory",
+                f"the rank's shard (ZeRO {sh.zero})" if sh.zero >= 1 else "the rank's whole stage copy (ZeRO 0)", "hbm",
+                "memory",
                 f"{per_param:g} B per parameter updated at {rates.hbm / 1e12:.3g} TB/s + one launch")]  # fmt: skip
     if fp8 and not deepspeed:
         cast = tuple(sf.fp8_master_cast_ms(scenario, st))
