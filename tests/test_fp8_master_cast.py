@@ -10,6 +10,7 @@ weight is the GEMM's operand in every forward: no per-micro-batch cast, its tran
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,24 @@ def test_uncached_fp8_params_are_the_gemm_operand_by_hand():
     assert rows["attention weights fp8 cast (uncached)"].bytes == (QKV + PROJ) * 4
     assert rows["mlp weights fp8 cast (uncached)"].bytes == (FC1 + FC2) * 4
     assert step_figures.fp8_weight_cast_ms(st, st.stages[0]) == 0.0
+
+
+@pytest.mark.parametrize("verb", [["model"], ["model", "--json"], ["run", "--plots", "none"]])
+@pytest.mark.parametrize("setting", ["model.fp8=false", "model.fp8_gemm=deepgemm"])
+def test_fp8_params_without_te_fp8_linears_is_refused_without_a_step_table(tmp_path, capsys, verb, setting):
+    """FP8 parameters are Transformer Engine's Float8Tensor weights: without FP8 linears through TE there are none to
+    hold at 1 byte.  Refused in every verb, [step] or not (memory would otherwise hold 16-bit weights silently, or,
+    with DeepGEMM, 1-byte ones TE never made): one line naming the key, exit 2, nothing written."""
+    from dualpipe_sim.cli import main
+
+    text = (VALIDATION / "mlperf51-llama8b-64h200.toml").read_text()
+    path = tmp_path / "nostep.toml"
+    path.write_text(re.sub(r"\n\[step\]\n.*?(?=\n\[|\Z)", "", text, flags=re.S))  # the [step] table left out
+    assert load(path).step is None
+    out = tmp_path / "out"
+    sets = [setting] + (["model.fp8_recipe=delayed"] if "deepgemm" in setting else [])
+    args = [verb[0], str(path), *verb[1:], *[a for s in sets for a in ("--set", s)]]
+    code = main(args + (["--out", str(out)] if verb[0] == "run" else []))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert "model.fp8_params" in err and len(err.splitlines()) == 1 and "Traceback" not in err

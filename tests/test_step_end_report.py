@@ -113,8 +113,8 @@ def test_explain_text_reads(tmp_path, capsys):
     assert main(["model", str(tiny(tmp_path)), "--explain"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    at = lines.index("  the step's end, once per step, per stage copy (docs/step.md; grad sync after the pipeline, "
-                     "parameter gather not overlapped, step.dp_comm_sms 16):")
+    at = lines.index("  the step's end, once per step, per stage copy (docs/step.md):") + 1
+    assert lines[at] == "    grad sync after the pipeline, parameter gather not overlapped, step.dp_comm_sms 16"
     assert lines[at + 1] == ("    data-parallel gradient reduce-scatter [grad_sync]: data x context 2; nvlink; "
                              "bound by latency")
     # 6,270,976 and 6,272,000 bytes; 0.03527 ms (worked above) and stage 1's 25.5 us + 3,136,000 / 321 GB/s
@@ -156,3 +156,80 @@ def test_a_step_run_refuses_is_said_not_raised(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["step_end"] == {"error": want}
     assert main(["model", str(path), "--explain"]) == 0
     assert f"  the step's end: not costed, `run` would refuse the scenario: {want}" in capsys.readouterr().out.splitlines()
+
+
+def test_zero2_item_shows_the_last_units_bytes_and_its_bound(tmp_path):
+    """ZeRO 2 leaves the end of the step only the last backward's last unit: its size and bound are that unit's,
+    not the stage's whole gradient.  Stage 0's last unit is the embedding, 256,000 x 4 B = 1,024,000 B: 25.5 us
+    + 512,000 B / 321 GB/s = 25.5 + 1.595 = 27.095 us; stage 1's a layer, 655,872 x 4 = 2,623,488 B: 25.5 us +
+    1,311,744 / 321 GB/s = 29.586 us.  The 25.5 us of latency is over half of each: latency-bound."""
+    sc = scenario.load(tiny(tmp_path), ["parallel.zero=2"])
+    items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
+    rs = items["data-parallel gradient reduce-scatter"]
+    assert rs["bytes"] == [1_024_000, 2_623_488]
+    assert rs["ms"] == pytest.approx([0.027095, 0.029586], abs=1e-6)
+    assert rs["bound"] == "latency"
+
+
+def test_explain_lines_fit_140_columns(tmp_path, capsys):
+    """Every line of the step's end fits a 140-column terminal, on the bundled scenarios with the longest settings
+    (an overlapped gather's rule names the schedule's wait and the setting)."""
+    for path in (ROOT / "scenarios/deepseek-v3-predicted.toml", ROOT / "scenarios/validation/mlperf41-gpt3-512.toml"):
+        assert main(["model", str(path), "--explain"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        lines = lines[next(i for i, line in enumerate(lines) if "the step's end" in line):]
+        assert len(lines) > 10 and max(len(line) for line in lines) <= 140, max(lines, key=len)
+
+
+def test_slowdown_said_idle_when_nothing_overlaps(tmp_path, capsys):
+    """Not overlapped, the gradient reduction starts after each rank's last compute (engine/step.py): the
+    slowdown figure is printed, with the words that nothing runs beside it; overlapped, without them."""
+    assert main(["model", str(tiny(tmp_path)), "--explain"]) == 0
+    assert "      (nothing overlaps them here: the gradient reduction follows the pipeline)" in capsys.readouterr().out
+    assert main(["model", str(tiny(tmp_path)), "--explain", "--set", "step.overlap_grad_sync=true"]) == 0
+    assert "nothing overlaps them here" not in capsys.readouterr().out
+
+
+def test_fp8_cast_item_names_the_expert_group(capsys):
+    """Mixtral 8x22B with FP8 parameters at EP 4 (tests/test_fp8_master_cast.py): the experts' amax all-reduce runs
+    over the expert-data ranks, 8 x 2 / 4 = 4, beside the dense one over data 8."""
+    sc = scenario.load(ROOT / "scenarios/validation/mz-mixtral-8x22b.toml",
+                       ["model.fp8=true", "model.fp8_params=true", "parallel.expert=4"])  # fmt: skip
+    items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
+    assert items["FP8 parameters' cast + amax all-reduce"]["group"] == (
+        "amax over data x context 8, the experts' over expert-data 4")
+
+
+def test_tied_embedding_all_reduce_bound_by_its_figures(tmp_path):
+    """The tiny model with a tied head: its embedding's gradient, 1,000 x 256 x 4 B = 1,024,000 B, all-reduced between
+    the two pipeline ranks (GPUs 0-1 and 2-3, one node: NVLink): 25.5 us + 2 x (2 - 1) / 2 x 1,024,000 / 321 GB/s =
+    25.5 + 3.19 = 28.69 us, of which the 1-byte message's 25.5 us is over half: latency-bound, as docs/model.md's rule
+    says."""
+    sc = scenario.load(tiny(tmp_path), ["model.tie_word_embeddings=true"])
+    items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
+    tied = items["tied embedding gradient all-reduce"]
+    assert tied["bytes"] == [1_024_000, 1_024_000]
+    assert tied["ms"] == pytest.approx([0.028690, 0.028690], abs=1e-6)
+    assert (tied["link"], tied["bound"]) == ("nvlink", "latency")
+
+
+def test_cross_copy_sum_said_unused_where_no_stage_is_held_twice(tmp_path):
+    """step.cross_copy_sync = "derived" on 1F1B: the sum is derived for every stage (the tiny model's 6,270,976 B at
+    the NIC's rate), but no stage is held by two ranks, so `run` (engine/step.py) adds none of it; the item says so.
+    On DualPipe, where every stage is held twice, it does not."""
+    sc = scenario.load(tiny(tmp_path), ["step.cross_copy_sync=derived"])
+    (cross,) = [it for it in step_end.summary(sc, sc.derived())["items"] if it["figure"] == "cross_copy_sync"]
+    assert cross["bytes"] == [STAGE0 * 4, STAGE1 * 4]
+    assert cross["rule"].endswith("; no stage is held twice here: `run` adds none of it")
+    sc = scenario.load(tiny(tmp_path), ["step.cross_copy_sync=derived", "pipeline.schedule=dualpipe",
+                                        "pipeline.microbatches=8"])  # fmt: skip
+    (cross,) = [it for it in step_end.summary(sc, sc.derived())["items"] if it["figure"] == "cross_copy_sync"]
+    assert cross["rule"] == "a stage held twice (DualPipe, Chimera): the copies' gradients summed"
+
+
+def test_adam_over_the_whole_copy_without_zero(tmp_path):
+    """ZeRO 0: no optimizer shard; Adam updates stage 0's 1,567,744 parameters, 38 B each (as above) = 59,574,272 B."""
+    sc = scenario.load(tiny(tmp_path), ["parallel.zero=0"])
+    adam = step_end.summary(sc, sc.derived())["items"][1]
+    assert adam["bytes"][0] == STAGE0 * 38 == 59_574_272
+    assert adam["group"] == "the rank's whole stage copy (ZeRO 0)"

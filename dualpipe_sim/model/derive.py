@@ -274,6 +274,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError('model.cross_entropy: must be "megatron" with model.runtime = "megatron-lm-2021"')
     if m.fp8_recipe == "current" and m.fp8_gemm != "cublas":  # DeepGEMM's runtime scales per tile, its own way
         raise ModelError('model.fp8_recipe: "current" is Transformer Engine\'s recipe; it needs model.fp8_gemm = "cublas"')
+    if m.fp8_params and not (cfg.fp8 and m.fp8_gemm == "cublas"):  # Float8Tensor weights are Transformer Engine's
+        raise ModelError("model.fp8_params: FP8 parameters need FP8 linears through Transformer Engine "
+                         '(model.fp8 = true, model.fp8_gemm = "cublas")')
     if m.fp8_recipe == "current" and "fp8_amax_reduction" in m.model_fields_set:
         raise ModelError('model.fp8_amax_reduction: delayed scaling only; with model.fp8_recipe = "current" there is no '
                          "per-chunk amax reduction (leave the key out)")  # fmt: skip

@@ -8,6 +8,8 @@ people, and with ``explain`` also how every derived number is obtained, the step
 
 from __future__ import annotations
 
+import textwrap
+
 from .. import units
 from ..schedules.components import Component
 from . import activations, derive, flops, kernels, params, step_end
@@ -230,7 +232,7 @@ def step_end_lines(end: dict | None) -> list[str]:
     sync = f"overlapped, launch {end['grad_sync_launch']}" if end["overlap_grad_sync"] else "after the pipeline"
     gather = "overlapped with the next forward" if end["overlap_param_gather"] else "not overlapped"
     settings = f"grad sync {sync}, parameter gather {gather}, step.dp_comm_sms {end['dp_comm_sms']}"
-    lines = ["", f"  the step's end, once per step, per stage copy (docs/step.md; {settings}):"]
+    lines = ["", "  the step's end, once per step, per stage copy (docs/step.md):", f"    {settings}"]
     for it in end["items"]:
         lines.append(f"    {it['name']} [{it['figure']}]: {it['group']}; {it['link']}; bound by {it['bound']}")
         size = f"{_by_stage('size', it['bytes'], _size)}; " if any(it["bytes"]) else ""
@@ -243,7 +245,17 @@ def step_end_lines(end: dict | None) -> list[str]:
     if end["dp_comm_slowdown"]:
         lines.append(f"    compute beside a data-parallel collective runs slower ({end['dp_comm_sms']} SMs taken, "
                      f"step.dp_comm_sms): {_by_stage('x', end['dp_comm_slowdown'], lambda v: f'{v:.4g}')}")
-    return lines
+        if not (end["overlap_grad_sync"] or end["overlap_param_gather"]):  # the syncs start after the compute
+            lines.append("      (nothing overlaps them here: the gradient reduction follows the pipeline)")
+    return [_fit(line) for line in lines]
+
+
+def _fit(line: str, width: int = 140) -> str:
+    """A long line broken at spaces to ``width`` columns, its continuation indented two more than the line."""
+    if len(line) <= width:
+        return line
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    return textwrap.fill(line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
 
 
 def _p2p_split(st) -> str:

@@ -80,7 +80,7 @@ def items(scenario, derived) -> list[Item]:
     if settings["grad_sync"] == "derived":
         out += _grad_sync(scenario, derived)
     if settings["cross_copy_sync"] == "derived":
-        out += _cross_copy(derived)
+        out += _cross_copy(scenario, derived)
     if settings["optimizer"] == "derived":
         out += _optimizer(scenario, derived)
     return out
@@ -107,12 +107,20 @@ def _grad_sync(scenario, derived) -> list[Item]:
         whole = sf.derived_sync(scenario, "grad_sync", derived)
         ms = tuple(w - tied.get(s, 0.0) for s, w in enumerate(whole))
         rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
-                f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog)")
-        # DeepSpeed sends its dense gradient in bf16; ZeRO 2/3's figure is a part of the stage's gradient
-        nbytes = tuple(f.dense_params / sh.tensor * sf.BF16 for f in derived.stages) if deepspeed else \
-            tuple(d + r for d, r in grads)
+                f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog: "
+                "the stage's whole gradient, M / copies times)")
+        if deepspeed:  # its dense gradient sent in bf16
+            nbytes = tuple(f.dense_params / sh.tensor * sf.BF16 for f in derived.stages)
+            bound = _bound(ms, (sf._sync_ms(st, "grad_sync", 1.0, 0.0, op="all_reduce"),) * len(ms))
+        else:  # ZeRO 2/3: the last unit's reduce-scatter, or where the channel's backlog is longer, that backlog
+            units = [sf.last_unit_grads(st, w) for w in st.stages]
+            unit_ms = [sf._sync_ms(st, "grad_sync", d, r) for d, r in units]
+            backlog = [m > u * (1 + 1e-9) for m, u in zip(ms, unit_ms)]
+            nbytes = tuple(sum(g) if b else sum(u) for g, u, b in zip(grads, units, backlog))
+            latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0) for _, r in units)
+            bound = "bandwidth (the backlog)" if any(backlog) else _bound(ms, latency)
         out = [Item(f"data-parallel gradient {op}", "grad_sync", nbytes, ms, _groups(sh, routed), _link(st),
-                    "bandwidth", rule)]  # fmt: skip
+                    bound, rule)]  # fmt: skip
     else:
         buckets = ddp_buckets.per_stage(scenario, derived)
         ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) for (d, r), b in zip(grads, buckets))
@@ -129,20 +137,26 @@ def _grad_sync(scenario, derived) -> list[Item]:
         on_node = st.rates is not None and math.isclose(
             next(iter(tied.values())), collectives.time("all_reduce", nbytes, 2, st.rates, "nvlink") * 1e3)
         link = "nvlink" if on_node else "nic"
+        latency = collectives.time("all_reduce", 1.0, 2, st.rates, link) * 1e3 if st.rates is not None else 0.0
         out.append(Item("tied embedding gradient all-reduce", "grad_sync",
                         tuple(nbytes if s in tied else 0.0 for s in range(len(st.stages))), per,
-                        "2: the embedding's and the head's pipeline ranks", link, "bandwidth",
+                        "2: the embedding's and the head's pipeline ranks", link, _bound(per, (latency,) * len(per)),
                         "after the data-parallel reduction, before the optimizer"))  # fmt: skip
     return out
 
 
-def _cross_copy(derived) -> list[Item]:
+def _cross_copy(scenario, derived) -> list[Item]:
     st = derived.setup
+    # derived for every stage, but `run` sums only the stages two ranks hold (engine/step.py)
+    twice = [n == 2 for n in sf._stage_copies(scenario)]
+    where = "" if all(twice) else "; no stage is held twice here: `run` adds none of it" if not any(twice) else \
+        "; `run` adds it only for the stages two ranks hold"
     grads = _grads(derived)
     ms = tuple(sf._sync_ms(st, "cross_copy_sync", d, r) for d, r in grads)
+    latency = (sf._sync_ms(st, "cross_copy_sync", 1.0, 0.0),) * len(ms)  # one send of 1 byte
     return [Item("cross-copy gradient sum", "cross_copy_sync", tuple(d + r for d, r in grads), ms,
-                 "2: the ranks holding a stage's two copies", "nic", "bandwidth",
-                 "a stage held twice (DualPipe, Chimera): the copies' gradients summed")]  # fmt: skip
+                 "2: the ranks holding a stage's two copies", "nic", _bound(ms, latency),
+                 f"a stage held twice (DualPipe, Chimera): the copies' gradients summed{where}")]  # fmt: skip
 
 
 def _optimizer(scenario, derived) -> list[Item]:
@@ -164,12 +178,15 @@ def _optimizer(scenario, derived) -> list[Item]:
         streamed.append(updated * per_param + extra)
     adam = tuple((b / rates.hbm + rates.floor) * 1e3 for b in streamed)
     out = [Item("optimizer step (Adam + clip norm + master copy)", "optimizer", tuple(streamed), adam,
-                f"the rank's shard (ZeRO {sh.zero})", "hbm", "memory",
+                f"the rank's shard (ZeRO {sh.zero})" if sh.zero >= 1 else "the rank's whole stage copy (ZeRO 0)", "hbm",
+                "memory",
                 f"{per_param:g} B per parameter updated at {rates.hbm / 1e12:.3g} TB/s + one launch")]  # fmt: skip
     if fp8 and not deepspeed:
         cast = tuple(sf.fp8_master_cast_ms(scenario, st))
         out.append(Item("FP8 parameters' cast + amax all-reduce", "optimizer", (0.0,) * n, cast,
-                        f"amax over data x context {sh.data}", "hbm", "memory + launches",
+                        f"amax over data x context {sh.data}" + (f", the experts' over expert-data {sh.expert_data:g}"
+                                                                 if any(f.routed_params for f in derived.stages) else ""),
+                        "hbm", "memory + launches",
                         "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)

@@ -365,6 +365,15 @@ def _once_per_rank(scenario, stages: int) -> list[float]:
     return [1.0 / per_rank[min(ranks)] if ranks else 0.0 for ranks in held]
 
 
+def last_unit_grads(st, where) -> tuple[float, float]:
+    """(dense, routed) gradient bytes of a stage copy's last unit to reduce-scatter under ZeRO >= 2 (model/fsdp.py):
+    the last backward's last unit, the stage's first (its embedding, else its first layer, else its MTP module)."""
+    cfg, sh = st.cfg, st.sharding
+    first = params.layer(cfg, where.layers[0]) if where.layers else params.mtp_module(cfg)
+    dense, routed = (params.embedding(cfg), 0) if where.embedding else (first.dense, first.routed)
+    return dense / sh.tensor * sh.grads_bytes, routed / sh.expert * sh.grads_bytes
+
+
 def _zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
     """ZeRO 2's end-of-step wait bounded by its data-parallel channel's load (ms).
 
@@ -435,10 +444,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
-    fp8 = scenario.model.fp8_params
-    if fp8 and not st.layout.te_fp8:
-        raise ModelError("model.fp8_params: FP8 parameters need FP8 linears through Transformer Engine "
-                         '(model.fp8 = true, model.fp8_gemm = "cublas")')
+    fp8 = scenario.model.fp8_params  # only with FP8 linears through Transformer Engine (derive.setup refuses others)
     start = 0.0
     if key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped():
         first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
@@ -486,9 +492,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
                        + whole * DS_BF16_COMM_PASSES / st.rates.hbm * 1e3 + tied.get(s, 0.0))  # fmt: skip
             continue
         if key == "grad_sync" and sh.zero >= 2:
-            first = params.layer(st.cfg, where.layers[0]) if where.layers else params.mtp_module(st.cfg)
-            unit_dense, unit_routed = (params.embedding(st.cfg), 0) if where.embedding else (first.dense, first.routed)
-            tail = _sync_ms(st, key, unit_dense / sh.tensor * sh.grads_bytes, unit_routed / sh.expert * sh.grads_bytes)
+            tail = _sync_ms(st, key, *last_unit_grads(st, where))
             if copies is not None and stage.forward is not None:
                 tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
             out.append(tail + tied.get(s, 0.0))
