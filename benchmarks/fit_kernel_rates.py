@@ -81,6 +81,16 @@ def report(label, t, sms, hbm, dtype, peaks, k0s, floors):
     return floor
 
 
+def mamf_line(r: dict, preset, label: str, against: str) -> str:
+    """One MAMF best-shape row (stas00/ml-engineering) against a preset's GEMM rate: measured and modelled TFLOP/s."""
+    fp8 = r["dtype"] == "fp8"
+    m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+    t = gemm.time(m, n, k, preset.gemm_fp8 if fp8 else preset.gemm_bf16, preset.sms, preset.hbm, 1.0 if fp8 else 2.0)
+    model = 2 * m * n * k / t.seconds / 1e12
+    return (f"{label} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
+            f"{against} {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
+
+
 def main_gemm() -> None:
     H100_HBM = 3.35e12 * 0.9
     floor = report("sm_90 bf16 (XLA)", table("xla_matmul_sm90.csv", "bf16xbf16->bf16"), 132, H100_HBM, 2.0,
@@ -110,24 +120,13 @@ def main_gemm() -> None:
     report("A100 fp16 (Azure cuBLASLt)", table("azure_a100.csv", "value", 1e12, kind="gemm"), 108, 2.039e12 * 0.85,
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))
     # Checked, not fitted: H100 SXM's best shapes under cuBLAS 12.1 / 12.4 / 12.6 (stas00/ml-engineering MAMF) vs the preset
-    h100 = rates.PRESETS["H100"]
     for r in rows("mamf_h100_cuda_versions.csv"):
-        fp8 = r["dtype"] == "fp8"
-        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
-        t = gemm.time(m, n, k, h100.gemm_fp8 if fp8 else h100.gemm_bf16, h100.sms, h100.hbm, 1.0 if fp8 else 2.0)
-        model = 2 * m * n * k / t.seconds / 1e12
-        print(f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
-              f"preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
+        print(mamf_line(r, rates.PRESETS["H100"], f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']}", "preset"))
     # Checked, not fitted: the B200 preset at the best shapes MAMF found on B200 SXM and GB200 (one call at a time, an L2
     # flush and an output copy between calls: not a sustained table; tests/test_gemm_b200_mamf.py)
     b200 = rates.PRESETS["B200"]
     for r in rows("mamf_blackwell.csv"):
-        fp8 = r["dtype"] == "fp8"
-        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
-        t = gemm.time(m, n, k, b200.gemm_fp8 if fp8 else b200.gemm_bf16, b200.sms, b200.hbm, 1.0 if fp8 else 2.0)
-        model = 2 * m * n * k / t.seconds / 1e12
-        print(f"{r['gpu']} {r['dtype']} MAMF, torch {r['torch']} ({m} x {n} x {k}): measured {float(r['value']):.1f}, "
-              f"B200 preset {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
+        print(mamf_line(r, b200, f"{r['gpu']} {r['dtype']} MAMF, torch {r['torch']}", "B200 preset"))
     # Checked, not fitted: the B200 preset against cuBLASLt on a B200 after 10,000 warm-up iterations (M = N = 8192,
     # K = 128-1024; tests/test_gemm_b200_triton_cublas.py). Fitted alone, for the record: K <= 1024 cannot pin the peak
     # of a long-K GEMM (it trades against k_overhead; FP8's free fit lands above the 4,500 TFLOP/s datasheet).

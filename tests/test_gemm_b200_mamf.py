@@ -34,30 +34,26 @@ def test_table_holds_one_best_shape_per_gpu_and_dtype():
     assert sorted(ROWS) == [("B200", "bf16"), ("B200", "fp8"), ("GB200", "bf16"), ("GB200", "fp8")]
 
 
-def test_b200_bf16_best_shape_by_hand():
-    # 1792 x 16128 x 3072 on 148 SMs: 128 x 256 tiles give 14 x 63 = 882 tiles, ceil(882 / 148) = 6 waves,
-    # 1792 x 16128 / (6 x 148 x 128 x 256) = 99.32% useful (128 x 128: 1,764 tiles in 12 waves, the same share); no
-    # split-K (882 tiles > 2 x 148); k_overhead 0; compute-bound (168 MB at 6.8 TB/s is 25 us of 113). With the 5.25 us
-    # floor: 1,498.8 TFLOP/s, 14.1% under the 1,745.0 measured.
-    flops = 2 * 1792 * 16128 * 3072
-    useful = 1792 * 16128 / (6 * 148 * 128 * 256)
-    by_hand = flops / (5.25e-6 + flops / (1579e12 * useful)) / 1e12
-    row = ROWS[("B200", "bf16")]
+# Each best shape worked by hand through the tile/wave model, compute-bound, no split-K, k_overhead 0, the 5.25 us floor:
+# * BF16 1792 x 16128 x 3072 on 148 SMs: 128 x 256 tiles give 14 x 63 = 882 tiles, ceil(882 / 148) = 6 waves,
+#   1792 x 16128 / (6 x 148 x 128 x 256) = 99.32% useful (128 x 128: 1,764 tiles in 12 waves, the same share); 882 tiles
+#   > 2 x 148, so no split-K; 168 MB at 6.8 TB/s is 25 us of 113: compute-bound. At 1,579 TFLOP/s: 1,498.8 TFLOP/s,
+#   14.1% under the 1,745.0 measured.
+# * FP8 15360 x 4096 x 3072: 128 x 256 tiles give 120 x 16 = 1,920 tiles in ceil(1920 / 148) = 13 waves, 99.79% useful;
+#   at the GB200-fitted 2,972 TFLOP/s: 2,851.0 TFLOP/s, 16.9% under the 3,432.5 measured.
+@pytest.mark.parametrize("dtype, m, n, k, waves, peak, by_hand_tflops, error", [
+    ("bf16", 1792, 16128, 3072, 6, 1579e12, 1498.8, -0.141),
+    ("fp8", 15360, 4096, 3072, 13, 2972e12, 2851.0, -0.169),
+])
+def test_b200_best_shape_by_hand(dtype, m, n, k, waves, peak, by_hand_tflops, error):
+    flops = 2 * m * n * k
+    useful = m * n / (waves * 148 * 128 * 256)
+    by_hand = flops / (5.25e-6 + flops / (peak * useful)) / 1e12
+    row = ROWS[("B200", dtype)]
+    assert (int(row["m"]), int(row["n"]), int(row["k"])) == (m, n, k)
     assert _model_tflops(row) == pytest.approx(by_hand)
-    assert by_hand == pytest.approx(1498.8, abs=0.1)
-    assert by_hand / float(row["value"]) - 1 == pytest.approx(-0.141, abs=0.001)
-
-
-def test_b200_fp8_best_shape_by_hand():
-    # 15360 x 4096 x 3072: 128 x 256 tiles give 120 x 16 = 1,920 tiles in ceil(1920 / 148) = 13 waves, 99.79% useful;
-    # at the GB200-fitted 2,972 TFLOP/s plus the floor: 2,851.0 TFLOP/s, 16.9% under the 3,432.5 measured.
-    flops = 2 * 15360 * 4096 * 3072
-    useful = 15360 * 4096 / (13 * 148 * 128 * 256)
-    by_hand = flops / (5.25e-6 + flops / (2972e12 * useful)) / 1e12
-    row = ROWS[("B200", "fp8")]
-    assert _model_tflops(row) == pytest.approx(by_hand)
-    assert by_hand == pytest.approx(2851.0, abs=0.1)
-    assert by_hand / float(row["value"]) - 1 == pytest.approx(-0.169, abs=0.001)
+    assert by_hand == pytest.approx(by_hand_tflops, abs=0.1)
+    assert by_hand / float(row["value"]) - 1 == pytest.approx(error, abs=0.001)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
