@@ -179,26 +179,34 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
 def _stage_ranks(scenario) -> list[set[int]] | None:
     """The pipeline ranks holding each stage (two for DualPipe's and Chimera's two directions), read
     off the scenario's own schedule; None when it cannot be built (the run refuses it in its own words)."""
+    p = scenario.pipeline
+    options = tuple(sorted(scenario.options().items()))
+    # Which rank holds a stage does not depend on the micro-batch count (tests/test_step_sync_terms.py
+    # checks every family): build the fewest micro-batches a family accepts (128 x 256 took ~40 ms).
+    for m in dict.fromkeys((1, 2, p.stages, 2 * p.stages, p.microbatches)):
+        held = _ranks_holding(p.schedule, p.stages, m, options)
+        if held is not None:
+            return [set(ranks) for ranks in held]
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _ranks_holding(name: str, stages: int, microbatches: int, options: tuple) -> tuple[frozenset[int], ...] | None:
+    """Per stage, the ranks of ``name`` built at ``microbatches`` with ``options`` (sorted (name, value)
+    pairs) that hold it; None when the family refuses that count.  Cached on all it reads: a plan asks
+    for the same few shapes thousands of times (each step figure of each candidate)."""
     from ..schedules import registry
     from ..schedules.ir import ScheduleError
 
-    p = scenario.pipeline
-    held = [set() for _ in range(p.stages)]
-    # Which rank holds a stage does not depend on the micro-batch count (tests/test_step_sync_terms.py
-    # checks every family): build the fewest micro-batches a family accepts (128 x 256 took ~40 ms).
-    schedule = None
-    for m in dict.fromkeys((1, 2, p.stages, 2 * p.stages, p.microbatches)):
-        try:
-            schedule = registry.build(p.schedule, p.stages, m, **scenario.options())
-            break
-        except ScheduleError:
-            continue
-    if schedule is None:
+    try:
+        schedule = registry.build(name, stages, microbatches, **dict(options))
+    except ScheduleError:
         return None
-    for rank, stages in enumerate(schedule.stages_on_rank()):
-        for s in stages:
+    held = [set() for _ in range(stages)]
+    for rank, on_rank in enumerate(schedule.stages_on_rank()):
+        for s in on_rank:
             held[s].add(rank)
-    return held
+    return tuple(frozenset(ranks) for ranks in held)
 
 
 def _stage_copies(scenario) -> list[int]:
@@ -546,12 +554,48 @@ def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=64)
 def _slowed_compute(st, sms: int) -> tuple[float, ...]:
     """Each stage's compute (ms, _stage_compute) on fewer_sms' rates; kept for the plan's candidates, whose
-    step figures ask twice (grad sync's slowdown and the optimizer's gather term)."""
-    slow, per_layer = replace(st, rates=fewer_sms(st.rates, sms)), {}
-    return tuple(_stage_compute(slow, stage, per_layer) for stage in st.stages)
+    step figures ask twice (grad sync's slowdown and the optimizer's gather term) and whose layouts differ
+    often only in what this does not read (the data-parallel degree, ZeRO, how the layers are staged)."""
+    slowed = _slowed_kernels(_KernelReads(st), sms)
+    return tuple(slowed.stage(stage) for stage in st.stages)
+
+
+class _KernelReads:
+    """A Setup seen through what its kernels read of it (derive.times_key: with rates the model, the rates
+    and the kernels' Layout); equal keys, equal per-layer and per-stage figures."""
+
+    __slots__ = ("st", "key")
+
+    def __init__(self, st) -> None:
+        self.st, self.key = st, derive.times_key(st)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _KernelReads) and self.key == other.key
+
+
+class _Slowed:
+    """One Setup's kernels on fewer SMs: each stage's compute (_stage_compute) worked out once, its
+    layers' times shared between stages (keyed by stage: the layers, embedding, head and MTP it holds)."""
+
+    def __init__(self, st, sms: int) -> None:
+        self.slow = replace(st, rates=fewer_sms(st.rates, sms))
+        self.per_layer: dict = {}
+        self.stages: dict = {}
+
+    def stage(self, stage) -> float:
+        if stage not in self.stages:
+            self.stages[stage] = _stage_compute(self.slow, stage, self.per_layer)
+        return self.stages[stage]
+
+
+@functools.lru_cache(maxsize=256)
+def _slowed_kernels(reads: _KernelReads, sms: int) -> _Slowed:
+    return _Slowed(reads.st, sms)
 
 
 def _stage_compute(st, stage, per_layer: dict) -> float:
