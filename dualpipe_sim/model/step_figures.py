@@ -48,7 +48,6 @@ NCCL_DP_CTAS = 16
 # more where TE makes transposes: the weight's quantizer asks for column-wise data, so quantizer.cpp
 # convert_and_update_tensor gives the shard a transpose on GPUs without non-TN FP8 GEMMs and the cast writes it;
 # delayed scaling's cast also records the shard's amax). docs/step.md, "FP8 parameters' optimizer-side cast".
-FP8_SHARD_SKIPPED_COPY = MASTER_COPY_BYTES + 2
 FP8_SHARD_TO_BF16 = 4 + 2
 FP8_SHARD_AMAX = 2
 FP8_SHARD_CAST_READ = 2
