@@ -401,11 +401,11 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
                              ("direction", flat.direction)):  # fmt: skip
             columns[name + member] = values if lone else values[op]
     rec.columns = columns  # numbered rank by rank: in each rank's order
-    rec.comm = _transfers(schedule, index, transfers, begin, costs.p2p)
+    rec.comm = transfer_rows(schedule, index, transfers, begin, costs.p2p)
     return Trace.of_run(schedule, costs, rec, stages_on_rank=index.stages_on_rank)
 
 
-def _transfers(schedule: Schedule, index: OpIndex, transfers: tuple, begin: array, p2p: float) -> np.ndarray:
+def transfer_rows(schedule: Schedule, index: OpIndex, transfers: tuple, begin: array, p2p: float) -> np.ndarray:
     """The P2P rows (CommRow fields) of the replay's transfers."""
     sender, receiver, data, op, _, reader = transfers
     flat = index.flat

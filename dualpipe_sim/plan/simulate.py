@@ -15,7 +15,7 @@ from .. import simulation
 from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 from ..signals import Terminated, worker_ignores_stop_signals
 from ..sweep.executors import DaskExecutor, default_jobs
-from ..sweep.executors import _worker_error as worker_error
+from ..sweep.executors import worker_error
 
 BATCH = 8  # candidates per task: fewer round trips between processes
 

@@ -220,7 +220,7 @@ def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:
     rows["overlapped"] = ~b.lone[flat_action]
     rows["part"] = -1
     # without P2P time the replay times no transfer (each lands as its action ends): no rows
-    comm = replay._transfers(b.schedule, b.index, b.transfers.transfers, run.begin, run.p2p) if len(run.begin) \
+    comm = replay.transfer_rows(b.schedule, b.index, b.transfers.transfers, run.begin, run.p2p) if len(run.begin) \
         else np.empty(0, dtype=COMM_DTYPE)
     comm = comm[comm["end"] >= since]
     s = b.schedule

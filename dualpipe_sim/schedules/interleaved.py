@@ -50,7 +50,7 @@ from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 DEFAULT_CHUNKS = 2
 
 
-def _check(
+def check_interleaved(
     stages: int, microbatches: int, chunks_per_rank: int = DEFAULT_CHUNKS, microbatch_group: int | None = None
 ) -> str | None:
     v = chunks_per_rank
@@ -105,7 +105,7 @@ def group_sizes(p: int, m: int, n: int | None = None) -> list[int]:
     return [n] * (m // n) + ([m % n] if m % n else [])
 
 
-def _warmup(p: int, v: int, m: int, rank: int, n: int | None = None) -> int:
+def warmup_forwards(p: int, v: int, m: int, rank: int, n: int | None = None) -> int:
     # Megatron-core's (v - 1) N + 2 (p - 1 - r); the first group is N long (n <= m).
     return min((v - 1) * group_sizes(p, m, n)[0] + 2 * (p - 1 - rank), m * v)
 
@@ -121,7 +121,7 @@ def _analytic(
     p = stages // v
     f, b, _, _ = mean_costs(costs, stages)
     # The bubble does not depend on N (every accepted N is >= p); the peak does, through the warm-up.
-    peak = max(min(_warmup(p, v, microbatches, r, microbatch_group) + 1, microbatches * v) for r in range(p))
+    peak = max(min(warmup_forwards(p, v, microbatches, r, microbatch_group) + 1, microbatches * v) for r in range(p))
     reason = common_problem(costs, stages)
     if reason is None and microbatches < p and v > 1:
         reason = f"microbatches {microbatches} < {p} ranks with {v} chunks per rank (rounds shorter than the pipe)"
@@ -141,7 +141,7 @@ def rank_phases(p: int, v: int, m: int, r: int, extra_warmup: int = 0, n: int | 
         forwards += [(c, mb) for c in range(v) for mb in mbs]
         backwards += [(c, mb) for c in reversed(range(v)) for mb in mbs]
         first += size
-    warmup = min(_warmup(p, v, m, r, n) + extra_warmup, m * v)
+    warmup = min(warmup_forwards(p, v, m, r, n) + extra_warmup, m * v)
     fwd = [Op("F", mb, c * p + r) for c, mb in forwards]
     bwd = [Op("B", mb, c * p + r) for c, mb in backwards]
     steady = list(zip(fwd[warmup:], bwd))
@@ -158,7 +158,7 @@ INTERLEAVED_CONSTRAINTS = (
 
 @register(
     "interleaved-1f1b",
-    check=_check,
+    check=check_interleaved,
     constraints=INTERLEAVED_CONSTRAINTS,
     description=(
         "Interleaved 1F1B (Megatron-LM virtual pipeline) in torch.distributed.pipelining's order: "

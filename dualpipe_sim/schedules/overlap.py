@@ -41,8 +41,8 @@ from .ir import FB, Action, Op, Schedule
 from .family import register
 from .closed_form import result
 from .gpipe import check_one_stage_per_rank
-from .interleaved import DEFAULT_CHUNKS, INTERLEAVED_CONSTRAINTS, INTERLEAVED_OPTIONS, _warmup, rank_phases
-from .interleaved import _check as _check_interleaved
+from .interleaved import (DEFAULT_CHUNKS, INTERLEAVED_CONSTRAINTS, INTERLEAVED_OPTIONS, check_interleaved, rank_phases,
+                          warmup_forwards)
 
 NO_FORMULA = "no closed form: nothing published for overlapped 1F1B pairs"
 
@@ -58,7 +58,7 @@ def _analytic_interleaved(
     v, m = chunks_per_rank, microbatches
     p = stages // v
     # A rank holds its warm-up forwards (one more than interleaved-1f1b's) and the pair's forward.
-    peak = max(min(_warmup(p, v, m, r, microbatch_group) + 2, m * v) for r in range(p))
+    peak = max(min(warmup_forwards(p, v, m, r, microbatch_group) + 2, m * v) for r in range(p))
     return result(None, peak, "-", "-", NO_FORMULA)
 
 
@@ -85,7 +85,7 @@ def one_f_one_b_overlap(stages: int, microbatches: int) -> Schedule:
 
 @register(
     "interleaved-1f1b-overlap",
-    check=_check_interleaved,
+    check=check_interleaved,
     constraints=INTERLEAVED_CONSTRAINTS,
     description=(
         "Interleaved 1F1B (torch's order, one more warm-up forward) with expert-parallel all-to-all "

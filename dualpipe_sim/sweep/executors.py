@@ -26,7 +26,7 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_error(exc: BaseException) -> dict:
+def worker_error(exc: BaseException) -> dict:
     return {"status": "error", "reason": f"worker failed: {type(exc).__name__}: {exc}"}
 
 
@@ -53,7 +53,7 @@ class LocalExecutor:
                 try:
                     fields = future.result()
                 except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool
-                    fields = _worker_error(exc)
+                    fields = worker_error(exc)
                 yield futures[future], fields
         except Terminated:
             # SIGTERM: stop now, the running points too (their rows were never written).  The
@@ -109,7 +109,7 @@ class DaskExecutor:
                 try:
                     fields = future.result()
                 except Exception as exc:  # noqa: BLE001 - a worker that cannot import us, a lost worker
-                    fields = _worker_error(exc)
+                    fields = worker_error(exc)
                 yield futures[future], fields
         finally:
             self.client.cancel(list(futures))

@@ -67,7 +67,7 @@ def _row_y(rank: int) -> float:
     return -rank * ROW_H
 
 
-def _boxes(x0, x1, y, h, **style):
+def boxes(x0, x1, y, h, **style):
     """Rectangles [x0, x1] x [y, y + h] as one artist.  With one face colour they are one
     compound path (one Path object for all of them: a collection of 90,000 rectangles
     spends more time building Path objects than drawing); with a colour per box, a
@@ -113,7 +113,7 @@ def _draw_boxes(ax, rows: np.ndarray, hue: np.ndarray, edges: bool, tint: bool =
             hatch = "////" if name == "W" and edges else None
             colour = _tint(COLOURS[d][name]) if tint else COLOURS[d][name]
             ax.add_collection(
-                _boxes(rows["start"][sel], rows["end"][sel], ys[sel], hs[sel], facecolors=colour,
+                boxes(rows["start"][sel], rows["end"][sel], ys[sel], hs[sel], facecolors=colour,
                        edgecolors="#333333" if edges or hatch else "none", linewidths=0.4 if edges else 0.0,
                        hatch=hatch, zorder=1.9 if tint else 2),
                 autolim=False,
@@ -128,7 +128,7 @@ def _draw_outlines(ax, spans: np.ndarray) -> None:
         if len(sel):
             y = -sel["rank"] * ROW_H
             ax.add_collection(
-                _boxes(sel["start"], sel["end"], y, LANE_H, facecolors="none", edgecolors=colour, linewidths=width,
+                boxes(sel["start"], sel["end"], y, LANE_H, facecolors="none", edgecolors=colour, linewidths=width,
                        zorder=3),
                 autolim=False,
             )  # fmt: skip
@@ -138,7 +138,7 @@ _FONT: list[FontProperties] = []
 _GLYPHS: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
 
-def _glyph(text: str) -> tuple[np.ndarray, np.ndarray, float]:
+def glyph(text: str) -> tuple[np.ndarray, np.ndarray, float]:
     """Outline of ``text`` at 1 pt (vertices centred on 0, codes) and its width in pt."""
     g = _GLYPHS.get(text)
     if g is None:
@@ -160,7 +160,7 @@ def draw_texts(ax, x, y, texts, sizes, colours, zorder: float = 4) -> None:
         return
     paths = []
     for text, size in zip(texts, sizes):
-        v, codes, _ = _glyph(text)
+        v, codes, _ = glyph(text)
         paths.append(Path(v * size, codes))
     coll = PathCollection(paths, offsets=np.column_stack([x, y]), offset_transform=ax.transData,
                           facecolors=colours, edgecolors="none", zorder=zorder)  # fmt: skip
@@ -176,7 +176,7 @@ def _draw_labels(ax, comp: np.ndarray, pts_per_time: float, pts_per_y: float) ->
     ys, hs = _geometry(rows)
     mbs, inverse = np.unique(rows["microbatch"], return_inverse=True)
     texts = [str(int(m)) for m in mbs]
-    width_1pt = np.array([_glyph(t)[2] for t in texts])[inverse]
+    width_1pt = np.array([glyph(t)[2] for t in texts])[inverse]
     w_pts = (rows["end"] - rows["start"]) * pts_per_time
     size = np.minimum(np.minimum(8.5, (w_pts - 3) / width_1pt), hs * pts_per_y * 0.45)
     ok = size >= 4.5
@@ -190,7 +190,7 @@ def _draw_labels(ax, comp: np.ndarray, pts_per_time: float, pts_per_y: float) ->
     if backed.any():
         half_w = (width_1pt[backed] * size[backed] + 3) / 2 / pts_per_time
         ax.add_collection(
-            _boxes(mid[backed] - half_w, mid[backed] + half_w, ys[backed] + hs[backed] * 0.15, hs[backed] * 0.7,
+            boxes(mid[backed] - half_w, mid[backed] + half_w, ys[backed] + hs[backed] * 0.15, hs[backed] * 0.7,
                    facecolors="white", edgecolors="none", alpha=0.85, zorder=3.5),
             autolim=False,
         )  # fmt: skip
@@ -240,7 +240,7 @@ def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None
             continue
         y = -rows["rank"] * ROW_H - COMM_H
         ax.add_collection(
-            _boxes(rows["start"], rows["end"], y, COMM_H * 0.9, facecolors=COMM_COLOURS[name], edgecolors="none",
+            boxes(rows["start"], rows["end"], y, COMM_H * 0.9, facecolors=COMM_COLOURS[name], edgecolors="none",
                    alpha=0.85),
             autolim=False,
         )  # fmt: skip
@@ -260,7 +260,7 @@ def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> N
             continue
         y = -rows["rank"] * ROW_H
         if kind == OPTIMIZER:
-            ax.add_collection(_boxes(rows["start"], rows["end"], y, LANE_H, facecolors=STEP_COLOURS[name],
+            ax.add_collection(boxes(rows["start"], rows["end"], y, LANE_H, facecolors=STEP_COLOURS[name],
                                      edgecolors="#333333", linewidths=0.4), autolim=False)  # fmt: skip
             fits = (rows["end"] - rows["start"]) * pts_per_time >= 18
             if fits.any() and LANE_H * pts_per_y >= 8:
@@ -269,7 +269,7 @@ def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> N
                            [[1.0, 1.0, 1.0, 1.0]])  # fmt: skip
         else:  # the two syncs run on separate channels and may overlap: half the lane each
             y0 = y - COMM_H + (COMM_H * 0.45 if kind == GRAD_SYNC else 0.0)
-            ax.add_collection(_boxes(rows["start"], rows["end"], y0, COMM_H * 0.45, facecolors=STEP_COLOURS[name],
+            ax.add_collection(boxes(rows["start"], rows["end"], y0, COMM_H * 0.45, facecolors=STEP_COLOURS[name],
                                      edgecolors="white", linewidths=0.5), autolim=False)  # fmt: skip
 
 
@@ -291,7 +291,7 @@ def rank_axis(ax, ranks: int, t0: float, t1: float) -> None:
     ax.tick_params(axis="y", length=0)
     guides = np.arange(ranks)
     ax.add_collection(
-        _boxes(np.full(ranks, t0 - (t1 - t0)), np.full(ranks, t1 + (t1 - t0)), -guides * ROW_H - COMM_H,
+        boxes(np.full(ranks, t0 - (t1 - t0)), np.full(ranks, t1 + (t1 - t0)), -guides * ROW_H - COMM_H,
                LANE_H + COMM_H, facecolors="#f4f4f4", edgecolors="none", zorder=0),
         autolim=False,
     )  # fmt: skip

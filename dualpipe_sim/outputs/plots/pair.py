@@ -15,7 +15,7 @@ from ...schedules.components import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
 from ... import units
 from ...schedules.rules import KIND_CODES
 from ...engine.trace import A2A, Trace
-from .gantt import _boxes, _glyph, draw_texts
+from .gantt import boxes, glyph, draw_texts
 from .style import COLOURS, hues
 
 HEIGHT_IN = 2.4  # the pair view's share of the figure, axes and titles included
@@ -69,9 +69,9 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
         texts.append(NAMES.get(COMPONENTS[part], COMPONENTS[part]))  # a new component: its full name
         dark.append(colour in (A2A_COLOURS["B"], COLOURS[hue]["B"]))
     h = np.array(h)
-    ax.add_collection(_boxes(x0, x1, y, h, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
+    ax.add_collection(boxes(x0, x1, y, h, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
     pts_per_time = ax.get_position().width * fig.get_figwidth() * 72 / (t1 - t0)
-    width = np.array([_glyph(t)[2] for t in texts])
+    width = np.array([glyph(t)[2] for t in texts])
     size = np.minimum(8.0, ((np.array(x1) - np.array(x0)) * pts_per_time - 2) / np.maximum(width, 1e-9))
     ok = size >= 4.0
     draw_texts(ax, ((np.array(x0) + x1) / 2)[ok], (np.array(y) + h / 2)[ok], [t for t, k in zip(texts, ok) if k],
