@@ -16,7 +16,8 @@ Kinds and how each is timed (the rates are per GPU, model/rates.py):
   (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
   sequence length (causal: half the s x s square); with context parallelism one
-  kernel per step of Transformer Engine's ring (``ring_attention``);
+  kernel per step of Transformer Engine's ring (``ring_attention``), a step that sends
+  on the SMs its P2P kernel leaves while the transfer lasts (``RING_P2P_CTAS``);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
   activations, RoPE, residual adds, router, permute, FP8 casts, cross-entropy);
 * ``comm``: collectives (model/collectives.py) on NVLink or the NIC; ``exposed``
@@ -841,7 +842,7 @@ def context_exchange(tb: Table) -> None:
     forward, steps 0 .. c-2 each send this rank's K and V on to the next rank while the step's attention
     runs; backward, step 0 sends K and V, steps 1 .. c-2 K, V and the dK, dV accumulated so far, step c-1
     dK, dV only, each beside its step's attention backward and dq accumulation.  What a transfer takes
-    beyond the compute it overlaps is exposed."""
+    beyond the compute it overlaps (that attention already slowed by the transfer's SMs, _ring_rank) is exposed."""
     lay, cfg, r = tb.lay, tb.cfg, tb.r
     c = lay.context
     if c <= 1:
