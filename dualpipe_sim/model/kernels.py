@@ -16,7 +16,8 @@ Kinds and how each is timed (the rates are per GPU, model/rates.py):
   (SequentialMLP), or one grouped kernel;
 * ``attention``: flash attention at the measured forward / backward rate for the
   sequence length (causal: half the s x s square); with context parallelism one
-  kernel per step of Transformer Engine's ring (``ring_attention``);
+  kernel per step of Transformer Engine's ring (``ring_attention``), a step that sends
+  on the SMs its P2P kernel leaves while the transfer lasts (``RING_P2P_CTAS``);
 * ``memory``: bytes / achievable HBM bandwidth + the kernel floor (norms,
   activations, RoPE, residual adds, router, permute, FP8 casts, cross-entropy);
 * ``comm``: collectives (model/collectives.py) on NVLink or the NIC; ``exposed``
@@ -701,6 +702,12 @@ def _all_to_all(tb: Table, n: int) -> None:
 # and does 1/c of the rank's causal attention; sbhd layout, so no step copies its halves. BF16 attention
 # (fp8_dot_product_attention off): each step's output and softmax-lse stay in the step's dtypes (16-bit, fp32).
 LSE_BYTES = 4  # the softmax log-sum-exp per query row and head, fp32
+# SMs the ring's send + receive to one peer hold while in flight: NCCL's P2P kernel runs one CTA per channel, each on
+# an SM of its own, spinning until its part is sent or received. For a 2-rank communicator NCCL gives one peer half
+# its p2p channels (scheduleP2pTasksToPlan's nChannelsMin), 32 of them on an NVSwitch node (NCCL's own logs: "32 p2p
+# channels, 32 p2p channels per peer"), so 16; across nodes 2 channels per network peer (ncclTopoGetNchannels, one NIC
+# per GPU), so 2. Sources and the runs' settings: docs/model.md, "The ring's P2P kernels beside the attention"
+RING_P2P_CTAS = {"nvlink": 16, "nic": 2}
 
 
 def _ring_sections(c: int, rank: int, backward: bool) -> list[str]:
@@ -722,6 +729,9 @@ def _ring_rank(tb: Table, name: str, comp: str, step_flops: float, backward: boo
     kv_elems = b * L * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim)  # K and V of this rank
     lse = b * a_t * L  # softmax-lse values of this rank's queries
     sub = Table(tb.r, lay, cfg)
+    link = _ring_link(tb)
+    ctas = RING_P2P_CTAS[link]
+    held = tb.r.held(ctas)  # the rates beside the step's P2P kernel
     windows: list[float] = []
     kind = "backward" if backward else "forward"
     sub.memory(f"cp K/V into the ring buffer ({kind})", comp, 2 * kv_elems * ab)  # torch.cat / copy_: read, write
@@ -739,8 +749,15 @@ def _ring_rank(tb: Table, name: str, comp: str, step_flops: float, backward: boo
         body = step_flops / rate
         shape = f"{q_len} q x {kv_len} kv{' causal' if section == 'diagonal' else ''} x {a_t} heads" + \
             (f" x {b} seqs" if b > 1 else "") + f" (at the {rate_len} rate)"
+        # the step's transfer is posted before its attention, whose first part so runs beside the P2P kernel
+        sent = _ring_transfer(tb, backward, i)
+        transfer = collectives.p2p(sent[1], tb.r, link) if sent else 0.0
+        secs = beside_transfer(sub.r.floor + body, held.floor + step_flops / held.attention_rate(rate_len, backward),
+                               transfer)  # fmt: skip
+        if transfer > 0 and ctas > 0:
+            shape += f", beside P2P, {ctas} SMs held for {transfer * 1e6:.3g} us"
         sub.rows.append(Kernel(f"{name} step {i} ({section})", comp, "attention", shape, step_flops, 0.0,
-                               sub.r.floor + body, "latency" if sub.r.floor > body else "compute"))  # fmt: skip
+                               secs, "latency" if sub.r.floor > body else "compute"))  # fmt: skip
         window = sub.rows[-1].seconds
         if not backward:
             if i >= 1:  # the previous step's lse merged into the running one, beside this step's attention
@@ -775,6 +792,32 @@ def _ring_rank(tb: Table, name: str, comp: str, step_flops: float, backward: boo
     return sub.rows, windows
 
 
+def beside_transfer(alone: float, held: float, transfer: float) -> float:
+    """Seconds a kernel takes that starts with a transfer in flight: ``held`` (its time beside the transfer's
+    kernel) for the part the transfer lasts, ``alone`` for the rest; the work done is what counts.  A transfer
+    longer than the kernel on held rates slows it all."""
+    if transfer <= 0 or held <= alone:
+        return alone
+    if transfer >= held:
+        return held
+    return transfer + alone * (1.0 - transfer / held)
+
+
+def _ring_link(tb: Table) -> str:
+    """NVLink when tensor x context ranks fit in a node (Megatron puts context next to tensor), else the NIC."""
+    return "nvlink" if tb.lay.context * tb.lay.tensor <= tb.r.gpus_per_node else "nic"
+
+
+def _ring_transfer(tb: Table, backward: bool, i: int) -> tuple[str, float] | None:
+    """What step ``i`` of the ring sends on and its bytes: forward, K and V for the next step (none at the
+    last); backward, K and V at step 0, with the dK, dV accumulated so far at steps 1 .. c-2, dK, dV at c-1."""
+    lay, cfg, c = tb.lay, tb.cfg, tb.lay.context
+    kv = lay.tokens * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim) * lay.act_bytes
+    if not backward:
+        return ("K/V", kv) if i < c - 1 else None
+    return ("K/V", kv) if i == 0 else ("dK/dV", kv) if i == c - 1 else ("K/V + dK/dV", 2 * kv)
+
+
 def _cp_kv_heads(tb: Table) -> int:
     """K / V heads on one tensor-parallel rank (MLA: one per query head)."""
     kv_heads = tb.cfg.num_heads if tb.cfg.mla else tb.cfg.num_kv_heads
@@ -799,12 +842,12 @@ def context_exchange(tb: Table) -> None:
     forward, steps 0 .. c-2 each send this rank's K and V on to the next rank while the step's attention
     runs; backward, step 0 sends K and V, steps 1 .. c-2 K, V and the dK, dV accumulated so far, step c-1
     dK, dV only, each beside its step's attention backward and dq accumulation.  What a transfer takes
-    beyond the compute it overlaps is exposed."""
+    beyond the compute it overlaps (that attention already slowed by the transfer's SMs, _ring_rank) is exposed."""
     lay, cfg, r = tb.lay, tb.cfg, tb.r
     c = lay.context
     if c <= 1:
         return
-    link = "nvlink" if c * lay.tensor <= r.gpus_per_node else "nic"
+    link = _ring_link(tb)
     if not tb.cp_steps:  # the eager attention (no ring of Transformer Engine's): the exchange whole
         kv = 2.0 * lay.tokens * _cp_kv_heads(tb) * cfg.qk_head_dim * lay.act_bytes
         for comp, nbytes in (("attn_forward", kv), ("attn_backward_input", 2 * kv)):
@@ -813,13 +856,12 @@ def context_exchange(tb: Table) -> None:
                                   f"{c - 1} x {nbytes / 1e6:.3g} MB ({link})", 0.0, (c - 1) * nbytes, exposed,
                                   "communication"))  # fmt: skip
         return
-    kv = lay.tokens * _cp_kv_heads(tb) * (cfg.qk_head_dim + cfg.v_head_dim) * lay.act_bytes
     for comp, backward, windows in tb.cp_steps:
         for i, window in enumerate(windows):
-            if not backward and i == c - 1:
+            sent = _ring_transfer(tb, backward, i)
+            if sent is None:
                 break  # the last forward step has nothing left to send
-            what, nbytes = (("K/V", kv) if not backward or i == 0 else ("dK/dV", kv) if i == c - 1
-                            else ("K/V + dK/dV", 2 * kv))  # fmt: skip
+            what, nbytes = sent
             exposed = max(0.0, collectives.p2p(nbytes, r, link) - window)
             tb.rows.append(Kernel(f"context-parallel {what} exchange (step {i})", comp, "comm",
                                   f"{nbytes / 1e6:.3g} MB ({link})", 0.0, nbytes, exposed, "communication"))

@@ -74,6 +74,15 @@ class KernelRates:
         half = self.attention_seq_half_backward if backward and self.attention_seq_half_backward else self.attention_seq_half
         return rate * seq / (seq + half)
 
+    def held(self, sms: int) -> "KernelRates":
+        """The GPU's rates while a communication kernel (an NCCL collective or P2P kernel, whose CTAs each hold
+        an SM of their own) holds ``sms`` SMs: compute (GEMM and attention peaks) scaled by the share left and
+        ``sms`` fewer SMs for the GEMMs' waves; HBM unchanged.  held(0) is the GPU unchanged."""
+        left = self.sms - sms
+        if left < 1:
+            raise ValueError(f"must be below the GPU's {self.sms} SMs, got {sms}")
+        return replace(self.scaled(compute=left / self.sms), sms=left)
+
     def scaled(self, compute: float = 1.0, memory: float = 1.0, nvlink: float = 1.0, nic: float = 1.0) -> "KernelRates":
         """The same GPU generation with other peaks (a custom [hardware] section): each rate scaled
         by the ratio of the given peak to the preset's."""
