@@ -529,12 +529,9 @@ def forward_under_gather_ms(gather: float, waited: float, forward: float, slowdo
 
 
 def fewer_sms(rates, sms: int):
-    """The GPU's kernel rates with ``sms`` SMs taken by a communication kernel: GEMMs' tiles in waves over
-    the SMs left and their peak, like flash attention's, scaled by the share left; HBM unchanged."""
-    left = rates.sms - sms
-    if left < 1:
-        raise ModelError(f"must be below the GPU's {rates.sms} SMs, got {sms}")
-    return replace(rates.scaled(compute=left / rates.sms), sms=left)
+    """The GPU's kernel rates with ``sms`` SMs taken by a communication kernel the compute was not told
+    about (a data-parallel NCCL collective): KernelRates.held."""
+    return rates.held(sms)
 
 
 def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
