@@ -102,3 +102,29 @@ def test_held_rates():
     with pytest.raises(ValueError, match="already"):
         h.held(8)
     assert [PRESETS[g].gemm_schedule for g in ("H800", "H200")] == ["persistent"] * 2
+
+
+def test_a_layers_gemms_on_held_rates():
+    """Through the kernel table (kernels.Table.gemm): on H100 rates with 16 SMs held, an FP8 GEMM no one told
+    (Llama 3.1 8B's fc1, 4,096 x 28,672 x 4,096 at TP 1) is timed on the whole GPU's tiles and grid with 16 held;
+    a userbuffers GEMM told of its 4-SM reduce-scatter (MLPerf v3.1 GPT-3's atomic fc2, set_sm_margin) is picked
+    for the 128 SMs it was told of, its peak 128 / 132, and runs on 128 - 16."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim.model import derive
+
+    folder = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
+    fp8 = H100.gemm_fp8
+    st = derive.setup(scenario.load(folder / "mlperf51-llama8b-64h200.toml", []))
+    rows = {k.name: k for k in derive.layer_kernels(replace(st, rates=st.rates.held(16)), 0)}
+    want = gemm.time(4096, 28672, 4096, fp8, 132, st.rates.hbm, 1.0, held=16, schedule="persistent")
+    alone = gemm.time(4096, 28672, 4096, fp8, 132, st.rates.hbm, 1.0)
+    assert rows["fc1"].seconds == pytest.approx(want.seconds) and want.seconds > 1.3 * alone.seconds
+    st = derive.setup(scenario.load(folder / "mlperf31-gpt3-512.toml", []))
+    rows = {k.name: k for k in derive.layer_kernels(replace(st, rates=st.rates.held(16)), 0)}
+    told = replace(fp8, peak=fp8.peak * 128 / 132)
+    want = gemm.time(2048, 12288, 12288, told, 128, H100.hbm, 1.0, held=16, schedule="persistent")
+    assert rows["fc2"].seconds == pytest.approx(want.seconds)
+    assert want.seconds > gemm.time(2048, 12288, 12288, told, 128, H100.hbm, 1.0).seconds
