@@ -68,6 +68,24 @@ def test_forum_gemm_lies_between_the_retiled_rule_and_the_whole_gpus_grid():
     assert 1.5 / measured == pytest.approx(0.88, abs=0.005)
 
 
+def test_pytorch143988_persistent_matmuls_take_twice_as_long():
+    """H100's cuBLAS matmuls beside an NCCL kernel holding ~10% of the SMs: 132 blocks, several tiles each, "2x
+    as long". The model's persistent grid: any whole number of tiles per block, 13 (10%) or 16 (NCCL's default
+    CTAs) SMs held: blocks 0-118 (or 0-115) run their tiles, the rest start after them: twice the rounds."""
+    (row,) = kernel_table(DATA / "pytorch143988_h100_persistent.csv")
+    h100 = PRESETS["H100"]
+    assert int(row["sms"]) == int(row["gemm_blocks"]) == h100.sms and h100.gemm_schedule == "persistent"
+    for taken in (round(float(row["nccl_share_of_sms"]) * h100.sms), step_figures.NCCL_DP_CTAS):
+        for per_block in (1, 2, 3, 8):
+            units = per_block * h100.sms
+            alone = gemm.rounds(units, h100.sms)
+            assert gemm.rounds(units, h100.sms, taken, "persistent") / alone == float(row["slowdown"]) == 2.0
+        # taken dynamically, 8 tiles a block would run over the SMs left: 9 or 10 rounds where 8 ran (1.125-1.25x;
+        # "~10% slower" was what the report's author hoped for)
+        assert gemm.rounds(8 * h100.sms, h100.sms, taken, "dynamic") == math.ceil(8 * h100.sms / (h100.sms - taken))
+        assert gemm.rounds(8 * h100.sms, h100.sms, taken, "dynamic") / 8 <= 1.25
+
+
 def test_nccl1428_gemm_is_slowed_past_both_the_sm_share_and_hbm_sharing():
     a100 = PRESETS["A100"]
     row = _nccl1428()["gemm"]
