@@ -169,7 +169,8 @@ PRESETS: dict[str, KernelRates] = {
                         1591e12, 1323e12, 2790.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9, _NIC_NDR, _LATENCY,
                         attention_seq_half_backward=3660.0,
                         attention_fa2=(452e12, 397e12, 1020.0, 2170.0),
-                        gemm_schedule="dynamic"),  # sm_100: Cluster Launch Control (CUTLASS's sm_100 scheduler)  # fmt: skip
+                        # sm_100: tiles taken dynamically (Cluster Launch Control, CUTLASS's sm_100 scheduler; docs/model.md)
+                        gemm_schedule="dynamic"),  # fmt: skip
     # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
     # i.e. at sustained clocks: peak and k_overhead fitted, sm_90's floor as the table has no tiny shape;
     # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured; the streaming "Mul" kernel, one
@@ -177,5 +178,7 @@ PRESETS: dict[str, KernelRates] = {
     # HDR 200 Gb/s NIC: half the NDR figure
     "A100": KernelRates("A100", 108, GemmRates(262.7e12, 67, 5.54e-6), None, 193e12, 193e12, 480.0,
                         1.61e12, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY,
-                        nvlink_curve=_A100_ALL_REDUCE, gemm_schedule="waves"),  # sm_80: one block per tile  # fmt: skip
+                        nvlink_curve=_A100_ALL_REDUCE,
+                        # sm_80: one block per tile, launched in waves (docs/model.md)
+                        gemm_schedule="waves"),  # fmt: skip
 }
