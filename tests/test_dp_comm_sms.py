@@ -75,15 +75,17 @@ def test_slower_compute_never_ends_the_step_earlier(f):
 
 def test_gemm_waves_on_the_sms_left():
     """B200: 148 SMs; 16 to the collective leaves 132.  A 4736 x 512 output is 37 x 4 = 148 tiles of
-    128 x 128: one full wave on 148 SMs; on 132 every tile shape needs the SMs twice over (or half-empty
-    with bigger tiles), so the useful share is 148 / (2 x 132)."""
+    128 x 128: one full wave on 148 SMs; B200's GEMMs take their tiles dynamically (Cluster Launch Control),
+    so beside the collective the 148 tiles run over 132 SMs in 2 rounds: a useful share of 148 / (2 x 148)."""
     b200 = PRESETS["B200"]
     left = step_figures.fewer_sms(b200, 16)
-    assert left.sms == 132
-    assert left.gemm_bf16.peak == pytest.approx(b200.gemm_bf16.peak * 132 / 148)
+    assert (left.sms, left.held_sms, left.gemm_schedule) == (148, 16, "dynamic")
+    assert left.gemm_bf16.peak == b200.gemm_bf16.peak  # the whole GPU's peak: the SMs held cost rounds (gemm.py)
+    assert left.attention_forward == pytest.approx(b200.attention_forward * 132 / 148)
     assert left.hbm == b200.hbm  # streaming kernels keep the HBM bandwidth
     assert gemm.utilisation(4736, 512, b200.sms) == pytest.approx(1.0)
-    assert gemm.utilisation(4736, 512, left.sms) == pytest.approx(148 / 264)
+    k = 1 << 30  # utilisation's K: the mainloop's share 1
+    assert gemm.efficiency(4736, 512, k, b200.sms, 0.0, 1, 16, "dynamic") == pytest.approx(148 / 296)
 
 
 def test_llama8b_stage_slowdown_bounds():

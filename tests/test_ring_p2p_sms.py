@@ -28,9 +28,11 @@ def _ring(rates, seq=8192, context=2, tensor=1):
 def test_held_is_fewer_sms_and_zero_is_the_gpu():
     assert H100.held(0) == H100
     held = B200.held(16)
-    assert held.sms == 132 and held.hbm == B200.hbm and held.floor == B200.floor
+    assert (held.sms, held.held_sms) == (148, 16) and held.hbm == B200.hbm and held.floor == B200.floor
     assert held.attention_forward == pytest.approx(1591e12 * 132 / 148)
-    assert held.gemm_bf16.peak == pytest.approx(1579e12 * 132 / 148)
+    assert held.gemm_bf16.peak == B200.gemm_bf16.peak  # GEMMs keep their peak; their blocks run on the SMs left
+    twice = held.held(16)  # beside a data-parallel collective and the ring's P2P: both kernels' SMs held
+    assert twice.held_sms == 32 and twice.attention_forward == pytest.approx(1591e12 * 116 / 148)
     assert step_figures.fewer_sms(B200, 16) == held  # the data-parallel slowdown's rates are the same rule
     with pytest.raises(ValueError, match="below the GPU's 132 SMs"):
         H100.held(132)

@@ -17,6 +17,11 @@ the GPU's peak, and each is a term here:
   the GEMM, and the bytes of A, B and C over the achievable HBM bandwidth when
   that takes longer than the math.
 
+**SMs held by a kernel the library was not told about** (an NCCL collective beside it,
+``held``): the library still picks its tiles and grid for the whole GPU, and how its thread
+blocks then land on the SMs left depends on how it schedules tiles (``SCHEDULES``, per GPU
+in rates.py; docs/model.md, "GEMMs beside a kernel they were not told about").
+
 The rates (``GemmRates``: achievable peak, ``k_overhead``, floor) are per GPU
 architecture and dtype, each from a kernel-level measurement (docs/model.md,
 "Kernel rates"); nothing here is fitted to a training run.
@@ -24,6 +29,7 @@ architecture and dtype, each from a kernel-level measurement (docs/model.md,
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -57,10 +63,36 @@ def utilisation(m: int, n: int, sms: int, groups: int = 1) -> float:
     return efficiency(m, n, 1 << 30, sms, 0.0, groups)
 
 
-def efficiency(m: int, n: int, k: int, sms: int, k_overhead: float, groups: int = 1) -> float:
-    """Share of the achievable peak: the best tile shape and K split, its waves' useful
-    fraction times its mainloop's share of each K slice."""
-    best = 0.0
+# How a GEMM library's kernel hands its output tiles (work units: tiles x K splits) to SMs:
+# "waves": one thread block per unit, launched in waves as SMs free up (sm_80: grid = units);
+# "persistent": grid = min(units, SMs), block i owns units i, i + grid, ... (a static persistent
+# scheduler, CUTLASS's sm_90 StaticPersistentTileScheduler); "dynamic": running blocks take the next
+# unit when they finish one (sm_100 Cluster Launch Control).  Alone on the GPU all three take
+# ceil(units / SMs) rounds; they differ only while another kernel holds SMs.
+SCHEDULES = ("waves", "persistent", "dynamic")
+
+
+def rounds(units: int, sms: int, held: int = 0, schedule: str = "dynamic") -> int:
+    """Unit times a kernel of ``units`` work units, launched for ``sms`` SMs, takes on the
+    ``sms - held`` SMs another kernel leaves it."""
+    left = sms - held
+    if schedule != "persistent" or units <= left:
+        return math.ceil(units / left)  # any unit may run on any free SM
+    # persistent: the grid's blocks start on free SMs in block order (the hardware's launch order), each
+    # running all its units before its SM takes the next block
+    grid = min(units, sms)
+    free = [0] * left
+    for i in range(grid):
+        heapq.heappush(free, heapq.heappop(free) + -(-(units - i) // grid))
+    return max(free)
+
+
+def efficiency(m: int, n: int, k: int, sms: int, k_overhead: float, groups: int = 1, held: int = 0,
+               schedule: str = "dynamic") -> float:  # fmt: skip
+    """Share of the achievable peak: the tile shape and K split the library picks for ``sms`` SMs
+    (the best alone), its rounds' useful fraction times its mainloop's share of each K slice;
+    ``held`` of the SMs taken by a kernel the library was not told about (rounds())."""
+    best, pick = 0.0, None
     for tm, tn in TILES:
         tiles = groups * math.ceil(m / tm) * math.ceil(n / tn)
         for split in SPLITS:
@@ -68,18 +100,25 @@ def efficiency(m: int, n: int, k: int, sms: int, k_overhead: float, groups: int 
                 break
             waves = math.ceil(tiles * split / sms)
             useful = groups * m * n * split / (waves * sms * tm * tn)
-            best = max(best, useful * (k / split) / (k / split + k_overhead))
-    return best
+            value = useful * (k / split) / (k / split + k_overhead)
+            if value > best:
+                best, pick = value, (tm, tn, tiles, split)
+    if not held or pick is None:
+        return best
+    tm, tn, tiles, split = pick
+    useful = groups * m * n * split / (rounds(tiles * split, sms, held, schedule) * sms * tm * tn)
+    return useful * (k / split) / (k / split + k_overhead)
 
 
 def time(m: int, n: int, k: int, rates: GemmRates, sms: int, hbm: float, dtype_bytes: float,
-         groups: int = 1, out_bytes: float = 2.0) -> GemmTime:  # fmt: skip
-    """One kernel of ``groups`` GEMMs (m x k) @ (k x n); ``hbm`` the achievable bytes/s."""
+         groups: int = 1, out_bytes: float = 2.0, held: int = 0, schedule: str = "dynamic") -> GemmTime:  # fmt: skip
+    """One kernel of ``groups`` GEMMs (m x k) @ (k x n); ``hbm`` the achievable bytes/s; ``rates.peak``
+    that of ``sms`` SMs, ``held`` of which another kernel holds (efficiency())."""
     if min(m, n, k, groups) <= 0:
         return GemmTime(0.0, 0.0, 0.0, 1.0, "latency")
     flops = 2.0 * m * n * k * groups
     nbytes = groups * ((m * k + k * n) * dtype_bytes + m * n * out_bytes)
-    util = efficiency(m, n, k, sms, rates.k_overhead, groups)
+    util = efficiency(m, n, k, sms, rates.k_overhead, groups, held, schedule)
     compute = flops / (rates.peak * util)
     memory = nbytes / hbm
     body = max(compute, memory)

@@ -203,7 +203,8 @@ class Table:
         rates = self.r.gemm_fp8 if low and self.r.gemm_fp8 is not None else self.r.gemm_bf16
         sms = self.r.sms - sm_margin
         rates = replace(rates, peak=rates.peak * sms / self.r.sms)
-        t = gemm.time(-(-m // splits), n, k, rates, sms, self.r.hbm, 1.0 if low else 2.0, groups, out_bytes)
+        t = gemm.time(-(-m // splits), n, k, rates, sms, self.r.hbm, 1.0 if low else 2.0, groups, out_bytes,
+                      self.r.held_sms, self.r.gemm_schedule)  # told sm_margin, not told held_sms (rates.held)
         shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (" fp8" if low else " bf16")
         if splits > 1 or sm_margin:
             shape += f" ({splits} splits, {sms} SMs)" if splits > 1 else f" ({sms} SMs)"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .gemm import GemmRates
+from .config import ModelError
+from .gemm import SCHEDULES, GemmRates
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,30 @@ class KernelRates:
     # count a token once per destination node, its own included (collectives.deepep); (): no table for this GPU
     deepep_dispatch: tuple[tuple[float, float], ...] = ()
     deepep_combine: tuple[tuple[float, float], ...] = ()
+    # How the GPU's GEMM library hands output tiles to SMs (gemm.SCHEDULES; docs/model.md, "GEMMs beside a
+    # kernel they were not told about"): it matters only while another kernel holds SMs (held_sms)
+    gemm_schedule: str = "dynamic"
+    # SMs a kernel the GEMM library was not told about holds (an NCCL collective beside the compute): held()
+    held_sms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gemm_schedule not in SCHEDULES:
+            raise ValueError(f"gemm_schedule must be one of {SCHEDULES}, got {self.gemm_schedule!r}")
+
+    def held(self, sms: int) -> "KernelRates":
+        """The GPU's rates while a kernel nobody told the compute about holds ``sms`` of its SMs (an NCCL
+        collective beside it): each GEMM keeps the tiles and grid its library picks for the whole GPU and
+        runs them on the SMs left as its schedule allows (gemm.rounds); flash attention at the share of
+        SMs left; memory-bound kernels, HBM and the links unchanged."""
+        total = self.held_sms + sms  # a kernel beside two (a data-parallel collective and the ring's P2P)
+        left = self.sms - total
+        if left < 1:
+            raise ModelError(f"must be below the GPU's {self.sms} SMs, got {total} held")
+        share = left / (self.sms - self.held_sms)
+        return replace(self, held_sms=total, attention_forward=self.attention_forward * share,
+                       attention_backward=self.attention_backward * share,
+                       attention_fa2=None if self.attention_fa2 is None else
+                       (self.attention_fa2[0] * share, self.attention_fa2[1] * share, *self.attention_fa2[2:]))  # fmt: skip
 
     def with_fp8_gemm(self, library: str) -> "KernelRates":
         """The same GPU with the FP8 GEMMs of ``library`` ("cublas" or "deepgemm")."""
@@ -73,15 +98,6 @@ class KernelRates:
         rate = self.attention_backward if backward else self.attention_forward
         half = self.attention_seq_half_backward if backward and self.attention_seq_half_backward else self.attention_seq_half
         return rate * seq / (seq + half)
-
-    def held(self, sms: int) -> "KernelRates":
-        """The GPU's rates while a communication kernel (an NCCL collective or P2P kernel, whose CTAs each hold
-        an SM of their own) holds ``sms`` SMs: compute (GEMM and attention peaks) scaled by the share left and
-        ``sms`` fewer SMs for the GEMMs' waves; HBM unchanged.  held(0) is the GPU unchanged."""
-        left = self.sms - sms
-        if left < 1:
-            raise ValueError(f"must be below the GPU's {self.sms} SMs, got {sms}")
-        return replace(self.scaled(compute=left / self.sms), sms=left)
 
     def scaled(self, compute: float = 1.0, memory: float = 1.0, nvlink: float = 1.0, nic: float = 1.0) -> "KernelRates":
         """The same GPU generation with other peaks (a custom [hardware] section): each rate scaled
@@ -132,6 +148,10 @@ _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
                     _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2,
                     deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE,
+                    # cuBLAS's sm_90 GEMMs are persistent, one block per SM (pytorch/pytorch#143988: 132 blocks on
+                    # H100, each running several tiles; NVIDIA/cutlass#1921: cuBLAS's 4096^3 grid of 60 x 2 blocks),
+                    # and sm_90's persistent schedulers are static (CUTLASS StaticPersistentTileScheduler)
+                    gemm_schedule="persistent",
                     attention_seq_half_backward=780.0)  # the backward's own fit (benchmarks/fit_kernel_rates.py)
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
@@ -147,7 +167,9 @@ PRESETS: dict[str, KernelRates] = {
     "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(2972e12, 0.0, 5.25e-6),
                         1591e12, 1323e12, 2790.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9, _NIC_NDR, _LATENCY,
                         attention_seq_half_backward=3660.0,
-                        attention_fa2=(452e12, 397e12, 1020.0, 2170.0)),  # fmt: skip
+                        attention_fa2=(452e12, 397e12, 1020.0, 2170.0),
+                        # sm_100: tiles taken dynamically (Cluster Launch Control, CUTLASS's sm_100 scheduler; docs/model.md)
+                        gemm_schedule="dynamic"),  # fmt: skip
     # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
     # i.e. at sustained clocks: peak and k_overhead fitted, sm_90's floor as the table has no tiny shape;
     # NCCL all-reduce bus bandwidth by size over 8 GPUs, used as measured; the streaming "Mul" kernel, one
@@ -155,5 +177,7 @@ PRESETS: dict[str, KernelRates] = {
     # HDR 200 Gb/s NIC: half the NDR figure
     "A100": KernelRates("A100", 108, GemmRates(262.7e12, 67, 5.54e-6), None, 193e12, 193e12, 480.0,
                         1.61e12, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY,
-                        nvlink_curve=_A100_ALL_REDUCE),  # fmt: skip
+                        nvlink_curve=_A100_ALL_REDUCE,
+                        # sm_80: one block per tile, launched in waves (docs/model.md)
+                        gemm_schedule="waves"),  # fmt: skip
 }

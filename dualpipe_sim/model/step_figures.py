@@ -529,10 +529,8 @@ def forward_under_gather_ms(gather: float, waited: float, forward: float, slowdo
 
 
 def fewer_sms(rates, sms: int):
-    """The GPU's kernel rates with ``sms`` SMs taken by a communication kernel: GEMMs' tiles in waves over
-    the SMs left and their peak, like flash attention's, scaled by the share left; HBM unchanged."""
-    if rates.sms - sms < 1:
-        raise ModelError(f"must be below the GPU's {rates.sms} SMs, got {sms}")
+    """The GPU's kernel rates with ``sms`` SMs taken by a communication kernel the compute was not told
+    about (a data-parallel NCCL collective): KernelRates.held."""
     return rates.held(sms)
 
 
