@@ -149,3 +149,13 @@ def test_bad_not_told_names_the_key(tmp_path, capsys, override, words):
     err = capsys.readouterr().err
     assert "parallel.tp_overlap_not_told" in err and words in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_model_explain_says_which_gemms_were_not_told(capsys):
+    from dualpipe_sim.cli import main
+
+    assert main(["model", str(VALIDATION / "mlperf31-gpt3-512.toml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    for line in ("qkv dgrad", "qkv wgrad", "fc1 dgrad", "fc1 wgrad"):
+        assert any(ln.lstrip().startswith(line) and "not told" in ln for ln in out.splitlines()), line
+    assert not any(ln.lstrip().startswith(("fc2 ", "out_proj ")) and "not told" in ln for ln in out.splitlines())
