@@ -66,6 +66,7 @@ class Setup:
     cross_entropy: str = "megatron"  # model.cross_entropy
     fp8_current: bool = False  # model.fp8_recipe = "current"
     fp8_transpose: bool = True  # model.fp8_transpose resolved: Transformer Engine makes FP8 transposes
+    ub_not_told: tuple[str, ...] = ()  # parallel.tp_overlap_not_told
 
     @property
     def tokens(self) -> int:
@@ -83,7 +84,7 @@ class Setup:
                               not (self.sharding.fp8_weight_cache or self.sharding.fp8_params),
                               grad_bytes=self.sharding.grads_bytes,
                               cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
-                              fp8_transpose=self.fp8_transpose)  # fmt: skip
+                              fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
                  par.sync_tp_duplicated_parameters, m.alibi,
                  cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
-                 m.cross_entropy, m.fp8_recipe == "current", transpose)  # fmt: skip
+                 m.cross_entropy, m.fp8_recipe == "current", transpose,
+                 tuple(sorted(set(par.tp_overlap_not_told))))  # fmt: skip
 
 
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to

@@ -144,6 +144,8 @@ class Layout:
     # model.fp8_transpose resolved: Transformer Engine writes the FP8 transposes its backward GEMMs read (false: TE 2.x
     # on Blackwell, whose FP8 GEMMs read the row-wise data in any layout)
     fp8_transpose: bool = True
+    # parallel.tp_overlap_not_told: the overlaps launched with set_sm_margin 0 (their GEMM not told of the SMs taken)
+    ub_not_told: tuple[str, ...] = ()
 
     @property
     def wgrad_out(self) -> float:
@@ -262,11 +264,33 @@ class Table:
         margin = 0 if method == "ring" else self.lay.ub_sm(ub)
         low = self.lay.fp8 if fp8 is None else fp8
         atomic = method == "pipeline" and low and ub in self.lay.ub_atomic
-        secs = self.gemm(name, comp, m, n, k, fp8, splits=1 if atomic else splits, sm_margin=margin,
-                         out_bytes=out_bytes)
         first = 0.0 if method == "bulk" else full / splits  # the chunk no GEMM runs beside
+        if margin and ub in self.lay.ub_not_told:
+            secs = self._gemm_not_told(name, comp, m, n, k, fp8, 1 if atomic else splits, margin, full - first, out_bytes)
+        else:
+            secs = self.gemm(name, comp, m, n, k, fp8, splits=1 if atomic else splits, sm_margin=margin,
+                             out_bytes=out_bytes)
         exposed = first + max(0.0, full - first - secs)
         self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
+        return secs
+
+    def _gemm_not_told(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None, splits: int, held: int,
+                       beside: float, out_bytes: float) -> float:  # fmt: skip
+        """A userbuffers GEMM launched with set_sm_margin 0: tiled for the whole GPU while its communication kernel
+        holds ``held`` SMs for ``beside`` seconds.  On held rates (KernelRates.held) only while that kernel runs:
+        a persistent grid's blocks that found no SM start when it ends, so at most ``beside`` + the time alone."""
+        rows = len(self.rows)
+        alone = self.gemm(name, comp, m, n, k, fp8, splits=splits, out_bytes=out_bytes)
+        rates, self.r = self.r, self.r.held(held)
+        try:
+            on_held = self.gemm(name, comp, m, n, k, fp8, splits=splits, out_bytes=out_bytes)
+        finally:
+            self.r = rates
+        row = self.rows[-1]
+        del self.rows[rows:]
+        secs = min(on_held, beside + alone)
+        shape = f"{row.shape} (beside ub, {held} SMs held, not told)"
+        self.rows.append(Kernel(name, comp, "gemm", shape, row.flops, row.bytes, secs, row.bound))
         return secs
 
     def attention(self, name: str, comp: str, flops: float, backward: bool) -> float:

@@ -144,6 +144,9 @@ class ParallelSection(_Section):
     # the FP8 forward reduce-scatter overlaps ("proj_fprop", "fc2_fprop") whose GEMM runs as one atomic GEMM that
     # the reduce-scatter follows (TE's NVTE_UB_ATOMIC_GEMM_RS=1, or a cfg's atomic_gemm: 1); else 4 split GEMMs
     tp_overlap_atomic: list[str] = []
+    # the SM-using overlaps launched with set_sm_margin 0: their GEMM is not told of the communication kernel's SMs
+    # and runs on the whole GPU's tiles beside it (TE's default since v2.0 tells them all: default none)
+    tp_overlap_not_told: list[str] = []
     # Megatron-DeepSpeed's --sync-tp-duplicated-parameters: every forward all-reduces each norm's and row-parallel
     # bias's parameters over the tensor-parallel group (BLOOM); Megatron-core has no such step
     sync_tp_duplicated_parameters: bool = False
@@ -164,6 +167,17 @@ class ParallelSection(_Section):
                 if name not in UB_SM_OVERLAPS:
                     raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_SM_OVERLAPS)}")
                 _whole(sms)
+        return v
+
+    @field_validator("tp_overlap_not_told", mode="before")
+    @classmethod
+    def _not_told_names(cls, v):
+        from .kernels import UB_SM_OVERLAPS
+
+        if isinstance(v, list):
+            for name in v:
+                if name not in UB_SM_OVERLAPS:
+                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_SM_OVERLAPS)}")
         return v
 
     @field_validator("tp_overlap_atomic", mode="before")
