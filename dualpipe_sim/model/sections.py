@@ -34,6 +34,14 @@ def _whole(v):
     return v
 
 
+def _known_overlaps(names, known):
+    """``names`` (a list, or a dict's keys) when each is one of Transformer Engine's overlaps in ``known``."""
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown overlap {name!r}: one of {', '.join(known)}")
+    return names
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -163,9 +171,8 @@ class ParallelSection(_Section):
         from .kernels import UB_SM_OVERLAPS
 
         if isinstance(v, dict):
-            for name, sms in v.items():
-                if name not in UB_SM_OVERLAPS:
-                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_SM_OVERLAPS)}")
+            _known_overlaps(v, UB_SM_OVERLAPS)
+            for sms in v.values():
                 _whole(sms)
         return v
 
@@ -174,22 +181,14 @@ class ParallelSection(_Section):
     def _not_told_names(cls, v):
         from .kernels import UB_SM_OVERLAPS
 
-        if isinstance(v, list):
-            for name in v:
-                if name not in UB_SM_OVERLAPS:
-                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_SM_OVERLAPS)}")
-        return v
+        return _known_overlaps(v, UB_SM_OVERLAPS) if isinstance(v, list) else v
 
     @field_validator("tp_overlap_atomic", mode="before")
     @classmethod
     def _atomic_names(cls, v):
         from .kernels import UB_ATOMIC_OVERLAPS
 
-        if isinstance(v, list):
-            for name in v:
-                if name not in UB_ATOMIC_OVERLAPS:
-                    raise ValueError(f"unknown overlap {name!r}: one of {', '.join(UB_ATOMIC_OVERLAPS)}")
-        return v
+        return _known_overlaps(v, UB_ATOMIC_OVERLAPS) if isinstance(v, list) else v
 
     @field_validator("tensor", "expert", "data", "context", "zero", mode="before")
     @classmethod
