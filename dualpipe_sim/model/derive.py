@@ -278,6 +278,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if m.fp8_params and not (cfg.fp8 and m.fp8_gemm == "cublas"):  # Float8Tensor weights are Transformer Engine's
         raise ModelError("model.fp8_params: FP8 parameters need FP8 linears through Transformer Engine "
                          '(model.fp8 = true, model.fp8_gemm = "cublas")')
+    if m.fp8_params and m.fp8_recipe == "current" and scenario.step is not None and scenario.step.param_gather == "apex":
+        raise ModelError('model.fp8_recipe: FP8 parameters under step.param_gather = "apex" (NeMo\'s cast on apex\'s '
+                         'DistributedFusedAdam) use delayed scaling only; "current" is not costed there')
     if m.fp8_recipe == "current" and "fp8_amax_reduction" in m.model_fields_set:
         raise ModelError('model.fp8_amax_reduction: delayed scaling only; with model.fp8_recipe = "current" there is no '
                          "per-chunk amax reduction (leave the key out)")  # fmt: skip

@@ -54,6 +54,15 @@ FP8_SHARD_CAST_READ = 2
 # kernels per FP8 weight with a shard on the rank: delayed, the bf16 copy, 1 / scale (create_tensor_from_data's
 # fp8_scale_inv, a CUDA op) and the cast; current, the bf16 copy, compute_amax's two and the cast
 FP8_SHARD_KERNELS = {"delayed": 3, "current": 4}
+# The same with apex's DistributedFusedAdam under NeMo (step.param_gather = "apex"; NeMo v2.0.0.rc0.beta and
+# 24.09-alpha.rc0 nemo/core/optim/distributed_adam.py, apex 24.04 / 24.09 distributed_fused_adam.py): an FP8 weight's
+# bucket syncs in uint8, so step() hands the Adam kernel the fp32 master shard itself as its output (a non-floating
+# param_sync_dtype takes state_bucket.params_shard): no 16-bit weight is written and no copy pass runs (the 2 + 4 of
+# the copy skipped); _check_params_shard_dtypes then casts each fragment of the fp32 shard straight to FP8 with
+# Transformer Engine 1.x's cast_to_fp8 (read 4, write 1; the kernel records the amax; no transpose): one kernel a
+# fragment.  Delayed scaling only (it reads the weight's fp8_meta).  docs/step.md, "FP8 parameters' optimizer-side cast".
+APEX_FP8_SHARD_CAST = 4 + 1
+APEX_FP8_SHARD_KERNELS = 1
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
 MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
@@ -77,6 +86,20 @@ def fp8_shard_bytes(recipe: str, transpose: bool, master_weights: bool = True) -
     skipped = 2 + (MASTER_COPY_BYTES if master_weights else 0)  # optimizer_bytes_per_param's copy pass
     cast = FP8_SHARD_TO_BF16 + FP8_SHARD_CAST_READ + (2.0 if transpose else 1.0)
     return cast + (FP8_SHARD_AMAX if recipe == "current" else 0) - skipped
+
+
+def apex_fp8_shard_bytes(master_weights: bool = True) -> float:
+    """HBM bytes per FP8-parameter shard element that NeMo's cast on apex streams beyond the 16-bit copy it replaces:
+    the fp32 shard read and the FP8 byte written, less the copy (APEX_FP8_SHARD_CAST)."""
+    return APEX_FP8_SHARD_CAST - (2 + (MASTER_COPY_BYTES if master_weights else 0))
+
+
+def apex_fp8_cast_fixed_launches(tensors: int) -> int:
+    """Kernels NeMo's _check_params_shard_dtypes launches once per step over ``tensors`` FP8 weights, besides the amax
+    all-reduce: four packed copies (scales in, scale-inverses out, amaxes in and out; apex's _multi_tensor_copy, the
+    fused maybe_cast_mt, 64 one-element tensors a launch at depth 2: csrc/multi_tensor_apply.cuh) and
+    torch.reciprocal; its packed buffers are torch.empty, no kernel."""
+    return 4 * -(-tensors // MULTI_TENSOR_MAX[2]) + 1 if tensors > 0 else 0
 
 
 def fp8_cast_fixed_launches(recipe: str, tensors: int) -> int:
@@ -122,8 +145,11 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
     cast_master_weights_to_fp8).  The copy's bytes beyond the 16-bit copy it replaces (fp8_shard_bytes) over the
     preset's HBM bandwidth, FP8_SHARD_KERNELS launch floors per FP8 weight (every weight taken to have a piece on the
     rank: an upper bound, exact where each weight spans a bucket), and once per rank, spread over the stage copies it
-    holds, the launches around the amax all-reduce (fp8_cast_fixed_launches) and that all-reduce itself."""
+    holds, the launches around the amax all-reduce (fp8_cast_fixed_launches) and that all-reduce itself.  With
+    ``step.param_gather = "apex"`` the optimizer is apex's DistributedFusedAdam under NeMo, whose cast is its own
+    (apex_fp8_shard_bytes, APEX_FP8_SHARD_KERNELS, apex_fp8_cast_fixed_launches); the all-reduce is the same."""
     sh, rates, m = st.sharding, st.rates, scenario.model
+    apex = scenario.step is not None and scenario.step.param_gather == "apex"
     held = _stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
     tensors = [fp8_param_tensors(st, where) for where in st.stages]
     per_rank: dict[int, list[int]] = {}  # rank: [dense weights, routed weights, stage copies held]
@@ -131,17 +157,23 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
         for rank in ranks:
             total = per_rank.setdefault(rank, [0, 0, 0])
             total[0], total[1], total[2] = total[0] + d, total[1] + r, total[2] + 1
-    per_element = fp8_shard_bytes(m.fp8_recipe, sh.fp8_transpose, m.master_weights)
+    per_element = apex_fp8_shard_bytes(m.master_weights) if apex else fp8_shard_bytes(m.fp8_recipe, sh.fp8_transpose,
+                                                                                       m.master_weights)
+    per_weight = APEX_FP8_SHARD_KERNELS if apex else FP8_SHARD_KERNELS[m.fp8_recipe]
+
+    def fixed_launches(tensors: int) -> int:
+        return apex_fp8_cast_fixed_launches(tensors) if apex else fp8_cast_fixed_launches(m.fp8_recipe, tensors)
+
     out = []
     for s, where in enumerate(st.stages):
         dense, routed = fp8_param_elements(st, where)
         if sh.zero >= 1:  # the distributed optimizer's shard (Megatron-core needs it for --fp8-param-gather)
             dense, routed = dense / sh.data, routed / sh.expert_data
-        launches = sum(tensors[s]) * FP8_SHARD_KERNELS[m.fp8_recipe]
+        launches = sum(tensors[s]) * per_weight
         ms = ((dense + routed) * per_element / rates.hbm + launches * rates.floor) * 1e3
         if held[s]:  # the rank's once-per-step part, spread evenly over the copies it holds (as _once_per_rank)
             d, r, copies = per_rank[min(held[s])]
-            fixed = fp8_cast_fixed_launches(m.fp8_recipe, d) + fp8_cast_fixed_launches(m.fp8_recipe, r)
+            fixed = fixed_launches(d) + fixed_launches(r)
             ms += (fixed * rates.floor * 1e3 + fp8_amax_all_reduce_ms(st, d, r)) / copies
         out.append(ms)
     return out
