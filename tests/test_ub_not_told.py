@@ -127,7 +127,8 @@ def test_all_told_is_the_told_rule_and_not_told_moves_only_its_gemms(path):
         if row.kind == "gemm" and ub in lay.ub_not_told and lay.ub_sm(ub) > 0:
             moved.add(ub)
             assert other.shape.split(" (")[0] == row.shape.split(" (")[0]  # the same GEMM
-            assert f"beside ub, {lay.ub_sm(ub)} SMs held, not told" in other.shape
+            held = lay.ub_sm(ub)
+            assert f"beside ub, {held} SM{'s' if held != 1 else ''} held, not told" in other.shape
             args = _gemm_args(other, lay)
             alone = kernels.Table(st.rates, lay, cfg).gemm("g", "c", **args)
             held = kernels.Table(st.rates.held(lay.ub_sm(ub)), lay, cfg).gemm("g", "c", **args)

@@ -289,7 +289,7 @@ class Table:
         row = self.rows[-1]
         del self.rows[rows:]
         secs = min(on_held, beside + alone)
-        shape = f"{row.shape} (beside ub, {held} SMs held, not told)"
+        shape = f"{row.shape} (beside ub, {held} SM{'s' if held != 1 else ''} held, not told)"
         self.rows.append(Kernel(name, comp, "gemm", shape, row.flops, row.bytes, secs, row.bound))
         return secs
 
