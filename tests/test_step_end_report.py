@@ -105,6 +105,7 @@ def test_json_key_has_the_same_numbers(tmp_path, capsys):
     assert doc["step_end"]["figures_ms"]["optimizer"] == list(costs.optimizer)
     assert [it["name"] for it in doc["step_end"]["items"]] == [
         "data-parallel gradient reduce-scatter", "optimizer step (Adam + clip norm + master copy)",
+        "gradient buffers zeroed at the step's start", "gradient norm all-reduce (clip)",  # Megatron-core's (the default)
         "parameter all-gather (exposed)"]  # fmt: skip
     assert doc["step_end"] == step_end.summary(sc, sc.derived())
 

@@ -69,6 +69,11 @@ class Setup:
     ub_not_told: tuple[str, ...] = ()  # parallel.tp_overlap_not_told
 
     @property
+    def ring_serial(self) -> bool:
+        """The CP ring's send and receive run one after the other: CP 2 on a GPU in UNBATCHED_CP2_P2P."""
+        return self.context == 2 and self.hw is not None and self.hw.name in UNBATCHED_CP2_P2P
+
+    @property
     def tokens(self) -> int:
         """Tokens of one micro-batch on one rank of a context-parallel group."""
         return self.seq * self.mb // self.context
@@ -84,7 +89,8 @@ class Setup:
                               not (self.sharding.fp8_weight_cache or self.sharding.fp8_params),
                               grad_bytes=self.sharding.grads_bytes,
                               cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
-                              fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told)  # fmt: skip
+                              fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told,
+                              ring_serial=self.ring_serial)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,15 @@ def setup(scenario, stages: int | None = None) -> Setup:
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
 # sm_120, sm_130 on); of the presets the B200. The others' FP8 GEMMs take the TN layout only (A100: no FP8 at all).
 NON_TN_FP8 = ("B200",)
+
+
+# GPUs on which Transformer Engine sends and receives the context-parallel ring's K/V one after the other at CP 2: TE
+# release_v2.8 (context_parallel.py) batches the send and the receive into one group only where NVTE_BATCH_MHA_P2P_COMM
+# is set or the compute capability is below 10.0 at CP 2; otherwise it calls single isend / irecv, which PyTorch runs on
+# the one communicator and stream of the rank pair (ProcessGroupNCCL::pointToPoint, "For single P2P, preserve the old
+# two-rank behavior"): at CP 2 the send and the receive go to the same peer, so on one stream, one after the other.
+# Of the presets the B200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and overlap.
+UNBATCHED_CP2_P2P = ("B200",)
 
 
 def fp8_transpose(m, hw: Hardware | None) -> bool:

@@ -146,6 +146,8 @@ class Layout:
     fp8_transpose: bool = True
     # parallel.tp_overlap_not_told: the overlaps launched with set_sm_margin 0 (their GEMM not told of the SMs taken)
     ub_not_told: tuple[str, ...] = ()
+    # the context-parallel ring's send and receive run one after the other, not at once (derive.UNBATCHED_CP2_P2P)
+    ring_serial: bool = False
 
     @property
     def wgrad_out(self) -> float:
@@ -776,7 +778,7 @@ def _ring_rank(tb: Table, name: str, comp: str, step_flops: float, backward: boo
             (f" x {b} seqs" if b > 1 else "") + f" (at the {rate_len} rate)"
         # the step's transfer is posted before its attention, whose first part so runs beside the P2P kernel
         sent = _ring_transfer(tb, backward, i)
-        transfer = collectives.p2p(sent[1], tb.r, link) if sent else 0.0
+        transfer = ring_transfer_seconds(tb, sent[1], link) if sent else 0.0
         secs = beside_transfer(sub.r.floor + body, held.floor + step_flops / held.attention_rate(rate_len, backward),
                                transfer)  # fmt: skip
         if transfer > 0 and ctas > 0:
@@ -826,6 +828,14 @@ def beside_transfer(alone: float, held: float, transfer: float) -> float:
     if transfer >= held:
         return held
     return transfer + alone * (1.0 - transfer / held)
+
+
+def ring_transfer_seconds(tb: Table, nbytes: float, link: str) -> float:
+    """Seconds one ring step's exchange holds its P2P kernels: the send and the receive at once (a batched group:
+    one transfer's time), or, where Transformer Engine issues them singly to the one peer of a CP 2 pair
+    (``Layout.ring_serial``), the send then the receive on the pair's one stream: two transfers' time."""
+    one = collectives.p2p(nbytes, tb.r, link)
+    return 2.0 * one if tb.lay.ring_serial else one
 
 
 def _ring_link(tb: Table) -> str:
@@ -887,7 +897,7 @@ def context_exchange(tb: Table) -> None:
             if sent is None:
                 break  # the last forward step has nothing left to send
             what, nbytes = sent
-            exposed = max(0.0, collectives.p2p(nbytes, r, link) - window)
+            exposed = max(0.0, ring_transfer_seconds(tb, nbytes, link) - window)
             tb.rows.append(Kernel(f"context-parallel {what} exchange (step {i})", comp, "comm",
                                   f"{nbytes / 1e6:.3g} MB ({link})", 0.0, nbytes, exposed, "communication"))
 

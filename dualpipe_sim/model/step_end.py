@@ -188,6 +188,18 @@ def _optimizer(scenario, derived) -> list[Item]:
                                                                  if any(f.routed_params for f in derived.stages) else ""),
                         "hbm", "memory + launches",
                         "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
+    if sf.megatron_core_optimizer(scenario):
+        zero_bytes = tuple((f.dense_params / sh.tensor + f.routed_params / sh.expert) * sh.grads_bytes
+                           for f in derived.stages)  # fmt: skip
+        out.append(Item("gradient buffers zeroed at the step's start", "optimizer", zero_bytes,
+                        tuple(sf.grad_zero_ms(st, f) for f in derived.stages), "the rank's stage copy", "hbm",
+                        "memory", "Megatron-core's zero_grad_buffer before the forward: the buffer written once"))
+        ranks = sf.grad_norm_ranks(scenario, st)
+        norm = sf.grad_norm_all_reduce_ms(scenario, st)
+        out.append(Item("gradient norm all-reduce (clip)", "optimizer", (4.0,) + (0.0,) * (n - 1),
+                        tuple(norm * w for w in sf._once_per_rank(scenario, n)), f"all {ranks} ranks"
+                        if sh.zero >= 1 else f"model-parallel {ranks}", "nic" if ranks > rates.gpus_per_node
+                        else "nvlink", "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
                          for f, e in zip(derived.stages, fp8_elements))  # fmt: skip

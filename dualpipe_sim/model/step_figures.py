@@ -179,6 +179,46 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
     return out
 
 
+def megatron_core_optimizer(scenario) -> bool:
+    """Whether the step's end is Megatron-core's DDP and optimizer (step.runtime "megatron", step.param_gather
+    "megatron-core", not model.runtime "megatron-lm-2021"): the runtime whose step start and gradient norm
+    grad_zero_ms and grad_norm_all_reduce_ms read (apex's DistributedFusedAdam, DeepSpeed's and Megatron-LM 2021's
+    optimizers were not read for them)."""
+    step, m = scenario.step, scenario.model
+    return (step is not None and step.runtime == "megatron" and step.param_gather == "megatron-core"
+            and m is not None and m.runtime != "megatron-lm-2021")  # fmt: skip
+
+
+def grad_zero_ms(st, stage) -> float:
+    """Megatron-core's DDP zeroes its gradient buffers at each step's start (ms; DistributedDataParallel.zero_grad_buffer
+    -> _ParamAndGradBuffer.reset: grad_data.zero_(), @ 25.09-alpha.rc1 d339190), which NeMo's
+    MegatronStrategy.training_step calls before the forward, outside the whole-iteration CUDA graph: the stage copy's
+    whole gradient buffer written once (model.grads_dtype bytes an element) at the HBM rate, one fill kernel a buffer
+    (one per parameter dtype: the FP8 parameters' buffer apart; the experts' apart)."""
+    sh = st.sharding
+    nbytes = (stage.dense_params / sh.tensor + stage.routed_params / sh.expert) * sh.grads_bytes
+    buffers = (2 if sh.fp8_params else 1) + (1 if stage.routed_params else 0)
+    return (nbytes / st.rates.hbm + buffers * st.rates.floor) * 1e3
+
+
+def grad_norm_ranks(scenario, st) -> int:
+    """Ranks the gradient norm's square is summed over: Megatron-core's distributed optimizer, the whole world
+    (get_grad_stats_parallel_group, distrib_optimizer.py); otherwise its model-parallel group (tensor x pipeline)."""
+    held = _stage_ranks(scenario)
+    pipeline = len(set().union(*held)) if held else scenario.pipeline.stages
+    sh = st.sharding
+    return sh.tensor * pipeline * (sh.data if sh.zero >= 1 else 1)
+
+
+def grad_norm_all_reduce_ms(scenario, st) -> float:
+    """The clip's gradient norm summed over its ranks (ms, once per rank a step): get_grad_norm_fp32
+    (clip_grads.py @ d339190) all-reduces one fp32 and reads it back with .item(), so the rank waits for it before
+    the Adam step; NCCL's latency model (collectives.small_all_reduce).  Its multi_tensor_l2norm is in the Adam
+    figure's bytes (GRAD_NORM_BYTES)."""
+    ranks = grad_norm_ranks(scenario, st)
+    return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.gpus_per_node))) * 1e3
+
+
 def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1) -> float:
     """One grad sync (``op``; default reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum
     of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms);
@@ -493,6 +533,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             start = start_gather_ms(st, first, bucket, fp8_param_elements(st, st.stages[0]) if fp8 else (0.0, 0.0))
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
     master_cast = fp8_master_cast_ms(scenario, st) if key == "optimizer" and fp8 and not deepspeed else None
+    # Megatron-core's step start (the gradient buffers zeroed) and its clip's blocking norm all-reduce (once a rank)
+    mcore = key == "optimizer" and megatron_core_optimizer(scenario)
+    norm_share = _once_per_rank(scenario, len(st.stages)) if mcore else None
+    norm = grad_norm_all_reduce_ms(scenario, st) if mcore else 0.0
     # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
     beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
     slow = dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if beside and step.dp_comm_sms else ()
@@ -515,6 +559,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             ms = (streamed / st.rates.hbm + st.rates.floor) * 1e3
             # with FP8 parameters, Transformer Engine casts the updated shards to FP8 in place of the 16-bit copy
             ms += master_cast[s] if master_cast else 0.0
+            ms += grad_zero_ms(st, stage) + norm * norm_share[s] if mcore else 0.0
             # then the updated weights all-gathered, unless Megatron hides it under the next forward
             ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
