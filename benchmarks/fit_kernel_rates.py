@@ -185,6 +185,9 @@ def main_attention() -> None:
     fit_attention("H100 FA2 forward, causal", fa2_fwd)
     fit_attention("H100 FA2 backward, causal (from forward+backward)",
                   {s: 2.5 / (3.5 / fa2_fb[s] - 1 / fa2_fwd[s]) for s in fa2_fb})
+    # flash-attn 1.x on H100 (model.attention_kernel = "flash-attn-1", MLPerf v3.0): the same figure's FlashAttention
+    # bars, forward+backward only, so one curve for both passes (as A100's flash-attn 2 figure is used)
+    fit_attention("H100 FA1 forward+backward", attention_rows("H100", "fa1", "forward_backward"))
 
     main_attention_cudnn_frontend()
 

@@ -182,3 +182,17 @@ def test_a_shared_nic_yields_to_p2p_where_the_stretched_rank_sends_it():
     rank1 = rows[rows["rank"] == 1]
     assert spans(rank1, GRAD_SYNC) == [(3.5, 4.0), (4.75, 5.75)]
     assert spans(rank1, OPTIMIZER) == [(5.75, 6.75)]
+
+
+def test_mlperf_gpt3_scenarios_hold_the_ctas_their_code_asks():
+    # MLPerf v3.1's config_common.sh caps the data-parallel group at MEGATRON_CORE_DP_MAX_CTAS=8 (Megatron-core
+    # parallel_state.py @ df72712 passes it as the group's NCCL max_ctas); v3.0's apex parallel_state gives NCCL no
+    # config, so its own 16 (docs/step.md); fewer SMs held never makes the step longer
+    folder = ROOT / "scenarios" / "validation"
+    for path in sorted(folder.glob("mlperf3[01]-gpt3-*.toml")):
+        expected = 8 if path.name.startswith("mlperf31") else 16
+        assert scenario.load(path).step.dp_comm_sms == expected, path.name
+    v31 = folder / "mlperf31-gpt3-10240.toml"
+    capped = simulation.run(scenario.load(v31)).metrics.step.total
+    default = simulation.run(scenario.load(v31, ["step.dp_comm_sms=16"])).metrics.step.total
+    assert capped < default

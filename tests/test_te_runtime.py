@@ -176,3 +176,42 @@ def test_flash_attn_2_rates_by_hand():
     # a table-less GPU refuses with one error naming the GPUs that have one
     with pytest.raises(ValueError, match="B200 and A100 only"):
         replace(PRESETS["B200"], name="X", attention_fa2=None).with_attention_kernel("flash-attn-2")
+
+
+def test_flash_attn_1_rates_by_hand():
+    # MLPerf v3.0 ran flash-attn 1.0.5 (TE release_v0.8): its scenario says so. GPT-3 at TP 4, 24 heads x 2,048^2 x 128,
+    # causal half; forward and backward (2.5x the FLOPs) at flash-attn 1's H100 curve, 133 TFLOP/s x s / (s + 210),
+    # each plus the 2.5 us kernel floor: 25.77 GFLOP in 0.2161 ms, 64.42 in 0.5366 ms
+    sc = scenario.load(V30)
+    assert sc.model.attention_kernel == "flash-attn-1"
+    fa1 = derive.setup(sc)
+    rows = {(k.name, k.component): k for k in derive.layer_kernels(fa1, 0)}
+    flops = 4 * 2048**2 * 12288 / 4 / 2
+    rate = 133e12 * 2048 / 2258
+    assert rows[("flash attention", "attn_forward")].seconds == pytest.approx(2.5e-6 + flops / rate)
+    assert rows[("flash attention backward", "attn_backward_input")].seconds == pytest.approx(2.5e-6 + 2.5 * flops / rate)
+    assert rows[("flash attention", "attn_forward")].seconds == pytest.approx(0.2161e-3, rel=1e-3)
+    # only the two attention kernels differ from flash-attn 2's layer
+    fa2 = derive.setup(scenario.load(V30, ["model.attention_kernel=flash-attn-2"]))
+    other = {(k.name, k.component): k.seconds for k in derive.layer_kernels(fa2, 0)}
+    assert other.keys() == rows.keys()
+    moved = {key for key in rows if rows[key].seconds != pytest.approx(other[key])}
+    assert moved == {("flash attention", "attn_forward"), ("flash attention backward", "attn_backward_input")}
+
+
+@pytest.mark.parametrize("overrides", [["hardware.preset=B200"], ["hardware.preset=A100", "model.fp8=false"]])
+def test_flash_attn_1_without_a_table_is_refused(tmp_path, capsys, overrides):
+    out = tmp_path / "out"
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    assert main(["run", str(V30), *sets, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.attention_kernel" in err and "H100, H800, H200 only" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_attention_kernel_names_the_key(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(V30), "--set", "model.attention_kernel=flash-attn-3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "attention_kernel" in err and "flash-attn-1" in err and "Traceback" not in err
+    assert not out.exists()

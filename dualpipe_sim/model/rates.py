@@ -44,6 +44,8 @@ class KernelRates:
     # Dao's flash-attn 2 library (model.attention_kernel = "flash-attn-2"): (forward, backward FLOP/s, forward and
     # backward seq_half), as attention_forward etc.; None: no table (A100's figures are flash-attn 2's already)
     attention_fa2: tuple[float, float, float, float] | None = None
+    # Dao's flash-attn 1.x (model.attention_kernel = "flash-attn-1"), the same four numbers; None: no table
+    attention_fa1: tuple[float, float, float, float] | None = None
     attention_seq_half_backward: float | None = None  # None: attention_seq_half
     # DeepEP's normal kernels across nodes (model.moe_dispatcher = "deepep", DeepSeek's runtime): measured logical
     # bandwidth, ((EP ranks, bytes/s), ...) rising in ranks, of its dispatch and its combine kernel; the logical bytes
@@ -72,8 +74,8 @@ class KernelRates:
         share = left / (self.sms - self.held_sms)
         return replace(self, held_sms=total, attention_forward=self.attention_forward * share,
                        attention_backward=self.attention_backward * share,
-                       attention_fa2=None if self.attention_fa2 is None else
-                       (self.attention_fa2[0] * share, self.attention_fa2[1] * share, *self.attention_fa2[2:]))  # fmt: skip
+                       attention_fa2=_scaled_table(self.attention_fa2, share),
+                       attention_fa1=_scaled_table(self.attention_fa1, share))  # fmt: skip
 
     def with_fp8_gemm(self, library: str) -> "KernelRates":
         """The same GPU with the FP8 GEMMs of ``library`` ("cublas" or "deepgemm")."""
@@ -84,13 +86,19 @@ class KernelRates:
         return replace(self, gemm_fp8=self.gemm_fp8_deepgemm)
 
     def with_attention_kernel(self, kernel: str) -> "KernelRates":
-        """The same GPU with the flash attention kernels of ``kernel`` ("cudnn" or "flash-attn-2")."""
-        if kernel == "cudnn" or self.name == "A100":  # A100's rates are flash-attn 2's (no cuDNN table)
+        """The same GPU with the flash attention kernels of ``kernel`` ("cudnn", "flash-attn-2" or "flash-attn-1")."""
+        if kernel == "flash-attn-1":
+            if self.attention_fa1 is None:
+                raise ValueError(f'"flash-attn-1" has no measured table on {self.name} (H100, H800, H200 only)')
+            table = self.attention_fa1
+        elif kernel == "cudnn" or self.name == "A100":  # A100's rates are flash-attn 2's (no cuDNN table)
             return self
-        if self.attention_fa2 is None:
+        elif self.attention_fa2 is None:
             raise ValueError(f'"flash-attn-2" has no measured table on {self.name} '
                              "(H100, H800, H200, B200 and A100 only)")
-        fwd, bwd, half, half_bwd = self.attention_fa2
+        else:
+            table = self.attention_fa2
+        fwd, bwd, half, half_bwd = table
         return replace(self, attention_forward=fwd, attention_backward=bwd, attention_seq_half=half,
                        attention_seq_half_backward=half_bwd)  # fmt: skip
 
@@ -107,12 +115,17 @@ class KernelRates:
                        gemm_fp8_deepgemm=g(self.gemm_fp8_deepgemm),
                        attention_forward=self.attention_forward * compute,
                        attention_backward=self.attention_backward * compute, hbm=self.hbm * memory,
-                       attention_fa2=None if self.attention_fa2 is None else
-                       (self.attention_fa2[0] * compute, self.attention_fa2[1] * compute, *self.attention_fa2[2:]),
+                       attention_fa2=_scaled_table(self.attention_fa2, compute),
+                       attention_fa1=_scaled_table(self.attention_fa1, compute),
                        nvlink_bus=self.nvlink_bus * nvlink, nic_bus=self.nic_bus * nic,
                        nvlink_curve=tuple((size, bus * nvlink) for size, bus in self.nvlink_curve),
                        deepep_dispatch=tuple((ep, bw * nic) for ep, bw in self.deepep_dispatch),
                        deepep_combine=tuple((ep, bw * nic) for ep, bw in self.deepep_combine))  # fmt: skip
+
+
+def _scaled_table(table: tuple[float, float, float, float] | None, factor: float):
+    """A flash attention library's (forward, backward, seq_half, seq_half backward) with both rates scaled."""
+    return None if table is None else (table[0] * factor, table[1] * factor, *table[2:])
 
 
 # -- the presets ------------------------------------------------------------------------------------
@@ -145,8 +158,12 @@ _DEEPEP_COMBINE = ((16.0, 43e9), (32.0, 57e9), (64.0, 50e9))
 # flash-attn 2 on H100 80GB SXM5 (flash-attention's H100 benchmark figures, causal, head dim 128): forward fitted
 # directly, backward from the forward+backward figure (benchmarks/fit_kernel_rates.py)
 _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
+# flash-attn 1.x on H100 80GB SXM5 (the "FlashAttention" bars of the same forward+backward figure, causal, head dim
+# 128): one curve fitted to forward+backward, used for both passes as A100's flash-attn 2 figure is (no FA1
+# forward-only figure); benchmarks/fit_kernel_rates.py
+_H100_FA1 = (133e12, 133e12, 210.0, 210.0)
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
-                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2,
+                    _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2, attention_fa1=_H100_FA1,
                     deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE,
                     # cuBLAS's sm_90 GEMMs are persistent, one block per SM (pytorch/pytorch#143988: 132 blocks on
                     # H100, each running several tiles; NVIDIA/cutlass#1921: cuBLAS's 4096^3 grid of 60 x 2 blocks),

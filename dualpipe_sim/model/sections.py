@@ -91,8 +91,9 @@ class ModelSection(BaseModel):
     # cast reads its input for the amax first, no history, no per-chunk reduction); docs/model.md, "FP8 current scaling"
     fp8_recipe: Literal["delayed", "current"] = "delayed"
     # whose flash attention kernels: "cudnn" (Transformer Engine's FusedAttention, which TE 1.2+ selects on Hopper)
-    # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed); docs/model.md, "Kernel rates"
-    attention_kernel: Literal["cudnn", "flash-attn-2"] = "cudnn"
+    # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed) or "flash-attn-1" (its 1.x,
+    # which TE release_v0.8 ran: MLPerf v3.0); docs/model.md, "Kernel rates"
+    attention_kernel: Literal["cudnn", "flash-attn-2", "flash-attn-1"] = "cudnn"
     # host time per PyTorch call that launches a kernel (us), which the MoE forward's syncs expose (model/host.py);
     # default: torch.nn.Linear's forward on a DGX H100 host (NVIDIA/TransformerEngine#2053); 0: not costed
     host_overhead_us: Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)] = 13.5
