@@ -162,16 +162,15 @@ def test_fp8_params_without_te_fp8_linears_is_refused_without_a_step_table(tmp_p
 # -- NeMo's cast on apex's DistributedFusedAdam (step.param_gather = "apex": the MLPerf GPT-3 rows) --------------------
 # NeMo 24.09-alpha.rc0 / v2.0.0.rc0.beta nemo/core/optim/distributed_adam.py with apex 24.04 / 24.09: an FP8 weight's
 # bucket syncs in uint8, so the Adam kernel's output is the fp32 master shard itself (no bf16 weight written, no copy
-# pass: the 2 + 4 bytes of the copy go), then TE 1.x's cast_to_fp8 reads that fp32 shard and writes 1 byte (no
-# transpose, the amax recorded by the same kernel): one kernel a fragment.  Once a step: four packed copies of 64
-# one-element tensors a launch, torch.reciprocal, the amax all-reduce.
+# pass: apex's Adam figure has none, tests/test_apex_adam.py), then TE 1.x's cast_to_fp8 reads that fp32 shard and
+# writes 1 byte (no transpose, the amax recorded by the same kernel): one kernel a fragment.  Once a step: four packed
+# copies of 64 one-element tensors a launch, torch.reciprocal, the amax all-reduce.
 H100_HBM = 3.35e12 * 0.85
 GPT3_LAYER = 12 * 12288 * 12288  # QKV 3h^2 + proj h^2 + fc1 4h^2 + fc2 4h^2
 
 
 def test_apex_bytes_and_launches_by_hand():
-    assert step_figures.apex_fp8_shard_bytes() == (4 + 1) - (2 + 4) == -1
-    assert step_figures.apex_fp8_shard_bytes(master_weights=False) == (4 + 1) - 2
+    assert step_figures.apex_fp8_shard_bytes() == 4 + 1
     assert step_figures.apex_fp8_cast_fixed_launches(48) == 4 + 1
     assert step_figures.apex_fp8_cast_fixed_launches(65) == 4 * 2 + 1
     assert step_figures.apex_fp8_cast_fixed_launches(0) == 0
@@ -184,27 +183,27 @@ def test_gpt3_apex_cast_by_hand():
     assert sc.model.fp8_params and sc.step.param_gather == "apex"
     assert (st.rates.hbm, st.rates.floor, st.sharding.data, st.sharding.tensor) == (H100_HBM, FLOOR, 8, 4)
     assert step_figures.fp8_param_tensors(st, st.stages[1]) == (8, 0)
-    # stage 1: 2 x 1,811,939,328 / TP 4 = 905,969,664 FP8 elements, 113,246,208 in the rank's shard, -1 B each:
-    # -39.77 us; 8 weights x 1 cast kernel; rank 1 holds 6 copies of 8 weights = 48: 4 + 1 fixed launches and the
+    # stage 1: 2 x 1,811,939,328 / TP 4 = 905,969,664 FP8 elements, 113,246,208 in the rank's shard, 5 B each:
+    # 198.85 us; 8 weights x 1 cast kernel; rank 1 holds 6 copies of 8 weights = 48: 4 + 1 fixed launches and the
     # amax all-reduce over DP 8, 2 a node (TP 4) on 4 nodes: tree 6.8 + 2 x (1 x 0.6 + log2(4) x 5.0) = 28.0 us
     # (ring 6.6 + 6 x 1.0 + 8 x 2.7 = 34.2), spread over the 6 copies
     shard = 2 * GPT3_LAYER / 4 / 8
     assert shard == 113_246_208
-    want = -shard / H100_HBM + 8 * FLOOR + (5 * FLOOR + 28.0e-6) / 6
-    assert want == pytest.approx(-1.30204e-5, rel=1e-4)
+    want = 5 * shard / H100_HBM + 8 * FLOOR + (5 * FLOOR + 28.0e-6) / 6
+    assert want == pytest.approx(2.25602e-4, rel=1e-4)
     assert step_figures.fp8_master_cast_ms(sc, st)[1] == pytest.approx(want * 1e3)
 
 
 def test_gpt3_apex_cast_against_megatron_cores_by_hand():
     # the same row with Megatron-core's path (TE 2.x's cast_master_weights_to_fp8, delayed, Hopper): 4 B a shard
-    # element instead of -1, 3 kernels a weight instead of 1, 1 + 4 + 1 fixed launches instead of 4 + 1; the same
-    # all-reduce
+    # element beyond Megatron's copy pass instead of apex's 5 (apex's Adam writes no copy), 3 kernels a weight instead
+    # of 1, 1 + 4 + 1 fixed launches instead of 4 + 1; the same all-reduce
     apex = _load("mlperf41-gpt3-256")
     core = _load("mlperf41-gpt3-256", ["step.param_gather=megatron-core"])
     a = step_figures.fp8_master_cast_ms(apex, apex.derived().setup)
     c = step_figures.fp8_master_cast_ms(core, core.derived().setup)
     shard = 2 * GPT3_LAYER / 4 / 8
-    want = shard * (4 - -1) / H100_HBM + 8 * (3 - 1) * FLOOR + (6 - 5) * FLOOR / 6
+    want = shard * (4 - 5) / H100_HBM + 8 * (3 - 1) * FLOOR + (6 - 5) * FLOOR / 6
     assert c[1] - a[1] == pytest.approx(want * 1e3)
 
 

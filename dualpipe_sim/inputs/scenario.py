@@ -182,6 +182,9 @@ class Step(_Section):
     # whose overlapped parameter all-gather the step's start waits for (model/step_figures.py): Megatron-core's
     # distributed optimizer (bucket by bucket in the forward pre-hooks) or apex's DistributedFusedAdam (all of them)
     param_gather: Literal["megatron-core", "apex"] = "megatron-core"
+    # Megatron-core's --overlap-param-gather-with-optimizer-step: the first chunk's all-gather launched inside the
+    # optimizer step, beside the other chunks' (model/step_figures.py, step_start_ms)
+    overlap_param_gather_with_optimizer_step: bool = False
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
     # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's
@@ -212,7 +215,7 @@ class Step(_Section):
         return v
 
     @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", "grad_sync_shares_p2p",
-                     mode="before")
+                     "overlap_param_gather_with_optimizer_step", mode="before")
     @classmethod
     def _bool(cls, v):
         return None if v is None else strict_bool(v)
@@ -307,6 +310,8 @@ class Scenario(_Section):
         if st.param_gather_overlapped() is None:
             raise ScenarioError("step.overlap_param_gather: must be false unless step.overlap_grad_sync = true "
                                 "(Megatron: --overlap-param-gather needs --overlap-grad-reduce)")
+        if st.overlap_param_gather_with_optimizer_step:
+            self._check_gather_with_optimizer()
         figures = {}
         settings = {"grad_sync": st.grad_sync, "cross_copy_sync": st.cross_copy_sync, "optimizer": self.optimizer_setting()}
         for key, setting in settings.items():
@@ -350,6 +355,23 @@ class Scenario(_Section):
             return "async"
         old = self.model.runtime == "megatron-lm-2021"
         return "blocking" if self.pipeline.schedule == "1f1b" or (old and self._megatron_interleaved()) else "async"
+
+    def _check_gather_with_optimizer(self) -> None:
+        """step.overlap_param_gather_with_optimizer_step as Megatron-core accepts it (training/arguments.py @
+        core_r0.11.0: the distributed optimizer, --overlap-param-gather, the interleaved schedule)."""
+        key, st = "step.overlap_param_gather_with_optimizer_step", self.step
+        zero = self.parallel.zero if self.parallel is not None else 0
+        if st.param_gather != "megatron-core":
+            raise ScenarioError(f'{key}: is Megatron-core\'s; it needs step.param_gather = "megatron-core"')
+        if zero not in (1, 2) or not st.param_gather_overlapped():
+            raise ScenarioError(f"{key}: needs the distributed optimizer's overlapped all-gather "
+                                "(parallel.zero = 1 or 2 and step.overlap_param_gather = true)")
+        if not self._megatron_interleaved():
+            raise ScenarioError(f'{key}: needs pipeline.schedule = "interleaved-1f1b" (or -overlap) with 2+ '
+                                "chunks per rank (Megatron-core supports it only with interleaved pipeline parallelism)")
+        if self.optimizer_setting() != "derived":
+            raise ScenarioError(f'{key}: needs step.optimizer = "derived" (the overlap is read off the derived '
+                                "optimizer step)")
 
     def _megatron_interleaved(self) -> bool:
         """Megatron's interleaved schedule (with or without the all-to-all overlap), 2+ chunks per rank."""

@@ -177,16 +177,27 @@ def _optimizer(scenario, derived) -> list[Item]:
         extra = (f.dense_params / sh.tensor - updated) * sf.GRAD_NORM_BYTES if deepspeed else 0.0
         streamed.append(updated * per_param + extra)
     adam = tuple((b / rates.hbm + rates.floor) * 1e3 for b in streamed)
-    out = [Item("optimizer step (Adam + clip norm + master copy)", "optimizer", tuple(streamed), adam,
+    name, how = "optimizer step (Adam + clip norm + master copy)", f"{per_param:g} B per parameter updated"
+    launches = "one launch"
+    if step.param_gather == "apex" and not deepspeed:  # apex's fused kernel: no copy pass, no gradient cast
+        once = sf._once_per_rank(scenario, n)
+        parts = [sf.apex_adam_ms(scenario, st, w, f, once[s]) for s, (w, f) in enumerate(zip(st.stages, derived.stages))]
+        streamed, adam = [b for b, _ in parts], tuple(ms for _, ms in parts)
+        wide, narrow = sf.apex_adam_bytes(m, sh)
+        name = "optimizer step (apex's fused Adam + clip norm)"
+        how = f"apex: {wide:g} B per 16-bit-synced element" + (f", {narrow:g} per FP8 one" if fp8 else "")
+        launches = "its multi-tensor launches"
+    out = [Item(name, "optimizer", tuple(streamed), adam,
                 f"the rank's shard (ZeRO {sh.zero})" if sh.zero >= 1 else "the rank's whole stage copy (ZeRO 0)", "hbm",
-                "memory",
-                f"{per_param:g} B per parameter updated at {rates.hbm / 1e12:.3g} TB/s + one launch")]  # fmt: skip
+                "memory", f"{how} at {rates.hbm / 1e12:.3g} TB/s + {launches}")]
     if fp8 and not deepspeed:
         cast = tuple(sf.fp8_master_cast_ms(scenario, st))
         out.append(Item("FP8 parameters' cast + amax all-reduce", "optimizer", (0.0,) * n, cast,
                         f"amax over data x context {sh.data}" + (f", the experts' over expert-data {sh.expert_data:g}"
                                                                  if any(f.routed_params for f in derived.stages) else ""),
                         "hbm", "memory + launches",
+                        "NeMo's cast_to_fp8 of each fp32 shard fragment after apex's Adam, before the all-gather"
+                        if step.param_gather == "apex" else
                         "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
     if sf.megatron_core_optimizer(scenario):
         zero_bytes = tuple((f.dense_params / sh.tensor + f.routed_params / sh.expert) * sh.grads_bytes
@@ -213,16 +224,20 @@ def _optimizer(scenario, derived) -> list[Item]:
                         "after the optimizer, nothing beside it (overlap_param_gather off)"))
     start, share = 0.0, None
     if overlapped:
-        first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
+        start = sf.step_start_ms(scenario, derived)
         if step.param_gather == "megatron-core" and not scenario._megatron_interleaved():
-            start = sf.prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
             how = "Megatron-core's bucket-group chain before stage 0's first forward"
+        elif step.param_gather == "megatron-core" and step.overlap_param_gather_with_optimizer_step:
+            how = ("chunk 0's whole gather in one bucket, launched after its optimizer step: what of it outlasts "
+                   "the other chunks' Adam step (step.overlap_param_gather_with_optimizer_step)")
         else:
-            start = sf.start_gather_ms(st, first, bucket, fp8_elements[0])
-            how = "stage 0's whole gather before its first forward"
+            how = "stage 0's whole gather before its first forward" + (
+                " (NeMo: its FP8 and 16-bit parameters in separate buckets)" if fp8 and step.param_gather == "apex"
+                else "")
         share = sf._once_per_rank(scenario, n) if start > 0 else None
+        extra = sf.apex_fp8_first_bucket(scenario, derived)[1] if fp8 and step.param_gather == "apex" else 0.0
         out.append(Item("parameter all-gather: wait at the next step's start", "optimizer",
-                        (gather_bytes[0],) + (0.0,) * (n - 1), tuple(start * w for w in share or [0.0] * n),
+                        (gather_bytes[0] + extra,) + (0.0,) * (n - 1), tuple(start * w for w in share or [0.0] * n),
                         _groups(sh, routed), _link(st), "bandwidth + ring latency",
                         f"{how} (step.param_gather = {step.param_gather}); on every rank once, "
                         "split over the stage copies it holds"))  # fmt: skip
@@ -234,8 +249,8 @@ def _optimizer(scenario, derived) -> list[Item]:
     if slow:
         held = sf._stage_copies(scenario)  # the copy's forwards in a step: M / copies of them
         forwards = [scenario.pipeline.microbatches / held[s] * (f.forward or 0.0) for s, f in enumerate(derived.stages)]
-        beside = tuple(sf.forward_under_gather_ms(whole[s], start if s == 0 else 0.0, forwards[s], slow[s])
-                       for s in range(n))
+        beside = tuple(sf.forward_under_gather_ms(whole[s], sf._waited_before_forward(step, s, start), forwards[s],
+                                                  slow[s]) for s in range(n))  # fmt: skip
         out.append(Item("forward slowed beside the overlapped all-gather", "optimizer", (0.0,) * n, beside,
                         "the rank", "-", f"SMs ({step.dp_comm_sms} taken)",
                         "(slowdown - 1) x the forward the gather runs beside (step.dp_comm_sms)"))  # fmt: skip

@@ -7,6 +7,7 @@ which types its block) never import the model package.  docs/step.md gives the f
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import replace
 
 from ..step_costs import Throughput
@@ -63,6 +64,23 @@ FP8_SHARD_KERNELS = {"delayed": 3, "current": 4}
 # fragment.  Delayed scaling only (it reads the weight's fp8_meta).  docs/step.md, "FP8 parameters' optimizer-side cast".
 APEX_FP8_SHARD_CAST = 4 + 1
 APEX_FP8_SHARD_KERNELS = 1
+# apex's Adam step itself (step.param_gather = "apex"; apex 23.05-24.09 contrib/optimizers/distributed_fused_adam.py
+# _local_step, _local_step_with_param_remainders; contrib/csrc/optimizers/multi_tensor_distopt_adam_kernel.cu, the same
+# kernels at all four tags): one fused kernel reads each shard element's master, two moments and 16-bit gradient and
+# writes the master, the moments and the element's param-sync copy (p_out), so there is no copy pass and no gradient
+# cast.  The master is what NeMo's megatron_base_model.setup_optimization picks: with FP8 parameters store_params (an
+# fp32 shard, read and written: 4 + 4; an FP8 bucket's p_out is that shard itself, nothing more written), else with
+# bf16 weights store_param_remainders (the bf16 weight read, a 16-bit remainder read and written: 2 + 2 + 2).  The
+# gradient norm (_local_grad_norm, multi_tensor_l2norm) reads the 16-bit gradient shard once more.
+APEX_REMAINDER_BYTES = 2 + 2 + 2
+APEX_FP32_MASTER_BYTES = 4 + 4
+# apex multi_tensor_apply.py MultiTensorApply(2048 * 32) and csrc/multi_tensor_apply.cuh depth_to_max_blocks (320):
+# one launch carries at most 320 chunks of 65,536 elements
+APEX_ELEMENTS_PER_LAUNCH = 320 * 2048 * 32
+# launches once per step besides those: the Adam kernel at least once per multi_tensor_applier call, one per (param group,
+# dtypes) in each of step()'s two _local_step calls (the first bucket's, then the rest: 2 x NeMo's 2 weight-decay
+# groups), and the norm's cleanup kernel
+APEX_FIXED_LAUNCHES = 2 * 2 + 1
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
 MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
@@ -88,10 +106,45 @@ def fp8_shard_bytes(recipe: str, transpose: bool, master_weights: bool = True) -
     return cast + (FP8_SHARD_AMAX if recipe == "current" else 0) - skipped
 
 
-def apex_fp8_shard_bytes(master_weights: bool = True) -> float:
-    """HBM bytes per FP8-parameter shard element that NeMo's cast on apex streams beyond the 16-bit copy it replaces:
-    the fp32 shard read and the FP8 byte written, less the copy (APEX_FP8_SHARD_CAST)."""
-    return APEX_FP8_SHARD_CAST - (2 + (MASTER_COPY_BYTES if master_weights else 0))
+def apex_fp8_shard_bytes() -> float:
+    """HBM bytes per FP8-parameter shard element of NeMo's cast on apex: the fp32 shard read and the FP8 byte written
+    (APEX_FP8_SHARD_CAST).  Nothing is skipped: apex's Adam (apex_adam_bytes) writes no 16-bit copy of an FP8 element."""
+    return APEX_FP8_SHARD_CAST
+
+
+def apex_adam_bytes(model_section, sharding) -> tuple[float, float]:
+    """HBM bytes apex's DistributedFusedAdam streams per shard element it updates, (a 16-bit-synced element, an
+    FP8-parameter element): its fused kernel's reads and writes (the master as NeMo stores it, the two moments read and
+    written, the gradient read, the param-sync copy written) and the gradient norm's read (APEX_* above)."""
+    m, sh = model_section, sharding
+    moments = 2 * (sh.optimizer_bytes - (4.0 if m.master_weights else 0.0))
+    if m.fp8_params or not m.master_weights or m.params_dtype != "bf16":
+        master = APEX_FP32_MASTER_BYTES if m.master_weights else 2 * sh.params_bytes
+    else:
+        master = APEX_REMAINDER_BYTES
+    common = master + moments + 2 * sh.grads_bytes  # the kernel's gradient read and the norm's
+    return common + sh.params_bytes, common
+
+
+def apex_adam_launches(elements: float) -> int:
+    """Kernels apex's Adam step and its gradient norm launch over ``elements`` shard elements, beyond the fixed ones
+    (APEX_FIXED_LAUNCHES): each multi_tensor_apply launch takes APEX_ELEMENTS_PER_LAUNCH, one kernel of each."""
+    return 2 * -(-int(elements) // APEX_ELEMENTS_PER_LAUNCH) if elements > 0 else 0
+
+
+def apex_adam_ms(scenario, st, where, stage, once: float) -> tuple[float, float]:
+    """(HBM bytes, ms) of apex's Adam step over a stage copy's shard on its rank (step.param_gather = "apex"): the
+    shard's 16-bit and FP8 elements at apex_adam_bytes, its launches at the kernel floor, and the rank's fixed launches
+    weighted by ``once`` (1 / the stage copies the rank holds)."""
+    sh, rates = st.sharding, st.rates
+    shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
+    dense, routed = stage.dense_params / sh.tensor * shard[0], stage.routed_params / sh.expert * shard[1]
+    fp8 = fp8_param_elements(st, where) if scenario.model.fp8_params else (0.0, 0.0)
+    fp8_shard = fp8[0] * shard[0] + fp8[1] * shard[1]
+    wide, narrow = apex_adam_bytes(scenario.model, sh)
+    nbytes = (dense + routed - fp8_shard) * wide + fp8_shard * narrow
+    launches = apex_adam_launches(dense + routed) + APEX_FIXED_LAUNCHES * once
+    return nbytes, (nbytes / rates.hbm + launches * rates.floor) * 1e3
 
 
 def apex_fp8_cast_fixed_launches(tensors: int) -> int:
@@ -152,13 +205,18 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
     apex = scenario.step is not None and scenario.step.param_gather == "apex"
     held = _stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
     tensors = [fp8_param_tensors(st, where) for where in st.stages]
-    per_rank: dict[int, list[int]] = {}  # rank: [dense weights, routed weights, stage copies held]
+    # rank: [dense weights, routed weights, stage copies held, its first chunk's dense weights]
+    per_rank: dict[int, list[int]] = {}
     for ranks, (d, r) in zip(held, tensors):
         for rank in ranks:
-            total = per_rank.setdefault(rank, [0, 0, 0])
+            total = per_rank.setdefault(rank, [0, 0, 0, d])
             total[0], total[1], total[2] = total[0] + d, total[1] + r, total[2] + 1
-    per_element = apex_fp8_shard_bytes(m.master_weights) if apex else fp8_shard_bytes(m.fp8_recipe, sh.fp8_transpose,
-                                                                                       m.master_weights)
+    per_element = apex_fp8_shard_bytes() if apex else fp8_shard_bytes(m.fp8_recipe, sh.fp8_transpose,
+                                                                       m.master_weights)
+    # Megatron-core's overlap_param_gather_with_optimizer_step: the first chunk's dense optimizer is one of its own
+    # (optimizer/__init__.py, all_dense_model_chunks = [[model_chunks[0]], model_chunks[1:]]), so two casts' fixed
+    # launches and two amax all-reduces; the experts' optimizer stays one
+    split = not apex and scenario.step is not None and scenario.step.overlap_param_gather_with_optimizer_step
     per_weight = APEX_FP8_SHARD_KERNELS if apex else FP8_SHARD_KERNELS[m.fp8_recipe]
 
     def fixed_launches(tensors: int) -> int:
@@ -172,8 +230,12 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
         launches = sum(tensors[s]) * per_weight
         ms = ((dense + routed) * per_element / rates.hbm + launches * rates.floor) * 1e3
         if held[s]:  # the rank's once-per-step part, spread evenly over the copies it holds (as _once_per_rank)
-            d, r, copies = per_rank[min(held[s])]
+            d, r, copies, first = per_rank[min(held[s])]
             fixed = fixed_launches(d) + fixed_launches(r)
+            if split and d > first:  # the first chunk's dense cast apart: its own fixed launches and all-reduce
+                fixed += fixed_launches(first) + fixed_launches(d - first) - fixed_launches(d)
+                ms += (fp8_amax_all_reduce_ms(st, first, 0) + fp8_amax_all_reduce_ms(st, d - first, 0)
+                       - fp8_amax_all_reduce_ms(st, d, 0)) / copies
             ms += (fixed * rates.floor * 1e3 + fp8_amax_all_reduce_ms(st, d, r)) / copies
         out.append(ms)
     return out
@@ -358,7 +420,85 @@ def fp8_weight_cast_ms(st, where) -> float:
     return elements * per / st.rates.hbm * 1e3 if elements else 0.0
 
 
-def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
+def step_start_ms(scenario, derived) -> float:
+    """The wait at a step's start for stage 0's overlapped parameter all-gather (ms; 0 unless ZeRO 1/2 with
+    step.overlap_param_gather): Megatron-core's bucket-group chain outside its interleaved schedule; apex's whole
+    gather (with FP8 parameters NeMo's extra 16-bit bucket, apex_fp8_first_bucket); Megatron-core's interleaved
+    schedule: chunk 0's whole gather, or with step.overlap_param_gather_with_optimizer_step what of it outlasts the
+    optimizer step of the rank's other chunks (optimizer_overlap_ms)."""
+    st, step = derived.setup, scenario.step
+    sh = st.sharding
+    if step is None or sh.zero not in (1, 2) or not step.param_gather_overlapped():
+        return 0.0
+    first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
+    fp8 = fp8_param_elements(st, st.stages[0]) if scenario.model.fp8_params else (0.0, 0.0)
+    if step.param_gather == "apex":
+        extra = 0.0
+        if scenario.model.fp8_params:
+            more, extra = apex_fp8_first_bucket(scenario, derived)
+            bucket += more
+        return start_gather_ms(st, first, bucket, fp8, extra)
+    if not scenario._megatron_interleaved():
+        return prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
+    if step.overlap_param_gather_with_optimizer_step:  # chunk 0 one bucket (disable_bucketing), launched mid-step
+        return max(0.0, start_gather_ms(st, first, 1, fp8) - optimizer_overlap_ms(scenario, derived))
+    return start_gather_ms(st, first, bucket, fp8)
+
+
+def _waited_before_forward(step, stage: int, start: float) -> float:
+    """How much of a stage copy's overlapped gather is over before its forward (forward_under_gather_ms's ``waited``):
+    stage 0's wait at the step's start; with overlap_param_gather_with_optimizer_step all of it (the rest of it ran
+    beside the optimizer step, whose memory-bound kernels the model does not slow)."""
+    if stage != 0:
+        return 0.0
+    return math.inf if step.overlap_param_gather_with_optimizer_step else start
+
+
+def optimizer_overlap_ms(scenario, derived) -> float:
+    """What of the optimizer step runs beside the first chunk's all-gather with Megatron-core's
+    overlap_param_gather_with_optimizer_step (ms): the rank holding stage 0 steps its first chunk's optimizer, launches
+    that chunk's all-gather (ChainedOptimizer.step_with_ready_grads, start_param_sync(force_dispatch=True)), then steps
+    the optimizer of its other chunks (their Adam step, the same figure as derived_sync's) until that optimizer's
+    blocking FP8 amax all-reduce, which queues behind the gather on the same data-parallel communicator.  The other
+    chunks' FP8 cast is not counted here (a lower bound of the overlap)."""
+    st = derived.setup
+    held = _stage_ranks(scenario)
+    if held is None or not held[0]:
+        return 0.0
+    rank = min(held[0])
+    per_param = optimizer_bytes_per_param(scenario.model, st.sharding.optimizer_bytes)
+    sh = st.sharding
+    shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
+    out = 0.0
+    for s, stage in enumerate(derived.stages):
+        if s == 0 or rank not in held[s]:
+            continue
+        updated = stage.dense_params / sh.tensor * shard[0] + stage.routed_params / sh.expert * shard[1]
+        out += (updated * per_param / st.rates.hbm + st.rates.floor) * 1e3
+    return out
+
+
+def apex_fp8_first_bucket(scenario, derived) -> tuple[int, float]:
+    """What NeMo's separate FP8 and 16-bit buckets add to stage 0's apex all-gather with FP8 parameters: (buckets,
+    bytes).  NeMo's configure_optimizers makes each layer's bucket of its FP8 weights only and puts every other
+    parameter of the rank (the other chunks' biases and norms too) into the first layer's (megatron_gpt_model.py,
+    make_parameter_bucket, buckets[-1].extend); its init_params_bucket then splits that one into uint8 and 16-bit
+    apex buckets (distributed_adam.py): one bucket more, and the rank's other stage copies' non-FP8 parameters
+    gathered with stage 0 at params_bytes each."""
+    st = derived.setup
+    sh = st.sharding
+    held = _stage_ranks(scenario)
+    if held is None or not held[0]:
+        return 1, 0.0
+    rank = min(held[0])
+    extra = 0.0
+    for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
+        if s != 0 and rank in held[s]:
+            extra += (stage.dense_params / sh.tensor - fp8_param_elements(st, where)[0]) * sh.params_bytes
+    return 1, extra
+
+
+def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0.0, 0.0), extra: float = 0.0) -> float:
     """The wait before a step's first forward for the whole of the first stage's overlapped parameter
     all-gather (ms): apex's DistributedFusedAdam, and Megatron-core's interleaved schedule.
 
@@ -371,13 +511,16 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     all-gather (its ``buckets``, the gradients' buckets, on the data-parallel link) has landed.
     The other stages' gathers run beside it from time 0 and are taken as landed before their input
     arrives; chunk 1's and later ones as landed before their chunk's first forward.  ``fp8``: as
-    param_gather_ms's."""
+    param_gather_ms's; ``extra``: dense bytes gathered with the stage beyond its own (apex_fp8_first_bucket)."""
     sh = st.sharding
-    nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0)
+    nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0) + extra
     if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
         dense = _gather_ms(st, nbytes, buckets)
         routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
         return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+    if extra:  # inside a node: one collective on its link, as param_gather_ms's
+        routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
+        return _sync_ms(st, "grad_sync", nbytes, routed, op="all_gather")
     return param_gather_ms(st, first_stage, fp8)
 
 
@@ -524,14 +667,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
     fp8 = scenario.model.fp8_params  # only with FP8 linears through Transformer Engine (derive.setup refuses others)
-    start = 0.0
-    if key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped():
-        first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
-        if step.param_gather == "megatron-core" and not scenario._megatron_interleaved():
-            start = prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
-        else:  # apex, or Megatron-core's interleaved schedule: chunk 0's buckets all launched at its start
-            start = start_gather_ms(st, first, bucket, fp8_param_elements(st, st.stages[0]) if fp8 else (0.0, 0.0))
+    start = step_start_ms(scenario, derived) if key == "optimizer" else 0.0
     share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
+    apex = key == "optimizer" and step is not None and step.param_gather == "apex" and not deepspeed
+    once = _once_per_rank(scenario, len(st.stages)) if apex else None
     master_cast = fp8_master_cast_ms(scenario, st) if key == "optimizer" and fp8 and not deepspeed else None
     # Megatron-core's step start (the gradient buffers zeroed) and its clip's blocking norm all-reduce (once a rank)
     mcore = key == "optimizer" and megatron_core_optimizer(scenario)
@@ -557,6 +696,8 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             # one fused multi-tensor Adam launch: its floor once (how many launches apex / TE split it
             # into is not published; each adds 2.5 us against milliseconds of streaming)
             ms = (streamed / st.rates.hbm + st.rates.floor) * 1e3
+            if apex:  # apex's own kernel: no copy pass, no gradient cast (apex_adam_ms)
+                ms = apex_adam_ms(scenario, st, where, stage, once[s])[1]
             # with FP8 parameters, Transformer Engine casts the updated shards to FP8 in place of the 16-bit copy
             ms += master_cast[s] if master_cast else 0.0
             ms += grad_zero_ms(st, stage) + norm * norm_share[s] if mcore else 0.0
@@ -567,7 +708,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             if slow:
                 whole = param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0))
                 forward = scenario.pipeline.microbatches / held[s] * (stage.forward or 0.0)
-                ms += forward_under_gather_ms(whole, start if s == 0 else 0.0, forward, slow[s])
+                ms += forward_under_gather_ms(whole, _waited_before_forward(step, s, start), forward, slow[s])
             out.append(ms)
             continue
         if deepspeed:  # the fp32 gradient cast to bf16, all-reduced (not reduce-scattered), cast back

@@ -1,0 +1,183 @@
+"""apex's Adam step, NeMo's separate FP8 / 16-bit buckets and Megatron-core's optimizer-step overlap of the first
+chunk's all-gather (docs/step.md, "apex's Adam step" and "The step's start"), each worked by hand from the runtimes'
+code: apex 23.05-24.09 contrib/optimizers/distributed_fused_adam.py and multi_tensor_distopt_adam_kernel.cu, NeMo
+v1.17.0 / bd0b818 / v2.0.0.rc0.beta / 24.09-alpha.rc0 megatron_base_model.py and distributed_adam.py, Megatron-core
+core_r0.11.0 (5905586) optimizer/__init__.py and optimizer.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dualpipe_sim.cli import main
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.model import ddp_buckets, step_end, step_figures
+
+FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
+H100_HBM = 3.35e12 * 0.85  # the H100 preset's streaming HBM bandwidth (rates.py)
+FLOOR = 2.5e-6  # every preset's kernel floor
+H = 12288  # GPT-3 175B
+GPT3_LAYER = 12 * H * H + 13 * H  # QKV, proj, fc1, fc2 weights; their biases (3h + h + 4h + h) and two LayerNorms (4h)
+PER_LAUNCH = 320 * 65536  # apex: 320 blocks of 2048 x 32 elements a multi_tensor_apply launch
+
+
+def _load(name, overrides=()):
+    return scenario.load(FOLDER / f"{name}.toml", list(overrides))
+
+
+def test_apex_bytes_per_element_by_hand():
+    # bf16 weights, no FP8 parameters: NeMo sets store_param_remainders.  The kernel reads the bf16 weight (2), the
+    # remainder (2), exp_avg and exp_avg_sq (4 + 4) and the bf16 gradient (2), and writes the remainder, the moments
+    # and the bf16 param-sync copy (2 + 8 + 2); the gradient norm reads the bf16 gradient once more (2)
+    sc = _load("mlperf31-gpt3-512")
+    sh = sc.derived().setup.sharding
+    assert (sc.model.fp8_params, sh.grads_bytes, sh.params_bytes) == (False, 2.0, 2.0)
+    assert step_figures.apex_adam_bytes(sc.model, sh)[0] == (2 + 2 + 8 + 2) + (2 + 8 + 2) + 2 == 28
+    # against Megatron-core's 44: the same Adam plus its fp32 gradient cast (6), the fp32 master read and written (8
+    # where apex moves 6), its copy pass (4 + the 2 written) and its fp32 gradient's norm (4)
+    assert step_figures.optimizer_bytes_per_param(sc.model, sh.optimizer_bytes) == 44
+    # FP8 parameters: NeMo sets store_params, an fp32 master read and written (8); an FP8 bucket's p_out is that fp32
+    # shard itself (nothing more written), a 16-bit bucket's is its bf16 copy (2)
+    sc = _load("mlperf41-gpt3-256")
+    assert sc.model.fp8_params
+    assert step_figures.apex_adam_bytes(sc.model, sc.derived().setup.sharding) == (8 + 8 + 2 + 2 + 8 + 2, 8 + 8 + 2 + 2 + 8)
+
+
+def test_apex_launches_by_hand():
+    assert step_figures.APEX_ELEMENTS_PER_LAUNCH == PER_LAUNCH == 20_971_520
+    assert step_figures.apex_adam_launches(PER_LAUNCH) == 2  # the Adam kernel and the norm's, one launch each
+    assert step_figures.apex_adam_launches(PER_LAUNCH + 1) == 4
+    assert step_figures.apex_adam_launches(0) == 0
+    assert step_figures.APEX_FIXED_LAUNCHES == 2 * 2 + 1
+
+
+def test_gpt3_v31_apex_adam_by_hand():
+    # MLPerf v3.1 GPT-3 175B on 512 H100: TP 4, PP 8 x 12 chunks (one layer a stage copy), DP 16.  Stage 1: one layer,
+    # 1,812,099,072 / TP 4 / DP 16 = 28,314,048 shard elements x 28 B = 792,793,344 B = 278.42 us; 2 x 2 launches for
+    # them and the rank's 5 fixed ones spread over its 12 copies
+    sc = _load("mlperf31-gpt3-512")
+    d = sc.derived()
+    st = d.setup
+    assert (st.sharding.tensor, st.sharding.data, st.rates.hbm, st.rates.floor) == (4, 16, H100_HBM, FLOOR)
+    assert d.stages[1].dense_params == GPT3_LAYER
+    shard = GPT3_LAYER / 4 / 16
+    assert shard == 28_314_048
+    want = shard * 28 / H100_HBM + (2 * 2 + 5 / 12) * FLOOR
+    assert want == pytest.approx(2.8946e-4, rel=1e-4)
+    nbytes, ms = step_figures.apex_adam_ms(sc, st, st.stages[1], d.stages[1], 1 / 12)
+    assert nbytes == shard * 28
+    assert ms == pytest.approx(want * 1e3, rel=1e-12)
+    # the run's optimizer figure: Megatron-core's Adam (44 B, one launch) replaced by apex's; the rest is unchanged
+    core = _load("mlperf31-gpt3-512", ["step.param_gather=megatron-core"])
+    apex_fig = step_figures.derived_sync(sc, "optimizer", d)[1]
+    core_fig = step_figures.derived_sync(core, "optimizer")[1]
+    start = [step_figures.step_start_ms(x, x.derived()) / 12 for x in (sc, core)]  # each on its 12 copies
+    # Megatron-core's own step start and clip norm (tests/test_step_start_zero.py), which apex's optimizer does not take
+    dc = core.derived()
+    mcore = (step_figures.grad_zero_ms(dc.setup, dc.stages[1]) + step_figures.grad_norm_all_reduce_ms(core, dc.setup)
+             * step_figures._once_per_rank(core, len(dc.setup.stages))[1])  # fmt: skip
+    assert mcore > 0
+    assert (core_fig - start[1] - mcore) - (apex_fig - start[0]) == pytest.approx(
+        (shard * 44 / H100_HBM + FLOOR - want) * 1e3, rel=1e-9)
+
+
+def test_nemo_fp8_and_16_bit_buckets_by_hand():
+    # MLPerf v4.1 GPT-3 175B on 256 H100 with FP8 parameters: TP 4, PP 8 x 6 chunks, 2 layers a stage copy.  NeMo puts
+    # every non-FP8 parameter of the rank into its first layer's bucket and splits it into uint8 and bf16 apex buckets:
+    # one bucket more on stage 0's gather (13 given + 1), and rank 0's 5 other copies' biases and norms (2 layers x 13h
+    # each, / TP 4 as the model divides them) gathered with it at 2 bytes
+    sc = _load("mlperf41-gpt3-256")
+    d = sc.derived()
+    st = d.setup
+    held = [s for s, ranks in enumerate(step_figures._stage_ranks(sc)) if 0 in ranks]
+    assert held == [0, 8, 16, 24, 32, 40]
+    extra = 5 * 2 * 13 * H / 4 * 2
+    assert extra == 798_720
+    assert step_figures.apex_fp8_first_bucket(sc, d) == (1, extra)
+    buckets = ddp_buckets.per_stage(sc, d)[0]
+    fp8 = step_figures.fp8_param_elements(st, st.stages[0])
+    assert step_figures.step_start_ms(sc, d) == step_figures.start_gather_ms(st, d.stages[0], buckets + 1, fp8, extra)
+    # without FP8 parameters NeMo's first bucket is not split: no extra bucket, no extra bytes
+    plain = _load("mlperf41-gpt3-256", ["model.fp8_params=false"])
+    pd = plain.derived()
+    assert step_figures.step_start_ms(plain, pd) == step_figures.start_gather_ms(pd.setup, pd.stages[0], buckets)
+
+
+def test_overlap_param_gather_with_optimizer_step_by_hand():
+    # MLPerf v5.0 Llama 3.1 405B on 512 H100: TP 8, PP 8 x 8 chunks, DP 4 x CP 2 (the distributed optimizer's 8).
+    # Rank 0 steps chunk 0's optimizer, launches its whole gather (one bucket: disable_bucketing), then steps its other
+    # 7 chunks' Adam (2 layers each: 2 x 3,187,703,808 / TP 8 / 8 = 99,615,744 shard elements x 44 B + one launch):
+    # the next step's first forward waits for what of the gather outlasts them
+    on = ["step.overlap_param_gather_with_optimizer_step=true"]
+    sc = _load("mlperf50-llama405b-512", on)
+    d = sc.derived()
+    st = d.setup
+    layer = 16384 * (16384 + 2 * 8 * 128) + 16384 * 16384 + 3 * 16384 * 53248 + 2 * 16384
+    assert d.stages[8].dense_params == 2 * layer
+    assert (st.sharding.tensor, st.sharding.data) == (8, 8)
+    shard = 2 * layer / 8 / 8
+    assert shard == 99_615_744
+    beside = 7 * (shard * 44 / H100_HBM + FLOOR) * 1e3
+    assert beside == pytest.approx(10.7924, rel=1e-4)
+    assert step_figures.optimizer_overlap_ms(sc, d) == pytest.approx(beside, rel=1e-12)
+    whole = step_figures.start_gather_ms(st, d.stages[0], 1, step_figures.fp8_param_elements(st, st.stages[0]))
+    assert whole > beside
+    assert step_figures.step_start_ms(sc, d) == pytest.approx(whole - beside, rel=1e-12)
+    # off, chunk 0's whole gather in its 12 buckets is waited for: more than with the flag
+    off = _load("mlperf50-llama405b-512", ["step.overlap_param_gather_with_optimizer_step=false"])
+    assert step_figures.step_start_ms(off, off.derived()) > whole > whole - beside
+    # what of the gather the wait does not cover ran beside the optimizer step, not the forward: stage 0's forward is
+    # not slowed by it (the SMs NCCL holds, step.dp_comm_sms), while stage 1's, whose gather nothing waits for, is
+    slowed = {i.name: i.ms for i in step_end.items(sc, d)}["forward slowed beside the overlapped all-gather"]
+    assert slowed[0] == 0.0 and slowed[1] > 0.0
+
+
+def test_overlap_with_optimizer_step_splits_the_fp8_cast():
+    # two dense optimizers (chunk 0's and the rest's): two amax all-reduces and two sets of fixed launches; each rank's
+    # FP8 weights: 7 per layer (qkv, proj, fc1, fc2 as TE counts them: kernels.fp8_linears), held by the figure
+    sc = _load("mlperf50-llama405b-512", ["step.overlap_param_gather_with_optimizer_step=true"])
+    base = _load("mlperf50-llama405b-512", ["step.overlap_param_gather_with_optimizer_step=false"])
+    st = base.derived().setup
+    on = step_figures.fp8_master_cast_ms(sc, sc.derived().setup)
+    off = step_figures.fp8_master_cast_ms(base, st)
+    first, rest = step_figures.fp8_param_tensors(st, st.stages[0])[0], sum(
+        step_figures.fp8_param_tensors(st, st.stages[s])[0] for s in range(8, 64, 8))
+    launch = step_figures.fp8_cast_fixed_launches
+    recipe = base.model.fp8_recipe
+    extra_launches = launch(recipe, first) + launch(recipe, rest) - launch(recipe, first + rest)
+    extra_reduce = (step_figures.fp8_amax_all_reduce_ms(st, first, 0) + step_figures.fp8_amax_all_reduce_ms(st, rest, 0)
+                    - step_figures.fp8_amax_all_reduce_ms(st, first + rest, 0))
+    assert extra_reduce > 0
+    assert on[0] - off[0] == pytest.approx((extra_launches * FLOOR * 1e3 + extra_reduce) / 8, rel=1e-9)
+
+
+@pytest.mark.parametrize("name, setting, words", [
+    ("mlperf41-gpt3-256", [], 'step.param_gather = "megatron-core"'),  # apex's rows: apex has its own overlap
+    ("mlperf51-llama8b-256b200", [], "interleaved"),  # one stage, no interleaved schedule
+    ("mlperf50-llama405b-512", ["step.overlap_param_gather=false"], "parallel.zero"),
+    ("mlperf50-llama405b-512", ["step.optimizer=1"], 'step.optimizer = "derived"'),
+])  # fmt: skip
+def test_overlap_with_optimizer_step_refused_where_megatron_refuses_it(tmp_path, capsys, name, setting, words):
+    out = tmp_path / "out"
+    sets = ["step.overlap_param_gather_with_optimizer_step=true", *setting]
+    code = main(["run", str(FOLDER / f"{name}.toml"), *[a for s in sets for a in ("--set", s)], "--out", str(out),
+                 "--plots", "none"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert "step.overlap_param_gather_with_optimizer_step" in err and words in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_key_must_be_a_bool(tmp_path, capsys):
+    code = main(["run", str(FOLDER / "mlperf50-llama405b-512.toml"), "--set",
+                 "step.overlap_param_gather_with_optimizer_step=sometimes", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "step.overlap_param_gather_with_optimizer_step" in err and "Traceback" not in err
+
+
+def test_run_help_names_the_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "step.overlap_param_gather_with_optimizer_step=true" in out
