@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set pipeline.stages=8, --set parallel.zero=3 (FSDP), "
                           "--set memory.runtime=0 or memory.fp8_weight_cache=false, "
-                          "--set step.overlap_param_gather_with_optimizer_step=true (repeatable)")
+                          "--set step.overlap_param_gather_with_optimizer_step=true or step.fp32_embedding_grads=true (repeatable)")
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
     run.add_argument("--schedule-file", help="replay this schedule instead of pipeline.schedule: the JSON or "

@@ -185,6 +185,9 @@ class Step(_Section):
     # Megatron-core's --overlap-param-gather-with-optimizer-step: the first chunk's all-gather launched inside the
     # optimizer step, beside the other chunks' (model/step_figures.py, step_start_ms)
     overlap_param_gather_with_optimizer_step: bool = False
+    # NeMo's with_fp32_embedding_grads on apex's DistributedFusedAdam: the word and position embeddings' gradients
+    # reduced in fp32 whatever model.grads_dtype (model/step_figures.py, fp32_embedding_extra_bytes)
+    fp32_embedding_grads: bool = False
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
     # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's
@@ -215,7 +218,7 @@ class Step(_Section):
         return v
 
     @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", "grad_sync_shares_p2p",
-                     "overlap_param_gather_with_optimizer_step", mode="before")
+                     "overlap_param_gather_with_optimizer_step", "fp32_embedding_grads", mode="before")
     @classmethod
     def _bool(cls, v):
         return None if v is None else strict_bool(v)
@@ -312,6 +315,9 @@ class Scenario(_Section):
                                 "(Megatron: --overlap-param-gather needs --overlap-grad-reduce)")
         if st.overlap_param_gather_with_optimizer_step:
             self._check_gather_with_optimizer()
+        if st.fp32_embedding_grads and (st.param_gather != "apex" or st.grad_sync != "derived"):
+            raise ScenarioError('step.fp32_embedding_grads: is NeMo\'s on apex\'s DistributedFusedAdam; it needs '
+                                'step.param_gather = "apex" and step.grad_sync = "derived"')
         figures = {}
         settings = {"grad_sync": st.grad_sync, "cross_copy_sync": st.cross_copy_sync, "optimizer": self.optimizer_setting()}
         for key, setting in settings.items():

@@ -166,3 +166,28 @@ def gather_groups(tensors: list[int], linears: list[bool], buckets: int | None, 
     first = min([fp8[0][0]] + [pos for pos, _, _ in wide])
     head = (first, sum(n for _, n, _ in wide), fp8[0][1], fp8[0][2] + sum(b for _, _, b in wide))
     return [head] + [(pos, 0, n, b) for pos, n, b in fp8[1:]]
+
+
+# apex's DistributedFusedAdam (contrib/optimizers/distributed_fused_adam.py, tags 23.05-24.09): a bucket holds
+# bucket_cap_mb MiB of grad_sync_dtype elements, cut into one shard per data-parallel rank, each shard rounded down
+# to the alignment of 128 bytes; every parameter fragment starts at that alignment too
+APEX_ALIGNMENT_BYTES = 128
+
+
+def apex_bucket_elements(cap_mb: float, data: int, grad_bytes: int = 2) -> int:
+    """Elements in one apex bucket: ``data`` shards of ``int(cap_mb MiB / grad_bytes / data)`` elements rounded down to
+    the alignment (``default_shard_size``; at least one alignment)."""
+    align = APEX_ALIGNMENT_BYTES // grad_bytes
+    shard = int(1024 * 1024 * cap_mb / grad_bytes / data) // align * align
+    return max(shard, align) * data
+
+
+def apex_buckets(tensors: list[int], cap_mb: float, data: int, grad_bytes: int = 2) -> int:
+    """Buckets apex fills from one ``init_params_bucket`` call over parameters of ``tensors`` elements: they are laid
+    end to end, each at the next aligned offset, across buckets of apex_bucket_elements (a call never shares a bucket
+    with an earlier one: it marks them all full)."""
+    align = APEX_ALIGNMENT_BYTES // grad_bytes
+    filled = 0
+    for n in tensors:
+        filled = -(-filled // align) * align + n
+    return -(-filled // apex_bucket_elements(cap_mb, data, grad_bytes)) if filled else 0

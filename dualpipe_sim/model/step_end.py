@@ -100,7 +100,8 @@ def _grad_sync(scenario, derived) -> list[Item]:
     grads = _grads(derived)
     routed = any(r for _, r in grads)
     op = "all-reduce" if deepspeed or sh.zero == 0 else "reduce-scatter"
-    tied = sf.tied_embedding_ms(scenario, st, 4.0 if deepspeed else sh.grads_bytes)
+    fp32 = deepspeed or step.fp32_embedding_grads  # DeepSpeed's fp32 gradients; NeMo's fp32 embedding ones
+    tied = sf.tied_embedding_ms(scenario, st, sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
     overlap = (f"overlapped with the backward, launch {scenario.grad_sync_launch()}"
                if step.overlap_grad_sync else "after the pipeline's last backward")
     if deepspeed or sh.zero >= 2:  # their own rules inside derived_sync: the figure less the tied all-reduce
@@ -122,16 +123,19 @@ def _grad_sync(scenario, derived) -> list[Item]:
         out = [Item(f"data-parallel gradient {op}", "grad_sync", nbytes, ms, _groups(sh, routed), _link(st),
                     bound, rule)]  # fmt: skip
     else:
+        if step.fp32_embedding_grads:  # the embedding's gradients in fp32: more bytes in the same buckets
+            grads = [(d + sf.fp32_embedding_extra_bytes(st, w), r) for (d, r), w in zip(grads, st.stages)]
         buckets = ddp_buckets.per_stage(scenario, derived)
         ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) for (d, r), b in zip(grads, buckets))
         latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b)
                         for (_, r), b in zip(grads, buckets))  # fmt: skip
         given = "step.grad_sync_buckets" + (" derived" if step.grad_sync_buckets == "derived" else " given")
-        rule = f"{_buckets(buckets)} ({given}); {overlap}"
+        rule = f"{_buckets(buckets)} ({given}); {overlap}" + (
+            "; the embedding's gradients in fp32 (step.fp32_embedding_grads)" if step.fp32_embedding_grads else "")
         out = [Item(f"data-parallel gradient {op}", "grad_sync", tuple(d + r for d, r in grads), ms,
                     _groups(sh, routed), _link(st), _bound(ms, latency), rule)]  # fmt: skip
     if tied:
-        nbytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (4.0 if deepspeed else sh.grads_bytes)
+        nbytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
         per = tuple(tied.get(s, 0.0) for s in range(len(st.stages)))
         # which link tied_embedding_ms took (the two pipeline ranks on one node or not): the one its time is
         on_node = st.rates is not None and math.isclose(

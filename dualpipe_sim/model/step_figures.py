@@ -81,6 +81,12 @@ APEX_ELEMENTS_PER_LAUNCH = 320 * 2048 * 32
 # dtypes) in each of step()'s two _local_step calls (the first bucket's, then the rest: 2 x NeMo's 2 weight-decay
 # groups), and the norm's cleanup kernel
 APEX_FIXED_LAUNCHES = 2 * 2 + 1
+# NeMo's with_fp32_embedding_grads (step.fp32_embedding_grads; NeMo v2.0.0.rc0.beta and 24.09-alpha.rc0
+# megatron_gpt_model.py configure_optimizers, default True): the word embedding (first and, tied, last pipeline stage)
+# and the learned positions get _with_fp32_optimizer, which distributed_adam.py init_params_bucket puts in buckets of
+# grad_sync_dtype float32, so their reduce-scatter and the tied all-reduce of their main_grad (a view of apex's fp32
+# grad buffer) carry 4 bytes an element
+FP32_GRAD_BYTES = 4.0
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
 MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
@@ -279,6 +285,18 @@ def grad_norm_all_reduce_ms(scenario, st) -> float:
     figure's bytes (GRAD_NORM_BYTES)."""
     ranks = grad_norm_ranks(scenario, st)
     return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.gpus_per_node))) * 1e3
+
+
+def fp32_embedding_extra_bytes(st, where) -> float:
+    """Gradient bytes NeMo's fp32 embedding gradients add to a stage copy's reduction on its rank
+    (step.fp32_embedding_grads): the embedding stage's word and position embeddings, and a tied head's own copy of
+    the word embedding on another stage, at FP32_GRAD_BYTES an element instead of model.grads_dtype's; counted over
+    tensor as the stage's dense parameters are."""
+    cfg, sh = st.cfg, st.sharding
+    elements = params.embedding(cfg) if where.embedding else 0
+    if where.head and cfg.tie_word_embeddings and not where.embedding:
+        elements += cfg.vocab_size * cfg.hidden_size
+    return elements / sh.tensor * (FP32_GRAD_BYTES - sh.grads_bytes)
 
 
 def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1) -> float:
@@ -662,7 +680,8 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     if key == "cross_copy_sync":
         tied = {}
     else:  # DeepSpeed's bf16 optimizer keeps (and all-reduces) fp32 gradients
-        tied = tied_embedding_ms(scenario, st, 4.0 if deepspeed else sh.grads_bytes) if key == "grad_sync" else {}
+        fp32 = deepspeed or (step is not None and step.fp32_embedding_grads)
+        tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes) if key == "grad_sync" else {}
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
@@ -685,6 +704,8 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     out = []
     for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
+        if key == "grad_sync" and step is not None and step.fp32_embedding_grads:
+            dense += fp32_embedding_extra_bytes(st, where)
         routed = stage.routed_params / sh.expert * sh.grads_bytes
         if key == "optimizer":
             shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
