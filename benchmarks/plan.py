@@ -7,7 +7,9 @@
   tokens, with the report's BF16 Adam moments and recompute policy (--set model.optimizer_dtype=bf16
   --set memory.recompute=deepseek, as scenarios/deepseek-v3-predicted.toml; the policy is pinned).
 
-For each: wall time of the whole plan (enumerate, prune, estimate, simulate; no files written), its
+For each: wall time of the whole plan (enumerate, prune, estimate, simulate; no files written) and of
+each phase (from the first progress report of each: the memory pass "estimating", the step times,
+"simulating"), its
 CPU time (this process's and its finished worker processes', ``resource.getrusage``), the 1-minute
 load average at its end (other work shares the machine), the row counts, the pruning counts and the top 3.  Issue 27's target: under 2 minutes each on
 the project's 2-core machine.
@@ -50,14 +52,18 @@ def main() -> int:
     for name in CASES if args.case == "both" else [args.case]:
         c = CASES[name]
         start, cpu = time.perf_counter(), _cpu()
+        phases: dict[str, float] = {}  # each phase's first progress report (wall clock)
         result = plan(c["source"], c["gpus"], c["global_batch"], c["seq"], hardware=c["hardware"],
-                      overrides=c["overrides"], jobs=args.jobs, top=3)  # fmt: skip
+                      overrides=c["overrides"], jobs=args.jobs, top=3,
+                      progress=lambda done, total, what: phases.setdefault(what, time.perf_counter()))  # fmt: skip
         wall, cpu = time.perf_counter() - start, _cpu() - cpu
         load = os.getloadavg()[0]  # other processes share the 2 cores: the 1-minute load average says how many
         kinds = Counter("simulated" if r.simulated else "estimated only" if r.estimate and not r.pruned else "pruned"
                         for r in result.rows)  # fmt: skip
         print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load average {load:.2f} at the end); {len(result.rows)} rows: "
               + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
+        marks = [("enumerating", start), *phases.items(), ("end", start + wall)]
+        print("  phases (wall): " + ", ".join(f"{what} {b - a:.1f} s" for (what, a), (_, b) in zip(marks, marks[1:])))
         print("  pruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))
         for k, r in enumerate(result.top, 1):
             print(f"  #{k} {r.candidate.label()}: {r.tokens_per_second_per_gpu:.0f} tok/s/GPU, "

@@ -845,4 +845,7 @@ def _stage_compute(st, stage, per_layer: dict) -> float:
             per_layer[key] = t.forward + t.backward + t.dispatch_forward + t.combine_forward + \
                 t.dispatch_backward + t.combine_backward
         total += per_layer[key]
-    return total + sum(derive.extra_times(st, stage)) + sum(ms for _, ms in kernels.passes(derive.chunk_kernels(st, stage)))
+    extras = ("extras", stage.embedding, stage.head, stage.mtp)  # all extra_times reads of the stage
+    if extras not in per_layer:  # the last stage's head and MTP modules, whichever layers it holds
+        per_layer[extras] = sum(derive.extra_times(st, stage))
+    return total + per_layer[extras] + sum(ms for _, ms in kernels.passes(derive.chunk_kernels(st, stage)))

@@ -1,7 +1,8 @@
 """``plan``: the best layout and schedule for a model on N GPUs (docs/plan.md).
 
 enumerate (space.py, shapes.py) -> prune by divisibility, schedule constraints
-and a memory floor -> estimate (estimate.py) -> simulate the best estimates with
+and a memory floor -> estimate (estimate.py; the step times in forked worker
+processes, step_times.py) -> simulate the best estimates with
 the normal engine in worker processes (sweep's executors) -> rank (rank.py) ->
 outputs (files.py, chart.py).
 """
@@ -22,7 +23,7 @@ from ..outputs.files import write_all, write_text
 from ..progress import Progress, each_file, report
 from ..sweep.errors import SweepError
 from . import files
-from .estimate import FigureCache, memory_estimate, static_floor, step_time
+from .estimate import FigureCache, memory_estimate, static_floor
 from .rank import Row, estimate_order, ranked, to_simulate
 from .request import (PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices,
                       source_pins)
@@ -30,7 +31,10 @@ from .journal import NAME as JOURNAL
 from .journal import Journal
 from .shapes import placement, shapes
 from .simulate import DaskCandidates, LocalCandidates
+from ..sweep.executors import default_jobs
 from .space import ModelShape, enumerate_candidates, shards_nothing
+from .step_times import one as step_time_or_words
+from .step_times import all_step_times
 
 DEFAULT_BUDGET = 200  # candidates simulated at least (when that many survive pruning)
 DEFAULT_TOP = 10
@@ -115,7 +119,9 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
     try:
         device = device_memory(base)
-        rows, survivors = _estimated(base, req, names, overrides, device, progress)
+        # the step times in `jobs` processes too (on a Dask cluster, in this one)
+        estimate_jobs = 1 if dask_scheduler else (default_jobs() if jobs is None else jobs)
+        rows, survivors = _estimated(base, req, names, overrides, device, progress, estimate_jobs)
         chosen = to_simulate(estimate_order(survivors, device), budget, device)
         if journal is not None:
             journal.start()
@@ -138,8 +144,9 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
 
 
 def _estimated(base: dict, req, names: list[str], overrides: list[str], device: float | None,
-               progress: Progress | None) -> tuple[list[Row], list[Row]]:  # fmt: skip
-    """Every candidate as a row (pruned ones with their reason, the rest estimated), and the survivors."""
+               progress: Progress | None, jobs: int = 1) -> tuple[list[Row], list[Row]]:  # fmt: skip
+    """Every candidate as a row (pruned ones with their reason, the rest estimated), and the survivors.
+    ``jobs``: processes working out the step times (step_times.py)."""
     rows: list[Row] = []
     choices = pinned_choices(source_pins(base) + overrides)
     model = model_shape(base)
@@ -147,11 +154,32 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
         rows.append(Row(i, cand, pruned=cand.pruned))
     live = [r for r in rows if not r.pruned]
     cache = FigureCache(base)
-    same_as: dict[tuple, int] = {}
+    keys: dict[int, tuple] = {}  # position in live -> what a duplicate shares (_prune)
     for n, row in enumerate(live):
         if n % 100 == 0:
             report(progress, n, len(live), "estimating")
-        row.pruned = _prune(cache, row, device, same_as, model, choices.zero)
+        row.pruned, key = _prune(cache, row, device, model, choices.zero)
+        if not row.pruned:
+            keys[n] = key
+    # A step time for the first candidate of each key: the others are its duplicates (unless its step
+    # is refused, then the next one is tried, as below).  Worked out in `jobs` processes at once.
+    firsts: dict[tuple, int] = {}
+    for n, key in keys.items():
+        firsts.setdefault(key, n)
+    todo = sorted(firsts.values())
+    times = dict(zip(todo, all_step_times(cache, [live[n].candidate for n in todo], jobs, progress)))
+    same_as: dict[tuple, int] = {}
+    for n, key in keys.items():  # in enumeration order: the first of a key is kept, the later ones pruned
+        row = live[n]
+        if key in same_as:
+            row.pruned = f"duplicate: same costs and memory as candidate {same_as[key]}"
+            continue
+        step = times[n] if n in times else step_time_or_words(cache, row.candidate)
+        if isinstance(step, str):
+            row.pruned = f"model: {step}"
+            continue
+        row.estimate = replace(row.estimate, step_time=step)
+        same_as[key] = row.index
     survivors = [r for r in live if not r.pruned]
     if not survivors:
         counts = Counter(reason_kind(r.pruned) for r in rows)
@@ -161,34 +189,27 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
     return rows, survivors
 
 
-def _prune(cache: FigureCache, row: Row, device: float | None, same_as: dict[tuple, int], model: ModelShape,
-           zeros: tuple[int, ...]) -> str:  # fmt: skip
+def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape,
+           zeros: tuple[int, ...]) -> tuple[str, tuple | None]:  # fmt: skip
     """Why a complete candidate is not worth simulating ('' when it is): a rule of the model,
-    a memory floor over the device, a ZeRO 2 twin as fast and no heavier, or costs and memory
-    equal to another candidate's."""
+    a memory floor over the device, or a ZeRO 2 twin as fast and no heavier; and, for one that
+    is, what a candidate with equal stage costs and memory shares with it (the caller prunes
+    the later ones as duplicates and works out the step time of the first)."""
     cand = row.candidate
     try:
         if device and static_floor(cache, cand) > device:
-            return f"memory: parameters, gradients, optimizer states and FP8 weight copies alone exceed {device / 1e9:.1f} GB"
+            return f"memory: parameters, gradients, optimizer states and FP8 weight copies alone exceed {device / 1e9:.1f} GB", None
         row.estimate = memory_estimate(cache, cand)
     except ValueError as exc:  # ScenarioError / ScheduleError: a rule of the model or the schedule
-        return f"model: {exc}"
+        return f"model: {exc}", None
     if device and row.estimate.memory_floor > device:
-        return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB"
+        return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB", None
     if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand) \
             and cache.reduce_scatters_fit(cand):
-        return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
+        return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
     # Policies that change nothing here (selective recompute under flash attention) run once.
     fig = cache.figures(cand)
-    key = (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
-    if key in same_as:
-        return f"duplicate: same costs and memory as candidate {same_as[key]}"
-    try:  # the step time last: a replay of the schedule, spent on candidates that may be simulated
-        row.estimate = replace(row.estimate, step_time=step_time(cache, cand))
-    except ValueError as exc:
-        return f"model: {exc}"
-    same_as[key] = row.index
-    return ""
+    return "", (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
 
 
 def _zero2_no_heavier(cache: FigureCache, cand) -> bool:

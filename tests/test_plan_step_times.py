@@ -1,0 +1,98 @@
+"""The estimate's step times worked out in forked worker processes (plan/step_times.py).
+
+On the small model of test_plan.py: each candidate's step time from two workers, in batches of
+three (so that batches end mid-layout and finish out of order), equals its step time worked out
+alone on a FigureCache of its own (no figure another candidate left behind), and the whole plan
+with two processes gives the rows of the plan with one.  The duplicate rule keeps its order: a
+step refused for the first candidate of a key hands the key to the next.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dualpipe_sim import plan as ds_plan
+from dualpipe_sim.plan import step_times as st
+from dualpipe_sim.plan.estimate import FigureCache, memory_estimate, step_time
+
+from test_plan import TINY
+
+
+def _plan(config, jobs):
+    return ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b", "dualpipev"], jobs=jobs)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plan") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_job(config):
+    return _plan(config, 1)
+
+
+def _estimated(result):
+    return [r for r in result.rows if r.estimate is not None and r.estimate.step_time is not None]
+
+
+def _row_view(r):
+    return (r.index, r.candidate, r.pruned, r.estimate, r.simulated, r.tokens_per_second_per_gpu, r.mfu)
+
+
+def test_workers_give_each_candidate_its_step_alone(one_job, monkeypatch):
+    rows = _estimated(one_job)
+    assert len(rows) == 84  # test_plan.py's hand count of the candidates estimated
+    cands = [r.candidate for r in rows]
+    cache = FigureCache(one_job.base)
+    for c in cands:  # the memory pass fills the cache before the workers fork, as in plan()
+        memory_estimate(cache, c)
+    monkeypatch.setattr(st, "BATCH", 3)
+    parallel = st.all_step_times(cache, cands, jobs=2)
+    alone = [step_time(FigureCache(one_job.base), c) for c in cands]  # a cache of its own each
+    assert parallel == alone  # floats to the bit, in the candidates' order
+    assert parallel == [r.estimate.step_time for r in rows]
+    assert len(set(parallel)) > 40  # distinct figures: a misplaced one would show
+
+
+def test_a_plan_with_two_processes_has_the_rows_of_one(config, one_job, monkeypatch):
+    monkeypatch.setattr(st, "BATCH", 5)
+    two = _plan(config, 2)
+    assert [_row_view(r) for r in two.rows] == [_row_view(r) for r in one_job.rows]
+    assert two.pruned == one_job.pruned
+
+
+def test_a_refused_step_hands_its_key_to_the_next_candidate(config, monkeypatch):
+    """Every candidate made a duplicate of every other; the first's step refused: the second is
+    estimated and the rest are its duplicates (the rule as it runs candidate by candidate)."""
+    import dualpipe_sim.plan as plan_pkg
+
+    real_prune = plan_pkg._prune
+
+    def prune_all_alike(cache, row, device, model, zeros):
+        reason, key = real_prune(cache, row, device, model, zeros)
+        return reason, (None if reason else "one key")
+
+    seen = []
+    real_step = st.step_time
+
+    def refuse_first(cache, cand):
+        seen.append(cand)
+        if len(seen) == 1:
+            raise ValueError("refused for the test")
+        return real_step(cache, cand)
+
+    monkeypatch.setattr(plan_pkg, "_prune", prune_all_alike)
+    monkeypatch.setattr(st, "step_time", refuse_first)
+    result = _plan(config, 1)
+    left = sorted((r for r in result.rows if not r.pruned or r.pruned.startswith(("model: refused", "duplicate"))),
+                  key=lambda r: r.index)  # fmt: skip
+    first, second, *rest = left
+    assert first.pruned == "model: refused for the test" and first.estimate.step_time is None
+    assert not second.pruned and second.estimate.step_time == real_step(FigureCache(result.base), second.candidate)
+    assert rest and all(r.pruned == f"duplicate: same costs and memory as candidate {second.index}" for r in rest)
+    assert seen == [first.candidate, second.candidate]  # no step worked out for a duplicate
