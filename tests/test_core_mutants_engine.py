@@ -54,3 +54,17 @@ def test_pair_with_overlapped_time_takes_its_forward_stages_figure_split_by_f_an
         total = overlapped[a]
         assert b["end"] - f["start"] == pytest.approx(total)
         assert f["end"] - f["start"] == pytest.approx(total * FORWARD[a] / (FORWARD[a] + BACKWARD[s]))
+
+
+def test_trace_end_is_the_last_end_of_step_row():
+    """1F1B, p = 2, m = 2, F = 1, B = 2 (the pipeline of tests/test_core_mutants_metrics.py:
+    rank 0 ends at 9, rank 1 at 7), step.grad_sync 0.5, step.optimizer 1.5, no overlap:
+    rank 0 syncs [9, 9.5] and steps [9.5, 11]; rank 1 syncs [7, 7.5] and steps [7.5, 9].
+    The trace ends at 11, after the makespan 9: the charts' time axis (Trace.end) must reach it."""
+    result = run_uniform("1f1b", 2, 2, step__grad_sync=0.5, step__optimizer=1.5)
+    trace = result.trace
+    assert trace.makespan == pytest.approx(9.0)
+    assert trace.end == pytest.approx(11.0)
+    assert result.metrics.step.total == pytest.approx(11.0)
+    plain = run_uniform("1f1b", 2, 2).trace
+    assert plain.end == plain.makespan == pytest.approx(9.0)

@@ -84,3 +84,23 @@ def test_weight_equal_to_backward_runs_and_above_it_is_refused():
     data["costs"]["weight"] = [1.0, 2.001]
     with pytest.raises(ScenarioError, match=r"^costs.weight: must be <= costs.backward .* got W=2.001 > B=2.0 at stage 1$"):
         scenario.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--jobs", "0"], "error: --jobs: must be >= 1, got 0\n"),
+        (["--jobs", "-2"], "error: --jobs: must be >= 1, got -2\n"),
+        (["--schedules", " , "], "error: --schedules: give at least one schedule name, e.g. 1f1b,dualpipe\n"),
+    ],
+)
+def test_plan_refuses_bad_flags_before_reading_anything(extra, message, tmp_path, capsys):
+    """plan's own flag rules: exit 2, one line naming the flag, no output folder.  The source
+    does not exist: the flags are checked first, so its error never shows."""
+    out = tmp_path / "plan"
+    status = main(["plan", str(tmp_path / "no-such-config.json"), "--gpus", "4", "--global-batch", "8",
+                   "--seq", "2048", "--out", str(out), *extra])  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.err == message and captured.out == ""
+    assert not out.exists()

@@ -54,3 +54,27 @@ def test_peak_memory_is_the_fullest_rank_not_the_sum_of_two_ranks_maxima():
     m = run_uniform("1f1b", 2, 4, memory__activation=[3.0, 3.0], memory__parameters=[1.0, 10.0]).metrics
     assert [(r.peak_activation_bytes, r.parameter_bytes) for r in m.per_rank] == [(6.0, 1.0), (3.0, 10.0)]
     assert m.scalars()["peak_memory_bytes"] == 13.0
+
+
+def test_between_ops_counts_an_actions_all_to_all_at_its_edges():
+    """[chunk] component model, one stage, one micro-batch, one layer (notation of
+    tests/test_overlap_components.py).  A lone F runs Af 1, Df 2, Mf 3, Cf 4 in turn: [0, 10], its
+    action ending with the combine all-to-all Cf [6, 10].  B then runs Cb 0.5, MbI 1.5, MbW 1,
+    Db 2.5, AbI 2, AbW 0.5: [10, 18], its action starting with the all-to-all Cb [10, 10.5].
+    The actions touch, so the time between ops is 0 (the closed-form bubble of one stage), while
+    the compute channel is idle for every all-to-all: 2 + 4 + 0.5 + 2.5 = 9 of the 18."""
+    from dualpipe_sim.inputs.costs import COMPONENTS, Chunk, CostModel
+    from dualpipe_sim.readers.metrics import compute_metrics
+    from dualpipe_sim.schedules.registry import build
+    from dualpipe_sim.simulation import simulate
+
+    times = {"attn_forward": 1, "dispatch_forward": 2, "mlp_forward": 3, "combine_forward": 4,
+             "combine_backward": 0.5, "mlp_backward_input": 1.5, "mlp_backward_weight": 1,
+             "dispatch_backward": 2.5, "attn_backward_input": 2, "attn_backward_weight": 0.5}  # fmt: skip
+    costs = CostModel.from_chunk(1, Chunk(1, tuple(float(times[str(c)]) for c in COMPONENTS)))
+    m = compute_metrics(simulate(build("1f1b", 1, 1), costs))
+    (rank,) = m.per_rank
+    assert m.makespan == pytest.approx(18.0)
+    assert rank.busy == pytest.approx(9.0) and rank.idle == pytest.approx(9.0)
+    assert rank.a2a_time == pytest.approx(9.0) and rank.a2a_exposed == pytest.approx(9.0)
+    assert rank.between_ops == pytest.approx(0.0)
