@@ -54,7 +54,8 @@ def test_per_stage_list_longer_than_the_stages_is_refused():
     one (the extra figures would be dropped without a word)."""
     data = _scenario()
     data["costs"]["forward"] = [1.0, 1.0, 1.0]
-    with pytest.raises(ScenarioError, match=r"^costs.forward: a per-stage list needs one value per stage \(2\), got 3$"):
+    rule = r"^costs.forward: a per-stage list needs one value per stage \(2\), got 3$"
+    with pytest.raises(ScenarioError, match=rule):
         scenario.from_dict(data)
 
 
@@ -71,18 +72,20 @@ def test_override_into_a_value_names_the_override(tmp_path, capsys):
 
 @pytest.mark.parametrize("stages", [0, -3])
 def test_zero_stages_is_refused_by_the_schema_naming_the_rule(stages):
-    with pytest.raises(ScenarioError, match=rf"^pipeline.stages: input should be greater than or equal to 1, got {stages}$"):
+    rule = rf"^pipeline.stages: input should be greater than or equal to 1, got {stages}$"
+    with pytest.raises(ScenarioError, match=rule):
         scenario.from_dict(_scenario(stages=stages))
 
 
 def test_weight_equal_to_backward_runs_and_above_it_is_refused():
     """W <= B (B - W is the input-gradient part, which cannot be negative): W = B is the edge
-    that runs, W just above B at any stage is refused naming that stage."""
+    that is accepted, W just above B at any stage is refused naming that stage."""
     data = _scenario()
     data["costs"]["weight"] = 2.0
     scenario.from_dict(data)
     data["costs"]["weight"] = [1.0, 2.001]
-    with pytest.raises(ScenarioError, match=r"^costs.weight: must be <= costs.backward .* got W=2.001 > B=2.0 at stage 1$"):
+    rule = r"^costs.weight: must be <= costs.backward .* got W=2.001 > B=2.0 at stage 1$"
+    with pytest.raises(ScenarioError, match=rule):
         scenario.from_dict(data)
 
 
