@@ -158,3 +158,28 @@ def test_run_help_names_the_key(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "step.fp32_embedding_grads=true" in " ".join(capsys.readouterr().out.split())
+
+
+def test_apex_adam_reads_fp32_embedding_gradients_by_hand():
+    # apex 24.09 distributed_fused_adam.py: _local_step hands the fused kernel grads_bucket.grads_shard and
+    # _local_grad_norm groups the shards by grad_sync_dtype, so an fp32 embedding bucket's shard element is read at
+    # 4 B twice where a bf16 one is read at 2 B twice. mlperf41-gpt3-512: ZeRO over DP 16.
+    on = _load("mlperf41-gpt3-512")
+    off = _load("mlperf41-gpt3-512", ["step.fp32_embedding_grads=false"])
+    d_on, d_off = on.derived(), off.derived()
+    st = d_on.setup
+    rates = st.rates
+
+    def adam(sc, d, s):
+        return step_figures.apex_adam_ms(sc, d.setup, d.setup.stages[s], d.stages[s], 1.0)
+
+    # stage 0: (50,688 + 2,048) x 12,288 / TP 4 = 162,004,992 elements, / DP 16 = 10,125,312 on the rank, 2 x 2 B more
+    first = (V + 2048) * H / 4 / 16 * 2 * 2
+    assert first == 40_501_248
+    # the last stage: the tied head's copy, 50,688 x 12,288 / 4 / 16 = 9,732,096 elements
+    last = V * H / 4 / 16 * 2 * 2
+    assert last == 38_928_384
+    for s, more in [(0, first), (len(st.stages) - 1, last), (1, 0.0)]:
+        (b_on, ms_on), (b_off, ms_off) = adam(on, d_on, s), adam(off, d_off, s)
+        assert b_on - b_off == pytest.approx(more, rel=1e-12)
+        assert ms_on - ms_off == pytest.approx(more / rates.hbm * 1e3, rel=1e-9, abs=1e-12)
