@@ -61,28 +61,35 @@ def test_apex_buckets_by_hand():
     assert ddp_buckets.apex_buckets([], cap, 1) == 0
 
 
-# scenario: (BUCKET_CAP_MB, layers a chunk, per layer's own bucket (v4.x, NeMo v2.0.0.rc0.beta / 24.09-alpha.rc0) or
-# the chunk's one bucket (v3.x, NeMo v1.17.0 / bd0b818))
+# scenario: (BUCKET_CAP_MB, layers a chunk, how NeMo calls init_params_bucket: "layer", once a layer with its FP8 weights
+# (v4.0, NeMo v2.0.0.rc0.beta, with or without virtual pipelining); "chunk-fp8", once a model chunk with its FP8 weights
+# (v4.1, NeMo 24.09-alpha.rc0 with virtual_pipeline_model_parallel_size set, megatron_gpt_model.py lines 637-640);
+# "chunk", once a chunk with its overlapped parameters (v3.x, NeMo v1.17.0 / bd0b818))
 APEX_ROWS = {
-    "mlperf30-gpt3-512": (100, 1, False), "mlperf30-gpt3-3584cw": (100, 1, False),
-    "mlperf31-gpt3-512": (100, 1, False), "mlperf31-gpt3-10752": (100, 1, False),
-    "mlperf40-gpt3-512": (200, 3, True), "mlperf40-gpt3-10752": (200, 2, True), "mlperf40-gpt3-11616": (200, 2, True),
-    "mlperf41-gpt3-512": (200, 2, True), "mlperf41-gpt3-256": (125, 2, True), "mlperf41-gpt3-64b200": (200, 2, True),
+    "mlperf30-gpt3-512": (100, 1, "chunk"), "mlperf30-gpt3-3584cw": (100, 1, "chunk"),
+    "mlperf31-gpt3-512": (100, 1, "chunk"), "mlperf31-gpt3-10752": (100, 1, "chunk"),
+    "mlperf40-gpt3-512": (200, 3, "layer"), "mlperf40-gpt3-10752": (200, 2, "layer"), "mlperf40-gpt3-11616": (200, 2, "layer"),
+    "mlperf41-gpt3-512": (200, 2, "chunk-fp8"), "mlperf41-gpt3-256": (125, 2, "chunk-fp8"),
+    "mlperf41-gpt3-64b200": (200, 2, "chunk-fp8"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(APEX_ROWS))
 def test_scenario_buckets_are_apex_s_as_nemo_opens_them(name):
-    cap, layers, per_layer = APEX_ROWS[name]
+    cap, layers, calls = APEX_ROWS[name]
     sc = _load(name)
     data = sc.parallel.data
     assert sc.pipeline.stages * layers == 96
-    if per_layer:  # one init_params_bucket a layer, of its FP8 weights
+    if calls == "layer":  # one init_params_bucket a layer, of its FP8 weights
         expected = layers * ddp_buckets.apex_buckets(FP8_WEIGHTS, cap, data)
+    elif calls == "chunk-fp8":  # one a chunk, of its layers' FP8 weights
+        expected = ddp_buckets.apex_buckets(FP8_WEIGHTS * layers, cap, data)
     else:  # one a chunk, of its layers' overlapped parameters
         expected = ddp_buckets.apex_buckets(BF16_OVERLAPPED * layers, cap, data)
     assert sc.step.grad_sync_buckets == expected
-    assert expected == {(100, 1): 9, (200, 3): 15, (200, 2): 10, (125, 2): 14}[(cap, layers)]
+    # 2 x 452,984,832 FP8 elements in buckets of 104,857,600 (200 MiB of bf16): 9 a chunk, 5 a layer (the last a third full)
+    assert expected == {(100, 1, "chunk"): 9, (200, 3, "layer"): 15, (200, 2, "layer"): 10, (200, 2, "chunk-fp8"): 9,
+                        (125, 2, "chunk-fp8"): 14}[(cap, layers, calls)]
 
 
 @pytest.mark.parametrize("name, sms", [
@@ -111,7 +118,7 @@ def test_fp32_embedding_bytes_by_hand():
 
 
 def test_fp32_embedding_grad_sync_by_hand():
-    # mlperf41-gpt3-512: TP 4, DP 16 (2 ranks of a group on each node, each on its NIC), 10 buckets a chunk
+    # mlperf41-gpt3-512: TP 4, DP 16 (2 ranks of a group on each node, each on its NIC), 9 buckets a chunk
     on = _load("mlperf41-gpt3-512")
     off = _load("mlperf41-gpt3-512", ["step.fp32_embedding_grads=false"])
     d = on.derived()
@@ -120,15 +127,15 @@ def test_fp32_embedding_grad_sync_by_hand():
     assert d.stages[0].dense_params == (V + 2048) * H + 2 * layer
     stage0 = ((V + 2048) * H + 2 * layer) / 4 * 2 + 324_009_984  # 2,460,119,040 B
     tied = collectives.time("all_reduce", V * H / 4 * 4, 2, rates, "nic")  # fp32 main_grad, first and last stage
-    expected0 = (collectives.bucketed("reduce_scatter", stage0, 16, rates, 2, 10) + tied) * 1e3
+    expected0 = (collectives.bucketed("reduce_scatter", stage0, 16, rates, 2, 9) + tied) * 1e3
     fig_on, fig_off = on.step_costs(d).grad_sync, off.step_costs().grad_sync
     assert fig_on[0] == pytest.approx(expected0, rel=1e-12)
     tied_bf16 = collectives.time("all_reduce", V * H / 4 * 2, 2, rates, "nic")
-    assert fig_off[0] == pytest.approx((collectives.bucketed("reduce_scatter", stage0 - 324_009_984, 16, rates, 2, 10)
+    assert fig_off[0] == pytest.approx((collectives.bucketed("reduce_scatter", stage0 - 324_009_984, 16, rates, 2, 9)
                                         + tied_bf16) * 1e3, rel=1e-12)  # fmt: skip
     # the last stage: its layers, the final LayerNorm and its word embedding copy, 311,427,072 B more
     last = (2 * layer + 2 * H + V * H) / 4 * 2
-    assert fig_on[-1] == pytest.approx((collectives.bucketed("reduce_scatter", last + 311_427_072, 16, rates, 2, 10)
+    assert fig_on[-1] == pytest.approx((collectives.bucketed("reduce_scatter", last + 311_427_072, 16, rates, 2, 9)
                                         + tied) * 1e3, rel=1e-12)  # fmt: skip
     assert fig_on[1:-1] == fig_off[1:-1]  # no embedding there
 
@@ -158,3 +165,28 @@ def test_run_help_names_the_key(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "step.fp32_embedding_grads=true" in " ".join(capsys.readouterr().out.split())
+
+
+def test_apex_adam_reads_fp32_embedding_gradients_by_hand():
+    # apex 24.09 distributed_fused_adam.py: _local_step hands the fused kernel grads_bucket.grads_shard and
+    # _local_grad_norm groups the shards by grad_sync_dtype, so an fp32 embedding bucket's shard element is read at
+    # 4 B twice where a bf16 one is read at 2 B twice. mlperf41-gpt3-512: ZeRO over DP 16.
+    on = _load("mlperf41-gpt3-512")
+    off = _load("mlperf41-gpt3-512", ["step.fp32_embedding_grads=false"])
+    d_on, d_off = on.derived(), off.derived()
+    st = d_on.setup
+    rates = st.rates
+
+    def adam(sc, d, s):
+        return step_figures.apex_adam_ms(sc, d.setup, d.setup.stages[s], d.stages[s], 1.0)
+
+    # stage 0: (50,688 + 2,048) x 12,288 / TP 4 = 162,004,992 elements, / DP 16 = 10,125,312 on the rank, 2 x 2 B more
+    first = (V + 2048) * H / 4 / 16 * 2 * 2
+    assert first == 40_501_248
+    # the last stage: the tied head's copy, 50,688 x 12,288 / 4 / 16 = 9,732,096 elements
+    last = V * H / 4 / 16 * 2 * 2
+    assert last == 38_928_384
+    for s, more in [(0, first), (len(st.stages) - 1, last), (1, 0.0)]:
+        (b_on, ms_on), (b_off, ms_off) = adam(on, d_on, s), adam(off, d_off, s)
+        assert b_on - b_off == pytest.approx(more, rel=1e-12)
+        assert ms_on - ms_off == pytest.approx(more / rates.hbm * 1e3, rel=1e-9, abs=1e-12)

@@ -87,6 +87,10 @@ APEX_FIXED_LAUNCHES = 2 * 2 + 1
 # grad_sync_dtype float32, so their reduce-scatter and the tied all-reduce of their main_grad (a view of apex's fp32
 # grad buffer) carry 4 bytes an element
 FP32_GRAD_BYTES = 4.0
+# apex's Adam step reads each shard element's gradient twice in its bucket's grad_sync_dtype: the fused kernel
+# (_local_step: grads_bucket.grads_shard) and the clip norm (_local_grad_norm groups the shards by grad_sync_dtype);
+# so an fp32 embedding shard element streams 2 x (4 - model.grads_dtype) bytes more (apex_adam_ms)
+APEX_GRAD_READS = 2
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
 MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
@@ -140,7 +144,8 @@ def apex_adam_launches(elements: float) -> int:
 
 def apex_adam_ms(scenario, st, where, stage, once: float) -> tuple[float, float]:
     """(HBM bytes, ms) of apex's Adam step over a stage copy's shard on its rank (step.param_gather = "apex"): the
-    shard's 16-bit and FP8 elements at apex_adam_bytes, its launches at the kernel floor, and the rank's fixed launches
+    shard's 16-bit and FP8 elements at apex_adam_bytes (with step.fp32_embedding_grads the embedding's elements read
+    their fp32 gradient twice: APEX_GRAD_READS), its launches at the kernel floor, and the rank's fixed launches
     weighted by ``once`` (1 / the stage copies the rank holds)."""
     sh, rates = st.sharding, st.rates
     shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
@@ -149,6 +154,8 @@ def apex_adam_ms(scenario, st, where, stage, once: float) -> tuple[float, float]
     fp8_shard = fp8[0] * shard[0] + fp8[1] * shard[1]
     wide, narrow = apex_adam_bytes(scenario.model, sh)
     nbytes = (dense + routed - fp8_shard) * wide + fp8_shard * narrow
+    if scenario.step is not None and scenario.step.fp32_embedding_grads:  # the embedding's fp32 gradient shard
+        nbytes += fp32_embedding_extra_bytes(st, where) * shard[0] * APEX_GRAD_READS
     launches = apex_adam_launches(dense + routed) + APEX_FIXED_LAUNCHES * once
     return nbytes, (nbytes / rates.hbm + launches * rates.floor) * 1e3
 
