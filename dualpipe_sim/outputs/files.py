@@ -2,8 +2,10 @@
 
 Every file of a run is first written into a hidden staging folder beside the
 output folder, then moved into place; if anything fails on the way, the
-staging folder is removed, any file already replaced is put back, and the
-output folder is left as it was.
+staging folder is removed, any file already replaced is put back, any folder
+made on the way is removed again, and the output folder is left as it was.
+(Should putting a file back fail too, the error says so and names where the
+earlier file is kept: the staging folder then stays.)
 
 :func:`check_targets` is the same rules asked before any work starts (a
 verb calls it right after reading its input), so an output folder that is a
@@ -76,12 +78,15 @@ def write_all(out_dir: str | Path, writers: dict[str, Callable[[Path], None]]) -
     left as it was."""
     out = Path(out_dir)
     check_targets(out, writers)
+    made = _missing_folders([out.parent, *((out / name).parent for name in writers)])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     except OSError as exc:
+        _remove_empty(made)
         raise os_problem(out, exc) from None
     moved: list[tuple[Path, Path | None]] = []  # (target, its earlier file kept in stage/.old, or None)
+    lost: list[tuple[Path, Path]] = []  # (target, its earlier file) that could not be put back
     done = False
     name = None
     try:
@@ -104,19 +109,53 @@ def write_all(out_dir: str | Path, writers: dict[str, Callable[[Path], None]]) -
             os.replace(stage / name, dest)
         done = True
         return [out / name for name in writers]
-    except OSError as exc:  # the files already there are put back below; one line, no traceback
-        raise os_problem(out / name if name else out, exc, f"{out} is left as it was") from None
+    except OSError as exc:  # put back the files already there; one line, no traceback
+        lost = _put_back(moved)
+        moved = []
+        after = f"{out} is left as it was" if not lost else (
+            f"{lost[0][0]} could not be put back either: its earlier file is kept in {lost[0][1]}")
+        raise os_problem(out / name if name else out, exc, after) from None
     finally:
         if not done:  # put back what was there: all or nothing
-            for dest, backup in reversed(moved):
-                try:
-                    if backup is not None:
-                        os.replace(backup, dest)
-                    elif dest.exists():
-                        dest.unlink()
-                except OSError:
-                    pass
-        shutil.rmtree(stage, ignore_errors=True)
+            lost += _put_back(moved)
+        if not lost:  # else the staging folder keeps the earlier file the message names
+            shutil.rmtree(stage, ignore_errors=True)
+        if not done:  # "left as it was": no empty folder this call made stays behind
+            _remove_empty(made)
+
+
+def _put_back(moved: list[tuple[Path, Path | None]]) -> list[tuple[Path, Path]]:
+    """Undo the moves into place, last first: earlier files back, new ones removed.
+    Returns the (target, earlier file) pairs that could not be put back."""
+    lost = []
+    for dest, backup in reversed(moved):
+        try:
+            if backup is not None:
+                os.replace(backup, dest)
+            elif dest.exists():
+                dest.unlink()
+        except OSError:
+            if backup is not None:
+                lost.append((dest, backup))
+    return lost
+
+
+def _missing_folders(folders: Iterable[Path]) -> list[Path]:
+    """The folders, and their ancestors, that do not exist yet: deepest first."""
+    missing = set()
+    for folder in folders:
+        while not folder.exists() and not folder.is_symlink() and folder.parent != folder:
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda f: len(f.parts), reverse=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else's files by now) or already gone: leave it
+            pass
 
 
 def write_text(text: str) -> Callable[[Path], None]:

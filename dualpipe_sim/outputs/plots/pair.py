@@ -9,6 +9,8 @@ time scale: which compute hides which all-to-all can be read off directly.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ...schedules.components import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
@@ -40,34 +42,57 @@ def pick(trace: Trace) -> tuple[int, int] | None:
     return rank, int(actions[len(actions) // 2])
 
 
-def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
+class PairBoxes(NamedTuple):
+    """What the pair view draws, one entry per part (compute rows, then all-to-all rows)."""
+
+    x0: list[float]
+    x1: list[float]
+    y: list[float]  # bottom edge: forward lane 1..2, backward lane 0..1; compute on top
+    h: list[float]
+    colours: list[str]
+    texts: list[str]  # the part's short name (NAMES)
+    dark: list[bool]  # white text on it
+
+
+def pair_boxes(trace: Trace, which: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, PairBoxes]:
+    """The pair's compute rows, its all-to-all rows and the box of each part."""
     rank, action = which
     comp = trace.compute
     comm = trace.comm
     rows = comp[(comp["rank"] == rank) & (comp["action"] == action)]
     a2a = comm[(comm["channel"] == A2A) & (comm["rank"] == rank) & (comm["action"] == action)]
-    hue = int(hues(trace, rows[:1])[0]) if len(rows) else 0
-    t0 = float(min(rows["start"].min(), a2a["start"].min() if len(a2a) else np.inf))
-    t1 = float(max(rows["end"].max(), a2a["end"].max() if len(a2a) else -np.inf))
-    ax = fig.add_axes(rect)
+    # Each op in its own colour family, as in the whole-run chart (a DualPipe pair's F and B
+    # are often of different directions); an all-to-all takes its op's row's family.
+    family = {(int(r["kind"]), int(r["microbatch"])): int(h) for r, h in zip(rows, hues(trace, rows))}
     lane = {KIND_CODES["F"]: 1.0, KIND_CODES["B"]: 0.0}
     # In an op's lane, compute on top and all-to-all below: a weight-gradient part runs beside
     # its own op's all-to-all (nothing waits for it), so the two must not share a strip.
-    x0, x1, y, h, colours, texts, dark = [], [], [], [], [], [], []
+    out = PairBoxes([], [], [], [], [], [], [])
     for r in list(rows) + list(a2a):
         part = int(r["part"])
         kind = "F" if r["kind"] == KIND_CODES["F"] else "B"
+        hue = family.get((int(r["kind"]), int(r["microbatch"])), 0)
         if part in A2A_PARTS:
             colour = A2A_COLOURS[kind]
         else:
             colour = COLOURS[hue]["W" if part in WEIGHT_PARTS else kind]
-        x0.append(r["start"])
-        x1.append(r["end"])
-        y.append(lane[KIND_CODES[kind]] + (0.08 if part in A2A_PARTS else 0.47))
-        h.append(0.36 if part in A2A_PARTS else 0.45)
-        colours.append(colour)
-        texts.append(NAMES.get(COMPONENTS[part], COMPONENTS[part]))  # a new component: its full name
-        dark.append(colour in (A2A_COLOURS["B"], COLOURS[hue]["B"]))
+        out.x0.append(float(r["start"]))
+        out.x1.append(float(r["end"]))
+        out.y.append(lane[KIND_CODES[kind]] + (0.08 if part in A2A_PARTS else 0.47))
+        out.h.append(0.36 if part in A2A_PARTS else 0.45)
+        out.colours.append(colour)
+        out.texts.append(NAMES.get(COMPONENTS[part], COMPONENTS[part]))  # a new component: its full name
+        out.dark.append(colour in (A2A_COLOURS["B"], COLOURS[hue]["B"]))
+    return rows, a2a, out
+
+
+def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
+    rank, _ = which
+    rows, a2a, parts = pair_boxes(trace, which)
+    x0, x1, y, h, colours, texts, dark = parts
+    t0 = float(min(rows["start"].min(), a2a["start"].min() if len(a2a) else np.inf))
+    t1 = float(max(rows["end"].max(), a2a["end"].max() if len(a2a) else -np.inf))
+    ax = fig.add_axes(rect)
     h = np.array(h)
     ax.add_collection(boxes(x0, x1, y, h, facecolors=colours, edgecolors="white", linewidths=0.6), autolim=False)
     pts_per_time = ax.get_position().width * fig.get_figwidth() * 72 / (t1 - t0)
@@ -86,7 +111,8 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_xlabel("time (ms)")
-    ax.set_title(f"one overlapped pair part by part (rank {rank}, stage {int(rows['stage'][0])}, "
+    stages = ", ".join(f"{k} on stage {int(r['stage'][0])}" for k, r in (("F", f), ("B", b)) if len(r))
+    ax.set_title(f"one overlapped pair part by part (rank {rank}, {stages}, "
                  f"{units.number(t0)} to {units.duration(t1)}): forward parts above, backward below; "
                  "compute on top, all-to-all (purple) below; weight-gradient parts pale",
                  fontsize=10, loc="left")  # fmt: skip
