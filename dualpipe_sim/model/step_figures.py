@@ -492,15 +492,19 @@ def optimizer_overlap_ms(scenario, derived) -> float:
         return 0.0
     rank = min(held[0])
     per_param = optimizer_bytes_per_param(scenario.model, st.sharding.optimizer_bytes)
-    sh = st.sharding
-    shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
     out = 0.0
     for s, stage in enumerate(derived.stages):
         if s == 0 or rank not in held[s]:
             continue
-        updated = stage.dense_params / sh.tensor * shard[0] + stage.routed_params / sh.expert * shard[1]
-        out += (updated * per_param / st.rates.hbm + st.rates.floor) * 1e3
+        out += (updated_elements(st.sharding, stage) * per_param / st.rates.hbm + st.rates.floor) * 1e3
     return out
+
+
+def updated_elements(sh, stage) -> float:
+    """Parameters of one stage copy the rank's optimizer updates: its dense ones / tensor and routed ones / expert,
+    each sharded over its data-parallel ranks by ZeRO >= 1."""
+    shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
+    return stage.dense_params / sh.tensor * shard[0] + stage.routed_params / sh.expert * shard[1]
 
 
 def apex_fp8_first_bucket(scenario, derived) -> tuple[int, float]:
@@ -694,13 +698,15 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     # optimizer figure (the same step period, the gap between two pipelines) once
     fp8 = scenario.model.fp8_params  # only with FP8 linears through Transformer Engine (derive.setup refuses others)
     start = step_start_ms(scenario, derived) if key == "optimizer" else 0.0
-    share = _once_per_rank(scenario, len(st.stages)) if start > 0 else None
+    # a per-rank figure spread over the stage copies a rank holds (the wait, apex's fixed launches, the norm)
+    per_rank = _once_per_rank(scenario, len(st.stages)) if key == "optimizer" else None
+    share = per_rank if start > 0 else None
     apex = key == "optimizer" and step is not None and step.param_gather == "apex" and not deepspeed
-    once = _once_per_rank(scenario, len(st.stages)) if apex else None
+    once = per_rank if apex else None
     master_cast = fp8_master_cast_ms(scenario, st) if key == "optimizer" and fp8 and not deepspeed else None
     # Megatron-core's step start (the gradient buffers zeroed) and its clip's blocking norm all-reduce (once a rank)
     mcore = key == "optimizer" and megatron_core_optimizer(scenario)
-    norm_share = _once_per_rank(scenario, len(st.stages)) if mcore else None
+    norm_share = per_rank if mcore else None
     norm = grad_norm_all_reduce_ms(scenario, st) if mcore else 0.0
     # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
     beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
@@ -715,8 +721,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             dense += fp32_embedding_extra_bytes(st, where)
         routed = stage.routed_params / sh.expert * sh.grads_bytes
         if key == "optimizer":
-            shard = lambda ranks: 1 / ranks if sh.zero >= 1 else 1.0  # noqa: E731
-            updated = stage.dense_params / sh.tensor * shard(sh.data) + stage.routed_params / sh.expert * shard(sh.expert_data)
+            updated = updated_elements(sh, stage)
             per_param = optimizer_bytes_per_param(scenario.model, sh.optimizer_bytes)
             streamed = updated * per_param
             if deepspeed:  # its gradient norm reads the rank's whole fp32 gradient, not the shard
