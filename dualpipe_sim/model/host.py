@@ -36,6 +36,7 @@ _CALLS = {
     "router softmax + top-k": 9,
     "aux loss": 6,  # switch_load_balancing_loss_func: sum, mul, sum, scale; save_to_aux_losses_tracker: div, +=
     "experts swiglu": 1,
+    "permute row-id map": 2,  # TE's make_row_id_map: its two Triton kernels (its torch.empty calls launch none)
 }
 
 
@@ -116,9 +117,11 @@ def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: i
     mlp = [step(k) for k in fwd if k.component == "mlp_forward"]
     a2a = {k.component: k for k in rows if k.name == "all-to-all"}
     counts = [step(k) for k in rows if k.name == "token counts all-gather"]
-    cut = next((i for i, s in enumerate(mlp) if s.label in ("permute", "sort by local expert")), len(mlp))
+    cut = next((i for i, s in enumerate(mlp) if s.label in ("permute row-id map", "permute", "sort by local expert")),
+               len(mlp))
     before, after = _dispatch(dispatcher)
     send = [step(a2a["dispatch_forward"])] if "dispatch_forward" in a2a else []
+    send += [step(k) for k in rows if k.name == "probs all-to-all" and k.component == "dispatch_forward"]
     back = [step(a2a["combine_forward"])] if "combine_forward" in a2a else []
     tail = mlp[cut:]
     combine_at = next((i for i, s in enumerate(tail) if s.label == "residual add"), len(tail))

@@ -612,6 +612,11 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     tb.gemm(f"{prefix}fc2 wgrad", wcomp, f, h, n, out_bytes=lay.wgrad_out)
 
 
+# Transformer Engine's make_row_id_map (pytorch/triton/permutation.py @ v2.2 and v2.4), bytes per (token, expert):
+# pass 1 reads the bool routing map (1) and writes an int64 block count (8); pass 2 reads and rewrites it (8 + 8)
+ROW_ID_MAP_BYTES = 1 + 8 + 8 + 8
+
+
 def moe_mlp_block(tb: Table, recompute: bool) -> None:
     """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
     the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back.
@@ -634,6 +639,9 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
         if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
             _aux_loss(tb, comp, n)
+        # the fused permute first builds its row-id map: two Triton kernels over the n x E routing map, each at
+        # the kernel floor here (the unpermute and both backwards reuse the saved map)
+        tb.memory("permute row-id map", comp, n * E * ROW_ID_MAP_BYTES, launches=2)
         tb.memory("permute", comp, n * h * ab + n * k * h * low)
         if local > 1:  # the received rows regrouped by local expert (read and write each)
             tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
@@ -720,6 +728,25 @@ def _all_to_all(tb: Table, n: int) -> None:
         else:
             secs, shape = collectives.all_to_all(elems * per, r, link), f"{elems * per / 1e6:.3g} MB sent ({link})"
         tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
+        if comp.startswith("dispatch") and not lay.deepep:
+            _probs_all_to_all(tb, comp, n * copies, link)
+
+
+# Bytes of one routing probability sent with its row: fp32, the router dtype of the ModelZoo's configs
+# (--moe-router-dtype fp32); bf16 without it (Pai-Megatron-Patch), which is under 0.1 us less at these sizes
+PROB_BYTES = 4
+
+
+def _probs_all_to_all(tb: Table, comp: str, rows: float, link: str) -> None:
+    """Megatron-core's alltoall dispatcher sends the routing probabilities of the permuted rows in an
+    all-to-all of their own after the tokens' (token_dispatcher.py ``MoEAlltoAllTokenDispatcher.token_dispatch``,
+    since 2659630, Apr 2025; the probs are applied in the experts' weighted SwiGLU), and autograd runs its
+    backward in the dispatch's backward: one probability per row sent, a latency-bound NCCL call each way.
+    DeepEP's dispatch carries them in its own call."""
+    nbytes = rows * PROB_BYTES
+    secs = collectives.all_to_all(nbytes, tb.r, link)
+    tb.rows.append(Kernel("probs all-to-all", comp, "comm", f"{nbytes / 1e6:.3g} MB sent ({link})", 0.0, nbytes,
+                          secs, "communication"))  # fmt: skip
 
 
 # Context parallelism as Transformer Engine runs it with cp_comm_type "p2p" (Megatron-core's default when
