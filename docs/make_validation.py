@@ -174,10 +174,11 @@ def eval_model_ms(sc) -> tuple[float, float]:
     each of the chunks - 1 returns waits PP sends, shared by the group's PP micro-batches, (chunks - 1) x P2P a
     micro-batch (Megatron-core df72712 `schedules.py` `get_model_chunk_id`, forward-only warm-up loop). Nothing
     syncs the pipeline's ranks between validation steps, so a step's fill runs while the later ranks finish the step
-    before: only an evaluation's first step (left out of the measured figure) holds it. PP 1: the stage's forward."""
+    before: only an evaluation's first step (left out of the measured figure) holds it. PP 1: the stage's forward.
+    The stages' forwards are derived as an evaluation runs them, autograd off (derive.evaluation_forwards)."""
     d, p = sc.derived(), sc.pipeline
     chunks = (p.chunks_per_rank or 1) if p.schedule.startswith("interleaved") else 1
-    return eval_pipeline_ms([s.forward for s in d.stages], p.stages // chunks, chunks, d.p2p)
+    return eval_pipeline_ms(derive.evaluation_forwards(d.setup), p.stages // chunks, chunks, d.p2p)
 
 
 def eval_pipeline_ms(forward: list[float], ranks: int, chunks: int, p2p: float) -> tuple[float, float]:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from dualpipe_sim.model import derive
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "mlperf_eval"
 SCRIPT = runpy.run_path(str(ROOT / "docs" / "make_validation.py"), run_name="doc_script_under_test")
@@ -97,12 +99,13 @@ def test_model_forward_within_the_tables_error(file, name, spread):
 def test_model_forward_by_hand_for_one_stage_and_for_the_interleaved_pipeline():
     """eval_model_ms read off the derived stages by hand: PP 1 is the stage's forward, no P2P; the 405B row's 64
     virtual stages sit on 8 ranks as Megatron places them (rank r holds r, r + 8, ..., r + 56), and each of the 7
-    returns of a micro-batch to rank 0 waits one send (the ring below)."""
+    returns of a micro-batch to rank 0 waits one send (the ring below). The stages' forwards are those of an
+    evaluation, autograd off (derive.evaluation_forwards; tests/test_eval_forward_kernels.py works one by hand)."""
     sc = SCRIPT["scenario"].load(FOLDER / "mlperf51-llama8b-64b200.toml")
-    assert SCRIPT["eval_model_ms"](sc) == (sc.derived().stages[0].forward, 0.0)
+    assert SCRIPT["eval_model_ms"](sc) == (derive.evaluation_forwards(sc.derived().setup)[0], 0.0)
     sc = SCRIPT["scenario"].load(FOLDER / "mlperf50-llama405b-512.toml")
     d = sc.derived()
-    f = [s.forward for s in d.stages]
+    f = derive.evaluation_forwards(d.setup)
     assert len(f) == 64 and sc.pipeline.microbatches == 288
     rank = max(sum(f[r + 8 * k] for k in range(8)) for r in range(8))
     assert SCRIPT["eval_model_ms"](sc) == pytest.approx((rank, 7 * d.p2p), rel=1e-12)
@@ -156,7 +159,7 @@ def test_model_forward_is_the_schedules_steady_step(name):
     sc = SCRIPT["scenario"].load(FOLDER / f"{name}.toml")
     d, p = sc.derived(), sc.pipeline
     ranks, m = p.stages // p.chunks_per_rank, p.microbatches
-    ends = forward_only_timeline([s.forward for s in d.stages], ranks, p.chunks_per_rank, m, d.p2p, 3)
+    ends = forward_only_timeline(derive.evaluation_forwards(d.setup), ranks, p.chunks_per_rank, m, d.p2p, 3)
     rank, ring = SCRIPT["eval_model_ms"](sc)
     assert (ends[2] - ends[1]) / m == pytest.approx(rank + ring, rel=1e-9)
     assert ends[0] / m > (rank + ring) * 1.01  # the first step's fill: 2-7% at M = 8 and 24

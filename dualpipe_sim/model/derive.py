@@ -67,6 +67,8 @@ class Setup:
     fp8_current: bool = False  # model.fp8_recipe = "current"
     fp8_transpose: bool = True  # model.fp8_transpose resolved: Transformer Engine makes FP8 transposes
     ub_not_told: tuple[str, ...] = ()  # parallel.tp_overlap_not_told
+    qkv_prepare: bool = False  # TE's flash-attn path copies q, k, v out of the interleaved QKV output (qkv_prepare)
+    evaluation: bool = False  # the forward with autograd off, as an evaluation runs it (kernels.Layout.evaluation)
 
     @property
     def ring_serial(self) -> bool:
@@ -90,7 +92,8 @@ class Setup:
                               grad_bytes=self.sharding.grads_bytes,
                               cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
                               fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told,
-                              ring_serial=self.ring_serial)  # fmt: skip
+                              ring_serial=self.ring_serial, qkv_prepare=self.qkv_prepare,
+                              evaluation=self.evaluation)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,20 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  par.sync_tp_duplicated_parameters, m.alibi,
                  cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
                  m.cross_entropy, m.fp8_recipe == "current", transpose,
-                 tuple(sorted(set(par.tp_overlap_not_told))))  # fmt: skip
+                 tuple(sorted(set(par.tp_overlap_not_told))),
+                 qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context))  # fmt: skip
+
+
+def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:
+    """Whether Transformer Engine copies q, k and v out of the QKV GEMM's interleaved output before Dao's flash-attn
+    (``_PrepareQKVForFA``, kernels._qkv_prepare): TE release_v0.8 (transformer.py) and 09ba842 (attention.py) take
+    that path when flash-attn runs, the head dim is 128, s x b >= 512 and q, k, v are still the interleaved views
+    of one tensor (``_check_if_interleaved``, ``qkv_layout == "sbh3d"``): as many key as query heads and no rotary
+    embedding, which would write new tensors.  Other layouts go through a transpose that is a view at micro-batch
+    1 or the cuDNN path, which reads the strided views: nothing is copied."""
+    return (m.attention_kernel in ("flash-attn-1", "flash-attn-2") and not cfg.eager_attention and not cfg.mla
+            and cfg.num_kv_heads == cfg.num_heads and cfg.qk_head_dim == 128 and bool(cfg.max_positions)
+            and tokens >= 512)  # fmt: skip
 
 
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
@@ -647,6 +663,12 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     if stage.head:
         units.append(unit(*extra(head=True), params.head(cfg), 0))
     return units
+
+
+def evaluation_forwards(st: Setup) -> list[float]:
+    """Each stage's forward (ms per micro-batch) as an evaluation runs it: the same kernels with autograd off
+    (kernels.Layout.evaluation; the logs' forward-only steps in docs/validation.md)."""
+    return [s.forward for s in derive(replace(st, evaluation=True)).stages]
 
 
 def derive(st: Setup, memo: Memo | None = None) -> Derived:

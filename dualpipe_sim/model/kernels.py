@@ -148,6 +148,13 @@ class Layout:
     ub_not_told: tuple[str, ...] = ()
     # the context-parallel ring's send and receive run one after the other, not at once (derive.UNBATCHED_CP2_P2P)
     ring_serial: bool = False
+    # Transformer Engine's flash-attn path copies the interleaved q, k, v into three contiguous tensors first
+    # (fa_prepare_fwd, and fa_prepare_bwd back): derive.qkv_prepare says when
+    qkv_prepare: bool = False
+    # the forward with autograd off, as an evaluation runs it (Lightning's validation loop under no_grad /
+    # inference_mode): TE gathers a column-parallel input with NCCL, not its userbuffers ring, casts write no
+    # transposes and delayed scaling neither reduces nor updates its amaxes; only the forward rows mean anything
+    evaluation: bool = False
 
     @property
     def wgrad_out(self) -> float:
@@ -238,7 +245,7 @@ class Table:
         return secs
 
     def tp_linear(self, name: str, comp: str, m: int, n: int, k: int, op: str, nbytes: float, method: str,
-                  fp8: bool | None = None, ub: str = "", out_bytes: float = 2.0) -> float:  # fmt: skip
+                  fp8: bool | None = None, ub: str = "", out_bytes: float = 2.0, overlap: bool = True) -> float:  # fmt: skip
         """A sequence-parallel linear and its all-gather (before) or reduce-scatter (after).
 
         Without tp_comm_overlap the collective runs alone, before or after its GEMM.  With it,
@@ -249,7 +256,11 @@ class Table:
         and reduce-scatter) beside the whole GEMM on 16 fewer SMs.  ``ub``: the overlap's name in
         Transformer Engine, whose SMs a scenario may give (``Layout.ub_sm``); an FP8 pipeline overlap
         named in ``ub_atomic`` runs its GEMM as one atomic GEMM whose finished chunks the reduce-scatter
-        follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed."""
+        follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed.
+        ``overlap`` False: a linear no userbuffers serve (Megatron's own ColumnParallelLinear).  With autograd
+        off (``Layout.evaluation``) TE turns its all-gather overlap off: ``ub_split_ag = False`` when not
+        ``is_grad_enabled`` (layernorm_linear.py / layernorm_mlp.py at release_v0.8, 09ba842, v1.6rc1, 08a85d3;
+        ``ub_overlap_ag_fprop and is_grad_enabled`` at release_v2.8); its reduce-scatter overlaps stay."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
             return self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)  # without SP the input is whole
@@ -258,7 +269,7 @@ class Table:
             self.comm("tp all-reduce", comp, "all_reduce", nbytes, t, "nvlink")
             return secs
         full = collectives.time(op, nbytes, t, self.r, "nvlink")
-        if not self.lay.tp_overlap:
+        if not (self.lay.tp_overlap and overlap) or (self.lay.evaluation and op == "all_gather"):
             secs = self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
@@ -337,8 +348,9 @@ class Table:
     @property
     def fp8_writes(self) -> float:
         """Bytes an FP8 cast writes per element: the row-wise data and, where TE makes transposes, the
-        column-wise (transposed) copy in the same kernel."""
-        return 2.0 if self.lay.fp8_transpose else 1.0
+        column-wise (transposed) copy in the same kernel; with autograd off none (09ba842 ``cast_to_fp8`` where
+        training calls ``fp8_cast_transpose_fused``; release_v2.8 ``columnwise_usage = is_grad_enabled and ...``)."""
+        return 2.0 if self.lay.fp8_transpose and not self.lay.evaluation else 1.0
 
     def amax(self, name: str, comp: str, elems: float, groups: int = 1, reduce: bool = False) -> None:
         """Current scaling's amax of a 16-bit tensor before its cast: zero the amax, read the tensor once,
@@ -397,7 +409,7 @@ class Table:
         both; gathered, it is cast row-wise, re-gathered in the backward and transposed there (``update_usage``).
         Delayed scaling's norm writes FP8 itself and transposes apart (ln_api.cpp ``nvte_transpose``)."""
         lay = self.lay
-        return lay.current_scaling and not (lay.sequence_parallel and lay.tensor > 1)
+        return lay.current_scaling and not (lay.sequence_parallel and lay.tensor > 1) and not lay.evaluation
 
     def output_grad_cast(self, prefix: str, comp: str, wcomp: str) -> None:
         """The output gradient of a row-parallel linear (out_proj, fc2) made FP8 for its dgrad and wgrad
@@ -469,6 +481,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
         if eager:
             _eager_attention(tb, comp, backward=False)
         else:
+            _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd)")
             tb.attention("flash attention", comp, core, backward=False)
         tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)  # an amax pass first with current scaling
         tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
@@ -483,6 +496,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
         _eager_attention(tb, comp, backward=True)
     else:
         tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
+        _qkv_prepare(tb, comp, "dqkv interleave (fa_prepare_bwd)")
     if not cfg.max_positions:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     if cfg.qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
@@ -498,6 +512,16 @@ def attention_block(tb: Table, recompute: bool) -> None:
         tb.transpose(f"{projections[0][0]} input transpose (wgrad)", wcomp, n * h)
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n, out_bytes=lay.wgrad_out)
+
+
+def _qkv_prepare(tb: Table, comp: str, name: str) -> None:
+    """Transformer Engine's copy between the QKV GEMM's interleaved output [s, b, heads, 3 x d] and the three
+    contiguous [b, s, heads, d] tensors Dao's flash-attn takes (``_PrepareQKVForFA``: ``tex.fa_prepare_fwd``
+    forward, ``fa_prepare_bwd`` backward; TE release_v0.8 transformer.py, 09ba842 attention.py): q, k and v each
+    read and written once in 16 bits."""
+    if tb.lay.qkv_prepare:
+        cfg, lay = tb.cfg, tb.lay
+        tb.memory(name, comp, 2 * 3 * lay.tokens * (cfg.num_heads // lay.tensor) * cfg.qk_head_dim * lay.act_bytes)
 
 
 def _eager_attention(tb: Table, comp: str, backward: bool) -> None:
@@ -1030,8 +1054,11 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     n, h, ab, t, V = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor, cfg.vocab_size
     v = -(-V // t)
     tb.memory("final norm", "mlp_forward", 2 * n / t * h * ab)
-    # BF16 even in an FP8 model: Megatron-core's output layer is a plain ColumnParallelLinear, not a TE one
-    tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring", fp8=False)
+    # BF16 even in an FP8 model: Megatron-core's output layer is a plain ColumnParallelLinear, not a TE one, so no
+    # userbuffers either: with sequence parallelism its forward all-gathers the input and waits for it, then one
+    # matmul (LinearWithGradAccumulationAndAsyncCommunication.forward, Megatron-LM df72712, core_r0.9.0,
+    # core_r0.11.0, d339190 tensor_parallel/layers.py; NeMo bd0b818 parallel_lm_logits calls the same)
+    tb.tp_linear("output layer", "mlp_forward", n, v, h, "all_gather", n * h * ab, "ring", fp8=False, overlap=False)
     # Megatron's vocab_parallel_cross_entropy, op by op on fp32 logits (Megatron-LM 2021 mpu/cross_entropy.py
     # @ 6985e58; Megatron-core tensor_parallel/cross_entropy.py @ df72712, 0014f13, 1e05700, its default with
     # --cross-entropy-loss-fusion off): cast (ab + 4), max (4), subtract (4 + 4), exp (4 + 4), sum (4),
@@ -1126,6 +1153,8 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
     beside the compute and only the update kernel is costed."""
     if lay.amax_group <= 0 or lay.current_scaling:  # current scaling keeps no history and reduces per cast
         return []
+    if lay.evaluation:  # only with autograd on (fp8_autocast_exit: torch.is_grad_enabled(), v1.6rc1 to release_v2.8;
+        return []       # prepare_forward: self.training, release_v0.8 and 09ba842)
     tb = Table(rates, lay, cfg)
     linears = sum(fp8_linears(cfg, i, lay) for i in layers)
     group, per_node = lay.amax_group, min(lay.amax_group, rates.gpus_per_node)
