@@ -30,10 +30,13 @@ class StepCosts:
     # per stage: how much longer its compute runs while a data-parallel collective holds step.dp_comm_sms of the
     # rank's SMs (model/step_figures.dp_comm_slowdown); () or 1.0: not slowed
     dp_comm_slowdown: tuple[float, ...] = ()
+    # per stage copy: the part of its reduction run only after its rank's pipeline and every other sync of the rank
+    # (NeMo on apex: the held bucket group in grad_sync(), the tied and fp32 embedding all-reduces); () : none
+    grad_sync_tail: tuple[float, ...] = ()
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""
-        return any(self.grad_sync) or any(self.cross_copy_sync) or any(self.optimizer)
+        return any(self.grad_sync) or any(self.cross_copy_sync) or any(self.optimizer) or any(self.grad_sync_tail)
 
 
 @dataclass(frozen=True)

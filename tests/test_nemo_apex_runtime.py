@@ -119,8 +119,9 @@ def test_fp32_embedding_bytes_by_hand():
 
 def test_fp32_embedding_grad_sync_by_hand():
     # mlperf41-gpt3-512: TP 4, DP 16 (2 ranks of a group on each node, each on its NIC), 9 buckets a chunk
-    on = _load("mlperf41-gpt3-512")
-    off = _load("mlperf41-gpt3-512", ["step.fp32_embedding_grads=false"])
+    # NeMo's held bucket group off (step.grad_sync_held, tests/test_nemo_held_grad_sync.py): the fp32 bytes alone
+    on = _load("mlperf41-gpt3-512", ["step.grad_sync_held=[]"])
+    off = _load("mlperf41-gpt3-512", ["step.fp32_embedding_grads=false", "step.grad_sync_held=[]"])
     d = on.derived()
     rates = d.setup.rates
     layer = 12 * H * H + 13 * H

@@ -23,6 +23,9 @@ pipeline trace and adds what happens in between, as rows of the trace's
 * **optimizer** (``OPTIMIZER``): a rank's optimizer step updates every copy it
   holds, lasting the sum of ``step.optimizer[s]`` over them, on its compute
   channel once its pipeline work and every sync of its stages have ended.
+* **tail** (``grad_sync_tail``): a copy's reduction part that runs only once its rank's pipeline work and
+  every other sync of the rank have ended (NeMo's held bucket group on apex, the embedding's all-reduces),
+  on the same channel, stage by stage.
 * **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
   ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass
   lays the step out on each rank's times stretched by it (_stretch).
@@ -229,6 +232,13 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
         if busy is not None and maps is not None:  # the rank's P2P moves with its stretched compute
             busy = np.array([[at(r, a), at(r, b)] for a, b in busy.tolist()], dtype=float).reshape(-1, 2)
         for s, t0, t1 in _yielding(jobs, busy) if costs.nic_shared else _fifo(jobs):
+            rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
+            synced[r] = max(synced[r], t1)
+        # then the tail: released once the rank's pipeline and every sync above have ended (NeMo's
+        # _finish_bucket_grad_sync, then apex's grad_sync()), one after another in stage order
+        after = max(ends.rank_end[r], synced[r])
+        tail = [(after, s, 0, costs.grad_sync_tail[s]) for s in stages if costs.grad_sync_tail and costs.grad_sync_tail[s] > 0]
+        for s, t0, t1 in _yielding(tail, busy) if costs.nic_shared else _fifo(tail):
             rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
             synced[r] = max(synced[r], t1)
 

@@ -188,6 +188,16 @@ class Step(_Section):
     # NeMo's with_fp32_embedding_grads on apex's DistributedFusedAdam: the word and position embeddings' gradients
     # reduced in fp32 whatever model.grads_dtype (model/step_figures.py, fp32_embedding_extra_bytes)
     fp32_embedding_grads: bool = False
+    # NeMo 1.x's explicit fp32 AdamW for the word / position embeddings, outside apex's DistributedFusedAdam: their
+    # gradients all-reduced in fp32 after apex's grad sync, the AdamW step on every data-parallel rank
+    # (model/step_figures.py, fp32_optimizer_elements)
+    fp32_embedding_optimizer: bool = False
+    # the parameters NeMo marks _disable_overlap_grad_sync on apex's DistributedFusedAdam: on a rank holding one, the
+    # bucket group they join (its first model chunk's) is reduce-scattered only after the pipeline, in apex's
+    # grad_sync() (model/step_figures.py, grad_sync_parts)
+    grad_sync_held: list[Literal["embedding", "sequence-parallel", "final-norm"]] = []
+    # apex's bucket_cap_mb (its default 100): the held bucket group's extra fp32 and 16-bit buckets
+    bucket_cap_mb: _num(gt=0, le=1e6) = 100.0
     # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
     # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's
@@ -218,7 +228,8 @@ class Step(_Section):
         return v
 
     @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", "grad_sync_shares_p2p",
-                     "overlap_param_gather_with_optimizer_step", "fp32_embedding_grads", mode="before")
+                     "overlap_param_gather_with_optimizer_step", "fp32_embedding_grads", "fp32_embedding_optimizer",
+                     mode="before")
     @classmethod
     def _bool(cls, v):
         return None if v is None else strict_bool(v)
@@ -318,6 +329,13 @@ class Scenario(_Section):
         if st.fp32_embedding_grads and (st.param_gather != "apex" or st.grad_sync != "derived"):
             raise ScenarioError('step.fp32_embedding_grads: is NeMo\'s on apex\'s DistributedFusedAdam; it needs '
                                 'step.param_gather = "apex" and step.grad_sync = "derived"')
+        if (st.grad_sync_held or st.fp32_embedding_optimizer) and (st.param_gather != "apex" or st.grad_sync != "derived"):
+            key = "step.grad_sync_held" if st.grad_sync_held else "step.fp32_embedding_optimizer"
+            raise ScenarioError(f'{key}: is NeMo\'s on apex\'s DistributedFusedAdam; it needs '
+                                'step.param_gather = "apex" and step.grad_sync = "derived"')
+        if st.fp32_embedding_optimizer and st.fp32_embedding_grads:
+            raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
+                                "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
         figures = {}
         settings = {"grad_sync": st.grad_sync, "cross_copy_sync": st.cross_copy_sync, "optimizer": self.optimizer_setting()}
         for key, setting in settings.items():
@@ -328,8 +346,17 @@ class Scenario(_Section):
                     figures[key] = derived_sync(self, key, derived)
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
+        tail = ()
+        if st.grad_sync == "derived" and (st.grad_sync_held or st.fp32_embedding_optimizer):
+            from ..model.step_figures import grad_sync_parts
+
+            try:
+                tail = grad_sync_parts(self, derived)[1]
+            except ModelError as exc:
+                raise ScenarioError(f"step.grad_sync: {exc}") from None
         return StepCosts(
             grad_sync=figures.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
+            grad_sync_tail=tail,
             cross_copy_sync=figures.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
             optimizer=figures.get("optimizer") or _per_stage(settings["optimizer"], S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,

@@ -104,6 +104,8 @@ def _grad_sync(scenario, derived) -> list[Item]:
     tied = sf.tied_embedding_ms(scenario, st, sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
     overlap = (f"overlapped with the backward, launch {scenario.grad_sync_launch()}"
                if step.overlap_grad_sync else "after the pipeline's last backward")
+    if step.grad_sync_held or step.fp32_embedding_optimizer:  # NeMo's end of step on apex: its own parts
+        return _nemo_grad_sync(scenario, derived, overlap)
     if deepspeed or sh.zero >= 2:  # their own rules inside derived_sync: the figure less the tied all-reduce
         whole = sf.derived_sync(scenario, "grad_sync", derived)
         ms = tuple(w - tied.get(s, 0.0) for s, w in enumerate(whole))
@@ -149,6 +151,46 @@ def _grad_sync(scenario, derived) -> list[Item]:
     return out
 
 
+def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
+    """The reduction as NeMo runs it on apex (step_figures.nemo_sync): the overlapped reduce-scatter, then in the tail
+    (figure grad_sync_tail) the tied all-reduce, the held bucket group and NeMo 1.x's fp32 embedding all-reduce."""
+    st, step = derived.setup, scenario.step
+    sh = st.sharding
+    p = sf.nemo_sync(scenario, derived)
+    n = len(p.dense)
+    routed = any(p.routed) or any(p.held_routed)
+    ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) if d or r else 0.0
+               for d, r, b in zip(p.dense, p.routed, p.buckets))  # fmt: skip
+    latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b) for r, b in zip(p.routed, p.buckets))
+    out = [Item("data-parallel gradient reduce-scatter", "grad_sync", tuple(d + r for d, r in zip(p.dense, p.routed)),
+                ms, _groups(sh, routed), _link(st), _bound(ms, latency),
+                f"{_buckets(p.buckets)}; {overlap}; what NeMo does not hold back")]  # fmt: skip
+    fp32 = step.fp32_embedding_grads or step.fp32_embedding_optimizer
+    tied_bytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
+    for figure, keep in (("grad_sync", False), ("grad_sync_tail", True)):
+        per = tuple(t if inside == keep else 0.0 for t, inside in zip(p.tied_ms, p.in_tail))
+        if any(per):
+            out.append(Item("tied embedding gradient all-reduce", figure,
+                            tuple(tied_bytes if t else 0.0 for t in per), per,
+                            "2: the embedding's and the head's pipeline ranks", "nic", "bandwidth",
+                            "after NeMo's _finish_bucket_grad_sync, before apex's grad_sync()" if keep else
+                            "after the data-parallel reduction, before the optimizer"))  # fmt: skip
+    held = tuple(sf.held_ms(st, p, s) for s in range(n))
+    if any(held):
+        out.append(Item("held bucket group reduce-scatter (apex grad_sync)", "grad_sync_tail",
+                        tuple(d + r for d, r in zip(p.held_dense, p.held_routed)), held, _groups(sh, routed), _link(st),
+                        "bandwidth + ring latency",
+                        f"the rank's first chunk's group, held by {', '.join(step.grad_sync_held)} parameters "
+                        "(_disable_overlap_grad_sync): after the rank's pipeline and every other sync; "
+                        "buckets " + ", ".join(f"stage {s}: {b}" for s, b in enumerate(p.held_buckets) if b)))
+    if any(p.fp32_ms):
+        nbytes = tuple(sf.fp32_optimizer_elements(st, w) * sf.FP32_GRAD_BYTES for w in st.stages)
+        out.append(Item("fp32 embedding gradient all-reduce (NeMo 1.x's AdamW)", "grad_sync_tail", nbytes, p.fp32_ms,
+                        f"data x context {sh.data}", _link(st), "bandwidth",
+                        "in grad_norm after apex's grad_sync, waited for (step.fp32_embedding_optimizer)"))
+    return out
+
+
 def _cross_copy(scenario, derived) -> list[Item]:
     st = derived.setup
     # derived for every stage, but `run` sums only the stages two ranks hold (engine/step.py)
@@ -171,6 +213,8 @@ def _optimizer(scenario, derived) -> list[Item]:
     deepspeed = step.runtime == "deepspeed-bf16"
     fp8 = m.fp8_params
     fp8_elements = [sf.fp8_param_elements(st, w) if fp8 else (0.0, 0.0) for w in st.stages]
+    # the stage copies as apex holds them (without NeMo 1.x's fp32 embeddings: step.fp32_embedding_optimizer)
+    stages = [sf.apex_stage(scenario, st, w, f) for w, f in zip(st.stages, derived.stages)]
     overlapped = sh.zero in (1, 2) and step.param_gather_overlapped()
     # Adam over the rank's shard: bytes per parameter (optimizer_bytes_per_param) at the HBM rate, one launch floor
     per_param = sf.optimizer_bytes_per_param(m, sh.optimizer_bytes)
@@ -185,7 +229,7 @@ def _optimizer(scenario, derived) -> list[Item]:
     launches = "one launch"
     if step.param_gather == "apex" and not deepspeed:  # apex's fused kernel: no copy pass, no gradient cast
         once = sf._once_per_rank(scenario, n)
-        parts = [sf.apex_adam_ms(scenario, st, w, f, once[s]) for s, (w, f) in enumerate(zip(st.stages, derived.stages))]
+        parts = [sf.apex_adam_ms(scenario, st, w, f, once[s]) for s, (w, f) in enumerate(zip(st.stages, stages))]
         streamed, adam = [b for b, _ in parts], tuple(ms for _, ms in parts)
         wide, narrow = sf.apex_adam_bytes(m, sh)
         name = "optimizer step (apex's fused Adam + clip norm)"
@@ -217,8 +261,8 @@ def _optimizer(scenario, derived) -> list[Item]:
                         else "nvlink", "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
-                         for f, e in zip(derived.stages, fp8_elements))  # fmt: skip
-    whole = tuple(sf.param_gather_ms(st, f, e) for f, e in zip(derived.stages, fp8_elements))
+                         for f, e in zip(stages, fp8_elements))  # fmt: skip
+    whole = tuple(sf.param_gather_ms(st, f, e) for f, e in zip(stages, fp8_elements))
     routed = any(f.routed_params for f in derived.stages)
     if sh.zero in (1, 2) and not overlapped:
         latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if f.routed_params else 0.0, op="all_gather")
@@ -245,6 +289,12 @@ def _optimizer(scenario, derived) -> list[Item]:
                         _groups(sh, routed), _link(st), "bandwidth + ring latency",
                         f"{how} (step.param_gather = {step.param_gather}); on every rank once, "
                         "split over the stage copies it holds"))  # fmt: skip
+    if step.fp32_embedding_optimizer:
+        out.append(Item("fp32 AdamW of the embeddings (NeMo 1.x)", "optimizer",
+                        tuple(sf.fp32_adamw_bytes(st, w) for w in st.stages),
+                        tuple(sf.fp32_adamw_ms(st, w) for w in st.stages), "every data-parallel rank, unsharded", "hbm",
+                        "memory", f"torch's foreach AdamW, {sf.TORCH_ADAMW_BYTES} B, and NeMo's scale, norm, copy and "
+                        f"zeroing, {sf.NEMO_FP32_OPTIM_BYTES} B, an fp32 element"))  # fmt: skip
     refresh = tuple(sf.fp8_weight_cast_ms(st, w) for w in st.stages)
     if any(refresh):
         out.append(Item("FP8 weight refresh (first micro-batch)", "optimizer", (0.0,) * n, refresh, "the rank",
@@ -272,9 +322,14 @@ def summary(scenario, derived) -> dict | None:
     if costs is None:
         return None
     step, settings = scenario.step, _settings(scenario)
+    figures = {k: list(getattr(costs, k)) for k in FIGURES}
+    derived_keys = [k for k in FIGURES if settings[k] == "derived"]
+    if any(costs.grad_sync_tail):  # NeMo's held group and embedding all-reduces after the rank's other syncs
+        figures["grad_sync_tail"] = list(costs.grad_sync_tail)
+        derived_keys.append("grad_sync_tail")
     return {
-        "figures_ms": {k: list(getattr(costs, k)) for k in FIGURES},
-        "derived": [k for k in FIGURES if settings[k] == "derived"],
+        "figures_ms": figures,
+        "derived": derived_keys,
         "overlap_grad_sync": costs.overlap_grad_sync,
         "overlap_param_gather": bool(step.param_gather_overlapped()),
         "grad_sync_launch": costs.grad_sync_launch,

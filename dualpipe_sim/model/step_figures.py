@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..step_costs import Throughput
 from . import collectives, ddp_buckets, derive, flops, kernels, params
@@ -91,6 +91,25 @@ FP32_GRAD_BYTES = 4.0
 # (_local_step: grads_bucket.grads_shard) and the clip norm (_local_grad_norm groups the shards by grad_sync_dtype);
 # so an fp32 embedding shard element streams 2 x (4 - model.grads_dtype) bytes more (apex_adam_ms)
 APEX_GRAD_READS = 2
+# NeMo 1.x's explicit fp32 optimizer for the embeddings (step.fp32_embedding_optimizer; NVIDIA/NeMo v1.17.0_pt_23.04 and
+# bd0b818 nemo/core/optim/distributed_adam.py, MegatronDistributedFusedAdam): the parameters named word_embedding /
+# position_embedding (megatron_base_model.py setup_optimization) get fp32 copies in a plain torch.optim.AdamW, outside
+# apex.  Once a step, per element of those fp32 copies, on every data-parallel rank (unsharded): NeMo's step()
+# multiplies the gradient by the grad scale (read 4, write 4), its grad_norm() reads it (torch.linalg.norm, 4), the
+# AdamW step, then copy_ into the 16-bit model parameter (read 4, write 2); its zero_grad zeroes the gradient (write 4).
+NEMO_FP32_OPTIM_BYTES = (4 + 4) + 4 + (4 + 2) + 4
+# torch.optim.AdamW's default on CUDA tensors, _multi_tensor_adamw without capturable (pytorch/pytorch
+# torch/optim/adamw.py @ 002d2f0; the images' 2.1.0a0 builds were not read): _foreach_mul_ of the params (weight
+# decay: 4 + 4), _foreach_lerp_ of exp_avg toward the grad (4 + 4 + 4), _foreach_mul_ and _foreach_addcmul_ of
+# exp_avg_sq (4 + 4, then exp_avg_sq, grad, grad read and exp_avg_sq written: 16), _foreach_sqrt into a new list
+# (4 + 4), _foreach_div_ and _foreach_add_ on it (8 each), _foreach_addcdiv_ of the params (params, exp_avg, denom read,
+# params written: 16): 8 foreach kernels, 84 bytes an element
+TORCH_ADAMW_BYTES = (4 + 4) + (4 + 4 + 4) + (4 + 4) + (4 + 4 + 4 + 4) + (4 + 4) + (4 + 4) + (4 + 4) + (4 + 4 + 4 + 4)
+TORCH_ADAMW_FOREACH = 8
+# kernels NeMo launches per fp32 tensor besides: the grad-scale multiply, the norm, its square / process-group division /
+# accumulation (3), the copy_ into the model parameter; and one foreach zero_ (zero_grad(set_to_none=False))
+NEMO_FP32_PER_TENSOR = 1 + 1 + 3 + 1
+NEMO_FP32_FOREACH = 1
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
 MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
@@ -306,6 +325,206 @@ def fp32_embedding_extra_bytes(st, where) -> float:
     return elements / sh.tensor * (FP32_GRAD_BYTES - sh.grads_bytes)
 
 
+def fp32_optimizer_params(cfg, where) -> int:
+    """Whole-model parameter counts of a stage copy that NeMo 1.x's explicit fp32 AdamW holds instead of apex
+    (step.fp32_embedding_optimizer), counted as the stage counts them (params.embedding on the embedding stage; a
+    tied head's own copy of the word embedding, V x h, on another stage): what apex's buckets and shards leave out."""
+    n = params.embedding(cfg) if where.embedding else 0
+    if not where.embedding and where.head and cfg.tie_word_embeddings:
+        n += cfg.vocab_size * cfg.hidden_size
+    return n
+
+
+def fp32_optimizer_elements(st, where) -> float:
+    """Elements of one rank's fp32 copies in NeMo 1.x's explicit AdamW for a stage copy: the word embedding's shard
+    (V x h / tensor, a VocabParallelEmbedding) and the learned positions whole (max_positions x h: a
+    torch.nn.Embedding on every tensor rank; NeMo v1.17.0_pt_23.04 language_model.py lines 256 and 263) on the
+    embedding stage, a tied head's copy of the word embedding (V x h / tensor) on another stage."""
+    cfg, sh = st.cfg, st.sharding
+    n = 0.0
+    if where.embedding:
+        n += cfg.vocab_size * cfg.hidden_size / sh.tensor + cfg.max_positions * cfg.hidden_size
+    if where.head and not where.embedding and cfg.tie_word_embeddings:
+        n += cfg.vocab_size * cfg.hidden_size / sh.tensor
+    return n
+
+
+def apex_stage(scenario, st, where, stage):
+    """The stage copy as apex's DistributedFusedAdam holds it: without the embeddings NeMo 1.x's explicit fp32 AdamW
+    takes (step.fp32_embedding_optimizer; its filter keeps them out of apex's buckets, shards and all-gather)."""
+    step = scenario.step
+    if step is None or not step.fp32_embedding_optimizer:
+        return stage
+    return replace(stage, dense_params=stage.dense_params - fp32_optimizer_params(st.cfg, where))
+
+
+def fp32_optimizer_all_reduce_ms(st, where) -> float:
+    """NeMo 1.x's all-reduce (AVG) of a stage copy's fp32 embedding gradients over the data-parallel group
+    (_fp32_optim_grad_sync: one coalesced group, the rank's fp32 tensors at 4 bytes), on the group's link (ms)."""
+    nbytes = fp32_optimizer_elements(st, where) * FP32_GRAD_BYTES
+    return _sync_ms(st, "grad_sync", nbytes, 0.0, op="all_reduce") if nbytes else 0.0
+
+
+def fp32_adamw_bytes(st, where) -> float:
+    """HBM bytes of NeMo 1.x's explicit fp32 AdamW step over a stage copy's fp32 embedding copies on its rank (every
+    data-parallel rank runs it whole): TORCH_ADAMW_BYTES + NEMO_FP32_OPTIM_BYTES an element."""
+    return fp32_optimizer_elements(st, where) * (TORCH_ADAMW_BYTES + NEMO_FP32_OPTIM_BYTES)
+
+
+def fp32_adamw_ms(st, where) -> float:
+    """That step's time (ms): its bytes at the HBM rate, and its launches at the kernel floor: each foreach op once per
+    APEX_ELEMENTS_PER_LAUNCH elements (PyTorch's MultiTensorApply.cuh: chunks of 65,536, at most 320 blocks a launch,
+    as apex's), NeMo's per-tensor kernels once per tensor."""
+    elements = fp32_optimizer_elements(st, where)
+    if not elements:
+        return 0.0
+    tensors = 2 if where.embedding and st.cfg.max_positions else 1  # word (and position) embedding
+    per_op = -(-int(elements) // APEX_ELEMENTS_PER_LAUNCH)
+    launches = (TORCH_ADAMW_FOREACH + NEMO_FP32_FOREACH) * per_op + NEMO_FP32_PER_TENSOR * tensors
+    return (fp32_adamw_bytes(st, where) / st.rates.hbm + launches * st.rates.floor) * 1e3
+
+
+def sequence_parallel_elements(cfg, where) -> int:
+    """Whole-model counts of a stage copy's parameters Transformer Engine marks ``sequence_parallel`` (TE 09ba842 and
+    v1.6rc1 layernorm_linear.py, layernorm_mlp.py, linear.py): each layer's two LayerNorms (weight and bias) and its
+    row-parallel biases (the attention projection's and fc2's, with biases)."""
+    h = cfg.hidden_size
+    per_layer = 2 * params._norm(cfg, h) + (2 * h if cfg.bias else 0)
+    return per_layer * len(where.layers)
+
+
+def _held_ranks(scenario, st, ranks) -> set[int]:
+    """The pipeline ranks holding a parameter NeMo marks _disable_overlap_grad_sync (step.grad_sync_held): every rank
+    with sequence-parallel layers (TE sets the mark where tensor > 1), the head's rank for its final norm, the
+    embedding's and a tied head's ranks for the word embedding (NeMo marks it with PP > 1 only)."""
+    held, cfg, sh = set(scenario.step.grad_sync_held), st.cfg, st.sharding
+    out = set()
+    for s, where in enumerate(st.stages):
+        mine = ranks[s]
+        if "sequence-parallel" in held and st.sequence_parallel and sh.tensor > 1 and where.layers:
+            out |= mine
+        if "final-norm" in held and where.head:
+            out |= mine
+        tied = cfg.tie_word_embeddings and len(set().union(*ranks)) > 1  # NeMo: pipeline world size > 1
+        if "embedding" in held and tied and (where.embedding or where.head) and not scenario.step.fp32_embedding_optimizer:
+            out |= mine
+    return out
+
+
+@dataclass(frozen=True)
+class NemoSync:
+    """NeMo's end of step on apex, per stage copy (grad_sync_parts): the reduce-scatter overlapped as step.grad_sync
+    describes it (``dense``, ``routed`` bytes in ``buckets``), the held group reduce-scattered in the tail (``held_*``),
+    NeMo 1.x's fp32 embedding all-reduce (``fp32_ms``, tail) and the tied all-reduce (``tied_ms``, in the tail where
+    ``in_tail``)."""
+
+    dense: tuple[float, ...]
+    routed: tuple[float, ...]
+    buckets: tuple[int, ...]
+    held_dense: tuple[float, ...]
+    held_routed: tuple[float, ...]
+    held_buckets: tuple[int, ...]
+    fp32_ms: tuple[float, ...]
+    tied_ms: tuple[float, ...]
+    in_tail: tuple[bool, ...]
+
+
+def nemo_sync(scenario, derived=None) -> NemoSync:
+    """The parts of NeMo's end of step on apex (step.grad_sync_held, step.fp32_embedding_optimizer), per stage copy.
+
+    * step.grad_sync_held: apex launches a bucket only once every parameter of its init_params_bucket call has
+      registered its gradient (apex 23.09-24.09 distributed_fused_adam.py, init_params_bucket ties the call's buckets to
+      all its parameters; _try_start_bucket_grad_sync), and a parameter marked _disable_overlap_grad_sync never
+      registers (NeMo's post-backward hook and try_grad_sync skip it); NeMo puts the marked parameters into the last
+      call, the rank's first model chunk's (megatron_gpt_model.py configure_optimizers, buckets[-1].extend).  So on a
+      rank holding one, that group's whole reduce-scatter, with the marked parameters of the rank's other stage copies,
+      runs in apex's grad_sync() after NeMo's _finish_bucket_grad_sync and the tied all-reduce: the tail of the rank's
+      first stage copy; with FP8 parameters its 16-bit bucket(s), with fp32 embedding gradients their fp32 buckets,
+      are buckets more (step.bucket_cap_mb); the rank's tied all-reduce joins the tail.
+    * step.fp32_embedding_optimizer: the embeddings leave apex's reduce-scatter (apex_stage); their fp32 all-reduce (in
+      grad_norm, after apex's grad_sync) and the tied all-reduce (of their fp32 main_grad) are their copy's tail."""
+    derived = scenario.derived() if derived is None else derived
+    st, step = derived.setup, scenario.step
+    sh, cfg = st.sharding, st.cfg
+    if sh.zero != 1:
+        raise ModelError("step.grad_sync_held and step.fp32_embedding_optimizer describe apex's DistributedFusedAdam, "
+                         f"a ZeRO 1 optimizer: parallel.zero must be 1, got {sh.zero}")
+    S = len(st.stages)
+    f32opt = step.fp32_embedding_optimizer
+    fp32 = step.fp32_embedding_grads or f32opt  # the tied all-reduce reads the fp32 main_grad
+    tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
+    buckets = ddp_buckets.per_stage(scenario, derived)
+    dense, routed = [], []
+    for where, stage in zip(st.stages, derived.stages):
+        d = apex_stage(scenario, st, where, stage).dense_params / sh.tensor * sh.grads_bytes
+        dense.append(d + (fp32_embedding_extra_bytes(st, where) if step.fp32_embedding_grads else 0.0))
+        routed.append(stage.routed_params / sh.expert * sh.grads_bytes)
+    held_dense, held_routed, held_buckets = [0.0] * S, [0.0] * S, [0] * S
+    fp32_ms = [fp32_optimizer_all_reduce_ms(st, w) if f32opt else 0.0 for w in st.stages]
+    in_tail = [f32opt] * S  # the tied all-reduce in the tail (NeMo runs it after _finish_bucket_grad_sync)
+    ranks = _stage_ranks(scenario) if step.grad_sync_held else None
+    marks = set(step.grad_sync_held)
+    for r in sorted(_held_ranks(scenario, st, ranks)) if ranks is not None else ():
+        mine = [s for s in range(S) if r in ranks[s]]
+        first = mine[0]
+        held_dense[first], held_routed[first], held_buckets[first] = dense[first], routed[first], buckets[first]
+        dense[first] = routed[first] = 0.0
+        fp32_tensors: list[int] = []
+        sixteen = 0.0  # the rank's non-FP8 elements in apex: with FP8 parameters NeMo's 16-bit bucket(s)
+        for s in mine:
+            where = st.stages[s]
+            in_tail[s] = True
+            if s != first:  # the marked parameters of the rank's other copies join the held group
+                moved = 0.0
+                if "sequence-parallel" in marks and st.sequence_parallel and sh.tensor > 1:
+                    moved += sequence_parallel_elements(cfg, where) / sh.tensor * sh.grads_bytes
+                if "final-norm" in marks and where.head:
+                    moved += params._norm(cfg, cfg.hidden_size) / sh.tensor * sh.grads_bytes
+                if "embedding" in marks and where.head and cfg.tie_word_embeddings and not where.embedding and not f32opt:
+                    moved += cfg.vocab_size * cfg.hidden_size / sh.tensor * sh.grads_bytes
+                    moved += fp32_embedding_extra_bytes(st, where) if step.fp32_embedding_grads else 0.0
+                moved = min(moved, dense[s])
+                dense[s] -= moved
+                held_dense[first] += moved
+            if step.fp32_embedding_grads and (where.embedding or (where.head and cfg.tie_word_embeddings)):
+                fp32_tensors.append(cfg.vocab_size * cfg.hidden_size // sh.tensor)
+                if where.embedding and cfg.max_positions:  # the learned positions, whole on every tensor rank
+                    fp32_tensors.append(cfg.max_positions * cfg.hidden_size)
+            if scenario.model.fp8_params:  # the stage's apex elements less its FP8 weights and fp32 embeddings
+                sixteen += apex_stage(scenario, st, where, derived.stages[s]).dense_params / sh.tensor
+                sixteen -= fp8_param_elements(st, where)[0]
+                if step.fp32_embedding_grads:
+                    sixteen -= fp32_optimizer_params(cfg, where) / sh.tensor  # the same embeddings, as counted
+        cap, grad_bytes = step.bucket_cap_mb, int(sh.grads_bytes)
+        if fp32_tensors:  # NeMo's init_params_bucket: the fp32 gradients in buckets of their own
+            held_buckets[first] += ddp_buckets.apex_buckets(fp32_tensors, cap, sh.data, grad_bytes)
+        if sixteen > 0:  # and the 16-bit ones apart from the FP8 (uint8) ones
+            held_buckets[first] += ddp_buckets.apex_buckets([int(sixteen)], cap, sh.data, grad_bytes)
+    return NemoSync(tuple(dense), tuple(routed), tuple(buckets), tuple(held_dense), tuple(held_routed),
+                    tuple(held_buckets), tuple(fp32_ms), tuple(tied.get(s, 0.0) for s in range(S)), tuple(in_tail))
+
+
+def held_ms(st, parts: NemoSync, s: int) -> float:
+    """The held group's reduce-scatter on stage copy ``s``'s tail (ms): its bytes in its buckets, one NCCL ring each."""
+    if not (parts.held_dense[s] or parts.held_routed[s]):
+        return 0.0
+    return _sync_ms(st, "grad_sync", parts.held_dense[s], parts.held_routed[s], buckets=max(1, parts.held_buckets[s]))
+
+
+def grad_sync_parts(scenario, derived=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per stage copy, (the reduction overlapped as step.grad_sync describes it, the tail run after the rank's pipeline
+    and every other sync of the rank: StepCosts.grad_sync_tail), in ms (nemo_sync's parts timed)."""
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
+    p = nemo_sync(scenario, derived)
+    overlapped, tail = [], []
+    for s in range(len(p.dense)):
+        o = _sync_ms(st, "grad_sync", p.dense[s], p.routed[s], buckets=p.buckets[s]) if p.dense[s] or p.routed[s] else 0.0
+        overlapped.append(o + (0.0 if p.in_tail[s] else p.tied_ms[s]))
+        tail.append(held_ms(st, p, s) + p.fp32_ms[s] + (p.tied_ms[s] if p.in_tail[s] else 0.0))
+    return tuple(overlapped), tuple(tail)
+
+
 def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1) -> float:
     """One grad sync (``op``; default reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum
     of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms);
@@ -455,7 +674,7 @@ def step_start_ms(scenario, derived) -> float:
     sh = st.sharding
     if step is None or sh.zero not in (1, 2) or not step.param_gather_overlapped():
         return 0.0
-    first, bucket = derived.stages[0], ddp_buckets.per_stage(scenario, derived)[0]
+    first, bucket = apex_stage(scenario, st, st.stages[0], derived.stages[0]), ddp_buckets.per_stage(scenario, derived)[0]
     fp8 = fp8_param_elements(st, st.stages[0]) if scenario.model.fp8_params else (0.0, 0.0)
     if step.param_gather == "apex":
         extra = 0.0
@@ -688,6 +907,10 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     deepspeed = step is not None and step.runtime == "deepspeed-bf16"
     if deepspeed and key != "cross_copy_sync":
         _check_deepspeed(st)
+    nemo_tail = step is not None and (step.grad_sync_held or step.fp32_embedding_optimizer)
+    if key == "grad_sync" and nemo_tail:  # NeMo's order on apex: what is not in the tail (grad_sync_parts)
+        return grad_sync_parts(scenario, derived)[0]
+    f32opt = key == "optimizer" and step is not None and step.fp32_embedding_optimizer
     if key == "cross_copy_sync":
         tied = {}
     else:  # DeepSpeed's bf16 optimizer keeps (and all-reduces) fp32 gradients
@@ -721,6 +944,8 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             dense += fp32_embedding_extra_bytes(st, where)
         routed = stage.routed_params / sh.expert * sh.grads_bytes
         if key == "optimizer":
+            if f32opt:  # apex holds the stage less the embeddings NeMo 1.x's fp32 AdamW takes
+                stage = apex_stage(scenario, st, where, stage)
             updated = updated_elements(sh, stage)
             per_param = optimizer_bytes_per_param(scenario.model, sh.optimizer_bytes)
             streamed = updated * per_param
@@ -738,6 +963,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
             ms += fp8_weight_cast_ms(st, where) + (start * share[s] if share else 0.0)
+            ms += fp32_adamw_ms(st, where) if f32opt else 0.0  # NeMo 1.x's fp32 AdamW of the embeddings
             if slow:
                 whole = param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0))
                 forward = scenario.pipeline.microbatches / held[s] * (stage.forward or 0.0)
