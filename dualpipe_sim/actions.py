@@ -39,6 +39,7 @@ from collections import Counter
 from .schedules.ir import FB, Action, Op, Schedule, ScheduleError, ops_of
 from .schedules.rules import KIND_NAMES, PAIR_BACKWARDS, Kind
 from .engine.validate import validate
+from .errors import cut, shown
 
 HEADER = "# dualpipe-sim:"
 _HEADER = re.compile(r"#\s*dualpipe-sim:")
@@ -110,9 +111,9 @@ def _parse_header(body: str, where: str) -> dict[str, str]:
         key, eq, value = item.partition("=")
         if key not in HEADER_KEYS or not eq or not value:
             keys = ", ".join(HEADER_KEYS)
-            raise ScheduleError(f"{where}: header item {item!r} is not KEY=VALUE with KEY one of {keys}")
+            raise ScheduleError(f"{where}: header item {shown(item)} is not KEY=VALUE with KEY one of {keys}")
         if key != "schedule" and not re.fullmatch("[0-9]*[1-9][0-9]*", value):
-            raise ScheduleError(f"{where}: header {key}={value}: must be a whole number >= 1")
+            raise ScheduleError(f"{where}: header {cut(key + '=' + value)}: must be a whole number >= 1")
         fields[key] = value
     return fields
 
@@ -123,7 +124,7 @@ def _parse_action(token: str, where: str) -> Action:
         fwd, bwd = (_parse_op(t, token, where) for t in pair.groups())
         if fwd.kind != Kind.F or bwd.kind not in PAIR_BACKWARDS:
             raise ScheduleError(
-                f"{where}: bad token {token!r}: OVERLAP_F_B pairs a forward with a backward, forward first: (0F7;3B2)"
+                f"{where}: bad token {shown(token)}: OVERLAP_F_B pairs a forward with a backward, forward first: (0F7;3B2)"
             )
         return FB(fwd, bwd)
     return _parse_op(token, token, where)
@@ -132,10 +133,10 @@ def _parse_action(token: str, where: str) -> Action:
 def _parse_op(text: str, token: str, where: str) -> Op:
     m = _OP.fullmatch(text.strip())
     if not m:
-        raise ScheduleError(f"{where}: bad token {token!r}: expected STAGE KIND MICROBATCH[@DIRECTION], {_EXAMPLES}")
+        raise ScheduleError(f"{where}: bad token {shown(token)}: expected STAGE KIND MICROBATCH[@DIRECTION], {_EXAMPLES}")
     stage, kind, microbatch, direction = m.groups()
     if direction not in (None, "0", "1"):
-        raise ScheduleError(f"{where}: bad token {token!r}: direction must be @0 or @1")
+        raise ScheduleError(f"{where}: bad token {shown(token)}: direction must be @0 or @1")
     return Op(kind, int(microbatch), int(stage), int(direction or 0))
 
 

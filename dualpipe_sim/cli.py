@@ -26,6 +26,7 @@ from .inputs.scenario import ScenarioError, activation_bytes_given, oddities, pa
 from .inputs.scenario import load as load_scenario
 from .inputs.scenario import load_resolved
 from .signals import stop_on_sigterm, stopped
+from .errors import shown
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -541,7 +542,7 @@ def parse_axis(spec: str):
     key, sep, body = spec.partition("=")
     key = key.strip()
     if not sep or not key or any(not part.strip() for part in key.split(".")):
-        raise UsageError(f"--grid {spec!r}: expected KEY=VALUES with a dotted scenario key, {_EXAMPLE}")
+        raise UsageError(f"--grid {shown(spec)}: expected KEY=VALUES with a dotted scenario key, {_EXAMPLE}")
     from .sweep.grid import Axis
 
     match = _RANGE.match(body)
@@ -553,16 +554,16 @@ def _range_texts(spec: str, start: str, stop: str, step: str) -> tuple[str, ...]
     try:
         a, b, s = Decimal(start), Decimal(stop), Decimal(step)
     except InvalidOperation:  # pragma: no cover - the regex only lets numbers through
-        raise UsageError(f"--grid {spec!r}: start:stop:step must be numbers") from None
+        raise UsageError(f"--grid {shown(spec)}: start:stop:step must be numbers") from None
     if s <= 0:
-        raise UsageError(f"--grid {spec!r}: the step of start:stop:step must be > 0, got {step}")
+        raise UsageError(f"--grid {shown(spec)}: the step of start:stop:step must be > 0, got {step}")
     if b < a:
-        raise UsageError(f"--grid {spec!r}: start must be <= stop in start:stop:step")
+        raise UsageError(f"--grid {shown(spec)}: start must be <= stop in start:stop:step")
     from .sweep.grid import MAX_POINTS
 
     count = int((b - a) / s) + 1  # exact decimal arithmetic: 0.1:0.5:0.1 has 5 values
     if count > MAX_POINTS:
-        raise UsageError(f"--grid {spec!r}: {count} values, more than the {MAX_POINTS} a sweep takes")
+        raise UsageError(f"--grid {shown(spec)}: {count} values, more than the {MAX_POINTS} a sweep takes")
     integral = all(re.fullmatch(r"[+-]?\d+", t) for t in (start, stop, step))
     values = [a + i * s for i in range(count)]
     # Integers stay integers (pipeline.stages must be whole); anything else becomes a float.
@@ -588,11 +589,11 @@ def _split_list(spec: str, body: str) -> tuple[str, ...]:
         current.append(ch)
     items.append("".join(current).strip())
     if depth != 0 or quote:
-        raise UsageError(f"--grid {spec!r}: unbalanced brackets or quotes in the value list")
+        raise UsageError(f"--grid {shown(spec)}: unbalanced brackets or quotes in the value list")
     if any(not item for item in items):
-        raise UsageError(f"--grid {spec!r}: empty value in the list, {_EXAMPLE}")
+        raise UsageError(f"--grid {shown(spec)}: empty value in the list, {_EXAMPLE}")
     if ":" in body and len(items) == 1 and not body.strip().startswith(("[", "\"", "'")):
-        raise UsageError(f"--grid {spec!r}: a range is start:stop:step with three numbers, {_EXAMPLE}")
+        raise UsageError(f"--grid {shown(spec)}: a range is start:stop:step with three numbers, {_EXAMPLE}")
     return tuple(items)
 
 

@@ -110,8 +110,9 @@ def test_fp32_embedding_bytes_by_hand():
     assert (st.sharding.tensor, st.sharding.grads_bytes, st.cfg.vocab_size, st.cfg.max_positions) == (4, 2.0, V, 2048)
     first, middle, last = st.stages[0], st.stages[1], st.stages[-1]
     assert first.embedding and last.head and not middle.embedding and not middle.head
-    # stage 0: word (50,688 x 12,288) and position (2,048 x 12,288) embeddings / TP 4, 2 B more each
-    assert step_figures.fp32_embedding_extra_bytes(st, first) == (V + 2048) * H / 4 * 2 == 324_009_984
+    # stage 0: word (50,688 x 12,288) embedding / TP 4 and the position table (2,048 x 12,288), whole on every tensor
+    # rank (Megatron-LM @ 1e05700 language_model_embedding.py lines 65-68), 2 B more each
+    assert step_figures.fp32_embedding_extra_bytes(st, first) == (V / 4 + 2048) * H * 2 == 361_758_720
     # the tied head's own copy of the word embedding on the last stage
     assert step_figures.fp32_embedding_extra_bytes(st, last) == V * H / 4 * 2 == 311_427_072
     assert step_figures.fp32_embedding_extra_bytes(st, middle) == 0
@@ -125,15 +126,16 @@ def test_fp32_embedding_grad_sync_by_hand():
     d = on.derived()
     rates = d.setup.rates
     layer = 12 * H * H + 13 * H
-    assert d.stages[0].dense_params == (V + 2048) * H + 2 * layer
-    stage0 = ((V + 2048) * H + 2 * layer) / 4 * 2 + 324_009_984  # 2,460,119,040 B
+    assert d.stages[0].dense_params == (V + 4 * 2048) * H + 2 * layer  # the position table on each of TP 4 ranks
+    stage0 = ((V / 4 + 2048) * H + 2 * layer / 4) * 2 + 361_758_720  # 2,535,616,512 B
     tied = collectives.time("all_reduce", V * H / 4 * 4, 2, rates, "nic")  # fp32 main_grad, first and last stage
     expected0 = (collectives.bucketed("reduce_scatter", stage0, 16, rates, 2, 9) + tied) * 1e3
     fig_on, fig_off = on.step_costs(d).grad_sync, off.step_costs().grad_sync
     assert fig_on[0] == pytest.approx(expected0, rel=1e-12)
     tied_bf16 = collectives.time("all_reduce", V * H / 4 * 2, 2, rates, "nic")
-    assert fig_off[0] == pytest.approx((collectives.bucketed("reduce_scatter", stage0 - 324_009_984, 16, rates, 2, 9)
+    assert fig_off[0] == pytest.approx((collectives.bucketed("reduce_scatter", stage0 - 361_758_720, 16, rates, 2, 9)
                                         + tied_bf16) * 1e3, rel=1e-12)  # fmt: skip
+    assert stage0 == 2_535_616_512
     # the last stage: its layers, the final LayerNorm and its word embedding copy, 311,427,072 B more
     last = (2 * layer + 2 * H + V * H) / 4 * 2
     assert fig_on[-1] == pytest.approx((collectives.bucketed("reduce_scatter", last + 311_427_072, 16, rates, 2, 9)
@@ -181,9 +183,9 @@ def test_apex_adam_reads_fp32_embedding_gradients_by_hand():
     def adam(sc, d, s):
         return step_figures.apex_adam_ms(sc, d.setup, d.setup.stages[s], d.stages[s], 1.0)
 
-    # stage 0: (50,688 + 2,048) x 12,288 / TP 4 = 162,004,992 elements, / DP 16 = 10,125,312 on the rank, 2 x 2 B more
-    first = (V + 2048) * H / 4 / 16 * 2 * 2
-    assert first == 40_501_248
+    # stage 0: (50,688 / TP 4 + 2,048 whole) x 12,288 = 180,879,360 elements, / DP 16 = 11,304,960 on the rank, 2 x 2 B more
+    first = (V / 4 + 2048) * H / 16 * 2 * 2
+    assert first == 45_219_840
     # the last stage: the tied head's copy, 50,688 x 12,288 / 4 / 16 = 9,732,096 elements
     last = V * H / 4 / 16 * 2 * 2
     assert last == 38_928_384

@@ -112,3 +112,32 @@ def test_steady_state_pair_span_matches_the_profile():
     assert len(pairs) > 4
     median = float(np.median([spans[a][1] - spans[a][0] for a in pairs]))
     assert median == pytest.approx(129.0, rel=0.05)
+
+
+def test_last_stage_head_and_mtp_ride_on_the_mlp_parts():
+    """docs/dualpipe.md, "The first and last stages as they are": stage 15's head and MTP module (the
+    extra of the test above, 48.68 ms a pass) are shared out over its 4 MoE layers on the MLP
+    components, the block they follow in the forward and precede in the backward: forward on
+    mlp_forward, input gradient on mlp_backward_input, weight gradient on mlp_backward_weight (a W
+    part, as the vocabulary projection's weight gradient is).  Attention and all-to-all parts stay
+    as typed.  By hand: 4.60 + 12.17 = 16.77, 5.31 + 12.17 = 17.48, 5.06 + 12.17 = 17.23 ms; the
+    Gantt's and the trace's stage-15 MLP parts are those lengths."""
+    sc = scenario.load(PRESET)
+    head = 4096 * 2 * 7168 * 129280 / (989.4e12 * 0.324) * 1e3
+    proj = 4096 * 2 * 2 * 7168**2 / (1978.9e12 * 0.324) * 1e3
+    share = (2 * head + proj) / 4
+    assert share == pytest.approx(12.17, abs=0.01)
+    typed = dict(attn_forward=4.37, dispatch_forward=6.69, mlp_forward=4.60, combine_forward=8.68,
+                 combine_backward=5.77, mlp_backward_input=5.31, mlp_backward_weight=5.06,
+                 dispatch_backward=7.49, attn_backward_input=9.34, attn_backward_weight=2.39)  # fmt: skip
+    mlp = ("mlp_forward", "mlp_backward_input", "mlp_backward_weight")
+    from dualpipe_sim.schedules.components import Component
+
+    last = sc.cost_model().chunk_of(15)
+    for c in Component:
+        want = typed[c.name] + (share if c.name in mlp else 0.0)
+        assert last.times[c] == pytest.approx(want), c.name
+    # what the trace records (and the Gantt and pair view draw): every stage-15 MLP input-gradient part
+    trace = simulation.run(scenario.load(PRESET, ["pipeline.microbatches=32"])).trace
+    rows = trace.compute[(trace.compute["stage"] == 15) & (trace.compute["part"] == Component.mlp_backward_input)]
+    assert len(rows) == 32 * 4 and np.allclose(rows["end"] - rows["start"], 5.31 + share)

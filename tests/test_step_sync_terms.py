@@ -33,7 +33,9 @@ def _layer(h):  # a GPT layer's parameters: 12 h^2 + 13 h (QKV, out_proj, fc1, f
 
 # n21-145b: h 12288, V 51200, 80 layers on 16 virtual stages (5 each) of 8 ranks, TP 8, DP 24, fp16 gradients.
 H, V = 12288, 51200
-STAGE0 = 5 * _layer(H) + V * H + 2048 * H  # the embedding and the learned positions
+# the embedding and the learned positions, whole on each of the 8 tensor ranks (Megatron-LM @ 6985e58
+# megatron/model/language_model.py lines 139-141: a torch.nn.Embedding), so 8 times in a count a rank holds 1/8 of
+STAGE0 = 5 * _layer(H) + V * H + 8 * 2048 * H
 MIDDLE = 5 * _layer(H)
 LAST = 5 * _layer(H) + 2 * H + V * H  # the final norm and the tied head's own copy
 
@@ -151,7 +153,7 @@ def test_deepspeed_bf16_gradient_all_reduce_by_hand():
     got = derived_sync(sc, "grad_sync")
     assert got[5] == pytest.approx(want * 1e3)
     # the first stage adds the tied embedding's fp32 gradient (_hp_grad), all-reduced with the last stage's
-    first = 5 * _layer(BH) / 4 + (BV * BH + 2048 * BH) / 4
+    first = 5 * _layer(BH) / 4 + BV * BH / 4 + 2048 * BH  # the position table whole on each of the TP 4 ranks
     tied = LAT + BV * BH / 4 * 4 / OPA
     assert got[0] == pytest.approx((LAT + first * 2 * 2 * 7 / 8 / (2 * OPA) + first * 16 / HBM + tied) * 1e3)
 
@@ -227,9 +229,9 @@ def test_deepspeed_bf16_gradient_accumulation_by_hand():
     [row] = [k for k in derive.layer_kernels(st, 0) if k.name == "gradient accumulation"]
     assert row.component == "mlp_backward_weight"
     assert row.seconds == pytest.approx(_layer(BH) / 4 * 18 / HBM + FLOOR)
-    # the first stage's embedding (vocabulary 250,880 and 2,048 positions, x h, / TP 4) as well
+    # the first stage's embedding (vocabulary 250,880 x h / TP 4, and 2,048 positions x h whole on each rank) as well
     [emb] = [k for k in derive.extra_kernels(st, st.stages[0]) if k.name == "embedding gradient accumulation"]
-    assert emb.seconds == pytest.approx((BV + 2048) * BH / 4 * 18 / HBM + FLOOR)
+    assert emb.seconds == pytest.approx((BV / 4 + 2048) * BH * 18 / HBM + FLOOR)
     # Megatron-LM 2021's DDP hook instead: main_grad.add_(grad), read 2 + 4, write 4 (model.runtime alone)
     meg = derive.setup(_load("bloom-176b", ["step.runtime=megatron"]))
     [row] = [k for k in derive.layer_kernels(meg, 0) if k.name == "gradient accumulation"]
@@ -295,16 +297,16 @@ def test_fp8_weight_refresh_once_per_step_by_hand(overrides, cast):
 
 
 def test_mlperf_start_wait_by_hand():
-    # stage 0: the layer (12 h^2 + 13 h) and the embedding (50,688 x h padded vocabulary + 2,048 x h learned
-    # positions), / TP 4,
-    # bf16; DP 16 as 8 nodes of 2 ranks (2 NICs): Simple ring 8.4 + 8 x 3.4 (NVLink hops) + 7 x 14 us, LL128
+    # stage 0: the layer (12 h^2 + 13 h) and the embedding (50,688 x h padded vocabulary), / TP 4, and the
+    # 2,048 x h learned positions, whole on every tensor rank (Megatron-LM @ 1e05700 language_model_embedding.py
+    # lines 65-68), bf16; DP 16 as 8 nodes of 2 ranks (2 NICs): Simple ring 8.4 + 8 x 3.4 (NVLink hops) + 7 x 14 us, LL128
     # 14 + 8 x 1.9 + 7 x 4 us at 0.92 of the bus; 9 buckets each pay the ring's latency
     # the embedding in apex's buckets (NeMo 1.x's own fp32 AdamW off: tests/test_nemo_held_grad_sync.py has it on)
     nemo_off = ["step.fp32_embedding_optimizer=false", "step.grad_sync_held=[]"]
     sc = _load("mlperf31-gpt3-512", nemo_off)
     rates = sc.derived().setup.rates
-    stage0 = (12 * GH * GH + 13 * GH + (50688 + 2048) * GH) / 4 * 2
-    assert sc.derived().stages[0].dense_params == 12 * GH * GH + 13 * GH + (50688 + 2048) * GH
+    stage0 = ((12 * GH * GH + 13 * GH + 50688 * GH) / 4 + 2048 * GH) * 2
+    assert sc.derived().stages[0].dense_params == 12 * GH * GH + 13 * GH + (50688 + 4 * 2048) * GH
     moved, bus = stage0 * 15 / 16, 2 * rates.nic_bus
     want = min(9 * (8.4 + 8 * 3.4 + 7 * 14) * 1e-6 + moved / bus, 9 * (14 + 8 * 1.9 + 7 * 4) * 1e-6 + moved / (bus * 0.92))
     from dualpipe_sim.model.step_figures import start_gather_ms

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .. import limits, units
 from ..schedules.components import COMPONENTS
+from ..errors import shown
 
 # DeepSeek's profile-data names (train.json) -> [chunk] component names.
 DEEPSEEK_NAMES = {
@@ -96,9 +97,9 @@ def parse_map(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, component = item.rpartition("=")  # a name may itself hold '='
         if not sep or not name:
-            raise TraceError(f"name map {item!r}: expected NAME=COMPONENT, e.g. 'attn(F)=attn_forward'")
+            raise TraceError(f"name map {shown(item)}: expected NAME=COMPONENT, e.g. 'attn(F)=attn_forward'")
         if component not in COMPONENTS:
-            raise TraceError(f"name map {item!r}: {component!r} is not a component; one of {', '.join(COMPONENTS)}")
+            raise TraceError(f"name map {shown(item)}: {shown(component)} is not a component; one of {', '.join(COMPONENTS)}")
         names[name] = component
     return names
 

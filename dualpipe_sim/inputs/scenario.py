@@ -24,7 +24,7 @@ from . import variability
 from .channels import OrderError
 from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
-from ..errors import ScenarioError
+from ..errors import ScenarioError, cut, shown
 from ..model import ddp_buckets
 from ..model.activations import POLICIES
 from ..model.config import ModelError
@@ -614,7 +614,7 @@ def include_chunk_file(data: dict) -> dict:
         return data
     name = chunk["file"]
     if not isinstance(name, str) or not name.strip():
-        raise ScenarioError(f"chunk.file: must be the path of a TOML file with a [chunk] table, got {name!r}"[:200])
+        raise ScenarioError(f"chunk.file: must be the path of a TOML file with a [chunk] table, got {shown(name)}")
     path = Path(name)
     try:
         text = limits.read_text(path)
@@ -644,14 +644,14 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ScenarioError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. pipeline.stages=8")
+        raise ScenarioError(f"override {shown(text)}: expected KEY=VALUE with a dotted key, e.g. pipeline.stages=8")
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except ValueError:  # TOMLDecodeError (or an integer too long to convert)
         value = raw  # bare words such as 1f1b or dualpipe
     except RecursionError:
-        raise ScenarioError(f"{key}: value nested too deeply to read") from None
+        raise ScenarioError(f"{cut(key)}: value nested too deeply to read") from None
     return key.split("."), value
 
 
@@ -663,7 +663,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ScenarioError(f"override {text!r}: {part} is a value, not a table")
+                raise ScenarioError(f"override {shown(text)}: {part} is a value, not a table")
             node = child
         node[path[-1]] = value
     return data
@@ -760,7 +760,7 @@ def _first_error(exc: ValidationError) -> str:
     err = max(errors, key=lambda e: (len(e["loc"]), e["type"] == "extra_forbidden"))
     # Drop pydantic's union-branch labels ("float", "list[...]") from the path.
     loc = [str(p) for p in err["loc"] if not _is_union_label(p)]
-    field = ".".join(loc) or "scenario"
+    field = cut(".".join(loc)) or "scenario"  # a key is the user's text too
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         known = _known_keys(loc[:-1]) if loc else []
@@ -769,15 +769,12 @@ def _first_error(exc: ValidationError) -> str:
     if kind == "missing":
         return f"{field}: required key is missing"
     if kind in ("finite_number",):
-        return f"{field}: must be a finite number, got {err.get('input')!r}"
+        return f"{field}: must be a finite number, got {shown(err.get('input'))}"
     value = err.get("input")
     if isinstance(value, float) and math.isnan(value):
         return f"{field}: must be a number, got NaN"
     msg = msg.removeprefix("Value error, ")
-    shown = repr(value)
-    if len(shown) > 80:  # a hostile value must not turn the one error line into a page
-        shown = shown[:60] + f"... ({len(shown)} characters)"
-    return f"{field}: {msg[0].lower() + msg[1:]}, got {shown}"
+    return f"{field}: {msg[0].lower() + msg[1:]}, got {shown(value)}"
 
 
 class _CallableModule(types.ModuleType):

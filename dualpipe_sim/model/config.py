@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import limits
+from ..errors import shown
 
 
 class ModelError(ValueError):
@@ -107,11 +108,11 @@ def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())
     ):
-        raise ModelError(f"{where}{key}: must be a whole number, got {value!r}")
+        raise ModelError(f"{where}{key}: must be a whole number, got {shown(value)}")
     if value < minimum:
-        raise ModelError(f"{where}{key}: must be >= {minimum}, got {value!r}")
+        raise ModelError(f"{where}{key}: must be >= {minimum}, got {shown(value)}")
     if value > 10**9:
-        raise ModelError(f"{where}{key}: must be <= 1e9, got {value!r}")
+        raise ModelError(f"{where}{key}: must be <= 1e9, got {shown(value)}")
     return int(value)
 
 
@@ -130,7 +131,7 @@ def _flag(raw: dict, key: str, where: str, default: bool = False) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ModelError(f"{where}{key}: must be true or false, got {value!r}")
+        raise ModelError(f"{where}{key}: must be true or false, got {shown(value)}")
     return value
 
 
@@ -144,7 +145,7 @@ def model_type_of(raw: dict, where: str = "") -> str:
             raise ModelError(f"{where}model_type: required key is missing (or give architectures)")
     if not isinstance(mt, str) or mt not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
-        raise ModelError(f"{where}model_type: unknown architecture {mt!r} (known: {known})")
+        raise ModelError(f"{where}model_type: unknown architecture {shown(mt)} (known: {known})")
     return mt
 
 
@@ -186,7 +187,7 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
         every = w("decoder_sparse_step", default=1)
         only = raw.get("mlp_only_layers") or []
         if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
-            raise ModelError(f"{where}mlp_only_layers: must be a list of layer indices, got {only!r}")
+            raise ModelError(f"{where}mlp_only_layers: must be a list of layer indices, got {shown(only)}")
         L = common["num_layers"]
         shared = w("shared_expert_intermediate_size", default=0, minimum=0)
         extra.update(
@@ -267,7 +268,7 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
 def _dropout(raw: dict, key: str, where: str) -> float:
     value = raw.get(key, 0.1)  # GPT2Config's default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ModelError(f"{where}{key}: must be a probability in [0, 1), got {value!r}")
+        raise ModelError(f"{where}{key}: must be a probability in [0, 1), got {shown(value)}")
     return float(value)
 
 

@@ -23,6 +23,7 @@ from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
 from .sections import DTYPES, ParallelSection
+from ..errors import cut
 
 # Flash attention skips the masked half of a causal s x s square; its backward
 # runs 5 matmuls of that size (recomputing the scores) against the forward's 2.
@@ -126,7 +127,9 @@ class LayerTimes:
 
 @dataclass
 class StageFigures:
-    dense_params: int  # whole-model counts this stage holds (before any sharding)
+    # whole-model counts this stage holds (before any sharding), which one rank holds 1 / tensor of the dense part;
+    # so a learned position table, whole on every tensor rank, counts tensor times (params.embedding_over_tensor)
+    dense_params: int
     routed_params: int
     activation_bytes: float  # per micro-batch on the rank running it
     static: memory.Static  # per rank holding it
@@ -202,7 +205,7 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
     inline = section.inline()
     for key in inline:
         if key not in config.INLINE_FIELDS:
-            raise ModelError(f"model.{key}: unknown key")
+            raise ModelError(f"{cut('model.' + key)}: unknown key")
     raw: dict = {}
     where = "model."
     if section.config is not None:
@@ -521,7 +524,7 @@ def _embedding_accumulation(st: Setup, stage: layout.Stage) -> list[kernels.Kern
     shared = cfg.vocab_size * cfg.hidden_size if stage.head and cfg.tie_word_embeddings else 0
     tb = kernels.Table(st.rates, lay, cfg)
     tb.memory("embedding gradient accumulation", "mlp_backward_weight",
-              (params.embedding(cfg) - shared) / lay.tensor * lay.grad_accumulation)  # fmt: skip
+              (params.embedding_over_tensor(cfg, lay.tensor) - shared) / lay.tensor * lay.grad_accumulation)  # fmt: skip
     return tb.rows
 
 
@@ -612,13 +615,13 @@ def stage_memory(st: Setup, stage: layout.Stage, memo: Memo | None = None) -> tu
     if stage.mtp:
         mtp = params.mtp_module(cfg)
         units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
-    dense = sum(p.dense for p, _ in units) + (params.embedding(cfg) if stage.embedding else 0)
+    dense = sum(p.dense for p, _ in units) + (params.embedding_over_tensor(cfg, sh.tensor) if stage.embedding else 0)
     dense += stage_head_params(cfg, stage)
     routed = sum(p.routed for p, _ in units)
     fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
     # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
     sizes = [(p.dense, p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
-    sizes += [(n, 0, 0.0) for n, here in ((params.embedding(cfg), stage.embedding), (params.head(cfg), stage.head)) if here]
+    sizes += [(n, 0, 0.0) for n, here in ((params.embedding_over_tensor(cfg, sh.tensor), stage.embedding), (params.head(cfg), stage.head)) if here]
     biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.expert, default=(0, 0, 0.0))
     fp8_unit = max((u[2] for u in sizes), default=0.0)
     return (memory.stage_static(dense, routed, sh, fp8_dense, fp8_routed, fp8_unit),
@@ -654,7 +657,7 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
         return f, i + w
 
     sync_tab, extra_tab, params_tab = tables
-    units = [unit(*extra(embedding=True), params.embedding(cfg), 0)] if stage.embedding else []
+    units = [unit(*extra(embedding=True), params.embedding_over_tensor(cfg, sh.tensor), 0)] if stage.embedding else []
     for i, t in zip(stage.layers, times):
         p = _get(params_tab, i, params.layer, cfg, i)
         units.append(unit(t.forward, t.backward, p.dense, p.routed))
@@ -696,7 +699,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
         act = sum(_get(act_tab, i, lambda i: activations.layer_total(cfg, i, *args, sp=st.sequence_parallel), i)
                   for i in stage.layers)  # fmt: skip
         if stage.embedding:
-            dense += params.embedding(cfg)
+            dense += params.embedding_over_tensor(cfg, sh.tensor)
             act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
             dense += stage_head_params(cfg, stage)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from .config import ModelError
+from ..errors import shown
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _parse(spec, num_layers: int, stages: int, mtp_layers: int) -> list[Stage]:
             raise ModelError(f"parallel.layout: needs one layer count per stage ({stages}), got {len(spec)}")
         for i, n in enumerate(spec):
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ModelError(f"parallel.layout.{i}: must be a whole number of layers >= 0, got {n!r}")
+                raise ModelError(f"parallel.layout.{i}: must be a whole number of layers >= 0, got {shown(n)}")
         if sum(spec) != num_layers:
             raise ModelError(
                 f"parallel.layout: the stages hold {sum(spec)} layers, the model has {num_layers} "
@@ -89,7 +90,7 @@ def _parse(spec, num_layers: int, stages: int, mtp_layers: int) -> list[Stage]:
         return _from_counts(spec, mtp_layers)
     if isinstance(spec, str):
         return _from_string(spec, num_layers, stages, mtp_layers)
-    raise ModelError(f"parallel.layout: must be a list of layer counts or a Megatron layout string, got {spec!r}")
+    raise ModelError(f"parallel.layout: must be a list of layer counts or a Megatron layout string, got {shown(spec)}")
 
 
 def _from_counts(counts, mtp_layers: int) -> list[Stage]:
@@ -106,23 +107,23 @@ def _from_string(spec: str, num_layers: int, stages: int, mtp_layers: int) -> li
     bad = set(text) - set("EtmL|")
     if bad:
         raise ModelError(
-            f"parallel.layout: unknown character {sorted(bad)[0]!r} in {spec!r} "
+            f"parallel.layout: unknown character {sorted(bad)[0]!r} in {shown(spec)} "
             "(E embedding, t layer, m MTP, L head, | between stages, x*n repeats)"
         )
     parts = text.split("|")
     if parts and parts[-1] == "" and len(parts) > 1:
         parts = parts[:-1]  # a trailing | from a repeated group "(t|)*n"
     if len(parts) != stages:
-        raise ModelError(f"parallel.layout: {spec!r} has {len(parts)} stages, pipeline.stages is {stages}")
+        raise ModelError(f"parallel.layout: {shown(spec)} has {len(parts)} stages, pipeline.stages is {stages}")
     n_t = text.count("t")
     if n_t != num_layers:
-        raise ModelError(f"parallel.layout: {spec!r} places {n_t} layers, the model has {num_layers} (num_hidden_layers)")
+        raise ModelError(f"parallel.layout: {shown(spec)} places {n_t} layers, the model has {num_layers} (num_hidden_layers)")
     if text.count("E") != 1 or "E" not in parts[0]:
-        raise ModelError(f"parallel.layout: {spec!r} must place the embedding E once, on the first stage")
+        raise ModelError(f"parallel.layout: {shown(spec)} must place the embedding E once, on the first stage")
     if text.count("L") != 1 or "L" not in parts[-1]:
-        raise ModelError(f"parallel.layout: {spec!r} must place the head L once, on the last stage")
+        raise ModelError(f"parallel.layout: {shown(spec)} must place the head L once, on the last stage")
     if text.count("m") > mtp_layers:
-        raise ModelError(f"parallel.layout: {spec!r} places {text.count('m')} MTP modules, the model has {mtp_layers}")
+        raise ModelError(f"parallel.layout: {shown(spec)} places {text.count('m')} MTP modules, the model has {mtp_layers}")
     out, first = [], 0
     for p in parts:
         n = p.count("t")

@@ -88,6 +88,16 @@ def embedding(cfg: ModelConfig) -> int:
     return cfg.vocab_size * cfg.hidden_size + cfg.max_positions * cfg.hidden_size
 
 
+def embedding_over_tensor(cfg: ModelConfig, tensor: int) -> int:
+    """The embedding as a stage's dense count takes it, which one rank holds ``1 / tensor`` of:
+    the word table is split over the tensor ranks, the learned position table is whole on every
+    one (Megatron-core's "Position embedding (serial)", a torch.nn.Embedding beside the
+    VocabParallelEmbedding: NVIDIA/Megatron-LM @ 1e05700 language_model_embedding.py lines 65-68;
+    Megatron-LM 2021 the same, 6985e58 megatron/model/language_model.py lines 139-141), so it
+    counts ``tensor`` times."""
+    return cfg.vocab_size * cfg.hidden_size + tensor * cfg.max_positions * cfg.hidden_size
+
+
 def head(cfg: ModelConfig) -> int:
     """Final norm and output projection, held by the last stage (a tied head holds its own copy
     there, as Megatron does when embedding and head sit on different stages)."""

@@ -66,16 +66,16 @@ class KernelRates:
         """The GPU's rates while a kernel nobody told the compute about holds ``sms`` of its SMs (an NCCL
         collective beside it): each GEMM keeps the tiles and grid its library picks for the whole GPU and
         runs them on the SMs left as its schedule allows (gemm.rounds); flash attention at the share of
-        SMs left; memory-bound kernels, HBM and the links unchanged."""
+        SMs left; memory-bound kernels, HBM and the links unchanged.  The attention library is chosen
+        before (with_attention_kernel, at setup), so the rates scaled here are that library's; its tables
+        are not read again (with_attention_kernel refuses held rates)."""
         total = self.held_sms + sms  # a kernel beside two (a data-parallel collective and the ring's P2P)
         left = self.sms - total
         if left < 1:
             raise ModelError(f"must be below the GPU's {self.sms} SMs, got {total} held")
         share = left / (self.sms - self.held_sms)
         return replace(self, held_sms=total, attention_forward=self.attention_forward * share,
-                       attention_backward=self.attention_backward * share,
-                       attention_fa2=_scaled_table(self.attention_fa2, share),
-                       attention_fa1=_scaled_table(self.attention_fa1, share))  # fmt: skip
+                       attention_backward=self.attention_backward * share)  # fmt: skip
 
     def with_fp8_gemm(self, library: str) -> "KernelRates":
         """The same GPU with the FP8 GEMMs of ``library`` ("cublas" or "deepgemm")."""
@@ -86,7 +86,10 @@ class KernelRates:
         return replace(self, gemm_fp8=self.gemm_fp8_deepgemm)
 
     def with_attention_kernel(self, kernel: str) -> "KernelRates":
-        """The same GPU with the flash attention kernels of ``kernel`` ("cudnn", "flash-attn-2" or "flash-attn-1")."""
+        """The same GPU with the flash attention kernels of ``kernel`` ("cudnn", "flash-attn-2" or "flash-attn-1").
+        Whole-GPU rates only: held() scales the chosen library's rates, not the tables."""
+        if self.held_sms:
+            raise RuntimeError("with_attention_kernel: choose the library before SMs are held (held())")
         if kernel == "flash-attn-1":
             if self.attention_fa1 is None:
                 raise ValueError(f'"flash-attn-1" has no measured table on {self.name} (H100, H800, H200 only)')

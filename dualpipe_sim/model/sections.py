@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .hardware import PRESETS
+from ..errors import shown
 
 DTYPES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 Dtype = Literal["fp32", "bf16", "fp16", "fp8"]
@@ -38,7 +39,7 @@ def _known_overlaps(names, known):
     """``names`` (a list, or a dict's keys) when each is one of Transformer Engine's overlaps in ``known``."""
     for name in names:
         if name not in known:
-            raise ValueError(f"unknown overlap {name!r}: one of {', '.join(known)}")
+            raise ValueError(f"unknown overlap {shown(name)}: one of {', '.join(known)}")
     return names
 
 

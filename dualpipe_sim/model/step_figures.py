@@ -319,7 +319,7 @@ def fp32_embedding_extra_bytes(st, where) -> float:
     the word embedding on another stage, at FP32_GRAD_BYTES an element instead of model.grads_dtype's; counted over
     tensor as the stage's dense parameters are."""
     cfg, sh = st.cfg, st.sharding
-    elements = params.embedding(cfg) if where.embedding else 0
+    elements = params.embedding_over_tensor(cfg, sh.tensor) if where.embedding else 0
     if where.head and cfg.tie_word_embeddings and not where.embedding:
         elements += cfg.vocab_size * cfg.hidden_size
     return elements / sh.tensor * (FP32_GRAD_BYTES - sh.grads_bytes)
@@ -840,7 +840,7 @@ def last_unit_grads(st, where) -> tuple[float, float]:
     the last backward's last unit, the stage's first (its embedding, else its first layer, else its MTP module)."""
     cfg, sh = st.cfg, st.sharding
     first = params.layer(cfg, where.layers[0]) if where.layers else params.mtp_module(cfg)
-    dense, routed = (params.embedding(cfg), 0) if where.embedding else (first.dense, first.routed)
+    dense, routed = (params.embedding_over_tensor(cfg, sh.tensor), 0) if where.embedding else (first.dense, first.routed)
     return dense / sh.tensor * sh.grads_bytes, routed / sh.expert * sh.grads_bytes
 
 

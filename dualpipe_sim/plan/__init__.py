@@ -35,6 +35,7 @@ from ..sweep.executors import default_jobs
 from .space import ModelShape, enumerate_candidates, shards_nothing
 from .step_times import one as step_time_or_words
 from .step_times import all_step_times
+from ..errors import shown
 
 DEFAULT_BUDGET = 200  # candidates simulated at least (when that many survive pruning)
 DEFAULT_TOP = 10
@@ -95,15 +96,15 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     ``dask_scheduler``: simulate on that dask.distributed cluster instead of ``jobs`` local
     processes (a bad address raises sweep's SweepError, param ``dask_scheduler``)."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise PlanError(f"top: must be a whole number >= 1, got {top!r}")
+        raise PlanError(f"top: must be a whole number >= 1, got {shown(top)}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise PlanError(f"budget: must be a whole number >= 1, got {budget!r}")
+        raise PlanError(f"budget: must be a whole number >= 1, got {shown(budget)}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise PlanError(f"jobs: must be a whole number >= 1, got {jobs!r}")
+        raise PlanError(f"jobs: must be a whole number >= 1, got {shown(jobs)}")
     if dask_scheduler is not None and jobs is not None:
         raise PlanError("jobs: does not apply with dask_scheduler (the cluster's workers run the candidates)")
     if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
-        raise SweepError("dask_scheduler", f"empty address {dask_scheduler!r}; give the scheduler's address, "
+        raise SweepError("dask_scheduler", f"empty address {shown(dask_scheduler)}; give the scheduler's address, "
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides)

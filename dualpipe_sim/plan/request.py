@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import ScenarioError
+from ..errors import ScenarioError, shown
 from ..model import derive
 from ..model.config import ModelError
 from ..model.hardware import PRESETS
@@ -67,7 +67,7 @@ def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides:
     base["model"]["seq_length"] = seq
     if hardware is not None:
         if hardware not in PRESETS:
-            raise PlanError(f"hardware: unknown GPU preset {hardware!r} (known: {', '.join(PRESETS)})")
+            raise PlanError(f"hardware: unknown GPU preset {shown(hardware)} (known: {', '.join(PRESETS)})")
         base["hardware"] = {"preset": hardware}
     if "hardware" not in base:
         raise PlanError("hardware: give a GPU preset or a [hardware] section in the scenario")
@@ -109,7 +109,7 @@ def model_shape(base: dict) -> ModelShape:
 def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
     for name, value in (("gpus", gpus), ("global_batch", global_batch), ("seq", seq)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PlanError(f"{name}: must be a whole number >= 1, got {value!r}")
+            raise PlanError(f"{name}: must be a whole number >= 1, got {shown(value)}")
     from ..model.sections import HardwareSection
 
     try:

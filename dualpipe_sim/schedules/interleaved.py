@@ -46,6 +46,7 @@ from __future__ import annotations
 from .ir import Op, Schedule
 from .family import register
 from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
+from ..errors import shown
 
 DEFAULT_CHUNKS = 2
 
@@ -55,7 +56,7 @@ def check_interleaved(
 ) -> str | None:
     v = chunks_per_rank
     if not isinstance(v, int) or v < 1:
-        return f"pipeline.chunks_per_rank must be a whole number >= 1 for interleaved-1f1b, got {v!r}"
+        return f"pipeline.chunks_per_rank must be a whole number >= 1 for interleaved-1f1b, got {shown(v)}"
     if stages < 1 or stages % v:
         return (
             f"pipeline.stages must be a positive multiple of chunks_per_rank = {v} for interleaved-1f1b, "
@@ -73,7 +74,7 @@ def group_problem(p: int, m: int, n: int | None) -> str | None:
     if n is None:
         return None
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        return f"pipeline.microbatch_group must be a whole number >= 1, got {n!r}"
+        return f"pipeline.microbatch_group must be a whole number >= 1, got {shown(n)}"
     if not p <= n <= m:
         return (
             f"pipeline.microbatch_group must be between the ranks ({p}) and pipeline.microbatches ({m}), "

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 from .rules import KINDS, PAIR_BACKWARDS, PAIR_KIND, Kind
+from ..errors import shown
 
 
 class Op(NamedTuple):
@@ -158,28 +159,28 @@ def op_to_json(op: Op) -> dict:
 
 def action_from_json(obj: dict) -> Action:
     if not isinstance(obj, dict):
-        raise ScheduleError(f"schedule JSON: an action must be an object, got {obj!r}")
+        raise ScheduleError(f"schedule JSON: an action must be an object, got {shown(obj)}")
     if obj.get("kind") == PAIR_KIND:
         fwd, bwd = op_from_json(obj.get("forward")), op_from_json(obj.get("backward"))
         if fwd.kind != Kind.F or bwd.kind not in PAIR_BACKWARDS:
-            raise ScheduleError(f"schedule JSON: FB needs a forward F and a backward B or I, got {obj!r}")
+            raise ScheduleError(f"schedule JSON: FB needs a forward F and a backward B or I, got {shown(obj)}")
         return FB(fwd, bwd)
     return op_from_json(obj)
 
 
 def op_from_json(obj) -> Op:
     if not isinstance(obj, dict):
-        raise ScheduleError(f"schedule JSON: an op must be an object, got {obj!r}")
+        raise ScheduleError(f"schedule JSON: an op must be an object, got {shown(obj)}")
     kind = obj.get("kind")
     if kind not in KINDS:
         raise ScheduleError(
-            f"schedule JSON: op kind must be one of {', '.join(k.value for k in KINDS)} or {PAIR_KIND}, got {kind!r}"
+            f"schedule JSON: op kind must be one of {', '.join(k.value for k in KINDS)} or {PAIR_KIND}, got {shown(kind)}"
         )
     fields = {}
     for key in ("microbatch", "stage", "direction"):
         value = obj.get(key, 0 if key == "direction" else None)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ScheduleError(f"schedule JSON: op {key} must be a whole number >= 0, got {value!r} in {obj!r}")
+            raise ScheduleError(f"schedule JSON: op {key} must be a whole number >= 0, got {shown(value)} in {shown(obj)}")
         fields[key] = value
     if fields["direction"] not in (0, 1):
         raise ScheduleError(f"schedule JSON: op direction must be 0 or 1, got {fields['direction']}")

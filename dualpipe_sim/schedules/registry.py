@@ -13,6 +13,7 @@ from .. import limits
 from .ir import Schedule, ScheduleError
 from . import FAMILIES
 from .family import Family
+from ..errors import shown
 
 
 def _table(families: tuple[Family, ...]) -> dict[str, Family]:
@@ -39,7 +40,7 @@ def get(name: str) -> Family:
         known = ", ".join(sorted(_REGISTRY))
         close = [n for n in _REGISTRY if n.lower() == str(name).lower()]  # DualPipe -> dualpipe
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ScheduleError(f"pipeline.schedule: unknown schedule {name!r}{hint}; known: {known}") from None
+        raise ScheduleError(f"pipeline.schedule: unknown schedule {shown(name)}{hint}; known: {known}") from None
 
 
 def build(name: str, stages: int, microbatches: int, *, max_memory: float = limits.DEFAULT_MAX_MEMORY,

@@ -28,6 +28,7 @@ from .executors import DaskExecutor, LocalExecutor
 from .grid import Axis, Oddity, check_against, grid_oddities, make_axes, points
 from .results import ResultsFile, ResumeError, columns, extend_rows, make_row, point_key, read_rows, row_key
 from .summary import parse_bytes, summary_markdown
+from ..errors import shown
 
 RESULTS = "results.csv"
 SUMMARY = "summary.md"
@@ -77,7 +78,7 @@ def run_sweep(
     each finished point (progress.py); ``charts=False`` skips the PNG charts.
     Raises ScenarioError or SweepError (bad input, nothing written) or Interrupted."""
     if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
-        raise SweepError("dask_scheduler", f"empty address {dask_scheduler!r}; give the scheduler's address, "
+        raise SweepError("dask_scheduler", f"empty address {shown(dask_scheduler)}; give the scheduler's address, "
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
     out = Path(out)
     raw = scenario if isinstance(scenario, dict) else load_raw(scenario)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ..schedules import registry
 from ..inputs.scenario import Scenario, ScenarioError, apply_overrides, from_dict, oddities
+from ..errors import cut, shown
 
 MAX_POINTS = 1_000_000  # a guard against a typo such as a range of 1e9 values
 
@@ -62,7 +63,7 @@ def toml_text(value) -> str:
         return "[" + ", ".join(toml_text(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_text(v)}" for k, v in value.items()) + "}"
-    raise ScenarioError(f"grid: cannot use {value!r} ({type(value).__name__}) as a scenario value")
+    raise ScenarioError(f"grid: cannot use {shown(value)} ({type(value).__name__}) as a scenario value")
 
 
 def make_axes(grid: Mapping[str, Iterable] | Iterable[Axis]) -> list[Axis]:
@@ -72,15 +73,15 @@ def make_axes(grid: Mapping[str, Iterable] | Iterable[Axis]) -> list[Axis]:
     keys = [a.key for a in axes]
     for axis in axes:
         if not axis.key or any(not part.strip() for part in axis.key.split(".")):
-            raise ScenarioError(f"grid: {axis.key!r} is not a dotted scenario key such as pipeline.stages")
+            raise ScenarioError(f"grid: {shown(axis.key)} is not a dotted scenario key such as pipeline.stages")
         if keys.count(axis.key) > 1:
-            raise ScenarioError(f"{axis.key}: the key is given twice in the grid; put all its values in one axis")
+            raise ScenarioError(f"{cut(axis.key)}: the key is given twice in the grid; put all its values in one axis")
         if not axis.values:
-            raise ScenarioError(f"{axis.key}: a grid axis needs at least one value")
+            raise ScenarioError(f"{cut(axis.key)}: a grid axis needs at least one value")
         seen: set[str] = set()
         for text, value in zip(axis.texts, axis.values):
             if repr(value) in seen:
-                raise ScenarioError(f"{axis.key}: value {text} appears twice in the grid")
+                raise ScenarioError(f"{cut(axis.key)}: value {cut(text)} appears twice in the grid")
             seen.add(repr(value))
     total = 1
     for axis in axes:
@@ -137,10 +138,10 @@ def check_against(base: dict, axes: list[Axis]) -> None:
                 try:
                     from_dict(data)
                 except ScenarioError as exc:
-                    raise ScenarioError(f"grid value {axis.key}={text}: {exc}") from None
+                    raise ScenarioError(f"grid value {cut(axis.key)}={cut(text)}: {exc}") from None
             if axis.key == "pipeline.schedule" and data["pipeline"]["schedule"] not in known:
                 raise ScenarioError(
-                    f"grid value pipeline.schedule={text}: unknown schedule {data['pipeline']['schedule']!r}; "
+                    f"grid value pipeline.schedule={cut(text)}: unknown schedule {shown(data['pipeline']['schedule'])}; "
                     f"known: {', '.join(known)}"
                 )
 

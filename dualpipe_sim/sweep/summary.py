@@ -17,6 +17,7 @@ import re
 from ..units import count, number, percent
 from ..units import nbytes as human_bytes
 from .errors import SweepError
+from ..errors import shown
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -31,10 +32,10 @@ def parse_bytes(text: str | float) -> float:
         match = _BYTES.match(str(text))
         unit = match.group(2).lower() if match else None
         if not match or unit not in _UNITS:
-            raise SweepError("memory_limit", f"expected a size in bytes such as 80e9, 80GB or 80GiB, got {text!r}")
+            raise SweepError("memory_limit", f"expected a size in bytes such as 80e9, 80GB or 80GiB, got {shown(text)}")
         value = float(match.group(1)) * _UNITS[unit]
     if not value > 0 or value == float("inf"):
-        raise SweepError("memory_limit", f"must be a finite size > 0, got {text!r}")
+        raise SweepError("memory_limit", f"must be a finite size > 0, got {shown(text)}")
     return value
 
 

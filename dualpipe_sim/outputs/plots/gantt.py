@@ -67,6 +67,13 @@ def _row_y(rank: int) -> float:
     return -rank * ROW_H
 
 
+def time_axis(ax) -> None:
+    """The x axis in ms, ticks as units.number writes them: 243,992 ms with its thousands separator,
+    not -8 + 2.44e5; past 1e15 units' engineering form (800e18), not 21 digits per tick."""
+    ax.set_xlabel("time (ms)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: units.number(v)))
+
+
 def boxes(x0, x1, y, h, **style):
     """Rectangles [x0, x1] x [y, y + h] as one artist.  With one face colour they are one
     compound path (one Path object for all of them: a collection of 90,000 rectangles
@@ -295,9 +302,7 @@ def rank_axis(ax, ranks: int, t0: float, t1: float) -> None:
                LANE_H + COMM_H, facecolors="#f4f4f4", edgecolors="none", zorder=0),
         autolim=False,
     )  # fmt: skip
-    ax.set_xlabel("time (ms)")
-    # 243,992 ms, not -8 + 2.44e5; past 1e15 units' engineering form (800e18), not 21 digits per tick.
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: units.number(v)))
+    time_axis(ax)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 

@@ -17,7 +17,7 @@ from ...schedules.components import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
 from ... import units
 from ...schedules.rules import KIND_CODES
 from ...engine.trace import A2A, Trace
-from .gantt import boxes, glyph, draw_texts
+from .gantt import boxes, glyph, draw_texts, time_axis
 from .style import COLOURS, hues
 
 HEIGHT_IN = 2.4  # the pair view's share of the figure, axes and titles included
@@ -110,7 +110,7 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
     ax.tick_params(axis="y", length=0)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    ax.set_xlabel("time (ms)")
+    time_axis(ax)  # as the chart above: 4,650 ms, not 4650
     stages = ", ".join(f"{k} on stage {int(r['stage'][0])}" for k, r in (("F", f), ("B", b)) if len(r))
     ax.set_title(f"one overlapped pair part by part (rank {rank}, {stages}, "
                  f"{units.number(t0)} to {units.duration(t1)}): forward parts above, backward below; "
