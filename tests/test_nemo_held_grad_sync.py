@@ -209,7 +209,8 @@ def test_fp32_optimizer_leaves_apex():
     d_on, d_off = on.derived(), off.derived()
     st = d_on.setup
     kept = step_figures.apex_stage(on, st, st.stages[0], d_on.stages[0])
-    assert kept.dense_params == d_on.stages[0].dense_params - (V * H + P * H)
+    # the stage counts its embeddings over the tensor ranks: the word table once, the positions whole on each of TP
+    assert kept.dense_params == d_on.stages[0].dense_params - (V * H + TP * P * H)
     assert kept.dense_params == d_on.stages[1].dense_params  # a layer's, as stage 1's
     assert step_figures.apex_stage(off, st, st.stages[0], d_off.stages[0]) is d_off.stages[0]
     # the step's start waits for stage 0's apex gather: its layer alone, in its 9 buckets

@@ -325,11 +325,12 @@ def fp32_embedding_extra_bytes(st, where) -> float:
     return elements / sh.tensor * (FP32_GRAD_BYTES - sh.grads_bytes)
 
 
-def fp32_optimizer_params(cfg, where) -> int:
+def fp32_optimizer_params(cfg, where, tensor: int) -> int:
     """Whole-model parameter counts of a stage copy that NeMo 1.x's explicit fp32 AdamW holds instead of apex
-    (step.fp32_embedding_optimizer), counted as the stage counts them (params.embedding on the embedding stage; a
-    tied head's own copy of the word embedding, V x h, on another stage): what apex's buckets and shards leave out."""
-    n = params.embedding(cfg) if where.embedding else 0
+    (step.fp32_embedding_optimizer), counted as the stage counts them (params.embedding_over_tensor on the embedding
+    stage: the learned positions whole on each tensor rank; a tied head's own copy of the word embedding, V x h, on
+    another stage): what apex's buckets and shards leave out."""
+    n = params.embedding_over_tensor(cfg, tensor) if where.embedding else 0
     if not where.embedding and where.head and cfg.tie_word_embeddings:
         n += cfg.vocab_size * cfg.hidden_size
     return n
@@ -355,7 +356,7 @@ def apex_stage(scenario, st, where, stage):
     step = scenario.step
     if step is None or not step.fp32_embedding_optimizer:
         return stage
-    return replace(stage, dense_params=stage.dense_params - fp32_optimizer_params(st.cfg, where))
+    return replace(stage, dense_params=stage.dense_params - fp32_optimizer_params(st.cfg, where, st.sharding.tensor))
 
 
 def fp32_optimizer_all_reduce_ms(st, where) -> float:
@@ -494,7 +495,7 @@ def nemo_sync(scenario, derived=None) -> NemoSync:
                 sixteen += apex_stage(scenario, st, where, derived.stages[s]).dense_params / sh.tensor
                 sixteen -= fp8_param_elements(st, where)[0]
                 if step.fp32_embedding_grads:
-                    sixteen -= fp32_optimizer_params(cfg, where) / sh.tensor  # the same embeddings, as counted
+                    sixteen -= fp32_optimizer_params(cfg, where, sh.tensor) / sh.tensor  # the same embeddings, as counted
         cap, grad_bytes = step.bucket_cap_mb, int(sh.grads_bytes)
         if fp32_tensors:  # NeMo's init_params_bucket: the fp32 gradients in buckets of their own
             held_buckets[first] += ddp_buckets.apex_buckets(fp32_tensors, cap, sh.data, grad_bytes)
