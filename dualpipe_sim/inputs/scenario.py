@@ -207,6 +207,9 @@ class Step(_Section):
     # SMs (NCCL CTAs) a data-parallel collective takes from the compute it overlaps (model/step_figures.py,
     # NCCL_DP_CTAS); 0: it takes none
     dp_comm_sms: Annotated[int, Field(ge=0, le=64)] = 16
+    # Megatron-core's DDP average_in_collective: the gradient reduce-scatter averages in NCCL (ncclAvg), not a sum,
+    # which keeps it off NCCL's PAT algorithm (model/collectives.py, bucketed)
+    average_in_collective: bool = False
 
     @field_validator("grad_sync_buckets", mode="before")
     @classmethod
@@ -229,6 +232,7 @@ class Step(_Section):
 
     @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", "grad_sync_shares_p2p",
                      "overlap_param_gather_with_optimizer_step", "fp32_embedding_grads", "fp32_embedding_optimizer",
+                     "average_in_collective",
                      mode="before")
     @classmethod
     def _bool(cls, v):

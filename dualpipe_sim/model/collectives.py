@@ -63,31 +63,66 @@ NCCL_RING_NVLINK = {"simple": 3.4, "ll128": 1.9}
 NCCL_RING_NET = {"simple": 14.0, "ll128": 4.0}
 NCCL_NET_OVERHEAD_FACTOR = {"simple": 3.0, "ll128": 1.0}
 
+# From v2.23 (tuning.cc @ v2.23.4-1 and every release since, read at v2.25.1-1 lines 256, 261, 299-300, 322, 340-345
+# and v2.28.3-1): a group of one rank a node gives LL128 0.92 of the bus like any other, its network steps take the
+# tree's network latency ("with ppn=1 latencies are fully exposed": LL 5.0, LL128 8.5, Simple 14 us), an all-reduce
+# ring crosses the network 2(nodes - 1) times (was 2 x nodes), and reduce-scatter / all-gather may take PAT
+# (ncclPatEnable: one rank a node, Simple only) at 0.75 of the bus (0.85 in v2.23), no ring (n-1)/n, with a latency of
+# 8 + log2(nodes) x 14 / 3.5 + 2.8 x ranks us paid once per batch of up to 10 coalesced calls
+# (ncclTopoGetAlgoTime's DIVUP(numPipeOps, NCCL_MAX_DEV_WORK_BATCH_COLLS): 1,024 B / a 96 B ncclDevWorkColl,
+# include/device.h @ v2.25.1-1).
+NCCL_ONE_PER_NODE_RULES = (2, 23)
+NCCL_TREE_NET = {"ll": 5.0, "ll128": 8.5, "simple": 14.0}
+NCCL_PAT_BASE, NCCL_PAT_PER_RANK = 8.0, 2.8
+NCCL_PAT_BUS = {(2, 23): 0.85}  # v2.23.4-1 line 193; 0.75 from v2.24 (v2.24.3-1 line 256, v2.25.1-1 line 261)
+NCCL_PAT_BATCH = 10
 
-def ring_latency(protocol: str, ranks: int, per_node: int) -> float:
+
+def one_per_node_rules(nccl: tuple[int, ...] | None) -> bool:
+    """Whether NCCL release ``nccl`` (hardware.nccl_version; None: the v2.18.5 rules) has v2.23's rules."""
+    return nccl is not None and tuple(nccl[:2]) >= NCCL_ONE_PER_NODE_RULES
+
+
+def ring_latency(protocol: str, ranks: int, per_node: int, nccl: tuple[int, ...] | None = None) -> float:
     """Seconds of NCCL's modelled latency for one ring reduce-scatter / all-gather over ``ranks`` ranks,
-    ``per_node`` on each node: ranks - 1 steps, nodes - 1 of them across the network."""
+    ``per_node`` on each node: ranks - 1 steps, nodes - 1 of them across the network (from v2.23 at the tree's
+    network latency with one rank a node)."""
     nodes = -(-ranks // per_node)
     overhead = NCCL_NET_OVERHEAD * NCCL_NET_OVERHEAD_FACTOR[protocol] if nodes > 1 else 0.0
     intra = max(NCCL_RING_NVLINK[protocol], overhead)
     inter_steps = nodes - 1
-    return (NCCL_RING_BASE[protocol] + (ranks - 1 - inter_steps) * intra + inter_steps * NCCL_RING_NET[protocol]) * 1e-6
+    net = NCCL_TREE_NET[protocol] if per_node == 1 and one_per_node_rules(nccl) else NCCL_RING_NET[protocol]
+    return (NCCL_RING_BASE[protocol] + (ranks - 1 - inter_steps) * intra + inter_steps * net) * 1e-6
 
 
-def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int) -> float:
+def pat_latency(ranks: int) -> float:
+    """Seconds of NCCL's (v2.23+) modelled latency for one PAT reduce-scatter / all-gather over ``ranks`` ranks,
+    one a node: a base, log2(nodes) network hops at the tree's Simple latency / 3.5, and a part linear in ranks."""
+    return (NCCL_PAT_BASE + (ranks.bit_length() - 1) * NCCL_TREE_NET["simple"] / 3.5 + NCCL_PAT_PER_RANK * ranks) * 1e-6
+
+
+def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int, averaged: bool = False) -> float:
     """Seconds for a reduce-scatter or all-gather of ``nbytes`` over ``n`` ranks across nodes (``per_node`` of
     them, each with its NIC, on a node), sent as ``buckets`` equal NCCL collectives in one group (apex's
     coalesced bucket syncs).  As NCCL's tuner times it (tuning.cc ncclTopoGetAlgoTime, enqueue.cc's
-    aggregation: a ring pays its latency once per op) and picks the faster protocol: latency x buckets +
+    aggregation: a ring pays its latency once per op) and picks the fastest protocol: latency x buckets +
     bytes x factor / bus bandwidth, the bus the measured NIC one (x per_node NICs; LL128 a fraction of it).
-    Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring latency is ~1 ms."""
+    Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring latency is ~1 ms.
+    ``rates.nccl`` (hardware.nccl_version) from v2.23 with one rank a node: LL128 at 0.92, the tree's network
+    latency, and PAT, unless ``averaged`` (a reduce-scatter with ncclAvg: NCCL runs bf16 / fp16 / fp32 averages as
+    PreMulSum, which enqueue.cc keeps off PAT)."""
     if n <= 1 or nbytes <= 0:
         return 0.0
+    nccl = rates.nccl
     bus = rates.nic_bus * per_node
-    ll128 = 0.92 if per_node >= 2 else 0.7
+    ll128 = 0.92 if per_node >= 2 or one_per_node_rules(nccl) else 0.7
     moved = nbytes * FACTORS[op](n)
-    return min(buckets * ring_latency("simple", n, per_node) + moved / bus,
-               buckets * ring_latency("ll128", n, per_node) + moved / (bus * ll128))
+    best = min(buckets * ring_latency("simple", n, per_node, nccl) + moved / bus,
+               buckets * ring_latency("ll128", n, per_node, nccl) + moved / (bus * ll128))
+    if per_node == 1 and one_per_node_rules(nccl) and not (op == "reduce_scatter" and averaged):
+        pat_bus = bus * NCCL_PAT_BUS.get(tuple(nccl[:2]), 0.75)
+        best = min(best, -(-buckets // NCCL_PAT_BATCH) * pat_latency(n) + nbytes / pat_bus)
+    return best
 
 
 def all_to_all(sent: float, rates, link: str) -> float:
@@ -120,18 +155,21 @@ NCCL_LL_NET = {"tree": 5.0, "ring": 2.7}
 NCCL_NET_OVERHEAD = 1.0
 
 
-def small_all_reduce(ranks: int, per_node: int) -> float:
+def small_all_reduce(ranks: int, per_node: int, nccl: tuple[int, ...] | None = None) -> float:
     """Seconds NCCL's tuning model predicts for an all-reduce of a few bytes over ``ranks`` ranks, ``per_node``
     of them on each node: the lower of tree (up and down a tree of nodes, log2(nodes) network hops each way)
-    and ring (2(n-1) steps, 2 x nodes of them across the network) with the LL protocol.  Used where a
-    collective is all latency (FP8 amax reductions), over groups of up to thousands of GPUs; the bandwidth
-    model above keeps its measured latency."""
+    and ring (2(n-1) steps, 2 x nodes of them across the network; from v2.23, ``nccl``, 2(nodes - 1), at the
+    tree's network latency with one rank a node) with the LL protocol.  Used where a collective is all latency
+    (FP8 amax reductions), over groups of up to thousands of GPUs; the bandwidth model above keeps its
+    measured latency."""
     if ranks <= 1:
         return 0.0
     nodes = -(-ranks // per_node)
     ppn = ranks / nodes
     tree = NCCL_LL_BASE["tree"] + 2 * ((ppn - 1) * NCCL_LL_NVLINK + (nodes.bit_length() - 1) * NCCL_LL_NET["tree"])
-    net_steps = 2 * nodes if nodes > 1 else 0
+    new_rules = one_per_node_rules(nccl)
+    net_steps = (2 * (nodes - 1) if new_rules else 2 * nodes) if nodes > 1 else 0
+    net = NCCL_TREE_NET["ll"] if new_rules and ppn == 1 else NCCL_LL_NET["ring"]
     intra = max(NCCL_LL_NVLINK, NCCL_NET_OVERHEAD) if nodes > 1 else NCCL_LL_NVLINK
-    ring = NCCL_LL_BASE["ring"] + (2 * (ranks - 1) - net_steps) * intra + net_steps * NCCL_LL_NET["ring"]
+    ring = NCCL_LL_BASE["ring"] + (2 * (ranks - 1) - net_steps) * intra + net_steps * net
     return min(tree, ring) * 1e-6

@@ -70,6 +70,7 @@ class Setup:
     ub_not_told: tuple[str, ...] = ()  # parallel.tp_overlap_not_told
     qkv_prepare: bool = False  # TE's flash-attn path copies q, k, v out of the interleaved QKV output (qkv_prepare)
     evaluation: bool = False  # the forward with autograd off, as an evaluation runs it (kernels.Layout.evaluation)
+    grads_averaged: bool = False  # step.average_in_collective: the gradient reduce-scatter is an ncclAvg
 
     @property
     def ring_serial(self) -> bool:
@@ -271,9 +272,12 @@ def setup(scenario, stages: int | None = None) -> Setup:
             raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
                              "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200)")
         if section.efficiency is not None or section.preset is None:
+            if section.nccl_version is not None:  # only the kernel-level costs time collectives as NCCL's tuner does
+                raise ModelError("hardware.nccl_version: needs the kernel-level costs (a hardware.preset and no "
+                                 "hardware.efficiency)")
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
-            rates = kernel_rates(section, hw)
+            rates = replace(kernel_rates(section, hw), nccl=section.nccl)
             try:
                 rates = rates.with_fp8_gemm(m.fp8_gemm)
             except ValueError as exc:
@@ -316,6 +320,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
                  m.cross_entropy, m.fp8_recipe == "current", transpose,
                  tuple(sorted(set(par.tp_overlap_not_told))),
+                 grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
                  qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context))  # fmt: skip
 
 

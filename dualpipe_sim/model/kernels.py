@@ -387,7 +387,7 @@ class Table:
         per_node = min(t, self.r.gpus_per_node)
         self.rows.append(Kernel("fp8 amax all-reduce (tp)", comp, "comm",
                                 f"all_reduce 4 B over {t} ({'nvlink' if t <= per_node else 'nic'})", 0.0, 4.0,
-                                collectives.small_all_reduce(t, per_node), "latency"))  # fmt: skip
+                                collectives.small_all_reduce(t, per_node, self.r.nccl), "latency"))  # fmt: skip
 
     def grad_bias_sum(self, name: str, comp: str, elems: float) -> None:
         """Current scaling has no fused bias-gradient + cast kernel (TE release_v2.8 csrc/extensions/bias.cpp
@@ -1161,7 +1161,7 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
     for comp, direction in (("mlp_forward", "forward"), ("attn_backward_input", "backward")):
         amaxes = linears * AMAXES[direction]
         if group > 1:
-            secs = collectives.small_all_reduce(group, per_node) if lay.amax_blocking else 0.0
+            secs = collectives.small_all_reduce(group, per_node, rates.nccl) if lay.amax_blocking else 0.0
             link = "nvlink" if group <= per_node else "nic"
             tb.rows.append(Kernel(f"fp8 amax all-reduce ({direction})", comp, "comm",
                                   f"all_reduce {amaxes * 4} B over {group} ({link})", 0.0, amaxes * 4.0, secs,

@@ -57,6 +57,9 @@ class KernelRates:
     gemm_schedule: str = "dynamic"
     # SMs a kernel the GEMM library was not told about holds (an NCCL collective beside the compute): held()
     held_sms: int = 0
+    # The NCCL release the run linked, (major, minor, patch) (hardware.nccl_version): which of NCCL's tuning rules
+    # collectives.py applies; None: v2.18.5's
+    nccl: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.gemm_schedule not in SCHEDULES:

@@ -8,6 +8,7 @@ HF ones; see config.INLINE_FIELDS.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -212,6 +213,19 @@ class HardwareSection(_Section):
     # achieved / peak FLOP/s of every compute component; None: kernel-level times from the preset's rates
     efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     a2a_overhead: NonNeg = 0.0  # ms per all-to-all phase beyond its bytes / bandwidth
+    # the NCCL release the run linked ("2.25.1"): selects NCCL's tuning rules (collectives.py); None: v2.18.5's
+    nccl_version: str | None = None
+
+    @field_validator("nccl_version")
+    @classmethod
+    def _release(cls, v):
+        if v is not None and not re.fullmatch(r"\d+\.\d+\.\d+", str(v)):
+            raise ValueError('must be an NCCL release as major.minor.patch, e.g. "2.25.1"')
+        return v
+
+    @property
+    def nccl(self) -> tuple[int, int, int] | None:
+        return None if self.nccl_version is None else tuple(int(x) for x in self.nccl_version.split("."))
 
     @field_validator("preset")
     @classmethod

@@ -216,10 +216,10 @@ def fp8_amax_all_reduce_ms(st, dense_tensors: int, routed_tensors: int) -> float
     Megatron-core's dense optimizer over the data x context ranks (intra_dp_cp_group), its expert optimizer over the
     expert-data ranks; torch.distributed.all_reduce without async_op, so the compute stream waits (ms, NCCL's latency
     model: collectives.small_all_reduce)."""
-    sh, per_node = st.sharding, st.rates.gpus_per_node
-    dense = collectives.small_all_reduce(sh.data, max(1, min(sh.data, per_node // sh.tensor))) if dense_tensors else 0.0
+    sh, per_node, nccl = st.sharding, st.rates.gpus_per_node, st.rates.nccl
+    dense = collectives.small_all_reduce(sh.data, max(1, min(sh.data, per_node // sh.tensor)), nccl) if dense_tensors else 0.0
     edp = int(sh.expert_data)
-    routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.expert))) if routed_tensors else 0.0
+    routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.expert)), nccl) if routed_tensors else 0.0
     return (dense + routed) * 1e3
 
 
@@ -310,7 +310,7 @@ def grad_norm_all_reduce_ms(scenario, st) -> float:
     the Adam step; NCCL's latency model (collectives.small_all_reduce).  Its multi_tensor_l2norm is in the Adam
     figure's bytes (GRAD_NORM_BYTES)."""
     ranks = grad_norm_ranks(scenario, st)
-    return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.gpus_per_node))) * 1e3
+    return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.gpus_per_node)), st.rates.nccl) * 1e3
 
 
 def fp32_embedding_extra_bytes(st, where) -> float:
@@ -540,7 +540,7 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
         if op == "reduce_scatter" and nic == "nic":
-            dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets)
+            dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets, st.grads_averaged)
         else:
             dense_s = collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
         return (dense_s + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
