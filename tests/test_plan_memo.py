@@ -126,3 +126,20 @@ def test_amax_group_reaches_the_stage_times():
     memo = derive.Memo()
     assert [s.forward for s in through(memo, first).stages] == [s.forward for s in a.stages]
     assert [s.forward for s in through(memo, second).stages] == [s.forward for s in b.stages]
+
+
+def test_figure_cache_times_key_holds_the_amax_groups_data_degree():
+    """DeepSeek-V3 (FP8 through Transformer Engine: amaxes reduced over tensor x data x context ranks) in 16
+    stages: 1F1B on 16 ranks at data 64, DualPipeV on 8 ranks at data 128.  The stage times differ (the amax
+    group, derive.setup), so the FigureCache's derivation key must hold the data-parallel degree: the
+    DualPipeV layout after the 1F1B one equals its figures on a cache of its own (s11d: it did not)."""
+    base = base_scenario(MODELS / "deepseek-v3.json", "H800", 4096, ["model.optimizer_dtype=bf16",
+                                                                      "memory.recompute=deepseek"])  # fmt: skip
+    common = dict(tensor=2, context=1, expert=16, micro_batch_size=1, recompute="deepseek", zero=1, stages=16)
+    first = Candidate(pipeline=16, data=64, microbatches=240, schedule="1f1b", **common)
+    second = Candidate(pipeline=8, data=128, microbatches=120, schedule="dualpipev", **common)
+    alone_first, alone_second = FigureCache(base).figures(first), FigureCache(base).figures(second)
+    assert alone_first.costs != alone_second.costs  # the data-parallel degree reaches the times
+    cache = FigureCache(base)
+    assert cache.figures(first) == alone_first
+    assert cache.figures(second) == alone_second

@@ -66,6 +66,24 @@ def test_a_plan_with_two_processes_has_the_rows_of_one(config, one_job, monkeypa
     assert two.pruned == one_job.pruned
 
 
+def test_the_memory_pass_in_two_processes_has_the_rows_of_one(config, one_job, monkeypatch):
+    """memory_and_steps: blocks of 7 neighbours (ending mid-layout, so derivations are redone in the
+    other worker and keys straddle blocks), pruned and estimated in two workers: the rows of one."""
+    calls = []
+    real = st.memory_and_steps
+
+    def spy(*args, **kwargs):
+        calls.append(out := real(*args, **kwargs))
+        return out
+
+    monkeypatch.setattr(st, "BLOCK", 7)
+    monkeypatch.setattr(ds_plan, "memory_and_steps", spy)
+    two = _plan(config, 2)
+    assert len(calls) == 1 and calls[0] is not None  # the pass ran in the workers
+    assert [_row_view(r) for r in two.rows] == [_row_view(r) for r in one_job.rows]
+    assert two.pruned == one_job.pruned
+
+
 def test_a_refused_step_hands_its_key_to_the_next_candidate(config, monkeypatch):
     """Every candidate made a duplicate of every other; the first's step refused: the second is
     estimated and the rest are its duplicates (the rule as it runs candidate by candidate)."""
@@ -96,3 +114,18 @@ def test_a_refused_step_hands_its_key_to_the_next_candidate(config, monkeypatch)
     assert not second.pruned and second.estimate.step_time == real_step(FigureCache(result.base), second.candidate)
     assert rest and all(r.pruned == f"duplicate: same costs and memory as candidate {second.index}" for r in rest)
     assert seen == [first.candidate, second.candidate]  # no step worked out for a duplicate
+
+
+def test_simulated_candidates_sharing_a_memo_give_their_figures_alone(one_job):
+    """plan/simulate.py: a worker's candidates share one derive.Memo; each one's scalars equal its
+    run on a Memo of its own (the layouts differ in tensor, pipeline, micro-batch size, ZeRO...)."""
+    from dualpipe_sim.model import derive
+    from dualpipe_sim.plan import simulate
+
+    todo = [tuple(r.candidate.overrides()) for r in one_job.rows if r.simulated is not None]
+    assert len(todo) > 10 and len({o for o in todo}) == len(todo)
+    shared = derive.Memo()
+    together = [simulate.run_candidate(one_job.base, o, shared) for o in todo]
+    alone = [simulate.run_candidate(one_job.base, o, derive.Memo()) for o in todo]
+    assert together == alone and all(f["status"] == "ok" for f in together)
+    assert len({f["step.total"] for f in together}) > 5

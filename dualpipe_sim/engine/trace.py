@@ -394,10 +394,13 @@ def pipeline_ends(trace: Trace) -> PipelineEnds:
         grads = grads[np.lexsort((grads["end"], grads["stage"], grads["rank"]))]
         key = grads["rank"].astype(np.int64) << 32 | grads["stage"]
         bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            group = grads[a:b]
-            op = group[group["action"] == group["action"][-1]]
-            last_weight[(int(op["rank"][0]), int(op["stage"][0]))] = (float(op["start"].min()), float(op["end"][-1]))
+        first, last = bounds[:-1], bounds[1:] - 1  # each group's first and last (latest-ending) row
+        # the rows of each group's last op: the action of its last row, spread over the group (one pass)
+        action = grads["action"]
+        of_last = action == np.repeat(action[last], np.diff(bounds))
+        start = np.minimum.reduceat(np.where(of_last, grads["start"], np.inf), first)
+        last_weight = {(r, s): (a, b) for r, s, a, b in zip(grads["rank"][first].tolist(), grads["stage"][first].tolist(),
+                                                            start.tolist(), grads["end"][last].tolist())}  # fmt: skip
     holders: dict[int, list[int]] = {}
     for r, stages in enumerate(trace.stages_on_rank):
         for s in stages:

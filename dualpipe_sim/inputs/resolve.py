@@ -31,8 +31,9 @@ class Inputs:
     device_memory: float | None  # bytes of HBM per GPU ([hardware]); None when unknown
 
 
-def resolve(scenario: Scenario) -> Inputs:
+def resolve(scenario: Scenario, memo=None) -> Inputs:
     """The scenario's inputs, the model derived once.  Raises ScenarioError naming the key
-    on a cross-field problem (a missing cost, an impossible chunk.order, a bad layout)."""
-    derived = scenario.derived()
+    on a cross-field problem (a missing cost, an impossible chunk.order, a bad layout).
+    ``memo``: a derive.Memo kept by a caller that resolves many layouts (plan's simulation workers)."""
+    derived = scenario.derived(memo)
     return Inputs(scenario.cost_model(derived), scenario.step_costs(derived), derived, scenario.device_memory())

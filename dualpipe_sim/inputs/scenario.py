@@ -681,14 +681,15 @@ def from_dict(data: dict) -> Scenario:
     return resolved(data)[0]
 
 
-def resolved(data: dict) -> tuple[Scenario, Inputs]:
-    """from_dict's scenario and its inputs (resolve.py): a run handed both derives nothing again."""
+def resolved(data: dict, memo=None) -> tuple[Scenario, Inputs]:
+    """from_dict's scenario and its inputs (resolve.py): a run handed both derives nothing again.
+    ``memo``: a derive.Memo for a caller that resolves many layouts of one model (Scenario.derived)."""
     data = include_chunk_file(data)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_first_error(exc)) from None
-    inputs = resolve(scenario)  # cross-field rules raise here, before anything runs
+    inputs = resolve(scenario, memo)  # cross-field rules raise here, before anything runs
     p = scenario.pipeline
     too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory, trace_rows_per_op(inputs.costs))
     if too_big:  # refused before any schedule is built

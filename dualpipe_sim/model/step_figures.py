@@ -657,7 +657,8 @@ def fp8_weight_cast_ms(st, where) -> float:
     and update_usage makes the transpose only while ``_transpose_invalid``); a preset's kernel rates give
     the HBM bandwidth."""
     cfg, sh = st.cfg, st.sharding
-    if not (st.layout.te_fp8 and (sh.fp8_weight_cache or sh.fp8_params) and st.rates is not None):
+    # st.layout last: a plan asks for thousands of steps' figures, and the Layout is built afresh each time
+    if not ((sh.fp8_weight_cache or sh.fp8_params) and st.rates is not None and st.layout.te_fp8):
         return 0.0
     units = [params.linear_weights(cfg, i) for i in where.layers] + [params.mtp_linear_weights(cfg)] * where.mtp
     elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.expert

@@ -1,8 +1,8 @@
 """``plan``: the best layout and schedule for a model on N GPUs (docs/plan.md).
 
 enumerate (space.py, shapes.py) -> prune by divisibility, schedule constraints
-and a memory floor -> estimate (estimate.py; the step times in forked worker
-processes, step_times.py) -> simulate the best estimates with
+and a memory floor -> estimate (estimate.py; the step times, and with more than
+one job the memory pass too, in forked worker processes, step_times.py) -> simulate the best estimates with
 the normal engine in worker processes (sweep's executors) -> rank (rank.py) ->
 outputs (files.py, chart.py).
 """
@@ -34,7 +34,7 @@ from .simulate import DaskCandidates, LocalCandidates
 from ..sweep.executors import default_jobs
 from .space import ModelShape, enumerate_candidates, shards_nothing
 from .step_times import one as step_time_or_words
-from .step_times import all_step_times
+from .step_times import all_step_times, memory_and_steps
 from ..errors import shown
 
 DEFAULT_BUDGET = 200  # candidates simulated at least (when that many survive pruning)
@@ -156,19 +156,30 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
     live = [r for r in rows if not r.pruned]
     cache = FigureCache(base)
     keys: dict[int, tuple] = {}  # position in live -> what a duplicate shares (_prune)
-    for n, row in enumerate(live):
-        if n % 100 == 0:
-            report(progress, n, len(live), "estimating")
-        row.pruned, key = _prune(cache, row, device, model, choices.zero)
-        if not row.pruned:
-            keys[n] = key
-    # A step time for the first candidate of each key: the others are its duplicates (unless its step
-    # is refused, then the next one is tried, as below).  Worked out in `jobs` processes at once.
-    firsts: dict[tuple, int] = {}
-    for n, key in keys.items():
-        firsts.setdefault(key, n)
-    todo = sorted(firsts.values())
-    times = dict(zip(todo, all_step_times(cache, [live[n].candidate for n in todo], jobs, progress)))
+    # With `jobs` processes the memory pass runs in them, each block's step times with it (step_times.py).
+    passed = memory_and_steps(cache, live, lambda c, row: _prune(c, row, device, model, choices.zero), jobs, progress)
+    if passed is not None:
+        times: dict[int, float | str] = {}
+        for n, (reason, estimate, key, step) in enumerate(passed):
+            live[n].pruned, live[n].estimate = reason, estimate
+            if not reason:
+                keys[n] = key
+            if step is not None:
+                times[n] = step
+    else:
+        for n, row in enumerate(live):
+            if n % 100 == 0:
+                report(progress, n, len(live), "estimating")
+            row.pruned, key = _prune(cache, row, device, model, choices.zero)
+            if not row.pruned:
+                keys[n] = key
+        # A step time for the first candidate of each key: the others are its duplicates (unless its step
+        # is refused, then the next one is tried, as below).
+        firsts: dict[tuple, int] = {}
+        for n, key in keys.items():
+            firsts.setdefault(key, n)
+        todo = sorted(firsts.values())
+        times = dict(zip(todo, all_step_times(cache, [live[n].candidate for n in todo], jobs, progress)))
     same_as: dict[tuple, int] = {}
     for n, key in keys.items():  # in enumeration order: the first of a key is kept, the later ones pruned
         row = live[n]

@@ -27,7 +27,7 @@ from ..inputs.costs import CostModel
 from ..step_costs import StepCosts
 from ..model import derive
 from ..model import memory as model_memory
-from ..model.sections import HardwareSection, ModelSection
+from ..model.sections import HardwareSection
 from ..model.step_figures import derived_sync
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
@@ -75,9 +75,6 @@ class FigureCache:
         self._last_scenario: tuple = (None, None)  # (overrides, Scenario): see scenario()
         self._memo = derive.Memo()  # per-layer and per-stage figures the derivations share (this plan's only)
         self.hardware_name = derive.hardware(HardwareSection.model_validate(base["hardware"])).name
-        # Megatron-LM 2021's gradient accumulation costs per micro-batch (derive.grad_accumulation_bytes):
-        # then the times depend on the micro-batch count, which the data-parallel degree sets.
-        self.times_read_microbatches = ModelSection.model_validate(base["model"]).runtime == "megatron-lm-2021"
 
     def runtime(self, cand: Candidate) -> float:
         """What simulation.py adds to every rank besides tensors: memory.runtime, else the CUDA
@@ -115,9 +112,9 @@ class FigureCache:
         key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
                cand.zero)
         if key not in self._figures:
-            # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
-            # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
-            # serves them all, and the memory is worked out per stage for the candidate's sharding.
+            # ZeRO 0-2 change only memory (model/derive.py costs data-parallel collectives inside
+            # actions only for ZeRO 3): one derivation of the times serves them all (_derived_for), and
+            # the memory is worked out per stage for the candidate's sharding.
             derived = self._derived_for(cand)
             f, b, w, pair, fa, ba = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -160,12 +157,16 @@ class FigureCache:
         return self._blocking[key]
 
     def _derived_for(self, cand: Candidate) -> derive.Derived:
-        # The data-parallel degree and ZeRO 0-2 change only memory (model/derive.py costs
-        # data-parallel collectives inside actions only for ZeRO 3): one derivation of the times
-        # serves them all.
+        # ZeRO 0-2 change only memory (model/derive.py costs data-parallel collectives inside actions
+        # only for ZeRO 3): one derivation of the times serves them all.  The data-parallel degree is
+        # read by the times too: Transformer Engine's FP8 amax reduction spans tensor x data x context
+        # ranks (derive.setup's amax_group, in the kernels' Layout), and layouts with one stage count
+        # differ in it where their families hold other numbers of stages per rank (DualPipeV on 8
+        # ranks, 1F1B on 16), and Megatron-LM 2021's gradient accumulation costs per micro-batch
+        # (derive.grad_accumulation_bytes), whose count it sets.  Keyed without it, a figure depended on
+        # which candidate came first.
         fsdp = cand.zero >= 3
-        data = cand.data if fsdp or self.times_read_microbatches else None
-        times = (cand.tensor, cand.context, cand.expert, data, cand.micro_batch_size, cand.stages, cand.recompute,
+        times = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
                  fsdp)  # fmt: skip
         if times not in self._derived:
             self._derived[times] = self.scenario(cand).derived(self._memo)
