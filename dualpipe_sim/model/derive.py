@@ -71,6 +71,7 @@ class Setup:
     qkv_prepare: bool = False  # TE's flash-attn path copies q, k, v out of the interleaved QKV output (qkv_prepare)
     evaluation: bool = False  # the forward with autograd off, as an evaluation runs it (kernels.Layout.evaluation)
     grads_averaged: bool = False  # step.average_in_collective: the gradient reduce-scatter is an ncclAvg
+    ub_ring_rs: tuple[str, ...] = ()  # parallel.tp_overlap_ring_rs
 
     @property
     def ring_serial(self) -> bool:
@@ -95,7 +96,7 @@ class Setup:
                               cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
                               fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told,
                               ring_serial=self.ring_serial, qkv_prepare=self.qkv_prepare,
-                              evaluation=self.evaluation)  # fmt: skip
+                              evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if m.fp8_recipe == "current" and "fp8_amax_reduction" in m.model_fields_set:
         raise ModelError('model.fp8_amax_reduction: delayed scaling only; with model.fp8_recipe = "current" there is no '
                          "per-chunk amax reduction (leave the key out)")  # fmt: skip
+    both = sorted(set(par.tp_overlap_ring_rs) & set(par.tp_overlap_atomic))
+    if both:
+        raise ModelError(f"parallel.tp_overlap_ring_rs: {', '.join(both)} also in parallel.tp_overlap_atomic; the atomic "
+                         "GEMM is the pipelined reduce-scatter's (name each overlap in one of the two)")  # fmt: skip
     transpose = fp8_transpose(m, hw)
     sharding = replace(sharding, fp8_transpose=transpose)
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
@@ -321,7 +326,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  m.cross_entropy, m.fp8_recipe == "current", transpose,
                  tuple(sorted(set(par.tp_overlap_not_told))),
                  grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
-                 qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context))  # fmt: skip
+                 qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context),
+                 ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))))  # fmt: skip
 
 
 def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:

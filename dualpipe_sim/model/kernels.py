@@ -79,6 +79,7 @@ UB_SM_OVERLAPS = ("qkv_dgrad", "qkv_wgrad", "fc1_dgrad", "fc1_wgrad", "proj_fpro
 UB_DEFAULT_SMS = 16
 UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatters, which can run an atomic GEMM
 UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
+UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a yaml may run as ring exchanges instead
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ class Layout:
     # inference_mode): TE gathers a column-parallel input with NCCL, not its userbuffers ring, casts write no
     # transposes and delayed scaling neither reduces nor updates its amaxes; only the forward rows mean anything
     evaluation: bool = False
+    # parallel.tp_overlap_ring_rs: the forward reduce-scatter overlaps a yaml runs as ring exchanges (method:
+    # ring_exchange, TE CommOverlapP2PBase::split_overlap_rs), not as the pipelined num_splits reduce-scatter
+    ub_ring_rs: tuple[str, ...] = ()
 
     @property
     def wgrad_out(self) -> float:
@@ -273,6 +277,8 @@ class Table:
             secs = self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
+        if method == "pipeline" and ub in self.lay.ub_ring_rs:
+            return self._ring_reduce_scatter(name, comp, m, n, k, nbytes, fp8, ub, out_bytes)
         splits = {"ring": t, "pipeline": UB_PIPELINE_SPLITS, "bulk": 1}[method]
         margin = 0 if method == "ring" else self.lay.ub_sm(ub)
         low = self.lay.fp8 if fp8 is None else fp8
@@ -285,6 +291,29 @@ class Table:
                              out_bytes=out_bytes)
         exposed = first + max(0.0, full - first - secs)
         self.comm(f"tp {op.replace('_', '-')} ({method} overlap)", comp, op, nbytes, t, "nvlink", full - exposed)
+        return secs
+
+    def _ring_reduce_scatter(self, name: str, comp: str, m: int, n: int, k: int, nbytes: float, fp8: bool | None,
+                             ub: str, out_bytes: float) -> float:  # fmt: skip
+        """A forward reduce-scatter run as a ring exchange (TE release_v1.14 3b2a7b0 comm_gemm_overlap.cpp
+        ``CommOverlapP2PBase::split_overlap_rs``): t GEMMs of m / t rows, each rank's partial sums of one destination's
+        chunk; after piece i the previous piece's chunk is sent (t - 1 sends, none before the first piece ends, the
+        last beside the last piece, which is the rank's own chunk); then on the main stream ``reduce_bf16``
+        (userbuffers.cu) sums the t chunks it holds: per output value t 16-bit reads and one 16-bit write."""
+        t = self.lay.tensor
+        margin = self.lay.ub_sm(ub)  # the yaml's num_sm when its set_sm_margin tells the GEMM
+        full = collectives.time("reduce_scatter", nbytes, t, self.r, "nvlink")  # the t - 1 sends of nbytes / t
+        told = ub not in self.lay.ub_not_told  # the yaml's set_sm_margin: 1
+        if margin and not told:
+            secs = self._gemm_not_told(name, comp, m, n, k, fp8, t, margin, full, out_bytes)
+        else:
+            secs = self.gemm(name, comp, m, n, k, fp8, splits=t, sm_margin=margin, out_bytes=out_bytes)
+        beside = secs * (t - 1) / t  # the pieces after the first, which the sends run beside
+        exposed = max(0.0, full - beside)
+        self.comm("tp reduce-scatter (ring-exchange overlap)", comp, "reduce_scatter", nbytes, t, "nvlink",
+                  full - exposed)
+        chunk = -(-m // t) * n  # output values of one rank's chunk (the rs_output)
+        self.memory(f"{name} ring reduce (reduce_bf16)", comp, (t + 1) * chunk * 2.0)
         return secs
 
     def _gemm_not_told(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None, splits: int, held: int,

@@ -155,6 +155,9 @@ class ParallelSection(_Section):
     # the FP8 forward reduce-scatter overlaps ("proj_fprop", "fc2_fprop") whose GEMM runs as one atomic GEMM that
     # the reduce-scatter follows (TE's NVTE_UB_ATOMIC_GEMM_RS=1, or a cfg's atomic_gemm: 1); else 4 split GEMMs
     tp_overlap_atomic: list[str] = []
+    # the forward reduce-scatter overlaps ("proj_fprop", "fc2_fprop") a run's yaml gives method: ring_exchange: t GEMM
+    # pieces, t - 1 sends and a reduce kernel (Transformer Engine's split_overlap_rs), not the 4-split pipeline
+    tp_overlap_ring_rs: list[str] = []
     # the SM-using overlaps launched with set_sm_margin 0: their GEMM is not told of the communication kernel's SMs
     # and runs on the whole GPU's tiles beside it (TE's default since v2.0 tells them all: default none)
     tp_overlap_not_told: list[str] = []
@@ -185,6 +188,13 @@ class ParallelSection(_Section):
         from .kernels import UB_SM_OVERLAPS
 
         return _known_overlaps(v, UB_SM_OVERLAPS) if isinstance(v, list) else v
+
+    @field_validator("tp_overlap_ring_rs", mode="before")
+    @classmethod
+    def _ring_rs_names(cls, v):
+        from .kernels import UB_RS_OVERLAPS
+
+        return _known_overlaps(v, UB_RS_OVERLAPS) if isinstance(v, list) else v
 
     @field_validator("tp_overlap_atomic", mode="before")
     @classmethod
