@@ -841,7 +841,7 @@ def last_unit_grads(st, where) -> tuple[float, float]:
     the last backward's last unit, the stage's first (its embedding, else its first layer, else its MTP module)."""
     cfg, sh = st.cfg, st.sharding
     first = params.layer(cfg, where.layers[0]) if where.layers else params.mtp_module(cfg)
-    dense, routed = (params.embedding_over_tensor(cfg, sh.tensor), 0) if where.embedding else (first.dense_over_tensor(sh.tensor), first.routed)
+    dense, routed = (params.embedding_over_tensor(cfg, sh.tensor), 0) if where.embedding else (first.dense, first.routed)
     return dense / sh.tensor * sh.grads_bytes, routed / sh.expert * sh.grads_bytes
 
 
