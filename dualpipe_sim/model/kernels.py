@@ -1104,11 +1104,20 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
         tb.memory(f"cross-entropy backward ({tag})", "mlp_backward_input", n * v * (b32 + bpass * ab), bkern)
     if lay.grad_accumulation > 0:
         tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
-    d = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
-    tb.comm("tp reduce-scatter (grad)", "mlp_backward_input", "reduce_scatter", n * h * ab, t, "nvlink", 0.0)
-    tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)
-    tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)
-    del d
+    # The backward as LinearWithGradAccumulationAndAsyncCommunication.backward runs it (Megatron-LM df72712
+    # tensor_parallel/layers.py lines 250-325; core_r0.9.0, core_r0.11.0, d339190, 1e05700 the same): with sequence
+    # parallelism the input's re-gather is launched (async_op) before the dgrad GEMM and waited for after it, the
+    # input gradient's reduce-scatter launched before the wgrad GEMM and waited for after it; each exposed only for
+    # what it takes beyond its GEMM.  No SMs taken from the GEMM: the model has no CTA count for a tensor-parallel
+    # NCCL collective (as _input_projection_grads without userbuffers).
+    sp = lay.sequence_parallel
+    dgrad = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
+    if sp:
+        tb.comm("tp all-gather (wgrad input)", "mlp_backward_input", "all_gather", n * h * ab, t, "nvlink", dgrad)
+    wgrad = tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)
+    tb.comm("tp reduce-scatter (grad)", "mlp_backward_weight" if sp else "mlp_backward_input", "reduce_scatter",
+            n * h * ab, t, "nvlink", wgrad if sp else 0.0)  # fmt: skip
+    tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)  # after the wait: it reads the result
     return tb.rows
 
 

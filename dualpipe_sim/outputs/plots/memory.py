@@ -25,6 +25,7 @@ from ..exports.timeline import activation_levels
 from ...engine.trace import Trace
 from ...units import byte_scale
 from . import canvas
+from .gantt import time_axis
 
 LINE, FILL, STATIC, PEAK, TOP = "#1f5f9e", "#cfe0f1", "#c8c8c8", "#d62728", "#444444"
 BAND = 0.8  # a band's height in rank rows; the rest is the gap to the next rank
@@ -85,7 +86,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     ax.set_yticks([-r + BAND / 2 for r in range(0, ranks, step)], [f"rank {r}" for r in range(0, ranks, step)],
                   fontsize=8)  # fmt: skip
     ax.tick_params(axis="y", length=0)
-    ax.set_xlabel("time (ms)")
+    time_axis(ax)  # as the Gantt chart: 243,992 ms, not 2.44e5
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     if ranks:
