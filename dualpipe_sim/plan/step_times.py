@@ -79,21 +79,10 @@ def memory_and_steps(cache: FigureCache, rows: list, prune, jobs: int,
     if jobs <= 1 or len(blocks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return None
     _PASS = (cache, rows, prune)
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(blocks)), mp_context=multiprocessing.get_context("fork"),
-                               initializer=worker_ignores_stop_signals)  # fmt: skip
     try:
-        out = []
-        for passed in pool.map(_block, blocks):  # in the blocks' order
-            out.extend(passed)
-            report(progress, len(out), len(rows), "estimating")
-        return out
-    except Terminated:  # SIGTERM: the workers ignore it (only the parent decides), so end them now
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.kill()
-        raise
+        return _forked(_block, blocks, jobs, len(rows), progress, "estimating")
     finally:
         _PASS = None
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def all_step_times(cache: FigureCache, cands: list[Candidate], jobs: int,
@@ -109,18 +98,27 @@ def all_step_times(cache: FigureCache, cands: list[Candidate], jobs: int,
             out.append(one(cache, cand))
         return out
     _WORK = (cache, cands)
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(batches)), mp_context=multiprocessing.get_context("fork"),
+    try:
+        return _forked(_batch, batches, jobs, len(cands), progress, "estimating step times")
+    finally:
+        _WORK = None
+
+
+def _forked(work, parts: list[range], jobs: int, total: int, progress: Progress | None, what: str) -> list:
+    """``work`` of each part over ``jobs`` forked worker processes, the results joined in the parts' order
+    (whichever worker ends first), progress reported as ``what``; the module global ``work`` reads is set by
+    the caller before the fork."""
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(parts)), mp_context=multiprocessing.get_context("fork"),
                                initializer=worker_ignores_stop_signals)  # fmt: skip
     try:
         out = []
-        for times in pool.map(_batch, batches):  # in the batches' order, whichever worker ends first
-            out.extend(times)
-            report(progress, len(out), len(cands), "estimating step times")
+        for done in pool.map(work, parts):
+            out.extend(done)
+            report(progress, len(out), total, what)
         return out
     except Terminated:  # SIGTERM: the workers ignore it (only the parent decides), so end them now
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.kill()
         raise
     finally:
-        _WORK = None
         pool.shutdown(wait=True, cancel_futures=True)
