@@ -19,6 +19,10 @@ H100_HBM = 3.35e12 * 0.85  # the H100 preset's streaming HBM bandwidth (rates.py
 FLOOR = 2.5e-6  # every preset's kernel floor
 H = 12288  # GPT-3 175B
 GPT3_LAYER = 12 * H * H + 13 * H  # QKV, proj, fc1, fc2 weights; their biases (3h + h + 4h + h) and two LayerNorms (4h)
+# of which every tensor rank holds whole the two LayerNorms (4h) and the proj / fc2 biases (2h) (Megatron-core @ 1e05700
+# transformer_layer.py 309-314, 356-361; tensor_parallel/layers.py 1146): at TP 4 a count a rank holds 1/4 of takes
+# them 4 times, 3 x 6h more
+GPT3_LAYER_TP4 = GPT3_LAYER + 3 * 6 * H
 PER_LAUNCH = 320 * 65536  # apex: 320 blocks of 2048 x 32 elements a multi_tensor_apply launch
 
 
@@ -54,17 +58,17 @@ def test_apex_launches_by_hand():
 
 def test_gpt3_v31_apex_adam_by_hand():
     # MLPerf v3.1 GPT-3 175B on 512 H100: TP 4, PP 8 x 12 chunks (one layer a stage copy), DP 16.  Stage 1: one layer,
-    # 1,812,099,072 / TP 4 / DP 16 = 28,314,048 shard elements x 28 B = 792,793,344 B = 278.42 us; 2 x 2 launches for
+    # (1,812,099,072 + 3 x 6h = 1,812,320,256) / TP 4 / DP 16 = 28,317,504 shard elements x 28 B; 2 x 2 launches for
     # them and the rank's 5 fixed ones spread over its 12 copies
     sc = _load("mlperf31-gpt3-512")
     d = sc.derived()
     st = d.setup
     assert (st.sharding.tensor, st.sharding.data, st.rates.hbm, st.rates.floor) == (4, 16, H100_HBM, FLOOR)
-    assert d.stages[1].dense_params == GPT3_LAYER
-    shard = GPT3_LAYER / 4 / 16
-    assert shard == 28_314_048
+    assert d.stages[1].dense_params == GPT3_LAYER_TP4 == 1_812_320_256
+    shard = GPT3_LAYER_TP4 / 4 / 16
+    assert shard == 28_317_504
     want = shard * 28 / H100_HBM + (2 * 2 + 5 / 12) * FLOOR
-    assert want == pytest.approx(2.8946e-4, rel=1e-4)
+    assert want == pytest.approx(2.8949e-4, rel=1e-4)
     nbytes, ms = step_figures.apex_adam_ms(sc, st, st.stages[1], d.stages[1], 1 / 12)
     assert nbytes == shard * 28
     assert ms == pytest.approx(want * 1e3, rel=1e-12)
@@ -87,14 +91,15 @@ def test_nemo_fp8_and_16_bit_buckets_by_hand():
     # MLPerf v4.1 GPT-3 175B on 256 H100 with FP8 parameters: TP 4, PP 8 x 6 chunks, 2 layers a stage copy.  NeMo puts
     # every non-FP8 parameter of the rank into its first layer's bucket and splits it into uint8 and bf16 apex buckets:
     # one bucket more on stage 0's gather (13 given + 1), and rank 0's 5 other copies' biases and norms (2 layers x 13h
-    # each, / TP 4 as the model divides them) gathered with it at 2 bytes
+    # each, / TP 4, and the 6h of them whole on every tensor rank, norms and proj / fc2 biases, 3 x 6h more / 4)
+    # gathered with it at 2 bytes
     sc = _load("mlperf41-gpt3-256")
     d = sc.derived()
     st = d.setup
     held = [s for s, ranks in enumerate(step_figures._stage_ranks(sc)) if 0 in ranks]
     assert held == [0, 8, 16, 24, 32, 40]
-    extra = 5 * 2 * 13 * H / 4 * 2
-    assert extra == 798_720
+    extra = 5 * 2 * (13 * H + 3 * 6 * H) / 4 * 2
+    assert extra == 1_904_640
     assert step_figures.apex_fp8_first_bucket(sc, d) == (1, extra)
     buckets = ddp_buckets.per_stage(sc, d)[0]
     fp8 = step_figures.fp8_param_elements(st, st.stages[0])
@@ -108,19 +113,21 @@ def test_nemo_fp8_and_16_bit_buckets_by_hand():
 def test_overlap_param_gather_with_optimizer_step_by_hand():
     # MLPerf v5.0 Llama 3.1 405B on 512 H100: TP 8, PP 8 x 8 chunks, DP 4 x CP 2 (the distributed optimizer's 8).
     # Rank 0 steps chunk 0's optimizer, launches its whole gather (one bucket: disable_bucketing), then steps its other
-    # 7 chunks' Adam (2 layers each: 2 x 3,187,703,808 / TP 8 / 8 = 99,615,744 shard elements x 44 B + one launch):
+    # 7 chunks' Adam (2 layers each: 2 x (3,187,703,808 + 7 x 2h, the two RMSNorms whole on each of the 8 tensor ranks)
+    # / TP 8 / 8 = 99,622,912 shard elements x 44 B + one launch):
     # the next step's first forward waits for what of the gather outlasts them
     on = ["step.overlap_param_gather_with_optimizer_step=true"]
     sc = _load("mlperf50-llama405b-512", on)
     d = sc.derived()
     st = d.setup
     layer = 16384 * (16384 + 2 * 8 * 128) + 16384 * 16384 + 3 * 16384 * 53248 + 2 * 16384
-    assert d.stages[8].dense_params == 2 * layer
+    layer_tp8 = layer + 7 * 2 * 16384  # the norms (2h) whole on every tensor rank: 7 more copies
+    assert d.stages[8].dense_params == 2 * layer_tp8
     assert (st.sharding.tensor, st.sharding.data) == (8, 8)
-    shard = 2 * layer / 8 / 8
-    assert shard == 99_615_744
+    shard = 2 * layer_tp8 / 8 / 8
+    assert shard == 99_622_912
     beside = 7 * (shard * 44 / H100_HBM + FLOOR) * 1e3
-    assert beside == pytest.approx(10.7924, rel=1e-4)
+    assert beside == pytest.approx(10.7932, rel=1e-4)
     assert step_figures.optimizer_overlap_ms(sc, d) == pytest.approx(beside, rel=1e-12)
     whole = step_figures.start_gather_ms(st, d.stages[0], 1, step_figures.fp8_param_elements(st, st.stages[0]))
     assert whole > beside

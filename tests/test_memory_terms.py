@@ -158,7 +158,9 @@ def test_without_transfer_time_the_trace_has_no_buffers(tmp_path):
 def test_llama3_405b_1f1b_fits_80_gb_with_every_term():
     """scenarios/llama3-405b-1f1b.toml, rank 1 (8 layers; TP 8, DP 64, ZeRO 2), by hand.
     A layer: q, o 2 x 16384^2 + k, v 2 x 16384 x 1024 + SwiGLU 3 x 16384 x 53,248 + norms 32,768
-    = 3,187,703,808 parameters; per rank (/ 8) 398,462,976.  Activations per layer at 8,192 tokens
+    = 3,187,703,808 parameters; per rank (/ 8) 398,462,976, and the two RMSNorms (2h = 32,768) whole on every tensor
+    rank (Megatron-core @ 1e05700 transformer_layer.py 309-314, 356-361): 7 x 32,768 / 8 = 28,672 more, 398,491,648.
+    Activations per layer at 8,192 tokens
     (bf16, flash attention), / 8: norm1/qkv/norm2/mlp inputs 4 x 268,435,456, q and k 2 x 8192 x 136
     x 128, v 2 x 8192 x 8 x 128, log-sum-exp 4 x 8192 x 128, o_proj input 2 x 8192 x 16384, SwiGLU
     input 2 x 8192 x 106,496, down input 2 x 8192 x 53,248: 4,265,607,168 / 8 = 533,200,896.  1F1B
@@ -168,9 +170,11 @@ def test_llama3_405b_1f1b_fits_80_gb_with_every_term():
     path = Path(__file__).resolve().parent.parent / "scenarios" / "llama3-405b-1f1b.toml"
     m = simulation.run(scenario.load(path)).metrics
     mem = m.per_rank[1].memory
-    per_rank = 8 * 3_187_703_808 / 8
+    layer_tp8 = 3_187_703_808 + 7 * 32_768  # the norms counted on each of the 8 tensor ranks
+    per_rank = 8 * layer_tp8 / 8
+    assert per_rank / 8 == 398_491_648
     assert (mem.parameters, mem.gradients, mem.optimizer) == (2 * per_rank, 4 * per_rank / 64, 12 * per_rank / 64)
-    assert mem.sharding_buffers == 2 * 4 * 3_187_703_808 / 8  # two layers' fp32 gradients, whole
+    assert mem.sharding_buffers == 2 * 4 * layer_tp8 / 8  # two layers' fp32 gradients, whole
     assert mem.activations_peak == 15 * 8 * 533_200_896
     assert mem.runtime == 0.5e9 + 3 * 688 * MIB + 32 * MIB
     static = mem.parameters + mem.gradients + mem.optimizer + mem.sharding_buffers + mem.runtime

@@ -27,6 +27,10 @@ FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 H, V, P, TP = 12288, 50688, 2048, 4  # GPT-3 175B, its padded vocabulary, positions, tensor ranks
 LAYER = 12 * H * H + 13 * H  # a GPT-3 layer with biases: 4h^2 + 4h attention, 4h norms, 8h^2 + 5h FFN
 SP_LAYER = 2 * 2 * H + 2 * H  # its sequence-parallel parameters: two LayerNorms (weight, bias), proj and fc2 biases
+# which are whole on every tensor rank (Megatron-core @ 1e05700 transformer_layer.py 309-314, 356-361; tensor_parallel/
+# layers.py 1146): a TP rank holds (LAYER - SP_LAYER) / TP + SP_LAYER = LAYER / TP + (TP - 1) x SP_LAYER / TP of a layer
+RANK_LAYER = (LAYER + (TP - 1) * SP_LAYER) // TP
+FINAL_NORM = 2 * H  # the final LayerNorm, whole on every tensor rank as well
 
 
 def _load(name, overrides=()):
@@ -88,44 +92,45 @@ def test_a_tail_alone_is_step_work_after_the_pipeline():
 def test_v31_held_group_bytes_by_hand():
     """mlperf31-gpt3-512 (NeMo bd0b818, TE 09ba842: every TE LayerNorm weight / bias and row-parallel bias carries
     ``sequence_parallel``, which configure_optimizers marks): on each of the 8 pipeline ranks the first chunk's group
-    (stage r, one layer: 453,024,768 elements a TP rank, x 2 B = 906,049,536 B) is held, with the marked parameters of
-    the rank's 11 other chunks, 6h / 4 = 18,432 elements each (36,864 B): 906,455,040 B in its 9 buckets; each other
-    chunk keeps 906,049,536 - 36,864 = 906,012,672 B overlapped.  The embeddings are in NeMo 1.x's fp32 AdamW, so stage
-    0's apex bytes are its layer's only."""
+    (stage r, one layer: 453,024,768 + 3 x 6h / 4 = 453,080,064 elements a TP rank, the norms and row biases whole,
+    x 2 B = 906,160,128 B) is held, with the marked parameters of the rank's 11 other chunks, 6h = 73,728 elements each
+    (whole on the rank: 147,456 B): 907,782,144 B in its 9 buckets; each other chunk keeps 906,160,128 - 147,456 =
+    906,012,672 B overlapped.  The embeddings are in NeMo 1.x's fp32 AdamW, so stage 0's apex bytes are its layer's
+    only."""
     sc = _load("mlperf31-gpt3-512")
     assert sc.step.grad_sync_held == ["sequence-parallel"] and sc.step.fp32_embedding_optimizer
     p = step_figures.nemo_sync(sc)
-    assert LAYER // TP == 453_024_768 and SP_LAYER // TP == 18_432
+    assert LAYER // TP == 453_024_768 and RANK_LAYER == 453_080_064 and SP_LAYER == 73_728
     for r in range(8):
-        assert p.held_dense[r] == pytest.approx(906_049_536 + 11 * 36_864, abs=1e-3)
+        assert p.held_dense[r] == pytest.approx(906_160_128 + 11 * 147_456, abs=1e-3)
         assert p.held_buckets[r] == 9 and p.dense[r] == 0.0 and p.in_tail[r]
     for s in range(8, 95):
         assert p.dense[s] == pytest.approx(906_012_672, abs=1e-3)
         assert p.held_dense[s] == 0.0
-    # the last stage keeps its final norm (2h / 4 x 2 B = 12,288 B: LayerNorm1P carries sequence_parallel_enabled,
+    # the last stage keeps its final norm (2h whole x 2 B = 49,152 B: LayerNorm1P carries sequence_parallel_enabled,
     # which bd0b818 does not read); its head's word embedding copy is in the fp32 AdamW
-    assert p.dense[95] == pytest.approx(906_012_672 + 12_288, abs=1e-3)
-    assert sum(p.dense) + sum(p.held_dense) == pytest.approx((96 * LAYER + 2 * H) / TP * 2, abs=1e-2)  # conserved
+    assert p.dense[95] == pytest.approx(906_012_672 + 49_152, abs=1e-3)
+    assert sum(p.dense) + sum(p.held_dense) == pytest.approx((96 * RANK_LAYER + FINAL_NORM) * 2, abs=1e-2)  # conserved
 
 
 def test_v30_holds_only_the_last_ranks_group():
     """mlperf30-gpt3-512 (NeMo v1.17.0_pt_23.04 reads ``sequence_parallel_enabled``, which TE release_v0.8 does not
     set; only the final LayerNorm1P, apex's FastLayerNorm, carries it): pipeline rank 7 alone is held, its first chunk
-    (stage 7) with the final norm of stage 95 (2h / 4 = 6,144 elements, 12,288 B)."""
+    (stage 7) with the final norm of stage 95 (2h = 24,576 elements, whole on the rank: 49,152 B)."""
     sc = _load("mlperf30-gpt3-512")
     assert sc.step.grad_sync_held == ["final-norm"]
     p = step_figures.nemo_sync(sc)
     held = [s for s in range(96) if p.held_dense[s]]
     assert held == [7]
-    assert p.held_dense[7] == pytest.approx(LAYER / TP * 2 + 2 * H / TP * 2, abs=1e-3)
-    assert p.dense[95] == pytest.approx(LAYER / TP * 2, abs=1e-3)  # its layer: the head's copy in the fp32 AdamW
+    assert p.held_dense[7] == pytest.approx(RANK_LAYER * 2 + FINAL_NORM * 2, abs=1e-3)
+    assert p.dense[95] == pytest.approx(RANK_LAYER * 2, abs=1e-3)  # its layer: the head's copy in the fp32 AdamW
     # rank 0 holds nothing marked, but its tied and fp32 all-reduces run after NeMo's _finish_bucket_grad_sync: the
     # tail of stage 0 is those two; its layer's reduce-scatter stays overlapped (launched pp-aligned)
     overlapped, tail = step_figures.grad_sync_parts(sc)
     st = sc.derived().setup
     assert p.in_tail[0] and p.held_dense[0] == 0.0
     assert tail[0] == pytest.approx(p.fp32_ms[0] + p.tied_ms[0], rel=1e-12)
-    assert overlapped[0] == pytest.approx(step_figures._sync_ms(st, "grad_sync", LAYER / TP * 2, 0.0, buckets=9),
+    assert overlapped[0] == pytest.approx(step_figures._sync_ms(st, "grad_sync", RANK_LAYER * 2, 0.0, buckets=9),
                                           rel=1e-12)
 
 
@@ -139,10 +144,10 @@ def test_v41_held_buckets_by_hand():
     assert set(sc.step.grad_sync_held) == {"embedding", "sequence-parallel"} and sc.step.bucket_cap_mb == 200
     p = step_figures.nemo_sync(sc)
     assert [p.held_buckets[s] for s in range(8)] == [12, 10, 10, 10, 10, 10, 10, 12]
-    sp = SP_LAYER / TP * 2  # bytes of one layer's sequence-parallel parameters on a rank
-    layer = 2 * LAYER / TP * 2  # a 2-layer chunk's 16-bit gradients
+    sp = SP_LAYER * 2  # bytes of one layer's sequence-parallel parameters on a rank (whole there)
+    layer = 2 * RANK_LAYER * 2  # a 2-layer chunk's 16-bit gradients
     assert p.held_dense[7] - p.held_dense[1] == pytest.approx(V * H / TP * 4, abs=1e-2)
-    assert p.dense[47] == pytest.approx(layer + (2 * H) / TP * 2 - 2 * sp, abs=1e-2)  # its layers, final norm left
+    assert p.dense[47] == pytest.approx(layer + FINAL_NORM * 2 - 2 * sp, abs=1e-2)  # its layers, final norm left
     assert p.in_tail[0] and p.in_tail[47] and p.tied_ms[0] > 0
 
 

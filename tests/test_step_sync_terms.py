@@ -31,13 +31,22 @@ def _layer(h):  # a GPT layer's parameters: 12 h^2 + 13 h (QKV, out_proj, fc1, f
     return 12 * h * h + 13 * h
 
 
+def _whole(h):  # of them, what every tensor rank holds whole: two LayerNorms (2 x 2h) and the out_proj / fc2 biases
+    return 6 * h  # (Megatron-core @ 1e05700 transformer_layer.py 309-314, 356-361; tensor_parallel/layers.py 1146)
+
+
+def _layer_over(h, tp):  # a layer as a count a rank holds 1 / tp of takes it: the whole part tp times
+    return _layer(h) + (tp - 1) * _whole(h)
+
+
 # n21-145b: h 12288, V 51200, 80 layers on 16 virtual stages (5 each) of 8 ranks, TP 8, DP 24, fp16 gradients.
 H, V = 12288, 51200
 # the embedding and the learned positions, whole on each of the 8 tensor ranks (Megatron-LM @ 6985e58
 # megatron/model/language_model.py lines 139-141: a torch.nn.Embedding), so 8 times in a count a rank holds 1/8 of
-STAGE0 = 5 * _layer(H) + V * H + 8 * 2048 * H
-MIDDLE = 5 * _layer(H)
-LAST = 5 * _layer(H) + 2 * H + V * H  # the final norm and the tied head's own copy
+# (so are each layer's norms and row-parallel biases, _whole, and the final LayerNorm: 7 more copies of each)
+STAGE0 = 5 * _layer_over(H, 8) + V * H + 8 * 2048 * H
+MIDDLE = 5 * _layer_over(H, 8)
+LAST = 5 * _layer_over(H, 8) + 8 * 2 * H + V * H  # the final norm (whole on each rank) and the tied head's own copy
 
 
 def _dp_all_reduce(params):  # fp16 over 24 ranks, one per node (TP 8): one NIC
@@ -145,22 +154,22 @@ OPA = NIC * 6.25 / 25
 
 def test_deepspeed_bf16_gradient_all_reduce_by_hand():
     sc = _load("bloom-176b")
-    whole = 6 * _layer(BH) / 4  # a middle stage's elements on one rank
-    assert sc.derived().stages[5].dense_params == 6 * _layer(BH)
+    whole = 6 * _layer_over(BH, 4) / 4  # a middle stage's elements on one rank: norms and row biases whole
+    assert sc.derived().stages[5].dense_params == 6 * _layer_over(BH, 4)
     # the fp32 gradient cast to bf16, all-reduced over 8 ranks on 2 NICs, scaled by 1/8 and cast back:
     # 6 + 4 + 6 bytes per element streamed through HBM
     want = LAT + whole * 2 * 2 * 7 / 8 / (2 * OPA) + whole * 16 / HBM
     got = derived_sync(sc, "grad_sync")
     assert got[5] == pytest.approx(want * 1e3)
     # the first stage adds the tied embedding's fp32 gradient (_hp_grad), all-reduced with the last stage's
-    first = 5 * _layer(BH) / 4 + BV * BH / 4 + 2048 * BH  # the position table whole on each of the TP 4 ranks
+    first = 5 * _layer_over(BH, 4) / 4 + BV * BH / 4 + 2048 * BH  # the position table whole on each of the TP 4 ranks
     tied = LAT + BV * BH / 4 * 4 / OPA
     assert got[0] == pytest.approx((LAT + first * 2 * 2 * 7 / 8 / (2 * OPA) + first * 16 / HBM + tied) * 1e3)
 
 
 def test_deepspeed_bf16_optimizer_by_hand():
     sc = _load("bloom-176b")
-    whole = 6 * _layer(BH) / 4
+    whole = 6 * _layer_over(BH, 4) / 4
     # Adam on the rank's 1/8 shard (bf16 weights, fp32 gradients: 14 + 16 + 4 + 4 bytes), the gradient norm
     # over the whole fp32 gradient (4 bytes: the shard's 4 are among the 38), one kernel floor; then the bf16
     # weights all-gathered over the 8 ranks (sequential, in the optimizer's step())
@@ -224,18 +233,19 @@ def test_deepspeed_bf16_gradient_accumulation_by_hand():
     from dualpipe_sim.model import derive
 
     # update_hp_grads (DeepSpeed v0.6.5) every micro-batch: hp_grad.add_(lp_grad.to(fp32)): 2 + 4 bytes for the
-    # cast, 4 + 4 + 4 for the add, over the rank's share of the layer (12 h^2 + 13 h over TP 4)
+    # cast, 4 + 4 + 4 for the add, over the rank's share of the layer (12 h^2 + 13 h over TP 4, the norms and row biases
+    # whole: _layer_over)
     st = derive.setup(_load("bloom-176b"))
     [row] = [k for k in derive.layer_kernels(st, 0) if k.name == "gradient accumulation"]
     assert row.component == "mlp_backward_weight"
-    assert row.seconds == pytest.approx(_layer(BH) / 4 * 18 / HBM + FLOOR)
+    assert row.seconds == pytest.approx(_layer_over(BH, 4) / 4 * 18 / HBM + FLOOR)
     # the first stage's embedding (vocabulary 250,880 x h / TP 4, and 2,048 positions x h whole on each rank) as well
     [emb] = [k for k in derive.extra_kernels(st, st.stages[0]) if k.name == "embedding gradient accumulation"]
     assert emb.seconds == pytest.approx((BV / 4 + 2048) * BH * 18 / HBM + FLOOR)
     # Megatron-LM 2021's DDP hook instead: main_grad.add_(grad), read 2 + 4, write 4 (model.runtime alone)
     meg = derive.setup(_load("bloom-176b", ["step.runtime=megatron"]))
     [row] = [k for k in derive.layer_kernels(meg, 0) if k.name == "gradient accumulation"]
-    assert row.seconds == pytest.approx(_layer(BH) / 4 * 10 / HBM + FLOOR)
+    assert row.seconds == pytest.approx(_layer_over(BH, 4) / 4 * 10 / HBM + FLOOR)
 
 
 def test_a_tied_head_on_the_embeddings_stage_accumulates_the_shared_weight_once():
@@ -305,8 +315,9 @@ def test_mlperf_start_wait_by_hand():
     nemo_off = ["step.fp32_embedding_optimizer=false", "step.grad_sync_held=[]"]
     sc = _load("mlperf31-gpt3-512", nemo_off)
     rates = sc.derived().setup.rates
-    stage0 = ((12 * GH * GH + 13 * GH + 50688 * GH) / 4 + 2048 * GH) * 2
-    assert sc.derived().stages[0].dense_params == 12 * GH * GH + 13 * GH + (50688 + 4 * 2048) * GH
+    # the layer's two LayerNorms and out_proj / fc2 biases (6h) are whole on every rank too (_whole): 3 more copies
+    stage0 = ((12 * GH * GH + 13 * GH + 50688 * GH) / 4 + 3 * 6 * GH / 4 + 2048 * GH) * 2
+    assert sc.derived().stages[0].dense_params == 12 * GH * GH + 13 * GH + 3 * 6 * GH + (50688 + 4 * 2048) * GH
     moved, bus = stage0 * 15 / 16, 2 * rates.nic_bus
     want = min(9 * (8.4 + 8 * 3.4 + 7 * 14) * 1e-6 + moved / bus, 9 * (14 + 8 * 1.9 + 7 * 4) * 1e-6 + moved / (bus * 0.92))
     from dualpipe_sim.model.step_figures import start_gather_ms

@@ -130,7 +130,8 @@ class LayerTimes:
 @dataclass
 class StageFigures:
     # whole-model counts this stage holds (before any sharding), which one rank holds 1 / tensor of the dense part;
-    # so a learned position table, whole on every tensor rank, counts tensor times (params.embedding_over_tensor)
+    # so what every tensor rank holds whole counts tensor times: a learned position table (params.embedding_over_tensor),
+    # norms, row-parallel biases and routers (params.whole_on_tensor; stage_dense_params)
     dense_params: int
     routed_params: int
     activation_bytes: float  # per micro-batch on the rank running it
@@ -386,12 +387,22 @@ def grad_accumulation_bytes(m, microbatches: int) -> float:
     return 3 * DTYPES[m.grads_dtype] * (microbatches - 1) / microbatches
 
 
-def stage_head_params(cfg, stage: layout.Stage) -> int:
+def stage_head_params(cfg, stage: layout.Stage, tensor: int = 1) -> int:
     """The head's parameters on its stage: a tied head on the embedding's own stage shares its weight
-    (Megatron keeps a second copy only when the two sit on different stages)."""
+    (Megatron keeps a second copy only when the two sit on different stages); with ``tensor``, as a
+    stage's dense count takes them (params.head_over_tensor)."""
     if not stage.head:
         return 0
-    return params.head_unique(cfg) if stage.embedding else params.head(cfg)
+    return params.head_over_tensor(cfg, tensor, unique=stage.embedding)
+
+
+def stage_dense_params(cfg, stage: layout.Stage, tensor: int = 1) -> int:
+    """A stage's dense parameters as StageFigures.dense_params counts them: what one rank holds ``1 / tensor``
+    of, so the parts every tensor rank holds whole (positions, norms, row-parallel biases, routers) count
+    ``tensor`` times; ``tensor`` 1: the model's own count."""
+    dense = sum(params.layer(cfg, i).dense_over_tensor(tensor) for i in stage.layers)
+    dense += params.embedding_over_tensor(cfg, tensor) if stage.embedding else 0
+    return dense + stage_head_params(cfg, stage, tensor) + stage.mtp * params.mtp_module(cfg).dense_over_tensor(tensor)
 
 
 def p2p_ms(st: Setup) -> float:
@@ -626,13 +637,14 @@ def stage_memory(st: Setup, stage: layout.Stage, memo: Memo | None = None) -> tu
     if stage.mtp:
         mtp = params.mtp_module(cfg)
         units += [(mtp, params.mtp_linear_weights(cfg))] * stage.mtp
-    dense = sum(p.dense for p, _ in units) + (params.embedding_over_tensor(cfg, sh.tensor) if stage.embedding else 0)
-    dense += stage_head_params(cfg, stage)
+    dense = sum(p.dense_over_tensor(sh.tensor) for p, _ in units)
+    dense += (params.embedding_over_tensor(cfg, sh.tensor) if stage.embedding else 0) + stage_head_params(cfg, stage, sh.tensor)
     routed = sum(p.routed for p, _ in units)
     fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
     # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
-    sizes = [(p.dense, p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
-    sizes += [(n, 0, 0.0) for n, here in ((params.embedding_over_tensor(cfg, sh.tensor), stage.embedding), (params.head(cfg), stage.head)) if here]
+    sizes = [(p.dense_over_tensor(sh.tensor), p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
+    sizes += [(n, 0, 0.0) for n, here in ((params.embedding_over_tensor(cfg, sh.tensor), stage.embedding),
+                                          (params.head_over_tensor(cfg, sh.tensor), stage.head)) if here]  # fmt: skip
     biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.expert, default=(0, 0, 0.0))
     fp8_unit = max((u[2] for u in sizes), default=0.0)
     return (memory.stage_static(dense, routed, sh, fp8_dense, fp8_routed, fp8_unit),
@@ -671,11 +683,11 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     units = [unit(*extra(embedding=True), params.embedding_over_tensor(cfg, sh.tensor), 0)] if stage.embedding else []
     for i, t in zip(stage.layers, times):
         p = _get(params_tab, i, params.layer, cfg, i)
-        units.append(unit(t.forward, t.backward, p.dense, p.routed))
+        units.append(unit(t.forward, t.backward, p.dense_over_tensor(sh.tensor), p.routed))
     mtp = params.mtp_module(cfg)
-    units += [unit(*extra(mtp=1), mtp.dense, mtp.routed) for _ in range(stage.mtp)]
+    units += [unit(*extra(mtp=1), mtp.dense_over_tensor(sh.tensor), mtp.routed) for _ in range(stage.mtp)]
     if stage.head:
-        units.append(unit(*extra(head=True), params.head(cfg), 0))
+        units.append(unit(*extra(head=True), params.head_over_tensor(cfg, sh.tensor), 0))
     return units
 
 
@@ -705,7 +717,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw), extra_tab, params_tab)
     for stage in st.stages:
         lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
-        dense = sum(p.dense for p in lp)
+        dense = sum(p.dense_over_tensor(sh.tensor) for p in lp)
         routed = sum(p.routed for p in lp)
         act = sum(_get(act_tab, i, lambda i: activations.layer_total(cfg, i, *args, sp=st.sequence_parallel), i)
                   for i in stage.layers)  # fmt: skip
@@ -713,11 +725,11 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             dense += params.embedding_over_tensor(cfg, sh.tensor)
             act += activations.embedding(cfg, seq, st.mb, sh.tensor, sp=st.sequence_parallel)
         if stage.head:
-            dense += stage_head_params(cfg, stage)
+            dense += stage_head_params(cfg, stage, sh.tensor)
             act += activations.head(cfg, seq, st.mb, st.act_bytes, sh.tensor, sp=st.sequence_parallel)
         if stage.mtp:
             mtp = params.mtp_module(cfg)
-            dense += stage.mtp * mtp.dense
+            dense += stage.mtp * mtp.dense_over_tensor(sh.tensor)
             routed += stage.mtp * mtp.routed
             act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
         static, sharding_buffers = _get(memory_tab, stage, stage_memory, st, stage)

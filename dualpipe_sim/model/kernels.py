@@ -1003,7 +1003,7 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     if lay.grad_accumulation > 0:  # a runtime that adds each weight gradient into the accumulated one apart
         p = params.layer(cfg, i)
         tb.memory("gradient accumulation", "mlp_backward_weight",
-                  (p.dense / lay.tensor + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
+                  (p.dense_over_tensor(lay.tensor) / lay.tensor + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
     if lay.sync_tp_duplicated:
         _tp_duplicated_syncs(tb, i, full)
     if lay.te_fp8 and lay.fp8_weight_each_use:

@@ -21,6 +21,7 @@ class LayerParams:
     mlp: int  # dense FFN, or an MoE layer's shared experts + router (replicated over EP)
     routed: int  # all routed experts (sharded over EP); 0 in a dense layer
     routed_active: int  # the experts_per_token of them one token uses
+    whole: int = 0  # of ``dense``, the elements every tensor rank holds whole (whole_on_tensor)
 
     @property
     def total(self) -> int:
@@ -34,6 +35,11 @@ class LayerParams:
     def dense(self) -> int:
         """Everything but the routed experts: replicated across expert-parallel ranks."""
         return self.attention + self.norms + self.mlp
+
+    def dense_over_tensor(self, tensor: int) -> int:
+        """``dense`` as a stage's count takes it, which one rank holds ``1 / tensor`` of: the
+        ``whole`` part counts ``tensor`` times (as embedding_over_tensor counts learned positions)."""
+        return self.dense + (tensor - 1) * self.whole
 
 
 def _norm(cfg: ModelConfig, width: int) -> int:
@@ -69,18 +75,36 @@ def ffn(cfg: ModelConfig, width: int) -> int:
     return 3 * h * width  # gate, up, down
 
 
+def whole_on_tensor(cfg: ModelConfig, i: int) -> int:
+    """Elements of layer ``i``'s dense parameters every tensor-parallel rank holds whole, as
+    Megatron-core builds them (NVIDIA/Megatron-LM @ 1e05700): the two pre-norms (weight, and bias
+    for LayerNorm: ``input_layernorm`` / ``pre_mlp_layernorm`` built with ``hidden_size``,
+    megatron/core/transformer/transformer_layer.py lines 309-314 and 356-361; TENorm, a
+    te.pytorch.LayerNorm / RMSNorm of ``hidden_size``, extensions/transformer_engine.py lines 74-88),
+    the row-parallel linears' biases (attention output, fc2: ``RowParallelLinear``'s bias is
+    ``torch.empty(self.output_size)``, tensor_parallel/layers.py line 1146), and an MoE layer's router
+    (``torch.empty((num_moe_experts, hidden_size))``, transformer/moe/router.py lines 49-51; its
+    expert bias a per-expert vector).  As ddp_buckets lists a layer's tensors."""
+    h = cfg.hidden_size
+    n = 2 * _norm(cfg, h) + (h if cfg.bias else 0)  # + the attention output projection's bias
+    if not cfg.is_moe_layer(i):
+        return n + (h if cfg.bias and cfg.ffn == "gelu" else 0)  # + fc2's bias
+    n += h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0)
+    return n + (h if cfg.bias and cfg.ffn == "gelu" and cfg.shared_intermediate_size else 0)  # shared fc2's bias
+
+
 def layer(cfg: ModelConfig, i: int) -> LayerParams:
     """Parameters of layer ``i`` (0-based; MTP layers are MoE layers like the last one)."""
-    attn, norms = attention(cfg), 2 * _norm(cfg, cfg.hidden_size)
+    attn, norms, whole = attention(cfg), 2 * _norm(cfg, cfg.hidden_size), whole_on_tensor(cfg, i)
     if not cfg.is_moe_layer(i):
-        return LayerParams(attn, norms, ffn(cfg, cfg.intermediate_size), 0, 0)
+        return LayerParams(attn, norms, ffn(cfg, cfg.intermediate_size), 0, 0, whole)
     h, E = cfg.hidden_size, cfg.num_experts
     expert = ffn(cfg, cfg.moe_intermediate_size)
     router = h * E + (E if cfg.router_bias else 0)
     shared = (ffn(cfg, cfg.shared_intermediate_size) if cfg.shared_intermediate_size else 0) + (
         h if cfg.shared_expert_gate else 0
     )
-    return LayerParams(attn, norms, shared + router, E * expert, cfg.experts_per_token * expert)
+    return LayerParams(attn, norms, shared + router, E * expert, cfg.experts_per_token * expert, whole)
 
 
 def embedding(cfg: ModelConfig) -> int:
@@ -96,6 +120,12 @@ def embedding_over_tensor(cfg: ModelConfig, tensor: int) -> int:
     Megatron-LM 2021 the same, 6985e58 megatron/model/language_model.py lines 139-141), so it
     counts ``tensor`` times."""
     return cfg.vocab_size * cfg.hidden_size + tensor * cfg.max_positions * cfg.hidden_size
+
+
+def head_over_tensor(cfg: ModelConfig, tensor: int, unique: bool = False) -> int:
+    """The head (``unique``: head_unique) as a stage's dense count takes it: its final norm, whole on
+    every tensor rank (a TENorm of ``hidden_size``, as whole_on_tensor's), counts ``tensor`` times."""
+    return (head_unique(cfg) if unique else head(cfg)) + (tensor - 1) * _norm(cfg, cfg.hidden_size)
 
 
 def head(cfg: ModelConfig) -> int:
@@ -115,7 +145,8 @@ def mtp_module(cfg: ModelConfig) -> LayerParams:
     one = layer(cfg, cfg.num_layers)
     h = cfg.hidden_size
     extra = 2 * _norm(cfg, h) + 2 * h * h + _norm(cfg, h)
-    return LayerParams(one.attention, one.norms + extra, one.mlp, one.routed, one.routed_active)
+    norms = 3 * _norm(cfg, h)  # enorm, hnorm and the final norm: whole on every tensor rank too
+    return LayerParams(one.attention, one.norms + extra, one.mlp, one.routed, one.routed_active, one.whole + norms)
 
 
 @dataclass(frozen=True)

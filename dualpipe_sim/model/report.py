@@ -44,9 +44,8 @@ def summary(d: Derived, scenario=None) -> dict:
             "embedding": stage.embedding,
             "head": stage.head,
             "mtp": stage.mtp,
-            # the model's count: a position table once, though every tensor rank holds it whole
-            "parameters": fig.dense_params + fig.routed_params - (
-                params.embedding_over_tensor(cfg, st.sharding.tensor) - params.embedding(cfg) if stage.embedding else 0),
+            # the model's count: a position table, norms and routers once, though every tensor rank holds them whole
+            "parameters": derive.stage_dense_params(cfg, stage) + fig.routed_params,
             "parameters_routed": fig.routed_params,
             "parameter_bytes_per_rank": fig.static.parameters,
             "gradient_bytes_per_rank": fig.static.gradients,

@@ -477,10 +477,11 @@ def nemo_sync(scenario, derived=None) -> NemoSync:
             in_tail[s] = True
             if s != first:  # the marked parameters of the rank's other copies join the held group
                 moved = 0.0
+                # norms and row-parallel biases are whole on every tensor rank (params.whole_on_tensor): not / tensor
                 if "sequence-parallel" in marks and st.sequence_parallel and sh.tensor > 1:
-                    moved += sequence_parallel_elements(cfg, where) / sh.tensor * sh.grads_bytes
+                    moved += sequence_parallel_elements(cfg, where) * sh.grads_bytes
                 if "final-norm" in marks and where.head:
-                    moved += params._norm(cfg, cfg.hidden_size) / sh.tensor * sh.grads_bytes
+                    moved += params._norm(cfg, cfg.hidden_size) * sh.grads_bytes
                 if "embedding" in marks and where.head and cfg.tie_word_embeddings and not where.embedding and not f32opt:
                     moved += cfg.vocab_size * cfg.hidden_size / sh.tensor * sh.grads_bytes
                     moved += fp32_embedding_extra_bytes(st, where) if step.fp32_embedding_grads else 0.0
@@ -842,7 +843,7 @@ def last_unit_grads(st, where) -> tuple[float, float]:
     the last backward's last unit, the stage's first (its embedding, else its first layer, else its MTP module)."""
     cfg, sh = st.cfg, st.sharding
     first = params.layer(cfg, where.layers[0]) if where.layers else params.mtp_module(cfg)
-    dense, routed = (params.embedding_over_tensor(cfg, sh.tensor), 0) if where.embedding else (first.dense, first.routed)
+    dense, routed = (params.embedding_over_tensor(cfg, sh.tensor), 0) if where.embedding else (first.dense_over_tensor(sh.tensor), first.routed)
     return dense / sh.tensor * sh.grads_bytes, routed / sh.expert * sh.grads_bytes
 
 
