@@ -81,6 +81,19 @@ def stage_zero_linears(cfg, stage) -> list[bool]:
     return flags
 
 
+def stage_zero_decays(cfg, stage) -> list[bool]:
+    """Per tensor of ``stage_zero_tensors``: in Megatron-core's weight-decay parameter group (optimizer/__init__.py
+    ``_get_param_groups`` @ d339190: no decay for a bias or a 1-D parameter): all but the norms."""
+    flags = [True] if stage.embedding else []
+    if stage.embedding and cfg.max_positions:
+        flags.append(True)
+    for i in stage.layers:
+        flags += [True, False, True, False] + [True] * (len(_layer_linears(cfg, i)) - 4)
+    if stage.head:
+        flags += [False] if cfg.tie_word_embeddings else [False, True]
+    return flags
+
+
 def stage_zero_tensors(cfg, stage, t: int) -> list[int]:
     """Stage 0's dense parameters on one tensor rank, in registration order (embedding first)."""
     h = cfg.hidden_size

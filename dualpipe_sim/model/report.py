@@ -12,7 +12,7 @@ import textwrap
 
 from .. import units
 from ..schedules.components import Component
-from . import activations, derive, flops, kernels, params, step_end
+from . import activations, derive, flops, kernels, params, step_end, step_launches
 from .derive import Derived
 
 COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
@@ -243,6 +243,13 @@ def step_end_lines(end: dict | None) -> list[str]:
     for key, values in end["figures_ms"].items():
         how = "derived: the sum of its parts above" if key in derived else "as the scenario gives it"
         lines.append(f"    run's step.{key} ({how}): {_by_stage('ms', values, _ms)}")
+    host = end.get("host_launches")
+    if host:  # model/step_launches.py: counted from the code, no host time per launch behind them
+        lines.append(f"    host launches after the loss's > 0 read: {host['after_loss_read']} (the GPU waits for each: "
+                     f"{host['shard_pieces']} gradient copies, the norm's {host['norm_launches']} l2norm launches and "
+                     f"{step_launches.NORM_FIXED} other calls); after the norm's .item(): {host['after_norm_read']} (Adam "
+                     f"{host['adam_launches']}, {host['fp8_pieces']} FP8 pieces' casts, the 16-bit copies); "
+                     "not costed: no measured host time per launch (docs/validation.md)")
     if end["dp_comm_slowdown"]:
         lines.append(f"    compute beside a data-parallel collective runs slower ({end['dp_comm_sms']} SMs taken, "
                      f"step.dp_comm_sms): {_by_stage('x', end['dp_comm_slowdown'], lambda v: f'{v:.4g}')}")

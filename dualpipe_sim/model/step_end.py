@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ScenarioError
-from . import collectives, ddp_buckets
+from . import collectives, ddp_buckets, step_launches
 from . import step_figures as sf
 
 FIGURES = ("grad_sync", "cross_copy_sync", "optimizer")
@@ -339,4 +339,14 @@ def summary(scenario, derived) -> dict | None:
         "dp_comm_slowdown": list(costs.dp_comm_slowdown),
         "items": [{"name": i.name, "figure": i.figure, "bytes": list(i.bytes), "ms": list(i.ms), "group": i.group,
                    "link": i.link, "bound": i.bound, "rule": i.rule} for i in items(scenario, derived)],
+        "host_launches": _host_launches(scenario, derived),
     }
+
+
+def _host_launches(scenario, derived) -> dict | None:
+    """The eager launches after the step's two host reads (model/step_launches.py): counted, not costed."""
+    got = step_launches.count(scenario, derived)
+    if got is None:
+        return None
+    return {"after_loss_read": got.after_loss, "after_norm_read": got.after_norm, "shard_pieces": got.pieces,
+            "fp8_pieces": got.fp8_pieces, "adam_launches": got.adam, "norm_launches": got.norm, "costed": False}
