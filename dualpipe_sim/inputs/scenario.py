@@ -27,6 +27,7 @@ from .costs import Chunk as ChunkCosts
 from ..errors import ScenarioError, cut, shown
 from ..model import ddp_buckets
 from ..model.activations import POLICIES
+from ..model.recompute import MODULES as RECOMPUTE_MODULES
 from ..model.config import ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection, strict_bool
 from ..schedules.rules import WORK, Channel
@@ -144,6 +145,9 @@ class Memory(_Section):
     activation: PerStageNonNeg = 1.0
     parameters: PerStageNonNeg = 1.0
     recompute: Literal[POLICIES] = "none"  # activation recompute policy (with [model]; model/activations.py)
+    # Megatron-core's --recompute-modules, with recompute = "selective" only (None: its default, ["core_attn"];
+    # model/recompute.py)
+    recompute_modules: list[Literal[RECOMPUTE_MODULES]] | None = None
     runtime: _num(ge=0) | None = None  # bytes per rank for CUDA context, NCCL, workspace; None: derived (model/memory.py)
     fp8_weight_cache: bool = True  # FP8 models: keep each linear's FP8 weight copy + transpose all step (TE)
 
@@ -280,6 +284,16 @@ class Scenario(_Section):
 
         family = registry.families().get(self.pipeline.schedule)
         return family.recompute if family is not None else self.memory.recompute
+
+    def recompute_modules(self) -> tuple[str, ...] | None:
+        """memory.recompute_modules, checked against the policy (None: Megatron-core's default list)."""
+        given = self.memory.recompute_modules
+        if given is None:
+            return None
+        if self.recompute() != "selective":
+            raise ScenarioError(f'memory.recompute_modules: only with memory.recompute = "selective" (Megatron-core\'s '
+                                f'--recompute-granularity selective), got "{self.recompute()}"')
+        return tuple(dict.fromkeys(given))  # Megatron-core checks a set: a repeat changes nothing
 
     def derived(self, memo=None):
         """Per-stage figures derived from [model]/[parallel]/[hardware] (model/derive.py); None without [model].
@@ -428,6 +442,7 @@ class Scenario(_Section):
 
     def cost_model(self, derived=None) -> CostModel:
         """``derived``: this scenario's derived figures when the caller has them already."""
+        self.recompute_modules()  # its policy rule holds with or without [model]
         S = self.pipeline.stages
         c = self.costs
         derived = self.derived() if derived is None else derived

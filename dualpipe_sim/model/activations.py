@@ -24,11 +24,16 @@ in FP8 with its output recomputed (report Sec. 3.3.1-3.3.3).  Tensor parallelism
 everything by ``tp``; without it (``sp=False``) the tensors outside the tensor-parallel regions (norm
 inputs and outputs, residual dropout masks, MLA's latents, the router's input side, a checkpointed
 layer input) are whole on every rank (Korthikanti et al. Sec. 4.2.2: ``s*b*h*(10 + 24/t)`` for GPT
-with selective recompute).  docs/model.md walks through each count.
+with selective recompute).  ``modules`` (memory.recompute_modules, recompute.py): with ``selective``,
+Megatron-core's modules: "core_attn" is the attention core above, "layernorm" frees the output of each norm that
+is a module of its own (with Transformer Engine's layer spec the pre-MLP norm of an MoE layer and MLA's input norm;
+the other norms are fused into the next linear), "moe_act" the routed experts' activation output (fc2's input),
+"mlp" all a dense MLP keeps but its input.  docs/model.md walks through each count.
 """
 
 from __future__ import annotations
 
+from . import recompute
 from .config import ModelConfig
 
 POLICIES = ("none", "selective", "full", "deepseek")
@@ -47,9 +52,16 @@ OUTSIDE_TP = frozenset({
 
 
 def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
-          tp: int = 1, sp: bool = True) -> dict[str, float]:  # fmt: skip
+          tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None) -> dict[str, float]:  # fmt: skip
     """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences."""
     h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
+    mods = recompute.selected(policy, modules)
+    moe = cfg.is_moe_layer(i)
+    # CheckpointWithoutOutput frees a norm's output: MLA's input norm and an MoE layer's pre-MLP norm are TENorm
+    # modules; the others are fused into the next linear (IdentityOp: nothing to recompute)
+    norm1_out = "layernorm" not in mods or not cfg.mla
+    norm2_out = "layernorm" not in mods or not moe
+    dense_mlp = not moe and "mlp" in mods  # the dense MLP checkpointed whole: only its input kept
     sb = s * b
     if policy == "full":
         return {"layer input (checkpoint)": act * sb * h / (tp if sp else 1)}
@@ -59,11 +71,11 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     out: dict[str, float] = {"norm1 input": act * sb * h}
     if cfg.mla:
         if cfg.q_lora_rank:
-            out["q_a input (norm1 output)"] = 0 if drop_norm else lin * sb * h
+            out["q_a input (norm1 output)"] = 0 if drop_norm or not norm1_out else lin * sb * h
             out["q latent (q_a_layernorm input)"] = act * sb * cfg.q_lora_rank
             out["q_b input (q_a_layernorm output)"] = 0 if drop_norm else lin * sb * cfg.q_lora_rank
         else:
-            out["q input (norm1 output)"] = 0 if drop_norm else lin * sb * h
+            out["q input (norm1 output)"] = 0 if drop_norm or not norm1_out else lin * sb * h
         out["kv latent + rope key (kv_a output)"] = act * sb * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
         out["kv_b input (kv_a_layernorm output)"] = 0 if drop_norm else lin * sb * cfg.kv_lora_rank
         if not cfg.q_lora_rank:
@@ -76,7 +88,7 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
         out["q, k"] = act * sb * (a + kv) * cfg.qk_head_dim
         out["v"] = act * sb * kv * cfg.v_head_dim
     if eager:
-        core = policy in ("selective",)
+        core = "core_attn" in mods
         out["softmax output"] = 0 if core else act * a * s * s * b
         if cfg.dropout:
             out["attention dropout mask"] = 0 if core else a * s * s * b
@@ -87,8 +99,9 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     if cfg.dropout:
         out["attention residual dropout mask"] = 1.0 * sb * h
     out["norm2 input"] = act * sb * h
-    out["mlp input (norm2 output)"] = 0 if drop_norm else (lin if not cfg.is_moe_layer(i) else act) * sb * h
-    if cfg.is_moe_layer(i):
+    keep_norm2 = not (drop_norm or dense_mlp) and norm2_out
+    out["mlp input (norm2 output)"] = (lin if not moe else act) * sb * h if keep_norm2 else 0
+    if moe:
         k, fe = cfg.experts_per_token, cfg.moe_intermediate_size
         out["router probabilities (fp32)"] = 4.0 * sb * cfg.num_experts
         out["routed expert inputs (k copies)"] = lin * k * sb * h
@@ -96,7 +109,7 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
             out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
         else:
             out["routed SwiGLU inputs"] = act * k * sb * 2 * fe
-            out["routed down inputs"] = act * k * sb * fe
+            out["routed down inputs"] = 0 if "moe_act" in mods else act * k * sb * fe
         if cfg.shared_intermediate_size:
             fs = cfg.shared_intermediate_size
             if cfg.fp8:
@@ -105,19 +118,19 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
                 out["shared-expert SwiGLU input"] = act * sb * 2 * fs
                 out["shared-expert down input"] = act * sb * fs
     elif cfg.ffn == "gelu":
-        out["gelu input"] = act * sb * cfg.intermediate_size
-        out["fc2 input (gelu output)"] = act * sb * cfg.intermediate_size
+        out["gelu input"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
+        out["fc2 input (gelu output)"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
     else:
-        out["SwiGLU input (gate, up outputs)"] = act * sb * 2 * cfg.intermediate_size
-        out["down input (SwiGLU output)"] = lin * sb * cfg.intermediate_size
+        out["SwiGLU input (gate, up outputs)"] = 0 if dense_mlp else act * sb * 2 * cfg.intermediate_size
+        out["down input (SwiGLU output)"] = 0 if dense_mlp else lin * sb * cfg.intermediate_size
     if cfg.dropout:
         out["mlp dropout mask"] = 1.0 * sb * h
     return {name: v / (tp if sp or name not in OUTSIDE_TP else 1) for name, v in out.items() if v}
 
 
 def layer_total(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
-                tp: int = 1, sp: bool = True) -> float:  # fmt: skip
-    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp).values()))
+                tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None) -> float:  # fmt: skip
+    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules).values()))
 
 
 def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1, sp: bool = True) -> float:
@@ -133,13 +146,13 @@ def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1, sp: bo
 
 
 def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1,
-               sp: bool = True) -> float:  # fmt: skip
+               sp: bool = True, modules: tuple[str, ...] | None = None) -> float:  # fmt: skip
     """One MTP module: its two norm inputs, the projection input, one layer and the shared head."""
     proj = 0.0 if policy in ("deepseek", "full") else act * s * b * 2 * cfg.hidden_size
     whole = tp if sp else 1  # norm inputs and the projection input sit outside tensor parallelism
     return (
         2 * act * s * b * cfg.hidden_size / whole
         + proj / whole
-        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp)
+        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules)
         + head(cfg, s, b, act, tp, sp)
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params
+from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params, recompute
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -72,6 +72,7 @@ class Setup:
     evaluation: bool = False  # the forward with autograd off, as an evaluation runs it (kernels.Layout.evaluation)
     grads_averaged: bool = False  # step.average_in_collective: the gradient reduce-scatter is an ncclAvg
     ub_ring_rs: tuple[str, ...] = ()  # parallel.tp_overlap_ring_rs
+    modules: tuple[str, ...] | None = None  # memory.recompute_modules (None: Megatron-core's default; recompute.py)
 
     @property
     def ring_serial(self) -> bool:
@@ -96,7 +97,8 @@ class Setup:
                               cross_entropy=self.cross_entropy, fp8_current=self.fp8_current,
                               fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told,
                               ring_serial=self.ring_serial, qkv_prepare=self.qkv_prepare,
-                              evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs)  # fmt: skip
+                              evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
+                              modules=self.modules)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,25 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  tuple(sorted(set(par.tp_overlap_not_told))),
                  grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
                  qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context),
-                 ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))))  # fmt: skip
+                 ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))),
+                 modules=recompute_modules(scenario, cfg, m))  # fmt: skip
+
+
+def recompute_modules(scenario, cfg: ModelConfig, m) -> tuple[str, ...] | None:
+    """memory.recompute_modules, checked as Megatron-core checks it (transformer_config.py @ 1e05700 lines 762-795)
+    and against what is modelled (recompute.NOT_MODELLED)."""
+    mods = scenario.recompute_modules()
+    for name in mods or ():
+        if name in recompute.NOT_MODELLED:
+            raise ModelError(f'memory.recompute_modules: "{name}" is not modelled ({recompute.NOT_MODELLED[name]}); '
+                             f"modelled: {', '.join(x for x in recompute.MODULES if x not in recompute.NOT_MODELLED)}")
+    if cfg.fp8 and {"layernorm", "moe_act"} & set(mods or ()):
+        raise ModelError('memory.recompute_modules: "layernorm" and "moe_act" cannot run with FP8 (Megatron-core '
+                         "refuses them: \"moe_act and layernorm recompute cannot work with fp8\")")
+    if "moe_act" in (mods or ()) and m.expert_gemm == "sequential":
+        raise ModelError('memory.recompute_modules: "moe_act" needs grouped expert GEMMs (Megatron-core: "only supported '
+                         'with moe_grouped_gemm"); model.expert_gemm is "sequential"')
+    return mods
 
 
 def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:
@@ -476,9 +496,10 @@ def layer_times(st: Setup, i: int) -> LayerTimes:
     core = _ms(n * f.attn_core * (1.0 if eager else FLASH_CAUSAL), bf16, eff)
     mlp = _ms(n * f.mlp, lin, eff)
     core_back = (EAGER_BACKWARD if eager else FLASH_BACKWARD) * core
-    redo_attn = {"full": lin_attn + core, "selective": core if eager else 0.0,
+    mods = recompute.selected(st.policy, st.modules)
+    redo_attn = {"full": lin_attn + core, "selective": core if eager and "core_attn" in mods else 0.0,
                  "deepseek": _ms(n * f.up_projection, lin, eff)}.get(st.policy, 0.0)  # fmt: skip
-    redo_mlp = mlp if st.policy == "full" else 0.0
+    redo_mlp = mlp if st.policy == "full" or ("mlp" in mods and not cfg.is_moe_layer(i)) else 0.0
     t = dict(
         attn_forward=lin_attn + core,
         mlp_forward=mlp,
@@ -709,8 +730,9 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     figures = []
     per_layer = {}
     tkey = times_key(st) if memo is not None else None
-    # a layer's parameters read the model; its activations the model, ``args`` and sequence parallelism
-    params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, st.sequence_parallel)
+    # a layer's parameters read the model; its activations the model, ``args``, sequence parallelism and the modules
+    saved = dict(sp=st.sequence_parallel, modules=st.modules)
+    params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, *saved.values())
     layer_tab, extra_tab, passes_tab = (_table(memo, name, tkey) for name in ("layer_times", "extra_times", "chunk_passes"))
     memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage
     # the FSDP units' collectives read the sharding, the rates (else the hardware's NIC) and the unit's sizes
@@ -719,7 +741,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
         lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
         dense = sum(p.dense_over_tensor(sh.tensor) for p in lp)
         routed = sum(p.routed for p in lp)
-        act = sum(_get(act_tab, i, lambda i: activations.layer_total(cfg, i, *args, sp=st.sequence_parallel), i)
+        act = sum(_get(act_tab, i, lambda i: activations.layer_total(cfg, i, *args, **saved), i)
                   for i in stage.layers)  # fmt: skip
         if stage.embedding:
             dense += params.embedding_over_tensor(cfg, sh.tensor)
@@ -731,7 +753,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             mtp = params.mtp_module(cfg)
             dense += stage.mtp * mtp.dense_over_tensor(sh.tensor)
             routed += stage.mtp * mtp.routed
-            act += stage.mtp * activations.mtp_module(cfg, *args, sp=st.sequence_parallel)
+            act += stage.mtp * activations.mtp_module(cfg, *args, **saved)
         static, sharding_buffers = _get(memory_tab, stage, stage_memory, st, stage)
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, gemm, host, params
+from . import collectives, deepseek_kernels, gemm, host, params, recompute
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -159,6 +159,12 @@ class Layout:
     # parallel.tp_overlap_ring_rs: the forward reduce-scatter overlaps a yaml runs as ring exchanges (method:
     # ring_exchange, TE CommOverlapP2PBase::split_overlap_rs), not as the pipelined num_splits reduce-scatter
     ub_ring_rs: tuple[str, ...] = ()
+    # memory.recompute_modules with policy "selective" (None: Megatron-core's default, recompute.DEFAULT)
+    modules: tuple[str, ...] | None = None
+
+    def recomputes(self, module: str) -> bool:
+        """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
+        return module in recompute.selected(self.policy, self.modules)
 
     @property
     def wgrad_out(self) -> float:
@@ -520,7 +526,7 @@ def attention_block(tb: Table, recompute: bool) -> None:
     tb.output_grad_cast("", comp, wcomp)
     tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
     if eager:
-        if lay.policy == "selective":  # Korthikanti et al.: the attention core is recomputed
+        if lay.recomputes("core_attn"):  # Korthikanti et al.: the attention core is recomputed
             _eager_attention(tb, comp, backward=False)
         _eager_attention(tb, comp, backward=True)
     else:
@@ -637,7 +643,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         else:  # Megatron's activation, then the TE linear's own cast
             tb.amax(f"{prefix}fc2 input", comp, n * f)
         tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline", ub="fc2_fprop")
-        if not prefix:
+        if not prefix and (comp == "mlp_forward" or lay.policy == "full"):  # the add is outside a checkpointed MLP
             tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     if prefix:
@@ -996,8 +1002,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         moe_mlp_block(tb, full)
         if lay.host_op > 0:
             host_share(tb, full)
-    else:
-        dense_mlp_block(tb, full)
+    else:  # --recompute-modules mlp: the dense MLP checkpointed (transformer_layer.py _forward_mlp)
+        dense_mlp_block(tb, full or lay.recomputes("mlp"))
     if lay.legacy:
         _legacy_layer_kernels(tb, i, full)
     if lay.grad_accumulation > 0:  # a runtime that adds each weight gradient into the accumulated one apart
@@ -1009,10 +1015,42 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     if lay.te_fp8 and lay.fp8_weight_each_use:
         fp8_weight_casts(tb, i)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
-        redo = [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)]
-        tb.rows += [Kernel(k.name + " (recompute)", "attn_backward_input", k.kind, k.shape, k.flops, k.bytes,
-                           k.seconds, k.bound) for k in redo]  # fmt: skip
+        _rerun(tb, [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)],
+               "attn_backward_input")  # fmt: skip
+    _rerun_discarded_outputs(tb, i)
     return tb.rows
+
+
+def _rerun(tb: Table, rows: list[Kernel], comp: str) -> None:
+    """Forward kernels ``rows`` again, as they ran, in the input-gradient component ``comp``."""
+    tb.rows += [replace(k, name=k.name + " (recompute)", component=comp) for k in rows]
+
+
+def _rerun_discarded_outputs(tb: Table, i: int) -> None:
+    """Megatron-core's output-discarding recompute (--recompute-modules layernorm / moe_act, recompute.py).
+    ``CheckpointWithoutOutput._recompute`` (tensor_parallel/random.py @ 1e05700 lines 550-612) runs as a grad hook
+    on the consumer's output, so at the start of the consumer's input gradient: the module's forward again, then
+    ``untyped_storage().copy_`` of its output into the storage ``discard_output_and_register_recompute`` freed
+    (resize_(0): no kernel), one more read and write of the output.  "layernorm" reruns the norms that are modules
+    of their own (transformer_layer.py lines 396-401: not IdentityOp; Transformer Engine's layer spec fuses the
+    others into the next linear, gpt_layer_specs.py lines 106-166): an MoE layer's pre-MLP norm, MLA's input norm;
+    "moe_act" the routed experts' activation (moe/experts.py TEGroupedMLP lines 814-820).  Both 16-bit only:
+    Megatron-core refuses them with FP8 (transformer_config.py lines 793-795)."""
+    cfg, lay = tb.cfg, tb.lay
+    ab, h = lay.act_bytes, cfg.hidden_size
+    moe = cfg.is_moe_layer(i)
+    picks = []  # (forward row, forward component, input-gradient component, output bytes)
+    if lay.recomputes("layernorm"):
+        if moe:
+            picks.append(("pre-mlp norm", "mlp_forward", "mlp_backward_input", lay.tokens // lay.tensor * h * ab))
+        if cfg.mla:
+            picks.append(("input norm", "attn_forward", "attn_backward_input", lay.norm_tokens * h * ab))
+    if lay.recomputes("moe_act") and moe:
+        rows = lay.tokens // lay.tensor * cfg.experts_per_token
+        picks.append(("experts swiglu", "mlp_forward", "mlp_backward_input", rows * cfg.moe_intermediate_size * ab))
+    for name, fcomp, comp, out in picks:
+        _rerun(tb, [k for k in tb.rows if k.component == fcomp and k.name == name], comp)
+        tb.memory(f"{name} (recompute copy)", comp, 2 * out)  # read the rerun output, write the kept storage
 
 
 def host_share(tb: Table, recompute: bool) -> None:

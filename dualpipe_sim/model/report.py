@@ -34,7 +34,8 @@ def summary(d: Derived, scenario=None) -> dict:
     t = params.totals(cfg)
     f = flops.per_token(cfg, st.seq)
     args = (st.seq // st.context, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
-    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel) for i in range(cfg.num_layers)]
+    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel, modules=st.modules)
+                 for i in range(cfg.num_layers)]
     stages = []
     for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
         row = {
@@ -172,7 +173,7 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
     distinct = sorted(set(per_layer), key=per_layer.index)
     shown = ", ".join(f"layers {_ranges([i for i, v in enumerate(per_layer) if v == b])}: {_gb(b)}" for b in distinct)
     lines.append(
-        f"activation bytes per layer (recompute {st.policy}, micro-batch {st.mb} x {st.seq} tokens, "
+        f"activation bytes per layer (recompute {_policy_name(st)}, micro-batch {st.mb} x {st.seq} tokens, "
         f"tensor {st.sharding.tensor}): {shown}"
     )
     hw = st.hw is not None
@@ -304,9 +305,10 @@ def explain_lines(d: Derived) -> list[str]:
     kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
     for moe in kinds:
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
-        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel)
+        saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel,
+                                  st.modules)
         lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
-                     f"recompute {st.policy}:")
+                     f"recompute {_policy_name(st)}:")
         lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]
         lines.append(f"    {'total':<40} {sum(saved.values()) / 1e6:>10.2f} MB")
     if st.rates is not None:
@@ -360,13 +362,20 @@ def explain_lines(d: Derived) -> list[str]:
             )
         lines.append(f"  P2P = {st.act_bytes:g} B x {st.tokens} tokens x {cfg.hidden_size} {_p2p_split(st)}"
                      f"/ {hw.p2p_gbps:g} GB/s = {d.p2p:.4g} ms")
-    lines.append(f"  recompute {st.policy}: " + {
+    lines.append(f"  recompute {_policy_name(st)}: " + {
         "none": "nothing recomputed",
-        "selective": "attention core recomputed (Korthikanti et al.; with flash attention it already is)",
+        "selective": "attention core recomputed (Korthikanti et al.; with flash attention it already is)"
+        if st.modules is None else "Megatron-core's --recompute-modules rerun in the input gradient, the "
+        "'(recompute)' rows (model/recompute.py)",
         "full": "each layer's forward rerun in its backward; only layer inputs kept",
         "deepseek": "RMSNorms and MLA up-projections rerun in the backward (DeepSeek-V3 Sec. 3.2.3)",
     }[st.policy])
     return lines
+
+
+def _policy_name(st) -> str:
+    """memory.recompute, with Megatron-core's modules when the scenario names them."""
+    return st.policy if st.modules is None else f"{st.policy} ({', '.join(st.modules) or 'no modules'})"
 
 
 def _runtime_notes(st) -> str:
