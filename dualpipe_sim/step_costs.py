@@ -31,7 +31,8 @@ class StepCosts:
     # rank's SMs (model/step_figures.dp_comm_slowdown); () or 1.0: not slowed
     dp_comm_slowdown: tuple[float, ...] = ()
     # per stage copy: the part of its reduction run only after its rank's pipeline and every other sync of the rank
-    # (NeMo on apex: the held bucket group in grad_sync(), the tied and fp32 embedding all-reduces); () : none
+    # (Megatron's finalize_model_grads: the tensor-parallel all-reduce of the sequence-parallel gradients, then the tied
+    # all-reduce; NeMo on apex also the held bucket group in grad_sync() and the fp32 embedding all-reduce); () : none
     grad_sync_tail: tuple[float, ...] = ()
 
     def active(self) -> bool:

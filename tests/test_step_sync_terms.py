@@ -15,7 +15,7 @@ import pytest
 from dualpipe_sim.cli import main
 from dualpipe_sim.errors import ScenarioError
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model.step_figures import derived_sync
+from dualpipe_sim.model.step_figures import derived_sync, grad_sync_tail
 
 ROOT = Path(__file__).resolve().parents[1]
 LAT, NIC, HBM, FLOOR = 25.5e-6, 23.5e9, 1.61e12, 2.5e-6
@@ -61,9 +61,14 @@ def test_tied_embedding_all_reduce_by_hand():
     assert (d.stages[0].dense_params, d.stages[7].dense_params, d.stages[15].dense_params) == (STAGE0, MIDDLE, LAST)
     tied = LAT + V * H / 8 * 2 / NIC
     got = derived_sync(sc, "grad_sync")
-    assert got[0] == pytest.approx((_dp_all_reduce(STAGE0) + tied) * 1e3)
-    assert got[15] == pytest.approx((_dp_all_reduce(LAST) + tied) * 1e3)
-    assert got[7] == pytest.approx(_dp_all_reduce(MIDDLE) * 1e3)  # holds neither: no tie
+    assert got[0] == pytest.approx(_dp_all_reduce(STAGE0) * 1e3)
+    assert got[15] == pytest.approx(_dp_all_reduce(LAST) * 1e3)
+    assert got[7] == pytest.approx(_dp_all_reduce(MIDDLE) * 1e3)
+    # the tie runs after the data-parallel sync, in the step's tail (training.py: allreduce_gradients, then the
+    # word embeddings' all-reduce); no sequence parallelism in 2021: nothing else there
+    tail = grad_sync_tail(sc)
+    assert tail[0] == pytest.approx(tied * 1e3) and tail[15] == pytest.approx(tied * 1e3)
+    assert set(tail[1:15]) == {0.0}  # hold neither: no tie
 
 
 def test_untied_or_single_stage_or_one_rank_has_no_tied_all_reduce():
@@ -80,7 +85,9 @@ def test_untied_or_single_stage_or_one_rank_has_no_tied_all_reduce():
 
 def test_k22_without_data_parallelism_reduces_only_the_tie():
     # k22-175b: h 12288, V 51200, TP 8, PP 8 (the 1F1B of 8 ranks, 12 layers each), bf16 with fp32 gradients
-    got = derived_sync(_load("k22-175b-full"), "grad_sync")
+    sc = _load("k22-175b-full")
+    assert set(derived_sync(sc, "grad_sync")) == {0.0}  # no data parallelism
+    got = grad_sync_tail(sc)  # the tie, after the (empty) data-parallel sync
     tied = (LAT + V * H / 8 * 4 / NIC) * 1e3
     assert got[0] == pytest.approx(tied) and got[-1] == pytest.approx(tied)
     assert set(got[1:-1]) == {0.0}

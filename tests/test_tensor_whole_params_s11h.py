@@ -50,12 +50,14 @@ def test_head_final_norm_whole():
 
 
 def test_moe_router_whole():
-    """A DeepSeek-V3 MoE layer: RMSNorms 2 x h and the router's 256 x h weight and 256 expert biases."""
+    """A DeepSeek-V3 MoE layer: RMSNorms 2 x h and the router's 256 x h weight and 256 expert biases; since s12d
+    also MLA's latent norms, q_lora_rank 1,536 + kv_lora_rank 512 (multi_latent_attention.py @ 1e05700)."""
     cfg = derive.setup(scenario.load(DSV3)).cfg
     h, e = 7_168, 256
     assert cfg.hidden_size == h and cfg.num_experts == e and cfg.router_bias
-    assert params.whole_on_tensor(cfg, cfg.num_layers - 1) == 2 * h + h * e + e
-    assert params.whole_on_tensor(cfg, 0) == 2 * h  # a dense layer: its two norms, no biases
+    assert (cfg.q_lora_rank, cfg.kv_lora_rank) == (1_536, 512)
+    assert params.whole_on_tensor(cfg, cfg.num_layers - 1) == 2 * h + 1_536 + 512 + h * e + e
+    assert params.whole_on_tensor(cfg, 0) == 2 * h + 2_048  # a dense layer: its two norms and the latent ones
 
 
 def test_model_verb_counts_whole_parts_once():

@@ -24,8 +24,9 @@ pipeline trace and adds what happens in between, as rows of the trace's
   holds, lasting the sum of ``step.optimizer[s]`` over them, on its compute
   channel once its pipeline work and every sync of its stages have ended.
 * **tail** (``grad_sync_tail``): a copy's reduction part that runs only once its rank's pipeline work and
-  every other sync of the rank have ended (NeMo's held bucket group on apex, the embedding's all-reduces),
-  on the same channel, stage by stage.
+  every other sync of the rank have ended (Megatron's finalize_model_grads after finish_grad_sync: the
+  tensor-parallel all-reduce of the sequence-parallel gradients, the tied embedding's all-reduce; NeMo's held
+  bucket group on apex, its fp32 embedding all-reduce), on the same channel, stage by stage.
 * **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
   ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass
   lays the step out on each rank's times stretched by it (_stretch).

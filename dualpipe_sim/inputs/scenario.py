@@ -365,13 +365,14 @@ class Scenario(_Section):
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
         tail = ()
-        if st.grad_sync == "derived" and (st.grad_sync_held or st.fp32_embedding_optimizer):
-            from ..model.step_figures import grad_sync_parts
+        if st.grad_sync == "derived":  # what runs after the data-parallel sync (finalize_model_grads, NeMo's grad_sync)
+            from ..model.step_figures import grad_sync_tail
 
             try:
-                tail = grad_sync_parts(self, derived)[1]
+                tail = grad_sync_tail(self, derived)
             except ModelError as exc:
                 raise ScenarioError(f"step.grad_sync: {exc}") from None
+            tail = tail if any(tail) else ()
         return StepCosts(
             grad_sync=figures.get("grad_sync") or _per_stage(st.grad_sync, S, "step.grad_sync"),
             grad_sync_tail=tail,

@@ -15,7 +15,8 @@ Parameters at the granularity of Megatron's Transformer-Engine modules, in the o
 (``Attention`` makes ``linear_proj`` before ``SelfAttention`` makes ``linear_qkv``): the output projection,
 the input norm, the attention's input projections as one tensor (MLA's several as one), the MLP's norm, then
 the dense MLP's fc1 and fc2 (an MoE layer: its router and shared expert's fc1 and fc2).  Linear weights are
-split over the tensor ranks; norms, positions and the router are not.
+split over the tensor ranks; norms (the attention's q / k or latent norms a tensor after its input
+projections), positions, the router (with a shared expert's gate) are not.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ def _layer_tensors(cfg, i: int, t: int) -> list[int]:
     out = cfg.num_heads * cfg.v_head_dim * h
     attn = params.attention(cfg)
     norm = params._norm(cfg, h)
-    tensors = [out // t + (h if cfg.bias else 0), norm, (attn - out - (h if cfg.bias else 0)) // t, norm]
+    whole = params.attention_norms(cfg)  # q / k or latent norms: whole on every tensor rank
+    tensors = [out // t + (h if cfg.bias else 0), norm, (attn - out - (h if cfg.bias else 0) - whole) // t]
+    tensors += [whole, norm] if whole else [norm]
     if not cfg.is_moe_layer(i):
         width = cfg.intermediate_size
         fc1 = (1 if cfg.ffn == "gelu" else 2) * h * width
         return tensors + [(fc1 + (width if cfg.bias else 0)) // t, h * width // t + (h if cfg.bias else 0)]
-    tensors.append(h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0))
+    gate = h if cfg.shared_expert_gate else 0  # a shared expert's gate: whole, counted with the router
+    tensors.append(h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0) + gate)
     if cfg.shared_intermediate_size:
         width = cfg.shared_intermediate_size
         tensors += [2 * h * width // t, h * width // t]
@@ -61,7 +65,7 @@ def _layer_tensors(cfg, i: int, t: int) -> list[int]:
 
 def _layer_linears(cfg, i: int) -> list[bool]:
     """Which of ``_layer_tensors(cfg, i, t)`` are Transformer Engine linear weights (FP8 parameters)."""
-    flags = [True, False, True, False]
+    flags = [True, False, True] + ([False, False] if params.attention_norms(cfg) else [False])
     if not cfg.is_moe_layer(i):
         return flags + [True, True]
     return flags + [False] + ([True, True] if cfg.shared_intermediate_size else [])

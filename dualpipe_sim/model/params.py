@@ -68,6 +68,14 @@ def attention(cfg: ModelConfig) -> int:
     return n
 
 
+def attention_norms(cfg: ModelConfig) -> int:
+    """Of ``attention(cfg)``, the norms every tensor rank holds whole (whole_on_tensor): MLA's latent
+    norms, or Qwen3's per-head q and k norms (one head's width each)."""
+    if cfg.mla:
+        return (cfg.q_lora_rank or 0) + cfg.kv_lora_rank
+    return 2 * cfg.qk_head_dim if cfg.qk_norm else 0
+
+
 def ffn(cfg: ModelConfig, width: int) -> int:
     h = cfg.hidden_size
     if cfg.ffn == "gelu":
@@ -84,12 +92,19 @@ def whole_on_tensor(cfg: ModelConfig, i: int) -> int:
     the row-parallel linears' biases (attention output, fc2: ``RowParallelLinear``'s bias is
     ``torch.empty(self.output_size)``, tensor_parallel/layers.py line 1146), and an MoE layer's router
     (``torch.empty((num_moe_experts, hidden_size))``, transformer/moe/router.py lines 49-51; its
-    expert bias a per-expert vector).  As ddp_buckets lists a layer's tensors."""
+    expert bias a per-expert vector).  As ddp_buckets lists a layer's tensors.  Since s12d also the
+    norms inside attention: Qwen3's per-head q / k norms (``--qk-layernorm``: ``q_layernorm`` /
+    ``k_layernorm`` of ``hidden_size_per_attention_head``, transformer/attention.py lines 808-823),
+    MLA's latent norms (``q_layernorm`` of ``q_lora_rank``, ``kv_layernorm`` of ``kv_lora_rank``,
+    multi_latent_attention.py lines 329-342; in the TE spec the layer norm of the up projections'
+    TELayerNormColumnParallelLinear, gpt_layer_specs.py lines 117-127, the same whole vectors), and a
+    shared expert's gate (``torch.empty((1, hidden_size))``, moe/shared_experts.py line 53)."""
     h = cfg.hidden_size
-    n = 2 * _norm(cfg, h) + (h if cfg.bias else 0)  # + the attention output projection's bias
+    n = 2 * _norm(cfg, h) + (h if cfg.bias else 0) + attention_norms(cfg)  # + the output projection's bias
     if not cfg.is_moe_layer(i):
         return n + (h if cfg.bias and cfg.ffn == "gelu" else 0)  # + fc2's bias
     n += h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0)
+    n += h if cfg.shared_expert_gate else 0
     return n + (h if cfg.bias and cfg.ffn == "gelu" and cfg.shared_intermediate_size else 0)  # shared fc2's bias
 
 

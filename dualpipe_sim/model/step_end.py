@@ -2,11 +2,12 @@
 
 `run` takes three per-stage figures from [step] (``Scenario.step_costs``: grad_sync, cross_copy_sync, optimizer)
 and a compute slowdown per stage (step.dp_comm_sms).  Each derived figure is a sum of parts that
-model/step_figures.py times (the data-parallel reduction, the tied embedding's all-reduce, the Adam step, the FP8
-parameters' cast, the parameter all-gather or the wait for it at the next step's start, the FP8 weight refresh, the
-gather's slowdown of the forward it runs beside).  :func:`items` lists those parts, each timed by the function
-derived_sync calls for it, with its bytes, group, link and what bounds it; :func:`summary` adds the figures `run`
-uses, which the parts sum to (tests/test_step_end_report.py holds them equal).  Nothing here is timed anew.
+model/step_figures.py times (the data-parallel reduction, the tensor-parallel all-reduce after it, the tied
+embedding's all-reduce, the Adam step, the FP8 parameters' cast, the parameter all-gather or the wait for it at the
+next step's start, the FP8 weight refresh, the gather's slowdown of the forward it runs beside).  :func:`items`
+lists those parts, each timed by the function derived_sync calls for it, with its bytes, group, link and what bounds
+it; :func:`summary` adds the figures `run` uses, which the parts sum to (tests/test_step_end_report.py holds them
+equal).  Nothing here is timed anew.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _grad_sync(scenario, derived) -> list[Item]:
         return _nemo_grad_sync(scenario, derived, overlap)
     if deepspeed or sh.zero >= 2:  # their own rules inside derived_sync: the figure less the tied all-reduce
         whole = sf.derived_sync(scenario, "grad_sync", derived)
-        ms = tuple(w - tied.get(s, 0.0) for s, w in enumerate(whole))
+        ms = tuple(w - (tied.get(s, 0.0) if deepspeed else 0.0) for s, w in enumerate(whole))
         rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
                 f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog: "
                 "the stage's whole gradient, M / copies times)")
@@ -136,6 +137,7 @@ def _grad_sync(scenario, derived) -> list[Item]:
             "; the embedding's gradients in fp32 (step.fp32_embedding_grads)" if step.fp32_embedding_grads else "")
         out = [Item(f"data-parallel gradient {op}", "grad_sync", tuple(d + r for d, r in grads), ms,
                     _groups(sh, routed), _link(st), _bound(ms, latency), rule)]  # fmt: skip
+    out += [] if deepspeed else _tp_all_reduce(scenario, st, "finalize_model_grads' _allreduce_layernorm_grads")
     if tied:
         nbytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
         per = tuple(tied.get(s, 0.0) for s in range(len(st.stages)))
@@ -144,11 +146,29 @@ def _grad_sync(scenario, derived) -> list[Item]:
             next(iter(tied.values())), collectives.time("all_reduce", nbytes, 2, st.rates, "nvlink") * 1e3)
         link = "nvlink" if on_node else "nic"
         latency = collectives.time("all_reduce", 1.0, 2, st.rates, link) * 1e3 if st.rates is not None else 0.0
-        out.append(Item("tied embedding gradient all-reduce", "grad_sync",
+        out.append(Item("tied embedding gradient all-reduce", "grad_sync" if deepspeed else "grad_sync_tail",
                         tuple(nbytes if s in tied else 0.0 for s in range(len(st.stages))), per,
                         "2: the embedding's and the head's pipeline ranks", link, _bound(per, (latency,) * len(per)),
-                        "after the data-parallel reduction, before the optimizer"))  # fmt: skip
+                        "before DeepSpeed's reduction (_exec_reduce_tied_grads)" if deepspeed else
+                        "after the data-parallel reduction and the tensor-parallel all-reduce, before the optimizer "
+                        "(finalize_model_grads' _allreduce_embedding_grads)"))  # fmt: skip
     return out
+
+
+def _tp_all_reduce(scenario, st, what: str) -> list[Item]:
+    """The tail's tensor-parallel all-reduce of the gradients every tensor rank holds whole
+    (step_figures.tp_grad_all_reduce_ms), as one item (none where it is zero)."""
+    sh = st.sharding
+    ms = sf.tp_grad_all_reduce_ms(scenario, st)
+    if not any(ms):
+        return []
+    nbytes = tuple(sf.tp_reduced_elements(scenario, st, w) * sh.grads_bytes for w in st.stages)
+    link = "nvlink" if st.rates is None or sh.tensor <= st.rates.gpus_per_node else "nic"
+    latency = collectives.time("all_reduce", 1.0, sh.tensor, st.rates, link) * 1e3 if st.rates is not None else 0.0
+    return [Item("tensor-parallel all-reduce of the whole-on-rank gradients", "grad_sync_tail", nbytes, ms,
+                 f"tensor {sh.tensor}", link, _bound(ms, (latency,) * len(ms)),
+                 f"{what}: the sequence-parallel norms, biases, router, q / k norms; after the data-parallel "
+                 "reduction, one coalesced tensor a rank")]  # fmt: skip
 
 
 def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
@@ -165,6 +185,7 @@ def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
     out = [Item("data-parallel gradient reduce-scatter", "grad_sync", tuple(d + r for d, r in zip(p.dense, p.routed)),
                 ms, _groups(sh, routed), _link(st), _bound(ms, latency),
                 f"{_buckets(p.buckets)}; {overlap}; what NeMo does not hold back")]  # fmt: skip
+    out += _tp_all_reduce(scenario, st, "NeMo's allreduce_sequence_parallel_gradients (counted first in the tail)")
     fp32 = step.fp32_embedding_grads or step.fp32_embedding_optimizer
     tied_bytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
     for figure, keep in (("grad_sync", False), ("grad_sync_tail", True)):
@@ -324,7 +345,7 @@ def summary(scenario, derived) -> dict | None:
     step, settings = scenario.step, _settings(scenario)
     figures = {k: list(getattr(costs, k)) for k in FIGURES}
     derived_keys = [k for k in FIGURES if settings[k] == "derived"]
-    if any(costs.grad_sync_tail):  # NeMo's held group and embedding all-reduces after the rank's other syncs
+    if any(costs.grad_sync_tail):  # what runs after the rank's other syncs (step_figures.grad_sync_tail)
         figures["grad_sync_tail"] = list(costs.grad_sync_tail)
         derived_keys.append("grad_sync_tail")
     return {

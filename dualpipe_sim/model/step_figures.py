@@ -628,6 +628,84 @@ def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:
     return {e: ms, h: ms}
 
 
+def tp_reduced_elements(scenario, st, where) -> int:
+    """Whole-model counts of a stage copy's parameters whose gradients the step's end all-reduces over the tensor
+    ranks after the data-parallel sync: each tensor rank computed a different part of them (its sequence shard, or its
+    heads), though every rank holds them whole (params.whole_on_tensor).
+
+    * Megatron-core's finalize_model_grads -> _allreduce_layernorm_grads (NVIDIA/Megatron-LM @ 1e05700
+      megatron/core/distributed/finalize_model_grads.py lines 192-228): with TP > 1, every parameter with the
+      ``sequence_parallel`` attribute (with sequence parallelism: the norms, TE's row-parallel biases, the router,
+      moe/router.py line 62, a shared expert's gate, moe/shared_experts.py line 57; the whole_on_tensor set, the
+      expert bias a buffer), and by name any ``q_layernorm`` / ``k_layernorm`` (``--qk-layernorm``, with or without
+      sequence parallelism); Megatron-LM 2022's train_step the same sequence_parallel set.
+    * NeMo 1.x / 2.0rc on apex (step.grad_sync_held): allreduce_sequence_parallel_gradients reads the attribute NeMo
+      marks _disable_overlap_grad_sync by, so its elements are those of the marks (sequence_parallel_elements for
+      "sequence-parallel", the final norm for "final-norm"), with TP > 1 and sequence parallelism."""
+    cfg, sh, step = st.cfg, st.sharding, scenario.step
+    if sh.tensor <= 1:
+        return 0
+    norm = params._norm(cfg, cfg.hidden_size)
+    if step.grad_sync_held:
+        if not st.sequence_parallel:
+            return 0
+        marks = set(step.grad_sync_held)
+        n = sequence_parallel_elements(cfg, where) if "sequence-parallel" in marks else 0
+        return n + (norm if "final-norm" in marks and where.head else 0)
+    if st.sequence_parallel:
+        bias = cfg.num_experts if cfg.router_bias else 0  # the expert bias: a buffer, no gradient
+        n = sum(params.whole_on_tensor(cfg, i) - (bias if cfg.is_moe_layer(i) else 0) for i in where.layers)
+        return n + (norm if where.head else 0) + where.mtp * (params.mtp_module(cfg).whole - bias)
+    return params.attention_norms(cfg) * (len(where.layers) + where.mtp) if cfg.qk_norm and not cfg.mla else 0
+
+
+def tp_grad_all_reduce_ms(scenario, st) -> tuple[float, ...]:
+    """Per stage copy, its share of its rank's all-reduce of tp_reduced_elements over the tensor ranks (ms): one
+    coalesced tensor a rank (_flatten_dense_tensors over every model chunk, model.grads_dtype bytes an element), on
+    NVLink where the tensor group fits in a node; a rank's time split over its copies by their bytes."""
+    sh = st.sharding
+    nbytes = [tp_reduced_elements(scenario, st, w) * sh.grads_bytes for w in st.stages]
+    if not any(nbytes):
+        return (0.0,) * len(nbytes)
+    held = _stage_ranks(scenario) or [{s} for s in range(len(nbytes))]
+    rank = [min(r) if r else -1 for r in held]  # a copy's time on its first rank, as _once_per_rank puts it
+    total = {r: sum(b for b, q in zip(nbytes, rank) if q == r) for r in set(rank)}
+    out = []
+    for b, r in zip(nbytes, rank):
+        if not b:
+            out.append(0.0)
+            continue
+        if st.rates is not None:
+            link = "nvlink" if sh.tensor <= st.rates.gpus_per_node else "nic"
+            whole = collectives.time("all_reduce", total[r], sh.tensor, st.rates, link) * 1e3
+        else:
+            whole = 2 * (sh.tensor - 1) / sh.tensor * total[r] / (st.hw.a2a_intra_gbps * 1e9) * 1e3
+        out.append(whole * b / total[r])
+    return tuple(out)
+
+
+def grad_sync_tail(scenario, derived=None) -> tuple[float, ...]:
+    """Per stage copy, what the step's end runs after its rank's pipeline and every data-parallel sync of the rank
+    (StepCosts.grad_sync_tail, ms), in the runtime's order: the tensor-parallel all-reduce of tp_reduced_elements, then
+    the tied embedding's all-reduce between the first and the last stage (Megatron-core's finalize_model_grads @
+    1e05700 lines 270-299: finish_grad_sync, _allreduce_layernorm_grads, _allreduce_embedding_grads; Megatron-LM 2022's
+    train_step the same), then NeMo's held group and fp32 embedding all-reduce on apex (grad_sync_parts, whose tied
+    all-reduce stays overlapped where NeMo runs it so).  DeepSpeed's bf16 runtime: none (its tied all-reduce comes
+    before its reduction, _exec_reduce_tied_grads)."""
+    derived = scenario.derived() if derived is None else derived
+    st, step = derived.setup, scenario.step
+    S = len(st.stages)
+    if step is None or step.runtime == "deepspeed-bf16":
+        return (0.0,) * S
+    if step.grad_sync_held or step.fp32_embedding_optimizer:
+        rest = grad_sync_parts(scenario, derived)[1]
+    else:
+        fp32 = step.fp32_embedding_grads
+        tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else st.sharding.grads_bytes)
+        rest = tuple(tied.get(s, 0.0) for s in range(S))
+    return tuple(a + b for a, b in zip(tp_grad_all_reduce_ms(scenario, st), rest))
+
+
 def fp8_param_elements(st, where) -> tuple[float, float]:
     """(dense, routed) linear-weight elements one rank holds of a stage copy: what FP8 parameters
     (``model.fp8_params``) keep at 1 byte."""
@@ -918,7 +996,9 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
         tied = {}
     else:  # DeepSpeed's bf16 optimizer keeps (and all-reduces) fp32 gradients
         fp32 = deepspeed or (step is not None and step.fp32_embedding_grads)
-        tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes) if key == "grad_sync" else {}
+        # Megatron's tied all-reduce runs after the data-parallel sync: grad_sync_tail's; DeepSpeed's before it
+        mine = key == "grad_sync" and (deepspeed or step is None)
+        tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes) if mine else {}
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
