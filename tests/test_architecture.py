@@ -329,3 +329,25 @@ def test_every_family_a_module_describes_is_in_the_table():
         if callable(value) and hasattr(value, "family")
     }
     assert described == {f.name for f in schedules.FAMILIES} == set(registry.families())
+
+
+def test_every_module_is_named_in_the_docs():
+    """docs/architecture.md's module table names every module file (``plan/request.py``, or ``request.py`` in
+    a row of its folder); model/'s are in docs/model.md's module table (the architecture row points there);
+    a schedule family's module is a row of ``FAMILIES`` (the table's "one module per family")."""
+    from dualpipe_sim import schedules
+
+    arch = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    model_md = (PACKAGE.parent / "docs" / "model.md").read_text(encoding="utf-8").split("\n## ", 1)[0]
+    families = {importlib.import_module(f.generate.__module__).__file__ for f in schedules.FAMILIES}
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if path.name == "__init__.py" and rel != "__init__.py" or str(path) in families:
+            continue  # a package's __init__ is its folder's row
+        folder = rel.rsplit("/", 1)[0] + "/" if "/" in rel else None
+        row = "".join(line for line in arch.splitlines() if folder and line.startswith(f"| `{folder}`"))
+        named = f"`{rel}`" in arch or f"`{path.name}`" in row or (folder is None and f"`{path.name}`" in arch)
+        if not (named or folder == "model/" and f"`{path.name}`" in model_md):
+            missing.append(rel)
+    assert not missing, f"modules named in neither docs/architecture.md's table nor docs/model.md's: {missing}"

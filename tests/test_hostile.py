@@ -374,3 +374,66 @@ def test_size_guard_reads_rows_per_op_off_the_component_model():
     scenario.from_dict({**raw, "limits": {"max_memory": need}})  # exactly at the cap: runs
     with pytest.raises(scenario.ScenarioError, match=r"^limits.max_memory: 4 stages x 8 micro-batches"):
         scenario.from_dict({**raw, "limits": {"max_memory": need - 1}})
+
+
+# -- s12c: the scenario keys of sessions 10-11, each given a wrong type, a value out of its range and a name
+# it does not know, on a scenario that uses them all (NeMo on apex, userbuffers rings, an NCCL release).  The
+# whole line is written out: the field, the rule as the schema states it, and the value echoed.
+APEX = str(ROOT / "scenarios" / "validation" / "mlperf41-gpt3-256.toml")
+OVERLAPS = "one of proj_fprop, fc2_fprop"
+RECENT_KEYS = {
+    ("step.grad_sync_held", '"embedding"'): "input should be a valid list, got 'embedding'",
+    ("step.grad_sync_held", '["embeddings"]'):
+        "step.grad_sync_held.0: input should be 'embedding', 'sequence-parallel' or 'final-norm', got 'embeddings'",
+    ("step.grad_sync_held", '["embedding", "embedding"]'):
+        "must name each once: 'embedding' twice, got ['embedding', 'embedding']",
+    ("step.bucket_cap_mb", '"100"'): "must be a number, not text in quotes, got '100'",
+    ("step.bucket_cap_mb", "0"): "input should be greater than 0, got 0",
+    ("step.bucket_cap_mb", "1e7"): "input should be less than or equal to 1000000, got 10000000.0",
+    ("step.bucket_cap_mb", "inf"): "must be a finite number, got inf",
+    ("step.fp32_embedding_optimizer", "1"): "must be true or false, got 1",
+    ("step.fp32_embedding_optimizer", '"true"'): "must be true or false, got 'true'",
+    ("step.fp32_embedding_grads", '"yes"'): "must be true or false, got 'yes'",
+    ("step.average_in_collective", "2"): "must be true or false, got 2",
+    ("step.overlap_param_gather_with_optimizer_step", "1"): "must be true or false, got 1",
+    ("step.dp_comm_sms", "65"): "input should be less than or equal to 64, got 65",
+    ("step.dp_comm_sms", "8.5"): "must be a whole number, got 8.5",
+    ("step.param_gather", '"nemo"'): "input should be 'megatron-core' or 'apex', got 'nemo'",
+    ("hardware.nccl_version", "2.25"): "input should be a valid string, got 2.25",
+    ("hardware.nccl_version", '"2.25"'): 'must be an NCCL 2 release as 2.minor.patch, e.g. "2.25.1", got \'2.25\'',
+    ("hardware.nccl_version", '"1.3.0"'): 'must be an NCCL 2 release as 2.minor.patch, e.g. "2.25.1", got \'1.3.0\'',
+    ("hardware.nccl_version", '"3.0.0"'): 'must be an NCCL 2 release as 2.minor.patch, e.g. "2.25.1", got \'3.0.0\'',
+    ("parallel.tp_overlap_ring_rs", '"fc2_fprop"'): "input should be a valid list, got 'fc2_fprop'",
+    ("parallel.tp_overlap_ring_rs", '["fc1_fprop"]'): f"unknown overlap 'fc1_fprop': {OVERLAPS}, got ['fc1_fprop']",
+    ("parallel.tp_overlap_ring_rs", '["fc2_fprop", "fc2_fprop"]'):
+        "must name each once: 'fc2_fprop' twice, got ['fc2_fprop', 'fc2_fprop']",
+    ("parallel.tp_overlap_ring_rs", '["proj_fprop"]'): "proj_fprop also in parallel.tp_overlap_atomic; the atomic GEMM "
+                                                       "is the pipelined reduce-scatter's (name each overlap in one of the two)",
+    ("parallel.tp_overlap_atomic", '["proj_fprop", "proj_fprop"]'):
+        "must name each once: 'proj_fprop' twice, got ['proj_fprop', 'proj_fprop']",
+    ("parallel.tp_overlap_not_told", '["bogus"]'): "unknown overlap 'bogus': one of qkv_dgrad, qkv_wgrad, fc1_dgrad, "
+                                                   "fc1_wgrad, proj_fprop, fc2_fprop, got ['bogus']",
+    ("parallel.tp_overlap_sms", "{qkv_dgrad = 65}"):
+        "parallel.tp_overlap_sms.qkv_dgrad: input should be less than or equal to 64, got 65",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key,value", sorted(RECENT_KEYS))
+def test_recent_keys_bad_values_one_line_exit_2(key, value, tmp_path, capsys):
+    rule = RECENT_KEYS[key, value]
+    line = f"error: {rule}" if rule.startswith(key + ".") else f"error: {key}: {rule}"  # an item names its place
+    with watchdog(WATCHDOG_SECONDS):
+        status = main(["run", APEX, "--set", f"{key}={value}", "--out", str(tmp_path / "out"), "--plots", "none"])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert captured.out == "" and captured.err == line + "\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recent_keys_legal_edges_run(tmp_path):
+    """The edges the rules above keep: an empty held list, the cap's upper bound, NCCL 2.0.0 and a
+    two-digit minor; all run (so the refusals are not blanket ones)."""
+    sets = ["step.grad_sync_held=[]", "step.bucket_cap_mb=1e6", "hardware.nccl_version=\"2.0.0\""]
+    assert main(["run", APEX, *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "a"), "--plots", "none"]) == 0
+    assert main(["run", APEX, "--set", 'hardware.nccl_version="2.28.3"', "--out", str(tmp_path / "b"), "--plots", "none"]) == 0
+    assert (tmp_path / "a" / "metrics.json").is_file() and (tmp_path / "b" / "metrics.json").is_file()

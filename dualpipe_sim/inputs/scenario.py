@@ -29,7 +29,7 @@ from ..model import ddp_buckets
 from ..model.activations import POLICIES
 from ..model.recompute import MODULES as RECOMPUTE_MODULES
 from ..model.config import ModelError
-from ..model.sections import HardwareSection, ModelSection, ParallelSection, strict_bool
+from ..model.sections import HardwareSection, ModelSection, ParallelSection, once, strict_bool
 from ..schedules.rules import WORK, Channel
 from .resolve import Inputs, resolve
 from ..step_costs import StepCosts
@@ -221,6 +221,11 @@ class Step(_Section):
         if isinstance(v, str) and v != "derived":
             raise ValueError('must be a whole number of buckets (1-1000) or "derived"')
         return v if v == "derived" else Pipeline._whole(v)
+
+    @field_validator("grad_sync_held")
+    @classmethod
+    def _held_once(cls, v):
+        return once(v)
 
     @field_validator("dp_comm_sms", mode="before")
     @classmethod

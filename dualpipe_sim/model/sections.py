@@ -41,6 +41,14 @@ def _known_overlaps(names, known):
     for name in names:
         if name not in known:
             raise ValueError(f"unknown overlap {shown(name)}: one of {', '.join(known)}")
+    return once(names)
+
+
+def once(names):
+    """``names`` (a list) when none is in it twice: a name given twice is a slip, not a second setting."""
+    twice = sorted({shown(n) for n in names if names.count(n) > 1}) if isinstance(names, list) else []
+    if twice:
+        raise ValueError(f"must name each once: {', '.join(twice)} twice")
     return names
 
 
@@ -229,8 +237,9 @@ class HardwareSection(_Section):
     @field_validator("nccl_version")
     @classmethod
     def _release(cls, v):
-        if v is not None and not re.fullmatch(r"\d+\.\d+\.\d+", str(v)):
-            raise ValueError('must be an NCCL release as major.minor.patch, e.g. "2.25.1"')
+        # NCCL 2's tuner is what collectives.py reads (NCCL 1 was single-node; there is no NCCL 3)
+        if v is not None and not re.fullmatch(r"2\.\d+\.\d+", str(v), flags=re.ASCII):
+            raise ValueError('must be an NCCL 2 release as 2.minor.patch, e.g. "2.25.1"')
         return v
 
     @property
