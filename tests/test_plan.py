@@ -56,7 +56,7 @@ HAND_LAYOUTS = {  # (tensor, pipeline, data): {mbs: M}
 def hand_complete() -> set[tuple]:
     """(schedule, tensor, pipeline, data, mbs, M, stages, recompute, zero) of every complete candidate:
     1f1b runs every layout (stages = pipeline); dualpipev needs stages = 2 x pipeline <= 4 layers and
-    M >= stages.  Selective recompute equals none (flash attention) and zero 0 never beats zero 1, so
+    M >= stages.  Selective recompute is not worth it beside none (flash attention) and zero 0 never beats zero 1, so
     both are pruned; zero 2 and 3 equal 1 with one data-parallel rank (pruned there): none and full at
     zero 1, 2 and 3 remain where data > 1, at zero 1 where data = 1.  Zero 1 is pruned where its
     zero-2 twin is no heavier (see ZERO1_PRUNED): with pipeline 1 and data > 1."""
@@ -101,7 +101,7 @@ def test_every_pruning_reason_is_counted(tiny):
         "global_batch: not a multiple of data x micro_batch_size": 1,
         "gpus: 4 not a multiple of tensor x context": 6,
         "layers": 3,
-        "recompute: selective equals none under flash attention (it saves only the scores)": 104,
+        "recompute: selective under flash attention reruns the flash forward to free only its log-sum-exp": 104,
         "schedule: dualpipev": 5,
         "tensor: does not divide the 4 attention heads": 1,
         "zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)": 52,

@@ -143,8 +143,8 @@ def _cli_error(tmp_path, capsys, overrides):
     (['memory.recompute_modules=["layernorm", "norm"]'], ["memory.recompute_modules", "core_attn", "'norm'"]),
     (["memory.recompute=none"], ["memory.recompute_modules", '"selective"', '"none"']),
     (["memory.recompute=full"], ["memory.recompute_modules", '"selective"', '"full"']),
-    (['memory.recompute_modules=["moe"]'], ["memory.recompute_modules", '"moe" is not modelled']),
-    (['memory.recompute_modules=["mla_up_proj"]'], ["memory.recompute_modules", '"mla_up_proj" is not modelled']),
+    (['memory.recompute_modules=["mla_up_proj"]'], ["memory.recompute_modules", '"mla_up_proj"',
+                                                    "multi-latent attention"]),
     (["model.expert_gemm=sequential"], ["memory.recompute_modules", "moe_grouped_gemm"]),
     (["model.fp8=true"], ["memory.recompute_modules", "FP8"]),
 ])  # fmt: skip

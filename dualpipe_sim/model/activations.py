@@ -14,8 +14,8 @@ log-sum-exp per row), no dropout, SwiGLU (the gate and up outputs feed the
 activation, its output feeds the down projection), GQA (K and V have
 num_key_value_heads heads), MLA (the compressed latents and their norms), and
 MoE (router probabilities in float32, each token's copy per routed expert).
-With flash attention ``selective`` saves nothing more than ``none``: flash
-attention already recomputes the scores.  ``deepseek`` is DeepSeek-V3's
+With flash attention ``selective`` frees only the log-sum-exp: Megatron-core
+checkpoints the flash core too (recompute.core_attn_reruns).  ``deepseek`` is DeepSeek-V3's
 policy (report Sec. 3.2.3): recompute every RMSNorm and the MLA
 up-projections, so their outputs are not kept.  FP8 models (DeepSeek-V3) cache
 the inputs of FP8 linears in FP8 (1 byte), the attention output in E5M6
@@ -28,7 +28,8 @@ with selective recompute).  ``modules`` (memory.recompute_modules, recompute.py)
 Megatron-core's modules: "core_attn" is the attention core above, "layernorm" frees the output of each norm that
 is a module of its own (with Transformer Engine's layer spec the pre-MLP norm of an MoE layer and MLA's input norm;
 the other norms are fused into the next linear), "moe_act" the routed experts' activation output (fc2's input),
-"mlp" all a dense MLP keeps but its input.  docs/model.md walks through each count.
+"mlp" all a dense MLP keeps but its input, "moe" all an MoE layer keeps but its input, "mla_up_proj" MLA's
+up-projected q, k and v.  docs/model.md walks through each count.
 """
 
 from __future__ import annotations
@@ -52,11 +53,18 @@ OUTSIDE_TP = frozenset({
 
 
 def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
-          tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None) -> dict[str, float]:  # fmt: skip
-    """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences."""
+          tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None,
+          legacy: bool = False) -> dict[str, float]:  # fmt: skip
+    """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences (``legacy``: model.runtime
+    "megatron-lm-2021", whose selective recompute leaves a flash attention core alone: recompute.core_attn_reruns)."""
     h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
     mods = recompute.selected(policy, modules)
     moe = cfg.is_moe_layer(i)
+    # "core_attn" and "moe" checkpoint the module whole (CheckpointFunction): only its inputs are kept
+    core = recompute.core_attn_reruns(mods, cfg.eager_attention, legacy)
+    up_proj = cfg.mla and "mla_up_proj" in mods  # the up-projected q, k, v freed (CheckpointWithoutOutput)
+    # the checkpoint keeps the 16-bit latents (its inputs), not their FP8 copies the up-projections would cache
+    latent = 0 if policy == "deepseek" else (act if up_proj else FP8_BYTES if cfg.fp8 else act)
     # CheckpointWithoutOutput frees a norm's output: MLA's input norm and an MoE layer's pre-MLP norm are TENorm
     # modules; the others are fused into the next linear (IdentityOp: nothing to recompute)
     norm1_out = "layernorm" not in mods or not cfg.mla
@@ -73,14 +81,14 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
         if cfg.q_lora_rank:
             out["q_a input (norm1 output)"] = 0 if drop_norm or not norm1_out else lin * sb * h
             out["q latent (q_a_layernorm input)"] = act * sb * cfg.q_lora_rank
-            out["q_b input (q_a_layernorm output)"] = 0 if drop_norm else lin * sb * cfg.q_lora_rank
+            out["q_b input (q_a_layernorm output)"] = latent * sb * cfg.q_lora_rank
         else:
             out["q input (norm1 output)"] = 0 if drop_norm or not norm1_out else lin * sb * h
         out["kv latent + rope key (kv_a output)"] = act * sb * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
-        out["kv_b input (kv_a_layernorm output)"] = 0 if drop_norm else lin * sb * cfg.kv_lora_rank
+        out["kv_b input (kv_a_layernorm output)"] = latent * sb * cfg.kv_lora_rank
         if not cfg.q_lora_rank:
             out["kv_a input"] = 0  # same tensor as the q input
-        up = 0 if drop_norm else act  # up-projection outputs: recomputed by the deepseek policy
+        up = 0 if drop_norm or up_proj else act  # up-projection outputs: recomputed by deepseek and mla_up_proj
         out["q (up-projected)"] = up * sb * a * cfg.qk_head_dim
         out["k, v (up-projected)"] = up * sb * a * (cfg.qk_head_dim + cfg.v_head_dim)
     else:
@@ -88,13 +96,12 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
         out["q, k"] = act * sb * (a + kv) * cfg.qk_head_dim
         out["v"] = act * sb * kv * cfg.v_head_dim
     if eager:
-        core = "core_attn" in mods
         out["softmax output"] = 0 if core else act * a * s * s * b
         if cfg.dropout:
             out["attention dropout mask"] = 0 if core else a * s * s * b
             out["attention dropout output"] = 0 if core else act * a * s * s * b
     else:
-        out["softmax log-sum-exp (fp32)"] = 4.0 * sb * a
+        out["softmax log-sum-exp (fp32)"] = 0 if core else 4.0 * sb * a  # flash keeps it unless checkpointed
     out["o_proj input"] = (E5M6_BYTES if cfg.fp8 else act) * sb * a * cfg.v_head_dim
     if cfg.dropout:
         out["attention residual dropout mask"] = 1.0 * sb * h
@@ -102,21 +109,8 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     keep_norm2 = not (drop_norm or dense_mlp) and norm2_out
     out["mlp input (norm2 output)"] = (lin if not moe else act) * sb * h if keep_norm2 else 0
     if moe:
-        k, fe = cfg.experts_per_token, cfg.moe_intermediate_size
-        out["router probabilities (fp32)"] = 4.0 * sb * cfg.num_experts
-        out["routed expert inputs (k copies)"] = lin * k * sb * h
-        if cfg.fp8:  # SwiGLU input cached in FP8, its output recomputed (DeepSeek-V3)
-            out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
-        else:
-            out["routed SwiGLU inputs"] = act * k * sb * 2 * fe
-            out["routed down inputs"] = 0 if "moe_act" in mods else act * k * sb * fe
-        if cfg.shared_intermediate_size:
-            fs = cfg.shared_intermediate_size
-            if cfg.fp8:
-                out["shared-expert SwiGLU input"] = FP8_BYTES * sb * 2 * fs
-            else:
-                out["shared-expert SwiGLU input"] = act * sb * 2 * fs
-                out["shared-expert down input"] = act * sb * fs
+        if "moe" not in mods:  # "moe": the MoE layer checkpointed whole keeps only its input, the norm2 output
+            out.update(_moe_inside(cfg, sb, act, lin, mods))
     elif cfg.ffn == "gelu":
         out["gelu input"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
         out["fc2 input (gelu output)"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
@@ -128,9 +122,29 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     return {name: v / (tp if sp or name not in OUTSIDE_TP else 1) for name, v in out.items() if v}
 
 
+def _moe_inside(cfg: ModelConfig, sb: int, act: float, lin: float, mods: frozenset[str]) -> dict[str, float]:
+    """What an MoE layer's router and experts keep (before any tensor split)."""
+    k, fe, h = cfg.experts_per_token, cfg.moe_intermediate_size, cfg.hidden_size
+    out = {"router probabilities (fp32)": 4.0 * sb * cfg.num_experts, "routed expert inputs (k copies)": lin * k * sb * h}
+    if cfg.fp8:  # SwiGLU input cached in FP8, its output recomputed (DeepSeek-V3)
+        out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
+    else:
+        out["routed SwiGLU inputs"] = act * k * sb * 2 * fe
+        out["routed down inputs"] = 0 if "moe_act" in mods else act * k * sb * fe
+    if cfg.shared_intermediate_size:
+        fs = cfg.shared_intermediate_size
+        if cfg.fp8:
+            out["shared-expert SwiGLU input"] = FP8_BYTES * sb * 2 * fs
+        else:
+            out["shared-expert SwiGLU input"] = act * sb * 2 * fs
+            out["shared-expert down input"] = act * sb * fs
+    return out
+
+
 def layer_total(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
-                tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None) -> float:  # fmt: skip
-    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules).values()))
+                tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None,
+                legacy: bool = False) -> float:  # fmt: skip
+    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules, legacy).values()))
 
 
 def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1, sp: bool = True) -> float:
@@ -146,13 +160,13 @@ def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1, sp: bo
 
 
 def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1,
-               sp: bool = True, modules: tuple[str, ...] | None = None) -> float:  # fmt: skip
+               sp: bool = True, modules: tuple[str, ...] | None = None, legacy: bool = False) -> float:  # fmt: skip
     """One MTP module: its two norm inputs, the projection input, one layer and the shared head."""
     proj = 0.0 if policy in ("deepseek", "full") else act * s * b * 2 * cfg.hidden_size
     whole = tp if sp else 1  # norm inputs and the projection input sit outside tensor parallelism
     return (
         2 * act * s * b * cfg.hidden_size / whole
         + proj / whole
-        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules)
+        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules, legacy)
         + head(cfg, s, b, act, tp, sp)
     )

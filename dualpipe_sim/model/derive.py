@@ -335,13 +335,11 @@ def setup(scenario, stages: int | None = None) -> Setup:
 
 
 def recompute_modules(scenario, cfg: ModelConfig, m) -> tuple[str, ...] | None:
-    """memory.recompute_modules, checked as Megatron-core checks it (transformer_config.py @ 1e05700 lines 762-795)
-    and against what is modelled (recompute.NOT_MODELLED)."""
+    """memory.recompute_modules, checked as Megatron-core checks it (transformer_config.py @ 1e05700 lines 762-795)."""
     mods = scenario.recompute_modules()
-    for name in mods or ():
-        if name in recompute.NOT_MODELLED:
-            raise ModelError(f'memory.recompute_modules: "{name}" is not modelled ({recompute.NOT_MODELLED[name]}); '
-                             f"modelled: {', '.join(x for x in recompute.MODULES if x not in recompute.NOT_MODELLED)}")
+    if "mla_up_proj" in (mods or ()) and not cfg.mla:
+        raise ModelError('memory.recompute_modules: "mla_up_proj" needs multi-latent attention (Megatron-core: "only '
+                         'supported with multi_latent_attention"); the model has none')
     if cfg.fp8 and {"layernorm", "moe_act"} & set(mods or ()):
         raise ModelError('memory.recompute_modules: "layernorm" and "moe_act" cannot run with FP8 (Megatron-core '
                          "refuses them: \"moe_act and layernorm recompute cannot work with fp8\")")
@@ -497,9 +495,13 @@ def layer_times(st: Setup, i: int) -> LayerTimes:
     mlp = _ms(n * f.mlp, lin, eff)
     core_back = (EAGER_BACKWARD if eager else FLASH_BACKWARD) * core
     mods = recompute.selected(st.policy, st.modules)
-    redo_attn = {"full": lin_attn + core, "selective": core if eager and "core_attn" in mods else 0.0,
-                 "deepseek": _ms(n * f.up_projection, lin, eff)}.get(st.policy, 0.0)  # fmt: skip
-    redo_mlp = mlp if st.policy == "full" or ("mlp" in mods and not cfg.is_moe_layer(i)) else 0.0
+    up = _ms(n * f.up_projection, lin, eff)  # MLA's up-projections (deepseek, mla_up_proj)
+    redo_attn = {"full": lin_attn + core, "deepseek": up,
+                 "selective": core * recompute.core_attn_reruns(mods, eager, st.legacy)
+                 + up * ("mla_up_proj" in mods)}.get(st.policy, 0.0)  # fmt: skip
+    moe = cfg.is_moe_layer(i)
+    rerun_moe = st.policy == "full" or (moe and "moe" in mods)  # the MoE layer's forward, all-to-alls included
+    redo_mlp = mlp if rerun_moe or ("mlp" in mods and not moe) else 0.0
     t = dict(
         attn_forward=lin_attn + core,
         mlp_forward=mlp,
@@ -508,8 +510,11 @@ def layer_times(st: Setup, i: int) -> LayerTimes:
         mlp_backward_input=mlp + redo_mlp,
         mlp_backward_weight=mlp,
     )
-    if cfg.is_moe_layer(i) and st.sharding.expert > 1:
+    if moe and st.sharding.expert > 1:
         t.update(a2a_times(st))
+        if rerun_moe:  # the rerun dispatch and combine, each in the backward's phase (kernels._all_to_all)
+            t["dispatch_backward"] += t["dispatch_forward"]
+            t["combine_backward"] += t["combine_forward"]
     return LayerTimes(**t)
 
 
@@ -731,7 +736,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     per_layer = {}
     tkey = times_key(st) if memo is not None else None
     # a layer's parameters read the model; its activations the model, ``args``, sequence parallelism and the modules
-    saved = dict(sp=st.sequence_parallel, modules=st.modules)
+    saved = dict(sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy)
     params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, *saved.values())
     layer_tab, extra_tab, passes_tab = (_table(memo, name, tkey) for name in ("layer_times", "extra_times", "chunk_passes"))
     memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage

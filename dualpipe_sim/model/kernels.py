@@ -166,6 +166,10 @@ class Layout:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
         return module in recompute.selected(self.policy, self.modules)
 
+    def reruns_core(self, eager: bool) -> bool:
+        """Whether the checkpointed attention core reruns, as the runtime checkpoints it (recompute.core_attn_reruns)."""
+        return recompute.core_attn_reruns(recompute.selected(self.policy, self.modules), eager, self.legacy)
+
     @property
     def wgrad_out(self) -> float:
         """Bytes per output value a wgrad GEMM moves.  Megatron-core's --gradient-accumulation-fusion (on by
@@ -498,21 +502,29 @@ def attention_block(tb: Table, recompute: bool) -> None:
     comps = ("attn_forward",) + (("attn_backward_input",) if recompute else ())
     # current scaling: TE's norm writes 16 bits with the amax (FUSED_NORM_AMAX_FP8), then a cast of its own
     norm_out = ab if lay.current_scaling else low
+    up_rows: list[Kernel] = []  # MLA's qkv_up_proj_and_rope_apply as the forward ran it (mla_up_proj reruns it)
     for comp in comps:  # forward, and again inside the input gradient when recomputed
         tb.memory("input norm", comp, lay.norm_tokens * h * (ab + norm_out))
         name, out, inp, _ = projections[0]
         tb.cast_after_amax(f"{name} input cast", comp, lay.norm_tokens * h, reduce=True,
                            transposed=tb.norm_output_fused_transpose())  # fmt: skip
+        mark = len(tb.rows)
         tb.tp_linear(name, comp, n, out, inp, "all_gather", n * h * low, "ring")
+        if cfg.mla and name == "q_proj" and comp == comps[0]:  # without a q latent, q_proj is in the function
+            up_rows += tb.rows[mark:]
         for name, out, inp, _ in projections[1:]:
             if cfg.mla and name.endswith("_up"):
                 tb.memory(f"{name[:-3]} latent norm", comp, n * inp * 2 * ab)
             tb.gemm(name, comp, n, out, inp)
+            if name.endswith("_up") and comp == comps[0]:
+                up_rows.append(tb.rows[-1])
         if cfg.qk_norm:  # Qwen3 (--qk-layernorm): a TE RMSNorm over each head's q and one over k, read + write
             tb.memory("q / k norms", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 2 * ab, launches=2)
         if not cfg.max_positions:  # GPT-2 style models have learned positions, no rotary embedding
             tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
                       else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
+            if cfg.mla and comp == comps[0]:
+                up_rows.append(tb.rows[-1])
         if eager:
             _eager_attention(tb, comp, backward=False)
         else:
@@ -525,11 +537,19 @@ def attention_block(tb: Table, recompute: bool) -> None:
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
     tb.output_grad_cast("", comp, wcomp)
     tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
+    if lay.recomputes("mla_up_proj") and cfg.mla:  # its hook on the core attention's output gradient
+        _rerun(tb, up_rows, comp)
+        # copy_ of query, key and value back into their freed storage: read + write each
+        tb.memory("q, k, v (recompute copy)", comp, 2 * n * a_t * (2 * cfg.qk_head_dim + cfg.v_head_dim) * ab)
+    rerun_core = lay.reruns_core(eager)
     if eager:
-        if lay.recomputes("core_attn"):  # Korthikanti et al.: the attention core is recomputed
+        if rerun_core:  # Korthikanti et al.: the attention core is recomputed
             _eager_attention(tb, comp, backward=False)
         _eager_attention(tb, comp, backward=True)
     else:
+        if rerun_core:  # Megatron-core's checkpointed core attention: the flash forward again (recompute.py)
+            _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd) (recompute)")
+            tb.attention("flash attention (recompute)", comp, core, backward=False)
         tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
         _qkv_prepare(tb, comp, "dqkv interleave (fa_prepare_bwd)")
     if not cfg.max_positions:
@@ -676,12 +696,15 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
 ROW_ID_MAP_BYTES = 1 + 8 + 8 + 8
 
 
-def moe_mlp_block(tb: Table, recompute: bool) -> None:
+def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
     the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back.
     With several local experts the received rows are regrouped by expert after the dispatch and
     back before the combine (Megatron-core token_dispatcher.py: ``sort_chunks_by_idxs``, "Permutation
-    2"; the DeepEP dispatcher's ``get_permuted_hidden_states_by_experts``), forward and backward."""
+    2"; the DeepEP dispatcher's ``get_permuted_hidden_states_by_experts``), forward and backward.
+    ``recompute``: the layer's forward rerun in the input gradient (full); ``whole_moe``: the MoE layer's alone
+    (--recompute-modules moe: moe_layer.py checkpoints router, dispatch, experts, combine and shared experts; the
+    pre-MLP norm and the residual add are the transformer layer's, outside it)."""
     cfg, lay = tb.cfg, tb.lay
     h, t, ab = cfg.hidden_size, lay.tensor, lay.act_bytes
     n = lay.tokens // t  # this rank's tokens after the sequence split
@@ -691,9 +714,11 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     low = 1.0 if lay.fp8 else ab
     # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
     launches = local if lay.expert_streams == 1 else 1
-    comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
+    comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute or whole_moe else ())
     for comp in comps:
-        tb.memory("pre-mlp norm", comp, n * h * (ab + low))
+        layer_part = comp == "mlp_forward" or recompute  # the norm and the add around the MoE layer
+        if layer_part:
+            tb.memory("pre-mlp norm", comp, n * h * (ab + low))
         tb.gemm("router", comp, n, E, h, fp8=False)
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
         if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
@@ -712,7 +737,8 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
         if local > 1:
             tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
         tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
-        tb.memory("residual add", comp, 3 * n * h * ab)
+        if layer_part:
+            tb.memory("residual add", comp, 3 * n * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
     if local > 1:
@@ -734,8 +760,8 @@ def moe_mlp_block(tb: Table, recompute: bool) -> None:
     tb.experts("experts fc2 wgrad (grouped)", wcomp, fe, h, m, local, out_bytes=lay.wgrad_out)
     tb.gemm("router wgrad", wcomp, h, E, n, fp8=False)
     if cfg.shared_intermediate_size:
-        dense_mlp_block(tb, recompute, cfg.shared_intermediate_size, prefix="shared expert ")
-    _all_to_all(tb, n)
+        dense_mlp_block(tb, recompute or whole_moe, cfg.shared_intermediate_size, prefix="shared expert ")
+    _all_to_all(tb, n, rerun=recompute or whole_moe)
 
 
 def _aux_loss(tb: Table, comp: str, n: int) -> None:
@@ -751,13 +777,17 @@ def _aux_loss(tb: Table, comp: str, n: int) -> None:
             "nvlink" if group <= tb.r.gpus_per_node else "nic")  # fmt: skip
 
 
-def _all_to_all(tb: Table, n: int) -> None:
+def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     """Dispatch and combine, forward and backward: each rank sends its tokens' copies to the
-    ranks of their experts (expert parallelism e); FP8 payloads where the model is FP8."""
+    ranks of their experts (expert parallelism e); FP8 payloads where the model is FP8.  ``rerun``: the
+    forward's dispatch and combine run again where the MoE layer's forward is rerun (full recompute, or
+    --recompute-modules moe), each in the backward's all-to-all of the same phase, as the rerun compute
+    goes into the input gradient of its block."""
     lay, cfg, r = tb.lay, tb.cfg, tb.r
     e = lay.expert
     if e <= 1:
         return
+    first = len(tb.rows)
     k, h = cfg.experts_per_token, cfg.hidden_size
     fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
     link = "nvlink" if e <= r.gpus_per_node else "nic"
@@ -789,6 +819,9 @@ def _all_to_all(tb: Table, n: int) -> None:
         tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
         if comp.startswith("dispatch") and not lay.deepep:
             _probs_all_to_all(tb, comp, n * copies, link)
+    if rerun:
+        for phase in ("dispatch", "combine"):
+            _rerun(tb, [k for k in tb.rows[first:] if k.component == f"{phase}_forward"], f"{phase}_backward")
 
 
 # Bytes of one routing probability sent with its row: fp32, the router dtype of the ModelZoo's configs
@@ -999,9 +1032,10 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     attention_block(tb, full)
     context_exchange(tb)
     if cfg.is_moe_layer(i):
-        moe_mlp_block(tb, full)
-        if lay.host_op > 0:
-            host_share(tb, full)
+        whole_moe = lay.recomputes("moe")  # --recompute-modules moe: the MoE layer checkpointed (moe_layer.py)
+        moe_mlp_block(tb, full, whole_moe)
+        if lay.host_op > 0:  # the rerun dispatcher syncs as its forward did
+            host_share(tb, full or whole_moe)
     else:  # --recompute-modules mlp: the dense MLP checkpointed (transformer_layer.py _forward_mlp)
         dense_mlp_block(tb, full or lay.recomputes("mlp"))
     if lay.legacy:

@@ -34,7 +34,7 @@ def summary(d: Derived, scenario=None) -> dict:
     t = params.totals(cfg)
     f = flops.per_token(cfg, st.seq)
     args = (st.seq // st.context, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
-    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel, modules=st.modules)
+    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy)
                  for i in range(cfg.num_layers)]
     stages = []
     for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
@@ -306,7 +306,7 @@ def explain_lines(d: Derived) -> list[str]:
     for moe in kinds:
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
         saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel,
-                                  st.modules)
+                                  st.modules, st.legacy)
         lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
                      f"recompute {_policy_name(st)}:")
         lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]
@@ -364,13 +364,24 @@ def explain_lines(d: Derived) -> list[str]:
                      f"/ {hw.p2p_gbps:g} GB/s = {d.p2p:.4g} ms")
     lines.append(f"  recompute {_policy_name(st)}: " + {
         "none": "nothing recomputed",
-        "selective": "attention core recomputed (Korthikanti et al.; with flash attention it already is)"
-        if st.modules is None else "Megatron-core's --recompute-modules rerun in the input gradient, the "
-        "'(recompute)' rows (model/recompute.py)",
+        "selective": _selective_note(st),
         "full": "each layer's forward rerun in its backward; only layer inputs kept",
         "deepseek": "RMSNorms and MLA up-projections rerun in the backward (DeepSeek-V3 Sec. 3.2.3)",
     }[st.policy])
     return lines
+
+
+def _selective_note(st) -> str:
+    """What "selective" reruns, as the runtime checkpoints it (model/recompute.py)."""
+    if st.modules is not None:
+        return ("Megatron-core's --recompute-modules rerun in the input gradient: each module's forward kernels "
+                "again in its block's I component ('(recompute)' rows where part of a block reruns; model/recompute.py)")
+    if st.cfg.eager_attention:
+        return "attention core recomputed (Korthikanti et al.: the s x s scores not kept)"
+    if st.legacy:
+        return "nothing rerun: Megatron-LM's own flash-attention path is not checkpointed (model/recompute.py)"
+    return ("attention core recomputed: Megatron-core checkpoints the flash core too, whose forward reruns in the "
+            "input gradient to free only its log-sum-exp (model/recompute.py)")
 
 
 def _policy_name(st) -> str:

@@ -219,7 +219,7 @@ def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape
     if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand) \
             and cache.reduce_scatters_fit(cand):
         return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
-    # Policies that change nothing here (selective recompute under flash attention) run once.
+    # Candidates whose figures are the same whatever their recompute policy run once.
     fig = cache.figures(cand)
     return "", (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
 

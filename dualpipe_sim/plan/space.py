@@ -32,7 +32,7 @@ class ModelShape:
     heads: int
     layers: int
     experts: int  # routed experts; 0 for a dense model
-    flash_attention: bool = True  # scores never materialised: selective recompute saves nothing
+    flash_attention: bool = True  # scores never materialised: selective recompute frees only the log-sum-exp
     # [step]'s parameter all-gather runs under the next forward (step.overlap_param_gather): only then
     # does ZeRO 1 cost no more sync than ZeRO 0's all-reduce (the same bytes in two halves, one hidden)
     param_gather_hidden: bool = True
@@ -197,7 +197,7 @@ def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
 def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
     """Why another candidate tried beside this one is never worse ('' if none is)."""
     if cand.recompute == "selective" and model.flash_attention and "none" in choices.recompute:
-        return "recompute: selective equals none under flash attention (it saves only the scores)"
+        return "recompute: selective under flash attention reruns the flash forward to free only its log-sum-exp"
     if cand.zero == 0 and 1 in choices.zero and model.param_gather_hidden:
         return "zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)"
     if cand.zero >= 2 and shards_nothing(model, cand) and 1 in choices.zero:
