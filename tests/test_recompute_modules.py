@@ -159,3 +159,41 @@ def test_explain_lists_the_recompute_rows(capsys):
     out = capsys.readouterr().out
     assert "pre-mlp norm (recompute)" in out and "experts swiglu (recompute)" in out
     assert "experts swiglu (recompute copy)" in out and "recompute selective (layernorm, moe_act)" in out
+
+
+# -- s12g: model --json's recompute_modules; refused on Megatron-LM of 2021 ---------------------------------------------
+def _json(capsys, name, overrides=()):
+    import json
+
+    args = ["model", str(VALIDATION / f"{name}.toml"), "--json"]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name, overrides, policy, want", [
+    ("xt-qwen3-235b-tp2ep8pp8", [], "selective", ["moe_act", "layernorm"]),  # the row's own list, as given
+    ("k22-22b-seqsel", [], "selective", ["core_attn"]),  # no list: Megatron-core's default
+    ("k22-22b-seqsel", ["memory.recompute_modules=[]"], "selective", []),  # an empty list: none recomputed
+    ("k22-22b-seqsel", ["memory.recompute=full"], "full", None),  # not "selective": no module list applies
+])  # fmt: skip
+def test_json_gives_the_modules_used(capsys, name, overrides, policy, want):
+    out = _json(capsys, name, overrides)
+    assert (out["recompute"], out["recompute_modules"]) == (policy, want)
+
+
+@pytest.mark.parametrize("verb, modules", [(["model"], '["core_attn"]'), (["model", "--json"], '["core_attn"]'),
+                                           (["run", "--plots", "none"], '["core_attn"]'), (["model"], "[]")])
+def test_megatron_lm_2021_refuses_a_module_list(tmp_path, capsys, verb, modules):
+    """Megatron-LM of 2021 (6985e58 arguments.py) had --checkpoint-activations only: a module list is refused in every
+    verb, one line naming the key and the runtime, exit 2, nothing written."""
+    out = tmp_path / "out"
+    args = [verb[0], str(VALIDATION / "n21-1.7b.toml"), *verb[1:], "--set", "memory.recompute=selective",
+            "--set", f"memory.recompute_modules={modules}"] + (["--out", str(out)] if verb[0] == "run" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert not out.exists() and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "memory.recompute_modules" in err and "megatron-lm-2021" in err
+    # without the list the same runtime and policy are accepted
+    assert main(["model", str(VALIDATION / "n21-1.7b.toml"), "--set", "memory.recompute=selective"]) == 0

@@ -196,6 +196,9 @@ class Step(_Section):
     # gradients all-reduced in fp32 after apex's grad sync, the AdamW step on every data-parallel rank
     # (model/step_figures.py, fp32_optimizer_elements)
     fp32_embedding_optimizer: bool = False
+    # with it, NeMo v1.17.0_pt_23.04's way of feeding that AdamW: the embedding's bf16 .grad added into its fp32 copy
+    # once a step, and zeroed at the next (model/step_figures.py, fp32_grad_add_ms); later NeMo adds it per micro-batch
+    fp32_embedding_grad_add: bool = False
     # the parameters NeMo marks _disable_overlap_grad_sync on apex's DistributedFusedAdam: on a rank holding one, the
     # bucket group they join (its first model chunk's) is reduce-scattered only after the pipeline, in apex's
     # grad_sync() (model/step_figures.py, grad_sync_parts)
@@ -241,6 +244,7 @@ class Step(_Section):
 
     @field_validator("overlap_grad_sync", "cross_copy_eager", "overlap_param_gather", "grad_sync_shares_p2p",
                      "overlap_param_gather_with_optimizer_step", "fp32_embedding_grads", "fp32_embedding_optimizer",
+                     "fp32_embedding_grad_add",
                      "average_in_collective",
                      mode="before")
     @classmethod
@@ -356,6 +360,9 @@ class Scenario(_Section):
             key = "step.grad_sync_held" if st.grad_sync_held else "step.fp32_embedding_optimizer"
             raise ScenarioError(f'{key}: is NeMo\'s on apex\'s DistributedFusedAdam; it needs '
                                 'step.param_gather = "apex" and step.grad_sync = "derived"')
+        if st.fp32_embedding_grad_add and not st.fp32_embedding_optimizer:
+            raise ScenarioError("step.fp32_embedding_grad_add: is NeMo 1.17's add into the fp32 embedding optimizer's "
+                                "gradients; it needs step.fp32_embedding_optimizer = true")
         if st.fp32_embedding_optimizer and st.fp32_embedding_grads:
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")

@@ -73,6 +73,7 @@ class Setup:
     grads_averaged: bool = False  # step.average_in_collective: the gradient reduce-scatter is an ncclAvg
     ub_ring_rs: tuple[str, ...] = ()  # parallel.tp_overlap_ring_rs
     modules: tuple[str, ...] | None = None  # memory.recompute_modules (None: Megatron-core's default; recompute.py)
+    force_balance: bool = False  # model.moe_force_load_balancing
 
     @property
     def ring_serial(self) -> bool:
@@ -98,7 +99,7 @@ class Setup:
                               fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told,
                               ring_serial=self.ring_serial, qkv_prepare=self.qkv_prepare,
                               evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
-                              modules=self.modules)  # fmt: skip
+                              modules=self.modules, force_balance=self.force_balance)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -331,12 +332,23 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
                  qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context),
                  ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))),
-                 modules=recompute_modules(scenario, cfg, m))  # fmt: skip
+                 modules=recompute_modules(scenario, cfg, m), force_balance=force_balance(cfg, m))  # fmt: skip
+
+
+def force_balance(cfg: ModelConfig, m) -> bool:
+    """model.moe_force_load_balancing: Megatron-core's router option, so an MoE model's only."""
+    if m.moe_force_load_balancing and not cfg.moe:
+        raise ModelError("model.moe_force_load_balancing: needs an MoE model (Megatron-core's router option); "
+                         f"{cfg.model_type} has no experts")
+    return m.moe_force_load_balancing
 
 
 def recompute_modules(scenario, cfg: ModelConfig, m) -> tuple[str, ...] | None:
     """memory.recompute_modules, checked as Megatron-core checks it (transformer_config.py @ 1e05700 lines 762-795)."""
     mods = scenario.recompute_modules()
+    if mods is not None and m.runtime == "megatron-lm-2021":  # its arguments.py has no --recompute-modules
+        raise ModelError('memory.recompute_modules: not with model.runtime = "megatron-lm-2021" (Megatron-LM of 2021 '
+                         "(6985e58 arguments.py) had --checkpoint-activations only, no --recompute-modules)")
     if "mla_up_proj" in (mods or ()) and not cfg.mla:
         raise ModelError('memory.recompute_modules: "mla_up_proj" needs multi-latent attention (Megatron-core: "only '
                          'supported with multi_latent_attention"); the model has none')

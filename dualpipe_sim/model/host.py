@@ -34,6 +34,7 @@ _CALLS = {
     # moe_utils.topk_softmax_with_capacity: topk, softmax, zeros_like + scatter (probs), zeros_like + int +
     # scatter + bool (map), sum (tokens per expert)
     "router softmax + top-k": 9,
+    "router random logits": 2,  # --moe-router-force-load-balancing: logits.clone(), .normal_()
     "aux loss": 6,  # switch_load_balancing_loss_func: sum, mul, sum, scale; save_to_aux_losses_tracker: div, +=
     "experts swiglu": 1,
     "permute row-id map": 2,  # TE's make_row_id_map: its two Triton kernels (its torch.empty calls launch none)

@@ -161,6 +161,8 @@ class Layout:
     ub_ring_rs: tuple[str, ...] = ()
     # memory.recompute_modules with policy "selective" (None: Megatron-core's default, recompute.DEFAULT)
     modules: tuple[str, ...] | None = None
+    # model.moe_force_load_balancing: the router's logits replaced by random ones in each MoE forward (RANDOM_LOGITS)
+    force_balance: bool = False
 
     def recomputes(self, module: str) -> bool:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
@@ -694,6 +696,12 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
 # Transformer Engine's make_row_id_map (pytorch/triton/permutation.py @ v2.2 and v2.4), bytes per (token, expert):
 # pass 1 reads the bool routing map (1) and writes an int64 block count (8); pass 2 reads and rewrites it (8 + 8)
 ROW_ID_MAP_BYTES = 1 + 8 + 8 + 8
+# --moe-router-force-load-balancing (Megatron-core moe/router.py lines 449-451 @ 1e05700, 444-446 @ 6a6cd478):
+# apply_random_logits -> RandomSTE.forward, ``logits.clone().normal_(generator=...)`` (moe_utils.py lines 807 / 842):
+# the clone reads and writes each logit, normal_ writes it again; the backward returns grad_output as it is (no
+# kernel).  Logits at 4 bytes, as the router rows here count them (--moe-router-dtype fp32 on the ModelZoo rows; the
+# Pai rows' bf16 logits would be half: under a microsecond a layer at these sizes)
+RANDOM_LOGITS_BYTES = (4 + 4) + 4
 
 
 def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
@@ -720,6 +728,8 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         if layer_part:
             tb.memory("pre-mlp norm", comp, n * h * (ab + low))
         tb.gemm("router", comp, n, E, h, fp8=False)
+        if lay.force_balance:  # logits.clone() (read, write) then .normal_() (write) over the n x E logits
+            tb.memory("router random logits", comp, n * E * RANDOM_LOGITS_BYTES, launches=2)
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
         if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
             _aux_loss(tb, comp, n)

@@ -12,7 +12,7 @@ import textwrap
 
 from .. import units
 from ..schedules.components import Component
-from . import activations, derive, flops, kernels, params, step_end, step_launches
+from . import activations, derive, flops, kernels, params, recompute, step_end, step_launches
 from .derive import Derived
 
 COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
@@ -69,6 +69,9 @@ def summary(d: Derived, scenario=None) -> dict:
         "seq_length": st.seq,
         "micro_batch_size": st.mb,
         "recompute": st.policy,
+        # the modules recomputed with "selective" (as given, or Megatron-core's default list); null with other policies
+        "recompute_modules": list(recompute.DEFAULT if st.modules is None else st.modules)
+        if st.policy == "selective" else None,
         "flops_per_token": {"forward": f.forward, "training": f.training, "six_n": f.six_n,
                             "attention": f.attention, "mtp_forward": f.mtp_forward},  # fmt: skip
         "activation_bytes_per_layer": per_layer,

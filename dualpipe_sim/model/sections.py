@@ -87,6 +87,9 @@ class ModelSection(BaseModel):
     # the router's load-balancing aux loss (Megatron --moe-router-load-balancing-type aux_loss with a
     # --moe-aux-loss-coeff above 0; its default 0.0 is off): its kernels and count all-reduce
     moe_aux_loss: bool = False
+    # Megatron-core's --moe-router-force-load-balancing (a benchmark mode): the router's logits replaced by random
+    # ones in every MoE forward (moe/router.py apply_random_logits, moe_utils.py RandomSTE): two kernels over them
+    moe_force_load_balancing: bool = False
     # whose vocabulary cross-entropy: "megatron" (Megatron-core's op-by-op vocab_parallel_cross_entropy, its default),
     # "megatron-fused" (--cross-entropy-loss-fusion, --cross-entropy-fusion-impl native) or "te" (impl te:
     # Transformer Engine's Triton parallel_cross_entropy); docs/model.md, "Kernel rates"
@@ -121,7 +124,7 @@ class ModelSection(BaseModel):
     # GEMMs read the row-wise data), "derived" (none on a B200, else kept); docs/model.md, "FP8 transposes"
     fp8_transpose: Literal["derived", "kept", "none"] = "derived"
 
-    @field_validator("moe_aux_loss", "alibi", "fp8_params", mode="before")
+    @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "fp8_params", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)

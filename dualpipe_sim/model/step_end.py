@@ -260,7 +260,7 @@ def _optimizer(scenario, derived) -> list[Item]:
                 f"the rank's shard (ZeRO {sh.zero})" if sh.zero >= 1 else "the rank's whole stage copy (ZeRO 0)", "hbm",
                 "memory", f"{how} at {rates.hbm / 1e12:.3g} TB/s + {launches}")]
     if fp8 and not deepspeed:
-        cast = tuple(sf.fp8_master_cast_ms(scenario, st))
+        cast = tuple(sf.fp8_master_cast_ms(scenario, st, derived))
         out.append(Item("FP8 parameters' cast + amax all-reduce", "optimizer", (0.0,) * n, cast,
                         f"amax over data x context {sh.data}" + (f", the experts' over expert-data {sh.expert_data:g}"
                                                                  if any(f.routed_params for f in derived.stages) else ""),
@@ -316,6 +316,12 @@ def _optimizer(scenario, derived) -> list[Item]:
                         tuple(sf.fp32_adamw_ms(st, w) for w in st.stages), "every data-parallel rank, unsharded", "hbm",
                         "memory", f"torch's foreach AdamW, {sf.TORCH_ADAMW_BYTES} B, and NeMo's scale, norm, copy and "
                         f"zeroing, {sf.NEMO_FP32_OPTIM_BYTES} B, an fp32 element"))  # fmt: skip
+    if step.fp32_embedding_optimizer and step.fp32_embedding_grad_add:
+        out.append(Item("bf16 embedding gradient added into the fp32 copy (NeMo 1.17)", "optimizer",
+                        tuple(sf.fp32_grad_add_elements(st, w) * sf.NEMO_GRAD_ADD_BYTES for w in st.stages),
+                        tuple(sf.fp32_grad_add_ms(st, w) for w in st.stages), "the embedding stage, every data-parallel "
+                        "rank", "hbm", "memory", f"main_param.grad += model_param.grad once a step and the .grad "
+                        f"zeroed: {sf.NEMO_GRAD_ADD_BYTES} B an element, {sf.NEMO_GRAD_ADD_KERNELS} kernels a tensor"))
     refresh = tuple(sf.fp8_weight_cast_ms(st, w) for w in st.stages)
     if any(refresh):
         out.append(Item("FP8 weight refresh (first micro-batch)", "optimizer", (0.0,) * n, refresh, "the rank",

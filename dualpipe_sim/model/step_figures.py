@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..step_costs import Throughput
-from . import collectives, ddp_buckets, derive, flops, kernels, params
+from . import collectives, ddp_buckets, derive, flops, kernels, params, shard_pieces
 from .config import ModelError
 
 # Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
@@ -110,6 +110,15 @@ TORCH_ADAMW_FOREACH = 8
 # accumulation (3), the copy_ into the model parameter; and one foreach zero_ (zero_grad(set_to_none=False))
 NEMO_FP32_PER_TENSOR = 1 + 1 + 3 + 1
 NEMO_FP32_FOREACH = 1
+# NeMo v1.17.0_pt_23.04's feed of that AdamW (step.fp32_embedding_grad_add; nemo/core/optim/distributed_adam.py
+# _fp32_optim_grad_sync, lines 173-175, and zero_grad, lines 198-199): the embeddings' bf16 .grad, which autograd keeps
+# (apex's post-backward hook skips them), is added into the fp32 copy's gradient once a step before the all-reduce,
+# ``main_param.grad += model_param.grad`` (read 4 + 2, write 4), and zeroed at the next zero_grad (write 2): two
+# kernels a tensor that has a .grad.  Only on the embedding stage: the tied head's copy gets its gradient through
+# gradient_accumulation_fusion straight into main_grad (the v3.0 megatron_gpt_config.yaml sets it), so its .grad is
+# None.  bd0b818 (v3.1) runs the add in a hook every micro-batch and sets .grad to None: not this key.
+NEMO_GRAD_ADD_BYTES = (4 + 2 + 4) + 2
+NEMO_GRAD_ADD_KERNELS = 2
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
 MULTI_TENSOR_MAX = {2: 64, 3: 48}
 
@@ -223,13 +232,15 @@ def fp8_amax_all_reduce_ms(st, dense_tensors: int, routed_tensors: int) -> float
     return (dense + routed) * 1e3
 
 
-def fp8_master_cast_ms(scenario, st) -> list[float]:
+def fp8_master_cast_ms(scenario, st, derived=None) -> list[float]:
     """Per stage copy, what Transformer Engine's optimizer-side cast of a rank's FP8 weight shards adds to its
     optimizer figure (ms; ``model.fp8_params``): after the Adam step, before the parameter all-gather
     (Megatron-core's step_with_ready_grads -> _copy_main_params_to_model_params -> quantize_param_shard ->
     cast_master_weights_to_fp8).  The copy's bytes beyond the 16-bit copy it replaces (fp8_shard_bytes) over the
-    preset's HBM bandwidth, FP8_SHARD_KERNELS launch floors per FP8 weight (every weight taken to have a piece on the
-    rank: an upper bound, exact where each weight spans a bucket), and once per rank, spread over the stage copies it
+    preset's HBM bandwidth, FP8_SHARD_KERNELS launch floors per FP8 weight with a piece in the rank's shard (one
+    with none there launches nothing of its own: TE's loops ``continue``; shard_pieces.fp8_pieces counts them where
+    shard_counted; elsewhere, and for apex's fragments, every weight is taken to have one: an upper bound, exact
+    without ZeRO), and once per rank, spread over the stage copies it
     holds, the launches around the amax all-reduce (fp8_cast_fixed_launches) and that all-reduce itself.  With
     ``step.param_gather = "apex"`` the optimizer is apex's DistributedFusedAdam under NeMo, whose cast is its own
     (apex_fp8_shard_bytes, APEX_FP8_SHARD_KERNELS, apex_fp8_cast_fixed_launches); the all-reduce is the same."""
@@ -250,6 +261,8 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
     # launches and two amax all-reduces; the experts' optimizer stays one
     split = not apex and scenario.step is not None and scenario.step.overlap_param_gather_with_optimizer_step
     per_weight = APEX_FP8_SHARD_KERNELS if apex else FP8_SHARD_KERNELS[m.fp8_recipe]
+    counted = shard_pieces.fp8_pieces(scenario, scenario.derived() if derived is None else derived, held) \
+        if not apex and shard_counted(scenario, st) else None
 
     def fixed_launches(tensors: int) -> int:
         return apex_fp8_cast_fixed_launches(tensors) if apex else fp8_cast_fixed_launches(m.fp8_recipe, tensors)
@@ -259,7 +272,7 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
         dense, routed = fp8_param_elements(st, where)
         if sh.zero >= 1:  # the distributed optimizer's shard (Megatron-core needs it for --fp8-param-gather)
             dense, routed = dense / sh.data, routed / sh.expert_data
-        launches = sum(tensors[s]) * per_weight
+        launches = (sum(tensors[s]) if counted is None else counted[s]) * per_weight
         ms = ((dense + routed) * per_element / rates.hbm + launches * rates.floor) * 1e3
         if held[s]:  # the rank's once-per-step part, spread evenly over the copies it holds (as _once_per_rank)
             d, r, copies, first = per_rank[min(held[s])]
@@ -271,6 +284,13 @@ def fp8_master_cast_ms(scenario, st) -> list[float]:
             ms += (fixed * rates.floor * 1e3 + fp8_amax_all_reduce_ms(st, d, r)) / copies
         out.append(ms)
     return out
+
+
+def shard_counted(scenario, st) -> bool:
+    """Whether the rank's shard is counted piece by piece (shard_pieces.py): Megatron-core's distributed optimizer
+    (megatron_core_optimizer, ZeRO 1+) with the kernel-level model, dense models only (the experts' buffer is not
+    counted)."""
+    return megatron_core_optimizer(scenario) and st.rates is not None and st.sharding.zero >= 1 and not st.cfg.moe
 
 
 def megatron_core_optimizer(scenario) -> bool:
@@ -383,6 +403,23 @@ def fp32_adamw_ms(st, where) -> float:
     per_op = -(-int(elements) // APEX_ELEMENTS_PER_LAUNCH)
     launches = (TORCH_ADAMW_FOREACH + NEMO_FP32_FOREACH) * per_op + NEMO_FP32_PER_TENSOR * tensors
     return (fp32_adamw_bytes(st, where) / st.rates.hbm + launches * st.rates.floor) * 1e3
+
+
+def fp32_grad_add_elements(st, where) -> float:
+    """Elements NeMo 1.17's step-end add streams on a stage copy (NEMO_GRAD_ADD_BYTES each): the embedding stage's
+    word embedding shard (V x h / tensor) and learned positions (whole), its fp32 copies; none elsewhere."""
+    if not where.embedding:
+        return 0.0
+    return fp32_optimizer_elements(st, where)
+
+
+def fp32_grad_add_ms(st, where) -> float:
+    """That add and zeroing on a stage copy (ms): its bytes at the HBM rate, NEMO_GRAD_ADD_KERNELS floors a tensor."""
+    elements = fp32_grad_add_elements(st, where)
+    if not elements:
+        return 0.0
+    tensors = 2 if st.cfg.max_positions else 1  # word (and position) embedding
+    return (elements * NEMO_GRAD_ADD_BYTES / st.rates.hbm + NEMO_GRAD_ADD_KERNELS * tensors * st.rates.floor) * 1e3
 
 
 def sequence_parallel_elements(cfg, where) -> int:
@@ -1009,7 +1046,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     share = per_rank if start > 0 else None
     apex = key == "optimizer" and step is not None and step.param_gather == "apex" and not deepspeed
     once = per_rank if apex else None
-    master_cast = fp8_master_cast_ms(scenario, st) if key == "optimizer" and fp8 and not deepspeed else None
+    master_cast = fp8_master_cast_ms(scenario, st, derived) if key == "optimizer" and fp8 and not deepspeed else None
     # Megatron-core's step start (the gradient buffers zeroed) and its clip's blocking norm all-reduce (once a rank)
     mcore = key == "optimizer" and megatron_core_optimizer(scenario)
     norm_share = per_rank if mcore else None
@@ -1047,6 +1084,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
             ms += fp8_weight_cast_ms(st, where) + (start * share[s] if share else 0.0)
             ms += fp32_adamw_ms(st, where) if f32opt else 0.0  # NeMo 1.x's fp32 AdamW of the embeddings
+            ms += fp32_grad_add_ms(st, where) if f32opt and step.fp32_embedding_grad_add else 0.0  # v1.17's feed of it
             if slow:
                 whole = param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0))
                 forward = scenario.pipeline.microbatches / held[s] * (stage.forward or 0.0)

@@ -1,4 +1,4 @@
-"""The host's kernel launches at a Megatron-core step's end, counted from the code; not costed.
+"""The host's kernel launches at a Megatron-core step's end, counted from the code; their host time not costed.
 
 Outside the whole-iteration CUDA graph the step's end runs eagerly, and two host reads drain the GPU's queue: the
 loss reduction's ``> 0`` (NeMo's ``MaskedTokenLossReduction``) and the clip norm's ``.item()``
@@ -16,19 +16,16 @@ measured host time per launch for this stack was reached):
   FP8 piece, ``fp8_cast_fixed_launches`` and the amax all-reduce), one ``copy_`` per 16-bit piece
   (``_copy_main_params_to_model_params``).  The clip's scale (only when the norm exceeds the clip) is left out.
 
-The shard: the distributed optimizer cuts each bucket into one contiguous range per rank of data x context; a
-parameter with elements in the rank's range is one piece (ranges taken without Megatron's 64-element parameter
-padding).  Buckets as ddp_buckets cuts them; the routed experts' buffer is not counted (None for MoE models).
+The shard's pieces: shard_pieces.py (the routed experts' buffer is not counted: None for MoE models).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from itertools import accumulate
 
 from . import ddp_buckets
 from . import step_figures as sf
+from .shard_pieces import Piece, buffers, pieces, rank_pieces  # noqa: F401 (Piece, pieces: this module's tests)
 
 CHUNK = 2048 * 32  # elements a block takes: TE optimizers/multi_tensor_apply.py MultiTensorApply(2048 * 32)
 # TE common/multi_tensor/multi_tensor_apply.cuh depth_to_max_tensors / depth_to_max_blocks, by list count
@@ -57,30 +54,6 @@ def multi_tensor_launches(sizes: list[int], depth: int) -> int:
 
 
 @dataclass(frozen=True)
-class Piece:
-    """A parameter's elements in one rank's shard."""
-
-    size: int
-    fp8: bool  # an FP8 parameter (cast by Transformer Engine, not copied)
-    decay: bool  # in the weight-decay group (Megatron: not a bias, not 1-D)
-
-
-def pieces(sizes: list[int], bounds: list[tuple[int, int]], ranks: int, rank: int,
-           fp8: list[bool], decay: list[bool]) -> list[Piece]:
-    """The pieces of rank ``rank`` of ``ranks``: parameters of ``sizes`` (one buffer, forward order, back to
-    back) cut into buckets at ``bounds`` ((first element, elements) each), each bucket's range split evenly."""
-    starts = [0, *accumulate(sizes)]
-    out = []
-    for start, length in bounds:
-        lo, hi = start + rank * length // ranks, start + (rank + 1) * length // ranks
-        for i in range(max(0, bisect_right(starts, lo) - 1), bisect_left(starts, hi)):  # the tensors it meets
-            n = min(starts[i + 1], hi) - max(starts[i], lo)
-            if n > 0:
-                out.append(Piece(n, fp8[i], decay[i]))
-    return out
-
-
-@dataclass(frozen=True)
 class Launches:
     """One rank's launches between the step's host reads (the rank with the most)."""
 
@@ -92,51 +65,27 @@ class Launches:
     norm: int  # multi_tensor_l2norm launches
 
 
-def _buffers(scenario, st, s: int, where, buckets: int) -> list[tuple[list[int], list[bool], list[bool], list]]:
-    """Per gradient buffer of stage copy ``s``: its parameters' sizes, FP8 and decay flags, and bucket bounds."""
-    cfg, sh = st.cfg, st.sharding
-    sizes = ddp_buckets.stage_zero_tensors(cfg, where, sh.tensor)
-    linears = ddp_buckets.stage_zero_linears(cfg, where)
-    decays = ddp_buckets.stage_zero_decays(cfg, where)
-    members = [[i for i, lin in enumerate(linears) if lin], [i for i, lin in enumerate(linears) if not lin]] \
-        if sh.fp8_params else [list(range(len(sizes)))]
-    given = scenario.step.grad_sync_buckets != "derived"
-    out = []
-    for k, idx in enumerate(m for m in members if m):
-        own = [sizes[i] for i in idx]
-        if given and k == 0:  # the given count, as equal buckets (of the FP8 buffer with FP8 parameters)
-            cut = ddp_buckets._equal(own, list(range(len(own))), buckets)
-        elif s == 0 and not given:  # Megatron's fill rule on the first chunk; every other chunk is one bucket
-            cut = ddp_buckets._filled(own, list(range(len(own))), ddp_buckets.bucket_size(sh.data))
-        else:
-            cut = [(0, sum(own), 1)]
-        out.append((own, [linears[i] and sh.fp8_params for i in idx], [decays[i] for i in idx],
-                    [(a, n) for a, n, _ in cut]))
-    return out
-
-
 def count(scenario, derived) -> Launches | None:
     """The launches of the pipeline rank holding stage 0, on its data-parallel rank with the most; None where the
     step's end is not Megatron-core's distributed optimizer (sf.megatron_core_optimizer, ZeRO 1+), without the
     kernel-level model, or for MoE models (the experts' buffer is not counted)."""
-    st = derived.setup
-    sh, cfg = st.sharding, st.cfg
-    if not sf.megatron_core_optimizer(scenario) or st.rates is None or sh.zero < 1 or cfg.moe:
+    if not sf.shard_counted(scenario, derived.setup):
         return None
+    st = derived.setup
     held = sf._stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
     rank = min(held[0]) if held[0] else 0
     mine = [s for s, ranks in enumerate(held) if rank in ranks] or [0]
     buckets = ddp_buckets.per_stage(scenario, derived)
-    buffers = {s: _buffers(scenario, st, s, st.stages[s], buckets[s]) for s in mine}
+    fp8_weights_of = {s: sum(sum(fp8) for _, fp8, _, _ in buffers(scenario, st, s, st.stages[s], buckets[s]))
+                      for s in mine}
     recipe = scenario.model.fp8_recipe
     # overlap_param_gather_with_optimizer_step: the first chunk's optimizer apart (optimizer/__init__.py)
     split = scenario.step.overlap_param_gather_with_optimizer_step and len(mine) > 1
     optimizers = [mine[:1], mine[1:]] if split else [mine]
-    fp8_weights = [sum(sum(fp8) for s in chunks for _, fp8, _, _ in buffers[s]) for chunks in optimizers]
+    fp8_weights = [sum(fp8_weights_of[s] for s in chunks) for chunks in optimizers]
     best = None
-    for r in range(sh.data):
-        own = [[p for s in chunks for sizes, fp8, decay, bounds in buffers[s]
-                for p in pieces(sizes, bounds, sh.data, r, fp8, decay)] for chunks in optimizers]
+    for by_copy in rank_pieces(scenario, derived, mine):
+        own = [[p for s in chunks for p in by_copy[s]] for chunks in optimizers]
         every = [p for o in own for p in o]
         norm = multi_tensor_launches([p.size for p in every if p.decay] + [p.size for p in every if not p.decay], 1)
         # FusedAdam: one multi_tensor_adam call per parameter group (decay, no decay) of each optimizer
