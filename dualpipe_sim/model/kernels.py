@@ -611,19 +611,18 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
                             ub: str) -> None:  # fmt: skip
     """dgrad and wgrad of a block's input projections (name, tokens, in, out).  With tp_comm_overlap
     the re-gather of the block's input (for the wgrad GEMMs) runs beside the dgrad GEMMs and the
-    input gradient's reduce-scatter (all-reduce without sequence parallelism) beside the wgrad GEMMs,
-    as Transformer Engine's "bulk" overlaps on 16 SMs do; without, each is on the critical path."""
+    input gradient's reduce-scatter beside the wgrad GEMMs, as Transformer Engine's "bulk" overlaps on
+    16 SMs do; without, each is on the critical path.  Without sequence parallelism: tp_grad_all_reduce."""
     lay, h = tb.lay, tb.cfg.hidden_size
     n = lay.tokens
     low = 1.0 if lay.fp8 else lay.act_bytes
     (name, m, inp, out), rest = shapes[0], shapes[1:]
     hide = lay.tp_overlap  # without overlap every tensor-parallel collective is on the critical path
-    if not lay.sequence_parallel:  # the input gradient's all-reduce, beside the wgrad GEMMs when overlapped
+    if not lay.sequence_parallel:  # the input gradient's all-reduce (tp_grad_all_reduce)
         for x, m2, i2, o2 in shapes:
             tb.gemm(f"{x} dgrad", comp, m2, i2, o2)
         wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2, out_bytes=lay.wgrad_out) for x, m2, i2, o2 in shapes)
-        tb.comm("tp all-reduce (grad)", wcomp, "all_reduce", n * h * lay.act_bytes, lay.tensor, "nvlink",
-                wgrad if hide else 0.0)  # fmt: skip
+        tp_grad_all_reduce(tb, comp, wcomp, n * h * lay.act_bytes, wgrad)
         return
     if lay.tensor > 1 and lay.tp_overlap:
         tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk", ub=f"{ub}_dgrad")
@@ -639,6 +638,20 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
     tb.comm("tp all-gather (wgrad input)", comp, "all_gather", n * h * low, lay.tensor, "nvlink", dgrad if hide else 0.0)
     tb.comm("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes, lay.tensor, "nvlink",
             wgrad if hide else 0.0)  # fmt: skip
+
+
+def tp_grad_all_reduce(tb: Table, comp: str, wcomp: str, nbytes: float, wgrad: float) -> None:
+    """A column-parallel linear's input gradient without sequence parallelism: all-reduced over the tensor group
+    (the backward of copy_to_tensor_model_parallel_region).  Megatron-LM of 2021 (``model.runtime``
+    "megatron-lm-2021"; Megatron-DeepSpeed the same) runs it synchronously after the linear's whole backward (dgrad
+    and wgrad in F.linear's autograd node): all exposed.  From Sep 2021 (the k22 rows' code, Megatron-core) Megatron
+    launches it (async_op) after the dgrad GEMM and waits for it after the wgrad GEMM
+    (LinearWithGradAccumulationAndAsyncCommunication, on unless --no-async-tensor-model-parallel-allreduce), as
+    Transformer Engine's Linear / LayerNormLinear do: exposed only beyond ``wgrad`` seconds.  No SMs taken from the GEMM (no CTA count for a tensor-parallel NCCL collective)."""
+    if tb.lay.legacy:
+        tb.comm("tp all-reduce (grad, after the backward)", comp, "all_reduce", nbytes, tb.lay.tensor, "nvlink")
+    else:
+        tb.comm("tp all-reduce (grad)", wcomp, "all_reduce", nbytes, tb.lay.tensor, "nvlink", wgrad)
 
 
 def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix: str = "") -> None:
@@ -1192,13 +1205,15 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     # input gradient's reduce-scatter launched before the wgrad GEMM and waited for after it; each exposed only for
     # what it takes beyond its GEMM.  No SMs taken from the GEMM: the model has no CTA count for a tensor-parallel
     # NCCL collective (as _input_projection_grads without userbuffers).
-    sp = lay.sequence_parallel
+    # Without sequence parallelism the input gradient is all-reduced instead (tp_grad_all_reduce).
     dgrad = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
-    if sp:
+    if lay.sequence_parallel:
         tb.comm("tp all-gather (wgrad input)", "mlp_backward_input", "all_gather", n * h * ab, t, "nvlink", dgrad)
     wgrad = tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)
-    tb.comm("tp reduce-scatter (grad)", "mlp_backward_weight" if sp else "mlp_backward_input", "reduce_scatter",
-            n * h * ab, t, "nvlink", wgrad if sp else 0.0)  # fmt: skip
+    if lay.sequence_parallel:
+        tb.comm("tp reduce-scatter (grad)", "mlp_backward_weight", "reduce_scatter", n * h * ab, t, "nvlink", wgrad)
+    else:
+        tp_grad_all_reduce(tb, "mlp_backward_input", "mlp_backward_weight", n * h * ab, wgrad)
     tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)  # after the wait: it reads the result
     return tb.rows
 
