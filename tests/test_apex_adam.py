@@ -83,7 +83,11 @@ def test_gpt3_v31_apex_adam_by_hand():
     mcore = (step_figures.grad_zero_ms(dc.setup, dc.stages[1]) + step_figures.grad_norm_all_reduce_ms(core, dc.setup)
              * step_figures._once_per_rank(core, len(dc.setup.stages))[1])  # fmt: skip
     assert mcore > 0
-    assert (core_fig - start[1] - mcore) - (apex_fig - start[0]) == pytest.approx(
+    # and the forward slowed beside the gather, whose slowdown is the stage's own kernel mix: apex's per-micro-batch
+    # .grad copies (tests/test_nemo_grad_handoff.py) are in the apex run's backward only
+    slowed = [{i.name: i.ms for i in step_end.items(x, y)}["forward slowed beside the overlapped all-gather"][1]
+              for x, y in ((sc, d), (core, dc))]
+    assert (core_fig - start[1] - mcore - slowed[1]) - (apex_fig - start[0] - slowed[0]) == pytest.approx(
         (shard * 44 / H100_HBM + FLOOR - want) * 1e3, rel=1e-9)
 
 

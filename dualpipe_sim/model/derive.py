@@ -74,6 +74,8 @@ class Setup:
     ub_ring_rs: tuple[str, ...] = ()  # parallel.tp_overlap_ring_rs
     modules: tuple[str, ...] | None = None  # memory.recompute_modules (None: Megatron-core's default; recompute.py)
     force_balance: bool = False  # model.moe_force_load_balancing
+    grad_copy: float = 0.0  # apex's per-micro-batch .grad copy into its buckets, bytes an element (apex_grad_copy_bytes)
+    embedding_grad: float = 0.0  # the embedding's per-micro-batch .grad hand-off, bytes an element (embedding_grad_bytes)
 
     @property
     def ring_serial(self) -> bool:
@@ -99,7 +101,8 @@ class Setup:
                               fp8_transpose=self.fp8_transpose, ub_not_told=self.ub_not_told,
                               ring_serial=self.ring_serial, qkv_prepare=self.qkv_prepare,
                               evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
-                              modules=self.modules, force_balance=self.force_balance)  # fmt: skip
+                              modules=self.modules, force_balance=self.force_balance,
+                              grad_copy=self.grad_copy, embedding_grad=self.embedding_grad)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
                  qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context),
                  ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))),
-                 modules=recompute_modules(scenario, cfg, m), force_balance=force_balance(cfg, m))  # fmt: skip
+                 modules=recompute_modules(scenario, cfg, m), force_balance=force_balance(cfg, m),
+                 grad_copy=apex_grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario))  # fmt: skip
 
 
 def force_balance(cfg: ModelConfig, m) -> bool:
@@ -404,6 +408,42 @@ def fp8_transpose(m, hw: Hardware | None) -> bool:
 # cast temporary (runtime/bf16_optimizer.py update_hp_grads, v0.6.5: hp_grad.add_(lp.grad.to(fp32))):
 # the cast reads 2 and writes 4 bytes, the add reads 4 + 4 and writes 4
 DEEPSPEED_BF16_ACCUMULATION_BYTES = (2 + 4) + (4 + 4 + 4)
+
+
+def apex_grad_copy_bytes(scenario) -> float:
+    """Bytes an element of apex's post-backward ``_grad_copy`` (step.param_gather = "apex"): the parameter's 16-bit
+    ``.grad`` read and added into its bucket of model.grads_dtype (``grad_out.add_(grad_in)``: read both, write one;
+    NVIDIA/apex distributed_fused_adam.py, 23.05 lines 1131-1138, 24.04 lines 1564-1571), every micro-batch: NeMo's O2
+    runs the pipeline under ``no_sync(greedy_grad_copy=True)`` (NVIDIA/NeMo v1.17.0_pt_23.04 megatron_gpt_model.py
+    lines 386-389).  0 elsewhere."""
+    step, m = scenario.step, scenario.model
+    if step is None or step.param_gather != "apex":
+        return 0.0
+    return DTYPES[m.activations_dtype] + 2 * DTYPES[m.grads_dtype]
+
+
+def embedding_grad_bytes(scenario) -> float:
+    """Bytes an element the embedding stage's word and position embeddings spend each micro-batch on their autograd
+    ``.grad`` (none of them goes through a wgrad GEMM into main_grad), on NeMo's apex optimizer:
+
+    * NeMo v1.17.0_pt_23.04 (step.fp32_embedding_grad_add): the 16-bit ``.grad`` is kept all step (zero_grad zeroes it,
+      nemo/core/optim/distributed_adam.py lines 198-199; no hook takes it), so autograd's AccumulateGrad adds each
+      micro-batch's gradient into it in place (read 2 + 2, write 2);
+    * NeMo bd0b818 (step.fp32_embedding_optimizer alone): its post-backward hook ``param.main_grad += param.grad`` into
+      the fp32 copy, then ``param.grad = None`` (lines 122-140; read 2 + 4, write 4);
+    * otherwise on apex (NeMo 2): apex's ``_grad_copy`` into its bucket, fp32 with step.fp32_embedding_grads
+      (apex_grad_copy_bytes' rule).
+    0 off apex."""
+    step, m = scenario.step, scenario.model
+    if step is None or step.param_gather != "apex":
+        return 0.0
+    g16 = DTYPES[m.activations_dtype]
+    if step.fp32_embedding_optimizer:
+        return 3 * g16 if step.fp32_embedding_grad_add else g16 + 2 * FP32
+    return g16 + 2 * (FP32 if step.fp32_embedding_grads else DTYPES[m.grads_dtype])
+
+
+FP32 = 4  # bytes of an fp32 gradient element
 
 
 def grad_accumulation_bytes(m, microbatches: int) -> float:

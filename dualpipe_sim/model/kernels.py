@@ -163,6 +163,13 @@ class Layout:
     modules: tuple[str, ...] | None = None
     # model.moe_force_load_balancing: the router's logits replaced by random ones in each MoE forward (RANDOM_LOGITS)
     force_balance: bool = False
+    # bytes an element of apex's post-backward hook adding a parameter's autograd .grad into its bucket, every
+    # micro-batch, for the parameters whose gradient no wgrad GEMM writes into main_grad (norms, biases); 0: not
+    # apex (derive.apex_grad_copy_bytes)
+    grad_copy: float = 0.0
+    # bytes an element of the embedding stage's word (V x h / tensor) and position embeddings (whole) each
+    # micro-batch spends on their autograd .grad (derive.embedding_grad_bytes); 0: not costed
+    embedding_grad: float = 0.0
 
     def recomputes(self, module: str) -> bool:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
@@ -1069,6 +1076,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
                   (p.dense_over_tensor(lay.tensor) / lay.tensor + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
     if lay.sync_tp_duplicated:
         _tp_duplicated_syncs(tb, i, full)
+    if lay.grad_copy > 0 and not cfg.is_moe_layer(i):
+        _apex_grad_copies(tb)
     if lay.te_fp8 and lay.fp8_weight_each_use:
         fp8_weight_casts(tb, i)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
@@ -1143,6 +1152,27 @@ def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
             tb.memory("fc2 bias gradient", "mlp_backward_weight", lay.norm_tokens * h * ab)
 
 
+def norm_tensors(cfg: ModelConfig) -> int:
+    """Tensors of one norm: a LayerNorm's weight and bias, an RMSNorm's weight."""
+    return 2 if cfg.norm == "layernorm" else 1
+
+
+def _apex_grad_copies(tb: Table) -> None:
+    """apex's post-backward hook on a dense layer (DistributedFusedAdam ``_grad_copy``, NVIDIA/apex 23.05
+    lines 1131-1138, 24.04 lines 1564-1571: ``grad_out.add_(grad_in)`` into the bucket, then ``param.grad = None``),
+    run in the backward on its stream each micro-batch (NeMo's O2 ``no_sync(greedy_grad_copy=True)``) for every
+    parameter with an autograd ``.grad``: the LayerNorms' weights and biases and the linears' biases; the weights go
+    straight into ``main_grad`` (gradient accumulation fusion).  One kernel a tensor."""
+    cfg, lay = tb.cfg, tb.lay
+    h, t = cfg.hidden_size, lay.tensor
+    norm, per_norm = params._norm(cfg, h), norm_tensors(cfg)
+    f = cfg.intermediate_size // t * (2 if cfg.ffn == "swiglu" else 1)
+    attn = [norm] + ([_attention_shapes(cfg, t)[0][1]] if cfg.bias or cfg.qkv_bias else []) + ([h] if cfg.bias else [])
+    mlp = [norm] + ([f, h] if cfg.bias else [])
+    for comp, sizes in (("attn_backward_weight", attn), ("mlp_backward_weight", mlp)):
+        tb.memory("apex grad copy (norms, biases)", comp, sum(sizes) * lay.grad_copy, per_norm - 1 + len(sizes))
+
+
 def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
     """Megatron-DeepSpeed's ``--sync-tp-duplicated-parameters`` (bigscience-workshop/Megatron-DeepSpeed
     ``megatron/model/fused_layer_norm.py``, ``megatron/mpu/layers.py``): each forward of a LayerNorm
@@ -1169,6 +1199,10 @@ def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]
     tb.comm("tp reduce-scatter", "mlp_forward", "reduce_scatter", n * h * ab, t, "nvlink")
     tb.comm("tp all-gather (grad)", "mlp_backward_weight", "all_gather", n * h * ab, t, "nvlink")
     tb.memory("embedding gradient", "mlp_backward_weight", n * h * (ab + 2 * 4))
+    if lay.embedding_grad > 0:  # the embedding's .grad handed on each micro-batch (derive.embedding_grad_bytes)
+        tensors = 2 if cfg.max_positions else 1  # word (and position) embedding
+        tb.memory("embedding .grad hand-off", "mlp_backward_weight",
+                  (cfg.vocab_size * h / t + cfg.max_positions * h) * lay.embedding_grad, tensors)
     return tb.rows
 
 
@@ -1197,6 +1231,9 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
         tag = {"megatron-fused": "fused", "te": "te"}[lay.cross_entropy]
         tb.memory(f"cross-entropy ({tag})", "mlp_forward", n * v * (f32 + fpass * ab), fkern)
         tb.memory(f"cross-entropy backward ({tag})", "mlp_backward_input", n * v * (b32 + bpass * ab), bkern)
+    if lay.grad_copy > 0:  # apex's post-backward hook on the final norm (_apex_grad_copies)
+        tb.memory("apex grad copy (final norm)", "mlp_backward_weight", params._norm(cfg, h) * lay.grad_copy,
+                  norm_tensors(cfg))
     if lay.grad_accumulation > 0:
         tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
     # The backward as LinearWithGradAccumulationAndAsyncCommunication.backward runs it (Megatron-LM df72712

@@ -116,7 +116,8 @@ NEMO_FP32_FOREACH = 1
 # ``main_param.grad += model_param.grad`` (read 4 + 2, write 4), and zeroed at the next zero_grad (write 2): two
 # kernels a tensor that has a .grad.  Only on the embedding stage: the tied head's copy gets its gradient through
 # gradient_accumulation_fusion straight into main_grad (the v3.0 megatron_gpt_config.yaml sets it), so its .grad is
-# None.  bd0b818 (v3.1) runs the add in a hook every micro-batch and sets .grad to None: not this key.
+# None.  bd0b818 (v3.1) runs the add in a hook every micro-batch and sets .grad to None: not this key (the
+# backward's, derive.embedding_grad_bytes).
 NEMO_GRAD_ADD_BYTES = (4 + 2 + 4) + 2
 NEMO_GRAD_ADD_KERNELS = 2
 # TE's multi_tensor_apply.cuh (depth_to_max_tensors): tensors one multi-tensor launch takes, by list count (depth)
