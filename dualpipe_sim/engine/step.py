@@ -60,6 +60,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..step_costs import StepCosts
+from .replay import Link
 from .trace import (CROSS_COPY, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow, Trace,
                     pipeline_ends)
 
@@ -67,12 +68,8 @@ from .trace import (CROSS_COPY, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
     """One channel (a replay.Link, as the P2P links) fed jobs (release, stage, part, length) in
     release order, ties by stage then part: (stage, start, end) each."""
-    free, out = 0.0, []
-    for release, s, _, length in sorted(jobs):  # Link.carry inline: a step's end has thousands of buckets
-        start = release if release > free else free
-        free = start + length
-        out.append((s, start, free))
-    return out
+    link = Link()
+    return [(s, *link.carry(release, length)) for release, s, _, length in sorted(jobs)]
 
 
 def _weight_ops(trace: Trace) -> list[tuple[list[float], list[int]]]:
