@@ -62,8 +62,8 @@ import numpy as np
 
 from ..step_costs import StepCosts
 from .replay import Link
-from ..schedules.rules import KIND_CODES, WEIGHT_GRADS
-from .trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow, Trace, pipeline_ends
+from .trace import (CROSS_COPY, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow, Trace,
+                    pipeline_ends)
 
 
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
@@ -73,22 +73,31 @@ def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, f
     return [(s, *link.carry(release, length)) for release, s, _, length in sorted(jobs)]
 
 
-def _aligned_launches(trace: Trace, rank_end: list[float], maps=None) -> dict[tuple[int, int], float]:
+def _weight_ops(trace: Trace) -> list[tuple[list[float], list[int]]]:
+    """Per rank, each of its weight-gradient actions' latest (end, stage) of its rows: their ends and their
+    stages, by action.  Read once per step, for both passes of _aligned_launches."""
+    rows = trace.compute[IS_WEIGHT_GRAD[trace.compute["kind"]]]
+    rows = rows[np.lexsort((rows["stage"], rows["end"], rows["action"], rows["rank"]))]
+    rank, action = rows["rank"], rows["action"]
+    # each (rank, action)'s last row: its max (end, stage), as a max over tuples
+    last = rows[np.flatnonzero(np.concatenate(((rank[1:] != rank[:-1]) | (action[1:] != action[:-1]), [True])))] \
+        if len(rows) else rows
+    bounds = np.searchsorted(last["rank"], np.arange(trace.ranks + 1))
+    ends, stages = last["end"].tolist(), last["stage"].tolist()
+    return [(ends[a:b], stages[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+
+
+def _aligned_launches(trace: Trace, rank_end: list[float], maps=None, ops=None) -> dict[tuple[int, int], float]:
     """(rank, stage) -> when Megatron's interleaved schedule launches that copy's overlapped grad sync.
 
     Rank r launches a copy's reduction after its r-th weight-gradient op past the copy's last one
     (``grad_sync_microbatch_id = microbatch_id - pipeline_parallel_rank``, so that the ranks of a
     pipeline launch together); a launch past the rank's last such op happens once its pipeline
     work is over (the loop's "remaining grad reductions").  Megatron-core schedules.py @ df72712,
-    apex PR #1611 (docs/step.md).  ``maps``: per rank, its stretched times (_stretch), or None."""
-    rows = trace.compute[np.isin(trace.compute["kind"], [KIND_CODES[k] for k in WEIGHT_GRADS])]
+    apex PR #1611 (docs/step.md).  ``maps``: per rank, its stretched times (_stretch), or None; ``ops``:
+    _weight_ops(trace), when the caller has it."""
     out: dict[tuple[int, int], float] = {}
-    for r in range(trace.ranks):
-        mine = rows[rows["rank"] == r]
-        ops: dict[int, tuple[float, int]] = {}  # action -> (its last row's end, stage)
-        for action, end, stage in zip(mine["action"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
-            ops[action] = max(ops.get(action, (end, stage)), (end, stage))
-        ends, stages = (list(x) for x in zip(*ops.values())) if ops else ([], [])
+    for r, (ends, stages) in enumerate(_weight_ops(trace) if ops is None else ops):
         if maps:  # one call for the rank's ops (plan's estimate lays out thousands of steps)
             ends = maps[r](np.array(ends)).tolist()
         order = sorted(zip(ends, stages))
@@ -142,10 +151,17 @@ def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
     first pass's (the syncs as timed on the unslowed pipeline); docs/step.md, "Data-parallel collectives take SMs"."""
     maps = []
     c = trace.compute
+    syncs: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]  # per rank: its grad syncs
+    for x in rows:
+        if x.kind == GRAD_SYNC:
+            syncs[x.rank].append((x.start, x.end))
+    by_rank = np.argsort(c["rank"], kind="stable")  # each rank's rows, in the table's order
+    bounds = np.searchsorted(c["rank"][by_rank], np.arange(trace.ranks + 1)).tolist()
+    less = np.asarray(slowdown, dtype=float) - 1.0  # per stage: slowdown[s] - 1.0
     for r in range(trace.ranks):
-        busy = np.array(sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)).reshape(-1, 2)
-        mine = c[c["rank"] == r]
-        weight = np.array([slowdown[s] - 1.0 for s in mine["stage"].tolist()], dtype=float)
+        busy = np.array(sorted(syncs[r])).reshape(-1, 2)
+        mine = c[by_rank[bounds[r]:bounds[r + 1]]]
+        weight = less[mine["stage"]]
         # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
         # order sync by sync, row by row
         near = (weight != 0.0) & (mine["end"] > busy[:, 0].min(initial=np.inf)) & (mine["start"] < busy[:, 1].max(initial=-np.inf))
@@ -166,27 +182,56 @@ def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
     """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace.  With compute slowed under the
     data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times."""
     ends = pipeline_ends(trace)
-    rows = _step_rows(trace, costs, ends, None)
+    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
+    ops = _weight_ops(trace) if aligned else None  # read once for both passes
+    rows = _step_rows(trace, costs, ends, None, ops)
     if any(f != 1.0 for f in costs.dp_comm_slowdown) and any(x.kind == GRAD_SYNC for x in rows):
-        rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown))
+        rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown), ops)
     out = np.array(rows, dtype=STEP_DTYPE)
     return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
 
 
-def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list[StepRow]:
+def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[list[list[float]]]:
+    """Per rank, per stage copy it holds with a grad sync (in its order): when each of the copy's buckets is ready,
+    on the pipeline's own times.  Overlapped, bucket k of n is ready k/n of the way through the copy's last
+    weight-gradient op (it yields its gradients evenly); else at the end of the rank's pipeline work."""
+    per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
+    out = []
+    for r, stages in enumerate(trace.stages_on_rank):
+        mine = []
+        for s in stages:
+            if costs.grad_sync[s] <= 0:
+                continue
+            t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
+            n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
+            mine.append([(t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
+                         for k in range(1, n + 1)])
+        out.append(mine)
+    return out
+
+
+def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=None) -> list[StepRow]:
     """One pass over the cross-copy sums, the grad syncs and the optimizer steps, given when each rank's
     pipeline work and each copy's last weight-gradient op end (``ends``); ``maps``: per rank, its times
-    stretched (_stretch), applied to every time read off the pipeline, or None."""
+    stretched (_stretch), applied to every time read off the pipeline, or None; ``ops``: _weight_ops(trace)."""
     rows: list[StepRow] = []
     at = (lambda r, t: t) if maps is None else (lambda r, t: maps[r](t))  # noqa: E731
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
+    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
+    readies = _bucket_readies(trace, costs, raw)
     if maps is not None:  # every time read off the pipeline stretched, one call per rank
         times = [[t] for t in raw.rank_end]
         for (r, _), pair in raw.last_weight.items():
             times[r] += pair
+        if not aligned:  # the buckets' readiness too (pp-aligned, they go at their copy's launch)
+            for r, per_copy in enumerate(readies):
+                for ts in per_copy:
+                    times[r] += ts
         moved = [iter(maps[r](np.array(ts)).tolist()) for r, ts in enumerate(times)]
         ends = PipelineEnds([next(m) for m in moved],
                             {(r, s): (next(moved[r]), next(moved[r])) for r, s in raw.last_weight}, raw.holders)
+        if not aligned:
+            readies = [[[next(moved[r]) for _ in ts] for ts in per_copy] for r, per_copy in enumerate(readies)]
 
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.
@@ -207,25 +252,14 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps) -> list
     # 2. Grad sync of each copy, bucket by bucket, FIFO on its rank's data-parallel
     # channel, after its stage's sum.  Overlapped, bucket k of n is ready k/n of the
     # way through the copy's last weight-gradient op (it yields its gradients evenly).
-    per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
     synced = [0.0] * trace.ranks  # per rank: when every sync of its stages has ended
-    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
-    launches = _aligned_launches(trace, ends.rank_end, maps) if aligned else {}
+    launches = _aligned_launches(trace, ends.rank_end, maps, ops) if aligned else {}
     for r, stages in enumerate(trace.stages_on_rank):
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
         jobs = []
-        for s in stages:
-            if costs.grad_sync[s] <= 0:
-                continue
-            t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
-            n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
-            readies = []
-            for k in range(1, n + 1):
-                ready = (t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
-                readies.append(ready)
-            if maps is not None and not aligned:  # the stage's buckets stretched in one call
-                readies = maps[r](np.array(readies)).tolist()
-            for k, ready in enumerate(readies, 1):
+        for s, copy_readies in zip([s for s in stages if costs.grad_sync[s] > 0], readies[r]):
+            n = len(copy_readies)
+            for k, ready in enumerate(copy_readies, 1):
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
                     ready = launches.get((r, s), ends.rank_end[r])
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))

@@ -366,22 +366,21 @@ class Scenario(_Section):
         if st.fp32_embedding_optimizer and st.fp32_embedding_grads:
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
+        from ..model.step_figures import derived_sync, grad_sync_tail, per_call
+
         figures = {}
+        memo: dict = {}  # what the figures below share of this scenario and derivation, worked out once
         settings = {"grad_sync": st.grad_sync, "cross_copy_sync": st.cross_copy_sync, "optimizer": self.optimizer_setting()}
         for key, setting in settings.items():
             if setting == "derived":
-                from ..model.step_figures import derived_sync
-
                 try:
-                    figures[key] = derived_sync(self, key, derived)
+                    figures[key] = derived_sync(self, key, derived, memo)
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
         tail = ()
         if st.grad_sync == "derived":  # what runs after the data-parallel sync (finalize_model_grads, NeMo's grad_sync)
-            from ..model.step_figures import grad_sync_tail
-
             try:
-                tail = grad_sync_tail(self, derived)
+                tail = grad_sync_tail(self, derived, memo)
             except ModelError as exc:
                 raise ScenarioError(f"step.grad_sync: {exc}") from None
             tail = tail if any(tail) else ()
@@ -392,21 +391,21 @@ class Scenario(_Section):
             optimizer=figures.get("optimizer") or _per_stage(settings["optimizer"], S, "step.optimizer"),
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
-            grad_sync_buckets=ddp_buckets.per_stage(self, derived),
+            grad_sync_buckets=per_call(memo, "buckets", lambda: ddp_buckets.per_stage(self, derived)),
             grad_sync_launch=self.grad_sync_launch(),
             nic_shared=st.grad_sync_shares_p2p,
-            dp_comm_slowdown=self._dp_comm_slowdown(derived),
+            dp_comm_slowdown=self._dp_comm_slowdown(derived, memo),
         )
 
-    def _dp_comm_slowdown(self, derived) -> tuple[float, ...]:
+    def _dp_comm_slowdown(self, derived, memo: dict | None = None) -> tuple[float, ...]:
         """Per stage, its compute's slowdown under a data-parallel collective (step.dp_comm_sms); () when the
         collectives take no SMs or the compute is not timed from kernels (no [model] or no preset's rates)."""
         if not self.step.dp_comm_sms or self.model is None or self.hardware is None:
             return ()
-        from ..model.step_figures import dp_comm_slowdown
+        from ..model.step_figures import dp_comm_slowdown, per_call
 
         try:
-            return dp_comm_slowdown(self, self.step.dp_comm_sms, derived)
+            return per_call(memo, "dp_comm_slowdown", lambda: dp_comm_slowdown(self, self.step.dp_comm_sms, derived))
         except ModelError as exc:
             raise ScenarioError(f"step.dp_comm_sms: {exc}") from None
 

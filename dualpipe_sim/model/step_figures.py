@@ -468,7 +468,7 @@ class NemoSync:
     in_tail: tuple[bool, ...]
 
 
-def nemo_sync(scenario, derived=None) -> NemoSync:
+def nemo_sync(scenario, derived=None, memo: dict | None = None) -> NemoSync:
     """The parts of NeMo's end of step on apex (step.grad_sync_held, step.fp32_embedding_optimizer), per stage copy.
 
     * step.grad_sync_held: apex launches a bucket only once every parameter of its init_params_bucket call has
@@ -492,7 +492,7 @@ def nemo_sync(scenario, derived=None) -> NemoSync:
     f32opt = step.fp32_embedding_optimizer
     fp32 = step.fp32_embedding_grads or f32opt  # the tied all-reduce reads the fp32 main_grad
     tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
-    buckets = ddp_buckets.per_stage(scenario, derived)
+    buckets = per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived))
     dense, routed = [], []
     for where, stage in zip(st.stages, derived.stages):
         d = apex_stage(scenario, st, where, stage).dense_params / sh.tensor * sh.grads_bytes
@@ -551,12 +551,16 @@ def held_ms(st, parts: NemoSync, s: int) -> float:
     return _sync_ms(st, "grad_sync", parts.held_dense[s], parts.held_routed[s], buckets=max(1, parts.held_buckets[s]))
 
 
-def grad_sync_parts(scenario, derived=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def grad_sync_parts(scenario, derived=None, memo: dict | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per stage copy, (the reduction overlapped as step.grad_sync describes it, the tail run after the rank's pipeline
     and every other sync of the rank: StepCosts.grad_sync_tail), in ms (nemo_sync's parts timed)."""
+    return per_call(memo, "parts", lambda: _grad_sync_parts(scenario, derived, memo))
+
+
+def _grad_sync_parts(scenario, derived, memo: dict | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     derived = scenario.derived() if derived is None else derived
     st = derived.setup
-    p = nemo_sync(scenario, derived)
+    p = nemo_sync(scenario, derived, memo)
     overlapped, tail = [], []
     for s in range(len(p.dense)):
         o = _sync_ms(st, "grad_sync", p.dense[s], p.routed[s], buckets=p.buckets[s]) if p.dense[s] or p.routed[s] else 0.0
@@ -722,7 +726,7 @@ def tp_grad_all_reduce_ms(scenario, st) -> tuple[float, ...]:
     return tuple(out)
 
 
-def grad_sync_tail(scenario, derived=None) -> tuple[float, ...]:
+def grad_sync_tail(scenario, derived=None, memo: dict | None = None) -> tuple[float, ...]:
     """Per stage copy, what the step's end runs after its rank's pipeline and every data-parallel sync of the rank
     (StepCosts.grad_sync_tail, ms), in the runtime's order: the tensor-parallel all-reduce of tp_reduced_elements, then
     the tied embedding's all-reduce between the first and the last stage (Megatron-core's finalize_model_grads @
@@ -736,7 +740,7 @@ def grad_sync_tail(scenario, derived=None) -> tuple[float, ...]:
     if step is None or step.runtime == "deepspeed-bf16":
         return (0.0,) * S
     if step.grad_sync_held or step.fp32_embedding_optimizer:
-        rest = grad_sync_parts(scenario, derived)[1]
+        rest = grad_sync_parts(scenario, derived, memo)[1]
     else:
         fp32 = step.fp32_embedding_grads
         tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else st.sharding.grads_bytes)
@@ -783,7 +787,7 @@ def fp8_weight_cast_ms(st, where) -> float:
     return elements * per / st.rates.hbm * 1e3 if elements else 0.0
 
 
-def step_start_ms(scenario, derived) -> float:
+def step_start_ms(scenario, derived, memo: dict | None = None) -> float:
     """The wait at a step's start for stage 0's overlapped parameter all-gather (ms; 0 unless ZeRO 1/2 with
     step.overlap_param_gather): Megatron-core's bucket-group chain outside its interleaved schedule; apex's whole
     gather (with FP8 parameters NeMo's extra 16-bit bucket, apex_fp8_first_bucket); Megatron-core's interleaved
@@ -793,7 +797,8 @@ def step_start_ms(scenario, derived) -> float:
     sh = st.sharding
     if step is None or sh.zero not in (1, 2) or not step.param_gather_overlapped():
         return 0.0
-    first, bucket = apex_stage(scenario, st, st.stages[0], derived.stages[0]), ddp_buckets.per_stage(scenario, derived)[0]
+    first = apex_stage(scenario, st, st.stages[0], derived.stages[0])
+    bucket = per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived))[0]
     fp8 = fp8_param_elements(st, st.stages[0]) if scenario.model.fp8_params else (0.0, 0.0)
     if step.param_gather == "apex":
         extra = 0.0
@@ -992,7 +997,18 @@ def throughput(scenario, derived=None) -> Throughput | None:
     )
 
 
-def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
+def per_call(memo: dict | None, name: str, work):
+    """``work()``, worked out once per ``memo``: a dict that one caller keeps for one scenario and one derivation
+    (Scenario.step_costs: its grad sync, optimizer and StepCosts read the buckets per stage and the compute's slowdown
+    under a collective, each of which took as long as a figure); None: worked out every time."""
+    if memo is None:
+        return work()
+    if name not in memo:
+        memo[name] = work()
+    return memo[name]
+
+
+def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> tuple[float, ...]:
     """Per-stage times (ms) of ``grad_sync``, ``cross_copy_sync`` or ``optimizer`` from the model.
 
     The bytes are a rank's gradients of one stage copy: its dense parameters / tensor
@@ -1012,7 +1028,8 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     With a preset's kernel rates the collectives are nccl-tests' bus-bandwidth model
     (collectives.py: latency + bytes x factor / bus bandwidth) on the NIC, or on NVLink when
     the data-parallel group fits in one node.
-    ``derived``: the scenario's derived figures when the caller has them (else derived here).
+    ``derived``: the scenario's derived figures when the caller has them (else derived here).  ``memo``: the
+    figures the caller's other figures of the same scenario and derivation share (``per_call``), or None.
     Raises model.config.ModelError when [model] or [hardware] is missing.
     """
     if scenario.model is None or scenario.hardware is None:
@@ -1028,7 +1045,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
         _check_deepspeed(st)
     nemo_tail = step is not None and (step.grad_sync_held or step.fp32_embedding_optimizer)
     if key == "grad_sync" and nemo_tail:  # NeMo's order on apex: what is not in the tail (grad_sync_parts)
-        return grad_sync_parts(scenario, derived)[0]
+        return grad_sync_parts(scenario, derived, memo)[0]
     f32opt = key == "optimizer" and step is not None and step.fp32_embedding_optimizer
     if key == "cross_copy_sync":
         tied = {}
@@ -1041,7 +1058,7 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
     fp8 = scenario.model.fp8_params  # only with FP8 linears through Transformer Engine (derive.setup refuses others)
-    start = step_start_ms(scenario, derived) if key == "optimizer" else 0.0
+    start = step_start_ms(scenario, derived, memo) if key == "optimizer" else 0.0
     # a per-rank figure spread over the stage copies a rank holds (the wait, apex's fixed launches, the norm)
     per_rank = _once_per_rank(scenario, len(st.stages)) if key == "optimizer" else None
     share = per_rank if start > 0 else None
@@ -1054,10 +1071,12 @@ def derived_sync(scenario, key: str, derived=None) -> tuple[float, ...]:
     norm = grad_norm_all_reduce_ms(scenario, st) if mcore else 0.0
     # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
     beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
-    slow = dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if beside and step.dp_comm_sms else ()
+    slow = per_call(memo, "dp_comm_slowdown", lambda: dp_comm_slowdown(scenario, step.dp_comm_sms, derived)) \
+        if beside and step.dp_comm_sms else ()
     held = _stage_copies(scenario) if slow else None
     copies = _stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
-    buckets = ddp_buckets.per_stage(scenario, derived) if key == "grad_sync" else (1,) * len(st.stages)
+    buckets = per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived)) if key == "grad_sync" \
+        else (1,) * len(st.stages)
     out = []
     for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
