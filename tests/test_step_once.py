@@ -54,7 +54,8 @@ def _alone(sc, derived) -> StepCosts:
     figures = {key: sf.derived_sync(sc, key, derived) for key, setting in
                (("grad_sync", st.grad_sync), ("cross_copy_sync", st.cross_copy_sync), ("optimizer", sc.optimizer_setting()))
                if setting == "derived"}  # fmt: skip
-    tail = sf.grad_sync_parts(sc, derived)[1] if st.grad_sync_held or st.fp32_embedding_optimizer else ()
+    tail = sf.grad_sync_tail(sc, derived) if st.grad_sync == "derived" else ()  # finalize_model_grads' tail (s12d)
+    tail = tail if any(tail) else ()
     slow = sf.dp_comm_slowdown(sc, st.dp_comm_sms, derived) if st.dp_comm_sms else ()
     return StepCosts(figures["grad_sync"], figures.get("cross_copy_sync", (0.0,) * sc.pipeline.stages),
                      figures["optimizer"], st.overlap_grad_sync, st.cross_copy_eager, ddp_buckets.per_stage(sc, derived),
