@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs.scenario import sections_only
-from dualpipe_sim.model import derive
+from dualpipe_sim.model import collectives, derive
 from dualpipe_sim.model.rates import PRESETS
 from helpers import kernel_table
 
@@ -107,4 +107,13 @@ def test_gpt3_tp8_layer_is_the_documented_discrepancy():
         rows = gpt3_rows(row["parallel"] == "sp")
         forward = sum(k.ms for k in rows if k.component.endswith("forward"))
         model = forward if row["pass"] == "forward" else sum(k.ms for k in rows) - forward
+        if row["pass"] == "backward":
+            # since s12j the qkv / fc1 backward re-gathers and input-gradient reduce-scatters (2,048 x 12,288 BF16
+            # over 8) run beside their GEMMs as TE launches them, none exposed (no SMs held on H100: no CTA count
+            # derived); charged whole, as before, they put the row back in the forward rows' band
+            hidden = [k for k in rows if k.name in ("tp all-gather (wgrad input)", "tp reduce-scatter (grad)")]
+            assert len(hidden) == 4 and all(k.seconds == 0.0 for k in hidden)
+            one = collectives.time("all_gather", 2048 * 12288 * 2, 8, PRESETS["H100"], "nvlink") * 1e3
+            assert -0.40 < model / float(row["value"]) - 1 < -0.30, row
+            model += 4 * one
         assert -0.25 < model / float(row["value"]) - 1 < -0.12, row

@@ -29,6 +29,7 @@ docs/model.md ("Kernel-level costs") lists every kernel and its source.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from . import collectives, deepseek_kernels, gemm, host, params, recompute
@@ -80,6 +81,17 @@ UB_DEFAULT_SMS = 16
 UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatters, which can run an atomic GEMM
 UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
 UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a yaml may run as ring exchanges instead
+# CTAs (one per channel, each holding an SM: NVIDIA/nccl#689) of an NCCL ring collective of the tensor group inside
+# one NVSwitch node, by GPU preset (docs/model.md, "Tensor-parallel collectives beside GEMMs").  A100 (NCCL v2.12.12-1,
+# and v2.18.5-1 alike): the search takes NVLink's 12 x 22 GB/s (20 in 2.18) at 44 (40) GB/s a channel: 6 channels,
+# doubled in ncclTopoCompute (bw >= 25) and again in ncclTopoPostset: 24 (<= MAXCHANNELS 32; a message above
+# 24 x 512 threads x 64 B keeps them all).  Other GPUs: not derived, no SMs held.
+TP_NCCL_CTAS = {"A100": 24}
+
+
+def tp_nccl_ctas(rates: KernelRates, group: int) -> int:
+    """SMs an NCCL collective over a tensor group of ``group`` ranks inside a node holds (TP_NCCL_CTAS; 0: none)."""
+    return TP_NCCL_CTAS.get(rates.name, 0) if 1 < group <= rates.gpus_per_node else 0
 
 
 @dataclass(frozen=True)
@@ -226,6 +238,8 @@ class Table:
         # context parallelism: per ring attention (ring_attention), its component, pass and each step's compute
         # that the step's transfer overlaps; context_exchange reads them
         self.cp_steps: list[tuple[str, bool, list[float]]] = []
+        # (SMs held, seconds left) of the NCCL collective the GEMMs now launched run beside (nccl_beside)
+        self._beside: tuple[int, float] | None = None
 
     # -- one kernel of each kind -----------------------------------------------------------------
     def gemm(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None = None, groups: int = 1,
@@ -234,17 +248,47 @@ class Table:
         ``sm_margin``: SMs left to a communication kernel running beside it; ``out_bytes``: per output
         value moved (8: an fp32 gradient accumulated in place, read and written)."""
         low = self.lay.fp8 if fp8 is None else fp8
-        rates = self.r.gemm_fp8 if low and self.r.gemm_fp8 is not None else self.r.gemm_bf16
+        t = self._gemm_time(self.r, m, n, k, low, groups, splits, sm_margin, out_bytes)
         sms = self.r.sms - sm_margin
-        rates = replace(rates, peak=rates.peak * sms / self.r.sms)
-        t = gemm.time(-(-m // splits), n, k, rates, sms, self.r.hbm, 1.0 if low else 2.0, groups, out_bytes,
-                      self.r.held_sms, self.r.gemm_schedule)  # told sm_margin, not told held_sms (rates.held)
         shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (" fp8" if low else " bf16")
         if splits > 1 or sm_margin:
             shape += f" ({splits} splits, {sms} SMs)" if splits > 1 else f" ({sms} SMs)"
         secs = t.seconds * splits
+        if self._beside is not None and self._beside[1] > 0:  # an NCCL collective's CTAs hold SMs meanwhile
+            ctas, left = self._beside
+            held = self._gemm_time(self.r.held(ctas), m, n, k, low, groups, splits, sm_margin, out_bytes).seconds
+            secs = beside_transfer(secs, held * splits, left)
+            self._beside = (ctas, max(0.0, left - secs))
+            shape += f" (beside NCCL, {ctas} SMs held for {left * 1e6:.0f} us)"
         self.rows.append(Kernel(name, comp, "gemm", shape, t.flops * splits, t.bytes * splits, secs, t.bound))
         return secs
+
+    def _gemm_time(self, r: KernelRates, m: int, n: int, k: int, low: bool, groups: int, splits: int, sm_margin: int,
+                   out_bytes: float) -> gemm.GemmTime:  # fmt: skip
+        """One GEMM (of ``splits``) on rates ``r``: told ``sm_margin``, not told ``r.held_sms`` (rates.held)."""
+        rates = r.gemm_fp8 if low and r.gemm_fp8 is not None else r.gemm_bf16
+        sms = r.sms - sm_margin
+        rates = replace(rates, peak=rates.peak * sms / r.sms)
+        return gemm.time(-(-m // splits), n, k, rates, sms, r.hbm, 1.0 if low else 2.0, groups, out_bytes,
+                         r.held_sms, r.gemm_schedule)  # fmt: skip
+
+    @contextmanager
+    def nccl_beside(self, name: str, comp: str, op: str, nbytes: float) -> Iterator[None]:
+        """A tensor-parallel NCCL collective launched (async_op) before the GEMMs of the ``with`` block and waited
+        for after them, no userbuffers: while it runs those GEMMs, tiled for the whole GPU, run on the SMs its CTAs
+        leave (KernelRates.held(tp_nccl_ctas), as beside a data-parallel collective), then on all (beside_transfer);
+        the collective is exposed only for what it takes beyond them."""
+        t = self.lay.tensor
+        ctas = tp_nccl_ctas(self.r, t)
+        full = collectives.time(op, nbytes, t, self.r, "nvlink") if t > 1 and nbytes > 0 else 0.0
+        start, outer = len(self.rows), self._beside
+        self._beside = (ctas, full) if ctas and full > 0 else None
+        try:
+            yield
+        finally:
+            self._beside = outer
+        under = sum(row.seconds for row in self.rows[start:] if row.kind == "gemm")
+        self.comm(name, comp, op, nbytes, t, "nvlink", under)
 
     def experts(self, name: str, comp: str, m: int, n: int, k: int, groups: int, out_bytes: float = 2.0) -> float:
         """One GEMM of every local expert.  With ``expert_streams`` s, the runtime launches them one by
@@ -619,17 +663,21 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
     """dgrad and wgrad of a block's input projections (name, tokens, in, out).  With tp_comm_overlap
     the re-gather of the block's input (for the wgrad GEMMs) runs beside the dgrad GEMMs and the
     input gradient's reduce-scatter beside the wgrad GEMMs, as Transformer Engine's "bulk" overlaps on
-    16 SMs do; without, each is on the critical path.  Without sequence parallelism: tp_grad_all_reduce."""
+    16 SMs do; without, NCCL runs them beside the same GEMMs (Table.nccl_beside).  Without sequence parallelism:
+    tp_grad_all_reduce."""
     lay, h = tb.lay, tb.cfg.hidden_size
     n = lay.tokens
     low = 1.0 if lay.fp8 else lay.act_bytes
     (name, m, inp, out), rest = shapes[0], shapes[1:]
-    hide = lay.tp_overlap  # without overlap every tensor-parallel collective is on the critical path
+
+    def wgrads() -> None:
+        for x, m2, i2, o2 in shapes:
+            tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2, out_bytes=lay.wgrad_out)
+
     if not lay.sequence_parallel:  # the input gradient's all-reduce (tp_grad_all_reduce)
         for x, m2, i2, o2 in shapes:
             tb.gemm(f"{x} dgrad", comp, m2, i2, o2)
-        wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2, out_bytes=lay.wgrad_out) for x, m2, i2, o2 in shapes)
-        tp_grad_all_reduce(tb, comp, wcomp, n * h * lay.act_bytes, wgrad)
+        tp_grad_all_reduce(tb, comp, wcomp, n * h * lay.act_bytes, wgrads)
         return
     if lay.tensor > 1 and lay.tp_overlap:
         tb.tp_linear(f"{name} dgrad", comp, m, inp, out, "all_gather", n * h * low, "bulk", ub=f"{ub}_dgrad")
@@ -640,25 +688,31 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
         for name2, m2, inp2, out2 in rest:
             tb.gemm(f"{name2} wgrad", wcomp, inp2, out2, m2, out_bytes=lay.wgrad_out)
         return
-    dgrad = sum(tb.gemm(f"{x} dgrad", comp, m2, i2, o2) for x, m2, i2, o2 in shapes)
-    wgrad = sum(tb.gemm(f"{x} wgrad", wcomp, i2, o2, m2, out_bytes=lay.wgrad_out) for x, m2, i2, o2 in shapes)
-    tb.comm("tp all-gather (wgrad input)", comp, "all_gather", n * h * low, lay.tensor, "nvlink", dgrad if hide else 0.0)
-    tb.comm("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes, lay.tensor, "nvlink",
-            wgrad if hide else 0.0)  # fmt: skip
+    # No userbuffers (Megatron 80389ef LinearWithGradAccumulationAndAsyncCommunication.backward, Megatron-core's, TE's
+    # Linear / LayerNormLinear): the input's re-gather launched before the dgrad GEMMs and waited for after them, the
+    # input gradient's reduce-scatter launched before the wgrad GEMMs and waited for after them (nccl_beside)
+    with tb.nccl_beside("tp all-gather (wgrad input)", comp, "all_gather", n * h * low):
+        for x, m2, i2, o2 in shapes:
+            tb.gemm(f"{x} dgrad", comp, m2, i2, o2)
+    with tb.nccl_beside("tp reduce-scatter (grad)", wcomp, "reduce_scatter", n * h * lay.act_bytes):
+        wgrads()
 
 
-def tp_grad_all_reduce(tb: Table, comp: str, wcomp: str, nbytes: float, wgrad: float) -> None:
+def tp_grad_all_reduce(tb: Table, comp: str, wcomp: str, nbytes: float, wgrads) -> None:
     """A column-parallel linear's input gradient without sequence parallelism: all-reduced over the tensor group
-    (the backward of copy_to_tensor_model_parallel_region).  Megatron-LM of 2021 (``model.runtime``
-    "megatron-lm-2021"; Megatron-DeepSpeed the same) runs it synchronously after the linear's whole backward (dgrad
-    and wgrad in F.linear's autograd node): all exposed.  From Sep 2021 (the k22 rows' code, Megatron-core) Megatron
-    launches it (async_op) after the dgrad GEMM and waits for it after the wgrad GEMM
+    (the backward of copy_to_tensor_model_parallel_region); ``wgrads()`` times the linear's wgrad GEMMs.  Megatron-LM
+    of 2021 (``model.runtime`` "megatron-lm-2021"; Megatron-DeepSpeed the same) runs it synchronously after the
+    linear's whole backward (dgrad and wgrad in F.linear's autograd node): all exposed.  From Sep 2021 (the k22 rows'
+    code, Megatron-core) Megatron launches it (async_op) after the dgrad GEMM and waits for it after the wgrad GEMM
     (LinearWithGradAccumulationAndAsyncCommunication, on unless --no-async-tensor-model-parallel-allreduce), as
-    Transformer Engine's Linear / LayerNormLinear do: exposed only beyond ``wgrad`` seconds.  No SMs taken from the GEMM (no CTA count for a tensor-parallel NCCL collective)."""
+    Transformer Engine's Linear / LayerNormLinear do: exposed only beyond the wgrad GEMMs, which run on the SMs its
+    CTAs leave while it lasts (Table.nccl_beside)."""
     if tb.lay.legacy:
+        wgrads()
         tb.comm("tp all-reduce (grad, after the backward)", comp, "all_reduce", nbytes, tb.lay.tensor, "nvlink")
     else:
-        tb.comm("tp all-reduce (grad)", wcomp, "all_reduce", nbytes, tb.lay.tensor, "nvlink", wgrad)
+        with tb.nccl_beside("tp all-reduce (grad)", wcomp, "all_reduce", nbytes):
+            wgrads()
 
 
 def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix: str = "") -> None:
@@ -1240,16 +1294,16 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     # tensor_parallel/layers.py lines 250-325; core_r0.9.0, core_r0.11.0, d339190, 1e05700 the same): with sequence
     # parallelism the input's re-gather is launched (async_op) before the dgrad GEMM and waited for after it, the
     # input gradient's reduce-scatter launched before the wgrad GEMM and waited for after it; each exposed only for
-    # what it takes beyond its GEMM.  No SMs taken from the GEMM: the model has no CTA count for a tensor-parallel
-    # NCCL collective (as _input_projection_grads without userbuffers).
+    # what it takes beyond its GEMM, which runs on the SMs the collective's CTAs leave while it lasts (nccl_beside).
     # Without sequence parallelism the input gradient is all-reduced instead (tp_grad_all_reduce).
-    dgrad = tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
+    wgrad = lambda: tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)  # noqa: E731
     if lay.sequence_parallel:
-        tb.comm("tp all-gather (wgrad input)", "mlp_backward_input", "all_gather", n * h * ab, t, "nvlink", dgrad)
-    wgrad = tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)
-    if lay.sequence_parallel:
-        tb.comm("tp reduce-scatter (grad)", "mlp_backward_weight", "reduce_scatter", n * h * ab, t, "nvlink", wgrad)
+        with tb.nccl_beside("tp all-gather (wgrad input)", "mlp_backward_input", "all_gather", n * h * ab):
+            tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
+        with tb.nccl_beside("tp reduce-scatter (grad)", "mlp_backward_weight", "reduce_scatter", n * h * ab):
+            wgrad()
     else:
+        tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
         tp_grad_all_reduce(tb, "mlp_backward_input", "mlp_backward_weight", n * h * ab, wgrad)
     tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)  # after the wait: it reads the result
     return tb.rows
