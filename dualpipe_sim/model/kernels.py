@@ -1245,13 +1245,18 @@ def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
 
 def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Vocabulary-parallel embedding: a lookup of this rank's vocabulary shard for every token,
-    reduced (scattered along the sequence) across the tensor-parallel ranks; its backward adds the
-    gradient rows into the embedding's gradient."""
+    reduced across the tensor-parallel ranks; its backward adds the gradient rows into the embedding's
+    gradient."""
     tb = Table(rates, lay, cfg)
     n, h, ab, t = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor
     tb.memory("embedding lookup", "mlp_forward", n * h * ab + n * 8)
-    tb.comm("tp reduce-scatter", "mlp_forward", "reduce_scatter", n * h * ab, t, "nvlink")
-    tb.comm("tp all-gather (grad)", "mlp_backward_weight", "all_gather", n * h * ab, t, "nvlink")
+    if lay.sequence_parallel:  # reduce-scattered along the sequence; its backward all-gathers the gradient
+        # (Megatron-core without learned positions; with them the code all-reduces then splits: not modelled yet)
+        tb.comm("tp reduce-scatter", "mlp_forward", "reduce_scatter", n * h * ab, t, "nvlink")
+        tb.comm("tp all-gather (grad)", "mlp_backward_weight", "all_gather", n * h * ab, t, "nvlink")
+    else:  # reduce_from_tensor_model_parallel_region: a blocking all-reduce, whose backward is the identity
+        # (Megatron-LM 6985e58 / 80389ef, Megatron-DeepSpeed 8387ae1, Megatron-core 1e05700; docs/model.md)
+        tb.comm("tp all-reduce", "mlp_forward", "all_reduce", n * h * ab, t, "nvlink")
     tb.memory("embedding gradient", "mlp_backward_weight", n * h * (ab + 2 * 4))
     if lay.embedding_grad > 0:  # the embedding's .grad handed on each micro-batch (derive.embedding_grad_bytes)
         tensors = 2 if cfg.max_positions else 1  # word (and position) embedding
