@@ -67,15 +67,17 @@ def test_layer_and_final_norm_copies_by_hand():
     assert norm.bytes == 2 * 12288 * 6 and norm.seconds == pytest.approx(2 * 12288 * 6 / H100_HBM + 2 * FLOOR)
 
 
-def test_not_off_apex():
-    """Megatron-core's own optimizer (step.param_gather default): none of these rows."""
+def test_megatron_core_ddp_instead_of_apex():
+    """Megatron-core's own DDP (step.param_gather default): its hook adds the same .grad into main_grad instead
+    (fp32 here: read 2 + 4, write 4 = 10 B an element; tests/test_ddp_grad_hook.py works the Llama rows)."""
     sc = load(VALIDATION / "mlperf30-gpt3-512.toml",
               ['step.param_gather="megatron-core"', "step.grad_sync_held=[]", "step.fp32_embedding_optimizer=false",
-               "step.fp32_embedding_grad_add=false"])
+               "step.fp32_embedding_grad_add=false", 'model.grads_dtype="fp32"'])
     st = sc.derived().setup
-    assert st.grad_copy == 0 and st.embedding_grad == 0
+    assert (st.grad_hook, st.grad_copy, st.embedding_grad) == ("ddp", 10, 10)
     names = {k.name for k in derive.extra_kernels(st, st.stages[0]) + kernels.layer(st.cfg, 5, st.rates, st.layout)}
-    assert not {n for n in names if "hand-off" in n or "apex grad copy" in n}
+    assert not {n for n in names if "apex grad copy" in n}
+    assert "DDP main_grad add (norms, biases)" in names and "embedding .grad hand-off" in names
 
 
 def test_stage_zero_backward_grows_by_them():

@@ -74,7 +74,8 @@ class Setup:
     ub_ring_rs: tuple[str, ...] = ()  # parallel.tp_overlap_ring_rs
     modules: tuple[str, ...] | None = None  # memory.recompute_modules (None: Megatron-core's default; recompute.py)
     force_balance: bool = False  # model.moe_force_load_balancing
-    grad_copy: float = 0.0  # apex's per-micro-batch .grad copy into its buckets, bytes an element (apex_grad_copy_bytes)
+    grad_copy: float = 0.0  # the per-micro-batch .grad add into the gradient buffer, bytes an element (grad_copy_bytes)
+    grad_hook: str = ""  # whose hook does it: "apex", "ddp" (Megatron-core's DDP) or "" (grad_hook)
     embedding_grad: float = 0.0  # the embedding's per-micro-batch .grad hand-off, bytes an element (embedding_grad_bytes)
 
     @property
@@ -102,7 +103,8 @@ class Setup:
                               ring_serial=self.ring_serial, qkv_prepare=self.qkv_prepare,
                               evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
                               modules=self.modules, force_balance=self.force_balance,
-                              grad_copy=self.grad_copy, embedding_grad=self.embedding_grad)  # fmt: skip
+                              grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
+                              grad_hook=self.grad_hook)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context),
                  ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))),
                  modules=recompute_modules(scenario, cfg, m), force_balance=force_balance(cfg, m),
-                 grad_copy=apex_grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario))  # fmt: skip
+                 grad_copy=grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario),
+                 grad_hook=grad_hook(scenario))  # fmt: skip
 
 
 def force_balance(cfg: ModelConfig, m) -> bool:
@@ -410,33 +413,56 @@ def fp8_transpose(m, hw: Hardware | None) -> bool:
 DEEPSPEED_BF16_ACCUMULATION_BYTES = (2 + 4) + (4 + 4 + 4)
 
 
-def apex_grad_copy_bytes(scenario) -> float:
-    """Bytes an element of apex's post-backward ``_grad_copy`` (step.param_gather = "apex"): the parameter's 16-bit
-    ``.grad`` read and added into its bucket of model.grads_dtype (``grad_out.add_(grad_in)``: read both, write one;
-    NVIDIA/apex distributed_fused_adam.py, 23.05 lines 1131-1138, 24.04 lines 1564-1571), every micro-batch: NeMo's O2
-    runs the pipeline under ``no_sync(greedy_grad_copy=True)`` (NVIDIA/NeMo v1.17.0_pt_23.04 megatron_gpt_model.py
-    lines 386-389).  0 elsewhere."""
+def grad_hook(scenario) -> str:
+    """Whose post-backward hook adds a parameter's autograd ``.grad`` into the gradient buffer every micro-batch, for
+    the parameters no wgrad GEMM writes into ``main_grad`` (norms, biases, routers, the embedding):
+
+    * "apex" (step.param_gather = "apex"): DistributedFusedAdam's ``_grad_copy``, ``grad_out.add_(grad_in)`` then
+      ``param.grad = None`` (NVIDIA/apex distributed_fused_adam.py, 23.05 lines 1131-1138, 24.04 lines 1564-1571), every
+      micro-batch because NeMo's O2 runs the pipeline under ``no_sync(greedy_grad_copy=True)`` (NVIDIA/NeMo
+      v1.17.0_pt_23.04 megatron_gpt_model.py lines 386-389);
+    * "ddp" (model.runtime = "megatron-core", with or without a [step]: Megatron-core wraps the model in its DDP
+      whatever the step's figures; not under step.param_gather = "apex" or step.runtime = "deepspeed-bf16"):
+      Megatron-core DDP's hook on each parameter's
+      AccumulateGrad, ``param.main_grad.add_(param.grad.data)`` unless ``grad_added_to_main_grad``, then
+      ``param.grad = None`` (NVIDIA/Megatron-LM distributed_data_parallel.py, 25.09-alpha.rc1 d339190 lines 462-466,
+      registered lines 365-370; 1e05700 lines 504-508, registered 405-411), every micro-batch;
+    * "" otherwise (Megatron-LM 2021's and DeepSpeed's accumulation are model.runtime's / step.runtime's)."""
     step, m = scenario.step, scenario.model
-    if step is None or step.param_gather != "apex":
+    if step is not None and step.param_gather == "apex":
+        return "apex"
+    megatron_step = step is None or step.runtime == "megatron"
+    return "ddp" if m.runtime == "megatron-core" and megatron_step else ""
+
+
+def grad_copy_bytes(scenario) -> float:
+    """Bytes an element of that hook's add (grad_hook): the 16-bit ``.grad`` read, the buffer of model.grads_dtype
+    read and written (apex's bucket; Megatron-core's ``main_grad``, fp32 with grad_reduce_in_fp32, else the
+    parameter's dtype: distributed_data_parallel.py d339190 line 172, 1e05700 line 234).  0 without a hook."""
+    if not grad_hook(scenario):
         return 0.0
+    m = scenario.model
     return DTYPES[m.activations_dtype] + 2 * DTYPES[m.grads_dtype]
 
 
 def embedding_grad_bytes(scenario) -> float:
     """Bytes an element the embedding stage's word and position embeddings spend each micro-batch on their autograd
-    ``.grad`` (none of them goes through a wgrad GEMM into main_grad), on NeMo's apex optimizer:
+    ``.grad`` (none of them goes through a wgrad GEMM into main_grad: Megatron's VocabParallelEmbedding looks up with
+    ``F.embedding``, its weight's gradient comes from autograd, NVIDIA/Megatron-LM d339190 tensor_parallel/layers.py
+    lines 277-281, 1e05700 lines 261-265):
 
     * NeMo v1.17.0_pt_23.04 (step.fp32_embedding_grad_add): the 16-bit ``.grad`` is kept all step (zero_grad zeroes it,
       nemo/core/optim/distributed_adam.py lines 198-199; no hook takes it), so autograd's AccumulateGrad adds each
       micro-batch's gradient into it in place (read 2 + 2, write 2);
     * NeMo bd0b818 (step.fp32_embedding_optimizer alone): its post-backward hook ``param.main_grad += param.grad`` into
       the fp32 copy, then ``param.grad = None`` (lines 122-140; read 2 + 4, write 4);
-    * otherwise on apex (NeMo 2): apex's ``_grad_copy`` into its bucket, fp32 with step.fp32_embedding_grads
-      (apex_grad_copy_bytes' rule).
-    0 off apex."""
+    * otherwise on apex (NeMo 2): apex's ``_grad_copy`` into its bucket, fp32 with step.fp32_embedding_grads;
+    * Megatron-core's DDP: its hook's ``main_grad.add_`` like any other such parameter (grad_copy_bytes).
+    0 without a hook."""
     step, m = scenario.step, scenario.model
-    if step is None or step.param_gather != "apex":
-        return 0.0
+    hook = grad_hook(scenario)
+    if hook != "apex":
+        return grad_copy_bytes(scenario) if hook else 0.0
     g16 = DTYPES[m.activations_dtype]
     if step.fp32_embedding_optimizer:
         return 3 * g16 if step.fp32_embedding_grad_add else g16 + 2 * FP32

@@ -175,13 +175,15 @@ class Layout:
     modules: tuple[str, ...] | None = None
     # model.moe_force_load_balancing: the router's logits replaced by random ones in each MoE forward (RANDOM_LOGITS)
     force_balance: bool = False
-    # bytes an element of apex's post-backward hook adding a parameter's autograd .grad into its bucket, every
-    # micro-batch, for the parameters whose gradient no wgrad GEMM writes into main_grad (norms, biases); 0: not
-    # apex (derive.apex_grad_copy_bytes)
+    # bytes an element of the post-backward hook adding a parameter's autograd .grad into the gradient buffer, every
+    # micro-batch, for the parameters whose gradient no wgrad GEMM writes into main_grad (norms, biases, routers); 0:
+    # no such hook (derive.grad_copy_bytes)
     grad_copy: float = 0.0
     # bytes an element of the embedding stage's word (V x h / tensor) and position embeddings (whole) each
     # micro-batch spends on their autograd .grad (derive.embedding_grad_bytes); 0: not costed
     embedding_grad: float = 0.0
+    # whose hook that is: "apex" (DistributedFusedAdam) or "ddp" (Megatron-core's DDP) (derive.grad_hook)
+    grad_hook: str = ""
 
     def recomputes(self, module: str) -> bool:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
@@ -1130,8 +1132,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
                   (p.dense_over_tensor(lay.tensor) / lay.tensor + p.routed / lay.expert) * lay.grad_accumulation)  # fmt: skip
     if lay.sync_tp_duplicated:
         _tp_duplicated_syncs(tb, i, full)
-    if lay.grad_copy > 0 and not cfg.is_moe_layer(i):
-        _apex_grad_copies(tb)
+    if lay.grad_copy > 0:
+        _grad_hook_adds(tb, i)
     if lay.te_fp8 and lay.fp8_weight_each_use:
         fp8_weight_casts(tb, i)
     if lay.policy == "deepseek":  # MLA up-projections and the norms rerun in the input gradient
@@ -1211,20 +1213,44 @@ def norm_tensors(cfg: ModelConfig) -> int:
     return 2 if cfg.norm == "layernorm" else 1
 
 
-def _apex_grad_copies(tb: Table) -> None:
-    """apex's post-backward hook on a dense layer (DistributedFusedAdam ``_grad_copy``, NVIDIA/apex 23.05
-    lines 1131-1138, 24.04 lines 1564-1571: ``grad_out.add_(grad_in)`` into the bucket, then ``param.grad = None``),
-    run in the backward on its stream each micro-batch (NeMo's O2 ``no_sync(greedy_grad_copy=True)``) for every
-    parameter with an autograd ``.grad``: the LayerNorms' weights and biases and the linears' biases; the weights go
-    straight into ``main_grad`` (gradient accumulation fusion).  One kernel a tensor."""
+GRAD_HOOK_NAMES = {"apex": "apex grad copy", "ddp": "DDP main_grad add"}
+
+
+def autograd_grad_tensors(cfg: ModelConfig, i: int, t: int) -> dict[str, list[int]]:
+    """Elements a tensor rank holds of each of layer ``i``'s parameters whose gradient autograd hands over as ``.grad``
+    (no wgrad GEMM writes it into ``main_grad``), by the backward component they come from: the norms (a LayerNorm's
+    weight and bias as one entry), the linears' biases (column-parallel / t, row-parallel whole), Qwen3's q / k norms
+    or MLA's latent norms, an MoE layer's router (E x h, and its bias), a shared expert's gate and biases.  They sum
+    to params.whole_on_tensor plus the column-parallel biases / t."""
+    h = cfg.hidden_size
+    norm = params._norm(cfg, h)
+    if cfg.mla:
+        inner = ([cfg.q_lora_rank] if cfg.q_lora_rank else []) + [cfg.kv_lora_rank]
+    else:
+        inner = [cfg.qk_head_dim] * 2 if cfg.qk_norm else []
+    qkv_bias = [_attention_shapes(cfg, t)[0][1]] if cfg.bias or cfg.qkv_bias else []
+    attn = [norm] + qkv_bias + ([h] if cfg.bias else []) + inner
+    gelu_bias = cfg.bias and cfg.ffn == "gelu"
+    if not cfg.is_moe_layer(i):
+        f = cfg.intermediate_size // t * (2 if cfg.ffn == "swiglu" else 1)
+        return {"attn_backward_weight": attn, "mlp_backward_weight": [norm] + ([f, h] if cfg.bias else [])}
+    mlp = [norm, cfg.num_experts * h] + ([cfg.num_experts] if cfg.router_bias else [])
+    mlp += [h] if cfg.shared_expert_gate else []
+    mlp += [cfg.shared_intermediate_size // t, h] if gelu_bias and cfg.shared_intermediate_size else []
+    return {"attn_backward_weight": attn, "mlp_backward_weight": mlp}
+
+
+def _grad_hook_adds(tb: Table, i: int) -> None:
+    """The post-backward hook's add of each autograd ``.grad`` of a layer into the gradient buffer (derive.grad_hook:
+    apex's ``_grad_copy`` into its bucket, or Megatron-core DDP's ``main_grad.add_``), then ``param.grad = None``, run
+    in the backward on its stream each micro-batch; the linears' weights and the experts go straight into ``main_grad``
+    (gradient accumulation fusion).  One kernel a tensor (a LayerNorm's two)."""
     cfg, lay = tb.cfg, tb.lay
-    h, t = cfg.hidden_size, lay.tensor
-    norm, per_norm = params._norm(cfg, h), norm_tensors(cfg)
-    f = cfg.intermediate_size // t * (2 if cfg.ffn == "swiglu" else 1)
-    attn = [norm] + ([_attention_shapes(cfg, t)[0][1]] if cfg.bias or cfg.qkv_bias else []) + ([h] if cfg.bias else [])
-    mlp = [norm] + ([f, h] if cfg.bias else [])
-    for comp, sizes in (("attn_backward_weight", attn), ("mlp_backward_weight", mlp)):
-        tb.memory("apex grad copy (norms, biases)", comp, sum(sizes) * lay.grad_copy, per_norm - 1 + len(sizes))
+    extra = norm_tensors(cfg) - 1  # a LayerNorm's bias: a second tensor in its entry
+    label = GRAD_HOOK_NAMES[lay.grad_hook]
+    what = "norms, biases, router" if cfg.is_moe_layer(i) else "norms, biases"
+    for comp, sizes in autograd_grad_tensors(cfg, i, lay.tensor).items():
+        tb.memory(f"{label} ({what})", comp, sum(sizes) * lay.grad_copy, extra + len(sizes))
 
 
 def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
@@ -1257,11 +1283,16 @@ def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]
     else:  # reduce_from_tensor_model_parallel_region: a blocking all-reduce, whose backward is the identity
         # (Megatron-LM 6985e58 / 80389ef, Megatron-DeepSpeed 8387ae1, Megatron-core 1e05700; docs/model.md)
         tb.comm("tp all-reduce", "mlp_forward", "all_reduce", n * h * ab, t, "nvlink")
+    # PyTorch's dense embedding backward (sparse=False) returns a whole V / t x h gradient: at::zeros of the weight's
+    # shape in the gradient's dtype (one fill kernel), then the token rows added in (pytorch/pytorch
+    # aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu embedding_backward_cuda_kernel; Embedding.cu's path for
+    # <= 3072 tokens the same), every micro-batch on every runtime; learned positions (nn.Embedding) the same, whole
+    positions = 0 if lay.alibi else cfg.max_positions  # ALiBi (Megatron-DeepSpeed) builds no position table
+    elements, tensors = cfg.vocab_size * h / t + positions * h, 2 if positions else 1
+    tb.memory("embedding gradient zero-fill", "mlp_backward_weight", elements * ab, tensors)
     tb.memory("embedding gradient", "mlp_backward_weight", n * h * (ab + 2 * 4))
     if lay.embedding_grad > 0:  # the embedding's .grad handed on each micro-batch (derive.embedding_grad_bytes)
-        tensors = 2 if cfg.max_positions else 1  # word (and position) embedding
-        tb.memory("embedding .grad hand-off", "mlp_backward_weight",
-                  (cfg.vocab_size * h / t + cfg.max_positions * h) * lay.embedding_grad, tensors)
+        tb.memory("embedding .grad hand-off", "mlp_backward_weight", elements * lay.embedding_grad, tensors)
     return tb.rows
 
 
@@ -1290,9 +1321,9 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
         tag = {"megatron-fused": "fused", "te": "te"}[lay.cross_entropy]
         tb.memory(f"cross-entropy ({tag})", "mlp_forward", n * v * (f32 + fpass * ab), fkern)
         tb.memory(f"cross-entropy backward ({tag})", "mlp_backward_input", n * v * (b32 + bpass * ab), bkern)
-    if lay.grad_copy > 0:  # apex's post-backward hook on the final norm (_apex_grad_copies)
-        tb.memory("apex grad copy (final norm)", "mlp_backward_weight", params._norm(cfg, h) * lay.grad_copy,
-                  norm_tensors(cfg))
+    if lay.grad_copy > 0:  # the post-backward hook on the final norm (_grad_hook_adds)
+        tb.memory(f"{GRAD_HOOK_NAMES[lay.grad_hook]} (final norm)", "mlp_backward_weight",
+                  params._norm(cfg, h) * lay.grad_copy, norm_tensors(cfg))
     if lay.grad_accumulation > 0:
         tb.memory("output layer gradient accumulation", "mlp_backward_weight", v * h * lay.grad_accumulation)
     # The backward as LinearWithGradAccumulationAndAsyncCommunication.backward runs it (Megatron-LM df72712
