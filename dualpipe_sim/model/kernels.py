@@ -82,16 +82,29 @@ UB_ATOMIC_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the "pipeline" reduce-scatte
 UB_PIPELINE_SPLITS = 4  # initialize_ub's num_splits for the "pipeline" reduce-scatters
 UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a yaml may run as ring exchanges instead
 # CTAs (one per channel, each holding an SM: NVIDIA/nccl#689) of an NCCL ring collective of the tensor group inside
-# one NVSwitch node, by GPU preset (docs/model.md, "Tensor-parallel collectives beside GEMMs").  A100 (NCCL v2.12.12-1,
-# and v2.18.5-1 alike): the search takes NVLink's 12 x 22 GB/s (20 in 2.18) at 44 (40) GB/s a channel: 6 channels,
-# doubled in ncclTopoCompute (bw >= 25) and again in ncclTopoPostset: 24 (<= MAXCHANNELS 32; a message above
-# 24 x 512 threads x 64 B keeps them all).  Other GPUs: not derived, no SMs held.
-TP_NCCL_CTAS = {"A100": 24}
+# one NVSwitch node, by GPU preset (docs/model.md, "Tensor-parallel NCCL collectives beside GEMMs"): the ring search's
+# channels (ncclTopoCompute: the fastest speed of the GPU's intra-node speed array whose channels take the most of its
+# NVLink width), doubled once in ncclTopoDupChannels, again in ncclTopoPostset; a message above channels x 512
+# threads x 64 B keeps them all.  A100 (v2.12.12-1, and v2.18.5-1 alike): 12 x 22 GB/s at 44 a channel: 6, 12, 24.
+# H800 (v2.18.5-1 .. v2.28.3-1): 8 x 20.6 GB/s: 4 at 40, 8, 16; NVLS, where it runs (more than 2 GPUs, multicast),
+# has NVLS_NCHANNELS_SM90 = 16 CTAs too, so 16 whichever NCCL picks.  B200 (v2.28.3-1): 18 x 40.1 GB/s: 8 at 90,
+# 16, 32 (every B200 row that reaches it runs NCCL_NVLS_ENABLE=0 and NCCL_MIN/MAX_CTAS 16 / 32).
+TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32}
+# Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): NVLS (16 CTAs) may take a group of more than
+# RING_ONLY_GROUP GPUs where the node has multicast, and which of ring and NVLS NCCL's tuner picks was not worked:
+# the ring's count holds only for the groups NVLS never serves (nvls.cc ncclNvlsInit returns at gpuCount <= 2).
+TP_NCCL_RING_ONLY_CTAS = {"H100": 24, "H200": 24}
+RING_ONLY_GROUP = 2
 
 
 def tp_nccl_ctas(rates: KernelRates, group: int) -> int:
-    """SMs an NCCL collective over a tensor group of ``group`` ranks inside a node holds (TP_NCCL_CTAS; 0: none)."""
-    return TP_NCCL_CTAS.get(rates.name, 0) if 1 < group <= rates.gpus_per_node else 0
+    """SMs an NCCL collective over a tensor group of ``group`` ranks inside a node holds (TP_NCCL_CTAS, or for a group
+    NVLS cannot serve TP_NCCL_RING_ONLY_CTAS; 0: none)."""
+    if not 1 < group <= rates.gpus_per_node:
+        return 0
+    if rates.name in TP_NCCL_CTAS:
+        return TP_NCCL_CTAS[rates.name]
+    return TP_NCCL_RING_ONLY_CTAS.get(rates.name, 0) if group <= RING_ONLY_GROUP else 0
 
 
 @dataclass(frozen=True)
