@@ -1285,17 +1285,31 @@ def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
 def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Vocabulary-parallel embedding: a lookup of this rank's vocabulary shard for every token,
     reduced across the tensor-parallel ranks; its backward adds the gradient rows into the embedding's
-    gradient."""
+    gradient.  The kernels and collectives each runtime runs around it: docs/model.md, "The embedding's
+    collective" and "The embedding's own kernels"."""
     tb = Table(rates, lay, cfg)
     n, h, ab, t = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor
+    outside = (t - 1) / t  # the share of tokens outside a rank's shard: each token is in exactly one
+    if t > 1:  # the int64 ids' mask (<, >=, |), clone, shift and masked zero: 9 + 9 + 3 + 16 + 16 + 1 B a token
+        tb.memory("vocab mask and shifted ids", "mlp_forward", 54 * n + 8 * n * outside, 6)
     tb.memory("embedding lookup", "mlp_forward", n * h * ab + n * 8)
-    if lay.sequence_parallel:  # reduce-scattered along the sequence; its backward all-gathers the gradient
-        # (Megatron-core without learned positions; with them the code all-reduces then splits: not modelled yet)
+    if t > 1:  # output_parallel[input_mask, :] = 0.0: the mask read, the rows of tokens outside the shard written
+        tb.memory("embedding masked rows zeroed", "mlp_forward", n + n * h * ab * outside)
+    if lay.micro_batch > 1:  # [b s h] -> [s b h] transpose().contiguous(): a copy, none at b = 1 (already contiguous)
+        tb.memory("embedding transpose [b s h] -> [s b h]", "mlp_forward", 2 * n * h * ab)
+    if lay.sequence_parallel and not cfg.max_positions:
+        # Megatron-core since cbf8144 without learned positions: reduce-scattered along the sequence, its backward
+        # all-gathers the gradient; then clone_scatter_output_in_embedding (default True) copies the rank's part
         tb.comm("tp reduce-scatter", "mlp_forward", "reduce_scatter", n * h * ab, t, "nvlink")
         tb.comm("tp all-gather (grad)", "mlp_backward_weight", "all_gather", n * h * ab, t, "nvlink")
+        if t > 1:
+            tb.memory("embedding scatter output clone", "mlp_forward", 2 * n // t * h * ab)
     else:  # reduce_from_tensor_model_parallel_region: a blocking all-reduce, whose backward is the identity
         # (Megatron-LM 6985e58 / 80389ef, Megatron-DeepSpeed 8387ae1, Megatron-core 1e05700; docs/model.md)
         tb.comm("tp all-reduce", "mlp_forward", "all_reduce", n * h * ab, t, "nvlink")
+        if lay.sequence_parallel:  # learned positions added, then scatter_to_sequence_parallel_region: a slice
+            # whose backward all-gathers the gradient, blocking (80389ef mappings.py 200-213; docs/model.md)
+            tb.comm("tp all-gather (grad)", "mlp_backward_weight", "all_gather", n * h * ab, t, "nvlink")
     # PyTorch's dense embedding backward (sparse=False) returns a whole V / t x h gradient: at::zeros of the weight's
     # shape in the gradient's dtype (one fill kernel), then the token rows added in (pytorch/pytorch
     # aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu embedding_backward_cuda_kernel; Embedding.cu's path for
