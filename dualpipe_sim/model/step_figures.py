@@ -1049,11 +1049,10 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
     f32opt = key == "optimizer" and step is not None and step.fp32_embedding_optimizer
     if key == "cross_copy_sync":
         tied = {}
-    else:  # DeepSpeed's bf16 optimizer keeps (and all-reduces) fp32 gradients
-        fp32 = deepspeed or (step is not None and step.fp32_embedding_grads)
-        # Megatron's tied all-reduce runs after the data-parallel sync: grad_sync_tail's; DeepSpeed's before it
+    else:  # Megatron's tied all-reduce runs after the data-parallel sync: grad_sync_tail's; DeepSpeed's before it,
+        # of the fp32 gradients its bf16 optimizer keeps
         mine = key == "grad_sync" and (deepspeed or step is None)
-        tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes) if mine else {}
+        tied = tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if deepspeed else sh.grads_bytes) if mine else {}
     gather = sh.zero in (1, 2) and not (step is not None and step.param_gather_overlapped())
     # overlapped, the wait for stage 0's all-gather at the next step's start: put on every rank's
     # optimizer figure (the same step period, the gap between two pipelines) once
