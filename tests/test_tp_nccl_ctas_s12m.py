@@ -75,10 +75,13 @@ def test_h100_eighteen_nvlinks_and_the_nvls_limit():
     assert ring_search(width, SM90_V2_28) == (6, 60.0)
     assert channels(width, SM90_V2_28, 90) == 24
     assert channels(18 * 20.0, SM90_V2_18, 90) == 24  # v2.18.5: 6 x 60 = 360, done at once
-    # NVLS (16 CTAs) is never set up for a group of 2 GPUs (nvls.cc: gpuCount <= 2 returns): the ring's 24 there only
+    # NVLS (16 CTAs) is never set up for a group of 2 GPUs (nvls.cc: gpuCount <= 2 returns): the ring's 24 there only;
+    # a group of 3-8 may run either, so it holds the fewer, min(24, 16) = 16 (NVLS_NCHANNELS_SM90)
+    nvls = 16
     for name in ("H100", "H200"):
         r = PRESETS[name]
-        assert [kernels.tp_nccl_ctas(r, g) for g in (1, 2, 3, 4, 8)] == [0, 24, 0, 0, 0]
+        ring = channels(width, SM90_V2_28, 90)
+        assert [kernels.tp_nccl_ctas(r, g) for g in (1, 2, 3, 4, 8, 16)] == [0, ring, *[min(ring, nvls)] * 3, 0]
 
 
 def test_b200_nvlink5_and_the_runs_cta_clamp():

@@ -92,19 +92,22 @@ UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a ya
 TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32}
 # Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): NVLS (16 CTAs) may take a group of more than
 # RING_ONLY_GROUP GPUs where the node has multicast, and which of ring and NVLS NCCL's tuner picks was not worked:
-# the ring's count holds only for the groups NVLS never serves (nvls.cc ncclNvlsInit returns at gpuCount <= 2).
+# the ring's count holds only for the groups NVLS never serves (nvls.cc ncclNvlsInit returns at gpuCount <= 2);
+# a larger group holds the fewer of the two, NVLS's 16 (a lower bound whichever NCCL runs; none would be wrong).
 TP_NCCL_RING_ONLY_CTAS = {"H100": 24, "H200": 24}
+TP_NCCL_RING_OR_NVLS_CTAS = {"H100": 16, "H200": 16}
 RING_ONLY_GROUP = 2
 
 
 def tp_nccl_ctas(rates: KernelRates, group: int) -> int:
     """SMs an NCCL collective over a tensor group of ``group`` ranks inside a node holds (TP_NCCL_CTAS, or for a group
-    NVLS cannot serve TP_NCCL_RING_ONLY_CTAS; 0: none)."""
+    NVLS cannot serve TP_NCCL_RING_ONLY_CTAS, for one it may TP_NCCL_RING_OR_NVLS_CTAS; 0: none)."""
     if not 1 < group <= rates.gpus_per_node:
         return 0
     if rates.name in TP_NCCL_CTAS:
         return TP_NCCL_CTAS[rates.name]
-    return TP_NCCL_RING_ONLY_CTAS.get(rates.name, 0) if group <= RING_ONLY_GROUP else 0
+    by_group = TP_NCCL_RING_ONLY_CTAS if group <= RING_ONLY_GROUP else TP_NCCL_RING_OR_NVLS_CTAS
+    return by_group.get(rates.name, 0)
 
 
 @dataclass(frozen=True)
