@@ -8,7 +8,8 @@ least squares on log time (a grid search, then a finer one around the best), and
 the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
 rounded; tests/test_kernels.py checks that they reproduce the tables.  It then prints the H100
 and B200 presets beside stas00/ml-engineering's best-shape MAMF figures (checked, not fitted:
-tests/test_gemm_cuda_versions.py, tests/test_gemm_b200_mamf.py).  Only kernel measurements
+tests/test_gemm_cuda_versions.py, tests/test_gemm_b200_mamf.py) and the BF16 presets beside gpu-fryer's sustained
+8192^3 burn (tests/test_gemm_gpu_fryer.py).  Only kernel measurements
 go in: no training run is fitted.
 """
 
@@ -81,8 +82,8 @@ def report(label, t, sms, hbm, dtype, peaks, k0s, floors):
     return floor
 
 
-def mamf_line(r: dict, preset, label: str, against: str) -> str:
-    """One MAMF best-shape row (stas00/ml-engineering) against a preset's GEMM rate: measured and modelled TFLOP/s."""
+def check_line(r: dict, preset, label: str, against: str) -> str:
+    """One checked (not fitted) GEMM row against a preset's GEMM rate: measured and modelled TFLOP/s."""
     fp8 = r["dtype"] == "fp8"
     m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
     t = gemm.time(m, n, k, preset.gemm_fp8 if fp8 else preset.gemm_bf16, preset.sms, preset.hbm, 1.0 if fp8 else 2.0)
@@ -121,12 +122,17 @@ def main_gemm() -> None:
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))
     # Checked, not fitted: H100 SXM's best shapes under cuBLAS 12.1 / 12.4 / 12.6 (stas00/ml-engineering MAMF) vs the preset
     for r in rows("mamf_h100_cuda_versions.csv"):
-        print(mamf_line(r, rates.PRESETS["H100"], f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']}", "preset"))
+        print(check_line(r, rates.PRESETS["H100"], f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']}", "preset"))
+    b200 = rates.PRESETS["B200"]
+    # Checked, not fitted: gpu-fryer's sustained burn, one 8192^3 BF16 cuBLASLt matmul back to back for a minute or more
+    # (tests/test_gemm_gpu_fryer.py); GH200 against the H100 preset, GB200 against B200's
+    for r in rows("gpu_fryer_sustained.csv"):
+        preset = next(p for name, p in (("A100", "A100"), ("GB200", "B200"), ("", "H100")) if name in r["gpu"])
+        print(check_line(r, rates.PRESETS[preset], f"gpu-fryer {r['gpu']} @ {r['commit']}", f"{preset} preset"))
     # Checked, not fitted: the B200 preset at the best shapes MAMF found on B200 SXM and GB200 (one call at a time, an L2
     # flush and an output copy between calls: not a sustained table; tests/test_gemm_b200_mamf.py)
-    b200 = rates.PRESETS["B200"]
     for r in rows("mamf_blackwell.csv"):
-        print(mamf_line(r, b200, f"{r['gpu']} {r['dtype']} MAMF, torch {r['torch']}", "B200 preset"))
+        print(check_line(r, b200, f"{r['gpu']} {r['dtype']} MAMF, torch {r['torch']}", "B200 preset"))
     # Checked, not fitted: the B200 preset against cuBLASLt on a B200 after 10,000 warm-up iterations (M = N = 8192,
     # K = 128-1024; tests/test_gemm_b200_triton_cublas.py). Fitted alone, for the record: K <= 1024 cannot pin the peak
     # of a long-K GEMM (it trades against k_overhead; FP8's free fit lands above the 4,500 TFLOP/s datasheet).
