@@ -120,12 +120,21 @@ def main_gemm() -> None:
     # A100: Azure's cuBLASLt FP16 table has no tiny shape to pin the floor: sm_90's floor, as for DeepGEMM's
     report("A100 fp16 (Azure cuBLASLt)", table("azure_a100.csv", "value", 1e12, kind="gemm"), 108, 2.039e12 * 0.85,
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))
-    # Checked, not fitted: H100 SXM's best shapes under cuBLAS 12.1 / 12.4 / 12.6 (stas00/ml-engineering MAMF) vs the preset
+    # Checked, not fitted: H100 SXM's best shapes under cuBLAS 12.1 / 12.4 / 12.6 (stas00/ml-engineering MAMF, short
+    # runs) vs the preset, its BF16 at XLA's short-run fit
+    from dataclasses import replace
+    short_h100 = replace(rates.PRESETS["H100"], gemm_bf16=rates.SM90_BF16_SHORT_RUNS)
     for r in rows("mamf_h100_cuda_versions.csv"):
-        print(check_line(r, rates.PRESETS["H100"], f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']}", "preset"))
+        print(check_line(r, short_h100, f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']}", "preset (short-run BF16)"))
     b200 = rates.PRESETS["B200"]
-    # Checked, not fitted: gpu-fryer's sustained burn, one 8192^3 BF16 cuBLASLt matmul back to back for a minute or more
-    # (tests/test_gemm_gpu_fryer.py); GH200 against the H100 preset, GB200 against B200's
+    # gpu-fryer's sustained burn, one 8192^3 BF16 cuBLASLt matmul back to back for a minute or more
+    # (tests/test_gemm_gpu_fryer.py): its H100 SXM5 row sets the Hopper BF16 peak, XLA's shape terms held (s13);
+    # the others checked: GH200 against the H100 preset, GB200 against B200's, A100 against Azure's fit
+    s, short = 8192, rates.SM90_BF16_SHORT_RUNS
+    burn = next(float(r["value"]) for r in rows("gpu_fryer_sustained.csv") if r["gpu"].startswith("NVIDIA H100-SXM5"))
+    peak = 2 * s**3 / (2 * s**3 / (burn * 1e12) - short.floor) / gemm.efficiency(s, s, s, 132, short.k_overhead)
+    print(f"H100 BF16 sustained peak (gpu-fryer {burn:.0f} TFLOP/s at 8192^3, XLA's k_overhead and floor): "
+          f"{peak / 1e12:.1f} TFLOP/s (preset {rates.PRESETS['H100'].gemm_bf16.peak / 1e12:.0f})")
     for r in rows("gpu_fryer_sustained.csv"):
         preset = next(p for name, p in (("A100", "A100"), ("GB200", "B200"), ("", "H100")) if name in r["gpu"])
         print(check_line(r, rates.PRESETS[preset], f"gpu-fryer {r['gpu']} @ {r['commit']}", f"{preset} preset"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.model import gemm
-from dualpipe_sim.model.rates import PRESETS
+from dualpipe_sim.model.rates import PRESETS, SM90_BF16_SHORT_RUNS
 from helpers import kernel_table
 
 H100 = PRESETS["H100"]
@@ -23,7 +23,8 @@ ROWS = kernel_table(Path(__file__).parent / "data" / "kernels" / "mamf_h100_cuda
 def _model_tflops(row: dict) -> float:
     m, n, k = int(row["m"]), int(row["n"]), int(row["k"])
     fp8 = row["dtype"] == "fp8"
-    t = gemm.time(m, n, k, H100.gemm_fp8 if fp8 else H100.gemm_bf16, H100.sms, H100.hbm, 1.0 if fp8 else 2.0)
+    # MAMF times short runs, so BF16 is held to XLA's short-run fit (the preset's peak is a sustained one, 765 / 836 of it)
+    t = gemm.time(m, n, k, H100.gemm_fp8 if fp8 else SM90_BF16_SHORT_RUNS, H100.sms, H100.hbm, 1.0 if fp8 else 2.0)
     return 2 * m * n * k / t.seconds / 1e12
 
 

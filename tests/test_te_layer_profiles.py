@@ -16,10 +16,17 @@ import pytest
 from dualpipe_sim.inputs.scenario import sections_only
 from dualpipe_sim.model import collectives, derive
 from dualpipe_sim.model.rates import PRESETS
-from helpers import kernel_table
+from helpers import kernel_table, short_run_h100
 
 DATA = Path(__file__).parent / "data" / "kernels"
 H100 = PRESETS["H100"]
+
+
+@pytest.fixture(autouse=True)
+def _short_run_gemms(monkeypatch):
+    # Every source here times a few iterations of a layer (TE's getting-started loop, nvFuser's best of 5 rounds):
+    # held to XLA's short-run BF16 fit, like for like; the preset's BF16 peak is a sustained one (docs/model.md)
+    short_run_h100(monkeypatch)
 
 
 def table(name: str) -> list[dict]:
