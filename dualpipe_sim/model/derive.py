@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from . import activations, collectives, config, flops, fsdp, kernels, layout, memory, params, recompute
+from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, kernels, layout, memory, params, recompute
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -77,6 +77,8 @@ class Setup:
     grad_copy: float = 0.0  # the per-micro-batch .grad add into the gradient buffer, bytes an element (grad_copy_bytes)
     grad_hook: str = ""  # whose hook does it: "apex", "ddp" (Megatron-core's DDP) or "" (grad_hook)
     embedding_grad: float = 0.0  # the embedding's per-micro-batch .grad hand-off, bytes an element (embedding_grad_bytes)
+    embed_layernorm: bool = False  # model.embed_layernorm
+    deepspeed_pipe: bool = False  # step.runtime = "deepspeed-bf16": DeepSpeed's pipeline engine (deepspeed_pipe.py)
 
     @property
     def ring_serial(self) -> bool:
@@ -104,7 +106,8 @@ class Setup:
                               evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
-                              grad_hook=self.grad_hook)  # fmt: skip
+                              grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm,
+                              deepspeed_pipe=self.deepspeed_pipe)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  ub_ring_rs=tuple(sorted(set(par.tp_overlap_ring_rs))),
                  modules=recompute_modules(scenario, cfg, m), force_balance=force_balance(cfg, m),
                  grad_copy=grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario),
-                 grad_hook=grad_hook(scenario))  # fmt: skip
+                 grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
+                 deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16")  # fmt: skip
 
 
 def force_balance(cfg: ModelConfig, m) -> bool:
@@ -636,6 +640,8 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
         rows += kernels.head(st.cfg, st.rates, st.layout)
     for _ in range(stage.mtp):
         rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
+    if st.deepspeed_pipe and st.rates is not None:  # the engine's own work each micro-batch (deepspeed_pipe.py)
+        rows += deepspeed_pipe.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head)
     return rows
 
 

@@ -198,6 +198,11 @@ class Layout:
     # bytes an element of the embedding stage's word (V x h / tensor) and position embeddings (whole) each
     # micro-batch spends on their autograd .grad (derive.embedding_grad_bytes); 0: not costed
     embedding_grad: float = 0.0
+    # Megatron-DeepSpeed's --embed-layernorm (model.embed_layernorm): a LayerNorm on the embedding's output (BLOOM)
+    embed_layernorm: bool = False
+    # DeepSpeed v0.6.5's pipeline engine with Megatron-DeepSpeed's GPTModelPipe (step.runtime = "deepspeed-bf16"):
+    # its per-micro-batch loads, clones, partitions, sends and host syncs (deepspeed_pipe.py)
+    deepspeed_pipe: bool = False
     # whose hook that is: "apex" (DistributedFusedAdam) or "ddp" (Megatron-core's DDP) (derive.grad_hook)
     grad_hook: str = ""
 
@@ -1298,6 +1303,12 @@ def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]
     tb.memory("embedding lookup", "mlp_forward", n * h * ab + n * 8)
     if t > 1:  # output_parallel[input_mask, :] = 0.0: the mask read, the rows of tokens outside the shard written
         tb.memory("embedding masked rows zeroed", "mlp_forward", n + n * h * ab * outside)
+    if lay.embed_layernorm:  # VocabParallelEmbedding's self.norm (MixedFusedLayerNorm) on the reduced output, whole
+        tb.memory("embedding norm", "mlp_forward", 2 * n * h * ab)  # as the final norm: read and write
+        tb.memory("embedding norm backward", "mlp_backward_input", 4 * n * h * ab)
+        if lay.sync_tp_duplicated:  # its weight and bias all-reduced in every forward (_tp_duplicated_syncs)
+            for _ in range(2):
+                tb.comm("tp-duplicated parameter sync", "mlp_forward", "all_reduce", h * ab, t, "nvlink")
     if lay.micro_batch > 1:  # [b s h] -> [s b h] transpose().contiguous(): a copy, none at b = 1 (already contiguous)
         tb.memory("embedding transpose [b s h] -> [s b h]", "mlp_forward", 2 * n * h * ab)
     if lay.sequence_parallel and not cfg.max_positions:

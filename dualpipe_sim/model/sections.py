@@ -116,6 +116,8 @@ class ModelSection(BaseModel):
     # ALiBi attention biases (BLOOM) as Megatron-DeepSpeed adds them to eager attention's scores: torch.baddbmm
     # with beta = 1 on a broadcast slice of the biases, which PyTorch copies into the s x s output first
     alibi: bool = False
+    # Megatron-DeepSpeed's --embed-layernorm (BLOOM's word_embeddings_layernorm): a LayerNorm on the embedding's output
+    embed_layernorm: bool = False
     # FP8 parameters (Megatron --fp8-param-gather, NeMo FP8_PARAMS): the linears' weights kept in FP8, gathered
     # by the distributed optimizer at 1 byte each (model/step_figures.py); needs model.fp8
     fp8_params: bool = False
@@ -124,7 +126,7 @@ class ModelSection(BaseModel):
     # GEMMs read the row-wise data), "derived" (none on a B200, else kept); docs/model.md, "FP8 transposes"
     fp8_transpose: Literal["derived", "kept", "none"] = "derived"
 
-    @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "fp8_params", mode="before")
+    @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "embed_layernorm", "fp8_params", mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
