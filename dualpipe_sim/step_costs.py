@@ -23,10 +23,6 @@ class StepCosts:
     overlap_grad_sync: bool = False
     cross_copy_eager: bool = False
     grad_sync_buckets: int | tuple[int, ...] = 1  # a copy's grad sync in this many equal collectives (or per stage)
-    # per stage: its grad sync's collectives as shares of grad_sync[s] in release order, group k of n ready k/n of the
-    # way through its last weight-gradient op (Megatron-core's bucket groups with FP8 parameters hold the 16-bit
-    # buffer in the last: model/step_figures.grad_sync_shares); () or an empty entry: grad_sync_buckets equal ones
-    grad_sync_shares: tuple[tuple[float, ...], ...] = ()
     # "ready": a copy's overlapped sync is released at its last weight-gradient op; "pp-aligned": rank r
     # releases it r weight-gradient ops later (Megatron's interleaved schedule), past its last at its end
     grad_sync_launch: str = "ready"
@@ -38,6 +34,10 @@ class StepCosts:
     # (Megatron's finalize_model_grads: the tensor-parallel all-reduce of the sequence-parallel gradients, then the tied
     # all-reduce; NeMo on apex also the held bucket group in grad_sync() and the fp32 embedding all-reduce); () : none
     grad_sync_tail: tuple[float, ...] = ()
+    # per stage: its grad sync's collectives as shares of grad_sync[s] in release order, group k of n ready k/n of the
+    # way through its last weight-gradient op (Megatron-core's bucket groups with FP8 parameters hold the 16-bit
+    # buffer in the last: model/step_figures.grad_sync_shares); () or an empty entry: grad_sync_buckets equal ones
+    grad_sync_shares: tuple[tuple[float, ...], ...] = ()
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""
