@@ -34,6 +34,10 @@ class StepCosts:
     # (Megatron's finalize_model_grads: the tensor-parallel all-reduce of the sequence-parallel gradients, then the tied
     # all-reduce; NeMo on apex also the held bucket group in grad_sync() and the fp32 embedding all-reduce); () : none
     grad_sync_tail: tuple[float, ...] = ()
+    # per stage: its grad sync's collectives as shares of grad_sync[s] in release order, group k of n ready k/n of the
+    # way through its last weight-gradient op (Megatron-core's bucket groups with FP8 parameters hold the 16-bit
+    # buffer in the last: model/step_figures.grad_sync_shares); () or an empty entry: grad_sync_buckets equal ones
+    grad_sync_shares: tuple[tuple[float, ...], ...] = ()
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""

@@ -12,7 +12,8 @@ pipeline trace and adds what happens in between, as rows of the trace's
   (``step.overlap_grad_sync``), else when the rank's pipeline work has ended.
   With ``step.grad_sync_buckets = n`` it is n equal collectives, and when
   overlapped bucket k is ready k/n of the way through that last
-  weight-gradient op (Megatron's --overlap-grad-reduce buckets).
+  weight-gradient op (Megatron's --overlap-grad-reduce buckets); with
+  ``grad_sync_shares`` the collectives are those shares of it instead.
 * **cross-copy sync** (``CROSS_COPY``): a stage held on two ranks (DualPipe,
   Chimera: one copy per direction) has its two gradients summed between the
   two ranks, ``step.cross_copy_sync[s]`` long, on the link between that pair
@@ -195,7 +196,6 @@ def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[l
     """Per rank, per stage copy it holds with a grad sync (in its order): when each of the copy's buckets is ready,
     on the pipeline's own times.  Overlapped, bucket k of n is ready k/n of the way through the copy's last
     weight-gradient op (it yields its gradients evenly); else at the end of the rank's pipeline work."""
-    per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
     out = []
     for r, stages in enumerate(trace.stages_on_rank):
         mine = []
@@ -203,11 +203,21 @@ def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[l
             if costs.grad_sync[s] <= 0:
                 continue
             t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
-            n = per_stage[s] if isinstance(per_stage, tuple) else per_stage
+            n = len(_durations(costs, s))
             mine.append([(t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
                          for k in range(1, n + 1)])
         out.append(mine)
     return out
+
+
+def _durations(costs: StepCosts, stage: int) -> list[float]:
+    """A stage copy's grad sync collectives in release order (ms): its ``grad_sync_shares`` of it where given,
+    else ``grad_sync_buckets`` equal ones."""
+    if costs.grad_sync_shares and costs.grad_sync_shares[stage]:
+        return [costs.grad_sync[stage] * share for share in costs.grad_sync_shares[stage]]
+    per_stage = costs.grad_sync_buckets  # one count for every stage, or one per stage
+    n = per_stage[stage] if isinstance(per_stage, tuple) else per_stage
+    return [costs.grad_sync[stage] / n] * n
 
 
 def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=None) -> list[StepRow]:
@@ -258,11 +268,10 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
         jobs = []
         for s, copy_readies in zip([s for s in stages if costs.grad_sync[s] > 0], readies[r]):
-            n = len(copy_readies)
-            for k, ready in enumerate(copy_readies, 1):
+            for k, (ready, length) in enumerate(zip(copy_readies, _durations(costs, s)), 1):
                 if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
                     ready = launches.get((r, s), ends.rank_end[r])
-                jobs.append((max(ready, summed.get(s, 0.0)), s, k, costs.grad_sync[s] / n))
+                jobs.append((max(ready, summed.get(s, 0.0)), s, k, length))
         busy = _p2p_busy(trace, r) if costs.nic_shared else None
         if busy is not None and maps is not None:  # the rank's P2P moves with its stretched compute
             busy = np.array([[at(r, a), at(r, b)] for a, b in busy.tolist()], dtype=float).reshape(-1, 2)

@@ -366,7 +366,7 @@ class Scenario(_Section):
         if st.fp32_embedding_optimizer and st.fp32_embedding_grads:
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
-        from ..model.step_figures import derived_sync, grad_sync_tail, per_call
+        from ..model.step_figures import derived_sync, grad_sync_shares, grad_sync_tail, per_call
 
         figures = {}
         memo: dict = {}  # what the figures below share of this scenario and derivation, worked out once
@@ -377,10 +377,11 @@ class Scenario(_Section):
                     figures[key] = derived_sync(self, key, derived, memo)
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
-        tail = ()
+        tail, shares = (), ()
         if st.grad_sync == "derived":  # what runs after the data-parallel sync (finalize_model_grads, NeMo's grad_sync)
             try:
                 tail = grad_sync_tail(self, derived, memo)
+                shares = grad_sync_shares(self, derived, memo)  # Megatron-core's bucket groups, when unequal
             except ModelError as exc:
                 raise ScenarioError(f"step.grad_sync: {exc}") from None
             tail = tail if any(tail) else ()
@@ -392,6 +393,7 @@ class Scenario(_Section):
             overlap_grad_sync=st.overlap_grad_sync,
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=per_call(memo, "buckets", lambda: ddp_buckets.per_stage(self, derived)),
+            grad_sync_shares=shares,
             grad_sync_launch=self.grad_sync_launch(),
             nic_shared=st.grad_sync_shares_p2p,
             dp_comm_slowdown=self._dp_comm_slowdown(derived, memo),

@@ -135,6 +135,11 @@ def _grad_sync(scenario, derived) -> list[Item]:
         given = "step.grad_sync_buckets" + (" derived" if step.grad_sync_buckets == "derived" else " given")
         rule = f"{_buckets(buckets)} ({given}); {overlap}" + (
             "; the embedding's gradients in fp32 (step.fp32_embedding_grads)" if step.fp32_embedding_grads else "")
+        shares = sf.grad_sync_shares(scenario, derived)
+        if shares:  # Megatron-core's groups with FP8 parameters (partition_buckets case 3)
+            last = ", ".join(f"stage {s}: {len(p)} groups, the last {p[-1]:.1%}" for s, p in enumerate(shares) if p)
+            rule += ("; Megatron-core's bucket groups, the last holding the 16-bit buffer with the forward's first FP8 "
+                     f"bucket and released at the backward's end (partition_buckets case 3): {last} of it")
         out = [Item(f"data-parallel gradient {op}", "grad_sync", tuple(d + r for d, r in grads), ms,
                     _groups(sh, routed), _link(st), _bound(ms, latency), rule)]  # fmt: skip
     out += [] if deepspeed else _tp_all_reduce(scenario, st, "finalize_model_grads' _allreduce_layernorm_grads")

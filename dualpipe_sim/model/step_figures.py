@@ -927,6 +927,21 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     ``step.grad_sync_buckets`` as equal buckets, or "derived" by Megatron's fill rule; each an NCCL ring
     per bucket on the data-parallel link; the stage's forward spread over its parameters in forward order.
     The routed experts' own buffer is waited for whole, as start_gather_ms does."""
+    sh = st.sharding
+    tensors, groups = _bucket_groups(scenario, st, where, stage, buckets)
+    gathers = [_gather_ms(st, w * sh.params_bytes + n, b) for _, w, n, b in groups]
+    per_element = (stage.forward or 0.0) / sum(tensors)
+    computes = [(b[0] - a[0]) * per_element for a, b in zip(groups, groups[1:])]
+    routed_linear = fp8_param_elements(st, where)[1] if scenario.model.fp8_params else 0.0
+    routed = stage.routed_params / sh.expert * sh.params_bytes - routed_linear * (sh.params_bytes - 1.0)
+    return chained_wait_ms(gathers, computes) + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+
+
+def _bucket_groups(scenario, st, where, stage, buckets: int) -> tuple[list[int], list[tuple[int, float, float, int]]]:
+    """Stage 0's dense tensors (ddp_buckets.stage_zero_tensors) and Megatron-core's bucket groups of them in the
+    forward's order (ddp_buckets.gather_groups: the given ``step.grad_sync_buckets`` as equal buckets, or "derived"
+    by Megatron's fill rule), each as (forward position, 16-bit elements, FP8 elements, buckets), the elements scaled
+    to the stage's dense parameters / tensor as param_gather_ms counts them."""
     cfg, sh = st.cfg, st.sharding
     fp8 = scenario.model.fp8_params
     tensors = ddp_buckets.stage_zero_tensors(cfg, where, sh.tensor)
@@ -934,16 +949,44 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     shared = where.embedding and not where.head and cfg.tie_word_embeddings
     groups = ddp_buckets.gather_groups(tensors, ddp_buckets.stage_zero_linears(cfg, where), given,
                                        ddp_buckets.bucket_size(sh.data), fp8, shared)  # fmt: skip
-    # the groups' shares of the stage's parameters, in bytes as param_gather_ms counts them (dense / tensor)
-    linear, routed_linear = fp8_param_elements(st, where) if fp8 else (0.0, 0.0)
+    linear = fp8_param_elements(st, where)[0] if fp8 else 0.0
     wide_all, narrow_all = sum(g[1] for g in groups), sum(g[2] for g in groups)
     wide = (stage.dense_params / sh.tensor - linear) / wide_all if wide_all else 0.0
     narrow = linear / narrow_all if narrow_all else 0.0
-    gathers = [_gather_ms(st, w * wide * sh.params_bytes + n * narrow, b) for _, w, n, b in groups]
-    per_element = (stage.forward or 0.0) / sum(tensors)
-    computes = [(b[0] - a[0]) * per_element for a, b in zip(groups, groups[1:])]
-    routed = stage.routed_params / sh.expert * sh.params_bytes - routed_linear * (sh.params_bytes - 1.0)
-    return chained_wait_ms(gathers, computes) + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+    return tensors, [(pos, w * wide, n * narrow, b) for pos, w, n, b in groups]
+
+
+def grad_sync_shares(scenario, derived=None, memo: dict | None = None) -> tuple[tuple[float, ...], ...]:
+    """Per stage, its overlapped grad sync's bucket groups as shares of it in release order (the backward's), or ()
+    where they are equal buckets (StepCosts.grad_sync_shares).
+
+    Megatron-core's DDP reduce-scatters a bucket group once every parameter in it has its gradient
+    (``register_grad_ready`` -> ``start_grad_sync``, one coalesced NCCL call per bucket), and the groups are the ones
+    it gathers by (``partition_buckets`` @ d339190): with FP8 parameters every bucket of the 16-bit buffer (the
+    embedding, the output layer, the norms) joins the group of the last FP8 bucket, the forward's first layer, so
+    the output layer's gradient, ready first, waits with the embedding's, ready last, for the backward's end.  Each
+    group's share is its reduce-scatter as _sync_ms times it (its buckets' ring latencies, its gradient bytes);
+    the stage's grad sync keeps its total.  Only where that rule holds: Megatron-core's DDP (not apex's
+    DistributedFusedAdam, not DeepSpeed), FP8 parameters, the overlap, ZeRO <= 1, a derived grad sync, the stage
+    bucketed."""
+    step, m = scenario.step, scenario.model
+    if (step is None or m is None or not m.fp8_params or not step.overlap_grad_sync or step.grad_sync != "derived"
+            or step.param_gather == "apex" or step.runtime != "megatron"):
+        return ()
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
+    if st.sharding.zero >= 2:
+        return ()
+    buckets = per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived))
+    out = []
+    for s, (where, stage) in enumerate(zip(st.stages, derived.stages)):
+        if buckets[s] <= 1 or not where.layers:
+            out.append(())
+            continue
+        groups = _bucket_groups(scenario, st, where, stage, buckets[s])[1]
+        times = [_sync_ms(st, "grad_sync", (w + n) * st.sharding.grads_bytes, 0.0, buckets=b) for _, w, n, b in groups]
+        out.append(tuple(t / sum(times) for t in reversed(times)) if len(times) > 1 and sum(times) > 0 else ())
+    return tuple(out) if any(out) else ()
 
 
 def _once_per_rank(scenario, stages: int) -> list[float]:
