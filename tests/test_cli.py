@@ -75,6 +75,76 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, extra, mess
     assert list(tmp_path.iterdir()) == []  # no staging folder left behind either
 
 
+EIGHT_B = str(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-64b200.toml")
+SELECTIVE = ["--set", "memory.recompute=selective"]
+# s13i: the keys of sessions 11-12 (README's key table) on a Megatron-core row: wrong type, unknown value, out of range
+BAD_RECENT = [
+    (SELECTIVE + ["--set", 'memory.recompute_modules="core_attn"'],
+     "memory.recompute_modules: input should be a valid list"),
+    (SELECTIVE + ["--set", 'memory.recompute_modules=["nope"]'],
+     "memory.recompute_modules.0: input should be 'core_attn', "),
+    (SELECTIVE + ["--set", 'memory.recompute_modules=["mlp","mlp"]'],
+     "memory.recompute_modules: must name each once: 'mlp' twice"),
+    (["--set", 'memory.recompute_modules=["mlp"]'],
+     'memory.recompute_modules: only with memory.recompute = "selective"'),
+    (["--set", "hardware.nccl_version=2.25"], "hardware.nccl_version: input should be a valid string, got 2.25"),
+    (["--set", "hardware.nccl_version=3.1.1"], "hardware.nccl_version: must be an NCCL 2 release as 2.minor.patch"),
+    (["--set", 'hardware.nccl_version="2.x.1"'], "hardware.nccl_version: must be an NCCL 2 release as 2.minor.patch"),
+    (["--set", "hardware.efficiency=true"], "hardware.efficiency: must be a number, not true/false"),
+    (["--set", 'hardware.efficiency="0.5"'], "hardware.efficiency: must be a number, not text in quotes"),
+    (["--set", "hardware.efficiency=2"], "hardware.efficiency: input should be less than or equal to 1"),
+    (["--set", "hardware.a2a_overhead=true"], "hardware.a2a_overhead: must be a number, not true/false"),
+    (["--set", 'hardware.hbm="80e9"'], "hardware.hbm: must be a number, not text in quotes"),
+    (["--set", "hardware.gpus_per_node=true"], "hardware.gpus_per_node: must be a whole number"),
+    (["--set", "step.fp32_embedding_grad_add=1"], "step.fp32_embedding_grad_add: must be true or false, got 1"),
+    (["--set", "step.fp32_embedding_grad_add=true"], "step.fp32_embedding_grad_add: is NeMo 1.17's add"),
+    (["--set", 'step.fp32_embedding_optimizer="yes"'], "step.fp32_embedding_optimizer: must be true or false"),
+    (["--set", "step.fp32_embedding_grads=1"], "step.fp32_embedding_grads: must be true or false"),
+    (["--set", 'step.grad_sync_held="embedding"'], "step.grad_sync_held: input should be a valid list"),
+    (["--set", 'step.grad_sync_held=["nope"]'], "step.grad_sync_held.0: input should be 'embedding', "),
+    (["--set", "step.average_in_collective=1"], "step.average_in_collective: must be true or false"),
+    (["--set", "step.dp_comm_sms=65"], "step.dp_comm_sms: input should be less than or equal to 64"),
+    (["--set", "step.dp_comm_sms=1.5"], "step.dp_comm_sms: must be a whole number"),
+    (["--set", "step.bucket_cap_mb=0"], "step.bucket_cap_mb: input should be greater than 0"),
+    (["--set", "step.bucket_cap_mb=nan"], "step.bucket_cap_mb: must be a finite number"),
+    (["--set", "model.moe_force_load_balancing=1"], "model.moe_force_load_balancing: must be true or false"),
+    (["--set", "model.moe_force_load_balancing=true"], "model.moe_force_load_balancing: needs an MoE model"),
+    (["--set", 'model.fp8_params="true"'], "model.fp8_params: must be true or false, got 'true'"),
+    (["--set", "model.moe_aux_loss=1"], "model.moe_aux_loss: must be true or false"),
+    (["--set", "model.fp8_recipe=mxfp8"], "model.fp8_recipe: input should be 'delayed' or 'current', got 'mxfp8'"),
+    (["--set", "model.fp8_transpose=1"], "model.fp8_transpose: input should be 'derived', 'kept' or 'none'"),
+    (["--set", "model.fp8_amax_reduction=all"],
+     "model.fp8_amax_reduction: input should be 'data', 'tensor' or 'hidden'"),
+    (["--set", "model.cross_entropy=apex"],
+     "model.cross_entropy: input should be 'megatron', 'megatron-fused' or 'te'"),
+    (["--set", "model.attention_kernel=true"], "model.attention_kernel: input should be 'cudnn', "),
+    (["--set", "model.moe_dispatcher=allgather"], "model.moe_dispatcher: input should be 'alltoall' or 'deepep'"),
+    (["--set", "model.host_overhead_us=-1"], "model.host_overhead_us: input should be greater than or equal to 0"),
+    (["--set", 'model.host_overhead_us="13.5"'], "model.host_overhead_us: must be a number of microseconds"),
+    (["--set", "model.host_overhead_us=inf"], "model.host_overhead_us: must be a finite number"),
+    (["--set", 'parallel.sync_tp_duplicated_parameters="yes"'],
+     "parallel.sync_tp_duplicated_parameters: must be true or false"),
+    (["--set", "parallel.pipeline_scatter_gather=1"], "parallel.pipeline_scatter_gather: must be true or false"),
+    (["--set", 'parallel.tp_overlap_not_told=["proj"]'], "parallel.tp_overlap_not_told: unknown overlap 'proj'"),
+    (["--set", 'parallel.tp_overlap_ring_rs=["qkv_dgrad"]'],
+     "parallel.tp_overlap_ring_rs: unknown overlap 'qkv_dgrad'"),
+    (["--set", "parallel.tp_overlap_sms={proj_fprop=100}"],
+     "parallel.tp_overlap_sms.proj_fprop: input should be less than or equal to 64"),
+    (["--set", "parallel.tp_overlap_sms={proj_fprop=true}"], "parallel.tp_overlap_sms: must be a whole number"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_RECENT,
+                         ids=[m.split(":")[0] + "-" + str(i) for i, (_, m) in enumerate(BAD_RECENT)])
+def test_bad_recent_keys_one_line_exit_2_nothing_written(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(["run", EIGHT_B, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.split(":")[0] + ":") and err.count("\n") == 1, err
+    assert message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_and_broken_files(tmp_path, capsys):
     assert main(["run", str(tmp_path / "none.toml")]) == 2
     bad = tmp_path / "bad.toml"

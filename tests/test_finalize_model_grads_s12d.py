@@ -64,6 +64,20 @@ def test_one_coalesced_all_reduce_a_rank_by_hand():
     assert rank0 < 3 * collectives.time("all_reduce", 1_179_648, 8, st.rates, "nvlink") * 1e3
 
 
+def test_without_kernel_rates_a_ring_all_reduce_at_the_nodes_bandwidth():
+    """s13i: without kernel rates (hardware.efficiency given) the all-reduce is a ring's 2 (t - 1) / t of the rank's
+    bytes over hardware's intra-node bandwidth (A100: 300 GB/s): rank 0's 3 x 1,179,648 B over 8 tensor ranks,
+    1.75 x 3,538,944 = 6,193,152 B / 300e9 B/s = 20.64384 us, a third (0.00688128 ms) to each of its copies."""
+    sc = _load("k22-175b-seqsel", ["hardware.efficiency=0.5", "step.optimizer=0"])
+    st = sc.derived().setup
+    assert st.rates is None and st.hw.a2a_intra_gbps == 300.0
+    ms = sf.tp_grad_all_reduce_ms(sc, st)
+    assert ms[0] == ms[8] == ms[16] == pytest.approx(0.00688128, rel=1e-12)
+    # rank 7: 2 x 1,179,648 + 1,277,952 = 3,637,248 B, 1.75 x that / 300e9 = 21.21728 us, by bytes over its copies
+    assert ms[7] + ms[15] + ms[23] == pytest.approx(0.02121728, rel=1e-12)
+    assert ms[23] == pytest.approx(0.02121728 * 1_277_952 / 3_637_248, rel=1e-12)
+
+
 def test_nothing_without_sequence_parallelism_or_tensor_ranks():
     """No sequence parallelism and no q / k norms (GPT-3), or TP 1: nothing to all-reduce over the tensor group."""
     for over in (["parallel.sequence_parallel=false"], ["parallel.tensor=1", "parallel.sequence_parallel=false"]):

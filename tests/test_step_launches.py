@@ -34,6 +34,11 @@ def test_multi_tensor_launches_follow_te_loop():
     assert multi_tensor_launches([300 * CHUNK, 30 * CHUNK], 1) == 2
     # a 640-chunk tensor: two full launches, nothing left over
     assert multi_tensor_launches([640 * CHUNK], 1) == 2
+    # s13i: a tensor cut by a launch stays in the next list (TE keeps its addresses in slot 0, loc_tensor_info = 1):
+    # 330 chunks fill 320 blocks (launch 1), its last 10 chunks plus 109 one-chunk tensors make 110 tensors (launch 2),
+    # the 110th one-chunk tensor is launched alone at the end (launch 3); without the carried tensor, 2
+    assert multi_tensor_launches([330 * CHUNK] + [1] * 110, 1) == 3
+    assert multi_tensor_launches([330 * CHUNK] + [1] * 109, 1) == 2
 
 
 def test_pieces_split_each_bucket_evenly():
@@ -173,3 +178,57 @@ def test_a_weight_cut_by_the_models_buckets_counts_once():
     # weight (proj, 4,096), so both ranks meet all 8 (and fc1, 16,384, three times: still one weight)
     sc = _small(grad_sync_buckets=16)
     assert shard_pieces.fp8_pieces(sc, sc.derived(), [{0}]) == [8]
+
+
+def _interleaved(split: bool) -> scenario_mod.Scenario:
+    """The small config with 4 layers as 4 stages, 2 a pipeline rank (rank 0: stages 0 and 2, rank 1: 1 and 3)."""
+    raw = copy.deepcopy(tomllib.loads(EIGHT_B.read_text()))
+    raw["model"].update(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
+                        intermediate_size=128, vocab_size=256, seq_length=128)
+    raw["parallel"].update(data=2, context=1)
+    raw["pipeline"].update(schedule="interleaved-1f1b", stages=4, chunks_per_rank=2, microbatches=4)
+    raw["step"].update(grad_sync_buckets=2, overlap_param_gather=True, overlap_param_gather_with_optimizer_step=split)
+    return scenario_mod.read(raw)
+
+
+def test_two_optimizers_with_the_param_gather_overlapped_by_hand():
+    """s13i: overlap_param_gather_with_optimizer_step gives the first chunk its own optimizer (Megatron-core
+    optimizer/__init__.py): one FusedAdam call per parameter group and one FP8 cast's fixed launches per optimizer.
+    Stage 0 (embedding, layer 0) and stage 2 (layer 2) on pipeline rank 0.  Each copy's FP8 buffer: proj 4,096,
+    qkv 12,288, fc1 16,384, fc2 8,192 in 2 equal buckets of 20,480, halves of 10,240: data rank 0 [0, 10240) proj,
+    qkv; [20480, 30720) fc1 -> 3 pieces; rank 1 [10240, 20480) qkv, fc1; [30720, 40960) fc1, fc2 -> 4.  The 16-bit
+    buffer, one bucket: stage 0 embedding 16,384 and 2 norms of 64 (halves of 8,256): rank 0 1 piece (embedding),
+    rank 1 3 (embedding, norm, norm); stage 2 the 2 norms: 1 piece each.  Rank 1 has the most: 8 FP8 + 4 = 12."""
+    assert [w.embedding for w in _interleaved(False).derived().setup.stages] == [True, False, False, False]
+    fixed = step_launches.NORM_FIXED  # 7 fixed calls of the norm, 1 l2norm launch over 12 one-chunk pieces
+    # the FP8 cast, current scaling: 2 zeros + 1 compute_scale launch (4 or 8 weights, under 48) + the amax all-reduce
+    # = 4 per optimizer, then 4 kernels per FP8 piece; every 16-bit piece copied back
+    one = Launches(after_loss=12 + fixed + 1, after_norm=2 + 4 + 8 * 4 + 4, pieces=12, fp8_pieces=8, adam=2, norm=1)
+    # two optimizers: stage 0's (decay: 4 FP8 + embedding; no decay: 2 norms) and stage 2's (4 FP8; 1 norm): 4 Adam
+    # launches, two casts' fixed launches
+    two = Launches(after_loss=12 + fixed + 1, after_norm=4 + 2 * 4 + 8 * 4 + 4, pieces=12, fp8_pieces=8, adam=4,
+                   norm=1)
+    for split, want in ((False, one), (True, two)):
+        sc = _interleaved(split)
+        assert step_launches.count(sc, sc.derived()) == want
+
+
+def test_only_the_first_chunk_is_filled_into_buckets():
+    """s13i: Megatron-core's get_model builds each model chunk's DDP with disable_bucketing=(model_chunk_idx > 0):
+    with derived buckets the first chunk fills buckets of bucket_size elements (8B: 40 M over 32 data ranks), every
+    other chunk's buffer is one bucket.  (Later training.py also disables it on the first chunk with
+    overlap_param_gather_with_optimizer_step; shard_pieces keeps the fill rule there.)"""
+    raw = tomllib.loads(EIGHT_B.read_text())
+    raw["step"]["grad_sync_buckets"] = "derived"
+    sc = scenario_mod.read(raw)
+    st = sc.derived().setup
+    first = shard_pieces.buffers(sc, st, 0, st.stages[0], 1)
+    later = shard_pieces.buffers(sc, st, 1, st.stages[0], 1)
+    assert len(first) == len(later) == 2  # FP8 parameters: the FP8 linears' buffer and the 16-bit one
+    for (sizes, _, _, bounds), (sizes2, _, _, bounds2) in zip(first, later):
+        assert sizes == sizes2 and bounds2 == [(0, sum(sizes))]
+        # the fill rule's buckets tile the buffer
+        assert bounds[0][0] == 0 and sum(n for _, n in bounds) == sum(sizes)
+        assert all(a + n == b for (a, n), (b, _) in zip(bounds, bounds[1:]))
+    # the 8B model's FP8 linears, 32 x 218 M = 6.98 G elements, in buckets closed at 40 M: one a layer or more
+    assert len(first[0][3]) >= 32

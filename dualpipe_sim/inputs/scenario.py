@@ -29,22 +29,15 @@ from ..model import ddp_buckets
 from ..model.activations import POLICIES
 from ..model.recompute import MODULES as RECOMPUTE_MODULES
 from ..model.config import ModelError
-from ..model.sections import HardwareSection, ModelSection, ParallelSection, once, strict_bool
+from ..model.sections import HardwareSection, ModelSection, ParallelSection, once, plain_number, strict_bool
 from ..schedules.rules import WORK, Channel
 from .resolve import Inputs, resolve
 from ..step_costs import StepCosts
 
 
-def _number(v):
-    # pydantic's lax mode reads "1.0" (text) and true as numbers; a scenario must say what it means.
-    if isinstance(v, (str, bool)):
-        raise ValueError("must be a number, not " + ("text in quotes" if isinstance(v, str) else "true/false"))
-    return v
-
-
 def _num(**rules):
     """A finite float under ``rules`` (gt=0, ...) that is given as a number, not text."""
-    return Annotated[float, Field(allow_inf_nan=False, **rules), BeforeValidator(_number)]
+    return Annotated[float, Field(allow_inf_nan=False, **rules), BeforeValidator(plain_number)]
 
 
 PositiveTime = _num(gt=0)
@@ -155,6 +148,11 @@ class Memory(_Section):
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)
+
+    @field_validator("recompute_modules")
+    @classmethod
+    def _modules_once(cls, v):
+        return v if v is None else once(v)
 
 
 class Limits(_Section):

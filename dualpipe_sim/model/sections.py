@@ -11,15 +11,24 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from .hardware import PRESETS
 from ..errors import shown
 
+
+def plain_number(v):
+    """``v`` unless text or a boolean: pydantic's lax mode reads "1.0" (text) and true as numbers; a scenario must say
+    what it means (scenario.py's times, [hardware]'s figures)."""
+    if isinstance(v, (str, bool)):
+        raise ValueError("must be a number, not " + ("text in quotes" if isinstance(v, str) else "true/false"))
+    return v
+
+
 DTYPES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 Dtype = Literal["fp32", "bf16", "fp16", "fp8"]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False), BeforeValidator(plain_number)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(plain_number)]
 
 
 def strict_bool(v):
@@ -232,9 +241,9 @@ class HardwareSection(_Section):
     p2p_bandwidth: Positive | None = None  # GB/s
     a2a_bandwidth: Positive | None = None  # GB/s per GPU across nodes
     a2a_intra_bandwidth: Positive | None = None  # GB/s per GPU inside a node
-    gpus_per_node: Annotated[int, Field(ge=1, le=1024)] | None = None
+    gpus_per_node: Annotated[int, Field(ge=1, le=1024), BeforeValidator(_whole)] | None = None
     # achieved / peak FLOP/s of every compute component; None: kernel-level times from the preset's rates
-    efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), BeforeValidator(plain_number)] | None = None
     a2a_overhead: NonNeg = 0.0  # ms per all-to-all phase beyond its bytes / bandwidth
     # the NCCL release the run linked ("2.25.1"): selects NCCL's tuning rules (collectives.py); None: v2.18.5's
     nccl_version: str | None = None
