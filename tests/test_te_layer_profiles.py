@@ -116,9 +116,9 @@ def test_gpt3_tp8_layer_is_the_documented_discrepancy():
         model = forward if row["pass"] == "forward" else sum(k.ms for k in rows) - forward
         if row["pass"] == "backward":
             # since s12j the qkv / fc1 backward re-gathers and input-gradient reduce-scatters (2,048 x 12,288 BF16
-            # over 8) run beside their GEMMs as TE launches them, none exposed, the GEMMs on the 116 SMs NCCL's 16
-            # CTAs leave while they last (H100 group of 8: the fewer of ring 24 / NVLS 16); charged whole, as
-            # before, they put the row back in the forward rows' band
+            # over 8) run beside their GEMMs as TE launches them, none exposed, the GEMMs on the 108 SMs the ring's 24
+            # CTAs leave while they last (NCCL's tuner runs them on the ring: tests/test_nccl_nvls.py); charged
+            # whole, as before, they put the row back in the forward rows' band
             hidden = [k for k in rows if k.name in ("tp all-gather (wgrad input)", "tp reduce-scatter (grad)")]
             assert len(hidden) == 4 and all(k.seconds == 0.0 for k in hidden)
             one = collectives.time("all_gather", 2048 * 12288 * 2, 8, PRESETS["H100"], "nvlink") * 1e3

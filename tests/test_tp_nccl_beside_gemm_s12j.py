@@ -34,10 +34,11 @@ def test_nccl_ctas_of_an_a100_node_worked_from_ncclTopoCompute():
         channels += 1
     assert channels == 6
     ctas = min(32, 2 * min(16, 2 * channels))  # ncclTopoCompute's doubling (ring maxChannels 16), then Postset's
-    assert ctas == 24 == kernels.tp_nccl_ctas(A100, 8) == kernels.tp_nccl_ctas(A100, 2)
+    assert ctas == 24 == kernels.tp_nccl_ctas(A100, 8, "all_gather", 1e8) == kernels.tp_nccl_ctas(A100, 2, "all_reduce", 1e8)
     assert 24 * 512 * 64 == 786_432
-    assert kernels.tp_nccl_ctas(A100, 1) == 0 and kernels.tp_nccl_ctas(A100, 16) == 0  # no group; across nodes
-    assert kernels.tp_nccl_ctas(PRESETS["H100"], 8) == 16  # ring 24 or NVLS 16: the fewer (tests/test_tp_nccl_ctas_s12m.py)
+    assert kernels.tp_nccl_ctas(A100, 1, "all_gather", 1e8) == 0 == kernels.tp_nccl_ctas(A100, 16, "all_gather", 1e8)
+    # H100's 8: the ring's 24 for a 100 MB all-gather (NCCL's tuner picks it over NVLS: tests/test_nccl_nvls.py)
+    assert kernels.tp_nccl_ctas(PRESETS["H100"], 8, "all_gather", 1e8) == 24
 
 
 def _layer(sp: bool, runtime: str = "megatron-core"):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import bisect
 import math
 
+from . import nccl_nvls
+
 FACTORS = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
            "reduce_scatter": lambda n: (n - 1) / n}  # fmt: skip
 
@@ -51,7 +53,10 @@ def time(op: str, nbytes: float, n: int, rates, link: str, nics: int = 1) -> flo
     if curve:  # the measured time includes NCCL's latency; a message below the table costs its first row
         size = max(nbytes, curve[0][0])
         return size * FACTORS[op](n) / measured_bus(curve, size)
-    return rates.latency + nbytes * FACTORS[op](n) / (bus(rates, link) * (nics if link == "nic" else 1))
+    speed = bus(rates, link) * (nics if link == "nic" else 1)
+    if link == "nvlink" and nccl_nvls.runs_nvls(rates, op, nbytes, n):  # NCCL's tuner picks NVLS over the ring
+        speed *= nccl_nvls.bus_gain(op, n, rates.nccl)  # docs/model.md, "SMs on Hopper and Blackwell"
+    return rates.latency + nbytes * FACTORS[op](n) / speed
 
 
 # NCCL's tuning model of a ring reduce-scatter or all-gather (tuning.cc @ 4365458, as above), microseconds, for the

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, gemm, host, params, recompute
+from . import collectives, deepseek_kernels, gemm, host, nccl_nvls, params, recompute
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -90,24 +90,23 @@ UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a ya
 # has NVLS_NCHANNELS_SM90 = 16 CTAs too, so 16 whichever NCCL picks.  B200 (v2.28.3-1): 18 x 40.1 GB/s: 8 at 90,
 # 16, 32 (every B200 row that reaches it runs NCCL_NVLS_ENABLE=0 and NCCL_MIN/MAX_CTAS 16 / 32).
 TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32}
-# Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): NVLS (16 CTAs) may take a group of more than
-# RING_ONLY_GROUP GPUs where the node has multicast, and which of ring and NVLS NCCL's tuner picks was not worked:
-# the ring's count holds only for the groups NVLS never serves (nvls.cc ncclNvlsInit returns at gpuCount <= 2);
-# a larger group holds the fewer of the two, NVLS's 16 (a lower bound whichever NCCL runs; none would be wrong).
-TP_NCCL_RING_ONLY_CTAS = {"H100": 24, "H200": 24}
-TP_NCCL_RING_OR_NVLS_CTAS = {"H100": 16, "H200": 16}
-RING_ONLY_GROUP = 2
+# Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): the ring's 24, or NVLS_NCHANNELS_SM90 = 16 where NCCL's
+# tuner runs the collective with NVLS (nccl_nvls.picks_nvls: a group of 3-8, by operation, bytes and release).
+TP_NCCL_RING_CTAS = {"H100": 24, "H200": 24}
+TP_NCCL_NVLS_CTAS = 16
 
 
-def tp_nccl_ctas(rates: KernelRates, group: int) -> int:
-    """SMs an NCCL collective over a tensor group of ``group`` ranks inside a node holds (TP_NCCL_CTAS, or for a group
-    NVLS cannot serve TP_NCCL_RING_ONLY_CTAS, for one it may TP_NCCL_RING_OR_NVLS_CTAS; 0: none)."""
+def tp_nccl_ctas(rates: KernelRates, group: int, op: str, nbytes: float) -> int:
+    """SMs an NCCL collective ``op`` of ``nbytes`` over a tensor group of ``group`` ranks inside a node holds
+    (TP_NCCL_CTAS; on H100 / H200 the ring's TP_NCCL_RING_CTAS or, where NCCL's tuner picks NVLS, TP_NCCL_NVLS_CTAS;
+    0: none)."""
     if not 1 < group <= rates.gpus_per_node:
         return 0
     if rates.name in TP_NCCL_CTAS:
         return TP_NCCL_CTAS[rates.name]
-    by_group = TP_NCCL_RING_ONLY_CTAS if group <= RING_ONLY_GROUP else TP_NCCL_RING_OR_NVLS_CTAS
-    return by_group.get(rates.name, 0)
+    if nccl_nvls.runs_nvls(rates, op, nbytes, group):
+        return TP_NCCL_NVLS_CTAS
+    return TP_NCCL_RING_CTAS.get(rates.name, 0)
 
 
 @dataclass(frozen=True)
@@ -302,7 +301,7 @@ class Table:
         leave (KernelRates.held(tp_nccl_ctas), as beside a data-parallel collective), then on all (beside_transfer);
         the collective is exposed only for what it takes beyond them."""
         t = self.lay.tensor
-        ctas = tp_nccl_ctas(self.r, t)
+        ctas = tp_nccl_ctas(self.r, t, op, nbytes)
         full = collectives.time(op, nbytes, t, self.r, "nvlink") if t > 1 and nbytes > 0 else 0.0
         start, outer = len(self.rows), self._beside
         self._beside = (ctas, full) if ctas and full > 0 else None
