@@ -12,11 +12,13 @@ the scenario's `hardware.preset`.  Runs that users reported in issue threads or 
 (COMMUNITY) are a fourth table, whatever their GPU: their configs were not reviewed and some settings
 come from the code's defaults (docs/validation.md, "Community runs").  The MLPerf rows' evaluations, which run the
 forward only, are held against the model's forward in a table of their own (`eval_forward`, "Forward only").
+The page's "At a glance" table (`glance`) is read back from those tables once they are written.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from pathlib import Path
 
@@ -227,11 +229,70 @@ SECTIONS = {"validation table": lambda: table(rows(("A100",))), "hopper table": 
             "eval forward": lambda: eval_forward(rows(HOPPER) + rows(BLACKWELL))}
 
 
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: docs/make_validation.py -->", f"<!-- end of {name} -->"
+
+
 def replace(doc: str, name: str, text: str) -> str:
-    begin, end = f"<!-- {name}: docs/make_validation.py -->", f"<!-- end of {name} -->"
+    begin, end = markers(name)
     head, rest = doc.split(begin)
     _, tail = rest.split(end)
     return f"{head}{begin}\n{text}\n{end}{tail}"
+
+
+def section(doc: str, name: str) -> str:
+    """The text between ``name``'s markers in ``doc``."""
+    begin, end = markers(name)
+    return doc.split(begin)[1].split(end)[0]
+
+
+# "At a glance", at the top of docs/validation.md: per table its label, its SECTIONS name, the anchor of the heading
+# it sits under and the column holding its error.  Read back from the tables as written, so it cannot disagree with
+# them and needs no second simulation.
+GLANCE = (("A100", "validation table", "whole-training-runs", "error"),
+          ("Hopper", "hopper table", "whole-training-runs-on-h100", "error"),
+          ("B200", "b200 table", "whole-training-runs-on-b200", "error"),
+          ("community MoE", "community table", "community-runs-moe-runs-reported-by-users-issue-21", "error"),
+          ("forward only (time)", "eval forward", "forward-only-the-logs-evaluations", "forward error"))  # fmt: skip
+GLANCE_SECTION = "at a glance"
+
+
+def errors(text: str, column: str) -> list[tuple[str, float]]:
+    """(run, error as a fraction) for each row of a generated markdown table, the error read from ``column``."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    col = cells[0].index(column)
+    return [(row[0], float(row[col].rstrip("%")) / 100) for row in cells[2:]]
+
+
+def glance_row(text: str, column: str) -> tuple[int, str, str, str, list[tuple[str, float]]]:
+    """One table's runs, mean |error|, worst |error| and signed mean (as its own summary line states them), and its
+    three worst rows by |error| (the table's order among equals)."""
+    rows = errors(text, column)
+    stated = re.search(r"^Mean \|error\| ([0-9.]+%), worst ([0-9.]+%) over .*; mean signed error ([+-][0-9.]+%)\.",
+                       text, re.M)
+    if stated:
+        mean, worst, signed = stated.groups()
+    else:  # the forward table states its signed mean only
+        signed = re.search(r"^Mean forward error ([+-][0-9.]+%) over", text, re.M).group(1)
+        same_sign = all(e < 0 for _, e in rows) or all(e > 0 for _, e in rows)
+        # one sign: |mean| is the mean |error|, and quoting it keeps the cells' rounding out
+        mean = signed.lstrip("+-") if same_sign else f"{sum(abs(e) for _, e in rows) / len(rows):.1%}"
+        worst = f"{max(abs(e) for _, e in rows):.1%}"
+    worst3 = sorted(rows, key=lambda r: -abs(r[1]))[:3]
+    return len(rows), mean, worst, signed, worst3
+
+
+def glance(doc: str) -> str:
+    """The "At a glance" table from the generated tables in ``doc``: per table its runs, mean and worst |error|, signed
+    mean and three worst rows, each table's label a link to its section."""
+    lines = ["| table | runs | mean \\|error\\| | worst \\|error\\| | mean signed error | three worst rows |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for label, name, anchor, column in GLANCE:
+        runs, mean, worst, signed, worst3 = glance_row(section(doc, name), column)
+        named = ", ".join(f"{run} {err:+.1%}" for run, err in worst3)
+        lines.append(f"| [{label}](#{anchor}) | {runs} | {mean} | {worst} | {signed} | {named} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
@@ -240,5 +301,8 @@ if __name__ == "__main__":
         text = make()
         print(text, end="\n\n")
         doc = replace(doc, name, text)
+    text = glance(doc)
+    print(text, end="\n\n")
+    doc = replace(doc, GLANCE_SECTION, text)
     if "--write" in sys.argv[1:]:
         DOC.write_text(doc)

@@ -1,9 +1,10 @@
-"""Every figure under docs/img is shown by some page, and every image a page shows exists.
+"""Every figure under docs/img is shown by some page, and every image a page shows exists; every local link to a
+``#anchor`` lands on a heading (docs/validation.md's "At a glance" and docs/model.md's contents above all).
 
 A PNG no page links is regenerated for nobody and goes stale unseen; a link to a
 missing file is a broken page.  Pages are README.md and every .md under the tree
 (docs/, benchmarks/, ...); links are markdown ``![alt](path)`` and HTML ``<img src>``,
-read relative to the page, as GitHub renders them.
+read relative to the page, as GitHub renders them.  A ``#anchor`` is the heading's text as GitHub slugs it.
 """
 
 from __future__ import annotations
@@ -54,3 +55,87 @@ def test_every_figure_under_docs_img_is_linked():
     unlinked = sorted(p.name for p in IMG.glob("*.png") if p.resolve() not in linked)
     assert not unlinked, ("PNGs under docs/img no page shows (link each from the page it belongs to, or stop "
                           "generating it and delete it):\n" + "\n".join(unlinked))
+
+
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+_ANCHOR_LINK = re.compile(r"\]\(([^)#\s]*)#([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text as rendered (a link's text, no backticks or asterisks), lower case,
+    every character but letters, digits, underscores, hyphens and spaces dropped, then each space a hyphen."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "").replace("*", "")
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every heading's anchor in a markdown page (not in code fences); a repeated one gets -1, -2, ... as on GitHub."""
+    seen: dict[str, int] = {}
+    out, fenced = set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else _HEADING.match(line)
+        if m:
+            base = slug(m.group(1))
+            out.add(f"{base}-{seen[base]}" if base in seen else base)
+            seen[base] = seen.get(base, 0) + 1
+    return out
+
+
+def broken_anchors(page: Path, block: str) -> list[str]:
+    """The local ``[text](file#anchor)`` links of ``block`` (a part of ``page``) whose file is missing or whose anchor
+    is no heading of it (remote links are not checked)."""
+    bad = []
+    for m in _ANCHOR_LINK.finditer(block):
+        if re.match(r"^[a-z]+:", m.group(1)):
+            continue
+        target = (page.parent / m.group(1)).resolve() if m.group(1) else page
+        if not target.is_file() or m.group(2) not in anchors(target.read_text(encoding="utf-8")):
+            bad.append(f"{m.group(1)}#{m.group(2)}")
+    return bad
+
+
+def test_slug_and_anchors_by_hand():
+    # GitHub's anchors for headings of these pages, worked by hand from the rule (README links the first one)
+    assert slug("Forward only: the logs' evaluations") == "forward-only-the-logs-evaluations"
+    assert slug("FSDP (`parallel.zero = 3`)") == "fsdp-parallelzero--3"
+    assert slug("Host syncs in the MoE layer (`model/host.py`)") == "host-syncs-in-the-moe-layer-modelhostpy"
+    assert slug("v3.0 against v3.1, by their code (issue 21 s10e)") == "v30-against-v31-by-their-code-issue-21-s10e"
+    assert slug("DeepSpeed's engine (`model/deepspeed_pipe.py`)") == "deepspeeds-engine-modeldeepspeed_pipepy"
+    page = "# Title\n## Runs\ntext\n```\n# not a heading\n```\n### Runs\n#### **Bold** [link](x.md) ##\n"
+    assert anchors(page) == {"title", "runs", "runs-1", "bold-link"}
+
+
+def test_the_anchor_link_reader_by_hand(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n## Its part\n")
+    page = tmp_path / "p.md"
+    page.write_text("# Here\n## Part two\n")
+    block = ("[a](#part-two) [b](#part-three) [c](other.md#its-part) [d](other.md#missing) [e](other.md)\n"
+             "[f, over a\nline break](#here) [g](https://example.com/#nowhere) [h](gone.md#here)")
+    assert broken_anchors(page, block) == ["#part-three", "other.md#missing", "gone.md#here"]
+
+
+def test_validation_at_a_glance_links_land_on_headings():
+    page = ROOT / "docs" / "validation.md"
+    text = page.read_text(encoding="utf-8")
+    block = text.split("\n## At a glance\n")[1].split("\n## ")[0]
+    links = _ANCHOR_LINK.findall(block)
+    assert len(links) >= 15  # the table's five and the hand-written lines' (a reader that finds none fails)
+    assert not broken_anchors(page, block)
+
+
+def test_model_contents_links_land_on_headings_and_name_every_section():
+    page = ROOT / "docs" / "model.md"
+    text = page.read_text(encoding="utf-8")
+    block = text.split("\nContents:\n")[1].split("\n\n")[0]
+    assert not broken_anchors(page, block)
+    linked = {anchor for _, anchor in _ANCHOR_LINK.findall(block)}
+    sections = {slug(m.group(1)) for m in map(_HEADING.match, text.splitlines()) if m and m.group(0).startswith("## ")}
+    assert sections and sections <= linked
+
+
+def test_every_local_anchor_link_lands_on_a_heading():
+    broken = [f"{page.relative_to(ROOT)}: {link}" for page in pages()
+              for link in broken_anchors(page, page.read_text(encoding="utf-8"))]
+    assert not broken, "links to a heading that does not exist:\n" + "\n".join(broken)

@@ -417,3 +417,46 @@ def test_readme_quotes_the_forward_tables_own_figures():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"on the {runs} runs they time the model's forward is too fast on every one, {mean}% on average " \
            f"({best}-{worst}%)" in readme
+
+
+def test_at_a_glance_matches_a_fresh_generation():
+    """The page's "At a glance" table is what glance() makes of the tables as the page holds them now (rewritten by
+    `--write` after them), sits before the first of them, and names every table's run count."""
+    doc = (ROOT / "docs" / "validation.md").read_text()
+    begin, end = SCRIPT["markers"](SCRIPT["GLANCE_SECTION"])
+    assert doc.count(begin) == 1 and doc.count(end) == 1
+    assert doc.index(end) < doc.index(SCRIPT["markers"]("validation table")[0])
+    block = SCRIPT["section"](doc, SCRIPT["GLANCE_SECTION"]).strip("\n")
+    assert block == SCRIPT["glance"](doc)
+    runs = [int(line.split("|")[2]) for line in block.splitlines()[2:]]
+    a100 = len(ROWS) - len(HOPPER) - len(BLACKWELL) - len(COMMUNITY)
+    assert runs[:4] == [a100, len(HOPPER), len(BLACKWELL), len(COMMUNITY)]
+
+
+def glance_doc(whole: list[float], forward: list[float], forward_line: str) -> str:
+    """A page whose four whole-run tables each hold runs a-d with errors ``whole`` (made by table()) and whose forward
+    table holds runs f1-f3 with ``forward`` and the summary line ``forward_line``."""
+    data = [{"name": n, "gpus": "8", "published": "1 s", "published_tokens_per_second_per_gpu": "100",
+             "predicted": 100.0 * (1 + e), "error": e, "step_s": 1.0, "bubble": 0.0} for n, e in zip("abcd", whole)]
+    fwd = "\n".join(["| run | forward error |", "| --- | ---: |"] + [f"| f{i + 1} | {e:+.1%} |" for i, e in
+                                                                    enumerate(forward)] + ["", forward_line])
+    parts = []
+    for _, name, _, _ in SCRIPT["GLANCE"]:
+        begin, end = SCRIPT["markers"](name)
+        parts += [begin, fwd if name == "eval forward" else SCRIPT["table"](data), end]
+    return "\n".join(parts)
+
+
+def test_at_a_glance_by_hand():
+    """Errors +10%, -30%, +4%, +20%: mean |error| 64 / 4 = 16.0%, worst 30.0%, signed 4 / 4 = +1.0% (the table's own
+    line), worst three b, d, a.  A forward table of mixed sign, -20%, +10%, -6%: mean |error| 36 / 3 = 12.0% from the
+    cells, worst 20.0%, the signed mean as its line states it; of one sign, -20%, -10%, -6%, the line's |mean|."""
+    doc = glance_doc([0.10, -0.30, 0.04, 0.20], [-0.20, 0.10, -0.06], "Mean forward error -5.3% over 3 runs (...).")
+    lines = SCRIPT["glance"](doc).splitlines()
+    assert len(lines) == 2 + 5
+    assert lines[2] == "| [A100](#whole-training-runs) | 4 | 16.0% | 30.0% | +1.0% | b -30.0%, d +20.0%, a +10.0% |"
+    assert lines[3].startswith("| [Hopper](#whole-training-runs-on-h100) | 4 | 16.0% |")
+    assert lines[6] == ("| [forward only (time)](#forward-only-the-logs-evaluations) | 3 | 12.0% | 20.0% | -5.3% "
+                        "| f1 -20.0%, f2 +10.0%, f3 -6.0% |")
+    doc = glance_doc([0.10, -0.30, 0.04, 0.20], [-0.20, -0.10, -0.06], "Mean forward error -12.1% over 3 runs (...).")
+    assert SCRIPT["glance"](doc).splitlines()[6].split("|")[3:6] == [" 12.1% ", " 20.0% ", " -12.1% "]
