@@ -2,6 +2,8 @@
 
     python docs/make_validation.py           # print the table
     python docs/make_validation.py --write   # and rewrite the tables in docs/validation.md
+    python docs/make_validation.py --set 'hardware.gpu_variability="lonestar6-a100"'   # every run with a key set
+                                             # (printed only: the document's tables are the defaults')
 
 Each scenario is a published, measured training run's layout; scenarios/validation/published.csv
 holds what was measured (tokens/s per GPU, from the paper's own figures) and where it is from.  The
@@ -31,6 +33,7 @@ from dualpipe_sim.model import derive, kernels  # noqa: E402
 
 FOLDER = ROOT / "scenarios" / "validation"
 DOC = ROOT / "docs" / "validation.md"
+OVERRIDES: list[str] = []  # --set KEY=VALUE: applied to every run's scenario (docs/validation.md, "GPU-to-GPU spread")
 
 
 def gpus(sc) -> int:
@@ -54,7 +57,7 @@ def rows(presets: tuple[str, ...] | None, community: bool = False) -> list[dict]
         for row in csv.DictReader(fh):
             if row["name"].startswith(COMMUNITY) != community:
                 continue
-            sc = scenario.load(FOLDER / row["scenario"])
+            sc = scenario.load(FOLDER / row["scenario"], OVERRIDES)
             if presets is not None and sc.hardware.preset not in presets:
                 continue
             assert gpus(sc) == int(row["gpus"]), row["name"]
@@ -204,7 +207,7 @@ def eval_forward(data: list[dict]) -> str:
     for r in data:
         if r["name"] not in EVAL_STEP_S:
             continue
-        sc = scenario.load(FOLDER / r["scenario"])
+        sc = scenario.load(FOLDER / r["scenario"], OVERRIDES)
         step_s, steps = EVAL_STEP_S[r["name"]]
         m = sc.pipeline.microbatches
         measured = step_s * 1e3 / m
@@ -296,6 +299,10 @@ def glance(doc: str) -> str:
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    OVERRIDES[:] = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
+    if OVERRIDES and "--write" in args:
+        sys.exit("make_validation.py: --set runs are printed, not written (docs/validation.md holds the defaults)")
     doc = DOC.read_text()
     for name, make in SECTIONS.items():
         text = make()
@@ -304,5 +311,5 @@ if __name__ == "__main__":
     text = glance(doc)
     print(text, end="\n\n")
     doc = replace(doc, GLANCE_SECTION, text)
-    if "--write" in sys.argv[1:]:
+    if "--write" in args:
         DOC.write_text(doc)

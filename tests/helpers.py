@@ -1,6 +1,8 @@
 """Small builders shared by the tests."""
 
 import csv
+import subprocess
+import sys
 
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim import simulation
@@ -66,3 +68,15 @@ def short_run_h100(monkeypatch):
     short = replace(rates.PRESETS["H100"], gemm_bf16=rates.SM90_BF16_SHORT_RUNS)
     monkeypatch.setitem(rates.PRESETS, "H100", short)
     return short
+
+
+def cli_error(tmp_path, *args: str) -> str:
+    """Run the CLI in ``tmp_path`` writing to tmp_path/out; assert exit 2, one stderr line, no traceback and
+    nothing written; return the line."""
+    proc = subprocess.run([sys.executable, "-m", "dualpipe_sim", *args, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[:500]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"
+    return proc.stderr.rstrip("\n")

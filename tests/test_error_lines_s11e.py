@@ -5,11 +5,10 @@ meets it: one line, exit 2, no traceback, nothing written."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli_error
 
 from dualpipe_sim.errors import cut, shown
 
@@ -20,17 +19,6 @@ LONG = "x" * 100_000
 LONG_SHOWN = "'" + "x" * 59 + "... (100002 characters)"
 KNOWN = ("1f1b, 1f1b-overlap, chimera, chimera-doubling, dualpipe, dualpipev, gpipe, interleaved-1f1b, "
          "interleaved-1f1b-overlap, zb-h1, zb-h1-megatron, zb-h2, zbv")
-
-
-def cli_error(tmp_path, *args: str) -> str:
-    """Run the CLI; assert exit 2, one stderr line, nothing written in tmp_path; return the line."""
-    proc = subprocess.run([sys.executable, "-m", "dualpipe_sim", *args, "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[:500]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"
-    return proc.stderr.rstrip("\n")
 
 
 def test_shown_cuts_past_80_characters_of_repr():

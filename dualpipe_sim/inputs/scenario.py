@@ -308,6 +308,9 @@ class Scenario(_Section):
         if self.model is None:
             if self.parallel is not None:
                 raise ScenarioError("parallel: only applies with a [model] section")
+            if self.hardware is not None and self.hardware.gpu_variability is not None:
+                raise ScenarioError("hardware.gpu_variability: only applies with a [model] section (it slows the "
+                                    "kernels derived from it)")
             return None
         from ..model import derive
 

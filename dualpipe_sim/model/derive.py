@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, kernels, layout, memory, params, recompute
+from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, memory, params
+from . import recompute
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -79,6 +80,8 @@ class Setup:
     embedding_grad: float = 0.0  # the embedding's per-micro-batch .grad hand-off, bytes an element (embedding_grad_bytes)
     embed_layernorm: bool = False  # model.embed_layernorm
     deepspeed_pipe: bool = False  # step.runtime = "deepspeed-bf16": DeepSpeed's pipeline engine (deepspeed_pipe.py)
+    # hardware.gpu_variability on: (spread, GPUs of the run, factor every kernel takes); None: off (gpu_spread.py)
+    gpu_spread: tuple[str, int, float] | None = None
 
     @property
     def ring_serial(self) -> bool:
@@ -277,7 +280,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
         par.tensor, par.expert, par.data * par.context, par.zero, DTYPES[m.params_dtype], DTYPES[m.grads_dtype],
         optimizer, cfg.fp8, scenario.memory.fp8_weight_cache, m.fp8_params,
     )
-    hw, eff, overhead, rates = None, 0.4, 0.0, None
+    hw, eff, overhead, rates, spread = None, 0.4, 0.0, None, None
     section = scenario.hardware
     if section is not None:
         hw, overhead = hardware(section), section.a2a_overhead
@@ -285,12 +288,20 @@ def setup(scenario, stages: int | None = None) -> Setup:
             raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
                              "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200)")
         if section.efficiency is not None or section.preset is None:
+            if section.gpu_variability is not None:  # it scales the measured kernel rates
+                raise ModelError("hardware.gpu_variability: needs the kernel-level costs (a hardware.preset and no "
+                                 "hardware.efficiency)")
             if section.nccl_version is not None:  # only the kernel-level costs time collectives as NCCL's tuner does
                 raise ModelError("hardware.nccl_version: needs the kernel-level costs (a hardware.preset and no "
                                  "hardware.efficiency)")
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
             rates = replace(kernel_rates(section, hw), nccl=section.nccl)
+            if section.gpu_variability is not None:  # kernels at the expected slowest GPU's pace; links as they are
+                gpus = run_gpus(scenario, S)
+                slow = gpu_spread.factor(section.gpu_variability, gpus)
+                rates = rates.scaled(compute=1 / slow, memory=1 / slow)
+                spread = (section.gpu_variability, gpus, slow)
             try:
                 rates = rates.with_fp8_gemm(m.fp8_gemm)
             except ValueError as exc:
@@ -343,7 +354,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  modules=recompute_modules(scenario, cfg, m), force_balance=force_balance(cfg, m),
                  grad_copy=grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario),
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
-                 deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16")  # fmt: skip
+                 deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
+                 gpu_spread=spread)  # fmt: skip
 
 
 def force_balance(cfg: ModelConfig, m) -> bool:
@@ -523,6 +535,17 @@ def p2p_ms(st: Setup) -> float:
     if st.scatter_gather and not st.sequence_parallel:
         gather = collectives.time("all_gather", whole, t, st.rates, "nvlink")
     return (collectives.p2p(sent, st.rates, "nic") + gather) * 1e3
+
+
+def run_gpus(scenario, stages: int) -> int:
+    """The GPUs a step synchronises: pipeline ranks (the schedule's, for ``stages`` stages) x tensor x data x
+    context (expert-parallel ranks are carved out of data x tensor)."""
+    from ..schedules import registry
+
+    p, par = scenario.pipeline, scenario.parallel or ParallelSection()
+    ranks = registry.build(p.schedule, stages, p.microbatches, max_memory=scenario.limits.max_memory,
+                           **scenario.options()).num_ranks
+    return ranks * par.tensor * par.data * par.context
 
 
 def kernel_rates(section, hw: Hardware) -> KernelRates:

@@ -80,6 +80,9 @@ def summary(d: Derived, scenario=None) -> dict:
     if st.hw is not None:
         out["hardware"] = {"name": st.hw.name, "efficiency": None if st.rates else st.efficiency,
                            "a2a_overhead_ms": st.a2a_overhead, "times": "kernels" if st.rates else "efficiency"}  # fmt: skip
+        if st.gpu_spread is not None:  # hardware.gpu_variability: the slowest-of-N factor every kernel takes
+            name, gpus, slow = st.gpu_spread
+            out["hardware"]["gpu_variability"] = {"spread": name, "gpus": gpus, "factor": slow}
         out["p2p_ms"] = d.p2p
         if st.rates is not None:
             out["kernels"] = {name: [_kernel_row(k) for k in rows] for name, rows in kernel_tables(d).items()}
@@ -192,6 +195,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         lines.append(line)
     if hw:
         how = "from kernels" if st.rates else f"efficiency {st.efficiency}"
+        if st.gpu_spread is not None:
+            how += f", x{st.gpu_spread[2]:.4f}: the slowest of {st.gpu_spread[1]} GPUs ({st.gpu_spread[0]} spread)"
         lines.append(f"\nP2P per activation: {d.p2p:.4g} ms on {st.hw.name}, {how}")
         if d.moe_layer is not None:
             comps = ", ".join(f"{k} {getattr(d.moe_layer, k):.3g}" for k in COMPONENT_ORDER)

@@ -247,6 +247,18 @@ class HardwareSection(_Section):
     a2a_overhead: NonNeg = 0.0  # ms per all-to-all phase beyond its bytes / bandwidth
     # the NCCL release the run linked ("2.25.1"): selects NCCL's tuning rules (collectives.py); None: v2.18.5's
     nccl_version: str | None = None
+    # opt-in: a measured GPU-to-GPU spread (gpu_spread.SPREADS); every kernel then takes as long as on the slowest
+    # of the run's GPUs is expected to (gpu_spread.py); None: every GPU at the preset's rates
+    gpu_variability: str | None = None
+
+    @field_validator("gpu_variability")
+    @classmethod
+    def _spread(cls, v):
+        from .gpu_spread import SPREADS
+
+        if v is not None and v not in SPREADS:
+            raise ValueError(f"unknown GPU spread (known: {', '.join(SPREADS)})")
+        return v
 
     @field_validator("nccl_version")
     @classmethod
