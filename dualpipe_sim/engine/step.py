@@ -225,7 +225,6 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
     pipeline work and each copy's last weight-gradient op end (``ends``); ``maps``: per rank, its times
     stretched (_stretch), applied to every time read off the pipeline, or None; ``ops``: _weight_ops(trace)."""
     rows: list[StepRow] = []
-    at = (lambda r, t: t) if maps is None else (lambda r, t: maps[r](t))  # noqa: E731
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     readies = _bucket_readies(trace, costs, raw)
@@ -274,7 +273,7 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
                 jobs.append((max(ready, summed.get(s, 0.0)), s, k, length))
         busy = _p2p_busy(trace, r) if costs.nic_shared else None
         if busy is not None and maps is not None:  # the rank's P2P moves with its stretched compute
-            busy = np.array([[at(r, a), at(r, b)] for a, b in busy.tolist()], dtype=float).reshape(-1, 2)
+            busy = maps[r](busy).reshape(-1, 2)  # every start and end at once (elementwise: the same sums)
         for s, t0, t1 in _yielding(jobs, busy) if costs.nic_shared else _fifo(jobs):
             rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
             synced[r] = max(synced[r], t1)

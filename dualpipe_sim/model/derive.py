@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
@@ -93,7 +94,7 @@ class Setup:
         """Tokens of one micro-batch on one rank of a context-parallel group."""
         return self.seq * self.mb // self.context
 
-    @property
+    @cached_property  # a pure function of the frozen fields, read per layer, module and stage
     def layout(self) -> kernels.Layout:
         return kernels.Layout(self.seq, self.mb, self.sharding.tensor, self.context, self.sharding.expert,
                               self.cfg.fp8, self.policy, self.tp_overlap, self.act_bytes,

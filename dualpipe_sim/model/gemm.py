@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Output tile shapes (rows x columns) that cuBLAS / CUTLASS heuristics choose among for large
 # tensor-core GEMMs (CUTLASS's Hopper and Ampere default tile shapes; docs/model.md).
@@ -72,6 +73,9 @@ def utilisation(m: int, n: int, sms: int, groups: int = 1) -> float:
 SCHEDULES = ("waves", "persistent", "dynamic")
 
 
+# rounds() and efficiency() are pure functions of a few numbers that the plan asks about again and
+# again (every layout's stages on fewer SMs, model/step_figures.py): kept per typed arguments.
+@lru_cache(maxsize=1 << 16, typed=True)
 def rounds(units: int, sms: int, held: int = 0, schedule: str = "dynamic") -> int:
     """Unit times a kernel of ``units`` work units, launched for ``sms`` SMs, takes on the
     ``sms - held`` SMs another kernel leaves it."""
@@ -87,6 +91,7 @@ def rounds(units: int, sms: int, held: int = 0, schedule: str = "dynamic") -> in
     return max(free)
 
 
+@lru_cache(maxsize=1 << 16, typed=True)
 def efficiency(m: int, n: int, k: int, sms: int, k_overhead: float, groups: int = 1, held: int = 0,
                schedule: str = "dynamic") -> float:  # fmt: skip
     """Share of the achievable peak: the tile shape and K split the library picks for ``sms`` SMs

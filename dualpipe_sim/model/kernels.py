@@ -1458,7 +1458,13 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
     if lay.evaluation:  # only with autograd on (fp8_autocast_exit: torch.is_grad_enabled(), v1.6rc1 to release_v2.8;
         return []       # prepare_forward: self.training, release_v0.8 and 09ba842)
     tb = Table(rates, lay, cfg)
-    linears = sum(fp8_linears(cfg, i, lay) for i in layers)
+    per_kind: dict[bool, int] = {}  # fp8_linears reads a layer only as MoE or dense
+    linears = 0
+    for i in layers:
+        moe = cfg.is_moe_layer(i)
+        if moe not in per_kind:
+            per_kind[moe] = fp8_linears(cfg, i, lay)
+        linears += per_kind[moe]
     group, per_node = lay.amax_group, min(lay.amax_group, rates.gpus_per_node)
     for comp, direction in (("mlp_forward", "forward"), ("attn_backward_input", "backward")):
         amaxes = linears * AMAXES[direction]
