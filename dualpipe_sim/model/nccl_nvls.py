@@ -12,7 +12,7 @@ from __future__ import annotations
 
 NVLINKS = 18
 # The ring graph, every group size and release read (v2.18.5 .. v2.28.3): 6 channels at 60 GB/s, doubled to 12 at 30
-# (search.cc ncclTopoDupChannels), so 360 GB/s of bus (tests/test_tp_nccl_ctas_s12m.py)
+# (search.cc ncclTopoDupChannels), so 360 GB/s of bus (tests/test_tp_nccl_ctas.py)
 RING_CHANNELS, RING_CHANNEL_BW = 12, 30.0
 # ring latency (us): baseLat and the NVLink hwLat per step, by protocol (tuning.cc, the same v2.18.5 .. v2.28.3)
 RING_LAT = {"ll": (6.6, 0.6), "ll128": (14.0, 1.9), "simple": (8.4, 3.4)}

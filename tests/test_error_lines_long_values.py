@@ -1,6 +1,6 @@
 """Over-long values echoed in error lines (s11e): every echo of a user's value goes through
 errors.shown / errors.cut (its repr cut past 80 characters to its first 60 and its length), as
-scenario keys' own errors did (tests/test_error_lines_s10i.py).  Through the CLI, as a user
+scenario keys' own errors did (tests/test_error_lines_untested_rules.py).  Through the CLI, as a user
 meets it: one line, exit 2, no traceback, nothing written."""
 
 from __future__ import annotations

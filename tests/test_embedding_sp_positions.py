@@ -18,7 +18,7 @@ transpose is already contiguous.
 Hand-worked, A100 preset (HBM 1.61e12 B/s, 2.5 us a kernel's floor; NVLink bus bandwidth from the measured
 all_reduce_perf rows, linear in log2(bytes)):
 * n21-3.6b (TP 2, micro-batch 16 x 2,048, h 3,072, fp16), run as Megatron-core with SP: the output is
-  32,768 x 3,072 x 2 = 201,326,592 B (the figures of test_tp_grad_all_reduce_s12h: bus 197.397 GB/s, all-reduce
+  32,768 x 3,072 x 2 = 201,326,592 B (the figures of test_tp_grad_all_reduce: bus 197.397 GB/s, all-reduce
   1.0199 ms, all-gather half that, 0.5100 ms).  Ids' kernels 54 x 32,768 + 8 x 32,768 / 2 = 1,900,544 B:
   6 x 2.5 us + 1.18 us = 16.18 us; masked rows 32,768 + 201,326,592 / 2 = 100,696,064 B; transpose 402,653,184 B.
 * k22-22b-seqsel (TP 8, SP, micro-batch 4 x 2,048, h 6,144, fp16): the output is 8,192 x 6,144 x 2 = 100,663,296 B
@@ -38,9 +38,9 @@ import pytest
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import derive, kernels
 
-from test_tp_grad_all_reduce_s12h import ALL_REDUCE, N21
-from test_tp_grad_all_reduce_s12h import GRAD as OUT
-from test_tp_grad_all_reduce_s12h import REDUCE_SCATTER as HALF
+from test_tp_grad_all_reduce import ALL_REDUCE, N21
+from test_tp_grad_all_reduce import GRAD as OUT
+from test_tp_grad_all_reduce import REDUCE_SCATTER as HALF
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATION = ROOT / "scenarios" / "validation"

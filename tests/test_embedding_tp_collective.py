@@ -26,9 +26,9 @@ from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import derive, kernels
 
 # the head's input gradient there is the same n x h fp16 tensor at TP 2: its figures, worked out by hand in that file
-from test_tp_grad_all_reduce_s12h import ALL_REDUCE, BUS, N21, T
-from test_tp_grad_all_reduce_s12h import GRAD as OUT
-from test_tp_grad_all_reduce_s12h import REDUCE_SCATTER as HALF  # a reduce-scatter or an all-gather
+from test_tp_grad_all_reduce import ALL_REDUCE, BUS, N21, T
+from test_tp_grad_all_reduce import GRAD as OUT
+from test_tp_grad_all_reduce import REDUCE_SCATTER as HALF  # a reduce-scatter or an all-gather
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKWARD = ("mlp_backward_input", "mlp_backward_weight")
