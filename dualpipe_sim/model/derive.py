@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
-from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, memory, params
+from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, megatron_lm, memory, params
 from . import recompute
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
@@ -666,6 +666,9 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
         rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
     if st.deepspeed_pipe and st.rates is not None:  # the engine's own work each micro-batch (deepspeed_pipe.py)
         rows += deepspeed_pipe.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head)
+    elif st.legacy and st.rates is not None:  # Megatron-LM 2021/2022's schedules, each micro-batch (megatron_lm.py)
+        rows += megatron_lm.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head,
+                                 st.sharding.data)  # fmt: skip
     return rows
 
 
