@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dualpipe_sim.cli import main
+from dualpipe_sim.errors import ScenarioError
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import collectives, derive
 
@@ -108,8 +110,31 @@ def test_pipeline_one_and_eight_per_node():
 def test_only_megatron_lm_2021_runs_it():
     bloom = _setup(ROOT / "scenarios" / "validation" / "bloom-176b.toml")  # the same runtime on DeepSpeed's engine
     assert not [k for i in range(len(bloom.stages)) for k in _rows(bloom, i) if k.name.startswith("Megatron-LM")]
-    k22 = _setup(ROOT / "scenarios" / "validation" / "k22-175b-seqsel.toml")
-    assert not [k for k in _rows(k22, 5) if "get_batch" in k.name or k.name.startswith("Megatron-LM")]
     quiet = _setup(overrides=["model.host_overhead_us=0"])
     assert not [k for k in _rows(quiet, 7) if k.kind == "host"]
     assert [k for k in _rows(quiet, 7) if k.name == "causal mask built (ones, tril, < 0.5)"]
+    # model.training_loop: "derived" follows model.runtime; set, it overrides it either way
+    core = _setup(overrides=["model.training_loop=megatron-core"])
+    assert not [k for k in _rows(core, 7) if "get_batch" in k.name or k.name.startswith("Megatron-LM")]
+    k22 = ROOT / "scenarios" / "validation" / "k22-175b-seqsel.toml"  # sets "megatron-lm-2021" on megatron-core kernels
+    rows = _rows(_setup(k22), 5)
+    assert "9 syncs" in _host(rows, "mlp_forward").shape and "4 syncs" in _host(rows, "mlp_backward_input").shape
+    off = _setup(k22, ["model.training_loop=derived"])
+    assert not [k for k in _rows(off, 5) if k.name.startswith("Megatron-LM")]
+    # no data parallelism: no loss all-reduce on the last chunk, the loss's kernels still there
+    last = {k.name for k in _rows(_setup(k22), 23)}
+    assert "loss all-reduce (data-parallel average)" not in last
+    assert "loss: masked mean, data-parallel average, / micro-batches" in last
+
+
+def test_training_loop_bad_input(capsys):
+    with pytest.raises(ScenarioError, match=r"model\.training_loop"):
+        scenario.load(N21, ["model.training_loop=megatron-lm-2022"])
+    assert main(["model", str(N21), "--set", "model.training_loop=old"]) == 2
+    err = capsys.readouterr().err
+    assert "model.training_loop" in err and "Traceback" not in err
+    bloom = ROOT / "scenarios" / "validation" / "bloom-176b.toml"
+    assert main(["model", str(bloom), "--set", "model.training_loop=megatron-lm-2021"]) == 2
+    err = capsys.readouterr().err
+    assert "model.training_loop" in err and "deepspeed-bf16" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

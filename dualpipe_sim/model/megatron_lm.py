@@ -1,5 +1,5 @@
-"""What Megatron-LM of 2021/2022 runs each micro-batch besides the layers (``model.runtime = "megatron-lm-2021"``
-under Megatron's own schedules, not DeepSpeed's engine: deepspeed_pipe.py; docs/model.md, "Megatron-LM 2021/2022,
+"""What Megatron-LM of 2021/2022 runs each micro-batch besides the layers (``model.training_loop`` resolved
+"megatron-lm-2021", never under DeepSpeed's engine: deepspeed_pipe.py; docs/model.md, "Megatron-LM 2021/2022,
 micro-batch by micro-batch").
 
 Read from NVIDIA/Megatron-LM 6985e58 (the n21 runs) and d898a89 (May 2022; the same in what follows):
