@@ -99,7 +99,9 @@ def test_first_and_last_stages_load_each_micro_batch():
 
 
 def test_only_deepspeed_runs_it_and_host_costs_follow_host_overhead():
-    assert not [k for k in derive.extra_kernels(_setup(["step.runtime=megatron"]), _setup().stages[5])]
+    # on Megatron's own schedules the same model.runtime runs Megatron-LM's rows instead (megatron_lm.py)
+    other = derive.extra_kernels(_setup(["step.runtime=megatron"]), _setup().stages[5])
+    assert other and not [k for k in other if k.name.startswith("DeepSpeed") or "clone" in k.name]
     st = _setup(["model.host_overhead_us=0"])
     assert not [k for s in st.stages for k in derive.extra_kernels(st, s) if k.kind == "host"]
     # tensor 1: no PartitionedTensor (is_model_parallel false): whole clones, the mask still sent, no syncs there

@@ -8,10 +8,11 @@ branch as merged; the same files at 8387ae1) ``pretrain_gpt.py`` (``get_batch_pi
 (``broadcast_data``), ``megatron/utils.py`` (``get_ltor_masks_and_position_ids``), ``megatron/mpu/layers.py``
 (``VocabParallelEmbedding.forward``) and ``megatron/model/gpt_model.py`` (``GPTModelPipe``):
 
-* the first and the last stage load every micro-batch (``LoadMicroBatch`` -> ``get_batch_pipe``): the sizes and the
-  tokens broadcast over the tensor group, the labels and tokens sliced into copies, the s x s causal mask built in
-  fp32 and compared (``ones``, ``tril``, ``< 0.5``), the loss mask and positions; the first stage clones the inputs
-  twice (``LoadMicroBatch``, then ``_exec_forward_pass``) and its embedding checks ``torch.any(ids >= V)``;
+* the first and the last stage load every micro-batch (``LoadMicroBatch`` -> ``get_batch_pipe``, get_batch.py): the
+  sizes and the tokens broadcast over the tensor group, the labels and tokens sliced into copies, the s x s causal
+  mask built in fp32 and compared (``ones``, ``tril``, ``< 0.5``), the loss mask and positions; the first stage
+  clones the inputs twice (``LoadMicroBatch``, then ``_exec_forward_pass``) and its embedding checks
+  ``torch.any(ids >= V)``;
 * the attention mask travels with the activation (GPTModelPipe has no precomputed ``args.attn_mask``): each stage
   boundary sends it (one byte an element) after the activation, every receiver clones it twice;
 * with tensor parallelism the boundary tensors are ``PartitionedTensor``\\ s: the sender clones its 1/t part and sends
@@ -29,10 +30,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import collectives, host
+from . import collectives, get_batch, host
 from .kernels import Kernel, Table
 
-SIZES_BYTES = 5 * 8  # megatron/mpu/data.py _MAX_DATA_DIM int64 sizes for the one key ('text')
 # PartitionedTensor.to_meta of a 3-D tensor: [ndims, 3 sizes, num_parts, rank, the t + 1 partition offsets], int64
 META_FIXED = 1 + 3 + 2 + 1
 
@@ -57,27 +57,15 @@ def rows(tb: Table, first: bool, last: bool) -> list[Kernel]:
     fwd: list[list[host.Step]] = []
     back: list[list[host.Step]] = []
     if first or last:
-        # a sub-latency broadcast is timed as the smallest measured NVLink collective (collectives.time)
-        sizes = tb.comm("sizes broadcast (get_batch_pipe)", fw, "all_gather", SIZES_BYTES, t, "nvlink")
-        tokens = tb.comm("tokens broadcast (get_batch_pipe)", fw, "all_gather", lay.micro_batch * (s + 1) * 8, t,
-                         "nvlink")  # fmt: skip
-        g = tb.memory("labels and tokens copies", fw, 2 * 2 * n * 8, 2)
-        # ones (fp32 write 4), tril (4 + 4), < 0.5 (4 + 1) a mask element; the loss mask ones, the positions arange
-        g += tb.memory("causal mask built (ones, tril, < 0.5)", fw, 17 * mask, 3)
-        g += tb.memory("loss mask and positions", fw, 4 * n + 8 * s, 2)
-        ops = 1 + 2 + 5  # the tokens' broadcast, the two copies, the masks' and positions' kernels
+        seg = get_batch.load(tb, fw, fn="get_batch_pipe")
         if first:  # tokens, positions, mask cloned by LoadMicroBatch and again by _exec_forward_pass
-            g += tb.memory("input clones (load and forward)", fw, 2 * (2 * (16 * n) + 2 * mask), 6)
+            g = tb.memory("input clones (load and forward)", fw, 2 * (2 * (16 * n) + 2 * mask), 6)
             # VocabParallelEmbedding: if torch.any(input_ >= num_embeddings): raise  (read 8, write 1; read 1)
             g += tb.memory("input ids checked (>= V, any)", fw, 10 * n, 2)
-            ops += 6 + 2 + 1  # the clones, the check's two kernels, the bool's device-to-host copy
-        seg = [host.Step("sizes to the GPU (H2D copy, synchronised)", 0, 0.0, sync=True),
-               host.Step("sizes broadcast, .cpu()", 2, sizes, sync=True),
-               host.Step("tokens .cuda() (tensor rank 0, synchronised)", 1, 0.0, sync=True),
-               host.Step("tokens broadcast, copies, masks, positions" + (", clones, id check" if first else ""),
-                         ops, tokens + g, sync=first)]  # fmt: skip
-        if first and t > 1:  # then the embedding's six launch-bound vocabulary-mask kernels (kernels.embedding)
-            seg.append(host.Step("vocabulary mask kernels", 6, 6 * tb.r.floor))
+            # the clones, the check's two kernels, the bool's device-to-host copy; then the bool read: a sync
+            seg[-1] = replace(seg[-1], label=seg[-1].label + ", clones, id check", ops=seg[-1].ops + 6 + 2 + 1,
+                              seconds=seg[-1].seconds + g, sync=True)  # fmt: skip
+            seg += get_batch.vocab_masks(tb)
         fwd.append(seg)
     if not first:  # RecvActivation's clones, _exec_forward_pass's clones; then from_meta's tolist and full()
         tb.memory("received activation and mask clones (recv, forward)", fw, 2 * (2 * part + 2 * mask),
@@ -106,8 +94,8 @@ def rows(tb: Table, first: bool, last: bool) -> list[Kernel]:
         tb.memory("input gradient partition clone", bw, 2 * part)
         _send(tb, "gradient meta send", bw, meta_bytes(t))
         back.append([host.Step("meta to the GPU (to_meta, synchronised)", 0, 0.0, sync=True)])
-    _host(tb, fw, fwd)
-    _host(tb, bw, back)
+    tb.host_share("DeepSpeed pipe: host launches and syncs", fw, fwd)
+    tb.host_share("DeepSpeed pipe: host launches and syncs", bw, back)
     return tb.rows
 
 
@@ -126,16 +114,3 @@ def _send(tb: Table, name: str, comp: str, nbytes: float) -> None:
     secs = collectives.p2p(nbytes, tb.r, "nic")
     tb.rows.append(Kernel(f"DeepSpeed pipe: {name}", comp, "comm", f"send {nbytes / 1e6:.3g} MB (nic)", 0.0, nbytes,
                           secs, "communication"))  # fmt: skip
-
-
-def _host(tb: Table, comp: str, segments: list[list[host.Step]]) -> None:
-    """The host's share of a pass: each segment replayed from the sync that starts it (host.replay), to the first
-    launch of the long kernels after it; beyond the segments' own GPU time."""
-    if tb.lay.host_op <= 0 or not segments:
-        return
-    secs = sum(host.replay(seg + [host.Step("next launch", 1, 0.0)], tb.lay.host_op) - sum(x.seconds for x in seg)
-               for seg in segments)  # fmt: skip
-    calls = sum(x.ops for seg in segments for x in seg)
-    syncs = sum(x.sync for seg in segments for x in seg)
-    tb.rows.append(Kernel("DeepSpeed pipe: host launches and syncs", comp, "host",
-                          f"{calls} calls x {tb.lay.host_op * 1e6:.3g} us, {syncs} syncs", 0.0, 0.0, secs, "host"))

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
-from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, memory, params
+from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, megatron_lm, memory, params
 from . import recompute
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
@@ -81,6 +81,7 @@ class Setup:
     embedding_grad: float = 0.0  # the embedding's per-micro-batch .grad hand-off, bytes an element (embedding_grad_bytes)
     embed_layernorm: bool = False  # model.embed_layernorm
     deepspeed_pipe: bool = False  # step.runtime = "deepspeed-bf16": DeepSpeed's pipeline engine (deepspeed_pipe.py)
+    megatron_lm_loop: bool = False  # model.training_loop resolved "megatron-lm-2021" (megatron_lm.py)
     # hardware.gpu_variability on: (spread, GPUs of the run, factor every kernel takes); None: off (gpu_spread.py)
     gpu_spread: tuple[str, int, float] | None = None
 
@@ -356,7 +357,19 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_copy=grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario),
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
                  deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
-                 gpu_spread=spread)  # fmt: skip
+                 megatron_lm_loop=training_loop(scenario), gpu_spread=spread)  # fmt: skip
+
+
+def training_loop(scenario) -> bool:
+    """model.training_loop resolved: does Megatron-LM 2021/2022's loop run the micro-batches (megatron_lm.py)?
+    "derived": model.runtime's; never under DeepSpeed's pipeline engine, which runs its own (deepspeed_pipe.py)."""
+    m = scenario.model
+    deepspeed = scenario.step is not None and scenario.step.runtime == "deepspeed-bf16"
+    if m.training_loop == "megatron-lm-2021" and deepspeed:
+        raise ModelError('model.training_loop: not "megatron-lm-2021" with step.runtime = "deepspeed-bf16" (DeepSpeed\'s '
+                         "pipeline engine runs the micro-batches)")
+    loop = m.runtime if m.training_loop == "derived" else m.training_loop
+    return loop == "megatron-lm-2021" and not deepspeed
 
 
 def force_balance(cfg: ModelConfig, m) -> bool:
@@ -666,6 +679,9 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
         rows += kernels.mtp_module(st.cfg, st.rates, st.layout)
     if st.deepspeed_pipe and st.rates is not None:  # the engine's own work each micro-batch (deepspeed_pipe.py)
         rows += deepspeed_pipe.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head)
+    elif st.megatron_lm_loop and st.rates is not None:  # Megatron-LM 2021/2022's schedules, each micro-batch (megatron_lm.py)
+        rows += megatron_lm.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head,
+                                 st.sharding.data)  # fmt: skip
     return rows
 
 

@@ -65,6 +65,13 @@ def replay(steps: list[Step], per_op: float, wait: float = SYNC_WAIT) -> float:
     return max(host, gpu)
 
 
+def segments(steps: list[list[Step]], per_op: float) -> tuple[float, int, int]:
+    """(seconds the host adds, calls, syncs) over stretches that each start at a sync and end where a long kernel
+    takes over again: each replayed with that kernel's launch after it, beyond the stretch's own GPU time."""
+    secs = sum(replay(seg + [Step("next launch", 1, 0.0)], per_op) - sum(x.seconds for x in seg) for seg in steps)
+    return secs, sum(x.ops for seg in steps for x in seg), sum(x.sync for seg in steps for x in seg)
+
+
 def calls(row, tensor: int, expert_streams: int, local_experts: int) -> int:
     """PyTorch calls behind one forward kernel row (``row``: a kernels.Kernel)."""
     if row.kind == "gemm" and row.name.startswith("experts "):

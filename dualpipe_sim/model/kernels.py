@@ -451,6 +451,15 @@ class Table:
                                 nbytes, exposed, "communication"))  # fmt: skip
         return exposed
 
+    def host_share(self, name: str, comp: str, segments: list[list[host.Step]]) -> None:
+        """The host's share of a pass: stretches from a sync to the next long kernel (host.segments), beyond their
+        own GPU time; nothing without a per-call host time (``host_op``)."""
+        if self.lay.host_op <= 0 or not segments:
+            return
+        secs, calls, syncs = host.segments(segments, self.lay.host_op)
+        self.rows.append(Kernel(name, comp, "host", f"{calls} calls x {self.lay.host_op * 1e6:.3g} us, {syncs} syncs",
+                                0.0, 0.0, secs, "host"))  # fmt: skip
+
     def cast(self, name: str, comp: str, elems: float, groups: int = 1) -> None:
         """FP8 cast + transpose of one bf16 tensor in one kernel (Transformer Engine's cast_transpose: read 2 B,
         write 1 B twice; without transposes, write once); with current scaling its amax pass first (``groups``:
