@@ -148,8 +148,13 @@ def test_overlap_param_gather_with_optimizer_step_by_hand():
 def test_overlap_with_optimizer_step_splits_the_fp8_cast():
     # two dense optimizers (chunk 0's and the rest's): two amax all-reduces and two sets of fixed launches; each rank's
     # FP8 weights: 7 per layer (qkv, proj, fc1, fc2 as TE counts them: kernels.fp8_linears), held by the figure
-    sc = _load("mlperf50-llama405b-512", ["step.overlap_param_gather_with_optimizer_step=true"])
-    base = _load("mlperf50-llama405b-512", ["step.overlap_param_gather_with_optimizer_step=false"])
+    # both as 12 equal buckets a chunk, so that only the optimizer split differs (the derived rule fills stage 0 by
+    # size without the flag and not with it: test_ddp_bucket_chunks.py)
+    raw = scenario.load_raw(FOLDER / "mlperf50-llama405b-512.toml")
+    del raw["step"]["ddp_bucket_size"]
+    raw["step"]["grad_sync_buckets"] = 12
+    sc = scenario.read(raw, ["step.overlap_param_gather_with_optimizer_step=true"])
+    base = scenario.read(raw, ["step.overlap_param_gather_with_optimizer_step=false"])
     st = base.derived().setup
     on = step_figures.fp8_master_cast_ms(sc, sc.derived().setup)
     off = step_figures.fp8_master_cast_ms(base, st)

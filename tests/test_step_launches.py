@@ -216,8 +216,8 @@ def test_two_optimizers_with_the_param_gather_overlapped_by_hand():
 def test_only_the_first_chunk_is_filled_into_buckets():
     """s13i: Megatron-core's get_model builds each model chunk's DDP with disable_bucketing=(model_chunk_idx > 0):
     with derived buckets the first chunk fills buckets of bucket_size elements (8B: 40 M over 32 data ranks), every
-    other chunk's buffer is one bucket.  (Later training.py also disables it on the first chunk with
-    overlap_param_gather_with_optimizer_step; shard_pieces keeps the fill rule there.)"""
+    other chunk's buffer is one bucket.  (With overlap_param_gather_with_optimizer_step the first chunk is one bucket a
+    buffer too, and DDP does not bucket pipeline ranks > 0: tests/test_ddp_bucket_chunks.py.)"""
     raw = tomllib.loads(EIGHT_B.read_text())
     raw["step"]["grad_sync_buckets"] = "derived"
     sc = scenario_mod.read(raw)

@@ -86,6 +86,8 @@ def test_pipeline_ranks_count_in_the_world_and_the_norm_is_once_a_rank(monkeypat
     with_parts = step_figures.derived_sync(sc, "optimizer", d)
     norm = step_figures.grad_norm_all_reduce_ms(sc, st)
     zeros = [step_figures.grad_zero_ms(st, f) for f in d.stages]
+    counted = step_figures.shard_counted(sc, st)  # the shard's pieces (FP8 cast launches) kept as they are
     monkeypatch.setattr(step_figures, "megatron_core_optimizer", lambda _: False)
+    monkeypatch.setattr(step_figures, "shard_counted", lambda *_: counted)
     without = step_figures.derived_sync(sc, "optimizer", d)
     assert with_parts == pytest.approx([w + z + norm * s for w, z, s in zip(without, zeros, shares)], rel=1e-12)

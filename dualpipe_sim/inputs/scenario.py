@@ -179,6 +179,9 @@ class Step(_Section):
     optimizer: Union[PerStageNonNeg, Literal["derived"], None] = None
     # a copy's grad sync in n equal parts; "derived": Megatron-core's DDP buckets (model/ddp_buckets.py)
     grad_sync_buckets: Union[Annotated[int, Field(ge=1, le=1000)], Literal["derived"]] = "derived"
+    # Megatron-core's --ddp-bucket-size (NeMo's ddp bucket_size): elements a bucket is filled to where its DDP
+    # buckets (model/ddp_buckets.py fill_size); None: its default, max(40 M, 1 M x data).  Needs "derived" buckets
+    ddp_bucket_size: Annotated[int, Field(ge=1, le=10**12)] | None = None
     # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
     overlap_param_gather: bool | None = None
     # whose overlapped parameter all-gather the step's start waits for (model/step_figures.py): Megatron-core's
@@ -228,7 +231,7 @@ class Step(_Section):
     def _held_once(cls, v):
         return once(v)
 
-    @field_validator("dp_comm_sms", mode="before")
+    @field_validator("dp_comm_sms", "ddp_bucket_size", mode="before")
     @classmethod
     def _whole_sms(cls, v):
         return Pipeline._whole(v)
@@ -354,6 +357,9 @@ class Scenario(_Section):
                                 "(Megatron: --overlap-param-gather needs --overlap-grad-reduce)")
         if st.overlap_param_gather_with_optimizer_step:
             self._check_gather_with_optimizer()
+        if st.ddp_bucket_size is not None and st.grad_sync_buckets != "derived":
+            raise ScenarioError('step.ddp_bucket_size: is the size Megatron-core fills buckets to; it needs '
+                                'step.grad_sync_buckets = "derived"')
         if st.fp32_embedding_grads and (st.param_gather != "apex" or st.grad_sync != "derived"):
             raise ScenarioError('step.fp32_embedding_grads: is NeMo\'s on apex\'s DistributedFusedAdam; it needs '
                                 'step.param_gather = "apex" and step.grad_sync = "derived"')

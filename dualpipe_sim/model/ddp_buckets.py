@@ -2,14 +2,20 @@
 
 Megatron-core (NVIDIA/Megatron-LM @ d98e8a6, the same @ 1e05700; docs/model.md, "What the defaults
 describe"): with --overlap-grad-reduce a bucket holds at least ``max(40e6, 1e6 x data)`` elements
-(``distributed_data_parallel.py``; ``data`` without context ranks), filled by walking the parameters in
-reverse registration order and closed at the first parameter that takes it to that size
-(``param_and_grad_buffer.py``); only the first model chunk of pipeline rank 0 is bucketed (``pp_rank > 0``
-and ``model_chunk_idx > 0`` set ``disable_bucketing``): every other stage is one bucket, and so is every
-stage without the overlap.  With the distributed optimizer a tied embedding that is shared with a later
-stage starts a bucket of its own (``_does_param_require_new_bucket``).  Routed experts sit in a buffer of
-their own, reduced over the expert-data ranks: not counted here (the dense buffer's buckets are the ones
-``step_figures`` times as NCCL rings).
+(``distributed_data_parallel.py``; ``data`` without context ranks; --ddp-bucket-size: step.ddp_bucket_size),
+filled by walking the parameters in reverse registration order and closed at the first parameter that takes
+it to that size (``param_and_grad_buffer.py``).  Which model chunks are bucketed (fill_size): DDP itself sets
+``bucket_size = None`` on every pipeline rank but the first (``distributed_data_parallel.py`` @ 5d745a7
+lines 65-66, core_r0.11.0 lines 75-76, 1e05700 lines 186-187, d339190 lines 124-125, d98e8a6 line 170),
+and ``get_model`` passes ``disable_bucketing=(model_chunk_idx > 0)`` (5d745a7 on), ``or
+overlap_param_gather_with_optimizer_step`` from the commit that added that flag (4e38405, Aug 2024:
+core_r0.9.0 on; ``training.py`` @ 1e05700 lines 1138-1139, d339190 lines 995-996; NeMo v2.2.0
+``megatron_parallel.py`` lines 648-652): so only stage 0 (pipeline rank 0's first chunk) is filled by
+size, and not even it with that flag.  An unbucketed chunk is one bucket a buffer (with FP8 parameters
+the uint8 and the 16-bit buffers: two).  With the distributed optimizer a tied embedding that is shared
+with a later stage starts a bucket of its own (``_does_param_require_new_bucket``).  Routed experts sit in
+a buffer of their own, reduced over the expert-data ranks: not counted here (the dense buffer's buckets
+are the ones ``step_figures`` times as NCCL rings).
 
 Parameters at the granularity of Megatron's Transformer-Engine modules, in the order a layer registers them
 (``Attention`` makes ``linear_proj`` before ``SelfAttention`` makes ``linear_qkv``): the output projection,
@@ -113,9 +119,24 @@ def stage_zero_tensors(cfg, stage, t: int) -> list[int]:
     return tensors
 
 
+def fill_size(step, s: int, data: int) -> int | None:
+    """The size (elements) Megatron-core's DDP fills stage copy ``s``'s buffers into buckets by (step.ddp_bucket_size,
+    else its default), or None where it makes each buffer one bucket: every copy but stage 0 (pipeline rank > 0 or
+    model chunk > 0), and stage 0 too with step.overlap_param_gather_with_optimizer_step (``disable_bucketing``)."""
+    if s != 0 or step.overlap_param_gather_with_optimizer_step:
+        return None
+    return step.ddp_bucket_size or bucket_size(data)
+
+
+def shared_embedding(cfg, where, sh) -> bool:
+    """A tied word embedding shared with a later stage under the distributed optimizer: a bucket of its own."""
+    return where.embedding and not where.head and cfg.tie_word_embeddings and sh.zero >= 1
+
+
 def per_stage(scenario, derived=None) -> tuple[int, ...]:
     """``step.grad_sync_buckets`` per stage: as given, or "derived" by Megatron-core's rule (1 per stage
-    without [model], without the overlap or with DeepSpeed's end of step)."""
+    without [model], without the overlap or with DeepSpeed's end of step): its buffers' buckets as
+    gather_groups cuts them at fill_size."""
     step, stages = scenario.step, scenario.pipeline.stages
     if step is None:
         return (1,) * stages
@@ -124,10 +145,17 @@ def per_stage(scenario, derived=None) -> tuple[int, ...]:
     if scenario.model is None or not step.overlap_grad_sync or step.runtime != "megatron":
         return (1,) * stages
     st = (scenario.derived() if derived is None else derived).setup
-    sh, first = st.sharding, st.stages[0]
-    shared = first.embedding and not first.head and st.cfg.tie_word_embeddings and sh.zero >= 1
-    n = count(stage_zero_tensors(st.cfg, first, sh.tensor)[::-1], bucket_size(sh.data), split_last=shared)
-    return (max(1, n),) + (1,) * (stages - 1)
+    sh, fp8 = st.sharding, scenario.model.fp8_params
+    out = []
+    for s, where in enumerate(st.stages):
+        size, shared = fill_size(step, s, sh.data), shared_embedding(st.cfg, where, sh)
+        if size is None and not fp8 and not shared:  # one buffer, one bucket
+            out.append(1)
+            continue
+        groups = gather_groups(stage_zero_tensors(st.cfg, where, sh.tensor), stage_zero_linears(st.cfg, where),
+                               None, size, fp8, shared)  # fmt: skip
+        out.append(max(1, sum(g[3] for g in groups)))
+    return tuple(out)
 
 
 def _equal(tensors: list[int], members: list[int], n: int) -> list[tuple[int, int, int]]:
@@ -145,9 +173,10 @@ def _equal(tensors: list[int], members: list[int], n: int) -> list[tuple[int, in
     return out
 
 
-def _filled(tensors: list[int], members: list[int], size: int, split_first: bool = False) -> list[tuple[int, int, int]]:
+def _filled(tensors: list[int], members: list[int], size: int | None,
+            split_first: bool = False) -> list[tuple[int, int, int]]:
     """``members`` bucketed by Megatron's fill rule (walked backwards, a bucket closed at the tensor that
-    brings it to ``size``; ``split_first``: the forward's first, a shared embedding, in a bucket of its own):
+    brings it to ``size``; None: never, one bucket; ``split_first``: the forward's first, a shared embedding, in a bucket of its own):
     (forward position of its first tensor, elements, 1) per bucket, forward order."""
     start = [0, *accumulate(tensors)]
     out, filled, first = [], 0, None
@@ -156,7 +185,7 @@ def _filled(tensors: list[int], members: list[int], size: int, split_first: bool
             out.append((start[first], filled, 1))
             filled = 0
         filled, first = filled + tensors[i], i
-        if filled >= size:
+        if size is not None and filled >= size:
             out.append((start[first], filled, 1))
             filled = 0
     if filled:
@@ -164,13 +193,14 @@ def _filled(tensors: list[int], members: list[int], size: int, split_first: bool
     return out[::-1]
 
 
-def gather_groups(tensors: list[int], linears: list[bool], buckets: int | None, size: int,
+def gather_groups(tensors: list[int], linears: list[bool], buckets: int | None, size: int | None,
                   fp8_params: bool, split_first: bool = False) -> list[tuple[int, int, int, int]]:
     """Stage 0's parameter all-gather bucket groups in the order Megatron-core gathers them (the forward's):
     (forward position of the group's first parameter in elements, 16-bit elements, FP8 elements, buckets).
 
     ``buckets``: the given count, as that many equal buckets (of the FP8 parameters with ``fp8_params``);
-    None: Megatron's fill rule at ``size`` elements (``split_first`` as ``count``'s ``split_last``).  Without FP8 parameters every bucket is a group of its
+    None: Megatron's fill rule at ``size`` elements (``split_first`` as ``count``'s ``split_last``; ``size`` None:
+    one bucket a buffer, fill_size's unbucketed chunk).  Without FP8 parameters every bucket is a group of its
     own; with them the FP8 weights sit in a uint8 buffer of their own and every bucket of the 16-bit buffer
     joins the group holding the forward's first FP8 bucket (param_and_grad_buffer.py ``partition_buckets``,
     case 3), which is gathered first."""

@@ -937,18 +937,20 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     return chained_wait_ms(gathers, computes) + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
 
 
-def _bucket_groups(scenario, st, where, stage, buckets: int) -> tuple[list[int], list[tuple[int, float, float, int]]]:
-    """Stage 0's dense tensors (ddp_buckets.stage_zero_tensors) and Megatron-core's bucket groups of them in the
-    forward's order (ddp_buckets.gather_groups: the given ``step.grad_sync_buckets`` as equal buckets, or "derived"
-    by Megatron's fill rule), each as (forward position, 16-bit elements, FP8 elements, buckets), the elements scaled
+def _bucket_groups(scenario, st, where, stage, buckets: int,
+                   s: int = 0) -> tuple[list[int], list[tuple[int, float, float, int]]]:
+    """Stage copy ``s``'s dense tensors (ddp_buckets.stage_zero_tensors) and Megatron-core's bucket groups of them in
+    the forward's order (ddp_buckets.gather_groups: the given ``step.grad_sync_buckets`` as equal buckets, or
+    "derived" by Megatron's fill rule at ddp_buckets.fill_size), each as (forward position, 16-bit elements, FP8 elements, buckets), the elements scaled
     to the stage's dense parameters / tensor as param_gather_ms counts them."""
     cfg, sh = st.cfg, st.sharding
     fp8 = scenario.model.fp8_params
     tensors = ddp_buckets.stage_zero_tensors(cfg, where, sh.tensor)
     given = None if scenario.step.grad_sync_buckets == "derived" else buckets
-    shared = where.embedding and not where.head and cfg.tie_word_embeddings
-    groups = ddp_buckets.gather_groups(tensors, ddp_buckets.stage_zero_linears(cfg, where), given,
-                                       ddp_buckets.bucket_size(sh.data), fp8, shared)  # fmt: skip
+    shared = ddp_buckets.shared_embedding(cfg, where, sh)  # Megatron splits it under the distributed optimizer only
+    size = ddp_buckets.fill_size(scenario.step, s, sh.data)
+    groups = ddp_buckets.gather_groups(tensors, ddp_buckets.stage_zero_linears(cfg, where), given, size, fp8,
+                                       shared)  # fmt: skip
     linear = fp8_param_elements(st, where)[0] if fp8 else 0.0
     wide_all, narrow_all = sum(g[1] for g in groups), sum(g[2] for g in groups)
     wide = (stage.dense_params / sh.tensor - linear) / wide_all if wide_all else 0.0
@@ -983,7 +985,7 @@ def grad_sync_shares(scenario, derived=None, memo: dict | None = None) -> tuple[
         if buckets[s] <= 1 or not where.layers:
             out.append(())
             continue
-        groups = _bucket_groups(scenario, st, where, stage, buckets[s])[1]
+        groups = _bucket_groups(scenario, st, where, stage, buckets[s], s)[1]
         times = [_sync_ms(st, "grad_sync", (w + n) * st.sharding.grads_bytes, 0.0, buckets=b) for _, w, n, b in groups]
         out.append(tuple(t / sum(times) for t in reversed(times)) if len(times) > 1 and sum(times) > 0 else ())
     return tuple(out) if any(out) else ()
