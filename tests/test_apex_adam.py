@@ -116,7 +116,8 @@ def test_nemo_fp8_and_16_bit_buckets_by_hand():
 
 def test_overlap_param_gather_with_optimizer_step_by_hand():
     # MLPerf v5.0 Llama 3.1 405B on 512 H100: TP 8, PP 8 x 8 chunks, DP 4 x CP 2 (the distributed optimizer's 8).
-    # Rank 0 steps chunk 0's optimizer, launches its whole gather (one bucket: disable_bucketing), then steps its other
+    # Rank 0 steps chunk 0's optimizer, launches its whole gather (one group, disable_bucketing: one bucket a buffer, the
+    # FP8 uint8 and the 16-bit: 2 all-gathers, s13o), then steps its other
     # 7 chunks' Adam (2 layers each: 2 x (3,187,703,808 + 7 x 2h, the two RMSNorms whole on each of the 8 tensor ranks)
     # / TP 8 / 8 = 99,622,912 shard elements x 44 B + one launch):
     # the next step's first forward waits for what of the gather outlasts them
@@ -133,7 +134,8 @@ def test_overlap_param_gather_with_optimizer_step_by_hand():
     beside = 7 * (shard * 44 / H100_HBM + FLOOR) * 1e3
     assert beside == pytest.approx(10.7932, rel=1e-4)
     assert step_figures.optimizer_overlap_ms(sc, d) == pytest.approx(beside, rel=1e-12)
-    whole = step_figures.start_gather_ms(st, d.stages[0], 1, step_figures.fp8_param_elements(st, st.stages[0]))
+    assert ddp_buckets.per_stage(sc)[0] == 2
+    whole = step_figures.start_gather_ms(st, d.stages[0], 2, step_figures.fp8_param_elements(st, st.stages[0]))
     assert whole > beside
     assert step_figures.step_start_ms(sc, d) == pytest.approx(whole - beside, rel=1e-12)
     # off, chunk 0's whole gather in its 12 buckets is waited for: more than with the flag

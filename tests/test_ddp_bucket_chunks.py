@@ -42,6 +42,7 @@ def _layout(split: bool, fp8: bool = True, tied: bool = False, size: int | None 
     raw["pipeline"].update(schedule="interleaved-1f1b", stages=4, chunks_per_rank=2, microbatches=4)
     raw["step"].update(grad_sync_buckets="derived", overlap_param_gather=True,
                        overlap_param_gather_with_optimizer_step=split)
+    raw["step"].pop("ddp_bucket_size", None)  # the file's 134,217,728: the patched default here unless given
     if size is not None:
         raw["step"]["ddp_bucket_size"] = size
     sc = scenario_mod.read(raw)
@@ -114,7 +115,32 @@ def test_given_bucket_size_fills_stage_zero_only():
 def test_bucket_size_refused_with_a_given_count(tmp_path, capsys):
     from dualpipe_sim.cli import main
     out = tmp_path / "out"
-    code = main(["run", str(EIGHT_B), "--set", "step.ddp_bucket_size=200", "--out", str(out), "--plots", "none"])
+    code = main(["run", str(EIGHT_B), "--set", "step.grad_sync_buckets=34", "--set", "step.ddp_bucket_size=200",
+                 "--out", str(out), "--plots", "none"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists() and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "step.ddp_bucket_size" in err and 'step.grad_sync_buckets = "derived"' in err
+
+
+def test_unbucketed_fp8_first_chunk_gathers_two_buckets():
+    # s13o: with the gather in the optimizer step the first chunk is unbucketed but still one bucket a buffer: FP8
+    # parameters make two (uint8 and 16-bit), one group (partition_buckets case 1) whose start_param_sync issues one
+    # all-gather a bucket in one coalescing manager (param_and_grad_buffer.py @ core_r0.11.0 lines 193-203, 788-800).
+    # The v5.0 405B row at 8,192 GPUs (DP 8 over 8 nodes' NICs, one rank a node): two rings pay the ring's latency twice
+    from dualpipe_sim.model import collectives
+
+    sc = scenario_mod.load(EIGHT_B.parent / "mlperf50-llama405b-8192.toml")
+    assert sc.step.overlap_param_gather_with_optimizer_step and sc.model.fp8_params
+    assert ddp_buckets.per_stage(sc)[0] == 2
+    derived = sc.derived()
+    st = derived.setup
+    first = step_figures.apex_stage(sc, st, st.stages[0], derived.stages[0])
+    fp8 = step_figures.fp8_param_elements(st, st.stages[0])
+    sh = st.sharding
+    # the gather's bytes by hand: dense parameters / tensor at 2 bytes, the FP8 linear weights at 1
+    nbytes = first.dense_params / sh.tensor * 2 - fp8[0]
+    per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
+    one, two = (collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, b) * 1e3 for b in (1, 2))
+    assert two > one  # one more ring latency
+    wait = step_figures.step_start_ms(sc, derived) + step_figures.optimizer_overlap_ms(sc, derived)
+    assert wait == pytest.approx(two, rel=1e-9) and wait != pytest.approx(one, rel=1e-9)

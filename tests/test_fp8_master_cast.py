@@ -57,8 +57,31 @@ def _most_fp8_weights(sizes, buckets, ranks):
 EIGHT_B_FP8 = [PROJ, QKV, FC1, FC2] * 32
 
 
+def _most_in_buckets(buckets, ranks):
+    """As _most_fp8_weights, for buckets given as lists of weight sizes (forward order): each bucket's range split
+    evenly over ``ranks``, a weight counted when the rank's range meets it."""
+    most = 0
+    for r in range(ranks):
+        met = 0
+        for sizes in buckets:
+            total, start = sum(sizes), 0
+            lo, hi = r * total // ranks, (r + 1) * total // ranks
+            for n in sizes:
+                met += start < hi and start + n > lo
+                start += n
+        most = max(most, met)
+    return most
+
+
+# s13o: the rows' derived buckets (tests/test_make_validation.py): layer 0's proj + qkv; 31 x one layer's fc1 + fc2
+# with the next layer's proj + qkv; layer 31's fc1 + fc2.  Every rank's range of a 4-weight bucket meets 2 of them
+# (fc1 holds the first 117.4 M of 218.1 M: the ranges of 64 cross a weight's edge in each), so 64 of the 128
+EIGHT_B_DERIVED = [[PROJ, QKV]] + [[FC1, FC2, PROJ, QKV]] * 31 + [[FC1, FC2]]
+
+
 def test_busiest_rank_meets_40_of_the_8b_weights():
-    assert _most_fp8_weights(EIGHT_B_FP8, 34, 64) == 40
+    assert _most_fp8_weights(EIGHT_B_FP8, 34, 64) == 40  # 34 equal buckets, the rows' count before s13o
+    assert sum(map(len, EIGHT_B_DERIVED)) == 128 and _most_in_buckets(EIGHT_B_DERIVED, 64) == 64
     # one bucket per weight would give every rank a piece of each: the upper bound the model had before s12g
     assert _most_fp8_weights([10] * 4, 4, 3) == 4
     # one bucket of 4 equal weights over 4 ranks: one weight each
@@ -99,16 +122,18 @@ def test_llama8b_b200_optimizer_cast_by_hand(monkeypatch):
     # beside its 4 kernel floors (bf16 copy, zero amax, amax, cast): 10 us
     fc2 = FC2 / 64 * 5
     assert fc2 == 4_587_520 and fc2 / B200_HBM == pytest.approx(0.6746e-6, rel=1e-3)
-    # the rank's shard: 109,051,904 elements x 5 B = 545,259,520 B -> 80.19 us; the busiest rank has pieces of 40
-    # of the 128 weights (cast_master_weights_to_fp8 launches nothing for a weight without one: s12g):
-    # 40 x 4 + 5 fixed (2 zeros, 3 scale launches of <= 48 over all 128) = 165 floors -> 412.5 us (517 before)
+    # the rank's shard: 109,051,904 elements x 5 B = 545,259,520 B -> 80.19 us; the busiest rank has pieces of 64
+    # of the 128 weights in the rows' derived buckets (40 in 34 equal ones before s13o; cast_master_weights_to_fp8
+    # launches nothing for a weight without one: s12g): 64 x 4 + 5 fixed (2 zeros, 3 scale launches of <= 48 over
+    # all 128) = 261 floors -> 652.5 us
     streamed = 32 * LAYER / 64 * 5
     assert streamed == 545_259_520
     # the amax all-reduce: 128 fp32 over 64 ranks, 8 a node (TP 1) on 8 nodes: NCCL's LL tree
     # 6.8 + 2 x ((8 - 1) x 0.6 + log2(8) x 5.0) = 45.2 us below its ring 6.6 + (126 - 16) x 1.0 + 16 x 2.7 = 159.8 us
     all_reduce = 45.2e-6
-    want = streamed / B200_HBM + (40 * 4 + 5) * FLOOR + all_reduce
-    assert want == pytest.approx(0.537885e-3, rel=1e-6)
+    assert _most_in_buckets(EIGHT_B_DERIVED, 64) == 64
+    want = streamed / B200_HBM + (64 * 4 + 5) * FLOOR + all_reduce
+    assert want == pytest.approx(0.777885e-3, rel=1e-6)
     assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
     # and it is what the step's optimizer figure gains
     with_cast = derived_sync(sc, "optimizer")
@@ -118,13 +143,13 @@ def test_llama8b_b200_optimizer_cast_by_hand(monkeypatch):
 
 def test_delayed_scaling_on_hopper_writes_the_shard_transpose():
     # the same 8B row on H200 with delayed scaling: 4 B a shard element (a transpose written), 3 kernels a weight
-    # with a piece on the rank (bf16 copy, 1 / scale, the cast with its amax; 40, the same 34 buckets over 64),
+    # with a piece on the rank (bf16 copy, 1 / scale, the cast with its amax; 64, the same derived buckets over 64),
     # 1 + 4 x 2 + 1 fixed (128 weights: two multi_tensor_scale launches per pass); the all-reduce: the H200 row's
     # DP 32 x CP 2 over 8-GPU nodes as above, 45.2 us
     sc = _load("mlperf51-llama8b-64h200", ["model.fp8_recipe=delayed"])
     st = sc.derived().setup
     assert (st.rates.hbm, st.sharding.data, st.sharding.fp8_transpose) == (H200_HBM, 64, True)
-    want = 32 * LAYER / 64 * 4 / H200_HBM + (40 * 3 + 10) * FLOOR + 45.2e-6
+    want = 32 * LAYER / 64 * 4 / H200_HBM + (64 * 3 + 10) * FLOOR + 45.2e-6
     assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
 
 

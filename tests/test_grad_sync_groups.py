@@ -39,14 +39,22 @@ def _reduce_scatter_ms(nbytes: float, rings: int, ranks: int = 256, nodes: int =
 def test_the_8b_rows_last_group_holds_the_16_bit_buffer():
     sc = scenario.load(FOLDER / "mlperf51-llama8b-256b200.toml", [])
     shares = step_figures.grad_sync_shares(sc)
-    # 34 given buckets: the FP8 linears as 34 equal buckets (as the parameter all-gather takes them), the 16-bit
-    # buffer as one more bucket in the forward's first group; released in the backward's order, that group last
-    fp8 = _reduce_scatter_ms(2 * LINEAR / 34, 1)  # 410.5 MB of bf16 gradients: 0.5636 + 0.4105 x 255/256 / 345.92 s
-    last = _reduce_scatter_ms(2 * (WIDE + LINEAR / 34), 2)  # 2,512.4 MB in two calls: 1.1272 + 7.2346 ms
-    assert fp8 == pytest.approx(1.7458, abs=1e-4) and last == pytest.approx(8.3619, abs=1e-4)
-    assert len(shares) == 1 and len(shares[0]) == 34
-    assert shares[0][:33] == pytest.approx([fp8 / (33 * fp8 + last)] * 33)
-    assert shares[0][-1] == pytest.approx(last / (33 * fp8 + last))  # 0.1267 of the stage's grad sync, not 1/34
+    # s13o: derived buckets at 134,217,728 (tests/test_make_validation.py test_v51_b200_llama8b_buckets_by_hand): the
+    # FP8 buffer in the backward's order as layer 31's fc2 + fc1 (176,160,768), 31 x one layer's qkv + proj with the
+    # next layer down's fc2 + fc1 (218,103,808), layer 0's qkv + proj (41,943,040); the 16-bit buffer's 2 buckets join
+    # that last one's group (3 calls), released at the backward's end
+    tail = (4096 * 6144 + 4096 * 4096)  # layer 0's qkv + proj
+    assert 176_160_768 + 31 * 218_103_808 + tail == LINEAR and tail == 41_943_040
+    first = _reduce_scatter_ms(2 * 176_160_768, 1)  # 352.3 MB of bf16 gradients: 0.5636 + 0.3523 x 255/256 / 345.92 s
+    mid = _reduce_scatter_ms(2 * 218_103_808, 1)
+    last = _reduce_scatter_ms(2 * (WIDE + tail), 3)  # 2,185.8 MB in three calls, still LL128 (below 2.78 GB)
+    assert first == pytest.approx(1.5781, abs=1e-4) and mid == pytest.approx(1.8197, abs=1e-4)
+    assert last == pytest.approx(1.6908 + 6.2940, abs=1e-4)
+    total = first + 31 * mid + last
+    assert len(shares) == 1 and len(shares[0]) == 33
+    assert shares[0][0] == pytest.approx(first / total)
+    assert shares[0][1:32] == pytest.approx([mid / total] * 31)
+    assert shares[0][-1] == pytest.approx(last / total)  # 0.121 of the stage's grad sync, not 1/33
     assert sum(shares[0]) == pytest.approx(1.0)
 
 
@@ -80,4 +88,4 @@ def test_explain_names_the_last_group():
 
     sc = scenario.load(FOLDER / "mlperf51-llama8b-256b200.toml", [])
     rule = next(i.rule for i in step_end.items(sc, sc.derived()) if i.figure == "grad_sync")
-    assert "partition_buckets case 3" in rule and "stage 0: 34 groups, the last 12.7%" in rule  # 0.1267, above
+    assert "partition_buckets case 3" in rule and "stage 0: 33 groups, the last 12.1%" in rule  # 0.121, above

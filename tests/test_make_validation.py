@@ -263,22 +263,42 @@ def test_v51_llama8b_layout_as_published(nodes, name, gpu, cp, dp, mbs, gbs):
 
 
 def test_v51_b200_llama8b_buckets_by_hand():
-    """Llama 3.1 8B on one rank (TP 1, one chunk): the embedding (128,256 x 4,096 = 525.3 M), 32 layers of proj
-    (16.8 M), norm, qkv (25.2 M), norm, fc1 (117.4 M), fc2 (58.7 M), the final norm and the output layer (525.3 M).
-    In reverse, buckets of 134,217,728: the output layer alone; the final norm with layer 31's fc2 and fc1
-    (176.2 M); then each layer's norms, qkv and proj (42 M) with the next layer down's fc2 and fc1 (218.1 M), 31
-    times; layer 0's attention part with the embedding: 34."""
-    h, ffn, kv = 4096, 14336, 8 * 128
-    layer = [h * h, h, (h + 2 * kv) * h, h, 2 * ffn * h, ffn * h]
-    tensors = [128256 * h] + layer * 32 + [h, 128256 * h]
-    buckets, fill = 0, 0
-    for size in tensors[::-1]:
-        fill += size
-        if fill >= 134217728:
-            buckets, fill = buckets + 1, 0
-    assert buckets == 1 + 1 + 31 + 1 and fill == 0
+    """Llama 3.1 8B on one rank (TP 1, one chunk, so stage 0 and filled by size): FP8 parameters (fp8_param_gather) put
+    the Transformer Engine linear weights in a uint8 buffer and the rest in a 16-bit one, each filled on its own
+    (distributed_data_parallel.py @ d339190 lines 163-176, the same at 4cd81e8), in reverse registration order, a
+    bucket closed at the parameter that takes it to 134,217,728 (param_and_grad_buffer.py @ d339190 lines 636-664).
+    A layer's linears: proj 16.8 M, qkv 25.2 M, fc1 117.4 M, fc2 58.7 M.  FP8 buffer in reverse: layer 31's fc2 and
+    fc1 (176.2 M) close one; then layer k's qkv and proj (41.9 M) with layer k-1's fc2 and fc1 (218.1 M), 31 times;
+    layer 0's qkv and proj stay open to the end: 33.  16-bit buffer (embedding 525.3 M, 65 norms of 4,096, the
+    output layer 525.3 M, a Megatron ColumnParallelLinear) in reverse: the output layer alone, then the norms with the
+    embedding: 2.  35 in all (s13o; was 34 equal buckets).  Padding (64-element starts, bucket ends to lcm(DP, 128,
+    2^16)) moves no boundary: the nearest bucket to the size is 41.9 + 58.7 = 100.7 M, open, then 218.1 M."""
+    h, ffn, kv, size = 4096, 14336, 8 * 128, 134217728
+    proj, qkv, fc1, fc2 = h * h, (h + 2 * kv) * h, 2 * ffn * h, ffn * h
+    assert (proj, qkv, fc1, fc2) == (16_777_216, 25_165_824, 117_440_512, 58_720_256)
+
+    def fill(reversed_sizes):
+        out, bucket = [], 0
+        for n in reversed_sizes:
+            bucket += n
+            if bucket >= size:
+                out, bucket = out + [bucket], 0
+        return out + ([bucket] if bucket else [])
+
+    fp8 = fill([fc2, fc1, qkv, proj] * 32)
+    assert fp8 == [fc2 + fc1] + [qkv + proj + fc2 + fc1] * 31 + [qkv + proj] and len(fp8) == 33
+    assert fill([128256 * h, h] + [h] * 64 + [128256 * h]) == [128256 * h, 65 * h + 128256 * h]
     for name in ("8b200", "16b200", "32b200", "64b200", "128b200", "256b200", "64b200-verda", "64h200"):
-        assert SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{name}.toml").step.grad_sync_buckets == 34
+        sc = SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{name}.toml")
+        assert sc.step.grad_sync_buckets == "derived" and sc.step.ddp_bucket_size == size
+        assert ddp_buckets.per_stage(sc) == (33 + 2,)
+        st = sc.derived().setup
+        groups = ddp_buckets.gather_groups(ddp_buckets.stage_zero_tensors(st.cfg, st.stages[0], 1),
+                                           ddp_buckets.stage_zero_linears(st.cfg, st.stages[0]), None, size, True)
+        # the groups as partition_buckets case 3 makes them (the 16-bit buckets with the forward's first FP8 one,
+        # layer 0's attention), forward order: the FP8 elements as worked above, reversed
+        assert [g[2] for g in groups] == fp8[::-1] and [g[3] for g in groups] == [3] + [1] * 32
+        assert groups[0][1] == 2 * 128256 * h + 65 * h
 
 
 @pytest.mark.parametrize("name, group", [

@@ -30,6 +30,14 @@ def _load(name, overrides=()):
     return scenario.load(FOLDER / f"{name}.toml", list(overrides))
 
 
+def _given(name, overrides=()):
+    """The row with a given step.grad_sync_buckets (in ``overrides``): its file's ddp_bucket_size, which needs
+    derived buckets, left out."""
+    raw = scenario.load_raw(FOLDER / f"{name}.toml")
+    raw["step"].pop("ddp_bucket_size", None)
+    return scenario.read(raw, list(overrides))
+
+
 def _ring_ms(nbytes: float, rings: int, ranks: int = 256, nodes: int = 32) -> float:
     """NCCL's all-gather of ``nbytes`` over ``ranks`` as ``rings`` rings: the faster of Simple and LL128."""
     simple = rings * (8.4 + (ranks - nodes) * 3.4 + (nodes - 1) * 14.0) * 1e-6 + (ranks - 1) / ranks * nbytes / BUS
@@ -67,7 +75,7 @@ def test_llama8b_three_equal_buckets_by_hand():
     # the 256-GPU row without FP8 parameters, in 3 equal buckets (floor(k x P / 3) elements apart), bf16
     # (step.dp_comm_sms = 0: the optimizer figures below compare the waits alone, without the forward slowed
     # beside the rest of the gather, test_dp_comm_sms.py)
-    sc = _load("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3", "step.dp_comm_sms=0"])
+    sc = _given("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3", "step.dp_comm_sms=0"])
     d = sc.derived()
     assert d.stages[0].dense_params == PARAMS == sum(ddp_buckets.stage_zero_tensors(d.setup.cfg, d.setup.stages[0], 1))
     cuts = [0, PARAMS // 3, 2 * PARAMS // 3, PARAMS]
@@ -84,7 +92,7 @@ def test_llama8b_three_equal_buckets_by_hand():
     assert got < sum(gathers) and got > gathers[0]
     # and the same on the run's optimizer figure (one stage, one rank): the whole wait beside the Adam step, each
     # runtime's own Adam step (apex's fused kernel: tests/test_apex_adam.py) taken off
-    apex_sc = _load("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3",
+    apex_sc = _given("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3",
                                                  "step.param_gather=apex", "step.dp_comm_sms=0"])
     apex = step_figures.derived_sync(apex_sc, "optimizer")[0]
     apex_adam = step_figures.apex_adam_ms(apex_sc, d.setup, d.setup.stages[0], d.stages[0], 1.0)[1]
@@ -101,7 +109,7 @@ def test_llama8b_three_equal_buckets_by_hand():
 
 def test_fp8_parameters_gather_one_byte_each():
     # one bucket: the whole stage in one ring, the linears at 1 byte and the rest at 2
-    sc = _load("mlperf51-llama8b-256b200", ["step.grad_sync_buckets=1"])
+    sc = _given("mlperf51-llama8b-256b200", ["step.grad_sync_buckets=1"])
     assert sc.model.fp8_params
     d = sc.derived()
     assert step_figures.fp8_param_elements(d.setup, d.setup.stages[0]) == (LINEAR, 0.0)
@@ -116,25 +124,26 @@ def test_fp8_parameters_gather_one_byte_each():
 
 
 def test_llama8b_row_waits_for_the_first_group_and_the_rest_beyond_the_forward():
-    # 34 equal FP8 buckets: the first group is the 16-bit buffer (2 bytes x WIDE) and the first FP8 bucket, 2 rings;
-    # each later group one ring of LINEAR / 34 bytes (floor cuts), after the forward over its parameters
+    # s13o: the row's derived buckets (tests/test_make_validation.py test_v51_b200_llama8b_buckets_by_hand), forward
+    # order: the first group is the 16-bit buffer's 2 buckets (2 bytes x WIDE) with the first FP8 bucket, layer 0's
+    # proj + qkv (41,943,040), 3 rings; then 31 groups of one layer's fc1 + fc2 with the next layer's proj + qkv
+    # (218,103,808) and layer 31's fc1 + fc2 (176,160,768), one ring each, each after the forward over its parameters
     sc = _load("mlperf51-llama8b-256b200")
     d = sc.derived()
-    cuts = [k * LINEAR // 34 for k in range(35)]
-    first = _ring_ms(2 * WIDE + cuts[1], 2)
-    later = [_ring_ms(b - a, 1) for a, b in zip(cuts[1:], cuts[2:])]
+    head, mid, tail = 4096 * 4096 + 6144 * 4096, 218_103_808, 176_160_768
+    assert head + 31 * mid + tail == LINEAR
+    first = _ring_ms(2 * WIDE + head, 3)
+    later = [_ring_ms(mid, 1)] * 31 + [_ring_ms(tail, 1)]
     per = d.stages[0].forward / PARAMS
-    got = step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 34)
-    # the forward from one group's first parameter to the next's runs over LINEAR / 34 linear elements and the
-    # norms (4,096 each) between them: at least the linears', at most with 4 norms more; before the second group
-    # also the embedding (128,256 x 4,096)
-    gaps = [128256 * 4096 + cuts[1]] + [b - a for a, b in zip(cuts[1:], cuts[2:-1])]
+    got = step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], ddp_buckets.per_stage(sc)[0])
+    # the forward from one group's first parameter to the next's runs over these linear elements and the norms
+    # (4,096 each) between them: at least the linears', at most with 4 norms more; before the second group also the
+    # embedding (128,256 x 4,096)
+    gaps = [128256 * 4096 + head] + [mid] * 31
     low = first + sum(max(0.0, g - (n + 4 * 4096) * per) for g, n in zip(later, gaps))
     high = first + sum(max(0.0, g - n * per) for g, n in zip(later, gaps))
     assert low <= got <= high
     assert high - low < 0.1  # ms
-    # well under the whole gather the apex rule waits for
-    assert got < 0.5 * step_figures.start_gather_ms(d.setup, d.stages[0], 34, (LINEAR, 0.0))
 
 
 def test_interleaved_megatron_core_waits_for_the_whole_first_chunk():

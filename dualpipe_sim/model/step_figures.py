@@ -808,9 +808,13 @@ def step_start_ms(scenario, derived, memo: dict | None = None) -> float:
         return start_gather_ms(st, first, bucket, fp8, extra)
     if not scenario._megatron_interleaved():
         return prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
-    if step.overlap_param_gather_with_optimizer_step:  # chunk 0 one bucket (disable_bucketing), launched mid-step
-        return max(0.0, start_gather_ms(st, first, 1, fp8) - optimizer_overlap_ms(scenario, derived))
-    return start_gather_ms(st, first, bucket, fp8)
+    whole = start_gather_ms(st, first, bucket, fp8)
+    if step.overlap_param_gather_with_optimizer_step:
+        # chunk 0 unbucketed (disable_bucketing) is still one bucket a buffer, FP8's uint8 and 16-bit: two all-gathers
+        # in one coalesced group (partition_buckets case 1, start_param_sync; core_r0.11.0 param_and_grad_buffer.py
+        # lines 193-203, 788-800), launched mid-step
+        return max(0.0, whole - optimizer_overlap_ms(scenario, derived))
+    return whole
 
 
 def _waited_before_forward(step, stage: int, start: float) -> float:
