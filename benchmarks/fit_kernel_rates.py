@@ -122,8 +122,7 @@ def main_gemm() -> None:
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))
     # Checked, not fitted: H100 SXM's best shapes under cuBLAS 12.1 / 12.4 / 12.6 (stas00/ml-engineering MAMF, short
     # runs) vs the preset, its BF16 at XLA's short-run fit
-    from dataclasses import replace
-    short_h100 = replace(rates.PRESETS["H100"], gemm_bf16=rates.SM90_BF16_SHORT_RUNS)
+    short_h100 = rates.H100_SHORT_RUNS
     for r in rows("mamf_h100_cuda_versions.csv"):
         print(check_line(r, short_h100, f"H100 SXM {r['dtype']} MAMF, CUDA {r['cuda']}", "preset (short-run BF16)"))
     b200 = rates.PRESETS["B200"]

@@ -34,12 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dualpipe_sim.inputs.scenario import sections_only  # noqa: E402
 from dualpipe_sim.model import derive, gemm  # noqa: E402
-from dualpipe_sim.model.rates import PRESETS, SM90_BF16_SHORT_RUNS  # noqa: E402
-from dataclasses import replace  # noqa: E402
+from dualpipe_sim.model.rates import H100_SHORT_RUNS, PRESETS  # noqa: E402
 
 # The sources here time a few iterations: the model with XLA's short-run BF16 GEMM fit, like for like (the H100
 # preset's BF16 peak is a sustained one; docs/model.md, the BF16 row; the tests do the same)
-PRESETS["H100"] = replace(PRESETS["H100"], gemm_bf16=SM90_BF16_SHORT_RUNS)
+PRESETS["H100"] = H100_SHORT_RUNS
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "kernels"
 

@@ -61,13 +61,10 @@ def kernel_table(path) -> list[dict]:
 def short_run_h100(monkeypatch):
     """H100's preset with XLA's short-run BF16 GEMM fit in place of its sustained peak (docs/model.md, the BF16 row),
     for checks against benchmarks that time a few iterations (a layer, a grouped GEMM), like for like."""
-    from dataclasses import replace
-
     from dualpipe_sim.model import rates
 
-    short = replace(rates.PRESETS["H100"], gemm_bf16=rates.SM90_BF16_SHORT_RUNS)
-    monkeypatch.setitem(rates.PRESETS, "H100", short)
-    return short
+    monkeypatch.setitem(rates.PRESETS, "H100", rates.H100_SHORT_RUNS)
+    return rates.H100_SHORT_RUNS
 
 
 def cli_error(tmp_path, *args: str) -> str:

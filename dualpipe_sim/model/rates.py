@@ -181,6 +181,10 @@ _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 3
                     # and sm_90's persistent schedulers are static (CUTLASS StaticPersistentTileScheduler)
                     gemm_schedule="persistent",
                     attention_seq_half_backward=780.0)  # the backward's own fit (benchmarks/fit_kernel_rates.py)
+# H100 with XLA's short-run BF16 fit: for checks against sources that time a few iterations (layers, grouped GEMMs,
+# MAMF), like for like (tests/helpers.py short_run_h100, benchmarks/te_layer_profiles.py, moe_layer_sources.py)
+H100_SHORT_RUNS = replace(_H100, gemm_bf16=SM90_BF16_SHORT_RUNS)
+
 PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
