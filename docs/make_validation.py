@@ -14,7 +14,8 @@ the scenario's `hardware.preset`.  Runs that users reported in issue threads or 
 (COMMUNITY) are a fourth table, whatever their GPU: their configs were not reviewed and some settings
 come from the code's defaults (docs/validation.md, "Community runs").  The MLPerf rows' evaluations, which run the
 forward only, are held against the model's forward in a table of their own (`eval_forward`, "Forward only").
-The page's "At a glance" table (`glance`) is read back from those tables once they are written.
+The page's "At a glance" table (`glance`) is read back from those tables once they are written, and so is the
+"GPU-to-GPU spread" table's default column (`spread`), beside the same tables made again with the spread on.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ OVERRIDES: list[str] = []  # --set KEY=VALUE: applied to every run's scenario (d
 
 
 def gpus(sc) -> int:
-    p = sc.pipeline
-    ranks = p.stages // (p.chunks_per_rank or 1) if p.schedule.startswith("interleaved") else p.stages
-    par = sc.parallel
-    return ranks * par.tensor * par.data * par.context
+    """The run's GPUs: its schedule's pipeline ranks (an interleaved or V-shaped schedule holds several stages a
+    rank) x tensor x data x context, as the model counts them (derive.run_gpus)."""
+    return derive.run_gpus(sc, sc.pipeline.stages)
 
 
 HOPPER = ("H100", "H800", "H200")  # H200: the H100 preset's kernel rates with H200's HBM
@@ -298,6 +298,36 @@ def glance(doc: str) -> str:
     return "\n".join(lines)
 
 
+# docs/validation.md, "GPU-to-GPU spread": each whole-run table's mean / worst / signed error by default (read back from
+# the table as written, like "At a glance") and with the measured spread on (the table made again, every run with SPREAD)
+SPREAD = 'hardware.gpu_variability="lonestar6-a100"'
+SPREAD_SECTION = "gpu spread"
+SPREAD_TABLES = (("A100", "validation table"), ("Hopper (H100 / H200)", "hopper table"), ("B200", "b200 table"),
+                 ("community (MoE)", "community table"))  # fmt: skip
+
+
+def with_spread() -> dict[str, str]:
+    """The SPREAD_TABLES as SECTIONS makes them, with SPREAD set on every run (after any --set)."""
+    OVERRIDES.append(SPREAD)
+    try:
+        return {name: SECTIONS[name]() for _, name in SPREAD_TABLES}
+    finally:
+        OVERRIDES.pop()
+
+
+def spread(doc: str, on: dict[str, str]) -> str:
+    """The spread section's table: per SPREAD_TABLES entry its runs and "mean / worst / signed" as the page's table
+    states them and as ``on`` (with_spread) does."""
+    lines = ["| table | runs | default: mean / worst / signed | with the spread: mean / worst / signed |",
+             "| --- | ---: | --- | --- |"]
+    for label, name in SPREAD_TABLES:
+        runs, mean, worst, signed, _ = glance_row(section(doc, name), "error")
+        runs_on, *figures, _ = glance_row(on[name], "error")
+        assert runs_on == runs, name
+        lines.append(f"| {label} | {runs} | {mean} / {worst} / {signed} | {' / '.join(figures)} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     OVERRIDES[:] = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
@@ -311,5 +341,8 @@ if __name__ == "__main__":
     text = glance(doc)
     print(text, end="\n\n")
     doc = replace(doc, GLANCE_SECTION, text)
+    text = spread(doc, with_spread())
+    print(text, end="\n\n")
+    doc = replace(doc, SPREAD_SECTION, text)
     if "--write" in args:
         DOC.write_text(doc)

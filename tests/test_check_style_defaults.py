@@ -72,12 +72,19 @@ def test_bucket_count_worked_by_hand_data_8():
     assert ddp_buckets.per_stage(scenario.from_dict(raw)) == (8, 1, 1, 1, 1, 1, 1, 1)
 
 
-def test_count_closes_at_the_parameter_that_fills_the_bucket():
-    assert ddp_buckets.count([3, 3, 3], 5) == 2  # [3, 3] | [3]
-    assert ddp_buckets.count([5, 1], 5) == 2  # [5] | [1]
-    assert ddp_buckets.count([4], 5) == 1
-    assert ddp_buckets.count([2, 2, 9], 5, split_last=True) == 2  # [2, 2] | [9]: a shared embedding alone
-    assert ddp_buckets.count([2, 2, 9], 5) == 1  # [2, 2, 9]
+def test_fill_closes_at_the_parameter_that_fills_the_bucket():
+    # ddp_buckets.fill, the rule every derived count and cut goes through: tensors in forward order, walked back;
+    # each bucket as (forward position of its first tensor, elements, 1), forward order
+    fill = ddp_buckets.fill
+    assert fill([3, 3, 3], [0, 1, 2], 5) == [(0, 3, 1), (3, 6, 1)]  # 3 + 3 = 6 >= 5 closes; [3] left
+    assert fill([1, 5], [0, 1], 5) == [(0, 1, 1), (1, 5, 1)]  # 5 reaches 5 exactly: closed (>=)
+    assert fill([4], [0], 5) == [(0, 4, 1)]
+    assert fill([9, 2, 2], [0, 1, 2], 5) == [(0, 13, 1)]  # 2 + 2 = 4, + 9 = 13 closes: one bucket
+    assert fill([9, 2, 2], [0, 1, 2], 5, frozenset({0})) == [(0, 9, 1), (9, 4, 1)]  # a shared embedding alone
+    # unbucketed (size None), the last stage's tied output weight (registered last) alone: [2, 2] | [9]
+    assert fill([2, 2, 9], [0, 1, 2], None, frozenset({2})) == [(0, 4, 1), (4, 9, 1)]
+    assert fill([2, 2, 9], [0, 1, 2], None) == [(0, 13, 1)]
+    assert fill([2, 5, 9], [0, 2], None, frozenset({1})) == [(0, 11, 1)]  # members only: 1 is another buffer's
 
 
 def test_tied_embedding_shared_with_the_last_stage_gets_its_own_bucket():

@@ -33,8 +33,9 @@ def _small_buckets(monkeypatch):
     monkeypatch.setattr(ddp_buckets, "PER_DATA_RANK", 1)
 
 
-def _layout(split: bool, fp8: bool = True, tied: bool = False, size: int | None = None):
+def _layout(split: bool, fp8: bool = True, tied: bool = False, size: int | None = None, zero: int = 1):
     raw = copy.deepcopy(tomllib.loads(EIGHT_B.read_text()))
+    raw["parallel"]["zero"] = zero  # the file's 1: the distributed optimizer
     raw["model"].update(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
                         intermediate_size=128, vocab_size=256, seq_length=128, fp8_params=fp8,
                         tie_word_embeddings=tied)
@@ -97,11 +98,36 @@ def test_one_buffer_buckets_either_side_of_the_rule():
 
 
 def test_tied_embedding_alone_even_unbucketed():
-    # tied: the last stage lists no output layer (the tie's all-reduce is finalize_model_grads'); stage 0's embedding,
-    # shared with it under the distributed optimizer, starts a bucket of its own with bucketing off too
+    # tied: stage 0's embedding and the last stage's copy of it (its output layer's weight: Megatron's
+    # setup_embeddings_and_output_layer keeps one there, a DDP parameter like any other, whose main_grad the tie's
+    # all-reduce then reads) are both marked shared_embedding, and under the distributed optimizer each is a bucket
+    # of its own with bucketing off too.  Stage 0: embedding 16,384 | layer 0's 41,088; stage 3, walked back: the
+    # output weight 16,384 alone (registered last, reduced first), then layer 3's 41,088 + the final norm 64 = 41,152
     sc, st = _layout(split=True, fp8=False, tied=True)
-    assert _bounds(sc, st) == [[[(0, 16_384), (16_384, 41_088)]], [[(0, 41_088)]], [[(0, 41_088)]], [[(0, 41_152)]]]
-    assert ddp_buckets.per_stage(sc) == (2, 1, 1, 1)
+    assert _bounds(sc, st) == [[[(0, 16_384), (16_384, 41_088)]], [[(0, 41_088)]], [[(0, 41_088)]],
+                               [[(0, 41_152), (41_152, 16_384)]]]
+    assert ddp_buckets.per_stage(sc) == (2, 1, 1, 2)
+
+
+def test_tied_output_weight_alone_in_the_16bit_buffer():
+    # FP8 parameters, tied, gather in the optimizer step: the last stage's uint8 buffer is layer 3's four linears
+    # (40,960) in one bucket; its 16-bit buffer, the two norms 64 + 64 and the final norm 64 = 192 | the output
+    # weight 16,384 (a ColumnParallelLinear: 16-bit) alone.  Stage 0 the same two buffers, the embedding alone
+    sc, st = _layout(split=True, fp8=True, tied=True)
+    assert _bounds(sc, st)[3] == [[(0, 40_960)], [(0, 192), (192, 16_384)]]
+    assert _bounds(sc, st)[0] == [[(0, 40_960)], [(0, 16_384), (16_384, 128)]]
+    assert ddp_buckets.per_stage(sc) == (3, 2, 2, 3)
+
+
+def test_tied_output_weight_not_alone_without_the_distributed_optimizer():
+    # _does_param_require_new_bucket needs use_distributed_optimizer: under ZeRO 0 the embedding fills stage 0's last
+    # bucket with layer 0's proj and norm (as untied above: 20,544 | 12,352 | 24,576), and the last stage is one
+    # bucket, its output weight counted in it: 41,152 + 16,384 = 57,536
+    sc, st = _layout(split=False, fp8=False, tied=True, zero=0)
+    assert st.sharding.zero == 0
+    assert _bounds(sc, st)[0] == [[(0, 20_544), (20_544, 12_352), (32_896, 24_576)]]
+    assert _bounds(sc, st)[3] == [[(0, 57_536)]]
+    assert ddp_buckets.per_stage(sc) == (3, 1, 1, 1)
 
 
 def test_given_bucket_size_fills_stage_zero_only():

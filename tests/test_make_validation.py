@@ -35,6 +35,20 @@ def test_each_row_has_its_scenario_and_gpu_count(row):
     assert row["source"]
 
 
+@pytest.mark.parametrize("schedule, microbatches, ranks", [
+    ("1f1b", 16, 8),  # one stage a rank
+    ("dualpipev", 16, 4),  # V shape: stages s and 7 - s on rank s, 8 stages on 4 ranks
+    ("zbv", 16, 4),
+    ("dualpipe", 16, 8),  # DualPipe: both directions' copies, 8 stages on 8 ranks
+])
+def test_gpu_count_is_ranks_not_stages(schedule, microbatches, ranks):
+    # n21-39b: TP 8, DP 32, no context parallelism; as 8 stages: ranks x 8 x 32
+    sc = SCRIPT["scenario"].load(FOLDER / "n21-39b.toml", [f'pipeline.schedule="{schedule}"', "pipeline.stages=8",
+                                                          f"pipeline.microbatches={microbatches}"])
+    assert (sc.parallel.tensor, sc.parallel.data, sc.parallel.context) == (8, 32, 1)
+    assert SCRIPT["gpus"](sc) == ranks * 8 * 32
+
+
 COMMUNITY = [r for r in ROWS if r["name"].startswith(SCRIPT["COMMUNITY"])]
 HOPPER = [r for r in ROWS if load(r).hardware.preset in ("H100", "H800", "H200") and r not in COMMUNITY]
 BLACKWELL = [r for r in ROWS if load(r).hardware.preset == "B200" and r not in COMMUNITY]
@@ -487,3 +501,31 @@ def test_at_a_glance_by_hand():
                         "| f1 -20.0%, f2 +10.0%, f3 -6.0% |")
     doc = glance_doc([0.10, -0.30, 0.04, 0.20], [-0.20, -0.10, -0.06], "Mean forward error -12.1% over 3 runs (...).")
     assert SCRIPT["glance"](doc).splitlines()[6].split("|")[3:6] == [" 12.1% ", " 20.0% ", " -12.1% "]
+
+
+def test_gpu_spread_default_column_is_the_tables_own():
+    """docs/validation.md's "GPU-to-GPU spread" table sits between its markers, after the tables it reads, and its
+    default column repeats each whole-run table's own summary line (mean / worst / signed, run count): regenerated
+    by --write, so it cannot lag them."""
+    doc = (ROOT / "docs" / "validation.md").read_text()
+    begin, end = SCRIPT["markers"](SCRIPT["SPREAD_SECTION"])
+    assert doc.count(begin) == 1 and doc.count(end) == 1
+    assert doc.index(SCRIPT["markers"]("community table")[1]) < doc.index(begin)
+    lines = SCRIPT["section"](doc, SCRIPT["SPREAD_SECTION"]).strip("\n").splitlines()
+    assert len(lines) == 2 + 4
+    for line, (label, name) in zip(lines[2:], SCRIPT["SPREAD_TABLES"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        stated = re.search(r"^Mean \|error\| ([0-9.]+%), worst ([0-9.]+%) over (\d+) runs?; mean signed error "
+                           r"([+-][0-9.]+%)\.", SCRIPT["section"](doc, name), re.M).groups()
+        assert cells[:3] == [label, stated[2], f"{stated[0]} / {stated[1]} / {stated[3]}"]
+
+
+def test_gpu_spread_table_by_hand():
+    """Default errors +10%, -30%, +4%, +20% in every table (mean |error| 16.0%, worst 30.0%, signed +1.0%); with the
+    spread +5%, -35%, -1%, +15% (mean 56 / 4 = 14.0%, worst 35.0%, signed -16 / 4 = -4.0%)."""
+    doc = glance_doc([0.10, -0.30, 0.04, 0.20], [-0.20, 0.10, -0.06], "Mean forward error -5.3% over 3 runs (...).")
+    on = SCRIPT["section"](glance_doc([0.05, -0.35, -0.01, 0.15], [], ""), "validation table")
+    lines = SCRIPT["spread"](doc, {name: on for _, name in SCRIPT["SPREAD_TABLES"]}).splitlines()
+    assert lines[2] == "| A100 | 4 | 16.0% / 30.0% / +1.0% | 14.0% / 35.0% / -4.0% |"
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["A100", "Hopper (H100 / H200)", "B200",
+                                                                    "community (MoE)"]

@@ -12,10 +12,12 @@ overlap_param_gather_with_optimizer_step`` from the commit that added that flag 
 core_r0.9.0 on; ``training.py`` @ 1e05700 lines 1138-1139, d339190 lines 995-996; NeMo v2.2.0
 ``megatron_parallel.py`` lines 648-652): so only stage 0 (pipeline rank 0's first chunk) is filled by
 size, and not even it with that flag.  An unbucketed chunk is one bucket a buffer (with FP8 parameters
-the uint8 and the 16-bit buffers: two).  With the distributed optimizer a tied embedding that is shared
-with a later stage starts a bucket of its own (``_does_param_require_new_bucket``).  Routed experts sit in
-a buffer of their own, reduced over the expert-data ranks: not counted here (the dense buffer's buckets
-are the ones ``step_figures`` times as NCCL rings).
+the uint8 and the 16-bit buffers: two).  With the distributed optimizer a tied word embedding shared
+between the first and the last stage is a bucket of its own on both (``_does_param_require_new_bucket``;
+``shared_embedding`` marks the first stage's embedding and the last stage's copy, the output weight): see
+``alone``.  ``fill`` is the one fill rule every count and cut here goes through.  Routed experts sit in a
+buffer of their own, reduced over the expert-data ranks: not counted here (the dense buffer's buckets are
+the ones ``step_figures`` times as NCCL rings).
 
 Parameters at the granularity of Megatron's Transformer-Engine modules, in the order a layer registers them
 (``Attention`` makes ``linear_proj`` before ``SelfAttention`` makes ``linear_qkv``): the output projection,
@@ -38,14 +40,6 @@ PER_DATA_RANK = 1_000_000  # elements per data-parallel rank above it
 def bucket_size(data: int) -> int:
     """Megatron-core's default bucket size (elements) for ``data`` data-parallel ranks."""
     return max(MIN_BUCKET, PER_DATA_RANK * data)
-
-
-def count(sizes_reversed: list[int], size: int, split_last: bool = False) -> int:
-    """Buckets Megatron fills from parameters of ``sizes_reversed`` elements (backward order): a bucket
-    closes at the first parameter that brings it to ``size``; ``split_last``: the last parameter (a
-    shared embedding) starts a bucket of its own."""
-    sizes = sizes_reversed[::-1]
-    return len(_filled(sizes, list(range(len(sizes))), size, split_last))
 
 
 def _layer_tensors(cfg, i: int, t: int) -> list[int]:
@@ -77,6 +71,13 @@ def _layer_linears(cfg, i: int) -> list[bool]:
     return flags + [False] + ([True, True] if cfg.shared_intermediate_size else [])
 
 
+def _output_weight(cfg, stage) -> bool:
+    """The head's stage holds an output weight of its own: untied, or tied to an embedding on another stage (Megatron
+    keeps a copy there, ``LanguageModule.setup_embeddings_and_output_layer``); on the embedding's stage a tied head
+    reuses the embedding's parameter."""
+    return not cfg.tie_word_embeddings or not stage.embedding
+
+
 def stage_zero_linears(cfg, stage) -> list[bool]:
     """Per tensor of ``stage_zero_tensors``: a Transformer Engine linear weight, which Megatron-core keeps as an
     FP8 parameter under --fp8-param-gather (the embedding, the norms, the router and the output layer, a
@@ -87,7 +88,7 @@ def stage_zero_linears(cfg, stage) -> list[bool]:
     for i in stage.layers:
         flags += _layer_linears(cfg, i)
     if stage.head:
-        flags += [False] if cfg.tie_word_embeddings else [False, False]
+        flags += [False, False] if _output_weight(cfg, stage) else [False]
     return flags
 
 
@@ -100,12 +101,13 @@ def stage_zero_decays(cfg, stage) -> list[bool]:
     for i in stage.layers:
         flags += [True, False, True, False] + [True] * (len(_layer_linears(cfg, i)) - 4)
     if stage.head:
-        flags += [False] if cfg.tie_word_embeddings else [False, True]
+        flags += [False, True] if _output_weight(cfg, stage) else [False]
     return flags
 
 
 def stage_zero_tensors(cfg, stage, t: int) -> list[int]:
-    """Stage 0's dense parameters on one tensor rank, in registration order (embedding first)."""
+    """A stage copy's dense parameters on one tensor rank, in registration order (the embedding first, the head's
+    norm and output weight last); named for stage 0, the copy Megatron fills by size."""
     h = cfg.hidden_size
     tensors = [cfg.vocab_size * h // t] if stage.embedding else []
     if stage.embedding and cfg.max_positions:
@@ -114,7 +116,7 @@ def stage_zero_tensors(cfg, stage, t: int) -> list[int]:
         tensors += _layer_tensors(cfg, i, t)
     if stage.head:
         tensors.append(params._norm(cfg, h))
-        if not cfg.tie_word_embeddings:
+        if _output_weight(cfg, stage):
             tensors.append(cfg.vocab_size * h // t)
     return tensors
 
@@ -128,9 +130,16 @@ def fill_size(step, s: int, data: int) -> int | None:
     return step.ddp_bucket_size or bucket_size(data)
 
 
-def shared_embedding(cfg, where, sh) -> bool:
-    """A tied word embedding shared with a later stage under the distributed optimizer: a bucket of its own."""
-    return where.embedding and not where.head and cfg.tie_word_embeddings and sh.zero >= 1
+def alone(cfg, where, sh) -> frozenset[int]:
+    """Which of ``stage_zero_tensors(cfg, where, ...)`` take a bucket of their own: under the distributed optimizer
+    (``_does_param_require_new_bucket``, param_and_grad_buffer.py @ core_r0.9.0 lines 438-476, core_r0.11.0
+    525-563, d339190 623-656, 1e05700 569-603) every parameter Megatron marks ``shared_embedding``, which with
+    tied embeddings and 2+ pipeline stages is the first stage's word embedding (registered first) and the last
+    stage's copy of it, the output weight (registered last, so reduced first, alone, before its final norm;
+    language_module.py ``setup_embeddings_and_output_layer`` @ core_r0.9.0 lines 71-80, 1e05700 lines 135-151)."""
+    if not cfg.tie_word_embeddings or sh.zero < 1 or where.embedding == where.head:
+        return frozenset()
+    return frozenset({0} if where.embedding else {len(stage_zero_tensors(cfg, where, sh.tensor)) - 1})
 
 
 def per_stage(scenario, derived=None) -> tuple[int, ...]:
@@ -148,12 +157,12 @@ def per_stage(scenario, derived=None) -> tuple[int, ...]:
     sh, fp8 = st.sharding, scenario.model.fp8_params
     out = []
     for s, where in enumerate(st.stages):
-        size, shared = fill_size(step, s, sh.data), shared_embedding(st.cfg, where, sh)
-        if size is None and not fp8 and not shared:  # one buffer, one bucket
+        size, own = fill_size(step, s, sh.data), alone(st.cfg, where, sh)
+        if size is None and not fp8 and not own:  # one buffer, one bucket
             out.append(1)
             continue
         groups = gather_groups(stage_zero_tensors(st.cfg, where, sh.tensor), stage_zero_linears(st.cfg, where),
-                               None, size, fp8, shared)  # fmt: skip
+                               None, size, fp8, own)  # fmt: skip
         out.append(max(1, sum(g[3] for g in groups)))
     return tuple(out)
 
@@ -173,19 +182,20 @@ def _equal(tensors: list[int], members: list[int], n: int) -> list[tuple[int, in
     return out
 
 
-def _filled(tensors: list[int], members: list[int], size: int | None,
-            split_first: bool = False) -> list[tuple[int, int, int]]:
-    """``members`` bucketed by Megatron's fill rule (walked backwards, a bucket closed at the tensor that
-    brings it to ``size``; None: never, one bucket; ``split_first``: the forward's first, a shared embedding, in a bucket of its own):
-    (forward position of its first tensor, elements, 1) per bucket, forward order."""
+def fill(tensors: list[int], members: list[int], size: int | None,
+         alone: frozenset[int] = frozenset()) -> list[tuple[int, int, int]]:
+    """``members`` (indices into ``tensors``, forward order) bucketed by Megatron's fill rule: walked backwards, a
+    bucket closed at the tensor that brings it to ``size`` (None: never, one bucket), a tensor in ``alone`` (a shared
+    embedding) closing the bucket before it and itself; (forward position of the bucket's first tensor, elements, 1)
+    per bucket, forward order."""
     start = [0, *accumulate(tensors)]
     out, filled, first = [], 0, None
     for i in reversed(members):
-        if split_first and i == members[0] == 0 and filled:
+        if i in alone and filled:
             out.append((start[first], filled, 1))
             filled = 0
         filled, first = filled + tensors[i], i
-        if size is not None and filled >= size:
+        if (size is not None and filled >= size) or i in alone:
             out.append((start[first], filled, 1))
             filled = 0
     if filled:
@@ -194,22 +204,22 @@ def _filled(tensors: list[int], members: list[int], size: int | None,
 
 
 def gather_groups(tensors: list[int], linears: list[bool], buckets: int | None, size: int | None,
-                  fp8_params: bool, split_first: bool = False) -> list[tuple[int, int, int, int]]:
+                  fp8_params: bool, alone: frozenset[int] = frozenset()) -> list[tuple[int, int, int, int]]:
     """Stage 0's parameter all-gather bucket groups in the order Megatron-core gathers them (the forward's):
     (forward position of the group's first parameter in elements, 16-bit elements, FP8 elements, buckets).
 
     ``buckets``: the given count, as that many equal buckets (of the FP8 parameters with ``fp8_params``);
-    None: Megatron's fill rule at ``size`` elements (``split_first`` as ``count``'s ``split_last``; ``size`` None:
-    one bucket a buffer, fill_size's unbucketed chunk).  Without FP8 parameters every bucket is a group of its
+    None: Megatron's fill rule at ``size`` elements (``fill``, ``alone`` its tensors in buckets of their own; ``size``
+    None: one bucket a buffer, fill_size's unbucketed chunk).  Without FP8 parameters every bucket is a group of its
     own; with them the FP8 weights sit in a uint8 buffer of their own and every bucket of the 16-bit buffer
     joins the group holding the forward's first FP8 bucket (param_and_grad_buffer.py ``partition_buckets``,
     case 3), which is gathered first."""
-    cut = (lambda members: _equal(tensors, members, buckets)) if buckets else (lambda members: _filled(tensors, members, size, split_first))
+    cut = (lambda members: _equal(tensors, members, buckets)) if buckets else (lambda members: fill(tensors, members, size, alone))
     if not fp8_params or not any(linears):
         return [(pos, n, 0, b) for pos, n, b in cut(list(range(len(tensors))))]
     fp8 = cut([i for i, lin in enumerate(linears) if lin])
     rest = [i for i, lin in enumerate(linears) if not lin]
-    wide = _filled(tensors, rest, size, split_first) if not buckets and rest else ([(0, sum(tensors[i] for i in rest), 1)] if rest else [])
+    wide = fill(tensors, rest, size, alone) if not buckets and rest else ([(0, sum(tensors[i] for i in rest), 1)] if rest else [])
     first = min([fp8[0][0]] + [pos for pos, _, _ in wide])
     head = (first, sum(n for _, n, _ in wide), fp8[0][1], fp8[0][2] + sum(b for _, _, b in wide))
     return [head] + [(pos, 0, n, b) for pos, n, b in fp8[1:]]

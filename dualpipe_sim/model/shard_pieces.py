@@ -50,14 +50,15 @@ def buffers(scenario, st, s: int, where, buckets: int) -> list[tuple[list[int], 
     members = [[i for i, lin in enumerate(linears) if lin], [i for i, lin in enumerate(linears) if not lin]] \
         if sh.fp8_params else [list(range(len(sizes)))]
     given = scenario.step.grad_sync_buckets != "derived"
-    size, shared = ddp_buckets.fill_size(scenario.step, s, sh.data), ddp_buckets.shared_embedding(cfg, where, sh)
+    size, alone = ddp_buckets.fill_size(scenario.step, s, sh.data), ddp_buckets.alone(cfg, where, sh)
     out = []
     for k, idx in enumerate(m for m in members if m):
         own = [sizes[i] for i in idx]
         if given and k == 0:  # the given count, as equal buckets (of the FP8 buffer with FP8 parameters)
             cut = ddp_buckets._equal(own, list(range(len(own))), buckets)
         elif not given:  # Megatron's fill rule where its DDP buckets (ddp_buckets.fill_size), else one bucket
-            cut = ddp_buckets._filled(own, list(range(len(own))), size, shared and idx[0] == 0)
+            mine = frozenset(j for j, i in enumerate(idx) if i in alone)  # a shared embedding, as this buffer numbers it
+            cut = ddp_buckets.fill(own, list(range(len(own))), size, mine)
         else:
             cut = [(0, sum(own), 1)]
         out.append((own, [linears[i] and sh.fp8_params for i in idx], [decays[i] for i in idx],

@@ -951,10 +951,10 @@ def _bucket_groups(scenario, st, where, stage, buckets: int,
     fp8 = scenario.model.fp8_params
     tensors = ddp_buckets.stage_zero_tensors(cfg, where, sh.tensor)
     given = None if scenario.step.grad_sync_buckets == "derived" else buckets
-    shared = ddp_buckets.shared_embedding(cfg, where, sh)  # Megatron splits it under the distributed optimizer only
+    alone = ddp_buckets.alone(cfg, where, sh)  # Megatron splits a shared embedding under the distributed optimizer only
     size = ddp_buckets.fill_size(scenario.step, s, sh.data)
     groups = ddp_buckets.gather_groups(tensors, ddp_buckets.stage_zero_linears(cfg, where), given, size, fp8,
-                                       shared)  # fmt: skip
+                                       alone)  # fmt: skip
     linear = fp8_param_elements(st, where)[0] if fp8 else 0.0
     wide_all, narrow_all = sum(g[1] for g in groups), sum(g[2] for g in groups)
     wide = (stage.dense_params / sh.tensor - linear) / wide_all if wide_all else 0.0
