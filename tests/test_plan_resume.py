@@ -85,6 +85,27 @@ def _journal_lines(out: Path) -> int:
     return len((out / JOURNAL).read_text().splitlines())
 
 
+def test_an_interrupt_just_after_a_line_is_written_is_counted(config, tmp_path, monkeypatch):
+    """A signal can land between the journal's write and the plan's count (SIGTERM under load did): the
+    message must say what the file holds, as --resume will find it."""
+    from dualpipe_sim.plan.journal import Journal
+
+    real, calls = Journal.append, []
+
+    def append_then_signal(self, overrides, fields):
+        real(self, overrides, fields)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after the third line is on disk, before the loop counts it
+
+    monkeypatch.setattr(Journal, "append", append_then_signal)
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted) as info:
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, **REQUEST)
+    assert _journal_lines(out) == 3
+    assert (info.value.finished, info.value.left) == (3, SIMULATED - 3)
+
+
 @pytest.mark.parametrize("k", [1, 37])
 def test_interrupted_plan_keeps_finished_candidates_and_resume_gives_the_same_bytes(config, tmp_path, whole, k):
     out = tmp_path / "plan"

@@ -260,7 +260,8 @@ def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, 
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
         if journal is None:
             raise
-        raise Interrupted(journal.path, len(chosen) - len(todo) + done, len(todo) - done, exc) from None
+        finished = journal.held()
+        raise Interrupted(journal.path, finished, len(chosen) - finished, exc) from None
 
 
 def _flops(base: dict, seq: int) -> tuple[float, float | None]:

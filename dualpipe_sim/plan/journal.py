@@ -64,6 +64,12 @@ class Journal:
         if self._file is not None:
             self._file.close()
 
+    def held(self) -> int:
+        """How many finished candidates the file holds, read back from disk after closing it: an interrupt
+        can land between a line's write and the caller's count, so only the file says what --resume finds."""
+        self.close()
+        return len(read(self.path, self.base, self.id))
+
 
 def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
     """{complete scenario: (overrides, fields)} of the lines in ``path``; a line cut short is dropped.
