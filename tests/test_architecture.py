@@ -332,13 +332,12 @@ def test_every_family_a_module_describes_is_in_the_table():
 
 
 def test_every_module_is_named_in_the_docs():
-    """docs/architecture.md's module table names every module file (``plan/request.py``, or ``request.py`` in
-    a row of its folder); model/'s are in docs/model.md's module table (the architecture row points there);
-    a schedule family's module is a row of ``FAMILIES`` (the table's "one module per family")."""
+    """docs/architecture.md names every module file (``plan/request.py``, or ``request.py`` in a row of its
+    folder; model/'s as ``model/derive.py`` in "The model package"); a schedule family's module is a row of
+    ``FAMILIES`` (the table's "one module per family")."""
     from dualpipe_sim import schedules
 
-    arch = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
-    model_md = (PACKAGE.parent / "docs" / "model.md").read_text(encoding="utf-8").split("\n## ", 1)[0]
+    arch = DOC.read_text(encoding="utf-8")
     families = {importlib.import_module(f.generate.__module__).__file__ for f in schedules.FAMILIES}
     missing = []
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -348,6 +347,29 @@ def test_every_module_is_named_in_the_docs():
         folder = rel.rsplit("/", 1)[0] + "/" if "/" in rel else None
         row = "".join(line for line in arch.splitlines() if folder and line.startswith(f"| `{folder}`"))
         named = f"`{rel}`" in arch or f"`{path.name}`" in row or (folder is None and f"`{path.name}`" in arch)
-        if not (named or folder == "model/" and f"`{path.name}`" in model_md):
+        if not named:
             missing.append(rel)
-    assert not missing, f"modules named in neither docs/architecture.md's table nor docs/model.md's: {missing}"
+    assert not missing, f"modules docs/architecture.md does not name: {missing}"
+
+
+def _model_package_lines(text: str) -> list[str]:
+    """The module lines (``- `model/x.py`: its job``) of architecture.md's "The model package" subsection."""
+    section = text.split("\n### The model package\n", 1)[1].split("\n#", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_the_model_package_lists_each_module_once_and_no_other():
+    """One line per module of model/ (its one job): none left out, none listed twice, none that is not there."""
+    lines = _model_package_lines(DOC.read_text(encoding="utf-8"))
+    named = [m.group(1) for line in lines for m in [re.match(r"- `model/(\w+\.py)`: \S", line)] if m]
+    assert len(named) == len(lines), "a line that is not '- `model/<module>.py`: <its job>'"
+    on_disk = sorted(p.name for p in (PACKAGE / "model").glob("*.py"))
+    assert sorted(named) == on_disk, (f"listed, not there: {sorted(set(named) - set(on_disk))}; "
+                                      f"there, not listed: {sorted(set(on_disk) - set(named))}; "
+                                      f"listed twice: {sorted({n for n in named if named.count(n) > 1})}")
+
+
+def test_the_model_package_reader_by_hand():
+    text = ("x\n### The model package\n\nIntro.\n\n- `model/a.py`: one job.\n- `model/b.py`: another.\n"
+            "Not a module line.\n\n## Next\n- `model/c.py`: outside.\n")
+    assert _model_package_lines(text) == ["- `model/a.py`: one job.", "- `model/b.py`: another."]
