@@ -392,16 +392,16 @@ def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config, 
             assert cache.step_costs(cand) == sections_only(apply_overrides(tiny.base, cand.overrides())).step_costs(own)
 
 
-# intermediate 544: near the middle of the sizes (about 520-568 with today's kernel rates) at which some micro-batch
-# sizes leave the reduce-scatters a backlog and others hide them; the test below needs both kinds
+# intermediate 432: near the middle of the sizes (about 416-448 with today's kernel rates, F + B per micro-batch) at
+# which some micro-batch sizes leave the reduce-scatters a backlog and others hide them; the test below needs both kinds
 MOE = {"model_type": "mixtral", "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 1000, "num_attention_heads": 4,
-       "num_key_value_heads": 4, "intermediate_size": 544, "num_local_experts": 128, "num_experts_per_tok": 1,
+       "num_key_value_heads": 4, "intermediate_size": 432, "num_local_experts": 128, "num_experts_per_tok": 1,
        "tie_word_embeddings": False}  # fmt: skip
 
 
 def test_zero_1_is_kept_where_zero_2_reduce_scatters_cannot_hide(tmp_path):
     """128 experts, top-1, no expert parallelism: an expert's parameters see 1/128 of the tokens, so on
-    some layouts a micro-batch's F + B + W is shorter than a whole-gradient reduce-scatter and ZeRO 2's
+    some layouts a micro-batch's F + B is shorter than a whole-gradient reduce-scatter and ZeRO 2's
     one per micro-batch may leave a backlog longer than ZeRO 1's single sync (model/step_figures.py;
     tests/test_fsdp.py works such a case by hand).  ZeRO 2 is then not sure to be faster, so ZeRO 1
     is not pruned for its twin; where they fit, it is."""

@@ -1022,12 +1022,12 @@ def _zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
 
     ZeRO 2 reduce-scatters a stage copy's whole gradient after every backward it runs (M / copies
     of them per step), where ZeRO 1 does it once.  They run on the data-parallel channel beside the
-    rank's compute, so at best they hide under all of that copy's compute (F + B + W per micro-batch);
+    rank's compute, so at best they hide under all of that copy's compute (F + B per micro-batch: B holds W);
     what the channel still has to carry when the pipeline ends is waited for.  A lower bound: the
     pipeline's P2P and the expert all-to-all on the same NIC are not counted.
     """
     backwards = scenario.pipeline.microbatches / copies
-    compute = (stage.forward or 0.0) + (stage.backward or 0.0) + (stage.weight or 0.0)
+    compute = (stage.forward or 0.0) + (stage.backward or 0.0)  # B already holds W (I = B - W)
     return max(0.0, backwards * (full_ms - compute))
 
 

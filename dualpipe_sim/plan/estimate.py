@@ -174,7 +174,7 @@ class FigureCache:
 
     def reduce_scatters_fit(self, cand: Candidate) -> bool:
         """Whether every stage's whole-gradient reduce-scatter (ZeRO 1's end-of-step sync) is no
-        longer than its F + B + W per micro-batch: then ZeRO 2's per-micro-batch reduce-scatters
+        longer than its F + B per micro-batch (B holds W): then ZeRO 2's per-micro-batch reduce-scatters
         leave nothing beyond their last unit's for the end of the step (model/step_figures.py)."""
         key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute)
         if key not in self._fits:
@@ -183,7 +183,7 @@ class FigureCache:
             one = replace(derived, setup=replace(derived.setup, sharding=sh))
             whole = derived_sync(self.scenario(replace(cand, zero=1)), "grad_sync", one)
             self._fits[key] = all(
-                r <= (st.forward or 0.0) + (st.backward or 0.0) + (st.weight or 0.0) for r, st in zip(whole, derived.stages)
+                r <= (st.forward or 0.0) + (st.backward or 0.0) for r, st in zip(whole, derived.stages)
             )
         return self._fits[key]
 
