@@ -102,6 +102,19 @@ def table(plan, rows: list[Row] | None = None) -> list[list[str]]:
     return out
 
 
+def none_fits(plan) -> str | None:
+    """Why the top-K table is empty (None when it is not): a bare header would read as a failure."""
+    if plan.top:
+        return None
+    done = [r for r in plan.rows if r.ok]
+    if not done:
+        return "No layout could be simulated: every candidate was pruned or failed (plan.csv says why)."
+    least = min(r.peak_memory for r in done)
+    return (f"No simulated layout fits the device: the {len(done)} simulated peak at {units.nbytes(least)} or more "
+            f"per GPU against {units.nbytes(plan.device_memory or 0)}. Raise --budget to simulate more of the "
+            f"layouts estimated to fit, or pin one that needs less (e.g. --set memory.recompute=full); plan.csv has every row.")
+
+
 def markdown_table(rows: list[list[str]]) -> str:
     """An aligned Markdown table (reads in a terminal too): text columns left, numbers right."""
     head, *body = rows
@@ -130,6 +143,7 @@ def plan_md(plan) -> str:
         "",
         markdown_table(table(plan)),
         "",
+        *([none_fits(plan), ""] if none_fits(plan) else []),
         "## Pruned, by reason",
         "",
         "| reason | rows |",
