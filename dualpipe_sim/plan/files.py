@@ -111,8 +111,9 @@ def none_fits(plan) -> str | None:
         return "No layout could be simulated: every candidate was pruned or failed (plan.csv says why)."
     least = min(r.peak_memory for r in done)
     return (f"No simulated layout fits the device: the {len(done)} simulated peak at {units.nbytes(least)} or more "
-            f"per GPU against {units.nbytes(plan.device_memory or 0)}. Raise --budget to simulate more of the "
-            f"layouts estimated to fit, or pin one that needs less (e.g. --set memory.recompute=full); plan.csv has every row.")
+            f"per GPU against {units.nbytes(plan.device_memory or 0)}. Simulate more of the layouts estimated to "
+            f"fit (a larger budget), or pin one that needs less (e.g. memory.recompute = \"full\"); plan.csv has "
+            f"every row.")
 
 
 def markdown_table(rows: list[list[str]]) -> str:
