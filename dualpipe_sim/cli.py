@@ -346,14 +346,14 @@ def summary_table(m: Metrics, bytes_given: bool = True) -> str:
         # The closed forms predict the time between ops; with [chunk] that is less
         # than compute idle (an op's own exposed all-to-all is inside the op).
         f"{'rank':>4} {'busy (ms)':>10} {'idle (ms)':>10} {'between ops':>11} {'closed form':>11} {'peak act':>8} "
-        f"{'peak act bytes':>14} {'params':>6}",
+        f"{'peak act bytes':>14} {'param copies':>12}",  # stages held: not the parameters (memory's own table)
     ]
     formula = "-" if a.bubble is None else num(a.bubble)
     for r in m.per_rank:
         lines.append(
             f"{r.rank:>4} {num(r.busy):>10} {num(r.idle):>10} {num(r.between_ops):>11} {formula:>11} "
             f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes) if bytes_given else 'n/a':>14} "
-            f"{r.parameter_copies:>6}"
+            f"{r.parameter_copies:>12}"
         )
     if not bytes_given:
         lines.append("peak act bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
@@ -666,6 +666,8 @@ def _cmd_plan(args) -> int:
         print(json.dumps(plan.top_json(result, args.out), indent=2))
         return 0
     print(plan.files.markdown_table(plan.files.table(result)))
+    if plan.files.none_fits(result):
+        print("\n" + plan.files.none_fits(result))
     print("\npruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))
     print("wrote " + ", ".join(str(f) for f in written[:3]) + f" and {len(written) - 3} scenario TOMLs")
     return 0

@@ -29,6 +29,18 @@ def test_run_writes_metrics_and_gantt(tmp_path, capsys):
     assert "bubble ratio" in capsys.readouterr().out
 
 
+def test_run_table_last_column_is_parameter_copies(tmp_path, capsys):
+    # s14f: the column was headed "params" beside the memory table's "params" (GB); DualPipe holds 2 stage copies
+    # on each of its 8 ranks, 1F1B one.
+    for schedule, copies in (("dualpipe", "2"), ("1f1b", "1")):
+        assert main(["run", QUICK, "--out", str(tmp_path / schedule), "--plots", "none",
+                     "--set", f"pipeline.schedule={schedule}"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        head = next(i for i, x in enumerate(lines) if x.split()[:1] == ["rank"])
+        assert lines[head].endswith("param copies")
+        assert [x.split()[-1] for x in lines[head + 1:head + 9]] == [copies] * 8
+
+
 def test_json_flag_prints_the_same_document(tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["run", QUICK, "--out", str(out), "--json"]) == 0
@@ -76,6 +88,9 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, extra, mess
 
 
 EIGHT_B = str(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-64b200.toml")
+BLOOM = str(ROOT / "scenarios" / "validation" / "bloom-176b.toml")  # step.runtime = "deepspeed-bf16"
+A100 = str(ROOT / "scenarios" / "validation" / "n21-145b.toml")  # model.runtime = "megatron-lm-2021"
+H100 = str(ROOT / "scenarios" / "validation" / "mlperf50-llama405b-512.toml")  # FP8 on a TN-only GPU
 SELECTIVE = ["--set", "memory.recompute=selective"]
 # s13i: the keys of sessions 11-12 (README's key table) on a Megatron-core row: wrong type, unknown value, out of range
 BAD_RECENT = [
@@ -131,14 +146,52 @@ BAD_RECENT = [
     (["--set", "parallel.tp_overlap_sms={proj_fprop=100}"],
      "parallel.tp_overlap_sms.proj_fprop: input should be less than or equal to 64"),
     (["--set", "parallel.tp_overlap_sms={proj_fprop=true}"], "parallel.tp_overlap_sms: must be a whole number"),
+    # s14f: the keys of sessions 12-13; a third item is the scenario when the 8B B200 row cannot show the rule
+    (["--set", 'model.runtime="megatron-lm"'], "model.runtime: input should be 'megatron-core' or 'megatron-lm-2021'"),
+    (["--set", 'model.training_loop="megatron-lm-2022"'], "model.training_loop: input should be 'derived', "),
+    (["--set", 'model.training_loop="megatron-lm-2021"'],
+     'model.training_loop: not "megatron-lm-2021" with step.runtime = "deepspeed-bf16"', BLOOM),
+    (["--set", 'model.embed_layernorm="true"'], "model.embed_layernorm: must be true or false, got 'true'"),
+    (["--set", "model.alibi=1"], "model.alibi: must be true or false, got 1"),
+    (["--set", 'step.runtime="deepspeed"'], "step.runtime: input should be 'megatron' or 'deepspeed-bf16'"),
+    # named by step.runtime, whose rule it is (was "step.grad_sync: step.runtime = ...")
+    (["--set", "parallel.zero=0"], 'step.runtime: "deepspeed-bf16" shards the optimizer as ZeRO 1 does: '
+                                   "parallel.zero must be 1, got 0", BLOOM),
+    (["--set", "hardware.efficiency=0.5"], 'step.runtime: "deepspeed-bf16" needs a hardware.preset without', BLOOM),
+    (["--set", "step.ddp_bucket_size=0"], "step.ddp_bucket_size: input should be greater than or equal to 1"),
+    (["--set", "step.ddp_bucket_size=1.5"], "step.ddp_bucket_size: must be a whole number, got 1.5"),
+    (["--set", "step.ddp_bucket_size=40000000", "--set", "step.grad_sync_buckets=4"],
+     'step.ddp_bucket_size: is the size Megatron-core fills buckets to; it needs step.grad_sync_buckets = "derived"'),
+    (["--set", 'step.grad_sync_buckets="auto"'], 'step.grad_sync_buckets: must be a whole number of buckets (1-1000) '
+                                                 'or "derived"'),
+    (["--set", "step.grad_sync_buckets=0"], "step.grad_sync_buckets: input should be greater than or equal to 1"),
+    (["--set", 'step.grad_sync_launch="late"'], "step.grad_sync_launch: input should be 'ready', 'pp-aligned' or "),
+    (["--set", "step.overlap_param_gather_with_optimizer_step=true"],
+     'step.overlap_param_gather_with_optimizer_step: needs pipeline.schedule = "interleaved-1f1b"'),
+    (["--set", 'hardware.gpu_variability="lonestar6"'], "hardware.gpu_variability: unknown GPU spread"),
+    (["--set", "hardware.gpu_variability=0.02"], "hardware.gpu_variability: input should be a valid string"),
+    (["--set", 'hardware.gpu_variability="lonestar6-a100"', "--set", "hardware.efficiency=0.5"],
+     "hardware.gpu_variability: needs the kernel-level costs"),
+    (["--set", 'hardware.nccl_version="2.25.1"', "--set", "hardware.efficiency=0.5"],
+     "hardware.nccl_version: needs the kernel-level costs"),
+    (SELECTIVE + ["--set", 'memory.recompute_modules=["layernorm"]'],
+     'memory.recompute_modules: "layernorm" and "moe_act" cannot run with FP8'),
+    (SELECTIVE + ["--set", 'memory.recompute_modules=["mla_up_proj"]'],
+     'memory.recompute_modules: "mla_up_proj" needs multi-latent attention'),
+    (SELECTIVE + ["--set", 'memory.recompute_modules=["mlp"]'],
+     'memory.recompute_modules: not with model.runtime = "megatron-lm-2021"', A100),
+    (["--set", 'model.fp8_transpose="none"'], 'model.fp8_transpose: "none" needs FP8 GEMMs that take non-TN', H100),
+    (["--set", 'parallel.tp_overlap_not_told=["fc1_wgrad","fc1_wgrad"]'],
+     "parallel.tp_overlap_not_told: must name each once: 'fc1_wgrad' twice"),
+    (["--set", 'parallel.tp_overlap_not_told="fc1_wgrad"'], "parallel.tp_overlap_not_told: input should be a valid list"),
 ]
 
 
-@pytest.mark.parametrize("extra,message", BAD_RECENT,
-                         ids=[m.split(":")[0] + "-" + str(i) for i, (_, m) in enumerate(BAD_RECENT)])
-def test_bad_recent_keys_one_line_exit_2_nothing_written(tmp_path, capsys, extra, message):
+@pytest.mark.parametrize("extra,message,scenario", [(*c, EIGHT_B)[:3] for c in BAD_RECENT],
+                         ids=[c[1].split(":")[0] + "-" + str(i) for i, c in enumerate(BAD_RECENT)])
+def test_bad_recent_keys_one_line_exit_2_nothing_written(tmp_path, capsys, extra, message, scenario):
     out = tmp_path / "out"
-    assert main(["run", EIGHT_B, "--out", str(out), *extra]) == 2
+    assert main(["run", scenario, "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: " + message.split(":")[0] + ":") and err.count("\n") == 1, err
     assert message in err, err

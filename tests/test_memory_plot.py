@@ -77,3 +77,20 @@ def test_levels_empty_rank_is_zero():
     r = run_uniform("1f1b", 2, 1)
     t, u, b = activation_levels(r.trace, 5)  # no such rank: no events
     assert (t.tolist(), u.tolist(), np.asarray(b).tolist()) == ([0.0], [0], [0.0])
+
+
+def test_static_words_name_what_the_grey_band_sums():
+    # s14f: the grey band is total - activations_peak = every static term + the buffers' share of dynamic_peak.
+    # Rank 0: dynamic peak 12 over an activation peak 10 (2 bytes of buffers at the joint peak); no FP8, no ZeRO
+    # buffers anywhere, so those terms are left out; p2p_buffers / dynamic_peak are not terms of their own.
+    from dualpipe_sim.outputs.plots.memory import static_words
+    from dualpipe_sim.readers.metrics import RankMemory
+
+    mem = [RankMemory(parameters=4, gradients=8, optimizer=6, activations_peak=10, total=32, p2p_buffers=2,
+                      dynamic_peak=12, runtime=2),
+           RankMemory(parameters=4, gradients=8, optimizer=6, activations_peak=5, total=25, dynamic_peak=5, runtime=2)]
+    assert static_words(mem) == ("parameters, gradients, optimizer states, runtime, "
+                                 "P2P / all-to-all buffers (dynamic peak - activation peak)")
+    no_buffers = [RankMemory(parameters=1, gradients=1, optimizer=1, activations_peak=3, total=6, fp8_weights=1,
+                             dynamic_peak=3)]
+    assert static_words(no_buffers) == "parameters, gradients, optimizer states, fp8 weights"

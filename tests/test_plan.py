@@ -440,3 +440,20 @@ def test_a_config_removed_mid_run_fails_its_candidates_not_the_plan(tmp_path, mo
     simulated = [r for r in result.rows if r.simulated is not None]
     assert simulated and not path.exists()
     assert all(r.simulated["status"] == "error" and "model.config" in r.simulated["reason"] for r in simulated)
+
+
+def test_empty_top_table_says_why():
+    # s14f: a plan whose simulated layouts all exceed the device printed a bare table header. Two simulated rows
+    # at 95 and 90 GB on an 80 GB device (one failed row ignored): the note gives 2 rows and the smaller, 90 GB.
+    from types import SimpleNamespace as NS
+
+    from dualpipe_sim.plan import files
+
+    rows = [NS(ok=True, peak_memory=95e9), NS(ok=False, peak_memory=None), NS(ok=True, peak_memory=90e9)]
+    note = files.none_fits(NS(top=[], rows=rows, device_memory=80e9))
+    assert note.startswith("No simulated layout fits the device: the 2 simulated peak at 90 GB or more per GPU "
+                           "against 80 GB.")
+    assert "a larger budget" in note
+    assert files.none_fits(NS(top=[], rows=[NS(ok=False, peak_memory=None)], device_memory=80e9)).startswith(
+        "No layout could be simulated")
+    assert files.none_fits(NS(top=[rows[0]], rows=rows, device_memory=80e9)) is None

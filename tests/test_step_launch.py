@@ -121,3 +121,18 @@ def test_mlperf_chunk_reduce_scatter_by_hand():
     assert collectives.bucketed("reduce_scatter", nbytes, 320, h100, 2, 9) == pytest.approx(19.03e-3, abs=0.01e-3)
     assert collectives.bucketed("reduce_scatter", nbytes, 16, h100, 2, 9) == pytest.approx(
         9 * (8.4 + 8 * 3.4 + 7 * 14) * 1e-6 + 15 / 16 * nbytes / 94e9)
+
+
+@pytest.mark.parametrize("name", ["mlperf50-llama405b-512", "mlperf50-llama405b-2048", "mlperf50-llama405b-2432",
+                                  "mlperf50-llama405b-2560", "mlperf50-llama405b-8192", "mlperf50-llama405b-512h200",
+                                  "mlperf50-llama405b-1024h200", "mlperf51-llama405b-256b200",
+                                  "mlperf51-llama405b-448b200"])  # fmt: skip
+def test_nemo2_405b_rows_launch_when_ready(name):
+    # s14f: NeMo v2.2.0 sets grad_sync_func only with align_grad_reduce (these rows' headers), and without it
+    # Megatron-core's interleaved schedule enables a chunk's sync at its own last micro-batch: "ready", not the
+    # derived default's pp-aligned lag for interleaved-1f1b, which these rows had run since that default came in.
+    from pathlib import Path
+
+    sc = scenario.load(Path(__file__).resolve().parents[1] / "scenarios" / "validation" / f"{name}.toml")
+    assert sc.pipeline.schedule == "interleaved-1f1b" and sc.step.overlap_grad_sync
+    assert sc.grad_sync_launch() == "ready"

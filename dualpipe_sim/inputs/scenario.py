@@ -352,6 +352,13 @@ class Scenario(_Section):
         if st.runtime == "deepspeed-bf16" and st.overlap_grad_sync:
             raise ScenarioError('step.overlap_grad_sync: must be false with step.runtime = "deepspeed-bf16" '
                                 "(DeepSpeed's pipeline engine reduces the gradients after the pipeline)")
+        if st.runtime == "deepspeed-bf16" and self.model is not None and "derived" in (st.grad_sync, self.optimizer_setting()):
+            from ..model.step_figures import check_deepspeed  # its rules, named by step.runtime, not by a figure
+
+            try:
+                check_deepspeed((derived if derived is not None else self.derived()).setup)
+            except ModelError as exc:
+                raise ScenarioError(str(exc)) from None
         if st.param_gather_overlapped() is None:
             raise ScenarioError("step.overlap_param_gather: must be false unless step.overlap_grad_sync = true "
                                 "(Megatron: --overlap-param-gather needs --overlap-grad-reduce)")

@@ -120,11 +120,15 @@ def _kernel_row(k: kernels.Kernel) -> dict:
 
 def kernel_lines(name: str, rows: list[kernels.Kernel]) -> list[str]:
     """A block's kernel table for people: one line a kernel, then its passes and what bounds it."""
+    # columns as wide as their longest entry, so long names and shapes do not push the numbers out of line
+    wk = max([36] + [len(k.name) for k in rows])
+    wc = max([21] + [len(k.component) for k in rows])
+    ws = max([44] + [len(k.shape) for k in rows])
     lines = [f"  {name}: {len(rows)} kernels",
-             f"    {'kernel':<36} {'component':<21} {'shape':<44} {'GFLOP':>8} {'MB':>8} {'ms':>8}  bound"]
+             f"    {'kernel':<{wk}} {'component':<{wc}} {'shape':<{ws}} {'GFLOP':>8} {'MB':>8} {'ms':>8}  bound"]
     for k in rows:
-        lines.append(f"    {k.name:<36} {k.component:<21} {k.shape:<44} {k.flops / 1e9:>8.4g} {k.bytes / 1e6:>8.4g} "
-                     f"{k.ms:>8.4f}  {k.bound}")
+        lines.append(f"    {k.name:<{wk}} {k.component:<{wc}} {k.shape:<{ws}} {k.flops / 1e9:>8.4g} "
+                     f"{k.bytes / 1e6:>8.4g} {k.ms:>8.4f}  {k.bound}")
     total = sum(k.ms for k in rows) or 1.0
     passes = ", ".join(f"{p.replace('_', ' ')} {ms:.4g} ms" for p, ms in kernels.passes(rows))
     share = {}
@@ -308,7 +312,8 @@ def explain_lines(d: Derived) -> list[str]:
                                                                      "optimizer, gradients, parameters"][sh.zero])
         + f" over data ({sh.data}) for the dense part and data x tensor / expert ({sh.expert_data:g}) for experts"
     )
-    lines.append(f"  bytes per parameter: parameters {sh.params_bytes:g}, gradients {sh.grads_bytes:g}, "
+    fp8_held = " (the FP8 linears' weights 1: model.fp8_params)" if sh.fp8 and sh.fp8_params else ""
+    lines.append(f"  bytes per parameter: parameters {sh.params_bytes:g}{fp8_held}, gradients {sh.grads_bytes:g}, "
                  f"optimizer {sh.optimizer_bytes:g} (fp32 master if kept + two Adam moments)")
     kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
     for moe in kinds:

@@ -1091,7 +1091,7 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
     step = scenario.step
     deepspeed = step is not None and step.runtime == "deepspeed-bf16"
     if deepspeed and key != "cross_copy_sync":
-        _check_deepspeed(st)
+        check_deepspeed(st)
     nemo_tail = step is not None and (step.grad_sync_held or step.fp32_embedding_optimizer)
     if key == "grad_sync" and nemo_tail:  # NeMo's order on apex: what is not in the tail (grad_sync_parts)
         return grad_sync_parts(scenario, derived, memo)[0]
@@ -1174,16 +1174,17 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
     return tuple(out)
 
 
-def _check_deepspeed(st) -> None:
+def check_deepspeed(st) -> None:
     """What step.runtime = "deepspeed-bf16" describes: DeepSpeed v0.6.5's BF16_Optimizer (optimizer
-    states sharded over the data-parallel ranks: ZeRO 1) reducing dense gradients only."""
+    states sharded over the data-parallel ranks: ZeRO 1) reducing dense gradients only.  Each message
+    names step.runtime, the key whose rule it is (Scenario.step_costs raises it as it stands)."""
     if st.rates is None:
-        raise ModelError('step.runtime = "deepspeed-bf16" needs a hardware.preset without hardware.efficiency')
+        raise ModelError('step.runtime: "deepspeed-bf16" needs a hardware.preset without hardware.efficiency')
     if st.sharding.zero != 1:
-        raise ModelError('step.runtime = "deepspeed-bf16" shards the optimizer as ZeRO 1 does: '
+        raise ModelError('step.runtime: "deepspeed-bf16" shards the optimizer as ZeRO 1 does: '
                          f"parallel.zero must be 1, got {st.sharding.zero}")
     if st.cfg.moe:
-        raise ModelError('step.runtime = "deepspeed-bf16" reduces dense gradients only (DeepSpeed v0.6.5 '
+        raise ModelError('step.runtime: "deepspeed-bf16" reduces dense gradients only (DeepSpeed v0.6.5 '
                          "refuses experts there): the model must have no experts")
 
 

@@ -55,8 +55,9 @@ def draw(plan, path) -> None:
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.25", lw=1.0, zorder=1)
     if plan.device_memory:
         ax.axvline(plan.device_memory / 1e9, color="0.4", ls="--", lw=1.0)
+        # right of the line: left of it, near the axis, it ran into the top K's column of labels below
         ax.annotate("device memory", (plan.device_memory / 1e9, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(-4, -12), textcoords="offset points", ha="right", fontsize=8, color="0.3")  # fmt: skip
+                    xytext=(4, -12), textcoords="offset points", ha="left", fontsize=8, color="0.3")  # fmt: skip
     # The top K sit close together: their numbers in a column at the top left (where a Pareto
     # chart is empty: nothing there is both lighter and faster), each with a leader line.
     top = plan.top

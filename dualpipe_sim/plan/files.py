@@ -102,6 +102,20 @@ def table(plan, rows: list[Row] | None = None) -> list[list[str]]:
     return out
 
 
+def none_fits(plan) -> str | None:
+    """Why the top-K table is empty (None when it is not): a bare header would read as a failure."""
+    if plan.top:
+        return None
+    done = [r for r in plan.rows if r.ok]
+    if not done:
+        return "No layout could be simulated: every candidate was pruned or failed (plan.csv says why)."
+    least = min(r.peak_memory for r in done)
+    return (f"No simulated layout fits the device: the {len(done)} simulated peak at {units.nbytes(least)} or more "
+            f"per GPU against {units.nbytes(plan.device_memory or 0)}. Simulate more of the layouts estimated to "
+            f"fit (a larger budget), or pin one that needs less (e.g. memory.recompute = \"full\"); plan.csv has "
+            f"every row.")
+
+
 def markdown_table(rows: list[list[str]]) -> str:
     """An aligned Markdown table (reads in a terminal too): text columns left, numbers right."""
     head, *body = rows
@@ -130,6 +144,7 @@ def plan_md(plan) -> str:
         "",
         markdown_table(table(plan)),
         "",
+        *([none_fits(plan), ""] if none_fits(plan) else []),
         "## Pruned, by reason",
         "",
         "| reason | rows |",
