@@ -63,12 +63,13 @@ def test_a_middle_chunk_host_by_hand():
     # done half the broadcast after the second, a sync); tokens .cuda() (1 call, a sync); the 8 load calls (the GPU
     # done an eighth after the last); the batch-generator's stop (a sync); the layers' first launch
     one = 2 * W + (P + W) + (2 * P + sizes / 2 + W) + (P + W) + (8 * P + load / 8) + W + P
-    # stretch 2: forward-compute stop, the P2P call's two timers, then the P2P's launch
-    two = 3 * W + P
+    # stretch 2: forward-compute stop, then the backward's launch: the interleaved steady state's P2P call follows
+    # the forward-backward pair (schedules.py @ 6985e58 lines 277-338), not the forward
+    two = W + P
     fwd = _host(rows, "mlp_forward")
     assert fwd.seconds == pytest.approx(one - sizes - load + two)
-    assert "9 syncs" in fwd.shape and "12 calls" in fwd.shape
-    # backward: backward-compute start, a launch; its stop and the P2P's two timers, a launch
+    assert "7 syncs" in fwd.shape and "12 calls" in fwd.shape
+    # backward: backward-compute start, a launch; its stop and the pair's P2P call's two timers, a launch
     bwd = _host(rows, "mlp_backward_input")
     assert bwd.seconds == pytest.approx((W + P) + (3 * W + P))
     assert "4 syncs" in bwd.shape
@@ -78,10 +79,10 @@ def test_a_middle_chunk_host_by_hand():
 def test_first_and_last_stages():
     st = _setup()
     first, last = _rows(st, 0), _rows(st, 15)
-    # the first chunk: the same 9 forward syncs, and the six vocabulary-mask calls after the load (6 calls more);
-    # no P2P after its backward (it sends nothing back): 2 syncs
-    assert "9 syncs" in _host(first, "mlp_forward").shape and "18 calls" in _host(first, "mlp_forward").shape
-    assert _host(first, "mlp_backward_input").seconds == pytest.approx(2 * (W + P))
+    # the first chunk: the same 7 forward syncs, and the six vocabulary-mask calls after the load (6 calls more);
+    # interleaved, the pair's call is timed on every chunk, the first's too: 4 backward syncs
+    assert "7 syncs" in _host(first, "mlp_forward").shape and "18 calls" in _host(first, "mlp_forward").shape
+    assert _host(first, "mlp_backward_input").seconds == pytest.approx((W + P) + (3 * W + P))
     # the last chunk sends nothing after its forward: 7 syncs; its backward still sends: 4
     assert "7 syncs" in _host(last, "mlp_forward").shape and "4 syncs" in _host(last, "mlp_backward_input").shape
     rows = {k.name: k for k in last}
@@ -93,6 +94,16 @@ def test_first_and_last_stages():
     assert ar.seconds == pytest.approx(collectives.small_all_reduce(24, 1, st.rates.nccl))
     assert ar.seconds != pytest.approx(collectives.small_all_reduce(24, 8, st.rates.nccl))
     assert "over 24 (nic)" in ar.shape and ar.component == "mlp_forward"
+
+
+def test_one_f_one_b_one_call_a_pass():
+    # n21-1t: 1F1B over 64 ranks; its steady state times a P2P call after each pass (schedules.py @ 6985e58 lines
+    # 421-453): a middle stage 2 more forward syncs than interleaved (9), the first stage's backward none (2)
+    st = _setup(ROOT / "scenarios" / "validation" / "n21-1t.toml")
+    assert "9 syncs" in _host(_rows(st, 30), "mlp_forward").shape
+    assert "4 syncs" in _host(_rows(st, 30), "mlp_backward_input").shape
+    assert _host(_rows(st, 0), "mlp_backward_input").seconds == pytest.approx(2 * (W + P))
+    assert "7 syncs" in _host(_rows(st, 63), "mlp_forward").shape
 
 
 def test_pipeline_one_and_eight_per_node():
@@ -118,7 +129,7 @@ def test_only_megatron_lm_2021_runs_it():
     assert not [k for k in _rows(core, 7) if "get_batch" in k.name or k.name.startswith("Megatron-LM")]
     k22 = ROOT / "scenarios" / "validation" / "k22-175b-seqsel.toml"  # sets "megatron-lm-2021" on megatron-core kernels
     rows = _rows(_setup(k22), 5)
-    assert "9 syncs" in _host(rows, "mlp_forward").shape and "4 syncs" in _host(rows, "mlp_backward_input").shape
+    assert "7 syncs" in _host(rows, "mlp_forward").shape and "4 syncs" in _host(rows, "mlp_backward_input").shape
     off = _setup(k22, ["model.training_loop=derived"])
     assert not [k for k in _rows(off, 5) if k.name.startswith("Megatron-LM")]
     # no data parallelism: no loss all-reduce on the last chunk, the loss's kernels still there

@@ -82,6 +82,7 @@ class Setup:
     embed_layernorm: bool = False  # model.embed_layernorm
     deepspeed_pipe: bool = False  # step.runtime = "deepspeed-bf16": DeepSpeed's pipeline engine (deepspeed_pipe.py)
     megatron_lm_loop: bool = False  # model.training_loop resolved "megatron-lm-2021" (megatron_lm.py)
+    interleaved: bool = False  # Megatron's interleaved schedule: one P2P call a forward-backward pair (megatron_lm.py)
     # hardware.gpu_variability on: (spread, GPUs of the run, factor every kernel takes); None: off (gpu_spread.py)
     gpu_spread: tuple[str, int, float] | None = None
 
@@ -357,7 +358,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_copy=grad_copy_bytes(scenario), embedding_grad=embedding_grad_bytes(scenario),
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
                  deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
-                 megatron_lm_loop=training_loop(scenario), gpu_spread=spread)  # fmt: skip
+                 megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
+                 gpu_spread=spread)  # fmt: skip
 
 
 def training_loop(scenario) -> bool:
@@ -681,7 +683,7 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
         rows += deepspeed_pipe.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head)
     elif st.megatron_lm_loop and st.rates is not None:  # Megatron-LM 2021/2022's schedules, each micro-batch (megatron_lm.py)
         rows += megatron_lm.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head,
-                                 st.sharding.data)  # fmt: skip
+                                 st.sharding.data, st.interleaved)  # fmt: skip
     return rows
 
 

@@ -12,7 +12,9 @@ Read from NVIDIA/Megatron-LM 6985e58 (the n21 runs) and d898a89 (May 2022; the s
   divide; then ``loss / num_microbatches``; before its backward ``optimizer.scale_loss`` (one mul);
 * the timers: ``_Timer.start`` and ``stop`` call ``torch.cuda.synchronize()`` unconditionally (global_vars.py), around
   the forward ('forward-compute'), the load ('batch-generator'), the backward ('backward-compute') and each P2P call
-  ('forward-send-backward-recv', ...), whatever ``--log-interval``.
+  ('forward-send-backward-recv', ...), whatever ``--log-interval``: in the 1F1B schedule's steady state one P2P call
+  follows each pass, in the interleaved schedule's one call follows each forward-backward pair (``schedules.py``
+  lines 277-346), charged to the backward; the warm-up's and cool-down's further calls are per step (loop_step.py).
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from .kernels import Kernel, Table
 LOSS_KERNELS = 4 + 2 + 1 + 1  # loss_func's mul, sum, sum, div; the average's clone, cat, divide; / num_microbatches
 
 
-def rows(tb: Table, first: bool, last: bool, data: int) -> list[Kernel]:
+def timer(name: str) -> host.Step:
+    """One ``_Timer.start`` or ``stop``: ``torch.cuda.synchronize()``, no launch."""
+    return host.Step(f"{name} timer (synchronize)", 0, 0.0, sync=True)
+
+
+def rows(tb: Table, first: bool, last: bool, data: int, interleaved: bool = False) -> list[Kernel]:
     """A stage's (a model chunk's) per-micro-batch rows: forward rows in ``mlp_forward``, backward rows in
-    ``mlp_backward_input``, the host's share as kind ``host``; ``data``: the data-parallel group."""
+    ``mlp_backward_input``, the host's share as kind ``host``; ``data``: the data-parallel group; ``interleaved``:
+    the interleaved schedule's steady state, one P2P call a forward-backward pair, after the backward, on every chunk."""
     fw, bw = "mlp_forward", "mlp_backward_input"
-    timer = lambda name: host.Step(f"{name} timer (synchronize)", 0, 0.0, sync=True)  # noqa: E731
     # the forward: timers on an empty queue (the P2P before it synchronised), then get_batch from an idle GPU, the
     # load's kernels drained by the batch-generator's stop; then the layers' launches
     load = [timer("forward-compute start"), timer("batch-generator start"), *get_batch.load(tb, fw, idle=True),
@@ -44,12 +51,14 @@ def rows(tb: Table, first: bool, last: bool, data: int) -> list[Kernel]:
             tb.rows.append(Kernel("loss all-reduce (data-parallel average)", fw, "comm",
                                   f"all_reduce 4 B over {data} ({link})", 0.0, 4.0, secs, "latency"))  # fmt: skip
         tb.memory("loss scaled (scale_loss)", bw, 2 * 4.0)
-    # the forward's end: its stop, then the P2P call's two timers (none after the last stage's forward: it sends
-    # nothing), each on the queue the one before emptied; the P2P's launch after them
-    fwd.append([timer("forward-compute stop")] + ([] if last else [timer("P2P start"), timer("P2P stop")]))
-    # the backward: its start timer, its first launch; its stop, then the P2P call's (none after the first stage's)
+    # the forward's end: its stop, then in 1F1B the P2P call's two timers (none after the last stage's forward: it
+    # sends nothing), each on the queue the one before emptied; the P2P's launch after them
+    p2p = [timer("P2P start"), timer("P2P stop")]
+    fwd.append([timer("forward-compute stop")] + ([] if last or interleaved else p2p))
+    # the backward: its start timer, its first launch; its stop, then the P2P call's (none after the first stage's
+    # in 1F1B; interleaved, send_forward_backward_recv_forward_backward is timed on every rank and chunk)
     back = [[timer("backward-compute start")],
-            [timer("backward-compute stop")] + ([] if first else [timer("P2P start"), timer("P2P stop")])]
+            [timer("backward-compute stop")] + (p2p if interleaved or not first else [])]
     tb.host_share("Megatron-LM: host launches and syncs", fw, fwd)
     tb.host_share("Megatron-LM: host launches and syncs", bw, back)
     return tb.rows

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ScenarioError
-from . import collectives, ddp_buckets, step_launches
+from . import collectives, ddp_buckets, loop_step, step_launches
 from . import step_figures as sf
 
 FIGURES = ("grad_sync", "cross_copy_sync", "optimizer")
@@ -285,6 +285,7 @@ def _optimizer(scenario, derived) -> list[Item]:
                         tuple(norm * w for w in sf._once_per_rank(scenario, n)), f"all {ranks} ranks"
                         if sh.zero >= 1 else f"model-parallel {ranks}", "nic" if ranks > rates.gpus_per_node
                         else "nvlink", "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
+    out += _loop_items(scenario, st)
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
                          for f, e in zip(stages, fp8_elements))  # fmt: skip
@@ -340,6 +341,28 @@ def _optimizer(scenario, derived) -> list[Item]:
         out.append(Item("forward slowed beside the overlapped all-gather", "optimizer", (0.0,) * n, beside,
                         "the rank", "-", f"SMs ({step.dp_comm_sms} taken)",
                         "(slowdown - 1) x the forward the gather runs beside (step.dp_comm_sms)"))  # fmt: skip
+    return out
+
+
+def _loop_items(scenario, st) -> list[Item]:
+    """The A100-era loops' once-a-step work (model/loop_step.py), as step_figures adds it to the optimizer figure."""
+    phase, once = loop_step.per_stage_ms(scenario, st, sf._stage_ranks(scenario), sf.megatron_core_optimizer(scenario))
+    n = len(st.stages)
+    out = []
+    if any(phase):
+        out.append(Item("Megatron-LM's warm-up and cool-down P2P calls' timers", "optimizer", (0.0,) * n, phase,
+                        "the rank", "-", "host syncs", "the calls the schedule's warm-up and cool-down make beyond "
+                        "the steady state's, two torch.cuda.synchronize() each; once a rank"))  # fmt: skip
+    if any(once):
+        megatron = st.megatron_lm_loop
+        out.append(Item("Megatron-LM's step timers, host reads, loss average" if megatron else
+                        "DeepSpeed's loss aggregation and Megatron-DeepSpeed's log", "optimizer", (0.0,) * n, once,
+                        "the rank (found-inf, norm: the model-parallel group, where read here)" if megatron else
+                        "the rank; the loss over data parallelism, broadcast over the pipeline", "-",
+                        "host syncs + latency",
+                        "train_step's and the optimizer's timers, the loss scale's .item(), the found-inf and norm "
+                        "reads, the last rank's loss sums; once a rank" if megatron else
+                        "_aggregate_total_loss's reads and broadcast, training_log at --log-interval 1; once a rank"))
     return out
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..step_costs import Throughput
-from . import collectives, ddp_buckets, derive, flops, kernels, params, shard_pieces
+from . import collectives, ddp_buckets, derive, flops, kernels, loop_step, params, shard_pieces
 from .config import ModelError
 
 # Bytes an Adam step reads and writes per parameter it updates, beyond the two moments: the fp32
@@ -1117,6 +1117,8 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
     mcore = key == "optimizer" and megatron_core_optimizer(scenario)
     norm_share = per_rank if mcore else None
     norm = grad_norm_all_reduce_ms(scenario, st) if mcore else 0.0
+    # the A100-era loops' once-a-step timers, host reads and loss reductions (loop_step.py), once a rank
+    loop = loop_step.per_stage_ms(scenario, st, _stage_ranks(scenario), mcore) if key == "optimizer" else None
     # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
     beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
     slow = per_call(memo, "dp_comm_slowdown", lambda: dp_comm_slowdown(scenario, step.dp_comm_sms, derived)) \
@@ -1147,6 +1149,7 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
             # with FP8 parameters, Transformer Engine casts the updated shards to FP8 in place of the 16-bit copy
             ms += master_cast[s] if master_cast else 0.0
             ms += grad_zero_ms(st, stage) + norm * norm_share[s] if mcore else 0.0
+            ms += loop[0][s] + loop[1][s]
             # then the updated weights all-gathered, unless Megatron hides it under the next forward
             ms += param_gather_ms(st, stage, fp8_param_elements(st, where) if fp8 else (0.0, 0.0)) if gather else 0.0
             # and the next step's first micro-batch refreshes the FP8 weight copies, on this rank's compute
