@@ -30,15 +30,19 @@ def _rows(cfg=None, overrides=()):
     return st, {(k.name, k.component): k for k in kernels.head(cfg or st.cfg, st.rates, st.layout)}
 
 
-def test_gpt3_head_backward_collectives_hidden_under_their_gemms():
-    st, rows = _rows()
+@pytest.mark.parametrize("overrides,ctas", [
+    ((), 8),  # the run's MEGATRON_CORE_TP_MAX_CTAS=8 caps the tensor group's channels (parallel.tp_max_ctas; s14c)
+    (("parallel.tp_max_ctas=0",), 16),  # uncapped, an H100 group of 4: the fewer of the ring's 24 and NVLS's 16 (s12m)
+])  # fmt: skip
+def test_gpt3_head_backward_collectives_hidden_under_their_gemms(overrides, ctas):
+    st, rows = _rows(overrides=overrides)
     assert st.layout.tensor == 4 and st.layout.sequence_parallel and WHOLE == pytest.approx(143.1e-6, abs=0.1e-6)
     v = -(-st.cfg.vocab_size // 4)
     dgrad = rows[("output layer dgrad", "mlp_backward_input")]
-    # beside the re-gather the dgrad GEMM runs on the 132 - 16 SMs NCCL's CTAs leave (an H100 group of 4: the fewer
-    # of the ring's 24 and NVLS's 16; s12j / s12m), then whole: c + A (1 - c / H), A alone, H held (beside_transfer)
+    # beside the re-gather the dgrad GEMM runs on the 132 - ctas SMs NCCL's CTAs leave (s12j), then whole:
+    # c + A (1 - c / H), A alone, H held (beside_transfer)
     alone, held = (gemm.time(N, H, v, st.rates.gemm_bf16, 132, HBM, 2.0, held=h, schedule="persistent").seconds
-                   for h in (0, 16))  # fmt: skip
+                   for h in (0, ctas))  # fmt: skip
     assert held > alone > WHOLE
     assert dgrad.seconds == pytest.approx(WHOLE + alone * (1 - WHOLE / held), rel=1e-12)
     wgrad = rows[("output layer wgrad", "mlp_backward_weight")]

@@ -160,7 +160,10 @@ def test_scenario_key_reaches_the_reduce_scatter(tmp_path):
     old = _grad_sync(tmp_path, 'nccl_version = "2.22.3"')
     averaged = _grad_sync(tmp_path, 'nccl_version = "2.25.1"', "average_in_collective = true")
     summed = _grad_sync(tmp_path, 'nccl_version = "2.25.1"')
-    assert old == default
+    # v2.20-v2.22 time it by v2.18.5's constants, one ring latency a bucket; unset (v2.18.5) the coalesced group runs
+    # fewer ring passes on its busiest channel (tests/test_nccl_aggregation.py)
+    assert old == _grad_sync(tmp_path, 'nccl_version = "2.20.3"')
+    assert default < old
     assert summed < averaged  # PAT only for a sum
     assert averaged != default
 

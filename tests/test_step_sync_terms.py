@@ -121,9 +121,13 @@ def test_zero1_parameter_all_gather_follows_the_optimizer_by_hand():
 
 # Overlapped, the next step's pipeline waits for stage 0's all-gather before its first forward: a ring over
 # 24 ranks on 24 nodes (one NIC each) as NCCL's tuner times it, 23 network steps: Simple 8.4 + 23 x 14 us
-# (LL128's 14 + 23 x 4 us at 0.7 of the bus is slower for 2.3 GB), once per bucket
+# (LL128's 14 + 23 x 4 us at 0.7 of the bus is slower for 2.3 GB).  One bucket: one ring pass.  Nine (274.8 MB each)
+# as NCCL 2.18 runs one coalesced group on 16 channels (docs/model.md, "A group of bucket collectives on NCCL
+# v2.17-v2.19"): each bucket on ceil(274.8 / 33.55 MB) = 9 channels, 81 pieces, 6 ring passes on the busiest
+# channel; the tuner counts one latency over 8 of the 16 channels' bus (11.5 MB a rank: 1 channel an op, 8 ops after
+# the first): Simple 330.4 us + 2.37 GB / 11.75 GB/s against LL128 106 us + 2.37 GB / 8.2 GB/s, Simple.
 def _start_wait(buckets=1):
-    return buckets * (8.4 + 23 * 14.0) * 1e-6 + STAGE0 / 8 * 2 * 23 / 24 / NIC
+    return {1: 1, 9: 6}[buckets] * (8.4 + 23 * 14.0) * 1e-6 + STAGE0 / 8 * 2 * 23 / 24 / NIC
 
 
 @pytest.mark.parametrize("overrides,exposed", [
@@ -337,7 +341,13 @@ def test_mlperf_start_wait_by_hand():
     stage0 = ((12 * GH * GH + 13 * GH + 50688 * GH) / 4 + 3 * 6 * GH / 4 + 2048 * GH) * 2
     assert sc.derived().stages[0].dense_params == 12 * GH * GH + 13 * GH + 3 * 6 * GH + (50688 + 4 * 2048) * GH
     moved, bus = stage0 * 15 / 16, 2 * rates.nic_bus
-    want = min(9 * (8.4 + 8 * 3.4 + 7 * 14) * 1e-6 + moved / bus, 9 * (14 + 8 * 1.9 + 7 * 4) * 1e-6 + moved / (bus * 0.92))
+    # NCCL 2.18's coalesced group on 16 channels (dp_comm_sms 0: NCCL's own; docs/model.md, "A group of bucket
+    # collectives on NCCL v2.17-v2.19"): a 140.9 MB bucket on ceil(140.9 / 33.55) = 5 channels, 45 pieces, 3 ring
+    # passes on the busiest; the tuner counts one latency (8.8 MB a rank: 1 channel an op, 8 ops after the first, over
+    # 8 of the 16 channels: half the bus) and picks Simple
+    simple, ll128 = (8.4 + 8 * 3.4 + 7 * 14) * 1e-6, (14 + 8 * 1.9 + 7 * 4) * 1e-6
+    assert simple + moved / (bus / 2) < ll128 + moved / (bus * 0.92 / 2)
+    want = 3 * simple + moved / bus
     from dualpipe_sim.model.step_figures import start_gather_ms
 
     assert start_gather_ms(sc.derived().setup, sc.derived().stages[0], 9) == pytest.approx(want * 1e3)

@@ -107,3 +107,35 @@ def test_the_rows_messages_keep_every_channel():
     st = derive.setup(scenario.load(ROOT / "scenarios/validation/xt-qwen3-235b-tp2ep8pp8.toml", []))
     rows = {(k.name, k.component): k for k in derive.layer_kernels(st, 1)}
     assert "16 SMs held" in rows[("qkv wgrad", "attn_backward_weight")].shape
+
+
+def test_run_cap_tp_max_ctas_v31_and_v4x():
+    """parallel.tp_max_ctas (s14c): the MLPerf v3.1 GPT-3 runs' MEGATRON_CORE_TP_MAX_CTAS=8 (Megatron-core df72712
+    parallel_state.py lines 254-261) and v4.x's `tp: max_ctas: 8` yaml clamp the H100 tensor ring's 24 channels
+    (v2.18.5: 18 x 20.0 GB/s, 6 at 60, 12, 24) to 8; NCCL_MIN_NCHANNELS=4 is below it."""
+    width = 18 * 20.0
+    assert channels(width, SM90_V2_18, 90) == 24
+    assert channels(width, SM90_V2_18, 90, min_ctas=4, max_ctas=8) == 8
+    by_cap = {}
+    for cap in (0, 8, 30):
+        st = derive.setup(scenario.load(ROOT / "scenarios/validation/mlperf31-gpt3-4096.toml", [f"parallel.tp_max_ctas={cap}"]))
+        last = st.stages[-1]
+        rows = {(k.name, k.component): k for k in derive.extra_kernels(st, last)}
+        by_cap[cap] = rows[("output layer dgrad", "mlp_backward_input")]
+    assert "24 SMs held" in by_cap[0].shape  # no cap: the ring's 24, as the model times the head's all-gather
+    assert "24 SMs held" in by_cap[30].shape  # a cap above the channels found changes nothing
+    assert "8 SMs held" in by_cap[8].shape  # min(24, 8)
+    # the scenario as shipped carries the cap
+    st = derive.setup(scenario.load(ROOT / "scenarios/validation/mlperf31-gpt3-4096.toml", []))
+    assert st.tp_max_ctas == 8 and st.layout.tp_max_ctas == 8
+
+
+@pytest.mark.parametrize("value,rule", [("-1", "input should be greater than or equal to 0, got -1"),
+                                        ("65", "input should be less than or equal to 64, got 65"),
+                                        ("2.5", "must be a whole number, got 2.5")])
+def test_tp_max_ctas_bad_input_is_one_line(tmp_path, value, rule):
+    from helpers import cli_error
+
+    scen = ROOT / "scenarios/validation/mlperf31-gpt3-4096.toml"
+    assert cli_error(tmp_path, "run", str(scen), "--set", f"parallel.tp_max_ctas={value}") == \
+        f"error: parallel.tp_max_ctas: {rule}"

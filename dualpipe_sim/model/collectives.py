@@ -106,13 +106,57 @@ def pat_latency(ranks: int) -> float:
     return (NCCL_PAT_BASE + (ranks.bit_length() - 1) * NCCL_TREE_NET["simple"] / 3.5 + NCCL_PAT_PER_RANK * ranks) * 1e-6
 
 
-def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int, averaged: bool = False) -> float:
+# SMs a data-parallel ring reduce-scatter / all-gather occupies (step.dp_comm_sms' default): NCCL runs one CTA per
+# channel, and its CTAs do not share an SM with compute kernels (NCCL's maintainer, NVIDIA/nccl#689). Across DGX
+# nodes with 8 NICs the ring search finds 8 channels (one per NIC, NVIDIA/nccl#977's logs), which NCCL doubles
+# (graph/connect.cc, ncclTopoPostset, v2.28.3): 16 CTAs, "on DGX with 8 NICs ... it would use 16 SMs" (#689). The
+# MLPerf v5.1 B200 rows set NCCL_MIN_CTAS=16 / NCCL_MAX_CTAS=32 (config_common.sh), which override the per-group
+# YAML (envConfigOverride, init.cc v2.28.3): 16 there too. docs/step.md, "Data-parallel collectives take SMs".
+NCCL_DP_CTAS = 16
+
+# NCCL v2.17-v2.19's aggregation of a group's collectives (enqueue.cc @ 4365458 scheduleCollTasksToPlan, lines
+# 483-600; the same code in v2.17.1-1 and v2.19.3-1; rewritten in v2.20, and in v2.22 as ncclPrepareTasks: not read
+# here): a channel's share of the group, 2 MiB x min(16, ranks) (NCCL_AGG_CHANNEL_SIZE, include/enqueue.h line 16),
+# halved while the group's bytes are under it x channels and it is above 512 B (NCCL_MIN_CHANNEL_SIZE:
+# NCCL_LL_THREAD_THRESHOLD 8 x 64).
+NCCL_AGG_CHANNEL_BYTES = 2 * 2**20
+NCCL_AGG_MIN_CHANNEL_BYTES = 8 * 64
+NCCL_AGG_RULES_UNTIL = (2, 20)
+
+
+def aggregates(nccl: tuple[int, ...] | None) -> bool:
+    """Whether NCCL release ``nccl`` (None: v2.18.5) spreads a group's collectives over channels by v2.18's rules."""
+    return nccl is None or tuple(nccl[:2]) < NCCL_AGG_RULES_UNTIL
+
+
+def aggregated(nbytes: float, n: int, buckets: int, channels: int) -> tuple[int, float, int]:
+    """How NCCL v2.18 runs ``buckets`` equal reduce-scatters / all-gathers of ``nbytes`` in all over ``n`` ranks, issued
+    in one group on a communicator of ``channels`` channels: (the tuner's latency count, the tuner's share of the
+    bus, the ring passes on the busiest channel).  The tuner (getAlgoInfo on the group, latency x opPerChannel)
+    counts each op after the first at ceil(per-rank bytes / channel share) channels (its ``count`` is per rank);
+    the launch gives each op ceil(its whole bytes / channel share) channels (``info.nBytes``, x ranks), at most
+    ``channels``, the least loaded first (addCollToPlan), and a channel runs its ops one after another."""
+    share = NCCL_AGG_CHANNEL_BYTES * min(16, n)
+    while nbytes < share * channels and share > NCCL_AGG_MIN_CHANNEL_BYTES:
+        share /= 2
+    bucket = nbytes / buckets
+    agg = (buckets - 1) * max(1, min(channels, math.ceil(bucket / n / share)))
+    used = min(channels, agg)
+    per_op = max(1, min(channels, math.ceil(bucket / share)))
+    return -(-agg // used), used / channels, -(-(buckets * per_op) // channels)
+
+
+def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int, averaged: bool = False,
+             channels: int = 0) -> float:
     """Seconds for a reduce-scatter or all-gather of ``nbytes`` over ``n`` ranks across nodes (``per_node`` of
     them, each with its NIC, on a node), sent as ``buckets`` equal NCCL collectives in one group (apex's
-    coalesced bucket syncs).  As NCCL's tuner times it (tuning.cc ncclTopoGetAlgoTime, enqueue.cc's
-    aggregation: a ring pays its latency once per op) and picks the fastest protocol: latency x buckets +
-    bytes x factor / bus bandwidth, the bus the measured NIC one (x per_node NICs; LL128 a fraction of it).
-    Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring latency is ~1 ms.
+    coalesced bucket syncs).  As NCCL's tuner times it (tuning.cc ncclTopoGetAlgoTime) and picks the fastest
+    protocol: latency x ring passes + bytes x factor / bus bandwidth, the bus the measured NIC one (x per_node
+    NICs; LL128 a fraction of it).  Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring
+    latency is ~1 ms.  ``channels`` (the communicator's, step.dp_comm_sms) with NCCL v2.17-v2.19 (``rates.nccl``
+    None or below v2.20): the group spread over its channels as that NCCL does (aggregated): the tuner picks
+    the protocol with its own latency count, and the time pays the busiest channel's ring passes; else (0, or a
+    later NCCL) one ring pass per bucket, in sequence.
     ``rates.nccl`` (hardware.nccl_version) from v2.23 with one rank a node: LL128 at 0.92, the tree's network
     latency, and PAT, unless ``averaged`` (a reduce-scatter with ncclAvg: NCCL runs bf16 / fp16 / fp32 averages as
     PreMulSum, which enqueue.cc keeps off PAT)."""
@@ -122,8 +166,15 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
     bus = rates.nic_bus * per_node
     ll128 = 0.92 if per_node >= 2 or one_per_node_rules(nccl) else 0.7
     moved = nbytes * FACTORS[op](n)
-    best = min(buckets * ring_latency("simple", n, per_node, nccl) + moved / bus,
-               buckets * ring_latency("ll128", n, per_node, nccl) + moved / (bus * ll128))
+    # in NCCL's protocol order (LL128 before Simple: the first of equal times wins, getAlgoInfo's strict <)
+    protocols = {"ll128": (ring_latency("ll128", n, per_node, nccl), bus * ll128),
+                 "simple": (ring_latency("simple", n, per_node, nccl), bus)}
+    if channels and buckets > 1 and aggregates(nccl):
+        count, share, passes = aggregated(nbytes, n, buckets, channels)
+        chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / (protocols[p][1] * share))
+        lat, speed = protocols[chosen]
+        return passes * lat + moved / speed
+    best = min(buckets * lat + moved / speed for lat, speed in protocols.values())
     if per_node == 1 and one_per_node_rules(nccl) and not (op == "reduce_scatter" and averaged):
         pat_bus = bus * NCCL_PAT_BUS.get(tuple(nccl[:2]), 0.75)
         best = min(best, -(-buckets // NCCL_PAT_BATCH) * pat_latency(n) + nbytes / pat_bus)

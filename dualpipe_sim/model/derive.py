@@ -85,6 +85,8 @@ class Setup:
     interleaved: bool = False  # Megatron's interleaved schedule: one P2P call a forward-backward pair (megatron_lm.py)
     # hardware.gpu_variability on: (spread, GPUs of the run, factor every kernel takes); None: off (gpu_spread.py)
     gpu_spread: tuple[str, int, float] | None = None
+    tp_max_ctas: int = 0  # parallel.tp_max_ctas
+    dp_channels: int = collectives.NCCL_DP_CTAS  # the data-parallel communicator's NCCL channels (dp_channels)
 
     @property
     def ring_serial(self) -> bool:
@@ -113,7 +115,7 @@ class Setup:
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
                               grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm,
-                              deepspeed_pipe=self.deepspeed_pipe)  # fmt: skip
+                              deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -359,7 +361,14 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
                  deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
-                 gpu_spread=spread)  # fmt: skip
+                 gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario))  # fmt: skip
+
+
+def dp_channels(scenario) -> int:
+    """NCCL channels of the data-parallel communicator: the CTAs step.dp_comm_sms gives it (one CTA a channel),
+    else (no [step], or 0: SMs not costed) collectives.NCCL_DP_CTAS."""
+    sms = scenario.step.dp_comm_sms if scenario.step is not None else 0
+    return sms or collectives.NCCL_DP_CTAS
 
 
 def training_loop(scenario) -> bool:

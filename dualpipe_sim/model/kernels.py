@@ -202,6 +202,8 @@ class Layout:
     # DeepSpeed v0.6.5's pipeline engine with Megatron-DeepSpeed's GPTModelPipe (step.runtime = "deepspeed-bf16"):
     # its per-micro-batch loads, clones, partitions, sends and host syncs (deepspeed_pipe.py)
     deepspeed_pipe: bool = False
+    # parallel.tp_max_ctas: the tensor-parallel group's NCCL config.max_ctas (0: no cap), which bounds tp_nccl_ctas
+    tp_max_ctas: int = 0
     # whose hook that is: "apex" (DistributedFusedAdam) or "ddp" (Megatron-core's DDP) (derive.grad_hook)
     grad_hook: str = ""
 
@@ -302,6 +304,8 @@ class Table:
         the collective is exposed only for what it takes beyond them."""
         t = self.lay.tensor
         ctas = tp_nccl_ctas(self.r, t, op, nbytes)
+        if self.lay.tp_max_ctas:  # NCCL clamps the communicator's channels, NVLS's too, to config.maxCTAs
+            ctas = min(ctas, self.lay.tp_max_ctas)
         full = collectives.time(op, nbytes, t, self.r, "nvlink") if t > 1 and nbytes > 0 else 0.0
         start, outer = len(self.rows), self._beside
         self._beside = (ctas, full) if ctas and full > 0 else None

@@ -190,6 +190,10 @@ class ParallelSection(_Section):
     # Megatron-DeepSpeed's --sync-tp-duplicated-parameters: every forward all-reduces each norm's and row-parallel
     # bias's parameters over the tensor-parallel group (BLOOM); Megatron-core has no such step
     sync_tp_duplicated_parameters: bool = False
+    # the tensor-parallel group's NCCL config.max_ctas (Megatron-core's MEGATRON_CORE_TP_MAX_CTAS, or the tp entry of
+    # an NCCL_CFG_PATH yaml): NCCL keeps at most that many channels, so an NCCL collective beside GEMMs holds at most
+    # that many SMs (kernels.tp_nccl_ctas); 0: no cap, NCCL's own channels
+    tp_max_ctas: Annotated[int, Field(ge=0, le=64)] = 0
 
     @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather",
                      "sync_tp_duplicated_parameters", mode="before")
@@ -229,7 +233,7 @@ class ParallelSection(_Section):
 
         return _known_overlaps(v, UB_ATOMIC_OVERLAPS) if isinstance(v, list) else v
 
-    @field_validator("tensor", "expert", "data", "context", "zero", mode="before")
+    @field_validator("tensor", "expert", "data", "context", "zero", "tp_max_ctas", mode="before")
     @classmethod
     def _w(cls, v):
         return _whole(v)

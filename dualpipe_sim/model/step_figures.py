@@ -33,13 +33,8 @@ GRAD_CAST_BYTES = 2 + 4
 # all-reduce (read 2, write 2), copied back into the fp32 gradient (read 2, write 4).
 DS_BF16_COMM_PASSES = (4 + 2) + (2 + 2) + (2 + 4)
 BF16 = 2  # bytes: DeepSpeed's bf16 communication dtype and bf16 weights
-# SMs a data-parallel ring reduce-scatter / all-gather occupies (step.dp_comm_sms' default): NCCL runs one CTA per
-# channel, and its CTAs do not share an SM with compute kernels (NCCL's maintainer, NVIDIA/nccl#689). Across DGX
-# nodes with 8 NICs the ring search finds 8 channels (one per NIC, NVIDIA/nccl#977's logs), which NCCL doubles
-# (graph/connect.cc, ncclTopoPostset, v2.28.3): 16 CTAs, "on DGX with 8 NICs ... it would use 16 SMs" (#689). The
-# MLPerf v5.1 B200 rows set NCCL_MIN_CTAS=16 / NCCL_MAX_CTAS=32 (config_common.sh), which override the per-group
-# YAML (envConfigOverride, init.cc v2.28.3): 16 there too. docs/step.md, "Data-parallel collectives take SMs".
-NCCL_DP_CTAS = 16
+# SMs a data-parallel ring reduce-scatter / all-gather occupies (step.dp_comm_sms' default): collectives.NCCL_DP_CTAS.
+NCCL_DP_CTAS = collectives.NCCL_DP_CTAS
 # FP8 parameters (model.fp8_params, Megatron-core's --fp8-param-gather): the distributed optimizer skips the 16-bit
 # copy of an FP8 weight's shard ("FP8 params are quantized in the above quantize_param_shard", distrib_optimizer.py
 # _copy_main_params_to_model_params @ 25.09-alpha.rc1 d339190), so the copy's read 4 / write 2 go, and
@@ -583,7 +578,8 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
         if op == "reduce_scatter" and nic == "nic":
-            dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets, st.grads_averaged)
+            dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets, st.grads_averaged,
+                                           st.dp_channels)
         else:
             dense_s = collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
         return (dense_s + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
@@ -906,7 +902,8 @@ def _gather_ms(st, nbytes: float, buckets: int) -> float:
     sh = st.sharding
     if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
         per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
-        return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets) * 1e3
+        return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets,
+                                    channels=st.dp_channels) * 1e3
     return _sync_ms(st, "grad_sync", nbytes, 0.0, op="all_gather")
 
 
