@@ -9,8 +9,8 @@ FUSED_ACTIVATION_AMAX_FP8); LayerNormMLP's bgrad_quantize has no fused bias + ca
 gradient first); with sequence parallelism the amax of a tensor cast before its all-gather is all-reduced over
 the tensor-parallel group; no amax history and no per-chunk reduction.
 
-The B200 preset's figures used below: memory-bound kernels at 6.8 TB/s (rates.PRESETS["B200"].hbm), each kernel
-at least 2.5 us (the floor)."""
+The B200 preset's figures used below: memory-bound kernels at 6.858 TB/s (rates.PRESETS["B200"].hbm), each kernel
+at least 2.04 us (the floor; both NVIDIA/cccl#7391's B200 table, docs/model.md)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT / "scenarios" / "validation"
 L8B = VAL / "mlperf51-llama8b-16b200.toml"  # Llama 3.1 8B, TP 1, no SP, micro-batch 2 x 8192: n = 16,384 tokens
 L405B = VAL / "mlperf51-llama405b-256b200.toml"  # TP 4 with SP, CP 2
-HBM, FLOOR = 6.8e12, 2.5e-6
+HBM, FLOOR = 6.858e12, 2.04e-6
 
 
 def test_preset_figures_the_hand_work_uses():
@@ -41,21 +41,22 @@ def _rows(path, overrides=()):
 
 def test_one_linear_by_hand():
     # out_proj's input: the attention output, n x (32 heads x 128) = 16,384 x 4,096 = 67,108,864 bf16 values.
-    # Its amax pass reads them once: 134,217,728 B / 6.8e12 B/s = 19.738 us, plus zero + amax + scale = 3 floors
-    # (7.5 us): 27.238 us. The cast itself is delayed scaling's, on B200 with TE release_v2.8 without a transpose
+    # Its amax pass reads them once: 134,217,728 B / 6.858e12 B/s = 19.571 us, plus zero + amax + scale = 3 floors
+    # (6.12 us): 25.691 us. The cast itself is delayed scaling's, on B200 with TE release_v2.8 without a transpose
     # (read 2 B, write 1 B: 201,326,592 B; docs/model.md, "FP8 transposes").
     _, rows = _rows(L8B)
     by = {(k.name, k.component): k for k in rows}
     amax = by[("out_proj input amax", "attn_forward")]
     assert amax.bytes == 134_217_728
-    assert amax.seconds == pytest.approx(3 * 2.5e-6 + 134_217_728 / 6.8e12)
-    assert amax.seconds == pytest.approx(27.238e-6, abs=1e-9)
+    assert amax.seconds == pytest.approx(3 * FLOOR + 134_217_728 / HBM)
+    assert amax.seconds == pytest.approx(25.691e-6, abs=1e-9)
     assert by[("out_proj input cast", "attn_forward")].bytes == 201_326_592
     # fc2's input after LayerNormMLP's SwiGLU, n x f = 16,384 x 14,336: the activation writes 2 B (not 1) with the
-    # amax, then its own cast reads 2 and writes 1 (3 kernels: zero, scale, cast): 704,643,072 B -> 111.12 us
+    # amax, then its own cast reads 2 and writes 1 (3 kernels: zero, scale, cast): 704,643,072 B -> 108.87 us
     cast = by[("fc2 input cast", "mlp_forward")]
     assert cast.bytes == 16384 * 14336 * 3 == 704_643_072
-    assert cast.seconds == pytest.approx(3 * 2.5e-6 + 704_643_072 / 6.8e12)
+    assert cast.seconds == pytest.approx(3 * FLOOR + 704_643_072 / HBM)
+    assert cast.seconds == pytest.approx(108.868e-6, abs=1e-9)
 
 
 def test_layer_against_delayed_by_hand():
@@ -75,7 +76,7 @@ def test_layer_against_delayed_by_hand():
     extra_bytes = sum(k.bytes for k in cur) - sum(k.bytes for k in dly)
     assert extra_bytes == pytest.approx(241_664 * n)
     extra_s = sum(k.seconds for k in cur) - sum(k.seconds for k in dly)
-    assert extra_s == pytest.approx(25 * 2.5e-6 + 241_664 * n / 6.8e12)
+    assert extra_s == pytest.approx(25 * FLOOR + 241_664 * n / HBM)
     assert not [k for k in cur if k.kind == "comm"]
 
 

@@ -37,7 +37,7 @@ def test_table_holds_one_best_shape_per_gpu_and_dtype():
 # Each best shape worked by hand through the tile/wave model, compute-bound, no split-K, k_overhead 0, the 5.25 us floor:
 # * BF16 1792 x 16128 x 3072 on 148 SMs: 128 x 256 tiles give 14 x 63 = 882 tiles, ceil(882 / 148) = 6 waves,
 #   1792 x 16128 / (6 x 148 x 128 x 256) = 99.32% useful (128 x 128: 1,764 tiles in 12 waves, the same share); 882 tiles
-#   > 2 x 148, so no split-K; 168 MB at 6.8 TB/s is 25 us of 113: compute-bound. At 1,579 TFLOP/s: 1,498.8 TFLOP/s,
+#   > 2 x 148, so no split-K; 168 MB at 6.858 TB/s is 25 us of 113: compute-bound. At 1,579 TFLOP/s: 1,498.8 TFLOP/s,
 #   14.1% under the 1,745.0 measured.
 # * FP8 15360 x 4096 x 3072: 128 x 256 tiles give 120 x 16 = 1,920 tiles in ceil(1920 / 148) = 13 waves, 99.79% useful;
 #   at the GB200-fitted 2,972 TFLOP/s: 2,851.0 TFLOP/s, 16.9% under the 3,432.5 measured.

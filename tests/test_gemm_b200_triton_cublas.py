@@ -55,7 +55,7 @@ def test_most_compute_bound_shape_within_the_fits_median_error(dtype, tolerance)
 def test_short_k_is_the_models_known_miss_by_hand():
     # 8192 x 8192 x 512 in FP16 (BF16's rate): 128 x 256 tiles give 64 x 32 = 2,048 tiles, ceil(2048 / 148) = 14 waves,
     # 2048 / (14 x 148) = 98.84% useful (128 x 128: 4,096 tiles in 28 waves, the same); no split-K; k_overhead 0, so
-    # 68.7 GFLOP at 1,579 x 0.9884 TFLOP/s = 44.0 us (the 151 MB at 6.8 TB/s take 22.2 us) plus the 5.25 us floor:
+    # 68.7 GFLOP at 1,579 x 0.9884 TFLOP/s = 44.0 us (the 151 MB at 6.858 TB/s take 22.0 us) plus the 5.25 us floor:
     # 1,394.4 TFLOP/s, 14.1% above the 1,221.7 measured. At K = 256 the model is 49% fast (FP8 84%): a tile's prologue
     # and epilogue, which k_overhead stands for, cost a B200 GEMM more than the 0 that XLA's and Azure's tables fit.
     flops = 2 * 8192 * 8192 * 512

@@ -168,8 +168,9 @@ def test_b200_fp8_rates_reproduce_azure_gb200_table():
                  > b.gemm_fp8.floor + 2 * int(r["m"]) * int(r["n"]) * int(r["k"]) / 4500e12]  # fmt: skip
     assert [(r["m"], r["k"]) for r in rows if r not in reachable] == [("1024", "1024"), ("2048", "2048"), ("1024", "1024")]
     err = _errors(reachable, "value", b.gemm_fp8, 148, b.hbm, 1.0, 1e12)
-    # docs/model.md: median 3.3%, worst 12.9% (802816 x 192 x 768, memory-bound); the large compute-bound GEMMs within 5%
-    assert len(err) == 6 and np.median(err) < 0.04 and err.max() < 0.13
+    # docs/model.md: median 3.3%, worst 13.6% (802816 x 192 x 768, memory-bound: 925 MB at B200's streaming 6.858 TB/s,
+    # 12.9% at the 6.8 TB/s taken before s14g); the large compute-bound GEMMs within 5%
+    assert len(err) == 6 and np.median(err) < 0.04 and 0.13 < err.max() < 0.14
     big = [e for e, r in zip(err, reachable) if min(int(r["m"]), int(r["n"]), int(r["k"])) >= 6144]
     assert len(big) == 4 and max(big) < 0.05
     # the 3 small rows ran in less than floor + 4 us: the model, which pays the floor, is 39-57% slow there

@@ -28,20 +28,20 @@ def _load(name, overrides=()):
 
 
 def test_the_8b_rows_buffer_zeroed_by_hand():
-    # bf16 gradients (grad_reduce_in_fp32 False): 8,030,261,248 x 2 B = 16.06 GB written at 6.8 TB/s = 2.3618 ms, plus
-    # two fill kernels (the FP8 parameters' buffer and the 16-bit one) at the 2.5 us floor: 2.3668 ms a step
+    # bf16 gradients (grad_reduce_in_fp32 False): 8,030,261,248 x 2 B = 16.06 GB written at 6.858 TB/s = 2.3419 ms, plus
+    # two fill kernels (the FP8 parameters' buffer and the 16-bit one) at B200's 2.04 us floor: 2.3460 ms a step
     sc = _load("mlperf51-llama8b-64b200")
     d = sc.derived()
     b200 = PRESETS["B200"]
     assert PARAMS == 8_030_261_248 == d.stages[0].dense_params
-    assert (b200.hbm, b200.floor) == (6.8e12, 2.5e-6)
+    assert (b200.hbm, b200.floor) == (6.858e12, 2.04e-6)
     assert step_figures.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(
-        (PARAMS * 2 / 6.8e12 + 2 * 2.5e-6) * 1e3, rel=1e-12)
-    assert step_figures.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(2.3668, abs=1e-4)
+        (PARAMS * 2 / 6.858e12 + 2 * 2.04e-6) * 1e3, rel=1e-12)
+    assert step_figures.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(2.3460, abs=1e-4)
     # fp32 gradients double the bytes; one buffer without FP8 parameters
     d32 = _load("mlperf51-llama8b-64b200", ["model.grads_dtype=fp32", "model.fp8_params=false"]).derived()
     assert step_figures.grad_zero_ms(d32.setup, d32.stages[0]) == pytest.approx(
-        (PARAMS * 4 / 6.8e12 + 2.5e-6) * 1e3, rel=1e-12)
+        (PARAMS * 4 / 6.858e12 + 2.04e-6) * 1e3, rel=1e-12)
 
 
 @pytest.mark.parametrize("gpus, by_hand_us", [(64, 45.2), (256, 65.2)])

@@ -152,6 +152,11 @@ _SM90_FP8 = GemmRates(peak=1554e12, k_overhead=434, floor=5.54e-6)  # DeepGEMM
 _SM90_FP8_CUBLAS = GemmRates(peak=1382e12, k_overhead=0.0, floor=5.54e-6)
 _HBM_FRACTION = 0.85
 _FLOOR = 2.5e-6  # back-to-back small kernels (gpu-benches gpu-small-kernels, H200 and A100)
+# B200's own: NVIDIA/cccl#7391's nvbench table of cub::DeviceTransform relu on "NVIDIA B200" (one load, one store a
+# value; tests/data/kernels/cccl7391_b200_relu.csv), its batch (back-to-back) times: 2^28 F16 values, 1 GiB moved, in
+# 156.563 us; 2^16 values in 2.044 / 2.036 us (F16 / BF16)
+_B200_HBM = 6.858e12  # 2^30 B / 156.563 us, bytes over time at the largest size, as gpu-benches' scale kernel gives H100's
+_B200_FLOOR = 2.04e-6  # the two 2^16 rows' mean
 _NIC_NDR = 47e9  # one 400 Gb/s NDR / CX7 NIC per GPU
 _LATENCY = 25.5e-6
 
@@ -195,9 +200,9 @@ PRESETS: dict[str, KernelRates] = {
     # k_overhead 0 (not identified by its grid); attention: cudnn-frontend's SDPA training benchmark on B200 (cuDNN 9.13.1
     # and flash-attn 2.7.4, causal, head dim 128; tests/data/kernels/cudnn_frontend_sdpa.csv, fitted by
     # benchmarks/fit_kernel_rates.py); NVLink 5: XLA's sm_100_B200 collectives (all-gather / reduce-scatter /
-    # all-to-all at 1-2 GiB: 601-642 GB/s)
+    # all-to-all at 1-2 GiB: 601-642 GB/s); HBM and the kernel floor: NVIDIA/cccl#7391's B200 relu table (above)
     "B200": KernelRates("B200", 148, GemmRates(1579e12, 0.0, 5.25e-6), GemmRates(2972e12, 0.0, 5.25e-6),
-                        1591e12, 1323e12, 2790.0, 8e12 * _HBM_FRACTION, _FLOOR, 620e9, _NIC_NDR, _LATENCY,
+                        1591e12, 1323e12, 2790.0, _B200_HBM, _B200_FLOOR, 620e9, _NIC_NDR, _LATENCY,
                         attention_seq_half_backward=3660.0,
                         attention_fa2=(452e12, 397e12, 1020.0, 2170.0),
                         # sm_100: tiles taken dynamically (Cluster Launch Control, CUTLASS's sm_100 scheduler; docs/model.md)
