@@ -385,7 +385,7 @@ def rank_table(m: Metrics, bytes_given: bool = True) -> list[str]:
     lines += ["between ops: the rank's idle time between its ops (what the closed form predicts)",
               "peak: stage-activations held at once, and their bytes; param copies: stages whose parameters it holds"]
     if not bytes_given:
-        lines.append("peak act bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
+        lines.append("peak bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
     return lines
 
 

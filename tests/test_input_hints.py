@@ -76,7 +76,7 @@ def test_without_memory_activation_bytes_show_n_a(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--plots", "none"]) == 0
     out = capsys.readouterr().out
     rank0 = next(x for x in out.splitlines() if x.strip().startswith("0 "))
-    assert rank0.split()[-2:] == ["n/a", "1"] and "peak act bytes n/a: no memory.activation" in out
+    assert rank0.split()[-2:] == ["n/a", "1"] and "peak bytes n/a: no memory.activation" in out
     assert main(["run", str(path), "--set", "memory.activation=2e9", "--out", str(tmp_path / "o2"), "--plots", "none"]) == 0
     out = capsys.readouterr().out
     head = next(x for x in out.splitlines() if x.split()[:1] == ["rank"])
