@@ -22,6 +22,7 @@ from .schedules.ir import Schedule, ScheduleError
 from .readers.metrics import Metrics
 from .progress import each_file
 from .outputs.files import OutputError, check_targets, metrics_json, write_all, write_text
+from .outputs import text_table
 from .inputs.scenario import ScenarioError, activation_bytes_given, oddities, parse_override
 from .inputs.scenario import load as load_scenario
 from .inputs.scenario import load_resolved
@@ -343,20 +344,8 @@ def summary_table(m: Metrics, bytes_given: bool = True) -> str:
         f"makespan {units.duration(m.makespan)}   bubble ratio {m.bubble_ratio:.2%}   "
         f"span bubble rate {m.span_bubble_rate:.2%}",
         "",
-        # The closed forms predict the time between ops; with [chunk] that is less
-        # than compute idle (an op's own exposed all-to-all is inside the op).
-        f"{'rank':>4} {'busy (ms)':>10} {'idle (ms)':>10} {'between ops':>11} {'closed form':>11} {'peak act':>8} "
-        f"{'peak act bytes':>14} {'param copies':>12}",  # stages held: not the parameters (memory's own table)
+        *rank_table(m, bytes_given),
     ]
-    formula = "-" if a.bubble is None else num(a.bubble)
-    for r in m.per_rank:
-        lines.append(
-            f"{r.rank:>4} {num(r.busy):>10} {num(r.idle):>10} {num(r.between_ops):>11} {formula:>11} "
-            f"{r.peak_activation:>8} {units.nbytes(r.peak_activation_bytes) if bytes_given else 'n/a':>14} "
-            f"{r.parameter_copies:>12}"
-        )
-    if not bytes_given:
-        lines.append("peak act bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
     closed_peak = "-" if a.peak_activation is None else a.peak_activation
     lines.append(f"\npeak activation (max over ranks): {s['peak_activation']} measured, {closed_peak} closed form")
     if a.bubble is None and a.reason:  # say why the closed-form column is empty
@@ -371,6 +360,39 @@ def summary_table(m: Metrics, bytes_given: bool = True) -> str:
     if m.throughput is not None:
         lines.append(throughput_line(m.throughput))
     return "\n".join(lines + memory_lines(m))
+
+
+def rank_table(m: Metrics, bytes_given: bool = True) -> list[str]:
+    """Per rank: times (ms), peak activations (count and bytes), stage copies held; a legend below."""
+    a, ranks = m.analytic, m.per_rank
+    # The closed forms predict the time between ops (one value for every rank), so they share its decimals;
+    # with [chunk] that is less than idle (an op's own exposed all-to-all is inside the op).
+    gaps = units.aligned([r.between_ops for r in ranks] + ([] if a.bubble is None else [a.bubble]))
+    formula = "-" if a.bubble is None else gaps.pop()
+    div, unit = units.byte_scale(max(r.peak_activation_bytes for r in ranks))
+    peak_bytes = (units.aligned([r.peak_activation_bytes / div for r in ranks], digits=3) if bytes_given
+                  else ["n/a"] * len(ranks))  # fmt: skip
+    lines = text_table.render([
+        ("", "rank", [str(r.rank) for r in ranks]),
+        ("busy", "ms", units.aligned([r.busy for r in ranks])),
+        ("idle", "ms", units.aligned([r.idle for r in ranks])),
+        ("between", "ops ms", gaps),
+        ("closed", "form ms", [formula] * len(ranks)),
+        ("peak", "acts", [str(r.peak_activation) for r in ranks]),
+        ("peak", unit if bytes_given else "bytes", peak_bytes),
+        ("param", "copies", [str(r.parameter_copies) for r in ranks]),  # stages held: not the parameter bytes
+    ])
+    lines += ["between ops: the rank's idle time between its ops (what the closed form predicts)",
+              "peak: stage-activations held at once, and their bytes; param copies: stages whose parameters it holds"]
+    if not bytes_given:
+        lines.append("peak bytes n/a: no memory.activation (nor [model]) gives the bytes of an activation")
+    return lines
+
+
+def _wrap(name: str) -> tuple[str, str]:
+    """A heading on two lines: its last word below, the rest above."""
+    top, _, bottom = name.rpartition(" ")
+    return top, bottom
 
 
 def throughput_line(t) -> str:
@@ -389,15 +411,15 @@ def memory_lines(m: Metrics) -> list[str]:
     gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731 - decimal GB, as units.nbytes and the datasheets
     cap = "unknown" if not m.device_memory else f"{gb(m.device_memory)} GB"
     # "dyn peak": activations + P2P + all-to-all buffers at their joint peak (total adds that, not the three)
-    lines = ["", f"memory per rank (GB; device {cap}):",
-             f"{'rank':>4} {'params':>8} {'fp8 w':>8} {'grads':>8} {'optim':>8} {'zero buf':>8} {'act peak':>8} "
-             f"{'p2p buf':>8} {'a2a buf':>8} {'dyn peak':>8} {'runtime':>8} {'total':>8}"]  # fmt: skip
-    for r in m.per_rank:
-        mem = r.memory
-        over = "  over" if m.device_memory and mem.total > m.device_memory else ""
-        terms = (mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,
-                 mem.activations_peak, mem.p2p_buffers, mem.a2a_buffers, mem.dynamic_peak, mem.runtime, mem.total)
-        lines.append(f"{r.rank:>4} " + " ".join(f"{gb(x):>8}" for x in terms) + over)
+    names = ("params", "fp8 w", "grads", "optim", "zero buf", "act peak", "p2p buf", "a2a buf", "dyn peak",
+             "runtime", "total")  # fmt: skip
+    terms = [(mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,
+              mem.activations_peak, mem.p2p_buffers, mem.a2a_buffers, mem.dynamic_peak, mem.runtime, mem.total)
+             for mem in (r.memory for r in m.per_rank)]
+    over = ["over" if m.device_memory and t[-1] > m.device_memory else "" for t in terms]
+    columns = [("", "rank", [str(r.rank) for r in m.per_rank])]
+    columns += [(*_wrap(name), [gb(t[i]) for t in terms]) for i, name in enumerate(names)]
+    lines = ["", f"memory per rank (GB; device {cap}):", *text_table.render(columns + [("", "", over)])]
     lines.append("total = params + fp8 w + grads + optim + zero buf + dyn peak + runtime (docs/model.md)")
     return lines
 

@@ -109,3 +109,17 @@ def percent(ratio: float, decimals: int = 1) -> str:
 def count(n: int) -> str:
     """A whole count with thousands separators: ``12,288,000,000``."""
     return f"{int(n):,}"
+
+
+def aligned(values: list[float], digits: int = 4) -> list[str]:
+    """One column of numbers with the same decimals, so their points line up: about ``digits``
+    significant digits in the largest (``[55.5, 5.35]`` -> ``["55.50", "5.35"]``, whole numbers without
+    decimals); a column with a
+    magnitude :func:`number` writes in engineering notation keeps :func:`number`'s text per value."""
+    finite = [abs(float(x)) for x in values if math.isfinite(float(x))]
+    top = max(finite, default=0.0)
+    if top == 0 or not _FIXED_MIN <= top < _FIXED_MAX:
+        return [number(x, digits) for x in values]
+    whole = all(float(x).is_integer() for x in values if math.isfinite(float(x)))  # 60, not 60.00
+    decimals = 0 if whole else max(0, digits - 1 - math.floor(math.log10(top)))
+    return [f"{float(x):,.{decimals}f}" if math.isfinite(float(x)) else str(float(x)) for x in values]

@@ -37,7 +37,7 @@ def test_run_table_last_column_is_parameter_copies(tmp_path, capsys):
                      "--set", f"pipeline.schedule={schedule}"]) == 0
         lines = capsys.readouterr().out.splitlines()
         head = next(i for i, x in enumerate(lines) if x.split()[:1] == ["rank"])
-        assert lines[head].endswith("param copies")
+        assert lines[head - 1].endswith("param") and lines[head].endswith("copies")  # s14h: two-line headings
         assert [x.split()[-1] for x in lines[head + 1:head + 9]] == [copies] * 8
 
 
@@ -91,6 +91,8 @@ EIGHT_B = str(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-64b200.toml"
 BLOOM = str(ROOT / "scenarios" / "validation" / "bloom-176b.toml")  # step.runtime = "deepspeed-bf16"
 A100 = str(ROOT / "scenarios" / "validation" / "n21-145b.toml")  # model.runtime = "megatron-lm-2021"
 H100 = str(ROOT / "scenarios" / "validation" / "mlperf50-llama405b-512.toml")  # FP8 on a TN-only GPU
+BF16 = str(ROOT / "scenarios" / "llama3-70b.toml")  # no FP8 linears, parallel.tp_comm_overlap = true, H100
+DEEPGEMM = str(ROOT / "scenarios" / "deepseek-v3.toml")  # FP8 through DeepGEMM: no per-tensor amax
 SELECTIVE = ["--set", "memory.recompute=selective"]
 # s13i: the keys of sessions 11-12 (README's key table) on a Megatron-core row: wrong type, unknown value, out of range
 BAD_RECENT = [
@@ -184,6 +186,26 @@ BAD_RECENT = [
     (["--set", 'parallel.tp_overlap_not_told=["fc1_wgrad","fc1_wgrad"]'],
      "parallel.tp_overlap_not_told: must name each once: 'fc1_wgrad' twice"),
     (["--set", 'parallel.tp_overlap_not_told="fc1_wgrad"'], "parallel.tp_overlap_not_told: input should be a valid list"),
+    # s14h: a non-default value where nothing reads it (FP8 keys without FP8 linears, userbuffers keys with
+    # the overlap off) is refused; the 8B row runs parallel.tp_comm_overlap = false
+    (["--set", 'model.fp8_gemm="deepgemm"'], 'model.fp8_gemm: "deepgemm" applies to FP8 linears only', BF16),
+    (["--set", 'model.fp8_recipe="current"'], 'model.fp8_recipe: "current" applies to FP8 linears only', BF16),
+    (["--set", 'model.fp8_transpose="kept"'], 'model.fp8_transpose: "kept" applies to FP8 linears only', BF16),
+    (["--set", "memory.fp8_weight_cache=false"], "memory.fp8_weight_cache: false applies to FP8 linears' weight",
+     BF16),
+    (["--set", 'model.fp8_amax_reduction="tensor"'],
+     'model.fp8_amax_reduction: "tensor" is Transformer Engine\'s delayed scaling', BF16),
+    (["--set", 'model.fp8_amax_reduction="hidden"'],
+     'model.fp8_amax_reduction: "hidden" is Transformer Engine\'s delayed scaling', DEEPGEMM),
+    (["--set", 'parallel.tp_overlap_atomic=["proj_fprop"]'],
+     "parallel.tp_overlap_atomic: Transformer Engine runs an atomic GEMM overlap for FP8 GEMMs only", BF16),
+    (["--set", "parallel.tp_overlap_sms={proj_fprop=8}"],
+     "parallel.tp_overlap_sms: configures Transformer Engine's userbuffers overlaps, which run only with "
+     "parallel.tp_comm_overlap = true"),
+    (["--set", 'parallel.tp_overlap_ring_rs=["fc2_fprop"]'], "parallel.tp_overlap_ring_rs: configures Transformer"),
+    (["--set", 'parallel.tp_overlap_not_told=["fc1_wgrad"]'], "parallel.tp_overlap_not_told: configures Transformer"),
+    (["--set", "parallel.tp_comm_overlap=false", "--set", 'parallel.tp_overlap_atomic=["proj_fprop"]'],
+     "parallel.tp_overlap_atomic: configures Transformer Engine's userbuffers", BF16),
 ]
 
 
@@ -196,6 +218,19 @@ def test_bad_recent_keys_one_line_exit_2_nothing_written(tmp_path, capsys, extra
     assert err.startswith("error: " + message.split(":")[0] + ":") and err.count("\n") == 1, err
     assert message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp8_and_userbuffers_defaults_given_explicitly_stay_accepted(tmp_path, capsys):
+    # s14h: each key refused above, given its default value where it cannot apply, is no error
+    defaults = {BF16: ['model.fp8_gemm="cublas"', 'model.fp8_recipe="delayed"', 'model.fp8_transpose="derived"',
+                       'model.fp8_amax_reduction="data"', "memory.fp8_weight_cache=true", "model.fp8_params=false",
+                       "parallel.tp_overlap_atomic=[]"],
+                EIGHT_B: ["parallel.tp_overlap_sms={}", "parallel.tp_overlap_ring_rs=[]",
+                          "parallel.tp_overlap_not_told=[]", "parallel.tp_overlap_atomic=[]"]}  # fmt: skip
+    for path, keys in defaults.items():
+        sets = [x for k in keys for x in ("--set", k)]
+        assert main(["run", path, "--out", str(tmp_path / Path(path).stem), "--plots", "none", *sets]) == 0
+        assert "error" not in capsys.readouterr().err
 
 
 def test_missing_and_broken_files(tmp_path, capsys):
@@ -312,3 +347,19 @@ def test_plots_html_without_plotly_is_one_line_and_writes_nothing(tmp_path, caps
     err = capsys.readouterr().err
     assert err == "error: --plots html: report.html needs plotly: pip install 'dualpipe-sim[html]'\n"
     assert not out.exists()
+
+
+def test_run_table_reads_by_column(tmp_path, capsys):
+    # s14h: two-line headings (name over unit), one decimal count per column.  1F1B, S = 8, M = 20, F = 1,
+    # B = 2, no P2P: busy M(F + B) = 60, idle = between ops = closed form (S - 1)(F + B) = 21 on every rank;
+    # rank r holds S - r activations of 2 GB, one stage copy.
+    assert main(["run", QUICK, "--out", str(tmp_path / "o"), "--plots", "none", "--set", "pipeline.schedule=1f1b",
+                 "--set", "comm.p2p=0"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, x in enumerate(lines) if x.split()[:1] == ["rank"])
+    assert lines[head - 1].split() == ["busy", "idle", "between", "closed", "peak", "peak", "param"]
+    assert lines[head].split() == ["rank", "ms", "ms", "ops", "ms", "form", "ms", "acts", "GB", "copies"]
+    rows = [x.split() for x in lines[head + 1:head + 9]]
+    assert rows == [[str(r), "60", "21", "21", "21", str(8 - r), str(2 * (8 - r)), "1"] for r in range(8)]
+    widths = {len(x) for x in lines[head - 1:head + 9]}
+    assert len(widths) == 1, widths  # every cell flush right: headings and rows end in one column

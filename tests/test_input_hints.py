@@ -76,10 +76,13 @@ def test_without_memory_activation_bytes_show_n_a(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--plots", "none"]) == 0
     out = capsys.readouterr().out
     rank0 = next(x for x in out.splitlines() if x.strip().startswith("0 "))
-    assert rank0.split()[-2:] == ["n/a", "1"] and "peak act bytes n/a: no memory.activation" in out
+    assert rank0.split()[-2:] == ["n/a", "1"] and "peak bytes n/a: no memory.activation" in out
     assert main(["run", str(path), "--set", "memory.activation=2e9", "--out", str(tmp_path / "o2"), "--plots", "none"]) == 0
     out = capsys.readouterr().out
-    assert "8 GB" in out and "n/a: no memory" not in out  # 1F1B rank 0 holds S = 4 activations of 2 GB
+    head = next(x for x in out.splitlines() if x.split()[:1] == ["rank"])
+    rank0 = next(x for x in out.splitlines() if x.strip().startswith("0 "))
+    # 1F1B rank 0 holds S = 4 activations of 2 GB: 8 GB in the column headed GB
+    assert head.split()[-2] == "GB" and rank0.split()[-2] == "8" and "n/a: no memory" not in out
 
 
 @pytest.mark.parametrize("value,fragment", [

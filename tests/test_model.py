@@ -222,6 +222,12 @@ def test_run_prints_memory_and_warns_over_hbm(tmp_path, capsys):
     assert main(["run", str(tiny_toml(tmp_path, 1e6)), "--out", str(tmp_path / "o"), "--plots", "png"]) == 0
     out, err = capsys.readouterr()
     assert "memory per rank (GB; device 0.00 GB)" in out and "over" in out
+    lines = out.splitlines()  # s14h: two-word headings wrapped, the second word below; every rank over 1 MB
+    i = lines.index("memory per rank (GB; device 0.00 GB):")
+    assert lines[i + 1].split() == ["fp8", "zero", "act", "p2p", "a2a", "dyn"]
+    assert lines[i + 2].split() == ["rank", "params", "w", "grads", "optim", "buf", "peak", "buf", "buf", "peak",
+                                    "runtime", "total"]  # fmt: skip
+    assert [x.split()[-1] for x in lines[i + 3:i + 5]] == ["over", "over"]
     assert err.startswith("warning: 2 of 2 ranks exceed the device memory (1 MB)") and err.count("\n") == 1
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert doc["device_memory"] == 1e6

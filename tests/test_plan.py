@@ -457,3 +457,30 @@ def test_empty_top_table_says_why():
     assert files.none_fits(NS(top=[], rows=[NS(ok=False, peak_memory=None)], device_memory=80e9)).startswith(
         "No layout could be simulated")
     assert files.none_fits(NS(top=[rows[0]], rows=rows, device_memory=80e9)) is None
+
+
+def test_chart_draws_the_front_above_the_dots_and_through_the_top_k_rings(tiny, tmp_path, monkeypatch):
+    # s14h: the Pareto line was hidden under the top-K circles.  Order now: other dots < the line < the front's
+    # own dots < the top K's rings, which are hollow and wider than a dot, so the line shows through them.
+    from matplotlib.collections import PathCollection
+
+    from dualpipe_sim.plan import chart
+
+    figs = []
+    monkeypatch.setattr(chart, "save", lambda fig, path: figs.append(fig))
+    chart.draw(tiny, tmp_path / "plan.png")
+    ax = figs[0].axes[0]
+    rows = [r for r in tiny.rows if r.ok and r.tokens_per_second_per_gpu]
+    pts = [(r.peak_memory / 1e9, r.tokens_per_second_per_gpu) for r in rows]
+    front = chart.fitting_front(pts, tiny.device_memory / 1e9)
+    line = next(x for x in ax.lines if x.get_linestyle() == "-")  # the device's memory is the dashed one
+    assert list(zip(line.get_xdata(), line.get_ydata())) == [pts[i] for i in front]
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+    rings = [c for c in dots if not c.get_facecolors().size]  # hollow
+    filled = [c for c in dots if c.get_facecolors().size and len(c.get_offsets())]
+    assert len(rings) == len(tiny.top) >= 1
+    above = {tuple(p) for c in filled if c.get_zorder() > line.get_zorder() for p in c.get_offsets()}
+    below = {tuple(p) for c in filled if c.get_zorder() < line.get_zorder() for p in c.get_offsets()}
+    assert above == {pts[i] for i in front} and below == set(pts) - above  # the front's dots on the line, no other
+    assert min(r.get_zorder() for r in rings) > max(c.get_zorder() for c in filled)
+    assert min(r.get_sizes()[0] for r in rings) > max(c.get_sizes()[0] for c in filled)  # a ring round the dot

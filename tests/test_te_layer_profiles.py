@@ -51,7 +51,7 @@ def getting_started_ms(fp8: bool, framework: str) -> float:
     second iteration): 201,379,840 parameters (4 weights 201,326,592, biases 36,864, two LayerNorms
     16,384) x (read 2 + 2, write 2 bytes), 12 tensors, one kernel each."""
     rows = layer_rows({"n_embd": 4096, "n_head": 32, "n_inner": 16384, "micro_batch_size": 8, "fp8": fp8},
-                      {"tensor": 1}, {"fp8_weight_cache": False})  # fmt: skip
+                      {"tensor": 1}, {"fp8_weight_cache": False} if fp8 else {})  # fmt: skip
     loss_sum = 2 * (H100.floor + 134217728 / H100.hbm)
     accumulate = 12 * H100.floor + 201379840 * 6 / H100.hbm if framework == "pytorch" else 0.0
     return sum(k.ms for k in rows) + (loss_sum + accumulate) * 1e3

@@ -74,3 +74,25 @@ def test_byte_scale_for_axes():
 def test_percent_and_count():
     assert units.percent(0.1234) == "12.3%"
     assert units.count(12_288_000_000) == "12,288,000,000"
+
+
+@pytest.mark.parametrize("values,texts", [
+    ([55.5, 5.35], ["55.50", "5.35"]),  # 4 significant digits in the largest: 2 decimals for 55.5 (s14h)
+    ([53294.2, 184.4, 426.8], ["53,294", "184", "427"]),  # the largest has no decimals: none has
+    ([60, 21], ["60", "21"]),  # whole numbers keep no decimals
+    ([0.5, 0.25], ["0.5000", "0.2500"]),  # 0.5: 4 decimals for 4 significant digits
+    ([0, 0], ["0", "0"]),
+    ([2e18, 1.0], ["2e18", "1"]),  # outside fixed notation: number()'s text per value
+])  # fmt: skip
+def test_aligned_column_shares_its_decimals(values, texts):
+    assert units.aligned(values) == texts
+    assert len({len(t.rpartition(".")[2]) for t in texts if "." in t}) <= 1  # one decimal count per column
+
+
+def test_text_table_two_line_headings_right_aligned():
+    from dualpipe_sim.outputs import text_table
+
+    lines = text_table.render([("", "rank", ["0", "10"]), ("between", "ops ms", ["5.350", "12.00"])])
+    # widths: max(4, 2) = 4 and max(7, 6, 5) = 7, two spaces apart, every cell flush right
+    assert lines == ["      between", "rank   ops ms", "   0    5.350", "  10    12.00"]
+    assert text_table.render([("", "a", ["1"])]) == ["a", "1"]  # no top line when no heading has one

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, megatron_lm, memory, params
-from . import recompute
+from . import recompute, unused_keys
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -320,9 +320,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError('model.cross_entropy: must be "megatron" with model.runtime = "megatron-lm-2021"')
     if m.fp8_recipe == "current" and m.fp8_gemm != "cublas":  # DeepGEMM's runtime scales per tile, its own way
         raise ModelError('model.fp8_recipe: "current" is Transformer Engine\'s recipe; it needs model.fp8_gemm = "cublas"')
-    if m.fp8_params and not (cfg.fp8 and m.fp8_gemm == "cublas"):  # Float8Tensor weights are Transformer Engine's
-        raise ModelError("model.fp8_params: FP8 parameters need FP8 linears through Transformer Engine "
-                         '(model.fp8 = true, model.fp8_gemm = "cublas")')
+    unused_keys.refuse(m, par, scenario.memory.fp8_weight_cache, cfg.fp8)
     if m.fp8_params and m.fp8_recipe == "current" and scenario.step is not None and scenario.step.param_gather == "apex":
         raise ModelError('model.fp8_recipe: FP8 parameters under step.param_gather = "apex" (NeMo\'s cast on apex\'s '
                          'DistributedFusedAdam) use delayed scaling only; "current" is not costed there')

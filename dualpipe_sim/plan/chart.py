@@ -7,6 +7,7 @@ numbered; the device's memory as a dashed line.
 
 from __future__ import annotations
 
+from matplotlib import patheffects
 from matplotlib.lines import Line2D
 
 from ..outputs.plots.canvas import new_figure, place, save
@@ -16,6 +17,11 @@ from ..outputs.plots.style import SCHEDULE_ORDER, schedule_colour
 # schedules some colours are close (interleaved-1f1b-overlap's olive, chimera-doubling's brown), so
 # no two schedules share both.  Indexed like SCHEDULE_ORDER; other names take "o".
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d")
+# The front runs through the top K (they are mostly on it): black with a white halo, above the other dots,
+# its own candidates' dots drawn again on it, then the top K's rings, wider than a dot and hollow, so the
+# line shows through them; the leader lines to the labels are light and dotted, so none is taken for the front.
+FRONT = {"color": "black", "lw": 1.6, "zorder": 2,
+         "path_effects": [patheffects.withStroke(linewidth=3.2, foreground="white")]}  # fmt: skip
 
 
 def schedule_marker(name: str) -> str:
@@ -47,12 +53,13 @@ def draw(plan, path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     pts = [(r.peak_memory / 1e9, r.tokens_per_second_per_gpu) for r in rows]
     names = sorted({r.candidate.schedule for r in rows})
-    for name in names:
-        mine = [p for p, r in zip(pts, rows) if r.candidate.schedule == name]
-        ax.scatter([x for x, _ in mine], [y for _, y in mine], s=22, color=schedule_colour(name), alpha=0.8,
-                   marker=schedule_marker(name), linewidths=0, label=name)  # fmt: skip
     front = fitting_front(pts, plan.device_memory / 1e9 if plan.device_memory else None)
-    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="0.25", lw=1.0, zorder=1)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], **FRONT)
+    for name in names:
+        for on_front, z in ((False, 1), (True, 3)):
+            mine = [pts[i] for i, r in enumerate(rows) if r.candidate.schedule == name and (i in front) == on_front]
+            ax.scatter([x for x, _ in mine], [y for _, y in mine], s=22, color=schedule_colour(name), alpha=0.8,
+                       marker=schedule_marker(name), linewidths=0, zorder=z, label=None if on_front else name)  # fmt: skip
     if plan.device_memory:
         ax.axvline(plan.device_memory / 1e9, color="0.4", ls="--", lw=1.0)
         # right of the line: left of it, near the axis, it ran into the top K's column of labels below
@@ -63,10 +70,10 @@ def draw(plan, path) -> None:
     top = plan.top
     for k, r in enumerate(top, 1):
         x, y = r.peak_memory / 1e9, r.tokens_per_second_per_gpu
-        ax.scatter([x], [y], s=60, facecolors="none", edgecolors="black", linewidths=0.9, zorder=3)
+        ax.scatter([x], [y], s=130, facecolors="none", edgecolors="0.15", linewidths=1.1, zorder=4)
         ax.annotate(f"#{k}", (x, y), xytext=(0.03, 0.97 - 0.045 * (k - 1)), textcoords="axes fraction",
-                    fontsize=8, ha="left", va="center", zorder=4,
-                    arrowprops={"arrowstyle": "-", "color": "0.45", "lw": 0.5})  # fmt: skip
+                    fontsize=8, ha="left", va="center", zorder=2,
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6, "ls": ":"})  # fmt: skip
     if plan.device_memory and pts:
         right = max(x for x, _ in pts)
         edge = 1.6 * plan.device_memory / 1e9
@@ -81,7 +88,8 @@ def draw(plan, path) -> None:
                  f"(line: Pareto front of those that fit; circles: top {len(plan.top)})", fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], color="0.25", lw=1.0))
-    labels.append("Pareto front (fitting)")
+    handles += [Line2D([], [], **FRONT),
+                Line2D([], [], ls="", marker="o", ms=11, mfc="none", mec="0.15", mew=1.1)]  # fmt: skip
+    labels += ["Pareto front (fitting)", f"top {len(top)}"]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     save(fig, path)
