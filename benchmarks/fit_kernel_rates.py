@@ -292,7 +292,7 @@ def liger_rows() -> list[tuple]:
 
 
 def main_memory() -> None:
-    """Liger-Kernel's H100 SXM timings against the model's floor + bytes / (0.85 x 3.35 TB/s); and, for the record,
+    """Liger-Kernel's H100 SXM timings against the model's floor + bytes / the preset's achievable HBM; and, for the record,
     time = t0 + bytes / B fitted to the Triton (liger) forward rows, whose t0 holds do_bench's per-call cost."""
     r = rates.PRESETS["H100"]
     print("H100 memory-bound kernels (Liger-Kernel): kernel, provider, pass, MB, measured us, achieved TB/s, model us, error")

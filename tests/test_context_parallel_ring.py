@@ -14,7 +14,7 @@ from dualpipe_sim.model.rates import PRESETS
 H100 = PRESETS["H100"]
 # Llama 3.1 8B's attention: 32 query heads, 8 key/value heads, head dim 128
 LLAMA8B = ModelConfig("llama", 4096, 1, 128256, 32, 8, 128, 128, 14336)
-FLOOR, HBM = 2.5e-6, 3.35e12 * 0.85  # the H100 preset's kernel floor and streaming bandwidth (docs/model.md)
+FLOOR, HBM = 2.5e-6, 2.90e12  # the H100 preset's kernel floor and streaming bandwidth (docs/model.md)
 
 
 def _rate(seq: float, peak: float) -> float:

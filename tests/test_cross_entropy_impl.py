@@ -61,32 +61,32 @@ def test_fused_cross_entropy_time_by_hand(impl, tag, fwd_bytes, fwd_k, bwd_bytes
     fwd, bwd = head[f"cross-entropy ({tag})"], head[f"cross-entropy backward ({tag})"]
     assert "cross-entropy (unfused)" not in head
     assert fwd.bytes == logits * fwd_bytes and bwd.bytes == logits * bwd_bytes
-    # kernel floors (2.5 us each) + bytes at 0.85 x 3.35 TB/s; TE forward: 5 us + 155.7 MB / 2.8475 TB/s = 59.7 us
-    assert fwd.seconds == pytest.approx(fwd_k * 2.5e-6 + logits * fwd_bytes / 2.8475e12)
-    assert bwd.seconds == pytest.approx(bwd_k * 2.5e-6 + logits * bwd_bytes / 2.8475e12)
+    # kernel floors (2.5 us each) + bytes at H100's 2.90 TB/s; TE forward: 5 us + 155.7 MB / 2.90 TB/s = 58.69 us
+    assert fwd.seconds == pytest.approx(fwd_k * 2.5e-6 + logits * fwd_bytes / 2.90e12)
+    assert bwd.seconds == pytest.approx(bwd_k * 2.5e-6 + logits * bwd_bytes / 2.90e12)
     if impl == "te":
-        assert fwd.seconds == pytest.approx(59.68e-6, rel=1e-3)
+        assert fwd.seconds == pytest.approx(58.69e-6, rel=1e-3)
     assert fwd.component == "mlp_forward" and bwd.component == "mlp_backward_input"
 
 
 def test_megatron_fused_against_liger_h100():
     # Liger's megatron-fused rows (fused_vocab_parallel_cross_entropy, 8,192 tokens, bf16, vocabulary 4,096-131,072):
-    # the model is -5%..+17% of them, within 6% from a vocabulary of 16,384 up (measured 2.7-3.2 TB/s at 30 and 18
-    # bytes a logit). The backward is measured slower than the unfused one's (14 bytes): the copy Inductor adds
+    # the model is -6%..+15% of them, within 6% from a vocabulary of 16,384 up (measured 2.7-3.2 TB/s at 30 and 18
+    # bytes a logit; at H100's 2.90 TB/s since s14i, -5.9% forward at 131,072). The backward is measured slower than the unfused one's (14 bytes): the copy Inductor adds
     measured = _measured("megatron_cross_entropy", "megatron-fused")
     unfused = _measured("megatron_cross_entropy", "megatron-unfused")
     assert len(measured) == 12
     for (mode, v), secs in measured.items():
         per, launches = _per_logit("megatron-fused")[0 if mode == "forward" else 1]
         model = launches * H100.floor + 8192 * v * per / H100.hbm
-        assert -0.05 < model / secs - 1 < 0.17, (mode, v)
+        assert -0.06 < model / secs - 1 < 0.15, (mode, v)
         if v >= 16384:
             assert abs(model / secs - 1) < 0.06, (mode, v)
         if mode == "backward" and v >= 16384:
             assert secs > unfused[(mode, v)]
-        # costed as the unfused function it would be 1.2-1.4x slow forward
+        # costed as the unfused function it would be 1.19-1.46x slow forward
         if mode == "forward":
-            assert (6 * H100.floor + 8192 * v * 38 / H100.hbm) / secs > 1.2, v
+            assert (6 * H100.floor + 8192 * v * 38 / H100.hbm) / secs > 1.19, v
 
 
 def test_bad_cross_entropy_value(tmp_path, capsys):

@@ -15,7 +15,7 @@ What the run's code does (read in the trees the rows pin):
 * Megatron's output layer is a plain ColumnParallelLinear: with sequence parallelism its forward all-gathers the
   final norm's output and waits for it, then one matmul (``LinearWithGradAccumulationAndAsyncCommunication``).
 
-Preset figures the hand work uses (checked first): H100 HBM 2.8475 TB/s, every kernel at least 2.5 us, NCCL on NVLink
+Preset figures the hand work uses (checked first): H100 HBM 2.90 TB/s, every kernel at least 2.5 us, NCCL on NVLink
 25.5 us + bytes x (t - 1) / t / 321 GB/s."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ VAL = ROOT / "scenarios" / "validation"
 GPT3_V31 = VAL / "mlperf31-gpt3-512.toml"  # TE 09ba842, flash-attn 2, TP 4 + SP, userbuffers, FP8 delayed scaling
 GPT3_V41 = VAL / "mlperf41-gpt3-256.toml"  # TE 08a85d3, cuDNN attention
 QWEN3_FLASH = VAL / "pai643-qwen3-30b-a3b-pp2ep8.toml"  # flash-attn 2, GQA with RoPE
-HBM, FLOOR, LAT, BUS = 2.8475e12, 2.5e-6, 25.5e-6, 321e9
+HBM, FLOOR, LAT, BUS = 2.90e12, 2.5e-6, 25.5e-6, 321e9
 # GPT-3 175B at TP 4, micro-batch 1 x 2,048: n tokens, hidden h, heads a rank a_t of d, FFN f a rank
 N, H, A_T, D, F_T = 2048, 12288, 24, 128, 12288
 

@@ -20,7 +20,7 @@ from dualpipe_sim.model import derive, gemm, kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT3_V31 = ROOT / "scenarios" / "validation" / "mlperf31-gpt3-512.toml"  # TP 4 + SP, H100
-LAT, BUS, HBM = 25.5e-6, 321e9, 2.8475e12
+LAT, BUS, HBM = 25.5e-6, 321e9, 2.90e12
 N, H = 2048, 12288
 WHOLE = LAT + N * H * 2 * 3 / 4 / BUS  # 2,048 x 12,288 16-bit values (50.3 MB) over 4 ranks: 143.1 us
 

@@ -58,25 +58,25 @@ def test_cross_entropy_time_by_hand():
     fwd, bwd = head["cross-entropy (unfused)"], head["cross-entropy backward (unfused)"]
     assert fwd.bytes == logits * 38 == 986_185_728
     assert bwd.bytes == logits * 14
-    # six kernel floors (2.5 us) + 986.2 MB at 0.85 x 3.35 TB/s = 15 + 346.3 us; backward 2 x 2.5 + 127.6 us
-    assert fwd.seconds == pytest.approx(6 * 2.5e-6 + 986_185_728 / 2.8475e12)
-    assert fwd.seconds == pytest.approx(361.3e-6, rel=1e-3)
-    assert bwd.seconds == pytest.approx(2 * 2.5e-6 + logits * 14 / 2.8475e12)
+    # six kernel floors (2.5 us) + 986.2 MB at H100's 2.90 TB/s = 15 + 340.1 us; backward 2 x 2.5 + 125.3 us
+    assert fwd.seconds == pytest.approx(6 * 2.5e-6 + 986_185_728 / 2.90e12)
+    assert fwd.seconds == pytest.approx(355.06e-6, rel=1e-3)
+    assert bwd.seconds == pytest.approx(2 * 2.5e-6 + logits * 14 / 2.90e12)
     assert fwd.component == "mlp_forward" and bwd.component == "mlp_backward_input"
 
 
 def test_cross_entropy_reproduces_megatron_unfused_on_h100():
     # Liger's megatron-unfused rows: 8,192 tokens (S 2048 x B 4), bf16 logits, vocabulary 4,096-131,072 (0.5-41 GB
-    # moved). The function reaches 2.2-2.8 TB/s; the model (0.85 x 3.35 = 2.85 TB/s) is at most 20% fast, within
-    # 12% from a vocabulary of 32,768 up (Llama's 128,256 / TP 8 = 16,032 sits between).
+    # moved). The function reaches 2.2-2.8 TB/s; the model (H100's 2.90 TB/s since s14i; 2.85 before) is at most 21%
+    # fast, within 13% from a vocabulary of 32,768 up (Llama's 128,256 / TP 8 = 16,032 sits between).
     measured = _measured("megatron_cross_entropy", "megatron-unfused")
     assert len(measured) == 12
     for (mode, v), secs in measured.items():
         per, launches = (38, 6) if mode == "forward" else (14, 2)
         model = launches * H100.floor + 8192 * v * per / H100.hbm
-        assert -0.20 < model / secs - 1 < 0.0, (mode, v)
+        assert -0.21 < model / secs - 1 < 0.0, (mode, v)
         if v >= 32768:
-            assert model / secs - 1 > -0.12, (mode, v)
+            assert model / secs - 1 > -0.13, (mode, v)
         # the count the model had before (8 and 6 bytes a logit, one kernel each) was 2.4-5x fast
         old = H100.floor + 8192 * v * (8 if mode == "forward" else 6) / H100.hbm
         assert old / secs < 0.45, (mode, v)
@@ -85,7 +85,7 @@ def test_cross_entropy_reproduces_megatron_unfused_on_h100():
 @pytest.mark.parametrize("kernel,per", [("megatron_rms_norm", 4), ("megatron_swiglu", 6), ("relu_squared", 4)])
 def test_fused_triton_kernels_at_large_sizes_match_the_stream_rate(kernel, per):
     # Liger's fused Triton RMSNorm, SwiGLU and ReLU^2 forward (one kernel, bf16): from 134 MB up the model's
-    # floor + bytes / 2.85 TB/s is within -3%..+8% of them (measured 2.64-3.05 TB/s), so the stream figure stays.
+    # floor + bytes / 2.90 TB/s (H100 SXM's BabelStream Mul) is within -5%..+6% of them (measured 2.64-3.05 TB/s).
     # Below that the measurements exceed the model by a per-call constant (next test), do_bench's or the kernel's,
     # which this data cannot tell apart: docs/model.md, "Kernel rates".
     tokens = {"megatron_rms_norm": 4096, "megatron_swiglu": 8192, "relu_squared": 4096}[kernel]
@@ -95,7 +95,7 @@ def test_fused_triton_kernels_at_large_sizes_match_the_stream_rate(kernel, per):
         if nbytes < 130e6:
             continue
         model = H100.floor + nbytes / H100.hbm
-        assert -0.03 < model / secs - 1 < 0.08, (kernel, cols)
+        assert -0.05 < model / secs - 1 < 0.06, (kernel, cols)
         checked += 1
     assert checked >= 2
 

@@ -18,7 +18,7 @@ from helpers import kernel_table
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = ROOT / "scenarios" / "validation"
 H100 = PRESETS["H100"]
-FLOOR, PEAK, KO, HBM = 5.54e-6, 765e12, 103, 3.35e12 * 0.85  # H100's sustained BF16 peak (docs/model.md)
+FLOOR, PEAK, KO, HBM = 5.54e-6, 765e12, 103, 2.90e12  # H100's sustained BF16 peak (docs/model.md)
 
 
 def _load(name, overrides=()):

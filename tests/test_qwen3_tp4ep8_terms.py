@@ -22,7 +22,7 @@ from dualpipe_sim.model.rates import PRESETS
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION = ROOT / "scenarios" / "validation"
 H100 = PRESETS["H100"]
-GEMM_FLOOR, MEM_FLOOR, HBM = 5.54e-6, 2.5e-6, 3.35e12 * 0.85  # docs/model.md, "Kernel rates" (H100)
+GEMM_FLOOR, MEM_FLOOR, HBM = 5.54e-6, 2.5e-6, 2.90e12  # docs/model.md, "Kernel rates" (H100)
 
 
 def _load(name, overrides=()):

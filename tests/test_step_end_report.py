@@ -76,7 +76,7 @@ def test_reduce_scatter_and_adam_by_hand(tmp_path):
     (2 - 1) / 2 of it over the bus: latency + 3,135,488 B / the NVLink bus (H100: 25.5 us + 3,135,488 / 321 GB/s =
     25.5 + 9.77 us = 0.03527 ms: latency-bound).  Adam over the shard, 1,567,744 / 2 = 783,872 parameters, each
     4 + 4 + 4 + 2 (master, gradient, new weight) + 2 x 8 (two fp32 moments read and written) + 4 (the clip
-    norm's read) + 4 (the master copy's read) = 38 bytes: 29,787,136 B / 2.8475 TB/s + one 2.5 us launch."""
+    norm's read) + 4 (the master copy's read) = 38 bytes: 29,787,136 B / 2.90 TB/s + one 2.5 us launch."""
     sc = scenario.load(tiny(tmp_path))
     r = sc.derived().setup.rates
     end = step_end.summary(sc, sc.derived())

@@ -302,7 +302,7 @@ def test_stage_placement_does_not_depend_on_microbatches(stages):
 # -- Transformer Engine's FP8 weight refresh once per step (MLPerf v3.1 GPT-3 at 512 GPUs) ---------------
 # h 12288, one layer per stage, TP 4, DP 16, fp8 through TE (fp8_gemm "cublas"), ZeRO 1 overlapped, 9 buckets.
 GH = 12288
-H100_HBM = 2.8475e12  # the H100 preset's streaming HBM bandwidth (docs/model.md, "Kernel rates")
+H100_HBM = 2.90e12  # the H100 preset's streaming HBM bandwidth (docs/model.md, "Kernel rates")
 
 
 def _cast_per_layer():
@@ -327,7 +327,7 @@ def test_fp8_weight_refresh_once_per_step_by_hand(overrides, cast):
     # (the gather wait and the Adam step are the same bytes: weights and optimizer states do not change)
     assert got[5] - base[5] == pytest.approx(_cast_per_layer() * 1e3 if cast else 0.0)
     if cast:
-        assert _cast_per_layer() * 1e3 == pytest.approx(0.636, abs=1e-3)
+        assert _cast_per_layer() * 1e3 == pytest.approx(0.625, abs=1e-3)
 
 
 def test_mlperf_start_wait_by_hand():

@@ -140,7 +140,7 @@ def _scaled_table(table: tuple[float, float, float, float] | None, factor: float
 # fp8, as Transformer Engine runs it) and DeepGEMM's H800 FP8 table (Hopper fp8 in DeepSeek's runtime);
 # attention: cuDNN forward / backward, causal, head dim 128 (FlashAttention-3 paper figures, H100), FA2 on A100;
 # collectives: XLA's sm_90 collective table (8 GPUs, NVLink); NICs: NVIDIA's NCCL maintainers' 46-49 GB/s per
-# 400 Gb/s NDR NIC; HBM: gpu-benches' streaming "scale" kernel at 85% of the datasheet (A100 80GB, H100 PCIe).
+# 400 Gb/s NDR NIC; HBM: each SKU's measured streaming kernel (one load, one store) at large sizes.
 # XLA's sm_90 table is short kernel runs: its fit gives the shape terms (k_overhead, floor) and, kept for the checks
 # against short-run sources, its own peak. The preset's peak is where the one sustained BF16 figure for H100 SXM
 # puts it (huggingface/gpu-fryer's minute-long 8192^3 cuBLASLt burn, ~730 TFLOP/s), as the Hopper FP8 and A100
@@ -150,12 +150,16 @@ _SM90_BF16 = GemmRates(peak=765e12, k_overhead=103, floor=5.54e-6)
 _SM90_FP8 = GemmRates(peak=1554e12, k_overhead=434, floor=5.54e-6)  # DeepGEMM
 # cuBLASLt (Azure ND H100 v5, 10,000 warm-up iterations); its k_overhead fits to 0 (the grid's edge); sm_90's floor
 _SM90_FP8_CUBLAS = GemmRates(peak=1382e12, k_overhead=0.0, floor=5.54e-6)
-_HBM_FRACTION = 0.85
+# Achievable HBM, Hopper: Azure's BabelStream "Mul" (b = scalar * c: one load, one store, gpu-benches' "scale"; 268 MB
+# arrays) on ND H100 v5 (H100 80GB HBM3, SXM) and ND H200 v5 (H200 141GB, SXM), the benchmark and row A100's 1.61
+# comes from (tests/data/kernels/azure_hbm.csv); H800 takes H100 SXM's (the same 3.35 TB/s HBM3)
+_H100_HBM = 2.90e12  # 86.6% of 3.35 TB/s
+_H200_HBM = 4.00e12  # 83.3% of 4.8 TB/s
 _FLOOR = 2.5e-6  # back-to-back small kernels (gpu-benches gpu-small-kernels, H200 and A100)
 # B200's own: NVIDIA/cccl#7391's nvbench table of cub::DeviceTransform relu on "NVIDIA B200" (one load, one store a
 # value; tests/data/kernels/cccl7391_b200_relu.csv), its batch (back-to-back) times: 2^28 F16 values, 1 GiB moved, in
 # 156.563 us; 2^16 values in 2.044 / 2.036 us (F16 / BF16)
-_B200_HBM = 6.858e12  # 2^30 B / 156.563 us, bytes over time at the largest size, as gpu-benches' scale kernel gives H100's
+_B200_HBM = 6.858e12  # 2^30 B / 156.563 us, bytes over time at the largest size, as BabelStream's Mul gives Hopper's
 _B200_FLOOR = 2.04e-6  # the two 2^16 rows' mean
 _NIC_NDR = 47e9  # one 400 Gb/s NDR / CX7 NIC per GPU
 _LATENCY = 25.5e-6
@@ -178,7 +182,7 @@ _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 # 128): one curve fitted to forward+backward, used for both passes as A100's flash-attn 2 figure is (no FA1
 # forward-only figure); benchmarks/fit_kernel_rates.py
 _H100_FA1 = (133e12, 133e12, 210.0, 210.0)
-_H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, 3.35e12 * _HBM_FRACTION,
+_H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, _H100_HBM,
                     _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2, attention_fa1=_H100_FA1,
                     deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE,
                     # cuBLAS's sm_90 GEMMs are persistent, one block per SM (pytorch/pytorch#143988: 132 blocks on
@@ -194,7 +198,7 @@ PRESETS: dict[str, KernelRates] = {
     "H100": _H100,
     # the H100's compute and HBM; NVLink cut to 400 GB/s both ways: DeepEP's measured 153-158 GB/s on H800
     "H800": replace(_H100, name="H800", nvlink_bus=155e9),
-    "H200": replace(_H100, name="H200", hbm=4.8e12 * _HBM_FRACTION),
+    "H200": replace(_H100, name="H200", hbm=_H200_HBM),
     # sm_100: XLA's table (bf16; the floor); fp8: Azure's cuBLASLt FP8 table on GB200 after 10,000 warm-up
     # iterations (the B200's GPU at a higher power limit: an upper bound), peak fitted with sm_100's floor and
     # k_overhead 0 (not identified by its grid); attention: cudnn-frontend's SDPA training benchmark on B200 (cuDNN 9.13.1
