@@ -8,9 +8,9 @@
   --set memory.recompute=deepseek, as scenarios/deepseek-v3-predicted.toml; the policy is pinned).
 
 For each: wall time of the whole plan (enumerate, prune, estimate, simulate; no files written) and of
-each phase (from the first progress report of each: the memory pass "estimating", the step times,
-"simulating"; with --jobs 2 or more the memory pass and the step times are one phase, "estimating",
-run in the workers together), its
+each phase (from the first progress report of each: the memory pass "estimating", the step times
+"estimating step times" (with --jobs 2 or more from the end of the workers' first task of step times,
+after the memory pass in the workers), "simulating"), its
 CPU time (this process's and its finished worker processes', ``resource.getrusage``), the 1-minute
 load average at its end (other work shares the machine), the row counts, the pruning counts and the top 3.  Issue 27's target: under 2 minutes each on
 the project's 2-core machine.

@@ -1,7 +1,7 @@
 """The estimate's step times worked out in forked worker processes (plan/step_times.py).
 
-On the small model of test_plan.py: each candidate's step time from two workers, in batches of
-three (so that batches end mid-layout and finish out of order), equals its step time worked out
+On the small model of test_plan.py: each candidate's step time from two workers, in tasks of
+three or more (whole schedule shapes, finishing out of order), equals its step time worked out
 alone on a FigureCache of its own (no figure another candidate left behind), and the whole plan
 with two processes gives the rows of the plan with one.  The duplicate rule keeps its order: a
 step refused for the first candidate of a key hands the key to the next.
@@ -14,6 +14,7 @@ import json
 import pytest
 
 from dualpipe_sim import plan as ds_plan
+from dualpipe_sim.plan import step_estimate
 from dualpipe_sim.plan import step_times as st
 from dualpipe_sim.plan.estimate import FigureCache, memory_estimate, step_time
 
@@ -44,7 +45,11 @@ def _row_view(r):
     return (r.index, r.candidate, r.pruned, r.estimate, r.simulated, r.tokens_per_second_per_gpu, r.mfu)
 
 
-def test_workers_give_each_candidate_its_step_alone(one_job, monkeypatch):
+@pytest.mark.parametrize("at_once", [False, True])
+def test_workers_give_each_candidate_its_step_alone(one_job, monkeypatch, at_once):
+    # at_once: every shape's candidates replayed together through the rounds (step_estimate.replayed_many)
+    if at_once:
+        monkeypatch.setattr(step_estimate, "LOOP_US", 1e9)
     rows = _estimated(one_job)
     assert len(rows) == 84  # test_plan.py's hand count of the candidates estimated
     cands = [r.candidate for r in rows]
@@ -95,17 +100,20 @@ def test_a_refused_step_hands_its_key_to_the_next_candidate(config, monkeypatch)
         reason, key = real_prune(cache, row, device, model, zeros)
         return reason, (None if reason else "one key")
 
-    seen = []
-    real_step = st.step_time
+    gathered, seen = [], []
+    real_inputs, real_step = st.step_inputs, st.step_time
 
-    def refuse_first(cache, cand):
+    def refuse_first(cache, cand):  # the step's inputs gathered for the key's first: refused
+        gathered.append(cand)
+        return "refused for the test" if len(gathered) == 1 else real_inputs(cache, cand)
+
+    def step_alone(cache, cand):  # the next candidate of the key, worked out alone (step_times.one)
         seen.append(cand)
-        if len(seen) == 1:
-            raise ValueError("refused for the test")
         return real_step(cache, cand)
 
     monkeypatch.setattr(plan_pkg, "_prune", prune_all_alike)
-    monkeypatch.setattr(st, "step_time", refuse_first)
+    monkeypatch.setattr(st, "step_inputs", refuse_first)
+    monkeypatch.setattr(st, "step_time", step_alone)
     result = _plan(config, 1)
     left = sorted((r for r in result.rows if not r.pruned or r.pruned.startswith(("model: refused", "duplicate"))),
                   key=lambda r: r.index)  # fmt: skip
@@ -113,7 +121,8 @@ def test_a_refused_step_hands_its_key_to_the_next_candidate(config, monkeypatch)
     assert first.pruned == "model: refused for the test" and first.estimate.step_time is None
     assert not second.pruned and second.estimate.step_time == real_step(FigureCache(result.base), second.candidate)
     assert rest and all(r.pruned == f"duplicate: same costs and memory as candidate {second.index}" for r in rest)
-    assert seen == [first.candidate, second.candidate]  # no step worked out for a duplicate
+    assert gathered == [first.candidate]
+    assert seen == [second.candidate]  # no step worked out for a duplicate
 
 
 def test_simulated_candidates_sharing_a_memo_give_their_figures_alone(one_job):

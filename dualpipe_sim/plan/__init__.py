@@ -1,8 +1,9 @@
 """``plan``: the best layout and schedule for a model on N GPUs (docs/plan.md).
 
 enumerate (space.py, shapes.py) -> prune by divisibility, schedule constraints
-and a memory floor -> estimate (estimate.py; the step times, and with more than
-one job the memory pass too, in forked worker processes, step_times.py) -> simulate the best estimates with
+and a memory floor -> estimate (estimate.py; the step times, the candidates sharing a
+schedule shape replayed together, and with more than one job the memory pass too, in forked
+worker processes, step_times.py) -> simulate the best estimates with
 the normal engine in worker processes (sweep's executors) -> rank (rank.py) ->
 outputs (files.py, chart.py).
 """
@@ -34,7 +35,7 @@ from .simulate import DaskCandidates, LocalCandidates
 from ..sweep.executors import default_jobs
 from .space import ModelShape, enumerate_candidates, shards_nothing
 from .step_times import one as step_time_or_words
-from .step_times import all_step_times, memory_and_steps
+from .step_times import all_step_times, memory_and_steps, steps
 from ..errors import shown
 
 DEFAULT_BUDGET = 200  # candidates simulated at least (when that many survive pruning)
@@ -156,16 +157,19 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
     live = [r for r in rows if not r.pruned]
     cache = FigureCache(base)
     keys: dict[int, tuple] = {}  # position in live -> what a duplicate shares (_prune)
-    # With `jobs` processes the memory pass runs in them, each block's step times with it (step_times.py).
+    # With `jobs` processes the memory pass runs in them, each block's step inputs gathered with it; the steps
+    # are then worked out by schedule shape (step_times.py).
     passed = memory_and_steps(cache, live, lambda c, row: _prune(c, row, device, model, choices.zero), jobs, progress)
     if passed is not None:
-        times: dict[int, float | str] = {}
-        for n, (reason, estimate, key, step) in enumerate(passed):
+        inputs: dict[int, object] = {}  # position -> its step inputs (estimate.step_inputs), the blocks' firsts
+        for n, (reason, estimate, key, got) in enumerate(passed):
             live[n].pruned, live[n].estimate = reason, estimate
             if not reason:
                 keys[n] = key
-            if step is not None:
-                times[n] = step
+            if got is not None:
+                inputs[n] = got
+        todo = sorted(inputs)
+        times = dict(zip(todo, steps([inputs[n] for n in todo], jobs, progress)))
     else:
         for n, row in enumerate(live):
             if n % 100 == 0:

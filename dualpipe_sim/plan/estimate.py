@@ -32,7 +32,7 @@ from ..model.step_figures import derived_sync
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
 from .space import Candidate
-from .step_estimate import StageCosts, built, pipeline, step_end_ms
+from .step_estimate import StageCosts, built, pipeline, pipelines, step_end_ms
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,74 @@ def step_time(cache: FigureCache, cand: Candidate) -> float:
     """The estimated step (ms): the pipeline's replayed makespan plus the step's end after it."""
     makespan, step_end = cache.pipeline_ms(cand, cache.figures(cand))
     return makespan + step_end
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What a candidate's step time reads (``step_time``), gathered where its layout is derived so that
+    the step can be worked out anywhere: the schedule's shape, the stage costs and P2P time, and its
+    [step] figures (``step``: StepCosts, None, or the words of the error step_costs raised, which
+    ``step_time`` would say only once the pipeline has been replayed)."""
+
+    schedule: str
+    stages: int
+    microbatches: int
+    virtual: int | None
+    ranks: int
+    blocking: bool
+    costs: StageCosts
+    p2p: float
+    step: StepCosts | None | str
+
+    def shape(self) -> tuple:
+        """What the candidates replayed together share: the schedules built and the replay's rules."""
+        return (self.schedule, self.stages, self.microbatches, self.virtual, self.ranks, self.blocking)
+
+
+def step_inputs(cache: FigureCache, cand: Candidate) -> StepInputs | str:
+    """The candidate's StepInputs, or the words of the ValueError that refused it (as step_time's)."""
+    try:
+        blocking = cache.blocking(cand)
+        fig = cache.figures(cand)
+    except ValueError as exc:  # ScenarioError / ScheduleError: a rule of the model or the schedule
+        return str(exc)
+    try:
+        step = cache.step_costs(cand)
+    except ValueError as exc:
+        step = str(exc)
+    return StepInputs(cand.schedule, cand.stages, cand.microbatches, cand.virtual, cand.pipeline, blocking, fig.costs,
+                      fig.p2p, step)  # fmt: skip
+
+
+def step_times_of(inputs: list[StepInputs | str]) -> list[float | str]:
+    """``step_time`` (or its error's words) of each candidate from its StepInputs: the candidates that share a
+    schedule shape replayed together (step_estimate.pipelines), each pipeline's (costs, P2P) once, then each
+    one's step end.  Every figure is that of step_time to the bit (tests/test_plan_step_times.py)."""
+    out: list[float | str] = [x if isinstance(x, str) else 0.0 for x in inputs]
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(inputs):
+        if not isinstance(x, str):
+            groups.setdefault(x.shape(), []).append(i)
+    for (name, stages, m, virtual, ranks, blocking), members in groups.items():
+        distinct = list(dict.fromkeys((inputs[i].costs, inputs[i].p2p) for i in members))
+        try:
+            runs = dict(zip(distinct, pipelines(name, stages, m, virtual, ranks, [c for c, _ in distinct],
+                                                [p for _, p in distinct], blocking)))  # fmt: skip
+        except ValueError as exc:  # the family refused to build the shape: every member's words
+            for i in members:
+                out[i] = str(exc)
+            continue
+        for i in members:
+            x = inputs[i]
+            makespan, run, at = runs[(x.costs, x.p2p)]
+            if isinstance(x.step, str):
+                out[i] = x.step
+                continue
+            try:
+                out[i] = makespan + step_end_ms(built(name, stages, at, virtual), run, x.step)
+            except ValueError as exc:
+                out[i] = str(exc)
+    return out
 
 
 def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:

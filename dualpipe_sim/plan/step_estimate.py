@@ -21,6 +21,12 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   launches, cross-copy sums, NIC shared with P2P, optimizer, and the second pass on the
   ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.
 
+Many candidates of one schedule shape are replayed at once (``replayed_many``, used by
+estimate.step_times_of): the replay core's dependencies, read off one replay with unit lengths,
+as rounds of independent actions and transfers, evaluated with numpy over the candidates; every
+value is the same sum or maximum of the same floats as in the core's loop, so each candidate's
+replay is its own to the bit (tests/test_plan_replay_many.py).
+
 The [chunk] model's all-to-all is inside the actions' lengths already (a lone forward or
 backward costs its all-to-all in full, an overlapped pair hides what its two channels can),
 so no term is added for it.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -170,6 +177,109 @@ def replayed(b: Built, costs: StageCosts, p2p: float, blocking: bool) -> Replaye
     return Replayed(float(ends.max()) if len(ends) else 0.0, rank_end, ready, start, length, share, begin, p2p)
 
 
+# Which way replays many candidates faster (the results are the same): the loop costs about LOOP_US per action
+# or transfer and candidate, the rounds about ROUND_US per round and EACH_US per candidate (measured, 2-core VM).
+LOOP_US, ROUND_US, EACH_US = 0.3, 25.0, 30.0
+
+
+class Rounds(NamedTuple):
+    """A built schedule's replay as rounds of independent work (``rounds``), for replaying it on many
+    candidates' costs at once (``replayed_many``): the actions and transfers of each round need only
+    values of earlier rounds."""
+
+    actions: list  # per round: the actions that start in it (numpy indices)
+    transfers: list  # per round: the transfers that leave in it
+    prev: np.ndarray  # per action: its rank's previous action (n: none, a row of zeros)
+    sender: np.ndarray  # per transfer: its action
+    prev_on_link: np.ndarray  # per transfer: the transfer before it on its link (len: none, a row of zeros)
+    incoming: np.ndarray  # per action, padded: the transfers it waits for (len: none)
+
+
+@lru_cache(maxsize=None)
+def rounds(name: str, stages: int, microbatches: int, virtual: int | None, blocking: bool) -> Rounds | None:
+    """The replay's dependencies as rounds: the replay core run once with every action and transfer one
+    unit long, so that each one's unit start is the longest chain of actions and transfers before it;
+    an action or transfer whose unit start is r needs only ends and landings of earlier rounds (its
+    rank's previous action, the transfers it reads, with blocking sends the ones its rank's previous
+    action sent; a transfer its action and its link's previous transfer).  None where some rank cannot
+    finish (replayed, one candidate at a time, says the same as ever).  Cached like ``built``."""
+    b = built(name, stages, microbatches, virtual)
+    n = int(b.index.flat.rank_bounds[-1])
+    cursor, starts, begin, _ = replay.replay(b.schedule, b.index, [1.0] * n, 1.0, blocking, b.transfers)
+    if any(c != len(actions) for c, actions in zip(cursor, b.schedule.ranks)):
+        return None
+    p = b.transfers
+    flat = b.index.flat
+    sender = flat.action[p.transfers[3]]  # per transfer: the action whose op sent it
+    link = np.asarray(p.link, dtype=np.int64)
+    nx = len(link)
+    prev_on_link = np.full(nx, nx, dtype=np.int64)
+    order = np.lexsort((np.arange(nx), link))  # by link, in sending order
+    same = link[order][1:] == link[order][:-1]
+    prev_on_link[order[1:][same]] = order[:-1][same]
+    rank_first = np.repeat(b.rank_first, np.diff(flat.rank_bounds))  # per action: its rank's first action
+    prev = np.where(np.arange(n) > rank_first, np.arange(n) - 1, n)
+    # what each action waits for: the transfers it reads, and with blocking sends its rank's previous action's
+    reader = np.asarray(p.consumer, dtype=np.int64)
+    edges = [(reader, np.arange(nx))]
+    if blocking:
+        after = sender + 1
+        edges.append((np.where((after < n) & (prev[np.minimum(after, n - 1)] == sender), after, n), np.arange(nx)))
+    to, x = (np.concatenate(c) for c in zip(*edges))
+    keep = to < n
+    to, x = to[keep], x[keep]
+    order = np.lexsort((x, to))
+    to, x = to[order], x[order]
+    count = np.bincount(to, minlength=n)
+    width = int(count.max(initial=0))
+    incoming = np.full((n, max(width, 1)), nx, dtype=np.int64)
+    slot = np.arange(len(to)) - np.repeat(np.cumsum(count) - count, count)
+    incoming[to, slot] = x
+    a_round = np.frombuffer(starts, dtype=float).astype(np.int64)
+    x_round = np.frombuffer(begin, dtype=float).astype(np.int64) if len(begin) else np.zeros(0, dtype=np.int64)
+    last = int(max(a_round.max(initial=0), x_round.max(initial=0))) + 1
+    by_round = lambda r: np.split(np.argsort(r, kind="stable"), np.searchsorted(np.sort(r), np.arange(1, last)))  # noqa: E731
+    return Rounds(by_round(a_round), by_round(x_round), prev, sender, prev_on_link, incoming)
+
+
+def replayed_many(name: str, stages: int, microbatches: int, virtual: int | None, costs: list[StageCosts],
+                  p2p: list[float], blocking: bool) -> list[Replayed]:  # fmt: skip
+    """``replayed`` of the schedule built at ``microbatches`` for each (costs, p2p), all at once: the rounds
+    (``rounds``) evaluated with numpy over the candidates, each value the same max or sum of the same floats
+    as in the replay core's loop (a max is exact in any order), so each Replayed is ``replayed``'s to the bit."""
+    b = built(name, stages, microbatches, virtual)
+    r = rounds(name, stages, microbatches, virtual, blocking) if len(costs) > 1 else None
+    if r is None or len(costs) * (len(r.prev) + len(r.sender)) * LOOP_US < len(r.actions) * ROUND_US + len(costs) * EACH_US:
+        return [replayed(b, c, x, blocking) for c, x in zip(costs, p2p)]
+    k = len(costs)
+    n, nx = len(r.prev), len(r.sender)
+    length, share = (np.stack(c, axis=1) for c in zip(*(_lengths(b, c) for c in costs)))
+    end = np.zeros((n + 1, k))  # per action (a spare row of zeros): its end
+    start = np.zeros((n, k))
+    land = np.zeros((nx + 1, k))  # per transfer (a spare row of zeros): its landing
+    go = np.zeros((nx, k))
+    hop = np.asarray(p2p, dtype=float)
+    for acts, xs in zip(r.actions, r.transfers):
+        if len(acts):
+            s = np.maximum(end[r.prev[acts]], land[r.incoming[acts]].max(axis=1))
+            start[acts] = s
+            end[acts] = s + length[acts]
+        if len(xs):
+            g = np.maximum(end[r.sender[xs]], land[r.prev_on_link[xs]])
+            go[xs] = g
+            land[xs] = g + hop
+    out = []
+    for j in range(k):
+        st, ln, ends = np.ascontiguousarray(start[:, j]), np.ascontiguousarray(length[:, j]), np.ascontiguousarray(end[:n, j])
+        rank_end = np.maximum.reduceat(ends, b.rank_first) if n else np.zeros(len(b.rank_first))
+        ready = np.zeros(len(b.copy_rank))
+        np.maximum.at(ready, b.wgrad_copy, ends[b.wgrad_action])
+        begin = np.ascontiguousarray(go[:, j]) if hop[j] > 0 else np.empty(0)
+        out.append(Replayed(float(ends.max()) if n else 0.0, rank_end, ready, st, ln, np.ascontiguousarray(share[:, j]),
+                            begin, float(p2p[j])))
+    return out
+
+
 def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int) -> tuple[int, ...]:
     """The micro-batch counts to replay: M itself when it is at most 4 x ranks, else two counts one
     period (``ranks`` micro-batches: an interleaved schedule's group) apart, the first at least
@@ -191,12 +301,19 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
              p2p: float, blocking: bool) -> tuple[float, Replayed, int]:  # fmt: skip
     """The makespan at ``microbatches`` (ms), the replay its tail is read from (the last one) and
     that replay's micro-batch count."""
+    return pipelines(name, stages, microbatches, virtual, ranks, [costs], [p2p], blocking)[0]
+
+
+def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int, costs: list[StageCosts],
+              p2p: list[float], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
+    """``pipeline`` of each (costs, p2p) on one schedule shape, the replays at each count all at once
+    (``replayed_many``)."""
     ms = counts(name, stages, microbatches, virtual, ranks)
-    runs = [replayed(built(name, stages, m, virtual), costs, p2p, blocking) for m in ms]
+    runs = list(zip(*(replayed_many(name, stages, m, virtual, costs, p2p, blocking) for m in ms)))
     if len(ms) == 1:
-        return runs[0].makespan, runs[0], microbatches
-    (m1, m2), (r1, r2) = ms, runs
-    return r2.makespan + (microbatches - m2) / (m2 - m1) * (r2.makespan - r1.makespan), r2, m2
+        return [(r.makespan, r, microbatches) for (r,) in runs]
+    (m1, m2) = ms
+    return [(r2.makespan + (microbatches - m2) / (m2 - m1) * (r2.makespan - r1.makespan), r2, m2) for r1, r2 in runs]
 
 
 def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:

@@ -3,21 +3,25 @@
 A candidate's step time (estimate.step_time: its schedule replayed and step.py's end of
 step, step_estimate.py) is the costly part of the estimate, and a pure function of the
 candidate and the plan's base: the FigureCache only remembers what it has worked out, so a
-figure is the same whichever process fills it.  The workers are forked after the memory pass
-(plan/__init__.py), so each starts with that pass's FigureCache, every surviving layout
-derived, and is sent only positions in the candidate list; a step time, or a ValueError's
-words, comes back for each, in the candidates' order.  Neighbours in enumeration order share
-a layout (and so their step figures and built schedules), so a task is a run of neighbours.
+figure is the same whichever process fills it.  It is worked out in two steps: what it reads
+(estimate.step_inputs: the schedule's shape, the stage costs, the P2P time, the [step] figures),
+gathered where the candidate's layout is derived, then the step itself from those alone
+(estimate.step_times_of), the candidates that share a schedule shape together: their replays
+run at once over them (step_estimate.replayed_many), the costly part of the estimate done once
+per shape instead of once per candidate.  ``steps`` sends the shapes' candidates, whole shapes
+at a time, to forked worker processes, which need nothing but the inputs; a step time, or a
+ValueError's words, comes back for each, in the candidates' order.
 
-Where fork is not available, or with one job, this process works them out in turn.
+Where fork is not available, or with one job, this process works them out.
 
-With more than one job the memory pass runs in the workers too (``memory_and_steps``): they
-are forked before it, each is sent blocks of neighbouring candidates, prunes each as the plan
-does and works out the step time of the first candidate of each key in the block (the plan's
-first of a key is the first in its block, so it is always among them; a later one is worked out
-only where a key straddles two blocks, and the plan reads it only if the first's step is refused,
-as it would have worked it out then).  Every figure is a pure function of the candidate, so the
-rows are those of the pass in one process (tests/test_plan_step_times.py).
+With more than one job the memory pass runs in the workers (``memory_and_steps``): they are
+forked before it, each is sent blocks of neighbouring candidates (which share a layout and so
+its derivation), prunes each as the plan does and gathers the step inputs of the first
+candidate of each key in the block (the plan's first of a key is the first in its block, so it
+is always among them; a later one is gathered only where a key straddles two blocks, and its
+step is read only if the first's is refused, as the plan would have worked it out then).  Every
+figure is a pure function of the candidate, so the rows are those of the pass in one process
+(tests/test_plan_step_times.py).
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 from ..progress import Progress, report
 from ..signals import Terminated, worker_ignores_stop_signals
-from .estimate import FigureCache, step_time
+from .estimate import FigureCache, StepInputs, step_inputs, step_time, step_times_of
 from .space import Candidate
 
-BATCH = 64  # neighbouring candidates per task: their shared caches stay in one worker
+BATCH = 64  # candidates per task of steps at least (whole schedule shapes)
 BLOCK = 256  # neighbouring candidates per task of memory_and_steps (a layout's are a few hundred)
 
-# What a forked worker reads: (FigureCache, candidates), set only while a pool runs.
-_WORK: tuple[FigureCache, list[Candidate]] | None = None
+# What a forked worker of steps reads: every candidate's StepInputs (or words), set only while a pool runs.
+_WORK: list | None = None
 
 
 def one(cache: FigureCache, cand: Candidate) -> float | str:
@@ -45,9 +49,8 @@ def one(cache: FigureCache, cand: Candidate) -> float | str:
         return str(exc)
 
 
-def _batch(positions: range) -> list[float | str]:
-    cache, cands = _WORK
-    return [one(cache, cands[i]) for i in positions]
+def _task(positions: list[int]) -> list[float | str]:
+    return step_times_of([_WORK[i] for i in positions])
 
 
 # What a forked worker of memory_and_steps reads: (FigureCache, rows, prune), set only while its pool runs.
@@ -60,18 +63,18 @@ def _block(positions: range) -> list[tuple]:
     for i in positions:
         row = rows[i]
         reason, key = prune(cache, row)  # sets row.estimate (this worker's copy of the row)
-        step = None
+        inputs = None
         if not reason and key not in keys:  # the block's first of its key
             keys.add(key)
-            step = one(cache, row.candidate)
-        out.append((reason, row.estimate, key, step))
+            inputs = step_inputs(cache, row.candidate)
+        out.append((reason, row.estimate, key, inputs))
     return out
 
 
 def memory_and_steps(cache: FigureCache, rows: list, prune, jobs: int,
                      progress: Progress | None = None) -> list[tuple] | None:  # fmt: skip
     """Per row, in order: ``prune(cache, row)``'s reason and key, the row's estimate as it left it, and
-    the step (``one``) where the row is the first of its key in its block (else None); over ``jobs``
+    its step inputs (estimate.step_inputs) where the row is the first of its key in its block (else None); over ``jobs``
     forked worker processes.  None where that is not done (one job, too few rows, or no fork): the
     caller runs the pass here."""
     global _PASS
@@ -86,25 +89,44 @@ def memory_and_steps(cache: FigureCache, rows: list, prune, jobs: int,
 
 
 def all_step_times(cache: FigureCache, cands: list[Candidate], jobs: int,
-               progress: Progress | None = None) -> list[float | str]:  # fmt: skip
-    """``one`` of each candidate, in order, over ``jobs`` forked worker processes (1: this one)."""
+                   progress: Progress | None = None) -> list[float | str]:  # fmt: skip
+    """``one`` of each candidate, in order: their step inputs gathered here, their steps over ``jobs``
+    processes (``steps``)."""
+    inputs = []
+    for n, cand in enumerate(cands):
+        if n % 100 == 0:
+            report(progress, n, len(cands), "estimating step times")
+        inputs.append(step_inputs(cache, cand))
+    return steps(inputs, jobs, progress)
+
+
+def steps(inputs: list[StepInputs | str], jobs: int, progress: Progress | None = None) -> list[float | str]:
+    """estimate.step_times_of the inputs, in order, over ``jobs`` forked worker processes (1: this one),
+    each sent the candidates of whole schedule shapes (at least BATCH a task), the largest shapes first."""
     global _WORK
-    batches = [range(k, min(k + BATCH, len(cands))) for k in range(0, len(cands), BATCH)]
-    if jobs <= 1 or len(batches) < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        out = []
-        for n, cand in enumerate(cands):
-            if n % 100 == 0:
-                report(progress, n, len(cands), "estimating step times")
-            out.append(one(cache, cand))
-        return out
-    _WORK = (cache, cands)
+    shapes: dict[tuple, list[int]] = {}
+    for i, x in enumerate(inputs):
+        shapes.setdefault(x if isinstance(x, str) else x.shape(), []).append(i)
+    tasks: list[list[int]] = [[]]
+    for members in sorted(shapes.values(), key=len, reverse=True):
+        if len(tasks[-1]) >= BATCH:
+            tasks.append([])
+        tasks[-1].extend(members)
+    if jobs <= 1 or len(tasks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        report(progress, 0, len(inputs), "estimating step times")
+        return step_times_of(inputs)
+    _WORK = inputs
     try:
-        return _forked(_batch, batches, jobs, len(cands), progress, "estimating step times")
+        done = _forked(_task, tasks, jobs, len(inputs), progress, "estimating step times")
     finally:
         _WORK = None
+    out: list = [None] * len(inputs)
+    for i, step in zip((i for task in tasks for i in task), done):
+        out[i] = step
+    return out
 
 
-def _forked(work, parts: list[range], jobs: int, total: int, progress: Progress | None, what: str) -> list:
+def _forked(work, parts: list, jobs: int, total: int, progress: Progress | None, what: str) -> list:
     """``work`` of each part over ``jobs`` forked worker processes, the results joined in the parts' order
     (whichever worker ends first), progress reported as ``what``; the module global ``work`` reads is set by
     the caller before the fork."""
