@@ -47,14 +47,18 @@ def test_the_8b_rows_last_group_holds_the_16_bit_buffer():
     assert 176_160_768 + 31 * 218_103_808 + tail == LINEAR and tail == 41_943_040
     first = _reduce_scatter_ms(2 * 176_160_768, 1)  # 352.3 MB of bf16 gradients: 0.5636 + 0.3523 x 255/256 / 345.92 s
     mid = _reduce_scatter_ms(2 * 218_103_808, 1)
-    last = _reduce_scatter_ms(2 * (WIDE + tail), 3)  # 2,185.8 MB in three calls, still LL128 (below 2.78 GB)
+    # the last group, 2,185.8 MB in three calls, is one NCCL group (s14j, docs/model.md "... on NCCL v2.20 and
+    # later"): the tuner's count ceil(3 / 16) = 1 picks LL128 (0.5636 + 6.2940 ms < Simple's 1.2040 + 5.7905 ms) and
+    # the busiest of the 16 channels runs 2 pieces (3 ops of different sizes, 3/16 of one a channel)
+    last = _reduce_scatter_ms(2 * (WIDE + tail), 2)
+    assert 0.5636 + 6.2940 < 1.2040 + 2 * (WIDE + tail) * 255 / 256 / BUS * 1e3
     assert first == pytest.approx(1.5781, abs=1e-4) and mid == pytest.approx(1.8197, abs=1e-4)
-    assert last == pytest.approx(1.6908 + 6.2940, abs=1e-4)
+    assert last == pytest.approx(1.1272 + 6.2940, abs=1e-4)
     total = first + 31 * mid + last
     assert len(shares) == 1 and len(shares[0]) == 33
     assert shares[0][0] == pytest.approx(first / total)
     assert shares[0][1:32] == pytest.approx([mid / total] * 31)
-    assert shares[0][-1] == pytest.approx(last / total)  # 0.121 of the stage's grad sync, not 1/33
+    assert shares[0][-1] == pytest.approx(last / total)  # 0.113 of the stage's grad sync, not 1/33
     assert sum(shares[0]) == pytest.approx(1.0)
 
 
@@ -88,4 +92,4 @@ def test_explain_names_the_last_group():
 
     sc = scenario.load(FOLDER / "mlperf51-llama8b-256b200.toml", [])
     rule = next(i.rule for i in step_end.items(sc, sc.derived()) if i.figure == "grad_sync")
-    assert "partition_buckets case 3" in rule and "stage 0: 33 groups, the last 12.1%" in rule  # 0.121, above
+    assert "partition_buckets case 3" in rule and "stage 0: 33 groups, the last 11.3%" in rule  # 0.113, above

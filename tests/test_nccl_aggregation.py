@@ -67,7 +67,8 @@ def test_one_bucket_and_later_releases_keep_a_latency_a_bucket():
     # one op: no aggregation (nAggOps 1), one ring pass on every channel
     one = collectives.bucketed("reduce_scatter", nbytes, 256, H100, 2, 1, channels=8)
     assert one == pytest.approx(765.2e-6 + nbytes * 255 / 256 / (0.92 * bus), rel=1e-12)
-    # v2.21.5 (ncclPrepareTasks, not read): 9 latencies as before
+    # v2.21.5, the buckets not one group (Megatron-core's, one launch each): 9 latencies as before
+    # (one group from v2.20: tests/test_nccl_group_plan.py)
     v2_21 = replace(H100, nccl=(2, 21, 5))
     assert collectives.bucketed("reduce_scatter", nbytes, 256, v2_21, 2, 9, channels=8) == pytest.approx(
         9 * 765.2e-6 + nbytes * 255 / 256 / (0.92 * bus), rel=1e-12)

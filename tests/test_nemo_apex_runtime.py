@@ -131,12 +131,13 @@ def test_fp32_embedding_grad_sync_by_hand():
     assert d.stages[0].dense_params == (V + 4 * 2048) * H + 2 * layer  # the position table on each of TP 4 ranks
     stage0 = ((V / 4 + 2048) * H + 2 * layer / 4) * 2 + 361_758_720  # 2,535,837,696 B
     tied = collectives.time("all_reduce", V * H / 4 * 4, 2, rates, "nic")  # fp32 main_grad, first and last stage
-    expected0 = collectives.bucketed("reduce_scatter", stage0, 16, rates, 2, 9) * 1e3
+    # apex's 9 buckets one NCCL group on the row's 8 channels (tests/test_nccl_group_plan.py)
+    expected0 = collectives.bucketed("reduce_scatter", stage0, 16, rates, 2, 9, channels=8, grouped=True) * 1e3
     fig_on, fig_off = on.step_costs(d).grad_sync, off.step_costs().grad_sync
     assert fig_on[0] == pytest.approx(expected0, rel=1e-12)
     tied_bf16 = collectives.time("all_reduce", V * H / 4 * 2, 2, rates, "nic")
-    assert fig_off[0] == pytest.approx(collectives.bucketed("reduce_scatter", stage0 - 361_758_720, 16, rates, 2, 9)
-                                       * 1e3, rel=1e-12)  # fmt: skip
+    assert fig_off[0] == pytest.approx(collectives.bucketed("reduce_scatter", stage0 - 361_758_720, 16, rates, 2, 9,
+                                                            channels=8, grouped=True) * 1e3, rel=1e-12)  # fmt: skip
     # the tied all-reduce after the data-parallel sync (s12d), in the tail after the tensor-parallel one: fp32 or bf16
     tail_on, tail_off = on.step_costs(d).grad_sync_tail, off.step_costs().grad_sync_tail
     assert tail_on[0] - tail_off[0] == pytest.approx((tied - tied_bf16) * 1e3, rel=1e-9)
@@ -144,8 +145,8 @@ def test_fp32_embedding_grad_sync_by_hand():
     # the last stage: its layers, the final LayerNorm (whole on each of the 4 ranks) and its word embedding copy,
     # 311,427,072 B more
     last = (2 * layer + 4 * 2 * H + V * H) / 4 * 2
-    assert fig_on[-1] == pytest.approx(collectives.bucketed("reduce_scatter", last + 311_427_072, 16, rates, 2, 9)
-                                       * 1e3, rel=1e-12)  # fmt: skip
+    assert fig_on[-1] == pytest.approx(collectives.bucketed("reduce_scatter", last + 311_427_072, 16, rates, 2, 9,
+                                                            channels=8, grouped=True) * 1e3, rel=1e-12)  # fmt: skip
     assert fig_on[1:-1] == fig_off[1:-1]  # no embedding there
 
 

@@ -115,8 +115,8 @@ def pat_latency(ranks: int) -> float:
 NCCL_DP_CTAS = 16
 
 # NCCL v2.17-v2.19's aggregation of a group's collectives (enqueue.cc @ 4365458 scheduleCollTasksToPlan, lines
-# 483-600; the same code in v2.17.1-1 and v2.19.3-1; rewritten in v2.20, and in v2.22 as ncclPrepareTasks: not read
-# here): a channel's share of the group, 2 MiB x min(16, ranks) (NCCL_AGG_CHANNEL_SIZE, include/enqueue.h line 16),
+# 483-600; the same code in v2.17.1-1 and v2.19.3-1; rewritten in v2.20, and in v2.22 as ncclPrepareTasks: below):
+# a channel's share of the group, 2 MiB x min(16, ranks) (NCCL_AGG_CHANNEL_SIZE, include/enqueue.h line 16),
 # halved while the group's bytes are under it x channels and it is above 512 B (NCCL_MIN_CHANNEL_SIZE:
 # NCCL_LL_THREAD_THRESHOLD 8 x 64).
 NCCL_AGG_CHANNEL_BYTES = 2 * 2**20
@@ -146,8 +146,35 @@ def aggregated(nbytes: float, n: int, buckets: int, channels: int) -> tuple[int,
     return -(-agg // used), used / channels, -(-(buckets * per_op) // channels)
 
 
+# NCCL v2.20 and later's plan of a group (docs/model.md, "... on NCCL v2.20 and later"): the group's per-rank bytes laid
+# end to end over the communicator's channels, an equal share each, each channel's pieces run one after another.
+# v2.20-v2.21: scheduleCollTasksToPlan / addCBDCollToPlan (enqueue.cc @ v2.21.5-1 lines 743-870 and 431-509, v2.20.3-1
+# the same), maxBytesPerChannel = the group's bytes / channels, the tuner asked once for the whole group (numPipeOps
+# 1); from v2.22: ncclPrepareTasks and scheduleCollTasksToPlan (@ v2.22.3-1 lines 407-581 and 583-803, @ v2.28.3-1
+# lines 331-500 and 502-760), trafficPerChannel = the group's traffic / channels, the tuner's count
+# ceil(tasks / channels) (nTasksPerChannel).  Their cell rounding (16 B to 16 KiB of traffic) is left out.
+NCCL_PREPARE_RULES = (2, 22)
+
+
+def group_tuner_count(buckets: int, channels: int, nccl: tuple[int, ...]) -> int:
+    """The latency count NCCL >= v2.20's tuner gives a group of ``buckets`` equal ring ops on ``channels`` channels:
+    1 up to v2.21 (the aggregate asked as one op), ceil(buckets / channels) from v2.22 (ncclPrepareTasks)."""
+    return 1 if tuple(nccl[:2]) < NCCL_PREPARE_RULES else -(-buckets // channels)
+
+
+def group_passes(buckets: int, channels: int, equal: bool = True) -> int:
+    """Ring passes on the busiest channel when NCCL >= v2.20 lays ``buckets`` equal ops end to end over ``channels``
+    channels of buckets / channels ops each: channel c holds the ops from floor(c b / C) up to ceil((c + 1) b / C).
+    Not ``equal`` (a Megatron-core bucket group: buffers of different sizes, taken as equal here): no op's end falls
+    on a channel's edge, so a channel whose share starts or ends at one holds the next op's sliver too."""
+    if equal:
+        return max(-(-(c + 1) * buckets // channels) - c * buckets // channels for c in range(channels))
+    return 1 + max(sum(c * buckets <= m * channels <= (c + 1) * buckets for m in range(1, buckets))
+                   for c in range(channels))
+
+
 def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int, averaged: bool = False,
-             channels: int = 0) -> float:
+             channels: int = 0, grouped: bool = False, equal: bool = True) -> float:
     """Seconds for a reduce-scatter or all-gather of ``nbytes`` over ``n`` ranks across nodes (``per_node`` of
     them, each with its NIC, on a node), sent as ``buckets`` equal NCCL collectives in one group (apex's
     coalesced bucket syncs).  As NCCL's tuner times it (tuning.cc ncclTopoGetAlgoTime) and picks the fastest
@@ -155,8 +182,11 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
     NICs; LL128 a fraction of it).  Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring
     latency is ~1 ms.  ``channels`` (the communicator's, step.dp_comm_sms) with NCCL v2.17-v2.19 (``rates.nccl``
     None or below v2.20): the group spread over its channels as that NCCL does (aggregated): the tuner picks
-    the protocol with its own latency count, and the time pays the busiest channel's ring passes; else (0, or a
-    later NCCL) one ring pass per bucket, in sequence.
+    the protocol with its own latency count, and the time pays the busiest channel's ring passes.  From v2.20 the
+    same when ``grouped`` (apex's equal buckets, one NCCL group; not ``equal``: one Megatron-core bucket group), by
+    that release's plan (group_tuner_count, group_passes);
+    Megatron-core's buckets (not ``grouped``) are launched one bucket group at a time: one ring pass per bucket, in
+    sequence, as with ``channels`` 0.
     ``rates.nccl`` (hardware.nccl_version) from v2.23 with one rank a node: LL128 at 0.92, the tree's network
     latency, and PAT, unless ``averaged`` (a reduce-scatter with ncclAvg: NCCL runs bf16 / fp16 / fp32 averages as
     PreMulSum, which enqueue.cc keeps off PAT)."""
@@ -174,7 +204,13 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
         chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / (protocols[p][1] * share))
         lat, speed = protocols[chosen]
         return passes * lat + moved / speed
-    best = min(buckets * lat + moved / speed for lat, speed in protocols.values())
+    if channels and buckets > 1 and grouped:
+        count = group_tuner_count(buckets, channels, nccl)
+        chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / protocols[p][1])
+        lat, speed = protocols[chosen]
+        best = group_passes(buckets, channels, equal) * lat + moved / speed
+    else:
+        best = min(buckets * lat + moved / speed for lat, speed in protocols.values())
     if per_node == 1 and one_per_node_rules(nccl) and not (op == "reduce_scatter" and averaged):
         pat_bus = bus * NCCL_PAT_BUS.get(tuple(nccl[:2]), 0.75)
         best = min(best, -(-buckets // NCCL_PAT_BATCH) * pat_latency(n) + nbytes / pat_bus)

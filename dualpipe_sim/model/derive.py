@@ -87,6 +87,7 @@ class Setup:
     gpu_spread: tuple[str, int, float] | None = None
     tp_max_ctas: int = 0  # parallel.tp_max_ctas
     dp_channels: int = collectives.NCCL_DP_CTAS  # the data-parallel communicator's NCCL channels (dp_channels)
+    dp_grouped: bool = False  # the data-parallel buckets go to NCCL as one group: apex's (step.param_gather = "apex")
 
     @property
     def ring_serial(self) -> bool:
@@ -359,7 +360,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
                  deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
-                 gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario))  # fmt: skip
+                 gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
+                 dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex")  # fmt: skip
 
 
 def dp_channels(scenario) -> int:

@@ -558,16 +558,29 @@ def _grad_sync_parts(scenario, derived, memo: dict | None) -> tuple[tuple[float,
     p = nemo_sync(scenario, derived, memo)
     overlapped, tail = [], []
     for s in range(len(p.dense)):
-        o = _sync_ms(st, "grad_sync", p.dense[s], p.routed[s], buckets=p.buckets[s]) if p.dense[s] or p.routed[s] else 0.0
+        o = _sync_ms(st, "grad_sync", p.dense[s], p.routed[s], buckets=p.buckets[s], group=one_group(scenario, st, s)) \
+            if p.dense[s] or p.routed[s] else 0.0
         overlapped.append(o + (0.0 if p.in_tail[s] else p.tied_ms[s]))
         tail.append(held_ms(st, p, s) + p.fp32_ms[s] + (p.tied_ms[s] if p.in_tail[s] else 0.0))
     return tuple(overlapped), tuple(tail)
 
 
-def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1) -> float:
+def one_group(scenario, st, s: int) -> bool:
+    """Whether stage copy ``s``'s data-parallel buckets go to NCCL as one group: apex's (st.dp_grouped), or a chunk
+    Megatron-core's DDP does not bucket (ddp_buckets.fill_size None: ``partition_buckets(...,
+    force_single_bucket_group=disable_bucketing)``, distributed_data_parallel.py @ d339190 line 249), whose buffers'
+    buckets are one bucket group; a bucketed chunk's groups are launched one at a time."""
+    step = scenario.step
+    return st.dp_grouped or (st.grad_hook == "ddp" and step is not None
+                             and ddp_buckets.fill_size(step, s, st.sharding.data) is None)
+
+
+def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1,
+             group: bool = False) -> float:
     """One grad sync (``op``; default reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum
     of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms);
-    a reduce-scatter across nodes as ``buckets`` NCCL rings (collectives.bucketed)."""
+    a reduce-scatter across nodes as ``buckets`` NCCL rings (collectives.bucketed), one NCCL group if ``group`` (one
+    Megatron-core bucket group, its buffers' buckets of different sizes) or on apex (st.dp_grouped, equal buckets)."""
     sh, hw = st.sharding, st.hw
     op = op or ("reduce_scatter" if sh.zero >= 1 else "all_reduce")
     if st.rates is not None:
@@ -579,7 +592,7 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
         if op == "reduce_scatter" and nic == "nic":
             dense_s = collectives.bucketed(op, dense, sh.data, st.rates, per_node, buckets, st.grads_averaged,
-                                           st.dp_channels)
+                                           st.dp_channels, group or st.dp_grouped, st.dp_grouped)
         else:
             dense_s = collectives.time(op, dense, sh.data, st.rates, nic, nics=per_node)
         return (dense_s + collectives.time(op, routed, int(sh.expert_data), st.rates, "nic")) * 1e3
@@ -804,7 +817,7 @@ def step_start_ms(scenario, derived, memo: dict | None = None) -> float:
         return start_gather_ms(st, first, bucket, fp8, extra)
     if not scenario._megatron_interleaved():
         return prefetch_gather_ms(scenario, st, st.stages[0], first, bucket)
-    whole = start_gather_ms(st, first, bucket, fp8)
+    whole = start_gather_ms(st, first, bucket, fp8, group=one_group(scenario, st, 0))
     if step.overlap_param_gather_with_optimizer_step:
         # chunk 0 unbucketed (disable_bucketing) is still one bucket a buffer, FP8's uint8 and 16-bit: two all-gathers
         # in one coalesced group (partition_buckets case 1, start_param_sync; core_r0.11.0 param_and_grad_buffer.py
@@ -870,7 +883,8 @@ def apex_fp8_first_bucket(scenario, derived) -> tuple[int, float]:
     return 1, extra
 
 
-def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0.0, 0.0), extra: float = 0.0) -> float:
+def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0.0, 0.0), extra: float = 0.0,
+                    group: bool = False) -> float:
     """The wait before a step's first forward for the whole of the first stage's overlapped parameter
     all-gather (ms): apex's DistributedFusedAdam, and Megatron-core's interleaved schedule.
 
@@ -883,11 +897,12 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     all-gather (its ``buckets``, the gradients' buckets, on the data-parallel link) has landed.
     The other stages' gathers run beside it from time 0 and are taken as landed before their input
     arrives; chunk 1's and later ones as landed before their chunk's first forward.  ``fp8``: as
-    param_gather_ms's; ``extra``: dense bytes gathered with the stage beyond its own (apex_fp8_first_bucket)."""
+    param_gather_ms's; ``extra``: dense bytes gathered with the stage beyond its own (apex_fp8_first_bucket);
+    ``group``: the buckets one Megatron-core bucket group (_gather_ms)."""
     sh = st.sharding
     nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0) + extra
     if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
-        dense = _gather_ms(st, nbytes, buckets)
+        dense = _gather_ms(st, nbytes, buckets, group)
         routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
         return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
     if extra:  # inside a node: one collective on its link, as param_gather_ms's
@@ -896,14 +911,15 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     return param_gather_ms(st, first_stage, fp8)
 
 
-def _gather_ms(st, nbytes: float, buckets: int) -> float:
+def _gather_ms(st, nbytes: float, buckets: int, group: bool = False) -> float:
     """An all-gather of ``nbytes`` of dense parameters over the data-parallel ranks (ms): across nodes as
-    ``buckets`` NCCL rings in one group (collectives.bucketed), else one collective on its link."""
+    ``buckets`` NCCL rings (collectives.bucketed; one NCCL group if ``group``, one Megatron-core bucket group, or on
+    apex), else one collective on its link."""
     sh = st.sharding
     if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
         per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
         return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets,
-                                    channels=st.dp_channels) * 1e3
+                                    channels=st.dp_channels, grouped=group or st.dp_grouped, equal=st.dp_grouped) * 1e3
     return _sync_ms(st, "grad_sync", nbytes, 0.0, op="all_gather")
 
 
@@ -930,7 +946,7 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     The routed experts' own buffer is waited for whole, as start_gather_ms does."""
     sh = st.sharding
     tensors, groups = _bucket_groups(scenario, st, where, stage, buckets)
-    gathers = [_gather_ms(st, w * sh.params_bytes + n, b) for _, w, n, b in groups]
+    gathers = [_gather_ms(st, w * sh.params_bytes + n, b, group=True) for _, w, n, b in groups]
     per_element = (stage.forward or 0.0) / sum(tensors)
     computes = [(b[0] - a[0]) * per_element for a, b in zip(groups, groups[1:])]
     routed_linear = fp8_param_elements(st, where)[1] if scenario.model.fp8_params else 0.0
@@ -987,7 +1003,8 @@ def grad_sync_shares(scenario, derived=None, memo: dict | None = None) -> tuple[
             out.append(())
             continue
         groups = _bucket_groups(scenario, st, where, stage, buckets[s], s)[1]
-        times = [_sync_ms(st, "grad_sync", (w + n) * st.sharding.grads_bytes, 0.0, buckets=b) for _, w, n, b in groups]
+        times = [_sync_ms(st, "grad_sync", (w + n) * st.sharding.grads_bytes, 0.0, buckets=b, group=True)
+                 for _, w, n, b in groups]
         out.append(tuple(t / sum(times) for t in reversed(times)) if len(times) > 1 and sum(times) > 0 else ())
     return tuple(out) if any(out) else ()
 
@@ -1170,7 +1187,8 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
                 tail = max(tail, _zero2_backlog(scenario, st, stage, copies[s], _sync_ms(st, key, dense, routed)))
             out.append(tail + tied.get(s, 0.0))
             continue
-        out.append(_sync_ms(st, key, dense, routed, buckets=buckets[s]) + tied.get(s, 0.0))
+        out.append(_sync_ms(st, key, dense, routed, buckets=buckets[s], group=one_group(scenario, st, s))
+                   + tied.get(s, 0.0))
     return tuple(out)
 
 
