@@ -46,7 +46,7 @@ def test_v31_chunk_reduce_scatter_by_hand():
     # the tuner, one latency: Simple 1,108.0 us + moved / bus against LL128 387.6 us + moved / (0.92 bus)
     assert simple + moved / bus < ll128 + moved / (0.92 * bus)  # Simple: 0.72 ms of latency saved < 0.83 ms of bus
     # the run: 5 ring passes of Simple
-    assert collectives.bucketed("reduce_scatter", nbytes, n, H100, 2, 9, channels=8) == pytest.approx(
+    assert collectives.bucketed("reduce_scatter", nbytes, n, H100, 2, 9, channels=8, grouped=True) == pytest.approx(
         5 * simple + moved / bus, rel=1e-12)
     # before (no channels given): 9 passes of the faster protocol at 9 latencies, LL128
     assert collectives.bucketed("reduce_scatter", nbytes, n, H100, 2, 9) == pytest.approx(
@@ -58,7 +58,7 @@ def test_v31_at_dp_256_takes_ll128_by_hand():
     # 1.46 ms of latency saved > 0.83 ms of bus: LL128, paid 5 times.
     nbytes, bus = 900 * MIB, 2 * 47e9
     moved = nbytes * 255 / 256
-    assert collectives.bucketed("reduce_scatter", nbytes, 256, H100, 2, 9, channels=8) == pytest.approx(
+    assert collectives.bucketed("reduce_scatter", nbytes, 256, H100, 2, 9, channels=8, grouped=True) == pytest.approx(
         5 * 765.2e-6 + moved / (0.92 * bus), rel=1e-12)
 
 
@@ -89,3 +89,34 @@ def test_v31_row_passes_its_8_channels():
     assert overlapped[8] == pytest.approx((5 * 765.2e-6 + moved / (0.92 * 2 * 47e9)) * 1e3, rel=1e-9)
     # no [step] dp_comm_sms (0): NCCL's own 16 channels
     assert load(SCENARIOS / "mlperf31-gpt3-8192.toml", ["step.dp_comm_sms=0"]).derived().setup.dp_channels == 16
+
+
+def test_megatron_core_bucketed_chunk_is_not_one_group_on_v218():
+    # xt-qwen3-235b-tp2ep8pp8: Megatron-core's DDP, no hardware.nccl_version (v2.18.5's rules), 16 channels.  Stage 0's
+    # chunk is bucketed (8 buckets, each its own bucket group: start_grad_sync coalesces only within a group), so NCCL
+    # gets 8 launches, one ring latency each, not s14c's spread group; stages 1-7 are unbucketed: one group each.
+    sc = load(SCENARIOS / "xt-qwen3-235b-tp2ep8pp8.toml")
+    derived = sc.derived()
+    st = derived.setup
+    assert st.rates.nccl is None and st.dp_channels == 16 and not st.dp_grouped
+    parts = step_figures.nemo_sync(sc, derived)
+    assert parts.buckets[:2] == (8, 1)
+    assert not step_figures.one_group(sc, st, 0) and all(step_figures.one_group(sc, st, s) for s in range(1, 8))
+    # DP 16 (TP 2: 4 ranks a node on 4 nodes, 4 x 47 GB/s).  tuning.cc @ 4365458: Simple 8.4 + (15 - 3) x 3.4 + 3 x 14 =
+    # 91.2 us, LL128 14 + 12 x 1.9 + 3 x 4 = 48.8 us.  2,836,769,792 B, 15/16 moved: 14.146 ms at 188 GB/s, 15.376 ms at
+    # 0.92 of it.  8 launches: Simple 8 x 91.2 us + 14.146 ms = 14.876 ms < LL128 0.390 + 15.376 ms.
+    dense, bus = parts.dense[0], 4 * 47e9
+    assert dense == 2_836_769_792
+    assert collectives.ring_latency("simple", 16, 4) == pytest.approx(91.2e-6, rel=1e-12)
+    assert collectives.ring_latency("ll128", 16, 4) == pytest.approx(48.8e-6, rel=1e-12)
+    moved = dense * 15 / 16
+    apart = 8 * 91.2e-6 + moved / bus
+    assert apart < 8 * 48.8e-6 + moved / (0.92 * bus)
+    # the routed experts' buffer: one reduce-scatter over the 4 expert-data ranks on one NIC (collectives.time)
+    routed = parts.routed[0] * 3 / 4 / 47e9 + 25.5e-6
+    overlapped, _ = step_figures.grad_sync_parts(sc, derived)
+    assert overlapped[0] == pytest.approx((apart + routed) * 1e3, rel=1e-9)
+    # s14c's rule, were the 8 one group: 32 MiB a channel's share; a 354.6 MB bucket on ceil(10.57) = 11 channels,
+    # 88 pieces on 16 channels: 6 passes (two latencies fewer), which the rule keeps for one NCCL group
+    grouped = collectives.bucketed("reduce_scatter", dense, 16, st.rates, 4, 8, channels=16, grouped=True)
+    assert grouped == pytest.approx(6 * 91.2e-6 + moved / bus, rel=1e-9)

@@ -121,13 +121,12 @@ def test_zero1_parameter_all_gather_follows_the_optimizer_by_hand():
 
 # Overlapped, the next step's pipeline waits for stage 0's all-gather before its first forward: a ring over
 # 24 ranks on 24 nodes (one NIC each) as NCCL's tuner times it, 23 network steps: Simple 8.4 + 23 x 14 us
-# (LL128's 14 + 23 x 4 us at 0.7 of the bus is slower for 2.3 GB).  One bucket: one ring pass.  Nine (274.8 MB each)
-# as NCCL 2.18 runs one coalesced group on 16 channels (docs/model.md, "A group of bucket collectives on NCCL
-# v2.17-v2.19"): each bucket on ceil(274.8 / 33.55 MB) = 9 channels, 81 pieces, 6 ring passes on the busiest
-# channel; the tuner counts one latency over 8 of the 16 channels' bus (11.5 MB a rank: 1 channel an op, 8 ops after
-# the first): Simple 330.4 us + 2.37 GB / 11.75 GB/s against LL128 106 us + 2.37 GB / 8.2 GB/s, Simple.
+# (LL128's 14 + 23 x 4 us at 0.7 of the bus is slower for 2.3 GB).  One bucket: one ring pass.  Nine (274.8 MB each):
+# Megatron-core's bucketed chunk 0, each bucket its own bucket group, launched one at a time, so NCCL 2.18 gets 9
+# collectives, not one coalesced group (docs/model.md, "A group of bucket collectives on NCCL v2.17-v2.19"; s14l):
+# 9 ring passes, Simple (9 x 330.4 us against LL128's 9 x 106 us, which saves 2.0 ms but loses 43 ms at 0.7 of the bus).
 def _start_wait(buckets=1):
-    return {1: 1, 9: 6}[buckets] * (8.4 + 23 * 14.0) * 1e-6 + STAGE0 / 8 * 2 * 23 / 24 / NIC
+    return {1: 1, 9: 9}[buckets] * (8.4 + 23 * 14.0) * 1e-6 + STAGE0 / 8 * 2 * 23 / 24 / NIC
 
 
 @pytest.mark.parametrize("overrides,exposed", [

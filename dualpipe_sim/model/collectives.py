@@ -180,13 +180,13 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
     coalesced bucket syncs).  As NCCL's tuner times it (tuning.cc ncclTopoGetAlgoTime) and picks the fastest
     protocol: latency x ring passes + bytes x factor / bus bandwidth, the bus the measured NIC one (x per_node
     NICs; LL128 a fraction of it).  Latency grows with the ring's length: at 160 nodes one 100 MB bucket's ring
-    latency is ~1 ms.  ``channels`` (the communicator's, step.dp_comm_sms) with NCCL v2.17-v2.19 (``rates.nccl``
-    None or below v2.20): the group spread over its channels as that NCCL does (aggregated): the tuner picks
-    the protocol with its own latency count, and the time pays the busiest channel's ring passes.  From v2.20 the
-    same when ``grouped`` (apex's equal buckets, one NCCL group; not ``equal``: one Megatron-core bucket group), by
-    that release's plan (group_tuner_count, group_passes);
-    Megatron-core's buckets (not ``grouped``) are launched one bucket group at a time: one ring pass per bucket, in
-    sequence, as with ``channels`` 0.
+    latency is ~1 ms.  ``channels`` (the communicator's, step.dp_comm_sms) and ``grouped`` (the buckets are one NCCL
+    group: apex's equal buckets, or one Megatron-core bucket group, not ``equal``): with NCCL v2.17-v2.19
+    (``rates.nccl`` None or below v2.20) the group spread over its channels as that NCCL does (aggregated): the tuner
+    picks the protocol with its own latency count, and the time pays the busiest channel's ring passes; from v2.20
+    by that release's plan (group_tuner_count, group_passes).  Not ``grouped`` (a bucketed Megatron-core chunk,
+    launched one bucket group at a time), on any release: one ring pass per bucket, in sequence, as with
+    ``channels`` 0.
     ``rates.nccl`` (hardware.nccl_version) from v2.23 with one rank a node: LL128 at 0.92, the tree's network
     latency, and PAT, unless ``averaged`` (a reduce-scatter with ncclAvg: NCCL runs bf16 / fp16 / fp32 averages as
     PreMulSum, which enqueue.cc keeps off PAT)."""
@@ -199,12 +199,12 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
     # in NCCL's protocol order (LL128 before Simple: the first of equal times wins, getAlgoInfo's strict <)
     protocols = {"ll128": (ring_latency("ll128", n, per_node, nccl), bus * ll128),
                  "simple": (ring_latency("simple", n, per_node, nccl), bus)}
-    if channels and buckets > 1 and aggregates(nccl):
+    if channels and buckets > 1 and grouped and aggregates(nccl):
         count, share, passes = aggregated(nbytes, n, buckets, channels)
         chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / (protocols[p][1] * share))
         lat, speed = protocols[chosen]
         return passes * lat + moved / speed
-    if channels and buckets > 1 and grouped:
+    if channels and buckets > 1 and grouped:  # the buckets one NCCL group: the caller decides (step_figures.one_group)
         count = group_tuner_count(buckets, channels, nccl)
         chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / protocols[p][1])
         lat, speed = protocols[chosen]
