@@ -199,15 +199,16 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
     # in NCCL's protocol order (LL128 before Simple: the first of equal times wins, getAlgoInfo's strict <)
     protocols = {"ll128": (ring_latency("ll128", n, per_node, nccl), bus * ll128),
                  "simple": (ring_latency("simple", n, per_node, nccl), bus)}
+    def tuned(count: int, share: float = 1.0) -> tuple[float, float]:
+        """The protocol NCCL's tuner picks for a group it counts ``count`` latencies and ``share`` of the bus for."""
+        return protocols[min(protocols, key=lambda p: count * protocols[p][0] + moved / (protocols[p][1] * share))]
+
     if channels and buckets > 1 and grouped and aggregates(nccl):
         count, share, passes = aggregated(nbytes, n, buckets, channels)
-        chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / (protocols[p][1] * share))
-        lat, speed = protocols[chosen]
+        lat, speed = tuned(count, share)
         return passes * lat + moved / speed
     if channels and buckets > 1 and grouped:  # the buckets one NCCL group: the caller decides (step_figures.one_group)
-        count = group_tuner_count(buckets, channels, nccl)
-        chosen = min(protocols, key=lambda p: count * protocols[p][0] + moved / protocols[p][1])
-        lat, speed = protocols[chosen]
+        lat, speed = tuned(group_tuner_count(buckets, channels, nccl))
         best = group_passes(buckets, channels, equal) * lat + moved / speed
     else:
         best = min(buckets * lat + moved / speed for lat, speed in protocols.values())
