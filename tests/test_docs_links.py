@@ -139,3 +139,30 @@ def test_every_local_anchor_link_lands_on_a_heading():
     broken = [f"{page.relative_to(ROOT)}: {link}" for page in pages()
               for link in broken_anchors(page, page.read_text(encoding="utf-8"))]
     assert not broken, "links to a heading that does not exist:\n" + "\n".join(broken)
+
+
+def kernel_rates(text: str) -> tuple[list[str], list[str]]:
+    """docs/model.md's "Kernel rates" section: (its table's rows, its ``####`` headings), each in page order."""
+    section = ("\n" + text).split("\n### Kernel rates\n", 1)[1].split("\n### ", 1)[0]
+    table = section.split("\n| constant |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return table, [m.group(1) for m in map(_HEADING.match, section.splitlines()) if m and m.group(0)[:5] == "#### "]
+
+
+def test_kernel_rates_reader_by_hand():
+    page = ("### Kernel rates\n\n| constant | a | b | c | source |\n| --- | --- | --- | --- | --- |\n| x | 1 | 2 | 3 | s |\n"
+            "| y | 1 | 2 | 3 | [t](#y) |\n\n#### Y\n\ntext\n#### Notes\n### Next\n#### Not here\n")  # fmt: skip
+    assert kernel_rates(page) == (["| x | 1 | 2 | 3 | s |", "| y | 1 | 2 | 3 | [t](#y) |"], ["Y", "Notes"])
+
+
+def test_kernel_rates_rows_are_short_and_link_their_subsections_in_order():
+    """s15f: the table keeps one short row per constant (five cells, GPU figures and a source in a few words);
+    the full source text is in the ``####`` subsection the row links to, in the table's order."""
+    rows, headings = kernel_rates((ROOT / "docs" / "model.md").read_text(encoding="utf-8"))
+    assert len(rows) >= 19  # the constants of s15f's table (a reader that finds none fails)
+    cells = [re.sub(r"`[^`]*`", "", row).strip().strip("|").split("|") for row in rows]
+    assert all(len(c) == 5 for c in cells), [row for row, c in zip(rows, cells) if len(c) != 5]
+    assert max(map(len, rows)) <= 400, max(rows, key=len)
+    sub = [slug(h) for h in headings]
+    # each subsection in the order the rows first name it (a row may link a section elsewhere on the page instead)
+    firsts = list(dict.fromkeys(a for c in cells for _, a in _ANCHOR_LINK.findall(c[4]) if a in sub))
+    assert len(firsts) >= 17 and sub[: len(firsts)] == firsts, (firsts, sub)  # the section's notes come after
