@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, megatron_lm, memory, params
-from . import recompute, unused_keys
+from . import nemo_loss, recompute, unused_keys
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -82,6 +82,7 @@ class Setup:
     embed_layernorm: bool = False  # model.embed_layernorm
     deepspeed_pipe: bool = False  # step.runtime = "deepspeed-bf16": DeepSpeed's pipeline engine (deepspeed_pipe.py)
     megatron_lm_loop: bool = False  # model.training_loop resolved "megatron-lm-2021" (megatron_lm.py)
+    nemo_loss: bool = False  # model.training_loop = "nemo-1": NeMo 1's loss on the last stage (nemo_loss.py)
     interleaved: bool = False  # Megatron's interleaved schedule: one P2P call a forward-backward pair (megatron_lm.py)
     # hardware.gpu_variability on: (spread, GPUs of the run, factor every kernel takes); None: off (gpu_spread.py)
     gpu_spread: tuple[str, int, float] | None = None
@@ -360,6 +361,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
                  deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
+                 nemo_loss=scenario.model.training_loop == "nemo-1",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex")  # fmt: skip
 
@@ -376,8 +378,8 @@ def training_loop(scenario) -> bool:
     "derived": model.runtime's; never under DeepSpeed's pipeline engine, which runs its own (deepspeed_pipe.py)."""
     m = scenario.model
     deepspeed = scenario.step is not None and scenario.step.runtime == "deepspeed-bf16"
-    if m.training_loop == "megatron-lm-2021" and deepspeed:
-        raise ModelError('model.training_loop: not "megatron-lm-2021" with step.runtime = "deepspeed-bf16" (DeepSpeed\'s '
+    if m.training_loop in ("megatron-lm-2021", "nemo-1") and deepspeed:
+        raise ModelError(f'model.training_loop: not "{m.training_loop}" with step.runtime = "deepspeed-bf16" (DeepSpeed\'s '
                          "pipeline engine runs the micro-batches)")
     loop = m.runtime if m.training_loop == "derived" else m.training_loop
     return loop == "megatron-lm-2021" and not deepspeed
@@ -693,6 +695,8 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
     elif st.megatron_lm_loop and st.rates is not None:  # Megatron-LM 2021/2022's schedules, each micro-batch (megatron_lm.py)
         rows += megatron_lm.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head,
                                  st.sharding.data, st.interleaved)  # fmt: skip
+    if stage.head and st.nemo_loss and st.rates is not None:  # NeMo 1's loss after the head (nemo_loss.py)
+        rows += nemo_loss.rows(kernels.Table(st.rates, st.layout, st.cfg), st.sharding.data, st.evaluation)
     return rows
 
 
@@ -758,8 +762,11 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
         if key not in per_layer:
             per_layer[key] = _get(layer_tab, i, layer_times, st, i)
         add(vars(per_layer[key]))
-    # module_components reads the stage's embedding, head and MTP modules only; chunk_kernels its layers
-    add(_get(module_tab, (stage.embedding, stage.head, stage.mtp), lambda: MappingProxyType(module_components(st, stage))))
+    # module_components reads the stage's embedding, head and MTP modules only (the head's loss rows also the
+    # data-parallel group and the loop); chunk_kernels its layers
+    loss = (st.sharding.data, st.nemo_loss, st.megatron_lm_loop) if stage.head else ()
+    mkey = (stage.embedding, stage.head, stage.mtp) + loss
+    add(_get(module_tab, mkey, lambda: MappingProxyType(module_components(st, stage))))
     if st.rates is not None:
         add(_get(_table(memo, "chunk_components", tkey), (stage.layers, stage.mtp),
                  lambda: MappingProxyType(kernels.by_component(chunk_kernels(st, stage)))))  # fmt: skip

@@ -73,6 +73,14 @@ CE_FUSED = {
     "megatron-fused": ((4 + (4 + 4) + (4 + 4) + (4 + 4), 1, 4), ((4 + 4) + (4 + 4), 1, 3)),
     "te": ((0, 3, 2), (0, 2, 1)),
 }
+# the collectives over the tensor group each cross-entropy's forward waits for, on the per-token fp32 values (tokens x
+# 4 B each): the op-by-op function all-reduces the max, the predicted logits and the exp sum (Megatron-core
+# tensor_parallel/cross_entropy.py @ df72712 lines 21, 52, 60; Megatron-LM 2021 mpu/cross_entropy.py @ 6985e58 lines
+# 32, 63, 71); the fused one the max, then the predicted logits and the sum in one tensor (fusions/fused_cross_entropy.py
+# @ dd18205 lines 88, 108); TE's Triton one all-gathers each rank's (max, sum, target logit) per token
+# (pytorch/triton/cross_entropy.py @ v2.5 lines 310-314). The backward runs none. (op, values a token per call)
+CE_TP_COLLECTIVES = {"megatron": ("all_reduce", (1, 1, 1)), "megatron-fused": ("all_reduce", (1, 2)),
+                     "te": ("all_gather", (3,))}
 # Transformer Engine's userbuffers overlaps that run a communication kernel on SMs, by TE's name, and the SMs each
 # takes by default (initialize_ub's num_sm = 16; the ring exchanges run on the copy engines). A scenario's
 # parallel.tp_overlap_sms gives a run's own (its ub_tp_comm_overlap_cfg yaml).
@@ -1349,6 +1357,24 @@ def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]
     return tb.rows
 
 
+def ce_tensor_collectives(tb: Table, tokens: int) -> None:
+    """The vocabulary cross-entropy's collectives over the tensor group, forward (CE_TP_COLLECTIVES), in one row: a few
+    KB each, waited for on the compute stream, so all latency: NCCL's LL model (collectives.small_all_reduce); TE's
+    all-gather at the collective model's cost."""
+    t, r = tb.lay.tensor, tb.r
+    if t <= 1:
+        return
+    op, calls = CE_TP_COLLECTIVES[tb.lay.cross_entropy]
+    nbytes = [tokens * values * 4.0 for values in calls]
+    if op == "all_reduce":
+        secs = len(calls) * collectives.small_all_reduce(t, min(t, r.gpus_per_node), r.nccl)
+    else:
+        secs = sum(collectives.time(op, b * t, t, r, "nvlink") for b in nbytes)
+    tb.rows.append(Kernel("cross-entropy tp collectives", "mlp_forward", "comm",
+                          f"{len(calls)} x {op} of {sum(nbytes) / len(calls) / 1e3:.3g} KB over {t}", 0.0, sum(nbytes),
+                          secs, "latency"))  # fmt: skip
+
+
 def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Final norm, output layer (BF16) and the vocabulary-parallel softmax cross-entropy."""
     tb = Table(rates, lay, cfg)
@@ -1374,6 +1400,7 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
         tag = {"megatron-fused": "fused", "te": "te"}[lay.cross_entropy]
         tb.memory(f"cross-entropy ({tag})", "mlp_forward", n * v * (f32 + fpass * ab), fkern)
         tb.memory(f"cross-entropy backward ({tag})", "mlp_backward_input", n * v * (b32 + bpass * ab), bkern)
+    ce_tensor_collectives(tb, n)
     if lay.grad_copy > 0:  # the post-backward hook on the final norm (_grad_hook_adds)
         tb.memory(f"{GRAD_HOOK_NAMES[lay.grad_hook]} (final norm)", "mlp_backward_weight",
                   params._norm(cfg, h) * lay.grad_copy, norm_tensors(cfg))
