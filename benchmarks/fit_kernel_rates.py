@@ -242,6 +242,12 @@ def main_attention_cudnn_frontend() -> None:
         for kind in ("forward", "backward"):
             fit_attention_timed(f"B200 {library} {kind}, causal (cudnn-frontend, 512-16384)",
                                 *sdpa_rows("b200_913", library, kind, 16384))
+    # those rows ran at free clock; the preset keeps flashinfer#2899's throttled / peak window (rates.py)
+    windows = {(r["first"], r["last"]): float(r["tflops"]) for r in rows("flashinfer2899_b200_sustained_attention.csv")}
+    b200 = rates.PRESETS["B200"]
+    print(f"B200 under sustained load (flashinfer#2899, FA4 back to back): {windows[('70', '79')]:.0f} / "
+          f"{windows[('10', '19')]:.0f} TFLOP/s = {windows[('70', '79')] / windows[('10', '19')]:.4f} of the free-clock "
+          f"rates: cuDNN {b200.attention_forward / 1e12:.1f} / {b200.attention_backward / 1e12:.1f} TFLOP/s in the preset")
     h100 = rates.PRESETS["H100"]
     for kind in ("forward", "backward"):
         seq, flops, secs = sdpa_rows("h200_919", "cudnn", kind)

@@ -1,7 +1,8 @@
 """The context-parallel ring's P2P kernels hold SMs beside the step's attention (kernels.RING_P2P_CTAS,
 KernelRates.held; docs/model.md "The ring's P2P kernels beside the attention").  Figures are worked by hand from
-the B200 and H100 presets' published rates and NCCL's channel rules; the invariant is that no SMs held gives the
-model before the rule exactly."""
+the H100 preset's and the B200's published rates (its attention at the free clock its table measured,
+rates.B200_FREE_CLOCK: the ring's rule, not the preset's sustained attention fraction, is checked here) and NCCL's
+channel rules; the invariant is that no SMs held gives the model before the rule exactly."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 
 from dualpipe_sim.model import kernels, step_figures
 from dualpipe_sim.model.config import ModelConfig
-from dualpipe_sim.model.rates import PRESETS
+from dualpipe_sim.model.rates import B200_FREE_CLOCK, PRESETS
 
-H100, B200 = PRESETS["H100"], PRESETS["B200"]
+H100, B200 = PRESETS["H100"], B200_FREE_CLOCK
 LLAMA8B = ModelConfig("llama", 4096, 1, 128256, 32, 8, 128, 128, 14336)
 
 
