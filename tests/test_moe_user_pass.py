@@ -106,3 +106,39 @@ def test_compare_names_the_schedule_whose_ranks_are_uneven(tmp_path, capsys):
     # layers each, within 25% of its others
     assert len(lines) == 1 and lines[0].startswith("warning: parallel.layout: under dualpipev, rank 0 computes ")
     assert "stages [0, 7]" in lines[0]
+
+
+def test_model_table_shows_the_fp8_weight_copies_run_counts():
+    raw = scenario.load_raw(DEEPSEEK)
+    out = model_text(raw)
+    head = next(x for x in out.splitlines() if x.startswith("stage layers"))
+    row1 = next(x for x in out.splitlines() if x.split()[:2] == ["1", "4"])
+    # docs/model.md, "Memory per rank": an FP8 copy cast per use of a stage's largest layer, 407,306,240 linear
+    # weights, x 2 B (copy and transpose) = 0.8146 GB per MoE stage
+    # stage, layers, holds, params (2 words), param, grad, optim (value and GB each), then fp8 w: words 11-12
+    assert "optim/rank fp8 w/rank act/micro-batch" in " ".join(head.split())
+    assert row1.split()[11:13] == ["0.815", "GB"]
+    # DualPipe's rank 0 holds stages 0 and 15: run's fp8 weights are the two stages' figures added up
+    sc = scenario.sections_only(raw)
+    stages = report.summary(sc.derived(), sc)["stages"]
+    rank0 = simulation.run(scenario.load(DEEPSEEK, ["pipeline.microbatches=32"])).metrics.per_rank[0].memory
+    assert rank0.fp8_weights == pytest.approx(stages[0]["fp8_weight_bytes_per_rank"] + stages[15]["fp8_weight_bytes_per_rank"])
+    assert "fp8 w/rank" not in model_text(qwen3())  # a BF16 model: no such column
+
+
+def test_the_pair_view_title_stays_inside_a_small_gantt(monkeypatch, tmp_path):
+    """A 4-rank component run's gantt.png is 12 in wide: its pair view's title, on one line, ran past the edge."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dualpipe_sim.outputs.plots import gantt_file
+
+    caught = []
+    monkeypatch.setattr(gantt_file.canvas, "save", lambda fig, path: caught.append(fig))
+    result = simulation.run(scenario.from_dict(qwen3()))
+    gantt_file.save_gantt(result.trace, result.metrics, tmp_path / "g.png")
+    fig = caught[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    pair_ax = next(ax for ax in fig.axes if "part by part" in ax.get_title(loc="left"))
+    box = pair_ax._left_title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
+    assert "weight-gradient parts pale" in pair_ax.get_title(loc="left")

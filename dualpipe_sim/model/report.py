@@ -189,13 +189,17 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         f"tensor {st.sharding.tensor}): {shown}"
     )
     hw = st.hw is not None
+    fp8 = any(row["fp8_weight_bytes_per_rank"] for row in s["stages"])  # run's "fp8 w" column, per stage here
     lines += ["", f"{'stage':>5} {'layers':>6} {'holds':<6} {'params':>9} {'param/rank':>10} {'grad/rank':>10} "
-              f"{'optim/rank':>10} {'act/micro-batch':>15}" + (f" {'F ms':>8} {'B ms':>8} {'W ms':>8}" if hw else "")]
+              f"{'optim/rank':>10}" + (f" {'fp8 w/rank':>10}" if fp8 else "") + f" {'act/micro-batch':>15}"
+              + (f" {'F ms':>8} {'B ms':>8} {'W ms':>8}" if hw else "")]  # fmt: skip
     for row in s["stages"]:
         holds = ("E" if row["embedding"] else "") + ("m" * row["mtp"]) + ("L" if row["head"] else "")
         line = (f"{row['stage']:>5} {row['layers']:>6} {holds or '-':<6} {_b(row['parameters']):>9} "
                 f"{_gb(row['parameter_bytes_per_rank']):>10} {_gb(row['gradient_bytes_per_rank']):>10} "
-                f"{_gb(row['optimizer_bytes_per_rank']):>10} {_gb(row['activation_bytes']):>15}")  # fmt: skip
+                f"{_gb(row['optimizer_bytes_per_rank']):>10}"
+                + (f" {_gb(row['fp8_weight_bytes_per_rank']):>10}" if fp8 else "")
+                + f" {_gb(row['activation_bytes']):>15}")  # fmt: skip
         if hw:
             line += f" {row['forward_ms']:>8.4g} {row['backward_ms']:>8.4g} {row['weight_ms']:>8.4g}"
         lines.append(line)
