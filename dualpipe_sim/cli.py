@@ -439,16 +439,18 @@ def memory_warning(m: Metrics) -> str | None:
 UNEQUAL_RANKS = 1.25  # with a [model]: one rank's compute this many times another's is worth a warning
 
 
-def layout_warning(m: Metrics) -> str | None:
+def layout_warning(m: Metrics, named: bool = False) -> str | None:
     """With a [model] (where parallel.layout places the layers): one line when the ranks' compute
-    (busy time, all the stages each holds) is more than 25% apart; the busiest rank sets the pace."""
+    (busy time, all the stages each holds) is more than 25% apart; the busiest rank sets the pace.
+    ``named``: say which schedule's ranks (compare: each schedule folds the stages its own way)."""
     if m.throughput is None and all(r.memory is None for r in m.per_rank):
         return None
     hi = max(m.per_rank, key=lambda r: r.busy)
     lo = min(m.per_rank, key=lambda r: r.busy)
     if not lo.busy > 0 or hi.busy <= UNEQUAL_RANKS * lo.busy:
         return None
-    return (f"warning: parallel.layout: rank {hi.rank} computes {hi.busy / lo.busy:.2f}x what rank {lo.rank} does "
+    under = f"under {m.schedule}, " if named else ""
+    return (f"warning: parallel.layout: {under}rank {hi.rank} computes {hi.busy / lo.busy:.2f}x what rank {lo.rank} does "
             f"(busy {units.duration(hi.busy)} on stages {hi.stages} against {units.duration(lo.busy)} on "
             f"{lo.stages}, more than 25% apart): the busiest rank sets the pipeline's pace; move layers with "
             f"parallel.layout (e.g. fewer on the stage with the head)")
@@ -645,8 +647,8 @@ def _cmd_compare(args) -> int:
     print(compare.report(result))
     print("\nwrote " + ", ".join(str(f) for f in written))
     _warn(oddities(scenario))
-    # The layout is the scenario's, shared by every schedule: one line, from the first that is uneven.
-    layout = next((w for w in (layout_warning(r.metrics) for r in result.results) if w), None)
+    # One line, from the first schedule whose ranks are uneven, named: the stages a rank holds differ by schedule.
+    layout = next((w for w in (layout_warning(r.metrics, named=True) for r in result.results) if w), None)
     if layout:
         print(layout, file=sys.stderr)
     return 0

@@ -87,6 +87,12 @@ EXPECT = {
     # [model], [parallel], [hardware] (issue 14).
     "model-config-missing.toml": "no-such-config.json: model config file not found",
     "model-expert-parallel.toml": "parallel.expert: must divide the number of routed experts (8), got 3",
+    # s15e: an MoE user's slips
+    "model-expert-over-data.toml": "parallel.expert: must divide parallel.data x parallel.tensor (4)",
+    "model-topk-over-experts.toml": "model.num_experts_per_tok: must be <= the number of experts (8), got 16",
+    "model-tensor-beyond-node.toml": "parallel.tensor: must be at most the GPUs in a node (8 on the H800",
+    "dualpipe-few-microbatches.toml": "pipeline.microbatches must be >= 2 * pipeline.stages = 8 for dualpipe, got 6",
+    "schedule-dash.toml": "pipeline.schedule: unknown schedule 'dualpipe-v'; did you mean 'dualpipev'?",
     "model-layout-string-stages.toml": "parallel.layout: 'Et|t|ttL' has 3 stages, pipeline.stages is 2",
     "model-layout-huge.toml": "parallel.layout: expands to more than a million tokens",
     "model-layout-sum.toml": "parallel.layout: the stages hold 3 layers, the model has 4 (num_hidden_layers)",

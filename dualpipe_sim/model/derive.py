@@ -258,6 +258,11 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
     return cfg
 
 
+# The derived costs' note when one MoE chunk stands for every stage (no per-stage chunks: hardware.efficiency);
+# a typed [chunk] with [hardware] is costed stage by stage instead (inputs/scenario.py), so `model` drops it then.
+UNIFORM_CHUNK_NOTE = "MoE with expert parallelism: every stage is costed as"
+
+
 def setup(scenario, stages: int | None = None) -> Setup:
     """Resolve a Scenario's model sections (``scenario.model`` must be set)."""
     m, par = scenario.model, scenario.parallel or ParallelSection()
@@ -291,6 +296,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
     section = scenario.hardware
     if section is not None:
         hw, overhead = hardware(section), section.a2a_overhead
+        if par.tensor > hw.gpus_per_node:  # every tensor-parallel collective is costed on NVLink
+            raise ModelError(f"parallel.tensor: must be at most the GPUs in a node ({hw.gpus_per_node} on the "
+                             f"{hw.name}, hardware.gpus_per_node): tensor-parallel collectives are costed on "
+                             f"NVLink, got {par.tensor}")  # fmt: skip
         if cfg.fp8 and hw.fp8_tflops is None:  # the kernels, casts and FP8 weight copies would be costed
             raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
                              "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200)")
@@ -941,7 +950,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
             if not out.stage_chunks:
                 out.notes.append(
-                    f"MoE with expert parallelism: every stage is costed as {out.chunk_layers} MoE layers' "
+                    f"{UNIFORM_CHUNK_NOTE} {out.chunk_layers} MoE layers' "
                     "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
                 )
     return out

@@ -174,6 +174,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         + (", FP8 linears" if cfg.fp8 else ""),
         f"parameters: total {_b(s['parameters_total'])} (main model"
         + (", without MTP" if cfg.mtp_layers else "") + f"), activated per token {_b(s['parameters_activated'])}"
+        # a lookup, not a matmul (docs/model.md); model cards' "activated" figures often count it
+        + (f" (the embedding's {_b(emb)} not counted)" if (emb := s["parameters_by_kind"].get("embedding")) else "")
         + (f", MTP modules {_b(s['parameters_mtp'])}" if cfg.mtp_layers else ""),
         f"  by kind: {kinds}",
         f"FLOPs per token at seq_length {st.seq}: forward {_gflop(f['forward'])}, training {_gflop(f['training'])}"
@@ -187,16 +189,23 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         f"tensor {st.sharding.tensor}): {shown}"
     )
     hw = st.hw is not None
+    fp8 = any(row["fp8_weight_bytes_per_rank"] for row in s["stages"])  # run's "fp8 w" column, per stage here
     lines += ["", f"{'stage':>5} {'layers':>6} {'holds':<6} {'params':>9} {'param/rank':>10} {'grad/rank':>10} "
-              f"{'optim/rank':>10} {'act/micro-batch':>15}" + (f" {'F ms':>8} {'B ms':>8} {'W ms':>8}" if hw else "")]
+              f"{'optim/rank':>10}" + (f" {'fp8 w/rank':>10}" if fp8 else "") + f" {'act/micro-batch':>15}"
+              + (f" {'F ms':>8} {'B ms':>8} {'W ms':>8}" if hw else "")]  # fmt: skip
     for row in s["stages"]:
         holds = ("E" if row["embedding"] else "") + ("m" * row["mtp"]) + ("L" if row["head"] else "")
         line = (f"{row['stage']:>5} {row['layers']:>6} {holds or '-':<6} {_b(row['parameters']):>9} "
                 f"{_gb(row['parameter_bytes_per_rank']):>10} {_gb(row['gradient_bytes_per_rank']):>10} "
-                f"{_gb(row['optimizer_bytes_per_rank']):>10} {_gb(row['activation_bytes']):>15}")  # fmt: skip
+                f"{_gb(row['optimizer_bytes_per_rank']):>10}"
+                + (f" {_gb(row['fp8_weight_bytes_per_rank']):>10}" if fp8 else "")
+                + f" {_gb(row['activation_bytes']):>15}")  # fmt: skip
         if hw:
             line += f" {row['forward_ms']:>8.4g} {row['backward_ms']:>8.4g} {row['weight_ms']:>8.4g}"
         lines.append(line)
+    # what the columns hold: a rank of a two-stage schedule (DualPipe, interleaved) adds its stages' figures
+    lines.append("holds: E the embedding, m an MTP module, L the output head; /rank and act/micro-batch: one stage's "
+                 "share on each of its GPUs (a rank holding several stages adds them up: `run`'s memory table)")
     if hw:
         how = "from kernels" if st.rates else f"efficiency {st.efficiency}"
         if st.gpu_spread is not None:
@@ -205,7 +214,16 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         if d.moe_layer is not None:
             comps = ", ".join(f"{k} {getattr(d.moe_layer, k):.3g}" for k in COMPONENT_ORDER)
             lines.append(f"[chunk] per MoE layer (ms), layers = {d.chunk_layers}: {comps}")
-    lines += [f"note: {n}" for n in d.notes]
+    notes = list(d.notes)
+    if "[chunk]" in typed and hw and cfg.moe:  # inputs/scenario.py: the typed layer, each stage by its layout
+        notes = [n for n in notes if not n.startswith(derive.UNIFORM_CHUNK_NOTE)]
+        notes.append("`run` costs each stage as its layout holds it: its MoE layers with the typed [chunk] "
+                     "(per layer), its dense layers, embedding, head and MTP modules derived (the F, B, W ms above derive "
+                     "the MoE layers too)")
+    if cfg.moe and st.sharding.tensor > 1:  # docs/model.md, "MoE layers, besides"
+        notes.append(f"tensor {st.sharding.tensor} with MoE: each expert is costed whole on its rank (expert tensor "
+                     "parallelism 1, Megatron-core's --expert-tensor-parallel-size 1; its default ETP = TP is not modelled)")
+    lines += [f"note: {n}" for n in notes]
     if typed:
         lines.append(f"note: `run` uses the scenario's hand-typed {', '.join(typed)} instead of the derived figures")
     if explain:

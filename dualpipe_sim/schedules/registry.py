@@ -38,7 +38,8 @@ def get(name: str) -> Family:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        close = [n for n in _REGISTRY if n.lower() == str(name).lower()]  # DualPipe -> dualpipe
+        bare = lambda n: str(n).lower().replace("-", "").replace("_", "")  # noqa: E731
+        close = [n for n in _REGISTRY if bare(n) == bare(name)]  # DualPipe -> dualpipe, dualpipe-v -> dualpipev
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ScheduleError(f"pipeline.schedule: unknown schedule {shown(name)}{hint}; known: {known}") from None
 

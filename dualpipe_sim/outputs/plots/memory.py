@@ -92,7 +92,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     if ranks:
         t_top, u_top, b_top = levels[best]
         i = int(np.argmax(b_top))
-        where = (f"highest (red): {u_top[i]} ({units.number(b_top[i] / div, 3)} {unit}) on rank {best} "
+        where = (f"the highest (red): {u_top[i]} ({units.number(b_top[i] / div, 3)} {unit}) on rank {best} "
                  f"at t={units.duration(t_top[i])}")
     else:
         where = "no ranks"
@@ -101,6 +101,10 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     parts = "static (grey) + activations (blue)" if any(static) else "activations"
     grey_line = f"grey: {grey}\n" if any(static) else ""
     cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
+    if full and ranks:  # the red dot is the largest activation peak, not always the rank nearest capacity
+        totals = [s + float(b.max()) for s, (_, _, b) in zip(static, levels)]
+        fullest = max(range(ranks), key=lambda r: (totals[r], -r))
+        cap += f"; fullest: rank {fullest}, {units.number(totals[fullest] / div, 3)} {unit}"
     if len(trace.step):
         _shade_step(ax, trace.step)
     # Its own line: beside the rest it ran past the figure's right edge.
@@ -109,7 +113,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
         (title + "\n" if title else "")
         + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n{grey_line}"
         + (shaded[1:] + "\n" if shaded else "")
-        + f"dot = the rank's activation peak, labelled activations alive ({unit}); {where}",
+        + f"dot = the rank's activation peak, labelled stage-activations alive ({unit}); {where}",
         fontsize=10, x=0.01, ha="left",
     )  # fmt: skip
     return ax, scale / BAND

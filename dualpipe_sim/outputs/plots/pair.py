@@ -113,6 +113,7 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
     time_axis(ax)  # as the chart above: 4,650 ms, not 4650
     stages = ", ".join(f"{k} on stage {int(r['stage'][0])}" for k, r in (("F", f), ("B", b)) if len(r))
     ax.set_title(f"one overlapped pair part by part (rank {rank}, {stages}, "
-                 f"{units.number(t0)} to {units.duration(t1)}): forward parts above, backward below; "
+                 # the key on a line of its own: on one line it ran past a 4-rank chart's right edge
+                 f"{units.number(t0)} to {units.duration(t1)}):\nforward parts above, backward below; "
                  "compute on top, all-to-all (purple) below; weight-gradient parts pale",
                  fontsize=10, loc="left")  # fmt: skip
