@@ -96,3 +96,16 @@ def test_the_public_names_are_the_exported_ones():
         assert hasattr(ds, name), name
     public = {n for n, v in vars(ds).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
     assert public <= set(ds.__all__) | {"annotations"}, public - set(ds.__all__)
+
+
+def test_schedule_names_are_the_descriptions_the_gallery_prints():
+    """docs/schedules.md gives each family a section "<description>. Constraints: <constraints>." (docs/make_gallery.py):
+    schedule_names() is the part before "Constraints", for every family, and never the constraints."""
+    text = (ROOT / "docs" / "schedules.md").read_text(encoding="utf-8")
+    names = ds.schedule_names()
+    assert {"1f1b", "gpipe", "dualpipe", "zbv"} <= set(names)
+    for name, description in names.items():
+        section = text.split(f"#### `{name}`\n\n", 1)[1]
+        first, _, constraints = section.split("\n", 1)[0].partition(". Constraints: ")
+        assert constraints and first == description.rstrip("."), name
+    assert names["gpipe"].startswith("GPipe")

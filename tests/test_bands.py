@@ -119,3 +119,18 @@ def test_compare_box_legend_merges_qualifiers():
     assert labels[:3] == ["F forward (dir 0 / 1st stage)", "B backward (dir 0)", "I input-grad (dir 0 / 1st stage)"]
     ops = [i for i, label in enumerate(labels) if label[:2] in ("F ", "B ", "I ", "W ")]
     assert ops == list(range(len(ops))) and "F forward (dir 1 / later stages)" in labels
+
+
+def test_detail_windows_of_a_hand_worked_1f1b():
+    """1F1B, 2 ranks, 8 micro-batches, F = 1, B = 2, no P2P (makespan (8 + 1) x 3 = 27).  Rank 0: F0 0-1, F1 1-2,
+    B0 4-6, ..., B6 22-24, B7 25-27; rank 1: F0 1-2, B0 2-4, ..., F7 22-23, B7 23-25.  Two actions a rank: the
+    warm-up lasts until the later rank's second ends (rank 1's B0 at 4), the cool-down starts when the first rank
+    is down to its last two (rank 0's B6 and rank 1's F7, both at 22)."""
+    from dualpipe_sim import simulation
+    from dualpipe_sim.outputs.plots.overview import detail_windows
+
+    run = simulation.run(scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 8},
+                                             "costs": {"forward": 1.0, "backward": 2.0}}))  # fmt: skip
+    assert run.trace.end == pytest.approx(27.0)
+    (w0, w1), (c0, c1) = detail_windows(run.trace, 2)
+    assert (w0, w1, c0, c1) == pytest.approx((0.0, 4.0, 22.0, 27.0))

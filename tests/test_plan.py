@@ -224,11 +224,25 @@ def test_pins_narrow_the_space(config):
     assert len(complete) == 9  # (2,1,2) x 3 mbs x zero 2, 3 (zero 1 pruned) + (2,2,1) x 3 mbs x zero 1
 
 
+def test_a_pinned_context_degree_is_kept_below_the_token_floor(config):
+    # Context 2 halves the 2048 tokens to 1024 a rank, under the 2048 plan keeps unpinned (3 such layouts pruned in
+    # test_every_pruning_reason_is_counted).  Pinned, the user asked for it: tensor x 2 divides 4 GPUs for t1 (p x d
+    # = 2: (1, 2), (2, 1)) and t2 (1, 1); t4 x 2 = 8 does not.
+    pinned = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
+                     overrides=["parallel.context=2", "memory.recompute=none", "parallel.zero=1"])  # fmt: skip
+    complete = [r.candidate for r in pinned.rows if not r.pruned]
+    assert {c.context for c in complete} == {2}
+    assert {(c.tensor, c.pipeline, c.data) for c in complete} == {(1, 1, 2), (1, 2, 1), (2, 1, 1)}
+    assert not any(reason.startswith("context:") for reason in pinned.pruned)
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(gpus=7), "gpus: no layout of the model runs on 7 GPUs"),
     (dict(hardware="H900"), "hardware: unknown GPU preset 'H900'"),
     (dict(gpus=0), "gpus: must be a whole number >= 1"),
     (dict(overrides=["pipeline.stages=4"]), "pipeline.stages: plan chooses it"),
+    (dict(overrides=['pipeline.schedule="gpipe"']), "pipeline.schedule: plan chooses it"),
+    (dict(overrides=["parallel.data=2"]), "parallel.data: plan chooses it"),
 ])  # fmt: skip
 def test_impossible_requests(config, kwargs, words):
     args = dict(gpus=4, hardware="H100", jobs=1)

@@ -92,3 +92,32 @@ def test_sigterm_sweep_stops_its_workers_and_keeps_finished_rows(tmp_path):
     assert len(rows) < 6 and all(len(r) == len(header) and r[header.index("status")] == "ok" for r in rows)
     # The line counts what results.csv holds.
     assert f"terminated: {len(rows)} finished rows are in {out / 'results.csv'}" in err
+
+
+class _Loading(type(sys)):
+    """A dualpipe_sim.cli still loading: reading the names __main__ imports from it is the signal arriving."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__("dualpipe_sim.cli")
+        self.exc = exc
+
+    def __getattr__(self, name):
+        if name in ("leave", "main"):
+            raise self.exc
+        raise AttributeError(name)  # anything else (pytest's report reads __file__) is simply not there yet
+
+
+@pytest.mark.parametrize("exc, word, code", [(KeyboardInterrupt(), "interrupted", 130), (None, "terminated", 143)])
+def test_a_stop_while_the_libraries_load_is_one_line_and_128_plus_the_signal(monkeypatch, capsys, exc, word, code):
+    """Ctrl-C (SIGINT = 2) or SIGTERM (15) before the CLI is imported: __main__ prints the word and returns 128 + the
+    signal's number, as a shell reports it, not 0 (which says the command ran)."""
+    import dualpipe_sim.__main__ as entry
+    from dualpipe_sim.signals import Terminated
+
+    monkeypatch.setitem(sys.modules, "dualpipe_sim.cli", _Loading(exc if exc is not None else Terminated()))
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert entry.main() == code == 128 + (signal.SIGINT if word == "interrupted" else signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)  # main() installs the entry point's handler
+    assert capsys.readouterr().err == f"{word}\n"

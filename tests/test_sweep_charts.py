@@ -46,6 +46,12 @@ def test_only_swept_axes_are_charted(tmp_path, figures):
     assert names(out) == set()  # nothing swept but the schedule: compare draws that
 
 
+def test_a_key_the_grid_sets_to_one_value_gets_no_chart():
+    axes = parse_grid(["pipeline.microbatches=8,16", "comm.p2p=0.25", "memory.recompute=none,full", "costs.forward=1"])
+    assert [a.key for a in draw.other_axes(axes)] == ["memory.recompute"]  # the one non-shape key with two values
+    assert set(draw.charts([], axes)) == {"bubble_vs_microbatches.png", "vs_memory.recompute.png"}
+
+
 def test_a_word_axis_is_charted_at_every_value(tmp_path, figures):
     grid = ["pipeline.schedule=1f1b,gpipe,zb-h1", "memory.recompute=none,selective,full"]
     raw = LLAMA.read_text().replace("chunks_per_rank = 5", "").replace('"models/', f'"{LLAMA.parent}/models/')
@@ -79,3 +85,11 @@ def test_equal_series_are_named_in_the_legend(tmp_path, figures):
 def test_same_as_by_hand():
     series = {"a": {1: 0.5, 2: 0.25}, "b": {1: 0.5, 2: 0.25}, "c": {1: 0.5, 2: 0.3}, "d": {1: 0.5}}
     assert draw.same_as(series) == {"b": "a"}
+
+
+def test_same_as_is_float_noise_not_a_near_miss():
+    """Twins differ by rounding alone (1e-15 relative: one ulp-scale step of two sums taken in another order);
+    a schedule 0.1% or 1e-9 off another is its own line in the legend."""
+    series = {"a": {1: 0.5, 2: 0.25}, "noise": {1: 0.5, 2: 0.25 * (1 + 1e-15)},
+              "off_0.1%": {1: 0.5, 2: 0.25 * 1.001}, "off_1e-9": {1: 0.5 * (1 + 1e-9), 2: 0.25}}  # fmt: skip
+    assert draw.same_as(series) == {"noise": "a"}
