@@ -537,13 +537,10 @@ class Scenario(_Section):
                     f"costs.{name}: must be left out for an MoE model with parallel.expert > 1 "
                     "(the [chunk] components are derived; type a [chunk] table to override them)"
                 )
+        # each stage apart, as its layout holds it (model/derive.stage_chunk), at kernel rates or the efficiency
         slow = derived.comm_compute_slowdown
-        if derived.stage_chunks:  # the kernel model costs each stage apart
-            chunk = tuple(ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), slow)
-                          for n, t in derived.stage_chunks)  # fmt: skip
-            return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
-        t = derived.moe_layer
-        chunk = ChunkCosts(derived.chunk_layers, tuple(getattr(t, c.name) for c in Component), slow)
+        chunk = tuple(ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), slow)
+                      for n, t in derived.stage_chunks)  # fmt: skip
         return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
 
     def _chunk_cost_model(self, derived=None) -> CostModel:

@@ -3,7 +3,7 @@
 Per stage: parameters (dense and routed-expert parts), static memory per rank
 holding it, activation bytes per micro-batch, and, given hardware, the F, B, W
 times (ms) and P2P time; for an MoE model with expert parallelism, the
-``[chunk]`` components of one MoE layer.  With a GPU preset and no
+``[chunk]`` components of one MoE layer and of each stage as its layout holds it.  With a GPU preset and no
 ``hardware.efficiency``, every time is the sum of the kernels the step runs
 (kernels.py, timed from measured kernel rates); with ``hardware.efficiency``
 (or a custom GPU without a preset) it is FLOPs / (peak FLOP/s x efficiency) or
@@ -172,8 +172,8 @@ class Derived:
     moe_layer: LayerTimes | None = None  # the [chunk] components, MoE with expert parallelism
     chunk_layers: int = 0
     comm_compute_slowdown: float = 1.0  # compute beside an all-to-all runs on the SMs the all-to-all leaves
-    # kernel model: each stage's [chunk] as (layers, LayerTimes): its layers, embedding, head and MTP
-    # spread evenly over its MoE layers (dense-only stages: over their layers, no all-to-all)
+    # MoE with expert parallelism: each stage's [chunk] as (layers, LayerTimes): its layers, embedding, head
+    # and MTP spread evenly over its MoE layers (dense-only stages: over their layers, no all-to-all)
     stage_chunks: tuple[tuple[int, LayerTimes], ...] = ()
     notes: list[str] = field(default_factory=list)
 
@@ -256,11 +256,6 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
     elif section.runtime == "megatron-core":  # TE's DotProductAttention, whatever the family (docs/model.md)
         cfg = replace(cfg, eager_attention=False)
     return cfg
-
-
-# The derived costs' note when one MoE chunk stands for every stage (no per-stage chunks: hardware.efficiency);
-# a typed [chunk] with [hardware] is costed stage by stage instead (inputs/scenario.py), so `model` drops it then.
-UNIFORM_CHUNK_NOTE = "MoE with expert parallelism: every stage is costed as"
 
 
 def setup(scenario, stages: int | None = None) -> Setup:
@@ -945,12 +940,8 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             out.moe_layer = _get(layer_tab, moe_i, layer_times, st, moe_i)
             if st.rates is not None:  # DeepSeek-V3 report Sec. 3.2.2: its all-to-all kernels take 20 of 132 SMs
                 out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
-                out.stage_chunks = tuple(stage_chunk(st, stage, per_layer, memo=memo) for stage in st.stages)
+            # each stage as its layout holds it, with kernel rates or at hardware.efficiency alike
+            out.stage_chunks = tuple(stage_chunk(st, stage, per_layer, memo=memo) for stage in st.stages)
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
-            if not out.stage_chunks:
-                out.notes.append(
-                    f"{UNIFORM_CHUNK_NOTE} {out.chunk_layers} MoE layers' "
-                    "[chunk] components (dense layers, embedding, head and MTP are not costed separately)"
-                )
     return out

@@ -216,7 +216,6 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
             lines.append(f"[chunk] per MoE layer (ms), layers = {d.chunk_layers}: {comps}")
     notes = list(d.notes)
     if "[chunk]" in typed and hw and cfg.moe:  # inputs/scenario.py: the typed layer, each stage by its layout
-        notes = [n for n in notes if not n.startswith(derive.UNIFORM_CHUNK_NOTE)]
         notes.append("`run` costs each stage as its layout holds it: its MoE layers with the typed [chunk] "
                      "(per layer), its dense layers, embedding, head and MTP modules derived (the F, B, W ms above derive "
                      "the MoE layers too)")
