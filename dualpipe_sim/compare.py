@@ -86,13 +86,13 @@ def _try_run(scenario: Scenario, name: str, same_gpus: int | None = None) -> sim
         try:  # another stage count: per-stage lists or a layout written for the old one no longer fit
             return simulation.run(scenario)
         except ScheduleError as exc:
-            return str(exc).removeprefix(f"{name}: ")
+            return str(exc)
         except ScenarioError as exc:
             return f"at {scenario.pipeline.stages} stages: {exc}"
     try:
         return simulation.run(with_schedule(scenario, name))
     except ScheduleError as exc:
-        return str(exc).removeprefix(f"{name}: ")
+        return str(exc)
 
 
 def compare(scenario: Scenario, names: list[str], progress=None, same_gpus: int | None = None) -> Comparison:

@@ -121,7 +121,7 @@ def test_later_doubling_steps_open_with_a_backward_per_forward_pair():
 
 @pytest.mark.parametrize("D,N", [(4, 4), (4, 12), (6, 18), (8, 8), (8, 24)])
 def test_microbatches_must_fill_pairs_of_basic_units(D, N):
-    with pytest.raises(ScheduleError, match=rf"pipeline.microbatches must be a positive multiple of 2 x the {D} stages"):
+    with pytest.raises(ScheduleError, match=rf"^pipeline.microbatches: chimera-doubling needs a positive multiple of 2 x the {D} stages"):
         registry.build("chimera-doubling", D, N)
 
 

@@ -65,7 +65,7 @@ def test_set_overrides(tmp_path):
 
 
 BAD = [
-    (["--set", "pipeline.stages=5"], "pipeline.stages must be even"),
+    (["--set", "pipeline.stages=5"], "pipeline.stages: dualpipe needs an even number"),
     (["--set", "pipeline.microbatches=6"], "pipeline.microbatches"),
     (["--set", "costs.forward=-1"], "costs.forward: input should be greater than 0"),
     (["--set", "costs.backward=abc"], "costs.backward"),

@@ -211,10 +211,10 @@ def test_worked_example_in_docs():
 @pytest.mark.parametrize(
     "n,fragment",
     [
-        (3, "must be between the ranks (4) and pipeline.microbatches (10), as Megatron-core requires, got 3"),
-        (11, "must be between the ranks (4) and pipeline.microbatches (10), as Megatron-core requires, got 11"),
-        (4, "= 4 leaves a last group of 2 micro-batches, fewer than the 4 ranks"),
-        (7, "= 7 leaves a last group of 3 micro-batches, fewer than the 4 ranks"),
+        (3, "needs a value between the ranks (4) and pipeline.microbatches (10), as Megatron-core requires, got 3"),
+        (11, "needs a value between the ranks (4) and pipeline.microbatches (10), as Megatron-core requires, got 11"),
+        (4, "needs a last group of at least the 4 ranks; 4 leaves a last group of 2 micro-batches, fewer than the 4 ranks"),
+        (7, "needs a last group of at least the 4 ranks; 7 leaves a last group of 3 micro-batches, fewer than the 4 ranks"),
     ],
 )
 @pytest.mark.parametrize("name", INTERLEAVED)
@@ -224,7 +224,7 @@ def test_megatron_core_refusals_are_one_line_naming_the_key(name, n, fragment, c
     args = ["run", QUICK, "--set", f"pipeline.schedule={name}", "--set", "pipeline.microbatches=10",
             "--set", f"pipeline.microbatch_group={n}", "--out", str(out), "--plots", "none"]  # fmt: skip
     assert main(args) == 2
-    one_error_line(capsys, f"{name}: pipeline.microbatch_group", fragment)
+    one_error_line(capsys, f"pipeline.microbatch_group: {name} ", fragment)
     assert not out.exists()
     for ok in (5, 6, 10):
         build(name, 8, 10, chunks_per_rank=2, microbatch_group=ok)
@@ -251,8 +251,8 @@ def test_refusal_as_a_process_has_no_traceback(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == "" and not out.exists()
     assert proc.stderr == (
-        "error: interleaved-1f1b: pipeline.microbatch_group = 5 leaves a last group of 1 micro-batch, fewer than "
-        "the 4 ranks (Megatron-core refuses it: the pipe would stall); use a group size that divides 16 or leaves "
+        "error: pipeline.microbatch_group: interleaved-1f1b needs a last group of at least the 4 ranks; 5 leaves a "
+        "last group of 1 micro-batch, fewer than the 4 ranks (Megatron-core refuses it: the pipe would stall); use a group size that divides 16 or leaves "
         "at least 4\n"
     )
 

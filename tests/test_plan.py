@@ -213,7 +213,7 @@ def test_pareto_front_by_hand():
 
 def test_reason_kinds_drop_figures():
     assert reason_kind("memory: at least 90.1 GB per rank > 80.0 GB") == "memory"
-    assert reason_kind("schedule: dualpipe: pipeline.microbatches must be even") == "schedule: dualpipe"
+    assert reason_kind("schedule: dualpipe: pipeline.microbatches: needs an even number >= 1") == "schedule: dualpipe"
 
 
 def test_pins_narrow_the_space(config):

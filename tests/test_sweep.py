@@ -74,7 +74,7 @@ def test_rows_match_closed_forms_and_skips_say_why(tmp_path, scenario):
     assert {k for k, r in dual.items() if r["status"] == "ok"} == {("2", "4"), ("2", "8"), ("4", "8")}
     skipped = dual[("4", "4")]
     assert skipped["status"] == "skipped"
-    assert skipped["reason"].startswith("dualpipe: ") and "microbatches" in skipped["reason"]
+    assert skipped["reason"] == "pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = 8, got 4"
     assert skipped["makespan"] == ""
     assert report.counts == {"ok": 11, "skipped": 1, "error": 0}
     for name in ("summary.md", "bubble_vs_microbatches.png", "peak_activation_vs_stages.png", "bubble_heatmap.png"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import limits
@@ -21,6 +21,12 @@ from ..errors import shown
 class ModelError(ValueError):
     """A model config breaks a rule; the message names the field."""
 
+
+# head_dim when a config.json leaves it out, as transformers takes it for that model_type: Qwen3Config
+# defaults to 128; Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE and Qwen3-MoE take hidden_size // heads (their
+# config's own fallback, or their attention module's getattr(config, "head_dim", hidden // heads)).
+# docs/model.md "Reading a config" cites each file.
+HEAD_DIM_DEFAULTS = {"qwen3": (128, "Qwen3Config's default")}
 
 # model_type -> family.  The family decides which HF field names are read.
 FAMILIES = {
@@ -88,6 +94,9 @@ class ModelConfig:
     mtp_layers: int = 0  # DeepSeek-V3 multi-token-prediction modules
     fp8: bool = False  # the model trains its linears in FP8 (DeepSeek-V3's quantization_config)
     eager_attention: bool = False  # scores materialised (GPT-2 family's default); else flash attention
+    # Fields the config left out and what was taken for them, in words (``model --explain`` says so);
+    # not part of the architecture, so not compared.
+    defaults_taken: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def moe(self) -> bool:
@@ -162,7 +171,7 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     kv = w("num_key_value_heads", default=heads)
     if heads % kv:
         raise ModelError(f"{where}num_key_value_heads: must divide num_attention_heads ({heads}), got {kv}")
-    head_dim = w("head_dim") if raw.get("head_dim") is not None else h // heads
+    head_dim, taken = _head_dim(raw, mt, h, heads, where)
     common = dict(
         model_type=mt,
         hidden_size=h,
@@ -198,8 +207,20 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
             shared_expert_gate=shared > 0,
             dense_layers=tuple(i for i in range(L) if i in only or (i + 1) % every),
         )
-    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn, **common, **extra)
+    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn, defaults_taken=taken,
+                      **common, **extra)
     return _checked(cfg, where)
+
+
+def _head_dim(raw: dict, mt: str, h: int, heads: int, where: str) -> tuple[int, tuple[str, ...]]:
+    """(head_dim, the default taken in words or ()): the config's own value, else transformers' for ``mt``."""
+    if raw.get("head_dim") is not None:
+        return _whole(raw, "head_dim", where), ()
+    if mt in HEAD_DIM_DEFAULTS:
+        value, why = HEAD_DIM_DEFAULTS[mt]
+        return value, (f"head_dim = {value} ({why}; the config has no head_dim)",)
+    return h // heads, (f"head_dim = hidden_size / num_attention_heads = {h} / {heads} = {h // heads} "
+                        f"(transformers' fallback for {mt}; the config has no head_dim)",)
 
 
 def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:

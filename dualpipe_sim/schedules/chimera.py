@@ -67,10 +67,10 @@ from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 
 def _check(stages: int, microbatches: int) -> str | None:
     if stages < 2 or stages % 2:
-        return f"pipeline.stages must be an even number >= 2 for chimera, got {stages}"
+        return f"pipeline.stages: needs an even number >= 2, got {stages}"
     if microbatches < 1 or microbatches % stages:
         return (
-            f"pipeline.microbatches must be a positive multiple of the {stages} stages for chimera "
+            f"pipeline.microbatches: needs a positive multiple of the {stages} stages "
             f"(whole basic units of D micro-batches), got {microbatches}"
         )
     return None

@@ -44,11 +44,11 @@ from .family import register
 
 def _check(stages: int, microbatches: int) -> str | None:
     if stages < 2 or stages % 2:
-        return f"pipeline.stages must be an even number >= 2 for chimera-doubling, got {stages}"
+        return f"pipeline.stages: needs an even number >= 2, got {stages}"
     if microbatches < 1 or microbatches % (2 * stages):
         return (
-            f"pipeline.microbatches must be a positive multiple of 2 x the {stages} stages = {2 * stages} for "
-            f"chimera-doubling (forward doubling pairs basic units of D micro-batches), got {microbatches}"
+            f"pipeline.microbatches: needs a positive multiple of 2 x the {stages} stages = {2 * stages} "
+            f"(forward doubling pairs basic units of D micro-batches), got {microbatches}"
         )
     return None
 

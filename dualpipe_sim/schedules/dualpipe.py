@@ -149,15 +149,15 @@ def _analytic(stages: int, microbatches: int, costs) -> dict:
 
 def _check_dualpipe(stages: int, microbatches: int) -> str | None:
     if stages < 2 or stages % 2:
-        return f"pipeline.stages must be even and >= 2 for dualpipe (half the ranks feed each direction), got {stages}"
+        return f"pipeline.stages: needs an even number >= 2 (half the ranks feed each direction), got {stages}"
     if microbatches < 1 or microbatches % 2:
         return (
-            f"pipeline.microbatches must be even and >= 1 for dualpipe (half enter from each end), "
+            f"pipeline.microbatches: needs an even number >= 1 (half enter from each end), "
             f"got {microbatches}"
         )
     if microbatches < 2 * stages:
         return (
-            f"pipeline.microbatches must be >= 2 * pipeline.stages = {2 * stages} for dualpipe, "
+            f"pipeline.microbatches: needs >= 2 * pipeline.stages = {2 * stages}, "
             f"got {microbatches}"
         )
     return None
@@ -174,9 +174,9 @@ def _check_dualpipe(stages: int, microbatches: int) -> str | None:
     analytic=_analytic,
 )
 def dualpipe(stages: int, microbatches: int) -> Schedule:
-    problem = _check_dualpipe(stages, microbatches)
+    problem = dualpipe.family.problem(stages, microbatches)
     if problem:
-        raise ScheduleError(f"dualpipe: {problem}")
+        raise ScheduleError(problem)
     S, half = stages, microbatches // 2
     ranks = []
     for r in range(S):
@@ -195,12 +195,12 @@ def dualpipe(stages: int, microbatches: int) -> Schedule:
 def _check_dualpipev(stages: int, microbatches: int) -> str | None:
     if stages < 2 or stages % 2:
         return (
-            f"pipeline.stages must be even and >= 2 for dualpipev (two stages per rank, stages = 2 * ranks), "
+            f"pipeline.stages: needs an even number >= 2 (two stages per rank, stages = 2 * ranks), "
             f"got {stages}"
         )
     if microbatches < stages:
         return (
-            f"pipeline.microbatches must be >= pipeline.stages = 2 * ranks = {stages} for dualpipev, "
+            f"pipeline.microbatches: needs >= pipeline.stages = 2 * ranks = {stages}, "
             f"got {microbatches}"
         )
     return None
@@ -217,9 +217,9 @@ def _check_dualpipev(stages: int, microbatches: int) -> str | None:
     analytic=_analytic,
 )
 def dualpipev(stages: int, microbatches: int) -> Schedule:
-    problem = _check_dualpipev(stages, microbatches)
+    problem = dualpipev.family.problem(stages, microbatches)
     if problem:
-        raise ScheduleError(f"dualpipev: {problem}")
+        raise ScheduleError(problem)
     R = stages // 2
     ranks = []
     for r in range(R):

@@ -19,8 +19,8 @@ from .ir import Schedule
 class Family:
     name: str
     generate: Callable[..., Schedule]
-    # check(stages, microbatches, **options) -> None when acceptable, else one
-    # sentence naming the broken rule (callers turn it into a clean error).
+    # check(stages, microbatches, **options) -> None when acceptable, else the broken rule as
+    # "<field>: needs ..." (``problem`` makes it the error line "<field>: <family> needs ...").
     check: Callable[..., str | None]
     constraints: str  # human-readable summary for `dualpipe-sim schedules`
     description: str
@@ -30,6 +30,15 @@ class Family:
     # stage-activation units}; None where the family has no formula.
     analytic: Callable[..., dict] | None = None
     recompute: str = "none"  # memory.recompute when the scenario leaves it out (what the family's source runs)
+
+    def problem(self, stages: int, microbatches: int, **options) -> str | None:
+        """The broken rule as README's ``<field>: <rule>`` line naming this family, e.g.
+        ``pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = 8, got 4``; None when none is."""
+        why = self.check(stages, microbatches, **options)
+        if why is None:
+            return None
+        field, _, rule = why.partition(": ")
+        return f"{field}: {self.name} {rule}"
 
 
 def register(

@@ -7,9 +7,9 @@ from .closed_form import COMMON_RANGE, common_problem, mean_costs, result
 
 def check_one_stage_per_rank(stages: int, microbatches: int) -> str | None:
     if stages < 1:
-        return f"pipeline.stages must be >= 1, got {stages}"
+        return f"pipeline.stages: needs >= 1, got {stages}"
     if microbatches < 1:
-        return f"pipeline.microbatches must be >= 1, got {microbatches}"
+        return f"pipeline.microbatches: needs >= 1, got {microbatches}"
     return None
 
 

@@ -56,15 +56,15 @@ def check_interleaved(
 ) -> str | None:
     v = chunks_per_rank
     if not isinstance(v, int) or v < 1:
-        return f"pipeline.chunks_per_rank must be a whole number >= 1 for interleaved-1f1b, got {shown(v)}"
+        return f"pipeline.chunks_per_rank: needs a whole number >= 1, got {shown(v)}"
     if stages < 1 or stages % v:
         return (
-            f"pipeline.stages must be a positive multiple of chunks_per_rank = {v} for interleaved-1f1b, "
+            f"pipeline.stages: needs a positive multiple of chunks_per_rank = {v}, "
             f"got {stages} (stages counts every model chunk: pipeline ranks x chunks_per_rank, "
             f"e.g. {8 * v} for 8 ranks)"
         )
     if microbatches < 1:
-        return f"pipeline.microbatches must be >= 1 for interleaved-1f1b, got {microbatches}"
+        return f"pipeline.microbatches: needs >= 1, got {microbatches}"
     return group_problem(stages // v, microbatches, microbatch_group)
 
 
@@ -74,17 +74,17 @@ def group_problem(p: int, m: int, n: int | None) -> str | None:
     if n is None:
         return None
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        return f"pipeline.microbatch_group must be a whole number >= 1, got {shown(n)}"
+        return f"pipeline.microbatch_group: needs a whole number >= 1, got {shown(n)}"
     if not p <= n <= m:
         return (
-            f"pipeline.microbatch_group must be between the ranks ({p}) and pipeline.microbatches ({m}), "
+            f"pipeline.microbatch_group: needs a value between the ranks ({p}) and pipeline.microbatches ({m}), "
             f"as Megatron-core requires, got {n}"
         )
     last = m % n
     if 0 < last < p:
         return (
-            f"pipeline.microbatch_group = {n} leaves a last group of {last} micro-batch{'es' if last > 1 else ''}, "
-            f"fewer than the {p} ranks (Megatron-core refuses it: the pipe would stall); use a group size that "
+            f"pipeline.microbatch_group: needs a last group of at least the {p} ranks; {n} leaves a last group "
+            f"of {last} micro-batch{'es' if last > 1 else ''}, fewer than the {p} ranks (Megatron-core refuses it: the pipe would stall); use a group size that "
             f"divides {m} or leaves at least {p}"
         )
     return None

@@ -55,9 +55,9 @@ def build(name: str, stages: int, microbatches: int, *, max_memory: float = limi
     # Only pass the options this family declares: a scenario may carry keys
     # (chunks_per_rank, ...) that other families ignore.
     options = {k: v for k, v in options.items() if k in family.options and v is not None}
-    problem = family.check(stages, microbatches, **options)
+    problem = family.problem(stages, microbatches, **options)
     if problem:
-        raise ScheduleError(f"{name}: {problem}")
+        raise ScheduleError(problem)
     return family.generate(stages, microbatches, **options)
 
 

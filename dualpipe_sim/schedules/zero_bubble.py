@@ -214,9 +214,9 @@ def zb_h2(stages: int, microbatches: int) -> Schedule:
 
 def _zbv_check(stages: int, microbatches: int) -> str | None:
     if stages < 2 or stages % 2:
-        return f"pipeline.stages must be an even number >= 2 for zbv (two stages per rank in a V), got {stages}"
+        return f"pipeline.stages: needs an even number >= 2 (two stages per rank in a V), got {stages}"
     if microbatches < 1:
-        return f"pipeline.microbatches must be >= 1, got {microbatches}"
+        return f"pipeline.microbatches: needs >= 1, got {microbatches}"
     return None
 
 

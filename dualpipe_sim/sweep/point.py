@@ -15,8 +15,18 @@ from ..readers.metrics import scalar_names
 from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 
 # The scalar metrics of a point, as results.csv columns: Metrics.scalars(), whose
-# dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks.
-METRIC_COLUMNS = scalar_names()
+# dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks,
+# then what the point occupies: points of one sweep may run on different numbers of GPUs.
+GPU_COLUMNS = ("gpus", "gpu_time")
+METRIC_COLUMNS = (*scalar_names(), *GPU_COLUMNS)
+
+
+def gpu_fields(scenario, ranks: int, step_time: float) -> dict:
+    """``gpus``: pipeline ranks x tensor x data x context (as ``compare --same-gpus`` counts them);
+    ``gpu_time``: the step (ms) x gpus, the GPU-milliseconds one step costs."""
+    par = scenario.parallel
+    gpus = ranks * (par.tensor * par.data * par.context if par is not None else 1)
+    return {"gpus": gpus, "gpu_time": step_time * gpus}
 
 
 def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
@@ -31,7 +41,10 @@ def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
         problem = _constraint_problem(scenario)
         if problem:
             return {**row, "status": "skipped", "reason": problem}
-        scalars = simulation.run(scenario, inputs=inputs).metrics.scalars()
+        metrics = simulation.run(scenario, inputs=inputs).metrics
+        scalars = metrics.scalars()
+        step = metrics.step.total if metrics.step is not None else metrics.makespan  # summary.step_time's rule
+        scalars.update(gpu_fields(scenario, metrics.ranks, step))
     except (ScenarioError, ScheduleError) as exc:
         return {**row, "status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad point must not stop a sweep
@@ -44,6 +57,5 @@ def _constraint_problem(scenario) -> str | None:
     p = scenario.pipeline
     family = registry.get(p.schedule)
     options = {k: v for k, v in scenario.options().items() if k in family.options and v is not None}
-    problem = family.check(p.stages, p.microbatches, **options)
-    return f"{p.schedule}: {problem}" if problem else None
+    return family.problem(p.stages, p.microbatches, **options)
 
