@@ -88,11 +88,12 @@ def metrics_json(result: Result) -> str:
     return text(result.metrics)
 
 
-def save_gantt(result: Result, path: str | _Path) -> None:
-    """gantt.png of a run."""
+def save_gantt(result: Result, path: str | _Path, pair_rank: int | None = None) -> None:
+    """gantt.png of a run; ``pair_rank``: the rank whose overlapped pair is drawn part by part
+    (runs with [chunk] components; default: a typical middle rank, docs/charts.md)."""
     from .outputs.plots.gantt_file import save_gantt as save
 
-    save(result.trace, result.metrics, _Path(path))
+    save(result.trace, result.metrics, _Path(path), pair_rank)
 
 
 def save_memory(result: Result, path: str | _Path) -> None:

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plots", choices=PLOTS, default="png",
                      help="charts to write: png (gantt.png, memory.png; the default), html (report.html, "
                           "interactive), all, or none (fastest, e.g. with --json)")
+    run.add_argument("--pair-rank", type=int, metavar="R",
+                     help="gantt.png's part-by-part view of one overlapped pair (runs with [chunk] components) "
+                          "shows rank R's middle pair (default: the middle rank holding neither the first "
+                          "nor the last stage; docs/charts.md)")
 
     sch = sub.add_parser("schedule", help="print a schedule's per-rank op lists")
     sch.add_argument("name")
@@ -262,6 +266,16 @@ def check_plots(plots: str) -> None:
         raise UsageError(f"--plots {plots}: report.html needs plotly: pip install 'dualpipe-sim[html]'")
 
 
+def _check_pair_rank(trace, rank: int) -> None:
+    _prepare_charts("png")
+    from .outputs.plots import pair
+
+    try:
+        pair.pick(trace, rank)
+    except ValueError as exc:
+        raise UsageError(f"--pair-rank: {exc}") from None
+
+
 def _cmd_run(args) -> int:
     check_plots(args.plots)
     scenario, inputs = load_resolved(args.scenario, args.overrides)
@@ -279,11 +293,15 @@ def _cmd_run(args) -> int:
     problem = None if args.repeat is None else repeat.repeat_problem(args.repeat, scenario.seed)
     if problem:
         raise UsageError(f"--repeat: {problem}")
+    if args.pair_rank is not None and args.plots not in ("png", "all"):
+        raise UsageError(f"--pair-rank: the pair view is part of gantt.png, which --plots {args.plots} does not draw")
     check_targets(args.out, ["metrics.json", *_chart_files(args.plots, RUN_FILES[1:]),
                              *([trace_file] if trace_file else []), *(["repeat.json"] if args.repeat else [])])
     with progress_bar("run") as progress:
         result = simulation.run(scenario, schedule, inputs)
         metrics = result.metrics
+        if args.pair_rank is not None:
+            _check_pair_rank(result.trace, args.pair_rank)  # after the run (it knows the ranks), before any file
         repeats = None
         if args.repeat:
             repeats = repeat.repeat(scenario, args.repeat, schedule, first=result, progress=progress)
@@ -294,7 +312,7 @@ def _cmd_run(args) -> int:
             from .outputs.plots.gantt_file import save_gantt  # matplotlib only when we draw
             from .outputs.plots.memory import save_memory
 
-            writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path)
+            writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path, args.pair_rank)
             writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path)
         if args.plots in ("html", "all"):
             from .outputs.plots.report import save_report

@@ -44,7 +44,7 @@ def trace():
 
 @pytest.fixture(scope="module")
 def shown(trace):
-    which = pair.pick(trace)
+    which = pair.pick(trace, 0)  # the user's choice (run --pair-rank 0): rank 0 runs both directions' pairs
     rows, a2a, boxes = pair.pair_boxes(trace, which)
     return which, rows, a2a, boxes
 
@@ -53,11 +53,50 @@ def lane_of(y: float) -> str:
     return "F" if y >= 1.0 else "B"
 
 
-def test_pick_takes_the_middle_overlapped_pair_of_rank_0(trace, shown):
+def test_pick_takes_the_middle_overlapped_pair_of_its_rank(trace, shown):
     comp = trace.compute
-    mine = comp[(comp["rank"] == 0) & comp["overlapped"] & (comp["part"] >= 0)]
-    actions = sorted(set(int(a) for a in mine["action"]))
-    assert shown[0] == (0, actions[len(actions) // 2])
+    for rank, which in ((0, shown[0]), (1, pair.pick(trace))):
+        mine = comp[(comp["rank"] == rank) & comp["overlapped"] & (comp["part"] >= 0)]
+        actions = sorted(set(int(a) for a in mine["action"]))
+        assert len(actions) >= 3 and which == (rank, actions[len(actions) // 2])
+
+
+def test_the_typical_rank_is_the_middle_one_without_the_first_or_last_stage(trace):
+    """DualPipe on 4 ranks: rank r holds stages r and 3 - r, so ranks 0 and 3 hold stage 0 (the
+    embedding) and stage 3 (the head); of ranks 1 and 2, equally near the middle 1.5, the lower."""
+    assert [sorted(s) for s in trace.stages_on_rank] == [[0, 3], [1, 2], [1, 2], [0, 3]]
+    assert pair.pick(trace)[0] == 1
+    assert pair.typical_rank(trace, [0, 2, 3]) == 2  # rank 1 has no pair: the other ordinary rank
+    assert pair.typical_rank(trace, [0, 3]) == 0  # only first/last-stage ranks: the nearer, the lower on a tie
+    assert pair.typical_rank(trace, []) is None
+
+
+def test_typical_rank_on_dualpipev_and_a_rank_without_pairs():
+    """DualPipeV, 16 stages on 8 ranks: rank r holds stages r and 15 - r; rank 0 holds 0 and 15.  Middle 3.5:
+    ranks 3 and 4 tie, the lower, 3.  A rank outside the run, or one with no overlapped pair, is refused
+    with the reason."""
+    sc = scenario.from_dict({"pipeline": {"schedule": "dualpipev", "stages": 16, "microbatches": 16}, "chunk": CHUNK})
+    trace = simulation.run(sc).trace
+    assert [sorted(s) for s in trace.stages_on_rank] == [[r, 15 - r] for r in range(8)]
+    assert pair.pick(trace)[0] == 3
+    assert pair.pick(trace, 6)[0] == 6
+    with pytest.raises(ValueError, match="^8 is not a rank of this run \\(0 to 7\\)$"):
+        pair.pick(trace, 8)
+    one_f_one_b = simulation.run(scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 4},
+                                                     "chunk": CHUNK})).trace  # fmt: skip
+    assert pair.pick(one_f_one_b) is None
+    with pytest.raises(ValueError, match="^rank 1 runs no overlapped forward"):
+        pair.pick(one_f_one_b, 1)
+
+
+def test_a_middle_rank_with_the_head_gives_way_to_an_ordinary_one():
+    """A schedule (--schedule-file) may put the first or the last stage on a middle rank: rank 1 of 3
+    holds the last stage 5, rank 0 the first: rank 2 (stages 2 and 3) is the only ordinary one."""
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(ranks=3, stages_on_rank=[[0, 4], [1, 5], [2, 3]])
+    assert pair.typical_rank(fake, [0, 1, 2]) == 2
+    assert pair.typical_rank(SimpleNamespace(ranks=3, stages_on_rank=[[1, 4], [0, 5], [2, 3]]), [0, 1, 2]) == 0
 
 
 def test_the_boxes_are_the_pair_worked_by_hand(shown):
@@ -145,3 +184,42 @@ def test_a_part_too_narrow_for_its_name_goes_unnamed(trace, shown):
     named = {round(x, 6) for x, _ in labels.get_offsets()}
     unnamed = [t for x0, x1, t in zip(b.x0, b.x1, b.texts) if round((x0 + x1) / 2, 6) not in named]
     assert sorted(unnamed) == ["combine", "dispatch", "dispatch"]
+
+
+def _chunk_scenario(tmp_path, schedule: str = "dualpipe", stages: int = 4) -> str:
+    lines = [f'[pipeline]\nschedule = "{schedule}"\nstages = {stages}\nmicrobatches = 8\n[chunk]']
+    lines += [f"{k} = {v}" for k, v in CHUNK.items()]
+    path = tmp_path / "chunk.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_run_pair_rank_chooses_the_rank_drawn(tmp_path, monkeypatch, capsys):
+    """`run --pair-rank 2` draws rank 2's pair; without it, the typical rank 1 (DualPipe, 4 ranks)."""
+    from dualpipe_sim.cli import main
+
+    shown = []
+    real = pair.draw_pair
+    monkeypatch.setattr(pair, "draw_pair", lambda fig, trace, which, rect: shown.append(which[0]) or
+                        real(fig, trace, which, rect))  # fmt: skip
+    toml = _chunk_scenario(tmp_path)
+    assert main(["run", toml, "--out", str(tmp_path / "a"), "--pair-rank", "2"]) == 0
+    assert main(["run", toml, "--out", str(tmp_path / "b")]) == 0
+    assert shown == [2, 1] and (tmp_path / "a" / "gantt.png").is_file()
+
+
+@pytest.mark.parametrize("extra,schedule,message", [
+    (["--pair-rank", "4"], "dualpipe", "error: --pair-rank: 4 is not a rank of this run (0 to 3)\n"),
+    (["--pair-rank", "-1"], "dualpipe", "error: --pair-rank: -1 is not a rank of this run (0 to 3)\n"),
+    (["--pair-rank", "0"], "1f1b", "error: --pair-rank: rank 0 runs no overlapped forward+backward pair with "
+                                   "[chunk] components to draw\n"),
+    (["--pair-rank", "1", "--plots", "none"], "dualpipe",
+     "error: --pair-rank: the pair view is part of gantt.png, which --plots none does not draw\n"),
+])  # fmt: skip
+def test_run_pair_rank_refused_one_line_nothing_written(tmp_path, capsys, extra, schedule, message):
+    from dualpipe_sim.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", _chunk_scenario(tmp_path, schedule), "--out", str(out), *extra]) == 2
+    assert capsys.readouterr().err == message
+    assert not out.exists()

@@ -237,9 +237,9 @@ def test_gantt_boxes_are_labelled_with_their_microbatch(monkeypatch):
     drawn = []
     real = gantt.draw_texts
 
-    def spy(ax, x, y, texts, sizes, colours, zorder=4):
+    def spy(ax, x, y, texts, sizes, colours, zorder=4, **kw):
         drawn.extend(zip(np.asarray(x).tolist(), np.asarray(y).tolist(), texts))
-        return real(ax, x, y, texts, sizes, colours, zorder)
+        return real(ax, x, y, texts, sizes, colours, zorder, **kw)
 
     monkeypatch.setattr(gantt, "draw_texts", spy)
     _gantt(trace, lambda ax: None)

@@ -25,8 +25,11 @@ components fill the upper half of the lane and the backward's the lower half,
 so the two interleaved streams read as two rows under the pair's border.
 
 Labels are drawn as glyph outlines in one collection (one artist for all of
-them, not one text object per box), each sized to its box and left out where
-it cannot fit.
+them, not one text object per box), each sized to its box (:func:`label_fit`):
+lying down where it fits at :data:`LABEL_FLOOR` points or more, else upright in
+a box too narrow for that but wider than the digits are tall, else left out.
+:func:`label_width` widens gantt.png (up to :data:`MAX_WIDTH_IN`) until the
+narrowest F, B or I box has room for its number lying down.
 
 Above :data:`MIN_BOX_PX` pixels per action the boxes cannot be read, and
 drawing them anyway aliases into grey bands; ``gantt_file.save_gantt`` then draws
@@ -59,6 +62,12 @@ LANE_H, COMM_H, ROW_GAP = 0.62, 0.16, 0.22
 ROW_H = LANE_H + COMM_H + ROW_GAP  # one rank's row in data units
 ROW_IN = ROW_H * 0.62  # inches per rank row in gantt.png
 MIN_BOX_PX = 8.0  # narrower than this per action on average (edges and borders swamp them), boxes give way to bands
+LABEL_FLOOR, LABEL_MAX, LABEL_PAD = 4.5, 8.5, 3.0  # label sizes (points) and the box left beside a label
+UPRIGHT_PAD = 1.5  # across an upright label: the narrow boxes it is for have no 3 pt to spare
+UPRIGHT_MAX = 6.0  # an upright label stands among lying ones near the floor: larger, it would stand out
+# gantt.png grows up to this for its labels (4,950 px at canvas.DPI 110): wider, a viewer shows it scaled
+# down until the numbers are too small to read anyway, and the file only grows.
+MAX_WIDTH_IN = 45.0
 LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 0.8, 2.55, 0.45, 0.55  # fixed margins: rank labels, legend, title, axis
 
 
@@ -142,11 +151,11 @@ def _draw_outlines(ax, spans: np.ndarray) -> None:
 
 
 _FONT: list[FontProperties] = []
-_GLYPHS: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+_GLYPHS: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = {}
 
 
-def glyph(text: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """Outline of ``text`` at 1 pt (vertices centred on 0, codes) and its width in pt."""
+def glyph(text: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Outline of ``text`` at 1 pt (vertices centred on 0, codes), its width and its height in pt."""
     g = _GLYPHS.get(text)
     if g is None:
         if not _FONT:
@@ -157,22 +166,38 @@ def glyph(text: str) -> tuple[np.ndarray, np.ndarray, float]:
         # points at a glyph's extremes: for DejaVu Sans "0" to "999" the two are equal.
         points = path.vertices[path.codes != Path.CLOSEPOLY]
         lo, hi = points.min(0), points.max(0)
-        g = _GLYPHS[text] = (path.vertices - (lo + hi) / 2, path.codes, float(hi[0] - lo[0]))
+        g = _GLYPHS[text] = (path.vertices - (lo + hi) / 2, path.codes, float(hi[0] - lo[0]), float(hi[1] - lo[1]))
     return g
 
 
-def draw_texts(ax, x, y, texts, sizes, colours, zorder: float = 4) -> None:
-    """Short texts centred on data points (x, y), ``sizes`` in points, as one collection of glyph outlines."""
+def draw_texts(ax, x, y, texts, sizes, colours, zorder: float = 4, upright=None) -> None:
+    """Short texts centred on data points (x, y), ``sizes`` in points, as one collection of glyph outlines;
+    where ``upright`` is true, turned a quarter left (read bottom to top)."""
     if len(texts) == 0:
         return
     paths = []
-    for text, size in zip(texts, sizes):
-        v, codes, _ = glyph(text)
-        paths.append(Path(v * size, codes))
+    turn = np.zeros(len(texts), bool) if upright is None else np.asarray(upright, bool)
+    for text, size, up in zip(texts, sizes, turn):
+        v, codes, _, _ = glyph(text)
+        paths.append(Path((v[:, ::-1] * [-1, 1] if up else v) * size, codes))
     coll = PathCollection(paths, offsets=np.column_stack([x, y]), offset_transform=ax.transData,
                           facecolors=colours, edgecolors="none", zorder=zorder)  # fmt: skip
     coll.set_transform(Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans)  # path units: points
     ax.add_collection(coll, autolim=False)
+
+
+def label_fit(rows: np.ndarray, pts_per_time: float, pts_per_y: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per op row: its micro-batch label's size in points (0: no label) and whether it stands upright.
+    Lying down where it fits at LABEL_FLOOR or more; else upright, if the box is wider than the
+    digits are tall and its lane taller than the number is long; else none."""
+    _, hs = _geometry(rows)
+    mbs, inverse = np.unique(rows["microbatch"], return_inverse=True)
+    wide, tall = (np.array([glyph(str(int(m)))[i] for m in mbs])[inverse] for i in (2, 3))
+    w_pts, h_pts = (rows["end"] - rows["start"]) * pts_per_time, hs * pts_per_y
+    flat = np.minimum(np.minimum(LABEL_MAX, (w_pts - LABEL_PAD) / wide), h_pts * 0.45)
+    up = np.minimum(np.minimum(UPRIGHT_MAX, (w_pts - UPRIGHT_PAD) / tall), (h_pts * 0.8 - LABEL_PAD) / wide)
+    upright = (flat < LABEL_FLOOR) & (up >= LABEL_FLOOR)
+    return np.where(flat >= LABEL_FLOOR, flat, np.where(upright, up, 0.0)), upright
 
 
 def _draw_labels(ax, comp: np.ndarray, pts_per_time: float, pts_per_y: float) -> None:
@@ -180,29 +205,28 @@ def _draw_labels(ax, comp: np.ndarray, pts_per_time: float, pts_per_y: float) ->
     rows = op_rows(comp)
     if len(rows) == 0:
         return
-    ys, hs = _geometry(rows)
-    mbs, inverse = np.unique(rows["microbatch"], return_inverse=True)
-    texts = [str(int(m)) for m in mbs]
-    width_1pt = np.array([glyph(t)[2] for t in texts])[inverse]
-    w_pts = (rows["end"] - rows["start"]) * pts_per_time
-    size = np.minimum(np.minimum(8.5, (w_pts - 3) / width_1pt), hs * pts_per_y * 0.45)
-    ok = size >= 4.5
+    size, upright = label_fit(rows, pts_per_time, pts_per_y)
+    ok = size > 0
     if not ok.any():
         return
-    rows, ys, hs, size, width_1pt, inverse = rows[ok], ys[ok], hs[ok], size[ok], width_1pt[ok], inverse[ok]
+    rows, size, upright = rows[ok], size[ok], upright[ok]
+    ys, hs = _geometry(rows)
+    texts = [str(int(m)) for m in rows["microbatch"]]
+    across = np.array([glyph(t)[3] if up else glyph(t)[2] for t, up in zip(texts, upright)])  # along the time axis
     components = rows["part"] >= 0
     mid = (rows["start"] + rows["end"]) / 2
     dark = np.isin(rows["kind"], [KIND_CODES[k] for k in DARK]) & ~components
     backed = components | (rows["kind"] == KIND_CODES["W"])  # striped or hatched boxes: the number needs a backing
     if backed.any():
-        half_w = (width_1pt[backed] * size[backed] + 3) / 2 / pts_per_time
+        pad = np.where(upright[backed], UPRIGHT_PAD, LABEL_PAD)
+        half_w = (across[backed] * size[backed] + pad) / 2 / pts_per_time
         ax.add_collection(
             boxes(mid[backed] - half_w, mid[backed] + half_w, ys[backed] + hs[backed] * 0.15, hs[backed] * 0.7,
                    facecolors="white", edgecolors="none", alpha=0.85, zorder=3.5),
             autolim=False,
         )  # fmt: skip
-    draw_texts(ax, mid, ys + hs / 2, [texts[i] for i in inverse], size,
-               np.where(dark[:, None], [[1.0, 1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0, 1.0]]))
+    draw_texts(ax, mid, ys + hs / 2, texts, size,
+               np.where(dark[:, None], [[1.0, 1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0, 1.0]]), upright=upright)
 
 
 def _axes_points(ax) -> tuple[float, float]:
@@ -355,6 +379,21 @@ def comm_legend(trace: Trace, suffix: str = "") -> list[Patch]:
 def figure_width(trace: Trace) -> float:
     """Wide enough that each action's box can carry a two-digit label."""
     return float(np.clip(actions_per_rank(trace) * 0.3, 10, 30))
+
+
+def label_width(trace: Trace) -> float:
+    """gantt.png's width: :func:`figure_width`, or wider (up to MAX_WIDTH_IN) until the narrowest
+    F, B or I box has room for its micro-batch number lying down at LABEL_FLOOR."""
+    base = figure_width(trace)
+    ops = op_rows(trace.compute)
+    ops = ops[(ops["kind"] != KIND_CODES["W"]) & (ops["end"] > ops["start"])]
+    if not len(ops):
+        return base
+    mbs, inverse = np.unique(ops["microbatch"], return_inverse=True)
+    need_pts = np.array([glyph(str(int(m)))[2] for m in mbs])[inverse] * LABEL_FLOOR + LABEL_PAD
+    with np.errstate(over="ignore"):  # an op of 1e-300 ms needs an infinite width: the cap
+        axes_in = (trace.end or 1.0) * float((need_pts / (ops["end"] - ops["start"])).max()) / 72
+    return float(min(max(base, axes_in + LEFT_IN + RIGHT_IN), max(base, MAX_WIDTH_IN)))
 
 
 def too_dense(trace: Trace, width_px: float, share: float = 1.0) -> bool:

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from ...engine.trace import Trace
 from . import canvas, overview, pair
-from .gantt import BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, TOP_IN, draw_gantt, figure_width, gantt_title, too_dense
+from .gantt import (
+    BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, TOP_IN, draw_gantt, figure_width, gantt_title, label_width, too_dense,
+)  # fmt: skip
 
 
-def save_gantt(trace: Trace, metrics, path) -> None:
+def save_gantt(trace: Trace, metrics, path, pair_rank: int | None = None) -> None:
     """gantt.png: box by box where boxes can be read, else utilisation bands with the ends in detail;
-    with components, one overlapped pair part by part underneath."""
-    width = figure_width(trace)
-    if too_dense(trace, (width - LEFT_IN - RIGHT_IN) * canvas.DPI):
+    with components, one overlapped pair part by part underneath (of ``pair_rank``, default pair.pick's
+    typical rank)."""
+    if too_dense(trace, (figure_width(trace) - LEFT_IN - RIGHT_IN) * canvas.DPI):
         fig = overview.overview_figure(trace, gantt_title(metrics))
     else:
-        shown = pair.pick(trace)
+        width = label_width(trace)  # boxes, then wide enough for their labels
+        shown = pair.pick(trace, pair_rank)
         pair_in = pair.HEIGHT_IN if shown is not None else 0.0
         # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
         chart = max(trace.ranks * ROW_IN, width / 6 - 1.3)

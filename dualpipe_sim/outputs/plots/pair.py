@@ -2,7 +2,7 @@
 
 In the whole-run Gantt chart a pair of a component-costed run is a few
 pixels of stripes.  This view takes one overlapped F&B pair from the middle of
-rank 0's run and draws its forward parts on one lane and its backward parts on
+a typical rank's run (:func:`pick`) and draws its forward parts on one lane and its backward parts on
 the other, compute and all-to-all alike, each part named, on that pair's own
 time scale: which compute hides which all-to-all can be read off directly.
 """
@@ -29,17 +29,35 @@ NAMES = {
 }  # fmt: skip
 
 
-def pick(trace: Trace) -> tuple[int, int] | None:
-    """(rank, action) of the overlapped component pair nearest the middle of rank 0's
-    run (or of the first rank that has one); None without such pairs."""
+def pick(trace: Trace, rank: int | None = None) -> tuple[int, int] | None:
+    """(rank, action) of the overlapped component pair nearest the middle of ``rank``'s run, or of
+    the typical rank's (:func:`typical_rank`); None without such pairs.  ValueError if ``rank``
+    is given and runs none."""
     comp = trace.compute
     pairs = comp[(comp["part"] >= 0) & comp["overlapped"]]
-    if not len(pairs):
-        return None
-    rank = int(pairs["rank"].min())
-    mine = pairs[pairs["rank"] == rank]
-    actions = np.unique(mine["action"])
+    if rank is None:
+        rank = typical_rank(trace, np.unique(pairs["rank"]).tolist())
+        if rank is None:
+            return None
+    elif not 0 <= rank < trace.ranks:
+        raise ValueError(f"{rank} is not a rank of this run (0 to {trace.ranks - 1})")
+    actions = np.unique(pairs["action"][pairs["rank"] == rank])
+    if not len(actions):
+        raise ValueError(f"rank {rank} runs no overlapped forward+backward pair with [chunk] components to draw")
     return rank, int(actions[len(actions) // 2])
+
+
+def typical_rank(trace: Trace, candidates: list[int]) -> int | None:
+    """Of the ranks in ``candidates``, the one nearest the middle rank ((ranks - 1) / 2, the lower on a
+    tie) that holds neither the first nor the last stage of the pipeline: not the embedding or the
+    head (or, in DualPipe, both), whose ops are cheaper or dearer than most.  If every candidate
+    holds one, the one nearest the middle."""
+    if not candidates:
+        return None
+    last = max((max(s) for s in trace.stages_on_rank if s), default=0)
+    ordinary = [r for r in candidates if not {0, last} & set(trace.stages_on_rank[r])]
+    middle = (trace.ranks - 1) / 2
+    return min(ordinary or candidates, key=lambda r: (abs(r - middle), r))
 
 
 class PairBoxes(NamedTuple):

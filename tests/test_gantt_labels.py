@@ -1,0 +1,105 @@
+"""gantt.png's micro-batch labels (s15j): lying down where they fit at the floor size, upright in a
+box too narrow for that, and a chart wide enough (up to gantt.MAX_WIDTH_IN) that at 16 x 32 and
+8 x 64 every F, B and I box of the deepseek-v3 scenario carries its number.  Checked against the
+boxes' geometry, not against pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualpipe_sim import simulation
+from dualpipe_sim.engine.trace import COMPUTE_DTYPE
+from dualpipe_sim.inputs import scenario
+from dualpipe_sim.outputs.plots import canvas, gantt, gantt_file
+from dualpipe_sim.outputs.plots.style import op_rows
+from dualpipe_sim.schedules.rules import KIND_CODES
+
+ROOT = Path(__file__).resolve().parent.parent
+# DejaVu Sans at 1 pt (the outline's box): "31" is 1.104 pt wide and 0.756 pt tall, "7" 0.469 wide.
+W31, H31, W7 = 1.10390625, 0.75640625, 0.46875
+
+
+def test_font_metrics_are_the_ones_worked_with():
+    assert gantt.glyph("31")[2:] == pytest.approx((W31, H31)) and gantt.glyph("7")[2] == pytest.approx(W7)
+
+
+def test_label_fit_by_hand():
+    """1 pt per ms, a 30 pt lane.  Lying down a label needs size x width + 3 pt, upright size x height
+    + 1.5 pt; the floor is 4.5 pt, the most 8.5 lying down (and 0.45 of the lane: 13.5) and 6 upright.
+    "31" in 20 pt: 17 / 1.104 = 15.4 -> 8.5 lying.  In 8 pt: 5 / 1.104 = 4.53 lying.  In 7 pt: 3.62 lying is
+    under the floor; upright 5.5 / 0.756 = 7.27 -> 6.0.  In 5 pt: upright 3.5 / 0.756 = 4.63.  In 4 pt:
+    2.5 / 0.756 = 3.3: none.  "7" in 7 pt: 4 / 0.469 = 8.53 -> 8.5 lying."""
+    rows = np.zeros(6, dtype=COMPUTE_DTYPE)
+    rows["part"] = -1
+    rows["microbatch"] = [31, 31, 31, 31, 31, 7]
+    rows["end"] = [20.0, 8.0, 7.0, 5.0, 4.0, 7.0]
+    size, upright = gantt.label_fit(rows, 1.0, 30.0 / gantt.LANE_H)
+    assert size == pytest.approx([8.5, 5 / W31, 6.0, 3.5 / H31, 0.0, 8.5])
+    assert upright.tolist() == [False, False, True, True, False, False]
+
+
+def test_label_width_widens_for_the_narrowest_box_up_to_the_cap():
+    """1F1B, 2 stages x 3 micro-batches, F = 1 and B = 2 ms: 6 actions a rank, 1.8 in: the 10 in floor.
+    With stage 0's forward at 0.02 ms, the labels "0" to "2" need 0.504 x 4.5 + 3 = 5.27 pt in 0.02 ms:
+    the axes 5.27 / 0.02 x makespan / 72 in, plus 3.35 in of margins.  At 0.002 ms that is over 45 in: 45."""
+    def trace(f0):
+        data = {"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 3},
+                "costs": {"forward": [f0, 1.0], "backward": 2.0}}  # fmt: skip
+        return simulation.run(scenario.from_dict(data)).trace
+
+    assert gantt.label_width(trace(1.0)) == 10.0
+    t = trace(0.02)
+    assert gantt.label_width(t) == pytest.approx(3.35 + (0.50390625 * 4.5 + 3) / 0.02 * t.end / 72)
+    assert 10 < gantt.label_width(t) < 45
+    assert gantt.label_width(trace(0.002)) == 45.0
+
+
+def _labels(sc: dict, monkeypatch, tmp_path):
+    """Draw gantt.png through save_gantt; the labels drawn (centre x, text) and the figure's width."""
+    drawn, figs = [], []
+    real = gantt.draw_texts
+
+    def spy(ax, x, y, texts, sizes, colours, zorder=4, upright=None):
+        if upright is not None:  # the micro-batch labels (the optimizer's "opt" passes none)
+            drawn.extend((round(float(a), 6), t) for a, t in zip(x, texts))
+        return real(ax, x, y, texts, sizes, colours, zorder, upright)
+
+    monkeypatch.setattr(gantt, "draw_texts", spy)
+    monkeypatch.setattr(gantt_file.canvas, "save", lambda fig, path: figs.append(fig))
+    result = simulation.run(scenario.load(ROOT / "scenarios" / "deepseek-v3.toml", sc))
+    gantt_file.save_gantt(result.trace, result.metrics, tmp_path / "g.png")
+    return result.trace, set(drawn), figs[0].get_figwidth()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["pipeline.schedule=dualpipe", "pipeline.microbatches=32"],  # 16 ranks x 32
+    ["pipeline.schedule=dualpipev", "pipeline.microbatches=32"],  # 16 stages on 8 ranks x 32 (s15e's report)
+    ["pipeline.schedule=1f1b", "pipeline.microbatches=32"],  # 16 x 32, embedding forwards a third of the rest
+    ["pipeline.schedule=dualpipe", "pipeline.stages=8", "pipeline.microbatches=64"],  # 8 x 64
+])  # fmt: skip
+def test_every_forward_and_backward_box_carries_its_number(overrides, monkeypatch, tmp_path):
+    trace, drawn, width = _labels(overrides, monkeypatch, tmp_path)
+    ops = op_rows(trace.compute)
+    main = ops[ops["kind"] != KIND_CODES["W"]]
+    assert len(main) == 1024
+    missing = [(int(o["rank"]), int(o["microbatch"])) for o in main
+               if (round(float((o["start"] + o["end"]) / 2), 6), str(int(o["microbatch"]))) not in drawn]  # fmt: skip
+    assert missing == []
+    assert width * canvas.DPI <= 4950  # MAX_WIDTH_IN at 110 dpi
+
+
+def test_a_box_too_narrow_even_upright_goes_unlabelled(monkeypatch, tmp_path):
+    """Interleaved 1F1B, 16 stages on 8 ranks x 32: rank 0's stage-0 forwards (28.8 ms of a 21.5 s run, the
+    embedding stage's) are 6 px wide at 45 in, under the 7.5 px an upright label needs (4.5 x 0.756 + 1.5 pt):
+    unlabelled, as docs/charts.md says; every other F and B box is labelled."""
+    trace, drawn, width = _labels(["pipeline.schedule=interleaved-1f1b", "pipeline.microbatches=32"], monkeypatch,
+                                  tmp_path)  # fmt: skip
+    assert width == gantt.MAX_WIDTH_IN
+    ops = op_rows(trace.compute)
+    missing = ops[[(round(float((o["start"] + o["end"]) / 2), 6), str(int(o["microbatch"]))) not in drawn
+                   for o in ops]]  # fmt: skip
+    assert len(missing) == 32 and set(missing["rank"]) == {0} and set(missing["stage"]) == {0}
+    assert set(missing["kind"]) == {KIND_CODES["F"]}
