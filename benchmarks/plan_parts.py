@@ -7,8 +7,8 @@ pass, its CPU time printed), then the step time (``step_times.one``) of the firs
 every N-th of them, in order, with ``time.process_time()`` summed around the parts below (wrappers; their own
 cost is a few microseconds a call), the machine's 1-minute load average, and a hash of the (candidate, step time)
 pairs: two versions of the code that give the same hash gave the same estimate.  Parts nest: the replay core's
-loop and ``simulate_step`` are inside the pipeline replay and the step's end; ``Scenario.step_costs`` holds
-``FigureCache.scenario``'s calls made from it.  CPU, not wall time: other processes share the project's 2-core VM.
+loop and step.py's ``rows_of`` (``simulate_step``'s rows unsorted, what the estimate reads) are inside the
+pipeline replay and the step's end; ``Scenario.step_costs`` holds ``FigureCache.scenario``'s calls made from it.  CPU, not wall time: other processes share the project's 2-core VM.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dualpipe_sim.schedules import registry  # noqa: E402
 
 SPENT: Counter = Counter()
 CALLS: Counter = Counter()
-PARTS = [(replay, "replay", "replay core (its loop)"), (step_estimate, "simulate_step", "step.py's simulate_step"),
+PARTS = [(replay, "replay", "replay core (its loop)"), (step_estimate, "rows_of", "step.py's rows_of"),
          (step_estimate, "trace_of", "replay written as a trace"), (Scenario, "step_costs", "Scenario.step_costs"),
          (FigureCache, "scenario", "FigureCache.scenario")]  # fmt: skip
 

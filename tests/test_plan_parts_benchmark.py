@@ -18,7 +18,7 @@ def test_plan_parts_runs_on_every_500th_step_time():
     # about 10,000 first-of-key candidates (docs/plan.md): every 500th of them is about 20
     assert 10 <= int(head.group(1)) <= 40
     parts = {line.split("  ")[1].strip() for line in lines[2:]}
-    assert {"replay core (its loop)", "step.py's simulate_step", "Scenario.step_costs"} <= parts
+    assert {"replay core (its loop)", "step.py's rows_of", "Scenario.step_costs"} <= parts
 
 
 def test_plan_parts_refuses_every_below_one():

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dualpipe_sim.engine import step as step_py
-from dualpipe_sim.engine.trace import GRAD_SYNC
+from dualpipe_sim.engine.trace import GRAD_SYNC, StepRow
 from dualpipe_sim.inputs import scenario as scenario_mod
 from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
 from dualpipe_sim.model import ddp_buckets
@@ -130,6 +130,7 @@ def _plain_weight_ops(trace):
 def _plain_stretch(trace, rows, slowdown):
     """The loop _stretch's per-rank reading replaced: each rank's syncs and rows picked out rank by rank."""
     maps, c = [], trace.compute
+    rows = [StepRow(*x) for x in rows]  # step.py's rows are tuples of its fields
     for r in range(trace.ranks):
         busy = np.array(sorted((x.start, x.end) for x in rows if x.kind == GRAD_SYNC and x.rank == r)).reshape(-1, 2)
         mine = c[c["rank"] == r]

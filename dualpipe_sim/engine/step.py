@@ -62,7 +62,6 @@ from dataclasses import replace
 import numpy as np
 
 from ..step_costs import StepCosts
-from .replay import Link
 from .trace import (CROSS_COPY, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow, Trace,
                     pipeline_ends)
 
@@ -70,8 +69,12 @@ from .trace import (CROSS_COPY, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
     """One channel (a replay.Link, as the P2P links) fed jobs (release, stage, part, length) in
     release order, ties by stage then part: (stage, start, end) each."""
-    link = Link()
-    return [(s, *link.carry(release, length)) for release, s, _, length in sorted(jobs)]
+    out, free = [], 0.0  # Link.carry inline: the grad syncs' hundreds of buckets a rank make it hot
+    for release, s, _, length in sorted(jobs):
+        start = release if release > free else free
+        free = start + length
+        out.append((s, start, free))
+    return out
 
 
 def _weight_ops(trace: Trace) -> list[tuple[list[float], list[int]]]:
@@ -143,7 +146,7 @@ def _yielding(jobs: list[tuple[float, int, int, float]], busy: np.ndarray) -> li
     return out
 
 
-def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
+def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...]):
     """Per rank, the map from the pipeline's times to its times with its compute slowed under its grad syncs.
 
     A compute row of stage s that overlaps the rank's grad sync rows for d ms takes (slowdown[s] - 1) x d ms
@@ -153,20 +156,22 @@ def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
     maps = []
     c = trace.compute
     syncs: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]  # per rank: its grad syncs
-    for x in rows:
-        if x.kind == GRAD_SYNC:
-            syncs[x.rank].append((x.start, x.end))
+    for kind, rank, _, _, start, end in rows:
+        if kind == GRAD_SYNC:
+            syncs[rank].append((start, end))
     by_rank = np.argsort(c["rank"], kind="stable")  # each rank's rows, in the table's order
     bounds = np.searchsorted(c["rank"][by_rank], np.arange(trace.ranks + 1)).tolist()
     less = np.asarray(slowdown, dtype=float) - 1.0  # per stage: slowdown[s] - 1.0
+    # the columns read, in that order once (a rank's rows are then slices, not copies of the table's)
+    starts, ends, weights = c["start"][by_rank], c["end"][by_rank], less[c["stage"][by_rank]]
     for r in range(trace.ranks):
         busy = np.array(sorted(syncs[r])).reshape(-1, 2)
-        mine = c[by_rank[bounds[r]:bounds[r + 1]]]
-        weight = less[mine["stage"]]
+        mine = slice(bounds[r], bounds[r + 1])
+        weight = weights[mine]
         # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
         # order sync by sync, row by row
-        near = (weight != 0.0) & (mine["end"] > busy[:, 0].min(initial=np.inf)) & (mine["start"] < busy[:, 1].max(initial=-np.inf))
-        start, end, weight = mine["start"][near], mine["end"][near], weight[near]
+        near = (weight != 0.0) & (ends[mine] > busy[:, 0].min(initial=np.inf)) & (starts[mine] < busy[:, 1].max(initial=-np.inf))
+        start, end, weight = starts[mine][near], ends[mine][near], weight[near]
         lo, hi, w = [], [], []
         block = max(1, (1 << 20) // max(1, len(start)))
         for i in range(0, len(busy), block):
@@ -182,14 +187,20 @@ def _stretch(trace: Trace, rows: list[StepRow], slowdown: tuple[float, ...]):
 def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
     """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace.  With compute slowed under the
     data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times."""
+    out = np.array(rows_of(trace, costs), dtype=STEP_DTYPE)
+    return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
+
+
+def rows_of(trace: Trace, costs: StepCosts) -> list[tuple]:
+    """simulate_step's rows, unsorted, each a tuple of StepRow's fields (plan's estimate reads only their last
+    end; a plain tuple is the cheaper to make, and a step lays out thousands)."""
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     ops = _weight_ops(trace) if aligned else None  # read once for both passes
     rows = _step_rows(trace, costs, ends, None, ops)
-    if any(f != 1.0 for f in costs.dp_comm_slowdown) and any(x.kind == GRAD_SYNC for x in rows):
+    if any(f != 1.0 for f in costs.dp_comm_slowdown) and any(x[0] == GRAD_SYNC for x in rows):
         rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown), ops)
-    out = np.array(rows, dtype=STEP_DTYPE)
-    return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
+    return rows
 
 
 def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[list[list[float]]]:
@@ -204,8 +215,10 @@ def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[l
                 continue
             t0, t1 = raw.last_weight.get((r, s), (raw.rank_end[r], raw.rank_end[r]))
             n = len(_durations(costs, s))
-            mine.append([(t1 if k == n else t0 + (t1 - t0) * k / n) if costs.overlap_grad_sync else raw.rank_end[r]
-                         for k in range(1, n + 1)])
+            if costs.overlap_grad_sync:
+                mine.append([(t1 if k == n else t0 + (t1 - t0) * k / n) for k in range(1, n + 1)])
+            else:
+                mine.append([raw.rank_end[r]] * n)
         out.append(mine)
     return out
 
@@ -220,11 +233,11 @@ def _durations(costs: StepCosts, stage: int) -> list[float]:
     return [costs.grad_sync[stage] / n] * n
 
 
-def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=None) -> list[StepRow]:
+def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=None) -> list[tuple]:
     """One pass over the cross-copy sums, the grad syncs and the optimizer steps, given when each rank's
     pipeline work and each copy's last weight-gradient op end (``ends``); ``maps``: per rank, its times
     stretched (_stretch), applied to every time read off the pipeline, or None; ``ops``: _weight_ops(trace)."""
-    rows: list[StepRow] = []
+    rows: list[tuple] = []  # StepRow's fields
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     readies = _bucket_readies(trace, costs, raw)
@@ -256,33 +269,42 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
     for (a, b), jobs in sorted(per_link.items()):
         for s, t0, t1 in _fifo(jobs):
             summed[s] = t1
-            rows += [StepRow(CROSS_COPY, a, b, s, t0, t1), StepRow(CROSS_COPY, b, a, s, t0, t1)]
+            rows += [(CROSS_COPY, a, b, s, t0, t1), (CROSS_COPY, b, a, s, t0, t1)]
 
     # 2. Grad sync of each copy, bucket by bucket, FIFO on its rank's data-parallel
     # channel, after its stage's sum.  Overlapped, bucket k of n is ready k/n of the
     # way through the copy's last weight-gradient op (it yields its gradients evenly).
     synced = [0.0] * trace.ranks  # per rank: when every sync of its stages has ended
     launches = _aligned_launches(trace, ends.rank_end, maps, ops) if aligned else {}
+    durations: dict[int, list[float]] = {}  # per stage: _durations, worked out once for every copy and rank
     for r, stages in enumerate(trace.stages_on_rank):
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
         jobs = []
         for s, copy_readies in zip([s for s in stages if costs.grad_sync[s] > 0], readies[r]):
-            for k, (ready, length) in enumerate(zip(copy_readies, _durations(costs, s)), 1):
-                if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
-                    ready = launches.get((r, s), ends.rank_end[r])
-                jobs.append((max(ready, summed.get(s, 0.0)), s, k, length))
+            if s not in durations:
+                durations[s] = _durations(costs, s)
+            after = summed.get(s, 0.0)
+            if aligned:  # every bucket goes at the copy's launch (one grad_sync_func call)
+                release = max(launches.get((r, s), ends.rank_end[r]), after)
+                jobs += [(release, s, k, length) for k, length in enumerate(durations[s], 1)]
+            else:
+                jobs += [(max(ready, after), s, k, length)
+                         for k, (ready, length) in enumerate(zip(copy_readies, durations[s]), 1)]
         busy = _p2p_busy(trace, r) if costs.nic_shared else None
         if busy is not None and maps is not None:  # the rank's P2P moves with its stretched compute
             busy = maps[r](busy).reshape(-1, 2)  # every start and end at once (elementwise: the same sums)
+        last = synced[r]
         for s, t0, t1 in _yielding(jobs, busy) if costs.nic_shared else _fifo(jobs):
-            rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
-            synced[r] = max(synced[r], t1)
+            rows.append((GRAD_SYNC, r, r, s, t0, t1))
+            if t1 > last:  # max(last, t1)
+                last = t1
+        synced[r] = last
         # then the tail: released once the rank's pipeline and every sync above have ended (NeMo's
         # _finish_bucket_grad_sync, then apex's grad_sync()), one after another in stage order
         after = max(ends.rank_end[r], synced[r])
         tail = [(after, s, 0, costs.grad_sync_tail[s]) for s in stages if costs.grad_sync_tail and costs.grad_sync_tail[s] > 0]
         for s, t0, t1 in _yielding(tail, busy) if costs.nic_shared else _fifo(tail):
-            rows.append(StepRow(GRAD_SYNC, r, r, s, t0, t1))
+            rows.append((GRAD_SYNC, r, r, s, t0, t1))
             synced[r] = max(synced[r], t1)
 
     # 3. Each rank's optimizer step, over every copy it holds.
@@ -290,7 +312,7 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
         length = float(sum(costs.optimizer[s] for s in stages))
         if length > 0:
             start = max(ends.rank_end[r], synced[r])
-            rows.append(StepRow(OPTIMIZER, r, r, -1, start, start + length))
+            rows.append((OPTIMIZER, r, r, -1, start, start + length))
     return rows
 
 

@@ -51,6 +51,11 @@ class OrderError(ValueError):
 
 def lay_out(parts, slowdown: float = 1.0):
     """Simulate ``parts`` (costs.Part) and return their Timeline, times from 0."""
+    return _chain(parts) if _is_chain(parts) else _simulated(parts, slowdown)
+
+
+def _simulated(parts, slowdown: float) -> Timeline:
+    """lay_out by SimPy."""
     import simpy  # here: scenarios import OrderError, and only the component model needs SimPy
 
     env = simpy.Environment()
@@ -89,6 +94,26 @@ def lay_out(parts, slowdown: float = 1.0):
         raise OrderError(f"the declared order cannot run: {', '.join(stuck[:4])} never start")
     length = max((s.end for s in spans), default=0.0)
     return Timeline(length, tuple(sorted(spans, key=lambda s: s.start)))
+
+
+def _is_chain(parts) -> bool:
+    """Each part waits for the one before it and for nothing else (a lone op, costs.Chunk.parts), and none
+    is negative (SimPy refuses a negative delay)."""
+    return all(p.turn_after is None and p.needs == ((i - 1,) if i else ()) and p.duration >= 0
+               for i, p in enumerate(parts))
+
+
+def _chain(parts) -> Timeline:
+    """lay_out of a chain without SimPy: one part runs at a time, so none waits for its channel and no
+    compute runs beside an all-to-all (no slowdown); each starts as the one before it ends.  The same
+    sums as SimPy's clock (its ``now`` starts at the int 0, then now + duration), so the same Timeline
+    to the bit (tests/test_channels_chain.py)."""
+    now, spans = 0, []
+    for p in parts:
+        end = now + p.duration
+        spans.append(Span(p.member, int(p.component), p.channel, now, end))
+        now = end
+    return Timeline(max((s.end for s in spans), default=0.0), tuple(sorted(spans, key=lambda s: s.start)))
 
 
 class _Busy:

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..engine import replay, validate
-from ..engine.step import simulate_step
+from ..engine.step import rows_of, simulate_step
 from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, Trace
 from ..schedules import registry
 from ..schedules.rules import KIND_CODES, WEIGHT_GRADS, Kind
@@ -350,15 +350,20 @@ def step_end_ms(b: Built, run: Replayed, step) -> float:
     end past the makespan.  ``step``: the scenario's StepCosts (None: nothing)."""
     if step is None or not step.active():
         return 0.0
-    rows = step_rows(b, run, step)
-    return max(0.0, float(rows["end"].max()) - run.makespan) if len(rows) else 0.0
+    ends = [x[5] for x in rows_of(tail(b, run), step)]  # step_rows' ends (StepRow.end), neither sorted nor an array
+    return max(0.0, float(np.max(ends)) - run.makespan) if ends else 0.0
 
 
 def step_rows(b: Built, run: Replayed, step) -> np.ndarray:
-    """step.py's end-of-step rows (simulate_step) on the replay's trace (trace_of).  No sync starts before
-    the earliest start of a copy's last weight-gradient op (a bucket is released within it at the
-    earliest), and nothing that ends before then moves a sync, a stretch, a launch or a rank's end: the
-    trace is cut there, and the rows are the whole trace's (tests/test_plan_step_end.py)."""
+    """step.py's end-of-step rows (simulate_step) on the replay's trace from where they can start (``tail``)."""
+    return simulate_step(tail(b, run), step)
+
+
+def tail(b: Built, run: Replayed) -> Trace:
+    """The replay's trace (trace_of) as step.py reads it.  No sync starts before the earliest start of a copy's
+    last weight-gradient op (a bucket is released within it at the earliest), and nothing that ends before then
+    moves a sync, a stretch, a launch or a rank's end: the trace is cut there, and step.py's rows are the whole
+    trace's (tests/test_plan_step_end.py)."""
     last = b.last_wgrad[b.last_wgrad >= 0]
     since = float(run.starts[last].min()) if len(last) else -np.inf
-    return simulate_step(trace_of(b, run, since), step)
+    return trace_of(b, run, since)
