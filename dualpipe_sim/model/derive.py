@@ -82,7 +82,7 @@ class Setup:
     embed_layernorm: bool = False  # model.embed_layernorm
     deepspeed_pipe: bool = False  # step.runtime = "deepspeed-bf16": DeepSpeed's pipeline engine (deepspeed_pipe.py)
     megatron_lm_loop: bool = False  # model.training_loop resolved "megatron-lm-2021" (megatron_lm.py)
-    nemo_loss: bool = False  # model.training_loop = "nemo-1": NeMo 1's loss on the last stage (nemo_loss.py)
+    nemo_loss: str = ""  # model.training_loop whose loss the last stage runs after the head (nemo_loss.py), or ""
     interleaved: bool = False  # Megatron's interleaved schedule: one P2P call a forward-backward pair (megatron_lm.py)
     # hardware.gpu_variability on: (spread, GPUs of the run, factor every kernel takes); None: off (gpu_spread.py)
     gpu_spread: tuple[str, int, float] | None = None
@@ -365,7 +365,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  grad_hook=grad_hook(scenario), embed_layernorm=m.embed_layernorm,
                  deepspeed_pipe=scenario.step is not None and scenario.step.runtime == "deepspeed-bf16",
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
-                 nemo_loss=scenario.model.training_loop == "nemo-1",
+                 nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex")  # fmt: skip
 
@@ -382,7 +382,7 @@ def training_loop(scenario) -> bool:
     "derived": model.runtime's; never under DeepSpeed's pipeline engine, which runs its own (deepspeed_pipe.py)."""
     m = scenario.model
     deepspeed = scenario.step is not None and scenario.step.runtime == "deepspeed-bf16"
-    if m.training_loop in ("megatron-lm-2021", "nemo-1") and deepspeed:
+    if m.training_loop in ("megatron-lm-2021", *nemo_loss.LOOPS) and deepspeed:
         raise ModelError(f'model.training_loop: not "{m.training_loop}" with step.runtime = "deepspeed-bf16" (DeepSpeed\'s '
                          "pipeline engine runs the micro-batches)")
     loop = m.runtime if m.training_loop == "derived" else m.training_loop
@@ -699,8 +699,9 @@ def extra_kernels(st: Setup, stage: layout.Stage) -> list[kernels.Kernel]:
     elif st.megatron_lm_loop and st.rates is not None:  # Megatron-LM 2021/2022's schedules, each micro-batch (megatron_lm.py)
         rows += megatron_lm.rows(kernels.Table(st.rates, st.layout, st.cfg), stage.embedding, stage.head,
                                  st.sharding.data, st.interleaved)  # fmt: skip
-    if stage.head and st.nemo_loss and st.rates is not None:  # NeMo 1's loss after the head (nemo_loss.py)
-        rows += nemo_loss.rows(kernels.Table(st.rates, st.layout, st.cfg), st.sharding.data, st.evaluation)
+    if stage.head and st.nemo_loss and st.rates is not None:  # the loop's loss after the head (nemo_loss.py)
+        rows += nemo_loss.rows(kernels.Table(st.rates, st.layout, st.cfg), st.sharding.data, st.evaluation,
+                               st.nemo_loss)  # fmt: skip
     return rows
 
 
