@@ -182,7 +182,8 @@ def test_a_file_from_before_the_gpu_columns_says_it_is_older(tmp_path, scenario,
     err = capsys.readouterr().err
     assert err.startswith("error: --resume: ") and err.count("\n") == 1, err
     assert "written by an older dualpipe-sim, before the columns gpus, gpu_time" in err
-    assert "sweep into a new --out (or move this results.csv away and rerun without --resume)" in err
+    assert err.rstrip().endswith("; write to another folder, or move this results.csv away and run the sweep afresh "
+                                 "(not resuming)")
     assert "not those of a sweep" not in err
     assert (out / "results.csv").read_text() == older
     # A column today's version never wrote is no older file: the plain refusal stays.

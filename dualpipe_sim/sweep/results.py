@@ -175,7 +175,7 @@ def read_rows(path: Path, base: dict) -> tuple[list[str], list[dict[str, str]]]:
     return grid_keys(header), rows
 
 
-OLDER_WAY_OUT = "sweep into a new --out (or move this results.csv away and rerun without --resume)"
+OLDER_WAY_OUT = "write to another folder, or move this results.csv away and run the sweep afresh (not resuming)"
 
 
 def _check_header(path: Path, header: list[str]) -> None:
