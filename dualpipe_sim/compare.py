@@ -15,6 +15,7 @@ the speed-up compares whole training steps instead: what a user waits for.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .schedules import registry
@@ -25,6 +26,7 @@ from .inputs.scenario import Scenario, ScenarioError, activation_bytes_given
 
 DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
 BASELINE = "1f1b"
+FIELD = re.compile(r"[a-z_]+(\.[a-z_]+)+")  # a scenario key, as errors name it first: pipeline.microbatches
 
 
 @dataclass
@@ -112,7 +114,7 @@ def compare(scenario: Scenario, names: list[str], progress=None, same_gpus: int 
         else:
             results.append(outcome)
     if not results:
-        reasons = "; ".join(f"{n}: {why}" for n, why in skipped)
+        reasons = "; ".join(f"{n}: {said_once(n, why)}" for n, why in skipped)
         raise ScenarioError(f"pipeline.schedule: none of the schedules can run this scenario ({reasons})")
     base = next((r for r in results if r.metrics.schedule == BASELINE), None)
     if base is None:
@@ -245,8 +247,18 @@ def table(comparison: Comparison) -> str:
     return "\n".join([line(head), rule, *(line(b) for b in body)])
 
 
+def said_once(name: str, why: str) -> str:
+    """A skip reason as shown after its schedule's name: the field-first error
+    (Family.problem's ``pipeline.microbatches: dualpipe needs ...``) without the name again,
+    ``pipeline.microbatches needs ...``; other reasons as they are."""
+    field, sep, rule = why.partition(": ")
+    if sep and rule.startswith(f"{name} ") and FIELD.fullmatch(field):
+        return f"{field} {rule[len(name) + 1:]}"
+    return why
+
+
 def skipped_lines(comparison: Comparison) -> list[str]:
-    return [f"skipped {name}: {why}" for name, why in comparison.skipped]
+    return [f"skipped {name}: {said_once(name, why)}" for name, why in comparison.skipped]
 
 
 def report(comparison: Comparison) -> str:
@@ -287,7 +299,7 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
     if comparison.notes:
         lines += [""] + [f"- {note}" for note in comparison.notes]
     if comparison.skipped:
-        lines += ["", "Skipped:", ""] + [f"- `{n}`: {why}" for n, why in comparison.skipped]
+        lines += ["", "Skipped:", ""] + [f"- `{n}`: {said_once(n, why)}" for n, why in comparison.skipped]
     if png:
         lines += ["", f"![Gantt charts on a shared time axis]({png})"]
     lines += [""]

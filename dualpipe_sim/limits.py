@@ -7,11 +7,17 @@ it draws boxes.  Measured as the growth of peak RSS of ``dualpipe-sim run
 --plots none`` between 1/8 and the full size (``python benchmarks/engine.py
 --targets``): about 0.84 to 0.91 KB per op with one trace row per op (1F1B 64
 stages with P2P, ZB-H1 16 stages), 2.9 KB per op with about 20 rows per op
-(``deepseek-v3.toml``, components), so about 110 B per further row; each box
-drawn adds about 9.2 KB (1F1B 64 x 128: 16,384 boxes, 144 MB).  The estimate
-(:func:`estimate`) rounds these up: :data:`BYTES_PER_OP` per op,
+(``deepseek-v3.toml``, components), so about 110 B per further row.  A chart
+drawn box by box costs its picture, 4 bytes a pixel (Agg's RGBA canvas: saving
+a blank 45 x 40.68 in figure at 110 dpi grows peak RSS by 89.5 MiB for its
+84.5 MiB of pixels), and about 7.6 KB per box beyond that (1F1B 64 x 128:
+16,384 boxes on a 4,950 x 4,474 px chart, 203 MB over ``--plots none``).  The
+estimate (:func:`estimate`) rounds these up: :data:`BYTES_PER_OP` per op,
 :data:`BYTES_PER_ROW` per further trace row of an op, :data:`BYTES_PER_BOX` per
-box.  A scenario of S stages and M micro-batches has at most 3 S M ops (F, I
+box, and :func:`chart_bytes` for the picture.  gantt.png is widened after the
+run until its labels fit (gantt.label_width, up to gantt.MAX_WIDTH_IN), which
+the run's shape cannot tell beforehand, so the picture is counted at that cap.
+A scenario of S stages and M micro-batches has at most 3 S M ops (F, I
 and W for every stage of every micro-batch).  Boxes are drawn only while a
 rank's row holds at most :data:`BOX_ACTIONS_PER_RANK` actions (gantt.py's
 MIN_BOX_PX on its widest figure; bands beyond), and a rank runs at least M
@@ -43,6 +49,14 @@ BYTES_PER_OP = 768  # per op, its one trace row included (540-660 B measured: be
 BYTES_PER_ROW = 128  # per further trace row of an op: components, all-to-all phases (about 110 B measured)
 BYTES_PER_BOX = 10 * 1024  # per box the Gantt chart draws (about 9.2 KB measured)
 BOX_ACTIONS_PER_RANK = 366  # gantt.py: (30 in - 3.35 in of margins) x 110 dpi / 8 px per box
+# The box-by-box gantt.png's geometry, as outputs/plots lays it out (no matplotlib import here;
+# tests/test_limits_chart.py holds these to the charts' own constants and the PNG's real size).
+CHART_DPI = 110  # canvas.DPI
+CHART_WIDTH_IN = 45.0  # gantt.MAX_WIDTH_IN: gantt.label_width's cap
+CHART_ROW_IN = 0.62  # gantt.ROW_IN per rank
+CHART_TOP_IN, CHART_BOTTOM_IN = 0.45, 0.55  # gantt.TOP_IN, gantt.BOTTOM_IN
+PAIR_IN = 2.4  # pair.HEIGHT_IN: the pair view under a chart of components
+BYTES_PER_PIXEL = 4  # RGBA
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 OPS_PER_STAGE_AND_MICROBATCH = 3  # F, I, W: the most any schedule runs
 TRACE_BYTES_FACTOR = 6  # Python memory per byte of trace JSON while it is read (5.2 measured)
@@ -55,13 +69,24 @@ def estimate(stages: int, microbatches: int, rows_per_op: float = 1.0) -> tuple[
     rows per op (1 for simple costs; the component model's parts per op)."""
     ops = OPS_PER_STAGE_AND_MICROBATCH * stages * microbatches
     boxes = min(ops, stages * BOX_ACTIONS_PER_RANK) if microbatches <= BOX_ACTIONS_PER_RANK else 0
-    return ops, memory_for(ops, boxes, rows_per_op)
+    return ops, memory_for(ops, boxes, rows_per_op, ranks=stages)  # at most one rank per stage
 
 
-def memory_for(ops: int, boxes: int, rows_per_op: float = 1.0) -> int:
-    """Bytes for ``ops`` ops of ``rows_per_op`` trace rows each, ``boxes`` of them drawn as boxes."""
+def memory_for(ops: int, boxes: int, rows_per_op: float = 1.0, ranks: int = 0) -> int:
+    """Bytes for ``ops`` ops of ``rows_per_op`` trace rows each, ``boxes`` of them drawn as boxes
+    on a chart of ``ranks`` rows (its picture counted when it draws boxes and ``ranks`` is given)."""
     rows = max(rows_per_op, 1.0)
-    return int(ops * (BYTES_PER_OP + (rows - 1) * BYTES_PER_ROW) + boxes * rows * BYTES_PER_BOX)
+    picture = chart_bytes(ranks, pair=rows > 1) if boxes and ranks else 0
+    return int(ops * (BYTES_PER_OP + (rows - 1) * BYTES_PER_ROW) + boxes * rows * BYTES_PER_BOX) + picture
+
+
+def chart_bytes(ranks: int, pair: bool = False) -> int:
+    """The pixels of a box-by-box gantt.png of ``ranks`` rows at its widest, 4 bytes each;
+    ``pair``: with the pair view underneath (components).  Heights as gantt_file.save_gantt
+    lays them out: a chart at least width / 6 - 1.3 in tall, so a wide one is no thin strip."""
+    chart = max(ranks * CHART_ROW_IN, CHART_WIDTH_IN / 6 - 1.3)
+    height = CHART_TOP_IN + chart + CHART_BOTTOM_IN + (PAIR_IN if pair else 0.0)
+    return int(CHART_WIDTH_IN * CHART_DPI) * int(height * CHART_DPI) * BYTES_PER_PIXEL  # Agg truncates, as here
 
 
 def size_problem(stages: int, microbatches: int, max_memory: float, rows_per_op: float = 1.0) -> str | None:
@@ -70,10 +95,10 @@ def size_problem(stages: int, microbatches: int, max_memory: float, rows_per_op:
     return _problem(need, max_memory, f"{stages} stages x {microbatches} micro-batches is up to {ops:,} ops")
 
 
-def ops_problem(ops: int, max_memory: float, what: str, boxes: int | None = None) -> str | None:
+def ops_problem(ops: int, max_memory: float, what: str, boxes: int | None = None, ranks: int = 0) -> str | None:
     """The same rule for a known op count (e.g. a schedule file's; ``boxes``: how many of them
-    the chart draws as boxes, all when not given); ``what`` describes it."""
-    return _problem(memory_for(ops, ops if boxes is None else boxes), max_memory, what)
+    the chart draws as boxes, all when not given, on ``ranks`` rows); ``what`` describes it."""
+    return _problem(memory_for(ops, ops if boxes is None else boxes, ranks=ranks), max_memory, what)
 
 
 def _problem(need: int, max_memory: float, what: str) -> str | None:
@@ -81,8 +106,8 @@ def _problem(need: int, max_memory: float, what: str) -> str | None:
         return None
     return (
         f"limits.max_memory: {what}, about {_bytes(need)} to simulate and chart ({BYTES_PER_OP} B "
-        f"per op, {BYTES_PER_BOX // 1024} KiB per chart box), over the limit of {_bytes(max_memory)}; use fewer "
-        f"stages or micro-batches, or raise limits.max_memory"
+        f"per op, {BYTES_PER_BOX // 1024} KiB per chart box, {BYTES_PER_PIXEL} B per pixel of its picture), "
+        f"over the limit of {_bytes(max_memory)}; use fewer stages or micro-batches, or raise limits.max_memory"
     )
 
 

@@ -79,7 +79,8 @@ def check_size(scenario: Scenario, schedule: Schedule) -> None:
     own shape is checked when it is loaded; a schedule brings its own op count)."""
     ops = schedule.num_ops()
     boxes = ops if max(map(len, schedule.ranks), default=0) <= limits.BOX_ACTIONS_PER_RANK else 0  # else bands
-    too_big = limits.ops_problem(ops, scenario.limits.max_memory, f"the schedule file has {ops:,} ops", boxes)
+    too_big = limits.ops_problem(ops, scenario.limits.max_memory, f"the schedule file has {ops:,} ops", boxes,
+                                schedule.num_ranks)  # fmt: skip
     if too_big:
         raise ScenarioError(too_big)
 

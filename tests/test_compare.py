@@ -62,7 +62,22 @@ def test_constraint_broken_is_skipped_with_reason():
     assert [r.metrics.schedule for r in c.results] == ["1f1b"]
     (name, why), = c.skipped
     assert name == "dualpipe" and "microbatches" in why
-    assert "skipped dualpipe: " in compare.report(c)
+    # The schedule is named once: before the colon, not again inside the field-first rule (s15m).
+    line = f"skipped dualpipe: pipeline.microbatches needs >= 2 * pipeline.stages = {2 * S}, got 6"
+    assert line in compare.report(c).splitlines()
+    assert f"- `dualpipe`: pipeline.microbatches needs >= 2 * pipeline.stages = {2 * S}, got 6" in \
+        compare.markdown(c, "s.toml").splitlines()
+    assert why == f"pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = {2 * S}, got 6"  # the error as raised
+
+
+def test_skip_reason_drops_only_the_repeated_name():
+    assert compare.said_once("chimera", "pipeline.stages: chimera needs an even number >= 2, got 3") == \
+        "pipeline.stages needs an even number >= 2, got 3"
+    assert compare.said_once("nope", "not registered (`dualpipe-sim schedules` lists the known ones)") == \
+        "not registered (`dualpipe-sim schedules` lists the known ones)"
+    # Another schedule's name, or a reason that does not start with a key, stays as it is.
+    assert compare.said_once("dualpipev", "pipeline.stages: dualpipe needs 2") == "pipeline.stages: dualpipe needs 2"
+    assert compare.said_once("zb-v", "at 4 stages: zb-v needs x") == "at 4 stages: zb-v needs x"
 
 
 def test_every_registered_schedule_runs_or_says_why():
@@ -76,8 +91,9 @@ def test_every_registered_schedule_runs_or_says_why():
 
 
 def test_none_can_run_is_an_error():
-    with pytest.raises(scenario.ScenarioError, match="pipeline.schedule: none of the schedules"):
+    with pytest.raises(scenario.ScenarioError, match="pipeline.schedule: none of the schedules") as err:
         compare.compare(base(microbatches=6), ["nope", "dualpipe"])
+    assert str(err.value).endswith(f"; dualpipe: pipeline.microbatches needs >= 2 * pipeline.stages = {2 * S}, got 6)")
 
 
 def test_figure_shares_one_time_axis():

@@ -103,3 +103,28 @@ def test_a_box_too_narrow_even_upright_goes_unlabelled(monkeypatch, tmp_path):
                    for o in ops]]  # fmt: skip
     assert len(missing) == 32 and set(missing["rank"]) == {0} and set(missing["stage"]) == {0}
     assert set(missing["kind"]) == {KIND_CODES["F"]}
+
+
+def test_compare_widens_like_gantt_for_the_narrowest_panel_box():
+    """compare.png draws boxes with draw_gantt, so it takes gantt.png's width rule at the shared scale.
+    Panels: 1F1B 2 x 3 with stage 0's forward at 0.03 ms and at 1 ms.  The shared axis spans the longer
+    makespan L; the old rule gives 10 in x L / (the short makespan), the labels "0" to "2" need
+    (0.504 x 4.5 + 3) pt per 0.03 ms: L x 5.27 / 0.03 / 72 in of axes plus 3.35 in of margins."""
+    from dualpipe_sim.outputs.plots.compare import compare_figure
+
+    def run(f0, stages=2):
+        data = {"pipeline": {"schedule": "1f1b", "stages": stages, "microbatches": 3},
+                "costs": {"forward": [f0] + [1.0] * (stages - 1), "backward": 2.0}}  # fmt: skip
+        return simulation.run(scenario.from_dict(data))
+
+    narrow, wide = run(0.03), run(1.0)
+    longest = max(narrow.trace.end, wide.trace.end)
+    old = 10.0 * longest / narrow.trace.end
+    need = 3.35 + (0.50390625 * 4.5 + 3) / 0.03 * longest / 72
+    assert old < need < 45
+    assert compare_figure([narrow, wide]).get_size_inches()[0] == pytest.approx(need)
+    assert compare_figure([wide, wide]).get_size_inches()[0] == pytest.approx(10.0)  # wide boxes: no widening
+    # 72 ranks in all: rows of 16 / 72 = 0.222 in, a 0.62 x 0.222 x 72 = 9.9 pt lane holds a number lying down
+    # at most 0.45 x 9.9 = 4.46 pt, under the 4.5 pt floor: widening would buy no label, the old rule stays.
+    many = run(0.03, stages=72)
+    assert compare_figure([many]).get_size_inches()[0] == pytest.approx(10.0)

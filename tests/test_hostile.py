@@ -218,8 +218,9 @@ def test_oversized_run_is_refused_before_any_schedule_is_built(monkeypatch, tmp_
 
 def test_memory_cap_is_the_estimate_and_configurable():
     raw = {"pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8}, "costs": {"forward": 1, "backward": 2}}
-    # 3 x 4 x 8 = 96 ops at 768 B, each drawn as a box at 10 KiB (8 micro-batches: boxes, not bands)
-    need = 96 * 768 + 96 * 10 * 1024
+    # 3 x 4 x 8 = 96 ops at 768 B, each drawn as a box at 10 KiB (8 micro-batches: boxes, not bands),
+    # on a 4,950 x 792 px picture at 4 B a pixel (45 in wide; 4 ranks under the 6.2 in floor: 7.2 in tall)
+    need = 96 * 768 + 96 * 10 * 1024 + 4950 * 792 * 4
     assert limits.estimate(4, 8) == (96, need)
     scenario.from_dict({**raw, "limits": {"max_memory": need}})  # exactly at the cap: runs
     with pytest.raises(scenario.ScenarioError, match=r"^limits.max_memory: 4 stages x 8 micro-batches"):
@@ -234,7 +235,8 @@ def test_schedule_file_is_held_to_the_same_cap(tmp_path, capsys):
     path = tmp_path / "s.json"
     path.write_text(capsys.readouterr().out)
     base = [*SCHEDULE_BASE, "--schedule-file", str(path), "--out", str(tmp_path / "o")]
-    cap = 32 * 768 + 32 * 10 * 1024  # 2 stages x 8 micro-batches x (F, B) = 32 ops, each a box: exactly fits
+    # 2 stages x 8 micro-batches x (F, B) = 32 ops, each a box, on a 4,950 x 792 px picture: exactly fits
+    cap = 32 * 768 + 32 * 10 * 1024 + 4950 * 792 * 4
     assert main(["run", *base, "--set", f"limits.max_memory={cap}"]) == 0
     capsys.readouterr()
     assert main(["run", *base, "--set", f"limits.max_memory={cap - 1}"]) == 2
@@ -298,7 +300,8 @@ def test_library_run_refuses_an_oversized_own_schedule():
     sc = scenario.from_dict({
         "pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1},
         "costs": {"forward": 1.0, "backward": 2.0},
-        "limits": {"max_memory": 10 * 8 * 1024},  # room for 10 ops
+        # room for its own 3 ops (3 x (768 B + a 10 KiB box)) and the 4,950 x 792 px picture, not for 16
+        "limits": {"max_memory": 3 * (768 + 10240) + 4950 * 792 * 4},
     })
     big = registry.build("1f1b", 1, 8)  # 16 ops, on the scenario's one stage
     with pytest.raises(ScenarioError, match="the schedule file has 16 ops"):
@@ -353,15 +356,17 @@ def test_hostile_command_lines_one_line_exit_2(name, tmp_path, capsys, monkeypat
 
 def test_size_guard_counts_trace_rows_and_chart_boxes():
     """limits.estimate by hand: 768 B per op, 128 B per further trace row, 10 KiB per box drawn;
-    boxes only while a rank can hold at most 366 actions (then bands), at most 366 per rank."""
-    # 2 stages x 8 micro-batches: 48 ops, all boxes
-    assert limits.estimate(2, 8) == (48, 48 * 768 + 48 * 10240)
-    # 64 x 200: 38,400 ops, boxes capped at 64 ranks x 366 actions
-    assert limits.estimate(64, 200) == (38400, 38400 * 768 + 64 * 366 * 10240)
+    boxes only while a rank can hold at most 366 actions (then bands), at most 366 per rank; with
+    boxes, the picture at 45 in x 110 dpi = 4,950 px wide, 4 B a pixel (tests/test_limits_chart.py)."""
+    # 2 stages x 8 micro-batches: 48 ops, all boxes; 2 ranks: the 7.2 in floor, 792 px
+    assert limits.estimate(2, 8) == (48, 48 * 768 + 48 * 10240 + 4950 * 792 * 4)
+    # 64 x 200: 38,400 ops, boxes capped at 64 ranks x 366 actions; 40.68 in, 4,474 px
+    assert limits.estimate(64, 200) == (38400, 38400 * 768 + 64 * 366 * 10240 + 4950 * 4474 * 4)
     # 64 x 1024: a rank runs at least 1024 actions, more than 366: bands, no boxes
     assert limits.estimate(64, 1024) == (196608, 196608 * 768)
-    # 20 rows per op: 19 further rows at 128 B per op, and 20 boxes per op drawn
-    assert limits.estimate(2, 8, 20.0) == (48, 48 * (768 + 19 * 128) + 48 * 20 * 10240)
+    # 20 rows per op: 19 further rows at 128 B per op, and 20 boxes per op drawn; components: the
+    # pair view's 2.4 in under the chart, 9.6 in = 1,056 px
+    assert limits.estimate(2, 8, 20.0) == (48, 48 * (768 + 19 * 128) + 48 * 20 * 10240 + 4950 * 1056 * 4)
 
 
 def test_size_guard_reads_rows_per_op_off_the_component_model():

@@ -498,3 +498,50 @@ def test_chart_draws_the_front_above_the_dots_and_through_the_top_k_rings(tiny, 
     assert above == {pts[i] for i in front} and below == set(pts) - above  # the front's dots on the line, no other
     assert min(r.get_zorder() for r in rings) > max(c.get_zorder() for c in filled)
     assert min(r.get_sizes()[0] for r in rings) > max(c.get_sizes()[0] for c in filled)  # a ring round the dot
+
+
+# -- s15m: top-NN.toml's config path survives moving the output folder ---------------------------
+
+
+def test_top_toml_config_is_absolute_outside_the_folder_relative_inside(tiny, config, tmp_path):
+    """A config outside the output folder is written as its absolute path (moving the folder keeps
+    it found); one inside it relative to the TOML (the folder moves with it).  Nothing else in the
+    TOML depends on where the folder is."""
+    from dualpipe_sim.inputs.scenario import load_raw
+    from dualpipe_sim.plan import files
+
+    out = tmp_path / "plan"
+    out.mkdir()
+    text = files.scenario_toml(tiny, tiny.top[0], out)
+    assert f'config = "{config.resolve()}"' in text.splitlines()
+    (out / "top-01.toml").write_text(text)
+    moved = tmp_path / "elsewhere" / "plan"
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert load_raw(moved / "top-01.toml")["model"]["config"] == str(config.resolve())
+    assert Path(load_raw(moved / "top-01.toml")["model"]["config"]).is_file()
+    # The same TOML for another folder differs only in that line.
+    other = files.scenario_toml(tiny, tiny.top[0], tmp_path / "a" / "b")
+    assert text == other
+    # Inside: the config in the output folder (or below it) is named relative to it.
+    assert files.config_path(str(out / "tiny.json"), out) == "tiny.json"
+    assert files.config_path(str(out / "models" / "tiny.json"), out) == "models/tiny.json"
+    assert files.config_path(str(tmp_path / "tiny.json"), out) == str(tmp_path / "tiny.json")
+    assert files.config_path(str(tmp_path / "plan2" / "tiny.json"), out) == str(tmp_path / "plan2" / "tiny.json")
+
+
+def test_top_toml_with_its_config_inside_moves_with_the_folder(tiny, config, tmp_path):
+    from dualpipe_sim.inputs.scenario import load_raw
+    from dualpipe_sim.plan import files
+
+    out = tmp_path / "plan"
+    (out / "models").mkdir(parents=True)
+    inside = out / "models" / "tiny.json"
+    inside.write_text(config.read_text())
+    plan = ds_plan(inside, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1, top=1)
+    text = files.scenario_toml(plan, plan.top[0], out)
+    assert 'config = "models/tiny.json"' in text.splitlines()
+    (out / "top-01.toml").write_text(text)
+    out.rename(tmp_path / "moved")
+    moved = load_raw(tmp_path / "moved" / "top-01.toml")["model"]["config"]
+    assert moved == str(tmp_path / "moved" / "models" / "tiny.json") and Path(moved).is_file()

@@ -71,7 +71,9 @@ def test_schedule_verb_refusal_as_a_process():
 def test_the_library_builder_holds_to_the_same_guard():
     with pytest.raises(ScheduleError, match=r"^limits.max_memory: 4096 stages x 100000 micro-batches"):
         registry.build("1f1b", 4096, 100000)
-    fits = 12 * 768 + 12 * 10 * 1024  # 3 x 2 x 2 = 12 ops at 768 B, each a chart box at 10 KiB: exactly fits
+    # 3 x 2 x 2 = 12 ops at 768 B, each a chart box at 10 KiB, on a 4,950 x 792 px picture (45 in x 7.2 in,
+    # 4 B a pixel): exactly fits
+    fits = 12 * 768 + 12 * 10 * 1024 + 4950 * 792 * 4
     assert registry.build("1f1b", 2, 2, max_memory=fits).stages == 2
     with pytest.raises(ScheduleError, match=r"^limits.max_memory: 2 stages x 2 micro-batches is up to 12 ops"):
         registry.build("1f1b", 2, 2, max_memory=fits - 1)

@@ -164,6 +164,34 @@ def test_a_file_without_identities_is_refused(tmp_path, scenario):
     assert (out / "results.csv").read_text() == old
 
 
+def test_a_file_from_before_the_gpu_columns_says_it_is_older(tmp_path, scenario, capsys):
+    """A results.csv written before s15i's gpus and gpu_time: its header is today's without those
+    two (made here by hand from today's columns), so it is named an older version's file, the two
+    columns named, and the ways out given; one line, exit 2, the file untouched."""
+    out = tmp_path / "o"
+    run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1)
+    with (out / "results.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    keep = [i for i, col in enumerate(rows[0]) if col not in ("gpus", "gpu_time")]
+    assert len(keep) == len(rows[0]) - 2
+    with (out / "results.csv").open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([r[i] for i in keep] for r in rows)
+    older = (out / "results.csv").read_text()
+    argv = ["sweep", str(scenario), "--grid", "pipeline.stages=2,4", "--out", str(out), "--resume", "--jobs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: ") and err.count("\n") == 1, err
+    assert "written by an older dualpipe-sim, before the columns gpus, gpu_time" in err
+    assert err.rstrip().endswith("; write to another folder, or move this results.csv away and run the sweep afresh "
+                                 "(not resuming)")
+    assert "not those of a sweep" not in err
+    assert (out / "results.csv").read_text() == older
+    # A column today's version never wrote is no older file: the plain refusal stays.
+    (out / "results.csv").write_text(older.replace("makespan", "makespan_ms", 1))
+    with pytest.raises(ResumeError, match="are not those of a sweep's results.csv"):
+        run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1, resume=True)
+
+
 def test_a_row_with_an_unreadable_point_is_kept_as_it_is(tmp_path, scenario):
     out = tmp_path / "o"
     run_sweep(scenario, ["pipeline.stages=2,4"], out, jobs=1)

@@ -74,8 +74,8 @@ def scenario_toml(plan, row: Row, out_dir: Path) -> str:
 
     data = apply_overrides(plan.base, row.candidate.overrides())
     config = data["model"].get("config")
-    if isinstance(config, str):  # relative to the TOML, as load_raw reads it back
-        data["model"]["config"] = os.path.relpath(config, out_dir.resolve())
+    if isinstance(config, str):
+        data["model"]["config"] = config_path(config, out_dir)
     lines = [f"# dualpipe-sim plan: {row.candidate.label()} on {plan.gpus} GPUs, global batch "
              f"{plan.global_batch} x {plan.seq} tokens"]  # fmt: skip
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
@@ -83,6 +83,14 @@ def scenario_toml(plan, row: Row, out_dir: Path) -> str:
     for name, table in tables.items():
         lines += ["", f"[{name}]", *(f"{k} = {toml_text(v)}" for k, v in table.items())]
     return "\n".join(lines) + "\n"
+
+
+def config_path(config: str, out_dir: Path) -> str:
+    """``model.config`` as a top-NN.toml in ``out_dir`` names it: relative (to the TOML, as load_raw
+    reads it back) when the config is inside ``out_dir``, so the folder moves with its config; else
+    absolute, so moving the folder does not break it."""
+    config, out = Path(os.path.abspath(config)), out_dir.resolve()
+    return os.path.relpath(config, out) if config.is_relative_to(out) else str(config)
 
 
 def table(plan, rows: list[Row] | None = None) -> list[list[str]]:

@@ -175,14 +175,36 @@ def read_rows(path: Path, base: dict) -> tuple[list[str], list[dict[str, str]]]:
     return grid_keys(header), rows
 
 
+OLDER_WAY_OUT = "write to another folder, or move this results.csv away and run the sweep afresh (not resuming)"
+
+
 def _check_header(path: Path, header: list[str]) -> None:
     keys_end = header.index("status") if "status" in header else -1
     tail = ["status", "reason", *METRIC_COLUMNS, *IDENTITY_COLUMNS]
     if keys_end < 0 or header[keys_end:] != tail or tuple(header[:3]) != SHAPE_COLUMNS:
-        older = "point" not in header and "status" in header
-        why = "it was written by an older dualpipe-sim, without point identities" if older else (
-            f"its columns ({', '.join(header[:4])}, ...) are not those of a sweep's results.csv")
-        raise ResumeError(f"cannot resume {path}: {why}; write to another folder")
+        if "point" not in header and "status" in header:
+            why = f"it was written by an older dualpipe-sim, without point identities; {OLDER_WAY_OUT}"
+        elif (missing := _fewer_metrics(header, keys_end)) is not None:
+            why = (f"it was written by an older dualpipe-sim, before the columns {', '.join(missing)}, which "
+                   f"its rows cannot be given without running them again; {OLDER_WAY_OUT}")
+        else:
+            why = (f"its columns ({', '.join(header[:4])}, ...) are not those of a sweep's results.csv; "
+                   f"write to another folder")
+        raise ResumeError(f"cannot resume {path}: {why}")
+
+
+def _fewer_metrics(header: list[str], keys_end: int) -> list[str] | None:
+    """Today's metric columns an older results.csv lacks: its own metric columns (between
+    ``reason`` and the identity columns) are today's in today's order, some left out (columns
+    are only ever added); None when the header is not such a file."""
+    if keys_end < 0 or tuple(header[:3]) != SHAPE_COLUMNS or tuple(header[-2:]) != IDENTITY_COLUMNS:
+        return None
+    theirs = header[keys_end + 2:-2] if header[keys_end + 1:keys_end + 2] == ["reason"] else None
+    today = iter(METRIC_COLUMNS)
+    if theirs is None or not all(col in today for col in theirs):  # a subsequence of today's, in order
+        return None
+    missing = [col for col in METRIC_COLUMNS if col not in theirs]
+    return missing or None
 
 
 class ResultsFile:

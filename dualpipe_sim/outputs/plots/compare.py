@@ -5,7 +5,10 @@ the longest training step), so equal lengths mean
 equal times across schedules and a shorter schedule ends visibly earlier.
 Panels are drawn box by box (:func:`draw_gantt`) while the densest of them
 still has readable boxes at the shared scale, else all as heat strips
-(overview.py), so they compare like with like.  One legend for all panels lists
+(overview.py), so they compare like with like.  Box by box, the figure widens
+as gantt.png does (gantt.widen_for_labels, up to 45 in) until every panel's
+narrowest F, B or I box has room for its number, unless the rows are too short
+for a number lying down anyway.  One legend for all panels lists
 each colour once: the strips' colours that some panel shows, or the box
 legends merged by look.  Rows shrink as the total rank
 count grows, so eight schedules of 16 ranks stay a picture of sane size.
@@ -16,7 +19,10 @@ from __future__ import annotations
 import re
 
 from . import canvas
-from .gantt import BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, draw_gantt, figure_width, gantt_title, legend_for, too_dense
+from .gantt import (
+    BOTTOM_IN, FLAT_SHARE, LABEL_FLOOR, LANE_H, LEFT_IN, RIGHT_IN, ROW_H, ROW_IN, draw_gantt, figure_width, gantt_title, legend_for,
+    too_dense, widen_for_labels,
+)  # fmt: skip
 from .style import COLOURS
 
 HEAD_IN = 0.75  # title and time axis per panel
@@ -39,6 +45,10 @@ def compare_figure(results):
     bands = any(too_dense(r.trace, plot_px, (r.trace.end or longest) / longest) for r in results)
     ranks = sum(r.trace.ranks for r in results)
     row = max(MIN_ROW_IN, min(ROW_IN, MAX_CHARTS_IN / max(ranks, 1)))
+    if not bands and row * LANE_H / ROW_H * 72 * FLAT_SHARE >= LABEL_FLOOR:  # as label_fit: a lane a number fits lying in
+        # Boxes, as gantt.png: wider (up to gantt.MAX_WIDTH_IN) until every panel's narrowest F, B or I box
+        # has room for its number at the shared scale.  The bands switch above keeps the old width.
+        width = widen_for_labels(width, [r.trace for r in results], longest)
     heights = [r.trace.ranks * row for r in results]
     fig = canvas.new_figure(width, sum(heights) + HEAD_IN * len(results) + 0.3)
     h = fig.get_figheight()

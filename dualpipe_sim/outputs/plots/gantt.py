@@ -63,6 +63,7 @@ ROW_H = LANE_H + COMM_H + ROW_GAP  # one rank's row in data units
 ROW_IN = ROW_H * 0.62  # inches per rank row in gantt.png
 MIN_BOX_PX = 8.0  # narrower than this per action on average (edges and borders swamp them), boxes give way to bands
 LABEL_FLOOR, LABEL_MAX, LABEL_PAD = 4.5, 8.5, 3.0  # label sizes (points) and the box left beside a label
+FLAT_SHARE = 0.45  # a number lying down is at most this share of its box's height
 UPRIGHT_PAD = 1.5  # across an upright label: the narrow boxes it is for have no 3 pt to spare
 UPRIGHT_MAX = 6.0  # an upright label stands among lying ones near the floor: larger, it would stand out
 # gantt.png grows up to this for its labels (4,950 px at canvas.DPI 110): wider, a viewer shows it scaled
@@ -194,7 +195,7 @@ def label_fit(rows: np.ndarray, pts_per_time: float, pts_per_y: float) -> tuple[
     mbs, inverse = np.unique(rows["microbatch"], return_inverse=True)
     wide, tall = (np.array([glyph(str(int(m)))[i] for m in mbs])[inverse] for i in (2, 3))
     w_pts, h_pts = (rows["end"] - rows["start"]) * pts_per_time, hs * pts_per_y
-    flat = np.minimum(np.minimum(LABEL_MAX, (w_pts - LABEL_PAD) / wide), h_pts * 0.45)
+    flat = np.minimum(np.minimum(LABEL_MAX, (w_pts - LABEL_PAD) / wide), h_pts * FLAT_SHARE)
     up = np.minimum(np.minimum(UPRIGHT_MAX, (w_pts - UPRIGHT_PAD) / tall), (h_pts * 0.8 - LABEL_PAD) / wide)
     upright = (flat < LABEL_FLOOR) & (up >= LABEL_FLOOR)
     return np.where(flat >= LABEL_FLOOR, flat, np.where(upright, up, 0.0)), upright
@@ -384,15 +385,27 @@ def figure_width(trace: Trace) -> float:
 def label_width(trace: Trace) -> float:
     """gantt.png's width: :func:`figure_width`, or wider (up to MAX_WIDTH_IN) until the narrowest
     F, B or I box has room for its micro-batch number lying down at LABEL_FLOOR."""
-    base = figure_width(trace)
-    ops = op_rows(trace.compute)
-    ops = ops[(ops["kind"] != KIND_CODES["W"]) & (ops["end"] > ops["start"])]
-    if not len(ops):
+    return widen_for_labels(figure_width(trace), [trace], trace.end or 1.0)
+
+
+def widen_for_labels(base: float, traces, span: float) -> float:
+    """A figure ``base`` inches wide, or wider (up to MAX_WIDTH_IN) until the narrowest F, B or I
+    box of any of ``traces`` has room for its number lying down at LABEL_FLOOR, the axes spanning
+    ``span`` (gantt.png: one trace over its own end; compare.png: every panel over the longest)."""
+    need = 0.0  # points of axes per unit of time
+    for trace in traces:
+        ops = op_rows(trace.compute)
+        ops = ops[(ops["kind"] != KIND_CODES["W"]) & (ops["end"] > ops["start"])]
+        if not len(ops):
+            continue
+        mbs, inverse = np.unique(ops["microbatch"], return_inverse=True)
+        need_pts = np.array([glyph(str(int(m)))[2] for m in mbs])[inverse] * LABEL_FLOOR + LABEL_PAD
+        with np.errstate(over="ignore"):  # an op of 1e-300 ms needs an infinite width: the cap
+            need = max(need, float((need_pts / (ops["end"] - ops["start"])).max()))
+    if not need:
         return base
-    mbs, inverse = np.unique(ops["microbatch"], return_inverse=True)
-    need_pts = np.array([glyph(str(int(m)))[2] for m in mbs])[inverse] * LABEL_FLOOR + LABEL_PAD
-    with np.errstate(over="ignore"):  # an op of 1e-300 ms needs an infinite width: the cap
-        axes_in = (trace.end or 1.0) * float((need_pts / (ops["end"] - ops["start"])).max()) / 72
+    with np.errstate(over="ignore"):
+        axes_in = span * need / 72
     return float(min(max(base, axes_in + LEFT_IN + RIGHT_IN), max(base, MAX_WIDTH_IN)))
 
 
