@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dualpipe_sim.cli import parse_grid
 from dualpipe_sim.outputs.plots import sweep as draw
@@ -93,3 +94,17 @@ def test_same_as_is_float_noise_not_a_near_miss():
     series = {"a": {1: 0.5, 2: 0.25}, "noise": {1: 0.5, 2: 0.25 * (1 + 1e-15)},
               "off_0.1%": {1: 0.5, 2: 0.25 * 1.001}, "off_1e-9": {1: 0.5 * (1 + 1e-9), 2: 0.25}}  # fmt: skip
     assert draw.same_as(series) == {"noise": "a"}
+
+
+def test_peak_activation_legend_sits_beside_the_axes(tmp_path, figures):
+    # s15o: inside the axes at "upper left" the legend covered a line whose peak is at the fewest stages (DualPipe's
+    # at 8 stages, deepseek-v3-predicted); beside them it can cover nothing, whatever the data.
+    run_sweep(QUICK, parse_grid(["pipeline.stages=2,4", "pipeline.microbatches=8,16"]), tmp_path / "o", jobs=1)
+    fig = next(f for f in figures if f.axes and f.axes[0].get_xlabel() == "pipeline stages")
+    ax = fig.axes[0]
+    canvas = FigureCanvasAgg(fig)  # the caught figure is closed: lay it out again on a canvas of its own
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legend, plot = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= plot.x1  # wholly right of the plotting area
+    assert legend.x1 <= fig.bbox.x1 + 1  # and still on the figure (tight_layout made room)

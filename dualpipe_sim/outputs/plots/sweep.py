@@ -134,7 +134,7 @@ def bubble_vs_microbatches(view: SweepView, path) -> None:
 
 
 def peak_activation_vs_stages(view: SweepView, path) -> None:
-    fig, ax = plt.subplots(figsize=(8.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
 
     def steady_peaks(sch):
         per_stage = {s: [v for (n, s2, _), v in view.peak_bytes.items() if n == sch and s2 == s] for s in view.stages}
@@ -148,8 +148,8 @@ def peak_activation_vs_stages(view: SweepView, path) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(_bytes_tick))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(title="schedule", frameon=False, loc="upper left")
+    if drawn:  # beside the axes: inside, "upper left" covered a line that peaks at the fewest stages (s15o)
+        ax.legend(title="schedule", frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _title(fig, "Peak activation memory per rank vs stages\n(max over ranks and over the micro-batch counts swept)",
            view.note)
     fig.tight_layout()
