@@ -27,7 +27,7 @@ from .inputs.scenario import ScenarioError, activation_bytes_given, oddities, pa
 from .inputs.scenario import load as load_scenario
 from .inputs.scenario import load_resolved
 from .signals import stop_on_sigterm, stopped
-from .errors import shown
+from .errors import cut, shown
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -584,35 +584,39 @@ def parse_axis(spec: str):
     key, sep, body = spec.partition("=")
     key = key.strip()
     if not sep or not key or any(not part.strip() for part in key.split(".")):
-        raise UsageError(f"--grid {shown(spec)}: expected KEY=VALUES with a dotted scenario key, {_EXAMPLE}")
+        raise UsageError(f"--grid: expected KEY=VALUES with a dotted scenario key, got {shown(spec)}; {_EXAMPLE}")
     from .sweep.grid import Axis
 
-    match = _RANGE.match(body)
-    texts = _range_texts(spec, *match.groups()) if match else _split_list(spec, body)
-    return Axis(key, texts, tuple(parse_override(f"{key}={t}")[1] for t in texts))
+    source = f"--grid {spec}"
+    try:
+        match = _RANGE.match(body)
+        texts = _range_texts(*match.groups()) if match else _split_list(body)
+    except UsageError as exc:  # field first, as every error line: the key, the rule, then the --grid it is in
+        raise UsageError(f"{cut(key)}: {exc} (in {cut(source)})") from None
+    return Axis(key, texts, tuple(parse_override(f"{key}={t}")[1] for t in texts), source)
 
 
-def _range_texts(spec: str, start: str, stop: str, step: str) -> tuple[str, ...]:
+def _range_texts(start: str, stop: str, step: str) -> tuple[str, ...]:
     try:
         a, b, s = Decimal(start), Decimal(stop), Decimal(step)
     except InvalidOperation:  # pragma: no cover - the regex only lets numbers through
-        raise UsageError(f"--grid {shown(spec)}: start:stop:step must be numbers") from None
+        raise UsageError("start:stop:step must be numbers") from None
     if s <= 0:
-        raise UsageError(f"--grid {shown(spec)}: the step of start:stop:step must be > 0, got {step}")
+        raise UsageError(f"the step of start:stop:step must be > 0, got {step}")
     if b < a:
-        raise UsageError(f"--grid {shown(spec)}: start must be <= stop in start:stop:step")
+        raise UsageError("start must be <= stop in start:stop:step")
     from .sweep.grid import MAX_POINTS
 
     count = int((b - a) / s) + 1  # exact decimal arithmetic: 0.1:0.5:0.1 has 5 values
     if count > MAX_POINTS:
-        raise UsageError(f"--grid {shown(spec)}: {count} values, more than the {MAX_POINTS} a sweep takes")
+        raise UsageError(f"{count} values, more than the {MAX_POINTS} a sweep takes")
     integral = all(re.fullmatch(r"[+-]?\d+", t) for t in (start, stop, step))
     values = [a + i * s for i in range(count)]
     # Integers stay integers (pipeline.stages must be whole); anything else becomes a float.
     return tuple(str(int(v)) if integral else repr(float(v)) for v in values)
 
 
-def _split_list(spec: str, body: str) -> tuple[str, ...]:
+def _split_list(body: str) -> tuple[str, ...]:
     """Split on commas that are not inside brackets, braces or quotes (TOML lists keep theirs)."""
     items, depth, quote, current = [], 0, None, []
     for ch in body:
@@ -631,11 +635,11 @@ def _split_list(spec: str, body: str) -> tuple[str, ...]:
         current.append(ch)
     items.append("".join(current).strip())
     if depth != 0 or quote:
-        raise UsageError(f"--grid {shown(spec)}: unbalanced brackets or quotes in the value list")
+        raise UsageError("unbalanced brackets or quotes in the value list")
     if any(not item for item in items):
-        raise UsageError(f"--grid {shown(spec)}: empty value in the list, {_EXAMPLE}")
+        raise UsageError(f"empty value in the list, {_EXAMPLE}")
     if ":" in body and len(items) == 1 and not body.strip().startswith(("[", "\"", "'")):
-        raise UsageError(f"--grid {shown(spec)}: a range is start:stop:step with three numbers, {_EXAMPLE}")
+        raise UsageError(f"a range is start:stop:step with three numbers, {_EXAMPLE}")
     return tuple(items)
 
 

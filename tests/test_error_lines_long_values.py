@@ -34,24 +34,27 @@ def test_an_unknown_long_schedule_is_cut(tmp_path):
 
 
 def test_an_unknown_long_schedule_in_a_grid_is_cut(tmp_path):
-    """The grid's line echoes the value twice, as typed (unquoted) and as the schedule's name."""
+    """The grid's line echoes the value twice, as the schedule's name and in the --grid it came from (unquoted)."""
     line = cli_error(tmp_path, "sweep", str(QUICK), "--grid", "pipeline.schedule=1f1b," + LONG)
-    assert line == ("error: grid value pipeline.schedule=" + "x" * 60 + "... (100000 characters): "
-                    f"unknown schedule {LONG_SHOWN}; known: {KNOWN}")
+    # "--grid pipeline.schedule=1f1b," is 30 of the 60 characters kept of the 7 + 23 + 100,000.
+    assert line == (f"error: pipeline.schedule: unknown schedule {LONG_SHOWN}; known: {KNOWN} "
+                    "(in --grid pipeline.schedule=1f1b," + "x" * 30 + "... (100030 characters))")
 
 
 def test_a_long_bad_grid_value_is_cut(tmp_path):
     """A value the scenario refuses: the grid's line and the scenario's own, both cut."""
     line = cli_error(tmp_path, "sweep", str(QUICK), "--grid", "pipeline.stages=4," + LONG)
-    assert line == ("error: grid value pipeline.stages=" + "x" * 60 + "... (100000 characters): "
-                    f"pipeline.stages: must be a whole number, got {LONG_SHOWN}")
+    # "--grid pipeline.stages=4," is 25 of the 60 characters kept of the 7 + 18 + 100,000.
+    assert line == (f"error: pipeline.stages: must be a whole number, got {LONG_SHOWN} "
+                    "(in --grid pipeline.stages=4," + "x" * 35 + "... (100025 characters))")
 
 
 def test_a_long_grid_spec_is_cut(tmp_path):
     spec = "pipeline.stages=1:" + LONG + ":1"  # not a range of numbers, and one item
     line = cli_error(tmp_path, "sweep", str(QUICK), "--grid", spec)
-    assert line == ("error: --grid 'pipeline.stages=1:" + "x" * 41 + "... (100022 characters): a range is "
-                    "start:stop:step with three numbers, e.g. pipeline.stages=4,8,16 or pipeline.microbatches=8:64:8")
+    assert line == ("error: pipeline.stages: a range is start:stop:step with three numbers, e.g. "
+                    "pipeline.stages=4,8,16 or pipeline.microbatches=8:64:8 (in --grid pipeline.stages=1:"
+                    + "x" * 35 + "... (100027 characters))")
     assert len(line) < 300
 
 
@@ -79,4 +82,5 @@ def test_a_long_unknown_key_is_cut(tmp_path, scenario_file, key, words):
 def test_a_long_value_given_twice_in_a_grid_is_cut(tmp_path):
     half = "x" * 50_000  # two in one argument: the OS takes 128 KiB at most
     line = cli_error(tmp_path, "sweep", str(QUICK), "--grid", f"pipeline.stages={half},{half}")
-    assert line == "error: pipeline.stages: value " + "x" * 60 + "... (50000 characters) appears twice in the grid"
+    assert line == ("error: pipeline.stages: value " + "x" * 60 + "... (50000 characters) appears twice in the grid "
+                    "(in --grid pipeline.stages=" + "x" * 37 + "... (100024 characters))")

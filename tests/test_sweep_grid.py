@@ -1,12 +1,16 @@
 """Grid axes: the CLI's --grid syntax (lists, inclusive ranges; bad syntax -> one clear
 error naming --grid) and the library's axes (a key once, a value once, checked values)."""
 
+from pathlib import Path
+
 import pytest
+from helpers import cli_error
 
 from dualpipe_sim.cli import UsageError, parse_axis, parse_grid
 from dualpipe_sim.inputs.scenario import ScenarioError, parse_override
 from dualpipe_sim.sweep.grid import Axis, check_against, make_axes, points, toml_text
 
+QUICK = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml"
 BASE = {
     "pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8},
     "costs": {"forward": 1.0, "backward": 2.0},
@@ -63,7 +67,13 @@ def test_ranges(spec, expected):
 def test_bad_syntax_names_the_rule(spec, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
         parse_axis(spec)
-    assert str(info.value).startswith("--grid ") and "\n" not in str(info.value)
+    line = str(info.value)
+    assert "\n" not in line
+    key = spec.partition("=")[0]
+    if words == "expected KEY=VALUES":  # no key to name: the flag is the field, the text follows
+        assert line.startswith("--grid: expected KEY=VALUES") and repr(spec) in line, line
+    else:  # field first (the key), the rule, then the --grid it came from
+        assert line.startswith(f"{key}: ") and line.endswith(f" (in --grid {spec})"), line
 
 
 def test_a_key_or_a_value_twice_is_an_error():
@@ -104,21 +114,81 @@ def test_points_are_the_product_first_axis_slowest():
 
 
 @pytest.mark.parametrize(
-    "spec,words",
+    "key,values,bad,words",
     [
-        ("pipeline.nonsense=1,2", "grid value pipeline.nonsense=1: pipeline.nonsense: unknown key"),
-        ("pipeline.stages=4,a", "grid value pipeline.stages=a: pipeline.stages: must be a whole number"),
-        ("costs.forward=1,-1", "grid value costs.forward=-1: costs.forward: input should be greater than 0"),
-        ("pipeline.schedule=1f1b,nope", "grid value pipeline.schedule=nope: unknown schedule 'nope'"),
+        ("pipeline.nonsense", "1,2", "1", "pipeline.nonsense: unknown key"),
+        ("pipeline.stages", "4,a", "a", "pipeline.stages: must be a whole number, got 'a'"),
+        ("costs.forward", "1,-1", "-1", "costs.forward: input should be greater than 0"),
+        ("pipeline.schedule", "1f1b,nope", "nope", "pipeline.schedule: unknown schedule 'nope'"),
     ],
 )
-def test_values_wrong_whatever_the_point_stop_the_sweep(spec, words):
+def test_values_wrong_whatever_the_point_stop_the_sweep(key, values, bad, words):
     with pytest.raises(ScenarioError) as info:
-        check_against(BASE, parse_grid([spec]))
-    assert str(info.value).startswith(words), str(info.value)
+        check_against(BASE, parse_grid([f"{key}={values}"]))
+    line = str(info.value)  # field first, then the --grid the value came from
+    assert line.startswith(words) and line.endswith(f" (in --grid {key}={values})"), line
+    # An axis built in Python has no --grid: the bad value itself is named instead.
+    texts = tuple(values.split(","))
+    with pytest.raises(ScenarioError) as info:
+        check_against(BASE, make_axes([Axis(key, texts, texts)]))
+    line = str(info.value)
+    assert line.startswith(words) and line.endswith(f" (grid value {key}={bad})"), line
+
+
+def test_an_option_no_swept_schedule_takes_names_the_axis_to_blame():
+    # The option set in the base: the schedules' axis is at fault; swept itself: its own axis.
+    base = {**BASE, "pipeline": {**BASE["pipeline"], "chunks_per_rank": 2}}
+    with pytest.raises(ScenarioError) as info:
+        check_against(base, parse_grid(["pipeline.schedule=1f1b,gpipe"]))
+    assert str(info.value).startswith("pipeline.chunks_per_rank: 1f1b, gpipe do not take it")
+    assert str(info.value).endswith(" (in --grid pipeline.schedule=1f1b,gpipe)")
+    with pytest.raises(ScenarioError) as info:
+        check_against(BASE, parse_grid(["pipeline.chunks_per_rank=2,3", "pipeline.stages=4,8"]))
+    assert str(info.value).startswith("pipeline.chunks_per_rank: 1f1b does not take it")
+    assert str(info.value).endswith(" (in --grid pipeline.chunks_per_rank=2,3)")
 
 
 def test_combination_rules_are_left_to_each_point():
     # A 4-value per-stage list is fine at 4 stages and wrong at 8: not the value's fault alone.
     check_against(BASE, parse_grid(["costs.forward=[1,1,1,1]", "pipeline.stages=4,8"]))
     check_against(BASE, parse_grid(["pipeline.schedule=dualpipe", "pipeline.microbatches=3"]))
+
+
+_E = "e.g. pipeline.stages=4,8,16 or pipeline.microbatches=8:64:8"
+
+
+@pytest.mark.parametrize(
+    "grid,line",
+    [  # README: `error: <field>: <rule>`; a grid's line then says which --grid it came from
+        (["pipeline.stage=4,8"],
+         "pipeline.stage: unknown key; did you mean pipeline.stages? (in --grid pipeline.stage=4,8)"),
+        (["pipeline.stages=4,a"], "pipeline.stages: must be a whole number, got 'a' (in --grid pipeline.stages=4,a)"),
+        (["costs.forward=1,-1"],
+         "costs.forward: input should be greater than 0, got -1 (in --grid costs.forward=1,-1)"),
+        (["pipeline.schedule=1f1b,nope"], "pipeline.schedule: unknown schedule 'nope'; known: 1f1b, 1f1b-overlap, "
+         "chimera, chimera-doubling, dualpipe, dualpipev, gpipe, interleaved-1f1b, interleaved-1f1b-overlap, zb-h1, "
+         "zb-h1-megatron, zb-h2, zbv (in --grid pipeline.schedule=1f1b,nope)"),
+        (["pipeline.chunks_per_rank=2,3"], "pipeline.chunks_per_rank: dualpipe does not take it (only "
+         "interleaved-1f1b, interleaved-1f1b-overlap do); leave it out (in --grid pipeline.chunks_per_rank=2,3)"),
+        (["pipeline.stages=8:4:1"],
+         "pipeline.stages: start must be <= stop in start:stop:step (in --grid pipeline.stages=8:4:1)"),
+        (["pipeline.stages=4:8:0"], "pipeline.stages: the step of start:stop:step must be > 0, got 0 "
+         "(in --grid pipeline.stages=4:8:0)"),
+        (["pipeline.stages=4:8"], f"pipeline.stages: a range is start:stop:step with three numbers, {_E} "
+         "(in --grid pipeline.stages=4:8)"),
+        (["pipeline.stages=1:2000000:1"], "pipeline.stages: 2000000 values, more than the 1000000 a sweep takes "
+         "(in --grid pipeline.stages=1:2000000:1)"),
+        (["pipeline.stages=4,,8"], f"pipeline.stages: empty value in the list, {_E} (in --grid pipeline.stages=4,,8)"),
+        (["costs.forward=[1,2"],
+         "costs.forward: unbalanced brackets or quotes in the value list (in --grid costs.forward=[1,2)"),
+        (["pipeline.stages=4,8,4"],
+         "pipeline.stages: value 4 appears twice in the grid (in --grid pipeline.stages=4,8,4)"),
+        (["pipeline.stages4"], f"--grid: expected KEY=VALUES with a dotted scenario key, got 'pipeline.stages4'; {_E}"),
+    ],
+    ids=["unknown-key", "wrong-type", "out-of-range", "unknown-schedule", "unused-option", "range-backwards",
+         "range-step", "range-two-numbers", "range-too-long", "empty-item", "brackets", "value-twice", "no-key"],
+)
+def test_grid_error_lines_name_the_field_first(tmp_path, grid, line):
+    """Through the CLI as a user meets it: one line, exit 2, nothing written (helpers.cli_error)."""
+    args = [a for g in grid for a in ("--grid", g)]
+    assert cli_error(tmp_path, "sweep", str(QUICK), *args, "--plots", "none") == f"error: {line}"

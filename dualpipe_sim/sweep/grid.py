@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
@@ -26,11 +26,20 @@ MAX_POINTS = 1_000_000  # a guard against a typo such as a range of 1e9 values
 
 @dataclass(frozen=True)
 class Axis:
-    """One grid key and its values: ``texts`` as override text, ``values`` as parsed."""
+    """One grid key and its values: ``texts`` as override text, ``values`` as parsed;
+    ``source`` is where the axis was typed (``--grid pipeline.stages=4,8``), for error lines."""
 
     key: str
     texts: tuple[str, ...]
     values: tuple[object, ...]
+    source: str = field(default="", compare=False)
+
+    def where(self, text: str | None = None) -> str:
+        """The end of an error line about the axis (or one of its values, ``text``): the field
+        comes first, this names where it came from, e.g. `` (in --grid pipeline.stage=4,8)``."""
+        if self.source:
+            return f" (in {cut(self.source)})"
+        return f" (grid value {cut(self.key)}={cut(text)})" if text is not None else f" (grid axis {cut(self.key)})"
 
     @classmethod
     def of(cls, key: str, values: Iterable) -> "Axis":
@@ -81,7 +90,7 @@ def make_axes(grid: Mapping[str, Iterable] | Iterable[Axis]) -> list[Axis]:
         seen: set[str] = set()
         for text, value in zip(axis.texts, axis.values):
             if repr(value) in seen:
-                raise ScenarioError(f"{cut(axis.key)}: value {cut(text)} appears twice in the grid")
+                raise ScenarioError(f"{cut(axis.key)}: value {cut(text)} appears twice in the grid{axis.where(text)}")
             seen.add(repr(value))
     total = 1
     for axis in axes:
@@ -128,7 +137,9 @@ def check_against(base: dict, axes: list[Axis]) -> None:
             options[option] = axis.values[0]
     problem = registry.unused_option(names, options)
     if problem:
-        raise ScenarioError(problem)
+        # Named by the option's own axis if it is swept, else by the schedules' axis, if any.
+        blamed = next((a for a in axes if a.key == problem.partition(":")[0]), schedule_axis)
+        raise ScenarioError(problem + (blamed.where() if blamed else ""))
     for axis in axes:
         for text in axis.texts:
             data = apply_overrides(base, [f"{axis.key}={text}"])
@@ -138,11 +149,11 @@ def check_against(base: dict, axes: list[Axis]) -> None:
                 try:
                     from_dict(data)
                 except ScenarioError as exc:
-                    raise ScenarioError(f"grid value {cut(axis.key)}={cut(text)}: {exc}") from None
+                    raise ScenarioError(f"{exc}{axis.where(text)}") from None  # exc starts with its field
             if axis.key == "pipeline.schedule" and data["pipeline"]["schedule"] not in known:
                 raise ScenarioError(
-                    f"grid value pipeline.schedule={cut(text)}: unknown schedule {shown(data['pipeline']['schedule'])}; "
-                    f"known: {', '.join(known)}"
+                    f"pipeline.schedule: unknown schedule {shown(data['pipeline']['schedule'])}; "
+                    f"known: {', '.join(known)}{axis.where(text)}"
                 )
 
 
