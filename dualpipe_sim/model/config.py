@@ -3,7 +3,7 @@
 One normalised :class:`ModelConfig` covers the families the simulator costs:
 Llama/Mistral/Qwen-style dense models, Mixtral/Qwen-MoE-style MoE models,
 DeepSeek-V2/V3 (MLA attention, shared experts, ``first_k_dense_replace``,
-MTP layers) and GPT-2 (LayerNorm, GeLU, biases, learned positions, dropout).
+MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention) and GPT-2 (LayerNorm, GeLU, biases, learned positions, dropout).
 Every problem is a :class:`ModelError` whose one line names the field.
 """
 
@@ -39,6 +39,7 @@ FAMILIES = {
     "qwen3_moe": "qwen_moe",
     "deepseek_v2": "deepseek",
     "deepseek_v3": "deepseek",
+    "glm4_moe": "glm4_moe",
     "gpt2": "gpt2",
 }
 # architectures[0] -> model_type, for configs that name only the class.
@@ -52,6 +53,7 @@ _ARCH_CLASSES = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "Glm4MoeForCausalLM": "glm4_moe",
     "GPT2LMHeadModel": "gpt2",
 }
 
@@ -97,6 +99,8 @@ class ModelConfig:
     # Fields the config left out and what was taken for them, in words (``model --explain`` says so);
     # not part of the architecture, so not compared.
     defaults_taken: tuple[str, ...] = field(default=(), compare=False)
+    # Fields read and checked that change no count or kernel, and why, in words (``model --explain``)
+    not_costed: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def moe(self) -> bool:
@@ -183,6 +187,8 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     )
     if family == "deepseek":
         return _deepseek(raw, where, common)
+    if family == "glm4_moe":
+        return _glm4_moe(raw, where, common, head_dim, taken)
     ffn = w("intermediate_size")
     extra = dict(qkv_bias=_flag(raw, "attention_bias", where, default=mt in ("qwen2", "qwen2_moe")),
                  qk_norm=mt in ("qwen3", "qwen3_moe"))
@@ -258,6 +264,70 @@ def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
         **moe,
     )
     return _checked(cfg, where)
+
+
+# Glm4MoeConfig's defaults for the switches a GLM-4.5 config may leave out (transformers v4.54.0, the release that
+# added glm4_moe: models/glm4_moe/configuration_glm4_moe.py L170-199); sizes have no default here (required).
+GLM4_MOE_DEFAULTS = {"attention_bias": False, "use_qk_norm": False, "partial_rotary_factor": 0.5,
+                     "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+                     "routed_scaling_factor": 1.0, "norm_topk_prob": True}
+
+
+def _glm4_moe(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[str, ...]) -> ModelConfig:
+    """GLM-4.5 / GLM-4.5-Air: DeepSeek-V3's MoE (sigmoid router with a per-expert correction bias, shared
+    expert, ``first_k_dense_replace`` dense layers, MTP layers) behind GQA attention (q, k, v biases, optional
+    per-head q/k RMSNorms).  As transformers' Glm4MoeDecoderLayer builds it (docs/model.md "GLM-4.5")."""
+    missing = [k for k in GLM4_MOE_DEFAULTS if raw.get(k) is None]
+    taken += tuple(f"{k} = {json.dumps(GLM4_MOE_DEFAULTS[k])} (Glm4MoeConfig's default; the config has no {k})"
+                   for k in missing)
+    raw = {**raw, **{k: GLM4_MOE_DEFAULTS[k] for k in missing}}
+    w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
+    experts, groups = w("n_routed_experts"), w("n_group")
+    if experts % groups:  # the router views the scores as n_group groups of n_routed_experts / n_group
+        raise ModelError(f"{where}n_group: must divide n_routed_experts ({experts}), got {groups}")
+    limit = w("topk_group")
+    if limit > groups:
+        raise ModelError(f"{where}topk_group: must be <= n_group ({groups}), got {limit}")
+    rotary = _positive(raw, "partial_rotary_factor", where, top=1.0)
+    scale = _positive(raw, "routed_scaling_factor", where)
+    _flag(raw, "norm_topk_prob", where)
+    first_dense = w("first_k_dense_replace", minimum=0)
+    moe_ffn = w("moe_intermediate_size")
+    cfg = ModelConfig(
+        **common,
+        qk_head_dim=head_dim,
+        v_head_dim=head_dim,
+        intermediate_size=w("intermediate_size"),
+        qkv_bias=_flag(raw, "attention_bias", where),  # q, k, v only: o_proj has no bias (modeling L140-149)
+        qk_norm=_flag(raw, "use_qk_norm", where),
+        num_experts=experts,
+        experts_per_token=w("num_experts_per_tok"),
+        moe_intermediate_size=moe_ffn,
+        shared_intermediate_size=w("n_shared_experts", minimum=0) * moe_ffn,
+        router_bias=True,  # Glm4MoeTopkRouter always holds e_score_correction_bias (modeling L236)
+        route_groups=groups,
+        route_group_limit=limit,
+        dense_layers=tuple(range(min(first_dense, common["num_layers"]))),  # MoE from layer_idx >= it (L354)
+        mtp_layers=w("num_nextn_predict_layers", default=0, minimum=0),
+        defaults_taken=taken,
+        not_costed=(
+            f"partial_rotary_factor = {rotary:g}: RoPE turns {int(head_dim * rotary)} of each head's {head_dim} "
+            "dims; the RoPE kernel still reads and writes whole q and k heads (it copies the rest), so its bytes "
+            "are the same",
+            f"routed_scaling_factor = {scale:g}, norm_topk_prob: elementwise on the top-k weights, not costed",
+        ),
+    )
+    return _checked(cfg, where)
+
+
+def _positive(raw: dict, key: str, where: str, top: float | None = None) -> float:
+    """A positive number (at most ``top``)."""
+    value = raw.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf  # NaN fails too
+    if not ok or (top is not None and value > top):
+        rule = f"a number in (0, {top:g}]" if top is not None else "a positive number"
+        raise ModelError(f"{where}{key}: must be {rule}, got {shown(value)}")
+    return float(value)
 
 
 def _gpt2(raw: dict, where: str) -> ModelConfig:
@@ -336,5 +406,6 @@ INLINE_FIELDS = frozenset(
     shared_expert_intermediate_size decoder_sparse_step mlp_only_layers first_k_dense_replace
     moe_layer_freq n_group topk_group n_routed_experts n_shared_experts topk_method q_lora_rank kv_lora_rank
     qk_nope_head_dim qk_rope_head_dim v_head_dim num_nextn_predict_layers quantization_config
+    use_qk_norm partial_rotary_factor routed_scaling_factor norm_topk_prob
     n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop""".split()
 )

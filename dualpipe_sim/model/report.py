@@ -324,6 +324,7 @@ def explain_lines(d: Derived) -> list[str]:
     cfg, sh = st.cfg, st.sharding
     lines = ["how these are derived (docs/model.md has the sources):"]
     lines += [f"  config default taken: {text}" for text in cfg.defaults_taken]
+    lines += [f"  read, not costed: {text}" for text in cfg.not_costed]
     lines.append(
         f"  parameters per rank: dense part / tensor ({sh.tensor}), routed experts / expert ({sh.expert}); "
         f"ZeRO {sh.zero} shards " + ("nothing" if sh.zero == 0 else ["", "optimizer", "optimizer, gradients",
