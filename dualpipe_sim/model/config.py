@@ -3,7 +3,8 @@
 One normalised :class:`ModelConfig` covers the families the simulator costs:
 Llama/Mistral/Qwen-style dense models, Mixtral/Qwen-MoE-style MoE models,
 DeepSeek-V2/V3 (MLA attention, shared experts, ``first_k_dense_replace``,
-MTP layers) and GPT-2 (LayerNorm, GeLU, biases, learned positions, dropout).
+MTP layers), GPT-2 (LayerNorm, GeLU, biases, learned positions, dropout) and Nemotron-4
+(LayerNorm1P, squared-ReLU MLP, no biases).
 Every problem is a :class:`ModelError` whose one line names the field.
 """
 
@@ -40,6 +41,7 @@ FAMILIES = {
     "deepseek_v2": "deepseek",
     "deepseek_v3": "deepseek",
     "gpt2": "gpt2",
+    "nemotron": "nemotron",
 }
 # architectures[0] -> model_type, for configs that name only the class.
 _ARCH_CLASSES = {
@@ -53,6 +55,7 @@ _ARCH_CLASSES = {
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
     "GPT2LMHeadModel": "gpt2",
+    "NemotronForCausalLM": "nemotron",
 }
 
 
@@ -69,7 +72,7 @@ class ModelConfig:
     qk_head_dim: int  # per head, query/key (MLA: nope + rope part)
     v_head_dim: int
     intermediate_size: int  # dense FFN width (dense layers of an MoE model too)
-    ffn: str = "swiglu"  # "swiglu" (3 matrices) or "gelu" (2 matrices, GPT-2)
+    ffn: str = "swiglu"  # "swiglu" (3 matrices), "gelu" (2 matrices, GPT-2) or "relu2" (2 matrices, Nemotron)
     norm: str = "rmsnorm"  # "rmsnorm" (weight only) or "layernorm" (weight and bias)
     bias: bool = False  # GPT-2: every linear has a bias
     qkv_bias: bool = False  # Qwen2: q, k, v projections have biases
@@ -97,6 +100,11 @@ class ModelConfig:
     # Fields the config left out and what was taken for them, in words (``model --explain`` says so);
     # not part of the architecture, so not compared.
     defaults_taken: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def ffn_matrices(self) -> int:
+        """Weight matrices of one FFN: gate, up, down for SwiGLU; up and down for GeLU and squared ReLU."""
+        return 3 if self.ffn == "swiglu" else 2
 
     @property
     def moe(self) -> bool:
@@ -183,6 +191,8 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     )
     if family == "deepseek":
         return _deepseek(raw, where, common)
+    if family == "nemotron":
+        return _nemotron(raw, where, common, head_dim, taken)
     ffn = w("intermediate_size")
     extra = dict(qkv_bias=_flag(raw, "attention_bias", where, default=mt in ("qwen2", "qwen2_moe")),
                  qk_norm=mt in ("qwen3", "qwen3_moe"))
@@ -257,6 +267,25 @@ def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
         fp8=fp8,
         **moe,
     )
+    return _checked(cfg, where)
+
+
+def _nemotron(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[str, ...]) -> ModelConfig:
+    """Nemotron-4 (transformers' NemotronConfig / modeling_nemotron.py, docs/model.md "Nemotron"): two
+    NemotronLayerNorm1P a layer (an nn.LayerNorm, weight and bias), an MLP of up_proj and down_proj with
+    squared ReLU between, partial RoPE (no parameters; the rope kernel still reads and writes whole heads)."""
+    act = raw.get("hidden_act", "relu2")  # NemotronConfig's default
+    if act != "relu2":
+        raise ModelError(f'{where}hidden_act: must be "relu2" for nemotron (squared ReLU), got {shown(act)}')
+    for key in ("attention_bias", "mlp_bias"):  # Nemotron-4 has none; a biased variant is not modelled
+        if _flag(raw, key, where):
+            raise ModelError(f"{where}{key}: must be false for nemotron (biases are not modelled), got true")
+    rotary = raw.get("partial_rotary_factor", 0.5)  # NemotronConfig's default
+    if isinstance(rotary, bool) or not isinstance(rotary, (int, float)) or not 0 < rotary <= 1:
+        raise ModelError(f"{where}partial_rotary_factor: must be a fraction in (0, 1], got {shown(rotary)}")
+    ffn = _whole(raw, "intermediate_size", where)
+    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn,
+                      ffn="relu2", norm="layernorm", defaults_taken=taken, **common)
     return _checked(cfg, where)
 
 
@@ -336,5 +365,6 @@ INLINE_FIELDS = frozenset(
     shared_expert_intermediate_size decoder_sparse_step mlp_only_layers first_k_dense_replace
     moe_layer_freq n_group topk_group n_routed_experts n_shared_experts topk_method q_lora_rank kv_lora_rank
     qk_nope_head_dim qk_rope_head_dim v_head_dim num_nextn_predict_layers quantization_config
-    n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop""".split()
+    n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop
+    hidden_act mlp_bias partial_rotary_factor""".split()
 )
