@@ -114,6 +114,9 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     elif cfg.ffn == "gelu":
         out["gelu input"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
         out["fc2 input (gelu output)"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
+    elif cfg.ffn == "relu2":  # the fused squared_relu keeps its input, fc2 its own input (docs/model.md "Nemotron")
+        out["squared ReLU input"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
+        out["fc2 input (squared ReLU output)"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
     else:
         out["SwiGLU input (gate, up outputs)"] = 0 if dense_mlp else act * sb * 2 * cfg.intermediate_size
         out["down input (SwiGLU output)"] = 0 if dense_mlp else lin * sb * cfg.intermediate_size

@@ -3,7 +3,8 @@
 One normalised :class:`ModelConfig` covers the families the simulator costs:
 Llama/Mistral/Qwen-style dense models, Mixtral/Qwen-MoE-style MoE models,
 DeepSeek-V2/V3 (MLA attention, shared experts, ``first_k_dense_replace``,
-MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention) and GPT-2 (LayerNorm, GeLU, biases, learned positions, dropout).
+MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention), GPT-2 (LayerNorm, GeLU, biases,
+learned positions, dropout) and Nemotron-4 (LayerNorm1P, squared-ReLU MLP, no biases).
 Every problem is a :class:`ModelError` whose one line names the field.
 """
 
@@ -17,10 +18,8 @@ from pathlib import Path
 from .. import limits
 from ..errors import shown
 
-
 class ModelError(ValueError):
     """A model config breaks a rule; the message names the field."""
-
 
 # head_dim when a config.json leaves it out, as transformers takes it for that model_type: Qwen3Config
 # defaults to 128; Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE and Qwen3-MoE take hidden_size // heads (their
@@ -41,6 +40,7 @@ FAMILIES = {
     "deepseek_v3": "deepseek",
     "glm4_moe": "glm4_moe",
     "gpt2": "gpt2",
+    "nemotron": "nemotron",
 }
 # architectures[0] -> model_type, for configs that name only the class.
 _ARCH_CLASSES = {
@@ -55,8 +55,8 @@ _ARCH_CLASSES = {
     "DeepseekV3ForCausalLM": "deepseek_v3",
     "Glm4MoeForCausalLM": "glm4_moe",
     "GPT2LMHeadModel": "gpt2",
+    "NemotronForCausalLM": "nemotron",
 }
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -71,7 +71,7 @@ class ModelConfig:
     qk_head_dim: int  # per head, query/key (MLA: nope + rope part)
     v_head_dim: int
     intermediate_size: int  # dense FFN width (dense layers of an MoE model too)
-    ffn: str = "swiglu"  # "swiglu" (3 matrices) or "gelu" (2 matrices, GPT-2)
+    ffn: str = "swiglu"  # "swiglu" (3 matrices), "gelu" (2 matrices, GPT-2) or "relu2" (2 matrices, Nemotron)
     norm: str = "rmsnorm"  # "rmsnorm" (weight only) or "layernorm" (weight and bias)
     bias: bool = False  # GPT-2: every linear has a bias
     qkv_bias: bool = False  # Qwen2: q, k, v projections have biases
@@ -103,6 +103,11 @@ class ModelConfig:
     not_costed: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def ffn_matrices(self) -> int:
+        """Weight matrices of one FFN: gate, up, down for SwiGLU; up and down for GeLU and squared ReLU."""
+        return 3 if self.ffn == "swiglu" else 2
+
+    @property
     def moe(self) -> bool:
         return self.num_experts > 0
 
@@ -112,7 +117,6 @@ class ModelConfig:
 
     def is_moe_layer(self, i: int) -> bool:
         return self.moe and i not in self.dense_layers
-
 
 def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -> int:
     value = raw.get(key, default)
@@ -128,16 +132,13 @@ def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -
         raise ModelError(f"{where}{key}: must be <= 1e9, got {shown(value)}")
     return int(value)
 
-
 MAX_LAYERS = 10_000  # the largest published models have ~100-200; the counts loop over layers
-
 
 def _layers(raw: dict, key: str, where: str) -> int:
     n = _whole(raw, key, where)
     if n > MAX_LAYERS:
         raise ModelError(f"{where}{key}: must be <= {MAX_LAYERS:,}, got {n}")
     return n
-
 
 def _flag(raw: dict, key: str, where: str, default: bool = False) -> bool:
     value = raw.get(key, default)
@@ -146,7 +147,6 @@ def _flag(raw: dict, key: str, where: str, default: bool = False) -> bool:
     if not isinstance(value, bool):
         raise ModelError(f"{where}{key}: must be true or false, got {shown(value)}")
     return value
-
 
 def model_type_of(raw: dict, where: str = "") -> str:
     mt = raw.get("model_type")
@@ -160,7 +160,6 @@ def model_type_of(raw: dict, where: str = "") -> str:
         known = ", ".join(sorted(FAMILIES))
         raise ModelError(f"{where}model_type: unknown architecture {shown(mt)} (known: {known})")
     return mt
-
 
 def from_hf(raw: dict, where: str = "") -> ModelConfig:
     """Normalise an HF config dict.  ``where`` prefixes field names in errors."""
@@ -189,6 +188,9 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
         return _deepseek(raw, where, common)
     if family == "glm4_moe":
         return _glm4_moe(raw, where, common, head_dim, taken)
+
+    if family == "nemotron":
+        return _nemotron(raw, where, common, head_dim, taken)
     ffn = w("intermediate_size")
     extra = dict(qkv_bias=_flag(raw, "attention_bias", where, default=mt in ("qwen2", "qwen2_moe")),
                  qk_norm=mt in ("qwen3", "qwen3_moe"))
@@ -217,7 +219,6 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
                       **common, **extra)
     return _checked(cfg, where)
 
-
 def _head_dim(raw: dict, mt: str, h: int, heads: int, where: str) -> tuple[int, tuple[str, ...]]:
     """(head_dim, the default taken in words or ()): the config's own value, else transformers' for ``mt``."""
     if raw.get("head_dim") is not None:
@@ -227,7 +228,6 @@ def _head_dim(raw: dict, mt: str, h: int, heads: int, where: str) -> tuple[int, 
         return value, (f"head_dim = {value} ({why}; the config has no head_dim)",)
     return h // heads, (f"head_dim = hidden_size / num_attention_heads = {h} / {heads} = {h // heads} "
                         f"(transformers' fallback for {mt}; the config has no head_dim)",)
-
 
 def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
@@ -265,13 +265,11 @@ def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
     )
     return _checked(cfg, where)
 
-
 # Glm4MoeConfig's defaults for the switches a GLM-4.5 config may leave out (transformers v4.54.0, the release that
 # added glm4_moe: models/glm4_moe/configuration_glm4_moe.py L170-199); sizes have no default here (required).
 GLM4_MOE_DEFAULTS = {"attention_bias": False, "use_qk_norm": False, "partial_rotary_factor": 0.5,
                      "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
                      "routed_scaling_factor": 1.0, "norm_topk_prob": True}
-
 
 def _glm4_moe(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[str, ...]) -> ModelConfig:
     """GLM-4.5 / GLM-4.5-Air: DeepSeek-V3's MoE (sigmoid router with a per-expert correction bias, shared
@@ -330,6 +328,24 @@ def _positive(raw: dict, key: str, where: str, top: float | None = None) -> floa
     return float(value)
 
 
+def _nemotron(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[str, ...]) -> ModelConfig:
+    """Nemotron-4 (transformers' NemotronConfig / modeling_nemotron.py, docs/model.md "Nemotron"): two
+    NemotronLayerNorm1P a layer (an nn.LayerNorm, weight and bias), an MLP of up_proj and down_proj with
+    squared ReLU between, partial RoPE (no parameters; the rope kernel still reads and writes whole heads)."""
+    act = raw.get("hidden_act", "relu2")  # NemotronConfig's default
+    if act != "relu2":
+        raise ModelError(f'{where}hidden_act: must be "relu2" for nemotron (squared ReLU), got {shown(act)}')
+    for key in ("attention_bias", "mlp_bias"):  # Nemotron-4 has none; a biased variant is not modelled
+        if _flag(raw, key, where):
+            raise ModelError(f"{where}{key}: must be false for nemotron (biases are not modelled), got true")
+    # NemotronConfig's default 0.5; checked, not costed
+    _positive({"partial_rotary_factor": 0.5, **raw}, "partial_rotary_factor", where, top=1.0)
+    ffn = _whole(raw, "intermediate_size", where)
+    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn,
+                      ffn="relu2", norm="layernorm", defaults_taken=taken, **common)
+    return _checked(cfg, where)
+
+
 def _gpt2(raw: dict, where: str) -> ModelConfig:
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
     h, heads = w("n_embd"), w("n_head")
@@ -355,13 +371,11 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
     )
     return _checked(cfg, where)
 
-
 def _dropout(raw: dict, key: str, where: str) -> float:
     value = raw.get(key, 0.1)  # GPT2Config's default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ModelError(f"{where}{key}: must be a probability in [0, 1), got {shown(value)}")
     return float(value)
-
 
 def _checked(cfg: ModelConfig, where: str) -> ModelConfig:
     if cfg.hidden_size % cfg.num_heads and cfg.model_type == "gpt2":
@@ -373,11 +387,9 @@ def _checked(cfg: ModelConfig, where: str) -> ModelConfig:
         )
     return cfg
 
-
 def read(path: str | Path, where: str | None = None) -> ModelConfig:
     """Read and normalise a config.json file."""
     return from_hf(read_raw(path), f"{path}: " if where is None else where)
-
 
 def read_raw(path: str | Path) -> dict:
     """A config.json file's fields, unchecked (errors name the file)."""
@@ -397,7 +409,6 @@ def read_raw(path: str | Path) -> dict:
         raise ModelError(f"{path}: {problem}")
     return raw
 
-
 # Every HF field name some family reads: what ``[model]`` accepts inline.
 INLINE_FIELDS = frozenset(
     """model_type architectures hidden_size num_hidden_layers vocab_size num_attention_heads
@@ -407,5 +418,6 @@ INLINE_FIELDS = frozenset(
     moe_layer_freq n_group topk_group n_routed_experts n_shared_experts topk_method q_lora_rank kv_lora_rank
     qk_nope_head_dim qk_rope_head_dim v_head_dim num_nextn_predict_layers quantization_config
     use_qk_norm partial_rotary_factor routed_scaling_factor norm_topk_prob
-    n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop""".split()
+    n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop
+    hidden_act mlp_bias""".split()
 )

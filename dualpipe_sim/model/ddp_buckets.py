@@ -53,7 +53,7 @@ def _layer_tensors(cfg, i: int, t: int) -> list[int]:
     tensors += [whole, norm] if whole else [norm]
     if not cfg.is_moe_layer(i):
         width = cfg.intermediate_size
-        fc1 = (1 if cfg.ffn == "gelu" else 2) * h * width
+        fc1 = (cfg.ffn_matrices - 1) * h * width  # SwiGLU's fc1 holds gate and up
         return tensors + [(fc1 + (width if cfg.bias else 0)) // t, h * width // t + (h if cfg.bias else 0)]
     gate = h if cfg.shared_expert_gate else 0  # a shared expert's gate: whole, counted with the router
     tensors.append(h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0) + gate)

@@ -46,7 +46,7 @@ def attention_weights(cfg: ModelConfig) -> tuple[int, int]:
 
 
 def ffn_weights(cfg: ModelConfig, width: int) -> int:
-    return (2 if cfg.ffn == "gelu" else 3) * cfg.hidden_size * width
+    return cfg.ffn_matrices * cfg.hidden_size * width
 
 
 def layer(cfg: ModelConfig, i: int, seq_length: int) -> LayerFlops:

@@ -776,7 +776,8 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         else:  # a plain TE linear casts the (sequence-parallel) norm output itself
             tb.amax(f"{prefix}fc1 input", comp, lay.norm_tokens * h, reduce=True)
         tb.tp_linear(f"{prefix}fc1", comp, n, up, h, "all_gather", n * h * low, "ring")
-        tb.memory(f"{prefix}{'swiglu' if cfg.ffn == 'swiglu' else 'gelu'}", comp, n * (up * ab + f * fused_out))
+        # one fused kernel: Megatron-core's squared_relu is @jit_fuser as its GeLU is (docs/model.md "Nemotron")
+        tb.memory(f"{prefix}{cfg.ffn}", comp, n * (up * ab + f * fused_out))
         if te:
             tb.cast_after_amax("fc2 input cast", comp, n * f)
         else:  # Megatron's activation, then the TE linear's own cast
@@ -792,7 +793,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     tb.tp_linear(f"{prefix}fc2 dgrad", comp, n, f, h, "all_gather", n * h * ab, "ring")
     if te:  # LayerNormMLP transposes its FP8 activation output for the fc2 wgrad GEMM
         tb.transpose("fc2 input transpose (wgrad)", wcomp, n * f)
-    if te and cfg.ffn != "swiglu" and not lay.current_scaling:
+    if te and cfg.ffn == "gelu" and not lay.current_scaling:
         # LayerNormMLP's GeLU backward is one kernel (fp8_cast_transpose_bgrad_dgelu_fused): reads the fc2
         # dgrad and the saved fc1 output (16-bit), writes the FP8 gradient and its transpose (no transpose where
         # TE makes none)
@@ -1303,7 +1304,7 @@ def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
     bias; again in a recomputed forward."""
     cfg, lay = tb.cfg, tb.lay
     h, t = cfg.hidden_size, lay.tensor
-    per_norm = 2 if cfg.bias else 1  # a LayerNorm's weight and bias; an RMSNorm's weight
+    per_norm = norm_tensors(cfg)
     for block, row_bias in (("attn", cfg.bias), ("mlp", cfg.bias and not cfg.is_moe_layer(i))):
         for comp in (f"{block}_forward",) + ((f"{block}_backward_input",) if recompute else ()):
             for _ in range(per_norm + row_bias):

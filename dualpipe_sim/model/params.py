@@ -78,7 +78,7 @@ def attention_norms(cfg: ModelConfig) -> int:
 
 def ffn(cfg: ModelConfig, width: int) -> int:
     h = cfg.hidden_size
-    if cfg.ffn == "gelu":
+    if cfg.ffn_matrices == 2:  # up (fc1) and down (fc2): GeLU or squared ReLU
         return 2 * h * width + ((width + h) if cfg.bias else 0)
     return 3 * h * width  # gate, up, down
 
@@ -199,7 +199,7 @@ def totals(cfg: ModelConfig) -> Totals:
 
 
 def _ffn_weights(cfg: ModelConfig, width: int) -> int:
-    return (2 if cfg.ffn == "gelu" else 3) * cfg.hidden_size * width
+    return cfg.ffn_matrices * cfg.hidden_size * width
 
 
 def linear_weights(cfg: ModelConfig, i: int) -> tuple[int, int]:
