@@ -3,8 +3,9 @@
 One normalised :class:`ModelConfig` covers the families the simulator costs:
 Llama/Mistral/Qwen-style dense models, Mixtral/Qwen-MoE-style MoE models,
 DeepSeek-V2/V3 (MLA attention, shared experts, ``first_k_dense_replace``,
-MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention), GPT-2 (LayerNorm, GeLU, biases,
-learned positions, dropout) and Nemotron-4 (LayerNorm1P, squared-ReLU MLP, no biases).
+MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention), Llama 4 (its text model: interleaved
+MoE / dense layers, chunked attention on the RoPE layers, full attention on the NoPE ones), GPT-2 (LayerNorm,
+GeLU, biases, learned positions, dropout) and Nemotron-4 (LayerNorm1P, squared-ReLU MLP, no biases).
 Every problem is a :class:`ModelError` whose one line names the field.
 """
 
@@ -18,14 +19,17 @@ from pathlib import Path
 from .. import limits
 from ..errors import shown
 
+
 class ModelError(ValueError):
     """A model config breaks a rule; the message names the field."""
+
 
 # head_dim when a config.json leaves it out, as transformers takes it for that model_type: Qwen3Config
 # defaults to 128; Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE and Qwen3-MoE take hidden_size // heads (their
 # config's own fallback, or their attention module's getattr(config, "head_dim", hidden // heads)).
 # docs/model.md "Reading a config" cites each file.
 HEAD_DIM_DEFAULTS = {"qwen3": (128, "Qwen3Config's default")}
+HEAD_DIM_DEFAULTS["llama4"] = HEAD_DIM_DEFAULTS["llama4_text"] = (128, "Llama4TextConfig's default")
 
 # model_type -> family.  The family decides which HF field names are read.
 FAMILIES = {
@@ -41,7 +45,12 @@ FAMILIES = {
     "glm4_moe": "glm4_moe",
     "gpt2": "gpt2",
     "nemotron": "nemotron",
+
+    "llama4": "llama4",  # Llama4Config: the text model's fields in text_config, beside a vision_config
+    "llama4_text": "llama4",  # Llama4TextConfig: the text model's fields at the top level
 }
+
+
 # architectures[0] -> model_type, for configs that name only the class.
 _ARCH_CLASSES = {
     "LlamaForCausalLM": "llama",
@@ -56,7 +65,11 @@ _ARCH_CLASSES = {
     "Glm4MoeForCausalLM": "glm4_moe",
     "GPT2LMHeadModel": "gpt2",
     "NemotronForCausalLM": "nemotron",
+
+    "Llama4ForConditionalGeneration": "llama4",
+    "Llama4ForCausalLM": "llama4_text",
 }
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -96,6 +109,12 @@ class ModelConfig:
     mtp_layers: int = 0  # DeepSeek-V3 multi-token-prediction modules
     fp8: bool = False  # the model trains its linears in FP8 (DeepSeek-V3's quantization_config)
     eager_attention: bool = False  # scores materialised (GPT-2 family's default); else flash attention
+    # Llama 4: layers without rotary embedding attend over the whole sequence; the others attend within
+    # chunks of attention_chunk tokens (0 = no chunking), after an L2 norm of q and k (qk_l2_norm)
+    nope_layers: tuple[int, ...] = ()
+    attention_chunk: int = 0
+    qk_l2_norm: bool = False  # on the RoPE layers only; no weights
+    attn_temperature: bool = False  # the NoPE layers' queries scaled by a per-position factor (elementwise)
     # Fields the config left out and what was taken for them, in words (``model --explain`` says so);
     # not part of the architecture, so not compared.
     defaults_taken: tuple[str, ...] = field(default=(), compare=False)
@@ -118,6 +137,15 @@ class ModelConfig:
     def is_moe_layer(self, i: int) -> bool:
         return self.moe and i not in self.dense_layers
 
+    def chunked(self, i: int) -> bool:
+        """Layer ``i`` attends within chunks of ``attention_chunk`` tokens (Llama 4's RoPE layers)."""
+        return self.attention_chunk > 0 and i not in self.nope_layers
+
+    def layer_kind(self, i: int) -> tuple[bool, bool]:
+        """(MoE, NoPE): layers of one kind have the same parameters, FLOPs and kernels."""
+        return self.is_moe_layer(i), i in self.nope_layers
+
+
 def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -> int:
     value = raw.get(key, default)
     if value is None:
@@ -132,13 +160,16 @@ def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -
         raise ModelError(f"{where}{key}: must be <= 1e9, got {shown(value)}")
     return int(value)
 
+
 MAX_LAYERS = 10_000  # the largest published models have ~100-200; the counts loop over layers
+
 
 def _layers(raw: dict, key: str, where: str) -> int:
     n = _whole(raw, key, where)
     if n > MAX_LAYERS:
         raise ModelError(f"{where}{key}: must be <= {MAX_LAYERS:,}, got {n}")
     return n
+
 
 def _flag(raw: dict, key: str, where: str, default: bool = False) -> bool:
     value = raw.get(key, default)
@@ -147,6 +178,7 @@ def _flag(raw: dict, key: str, where: str, default: bool = False) -> bool:
     if not isinstance(value, bool):
         raise ModelError(f"{where}{key}: must be true or false, got {shown(value)}")
     return value
+
 
 def model_type_of(raw: dict, where: str = "") -> str:
     mt = raw.get("model_type")
@@ -161,6 +193,7 @@ def model_type_of(raw: dict, where: str = "") -> str:
         raise ModelError(f"{where}model_type: unknown architecture {shown(mt)} (known: {known})")
     return mt
 
+
 def from_hf(raw: dict, where: str = "") -> ModelConfig:
     """Normalise an HF config dict.  ``where`` prefixes field names in errors."""
     if not isinstance(raw, dict):
@@ -169,21 +202,10 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     family = FAMILIES[mt]
     if family == "gpt2":
         return _gpt2(raw, where)
+    if family == "llama4":
+        return _llama4(raw, mt, where)
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
-    h, heads = w("hidden_size"), w("num_attention_heads")
-    kv = w("num_key_value_heads", default=heads)
-    if heads % kv:
-        raise ModelError(f"{where}num_key_value_heads: must divide num_attention_heads ({heads}), got {kv}")
-    head_dim, taken = _head_dim(raw, mt, h, heads, where)
-    common = dict(
-        model_type=mt,
-        hidden_size=h,
-        num_layers=_layers(raw, "num_hidden_layers", where),
-        vocab_size=w("vocab_size"),
-        num_heads=heads,
-        num_kv_heads=kv,
-        tie_word_embeddings=_flag(raw, "tie_word_embeddings", where),
-    )
+    common, head_dim, taken = _common(raw, mt, lambda k: where)
     if family == "deepseek":
         return _deepseek(raw, where, common)
     if family == "glm4_moe":
@@ -219,6 +241,29 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
                       **common, **extra)
     return _checked(cfg, where)
 
+
+def _common(raw: dict, mt: str, where) -> tuple[dict, int, tuple[str, ...]]:
+    """The fields every family but GPT-2 names alike, head_dim and the default taken for it.
+    ``where(key)``: the prefix of that key's errors."""
+    w = lambda k, **kw: _whole(raw, k, where(k), **kw)  # noqa: E731
+    h, heads = w("hidden_size"), w("num_attention_heads")
+    kv = w("num_key_value_heads", default=heads)
+    if heads % kv:
+        raise ModelError(f"{where('num_key_value_heads')}num_key_value_heads: must divide num_attention_heads "
+                         f"({heads}), got {kv}")  # fmt: skip
+    head_dim, taken = _head_dim(raw, mt, h, heads, where("head_dim"))
+    common = dict(
+        model_type=mt,
+        hidden_size=h,
+        num_layers=_layers(raw, "num_hidden_layers", where("num_hidden_layers")),
+        vocab_size=w("vocab_size"),
+        num_heads=heads,
+        num_kv_heads=kv,
+        tie_word_embeddings=_flag(raw, "tie_word_embeddings", where("tie_word_embeddings")),
+    )
+    return common, head_dim, taken
+
+
 def _head_dim(raw: dict, mt: str, h: int, heads: int, where: str) -> tuple[int, tuple[str, ...]]:
     """(head_dim, the default taken in words or ()): the config's own value, else transformers' for ``mt``."""
     if raw.get("head_dim") is not None:
@@ -228,6 +273,7 @@ def _head_dim(raw: dict, mt: str, h: int, heads: int, where: str) -> tuple[int, 
         return value, (f"head_dim = {value} ({why}; the config has no head_dim)",)
     return h // heads, (f"head_dim = hidden_size / num_attention_heads = {h} / {heads} = {h // heads} "
                         f"(transformers' fallback for {mt}; the config has no head_dim)",)
+
 
 def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
@@ -265,11 +311,13 @@ def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
     )
     return _checked(cfg, where)
 
+
 # Glm4MoeConfig's defaults for the switches a GLM-4.5 config may leave out (transformers v4.54.0, the release that
 # added glm4_moe: models/glm4_moe/configuration_glm4_moe.py L170-199); sizes have no default here (required).
 GLM4_MOE_DEFAULTS = {"attention_bias": False, "use_qk_norm": False, "partial_rotary_factor": 0.5,
                      "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
                      "routed_scaling_factor": 1.0, "norm_topk_prob": True}
+
 
 def _glm4_moe(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[str, ...]) -> ModelConfig:
     """GLM-4.5 / GLM-4.5-Air: DeepSeek-V3's MoE (sigmoid router with a per-expert correction bias, shared
@@ -346,6 +394,101 @@ def _nemotron(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[s
     return _checked(cfg, where)
 
 
+# Llama4TextConfig's defaults for the fields that shape its layers (huggingface/transformers @ 008e574
+# src/transformers/models/llama4/configuration_llama4.py); a config without one takes it, and --explain says so
+LLAMA4_DEFAULTS = {"interleave_moe_layer_step": 1, "intermediate_size_mlp": 16384, "no_rope_layer_interval": 4,
+                   "attention_chunk_size": 8192, "use_qk_norm": True, "attn_temperature_tuning": True}
+
+
+def _llama4(raw: dict, mt: str, where: str) -> ModelConfig:
+    """Llama 4's text model.  Its vision encoder and projector are not modelled: the case is pre-training on text."""
+    text, place = _llama4_text(raw, where)
+    common, head_dim, taken = _common(text, mt, place)
+    taken = list(taken)
+    L = common["num_layers"]
+
+    def read(key: str, reader, **kw):
+        if key not in text:
+            taken.append(f"{key} = {LLAMA4_DEFAULTS[key]} (Llama4TextConfig's default; the config has no {key})")
+        return reader(text, key, place(key), default=LLAMA4_DEFAULTS[key], **kw)
+
+    w = lambda k, **kw: _whole(text, k, place(k), **kw)  # noqa: E731
+    if _flag(text, "attention_bias", place("attention_bias")):
+        raise ModelError(f"{place('attention_bias')}attention_bias: Llama 4 with attention biases is not modelled "
+                         "(no published Llama 4 has them), got true")  # fmt: skip
+    step = read("interleave_moe_layer_step", _whole)  # read even beside moe_layers: a step of 0 is an error
+    listed = text.get("moe_layers")
+    moe = set(range(step - 1, L, step)) if listed is None else set(_indices(text, "moe_layers", place, L))
+    dense = tuple(i for i in range(L) if i not in moe)
+    width_mlp = read("intermediate_size_mlp", _whole) if dense else w("intermediate_size_mlp", default=16384)
+    flags = text.get("no_rope_layers")
+    if flags in (None, []):  # as transformers: no list, a NoPE layer every no_rope_layer_interval layers
+        every = read("no_rope_layer_interval", _whole)
+        nope = tuple(i for i in range(L) if (i + 1) % every == 0)
+    else:
+        ok = isinstance(flags, list) and len(flags) >= L and all(type(f) is int and f in (0, 1) for f in flags)
+        if not ok:
+            raise ModelError(f"{place('no_rope_layers')}no_rope_layers: must be a list of 1 (RoPE) or 0 (NoPE), one "
+                             f"per layer ({L}), got {shown(flags)}")  # fmt: skip
+        nope = tuple(i for i in range(L) if flags[i] == 0)
+    if "attention_chunk_size" in text and text["attention_chunk_size"] is None:
+        chunk = 0  # null: no chunked attention, every layer attends over the whole sequence
+    else:
+        chunk = read("attention_chunk_size", _whole)
+    cfg = ModelConfig(
+        **common,
+        qk_head_dim=head_dim,
+        v_head_dim=head_dim,
+        intermediate_size=width_mlp,
+        num_experts=w("num_local_experts"),
+        experts_per_token=w("num_experts_per_tok"),
+        moe_intermediate_size=w("intermediate_size"),
+        shared_intermediate_size=w("intermediate_size"),  # Llama4TextMoe.shared_expert: Llama4TextMLP(config)
+        dense_layers=dense,
+        nope_layers=nope,
+        attention_chunk=chunk,
+        qk_l2_norm=read("use_qk_norm", _flag),
+        attn_temperature=read("attn_temperature_tuning", _truthy),
+        defaults_taken=tuple(taken),
+    )
+    return _checked(cfg, place("num_experts_per_tok"))
+
+
+def _llama4_text(raw: dict, where: str):
+    """(the text model's fields, key -> its error prefix): ``text_config`` with any top-level field over it
+    (inline overrides), or the top level alone (a ``llama4_text`` config)."""
+    sub = raw.get("text_config")
+    if sub is None:
+        if raw.get("hidden_size") is None:
+            raise ModelError(f"{where}text_config: required key is missing (Llama 4 keeps its text model's fields "
+                             "there; or give them at the top level, as a llama4_text config does)")  # fmt: skip
+        return raw, lambda k: where
+    if not isinstance(sub, dict):
+        raise ModelError(f"{where}text_config: must be a table of the text model's fields, got {shown(sub)}")
+    top = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "text_config", "vision_config")}
+    return {**sub, **top}, lambda k: where if k in top else f"{where}text_config."
+
+
+def _indices(raw: dict, key: str, place, n: int) -> list[int]:
+    value = raw.get(key)
+    if not isinstance(value, list) or not all(type(i) is int and 0 <= i < n for i in value):
+        raise ModelError(f"{place(key)}{key}: must be a list of layer indices below num_hidden_layers ({n}), "
+                         f"got {shown(value)}")  # fmt: skip
+    return value
+
+
+def _truthy(raw: dict, key: str, where: str, default: bool) -> bool:
+    """A switch transformers reads by truth value (the Hub's Llama 4 Scout config has attn_temperature_tuning 4)."""
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return value != 0
+    raise ModelError(f"{where}{key}: must be true or false (or a number, nonzero meaning true), got {shown(value)}")
+
+
 def _gpt2(raw: dict, where: str) -> ModelConfig:
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
     h, heads = w("n_embd"), w("n_head")
@@ -371,11 +514,13 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
     )
     return _checked(cfg, where)
 
+
 def _dropout(raw: dict, key: str, where: str) -> float:
     value = raw.get(key, 0.1)  # GPT2Config's default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ModelError(f"{where}{key}: must be a probability in [0, 1), got {shown(value)}")
     return float(value)
+
 
 def _checked(cfg: ModelConfig, where: str) -> ModelConfig:
     if cfg.hidden_size % cfg.num_heads and cfg.model_type == "gpt2":
@@ -387,9 +532,11 @@ def _checked(cfg: ModelConfig, where: str) -> ModelConfig:
         )
     return cfg
 
+
 def read(path: str | Path, where: str | None = None) -> ModelConfig:
     """Read and normalise a config.json file."""
     return from_hf(read_raw(path), f"{path}: " if where is None else where)
+
 
 def read_raw(path: str | Path) -> dict:
     """A config.json file's fields, unchecked (errors name the file)."""
@@ -409,6 +556,7 @@ def read_raw(path: str | Path) -> dict:
         raise ModelError(f"{path}: {problem}")
     return raw
 
+
 # Every HF field name some family reads: what ``[model]`` accepts inline.
 INLINE_FIELDS = frozenset(
     """model_type architectures hidden_size num_hidden_layers vocab_size num_attention_heads
@@ -419,5 +567,7 @@ INLINE_FIELDS = frozenset(
     qk_nope_head_dim qk_rope_head_dim v_head_dim num_nextn_predict_layers quantization_config
     use_qk_norm partial_rotary_factor routed_scaling_factor norm_topk_prob
     n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop
-    hidden_act mlp_bias""".split()
+    hidden_act mlp_bias
+    text_config intermediate_size_mlp interleave_moe_layer_step moe_layers no_rope_layers no_rope_layer_interval
+    attention_chunk_size attn_temperature_tuning""".split()
 )

@@ -281,6 +281,14 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if (m.seq_length * m.micro_batch_size) % (2 * par.context) and par.context > 1:
         raise ModelError(f"parallel.context: must divide seq_length x micro_batch_size in 2 x context chunks "
                          f"({m.seq_length * m.micro_batch_size} tokens), got {par.context}")  # fmt: skip
+    if any(cfg.chunked(i) for i in range(cfg.num_layers)) and m.seq_length > cfg.attention_chunk:
+        # Llama 4's chunked attention is costed as flash attention chunk by chunk on one rank's whole sequence
+        if par.context > 1:
+            raise ModelError(f"parallel.context: context parallelism with chunked attention (attention_chunk_size "
+                             f"{cfg.attention_chunk} < seq_length {m.seq_length}) is not modelled; use 1")  # fmt: skip
+        if cfg.eager_attention:
+            raise ModelError(f'model.attention: "eager" with chunked attention (attention_chunk_size '
+                             f'{cfg.attention_chunk} < seq_length {m.seq_length}) is not modelled; use "flash"')  # fmt: skip
     optimizer = (4.0 if m.master_weights else 0.0) + 2 * DTYPES[m.optimizer_dtype]
     # Megatron shards the optimizer (and reduces gradients) over data x context ranks.
     sharding = memory.Sharding(
@@ -760,8 +768,8 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
             totals[k] = totals.get(k, 0.0) + v
 
     for i in stage.layers + (cfg.num_layers,) * stage.mtp:  # an MTP module runs one more layer
-        key = cfg.is_moe_layer(i)
-        if moe_times is not None and key:
+        key = cfg.layer_kind(i)  # layers of one kind cost alike
+        if moe_times is not None and cfg.is_moe_layer(i):
             add(vars(moe_times))
             continue
         if key not in per_layer:
@@ -911,7 +919,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
         if st.hw is not None:
             times = []
             for i in stage.layers:
-                key = cfg.is_moe_layer(i)
+                key = cfg.layer_kind(i)  # layers of one kind cost alike
                 if key not in per_layer:  # layer_times reads times_key(st) and the layer
                     per_layer[key] = _get(layer_tab, i, layer_times, st, i)
                 times.append(per_layer[key])

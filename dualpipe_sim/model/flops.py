@@ -9,6 +9,8 @@ s x s square (no causal halving); the backward pass is twice the forward
 recomputation.  For a GPT layer this gives Megatron's
 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) per iteration, i.e. 6N + 12 l s h per
 token with N the non-embedding matmul parameters plus the head.
+Chunked attention (Llama 4's RoPE layers) counts each chunk's square: a query
+sees the keys of its own chunk only (attention_keys).
 """
 
 from __future__ import annotations
@@ -49,9 +51,20 @@ def ffn_weights(cfg: ModelConfig, width: int) -> int:
     return cfg.ffn_matrices * cfg.hidden_size * width
 
 
+def attention_keys(cfg: ModelConfig, i: int, s: int) -> float:
+    """Keys per query of layer ``i`` at sequence length ``s``, in the full-square convention: ``s``; with chunked
+    attention the square is block-diagonal, ``s // C`` chunks of ``C`` and one of ``s % C``, so ``(s // C) * C^2 +
+    (s % C)^2`` over ``s`` queries (transformers' create_chunked_causal_mask); ``s <= C`` is one chunk, the square."""
+    C = cfg.attention_chunk
+    if not cfg.chunked(i) or s <= C:
+        return float(s)
+    whole, rest = divmod(s, C)
+    return (whole * C * C + rest * rest) / s
+
+
 def layer(cfg: ModelConfig, i: int, seq_length: int) -> LayerFlops:
     weights, up = attention_weights(cfg)
-    core = 2 * seq_length * cfg.num_heads * (cfg.qk_head_dim + cfg.v_head_dim)
+    core = 2 * attention_keys(cfg, i, seq_length) * cfg.num_heads * (cfg.qk_head_dim + cfg.v_head_dim)
     if cfg.is_moe_layer(i):
         mlp = (
             cfg.experts_per_token * ffn_weights(cfg, cfg.moe_intermediate_size)

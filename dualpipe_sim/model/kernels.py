@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, gemm, host, nccl_nvls, params, recompute
+from . import collectives, deepseek_kernels, flops, gemm, host, nccl_nvls, params, recompute
 from .config import ModelConfig
 from .rates import KernelRates
 
@@ -432,14 +432,17 @@ class Table:
         self.rows.append(Kernel(name, comp, "gemm", shape, row.flops, row.bytes, secs, row.bound))
         return secs
 
-    def attention(self, name: str, comp: str, flops: float, backward: bool) -> float:
+    def attention(self, name: str, comp: str, flops: float, backward: bool, chunk: int = 0) -> float:
+        """A flash attention pass; ``chunk``: each query sees the keys of its own chunk of that many tokens only,
+        timed at the rate measured for a sequence of the chunk's length (docs/model.md "Llama 4")."""
         if self.lay.context > 1:  # Transformer Engine's ring, step by step
             return ring_attention(self, name, comp, flops, backward)
-        rate = self.r.attention_rate(self.lay.seq // self.lay.context, backward)
+        rate = self.r.attention_rate(chunk or self.lay.seq // self.lay.context, backward)
         body = flops / rate
         bound = "latency" if self.r.floor > body else "compute"
         secs = self.r.floor + body
-        shape = f"{self.lay.tokens // self.lay.micro_batch} q x {self.lay.seq} kv x {self.cfg.num_heads // self.lay.tensor} heads"
+        kv = f"{chunk} kv chunks" if chunk else f"{self.lay.seq} kv"
+        shape = f"{self.lay.tokens // self.lay.micro_batch} q x {kv} x {self.cfg.num_heads // self.lay.tensor} heads"
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
 
@@ -587,14 +590,22 @@ def _qk_heads(cfg: ModelConfig, t: int) -> int:
     return cfg.num_heads // t + max(1, cfg.num_kv_heads // t)
 
 
-def attention_block(tb: Table, recompute: bool) -> None:
+def attention_block(tb: Table, recompute: bool, i: int) -> None:
+    """Layer ``i``'s attention (``i`` picks Llama 4's kind: chunked or full attention, rope and q / k L2 norms or the
+    NoPE layers' temperature scaling)."""
     cfg, lay = tb.cfg, tb.lay
     h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
     a_t = cfg.num_heads // t
     low = 1.0 if lay.fp8 else ab
     projections = _attention_shapes(cfg, t)
     eager = cfg.eager_attention  # scores materialised (Megatron's fused softmax), as activations.py counts
-    core = 2.0 * n * lay.seq * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
+    keys = flops.attention_keys(cfg, i, lay.seq)
+    chunk = cfg.attention_chunk if keys < lay.seq else 0  # a sequence longer than the chunk: chunk by chunk
+    core = 2.0 * n * keys * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
+    nope = i in cfg.nope_layers
+    qk_norm = cfg.qk_norm or (cfg.qk_l2_norm and not nope)  # Qwen3's RMSNorms, Llama 4's L2 norms (no weights)
+    rope = not cfg.max_positions and not nope  # learned positions (GPT-2) or a NoPE layer: no rotary embedding
+    temperature = cfg.attn_temperature and nope  # q x a per-position factor: one elementwise pass over q
     comps = ("attn_forward",) + (("attn_backward_input",) if recompute else ())
     # current scaling: TE's norm writes 16 bits with the amax (FUSED_NORM_AMAX_FP8), then a cast of its own
     norm_out = ab if lay.current_scaling else low
@@ -614,18 +625,20 @@ def attention_block(tb: Table, recompute: bool) -> None:
             tb.gemm(name, comp, n, out, inp)
             if name.endswith("_up") and comp == comps[0]:
                 up_rows.append(tb.rows[-1])
-        if cfg.qk_norm:  # Qwen3 (--qk-layernorm): a TE RMSNorm over each head's q and one over k, read + write
+        if qk_norm:  # Qwen3 (--qk-layernorm): a TE RMSNorm over each head's q and one over k, read + write
             tb.memory("q / k norms", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 2 * ab, launches=2)
-        if not cfg.max_positions:  # GPT-2 style models have learned positions, no rotary embedding
+        if rope:
             tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
                       else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
             if cfg.mla and comp == comps[0]:
                 up_rows.append(tb.rows[-1])
+        if temperature:
+            tb.memory("attention temperature (q scale)", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
         if eager:
             _eager_attention(tb, comp, backward=False)
         else:
             _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd)")
-            tb.attention("flash attention", comp, core, backward=False)
+            tb.attention("flash attention", comp, core, backward=False, chunk=chunk)
         tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)  # an amax pass first with current scaling
         tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
                      ub="proj_fprop")
@@ -645,12 +658,14 @@ def attention_block(tb: Table, recompute: bool) -> None:
     else:
         if rerun_core:  # Megatron-core's checkpointed core attention: the flash forward again (recompute.py)
             _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd) (recompute)")
-            tb.attention("flash attention (recompute)", comp, core, backward=False)
-        tb.attention("flash attention backward", comp, 2.5 * core, backward=True)
+            tb.attention("flash attention (recompute)", comp, core, backward=False, chunk=chunk)
+        tb.attention("flash attention backward", comp, 2.5 * core, backward=True, chunk=chunk)
         _qkv_prepare(tb, comp, "dqkv interleave (fa_prepare_bwd)")
-    if not cfg.max_positions:
+    if temperature:  # the gradient of q scaled by the same factor
+        tb.memory("attention temperature backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
+    if rope:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
-    if cfg.qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
+    if qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
         tb.memory("q / k norms backward", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 3 * ab, launches=2)
     for name, out, inp, _ in projections:
         if cfg.bias or cfg.qkv_bias:
@@ -1157,7 +1172,7 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         _all_to_all(tb, lay.tokens)
         return tb.rows
     full = lay.policy == "full"
-    attention_block(tb, full)
+    attention_block(tb, full, i)
     context_exchange(tb)
     if cfg.is_moe_layer(i):
         whole_moe = lay.recomputes("moe")  # --recompute-modules moe: the MoE layer checkpointed (moe_layer.py)

@@ -100,9 +100,8 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     st = d.setup
     cfg = st.cfg
     out = {}
-    for moe in sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)}):
-        i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
-        out["moe layer" if moe else "dense layer"] = derive.layer_kernels(st, i)
+    for i in _first_of_each_kind(cfg):
+        out[_kind_name(cfg, i)] = derive.layer_kernels(st, i)
     out["embedding"] = derive.extra_kernels(st, Stage((), embedding=True))
     out["head"] = derive.extra_kernels(st, Stage((), head=True))
     if cfg.mtp_layers:
@@ -111,6 +110,20 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     if chunk:
         out["per model chunk (stage 0)"] = chunk
     return out
+
+
+def _first_of_each_kind(cfg) -> list[int]:
+    """The first layer of each kind (config.layer_kind), dense before MoE."""
+    first: dict = {}
+    for i in range(cfg.num_layers):
+        first.setdefault(cfg.layer_kind(i), i)
+    return [first[k] for k in sorted(first)]
+
+
+def _kind_name(cfg, i: int) -> str:
+    """"dense layer" / "moe layer"; Llama 4's NoPE layers (full attention, no rotary embedding) apart."""
+    name = "moe layer" if cfg.is_moe_layer(i) else "dense layer"
+    return name + " (NoPE, full attention)" if i in cfg.nope_layers else name
 
 
 def _kernel_row(k: kernels.Kernel) -> dict:
@@ -375,12 +388,13 @@ def explain_lines(d: Derived) -> list[str]:
             f"attention core and head at {hw.bf16_tflops:g} (BF16), efficiency {st.efficiency}; "
             f"causal flash attention does half the s x s work, its backward 2.5x its forward"
         )
-        for moe in kinds:
-            i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
+        for i in _first_of_each_kind(cfg):
             lf = flops.layer(cfg, i, st.seq)
             n = st.tokens / sh.tensor
-            lines.append(f"  {'MoE' if moe else 'dense'} layer forward FLOPs per micro-batch: attention linears "
-                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} (full square), "
+            square = "chunks' squares" if flops.attention_keys(cfg, i, st.seq) < st.seq else "full square"
+            kind = _kind_name(cfg, i).replace("moe", "MoE")
+            lines.append(f"  {kind} forward FLOPs per micro-batch: attention linears "
+                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} ({square}), "
                          f"MLP {_gflop(n * lf.mlp)}")
             t = derive.layer_times(st, i)
             lines.append("    times (ms): " + ", ".join(f"{k} {getattr(t, k):.3g}" for k in COMPONENT_ORDER
