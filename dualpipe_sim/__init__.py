@@ -15,7 +15,8 @@ The Python API (README, "Python API")::
 What this module exports (``__all__``) is the public interface; every other
 name in the package is internal and may change.  Errors are ScenarioError
 (a scenario key breaks a rule) and ScheduleError (a schedule cannot run),
-both ValueError with one line naming the key.
+both InputError (a ValueError) with one line naming the key; where the raiser
+gives them, also its parts: ``field``, ``rule`` and ``by`` (the schedule family).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path as _Path
 
 from . import plan
 from .inputs import scenario
-from .errors import ScenarioError
+from .errors import InputError, ScenarioError
 from .schedules.ir import Schedule, ScheduleError
 from .readers.metrics import Metrics
 from .inputs.scenario import Scenario
@@ -36,10 +37,11 @@ __version__ = "0.1.0"
 __all__ = [
     "scenario", "run", "schedule_names", "build_schedule", "read_schedule", "metrics_json",
     "save_gantt", "save_memory", "save_report", "save_chrome_trace", "save_compare", "plan",
-    "Scenario", "Schedule", "Result", "Metrics", "Trace", "ScenarioError", "ScheduleError", "__version__",
+    "Scenario", "Schedule", "Result", "Metrics", "Trace", "ScenarioError", "ScheduleError", "InputError",
+    "__version__",
 ]  # fmt: skip
 
-# ``scenario`` is the scenario module, callable: scenario(source, overrides=()) is scenario.read.
+# ``scenario`` is the scenario module, callable: scenario(source, overrides=(), unset=()) is scenario.read.
 # ``plan`` is the plan package, callable the same way: plan(source, gpus, global_batch, seq, ...) is plan.plan.
 
 

@@ -50,6 +50,14 @@ def _version() -> str:
         return __version__
 
 
+def _add_unset(parser: argparse.ArgumentParser) -> None:
+    """--unset, beside every --set: the file's keys taken out before the --set values go in."""
+    parser.add_argument("--unset", action="append", default=[], metavar="KEY",
+                        help="remove KEY (a section, or a key in one) from the scenario file before any --set, e.g. "
+                             "--unset pipeline.chunks_per_rank --set pipeline.schedule=1f1b on an interleaved "
+                             "scenario (repeatable); a key the file does not set is already unset: no error")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -62,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a scenario key, e.g. --set pipeline.stages=8, --set parallel.zero=3 (FSDP), "
                           "--set memory.runtime=0 or memory.fp8_weight_cache=false, "
                           "--set step.overlap_param_gather_with_optimizer_step=true or step.fp32_embedding_grads=true (repeatable)")
+    _add_unset(run)
     run.add_argument("--out", default="out", help="output folder (default: out)")
     run.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the table")
     run.add_argument("--schedule-file", help="replay this schedule instead of pipeline.schedule: the JSON or "
@@ -97,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="a grid axis: KEY=a,b,c or KEY=start:stop:step (stop included), repeatable")
     swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key for every point")
+    _add_unset(swp)
     swp.add_argument("--out", default="sweep", help="output folder (default: sweep)")
     swp.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
     swp.add_argument("--memory-limit", metavar="BYTES", help="per-rank memory for summary.md, e.g. 80e9 or 80GiB")
@@ -112,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                            "the faster of direct concatenation and chimera-doubling, and says which")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a scenario key for every schedule (repeatable)")
+    _add_unset(cmp_)
     cmp_.add_argument("--out", default="out", help="output folder (default: out)")
     cmp_.add_argument("--same-gpus", type=int, metavar="N",
                       help="run each schedule at the stage count that uses N GPUs (pipeline ranks x tensor x data "
@@ -133,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "(then seq_length 4096, micro_batch_size 1, recompute none, 1 stage)")
     mdl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set model.seq_length=8192 or memory.recompute=full")
+    _add_unset(mdl)
     mdl.add_argument("--json", action="store_true", help="print the figures as JSON (with step_end: the step's end "
                                                           "item by item, null without [step])")
     mdl.add_argument("--explain", action="store_true", help="also say how each derived number is obtained, "
@@ -149,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     pln.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key; parallel.tensor/context/expert/zero, model.micro_batch_size, "
                           "memory.recompute and pipeline.chunks_per_rank pin that choice (repeatable)")
+    _add_unset(pln)
     pln.add_argument("--budget", type=int, default=200,
                      help="simulate at least this many candidates, best estimates first (default 200)")
     pln.add_argument("--out", default="plan", help="output folder (default: plan)")
@@ -232,9 +245,9 @@ def _chart_files(plots: str, png_names) -> list[str]:
 
 
 def _refuse_unused_options(names: list[str], scenario) -> None:
-    problem = registry.unused_option(names, scenario.options())
-    if problem:
-        raise ScenarioError(problem)
+    error = registry.unused_option(names, scenario.options())
+    if error is not None:
+        raise error
 
 
 def read_schedule_file(path: str) -> Schedule:
@@ -278,7 +291,7 @@ def _check_pair_rank(trace, rank: int) -> None:
 
 def _cmd_run(args) -> int:
     check_plots(args.plots)
-    scenario, inputs = load_resolved(args.scenario, args.overrides)
+    scenario, inputs = load_resolved(args.scenario, args.overrides, args.unset)
     schedule = read_schedule_file(args.schedule_file) if args.schedule_file else None
     if schedule is not None:
         simulation.check_size(scenario, schedule)  # before any output work starts
@@ -544,7 +557,7 @@ def _cmd_sweep(args) -> int:
     _prepare_charts(args.plots)
     try:
         with progress_bar("sweep") as progress:
-            report = run_sweep(args.scenario, axes, args.out, overrides=args.overrides, jobs=args.jobs,
+            report = run_sweep(args.scenario, axes, args.out, overrides=args.overrides, unset=args.unset, jobs=args.jobs,
                                memory_limit=args.memory_limit, resume=args.resume,
                                dask_scheduler=args.dask_scheduler, progress=progress, charts=args.plots == "png")
     except SweepError as exc:
@@ -652,7 +665,7 @@ def parse_grid(specs: list[str]) -> list:
 
 def _cmd_compare(args) -> int:
     check_plots(args.plots)
-    scenario = load_scenario(args.scenario, args.overrides)
+    scenario = load_scenario(args.scenario, args.overrides, args.unset)
     # "1f1b, dualpipe,1f1b" -> ["1f1b", "dualpipe"]: order kept, repeats dropped.
     names = list(dict.fromkeys(n.strip() for n in args.schedules.split(",") if n.strip()))
     if not names:
@@ -661,7 +674,8 @@ def _cmd_compare(args) -> int:
     if args.same_gpus is not None and not 1 <= args.same_gpus <= 1_000_000:
         raise UsageError(f"--same-gpus: must be a whole number of GPUs from 1 to 1,000,000, got {args.same_gpus}")
     check_targets(args.out, ["compare.md", *_chart_files(args.plots, ["compare.png"])])
-    source = f"`{args.scenario}`" + "".join(f" `--set {o}`" for o in args.overrides)
+    source = f"`{args.scenario}`" + "".join(f" `--unset {k}`" for k in args.unset) + \
+        "".join(f" `--set {o}`" for o in args.overrides)
     _prepare_charts(args.plots)
     with progress_bar("compare") as progress:
         result, written = compare.run_and_write(scenario, names, args.out, source, plots=args.plots,
@@ -696,7 +710,7 @@ def _cmd_plan(args) -> int:
     try:
         with progress_bar("plan") as progress:
             result = plan.plan(args.source, args.gpus, args.global_batch, args.seq, hardware=args.hardware,
-                               top=args.top, schedules=names, overrides=args.overrides, jobs=args.jobs,
+                               top=args.top, schedules=names, overrides=args.overrides, unset=args.unset, jobs=args.jobs,
                                budget=args.budget, progress=progress, out=args.out, resume=args.resume,
                                dask_scheduler=args.dask_scheduler)
             _prepare_charts("png")
@@ -768,7 +782,7 @@ def _cmd_model(args) -> int:
         raw = {"pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1}, "model": {"config": args.source}}
     else:
         raw = load_raw(args.source)
-    scenario = sections_only(apply_overrides(raw, args.overrides))
+    scenario = sections_only(apply_overrides(raw, args.overrides, args.unset))
     if scenario.model is None:
         raise UsageError(f"{args.source}: no [model] section to describe")
     derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)

@@ -15,24 +15,23 @@ the speed-up compares whole training steps instead: what a user waits for.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from .schedules import registry
 from . import simulation, units
 from .schedules.closed_form import mean_costs
+from .errors import InputError
 from .schedules.ir import ScheduleError
 from .inputs.scenario import Scenario, ScenarioError, activation_bytes_given
 
 DEFAULT_SCHEDULES = ("1f1b", "zb-h1", "dualpipe", "dualpipev", "chimera")
 BASELINE = "1f1b"
-FIELD = re.compile(r"[a-z_]+(\.[a-z_]+)+")  # a scenario key, as errors name it first: pipeline.microbatches
 
 
 @dataclass
 class Comparison:
     results: list[simulation.Result]  # in the order asked for
-    skipped: list[tuple[str, str]]  # (schedule, reason)
+    skipped: list[tuple[str, InputError]]  # (schedule, why: the error, its line and its parts)
     baseline_makespan: float | None  # 1F1B on the same scenario
     baseline_step: float | None = None  # ... its whole training step, with [step] work
     notes: tuple[str, ...] = ()  # lines under the table (which Chimera variant is shown, and why)
@@ -77,24 +76,24 @@ def at_gpus(scenario: Scenario, name: str, gpus: int) -> Scenario | str:
     return scenario.model_copy(update=update)
 
 
-def _try_run(scenario: Scenario, name: str, same_gpus: int | None = None) -> simulation.Result | str:
-    """The run, or the reason the schedule cannot take this scenario."""
+def _try_run(scenario: Scenario, name: str, same_gpus: int | None = None) -> simulation.Result | InputError:
+    """The run, or why the schedule cannot take this scenario."""
     if name not in registry.families():
-        return "not registered (`dualpipe-sim schedules` lists the known ones)"
+        return InputError("not registered (`dualpipe-sim schedules` lists the known ones)")
     if same_gpus is not None:
         scenario = at_gpus(scenario, name, same_gpus)
         if isinstance(scenario, str):
-            return scenario
+            return InputError(scenario)
         try:  # another stage count: per-stage lists or a layout written for the old one no longer fit
             return simulation.run(scenario)
         except ScheduleError as exc:
-            return str(exc)
+            return exc
         except ScenarioError as exc:
-            return f"at {scenario.pipeline.stages} stages: {exc}"
+            return InputError(f"at {scenario.pipeline.stages} stages: {exc}")
     try:
         return simulation.run(with_schedule(scenario, name))
     except ScheduleError as exc:
-        return str(exc)
+        return exc
 
 
 def compare(scenario: Scenario, names: list[str], progress=None, same_gpus: int | None = None) -> Comparison:
@@ -107,19 +106,19 @@ def compare(scenario: Scenario, names: list[str], progress=None, same_gpus: int 
     for i, name in enumerate(names):
         tell(progress, i, len(names), name)
         outcome = _try_run(scenario, name, same_gpus)
-        if name == "chimera" and "chimera-doubling" not in names and not isinstance(outcome, str):
+        if name == "chimera" and "chimera-doubling" not in names and not isinstance(outcome, InputError):
             outcome = _better_chimera(scenario, outcome, notes)
-        if isinstance(outcome, str):
+        if isinstance(outcome, InputError):
             skipped.append((name, outcome))
         else:
             results.append(outcome)
     if not results:
         reasons = "; ".join(f"{n}: {said_once(n, why)}" for n, why in skipped)
-        raise ScenarioError(f"pipeline.schedule: none of the schedules can run this scenario ({reasons})")
+        raise ScenarioError(field="pipeline.schedule", rule=f"none of the schedules can run this scenario ({reasons})")
     base = next((r for r in results if r.metrics.schedule == BASELINE), None)
     if base is None:
         outcome = _try_run(scenario, BASELINE, same_gpus)
-        base = None if isinstance(outcome, str) else outcome
+        base = None if isinstance(outcome, InputError) else outcome
     return Comparison(results, skipped, base.metrics.makespan if base else None,
                       step_time(base.metrics) if base else None, tuple(notes))  # fmt: skip
 
@@ -131,7 +130,7 @@ def _better_chimera(scenario: Scenario, direct: simulation.Result, notes: list[s
     if B <= F:
         return direct
     doubling = _try_run(scenario, "chimera-doubling")
-    if isinstance(doubling, str):
+    if isinstance(doubling, InputError):
         notes.append(f"chimera: direct concatenation shown; forward doubling cannot run this scenario ({doubling})")
         return direct
     a, b = step_time(direct.metrics), step_time(doubling.metrics)
@@ -247,14 +246,13 @@ def table(comparison: Comparison) -> str:
     return "\n".join([line(head), rule, *(line(b) for b in body)])
 
 
-def said_once(name: str, why: str) -> str:
-    """A skip reason as shown after its schedule's name: the field-first error
-    (Family.problem's ``pipeline.microbatches: dualpipe needs ...``) without the name again,
-    ``pipeline.microbatches needs ...``; other reasons as they are."""
-    field, sep, rule = why.partition(": ")
-    if sep and rule.startswith(f"{name} ") and FIELD.fullmatch(field):
-        return f"{field} {rule[len(name) + 1:]}"
-    return why
+def said_once(name: str, why: InputError) -> str:
+    """A skip reason as shown after its schedule's name: the rule of ``name``'s own family
+    (Family.error's ``pipeline.microbatches: dualpipe needs ...``) without the name again,
+    ``pipeline.microbatches needs ...``; any other reason as its line."""
+    if why.field is not None and why.by == name:
+        return f"{why.field} {why.rule}"
+    return str(why)
 
 
 def skipped_lines(comparison: Comparison) -> list[str]:

@@ -1,9 +1,29 @@
-"""The error a scenario raises, in a module of its own so that every layer
-(scenario, cost model, variability, simulation) can raise it without importing
-the others."""
+"""The errors a user's input raises, in a module of its own so that every layer
+(scenario, cost model, variability, simulation, schedules) can raise them without
+importing the others."""
 
 
-class ScenarioError(ValueError):
+class InputError(ValueError):
+    """A user's input breaks a rule; ``str()`` is the one error line the CLI prints.
+
+    Raised with its parts, ``InputError(field=..., rule=..., by=...)``, the line is
+    ``<field>: [<by> ]<rule>``: ``field`` the key at fault (``pipeline.microbatches``), ``rule``
+    what it breaks (``needs >= 2 * pipeline.stages = 8, got 4``), ``by`` the schedule family whose
+    rule it is (``dualpipe``), else None.  Raised with a whole line, ``InputError(message)``: field
+    and by are None and rule is the line.  Readers that reword an error (compare's skip lines)
+    use the parts, never the text."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, rule: str | None = None,
+                 by: str | None = None):
+        if message is None:
+            message = f"{field}: {by} {rule}" if by else f"{field}: {rule}"
+        else:
+            field, rule, by = None, message, None
+        super().__init__(message)
+        self.field, self.rule, self.by = field, rule, by
+
+
+class ScenarioError(InputError):
     """A scenario or override breaks a rule; the message names the scenario key."""
 
 

@@ -15,11 +15,11 @@ a blank 45 x 40.68 in figure at 110 dpi grows peak RSS by 89.5 MiB for its
 estimate (:func:`estimate`) rounds these up: :data:`BYTES_PER_OP` per op,
 :data:`BYTES_PER_ROW` per further trace row of an op, :data:`BYTES_PER_BOX` per
 box, and :func:`chart_bytes` for the picture.  gantt.png is widened after the
-run until its labels fit (gantt.label_width, up to gantt.MAX_WIDTH_IN), which
+run until its labels fit (gantt.label_width, up to chart_geometry.MAX_WIDTH_IN), which
 the run's shape cannot tell beforehand, so the picture is counted at that cap.
 A scenario of S stages and M micro-batches has at most 3 S M ops (F, I
 and W for every stage of every micro-batch).  Boxes are drawn only while a
-rank's row holds at most :data:`BOX_ACTIONS_PER_RANK` actions (gantt.py's
+rank's row holds at most :data:`BOX_ACTIONS_PER_RANK` actions (chart_geometry's
 MIN_BOX_PX on its widest figure; bands beyond), and a rank runs at least M
 actions (an F and a B or I per micro-batch on each stage it holds, at most two
 to an action), so the chart's term is counted when M is at most that, for at
@@ -43,19 +43,12 @@ goes past that (a livelock guard: nothing can loop forever).
 
 from __future__ import annotations
 
+from .chart_geometry import BOX_ACTIONS_PER_RANK, DPI, MAX_WIDTH_IN, figure_in
 from .units import nbytes as _bytes
 
 BYTES_PER_OP = 768  # per op, its one trace row included (540-660 B measured: benchmarks/engine.py --targets)
 BYTES_PER_ROW = 128  # per further trace row of an op: components, all-to-all phases (about 110 B measured)
 BYTES_PER_BOX = 10 * 1024  # per box the Gantt chart draws (about 9.2 KB measured)
-BOX_ACTIONS_PER_RANK = 366  # gantt.py: (30 in - 3.35 in of margins) x 110 dpi / 8 px per box
-# The box-by-box gantt.png's geometry, as outputs/plots lays it out (no matplotlib import here;
-# tests/test_limits_chart.py holds these to the charts' own constants and the PNG's real size).
-CHART_DPI = 110  # canvas.DPI
-CHART_WIDTH_IN = 45.0  # gantt.MAX_WIDTH_IN: gantt.label_width's cap
-CHART_ROW_IN = 0.62  # gantt.ROW_IN per rank
-CHART_TOP_IN, CHART_BOTTOM_IN = 0.45, 0.55  # gantt.TOP_IN, gantt.BOTTOM_IN
-PAIR_IN = 2.4  # pair.HEIGHT_IN: the pair view under a chart of components
 BYTES_PER_PIXEL = 4  # RGBA
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 OPS_PER_STAGE_AND_MICROBATCH = 3  # F, I, W: the most any schedule runs
@@ -82,11 +75,10 @@ def memory_for(ops: int, boxes: int, rows_per_op: float = 1.0, ranks: int = 0) -
 
 def chart_bytes(ranks: int, pair: bool = False) -> int:
     """The pixels of a box-by-box gantt.png of ``ranks`` rows at its widest, 4 bytes each;
-    ``pair``: with the pair view underneath (components).  Heights as gantt_file.save_gantt
-    lays them out: a chart at least width / 6 - 1.3 in tall, so a wide one is no thin strip."""
-    chart = max(ranks * CHART_ROW_IN, CHART_WIDTH_IN / 6 - 1.3)
-    height = CHART_TOP_IN + chart + CHART_BOTTOM_IN + (PAIR_IN if pair else 0.0)
-    return int(CHART_WIDTH_IN * CHART_DPI) * int(height * CHART_DPI) * BYTES_PER_PIXEL  # Agg truncates, as here
+    ``pair``: with the pair view underneath (components).  The height as gantt_file.save_gantt
+    lays it out, by the same function (chart_geometry.figure_in)."""
+    height = figure_in(ranks, MAX_WIDTH_IN, pair)
+    return int(MAX_WIDTH_IN * DPI) * int(height * DPI) * BYTES_PER_PIXEL  # Agg truncates, as here
 
 
 def size_problem(stages: int, microbatches: int, max_memory: float, rows_per_op: float = 1.0) -> str | None:

@@ -4,6 +4,8 @@ import matplotlib.pyplot as plt
 import pytest
 
 from dualpipe_sim import compare
+from dualpipe_sim.errors import InputError, ScenarioError
+from dualpipe_sim.schedules.ir import ScheduleError
 from dualpipe_sim.schedules import registry
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
@@ -35,7 +37,7 @@ def write_scenario(tmp_path):
 def test_rows_against_closed_forms_and_metrics():
     c = compare.compare(base(), ["1f1b", "dualpipev", "not-a-schedule", "gpipe"])
     assert [r.metrics.schedule for r in c.results] == ["1f1b", "dualpipev", "gpipe"]
-    assert c.skipped[0][0] == "not-a-schedule" and "not registered" in c.skipped[0][1]
+    assert c.skipped[0][0] == "not-a-schedule" and "not registered" in str(c.skipped[0][1])
     rows = {r["schedule"]: r for r in compare.summary_rows(c)}
     assert rows["1f1b"]["makespan"] == pytest.approx(ONE_F_ONE_B)
     assert rows["1f1b"]["speedup"] == pytest.approx(1.0)
@@ -61,23 +63,29 @@ def test_constraint_broken_is_skipped_with_reason():
     c = compare.compare(base(microbatches=6), ["dualpipe", "1f1b"])  # DualPipe needs M >= 2S
     assert [r.metrics.schedule for r in c.results] == ["1f1b"]
     (name, why), = c.skipped
-    assert name == "dualpipe" and "microbatches" in why
+    assert name == "dualpipe" and "microbatches" in str(why)
     # The schedule is named once: before the colon, not again inside the field-first rule (s15m).
     line = f"skipped dualpipe: pipeline.microbatches needs >= 2 * pipeline.stages = {2 * S}, got 6"
     assert line in compare.report(c).splitlines()
     assert f"- `dualpipe`: pipeline.microbatches needs >= 2 * pipeline.stages = {2 * S}, got 6" in \
         compare.markdown(c, "s.toml").splitlines()
-    assert why == f"pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = {2 * S}, got 6"  # the error as raised
+    assert str(why) == f"pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = {2 * S}, got 6"  # as raised
+    assert (why.field, why.by, why.rule) == ("pipeline.microbatches", "dualpipe", f"needs >= 2 * pipeline.stages = {2 * S}, got 6")
 
 
 def test_skip_reason_drops_only_the_repeated_name():
-    assert compare.said_once("chimera", "pipeline.stages: chimera needs an even number >= 2, got 3") == \
-        "pipeline.stages needs an even number >= 2, got 3"
-    assert compare.said_once("nope", "not registered (`dualpipe-sim schedules` lists the known ones)") == \
+    """said_once reads the error's parts (field, rule, the family whose rule it is), not its text."""
+    own = ScheduleError(field="pipeline.stages", rule="needs an even number >= 2, got 3", by="chimera")
+    assert str(own) == "pipeline.stages: chimera needs an even number >= 2, got 3"
+    assert compare.said_once("chimera", own) == "pipeline.stages needs an even number >= 2, got 3"
+    assert compare.said_once("nope", InputError("not registered (`dualpipe-sim schedules` lists the known ones)")) == \
         "not registered (`dualpipe-sim schedules` lists the known ones)"
-    # Another schedule's name, or a reason that does not start with a key, stays as it is.
-    assert compare.said_once("dualpipev", "pipeline.stages: dualpipe needs 2") == "pipeline.stages: dualpipe needs 2"
-    assert compare.said_once("zb-v", "at 4 stages: zb-v needs x") == "at 4 stages: zb-v needs x"
+    # Another family's rule, a rule of no family, or a whole line stays its line, whatever its text says.
+    other = ScheduleError(field="pipeline.stages", rule="needs 2", by="dualpipe")
+    assert compare.said_once("dualpipev", other) == "pipeline.stages: dualpipe needs 2"
+    assert compare.said_once("zb-v", ScenarioError(field="pipeline.stages", rule="zb-v needs x")) == "pipeline.stages: zb-v needs x"
+    assert compare.said_once("zb-v", InputError("pipeline.stages: zb-v needs x")) == "pipeline.stages: zb-v needs x"
+    assert compare.said_once("zb-v", InputError("at 4 stages: zb-v needs x")) == "at 4 stages: zb-v needs x"
 
 
 def test_every_registered_schedule_runs_or_says_why():

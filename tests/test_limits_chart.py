@@ -10,19 +10,8 @@ from PIL import Image
 
 from dualpipe_sim import limits
 from dualpipe_sim.cli import main
-from dualpipe_sim.outputs.plots import canvas, gantt, gantt_file, pair
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_the_mirrored_geometry_is_the_charts():
-    """limits.py keeps its own copy (no matplotlib import for a size check): the same numbers."""
-    assert limits.CHART_DPI == canvas.DPI
-    assert limits.CHART_WIDTH_IN == gantt.MAX_WIDTH_IN
-    assert limits.CHART_ROW_IN == gantt.ROW_IN
-    assert (limits.CHART_TOP_IN, limits.CHART_BOTTOM_IN) == (gantt.TOP_IN, gantt.BOTTOM_IN)
-    assert limits.PAIR_IN == pair.HEIGHT_IN
-    assert "width / 6 - 1.3" in Path(gantt_file.__file__).read_text()  # the few-ranks height floor mirrored
 
 
 def test_chart_bytes_by_hand():
@@ -55,3 +44,21 @@ def test_the_png_is_the_picture_counted(stages, microbatches, rows_px, tmp_path)
     with Image.open(out / "gantt.png") as png:
         assert png.size == (4950, rows_px)
     assert limits.chart_bytes(stages) == 4950 * rows_px * 4
+
+
+@pytest.mark.parametrize("microbatches, dense", [(183, False), (184, True)])
+def test_box_actions_per_rank_is_where_the_chart_turns_to_bands(microbatches, dense):
+    """1F1B on 2 stages: 2 M actions a rank, so 0.3 in each puts the base figure at its 30 in cap;
+    its axes are 30 - 0.8 - 2.55 = 26.65 in = 2,931.5 px, 8 px a box: 366 actions (M = 183) still
+    draw boxes, 368 (M = 184) are bands.  limits.py counts boxes by the same 366."""
+    from dualpipe_sim import simulation
+    from dualpipe_sim.chart_geometry import DPI, LEFT_IN, RIGHT_IN
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim.outputs.plots import gantt
+
+    assert limits.BOX_ACTIONS_PER_RANK == 366
+    run = simulation.run(scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": microbatches},
+                                             "costs": {"forward": 1.0, "backward": 2.0}}))  # fmt: skip
+    assert gantt.figure_width(run.trace) == 30.0
+    assert gantt.too_dense(run.trace, (gantt.figure_width(run.trace) - LEFT_IN - RIGHT_IN) * DPI) is dense
+    assert (2 * microbatches <= limits.BOX_ACTIONS_PER_RANK) is not dense

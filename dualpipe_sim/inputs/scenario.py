@@ -699,8 +699,9 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.split("."), value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    data = _deep_copy(raw)
+def apply_overrides(raw: dict, overrides: list[str], unset: Iterable[str] = ()) -> dict:
+    """``raw`` with the keys ``unset`` names removed (:func:`unset_keys`), then ``overrides`` set."""
+    data = unset_keys(raw, unset)
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -711,6 +712,35 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = child
         node[path[-1]] = value
     return data
+
+
+def unset_keys(raw: dict, keys: Iterable[str]) -> dict:
+    """A copy of ``raw`` without the dotted ``keys`` (a section, or a key in one), each first held to
+    the scenario's schema: an unknown key raises, naming it (with the closest known one), and a key
+    ``raw`` does not set is already unset, so it stays so without complaint."""
+    data = _deep_copy(raw)
+    for text in [keys] if isinstance(keys, str) else keys:  # one key given bare, not as a list
+        *tables, last = _known_path(text)
+        node = data
+        for part in tables:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                break
+        else:
+            node.pop(last, None)
+    return data
+
+
+def _known_path(text: str) -> list[str]:
+    """``text``'s parts, once each is a key the scenario schema knows at its place."""
+    parts = text.strip().split(".") if isinstance(text, str) else []
+    if not parts or "=" in text or any(not part.strip() for part in parts):
+        raise ScenarioError(f"unset {shown(text)}: expected a dotted key alone, e.g. pipeline.chunks_per_rank")
+    for i in range(len(parts)):
+        known = _known_keys(parts[:i]) + (["file"] if parts[:i] == ["chunk"] else [])  # chunk.file: read before the schema
+        if parts[i] not in known:
+            raise ScenarioError(field=cut(".".join(parts[: i + 1])), rule=_unknown_key(parts[: i + 1]))
+    return parts
 
 
 def _deep_copy(d):
@@ -728,7 +758,7 @@ def resolved(data: dict, memo=None) -> tuple[Scenario, Inputs]:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(_first_error(exc)) from None
+        raise _first_error(exc) from None
     inputs = resolve(scenario, memo)  # cross-field rules raise here, before anything runs
     p = scenario.pipeline
     too_big = limits.size_problem(p.stages, p.microbatches, scenario.limits.max_memory, trace_rows_per_op(inputs.costs))
@@ -752,29 +782,32 @@ def sections_only(data: dict) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(_first_error(exc)) from None
+        raise _first_error(exc) from None
 
 
-def read(source: str | Path | Mapping, overrides: Iterable[str] = ()) -> Scenario:
+def read(source: str | Path | Mapping, overrides: Iterable[str] = (), unset: Iterable[str] = ()) -> Scenario:
     """A validated scenario from a TOML file or from a dict with the same keys as the
-    TOML, ``overrides`` (``"key=value"`` texts, as the CLI's --set takes) applied first.
+    TOML, ``overrides`` (``"key=value"`` texts, as the CLI's --set takes) applied first,
+    after the dotted keys ``unset`` names are removed (as the CLI's --unset; unset_keys).
     This is the public API's ``dualpipe_sim.scenario(...)``."""
-    return read_resolved(source, overrides)[0]
+    return read_resolved(source, overrides, unset)[0]
 
 
-def read_resolved(source: str | Path | Mapping, overrides: Iterable[str] = ()) -> tuple[Scenario, Inputs]:
+def read_resolved(source: str | Path | Mapping, overrides: Iterable[str] = (),
+                  unset: Iterable[str] = ()) -> tuple[Scenario, Inputs]:
     """read's scenario and its inputs (see resolved)."""
     raw = load_raw(source) if isinstance(source, (str, Path)) else dict(source)  # apply_overrides copies it
-    return resolved(apply_overrides(raw, list(overrides)))
+    return resolved(apply_overrides(raw, list(overrides), unset))
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    return from_dict(apply_overrides(load_raw(path), overrides or []))
+def load(path: str | Path, overrides: list[str] | None = None, unset: Iterable[str] = ()) -> Scenario:
+    return from_dict(apply_overrides(load_raw(path), overrides or [], unset))
 
 
-def load_resolved(path: str | Path, overrides: list[str] | None = None) -> tuple[Scenario, Inputs]:
+def load_resolved(path: str | Path, overrides: list[str] | None = None,
+                  unset: Iterable[str] = ()) -> tuple[Scenario, Inputs]:
     """load's scenario and its inputs (see resolved)."""
-    return resolved(apply_overrides(load_raw(path), overrides or []))
+    return resolved(apply_overrides(load_raw(path), overrides or [], unset))
 
 
 def _is_union_label(part) -> bool:
@@ -796,7 +829,7 @@ def _known_keys(section: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _first_error(exc: ValidationError) -> str:
+def _first_error(exc: ValidationError) -> ScenarioError:
     # For "number or per-stage list" fields pydantic reports both branches; the
     # deepest location is the branch that matched the input's shape.
     errors = exc.errors()
@@ -806,20 +839,30 @@ def _first_error(exc: ValidationError) -> str:
     # Drop pydantic's union-branch labels ("float", "list[...]") from the path.
     loc = [str(p) for p in err["loc"] if not _is_union_label(p)]
     field = cut(".".join(loc)) or "scenario"  # a key is the user's text too
+    return ScenarioError(field=field, rule=_broken_rule(err, loc))
+
+
+def _broken_rule(err: dict, loc: list[str]) -> str:
+    """What one pydantic error says the key at ``loc`` breaks, as the error line words it."""
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
-        known = _known_keys(loc[:-1]) if loc else []
-        close = [k for k in known if k.startswith(loc[-1])][:1] or difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
-        return f"{field}: unknown key" + (f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else "")
+        return _unknown_key(loc)
     if kind == "missing":
-        return f"{field}: required key is missing"
+        return "required key is missing"
     if kind in ("finite_number",):
-        return f"{field}: must be a finite number, got {shown(err.get('input'))}"
+        return f"must be a finite number, got {shown(err.get('input'))}"
     value = err.get("input")
     if isinstance(value, float) and math.isnan(value):
-        return f"{field}: must be a number, got NaN"
+        return "must be a number, got NaN"
     msg = msg.removeprefix("Value error, ")
-    return f"{field}: {msg[0].lower() + msg[1:]}, got {shown(value)}"
+    return f"{msg[0].lower() + msg[1:]}, got {shown(value)}"
+
+
+def _unknown_key(loc: list[str]) -> str:
+    """The rule an unknown key ``loc`` breaks, with the closest known key at its place if one is close."""
+    known = _known_keys(loc[:-1]) if loc else []
+    close = [k for k in known if k.startswith(loc[-1])][:1] or difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    return "unknown key" + (f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else "")
 
 
 class _CallableModule(types.ModuleType):
@@ -827,8 +870,8 @@ class _CallableModule(types.ModuleType):
     :func:`read`, while ``dualpipe_sim.scenario.load`` and the rest stay reachable
     (a function of that name in the package would hide the module)."""
 
-    def __call__(self, source: str | Path | Mapping, overrides: Iterable[str] = ()) -> Scenario:
-        return read(source, overrides)
+    def __call__(self, source: str | Path | Mapping, overrides: Iterable[str] = (), unset: Iterable[str] = ()) -> Scenario:
+        return read(source, overrides, unset)
 
 
 sys.modules[__name__].__class__ = _CallableModule

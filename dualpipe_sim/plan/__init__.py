@@ -86,11 +86,13 @@ def reason_kind(reason: str) -> str:
 
 def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware: str | None = None,
          top: int = DEFAULT_TOP, schedules: list[str] | None = None, overrides: list[str] = (),
-         jobs: int | None = None, budget: int = DEFAULT_BUDGET, progress: Progress | None = None,
-         out: str | Path | None = None, resume: bool = False, dask_scheduler: str | None = None) -> Plan:
+         unset: list[str] = (), jobs: int | None = None, budget: int = DEFAULT_BUDGET,
+         progress: Progress | None = None, out: str | Path | None = None, resume: bool = False,
+         dask_scheduler: str | None = None) -> Plan:
     """Rank every layout of the model in ``source`` (scenario TOML or HF config.json) on ``gpus`` GPUs,
     ``global_batch`` sequences of ``seq`` tokens per step.  Raises PlanError (a ScenarioError) naming
-    the parameter for an impossible request.
+    the parameter for an impossible request.  ``unset``: dotted keys taken out of the source's
+    scenario before ``overrides`` apply (as sweep and the CLI's --unset).
 
     ``out``: keep each simulated candidate in ``out``/plan.partial.jsonl as it finishes, so that
     Ctrl-C (raising :class:`Interrupted`) loses none and ``resume=True`` simulates only the others.
@@ -108,7 +110,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         raise SweepError("dask_scheduler", f"empty address {shown(dask_scheduler)}; give the scheduler's address, "
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
     overrides = list(overrides)
-    base = base_scenario(source, hardware, seq, overrides)
+    base = base_scenario(source, hardware, seq, overrides, unset)
     req = make_request(base, gpus, global_batch, seq)
     # Read the model's config once, before the minutes of work: a file removed mid-run then fails
     # the candidates that read it (each row says so), not the whole plan after they have run.

@@ -16,7 +16,7 @@ from ..model import derive
 from ..model.config import ModelError
 from ..model.hardware import PRESETS
 from ..model.sections import ModelSection
-from ..inputs.scenario import Step, apply_overrides, load_raw, parse_override
+from ..inputs.scenario import Step, apply_overrides, load_raw, parse_override, unset_keys
 from .space import Choices, ModelShape, Request
 
 # [step] when the source gives none: the data-parallel sync, the DualPipe/Chimera copy sum and the
@@ -43,15 +43,18 @@ class PlanError(ScenarioError):
     """A request no layout can serve; the message names the parameter."""
 
 
-def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides: list[str]) -> dict:
-    """The scenario dict every candidate starts from."""
+def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides: list[str],
+                  unset: list[str] = ()) -> dict:
+    """The scenario dict every candidate starts from: the source's keys less those ``unset`` names
+    (unset_keys), plan's own, then ``overrides``."""
     path = Path(source)
     if path.suffix == ".json":
         if not path.is_file():
             raise PlanError(f"source: model config not found: {path}")
+        unset_keys({}, unset)  # a config sets no scenario key, so each is already unset: its name is checked
         base: dict = {"model": {"config": str(path.resolve())}}
     else:
-        base = load_raw(path)
+        base = unset_keys(load_raw(path), unset)
         if "model" not in base:
             raise PlanError(f"source: {path} has no [model] section (plan needs a model to lay out)")
         config = base["model"].get("config")

@@ -174,9 +174,9 @@ def _check_dualpipe(stages: int, microbatches: int) -> str | None:
     analytic=_analytic,
 )
 def dualpipe(stages: int, microbatches: int) -> Schedule:
-    problem = dualpipe.family.problem(stages, microbatches)
-    if problem:
-        raise ScheduleError(problem)
+    error = dualpipe.family.error(stages, microbatches)
+    if error is not None:
+        raise error
     S, half = stages, microbatches // 2
     ranks = []
     for r in range(S):
@@ -217,9 +217,9 @@ def _check_dualpipev(stages: int, microbatches: int) -> str | None:
     analytic=_analytic,
 )
 def dualpipev(stages: int, microbatches: int) -> Schedule:
-    problem = dualpipev.family.problem(stages, microbatches)
-    if problem:
-        raise ScheduleError(problem)
+    error = dualpipev.family.error(stages, microbatches)
+    if error is not None:
+        raise error
     R = stages // 2
     ranks = []
     for r in range(R):

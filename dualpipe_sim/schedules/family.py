@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .ir import Schedule
+from .ir import Schedule, ScheduleError
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,20 @@ class Family:
     analytic: Callable[..., dict] | None = None
     recompute: str = "none"  # memory.recompute when the scenario leaves it out (what the family's source runs)
 
-    def problem(self, stages: int, microbatches: int, **options) -> str | None:
-        """The broken rule as README's ``<field>: <rule>`` line naming this family, e.g.
-        ``pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = 8, got 4``; None when none is."""
+    def error(self, stages: int, microbatches: int, **options) -> ScheduleError | None:
+        """The broken rule as an error with its parts (field, rule, this family), whose line is
+        README's ``pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = 8, got 4``;
+        None when none is."""
         why = self.check(stages, microbatches, **options)
         if why is None:
             return None
         field, _, rule = why.partition(": ")
-        return f"{field}: {self.name} {rule}"
+        return ScheduleError(field=field, rule=rule, by=self.name)
+
+    def problem(self, stages: int, microbatches: int, **options) -> str | None:
+        """:meth:`error`'s line, or None."""
+        error = self.error(stages, microbatches, **options)
+        return None if error is None else str(error)
 
 
 def register(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 from .rules import KINDS, PAIR_BACKWARDS, PAIR_KIND, Kind
-from ..errors import shown
+from ..errors import InputError, shown
 
 
 class Op(NamedTuple):
@@ -139,8 +139,9 @@ class Schedule:
         )
 
 
-class ScheduleError(ValueError):
-    """A schedule is malformed, incomplete or cannot run to the end."""
+class ScheduleError(InputError):
+    """A schedule is malformed, incomplete or cannot run to the end (a family's broken rule
+    carries its field, rule and family: errors.InputError)."""
 
 
 class DeadlockError(ScheduleError):

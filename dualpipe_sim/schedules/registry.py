@@ -13,7 +13,7 @@ from .. import limits
 from .ir import Schedule, ScheduleError
 from . import FAMILIES
 from .family import Family
-from ..errors import shown
+from ..errors import ScenarioError, shown
 
 
 def _table(families: tuple[Family, ...]) -> dict[str, Family]:
@@ -41,7 +41,7 @@ def get(name: str) -> Family:
         bare = lambda n: str(n).lower().replace("-", "").replace("_", "")  # noqa: E731
         close = [n for n in _REGISTRY if bare(n) == bare(name)]  # DualPipe -> dualpipe, dualpipe-v -> dualpipev
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ScheduleError(f"pipeline.schedule: unknown schedule {shown(name)}{hint}; known: {known}") from None
+        raise ScheduleError(field="pipeline.schedule", rule=f"unknown schedule {shown(name)}{hint}; known: {known}") from None
 
 
 def build(name: str, stages: int, microbatches: int, *, max_memory: float = limits.DEFAULT_MAX_MEMORY,
@@ -55,15 +55,15 @@ def build(name: str, stages: int, microbatches: int, *, max_memory: float = limi
     # Only pass the options this family declares: a scenario may carry keys
     # (chunks_per_rank, ...) that other families ignore.
     options = {k: v for k, v in options.items() if k in family.options and v is not None}
-    problem = family.problem(stages, microbatches, **options)
-    if problem:
-        raise ScheduleError(problem)
+    error = family.error(stages, microbatches, **options)
+    if error is not None:
+        raise error
     return family.generate(stages, microbatches, **options)
 
 
-def unused_option(names: list[str], options: dict) -> str | None:
-    """One line naming a [pipeline] option that is set but taken by none of the
-    schedules ``names`` (e.g. chunks_per_rank under dualpipe), else None."""
+def unused_option(names: list[str], options: dict) -> ScenarioError | None:
+    """The error naming a [pipeline] option that is set but taken by none of the
+    schedules ``names`` (e.g. chunks_per_rank under dualpipe; its field is the option), else None."""
     known = families()
     for key, value in options.items():
         if value is None:
@@ -71,8 +71,8 @@ def unused_option(names: list[str], options: dict) -> str | None:
         if not any(key in known[n].options for n in names if n in known):
             takers = [n for n, f in known.items() if key in f.options]
             verb = "does" if len(names) == 1 else "do"
-            return (f"pipeline.{key}: {', '.join(names)} {verb} not take it (only {', '.join(takers)} "
-                    f"{'does' if len(takers) == 1 else 'do'}); leave it out")
+            return ScenarioError(field=f"pipeline.{key}", rule=f"{', '.join(names)} {verb} not take it (only "
+                                 f"{', '.join(takers)} {'does' if len(takers) == 1 else 'do'}); leave it out")
     return None
 
 

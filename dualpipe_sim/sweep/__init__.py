@@ -63,6 +63,7 @@ def run_sweep(
     out: str | Path,
     *,
     overrides: list[str] = (),
+    unset: list[str] = (),
     jobs: int | None = None,
     memory_limit: float | str | None = None,
     resume: bool = False,
@@ -72,7 +73,8 @@ def run_sweep(
 ) -> SweepReport:
     """Run every point of the grid; see the module docstring.
 
-    ``scenario``: a TOML path or the raw scenario dict; ``grid``: ``{key: values}``,
+    ``scenario``: a TOML path or the raw scenario dict, without the keys ``unset`` names, then
+    with ``overrides`` set; ``grid``: ``{key: values}``,
     e.g. ``{"pipeline.stages": [4, 8], "pipeline.microbatches": range(8, 65, 8)}``;
     ``memory_limit``: bytes (or ``"80GiB"``) for summary.md; ``progress`` is told of
     each finished point (progress.py); ``charts=False`` skips the PNG charts.
@@ -82,7 +84,7 @@ def run_sweep(
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
     out = Path(out)
     raw = scenario if isinstance(scenario, dict) else load_raw(scenario)
-    base = apply_overrides(raw, list(overrides))
+    base = apply_overrides(raw, list(overrides), unset)
     axes = make_axes(grid)
     check_against(base, axes)
     limit = None if memory_limit is None else parse_bytes(memory_limit)

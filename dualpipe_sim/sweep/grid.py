@@ -136,10 +136,10 @@ def check_against(base: dict, axes: list[Axis]) -> None:
         if axis.key.startswith("pipeline.") and option in options:
             options[option] = axis.values[0]
     problem = registry.unused_option(names, options)
-    if problem:
+    if problem is not None:
         # Named by the option's own axis if it is swept, else by the schedules' axis, if any.
-        blamed = next((a for a in axes if a.key == problem.partition(":")[0]), schedule_axis)
-        raise ScenarioError(problem + (blamed.where() if blamed else ""))
+        blamed = next((a for a in axes if a.key == problem.field), schedule_axis)
+        raise ScenarioError(field=problem.field, rule=problem.rule + (blamed.where() if blamed else ""))
     for axis in axes:
         for text in axis.texts:
             data = apply_overrides(base, [f"{axis.key}={text}"])

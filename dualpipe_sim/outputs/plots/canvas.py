@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-DPI = 110
+from ...chart_geometry import DPI
 
 
 def new_figure(width: float, height: float) -> Figure:

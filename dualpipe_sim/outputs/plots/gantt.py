@@ -50,6 +50,9 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Affine2D
 
 from ... import units
+from ...chart_geometry import (  # noqa: F401  (the layout's numbers; the chart modules read them from here too)
+    BASE_MAX_IN, BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, MAX_WIDTH_IN, MIN_BOX_PX, RIGHT_IN, ROW_GAP, ROW_H, ROW_IN, TOP_IN,
+)  # fmt: skip
 from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES, KIND_NAMES
 from ...engine.trace import A2A, Trace
@@ -58,18 +61,10 @@ from .style import (  # noqa: F401  (COLOURS and the rest stay importable from h
     hues, op_rows, spans,
 )  # fmt: skip
 
-LANE_H, COMM_H, ROW_GAP = 0.62, 0.16, 0.22
-ROW_H = LANE_H + COMM_H + ROW_GAP  # one rank's row in data units
-ROW_IN = ROW_H * 0.62  # inches per rank row in gantt.png
-MIN_BOX_PX = 8.0  # narrower than this per action on average (edges and borders swamp them), boxes give way to bands
 LABEL_FLOOR, LABEL_MAX, LABEL_PAD = 4.5, 8.5, 3.0  # label sizes (points) and the box left beside a label
 FLAT_SHARE = 0.45  # a number lying down is at most this share of its box's height
 UPRIGHT_PAD = 1.5  # across an upright label: the narrow boxes it is for have no 3 pt to spare
 UPRIGHT_MAX = 6.0  # an upright label stands among lying ones near the floor: larger, it would stand out
-# gantt.png grows up to this for its labels (4,950 px at canvas.DPI 110): wider, a viewer shows it scaled
-# down until the numbers are too small to read anyway, and the file only grows.
-MAX_WIDTH_IN = 45.0
-LEFT_IN, RIGHT_IN, TOP_IN, BOTTOM_IN = 0.8, 2.55, 0.45, 0.55  # fixed margins: rank labels, legend, title, axis
 
 
 def _row_y(rank: int) -> float:
@@ -379,7 +374,7 @@ def comm_legend(trace: Trace, suffix: str = "") -> list[Patch]:
 
 def figure_width(trace: Trace) -> float:
     """Wide enough that each action's box can carry a two-digit label."""
-    return float(np.clip(actions_per_rank(trace) * 0.3, 10, 30))
+    return float(np.clip(actions_per_rank(trace) * 0.3, 10, BASE_MAX_IN))
 
 
 def label_width(trace: Trace) -> float:

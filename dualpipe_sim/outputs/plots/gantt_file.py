@@ -8,11 +8,10 @@ of them imports another's caller.
 
 from __future__ import annotations
 
+from ...chart_geometry import BOTTOM_IN, LEFT_IN, RIGHT_IN, chart_in, figure_in
 from ...engine.trace import Trace
 from . import canvas, overview, pair
-from .gantt import (
-    BOTTOM_IN, LEFT_IN, RIGHT_IN, ROW_IN, TOP_IN, draw_gantt, figure_width, gantt_title, label_width, too_dense,
-)  # fmt: skip
+from .gantt import draw_gantt, figure_width, gantt_title, label_width, too_dense
 
 
 def save_gantt(trace: Trace, metrics, path, pair_rank: int | None = None) -> None:
@@ -25,9 +24,8 @@ def save_gantt(trace: Trace, metrics, path, pair_rank: int | None = None) -> Non
         width = label_width(trace)  # boxes, then wide enough for their labels
         shown = pair.pick(trace, pair_rank)
         pair_in = pair.HEIGHT_IN if shown is not None else 0.0
-        # Few ranks but a wide chart: taller rows, or the picture is a thin strip.
-        chart = max(trace.ranks * ROW_IN, width / 6 - 1.3)
-        fig = canvas.new_figure(width, TOP_IN + chart + BOTTOM_IN + pair_in)
+        chart = chart_in(trace.ranks, width)  # limits.chart_bytes counts this picture by the same two
+        fig = canvas.new_figure(width, figure_in(trace.ranks, width, shown is not None))
         h = fig.get_figheight()
         ax = fig.add_axes((LEFT_IN / width, (BOTTOM_IN + pair_in) / h, 1 - (LEFT_IN + RIGHT_IN) / width, chart / h))
         draw_gantt(ax, trace, title=gantt_title(metrics))

@@ -15,12 +15,13 @@ import numpy as np
 
 from ...schedules.components import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
 from ... import units
+from ...chart_geometry import PAIR_IN
 from ...schedules.rules import KIND_CODES
 from ...engine.trace import A2A, Trace
 from .gantt import boxes, glyph, draw_texts, time_axis
 from .style import COLOURS, hues
 
-HEIGHT_IN = 2.4  # the pair view's share of the figure, axes and titles included
+HEIGHT_IN = PAIR_IN  # the pair view's share of the figure, axes and titles included (chart_geometry)
 A2A_COLOURS = {"F": "#c9b3e6", "B": "#6a3d9a"}
 NAMES = {
     "attn_forward": "attn", "dispatch_forward": "dispatch", "mlp_forward": "mlp", "combine_forward": "combine",
