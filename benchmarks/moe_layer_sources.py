@@ -16,7 +16,7 @@ figures are in tests/data/kernels/ with what each times:
    7,168, top-8 of 32 experts, BF16.  The model's figure is the layer table's all-to-all rows for that shape
    (inside a node the model takes Megatron's all-to-all for DeepEP too: every (token, expert) copy over NVLink).
 
-Prints each published figure beside the model's; docs/model.md ("MoE parts against published H100 timings") reads
+Prints each published figure beside the model's; docs/searches.md ("MoE parts against published H100 timings") reads
 them and tests/test_moe_layer_sources.py holds them.  Nothing here is fitted.
 """
 

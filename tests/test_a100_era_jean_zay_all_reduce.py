@@ -1,7 +1,7 @@
 """BLOOM's inter-node figures against an NCCL all-reduce timed on its own machine with its own NCCL (issue 21, s15g).
 
-Issue 21's s15g searched for kernel-level measurements on A100 under the 2020-2022 runs' libraries (docs/model.md,
-"A100 rates and the runs' software era", lists every lead). The one reached that names its GPU and its NCCL is
+Issue 21's s15g searched for kernel-level measurements on A100 under the 2020-2022 runs' libraries (docs/searches.md,
+"A100 rates and the runs' software era: leads", lists every lead). The one reached that names its GPU and its NCCL is
 BigScience's all-reduce benchmark on 4 Jean Zay A100 80GB nodes, run from the tr11-176B-ml environment in January 2022
 (NCCL 2.10.3+cuda11.3; tests/data/kernels/bigscience_jz_a100_all_reduce.csv): one 4e9-byte fp32 tensor over 32 GPUs,
 8 a node, five trials. One size and one group shape, so a check, not a rate: nothing in the model is fitted to it.

@@ -1,7 +1,7 @@
 """Issue 21 (host pace): the host-time measurements reached for Transformer Engine's module calls
 (tests/data/host/, one file per source) against the rule that decides whether a figure may be costed, and
-against docs/model.md's table of them ("Host time of Transformer Engine's module calls").  Nothing here runs
-the model: it keeps the data, the rule and the page from drifting apart."""
+against docs/searches.md's table of them ("Host time of Transformer Engine's module calls", where docs/model.md
+points).  Nothing here runs the model: it keeps the data, the rule and the page from drifting apart."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dualpipe_sim.model import host
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "host"
 FILES = sorted(DATA.glob("*.toml"))
-PAGE = (ROOT / "docs" / "model.md").read_text(encoding="utf-8")
+PAGE = (ROOT / "docs" / "searches.md").read_text(encoding="utf-8")
 FIGURE_KEYS = {"what", "module", "te_module", "pass", "precision", "host_cpu", "host_arch", "gpu", "measure",
                "value_us", "qualifies"}
 
@@ -27,8 +27,8 @@ def load(path: Path) -> dict:
 
 
 def qualifies(fig: dict, te_version: str) -> bool:
-    """docs/model.md's rule: a TE module's host time alone, per call and pass, with its host CPU (x86, as
-    the runs'), its Hopper GPU and its TE version all stated."""
+    """docs/model.md's rule ("Host time of Transformer Engine's module calls"): a TE module's host time alone, per call
+    and pass, with its host CPU (x86, as the runs'), its Hopper GPU and its TE version all stated."""
     return (fig["te_module"] and fig["measure"] == "host" and fig["pass"] in ("forward", "backward")
             and fig["host_arch"] == "x86" and bool(fig["host_cpu"]) and fig["gpu"] in ("H100", "H800")
             and bool(te_version))
@@ -71,7 +71,7 @@ def test_the_page_lists_every_source_with_its_verdict_and_only_figures_the_data_
         d = load(path)
         short = d["source"].removeprefix("NVIDIA/")  # the page drops the owner of NVIDIA's repositories
         cell = next((c for c in rows if c.startswith(short + " ")), None)
-        assert cell is not None, f"{short} has no row in docs/model.md"
+        assert cell is not None, f"{short} has no row in docs/searches.md"
         row = rows[cell]
         verdict = row.rstrip(" |").split("|")[-1].strip()
         assert verdict.startswith("yes") == any(f["qualifies"] for f in d.get("figure", [])), short

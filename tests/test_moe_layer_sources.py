@@ -4,7 +4,7 @@ Published figures in tests/data/kernels/ (each file names its source and what it
 ``marin3666_h100_moe_layer.csv`` (a Megatron-core MoELayer on 8 H100, TP 1, EP 8, forward + backward),
 ``te2045_h100_grouped_gemm.csv`` (Transformer Engine's multi-stream grouped GEMM on H100, TE 2.2 and 2.7) and
 ``tilescale40_h100_deepep_intranode.csv`` (DeepEP's intranode dispatch and combine on 8 H100).
-docs/model.md ("MoE parts against published H100 timings") reads them; benchmarks/moe_layer_sources.py prints
+docs/searches.md ("MoE parts against published H100 timings") reads them; benchmarks/moe_layer_sources.py prints
 every row.  None agrees within a stated error, so each gap is held as the documented bound (the model fast or
 slow by so much), and the model's own figure for each shape is worked by hand, so that a change which moves
 either has to move the docs too.  Nothing here is fitted."""
@@ -108,7 +108,7 @@ def test_grouped_gemm_model_fast_by_a_gap_per_gemm(te, low, high, monkeypatch):
     """Known fast: TE's measured grouped GEMM takes longer than the model's at both shapes, by about the same time
     per GEMM within a release (TE 2.2: 7.25 and 6.42 us; TE 2.7 with CUDA 12.9: 2.44 and 1.90 us), so a cost per
     expert GEMM, not a rate, is what the model lacks here; whether it is the host's issue of each GEMM or the GPU's
-    the source does not say (docs/model.md). A benchmark of a few iterations: held to the short-run BF16 fit."""
+    the source does not say (docs/searches.md). A benchmark of a few iterations: held to the short-run BF16 fit."""
     short = short_run_h100(monkeypatch)
     for row in kernel_table(DATA / "te2045_h100_grouped_gemm.csv"):
         if row["te"] != te:
