@@ -40,11 +40,17 @@ def model_text(raw: dict) -> str:
 
 
 def test_tensor_parallel_beyond_a_node_is_refused():
+    def kv16(raw: dict) -> dict:  # 16 key-value heads: tensor 16 must divide them too (Qwen3-30B has 4)
+        raw["model"]["num_key_value_heads"] = 16
+        return raw
+
     # 16 tensor ranks span two 8-GPU H800 nodes; the collectives would be costed on NVLink
     with pytest.raises(ModelError, match=r"parallel.tensor: must be at most the GPUs in a node \(8 on the H800"):
-        derive.setup(scenario.sections_only(qwen3(tensor=16)))
-    derive.setup(scenario.sections_only(qwen3(tensor=8, data=8)))  # a whole node is fine
-    derive.setup(scenario.sections_only(qwen3(tensor=16, gpus_per_node=16)))  # a 16-GPU node, said so
+        derive.setup(scenario.sections_only(kv16(qwen3(tensor=16))))
+    derive.setup(scenario.sections_only(kv16(qwen3(tensor=8, data=8))))  # a whole node is fine
+    derive.setup(scenario.sections_only(kv16(qwen3(tensor=16, gpus_per_node=16))))  # a 16-GPU node, said so
+    with pytest.raises(ModelError, match=r"^parallel.tensor: must divide the key-value heads \(4, "):
+        derive.setup(scenario.sections_only(qwen3(tensor=8, data=8)))  # Qwen3-30B's 4 over 8 tensor ranks
 
 
 def test_typed_chunk_note_says_each_stage_is_costed_by_its_layout():

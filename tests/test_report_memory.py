@@ -91,7 +91,7 @@ def test_memory_png_title_is_not_clipped(monkeypatch, tmp_path):
     monkeypatch.setattr(memory.canvas, "save", lambda fig, path: caught.append(fig))
     result = simulation.run(scenario.load(ROOT / "scenarios" / "deepseek-v3.toml",
                                           ["pipeline.stages=4", "pipeline.microbatches=8", "step.grad_sync=100",
-                                           "step.optimizer=50", 'parallel.layout="Et*15|t*15|t*15|t*16L"']))  # fmt: skip
+                                           "step.optimizer=50", 'parallel.layout="Et*15|t*15|t*15|t*16mL"']))  # fmt: skip
     memory.save_memory(result.trace, result.metrics, tmp_path / "m.png")
     fig = caught[0]
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .. import limits
@@ -104,6 +105,7 @@ class ModelConfig:
     shared_expert_gate: bool = False  # Qwen-MoE: a sigmoid gate (h -> 1) on the shared expert
     router_bias: bool = False  # DeepSeek-V3: e_score_correction_bias per expert
     dense_layers: tuple[int, ...] = ()  # layer indices with a dense FFN in an MoE model
+    moe_layers_key: str = field(default="", compare=False)  # the config field that picked them (for errors)
     route_groups: int = 0  # DeepSeek node-limited routing: experts in n_group groups (one per node) ...
     route_group_limit: int = 0  # ... of which a token may use topk_group
     mtp_layers: int = 0  # DeepSeek-V3 multi-token-prediction modules
@@ -134,16 +136,26 @@ class ModelConfig:
     def mla(self) -> bool:
         return self.kv_lora_rank > 0
 
+    # Sets of the index tuples: derive asks of every layer several times, and a tuple is searched end to end
+    # (Llama 4 lists half its layers dense and a quarter NoPE)
+    @cached_property
+    def _dense_set(self) -> frozenset[int]:
+        return frozenset(self.dense_layers)
+
+    @cached_property
+    def _nope_set(self) -> frozenset[int]:
+        return frozenset(self.nope_layers)
+
     def is_moe_layer(self, i: int) -> bool:
-        return self.moe and i not in self.dense_layers
+        return self.moe and i not in self._dense_set
 
     def chunked(self, i: int) -> bool:
         """Layer ``i`` attends within chunks of ``attention_chunk`` tokens (Llama 4's RoPE layers)."""
-        return self.attention_chunk > 0 and i not in self.nope_layers
+        return self.attention_chunk > 0 and i not in self._nope_set
 
     def layer_kind(self, i: int) -> tuple[bool, bool]:
         """(MoE, NoPE): layers of one kind have the same parameters, FLOPs and kernels."""
-        return self.is_moe_layer(i), i in self.nope_layers
+        return self.is_moe_layer(i), i in self._nope_set
 
 
 def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -> int:
@@ -236,6 +248,7 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
             shared_intermediate_size=shared,
             shared_expert_gate=shared > 0,
             dense_layers=tuple(i for i in range(L) if i in only or (i + 1) % every),
+            moe_layers_key="mlp_only_layers" if only else "decoder_sparse_step",
         )
     cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn, defaults_taken=taken,
                       **common, **extra)
@@ -296,6 +309,7 @@ def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
             route_groups=w("n_group", default=0, minimum=0),
             route_group_limit=w("topk_group", default=0, minimum=0),
             dense_layers=tuple(i for i in range(L) if i < first_dense or i % freq),
+            moe_layers_key="first_k_dense_replace" if first_dense else "moe_layer_freq",
         )
     cfg = ModelConfig(
         **common,
@@ -354,6 +368,7 @@ def _glm4_moe(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[s
         route_groups=groups,
         route_group_limit=limit,
         dense_layers=tuple(range(min(first_dense, common["num_layers"]))),  # MoE from layer_idx >= it (L354)
+        moe_layers_key="first_k_dense_replace",
         mtp_layers=w("num_nextn_predict_layers", default=0, minimum=0),
         defaults_taken=taken,
         not_costed=(
@@ -445,6 +460,7 @@ def _llama4(raw: dict, mt: str, where: str) -> ModelConfig:
         moe_intermediate_size=w("intermediate_size"),
         shared_intermediate_size=w("intermediate_size"),  # Llama4TextMoe.shared_expert: Llama4TextMLP(config)
         dense_layers=dense,
+        moe_layers_key="interleave_moe_layer_step" if listed is None else "moe_layers",
         nope_layers=nope,
         attention_chunk=chunk,
         qk_l2_norm=read("use_qk_norm", _flag),

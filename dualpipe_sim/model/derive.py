@@ -265,6 +265,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
     S = scenario.pipeline.stages if stages is None else stages
     stage_list = tuple(layout.parse(par.layout, cfg.num_layers, S, cfg.mtp_layers))
     if cfg.moe:
+        if not any(cfg.is_moe_layer(i) for i in range(cfg.num_layers)):  # the costs are taken from an MoE layer
+            raise ModelError(f"model.{cfg.moe_layers_key or 'num_experts'}: leaves all {cfg.num_layers} layers dense; "
+                             f"a model with routed experts ({cfg.num_experts}) needs at least one MoE layer among "
+                             "num_hidden_layers")  # fmt: skip
         if cfg.num_experts % par.expert:
             raise ModelError(
                 f"parallel.expert: must divide the number of routed experts ({cfg.num_experts}), got {par.expert}"
@@ -278,6 +282,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.expert: the model has no experts, so it must be 1, got {par.expert}")
     if cfg.num_heads % par.tensor:
         raise ModelError(f"parallel.tensor: must divide the attention heads ({cfg.num_heads}), got {par.tensor}")
+    if cfg.num_kv_heads % par.tensor:  # Megatron-core splits the query groups over the tensor ranks too (model.md)
+        raise ModelError(f"parallel.tensor: must divide the key-value heads ({cfg.num_kv_heads}, "
+                         f"num_key_value_heads), got {par.tensor}")  # fmt: skip
     if (m.seq_length * m.micro_batch_size) % (2 * par.context) and par.context > 1:
         raise ModelError(f"parallel.context: must divide seq_length x micro_batch_size in 2 x context chunks "
                          f"({m.seq_length * m.micro_batch_size} tokens), got {par.context}")  # fmt: skip

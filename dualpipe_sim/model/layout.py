@@ -122,8 +122,9 @@ def _from_string(spec: str, num_layers: int, stages: int, mtp_layers: int) -> li
         raise ModelError(f"parallel.layout: {shown(spec)} must place the embedding E once, on the first stage")
     if text.count("L") != 1 or "L" not in parts[-1]:
         raise ModelError(f"parallel.layout: {shown(spec)} must place the head L once, on the last stage")
-    if text.count("m") > mtp_layers:
-        raise ModelError(f"parallel.layout: {shown(spec)} places {text.count('m')} MTP modules, the model has {mtp_layers}")
+    if text.count("m") != mtp_layers:  # an MTP module left out would still be in the model, costed nowhere
+        raise ModelError(f"parallel.layout: {shown(spec)} places {text.count('m')} MTP modules (m), the model has "
+                         f"{mtp_layers} (num_nextn_predict_layers)")  # fmt: skip
     out, first = [], 0
     for p in parts:
         n = p.count("t")

@@ -338,12 +338,15 @@ def explain_lines(d: Derived) -> list[str]:
     lines = ["how these are derived (docs/model.md has the sources):"]
     lines += [f"  config default taken: {text}" for text in cfg.defaults_taken]
     lines += [f"  read, not costed: {text}" for text in cfg.not_costed]
-    lines.append(
-        f"  parameters per rank: dense part / tensor ({sh.tensor}), routed experts / expert ({sh.expert}); "
-        f"ZeRO {sh.zero} shards " + ("nothing" if sh.zero == 0 else ["", "optimizer", "optimizer, gradients",
-                                                                     "optimizer, gradients, parameters"][sh.zero])
-        + f" over data ({sh.data}) for the dense part and data x tensor / expert ({sh.expert_data:g}) for experts"
-    )
+    sharded = "nothing" if sh.zero == 0 else ["", "optimizer", "optimizer, gradients",
+                                              "optimizer, gradients, parameters"][sh.zero]  # fmt: skip
+    if cfg.moe:
+        lines.append(f"  parameters per rank: dense part / tensor ({sh.tensor}), routed experts / expert ({sh.expert}); "
+                     f"ZeRO {sh.zero} shards {sharded} over data ({sh.data}) for the dense part and data x tensor / "
+                     f"expert ({sh.expert_data:g}) for experts")  # fmt: skip
+    else:  # a dense model: no expert figures to explain
+        lines.append(f"  parameters per rank: parameters / tensor ({sh.tensor}); ZeRO {sh.zero} shards {sharded} "
+                     f"over data ({sh.data})")  # fmt: skip
     fp8_held = " (the FP8 linears' weights 1: model.fp8_params)" if sh.fp8 and sh.fp8_params else ""
     lines.append(f"  bytes per parameter: parameters {sh.params_bytes:g}{fp8_held}, gradients {sh.grads_bytes:g}, "
                  f"optimizer {sh.optimizer_bytes:g} (fp32 master if kept + two Adam moments)")

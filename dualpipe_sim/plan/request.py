@@ -104,7 +104,7 @@ def model_shape(base: dict) -> ModelShape:
         hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True
     except ValueError:  # a malformed [step] is refused, in its own words, when the candidates run
         hidden = False
-    return ModelShape(heads=cfg.num_heads, layers=cfg.num_layers, experts=cfg.num_experts,
+    return ModelShape(heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, layers=cfg.num_layers, experts=cfg.num_experts,
                       flash_attention=cfg.model_type != "gpt2",  # as model/activations.py counts
                       param_gather_hidden=hidden)  # fmt: skip
 

@@ -36,6 +36,7 @@ class ModelShape:
     # [step]'s parameter all-gather runs under the next forward (step.overlap_param_gather): only then
     # does ZeRO 1 cost no more sync than ZeRO 0's all-reduce (the same bytes in two halves, one hidden)
     param_gather_hidden: bool = True
+    kv_heads: int = 0  # key-value heads (query groups), which tensor must divide too; 0: as many as heads
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
             continue
         if model.heads % t:
             yield replace(row, pruned=f"tensor: does not divide the {model.heads} attention heads")
+            continue
+        if model.kv_heads % t:  # as model/derive.py refuses it (Megatron-core splits the query groups)
+            yield replace(row, pruned=f"tensor: does not divide the {model.kv_heads} key-value heads")
             continue
         for c in choices.context:
             row = Candidate(tensor=t, context=c)

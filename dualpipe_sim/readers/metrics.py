@@ -460,6 +460,9 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     a2a_exp = float(sum(a2a_exposed_))
     total = p2p_time + a2a_time
     exposed = p2p_exp + a2a_exp
+    hidden = total - exposed
+    if abs(hidden) <= 1e-12 * total:  # all exposed, summed in another order: not "-227.4e-15 ms hidden"
+        hidden = 0.0
     idle_total = sum(r.idle for r in per_rank)
     cost = max((r.span for r in per_rank), default=0.0)
     work = max((r.busy for r in per_rank), default=0.0)
@@ -475,8 +478,8 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
             p2p_time=p2p_time,
             a2a_time=a2a_time,
             exposed=exposed,
-            hidden=total - exposed,
-            overlap_ratio=(total - exposed) / total if total > 0 else None,
+            hidden=hidden,
+            overlap_ratio=hidden / total if total > 0 else None,
             p2p_exposed=p2p_exp,
             a2a_exposed=a2a_exp,
         ),
