@@ -100,9 +100,8 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     st = d.setup
     cfg = st.cfg
     out = {}
-    for moe in sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)}):
-        i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
-        out["moe layer" if moe else "dense layer"] = derive.layer_kernels(st, i)
+    for name, i in layer_kinds(cfg):
+        out[f"{name} layer"] = derive.layer_kernels(st, i)
     out["embedding"] = derive.extra_kernels(st, Stage((), embedding=True))
     out["head"] = derive.extra_kernels(st, Stage((), head=True))
     if cfg.mtp_layers:
@@ -110,6 +109,18 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     chunk = derive.chunk_kernels(st, st.stages[0])
     if chunk:
         out["per model chunk (stage 0)"] = chunk
+    return out
+
+
+def layer_kinds(cfg) -> list[tuple[str, int]]:
+    """("moe" or "dense", with its attention kind where the model has two; the first such layer) per kind of layer."""
+    kinds = sorted({cfg.layer_kind(i) for i in range(cfg.num_layers)}, key=lambda k: (k[0], -k[1]))
+    out = []
+    for moe, window in kinds:
+        name = "moe" if moe else "dense"
+        if cfg.sliding_layers:
+            name += f" (sliding window {window})" if window else " (full attention)"
+        out.append((name, next(i for i in range(cfg.num_layers) if cfg.layer_kind(i) == (moe, window))))
     return out
 
 
@@ -171,6 +182,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         f"model {cfg.model_type}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads"
         + (f", {cfg.num_experts} experts (top-{cfg.experts_per_token})" if cfg.moe else "")
         + (f", {cfg.mtp_layers} MTP module(s)" if cfg.mtp_layers else "")
+        + (f", attention: {len(cfg.sliding_layers)} sliding-window ({cfg.sliding_window} keys) and "
+           f"{cfg.num_layers - len(cfg.sliding_layers)} full layers" if cfg.sliding_layers else "")
         + (", FP8 linears" if cfg.fp8 else ""),
         f"parameters: total {_b(s['parameters_total'])} (main model"
         + (", without MTP" if cfg.mtp_layers else "") + f"), activated per token {_b(s['parameters_activated'])}"
@@ -334,7 +347,7 @@ def explain_lines(d: Derived) -> list[str]:
     lines.append(f"  bytes per parameter: parameters {sh.params_bytes:g}{fp8_held}, gradients {sh.grads_bytes:g}, "
                  f"optimizer {sh.optimizer_bytes:g} (fp32 master if kept + two Adam moments)")
     kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
-    for moe in kinds:
+    for moe in kinds:  # a sliding-window layer keeps what a full one does (activations.py)
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
         saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel,
                                   st.modules, st.legacy)
@@ -374,12 +387,13 @@ def explain_lines(d: Derived) -> list[str]:
             f"attention core and head at {hw.bf16_tflops:g} (BF16), efficiency {st.efficiency}; "
             f"causal flash attention does half the s x s work, its backward 2.5x its forward"
         )
-        for moe in kinds:
-            i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
+        for name, i in layer_kinds(cfg):
             lf = flops.layer(cfg, i, st.seq)
             n = st.tokens / sh.tensor
-            lines.append(f"  {'MoE' if moe else 'dense'} layer forward FLOPs per micro-batch: attention linears "
-                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} (full square), "
+            w = cfg.window(i)
+            extent = f"window of {flops.attended_keys(cfg, i, st.seq)} keys a query" if w else "full square"
+            lines.append(f"  {name.replace('moe', 'MoE', 1)} layer forward FLOPs per micro-batch: attention linears "
+                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} ({extent}), "
                          f"MLP {_gflop(n * lf.mlp)}")
             t = derive.layer_times(st, i)
             lines.append("    times (ms): " + ", ".join(f"{k} {getattr(t, k):.3g}" for k in COMPONENT_ORDER
