@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DENSE = {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 256, "vocab_size": 128256,
          "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672}  # fmt: skip
+# 8 key-value heads (4 until s16i): TP 8 must divide them (Megatron-core splits the query groups)
 MOE = {"model_type": "qwen3_moe", "hidden_size": 4096, "num_hidden_layers": 256, "vocab_size": 151936,
-       "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 12288,
+       "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288,
        "num_experts": 64, "num_experts_per_tok": 8, "moe_intermediate_size": 1536}  # fmt: skip
 
 # The families that derive layer kinds beyond dense / MoE, at their published widths stretched to 256 layers

@@ -13,7 +13,9 @@ flash attention (no s x s tensors: Q, K, V, the output and a float32
 log-sum-exp per row), no dropout, SwiGLU (the gate and up outputs feed the
 activation, its output feeds the down projection), GQA (K and V have
 num_key_value_heads heads), MLA (the compressed latents and their norms), and
-MoE (router probabilities in float32, each token's copy per routed expert).
+MoE (router probabilities in float32, each token's copy per routed expert).  A sliding-window layer
+(gpt-oss) keeps what a full one keeps: flash attention holds no s x s tensor either way; its clamped
+SwiGLU keeps the clamps' input too.
 With flash attention ``selective`` frees only the log-sum-exp: Megatron-core
 checkpoints the flash core too (recompute.core_attn_reruns).  ``deepseek`` is DeepSeek-V3's
 policy (report Sec. 3.2.3): recompute every RMSNorm and the MLA
@@ -133,6 +135,9 @@ def _moe_inside(cfg: ModelConfig, sb: int, act: float, lin: float, mods: frozens
         out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
     else:
         out["routed SwiGLU inputs"] = act * k * sb * 2 * fe
+        if cfg.swiglu_limit:  # gpt-oss: each clamp keeps its input, fc1's unclamped output (kernels.moe_mlp_block);
+            # "moe_act" checkpoints the clamps with the activation, keeping only fc1's output (the SwiGLU inputs' place)
+            out["routed SwiGLU clamp inputs (fc1 output)"] = 0 if "moe_act" in mods else act * k * sb * 2 * fe
         out["routed down inputs"] = 0 if "moe_act" in mods else act * k * sb * fe
     if cfg.shared_intermediate_size:
         fs = cfg.shared_intermediate_size

@@ -3,9 +3,10 @@
 One normalised :class:`ModelConfig` covers the families the simulator costs:
 Llama/Mistral/Qwen-style dense models, Mixtral/Qwen-MoE-style MoE models,
 DeepSeek-V2/V3 (MLA attention, shared experts, ``first_k_dense_replace``,
-MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention), Llama 4 (its text model: interleaved
-MoE / dense layers, chunked attention on the RoPE layers, full attention on the NoPE ones), GPT-2 (LayerNorm,
-GeLU, biases, learned positions, dropout) and Nemotron-4 (LayerNorm1P, squared-ReLU MLP, no biases).
+MTP layers), GLM-4.5 (DeepSeek-V3's MoE and MTP with GQA attention), Llama 4 (its text model:
+interleaved MoE / dense layers, chunked attention on the RoPE layers, full attention on the NoPE ones),
+gpt-oss (alternating sliding-window and full attention, attention sinks, biases on every linear), GPT-2
+(LayerNorm, GeLU, biases, learned positions, dropout) and Nemotron-4 (LayerNorm1P, squared-ReLU MLP, no biases).
 Every problem is a :class:`ModelError` whose one line names the field.
 """
 
@@ -29,7 +30,7 @@ class ModelError(ValueError):
 # defaults to 128; Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE and Qwen3-MoE take hidden_size // heads (their
 # config's own fallback, or their attention module's getattr(config, "head_dim", hidden // heads)).
 # docs/model.md "Reading a config" cites each file.
-HEAD_DIM_DEFAULTS = {"qwen3": (128, "Qwen3Config's default")}
+HEAD_DIM_DEFAULTS = {"qwen3": (128, "Qwen3Config's default"), "gpt_oss": (64, "GptOssConfig's default")}
 HEAD_DIM_DEFAULTS["llama4"] = HEAD_DIM_DEFAULTS["llama4_text"] = (128, "Llama4TextConfig's default")
 
 # model_type -> family.  The family decides which HF field names are read.
@@ -46,9 +47,9 @@ FAMILIES = {
     "glm4_moe": "glm4_moe",
     "gpt2": "gpt2",
     "nemotron": "nemotron",
-
     "llama4": "llama4",  # Llama4Config: the text model's fields in text_config, beside a vision_config
     "llama4_text": "llama4",  # Llama4TextConfig: the text model's fields at the top level
+    "gpt_oss": "gpt_oss",
 }
 
 
@@ -66,9 +67,9 @@ _ARCH_CLASSES = {
     "Glm4MoeForCausalLM": "glm4_moe",
     "GPT2LMHeadModel": "gpt2",
     "NemotronForCausalLM": "nemotron",
-
     "Llama4ForConditionalGeneration": "llama4",
     "Llama4ForCausalLM": "llama4_text",
+    "GptOssForCausalLM": "gpt_oss",
 }
 
 
@@ -117,6 +118,14 @@ class ModelConfig:
     attention_chunk: int = 0
     qk_l2_norm: bool = False  # on the RoPE layers only; no weights
     attn_temperature: bool = False  # the NoPE layers' queries scaled by a per-position factor (elementwise)
+    # gpt-oss: the layers whose attention is a causal window of ``sliding_window`` keys (the rest attend to all)
+    sliding_window: int = 0
+    sliding_layers: tuple[int, ...] = ()
+    attention_sinks: bool = False  # one learned logit per head in each layer's softmax (gpt-oss)
+    out_bias: bool = False  # the attention output projection has a bias (gpt-oss's attention_bias: q, k, v and o)
+    router_learned_bias: bool = False  # the router is a linear with a bias (a parameter with a gradient; gpt-oss)
+    expert_bias: bool = False  # each routed expert's gate/up and down projections have biases (gpt-oss)
+    swiglu_limit: float = 0.0  # gpt-oss's clamp on the experts' SwiGLU inputs; 0 = none (elementwise: no cost)
     # Fields the config left out and what was taken for them, in words (``model --explain`` says so);
     # not part of the architecture, so not compared.
     defaults_taken: tuple[str, ...] = field(default=(), compare=False)
@@ -153,9 +162,13 @@ class ModelConfig:
         """Layer ``i`` attends within chunks of ``attention_chunk`` tokens (Llama 4's RoPE layers)."""
         return self.attention_chunk > 0 and i not in self._nope_set
 
-    def layer_kind(self, i: int) -> tuple[bool, bool]:
-        """(MoE, NoPE): layers of one kind have the same parameters, FLOPs and kernels."""
-        return self.is_moe_layer(i), i in self._nope_set
+    def window(self, i: int) -> int:
+        """Keys a query of layer ``i`` may attend to at most (its sliding window); 0 = every earlier key."""
+        return self.sliding_window if i in self.sliding_layers else 0
+
+    def layer_kind(self, i: int) -> tuple[bool, bool, int]:
+        """(MoE, NoPE, sliding window): layers of one kind have the same parameters, FLOPs and kernels."""
+        return self.is_moe_layer(i), i in self._nope_set, self.window(i)
 
 
 def _whole(raw: dict, key: str, where: str, *, default=None, minimum: int = 1) -> int:
@@ -222,9 +235,10 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
         return _deepseek(raw, where, common)
     if family == "glm4_moe":
         return _glm4_moe(raw, where, common, head_dim, taken)
-
     if family == "nemotron":
         return _nemotron(raw, where, common, head_dim, taken)
+    if family == "gpt_oss":
+        return _gpt_oss(raw, where, common, head_dim, taken)
     ffn = w("intermediate_size")
     extra = dict(qkv_bias=_flag(raw, "attention_bias", where, default=mt in ("qwen2", "qwen2_moe")),
                  qk_norm=mt in ("qwen3", "qwen3_moe"))
@@ -531,6 +545,61 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
     return _checked(cfg, where)
 
 
+# gpt-oss's two attention kinds, as its config's layer_types names them (transformers GptOssAttention: a
+# "sliding_attention" layer attends through config.sliding_window, any other with no window)
+LAYER_TYPES = ("sliding_attention", "full_attention")
+GPT_OSS_WINDOW = 128  # GptOssConfig's sliding_window default
+GPT_OSS_SWIGLU_LIMIT = 7.0  # GptOssConfig's swiglu_limit default
+
+
+def _gpt_oss(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[str, ...]) -> ModelConfig:
+    """gpt-oss (openai/gpt-oss-120b, -20b): every layer MoE (num_local_experts of intermediate_size, top
+    num_experts_per_tok, router and experts with biases, clamped SwiGLU), GQA with biases on q, k, v and o
+    and a learned sink logit per head, layer_types alternating sliding-window and full attention."""
+    w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
+    L = common["num_layers"]
+    taken = list(taken)
+    if raw.get("sliding_window") is None:
+        taken.append(f"sliding_window = {GPT_OSS_WINDOW} (GptOssConfig's default; the config has none)")
+    window = w("sliding_window", default=GPT_OSS_WINDOW)
+    kinds = raw.get("layer_types")
+    if kinds is None:  # GptOssConfig: "sliding_attention" if (i + 1) % 2 else "full_attention"
+        kinds = [LAYER_TYPES[i % 2] for i in range(L)]
+        taken.append("layer_types: sliding_attention and full_attention alternating from layer 0 "
+                     "(GptOssConfig's default; the config has none)")
+    elif not isinstance(kinds, list) or len(kinds) != L:
+        got = f"{len(kinds)} entries" if isinstance(kinds, list) else shown(kinds)
+        raise ModelError(f"{where}layer_types: must list one entry per layer (num_hidden_layers = {L}), got {got}")
+    for i, kind in enumerate(kinds):
+        if kind not in LAYER_TYPES:
+            raise ModelError(f"{where}layer_types: entry {i} must be \"sliding_attention\" or \"full_attention\", "
+                             f"got {shown(kind)}")
+    limit = raw.get("swiglu_limit", GPT_OSS_SWIGLU_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
+        raise ModelError(f"{where}swiglu_limit: must be a number > 0, got {shown(limit)}")
+    ffn = w("intermediate_size")
+    bias = _flag(raw, "attention_bias", where, default=True)  # GptOssConfig's default
+    cfg = ModelConfig(
+        **common,
+        qk_head_dim=head_dim,
+        v_head_dim=head_dim,
+        intermediate_size=ffn,
+        qkv_bias=bias,
+        out_bias=bias,
+        num_experts=w("num_local_experts"),
+        experts_per_token=w("num_experts_per_tok"),
+        moe_intermediate_size=ffn,
+        router_learned_bias=True,
+        expert_bias=True,
+        attention_sinks=True,
+        sliding_window=window,
+        sliding_layers=tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention"),
+        swiglu_limit=float(limit),
+        defaults_taken=tuple(taken),
+    )
+    return _checked(cfg, where)
+
+
 def _dropout(raw: dict, key: str, where: str) -> float:
     value = raw.get(key, 0.1)  # GPT2Config's default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -585,5 +654,6 @@ INLINE_FIELDS = frozenset(
     n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop
     hidden_act mlp_bias
     text_config intermediate_size_mlp interleave_moe_layer_step moe_layers no_rope_layers no_rope_layer_interval
-    attention_chunk_size attn_temperature_tuning""".split()
+    attention_chunk_size attn_temperature_tuning
+    sliding_window layer_types swiglu_limit""".split()
 )

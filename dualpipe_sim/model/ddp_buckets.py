@@ -49,14 +49,15 @@ def _layer_tensors(cfg, i: int, t: int) -> list[int]:
     attn = params.attention(cfg)
     norm = params._norm(cfg, h)
     whole = params.attention_norms(cfg)  # q / k or latent norms: whole on every tensor rank
-    tensors = [out // t + (h if cfg.bias else 0), norm, (attn - out - (h if cfg.bias else 0) - whole) // t]
+    bias = params.out_bias(cfg)  # the output projection's bias: whole, beside its weight
+    tensors = [out // t + bias, norm, (attn - out - bias - whole) // t]
     tensors += [whole, norm] if whole else [norm]
     if not cfg.is_moe_layer(i):
         width = cfg.intermediate_size
         fc1 = (cfg.ffn_matrices - 1) * h * width  # SwiGLU's fc1 holds gate and up
         return tensors + [(fc1 + (width if cfg.bias else 0)) // t, h * width // t + (h if cfg.bias else 0)]
     gate = h if cfg.shared_expert_gate else 0  # a shared expert's gate: whole, counted with the router
-    tensors.append(h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0) + gate)
+    tensors.append(h * cfg.num_experts + params.router_bias(cfg) + gate)
     if cfg.shared_intermediate_size:
         width = cfg.shared_intermediate_size
         tensors += [2 * h * width // t, h * width // t]

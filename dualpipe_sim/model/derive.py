@@ -285,6 +285,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if cfg.num_kv_heads % par.tensor:  # Megatron-core splits the query groups over the tensor ranks too (model.md)
         raise ModelError(f"parallel.tensor: must divide the key-value heads ({cfg.num_kv_heads}, "
                          f"num_key_value_heads), got {par.tensor}")  # fmt: skip
+    if cfg.sliding_layers and par.context > 1:  # TE's p2p ring (the CP modelled here) refuses a window
+        raise ModelError(f"parallel.context: must be 1 for a model with sliding-window layers ({cfg.model_type}): "
+                         f"Transformer Engine's p2p context parallelism takes no window, got {par.context}")
     if (m.seq_length * m.micro_batch_size) % (2 * par.context) and par.context > 1:
         raise ModelError(f"parallel.context: must divide seq_length x micro_batch_size in 2 x context chunks "
                          f"({m.seq_length * m.micro_batch_size} tokens), got {par.context}")  # fmt: skip
@@ -643,6 +646,9 @@ def layer_times(st: Setup, i: int) -> LayerTimes:
     eager = cfg.eager_attention
     lin_attn = _ms(n * f.attn_linear, lin, eff)
     core = _ms(n * f.attn_core * (1.0 if eager else FLASH_CAUSAL), bf16, eff)
+    if cfg.window(i):  # flash: each query's band of keys (flops.causal_keys); eager scores fill the square, masked
+        keys = st.seq if eager else flops.causal_keys(cfg, i, st.seq)
+        core = _ms(n * 2 * keys * cfg.num_heads * (cfg.qk_head_dim + cfg.v_head_dim), bf16, eff)
     mlp = _ms(n * f.mlp, lin, eff)
     core_back = (EAGER_BACKWARD if eager else FLASH_BACKWARD) * core
     mods = recompute.selected(st.policy, st.modules)
@@ -775,7 +781,7 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
             totals[k] = totals.get(k, 0.0) + v
 
     for i in stage.layers + (cfg.num_layers,) * stage.mtp:  # an MTP module runs one more layer
-        key = cfg.layer_kind(i)  # layers of one kind cost alike
+        key = cfg.layer_kind(i)  # layers of one kind (MoE, NoPE, window) cost alike
         if moe_times is not None and cfg.is_moe_layer(i):
             add(vars(moe_times))
             continue
@@ -926,7 +932,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
         if st.hw is not None:
             times = []
             for i in stage.layers:
-                key = cfg.layer_kind(i)  # layers of one kind cost alike
+                key = cfg.layer_kind(i)  # layers of one kind (MoE, NoPE, window) cost alike
                 if key not in per_layer:  # layer_times reads times_key(st) and the layer
                     per_layer[key] = _get(layer_tab, i, layer_times, st, i)
                 times.append(per_layer[key])

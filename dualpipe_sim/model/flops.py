@@ -52,9 +52,12 @@ def ffn_weights(cfg: ModelConfig, width: int) -> int:
 
 
 def attention_keys(cfg: ModelConfig, i: int, s: int) -> float:
-    """Keys per query of layer ``i`` at sequence length ``s``, in the full-square convention: ``s``; with chunked
-    attention the square is block-diagonal, ``s // C`` chunks of ``C`` and one of ``s % C``, so ``(s // C) * C^2 +
-    (s % C)^2`` over ``s`` queries (transformers' create_chunked_causal_mask); ``s <= C`` is one chunk, the square."""
+    """Keys per query of layer ``i`` at sequence length ``s``, in the full-square convention: ``s``; a sliding
+    window's ``min(w, s)``; with chunked attention the square is block-diagonal, ``s // C`` chunks of ``C`` and one
+    of ``s % C``, so ``(s // C) * C^2 + (s % C)^2`` over ``s`` queries (transformers' create_chunked_causal_mask);
+    ``s <= C`` is one chunk, the square."""
+    if cfg.window(i):  # a sliding window: at most its width (attended_keys)
+        return float(attended_keys(cfg, i, s))
     C = cfg.attention_chunk
     if not cfg.chunked(i) or s <= C:
         return float(s)
@@ -62,8 +65,25 @@ def attention_keys(cfg: ModelConfig, i: int, s: int) -> float:
     return (whole * C * C + rest * rest) / s
 
 
+def attended_keys(cfg: ModelConfig, i: int, seq_length: int) -> int:
+    """Keys the convention counts each query of layer ``i`` against: the whole sequence (no causal halving),
+    or a sliding-window layer's window where that is shorter (a query sees at most ``window`` keys)."""
+    w = cfg.window(i)
+    return min(w, seq_length) if w else seq_length
+
+
+def causal_keys(cfg: ModelConfig, i: int, seq_length: int) -> float:
+    """Mean keys a query of layer ``i`` attends to in a causal call over ``seq_length`` tokens, as a flash kernel
+    computes it: the lower triangle (s^2 / 2, the kernels' causal half) less the triangle beyond the window,
+    (s^2 - (s - w)^2) / (2 s); s / 2 without a window or with one as long as the sequence."""
+    s, w = seq_length, cfg.window(i)
+    beyond = s - w if w and w < s else 0
+    return (s * s - beyond * beyond) / (2 * s)
+
+
 def layer(cfg: ModelConfig, i: int, seq_length: int) -> LayerFlops:
     weights, up = attention_weights(cfg)
+    # gpt-oss's sink adds one logit per head and query to the softmax: no matmul, so nothing here
     core = 2 * attention_keys(cfg, i, seq_length) * cfg.num_heads * (cfg.qk_head_dim + cfg.v_head_dim)
     if cfg.is_moe_layer(i):
         mlp = (

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 
 from . import collectives, deepseek_kernels, flops, gemm, host, nccl_nvls, params, recompute
 from .config import ModelConfig
+from .flops import causal_keys
 from .rates import KernelRates
 
 F, I, W = "forward", "backward_input", "backward_weight"
@@ -267,6 +268,7 @@ class Table:
     def __init__(self, rates: KernelRates, lay: Layout, cfg: ModelConfig):
         self.r, self.lay, self.cfg = rates, lay, cfg
         self.rows: list[Kernel] = []
+        self.layer, self.window = 0, 0  # the layer costed and its attention window (0: none; layer() sets them)
         # context parallelism: per ring attention (ring_attention), its component, pass and each step's compute
         # that the step's transfer overlaps; context_exchange reads them
         self.cp_steps: list[tuple[str, bool, list[float]]] = []
@@ -437,11 +439,15 @@ class Table:
         timed at the rate measured for a sequence of the chunk's length (docs/model.md "Llama 4")."""
         if self.lay.context > 1:  # Transformer Engine's ring, step by step
             return ring_attention(self, name, comp, flops, backward)
-        rate = self.r.attention_rate(chunk or self.lay.seq // self.lay.context, backward)
+        keys = chunk or self.lay.seq // self.lay.context
+        if self.window:  # the causal call whose queries average as many keys (docs/model.md, "gpt-oss")
+            keys = 2 * causal_keys(self.cfg, self.layer, keys)
+        rate = self.r.attention_rate(keys, backward)
         body = flops / rate
         bound = "latency" if self.r.floor > body else "compute"
         secs = self.r.floor + body
-        kv = f"{chunk} kv chunks" if chunk else f"{self.lay.seq} kv"
+        window = f" (window {self.window})" if self.window else ""
+        kv = f"{chunk} kv chunks" if chunk else f"{self.lay.seq} kv{window}"
         shape = f"{self.lay.tokens // self.lay.micro_batch} q x {kv} x {self.cfg.num_heads // self.lay.tensor} heads"
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
@@ -549,19 +555,21 @@ class Table:
         lay = self.lay
         return lay.current_scaling and not (lay.sequence_parallel and lay.tensor > 1) and not lay.evaluation
 
-    def output_grad_cast(self, prefix: str, comp: str, wcomp: str) -> None:
+    def output_grad_cast(self, prefix: str, comp: str, wcomp: str, bias: bool | None = None) -> None:
         """The output gradient of a row-parallel linear (out_proj, fc2) made FP8 for its dgrad and wgrad
         GEMMs.  Transformer Engine (``grad_output_preprocess`` in module/base.py, release_v0.8 to v1.6): with
         sequence parallelism the gradient is all-gathered in FP8, so the bias gradient is a separate sum
         over this rank's rows, the cast is of those rows, and the gathered tensor is transposed apart for
-        the wgrad GEMM; otherwise one fused cast + transpose + bias-gradient kernel of the whole tensor."""
+        the wgrad GEMM; otherwise one fused cast + transpose + bias-gradient kernel of the whole tensor.
+        ``bias``: whether the linear has a bias (default: the model's biases, ModelConfig.bias)."""
         lay, h, ab = self.lay, self.cfg.hidden_size, self.lay.act_bytes
+        bias = self.cfg.bias if bias is None else bias
         if not (lay.te_fp8 and lay.sequence_parallel and lay.tensor > 1):
-            if self.cfg.bias:
+            if bias:
                 self.grad_bias_sum(f"{prefix}grad", comp, lay.tokens * h)
             self.cast(f"{prefix}grad cast", comp, lay.tokens * h)
             return
-        if self.cfg.bias:
+        if bias:
             self.memory(f"{prefix}bias gradient", comp, lay.norm_tokens * h * ab)
         self.amax(f"{prefix}grad", comp, lay.norm_tokens * h, reduce=True)
         self.memory(f"{prefix}grad cast", comp, lay.norm_tokens * h * (ab + 1))
@@ -591,8 +599,8 @@ def _qk_heads(cfg: ModelConfig, t: int) -> int:
 
 
 def attention_block(tb: Table, recompute: bool, i: int) -> None:
-    """Layer ``i``'s attention (``i`` picks Llama 4's kind: chunked or full attention, rope and q / k L2 norms or the
-    NoPE layers' temperature scaling)."""
+    """Layer ``i``'s attention (``i`` picks its kind: Llama 4's chunked or full attention, rope and q / k L2 norms
+    or the NoPE layers' temperature scaling; gpt-oss's sliding window or full attention)."""
     cfg, lay = tb.cfg, tb.lay
     h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
     a_t = cfg.num_heads // t
@@ -600,8 +608,12 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
     projections = _attention_shapes(cfg, t)
     eager = cfg.eager_attention  # scores materialised (Megatron's fused softmax), as activations.py counts
     keys = flops.attention_keys(cfg, i, lay.seq)
-    chunk = cfg.attention_chunk if keys < lay.seq else 0  # a sequence longer than the chunk: chunk by chunk
-    core = 2.0 * n * keys * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
+    # a sequence longer than Llama 4's chunk: chunk by chunk
+    chunk = cfg.attention_chunk if cfg.chunked(i) and keys < lay.seq else 0
+    if cfg.window(i):  # gpt-oss's causal band: each query's window of keys (flops.causal_keys)
+        core = 2.0 * n * causal_keys(cfg, i, lay.seq) * a_t * (cfg.qk_head_dim + cfg.v_head_dim)
+    else:
+        core = 2.0 * n * keys * a_t * (cfg.qk_head_dim + cfg.v_head_dim) * 0.5  # causal: half the square
     nope = i in cfg.nope_layers
     qk_norm = cfg.qk_norm or (cfg.qk_l2_norm and not nope)  # Qwen3's RMSNorms, Llama 4's L2 norms (no weights)
     rope = not cfg.max_positions and not nope  # learned positions (GPT-2) or a NoPE layer: no rotary embedding
@@ -644,7 +656,7 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
                      ub="proj_fprop")
         tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
-    tb.output_grad_cast("", comp, wcomp)
+    tb.output_grad_cast("", comp, wcomp, bias=bool(params.out_bias(cfg)))
     tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
     if lay.recomputes("mla_up_proj") and cfg.mla:  # its hook on the core attention's output gradient
         _rerun(tb, up_rows, comp)
@@ -837,6 +849,21 @@ ROW_ID_MAP_BYTES = 1 + 8 + 8 + 8
 RANDOM_LOGITS_BYTES = (4 + 4) + 4
 
 
+# gpt-oss's experts as Megatron-core runs them (NVIDIA/Megatron-LM @ d98e8a6, megatron/core/transformer/moe/experts.py,
+# TEGroupedMLP; docs/model.md "gpt-oss"). fc2's per-expert bias is added after the GEMM by _apply_bias (lines 345-379;
+# its eager path, as moe_single_grouped_bias defaults to False, transformer_config.py line 870): per local expert
+# ``t + b * p``, the bias times each row's routing probability (written) and added to the rows (read both, write), then
+# torch.cat of the experts' rows (read, write): 6 passes of 16 bits a value, 2 kernels an expert and the cat. Its
+# backward: b's gradient as the rows' gradient times p (read, write) summed over the rows (read), p's as the gradient
+# times b (read, write) summed over the hidden size (read): 6 passes, 4 kernels an expert.
+# (16-bit passes a value, kernels a local expert, kernels once), forward then backward
+GPT_OSS_FC2_BIAS = ((6, 2, 1), (6, 4, 0))
+# swiglu_limit: weighted_bias_quick_geglu_impl (megatron/core/fusions/fused_bias_geglu.py lines 424-432) clamps the
+# gate half and the linear half (two kernels, each reading and writing its half) and torch.cat joins them (reads and
+# writes the whole): 4 x 16-bit a value of fc1's output, 3 kernels; autograd keeps each clamp's input for its
+# backward (activations.py)
+
+
 def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
     the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back.
@@ -874,9 +901,14 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
             tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
         tb.amax("experts fc1 input", comp, n * k * h, local)  # GroupedLinear quantizes each expert's rows apart
         tb.experts("experts fc1 (grouped)", comp, m, 2 * fe, h, local)
+        if cfg.swiglu_limit:  # gpt-oss: the gate and up halves clamped, then joined (the swiglu_limit note above)
+            tb.memory("experts swiglu clamp (clamp, clamp, cat)", comp, n * k * 2 * fe * 4 * ab, 3)
         tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low), launches)
         tb.amax("experts fc2 input", comp, n * k * fe, local)
         tb.experts("experts fc2 (grouped)", comp, m, h, fe, local)
+        if cfg.expert_bias:  # fc1's bias rides in the fused activation; fc2's is added apart (GPT_OSS_FC2_BIAS)
+            passes, each, once = GPT_OSS_FC2_BIAS[0]
+            tb.memory("experts fc2 bias x probs + add, cat", comp, n * k * h * passes * ab, each * local + once)
         if local > 1:
             tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
         tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
@@ -886,9 +918,16 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
     if local > 1:
         tb.memory("unsort by local expert backward", comp, 2 * n * k * h * ab)
+    if cfg.expert_bias:
+        passes, each, once = GPT_OSS_FC2_BIAS[1]
+        tb.memory("experts fc2 bias add backward", comp, n * k * h * passes * ab, each * local + once)
     tb.cast("experts grad cast", comp, n * k * h, local)
     tb.experts("experts fc2 dgrad (grouped)", comp, m, fe, h, local)
     tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab, launches)
+    if cfg.expert_bias:  # the fc1 bias gradient: each expert's rows of fc1's output gradient summed (read once)
+        tb.memory("experts fc1 bias grad", comp, n * k * 2 * fe * ab, local)
+    if cfg.swiglu_limit:  # each clamp's backward: its saved input and the gradient read, the gradient written
+        tb.memory("experts swiglu clamp backward", comp, n * k * 2 * fe * 3 * ab, 2)
     tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe, local)
     tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, local)
     if local > 1:
@@ -897,6 +936,8 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     if lay.aux_loss:  # the aux loss's gradient into the scores, then through their softmax
         tb.memory("aux loss backward", comp, n * E * 4 * 2)
     tb.memory("router backward", comp, n * E * 4 * 3)
+    if cfg.router_learned_bias:  # gpt-oss: the router bias's gradient, the fp32 logits' gradient summed over tokens
+        tb.memory("router bias grad", comp, n * E * 4)
     tb.gemm("router dgrad", comp, n, h, E, fp8=False)
     tb.memory("pre-mlp norm backward", comp, 4 * n * h * ab)
     tb.experts("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, local, out_bytes=lay.wgrad_out)
@@ -1167,6 +1208,7 @@ def context_exchange(tb: Table) -> None:
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Every kernel of layer ``i`` for one micro-batch on one rank."""
     tb = Table(rates, lay, cfg)
+    tb.layer, tb.window = i, cfg.window(i)
     if lay.deepseek and cfg.mla and cfg.q_lora_rank and cfg.is_moe_layer(i) and lay.tensor == lay.context == 1:
         deepseek_kernels.moe_layer(tb)
         _all_to_all(tb, lay.tokens)
@@ -1286,12 +1328,12 @@ def autograd_grad_tensors(cfg: ModelConfig, i: int, t: int) -> dict[str, list[in
     else:
         inner = [cfg.qk_head_dim] * 2 if cfg.qk_norm else []
     qkv_bias = [_attention_shapes(cfg, t)[0][1]] if cfg.bias or cfg.qkv_bias else []
-    attn = [norm] + qkv_bias + ([h] if cfg.bias else []) + inner
+    attn = [norm] + qkv_bias + ([h] if params.out_bias(cfg) else []) + inner
     gelu_bias = cfg.bias and cfg.ffn == "gelu"
     if not cfg.is_moe_layer(i):
         f = cfg.intermediate_size // t * (2 if cfg.ffn == "swiglu" else 1)
         return {"attn_backward_weight": attn, "mlp_backward_weight": [norm] + ([f, h] if cfg.bias else [])}
-    mlp = [norm, cfg.num_experts * h] + ([cfg.num_experts] if cfg.router_bias else [])
+    mlp = [norm, cfg.num_experts * h] + ([cfg.num_experts] if params.router_bias(cfg) else [])
     mlp += [h] if cfg.shared_expert_gate else []
     mlp += [cfg.shared_intermediate_size // t, h] if gelu_bias and cfg.shared_intermediate_size else []
     return {"attn_backward_weight": attn, "mlp_backward_weight": mlp}

@@ -59,13 +59,23 @@ def attention(cfg: ModelConfig) -> int:
         return q + kv_a + kv_b + a * cfg.v_head_dim * h
     d, dv = cfg.qk_head_dim, cfg.v_head_dim
     n = h * a * d + 2 * h * kv * d + a * dv * h  # q, k, v, o
-    if cfg.bias:
-        n += a * d + 2 * kv * d + h
-    elif cfg.qkv_bias:
+    if cfg.bias or cfg.qkv_bias:
         n += a * d + 2 * kv * d
+    n += out_bias(cfg)
     if cfg.qk_norm:
         n += 2 * d
-    return n
+    return n + (a if cfg.attention_sinks else 0)  # gpt-oss: one sink logit per head
+
+
+def out_bias(cfg: ModelConfig) -> int:
+    """Elements of the attention output projection's bias (GPT-2's, gpt-oss's): whole on every tensor rank."""
+    return cfg.hidden_size if cfg.bias or cfg.out_bias else 0
+
+
+def router_bias(cfg: ModelConfig) -> int:
+    """Elements of an MoE router's per-expert bias: DeepSeek-V3's correction bias (a buffer) or gpt-oss's
+    linear bias (a parameter)."""
+    return cfg.num_experts if cfg.router_bias or cfg.router_learned_bias else 0
 
 
 def attention_norms(cfg: ModelConfig) -> int:
@@ -81,6 +91,12 @@ def ffn(cfg: ModelConfig, width: int) -> int:
     if cfg.ffn_matrices == 2:  # up (fc1) and down (fc2): GeLU or squared ReLU
         return 2 * h * width + ((width + h) if cfg.bias else 0)
     return 3 * h * width  # gate, up, down
+
+
+def expert(cfg: ModelConfig) -> int:
+    """One routed expert: its FFN, and gpt-oss's biases (gate_up_proj_bias of 2f, down_proj_bias of h)."""
+    f = cfg.moe_intermediate_size
+    return ffn(cfg, f) + ((2 * f + cfg.hidden_size) if cfg.expert_bias else 0)
 
 
 def whole_on_tensor(cfg: ModelConfig, i: int) -> int:
@@ -100,10 +116,10 @@ def whole_on_tensor(cfg: ModelConfig, i: int) -> int:
     TELayerNormColumnParallelLinear, gpt_layer_specs.py lines 117-127, the same whole vectors), and a
     shared expert's gate (``torch.empty((1, hidden_size))``, moe/shared_experts.py line 53)."""
     h = cfg.hidden_size
-    n = 2 * _norm(cfg, h) + (h if cfg.bias else 0) + attention_norms(cfg)  # + the output projection's bias
+    n = 2 * _norm(cfg, h) + out_bias(cfg) + attention_norms(cfg)  # + the output projection's bias
     if not cfg.is_moe_layer(i):
         return n + (h if cfg.bias and cfg.ffn == "gelu" else 0)  # + fc2's bias
-    n += h * cfg.num_experts + (cfg.num_experts if cfg.router_bias else 0)
+    n += h * cfg.num_experts + router_bias(cfg)
     n += h if cfg.shared_expert_gate else 0
     return n + (h if cfg.bias and cfg.ffn == "gelu" and cfg.shared_intermediate_size else 0)  # shared fc2's bias
 
@@ -114,12 +130,12 @@ def layer(cfg: ModelConfig, i: int) -> LayerParams:
     if not cfg.is_moe_layer(i):
         return LayerParams(attn, norms, ffn(cfg, cfg.intermediate_size), 0, 0, whole)
     h, E = cfg.hidden_size, cfg.num_experts
-    expert = ffn(cfg, cfg.moe_intermediate_size)
-    router = h * E + (E if cfg.router_bias else 0)
+    one = expert(cfg)
+    router = h * E + router_bias(cfg)
     shared = (ffn(cfg, cfg.shared_intermediate_size) if cfg.shared_intermediate_size else 0) + (
         h if cfg.shared_expert_gate else 0
     )
-    return LayerParams(attn, norms, shared + router, E * expert, cfg.experts_per_token * expert, whole)
+    return LayerParams(attn, norms, shared + router, E * one, cfg.experts_per_token * one, whole)
 
 
 def embedding(cfg: ModelConfig) -> int:

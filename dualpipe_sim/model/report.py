@@ -100,8 +100,8 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     st = d.setup
     cfg = st.cfg
     out = {}
-    for i in _first_of_each_kind(cfg):
-        out[_kind_name(cfg, i)] = derive.layer_kernels(st, i)
+    for name, i in layer_kinds(cfg):
+        out[name] = derive.layer_kernels(st, i)
     out["embedding"] = derive.extra_kernels(st, Stage((), embedding=True))
     out["head"] = derive.extra_kernels(st, Stage((), head=True))
     if cfg.mtp_layers:
@@ -112,18 +112,22 @@ def kernel_tables(d: Derived) -> dict[str, list[kernels.Kernel]]:
     return out
 
 
-def _first_of_each_kind(cfg) -> list[int]:
-    """The first layer of each kind (config.layer_kind), dense before MoE."""
+def layer_kinds(cfg) -> list[tuple[str, int]]:
+    """(name, the first such layer) per kind of layer (config.layer_kind), dense before MoE: "dense layer" or
+    "moe layer", with its attention where the model has more than one kind (gpt-oss's sliding window or full
+    attention; Llama 4's NoPE layers, full attention without rotary embedding)."""
     first: dict = {}
     for i in range(cfg.num_layers):
         first.setdefault(cfg.layer_kind(i), i)
-    return [first[k] for k in sorted(first)]
-
-
-def _kind_name(cfg, i: int) -> str:
-    """"dense layer" / "moe layer"; Llama 4's NoPE layers (full attention, no rotary embedding) apart."""
-    name = "moe layer" if cfg.is_moe_layer(i) else "dense layer"
-    return name + " (NoPE, full attention)" if i in cfg.nope_layers else name
+    out = []
+    for moe, nope, window in sorted(first, key=lambda k: (k[0], k[1], -k[2])):
+        name = "moe layer" if moe else "dense layer"
+        if nope:
+            name += " (NoPE, full attention)"
+        elif cfg.sliding_layers:
+            name += f" (sliding window {window})" if window else " (full attention)"
+        out.append((name, first[moe, nope, window]))
+    return out
 
 
 def _kernel_row(k: kernels.Kernel) -> dict:
@@ -184,6 +188,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         f"model {cfg.model_type}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads"
         + (f", {cfg.num_experts} experts (top-{cfg.experts_per_token})" if cfg.moe else "")
         + (f", {cfg.mtp_layers} MTP module(s)" if cfg.mtp_layers else "")
+        + (f", attention: {len(cfg.sliding_layers)} sliding-window ({cfg.sliding_window} keys) and "
+           f"{cfg.num_layers - len(cfg.sliding_layers)} full layers" if cfg.sliding_layers else "")
         + (", FP8 linears" if cfg.fp8 else ""),
         f"parameters: total {_b(s['parameters_total'])} (main model"
         + (", without MTP" if cfg.mtp_layers else "") + f"), activated per token {_b(s['parameters_activated'])}"
@@ -351,7 +357,7 @@ def explain_lines(d: Derived) -> list[str]:
     lines.append(f"  bytes per parameter: parameters {sh.params_bytes:g}{fp8_held}, gradients {sh.grads_bytes:g}, "
                  f"optimizer {sh.optimizer_bytes:g} (fp32 master if kept + two Adam moments)")
     kinds = sorted({cfg.is_moe_layer(i) for i in range(cfg.num_layers)})
-    for moe in kinds:
+    for moe in kinds:  # a sliding-window layer keeps what a full one does (activations.py)
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
         saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel,
                                   st.modules, st.legacy)
@@ -391,13 +397,15 @@ def explain_lines(d: Derived) -> list[str]:
             f"attention core and head at {hw.bf16_tflops:g} (BF16), efficiency {st.efficiency}; "
             f"causal flash attention does half the s x s work, its backward 2.5x its forward"
         )
-        for i in _first_of_each_kind(cfg):
+        for name, i in layer_kinds(cfg):
             lf = flops.layer(cfg, i, st.seq)
             n = st.tokens / sh.tensor
-            square = "chunks' squares" if flops.attention_keys(cfg, i, st.seq) < st.seq else "full square"
-            kind = _kind_name(cfg, i).replace("moe", "MoE")
-            lines.append(f"  {kind} forward FLOPs per micro-batch: attention linears "
-                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} ({square}), "
+            if cfg.window(i):
+                extent = f"window of {flops.attended_keys(cfg, i, st.seq)} keys a query"
+            else:
+                extent = "chunks' squares" if flops.attention_keys(cfg, i, st.seq) < st.seq else "full square"
+            lines.append(f"  {name.replace('moe', 'MoE', 1)} forward FLOPs per micro-batch: attention linears "
+                         f"{_gflop(n * lf.attn_linear)}, attention core {_gflop(n * lf.attn_core)} ({extent}), "
                          f"MLP {_gflop(n * lf.mlp)}")
             t = derive.layer_times(st, i)
             lines.append("    times (ms): " + ", ".join(f"{k} {getattr(t, k):.3g}" for k in COMPONENT_ORDER

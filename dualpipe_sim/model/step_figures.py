@@ -1285,7 +1285,7 @@ def _stage_compute(st, stage, per_layer: dict) -> float:
     running derive() again (a run derives once); tests/test_dp_comm_sms.py holds it equal to derive's."""
     total = 0.0
     for i in stage.layers:
-        key = st.cfg.layer_kind(i)  # layers of one kind cost alike
+        key = st.cfg.layer_kind(i)  # layers of one kind (MoE, NoPE, window) cost alike
         if key not in per_layer:
             t = derive.layer_times(st, i)
             per_layer[key] = t.forward + t.backward + t.dispatch_forward + t.combine_forward + \
