@@ -276,13 +276,6 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
     return float(np.sum(run_end - run_start))
 
 
-def intersect_length(a_starts, a_ends, b_starts, b_ends) -> float:
-    """Length of (union of A) ∩ (union of B)."""
-    return union_length(a_starts, a_ends) + union_length(b_starts, b_ends) - union_length(
-        np.concatenate([a_starts, b_starts]), np.concatenate([a_ends, b_ends])
-    )
-
-
 def _split(rows: np.ndarray, ranks: int, key: str = "rank") -> tuple[np.ndarray, list[int]]:
     """``rows`` sorted by ``key`` (trace arrays come sorted by rank, TraceBuilder; anything else
     is sorted stably first) and where each rank's rows begin: rank r's are bounds[r]..bounds[r+1]."""
@@ -291,12 +284,6 @@ def _split(rows: np.ndarray, ranks: int, key: str = "rank") -> tuple[np.ndarray,
         rows = rows[np.argsort(col, kind="stable")]
         col = rows[key]
     return rows, np.searchsorted(col, np.arange(ranks + 1)).tolist()
-
-
-def by_rank(rows: np.ndarray, ranks: int, key: str = "rank") -> list[np.ndarray]:
-    """Split trace rows per rank in one linear pass (rows keep their order within a rank)."""
-    rows, bounds = _split(rows, ranks, key)
-    return [rows[bounds[r] : bounds[r + 1]] for r in range(ranks)]
 
 
 def peak_activation(trace: Trace) -> tuple[list[int], list[float]]:
