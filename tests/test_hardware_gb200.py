@@ -62,6 +62,15 @@ def test_gb200_bf16_gemm_is_gpu_fryers_gb200_burn():
     assert 2 * 8192**3 / t.seconds / 1e12 == pytest.approx(burn, rel=0.01)
 
 
+def test_nvl72_all_reduce_is_not_below_the_carried_over_nvlink_bus():
+    # coreweave/nccl-tests#43: a full rack's all_reduce_perf at 1-2 GiB, the sizes XLA's B200 figure (620 GB/s) is read
+    # at: 681-774 GB/s of bus, so the 8-GPU figure carried to 72 GPUs is not fast (the all-reduce may run NVLS)
+    with open(DATA / "kernels" / "coreweave_nvl72_all_reduce.csv") as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    at = [float(r[k]) for r in rows if 2**30 <= int(r["bytes"]) <= 2**31 for k in ("busbw_out", "busbw_in")]
+    assert len(at) == 4 and min(at) * 1e9 > RATES["GB200"].nvlink_bus == 620e9
+
+
 # Qwen3-30B-A3B's HF config.json (Qwen/Qwen3-30B-A3B), the fields the model reads: 128 experts, top-8, hidden 2048
 QWEN3_30B = {
     "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32,

@@ -428,7 +428,8 @@ def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:
 
 
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
-# sm_120, sm_130 on); of the presets the B200 and the GB200 (its GPU). The others' FP8 GEMMs take the TN layout only (A100: no FP8 at all).
+# sm_120, sm_130 on); of the presets the B200 and the GB200 (its GPU). The others' FP8 GEMMs take the TN layout only
+# (A100: no FP8 at all).
 NON_TN_FP8 = ("B200", "GB200")
 
 
@@ -437,7 +438,8 @@ NON_TN_FP8 = ("B200", "GB200")
 # is set or the compute capability is below 10.0 at CP 2; otherwise it calls single isend / irecv, which PyTorch runs on
 # the one communicator and stream of the rank pair (ProcessGroupNCCL::pointToPoint, "For single P2P, preserve the old
 # two-rank behavior"): at CP 2 the send and the receive go to the same peer, so on one stream, one after the other.
-# Of the presets the B200 and the GB200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and overlap.
+# Of the presets the B200 and the GB200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and
+# overlap.
 UNBATCHED_CP2_P2P = ("B200", "GB200")
 
 

@@ -63,7 +63,8 @@ H100_HBM = 81559 * MIB
 H200_HBM = 143771 * MIB
 # B200-SXM-180GB: mlcommons/training_results_v5.1 @ 441d65f Dell/systems/1xXE9680Lx8B200-SXM-180GB.json
 B200_HBM = 183359 * MIB
-# NVIDIA Blackwell GPU (GB200): mlcommons/training_results_v5.0 @ 0fdc28f NVIDIA/systems/tyche_ngpu256_ngc25.04_nemo.json
+# NVIDIA Blackwell GPU (GB200): mlcommons/training_results_v5.0 @ 0fdc28f
+# NVIDIA/systems/tyche_ngpu256_ngc25.04_nemo.json
 # (the same in v5.1 @ 441d65f NVIDIA/systems/tyche_ngpu8_ngc25.09_nemo.json)
 GB200_HBM = 189471 * MIB
 # A100-SXM4-80GB: the MLPerf v2.1-v4.0 systems give only "80 GB", no reported total was reached: the datasheet's.

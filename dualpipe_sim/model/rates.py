@@ -243,10 +243,10 @@ B200_ATTENTION_SUSTAINED = 1237 / 1450
 # B200 with the free-clock attention its table measured: for checks against that table, like for like
 B200_FREE_CLOCK = PRESETS["B200"]
 PRESETS["B200"] = sustained_attention(B200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
-# GB200 (NVL72): the B200's GPU at a higher power limit (1,200 W against 1,000), so B200's measured rates, carried over
-# where no GB200 table was reached (docs/model.md, "GB200 NVL72"): GB200 measurements: the FP8 GEMMs (Azure's table is
-# GB200's) and the BF16 GEMM peak (checked: gpu-fryer's GB200-NVL72 burn, ~1,550 TFLOP/s, within 0.05% of it);
+# GB200 (NVL72): the B200's GPU at a higher power limit (1,200 W against 1,000), so B200's measured rates with the rack's
+# 72-GPU NVLink domain (docs/model.md, "GB200 NVL72"). A GB200 measurement: the FP8 GEMMs (Azure's table is GB200's).
+# B200's, checked on GB200: the BF16 GEMMs (gpu-fryer's GB200-NVL72 burn, ~1,550 TFLOP/s, within 0.05% of the fit).
 # B200's carried over: attention (cudnn-frontend's B200 table, flashinfer#2899's sustained share), HBM and the kernel
-# floor (cccl#7391, B200; GB200's HBM3e is the same 8 TB/s), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; the one
-# 72-GPU figure reached, coreweave/nccl-tests#43's all-reduce, is not below it) and the NIC (one 400 Gb/s CX7 a GPU)
+# floor (cccl#7391; GB200's HBM3e is the same 8 TB/s), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; the one
+# 72-GPU figure reached, coreweave/nccl-tests#43's all-reduce, is not below it at 1-2 GiB), the NIC (a 400 Gb/s CX7 a GPU)
 PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72)
