@@ -121,7 +121,7 @@ def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
         hw = derive.hardware(HardwareSection.model_validate(base["hardware"]))
     except (ModelError, ValueError) as exc:
         raise PlanError(f"hardware: {exc}") from None
-    return Request(gpus=gpus, global_batch=global_batch, seq=seq, gpus_per_node=hw.gpus_per_node)
+    return Request(gpus=gpus, global_batch=global_batch, seq=seq, gpus_per_node=hw.domain)
 
 
 def device_memory(base: dict) -> float | None:
