@@ -450,6 +450,8 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     idle_total = sum(r.idle for r in per_rank)
     cost = max((r.span for r in per_rank), default=0.0)
     work = max((r.busy for r in per_rank), default=0.0)
+    # total and exposed add up the same intervals in different orders: a difference at rounding size is none
+    hidden = total - exposed if abs(total - exposed) > 1e-12 * total else 0.0
     return Metrics(
         schedule=trace.schedule,
         stages=trace.stages,
@@ -462,8 +464,8 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
             p2p_time=p2p_time,
             a2a_time=a2a_time,
             exposed=exposed,
-            hidden=total - exposed,
-            overlap_ratio=(total - exposed) / total if total > 0 else None,
+            hidden=hidden,
+            overlap_ratio=hidden / total if total > 0 else None,
             p2p_exposed=p2p_exp,
             a2a_exposed=a2a_exp,
         ),
