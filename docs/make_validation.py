@@ -9,7 +9,7 @@ Each scenario is a published, measured training run's layout; scenarios/validati
 holds what was measured (tokens/s per GPU, from the paper's own figures) and where it is from.  The
 prediction is `step.tokens_per_second / GPUs` of a normal run, no hardware.efficiency.  These rows
 are for checking only: nothing in the cost model is fitted to them.  The A100 runs, the Hopper
-(H100 / H800 / H200) runs and the B200 runs are three tables, each with its own mean and worst: the GPU is
+(H100 / H800 / H200) runs and the B200 (and GB200) runs are three tables, each with its own mean and worst: the GPU is
 the scenario's `hardware.preset`.  Runs that users reported in issue threads or a third party's guide
 (COMMUNITY) are a fourth table, whatever their GPU: their configs were not reviewed and some settings
 come from the code's defaults (docs/validation.md, "Community runs").  The MLPerf rows' evaluations, which run the
@@ -44,7 +44,9 @@ def gpus(sc) -> int:
 
 
 HOPPER = ("H100", "H800", "H200")  # H200: the H100 preset's kernel rates with H200's HBM
-BLACKWELL = ("B200",)  # its rates have other sources (XLA's sm_100 tables, a GB200 FP8 table): not averaged with Hopper's
+# Blackwell's rates have other sources (XLA's sm_100 tables, a GB200 FP8 table): not averaged with Hopper's. GB200 (NVL72):
+# the B200's GPU and rates with a 72-GPU NVLink domain (docs/model.md, "GB200 NVL72"), in the same table
+BLACKWELL = ("B200", "GB200")
 # name prefixes of the community runs: Megatron-MoE-ModelZoo issue #7, Pai-Megatron-Patch issue #643, xtuner's guide
 COMMUNITY = ("mz7-", "pai643-", "xt-")
 
@@ -154,6 +156,10 @@ EVAL_STEP_S = {
     "mlperf51-llama8b-32b200": (0.047443, 17451), "mlperf51-llama8b-64b200": (0.047518, 4464),
     "mlperf51-llama8b-128b200": (0.046874, 1380), "mlperf51-llama8b-256b200": (0.046623, 490),
     "mlperf51-llama8b-64b200-verda": (0.047226, 4650), "mlperf51-llama8b-64h200": (0.088416, 7502),
+    # GB200 (s16a); the v5.0 Tyche logs have no eval_start: an evaluation is the run of validation steps before its
+    # eval_stop
+    "mlperf50-llama405b-256gb200": (6.55838, 216), "mlperf50-llama405b-512gb200": (6.35824, 108),
+    "mlperf51-llama8b-72gb200": (0.046848, 4116),
 }  # fmt: skip
 # the GPT-3 rows' logged `validation_step_timing` (TimingCallback's window, start to end of the batch on the host), the
 # same median over the same steps: what the table used before; each is short of its row's loop above by a constant of

@@ -77,3 +77,14 @@ def cli_error(tmp_path, *args: str) -> str:
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[:500]
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"
     return proc.stderr.rstrip("\n")
+
+
+def bucket_fill(reversed_sizes, size: int) -> list[int]:
+    """Megatron-core's DDP bucket fill by hand: parameters taken in reverse, a bucket closed at the one that takes it to
+    ``size`` elements, the rest one last bucket (param_and_grad_buffer.py @ d339190 lines 636-664)."""
+    out, bucket = [], 0
+    for n in reversed_sizes:
+        bucket += n
+        if bucket >= size:
+            out, bucket = out + [bucket], 0
+    return out + ([bucket] if bucket else [])

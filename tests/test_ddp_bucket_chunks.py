@@ -165,7 +165,7 @@ def test_unbucketed_fp8_first_chunk_gathers_two_buckets():
     sh = st.sharding
     # the gather's bytes by hand: dense parameters / tensor at 2 bytes, the FP8 linear weights at 1
     nbytes = first.dense_params / sh.tensor * 2 - fp8[0]
-    per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
+    per_node = max(1, min(sh.data, st.rates.nvlink_domain // sh.tensor))
     one, two = (collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, b) * 1e3 for b in (1, 2))
     assert two > one  # one more ring latency
     wait = step_figures.step_start_ms(sc, derived) + step_figures.optimizer_overlap_ms(sc, derived)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import bucket_fill
 
 from dualpipe_sim.model import ddp_buckets
 
@@ -51,7 +52,7 @@ def test_gpu_count_is_ranks_not_stages(schedule, microbatches, ranks):
 
 COMMUNITY = [r for r in ROWS if r["name"].startswith(SCRIPT["COMMUNITY"])]
 HOPPER = [r for r in ROWS if load(r).hardware.preset in ("H100", "H800", "H200") and r not in COMMUNITY]
-BLACKWELL = [r for r in ROWS if load(r).hardware.preset == "B200" and r not in COMMUNITY]
+BLACKWELL = [r for r in ROWS if load(r).hardware.preset in ("B200", "GB200") and r not in COMMUNITY]
 NEWER = HOPPER + BLACKWELL + COMMUNITY  # the runs whose figure is checked against the scenario's own layout below
 BY_STEP = [r for r in NEWER if STEP.match(r["published"])]
 BY_TFLOPS = [r for r in NEWER if TFLOPS.match(r["published"])]
@@ -291,17 +292,9 @@ def test_v51_b200_llama8b_buckets_by_hand():
     proj, qkv, fc1, fc2 = h * h, (h + 2 * kv) * h, 2 * ffn * h, ffn * h
     assert (proj, qkv, fc1, fc2) == (16_777_216, 25_165_824, 117_440_512, 58_720_256)
 
-    def fill(reversed_sizes):
-        out, bucket = [], 0
-        for n in reversed_sizes:
-            bucket += n
-            if bucket >= size:
-                out, bucket = out + [bucket], 0
-        return out + ([bucket] if bucket else [])
-
-    fp8 = fill([fc2, fc1, qkv, proj] * 32)
+    fp8 = bucket_fill([fc2, fc1, qkv, proj] * 32, size)
     assert fp8 == [fc2 + fc1] + [qkv + proj + fc2 + fc1] * 31 + [qkv + proj] and len(fp8) == 33
-    assert fill([128256 * h, h] + [h] * 64 + [128256 * h]) == [128256 * h, 65 * h + 128256 * h]
+    assert bucket_fill([128256 * h, h] + [h] * 64 + [128256 * h], size) == [128256 * h, 65 * h + 128256 * h]
     for name in ("8b200", "16b200", "32b200", "64b200", "128b200", "256b200", "64b200-verda", "64h200"):
         sc = SCRIPT["scenario"].load(FOLDER / f"mlperf51-llama8b-{name}.toml")
         assert sc.step.grad_sync_buckets == "derived" and sc.step.ddp_bucket_size == size
@@ -353,7 +346,7 @@ def test_new_mlperf_rows_simulate_and_count_the_global_batch(name, tokens):
 
 def fake_run(sc):
     """A run whose tokens/s is 1000 per GPU on A100, 2000 on Hopper and 3000 on B200 (no simulation)."""
-    per_gpu = {"A100": 1000.0, "B200": 3000.0}.get(sc.hardware.preset, 2000.0)
+    per_gpu = {"A100": 1000.0, "B200": 3000.0, "GB200": 3000.0}.get(sc.hardware.preset, 2000.0)
     step = SimpleNamespace(tokens_per_second=per_gpu * SCRIPT["gpus"](sc), total=1000.0)
     return SimpleNamespace(metrics=SimpleNamespace(step=step, bubble_ratio=0.0))
 
@@ -371,7 +364,8 @@ def test_rows_split_by_gpu_and_cover_the_csv(monkeypatch):
     assert [r["name"] for r in b200] == ["mlperf41-gpt3-64b200", "mlperf51-llama405b-256b200",
                                          "mlperf51-llama405b-448b200", "mlperf51-llama8b-8b200", "mlperf51-llama8b-64b200",
                                          "mlperf51-llama8b-64b200-verda", "mlperf51-llama8b-16b200", "mlperf51-llama8b-32b200",
-                                         "mlperf51-llama8b-128b200", "mlperf51-llama8b-256b200"]
+                                         "mlperf51-llama8b-128b200", "mlperf51-llama8b-256b200",
+                                         "mlperf50-llama405b-256gb200", "mlperf50-llama405b-512gb200", "mlperf51-llama8b-72gb200"]
     assert all(r["predicted"] == 3000.0 for r in b200)
     assert {"mlperf50-llama405b-512h200", "mlperf50-llama405b-1024h200", "mlperf51-llama8b-64h200"} <= {
         r["name"] for r in hopper}

@@ -45,7 +45,7 @@ def test_tensor_parallel_beyond_a_node_is_refused():
         return raw
 
     # 16 tensor ranks span two 8-GPU H800 nodes; the collectives would be costed on NVLink
-    with pytest.raises(ModelError, match=r"parallel.tensor: must be at most the GPUs in a node \(8 on the H800"):
+    with pytest.raises(ModelError, match=r"parallel.tensor: must be at most the GPUs of one NVLink domain \(8 on the H800"):
         derive.setup(scenario.sections_only(kv16(qwen3(tensor=16))))
     derive.setup(scenario.sections_only(kv16(qwen3(tensor=8, data=8))))  # a whole node is fine
     derive.setup(scenario.sections_only(kv16(qwen3(tensor=16, gpus_per_node=16))))  # a 16-GPU node, said so

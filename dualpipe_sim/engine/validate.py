@@ -16,6 +16,7 @@ from itertools import chain
 
 import numpy as np
 
+from ..errors import shown
 from ..schedules.ir import FB, Op, Schedule, ScheduleError, ops_of
 from ..schedules.rules import KIND_CODES, KINDS, PAIR_BACKWARDS, RULES, WORK, Kind, pair_problem
 from .replay import Flat, OpIndex, deadlock_error, replay
@@ -46,7 +47,10 @@ def check_complete(schedule: Schedule) -> None:
             else:
                 members = (action,)
             for op in members:
-                _, m, s, d = op
+                kind, m, s, d = op
+                fields_problem = _fields_problem(kind, m, s, d)  # an API-built Op may hold a float or a text
+                if fields_problem:
+                    raise ScheduleError(f"rank {rank}: {op} {fields_problem}")
                 if not (0 <= s < S):
                     raise ScheduleError(f"rank {rank}: {op} has stage {s}, outside 0..{S - 1}")
                 if not (0 <= m < M):
@@ -81,6 +85,16 @@ def check_complete(schedule: Schedule) -> None:
             raise ScheduleError(
                 f"missing op {Op(kind, m, s, d)}: {RULES[kind].words} of micro-batch {m} at stage {s}"
             )
+
+
+def _fields_problem(kind, m, s, d) -> str | None:
+    """None if an op's fields have the types and values index_ops takes, else why not."""
+    if kind not in KINDS:
+        return f"has kind {shown(kind)}, not one of {', '.join(k.value for k in KINDS)}"
+    for name, value in (("micro-batch", m), ("stage", s), ("direction", d)):
+        if not isinstance(value, int):
+            return f"has {name} {shown(value)}, not a whole number"
+    return None if d in (0, 1) else f"has direction {d}, not 0 or 1"
 
 
 def flat_ops(schedule: Schedule) -> Flat | None:

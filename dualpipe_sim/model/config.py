@@ -523,7 +523,7 @@ def _gpt2(raw: dict, where: str) -> ModelConfig:
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
     h, heads = w("n_embd"), w("n_head")
     inner = raw.get("n_inner")
-    drop = any(_dropout(raw, k, where) > 0 for k in ("attn_pdrop", "resid_pdrop", "embd_pdrop"))
+    drop = max(_dropout(raw, k, where) for k in ("attn_pdrop", "resid_pdrop", "embd_pdrop")) > 0  # checks all three
     cfg = ModelConfig(
         model_type="gpt2",
         hidden_size=h,

@@ -309,13 +309,13 @@ def setup(scenario, stages: int | None = None) -> Setup:
     section = scenario.hardware
     if section is not None:
         hw, overhead = hardware(section), section.a2a_overhead
-        if par.tensor > hw.gpus_per_node:  # every tensor-parallel collective is costed on NVLink
-            raise ModelError(f"parallel.tensor: must be at most the GPUs in a node ({hw.gpus_per_node} on the "
-                             f"{hw.name}, hardware.gpus_per_node): tensor-parallel collectives are costed on "
-                             f"NVLink, got {par.tensor}")  # fmt: skip
+        if par.tensor > hw.domain:  # every tensor-parallel collective is costed on NVLink
+            raise ModelError(f"parallel.tensor: must be at most the GPUs of one NVLink domain ({hw.domain} on the "
+                             f"{hw.name}, hardware.nvlink_domain or gpus_per_node): tensor-parallel collectives are "
+                             f"costed on NVLink, got {par.tensor}")  # fmt: skip
         if cfg.fp8 and hw.fp8_tflops is None:  # the kernels, casts and FP8 weight copies would be costed
             raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
-                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200)")
+                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200, GB200)")
         if section.efficiency is not None or section.preset is None:
             if section.gpu_variability is not None:  # it scales the measured kernel rates
                 raise ModelError("hardware.gpu_variability: needs the kernel-level costs (a hardware.preset and no "
@@ -325,7 +325,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                                  "hardware.efficiency)")
             eff = 0.4 if section.efficiency is None else section.efficiency
         else:
-            rates = replace(kernel_rates(section, hw), nccl=section.nccl)
+            rates = replace(kernel_rates(section, hw), nccl=section.nccl, nvlink_domain=hw.domain)
             if section.gpu_variability is not None:  # kernels at the expected slowest GPU's pace; links as they are
                 gpus = run_gpus(scenario, S)
                 slow = gpu_spread.factor(section.gpu_variability, gpus)
@@ -446,8 +446,9 @@ def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:
 
 
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
-# sm_120, sm_130 on); of the presets the B200. The others' FP8 GEMMs take the TN layout only (A100: no FP8 at all).
-NON_TN_FP8 = ("B200",)
+# sm_120, sm_130 on); of the presets the B200 and the GB200 (its GPU). The others' FP8 GEMMs take the TN layout only
+# (A100: no FP8 at all).
+NON_TN_FP8 = ("B200", "GB200")
 
 
 # GPUs on which Transformer Engine sends and receives the context-parallel ring's K/V one after the other at CP 2: TE
@@ -455,8 +456,9 @@ NON_TN_FP8 = ("B200",)
 # is set or the compute capability is below 10.0 at CP 2; otherwise it calls single isend / irecv, which PyTorch runs on
 # the one communicator and stream of the rank pair (ProcessGroupNCCL::pointToPoint, "For single P2P, preserve the old
 # two-rank behavior"): at CP 2 the send and the receive go to the same peer, so on one stream, one after the other.
-# Of the presets the B200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and overlap.
-UNBATCHED_CP2_P2P = ("B200",)
+# Of the presets the B200 and the GB200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and
+# overlap.
+UNBATCHED_CP2_P2P = ("B200", "GB200")
 
 
 def fp8_transpose(m, hw: Hardware | None) -> bool:
@@ -615,15 +617,22 @@ def hardware(section) -> Hardware:
         a2a_gbps=section.a2a_bandwidth,
         a2a_intra_gbps=section.a2a_intra_bandwidth,
         gpus_per_node=section.gpus_per_node,
+        nvlink_domain=section.nvlink_domain,
     )
     if section.preset is not None:
-        return preset(section.preset, **figures)
-    for key, name in (("bf16_tflops", "bf16_tflops"), ("p2p_gbps", "p2p_bandwidth")):
-        if figures[key] is None:
-            raise ModelError(f"hardware.{name}: required key is missing (or give hardware.preset: {', '.join(PRESETS)})")
-    a2a = figures["a2a_gbps"] or figures["p2p_gbps"]
-    return Hardware("custom", figures["bf16_tflops"], figures["fp8_tflops"], figures["hbm_bytes"] or 0.0,
-                    figures["p2p_gbps"], a2a, figures["a2a_intra_gbps"] or a2a, figures["gpus_per_node"] or 8)  # fmt: skip
+        hw = preset(section.preset, **figures)
+    else:
+        for key, name in (("bf16_tflops", "bf16_tflops"), ("p2p_gbps", "p2p_bandwidth")):
+            if figures[key] is None:
+                raise ModelError(f"hardware.{name}: required key is missing (or give hardware.preset: {', '.join(PRESETS)})")
+        a2a = figures["a2a_gbps"] or figures["p2p_gbps"]
+        hw = Hardware("custom", figures["bf16_tflops"], figures["fp8_tflops"], figures["hbm_bytes"] or 0.0,
+                      figures["p2p_gbps"], a2a, figures["a2a_intra_gbps"] or a2a, figures["gpus_per_node"] or 8,
+                      figures["nvlink_domain"])  # fmt: skip
+    if hw.domain % hw.gpus_per_node:  # a domain joins whole hosts (a GB200 NVL72: 18 trays of 4)
+        raise ModelError(f"hardware.nvlink_domain: must be a multiple of hardware.gpus_per_node ({hw.gpus_per_node} "
+                         f"on the {hw.name}), got {hw.domain}")  # fmt: skip
+    return hw
 
 
 # -- per-layer figures -------------------------------------------------------------
@@ -680,7 +689,7 @@ def a2a_bytes(st: Setup) -> dict[str, float]:
     cfg, ep = st.cfg, st.sharding.expert
     k, h, n = cfg.experts_per_token, cfg.hidden_size, st.tokens
     fp8 = 1.0 + FP8_SCALE_OVERHEAD if cfg.fp8 else st.act_bytes
-    per_node = st.hw.gpus_per_node
+    per_node = st.hw.domain
     nodes = math.ceil(ep / per_node)
     if nodes > 1:  # the NIC limits; as kernels._all_to_all counts the copies that cross it:
         distinct = nodes * (1 - (1 - 1 / nodes) ** k)  # nodes a token's k experts fall on
@@ -701,7 +710,7 @@ def a2a_bytes(st: Setup) -> dict[str, float]:
 
 def a2a_times(st: Setup) -> dict[str, float]:
     hw = st.hw
-    nodes = math.ceil(st.sharding.expert / hw.gpus_per_node)
+    nodes = math.ceil(st.sharding.expert / hw.domain)
     gbps = hw.a2a_gbps if nodes > 1 else hw.a2a_intra_gbps
     return {k: st.a2a_overhead + b / (gbps * 1e9) * 1e3 for k, b in a2a_bytes(st).items()}
 
@@ -856,7 +865,7 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     def collective(op: str, nbytes: float, ranks: float) -> float:
         if st.rates is None:
             return fsdp.ring_ms(nbytes, ranks, hw.a2a_gbps)
-        link = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+        link = "nvlink" if sh.tensor * sh.data <= st.rates.nvlink_domain else "nic"
         return collectives.time(op, nbytes, int(ranks), st.rates, link) * 1e3
 
     def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:

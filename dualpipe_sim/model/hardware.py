@@ -16,6 +16,9 @@ holds 85.5 GB (10^9).  Sources (full citations in docs/model.md):
 * B200 (HGX/DGX B200): NVIDIA DGX B200 datasheet: 72 PFLOPS FP8 training and
   1,440 GB for 8 GPUs = 9 PFLOPS sparse, 4.5 dense FP8 and 2.25 dense BF16 per
   GPU, 180 GB; NVLink 5 1,800 GB/s bidirectional; ConnectX-7 400 Gb/s per GPU.
+* GB200 (GB200 NVL72): the B200's GPU at 1,200 W; NVIDIA's GB200 NVL72 datasheet: 720 PFLOPS FP8 and 360 BF16
+  with sparsity for 72 GPUs = 5,000 / 2,500 dense per GPU; NVLink 5 1,800 GB/s bidirectional; one NVLink domain
+  of 72 GPUs (18 compute trays of 4, Grace hosts); one 400 Gb/s ConnectX-7 NDR per GPU (MLPerf v5.0/v5.1 Tyche).
 * A100 SXM 80GB: NVIDIA A100 datasheet: BF16 312 TFLOPS dense, no FP8, 80 GB
   HBM2e, NVLink 600 GB/s bidirectional; HDR InfiniBand 200 Gb/s = 25 GB/s per GPU.
 """
@@ -34,7 +37,15 @@ class Hardware:
     p2p_gbps: float  # pipeline send/recv between neighbouring stages (inter-node: the NIC)
     a2a_gbps: float  # all-to-all per GPU across nodes (the NIC)
     a2a_intra_gbps: float  # all-to-all per GPU inside a node (NVLink, per direction)
-    gpus_per_node: int = 8
+    gpus_per_node: int = 8  # GPUs one host drives (an HGX / DGX board; a GB200 compute tray: 4)
+    # GPUs one NVLink domain joins: collectives and all-to-alls among them are costed on NVLink, beyond it on
+    # the NIC; None: the node (an 8-GPU board's NVSwitch); a GB200 NVL72 rack: 72 over 18 hosts
+    nvlink_domain: int | None = None
+
+    @property
+    def domain(self) -> int:
+        """GPUs reached over NVLink: the NVLink domain, or the node where none is given."""
+        return self.nvlink_domain or self.gpus_per_node
 
     def peak(self, fp8: bool) -> float:
         """Peak FLOP/s for a matmul in FP8 (if the GPU has it) or BF16."""
@@ -52,6 +63,10 @@ H100_HBM = 81559 * MIB
 H200_HBM = 143771 * MIB
 # B200-SXM-180GB: mlcommons/training_results_v5.1 @ 441d65f Dell/systems/1xXE9680Lx8B200-SXM-180GB.json
 B200_HBM = 183359 * MIB
+# NVIDIA Blackwell GPU (GB200): mlcommons/training_results_v5.0 @ 0fdc28f
+# NVIDIA/systems/tyche_ngpu256_ngc25.04_nemo.json
+# (the same in v5.1 @ 441d65f NVIDIA/systems/tyche_ngpu8_ngc25.09_nemo.json)
+GB200_HBM = 189471 * MIB
 # A100-SXM4-80GB: the MLPerf v2.1-v4.0 systems give only "80 GB", no reported total was reached: the datasheet's.
 A100_HBM = 80e9
 
@@ -61,6 +76,8 @@ PRESETS = {
     "H200": Hardware("H200", 989.4, 1978.9, H200_HBM, 50.0, 50.0, 450.0),
     "B200": Hardware("B200", 2250.0, 4500.0, B200_HBM, 50.0, 50.0, 900.0),
     "A100": Hardware("A100", 312.0, None, A100_HBM, 25.0, 25.0, 300.0),
+    # 4 GPUs a compute tray (the systems json's accelerators_per_node), 72 in the rack's NVLink domain
+    "GB200": Hardware("GB200", 2500.0, 5000.0, GB200_HBM, 50.0, 50.0, 900.0, gpus_per_node=4, nvlink_domain=72),
 }
 
 

@@ -97,8 +97,9 @@ UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a ya
 # threads x 64 B keeps them all.  A100 (v2.12.12-1, and v2.18.5-1 alike): 12 x 22 GB/s at 44 a channel: 6, 12, 24.
 # H800 (v2.18.5-1 .. v2.28.3-1): 8 x 20.6 GB/s: 4 at 40, 8, 16; NVLS, where it runs (more than 2 GPUs, multicast),
 # has NVLS_NCHANNELS_SM90 = 16 CTAs too, so 16 whichever NCCL picks.  B200 (v2.28.3-1): 18 x 40.1 GB/s: 8 at 90,
-# 16, 32 (every B200 row that reaches it runs NCCL_NVLS_ENABLE=0 and NCCL_MIN/MAX_CTAS 16 / 32).
-TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32}
+# 16, 32 (every B200 row that reaches it runs NCCL_NVLS_ENABLE=0 and NCCL_MIN/MAX_CTAS 16 / 32); GB200: B200's
+# (carried over: the same 18 NVLink 5 links a GPU, to the rack's NVSwitch trays; the search on MNNVL was not read).
+TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32, "GB200": 32}
 # Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): the ring's 24, or NVLS_NCHANNELS_SM90 = 16 where NCCL's
 # tuner runs the collective with NVLS (nccl_nvls.picks_nvls: a group of 3-8, by operation, bytes and release).
 TP_NCCL_RING_CTAS = {"H100": 24, "H200": 24}
@@ -109,7 +110,7 @@ def tp_nccl_ctas(rates: KernelRates, group: int, op: str, nbytes: float) -> int:
     """SMs an NCCL collective ``op`` of ``nbytes`` over a tensor group of ``group`` ranks inside a node holds
     (TP_NCCL_CTAS; on H100 / H200 the ring's TP_NCCL_RING_CTAS or, where NCCL's tuner picks NVLS, TP_NCCL_NVLS_CTAS;
     0: none)."""
-    if not 1 < group <= rates.gpus_per_node:
+    if not 1 < group <= rates.nvlink_domain:
         return 0
     if rates.name in TP_NCCL_CTAS:
         return TP_NCCL_CTAS[rates.name]
@@ -528,7 +529,7 @@ class Table:
         t = self.lay.tensor
         if t <= 1 or not self.lay.sequence_parallel:
             return
-        per_node = min(t, self.r.gpus_per_node)
+        per_node = min(t, self.r.nvlink_domain)
         self.rows.append(Kernel("fp8 amax all-reduce (tp)", comp, "comm",
                                 f"all_reduce 4 B over {t} ({'nvlink' if t <= per_node else 'nic'})", 0.0, 4.0,
                                 collectives.small_all_reduce(t, per_node, self.r.nccl), "latency"))  # fmt: skip
@@ -958,7 +959,7 @@ def _aux_loss(tb: Table, comp: str, n: int) -> None:
     tb.memory("aux loss", comp, n * E * (4 + 1))
     group = lay.tensor * lay.context
     tb.comm("aux-loss token counts all-reduce", comp, "all_reduce", E * 8.0, group,
-            "nvlink" if group <= tb.r.gpus_per_node else "nic")  # fmt: skip
+            "nvlink" if group <= tb.r.nvlink_domain else "nic")  # fmt: skip
 
 
 def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
@@ -974,11 +975,11 @@ def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     first = len(tb.rows)
     k, h = cfg.experts_per_token, cfg.hidden_size
     fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
-    link = "nvlink" if e <= r.gpus_per_node else "nic"
+    link = "nvlink" if e <= r.nvlink_domain else "nic"
     copies = k * (e - 1) / e  # copies of a token that leave the rank (balanced routing)
     deepep = False
     if link == "nic":
-        nodes = -(-e // r.gpus_per_node)
+        nodes = -(-e // r.nvlink_domain)
         distinct = nodes * (1 - (1 - 1 / nodes) ** k)  # nodes a token's k experts fall on
         if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing
             distinct = min(distinct, cfg.route_group_limit)
@@ -1143,7 +1144,7 @@ def ring_transfer_seconds(tb: Table, nbytes: float, link: str) -> float:
 
 def _ring_link(tb: Table) -> str:
     """NVLink when tensor x context ranks fit in a node (Megatron puts context next to tensor), else the NIC."""
-    return "nvlink" if tb.lay.context * tb.lay.tensor <= tb.r.gpus_per_node else "nic"
+    return "nvlink" if tb.lay.context * tb.lay.tensor <= tb.r.nvlink_domain else "nic"
 
 
 def _ring_transfer(tb: Table, backward: bool, i: int) -> tuple[str, float] | None:
@@ -1425,7 +1426,7 @@ def ce_tensor_collectives(tb: Table, tokens: int) -> None:
     op, calls = CE_TP_COLLECTIVES[tb.lay.cross_entropy]
     nbytes = [tokens * values * 4.0 for values in calls]
     if op == "all_reduce":
-        secs = len(calls) * collectives.small_all_reduce(t, min(t, r.gpus_per_node), r.nccl)
+        secs = len(calls) * collectives.small_all_reduce(t, min(t, r.nvlink_domain), r.nccl)
     else:
         secs = sum(collectives.time(op, b * t, t, r, "nvlink") for b in nbytes)
     tb.rows.append(Kernel("cross-entropy tp collectives", "mlp_forward", "comm",
@@ -1563,7 +1564,7 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
         if moe not in per_kind:
             per_kind[moe] = fp8_linears(cfg, i, lay)
         linears += per_kind[moe]
-    group, per_node = lay.amax_group, min(lay.amax_group, rates.gpus_per_node)
+    group, per_node = lay.amax_group, min(lay.amax_group, rates.nvlink_domain)
     for comp, direction in (("mlp_forward", "forward"), ("attn_backward_input", "backward")):
         amaxes = linears * AMAXES[direction]
         if group > 1:

@@ -45,7 +45,7 @@ def rows(tb: Table, first: bool, last: bool, data: int, interleaved: bool = Fals
     if last:
         tb.memory("loss: masked mean, data-parallel average, / micro-batches", fw, 4 * 8.0, LOSS_KERNELS)
         if data > 1:  # DP ranks of one stage sit t apart (mpu/initialize.py): gpus_per_node / t of them a node
-            per_node = max(1, min(data, tb.r.gpus_per_node // tb.lay.tensor))
+            per_node = max(1, min(data, tb.r.nvlink_domain // tb.lay.tensor))
             secs = collectives.small_all_reduce(data, per_node, tb.r.nccl)
             link = "nvlink" if data <= per_node else "nic"
             tb.rows.append(Kernel("loss all-reduce (data-parallel average)", fw, "comm",

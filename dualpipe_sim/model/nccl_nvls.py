@@ -91,7 +91,7 @@ def picks_nvls(op: str, nbytes: float, group: int, nccl=None) -> bool:
 def runs_nvls(rates, op: str, nbytes: float, group: int) -> bool:
     """picks_nvls for a tensor group inside one node of an 18-NVLink Hopper preset (H100, H200; NVLS needs the
     NVSwitch's multicast, which the model takes as present there); False elsewhere."""
-    return rates.name in PRESETS and 1 < group <= rates.gpus_per_node and picks_nvls(op, nbytes, group, rates.nccl)
+    return rates.name in PRESETS and 1 < group <= rates.nvlink_domain and picks_nvls(op, nbytes, group, rates.nccl)
 
 
 def bus_gain(op: str, group: int, nccl=None) -> float:

@@ -98,7 +98,7 @@ LOOPS = ("nemo-1", *LOSSES)  # the model.training_loop values whose loss this mo
 def _group(tb: Table, ranks: int, stride: int) -> tuple[float, str]:
     """A few bytes all-reduced over ``ranks`` that sit ``stride`` apart in Megatron's rank order (tensor, context,
     ..., data): gpus_per_node / stride of them a node."""
-    per_node = max(1, min(ranks, tb.r.gpus_per_node // stride))
+    per_node = max(1, min(ranks, tb.r.nvlink_domain // stride))
     return collectives.small_all_reduce(ranks, per_node, tb.r.nccl), "nvlink" if ranks <= per_node else "nic"
 
 
@@ -108,7 +108,7 @@ def rows(tb: Table, data: int, evaluation: bool, loop: str = "nemo-1") -> list[K
     if loop != "nemo-1":
         return _rows(tb, data, LOSSES[loop])
     fw, floor = "mlp_forward", tb.r.floor
-    per_node = max(1, min(data, tb.r.gpus_per_node // tb.lay.tensor))
+    per_node = max(1, min(data, tb.r.nvlink_domain // tb.lay.tensor))
     reduce = collectives.small_all_reduce(data, per_node, tb.r.nccl)
     values = 2 if evaluation else 1
     tb.memory("loss: masked mean, data-parallel sum" + (" (validation)" if evaluation else ", / micro-batches"), fw,

@@ -30,10 +30,12 @@ class KernelRates:
     attention_seq_half: float  # sequence length at which half the rate is reached
     hbm: float  # achievable bytes/s of a streaming (memory-bound) kernel
     floor: float  # seconds: the shortest any kernel takes (launch and synchronisation)
-    nvlink_bus: float  # NCCL bus bandwidth inside a node, bytes/s (all-gather / reduce-scatter / all-to-all)
-    nic_bus: float  # per GPU across nodes, bytes/s
+    nvlink_bus: float  # NCCL bus bandwidth inside an NVLink domain, bytes/s (all-gather / reduce-scatter / all-to-all)
+    nic_bus: float  # per GPU across NVLink domains, bytes/s
     latency: float  # seconds per collective or P2P transfer
-    gpus_per_node: int = 8
+    # GPUs one NVLink domain joins (hardware.nvlink_domain; derive.setup sets the run's): a group of at most this
+    # many consecutive ranks is costed on NVLink, a larger one across the NIC. 8: an HGX / DGX board
+    nvlink_domain: int = 8
     # Measured NCCL all-reduce bus bandwidth by message size inside a node, ((bytes, bytes/s), ...) rising in
     # bytes; when given, NVLink all-reduce / all-gather / reduce-scatter take the bus bandwidth measured at
     # their size (collectives.py) instead of latency + nvlink_bus.
@@ -241,3 +243,10 @@ B200_ATTENTION_SUSTAINED = 1237 / 1450
 # B200 with the free-clock attention its table measured: for checks against that table, like for like
 B200_FREE_CLOCK = PRESETS["B200"]
 PRESETS["B200"] = sustained_attention(B200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
+# GB200 (NVL72): the B200's GPU at a higher power limit (1,200 W against 1,000), so B200's measured rates with the rack's
+# 72-GPU NVLink domain (docs/model.md, "GB200 NVL72"). A GB200 measurement: the FP8 GEMMs (Azure's table is GB200's).
+# B200's, checked on GB200: the BF16 GEMMs (gpu-fryer's GB200-NVL72 burn, ~1,550 TFLOP/s, within 0.05% of the fit).
+# B200's carried over: attention (cudnn-frontend's B200 table, flashinfer#2899's sustained share), HBM and the kernel
+# floor (cccl#7391; GB200's HBM3e is the same 8 TB/s), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; the one
+# 72-GPU figure reached, coreweave/nccl-tests#43's all-reduce, is not below it at 1-2 GiB), the NIC (a 400 Gb/s CX7 a GPU)
+PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72)

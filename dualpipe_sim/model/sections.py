@@ -254,6 +254,8 @@ class HardwareSection(_Section):
     a2a_bandwidth: Positive | None = None  # GB/s per GPU across nodes
     a2a_intra_bandwidth: Positive | None = None  # GB/s per GPU inside a node
     gpus_per_node: Annotated[int, Field(ge=1, le=1024), BeforeValidator(_whole)] | None = None
+    # GPUs one NVLink domain joins (a GB200 NVL72 rack: 72); None: the preset's, or gpus_per_node
+    nvlink_domain: Annotated[int, Field(ge=1, le=1024), BeforeValidator(_whole)] | None = None
     # achieved / peak FLOP/s of every compute component; None: kernel-level times from the preset's rates
     efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), BeforeValidator(plain_number)] | None = None
     a2a_overhead: NonNeg = 0.0  # ms per all-to-all phase beyond its bytes / bandwidth

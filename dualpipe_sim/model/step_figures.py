@@ -221,7 +221,7 @@ def fp8_amax_all_reduce_ms(st, dense_tensors: int, routed_tensors: int) -> float
     Megatron-core's dense optimizer over the data x context ranks (intra_dp_cp_group), its expert optimizer over the
     expert-data ranks; torch.distributed.all_reduce without async_op, so the compute stream waits (ms, NCCL's latency
     model: collectives.small_all_reduce)."""
-    sh, per_node, nccl = st.sharding, st.rates.gpus_per_node, st.rates.nccl
+    sh, per_node, nccl = st.sharding, st.rates.nvlink_domain, st.rates.nccl
     dense = collectives.small_all_reduce(sh.data, max(1, min(sh.data, per_node // sh.tensor)), nccl) if dense_tensors else 0.0
     edp = int(sh.expert_data)
     routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.expert)), nccl) if routed_tensors else 0.0
@@ -326,7 +326,7 @@ def grad_norm_all_reduce_ms(scenario, st) -> float:
     the Adam step; NCCL's latency model (collectives.small_all_reduce).  Its multi_tensor_l2norm is in the Adam
     figure's bytes (GRAD_NORM_BYTES)."""
     ranks = grad_norm_ranks(scenario, st)
-    return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.gpus_per_node)), st.rates.nccl) * 1e3
+    return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.nvlink_domain)), st.rates.nccl) * 1e3
 
 
 def fp32_embedding_extra_bytes(st, where) -> float:
@@ -584,10 +584,10 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
     sh, hw = st.sharding, st.hw
     op = op or ("reduce_scatter" if sh.zero >= 1 else "all_reduce")
     if st.rates is not None:
-        nic = "nvlink" if sh.tensor * sh.data <= st.rates.gpus_per_node else "nic"
+        nic = "nvlink" if sh.tensor * sh.data <= st.rates.nvlink_domain else "nic"
         # Megatron's rank order puts tensor innermost, then data: a node holds gpus_per_node / tensor
         # ranks of each data-parallel group, each on its own NIC
-        per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
+        per_node = max(1, min(sh.data, st.rates.nvlink_domain // sh.tensor))
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
         if op == "reduce_scatter" and nic == "nic":
@@ -669,7 +669,7 @@ def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:
         return {}
     nbytes = cfg.vocab_size * cfg.hidden_size / sh.tensor * grad_bytes
     gpus_per_rank = sh.tensor * sh.data
-    nodes = {(min(ranks[s]) * gpus_per_rank) // st.hw.gpus_per_node for s in (e, h)}
+    nodes = {(min(ranks[s]) * gpus_per_rank) // st.hw.domain for s in (e, h)}
     link = "nvlink" if len(nodes) == 1 else "nic"
     if st.rates is not None:
         ms = collectives.time("all_reduce", nbytes, 2, st.rates, link) * 1e3
@@ -727,7 +727,7 @@ def tp_grad_all_reduce_ms(scenario, st) -> tuple[float, ...]:
             out.append(0.0)
             continue
         if st.rates is not None:
-            link = "nvlink" if sh.tensor <= st.rates.gpus_per_node else "nic"
+            link = "nvlink" if sh.tensor <= st.rates.nvlink_domain else "nic"
             whole = collectives.time("all_reduce", total[r], sh.tensor, st.rates, link) * 1e3
         else:
             whole = 2 * (sh.tensor - 1) / sh.tensor * total[r] / (st.hw.a2a_intra_gbps * 1e9) * 1e3
@@ -901,7 +901,7 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     ``group``: the buckets one Megatron-core bucket group (_gather_ms)."""
     sh = st.sharding
     nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0) + extra
-    if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
+    if st.rates is not None and sh.tensor * sh.data > st.rates.nvlink_domain and sh.data > 1:
         dense = _gather_ms(st, nbytes, buckets, group)
         routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
         return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
@@ -916,8 +916,8 @@ def _gather_ms(st, nbytes: float, buckets: int, group: bool = False) -> float:
     ``buckets`` NCCL rings (collectives.bucketed; one NCCL group if ``group``, one Megatron-core bucket group, or on
     apex), else one collective on its link."""
     sh = st.sharding
-    if st.rates is not None and sh.tensor * sh.data > st.rates.gpus_per_node and sh.data > 1:
-        per_node = max(1, min(sh.data, st.rates.gpus_per_node // sh.tensor))
+    if st.rates is not None and sh.tensor * sh.data > st.rates.nvlink_domain and sh.data > 1:
+        per_node = max(1, min(sh.data, st.rates.nvlink_domain // sh.tensor))
         return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets,
                                     channels=st.dp_channels, grouped=group or st.dp_grouped, equal=st.dp_grouped) * 1e3
     return _sync_ms(st, "grad_sync", nbytes, 0.0, op="all_gather")

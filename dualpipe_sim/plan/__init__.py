@@ -19,15 +19,16 @@ from pathlib import Path
 
 from ..schedules import registry
 from ..model import derive, flops
-from ..model.sections import HardwareSection, ModelSection
+from ..model.sections import HardwareSection
+from ..inputs.scenario import sections_only
 from ..outputs.files import write_all, write_text
 from ..progress import Progress, each_file, report
 from ..sweep.errors import SweepError
 from . import files
 from .estimate import FigureCache, memory_estimate, static_floor
 from .rank import Row, estimate_order, ranked, to_simulate
-from .request import (PlanError, base_scenario, device_memory, make_request, model_shape, pinned_choices,
-                      source_pins)
+from .request import (PlanError, base_scenario, device_memory, make_request, model_config, model_shape,
+                      pinned_choices, source_pins)
 from .journal import NAME as JOURNAL
 from .journal import Journal
 from .shapes import placement, shapes
@@ -111,6 +112,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides, unset)
+    sections_only(base)  # a malformed section refused in `run`'s one line (hardware.gpus_per_node: ...), first
     req = make_request(base, gpus, global_batch, seq)
     # Read the model's config once, before the minutes of work: a file removed mid-run then fails
     # the candidates that read it (each row says so), not the whole plan after they have run.
@@ -272,7 +274,7 @@ def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, 
 
 def _flops(base: dict, seq: int) -> tuple[float, float | None]:
     """Model FLOPs of training per token (no recompute) and the GPU's dense peak FLOP/s."""
-    cfg = derive.model_config(ModelSection.model_validate(base["model"]))
+    cfg = model_config(base)
     hw = derive.hardware(HardwareSection.model_validate(base["hardware"]))
     return flops.per_token(cfg, seq).training, hw.peak(cfg.fp8)
 

@@ -95,15 +95,17 @@ def pinned_choices(overrides: list[str]) -> Choices:
     return choices
 
 
+def model_config(base: dict):
+    """The base's model config; a ModelError (its line names the model.* field, as `run` says it) is a PlanError."""
+    try:
+        return derive.model_config(ModelSection.model_validate(base["model"]))
+    except ModelError as exc:
+        raise PlanError(str(exc)) from None
+
+
 def model_shape(base: dict) -> ModelShape:
-    try:
-        cfg = derive.model_config(ModelSection.model_validate(base["model"]))
-    except (ModelError, ValueError) as exc:
-        raise PlanError(f"model: {exc}") from None
-    try:
-        hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True
-    except ValueError:  # a malformed [step] is refused, in its own words, when the candidates run
-        hidden = False
+    cfg = model_config(base)
+    hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True  # plan checked [step] first
     return ModelShape(heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, layers=cfg.num_layers, experts=cfg.num_experts,
                       flash_attention=cfg.model_type != "gpt2",  # as model/activations.py counts
                       param_gather_hidden=hidden)  # fmt: skip
@@ -119,7 +121,7 @@ def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
         hw = derive.hardware(HardwareSection.model_validate(base["hardware"]))
     except (ModelError, ValueError) as exc:
         raise PlanError(f"hardware: {exc}") from None
-    return Request(gpus=gpus, global_batch=global_batch, seq=seq, gpus_per_node=hw.gpus_per_node)
+    return Request(gpus=gpus, global_batch=global_batch, seq=seq, gpus_per_node=hw.domain)
 
 
 def device_memory(base: dict) -> float | None:

@@ -117,7 +117,7 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
     for t in choices.tensor:
         row = Candidate(tensor=t)
         if t > req.gpus_per_node:
-            yield replace(row, pruned=f"tensor: {t} > {req.gpus_per_node} GPUs per node")
+            yield replace(row, pruned=f"tensor: {t} > {req.gpus_per_node} GPUs of an NVLink domain")
             continue
         if model.heads % t:
             yield replace(row, pruned=f"tensor: does not divide the {model.heads} attention heads")

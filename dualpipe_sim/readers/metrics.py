@@ -276,13 +276,6 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
     return float(np.sum(run_end - run_start))
 
 
-def intersect_length(a_starts, a_ends, b_starts, b_ends) -> float:
-    """Length of (union of A) ∩ (union of B)."""
-    return union_length(a_starts, a_ends) + union_length(b_starts, b_ends) - union_length(
-        np.concatenate([a_starts, b_starts]), np.concatenate([a_ends, b_ends])
-    )
-
-
 def _split(rows: np.ndarray, ranks: int, key: str = "rank") -> tuple[np.ndarray, list[int]]:
     """``rows`` sorted by ``key`` (trace arrays come sorted by rank, TraceBuilder; anything else
     is sorted stably first) and where each rank's rows begin: rank r's are bounds[r]..bounds[r+1]."""
@@ -291,12 +284,6 @@ def _split(rows: np.ndarray, ranks: int, key: str = "rank") -> tuple[np.ndarray,
         rows = rows[np.argsort(col, kind="stable")]
         col = rows[key]
     return rows, np.searchsorted(col, np.arange(ranks + 1)).tolist()
-
-
-def by_rank(rows: np.ndarray, ranks: int, key: str = "rank") -> list[np.ndarray]:
-    """Split trace rows per rank in one linear pass (rows keep their order within a rank)."""
-    rows, bounds = _split(rows, ranks, key)
-    return [rows[bounds[r] : bounds[r + 1]] for r in range(ranks)]
 
 
 def peak_activation(trace: Trace) -> tuple[list[int], list[float]]:
@@ -460,12 +447,11 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     a2a_exp = float(sum(a2a_exposed_))
     total = p2p_time + a2a_time
     exposed = p2p_exp + a2a_exp
-    hidden = total - exposed
-    if abs(hidden) <= 1e-12 * total:  # all exposed, summed in another order: not "-227.4e-15 ms hidden"
-        hidden = 0.0
     idle_total = sum(r.idle for r in per_rank)
     cost = max((r.span for r in per_rank), default=0.0)
     work = max((r.busy for r in per_rank), default=0.0)
+    # total and exposed add up the same intervals in different orders: a difference at rounding size is none
+    hidden = total - exposed if abs(total - exposed) > 1e-12 * total else 0.0
     return Metrics(
         schedule=trace.schedule,
         stages=trace.stages,

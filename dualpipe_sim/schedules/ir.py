@@ -123,8 +123,11 @@ class Schedule:
 
     @classmethod
     def from_json(cls, data: dict, name: str | None = None) -> "Schedule":
+        listed = data.get("ranks") if isinstance(data, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(actions, list) for actions in listed):
+            raise ScheduleError(f"schedule JSON: ranks must be a list of each rank's list of actions, got {shown(listed)}")
         try:
-            ranks = tuple(tuple(action_from_json(a) for a in actions) for actions in data["ranks"])
+            ranks = tuple(tuple(action_from_json(a) for a in actions) for actions in listed)
             stages = _count(data, "stages") or _infer_stages(ranks)
             mbs = _count(data, "microbatches") or _infer_microbatches(ranks)
             return cls(name or str(data.get("schedule", "custom")), stages, mbs, ranks)
