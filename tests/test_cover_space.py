@@ -18,7 +18,7 @@ def rows(model=DENSE, gpus=16, global_batch=32, seq=4096, **pins):
 
 def test_tensor_past_a_node_is_pruned_at_the_first_column():
     (row,) = rows(tensor=(16,))
-    assert row.pruned == "tensor: 16 > 8 GPUs per node" and not row.complete()
+    assert row.pruned == "tensor: 16 > 8 GPUs of an NVLink domain" and not row.complete()
     assert (row.tensor, row.context, row.pipeline) == (16, None, None)  # the row stands for its whole branch
 
 
