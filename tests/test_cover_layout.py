@@ -54,7 +54,10 @@ def test_a_string_places_the_embedding_first_the_head_last_and_no_more_mtp_than_
     assert refusal("tt|Et|tL", 4, 3) == "parallel.layout: 'tt|Et|tL' must place the embedding E once, on the first stage"
     assert refusal("Et|tt|t", 4, 3) == "parallel.layout: 'Et|tt|t' must place the head L once, on the last stage"
     assert refusal("EtL|tt|t", 4, 3) == "parallel.layout: 'EtL|tt|t' must place the head L once, on the last stage"
-    assert refusal("Et|tt|tmmL", 4, 3, mtp=1) == "parallel.layout: 'Et|tt|tmmL' places 2 MTP modules, the model has 1"
+    assert refusal("Et|tt|tmmL", 4, 3, mtp=1) == ("parallel.layout: 'Et|tt|tmmL' places 2 MTP modules (m), the model "
+                                                  "has 1 (num_nextn_predict_layers)")
+    assert refusal("Et|tt|tL", 4, 3, mtp=1) == ("parallel.layout: 'Et|tt|tL' places 0 MTP modules (m), the model has 1 "
+                                               "(num_nextn_predict_layers)")  # one left out: refused too (s16i)
 
 
 def test_a_string_with_an_unknown_letter_lists_the_alphabet():

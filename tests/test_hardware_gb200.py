@@ -82,7 +82,9 @@ QWEN3_30B = {
 def qwen3(preset: str, tensor: int = 1, expert: int = 1, data: int = 16, **hardware):
     return derive.setup(scenario.sections_only({
         "pipeline": {"schedule": "1f1b", "stages": 4, "microbatches": 8},
-        "model": {**QWEN3_30B, "seq_length": 4096, "micro_batch_size": 1},
+        # 16 key-value heads above tensor 4 (Qwen3-30B has 4): tensor must divide them (model/derive.py, s16i)
+        "model": {**QWEN3_30B, "seq_length": 4096, "micro_batch_size": 1,
+                  **({"num_key_value_heads": 16} if tensor > 4 else {})},
         "parallel": {"tensor": tensor, "expert": expert, "data": data, "tp_comm_overlap": False},
         "hardware": {"preset": preset, **hardware},
     }))  # fmt: skip
