@@ -122,6 +122,11 @@ def tiny_inputs(tmp_path_factory):
     return cache, picked
 
 
+def slower_hops(hops):
+    """A replica's P2P times (step_estimate.Hops: one figure, or NIC, NVLink and the NVLink pairs) doubled plus 0.25 ms."""
+    return 2 * hops + 0.25 if isinstance(hops, float) else (2 * hops[0] + 0.25, 2 * hops[1] + 0.25, hops[2])
+
+
 def test_grouped_steps_tell_apart_every_field_they_group_by(tiny_inputs, always_rounds):
     """Candidates sharing a schedule shape but for one field each (what they are grouped by: micro-batches,
     ranks, blocking; what their replays are told apart by: stage costs, P2P time; and their [step] figures):
@@ -134,7 +139,7 @@ def test_grouped_steps_tell_apart_every_field_they_group_by(tiny_inputs, always_
         slower = replace(x.costs, forward=tuple(1.5 * f for f in x.costs.forward))
         step = replace(x.step, optimizer=tuple(2 * o + 1.0 for o in x.step.optimizer))
         variants = [x, replace(x, microbatches=x.microbatches + x.ranks), replace(x, blocking=not x.blocking),
-                    replace(x, costs=slower), replace(x, p2p=2 * x.p2p + 0.25), replace(x, step=step)]
+                    replace(x, costs=slower), replace(x, p2p=tuple(slower_hops(h) for h in x.p2p)), replace(x, step=step)]
         together = step_times_of(variants)
         assert together == [step_times_of([v])[0] for v in variants]  # each alone: a group of one
         assert len(set(together)) == len(variants), together

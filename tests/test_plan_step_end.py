@@ -128,8 +128,9 @@ def test_the_estimates_trace_is_the_runs(base, cand):
     # where the assumptions hold (above), the trace the estimate hands step.py has the run's compute rows
     cache = FigureCache(base)
     fig = cache.figures(cand)
+    (hops,) = cache.hops(cand, fig)  # one replica pattern: 4 GPUs of one node, every hand-off on NVLink
     _, run, m = pipeline(cand.schedule, cand.stages, cand.microbatches, cand.virtual, cand.pipeline, fig.costs,
-                         fig.p2p, cache.blocking(cand))  # fmt: skip
+                         hops, cache.blocking(cand))  # fmt: skip
     assert m == cand.microbatches
     mine = trace_of(built(cand.schedule, cand.stages, m, cand.virtual), run).compute
     theirs = simulation.run(sections_only(apply_overrides(base, cand.overrides()))).trace.compute

@@ -258,11 +258,12 @@ def dense_ids(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 _STOPPED = 1 << 40
 
 
-def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | None = None, p2p: float = 0.0,
-           blocking: bool = False, planned: Plan | None = None) -> tuple[list[int], array, array, tuple]:
+def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | None = None,
+           p2p: float | list[float] = 0.0, blocking: bool = False,
+           planned: Plan | None = None) -> tuple[list[int], array, array, tuple]:
     """Run each rank's actions in order as far as the rules let them (module docstring).
     ``length``: per action (numbered as in index.flat) how long it lasts (None: no time, no
-    links: validation).  A transfer costs ``p2p``.  Returns each rank's cursor (the length of
+    links: validation).  A transfer costs ``p2p``, or ``p2p[link]`` per link (link_hops).  Returns each rank's cursor (the length of
     its list when it finished, else the action it is stuck at), each action's start, each
     transfer's start and Plan.transfers (who sent what to whom; empty without links).  ``planned``:
     ``plan(schedule, index)`` worked out once for many replays of one schedule (plan's estimate)."""
@@ -278,6 +279,7 @@ def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | Non
         missing = list(missing)  # the loop counts it down: a shared plan keeps its own
     ready = [0.0] * len(missing)  # per action: when its last counted need landed on its rank
     link_free = [0.0] * len(receiver)  # when each link's last transfer ends
+    hop = [float(p2p)] * len(receiver) if isinstance(p2p, (int, float)) else p2p  # per link: one transfer's time
     # Starts written into C doubles: numpy reads them without a copy, and no float object outlives its action.
     begin = array("d", bytes(8 * len(transfer_link)))  # each transfer's start
     starts = array("d", bytes(8 * bounds[-1]))
@@ -305,7 +307,7 @@ def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | Non
                     link = transfer_link[x]
                     free = link_free[link]
                     go = t if t > free else free
-                    arrive = link_free[link] = go + p2p
+                    arrive = link_free[link] = go + hop[link]
                     begin[x] = go
                     if arrive > landed:
                         landed = arrive
@@ -323,9 +325,20 @@ def replay(schedule: Schedule, index: OpIndex, length: array | list[float] | Non
             i += 1
         cursor[rank], free_at[rank], sent[rank] = i, t, x
     transfers = p.transfers
-    if not p2p > 0:  # no links: nothing to record
+    if not max(hop, default=0.0) > 0:  # no links: nothing to record
         begin, transfers = array("d"), tuple(column[:0] for column in transfers)
     return [c - b for c, b in zip(cursor, bounds)], starts, begin, transfers
+
+
+def link_hops(p: Plan, nic: float, nvlink: float = 0.0, pairs: frozenset = frozenset()) -> list[float]:
+    """Per link of ``p``: one transfer's time on it, ``nvlink`` between the (sender, receiver) ranks in ``pairs``
+    (one NVLink domain: model/placement.py), else ``nic``."""
+    hop = [nic] * len(p.receiver)
+    if pairs:
+        for link, sender in zip(p.link, p.transfers[0].tolist()):
+            if (sender, p.receiver[link]) in pairs:
+                hop[link] = nvlink
+    return hop
 
 
 # -- a schedule that cannot finish, in words -------------------------------------------------
@@ -388,8 +401,10 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     else:
         factor = np.ones(len(head))
     length = np.asarray(tl_length, dtype="f8")[which] * factor  # the SimPy engine's length * factor
-    cursor, starts, begin, transfers = replay(schedule, index, array("d", length.tobytes()), costs.p2p,
-                                              costs.p2p_mode == "blocking")
+    p = plan(schedule, index)
+    hop = link_hops(p, costs.p2p, costs.p2p_nvlink, costs.nvlink_pairs[0] if costs.nvlink_pairs else frozenset())
+    cursor, starts, begin, transfers = replay(schedule, index, array("d", length.tobytes()), hop,
+                                              costs.p2p_mode == "blocking", p)
     stuck = deadlock_error(schedule, cursor)
     if stuck:
         raise stuck
@@ -401,12 +416,13 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
                              ("direction", flat.direction)):  # fmt: skip
             columns[name + member] = values if lone else values[op]
     rec.columns = columns  # numbered rank by rank: in each rank's order
-    rec.comm = transfer_rows(schedule, index, transfers, begin, costs.p2p)
+    rec.comm = transfer_rows(schedule, index, transfers, begin, np.asarray(hop)[p.link] if len(begin) else costs.p2p)
     return Trace.of_run(schedule, costs, rec, stages_on_rank=index.stages_on_rank)
 
 
-def transfer_rows(schedule: Schedule, index: OpIndex, transfers: tuple, begin: array, p2p: float) -> np.ndarray:
-    """The P2P rows (CommRow fields) of the replay's transfers."""
+def transfer_rows(schedule: Schedule, index: OpIndex, transfers: tuple, begin: array,
+                  p2p: float | np.ndarray) -> np.ndarray:
+    """The P2P rows (CommRow fields) of the replay's transfers; ``p2p``: each one's time, or one for all."""
     sender, receiver, data, op, _, reader = transfers
     flat = index.flat
     rows = np.empty(len(op), dtype=COMM_DTYPE)

@@ -130,8 +130,8 @@ class Engine:
 
     def _send(self, queue: deque) -> None:
         """Put the transfer at the head of a link's queue on the wire."""
-        start = self.env.now
-        self.env.timeout(self.costs.p2p).callbacks.append(lambda _: self._landed(queue, start))
+        start, (_, src, dst, _, _) = self.env.now, queue[0]
+        self.env.timeout(self.costs.link_p2p(src, dst)).callbacks.append(lambda _: self._landed(queue, start))
 
     def _landed(self, queue: deque, start: float) -> None:
         key, src, dst, consumer, arrived = queue.popleft()

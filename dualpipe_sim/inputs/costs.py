@@ -146,6 +146,18 @@ class CostModel:
     chunk: Chunk | tuple[Chunk, ...] | None = None
     p2p_mode: str = "async"  # "async": sends run beside compute; "blocking": see engine.py
     variability: object | None = None  # variability.Variability: per-op jitter, slow ranks; None = none
+    # Hand-offs inside one NVLink domain (model/placement.py): per distinct data-parallel replica, the (sender,
+    # receiver) rank pairs that cost p2p_nvlink instead of p2p; the engine replays the first, simulation.simulate
+    # each and keeps the slowest (the step waits for every replica).  (): every hand-off costs p2p
+    nvlink_pairs: tuple[frozenset, ...] = ()
+    p2p_nvlink: float = 0.0
+    # (rank order, tensor x context, data, NVLink domain): what simulation.simulate works nvlink_pairs out from
+    # once the schedule's rank count is known; None: none
+    placement: tuple[str, int, int, int] | None = None
+
+    def link_p2p(self, sender: int, receiver: int) -> float:
+        """One hand-off from ``sender`` to ``receiver``: on NVLink inside the first replica's domain pairs, else p2p."""
+        return self.p2p_nvlink if self.nvlink_pairs and (sender, receiver) in self.nvlink_pairs[0] else self.p2p
 
     @classmethod
     def uniform(

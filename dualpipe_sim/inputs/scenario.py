@@ -519,8 +519,14 @@ class Scenario(_Section):
         S = self.pipeline.stages
         given = lambda section, key: derived is None or key in section.model_fields_set  # noqa: E731
         p2p = self.comm.p2p if given(self.comm, "p2p") or derived.p2p is None else derived.p2p
+        links = {}
+        if not given(self.comm, "p2p") and derived.p2p is not None and derived.p2p_nvlink is not None:
+            par = self.parallel or ParallelSection()
+            links = dict(p2p_nvlink=derived.p2p_nvlink, placement=(par.rank_order, par.tensor * par.context, par.data,
+                                                                   derived.setup.hw.domain))  # fmt: skip
         return dict(
             p2p=p2p,
+            **links,
             p2p_mode=self.p2p_mode(),
             variability=variability.from_scenario(self),
             activation_bytes=_per_stage(self.memory.activation, S, "memory.activation")

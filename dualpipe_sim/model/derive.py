@@ -168,7 +168,8 @@ class StageFigures:
 class Derived:
     setup: Setup
     stages: list[StageFigures]
-    p2p: float | None = None  # ms
+    p2p: float | None = None  # ms, across the NIC
+    p2p_nvlink: float | None = None  # ms, a hand-off inside one NVLink domain (model/placement.py)
     moe_layer: LayerTimes | None = None  # the [chunk] components, MoE with expert parallelism
     chunk_layers: int = 0
     comm_compute_slowdown: float = 1.0  # compute beside an all-to-all runs on the SMs the all-to-all leaves
@@ -568,24 +569,24 @@ def stage_dense_params(cfg, stage: layout.Stage, tensor: int = 1) -> int:
     return dense + stage_head_params(cfg, stage, tensor) + stage.mtp * params.mtp_module(cfg).dense_over_tensor(tensor)
 
 
-def p2p_ms(st: Setup) -> float:
-    """One boundary activation (or its gradient) sent to the next stage, ms.
+def p2p_ms(st: Setup, link: str = "nic") -> float:
+    """One boundary activation (or its gradient) sent to the next stage over ``link`` ("nic", or "nvlink"
+    between neighbours in one NVLink domain: model/placement.py says which boundaries), ms.
 
     With sequence parallelism each tensor-parallel rank holds 1/t of it and sends that.  Without,
     each rank holds the whole tensor: Megatron-core sends it whole; with ``scatter_gather`` (Megatron-LM
     2021-2022, megatron/p2p_communication.py; DeepSpeed's pipeline engine) each rank sends 1/t and
-    the receivers all-gather it over NVLink before using it.  Pipeline neighbours sit on different
-    nodes (Megatron puts the pipeline outermost), so the send crosses the NIC.
+    the receivers all-gather it over NVLink before using it.
     """
     whole = st.act_bytes * st.tokens * st.cfg.hidden_size
     t = st.sharding.tensor
     sent = whole / t if st.sequence_parallel or st.scatter_gather else whole
     if st.rates is None:
-        return sent / (st.hw.p2p_gbps * 1e9) * 1e3
+        return sent / ((st.hw.p2p_gbps if link == "nic" else st.hw.a2a_intra_gbps) * 1e9) * 1e3
     gather = 0.0
     if st.scatter_gather and not st.sequence_parallel:
         gather = collectives.time("all_gather", whole, t, st.rates, "nvlink")
-    return (collectives.p2p(sent, st.rates, "nic") + gather) * 1e3
+    return (collectives.p2p(sent, st.rates, link) + gather) * 1e3
 
 
 def run_gpus(scenario, stages: int) -> int:
@@ -965,7 +966,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
-        out.p2p = p2p_ms(st)
+        out.p2p, out.p2p_nvlink = p2p_ms(st), p2p_ms(st, "nvlink")
         if cfg.moe and sh.expert > 1:
             moe_i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i))
             out.moe_layer = _get(layer_tab, moe_i, layer_times, st, moe_i)

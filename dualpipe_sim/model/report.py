@@ -84,6 +84,7 @@ def summary(d: Derived, scenario=None) -> dict:
             name, gpus, slow = st.gpu_spread
             out["hardware"]["gpu_variability"] = {"spread": name, "gpus": gpus, "factor": slow}
         out["p2p_ms"] = d.p2p
+        out["p2p_nvlink_ms"] = d.p2p_nvlink  # a hand-off inside one NVLink domain (model/placement.py)
         if st.rates is not None:
             out["kernels"] = {name: [_kernel_row(k) for k in rows] for name, rows in kernel_tables(d).items()}
         if d.moe_layer is not None:
@@ -230,6 +231,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         if st.gpu_spread is not None:
             how += f", x{st.gpu_spread[2]:.4f}: the slowest of {st.gpu_spread[1]} GPUs ({st.gpu_spread[0]} spread)"
         lines.append(f"\nP2P per activation: {d.p2p:.4g} ms on {st.hw.name}, {how}")
+        lines.append(f"  across the NIC; {d.p2p_nvlink:.4g} ms between pipeline neighbours in one NVLink domain of "
+                     f"{st.hw.domain} GPUs (parallel.rank_order places them)")
         if d.moe_layer is not None:
             comps = ", ".join(f"{k} {getattr(d.moe_layer, k):.3g}" for k in COMPONENT_ORDER)
             lines.append(f"[chunk] per MoE layer (ms), layers = {d.chunk_layers}: {comps}")

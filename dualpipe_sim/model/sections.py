@@ -198,6 +198,9 @@ class ParallelSection(_Section):
     # an NCCL_CFG_PATH yaml): NCCL keeps at most that many channels, so an NCCL collective beside GEMMs holds at most
     # that many SMs (kernels.tp_nccl_ctas); 0: no cap, NCCL's own channels
     tp_max_ctas: Annotated[int, Field(ge=0, le=64)] = 0
+    # the order ranks are numbered in, innermost first (model/placement.py): Megatron-core's default, or NeMo's
+    # use_tp_pp_dp_mapping; it places the pipeline neighbours, so which stage boundaries stay on NVLink
+    rank_order: Literal["tp-cp-ep-dp-pp", "tp-cp-ep-pp-dp"] = "tp-cp-ep-dp-pp"
 
     @field_validator("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather",
                      "sync_tp_duplicated_parameters", mode="before")

@@ -32,7 +32,8 @@ from ..model.step_figures import derived_sync
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
 from .space import Candidate
-from .step_estimate import StageCosts, built, pipeline, pipelines, step_end_ms
+from ..model.placement import DEFAULT_ORDER, nvlink_pairs
+from .step_estimate import Hops, StageCosts, built, pipelines, step_end_ms
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class StageFigures:
     static: tuple[float, ...] = ()  # parameters, gradients, optimizer, FP8 copies per stage (model/memory.py)
     buffers: tuple[float, ...] = ()  # ZeRO 2/3 unsharded buffers per stage (a rank holds its largest)
     costs: StageCosts | None = None  # per stage F, B, W, F&B: what the replay takes (step_estimate.py)
-    p2p: float = 0.0  # ms per P2P transfer (model/derive.py's p2p_ms)
+    p2p: float = 0.0  # ms per P2P transfer (model/derive.py's p2p_ms), across the NIC
+    p2p_nvlink: float | None = None  # ms per P2P transfer inside one NVLink domain (model/placement.py)
 
 
 class FigureCache:
@@ -123,8 +125,18 @@ class FigureCache:
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
                                               StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown),
-                                              derived.p2p or 0.0)  # fmt: skip
+                                              derived.p2p or 0.0, derived.p2p_nvlink)  # fmt: skip
         return self._figures[key]
+
+    def hops(self, cand: Candidate, fig: StageFigures) -> tuple[Hops, ...]:
+        """Each distinct data-parallel replica's hand-offs (model/placement.py), as simulation.simulate replays them;
+        the NIC's figure alone where nothing is known of NVLink."""
+        if fig.p2p_nvlink is None or not fig.p2p:
+            return (fig.p2p,)
+        order = (self.base.get("parallel") or {}).get("rank_order", DEFAULT_ORDER)
+        domain = self._derived_for(cand).setup.hw.domain
+        pairs = nvlink_pairs(order, cand.tensor * cand.context, cand.data, cand.pipeline, domain)
+        return tuple((fig.p2p, fig.p2p_nvlink, p) for p in pairs)
 
     def step_costs(self, cand: Candidate) -> StepCosts | None:
         """The candidate's [step] figures per stage, as its run resolves them (Scenario.step_costs:
@@ -142,10 +154,12 @@ class FigureCache:
     def pipeline_ms(self, cand: Candidate, fig: StageFigures) -> tuple[float, float]:
         """The pipeline's estimated makespan and what the step's end adds after it (ms)."""
         blocking = self.blocking(cand)
-        key = (cand.schedule, cand.stages, cand.virtual, cand.microbatches, fig.costs, fig.p2p, blocking)
+        hops = self.hops(cand, fig)
+        key = (cand.schedule, cand.stages, cand.virtual, cand.microbatches, fig.costs, hops, blocking)
         if key not in self._pipelines:
-            self._pipelines[key] = pipeline(cand.schedule, cand.stages, cand.microbatches, cand.virtual,
-                                            cand.pipeline, fig.costs, fig.p2p, blocking)  # fmt: skip
+            runs = pipelines(cand.schedule, cand.stages, cand.microbatches, cand.virtual, cand.pipeline,
+                             [fig.costs] * len(hops), list(hops), blocking)  # fmt: skip
+            self._pipelines[key] = slowest(runs)
         makespan, run, m = self._pipelines[key]
         return makespan, step_end_ms(built(cand.schedule, cand.stages, m, cand.virtual), run, self.step_costs(cand))
 
@@ -250,12 +264,17 @@ class StepInputs:
     ranks: int
     blocking: bool
     costs: StageCosts
-    p2p: float
+    p2p: tuple[Hops, ...]  # per distinct data-parallel replica (FigureCache.hops)
     step: StepCosts | None | str
 
     def shape(self) -> tuple:
         """What the candidates replayed together share: the schedules built and the replay's rules."""
         return (self.schedule, self.stages, self.microbatches, self.virtual, self.ranks, self.blocking)
+
+
+def slowest(runs: list[tuple[float, object, int]]) -> tuple[float, object, int]:
+    """The replica whose pipeline ends last (the first on a tie): the step waits for it (simulation.simulate)."""
+    return max(runs, key=lambda r: r[0])
 
 
 def step_inputs(cache: FigureCache, cand: Candidate) -> StepInputs | str:
@@ -270,7 +289,7 @@ def step_inputs(cache: FigureCache, cand: Candidate) -> StepInputs | str:
     except ValueError as exc:
         step = str(exc)
     return StepInputs(cand.schedule, cand.stages, cand.microbatches, cand.virtual, cand.pipeline, blocking, fig.costs,
-                      fig.p2p, step)  # fmt: skip
+                      cache.hops(cand, fig), step)  # fmt: skip
 
 
 def step_times_of(inputs: list[StepInputs | str]) -> list[float | str]:
@@ -283,7 +302,7 @@ def step_times_of(inputs: list[StepInputs | str]) -> list[float | str]:
         if not isinstance(x, str):
             groups.setdefault(x.shape(), []).append(i)
     for (name, stages, m, virtual, ranks, blocking), members in groups.items():
-        distinct = list(dict.fromkeys((inputs[i].costs, inputs[i].p2p) for i in members))
+        distinct = list(dict.fromkeys((inputs[i].costs, h) for i in members for h in inputs[i].p2p))
         try:
             runs = dict(zip(distinct, pipelines(name, stages, m, virtual, ranks, [c for c, _ in distinct],
                                                 [p for _, p in distinct], blocking)))  # fmt: skip
@@ -293,7 +312,7 @@ def step_times_of(inputs: list[StepInputs | str]) -> list[float | str]:
             continue
         for i in members:
             x = inputs[i]
-            makespan, run, at = runs[(x.costs, x.p2p)]
+            makespan, run, at = slowest([runs[(x.costs, h)] for h in x.p2p])
             if isinstance(x.step, str):
                 out[i] = x.step
                 continue

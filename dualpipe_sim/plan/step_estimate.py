@@ -161,20 +161,37 @@ class Replayed:
     length: np.ndarray
     share: np.ndarray
     begin: object  # array("d"), per transfer
-    p2p: float
+    p2p: float | np.ndarray  # ms, one for every transfer or each one's
 
 
-def replayed(b: Built, costs: StageCosts, p2p: float, blocking: bool) -> Replayed:
-    """The replay core run on ``costs`` (engine/replay.py), P2P ``p2p`` ms per transfer."""
+# One replica's hand-offs: ms for all, or (NIC ms, NVLink ms, the rank pairs in one NVLink domain: model/placement.py)
+Hops = float | tuple[float, float, frozenset]
+
+
+def _link_hops(b: Built, p2p: Hops) -> float | list[float]:
+    """``p2p`` as replay.replay takes it: one figure, or each link's (replay.link_hops)."""
+    return float(p2p) if isinstance(p2p, (int, float)) else replay.link_hops(b.transfers, *p2p)
+
+
+def _transfer_hops(b: Built, p2p: Hops) -> float | np.ndarray:
+    """``p2p`` per transfer (each one's link's), or the one figure."""
+    hop = _link_hops(b, p2p)
+    return hop if isinstance(hop, float) else np.asarray(hop, dtype=float)[np.asarray(b.transfers.link, dtype=np.int64)]
+
+
+def replayed(b: Built, costs: StageCosts, p2p: Hops, blocking: bool) -> Replayed:
+    """The replay core run on ``costs`` (engine/replay.py), P2P ``p2p`` ms per transfer (or per link: Hops)."""
     length, share = _lengths(b, costs)
-    cursor, starts, begin, _ = replay.replay(b.schedule, b.index, length.tolist(), p2p, blocking, b.transfers)
+    hop = _link_hops(b, p2p)
+    cursor, starts, begin, _ = replay.replay(b.schedule, b.index, length.tolist(), hop, blocking, b.transfers)
     start = np.frombuffer(starts, dtype=float)
     ends = start + length
     rank_end = np.maximum.reduceat(ends, b.rank_first) if len(ends) else np.zeros(len(b.rank_first))
     # a transfer still travelling when its sender's last action ends lands later, but nothing waits for it
     ready = np.zeros(len(b.copy_rank))
     np.maximum.at(ready, b.wgrad_copy, ends[b.wgrad_action])
-    return Replayed(float(ends.max()) if len(ends) else 0.0, rank_end, ready, start, length, share, begin, p2p)
+    return Replayed(float(ends.max()) if len(ends) else 0.0, rank_end, ready, start, length, share, begin,
+                    _transfer_hops(b, p2p))  # fmt: skip
 
 
 # Which way replays many candidates faster (the results are the same): the loop costs about LOOP_US per action
@@ -243,7 +260,7 @@ def rounds(name: str, stages: int, microbatches: int, virtual: int | None, block
 
 
 def replayed_many(name: str, stages: int, microbatches: int, virtual: int | None, costs: list[StageCosts],
-                  p2p: list[float], blocking: bool) -> list[Replayed]:  # fmt: skip
+                  p2p: list[Hops], blocking: bool) -> list[Replayed]:  # fmt: skip
     """``replayed`` of the schedule built at ``microbatches`` for each (costs, p2p), all at once: the rounds
     (``rounds``) evaluated with numpy over the candidates, each value the same max or sum of the same floats
     as in the replay core's loop (a max is exact in any order), so each Replayed is ``replayed``'s to the bit."""
@@ -258,7 +275,8 @@ def replayed_many(name: str, stages: int, microbatches: int, virtual: int | None
     start = np.zeros((n, k))
     land = np.zeros((nx + 1, k))  # per transfer (a spare row of zeros): its landing
     go = np.zeros((nx, k))
-    hop = np.asarray(p2p, dtype=float)
+    each = [_transfer_hops(b, x) for x in p2p]
+    hop = np.stack([np.broadcast_to(np.asarray(h, dtype=float), (nx,)) for h in each], axis=1)  # per transfer
     for acts, xs in zip(r.actions, r.transfers):
         if len(acts):
             s = np.maximum(end[r.prev[acts]], land[r.incoming[acts]].max(axis=1))
@@ -267,16 +285,16 @@ def replayed_many(name: str, stages: int, microbatches: int, virtual: int | None
         if len(xs):
             g = np.maximum(end[r.sender[xs]], land[r.prev_on_link[xs]])
             go[xs] = g
-            land[xs] = g + hop
+            land[xs] = g + hop[xs]
     out = []
     for j in range(k):
         st, ln, ends = np.ascontiguousarray(start[:, j]), np.ascontiguousarray(length[:, j]), np.ascontiguousarray(end[:n, j])
         rank_end = np.maximum.reduceat(ends, b.rank_first) if n else np.zeros(len(b.rank_first))
         ready = np.zeros(len(b.copy_rank))
         np.maximum.at(ready, b.wgrad_copy, ends[b.wgrad_action])
-        begin = np.ascontiguousarray(go[:, j]) if hop[j] > 0 else np.empty(0)
+        begin = np.ascontiguousarray(go[:, j]) if hop[:, j].max(initial=0.0) > 0 else np.empty(0)
         out.append(Replayed(float(ends.max()) if n else 0.0, rank_end, ready, st, ln, np.ascontiguousarray(share[:, j]),
-                            begin, float(p2p[j])))
+                            begin, each[j]))
     return out
 
 
@@ -298,14 +316,14 @@ def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks
 
 
 def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int, costs: StageCosts,
-             p2p: float, blocking: bool) -> tuple[float, Replayed, int]:  # fmt: skip
+             p2p: Hops, blocking: bool) -> tuple[float, Replayed, int]:  # fmt: skip
     """The makespan at ``microbatches`` (ms), the replay its tail is read from (the last one) and
     that replay's micro-batch count."""
     return pipelines(name, stages, microbatches, virtual, ranks, [costs], [p2p], blocking)[0]
 
 
 def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int, costs: list[StageCosts],
-              p2p: list[float], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
+              p2p: list[Hops], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
     """``pipeline`` of each (costs, p2p) on one schedule shape, the replays at each count all at once
     (``replayed_many``)."""
     ms = counts(name, stages, microbatches, virtual, ranks)
