@@ -14,6 +14,16 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests (hypothesis): bounded and deterministic by default, so CI runs the same examples
+# every time (derandomize: the examples follow from each test's own code; no example database).
+# A test's own @settings(max_examples=...) starts from this profile.  HYPOTHESIS_PROFILE=explore
+# draws afresh and many more examples, to hunt for new failures on a developer's machine.
+settings.register_profile("suite", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 # Node-id prefix -> why skipping it in CI is acceptable.  Keep this short.
 ALLOWED_SKIPS = {

@@ -253,11 +253,15 @@ def test_blocking_waits_for_the_previous_actions_sends_hand_worked():
 
 def reference_p2p_exposed(trace) -> float:
     """The definition, one action at a time (metrics.p2p_exposed is the vectorised form):
-    each transfer clipped to the wait between the previous action's end and its action's start."""
+    each transfer clipped to the wait between the previous action's end and its action's start
+    (an action's rows: its compute and its all-to-all)."""
     p2p = trace.comm[(trace.comm["channel"] == 0) & (trace.comm["action"] >= 0)]
+    a2a = trace.comm[trace.comm["channel"] == 1]
+    fields = ["rank", "action", "start", "end"]
+    rows_of = np.concatenate([trace.compute[fields], a2a[fields]])
     total = 0.0
     for rank, action in {(int(x["peer"]), int(x["action"])) for x in p2p}:
-        rows = trace.compute[trace.compute["rank"] == rank]
+        rows = rows_of[rows_of["rank"] == rank]
         earlier = rows["action"][rows["action"] < action]
         w0 = float(rows[rows["action"] == earlier.max()]["end"].max()) if len(earlier) else 0.0
         w1 = float(rows[rows["action"] == action]["start"].min())

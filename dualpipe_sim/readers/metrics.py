@@ -41,7 +41,8 @@ Definitions (also in README.md):
   unit = one micro-batch's activations for one stage), and the same in bytes.
 * Communication, for P2P and all-to-all together:
   a P2P transfer is *exposed* for the part of it during which the receiving
-  rank sat idle waiting for the action that consumes it (with blocking P2P
+  rank sat idle waiting for the action that consumes it, i.e. between its
+  previous action's end (its last all-to-all included) and that action's start (with blocking P2P
   the sender waits for all of it: fully exposed); an all-to-all phase is
   exposed for the part of it when its rank's compute channel is idle.
 * ``between_ops`` of a rank: makespan minus the time inside its actions (an
@@ -314,6 +315,20 @@ def _actions(rank: np.ndarray, action: np.ndarray, start: np.ndarray, end: np.nd
     return key[first], np.minimum.reduceat(start, first), np.maximum.reduceat(end, first)
 
 
+def action_spans(trace: Trace):
+    """Every action's key (rank << 32 | action), first start and last end over its compute
+    and all-to-all rows (an action spans its all-to-all too), in rank then action order."""
+    c = trace.compute
+    key, first_start, last_end = _actions(c["rank"], c["action"], c["start"], c["end"])
+    a2a = channel_rows(trace.comm, A2A)
+    if len(a2a):  # each action's first and last of its compute rows and of its all-to-all rows
+        key2, first2, last2 = _actions(a2a["rank"], a2a["action"], a2a["start"], a2a["end"])
+        key, first_start, last_end = _actions(np.concatenate([key >> 32, key2 >> 32]),
+                                              np.concatenate([key, key2]) & 0xFFFFFFFF,
+                                              np.concatenate([first_start, first2]), np.concatenate([last_end, last2]))
+    return key, first_start, last_end
+
+
 def p2p_exposed(trace: Trace) -> float:
     """Linear in the trace: each transfer clipped, with numpy, to the wait before the action
     it feeds; their union per action summed rank by rank."""
@@ -321,9 +336,10 @@ def p2p_exposed(trace: Trace) -> float:
     feed = (comm["channel"] == P2P) & (comm["action"] >= 0)
     if not feed.any():
         return 0.0
-    # Each action's window: from the end of its rank's previous action (0 for the first) to its start.
-    c = trace.compute
-    key, w1, last_end = _actions(c["rank"], c["action"], c["start"], c["end"])
+    # Each action's window: from the end of its rank's previous action (0 for the first) to its
+    # start.  The previous action ends with its last all-to-all: a transfer beside that is hidden
+    # behind the rank's own all-to-all (counted there, once), not waited for.
+    key, w1, last_end = action_spans(trace)
     if len(key) == 0:
         return 0.0
     rank = key >> 32
@@ -392,21 +408,22 @@ def a2a_per_rank(trace: Trace) -> tuple[list[float], list[float]]:
     return times, exposed
 
 
+def rest(whole: float, part: float) -> float:
+    """whole - part, where part adds up the same intervals as whole in another order (busy
+    against the makespan, exposed against all communication): a difference at rounding size is
+    none, so a gapless rank has idle 0, not -2e-15 (nor a printed "hidden 454.7e-15")."""
+    left = whole - part
+    return left if abs(left) > 1e-12 * abs(whole) else 0.0
+
+
 def between_ops(trace: Trace) -> list[float]:
     """Per rank: makespan minus the time spent inside actions, an action lasting
     from its first component to its last (its all-to-all included)."""
-    a2a = channel_rows(trace.comm, A2A)
     makespan = trace.makespan  # a max over every row: once, not per rank
-    c = trace.compute
-    key, first_start, last_end = _actions(c["rank"], c["action"], c["start"], c["end"])
-    if len(a2a):  # each action's first and last of its compute rows and of its all-to-all rows
-        key2, first2, last2 = _actions(a2a["rank"], a2a["action"], a2a["start"], a2a["end"])
-        key, first_start, last_end = _actions(np.concatenate([key >> 32, key2 >> 32]),
-                                              np.concatenate([key, key2]) & 0xFFFFFFFF,
-                                              np.concatenate([first_start, first2]), np.concatenate([last_end, last2]))
+    key, first_start, last_end = action_spans(trace)
     inside = last_end - first_start
     bounds = np.searchsorted(key >> 32, np.arange(trace.ranks + 1)).tolist()
-    return [makespan - (float(np.sum(inside[lo:hi])) if hi > lo else 0.0) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [rest(makespan, float(np.sum(inside[lo:hi])) if hi > lo else 0.0) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
@@ -426,7 +443,7 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
             RankMetrics(
                 rank=rank,
                 busy=busy,
-                idle=makespan - busy,
+                idle=rest(makespan, busy),
                 between_ops=outside[rank],
                 peak_activation=units[rank],
                 peak_activation_bytes=nbytes[rank],
@@ -436,7 +453,7 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
                 a2a_time=a2a_times[rank],
                 a2a_exposed=a2a_exposed_[rank],
                 span=span,
-                span_idle=span - busy,
+                span_idle=rest(span, busy),
             )
         )
     comm = trace.comm
@@ -450,8 +467,7 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     idle_total = sum(r.idle for r in per_rank)
     cost = max((r.span for r in per_rank), default=0.0)
     work = max((r.busy for r in per_rank), default=0.0)
-    # total and exposed add up the same intervals in different orders: a difference at rounding size is none
-    hidden = total - exposed if abs(total - exposed) > 1e-12 * total else 0.0
+    hidden = rest(total, exposed)
     return Metrics(
         schedule=trace.schedule,
         stages=trace.stages,
@@ -470,5 +486,5 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
             a2a_exposed=a2a_exp,
         ),
         analytic=Analytic(**analytic) if analytic else Analytic(),
-        span_bubble_rate=(cost - work) / cost if cost > 0 else 0.0,
+        span_bubble_rate=rest(cost, work) / cost if cost > 0 else 0.0,
     )
