@@ -12,6 +12,7 @@ Every problem is a :class:`ModelError` whose one line names the field.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -230,7 +231,7 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     if family == "llama4":
         return _llama4(raw, mt, where)
     w = lambda k, **kw: _whole(raw, k, where, **kw)  # noqa: E731
-    common, head_dim, taken = _common(raw, mt, lambda k: where)
+    common, head_dim, taken = _common(raw, mt, lambda k: where, head_dim=family != "deepseek")
     if family == "deepseek":
         return _deepseek(raw, where, common)
     if family == "glm4_moe":
@@ -269,16 +270,16 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
     return _checked(cfg, where)
 
 
-def _common(raw: dict, mt: str, where) -> tuple[dict, int, tuple[str, ...]]:
-    """The fields every family but GPT-2 names alike, head_dim and the default taken for it.
-    ``where(key)``: the prefix of that key's errors."""
+def _common(raw: dict, mt: str, where, head_dim: bool = True) -> tuple[dict, int, tuple[str, ...]]:
+    """The fields every family but GPT-2 names alike, head_dim and the default taken for it (0 and () when
+    ``head_dim`` is false: MLA's head sizes are its own fields).  ``where(key)``: the prefix of that key's errors."""
     w = lambda k, **kw: _whole(raw, k, where(k), **kw)  # noqa: E731
     h, heads = w("hidden_size"), w("num_attention_heads")
     kv = w("num_key_value_heads", default=heads)
     if heads % kv:
         raise ModelError(f"{where('num_key_value_heads')}num_key_value_heads: must divide num_attention_heads "
                          f"({heads}), got {kv}")  # fmt: skip
-    head_dim, taken = _head_dim(raw, mt, h, heads, where("head_dim"))
+    head_dim, taken = _head_dim(raw, mt, h, heads, where("head_dim")) if head_dim else (0, ())
     common = dict(
         model_type=mt,
         hidden_size=h,
@@ -642,18 +643,45 @@ def read_raw(path: str | Path) -> dict:
     return raw
 
 
+# The HF fields each family's reader reads (a field any value of which the reader checks or uses), declared
+# beside the readers rather than recorded from a run: what a reader reads can depend on the values (DeepSeek
+# reads its MoE fields only when n_routed_experts > 0), and an inline field must be judged before the read.
+# tests/test_inline_fields.py proves each reader reads exactly its tuple (a bogus value in any other field
+# changes nothing).  An inline ``[model]`` field outside the scenario's family's tuple is refused.
+_COMMON = ("model_type architectures hidden_size num_hidden_layers vocab_size num_attention_heads "
+           "num_key_value_heads head_dim tie_word_embeddings").split()
+_LLAMA = [*_COMMON, "intermediate_size", "attention_bias"]
+_DEEPSEEK_MOE = ("first_k_dense_replace n_routed_experts n_shared_experts moe_intermediate_size num_experts_per_tok "
+                 "n_group topk_group num_nextn_predict_layers").split()
+FAMILY_FIELDS: dict[str, frozenset[str]] = {f: frozenset(keys) for f, keys in {
+    "llama": _LLAMA,
+    "mixtral": [*_LLAMA, "num_local_experts", "num_experts_per_tok"],
+    "qwen_moe": [*_LLAMA, "num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                 "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers"],
+    "deepseek": [*(k for k in _COMMON if k != "head_dim"), *_DEEPSEEK_MOE, "intermediate_size", "moe_layer_freq",
+                 "topk_method", "quantization_config", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                 "qk_rope_head_dim", "v_head_dim"],  # MLA: head sizes from the qk_/v_ fields, not head_dim
+    "glm4_moe": [*_LLAMA, *_DEEPSEEK_MOE, *GLM4_MOE_DEFAULTS],
+    "gpt2": ["model_type", "architectures", "vocab_size", "tie_word_embeddings", "n_embd", "n_layer", "n_head",
+             "n_inner", "n_positions", "attn_pdrop", "resid_pdrop", "embd_pdrop"],
+    "nemotron": [*_LLAMA, "hidden_act", "mlp_bias", "partial_rotary_factor"],
+    "llama4": [*_LLAMA, "text_config", "num_local_experts", "num_experts_per_tok", "moe_layers",
+               "no_rope_layers", *LLAMA4_DEFAULTS],
+    "gpt_oss": [*_LLAMA, "num_local_experts", "num_experts_per_tok", "sliding_window", "layer_types",
+                "swiglu_limit"],
+}.items()}
+
 # Every HF field name some family reads: what ``[model]`` accepts inline.
-INLINE_FIELDS = frozenset(
-    """model_type architectures hidden_size num_hidden_layers vocab_size num_attention_heads
-    num_key_value_heads head_dim intermediate_size tie_word_embeddings attention_bias
-    num_local_experts num_experts num_experts_per_tok moe_intermediate_size
-    shared_expert_intermediate_size decoder_sparse_step mlp_only_layers first_k_dense_replace
-    moe_layer_freq n_group topk_group n_routed_experts n_shared_experts topk_method q_lora_rank kv_lora_rank
-    qk_nope_head_dim qk_rope_head_dim v_head_dim num_nextn_predict_layers quantization_config
-    use_qk_norm partial_rotary_factor routed_scaling_factor norm_topk_prob
-    n_embd n_layer n_head n_inner n_positions attn_pdrop resid_pdrop embd_pdrop
-    hidden_act mlp_bias
-    text_config intermediate_size_mlp interleave_moe_layer_step moe_layers no_rope_layers no_rope_layer_interval
-    attention_chunk_size attn_temperature_tuning
-    sliding_window layer_types swiglu_limit""".split()
-)
+INLINE_FIELDS = frozenset().union(*FAMILY_FIELDS.values())
+
+
+def check_inline(keys, mt: str) -> None:
+    """Refuse an inline ``[model]`` field that ``mt``'s family does not read: a user who typed it believes it
+    took effect.  (A config file's other fields stay ignored: HF configs carry many we do not read.)"""
+    own = FAMILY_FIELDS[FAMILIES[mt]]
+    for key in keys:
+        if key not in own:
+            close = difflib.get_close_matches(key, own, n=1, cutoff=0.6)
+            hint = f"; did you mean model.{close[0]}?" if close else ""
+            raise ModelError(f'model.{key}: not read for model_type "{mt}" (its fields: {", ".join(sorted(own))})'
+                             + hint)

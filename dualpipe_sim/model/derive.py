@@ -247,6 +247,7 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
     elif not inline:
         raise ModelError("model.config: required key is missing (or give the architecture's fields inline)")
     raw.update(inline)
+    config.check_inline(inline, config.model_type_of(raw, where))  # a field its family ignores is refused
     cfg = config.from_hf(raw, where)
     from dataclasses import replace
 
