@@ -79,6 +79,19 @@ def cli_error(tmp_path, *args: str) -> str:
     return proc.stderr.rstrip("\n")
 
 
+def run_refused(capsys, tmp_path, path, sets) -> str:
+    """``run PATH --set S ...`` in process, refused: exit 2 and nothing written under tmp_path/out; returns stderr."""
+    from dualpipe_sim.cli import main
+
+    out = tmp_path / "out"
+    args = ["run", str(path), "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
 def bucket_fill(reversed_sizes, size: int) -> list[int]:
     """Megatron-core's DDP bucket fill by hand: parameters taken in reverse, a bucket closed at the one that takes it to
     ``size`` elements, the rest one last bucket (param_and_grad_buffer.py @ d339190 lines 636-664)."""

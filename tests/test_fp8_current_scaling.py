@@ -23,6 +23,8 @@ from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import derive
 from dualpipe_sim.model.rates import PRESETS
 
+from helpers import run_refused
+
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT / "scenarios" / "validation"
 L8B = VAL / "mlperf51-llama8b-16b200.toml"  # Llama 3.1 8B, TP 1, no SP, micro-batch 2 x 8192: n = 16,384 tokens
@@ -132,11 +134,5 @@ def test_bad_value_names_the_key(tmp_path, capsys):
     (["model.fp8_amax_reduction=hidden"], "model.fp8_amax_reduction"),  # delayed scaling only
 ])  # fmt: skip
 def test_keys_that_do_not_go_with_current_scaling(tmp_path, capsys, extra, key):
-    out = tmp_path / "out"
-    args = ["run", str(L8B), "--out", str(out)]
-    for e in extra:
-        args += ["--set", e]
-    assert main(args) == 2
-    err = capsys.readouterr().err
+    err = run_refused(capsys, tmp_path, L8B, extra)
     assert key in err and "Traceback" not in err
-    assert not out.exists()
