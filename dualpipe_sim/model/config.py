@@ -156,6 +156,10 @@ class ModelConfig:
     def _nope_set(self) -> frozenset[int]:
         return frozenset(self.nope_layers)
 
+    @cached_property
+    def _sliding_set(self) -> frozenset[int]:
+        return frozenset(self.sliding_layers)
+
     def is_moe_layer(self, i: int) -> bool:
         return self.moe and i not in self._dense_set
 
@@ -165,7 +169,7 @@ class ModelConfig:
 
     def window(self, i: int) -> int:
         """Keys a query of layer ``i`` may attend to at most (its sliding window); 0 = every earlier key."""
-        return self.sliding_window if i in self.sliding_layers else 0
+        return self.sliding_window if i in self._sliding_set else 0
 
     def layer_kind(self, i: int) -> tuple[bool, bool, int]:
         """(MoE, NoPE, sliding window): layers of one kind have the same parameters, FLOPs and kernels."""

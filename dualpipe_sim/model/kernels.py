@@ -269,7 +269,6 @@ class Table:
     def __init__(self, rates: KernelRates, lay: Layout, cfg: ModelConfig):
         self.r, self.lay, self.cfg = rates, lay, cfg
         self.rows: list[Kernel] = []
-        self.layer, self.window = 0, 0  # the layer costed and its attention window (0: none; layer() sets them)
         # context parallelism: per ring attention (ring_attention), its component, pass and each step's compute
         # that the step's transfer overlaps; context_exchange reads them
         self.cp_steps: list[tuple[str, bool, list[float]]] = []
@@ -435,20 +434,21 @@ class Table:
         self.rows.append(Kernel(name, comp, "gemm", shape, row.flops, row.bytes, secs, row.bound))
         return secs
 
-    def attention(self, name: str, comp: str, flops: float, backward: bool, chunk: int = 0) -> float:
+    def attention(self, name: str, comp: str, flops: float, backward: bool, chunk: int = 0, layer: int = -1) -> float:
         """A flash attention pass; ``chunk``: each query sees the keys of its own chunk of that many tokens only,
-        timed at the rate measured for a sequence of the chunk's length (docs/model.md "Llama 4")."""
+        timed at the rate measured for a sequence of the chunk's length (docs/model.md "Llama 4"); ``layer``: the
+        layer whose attention it is, for its sliding window (-1: none)."""
         if self.lay.context > 1:  # Transformer Engine's ring, step by step
             return ring_attention(self, name, comp, flops, backward)
         keys = chunk or self.lay.seq // self.lay.context
-        if self.window:  # the causal call whose queries average as many keys (docs/model.md, "gpt-oss")
-            keys = 2 * causal_keys(self.cfg, self.layer, keys)
+        window = self.cfg.window(layer) if layer >= 0 else 0
+        if window:  # the causal call whose queries average as many keys (docs/model.md, "gpt-oss")
+            keys = 2 * causal_keys(self.cfg, layer, keys)
         rate = self.r.attention_rate(keys, backward)
         body = flops / rate
         bound = "latency" if self.r.floor > body else "compute"
         secs = self.r.floor + body
-        window = f" (window {self.window})" if self.window else ""
-        kv = f"{chunk} kv chunks" if chunk else f"{self.lay.seq} kv{window}"
+        kv = f"{chunk} kv chunks" if chunk else f"{self.lay.seq} kv" + (f" (window {window})" if window else "")
         shape = f"{self.lay.tokens // self.lay.micro_batch} q x {kv} x {self.cfg.num_heads // self.lay.tensor} heads"
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
@@ -651,7 +651,7 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
             _eager_attention(tb, comp, backward=False)
         else:
             _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd)")
-            tb.attention("flash attention", comp, core, backward=False, chunk=chunk)
+            tb.attention("flash attention", comp, core, backward=False, chunk=chunk, layer=i)
         tb.cast("out_proj input cast", comp, n * a_t * cfg.v_head_dim)  # an amax pass first with current scaling
         tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
                      ub="proj_fprop")
@@ -671,8 +671,8 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
     else:
         if rerun_core:  # Megatron-core's checkpointed core attention: the flash forward again (recompute.py)
             _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd) (recompute)")
-            tb.attention("flash attention (recompute)", comp, core, backward=False, chunk=chunk)
-        tb.attention("flash attention backward", comp, 2.5 * core, backward=True, chunk=chunk)
+            tb.attention("flash attention (recompute)", comp, core, backward=False, chunk=chunk, layer=i)
+        tb.attention("flash attention backward", comp, 2.5 * core, backward=True, chunk=chunk, layer=i)
         _qkv_prepare(tb, comp, "dqkv interleave (fa_prepare_bwd)")
     if temperature:  # the gradient of q scaled by the same factor
         tb.memory("attention temperature backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
@@ -1209,7 +1209,6 @@ def context_exchange(tb: Table) -> None:
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Every kernel of layer ``i`` for one micro-batch on one rank."""
     tb = Table(rates, lay, cfg)
-    tb.layer, tb.window = i, cfg.window(i)
     if lay.deepseek and cfg.mla and cfg.q_lora_rank and cfg.is_moe_layer(i) and lay.tensor == lay.context == 1:
         deepseek_kernels.moe_layer(tb)
         _all_to_all(tb, lay.tokens)
