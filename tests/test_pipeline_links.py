@@ -164,3 +164,18 @@ def test_planners_batched_replay_takes_each_transfers_link(monkeypatch):
         alone = se.replayed(b8, c8, x, True)
         assert one.makespan == alone.makespan and np.array_equal(one.starts, alone.starts)
         assert np.array_equal(np.asarray(one.begin), np.asarray(alone.begin))
+
+
+def test_model_json_gives_both_hand_off_times(capsys):
+    """`model --json` on scenarios/llama3-70b.toml (H100, TP 8 with sequence parallelism, sequence 8,192, micro-batch
+    1, hidden 8,192): a hand-off carries s x b x h / t x 2 bytes = 8,192 x 8,192 / 8 x 2 = 16,777,216 B, so 25.5 us of
+    latency plus 16.78 MB over the NIC's 47 GB/s (p2p_ms) or NVLink's 321 GB/s (p2p_nvlink_ms; docs/model.md)."""
+    import json
+
+    from dualpipe_sim.cli import main
+
+    assert main(["model", str(Path(__file__).resolve().parents[1] / "scenarios" / "llama3-70b.toml"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    nbytes = 8192 * 8192 // 8 * 2
+    assert out["p2p_ms"] == pytest.approx((25.5e-6 + nbytes / 47e9) * 1e3)
+    assert out["p2p_nvlink_ms"] == pytest.approx((25.5e-6 + nbytes / 321e9) * 1e3)
