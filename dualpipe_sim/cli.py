@@ -663,6 +663,10 @@ def parse_grid(specs: list[str]) -> list:
     return make_axes([parse_axis(s) for s in specs])
 
 
+# compare's note on a schedule run on other GPUs than 1F1B names this flag to run them all on 1F1B's.
+SAME_GPUS_FLAG = "--same-gpus {}"
+
+
 def _cmd_compare(args) -> int:
     check_plots(args.plots)
     scenario = load_scenario(args.scenario, args.overrides, args.unset)
@@ -679,8 +683,8 @@ def _cmd_compare(args) -> int:
     _prepare_charts(args.plots)
     with progress_bar("compare") as progress:
         result, written = compare.run_and_write(scenario, names, args.out, source, plots=args.plots,
-                                                progress=progress, same_gpus=args.same_gpus)
-    print(compare.report(result))
+                                                progress=progress, same_gpus=args.same_gpus, rerun=SAME_GPUS_FLAG)
+    print(compare.report(result, SAME_GPUS_FLAG))
     print("\nwrote " + ", ".join(str(f) for f in written))
     _warn(oddities(scenario))
     # One line, from the first schedule whose ranks are uneven, named: the stages a rank holds differ by schedule.

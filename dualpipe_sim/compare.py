@@ -35,6 +35,7 @@ class Comparison:
     baseline_makespan: float | None  # 1F1B on the same scenario
     baseline_step: float | None = None  # ... its whole training step, with [step] work
     notes: tuple[str, ...] = ()  # lines under the table (which Chimera variant is shown, and why)
+    baseline_gpus: int | None = None  # the GPUs 1F1B runs on (pipeline ranks x tensor x data x context)
 
     @property
     def has_step(self) -> bool:
@@ -120,7 +121,8 @@ def compare(scenario: Scenario, names: list[str], progress=None, same_gpus: int 
         outcome = _try_run(scenario, BASELINE, same_gpus)
         base = None if isinstance(outcome, InputError) else outcome
     return Comparison(results, skipped, base.metrics.makespan if base else None,
-                      step_time(base.metrics) if base else None, tuple(notes))  # fmt: skip
+                      step_time(base.metrics) if base else None, tuple(notes),
+                      gpus(base) if base else None)  # fmt: skip
 
 
 def _better_chimera(scenario: Scenario, direct: simulation.Result, notes: list[str]) -> simulation.Result:
@@ -143,6 +145,31 @@ def _better_chimera(scenario: Scenario, direct: simulation.Result, notes: list[s
         return doubling
     notes.append(f"chimera: direct concatenation shown, the faster variant here: {both}")
     return direct
+
+
+def gpus(result: simulation.Result) -> int:
+    """The GPUs a run occupies: its schedule's pipeline ranks x tensor x data x context."""
+    from .sweep.point import gpu_fields
+
+    return gpu_fields(result.scenario, result.metrics.ranks, 0.0)["gpus"]
+
+
+# How a note names the way to run every schedule on 1F1B's GPUs: the Python keyword here, the flag from the CLI.
+SAME_GPUS = "same_gpus={}"
+
+
+def gpu_notes(comparison: Comparison, rerun: str = SAME_GPUS) -> list[str]:
+    """A line for each schedule on other GPUs than 1F1B (DualPipeV folds two stages onto a rank, so it runs the
+    same stages on half the GPUs): its speed-up is of time on unequal hardware, so say what it is per GPU."""
+    base = comparison.baseline_gpus
+    lines = []
+    for result, row in zip(comparison.results, summary_rows(comparison)):
+        n = gpus(result)
+        if base and n != base and row["speedup"] is not None:
+            lines.append(f"{row['schedule']} runs on {n} GPUs, 1F1B on {base}: speed-up per GPU "
+                         f"{row['speedup'] * base / n:.2f}x (speed-up x {base} / {n}); compare tokens/s per GPU, "
+                         f"or run with {rerun.format(base)}")  # fmt: skip
+    return lines
 
 
 def step_time(metrics) -> float:
@@ -259,15 +286,16 @@ def skipped_lines(comparison: Comparison) -> list[str]:
     return [f"skipped {name}: {said_once(name, why)}" for name, why in comparison.skipped]
 
 
-def report(comparison: Comparison) -> str:
+def report(comparison: Comparison, rerun: str = SAME_GPUS) -> str:
     """What the terminal shows: the table, then one line per skipped schedule."""
     note = []
     if not comparison.has_step and any(r.metrics.throughput is not None for r in comparison.results):
         note = ["tokens/s per GPU and MFU are of the pipeline makespan alone (no [step] work: no grad sync, no optimizer)"]
-    return "\n".join([table(comparison), *comparison.notes, *note, *skipped_lines(comparison)])
+    return "\n".join([table(comparison), *gpu_notes(comparison, rerun), *comparison.notes, *note,
+                      *skipped_lines(comparison)])
 
 
-def markdown(comparison: Comparison, source: str, png: str | None = "compare.png") -> str:
+def markdown(comparison: Comparison, source: str, png: str | None = "compare.png", rerun: str = SAME_GPUS) -> str:
     """compare.md: where the numbers come from, the table, the skips, the chart."""
     m = comparison.results[0].metrics
     lines = [
@@ -294,8 +322,9 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
                    "left out and the figures are an upper bound.")
            if any(r.metrics.throughput is not None for r in comparison.results) else ""),
     ]
-    if comparison.notes:
-        lines += [""] + [f"- {note}" for note in comparison.notes]
+    notes = (*gpu_notes(comparison, rerun), *comparison.notes)
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     if comparison.skipped:
         lines += ["", "Skipped:", ""] + [f"- `{n}`: {said_once(n, why)}" for n, why in comparison.skipped]
     if png:
@@ -305,7 +334,7 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
 
 
 def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str, plots: str = "png",
-                  progress=None, same_gpus: int | None = None) -> tuple[Comparison, list]:
+                  progress=None, same_gpus: int | None = None, rerun: str = SAME_GPUS) -> tuple[Comparison, list]:
     """Compare, then write compare.md and the charts ``plots`` asks for (png: compare.png,
     html: report.html, all, none) into ``out_dir`` all-or-nothing."""
     from .outputs.files import write_all, write_text
@@ -313,7 +342,7 @@ def run_and_write(scenario: Scenario, names: list[str], out_dir, source: str, pl
 
     comparison = compare(scenario, names, progress, same_gpus)
     png = plots in ("png", "all")
-    writers = {"compare.md": write_text(markdown(comparison, source, "compare.png" if png else None))}
+    writers = {"compare.md": write_text(markdown(comparison, source, "compare.png" if png else None, rerun))}
     if png:
         from .outputs.plots.compare import save_compare  # matplotlib only when we draw
 

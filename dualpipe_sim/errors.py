@@ -42,3 +42,8 @@ def cut(text: str) -> str:
 def shown(value) -> str:
     """A user's value as an error line echoes it: its repr, cut (``cut``)."""
     return cut(repr(value))
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1 ("1 MTP module", "2 stages")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

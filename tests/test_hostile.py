@@ -124,7 +124,7 @@ EXPECT = {
     "hardware-preset-number.toml": "hardware.preset: input should be a valid string, got 100",
     "model-config-dev-zero.toml": "model.config: /dev/zero: more than 16 MiB, too large to be a model config",
     "model-layout-empty-stage.toml": "parallel.layout: stage 0 would hold no layer, head or MTP module",
-    "model-layout-empty-string.toml": "parallel.layout: '' has 1 stages, pipeline.stages is 2",
+    "model-layout-empty-string.toml": "parallel.layout: '' has 1 stage, pipeline.stages is 2",
     "model-layout-string-empty-stage.toml": "parallel.layout: stage 1 would hold no layer, head or MTP module",
     "model-micro-batch-negative.toml": "model.micro_batch_size: input should be greater than or equal to 1, got -1",
     "model-more-stages-than-layers.toml": "use at most 4 stages (the model has 4 layers, num_hidden_layers)",

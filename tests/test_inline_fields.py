@@ -36,7 +36,7 @@ SCOUT = _json(DATA / "configs" / "llama4-scout-config.json")
 VARIANTS = {
     "llama": [_json(ROOT / "scenarios" / "models" / "llama3-70b.json")],
     "mixtral": [_json(DATA / "mixtral-8x7b-config.json")],
-    "qwen_moe": [QWEN_MOE],
+    "qwen_moe": [QWEN_MOE, {**QWEN_MOE, "model_type": "qwen3_moe"}],  # qwen3_moe reads head_dim, qwen2_moe not
     "deepseek": [_json(ROOT / "scenarios" / "models" / "deepseek-v3.json")],
     "glm4_moe": [_json(DATA / "configs" / "glm4.5.json")],
     "gpt2": [_json(DATA / "gpt2-config.json")],

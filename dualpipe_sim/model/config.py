@@ -298,13 +298,18 @@ def _common(raw: dict, mt: str, where, head_dim: bool = True) -> tuple[dict, int
 
 def _head_dim(raw: dict, mt: str, h: int, heads: int, where: str) -> tuple[int, tuple[str, ...]]:
     """(head_dim, the default taken in words or ()): the config's own value, else transformers' for ``mt``."""
-    if raw.get("head_dim") is not None:
+    given = raw.get("head_dim")
+    if given is not None and "head_dim" in fields_of(mt):
         return _whole(raw, "head_dim", where), ()
     if mt in HEAD_DIM_DEFAULTS:
         value, why = HEAD_DIM_DEFAULTS[mt]
         return value, (f"head_dim = {value} ({why}; the config has no head_dim)",)
+    if mt == "qwen2_moe" and h % heads:  # Qwen2MoeAttention raises: its heads split the hidden size exactly
+        raise ModelError(f"{where}num_attention_heads: must divide hidden_size ({h}) for qwen2_moe, got {heads}")
+    unread = ("the config has no head_dim" if given is None
+              else f"{mt} reads no head_dim; the config's {shown(given)} ignored")  # fmt: skip
     return h // heads, (f"head_dim = hidden_size / num_attention_heads = {h} / {heads} = {h // heads} "
-                        f"(transformers' fallback for {mt}; the config has no head_dim)",)
+                        f"(transformers' fallback for {mt}; {unread})",)
 
 
 def _deepseek(raw: dict, where: str, common: dict) -> ModelConfig:
@@ -678,14 +683,30 @@ FAMILY_FIELDS: dict[str, frozenset[str]] = {f: frozenset(keys) for f, keys in {
 # Every HF field name some family reads: what ``[model]`` accepts inline.
 INLINE_FIELDS = frozenset().union(*FAMILY_FIELDS.values())
 
+# A family's field one of its model_types does not read: Qwen2-MoE's attention takes hidden / heads whatever
+# head_dim says (docs/model.md "Reading a config"), Qwen3-MoE's reads it.
+_NOT_READ = {"qwen2_moe": frozenset({"head_dim"})}
+# What Llama 4's text_config holds: its family's fields but those of the outer config.
+_TEXT_CONFIG_FIELDS = FAMILY_FIELDS["llama4"] - {"model_type", "architectures", "text_config"}
 
-def check_inline(keys, mt: str) -> None:
-    """Refuse an inline ``[model]`` field that ``mt``'s family does not read: a user who typed it believes it
+
+def fields_of(mt: str) -> frozenset[str]:
+    """The HF fields the reader of ``mt`` reads."""
+    return FAMILY_FIELDS[FAMILIES[mt]] - _NOT_READ.get(mt, frozenset())
+
+
+def check_inline(inline: dict, mt: str) -> None:
+    """Refuse an inline ``[model]`` field that ``mt``'s reader does not read, and inside an inline
+    ``[model.text_config]`` table a field Llama 4's text model does not read: a user who typed it believes it
     took effect.  (A config file's other fields stay ignored: HF configs carry many we do not read.)"""
-    own = FAMILY_FIELDS[FAMILIES[mt]]
+    _refuse_unread(inline, fields_of(mt), "model.", f'model_type "{mt}"')
+    if isinstance(inline.get("text_config"), dict):
+        _refuse_unread(inline["text_config"], _TEXT_CONFIG_FIELDS, "model.text_config.", "Llama 4's text model")
+
+
+def _refuse_unread(keys, own: frozenset[str], prefix: str, reader: str) -> None:
     for key in keys:
         if key not in own:
             close = difflib.get_close_matches(key, own, n=1, cutoff=0.6)
-            hint = f"; did you mean model.{close[0]}?" if close else ""
-            raise ModelError(f'model.{key}: not read for model_type "{mt}" (its fields: {", ".join(sorted(own))})'
-                             + hint)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ModelError(f'{prefix}{key}: not read for {reader} (its fields: {", ".join(sorted(own))})' + hint)

@@ -246,8 +246,10 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
             where = "model."
     elif not inline:
         raise ModelError("model.config: required key is missing (or give the architecture's fields inline)")
+    config.check_inline(inline, config.model_type_of({**raw, **inline}, where))  # a field its reader ignores is refused
+    if isinstance(raw.get("text_config"), dict) and isinstance(inline.get("text_config"), dict):
+        inline = {**inline, "text_config": {**raw["text_config"], **inline["text_config"]}}  # field by field
     raw.update(inline)
-    config.check_inline(inline, config.model_type_of(raw, where))  # a field its family ignores is refused
     cfg = config.from_hf(raw, where)
     from dataclasses import replace
 

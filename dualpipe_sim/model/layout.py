@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from .config import ModelError
-from ..errors import shown
+from ..errors import counted, shown
 
 
 @dataclass(frozen=True)
@@ -114,17 +114,19 @@ def _from_string(spec: str, num_layers: int, stages: int, mtp_layers: int) -> li
     if parts and parts[-1] == "" and len(parts) > 1:
         parts = parts[:-1]  # a trailing | from a repeated group "(t|)*n"
     if len(parts) != stages:
-        raise ModelError(f"parallel.layout: {shown(spec)} has {len(parts)} stages, pipeline.stages is {stages}")
+        raise ModelError(f"parallel.layout: {shown(spec)} has {counted(len(parts), 'stage')}, "
+                         f"pipeline.stages is {stages}")  # fmt: skip
     n_t = text.count("t")
     if n_t != num_layers:
-        raise ModelError(f"parallel.layout: {shown(spec)} places {n_t} layers, the model has {num_layers} (num_hidden_layers)")
+        raise ModelError(f"parallel.layout: {shown(spec)} places {counted(n_t, 'layer')}, the model has {num_layers} "
+                         "(num_hidden_layers)")  # fmt: skip
     if text.count("E") != 1 or "E" not in parts[0]:
         raise ModelError(f"parallel.layout: {shown(spec)} must place the embedding E once, on the first stage")
     if text.count("L") != 1 or "L" not in parts[-1]:
         raise ModelError(f"parallel.layout: {shown(spec)} must place the head L once, on the last stage")
     if text.count("m") != mtp_layers:  # an MTP module left out would still be in the model, costed nowhere
-        raise ModelError(f"parallel.layout: {shown(spec)} places {text.count('m')} MTP modules (m), the model has "
-                         f"{mtp_layers} (num_nextn_predict_layers)")  # fmt: skip
+        raise ModelError(f"parallel.layout: {shown(spec)} places {counted(text.count('m'), 'MTP module')} (m), "
+                         f"the model has {mtp_layers} (num_nextn_predict_layers)")  # fmt: skip
     out, first = [], 0
     for p in parts:
         n = p.count("t")

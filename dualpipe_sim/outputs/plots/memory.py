@@ -29,6 +29,8 @@ from .gantt import time_axis
 
 LINE, FILL, STATIC, PEAK, TOP = "#1f5f9e", "#cfe0f1", "#c8c8c8", "#d62728", "#444444"
 BAND = 0.8  # a band's height in rank rows; the rest is the gap to the next rank
+# behind a peak's label: the capacity line it may sit on is hidden there, not struck through the text
+LABEL_BACKING = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"}
 ROW_IN_MAX, ROW_IN_MIN = 0.62, 0.16
 
 
@@ -66,7 +68,8 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
         if ranks <= 32 or r == best:
             ax.annotate(f"{alive[i]} ({units.number(nbytes[i] / div, 3)} {unit})", dots[-1], xytext=(4, 1),
                         textcoords="offset points", va="bottom", fontsize=7, color=dot_colours[-1],
-                        fontweight="bold" if r == best else "normal")  # fmt: skip
+                        fontweight="bold" if r == best else "normal",
+                        bbox=LABEL_BACKING)  # fmt: skip
     ax.add_collection(PolyCollection(areas, facecolors=face, edgecolors="none"), autolim=False)
     ax.add_collection(LineCollection(steps, colors=LINE, linewidths=1.0), autolim=False)
     if dots:
