@@ -119,7 +119,8 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inp
         runtime = scenario.memory.runtime
         if runtime is None:
             sh = setup.sharding
-            groups = [sh.tensor, trace.ranks, sh.data, sh.expert, round(sh.expert_data) if sh.expert > 1 else 1]
+            groups = [sh.tensor, trace.ranks, sh.data, sh.expert, round(sh.expert_data) if sh.routed_ranks > 1 else 1,
+                      sh.expert_tensor]
             runtime = model_memory.runtime_allowance(groups, setup.hw is None or setup.hw.name != "A100")
         rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
                                      [r.peak_activation_bytes for r in ranks], model_buffers.per_rank(trace, setup),

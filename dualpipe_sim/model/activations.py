@@ -56,9 +56,10 @@ OUTSIDE_TP = frozenset({
 
 def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
           tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None,
-          legacy: bool = False) -> dict[str, float]:  # fmt: skip
+          legacy: bool = False, etp: int = 1) -> dict[str, float]:  # fmt: skip
     """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences (``legacy``: model.runtime
-    "megatron-lm-2021", whose selective recompute leaves a flash attention core alone: recompute.core_attn_reruns)."""
+    "megatron-lm-2021", whose selective recompute leaves a flash attention core alone: recompute.core_attn_reruns;
+    ``etp``: parallel.expert_tensor)."""
     h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
     mods = recompute.selected(policy, modules)
     moe = cfg.is_moe_layer(i)
@@ -112,7 +113,7 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     out["mlp input (norm2 output)"] = (lin if not moe else act) * sb * h if keep_norm2 else 0
     if moe:
         if "moe" not in mods:  # "moe": the MoE layer checkpointed whole keeps only its input, the norm2 output
-            out.update(_moe_inside(cfg, sb, act, lin, mods))
+            out.update(_moe_inside(cfg, sb, act, lin, mods, etp))
     elif cfg.ffn == "gelu":
         out["gelu input"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
         out["fc2 input (gelu output)"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
@@ -127,10 +128,14 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     return {name: v / (tp if sp or name not in OUTSIDE_TP else 1) for name, v in out.items() if v}
 
 
-def _moe_inside(cfg: ModelConfig, sb: int, act: float, lin: float, mods: frozenset[str]) -> dict[str, float]:
-    """What an MoE layer's router and experts keep (before any tensor split)."""
+def _moe_inside(cfg: ModelConfig, sb: int, act: float, lin: float, mods: frozenset[str],
+                etp: int = 1) -> dict[str, float]:  # fmt: skip
+    """What an MoE layer's router and experts keep (before any tensor split).  At expert tensor parallelism ``etp``
+    fc1 keeps the rows all-gathered over the ETP group, ``etp`` times its own; the SwiGLU's and fc2's inputs are
+    ``etp`` times the rows on 1 / ``etp`` of the columns, the same bytes (kernels.moe_mlp_block)."""
     k, fe, h = cfg.experts_per_token, cfg.moe_intermediate_size, cfg.hidden_size
-    out = {"router probabilities (fp32)": 4.0 * sb * cfg.num_experts, "routed expert inputs (k copies)": lin * k * sb * h}
+    out = {"router probabilities (fp32)": 4.0 * sb * cfg.num_experts,
+           "routed expert inputs (k copies)": lin * k * sb * h * etp}  # fmt: skip
     if cfg.fp8:  # SwiGLU input cached in FP8, its output recomputed (DeepSeek-V3)
         out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
     else:
@@ -151,8 +156,8 @@ def _moe_inside(cfg: ModelConfig, sb: int, act: float, lin: float, mods: frozens
 
 def layer_total(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
                 tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None,
-                legacy: bool = False) -> float:  # fmt: skip
-    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules, legacy).values()))
+                legacy: bool = False, etp: int = 1) -> float:  # fmt: skip
+    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules, legacy, etp).values()))
 
 
 def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1, sp: bool = True) -> float:
@@ -168,13 +173,14 @@ def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1, sp: bo
 
 
 def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1,
-               sp: bool = True, modules: tuple[str, ...] | None = None, legacy: bool = False) -> float:  # fmt: skip
+               sp: bool = True, modules: tuple[str, ...] | None = None, legacy: bool = False,
+               etp: int = 1) -> float:  # fmt: skip
     """One MTP module: its two norm inputs, the projection input, one layer and the shared head."""
     proj = 0.0 if policy in ("deepseek", "full") else act * s * b * 2 * cfg.hidden_size
     whole = tp if sp else 1  # norm inputs and the projection input sit outside tensor parallelism
     return (
         2 * act * s * b * cfg.hidden_size / whole
         + proj / whole
-        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules, legacy)
+        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules, legacy, etp)
         + head(cfg, s, b, act, tp, sp)
     )

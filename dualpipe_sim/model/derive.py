@@ -117,7 +117,8 @@ class Setup:
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
                               grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm,
-                              deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas)  # fmt: skip
+                              deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
+                              expert_tensor=self.sharding.expert_tensor)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.tp_overlap_ring_rs: {', '.join(both)} also in parallel.tp_overlap_atomic; the atomic "
                          "GEMM is the pipelined reduce-scatter's (name each overlap in one of the two)")  # fmt: skip
     transpose = fp8_transpose(m, hw)
-    sharding = replace(sharding, fp8_transpose=transpose)
+    sharding = replace(sharding, fp8_transpose=transpose, expert_tensor=expert_tensor(scenario, cfg, hw, rates))
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":
         amax_group = par.tensor if m.fp8_amax_reduction == "tensor" else par.tensor * par.data * par.context
@@ -390,6 +391,39 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex")  # fmt: skip
+
+
+def expert_tensor(scenario, cfg: ModelConfig, hw, rates) -> int:
+    """parallel.expert_tensor checked as Megatron-core checks it (NVIDIA/Megatron-LM @ 1e05700): TEGroupedLinear
+    divides fc1's output and fc2's input by it (megatron/core/extensions/transformer_engine.py lines 934-938,
+    ``divide``, which asserts), and the expert grid ETP x EP x EDP fills a stage's tensor x data x context ranks
+    (megatron/core/parallel_state.py lines 721-728).  Costed by the kernel model's Megatron-core MoE layer only."""
+    par = scenario.parallel or ParallelSection()
+    etp = par.expert_tensor
+    if etp == 1:
+        return 1
+    if not cfg.moe:
+        raise ModelError(f"parallel.expert_tensor: the model has no experts, so it must be 1, got {etp}")
+    if cfg.moe_intermediate_size % etp:
+        raise ModelError(f"parallel.expert_tensor: must divide the experts' FFN hidden size (moe_intermediate_size "
+                         f"{cfg.moe_intermediate_size}): Megatron-core splits fc1's output and fc2's input over the "
+                         f"expert-tensor ranks, got {etp}")  # fmt: skip
+    ranks = par.tensor * par.data * par.context
+    if ranks % (par.expert * etp):
+        raise ModelError(f"parallel.expert_tensor: expert x expert_tensor ({par.expert} x {etp}) must divide "
+                         f"tensor x data x context ({ranks}): Megatron-core's expert grid (ETP x EP x expert-data) "
+                         f"fills those ranks, got {etp}")  # fmt: skip
+    if hw is not None and rates is None:
+        raise ModelError(f"parallel.expert_tensor: more than 1 is costed by the kernel model only (a hardware.preset "
+                         f"and no hardware.efficiency), got {etp}")  # fmt: skip
+    m = scenario.model
+    if cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek":
+        raise ModelError(f"parallel.expert_tensor: DeepSeek's runtime (model.fp8_gemm = \"deepgemm\", recompute "
+                         f"\"deepseek\") keeps each expert whole; must be 1, got {etp}")  # fmt: skip
+    if par.zero >= 3:
+        raise ModelError(f"parallel.expert_tensor: more than 1 with parallel.zero = 3 (FSDP) is not modelled; use 1, "
+                         f"got {etp}")  # fmt: skip
+    return etp
 
 
 def dp_channels(scenario) -> int:
@@ -849,10 +883,10 @@ def stage_memory(st: Setup, stage: layout.Stage, memo: Memo | None = None) -> tu
     routed = sum(p.routed for p, _ in units)
     fp8_dense, fp8_routed = sum(f[0] for _, f in units), sum(f[1] for _, f in units)
     # FSDP units: each layer (or MTP module), the embedding and the head (kept out of FP8)
-    sizes = [(p.dense_over_tensor(sh.tensor), p.routed, f[0] / sh.tensor + f[1] / sh.expert) for p, f in units]
+    sizes = [(p.dense_over_tensor(sh.tensor), p.routed, f[0] / sh.tensor + f[1] / sh.routed_ranks) for p, f in units]
     sizes += [(n, 0, 0.0) for n, here in ((params.embedding_over_tensor(cfg, sh.tensor), stage.embedding),
                                           (params.head_over_tensor(cfg, sh.tensor), stage.head)) if here]  # fmt: skip
-    biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.expert, default=(0, 0, 0.0))
+    biggest = max(sizes, key=lambda u: u[0] / sh.tensor + u[1] / sh.routed_ranks, default=(0, 0, 0.0))
     fp8_unit = max((u[2] for u in sizes), default=0.0)
     return (memory.stage_static(dense, routed, sh, fp8_dense, fp8_routed, fp8_unit),
             memory.sharding_buffers(*biggest, sh))  # fmt: skip
@@ -875,7 +909,7 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
         def ms(op: str, per_param: float) -> float:
             return (collective(op, per_param * dense / sh.tensor, sh.data)
-                    + collective(op, per_param * routed / sh.expert, sh.expert_data))  # fmt: skip
+                    + collective(op, per_param * routed / sh.routed_ranks, sh.expert_data))  # fmt: skip
 
         gather, reduce = _get(sync_tab, (dense, routed),
                               lambda: (ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes)))
@@ -917,7 +951,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     per_layer = {}
     tkey = times_key(st) if memo is not None else None
     # a layer's parameters read the model; its activations the model, ``args``, sequence parallelism and the modules
-    saved = dict(sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy)
+    saved = dict(sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy, etp=sh.expert_tensor)
     params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, *saved.values())
     layer_tab, extra_tab, passes_tab = (_table(memo, name, tkey) for name in ("layer_times", "extra_times", "chunk_passes"))
     memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage

@@ -216,6 +216,9 @@ class Layout:
     tp_max_ctas: int = 0
     # whose hook that is: "apex" (DistributedFusedAdam) or "ddp" (Megatron-core's DDP) (derive.grad_hook)
     grad_hook: str = ""
+    # parallel.expert_tensor: each expert's fc1 / fc2 split over this many ranks, the received rows all-gathered over
+    # them (moe_mlp_block, _expert_tensor_collectives)
+    expert_tensor: int = 1
 
     def recomputes(self, module: str) -> bool:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
@@ -866,8 +869,11 @@ GPT_OSS_FC2_BIAS = ((6, 2, 1), (6, 4, 0))
 
 
 def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
-    """Megatron-core's MoE layer with the all-to-all token dispatcher, expert tensor parallelism 1:
+    """Megatron-core's MoE layer with the all-to-all token dispatcher:
     the sequence-parallel tokens of this rank are routed, sent to their experts' ranks and back.
+    With expert tensor parallelism ETP > 1 the received rows are all-gathered over the ETP group, so each
+    expert GEMM runs ETP times the rows on 1/ETP of the expert's FFN columns (docs/model.md "Expert tensor
+    parallelism"; the collectives are _all_to_all's).
     With several local experts the received rows are regrouped by expert after the dispatch and
     back before the combine (Megatron-core token_dispatcher.py: ``sort_chunks_by_idxs``, "Permutation
     2"; the DeepEP dispatcher's ``get_permuted_hidden_states_by_experts``), forward and backward.
@@ -878,8 +884,12 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     h, t, ab = cfg.hidden_size, lay.tensor, lay.act_bytes
     n = lay.tokens // t  # this rank's tokens after the sequence split
     E, k, fe, e = cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate_size, lay.expert
+    etp = lay.expert_tensor
+    # fc1 column-parallel, fc2 row-parallel over the ETP ranks (TEGroupedLinear divides output / input size by ETP,
+    # Megatron-core transformer_engine.py @ 1e05700 lines 934-938); their rows: the n x k received, gathered ETP-fold
+    fl, rows = fe // etp, n * k * etp
     local = max(1, E // e)
-    m = max(1, round(n * k * e / E))  # tokens per local expert, balanced routing
+    m = max(1, round(n * k * e * etp / E))  # tokens per local expert, balanced routing
     low = 1.0 if lay.fp8 else ab
     # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
     launches = local if lay.expert_streams == 1 else 1
@@ -899,40 +909,42 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         tb.memory("permute row-id map", comp, n * E * ROW_ID_MAP_BYTES, launches=2)
         tb.memory("permute", comp, n * h * ab + n * k * h * low)
         if local > 1:  # the received rows regrouped by local expert (read and write each)
-            tb.memory("sort by local expert", comp, 2 * n * k * h * ab)
-        tb.amax("experts fc1 input", comp, n * k * h, local)  # GroupedLinear quantizes each expert's rows apart
-        tb.experts("experts fc1 (grouped)", comp, m, 2 * fe, h, local)
+            tb.memory("sort by local expert", comp, 2 * rows * h * ab)
+        tb.amax("experts fc1 input", comp, rows * h, local)  # GroupedLinear quantizes each expert's rows apart
+        tb.experts("experts fc1 (grouped)", comp, m, 2 * fl, h, local)
         if cfg.swiglu_limit:  # gpt-oss: the gate and up halves clamped, then joined (the swiglu_limit note above)
-            tb.memory("experts swiglu clamp (clamp, clamp, cat)", comp, n * k * 2 * fe * 4 * ab, 3)
-        tb.memory("experts swiglu", comp, n * k * (2 * fe * ab + fe * low), launches)
-        tb.amax("experts fc2 input", comp, n * k * fe, local)
-        tb.experts("experts fc2 (grouped)", comp, m, h, fe, local)
+            tb.memory("experts swiglu clamp (clamp, clamp, cat)", comp, rows * 2 * fl * 4 * ab, 3)
+        tb.memory("experts swiglu", comp, rows * (2 * fl * ab + fl * low), launches)
+        tb.amax("experts fc2 input", comp, rows * fl, local)
+        tb.experts("experts fc2 (grouped)", comp, m, h, fl, local)
         if cfg.expert_bias:  # fc1's bias rides in the fused activation; fc2's is added apart (GPT_OSS_FC2_BIAS)
             passes, each, once = GPT_OSS_FC2_BIAS[0]
-            tb.memory("experts fc2 bias x probs + add, cat", comp, n * k * h * passes * ab, each * local + once)
+            tb.memory("experts fc2 bias x probs + add, cat", comp, rows * h * passes * ab, each * local + once)
         if local > 1:
-            tb.memory("unsort by local expert", comp, 2 * n * k * h * ab)
+            tb.memory("unsort by local expert", comp, 2 * rows * h * ab)
+        _etp_casts(tb, comp, n * k, forward=True)
         tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
         if layer_part:
             tb.memory("residual add", comp, 3 * n * h * ab)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
+    _etp_casts(tb, comp, n * k, forward=False)
     if local > 1:
-        tb.memory("unsort by local expert backward", comp, 2 * n * k * h * ab)
+        tb.memory("unsort by local expert backward", comp, 2 * rows * h * ab)
     if cfg.expert_bias:
         passes, each, once = GPT_OSS_FC2_BIAS[1]
-        tb.memory("experts fc2 bias add backward", comp, n * k * h * passes * ab, each * local + once)
-    tb.cast("experts grad cast", comp, n * k * h, local)
-    tb.experts("experts fc2 dgrad (grouped)", comp, m, fe, h, local)
-    tb.memory("experts swiglu backward", comp, n * k * 5 * fe * ab, launches)
+        tb.memory("experts fc2 bias add backward", comp, rows * h * passes * ab, each * local + once)
+    tb.cast("experts grad cast", comp, rows * h, local)
+    tb.experts("experts fc2 dgrad (grouped)", comp, m, fl, h, local)
+    tb.memory("experts swiglu backward", comp, rows * 5 * fl * ab, launches)
     if cfg.expert_bias:  # the fc1 bias gradient: each expert's rows of fc1's output gradient summed (read once)
-        tb.memory("experts fc1 bias grad", comp, n * k * 2 * fe * ab, local)
+        tb.memory("experts fc1 bias grad", comp, rows * 2 * fl * ab, local)
     if cfg.swiglu_limit:  # each clamp's backward: its saved input and the gradient read, the gradient written
-        tb.memory("experts swiglu clamp backward", comp, n * k * 2 * fe * 3 * ab, 2)
-    tb.cast("experts fc1 grad cast", comp, n * k * 2 * fe, local)
-    tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fe, local)
+        tb.memory("experts swiglu clamp backward", comp, rows * 2 * fl * 3 * ab, 2)
+    tb.cast("experts fc1 grad cast", comp, rows * 2 * fl, local)
+    tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fl, local)
     if local > 1:
-        tb.memory("sort by local expert backward", comp, 2 * n * k * h * ab)
+        tb.memory("sort by local expert backward", comp, 2 * rows * h * ab)
     tb.memory("permute backward", comp, n * k * h * ab + n * h * ab)
     if lay.aux_loss:  # the aux loss's gradient into the scores, then through their softmax
         tb.memory("aux loss backward", comp, n * E * 4 * 2)
@@ -941,8 +953,8 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         tb.memory("router bias grad", comp, n * E * 4)
     tb.gemm("router dgrad", comp, n, h, E, fp8=False)
     tb.memory("pre-mlp norm backward", comp, 4 * n * h * ab)
-    tb.experts("experts fc1 wgrad (grouped)", wcomp, h, 2 * fe, m, local, out_bytes=lay.wgrad_out)
-    tb.experts("experts fc2 wgrad (grouped)", wcomp, fe, h, m, local, out_bytes=lay.wgrad_out)
+    tb.experts("experts fc1 wgrad (grouped)", wcomp, h, 2 * fl, m, local, out_bytes=lay.wgrad_out)
+    tb.experts("experts fc2 wgrad (grouped)", wcomp, fl, h, m, local, out_bytes=lay.wgrad_out)
     tb.gemm("router wgrad", wcomp, h, E, n, fp8=False)
     if cfg.shared_intermediate_size:
         dense_mlp_block(tb, recompute or whole_moe, cfg.shared_intermediate_size, prefix="shared expert ")
@@ -962,24 +974,42 @@ def _aux_loss(tb: Table, comp: str, n: int) -> None:
             "nvlink" if group <= tb.r.nvlink_domain else "nic")  # fmt: skip
 
 
+def expert_placement(expert: int, expert_tensor: int, domain: int) -> tuple[int, int]:
+    """(EP ranks that share one NVLink domain, domains the EP group spans).  Megatron-core's expert rank generator
+    numbers the expert grid ETP innermost, then EP (parallel_state.py @ 1e05700 lines 731-739: ``RankGenerator(
+    tp=expert_tensor_parallel_size, ep=..., cp=1, order=order)``, i.e. ``etp-ep-dp-pp``): an EP group's ranks are ETP
+    apart, ETP x EP consecutive ranks, inside one domain only if ETP x EP fits.  Kept apart so that it can join
+    placement.py's one "which link" module (s17a)."""
+    if expert * expert_tensor <= domain:
+        return expert, 1
+    per = max(1, domain // expert_tensor)
+    return per, -(-expert // per)
+
+
 def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     """Dispatch and combine, forward and backward: each rank sends its tokens' copies to the
-    ranks of their experts (expert parallelism e); FP8 payloads where the model is FP8.  ``rerun``: the
+    ranks of their experts (expert parallelism e); FP8 payloads where the model is FP8.  With expert tensor
+    parallelism ETP > 1 the received rows are all-gathered over the ETP group after the dispatch and the experts'
+    partial sums reduce-scattered before the combine (_expert_tensor_collectives); DeepEP instead sends each row to
+    all ETP ranks of its expert over the ETP x EP group.  ``rerun``: the
     forward's dispatch and combine run again where the MoE layer's forward is rerun (full recompute, or
     --recompute-modules moe), each in the backward's all-to-all of the same phase, as the rerun compute
     goes into the input gradient of its block."""
     lay, cfg, r = tb.lay, tb.cfg, tb.r
-    e = lay.expert
-    if e <= 1:
+    e, etp = lay.expert, lay.expert_tensor
+    if e * etp <= 1:
         return
     first = len(tb.rows)
     k, h = cfg.experts_per_token, cfg.hidden_size
     fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
-    link = "nvlink" if e <= r.nvlink_domain else "nic"
-    copies = k * (e - 1) / e  # copies of a token that leave the rank (balanced routing)
+    nodes = expert_placement(e, etp, r.nvlink_domain)[1]
+    link = "nvlink" if nodes == 1 else "nic"
+    # DeepEP's group is tp_ep (ETP x EP ranks): each row to its k experts' ETP ranks (MoEFlexTokenDispatcher, topk
+    # and num_experts times ETP, token_dispatcher.py @ 1e05700 lines 950-956)
+    group, fan = (e * etp, k * etp) if lay.deepep else (e, k)
+    copies = fan * (group - 1) / group  # copies of a token that leave the rank (balanced routing)
     deepep = False
     if link == "nic":
-        nodes = -(-e // r.nvlink_domain)
         distinct = nodes * (1 - (1 - 1 / nodes) ** k)  # nodes a token's k experts fall on
         if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing
             distinct = min(distinct, cfg.route_group_limit)
@@ -992,21 +1022,62 @@ def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     elems = n * copies * h
     # before the dispatch, the ranks exchange how many tokens each sends to each expert (Megatron-core
     # token_dispatcher.py, MoEAlltoAllTokenDispatcher.preprocess: an all-gather of E int64 counts over the
-    # expert-parallel group; DeepEP's notify step): a latency-bound collective every forward
-    tb.comm("token counts all-gather", "dispatch_forward", "all_gather", cfg.num_experts * 8.0 * e, e, link)
+    # tensor x expert group tp_ep, ETP x EP ranks; DeepEP's notify step): a latency-bound collective every forward
+    tb.comm("token counts all-gather", "dispatch_forward", "all_gather", cfg.num_experts * 8.0 * e * etp, e * etp, link)
     for comp, per in (("dispatch_forward", fp8), ("combine_forward", lay.act_bytes),
                       ("dispatch_backward", lay.act_bytes), ("combine_backward", fp8)):  # fmt: skip
-        if deepep:  # the combine kernel in combine_forward and in the dispatch's backward, as DeepEP runs them
-            secs = collectives.deepep(elems * per, e, r, combine=comp in ("combine_forward", "dispatch_backward"))
-            shape = f"{elems * per / 1e6:.3g} MB to {distinct:.3g} nodes (DeepEP, EP {e})"
-        else:
-            secs, shape = collectives.all_to_all(elems * per, r, link), f"{elems * per / 1e6:.3g} MB sent ({link})"
-        tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
-        if comp.startswith("dispatch") and not lay.deepep:
-            _probs_all_to_all(tb, comp, n * copies, link)
+        if e > 1 or lay.deepep:
+            if deepep:  # the combine kernel in combine_forward and in the dispatch's backward, as DeepEP runs them
+                secs = collectives.deepep(elems * per, group, r, combine=comp in ("combine_forward", "dispatch_backward"))
+                shape = f"{elems * per / 1e6:.3g} MB to {distinct:.3g} nodes (DeepEP, EP {e}" + (
+                    f" x ETP {etp})" if etp > 1 else ")")
+            else:
+                secs, shape = collectives.all_to_all(elems * per, r, link), f"{elems * per / 1e6:.3g} MB sent ({link})"
+            tb.rows.append(Kernel("all-to-all", comp, "comm", shape, 0.0, elems * per, secs, "communication"))
+            if comp.startswith("dispatch") and not lay.deepep and e > 1:
+                _probs_all_to_all(tb, comp, n * copies, link)
+        if not lay.deepep:
+            _expert_tensor_collectives(tb, comp, n * k, per)
     if rerun:
         for phase in ("dispatch", "combine"):
             _rerun(tb, [k for k in tb.rows[first:] if k.component == f"{phase}_forward"], f"{phase}_backward")
+
+
+def _expert_tensor_collectives(tb: Table, comp: str, rows: float, per: float) -> None:
+    """The alltoall dispatcher at ETP > 1 (token_dispatcher.py @ 1e05700): after the dispatch's all-to-all the
+    ``rows`` received (n x k) and their probabilities are all-gathered over the ETP group (lines 525-535,
+    gather_from_sequence_parallel_region), at the all-to-all's payload ``per`` and PROB_BYTES; before the combine's
+    all-to-all fc2's partial sums are reduce-scattered over it in the probabilities' dtype (lines 622-632,
+    ``hidden_states.to(self.probs.dtype)``); autograd runs each one's mirror in the backward.  The ETP group is ETP
+    consecutive ranks (expert_placement)."""
+    etp, h = tb.lay.expert_tensor, tb.cfg.hidden_size
+    if etp <= 1:
+        return
+    link = "nvlink" if etp <= tb.r.nvlink_domain else "nic"
+    whole = rows * etp  # the gathered rows, the reduce-scattered rows
+    if comp in ("dispatch_forward", "combine_backward"):  # the tokens' gather, or the combine's reduce-scatter's mirror
+        nbytes = whole * h * (per if comp == "dispatch_forward" else PROB_BYTES)
+        tb.comm("etp all-gather", comp, "all_gather", nbytes, etp, link)
+        if comp == "dispatch_forward":
+            tb.comm("etp probs all-gather", comp, "all_gather", whole * PROB_BYTES, etp, link)
+    else:  # the combine's reduce-scatter, or the dispatch's gather's mirror (tokens' and probabilities' gradients)
+        nbytes = whole * h * (PROB_BYTES if comp == "combine_forward" else per)
+        tb.comm("etp reduce-scatter", comp, "reduce_scatter", nbytes, etp, link)
+        if comp == "dispatch_backward":
+            tb.comm("etp probs reduce-scatter", comp, "reduce_scatter", whole * PROB_BYTES, etp, link)
+
+
+def _etp_casts(tb: Table, comp: str, rows: float, forward: bool) -> None:
+    """At ETP > 1 the combine's reduce-scatter runs in the probabilities' dtype (PROB_BYTES): fc2's ``rows`` x ETP
+    partial sums cast to it before, the ``rows`` reduced cast back after (token_dispatcher.py @ 1e05700 lines
+    628-632, ``.to(self.probs.dtype)`` ... ``.to(hidden_states.dtype)``); the backward casts the gradient the other
+    way round.  Each reads one dtype and writes the other."""
+    etp, h, ab = tb.lay.expert_tensor, tb.cfg.hidden_size, tb.lay.act_bytes
+    if etp <= 1 or tb.lay.deepep or PROB_BYTES == ab:  # DeepEP's combine sums the ETP ranks' rows itself
+        return
+    suffix = "" if forward else " backward"
+    tb.memory(f"etp reduce-scatter cast to fp32{suffix}", comp, rows * etp * h * (ab + PROB_BYTES))
+    tb.memory(f"etp reduce-scatter cast back{suffix}", comp, rows * h * (ab + PROB_BYTES))
 
 
 # Bytes of one routing probability sent with its row: fp32, the router dtype of the ModelZoo's configs

@@ -4,9 +4,10 @@ ZeRO (Rajbhandari et al. 2020) stage 1 shards the optimizer states over the
 data-parallel ranks, stage 2 also the gradients, stage 3 also the parameters.
 A stage's dense part (attention, norms, dense FFN, shared experts, router,
 embedding, head) is split over ``tensor`` ranks and replicated over ``data``;
-its routed experts are split over ``expert`` ranks and replicated over the
-expert-data-parallel group of ``data x tensor / expert`` ranks (Megatron's
-layout with expert tensor parallelism 1).  Optimizer bytes per parameter:
+its routed experts are split over ``expert x expert_tensor`` ranks (expert
+parallelism, then each expert's GEMMs over the expert-tensor ranks) and
+replicated over the expert-data-parallel group of ``data x tensor /
+(expert x expert_tensor)`` ranks (Megatron-core's expert grid).  Optimizer bytes per parameter:
 an fp32 master copy (if kept) plus Adam's two moments.
 
 Gradients are Megatron-core's gradient buffer (``main_grad``, ``grads_dtype``):
@@ -42,10 +43,18 @@ class Sharding:
     fp8_weight_cache: bool = True  # keep the FP8 copies across micro-batches (Transformer Engine); else cast per use
     fp8_params: bool = False  # model.fp8_params: the FP8 linears' weights are held in FP8 (1 byte), no 16-bit copy
     fp8_transpose: bool = True  # model.fp8_transpose resolved: Transformer Engine keeps each FP8 weight's transpose
+    expert_tensor: int = 1  # parallel.expert_tensor: each expert's weights split over this many ranks (ETP)
+
+    @property
+    def routed_ranks(self) -> int:
+        """Ranks the routed experts' parameters are split over: expert x expert-tensor parallelism."""
+        return self.expert * self.expert_tensor
 
     @property
     def expert_data(self) -> float:
-        return self.data * self.tensor / self.expert
+        """The expert-data-parallel group: Megatron-core's expert grid fills a stage's ranks as ETP x EP x EDP
+        (parallel_state.py @ 1e05700 lines 721-724: ``decoder_world_size // (ETP x EP x PP)``)."""
+        return self.data * self.tensor / self.routed_ranks
 
 
 @dataclass(frozen=True)
@@ -84,11 +93,11 @@ UNITS_IN_FLIGHT = 2  # FSDP: the layer computing and the one prefetched (or bein
 
 def _per_rank(dense: float, routed: float, sh: Sharding) -> float:
     """Elements one rank holds of ``dense`` and ``routed`` whole-model parameters (before ZeRO)."""
-    return dense / sh.tensor + routed / sh.expert
+    return dense / sh.tensor + routed / sh.routed_ranks
 
 
 def _shard(dense: float, routed: float, sh: Sharding) -> float:
-    return dense / sh.tensor / sh.data + routed / sh.expert / sh.expert_data
+    return dense / sh.tensor / sh.data + routed / sh.routed_ranks / sh.expert_data
 
 
 def stage_static(dense: int, routed: int, sh: Sharding, fp8_dense: int = 0, fp8_routed: int = 0,

@@ -34,7 +34,8 @@ def summary(d: Derived, scenario=None) -> dict:
     t = params.totals(cfg)
     f = flops.per_token(cfg, st.seq)
     args = (st.seq // st.context, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
-    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy)
+    per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy,
+                                         etp=st.sharding.expert_tensor)
                  for i in range(cfg.num_layers)]
     stages = []
     for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
@@ -241,9 +242,10 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         notes.append("`run` costs each stage as its layout holds it: its MoE layers with the typed [chunk] "
                      "(per layer), its dense layers, embedding, head and MTP modules derived (the F, B, W ms above derive "
                      "the MoE layers too)")
-    if cfg.moe and st.sharding.tensor > 1:  # docs/model.md, "MoE layers, besides"
+    if cfg.moe and st.sharding.tensor > 1 and st.sharding.expert_tensor == 1:  # docs/model.md, "Expert tensor parallelism"
         notes.append(f"tensor {st.sharding.tensor} with MoE: each expert is costed whole on its rank (expert tensor "
-                     "parallelism 1, Megatron-core's --expert-tensor-parallel-size 1; its default ETP = TP is not modelled)")
+                     "parallelism 1, Megatron-core's --expert-tensor-parallel-size 1, parallel.expert_tensor's default; "
+                     f"Megatron-core's own default is ETP = TP: set parallel.expert_tensor = {st.sharding.tensor} for it)")
     lines += [f"note: {n}" for n in notes]
     if typed:
         lines.append(f"note: `run` uses the scenario's hand-typed {', '.join(typed)} instead of the derived figures")
@@ -350,9 +352,10 @@ def explain_lines(d: Derived) -> list[str]:
     sharded = "nothing" if sh.zero == 0 else ["", "optimizer", "optimizer, gradients",
                                               "optimizer, gradients, parameters"][sh.zero]  # fmt: skip
     if cfg.moe:
-        lines.append(f"  parameters per rank: dense part / tensor ({sh.tensor}), routed experts / expert ({sh.expert}); "
-                     f"ZeRO {sh.zero} shards {sharded} over data ({sh.data}) for the dense part and data x tensor / "
-                     f"expert ({sh.expert_data:g}) for experts")  # fmt: skip
+        etp = f" x expert_tensor ({sh.expert_tensor})" if sh.expert_tensor > 1 else ""
+        lines.append(f"  parameters per rank: dense part / tensor ({sh.tensor}), routed experts / expert ({sh.expert})"
+                     f"{etp}; ZeRO {sh.zero} shards {sharded} over data ({sh.data}) for the dense part and data x "
+                     f"tensor / expert{' x expert_tensor' if etp else ''} ({sh.expert_data:g}) for experts")  # fmt: skip
     else:  # a dense model: no expert figures to explain
         lines.append(f"  parameters per rank: parameters / tensor ({sh.tensor}); ZeRO {sh.zero} shards {sharded} "
                      f"over data ({sh.data})")  # fmt: skip
@@ -363,7 +366,7 @@ def explain_lines(d: Derived) -> list[str]:
     for moe in kinds:  # a sliding-window layer keeps what a full one does (activations.py)
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
         saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel,
-                                  st.modules, st.legacy)
+                                  st.modules, st.legacy, sh.expert_tensor)
         lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
                      f"recompute {_policy_name(st)}:")
         lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]

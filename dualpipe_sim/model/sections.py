@@ -170,6 +170,9 @@ class ParallelSection(_Section):
 
     tensor: Annotated[int, Field(ge=1, le=1024)] = 1
     expert: Annotated[int, Field(ge=1, le=65536)] = 1
+    # expert tensor parallelism (Megatron-core's --expert-tensor-parallel-size): each expert's fc1 / fc2 split over
+    # this many ranks (docs/model.md "Expert tensor parallelism"); 1, each expert whole, as every MoE run here set it
+    expert_tensor: Annotated[int, Field(ge=1, le=1024)] = 1
     data: Annotated[int, Field(ge=1, le=1_000_000)] = 1
     context: Annotated[int, Field(ge=1, le=1024)] = 1  # sequence split across ranks (ring attention)
     zero: Annotated[int, Field(ge=0, le=3)] = 0
@@ -240,7 +243,7 @@ class ParallelSection(_Section):
 
         return _known_overlaps(v, UB_ATOMIC_OVERLAPS) if isinstance(v, list) else v
 
-    @field_validator("tensor", "expert", "data", "context", "zero", "tp_max_ctas", mode="before")
+    @field_validator("tensor", "expert", "expert_tensor", "data", "context", "zero", "tp_max_ctas", mode="before")
     @classmethod
     def _w(cls, v):
         return _whole(v)

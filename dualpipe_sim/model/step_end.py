@@ -90,7 +90,7 @@ def items(scenario, derived) -> list[Item]:
 def _grads(derived) -> list[tuple[float, float]]:
     """Per stage copy, (dense, routed) gradient bytes one rank holds (derived_sync's)."""
     sh = derived.setup.sharding
-    return [(f.dense_params / sh.tensor * sh.grads_bytes, f.routed_params / sh.expert * sh.grads_bytes)
+    return [(f.dense_params / sh.tensor * sh.grads_bytes, f.routed_params / sh.routed_ranks * sh.grads_bytes)
             for f in derived.stages]  # fmt: skip
 
 
@@ -247,7 +247,7 @@ def _optimizer(scenario, derived) -> list[Item]:
     streamed = []
     for f in derived.stages:
         shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
-        updated = f.dense_params / sh.tensor * shard[0] + f.routed_params / sh.expert * shard[1]
+        updated = f.dense_params / sh.tensor * shard[0] + f.routed_params / sh.routed_ranks * shard[1]
         extra = (f.dense_params / sh.tensor - updated) * sf.GRAD_NORM_BYTES if deepspeed else 0.0
         streamed.append(updated * per_param + extra)
     adam = tuple((b / rates.hbm + rates.floor) * 1e3 for b in streamed)
@@ -274,7 +274,7 @@ def _optimizer(scenario, derived) -> list[Item]:
                         if step.param_gather == "apex" else
                         "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
     if sf.megatron_core_optimizer(scenario):
-        zero_bytes = tuple((f.dense_params / sh.tensor + f.routed_params / sh.expert) * sh.grads_bytes
+        zero_bytes = tuple((f.dense_params / sh.tensor + f.routed_params / sh.routed_ranks) * sh.grads_bytes
                            for f in derived.stages)  # fmt: skip
         out.append(Item("gradient buffers zeroed at the step's start", "optimizer", zero_bytes,
                         tuple(sf.grad_zero_ms(st, f) for f in derived.stages), "the rank's stage copy", "hbm",
@@ -287,7 +287,7 @@ def _optimizer(scenario, derived) -> list[Item]:
                         else "nvlink", "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
     out += _loop_items(scenario, st)
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
-                         + f.routed_params / sh.expert * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
+                         + f.routed_params / sh.routed_ranks * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
                          for f, e in zip(stages, fp8_elements))  # fmt: skip
     whole = tuple(sf.param_gather_ms(st, f, e) for f, e in zip(stages, fp8_elements))
     routed = any(f.routed_params for f in derived.stages)

@@ -173,7 +173,7 @@ def apex_adam_ms(scenario, st, where, stage, once: float) -> tuple[float, float]
     weighted by ``once`` (1 / the stage copies the rank holds)."""
     sh, rates = st.sharding, st.rates
     shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
-    dense, routed = stage.dense_params / sh.tensor * shard[0], stage.routed_params / sh.expert * shard[1]
+    dense, routed = stage.dense_params / sh.tensor * shard[0], stage.routed_params / sh.routed_ranks * shard[1]
     fp8 = fp8_param_elements(st, where) if scenario.model.fp8_params else (0.0, 0.0)
     fp8_shard = fp8[0] * shard[0] + fp8[1] * shard[1]
     wide, narrow = apex_adam_bytes(scenario.model, sh)
@@ -224,7 +224,7 @@ def fp8_amax_all_reduce_ms(st, dense_tensors: int, routed_tensors: int) -> float
     sh, per_node, nccl = st.sharding, st.rates.nvlink_domain, st.rates.nccl
     dense = collectives.small_all_reduce(sh.data, max(1, min(sh.data, per_node // sh.tensor)), nccl) if dense_tensors else 0.0
     edp = int(sh.expert_data)
-    routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.expert)), nccl) if routed_tensors else 0.0
+    routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.routed_ranks)), nccl) if routed_tensors else 0.0
     return (dense + routed) * 1e3
 
 
@@ -306,7 +306,7 @@ def grad_zero_ms(st, stage) -> float:
     whole gradient buffer written once (model.grads_dtype bytes an element) at the HBM rate, one fill kernel a buffer
     (one per parameter dtype: the FP8 parameters' buffer apart; the experts' apart)."""
     sh = st.sharding
-    nbytes = (stage.dense_params / sh.tensor + stage.routed_params / sh.expert) * sh.grads_bytes
+    nbytes = (stage.dense_params / sh.tensor + stage.routed_params / sh.routed_ranks) * sh.grads_bytes
     buffers = (2 if sh.fp8_params else 1) + (1 if stage.routed_params else 0)
     return (nbytes / st.rates.hbm + buffers * st.rates.floor) * 1e3
 
@@ -492,7 +492,7 @@ def nemo_sync(scenario, derived=None, memo: dict | None = None) -> NemoSync:
     for where, stage in zip(st.stages, derived.stages):
         d = apex_stage(scenario, st, where, stage).dense_params / sh.tensor * sh.grads_bytes
         dense.append(d + (fp32_embedding_extra_bytes(st, where) if step.fp32_embedding_grads else 0.0))
-        routed.append(stage.routed_params / sh.expert * sh.grads_bytes)
+        routed.append(stage.routed_params / sh.routed_ranks * sh.grads_bytes)
     held_dense, held_routed, held_buckets = [0.0] * S, [0.0] * S, [0] * S
     fp32_ms = [fp32_optimizer_all_reduce_ms(st, w) if f32opt else 0.0 for w in st.stages]
     in_tail = [f32opt] * S  # the tied all-reduce in the tail (NeMo runs it after _finish_bucket_grad_sync)
@@ -761,7 +761,7 @@ def fp8_param_elements(st, where) -> tuple[float, float]:
     """(dense, routed) linear-weight elements one rank holds of a stage copy: what FP8 parameters
     (``model.fp8_params``) keep at 1 byte."""
     units = [params.linear_weights(st.cfg, i) for i in where.layers] + [params.mtp_linear_weights(st.cfg)] * where.mtp
-    return sum(d for d, _ in units) / st.sharding.tensor, sum(r for _, r in units) / st.sharding.expert
+    return sum(d for d, _ in units) / st.sharding.tensor, sum(r for _, r in units) / st.sharding.routed_ranks
 
 
 def param_gather_ms(st, stage, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
@@ -773,7 +773,7 @@ def param_gather_ms(st, stage, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
     sh = st.sharding
     saved = sh.params_bytes - 1.0
     return _sync_ms(st, "grad_sync", stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * saved,
-                    stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * saved, op="all_gather")  # fmt: skip
+                    stage.routed_params / sh.routed_ranks * sh.params_bytes - fp8[1] * saved, op="all_gather")  # fmt: skip
 
 
 def fp8_weight_cast_ms(st, where) -> float:
@@ -791,7 +791,7 @@ def fp8_weight_cast_ms(st, where) -> float:
     if not ((sh.fp8_weight_cache or sh.fp8_params) and st.rates is not None and st.layout.te_fp8):
         return 0.0
     units = [params.linear_weights(cfg, i) for i in where.layers] + [params.mtp_linear_weights(cfg)] * where.mtp
-    elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.expert
+    elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.routed_ranks
     per = kernels.fp8_weight_cast_bytes(sh.fp8_params, sh.fp8_transpose)  # FP8 parameters: the transpose alone
     return elements * per / st.rates.hbm * 1e3 if elements else 0.0
 
@@ -860,7 +860,7 @@ def updated_elements(sh, stage) -> float:
     """Parameters of one stage copy the rank's optimizer updates: its dense ones / tensor and routed ones / expert,
     each sharded over its data-parallel ranks by ZeRO >= 1."""
     shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
-    return stage.dense_params / sh.tensor * shard[0] + stage.routed_params / sh.expert * shard[1]
+    return stage.dense_params / sh.tensor * shard[0] + stage.routed_params / sh.routed_ranks * shard[1]
 
 
 def apex_fp8_first_bucket(scenario, derived) -> tuple[int, float]:
@@ -903,10 +903,10 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0) + extra
     if st.rates is not None and sh.tensor * sh.data > st.rates.nvlink_domain and sh.data > 1:
         dense = _gather_ms(st, nbytes, buckets, group)
-        routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
+        routed = first_stage.routed_params / sh.routed_ranks * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
         return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
     if extra:  # inside a node: one collective on its link, as param_gather_ms's
-        routed = first_stage.routed_params / sh.expert * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
+        routed = first_stage.routed_params / sh.routed_ranks * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
         return _sync_ms(st, "grad_sync", nbytes, routed, op="all_gather")
     return param_gather_ms(st, first_stage, fp8)
 
@@ -950,7 +950,7 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     per_element = (stage.forward or 0.0) / sum(tensors)
     computes = [(b[0] - a[0]) * per_element for a, b in zip(groups, groups[1:])]
     routed_linear = fp8_param_elements(st, where)[1] if scenario.model.fp8_params else 0.0
-    routed = stage.routed_params / sh.expert * sh.params_bytes - routed_linear * (sh.params_bytes - 1.0)
+    routed = stage.routed_params / sh.routed_ranks * sh.params_bytes - routed_linear * (sh.params_bytes - 1.0)
     return chained_wait_ms(gathers, computes) + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
 
 
@@ -1028,7 +1028,7 @@ def last_unit_grads(st, where) -> tuple[float, float]:
     cfg, sh = st.cfg, st.sharding
     first = params.layer(cfg, where.layers[0]) if where.layers else params.mtp_module(cfg)
     dense, routed = (params.embedding_over_tensor(cfg, sh.tensor), 0) if where.embedding else (first.dense_over_tensor(sh.tensor), first.routed)
-    return dense / sh.tensor * sh.grads_bytes, routed / sh.expert * sh.grads_bytes
+    return dense / sh.tensor * sh.grads_bytes, routed / sh.routed_ranks * sh.grads_bytes
 
 
 def _zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
@@ -1146,7 +1146,7 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
         dense = stage.dense_params / sh.tensor * sh.grads_bytes
         if key == "grad_sync" and step is not None and step.fp32_embedding_grads:
             dense += fp32_embedding_extra_bytes(st, where)
-        routed = stage.routed_params / sh.expert * sh.grads_bytes
+        routed = stage.routed_params / sh.routed_ranks * sh.grads_bytes
         if key == "optimizer":
             if f32opt:  # apex holds the stage less the embeddings NeMo 1.x's fp32 AdamW takes
                 stage = apex_stage(scenario, st, where, stage)
