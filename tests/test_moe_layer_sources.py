@@ -123,7 +123,7 @@ def test_grouped_gemm_model_fast_by_a_gap_per_gemm(te, low, high, monkeypatch):
 # -- A Megatron-core MoELayer on 8 H100 (TP 1, EP 8), forward + backward ----------------------------------------------
 def test_moe_layer_model_below_every_measurement(monkeypatch):
     """Known fast: for every case of the sweep and both dispatchers the model takes less than the measured layer;
-    closest at Qwen3-235B's shape with DeepEP (9.68 ms against 11.75, 0.82x), the runs' own layer at TP 1. A
+    closest at Qwen3-235B's shape with DeepEP (9.71 ms against 11.75, 0.83x), the runs' own layer at TP 1. A
     benchmark harness's timing: the model with the short-run BF16 fit (with the sustained peak, 10.12 ms)."""
     short_run_h100(monkeypatch)
     rows = kernel_table(DATA / "marin3666_h100_moe_layer.csv")
@@ -137,13 +137,13 @@ def test_moe_layer_model_below_every_measurement(monkeypatch):
 
 def test_moe_layer_measurements_have_a_floor_the_model_lacks(monkeypatch):
     """The measured DeepEP layer does not follow its work: with 128 experts no case runs under 9.04 ms (top-2, whose
-    work the model puts at 1.94 ms), while the model spans 1.94-14.15 ms over the same cases; the two cases with
+    work the model puts at 2.53 ms with the backward's host share, s17g), while the model spans 2.53-14.18 ms over the same cases; the two cases with
     the most work (Qwen3-235B's shape, 4 x the tokens) are the only ones the model puts above 9 ms. Short-run fit."""
     short_run_h100(monkeypatch)
     rows = [r for r in kernel_table(DATA / "marin3666_h100_moe_layer.csv") if r["experts"] == "128"]
     measured = {r["case"]: float(r["deepep_ms"]) for r in rows}
     model = {r["case"]: moe_layer_ms(r, "deepep") for r in rows}
     assert min(measured.values()) == 9.04
-    assert min(model.values()) == pytest.approx(1.94, abs=0.01)
-    assert max(model.values()) == pytest.approx(14.15, abs=0.01)
+    assert min(model.values()) == pytest.approx(2.53, abs=0.01)
+    assert max(model.values()) == pytest.approx(14.18, abs=0.01)
     assert {c for c, ms in model.items() if ms > 9.0} == {"qwen3_235b_a22b_anchor", "qwen3_batch_mb4"}

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, flops, gemm, host, nccl_nvls, params, recompute
+from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, nccl_nvls, params, recompute
 from .config import ModelConfig
 from .flops import causal_keys
 from .rates import KernelRates
@@ -1310,6 +1310,8 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
         _rerun(tb, [k for k in tb.rows if k.component == "attn_forward" and (k.name.endswith("_up") or "norm" in k.name)],
                "attn_backward_input")  # fmt: skip
     _rerun_discarded_outputs(tb, i)
+    if cfg.is_moe_layer(i) and lay.host_op > 0:  # after every backward row: the host's calls span them all
+        host_backward_share(tb)
     return tb.rows
 
 
@@ -1352,9 +1354,23 @@ def host_share(tb: Table, recompute: bool) -> None:
     local = max(1, cfg.num_experts // lay.expert)
     secs, ops, syncs = host.forward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
                                            lay.dispatcher)  # fmt: skip
-    shape = f"{ops} calls x {lay.host_op * 1e6:.3g} us, {syncs} syncs ({lay.dispatcher})"
     for comp in ("mlp_forward",) + (("mlp_backward_input",) if recompute else ()):
-        tb.rows.append(Kernel("host launches and syncs", comp, "host", shape, 0.0, 0.0, secs, "host"))
+        _host_row(tb, "host launches and syncs", comp, secs, ops, syncs)
+
+
+def host_backward_share(tb: Table) -> None:
+    """What the host adds to an MoE layer's backward (host_backward.py): autograd's calls against the GPU's
+    time, from one sync to the next (DeepEP's multihot backward) or over the layer (no sync)."""
+    lay = tb.lay
+    local = max(1, tb.cfg.num_experts // lay.expert)
+    secs, ops, syncs = host_backward.backward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
+                                                     lay.dispatcher)  # fmt: skip
+    _host_row(tb, "host launches (backward)", "mlp_backward_input", secs, ops, syncs)
+
+
+def _host_row(tb: Table, name: str, comp: str, secs: float, ops: int, syncs: int) -> None:
+    shape = f"{ops} calls x {tb.lay.host_op * 1e6:.3g} us, {syncs} syncs ({tb.lay.dispatcher})"
+    tb.rows.append(Kernel(name, comp, "host", shape, 0.0, 0.0, secs, "host"))
 
 
 def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
