@@ -426,14 +426,17 @@ class Scenario(_Section):
             raise ScenarioError(f"step.dp_comm_sms: {exc}") from None
 
     def p2p_mode(self) -> str:
-        """comm.p2p_mode as given; "derived": "blocking" for 1F1B (and, under model.runtime = "megatron-lm-2021",
-        interleaved 1F1B) with a [model], else "async" (docs/model.md, "What the defaults describe")."""
+        """comm.p2p_mode as given; "derived": "blocking" for 1F1B (and interleaved 1F1B under model.runtime =
+        "megatron-lm-2021" or model.training_loop = "nemo-1") with a [model], else "async" (docs/model.md, "What the
+        defaults describe").  NeMo 1 leaves overlap_p2p_comm and batch_p2p_comm to Megatron-core's ModelParallelConfig
+        (False, True) and sets batch_p2p_sync (NeMo @ f8eeb79 megatron_base_model.py lines 1147, 1159-1168; core_r0.8.0
+        model_parallel_config.py lines 218-228): batched sends, waited for, then torch.cuda.synchronize()."""
         if self.comm.p2p_mode != "derived":
             return self.comm.p2p_mode
         if self.model is None:
             return "async"
-        old = self.model.runtime == "megatron-lm-2021"
-        return "blocking" if self.pipeline.schedule == "1f1b" or (old and self._megatron_interleaved()) else "async"
+        batched = self.model.runtime == "megatron-lm-2021" or self.model.training_loop == "nemo-1"
+        return "blocking" if self.pipeline.schedule == "1f1b" or (batched and self._megatron_interleaved()) else "async"
 
     def _check_gather_with_optimizer(self) -> None:
         """step.overlap_param_gather_with_optimizer_step as Megatron-core accepts it (training/arguments.py @

@@ -127,6 +127,8 @@ class ModelConfig:
     router_learned_bias: bool = False  # the router is a linear with a bias (a parameter with a gradient; gpt-oss)
     expert_bias: bool = False  # each routed expert's gate/up and down projections have biases (gpt-oss)
     swiglu_limit: float = 0.0  # gpt-oss's clamp on the experts' SwiGLU inputs; 0 = none (elementwise: no cost)
+    # partial RoPE: the share of each head's dims turned (Nemotron's, GLM's 0.5); only unfused RoPE's kernels see it
+    rotary_fraction: float = 1.0
     # Fields the config left out and what was taken for them, in words (``model --explain`` says so);
     # not part of the architecture, so not compared.
     defaults_taken: tuple[str, ...] = field(default=(), compare=False)
@@ -384,6 +386,7 @@ def _glm4_moe(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[s
         intermediate_size=w("intermediate_size"),
         qkv_bias=_flag(raw, "attention_bias", where),  # q, k, v only: o_proj has no bias (modeling L140-149)
         qk_norm=_flag(raw, "use_qk_norm", where),
+        rotary_fraction=rotary,
         num_experts=experts,
         experts_per_token=w("num_experts_per_tok"),
         moe_intermediate_size=moe_ffn,
@@ -397,8 +400,8 @@ def _glm4_moe(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[s
         defaults_taken=taken,
         not_costed=(
             f"partial_rotary_factor = {rotary:g}: RoPE turns {int(head_dim * rotary)} of each head's {head_dim} "
-            "dims; the RoPE kernel still reads and writes whole q and k heads (it copies the rest), so its bytes "
-            "are the same",
+            "dims; the fused RoPE kernel still reads and writes whole q and k heads (it copies the rest), so its "
+            "bytes are the same (unfused, model.rope_fusion = false, they are not: model/rope.py)",
             f"routed_scaling_factor = {scale:g}, norm_topk_prob: elementwise on the top-k weights, not costed",
         ),
     )
@@ -425,10 +428,10 @@ def _nemotron(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[s
     for key in ("attention_bias", "mlp_bias"):  # Nemotron-4 has none; a biased variant is not modelled
         if _flag(raw, key, where):
             raise ModelError(f"{where}{key}: must be false for nemotron (biases are not modelled), got true")
-    # NemotronConfig's default 0.5; checked, not costed
-    _positive({"partial_rotary_factor": 0.5, **raw}, "partial_rotary_factor", where, top=1.0)
+    # NemotronConfig's default 0.5; costed only by unfused RoPE (model.rope_fusion = false, rope.py)
+    rotary = _positive({"partial_rotary_factor": 0.5, **raw}, "partial_rotary_factor", where, top=1.0)
     ffn = _whole(raw, "intermediate_size", where)
-    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn,
+    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn, rotary_fraction=rotary,
                       ffn="relu2", norm="layernorm", defaults_taken=taken, **common)
     return _checked(cfg, where)
 

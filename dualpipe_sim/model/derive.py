@@ -89,6 +89,7 @@ class Setup:
     tp_max_ctas: int = 0  # parallel.tp_max_ctas
     dp_channels: int = collectives.NCCL_DP_CTAS  # the data-parallel communicator's NCCL channels (dp_channels)
     dp_grouped: bool = False  # the data-parallel buckets go to NCCL as one group: apex's (step.param_gather = "apex")
+    rope_fusion: bool = True  # model.rope_fusion (false: rope.py's eager kernels)
 
     @property
     def ring_serial(self) -> bool:
@@ -117,6 +118,7 @@ class Setup:
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
                               grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm,
+                              rope_fusion=self.rope_fusion,
                               deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
                               expert_tensor=self.sharding.expert_tensor)  # fmt: skip
 
@@ -347,6 +349,9 @@ def setup(scenario, stages: int | None = None) -> Setup:
     legacy = m.runtime == "megatron-lm-2021"
     if legacy and m.cross_entropy != "megatron":  # Megatron-LM of 2021 had only its op-by-op function
         raise ModelError('model.cross_entropy: must be "megatron" with model.runtime = "megatron-lm-2021"')
+    if not m.rope_fusion and cfg.mla:  # rope.py reads the bshd path of q and k; MLA applies RoPE its own way
+        raise ModelError("model.rope_fusion: false is costed for Megatron-core's apply_rotary_pos_emb_bshd on q and k, "
+                         "not for MLA's split rotary heads")
     if m.fp8_recipe == "current" and m.fp8_gemm != "cublas":  # DeepGEMM's runtime scales per tile, its own way
         raise ModelError('model.fp8_recipe: "current" is Transformer Engine\'s recipe; it needs model.fp8_gemm = "cublas"')
     unused_keys.refuse(m, par, scenario.memory.fp8_weight_cache, cfg.fp8)
@@ -390,7 +395,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
-                 dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex")  # fmt: skip
+                 dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
+                 rope_fusion=m.rope_fusion)  # fmt: skip
 
 
 def expert_tensor(scenario, cfg: ModelConfig, hw, rates) -> int:

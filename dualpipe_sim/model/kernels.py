@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, nccl_nvls, params, recompute
+from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, nccl_nvls, params, recompute, rope
 from .config import ModelConfig
 from .flops import causal_keys
 from .rates import KernelRates
@@ -214,6 +214,8 @@ class Layout:
     deepspeed_pipe: bool = False
     # parallel.tp_max_ctas: the tensor-parallel group's NCCL config.max_ctas (0: no cap), which bounds tp_nccl_ctas
     tp_max_ctas: int = 0
+    # model.rope_fusion: false runs Megatron-core's unfused RoPE, its eager kernels and autograd backward (rope.py)
+    rope_fusion: bool = True
     # whose hook that is: "apex" (DistributedFusedAdam) or "ddp" (Megatron-core's DDP) (derive.grad_hook)
     grad_hook: str = ""
     # parallel.expert_tensor: each expert's fc1 / fc2 split over this many ranks, the received rows all-gathered over
@@ -643,7 +645,9 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
                 up_rows.append(tb.rows[-1])
         if qk_norm:  # Qwen3 (--qk-layernorm): a TE RMSNorm over each head's q and one over k, read + write
             tb.memory("q / k norms", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 2 * ab, launches=2)
-        if rope:
+        if rope and not lay.rope_fusion:
+            _unfused_rope(tb, comp, backward=False)
+        elif rope:
             tb.memory("rope", comp, n * a_t * cfg.qk_rope_head_dim * 2 * ab * 2 if cfg.mla
                       else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
             if cfg.mla and comp == comps[0]:
@@ -679,7 +683,9 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
         _qkv_prepare(tb, comp, "dqkv interleave (fa_prepare_bwd)")
     if temperature:  # the gradient of q scaled by the same factor
         tb.memory("attention temperature backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
-    if rope:
+    if rope and not lay.rope_fusion:
+        _unfused_rope(tb, comp, backward=True)
+    elif rope:
         tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     if qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
         tb.memory("q / k norms backward", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 3 * ab, launches=2)
@@ -694,6 +700,21 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
         tb.transpose(f"{projections[0][0]} input transpose (wgrad)", wcomp, n * h)
     tb.memory("input norm backward", comp, 4 * lay.norm_tokens * h * ab)
     tb.gemm("out_proj wgrad", wcomp, a_t * cfg.v_head_dim, h, n, out_bytes=lay.wgrad_out)
+
+
+def _unfused_rope(tb: Table, comp: str, backward: bool) -> None:
+    """Megatron-core's apply_rotary_pos_emb_bshd on q, then on k, without the fused kernel (model.rope_fusion =
+    false): its eager kernels, or their autograd backward (rope.py); cos and sin of the fp32 freqs each forward."""
+    cfg, lay = tb.cfg, tb.lay
+    d, s = cfg.qk_head_dim, lay.seq // lay.context
+    rot = int(d * cfg.rotary_fraction)  # RotaryEmbedding's dim: kv_channels x rotary_percent
+    for name, heads in (("q", cfg.num_heads // lay.tensor), ("k", max(1, cfg.num_kv_heads // lay.tensor))):
+        elems = lay.tokens * heads * d
+        run = (rope.backward if backward else rope.forward)(elems, lay.tokens * heads * rot, s * rot, lay.act_bytes)
+        label = "rope backward (unfused, autograd)" if backward else "rope (unfused: mul, neg, cat, mul, add, cat)"
+        tb.memory(f"{label} {name}", comp, run.nbytes, launches=run.launches)
+        if run.freq_launches:
+            tb.memory(f"rope cos / sin of the freqs {name}", comp, run.freq_bytes, launches=run.freq_launches)
 
 
 def _qkv_prepare(tb: Table, comp: str, name: str) -> None:

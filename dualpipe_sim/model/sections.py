@@ -124,6 +124,10 @@ class ModelSection(BaseModel):
     # or "flash-attn-2" (Dao's library, which TE before 1.2 ran first when installed) or "flash-attn-1" (its 1.x,
     # which TE release_v0.8 ran: MLPerf v3.0); docs/model.md, "Kernel rates"
     attention_kernel: Literal["cudnn", "flash-attn-2", "flash-attn-1"] = "cudnn"
+    # Megatron-core's apply_rope_fusion: true (one fused RoPE kernel a tensor, as Megatron-LM's --no-rope-fusion default
+    # and NeMo 2's Llama configs run) or false (apply_rotary_pos_emb_bshd's eager ops and their autograd backward,
+    # NeMo 1's default: model/rope.py); docs/model.md, "Unfused RoPE"
+    rope_fusion: bool = True
     # host time per PyTorch call that launches a kernel (us), which the MoE forward's syncs expose (model/host.py);
     # default: torch.nn.Linear's forward on a DGX H100 host (NVIDIA/TransformerEngine#2053); 0: not costed
     host_overhead_us: Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)] = 13.5
