@@ -685,8 +685,9 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
         tb.memory("attention temperature backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
     if rope and not lay.rope_fusion:
         _unfused_rope(tb, comp, backward=True)
-    elif rope:
-        tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab)
+    elif rope:  # Megatron-core applies RoPE to q and to k apart, so each has a backward (docs/model.md host table)
+        tb.memory("rope backward", comp, n * a_t * cfg.qk_head_dim * 2 * ab if cfg.mla
+                  else n * (a_t + max(1, cfg.num_kv_heads // t)) * cfg.qk_head_dim * 2 * ab)  # fmt: skip
     if qk_norm:  # the norms' backward reads their input and output gradient, writes the input gradient
         tb.memory("q / k norms backward", comp, n * _qk_heads(cfg, t) * cfg.qk_head_dim * 3 * ab, launches=2)
     for name, out, inp, _ in projections:
