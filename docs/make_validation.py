@@ -161,6 +161,9 @@ EVAL_STEP_S = {
     # eval_stop
     "mlperf50-llama405b-256gb200": (6.55838, 216), "mlperf50-llama405b-512gb200": (6.35824, 108),
     "mlperf51-llama8b-72gb200": (0.046848, 4116),
+    # GB300 (s17b), the same selection (each eval_start's first validation step left out), Theia's v5.1 logs
+    "mlperf51-llama8b-72gb300": (0.040170, 4116), "mlperf51-llama8b-8gb300-nvfp4": (0.110287, 9198),
+    "mlperf51-llama405b-512gb300-nvfp4": (4.412856, 44),
 }  # fmt: skip
 # the GPT-3 rows' logged `validation_step_timing` (TimingCallback's window, start to end of the batch on the host), the
 # same median over the same steps: what the table used before; each is short of its row's loop above by a constant of

@@ -117,9 +117,8 @@ class Setup:
                               evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
-                              grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm,
-                              deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
-                              fp4=self.fp4)  # fmt: skip
+                              grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm, fp4=self.fp4,
+                              deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a ya
 # has NVLS_NCHANNELS_SM90 = 16 CTAs too, so 16 whichever NCCL picks.  B200 (v2.28.3-1): 18 x 40.1 GB/s: 8 at 90,
 # 16, 32 (every B200 row that reaches it runs NCCL_NVLS_ENABLE=0 and NCCL_MIN/MAX_CTAS 16 / 32); GB200: B200's
 # (carried over: the same 18 NVLink 5 links a GPU, to the rack's NVSwitch trays; the search on MNNVL was not read).
-TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32, "GB200": 32, "GB300": 32}  # GB300: GB200's (the same NVLink 5)
+TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32, "GB200": 32}
+TP_NCCL_CTAS["GB300"] = TP_NCCL_CTAS["GB200"]  # carried over: the same NVLink 5 links and NCCL settings (s17b)
 # Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): the ring's 24, or NVLS_NCHANNELS_SM90 = 16 where NCCL's
 # tuner runs the collective with NVLS (nccl_nvls.picks_nvls: a group of 3-8, by operation, bytes and release).
 TP_NCCL_RING_CTAS = {"H100": 24, "H200": 24}
@@ -505,12 +506,16 @@ class Table:
             self.amax(name.removesuffix(" cast"), comp, elems, groups)
 
     @property
+    def fp8_copies(self) -> float:
+        """Copies an FP8 cast writes: the row-wise data and, where TE makes transposes, the column-wise (transposed)
+        copy in the same kernel; with autograd off none (09ba842 ``cast_to_fp8`` where training calls
+        ``fp8_cast_transpose_fused``; release_v2.8 ``columnwise_usage = is_grad_enabled and ...``)."""
+        return 2.0 if self.lay.fp8_transpose and not self.lay.evaluation else 1.0
+
+    @property
     def fp8_writes(self) -> float:
-        """Bytes an FP8 cast writes per element: the row-wise data and, where TE makes transposes, the
-        column-wise (transposed) copy in the same kernel; with autograd off none (09ba842 ``cast_to_fp8`` where
-        training calls ``fp8_cast_transpose_fused``; release_v2.8 ``columnwise_usage = is_grad_enabled and ...``);
-        NVFP4's copies NVFP4_BYTES each (Layout.low_bytes)."""
-        return (2.0 if self.lay.fp8_transpose and not self.lay.evaluation else 1.0) * self.lay.low_bytes
+        """Bytes an FP8 cast writes per element: its copies at 1 byte (NVFP4: NVFP4_BYTES, Layout.low_bytes)."""
+        return self.fp8_copies * self.lay.low_bytes
 
     def amax(self, name: str, comp: str, elems: float, groups: int = 1, reduce: bool = False) -> None:
         """Current scaling's amax of a 16-bit tensor before its cast: zero the amax, read the tensor once,
