@@ -58,6 +58,12 @@ def kernel_table(path) -> list[dict]:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))
 
 
+def hardware_source(path) -> dict[tuple[str, str], float]:
+    """A preset's transcribed sources under tests/data/hardware/: {(source, field): value} of the rows after the '#'
+    lines."""
+    return {(r["source"], r["field"]): float(r["value"]) for r in kernel_table(path)}
+
+
 def short_run_h100(monkeypatch):
     """H100's preset with XLA's short-run BF16 GEMM fit in place of its sustained peak (docs/model.md, the BF16 row),
     for checks against benchmarks that time a few iterations (a layer, a grouped GEMM), like for like."""

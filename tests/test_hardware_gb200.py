@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from helpers import cli_error
+from helpers import cli_error, hardware_source
 
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import derive, gemm
@@ -22,14 +22,8 @@ DATA = ROOT / "tests" / "data"
 EIGHT_B = str(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-64b200.toml")
 
 
-def source(name: str) -> dict[tuple[str, str], float]:
-    with open(DATA / name) as f:
-        rows = csv.DictReader(line for line in f if not line.startswith("#"))
-        return {(r["source"], r["field"]): float(r["value"]) for r in rows}
-
-
 def test_gb200_preset_is_the_datasheet_per_gpu():
-    src, hw = source("hardware/gb200_nvl72.csv"), HARDWARE["GB200"]
+    src, hw = hardware_source(DATA / "hardware/gb200_nvl72.csv"), HARDWARE["GB200"]
     gpus = src["datasheet", "rack_gpus"]
     # the rack's sparse PFLOPS over its 72 GPUs, halved for dense: 360e3 / 72 / 2 = 2,500; 720e3 / 72 / 2 = 5,000
     assert hw.bf16_tflops == src["datasheet", "bf16_sparse_rack"] * 1e3 / gpus / 2 == 2500

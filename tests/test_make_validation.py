@@ -52,7 +52,7 @@ def test_gpu_count_is_ranks_not_stages(schedule, microbatches, ranks):
 
 COMMUNITY = [r for r in ROWS if r["name"].startswith(SCRIPT["COMMUNITY"])]
 HOPPER = [r for r in ROWS if load(r).hardware.preset in ("H100", "H800", "H200") and r not in COMMUNITY]
-BLACKWELL = [r for r in ROWS if load(r).hardware.preset in ("B200", "GB200") and r not in COMMUNITY]
+BLACKWELL = [r for r in ROWS if load(r).hardware.preset in ("B200", "GB200", "GB300") and r not in COMMUNITY]
 NEWER = HOPPER + BLACKWELL + COMMUNITY  # the runs whose figure is checked against the scenario's own layout below
 BY_STEP = [r for r in NEWER if STEP.match(r["published"])]
 BY_TFLOPS = [r for r in NEWER if TFLOPS.match(r["published"])]
@@ -346,7 +346,7 @@ def test_new_mlperf_rows_simulate_and_count_the_global_batch(name, tokens):
 
 def fake_run(sc):
     """A run whose tokens/s is 1000 per GPU on A100, 2000 on Hopper and 3000 on B200 (no simulation)."""
-    per_gpu = {"A100": 1000.0, "B200": 3000.0, "GB200": 3000.0}.get(sc.hardware.preset, 2000.0)
+    per_gpu = {"A100": 1000.0, "B200": 3000.0, "GB200": 3000.0, "GB300": 3000.0}.get(sc.hardware.preset, 2000.0)
     step = SimpleNamespace(tokens_per_second=per_gpu * SCRIPT["gpus"](sc), total=1000.0)
     return SimpleNamespace(metrics=SimpleNamespace(step=step, bubble_ratio=0.0))
 
@@ -365,7 +365,9 @@ def test_rows_split_by_gpu_and_cover_the_csv(monkeypatch):
                                          "mlperf51-llama405b-448b200", "mlperf51-llama8b-8b200", "mlperf51-llama8b-64b200",
                                          "mlperf51-llama8b-64b200-verda", "mlperf51-llama8b-16b200", "mlperf51-llama8b-32b200",
                                          "mlperf51-llama8b-128b200", "mlperf51-llama8b-256b200",
-                                         "mlperf50-llama405b-256gb200", "mlperf50-llama405b-512gb200", "mlperf51-llama8b-72gb200"]
+                                         "mlperf50-llama405b-256gb200", "mlperf50-llama405b-512gb200", "mlperf51-llama8b-72gb200",
+                                         "mlperf51-llama8b-72gb300", "mlperf51-llama8b-8gb300-nvfp4",
+                                         "mlperf51-llama405b-512gb300-nvfp4"]
     assert all(r["predicted"] == 3000.0 for r in b200)
     assert {"mlperf50-llama405b-512h200", "mlperf50-llama405b-1024h200", "mlperf51-llama8b-64h200"} <= {
         r["name"] for r in hopper}
@@ -447,11 +449,15 @@ def test_eval_forward_table_by_hand(monkeypatch):
 def test_readme_quotes_the_forward_tables_own_figures():
     """README's forward-only sentence repeats the table's summary line (mean, range, runs): a stale figure fails."""
     doc = (ROOT / "docs" / "validation.md").read_text()
-    mean, worst, best, runs = re.search(r"^Mean forward error -([0-9.]+)% over (\d+) runs \(worst -([0-9.]+)%, "
-                                        r"best -([0-9.]+)%\)", doc, re.M).group(1, 3, 4, 2)
+    mean, worst, sign, best, runs = re.search(r"^Mean forward error -([0-9.]+)% over (\d+) runs \(worst -([0-9.]+)%, "
+                                              r"best ([-+])([0-9.]+)%\)", doc, re.M).group(1, 3, 4, 5, 2)
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert f"on the {runs} runs they time the model's forward is too fast on every one, {mean}% on average " \
-           f"({best}-{worst}%)" in readme
+    if sign == "-":  # every run's forward too fast
+        assert f"on the {runs} runs they time the model's forward is too fast on every one, {mean}% on average " \
+               f"({best}-{worst}%)" in readme
+    else:  # the best run's forward too slow (s17b: the GB300 8B row)
+        assert f"on the {runs} runs they time the model's forward is {mean}% too fast on average (from {best}% too " \
+               f"slow to {worst}% too fast)" in readme
 
 
 def test_at_a_glance_matches_a_fresh_generation():

@@ -90,6 +90,7 @@ class Setup:
     dp_channels: int = collectives.NCCL_DP_CTAS  # the data-parallel communicator's NCCL channels (dp_channels)
     dp_grouped: bool = False  # the data-parallel buckets go to NCCL as one group: apex's (step.param_gather = "apex")
     rope_fusion: bool = True  # model.rope_fusion (false: rope.py's eager kernels)
+    fp4: bool = False  # model.fp4 = "nvfp4": the linears' GEMMs and casts in NVFP4 (kernels.Layout.fp4)
 
     @property
     def ring_serial(self) -> bool:
@@ -117,7 +118,7 @@ class Setup:
                               evaluation=self.evaluation, ub_ring_rs=self.ub_ring_rs,
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
-                              grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm,
+                              grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm, fp4=self.fp4,
                               rope_fusion=self.rope_fusion,
                               deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
                               expert_tensor=self.sharding.expert_tensor)  # fmt: skip
@@ -256,8 +257,13 @@ def model_config(section, base_dir: Path | None = None) -> ModelConfig:
     cfg = config.from_hf(raw, where)
     from dataclasses import replace
 
+    if section.fp4 != "none" and section.fp8 is False:
+        raise ModelError('model.fp8: must be left out (or true) with model.fp4 = "nvfp4": NVFP4 runs the linears '
+                         "through Transformer Engine's low-precision path that model.fp8 turns on, got false")
     if section.fp8 is not None and section.fp8 != cfg.fp8:
         cfg = replace(cfg, fp8=section.fp8)
+    if section.fp4 != "none":  # the linears' casts and GEMMs as the FP8 path lists them, in NVFP4 (kernels.Layout.fp4)
+        cfg = replace(cfg, fp8=True)
     if section.attention is not None:  # what the runtime ran: scores materialised or flash attention
         cfg = replace(cfg, eager_attention=section.attention == "eager")
     elif section.runtime == "megatron-core":  # TE's DotProductAttention, whatever the family (docs/model.md)
@@ -320,9 +326,11 @@ def setup(scenario, stages: int | None = None) -> Setup:
             raise ModelError(f"parallel.tensor: must be at most the GPUs of one NVLink domain ({hw.domain} on the "
                              f"{hw.name}, hardware.nvlink_domain or gpus_per_node): tensor-parallel collectives are "
                              f"costed on NVLink, got {par.tensor}")  # fmt: skip
+        if m.fp4 != "none" and hw.fp4_tflops is None:
+            nvfp4(scenario, hw, None)
         if cfg.fp8 and hw.fp8_tflops is None:  # the kernels, casts and FP8 weight copies would be costed
             raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
-                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200, GB200)")
+                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200, GB200, GB300)")
         if section.efficiency is not None or section.preset is None:
             if section.gpu_variability is not None:  # it scales the measured kernel rates
                 raise ModelError("hardware.gpu_variability: needs the kernel-level costs (a hardware.preset and no "
@@ -365,7 +373,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if both:
         raise ModelError(f"parallel.tp_overlap_ring_rs: {', '.join(both)} also in parallel.tp_overlap_atomic; the atomic "
                          "GEMM is the pipelined reduce-scatter's (name each overlap in one of the two)")  # fmt: skip
-    transpose = fp8_transpose(m, hw)
+    nvfp4(scenario, hw, rates)
+    transpose = fp8_transpose(m, hw) or m.fp4 != "none"  # NVFP4's GEMMs read K-major operands only
     sharding = replace(sharding, fp8_transpose=transpose, expert_tensor=expert_tensor(scenario, cfg, hw, rates))
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":
@@ -383,7 +392,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
                  par.sync_tp_duplicated_parameters, m.alibi,
                  cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
-                 m.cross_entropy, m.fp8_recipe == "current", transpose,
+                 m.cross_entropy, m.fp8_recipe == "current" or m.fp4 != "none", transpose,
                  tuple(sorted(set(par.tp_overlap_not_told))),
                  grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
                  qkv_prepare=qkv_prepare(cfg, m, m.seq_length * m.micro_batch_size // par.context),
@@ -396,7 +405,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
-                 rope_fusion=m.rope_fusion)  # fmt: skip
+                 rope_fusion=m.rope_fusion, fp4=m.fp4 != "none")  # fmt: skip
 
 
 def expert_tensor(scenario, cfg: ModelConfig, hw, rates) -> int:
@@ -492,7 +501,7 @@ def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
 # sm_120, sm_130 on); of the presets the B200 and the GB200 (its GPU). The others' FP8 GEMMs take the TN layout only
 # (A100: no FP8 at all).
-NON_TN_FP8 = ("B200", "GB200")
+NON_TN_FP8 = ("B200", "GB200", "GB300")  # GB300: sm_103
 
 
 # GPUs on which Transformer Engine sends and receives the context-parallel ring's K/V one after the other at CP 2: TE
@@ -502,7 +511,34 @@ NON_TN_FP8 = ("B200", "GB200")
 # two-rank behavior"): at CP 2 the send and the receive go to the same peer, so on one stream, one after the other.
 # Of the presets the B200 and the GB200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and
 # overlap.
-UNBATCHED_CP2_P2P = ("B200", "GB200")
+UNBATCHED_CP2_P2P = ("B200", "GB200", "GB300")  # GB300: compute capability 10.3
+
+
+def nvfp4(scenario, hw: Hardware | None, rates: KernelRates | None) -> None:
+    """Refuse what model.fp4 = "nvfp4" cannot be costed with: a GPU without FP4 tensor cores, the efficiency model
+    (kernel-level costs only), and the FP8-only keys whose FP8 meaning NVFP4 replaces (docs/model.md, "NVFP4 GEMMs and
+    casts"): its scaling is its own (a per-tensor amax each cast, 16-value block scales), it runs through
+    cuBLASLt, it keeps 16-bit parameters (the MLPerf v5.1 runs: FP8_PARAM_GATHER=False) and it writes its column-wise
+    copy (the FP4 GEMMs read K-major operands only)."""
+    m = scenario.model
+    if m.fp4 == "none":
+        return
+    if hw is not None and hw.fp4_tflops is None:  # before model.fp8's refusal, which an A100 would meet first
+        raise ModelError(f'model.fp4: the {hw.name} has no FP4 tensor cores; "nvfp4" needs a Blackwell GPU '
+                         f"({', '.join(n for n, p in PRESETS.items() if p.fp4_tflops)}), or leave the key out")
+    if rates is None:
+        raise ModelError('model.fp4: "nvfp4" needs the kernel-level costs (a Blackwell hardware.preset and no '
+                         "hardware.efficiency)")
+    given = m.model_fields_set
+    for key, rule in (("fp8_recipe", "NVFP4 scales each tensor by its own amax at every cast"),
+                      ("fp8_amax_reduction", "NVFP4 keeps no amax history to reduce per chunk"),
+                      ("fp8_transpose", "NVFP4 GEMMs read K-major operands, so the column-wise copy is always written"),
+                      ("fp8_gemm", "NVFP4 GEMMs run in cuBLASLt")):  # fmt: skip
+        if key in given:
+            raise ModelError(f'model.{key}: must be left out with model.fp4 = "nvfp4" ({rule})')
+    if m.fp8_params:
+        raise ModelError('model.fp8_params: must be false with model.fp4 = "nvfp4" (NVFP4 parameters are not '
+                         "modelled; the MLPerf v5.1 NVFP4 runs keep 16-bit parameters, FP8_PARAM_GATHER=False)")
 
 
 def fp8_transpose(m, hw: Hardware | None) -> bool:

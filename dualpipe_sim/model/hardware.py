@@ -19,6 +19,11 @@ holds 85.5 GB (10^9).  Sources (full citations in docs/model.md):
 * GB200 (GB200 NVL72): the B200's GPU at 1,200 W; NVIDIA's GB200 NVL72 datasheet: 720 PFLOPS FP8 and 360 BF16
   with sparsity for 72 GPUs = 5,000 / 2,500 dense per GPU; NVLink 5 1,800 GB/s bidirectional; one NVLink domain
   of 72 GPUs (18 compute trays of 4, Grace hosts); one 400 Gb/s ConnectX-7 NDR per GPU (MLPerf v5.0/v5.1 Tyche).
+* GB300 (GB300 NVL72): the Blackwell Ultra GPU; NVIDIA's GB300 NVL72 datasheet, per 72 GPUs: 1,080 PFLOPS dense FP4,
+  360 PFLOPS FP8 and 180 BF16 (dense; the rack's "720 / 360" sparse) = 15,000 / 5,000 / 2,500 dense per GPU; NVLink 5
+  1,800 GB/s bidirectional over 72 GPUs; one 800 Gb/s ConnectX-8 XDR per GPU (MLPerf v5.1 Theia) = 100 GB/s.
+  FP4 (dense) of the others: B200 9,000 (DGX B200: 144 PFLOPS FP4 sparse per 8), GB200 10,000 (GB200 NVL72:
+  1,440 PFLOPS FP4 sparse per 72); none before Blackwell.
 * A100 SXM 80GB: NVIDIA A100 datasheet: BF16 312 TFLOPS dense, no FP8, 80 GB
   HBM2e, NVLink 600 GB/s bidirectional; HDR InfiniBand 200 Gb/s = 25 GB/s per GPU.
 """
@@ -41,6 +46,7 @@ class Hardware:
     # GPUs one NVLink domain joins: collectives and all-to-alls among them are costed on NVLink, beyond it on
     # the NIC; None: the node (an 8-GPU board's NVSwitch); a GB200 NVL72 rack: 72 over 18 hosts
     nvlink_domain: int | None = None
+    fp4_tflops: float | None = None  # peak dense FP4 (NVFP4); None: no FP4 tensor cores (before Blackwell)
 
     @property
     def domain(self) -> int:
@@ -67,6 +73,9 @@ B200_HBM = 183359 * MIB
 # NVIDIA/systems/tyche_ngpu256_ngc25.04_nemo.json
 # (the same in v5.1 @ 441d65f NVIDIA/systems/tyche_ngpu8_ngc25.09_nemo.json)
 GB200_HBM = 189471 * MIB
+# NVIDIA Blackwell Ultra GPU (GB300): mlcommons/training_results_v5.1 @ 441d65f NVIDIA/systems/theia_ngpu72_ngc25.09_nemo.json
+# (the same in theia_ngpu8 / theia_ngpu512)
+GB300_HBM = 284208 * MIB
 # A100-SXM4-80GB: the MLPerf v2.1-v4.0 systems give only "80 GB", no reported total was reached: the datasheet's.
 A100_HBM = 80e9
 
@@ -74,10 +83,14 @@ PRESETS = {
     "H100": Hardware("H100", 989.4, 1978.9, H100_HBM, 50.0, 50.0, 450.0),
     "H800": Hardware("H800", 989.4, 1978.9, H100_HBM, 50.0, 50.0, 160.0),  # assumed: H100's die and memory
     "H200": Hardware("H200", 989.4, 1978.9, H200_HBM, 50.0, 50.0, 450.0),
-    "B200": Hardware("B200", 2250.0, 4500.0, B200_HBM, 50.0, 50.0, 900.0),
+    "B200": Hardware("B200", 2250.0, 4500.0, B200_HBM, 50.0, 50.0, 900.0, fp4_tflops=9000.0),
     "A100": Hardware("A100", 312.0, None, A100_HBM, 25.0, 25.0, 300.0),
     # 4 GPUs a compute tray (the systems json's accelerators_per_node), 72 in the rack's NVLink domain
-    "GB200": Hardware("GB200", 2500.0, 5000.0, GB200_HBM, 50.0, 50.0, 900.0, gpus_per_node=4, nvlink_domain=72),
+    "GB200": Hardware("GB200", 2500.0, 5000.0, GB200_HBM, 50.0, 50.0, 900.0, gpus_per_node=4, nvlink_domain=72,
+                      fp4_tflops=10000.0),
+    # the GB200's tray and rack (4 GPUs a host, 72 a domain); an 800 Gb/s ConnectX-8 a GPU (Theia's systems json)
+    "GB300": Hardware("GB300", 2500.0, 5000.0, GB300_HBM, 100.0, 100.0, 900.0, gpus_per_node=4, nvlink_domain=72,
+                      fp4_tflops=15000.0),
 }
 
 

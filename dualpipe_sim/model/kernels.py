@@ -55,6 +55,9 @@ CURRENT_SCALING_KERNELS = 3  # zero, amax, scale (quantize); zero, scale, cast (
 # amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
 # (TE's FP8FwdTensors / FP8BwdTensors)
 AMAXES = {"forward": 3, "backward": 2}
+# Bytes an NVFP4 element takes (model.fp4 = "nvfp4"): a 4-bit E2M1 value and its share of the FP8 E4M3 scale of each
+# block of 16 (TE release_v2.8 NVFP4BlockScaling; the per-tensor FP32 scale is one value a tensor, not counted)
+NVFP4_BYTES = 0.5 + 1 / 16
 # Megatron's vocabulary cross-entropy, op by op on fp32 logits (kernels.head): bytes per logit beyond the 16-bit
 # logits read or written, and the kernels each pass launches
 CE_FORWARD_FP32_BYTES = 4 + 4 + (4 + 4) + (4 + 4) + 4 + (4 + 4)  # cast's write, max, subtract, exp, sum, divide
@@ -100,6 +103,7 @@ UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a ya
 # 16, 32 (every B200 row that reaches it runs NCCL_NVLS_ENABLE=0 and NCCL_MIN/MAX_CTAS 16 / 32); GB200: B200's
 # (carried over: the same 18 NVLink 5 links a GPU, to the rack's NVSwitch trays; the search on MNNVL was not read).
 TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32, "GB200": 32}
+TP_NCCL_CTAS["GB300"] = TP_NCCL_CTAS["GB200"]  # carried over: the same NVLink 5 links and NCCL settings (s17b)
 # Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): the ring's 24, or NVLS_NCHANNELS_SM90 = 16 where NCCL's
 # tuner runs the collective with NVLS (nccl_nvls.picks_nvls: a group of 3-8, by operation, bytes and release).
 TP_NCCL_RING_CTAS = {"H100": 24, "H200": 24}
@@ -221,6 +225,14 @@ class Layout:
     # parallel.expert_tensor: each expert's fc1 / fc2 split over this many ranks, the received rows all-gathered over
     # them (moe_mlp_block, _expert_tensor_collectives)
     expert_tensor: int = 1
+    # model.fp4 = "nvfp4": the FP8 linears' GEMMs and casts in NVFP4 (TE's NVFP4BlockScaling; derive sets fp8, current
+    # scaling and the transposes with it): KernelRates.gemm_fp4, NVFP4_BYTES an element
+    fp4: bool = False
+
+    @property
+    def low_bytes(self) -> float:
+        """Bytes an element of a low-precision linear's operand takes: FP8's 1, NVFP4's NVFP4_BYTES."""
+        return NVFP4_BYTES if self.fp4 else 1.0
 
     def recomputes(self, module: str) -> bool:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
@@ -289,7 +301,8 @@ class Table:
         low = self.lay.fp8 if fp8 is None else fp8
         t = self._gemm_time(self.r, m, n, k, low, groups, splits, sm_margin, out_bytes)
         sms = self.r.sms - sm_margin
-        shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (" fp8" if low else " bf16")
+        shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (
+            (" fp4" if self.lay.fp4 else " fp8") if low else " bf16")
         if splits > 1 or sm_margin:
             shape += f" ({splits} splits, {sms} SMs)" if splits > 1 else f" ({sms} SMs)"
         secs = t.seconds * splits
@@ -306,9 +319,11 @@ class Table:
                    out_bytes: float) -> gemm.GemmTime:  # fmt: skip
         """One GEMM (of ``splits``) on rates ``r``: told ``sm_margin``, not told ``r.held_sms`` (rates.held)."""
         rates = r.gemm_fp8 if low and r.gemm_fp8 is not None else r.gemm_bf16
+        if low and self.lay.fp4:  # derive refuses model.fp4 on a GPU without gemm_fp4
+            rates = r.gemm_fp4
         sms = r.sms - sm_margin
         rates = replace(rates, peak=rates.peak * sms / r.sms)
-        return gemm.time(-(-m // splits), n, k, rates, sms, r.hbm, 1.0 if low else 2.0, groups, out_bytes,
+        return gemm.time(-(-m // splits), n, k, rates, sms, r.hbm, self.lay.low_bytes if low else 2.0, groups, out_bytes,
                          r.held_sms, r.gemm_schedule)  # fmt: skip
 
     @contextmanager
@@ -489,18 +504,23 @@ class Table:
 
     def cast(self, name: str, comp: str, elems: float, groups: int = 1) -> None:
         """FP8 cast + transpose of one bf16 tensor in one kernel (Transformer Engine's cast_transpose: read 2 B,
-        write 1 B twice; without transposes, write once); with current scaling its amax pass first (``groups``:
-        tensors quantized one by one, as GroupedLinear's experts)."""
+        write 1 B twice; without transposes, write once; NVFP4: NVFP4_BYTES a copy); with current scaling its amax
+        pass first (``groups``: tensors quantized one by one, as GroupedLinear's experts)."""
         if self.lay.fp8:
             self.memory(name, comp, (2.0 + self.fp8_writes) * elems)
             self.amax(name.removesuffix(" cast"), comp, elems, groups)
 
     @property
-    def fp8_writes(self) -> float:
-        """Bytes an FP8 cast writes per element: the row-wise data and, where TE makes transposes, the
-        column-wise (transposed) copy in the same kernel; with autograd off none (09ba842 ``cast_to_fp8`` where
-        training calls ``fp8_cast_transpose_fused``; release_v2.8 ``columnwise_usage = is_grad_enabled and ...``)."""
+    def fp8_copies(self) -> float:
+        """Copies an FP8 cast writes: the row-wise data and, where TE makes transposes, the column-wise (transposed)
+        copy in the same kernel; with autograd off none (09ba842 ``cast_to_fp8`` where training calls
+        ``fp8_cast_transpose_fused``; release_v2.8 ``columnwise_usage = is_grad_enabled and ...``)."""
         return 2.0 if self.lay.fp8_transpose and not self.lay.evaluation else 1.0
+
+    @property
+    def fp8_writes(self) -> float:
+        """Bytes an FP8 cast writes per element: its copies at 1 byte (NVFP4: NVFP4_BYTES, Layout.low_bytes)."""
+        return self.fp8_copies * self.lay.low_bytes
 
     def amax(self, name: str, comp: str, elems: float, groups: int = 1, reduce: bool = False) -> None:
         """Current scaling's amax of a 16-bit tensor before its cast: zero the amax, read the tensor once,
@@ -521,7 +541,7 @@ class Table:
         (cast_transpose; nothing more without transposes)."""
         if not self.lay.current_scaling:
             return
-        writes = self.fp8_writes if transposed else 1.0
+        writes = self.fp8_writes if transposed else self.lay.low_bytes
         self.memory(name, comp, elems * (self.lay.act_bytes + writes), CURRENT_SCALING_KERNELS)
         if reduce:
             self.tp_amax_all_reduce(comp)
@@ -548,9 +568,9 @@ class Table:
 
     def transpose(self, name: str, comp: str, elems: float) -> None:
         """Transformer Engine's ``fp8_transpose`` of an FP8 tensor a wgrad GEMM needs: read 1 B, write 1 B
-        (none where TE makes no transposes)."""
+        (NVFP4: NVFP4_BYTES each; none where TE makes no transposes)."""
         if self.lay.te_fp8 and self.lay.fp8_transpose:
-            self.memory(name, comp, 2.0 * elems)
+            self.memory(name, comp, 2.0 * self.lay.low_bytes * elems)
 
     def norm_output_fused_transpose(self) -> bool:
         """Whether a LayerNormLinear / LayerNormMLP input cast writes the wgrad's transpose itself: with current
@@ -578,7 +598,7 @@ class Table:
         if bias:
             self.memory(f"{prefix}bias gradient", comp, lay.norm_tokens * h * ab)
         self.amax(f"{prefix}grad", comp, lay.norm_tokens * h, reduce=True)
-        self.memory(f"{prefix}grad cast", comp, lay.norm_tokens * h * (ab + 1))
+        self.memory(f"{prefix}grad cast", comp, lay.norm_tokens * h * (ab + lay.low_bytes))
         self.transpose(f"{prefix}grad transpose (wgrad)", wcomp, lay.tokens * h)
 
 
@@ -610,7 +630,7 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
     cfg, lay = tb.cfg, tb.lay
     h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
     a_t = cfg.num_heads // t
-    low = 1.0 if lay.fp8 else ab
+    low = lay.low_bytes if lay.fp8 else ab
     projections = _attention_shapes(cfg, t)
     eager = cfg.eager_attention  # scores materialised (Megatron's fused softmax), as activations.py counts
     keys = flops.attention_keys(cfg, i, lay.seq)
@@ -763,7 +783,7 @@ def _input_projection_grads(tb: Table, comp: str, wcomp: str, shapes: list[tuple
     tp_grad_all_reduce."""
     lay, h = tb.lay, tb.cfg.hidden_size
     n = lay.tokens
-    low = 1.0 if lay.fp8 else lay.act_bytes
+    low = lay.low_bytes if lay.fp8 else lay.act_bytes
     (name, m, inp, out), rest = shapes[0], shapes[1:]
 
     def wgrads() -> None:
@@ -816,7 +836,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     h, t, n, ab = cfg.hidden_size, lay.tensor, lay.tokens, lay.act_bytes
     f = (width or cfg.intermediate_size) // t
     up = 2 * f if cfg.ffn == "swiglu" else f
-    low = 1.0 if lay.fp8 else ab
+    low = lay.low_bytes if lay.fp8 else ab
     te = lay.te_fp8 and not prefix  # Transformer Engine's LayerNormMLP (shared experts are plain TE linears)
     # current scaling: LayerNormMLP's norm and activation write 16 bits with the amax, then a cast of their own
     fused_out = ab if te and lay.current_scaling else low
@@ -912,7 +932,7 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     fl, rows = fe // etp, n * k * etp
     local = max(1, E // e)
     m = max(1, round(n * k * e * etp / E))  # tokens per local expert, balanced routing
-    low = 1.0 if lay.fp8 else ab
+    low = lay.low_bytes if lay.fp8 else ab
     # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
     launches = local if lay.expert_streams == 1 else 1
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute or whole_moe else ())

@@ -62,6 +62,9 @@ class KernelRates:
     # The NCCL release the run linked, (major, minor, patch) (hardware.nccl_version): which of NCCL's tuning rules
     # collectives.py applies; None: v2.18.5's
     nccl: tuple[int, int, int] | None = None
+    # NVFP4 GEMMs (model.fp4 = "nvfp4": E2M1 values, an E4M3 scale a block of 16, cuBLASLt as Transformer Engine
+    # runs them); None: no FP4 tensor cores (before Blackwell)
+    gemm_fp4: GemmRates | None = None
 
     def __post_init__(self) -> None:
         if self.gemm_schedule not in SCHEDULES:
@@ -120,7 +123,7 @@ class KernelRates:
         by the ratio of the given peak to the preset's."""
         g = lambda r: None if r is None else replace(r, peak=r.peak * compute)  # noqa: E731
         return replace(self, gemm_bf16=g(self.gemm_bf16), gemm_fp8=g(self.gemm_fp8),
-                       gemm_fp8_deepgemm=g(self.gemm_fp8_deepgemm),
+                       gemm_fp8_deepgemm=g(self.gemm_fp8_deepgemm), gemm_fp4=g(self.gemm_fp4),
                        attention_forward=self.attention_forward * compute,
                        attention_backward=self.attention_backward * compute, hbm=self.hbm * memory,
                        attention_fa2=_scaled_table(self.attention_fa2, compute),
@@ -220,6 +223,9 @@ PRESETS: dict[str, KernelRates] = {
                         1591e12, 1323e12, 2790.0, _B200_HBM, _B200_FLOOR, 620e9, _NIC_NDR, _LATENCY,
                         attention_seq_half_backward=3660.0,
                         attention_fa2=(452e12, 397e12, 1020.0, 2170.0),
+                        # NVFP4: pytorch/ao#2427's B200 sweep (torch._scaled_mm -> cuBLASLt, 1024^3 .. 8192^3;
+                        # tests/data/kernels/ao2427_b200_nvfp4.csv), peak fitted with sm_100's floor and k_overhead 0
+                        gemm_fp4=GemmRates(5510e12, 0.0, 5.25e-6),
                         # sm_100: tiles taken dynamically (Cluster Launch Control, CUTLASS's sm_100 scheduler; docs/model.md)
                         gemm_schedule="dynamic"),  # fmt: skip
     # sm_80: Azure's A100-SXM4-80GB kernel measurements (cuBLASLt FP16 GEMMs after 10,000 warm-up iterations,
@@ -250,3 +256,14 @@ PRESETS["B200"] = sustained_attention(B200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 # floor (cccl#7391; GB200's HBM3e is the same 8 TB/s), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; the one
 # 72-GPU figure reached, coreweave/nccl-tests#43's all-reduce, is not below it at 1-2 GiB), the NIC (a 400 Gb/s CX7 a GPU)
 PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72)
+# GB300 (NVL72): the Blackwell Ultra GPU in the GB200's rack (docs/model.md, "GB300 NVL72"). GB300's own figures: the
+# NIC (one 800 Gb/s ConnectX-8 a GPU: the NDR figure's 47 of 50 GB/s, doubled; assumed, no XDR nccl-tests figure was
+# reached) and its NVFP4 GEMMs. The latter are an ASSUMPTION, a datasheet ratio: GB200's (B200's measured table) times
+# GB300 / GB200 dense FP4 (15,000 / 10,000 TFLOP/s, the NVL72 datasheets), as no large-shape GB300 NVFP4 table was
+# reached (flashinfer#2303's sm_103 rows stop at 256 rows). The rest is GB200's carried over: BF16 and FP8 GEMMs (the
+# same 2,500 / 5,000 dense peaks), attention (the datasheet's "2x attention" is not modelled: no GB300 table), HBM
+# (8 TB/s both), the floor, NVLink 5, 148 SMs (no GB300 SM count from a device query was reached)
+GB300_FP4_OVER_GB200 = 15000 / 10000
+PRESETS["GB300"] = replace(PRESETS["GB200"], name="GB300", nic_bus=2 * _NIC_NDR,
+                           gemm_fp4=replace(PRESETS["GB200"].gemm_fp4,
+                                            peak=PRESETS["GB200"].gemm_fp4.peak * GB300_FP4_OVER_GB200))

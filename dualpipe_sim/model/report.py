@@ -192,7 +192,7 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
         + (f", {cfg.mtp_layers} MTP module(s)" if cfg.mtp_layers else "")
         + (f", attention: {len(cfg.sliding_layers)} sliding-window ({cfg.sliding_window} keys) and "
            f"{cfg.num_layers - len(cfg.sliding_layers)} full layers" if cfg.sliding_layers else "")
-        + (", FP8 linears" if cfg.fp8 else ""),
+        + ((", NVFP4 linears" if st.fp4 else ", FP8 linears") if cfg.fp8 else ""),
         f"parameters: total {_b(s['parameters_total'])} (main model"
         + (", without MTP" if cfg.mtp_layers else "") + f"), activated per token {_b(s['parameters_activated'])}"
         # a lookup, not a matmul (docs/model.md); model cards' "activated" figures often count it
@@ -377,6 +377,7 @@ def explain_lines(d: Derived) -> list[str]:
             f"  times from kernels on {r.name} (docs/model.md, 'Kernel-level costs'): GEMMs by tile/wave model "
             f"({r.sms} SMs, achievable {r.gemm_bf16.peak / 1e12:g} TFLOP/s BF16"
             + (f", {r.gemm_fp8.peak / 1e12:g} FP8" if r.gemm_fp8 else "")
+            + (f", {r.gemm_fp4.peak / 1e12:g} NVFP4" if r.gemm_fp4 and st.fp4 else "")
             + f"), flash attention {r.attention_forward / 1e12:g} / {r.attention_backward / 1e12:g} TFLOP/s "
             f"forward / backward at long sequences, memory-bound kernels at {r.hbm / 1e12:.3g} TB/s, "
             f"every kernel at least {r.floor * 1e6:g} us; collectives {r.latency * 1e6:g} us + bytes / "

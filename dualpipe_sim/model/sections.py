@@ -146,6 +146,11 @@ class ModelSection(BaseModel):
     # any GPU: FP8 GEMMs in the TN layout only), "none" (TE 2.x on Blackwell: nvte_is_non_tn_fp8_gemm_supported, the
     # GEMMs read the row-wise data), "derived" (none on a B200, else kept); docs/model.md, "FP8 transposes"
     fp8_transpose: Literal["derived", "kept", "none"] = "derived"
+    # NVFP4 linears (Megatron-core --fp4-format e2m1 --fp4-recipe nvfp4; NeMo FP4=True, FP4_RECIPE=nvfp4): Transformer
+    # Engine's NVFP4BlockScaling runs every linear's fprop, dgrad and wgrad GEMM in NVFP4 and casts their operands to it
+    # (per-tensor amax each cast, the column-wise copy written beside); Blackwell presets only; docs/model.md, "NVFP4
+    # GEMMs and casts". "none": FP8 or BF16 as model.fp8 says
+    fp4: Literal["none", "nvfp4"] = "none"
 
     @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "embed_layernorm", "fp8_params", mode="before")
     @classmethod
