@@ -137,13 +137,14 @@ def test_moe_layer_model_below_every_measurement(monkeypatch):
 
 def test_moe_layer_measurements_have_a_floor_the_model_lacks(monkeypatch):
     """The measured DeepEP layer does not follow its work: with 128 experts no case runs under 9.04 ms (top-2, whose
-    work the model puts at 2.53 ms with the backward's host share, s17g), while the model spans 2.53-14.18 ms over the same cases; the two cases with
+    work the model puts at 2.60 ms with the backward's host share, s17g, and DeepEP's forward stream waits, s17i), while
+    the model spans 2.60-14.18 ms over the same cases; the two cases with
     the most work (Qwen3-235B's shape, 4 x the tokens) are the only ones the model puts above 9 ms. Short-run fit."""
     short_run_h100(monkeypatch)
     rows = [r for r in kernel_table(DATA / "marin3666_h100_moe_layer.csv") if r["experts"] == "128"]
     measured = {r["case"]: float(r["deepep_ms"]) for r in rows}
     model = {r["case"]: moe_layer_ms(r, "deepep") for r in rows}
     assert min(measured.values()) == 9.04
-    assert min(model.values()) == pytest.approx(2.53, abs=0.01)
+    assert min(model.values()) == pytest.approx(2.60, abs=0.01)
     assert max(model.values()) == pytest.approx(14.18, abs=0.01)
     assert {c for c, ms in model.items() if ms > 9.0} == {"qwen3_235b_a22b_anchor", "qwen3_batch_mb4"}

@@ -8,7 +8,9 @@ with the activations.
   rows take it over there).
 * **All-to-all**: each phase of an MoE layer holds a send and a receive buffer of
   the micro-batch's routed token copies (``2 x tokens / tensor x top-k x
-  hidden``, FP8 where the phase carries FP8) while it runs.
+  hidden``, FP8 where the phase carries FP8) while it runs.  At expert tensor
+  parallelism ETP > 1 a phase also holds the rows gathered over the ETP group
+  and the fp32 reduce-scatter's tensors (``etp_phase_bytes``).
 
 The activation rows (trace.memory) and these intervals are summed over time per
 rank; ``joint`` is that sum's peak, which is what the rank's total adds (the
@@ -22,6 +24,7 @@ import numpy as np
 from ..schedules.components import Component
 from ..engine.trace import A2A, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
+from .kernels import PROB_BYTES
 
 _FP8_PHASES = (Component.dispatch_forward, Component.combine_backward)  # FP8 in an FP8 model (DeepSeek-V3 Sec. 3.3.2)
 
@@ -37,7 +40,40 @@ def a2a_bytes(st: Setup) -> dict[int, float]:
     copies = st.tokens / st.sharding.tensor * cfg.experts_per_token * cfg.hidden_size
     fp8 = 1.0 + FP8_SCALE_OVERHEAD if cfg.fp8 else st.act_bytes
     phases = (Component.dispatch_forward, Component.combine_forward, Component.dispatch_backward, Component.combine_backward)
+    etp = st.sharding.expert_tensor
+    if etp > 1:
+        held = etp_phase_bytes(copies, etp, fp8, st.act_bytes, st.dispatcher == "deepep")
+        return {int(c): held[c.name] for c in phases}
     return {int(c): 2 * copies * (fp8 if c in _FP8_PHASES else st.act_bytes) for c in phases}
+
+
+def etp_phase_bytes(r: float, etp: int, low: float, ab: float, deepep: bool) -> dict[str, float]:
+    """Bytes one rank holds at the peak of each all-to-all phase at ETP > 1, for ``r`` received row elements
+    (tokens / tensor x top-k x hidden; ``low``: the FP8 phases' bytes an element, ``ab`` the others').  Each phase's
+    tensors as NVIDIA/Megatron-LM @ 1e05700 token_dispatcher.py allocates them, largest step of the phase:
+
+    * alltoall dispatcher, dispatch (lines 497-535): the send and the receive, then the receive all-gathered over
+      the ETP group into ``etp`` x r while both are referenced: (2 + etp) r;
+    * its combine (622-640): the experts' output (etp x r, the phase's input, as the send is at ETP 1), cast to the
+      probabilities' fp32 (``kernels.PROB_BYTES``) for the reduce-scatter, whose r output is alive with it; then
+      the cast back (the send) and the receive: etp r ab + max((etp + 1) r 4, 2 r ab); no cast where ab is 4 B;
+    * their backwards, autograd's mirrors, each gradient freed once its node ran: the gathered rows' gradient
+      reduce-scattered, (etp + 1) r ab, then the all-to-all's 2 r ab; the combine's all-to-all (2 r low), then its
+      fp32 gradient all-gathered and cast down, etp r (4 + ab);
+    * DeepEP (MoEFlexTokenDispatcher over tp_ep, lines 943-990: each row sent to its experts' ``etp`` ranks): a
+      rank receives etp x r and sends r (its backward the other way round), (1 + etp) r each phase, no gather.
+    """
+    q = PROB_BYTES
+    if deepep:
+        return {"dispatch_forward": (1 + etp) * r * low, "combine_forward": (1 + etp) * r * ab,
+                "dispatch_backward": (1 + etp) * r * ab, "combine_backward": (1 + etp) * r * low}  # fmt: skip
+    cast = ab != q  # the reduce-scatter in fp32 copies the rows unless they are fp32 already
+    return {
+        "dispatch_forward": (2 + etp) * r * low,
+        "combine_forward": etp * r * ab + max(((etp if cast else 0) + 1) * r * q, 2 * r * ab),
+        "dispatch_backward": (etp + 1) * r * ab,  # the reduce-scatter's step; the all-to-all's 2 r ab is less
+        "combine_backward": max(2 * r * low, (etp + 1) * r * q, etp * r * (q + ab) if cast else 0.0),
+    }
 
 
 def _peaks(ranks: int, rank: np.ndarray, time: np.ndarray, delta: np.ndarray) -> list[float]:

@@ -391,7 +391,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  tuple(sorted(par.tp_overlap_sms.items())), tuple(sorted(set(par.tp_overlap_atomic))),
                  m.host_overhead_us * 1e-6 if rates is not None else 0.0, m.moe_dispatcher,
                  par.sync_tp_duplicated_parameters, m.alibi,
-                 cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek",
+                 deepseek_runtime(scenario, cfg),
                  m.cross_entropy, m.fp8_recipe == "current" or m.fp4 != "none", transpose,
                  tuple(sorted(set(par.tp_overlap_not_told))),
                  grads_averaged=scenario.step is not None and scenario.step.average_in_collective,
@@ -406,6 +406,11 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
                  rope_fusion=m.rope_fusion, fp4=m.fp4 != "none")  # fmt: skip
+
+
+def deepseek_runtime(scenario, cfg: ModelConfig) -> bool:
+    """DeepSeek's own runtime (Setup.deepseek_kernels): an FP8 model on DeepGEMM with DeepSeek's recompute."""
+    return cfg.fp8 and scenario.model.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek"
 
 
 def expert_tensor(scenario, cfg: ModelConfig, hw, rates) -> int:
@@ -431,8 +436,7 @@ def expert_tensor(scenario, cfg: ModelConfig, hw, rates) -> int:
     if hw is not None and rates is None:
         raise ModelError(f"parallel.expert_tensor: more than 1 is costed by the kernel model only (a hardware.preset "
                          f"and no hardware.efficiency), got {etp}")  # fmt: skip
-    m = scenario.model
-    if cfg.fp8 and m.fp8_gemm == "deepgemm" and scenario.recompute() == "deepseek":
+    if deepseek_runtime(scenario, cfg):
         raise ModelError(f"parallel.expert_tensor: DeepSeek's runtime (model.fp8_gemm = \"deepgemm\", recompute "
                          f"\"deepseek\") keeps each expert whole; must be 1, got {etp}")  # fmt: skip
     if par.zero >= 3:

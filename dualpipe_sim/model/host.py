@@ -39,6 +39,16 @@ _CALLS = {
     "experts swiglu": 1,
     "permute row-id map": 2,  # TE's make_row_id_map: its two Triton kernels (its torch.empty calls launch none)
 }
+# DeepEP's Buffer (deepseek-ai/DeepEP csrc/deep_ep.cpp @ aae9fa9) waits onto its comm stream before its kernels and
+# back after them (Megatron-core's fused_a2a.py @ 1e05700 passes previous_event=None, async_finish=False):
+# ``stream_wait`` records an event on one stream and makes the other wait on it, two calls (csrc/event.hpp 34-41)
+STREAM_WAIT = 2
+DEEPEP_LAYOUT = STREAM_WAIT + 1 + STREAM_WAIT  # get_dispatch_layout: in, its kernel, back (lines 234-271)
+# a call with the handle (the combine, and both backwards): in, the cached notify, the data kernel, back
+# (intranode_combine 537-598; intranode_dispatch's cached mode 370-392, 472-495)
+DEEPEP_CACHED = STREAM_WAIT + 2 + STREAM_WAIT
+# the forward's all-to-all rows: the dispatch's data kernel after the poll, then the wait back; the combine
+DEEPEP_A2A = {"dispatch_forward": 1 + STREAM_WAIT, "combine_forward": DEEPEP_CACHED}
 
 
 @dataclass(frozen=True)
@@ -97,9 +107,10 @@ def _dispatch(dispatcher: str) -> tuple[list[Step], list[Step]]:
     """The dispatcher's own calls around the all-to-all and where it syncs (Megatron-core @ 1e057005,
     moe/token_dispatcher.py, moe/fused_a2a.py; DeepEP csrc/deep_ep.cpp): (before the dispatch, after it)."""
     if dispatcher == "deepep":
-        # _DeepepManager.setup_metadata: topk; FusedDispatch: get_dispatch_layout, then buffer.dispatch's
-        # notify kernel, after which the CPU polls for the received counts
-        before = [Step("deepep: top-k indices, dispatch layout, notify", 3, 0.0, sync=True)]
+        # _DeepepManager.setup_metadata: topk; FusedDispatch: get_dispatch_layout with its stream waits, then
+        # buffer.dispatch's wait onto DeepEP's stream (deep_ep.cpp @ aae9fa9 lines 228-271, 365-372); its notify
+        # kernel is the token-counts row, after which the CPU polls for the received counts (forward_steps)
+        before = [Step("deepep: top-k indices, dispatch layout, the dispatch's stream wait", 1 + DEEPEP_LAYOUT + 2, 0.0)]
         # get_permuted_hidden_states_by_experts, _indices_to_multihot without the experimental fused kernel
         # (ENABLE_EXPERIMENTAL = False at 1e057005): boolean-mask indexing twice and repeat_interleave with a
         # tensor of repeats, each reading a size back to the host
@@ -115,12 +126,20 @@ def _dispatch(dispatcher: str) -> tuple[list[Step], list[Step]]:
     return before, []
 
 
+DISPATCH_EXTRAS = ("probs all-to-all", "etp all-gather", "etp probs all-gather")
+
+
 def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int,
                   dispatcher: str) -> list[Step]:  # fmt: skip
     """One MoE layer's forward in launch order, from just after its last sync round to the same point in
     the next layer (the layers repeat, so the tail of this layer stands for the previous one's)."""
     fwd = [k for k in rows if k.component in ("attn_forward", "mlp_forward")]
-    step = lambda k: Step(k.name, calls(k, tensor, expert_streams, local_experts), k.seconds)  # noqa: E731
+
+    def step(k) -> Step:
+        deepep = dispatcher == "deepep" and k.name == "all-to-all"  # its data kernels and stream waits (DEEPEP_A2A)
+        return Step(k.name, DEEPEP_A2A[k.component] if deepep else calls(k, tensor, expert_streams, local_experts),
+                    k.seconds)  # fmt: skip
+
     attn = [step(k) for k in fwd if k.component == "attn_forward"]
     mlp = [step(k) for k in fwd if k.component == "mlp_forward"]
     a2a = {k.component: k for k in rows if k.name == "all-to-all"}
@@ -128,12 +147,17 @@ def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: i
     cut = next((i for i, s in enumerate(mlp) if s.label in ("permute row-id map", "permute", "sort by local expert")),
                len(mlp))
     before, after = _dispatch(dispatcher)
+    # DeepEP: the notify kernel (the counts row) after the layout, then the host polls the received counts
+    counted = (before + counts + [Step("deepep: the host polls the received counts", 0, 0.0, sync=True)]
+               if dispatcher == "deepep" else counts + before)  # fmt: skip
     send = [step(a2a["dispatch_forward"])] if "dispatch_forward" in a2a else []
-    send += [step(k) for k in rows if k.name == "probs all-to-all" and k.component == "dispatch_forward"]
-    back = [step(a2a["combine_forward"])] if "combine_forward" in a2a else []
+    # the probabilities' all-to-all; at ETP > 1 the rows' and probabilities' all-gathers (kernels._all_to_all)
+    send += [step(k) for k in rows if k.component == "dispatch_forward" and k.name in DISPATCH_EXTRAS]
+    back = [step(k) for k in rows if k.component == "combine_forward" and k.name == "etp reduce-scatter"]
+    back += [step(a2a["combine_forward"])] if "combine_forward" in a2a else []
     tail = mlp[cut:]
     combine_at = next((i for i, s in enumerate(tail) if s.label == "residual add"), len(tail))
-    order = (attn + mlp[:cut] + counts + before + send + after + tail[:combine_at] + back + tail[combine_at:])
+    order = (attn + mlp[:cut] + counted + send + after + tail[:combine_at] + back + tail[combine_at:])
     last = max((i for i, s in enumerate(order) if s.sync), default=len(order) - 1)
     return order[last + 1:] + order[:last + 1]
 

@@ -35,7 +35,6 @@ _CALLS = {
 }
 # autograd sums the two gradients where the residual stream feeds a norm and the skip: before each block
 GRAD_SUMS = 2
-DEEPEP_EVENTS = 4  # stream_wait into and out of DeepEP's stream: an event record and a wait each (deep_ep.cpp)
 
 
 def calls(row, tensor: int, expert_streams: int, local_experts: int, dispatcher: str) -> int:
@@ -43,7 +42,7 @@ def calls(row, tensor: int, expert_streams: int, local_experts: int, dispatcher:
     if row.name in _CALLS:
         return local_experts if row.name == "experts swiglu backward" and expert_streams == 1 else _CALLS[row.name]
     if row.name == "all-to-all" and dispatcher == "deepep":
-        return 2 + DEEPEP_EVENTS  # cached notify + the data kernel (the handle's layout), in and out of its stream
+        return host.DEEPEP_CACHED  # cached notify + the data kernel (the handle's layout), in and out of its stream
     n = re.search(r"\((\d+) kernels\)", row.shape)
     return int(n.group(1)) if n and row.kind == "memory" else host.calls(row, tensor, expert_streams, local_experts)
 
