@@ -19,7 +19,7 @@ import pytest
 
 from helpers import cli_error, tiny_llama_toml
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import derive, kernels
+from dualpipe_sim.model import derive, kernels, placement
 from dualpipe_sim.model.rates import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +107,13 @@ def test_deepep_sends_each_row_to_the_experts_etp_ranks():
 
 def test_ep_group_crosses_a_node_at_tp4_etp4_ep8():
     # ranks numbered ETP innermost: an EP group is 4 x 8 = 32 consecutive ranks, 2 of them on each 8-GPU node
-    assert kernels.expert_placement(8, 4, 8) == (2, 4)
-    assert kernels.expert_placement(8, 1, 8) == (8, 1)  # ETP 1: the node's 8 GPUs
-    assert kernels.expert_placement(4, 2, 8) == (4, 1)  # 2 x 4 = 8 fits one node
+    def ep(tensor, data, expert, etp):  # (EP ranks in one node, nodes), placement.group's answer (s17a2)
+        where = placement.group("ep", placement.DEFAULT_ORDER, 8, tensor, 1, data, 1, expert, etp)
+        return where.per_node, where.domains
+
+    assert ep(4, 8, 8, 4) == (2, 4)
+    assert ep(4, 2, 8, 1) == (8, 1)  # ETP 1: the node's 8 GPUs
+    assert ep(2, 4, 4, 2) == (4, 1)  # 2 x 4 = 8 fits one node
     rows = _rows(tensor=4, expert=8, expert_tensor=4)
     a2a = _by_name(rows, "all-to-all")["dispatch_forward"]
     # NCCL's all-to-all over 4 nodes: 1,024 tokens x 8 copies, 3 / 4 of them bound for another node, 4096 x 2 B

@@ -55,7 +55,9 @@ def test_layout_is_each_setups_own():
     other = replace(st, sharding=replace(st.sharding, tensor=4, expert=4))
     assert (other.layout.tensor, other.layout.expert) == (4, 4)
     assert (st.layout.tensor, st.layout.expert) == (2, 8)
-    assert other.layout == replace(first, tensor=4, expert=4)
+    # and the groups placed for its degrees (placement.group: TP 4, EP 4)
+    assert other.layout == replace(first, tensor=4, expert=4, places=other.kernel_places())
+    assert dict(other.layout.places)["tp"].size == 4 and dict(other.layout.places)["ep"].size == 4
 
 
 def test_amax_reduction_counts_each_layers_modules():

@@ -193,4 +193,4 @@ def moe_layer(tb: Table) -> None:
     tb.memory("grad cast (FP8 dispatch)", "combine_backward", n * h * ROW_CAST)
     for comp in ("combine_forward", "dispatch_backward", "combine_backward"):
         tb.comm("cached notify", comp, "all_gather", E * 8.0 * lay.expert, lay.expert,
-                "nvlink" if lay.expert <= tb.r.nvlink_domain else "nic")  # fmt: skip
+                tb.group("ep").link)  # fmt: skip

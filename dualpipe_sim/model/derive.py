@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 
 from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, megatron_lm, memory, params
-from . import nemo_loss, recompute, unused_keys
+from . import nemo_loss, placement, recompute, unused_keys
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
@@ -91,6 +91,14 @@ class Setup:
     dp_grouped: bool = False  # the data-parallel buckets go to NCCL as one group: apex's (step.param_gather = "apex")
     rope_fusion: bool = True  # model.rope_fusion (false: rope.py's eager kernels)
     fp4: bool = False  # model.fp4 = "nvfp4": the linears' GEMMs and casts in NVFP4 (kernels.Layout.fp4)
+    rank_order: str = placement.DEFAULT_ORDER  # parallel.rank_order
+    pipeline: int = 1  # pipeline ranks (pipeline_ranks)
+
+    def group(self, kind: str) -> placement.Group:
+        """Where the run's groups of ``kind`` sit in its NVLink domains (placement.group; needs the kernel rates)."""
+        sh = self.sharding
+        return placement.group(kind, self.rank_order, self.rates.nvlink_domain, sh.tensor, self.context,
+                               sh.data // self.context, self.pipeline, sh.expert, sh.expert_tensor)
 
     @property
     def ring_serial(self) -> bool:
@@ -121,7 +129,22 @@ class Setup:
                               grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm, fp4=self.fp4,
                               rope_fusion=self.rope_fusion,
                               deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
-                              expert_tensor=self.sharding.expert_tensor)  # fmt: skip
+                              expert_tensor=self.sharding.expert_tensor, places=self.kernel_places())  # fmt: skip
+
+    def kernel_places(self) -> tuple[tuple[str, placement.Group], ...]:
+        """The groups the kernels read (kernels.Layout.places): the tensor, context, expert and expert-tensor groups,
+        the amax group, and the loss's data-parallel groups where a training loop's loss rows are costed."""
+        if self.rates is None:
+            return ()
+        kinds = ["tp", "cp", "tp-cp", "ep"] + (["dp", "dp-cp"] if self.megatron_lm_loop or self.nemo_loss else [])
+        kinds += ["etp"] if self.sharding.expert_tensor > 1 else []  # ETP 1: no ETP collectives to place
+        places = [(kind, self.group(kind)) for kind in kinds]
+        inner = self.sharding.tensor * self.context
+        if self.amax_group > self.sharding.tensor:  # tensor x data x context, as many as amax_group counts
+            places.append(("tp-dp-cp", placement.group("tp-dp-cp", self.rank_order, self.rates.nvlink_domain,
+                                                       self.sharding.tensor, self.context, self.amax_group // inner,
+                                                       self.pipeline)))  # fmt: skip
+        return tuple(places)
 
 
 @dataclass(frozen=True)
@@ -405,7 +428,48 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
-                 rope_fusion=m.rope_fusion, fp4=m.fp4 != "none")  # fmt: skip
+                 rope_fusion=m.rope_fusion, fp4=m.fp4 != "none",
+                 rank_order=par.rank_order, pipeline=pipeline_ranks(scenario) if S == scenario.pipeline.stages
+                 else run_gpus(scenario, S) // (par.tensor * par.data * par.context))  # fmt: skip
+
+
+def pipeline_ranks(scenario) -> int:
+    """The pipeline ranks of the scenario's schedule (the stages' when it cannot be built)."""
+    held = stage_ranks(scenario)
+    return len(set().union(*held)) if held else scenario.pipeline.stages
+
+
+def stage_ranks(scenario) -> list[set[int]] | None:
+    """The pipeline ranks holding each stage (two for DualPipe's and Chimera's two directions), read
+    off the scenario's own schedule; None when it cannot be built (the run refuses it in its own words)."""
+    p = scenario.pipeline
+    options = tuple(sorted(scenario.options().items()))
+    # Which rank holds a stage does not depend on the micro-batch count (tests/test_step_sync_terms.py
+    # checks every family): build the fewest micro-batches a family accepts (128 x 256 took ~40 ms).
+    for m in dict.fromkeys((1, 2, p.stages, 2 * p.stages, p.microbatches)):
+        held = _ranks_holding(p.schedule, p.stages, m, options)
+        if held is not None:
+            return [set(ranks) for ranks in held]
+    return None
+
+
+@lru_cache(maxsize=256)
+def _ranks_holding(name: str, stages: int, microbatches: int, options: tuple) -> tuple[frozenset[int], ...] | None:
+    """Per stage, the ranks of ``name`` built at ``microbatches`` with ``options`` (sorted (name, value)
+    pairs) that hold it; None when the family refuses that count.  Cached on all it reads: a plan asks
+    for the same few shapes thousands of times (each step figure of each candidate)."""
+    from ..schedules import registry
+    from ..schedules.ir import ScheduleError
+
+    try:
+        schedule = registry.build(name, stages, microbatches, **dict(options))
+    except ScheduleError:
+        return None
+    held = [set() for _ in range(stages)]
+    for rank, on_rank in enumerate(schedule.stages_on_rank()):
+        for s in on_rank:
+            held[s].add(rank)
+    return tuple(frozenset(ranks) for ranks in held)
 
 
 def deepseek_runtime(scenario, cfg: ModelConfig) -> bool:
@@ -946,16 +1010,15 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     collectives, extra_times and the layers' parameters (or None each)."""
     cfg, sh, hw = st.cfg, st.sharding, st.hw
 
-    def collective(op: str, nbytes: float, ranks: float) -> float:
+    def collective(op: str, nbytes: float, ranks: float, kind: str) -> float:
         if st.rates is None:
             return fsdp.ring_ms(nbytes, ranks, hw.a2a_gbps)
-        link = "nvlink" if sh.tensor * sh.data <= st.rates.nvlink_domain else "nic"
-        return collectives.time(op, nbytes, int(ranks), st.rates, link) * 1e3
+        return collectives.time(op, nbytes, int(ranks), st.rates, st.group(kind).link) * 1e3
 
     def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
         def ms(op: str, per_param: float) -> float:
-            return (collective(op, per_param * dense / sh.tensor, sh.data)
-                    + collective(op, per_param * routed / sh.routed_ranks, sh.expert_data))  # fmt: skip
+            return (collective(op, per_param * dense / sh.tensor, sh.data, "dp-cp")
+                    + collective(op, per_param * routed / sh.routed_ranks, sh.expert_data, "edp"))  # fmt: skip
 
         gather, reduce = _get(sync_tab, (dense, routed),
                               lambda: (ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes)))

@@ -28,11 +28,12 @@ docs/model.md ("Kernel-level costs") lists every kernel and its source.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, nccl_nvls, params, recompute, rope
+from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, nccl_nvls, params, placement, recompute, rope
 from .config import ModelConfig
 from .flops import causal_keys
 from .rates import KernelRates
@@ -114,7 +115,7 @@ def tp_nccl_ctas(rates: KernelRates, group: int, op: str, nbytes: float) -> int:
     """SMs an NCCL collective ``op`` of ``nbytes`` over a tensor group of ``group`` ranks inside a node holds
     (TP_NCCL_CTAS; on H100 / H200 the ring's TP_NCCL_RING_CTAS or, where NCCL's tuner picks NVLS, TP_NCCL_NVLS_CTAS;
     0: none)."""
-    if not 1 < group <= rates.nvlink_domain:
+    if group <= 1 or placement.group("tp", placement.DEFAULT_ORDER, rates.nvlink_domain, group).link != "nvlink":
         return 0
     if rates.name in TP_NCCL_CTAS:
         return TP_NCCL_CTAS[rates.name]
@@ -234,6 +235,21 @@ class Layout:
         """Bytes an element of a low-precision linear's operand takes: FP8's 1, NVFP4's NVFP4_BYTES."""
         return NVFP4_BYTES if self.fp4 else 1.0
 
+    # where the groups the kernels read sit, ((kind, placement.Group), ...), as the run's rank order places them
+    # (derive.Setup.layout); the groups alone, not the run's degrees, so that layouts placing them alike share a key
+    places: tuple[tuple[str, placement.Group], ...] = ()
+
+    def group(self, kind: str, domain: int) -> placement.Group:
+        """Where this layout's groups of ``kind`` sit: as ``places`` has it, else (a layout built without a run) in
+        the default order with one pipeline rank and as few data-parallel ranks as the amax and expert groups need."""
+        for name, where in self.places:
+            if name == kind:
+                return where
+        inner = self.tensor * self.context
+        data = math.lcm(inner * max(1, self.amax_group // inner), self.expert * self.expert_tensor) // inner
+        return placement.group(kind, placement.DEFAULT_ORDER, domain, self.tensor, self.context, data, 1, self.expert,
+                               self.expert_tensor)  # fmt: skip
+
     def recomputes(self, module: str) -> bool:
         """Whether Megatron-core's selective recompute reruns ``module`` (recompute.MODULES)."""
         return module in recompute.selected(self.policy, self.modules)
@@ -291,6 +307,10 @@ class Table:
         self.cp_steps: list[tuple[str, bool, list[float]]] = []
         # (SMs held, seconds left) of the NCCL collective the GEMMs now launched run beside (nccl_beside)
         self._beside: tuple[int, float] | None = None
+
+    def group(self, kind: str) -> placement.Group:
+        """Where the layout's groups of ``kind`` sit in the rates' NVLink domains (placement.group)."""
+        return self.lay.group(kind, self.r.nvlink_domain)
 
     # -- one kernel of each kind -----------------------------------------------------------------
     def gemm(self, name: str, comp: str, m: int, n: int, k: int, fp8: bool | None = None, groups: int = 1,
@@ -554,10 +574,9 @@ class Table:
         t = self.lay.tensor
         if t <= 1 or not self.lay.sequence_parallel:
             return
-        per_node = min(t, self.r.nvlink_domain)
-        self.rows.append(Kernel("fp8 amax all-reduce (tp)", comp, "comm",
-                                f"all_reduce 4 B over {t} ({'nvlink' if t <= per_node else 'nic'})", 0.0, 4.0,
-                                collectives.small_all_reduce(t, per_node, self.r.nccl), "latency"))  # fmt: skip
+        tp = self.group("tp")
+        self.rows.append(Kernel("fp8 amax all-reduce (tp)", comp, "comm", f"all_reduce 4 B over {t} ({tp.link})", 0.0,
+                                4.0, collectives.small_all_reduce(t, tp.per_node, self.r.nccl), "latency"))  # fmt: skip
 
     def grad_bias_sum(self, name: str, comp: str, elems: float) -> None:
         """Current scaling has no fused bias-gradient + cast kernel (TE release_v2.8 csrc/extensions/bias.cpp
@@ -1011,21 +1030,8 @@ def _aux_loss(tb: Table, comp: str, n: int) -> None:
     lay, E = tb.lay, tb.cfg.num_experts
     tb.memory("aux-loss scores", comp, n * E * 4 * 2)
     tb.memory("aux loss", comp, n * E * (4 + 1))
-    group = lay.tensor * lay.context
-    tb.comm("aux-loss token counts all-reduce", comp, "all_reduce", E * 8.0, group,
-            "nvlink" if group <= tb.r.nvlink_domain else "nic")  # fmt: skip
-
-
-def expert_placement(expert: int, expert_tensor: int, domain: int) -> tuple[int, int]:
-    """(EP ranks that share one NVLink domain, domains the EP group spans).  Megatron-core's expert rank generator
-    numbers the expert grid ETP innermost, then EP (parallel_state.py @ 1e05700 lines 731-739: ``RankGenerator(
-    tp=expert_tensor_parallel_size, ep=..., cp=1, order=order)``, i.e. ``etp-ep-dp-pp``): an EP group's ranks are ETP
-    apart, ETP x EP consecutive ranks, inside one domain only if ETP x EP fits.  Kept apart so that it can join
-    placement.py's one "which link" module (s17a)."""
-    if expert * expert_tensor <= domain:
-        return expert, 1
-    per = max(1, domain // expert_tensor)
-    return per, -(-expert // per)
+    tb.comm("aux-loss token counts all-reduce", comp, "all_reduce", E * 8.0, lay.tensor * lay.context,
+            tb.group("tp-cp").link)  # fmt: skip
 
 
 def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
@@ -1044,14 +1050,15 @@ def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     first = len(tb.rows)
     k, h = cfg.experts_per_token, cfg.hidden_size
     fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
-    nodes = expert_placement(e, etp, r.nvlink_domain)[1]
-    link = "nvlink" if nodes == 1 else "nic"
+    ep = tb.group("ep")  # its ranks ETP apart (placement.group)
+    link = ep.link
     # DeepEP's group is tp_ep (ETP x EP ranks): each row to its k experts' ETP ranks (MoEFlexTokenDispatcher, topk
     # and num_experts times ETP, token_dispatcher.py @ 1e05700 lines 950-956)
     group, fan = (e * etp, k * etp) if lay.deepep else (e, k)
     copies = fan * (group - 1) / group  # copies of a token that leave the rank (balanced routing)
     deepep = False
     if link == "nic":
+        nodes = ep.domains
         distinct = nodes * (1 - (1 - 1 / nodes) ** k)  # nodes a token's k experts fall on
         if cfg.route_group_limit and cfg.route_groups == nodes:  # node-limited routing
             distinct = min(distinct, cfg.route_group_limit)
@@ -1091,11 +1098,11 @@ def _expert_tensor_collectives(tb: Table, comp: str, rows: float, per: float) ->
     gather_from_sequence_parallel_region), at the all-to-all's payload ``per`` and PROB_BYTES; before the combine's
     all-to-all fc2's partial sums are reduce-scattered over it in the probabilities' dtype (lines 622-632,
     ``hidden_states.to(self.probs.dtype)``); autograd runs each one's mirror in the backward.  The ETP group is ETP
-    consecutive ranks (expert_placement)."""
+    consecutive ranks (placement.group's "etp")."""
     etp, h = tb.lay.expert_tensor, tb.cfg.hidden_size
     if etp <= 1:
         return
-    link = "nvlink" if etp <= tb.r.nvlink_domain else "nic"
+    link = tb.group("etp").link
     whole = rows * etp  # the gathered rows, the reduce-scattered rows
     if comp in ("dispatch_forward", "combine_backward"):  # the tokens' gather, or the combine's reduce-scatter's mirror
         nbytes = whole * h * (per if comp == "dispatch_forward" else PROB_BYTES)
@@ -1256,8 +1263,8 @@ def ring_transfer_seconds(tb: Table, nbytes: float, link: str) -> float:
 
 
 def _ring_link(tb: Table) -> str:
-    """NVLink when tensor x context ranks fit in a node (Megatron puts context next to tensor), else the NIC."""
-    return "nvlink" if tb.lay.context * tb.lay.tensor <= tb.r.nvlink_domain else "nic"
+    """The context-parallel group's link (placement.group: its ranks tensor apart)."""
+    return tb.group("cp").link
 
 
 def _ring_transfer(tb: Table, backward: bool, i: int) -> tuple[str, float] | None:
@@ -1554,7 +1561,7 @@ def ce_tensor_collectives(tb: Table, tokens: int) -> None:
     op, calls = CE_TP_COLLECTIVES[tb.lay.cross_entropy]
     nbytes = [tokens * values * 4.0 for values in calls]
     if op == "all_reduce":
-        secs = len(calls) * collectives.small_all_reduce(t, min(t, r.nvlink_domain), r.nccl)
+        secs = len(calls) * collectives.small_all_reduce(t, tb.group("tp").per_node, r.nccl)
     else:
         secs = sum(collectives.time(op, b * t, t, r, "nvlink") for b in nbytes)
     tb.rows.append(Kernel("cross-entropy tp collectives", "mlp_forward", "comm",
@@ -1692,12 +1699,13 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
         if moe not in per_kind:
             per_kind[moe] = fp8_linears(cfg, i, lay)
         linears += per_kind[moe]
-    group, per_node = lay.amax_group, min(lay.amax_group, rates.nvlink_domain)
+    group = lay.amax_group  # model.fp8_amax_reduction: the tensor group, or tensor x data x context
+    where = tb.group("tp" if group == lay.tensor else "tp-dp-cp")
     for comp, direction in (("mlp_forward", "forward"), ("attn_backward_input", "backward")):
         amaxes = linears * AMAXES[direction]
         if group > 1:
-            secs = collectives.small_all_reduce(group, per_node, rates.nccl) if lay.amax_blocking else 0.0
-            link = "nvlink" if group <= per_node else "nic"
+            secs = collectives.small_all_reduce(group, where.per_node, rates.nccl) if lay.amax_blocking else 0.0
+            link = where.link
             tb.rows.append(Kernel(f"fp8 amax all-reduce ({direction})", comp, "comm",
                                   f"all_reduce {amaxes * 4} B over {group} ({link})", 0.0, amaxes * 4.0, secs,
                                   "latency"))  # fmt: skip

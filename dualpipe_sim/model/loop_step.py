@@ -53,8 +53,7 @@ def megatron_segments(scenario, st, rank: int, ranks: int, norm_costed: bool) ->
     local = not step.overlap_grad_sync  # Megatron's local DDP (torch DDP overlaps, untimed)
     scaler = m.params_dtype == "fp16"  # --fp16: a loss scaler; bf16 none (optimizer.py: grad_scaler None)
     mp = st.sharding.tensor * ranks  # the model-parallel group: found-inf and the norm
-    per_node = max(1, min(mp, st.rates.nvlink_domain, st.sharding.tensor if st.sharding.data > 1 else mp))
-    reduce = collectives.small_all_reduce(mp, per_node, st.rates.nccl)
+    reduce = collectives.small_all_reduce(mp, st.group("tp-pp").per_node, st.rates.nccl)
     norm = [] if norm_costed else [host.Step("grad norm all-reduce, .item()", 2, reduce, True)]
     segs = [[timer("backward-params-all-reduce start")]] if local else []
     segs.append(([timer("backward-params-all-reduce stop")] if local else []) + [
@@ -79,10 +78,10 @@ def megatron_segments(scenario, st, rank: int, ranks: int, norm_costed: bool) ->
 def deepspeed_segments(scenario, st, rank: int, ranks: int) -> list[list[host.Step]]:
     """DeepSpeed's ``_aggregate_total_loss`` and Megatron-DeepSpeed's per-step ``training_log`` on ``rank``."""
     sh, r = st.sharding, st.rates
-    # the pipeline group spans nodes (a node holds t x d ranks of one stage when they fill it: mpu's rank order)
-    bcast = collectives.small_all_reduce(ranks, max(1, min(ranks, r.nvlink_domain // (sh.tensor * sh.data))), r.nccl)
+    # the pipeline group and the data-parallel one, placed by the rank order (placement.group)
+    bcast = collectives.small_all_reduce(ranks, st.group("pp").per_node, r.nccl)
     if rank == ranks - 1:
-        dp = collectives.small_all_reduce(sh.data, max(1, min(sh.data, r.nvlink_domain // sh.tensor)), r.nccl)
+        dp = collectives.small_all_reduce(sh.data, st.group("dp-cp").per_node, r.nccl)
         # _scale_loss_by_gas, two clones, the all-reduce, / dp; torch.Tensor([loss, agg]): two reads; .to(device)
         agg = [host.Step("loss / gas, clones, data-parallel all-reduce, / dp", 5, 4 * r.floor + dp),
                host.Step("torch.Tensor([loss, agg_loss]): first read", 1, 0.0, True),

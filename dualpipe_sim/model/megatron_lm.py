@@ -44,10 +44,10 @@ def rows(tb: Table, first: bool, last: bool, data: int, interleaved: bool = Fals
     fwd = [load]
     if last:
         tb.memory("loss: masked mean, data-parallel average, / micro-batches", fw, 4 * 8.0, LOSS_KERNELS)
-        if data > 1:  # DP ranks of one stage sit t apart (mpu/initialize.py): gpus_per_node / t of them a node
-            per_node = max(1, min(data, tb.r.nvlink_domain // tb.lay.tensor))
-            secs = collectives.small_all_reduce(data, per_node, tb.r.nccl)
-            link = "nvlink" if data <= per_node else "nic"
+        if data > 1:  # the data-parallel group (mpu/initialize.py; placement.group)
+            dp = tb.group("dp-cp")
+            secs = collectives.small_all_reduce(data, dp.per_node, tb.r.nccl)
+            link = dp.link
             tb.rows.append(Kernel("loss all-reduce (data-parallel average)", fw, "comm",
                                   f"all_reduce 4 B over {data} ({link})", 0.0, 4.0, secs, "latency"))  # fmt: skip
         tb.memory("loss scaled (scale_loss)", bw, 2 * 4.0)

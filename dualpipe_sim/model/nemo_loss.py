@@ -95,11 +95,10 @@ LOSSES = {
 LOOPS = ("nemo-1", *LOSSES)  # the model.training_loop values whose loss this module costs
 
 
-def _group(tb: Table, ranks: int, stride: int) -> tuple[float, str]:
-    """A few bytes all-reduced over ``ranks`` that sit ``stride`` apart in Megatron's rank order (tensor, context,
-    ..., data): gpus_per_node / stride of them a node."""
-    per_node = max(1, min(ranks, tb.r.nvlink_domain // stride))
-    return collectives.small_all_reduce(ranks, per_node, tb.r.nccl), "nvlink" if ranks <= per_node else "nic"
+def _group(tb: Table, ranks: int, kind: str) -> tuple[float, str]:
+    """A few bytes all-reduced over the ``ranks`` of the layout's group ``kind``, placed by placement.group."""
+    where = tb.group(kind)
+    return collectives.small_all_reduce(ranks, where.per_node, tb.r.nccl), where.link
 
 
 def rows(tb: Table, data: int, evaluation: bool, loop: str = "nemo-1") -> list[Kernel]:
@@ -108,13 +107,11 @@ def rows(tb: Table, data: int, evaluation: bool, loop: str = "nemo-1") -> list[K
     if loop != "nemo-1":
         return _rows(tb, data, LOSSES[loop])
     fw, floor = "mlp_forward", tb.r.floor
-    per_node = max(1, min(data, tb.r.nvlink_domain // tb.lay.tensor))
-    reduce = collectives.small_all_reduce(data, per_node, tb.r.nccl)
+    reduce, link = _group(tb, data, "dp-cp")
     values = 2 if evaluation else 1
     tb.memory("loss: masked mean, data-parallel sum" + (" (validation)" if evaluation else ", / micro-batches"), fw,
               4 * 8.0, EVAL_KERNELS if evaluation else TRAIN_KERNELS)  # fmt: skip
     if data > 1:
-        link = "nvlink" if data <= per_node else "nic"
         tb.rows.append(Kernel("loss all-reduce (data-parallel)", fw, "comm", f"all_reduce {values * 4} B over {data} "
                               f"({link})", 0.0, values * 4.0, reduce, "latency"))  # fmt: skip
     if evaluation:  # the three syncs, each on a queue the one before emptied; the next forward's launch after them
@@ -129,14 +126,14 @@ def rows(tb: Table, data: int, evaluation: bool, loop: str = "nemo-1") -> list[K
 def _rows(tb: Table, data: int, loss: Loss) -> list[Kernel]:
     """A later loop's loss (``LOSSES``): its kernels at the floor, its all-reduces, its reads replayed; ``data``:
     data x context ranks (as the optimizer shards); the loss's group is Megatron's data-parallel one, without them."""
-    fw, floor, t, cp = "mlp_forward", tb.r.floor, tb.lay.tensor, tb.lay.context
+    fw, floor, cp = "mlp_forward", tb.r.floor, tb.lay.context
     before = loss.before + (loss.mask_sum and cp == 1)
     tb.memory(f"loss: {loss.label}", fw, 4 * 8.0, before + max(0, loss.reads - 1) + loss.after)
     comm, calls = 0.0, loss.after
-    for name, ranks, stride, nbytes in (("context-parallel", cp if loss.cp_reduce else 1, t, 4),
-                                        ("data-parallel", data // cp if loss.dp_bytes else 1, t * cp, loss.dp_bytes)):
+    for name, ranks, kind, nbytes in (("context-parallel", cp if loss.cp_reduce else 1, "cp", 4),
+                                      ("data-parallel", data // cp if loss.dp_bytes else 1, "dp", loss.dp_bytes)):
         if ranks > 1:
-            secs, link = _group(tb, ranks, stride)
+            secs, link = _group(tb, ranks, kind)
             tb.rows.append(Kernel(f"loss all-reduce ({name})", fw, "comm", f"all_reduce {nbytes} B over {ranks} "
                                   f"({link})", 0.0, float(nbytes), secs, "latency"))  # fmt: skip
             comm, calls = comm + secs, calls + 1

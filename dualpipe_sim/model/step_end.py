@@ -40,7 +40,7 @@ def _link(st) -> str:
     """The data-parallel group's link for the dense part, as step_figures._sync_ms picks it."""
     if st.rates is None:
         return "nic"
-    return "nvlink" if st.sharding.tensor * st.sharding.data <= st.rates.nvlink_domain else "nic"
+    return st.group("dp-cp").link
 
 
 def _bound(total: tuple[float, ...], latency: tuple[float, ...]) -> str:
@@ -168,7 +168,7 @@ def _tp_all_reduce(scenario, st, what: str) -> list[Item]:
     if not any(ms):
         return []
     nbytes = tuple(sf.tp_reduced_elements(scenario, st, w) * sh.grads_bytes for w in st.stages)
-    link = "nvlink" if st.rates is None or sh.tensor <= st.rates.nvlink_domain else "nic"
+    link = "nvlink" if st.rates is None else st.group("tp").link
     latency = collectives.time("all_reduce", 1.0, sh.tensor, st.rates, link) * 1e3 if st.rates is not None else 0.0
     return [Item("tensor-parallel all-reduce of the whole-on-rank gradients", "grad_sync_tail", nbytes, ms,
                  f"tensor {sh.tensor}", link, _bound(ms, (latency,) * len(ms)),
@@ -283,8 +283,8 @@ def _optimizer(scenario, derived) -> list[Item]:
         norm = sf.grad_norm_all_reduce_ms(scenario, st)
         out.append(Item("gradient norm all-reduce (clip)", "optimizer", (4.0,) + (0.0,) * (n - 1),
                         tuple(norm * w for w in sf._once_per_rank(scenario, n)), f"all {ranks} ranks"
-                        if sh.zero >= 1 else f"model-parallel {ranks}", "nic" if ranks > rates.nvlink_domain
-                        else "nvlink", "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
+                        if sh.zero >= 1 else f"model-parallel {ranks}", sf.grad_norm_group(scenario, st).link,
+                        "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
     out += _loop_items(scenario, st)
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.routed_ranks * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)

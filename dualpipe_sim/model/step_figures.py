@@ -221,10 +221,10 @@ def fp8_amax_all_reduce_ms(st, dense_tensors: int, routed_tensors: int) -> float
     Megatron-core's dense optimizer over the data x context ranks (intra_dp_cp_group), its expert optimizer over the
     expert-data ranks; torch.distributed.all_reduce without async_op, so the compute stream waits (ms, NCCL's latency
     model: collectives.small_all_reduce)."""
-    sh, per_node, nccl = st.sharding, st.rates.nvlink_domain, st.rates.nccl
-    dense = collectives.small_all_reduce(sh.data, max(1, min(sh.data, per_node // sh.tensor)), nccl) if dense_tensors else 0.0
+    sh, nccl = st.sharding, st.rates.nccl
+    dense = collectives.small_all_reduce(sh.data, st.group("dp-cp").per_node, nccl) if dense_tensors else 0.0
     edp = int(sh.expert_data)
-    routed = collectives.small_all_reduce(edp, max(1, min(edp, per_node // sh.routed_ranks)), nccl) if routed_tensors else 0.0
+    routed = collectives.small_all_reduce(edp, st.group("edp").per_node, nccl) if routed_tensors else 0.0
     return (dense + routed) * 1e3
 
 
@@ -314,10 +314,8 @@ def grad_zero_ms(st, stage) -> float:
 def grad_norm_ranks(scenario, st) -> int:
     """Ranks the gradient norm's square is summed over: Megatron-core's distributed optimizer, the whole world
     (get_grad_stats_parallel_group, distrib_optimizer.py); otherwise its model-parallel group (tensor x pipeline)."""
-    held = _stage_ranks(scenario)
-    pipeline = len(set().union(*held)) if held else scenario.pipeline.stages
     sh = st.sharding
-    return sh.tensor * pipeline * (sh.data if sh.zero >= 1 else 1)
+    return sh.tensor * derive.pipeline_ranks(scenario) * (sh.data if sh.zero >= 1 else 1)
 
 
 def grad_norm_all_reduce_ms(scenario, st) -> float:
@@ -326,7 +324,12 @@ def grad_norm_all_reduce_ms(scenario, st) -> float:
     the Adam step; NCCL's latency model (collectives.small_all_reduce).  Its multi_tensor_l2norm is in the Adam
     figure's bytes (GRAD_NORM_BYTES)."""
     ranks = grad_norm_ranks(scenario, st)
-    return collectives.small_all_reduce(ranks, max(1, min(ranks, st.rates.nvlink_domain)), st.rates.nccl) * 1e3
+    return collectives.small_all_reduce(ranks, grad_norm_group(scenario, st).per_node, st.rates.nccl) * 1e3
+
+
+def grad_norm_group(scenario, st):
+    """Where grad_norm_ranks sit (placement.group): the whole world, or the model-parallel group (tensor x pipeline)."""
+    return st.group("world" if st.sharding.zero >= 1 else "tp-pp")
 
 
 def fp32_embedding_extra_bytes(st, where) -> float:
@@ -584,10 +587,8 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
     sh, hw = st.sharding, st.hw
     op = op or ("reduce_scatter" if sh.zero >= 1 else "all_reduce")
     if st.rates is not None:
-        nic = "nvlink" if sh.tensor * sh.data <= st.rates.nvlink_domain else "nic"
-        # Megatron's rank order puts tensor innermost, then data: a node holds gpus_per_node / tensor
-        # ranks of each data-parallel group, each on its own NIC
-        per_node = max(1, min(sh.data, st.rates.nvlink_domain // sh.tensor))
+        # the data-parallel group (placement.group): its ranks in one domain, each on its own NIC
+        nic, per_node = st.group("dp-cp").link, st.group("dp-cp").per_node
         if key == "cross_copy_sync":
             return collectives.p2p(dense + routed, st.rates, "nic") * 1e3
         if op == "reduce_scatter" and nic == "nic":
@@ -606,37 +607,8 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
     return (ring(dense, sh.data) + ring(routed, sh.expert_data)) / (hw.a2a_gbps * 1e9) * 1e3
 
 
-def _stage_ranks(scenario) -> list[set[int]] | None:
-    """The pipeline ranks holding each stage (two for DualPipe's and Chimera's two directions), read
-    off the scenario's own schedule; None when it cannot be built (the run refuses it in its own words)."""
-    p = scenario.pipeline
-    options = tuple(sorted(scenario.options().items()))
-    # Which rank holds a stage does not depend on the micro-batch count (tests/test_step_sync_terms.py
-    # checks every family): build the fewest micro-batches a family accepts (128 x 256 took ~40 ms).
-    for m in dict.fromkeys((1, 2, p.stages, 2 * p.stages, p.microbatches)):
-        held = _ranks_holding(p.schedule, p.stages, m, options)
-        if held is not None:
-            return [set(ranks) for ranks in held]
-    return None
-
-
-@functools.lru_cache(maxsize=256)
-def _ranks_holding(name: str, stages: int, microbatches: int, options: tuple) -> tuple[frozenset[int], ...] | None:
-    """Per stage, the ranks of ``name`` built at ``microbatches`` with ``options`` (sorted (name, value)
-    pairs) that hold it; None when the family refuses that count.  Cached on all it reads: a plan asks
-    for the same few shapes thousands of times (each step figure of each candidate)."""
-    from ..schedules import registry
-    from ..schedules.ir import ScheduleError
-
-    try:
-        schedule = registry.build(name, stages, microbatches, **dict(options))
-    except ScheduleError:
-        return None
-    held = [set() for _ in range(stages)]
-    for rank, on_rank in enumerate(schedule.stages_on_rank()):
-        for s in on_rank:
-            held[s].add(rank)
-    return tuple(frozenset(ranks) for ranks in held)
+# the ranks holding each stage: derive's (a Setup counts its pipeline ranks with them), kept under these names
+_stage_ranks, _ranks_holding = derive.stage_ranks, derive._ranks_holding
 
 
 def _stage_copies(scenario) -> list[int]:
@@ -727,8 +699,7 @@ def tp_grad_all_reduce_ms(scenario, st) -> tuple[float, ...]:
             out.append(0.0)
             continue
         if st.rates is not None:
-            link = "nvlink" if sh.tensor <= st.rates.nvlink_domain else "nic"
-            whole = collectives.time("all_reduce", total[r], sh.tensor, st.rates, link) * 1e3
+            whole = collectives.time("all_reduce", total[r], sh.tensor, st.rates, st.group("tp").link) * 1e3
         else:
             whole = 2 * (sh.tensor - 1) / sh.tensor * total[r] / (st.hw.a2a_intra_gbps * 1e9) * 1e3
         out.append(whole * b / total[r])
@@ -901,7 +872,7 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     ``group``: the buckets one Megatron-core bucket group (_gather_ms)."""
     sh = st.sharding
     nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0) + extra
-    if st.rates is not None and sh.tensor * sh.data > st.rates.nvlink_domain and sh.data > 1:
+    if st.rates is not None and st.group("dp-cp").link == "nic":
         dense = _gather_ms(st, nbytes, buckets, group)
         routed = first_stage.routed_params / sh.routed_ranks * sh.params_bytes - fp8[1] * (sh.params_bytes - 1.0)
         return dense + _sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
@@ -916,9 +887,8 @@ def _gather_ms(st, nbytes: float, buckets: int, group: bool = False) -> float:
     ``buckets`` NCCL rings (collectives.bucketed; one NCCL group if ``group``, one Megatron-core bucket group, or on
     apex), else one collective on its link."""
     sh = st.sharding
-    if st.rates is not None and sh.tensor * sh.data > st.rates.nvlink_domain and sh.data > 1:
-        per_node = max(1, min(sh.data, st.rates.nvlink_domain // sh.tensor))
-        return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, buckets,
+    if st.rates is not None and st.group("dp-cp").link == "nic":
+        return collectives.bucketed("all_gather", nbytes, sh.data, st.rates, st.group("dp-cp").per_node, buckets,
                                     channels=st.dp_channels, grouped=group or st.dp_grouped, equal=st.dp_grouped) * 1e3
     return _sync_ms(st, "grad_sync", nbytes, 0.0, op="all_gather")
 
