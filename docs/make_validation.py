@@ -164,6 +164,8 @@ EVAL_STEP_S = {
     # GB300 (s17b), the same selection (each eval_start's first validation step left out), Theia's v5.1 logs
     "mlperf51-llama8b-72gb300": (0.040170, 4116), "mlperf51-llama8b-8gb300-nvfp4": (0.110287, 9198),
     "mlperf51-llama405b-512gb300-nvfp4": (4.412856, 44),
+    # GB200 in NVFP4 (s17j), the same selection, Tyche-hsg's v5.1 logs
+    "mlperf51-llama405b-2560gb200-nvfp4": (1.085455, 45), "mlperf51-llama405b-5120gb200-nvfp4": (0.754776, 28),
 }  # fmt: skip
 # the GPT-3 rows' logged `validation_step_timing` (TimingCallback's window, start to end of the batch on the host), the
 # same median over the same steps: what the table used before; each is short of its row's loop above by a constant of

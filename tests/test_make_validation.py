@@ -367,7 +367,8 @@ def test_rows_split_by_gpu_and_cover_the_csv(monkeypatch):
                                          "mlperf51-llama8b-128b200", "mlperf51-llama8b-256b200",
                                          "mlperf50-llama405b-256gb200", "mlperf50-llama405b-512gb200", "mlperf51-llama8b-72gb200",
                                          "mlperf51-llama8b-72gb300", "mlperf51-llama8b-8gb300-nvfp4",
-                                         "mlperf51-llama405b-512gb300-nvfp4"]
+                                         "mlperf51-llama405b-512gb300-nvfp4", "mlperf51-llama405b-2560gb200-nvfp4",
+                                         "mlperf51-llama405b-5120gb200-nvfp4"]
     assert all(r["predicted"] == 3000.0 for r in b200)
     assert {"mlperf50-llama405b-512h200", "mlperf50-llama405b-1024h200", "mlperf51-llama8b-64h200"} <= {
         r["name"] for r in hopper}

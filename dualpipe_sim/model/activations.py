@@ -22,7 +22,8 @@ policy (report Sec. 3.2.3): recompute every RMSNorm and the MLA
 up-projections, so their outputs are not kept.  FP8 models (DeepSeek-V3) cache
 the inputs of FP8 linears in FP8 (1 byte), the attention output in E5M6
 (1.5 bytes), each with an fp32 scale per 128 values, and the MoE SwiGLU input
-in FP8 with its output recomputed (report Sec. 3.3.1-3.3.3).  Tensor parallelism with sequence parallelism divides
+in FP8 with its output recomputed (report Sec. 3.3.1-3.3.3).  NVFP4 linears (``fp4``, Transformer Engine
+release_v2.8) keep their inputs' NVFP4 copies instead (docs/model.md, "NVFP4 in memory").  Tensor parallelism with sequence parallelism divides
 everything by ``tp``; without it (``sp=False``) the tensors outside the tensor-parallel regions (norm
 inputs and outputs, residual dropout masks, MLA's latents, the router's input side, a checkpointed
 layer input) are whole on every rank (Korthikanti et al. Sec. 4.2.2: ``s*b*h*(10 + 24/t)`` for GPT
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 from . import recompute
 from .config import ModelConfig
+from .kernels import NVFP4_BYTES
 
 POLICIES = ("none", "selective", "full", "deepseek")
 # FP8 (and E5M6, 12 bits) caches carry one fp32 scale per 1 x 128 tile (DeepSeek-V3 Sec. 3.3.1).
@@ -56,10 +58,10 @@ OUTSIDE_TP = frozenset({
 
 def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
           tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None,
-          legacy: bool = False, etp: int = 1) -> dict[str, float]:  # fmt: skip
+          legacy: bool = False, etp: int = 1, fp4: bool = False) -> dict[str, float]:  # fmt: skip
     """Saved tensors of layer ``i`` -> bytes, for ``s`` tokens x ``b`` sequences (``legacy``: model.runtime
     "megatron-lm-2021", whose selective recompute leaves a flash attention core alone: recompute.core_attn_reruns;
-    ``etp``: parallel.expert_tensor)."""
+    ``etp``: parallel.expert_tensor; ``fp4``: model.fp4 = "nvfp4")."""
     h, a, kv = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads
     mods = recompute.selected(policy, modules)
     moe = cfg.is_moe_layer(i)
@@ -67,7 +69,12 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
     core = recompute.core_attn_reruns(mods, cfg.eager_attention, legacy)
     up_proj = cfg.mla and "mla_up_proj" in mods  # the up-projected q, k, v freed (CheckpointWithoutOutput)
     # the checkpoint keeps the 16-bit latents (its inputs), not their FP8 copies the up-projections would cache
-    latent = 0 if policy == "deepseek" else (act if up_proj else FP8_BYTES if cfg.fp8 else act)
+    lin = NVFP4_BYTES if fp4 else FP8_BYTES if cfg.fp8 else act  # what a linear's cached input costs
+    # NVFP4: a linear keeps its input's column-wise copy (wgrad's operand) and drops the row-wise one, but a
+    # LayerNormLinear whose input the backward all-gathers again (column-parallel under sequence parallelism) keeps
+    # both (TE release_v2.8 layernorm_linear.py 403-412, linear.py 372-383; docs/model.md "NVFP4 in memory")
+    gathered = 2 * NVFP4_BYTES if fp4 and sp and tp > 1 else lin
+    latent = 0 if policy == "deepseek" else (act if up_proj else lin)
     # CheckpointWithoutOutput frees a norm's output: MLA's input norm and an MoE layer's pre-MLP norm are TENorm
     # modules; the others are fused into the next linear (IdentityOp: nothing to recompute)
     norm1_out = "layernorm" not in mods or not cfg.mla
@@ -78,7 +85,6 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
         return {"layer input (checkpoint)": act * sb * h / (tp if sp else 1)}
     drop_norm = policy == "deepseek"
     eager = cfg.eager_attention  # Korthikanti's setting: scores materialised (model.attention)
-    lin = FP8_BYTES if cfg.fp8 else act  # what a linear's cached input costs
     out: dict[str, float] = {"norm1 input": act * sb * h}
     if cfg.mla:
         if cfg.q_lora_rank:
@@ -95,7 +101,7 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
         out["q (up-projected)"] = up * sb * a * cfg.qk_head_dim
         out["k, v (up-projected)"] = up * sb * a * (cfg.qk_head_dim + cfg.v_head_dim)
     else:
-        out["qkv input (norm1 output)"] = 0 if drop_norm else lin * sb * h
+        out["qkv input (norm1 output)"] = 0 if drop_norm else gathered * sb * h
         out["q, k"] = act * sb * (a + kv) * cfg.qk_head_dim
         out["v"] = act * sb * kv * cfg.v_head_dim
     if eager:
@@ -105,15 +111,16 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
             out["attention dropout output"] = 0 if core else act * a * s * s * b
     else:
         out["softmax log-sum-exp (fp32)"] = 0 if core else 4.0 * sb * a  # flash keeps it unless checkpointed
-    out["o_proj input"] = (E5M6_BYTES if cfg.fp8 else act) * sb * a * cfg.v_head_dim
+    # NVFP4: the attention's own 16-bit output (its backward reads it) and the projection's NVFP4 copy
+    out["o_proj input"] = (act + lin if fp4 else E5M6_BYTES if cfg.fp8 else act) * sb * a * cfg.v_head_dim
     if cfg.dropout:
         out["attention residual dropout mask"] = 1.0 * sb * h
     out["norm2 input"] = act * sb * h
     keep_norm2 = not (drop_norm or dense_mlp) and norm2_out
-    out["mlp input (norm2 output)"] = (lin if not moe else act) * sb * h if keep_norm2 else 0
+    out["mlp input (norm2 output)"] = (gathered if not moe else act) * sb * h if keep_norm2 else 0
     if moe:
         if "moe" not in mods:  # "moe": the MoE layer checkpointed whole keeps only its input, the norm2 output
-            out.update(_moe_inside(cfg, sb, act, lin, mods, etp))
+            out.update(_moe_inside(cfg, sb, act, lin, mods, etp, fp4))
     elif cfg.ffn == "gelu":
         out["gelu input"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
         out["fc2 input (gelu output)"] = 0 if dense_mlp else act * sb * cfg.intermediate_size
@@ -129,35 +136,35 @@ def layer(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: f
 
 
 def _moe_inside(cfg: ModelConfig, sb: int, act: float, lin: float, mods: frozenset[str],
-                etp: int = 1) -> dict[str, float]:  # fmt: skip
+                etp: int = 1, fp4: bool = False) -> dict[str, float]:  # fmt: skip
     """What an MoE layer's router and experts keep (before any tensor split).  At expert tensor parallelism ``etp``
     fc1 keeps the rows all-gathered over the ETP group, ``etp`` times its own; the SwiGLU's and fc2's inputs are
     ``etp`` times the rows on 1 / ``etp`` of the columns, the same bytes (kernels.moe_mlp_block)."""
     k, fe, h = cfg.experts_per_token, cfg.moe_intermediate_size, cfg.hidden_size
     out = {"router probabilities (fp32)": 4.0 * sb * cfg.num_experts,
            "routed expert inputs (k copies)": lin * k * sb * h * etp}  # fmt: skip
-    if cfg.fp8:  # SwiGLU input cached in FP8, its output recomputed (DeepSeek-V3)
+    if cfg.fp8 and not fp4:  # SwiGLU input cached in FP8, its output recomputed (DeepSeek-V3)
         out["routed SwiGLU inputs"] = FP8_BYTES * k * sb * 2 * fe
     else:
         out["routed SwiGLU inputs"] = act * k * sb * 2 * fe
         if cfg.swiglu_limit:  # gpt-oss: each clamp keeps its input, fc1's unclamped output (kernels.moe_mlp_block);
             # "moe_act" checkpoints the clamps with the activation, keeping only fc1's output (the SwiGLU inputs' place)
             out["routed SwiGLU clamp inputs (fc1 output)"] = 0 if "moe_act" in mods else act * k * sb * 2 * fe
-        out["routed down inputs"] = 0 if "moe_act" in mods else act * k * sb * fe
+        out["routed down inputs"] = 0 if "moe_act" in mods else lin * k * sb * fe  # fc2's copy (16-bit: act)
     if cfg.shared_intermediate_size:
         fs = cfg.shared_intermediate_size
-        if cfg.fp8:
+        if cfg.fp8 and not fp4:
             out["shared-expert SwiGLU input"] = FP8_BYTES * sb * 2 * fs
         else:
             out["shared-expert SwiGLU input"] = act * sb * 2 * fs
-            out["shared-expert down input"] = act * sb * fs
+            out["shared-expert down input"] = lin * sb * fs
     return out
 
 
 def layer_total(cfg: ModelConfig, i: int, s: int, b: int, policy: str = "none", act: float = 2.0,
                 tp: int = 1, sp: bool = True, modules: tuple[str, ...] | None = None,
-                legacy: bool = False, etp: int = 1) -> float:  # fmt: skip
-    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules, legacy, etp).values()))
+                legacy: bool = False, etp: int = 1, fp4: bool = False) -> float:  # fmt: skip
+    return float(sum(layer(cfg, i, s, b, policy, act, tp, sp, modules, legacy, etp, fp4).values()))
 
 
 def embedding(cfg: ModelConfig, s: int, b: int, tp: int = 1, sp: bool = True) -> float:
@@ -174,13 +181,13 @@ def head(cfg: ModelConfig, s: int, b: int, act: float = 2.0, tp: int = 1, sp: bo
 
 def mtp_module(cfg: ModelConfig, s: int, b: int, policy: str = "none", act: float = 2.0, tp: int = 1,
                sp: bool = True, modules: tuple[str, ...] | None = None, legacy: bool = False,
-               etp: int = 1) -> float:  # fmt: skip
+               etp: int = 1, fp4: bool = False) -> float:  # fmt: skip
     """One MTP module: its two norm inputs, the projection input, one layer and the shared head."""
     proj = 0.0 if policy in ("deepseek", "full") else act * s * b * 2 * cfg.hidden_size
     whole = tp if sp else 1  # norm inputs and the projection input sit outside tensor parallelism
     return (
         2 * act * s * b * cfg.hidden_size / whole
         + proj / whole
-        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules, legacy, etp)
+        + layer_total(cfg, cfg.num_layers, s, b, policy, act, tp, sp, modules, legacy, etp, fp4)
         + head(cfg, s, b, act, tp, sp)
     )

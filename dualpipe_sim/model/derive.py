@@ -398,7 +398,8 @@ def setup(scenario, stages: int | None = None) -> Setup:
                          "GEMM is the pipelined reduce-scatter's (name each overlap in one of the two)")  # fmt: skip
     nvfp4(scenario, hw, rates)
     transpose = fp8_transpose(m, hw) or m.fp4 != "none"  # NVFP4's GEMMs read K-major operands only
-    sharding = replace(sharding, fp8_transpose=transpose, expert_tensor=expert_tensor(scenario, cfg, hw, rates))
+    sharding = replace(sharding, fp8_transpose=transpose, expert_tensor=expert_tensor(scenario, cfg, hw, rates),
+                       fp4=m.fp4 != "none")
     amax_group = 0  # Transformer Engine's per-tensor FP8 scaling; DeepGEMM's fine-grained scales need no reduction
     if cfg.fp8 and m.fp8_gemm == "cublas":
         amax_group = par.tensor if m.fp8_amax_reduction == "tensor" else par.tensor * par.data * par.context
@@ -1060,7 +1061,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     per_layer = {}
     tkey = times_key(st) if memo is not None else None
     # a layer's parameters read the model; its activations the model, ``args``, sequence parallelism and the modules
-    saved = dict(sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy, etp=sh.expert_tensor)
+    saved = dict(sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy, etp=sh.expert_tensor, fp4=st.fp4)
     params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, *saved.values())
     layer_tab, extra_tab, passes_tab = (_table(memo, name, tkey) for name in ("layer_times", "extra_times", "chunk_passes"))
     memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage

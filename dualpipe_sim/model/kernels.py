@@ -1642,7 +1642,7 @@ def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel
 FP8_WEIGHT_CAST_BYTES = 2 + 1 + 1
 
 
-def fp8_weight_cast_bytes(fp8_params: bool, transpose: bool) -> float:
+def fp8_weight_cast_bytes(fp8_params: bool, transpose: bool, fp4: bool = False) -> float:
     """Bytes per weight element of Transformer Engine's FP8 weight refresh.  A 16-bit weight: read 2, write the FP8
     copy (1) and, where TE makes transposes, its transpose (1) in the same kernel (FP8_WEIGHT_CAST_BYTES).  FP8
     parameters (``model.fp8_params``: Float8Tensor weights under fp8_model_init, cast from the master weights by the
@@ -1650,7 +1650,10 @@ def fp8_weight_cast_bytes(fp8_params: bool, transpose: bool) -> float:
     TE 1.x, ``update_usage(columnwise_usage=True)`` -> ``fp8_transpose`` in 2.x), and nothing without transposes."""
     if fp8_params:
         return 2.0 if transpose else 0.0
-    return FP8_WEIGHT_CAST_BYTES - (0 if transpose else 1)
+    written = FP8_WEIGHT_CAST_BYTES - 2 - (0 if transpose else 1)  # the copies written, 1 byte a value in FP8
+    # NVFP4 (``fp4``): the same one kernel (nvfp4_transpose.cuh: one 16-bit read, the row-wise and column-wise
+    # copies written) at NVFP4_BYTES a value; derive keeps the transposes with NVFP4
+    return 2 + written * (NVFP4_BYTES if fp4 else 1.0)
 
 
 def fp8_weight_casts(tb: Table, i: int) -> None:
@@ -1662,7 +1665,7 @@ def fp8_weight_casts(tb: Table, i: int) -> None:
     mlp = max(0.0, dense / lay.tensor + routed / lay.expert - attn)  # the rest of the rank's linears
     n = fp8_linears(cfg, i, lay)
     n_attn = len(shapes) + 1
-    per = fp8_weight_cast_bytes(False, lay.fp8_transpose)  # a cast per use: 16-bit weights
+    per = fp8_weight_cast_bytes(False, lay.fp8_transpose, lay.fp4)  # a cast per use: 16-bit weights
     tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * per, n_attn)
     tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * per, n - n_attn)
     tb.amax("attention weights (uncached)", "attn_forward", attn, n_attn)

@@ -19,7 +19,8 @@ need unsharded per-layer buffers while a layer's gradients are reduce-scattered
 its transpose (Transformer Engine's weight cache across micro-batches); with FP8 parameters
 (``model.fp8_params``) the weight itself is the FP8 copy (1 byte, no 16-bit parameter), so only
 the transpose is kept beside it, every linear's all step (cache or not); no transpose where
-Transformer Engine makes none (Blackwell, ``model.fp8_transpose``).
+Transformer Engine makes none (Blackwell, ``model.fp8_transpose``).  NVFP4 linears (``model.fp4``) keep the same
+two copies at ``kernels.NVFP4_BYTES`` a value (docs/model.md, "NVFP4 in memory").
 :func:`runtime_allowance` is what the process holds besides tensors: CUDA
 context, NCCL buffers per process group, the cuBLAS/TE workspace.
 docs/model.md, "Memory per rank", gives the figures and their sources.
@@ -28,6 +29,8 @@ docs/model.md, "Memory per rank", gives the figures and their sources.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .kernels import NVFP4_BYTES
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Sharding:
     fp8_params: bool = False  # model.fp8_params: the FP8 linears' weights are held in FP8 (1 byte), no 16-bit copy
     fp8_transpose: bool = True  # model.fp8_transpose resolved: Transformer Engine keeps each FP8 weight's transpose
     expert_tensor: int = 1  # parallel.expert_tensor: each expert's weights split over this many ranks (ETP)
+    fp4: bool = False  # model.fp4 = "nvfp4": the low-precision weight copies are NVFP4 (NVFP4_BYTES a value), not FP8
 
     @property
     def routed_ranks(self) -> int:
@@ -87,7 +91,9 @@ def fp8_copy_bytes(sh: Sharding) -> float:
     ``get_weight_workspace`` hands a quantized weight back before its cache (module/base.py 1369-1376) after
     ``update_usage(columnwise_usage=True)``, which stores the transpose on the parameter (float8_tensor_base.py
     191-229, ``_create_transpose`` 183-189) and keeps it while later calls leave columnwise usage unset."""
-    return FP8_WEIGHT_BYTES - (1.0 if sh.fp8_params else 0.0) - (0.0 if sh.fp8_transpose else 1.0)
+    copies = FP8_WEIGHT_BYTES - (1.0 if sh.fp8_params else 0.0) - (0.0 if sh.fp8_transpose else 1.0)
+    # NVFP4 (TE release_v2.8 NVFP4Quantizer.make_empty): each copy is 4-bit data plus a 1-byte E4M3 scale a block of 16
+    return copies * (NVFP4_BYTES if sh.fp4 else 1.0)
 UNITS_IN_FLIGHT = 2  # FSDP: the layer computing and the one prefetched (or being reduce-scattered)
 
 

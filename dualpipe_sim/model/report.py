@@ -35,7 +35,7 @@ def summary(d: Derived, scenario=None) -> dict:
     f = flops.per_token(cfg, st.seq)
     args = (st.seq // st.context, st.mb, st.policy, st.act_bytes, st.sharding.tensor)
     per_layer = [activations.layer_total(cfg, i, *args, sp=st.sequence_parallel, modules=st.modules, legacy=st.legacy,
-                                         etp=st.sharding.expert_tensor)
+                                         etp=st.sharding.expert_tensor, fp4=st.fp4)
                  for i in range(cfg.num_layers)]
     stages = []
     for i, (stage, fig) in enumerate(zip(st.stages, d.stages)):
@@ -366,7 +366,7 @@ def explain_lines(d: Derived) -> list[str]:
     for moe in kinds:  # a sliding-window layer keeps what a full one does (activations.py)
         i = next(i for i in range(cfg.num_layers) if cfg.is_moe_layer(i) == moe)
         saved = activations.layer(cfg, i, st.seq, st.mb, st.policy, st.act_bytes, sh.tensor, st.sequence_parallel,
-                                  st.modules, st.legacy, sh.expert_tensor)
+                                  st.modules, st.legacy, sh.expert_tensor, st.fp4)
         lines.append(f"  activations saved by one {'MoE' if moe else 'dense'} layer (layer {i}), "
                      f"recompute {_policy_name(st)}:")
         lines += [f"    {name:<40} {v / 1e6:>10.2f} MB" for name, v in saved.items()]

@@ -763,7 +763,7 @@ def fp8_weight_cast_ms(st, where) -> float:
         return 0.0
     units = [params.linear_weights(cfg, i) for i in where.layers] + [params.mtp_linear_weights(cfg)] * where.mtp
     elements = sum(d for d, _ in units) / sh.tensor + sum(r for _, r in units) / sh.routed_ranks
-    per = kernels.fp8_weight_cast_bytes(sh.fp8_params, sh.fp8_transpose)  # FP8 parameters: the transpose alone
+    per = kernels.fp8_weight_cast_bytes(sh.fp8_params, sh.fp8_transpose, sh.fp4)  # FP8 parameters: the transpose alone
     return elements * per / st.rates.hbm * 1e3 if elements else 0.0
 
 
