@@ -258,12 +258,14 @@ PRESETS["B200"] = sustained_attention(B200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72)
 # GB300 (NVL72): the Blackwell Ultra GPU in the GB200's rack (docs/model.md, "GB300 NVL72"). GB300's own figures: the
 # NIC (one 800 Gb/s ConnectX-8 a GPU: the NDR figure's 47 of 50 GB/s, doubled; assumed, no XDR nccl-tests figure was
-# reached) and its NVFP4 GEMMs. The latter are an ASSUMPTION, a datasheet ratio: GB200's (B200's measured table) times
-# GB300 / GB200 dense FP4 (15,000 / 10,000 TFLOP/s, the NVL72 datasheets), as no large-shape GB300 NVFP4 table was
-# reached (flashinfer#2303's sm_103 rows stop at 256 rows). The rest is GB200's carried over: BF16 and FP8 GEMMs (the
-# same 2,500 / 5,000 dense peaks), attention (the datasheet's "2x attention" is not modelled: no GB300 table), HBM
-# (8 TB/s both), the floor, NVLink 5, 148 SMs (no GB300 SM count from a device query was reached)
+# reached: docs/searches.md, "GB300's NIC and NVFP4 rates") and its NVFP4 GEMMs: cuBLASLt's NVFP4 GEMM measured on a
+# GB300 at 8192^3 (torch._scaled_mm, 130.5 us, a 12-run median: cfregly/ai-performance-engineering @ 66f6307
+# docs/gb300-nvfp4-dual2sm.md; tests/data/kernels/gb300_nvfp4_cublaslt.csv), peak fitted to it with the B200 fit's
+# floor and k_overhead 0 (one shape: the fit's shape across sizes is B200's). It replaced (s17l) an assumption, B200's
+# peak x the datasheets' 15,000 / 10,000 dense FP4 (GB300_FP4_OVER_GB200, kept for the tests' comparison), 7% slow
+# there. The rest is GB200's carried over: BF16 and FP8 GEMMs (the same 2,500 / 5,000 dense peaks), attention (the
+# datasheet's "2x attention" is not modelled: no GB300 table), HBM (8 TB/s both), the floor, NVLink 5, 148 SMs
 GB300_FP4_OVER_GB200 = 15000 / 10000
+GB300_NVFP4_PEAK = 8880e12
 PRESETS["GB300"] = replace(PRESETS["GB200"], name="GB300", nic_bus=2 * _NIC_NDR,
-                           gemm_fp4=replace(PRESETS["GB200"].gemm_fp4,
-                                            peak=PRESETS["GB200"].gemm_fp4.peak * GB300_FP4_OVER_GB200))
+                           gemm_fp4=replace(PRESETS["GB200"].gemm_fp4, peak=GB300_NVFP4_PEAK))
