@@ -180,7 +180,7 @@ def etp_line(plan) -> str | None:
     if not plan.experts:
         return None
     return (f"Expert tensor parallelism (parallel.expert_tensor): {expert_tensor(plan)} in every layout; plan does "
-            f"not search it (`--set parallel.expert_tensor=N` sets it).")
+            f"not search it (the base scenario sets it).")
 
 
 def why(plan) -> list[str]:
