@@ -152,7 +152,8 @@ class ModelSection(BaseModel):
     # GEMMs and casts". "none": FP8 or BF16 as model.fp8 says
     fp4: Literal["none", "nvfp4"] = "none"
 
-    @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "embed_layernorm", "fp8_params", mode="before")
+    @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "embed_layernorm", "fp8_params", "rope_fusion",
+                     mode="before")
     @classmethod
     def _bool(cls, v):
         return strict_bool(v)

@@ -69,6 +69,7 @@ class Plan:
     top_k: int = DEFAULT_TOP
     pruned: dict[str, int] = field(default_factory=dict)  # reason (its rule, without figures) -> rows
     journal: Path | None = None  # the finished candidates on disk (journal.py); write() removes it
+    experts: int = 0  # the model's routed experts (0: dense): plan.md then says the ETP the layouts share
 
     @property
     def top(self) -> list[Row]:
@@ -117,6 +118,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     # Read the model's config once, before the minutes of work: a file removed mid-run then fails
     # the candidates that read it (each row says so), not the whole plan after they have run.
     flops_per_token, peak = _flops(base, seq)
+    experts = model_shape(base).experts
     names = list(schedules) if schedules else list(registry.families())
     for name in names:
         registry.get(name)  # ScheduleError naming the unknown schedule
@@ -146,7 +148,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
                 row.mfu = row.tokens_per_second_per_gpu * flops_per_token / peak
     pruned = Counter(reason_kind(r.pruned) for r in rows if r.pruned)
     return Plan(base, gpus, global_batch, seq, device, ranked(rows), top, dict(sorted(pruned.items())),
-                journal.path if journal is not None else None)
+                journal.path if journal is not None else None, experts)
 
 
 def _estimated(base: dict, req, names: list[str], overrides: list[str], device: float | None,

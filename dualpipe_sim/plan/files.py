@@ -21,10 +21,18 @@ LAYOUT = ("tensor", "pipeline", "virtual", "context", "expert", "data", "micro_b
           "recompute", "zero", "schedule", "stages")  # fmt: skip
 FIGURES = ("tokens_per_second_per_gpu", "step_time", "mfu", "bubble_ratio", "exposed_comm", "peak_memory",
            "device_memory", "fits")  # fmt: skip
-COLUMNS = ("rank", *LAYOUT, *FIGURES, "estimated_step_time", "estimated_memory", "simulated", "pruned")
+# expert_tensor: the base scenario's parallel.expert_tensor, which plan does not search (added after pruned,
+# so that every earlier column keeps its position)
+COLUMNS = ("rank", *LAYOUT, *FIGURES, "estimated_step_time", "estimated_memory", "simulated", "pruned",
+           "expert_tensor")
 
 
-def record(row: Row, rank: int | None, device: float | None) -> dict:
+def expert_tensor(plan) -> int:
+    """The ETP every candidate runs at: the base scenario's (``--set`` or the source TOML), default 1."""
+    return plan.base.get("parallel", {}).get("expert_tensor", 1)
+
+
+def record(row: Row, rank: int | None, device: float | None, etp: int = 1) -> dict:
     """One candidate as plan.csv's and --json's keys (None where a figure does not apply)."""
     c, sim = row.candidate, (row.simulated if row.ok else {})
     out = {"rank": rank, **{k: getattr(c, k) for k in LAYOUT}}
@@ -41,6 +49,7 @@ def record(row: Row, rank: int | None, device: float | None) -> dict:
         estimated_memory=row.estimate.memory if row.estimate else None,
         simulated="yes" if row.ok else ("error" if row.simulated else ("estimate" if row.estimate and not row.pruned else "no")),
         pruned=row.pruned or (row.simulated or {}).get("reason", ""),
+        expert_tensor=etp,
     )  # fmt: skip
     return out
 
@@ -51,7 +60,7 @@ def records(plan) -> list[dict]:
     for row in plan.rows:
         ranked = row.ok and row.fits is not False
         n += ranked
-        out.append(record(row, n if ranked else None, plan.device_memory))
+        out.append(record(row, n if ranked else None, plan.device_memory, expert_tensor(plan)))
     return out
 
 
@@ -148,6 +157,7 @@ def plan_md(plan) -> str:
         f"{len(recs)} candidate rows: {simulated} simulated, {estimated} estimated only (their estimate was "
         f"outside the simulated best: docs/plan.md), {sum(bool(r['pruned']) for r in recs)} pruned.",
         "",
+        *([etp_line(plan), ""] if etp_line(plan) else []),
         "## Best layouts (simulated, fitting the device)",
         "",
         markdown_table(table(plan)),
@@ -163,6 +173,14 @@ def plan_md(plan) -> str:
     if plan.top:
         lines += ["## Why the winner wins", "", *why(plan), ""]
     return "\n".join(lines)
+
+
+def etp_line(plan) -> str | None:
+    """For an MoE model, the expert tensor parallelism its layouts share (plan.csv's ``expert_tensor``)."""
+    if not plan.experts:
+        return None
+    return (f"Expert tensor parallelism (parallel.expert_tensor): {expert_tensor(plan)} in every layout; plan does "
+            f"not search it (the base scenario sets it).")
 
 
 def why(plan) -> list[str]:

@@ -108,7 +108,8 @@ def model_shape(base: dict) -> ModelShape:
     hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True  # plan checked [step] first
     return ModelShape(heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, layers=cfg.num_layers, experts=cfg.num_experts,
                       flash_attention=cfg.model_type != "gpt2",  # as model/activations.py counts
-                      param_gather_hidden=hidden)  # fmt: skip
+                      param_gather_hidden=hidden,
+                      expert_tensor=base.get("parallel", {}).get("expert_tensor", 1))  # fmt: skip
 
 
 def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:

@@ -37,6 +37,7 @@ class ModelShape:
     # does ZeRO 1 cost no more sync than ZeRO 0's all-reduce (the same bytes in two halves, one hidden)
     param_gather_hidden: bool = True
     kv_heads: int = 0  # key-value heads (query groups), which tensor must divide too; 0: as many as heads
+    expert_tensor: int = 1  # the base's parallel.expert_tensor (ETP), not searched: its rules prune by name here
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
             if (row_p.data * row.tensor) % e:
                 yield replace(row_e, pruned="expert: does not divide data x tensor")
                 continue
+            if model.experts and (row_p.data * row.tensor * row.context) % (e * model.expert_tensor):  # model/derive.py's ETP rule
+                yield replace(row_e, pruned="expert: expert x expert_tensor does not divide tensor x data x context")
+                continue
             for mbs in choices.micro_batch_size:
                 row_m = replace(row_e, micro_batch_size=mbs)
                 if req.global_batch % (row_p.data * mbs):
@@ -216,7 +220,9 @@ def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
 
 
 def _unmodelled(model: ModelShape, cand: Candidate) -> str:
-    """A rule of the model, judged here so it costs no derivation: FSDP with expert parallelism."""
+    """A rule of the model, judged here so it costs no derivation: FSDP with expert (tensor) parallelism."""
     if cand.zero == 3 and model.experts and cand.expert > 1:
         return "zero: 3 (FSDP) with expert parallelism is not modelled (model/derive.py refuses it)"
+    if cand.zero == 3 and model.expert_tensor > 1:
+        return "zero: 3 (FSDP) with expert_tensor > 1 is not modelled (model/derive.py refuses it)"
     return ""
