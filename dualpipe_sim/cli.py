@@ -339,7 +339,8 @@ def _cmd_run(args) -> int:
     if args.json:  # with --repeat, the percentiles too (metrics.json itself stays the first seed's)
         sys.stdout.write(metrics_json({**metrics.to_dict(), "repeat": repeats} if repeats else metrics))
     else:
-        print(summary_table(metrics, bytes_given=activation_bytes_given(scenario)))
+        low = "fp4" if scenario.model is not None and scenario.model.fp4 != "none" else "fp8"
+        print(summary_table(metrics, bytes_given=activation_bytes_given(scenario), low=low))
         if "recompute" not in scenario.memory.model_fields_set and scenario.recompute() != "none":
             print(f"memory.recompute {scenario.recompute()}: {metrics.schedule}'s default (as its source runs it); "
                   "--set memory.recompute=none to leave it out")
@@ -367,7 +368,7 @@ def _warn(lines: list[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def summary_table(m: Metrics, bytes_given: bool = True) -> str:
+def summary_table(m: Metrics, bytes_given: bool = True, low: str = "fp8") -> str:
     a, c, s = m.analytic, m.comm, m.scalars()
     num = units.number
     lines = [
@@ -390,7 +391,7 @@ def summary_table(m: Metrics, bytes_given: bool = True) -> str:
         lines.append(step_line(m.step))
     if m.throughput is not None:
         lines.append(throughput_line(m.throughput))
-    return "\n".join(lines + memory_lines(m))
+    return "\n".join(lines + memory_lines(m, low))
 
 
 def rank_table(m: Metrics, bytes_given: bool = True) -> list[str]:
@@ -435,14 +436,15 @@ def throughput_line(t) -> str:
             f"{units.number(t.tokens_per_second_per_gpu)} tokens/s per GPU ({units.count(t.gpus)} GPUs), MFU {mfu}")
 
 
-def memory_lines(m: Metrics) -> list[str]:
-    """Per-rank memory in GB (with a [model]) against the device's capacity."""
+def memory_lines(m: Metrics, low: str = "fp8") -> list[str]:
+    """Per-rank memory in GB (with a [model]) against the device's capacity; ``low``: what the low-precision weight
+    copies are ("fp4" on a model.fp4 run: metrics.json's fp8_weights holds NVFP4 copies there, docs/model.md)."""
     if m.memory_total() is None:
         return []
     gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731 - decimal GB, as units.nbytes and the datasheets
     cap = "unknown" if not m.device_memory else f"{gb(m.device_memory)} GB"
     # "dyn peak": activations + P2P + all-to-all buffers at their joint peak (total adds that, not the three)
-    names = ("params", "fp8 w", "grads", "optim", "zero buf", "act peak", "p2p buf", "a2a buf", "dyn peak",
+    names = ("params", f"{low} w", "grads", "optim", "zero buf", "act peak", "p2p buf", "a2a buf", "dyn peak",
              "runtime", "total")  # fmt: skip
     terms = [(mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,
               mem.activations_peak, mem.p2p_buffers, mem.a2a_buffers, mem.dynamic_peak, mem.runtime, mem.total)
@@ -451,7 +453,7 @@ def memory_lines(m: Metrics) -> list[str]:
     columns = [("", "rank", [str(r.rank) for r in m.per_rank])]
     columns += [(*_wrap(name), [gb(t[i]) for t in terms]) for i, name in enumerate(names)]
     lines = ["", f"memory per rank (GB; device {cap}):", *text_table.render(columns + [("", "", over)])]
-    lines.append("total = params + fp8 w + grads + optim + zero buf + dyn peak + runtime (docs/model.md)")
+    lines.append(f"total = params + {low} w + grads + optim + zero buf + dyn peak + runtime (docs/model.md)")
     return lines
 
 

@@ -24,7 +24,7 @@ from . import nemo_loss, placement, recompute, unused_keys
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import KernelRates
-from .sections import DTYPES, ParallelSection
+from .sections import DTYPES, ModelSection, ParallelSection
 from ..errors import cut
 
 # Flash attention skips the masked half of a causal s x s square; its backward
@@ -581,6 +581,14 @@ NON_TN_FP8 = ("B200", "GB200", "GB300")  # GB300: sm_103
 # Of the presets the B200 and the GB200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and
 # overlap.
 UNBATCHED_CP2_P2P = ("B200", "GB200", "GB300")  # GB300: compute capability 10.3
+
+
+def precision(section: ModelSection, cfg: ModelConfig) -> str:
+    """The linears' precision a [model] runs: "nvfp4" (model.fp4), "fp8 <model.fp8_recipe>" (FP8 as model.fp8 or the
+    config says) or model.params_dtype ("bf16" unless set): `model --json`'s ``precision`` and plan.md's line."""
+    if section.fp4 != "none":
+        return section.fp4
+    return f"fp8 {section.fp8_recipe}" if cfg.fp8 else section.params_dtype
 
 
 def nvfp4(scenario, hw: Hardware | None, rates: KernelRates | None) -> None:

@@ -56,6 +56,10 @@ CURRENT_SCALING_KERNELS = 3  # zero, amax, scale (quantize); zero, scale, cast (
 # amaxes one FP8 GEMM module records: input, weight and output forward; output and input gradients backward
 # (TE's FP8FwdTensors / FP8BwdTensors)
 AMAXES = {"forward": 3, "backward": 2}
+# LayerNormMLP's backward sums fc1's gradient whether fc1 has a bias or not, and returns the sum only with one
+# (TE release_v2.8 40c69e7 module/layernorm_mlp.py lines 1025-1036 and 1347; release_v2.2 c55e425 lines 810-811
+# and 1057): the row's shape text says so on a model without biases
+NO_BIAS_SUM = "no bias: TE sums it anyway, then drops it"
 # Bytes an NVFP4 element takes (model.fp4 = "nvfp4"): a 4-bit E2M1 value and its share of the FP8 E4M3 scale of each
 # block of 16 (TE release_v2.8 NVFP4BlockScaling; the per-tensor FP32 scale is one value a tensor, not counted)
 NVFP4_BYTES = 0.5 + 1 / 16
@@ -493,11 +497,13 @@ class Table:
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
 
-    def memory(self, name: str, comp: str, nbytes: float, launches: int = 1) -> float:
-        """A memory-bound kernel (``launches`` > 1: the same bytes split over that many kernels)."""
+    def memory(self, name: str, comp: str, nbytes: float, launches: int = 1, note: str = "") -> float:
+        """A memory-bound kernel (``launches`` > 1: the same bytes split over that many kernels; ``note``: why it
+        runs, added to the shape text)."""
         body = nbytes / self.r.hbm
         secs = launches * self.r.floor + body
         shape = f"{nbytes / 1e6:.3g} MB" + (f" ({launches} kernels)" if launches > 1 else "")
+        shape += f"; {note}" if note else ""
         self.rows.append(Kernel(name, comp, "memory", shape, 0.0, nbytes, secs,
                                 "latency" if launches * self.r.floor > body else "memory"))  # fmt: skip
         return secs
@@ -578,12 +584,12 @@ class Table:
         self.rows.append(Kernel("fp8 amax all-reduce (tp)", comp, "comm", f"all_reduce 4 B over {t} ({tp.link})", 0.0,
                                 4.0, collectives.small_all_reduce(t, tp.per_node, self.r.nccl), "latency"))  # fmt: skip
 
-    def grad_bias_sum(self, name: str, comp: str, elems: float) -> None:
+    def grad_bias_sum(self, name: str, comp: str, elems: float, note: str = "") -> None:
         """Current scaling has no fused bias-gradient + cast kernel (TE release_v2.8 csrc/extensions/bias.cpp
         ``bgrad_quantize``: fused only for delayed scaling and MXFP8), so the bias gradient is a sum of its own
         over the 16-bit gradient (read once) before the cast."""
         if self.lay.current_scaling:
-            self.memory(f"{name} bias sum (unfused)", comp, elems * self.lay.act_bytes)
+            self.memory(f"{name} bias sum (unfused)", comp, elems * self.lay.act_bytes, note=note)
 
     def transpose(self, name: str, comp: str, elems: float) -> None:
         """Transformer Engine's ``fp8_transpose`` of an FP8 tensor a wgrad GEMM needs: read 1 B, write 1 B
@@ -892,8 +898,8 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         tb.memory("dgelu + grad cast (fused)", comp, n * up * (2 * ab + tb.fp8_writes))
     else:
         tb.memory(f"{prefix}activation backward", comp, n * (2 * up + f) * ab)
-        if te:  # LayerNormMLP (release_v2.8) calls bgrad_quantize on fc1's gradient, bias or not
-            tb.grad_bias_sum("fc1 grad", comp, n * up)
+        if te:  # LayerNormMLP (release_v2.2 and v2.8) sums fc1's gradient, bias or not (docs/model.md)
+            tb.grad_bias_sum("fc1 grad", comp, n * up, "" if cfg.bias else NO_BIAS_SUM)
         tb.cast(f"{prefix}fc1 grad cast", comp, n * up)
     _input_projection_grads(tb, comp, wcomp, [(f"{prefix}fc1", n, h, up)], "fc1")
     if te and not tb.norm_output_fused_transpose():  # the (gathered) FP8 norm output transposed for the fc1 wgrad

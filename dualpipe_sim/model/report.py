@@ -14,6 +14,7 @@ from .. import units
 from ..schedules.components import Component
 from . import activations, derive, flops, kernels, params, recompute, step_end, step_launches
 from .derive import Derived
+from .sections import ParallelSection
 
 COMPONENT_ORDER = tuple(c.name for c in Component)  # the [chunk] keys
 
@@ -78,6 +79,12 @@ def summary(d: Derived, scenario=None) -> dict:
         "activation_bytes_per_layer": per_layer,
         "stages": stages,
     }
+    if scenario is not None:  # the layout and precision costed: parallel.*, and pipeline ranks beside the stages
+        par = scenario.parallel or ParallelSection()
+        out["parallel"] = {"tensor": par.tensor, "pipeline": st.pipeline, "stages": scenario.pipeline.stages,
+                           "data": par.data, "context": par.context, "expert": par.expert,
+                           "expert_tensor": par.expert_tensor, "rank_order": par.rank_order}  # fmt: skip
+        out["precision"] = derive.precision(scenario.model, cfg)
     if st.hw is not None:
         out["hardware"] = {"name": st.hw.name, "efficiency": None if st.rates else st.efficiency,
                            "a2a_overhead_ms": st.a2a_overhead, "times": "kernels" if st.rates else "efficiency"}  # fmt: skip
@@ -211,8 +218,9 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
     )
     hw = st.hw is not None
     fp8 = any(row["fp8_weight_bytes_per_rank"] for row in s["stages"])  # run's "fp8 w" column, per stage here
+    low = "fp4 w/rank" if st.fp4 else "fp8 w/rank"  # model.fp4: those copies are NVFP4 (docs/model.md)
     lines += ["", f"{'stage':>5} {'layers':>6} {'holds':<6} {'params':>9} {'param/rank':>10} {'grad/rank':>10} "
-              f"{'optim/rank':>10}" + (f" {'fp8 w/rank':>10}" if fp8 else "") + f" {'act/micro-batch':>15}"
+              f"{'optim/rank':>10}" + (f" {low:>10}" if fp8 else "") + f" {'act/micro-batch':>15}"
               + (f" {'F ms':>8} {'B ms':>8} {'W ms':>8}" if hw else "")]  # fmt: skip
     for row in s["stages"]:
         holds = ("E" if row["embedding"] else "") + ("m" * row["mtp"]) + ("L" if row["head"] else "")

@@ -330,8 +330,9 @@ def _optimizer(scenario, derived) -> list[Item]:
                         f"zeroed: {sf.NEMO_GRAD_ADD_BYTES} B an element, {sf.NEMO_GRAD_ADD_KERNELS} kernels a tensor"))
     refresh = tuple(sf.fp8_weight_cast_ms(st, w) for w in st.stages)
     if any(refresh):
-        out.append(Item("FP8 weight refresh (first micro-batch)", "optimizer", (0.0,) * n, refresh, "the rank",
-                        "hbm", "memory", "the FP8 copies (or FP8 parameters' transposes) made once a step"))
+        low = "NVFP4" if st.fp4 else "FP8"  # model.fp4: NVFP4 copies (docs/model.md, "NVFP4 in memory")
+        out.append(Item(f"{low} weight refresh (first micro-batch)", "optimizer", (0.0,) * n, refresh, "the rank",
+                        "hbm", "memory", f"the {low} copies (or FP8 parameters' transposes) made once a step"))
     slow = sf.dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if overlapped and step.dp_comm_sms else ()
     if slow:
         held = sf._stage_copies(scenario)  # the copy's forwards in a step: M / copies of them

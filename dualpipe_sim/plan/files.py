@@ -157,6 +157,8 @@ def plan_md(plan) -> str:
         f"{len(recs)} candidate rows: {simulated} simulated, {estimated} estimated only (their estimate was "
         f"outside the simulated best: docs/plan.md), {sum(bool(r['pruned']) for r in recs)} pruned.",
         "",
+        precision_line(plan),
+        "",
         *([etp_line(plan), ""] if etp_line(plan) else []),
         "## Best layouts (simulated, fitting the device)",
         "",
@@ -173,6 +175,17 @@ def plan_md(plan) -> str:
     if plan.top:
         lines += ["## Why the winner wins", "", *why(plan), ""]
     return "\n".join(lines)
+
+
+def precision_line(plan) -> str:
+    """The linears' precision every layout runs: the base scenario's model.fp4 / model.fp8 / model.fp8_recipe."""
+    from ..model.derive import precision
+    from ..model.sections import ModelSection
+    from .request import model_config
+
+    run = precision(ModelSection.model_validate(plan.base["model"]), model_config(plan.base))
+    return (f"Precision (model.fp4, model.fp8, model.fp8_recipe): {run} in every layout; plan does not search it "
+            f"(the base scenario sets it).")
 
 
 def etp_line(plan) -> str | None:
