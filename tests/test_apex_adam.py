@@ -12,7 +12,7 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import ddp_buckets, step_end, step_figures
+from dualpipe_sim.model import ddp_buckets, derive, step_end, step_figures
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 H100_HBM = 2.90e12  # the H100 preset's streaming HBM bandwidth (rates.py)
@@ -100,7 +100,7 @@ def test_nemo_fp8_and_16_bit_buckets_by_hand():
     sc = _load("mlperf41-gpt3-256")
     d = sc.derived()
     st = d.setup
-    held = [s for s, ranks in enumerate(step_figures._stage_ranks(sc)) if 0 in ranks]
+    held = [s for s, ranks in enumerate(derive.stage_ranks(sc)) if 0 in ranks]
     assert held == [0, 8, 16, 24, 32, 40]
     extra = 5 * 2 * (13 * H + 3 * 6 * H) / 4 * 2
     assert extra == 1_904_640

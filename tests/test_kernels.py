@@ -518,7 +518,7 @@ def test_optimizer_bytes_by_hand(overrides, per_param):
     # work (model/loop_step.py, by hand in tests/test_loop_step.py)
     from dualpipe_sim.model import loop_step, step_figures
 
-    _, once = loop_step.per_stage_ms(sc, derive.setup(sc), step_figures._stage_ranks(sc), False)
+    _, once = loop_step.per_stage_ms(sc, derive.setup(sc), derive.stage_ranks(sc), False)
     assert derived_sync(sc, "optimizer")[0] == pytest.approx((params * per_param / 1.61e12 + 2.5e-6) * 1e3 + once[0])
 
 

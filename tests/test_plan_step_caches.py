@@ -5,7 +5,7 @@ A plan asks for the [step] figures of thousands of layouts.  Two caches serve th
 * ``_slowed_compute``: each stage's compute on the SMs a data-parallel collective leaves, kept by what
   its kernels read of the Setup (derive.times_key: the model, the rates, the kernels' Layout) and
   the stage (its layers, embedding, head and MTP modules), and the SMs taken;
-* ``_stage_ranks``: the ranks holding each stage, kept by the schedule family, the stage count, the
+* ``derive.stage_ranks``: the ranks holding each stage, kept by the schedule family, the stage count, the
   micro-batch count built and the schedule options.
 
 As tests/test_plan_memo.py does for derive.Memo: each pair differs in one field the key must hold; the
@@ -130,7 +130,7 @@ def cold_ranks(sc) -> list[set[int]]:
     return held
 
 
-# pairs differing in one field _stage_ranks' key must hold
+# pairs differing in one field stage_ranks' key must hold
 RANK_PAIRS = {
     "schedule family": (llama(schedule="1f1b"), llama(schedule="dualpipev")),
     "stages": (llama(stages=4), llama(stages=8, data=2)),
@@ -144,18 +144,18 @@ def test_stage_ranks_key_holds_the_field_that_differs(name):
     first, second = RANK_PAIRS[name]
     a, b = cold_ranks(first), cold_ranks(second)
     assert a != b
-    sf._ranks_holding.cache_clear()
-    assert sf._stage_ranks(first) == a
-    assert sf._stage_ranks(second) == b
-    assert sf._stage_ranks(first) == a
+    derive._ranks_holding.cache_clear()
+    assert derive.stage_ranks(first) == a
+    assert derive.stage_ranks(second) == b
+    assert derive.stage_ranks(first) == a
 
 
 def test_stage_ranks_hands_out_its_own_copy():
     """A caller changing the sets it was given does not change what the next caller gets."""
     sc = llama(schedule="dualpipev")
-    sf._ranks_holding.cache_clear()
-    held = sf._stage_ranks(sc)
+    derive._ranks_holding.cache_clear()
+    held = derive.stage_ranks(sc)
     assert held == [{0}, {1}, {1}, {0}]  # DualPipeV's V: 4 stages on 2 ranks, stages s and 3 - s on one
     held[0].add(99)
-    assert sf._stage_ranks(sc) == [{0}, {1}, {1}, {0}]
-    assert sf._ranks_holding.cache_info().hits >= 1
+    assert derive.stage_ranks(sc) == [{0}, {1}, {1}, {0}]
+    assert derive._ranks_holding.cache_info().hits >= 1

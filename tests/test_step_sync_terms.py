@@ -33,7 +33,7 @@ def _loop(sc, stage):
     from dualpipe_sim.model import derive, loop_step
     from dualpipe_sim.model import step_figures as sf
 
-    phase, once = loop_step.per_stage_ms(sc, derive.setup(sc), sf._stage_ranks(sc), sf.megatron_core_optimizer(sc))
+    phase, once = loop_step.per_stage_ms(sc, derive.setup(sc), derive.stage_ranks(sc), sf.megatron_core_optimizer(sc))
     return (phase[stage] + once[stage]) / 1e3
 
 
@@ -283,7 +283,7 @@ def test_a_tied_head_on_the_embeddings_stage_accumulates_the_shared_weight_once(
 
 @pytest.mark.parametrize("stages", [2, 4, 6])
 def test_stage_placement_does_not_depend_on_microbatches(stages):
-    """_stage_ranks builds a schedule with the fewest micro-batches its family accepts: every registered
+    """stage_ranks builds a schedule with the fewest micro-batches its family accepts: every registered
     family must place each stage on the same ranks whatever the micro-batch count."""
     from dualpipe_sim.schedules import registry
 
@@ -372,10 +372,11 @@ def test_start_wait_once_per_rank_whatever_the_copies(schedule):
     exposed = derived_sync(_load("n21-145b", [*over, "step.overlap_param_gather=false"]), "optimizer")
     sc = _load("n21-145b", over)
     d = sc.derived()
-    from dualpipe_sim.model.step_figures import _stage_ranks, param_gather_ms, start_gather_ms
+    from dualpipe_sim.model.derive import stage_ranks
+    from dualpipe_sim.model.step_figures import param_gather_ms, start_gather_ms
 
     wait = start_gather_ms(d.setup, d.stages[0], 1)
     added = [h - (e - param_gather_ms(d.setup, st)) for h, e, st in zip(hidden, exposed, d.stages)]
-    held = _stage_ranks(sc)
+    held = stage_ranks(sc)
     for r in range(8):
         assert sum(a for a, ranks in zip(added, held) if r in ranks) == pytest.approx(wait)

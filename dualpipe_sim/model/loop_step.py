@@ -122,7 +122,7 @@ def per_rank_ms(scenario, st, ranks: int, norm_costed: bool) -> tuple[list[float
 
 def per_stage_ms(scenario, st, held: list[set[int]] | None,
                  norm_costed: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:  # fmt: skip
-    """per_rank_ms spread over the stage copies each rank holds (``held``: step_figures._stage_ranks), so that a
+    """per_rank_ms spread over the stage copies each rank holds (``held``: derive.stage_ranks), so that a
     rank's optimizer figure, the sum over its copies, carries it once."""
     n = len(st.stages)
     if held is None or len(held) != n:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ScenarioError
-from . import collectives, ddp_buckets, loop_step, step_launches
+from . import collectives, ddp_buckets, derive, loop_step, step_launches
 from . import step_figures as sf
 
 FIGURES = ("grad_sync", "cross_copy_sync", "optimizer")
@@ -347,7 +347,7 @@ def _optimizer(scenario, derived) -> list[Item]:
 
 def _loop_items(scenario, st) -> list[Item]:
     """The A100-era loops' once-a-step work (model/loop_step.py), as step_figures adds it to the optimizer figure."""
-    phase, once = loop_step.per_stage_ms(scenario, st, sf._stage_ranks(scenario), sf.megatron_core_optimizer(scenario))
+    phase, once = loop_step.per_stage_ms(scenario, st, derive.stage_ranks(scenario), sf.megatron_core_optimizer(scenario))
     n = len(st.stages)
     out = []
     if any(phase):

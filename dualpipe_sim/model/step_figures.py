@@ -242,7 +242,7 @@ def fp8_master_cast_ms(scenario, st, derived=None) -> list[float]:
     (apex_fp8_shard_bytes, APEX_FP8_SHARD_KERNELS, apex_fp8_cast_fixed_launches); the all-reduce is the same."""
     sh, rates, m = st.sharding, st.rates, scenario.model
     apex = scenario.step is not None and scenario.step.param_gather == "apex"
-    held = _stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
+    held = derive.stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
     tensors = [fp8_param_tensors(st, where) for where in st.stages]
     # rank: [dense weights, routed weights, stage copies held, its first chunk's dense weights]
     per_rank: dict[int, list[int]] = {}
@@ -499,7 +499,7 @@ def nemo_sync(scenario, derived=None, memo: dict | None = None) -> NemoSync:
     held_dense, held_routed, held_buckets = [0.0] * S, [0.0] * S, [0] * S
     fp32_ms = [fp32_optimizer_all_reduce_ms(st, w) if f32opt else 0.0 for w in st.stages]
     in_tail = [f32opt] * S  # the tied all-reduce in the tail (NeMo runs it after _finish_bucket_grad_sync)
-    ranks = _stage_ranks(scenario) if step.grad_sync_held else None
+    ranks = derive.stage_ranks(scenario) if step.grad_sync_held else None
     marks = set(step.grad_sync_held)
     for r in sorted(_held_ranks(scenario, st, ranks)) if ranks is not None else ():
         mine = [s for s in range(S) if r in ranks[s]]
@@ -607,13 +607,10 @@ def _sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, b
     return (ring(dense, sh.data) + ring(routed, sh.expert_data)) / (hw.a2a_gbps * 1e9) * 1e3
 
 
-# the ranks holding each stage: derive's (a Setup counts its pipeline ranks with them), kept under these names
-_stage_ranks, _ranks_holding = derive.stage_ranks, derive._ranks_holding
-
 
 def _stage_copies(scenario) -> list[int]:
     """How many ranks hold each stage (one each when the schedule cannot be built)."""
-    ranks = _stage_ranks(scenario)
+    ranks = derive.stage_ranks(scenario)
     return [1] * scenario.pipeline.stages if ranks is None else [len(r) for r in ranks]
 
 
@@ -636,7 +633,7 @@ def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:
     if not cfg.tie_word_embeddings or not embed or not head or embed[0] == head[0]:
         return {}
     e, h = embed[0], head[0]
-    ranks = _stage_ranks(scenario)
+    ranks = derive.stage_ranks(scenario)
     if ranks is None or ranks[e] & ranks[h]:
         return {}
     nbytes = cfg.vocab_size * cfg.hidden_size / sh.tensor * grad_bytes
@@ -690,7 +687,7 @@ def tp_grad_all_reduce_ms(scenario, st) -> tuple[float, ...]:
     nbytes = [tp_reduced_elements(scenario, st, w) * sh.grads_bytes for w in st.stages]
     if not any(nbytes):
         return (0.0,) * len(nbytes)
-    held = _stage_ranks(scenario) or [{s} for s in range(len(nbytes))]
+    held = derive.stage_ranks(scenario) or [{s} for s in range(len(nbytes))]
     rank = [min(r) if r else -1 for r in held]  # a copy's time on its first rank, as _once_per_rank puts it
     total = {r: sum(b for b, q in zip(nbytes, rank) if q == r) for r in set(rank)}
     out = []
@@ -814,7 +811,7 @@ def optimizer_overlap_ms(scenario, derived) -> float:
     blocking FP8 amax all-reduce, which queues behind the gather on the same data-parallel communicator.  The other
     chunks' FP8 cast is not counted here (a lower bound of the overlap)."""
     st = derived.setup
-    held = _stage_ranks(scenario)
+    held = derive.stage_ranks(scenario)
     if held is None or not held[0]:
         return 0.0
     rank = min(held[0])
@@ -843,7 +840,7 @@ def apex_fp8_first_bucket(scenario, derived) -> tuple[int, float]:
     gathered with stage 0 at params_bytes each."""
     st = derived.setup
     sh = st.sharding
-    held = _stage_ranks(scenario)
+    held = derive.stage_ranks(scenario)
     if held is None or not held[0]:
         return 1, 0.0
     rank = min(held[0])
@@ -982,7 +979,7 @@ def grad_sync_shares(scenario, derived=None, memo: dict | None = None) -> tuple[
 def _once_per_rank(scenario, stages: int) -> list[float]:
     """Per stage, the weight that puts a per-rank figure on each rank once when spread over the
     stage copies it holds (a rank's optimizer figure is the sum over its copies): 1 / copies held."""
-    held = _stage_ranks(scenario)
+    held = derive.stage_ranks(scenario)
     if held is None:
         return [1.0] + [0.0] * (stages - 1)
     per_rank: dict[int, int] = {}
@@ -1102,7 +1099,7 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
     norm_share = per_rank if mcore else None
     norm = grad_norm_all_reduce_ms(scenario, st) if mcore else 0.0
     # the A100-era loops' once-a-step timers, host reads and loss reductions (loop_step.py), once a rank
-    loop = loop_step.per_stage_ms(scenario, st, _stage_ranks(scenario), mcore) if key == "optimizer" else None
+    loop = loop_step.per_stage_ms(scenario, st, derive.stage_ranks(scenario), mcore) if key == "optimizer" else None
     # the overlapped all-gather takes SMs from the next step's forward it runs beside (step.dp_comm_sms)
     beside = key == "optimizer" and sh.zero in (1, 2) and step is not None and step.param_gather_overlapped()
     slow = per_call(memo, "dp_comm_slowdown", lambda: dp_comm_slowdown(scenario, step.dp_comm_sms, derived)) \

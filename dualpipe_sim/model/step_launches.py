@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ddp_buckets
+from . import ddp_buckets, derive
 from . import step_figures as sf
 from .shard_pieces import Piece, buffers, pieces, rank_pieces  # noqa: F401 (Piece, pieces: this module's tests)
 
@@ -72,7 +72,7 @@ def count(scenario, derived) -> Launches | None:
     if not sf.shard_counted(scenario, derived.setup):
         return None
     st = derived.setup
-    held = sf._stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
+    held = derive.stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
     rank = min(held[0]) if held[0] else 0
     mine = [s for s, ranks in enumerate(held) if rank in ranks] or [0]
     buckets = ddp_buckets.per_stage(scenario, derived)
