@@ -16,11 +16,15 @@ come from the code's defaults (docs/validation.md, "Community runs").  The MLPer
 forward only, are held against the model's forward in a table of their own (`eval_forward`, "Forward only").
 The page's "At a glance" table (`glance`) is read back from those tables once they are written, and so is the
 "GPU-to-GPU spread" table's default column (`spread`), beside the same tables made again with the spread on.
+With --write it also writes dualpipe_sim/model/validation_band.json (`band`): per class of run, the GPU's family x
+dense or MoE, the whole-run tables' runs, mean signed error and range as written, which `run`, `model` and `plan`
+report beside a prediction (dualpipe_sim/model/validation_band.py).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import sys
 from pathlib import Path
@@ -30,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from dualpipe_sim.inputs import scenario  # noqa: E402
 from dualpipe_sim import simulation
-from dualpipe_sim.model import derive, kernels  # noqa: E402
+from dualpipe_sim.model import derive, kernels, validation_band  # noqa: E402
 
 FOLDER = ROOT / "scenarios" / "validation"
 DOC = ROOT / "docs" / "validation.md"
@@ -340,6 +344,44 @@ def spread(doc: str, on: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+# dualpipe_sim/model/validation_band.json: the whole-run tables of GLANCE (the forward-only table times no step), read
+# back as written like "At a glance", each run put in its class by its scenario (validation_band.run_class): the GPU
+# preset's family and whether the model has experts (the community table's MoE runs join their GPU's MoE class)
+BAND_TABLES = GLANCE[:4]
+
+
+def band(doc: str) -> str:
+    """validation_band.json's text from the tables in ``doc``: per class its runs, mean signed error, min and max
+    (fractions, the tables' 0.1% cells; no range under validation_band.MIN_RUNS runs), rows and tables."""
+    with open(FOLDER / "published.csv") as fh:
+        files = {row["name"]: row["scenario"] for row in csv.DictReader(fh)}
+    runs: dict[str, list[tuple[str, float, str, str]]] = {name: [] for name in validation_band.CLASSES}
+    for label, name, anchor, column in BAND_TABLES:
+        for run, err in errors(section(doc, name), column):
+            sc = scenario.load(FOLDER / files[run])
+            cls, why = validation_band.run_class(sc.hardware, derive.model_config(sc.model).moe)
+            assert cls is not None, (run, why)
+            runs[cls].append((run, err, label, f"docs/validation.md#{anchor}"))
+    out = {}
+    for cls, rows in runs.items():
+        errs = [err for _, err, _, _ in rows]
+        ranged = len(rows) >= validation_band.MIN_RUNS
+        tables = {(label, anchor): 0 for _, _, label, anchor in rows}
+        for _, _, label, anchor in rows:
+            tables[label, anchor] += 1
+        out[cls] = {"runs": len(rows), "mean_error": round(sum(errs) / len(errs), 4) if errs else None,
+                    "min_error": round(min(errs), 4) if ranged else None,
+                    "max_error": round(max(errs), 4) if ranged else None,
+                    "rows": [run for run, *_ in rows],
+                    "tables": [{"table": label, "anchor": anchor, "runs": n} for (label, anchor), n in tables.items()],
+                    "note": None if ranged else ("no published run" if not rows else
+                                                 f"{len(rows)} run(s), fewer than {validation_band.MIN_RUNS}: no range")}
+    about = {"written_by": "docs/make_validation.py --write, from docs/validation.md's whole-run tables",
+             "error": "predicted / published tokens/s per GPU - 1 (positive: the model too fast); reported, never applied",
+             "min_runs_for_a_range": validation_band.MIN_RUNS}  # fmt: skip
+    return json.dumps({"about": about, "classes": out}, indent=1, sort_keys=True) + "\n"
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     OVERRIDES[:] = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
@@ -356,5 +398,8 @@ if __name__ == "__main__":
     text = spread(doc, with_spread())
     print(text, end="\n\n")
     doc = replace(doc, SPREAD_SECTION, text)
+    text = band(doc)
+    print(text)
     if "--write" in args:
         DOC.write_text(doc)
+        validation_band.DATA.write_text(text)

@@ -20,6 +20,7 @@ from . import actions, compare, limits, repeat, simulation, units
 from .schedules import registry
 from .schedules.ir import Schedule, ScheduleError
 from .readers.metrics import Metrics
+from .model import validation_band
 from .progress import each_file
 from .outputs.files import OutputError, check_targets, metrics_json, write_all, write_text
 from .outputs import text_table
@@ -391,6 +392,8 @@ def summary_table(m: Metrics, bytes_given: bool = True, low: str = "fp8") -> str
         lines.append(step_line(m.step))
     if m.throughput is not None:
         lines.append(throughput_line(m.throughput))
+    if m.validation_band is not None:  # how far off published runs of its class were: beside it, never applied
+        lines.append(validation_band.describe(m.validation_band))
     return "\n".join(lines + memory_lines(m, low))
 
 

@@ -23,6 +23,7 @@ from .readers.metrics import Metrics, RankMemory, compute_metrics, throughput_me
 from .model import buffers as model_buffers
 from .model import memory as model_memory
 from .model import placement
+from .model import validation_band
 from .model.step_figures import throughput
 from .inputs.scenario import Scenario, ScenarioError
 from .schedules import closed_form
@@ -107,6 +108,9 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
         metrics = replace(metrics, step=step_metrics(trace, inputs.step_costs, tp))
     step_time = metrics.step.total if metrics.step is not None else metrics.makespan
     metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))
+    if metrics.throughput is not None and inputs.derived is not None:  # reported beside the prediction, not applied
+        band = validation_band.lookup(scenario.hardware, inputs.derived.setup.cfg.moe)
+        metrics = replace(metrics, validation_band=band)
     return Result(scenario, schedule, costs, trace, metrics, inputs)
 
 

@@ -9,10 +9,11 @@ people, and with ``explain`` also how every derived number is obtained, the step
 from __future__ import annotations
 
 import textwrap
+from dataclasses import asdict
 
 from .. import units
 from ..schedules.components import Component
-from . import activations, derive, flops, kernels, params, recompute, step_end, step_launches
+from . import activations, derive, flops, kernels, params, recompute, step_end, step_launches, validation_band
 from .derive import Derived
 from .sections import ParallelSection
 
@@ -99,6 +100,8 @@ def summary(d: Derived, scenario=None) -> dict:
             out["chunk"] = {"layers": d.chunk_layers, **{k: getattr(d.moe_layer, k) for k in COMPONENT_ORDER}}
     if scenario is not None:
         out["step_end"] = step_end.summary(scenario, d)
+        # how far off `run`'s tokens/s was on published runs of this class: reported, never applied
+        out["validation_band"] = asdict(validation_band.lookup(scenario.hardware, cfg.moe))
     return out
 
 
@@ -257,6 +260,8 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
     lines += [f"note: {n}" for n in notes]
     if typed:
         lines.append(f"note: `run` uses the scenario's hand-typed {', '.join(typed)} instead of the derived figures")
+    if scenario is not None:  # `run`'s tokens/s against published runs of its class (not applied)
+        lines.append(validation_band.describe(validation_band.lookup(scenario.hardware, cfg.moe)))
     if explain:
         lines += ["", *explain_lines(d)]
         if scenario is not None:

@@ -159,6 +159,8 @@ def plan_md(plan) -> str:
         "",
         precision_line(plan),
         "",
+        band_line(plan),
+        "",
         *([etp_line(plan), ""] if etp_line(plan) else []),
         "## Best layouts (simulated, fitting the device)",
         "",
@@ -186,6 +188,17 @@ def precision_line(plan) -> str:
     run = precision(ModelSection.model_validate(plan.base["model"]), model_config(plan.base))
     return (f"Precision (model.fp4, model.fp8, model.fp8_recipe): {run} in every layout; plan does not search it "
             f"(the base scenario sets it).")
+
+
+def band_line(plan) -> str:
+    """How far off the tokens/s was on published runs of the layouts' class (model/validation_band.py): the base
+    scenario's GPU and whether the model has experts, which every layout shares. Reported, never applied."""
+    from ..model import validation_band
+    from ..model.sections import HardwareSection
+
+    line = validation_band.describe(validation_band.lookup(HardwareSection.model_validate(plan.base["hardware"]),
+                                                           plan.experts > 0))  # fmt: skip
+    return line[0].upper() + line[1:]
 
 
 def etp_line(plan) -> str | None:

@@ -56,12 +56,15 @@ Definitions (also in README.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .step_metrics import StepMetrics
 from ..engine.trace import A2A, P2P, Trace
+
+if TYPE_CHECKING:  # a record the run hands over (simulation.run), not read off the trace
+    from ..model.validation_band import Band
 
 
 def optional_block():
@@ -191,6 +194,9 @@ class Metrics:
     device_memory: float | None = None  # bytes of HBM per GPU ([hardware]); None when unknown
     step: StepMetrics | None = optional_block()  # a whole training step, with [step] work (step.py)
     throughput: ThroughputMetrics | None = optional_block()  # with a [model]: tokens/s, per GPU, MFU
+    # with a throughput: how far off the model was on published runs of its class (model/validation_band.py),
+    # reported beside the prediction and never applied to it
+    validation_band: Band | None = optional_block()
 
     def to_dict(self) -> dict:
         """The metrics.json document (README lists every key)."""
