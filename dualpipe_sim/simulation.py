@@ -109,7 +109,7 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
     step_time = metrics.step.total if metrics.step is not None else metrics.makespan
     metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))
     if metrics.throughput is not None and inputs.derived is not None:  # reported beside the prediction, not applied
-        band = validation_band.lookup(scenario.hardware, inputs.derived.setup.cfg.moe)
+        band = validation_band.lookup(scenario.hardware, inputs.derived.setup.cfg.moe, metrics.step is not None)
         metrics = replace(metrics, validation_band=band)
     return Result(scenario, schedule, costs, trace, metrics, inputs)
 

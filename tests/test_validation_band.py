@@ -188,12 +188,12 @@ def test_no_band_without_the_kernel_model_on_a_preset(hardware, why):
 def test_describe_by_hand():
     band = Band(True, "Hopper MoE", 9, 0.3944, 0.114, 0.718, (f"{PAGE}#a", f"{PAGE}#b"), None)
     assert validation_band.describe(band) == (
-        "validation band (Hopper MoE): on 9 published runs the predicted tokens/s was +39.4% off on average, "
-        "+11.4% to +71.8% (+: too high); reported, not applied; docs/validation.md#a, #b")
+        "validation band (Hopper MoE): over 9 published runs, predicted tokens/s against measured +39.4% on average, "
+        "+11.4% to +71.8% (+: the prediction too high); reported, not applied; docs/validation.md#a, #b")
     few = Band(False, "Blackwell MoE", 1, 2.463, None, None, (f"{PAGE}#c",), "1 published run: too few for a range")
     assert validation_band.describe(few) == (
         "validation band (Blackwell MoE): not validated, 1 published run: too few for a range (mean +246.3%, "
-        "+: too high); reported, not applied; docs/validation.md#c")
+        "+: the prediction too high); reported, not applied; docs/validation.md#c")
 
 
 # -- 3. in the outputs, never applied --------------------------------------------------------------------------------
@@ -221,6 +221,15 @@ def test_run_says_not_validated_with_efficiency(tmp_path, capsys):
     assert "validation band: not validated, hardware.efficiency is set" in out
     band = json.loads((tmp_path / "metrics.json").read_text())["validation_band"]
     assert (band["validated"], band["run_class"], band["runs"]) == (False, None, 0)
+
+
+def test_pipeline_only_throughput_gets_no_band(tmp_path, capsys):
+    # no [step]: the figure is the pipeline's makespan alone, while every published figure is a whole step
+    assert main(["run", str(SMALL), "--out", str(tmp_path), "--plots", "none", "--unset", "step"]) == 0
+    out = capsys.readouterr().out
+    assert "validation band (A100 dense): not validated, no [step]" in out
+    band = json.loads((tmp_path / "metrics.json").read_text())["validation_band"]
+    assert (band["validated"], band["run_class"], band["runs"], band["mean_error"]) == (False, "A100 dense", 0, None)
 
 
 def test_no_model_no_band(tmp_path):

@@ -59,9 +59,13 @@ def classes() -> dict:
     return json.loads(DATA.read_text(encoding="utf-8"))["classes"]
 
 
-def lookup(hardware, moe: bool) -> Band:
-    """The band of the class a run on ``hardware`` with (``moe``) or without experts is in (run_class)."""
+def lookup(hardware, moe: bool, whole_step: bool = True) -> Band:
+    """The band of the class a run on ``hardware`` with (``moe``) or without experts is in (run_class).  Without
+    ``whole_step`` (no [step]: the throughput is the pipeline's alone) none: every published figure is a whole step."""
     name, reason = run_class(hardware, moe)
+    if name is not None and not whole_step:
+        return Band(False, name, 0, None, None, None, (),
+                    "no [step]: the throughput is the pipeline alone, the published runs' a whole step")  # fmt: skip
     entry = classes().get(name, {}) if name else {}
     runs = entry.get("runs", 0)
     if name is None or not runs:
@@ -79,9 +83,10 @@ def describe(band: Band) -> str:
     # one page: its name once, then each table's anchor
     where = "; " + ", ".join(s if i == 0 else s[s.index("#"):] for i, s in enumerate(band.sources)) if band.sources else ""
     if band.validated:
-        return (f"{head}: on {band.runs} published runs the predicted tokens/s was {band.mean_error:+.1%} off on "
-                f"average, {band.min_error:+.1%} to {band.max_error:+.1%} (+: too high); reported, not applied{where}")
+        return (f"{head}: over {band.runs} published runs, predicted tokens/s against measured {band.mean_error:+.1%} "
+                f"on average, {band.min_error:+.1%} to {band.max_error:+.1%} (+: the prediction too high); reported, "
+                f"not applied{where}")
     if band.runs:
-        return (f"{head}: not validated, {band.reason} (mean {band.mean_error:+.1%}, +: too high); reported, not "
+        return (f"{head}: not validated, {band.reason} (mean {band.mean_error:+.1%}, +: the prediction too high); reported, not "
                 f"applied{where}")
     return f"{head}: not validated, {band.reason}"
