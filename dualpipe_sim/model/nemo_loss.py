@@ -1,5 +1,5 @@
 """What the last pipeline stage runs after the head each micro-batch: the loss, as the training loop that owns it
-writes it (``model.training_loop``: "nemo-1", "nemo-2", "nemo-2.4", "megatron-pretrain-gpt", "pai-megatron-patch";
+writes it (``model.training_loop``: "nemo-1", "nemo-2", "nemo-25.04", "nemo-2.4", "megatron-pretrain-gpt", "pai-megatron-patch";
 docs/model.md, "NeMo 1's loss, micro-batch by micro-batch" and "The loss under NeMo 2, pretrain_gpt.py and
 Pai-Megatron-Patch").
 
@@ -29,6 +29,13 @@ evaluation alike (``llm/gpt/model/base.py`` line 454: ``val_drop_last`` at its d
 * ``average_losses_across_data_parallel_group`` (line 1750; ``nlp/modules/common/megatron/utils.py`` lines 195-203):
   clone, cat, an all-reduce of 4 bytes over the data-parallel group, divide; ``loss_for_ub * cp_size`` (line 1751);
   Megatron-core's ``/ num_microbatches`` (core_r0.11.0 ``schedules.py`` line 294).
+
+NeMo 25.04-alpha.rc2, ``"nemo-25.04"`` (MLPerf v5.0 Llama 3.1 405B on GB200: 5596af3 on Megatron-core 25.04-alpha.rc2;
+s18g): v2.2.0's per-micro-batch all-reduces without its host read. ``masked_token_loss`` (lines 1913-1923): mul, sum, the
+context-parallel all-reduce; ``forward`` (lines 1851-1873): the mask's sum at CP 1, the count's ``< 0.5``, ``+=``, clone,
+int cast, the divide, ``average_losses_across_data_parallel_group`` (clone, cat, the data-parallel all-reduce, divide);
+Megatron-core's ``/ num_tokens``, ``* cp``, ``/ num_microbatches`` (``schedules.py`` @ 53596ec lines 290-292).  No ``if`` on a
+CUDA value, so no host read: under the rows' whole-iteration CUDA graph nothing here costs host time.
 
 NeMo 2 from v2.4, ``"nemo-2.4"`` (MLPerf v5.1 rows: NeMo 25.09-alpha.rc1; eddf23f, Sep 2025, read):
 ``masked_token_loss`` returns the loss sum and the mask's sum (mul, sum, sum; lines 1840-1849), ``forward`` clones
@@ -83,6 +90,9 @@ class Loss:
 LOSSES = {
     # compare (the mask's sum at CP 1 before it) | mul, sum, div, clone, cat, divide, * cp, / micro-batches
     "nemo-2": Loss("NeMo 2: masked mean, data-parallel average", 1, 1, 8, dp_bytes=4, cp_reduce=True, mask_sum=True),
+    # mul, sum, < 0.5, +=, clone, int, divide, clone, cat, divide, / tokens, * cp, / micro-batches (mask sum at CP 1)
+    "nemo-25.04": Loss("NeMo 25.04: masked sum, token count, data-parallel average", 13, 0, 0, dp_bytes=4,
+                       cp_reduce=True, mask_sum=True),
     # mul, sum, sum, clone, int, clone, cat, / tokens, / micro-batches
     "nemo-2.4": Loss("NeMo 2: loss sum and tokens, / tokens, / micro-batches", 9, 0, 0),
     # mul, sum, isnan | isinf | mask sum, clone, int, clone, cat, / tokens, / micro-batches

@@ -85,11 +85,12 @@ class ModelSection(BaseModel):
     # whose training loop runs the micro-batches under Megatron's schedules: "megatron-lm-2021" (Megatron-LM 2021/2022:
     # get_batch on every stage, the loss averaged over data parallelism, the timers' syncs: model/megatron_lm.py),
     # "megatron-core" (nothing of that costed), "nemo-1" (Megatron-core's schedules under NeMo 1's MegatronGPTModel: its
-    # loss on the last stage each micro-batch, model/nemo_loss.py), "nemo-2" (NeMo 2 to v2.3), "nemo-2.4" (NeMo 2 from
+    # loss on the last stage each micro-batch, model/nemo_loss.py), "nemo-2" (NeMo 2 to v2.3), "nemo-25.04" (NeMo
+    # 25.04-alpha.rc2: no host read), "nemo-2.4" (NeMo 2 from
     # v2.4), "megatron-pretrain-gpt" (Megatron-LM's pretrain_gpt.py of 2025), "pai-megatron-patch" (its template
     # loss_func): each that loop's loss on the last stage (model/nemo_loss.py); or "derived" (model.runtime's)
-    training_loop: Literal["derived", "megatron-core", "megatron-lm-2021", "nemo-1", "nemo-2", "nemo-2.4",
-                           "megatron-pretrain-gpt", "pai-megatron-patch"] = "derived"
+    training_loop: Literal["derived", "megatron-core", "megatron-lm-2021", "nemo-1", "nemo-2", "nemo-25.04",
+                           "nemo-2.4", "megatron-pretrain-gpt", "pai-megatron-patch"] = "derived"
     # the attention core: "eager" (s x s scores in memory, Megatron's fused softmax) or "flash" (fused attention);
     # None: flash under runtime "megatron-core" (TE's DotProductAttention), else the family's (GPT-2: eager)
     attention: Literal["eager", "flash"] | None = None
