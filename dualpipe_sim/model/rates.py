@@ -262,10 +262,21 @@ PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72)
 # GB300 at 8192^3 (torch._scaled_mm, 130.5 us, a 12-run median: cfregly/ai-performance-engineering @ 66f6307
 # docs/gb300-nvfp4-dual2sm.md; tests/data/kernels/gb300_nvfp4_cublaslt.csv), peak fitted to it with the B200 fit's
 # floor and k_overhead 0 (one shape: the fit's shape across sizes is B200's). It replaced (s17l) an assumption, B200's
-# peak x the datasheets' 15,000 / 10,000 dense FP4 (GB300_FP4_OVER_GB200, kept for the tests' comparison), 7% slow
-# there. The rest is GB200's carried over: BF16 and FP8 GEMMs (the same 2,500 / 5,000 dense peaks), attention (the
-# datasheet's "2x attention" is not modelled: no GB300 table), HBM (8 TB/s both), the floor, NVLink 5, 148 SMs
+# peak x the datasheets' 15,000 / 10,000 dense FP4 (GB300_FP4_OVER_GB200, kept for the tests' comparison), 6% slow
+# there (7% on 148 SMs). The rest is GB200's carried over: BF16 GEMMs (the same 2,500 dense peak), attention (the
+# datasheet's "2x attention" is not modelled: no GB300 table), HBM (8 TB/s both), the floor, NVLink 5.
+# s18f (docs/model.md, "GB300: SMs, FP8 and the NIC (s18f)"): GB300's own SM count and FP8 GEMMs.
+# SMs: 152 as the device reports them (the die has 160, NVIDIA's Blackwell Ultra blog): flashinfer-ai/flashinfer @ f2230d7
+# (#5850) prints "NVIDIA GB300", its uuid, "152 SMs" beside "NVIDIA B200 ... 148 SMs"; on the GB300 tray that measured the
+# GEMMs, ncu saw a persistent grid sized from the SM count at 304 = 152 x 2 and 152 x 1 (cfregly/ai-performance-engineering
+# @ a39905e code/docs/gb300-fp8-dual2sm.md). The NVFP4 peak is refitted with them (8192^3 at 130.5 us: 8,880 -> 8,796).
+GB300_SMS = 152
+# FP8: cuBLASLt's FP8 GEMM measured on that GB300 (torch._scaled_mm, e4m3 x e4m3 -> fp16, unit per-tensor scales; the
+# same document): seven figures at 8192^3 (six 12-16-rep interleaved session medians and a cold sweep's), their median
+# 283.1 us, the peak fitted to it as the NVFP4 one (B200's floor, k_overhead 0; tests/data/kernels/gb300_fp8_cublaslt.csv)
+GB300_FP8_PEAK = 3965e12
 GB300_FP4_OVER_GB200 = 15000 / 10000
-GB300_NVFP4_PEAK = 8880e12
-PRESETS["GB300"] = replace(PRESETS["GB200"], name="GB300", nic_bus=2 * _NIC_NDR,
+GB300_NVFP4_PEAK = 8796e12
+PRESETS["GB300"] = replace(PRESETS["GB200"], name="GB300", sms=GB300_SMS, nic_bus=2 * _NIC_NDR,
+                           gemm_fp8=replace(PRESETS["GB200"].gemm_fp8, peak=GB300_FP8_PEAK),
                            gemm_fp4=replace(PRESETS["GB200"].gemm_fp4, peak=GB300_NVFP4_PEAK))
