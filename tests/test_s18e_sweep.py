@@ -10,25 +10,12 @@ import pytest
 from dualpipe_sim.cli import parse_grid
 from dualpipe_sim.sweep import Interrupted, executors, run_sweep
 from dualpipe_sim.sweep.point import run_point as real_run_point
-
-SCENARIO = """
-[pipeline]
-schedule = "1f1b"
-stages = 2
-microbatches = 4
-
-[costs]
-forward = 1.0
-backward = 2.0
-
-[comm]
-p2p = 0.0
-"""
+from test_sweep_resume import BASE  # 1F1B, 2 stages, 4 micro-batches, F 1, B 2
 
 
 def test_interrupted_resume_counts_finished_and_left(tmp_path, monkeypatch):
     base = tmp_path / "base.toml"
-    base.write_text(SCENARIO)
+    base.write_text(BASE)
     out = tmp_path / "out"
     run_sweep(base, parse_grid(["pipeline.microbatches=4,8"]), out, jobs=1, charts=False)
     calls = []
