@@ -117,6 +117,10 @@ def main_gemm() -> None:
            np.linspace(2000e12, 4500e12, 51), np.array([0.0, 0.0]), np.array([floor, floor]))
     report("  for the record, k_overhead free", reachable, 148, B200_HBM, 1.0,
            np.linspace(2000e12, 4500e12, 51), np.linspace(0, 2000, 41), np.array([floor, floor]))
+    # GB200's own FP8 rate (s18k): the same fit on the GPU that measured the table, at the 152 SMs a GB200 reports
+    # (rates.GB200_SMS; docs/model.md, "GB200's SM count (s18k)"); the rows, filter, floor and grid as above
+    report("GB200 fp8 (Azure cuBLASLt, 152 SMs; k_overhead held at 0)", reachable, rates.GB200_SMS, B200_HBM, 1.0,
+           np.linspace(2000e12, 4500e12, 51), np.array([0.0, 0.0]), np.array([floor, floor]))
     # A100: Azure's cuBLASLt FP16 table has no tiny shape to pin the floor: sm_90's floor, as for DeepGEMM's
     report("A100 fp16 (Azure cuBLASLt)", table("azure_a100.csv", "value", 1e12, kind="gemm"), 108, 2.039e12 * 0.85,
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))

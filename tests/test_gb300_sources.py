@@ -33,7 +33,7 @@ def _gb300_fp8(m, n, k):
 def test_sm_count_is_what_the_device_reports():
     src = hardware_source(DATA / "hardware" / "gb300_nvl72.csv")
     assert RATES["GB300"].sms == GB300_SMS == src["device", "sms"] == 152
-    # the source's method gives the B200 the count its preset carries (and B200's GPU, GB200's, the same)
+    # the source's method gives the B200 the count its preset carries (GB200's 152: tests/test_gb200_sms.py)
     assert src["device", "b200_sms"] == RATES["B200"].sms == 148
     # ncu's persistent grids on the GEMMs' own GB300: one CTA per SM a round, 2 and 1 CTAs an SM
     assert src["ncu", "persistent_grid_2_per_sm"] / 2 == src["ncu", "persistent_grid_1_per_sm"] == 152
@@ -108,9 +108,9 @@ def test_gb300_fp8_against_gb200s_table_and_the_datasheet():
              for r in kernel_table(DATA / "kernels" / "azure_gb200_fp8.csv") if r["kind"] == "gemm"}
     gb300 = FLOPS / 283.1e-6 / 1e12
     assert gb300 / gb200[S, S, S] == pytest.approx(1.350, abs=0.001)
-    assert GB300_FP8_PEAK < 5000e12 and RATES["GB200"].gemm_fp8.peak == 2972e12
-    # the model's own ratio at 8192^3: GB200's 148-SM 256/259 waves at 2,972 (379.6 us) against GB300's 512/513 at
-    # 3,965 (283.1 us)
-    ratio = (5.25e-6 + FLOPS / (2972e12 * 256 / 259)) / (5.25e-6 + FLOPS / (3965e12 * 512 / 513))
+    assert GB300_FP8_PEAK < 5000e12 and RATES["GB200"].gemm_fp8.peak == 2976e12
+    # the model's own ratio at 8192^3: GB200's 512/513 waves on its 152 SMs at 2,976 (s18k; 375.4 us) against GB300's
+    # 512/513 at 3,965 (283.1 us)
+    ratio = (5.25e-6 + FLOPS / (2976e12 * 512 / 513)) / (5.25e-6 + FLOPS / (3965e12 * 512 / 513))
     gb200_t = gemm.time(S, S, S, RATES["GB200"].gemm_fp8, RATES["GB200"].sms, RATES["GB200"].hbm, 1.0).seconds
-    assert gb200_t / _gb300_fp8(S, S, S).seconds == pytest.approx(ratio, rel=1e-9) == pytest.approx(1.341, abs=0.001)
+    assert gb200_t / _gb300_fp8(S, S, S).seconds == pytest.approx(ratio, rel=1e-9) == pytest.approx(1.326, abs=0.001)

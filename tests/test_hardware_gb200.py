@@ -42,8 +42,10 @@ def test_gb200_preset_is_the_datasheet_per_gpu():
 def test_gb200_kernel_rates_are_b200s_but_the_domain():
     gb, b = RATES["GB200"], RATES["B200"]
     changed = {f.name for f in dataclasses.fields(gb) if getattr(gb, f.name) != getattr(b, f.name)}
-    assert changed == {"name", "nvlink_domain"}
-    assert (gb.name, gb.nvlink_domain, b.nvlink_domain) == ("GB200", 72, 8)
+    # s18k: its own SM count and the FP8 peak refitted at it (tests/test_gb200_sms.py)
+    assert changed == {"name", "nvlink_domain", "sms", "gemm_fp8"}
+    assert (gb.name, gb.nvlink_domain, b.nvlink_domain, gb.sms, b.sms) == ("GB200", 72, 8, 152, 148)
+    assert dataclasses.replace(gb.gemm_fp8, peak=b.gemm_fp8.peak) == b.gemm_fp8
 
 
 def test_gb200_bf16_gemm_is_gpu_fryers_gb200_burn():

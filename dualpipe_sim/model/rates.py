@@ -251,11 +251,19 @@ B200_FREE_CLOCK = PRESETS["B200"]
 PRESETS["B200"] = sustained_attention(B200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 # GB200 (NVL72): the B200's GPU at a higher power limit (1,200 W against 1,000), so B200's measured rates with the rack's
 # 72-GPU NVLink domain (docs/model.md, "GB200 NVL72"). A GB200 measurement: the FP8 GEMMs (Azure's table is GB200's).
-# B200's, checked on GB200: the BF16 GEMMs (gpu-fryer's GB200-NVL72 burn, ~1,550 TFLOP/s, within 0.05% of the fit).
+# B200's, checked on GB200: the BF16 GEMMs (gpu-fryer's GB200-NVL72 burn, ~1,550 TFLOP/s: the fit 0.9% above it on 152 SMs).
 # B200's carried over: attention (cudnn-frontend's B200 table, flashinfer#2899's sustained share), HBM and the kernel
 # floor (cccl#7391; GB200's HBM3e is the same 8 TB/s), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; the one
 # 72-GPU figure reached, coreweave/nccl-tests#43's all-reduce, is not below it at 1-2 GiB), the NIC (a 400 Gb/s CX7 a GPU)
-PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72)
+# s18k (docs/model.md, "GB200's SM count (s18k)"): GB200's own SM count and so its own FP8 fit. SMs: 152 as the device
+# reports them (B200: 148): microsoft/mscclpp @ 4e137b7's resident tuning, measured on 32 GB200s and keyed on
+# torch's multi_processor_count, "NVIDIA GB200", [10, 0], "sm_count": 152, its winners' grids 152 minus their SM margin;
+# flashinfer @ 698aaf5 builds sm_100a kernels for 148- and 152-SM parts. FP8: Azure's GB200 table refitted at 152 SMs
+# (benchmarks/fit_kernel_rates.py, the B200 fit's rows, floor and grid); B200 keeps the 148-SM fit of the same table.
+GB200_SMS = 152
+GB200_FP8_PEAK = 2976e12
+PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72, sms=GB200_SMS,
+                           gemm_fp8=replace(PRESETS["B200"].gemm_fp8, peak=GB200_FP8_PEAK))
 # GB300 (NVL72): the Blackwell Ultra GPU in the GB200's rack (docs/model.md, "GB300 NVL72"). GB300's own figures: the
 # NIC (one 800 Gb/s ConnectX-8 a GPU: the NDR figure's 47 of 50 GB/s, doubled; assumed, no XDR nccl-tests figure was
 # reached: docs/searches.md, "GB300's NIC and NVFP4 rates") and its NVFP4 GEMMs: cuBLASLt's NVFP4 GEMM measured on a
