@@ -50,6 +50,15 @@ def _version() -> str:
         return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``error: ...`` line, as every other bad input (README, "Bad input"): the
+    usage block argparse prints first is what --help is for."""
+
+    def error(self, message: str):
+        message = message.removeprefix("argument ")  # "argument --plots: invalid choice" -> "--plots: invalid ..."
+        self.exit(EXIT_BAD_INPUT, f"error: {message}; see {self.prog} --help\n")
+
+
 def _add_unset(parser: argparse.ArgumentParser) -> None:
     """--unset, beside every --set: the file's keys taken out before the --set values go in."""
     parser.add_argument("--unset", action="append", default=[], metavar="KEY",
@@ -59,7 +68,7 @@ def _add_unset(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
+    p = _Parser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 

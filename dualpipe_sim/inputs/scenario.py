@@ -860,6 +860,8 @@ def _broken_rule(err: dict, loc: list[str]) -> str:
         return "required key is missing"
     if kind in ("finite_number",):
         return f"must be a finite number, got {shown(err.get('input'))}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):  # not pydantic's "instance of Pipeline"
+        return f"must be a table of keys ([{'.'.join(loc)}] in TOML), got {shown(err.get('input'))}"
     value = err.get("input")
     if isinstance(value, float) and math.isnan(value):
         return "must be a number, got NaN"
