@@ -143,3 +143,20 @@ def test_plan_names_a_hardware_key_once():
         make_request(base, 64, 128, 8192)
     assert str(exc.value) == ("hardware.nvlink_domain: must be a multiple of hardware.gpus_per_node (4 on the "
                               "GB300), got 6")
+
+
+# -- compare's devices column under a [model] --------------------------------------------------
+def test_compare_says_devices_are_pipeline_ranks_of_several_gpus(tmp_path):
+    out = tmp_path / "cmp"
+    proc = cli("compare", QWEN, "--schedules", "1f1b,dualpipev", "--plots", "none", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # tensor 1 x data 8 x context 1 = 8 GPUs a rank; 1F1B on the file's 2 stages = 2 ranks = 16 GPUs, DualPipeV
+    # folds those 2 stages onto 1 rank = 8 GPUs
+    line = "devices counts pipeline ranks, each 8 GPUs here (tensor 1 x data 8 x context 1); GPUs: 1f1b 16, dualpipev 8"
+    assert line in proc.stdout.splitlines()
+    assert f"- {line}" in (out / "compare.md").read_text().splitlines()
+
+
+def test_compare_without_a_model_has_no_devices_line(tmp_path):
+    proc = cli("compare", QUICK, "--plots", "none", "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert proc.returncode == 0 and "devices counts pipeline ranks" not in proc.stdout
