@@ -305,6 +305,7 @@ def _cmd_run(args) -> int:
     if schedule is not None:
         simulation.check_size(scenario, schedule)  # before any output work starts
     else:
+        registry.get(scenario.pipeline.schedule)  # a misspelt name is the error, not the options it "does not take"
         _refuse_unused_options([scenario.pipeline.schedule], scenario)
     from .outputs.exports.chrome import trace_name, write_chrome_trace
 
@@ -800,6 +801,14 @@ def _cmd_model(args) -> int:
     scenario = sections_only(apply_overrides(raw, args.overrides, args.unset))
     if scenario.model is None:
         raise UsageError(f"{args.source}: no [model] section to describe")
+    # the schedule places the stages on ranks (the per-rank figures): one `run` would refuse is refused here too
+    p = scenario.pipeline
+    family = registry.get(p.schedule)
+    _refuse_unused_options([p.schedule], scenario)
+    error = family.error(p.stages, p.microbatches, **{k: v for k, v in scenario.options().items()
+                                                      if k in family.options and v is not None})
+    if error is not None:
+        raise error
     derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)
     if args.json:
         print(json.dumps(report.summary(derived, scenario), indent=2, allow_nan=False))

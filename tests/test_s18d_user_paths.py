@@ -160,3 +160,34 @@ def test_compare_says_devices_are_pipeline_ranks_of_several_gpus(tmp_path):
 def test_compare_without_a_model_has_no_devices_line(tmp_path):
     proc = cli("compare", QUICK, "--plots", "none", "--out", str(tmp_path / "cmp"), cwd=tmp_path)
     assert proc.returncode == 0 and "devices counts pipeline ranks" not in proc.stdout
+
+
+# -- the model verb refuses the schedules run refuses ------------------------------------------
+INTERLEAVED = str(ROOT / "scenarios" / "llama3-70b.toml")  # interleaved-1f1b, 20 stages, chunks_per_rank 5
+KNOWN = ("known: 1f1b, 1f1b-overlap, chimera, chimera-doubling, dualpipe, dualpipev, gpipe, interleaved-1f1b, "
+         "interleaved-1f1b-overlap, zb-h1, zb-h1-megatron, zb-h2, zbv")
+
+
+@pytest.mark.parametrize("verb", ["model", "run"])
+def test_a_misspelt_schedule_is_named_before_the_options_it_would_not_take(tmp_path, verb):
+    out = ["--out", str(tmp_path / "out")] if verb == "run" else []
+    line = one_line(cli(verb, INTERLEAVED, "--set", 'pipeline.schedule="interleaved_1f1b"', *out, cwd=tmp_path))
+    assert line == f"error: pipeline.schedule: unknown schedule 'interleaved_1f1b'; did you mean 'interleaved-1f1b'?; {KNOWN}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sets,expected", [
+    (['pipeline.schedule="dualpipe"'],
+     "error: pipeline.chunks_per_rank: dualpipe does not take it (only interleaved-1f1b, interleaved-1f1b-overlap do); "
+     "leave it out"),
+    (["pipeline.stages=21"],
+     "error: pipeline.stages: interleaved-1f1b needs a positive multiple of chunks_per_rank = 5, got 21 (stages counts "
+     "every model chunk: pipeline ranks x chunks_per_rank, e.g. 40 for 8 ranks)"),
+])  # fmt: skip
+def test_the_model_verb_refuses_a_shape_its_schedule_cannot_take(tmp_path, sets, expected):
+    args = [a for s in sets for a in ("--set", s)]
+    assert one_line(cli("model", INTERLEAVED, *args, cwd=tmp_path)) == expected
+    # the same with 40 stages (8 ranks x 5 chunks) is a layout the verb describes: 8 pipeline ranks
+    ok = cli("model", INTERLEAVED, "--set", "pipeline.stages=40", "--json", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert '"pipeline": 8,' in ok.stdout
