@@ -191,3 +191,22 @@ def test_the_model_verb_refuses_a_shape_its_schedule_cannot_take(tmp_path, sets,
     ok = cli("model", INTERLEAVED, "--set", "pipeline.stages=40", "--json", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert '"pipeline": 8,' in ok.stdout
+
+
+# -- --unset of an inline HF field -------------------------------------------------------------
+def test_unset_takes_an_inline_hf_field_out(tmp_path):
+    """pai643's [model] sets head_dim = 128 inline; unset, Qwen3 falls back to hidden / heads = 2048 / 32 = 64."""
+    import json
+
+    full = cli("model", QWEN, "--json", cwd=tmp_path)
+    less = cli("model", QWEN, "--unset", "model.head_dim", "--json", cwd=tmp_path)
+    assert full.returncode == 0 and less.returncode == 0, less.stderr
+    # per layer q and o are 2048 x 32 heads x head_dim each, k and v 2048 x 4 x head_dim: 2048 x 72 x head_dim, and
+    # the q / k norms head_dim each; 48 layers, head_dim 128 -> 64
+    drop = 48 * (2048 * 72 * (128 - 64) + 2 * (128 - 64))
+    assert json.loads(full.stdout)["parameters_total"] - json.loads(less.stdout)["parameters_total"] == drop
+
+
+def test_unset_of_a_misspelt_model_field_names_the_closest(tmp_path):
+    line = one_line(cli("model", QWEN, "--unset", "model.hiden_size", cwd=tmp_path))
+    assert line == "error: model.hiden_size: unknown key; did you mean model.hidden_size?"
