@@ -210,3 +210,9 @@ def test_unset_takes_an_inline_hf_field_out(tmp_path):
 def test_unset_of_a_misspelt_model_field_names_the_closest(tmp_path):
     line = one_line(cli("model", QWEN, "--unset", "model.hiden_size", cwd=tmp_path))
     assert line == "error: model.hiden_size: unknown key; did you mean model.hidden_size?"
+
+
+def test_a_model_key_only_loosely_like_a_field_gets_no_misleading_hint(tmp_path):
+    # activation_fusion is 0.65 like activations_dtype (difflib): no hint, rather than a wrong one
+    assert one_line(cli("model", QWEN, "--set", "model.activation_fusion=false", cwd=tmp_path)) == (
+        "error: model.activation_fusion: unknown key")

@@ -254,11 +254,12 @@ def times_key(st: Setup) -> tuple:
 # -- resolving the sections --------------------------------------------------------
 def _closest_model_key(key: str) -> str:
     """"; did you mean model.X?" for a slip in a [model] key (an HF field any family reads, or a scenario key), as
-    scenario.py suggests for the other sections; "" when nothing is close."""
+    scenario.py suggests for the other sections; "" when nothing is close (a stricter cutoff than scenario.py's 0.6:
+    among ~100 HF fields activation_fusion would get activations_dtype)."""
     import difflib
 
     known = sorted(config.INLINE_FIELDS | set(ModelSection.model_fields))
-    close = [k for k in known if k.startswith(key)][:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = [k for k in known if k.startswith(key)][:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.7)
     return f"; did you mean model.{close[0]}?" if close else ""
 
 
