@@ -51,6 +51,15 @@ def _version() -> str:
         return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``error: ...`` line, as every other bad input (README, "Bad input"): the
+    usage block argparse prints first is what --help is for."""
+
+    def error(self, message: str):
+        message = message.removeprefix("argument ")  # "argument --plots: invalid choice" -> "--plots: invalid ..."
+        self.exit(EXIT_BAD_INPUT, f"error: {message}; see {self.prog} --help\n")
+
+
 def _add_unset(parser: argparse.ArgumentParser) -> None:
     """--unset, beside every --set: the file's keys taken out before the --set values go in."""
     parser.add_argument("--unset", action="append", default=[], metavar="KEY",
@@ -60,7 +69,7 @@ def _add_unset(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
+    p = _Parser(prog="dualpipe-sim", description="Simulate pipeline-parallel training schedules.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -297,6 +306,7 @@ def _cmd_run(args) -> int:
     if schedule is not None:
         simulation.check_size(scenario, schedule)  # before any output work starts
     else:
+        registry.get(scenario.pipeline.schedule)  # a misspelt name is the error, not the options it "does not take"
         _refuse_unused_options([scenario.pipeline.schedule], scenario)
     from .outputs.exports.chrome import trace_name, write_chrome_trace
 
@@ -794,6 +804,14 @@ def _cmd_model(args) -> int:
     scenario = sections_only(apply_overrides(raw, args.overrides, args.unset))
     if scenario.model is None:
         raise UsageError(f"{args.source}: no [model] section to describe")
+    # the schedule places the stages on ranks (the per-rank figures): one `run` would refuse is refused here too
+    p = scenario.pipeline
+    family = registry.get(p.schedule)
+    _refuse_unused_options([p.schedule], scenario)
+    error = family.error(p.stages, p.microbatches, **{k: v for k, v in scenario.options().items()
+                                                      if k in family.options and v is not None})
+    if error is not None:
+        raise error
     derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)
     if args.json:
         print(json.dumps(report.summary(derived, scenario), indent=2, allow_nan=False))

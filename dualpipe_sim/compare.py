@@ -158,6 +158,19 @@ def gpus(result: simulation.Result) -> int:
 SAME_GPUS = "same_gpus={}"
 
 
+def devices_note(comparison: Comparison) -> list[str]:
+    """With a [model] whose ranks are several GPUs each, a line saying so: the devices column counts pipeline
+    ranks, and a user who laid out 16 GPUs should not read "2" as the GPUs their run took (docs/compare.md)."""
+    per_rank = {gpus(r) // r.metrics.ranks for r in comparison.results}
+    if not comparison.results or per_rank == {1}:
+        return []
+    par = comparison.results[0].scenario.parallel
+    each = f"{per_rank.pop()} GPUs" if len(per_rank) == 1 else "several GPUs"
+    runs = ", ".join(f"{r.metrics.schedule} {gpus(r)}" for r in comparison.results)
+    return [f"devices counts pipeline ranks, each {each} here (tensor {par.tensor} x data {par.data} x context "
+            f"{par.context}); GPUs: {runs}"]
+
+
 def gpu_notes(comparison: Comparison, rerun: str = SAME_GPUS) -> list[str]:
     """A line for each schedule on other GPUs than 1F1B (DualPipeV folds two stages onto a rank, so it runs the
     same stages on half the GPUs): its speed-up is of time on unequal hardware, so say what it is per GPU."""
@@ -291,8 +304,8 @@ def report(comparison: Comparison, rerun: str = SAME_GPUS) -> str:
     note = []
     if not comparison.has_step and any(r.metrics.throughput is not None for r in comparison.results):
         note = ["tokens/s per GPU and MFU are of the pipeline makespan alone (no [step] work: no grad sync, no optimizer)"]
-    return "\n".join([table(comparison), *gpu_notes(comparison, rerun), *comparison.notes, *note,
-                      *skipped_lines(comparison)])
+    return "\n".join([table(comparison), *devices_note(comparison), *gpu_notes(comparison, rerun), *comparison.notes,
+                      *note, *skipped_lines(comparison)])
 
 
 def markdown(comparison: Comparison, source: str, png: str | None = "compare.png", rerun: str = SAME_GPUS) -> str:
@@ -322,7 +335,7 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
                    "left out and the figures are an upper bound.")
            if any(r.metrics.throughput is not None for r in comparison.results) else ""),
     ]
-    notes = (*gpu_notes(comparison, rerun), *comparison.notes)
+    notes = (*devices_note(comparison), *gpu_notes(comparison, rerun), *comparison.notes)
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     if comparison.skipped:

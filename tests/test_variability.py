@@ -192,7 +192,7 @@ BAD = [
     ({"slowdown": {"x": 1.2}}, "ranks.slowdown.x: input should be a valid integer"),
     ({"slowdown": {"1": 0}}, "ranks.slowdown.1: input should be greater than 0"),
     ({"slowdown": {"1": float("nan")}}, "ranks.slowdown.1: must be a finite number"),
-    ({"slowdown": [1, 1.2]}, "ranks.slowdown: input should be a valid dictionary"),
+    ({"slowdown": [1, 1.2]}, "ranks.slowdown: must be a table of keys ([ranks.slowdown] in TOML), got [1, 1.2]"),
 ]
 
 

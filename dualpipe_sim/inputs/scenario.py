@@ -28,7 +28,7 @@ from ..errors import ScenarioError, cut, shown
 from ..model import ddp_buckets
 from ..model.activations import POLICIES
 from ..model.recompute import MODULES as RECOMPUTE_MODULES
-from ..model.config import ModelError
+from ..model.config import INLINE_FIELDS, ModelError
 from ..model.sections import HardwareSection, ModelSection, ParallelSection, once, plain_number, strict_bool
 from ..schedules.rules import WORK, Channel
 from .resolve import Inputs, resolve
@@ -835,7 +835,8 @@ def _known_keys(section: list[str]) -> list[str]:
                 break
         else:
             return []
-    return list(model.model_fields)
+    # [model] also takes the HF fields a family reads (its extra keys): --unset model.head_dim is a known key
+    return list(model.model_fields) + (sorted(INLINE_FIELDS) if model is ModelSection else [])
 
 
 def _first_error(exc: ValidationError) -> ScenarioError:
@@ -860,6 +861,8 @@ def _broken_rule(err: dict, loc: list[str]) -> str:
         return "required key is missing"
     if kind in ("finite_number",):
         return f"must be a finite number, got {shown(err.get('input'))}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):  # not pydantic's "instance of Pipeline"
+        return f"must be a table of keys ([{'.'.join(loc)}] in TOML), got {shown(err.get('input'))}"
     value = err.get("input")
     if isinstance(value, float) and math.isnan(value):
         return "must be a number, got NaN"

@@ -252,12 +252,23 @@ def times_key(st: Setup) -> tuple:
 
 
 # -- resolving the sections --------------------------------------------------------
+def _closest_model_key(key: str) -> str:
+    """"; did you mean model.X?" for a slip in a [model] key (an HF field any family reads, or a scenario key), as
+    scenario.py suggests for the other sections; "" when nothing is close (a stricter cutoff than scenario.py's 0.6:
+    among ~100 HF fields activation_fusion would get activations_dtype)."""
+    import difflib
+
+    known = sorted(config.INLINE_FIELDS | set(ModelSection.model_fields))
+    close = [k for k in known if k.startswith(key)][:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+    return f"; did you mean model.{close[0]}?" if close else ""
+
+
 def model_config(section, base_dir: Path | None = None) -> ModelConfig:
     """The ModelConfig of a ``[model]`` section: its file, then inline fields over it."""
     inline = section.inline()
     for key in inline:
         if key not in config.INLINE_FIELDS:
-            raise ModelError(f"{cut('model.' + key)}: unknown key")
+            raise ModelError(f"{cut('model.' + key)}: unknown key{_closest_model_key(key)}")
     raw: dict = {}
     where = "model."
     if section.config is not None:

@@ -39,8 +39,9 @@ def strict_bool(v):
 
 
 def _whole(v):
-    # TOML 8.0 must not silently become 8; "8" (a string) is not a number.
-    if isinstance(v, bool) or isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
+    # A count is an integer, as scenario.py's pipeline counts: TOML 8.0 must not silently become 8 (README, "Counts
+    # must be integers"); "8" (a string) is not a number.
+    if isinstance(v, (bool, str, float)):
         raise ValueError("must be a whole number")
     return v
 
@@ -154,10 +155,10 @@ class ModelSection(BaseModel):
     fp4: Literal["none", "nvfp4"] = "none"
 
     @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "embed_layernorm", "fp8_params", "rope_fusion",
-                     mode="before")
+                     "master_weights", "fp8", mode="before")
     @classmethod
     def _bool(cls, v):
-        return strict_bool(v)
+        return v if v is None else strict_bool(v)  # fp8's None: as the config says
 
     @field_validator("host_overhead_us", mode="before")
     @classmethod
@@ -258,6 +259,16 @@ class ParallelSection(_Section):
     @classmethod
     def _w(cls, v):
         return _whole(v)
+
+    @field_validator("layout", mode="before")
+    @classmethod
+    def _layer_counts(cls, v):
+        # pydantic's list[int] would read [12.0, 12.0] as [12, 12]; a layer count is a whole number
+        if isinstance(v, list):
+            for i, n in enumerate(v):
+                if isinstance(n, (bool, str, float)):
+                    raise ValueError(f"item {i} must be a whole number of layers")
+        return v
 
 
 class HardwareSection(_Section):

@@ -121,7 +121,8 @@ def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
     try:
         hw = derive.hardware(HardwareSection.model_validate(base["hardware"]))
     except (ModelError, ValueError) as exc:
-        raise PlanError(f"hardware: {exc}") from None
+        said = str(exc)  # a line that names its hardware.* key already needs no "hardware: " before it
+        raise PlanError(said if said.startswith("hardware.") else f"hardware: {said}") from None
     return Request(gpus=gpus, global_batch=global_batch, seq=seq, gpus_per_node=hw.domain)
 
 
