@@ -51,7 +51,7 @@ HOPPER = ("H100", "H800", "H200")  # H200: the H100 preset's kernel rates with H
 # Blackwell's rates have other sources (XLA's sm_100 tables, a GB200 FP8 table): not averaged with Hopper's. GB200 (NVL72):
 # the B200's GPU and rates with a 72-GPU NVLink domain (docs/model.md, "GB200 NVL72"), in the same table; GB300 (NVL72):
 # GB200's rates but the NIC and NVFP4 (docs/model.md, "GB300 NVL72"), in the same table
-BLACKWELL = ("B200", "GB200", "GB300")
+BLACKWELL = ("B200", "GB200", "GB300", "B300")
 # name prefixes of the community runs: Megatron-MoE-ModelZoo issue #7, Pai-Megatron-Patch issue #643, xtuner's guide
 COMMUNITY = ("mz7-", "pai643-", "xt-")
 

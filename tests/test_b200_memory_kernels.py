@@ -86,7 +86,7 @@ def test_model_against_the_rows():
 def test_other_presets_keep_their_sources():
     # H100 / H800 / H200 and A100 Azure's BabelStream Mul on their own SKUs (since s14i, tests/test_hopper_hbm.py); every
     # preset but B200 (and GB200, its GPU: B200's carried over, s16a; GB300: GB200's, s17b) keeps gpu-small-kernels' 2.5 us floor
-    blackwell = ("B200", "GB200", "GB300")
+    blackwell = ("B200", "GB200", "GB300", "B300")  # B300: its own copy kernel (s18m, tests/test_b300_preset.py)
     assert {n: p.hbm for n, p in PRESETS.items() if n not in blackwell} == {
         "H100": 2.90e12, "H800": 2.90e12, "H200": 4.00e12, "A100": 1.61e12}
     assert {n: p.floor for n, p in PRESETS.items() if n not in blackwell} == dict.fromkeys(("H100", "H800", "H200", "A100"), 2.5e-6)

@@ -156,7 +156,7 @@ def test_one_quantize_kernel_moves_nvfp4_bytes():
 # -- refusals -----------------------------------------------------------------------------------------
 def test_nvfp4_refused_on_h100_and_where_it_cannot_be_costed():
     with pytest.raises(ModelError, match=r'^model.fp4: the H100 has no FP4 tensor cores; "nvfp4" needs a Blackwell '
-                                         r"GPU \(B200, GB200, GB300\), or leave the key out$"):  # fmt: skip
+                                         r"GPU \(B200, GB200, GB300, B300\), or leave the key out$"):  # fmt: skip
         llama8b("H100")
     with pytest.raises(ModelError, match=r"^model.fp4: the A100 has no FP4 tensor cores"):
         llama8b("A100", fp8=None)
@@ -180,7 +180,7 @@ def test_nvfp4_refusals_from_the_cli(tmp_path):
                     + 'fp4 = "nvfp4"\n[hardware]\npreset = "H100"\n')  # fmt: skip
     line = cli_error(run, "run", str(toml))
     assert line == ('error: model.fp4: the H100 has no FP4 tensor cores; "nvfp4" needs a Blackwell GPU '
-                    "(B200, GB200, GB300), or leave the key out")  # fmt: skip
+                    "(B200, GB200, GB300, B300), or leave the key out")  # fmt: skip
     toml.write_text(toml.read_text().replace('"H100"', '"GB300"\nefficiency = 0.5'))
     assert cli_error(run, "run", str(toml)).startswith('error: model.fp4: "nvfp4" needs the kernel-level costs')
     toml.write_text(toml.read_text().replace('fp4 = "nvfp4"', 'fp4 = "mxfp4"'))

@@ -364,7 +364,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
             nvfp4(scenario, hw, None)
         if cfg.fp8 and hw.fp8_tflops is None:  # the kernels, casts and FP8 weight copies would be costed
             raise ModelError(f"model.fp8: the {hw.name} has no FP8 tensor cores; set model.fp8 = false "
-                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200, GB200, GB300)")
+                             "(a BF16 run) or pick a GPU with FP8 (H100, H800, H200, B200, GB200, GB300, B300)")
         if section.efficiency is not None or section.preset is None:
             if section.gpu_variability is not None:  # it scales the measured kernel rates
                 raise ModelError("hardware.gpu_variability: needs the kernel-level costs (a hardware.preset and no "
@@ -581,7 +581,7 @@ def qkv_prepare(cfg: ModelConfig, m, tokens: int) -> bool:
 # GPUs whose FP8 GEMMs take every operand layout (Transformer Engine's nvte_is_non_tn_fp8_gemm_supported: sm_100 up to
 # sm_120, sm_130 on); of the presets the B200 and the GB200 (its GPU). The others' FP8 GEMMs take the TN layout only
 # (A100: no FP8 at all).
-NON_TN_FP8 = ("B200", "GB200", "GB300")  # GB300: sm_103
+NON_TN_FP8 = ("B200", "GB200", "GB300", "B300")  # GB300, B300: sm_103
 
 
 # GPUs on which Transformer Engine sends and receives the context-parallel ring's K/V one after the other at CP 2: TE
@@ -591,7 +591,7 @@ NON_TN_FP8 = ("B200", "GB200", "GB300")  # GB300: sm_103
 # two-rank behavior"): at CP 2 the send and the receive go to the same peer, so on one stream, one after the other.
 # Of the presets the B200 and the GB200 (compute capability 10.0). At CP > 2 they go to two peers, two streams, and
 # overlap.
-UNBATCHED_CP2_P2P = ("B200", "GB200", "GB300")  # GB300: compute capability 10.3
+UNBATCHED_CP2_P2P = ("B200", "GB200", "GB300", "B300")  # GB300, B300: compute capability 10.3
 
 
 def precision(section: ModelSection, cfg: ModelConfig) -> str:

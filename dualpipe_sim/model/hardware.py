@@ -24,6 +24,9 @@ holds 85.5 GB (10^9).  Sources (full citations in docs/model.md):
   1,800 GB/s bidirectional over 72 GPUs; one 800 Gb/s ConnectX-8 XDR per GPU (MLPerf v5.1 Theia) = 100 GB/s.
   FP4 (dense) of the others: B200 9,000 (DGX B200: 144 PFLOPS FP4 sparse per 8), GB200 10,000 (GB200 NVL72:
   1,440 PFLOPS FP4 sparse per 72); none before Blackwell.
+* B300 (HGX B300): the Blackwell Ultra GPU on an 8-GPU HGX board at 1,100 W; NVIDIA's HGX B300 figures as restated,
+  per 8 GPUs: 105 PFLOPS dense FP4, 72 / 36 PFLOPS FP8 / BF16 sparse = 13,125 / 4,500 / 2,250 dense per GPU; NVLink 5
+  1,800 GB/s bidirectional; one 800 Gb/s ConnectX-8 per GPU = 100 GB/s (docs/model.md, "HGX B300 (s18m)").
 * A100 SXM 80GB: NVIDIA A100 datasheet: BF16 312 TFLOPS dense, no FP8, 80 GB
   HBM2e, NVLink 600 GB/s bidirectional; HDR InfiniBand 200 Gb/s = 25 GB/s per GPU.
 """
@@ -76,6 +79,9 @@ GB200_HBM = 189471 * MIB
 # NVIDIA Blackwell Ultra GPU (GB300): mlcommons/training_results_v5.1 @ 441d65f NVIDIA/systems/theia_ngpu72_ngc25.09_nemo.json
 # (the same in theia_ngpu8 / theia_ngpu512)
 GB300_HBM = 284208 * MIB
+# NVIDIA B300 SXM6 AC (HGX B300): nvidia-smi's total, ademeure/QuickRunCUDA @ b913c35 MICROBENCH_RESULTS_GPU1.md ("Memory |
+# 275040 MiB"; 288 GB the marketing figure); no B300 MLPerf system description was reached
+B300_HBM = 275040 * MIB
 # A100-SXM4-80GB: the MLPerf v2.1-v4.0 systems give only "80 GB", no reported total was reached: the datasheet's.
 A100_HBM = 80e9
 
@@ -91,6 +97,8 @@ PRESETS = {
     # the GB200's tray and rack (4 GPUs a host, 72 a domain); an 800 Gb/s ConnectX-8 a GPU (Theia's systems json)
     "GB300": Hardware("GB300", 2500.0, 5000.0, GB300_HBM, 100.0, 100.0, 900.0, gpus_per_node=4, nvlink_domain=72,
                       fp4_tflops=15000.0),
+    # an HGX board: 8 GPUs a node, one NVSwitch domain; an 800 Gb/s ConnectX-8 a GPU (docs/model.md, "HGX B300 (s18m)")
+    "B300": Hardware("B300", 2250.0, 4500.0, B300_HBM, 100.0, 100.0, 900.0, fp4_tflops=13125.0),
 }
 
 

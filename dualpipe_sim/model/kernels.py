@@ -109,6 +109,7 @@ UB_RS_OVERLAPS = ("proj_fprop", "fc2_fprop")  # the forward reduce-scatters a ya
 # (carried over: the same 18 NVLink 5 links a GPU, to the rack's NVSwitch trays; the search on MNNVL was not read).
 TP_NCCL_CTAS = {"A100": 24, "H800": 16, "B200": 32, "GB200": 32}
 TP_NCCL_CTAS["GB300"] = TP_NCCL_CTAS["GB200"]  # carried over: the same NVLink 5 links and NCCL settings (s17b)
+TP_NCCL_CTAS["B300"] = TP_NCCL_CTAS["B200"]  # carried over: the HGX board's 18 NVLink 5 links a GPU (s18m)
 # Hopper with 18 NVLinks (18 x 20.6 GB/s: 6 at 60, 12, 24): the ring's 24, or NVLS_NCHANNELS_SM90 = 16 where NCCL's
 # tuner runs the collective with NVLS (nccl_nvls.picks_nvls: a group of 3-8, by operation, bytes and release).
 TP_NCCL_RING_CTAS = {"H100": 24, "H200": 24}

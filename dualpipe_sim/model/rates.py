@@ -288,3 +288,32 @@ GB300_NVFP4_PEAK = 8796e12
 PRESETS["GB300"] = replace(PRESETS["GB200"], name="GB300", sms=GB300_SMS, nic_bus=2 * _NIC_NDR,
                            gemm_fp8=replace(PRESETS["GB200"].gemm_fp8, peak=GB300_FP8_PEAK),
                            gemm_fp4=replace(PRESETS["GB200"].gemm_fp4, peak=GB300_NVFP4_PEAK))
+# B300 (HGX B300, s18m; docs/model.md, "HGX B300 (s18m)"): the Blackwell Ultra GPU (GB300's die, sm_103) on an 8-GPU HGX
+# board at 1,100 W (GB300: 1,400 W), so GB300's short-run GEMM figures are not carried over. B300's own:
+# SMs: 148 as the device reports them (ademeure/QuickRunCUDA @ b913c35 MICROBENCH_RESULTS_GPU1.md, "NVIDIA B300 SXM6 AC",
+# "SMs | 148"; the same repository's b300_clean/B300_TRUE_REFERENCE.md @ fdfb34c: "148 SMs", "TDP 1100 W").
+B300_SMS = 148
+# GEMMs: Transformer Engine's GEMM profiling guide on a B300 (NVIDIA/TransformerEngine @ 8f2e635
+# docs/examples/gemm_profiling/gemm_profiling.rst, "GEMM Benchmark (Model Config Mode) on NVIDIA B300 SXM6 AC":
+# benchmarks/gemm/benchmark_gemm.py, CUDA events over 100 calls after 10 warm-up, randn operands): a layer's 12 GEMMs
+# (hidden 4,096, FFN 16,384, M = 15,872 tokens: 19.17 TFLOP) per precision. Each peak is fitted to the layer's total
+# with B200's floor (5.25 us) and no K overhead (the GB300 fits'): peak = sum(2mnk / efficiency) / (total - 12 floors).
+# BF16: torch.matmul, the mean of its two runs' totals (12.758 and 13.102 ms: the same kernels; no quantisation in
+# either); FP8: per-tensor current scaling, pre-quantized (tex.generic_gemm, kernel only), 6.812 ms; NVFP4: pre-quantized,
+# 3.764 ms (tests/data/kernels/te_b300_gemm_profiling.csv, tests/test_b300_preset.py). Short runs, as GB300's.
+B300_LAYER_BF16 = (12.758e-3 + 13.102e-3) / 2
+B300_LAYER_FP8 = 6.812e-3
+B300_LAYER_NVFP4 = 3.764e-3
+B300_BF16_PEAK = 1502.9e12
+B300_FP8_PEAK = 2865.3e12
+B300_NVFP4_PEAK = 5225.0e12
+# HBM: a copy kernel (one load, one store a value) on that B300 at its largest size, 4 GiB copied in 1.2401 ms: 6,927 GB/s
+# read + written (QuickRunCUDA MICROBENCH_RESULTS_GPU1.md, section 1.4), as B200's cccl relu at its largest.
+B300_HBM = 6.927e12
+# Carried over from B200 (the HGX board, not the rack): attention (cudnn-frontend's B200 table at flashinfer#2899's
+# sustained share; no B300 table), the kernel floor (cccl#7391), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; no
+# nccl-tests figure on a B300 board was reached); from GB300: the NIC, one 800 Gb/s ConnectX-8 a GPU (assumed 94 GB/s).
+PRESETS["B300"] = replace(PRESETS["B200"], name="B300", sms=B300_SMS, hbm=B300_HBM, nic_bus=2 * _NIC_NDR,
+                          gemm_bf16=replace(PRESETS["B200"].gemm_bf16, peak=B300_BF16_PEAK),
+                          gemm_fp8=replace(PRESETS["B200"].gemm_fp8, peak=B300_FP8_PEAK),
+                          gemm_fp4=replace(PRESETS["B200"].gemm_fp4, peak=B300_NVFP4_PEAK))

@@ -17,7 +17,8 @@ from pathlib import Path
 DATA = Path(__file__).with_name("validation_band.json")
 # the tables' GPU families (docs/make_validation.py HOPPER, BLACKWELL): a preset's runs are held in its family's table
 FAMILIES = {"A100": "A100", "H100": "Hopper", "H800": "Hopper", "H200": "Hopper",
-            "B200": "Blackwell", "GB200": "Blackwell", "GB300": "Blackwell"}  # fmt: skip
+            "B200": "Blackwell", "GB200": "Blackwell", "GB300": "Blackwell",
+            "B300": "Blackwell"}  # fmt: skip
 KINDS = ("dense", "MoE")
 CLASSES = tuple(f"{family} {kind}" for family in dict.fromkeys(FAMILIES.values()) for kind in KINDS)
 MIN_RUNS = 3  # fewer runs than this: their mean is given, no range
