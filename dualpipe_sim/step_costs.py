@@ -38,10 +38,20 @@ class StepCosts:
     # way through its last weight-gradient op (Megatron-core's bucket groups with FP8 parameters hold the 16-bit
     # buffer in the last: model/step_figures.grad_sync_shares); () or an empty entry: grad_sync_buckets equal ones
     grad_sync_shares: tuple[tuple[float, ...], ...] = ()
+    # per stage: compute its rank runs after its pipeline work, before what finalizes the gradients (the output
+    # layer's deferred wgrad GEMMs, model/deferred_wgrad.py: Megatron-core's finish_embedding_wgrad_compute); () : none
+    drain: tuple[float, ...] = ()
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""
-        return any(self.grad_sync) or any(self.cross_copy_sync) or any(self.optimizer) or any(self.grad_sync_tail)
+        return (any(self.grad_sync) or any(self.cross_copy_sync) or any(self.optimizer) or any(self.grad_sync_tail)
+                or any(self.drain))
+
+    def drains(self, stages_on_rank) -> list[float]:
+        """Per rank, its drain (the sum over the stage copies it holds); zeros without one."""
+        if not self.drain:
+            return [0.0] * len(stages_on_rank)
+        return [float(sum(self.drain[s] for s in stages)) for stages in stages_on_rank]
 
 
 @dataclass(frozen=True)

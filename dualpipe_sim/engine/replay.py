@@ -385,7 +385,12 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     # One timeline per kind of action (costs.signature, as codes): laid out once, moved to each start.
     k0, s0, k1, s1 = flat.kind[head], flat.stage[head], flat.kind[tail], flat.stage[tail]
     sig = np.where(pair, ((k1 + 1) * S + s0) * S + s1 + len(KIND_CODES) * S, k0 * S + s0)
-    kinds_of_action, which = dense_ids(sig, (len(KIND_CODES) + 1) * S * S + len(KIND_CODES) * S)
+    size = (len(KIND_CODES) + 1) * S * S + len(KIND_CODES) * S
+    if getattr(costs, "deferred", None) is not None:  # a backward whose output-layer wgrad is deferred: its own kind (costs.signature)
+        stage, count = costs.deferred[:2]
+        light = (k1 != KIND_CODES["F"]) & (flat.stage[tail] == stage) & (flat.microbatch[tail] < count)
+        sig, size = sig + light * size, 2 * size
+    kinds_of_action, which = dense_ids(sig, size)
     first = np.zeros(len(kinds_of_action), dtype=np.int64)
     first[which] = np.arange(len(which))  # an action of each kind (all of a kind have one timeline)
     rec = TraceBuilder()

@@ -144,7 +144,7 @@ class Engine:
 
     # -- ranks ------------------------------------------------------------------
     def _timeline(self, action) -> tuple[int, Timeline]:
-        key = signature(action)
+        key = signature(action, self.costs)
         found = self.timelines.get(key)
         if found is None:
             timeline = self.costs.timeline(action)

@@ -28,6 +28,10 @@ pipeline trace and adds what happens in between, as rows of the trace's
   every other sync of the rank have ended (Megatron's finalize_model_grads after finish_grad_sync: the
   tensor-parallel all-reduce of the sequence-parallel gradients, the tied embedding's all-reduce; NeMo's held
   bucket group on apex, its fp32 embedding all-reduce), on the same channel, stage by stage.
+* **drain** (``StepCosts.drain``): compute a rank runs after its pipeline work and before anything there that
+  waits for the pipeline's end (a sync not overlapped, the tail, the optimizer): the output layer's deferred wgrad
+  GEMMs (model/deferred_wgrad.py); overlapped syncs released earlier, pp-aligned launches past the rank's last
+  weight-gradient op included, run beside it.  No row: it is time on the rank's compute.
 * **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
   ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass
   lays the step out on each rank's times stretched by it (_stretch).
@@ -203,10 +207,11 @@ def rows_of(trace: Trace, costs: StepCosts) -> list[tuple]:
     return rows
 
 
-def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[list[list[float]]]:
+def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds,
+                    drains: list[float]) -> list[list[list[float]]]:  # fmt: skip
     """Per rank, per stage copy it holds with a grad sync (in its order): when each of the copy's buckets is ready,
     on the pipeline's own times.  Overlapped, bucket k of n is ready k/n of the way through the copy's last
-    weight-gradient op (it yields its gradients evenly); else at the end of the rank's pipeline work."""
+    weight-gradient op (it yields its gradients evenly); else at the end of the rank's pipeline work and its drain."""
     out = []
     for r, stages in enumerate(trace.stages_on_rank):
         mine = []
@@ -218,7 +223,7 @@ def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds) -> list[l
             if costs.overlap_grad_sync:
                 mine.append([(t1 if k == n else t0 + (t1 - t0) * k / n) for k in range(1, n + 1)])
             else:
-                mine.append([raw.rank_end[r]] * n)
+                mine.append([raw.rank_end[r] + drains[r]] * n)
         out.append(mine)
     return out
 
@@ -240,7 +245,8 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
     rows: list[tuple] = []  # StepRow's fields
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
-    readies = _bucket_readies(trace, costs, raw)
+    drains = costs.drains(trace.stages_on_rank)
+    readies = _bucket_readies(trace, costs, raw, drains)
     if maps is not None:  # every time read off the pipeline stretched, one call per rank
         times = [[t] for t in raw.rank_end]
         for (r, _), pair in raw.last_weight.items():
@@ -255,9 +261,14 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
         if not aligned:
             readies = [[[next(moved[r]) for _ in ts] for ts in per_copy] for r, per_copy in enumerate(readies)]
 
+    # each rank's pipeline work and then its drain (the deferred wgrad GEMMs, after the loop's last launches of
+    # overlapped grad syncs: those go at ends.rank_end); a drain runs after the rank's last compute, so a stretched
+    # time past it moves by as much as rank_end does
+    drained = [e + d for e, d in zip(ends.rank_end, drains)]
+
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.
-        return ends.last_weight.get((rank, stage), (0.0, ends.rank_end[rank]))[1] if early else ends.rank_end[rank]
+        return ends.last_weight.get((rank, stage), (0.0, drained[rank]))[1] if early else drained[rank]
 
     # 1. Cross-copy sums, FIFO on each pair's link.
     per_link: dict[tuple[int, int], list] = {}
@@ -301,7 +312,7 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
         synced[r] = last
         # then the tail: released once the rank's pipeline and every sync above have ended (NeMo's
         # _finish_bucket_grad_sync, then apex's grad_sync()), one after another in stage order
-        after = max(ends.rank_end[r], synced[r])
+        after = max(drained[r], synced[r])
         tail = [(after, s, 0, costs.grad_sync_tail[s]) for s in stages if costs.grad_sync_tail and costs.grad_sync_tail[s] > 0]
         for s, t0, t1 in _yielding(tail, busy) if costs.nic_shared else _fifo(tail):
             rows.append((GRAD_SYNC, r, r, s, t0, t1))
@@ -311,7 +322,7 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
     for r, stages in enumerate(trace.stages_on_rank):
         length = float(sum(costs.optimizer[s] for s in stages))
         if length > 0:
-            start = max(ends.rank_end[r], synced[r])
+            start = max(drained[r], synced[r])
             rows.append((OPTIMIZER, r, r, -1, start, start + length))
     return rows
 

@@ -154,6 +154,14 @@ class CostModel:
     # (rank order, tensor x context, data, NVLink domain): what simulation.simulate works nvlink_pairs out from
     # once the schedule's rank count is known; None: none
     placement: tuple[str, int, int, int] | None = None
+    # Micro-batches whose backward runs lighter on one stage (model.defer_embedding_wgrad, model/deferred_wgrad.py):
+    # (stage, count, input-gradient ms less, weight-gradient ms less) for micro-batches 0 .. count - 1; None: none
+    deferred: tuple[int, int, float, float] | None = None
+
+    def light(self, op: Op) -> bool:
+        """Whether ``op`` is a backward (B, I or W) of a micro-batch whose output-layer wgrad is deferred."""
+        d = self.deferred
+        return d is not None and op.kind != "F" and op.stage == d[0] and op.microbatch < d[1]
 
     def link_p2p(self, sender: int, receiver: int) -> float:
         """One hand-off from ``sender`` to ``receiver``: on NVLink inside the first replica's domain pairs, else p2p."""
@@ -210,11 +218,12 @@ class CostModel:
         s = op.stage
         if op.kind == "F":
             return self.forward[s]
+        less_i, less_w = self.deferred[2:] if self.light(op) else (0.0, 0.0)
         if op.kind == "B":
-            return self.backward[s]
+            return self.backward[s] - less_i - less_w
         if op.kind == "I":
-            return self.backward[s] - self.weight[s]
-        return self.weight[s]  # W
+            return self.backward[s] - self.weight[s] - less_i
+        return self.weight[s] - less_w  # W
 
     def pair_duration(self, pair: FB) -> float:
         """Wall time of an overlapped forward+backward pair on one rank."""
@@ -246,11 +255,14 @@ class CostModel:
         return Timeline(d, (Span(0, -1, Channel.COMPUTE, 0.0, d),))
 
 
-def signature(action: Action) -> tuple:
-    """What an action's timeline depends on: equal signatures, equal timelines (engines cache on it)."""
+def signature(action: Action, costs: CostModel | None = None) -> tuple:
+    """What an action's timeline depends on: equal signatures, equal timelines (engines cache on it); with
+    ``costs``, a backward whose output-layer wgrad is deferred (CostModel.light) is its own kind."""
+    back = action.backward if isinstance(action, FB) else action
+    light = (True,) if costs is not None and costs.light(back) else ()
     if isinstance(action, FB):
-        return (action.forward.stage, action.backward.kind, action.backward.stage)
-    return (action.kind, action.stage)
+        return (action.forward.stage, action.backward.kind, action.backward.stage) + light
+    return (action.kind, action.stage) + light
 
 
 @lru_cache(maxsize=1024)

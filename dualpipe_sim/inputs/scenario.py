@@ -25,7 +25,7 @@ from .channels import OrderError
 from .costs import DEEPSEEK_ORDER, Component, CostModel
 from .costs import Chunk as ChunkCosts
 from ..errors import ScenarioError, cut, shown
-from ..model import ddp_buckets
+from ..model import ddp_buckets, deferred_wgrad
 from ..model.activations import POLICIES
 from ..model.recompute import MODULES as RECOMPUTE_MODULES
 from ..model.config import INLINE_FIELDS, ModelError
@@ -411,7 +411,15 @@ class Scenario(_Section):
             grad_sync_launch=self.grad_sync_launch(),
             nic_shared=st.grad_sync_shares_p2p,
             dp_comm_slowdown=self._dp_comm_slowdown(derived, memo),
+            drain=self._drain(derived),
         )
+
+    def _drain(self, derived) -> tuple[float, ...]:
+        """Per stage, the deferred output-layer wgrad GEMMs its rank runs after its pipeline work; () : none."""
+        deferral = self.deferral(derived if derived is not None or self.model is None else self.derived())
+        if deferral is None:
+            return ()
+        return tuple(deferral.drain if s == deferral.stage else 0.0 for s in range(self.pipeline.stages))
 
     def _dp_comm_slowdown(self, derived, memo: dict | None = None) -> tuple[float, ...]:
         """Per stage, its compute's slowdown under a data-parallel collective (step.dp_comm_sms); () when the
@@ -477,10 +485,12 @@ class Scenario(_Section):
         S = self.pipeline.stages
         c = self.costs
         derived = self.derived() if derived is None else derived
-        if self.chunk is not None:
-            return self._chunk_cost_model(derived)
-        if derived is not None and derived.moe_layer is not None:
-            return self._derived_chunk_cost_model(derived)
+        if self.chunk is not None or (derived is not None and derived.moe_layer is not None):
+            if self.model is not None and self.model.defer_embedding_wgrad:
+                raise ScenarioError("model.defer_embedding_wgrad: is costed on per-stage F, B and W (a dense model's); "
+                                    "not with [chunk] components (an MoE model with parallel.expert > 1 or a [chunk] "
+                                    "table): set it to 0")
+            return self._chunk_cost_model(derived) if self.chunk is not None else self._derived_chunk_cost_model(derived)
         have = derived is not None and derived.stages[0].forward is not None
         for name in ("forward", "backward"):
             if getattr(c, name) is None and not have:
@@ -508,13 +518,32 @@ class Scenario(_Section):
                     f"costs.weight: must be <= costs.backward (B - W is the input-gradient part), "
                     f"got W={w} > B={b} at stage {s}"
                 )
+        deferral = self.deferral(derived)
         return CostModel(
             forward=forward,
             backward=backward,
             weight=weight,
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
+            deferred=None if deferral is None else deferral[:4],
             **self._shared_cost_fields(derived),
         )
+
+    def deferral(self, derived):
+        """model.defer_embedding_wgrad on the derived model (model/deferred_wgrad.Deferral), or None when 0.  Raises
+        ScenarioError where Megatron-core or this model does not run it."""
+        n = self.model.defer_embedding_wgrad if self.model is not None else 0
+        if not n:
+            return None
+        key = "model.defer_embedding_wgrad"
+        if derived is None or derived.setup.rates is None:
+            raise ScenarioError(f"{key}: needs the kernel model ([hardware] with a preset, no hardware.efficiency)")
+        if self.pipeline.stages < 2:  # core_r0.11.0 model_parallel_config.py lines 357-360
+            raise ScenarioError(f"{key}: needs pipeline.stages >= 2 (Megatron-core refuses it without pipeline "
+                                "parallelism)")
+        typed = [name for name in ("backward", "weight", "overlapped") if getattr(self.costs, name) is not None]
+        if typed:
+            raise ScenarioError(f"{key}: is taken off the derived backward; leave costs.{typed[0]} out")
+        return deferred_wgrad.figures(derived, n, self.pipeline.microbatches)
 
     def _shared_cost_fields(self, derived=None) -> dict:
         """Cost-model fields that do not depend on how compute is costed.  With [model], the

@@ -1613,17 +1613,26 @@ def head(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
     # input gradient's reduce-scatter launched before the wgrad GEMM and waited for after it; each exposed only for
     # what it takes beyond its GEMM, which runs on the SMs the collective's CTAs leave while it lasts (nccl_beside).
     # Without sequence parallelism the input gradient is all-reduced instead (tp_grad_all_reduce).
-    wgrad = lambda: tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)  # noqa: E731
+    output_layer_backward(tb, cfg, lay)
+    tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)  # after the wait: it reads the result
+    return tb.rows
+
+
+def output_layer_backward(tb: Table, cfg: ModelConfig, lay: Layout, deferred: bool = False) -> None:
+    """The output layer's backward, as head() costs it; ``deferred``: a micro-batch whose wgrad Megatron-core defers
+    to the drain (model.defer_embedding_wgrad, model/deferred_wgrad.py): no re-gather, no wgrad GEMM, so the input
+    gradient's reduce-scatter (or all-reduce) is waited for with nothing beside it."""
+    n, h, ab, v = lay.tokens, cfg.hidden_size, lay.act_bytes, -(-cfg.vocab_size // lay.tensor)
+    wgrad = lambda: None if deferred else tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False,  # noqa: E731
+                                                  out_bytes=lay.wgrad_out)
     if lay.sequence_parallel:
-        with tb.nccl_beside("tp all-gather (wgrad input)", "mlp_backward_input", "all_gather", n * h * ab):
+        with tb.nccl_beside("tp all-gather (wgrad input)", "mlp_backward_input", "all_gather", 0.0 if deferred else n * h * ab):
             tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
         with tb.nccl_beside("tp reduce-scatter (grad)", "mlp_backward_weight", "reduce_scatter", n * h * ab):
             wgrad()
     else:
         tb.gemm("output layer dgrad", "mlp_backward_input", n, h, v, fp8=False)
         tp_grad_all_reduce(tb, "mlp_backward_input", "mlp_backward_weight", n * h * ab, wgrad)
-    tb.memory("final norm backward", "mlp_backward_input", 4 * n / t * h * ab)  # after the wait: it reads the result
-    return tb.rows
 
 
 def mtp_projection(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:

@@ -153,6 +153,11 @@ class ModelSection(BaseModel):
     # (per-tensor amax each cast, the column-wise copy written beside); Blackwell presets only; docs/model.md, "NVFP4
     # GEMMs and casts". "none": FP8 or BF16 as model.fp8 says
     fp4: Literal["none", "nvfp4"] = "none"
+    # Megatron-core's defer_embedding_wgrad_compute with wgrad_deferral_limit N (NeMo DEFER_EMBEDDING_WGRAD_COMPUTE,
+    # WGRAD_DEFERRAL_LIMIT): the first N micro-batches' output-layer wgrad GEMMs (and re-gathers) on the last stage run
+    # after its last backward instead (model/deferred_wgrad.py). 0: off; Megatron's limit 0 (every micro-batch) is
+    # given as the micro-batch count; docs/model.md, "The output layer's deferred weight gradients (s18n)"
+    defer_embedding_wgrad: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("moe_aux_loss", "moe_force_load_balancing", "alibi", "embed_layernorm", "fp8_params", "rope_fusion",
                      "master_weights", "fp8", mode="before")
@@ -167,7 +172,7 @@ class ModelSection(BaseModel):
             raise ValueError("must be a number of microseconds (0 or more)")
         return v
 
-    @field_validator("seq_length", "micro_batch_size", mode="before")
+    @field_validator("seq_length", "micro_batch_size", "defer_embedding_wgrad", mode="before")
     @classmethod
     def _w(cls, v):
         return _whole(v)

@@ -66,6 +66,7 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
     ends = pipeline_ends(trace)
     step = trace.step
     per_rank = []
+    drains = costs.drains(trace.stages_on_rank)  # compute after the pipeline work that no row shows (StepCosts.drain)
     for r in range(trace.ranks):
         mine = step[step["rank"] == r]
         sync, cross, opt = (mine[mine["kind"] == k] for k in (GRAD_SYNC, CROSS_COPY, OPTIMIZER))
@@ -80,7 +81,7 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
                 cross_copy_exposed=_after(cross, pend),
                 optimizer_start=float(opt["start"][0]) if len(opt) else None,
                 optimizer=float(np.sum(opt["end"] - opt["start"])),
-                end=max(pend, float(mine["end"].max()) if len(mine) else 0.0),
+                end=max(pend + drains[r], float(mine["end"].max()) if len(mine) else 0.0),
             )
         )
 

@@ -1,0 +1,80 @@
+"""The output layer's deferred weight gradients (``model.defer_embedding_wgrad``; docs/model.md, "The output layer's
+deferred weight gradients (s18n)").
+
+Megatron-core's ``defer_embedding_wgrad_compute`` with ``wgrad_deferral_limit`` N (NVIDIA/Megatron-LM core_r0.11.0
+7c00175 and 24.09-alpha.rc0 dd18205, the same code): on the last pipeline rank the output layer's forward keeps its
+input for the first N micro-batches (``ColumnParallelLinear.forward``, tensor_parallel/layers.py lines 928-933) and
+their backward keeps the output gradient instead of running the wgrad GEMM and, with sequence parallelism, the input's
+re-gather (``LinearWithGradAccumulationAndAsyncCommunication.backward``, lines 446-475: ``wgrad_compute = False``); the
+input gradient's reduce-scatter still runs, waited for with no GEMM beside it.  After the rank's last backward (and
+its last send), before ``finalize_model_grads``, ``finish_embedding_wgrad_compute`` (pipeline_parallel/schedules.py
+lines 528-543, called at 1470 and 1872) runs ``drain_embedding_wgrad_compute`` (utils.py lines 531-616) on the compute
+stream: the first input's all-gather waited for (``async_op=False``), then for each of the N inputs its GEMM beside
+the next one's all-gather (``async_op=True``, waited for after the GEMM), then the last GEMM alone.
+
+This module times both sides with the kernel model: what one deferred micro-batch's backward saves (input-gradient
+and weight-gradient passes) and how long the drain of N runs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from . import kernels
+
+
+class Deferral(NamedTuple):
+    """What deferring the output layer's wgrad of ``count`` micro-batches changes, on the stage holding the head."""
+
+    stage: int  # the model stage holding the output layer
+    count: int  # micro-batches 0 .. count - 1 defer (min of the key and the micro-batches)
+    input_less: float  # ms one deferred micro-batch's input-gradient pass saves (the re-gather beside the dgrad GEMM)
+    weight_less: float  # ms its weight-gradient pass saves (the wgrad GEMM; the reduce-scatter then waits alone)
+    drain: float  # ms of the drain: the count GEMMs and their inputs' all-gathers after the rank's last backward
+
+
+def _passes(cfg, rates, lay, deferred: bool) -> dict[str, float]:
+    tb = kernels.Table(rates, lay, cfg)
+    kernels.output_layer_backward(tb, cfg, lay, deferred)
+    return dict(kernels.passes(tb.rows))
+
+
+def drain_ms(cfg, rates, lay, count: int) -> float:
+    """drain_embedding_wgrad_compute of ``count`` micro-batches (ms): with sequence parallelism the first all-gather
+    alone, then count - 1 GEMMs each beside the next input's all-gather (exposed beyond it), then the last GEMM."""
+    if count <= 0:
+        return 0.0
+    n, h, ab = lay.tokens, cfg.hidden_size, lay.act_bytes
+    v = -(-cfg.vocab_size // lay.tensor)
+
+    def gemm(tb: kernels.Table) -> None:
+        tb.gemm("deferred output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out)
+
+    def ms(build) -> float:
+        tb = kernels.Table(rates, lay, cfg)
+        build(tb)
+        return sum(k.ms for k in tb.rows)
+
+    if not (lay.sequence_parallel and lay.tensor > 1):  # the whole input is on the rank: the GEMMs alone
+        return count * ms(gemm)
+    first = ms(lambda tb: tb.comm("tp all-gather (deferred input, waited)", "mlp_backward_weight", "all_gather",
+                                  n * h * ab, lay.tensor, "nvlink"))
+
+    def beside(tb: kernels.Table) -> None:
+        with tb.nccl_beside("tp all-gather (next deferred input)", "mlp_backward_weight", "all_gather", n * h * ab):
+            gemm(tb)
+
+    return first + (count - 1) * ms(beside) + ms(gemm)
+
+
+def figures(derived, key: int, microbatches: int) -> Deferral | None:
+    """The deferral of ``key`` micro-batches (``model.defer_embedding_wgrad``) on a derived model; None when 0."""
+    if key <= 0:
+        return None
+    st = derived.setup
+    stage = next(s for s, held in enumerate(st.stages) if held.head)
+    cfg, rates, lay = st.cfg, st.rates, st.layout
+    full, light = _passes(cfg, rates, lay, False), _passes(cfg, rates, lay, True)
+    count = min(key, microbatches)
+    return Deferral(stage, count, full[kernels.I] - light[kernels.I], full[kernels.W] - light[kernels.W],
+                    drain_ms(cfg, rates, lay, count))
