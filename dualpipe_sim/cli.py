@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     pln.add_argument("--top", type=int, default=10, help="best layouts to show and write as TOMLs (default 10)")
     pln.add_argument("--schedules", help="comma-separated schedules to consider (default: every registered one)")
     pln.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key; parallel.tensor/context/expert/zero, model.micro_batch_size, "
+                     help="override a scenario key; parallel.tensor/context/expert/expert_tensor/zero, model.micro_batch_size, "
                           "memory.recompute and pipeline.chunks_per_rank pin that choice (repeatable)")
     _add_unset(pln)
     pln.add_argument("--budget", type=int, default=200,
