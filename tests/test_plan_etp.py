@@ -1,7 +1,8 @@
-"""s18i: ``plan`` searches expert tensor parallelism (ETP) for an MoE model.
+"""s18i: ``plan`` searches expert tensor parallelism (ETP) for an MoE model; s18i2: only when asked.
 
-Unpinned, every MoE candidate takes ETP 1 (experts whole) and ETP = TP (Megatron-core's default), one value
-where TP = 1, under model/derive.py's ETP rules (expert x ETP divides tensor x data x context; ETP divides the
+By default every candidate takes ETP 1 (experts whole, as every MoE validation run).  With
+--search-expert-tensor (``search_expert_tensor=True``; Choices.search_expert_tensor) every MoE candidate takes
+ETP 1 and ETP = TP (Megatron-core's default), one value where TP = 1, under model/derive.py's ETP rules (expert x ETP divides tensor x data x context; ETP divides the
 experts' FFN width; ZeRO 3 at ETP 1 only); ``--set parallel.expert_tensor=N`` pins it; a dense model is as
 before.  Counts below are worked by hand from the enumeration's rules (docs/plan.md).
 """
@@ -32,8 +33,8 @@ TINY_DENSE = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4,
               "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000}  # fmt: skip
 
 # one micro-batch size, policy and ZeRO stage, no context parallelism: one complete candidate per
-# (tensor, pipeline, expert, ETP) with 1F1B
-NARROW = Choices(context=(1,), micro_batch_size=(1,), recompute=("full",), zero=(1,))
+# (tensor, pipeline, expert, ETP) with 1F1B; the ETP search on (--search-expert-tensor), as s18i built it
+NARROW = Choices(context=(1,), micro_batch_size=(1,), recompute=("full",), zero=(1,), search_expert_tensor=True)
 MOE = ModelShape(heads=4, layers=4, experts=4, expert_ffn=512)
 
 
@@ -69,7 +70,7 @@ def test_grid_and_ffn_rules_prune_by_name():
 def test_pin_and_whole_experts():
     # pinned ETP 2: expert x 2 divides tensor x data.  TP1: DP4 e1,2; DP2 e1 -> 3.  TP2: DP2 e1,2; DP1 e1 -> 3.
     # TP4: DP1 (4) e1,2 -> 2.
-    pinned = replace_choices(expert_tensor=(2,))
+    pinned = replace_choices(expert_tensor=(2,), search_expert_tensor=False)  # the flag's default with a pin
     assert _complete(MOE, pinned) == {(1, 2): 3, (2, 2): 3, (4, 2): 2}
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), pinned))
     assert {c.expert_tensor for c in rows} == {2}  # one value: every row says it, the pruned ones too
@@ -141,15 +142,16 @@ def test_figures_do_not_depend_on_which_etp_came_first(tmp_path):
 
 
 # -- plan end to end -----------------------------------------------------------------------------------------------
-def _plan(tmp_path, model: dict, overrides: list[str], top: int = 10):
+def _plan(tmp_path, model: dict, overrides: list[str], top: int = 10, **options):
     config = tmp_path / "model.json"
     config.write_text(json.dumps(model))
-    return ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1, overrides=overrides, top=top)
+    return ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1, overrides=overrides, top=top,
+                   **options)
 
 
 @pytest.fixture(scope="module")
 def moe_plan(tmp_path_factory):
-    return _plan(tmp_path_factory.mktemp("moe"), TINY_MOE, ["parallel.tensor=2"], top=40)
+    return _plan(tmp_path_factory.mktemp("moe"), TINY_MOE, ["parallel.tensor=2"], top=40, search_expert_tensor=True)
 
 
 def test_plan_csv_md_and_json_say_the_searched_etp(moe_plan, tmp_path):
@@ -199,7 +201,7 @@ def test_bases_that_cost_etp_1_only(tmp_path, overrides, why):
     base = base_scenario(config, "H100", 2048, overrides)
     shape = model_shape(base)
     assert shape.whole_experts.startswith(why) and bool(shape.whole_experts) == bool(why)
-    shown = files.etp_line(SimpleNamespace(base=base, experts=4))
+    shown = files.etp_line(SimpleNamespace(base=base, experts=4, search_expert_tensor=True))
     assert ("1 in every layout; plan tries no more (" + why in shown) if why else ": searched, " in shown
 
 
@@ -208,3 +210,71 @@ def test_dense_plan_has_no_etp_column_or_line(tmp_path):
     assert "Expert tensor parallelism" not in files.plan_md(result)
     assert "ETP" not in files.table(result)[0]
     assert {r["expert_tensor"] for r in csv.DictReader(files.plan_csv(result).splitlines())} == {"1"}
+
+
+# -- s18i2: the search is opt-in ------------------------------------------------------------------------------------
+DEFAULT = replace_choices(search_expert_tensor=False)
+
+
+def test_default_tries_etp_1_only_by_hand():
+    # the counts of test_etp_values_per_tensor_degree_by_hand less every ETP > 1 row: TP1 6, TP2 3 + 2, TP4 3
+    assert _complete(MOE, DEFAULT) == {(1, 1): 6, (2, 1): 5, (4, 1): 3}
+    rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), DEFAULT))
+    assert {c.expert_tensor for c in rows} == {1}  # every row says 1, the pruned ones too (one value tried)
+    assert not any(c.pruned.startswith("expert_tensor:") for c in rows)
+    assert Choices().search_expert_tensor is False  # the enumeration's own default is the plan's
+
+
+def test_fsdp_count_with_and_without_the_search():
+    # tests/test_plan.py's FSDP case (4 GPUs, 4 experts, 1F1B, every mbs/policy/ZeRO): 16 rows per policy
+    # (none, full) = 32 at ETP 1.  With the search, ETP = tensor adds (tensor, pipeline, data) = (2, 1, 2) e2
+    # ETP 2 (2 x 2 divides 2 x 2): 3 micro-batch sizes x 2 policies = 6 more, 38.
+    def fsdp(choices):
+        rows = enumerate_candidates(ModelShape(heads=4, layers=4, experts=4), Request(4, 8, 2048), shapes(["1f1b"]),
+                                    choices)  # fmt: skip
+        return [c for c in rows if c.pruned.startswith("zero: 3 (FSDP) with expert parallelism")]
+
+    assert len(fsdp(Choices())) == 32
+    searched = fsdp(Choices(search_expert_tensor=True))
+    assert len(searched) == 38
+    assert Counter(c.expert_tensor for c in searched) == {1: 32, 2: 6}
+
+
+def test_library_default_and_keyword(tmp_path):
+    default = _plan(tmp_path, TINY_MOE, ["parallel.tensor=2"], top=40)
+    assert {r["expert_tensor"] for r in files.records(default)} == {1}
+    md = files.plan_md(default)
+    assert ("Expert tensor parallelism (parallel.expert_tensor): 1 in every layout (experts whole, as every MoE "
+            "validation run); the search-expert-tensor option also tries ETP = TP (Megatron-core's default), "
+            "about twice the simulations on an MoE plan.") in md
+    searched = _plan(tmp_path, TINY_MOE, ["parallel.tensor=2"], top=40, search_expert_tensor=True)
+    complete = [r for r in files.records(searched) if not r["pruned"]]  # a row pruned above ETP leaves it empty
+    assert {r["expert_tensor"] for r in complete} == {1, 2}
+    # at TP 2 the search adds ETP 2 rows and keeps every ETP 1 row as it was
+    ones = [r for r in complete if r["expert_tensor"] == 1]
+    assert 0 < len(ones) == sum(not r["pruned"] for r in files.records(default)) < len(complete)
+
+
+def test_library_refuses_the_search_with_a_pin_and_a_non_bool(tmp_path):
+    with pytest.raises(ds_plan.PlanError, match=r"^search_expert_tensor: does not apply with parallel.expert_tensor "
+                                                r"pinned to 2"):  # fmt: skip
+        _plan(tmp_path, TINY_MOE, ["parallel.expert_tensor=2"], search_expert_tensor=True)
+    with pytest.raises(ds_plan.PlanError, match=r"^search_expert_tensor: must be true or false, got 'yes'"):
+        _plan(tmp_path, TINY_MOE, [], search_expert_tensor="yes")
+
+
+def test_cli_flag_with_a_pin_is_one_line_exit_2_nothing_written(tmp_path, capsys):
+    from dualpipe_sim.cli import main
+
+    config = tmp_path / "model.json"
+    config.write_text(json.dumps(TINY_MOE))
+    out = tmp_path / "out"
+    code = main(["plan", str(config), "--gpus", "4", "--global-batch", "8", "--seq", "2048", "--hardware", "H100",
+                 "--schedules", "1f1b", "--jobs", "1", "--out", str(out), "--search-expert-tensor",
+                 "--set", "parallel.expert_tensor=2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.strip().splitlines() == ["error: --search-expert-tensor: does not apply with --set "
+                                        "parallel.expert_tensor=2 (the pin fixes the expert tensor parallelism); "
+                                        "drop one"]  # fmt: skip
+    assert "Traceback" not in err

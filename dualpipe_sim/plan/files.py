@@ -185,7 +185,8 @@ def precision_line(plan) -> str:
 
 
 def etp_line(plan) -> str | None:
-    """For an MoE model, the expert tensor parallelism plan searched or was given (plan.csv's ``expert_tensor``)."""
+    """For an MoE model, the expert tensor parallelism plan searched (--search-expert-tensor), kept at 1 or was given
+    (plan.csv's ``expert_tensor``)."""
     from .request import model_config, whole_experts
 
     if not plan.experts:
@@ -197,6 +198,11 @@ def etp_line(plan) -> str | None:
     whole = whole_experts(plan.base, model_config(plan.base))
     if whole:
         return f"Expert tensor parallelism (parallel.expert_tensor): 1 in every layout; plan tries no more ({whole})."
+    if not plan.search_expert_tensor:
+        # the option named as neither flag nor keyword: this line serves the CLI and the library alike
+        return ("Expert tensor parallelism (parallel.expert_tensor): 1 in every layout (experts whole, as every MoE "
+                "validation run); the search-expert-tensor option also tries ETP = TP (Megatron-core's default), "
+                "about twice the simulations on an MoE plan.")  # fmt: skip
     return ("Expert tensor parallelism (parallel.expert_tensor): searched, 1 (experts whole) and the tensor degree "
             "(Megatron-core's default) for each layout; plan.csv's expert_tensor column gives each one's.")
 

@@ -63,7 +63,9 @@ class Choices:
     virtual: tuple[int, ...] = VIRTUAL
     recompute: tuple[str, ...] = RECOMPUTE
     zero: tuple[int, ...] = ZERO
-    expert_tensor: tuple[int, ...] | None = None  # None: 1 and the tensor degree (MoE), 1 (dense)
+    expert_tensor: tuple[int, ...] | None = None  # a pin; None: 1, or with search_expert_tensor 1 and the tensor degree
+    # plan --search-expert-tensor: an MoE candidate also tries ETP = tensor (about twice the simulations; off by default)
+    search_expert_tensor: bool = False
     min_context_tokens: int = MIN_CONTEXT_TOKENS  # 1 when parallel.context is pinned
 
 
@@ -174,12 +176,12 @@ def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
 
 
 def expert_tensors(model: ModelShape, choices: Choices, tensor: int) -> tuple[int, ...]:
-    """The ETP values tried at this tensor degree: the pin; else for an MoE model 1 (experts whole) and the
-    tensor degree (Megatron-core's default when --expert-tensor-parallel-size is unset), 1 only where the
-    base costs no more (model.whole_experts); 1 for a dense model."""
+    """The ETP values tried at this tensor degree: the pin; else 1 (experts whole, as every MoE validation run);
+    with search_expert_tensor, for an MoE model 1 and the tensor degree (Megatron-core's default when
+    --expert-tensor-parallel-size is unset), 1 only where the base costs no more (model.whole_experts)."""
     if choices.expert_tensor is not None:
         return choices.expert_tensor
-    if not model.experts or model.whole_experts:
+    if not choices.search_expert_tensor or not model.experts or model.whole_experts:
         return (1,)
     return tuple(dict.fromkeys((1, tensor)))
 
