@@ -1,6 +1,6 @@
 """How long ``plan`` takes on the issue's two cases, and what it picks.
 
-    python benchmarks/plan.py [--case llama|deepseek|both] [--jobs J]
+    python benchmarks/plan.py [--case llama|deepseek|both] [--jobs J] [--search-expert-tensor]
 
 * Llama-3-70B (scenarios/models/llama3-70b.json) on 64 H100, global batch 128 x 8192 tokens;
 * DeepSeek-V3 (scenarios/models/deepseek-v3.json) on 2048 H800, global batch 15,360 x 4096
@@ -49,13 +49,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=(*CASES, "both"), default="both")
     ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--search-expert-tensor", action="store_true", help="plan's option: MoE tries ETP = TP too")
     args = ap.parse_args()
     for name in CASES if args.case == "both" else [args.case]:
         c = CASES[name]
         start, cpu = time.perf_counter(), _cpu()
         phases: dict[str, float] = {}  # each phase's first progress report (wall clock)
         result = plan(c["source"], c["gpus"], c["global_batch"], c["seq"], hardware=c["hardware"],
-                      overrides=c["overrides"], jobs=args.jobs, top=3,
+                      overrides=c["overrides"], jobs=args.jobs, top=3, search_expert_tensor=args.search_expert_tensor,
                       progress=lambda done, total, what: phases.setdefault(what, time.perf_counter()))  # fmt: skip
         wall, cpu = time.perf_counter() - start, _cpu() - cpu
         load = os.getloadavg()[0]  # other processes share the 2 cores: the 1-minute load average says how many

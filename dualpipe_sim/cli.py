@@ -169,9 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     pln.add_argument("--top", type=int, default=10, help="best layouts to show and write as TOMLs (default 10)")
     pln.add_argument("--schedules", help="comma-separated schedules to consider (default: every registered one)")
     pln.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key; parallel.tensor/context/expert/zero, model.micro_batch_size, "
+                     help="override a scenario key; parallel.tensor/context/expert/expert_tensor/zero, model.micro_batch_size, "
                           "memory.recompute and pipeline.chunks_per_rank pin that choice (repeatable)")
     _add_unset(pln)
+    pln.add_argument("--search-expert-tensor", action="store_true",
+                     help="MoE: try expert tensor parallelism = tensor beside 1 (Megatron-core's default; about twice "
+                          "the simulations). Default: every layout keeps its experts whole (ETP 1)")
     pln.add_argument("--budget", type=int, default=200,
                      help="simulate at least this many candidates, best estimates first (default 200)")
     pln.add_argument("--out", default="plan", help="output folder (default: plan)")
@@ -725,13 +728,17 @@ def _cmd_plan(args) -> int:
     if not args.resume and (Path(args.out) / plan.JOURNAL).exists():
         raise UsageError(f"--out {args.out}: {Path(args.out) / plan.JOURNAL} holds the finished candidates of an "
                          f"interrupted plan; pass --resume to continue it, or use another --out")  # fmt: skip
+    pin = next((o for o in args.overrides if o.partition("=")[0].strip() == "parallel.expert_tensor"), None)
+    if args.search_expert_tensor and pin is not None:
+        raise UsageError(f"--search-expert-tensor: does not apply with --set {pin} (the pin fixes the expert tensor "
+                         f"parallelism); drop one")  # fmt: skip
     check_targets(args.out, [*plan.out_files(max(args.top, 1)), plan.JOURNAL])
     try:
         with progress_bar("plan") as progress:
             result = plan.plan(args.source, args.gpus, args.global_batch, args.seq, hardware=args.hardware,
                                top=args.top, schedules=names, overrides=args.overrides, unset=args.unset, jobs=args.jobs,
                                budget=args.budget, progress=progress, out=args.out, resume=args.resume,
-                               dask_scheduler=args.dask_scheduler)
+                               dask_scheduler=args.dask_scheduler, search_expert_tensor=args.search_expert_tensor)
             _prepare_charts("png")
             written = plan.write(result, args.out, progress)
     except SweepError as exc:  # the Dask address, worded as sweep words it

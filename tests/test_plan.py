@@ -313,7 +313,8 @@ def test_fsdp_with_expert_parallelism_is_pruned_and_counted():
     # divides 4 experts and data x tensor.  A zero-3 row (none or full recompute) with e > 1 is pruned
     # as not modelled unless the one-rank rule (data 1, tensor = expert) takes it first:
     # (1,1,4): e2, e4 x 2 mbs; (1,2,2): e2 x 3; (1,4,1): none; (2,1,2): e2, e4 x 3; (2,2,1): e2 is
-    # one-rank; (4,1,1): e2 x 3 (e4 one-rank).  16 per policy, 32 rows.
+    # one-rank; (4,1,1): e2 x 3 (e4 one-rank).  16 per policy, 32 rows (ETP 1, plan's default; with
+    # --search-expert-tensor 38: tests/test_plan_etp.py).
     from dualpipe_sim.plan.shapes import shapes
     from dualpipe_sim.plan.space import ModelShape, Request, enumerate_candidates
 

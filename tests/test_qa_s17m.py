@@ -96,6 +96,7 @@ def test_plan_etp_grid_counts_the_context_ranks(tmp_path):
 
 def test_plan_md_says_etp_1_on_moe_and_nothing_on_dense(tmp_path):
     moe = _plan(tmp_path, TINY_MOE, [])
+    # unpinned, an MoE plan keeps ETP 1 unless --search-expert-tensor (s18i2; tests/test_plan_etp.py)
     assert "Expert tensor parallelism (parallel.expert_tensor): 1 in every layout" in files.plan_md(moe)
     assert {r["expert_tensor"] for r in files.records(moe)} == {1}
     dense = _plan(tmp_path, TINY_DENSE, [])

@@ -70,6 +70,7 @@ class Plan:
     pruned: dict[str, int] = field(default_factory=dict)  # reason (its rule, without figures) -> rows
     journal: Path | None = None  # the finished candidates on disk (journal.py); write() removes it
     experts: int = 0  # the model's routed experts (0: dense): plan.md then says the ETP the layouts share
+    search_expert_tensor: bool = False  # ETP = tensor tried beside ETP 1 (plan.md's ETP line says so)
 
     @property
     def top(self) -> list[Row]:
@@ -90,7 +91,7 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
          top: int = DEFAULT_TOP, schedules: list[str] | None = None, overrides: list[str] = (),
          unset: list[str] = (), jobs: int | None = None, budget: int = DEFAULT_BUDGET,
          progress: Progress | None = None, out: str | Path | None = None, resume: bool = False,
-         dask_scheduler: str | None = None) -> Plan:
+         dask_scheduler: str | None = None, search_expert_tensor: bool = False) -> Plan:
     """Rank every layout of the model in ``source`` (scenario TOML or HF config.json) on ``gpus`` GPUs,
     ``global_batch`` sequences of ``seq`` tokens per step.  Raises PlanError (a ScenarioError) naming
     the parameter for an impossible request.  ``unset``: dotted keys taken out of the source's
@@ -99,7 +100,9 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     ``out``: keep each simulated candidate in ``out``/plan.partial.jsonl as it finishes, so that
     Ctrl-C (raising :class:`Interrupted`) loses none and ``resume=True`` simulates only the others.
     ``dask_scheduler``: simulate on that dask.distributed cluster instead of ``jobs`` local
-    processes (a bad address raises sweep's SweepError, param ``dask_scheduler``)."""
+    processes (a bad address raises sweep's SweepError, param ``dask_scheduler``).
+    ``search_expert_tensor``: an MoE candidate tries ETP = tensor beside ETP 1 (about twice the simulations);
+    off, every candidate keeps its experts whole unless ``overrides`` pin parallel.expert_tensor."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise PlanError(f"top: must be a whole number >= 1, got {shown(top)}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
@@ -111,8 +114,14 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
         raise SweepError("dask_scheduler", f"empty address {shown(dask_scheduler)}; give the scheduler's address, "
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
+    if not isinstance(search_expert_tensor, bool):
+        raise PlanError(f"search_expert_tensor: must be true or false, got {shown(search_expert_tensor)}")
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides, unset)
+    pinned_etp = base.get("parallel", {}).get("expert_tensor")
+    if search_expert_tensor and pinned_etp is not None:
+        raise PlanError(f"search_expert_tensor: does not apply with parallel.expert_tensor pinned to {shown(pinned_etp)} "
+                        f"(the pin fixes ETP; drop one)")  # fmt: skip
     sections_only(base)  # a malformed section refused in `run`'s one line (hardware.gpus_per_node: ...), first
     req = make_request(base, gpus, global_batch, seq)
     # Read the model's config once, before the minutes of work: a file removed mid-run then fails
@@ -129,7 +138,8 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         device = device_memory(base)
         # the step times in `jobs` processes too (on a Dask cluster, in this one)
         estimate_jobs = 1 if dask_scheduler else (default_jobs() if jobs is None else jobs)
-        rows, survivors = _estimated(base, req, names, overrides, device, progress, estimate_jobs)
+        rows, survivors = _estimated(base, req, names, overrides, device, progress, estimate_jobs,
+                                     search_expert_tensor)
         chosen = to_simulate(estimate_order(survivors, device), budget, device)
         if journal is not None:
             journal.start()
@@ -148,15 +158,16 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
                 row.mfu = row.tokens_per_second_per_gpu * flops_per_token / peak
     pruned = Counter(reason_kind(r.pruned) for r in rows if r.pruned)
     return Plan(base, gpus, global_batch, seq, device, ranked(rows), top, dict(sorted(pruned.items())),
-                journal.path if journal is not None else None, experts)
+                journal.path if journal is not None else None, experts, search_expert_tensor)
 
 
 def _estimated(base: dict, req, names: list[str], overrides: list[str], device: float | None,
-               progress: Progress | None, jobs: int = 1) -> tuple[list[Row], list[Row]]:  # fmt: skip
+               progress: Progress | None, jobs: int = 1,
+               search_expert_tensor: bool = False) -> tuple[list[Row], list[Row]]:  # fmt: skip
     """Every candidate as a row (pruned ones with their reason, the rest estimated), and the survivors.
     ``jobs``: processes working out the step times (step_times.py)."""
     rows: list[Row] = []
-    choices = pinned_choices(source_pins(base) + overrides)
+    choices = replace(pinned_choices(source_pins(base) + overrides), search_expert_tensor=search_expert_tensor)
     model = model_shape(base)
     for i, cand in enumerate(enumerate_candidates(model, req, shapes(names), choices)):
         rows.append(Row(i, cand, pruned=cand.pruned))

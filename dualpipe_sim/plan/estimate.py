@@ -70,7 +70,7 @@ class FigureCache:
         self._steps: dict[tuple, StepCosts | None] = {}  # step_costs, by layout, M and placement
         self._pipelines: dict[tuple, tuple] = {}  # pipeline_ms, by schedule shape and stage costs
         self._blocking: dict[tuple, bool] = {}  # comm.p2p_mode resolved blocking, by schedule and chunks
-        # by (stages, tensor, expert, data x context, zero): what memory depends on of a layout
+        # by (stages, tensor, expert, expert_tensor, data x context, zero): what memory depends on of a layout
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.floors: dict[tuple, float] = {}  # static_floor, by what it reads of a candidate
@@ -85,7 +85,9 @@ class FigureCache:
         if given is not None:
             return float(given)
         dp = cand.data * cand.context  # the optimizer's and the gradients' group (model/derive.py)
-        groups = [cand.tensor, cand.pipeline, dp, cand.expert, round(dp * cand.tensor / cand.expert) if cand.expert > 1 else 1]
+        routed = cand.expert * cand.expert_tensor  # the expert grid's groups, as simulation.py counts them
+        groups = [cand.tensor, cand.pipeline, dp, cand.expert, round(dp * cand.tensor / routed) if routed > 1 else 1,
+                  cand.expert_tensor]
         return model_memory.runtime_allowance(groups, self.hardware_name != "A100")
 
     def scenario(self, cand: Candidate):
@@ -100,19 +102,18 @@ class FigureCache:
         """Static bytes of each stage on a rank of this candidate."""
         if cand.stages not in self._setups:
             self._setups[cand.stages] = derive.setup(self.scenario(cand))
-        key = (cand.stages, cand.tensor, cand.expert, cand.data * cand.context, cand.zero)
+        key = (cand.stages, cand.tensor, cand.expert, cand.expert_tensor, cand.data * cand.context, cand.zero)
         if key not in self._static:
             setup = self._setups[cand.stages]
             sh = replace(setup.sharding, tensor=cand.tensor, expert=cand.expert, data=cand.data * cand.context,
-                         zero=cand.zero)  # fmt: skip
+                         zero=cand.zero, expert_tensor=cand.expert_tensor)  # fmt: skip
             # the stage's static bytes as `run` counts them (FP8 copies and FP8 parameters included)
             st = replace(setup, sharding=sh)
             self._static[key] = tuple(derive.stage_memory(st, stage, self._memo)[0].total for stage in setup.stages)
         return self._static[key]
 
     def figures(self, cand: Candidate) -> StageFigures:
-        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
-               cand.zero)
+        key = (*_layout(cand), cand.zero)
         if key not in self._figures:
             # ZeRO 0-2 change only memory (model/derive.py costs data-parallel collectives inside
             # actions only for ZeRO 3): one derivation of the times serves them all (_derived_for), and
@@ -142,8 +143,7 @@ class FigureCache:
         """The candidate's [step] figures per stage, as its run resolves them (Scenario.step_costs:
         model/step_figures.py), from the shared derivation with the candidate's sharding."""
         # the schedule matters only by where the stages sit (M follows from data and micro-batch size)
-        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
-               cand.zero, placement(cand.schedule, cand.stages, cand.virtual))  # fmt: skip
+        key = (*_layout(cand), cand.zero, placement(cand.schedule, cand.stages, cand.virtual))
         if key not in self._steps:
             derived = self._derived_for(cand)
             sharding = replace(derived.setup.sharding, data=cand.data * cand.context, zero=cand.zero)
@@ -180,8 +180,7 @@ class FigureCache:
         # (derive.grad_accumulation_bytes), whose count it sets.  Keyed without it, a figure depended on
         # which candidate came first.
         fsdp = cand.zero >= 3
-        times = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute,
-                 fsdp)  # fmt: skip
+        times = (*_layout(cand), fsdp)
         if times not in self._derived:
             self._derived[times] = self.scenario(cand).derived(self._memo)
         return self._derived[times]
@@ -190,7 +189,7 @@ class FigureCache:
         """Whether every stage's whole-gradient reduce-scatter (ZeRO 1's end-of-step sync) is no
         longer than its F + B per micro-batch (B holds W): then ZeRO 2's per-micro-batch reduce-scatters
         leave nothing beyond their last unit's for the end of the step (model/step_figures.py)."""
-        key = (cand.tensor, cand.context, cand.expert, cand.data, cand.micro_batch_size, cand.stages, cand.recompute)
+        key = _layout(cand)
         if key not in self._fits:
             derived = self._derived_for(cand)
             sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=1)
@@ -204,13 +203,19 @@ class FigureCache:
     def _stage_memory(self, cand: Candidate, derived) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Each stage's static bytes and ZeRO 2/3 buffers for the candidate's sharding, as derive()
         works them out (they depend on the stages and the sharding only)."""
-        key = (cand.stages, cand.tensor, cand.expert, cand.data * cand.context, cand.zero)
+        key = (cand.stages, cand.tensor, cand.expert, cand.expert_tensor, cand.data * cand.context, cand.zero)
         if key not in self._memory:
             sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=cand.zero)
             st = replace(derived.setup, sharding=sh)
             memory = [derive.stage_memory(st, stage, self._memo) for stage in st.stages]
             self._memory[key] = (tuple(m.total for m, _ in memory), tuple(b for _, b in memory))
         return self._memory[key]
+
+
+def _layout(cand: Candidate) -> tuple:
+    """What a derivation's times read of a candidate (ZeRO and the schedule aside): the FigureCache keys' core."""
+    return (cand.tensor, cand.context, cand.expert, cand.expert_tensor, cand.data, cand.micro_batch_size, cand.stages,
+            cand.recompute)
 
 
 def _stage_costs(derived, s: int) -> tuple[float, ...]:
@@ -232,11 +237,11 @@ def _stage_costs(derived, s: int) -> tuple[float, ...]:
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
     """A lower bound of the fullest rank's bytes before any activation: its stages' static bytes
     (parameters, gradients, optimizer states, FP8 weight copies) and the runtime allowance."""
-    # static() reads (stages, tensor, expert, data x context, zero), placement (schedule, stages,
-    # virtual), runtime() (tensor, pipeline, data x context, expert): candidates differing in micro-batch
+    # static() reads (stages, tensor, expert, expert_tensor, data x context, zero), placement (schedule, stages,
+    # virtual), runtime() (tensor, pipeline, data x context, expert, expert_tensor): candidates differing in micro-batch
     # size or recompute share the floor
-    key = (cand.schedule, cand.stages, cand.virtual, cand.tensor, cand.pipeline, cand.expert, cand.data * cand.context,
-           cand.zero)  # fmt: skip
+    key = (cand.schedule, cand.stages, cand.virtual, cand.tensor, cand.pipeline, cand.expert, cand.expert_tensor,
+           cand.data * cand.context, cand.zero)  # fmt: skip
     if key not in cache.floors:
         static = cache.static(cand)
         held = placement(cand.schedule, cand.stages, cand.virtual)

@@ -21,18 +21,13 @@ LAYOUT = ("tensor", "pipeline", "virtual", "context", "expert", "data", "micro_b
           "recompute", "zero", "schedule", "stages")  # fmt: skip
 FIGURES = ("tokens_per_second_per_gpu", "step_time", "mfu", "bubble_ratio", "exposed_comm", "peak_memory",
            "device_memory", "fits")  # fmt: skip
-# expert_tensor: the base scenario's parallel.expert_tensor, which plan does not search (added after pruned,
-# so that every earlier column keeps its position)
+# expert_tensor: the candidate's parallel.expert_tensor (ETP), searched for an MoE model (added after pruned,
+# so that every earlier column keeps its position; empty on a row pruned before ETP was chosen)
 COLUMNS = ("rank", *LAYOUT, *FIGURES, "estimated_step_time", "estimated_memory", "simulated", "pruned",
            "expert_tensor")
 
 
-def expert_tensor(plan) -> int:
-    """The ETP every candidate runs at: the base scenario's (``--set`` or the source TOML), default 1."""
-    return plan.base.get("parallel", {}).get("expert_tensor", 1)
-
-
-def record(row: Row, rank: int | None, device: float | None, etp: int = 1) -> dict:
+def record(row: Row, rank: int | None, device: float | None) -> dict:
     """One candidate as plan.csv's and --json's keys (None where a figure does not apply)."""
     c, sim = row.candidate, (row.simulated if row.ok else {})
     out = {"rank": rank, **{k: getattr(c, k) for k in LAYOUT}}
@@ -49,7 +44,7 @@ def record(row: Row, rank: int | None, device: float | None, etp: int = 1) -> di
         estimated_memory=row.estimate.memory if row.estimate else None,
         simulated="yes" if row.ok else ("error" if row.simulated else ("estimate" if row.estimate and not row.pruned else "no")),
         pruned=row.pruned or (row.simulated or {}).get("reason", ""),
-        expert_tensor=etp,
+        expert_tensor=c.expert_tensor,
     )  # fmt: skip
     return out
 
@@ -60,7 +55,7 @@ def records(plan) -> list[dict]:
     for row in plan.rows:
         ranked = row.ok and row.fits is not False
         n += ranked
-        out.append(record(row, n if ranked else None, plan.device_memory, expert_tensor(plan)))
+        out.append(record(row, n if ranked else None, plan.device_memory))
     return out
 
 
@@ -105,13 +100,14 @@ def config_path(config: str, out_dir: Path) -> str:
 def table(plan, rows: list[Row] | None = None) -> list[list[str]]:
     """The top-K table: header row, then one row per candidate (text for people)."""
     rows = plan.top if rows is None else rows
-    head = ["#", "schedule", "TP", "PP", "v", "CP", "EP", "DP", "mbs", "M", "recompute", "zero", "step",
+    etp = ["ETP"] if plan.experts else []  # an MoE plan searches it: each layout's (dense: none)
+    head = ["#", "schedule", "TP", "PP", "v", "CP", "EP", *etp, "DP", "mbs", "M", "recompute", "zero", "step",
             "tok/s/GPU", "MFU", "bubble", "exposed comm", "peak mem / device"]  # fmt: skip
     out = [head]
     for i, r in enumerate(rows, 1):
         c, sim = r.candidate, r.simulated
         out.append([str(i), c.schedule, str(c.tensor), str(c.pipeline), str(c.virtual or "-"), str(c.context),
-                    str(c.expert), str(c.data), str(c.micro_batch_size), str(c.microbatches), c.recompute,
+                    str(c.expert), *([str(c.expert_tensor)] if etp else []), str(c.data), str(c.micro_batch_size), str(c.microbatches), c.recompute,
                     str(c.zero), units.duration(sim["step.total"]), units.number(r.tokens_per_second_per_gpu),
                     units.percent(r.mfu) if r.mfu is not None else "-", units.percent(sim["bubble_ratio"]),
                     units.duration(sim["comm.exposed"]),
@@ -137,7 +133,7 @@ def markdown_table(rows: list[list[str]]) -> str:
     """An aligned Markdown table (reads in a terminal too): text columns left, numbers right."""
     head, *body = rows
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
-    left = {1, 10}  # schedule, recompute
+    left = {head.index("schedule"), head.index("recompute")}
 
     def line(cells):
         return "| " + " | ".join(c.ljust(w) if i in left else c.rjust(w)
@@ -202,11 +198,26 @@ def band_line(plan) -> str:
 
 
 def etp_line(plan) -> str | None:
-    """For an MoE model, the expert tensor parallelism its layouts share (plan.csv's ``expert_tensor``)."""
+    """For an MoE model, the expert tensor parallelism plan searched (--search-expert-tensor), kept at 1 or was given
+    (plan.csv's ``expert_tensor``)."""
+    from .request import model_config, whole_experts
+
     if not plan.experts:
         return None
-    return (f"Expert tensor parallelism (parallel.expert_tensor): {expert_tensor(plan)} in every layout; plan does "
-            f"not search it (the base scenario sets it).")
+    pinned = plan.base.get("parallel", {}).get("expert_tensor")
+    if pinned is not None:
+        return (f"Expert tensor parallelism (parallel.expert_tensor): {pinned} in every layout; plan does not search "
+                f"it (pinned by parallel.expert_tensor).")  # fmt: skip
+    whole = whole_experts(plan.base, model_config(plan.base))
+    if whole:
+        return f"Expert tensor parallelism (parallel.expert_tensor): 1 in every layout; plan tries no more ({whole})."
+    if not plan.search_expert_tensor:
+        # the option named as neither flag nor keyword: this line serves the CLI and the library alike
+        return ("Expert tensor parallelism (parallel.expert_tensor): 1 in every layout (experts whole, as every MoE "
+                "validation run); the search-expert-tensor option also tries ETP = TP (Megatron-core's default), "
+                "about twice the simulations on an MoE plan.")  # fmt: skip
+    return ("Expert tensor parallelism (parallel.expert_tensor): searched, 1 (experts whole) and the tensor degree "
+            "(Megatron-core's default) for each layout; plan.csv's expert_tensor column gives each one's.")
 
 
 def why(plan) -> list[str]:

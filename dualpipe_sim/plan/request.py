@@ -27,7 +27,8 @@ DERIVED_STEP = {"grad_sync": "derived", "cross_copy_sync": "derived", "optimizer
 # --set keys that pin an enumerated choice: key -> Choices field
 PINS = {"parallel.tensor": "tensor", "parallel.context": "context", "parallel.expert": "expert",
         "parallel.zero": "zero", "model.micro_batch_size": "micro_batch_size",
-        "memory.recompute": "recompute", "pipeline.chunks_per_rank": "virtual"}  # fmt: skip
+        "memory.recompute": "recompute", "pipeline.chunks_per_rank": "virtual",
+        "parallel.expert_tensor": "expert_tensor"}  # fmt: skip
 # keys plan sets itself: a --set of these is refused (say --schedules or a pin instead)
 CHOSEN = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches", "parallel.data")
 KEPT_PARALLEL = ("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather")
@@ -108,8 +109,20 @@ def model_shape(base: dict) -> ModelShape:
     hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True  # plan checked [step] first
     return ModelShape(heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, layers=cfg.num_layers, experts=cfg.num_experts,
                       flash_attention=cfg.model_type != "gpt2",  # as model/activations.py counts
-                      param_gather_hidden=hidden,
-                      expert_tensor=base.get("parallel", {}).get("expert_tensor", 1))  # fmt: skip
+                      param_gather_hidden=hidden, expert_ffn=cfg.moe_intermediate_size if cfg.moe else 0,
+                      whole_experts=whole_experts(base, cfg))  # fmt: skip
+
+
+def whole_experts(base: dict, cfg) -> str:
+    """Why every candidate of this base must keep its experts whole (ETP 1), as model/derive.py's expert_tensor
+    refuses more; '' when ETP > 1 is costed.  Judged once here, so that plan derives no row it would refuse."""
+    hw = base["hardware"]
+    if hw.get("efficiency") is not None or hw.get("preset") is None:
+        return "more than 1 is costed by the kernel model only (a hardware.preset and no hardware.efficiency)"
+    deepseek = base["model"].get("fp8_gemm") == "deepgemm" and base.get("memory", {}).get("recompute") == "deepseek"
+    if cfg.fp8 and deepseek:  # model/derive.py's deepseek_runtime
+        return "DeepSeek's runtime (model.fp8_gemm = \"deepgemm\", recompute \"deepseek\") keeps each expert whole"
+    return ""
 
 
 def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:

@@ -1,6 +1,6 @@
 """The candidates ``plan`` considers: every layout of a model on exactly N GPUs.
 
-A candidate fixes the tensor, context, pipeline, expert and data degrees, the
+A candidate fixes the tensor, context, pipeline, expert (with its expert-tensor) and data degrees, the
 micro-batch size, the schedule (with its virtual stages), the recompute policy
 and the ZeRO stage.  Enumeration walks those choices in that order and drops a
 branch the moment a divisibility rule fails: the dropped row stands for every
@@ -37,7 +37,8 @@ class ModelShape:
     # does ZeRO 1 cost no more sync than ZeRO 0's all-reduce (the same bytes in two halves, one hidden)
     param_gather_hidden: bool = True
     kv_heads: int = 0  # key-value heads (query groups), which tensor must divide too; 0: as many as heads
-    expert_tensor: int = 1  # the base's parallel.expert_tensor (ETP), not searched: its rules prune by name here
+    expert_ffn: int = 0  # the experts' FFN hidden size (moe_intermediate_size), which expert_tensor must divide
+    whole_experts: str = ""  # why this base costs expert_tensor 1 only ('' when more is costed): only 1 is tried
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Choices:
     virtual: tuple[int, ...] = VIRTUAL
     recompute: tuple[str, ...] = RECOMPUTE
     zero: tuple[int, ...] = ZERO
+    expert_tensor: tuple[int, ...] | None = None  # a pin; None: 1, or with search_expert_tensor 1 and the tensor degree
+    # plan --search-expert-tensor: an MoE candidate also tries ETP = tensor (about twice the simulations; off by default)
+    search_expert_tensor: bool = False
     min_context_tokens: int = MIN_CONTEXT_TOKENS  # 1 when parallel.context is pinned
 
 
@@ -82,6 +86,8 @@ class Candidate:
     recompute: str | None = None
     zero: int | None = None
     pruned: str = ""  # the rule it breaks; empty for a complete candidate
+    # ETP, searched after the expert degree; None on a row pruned above it while several values were to be tried
+    expert_tensor: int | None = 1
 
     def complete(self) -> bool:
         return not self.pruned
@@ -97,11 +103,14 @@ class Candidate:
         ]  # fmt: skip
         if self.virtual is not None:
             keys.append(f"pipeline.chunks_per_rank={self.virtual}")
+        if self.expert_tensor not in (None, 1):  # ETP 1 is the key's default: a candidate at 1 sets nothing
+            keys.append(f"parallel.expert_tensor={self.expert_tensor}")
         return keys
 
     def label(self) -> str:
         v = f" v{self.virtual}" if self.virtual else ""
-        return (f"{self.schedule}{v} TP{self.tensor} PP{self.pipeline} CP{self.context} EP{self.expert} "
+        etp = f" ETP{self.expert_tensor}" if self.expert_tensor not in (None, 1) else ""
+        return (f"{self.schedule}{v} TP{self.tensor} PP{self.pipeline} CP{self.context} EP{self.expert}{etp} "
                 f"DP{self.data} mbs{self.micro_batch_size} {self.recompute} zero{self.zero}")  # fmt: skip
 
 
@@ -116,7 +125,8 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
                          choices: Choices = Choices()) -> Iterator[Candidate]:
     """Every candidate, complete or pruned by a divisibility or schedule rule, in a fixed order."""
     for t in choices.tensor:
-        row = Candidate(tensor=t)
+        etps = expert_tensors(model, choices, t)
+        top = row = Candidate(tensor=t, expert_tensor=etps[0] if len(etps) == 1 else None)
         if t > req.gpus_per_node:
             yield replace(row, pruned=f"tensor: {t} > {req.gpus_per_node} GPUs of an NVLink domain")
             continue
@@ -127,7 +137,7 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
             yield replace(row, pruned=f"tensor: does not divide the {model.kv_heads} key-value heads")
             continue
         for c in choices.context:
-            row = Candidate(tensor=t, context=c)
+            row = replace(top, context=c)
             if req.gpus % (t * c):
                 yield replace(row, pruned=f"gpus: {req.gpus} not a multiple of tensor x context")
                 continue
@@ -161,16 +171,43 @@ def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
             if (row_p.data * row.tensor) % e:
                 yield replace(row_e, pruned="expert: does not divide data x tensor")
                 continue
-            if model.experts and (row_p.data * row.tensor * row.context) % (e * model.expert_tensor):  # model/derive.py's ETP rule
-                yield replace(row_e, pruned="expert: expert x expert_tensor does not divide tensor x data x context")
-                continue
-            for mbs in choices.micro_batch_size:
-                row_m = replace(row_e, micro_batch_size=mbs)
-                if req.global_batch % (row_p.data * mbs):
-                    yield replace(row_m, pruned="global_batch: not a multiple of data x micro_batch_size")
-                    continue
-                row_m = replace(row_m, microbatches=req.global_batch // (row_p.data * mbs))
-                yield from _schedules(model, shapes, choices, row_m)
+            for etp in expert_tensors(model, choices, row.tensor):
+                yield from _expert_tensor(model, req, shapes, choices, replace(row_e, expert_tensor=etp))
+
+
+def expert_tensors(model: ModelShape, choices: Choices, tensor: int) -> tuple[int, ...]:
+    """The ETP values tried at this tensor degree: the pin; else 1 (experts whole, as every MoE validation run);
+    with search_expert_tensor, for an MoE model 1 and the tensor degree (Megatron-core's default when
+    --expert-tensor-parallel-size is unset), 1 only where the base costs no more (model.whole_experts)."""
+    if choices.expert_tensor is not None:
+        return choices.expert_tensor
+    if not choices.search_expert_tensor or not model.experts or model.whole_experts:
+        return (1,)
+    return tuple(dict.fromkeys((1, tensor)))
+
+
+def _expert_tensor(model, req, shapes, choices, row) -> Iterator[Candidate]:
+    """model/derive.py's ETP rules, by name, before any derivation; then the micro-batch sizes."""
+    etp = row.expert_tensor
+    if etp > 1 and not model.experts:
+        yield replace(row, pruned="expert_tensor: the model has no experts (must be 1)")
+        return
+    if etp > 1 and model.whole_experts:
+        yield replace(row, pruned=f"expert_tensor: {model.whole_experts}")
+        return
+    if etp > 1 and model.expert_ffn % etp:
+        yield replace(row, pruned=f"expert_tensor: does not divide the experts' FFN hidden size {model.expert_ffn}")
+        return
+    if model.experts and (row.data * row.tensor * row.context) % (row.expert * etp):
+        yield replace(row, pruned="expert: expert x expert_tensor does not divide tensor x data x context")
+        return
+    for mbs in choices.micro_batch_size:
+        row_m = replace(row, micro_batch_size=mbs)
+        if req.global_batch % (row.data * mbs):
+            yield replace(row_m, pruned="global_batch: not a multiple of data x micro_batch_size")
+            continue
+        row_m = replace(row_m, microbatches=req.global_batch // (row.data * mbs))
+        yield from _schedules(model, shapes, choices, row_m)
 
 
 def _experts(model: ModelShape, choices: Choices) -> tuple[int, ...]:
@@ -214,15 +251,15 @@ def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
 
 
 def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
-    """ZeRO shards over data x context ranks (experts over data x context x tensor / expert): over one
+    """ZeRO shards over data x context ranks (experts over data x context x tensor / (expert x expert_tensor)): over one
     rank a shard is the whole, every collective is empty, and ZeRO 1, 2 and 3 are equal to the byte."""
-    return cand.data * cand.context == 1 and (not model.experts or cand.tensor == cand.expert)
+    return cand.data * cand.context == 1 and (not model.experts or cand.tensor == cand.expert * cand.expert_tensor)
 
 
 def _unmodelled(model: ModelShape, cand: Candidate) -> str:
     """A rule of the model, judged here so it costs no derivation: FSDP with expert (tensor) parallelism."""
     if cand.zero == 3 and model.experts and cand.expert > 1:
         return "zero: 3 (FSDP) with expert parallelism is not modelled (model/derive.py refuses it)"
-    if cand.zero == 3 and model.expert_tensor > 1:
+    if cand.zero == 3 and cand.expert_tensor > 1:
         return "zero: 3 (FSDP) with expert_tensor > 1 is not modelled (model/derive.py refuses it)"
     return ""
