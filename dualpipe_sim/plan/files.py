@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .. import units
+from ..model import validation_band
 from ..sweep.grid import toml_text
 from ..sweep.results import format_value  # one cell format for plan.csv and results.csv
 from .rank import Row
@@ -21,10 +22,10 @@ LAYOUT = ("tensor", "pipeline", "virtual", "context", "expert", "data", "micro_b
           "recompute", "zero", "schedule", "stages")  # fmt: skip
 FIGURES = ("tokens_per_second_per_gpu", "step_time", "mfu", "bubble_ratio", "exposed_comm", "peak_memory",
            "device_memory", "fits")  # fmt: skip
-# expert_tensor: the base scenario's parallel.expert_tensor, which plan does not search (added after pruned,
-# so that every earlier column keeps its position)
+# expert_tensor: the base scenario's parallel.expert_tensor, which plan does not search, then the validation band of
+# the layouts' class (both the same in every row; added after pruned, so that every earlier column keeps its position)
 COLUMNS = ("rank", *LAYOUT, *FIGURES, "estimated_step_time", "estimated_memory", "simulated", "pruned",
-           "expert_tensor")
+           "expert_tensor", *validation_band.COLUMNS)
 
 
 def expert_tensor(plan) -> int:
@@ -32,7 +33,8 @@ def expert_tensor(plan) -> int:
     return plan.base.get("parallel", {}).get("expert_tensor", 1)
 
 
-def record(row: Row, rank: int | None, device: float | None, etp: int = 1) -> dict:
+def record(row: Row, rank: int | None, device: float | None, etp: int = 1,
+           band: validation_band.Band | None = None) -> dict:
     """One candidate as plan.csv's and --json's keys (None where a figure does not apply)."""
     c, sim = row.candidate, (row.simulated if row.ok else {})
     out = {"rank": rank, **{k: getattr(c, k) for k in LAYOUT}}
@@ -50,17 +52,18 @@ def record(row: Row, rank: int | None, device: float | None, etp: int = 1) -> di
         simulated="yes" if row.ok else ("error" if row.simulated else ("estimate" if row.estimate and not row.pruned else "no")),
         pruned=row.pruned or (row.simulated or {}).get("reason", ""),
         expert_tensor=etp,
+        **validation_band.cells(band),
     )  # fmt: skip
     return out
 
 
 def records(plan) -> list[dict]:
     """Every row in rank order; ``rank`` numbers the simulated candidates that fit (1 = best)."""
-    out, n = [], 0
+    out, n, the_band = [], 0, band(plan)
     for row in plan.rows:
         ranked = row.ok and row.fits is not False
         n += ranked
-        out.append(record(row, n if ranked else None, plan.device_memory, expert_tensor(plan)))
+        out.append(record(row, n if ranked else None, plan.device_memory, expert_tensor(plan), the_band))
     return out
 
 
@@ -190,14 +193,17 @@ def precision_line(plan) -> str:
             f"(the base scenario sets it).")
 
 
-def band_line(plan) -> str:
+def band(plan) -> validation_band.Band:
     """How far off the tokens/s was on published runs of the layouts' class (model/validation_band.py): the base
     scenario's GPU and whether the model has experts, which every layout shares. Reported, never applied."""
-    from ..model import validation_band
     from ..model.sections import HardwareSection
 
-    line = validation_band.describe(validation_band.lookup(HardwareSection.model_validate(plan.base["hardware"]),
-                                                           plan.experts > 0))  # fmt: skip
+    return validation_band.lookup(HardwareSection.model_validate(plan.base["hardware"]), plan.experts > 0)
+
+
+def band_line(plan) -> str:
+    """plan.md's line of the layouts' band."""
+    line = validation_band.describe(band(plan))
     return line[0].upper() + line[1:]
 
 
