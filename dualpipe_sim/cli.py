@@ -752,6 +752,7 @@ def _cmd_plan(args) -> int:
         print(json.dumps(plan.top_json(result, args.out), indent=2))
         return 0
     print(plan.files.markdown_table(plan.files.table(result)))
+    print(plan.files.band_line(result))  # beside the tokens/s, as plan.md has it: reported, never applied
     if plan.files.none_fits(result):
         print("\n" + plan.files.none_fits(result))
     print("\npruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .schedules import registry
 from . import simulation, units
+from .model import validation_band
 from .schedules.closed_form import mean_costs
 from .errors import InputError
 from .schedules.ir import ScheduleError
@@ -299,13 +300,19 @@ def skipped_lines(comparison: Comparison) -> list[str]:
     return [f"skipped {name}: {said_once(name, why)}" for name, why in comparison.skipped]
 
 
+def band_lines(comparison: Comparison) -> list[str]:
+    """With tokens/s in the table: the validation band of the schedules' class (model/validation_band.py), one line:
+    every schedule runs the same GPU, model and [step]. Reported, never applied."""
+    return validation_band.lines(r.metrics.validation_band for r in comparison.results)
+
+
 def report(comparison: Comparison, rerun: str = SAME_GPUS) -> str:
     """What the terminal shows: the table, then one line per skipped schedule."""
     note = []
     if not comparison.has_step and any(r.metrics.throughput is not None for r in comparison.results):
         note = ["tokens/s per GPU and MFU are of the pipeline makespan alone (no [step] work: no grad sync, no optimizer)"]
     return "\n".join([table(comparison), *devices_note(comparison), *gpu_notes(comparison, rerun), *comparison.notes,
-                      *note, *skipped_lines(comparison)])
+                      *note, *band_lines(comparison), *skipped_lines(comparison)])
 
 
 def markdown(comparison: Comparison, source: str, png: str | None = "compare.png", rerun: str = SAME_GPUS) -> str:
@@ -335,7 +342,7 @@ def markdown(comparison: Comparison, source: str, png: str | None = "compare.png
                    "left out and the figures are an upper bound.")
            if any(r.metrics.throughput is not None for r in comparison.results) else ""),
     ]
-    notes = (*devices_note(comparison), *gpu_notes(comparison, rerun), *comparison.notes)
+    notes = (*devices_note(comparison), *gpu_notes(comparison, rerun), *comparison.notes, *band_lines(comparison))
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     if comparison.skipped:

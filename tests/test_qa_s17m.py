@@ -61,7 +61,8 @@ def test_plan_csv_and_md_carry_the_expert_tensor_given(tmp_path):
     rows = list(csv.DictReader(files.plan_csv(result).splitlines()))
     header = files.plan_csv(result).splitlines()[0].split(",")
     # added at the end: every existing column keeps its position
-    assert header[:-1] == list(files.COLUMNS[:-1]) and header[-1] == "expert_tensor"
+    # (s18q appended the validation band's columns after it)
+    assert header == list(files.COLUMNS) and header[header.index("expert_tensor") - 1] == "pruned"
     assert rows and {r["expert_tensor"] for r in rows} == {"2"}
     md = files.plan_md(result)
     assert "Expert tensor parallelism (parallel.expert_tensor): 2 in every layout" in md

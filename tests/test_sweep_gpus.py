@@ -7,6 +7,7 @@ import csv
 
 from dualpipe_sim.cli import parse_grid
 from dualpipe_sim.sweep import run_sweep
+from dualpipe_sim.model import validation_band
 from dualpipe_sim.sweep.point import METRIC_COLUMNS
 from dualpipe_sim.readers.metrics import scalar_names
 from dualpipe_sim.sweep.results import columns
@@ -23,7 +24,8 @@ def read(path):
 
 def test_new_columns_come_after_every_earlier_one():
     cols = columns(parse_grid(["pipeline.stages=2,4"]))
-    assert cols[-4:] == ["gpus", "gpu_time", "point", "scenario_id"]
+    band = list(validation_band.COLUMNS)  # s18q: the validation band after them, the identity columns still last
+    assert cols[-4 - len(band):] == ["gpus", "gpu_time", *band, "point", "scenario_id"]
     assert METRIC_COLUMNS[: len(scalar_names())] == scalar_names()  # the earlier columns, in their order
 
 

@@ -3,8 +3,10 @@
 docs/validation.md holds the model's tokens/s per GPU against published, measured runs. ``python
 docs/make_validation.py --write`` reads its whole-run tables back as written and keeps, per class of run (the GPU's
 family x dense or MoE), the runs, their mean signed error and its range in validation_band.json beside this module.
-:func:`lookup` finds a scenario's class and hands those figures back, or why there are none. Reported only: `run`,
-`model` and `plan` print it beside their figures, and nothing here changes one.
+:func:`lookup` finds a scenario's class and hands those figures back, or why there are none. Reported only: every
+output that shows a tokens/s prints :func:`describe`'s line (`run`, `model`, plan.md, `compare`, summary.md,
+report.html) or holds :func:`cells`'s columns (results.csv, plan.csv and `plan --json`), and nothing here changes a
+figure.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def lookup(hardware, moe: bool, whole_step: bool = True) -> Band:
 
 
 def describe(band: Band) -> str:
-    """The band in one line, as `run`, `model` and plan.md print it."""
+    """The band in one line, as every output that shows a tokens/s prints it (see the module's docstring)."""
     head = "validation band" + (f" ({band.run_class})" if band.run_class else "")
     # one page: its name once, then each table's anchor
     where = "; " + ", ".join(s if i == 0 else s[s.index("#"):] for i, s in enumerate(band.sources)) if band.sources else ""
@@ -91,3 +93,32 @@ def describe(band: Band) -> str:
         return (f"{head}: not validated, {band.reason} (mean {band.mean_error:+.1%}, +: the prediction too high); reported, not "
                 f"applied{where}")
     return f"{head}: not validated, {band.reason}"
+
+
+# the flat view (results.csv, plan.csv, plan --json): each of Band's fields as its metrics.json dotted name, in order
+COLUMNS = tuple(f"validation_band.{name}" for name in Band.__dataclass_fields__)
+
+
+def cells(band: Band | None) -> dict:
+    """``band`` as COLUMNS' values (all None without a band); ``sources`` a list, as JSON has it."""
+    if band is None:
+        return dict.fromkeys(COLUMNS)
+    return {column: list(v) if isinstance(v := getattr(band, column.split(".", 1)[1]), tuple) else v
+            for column in COLUMNS}  # fmt: skip
+
+
+def from_cells(row: dict[str, str]) -> Band | None:
+    """The Band a CSV row's COLUMNS hold (format_value's text), or None when the row has none."""
+    text = {column.split(".", 1)[1]: row.get(column, "") for column in COLUMNS}
+    if text["validated"] not in ("true", "false"):
+        return None
+    number = lambda name: float(text[name]) if text[name] else None  # noqa: E731
+    return Band(text["validated"] == "true", text["run_class"] or None, int(text["runs"]), number("mean_error"),
+                number("min_error"), number("max_error"), tuple(json.loads(text["sources"] or "[]")),
+                text["reason"] or None)  # fmt: skip
+
+
+def lines(bands) -> list[str]:
+    """describe() of each band in ``bands`` once, in order (None: no throughput, skipped): the lines under a table
+    of several runs, one when they are all of one class."""
+    return list(dict.fromkeys(describe(b) for b in bands if b is not None))

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from .. import units
+from ..model import validation_band
 from ..sweep.grid import toml_text
 from ..sweep.results import format_value  # one cell format for plan.csv and results.csv
 from .rank import Row
@@ -21,13 +22,13 @@ LAYOUT = ("tensor", "pipeline", "virtual", "context", "expert", "data", "micro_b
           "recompute", "zero", "schedule", "stages")  # fmt: skip
 FIGURES = ("tokens_per_second_per_gpu", "step_time", "mfu", "bubble_ratio", "exposed_comm", "peak_memory",
            "device_memory", "fits")  # fmt: skip
-# expert_tensor: the candidate's parallel.expert_tensor (ETP), searched for an MoE model (added after pruned,
-# so that every earlier column keeps its position; empty on a row pruned before ETP was chosen)
+# expert_tensor: the candidate's parallel.expert_tensor (ETP; 1 unless pinned or searched), then the validation band
+# of the layouts' class (the same in every row); added after pruned, so that every earlier column keeps its position
 COLUMNS = ("rank", *LAYOUT, *FIGURES, "estimated_step_time", "estimated_memory", "simulated", "pruned",
-           "expert_tensor")
+           "expert_tensor", *validation_band.COLUMNS)
 
 
-def record(row: Row, rank: int | None, device: float | None) -> dict:
+def record(row: Row, rank: int | None, device: float | None, band: validation_band.Band | None = None) -> dict:
     """One candidate as plan.csv's and --json's keys (None where a figure does not apply)."""
     c, sim = row.candidate, (row.simulated if row.ok else {})
     out = {"rank": rank, **{k: getattr(c, k) for k in LAYOUT}}
@@ -45,17 +46,18 @@ def record(row: Row, rank: int | None, device: float | None) -> dict:
         simulated="yes" if row.ok else ("error" if row.simulated else ("estimate" if row.estimate and not row.pruned else "no")),
         pruned=row.pruned or (row.simulated or {}).get("reason", ""),
         expert_tensor=c.expert_tensor,
+        **validation_band.cells(band),
     )  # fmt: skip
     return out
 
 
 def records(plan) -> list[dict]:
     """Every row in rank order; ``rank`` numbers the simulated candidates that fit (1 = best)."""
-    out, n = [], 0
+    out, n, the_band = [], 0, band(plan)
     for row in plan.rows:
         ranked = row.ok and row.fits is not False
         n += ranked
-        out.append(record(row, n if ranked else None, plan.device_memory))
+        out.append(record(row, n if ranked else None, plan.device_memory, the_band))
     return out
 
 
@@ -186,14 +188,17 @@ def precision_line(plan) -> str:
             f"(the base scenario sets it).")
 
 
-def band_line(plan) -> str:
+def band(plan) -> validation_band.Band:
     """How far off the tokens/s was on published runs of the layouts' class (model/validation_band.py): the base
     scenario's GPU and whether the model has experts, which every layout shares. Reported, never applied."""
-    from ..model import validation_band
     from ..model.sections import HardwareSection
 
-    line = validation_band.describe(validation_band.lookup(HardwareSection.model_validate(plan.base["hardware"]),
-                                                           plan.experts > 0))  # fmt: skip
+    return validation_band.lookup(HardwareSection.model_validate(plan.base["hardware"]), plan.experts > 0)
+
+
+def band_line(plan) -> str:
+    """plan.md's line of the layouts' band."""
+    line = validation_band.describe(band(plan))
     return line[0].upper() + line[1:]
 
 

@@ -12,13 +12,15 @@ from ..schedules import registry
 from .. import simulation
 from ..schedules.ir import ScheduleError
 from ..readers.metrics import scalar_names
+from ..model import validation_band
 from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 
 # The scalar metrics of a point, as results.csv columns: Metrics.scalars(), whose
 # dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks,
-# then what the point occupies: points of one sweep may run on different numbers of GPUs.
+# then what the point occupies: points of one sweep may run on different numbers of GPUs, then the validation band
+# of its tokens/s (reported only; columns are only ever added at the end, before the identity columns)
 GPU_COLUMNS = ("gpus", "gpu_time")
-METRIC_COLUMNS = (*scalar_names(), *GPU_COLUMNS)
+METRIC_COLUMNS = (*scalar_names(), *GPU_COLUMNS, *validation_band.COLUMNS)
 
 
 def gpu_fields(scenario, ranks: int, step_time: float) -> dict:
@@ -45,6 +47,8 @@ def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
         scalars = metrics.scalars()
         step = metrics.step.total if metrics.step is not None else metrics.makespan  # summary.step_time's rule
         scalars.update(gpu_fields(scenario, metrics.ranks, step))
+        if metrics.validation_band is not None:  # with a throughput: its class's band, beside it
+            scalars.update(validation_band.cells(metrics.validation_band))
     except (ScenarioError, ScheduleError) as exc:
         return {**row, "status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad point must not stop a sweep

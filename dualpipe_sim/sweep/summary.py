@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from ..model import validation_band
 from ..units import count, number, percent
 from ..units import nbytes as human_bytes
 from .errors import SweepError
@@ -227,4 +228,7 @@ def summary_markdown(rows: list[dict[str, str]], cols: list[str], limit: float |
         lines[-1] += (" Tokens/s per GPU and MFU (model FLOPs / GPUs x peak FLOP/s) are of the "
                       + ("training step ([step])." if step else "pipeline makespan alone (no [step] work: no gradient "
                          "sync or optimizer), an upper bound."))
+        # how far off tokens/s was on published runs of each class the points are in: reported, not applied
+        if bands := validation_band.lines(validation_band.from_cells(r) for r in ok):
+            lines += ["", *(f"- {line}" for line in bands)]
     return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ from importlib import resources
 import numpy as np
 
 from ... import units
+from ...model import validation_band
 from ...schedules.components import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
 from ...schedules.rules import KIND_CODES, KIND_NAMES
@@ -221,7 +222,8 @@ def _table(results) -> str:
     if any(r.metrics.throughput is not None and r.metrics.throughput.step_source == "pipeline" for r in results):
         note += (" Throughput (tokens/s, per GPU, MFU) is of the pipeline makespan alone: no [step] work, "
                  "so gradient sync and the optimizer are left out.")
-    note += "</p>"
+    note += "</p>" + "".join(f"<p>{html.escape(line)}</p>"  # with tokens/s: its validation band, reported only
+                             for line in validation_band.lines(r.metrics.validation_band for r in results))
     return f"{note}<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
