@@ -92,6 +92,11 @@ def check_line(r: dict, preset, label: str, against: str) -> str:
             f"{against} {model:.1f} TFLOP/s ({model / float(r['value']) - 1:+.1%})")
 
 
+def fryer_preset(gpu: str) -> str:
+    """The preset a gpu-fryer row is checked against: its own GPU's (GH200 has none: the H100's, the same GPU)."""
+    return next(p for name, p in (("A100", "A100"), ("GB200", "GB200"), ("", "H100")) if name in gpu)
+
+
 def main_gemm() -> None:
     H100_HBM = 3.35e12 * 0.9
     floor = report("sm_90 bf16 (XLA)", table("xla_matmul_sm90.csv", "bf16xbf16->bf16"), 132, H100_HBM, 2.0,
@@ -132,15 +137,18 @@ def main_gemm() -> None:
     b200 = rates.PRESETS["B200"]
     # gpu-fryer's sustained burn, one 8192^3 BF16 cuBLASLt matmul back to back for a minute or more
     # (tests/test_gemm_gpu_fryer.py): its H100 SXM5 row sets the Hopper BF16 peak, XLA's shape terms held (s13);
-    # the others checked: GH200 against the H100 preset, GB200 against B200's, A100 against Azure's fit
+    # the others checked: GH200 against the H100 preset, GB200 against its own (152 SMs, B200's BF16 peak; and against
+    # B200's, which GB200's higher power limit bounds from above: tests/test_gemm_gpu_fryer.py), A100 against Azure's fit
     s, short = 8192, rates.SM90_BF16_SHORT_RUNS
     burn = next(float(r["value"]) for r in rows("gpu_fryer_sustained.csv") if r["gpu"].startswith("NVIDIA H100-SXM5"))
     peak = 2 * s**3 / (2 * s**3 / (burn * 1e12) - short.floor) / gemm.efficiency(s, s, s, 132, short.k_overhead)
     print(f"H100 BF16 sustained peak (gpu-fryer {burn:.0f} TFLOP/s at 8192^3, XLA's k_overhead and floor): "
           f"{peak / 1e12:.1f} TFLOP/s (preset {rates.PRESETS['H100'].gemm_bf16.peak / 1e12:.0f})")
     for r in rows("gpu_fryer_sustained.csv"):
-        preset = next(p for name, p in (("A100", "A100"), ("GB200", "B200"), ("", "H100")) if name in r["gpu"])
+        preset = fryer_preset(r["gpu"])
         print(check_line(r, rates.PRESETS[preset], f"gpu-fryer {r['gpu']} @ {r['commit']}", f"{preset} preset"))
+        if preset == "GB200":
+            print(check_line(r, b200, f"  the same burn, a bound on B200 ({r['gpu']})", "B200 preset"))
     # Checked, not fitted: the B200 preset at the best shapes MAMF found on B200 SXM and GB200 (one call at a time, an L2
     # flush and an output copy between calls: not a sustained table; tests/test_gemm_b200_mamf.py)
     for r in rows("mamf_blackwell.csv"):

@@ -533,7 +533,7 @@ def _cmd_schedule(args) -> int:
     for option in ("chunks_per_rank", "microbatch_group"):
         if getattr(args, option) is not None and option not in family.options:
             takers = [n for n, f in registry.families().items() if option in f.options]
-            raise UsageError(f"--{option.replace('_', '-')}: schedule {args.name} does not take it (only "
+            raise UsageError(f"{flag_of(option)}: schedule {args.name} does not take it (only "
                              f"{', '.join(takers)} {'does' if len(takers) == 1 else 'do'})")
     if limits.size_problem(args.stages, args.microbatches, limits.DEFAULT_MAX_MEMORY):  # the guard run holds to
         ops, need = limits.estimate(args.stages, args.microbatches)
@@ -579,7 +579,7 @@ def _cmd_sweep(args) -> int:
                                memory_limit=args.memory_limit, resume=args.resume,
                                dask_scheduler=args.dask_scheduler, progress=progress, charts=args.plots == "png")
     except SweepError as exc:
-        raise UsageError(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
+        raise UsageError(f"{flag_of(exc.param)}: {exc.message}") from None
     except Interrupted as exc:
         word, code = stopped(exc.signal)
         print(f"{word}: {exc.finished} finished rows are in {exc.path}; "
@@ -712,6 +712,16 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+# plan()'s keywords that `plan` takes as flags: a PlanError naming one is worded with the flag
+PLAN_FLAGS = ("gpus", "global_batch", "seq", "hardware", "top", "budget", "jobs", "resume", "schedules",
+              "search_expert_tensor")
+
+
+def flag_of(keyword: str) -> str:
+    """The flag of a library keyword (plan(), run_sweep(), a schedule option): global_batch -> --global-batch."""
+    return "--" + keyword.replace("_", "-")
+
+
 def _cmd_plan(args) -> int:
     from . import plan
     from .sweep.errors import SweepError
@@ -742,7 +752,11 @@ def _cmd_plan(args) -> int:
             _prepare_charts("png")
             written = plan.write(result, args.out, progress)
     except SweepError as exc:  # the Dask address, worded as sweep words it
-        raise UsageError(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
+        raise UsageError(f"{flag_of(exc.param)}: {exc.message}") from None
+    except (plan.PlanError, ScheduleError) as exc:  # plan()'s keyword (global_batch): the flag typed (--global-batch)
+        if exc.field in PLAN_FLAGS:
+            raise UsageError(f"{flag_of(exc.field)}: {exc.rule}") from None
+        raise
     except plan.Interrupted as exc:
         word, code = stopped(exc.signal)
         print(f"{word}: {exc.finished} finished candidates are in {exc.path}; "

@@ -39,7 +39,7 @@ def test_a_scenario_without_a_model(tmp_path):
 
 def test_no_hardware_anywhere(tmp_path):
     line = plan_error(tmp_path, "m.json", json.dumps(LLAMA))
-    assert line == "error: hardware: give a GPU preset or a [hardware] section in the scenario"
+    assert line == "error: --hardware: give a GPU preset or a [hardware] section in the scenario"
 
 
 def test_a_bad_field_in_a_config_json_is_one_line(tmp_path):

@@ -285,7 +285,7 @@ def test_cli_bad_request_is_one_line_exit_2_nothing_written(config, tmp_path):
     out = tmp_path / "plan"
     proc = _cli("plan", config, "--gpus", 7, "--hardware", "H100", "--global-batch", 8, "--seq", 2048, "--out", out)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: gpus: no layout") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: --gpus: no layout") and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -686,6 +686,17 @@ FAMILY_FIELDS: dict[str, frozenset[str]] = {f: frozenset(keys) for f, keys in {
 # Every HF field name some family reads: what ``[model]`` accepts inline.
 INLINE_FIELDS = frozenset().union(*FAMILY_FIELDS.values())
 
+# The fields the readers take as whole numbers (``_whole``).  A config FILE may carry 4096.0 (JSON writers do) and
+# is read as 4096; inline in a scenario the user typed it, so it is refused as `run` refuses a float count
+# (check_inline).  tests/test_s18r_polish.py proves this is exactly the fields a reader refuses 7.5 in.
+INTEGER_FIELDS = frozenset(
+    "attention_chunk_size decoder_sparse_step first_k_dense_replace head_dim hidden_size interleave_moe_layer_step "
+    "intermediate_size intermediate_size_mlp kv_lora_rank moe_intermediate_size moe_layer_freq n_embd n_group n_head "
+    "n_inner n_layer n_positions n_routed_experts n_shared_experts no_rope_layer_interval num_attention_heads "
+    "num_experts num_experts_per_tok num_hidden_layers num_key_value_heads num_local_experts num_nextn_predict_layers "
+    "q_lora_rank qk_nope_head_dim qk_rope_head_dim shared_expert_intermediate_size sliding_window topk_group "
+    "v_head_dim vocab_size".split())
+
 # A family's field one of its model_types does not read: Qwen2-MoE's attention takes hidden / heads whatever
 # head_dim says (docs/model.md "Reading a config"), Qwen3-MoE's reads it.
 _NOT_READ = {"qwen2_moe": frozenset({"head_dim"})}
@@ -703,8 +714,17 @@ def check_inline(inline: dict, mt: str) -> None:
     ``[model.text_config]`` table a field Llama 4's text model does not read: a user who typed it believes it
     took effect.  (A config file's other fields stay ignored: HF configs carry many we do not read.)"""
     _refuse_unread(inline, fields_of(mt), "model.", f'model_type "{mt}"')
+    _refuse_floats(inline, "model.")
     if isinstance(inline.get("text_config"), dict):
         _refuse_unread(inline["text_config"], _TEXT_CONFIG_FIELDS, "model.text_config.", "Llama 4's text model")
+        _refuse_floats(inline["text_config"], "model.text_config.")
+
+
+def _refuse_floats(fields: dict, prefix: str) -> None:
+    """An integer field written as a float (hidden_size = 2048.0): `run`'s line for a float count."""
+    for key, value in fields.items():
+        if key in INTEGER_FIELDS and isinstance(value, float):
+            raise ModelError(f"{prefix}{key}: must be a whole number, got {shown(value)}")
 
 
 def _refuse_unread(keys, own: frozenset[str], prefix: str, reader: str) -> None:

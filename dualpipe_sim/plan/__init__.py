@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..schedules import registry
+from ..schedules.ir import ScheduleError
 from ..model import derive, flops
 from ..model.sections import HardwareSection
 from ..inputs.scenario import sections_only
@@ -27,7 +28,7 @@ from ..sweep.errors import SweepError
 from . import files
 from .estimate import FigureCache, memory_estimate, static_floor
 from .rank import Row, estimate_order, ranked, to_simulate
-from .request import (PlanError, base_scenario, device_memory, make_request, model_config, model_shape,
+from .request import (PlanError, base_scenario, check_sizes, device_memory, make_request, model_config, model_shape,
                       pinned_choices, source_pins)
 from .journal import NAME as JOURNAL
 from .journal import Journal
@@ -103,19 +104,20 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     processes (a bad address raises sweep's SweepError, param ``dask_scheduler``).
     ``search_expert_tensor``: an MoE candidate tries ETP = tensor beside ETP 1 (about twice the simulations);
     off, every candidate keeps its experts whole unless ``overrides`` pin parallel.expert_tensor."""
+    check_sizes(gpus, global_batch, seq)  # before the base scenario, whose seq_length would name the key instead
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise PlanError(f"top: must be a whole number >= 1, got {shown(top)}")
+        raise PlanError(field="top", rule=f"must be a whole number >= 1, got {shown(top)}")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise PlanError(f"budget: must be a whole number >= 1, got {shown(budget)}")
+        raise PlanError(field="budget", rule=f"must be a whole number >= 1, got {shown(budget)}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise PlanError(f"jobs: must be a whole number >= 1, got {shown(jobs)}")
+        raise PlanError(field="jobs", rule=f"must be a whole number >= 1, got {shown(jobs)}")
     if dask_scheduler is not None and jobs is not None:
-        raise PlanError("jobs: does not apply with dask_scheduler (the cluster's workers run the candidates)")
+        raise PlanError(field="jobs", rule="does not apply with dask_scheduler (the cluster's workers run the candidates)")
     if dask_scheduler is not None and not dask_scheduler.strip():  # "" is a slip, not "run locally"
         raise SweepError("dask_scheduler", f"empty address {shown(dask_scheduler)}; give the scheduler's address, "
                                            f"e.g. tcp://host:8786 (or leave it out to run locally)")
     if not isinstance(search_expert_tensor, bool):
-        raise PlanError(f"search_expert_tensor: must be true or false, got {shown(search_expert_tensor)}")
+        raise PlanError(field="search_expert_tensor", rule=f"must be true or false, got {shown(search_expert_tensor)}")
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides, unset)
     pinned_etp = base.get("parallel", {}).get("expert_tensor")
@@ -130,7 +132,10 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     experts = model_shape(base).experts
     names = list(schedules) if schedules else list(registry.families())
     for name in names:
-        registry.get(name)  # ScheduleError naming the unknown schedule
+        try:
+            registry.get(name)
+        except ScheduleError as exc:  # the keyword the name came in, not the scenario key it would set
+            raise ScheduleError(field="schedules", rule=exc.rule) from None
     journal = Journal(Path(out), base, resume) if out is not None else None  # read and checked, not written
     # Connect first: a bad Dask address is refused before the minutes of estimating.
     executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
@@ -217,8 +222,8 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
     if not survivors:
         counts = Counter(reason_kind(r.pruned) for r in rows)
         worst = ", ".join(f"{k} ({v})" for k, v in counts.most_common(3))
-        raise PlanError(f"gpus: no layout of the model runs on {req.gpus} GPUs with global batch "
-                        f"{req.global_batch}; pruned: {worst}")  # fmt: skip
+        raise PlanError(field="gpus", rule=f"no layout of the model runs on {req.gpus} GPUs with global batch "
+                                          f"{req.global_batch}; pruned: {worst}")  # fmt: skip
     return rows, survivors
 
 

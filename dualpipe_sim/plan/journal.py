@@ -30,8 +30,8 @@ class Journal:
     def __init__(self, out: Path, base: dict, resume: bool) -> None:
         self.out, self.path = out, out / NAME
         if self.path.exists() and not resume:
-            raise PlanError(f"resume: {self.path} holds the finished candidates of an interrupted plan; "
-                            f"resume it, or write to another folder")  # fmt: skip
+            raise PlanError(field="resume", rule=f"{self.path} holds the finished candidates of an interrupted plan; "
+                                                 f"resume it, or write to another folder")  # fmt: skip
         self.base, self.id = base, scenario_id(base)
         self._kept = read(self.path, base, self.id) if resume and self.path.exists() else {}
         self.done = {key: fields for key, (_, fields) in self._kept.items()}
@@ -75,11 +75,11 @@ def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
     """{complete scenario: (overrides, fields)} of the lines in ``path``; a line cut short is dropped.
     Raises PlanError when the file is not a plan journal or holds another plan's candidates."""
     if not path.is_file():
-        raise PlanError(f"resume: cannot resume {path}: not a regular file; write to another folder")
+        raise PlanError(field="resume", rule=f"cannot resume {path}: not a regular file; write to another folder")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"resume: cannot read {path}: {exc}") from None
+        raise PlanError(field="resume", rule=f"cannot read {path}: {exc}") from None
     out = {}
     for line in text.splitlines():
         try:
@@ -90,9 +90,9 @@ def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             continue
         if theirs != ours:
-            raise PlanError(f"resume: {path} holds candidates of another plan (scenario_id {theirs}, this one is "
-                            f"{ours}: the model, hardware, sequence or overrides differ); resume with the same "
-                            f"request, or write to another folder")  # fmt: skip
+            raise PlanError(field="resume", rule=f"{path} holds candidates of another plan (scenario_id {theirs}, this "
+                                                 f"one is {ours}: the model, hardware, sequence or overrides differ); "
+                                                 f"resume with the same request, or write to another folder")  # fmt: skip
         key = point_key(base, overrides)
         if key is not None and isinstance(fields, dict):
             out[key] = (overrides, fields)

@@ -41,7 +41,9 @@ def source_pins(base: dict) -> list[str]:
 
 
 class PlanError(ScenarioError):
-    """A request no layout can serve; the message names the parameter."""
+    """A request no layout can serve; the message names the parameter.  Raised with ``field=`` one of
+    plan()'s keywords (``gpus``, ``global_batch``, ``top``, ...) where the fault is that argument's, so
+    that the CLI names the flag the user typed instead (cli.py, ``PLAN_FLAGS``)."""
 
 
 def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides: list[str],
@@ -71,10 +73,10 @@ def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides:
     base["model"]["seq_length"] = seq
     if hardware is not None:
         if hardware not in PRESETS:
-            raise PlanError(f"hardware: unknown GPU preset {shown(hardware)} (known: {', '.join(PRESETS)})")
+            raise PlanError(field="hardware", rule=f"unknown GPU preset {shown(hardware)} (known: {', '.join(PRESETS)})")
         base["hardware"] = {"preset": hardware}
     if "hardware" not in base:
-        raise PlanError("hardware: give a GPU preset or a [hardware] section in the scenario")
+        raise PlanError(field="hardware", rule="give a GPU preset or a [hardware] section in the scenario")
     base.setdefault("step", dict(DERIVED_STEP))
     for text in overrides:
         key = ".".join(parse_override(text)[0])
@@ -125,10 +127,15 @@ def whole_experts(base: dict, cfg) -> str:
     return ""
 
 
-def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
+def check_sizes(gpus, global_batch, seq) -> None:
+    """The request's three counts, each a whole number >= 1 (PlanError naming plan()'s keyword)."""
     for name, value in (("gpus", gpus), ("global_batch", global_batch), ("seq", seq)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PlanError(f"{name}: must be a whole number >= 1, got {shown(value)}")
+            raise PlanError(field=name, rule=f"must be a whole number >= 1, got {shown(value)}")
+
+
+def make_request(base: dict, gpus: int, global_batch: int, seq: int) -> Request:
+    check_sizes(gpus, global_batch, seq)
     from ..model.sections import HardwareSection
 
     try:
