@@ -543,6 +543,10 @@ class Scenario(_Section):
         typed = [name for name in ("backward", "weight", "overlapped") if getattr(self.costs, name) is not None]
         if typed:
             raise ScenarioError(f"{key}: is taken off the derived backward; leave costs.{typed[0]} out")
+        if min(n, self.pipeline.microbatches) == 1:  # core_r0.11.0 utils.py drain_embedding_wgrad_compute: one input
+            # buffered, its loop never runs and the last GEMM reads drain_idx unset (UnboundLocalError)
+            raise ScenarioError(f"{key}: one deferred micro-batch is a run Megatron-core cannot make (its drain "
+                                "fails with a single buffered input); give 0 or at least 2 (with as many micro-batches)")
         return deferred_wgrad.figures(derived, n, self.pipeline.microbatches)
 
     def _shared_cost_fields(self, derived=None) -> dict:
