@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim.model import gemm
-from dualpipe_sim.model.rates import PRESETS, SM90_BF16_SHORT_RUNS
+from dualpipe_sim.model import gemm, kernels
+from dualpipe_sim.model.rates import H100_SHORT_RUNS, PRESETS
 from helpers import kernel_table
 
 DATA = Path(__file__).parent / "data" / "kernels"
@@ -24,14 +24,21 @@ H100 = PRESETS["H100"]  # H800: the same 132 SMs, clocks and HBM3 (docs/model.md
 FLOOR = 5.54e-6
 
 
+def _grouped_us(rates, fp8: bool, groups: int, m: int, n: int, k: int) -> float:
+    """The model's expert GEMMs of one shape laid out as ``model.expert_gemm = "grouped"`` (kernels.Table.experts
+    with no streams: one kernel of every group's tiles), us."""
+    lay = kernels.Layout(seq=m, micro_batch=1, fp8=fp8, expert_streams=0)
+    return kernels.Table(rates, lay, None).experts("experts fc1", "mlp_forward", m, n, k, groups) * 1e6
+
+
 def _model_fp8_deepgemm_us(groups: int, m: int, n: int, k: int) -> float:
-    """The model's one grouped kernel with DeepGEMM's FP8 rates (``model.fp8_gemm = "deepgemm"``), us."""
-    return gemm.time(m, n, k, H100.gemm_fp8_deepgemm, H100.sms, H100.hbm, 1.0, groups=groups).seconds * 1e6
+    """The grouped kernel with DeepGEMM's FP8 rates (``model.fp8_gemm = "deepgemm"``), H100 = H800, us."""
+    return _grouped_us(H100.with_fp8_gemm("deepgemm"), True, groups, m, n, k)
 
 
 def _model_bf16_us(groups: int, m: int, n: int, k: int) -> float:
-    """The model's one grouped kernel in BF16 with the short-run fit (these benchmarks time a few iterations), us."""
-    return gemm.time(m, n, k, SM90_BF16_SHORT_RUNS, H100.sms, H100.hbm, 2.0, groups=groups).seconds * 1e6
+    """The grouped kernel in BF16 with the short-run fit (these benchmarks time a few iterations), us."""
+    return _grouped_us(H100_SHORT_RUNS, False, groups, m, n, k)
 
 
 # -- DeepGEMM, FP8, masked layout, H800 ------------------------------------------------------------------------------
