@@ -1,12 +1,13 @@
-"""Per-operator timings of a Llama-2 layer's forward on A100 and H100 (microsoft/vidur's profiles) beside the
+"""Per-operator timings of a Llama layer's forward on A100 and H100 (microsoft/vidur's profiles) beside the
 model's kernels for the same layer: a check, nothing fitted (docs/validation.md, "Per-operator timings: Vidur's
 Llama-2 layer profiles (s19b)").
 
     python docs/vidur_operators.py            # prints the tables
     python docs/vidur_operators.py --write    # and puts them in docs/validation.md
 
-The measured side (tests/data/kernels/vidur_llama2_layer_ops.csv, transcribed from microsoft/vidur @ 7d47513
-``data/profiling/compute/{a100,h100}/meta-llama/Llama-2-{7b,70b}-hf/mlp.csv``): Vidur's profiler runs one
+The measured side (tests/data/kernels/vidur_llama_layer_ops.csv, transcribed from microsoft/vidur @ 7d47513
+``data/profiling/compute/{a100,h100}/meta-llama/Llama-2-{7b,70b}-hf/mlp.csv`` and, A100 only,
+``data/profiling/compute/a100/meta-llama/Meta-Llama-3-8B/mlp.csv``): Vidur's profiler runs one
 sarathi-serve Llama block (RMSNorm, the QKV linear, rotary embedding, the output linear, RMSNorm, the gate+up
 linear, SiLU-and-mul, the down linear, the residual add) 20 times over on one GPU, FP16 weights, under
 ``torch.inference_mode``, at a tensor-parallel rank's shapes (TP t: the linears' split dimension over t, no
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from dualpipe_sim.inputs.scenario import sections_only  # noqa: E402
 from dualpipe_sim.model import derive, rates  # noqa: E402
 
-DATA = ROOT / "tests" / "data" / "kernels" / "vidur_llama2_layer_ops.csv"
+DATA = ROOT / "tests" / "data" / "kernels" / "vidur_llama_layer_ops.csv"
 DOC = ROOT / "docs" / "validation.md"
 BEGIN, END = "<!-- vidur operators: docs/vidur_operators.py -->", "<!-- end of vidur operators -->"
 
@@ -45,6 +46,8 @@ MODELS = {
                       "intermediate_size": 11008},
     "Llama-2-70b-hf": {"hidden_size": 8192, "num_attention_heads": 64, "num_key_value_heads": 8,
                        "intermediate_size": 28672},
+    "Meta-Llama-3-8B": {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+                        "intermediate_size": 14336},
 }  # fmt: skip
 PRESET = {"a100": "A100", "h100": "H100"}
 # Vidur's operator -> the model's forward kernel of the same work (the model's layer has two residual adds; Vidur
@@ -115,7 +118,7 @@ def tables() -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     per_op: dict[tuple[str, str], list[float]] = {}
     tbs: dict[tuple[str, str], list[float]] = {}
-    for key in sorted(pub, key=lambda k: (k[0], -len(k[1]), k[2], k[3])):
+    for key in sorted(pub, key=lambda k: (k[0], list(MODELS).index(k[1]), k[2], k[3])):
         gpu, model, tp, tokens = key
         meas, rows = pub[key], model_kernels(*key)
         mod = {op: k.ms for op, k in rows.items()}
@@ -130,11 +133,12 @@ def tables() -> str:
             short_cells = f"{g_short:.3f} | {err(g_short, g_meas)}"
         else:
             short_cells = "- | -"
-        lines.append(f"| {PRESET[gpu]} | {model.removesuffix('-hf')} | {tp} | {tokens:,} | {g_meas:.3f} | {g_mod:.3f} "
+        lines.append(f"| {PRESET[gpu]} | {model.removesuffix('-hf').removeprefix('Meta-')} | {tp} | {tokens:,} | {g_meas:.3f} | {g_mod:.3f} "
                      f"| {err(g_mod, g_meas)} | {short_cells} | {m_meas:.3f} | {m_mod:.3f} | {err(m_mod, m_meas)} "
                      f"| {err(g_mod + m_mod, g_meas + m_meas)} |")  # fmt: skip
-    lines += ["", "By operator over the 16 rows of each GPU (2 models x TP 1, 2, 4, 8 x 2,048 and 4,096 tokens): the "
-              "model's error, median and range (the model's presets as the runs use them); for a memory-bound kernel, "
+    counts = {gpu: len(per_op[(gpu, "add")]) for gpu in ("a100", "h100")}
+    lines += ["", f"By operator over the {counts['a100']} A100 rows and {counts['h100']} H100 rows (the models above x "
+              "TP 1, 2, 4, 8 x 2,048 and 4,096 tokens): the model's error, median and range (the model's presets as the runs use them); for a memory-bound kernel, "
               "the bytes the model moves over the measured time (median TB/s; the model streams at "
               f"{rates.PRESETS['A100'].hbm / 1e12:.2f} TB/s on A100, {rates.PRESETS['H100'].hbm / 1e12:.2f} on H100).", "",
               "| operator (Vidur) | the model's kernel | kind | A100 median | A100 range | A100 TB/s "

@@ -1,5 +1,5 @@
-"""docs/vidur_operators.py: microsoft/vidur's per-operator timings of a Llama-2 layer's forward (A100, H100) beside
-the model's kernels for the same layer (docs/validation.md, "Per-operator timings: Vidur's Llama-2 layer profiles
+"""docs/vidur_operators.py: microsoft/vidur's per-operator timings of a Llama layer's forward (A100, H100) beside
+the model's kernels for the same layer (docs/validation.md, "Per-operator timings: Vidur's Llama layer profiles
 (s19b)").  The transcription checked by its own arithmetic and the datasheets' peaks, the published side worked by
 hand from the file's rows, the model's side recomputed from its formulas at shapes worked by hand, and the table in
 validation.md held to the script's output."""
@@ -18,10 +18,11 @@ from dualpipe_sim.model.rates import H100_SHORT_RUNS, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = runpy.run_path(str(ROOT / "docs" / "vidur_operators.py"), run_name="doc_script_under_test")
-DATA = ROOT / "tests" / "data" / "kernels" / "vidur_llama2_layer_ops.csv"
+DATA = ROOT / "tests" / "data" / "kernels" / "vidur_llama_layer_ops.csv"
 # Datasheet dense FP16 tensor-core peaks (TFLOP/s): A100 SXM 312, H100 SXM 989.4 (the PCIe / NVL parts are lower)
 PEAK = {"a100": 312e12, "h100": 989.4e12}
-SHAPES = {"Llama-2-7b-hf": (4096, 32, 32, 11008), "Llama-2-70b-hf": (8192, 64, 8, 28672)}
+SHAPES = {"Llama-2-7b-hf": (4096, 32, 32, 11008), "Llama-2-70b-hf": (8192, 64, 8, 28672),
+          "Meta-Llama-3-8B": (4096, 32, 8, 14336)}
 
 
 def _rows() -> list[dict]:
@@ -42,7 +43,8 @@ def gemm_shapes(model: str, tp: int, tokens: int) -> dict[str, tuple[int, int, i
 
 def test_the_transcription_is_whole_and_each_mean_lies_between_its_min_and_max():
     rows = _rows()
-    assert len(rows) == 2 * 2 * 4 * 2 * 2 * 9  # GPUs x models x TP x tokens x runs x operators
+    # (2 Llama-2 models on 2 GPUs + Llama 3 8B on A100) x TP x tokens x runs x operators
+    assert len(rows) == (2 * 2 + 1) * 4 * 2 * 2 * 9
     configs = Counter((r["gpu"], r["model"], r["tp"], r["tokens"], r["op"]) for r in rows)
     assert set(configs.values()) == {2}
     for r in rows:
@@ -66,7 +68,8 @@ def test_the_published_figure_is_the_mean_of_the_files_two_rows():
     qkv = pub[("h100", "Llama-2-7b-hf", 1, 4096)]["attn_pre_proj"]
     assert qkv == pytest.approx((0.58455 + 0.5952) / 2)
     assert 2 * 4096 * 12288 * 4096 / (qkv * 1e-3) == pytest.approx(698.9e12, rel=1e-3)
-    assert len(pub) == 32 and all(len(ops) == 9 for ops in pub.values())
+    assert len(pub) == 40 and all(len(ops) == 9 for ops in pub.values())
+    assert {k[1] for k in pub if k[0] == "h100"} == {"Llama-2-7b-hf", "Llama-2-70b-hf"}
 
 
 @pytest.mark.parametrize("gpu", ["a100", "h100"])
