@@ -300,7 +300,9 @@ B300_SMS = 148
 # with B200's floor (5.25 us) and no K overhead (the GB300 fits'): peak = sum(2mnk / efficiency) / (total - 12 floors).
 # BF16: torch.matmul, the mean of its two runs' totals (12.758 and 13.102 ms: the same kernels; no quantisation in
 # either); FP8: per-tensor current scaling, pre-quantized (tex.generic_gemm, kernel only), 6.812 ms; NVFP4: pre-quantized,
-# 3.764 ms (tests/data/kernels/te_b300_gemm_profiling.csv, tests/test_b300_preset.py). Short runs, as GB300's.
+# 3.764 ms (tests/data/kernels/te_gemm_profiling_b300.csv, tests/test_b300_preset.py). Sustained-state figures: the script
+# runs 5 s of matmuls first, then every shape and precision back to back (s19a: QuickRunCUDA's 8192^3 cuBLAS, 28% / 43%
+# above, is the fastest single call at the boost clock; its long NVFP4 runs hold 0.79-0.87 of such: docs/model.md).
 B300_LAYER_BF16 = (12.758e-3 + 13.102e-3) / 2
 B300_LAYER_FP8 = 6.812e-3
 B300_LAYER_NVFP4 = 3.764e-3
