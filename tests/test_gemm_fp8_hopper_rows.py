@@ -5,10 +5,11 @@ The model's forward is 7-30% short of every MLPerf row whose logs time an evalua
 only"), and most of that forward is FP8 GEMMs at the cuBLASLt rate fitted to Azure's 9-shape H100 table (docs/model.md,
 "FP8 GEMM, cuBLASLt"). Here: the GEMMs one evaluation forward runs on the GPT-3 175B v3.1 row (TP 4 + SP, micro-batch
 1 x 2,048) and the Llama 3.1 405B v5.0 H100 row (TP 8, CP 2, 8,192 tokens: 4,096 a rank), their shapes worked from
-the configs by hand and their times from the tile / wave arithmetic by hand; and the one per-shape FP8 table on a
-Hopper part near those shapes that the search reached in text, TileLang's H800 benchmark
+the configs by hand and their times from the tile / wave arithmetic by hand; and the two per-shape FP8 tables on a
+Hopper part near those shapes that the search reached in text: TileLang's H800 benchmark
 (tests/data/kernels/tilelang_h800_fp8.csv: its own kernel, autotuned, short runs; two published versions of one
-table). Checked, not fitted: no rate moved."""
+table) and less_slow.cpp's cuBLASLt FP8 squares on an H200 (tests/data/kernels/less_slow_h200_fp8.csv: short runs, a
+sync after every call). Checked, not fitted: no rate moved."""
 
 from __future__ import annotations
 
@@ -138,3 +139,38 @@ def test_model_at_short_k_against_tilelang():
     assert old[16384] / old[2048] - 1 == pytest.approx(0.297, abs=0.001)
     assert _model_h800(1024) / new[1024] - 1 == pytest.approx(0.126, abs=0.01)
     assert _model_h800(1024) / old[1024] - 1 == pytest.approx(0.372, abs=0.01)
+
+
+# -- less_slow.cpp's cuBLASLt FP8 table on an H200 -------------------------------------------------------------------
+LESS_SLOW = {int(r["n"]): float(r["value"]) for r in kernel_table(Path(__file__).parent / "data" / "kernels" / "less_slow_h200_fp8.csv")}
+
+
+def _model_h200(n: int) -> float:
+    """The H200 preset's cuBLASLt FP8 rate at n^3 in the source's count, n^2 (2n - 1) per call; FP32 output."""
+    h200 = PRESETS["H200"]
+    return n * n * (2 * n - 1) / gemm.time(n, n, n, h200.gemm_fp8, h200.sms, h200.hbm, 1.0, out_bytes=4.0).seconds / 1e12
+
+
+def test_less_slow_table_as_transcribed():
+    assert sorted(LESS_SLOW) == [256, 512, 1024, 2048, 4096, 8192, 16384]
+    # the repository's own figure (its best, "1'338 T" on H200) is the 8192^3 row to the release's 3 digits
+    assert abs(LESS_SLOW[8192] - 1338) < 5 and LESS_SLOW[8192] == max(LESS_SLOW.values())
+    # below 4,096 every call's cudaDeviceSynchronize dominates: 2,048^3 takes 25.8 us a call, the model's kernel 18.4
+    assert 2048 * 2048 * 4095 / (LESS_SLOW[2048] * 1e12) == pytest.approx(25.8e-6, abs=0.05e-6)
+
+
+@pytest.mark.parametrize("n", [4096, 8192])
+def test_less_slow_h200_at_the_rows_sizes(n):
+    # at the sizes of the rows' GEMMs (0.1-0.8 ms a call; the rows' 0.1-2.6 ms) the preset is within 3% of cuBLASLt's
+    # FP8 on an H200 (+0.9% at 4,096, -0.7% at 8,192), the per-call sync included in the measured side
+    assert _model_h200(n) / LESS_SLOW[n] - 1 == pytest.approx(0.0, abs=0.03)
+
+
+def test_less_slow_h200_at_16384_reads_below_azure():
+    # 16,384^3 (7.2 ms a call, larger than any row's GEMM): the preset is 11.5% above this run, and Azure's sustained
+    # table (10,000 warm-up iterations; its H200 file within 3% of its H100 one) is 12.0% above it too: the two
+    # cuBLASLt tables part here (no workspace and FP32 output in this one, not settled), the model sits with Azure's
+    assert _model_h200(16384) / LESS_SLOW[16384] - 1 == pytest.approx(0.115, abs=0.01)
+    azure = next(float(r["value"]) for r in kernel_table(Path(__file__).parent / "data" / "kernels" / "azure_h100_fp8.csv")
+                 if r["m"] == "16384")  # fmt: skip
+    assert azure / LESS_SLOW[16384] - 1 == pytest.approx(0.120, abs=0.002)
