@@ -1,7 +1,7 @@
 """model.fp8_amax_history (s19h): the length of Transformer Engine's delayed-scaling amax history, which the
 per-chunk update kernel rolls (docs/model.md, "FP8 amax reduction").
 
-The bytes are read off TE release_v1.14 ``common/recipe/delayed_scaling.cu`` ``kernel_bulk`` (lines 185-263): per
+The bytes are read off TE release_v1.14 ``common/recipe/delayed_scaling.cu`` ``kernel_bulk`` (lines 173-266): per
 amax, one read of the reduced amax, the history's other L - 1 entries read and all L written back rolled, then the
 scale and its inverse written, all fp32: (1 + (L - 1) + L + 2) x 4 B. The MLPerf v5.0 Llama 3.1 405B rows leave
 FP8_AMAX_HISTORY unset (custom.yaml:110, NeMo's default 1); the GPT-3 rows export 1,024 (config_fp8.sh:4)."""

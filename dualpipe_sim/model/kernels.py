@@ -1737,9 +1737,10 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
 
 def amax_update_bytes(amaxes: int, history: int) -> float:
     """Bytes Transformer Engine's bulk amax and scale update moves for ``amaxes`` FP8 tensors with a ``history``-long
-    amax history (TE release_v1.14 ``common/recipe/delayed_scaling.cu`` ``kernel_bulk``, lines 185-263, the same at
-    release_v2.8): per amax it reads the reduced amax (4 B), reads the history's other ``history - 1`` entries and
-    writes all ``history`` of them rolled, and writes the scale and its inverse (4 B each); fp32 throughout."""
+    amax history (TE release_v1.14 ``common/recipe/delayed_scaling.cu`` ``kernel_bulk``, lines 173-266): per amax
+    it reads the reduced amax (4 B), reads the history's other ``history - 1`` entries and writes all ``history`` of
+    them rolled, and writes the scale and its inverse (4 B each); fp32 throughout.  From TE 2.0 the kernel writes
+    no inverse (4 B an amax less, not told apart here)."""
     return 4.0 * amaxes * (1 + (history - 1) + history + 2)
 
 
