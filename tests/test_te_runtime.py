@@ -46,10 +46,11 @@ def test_amax_reduction_kernels_by_hand():
     assert (fwd.bytes, bwd.bytes) == (4 * 3 * 4, 4 * 2 * 4)
     assert fwd.seconds == bwd.seconds == pytest.approx(45.2e-6)  # 64 ranks on 8 nodes, as above
     assert (fwd.component, bwd.component) == ("mlp_forward", "attn_backward_input")
-    # the update reads and writes 1,024 past amaxes of each (TE's amax history, FP8_AMAX_HISTORY=1024)
+    # the update reads 1,023 past amaxes of each and writes all 1,024 rolled (TE's amax history, FP8_AMAX_HISTORY=1024),
+    # reads the reduced amax and writes the scale and its inverse: (1 + 1,023 + 1,024 + 2) x 4 B = 8,200 B an amax
     update = by["fp8 amax + scale update (forward)"]
-    assert update.bytes == 2 * 1024 * 12 * 4
-    assert update.seconds == pytest.approx(2.5e-6 + 2 * 1024 * 12 * 4 / 2.90e12)
+    assert update.bytes == 12 * 8200
+    assert update.seconds == pytest.approx(2.5e-6 + 12 * 8200 / 2.90e12)
 
 
 def _stage(overrides):

@@ -93,6 +93,7 @@ class Setup:
     fp4: bool = False  # model.fp4 = "nvfp4": the linears' GEMMs and casts in NVFP4 (kernels.Layout.fp4)
     rank_order: str = placement.DEFAULT_ORDER  # parallel.rank_order
     pipeline: int = 1  # pipeline ranks (pipeline_ranks)
+    amax_history: int = kernels.AMAX_HISTORY  # model.fp8_amax_history
 
     def group(self, kind: str) -> placement.Group:
         """Where the run's groups of ``kind`` sit in its NVLink domains (placement.group; needs the kernel rates)."""
@@ -127,7 +128,7 @@ class Setup:
                               modules=self.modules, force_balance=self.force_balance,
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
                               grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm, fp4=self.fp4,
-                              rope_fusion=self.rope_fusion,
+                              rope_fusion=self.rope_fusion, amax_history=self.amax_history,
                               deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
                               expert_tensor=self.sharding.expert_tensor, places=self.kernel_places())  # fmt: skip
 
@@ -400,9 +401,10 @@ def setup(scenario, stages: int | None = None) -> Setup:
     if m.fp8_params and m.fp8_recipe == "current" and scenario.step is not None and scenario.step.param_gather == "apex":
         raise ModelError('model.fp8_recipe: FP8 parameters under step.param_gather = "apex" (NeMo\'s cast on apex\'s '
                          'DistributedFusedAdam) use delayed scaling only; "current" is not costed there')
-    if m.fp8_recipe == "current" and "fp8_amax_reduction" in m.model_fields_set:
-        raise ModelError('model.fp8_amax_reduction: delayed scaling only; with model.fp8_recipe = "current" there is no '
-                         "per-chunk amax reduction (leave the key out)")  # fmt: skip
+    for key in ("fp8_amax_reduction", "fp8_amax_history"):
+        if m.fp8_recipe == "current" and key in m.model_fields_set:
+            raise ModelError(f'model.{key}: delayed scaling only; with model.fp8_recipe = "current" there is no '
+                             "amax history or per-chunk amax reduction (leave the key out)")  # fmt: skip
     both = sorted(set(par.tp_overlap_ring_rs) & set(par.tp_overlap_atomic))
     if both:
         raise ModelError(f"parallel.tp_overlap_ring_rs: {', '.join(both)} also in parallel.tp_overlap_atomic; the atomic "
@@ -440,7 +442,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
-                 rope_fusion=m.rope_fusion, fp4=m.fp4 != "none",
+                 rope_fusion=m.rope_fusion, fp4=m.fp4 != "none", amax_history=m.fp8_amax_history,
                  rank_order=par.rank_order, pipeline=pipeline_ranks(scenario) if S == scenario.pipeline.stages
                  else run_gpus(scenario, S) // (par.tensor * par.data * par.context))  # fmt: skip
 
@@ -620,6 +622,7 @@ def nvfp4(scenario, hw: Hardware | None, rates: KernelRates | None) -> None:
     given = m.model_fields_set
     for key, rule in (("fp8_recipe", "NVFP4 scales each tensor by its own amax at every cast"),
                       ("fp8_amax_reduction", "NVFP4 keeps no amax history to reduce per chunk"),
+                      ("fp8_amax_history", "NVFP4 keeps no amax history"),
                       ("fp8_transpose", "NVFP4 GEMMs read K-major operands, so the column-wise copy is always written"),
                       ("fp8_gemm", "NVFP4 GEMMs run in cuBLASLt")):  # fmt: skip
         if key in given:

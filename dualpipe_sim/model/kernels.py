@@ -44,7 +44,8 @@ F, I, W = "forward", "backward_input", "backward_weight"
 # nvte_multi_stream_cublas_gemm; num_streams = 4 in include/transformer_engine/gemm.h)
 TE_COMPUTE_STREAMS = 4
 # Transformer Engine's per-tensor ("delayed") FP8 scaling keeps this many past amaxes of every FP8 tensor: the
-# MLPerf GPT-3 runs' FP8_AMAX_HISTORY (config_fp8.sh) and TE's DelayedScaling default (amax_history_len)
+# model.fp8_amax_history's default: TE's DelayedScaling default (amax_history_len) and the MLPerf GPT-3 runs'
+# FP8_AMAX_HISTORY (config_fp8.sh); the MLPerf v5.0 Llama 3.1 405B runs leave it unset: NeMo's 1
 AMAX_HISTORY = 1024
 # Transformer Engine's Float8CurrentScalingQuantizer (TE release_v2.8 @ 40c69e7, pytorch/csrc/quantizer.cpp quantize_impl;
 # common/recipe/current_scaling.cu): a quantize of a 16-bit tensor launches zero_amax_kernel (one thread), amax_kernel
@@ -243,6 +244,8 @@ class Layout:
     # where the groups the kernels read sit, ((kind, placement.Group), ...), as the run's rank order places them
     # (derive.Setup.layout); the groups alone, not the run's degrees, so that layouts placing them alike share a key
     places: tuple[tuple[str, placement.Group], ...] = ()
+    # model.fp8_amax_history: the entries of each amax's history the per-chunk update kernel rolls
+    amax_history: int = AMAX_HISTORY
 
     def group(self, kind: str, domain: int) -> placement.Group:
         """Where this layout's groups of ``kind`` sit: as ``places`` has it, else (a layout built without a run) in
@@ -1728,8 +1731,17 @@ def amax_reduction(cfg: ModelConfig, rates: KernelRates, lay: Layout, layers: tu
             tb.rows.append(Kernel(f"fp8 amax all-reduce ({direction})", comp, "comm",
                                   f"all_reduce {amaxes * 4} B over {group} ({link})", 0.0, amaxes * 4.0, secs,
                                   "latency"))  # fmt: skip
-        tb.memory(f"fp8 amax + scale update ({direction})", comp, 2.0 * AMAX_HISTORY * amaxes * 4)
+        tb.memory(f"fp8 amax + scale update ({direction})", comp, amax_update_bytes(amaxes, lay.amax_history))
     return tb.rows
+
+
+def amax_update_bytes(amaxes: int, history: int) -> float:
+    """Bytes Transformer Engine's bulk amax and scale update moves for ``amaxes`` FP8 tensors with a ``history``-long
+    amax history (TE release_v1.14 ``common/recipe/delayed_scaling.cu`` ``kernel_bulk``, lines 173-266): per amax
+    it reads the reduced amax (4 B), reads the history's other ``history - 1`` entries and writes all ``history`` of
+    them rolled, and writes the scale and its inverse (4 B each); fp32 throughout.  From TE 2.0 the kernel writes
+    no inverse (4 B an amax less, not told apart here)."""
+    return 4.0 * amaxes * (1 + (history - 1) + history + 2)
 
 
 def by_component(rows: list[Kernel]) -> dict[str, float]:

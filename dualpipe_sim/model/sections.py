@@ -118,6 +118,10 @@ class ModelSection(BaseModel):
     # reduction group, TE's default) or "tensor" ranks (TE 0.8-1.x NVTE_DP_AMAX_REDUCE_INTERVAL=0), blocking;
     # "hidden": not waited for (NVTE_ASYNC_AMAX_REDUCTION=1). DeepGEMM's fine-grained scaling has none
     fp8_amax_reduction: Literal["data", "tensor", "hidden"] = "data"
+    # delayed scaling's amax history length (TE DelayedScaling amax_history_len, whose default is 1,024; Megatron
+    # --fp8-amax-history-len; NeMo fp8_amax_history_len, default 1): the per-chunk update kernel rolls it, reading
+    # and writing every entry of every amax (docs/model.md, "FP8 amax reduction")
+    fp8_amax_history: Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_whole)] = 1024
     # Transformer Engine's FP8 scaling recipe: "delayed" (DelayedScaling: scales from the amax history, reduced per
     # chunk as fp8_amax_reduction says) or "current" (Float8CurrentScaling, Megatron --fp8-recipe tensorwise: every
     # cast reads its input for the amax first, no history, no per-chunk reduction); docs/model.md, "FP8 current scaling"

@@ -39,6 +39,9 @@ def refuse(m: ModelSection, par: ParallelSection, fp8_weight_cache: bool, fp8: b
     if m.fp8_amax_reduction != _default(m, "fp8_amax_reduction") and not te_fp8:
         raise ModelError(f'model.fp8_amax_reduction: "{m.fp8_amax_reduction}" is Transformer Engine\'s delayed '
                          'scaling (model.fp8 = true, model.fp8_gemm = "cublas"); leave it out')  # fmt: skip
+    if m.fp8_amax_history != _default(m, "fp8_amax_history") and not te_fp8:
+        raise ModelError(f"model.fp8_amax_history: {m.fp8_amax_history} is Transformer Engine's delayed scaling "
+                         '(model.fp8 = true, model.fp8_gemm = "cublas"); leave it out')  # fmt: skip
     for key in UB_KEYS:
         if getattr(par, key) and not par.tp_comm_overlap:
             raise ModelError(f"parallel.{key}: configures Transformer Engine's userbuffers overlaps, which run only "
