@@ -353,7 +353,7 @@ class Scenario(_Section):
             raise ScenarioError('step.overlap_grad_sync: must be false with step.runtime = "deepspeed-bf16" '
                                 "(DeepSpeed's pipeline engine reduces the gradients after the pipeline)")
         if st.runtime == "deepspeed-bf16" and self.model is not None and "derived" in (st.grad_sync, self.optimizer_setting()):
-            from ..model.step_figures import check_deepspeed  # its rules, named by step.runtime, not by a figure
+            from ..model.derived_step import check_deepspeed  # its rules, named by step.runtime, not by a figure
 
             try:
                 check_deepspeed((derived if derived is not None else self.derived()).setup)
@@ -380,7 +380,9 @@ class Scenario(_Section):
         if st.fp32_embedding_optimizer and st.fp32_embedding_grads:
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
-        from ..model.step_figures import derived_sync, grad_sync_shares, grad_sync_tail, per_call
+        from ..model.derived_step import derived_sync
+        from ..model.grad_sync import grad_sync_shares, grad_sync_tail
+        from ..model.step_memo import per_call
 
         figures = {}
         memo: dict = {}  # what the figures below share of this scenario and derivation, worked out once
@@ -426,7 +428,8 @@ class Scenario(_Section):
         collectives take no SMs or the compute is not timed from kernels (no [model] or no preset's rates)."""
         if not self.step.dp_comm_sms or self.model is None or self.hardware is None:
             return ()
-        from ..model.step_figures import dp_comm_slowdown, per_call
+        from ..model.comm_slowdown import dp_comm_slowdown
+        from ..model.step_memo import per_call
 
         try:
             return per_call(memo, "dp_comm_slowdown", lambda: dp_comm_slowdown(self, self.step.dp_comm_sms, derived))
