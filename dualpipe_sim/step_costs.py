@@ -2,7 +2,7 @@
 
 :class:`StepCosts` is the scenario's [step] resolved per stage (scenario.py
 builds it; step.py simulates it); :class:`Throughput` is what a step yields in
-tokens and FLOPs, filled in from [model] by model/step_figures.py and read by
+tokens and FLOPs, filled in from [model] by model/throughput.py and read by
 the step's metrics (readers/step_metrics.py).  Plain records that import
 nothing: a shared leaf (like errors.py) that the scenario, the model, the
 engine and the readers may all import (docs/architecture.md, the parts table).

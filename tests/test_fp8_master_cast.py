@@ -276,3 +276,17 @@ def test_apex_fp8_params_with_current_scaling_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
     assert "model.fp8_recipe" in err and "apex" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_moe_fp8_weight_refresh_counts_the_experts_by_hand():
+    # Qwen3-30B-A3B on B200 (EP 8, TP 1) with FP8 linears and the weight cache: each layer's attention linears,
+    # 2048 x (32 + 2 x 4) x 128 + 32 x 128 x 2048 = 18,874,368, and its 128 experts' SwiGLU, 128 x 3 x 768 x 2048 =
+    # 603,979,776, of which the rank holds 1 / 8; B200's 16-bit weights: read 2, write 1 (no transpose), once a step
+    over = ["model.fp8=true", "memory.fp8_weight_cache=true"]
+    st = _load("mz7-qwen3-30b-a3b-b200", over).derived().setup
+    attention = 2048 * (32 + 2 * 4) * 128 + 32 * 128 * 2048
+    experts = 128 * 3 * 768 * 2048
+    assert (attention, experts) == (18_874_368, 603_979_776)
+    elements = 48 * (attention + experts / 8)  # 4,529,848,320
+    ms = fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0])
+    assert ms == pytest.approx(elements * 3 / B200_HBM * 1e3, rel=1e-12)

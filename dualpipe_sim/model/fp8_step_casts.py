@@ -145,7 +145,7 @@ def fp8_master_cast_ms(scenario, st, derived=None) -> list[float]:
             dense, routed = dense / sh.data, routed / sh.expert_data
         launches = (sum(tensors[s]) if counted is None else counted[s]) * per_weight
         ms = ((dense + routed) * per_element / rates.hbm + launches * rates.floor) * 1e3
-        if held[s]:  # the rank's once-per-step part, spread evenly over the copies it holds (as _once_per_rank)
+        if held[s]:  # the rank's once-per-step part, spread evenly over the copies it holds (as derived_step.once_per_rank)
             d, r, copies, first = per_rank[min(held[s])]
             fixed = fixed_launches(d) + fixed_launches(r)
             if split and d > first:  # the first chunk's dense cast apart: its own fixed launches and all-reduce

@@ -22,7 +22,7 @@ BF16 = 2  # bytes: DeepSpeed's bf16 communication dtype and bf16 weights
 
 
 def sync_ms(st, key: str, dense: float, routed: float, op: str | None = None, buckets: int = 1,
-             group: bool = False) -> float:
+            group: bool = False) -> float:
     """One grad sync (``op``; default reduce-scatter with ZeRO >= 1, else all-reduce) or cross-copy sum
     of ``dense`` bytes over the data-parallel ranks and ``routed`` bytes over the expert-data ranks (ms);
     a reduce-scatter across nodes as ``buckets`` NCCL rings (collectives.bucketed), one NCCL group if ``group`` (one
@@ -157,7 +157,7 @@ def tp_grad_all_reduce_ms(scenario, st) -> tuple[float, ...]:
     if not any(nbytes):
         return (0.0,) * len(nbytes)
     held = derive.stage_ranks(scenario) or [{s} for s in range(len(nbytes))]
-    rank = [min(r) if r else -1 for r in held]  # a copy's time on its first rank, as _once_per_rank puts it
+    rank = [min(r) if r else -1 for r in held]  # a copy's time on its first rank, as derived_step.once_per_rank puts it
     total = {r: sum(b for b, q in zip(nbytes, rank) if q == r) for r in set(rank)}
     out = []
     for b, r in zip(nbytes, rank):
@@ -350,7 +350,7 @@ def fp32_optimizer_all_reduce_ms(st, where) -> float:
 
 
 def bucket_groups(scenario, st, where, stage, buckets: int,
-                   s: int = 0) -> tuple[list[int], list[tuple[int, float, float, int]]]:
+                  s: int = 0) -> tuple[list[int], list[tuple[int, float, float, int]]]:
     """Stage copy ``s``'s dense tensors (ddp_buckets.stage_zero_tensors) and Megatron-core's bucket groups of them in
     the forward's order (ddp_buckets.gather_groups: the given ``step.grad_sync_buckets`` as equal buckets, or
     "derived" by Megatron's fill rule at ddp_buckets.fill_size), each as (forward position, 16-bit elements, FP8 elements, buckets), the elements scaled
@@ -379,7 +379,7 @@ def grad_sync_shares(scenario, derived=None, memo: dict | None = None) -> tuple[
     it gathers by (``partition_buckets`` @ d339190): with FP8 parameters every bucket of the 16-bit buffer (the
     embedding, the output layer, the norms) joins the group of the last FP8 bucket, the forward's first layer, so
     the output layer's gradient, ready first, waits with the embedding's, ready last, for the backward's end.  Each
-    group's share is its reduce-scatter as _sync_ms times it (its buckets' ring latencies, its gradient bytes);
+    group's share is its reduce-scatter as sync_ms times it (its buckets' ring latencies, its gradient bytes);
     the stage's grad sync keeps its total.  Only where that rule holds: Megatron-core's DDP (not apex's
     DistributedFusedAdam, not DeepSpeed), FP8 parameters, the overlap, ZeRO <= 1, a derived grad sync, the stage
     bucketed."""

@@ -20,8 +20,9 @@ def param_gather_ms(st, stage, fp8: tuple[float, float] = (0.0, 0.0)) -> float:
     routed) elements held as FP8 parameters, 1 byte each (fp8_param_elements)."""
     sh = st.sharding
     saved = sh.params_bytes - 1.0
-    return grad_sync.sync_ms(st, "grad_sync", stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * saved,
-                    stage.routed_params / sh.routed_ranks * sh.params_bytes - fp8[1] * saved, op="all_gather")  # fmt: skip
+    dense = stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * saved
+    routed = stage.routed_params / sh.routed_ranks * sh.params_bytes - fp8[1] * saved
+    return grad_sync.sync_ms(st, "grad_sync", dense, routed, op="all_gather")
 
 
 def gather_ms(st, nbytes: float, buckets: int, group: bool = False) -> float:
@@ -50,7 +51,7 @@ def start_gather_ms(st, first_stage, buckets: int, fp8: tuple[float, float] = (0
     The other stages' gathers run beside it from time 0 and are taken as landed before their input
     arrives; chunk 1's and later ones as landed before their chunk's first forward.  ``fp8``: as
     param_gather_ms's; ``extra``: dense bytes gathered with the stage beyond its own (apex_fp8_first_bucket);
-    ``group``: the buckets one Megatron-core bucket group (_gather_ms)."""
+    ``group``: the buckets one Megatron-core bucket group (gather_ms)."""
     sh = st.sharding
     nbytes = first_stage.dense_params / sh.tensor * sh.params_bytes - fp8[0] * (sh.params_bytes - 1.0) + extra
     if st.rates is not None and st.group("dp-cp").link == "nic":
