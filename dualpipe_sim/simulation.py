@@ -24,7 +24,7 @@ from .model import buffers as model_buffers
 from .model import memory as model_memory
 from .model import placement
 from .model import validation_band
-from .model.step_figures import throughput
+from .model.throughput import throughput
 from .inputs.scenario import Scenario, ScenarioError
 from .schedules import closed_form
 from .engine.step import with_step

@@ -2,7 +2,7 @@
 
 :class:`StepCosts` is the scenario's [step] resolved per stage (scenario.py
 builds it; step.py simulates it); :class:`Throughput` is what a step yields in
-tokens and FLOPs, filled in from [model] by model/step_figures.py and read by
+tokens and FLOPs, filled in from [model] by model/throughput.py and read by
 the step's metrics (readers/step_metrics.py).  Plain records that import
 nothing: a shared leaf (like errors.py) that the scenario, the model, the
 engine and the readers may all import (docs/architecture.md, the parts table).
@@ -28,7 +28,7 @@ class StepCosts:
     grad_sync_launch: str = "ready"
     nic_shared: bool = False  # the grad sync yields its rank's link to the rank's P2P transfers
     # per stage: how much longer its compute runs while a data-parallel collective holds step.dp_comm_sms of the
-    # rank's SMs (model/step_figures.dp_comm_slowdown); () or 1.0: not slowed
+    # rank's SMs (model/comm_slowdown.dp_comm_slowdown); () or 1.0: not slowed
     dp_comm_slowdown: tuple[float, ...] = ()
     # per stage copy: the part of its reduction run only after its rank's pipeline and every other sync of the rank
     # (Megatron's finalize_model_grads: the tensor-parallel all-reduce of the sequence-parallel gradients, then the tied
@@ -36,7 +36,7 @@ class StepCosts:
     grad_sync_tail: tuple[float, ...] = ()
     # per stage: its grad sync's collectives as shares of grad_sync[s] in release order, group k of n ready k/n of the
     # way through its last weight-gradient op (Megatron-core's bucket groups with FP8 parameters hold the 16-bit
-    # buffer in the last: model/step_figures.grad_sync_shares); () or an empty entry: grad_sync_buckets equal ones
+    # buffer in the last: model/grad_sync.grad_sync_shares); () or an empty entry: grad_sync_buckets equal ones
     grad_sync_shares: tuple[tuple[float, ...], ...] = ()
     # per stage: compute its rank runs after its pipeline work, before what finalizes the gradients (the output
     # layer's deferred wgrad GEMMs, model/deferred_wgrad.py: Megatron-core's finish_embedding_wgrad_compute); () : none

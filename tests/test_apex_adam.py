@@ -12,7 +12,8 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import ddp_buckets, derive, step_end, step_figures
+from dualpipe_sim.model import (ddp_buckets, derive, derived_step, fp8_step_casts, nemo_optimizer, optimizer_step,
+                                param_gather, step_end)
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 H100_HBM = 2.90e12  # the H100 preset's streaming HBM bandwidth (rates.py)
@@ -37,23 +38,24 @@ def test_apex_bytes_per_element_by_hand():
     sc = _load("mlperf31-gpt3-512")
     sh = sc.derived().setup.sharding
     assert (sc.model.fp8_params, sh.grads_bytes, sh.params_bytes) == (False, 2.0, 2.0)
-    assert step_figures.apex_adam_bytes(sc.model, sh)[0] == (2 + 2 + 8 + 2) + (2 + 8 + 2) + 2 == 28
+    assert nemo_optimizer.apex_adam_bytes(sc.model, sh)[0] == (2 + 2 + 8 + 2) + (2 + 8 + 2) + 2 == 28
     # against Megatron-core's 44: the same Adam plus its fp32 gradient cast (6), the fp32 master read and written (8
     # where apex moves 6), its copy pass (4 + the 2 written) and its fp32 gradient's norm (4)
-    assert step_figures.optimizer_bytes_per_param(sc.model, sh.optimizer_bytes) == 44
+    assert optimizer_step.optimizer_bytes_per_param(sc.model, sh.optimizer_bytes) == 44
     # FP8 parameters: NeMo sets store_params, an fp32 master read and written (8); an FP8 bucket's p_out is that fp32
     # shard itself (nothing more written), a 16-bit bucket's is its bf16 copy (2)
     sc = _load("mlperf41-gpt3-256")
     assert sc.model.fp8_params
-    assert step_figures.apex_adam_bytes(sc.model, sc.derived().setup.sharding) == (8 + 8 + 2 + 2 + 8 + 2, 8 + 8 + 2 + 2 + 8)
+    sh = sc.derived().setup.sharding
+    assert nemo_optimizer.apex_adam_bytes(sc.model, sh) == (8 + 8 + 2 + 2 + 8 + 2, 8 + 8 + 2 + 2 + 8)
 
 
 def test_apex_launches_by_hand():
-    assert step_figures.APEX_ELEMENTS_PER_LAUNCH == PER_LAUNCH == 20_971_520
-    assert step_figures.apex_adam_launches(PER_LAUNCH) == 2  # the Adam kernel and the norm's, one launch each
-    assert step_figures.apex_adam_launches(PER_LAUNCH + 1) == 4
-    assert step_figures.apex_adam_launches(0) == 0
-    assert step_figures.APEX_FIXED_LAUNCHES == 2 * 2 + 1
+    assert nemo_optimizer.APEX_ELEMENTS_PER_LAUNCH == PER_LAUNCH == 20_971_520
+    assert nemo_optimizer.apex_adam_launches(PER_LAUNCH) == 2  # the Adam kernel and the norm's, one launch each
+    assert nemo_optimizer.apex_adam_launches(PER_LAUNCH + 1) == 4
+    assert nemo_optimizer.apex_adam_launches(0) == 0
+    assert nemo_optimizer.APEX_FIXED_LAUNCHES == 2 * 2 + 1
 
 
 def test_gpt3_v31_apex_adam_by_hand():
@@ -69,19 +71,20 @@ def test_gpt3_v31_apex_adam_by_hand():
     assert shard == 28_317_504
     want = shard * 28 / H100_HBM + (2 * 2 + 5 / 12) * FLOOR
     assert want == pytest.approx(2.8445e-4, rel=1e-4)
-    nbytes, ms = step_figures.apex_adam_ms(sc, st, st.stages[1], d.stages[1], 1 / 12)
+    nbytes, ms = nemo_optimizer.apex_adam_ms(sc, st, st.stages[1], d.stages[1], 1 / 12)
     assert nbytes == shard * 28
     assert ms == pytest.approx(want * 1e3, rel=1e-12)
     # the run's optimizer figure: Megatron-core's Adam (44 B, one launch) replaced by apex's; the rest is unchanged
     core = _load("mlperf31-gpt3-512", ["step.param_gather=megatron-core", "step.grad_sync_held=[]",
                                        "step.fp32_embedding_optimizer=false"])  # NeMo's, refused without apex
-    apex_fig = step_figures.derived_sync(sc, "optimizer", d)[1]
-    core_fig = step_figures.derived_sync(core, "optimizer")[1]
-    start = [step_figures.step_start_ms(x, x.derived()) / 12 for x in (sc, core)]  # each on its 12 copies
+    apex_fig = derived_step.derived_sync(sc, "optimizer", d)[1]
+    core_fig = derived_step.derived_sync(core, "optimizer")[1]
+    start = [param_gather.step_start_ms(x, x.derived()) / 12 for x in (sc, core)]  # each on its 12 copies
     # Megatron-core's own step start and clip norm (tests/test_step_start_zero.py), which apex's optimizer does not take
     dc = core.derived()
-    mcore = (step_figures.grad_zero_ms(dc.setup, dc.stages[1]) + step_figures.grad_norm_all_reduce_ms(core, dc.setup)
-             * step_figures._once_per_rank(core, len(dc.setup.stages))[1])  # fmt: skip
+    mcore = (optimizer_step.grad_zero_ms(dc.setup, dc.stages[1])
+             + optimizer_step.grad_norm_all_reduce_ms(core, dc.setup)
+             * derived_step.once_per_rank(core, len(dc.setup.stages))[1])  # fmt: skip
     assert mcore > 0
     # and the forward slowed beside the gather, whose slowdown is the stage's own kernel mix: apex's per-micro-batch
     # .grad copies (tests/test_nemo_grad_handoff.py) are in the apex run's backward only
@@ -104,14 +107,14 @@ def test_nemo_fp8_and_16_bit_buckets_by_hand():
     assert held == [0, 8, 16, 24, 32, 40]
     extra = 5 * 2 * (13 * H + 3 * 6 * H) / 4 * 2
     assert extra == 1_904_640
-    assert step_figures.apex_fp8_first_bucket(sc, d) == (1, extra)
+    assert param_gather.apex_fp8_first_bucket(sc, d) == (1, extra)
     buckets = ddp_buckets.per_stage(sc, d)[0]
-    fp8 = step_figures.fp8_param_elements(st, st.stages[0])
-    assert step_figures.step_start_ms(sc, d) == step_figures.start_gather_ms(st, d.stages[0], buckets + 1, fp8, extra)
+    fp8 = fp8_step_casts.fp8_param_elements(st, st.stages[0])
+    assert param_gather.step_start_ms(sc, d) == param_gather.start_gather_ms(st, d.stages[0], buckets + 1, fp8, extra)
     # without FP8 parameters NeMo's first bucket is not split: no extra bucket, no extra bytes
     plain = _load("mlperf41-gpt3-256", ["model.fp8_params=false"])
     pd = plain.derived()
-    assert step_figures.step_start_ms(plain, pd) == step_figures.start_gather_ms(pd.setup, pd.stages[0], buckets)
+    assert param_gather.step_start_ms(plain, pd) == param_gather.start_gather_ms(pd.setup, pd.stages[0], buckets)
 
 
 def test_overlap_param_gather_with_optimizer_step_by_hand():
@@ -133,14 +136,14 @@ def test_overlap_param_gather_with_optimizer_step_by_hand():
     assert shard == 99_622_912
     beside = 7 * (shard * 44 / H100_HBM + FLOOR) * 1e3
     assert beside == pytest.approx(10.5981, rel=1e-4)
-    assert step_figures.optimizer_overlap_ms(sc, d) == pytest.approx(beside, rel=1e-12)
+    assert param_gather.optimizer_overlap_ms(sc, d) == pytest.approx(beside, rel=1e-12)
     assert ddp_buckets.per_stage(sc)[0] == 2
-    whole = step_figures.start_gather_ms(st, d.stages[0], 2, step_figures.fp8_param_elements(st, st.stages[0]))
+    whole = param_gather.start_gather_ms(st, d.stages[0], 2, fp8_step_casts.fp8_param_elements(st, st.stages[0]))
     assert whole > beside
-    assert step_figures.step_start_ms(sc, d) == pytest.approx(whole - beside, rel=1e-12)
+    assert param_gather.step_start_ms(sc, d) == pytest.approx(whole - beside, rel=1e-12)
     # off, chunk 0's whole gather in its 12 buckets is waited for: more than with the flag
     off = _load("mlperf50-llama405b-512", ["step.overlap_param_gather_with_optimizer_step=false"])
-    assert step_figures.step_start_ms(off, off.derived()) > whole > whole - beside
+    assert param_gather.step_start_ms(off, off.derived()) > whole > whole - beside
     # what of the gather the wait does not cover ran beside the optimizer step, not the forward: stage 0's forward is
     # not slowed by it (the SMs NCCL holds, step.dp_comm_sms), while stage 1's, whose gather nothing waits for, is
     slowed = {i.name: i.ms for i in step_end.items(sc, d)}["forward slowed beside the overlapped all-gather"]
@@ -158,15 +161,15 @@ def test_overlap_with_optimizer_step_splits_the_fp8_cast():
     sc = scenario.read(raw, ["step.overlap_param_gather_with_optimizer_step=true"])
     base = scenario.read(raw, ["step.overlap_param_gather_with_optimizer_step=false"])
     st = base.derived().setup
-    on = step_figures.fp8_master_cast_ms(sc, sc.derived().setup)
-    off = step_figures.fp8_master_cast_ms(base, st)
-    first, rest = step_figures.fp8_param_tensors(st, st.stages[0])[0], sum(
-        step_figures.fp8_param_tensors(st, st.stages[s])[0] for s in range(8, 64, 8))
-    launch = step_figures.fp8_cast_fixed_launches
+    on = fp8_step_casts.fp8_master_cast_ms(sc, sc.derived().setup)
+    off = fp8_step_casts.fp8_master_cast_ms(base, st)
+    first, rest = fp8_step_casts.fp8_param_tensors(st, st.stages[0])[0], sum(
+        fp8_step_casts.fp8_param_tensors(st, st.stages[s])[0] for s in range(8, 64, 8))
+    launch = fp8_step_casts.fp8_cast_fixed_launches
     recipe = base.model.fp8_recipe
     extra_launches = launch(recipe, first) + launch(recipe, rest) - launch(recipe, first + rest)
-    extra_reduce = (step_figures.fp8_amax_all_reduce_ms(st, first, 0) + step_figures.fp8_amax_all_reduce_ms(st, rest, 0)
-                    - step_figures.fp8_amax_all_reduce_ms(st, first + rest, 0))
+    amax = fp8_step_casts.fp8_amax_all_reduce_ms
+    extra_reduce = amax(st, first, 0) + amax(st, rest, 0) - amax(st, first + rest, 0)
     assert extra_reduce > 0
     assert on[0] - off[0] == pytest.approx((extra_launches * FLOOR * 1e3 + extra_reduce) / 8, rel=1e-9)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dualpipe_sim.model import gemm, step_figures
+from dualpipe_sim.model import collectives, comm_slowdown, gemm
 from dualpipe_sim.model.rates import PRESETS
 from helpers import kernel_table
 
@@ -55,9 +55,9 @@ def test_forum_gemm_lies_between_the_retiled_rule_and_the_whole_gpus_grid():
     left = h100.sms - taken
     told = gemm.time(m, n, k, replace(rates, peak=rates.peak * left / h100.sms), left, h100.hbm, 2.0)
     assert _body(told, rates) / _body(full, rates) == pytest.approx(1.5, rel=1e-9)
-    # not told (the model's rule beside an NCCL collective, step_figures.fewer_sms): the 132-block persistent grid
+    # not told (the model's rule beside an NCCL collective, comm_slowdown.fewer_sms): the 132-block persistent grid
     # on 108 SMs, 24 blocks waiting for a second round: 2 rounds where 1 ran
-    held = step_figures.fewer_sms(h100, taken)
+    held = comm_slowdown.fewer_sms(h100, taken)
     assert held.gemm_schedule == "persistent" and held.held_sms == taken
     less = gemm.time(m, n, k, held.gemm_bf16, held.sms, held.hbm, 2.0, held=held.held_sms, schedule=held.gemm_schedule)
     model = _body(less, rates) / _body(full, rates)
@@ -75,7 +75,7 @@ def test_pytorch143988_persistent_matmuls_take_twice_as_long():
     (row,) = kernel_table(DATA / "pytorch143988_h100_persistent.csv")
     h100 = PRESETS["H100"]
     assert int(row["sms"]) == int(row["gemm_blocks"]) == h100.sms and h100.gemm_schedule == "persistent"
-    for taken in (round(float(row["nccl_share_of_sms"]) * h100.sms), step_figures.NCCL_DP_CTAS):
+    for taken in (round(float(row["nccl_share_of_sms"]) * h100.sms), collectives.NCCL_DP_CTAS):
         for per_block in (1, 2, 3, 8):
             units = per_block * h100.sms
             alone = gemm.rounds(units, h100.sms)
@@ -101,7 +101,7 @@ def test_nccl1428_gemm_is_slowed_past_both_the_sm_share_and_hbm_sharing():
     # NCCL's 16 CTAs (step.dp_comm_sms' default) beside A100's one-block-per-tile GEMM, by hand: the whole GPU's
     # 512 tiles of 128 x 256 in 5 waves of 108 SMs alone, in 6 waves of the 92 left beside the collective: 6 / 5
     # (the launch floor aside; re-tiled for 92 SMs it would be the same 512 tiles)
-    held = step_figures.fewer_sms(a100, step_figures.NCCL_DP_CTAS)
+    held = comm_slowdown.fewer_sms(a100, collectives.NCCL_DP_CTAS)
     assert held.gemm_schedule == "waves"
     less = gemm.time(m, n, k, held.gemm_bf16, held.sms, held.hbm, 2.0, held=held.held_sms, schedule=held.gemm_schedule)
     model = less.seconds / alone.seconds
@@ -114,7 +114,7 @@ def test_nccl1428_attention_is_slowed_past_the_sm_share():
     row = _nccl1428()["attention"]
     measured = float(row["overlapped_ms"]) / float(row["alone_ms"])  # 0.33 / 0.18 = 1.83
     # flash attention (compute-bound) at the share of SMs NCCL's 16 CTAs leave: 108 / 92 = 1.17
-    left = step_figures.fewer_sms(a100, step_figures.NCCL_DP_CTAS)
+    left = comm_slowdown.fewer_sms(a100, collectives.NCCL_DP_CTAS)
     for backward in (False, True):
         model = a100.attention_rate(4096, backward) / left.attention_rate(4096, backward)
         assert model == pytest.approx(108 / 92)

@@ -16,7 +16,7 @@ from tests.helpers import TINY_LLAMA_MODEL, cli_error
 QUICK = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml"  # 8 stages
 BASE = tomllib.loads('[pipeline]\nschedule = "1f1b"\nstages = 2\nmicrobatches = 4\n' + TINY_LLAMA_MODEL
                     + '[hardware]\npreset = "H100"\n')  # fmt: skip
-# stage 0 of the tiny Llama: the embedding (1000 x 256) and 2 layers of 655,872 (tests/test_cover_step_figures.py)
+# stage 0 of the tiny Llama: the embedding (1000 x 256) and 2 layers of 655,872 (tests/test_cover_derived_step.py)
 STAGE_0 = 1000 * 256 + 2 * (4 * 256 * 256 + 3 * 256 * 512 + 2 * 256)
 
 

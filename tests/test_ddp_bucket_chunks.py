@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs import scenario as scenario_mod
-from dualpipe_sim.model import ddp_buckets, shard_pieces, step_figures
+from dualpipe_sim.model import ddp_buckets, fp8_step_casts, grad_sync, nemo_optimizer, param_gather, shard_pieces
 
 EIGHT_B = Path(__file__).resolve().parents[1] / "scenarios/validation/mlperf51-llama8b-64b200.toml"
 
@@ -73,7 +73,7 @@ def test_fp8_buckets_only_stage_zero_filled():
     assert ddp_buckets.per_stage(sc) == (4, 2, 2, 2)
     # the FP8 grad sync's groups (partition_buckets case 3): stage 0's three, the 16-bit bucket with the forward's
     # first FP8 one (released last); the other copies one group each, so no shares
-    shares = step_figures.grad_sync_shares(sc)
+    shares = grad_sync.grad_sync_shares(sc)
     assert len(shares[0]) == 3 and shares[1:] == ((), (), ())
 
 
@@ -82,7 +82,7 @@ def test_fp8_buckets_none_filled_with_the_gather_in_the_optimizer_step():
     assert _bounds(sc, st) == [[[(0, 40_960)], [(0, 16_512)]], [[(0, 40_960)], [(0, 128)]],
                                [[(0, 40_960)], [(0, 128)]], [[(0, 40_960)], [(0, 16_576)]]]
     assert ddp_buckets.per_stage(sc) == (2, 2, 2, 2)
-    assert step_figures.grad_sync_shares(sc) == ()
+    assert grad_sync.grad_sync_shares(sc) == ()
 
 
 def test_one_buffer_buckets_either_side_of_the_rule():
@@ -160,13 +160,13 @@ def test_unbucketed_fp8_first_chunk_gathers_two_buckets():
     assert ddp_buckets.per_stage(sc)[0] == 2
     derived = sc.derived()
     st = derived.setup
-    first = step_figures.apex_stage(sc, st, st.stages[0], derived.stages[0])
-    fp8 = step_figures.fp8_param_elements(st, st.stages[0])
+    first = nemo_optimizer.apex_stage(sc, st, st.stages[0], derived.stages[0])
+    fp8 = fp8_step_casts.fp8_param_elements(st, st.stages[0])
     sh = st.sharding
     # the gather's bytes by hand: dense parameters / tensor at 2 bytes, the FP8 linear weights at 1
     nbytes = first.dense_params / sh.tensor * 2 - fp8[0]
     per_node = max(1, min(sh.data, st.rates.nvlink_domain // sh.tensor))
     one, two = (collectives.bucketed("all_gather", nbytes, sh.data, st.rates, per_node, b) * 1e3 for b in (1, 2))
     assert two > one  # one more ring latency
-    wait = step_figures.step_start_ms(sc, derived) + step_figures.optimizer_overlap_ms(sc, derived)
+    wait = param_gather.step_start_ms(sc, derived) + param_gather.optimizer_overlap_ms(sc, derived)
     assert wait == pytest.approx(two, rel=1e-9) and wait != pytest.approx(one, rel=1e-9)

@@ -16,7 +16,7 @@ from dualpipe_sim import simulation
 from dualpipe_sim.engine import step
 from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import gemm, step_figures
+from dualpipe_sim.model import comm_slowdown, fp8_step_casts, gemm, param_gather
 from dualpipe_sim.model.rates import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_gemm_waves_on_the_sms_left():
     128 x 128: one full wave on 148 SMs; B200's GEMMs take their tiles dynamically (Cluster Launch Control),
     so beside the collective the 148 tiles run over 132 SMs in 2 rounds: a useful share of 148 / (2 x 148)."""
     b200 = PRESETS["B200"]
-    left = step_figures.fewer_sms(b200, 16)
+    left = comm_slowdown.fewer_sms(b200, 16)
     assert (left.sms, left.held_sms, left.gemm_schedule) == (148, 16, "dynamic")
     assert left.gemm_bf16.peak == b200.gemm_bf16.peak  # the whole GPU's peak: the SMs held cost rounds (gemm.py)
     assert left.attention_forward == pytest.approx(b200.attention_forward * 132 / 148)
@@ -135,7 +135,7 @@ def test_cli_bad_value_exit_2(tmp_path, value, message):
     (20.0, 0.0, 10.0, 0.1 * 10.0),  # the forward is shorter than the gather: all of the forward slowed
 ])  # fmt: skip
 def test_forward_under_gather_by_hand(gather, waited, forward, expected):
-    assert step_figures.forward_under_gather_ms(gather, waited, forward, 1.1) == pytest.approx(expected)
+    assert param_gather.forward_under_gather_ms(gather, waited, forward, 1.1) == pytest.approx(expected)
 
 
 def test_llama8b_gather_slows_the_forward_within_its_bound():
@@ -146,7 +146,7 @@ def test_llama8b_gather_slows_the_forward_within_its_bound():
     (f,) = on.step_costs().dp_comm_slowdown
     d = on.derived()
     st, stage = d.setup, d.stages[0]
-    gather = step_figures.param_gather_ms(st, stage, step_figures.fp8_param_elements(st, st.stages[0]))
+    gather = param_gather.param_gather_ms(st, stage, fp8_step_casts.fp8_param_elements(st, st.stages[0]))
     grown = on.step_costs().optimizer[0] - off.step_costs().optimizer[0]
     assert 0 < grown <= (f - 1) * gather + 1e-9
 
@@ -161,7 +161,8 @@ def test_stage_compute_is_derives_sum(name):
     per_layer: dict = {}
     for where, fig in zip(d.setup.stages, d.stages):
         exposed = sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0
-        assert step_figures._stage_compute(d.setup, where, per_layer) == pytest.approx(fig.forward + fig.backward - exposed)
+        compute = comm_slowdown._stage_compute(d.setup, where, per_layer)
+        assert compute == pytest.approx(fig.forward + fig.backward - exposed)
 
 
 def test_a_shared_nic_yields_to_p2p_where_the_stretched_rank_sends_it():

@@ -18,7 +18,7 @@ from dualpipe_sim import simulation
 from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER, pipeline_ends
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import collectives, params, step_end
-from dualpipe_sim.model import step_figures as sf
+from dualpipe_sim.model import grad_sync
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 H, V = 12_288, 51_200
@@ -39,7 +39,7 @@ def test_sequence_parallel_all_reduce_bytes_by_hand():
     st = d.setup
     assert st.sequence_parallel and st.sharding.tensor == 8 and st.sharding.grads_bytes == 4
     assert [len(w.layers) for w in st.stages] == [4] * 24
-    elements = [sf.tp_reduced_elements(sc, st, w) for w in st.stages]
+    elements = [grad_sync.tp_reduced_elements(sc, st, w) for w in st.stages]
     assert elements[:23] == [4 * 6 * H] * 23 == [294_912] * 23
     assert elements[23] == 4 * 6 * H + 2 * H == 319_488
     items = {i.name: i for i in step_end.items(sc, d)}
@@ -53,7 +53,7 @@ def test_one_coalesced_all_reduce_a_rank_by_hand():
     one NVLink all-reduce of its whole flattened tensor a rank, split over its copies by their bytes."""
     sc = _load("k22-175b-seqsel")
     st = sc.derived().setup
-    ms = sf.tp_grad_all_reduce_ms(sc, st)
+    ms = grad_sync.tp_grad_all_reduce_ms(sc, st)
     rank0 = collectives.time("all_reduce", 3 * 1_179_648, 8, st.rates, "nvlink") * 1e3
     rank7 = collectives.time("all_reduce", 2 * 1_179_648 + 1_277_952, 8, st.rates, "nvlink") * 1e3
     assert ms[0] + ms[8] + ms[16] == pytest.approx(rank0, rel=1e-12)
@@ -71,7 +71,7 @@ def test_without_kernel_rates_a_ring_all_reduce_at_the_nodes_bandwidth():
     sc = _load("k22-175b-seqsel", ["hardware.efficiency=0.5", "step.optimizer=0"])
     st = sc.derived().setup
     assert st.rates is None and st.hw.a2a_intra_gbps == 300.0
-    ms = sf.tp_grad_all_reduce_ms(sc, st)
+    ms = grad_sync.tp_grad_all_reduce_ms(sc, st)
     assert ms[0] == ms[8] == ms[16] == pytest.approx(0.00688128, rel=1e-12)
     # rank 7: 2 x 1,179,648 + 1,277,952 = 3,637,248 B, 1.75 x that / 300e9 = 21.21728 us, by bytes over its copies
     assert ms[7] + ms[15] + ms[23] == pytest.approx(0.02121728, rel=1e-12)
@@ -82,7 +82,7 @@ def test_nothing_without_sequence_parallelism_or_tensor_ranks():
     """No sequence parallelism and no q / k norms (GPT-3), or TP 1: nothing to all-reduce over the tensor group."""
     for over in (["parallel.sequence_parallel=false"], ["parallel.tensor=1", "parallel.sequence_parallel=false"]):
         sc = _load("k22-175b-seqsel", over)
-        assert not any(sf.tp_grad_all_reduce_ms(sc, sc.derived().setup))
+        assert not any(grad_sync.tp_grad_all_reduce_ms(sc, sc.derived().setup))
 
 
 def test_qk_norms_all_reduced_without_sequence_parallelism():
@@ -93,13 +93,13 @@ def test_qk_norms_all_reduced_without_sequence_parallelism():
     st = sc.derived().setup
     assert st.cfg.qk_norm and st.cfg.qk_head_dim == 128 and st.sharding.tensor == 4
     for w in st.stages:
-        assert sf.tp_reduced_elements(sc, st, w) == 2 * 128 * len(w.layers)
+        assert grad_sync.tp_reduced_elements(sc, st, w) == 2 * 128 * len(w.layers)
     sc = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.sequence_parallel=true"])
     st = sc.derived().setup
     h, e = 4_096, 128
     assert (st.cfg.hidden_size, st.cfg.num_experts, st.cfg.router_bias) == (h, e, False)
     last = st.stages[-1]
-    assert sf.tp_reduced_elements(sc, st, last) == len(last.layers) * (2 * h + 256 + e * h) + h
+    assert grad_sync.tp_reduced_elements(sc, st, last) == len(last.layers) * (2 * h + 256 + e * h) + h
 
 
 # --- the order: after the data-parallel sync, the tensor-parallel all-reduce, then the tie ----------------------
@@ -123,7 +123,7 @@ def test_tie_runs_after_the_data_parallel_sync_on_the_trace():
     data-parallel reduction, as long as tied_embedding_ms, and the optimizer step after it."""
     sc = _load("n21-145b", ["pipeline.microbatches=16"])
     tail = sc.step_costs().grad_sync_tail
-    tied = sf.tied_embedding_ms(sc, sc.derived().setup, 2)
+    tied = grad_sync.tied_embedding_ms(sc, sc.derived().setup, 2)
     assert tail[0] == pytest.approx(tied[0]) and tail[15] == pytest.approx(tied[15]) and not any(tail[1:15])
     trace = simulation.run(sc).trace
     rows, ends = trace.step, pipeline_ends(trace)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs.scenario import load
-from dualpipe_sim.model import derive, step_figures
-from dualpipe_sim.model.step_figures import derived_sync
+from dualpipe_sim.model import derive, fp8_step_casts
+from dualpipe_sim.model.derived_step import derived_sync
 
 VALIDATION = Path(__file__).resolve().parent.parent / "scenarios" / "validation"
 B200_HBM = 6.858e12  # the B200 preset's streaming HBM bandwidth (rates.py: NVIDIA/cccl#7391's B200 table)
@@ -97,18 +97,18 @@ def test_busiest_rank_meets_40_of_the_8b_weights():
     ("current", False, (4 + 2) + 2 + (2 + 1) - 6),
 ])  # fmt: skip
 def test_bytes_per_shard_element_by_hand(recipe, transpose, want):
-    assert step_figures.fp8_shard_bytes(recipe, transpose) == want
+    assert fp8_step_casts.fp8_shard_bytes(recipe, transpose) == want
 
 
 def test_fixed_launches_by_hand():
     # delayed: zeros for the overflow flag, 4 multi_tensor_scale passes of up to 64 one-element tensors each
     # (multi_tensor_apply.cuh, depth 2), torch.reciprocal
-    assert step_figures.fp8_cast_fixed_launches("delayed", 64) == 1 + 4 + 1
-    assert step_figures.fp8_cast_fixed_launches("delayed", 65) == 1 + 4 * 2 + 1
+    assert fp8_step_casts.fp8_cast_fixed_launches("delayed", 64) == 1 + 4 + 1
+    assert fp8_step_casts.fp8_cast_fixed_launches("delayed", 65) == 1 + 4 * 2 + 1
     # current: two zeros (flag, packed amaxes), compute_scale_and_scale_inv in launches of 48 (depth 3)
-    assert step_figures.fp8_cast_fixed_launches("current", 48) == 2 + 1
-    assert step_figures.fp8_cast_fixed_launches("current", 128) == 2 + 3
-    assert step_figures.fp8_cast_fixed_launches("current", 0) == 0
+    assert fp8_step_casts.fp8_cast_fixed_launches("current", 48) == 2 + 1
+    assert fp8_step_casts.fp8_cast_fixed_launches("current", 128) == 2 + 3
+    assert fp8_step_casts.fp8_cast_fixed_launches("current", 0) == 0
 
 
 def test_llama8b_b200_optimizer_cast_by_hand(monkeypatch):
@@ -117,7 +117,7 @@ def test_llama8b_b200_optimizer_cast_by_hand(monkeypatch):
     sc = _load("mlperf51-llama8b-64b200")
     st = sc.derived().setup
     assert (st.rates.hbm, st.rates.floor, st.sharding.data, st.sharding.fp8_transpose) == (B200_HBM, B200_FLOOR, 64, False)
-    assert step_figures.fp8_param_tensors(st, st.stages[0]) == (128, 0)
+    assert fp8_step_casts.fp8_param_tensors(st, st.stages[0]) == (128, 0)
     # one weight, fc2: its shard 58,720,256 / 64 = 917,504 elements x 5 bytes (fp32 read 4, bf16 written 2, amax
     # read 2, cast read 2 and FP8 written 1, less the 16-bit copy's 6) = 4,587,520 B: 0.669 us at 6.858 TB/s,
     # beside its 4 kernel floors (bf16 copy, zero amax, amax, cast): 8.16 us
@@ -135,10 +135,10 @@ def test_llama8b_b200_optimizer_cast_by_hand(monkeypatch):
     assert _most_in_buckets(EIGHT_B_DERIVED, 64) == 64
     want = streamed / B200_HBM + (64 * 4 + 5) * B200_FLOOR + all_reduce
     assert want == pytest.approx(0.657147e-3, rel=1e-6)
-    assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
+    assert fp8_step_casts.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
     # and it is what the step's optimizer figure gains
     with_cast = derived_sync(sc, "optimizer")
-    monkeypatch.setattr(step_figures, "fp8_master_cast_ms", lambda scenario, st, *_: [0.0] * len(st.stages))
+    monkeypatch.setattr(fp8_step_casts, "fp8_master_cast_ms", lambda scenario, st, *_: [0.0] * len(st.stages))
     assert with_cast[0] - derived_sync(sc, "optimizer")[0] == pytest.approx(want * 1e3)
 
 
@@ -151,7 +151,7 @@ def test_delayed_scaling_on_hopper_writes_the_shard_transpose():
     st = sc.derived().setup
     assert (st.rates.hbm, st.sharding.data, st.sharding.fp8_transpose) == (H200_HBM, 64, True)
     want = 32 * LAYER / 64 * 4 / H200_HBM + (64 * 3 + 10) * FLOOR + 45.2e-6
-    assert step_figures.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
+    assert fp8_step_casts.fp8_master_cast_ms(sc, st) == pytest.approx([want * 1e3])
 
 
 def test_moe_expert_optimizer_casts_and_reduces_apart_by_hand():
@@ -162,7 +162,7 @@ def test_moe_expert_optimizer_casts_and_reduces_apart_by_hand():
     st = sc.derived().setup
     assert (st.sharding.data, st.sharding.expert_data, st.rates.hbm) == (8, 4, 2.90e12)
     # a stage copy: QKV and out_proj (dense), fc1 and fc2 of each of its 2 local experts (routed)
-    assert step_figures.fp8_param_tensors(st, st.stages[5]) == (2, 4)
+    assert fp8_step_casts.fp8_param_tensors(st, st.stages[5]) == (2, 4)
     # shards: attention 6144 x (6144 + 2 x 1024) + 6144 x 6144 = 88,080,384 / TP 2 / DP 8 = 5,505,024;
     # experts 8 x 3 x 6144 x 16384 = 2,415,919,104 / EP 4 / expert-data 4 = 150,994,944; 4 B each (Hopper, delayed)
     streamed = (88_080_384 / 2 / 8 + 2_415_919_104 / 4 / 4) * 4
@@ -173,7 +173,7 @@ def test_moe_expert_optimizer_casts_and_reduces_apart_by_hand():
     # (ring 6.6 + 2 x 1.0 + 4 x 2.7 = 19.4)
     per_rank = 12 * FLOOR + (20.4 + 18.0) * 1e-6
     want = streamed / 2.90e12 + (2 + 4) * 3 * FLOOR + per_rank / 7
-    assert step_figures.fp8_master_cast_ms(sc, st)[5] == pytest.approx(want * 1e3)
+    assert fp8_step_casts.fp8_master_cast_ms(sc, st)[5] == pytest.approx(want * 1e3)
 
 
 def test_uncached_fp8_params_are_the_gemm_operand_by_hand():
@@ -185,14 +185,14 @@ def test_uncached_fp8_params_are_the_gemm_operand_by_hand():
     st = sc.derived().setup
     assert not any("uncached" in k.name for k in derive.layer_kernels(st, 0))
     want = 32 * LAYER * 2 / H200_HBM
-    assert step_figures.fp8_weight_cast_ms(st, st.stages[0]) == pytest.approx(want * 1e3)
+    assert fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0]) == pytest.approx(want * 1e3)
     assert want == pytest.approx(3.48966e-3, rel=1e-4)
     # 16-bit weights uncached: the cast + transpose in every forward (2 + 1 + 1 B), none at the step
     st = _load("mlperf51-llama8b-64h200", [*over, "model.fp8_params=false"]).derived().setup
     rows = {k.name: k for k in derive.layer_kernels(st, 0)}
     assert rows["attention weights fp8 cast (uncached)"].bytes == (QKV + PROJ) * 4
     assert rows["mlp weights fp8 cast (uncached)"].bytes == (FC1 + FC2) * 4
-    assert step_figures.fp8_weight_cast_ms(st, st.stages[0]) == 0.0
+    assert fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0]) == 0.0
 
 
 @pytest.mark.parametrize("verb", [["model"], ["model", "--json"], ["run", "--plots", "none"]])
@@ -227,10 +227,10 @@ GPT3_LAYER = 12 * 12288 * 12288  # QKV 3h^2 + proj h^2 + fc1 4h^2 + fc2 4h^2
 
 
 def test_apex_bytes_and_launches_by_hand():
-    assert step_figures.apex_fp8_shard_bytes() == 4 + 1
-    assert step_figures.apex_fp8_cast_fixed_launches(48) == 4 + 1
-    assert step_figures.apex_fp8_cast_fixed_launches(65) == 4 * 2 + 1
-    assert step_figures.apex_fp8_cast_fixed_launches(0) == 0
+    assert fp8_step_casts.apex_fp8_shard_bytes() == 4 + 1
+    assert fp8_step_casts.apex_fp8_cast_fixed_launches(48) == 4 + 1
+    assert fp8_step_casts.apex_fp8_cast_fixed_launches(65) == 4 * 2 + 1
+    assert fp8_step_casts.apex_fp8_cast_fixed_launches(0) == 0
 
 
 def test_gpt3_apex_cast_by_hand():
@@ -239,7 +239,7 @@ def test_gpt3_apex_cast_by_hand():
     st = sc.derived().setup
     assert sc.model.fp8_params and sc.step.param_gather == "apex"
     assert (st.rates.hbm, st.rates.floor, st.sharding.data, st.sharding.tensor) == (H100_HBM, FLOOR, 8, 4)
-    assert step_figures.fp8_param_tensors(st, st.stages[1]) == (8, 0)
+    assert fp8_step_casts.fp8_param_tensors(st, st.stages[1]) == (8, 0)
     # stage 1: 2 x 1,811,939,328 / TP 4 = 905,969,664 FP8 elements, 113,246,208 in the rank's shard, 5 B each:
     # 195.25 us; 8 weights x 1 cast kernel; rank 1 holds 6 copies of 8 weights = 48: 4 + 1 fixed launches and the
     # amax all-reduce over DP 8, 2 a node (TP 4) on 4 nodes: tree 6.8 + 2 x (1 x 0.6 + log2(4) x 5.0) = 28.0 us
@@ -248,7 +248,7 @@ def test_gpt3_apex_cast_by_hand():
     assert shard == 113_246_208
     want = 5 * shard / H100_HBM + 8 * FLOOR + (5 * FLOOR + 28.0e-6) / 6
     assert want == pytest.approx(2.22002e-4, rel=1e-4)
-    assert step_figures.fp8_master_cast_ms(sc, st)[1] == pytest.approx(want * 1e3)
+    assert fp8_step_casts.fp8_master_cast_ms(sc, st)[1] == pytest.approx(want * 1e3)
 
 
 def test_gpt3_apex_cast_against_megatron_cores_by_hand():
@@ -258,8 +258,8 @@ def test_gpt3_apex_cast_against_megatron_cores_by_hand():
     apex = _load("mlperf41-gpt3-256")
     core = _load("mlperf41-gpt3-256", ["step.param_gather=megatron-core", "step.fp32_embedding_grads=false",
                                        "step.grad_sync_held=[]"])  # NeMo's held group: apex only
-    a = step_figures.fp8_master_cast_ms(apex, apex.derived().setup)
-    c = step_figures.fp8_master_cast_ms(core, core.derived().setup)
+    a = fp8_step_casts.fp8_master_cast_ms(apex, apex.derived().setup)
+    c = fp8_step_casts.fp8_master_cast_ms(core, core.derived().setup)
     shard = 2 * GPT3_LAYER / 4 / 8
     want = shard * (4 - 5) / H100_HBM + 8 * (3 - 1) * FLOOR + (6 - 5) * FLOOR / 6
     assert c[1] - a[1] == pytest.approx(want * 1e3)
@@ -276,3 +276,17 @@ def test_apex_fp8_params_with_current_scaling_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
     assert "model.fp8_recipe" in err and "apex" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_moe_fp8_weight_refresh_counts_the_experts_by_hand():
+    # Qwen3-30B-A3B on B200 (EP 8, TP 1) with FP8 linears and the weight cache: each layer's attention linears,
+    # 2048 x (32 + 2 x 4) x 128 + 32 x 128 x 2048 = 18,874,368, and its 128 experts' SwiGLU, 128 x 3 x 768 x 2048 =
+    # 603,979,776, of which the rank holds 1 / 8; B200's 16-bit weights: read 2, write 1 (no transpose), once a step
+    over = ["model.fp8=true", "memory.fp8_weight_cache=true"]
+    st = _load("mz7-qwen3-30b-a3b-b200", over).derived().setup
+    attention = 2048 * (32 + 2 * 4) * 128 + 32 * 128 * 2048
+    experts = 128 * 3 * 768 * 2048
+    assert (attention, experts) == (18_874_368, 603_979_776)
+    elements = 48 * (attention + experts / 8)  # 4,529,848,320
+    ms = fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0])
+    assert ms == pytest.approx(elements * 3 / B200_HBM * 1e3, rel=1e-12)

@@ -22,7 +22,7 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import derive, memory, step_figures
+from dualpipe_sim.model import derive, fp8_step_casts, memory
 from dualpipe_sim.model.rates import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_fp8_weight_refresh_by_hand():
                             (B200_8B, ["model.fp8_params=false", "model.fp8_transpose=kept"],
                              elements * 4 / B200_HBM * 1e3)):  # fmt: skip
         st = derive.setup(scenario.load(path, extra))
-        assert step_figures.fp8_weight_cast_ms(st, st.stages[0]) == pytest.approx(ms, rel=1e-12)
+        assert fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0]) == pytest.approx(ms, rel=1e-12)
     assert elements * 2 / 4.00e12 * 1e3 == pytest.approx(3.490, abs=1e-3)
     assert elements * 3 / B200_HBM * 1e3 == pytest.approx(3.053, abs=1e-3)
 

@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from dualpipe_sim.model import gemm, step_figures
+from dualpipe_sim.model import comm_slowdown, gemm
 from dualpipe_sim.model.config import ModelError
 from dualpipe_sim.model.rates import PRESETS
 
@@ -87,7 +87,7 @@ def test_dynamic_gemm_on_b200_runs_its_tiles_over_the_sms_left():
 
 def test_held_rates():
     """KernelRates.held: the whole GPU's SMs and GEMM peaks kept (gemm.py accounts for the SMs held), flash
-    attention at the share left, HBM and links unchanged; step_figures.fewer_sms is the same thing."""
+    attention at the share left, HBM and links unchanged; comm_slowdown.fewer_sms is the same thing."""
     h = H100.held(16)
     assert (h.sms, h.held_sms, h.gemm_schedule) == (132, 16, "persistent")
     assert h.gemm_bf16 == H100.gemm_bf16 and h.gemm_fp8 == H100.gemm_fp8
@@ -96,7 +96,7 @@ def test_held_rates():
     # the libraries' tables are the whole GPU's (the library is chosen before SMs are held; s11e)
     assert (h.attention_fa2, h.attention_fa1) == (H100.attention_fa2, H100.attention_fa1)
     assert (h.hbm, h.nvlink_bus, h.nic_bus, h.floor) == (H100.hbm, H100.nvlink_bus, H100.nic_bus, H100.floor)
-    assert step_figures.fewer_sms(H100, 16) == h
+    assert comm_slowdown.fewer_sms(H100, 16) == h
     assert H100.held(0) == H100
     with pytest.raises(ModelError, match="must be below the GPU's 132 SMs, got 132"):
         H100.held(132)

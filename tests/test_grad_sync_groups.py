@@ -18,7 +18,7 @@ from dualpipe_sim import simulation
 from dualpipe_sim.engine.step import with_step
 from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import step_figures
+from dualpipe_sim.model import grad_sync
 from dualpipe_sim.step_costs import StepCosts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def _reduce_scatter_ms(nbytes: float, rings: int, ranks: int = 256, nodes: int =
 
 def test_the_8b_rows_last_group_holds_the_16_bit_buffer():
     sc = scenario.load(FOLDER / "mlperf51-llama8b-256b200.toml", [])
-    shares = step_figures.grad_sync_shares(sc)
+    shares = grad_sync.grad_sync_shares(sc)
     # s13o: derived buckets at 134,217,728 (tests/test_make_validation.py test_v51_b200_llama8b_buckets_by_hand): the
     # FP8 buffer in the backward's order as layer 31's fc2 + fc1 (176,160,768), 31 x one layer's qkv + proj with the
     # next layer down's fc2 + fc1 (218,103,808), layer 0's qkv + proj (41,943,040); the 16-bit buffer's 2 buckets join
@@ -67,7 +67,7 @@ def test_the_8b_rows_last_group_holds_the_16_bit_buffer():
 def test_equal_buckets_where_the_rule_does_not_hold(override):
     # without FP8 parameters every bucket is a group of its own (partition_buckets case 2); apex's optimizer has
     # its own buckets; without the overlap the whole sync runs after the backward
-    assert step_figures.grad_sync_shares(scenario.load(FOLDER / "mlperf51-llama8b-256b200.toml", override)) == ()
+    assert grad_sync.grad_sync_shares(scenario.load(FOLDER / "mlperf51-llama8b-256b200.toml", override)) == ()
 
 
 def test_the_engine_runs_each_group_for_its_share():

@@ -13,7 +13,7 @@ import pytest
 
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import collectives, derive, step_end
-from dualpipe_sim.model import step_figures as sf
+from dualpipe_sim.model import grad_sync
 from dualpipe_sim.model.placement import DEFAULT_ORDER, ORDERS, Group, group
 
 NEMO = "tp-cp-ep-pp-dp"
@@ -112,7 +112,7 @@ def test_default_order_agrees_with_the_products_it_replaced():
     for t, c, d, p, e, domain in GRID:
         at = lambda kind: group(kind, DEFAULT_ORDER, domain, t, c, d, p, e)  # noqa: E731
         data = c * d  # the model's sharding.data: data x context
-        assert at("dp-cp").link == ("nvlink" if t * data <= domain else "nic")  # step_figures._sync_ms
+        assert at("dp-cp").link == ("nvlink" if t * data <= domain else "nic")  # grad_sync.sync_ms
         assert at("dp-cp").per_node == max(1, min(data, domain // t))  # the data-parallel per_node
         assert at("tp").per_node == min(t, domain)  # tensor-group small all-reduces
         assert at("cp").link == ("nvlink" if t * c <= domain else "nic")  # kernels._ring_link
@@ -155,6 +155,6 @@ def test_a_runs_data_parallel_group_follows_its_rank_order():
     for st, link, nics in ((default, "nvlink", 4), (nemo, "nic", 1)):
         assert step_end._link(st) == link
         want = collectives.time("all_reduce", nbytes, 4, st.rates, link, nics=nics) * 1e3
-        assert sf._sync_ms(st, "grad_sync", nbytes, 0.0, op="all_reduce") == pytest.approx(want, rel=1e-12)
+        assert grad_sync.sync_ms(st, "grad_sync", nbytes, 0.0, op="all_reduce") == pytest.approx(want, rel=1e-12)
     # the kernels' layout carries the groups it reads, placed by the run's order
     assert dict(nemo.layout.places) == {kind: nemo.group(kind) for kind in ("tp", "cp", "tp-cp", "ep")}

@@ -485,7 +485,7 @@ def _n21(name, overrides=()):
 
 
 def test_data_parallel_all_reduce_uses_every_nic_of_a_node_by_hand():
-    from dualpipe_sim.model.step_figures import derived_sync
+    from dualpipe_sim.model.derived_step import derived_sync
 
     # n21-1.7b: TP 1, DP 32 on 4 DGX A100 nodes: each node holds 8 ranks of the one data-parallel group, each
     # with its HDR NIC, so NCCL's rings run over 8 NICs (NVIDIA/nccl#812: 192 GB/s all-reduce bus bandwidth on
@@ -510,13 +510,13 @@ def test_data_parallel_all_reduce_uses_every_nic_of_a_node_by_hand():
     (("model.params_dtype=bf16", "model.grads_dtype=fp32"), 14 + 16 + 4 + 4),
 ])  # fmt: skip
 def test_optimizer_bytes_by_hand(overrides, per_param):
-    from dualpipe_sim.model.step_figures import derived_sync
+    from dualpipe_sim.model.derived_step import derived_sync
 
     sc = _n21("n21-1.7b", overrides)
     params = sc.derived().stages[0].dense_params  # TP 1, ZeRO 0: the rank updates all of them
     # one streaming pass at the A100's measured 1.61 TB/s, plus one kernel floor; beside it the loop's once-a-step
     # work (model/loop_step.py, by hand in tests/test_loop_step.py)
-    from dualpipe_sim.model import loop_step, step_figures
+    from dualpipe_sim.model import loop_step
 
     _, once = loop_step.per_stage_ms(sc, derive.setup(sc), derive.stage_ranks(sc), False)
     assert derived_sync(sc, "optimizer")[0] == pytest.approx((params * per_param / 1.61e12 + 2.5e-6) * 1e3 + once[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import ddp_buckets, step_figures
+from dualpipe_sim.model import ddp_buckets, param_gather
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 PARAMS = 8_030_261_248  # Llama 3.1 8B, untied: 2 x 128,256 x 4,096 + 32 layers + the final norm
@@ -40,7 +40,7 @@ def simple_latency(ranks: int, nodes: int) -> float:
 def start_gather(gpus: int) -> float:
     sc = scenario.load(FOLDER / f"mlperf51-llama8b-{gpus}b200.toml")
     derived = sc.derived()
-    return step_figures.start_gather_ms(derived.setup, derived.stages[0], ddp_buckets.per_stage(sc, derived)[0])
+    return param_gather.start_gather_ms(derived.setup, derived.stages[0], ddp_buckets.per_stage(sc, derived)[0])
 
 
 def test_the_rows_data_parallel_group_is_dp_times_cp():

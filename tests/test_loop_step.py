@@ -11,7 +11,7 @@ import pytest
 
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model import collectives, derive, loop_step, step_end
-from dualpipe_sim.model import step_figures as sf
+from dualpipe_sim.model import optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = ROOT / "scenarios" / "validation"
@@ -64,7 +64,7 @@ def _setup(path, overrides=()):
 
 def test_n21_145b_phase_and_step_by_hand():
     sc, st = _setup(VAL / "n21-145b.toml")  # 8 ranks x 2 chunks, 48 micro-batches, TP 8, DP 24, fp16, local DDP
-    phase, once = loop_step.per_stage_ms(sc, st, derive.stage_ranks(sc), sf.megatron_core_optimizer(sc))
+    phase, once = loop_step.per_stage_ms(sc, st, derive.stage_ranks(sc), optimizer_step.megatron_core_optimizer(sc))
     # rank 0: (8 - 1) x 2 + 8 = 22 warm-up calls, two syncs each, spread over its two chunks (stages 0 and 8)
     assert phase[0] == phase[8] == pytest.approx(22 * 2 * W / 2 * 1e3)
     assert phase[7] == pytest.approx((0 * 2 + 8 + 1) * 2 * W / 2 * 1e3)  # rank 7
@@ -81,7 +81,7 @@ def test_n21_145b_phase_and_step_by_hand():
 
 def test_k22_bf16_no_scaler_and_norm_elsewhere():
     sc, st = _setup(VAL / "k22-175b-seqsel.toml")  # bf16: no found-inf; the norm costed by Megatron-core's step end
-    assert sf.megatron_core_optimizer(sc)
+    assert optimizer_step.megatron_core_optimizer(sc)
     segs = loop_step.megatron_segments(sc, st, 3, 8, True)
     labels = [s.label for seg in segs for s in seg]
     assert not [x for x in labels if "found-inf" in x or "norm" in x]
@@ -90,7 +90,7 @@ def test_k22_bf16_no_scaler_and_norm_elsewhere():
 
 def test_bloom_middle_rank_by_hand():
     sc, st = _setup(VAL / "bloom-176b.toml")  # 12 ranks, one stage each, DP 8, TP 4
-    _, once = loop_step.per_stage_ms(sc, st, derive.stage_ranks(sc), sf.megatron_core_optimizer(sc))
+    _, once = loop_step.per_stage_ms(sc, st, derive.stage_ranks(sc), optimizer_step.megatron_core_optimizer(sc))
     b = collectives.small_all_reduce(12, 1, st.rates.nccl)
     s = (b + 2 * F) / 3
     assert s > P  # the broadcast's thirds outlast the calls: the GPU sets the pace until the add
@@ -113,5 +113,5 @@ def test_items_sum_into_the_optimizer_figure():
 
 def test_none_without_the_old_loops():
     sc, st = _setup(VAL / "n21-145b.toml", ["model.training_loop=megatron-core", "model.runtime=megatron-core"])
-    got = loop_step.per_stage_ms(sc, st, derive.stage_ranks(sc), sf.megatron_core_optimizer(sc))
+    got = loop_step.per_stage_ms(sc, st, derive.stage_ranks(sc), optimizer_step.megatron_core_optimizer(sc))
     assert got == ((0.0,) * 16, (0.0,) * 16)

@@ -48,7 +48,7 @@ def test_derived_grad_sync_under_zero_1_is_a_reduce_scatter_by_hand():
     from pathlib import Path
 
     from dualpipe_sim.inputs import scenario
-    from dualpipe_sim.model.step_figures import derived_sync
+    from dualpipe_sim.model.derived_step import derived_sync
 
     s = scenario.load(Path(__file__).resolve().parent.parent / "scenarios" / "deepseek-v3.toml")
     assert s.hardware.efficiency is not None and s.parallel.zero == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs.scenario import load
-from dualpipe_sim.model import collectives, step_figures
+from dualpipe_sim.model import collectives, grad_sync
 from dualpipe_sim.model.rates import PRESETS
 
 H100 = PRESETS["H100"]
@@ -81,8 +81,8 @@ def test_v31_row_passes_its_8_channels():
     derived = sc.derived()
     st = derived.setup
     assert st.dp_channels == 8  # step.dp_comm_sms = 8 (MEGATRON_CORE_DP_MAX_CTAS=8)
-    parts = step_figures.nemo_sync(sc, derived)
-    overlapped, _ = step_figures.grad_sync_parts(sc, derived)
+    parts = grad_sync.nemo_sync(sc, derived)
+    overlapped, _ = grad_sync.grad_sync_parts(sc, derived)
     nbytes = parts.dense[8]  # a one-layer chunk's bf16 gradients, 9 buckets, DP 256
     assert parts.buckets[8] == 9
     moved = nbytes * 255 / 256
@@ -99,9 +99,9 @@ def test_megatron_core_bucketed_chunk_is_not_one_group_on_v218():
     derived = sc.derived()
     st = derived.setup
     assert st.rates.nccl is None and st.dp_channels == 16 and not st.dp_grouped
-    parts = step_figures.nemo_sync(sc, derived)
+    parts = grad_sync.nemo_sync(sc, derived)
     assert parts.buckets[:2] == (8, 1)
-    assert not step_figures.one_group(sc, st, 0) and all(step_figures.one_group(sc, st, s) for s in range(1, 8))
+    assert not grad_sync.one_group(sc, st, 0) and all(grad_sync.one_group(sc, st, s) for s in range(1, 8))
     # DP 16 (TP 2: 4 ranks a node on 4 nodes, 4 x 47 GB/s).  tuning.cc @ 4365458: Simple 8.4 + (15 - 3) x 3.4 + 3 x 14 =
     # 91.2 us, LL128 14 + 12 x 1.9 + 3 x 4 = 48.8 us.  2,836,769,792 B, 15/16 moved: 14.146 ms at 188 GB/s, 15.376 ms at
     # 0.92 of it.  8 launches: Simple 8 x 91.2 us + 14.146 ms = 14.876 ms < LL128 0.390 + 15.376 ms.
@@ -114,7 +114,7 @@ def test_megatron_core_bucketed_chunk_is_not_one_group_on_v218():
     assert apart < 8 * 48.8e-6 + moved / (0.92 * bus)
     # the routed experts' buffer: one reduce-scatter over the 4 expert-data ranks on one NIC (collectives.time)
     routed = parts.routed[0] * 3 / 4 / 47e9 + 25.5e-6
-    overlapped, _ = step_figures.grad_sync_parts(sc, derived)
+    overlapped, _ = grad_sync.grad_sync_parts(sc, derived)
     assert overlapped[0] == pytest.approx((apart + routed) * 1e3, rel=1e-9)
     # s14c's rule, were the 8 one group: 32 MiB a channel's share; a 354.6 MB bucket on ceil(10.57) = 11 channels,
     # 88 pieces on 16 channels: 6 passes (two latencies fewer), which the rule keeps for one NCCL group

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs.scenario import load
-from dualpipe_sim.model import collectives, ddp_buckets, step_figures
+from dualpipe_sim.model import collectives, ddp_buckets, grad_sync, param_gather
 from dualpipe_sim.model.rates import PRESETS
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
@@ -144,9 +144,9 @@ def test_v40_rows_are_grouped_and_megatron_core_buckets_apart():
     assert not st.dp_grouped and st.dp_channels == 16 and st.rates.nccl == (2, 28, 3)
     # the overlapped reduce-scatter: 35 buckets, 33 bucket groups launched one after another (partition_buckets):
     # one LL128 ring latency a bucket, 14 + (255 - 31) x 1.9 + 31 x 4 = 563.6 us, at 0.92 of 8 x 47 GB/s
-    dense = step_figures.nemo_sync(sc, derived).dense[0]
+    dense = grad_sync.nemo_sync(sc, derived).dense[0]
     assert ddp_buckets.per_stage(sc, derived)[0] == 35
-    overlapped, _ = step_figures.grad_sync_parts(sc, derived)
+    overlapped, _ = grad_sync.grad_sync_parts(sc, derived)
     assert overlapped[0] == pytest.approx((35 * 563.6e-6 + dense * 255 / 256 / (0.92 * 8 * 47e9)) * 1e3, rel=1e-9)
     # one bucket group of 3 (the 16-bit buffer's two and an FP8 bucket, one _coalescing_manager): NCCL's group plan.
     # 2,143,821,824 B, 255/256 of it moved: 5.679 ms at 8 x 47 GB/s, 6.173 ms at 0.92 of it.  The tuner's count
@@ -156,10 +156,10 @@ def test_v40_rows_are_grouped_and_megatron_core_buckets_apart():
     ll128 = 563.6e-6
     moved = nbytes * 255 / 256
     assert ll128 + moved / (0.92 * 8 * 47e9) < 1204.0e-6 + moved / (8 * 47e9)
-    got = step_figures._gather_ms(st, nbytes, 3, group=True)
+    got = param_gather.gather_ms(st, nbytes, 3, group=True)
     assert got == pytest.approx((2 * ll128 + moved / (0.92 * 8 * 47e9)) * 1e3, rel=1e-9)
     # apart (3 launches): 3 LL128 passes, one more latency
-    assert step_figures._gather_ms(st, nbytes, 3) == pytest.approx(got + ll128 * 1e3, rel=1e-9)
+    assert param_gather.gather_ms(st, nbytes, 3) == pytest.approx(got + ll128 * 1e3, rel=1e-9)
 
 
 def test_megatron_core_unbucketed_chunk_is_one_group():
@@ -169,8 +169,8 @@ def test_megatron_core_unbucketed_chunk_is_one_group():
     derived = sc.derived()
     st = derived.setup
     # the row sets step.overlap_param_gather_with_optimizer_step: no chunk bucketed, stage 0 included
-    assert all(step_figures.one_group(sc, st, s) for s in range(len(st.stages)))
-    assert not step_figures.one_group(load(SCENARIOS / "mlperf50-llama405b-8192.toml",
+    assert all(grad_sync.one_group(sc, st, s) for s in range(len(st.stages)))
+    assert not grad_sync.one_group(load(SCENARIOS / "mlperf50-llama405b-8192.toml",
                                            ["step.overlap_param_gather_with_optimizer_step=false"]), st, 0)
     assert ddp_buckets.per_stage(sc, derived)[1] == 2
     # its two buckets, FP8 and 16-bit, are of different sizes: one NCCL group, 2 pieces on the channel holding the
@@ -187,4 +187,4 @@ def test_megatron_core_unbucketed_chunk_is_one_group():
     assert equal == pytest.approx(133.6e-6 + moved / 94e9, rel=1e-9)
     # the 8B rows' one stage is stage 0, bucketed: its groups go one at a time
     b200 = load(SCENARIOS / "mlperf51-llama8b-256b200.toml")
-    assert not step_figures.one_group(b200, b200.derived().setup, 0)
+    assert not grad_sync.one_group(b200, b200.derived().setup, 0)

@@ -13,7 +13,7 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import collectives, ddp_buckets, step_figures
+from dualpipe_sim.model import collectives, ddp_buckets, nemo_optimizer
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 H = 12288  # GPT-3 175B
@@ -112,10 +112,10 @@ def test_fp32_embedding_bytes_by_hand():
     assert first.embedding and last.head and not middle.embedding and not middle.head
     # stage 0: word (50,688 x 12,288) embedding / TP 4 and the position table (2,048 x 12,288), whole on every tensor
     # rank (Megatron-LM @ 1e05700 language_model_embedding.py lines 65-68), 2 B more each
-    assert step_figures.fp32_embedding_extra_bytes(st, first) == (V / 4 + 2048) * H * 2 == 361_758_720
+    assert nemo_optimizer.fp32_embedding_extra_bytes(st, first) == (V / 4 + 2048) * H * 2 == 361_758_720
     # the tied head's own copy of the word embedding on the last stage
-    assert step_figures.fp32_embedding_extra_bytes(st, last) == V * H / 4 * 2 == 311_427_072
-    assert step_figures.fp32_embedding_extra_bytes(st, middle) == 0
+    assert nemo_optimizer.fp32_embedding_extra_bytes(st, last) == V * H / 4 * 2 == 311_427_072
+    assert nemo_optimizer.fp32_embedding_extra_bytes(st, middle) == 0
 
 
 def test_fp32_embedding_grad_sync_by_hand():
@@ -188,7 +188,7 @@ def test_apex_adam_reads_fp32_embedding_gradients_by_hand():
     rates = st.rates
 
     def adam(sc, d, s):
-        return step_figures.apex_adam_ms(sc, d.setup, d.setup.stages[s], d.stages[s], 1.0)
+        return nemo_optimizer.apex_adam_ms(sc, d.setup, d.setup.stages[s], d.stages[s], 1.0)
 
     # stage 0: (50,688 / TP 4 + 2,048 whole) x 12,288 = 180,879,360 elements, / DP 16 = 11,304,960 on the rank, 2 x 2 B more
     first = (V / 4 + 2048) * H / 16 * 2 * 2

@@ -14,8 +14,8 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs.scenario import load
-from dualpipe_sim.model import step_figures
-from dualpipe_sim.model.step_figures import derived_sync
+from dualpipe_sim.model import nemo_optimizer
+from dualpipe_sim.model.derived_step import derived_sync
 
 VALIDATION = Path(__file__).resolve().parent.parent / "scenarios" / "validation"
 H100_HBM = 2.90e12
@@ -34,7 +34,7 @@ def test_v30_stage_zero_by_hand():
     assert elements == 180_879_360
     want = elements * 12 / H100_HBM + 4 * FLOOR
     assert want == pytest.approx(0.75847e-3, rel=1e-4)
-    got = [step_figures.fp32_grad_add_ms(st, w) for w in st.stages]
+    got = [nemo_optimizer.fp32_grad_add_ms(st, w) for w in st.stages]
     assert got[0] == pytest.approx(want * 1e3) and not any(got[1:])
     # and it is what the optimizer figure gains, on stage 0 only
     off = load(VALIDATION / "mlperf30-gpt3-512.toml", ["step.fp32_embedding_grad_add=false"])

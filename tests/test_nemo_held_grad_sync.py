@@ -20,7 +20,7 @@ from dualpipe_sim.cli import main
 from dualpipe_sim.engine import step
 from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import collectives, step_end, step_figures
+from dualpipe_sim.model import collectives, grad_sync, nemo_optimizer, param_gather, step_end
 from dualpipe_sim.errors import ScenarioError
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
@@ -99,7 +99,7 @@ def test_v31_held_group_bytes_by_hand():
     only."""
     sc = _load("mlperf31-gpt3-512")
     assert sc.step.grad_sync_held == ["sequence-parallel"] and sc.step.fp32_embedding_optimizer
-    p = step_figures.nemo_sync(sc)
+    p = grad_sync.nemo_sync(sc)
     assert LAYER // TP == 453_024_768 and RANK_LAYER == 453_080_064 and SP_LAYER == 73_728
     for r in range(8):
         assert p.held_dense[r] == pytest.approx(906_160_128 + 11 * 147_456, abs=1e-3)
@@ -119,18 +119,18 @@ def test_v30_holds_only_the_last_ranks_group():
     (stage 7) with the final norm of stage 95 (2h = 24,576 elements, whole on the rank: 49,152 B)."""
     sc = _load("mlperf30-gpt3-512")
     assert sc.step.grad_sync_held == ["final-norm"]
-    p = step_figures.nemo_sync(sc)
+    p = grad_sync.nemo_sync(sc)
     held = [s for s in range(96) if p.held_dense[s]]
     assert held == [7]
     assert p.held_dense[7] == pytest.approx(RANK_LAYER * 2 + FINAL_NORM * 2, abs=1e-3)
     assert p.dense[95] == pytest.approx(RANK_LAYER * 2, abs=1e-3)  # its layer: the head's copy in the fp32 AdamW
     # rank 0 holds nothing marked, but its tied and fp32 all-reduces run after NeMo's _finish_bucket_grad_sync: the
     # tail of stage 0 is those two; its layer's reduce-scatter stays overlapped (launched pp-aligned)
-    overlapped, tail = step_figures.grad_sync_parts(sc)
+    overlapped, tail = grad_sync.grad_sync_parts(sc)
     st = sc.derived().setup
     assert p.in_tail[0] and p.held_dense[0] == 0.0
     assert tail[0] == pytest.approx(p.fp32_ms[0] + p.tied_ms[0], rel=1e-12)
-    assert overlapped[0] == pytest.approx(step_figures._sync_ms(st, "grad_sync", RANK_LAYER * 2, 0.0, buckets=9),
+    assert overlapped[0] == pytest.approx(grad_sync.sync_ms(st, "grad_sync", RANK_LAYER * 2, 0.0, buckets=9),
                                           rel=1e-12)
 
 
@@ -142,7 +142,7 @@ def test_v41_held_buckets_by_hand():
     embedding copy (155,713,536) in 2, 1: 12, and 155,713,536 x 4 B more held, taken off stage 47.  The others: 10."""
     sc = _load("mlperf41-gpt3-512")
     assert set(sc.step.grad_sync_held) == {"embedding", "sequence-parallel"} and sc.step.bucket_cap_mb == 200
-    p = step_figures.nemo_sync(sc)
+    p = grad_sync.nemo_sync(sc)
     assert [p.held_buckets[s] for s in range(8)] == [12, 10, 10, 10, 10, 10, 10, 12]
     sp = SP_LAYER * 2  # bytes of one layer's sequence-parallel parameters on a rank (whole there)
     layer = 2 * RANK_LAYER * 2  # a 2-layer chunk's 16-bit gradients
@@ -185,13 +185,13 @@ def test_fp32_optimizer_all_reduce_by_hand():
     sc = _load("mlperf31-gpt3-512")
     st = sc.derived().setup
     r = st.rates
-    assert step_figures.fp32_optimizer_elements(st, st.stages[0]) == 180_879_360
-    assert step_figures.fp32_optimizer_elements(st, st.stages[-1]) == 155_713_536
-    assert step_figures.fp32_optimizer_elements(st, st.stages[1]) == 0
+    assert nemo_optimizer.fp32_optimizer_elements(st, st.stages[0]) == 180_879_360
+    assert nemo_optimizer.fp32_optimizer_elements(st, st.stages[-1]) == 155_713_536
+    assert nemo_optimizer.fp32_optimizer_elements(st, st.stages[1]) == 0
     for s, nbytes in ((0, 723_517_440), (95, 622_854_144)):
         want = (r.latency + nbytes * 2 * 15 / 16 / (r.nic_bus * 2)) * 1e3
-        assert step_figures.fp32_optimizer_all_reduce_ms(st, st.stages[s]) == pytest.approx(want, rel=1e-12)
-    p = step_figures.nemo_sync(sc)
+        assert grad_sync.fp32_optimizer_all_reduce_ms(st, st.stages[s]) == pytest.approx(want, rel=1e-12)
+    p = grad_sync.nemo_sync(sc)
     assert p.fp32_ms[0] == pytest.approx((r.latency + 723_517_440 * 1.875 / (2 * r.nic_bus)) * 1e3, rel=1e-12)
 
 
@@ -201,14 +201,14 @@ def test_fp32_adamw_bytes_and_time_by_hand():
     foreach ops x ceil(180,879,360 / 20,971,520 = 8.63) = 81, and 6 per tensor x 2 tensors: 93 at the floor."""
     sc = _load("mlperf31-gpt3-512")
     st = sc.derived().setup
-    assert step_figures.TORCH_ADAMW_BYTES == 84 and step_figures.NEMO_FP32_OPTIM_BYTES == 22
-    assert step_figures.fp32_adamw_bytes(st, st.stages[0]) == 180_879_360 * 106 == 19_173_212_160
+    assert nemo_optimizer.TORCH_ADAMW_BYTES == 84 and nemo_optimizer.NEMO_FP32_OPTIM_BYTES == 22
+    assert nemo_optimizer.fp32_adamw_bytes(st, st.stages[0]) == 180_879_360 * 106 == 19_173_212_160
     want = (19_173_212_160 / st.rates.hbm + 93 * st.rates.floor) * 1e3
-    assert step_figures.fp32_adamw_ms(st, st.stages[0]) == pytest.approx(want, rel=1e-12)
+    assert nemo_optimizer.fp32_adamw_ms(st, st.stages[0]) == pytest.approx(want, rel=1e-12)
     # the last stage: one tensor, ceil(155,713,536 / 20,971,520 = 7.43) = 8 a foreach op: 72 + 6 launches
     want = (155_713_536 * 106 / st.rates.hbm + 78 * st.rates.floor) * 1e3
-    assert step_figures.fp32_adamw_ms(st, st.stages[-1]) == pytest.approx(want, rel=1e-12)
-    assert step_figures.fp32_adamw_ms(st, st.stages[1]) == 0.0
+    assert nemo_optimizer.fp32_adamw_ms(st, st.stages[-1]) == pytest.approx(want, rel=1e-12)
+    assert nemo_optimizer.fp32_adamw_ms(st, st.stages[1]) == 0.0
 
 
 def test_fp32_optimizer_leaves_apex():
@@ -218,18 +218,18 @@ def test_fp32_optimizer_leaves_apex():
     off = _load("mlperf31-gpt3-512", ["step.fp32_embedding_optimizer=false", "step.grad_sync_held=[]"])
     d_on, d_off = on.derived(), off.derived()
     st = d_on.setup
-    kept = step_figures.apex_stage(on, st, st.stages[0], d_on.stages[0])
+    kept = nemo_optimizer.apex_stage(on, st, st.stages[0], d_on.stages[0])
     # the stage counts its embeddings over the tensor ranks: the word table once, the positions whole on each of TP
     assert kept.dense_params == d_on.stages[0].dense_params - (V * H + TP * P * H)
     assert kept.dense_params == d_on.stages[1].dense_params  # a layer's, as stage 1's
-    assert step_figures.apex_stage(off, st, st.stages[0], d_off.stages[0]) is d_off.stages[0]
+    assert nemo_optimizer.apex_stage(off, st, st.stages[0], d_off.stages[0]) is d_off.stages[0]
     # the step's start waits for stage 0's apex gather: its layer alone, in its 9 buckets
-    assert step_figures.step_start_ms(on, d_on) == pytest.approx(
-        step_figures.start_gather_ms(st, d_on.stages[1], 9), rel=1e-12)
-    assert step_figures.step_start_ms(off, d_off) == pytest.approx(
-        step_figures.start_gather_ms(d_off.setup, d_off.stages[0], 9), rel=1e-12)
-    tied_on = step_figures.nemo_sync(on, d_on).tied_ms[0]
-    tied_off = step_figures.tied_embedding_ms(off, d_off.setup, 2.0)[0]
+    assert param_gather.step_start_ms(on, d_on) == pytest.approx(
+        param_gather.start_gather_ms(st, d_on.stages[1], 9), rel=1e-12)
+    assert param_gather.step_start_ms(off, d_off) == pytest.approx(
+        param_gather.start_gather_ms(d_off.setup, d_off.stages[0], 9), rel=1e-12)
+    tied_on = grad_sync.nemo_sync(on, d_on).tied_ms[0]
+    tied_off = grad_sync.tied_embedding_ms(off, d_off.setup, 2.0)[0]
     r = st.rates
     assert tied_on == pytest.approx((r.latency + V * H / TP * 4 / r.nic_bus) * 1e3, rel=1e-12)
     assert tied_off == pytest.approx((r.latency + V * H / TP * 2 / r.nic_bus) * 1e3, rel=1e-12)

@@ -8,7 +8,7 @@ import pytest
 from test_nvfp4 import LLAMA_8B
 
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import activations, derive, kernels, memory, params, step_figures
+from dualpipe_sim.model import activations, derive, fp8_step_casts, kernels, memory, params
 
 NVFP4 = 0.5 + 1 / 16  # a 4-bit E2M1 value and 1/16 of its block's one-byte E4M3 scale (NVFP4Quantizer.make_empty)
 FP8 = 1 + 4 / 128  # the FP8 path's cached input (activations.FP8_BYTES)
@@ -101,11 +101,11 @@ def test_the_once_a_step_weight_cast_bytes():
     assert kernels.fp8_weight_cast_bytes(False, False) == 3
     st = llama8b()
     per_layer = sum(params.linear_weights(st.cfg, 0))
-    ms = step_figures.fp8_weight_cast_ms(st, st.stages[0])
+    ms = fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0])
     assert ms == pytest.approx(32 * per_layer / 2 * 3.125 / st.rates.hbm * 1e3, rel=1e-12)
     fp8 = llama8b(fp4=False)
     # FP8 on Blackwell writes the copy alone: 2 + 1
-    assert ms / step_figures.fp8_weight_cast_ms(fp8, fp8.stages[0]) == pytest.approx(3.125 / 3, rel=1e-12)
+    assert ms / fp8_step_casts.fp8_weight_cast_ms(fp8, fp8.stages[0]) == pytest.approx(3.125 / 3, rel=1e-12)
 
 
 def test_uncached_per_use_casts_take_the_nvfp4_bytes():

@@ -15,7 +15,7 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import ddp_buckets, step_figures
+from dualpipe_sim.model import ddp_buckets, derived_step, fp8_step_casts, nemo_optimizer, optimizer_step, param_gather
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "scenarios" / "validation"
@@ -58,10 +58,10 @@ def test_three_buckets_by_hand():
     # gathers 4, 3 and 5 ms; the forward runs 2 ms from bucket 0's first parameter to bucket 1's, 6 ms to bucket 2's.
     # t = 4: bucket 0 landed, bucket 1 launched; the forward reaches bucket 1 at 6, it landed at 7: waits 1;
     # bucket 2 launched at 7, lands at 12; the forward reaches it at 13: no wait.  4 + 1 + 0 = 5
-    assert step_figures.chained_wait_ms([4.0, 3.0, 5.0], [2.0, 6.0]) == 5.0
+    assert param_gather.chained_wait_ms([4.0, 3.0, 5.0], [2.0, 6.0]) == 5.0
     # a forward too short to hide anything waits for every gather: the whole 12
-    assert step_figures.chained_wait_ms([4.0, 3.0, 5.0], [0.0, 0.0]) == 12.0
-    assert step_figures.chained_wait_ms([], []) == 0.0
+    assert param_gather.chained_wait_ms([4.0, 3.0, 5.0], [0.0, 0.0]) == 12.0
+    assert param_gather.chained_wait_ms([], []) == 0.0
 
 
 def test_fp8_parameters_form_their_own_buffer_whose_first_group_takes_the_rest():
@@ -92,7 +92,7 @@ def test_llama8b_three_equal_buckets_by_hand():
     forward = d.stages[0].forward  # the stage's derived forward, spread over its parameters
     computes = [forward * (b - a) / PARAMS for a, b in zip(cuts, cuts[1:-1])]
     by_hand = gathers[0] + max(0.0, gathers[1] - computes[0]) + max(0.0, gathers[2] - computes[1])
-    got = step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 3)
+    got = param_gather.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 3)
     assert got == pytest.approx(by_hand, rel=1e-12)
     # each later gather (15.4 ms, worked by hand in _ring_ms) outlasts a third of the stage's ~40 ms forward, so the
     # wait is the first gather plus two excesses, not the whole 46 ms (the forward's own figure moves with every kernel
@@ -103,19 +103,19 @@ def test_llama8b_three_equal_buckets_by_hand():
     # runtime's own Adam step (apex's fused kernel: tests/test_apex_adam.py) taken off
     apex_sc = _given("mlperf51-llama8b-256b200", ["model.fp8_params=false", "step.grad_sync_buckets=3",
                                                  "step.param_gather=apex", "step.dp_comm_sms=0"])
-    apex = step_figures.derived_sync(apex_sc, "optimizer")[0]
-    apex_adam = step_figures.apex_adam_ms(apex_sc, d.setup, d.setup.stages[0], d.stages[0], 1.0)[1]
+    apex = derived_step.derived_sync(apex_sc, "optimizer")[0]
+    apex_adam = nemo_optimizer.apex_adam_ms(apex_sc, d.setup, d.setup.stages[0], d.stages[0], 1.0)[1]
     sh = d.setup.sharding
-    core_adam = (PARAMS / sh.data * step_figures.optimizer_bytes_per_param(sc.model, sh.optimizer_bytes)
+    core_adam = (PARAMS / sh.data * optimizer_step.optimizer_bytes_per_param(sc.model, sh.optimizer_bytes)
                  / d.setup.rates.hbm + d.setup.rates.floor) * 1e3
-    whole = step_figures.start_gather_ms(d.setup, d.stages[0], 3)
+    whole = param_gather.start_gather_ms(d.setup, d.stages[0], 3)
     assert whole == pytest.approx(_ring_ms(2 * PARAMS, 3), rel=1e-12)  # 3 launches (Megatron-core's setup)
     # apex's 3 equal buckets are one NCCL group: 3 over 16 channels, 2 passes on the busiest
-    whole = step_figures.start_gather_ms(apex_sc.derived().setup, d.stages[0], 3)
+    whole = param_gather.start_gather_ms(apex_sc.derived().setup, d.stages[0], 3)
     assert whole == pytest.approx(_group_ms(2 * PARAMS, 2), rel=1e-12)
     # (Megatron-core's own step start and clip norm, which apex's optimizer does not take: tests/test_step_start_zero.py)
-    mcore = step_figures.grad_zero_ms(d.setup, d.stages[0]) + step_figures.grad_norm_all_reduce_ms(sc, d.setup)
-    assert step_figures.derived_sync(sc, "optimizer")[0] == pytest.approx(
+    mcore = optimizer_step.grad_zero_ms(d.setup, d.stages[0]) + optimizer_step.grad_norm_all_reduce_ms(sc, d.setup)
+    assert derived_step.derived_sync(sc, "optimizer")[0] == pytest.approx(
         apex - apex_adam - whole + core_adam + by_hand + mcore, rel=1e-12)
 
 
@@ -124,16 +124,18 @@ def test_fp8_parameters_gather_one_byte_each():
     sc = _given("mlperf51-llama8b-256b200", ["step.grad_sync_buckets=1"])
     assert sc.model.fp8_params
     d = sc.derived()
-    assert step_figures.fp8_param_elements(d.setup, d.setup.stages[0]) == (LINEAR, 0.0)
+    assert fp8_step_casts.fp8_param_elements(d.setup, d.setup.stages[0]) == (LINEAR, 0.0)
     nbytes = LINEAR * 1 + WIDE * 2
     assert nbytes == pytest.approx(9_081_200_640)  # against 16,060,522,496 in bf16
     # Megatron-core: the FP8 bucket and the 16-bit buffer's bucket in one group, one NCCL group of 2 ops of different
     # sizes over 16 channels: 2 passes on the channel holding the boundary, the protocol the tuner's at one latency
-    assert step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 1) == pytest.approx(
+    assert param_gather.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], 1) == pytest.approx(
         _group_ms(nbytes, 2), rel=1e-12)
-    assert step_figures.start_gather_ms(d.setup, d.stages[0], 1, (LINEAR, 0.0)) == pytest.approx(_ring_ms(nbytes, 1), rel=1e-12)
+    start = param_gather.start_gather_ms(d.setup, d.stages[0], 1, (LINEAR, 0.0))
+    assert start == pytest.approx(_ring_ms(nbytes, 1), rel=1e-12)
     # the exposed gather after the optimizer (overlap off) counts the same bytes
-    assert step_figures.param_gather_ms(d.setup, d.stages[0], (LINEAR, 0.0)) < step_figures.param_gather_ms(d.setup, d.stages[0])
+    fp8 = param_gather.param_gather_ms(d.setup, d.stages[0], (LINEAR, 0.0))
+    assert fp8 < param_gather.param_gather_ms(d.setup, d.stages[0])
 
 
 def test_llama8b_row_waits_for_the_first_group_and_the_rest_beyond_the_forward():
@@ -148,7 +150,7 @@ def test_llama8b_row_waits_for_the_first_group_and_the_rest_beyond_the_forward()
     first = _group_ms(2 * WIDE + head, 2)  # one NCCL group of 3: 2 passes (s14j)
     later = [_ring_ms(mid, 1)] * 31 + [_ring_ms(tail, 1)]
     per = d.stages[0].forward / PARAMS
-    got = step_figures.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], ddp_buckets.per_stage(sc)[0])
+    got = param_gather.prefetch_gather_ms(sc, d.setup, d.setup.stages[0], d.stages[0], ddp_buckets.per_stage(sc)[0])
     # the forward from one group's first parameter to the next's runs over these linear elements and the norms
     # (4,096 each) between them: at least the linears', at most with 4 norms more; before the second group also the
     # embedding (128,256 x 4,096)
@@ -168,15 +170,15 @@ def test_interleaved_megatron_core_waits_for_the_whole_first_chunk():
     def start(overrides):
         sc = _load("mlperf50-llama405b-512", ["model.fp8_params=false", "step.overlap_param_gather_with_optimizer_step=false",
                                               *overrides])  # fmt: skip
-        return step_figures.step_start_ms(sc, sc.derived())
+        return param_gather.step_start_ms(sc, sc.derived())
 
     # (since s14j apex's buckets are one NCCL group and Megatron-core's chunk-0 groups separate launches: the
     # whole gather at one ring latency a bucket, start_gather_ms on Megatron-core's setup)
     sc = _load("mlperf50-llama405b-512", ["model.fp8_params=false", "step.overlap_param_gather_with_optimizer_step=false"])
     d = sc.derived()
-    first = step_figures.apex_stage(sc, d.setup, d.setup.stages[0], d.stages[0])
+    first = nemo_optimizer.apex_stage(sc, d.setup, d.setup.stages[0], d.stages[0])
     assert start([]) > 0
-    assert start([]) == pytest.approx(step_figures.start_gather_ms(d.setup, first, ddp_buckets.per_stage(sc, d)[0]),
+    assert start([]) == pytest.approx(param_gather.start_gather_ms(d.setup, first, ddp_buckets.per_stage(sc, d)[0]),
                                       rel=1e-12)
 
 
@@ -184,11 +186,12 @@ def test_apex_rule_on_a_gpt3_row_is_the_whole_gather():
     # mlperf31-gpt3-512 pins "apex"; run as Megatron-core's non-interleaved schedule it would wait less
     sc = _load("mlperf31-gpt3-512")
     assert sc.step.param_gather == "apex"
-    base = step_figures.derived_sync(sc, "optimizer")
+    base = derived_step.derived_sync(sc, "optimizer")
     over = ["pipeline.schedule=1f1b", "pipeline.chunks_per_rank=1", "pipeline.stages=8",
             "step.grad_sync_held=[]", "step.fp32_embedding_optimizer=false"]  # NeMo's, apex only: compared without
-    apex = step_figures.derived_sync(_load("mlperf31-gpt3-512", over), "optimizer")
-    core = step_figures.derived_sync(_load("mlperf31-gpt3-512", [*over, "step.param_gather=megatron-core"]), "optimizer")
+    apex = derived_step.derived_sync(_load("mlperf31-gpt3-512", over), "optimizer")
+    core = derived_step.derived_sync(_load("mlperf31-gpt3-512", [*over, "step.param_gather=megatron-core"]),
+                                     "optimizer")
     assert sum(core) < sum(apex)
     assert len(base) == 96
 

@@ -24,7 +24,7 @@ import pytest
 
 from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
 from dualpipe_sim.model import derive
-from dualpipe_sim.model import step_figures as sf
+from dualpipe_sim.model import comm_slowdown
 from dualpipe_sim.model.layout import Stage
 from dualpipe_sim.plan.request import base_scenario
 from dualpipe_sim.schedules import registry
@@ -51,8 +51,8 @@ def llama(stages=4, tensor=4, data=4, zero=1, schedule="1f1b", extra=()):
 
 def cold_compute(st, sms: int) -> tuple[float, ...]:
     """Each stage's compute on fewer SMs, worked out without any cache (a fresh per-layer table per stage)."""
-    slow = replace(st, rates=sf.fewer_sms(st.rates, sms))
-    return tuple(sf._stage_compute(slow, stage, {}) for stage in st.stages)
+    slow = replace(st, rates=comm_slowdown.fewer_sms(st.rates, sms))
+    return tuple(comm_slowdown._stage_compute(slow, stage, {}) for stage in st.stages)
 
 
 # (first Setup, second Setup, SMs of each): differing in one field _slowed_compute's key must hold
@@ -89,10 +89,10 @@ def test_slowed_compute_key_holds_the_field_that_differs(name):
     a, b, (sms_a, sms_b) = COMPUTE_PAIRS[name]()
     cold_a, cold_b = cold_compute(a, sms_a), cold_compute(b, sms_b)
     assert cold_a != cold_b  # the field matters: a key without it would return a's figures for b
-    sf._slowed_kernels.cache_clear()
-    assert sf._slowed_compute(a, sms_a) == cold_a
-    assert sf._slowed_compute(b, sms_b) == cold_b  # b from a cache a filled: its own figures
-    assert sf._slowed_compute(a, sms_a) == cold_a  # and a again, from a cache holding both
+    comm_slowdown._slowed_kernels.cache_clear()
+    assert comm_slowdown._slowed_compute(a, sms_a) == cold_a
+    assert comm_slowdown._slowed_compute(b, sms_b) == cold_b  # b from a cache a filled: its own figures
+    assert comm_slowdown._slowed_compute(a, sms_a) == cold_a  # and a again, from a cache holding both
 
 
 @pytest.mark.parametrize("field", ["data", "zero"])
@@ -102,21 +102,21 @@ def test_slowed_compute_shared_where_the_kernels_read_nothing_different(field):
     st = derive.setup(deepseek(data=16, zero=1))
     other = replace(st, sharding=replace(st.sharding, **{field: 64 if field == "data" else 2}))
     assert other.sharding != st.sharding
-    sf._slowed_kernels.cache_clear()
-    assert sf._slowed_compute(st, 16) == cold_compute(st, 16)
-    assert sf._slowed_compute(other, 16) == cold_compute(other, 16) == cold_compute(st, 16)
-    info = sf._slowed_kernels.cache_info()
+    comm_slowdown._slowed_kernels.cache_clear()
+    assert comm_slowdown._slowed_compute(st, 16) == cold_compute(st, 16)
+    assert comm_slowdown._slowed_compute(other, 16) == cold_compute(other, 16) == cold_compute(st, 16)
+    info = comm_slowdown._slowed_kernels.cache_info()
     assert (info.misses, info.hits) == (1, 1)
 
 
 def test_slowed_compute_reaches_the_step_figures():
     """dp_comm_slowdown (step.dp_comm_sms) through a cache another layout filled equals it with none."""
     first, second = deepseek(tensor=2), deepseek(tensor=4, data=8)
-    sf._slowed_kernels.cache_clear()
-    wanted = sf.dp_comm_slowdown(second, 16)
-    sf._slowed_kernels.cache_clear()
-    sf.dp_comm_slowdown(first, 16)
-    assert sf.dp_comm_slowdown(second, 16) == wanted
+    comm_slowdown._slowed_kernels.cache_clear()
+    wanted = comm_slowdown.dp_comm_slowdown(second, 16)
+    comm_slowdown._slowed_kernels.cache_clear()
+    comm_slowdown.dp_comm_slowdown(first, 16)
+    assert comm_slowdown.dp_comm_slowdown(second, 16) == wanted
     assert all(x > 1.0 for x in wanted)  # fewer SMs: every stage slower
 
 

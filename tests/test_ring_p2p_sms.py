@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dualpipe_sim.model import kernels, step_figures
+from dualpipe_sim.model import comm_slowdown, kernels
 from dualpipe_sim.model.config import ModelConfig
 from dualpipe_sim.model.rates import B200_FREE_CLOCK, PRESETS
 
@@ -34,7 +34,7 @@ def test_held_is_fewer_sms_and_zero_is_the_gpu():
     assert held.gemm_bf16.peak == B200.gemm_bf16.peak  # GEMMs keep their peak; their blocks run on the SMs left
     twice = held.held(16)  # beside a data-parallel collective and the ring's P2P: both kernels' SMs held
     assert twice.held_sms == 32 and twice.attention_forward == pytest.approx(1591e12 * 116 / 148)
-    assert step_figures.fewer_sms(B200, 16) == held  # the data-parallel slowdown's rates are the same rule
+    assert comm_slowdown.fewer_sms(B200, 16) == held  # the data-parallel slowdown's rates are the same rule
     with pytest.raises(ValueError, match="below the GPU's 132 SMs"):
         H100.held(132)
 

@@ -18,7 +18,7 @@ from helpers import bucket_fill
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import ddp_buckets, derive, step_figures
+from dualpipe_sim.model import ddp_buckets, derive, fp8_step_casts
 
 VAL = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
 V50 = sorted(VAL.glob("mlperf50-llama405b-*.toml"))
@@ -110,7 +110,7 @@ def test_bad_training_loop_names_the_field(capsys):
 
 def _refresh_ms(path):
     st = derive.setup(scenario.load(path))
-    return st, step_figures.fp8_weight_cast_ms(st, st.stages[0])
+    return st, fp8_step_casts.fp8_weight_cast_ms(st, st.stages[0])
 
 
 def test_fp8_weight_refresh_hopper_transposes_blackwell_nothing():

@@ -149,7 +149,7 @@ def test_cast_counts_the_weights_with_a_piece_by_hand():
     """s12g: cast_master_weights_to_fp8 launches its per-weight kernels only for a weight with a piece on the rank
     (TE release_v2.8 tensor/utils.py: ``if master_weight is None: continue``).  The small config's rank 0 has pieces of
     proj, qkv, fc1 in each of the 2 FP8 buckets (test_small_config_by_hand): 6 of the 8 weights, rank 1 4."""
-    from dualpipe_sim.model import step_figures
+    from dualpipe_sim.model import fp8_step_casts
 
     sc = _small()
     d = sc.derived()
@@ -157,25 +157,25 @@ def test_cast_counts_the_weights_with_a_piece_by_hand():
     assert shard_pieces.fp8_pieces(sc, d, [{0}]) == [6]
     # its cast: 6 x 4 kernels (bf16 copy, zero amax, amax, cast) + 2 zeros + 1 scale launch over the 8 weights; the
     # bytes over the rank's shard (8 linears' 81,920 elements / 2, 5 B each on B200), the amax all-reduce over 2
-    fixed = step_figures.fp8_cast_fixed_launches("current", 8)
+    fixed = fp8_step_casts.fp8_cast_fixed_launches("current", 8)
     assert fixed == 3
     floors = (6 * 4 + fixed) * st.rates.floor * 1e3
     shard = 2 * (64 * 64 + 3 * 64 * 64 + 2 * 64 * 128 + 128 * 64) / 2 * 5
-    want = shard / st.rates.hbm * 1e3 + floors + step_figures.fp8_amax_all_reduce_ms(st, 8, 0)
-    assert step_figures.fp8_master_cast_ms(sc, st, d) == pytest.approx([want])
+    want = shard / st.rates.hbm * 1e3 + floors + fp8_step_casts.fp8_amax_all_reduce_ms(st, 8, 0)
+    assert fp8_step_casts.fp8_master_cast_ms(sc, st, d) == pytest.approx([want])
 
 
 def test_a_weight_cut_by_the_models_buckets_counts_once():
     """Megatron keeps a parameter in one bucket; the model's equal buckets (a given step.grad_sync_buckets) may cut one,
     giving a rank two ranges of it.  One bucket per half of the small config's fc1 would do that; the cast still
     counts each weight once: never more than the FP8 weights the copy holds."""
-    from dualpipe_sim.model import step_figures
+    from dualpipe_sim.model import fp8_step_casts
 
     for n in (2, 3, 7, 16):
         sc = _small(grad_sync_buckets=n)
         d = sc.derived()
         got = shard_pieces.fp8_pieces(sc, d, [{0}])
-        assert got[0] <= sum(step_figures.fp8_param_tensors(d.setup, d.setup.stages[0])) == 8
+        assert got[0] <= sum(fp8_step_casts.fp8_param_tensors(d.setup, d.setup.stages[0])) == 8
     # 16 buckets of 5,120 over 2 ranks: each rank's ranges are 2,560 long with gaps of 2,560, shorter than the smallest
     # weight (proj, 4,096), so both ranks meet all 8 (and fc1, 16,384, three times: still one weight)
     sc = _small(grad_sync_buckets=16)

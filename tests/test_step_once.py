@@ -1,8 +1,8 @@
 """Work done once instead of again changes no figure (issue 21, s12b: ``plan`` faster, its answers the same).
 
 * ``Scenario.step_costs`` works out the grad-sync buckets per stage (ddp_buckets.per_stage) and the compute's
-  slowdown under a data-parallel collective (step_figures.dp_comm_slowdown) once per call and hands them to
-  its grad sync, optimizer and StepCosts (step_figures.per_call): each figure equals the one worked out alone,
+  slowdown under a data-parallel collective (comm_slowdown.dp_comm_slowdown) once per call and hands them to
+  its grad sync, optimizer and StepCosts (step_memo.per_call): each figure equals the one worked out alone,
   and each shared part is worked out once;
 * step.py reads each rank's weight-gradient ops (``_weight_ops``, numpy) once for both passes of Megatron's
   pp-aligned launches, and ``_stretch`` takes each rank's rows and grad syncs in one pass: both equal the plain
@@ -22,7 +22,7 @@ from dualpipe_sim.engine.trace import GRAD_SYNC, StepRow
 from dualpipe_sim.inputs import scenario as scenario_mod
 from dualpipe_sim.inputs.scenario import apply_overrides, sections_only
 from dualpipe_sim.model import ddp_buckets
-from dualpipe_sim.model import step_figures as sf
+from dualpipe_sim.model import comm_slowdown, derived_step, grad_sync, step_memo
 from dualpipe_sim.plan.request import base_scenario
 from dualpipe_sim.plan.step_estimate import StageCosts, built, replayed, trace_of
 from dualpipe_sim.schedules.rules import KIND_CODES, WEIGHT_GRADS
@@ -51,12 +51,13 @@ CASES = {
 def _alone(sc, derived) -> StepCosts:
     """StepCosts with every figure worked out on its own, without a shared memo (the code before s12b)."""
     st = sc.step
-    figures = {key: sf.derived_sync(sc, key, derived) for key, setting in
+    figures = {key: derived_step.derived_sync(sc, key, derived) for key, setting in
                (("grad_sync", st.grad_sync), ("cross_copy_sync", st.cross_copy_sync), ("optimizer", sc.optimizer_setting()))
                if setting == "derived"}  # fmt: skip
-    tail = sf.grad_sync_tail(sc, derived) if st.grad_sync == "derived" else ()  # finalize_model_grads' tail (s12d)
+    # finalize_model_grads' tail (s12d)
+    tail = grad_sync.grad_sync_tail(sc, derived) if st.grad_sync == "derived" else ()
     tail = tail if any(tail) else ()
-    slow = sf.dp_comm_slowdown(sc, st.dp_comm_sms, derived) if st.dp_comm_sms else ()
+    slow = comm_slowdown.dp_comm_slowdown(sc, st.dp_comm_sms, derived) if st.dp_comm_sms else ()
     return StepCosts(figures["grad_sync"], figures.get("cross_copy_sync", (0.0,) * sc.pipeline.stages),
                      figures["optimizer"], st.overlap_grad_sync, st.cross_copy_eager, ddp_buckets.per_stage(sc, derived),
                      sc.grad_sync_launch(), st.grad_sync_shares_p2p, slow, tail)  # fmt: skip
@@ -81,7 +82,7 @@ def test_step_costs_work_the_shared_parts_out_once(case, monkeypatch):
     sc = CASES[case]()
     derived = sc.derived()
     calls = {"buckets": 0, "slowdown": 0}
-    per_stage, slowdown = ddp_buckets.per_stage, sf.dp_comm_slowdown
+    per_stage, slowdown = ddp_buckets.per_stage, comm_slowdown.dp_comm_slowdown
 
     def counted_buckets(*args, **kw):
         calls["buckets"] += 1
@@ -92,7 +93,7 @@ def test_step_costs_work_the_shared_parts_out_once(case, monkeypatch):
         return slowdown(*args, **kw)
 
     monkeypatch.setattr(ddp_buckets, "per_stage", counted_buckets)
-    monkeypatch.setattr(sf, "dp_comm_slowdown", counted_slowdown)
+    monkeypatch.setattr(comm_slowdown, "dp_comm_slowdown", counted_slowdown)
     sc.step_costs(derived)
     # without the memo: grad sync, the step's start wait (optimizer), NeMo's parts twice and StepCosts
     # asked for the buckets; the optimizer's gather term and StepCosts for the slowdown
@@ -102,11 +103,11 @@ def test_step_costs_work_the_shared_parts_out_once(case, monkeypatch):
 def test_per_call_works_out_each_name_once_per_memo():
     n = []
     memo: dict = {}
-    assert sf.per_call(memo, "a", lambda: n.append(1) or 1.0) == 1.0
-    assert sf.per_call(memo, "a", lambda: n.append(2) or 2.0) == 1.0  # kept
-    assert sf.per_call(memo, "b", lambda: n.append(3) or 3.0) == 3.0  # its own name, its own figure
-    assert sf.per_call(None, "a", lambda: n.append(4) or 4.0) == 4.0  # no memo: every time
-    assert sf.per_call({}, "a", lambda: n.append(5) or 5.0) == 5.0  # another call's memo
+    assert step_memo.per_call(memo, "a", lambda: n.append(1) or 1.0) == 1.0
+    assert step_memo.per_call(memo, "a", lambda: n.append(2) or 2.0) == 1.0  # kept
+    assert step_memo.per_call(memo, "b", lambda: n.append(3) or 3.0) == 3.0  # its own name, its own figure
+    assert step_memo.per_call(None, "a", lambda: n.append(4) or 4.0) == 4.0  # no memo: every time
+    assert step_memo.per_call({}, "a", lambda: n.append(5) or 5.0) == 5.0  # another call's memo
     assert n == [1, 3, 4, 5]
 
 

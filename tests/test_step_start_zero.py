@@ -1,4 +1,4 @@
-"""Megatron-core's step start and clip norm (step_figures.grad_zero_ms, grad_norm_all_reduce_ms; docs/step.md).
+"""Megatron-core's step start and clip norm (optimizer_step.grad_zero_ms, grad_norm_all_reduce_ms; docs/step.md).
 
 Read at NVIDIA/Megatron-LM 25.09-alpha.rc1 (d339190), the MLPerf v5.1 rows' Megatron-core: NeMo's
 MegatronStrategy.training_step calls ``zero_grad_buffer`` on every model chunk before the forward (outside the
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import step_end, step_figures
+from dualpipe_sim.model import derived_step, fp8_step_casts, optimizer_step, step_end
 from dualpipe_sim.model.rates import PRESETS
 
 FOLDER = Path(__file__).resolve().parents[1] / "scenarios" / "validation"
@@ -35,12 +35,12 @@ def test_the_8b_rows_buffer_zeroed_by_hand():
     b200 = PRESETS["B200"]
     assert PARAMS == 8_030_261_248 == d.stages[0].dense_params
     assert (b200.hbm, b200.floor) == (6.858e12, 2.04e-6)
-    assert step_figures.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(
+    assert optimizer_step.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(
         (PARAMS * 2 / 6.858e12 + 2 * 2.04e-6) * 1e3, rel=1e-12)
-    assert step_figures.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(2.3460, abs=1e-4)
+    assert optimizer_step.grad_zero_ms(d.setup, d.stages[0]) == pytest.approx(2.3460, abs=1e-4)
     # fp32 gradients double the bytes; one buffer without FP8 parameters
     d32 = _load("mlperf51-llama8b-64b200", ["model.grads_dtype=fp32", "model.fp8_params=false"]).derived()
-    assert step_figures.grad_zero_ms(d32.setup, d32.stages[0]) == pytest.approx(
+    assert optimizer_step.grad_zero_ms(d32.setup, d32.stages[0]) == pytest.approx(
         (PARAMS * 4 / 6.858e12 + 2.04e-6) * 1e3, rel=1e-12)
 
 
@@ -52,8 +52,8 @@ def test_grad_norm_all_reduce_by_hand(gpus, by_hand_us):
     # steps, is longer at both)
     sc = _load(f"mlperf51-llama8b-{gpus}b200")
     st = sc.derived().setup
-    assert step_figures.grad_norm_ranks(sc, st) == gpus
-    assert step_figures.grad_norm_all_reduce_ms(sc, st) == pytest.approx(by_hand_us / 1e3, abs=1e-9)
+    assert optimizer_step.grad_norm_ranks(sc, st) == gpus
+    assert optimizer_step.grad_norm_all_reduce_ms(sc, st) == pytest.approx(by_hand_us / 1e3, abs=1e-9)
 
 
 def test_the_optimizer_figure_gains_exactly_the_two_parts():
@@ -62,15 +62,15 @@ def test_the_optimizer_figure_gains_exactly_the_two_parts():
     # 2021's) takes neither
     sc = _load("mlperf51-llama8b-64b200")
     d = sc.derived()
-    assert step_figures.megatron_core_optimizer(sc)
+    assert optimizer_step.megatron_core_optimizer(sc)
     items = {i.name: i for i in step_end.items(sc, d)}
     zero, norm = items["gradient buffers zeroed at the step's start"], items["gradient norm all-reduce (clip)"]
-    assert zero.ms[0] == step_figures.grad_zero_ms(d.setup, d.stages[0])
-    assert norm.ms[0] == step_figures.grad_norm_all_reduce_ms(sc, d.setup)
+    assert zero.ms[0] == optimizer_step.grad_zero_ms(d.setup, d.stages[0])
+    assert norm.ms[0] == optimizer_step.grad_norm_all_reduce_ms(sc, d.setup)
     parts = sum(i.ms[0] for i in items.values() if i.figure == "optimizer")
-    assert step_figures.derived_sync(sc, "optimizer")[0] == pytest.approx(parts, rel=1e-12)
+    assert derived_step.derived_sync(sc, "optimizer")[0] == pytest.approx(parts, rel=1e-12)
     for name in ("mlperf31-gpt3-512", "n21-145b", "bloom-176b"):
-        assert not step_figures.megatron_core_optimizer(_load(name)), name
+        assert not optimizer_step.megatron_core_optimizer(_load(name)), name
 
 
 def test_pipeline_ranks_count_in_the_world_and_the_norm_is_once_a_rank(monkeypatch):
@@ -80,14 +80,14 @@ def test_pipeline_ranks_count_in_the_world_and_the_norm_is_once_a_rank(monkeypat
     sc = _load("mlperf50-llama405b-512")
     d = sc.derived()
     st = d.setup
-    assert step_figures.grad_norm_ranks(sc, st) == 512
-    shares = step_figures._once_per_rank(sc, len(st.stages))
+    assert optimizer_step.grad_norm_ranks(sc, st) == 512
+    shares = derived_step.once_per_rank(sc, len(st.stages))
     assert shares[0] == pytest.approx(1 / 8) and len(shares) == 64
-    with_parts = step_figures.derived_sync(sc, "optimizer", d)
-    norm = step_figures.grad_norm_all_reduce_ms(sc, st)
-    zeros = [step_figures.grad_zero_ms(st, f) for f in d.stages]
-    counted = step_figures.shard_counted(sc, st)  # the shard's pieces (FP8 cast launches) kept as they are
-    monkeypatch.setattr(step_figures, "megatron_core_optimizer", lambda _: False)
-    monkeypatch.setattr(step_figures, "shard_counted", lambda *_: counted)
-    without = step_figures.derived_sync(sc, "optimizer", d)
+    with_parts = derived_step.derived_sync(sc, "optimizer", d)
+    norm = optimizer_step.grad_norm_all_reduce_ms(sc, st)
+    zeros = [optimizer_step.grad_zero_ms(st, f) for f in d.stages]
+    counted = fp8_step_casts.shard_counted(sc, st)  # the shard's pieces (FP8 cast launches) kept as they are
+    monkeypatch.setattr(optimizer_step, "megatron_core_optimizer", lambda _: False)
+    monkeypatch.setattr(fp8_step_casts, "shard_counted", lambda *_: counted)
+    without = derived_step.derived_sync(sc, "optimizer", d)
     assert with_parts == pytest.approx([w + z + norm * s for w, z, s in zip(without, zeros, shares)], rel=1e-12)

@@ -15,7 +15,8 @@ import pytest
 from dualpipe_sim.cli import main
 from dualpipe_sim.errors import ScenarioError
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model.step_figures import derived_sync, grad_sync_tail
+from dualpipe_sim.model.derived_step import derived_sync
+from dualpipe_sim.model.grad_sync import grad_sync_tail
 
 ROOT = Path(__file__).resolve().parents[1]
 LAT, NIC, HBM, FLOOR = 25.5e-6, 23.5e9, 1.61e12, 2.5e-6
@@ -31,9 +32,10 @@ def _loop(sc, stage):
     """Seconds of the A100-era loops' once-a-step work on a stage copy (model/loop_step.py, by hand in
     tests/test_loop_step.py), which the optimizer figure carries beside the terms here."""
     from dualpipe_sim.model import derive, loop_step
-    from dualpipe_sim.model import step_figures as sf
+    from dualpipe_sim.model import optimizer_step
 
-    phase, once = loop_step.per_stage_ms(sc, derive.setup(sc), derive.stage_ranks(sc), sf.megatron_core_optimizer(sc))
+    mcore = optimizer_step.megatron_core_optimizer(sc)
+    phase, once = loop_step.per_stage_ms(sc, derive.setup(sc), derive.stage_ranks(sc), mcore)
     return (phase[stage] + once[stage]) / 1e3
 
 
@@ -349,13 +351,13 @@ def test_mlperf_start_wait_by_hand():
     simple, ll128 = (8.4 + 8 * 3.4 + 7 * 14) * 1e-6, (14 + 8 * 1.9 + 7 * 4) * 1e-6
     assert simple + moved / (bus / 2) < ll128 + moved / (bus * 0.92 / 2)
     want = 3 * simple + moved / bus
-    from dualpipe_sim.model.step_figures import start_gather_ms
+    from dualpipe_sim.model.param_gather import start_gather_ms
 
     assert start_gather_ms(sc.derived().setup, sc.derived().stages[0], 9) == pytest.approx(want * 1e3)
     # 12 stages a rank: each carries 1/12 of it, beside its Adam step and its cast
     fp16 = derived_sync(_load("mlperf31-gpt3-512", ["step.overlap_param_gather=false", *nemo_off]), "optimizer")
     gather = derived_sync(_load("mlperf31-gpt3-512", nemo_off), "optimizer")
-    from dualpipe_sim.model.step_figures import param_gather_ms
+    from dualpipe_sim.model.param_gather import param_gather_ms
 
     d = sc.derived()
     exposed = param_gather_ms(d.setup, d.stages[5])
@@ -373,7 +375,7 @@ def test_start_wait_once_per_rank_whatever_the_copies(schedule):
     sc = _load("n21-145b", over)
     d = sc.derived()
     from dualpipe_sim.model.derive import stage_ranks
-    from dualpipe_sim.model.step_figures import param_gather_ms, start_gather_ms
+    from dualpipe_sim.model.param_gather import param_gather_ms, start_gather_ms
 
     wait = start_gather_ms(d.setup, d.stages[0], 1)
     added = [h - (e - param_gather_ms(d.setup, st)) for h, e, st in zip(hidden, exposed, d.stages)]

@@ -184,36 +184,37 @@ class Step(_Section):
     ddp_bucket_size: Annotated[int, Field(ge=1, le=10**12)] | None = None
     # "derived": ZeRO 1/2's parameter all-gather hidden under the next step's forward; None: as overlap_grad_sync
     overlap_param_gather: bool | None = None
-    # whose overlapped parameter all-gather the step's start waits for (model/step_figures.py): Megatron-core's
+    # whose overlapped parameter all-gather the step's start waits for (model/param_gather.py): Megatron-core's
     # distributed optimizer (bucket by bucket in the forward pre-hooks) or apex's DistributedFusedAdam (all of them)
     param_gather: Literal["megatron-core", "apex"] = "megatron-core"
     # Megatron-core's --overlap-param-gather-with-optimizer-step: the first chunk's all-gather launched inside the
-    # optimizer step, beside the other chunks' (model/step_figures.py, step_start_ms)
+    # optimizer step, beside the other chunks' (model/param_gather.py, step_start_ms)
     overlap_param_gather_with_optimizer_step: bool = False
     # NeMo's with_fp32_embedding_grads on apex's DistributedFusedAdam: the word and position embeddings' gradients
-    # reduced in fp32 whatever model.grads_dtype (model/step_figures.py, fp32_embedding_extra_bytes)
+    # reduced in fp32 whatever model.grads_dtype (model/nemo_optimizer.py, fp32_embedding_extra_bytes)
     fp32_embedding_grads: bool = False
     # NeMo 1.x's explicit fp32 AdamW for the word / position embeddings, outside apex's DistributedFusedAdam: their
     # gradients all-reduced in fp32 after apex's grad sync, the AdamW step on every data-parallel rank
-    # (model/step_figures.py, fp32_optimizer_elements)
+    # (model/nemo_optimizer.py, fp32_optimizer_elements)
     fp32_embedding_optimizer: bool = False
     # with it, NeMo v1.17.0_pt_23.04's way of feeding that AdamW: the embedding's bf16 .grad added into its fp32 copy
-    # once a step, and zeroed at the next (model/step_figures.py, fp32_grad_add_ms); later NeMo adds it per micro-batch
+    # once a step, and zeroed at the next (model/nemo_optimizer.py, fp32_grad_add_ms); later NeMo adds it per
+    # micro-batch
     fp32_embedding_grad_add: bool = False
     # the parameters NeMo marks _disable_overlap_grad_sync on apex's DistributedFusedAdam: on a rank holding one, the
     # bucket group they join (its first model chunk's) is reduce-scattered only after the pipeline, in apex's
-    # grad_sync() (model/step_figures.py, grad_sync_parts)
+    # grad_sync() (model/grad_sync.py, grad_sync_parts)
     grad_sync_held: list[Literal["embedding", "sequence-parallel", "final-norm"]] = []
     # apex's bucket_cap_mb (its default 100): the held bucket group's extra fp32 and 16-bit buckets
     bucket_cap_mb: _num(gt=0, le=1e6) = 100.0
-    # "derived": whose end of step (model/step_figures.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
+    # "derived": whose end of step (model/derived_step.py): Megatron's, or DeepSpeed's bf16 optimizer + pipe engine
     runtime: Literal["megatron", "deepspeed-bf16"] = "megatron"
     # when an overlapped sync starts: at the copy's last weight-gradient ("ready"), or rank r's r ops later (Megatron's
     # interleaved schedule); "derived": "pp-aligned" for interleaved-1f1b with 2+ chunks per rank, else "ready"
     grad_sync_launch: Literal["ready", "pp-aligned", "derived"] = "derived"
     grad_sync_shares_p2p: bool = False  # grad sync and pipeline P2P on one link (one NIC per GPU): P2P goes first
-    # SMs (NCCL CTAs) a data-parallel collective takes from the compute it overlaps (model/step_figures.py,
-    # NCCL_DP_CTAS); 0: it takes none
+    # SMs (NCCL CTAs) a data-parallel collective takes from the compute it overlaps (model/comm_slowdown.py,
+    # collectives.NCCL_DP_CTAS); 0: it takes none
     dp_comm_sms: Annotated[int, Field(ge=0, le=64)] = 16
     # Megatron-core's DDP average_in_collective: the gradient reduce-scatter averages in NCCL (ncclAvg), not a sum,
     # which keeps it off NCCL's PAT algorithm (model/collectives.py, bucketed)
@@ -353,7 +354,7 @@ class Scenario(_Section):
             raise ScenarioError('step.overlap_grad_sync: must be false with step.runtime = "deepspeed-bf16" '
                                 "(DeepSpeed's pipeline engine reduces the gradients after the pipeline)")
         if st.runtime == "deepspeed-bf16" and self.model is not None and "derived" in (st.grad_sync, self.optimizer_setting()):
-            from ..model.step_figures import check_deepspeed  # its rules, named by step.runtime, not by a figure
+            from ..model.derived_step import check_deepspeed  # its rules, named by step.runtime, not by a figure
 
             try:
                 check_deepspeed((derived if derived is not None else self.derived()).setup)
@@ -380,7 +381,9 @@ class Scenario(_Section):
         if st.fp32_embedding_optimizer and st.fp32_embedding_grads:
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
-        from ..model.step_figures import derived_sync, grad_sync_shares, grad_sync_tail, per_call
+        from ..model.derived_step import derived_sync
+        from ..model.grad_sync import grad_sync_shares, grad_sync_tail
+        from ..model.step_memo import per_call
 
         figures = {}
         memo: dict = {}  # what the figures below share of this scenario and derivation, worked out once
@@ -426,7 +429,8 @@ class Scenario(_Section):
         collectives take no SMs or the compute is not timed from kernels (no [model] or no preset's rates)."""
         if not self.step.dp_comm_sms or self.model is None or self.hardware is None:
             return ()
-        from ..model.step_figures import dp_comm_slowdown, per_call
+        from ..model.comm_slowdown import dp_comm_slowdown
+        from ..model.step_memo import per_call
 
         try:
             return per_call(memo, "dp_comm_slowdown", lambda: dp_comm_slowdown(self, self.step.dp_comm_sms, derived))

@@ -207,7 +207,7 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
         count, share, passes = aggregated(nbytes, n, buckets, channels)
         lat, speed = tuned(count, share)
         return passes * lat + moved / speed
-    if channels and buckets > 1 and grouped:  # the buckets one NCCL group: the caller decides (step_figures.one_group)
+    if channels and buckets > 1 and grouped:  # the buckets one NCCL group: the caller decides (grad_sync.one_group)
         lat, speed = tuned(group_tuner_count(buckets, channels, nccl))
         best = group_passes(buckets, channels, equal) * lat + moved / speed
     else:

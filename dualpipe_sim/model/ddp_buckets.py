@@ -17,7 +17,7 @@ between the first and the last stage is a bucket of its own on both (``_does_par
 ``shared_embedding`` marks the first stage's embedding and the last stage's copy, the output weight): see
 ``alone``.  ``fill`` is the one fill rule every count and cut here goes through.  Routed experts sit in a
 buffer of their own, reduced over the expert-data ranks: not counted here (the dense buffer's buckets are
-the ones ``step_figures`` times as NCCL rings).
+the ones ``grad_sync`` times as NCCL rings).
 
 Parameters at the granularity of Megatron's Transformer-Engine modules, in the order a layer registers them
 (``Attention`` makes ``linear_proj`` before ``SelfAttention`` makes ``linear_qkv``): the output projection,

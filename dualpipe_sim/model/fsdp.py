@@ -11,7 +11,7 @@ starts computing when the one before it has ended and its own all-gather has.  W
 then takes beyond its compute is its exposed communication; derive.py adds it to the stage's
 forward (all-gathers) and backward (all-gathers and reduce-scatters).  The last unit's
 reduce-scatter runs after the action, under the next one (not counted here); the end of the step
-waits for the last backward's (model/step_figures.py).  Collectives are rings over the
+waits for the last backward's (model/grad_sync.py).  Collectives are rings over the
 data-parallel group on the NIC: (D - 1) / D x bytes / bandwidth.  docs/model.md, "FSDP".
 """
 

@@ -74,7 +74,7 @@ SCHEDULES = ("waves", "persistent", "dynamic")
 
 
 # rounds() and efficiency() are pure functions of a few numbers that the plan asks about again and
-# again (every layout's stages on fewer SMs, model/step_figures.py): kept per typed arguments.
+# again (every layout's stages on fewer SMs, model/comm_slowdown.py): kept per typed arguments.
 @lru_cache(maxsize=1 << 16, typed=True)
 def rounds(units: int, sms: int, held: int = 0, schedule: str = "dynamic") -> int:
     """Unit times a kernel of ``units`` work units, launched for ``sms`` SMs, takes on the

@@ -10,7 +10,7 @@ step what differs from that and what runs after the pipeline:
   optimizer's own ('optimizer-copy-to-main-grad', 'optimizer-unscale-and-check-inf' with a loss scaler,
   'optimizer-clip-main-grad', 'optimizer-copy-main-to-model-params'); with a loss scaler the found-inf flag
   all-reduced over the model-parallel group and read; the clip's norm all-reduced and read (``clip_grads.py``;
-  already costed where the step's end is Megatron-core's: step_figures.grad_norm_all_reduce_ms); ``train``'s
+  already costed where the step's end is Megatron-core's: optimizer_step.grad_norm_all_reduce_ms); ``train``'s
   ``optimizer.get_loss_scale().item()``; on the last rank the micro-batches' losses summed and averaged
   (``train_step``) and added to the log's total (``training_log``).
 * DeepSpeed v0.6.5's pipeline engine under Megatron-DeepSpeed (BLOOM, ``--log-interval 1``, a TensorBoard writer on
@@ -48,7 +48,7 @@ def megatron_phase_calls(interleaved: bool, ranks: int, chunks: int, microbatche
 def megatron_segments(scenario, st, rank: int, ranks: int, norm_costed: bool) -> list[list[host.Step]]:
     """Megatron-LM's once-a-step host stretches on ``rank`` after its pipeline (``train_step``, ``train``), each
     starting at a sync; a collective's seconds are its step's GPU time; ``norm_costed``: the clip norm's all-reduce
-    is in the step's end already (Megatron-core's: step_figures.megatron_core_optimizer)."""
+    is in the step's end already (Megatron-core's: optimizer_step.megatron_core_optimizer)."""
     m, step = scenario.model, scenario.step
     local = not step.overlap_grad_sync  # Megatron's local DDP (torch DDP overlaps, untimed)
     scaler = m.params_dtype == "fp16"  # --fp16: a loss scaler; bf16 none (optimizer.py: grad_scaler None)

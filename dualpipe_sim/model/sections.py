@@ -146,7 +146,7 @@ class ModelSection(BaseModel):
     # Megatron-DeepSpeed's --embed-layernorm (BLOOM's word_embeddings_layernorm): a LayerNorm on the embedding's output
     embed_layernorm: bool = False
     # FP8 parameters (Megatron --fp8-param-gather, NeMo FP8_PARAMS): the linears' weights kept in FP8, gathered
-    # by the distributed optimizer at 1 byte each (model/step_figures.py); needs model.fp8
+    # by the distributed optimizer at 1 byte each (model/param_gather.py); needs model.fp8
     fp8_params: bool = False
     # whether Transformer Engine makes the FP8 transposes its wgrad / dgrad GEMMs read: "kept" (Hopper, and TE 1.x on
     # any GPU: FP8 GEMMs in the TN layout only), "none" (TE 2.x on Blackwell: nvte_is_non_tn_fp8_gemm_supported, the

@@ -4,7 +4,7 @@ Megatron-core's distributed optimizer (25.09-alpha.rc1 d339190, ``distrib_optimi
 into one contiguous range per rank of data x context; a parameter with elements in the rank's range is one piece
 (ranges taken without Megatron's 64-element parameter padding).  Buckets as ddp_buckets cuts them; the routed
 experts' buffer is not counted (callers keep MoE models out).  step_launches counts the host's launches over these
-pieces; step_figures.fp8_master_cast_ms launches the FP8 cast's per-weight kernels only for weights with a piece.
+pieces; fp8_step_casts.fp8_master_cast_ms launches the FP8 cast's per-weight kernels only for weights with a piece.
 """
 
 from __future__ import annotations

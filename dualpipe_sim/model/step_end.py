@@ -2,7 +2,7 @@
 
 `run` takes three per-stage figures from [step] (``Scenario.step_costs``: grad_sync, cross_copy_sync, optimizer)
 and a compute slowdown per stage (step.dp_comm_sms).  Each derived figure is a sum of parts that
-model/step_figures.py times (the data-parallel reduction, the tensor-parallel all-reduce after it, the tied
+model/derived_step.py puts together (the data-parallel reduction, the tensor-parallel all-reduce after it, the tied
 embedding's all-reduce, the Adam step, the FP8 parameters' cast, the parameter all-gather or the wait for it at the
 next step's start, the FP8 weight refresh, the gather's slowdown of the forward it runs beside).  :func:`items`
 lists those parts, each timed by the function derived_sync calls for it, with its bytes, group, link and what bounds
@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from ..errors import ScenarioError
 from . import collectives, ddp_buckets, derive, loop_step, step_launches
-from . import step_figures as sf
+from . import comm_slowdown, derived_step, fp8_step_casts, grad_sync, nemo_optimizer, optimizer_step, param_gather
+from .nemo_optimizer import (FP32_GRAD_BYTES, NEMO_FP32_OPTIM_BYTES, NEMO_GRAD_ADD_BYTES, NEMO_GRAD_ADD_KERNELS,
+                             TORCH_ADAMW_BYTES)
 
 FIGURES = ("grad_sync", "cross_copy_sync", "optimizer")
 
@@ -37,7 +39,7 @@ class Item:
 
 
 def _link(st) -> str:
-    """The data-parallel group's link for the dense part, as step_figures._sync_ms picks it."""
+    """The data-parallel group's link for the dense part, as grad_sync.sync_ms picks it."""
     if st.rates is None:
         return "nic"
     return st.group("dp-cp").link
@@ -102,40 +104,40 @@ def _grad_sync(scenario, derived) -> list[Item]:
     routed = any(r for _, r in grads)
     op = "all-reduce" if deepspeed or sh.zero == 0 else "reduce-scatter"
     fp32 = deepspeed or step.fp32_embedding_grads  # DeepSpeed's fp32 gradients; NeMo's fp32 embedding ones
-    tied = sf.tied_embedding_ms(scenario, st, sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
+    tied = grad_sync.tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
     overlap = (f"overlapped with the backward, launch {scenario.grad_sync_launch()}"
                if step.overlap_grad_sync else "after the pipeline's last backward")
     if step.grad_sync_held or step.fp32_embedding_optimizer:  # NeMo's end of step on apex: its own parts
         return _nemo_grad_sync(scenario, derived, overlap)
     if deepspeed or sh.zero >= 2:  # their own rules inside derived_sync: the figure less the tied all-reduce
-        whole = sf.derived_sync(scenario, "grad_sync", derived)
+        whole = derived_step.derived_sync(scenario, "grad_sync", derived)
         ms = tuple(w - (tied.get(s, 0.0) if deepspeed else 0.0) for s, w in enumerate(whole))
         rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
                 f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog: "
                 "the stage's whole gradient, M / copies times)")
         if deepspeed:  # its dense gradient sent in bf16
-            nbytes = tuple(f.dense_params / sh.tensor * sf.BF16 for f in derived.stages)
-            bound = _bound(ms, (sf._sync_ms(st, "grad_sync", 1.0, 0.0, op="all_reduce"),) * len(ms))
+            nbytes = tuple(f.dense_params / sh.tensor * grad_sync.BF16 for f in derived.stages)
+            bound = _bound(ms, (grad_sync.sync_ms(st, "grad_sync", 1.0, 0.0, op="all_reduce"),) * len(ms))
         else:  # ZeRO 2/3: the last unit's reduce-scatter, or where the channel's backlog is longer, that backlog
-            units = [sf.last_unit_grads(st, w) for w in st.stages]
-            unit_ms = [sf._sync_ms(st, "grad_sync", d, r) for d, r in units]
+            units = [grad_sync.last_unit_grads(st, w) for w in st.stages]
+            unit_ms = [grad_sync.sync_ms(st, "grad_sync", d, r) for d, r in units]
             backlog = [m > u * (1 + 1e-9) for m, u in zip(ms, unit_ms)]
             nbytes = tuple(sum(g) if b else sum(u) for g, u, b in zip(grads, units, backlog))
-            latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0) for _, r in units)
+            latency = tuple(grad_sync.sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0) for _, r in units)
             bound = "bandwidth (the backlog)" if any(backlog) else _bound(ms, latency)
         out = [Item(f"data-parallel gradient {op}", "grad_sync", nbytes, ms, _groups(sh, routed), _link(st),
                     bound, rule)]  # fmt: skip
     else:
         if step.fp32_embedding_grads:  # the embedding's gradients in fp32: more bytes in the same buckets
-            grads = [(d + sf.fp32_embedding_extra_bytes(st, w), r) for (d, r), w in zip(grads, st.stages)]
+            grads = [(d + nemo_optimizer.fp32_embedding_extra_bytes(st, w), r) for (d, r), w in zip(grads, st.stages)]
         buckets = ddp_buckets.per_stage(scenario, derived)
-        ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) for (d, r), b in zip(grads, buckets))
-        latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b)
+        ms = tuple(grad_sync.sync_ms(st, "grad_sync", d, r, buckets=b) for (d, r), b in zip(grads, buckets))
+        latency = tuple(grad_sync.sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b)
                         for (_, r), b in zip(grads, buckets))  # fmt: skip
         given = "step.grad_sync_buckets" + (" derived" if step.grad_sync_buckets == "derived" else " given")
         rule = f"{_buckets(buckets)} ({given}); {overlap}" + (
             "; the embedding's gradients in fp32 (step.fp32_embedding_grads)" if step.fp32_embedding_grads else "")
-        shares = sf.grad_sync_shares(scenario, derived)
+        shares = grad_sync.grad_sync_shares(scenario, derived)
         if shares:  # Megatron-core's groups with FP8 parameters (partition_buckets case 3)
             last = ", ".join(f"stage {s}: {len(p)} groups, the last {p[-1]:.1%}" for s, p in enumerate(shares) if p)
             rule += ("; Megatron-core's bucket groups, the last holding the 16-bit buffer with the forward's first FP8 "
@@ -144,7 +146,7 @@ def _grad_sync(scenario, derived) -> list[Item]:
                     _groups(sh, routed), _link(st), _bound(ms, latency), rule)]  # fmt: skip
     out += [] if deepspeed else _tp_all_reduce(scenario, st, "finalize_model_grads' _allreduce_layernorm_grads")
     if tied:
-        nbytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
+        nbytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
         per = tuple(tied.get(s, 0.0) for s in range(len(st.stages)))
         # which link tied_embedding_ms took (the two pipeline ranks on one node or not): the one its time is
         on_node = st.rates is not None and math.isclose(
@@ -162,12 +164,12 @@ def _grad_sync(scenario, derived) -> list[Item]:
 
 def _tp_all_reduce(scenario, st, what: str) -> list[Item]:
     """The tail's tensor-parallel all-reduce of the gradients every tensor rank holds whole
-    (step_figures.tp_grad_all_reduce_ms), as one item (none where it is zero)."""
+    (grad_sync.tp_grad_all_reduce_ms), as one item (none where it is zero)."""
     sh = st.sharding
-    ms = sf.tp_grad_all_reduce_ms(scenario, st)
+    ms = grad_sync.tp_grad_all_reduce_ms(scenario, st)
     if not any(ms):
         return []
-    nbytes = tuple(sf.tp_reduced_elements(scenario, st, w) * sh.grads_bytes for w in st.stages)
+    nbytes = tuple(grad_sync.tp_reduced_elements(scenario, st, w) * sh.grads_bytes for w in st.stages)
     link = "nvlink" if st.rates is None else st.group("tp").link
     latency = collectives.time("all_reduce", 1.0, sh.tensor, st.rates, link) * 1e3 if st.rates is not None else 0.0
     return [Item("tensor-parallel all-reduce of the whole-on-rank gradients", "grad_sync_tail", nbytes, ms,
@@ -177,22 +179,23 @@ def _tp_all_reduce(scenario, st, what: str) -> list[Item]:
 
 
 def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
-    """The reduction as NeMo runs it on apex (step_figures.nemo_sync): the overlapped reduce-scatter, then in the tail
+    """The reduction as NeMo runs it on apex (grad_sync.nemo_sync): the overlapped reduce-scatter, then in the tail
     (figure grad_sync_tail) the tied all-reduce, the held bucket group and NeMo 1.x's fp32 embedding all-reduce."""
     st, step = derived.setup, scenario.step
     sh = st.sharding
-    p = sf.nemo_sync(scenario, derived)
+    p = grad_sync.nemo_sync(scenario, derived)
     n = len(p.dense)
     routed = any(p.routed) or any(p.held_routed)
-    ms = tuple(sf._sync_ms(st, "grad_sync", d, r, buckets=b) if d or r else 0.0
+    ms = tuple(grad_sync.sync_ms(st, "grad_sync", d, r, buckets=b) if d or r else 0.0
                for d, r, b in zip(p.dense, p.routed, p.buckets))  # fmt: skip
-    latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b) for r, b in zip(p.routed, p.buckets))
+    latency = tuple(grad_sync.sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0, buckets=b)
+                    for r, b in zip(p.routed, p.buckets))  # fmt: skip
     out = [Item("data-parallel gradient reduce-scatter", "grad_sync", tuple(d + r for d, r in zip(p.dense, p.routed)),
                 ms, _groups(sh, routed), _link(st), _bound(ms, latency),
                 f"{_buckets(p.buckets)}; {overlap}; what NeMo does not hold back")]  # fmt: skip
     out += _tp_all_reduce(scenario, st, "NeMo's allreduce_sequence_parallel_gradients (counted first in the tail)")
     fp32 = step.fp32_embedding_grads or step.fp32_embedding_optimizer
-    tied_bytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (sf.FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
+    tied_bytes = st.cfg.vocab_size * st.cfg.hidden_size / sh.tensor * (FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
     for figure, keep in (("grad_sync", False), ("grad_sync_tail", True)):
         per = tuple(t if inside == keep else 0.0 for t, inside in zip(p.tied_ms, p.in_tail))
         if any(per):
@@ -201,7 +204,7 @@ def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
                             "2: the embedding's and the head's pipeline ranks", "nic", "bandwidth",
                             "after NeMo's _finish_bucket_grad_sync, before apex's grad_sync()" if keep else
                             "after the data-parallel reduction, before the optimizer"))  # fmt: skip
-    held = tuple(sf.held_ms(st, p, s) for s in range(n))
+    held = tuple(grad_sync.held_ms(st, p, s) for s in range(n))
     if any(held):
         out.append(Item("held bucket group reduce-scatter (apex grad_sync)", "grad_sync_tail",
                         tuple(d + r for d, r in zip(p.held_dense, p.held_routed)), held, _groups(sh, routed), _link(st),
@@ -210,7 +213,7 @@ def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
                         "(_disable_overlap_grad_sync): after the rank's pipeline and every other sync; "
                         "buckets " + ", ".join(f"stage {s}: {b}" for s, b in enumerate(p.held_buckets) if b)))
     if any(p.fp32_ms):
-        nbytes = tuple(sf.fp32_optimizer_elements(st, w) * sf.FP32_GRAD_BYTES for w in st.stages)
+        nbytes = tuple(nemo_optimizer.fp32_optimizer_elements(st, w) * FP32_GRAD_BYTES for w in st.stages)
         out.append(Item("fp32 embedding gradient all-reduce (NeMo 1.x's AdamW)", "grad_sync_tail", nbytes, p.fp32_ms,
                         f"data x context {sh.data}", _link(st), "bandwidth",
                         "in grad_norm after apex's grad_sync, waited for (step.fp32_embedding_optimizer)"))
@@ -220,12 +223,12 @@ def _nemo_grad_sync(scenario, derived, overlap: str) -> list[Item]:
 def _cross_copy(scenario, derived) -> list[Item]:
     st = derived.setup
     # derived for every stage, but `run` sums only the stages two ranks hold (engine/step.py)
-    twice = [n == 2 for n in sf._stage_copies(scenario)]
+    twice = [n == 2 for n in derived_step.stage_copies(scenario)]
     where = "" if all(twice) else "; no stage is held twice here: `run` adds none of it" if not any(twice) else \
         "; `run` adds it only for the stages two ranks hold"
     grads = _grads(derived)
-    ms = tuple(sf._sync_ms(st, "cross_copy_sync", d, r) for d, r in grads)
-    latency = (sf._sync_ms(st, "cross_copy_sync", 1.0, 0.0),) * len(ms)  # one send of 1 byte
+    ms = tuple(grad_sync.sync_ms(st, "cross_copy_sync", d, r) for d, r in grads)
+    latency = (grad_sync.sync_ms(st, "cross_copy_sync", 1.0, 0.0),) * len(ms)  # one send of 1 byte
     return [Item("cross-copy gradient sum", "cross_copy_sync", tuple(d + r for d, r in grads), ms,
                  "2: the ranks holding a stage's two copies", "nic", _bound(ms, latency),
                  f"a stage held twice (DualPipe, Chimera): the copies' gradients summed{where}")]  # fmt: skip
@@ -238,26 +241,27 @@ def _optimizer(scenario, derived) -> list[Item]:
     n = len(st.stages)
     deepspeed = step.runtime == "deepspeed-bf16"
     fp8 = m.fp8_params
-    fp8_elements = [sf.fp8_param_elements(st, w) if fp8 else (0.0, 0.0) for w in st.stages]
+    fp8_elements = [fp8_step_casts.fp8_param_elements(st, w) if fp8 else (0.0, 0.0) for w in st.stages]
     # the stage copies as apex holds them (without NeMo 1.x's fp32 embeddings: step.fp32_embedding_optimizer)
-    stages = [sf.apex_stage(scenario, st, w, f) for w, f in zip(st.stages, derived.stages)]
+    stages = [nemo_optimizer.apex_stage(scenario, st, w, f) for w, f in zip(st.stages, derived.stages)]
     overlapped = sh.zero in (1, 2) and step.param_gather_overlapped()
     # Adam over the rank's shard: bytes per parameter (optimizer_bytes_per_param) at the HBM rate, one launch floor
-    per_param = sf.optimizer_bytes_per_param(m, sh.optimizer_bytes)
+    per_param = optimizer_step.optimizer_bytes_per_param(m, sh.optimizer_bytes)
     streamed = []
     for f in derived.stages:
         shard = (1 / sh.data, 1 / sh.expert_data) if sh.zero >= 1 else (1.0, 1.0)
         updated = f.dense_params / sh.tensor * shard[0] + f.routed_params / sh.routed_ranks * shard[1]
-        extra = (f.dense_params / sh.tensor - updated) * sf.GRAD_NORM_BYTES if deepspeed else 0.0
+        extra = (f.dense_params / sh.tensor - updated) * optimizer_step.GRAD_NORM_BYTES if deepspeed else 0.0
         streamed.append(updated * per_param + extra)
     adam = tuple((b / rates.hbm + rates.floor) * 1e3 for b in streamed)
     name, how = "optimizer step (Adam + clip norm + master copy)", f"{per_param:g} B per parameter updated"
     launches = "one launch"
     if step.param_gather == "apex" and not deepspeed:  # apex's fused kernel: no copy pass, no gradient cast
-        once = sf._once_per_rank(scenario, n)
-        parts = [sf.apex_adam_ms(scenario, st, w, f, once[s]) for s, (w, f) in enumerate(zip(st.stages, stages))]
+        once = derived_step.once_per_rank(scenario, n)
+        parts = [nemo_optimizer.apex_adam_ms(scenario, st, w, f, once[s])
+                 for s, (w, f) in enumerate(zip(st.stages, stages))]  # fmt: skip
         streamed, adam = [b for b, _ in parts], tuple(ms for _, ms in parts)
-        wide, narrow = sf.apex_adam_bytes(m, sh)
+        wide, narrow = nemo_optimizer.apex_adam_bytes(m, sh)
         name = "optimizer step (apex's fused Adam + clip norm)"
         how = f"apex: {wide:g} B per 16-bit-synced element" + (f", {narrow:g} per FP8 one" if fp8 else "")
         launches = "its multi-tensor launches"
@@ -265,7 +269,7 @@ def _optimizer(scenario, derived) -> list[Item]:
                 f"the rank's shard (ZeRO {sh.zero})" if sh.zero >= 1 else "the rank's whole stage copy (ZeRO 0)", "hbm",
                 "memory", f"{how} at {rates.hbm / 1e12:.3g} TB/s + {launches}")]
     if fp8 and not deepspeed:
-        cast = tuple(sf.fp8_master_cast_ms(scenario, st, derived))
+        cast = tuple(fp8_step_casts.fp8_master_cast_ms(scenario, st, derived))
         out.append(Item("FP8 parameters' cast + amax all-reduce", "optimizer", (0.0,) * n, cast,
                         f"amax over data x context {sh.data}" + (f", the experts' over expert-data {sh.expert_data:g}"
                                                                  if any(f.routed_params for f in derived.stages) else ""),
@@ -273,33 +277,35 @@ def _optimizer(scenario, derived) -> list[Item]:
                         "NeMo's cast_to_fp8 of each fp32 shard fragment after apex's Adam, before the all-gather"
                         if step.param_gather == "apex" else
                         "Transformer Engine's cast_master_weights_to_fp8 after Adam, before the all-gather"))
-    if sf.megatron_core_optimizer(scenario):
+    if optimizer_step.megatron_core_optimizer(scenario):
         zero_bytes = tuple((f.dense_params / sh.tensor + f.routed_params / sh.routed_ranks) * sh.grads_bytes
                            for f in derived.stages)  # fmt: skip
         out.append(Item("gradient buffers zeroed at the step's start", "optimizer", zero_bytes,
-                        tuple(sf.grad_zero_ms(st, f) for f in derived.stages), "the rank's stage copy", "hbm",
+                        tuple(optimizer_step.grad_zero_ms(st, f) for f in derived.stages), "the rank's stage copy",
+                        "hbm",
                         "memory", "Megatron-core's zero_grad_buffer before the forward: the buffer written once"))
-        ranks = sf.grad_norm_ranks(scenario, st)
-        norm = sf.grad_norm_all_reduce_ms(scenario, st)
+        ranks = optimizer_step.grad_norm_ranks(scenario, st)
+        norm = optimizer_step.grad_norm_all_reduce_ms(scenario, st)
         out.append(Item("gradient norm all-reduce (clip)", "optimizer", (4.0,) + (0.0,) * (n - 1),
-                        tuple(norm * w for w in sf._once_per_rank(scenario, n)), f"all {ranks} ranks"
-                        if sh.zero >= 1 else f"model-parallel {ranks}", sf.grad_norm_group(scenario, st).link,
+                        tuple(norm * w for w in derived_step.once_per_rank(scenario, n)), f"all {ranks} ranks"
+                        if sh.zero >= 1 else f"model-parallel {ranks}",
+                        optimizer_step.grad_norm_group(scenario, st).link,
                         "latency", "one fp32 all-reduced, read by .item() before Adam; on every rank once"))
     out += _loop_items(scenario, st)
     gather_bytes = tuple(f.dense_params / sh.tensor * sh.params_bytes - e[0] * (sh.params_bytes - 1.0)
                          + f.routed_params / sh.routed_ranks * sh.params_bytes - e[1] * (sh.params_bytes - 1.0)
                          for f, e in zip(stages, fp8_elements))  # fmt: skip
-    whole = tuple(sf.param_gather_ms(st, f, e) for f, e in zip(stages, fp8_elements))
+    whole = tuple(param_gather.param_gather_ms(st, f, e) for f, e in zip(stages, fp8_elements))
     routed = any(f.routed_params for f in derived.stages)
     if sh.zero in (1, 2) and not overlapped:
-        latency = tuple(sf._sync_ms(st, "grad_sync", 1.0, 1.0 if f.routed_params else 0.0, op="all_gather")
+        latency = tuple(grad_sync.sync_ms(st, "grad_sync", 1.0, 1.0 if f.routed_params else 0.0, op="all_gather")
                         for f in derived.stages)  # a 1-byte message: what the gather takes besides its bytes
         out.append(Item("parameter all-gather (exposed)", "optimizer", gather_bytes, whole, _groups(sh, routed),
                         _link(st), _bound(whole, latency),
                         "after the optimizer, nothing beside it (overlap_param_gather off)"))
     start, share = 0.0, None
     if overlapped:
-        start = sf.step_start_ms(scenario, derived)
+        start = param_gather.step_start_ms(scenario, derived)
         if step.param_gather == "megatron-core" and not scenario._megatron_interleaved():
             how = "Megatron-core's bucket-group chain before stage 0's first forward"
         elif step.param_gather == "megatron-core" and step.overlap_param_gather_with_optimizer_step:
@@ -309,8 +315,8 @@ def _optimizer(scenario, derived) -> list[Item]:
             how = "stage 0's whole gather before its first forward" + (
                 " (NeMo: its FP8 and 16-bit parameters in separate buckets)" if fp8 and step.param_gather == "apex"
                 else "")
-        share = sf._once_per_rank(scenario, n) if start > 0 else None
-        extra = sf.apex_fp8_first_bucket(scenario, derived)[1] if fp8 and step.param_gather == "apex" else 0.0
+        share = derived_step.once_per_rank(scenario, n) if start > 0 else None
+        extra = param_gather.apex_fp8_first_bucket(scenario, derived)[1] if fp8 and step.param_gather == "apex" else 0.0
         out.append(Item("parameter all-gather: wait at the next step's start", "optimizer",
                         (gather_bytes[0] + extra,) + (0.0,) * (n - 1), tuple(start * w for w in share or [0.0] * n),
                         _groups(sh, routed), _link(st), "bandwidth + ring latency",
@@ -318,27 +324,31 @@ def _optimizer(scenario, derived) -> list[Item]:
                         "split over the stage copies it holds"))  # fmt: skip
     if step.fp32_embedding_optimizer:
         out.append(Item("fp32 AdamW of the embeddings (NeMo 1.x)", "optimizer",
-                        tuple(sf.fp32_adamw_bytes(st, w) for w in st.stages),
-                        tuple(sf.fp32_adamw_ms(st, w) for w in st.stages), "every data-parallel rank, unsharded", "hbm",
-                        "memory", f"torch's foreach AdamW, {sf.TORCH_ADAMW_BYTES} B, and NeMo's scale, norm, copy and "
-                        f"zeroing, {sf.NEMO_FP32_OPTIM_BYTES} B, an fp32 element"))  # fmt: skip
+                        tuple(nemo_optimizer.fp32_adamw_bytes(st, w) for w in st.stages),
+                        tuple(nemo_optimizer.fp32_adamw_ms(st, w) for w in st.stages),
+                        "every data-parallel rank, unsharded", "hbm",
+                        "memory", f"torch's foreach AdamW, {TORCH_ADAMW_BYTES} B, and NeMo's scale, norm, copy and "
+                        f"zeroing, {NEMO_FP32_OPTIM_BYTES} B, an fp32 element"))  # fmt: skip
     if step.fp32_embedding_optimizer and step.fp32_embedding_grad_add:
         out.append(Item("bf16 embedding gradient added into the fp32 copy (NeMo 1.17)", "optimizer",
-                        tuple(sf.fp32_grad_add_elements(st, w) * sf.NEMO_GRAD_ADD_BYTES for w in st.stages),
-                        tuple(sf.fp32_grad_add_ms(st, w) for w in st.stages), "the embedding stage, every data-parallel "
-                        "rank", "hbm", "memory", f"main_param.grad += model_param.grad once a step and the .grad "
-                        f"zeroed: {sf.NEMO_GRAD_ADD_BYTES} B an element, {sf.NEMO_GRAD_ADD_KERNELS} kernels a tensor"))
-    refresh = tuple(sf.fp8_weight_cast_ms(st, w) for w in st.stages)
+                        tuple(nemo_optimizer.fp32_grad_add_elements(st, w) * NEMO_GRAD_ADD_BYTES for w in st.stages),
+                        tuple(nemo_optimizer.fp32_grad_add_ms(st, w) for w in st.stages),
+                        "the embedding stage, every data-parallel rank", "hbm", "memory",
+                        f"main_param.grad += model_param.grad once a step and the .grad "
+                        f"zeroed: {NEMO_GRAD_ADD_BYTES} B an element, {NEMO_GRAD_ADD_KERNELS} kernels a tensor"))
+    refresh = tuple(fp8_step_casts.fp8_weight_cast_ms(st, w) for w in st.stages)
     if any(refresh):
         low = "NVFP4" if st.fp4 else "FP8"  # model.fp4: NVFP4 copies (docs/model.md, "NVFP4 in memory")
         out.append(Item(f"{low} weight refresh (first micro-batch)", "optimizer", (0.0,) * n, refresh, "the rank",
                         "hbm", "memory", f"the {low} copies (or FP8 parameters' transposes) made once a step"))
-    slow = sf.dp_comm_slowdown(scenario, step.dp_comm_sms, derived) if overlapped and step.dp_comm_sms else ()
+    slow = comm_slowdown.dp_comm_slowdown(scenario, step.dp_comm_sms, derived) \
+        if overlapped and step.dp_comm_sms else ()
     if slow:
-        held = sf._stage_copies(scenario)  # the copy's forwards in a step: M / copies of them
+        held = derived_step.stage_copies(scenario)  # the copy's forwards in a step: M / copies of them
         forwards = [scenario.pipeline.microbatches / held[s] * (f.forward or 0.0) for s, f in enumerate(derived.stages)]
-        beside = tuple(sf.forward_under_gather_ms(whole[s], sf._waited_before_forward(step, s, start), forwards[s],
-                                                  slow[s]) for s in range(n))  # fmt: skip
+        waited = [param_gather.waited_before_forward(step, s, start) for s in range(n)]
+        beside = tuple(param_gather.forward_under_gather_ms(whole[s], waited[s], forwards[s], slow[s])
+                       for s in range(n))  # fmt: skip
         out.append(Item("forward slowed beside the overlapped all-gather", "optimizer", (0.0,) * n, beside,
                         "the rank", "-", f"SMs ({step.dp_comm_sms} taken)",
                         "(slowdown - 1) x the forward the gather runs beside (step.dp_comm_sms)"))  # fmt: skip
@@ -346,8 +356,9 @@ def _optimizer(scenario, derived) -> list[Item]:
 
 
 def _loop_items(scenario, st) -> list[Item]:
-    """The A100-era loops' once-a-step work (model/loop_step.py), as step_figures adds it to the optimizer figure."""
-    phase, once = loop_step.per_stage_ms(scenario, st, derive.stage_ranks(scenario), sf.megatron_core_optimizer(scenario))
+    """The A100-era loops' once-a-step work (model/loop_step.py), as derived_sync adds it to the optimizer figure."""
+    mcore = optimizer_step.megatron_core_optimizer(scenario)
+    phase, once = loop_step.per_stage_ms(scenario, st, derive.stage_ranks(scenario), mcore)
     n = len(st.stages)
     out = []
     if any(phase):
@@ -380,7 +391,7 @@ def summary(scenario, derived) -> dict | None:
     step, settings = scenario.step, _settings(scenario)
     figures = {k: list(getattr(costs, k)) for k in FIGURES}
     derived_keys = [k for k in FIGURES if settings[k] == "derived"]
-    if any(costs.grad_sync_tail):  # what runs after the rank's other syncs (step_figures.grad_sync_tail)
+    if any(costs.grad_sync_tail):  # what runs after the rank's other syncs (grad_sync.grad_sync_tail)
         figures["grad_sync_tail"] = list(costs.grad_sync_tail)
         derived_keys.append("grad_sync_tail")
     return {

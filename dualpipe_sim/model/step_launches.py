@@ -12,7 +12,7 @@ measured host time per launch for this stack was reached):
   TE's ``at::zeros({320})``, the l2norm kernel per multi-tensor launch, its ``cleanup`` kernel, ``** 2``, the
   all-reduce and the ``.item()`` copy (clip_grads.py; TE ``multi_tensor/l2norm.cpp``, ``l2norm.cu``);
 * after the ``.item()``: TE's ``FusedAdam`` per parameter group (``multi_tensor_adam`` over grad, param, exp_avg,
-  exp_avg_sq: depth 4), the FP8 weights' cast (``cast_master_weights_to_fp8``: step_figures.FP8_SHARD_KERNELS per
+  exp_avg_sq: depth 4), the FP8 weights' cast (``cast_master_weights_to_fp8``: fp8_step_casts.FP8_SHARD_KERNELS per
   FP8 piece, ``fp8_cast_fixed_launches`` and the amax all-reduce), one ``copy_`` per 16-bit piece
   (``_copy_main_params_to_model_params``).  The clip's scale (only when the norm exceeds the clip) is left out.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ddp_buckets, derive
-from . import step_figures as sf
+from . import fp8_step_casts
 from .shard_pieces import Piece, buffers, pieces, rank_pieces  # noqa: F401 (Piece, pieces: this module's tests)
 
 CHUNK = 2048 * 32  # elements a block takes: TE optimizers/multi_tensor_apply.py MultiTensorApply(2048 * 32)
@@ -67,9 +67,9 @@ class Launches:
 
 def count(scenario, derived) -> Launches | None:
     """The launches of the pipeline rank holding stage 0, on its data-parallel rank with the most; None where the
-    step's end is not Megatron-core's distributed optimizer (sf.megatron_core_optimizer, ZeRO 1+), without the
+    step's end is not Megatron-core's distributed optimizer (optimizer_step.megatron_core_optimizer, ZeRO 1+), without the
     kernel-level model, or for MoE models (the experts' buffer is not counted)."""
-    if not sf.shard_counted(scenario, derived.setup):
+    if not fp8_step_casts.shard_counted(scenario, derived.setup):
         return None
     st = derived.setup
     held = derive.stage_ranks(scenario) or [{s} for s in range(len(st.stages))]
@@ -92,8 +92,8 @@ def count(scenario, derived) -> Launches | None:
         adam = sum(multi_tensor_launches([p.size for p in o if p.decay is d], 4) for o in own for d in (True, False))
         fp8_own = sum(p.fp8 for p in every)
         # each optimizer casts all its FP8 weights' scales (pieces or not), then its pieces
-        cast = sum(sf.fp8_cast_fixed_launches(recipe, n) + FP8_AMAX_REDUCE for n in fp8_weights if n)
-        cast += fp8_own * sf.FP8_SHARD_KERNELS[recipe]
+        cast = sum(fp8_step_casts.fp8_cast_fixed_launches(recipe, n) + FP8_AMAX_REDUCE for n in fp8_weights if n)
+        cast += fp8_own * fp8_step_casts.FP8_SHARD_KERNELS[recipe]
         got = Launches(len(every) + NORM_FIXED + norm, adam + cast + len(every) - fp8_own, len(every), fp8_own,
                        adam, norm)
         if best is None or got.after_loss + got.after_norm > best.after_loss + best.after_norm:

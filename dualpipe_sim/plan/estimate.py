@@ -28,7 +28,7 @@ from ..step_costs import StepCosts
 from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection
-from ..model.step_figures import derived_sync
+from ..model.derived_step import derived_sync
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
 from .space import Candidate

@@ -1,5 +1,5 @@
-"""model/step_figures.py branches the s16g coverage run found no test reaching: the derived cross-copy sum
-on hardware given as an efficiency (no kernel rates), and the optimizer's refusal there."""
+"""model/derived_step.py branches (step_figures.py's before s19e) the s16g coverage run found no test reaching:
+the derived cross-copy sum on hardware given as an efficiency (no kernel rates), and the optimizer's refusal there."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.model.config import ModelError
-from dualpipe_sim.model.step_figures import derived_sync
+from dualpipe_sim.model.derived_step import derived_sync
 from tests.helpers import TINY_LLAMA_MODEL
 
 # TINY_LLAMA_MODEL's parameters by hand (hidden 256, 4 layers, 4 heads = 4 KV heads, FFN 512, vocab 1000, untied):
