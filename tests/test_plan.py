@@ -417,7 +417,7 @@ MOE = {"model_type": "mixtral", "hidden_size": 256, "num_hidden_layers": 4, "voc
 def test_zero_1_is_kept_where_zero_2_reduce_scatters_cannot_hide(tmp_path):
     """128 experts, top-1, no expert parallelism: an expert's parameters see 1/128 of the tokens, so on
     some layouts a micro-batch's F + B is shorter than a whole-gradient reduce-scatter and ZeRO 2's
-    one per micro-batch may leave a backlog longer than ZeRO 1's single sync (model/step_figures.py;
+    one per micro-batch may leave a backlog longer than ZeRO 1's single sync (model/grad_sync.py zero2_backlog;
     tests/test_fsdp.py works such a case by hand).  ZeRO 2 is then not sure to be faster, so ZeRO 1
     is not pruned for its twin; where they fit, it is."""
     from dualpipe_sim.plan.estimate import FigureCache

@@ -1,4 +1,4 @@
-"""The caches behind the plan's step figures (model/step_figures.py) change no figure.
+"""The caches behind the plan's step figures (model/derived_step.py and the modules it draws on) change no figure.
 
 A plan asks for the [step] figures of thousands of layouts.  Two caches serve them across layouts:
 

@@ -329,7 +329,7 @@ def test_llama3_70b_throughput_and_derived_sync():
     # 309-314, 356-361): 7 x 2 x 8192 more in a count a rank holds 1/8 of, 855,769,088.  Simple wins at these sizes (LL128's 30% less bandwidth costs more than its latency saves).
     # Stage 0 (the embedding and its layers) is the exception: its whole-gradient reduce-scatter (ZeRO 1's
     # figure, R) outlasts a micro-batch's F + B (B holds W), so ZeRO 2's 16 per-micro-batch reduce-scatters leave
-    # the channel a backlog of 16 x (R - (F + B)) at the step's end (model/step_figures.py), longer than the last unit's.
+    # the channel a backlog of 16 x (R - (F + B)) at the step's end (model/grad_sync.py zero2_backlog), longer than the last unit's.
     whole = scenario.load(ROOT / "scenarios" / "llama3-70b.toml",
                           ["step.grad_sync=derived", "step.optimizer=1", "parallel.zero=1"]).step_costs().grad_sync
     stages = sc.derived().stages

@@ -1657,7 +1657,7 @@ def mtp_module(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel
 # Transformer Engine's weight refresh (cast_transpose into weight_fp8 and weight_t_fp8: read 2, write 1 + 1
 # bytes a weight element), in every forward when nothing is cached (is_first_microbatch None: linear.py,
 # layernorm_linear.py, layernorm_mlp.py at release_v0.8 / 09ba842 / v1.6); with the cache, once a step
-# (model/step_figures.py fp8_weight_cast_ms)
+# (model/fp8_step_casts.py fp8_weight_cast_ms)
 FP8_WEIGHT_CAST_BYTES = 2 + 1 + 1
 
 
