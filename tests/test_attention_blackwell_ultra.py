@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import derive
 from dualpipe_sim.model.rates import (B200_ATTENTION_SUSTAINED, B200_FREE_CLOCK, B300_OVER_GB300_ATTENTION,
                                       GB300_FREE_CLOCK, PRESETS)
-from helpers import kernel_table
+from helpers import attention_pair, kernel_table, sdpa_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 SDPA = ROOT / "tests" / "data" / "kernels" / "cudnn_frontend_sdpa.csv"
@@ -30,12 +28,7 @@ T0 = {("cudnn", "forward"): 140e-6, ("cudnn", "backward"): 138e-6,
 WORST = {("cudnn", "forward"): 0.072, ("cudnn", "backward"): 0.094,
          ("flash-attn-2", "forward"): 0.039, ("flash-attn-2", "backward"): 0.035}  # fmt: skip
 
-
-def _flops(r: dict) -> float:
-    """flash-attention's count: causal forward 4 b s^2 heads d / 2, backward 2.5x."""
-    s = float(r["seq"])
-    forward = 4 * int(r["batch"]) * s * s * int(r["q_heads"]) * int(r["head_dim"]) / 2
-    return forward * (2.5 if r["pass"] == "backward" else 1)
+_flops = sdpa_flops  # flash-attention's count (tests/helpers.py)
 
 
 def _rows(source: str, library: str | None = None, kind: str | None = None) -> list[dict]:
@@ -136,12 +129,8 @@ def test_gb300_attention_time_by_hand():
     # Llama 3.1 8B on two GB300 trays (mlperf51-llama8b-8gb300-nvfp4: CP 1, micro-batch 2 of 8,192 tokens, attention in
     # BF16): 2 x 16,384 x 8,192 x 32 x 256 / 2 FLOPs forward, 2.5x backward; the rate at 8,192 tokens, cuDNN
     # 1,733 x s / (s + 220) forward, 1,485 x s / (s + 2,380) backward, x 1,237 / 1,450, plus the 2.04 us kernel floor
-    setup = derive.setup(scenario.load(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-8gb300-nvfp4.toml"))
-    rows = {(k.name, k.component): k for k in derive.layer_kernels(setup, 0)}
     flops = 2 * 16384 * 8192 * 32 * 256 / 2
-    fwd = rows[("flash attention", "attn_forward")]
-    bwd = rows[("flash attention backward", "attn_backward_input")]
-    assert fwd.flops == flops and bwd.flops == 2.5 * flops
+    fwd, bwd = attention_pair(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-8gb300-nvfp4.toml", flops)
     assert fwd.seconds == pytest.approx(2.04e-6 + flops / (1733e12 * 1237 / 1450 * 8192 / 8412))
     assert bwd.seconds == pytest.approx(2.04e-6 + 2.5 * flops / (1485e12 * 1237 / 1450 * 8192 / 10572))
     # 0.766 / 2.802 ms (B200's curves: 1.088 / 3.526)
