@@ -254,6 +254,14 @@ def main_attention_cudnn_frontend() -> None:
         for kind in ("forward", "backward"):
             fit_attention_timed(f"B200 {library} {kind}, causal (cudnn-frontend, 512-16384)",
                                 *sdpa_rows("b200_913", library, kind, 16384))
+    # GB300's own (s19k): the same script, software and shapes on an "NVIDIA GB300" (rates.GB300_CUDNN_FREE_CLOCK,
+    # GB300_FA2_FREE_CLOCK); B300 takes those x the DiT forward pair's B300 / GB300 (rates.B300_OVER_GB300_ATTENTION)
+    for library in ("cudnn", "flash-attn-2"):
+        for kind in ("forward", "backward"):
+            fit_attention_timed(f"GB300 {library} {kind}, causal (cudnn-frontend, 512-16384)",
+                                *sdpa_rows("gb300_913", library, kind, 16384))
+    print(f"B300 / GB300 attention (cudnn-frontend's DiT forward, cuDNN, 4,096 and 8,192 queries): "
+          f"{rates.B300_OVER_GB300_ATTENTION:.4f}")
     # those rows ran at free clock; the preset keeps flashinfer#2899's throttled / peak window (rates.py)
     windows = {(r["first"], r["last"]): float(r["tflops"]) for r in rows("flashinfer2899_b200_sustained_attention.csv")}
     b200 = rates.PRESETS["B200"]

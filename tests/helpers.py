@@ -58,6 +58,26 @@ def kernel_table(path) -> list[dict]:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))
 
 
+def sdpa_flops(r: dict) -> float:
+    """A cudnn-frontend SDPA row's FLOPs as flash-attention counts them: causal forward 4 b s^2 heads d / 2, backward
+    2.5x."""
+    s = float(r["seq"])
+    forward = 4 * int(r["batch"]) * s * s * int(r["q_heads"]) * int(r["head_dim"]) / 2
+    return forward * (2.5 if r["pass"] == "backward" else 1)
+
+
+def attention_pair(path, flops: float):
+    """The flash attention forward and backward kernel rows of a scenario's first layer (CP 1), each checked to carry
+    ``flops`` forward and 2.5x that backward (flash-attention's count)."""
+    from dualpipe_sim.model import derive
+
+    rows = {(k.name, k.component): k for k in derive.layer_kernels(derive.setup(scenario.load(path)), 0)}
+    fwd = rows[("flash attention", "attn_forward")]
+    bwd = rows[("flash attention backward", "attn_backward_input")]
+    assert fwd.flops == flops and bwd.flops == 2.5 * flops
+    return fwd, bwd
+
+
 def hardware_source(path) -> dict[tuple[str, str], float]:
     """A preset's transcribed sources under tests/data/hardware/: {(source, field): value} of the rows after the '#'
     lines."""

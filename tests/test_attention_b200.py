@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import derive
 from dualpipe_sim.model.rates import B200_ATTENTION_SUSTAINED, B200_FREE_CLOCK, PRESETS
-from helpers import kernel_table
+from helpers import attention_pair, kernel_table, sdpa_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT / "tests" / "data" / "kernels" / "cudnn_frontend_sdpa.csv"
@@ -32,12 +30,7 @@ T0 = {("cudnn", "forward"): 64e-6, ("cudnn", "backward"): 20e-6,
 WORST = {("cudnn", "forward"): 0.07, ("cudnn", "backward"): 0.196,
          ("flash-attn-2", "forward"): 0.021, ("flash-attn-2", "backward"): 0.176}  # fmt: skip
 
-
-def _flops(r: dict) -> float:
-    """flash-attention's count: causal forward 4 b s^2 heads d / 2, backward 2.5x."""
-    s = float(r["seq"])
-    forward = 4 * int(r["batch"]) * s * s * int(r["q_heads"]) * int(r["head_dim"]) / 2
-    return forward * (2.5 if r["pass"] == "backward" else 1)
+_flops = sdpa_flops  # flash-attention's count (tests/helpers.py)
 
 
 def _model_ms(r: dict, library: str) -> float:
@@ -82,12 +75,8 @@ def test_b200_attention_time_by_hand():
     # FLOPs forward, 2.5x backward; the rate at 8,192 tokens, cuDNN 1,591 x s / (s + 2,790) forward,
     # 1,323 x s / (s + 3,660) backward at free clock, times 1,237 / 1,450 under sustained load (flashinfer#2899),
     # plus B200's 2.04 us kernel floor (NVIDIA/cccl#7391's batch time, s14g)
-    setup = derive.setup(scenario.load(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-8b200.toml"))
-    rows = {(k.name, k.component): k for k in derive.layer_kernels(setup, 0)}
     flops = 2 * 16384 * 8192 * 32 * 256 / 2
-    fwd = rows[("flash attention", "attn_forward")]
-    bwd = rows[("flash attention backward", "attn_backward_input")]
-    assert fwd.flops == flops and bwd.flops == 2.5 * flops
+    fwd, bwd = attention_pair(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-8b200.toml", flops)
     assert fwd.seconds == pytest.approx(2.04e-6 + flops / (1591e12 * 1237 / 1450 * 8192 / 10982))
     assert bwd.seconds == pytest.approx(2.04e-6 + 2.5 * flops / (1323e12 * 1237 / 1450 * 8192 / 11852))
     # 1.088 ms (0.928 at free clock): the cudnn-frontend row of the same work (128 heads x 8,192 tokens, batch 1)

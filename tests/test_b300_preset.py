@@ -75,8 +75,11 @@ def test_nic_and_nvlink_figures():
 
 def test_carried_over_rates_are_b200s_and_blackwell_rules_take_b300():
     r, b = RATES["B300"], RATES["B200"]
-    assert (r.attention_forward, r.attention_backward, r.attention_fa2) == (b.attention_forward, b.attention_backward,
-                                                                           b.attention_fa2)  # fmt: skip
+    # attention: B300's own since s19k, GB300's curves x 0.98043 (tests/test_attention_blackwell_ultra.py), not B200's
+    g = RATES["GB300"]
+    assert (r.attention_forward, r.attention_backward) == pytest.approx((g.attention_forward * 0.98043,
+                                                                         g.attention_backward * 0.98043), rel=1e-5)
+    assert r.attention_forward > 1.06 * b.attention_forward
     assert (r.floor, r.latency, r.gemm_schedule) == (b.floor, b.latency, b.gemm_schedule) == (2.04e-6, 25.5e-6, "dynamic")
     assert "B300" in derive.NON_TN_FP8 and "B300" in derive.UNBATCHED_CP2_P2P
 

@@ -271,8 +271,8 @@ PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72, sms=
 # docs/gb300-nvfp4-dual2sm.md; tests/data/kernels/gb300_nvfp4_cublaslt.csv), peak fitted to it with the B200 fit's
 # floor and k_overhead 0 (one shape: the fit's shape across sizes is B200's). It replaced (s17l) an assumption, B200's
 # peak x the datasheets' 15,000 / 10,000 dense FP4 (GB300_FP4_OVER_GB200, kept for the tests' comparison), 6% slow
-# there (7% on 148 SMs). The rest is GB200's carried over: BF16 GEMMs (the same 2,500 dense peak), attention (the
-# datasheet's "2x attention" is not modelled: no GB300 table), HBM (8 TB/s both), the floor, NVLink 5.
+# there (7% on 148 SMs). The rest is GB200's carried over: BF16 GEMMs (the same 2,500 dense peak), HBM (8 TB/s both),
+# the floor, NVLink 5; attention was too until s19k (below).
 # s18f (docs/model.md, "GB300: SMs, FP8 and the NIC (s18f)"): GB300's own SM count and FP8 GEMMs.
 # SMs: 152 as the device reports them (the die has 160, NVIDIA's Blackwell Ultra blog): flashinfer-ai/flashinfer @ f2230d7
 # (#5850) prints "NVIDIA GB300", its uuid, "152 SMs" beside "NVIDIA B200 ... 148 SMs"; on the GB300 tray that measured the
@@ -288,6 +288,18 @@ GB300_NVFP4_PEAK = 8796e12
 PRESETS["GB300"] = replace(PRESETS["GB200"], name="GB300", sms=GB300_SMS, nic_bus=2 * _NIC_NDR,
                            gemm_fp8=replace(PRESETS["GB200"].gemm_fp8, peak=GB300_FP8_PEAK),
                            gemm_fp4=replace(PRESETS["GB200"].gemm_fp4, peak=GB300_NVFP4_PEAK))
+# s19k (docs/model.md, "Attention on Blackwell Ultra (s19k)"): GB300's own attention, B200's until then. cudnn-frontend's
+# SDPA training benchmark on an "NVIDIA GB300" (@ 0b1577c artifacts/sdpa_bf16_benchmark_results_NVIDIA_GB300.csv): the
+# B200 table's script, software (NGC 25.09, cuDNN 9.13.1, flash-attn 2.7.4) and shapes, free clock; fitted by
+# benchmarks/fit_kernel_rates.py as B200's (512-16,384 tokens, a host cost per series not charged;
+# tests/data/kernels/cudnn_frontend_sdpa.csv, gb300_913). (forward, backward, seq_half, seq_half backward):
+GB300_CUDNN_FREE_CLOCK = (1733e12, 1485e12, 220.0, 2380.0)
+GB300_FA2_FREE_CLOCK = (470e12, 373e12, 300.0, 350.0)
+# at B200's sustained share (no Blackwell Ultra attention timed under load was reached)
+GB300_FREE_CLOCK = replace(PRESETS["GB300"], attention_forward=GB300_CUDNN_FREE_CLOCK[0],
+                           attention_backward=GB300_CUDNN_FREE_CLOCK[1], attention_seq_half=GB300_CUDNN_FREE_CLOCK[2],
+                           attention_seq_half_backward=GB300_CUDNN_FREE_CLOCK[3], attention_fa2=GB300_FA2_FREE_CLOCK)
+PRESETS["GB300"] = sustained_attention(GB300_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 # B300 (HGX B300, s18m; docs/model.md, "HGX B300 (s18m)"): the Blackwell Ultra GPU (GB300's die, sm_103) on an 8-GPU HGX
 # board at 1,100 W (GB300: 1,400 W), so GB300's short-run GEMM figures are not carried over. B300's own:
 # SMs: 148 as the device reports them (ademeure/QuickRunCUDA @ b913c35 MICROBENCH_RESULTS_GPU1.md, "NVIDIA B300 SXM6 AC",
@@ -312,10 +324,21 @@ B300_NVFP4_PEAK = 5225.0e12
 # HBM: a copy kernel (one load, one store a value) on that B300 at its largest size, 4 GiB copied in 1.2401 ms: 6,927 GB/s
 # read + written (QuickRunCUDA MICROBENCH_RESULTS_GPU1.md, section 1.4), as B200's cccl relu at its largest.
 B300_HBM = 6.927e12
-# Carried over from B200 (the HGX board, not the rack): attention (cudnn-frontend's B200 table at flashinfer#2899's
-# sustained share; no B300 table), the kernel floor (cccl#7391), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; no
+# Carried over from B200 (the HGX board, not the rack): the kernel floor (cccl#7391), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; no
 # nccl-tests figure on a B300 board was reached); from GB300: the NIC, one 800 Gb/s ConnectX-8 a GPU (assumed 94 GB/s).
 PRESETS["B300"] = replace(PRESETS["B200"], name="B300", sms=B300_SMS, hbm=B300_HBM, nic_bus=2 * _NIC_NDR,
                           gemm_bf16=replace(PRESETS["B200"].gemm_bf16, peak=B300_BF16_PEAK),
                           gemm_fp8=replace(PRESETS["B200"].gemm_fp8, peak=B300_FP8_PEAK),
                           gemm_fp4=replace(PRESETS["B200"].gemm_fp4, peak=B300_NVFP4_PEAK))
+# s19k: B300's attention is GB300's free-clock curves x B300 / GB300 measured like for like: cudnn-frontend's
+# autoregressive-DiT SDPA (9 heads of 128, 4,096 and 8,192 queries on 62,208 keys, no mask, BF16 forward, cuDNN):
+# GB300 0.579 / 1.147 ms (@ 9fcc4d9, cuDNN 9.23), "NVIDIA B300 SXM6 AC" 0.588 / 1.175 ms (@ c9532e4, cuDNN 9.30), the mean
+# of the two ratios (tests/data/kernels/cudnn_frontend_ar_dit_blackwell_ultra.csv). No backward was timed on both: the
+# backward takes the forward's ratio (assumed). Then B200's sustained share, as GB300's.
+B300_OVER_GB300_ATTENTION = (0.579 / 0.588 + 1.147 / 1.175) / 2
+B300_FREE_CLOCK = sustained_attention(replace(PRESETS["B300"], attention_forward=GB300_FREE_CLOCK.attention_forward,
+                                              attention_backward=GB300_FREE_CLOCK.attention_backward,
+                                              attention_seq_half=GB300_CUDNN_FREE_CLOCK[2],
+                                              attention_seq_half_backward=GB300_CUDNN_FREE_CLOCK[3],
+                                              attention_fa2=GB300_FA2_FREE_CLOCK), B300_OVER_GB300_ATTENTION)
+PRESETS["B300"] = sustained_attention(B300_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
