@@ -432,3 +432,73 @@ def test_box_labels_take_the_colour_that_contrasts_more():
             cell = luminance(to_rgb(colour))
             white, black = 1.05 / (cell + 0.05), (cell + 0.05) / 0.05
             assert (kind in DARK) == (white > black), (kind, colour, round(white, 2), round(black, 2))
+
+
+def test_overview_labels_sit_outside_their_windows_pointing_in():
+    # One rank, 8 actions of 1 ms: the warm-up window runs to the end of the 6th action (6 ms), the cool-down from
+    # the start of the 6th-last action (2 ms) to 8.  "warm-up <-" starts at 6 and reads rightwards from there
+    # (its arrow points back into its window); "cool-down ->" ends at 2.
+    from matplotlib.pyplot import close
+
+    from dualpipe_sim.outputs.plots.overview import overview_figure
+
+    t = hand_trace([(0, "F", i, 0, float(i), float(i + 1), i, -1) for i in range(8)])
+    fig = overview_figure(t, "hand")
+    try:
+        texts = {x.get_text().strip(): (x.get_position()[0], x.get_horizontalalignment()) for x in fig.axes[0].texts}
+    finally:
+        close(fig)
+    assert texts == {"warm-up \u2190": (6.0, "left"), "cool-down \u2192": (2.0, "right")}
+
+
+# -- outputs/exports/chrome.py ----------------------------------------------------------------------------------------
+
+
+def test_chrome_step_slices_carry_their_stage_and_threads_their_names(tmp_path):
+    # Two ranks holding stage 0's two copies (DualPipe's pair): after the pipeline, rank 0's grad sync of stage 0
+    # [2, 3), the pair's cross-copy sync of stage 0 [3, 4) on both ranks (each naming the other), rank 0's optimizer
+    # [4, 5).  Every sync slice says its stage, the cross-copy its partner; each rank's sync threads are named.
+    import json
+
+    from dualpipe_sim.engine.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, STEP_DTYPE
+    from dualpipe_sim.outputs.exports import chrome
+
+    t = hand_trace([(0, "F", 0, 0, 0.0, 1.0, 0, -1), (1, "F", 0, 0, 1.0, 2.0, 0, -1)], ranks=2,
+                   stages_on_rank=[[0], [0]])  # fmt: skip
+    t.step = np.array([(GRAD_SYNC, 0, 0, 0, 2.0, 3.0), (CROSS_COPY, 0, 1, 0, 3.0, 4.0), (CROSS_COPY, 1, 0, 0, 3.0, 4.0),
+                       (OPTIMIZER, 0, 0, 0, 4.0, 5.0)], STEP_DTYPE)  # fmt: skip
+    doc = chrome.chrome_trace(t)
+    path = tmp_path / "t.json"
+    chrome.write_chrome_trace(t, path)
+    assert json.loads(path.read_text()) == doc
+    events = doc["traceEvents"]
+    slices = sorted((e["cat"], e["pid"], e["tid"], e["ts"], e["dur"], json.dumps(e["args"], sort_keys=True))
+                    for e in events if e.get("cat") in ("grad_sync", "cross_copy_sync", "optimizer"))  # fmt: skip
+    assert slices == [("cross_copy_sync", 0, 401, 3000, 1000, '{"stage": 0, "with_rank": 1}'),
+                      ("cross_copy_sync", 1, 401, 3000, 1000, '{"stage": 0, "with_rank": 0}'),
+                      ("grad_sync", 0, 301, 2000, 1000, '{"stage": 0}'),
+                      ("optimizer", 0, 1, 4000, 1000, "{}")]  # fmt: skip
+    names = {(e["pid"], e["tid"], e["args"]["name"]) for e in events if e.get("name") == "thread_name"}
+    assert {(0, 301, "grad sync"), (0, 401, "cross-copy sync"), (1, 401, "cross-copy sync")} <= names
+    assert (1, 301, "grad sync") not in names  # rank 1 runs no grad sync here
+
+
+def test_chrome_flow_arrow_runs_from_the_send_middle_to_the_consumer_middle(tmp_path):
+    # Rank 0's F0 [0, 1) sends its activation [1, 1.5) to rank 1, whose F0 [1.5, 2.5) (action 0) reads it: the
+    # arrow starts mid-send (1250 us) and ends mid-consumer (2000 us), inside the slice it binds to ("bp": "e").
+    import json
+
+    from dualpipe_sim.engine.trace import P2P, consumer_rows
+    from dualpipe_sim.outputs.exports import chrome
+
+    send = (int(P2P), 0, 1, 0, 0, 0, 0, 1.0, 1.5, 0, -1)
+    t = hand_trace([(0, "F", 0, 0, 0.0, 1.0, 0, -1), (1, "F", 0, 1, 1.5, 2.5, 0, -1)], ranks=2,
+                   stages_on_rank=[[0], [1]], comm=[send], stages=2)  # fmt: skip
+    t.consumer = consumer_rows(t.compute, t.comm)
+    assert t.consumer.tolist() == [1]
+    doc = chrome.chrome_trace(t)
+    flows = sorted((e["ph"], e["pid"], e["ts"]) for e in doc["traceEvents"] if e.get("cat") == "p2p-flow")
+    assert flows == [("f", 1, 2000), ("s", 0, 1250)]
+    path = tmp_path / "t.json"
+    chrome.write_chrome_trace(t, path)
+    assert json.loads(path.read_text()) == doc
