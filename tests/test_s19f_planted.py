@@ -282,7 +282,8 @@ def test_explain_kernel_table_bounds_largest_share_first():
             Kernel("norm", "attn_backward_input", "memory", "b", 0.0, 1e6, 1e-3, "memory")]  # fmt: skip
     lines = kernel_lines("dense layer", rows)
     assert lines[0] == "  dense layer: 2 kernels"
-    assert lines[-1] == "    forward 3 ms, backward input 1 ms, backward weight 0 ms; time bound by compute 75%, memory 25%"
+    assert lines[-1] == ("    forward 3 ms, backward input 1 ms, backward weight 0 ms; "
+                         "time bound by compute 75%, memory 25%")
 
 
 def test_explain_names_the_first_layer_of_each_kind():
