@@ -19,7 +19,9 @@ COLOURS = {
     0: {"F": "#a6cee3", "B": "#1f5f9e", "I": "#4f8fc9", "W": "#dcebf5"},
     1: {"F": "#fdc98a", "B": "#c1500a", "I": "#ec8a3c", "W": "#fdebd6"},
 }
-DARK = {"B", "I"}  # kinds drawn dark enough to need white text
+# Kinds drawn dark enough to need white text: where white contrasts more than black (WCAG 2 contrast ratio;
+# tests/test_s19f_planted.py).  Not I: white on its blue is 3.4:1 and on its orange 2.5:1, black 6.1:1 and 8.3:1.
+DARK = {"B"}
 KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}  # legends and hover text
 COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
 STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e"}  # step.STEP_KIND_NAMES
