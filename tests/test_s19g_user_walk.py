@@ -3,11 +3,34 @@ What the walk found wrong, each checked against an independent truth (the HF mod
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
+
+from dualpipe_sim.cli import parse_grid
 from dualpipe_sim.model import config, derive
 from dualpipe_sim.model.config import ModelError
 from dualpipe_sim.model.sections import ModelSection
+from dualpipe_sim.outputs.plots import sweep as draw
+from dualpipe_sim.sweep import run_sweep
+
+QUICK = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml"
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The sweep's figures, caught as they close (tests/test_sweep_charts.py's way)."""
+    caught = []
+    real = draw.plt.close
+
+    def close(fig=None):
+        caught.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(draw.plt, "close", close)
+    return caught
 
 # Qwen3-30B-A3B's fields that shape the model (Qwen/Qwen3-30B-A3B config.json), shrunk to keep the test fast.
 QWEN3_MOE = {"model_type": "qwen3_moe", "hidden_size": 64, "num_hidden_layers": 4, "vocab_size": 100,
@@ -41,3 +64,42 @@ def test_an_inline_shared_expert_size_on_qwen3_moe_is_refused():
     assert "shared_expert_intermediate_size" in config.fields_of("qwen2_moe")
     assert "shared_expert_intermediate_size" not in config.fields_of("qwen3_moe")
 
+
+# -- 2. the sweep heatmap's colour-bar label fits its figure ----------------------------------
+# A one-schedule sweep of 3 stage counts x 3 micro-batch counts drew bubble_heatmap.png 3.9 inches tall, and the
+# colour bar's label "bubble ratio (grey: skipped, the schedule cannot take the shape)" ran off its top and bottom.
+
+def _texts_inside(fig) -> list[tuple[str, object]]:
+    """(text, its extent) for every visible text of the figure that reaches outside it (1 px of slack)."""
+    canvas = FigureCanvasAgg(fig)  # the caught figure is closed: lay it out again on a canvas of its own
+    canvas.draw()
+    renderer, box = canvas.get_renderer(), fig.bbox
+    out = []
+    for text in fig.findobj(Text):
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        e = text.get_window_extent(renderer)
+        if e.x0 < box.x0 - 1 or e.y0 < box.y0 - 1 or e.x1 > box.x1 + 1 or e.y1 > box.y1 + 1:
+            out.append((text.get_text(), e))
+    return out
+
+
+@pytest.mark.parametrize("schedules", [["dualpipev"], ["1f1b", "dualpipev"]])
+def test_every_text_of_the_bubble_heatmap_is_on_the_figure(tmp_path, figures, schedules):
+    grid = [f"pipeline.schedule={','.join(schedules)}", "pipeline.stages=2,4,8", "pipeline.microbatches=16,32,64"]
+    run_sweep(QUICK, parse_grid(grid), tmp_path / "o", jobs=1)
+    fig = next(f for f in figures if f._suptitle is not None and "over stages x micro-batches" in f._suptitle.get_text())
+    assert _texts_inside(fig) == []
+    bar = fig.axes[-1]  # the colour bar's axes, added last
+    assert bar.get_ylabel().startswith("bubble ratio")
+
+
+def test_the_heatmap_names_the_grey_cells_only_when_there_are_some(tmp_path, figures):
+    # DualPipeV cannot take an odd stage count (two stages a rank): 3 stages is skipped, a grey cell.
+    run_sweep(QUICK, parse_grid(["pipeline.schedule=dualpipev", "pipeline.stages=3,4", "pipeline.microbatches=8,16"]),
+              tmp_path / "g", jobs=1)
+    label = figures[-1].axes[-1].get_ylabel()
+    assert "grey" in label and _texts_inside(figures[-1]) == []
+    run_sweep(QUICK, parse_grid(["pipeline.schedule=dualpipev", "pipeline.stages=2,4", "pipeline.microbatches=8,16"]),
+              tmp_path / "n", jobs=1)
+    assert "grey" not in figures[-1].axes[-1].get_ylabel()
