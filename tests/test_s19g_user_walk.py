@@ -13,24 +13,11 @@ from dualpipe_sim.cli import parse_grid
 from dualpipe_sim.model import config, derive
 from dualpipe_sim.model.config import ModelError
 from dualpipe_sim.model.sections import ModelSection
-from dualpipe_sim.outputs.plots import sweep as draw
 from dualpipe_sim.sweep import run_sweep
+from test_sweep_charts import figures  # noqa: F401  (the sweep's figures, caught as they close)
 
 QUICK = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.toml"
 
-
-@pytest.fixture
-def figures(monkeypatch):
-    """The sweep's figures, caught as they close (tests/test_sweep_charts.py's way)."""
-    caught = []
-    real = draw.plt.close
-
-    def close(fig=None):
-        caught.append(fig)
-        return real(fig)
-
-    monkeypatch.setattr(draw.plt, "close", close)
-    return caught
 
 # Qwen3-30B-A3B's fields that shape the model (Qwen/Qwen3-30B-A3B config.json), shrunk to keep the test fast.
 QWEN3_MOE = {"model_type": "qwen3_moe", "hidden_size": 64, "num_hidden_layers": 4, "vocab_size": 100,
@@ -103,3 +90,15 @@ def test_the_heatmap_names_the_grey_cells_only_when_there_are_some(tmp_path, fig
     run_sweep(QUICK, parse_grid(["pipeline.schedule=dualpipev", "pipeline.stages=2,4", "pipeline.microbatches=8,16"]),
               tmp_path / "n", jobs=1)
     assert "grey" not in figures[-1].axes[-1].get_ylabel()
+
+
+# -- 3. report.html's metrics table shows the device's memory as a size -------------------------
+# device_memory is a whole number of bytes (an int in metrics.json), so the table printed 192265846784 beside
+# memory.total's "61 GB".  The B200 preset's 192,265,846,784 bytes are 192.27 GB (10^9).
+
+def test_report_shows_device_memory_as_a_size():
+    from dualpipe_sim.outputs.plots import report
+
+    assert report._cell("device_memory", 192_265_846_784) == "192 GB"
+    assert report._cell("device_memory", 85_520_809_984) == "85.5 GB"  # H100's 81559 MiB
+    assert report._cell("ranks", 4) == "4"  # a count stays a count
