@@ -115,7 +115,8 @@ def test_an_inline_head_dim_on_qwen2_moe_is_refused_and_on_qwen3_moe_taken():
     with pytest.raises(ModelError, match=r'^model\.head_dim: not read for model_type "qwen2_moe" \(its fields: '):
         derive.model_config(ModelSection.model_validate({**QWEN2_MOE, "head_dim": 32}))
     assert "head_dim" not in config.fields_of("qwen2_moe") and "head_dim" in config.fields_of("qwen3_moe")
-    cfg = derive.model_config(ModelSection.model_validate({**QWEN2_MOE, "model_type": "qwen3_moe", "head_dim": 32}))
+    qwen3 = {k: v for k, v in QWEN2_MOE.items() if k != "shared_expert_intermediate_size"}  # no shared expert (s19g)
+    cfg = derive.model_config(ModelSection.model_validate({**qwen3, "model_type": "qwen3_moe", "head_dim": 32}))
     assert cfg.qk_head_dim == 32
 
 

@@ -261,7 +261,8 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
         if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
             raise ModelError(f"{where}mlp_only_layers: must be a list of layer indices, got {shown(only)}")
         L = common["num_layers"]
-        shared = w("shared_expert_intermediate_size", default=0, minimum=0)
+        # Qwen3-MoE's block has no shared expert (transformers' Qwen3MoeSparseMoeBlock): the field is not read
+        shared = w("shared_expert_intermediate_size", default=0, minimum=0) if mt != "qwen3_moe" else 0
         extra.update(
             num_experts=w("num_experts"),
             experts_per_token=w("num_experts_per_tok"),
@@ -698,8 +699,9 @@ INTEGER_FIELDS = frozenset(
     "v_head_dim vocab_size".split())
 
 # A family's field one of its model_types does not read: Qwen2-MoE's attention takes hidden / heads whatever
-# head_dim says (docs/model.md "Reading a config"), Qwen3-MoE's reads it.
-_NOT_READ = {"qwen2_moe": frozenset({"head_dim"})}
+# head_dim says (docs/model.md "Reading a config"), Qwen3-MoE's reads it; Qwen3-MoE's MoE block has no shared
+# expert (transformers' Qwen3MoeSparseMoeBlock: a gate and the routed experts), Qwen2-MoE's reads its size.
+_NOT_READ = {"qwen2_moe": frozenset({"head_dim"}), "qwen3_moe": frozenset({"shared_expert_intermediate_size"})}
 # What Llama 4's text_config holds: its family's fields but those of the outer config.
 _TEXT_CONFIG_FIELDS = FAMILY_FIELDS["llama4"] - {"model_type", "architectures", "text_config"}
 

@@ -201,7 +201,8 @@ def _cell(key: str, v) -> str:
         return "yes" if v else "no"
     if isinstance(v, float) and key in PERCENT_KEYS:
         return units.percent(v)
-    if isinstance(v, float) and (key.endswith("bytes") or key in ("memory.total", "device_memory")):
+    # device_memory is a whole number of bytes (an int): a size all the same (s19g)
+    if isinstance(v, (int, float)) and (key.endswith("bytes") or key in ("memory.total", "device_memory")):
         return units.nbytes(v)
     return units.number(v) if isinstance(v, float) else str(v)
 

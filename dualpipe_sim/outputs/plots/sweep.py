@@ -169,11 +169,13 @@ def bubble_heatmap(view: SweepView, path) -> None:
     cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
     image = None
     annotate = n_m <= 14 and n_s <= 14
+    skipped = False
     for ax, sch in zip(axs.flat, view.schedules):
         grid = np.full((len(view.stages), len(view.microbatches)), np.nan)
         for i, s in enumerate(view.stages):
             for j, m in enumerate(view.microbatches):
                 grid[i, j] = view.bubble.get((sch, s, m), np.nan)
+        skipped = skipped or bool(np.isnan(grid).any())
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=vmax, aspect="auto",
                           origin="lower", interpolation="nearest")
         if annotate:
@@ -190,7 +192,8 @@ def bubble_heatmap(view: SweepView, path) -> None:
         ax.axis("off")
     if image is not None:
         bar = fig.colorbar(image, ax=axs, shrink=0.9, format=PercentFormatter(1.0))
-        bar.set_label("bubble ratio (grey: skipped, the schedule cannot take the shape)")
+        # On one line the grey note ran off a short figure (s19g): wrapped, and only where a cell is grey
+        bar.set_label("bubble ratio" + ("\n(grey: skipped, the schedule\ncannot take the shape)" if skipped else ""))
     _title(fig, "Bubble ratio over stages x micro-batches", view.note)
     fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
