@@ -98,6 +98,19 @@ def test_estimate_is_the_run_where_its_assumptions_hold(base, cand):
     assert est == pytest.approx(got, rel=1e-9)
 
 
+@pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
+@pytest.mark.parametrize("deferred", [2, 4])
+def test_deferred_output_wgrad_estimate_is_the_run(base, cand, deferred):
+    # model.defer_embedding_wgrad (s18n): the run's last stage runs the first N micro-batches' backwards lighter
+    # (CostModel.deferred) and the drain at the step's end; the estimate replays the same lighter backwards
+    # (StageCosts.deferred) and step.py's drain, so where its assumptions hold it is the run's step (s19d), and the
+    # run is faster than without the deferral here (the drain shorter than what the light backwards save)
+    with_it = apply_overrides(base, [f"model.defer_embedding_wgrad={deferred}"])
+    est, got = _estimate_and_run(with_it, cand)
+    assert est == pytest.approx(got, rel=1e-9)
+    assert got < _estimate_and_run(base, cand)[1]
+
+
 def test_dp_comm_sms_moves_estimate_and_run_alike(base):
     # interleaved 1F1B: a rank's first chunk's grad sync runs beside its second chunk's backwards, which
     # the collective's 16 SMs slow; with step.dp_comm_sms = 0 nothing is slowed.  Estimate and run both

@@ -14,8 +14,10 @@ figure ``plan`` reports comes from a full simulation.
   activations (registry.analytic) of the rank's smallest stage, or the floor where there is no
   formula;
 * step time: the candidate's schedule replayed by the engine's replay core on
-  its per-stage F, B, W and F&B and its P2P time, extrapolated to its M, plus the
-  step's end (grad sync and optimizer) after it (step_estimate.py).
+  its per-stage F, B, W and F&B (and, with model.defer_embedding_wgrad, the last stage's lighter
+  backwards of the deferred micro-batches, as the run's CostModel.deferred) and its P2P time,
+  extrapolated to its M, plus the step's end (grad sync, the deferred wgrad's drain, optimizer)
+  after it (step_estimate.py).
 """
 
 from __future__ import annotations
@@ -119,15 +121,27 @@ class FigureCache:
             # actions only for ZeRO 3): one derivation of the times serves them all (_derived_for), and
             # the memory is worked out per stage for the candidate's sharding.
             derived = self._derived_for(cand)
+            deferred = self._deferred(cand, derived)
             f, b, w, pair, fa, ba = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
-                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown),
+                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown, deferred),
                                               derived.p2p or 0.0, derived.p2p_nvlink)  # fmt: skip
         return self._figures[key]
+
+    def _deferred(self, cand: Candidate, derived) -> tuple[int, int, float, float] | None:
+        """model.defer_embedding_wgrad's lighter backwards as the run's CostModel.deferred (Scenario.deferral), refused
+        as the run refuses it (a ScenarioError: the candidate is pruned with its words)."""
+        if not self.base["model"].get("defer_embedding_wgrad"):
+            return None
+        scenario = self.scenario(cand)
+        if derived.moe_layer is not None:  # the run costs such a stage with [chunk] components (Scenario.cost_model)
+            scenario.check_deferral_per_stage()
+        deferral = scenario.deferral(derived)
+        return None if deferral is None else tuple(deferral[:4])
 
     def hops(self, cand: Candidate, fig: StageFigures) -> tuple[Hops, ...]:
         """Each distinct data-parallel replica's hand-offs (model/placement.py), as simulation.simulate replays them;
