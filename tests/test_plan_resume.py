@@ -46,19 +46,6 @@ def whole(config, tmp_path_factory) -> dict[str, bytes]:
     return _files(out)
 
 
-# Ctrl-C must land while the plan still runs: since the estimate replays every schedule, the 84 tiny
-# simulations of the default request take a fraction of a second after the first journal line, so the
-# Ctrl-C test plans a global batch of 64 (up to 64 micro-batches a simulation) against its own whole run.
-LONG_BATCH = 64
-
-
-@pytest.fixture(scope="module")
-def whole_long(config, tmp_path_factory) -> dict[str, bytes]:
-    out = tmp_path_factory.mktemp("whole_long") / "plan"
-    ds_plan.write(ds_plan(config, 4, LONG_BATCH, 2048, jobs=1, out=out, **REQUEST), out)
-    return _files(out)
-
-
 class StopAfter:
     """A progress callback that presses Ctrl-C once ``k`` candidates are simulated."""
 
@@ -186,25 +173,53 @@ def _wait_for_lines(proc, out: Path, n: int) -> None:
         time.sleep(0.005)
 
 
-def test_sigint_on_the_cli_then_resume(config, tmp_path, whole_long):
-    out = tmp_path / "plan"
-    proc = _start(_plan_args(config, out, LONG_BATCH))
-    _wait_for_lines(proc, out, 1)  # the first finished candidate: the plan has the most left to do
-    assert proc.poll() is None, "the plan finished before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
+# The CLI run by a hook that holds the plan in its second simulation until a signal ends it: once the first
+# candidate is in the journal, the hook writes HELD and sleeps inside the simulation (as a long candidate would), so
+# the Ctrl-C always lands while the plan simulates, however loaded the machine (s19d: the plan could finish first).
+HOLD = """
+import sys, time, runpy
+from pathlib import Path
+from dualpipe_sim.plan import simulate
+
+held, run, calls = Path(sys.argv.pop(1)), simulate.run_candidate, []
+
+def holding(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        held.write_text("held")
+        time.sleep(600)
+    return run(*args, **kwargs)
+
+simulate.run_candidate = holding
+sys.argv[0] = "dualpipe_sim"
+runpy.run_module("dualpipe_sim", run_name="__main__")
+"""
+
+
+def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
+    out, held = tmp_path / "plan", tmp_path / "HELD"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, held, *map(str, _plan_args(config, out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not held.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert held.exists() and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "not held"
+    os.kill(proc.pid, signal.SIGINT)  # the plan is in its second simulation, the first one's line written
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert len(stderr.strip().splitlines()) == 1 and "rerun with --resume to simulate the other" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert f"rerun with --resume to simulate the other {SIMULATED - 1}" in stderr
     assert "Traceback" not in stderr and stdout == ""
     assert [p.name for p in out.iterdir()] == [JOURNAL]
-    kept = _journal_lines(out)
+    assert _journal_lines(out) == 1
     # an existing journal without --resume: one line, exit 2, the journal untouched
-    again = _cli(*_plan_args(config, out, LONG_BATCH))
+    again = _cli(*_plan_args(config, out))
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "--resume" in again.stderr
-    assert _journal_lines(out) == kept
-    done = _cli(*_plan_args(config, out, LONG_BATCH), "--resume")
+    assert _journal_lines(out) == 1
+    done = _cli(*_plan_args(config, out), "--resume")
     assert done.returncode == 0, done.stderr
-    assert _files(out) == whole_long
+    assert _files(out) == whole
 
 
 def test_sigterm_stops_the_workers_keeps_the_journal_and_resume_finishes(config, tmp_path, whole):
