@@ -149,6 +149,62 @@ def test_resume_refuses_another_plans_journal(config, tmp_path):
     assert _journal_lines(out) == 2  # left as it was
 
 
+# Each option that sets the candidates or which of them are simulated, changed on resume (s19d): refused naming it
+# (the library keyword; the CLI its flag), before any estimating, the journal left as it was.
+@pytest.mark.parametrize("option, value", [("gpus", 8), ("global_batch", 16), ("schedules", ["1f1b"]),
+                                           ("budget", 50), ("search_expert_tensor", True)])  # fmt: skip
+def test_resume_refuses_other_search_options_naming_the_option(config, tmp_path, option, value):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(2), **REQUEST)
+    before = (out / JOURNAL).read_bytes()
+    args = {"gpus": 4, "global_batch": 8, "seq": 2048, **REQUEST, option: value}
+    calls = []
+    with pytest.raises(PlanError, match="differs from the interrupted plan's") as err:
+        ds_plan(config, jobs=1, out=out, resume=True, progress=lambda *a: calls.append(a), **args)
+    assert err.value.field == option and str(err.value).startswith(f"{option}: ")
+    assert calls == [] and (out / JOURNAL).read_bytes() == before and [p.name for p in out.iterdir()] == [JOURNAL]
+
+
+def test_resume_with_other_jobs_or_top_is_the_same_search(config, tmp_path, whole):
+    # --jobs says how the candidates run, --top how many are written: neither changes a figure, so a resume may differ
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(5), **REQUEST)
+    count = Count()
+    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=2, out=out, resume=True, progress=count, **REQUEST), out)
+    assert set(count.totals) == {SIMULATED - 5}
+    assert _files(out) == whole
+
+
+def test_a_line_without_its_search_options_is_simulated_again(config, tmp_path, whole):
+    # a journal line of a plan from before the options were kept cannot be matched to this search: dropped, not reused
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(3), **REQUEST)
+    lines = (out / JOURNAL).read_text().splitlines()
+    old = json.loads(lines[0])
+    del old["search"]
+    (out / JOURNAL).write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+    count = Count()
+    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=1, out=out, resume=True, progress=count, **REQUEST), out)
+    assert set(count.totals) == {SIMULATED - 2}
+    assert _files(out) == whole
+
+
+def test_cli_resume_with_another_flag_is_one_line_exit_2(config, tmp_path):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(2), **REQUEST)
+    before = (out / JOURNAL).read_bytes()
+    proc = _cli(*_plan_args(config, out), "--resume", "--search-expert-tensor")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --search-expert-tensor: differs from the interrupted plan's")
+    assert "it had False, this one True" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert (out / JOURNAL).read_bytes() == before and [p.name for p in out.iterdir()] == [JOURNAL]
+
+
 def _cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "dualpipe_sim", *map(str, args)], capture_output=True, text=True,
                           timeout=300, **kwargs)  # fmt: skip

@@ -136,7 +136,10 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
             registry.get(name)
         except ScheduleError as exc:  # the keyword the name came in, not the scenario key it would set
             raise ScheduleError(field="schedules", rule=exc.rule) from None
-    journal = Journal(Path(out), base, resume) if out is not None else None  # read and checked, not written
+    # what sets the candidates and which are simulated, kept with each finished one: a resume must match
+    search = {"gpus": gpus, "global_batch": global_batch, "schedules": names, "budget": budget,
+              "search_expert_tensor": search_expert_tensor}  # fmt: skip
+    journal = Journal(Path(out), base, resume, search) if out is not None else None  # read and checked, not written
     # Connect first: a bad Dask address is refused before the minutes of estimating.
     executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
     try:
