@@ -54,7 +54,7 @@ def test_etp_values_per_tensor_degree_by_hand():
 
 def test_grid_and_ffn_rules_prune_by_name():
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), NARROW))
-    grid = [c for c in rows if c.pruned == "expert: expert x expert_tensor does not divide tensor x data x context"]
+    grid = [c for c in rows if c.pruned == "parallel.expert: parallel.expert x parallel.expert_tensor must divide parallel.tensor x parallel.data x parallel.context"]
     # TP2 PP1 e4 ETP2 (8 > 4), TP2 PP2 e2 ETP2 (4 > 2), TP4 e2 and e4 ETP4
     assert sorted((c.tensor, c.pipeline, c.expert, c.expert_tensor) for c in grid) == \
         [(2, 1, 4, 2), (2, 2, 2, 2), (4, 1, 2, 4), (4, 1, 4, 4)]
@@ -62,9 +62,9 @@ def test_grid_and_ffn_rules_prune_by_name():
     odd = ModelShape(heads=4, layers=4, experts=4, expert_ffn=6)
     assert _complete(odd) == {(1, 1): 6, (2, 1): 5, (2, 2): 3, (4, 1): 3}
     ffn = [c for c in enumerate_candidates(odd, Request(4, 8, 2048), shapes(["1f1b"]), NARROW)
-           if c.pruned.startswith("expert_tensor:")]
+           if c.pruned.startswith("parallel.expert_tensor:")]
     assert ffn and {(c.tensor, c.expert_tensor) for c in ffn} == {(4, 4)}
-    assert ffn[0].pruned == "expert_tensor: does not divide the experts' FFN hidden size 6"
+    assert ffn[0].pruned == "parallel.expert_tensor: must divide the experts' FFN hidden size 6"
 
 
 def test_pin_and_whole_experts():
@@ -82,8 +82,8 @@ def test_pin_and_whole_experts():
     # pinned there anyway: every row is pruned by name, before any derivation
     rows = list(enumerate_candidates(whole, Request(4, 8, 2048), shapes(["1f1b"]), pinned))
     assert rows and not any(c.complete() for c in rows)
-    assert {c.pruned for c in rows if c.expert is not None and not c.pruned.startswith("expert: ")} == \
-        {"expert_tensor: kernel model only"}
+    assert {c.pruned for c in rows if c.expert is not None and not c.pruned.startswith("parallel.expert: ")} == \
+        {"parallel.expert_tensor: kernel model only"}
 
 
 def replace_choices(**kw) -> Choices:
@@ -103,7 +103,7 @@ def test_dense_model_unchanged():
 
 def test_rows_pruned_before_etp_leave_it_empty_when_several_were_to_be_tried():
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), NARROW))
-    heads = [c for c in rows if c.pruned.startswith("tensor:")]
+    heads = [c for c in rows if c.pruned.startswith("parallel.tensor:")]
     assert [(c.tensor, c.expert_tensor) for c in heads] == [(8, None)]  # 1 and 8 were to be tried
 
 
@@ -221,7 +221,7 @@ def test_default_tries_etp_1_only_by_hand():
     assert _complete(MOE, DEFAULT) == {(1, 1): 6, (2, 1): 5, (4, 1): 3}
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), DEFAULT))
     assert {c.expert_tensor for c in rows} == {1}  # every row says 1, the pruned ones too (one value tried)
-    assert not any(c.pruned.startswith("expert_tensor:") for c in rows)
+    assert not any(c.pruned.startswith("parallel.expert_tensor:") for c in rows)
     assert Choices().search_expert_tensor is False  # the enumeration's own default is the plan's
 
 
@@ -232,7 +232,7 @@ def test_fsdp_count_with_and_without_the_search():
     def fsdp(choices):
         rows = enumerate_candidates(ModelShape(heads=4, layers=4, experts=4), Request(4, 8, 2048), shapes(["1f1b"]),
                                     choices)  # fmt: skip
-        return [c for c in rows if c.pruned.startswith("zero: 3 (FSDP) with expert parallelism")]
+        return [c for c in rows if c.pruned.startswith("parallel.zero: 3 (FSDP) with parallel.expert > 1")]
 
     assert len(fsdp(Choices())) == 32
     searched = fsdp(Choices(search_expert_tensor=True))

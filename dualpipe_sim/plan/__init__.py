@@ -79,11 +79,12 @@ class Plan:
 
 
 def reason_kind(reason: str) -> str:
-    """A pruning reason without its figures: 'memory', 'schedule: dualpipe', 'tensor: ...'."""
+    """A pruning reason without its figures: 'memory', 'pipeline.schedule = "dualpipe": pipeline.microbatches',
+    'parallel.tensor: ...' (the others hold none that varies between candidates)."""
     head, _, rest = reason.partition(": ")
-    if head in ("schedule", "model"):
+    if head == "model" or head.startswith("pipeline.schedule"):
         return f"{head}: {rest.split(':')[0]}"
-    if head in ("memory", "layers", "duplicate"):
+    if head in ("memory", "duplicate"):
         return head
     return reason
 
@@ -247,7 +248,7 @@ def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape
         return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB", None
     if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand) \
             and cache.reduce_scatters_fit(cand):
-        return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
+        return "parallel.zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
     # Candidates whose figures are the same whatever their recompute policy run once.
     fig = cache.figures(cand)
     return "", (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
