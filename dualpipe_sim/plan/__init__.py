@@ -27,7 +27,7 @@ from ..progress import Progress, each_file, report
 from ..sweep.errors import SweepError
 from . import files
 from .estimate import FigureCache, memory_estimate, static_floor
-from .rank import Row, estimate_order, ranked, to_simulate
+from .rank import BEYOND_TOP, Row, beyond_top, estimate_order, floor_holds, ranked, split_later, to_simulate
 from .request import (PlanError, base_scenario, check_sizes, device_memory, make_request, model_config, model_shape,
                       pinned_choices, source_pins)
 from .journal import NAME as JOURNAL
@@ -84,6 +84,8 @@ def reason_kind(reason: str) -> str:
     head, _, rest = reason.partition(": ")
     if head == "model" or head.startswith("pipeline.schedule"):
         return f"{head}: {rest.split(':')[0]}"
+    if head == "parallel.expert_tensor" and rest.startswith(BEYOND_TOP):
+        return f"{head}: {BEYOND_TOP}"
     if head in ("memory", "duplicate"):
         return head
     return reason
@@ -150,10 +152,16 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         rows, survivors = _estimated(base, req, names, overrides, device, progress, estimate_jobs,
                                      search_expert_tensor)
         chosen = to_simulate(estimate_order(survivors, device), budget, device)
+        # with --search-expert-tensor the ETP = tensor candidates run after the others, those that cannot reach the
+        # top table left out (rank.beyond_top): the top table is the same, in fewer simulations
+        first, later = split_later(chosen, search_expert_tensor)
         if journal is not None:
             journal.start()
         try:
-            _simulate(executor, base, chosen, journal, progress)
+            _simulate(executor, base, first, journal, progress, len(chosen))
+            if later:
+                kept = beyond_top(first, later, top, floor_holds(base))
+                _simulate(executor, base, kept, journal, progress, len(first) + len(kept))
         finally:
             if journal is not None:
                 journal.close()
@@ -270,8 +278,10 @@ def _zero2_no_heavier(cache: FigureCache, cand) -> bool:
     return True
 
 
-def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, progress: Progress | None) -> None:
-    """Simulate the chosen rows, those the journal holds from an interrupted run excepted."""
+def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, progress: Progress | None,
+              of: int | None = None) -> None:  # fmt: skip
+    """Simulate the chosen rows, those the journal holds from an interrupted run excepted.  ``of``: how many
+    the plan simulates in all (the Interrupted's count of those left; default: these)."""
     todo = []
     for i, row in enumerate(chosen):
         overrides = tuple(row.candidate.overrides())
@@ -291,7 +301,7 @@ def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, 
         if journal is None:
             raise
         finished = journal.held()
-        raise Interrupted(journal.path, finished, len(chosen) - finished, exc) from None
+        raise Interrupted(journal.path, finished, (len(chosen) if of is None else of) - finished, exc) from None
 
 
 def _flops(base: dict, seq: int) -> tuple[float, float | None]:

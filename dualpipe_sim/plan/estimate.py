@@ -43,6 +43,7 @@ class Estimate:
     step_time: float | None  # ms; None for a candidate pruned before its step was estimated
     memory_floor: float  # bytes
     memory: float  # bytes
+    compute_floor: float = 0.0  # ms: a lower bound of the run's step (compute_floor)
 
 
 @dataclass(frozen=True)
@@ -357,4 +358,23 @@ def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     # simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
     memory = max(st + peak * min(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
         if peak else floor
-    return Estimate(None, floor, max(memory, floor))
+    return Estimate(None, floor, max(memory, floor), compute_floor(fig.costs, cand.microbatches, cand.pipeline))
+
+
+def compute_floor(costs: StageCosts, microbatches: int, ranks: int) -> float:
+    """A lower bound of the run's step (ms): every micro-batch's forward and backward compute on every stage, shared
+    by the ``ranks`` pipeline ranks as evenly as can be.  A rank runs its actions one after another (the replay core),
+    an action lasts at least its compute (a lone op its whole length; an overlapped pair, on the [chunk] model's
+    compute channel, its two computes one after the other, only slowed beside an all-to-all: the F and B less their
+    all-to-all here), and the step ends no earlier than its busiest rank's pipeline work, which is at least the
+    average.  The deferred output-layer wgrad's lighter backwards (StageCosts.deferred) count as the run runs them.
+    Without random durations only (``costs.jitter``, ``ranks.slowdown``, ``hardware.gpu_variability``: plan uses the
+    floor only then, rank.py's ``floor_holds``); tests/test_plan_etp.py holds it under every simulated step."""
+    n = len(costs.forward)
+    fa = costs.forward_a2a or (0.0,) * n
+    ba = costs.backward_a2a or (0.0,) * n
+    work = sum((f - a) + (b - z) for f, a, b, z in zip(costs.forward, fa, costs.backward, ba)) * microbatches
+    if costs.deferred is not None:
+        _, count, less_i, less_w = costs.deferred
+        work -= count * (less_i + less_w)
+    return max(0.0, work) / ranks
