@@ -126,16 +126,23 @@ def test_interrupted_twice_with_worker_processes(config, tmp_path, whole):
     assert _files(out) == whole
 
 
-def test_a_line_cut_short_is_simulated_again(config, tmp_path, whole):
+def _resumed_after(config, tmp_path, stop: int, damage) -> tuple[set, dict[str, bytes]]:
+    """Interrupted after ``stop`` candidates, the journal then changed by ``damage`` (its path), and resumed: the
+    totals the resume reported simulating, and its outputs."""
     out = tmp_path / "plan"
     with pytest.raises(Interrupted):
-        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(5), **REQUEST)
-    text = (out / JOURNAL).read_text()
-    (out / JOURNAL).write_text(text[: len(text) - 40])  # a kill in the middle of the fifth line
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(stop), **REQUEST)
+    damage(out / JOURNAL)
     count = Count()
     ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=1, out=out, resume=True, progress=count, **REQUEST), out)
-    assert set(count.totals) == {SIMULATED - 4}
-    assert _files(out) == whole
+    return set(count.totals), _files(out)
+
+
+def test_a_line_cut_short_is_simulated_again(config, tmp_path, whole):
+    def cut(path: Path) -> None:  # a kill in the middle of the fifth line
+        path.write_text(path.read_text()[:-40])
+
+    assert _resumed_after(config, tmp_path, 5, cut) == ({SIMULATED - 4}, whole)
 
 
 def test_resume_refuses_another_plans_journal(config, tmp_path):
@@ -179,17 +186,13 @@ def test_resume_with_other_jobs_or_top_is_the_same_search(config, tmp_path, whol
 
 def test_a_line_without_its_search_options_is_simulated_again(config, tmp_path, whole):
     # a journal line of a plan from before the options were kept cannot be matched to this search: dropped, not reused
-    out = tmp_path / "plan"
-    with pytest.raises(Interrupted):
-        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(3), **REQUEST)
-    lines = (out / JOURNAL).read_text().splitlines()
-    old = json.loads(lines[0])
-    del old["search"]
-    (out / JOURNAL).write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
-    count = Count()
-    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=1, out=out, resume=True, progress=count, **REQUEST), out)
-    assert set(count.totals) == {SIMULATED - 2}
-    assert _files(out) == whole
+    def unkept(path: Path) -> None:
+        lines = path.read_text().splitlines()
+        old = json.loads(lines[0])
+        del old["search"]
+        path.write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+
+    assert _resumed_after(config, tmp_path, 3, unkept) == ({SIMULATED - 2}, whole)
 
 
 def test_cli_resume_with_another_flag_is_one_line_exit_2(config, tmp_path):
