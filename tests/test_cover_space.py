@@ -24,16 +24,16 @@ def test_tensor_past_a_node_is_pruned_at_the_first_column():
 
 def test_context_must_divide_the_gpus_and_split_the_sequence_in_two_x_context_chunks():
     (row,) = rows(context=(3,))  # 16 GPUs are not 1 x 3 x something
-    assert row.pruned == "--gpus: must be a multiple of parallel.tensor x parallel.context"
+    assert row.pruned == "GPUs: must be a multiple of parallel.tensor x parallel.context"
     (row,) = rows(context=(2,), seq=4098, min_context_tokens=1)  # 4098 = 4 x 1024 + 2
-    assert row.pruned == "parallel.context: must divide --seq in 2 x parallel.context chunks"
+    assert row.pruned == "parallel.context: must divide the sequence in 2 x parallel.context chunks"
     (row,) = rows(context=(2,), seq=4096, pipeline=(2,))  # 4096 / 2 = 2048 tokens a rank: not fewer than 2048
     assert row.pruned == "" and row.context == 2 and row.data == 16 // (2 * 2)
 
 
 def test_a_pipeline_that_does_not_divide_the_gpus_left_has_no_data_degree():
     (row,) = rows(pipeline=(3,))  # 16 / (1 x 1) = 16 ranks left, 16 % 3 = 1
-    assert row.pruned == "--gpus: must be a multiple of parallel.tensor x parallel.context x the pipeline ranks"
+    assert row.pruned == "GPUs: must be a multiple of parallel.tensor x parallel.context x the pipeline ranks"
     assert (row.pipeline, row.data, row.expert) == (3, None, None)
 
 

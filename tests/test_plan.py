@@ -97,9 +97,9 @@ def test_every_pruning_reason_is_counted(tiny):
     # E: M2).  Selective rows: (17 + 9) x 4; zero-0 rows besides those: (17 + 9) x 2; zero 2 and 3 at
     # none and full on the pairs with data 1 (9 of 1f1b's, 5 of dualpipev's): 14 x 4.
     assert tiny.pruned == {
-        "parallel.context: must leave at least 2048 tokens of --seq per context rank": 3,
-        "--global-batch: must be a multiple of parallel.data x model.micro_batch_size": 1,
-        "--gpus: must be a multiple of parallel.tensor x parallel.context": 6,
+        "parallel.context: must leave at least 2048 tokens of the sequence per context rank": 3,
+        "global batch: must be a multiple of parallel.data x model.micro_batch_size": 1,
+        "GPUs: must be a multiple of parallel.tensor x parallel.context": 6,
         "pipeline.stages: must be at most the model's 4 layers": 3,
         'memory.recompute: "selective" under flash attention reruns the flash forward to free only its log-sum-exp': 104,
         'pipeline.schedule = "dualpipev": pipeline.microbatches': 5,
@@ -554,15 +554,16 @@ def test_top_toml_with_its_config_inside_moves_with_the_folder(tiny, config, tmp
 
 def test_every_pruning_reason_names_a_scenario_key_or_a_flag(tiny):
     # s19d: a reason starts with what rules the candidate out in the user's terms: a scenario key a candidate sets
-    # (request.PINS, request.CHOSEN), a flag of the request (cli.PLAN_FLAGS), or one of the three kinds that are no
-    # one key's (memory, model, duplicate); never a library keyword such as global_batch or a column such as layers
-    from dualpipe_sim.cli import PLAN_FLAGS, flag_of
+    # (request.PINS, request.CHOSEN), the request's GPUs or global batch in plan.md's words ("# Plan: 4 GPUs, global
+    # batch 8 x 2048 tokens"; the library names no CLI flag, tests/test_architecture.py), or one of the three kinds
+    # that are no one key's (memory, model, duplicate); never a library keyword such as global_batch or a column
+    # such as layers
     from dualpipe_sim.plan.request import CHOSEN, PINS
     from dualpipe_sim.plan.shapes import shapes
     from dualpipe_sim.plan.space import Choices, ModelShape, Request, enumerate_candidates
     from dualpipe_sim.schedules import registry
 
-    allowed = {*PINS, *CHOSEN, *(flag_of(k) for k in PLAN_FLAGS), "memory", "model", "duplicate"}
+    allowed = {*PINS, *CHOSEN, "GPUs", "global batch", "memory", "model", "duplicate"}
     reasons = {r.pruned for r in tiny.rows if r.pruned}
     models = [ModelShape(heads=4, layers=4, experts=0), ModelShape(heads=6, kv_heads=2, layers=6, experts=6,
                                                                      expert_ffn=6),
@@ -576,6 +577,6 @@ def test_every_pruning_reason_names_a_scenario_key_or_a_flag(tiny):
     heads = {r.split(": ")[0].split(" = ")[0] for r in reasons}
     assert heads <= allowed, heads - allowed
     # every rule of space.py fired at least once here (so the check above saw each wording)
-    assert {"parallel.tensor", "parallel.context", "--gpus", "pipeline.stages", "parallel.expert",
-            "parallel.expert_tensor", "--global-batch", "pipeline.chunks_per_rank", "pipeline.schedule",
+    assert {"parallel.tensor", "parallel.context", "GPUs", "pipeline.stages", "parallel.expert",
+            "parallel.expert_tensor", "global batch", "pipeline.chunks_per_rank", "pipeline.schedule",
             "memory.recompute", "parallel.zero"} <= heads  # fmt: skip

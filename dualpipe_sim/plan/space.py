@@ -139,14 +139,14 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
         for c in choices.context:
             row = replace(top, context=c)
             if req.gpus % (t * c):
-                yield replace(row, pruned="--gpus: must be a multiple of parallel.tensor x parallel.context")
+                yield replace(row, pruned="GPUs: must be a multiple of parallel.tensor x parallel.context")
                 continue
             if c > 1 and req.seq % (2 * c):
-                yield replace(row, pruned="parallel.context: must divide --seq in 2 x parallel.context chunks")
+                yield replace(row, pruned="parallel.context: must divide the sequence in 2 x parallel.context chunks")
                 continue
             if c > 1 and req.seq // c < choices.min_context_tokens:
-                yield replace(row, pruned=f"parallel.context: must leave at least {choices.min_context_tokens} tokens of --seq "
-                                          f"per context rank")  # fmt: skip
+                yield replace(row, pruned=f"parallel.context: must leave at least {choices.min_context_tokens} tokens of the "
+                                          f"sequence per context rank")  # fmt: skip
                 continue
             yield from _pipelines(model, req, shapes, choices, row)
 
@@ -156,7 +156,7 @@ def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
     for p in choices.pipeline or divisors(rest):
         row_p = replace(row, pipeline=p, data=rest // p if rest % p == 0 else None)
         if rest % p:
-            yield replace(row_p, pruned="--gpus: must be a multiple of parallel.tensor x parallel.context x the pipeline "
+            yield replace(row_p, pruned="GPUs: must be a multiple of parallel.tensor x parallel.context x the pipeline "
                                         "ranks")  # fmt: skip
             continue
         if p > model.layers:
@@ -207,7 +207,7 @@ def _expert_tensor(model, req, shapes, choices, row) -> Iterator[Candidate]:
     for mbs in choices.micro_batch_size:
         row_m = replace(row, micro_batch_size=mbs)
         if req.global_batch % (row.data * mbs):
-            yield replace(row_m, pruned="--global-batch: must be a multiple of parallel.data x model.micro_batch_size")  # fmt: skip
+            yield replace(row_m, pruned="global batch: must be a multiple of parallel.data x model.micro_batch_size")  # fmt: skip
             continue
         row_m = replace(row_m, microbatches=req.global_batch // (row.data * mbs))
         yield from _schedules(model, shapes, choices, row_m)
