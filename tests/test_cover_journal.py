@@ -16,8 +16,10 @@ BASE = {"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 4}, "costs
 OURS = scenario_id(BASE)
 
 
-def line(candidate, fields=None, sid=OURS) -> str:
-    return json.dumps({"scenario_id": sid, "candidate": candidate, "fields": fields or {"makespan": 1.5}})
+def line(candidate, fields=None, sid=OURS, search=None) -> str:
+    # a line as journal.py writes it since s19d: with the options of its search ({} here: none asked for)
+    return json.dumps({"scenario_id": sid, "search": search or {}, "candidate": candidate,
+                       "fields": fields or {"makespan": 1.5}})  # fmt: skip
 
 
 def test_a_folder_in_the_journals_place_is_refused(tmp_path):
@@ -50,3 +52,15 @@ def test_another_plans_line_is_refused_naming_both_ids(tmp_path):
     path.write_text(line(["pipeline.microbatches=8"], sid="0123") + "\n")
     with pytest.raises(PlanError, match=f"^resume: {path} holds candidates of another plan \\(scenario_id 0123, this one is {OURS}:"):
         read(path, BASE, OURS)
+
+
+def test_a_line_of_another_search_is_refused_naming_the_option(tmp_path):
+    # s19d: the options that define the search are kept with each line; the first that differs is named
+    path = tmp_path / "plan.partial.jsonl"
+    path.write_text(line(["pipeline.microbatches=8"], search={"gpus": 8, "budget": 200}) + "\n")
+    ours = {"gpus": 8, "budget": 50}
+    with pytest.raises(PlanError, match=f"^budget: differs from the interrupted plan's in {path} \\(it had 200, this one "
+                                        f"50\\); resume with the same options, or write to another folder$"):
+        read(path, BASE, OURS, ours)
+    assert read(path, BASE, OURS, {"gpus": 8, "budget": 200}) == {
+        point_key(BASE, ["pipeline.microbatches=8"]): (["pipeline.microbatches=8"], {"makespan": 1.5})}

@@ -240,8 +240,8 @@ def test_plan_prunes_a_tensor_degree_that_splits_the_kv_heads():
 
     shape = ModelShape(heads=8, kv_heads=2, layers=4, experts=0)
     req = Request(gpus=8, global_batch=8, seq=4096)
-    pruned = {c.tensor: c.pruned for c in enumerate_candidates(shape, req, []) if c.pruned.startswith("tensor")}
-    assert pruned == {t: "tensor: does not divide the 2 key-value heads" for t in (4, 8)}  # of 1, 2, 4, 8
+    pruned = {c.tensor: c.pruned for c in enumerate_candidates(shape, req, []) if c.pruned.startswith("parallel.tensor")}
+    assert pruned == {t: "parallel.tensor: must divide the model's 2 key-value heads" for t in (4, 8)}  # of 1, 2, 4, 8
 
 
 def test_communication_all_exposed_reads_zero_hidden_not_minus_rounding(tmp_path, capsys):

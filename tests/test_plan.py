@@ -78,7 +78,7 @@ def hand_complete() -> set[tuple]:
 # 1.57M >= 1.31M).  Pipeline 2 at D 2: 1f1b's stages (embedding or head + 2 layers, about 1.57M) give
 # 0.78M, dualpipev's rank (embedding, head + 2 layers, 1.82M) 0.91M: kept.  Rows: 1f1b's 5 pairs with
 # pipeline 1 and data > 1, dualpipev's 3, at none and full: 16.
-ZERO1_PRUNED = "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
+ZERO1_PRUNED = "parallel.zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
 
 
 def test_every_complete_candidate_is_listed(tiny):
@@ -97,15 +97,15 @@ def test_every_pruning_reason_is_counted(tiny):
     # E: M2).  Selective rows: (17 + 9) x 4; zero-0 rows besides those: (17 + 9) x 2; zero 2 and 3 at
     # none and full on the pairs with data 1 (9 of 1f1b's, 5 of dualpipev's): 14 x 4.
     assert tiny.pruned == {
-        "context: fewer than 2048 tokens per context rank": 3,
-        "global_batch: not a multiple of data x micro_batch_size": 1,
-        "gpus: 4 not a multiple of tensor x context": 6,
-        "layers": 3,
-        "recompute: selective under flash attention reruns the flash forward to free only its log-sum-exp": 104,
-        "schedule: dualpipev": 5,
-        "tensor: does not divide the 4 attention heads": 1,
-        "zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)": 52,
-        "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)": 56,
+        "parallel.context: must leave at least 2048 tokens of the sequence per context rank": 3,
+        "global batch: must be a multiple of parallel.data x model.micro_batch_size": 1,
+        "GPUs: must be a multiple of parallel.tensor x parallel.context": 6,
+        "pipeline.stages: must be at most the model's 4 layers": 3,
+        'memory.recompute: "selective" under flash attention reruns the flash forward to free only its log-sum-exp': 104,
+        'pipeline.schedule = "dualpipev": pipeline.microbatches': 5,
+        "parallel.tensor: must divide the model's 4 attention heads": 1,
+        "parallel.zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)": 52,
+        "parallel.zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)": 56,
         ZERO1_PRUNED: 16,
     }
     assert len(tiny.rows) == 1 + 6 + 3 + 1 + 204 + 3 + 5 + 108
@@ -116,10 +116,10 @@ def test_zero_0_is_tried_when_the_parameter_all_gather_is_not_hidden(config):
     # all-reduce's bytes, so ZeRO 0 is no longer dominated and no row is pruned for it.
     shown = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
                     overrides=["step.overlap_param_gather=false", "memory.recompute=none"])
-    assert not any(reason.startswith("zero: 0 never beats 1") for reason in shown.pruned)
+    assert not any(reason.startswith("parallel.zero: 0 never beats 1") for reason in shown.pruned)
     hidden = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
                      overrides=["memory.recompute=none"])
-    assert any(reason.startswith("zero: 0 never beats 1") for reason in hidden.pruned)
+    assert any(reason.startswith("parallel.zero: 0 never beats 1") for reason in hidden.pruned)
 
 
 def test_a_zero_1_pruned_for_its_zero_2_twin_is_never_better(tiny, config):
@@ -164,7 +164,7 @@ def test_memory_pruning_counts_and_respects_the_device(config):
     # prunes some layouts; every simulated one that fits is under the device.
     small = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
                     overrides=["hardware.hbm=1.79e9"])  # fmt: skip
-    memory = [r for r in small.rows if r.pruned.startswith("memory")]
+    memory = [r for r in small.rows if r.pruned.startswith("memory: ")]  # not memory.recompute: ...
     assert memory and small.pruned["memory"] == len(memory)
     assert all(r.estimate is None or r.estimate.memory_floor > 1.79e9 for r in memory)
     assert small.top and all(r.peak_memory <= 1.79e9 for r in small.top)
@@ -213,7 +213,11 @@ def test_pareto_front_by_hand():
 
 def test_reason_kinds_drop_figures():
     assert reason_kind("memory: at least 90.1 GB per rank > 80.0 GB") == "memory"
-    assert reason_kind("schedule: dualpipe: pipeline.microbatches: needs an even number >= 1") == "schedule: dualpipe"
+    assert reason_kind('pipeline.schedule = "dualpipe": pipeline.microbatches: needs an even number >= 1 (half enter '
+                       'from each end), got 3') == 'pipeline.schedule = "dualpipe": pipeline.microbatches'
+    assert reason_kind("model: model.defer_embedding_wgrad: needs pipeline.stages >= 2 (...)") == \
+        "model: model.defer_embedding_wgrad"
+    assert reason_kind("duplicate: same costs and memory as candidate 12") == "duplicate"
 
 
 def test_pins_narrow_the_space(config):
@@ -233,7 +237,7 @@ def test_a_pinned_context_degree_is_kept_below_the_token_floor(config):
     complete = [r.candidate for r in pinned.rows if not r.pruned]
     assert {c.context for c in complete} == {2}
     assert {(c.tensor, c.pipeline, c.data) for c in complete} == {(1, 1, 2), (1, 2, 1), (2, 1, 1)}
-    assert not any(reason.startswith("context:") for reason in pinned.pruned)
+    assert not any(reason.startswith("parallel.context:") for reason in pinned.pruned)
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -319,7 +323,7 @@ def test_fsdp_with_expert_parallelism_is_pruned_and_counted():
     from dualpipe_sim.plan.space import ModelShape, Request, enumerate_candidates
 
     rows = list(enumerate_candidates(ModelShape(heads=4, layers=4, experts=4), Request(4, 8, 2048), shapes(["1f1b"])))
-    fsdp = [c for c in rows if c.pruned.startswith("zero: 3 (FSDP) with expert parallelism")]
+    fsdp = [c for c in rows if c.pruned.startswith("parallel.zero: 3 (FSDP) with parallel.expert > 1")]
     assert len(fsdp) == 32
     assert all(c.zero == 3 and c.expert > 1 and c.recompute in ("none", "full") for c in fsdp)
     complete = [c for c in rows if not c.pruned]
@@ -546,3 +550,33 @@ def test_top_toml_with_its_config_inside_moves_with_the_folder(tiny, config, tmp
     out.rename(tmp_path / "moved")
     moved = load_raw(tmp_path / "moved" / "top-01.toml")["model"]["config"]
     assert moved == str(tmp_path / "moved" / "models" / "tiny.json") and Path(moved).is_file()
+
+
+def test_every_pruning_reason_names_a_scenario_key_or_a_flag(tiny):
+    # s19d: a reason starts with what rules the candidate out in the user's terms: a scenario key a candidate sets
+    # (request.PINS, request.CHOSEN), the request's GPUs or global batch in plan.md's words ("# Plan: 4 GPUs, global
+    # batch 8 x 2048 tokens"; the library names no CLI flag, tests/test_architecture.py), or one of the three kinds
+    # that are no one key's (memory, model, duplicate); never a library keyword such as global_batch or a column
+    # such as layers
+    from dualpipe_sim.plan.request import CHOSEN, PINS
+    from dualpipe_sim.plan.shapes import shapes
+    from dualpipe_sim.plan.space import Choices, ModelShape, Request, enumerate_candidates
+    from dualpipe_sim.schedules import registry
+
+    allowed = {*PINS, *CHOSEN, "GPUs", "global batch", "memory", "model", "duplicate"}
+    reasons = {r.pruned for r in tiny.rows if r.pruned}
+    models = [ModelShape(heads=4, layers=4, experts=0), ModelShape(heads=6, kv_heads=2, layers=6, experts=6,
+                                                                     expert_ffn=6),
+              ModelShape(heads=4, layers=4, experts=4, expert_ffn=512, whole_experts="kernel model only")]  # fmt: skip
+    for model in models:
+        for choices in (Choices(), Choices(search_expert_tensor=True), Choices(expert_tensor=(2,), context=(1, 2, 3))):
+            for c in enumerate_candidates(model, Request(12, 24, 4098, gpus_per_node=4), shapes(registry.families()),
+                                          choices):  # fmt: skip
+                if c.pruned:
+                    reasons.add(c.pruned)
+    heads = {r.split(": ")[0].split(" = ")[0] for r in reasons}
+    assert heads <= allowed, heads - allowed
+    # every rule of space.py fired at least once here (so the check above saw each wording)
+    assert {"parallel.tensor", "parallel.context", "GPUs", "pipeline.stages", "parallel.expert",
+            "parallel.expert_tensor", "global batch", "pipeline.chunks_per_rank", "pipeline.schedule",
+            "memory.recompute", "parallel.zero"} <= heads  # fmt: skip

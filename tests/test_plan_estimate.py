@@ -225,3 +225,40 @@ def test_shared_transfer_plan_changes_no_replay(name, virtual, blocking):
         run = replayed(b, costs, p2p, blocking)
         assert run.makespan == float(ends.max())
         assert run.rank_end.tolist() == np.maximum.reduceat(ends, b.rank_first).tolist()
+
+
+def test_deferred_output_wgrad_lightens_the_first_backwards_by_hand():
+    # the uneven 2-stage 1F1B above with model.defer_embedding_wgrad's lighter backwards (s19d): on stage 1 the
+    # first 2 micro-batches' B lose 0.5 ms of input gradient and 1.0 ms of weight gradient (CostModel.duration:
+    # B - less I - less W = 4 - 0.5 - 1.0 = 2.5); micro-batch 2's B stays 4.
+    # rank 1: F0 1-3, B0 3-5.5, F1 5.5-7.5, B1 7.5-10, F2 10-12 (rank 0's F2 ended at 8.5), B2 12-16
+    # rank 0: F0 0-1, F1 1-2, B0 5.5-7.5, F2 7.5-8.5, B1 10-12, B2 16-18: makespan 18 (21 without)
+    cost = StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0), deferred=(1, 2, 0.5, 1.0))
+    run = replayed(built("1f1b", 2, 3, None), cost, 0.0, False)
+    assert run.makespan == 18.0
+    assert run.rank_end.tolist() == [18.0, 16.0]
+    # split backwards (I = B - W, W): I of a light micro-batch loses the 0.5, W the 1.0, as CostModel.duration
+    split = StageCosts((1.0, 2.0), (2.0, 4.0), (1.0, 2.0), deferred=(1, 2, 0.5, 1.0))
+    b = built("zb-h1", 2, 3, None)
+    got = lengths(b, split)
+    flat = b.index.flat
+    for a in range(len(got)):
+        op = flat.member == 0
+        kind, stage, mb = (int(x[op][flat.action[op] == a][0]) for x in (flat.kind, flat.stage, flat.microbatch))
+        full = {KIND_CODES["F"]: (1.0, 2.0), KIND_CODES["B"]: (2.0, 4.0), KIND_CODES["I"]: (1.0, 2.0),
+                KIND_CODES["W"]: (1.0, 2.0)}[kind][stage]  # fmt: skip
+        less = {KIND_CODES["F"]: 0.0, KIND_CODES["B"]: 1.5, KIND_CODES["I"]: 0.5, KIND_CODES["W"]: 1.0}[kind]
+        assert got[a] == full - (less if stage == 1 and mb < 2 else 0.0)
+
+
+def test_extrapolation_in_m_replays_the_light_micro_batches_in_both_counts():
+    # 40 micro-batches on 3 stages, the first 10 lighter on the last stage: both replayed counts hold all 10 and
+    # 2 x 3 more (16 and 19), so they differ by one period of full ones and 1F1B's affine makespan lands on the
+    # full replay's (without the light ones the counts are (7, 10): the test above)
+    p, m = 3, 40
+    assert counts("1f1b", p, m, None, p, light=10) == (16, 19)
+    assert counts("1f1b", p, 22, None, p, light=10) == (22,)  # 22 <= 4 x 3 + 10: replayed as is
+    cost = StageCosts((1.0, 1.5, 1.2), (2.0, 3.5, 2.2), (0.5, 0.5, 0.5), deferred=(2, 10, 0.3, 0.4))
+    extrapolated, _, at = pipeline("1f1b", p, m, None, p, cost, 0.1, False)
+    assert at == 19
+    assert extrapolated == pytest.approx(replayed(built("1f1b", p, m, None), cost, 0.1, False).makespan, rel=1e-12)

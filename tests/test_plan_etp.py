@@ -54,7 +54,7 @@ def test_etp_values_per_tensor_degree_by_hand():
 
 def test_grid_and_ffn_rules_prune_by_name():
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), NARROW))
-    grid = [c for c in rows if c.pruned == "expert: expert x expert_tensor does not divide tensor x data x context"]
+    grid = [c for c in rows if c.pruned == "parallel.expert: parallel.expert x parallel.expert_tensor must divide parallel.tensor x parallel.data x parallel.context"]
     # TP2 PP1 e4 ETP2 (8 > 4), TP2 PP2 e2 ETP2 (4 > 2), TP4 e2 and e4 ETP4
     assert sorted((c.tensor, c.pipeline, c.expert, c.expert_tensor) for c in grid) == \
         [(2, 1, 4, 2), (2, 2, 2, 2), (4, 1, 2, 4), (4, 1, 4, 4)]
@@ -62,9 +62,9 @@ def test_grid_and_ffn_rules_prune_by_name():
     odd = ModelShape(heads=4, layers=4, experts=4, expert_ffn=6)
     assert _complete(odd) == {(1, 1): 6, (2, 1): 5, (2, 2): 3, (4, 1): 3}
     ffn = [c for c in enumerate_candidates(odd, Request(4, 8, 2048), shapes(["1f1b"]), NARROW)
-           if c.pruned.startswith("expert_tensor:")]
+           if c.pruned.startswith("parallel.expert_tensor:")]
     assert ffn and {(c.tensor, c.expert_tensor) for c in ffn} == {(4, 4)}
-    assert ffn[0].pruned == "expert_tensor: does not divide the experts' FFN hidden size 6"
+    assert ffn[0].pruned == "parallel.expert_tensor: must divide the experts' FFN hidden size 6"
 
 
 def test_pin_and_whole_experts():
@@ -82,8 +82,8 @@ def test_pin_and_whole_experts():
     # pinned there anyway: every row is pruned by name, before any derivation
     rows = list(enumerate_candidates(whole, Request(4, 8, 2048), shapes(["1f1b"]), pinned))
     assert rows and not any(c.complete() for c in rows)
-    assert {c.pruned for c in rows if c.expert is not None and not c.pruned.startswith("expert: ")} == \
-        {"expert_tensor: kernel model only"}
+    assert {c.pruned for c in rows if c.expert is not None and not c.pruned.startswith("parallel.expert: ")} == \
+        {"parallel.expert_tensor: kernel model only"}
 
 
 def replace_choices(**kw) -> Choices:
@@ -103,7 +103,7 @@ def test_dense_model_unchanged():
 
 def test_rows_pruned_before_etp_leave_it_empty_when_several_were_to_be_tried():
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), NARROW))
-    heads = [c for c in rows if c.pruned.startswith("tensor:")]
+    heads = [c for c in rows if c.pruned.startswith("parallel.tensor:")]
     assert [(c.tensor, c.expert_tensor) for c in heads] == [(8, None)]  # 1 and 8 were to be tried
 
 
@@ -221,7 +221,7 @@ def test_default_tries_etp_1_only_by_hand():
     assert _complete(MOE, DEFAULT) == {(1, 1): 6, (2, 1): 5, (4, 1): 3}
     rows = list(enumerate_candidates(MOE, Request(4, 8, 2048), shapes(["1f1b"]), DEFAULT))
     assert {c.expert_tensor for c in rows} == {1}  # every row says 1, the pruned ones too (one value tried)
-    assert not any(c.pruned.startswith("expert_tensor:") for c in rows)
+    assert not any(c.pruned.startswith("parallel.expert_tensor:") for c in rows)
     assert Choices().search_expert_tensor is False  # the enumeration's own default is the plan's
 
 
@@ -232,7 +232,7 @@ def test_fsdp_count_with_and_without_the_search():
     def fsdp(choices):
         rows = enumerate_candidates(ModelShape(heads=4, layers=4, experts=4), Request(4, 8, 2048), shapes(["1f1b"]),
                                     choices)  # fmt: skip
-        return [c for c in rows if c.pruned.startswith("zero: 3 (FSDP) with expert parallelism")]
+        return [c for c in rows if c.pruned.startswith("parallel.zero: 3 (FSDP) with parallel.expert > 1")]
 
     assert len(fsdp(Choices())) == 32
     searched = fsdp(Choices(search_expert_tensor=True))
@@ -278,3 +278,99 @@ def test_cli_flag_with_a_pin_is_one_line_exit_2_nothing_written(tmp_path, capsys
                                         "parallel.expert_tensor=2 (the pin fixes the expert tensor parallelism); "
                                         "drop one"]  # fmt: skip
     assert "Traceback" not in err
+
+
+# -- s19d: ETP = tensor candidates that cannot reach the top table are not simulated -------------------------------
+def test_compute_floor_by_hand():
+    from dualpipe_sim.plan.estimate import compute_floor
+    from dualpipe_sim.plan.step_estimate import StageCosts, built, replayed
+
+    # test_plan_estimate.py's 2-stage 1F1B, F = (1, 2), B = (2, 4), 3 micro-batches: (1 + 2 + 2 + 4) x 3 = 27 ms of
+    # compute on 2 ranks, at least 13.5 on the busier; the replay takes 21
+    dense = StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0))
+    assert compute_floor(dense, 3, 2) == 13.5 <= replayed(built("1f1b", 2, 3, None), dense, 0.0, False).makespan
+    # an all-to-all inside F and B is left out (a pair may hide it): F = 1 + 0.5 and B = 2 + 1 on each of 2 stages,
+    # 4 micro-batches on 2 ranks: (1 + 2) x 2 stages x 4 / 2 = 12
+    moe = StageCosts((1.5, 1.5), (3.0, 3.0), (0.0, 0.0), (0.5, 0.5), (1.0, 1.0))
+    assert compute_floor(moe, 4, 2) == 12.0
+    # deferred output-layer wgrad: 2 micro-batches' backward 0.5 + 1.0 lighter on stage 1: 27 - 3 = 24, 12 a rank
+    assert compute_floor(StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0), deferred=(1, 2, 0.5, 1.0)), 3, 2) == 12.0
+
+
+def _ran(i: int, step: float, fits=True, etp: int = 1, floor: float = 0.0):
+    from dualpipe_sim.plan.estimate import Estimate
+    from dualpipe_sim.plan.rank import Row
+
+    row = Row(i, Candidate(tensor=2, expert_tensor=etp), Estimate(step, 0.0, 0.0, floor))
+    row.simulated = {"status": "ok", "step.total": step, "fits": fits} if step else None
+    return row
+
+
+def test_beyond_top_by_hand():
+    from dualpipe_sim.plan.rank import BEYOND_TOP, beyond_top, split_later
+
+    # first: fitting steps 10, 12, 15 (and 9 that does not fit, 11 that failed): the top 2's slowest is 12
+    first = [_ran(0, 10.0), _ran(1, 15.0), _ran(2, 9.0, fits=False), _ran(3, 12.0)]
+    first.append(replace_row_failed(_ran(4, 11.0)))
+    later = [_ran(5, 0, etp=2, floor=12.0), _ran(6, 0, etp=2, floor=12.5), _ran(7, 0, etp=2, floor=11.0)]
+    kept = beyond_top(first, later, 2, True)
+    assert [r.index for r in kept] == [5, 7]  # 12.0 is not above 12: it might tie, so it runs
+    assert later[1].pruned.startswith(f"parallel.expert_tensor: {BEYOND_TOP} (its compute at least 12.500 ms")
+    assert "top 2's slowest step 12.000 ms" in later[1].pruned
+    assert beyond_top(first, later[:1], 4, True) == later[:1]  # 3 fitting rows: no top 4 to compare with
+    assert beyond_top(first, [_ran(8, 0, etp=2, floor=99.0)], 2, False)[0].index == 8  # the floor does not hold
+    rows = [_ran(0, 1.0), _ran(1, 0, etp=2), _ran(2, 0, etp=None)]
+    assert [[r.index for r in part] for part in split_later(rows, True)] == [[0, 2], [1]]
+    assert split_later(rows, False) == (rows, [])
+
+
+def replace_row_failed(row):
+    row.simulated = {"status": "error", "reason": "x", "step.total": 1.0}
+    return row
+
+
+@pytest.fixture(scope="module")
+def pruned_or_not(tmp_path_factory):
+    """The tiny Mixtral on 8 GPUs, global batch 16, 1F1B and DualPipeV, ETP searched: plans with the top 3 and 10,
+    with and without beyond_top's pruning (its floor_holds said false)."""
+    import sys
+
+    config = tmp_path_factory.mktemp("beyond") / "moe.json"
+    config.write_text(json.dumps(TINY_MOE))
+    module = sys.modules["dualpipe_sim.plan"]
+    out = {}
+    for holds in (True, False):
+        mp = pytest.MonkeyPatch()
+        if not holds:
+            mp.setattr(module, "floor_holds", lambda base: False)
+        try:
+            for top in (3, 10):
+                out[holds, top] = ds_plan(config, 8, 16, 2048, hardware="H100", schedules=["1f1b", "dualpipev"],
+                                          jobs=1, top=top, search_expert_tensor=True)  # fmt: skip
+        finally:
+            mp.undo()
+    return out
+
+
+@pytest.mark.parametrize("top", [3, 10])
+def test_beyond_top_leaves_the_top_table_as_it_was(pruned_or_not, top):
+    pruned, whole = pruned_or_not[True, top], pruned_or_not[False, top]
+    left_out = [r for r in pruned.rows if "not simulated: its compute alone" in r.pruned]
+    assert left_out and all(r.candidate.expert_tensor == r.candidate.tensor > 1 for r in left_out)  # it did prune
+    assert not any("not simulated" in r.pruned for r in whole.rows)
+    assert sum(r.ok for r in pruned.rows) == sum(r.ok for r in whole.rows) - len(left_out)
+    assert len(pruned.top) == top
+    assert [(r.candidate, r.simulated, r.tokens_per_second_per_gpu) for r in pruned.top] == \
+        [(r.candidate, r.simulated, r.tokens_per_second_per_gpu) for r in whole.top]
+    assert files.markdown_table(files.table(pruned)) == files.markdown_table(files.table(whole))
+    # every candidate left out ran without the pruning, slower than the top table's slowest
+    ran = {r.candidate: r for r in whole.rows if r.ok}
+    slowest = whole.top[-1].simulated["step.total"]
+    assert all(ran[r.candidate].simulated["step.total"] > slowest for r in left_out)
+
+
+def test_compute_floor_bounds_every_simulated_step(pruned_or_not):
+    rows = [r for r in pruned_or_not[False, 3].rows if r.ok]
+    assert len(rows) > 100
+    assert all(r.estimate.compute_floor <= r.simulated["step.total"] for r in rows)
+    assert all(r.estimate.compute_floor > 0 for r in rows)

@@ -46,19 +46,6 @@ def whole(config, tmp_path_factory) -> dict[str, bytes]:
     return _files(out)
 
 
-# Ctrl-C must land while the plan still runs: since the estimate replays every schedule, the 84 tiny
-# simulations of the default request take a fraction of a second after the first journal line, so the
-# Ctrl-C test plans a global batch of 64 (up to 64 micro-batches a simulation) against its own whole run.
-LONG_BATCH = 64
-
-
-@pytest.fixture(scope="module")
-def whole_long(config, tmp_path_factory) -> dict[str, bytes]:
-    out = tmp_path_factory.mktemp("whole_long") / "plan"
-    ds_plan.write(ds_plan(config, 4, LONG_BATCH, 2048, jobs=1, out=out, **REQUEST), out)
-    return _files(out)
-
-
 class StopAfter:
     """A progress callback that presses Ctrl-C once ``k`` candidates are simulated."""
 
@@ -139,16 +126,23 @@ def test_interrupted_twice_with_worker_processes(config, tmp_path, whole):
     assert _files(out) == whole
 
 
-def test_a_line_cut_short_is_simulated_again(config, tmp_path, whole):
+def _resumed_after(config, tmp_path, stop: int, damage) -> tuple[set, dict[str, bytes]]:
+    """Interrupted after ``stop`` candidates, the journal then changed by ``damage`` (its path), and resumed: the
+    totals the resume reported simulating, and its outputs."""
     out = tmp_path / "plan"
     with pytest.raises(Interrupted):
-        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(5), **REQUEST)
-    text = (out / JOURNAL).read_text()
-    (out / JOURNAL).write_text(text[: len(text) - 40])  # a kill in the middle of the fifth line
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(stop), **REQUEST)
+    damage(out / JOURNAL)
     count = Count()
     ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=1, out=out, resume=True, progress=count, **REQUEST), out)
-    assert set(count.totals) == {SIMULATED - 4}
-    assert _files(out) == whole
+    return set(count.totals), _files(out)
+
+
+def test_a_line_cut_short_is_simulated_again(config, tmp_path, whole):
+    def cut(path: Path) -> None:  # a kill in the middle of the fifth line
+        path.write_text(path.read_text()[:-40])
+
+    assert _resumed_after(config, tmp_path, 5, cut) == ({SIMULATED - 4}, whole)
 
 
 def test_resume_refuses_another_plans_journal(config, tmp_path):
@@ -160,6 +154,58 @@ def test_resume_refuses_another_plans_journal(config, tmp_path):
         ds_plan(config, 4, 8, 4096, jobs=1, out=out, resume=True, progress=lambda *a: calls.append(a), **REQUEST)
     assert calls == []  # refused before any estimating
     assert _journal_lines(out) == 2  # left as it was
+
+
+# Each option that sets the candidates or which of them are simulated, changed on resume (s19d): refused naming it
+# (the library keyword; the CLI its flag), before any estimating, the journal left as it was.
+@pytest.mark.parametrize("option, value", [("gpus", 8), ("global_batch", 16), ("schedules", ["1f1b"]),
+                                           ("budget", 50), ("search_expert_tensor", True)])  # fmt: skip
+def test_resume_refuses_other_search_options_naming_the_option(config, tmp_path, option, value):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(2), **REQUEST)
+    before = (out / JOURNAL).read_bytes()
+    args = {"gpus": 4, "global_batch": 8, "seq": 2048, **REQUEST, option: value}
+    calls = []
+    with pytest.raises(PlanError, match="differs from the interrupted plan's") as err:
+        ds_plan(config, jobs=1, out=out, resume=True, progress=lambda *a: calls.append(a), **args)
+    assert err.value.field == option and str(err.value).startswith(f"{option}: ")
+    assert calls == [] and (out / JOURNAL).read_bytes() == before and [p.name for p in out.iterdir()] == [JOURNAL]
+
+
+def test_resume_with_other_jobs_or_top_is_the_same_search(config, tmp_path, whole):
+    # --jobs says how the candidates run, --top how many are written: neither changes a figure, so a resume may differ
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(5), **REQUEST)
+    count = Count()
+    ds_plan.write(ds_plan(config, 4, 8, 2048, jobs=2, out=out, resume=True, progress=count, **REQUEST), out)
+    assert set(count.totals) == {SIMULATED - 5}
+    assert _files(out) == whole
+
+
+def test_a_line_without_its_search_options_is_simulated_again(config, tmp_path, whole):
+    # a journal line of a plan from before the options were kept cannot be matched to this search: dropped, not reused
+    def unkept(path: Path) -> None:
+        lines = path.read_text().splitlines()
+        old = json.loads(lines[0])
+        del old["search"]
+        path.write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+
+    assert _resumed_after(config, tmp_path, 3, unkept) == ({SIMULATED - 2}, whole)
+
+
+def test_cli_resume_with_another_flag_is_one_line_exit_2(config, tmp_path):
+    out = tmp_path / "plan"
+    with pytest.raises(Interrupted):
+        ds_plan(config, 4, 8, 2048, jobs=1, out=out, progress=StopAfter(2), **REQUEST)
+    before = (out / JOURNAL).read_bytes()
+    proc = _cli(*_plan_args(config, out), "--resume", "--search-expert-tensor")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --search-expert-tensor: differs from the interrupted plan's")
+    assert "it had False, this one True" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert (out / JOURNAL).read_bytes() == before and [p.name for p in out.iterdir()] == [JOURNAL]
 
 
 def _cli(*args, **kwargs):
@@ -186,25 +232,53 @@ def _wait_for_lines(proc, out: Path, n: int) -> None:
         time.sleep(0.005)
 
 
-def test_sigint_on_the_cli_then_resume(config, tmp_path, whole_long):
-    out = tmp_path / "plan"
-    proc = _start(_plan_args(config, out, LONG_BATCH))
-    _wait_for_lines(proc, out, 1)  # the first finished candidate: the plan has the most left to do
-    assert proc.poll() is None, "the plan finished before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
+# The CLI run by a hook that holds the plan in its second simulation until a signal ends it: once the first
+# candidate is in the journal, the hook writes HELD and sleeps inside the simulation (as a long candidate would), so
+# the Ctrl-C always lands while the plan simulates, however loaded the machine (s19d: the plan could finish first).
+HOLD = """
+import sys, time, runpy
+from pathlib import Path
+from dualpipe_sim.plan import simulate
+
+held, run, calls = Path(sys.argv.pop(1)), simulate.run_candidate, []
+
+def holding(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        held.write_text("held")
+        time.sleep(600)
+    return run(*args, **kwargs)
+
+simulate.run_candidate = holding
+sys.argv[0] = "dualpipe_sim"
+runpy.run_module("dualpipe_sim", run_name="__main__")
+"""
+
+
+def test_sigint_on_the_cli_then_resume(config, tmp_path, whole):
+    out, held = tmp_path / "plan", tmp_path / "HELD"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, held, *map(str, _plan_args(config, out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not held.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert held.exists() and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "not held"
+    os.kill(proc.pid, signal.SIGINT)  # the plan is in its second simulation, the first one's line written
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert len(stderr.strip().splitlines()) == 1 and "rerun with --resume to simulate the other" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert f"rerun with --resume to simulate the other {SIMULATED - 1}" in stderr
     assert "Traceback" not in stderr and stdout == ""
     assert [p.name for p in out.iterdir()] == [JOURNAL]
-    kept = _journal_lines(out)
+    assert _journal_lines(out) == 1
     # an existing journal without --resume: one line, exit 2, the journal untouched
-    again = _cli(*_plan_args(config, out, LONG_BATCH))
+    again = _cli(*_plan_args(config, out))
     assert again.returncode == 2 and again.stderr.startswith("error: --out") and "--resume" in again.stderr
-    assert _journal_lines(out) == kept
-    done = _cli(*_plan_args(config, out, LONG_BATCH), "--resume")
+    assert _journal_lines(out) == 1
+    done = _cli(*_plan_args(config, out), "--resume")
     assert done.returncode == 0, done.stderr
-    assert _files(out) == whole_long
+    assert _files(out) == whole
 
 
 def test_sigterm_stops_the_workers_keeps_the_journal_and_resume_finishes(config, tmp_path, whole):

@@ -98,6 +98,19 @@ def test_estimate_is_the_run_where_its_assumptions_hold(base, cand):
     assert est == pytest.approx(got, rel=1e-9)
 
 
+@pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
+@pytest.mark.parametrize("deferred", [2, 4])
+def test_deferred_output_wgrad_estimate_is_the_run(base, cand, deferred):
+    # model.defer_embedding_wgrad (s18n): the run's last stage runs the first N micro-batches' backwards lighter
+    # (CostModel.deferred) and the drain at the step's end; the estimate replays the same lighter backwards
+    # (StageCosts.deferred) and step.py's drain, so where its assumptions hold it is the run's step (s19d), and the
+    # run is faster than without the deferral here (the drain shorter than what the light backwards save)
+    with_it = apply_overrides(base, [f"model.defer_embedding_wgrad={deferred}"])
+    est, got = _estimate_and_run(with_it, cand)
+    assert est == pytest.approx(got, rel=1e-9)
+    assert got < _estimate_and_run(base, cand)[1]
+
+
 def test_dp_comm_sms_moves_estimate_and_run_alike(base):
     # interleaved 1F1B: a rank's first chunk's grad sync runs beside its second chunk's backwards, which
     # the collective's 16 SMs slow; with step.dp_comm_sms = 0 nothing is slowed.  Estimate and run both
@@ -161,3 +174,27 @@ def test_the_cut_trace_gives_step_py_the_same_rows(name, stages, m, virtual, ove
     assert step_rows(b, run, step).tobytes() == whole.tobytes()
     last = b.last_wgrad[b.last_wgrad >= 0]
     assert len(trace_of(b, run, float(run.starts[last].min())).compute) < len(trace_of(b, run).compute)  # a cut
+
+
+def test_deferred_output_wgrad_on_chunk_components_is_pruned_with_runs_words(tmp_path):
+    # an MoE layout with expert parallelism is costed with [chunk] components, on which `run` refuses the deferral
+    # (Scenario.check_deferral_per_stage); the estimate refuses it in the same words, so plan prunes the candidate
+    # instead of simulating it into an error row (s19d)
+    from dualpipe_sim.errors import ScenarioError
+
+    moe = {**TINY, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2}
+    path = tmp_path / "moe.json"
+    path.write_text(json.dumps(moe))
+    base = base_scenario(path, "H100", 2048, ["model.defer_embedding_wgrad=2"])
+    cand = Candidate(tensor=1, context=1, pipeline=2, data=2, expert=2, micro_batch_size=1, microbatches=4,
+                     schedule="1f1b", stages=2, recompute="none", zero=1)  # fmt: skip
+    with pytest.raises(ScenarioError) as run_err:
+        simulation.run(sections_only(apply_overrides(base, cand.overrides())))
+    with pytest.raises(ScenarioError) as est_err:
+        FigureCache(base).figures(cand)
+    assert str(est_err.value) == str(run_err.value)
+    assert str(est_err.value).startswith("model.defer_embedding_wgrad: is costed on per-stage F, B and W")
+    # expert parallelism 1: the MoE layers are costed per stage, and the deferral is the run's there too
+    one = replace(cand, expert=1)
+    est, got = _estimate_and_run(base, one)
+    assert est == pytest.approx(got, rel=1e-9)

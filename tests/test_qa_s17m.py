@@ -76,9 +76,9 @@ def test_plan_prunes_etp_rules_by_name(tmp_path):
     result = _plan(tmp_path, TINY_MOE, ["parallel.expert_tensor=2"])
     assert not any(k.startswith("model:") for k in result.pruned)
     rows = files.records(result)
-    bad_grid = [r for r in rows if r["pruned"] == "expert: expert x expert_tensor does not divide tensor x data x context"]
+    bad_grid = [r for r in rows if r["pruned"] == "parallel.expert: parallel.expert x parallel.expert_tensor must divide parallel.tensor x parallel.data x parallel.context"]
     assert bad_grid and all((r["tensor"] * r["data"] * r["context"]) % (r["expert"] * 2) for r in bad_grid)
-    fsdp = [r for r in rows if r["pruned"].startswith("zero: 3 (FSDP) with expert_tensor > 1")]
+    fsdp = [r for r in rows if r["pruned"].startswith("parallel.zero: 3 (FSDP) with parallel.expert_tensor > 1")]
     assert fsdp and all(r["zero"] == 3 and r["expert"] == 1 for r in fsdp)
     # and no row that ran breaks either rule
     ran = [r for r in rows if r["simulated"] == "yes"]

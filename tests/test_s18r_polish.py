@@ -177,7 +177,8 @@ def test_dualpipev_at_pipeline_1_is_enumerated_and_dualpipe_is_pruned():
         ("dualpipev", 2, "none"), ("dualpipev", 2, "full")}
     # DualPipe needs an even number of ranks (DeepSeek's dualpipe.py asserts num_ranks % 2 == 0)
     assert [r.pruned.split(",")[0] for r in one if r.schedule == "dualpipe"] == [
-        "schedule: dualpipe: pipeline.stages: needs an even number >= 2 (half the ranks feed each direction)"]
+        'pipeline.schedule = "dualpipe": pipeline.stages: needs an even number >= 2 (half the ranks feed each '
+        'direction)']
     # the V on one rank: stage 0 and its mirror S - 1 - 0 = 1 on rank 0
     assert placement("dualpipev", 2, None) == (((0, 0), (0, 1)),)
 

@@ -490,10 +490,7 @@ class Scenario(_Section):
         c = self.costs
         derived = self.derived() if derived is None else derived
         if self.chunk is not None or (derived is not None and derived.moe_layer is not None):
-            if self.model is not None and self.model.defer_embedding_wgrad:
-                raise ScenarioError("model.defer_embedding_wgrad: is costed on per-stage F, B and W (a dense model's); "
-                                    "not with [chunk] components (an MoE model with parallel.expert > 1 or a [chunk] "
-                                    "table): set it to 0")
+            self.check_deferral_per_stage()
             return self._chunk_cost_model(derived) if self.chunk is not None else self._derived_chunk_cost_model(derived)
         have = derived is not None and derived.stages[0].forward is not None
         for name in ("forward", "backward"):
@@ -531,6 +528,14 @@ class Scenario(_Section):
             deferred=None if deferral is None else deferral[:4],
             **self._shared_cost_fields(derived),
         )
+
+    def check_deferral_per_stage(self) -> None:
+        """model.defer_embedding_wgrad is costed on per-stage F, B and W: refused where [chunk] components cost the
+        stages (the caller's judgement; plan's estimate asks the same before costing a candidate)."""
+        if self.model is not None and self.model.defer_embedding_wgrad:
+            raise ScenarioError("model.defer_embedding_wgrad: is costed on per-stage F, B and W (a dense model's); "
+                                "not with [chunk] components (an MoE model with parallel.expert > 1 or a [chunk] "
+                                "table): set it to 0")
 
     def deferral(self, derived):
         """model.defer_embedding_wgrad on the derived model (model/deferred_wgrad.Deferral), or None when 0.  Raises

@@ -27,7 +27,7 @@ from ..progress import Progress, each_file, report
 from ..sweep.errors import SweepError
 from . import files
 from .estimate import FigureCache, memory_estimate, static_floor
-from .rank import Row, estimate_order, ranked, to_simulate
+from .rank import BEYOND_TOP, Row, beyond_top, estimate_order, floor_holds, ranked, split_later, to_simulate
 from .request import (PlanError, base_scenario, check_sizes, device_memory, make_request, model_config, model_shape,
                       pinned_choices, source_pins)
 from .journal import NAME as JOURNAL
@@ -79,11 +79,14 @@ class Plan:
 
 
 def reason_kind(reason: str) -> str:
-    """A pruning reason without its figures: 'memory', 'schedule: dualpipe', 'tensor: ...'."""
+    """A pruning reason without its figures: 'memory', 'pipeline.schedule = "dualpipe": pipeline.microbatches',
+    'parallel.tensor: ...' (the others hold none that varies between candidates)."""
     head, _, rest = reason.partition(": ")
-    if head in ("schedule", "model"):
+    if head == "model" or head.startswith("pipeline.schedule"):
         return f"{head}: {rest.split(':')[0]}"
-    if head in ("memory", "layers", "duplicate"):
+    if head == "parallel.expert_tensor" and rest.startswith(BEYOND_TOP):
+        return f"{head}: {BEYOND_TOP}"
+    if head in ("memory", "duplicate"):
         return head
     return reason
 
@@ -136,7 +139,10 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
             registry.get(name)
         except ScheduleError as exc:  # the keyword the name came in, not the scenario key it would set
             raise ScheduleError(field="schedules", rule=exc.rule) from None
-    journal = Journal(Path(out), base, resume) if out is not None else None  # read and checked, not written
+    # what sets the candidates and which are simulated, kept with each finished one: a resume must match
+    search = {"gpus": gpus, "global_batch": global_batch, "schedules": names, "budget": budget,
+              "search_expert_tensor": search_expert_tensor}  # fmt: skip
+    journal = Journal(Path(out), base, resume, search) if out is not None else None  # read and checked, not written
     # Connect first: a bad Dask address is refused before the minutes of estimating.
     executor = DaskCandidates(dask_scheduler) if dask_scheduler else LocalCandidates(jobs)
     try:
@@ -146,10 +152,16 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
         rows, survivors = _estimated(base, req, names, overrides, device, progress, estimate_jobs,
                                      search_expert_tensor)
         chosen = to_simulate(estimate_order(survivors, device), budget, device)
+        # with --search-expert-tensor the ETP = tensor candidates run after the others, those that cannot reach the
+        # top table left out (rank.beyond_top): the top table is the same, in fewer simulations
+        first, later = split_later(chosen, search_expert_tensor)
         if journal is not None:
             journal.start()
         try:
-            _simulate(executor, base, chosen, journal, progress)
+            _simulate(executor, base, first, journal, progress, len(chosen))
+            if later:
+                kept = beyond_top(first, later, top, floor_holds(base))
+                _simulate(executor, base, kept, journal, progress, len(first) + len(kept))
         finally:
             if journal is not None:
                 journal.close()
@@ -244,7 +256,7 @@ def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape
         return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB", None
     if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand) \
             and cache.reduce_scatters_fit(cand):
-        return "zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
+        return "parallel.zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
     # Candidates whose figures are the same whatever their recompute policy run once.
     fig = cache.figures(cand)
     return "", (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
@@ -266,8 +278,10 @@ def _zero2_no_heavier(cache: FigureCache, cand) -> bool:
     return True
 
 
-def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, progress: Progress | None) -> None:
-    """Simulate the chosen rows, those the journal holds from an interrupted run excepted."""
+def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, progress: Progress | None,
+              of: int | None = None) -> None:  # fmt: skip
+    """Simulate the chosen rows, those the journal holds from an interrupted run excepted.  ``of``: how many
+    the plan simulates in all (the Interrupted's count of those left; default: these)."""
     todo = []
     for i, row in enumerate(chosen):
         overrides = tuple(row.candidate.overrides())
@@ -287,7 +301,7 @@ def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, 
         if journal is None:
             raise
         finished = journal.held()
-        raise Interrupted(journal.path, finished, len(chosen) - finished, exc) from None
+        raise Interrupted(journal.path, finished, (len(chosen) if of is None else of) - finished, exc) from None
 
 
 def _flops(base: dict, seq: int) -> tuple[float, float | None]:

@@ -14,8 +14,10 @@ figure ``plan`` reports comes from a full simulation.
   activations (registry.analytic) of the rank's smallest stage, or the floor where there is no
   formula;
 * step time: the candidate's schedule replayed by the engine's replay core on
-  its per-stage F, B, W and F&B and its P2P time, extrapolated to its M, plus the
-  step's end (grad sync and optimizer) after it (step_estimate.py).
+  its per-stage F, B, W and F&B (and, with model.defer_embedding_wgrad, the last stage's lighter
+  backwards of the deferred micro-batches, as the run's CostModel.deferred) and its P2P time,
+  extrapolated to its M, plus the step's end (grad sync, the deferred wgrad's drain, optimizer)
+  after it (step_estimate.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Estimate:
     step_time: float | None  # ms; None for a candidate pruned before its step was estimated
     memory_floor: float  # bytes
     memory: float  # bytes
+    compute_floor: float = 0.0  # ms: a lower bound of the run's step (compute_floor)
 
 
 @dataclass(frozen=True)
@@ -119,15 +122,27 @@ class FigureCache:
             # actions only for ZeRO 3): one derivation of the times serves them all (_derived_for), and
             # the memory is worked out per stage for the candidate's sharding.
             derived = self._derived_for(cand)
+            deferred = self._deferred(cand, derived)
             f, b, w, pair, fa, ba = zip(*(_stage_costs(derived, s) for s in range(cand.stages)))
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
             uniform = CostModel.uniform(cand.stages, mean(f), mean(b), mean(w), mean(pair))
             work = tuple(x + y for x, y in zip(f, b))
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
-                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown),
+                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown, deferred),
                                               derived.p2p or 0.0, derived.p2p_nvlink)  # fmt: skip
         return self._figures[key]
+
+    def _deferred(self, cand: Candidate, derived) -> tuple[int, int, float, float] | None:
+        """model.defer_embedding_wgrad's lighter backwards as the run's CostModel.deferred (Scenario.deferral), refused
+        as the run refuses it (a ScenarioError: the candidate is pruned with its words)."""
+        if not self.base["model"].get("defer_embedding_wgrad"):
+            return None
+        scenario = self.scenario(cand)
+        if derived.moe_layer is not None:  # the run costs such a stage with [chunk] components (Scenario.cost_model)
+            scenario.check_deferral_per_stage()
+        deferral = scenario.deferral(derived)
+        return None if deferral is None else tuple(deferral[:4])
 
     def hops(self, cand: Candidate, fig: StageFigures) -> tuple[Hops, ...]:
         """Each distinct data-parallel replica's hand-offs (model/placement.py), as simulation.simulate replays them;
@@ -343,4 +358,23 @@ def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     # simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
     memory = max(st + peak * min(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
         if peak else floor
-    return Estimate(None, floor, max(memory, floor))
+    return Estimate(None, floor, max(memory, floor), compute_floor(fig.costs, cand.microbatches, cand.pipeline))
+
+
+def compute_floor(costs: StageCosts, microbatches: int, ranks: int) -> float:
+    """A lower bound of the run's step (ms): every micro-batch's forward and backward compute on every stage, shared
+    by the ``ranks`` pipeline ranks as evenly as can be.  A rank runs its actions one after another (the replay core),
+    an action lasts at least its compute (a lone op its whole length; an overlapped pair, on the [chunk] model's
+    compute channel, its two computes one after the other, only slowed beside an all-to-all: the F and B less their
+    all-to-all here), and the step ends no earlier than its busiest rank's pipeline work, which is at least the
+    average.  The deferred output-layer wgrad's lighter backwards (StageCosts.deferred) count as the run runs them.
+    Without random durations only (``costs.jitter``, ``ranks.slowdown``, ``hardware.gpu_variability``: plan uses the
+    floor only then, rank.py's ``floor_holds``); tests/test_plan_etp.py holds it under every simulated step."""
+    n = len(costs.forward)
+    fa = costs.forward_a2a or (0.0,) * n
+    ba = costs.backward_a2a or (0.0,) * n
+    work = sum((f - a) + (b - z) for f, a, b, z in zip(costs.forward, fa, costs.backward, ba)) * microbatches
+    if costs.deferred is not None:
+        _, count, less_i, less_w = costs.deferred
+        work -= count * (less_i + less_w)
+    return max(0.0, work) / ranks

@@ -1,8 +1,12 @@
 """The finished candidates of a plan, kept on disk while it runs so that Ctrl-C loses none.
 
 One JSON line per simulated candidate, appended and flushed the moment it
-finishes: the plan's base scenario id, the candidate's overrides, and the
-fields its simulation gave.  ``--resume`` reads them back and simulates only
+finishes: the plan's base scenario id, the options that define its search
+(``search``: the GPUs, the global batch, the schedules, the budget and
+search_expert_tensor, which set the candidates and which of them are
+simulated), the candidate's overrides, and the fields its simulation gave.
+``--resume`` with other options is refused naming the first that differs (a
+line without them, from before they were kept, is simulated again).  ``--resume`` reads them back and simulates only
 the others; a candidate is matched by the complete scenario it is (the base
 plus its overrides, sweep/results.py's ``point_key``), so a resumed plan can
 never give one candidate another's figures.  JSON keeps every float to the
@@ -17,6 +21,7 @@ import os
 from pathlib import Path
 
 from ..sweep.results import point_key, scenario_id
+from ..errors import shown
 from .request import PlanError
 
 NAME = "plan.partial.jsonl"
@@ -27,13 +32,13 @@ class Journal:
     :meth:`start` then rewrites it with them and opens it for appending.  Nothing is written before
     ``start``, so a plan refused later leaves the folder as it was."""
 
-    def __init__(self, out: Path, base: dict, resume: bool) -> None:
+    def __init__(self, out: Path, base: dict, resume: bool, search: dict | None = None) -> None:
         self.out, self.path = out, out / NAME
         if self.path.exists() and not resume:
             raise PlanError(field="resume", rule=f"{self.path} holds the finished candidates of an interrupted plan; "
                                                  f"resume it, or write to another folder")  # fmt: skip
-        self.base, self.id = base, scenario_id(base)
-        self._kept = read(self.path, base, self.id) if resume and self.path.exists() else {}
+        self.base, self.id, self.search = base, scenario_id(base), dict(search or {})
+        self._kept = read(self.path, base, self.id, self.search) if resume and self.path.exists() else {}
         self.done = {key: fields for key, (_, fields) in self._kept.items()}
         self._file = None
 
@@ -50,7 +55,8 @@ class Journal:
         self._file = self.path.open("a", encoding="utf-8")
 
     def _line(self, overrides, fields: dict) -> str:
-        return json.dumps({"scenario_id": self.id, "candidate": list(overrides), "fields": fields}) + "\n"
+        return json.dumps({"scenario_id": self.id, "search": self.search, "candidate": list(overrides),
+                           "fields": fields}) + "\n"  # fmt: skip
 
     def finished(self, overrides) -> dict | None:
         """The fields of a candidate simulated before (None if it was not)."""
@@ -68,12 +74,15 @@ class Journal:
         """How many finished candidates the file holds, read back from disk after closing it: an interrupt
         can land between a line's write and the caller's count, so only the file says what --resume finds."""
         self.close()
-        return len(read(self.path, self.base, self.id))
+        return len(read(self.path, self.base, self.id, self.search))
 
 
-def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
-    """{complete scenario: (overrides, fields)} of the lines in ``path``; a line cut short is dropped.
-    Raises PlanError when the file is not a plan journal or holds another plan's candidates."""
+def read(path: Path, base: dict, ours: str, search: dict | None = None) -> dict[str, tuple[list, dict]]:
+    """{complete scenario: (overrides, fields)} of the lines in ``path``; a line cut short (or without the
+    options of its search) is dropped.  Raises PlanError when the file is not a plan journal or holds another
+    plan's candidates: another base scenario (field ``resume``) or another option of the search (that option's
+    keyword as the field, so that the CLI names its flag)."""
+    search = dict(search or {})
     if not path.is_file():
         raise PlanError(field="resume", rule=f"cannot resume {path}: not a regular file; write to another folder")
     try:
@@ -84,15 +93,22 @@ def read(path: Path, base: dict, ours: str) -> dict[str, tuple[list, dict]]:
     for line in text.splitlines():
         try:
             entry = json.loads(line)
-            overrides, fields, theirs = entry["candidate"], entry["fields"], entry["scenario_id"]
+            overrides, fields, theirs, options = entry["candidate"], entry["fields"], entry["scenario_id"], entry["search"]
         except (ValueError, TypeError, KeyError):
-            continue  # the last line of a killed plan
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            continue  # the last line of a killed plan (or one written before the options were kept)
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides) \
+                or not isinstance(options, dict):
             continue
         if theirs != ours:
             raise PlanError(field="resume", rule=f"{path} holds candidates of another plan (scenario_id {theirs}, this "
                                                  f"one is {ours}: the model, hardware, sequence or overrides differ); "
                                                  f"resume with the same request, or write to another folder")  # fmt: skip
+        differ = [name for name in search if options.get(name) != search[name]]
+        if differ:
+            name = differ[0]
+            raise PlanError(field=name, rule=f"differs from the interrupted plan's in {path} (it had "
+                                             f"{shown(options.get(name))}, this one {shown(search[name])}); resume "
+                                             f"with the same options, or write to another folder")  # fmt: skip
         key = point_key(base, overrides)
         if key is not None and isinstance(fields, dict):
             out[key] = (overrides, fields)

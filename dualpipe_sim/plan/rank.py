@@ -77,3 +77,46 @@ def ranked(rows: list[Row]) -> list[Row]:
         return (3 if r.simulated is not None else 4, 0.0, 0.0, r.index)
 
     return sorted(rows, key=key)
+
+
+# the pruning reason of an ETP = tensor candidate left out by beyond_top (its figures follow in parentheses)
+BEYOND_TOP = "not simulated: its compute alone outlasts the top table's slowest step"
+FLOOR_MARGIN = 1e-9  # relative: the floor and the simulated steps add the same figures in other orders
+
+
+def split_later(chosen: list[Row], search_expert_tensor: bool) -> tuple[list[Row], list[Row]]:
+    """The chosen rows to simulate first, and (with search_expert_tensor) the ETP = tensor ones to simulate after
+    them, those beyond_top leaves out excepted; without the search, all first and none after."""
+    if not search_expert_tensor:
+        return chosen, []
+    later = [r for r in chosen if r.candidate.expert_tensor not in (None, 1)]
+    return [r for r in chosen if r.candidate.expert_tensor in (None, 1)], later
+
+
+def floor_holds(base: dict) -> bool:
+    """Whether estimate.compute_floor bounds every candidate's simulated step: no random or per-rank durations
+    (costs.jitter, ranks.slowdown, hardware.gpu_variability), which could shorten an op."""
+    return "costs" not in base and "ranks" not in base and base["hardware"].get("gpu_variability") is None
+
+
+def beyond_top(first: list[Row], later: list[Row], top: int, holds: bool) -> list[Row]:
+    """Of ``later`` (not simulated yet), the rows that may still reach the top ``top`` once ``first`` is simulated;
+    the others are pruned, their reason saying why.  The top table is the ``top`` fitting simulated rows of most
+    tokens/s, the same GPUs and batch for all, so of least step time: a row whose step is at least its
+    compute_floor, above the ``top``-th least step of ``first``'s fitting ones, would rank after ``top`` rows and
+    leaves the table as it is.  Judged on ``first`` alone (not on ``later`` as they finish, in any order), so that
+    the rows simulated are the same whatever the order and the number of processes."""
+    steps = sorted(r.simulated["step.total"] for r in first if r.ok and r.fits is not False
+                   and r.simulated.get("step.total") is not None)  # fmt: skip
+    if not holds or len(steps) < top:
+        return later
+    slowest = steps[top - 1]
+    kept = []
+    for row in later:
+        floor = row.estimate.compute_floor
+        if floor > slowest * (1 + FLOOR_MARGIN):
+            row.pruned = (f"parallel.expert_tensor: {BEYOND_TOP} (its compute at least {floor:.3f} ms a step, the "
+                          f"top {top}'s slowest step {slowest:.3f} ms)")  # fmt: skip
+        else:
+            kept.append(row)
+    return kept

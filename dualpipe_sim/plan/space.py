@@ -128,24 +128,25 @@ def enumerate_candidates(model: ModelShape, req: Request, shapes: list[ScheduleS
         etps = expert_tensors(model, choices, t)
         top = row = Candidate(tensor=t, expert_tensor=etps[0] if len(etps) == 1 else None)
         if t > req.gpus_per_node:
-            yield replace(row, pruned=f"tensor: {t} > {req.gpus_per_node} GPUs of an NVLink domain")
+            yield replace(row, pruned=f"parallel.tensor: must be at most the {req.gpus_per_node} GPUs of an NVLink domain")
             continue
         if model.heads % t:
-            yield replace(row, pruned=f"tensor: does not divide the {model.heads} attention heads")
+            yield replace(row, pruned=f"parallel.tensor: must divide the model's {model.heads} attention heads")
             continue
         if model.kv_heads % t:  # as model/derive.py refuses it (Megatron-core splits the query groups)
-            yield replace(row, pruned=f"tensor: does not divide the {model.kv_heads} key-value heads")
+            yield replace(row, pruned=f"parallel.tensor: must divide the model's {model.kv_heads} key-value heads")
             continue
         for c in choices.context:
             row = replace(top, context=c)
             if req.gpus % (t * c):
-                yield replace(row, pruned=f"gpus: {req.gpus} not a multiple of tensor x context")
+                yield replace(row, pruned="GPUs: must be a multiple of parallel.tensor x parallel.context")
                 continue
             if c > 1 and req.seq % (2 * c):
-                yield replace(row, pruned="context: must divide the sequence in 2 x context chunks")
+                yield replace(row, pruned="parallel.context: must divide the sequence in 2 x parallel.context chunks")
                 continue
             if c > 1 and req.seq // c < choices.min_context_tokens:
-                yield replace(row, pruned=f"context: fewer than {choices.min_context_tokens} tokens per context rank")
+                yield replace(row, pruned=f"parallel.context: must leave at least {choices.min_context_tokens} tokens of the "
+                                          f"sequence per context rank")  # fmt: skip
                 continue
             yield from _pipelines(model, req, shapes, choices, row)
 
@@ -155,21 +156,22 @@ def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
     for p in choices.pipeline or divisors(rest):
         row_p = replace(row, pipeline=p, data=rest // p if rest % p == 0 else None)
         if rest % p:
-            yield replace(row_p, pruned=f"gpus: {req.gpus} not a multiple of tensor x context x pipeline")
+            yield replace(row_p, pruned="GPUs: must be a multiple of parallel.tensor x parallel.context x the pipeline "
+                                        "ranks")  # fmt: skip
             continue
         if p > model.layers:
-            yield replace(row_p, pruned=f"pipeline: more ranks than the {model.layers} layers")
+            yield replace(row_p, pruned=f"pipeline.stages: the pipeline ranks must be at most the model's {model.layers} layers")
             continue
         for e in _experts(model, choices):
             row_e = replace(row_p, expert=e)
             if not model.experts and e > 1:
-                yield replace(row_e, pruned="expert: the model has no experts")
+                yield replace(row_e, pruned="parallel.expert: must be 1: the model has no experts")
                 continue
             if model.experts and model.experts % e:
-                yield replace(row_e, pruned=f"expert: does not divide the {model.experts} experts")
+                yield replace(row_e, pruned=f"parallel.expert: must divide the model's {model.experts} experts")
                 continue
             if (row_p.data * row.tensor) % e:
-                yield replace(row_e, pruned="expert: does not divide data x tensor")
+                yield replace(row_e, pruned="parallel.expert: must divide parallel.data x parallel.tensor")
                 continue
             for etp in expert_tensors(model, choices, row.tensor):
                 yield from _expert_tensor(model, req, shapes, choices, replace(row_e, expert_tensor=etp))
@@ -190,21 +192,22 @@ def _expert_tensor(model, req, shapes, choices, row) -> Iterator[Candidate]:
     """model/derive.py's ETP rules, by name, before any derivation; then the micro-batch sizes."""
     etp = row.expert_tensor
     if etp > 1 and not model.experts:
-        yield replace(row, pruned="expert_tensor: the model has no experts (must be 1)")
+        yield replace(row, pruned="parallel.expert_tensor: must be 1: the model has no experts")
         return
     if etp > 1 and model.whole_experts:
-        yield replace(row, pruned=f"expert_tensor: {model.whole_experts}")
+        yield replace(row, pruned=f"parallel.expert_tensor: {model.whole_experts}")
         return
     if etp > 1 and model.expert_ffn % etp:
-        yield replace(row, pruned=f"expert_tensor: does not divide the experts' FFN hidden size {model.expert_ffn}")
+        yield replace(row, pruned=f"parallel.expert_tensor: must divide the experts' FFN hidden size {model.expert_ffn}")
         return
     if model.experts and (row.data * row.tensor * row.context) % (row.expert * etp):
-        yield replace(row, pruned="expert: expert x expert_tensor does not divide tensor x data x context")
+        yield replace(row, pruned="parallel.expert: parallel.expert x parallel.expert_tensor must divide "
+                                  "parallel.tensor x parallel.data x parallel.context")  # fmt: skip
         return
     for mbs in choices.micro_batch_size:
         row_m = replace(row, micro_batch_size=mbs)
         if req.global_batch % (row.data * mbs):
-            yield replace(row_m, pruned="global_batch: not a multiple of data x micro_batch_size")
+            yield replace(row_m, pruned="global batch: must be a multiple of parallel.data x model.micro_batch_size")  # fmt: skip
             continue
         row_m = replace(row_m, microbatches=req.global_batch // (row.data * mbs))
         yield from _schedules(model, shapes, choices, row_m)
@@ -224,14 +227,15 @@ def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
             stages = row.pipeline * (v or shape.stages_per_rank)
             cand = replace(row, schedule=shape.name, virtual=v, stages=stages)
             if v and row.pipeline == 1:
-                yield replace(cand, pruned="virtual: needs pipeline >= 2 (one rank has nothing to interleave)")
+                yield replace(cand, pruned="pipeline.chunks_per_rank: needs 2 or more pipeline ranks (one rank has "
+                                           "nothing to interleave)")  # fmt: skip
                 continue
             if stages > model.layers:
-                yield replace(cand, pruned=f"layers: {stages} stages > the {model.layers} layers")
+                yield replace(cand, pruned=f"pipeline.stages: must be at most the model's {model.layers} layers")
                 continue
             problem = shape.check(stages, row.microbatches, v)
             if problem:
-                yield replace(cand, pruned=f"schedule: {shape.name}: {problem}")
+                yield replace(cand, pruned=f"pipeline.schedule = \"{shape.name}\": {problem}")
                 continue
             for rc in choices.recompute:
                 for z in choices.zero:
@@ -242,11 +246,13 @@ def _schedules(model, shapes, choices, row) -> Iterator[Candidate]:
 def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
     """Why another candidate tried beside this one is never worse ('' if none is)."""
     if cand.recompute == "selective" and model.flash_attention and "none" in choices.recompute:
-        return "recompute: selective under flash attention reruns the flash forward to free only its log-sum-exp"
+        return ('memory.recompute: "selective" under flash attention reruns the flash forward to free only its '
+                "log-sum-exp")
     if cand.zero == 0 and 1 in choices.zero and model.param_gather_hidden:
-        return "zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)"
+        return ("parallel.zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next "
+                "forward)")
     if cand.zero >= 2 and shards_nothing(model, cand) and 1 in choices.zero:
-        return "zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)"
+        return "parallel.zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)"
     return ""
 
 
@@ -259,7 +265,7 @@ def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
 def _unmodelled(model: ModelShape, cand: Candidate) -> str:
     """A rule of the model, judged here so it costs no derivation: FSDP with expert (tensor) parallelism."""
     if cand.zero == 3 and model.experts and cand.expert > 1:
-        return "zero: 3 (FSDP) with expert parallelism is not modelled (model/derive.py refuses it)"
+        return "parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled (model/derive.py refuses it)"
     if cand.zero == 3 and cand.expert_tensor > 1:
-        return "zero: 3 (FSDP) with expert_tensor > 1 is not modelled (model/derive.py refuses it)"
+        return "parallel.zero: 3 (FSDP) with parallel.expert_tensor > 1 is not modelled (model/derive.py refuses it)"
     return ""

@@ -61,6 +61,7 @@ class Built:
     kind: np.ndarray  # per action: the lone op's kind code, or the pair's backward's
     stage: np.ndarray  # per action: the lone op's stage, or the pair's forward's
     back_stage: np.ndarray  # per action: the pair's backward's stage (the op's own when lone)
+    back_microbatch: np.ndarray  # per action: the pair's backward's micro-batch (the op's own when lone)
     rank_first: np.ndarray  # per rank: its first action's number
     wgrad_action: np.ndarray  # per weight-gradient op: its action
     wgrad_copy: np.ndarray  # ... and its stage copy (numbered over (direction, stage))
@@ -83,13 +84,16 @@ def built(name: str, stages: int, microbatches: int, virtual: int | None) -> Bui
     kind = np.empty(n, dtype=np.int64)
     stage = np.empty(n, dtype=np.int64)
     back = np.empty(n, dtype=np.int64)
+    back_mb = np.empty(n, dtype=np.int64)
     head = flat.member == 0  # a lone op, or a pair's forward
     stage[flat.action[head]] = flat.stage[head]
     kind[flat.action[head]] = flat.kind[head]
     back[flat.action[head]] = flat.stage[head]
-    tail = flat.member == 1  # a pair's backward: the pair's cost reads its kind and stage
+    back_mb[flat.action[head]] = flat.microbatch[head]
+    tail = flat.member == 1  # a pair's backward: the pair's cost reads its kind, stage and micro-batch
     kind[flat.action[tail]] = flat.kind[tail]
     back[flat.action[tail]] = flat.stage[tail]
+    back_mb[flat.action[tail]] = flat.microbatch[tail]
     placement = schedule.placement()  # (direction, stage) -> rank
     copies = sorted(placement)
     copy_id = {c: i for i, c in enumerate(copies)}
@@ -98,7 +102,7 @@ def built(name: str, stages: int, microbatches: int, virtual: int | None) -> Bui
                           dtype=np.int64)  # fmt: skip
     last = np.full(len(copies), -1, dtype=np.int64)  # a copy sits on one rank, whose actions run in order
     np.maximum.at(last, wgrad_copy, flat.action[wg])
-    return Built(schedule, index, lone, kind, stage, back, np.asarray(flat.rank_bounds[:-1], dtype=np.int64),
+    return Built(schedule, index, lone, kind, stage, back, back_mb, np.asarray(flat.rank_bounds[:-1], dtype=np.int64),
                  flat.action[wg], wgrad_copy, np.array([placement[c] for c in copies], dtype=np.int64),
                  np.array([s for _, s in copies], dtype=np.int64), last,
                  replay.plan(schedule, index))  # fmt: skip
@@ -117,6 +121,9 @@ class StageCosts:
     forward_a2a: tuple[float, ...] = ()
     backward_a2a: tuple[float, ...] = ()
     slowdown: float = 1.0
+    # the output layer's deferred wgrad (model.defer_embedding_wgrad), as the run's CostModel.deferred: (stage, count,
+    # input-gradient ms less, weight-gradient ms less) for the backwards of micro-batches 0 .. count - 1; None: none
+    deferred: tuple[int, int, float, float] | None = None
 
 
 def lengths(b: Built, costs: StageCosts) -> np.ndarray:
@@ -134,6 +141,11 @@ def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
     per_kind = np.zeros((max(_F, _B, _I, _W) + 1, len(f)))
     per_kind[_F], per_kind[_B], per_kind[_I], per_kind[_W] = f, bw, bw - w, w
     out = per_kind[b.kind, np.where(b.lone, b.stage, b.back_stage)]
+    if costs.deferred is not None:  # CostModel.duration's lighter backwards: B - less I - less W, I - less I, W - less W
+        s, count, less_i, less_w = costs.deferred
+        light = (b.kind != _F) & (b.back_stage == s) & (b.back_microbatch < count)
+        k = b.kind[light]
+        out[light] = out[light] - np.where(k == _W, 0.0, less_i) - np.where(k == _I, 0.0, less_w)
     share = np.ones(len(out))
     if not b.lone.all():
         p = ~b.lone
@@ -298,16 +310,20 @@ def replayed_many(name: str, stages: int, microbatches: int, virtual: int | None
     return out
 
 
-def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int) -> tuple[int, ...]:
-    """The micro-batch counts to replay: M itself when it is at most 4 x ranks, else two counts one
+def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int,
+           light: int = 0) -> tuple[int, ...]:  # fmt: skip
+    """The micro-batch counts to replay: M itself when it is at most 4 x ranks (+ ``light``), else two counts one
     period (``ranks`` micro-batches: an interleaved schedule's group) apart, the first at least
-    2 x ranks (past the fill), that leave M a whole number of periods past them and that the family
-    accepts (its check), from which the makespan is extrapolated; M alone when there are none."""
-    if microbatches <= 4 * ranks:
+    2 x ranks (past the fill) + ``light``, that leave M a whole number of periods past them and that the family
+    accepts (its check), from which the makespan is extrapolated; M alone when there are none.  ``light``: the
+    micro-batches whose backward is lighter (StageCosts.deferred, the first ones): both counts replay them all
+    and as many steady periods past them, so that the two replays differ by one period of full ones."""
+    if microbatches <= 4 * ranks + light:
         return (microbatches,)
     family = registry.get(name)
     options = {VIRTUAL_OPTION: virtual} if virtual else {}
-    first = 2 * ranks + (microbatches - 2 * ranks) % ranks  # in [2 ranks, 3 ranks), congruent to M
+    fill = 2 * ranks + light
+    first = fill + (microbatches - fill) % ranks  # in [fill, fill + ranks), congruent to M
     for m1 in range(first, microbatches - ranks, ranks):
         m2 = m1 + ranks
         if family.check(stages, m1, **options) is None and family.check(stages, m2, **options) is None:
@@ -326,7 +342,8 @@ def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ra
               p2p: list[Hops], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
     """``pipeline`` of each (costs, p2p) on one schedule shape, the replays at each count all at once
     (``replayed_many``)."""
-    ms = counts(name, stages, microbatches, virtual, ranks)
+    light = max((c.deferred[1] for c in costs if c.deferred is not None), default=0)
+    ms = counts(name, stages, microbatches, virtual, ranks, light)
     runs = list(zip(*(replayed_many(name, stages, m, virtual, costs, p2p, blocking) for m in ms)))
     if len(ms) == 1:
         return [(r.makespan, r, microbatches) for (r,) in runs]
