@@ -156,7 +156,7 @@ class FigureCache:
 
     def step_costs(self, cand: Candidate) -> StepCosts | None:
         """The candidate's [step] figures per stage, as its run resolves them (Scenario.step_costs:
-        model/step_figures.py), from the shared derivation with the candidate's sharding."""
+        model/derived_step.py), from the shared derivation with the candidate's sharding."""
         # the schedule matters only by where the stages sit (M follows from data and micro-batch size)
         key = (*_layout(cand), cand.zero, placement(cand.schedule, cand.stages, cand.virtual))
         if key not in self._steps:
@@ -203,7 +203,7 @@ class FigureCache:
     def reduce_scatters_fit(self, cand: Candidate) -> bool:
         """Whether every stage's whole-gradient reduce-scatter (ZeRO 1's end-of-step sync) is no
         longer than its F + B per micro-batch (B holds W): then ZeRO 2's per-micro-batch reduce-scatters
-        leave nothing beyond their last unit's for the end of the step (model/step_figures.py)."""
+        leave nothing beyond their last unit's for the end of the step (model/grad_sync.py zero2_backlog)."""
         key = _layout(cand)
         if key not in self._fits:
             derived = self._derived_for(cand)

@@ -13,7 +13,7 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   extra period of micro-batches, so the makespan at M is extrapolated linearly from
   two small counts one period apart (``counts``); where M is small it is replayed as is;
 * **the step's end** (``step_end_ms``): what step.py adds after the pipeline, from the
-  scenario's [step] figures (``Scenario.step_costs``: model/step_figures.py's derived
+  scenario's [step] figures (``Scenario.step_costs``: model/derived_step.py's derived
   grad sync, optimizer and compute slowdown under a data-parallel collective).  The small
   replay's tail, which a longer pipeline only shifts, is written as a trace (``trace_of``:
   a row per op, a pair's two ops one after the other in the shares of its two computes,
