@@ -53,7 +53,10 @@ ONE = "must be a whole number >= 1, got 0"
     ({"--seq": "0"}, f"--seq: {ONE}"),  # before the base scenario, which would say model.seq_length
     ({"--top": "0"}, f"--top: {ONE}"),
     ({"--budget": "0"}, f"--budget: {ONE}"),
-    ({"--hardware": "H900"}, "--hardware: unknown GPU preset 'H900' (known: "),
+    ({"--hardware": "TPUv5"}, "--hardware: unknown GPU preset 'TPUv5' (known: "),
+    # the near miss a [hardware] preset gets, here too (s19g's walk: --hardware b200 had no hint)
+    ({"--hardware": "b200"}, "--hardware: unknown GPU preset 'b200'; did you mean 'B200'? (known: "),
+    ({"--hardware": "GB20"}, "--hardware: unknown GPU preset 'GB20'; did you mean 'GB200'? (known: "),
     ({"--hardware": None}, "--hardware: give a GPU preset or a [hardware] section in the scenario"),
     ({"--gpus": "7"}, "--gpus: no layout of the model runs on 7 GPUs with global batch 8; pruned: "),
     ({"--schedules": "dualpipe-v"}, "--schedules: unknown schedule 'dualpipe-v'; did you mean 'dualpipev'?; known: "),

@@ -104,3 +104,14 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> Hardware:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def unknown_preset_rule(name) -> str:
+    """The rule an unknown preset name breaks, with the preset it most likely meant: case first (h100 -> H100),
+    then a near miss (H10 -> H100).  One wording for [hardware] preset and plan's --hardware."""
+    import difflib
+
+    close = [p for p in PRESETS if p.lower() == str(name).lower()] or difflib.get_close_matches(
+        str(name).upper(), list(PRESETS), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown GPU preset{hint} (known: {', '.join(PRESETS)})"

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from .hardware import PRESETS
+from .hardware import PRESETS, unknown_preset_rule
 from ..errors import shown
 
 
@@ -327,11 +327,5 @@ class HardwareSection(_Section):
     @classmethod
     def _known(cls, v):
         if v is not None and v not in PRESETS:
-            import difflib
-
-            # Case first (h100 -> H100), then a near miss (H10 -> H100).
-            close = [p for p in PRESETS if p.lower() == str(v).lower()] or difflib.get_close_matches(
-                str(v).upper(), list(PRESETS), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown GPU preset{hint} (known: {', '.join(PRESETS)})")
+            raise ValueError(unknown_preset_rule(v))
         return v

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ScenarioError, shown
 from ..model import derive
 from ..model.config import ModelError
-from ..model.hardware import PRESETS
+from ..model.hardware import PRESETS, unknown_preset_rule
 from ..model.sections import ModelSection
 from ..inputs.scenario import Step, apply_overrides, load_raw, parse_override, unset_keys
 from .space import Choices, ModelShape, Request
@@ -73,7 +73,8 @@ def base_scenario(source: str | Path, hardware: str | None, seq: int, overrides:
     base["model"]["seq_length"] = seq
     if hardware is not None:
         if hardware not in PRESETS:
-            raise PlanError(field="hardware", rule=f"unknown GPU preset {shown(hardware)} (known: {', '.join(PRESETS)})")
+            raise PlanError(field="hardware", rule=unknown_preset_rule(hardware).replace(
+                "preset", f"preset {shown(hardware)}", 1))
         base["hardware"] = {"preset": hardware}
     if "hardware" not in base:
         raise PlanError(field="hardware", rule="give a GPU preset or a [hardware] section in the scenario")
