@@ -547,6 +547,10 @@ class Scenario(_Section):
             # buffered, its loop never runs and the last GEMM reads drain_idx unset (UnboundLocalError)
             raise ScenarioError(f"{key}: one deferred micro-batch is a run Megatron-core cannot make (its drain "
                                 "fails with a single buffered input); give 0 or at least 2 (with as many micro-batches)")
+        if self.step is None:  # the drain is StepCosts.drain: without [step] the lighter backwards would stand alone
+            raise ScenarioError(f"{key}: its drain (the deferred wgrad GEMMs after the last stage's last backward) is "
+                                "timed in the step; add a [step] table (without one the run's time is the pipeline's "
+                                "alone, lighter by the deferred GEMMs and missing their drain)")
         return deferred_wgrad.figures(derived, n, self.pipeline.microbatches)
 
     def _shared_cost_fields(self, derived=None) -> dict:
