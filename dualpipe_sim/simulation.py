@@ -129,7 +129,8 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inp
                       sh.expert_tensor]
             runtime = model_memory.runtime_allowance(groups, setup.hw is None or setup.hw.name != "A100")
         rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
-                                     [r.peak_activation_bytes for r in ranks], model_buffers.per_rank(trace, setup),
+                                     [r.peak_activation_bytes for r in ranks],
+                                     model_buffers.per_rank(trace, setup, getattr(inputs.costs, "deferred", None)),
                                      [s.sharding_buffers for s in derived.stages], runtime)  # fmt: skip
         if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
             for r, mem in zip(ranks, rows):

@@ -75,3 +75,27 @@ def test_drain_ends_the_step_when_step_adds_nothing_else(tmp_path):
     assert r.metrics.step.total == pytest.approx(ends[1] + drain[1])
     tokens = 4 * 64 * 128  # micro-batches x micro_batch_size x seq_length, one data-parallel replica
     assert r.metrics.throughput.tokens_per_second == pytest.approx(tokens / (ends[1] + drain[1]) * 1e3)
+
+
+# -- model.defer_embedding_wgrad: the deferred micro-batches' buffers are memory until the drain ----------------------
+
+@pytest.mark.parametrize("sp", [True, False])
+def test_deferred_buffers_are_held_until_the_drain(tmp_path, sp):
+    """Megatron-core (core_r0.11.0 tensor_parallel/layers.py, ColumnParallelLinear.forward and
+    LinearWithGradAccumulationAndAsyncCommunication.backward) keeps, for each deferred micro-batch, the output layer's
+    input (embedding_activation_buffer: the rank's shard, tokens / TP x hidden, under sequence parallelism; the whole
+    tokens x hidden without) and its output gradient (grad_output_buffer: tokens x vocabulary / TP), both 2-byte, until
+    the drain after the last backward. By hand on the tiny Llama: tokens 64 x 128 = 8,192, vocabulary 32,000 / TP 4,
+    hidden 256. All 4 deferred micro-batches' buffers are alive at once after the last backward, on rank 1 alone."""
+    path = write(tmp_path, STEP)
+    if not sp:
+        path.write_text(path.read_text().replace("sequence_parallel = true", "sequence_parallel = false"))
+    n, v, h, t = 64 * 128, 32000 // 4, 256, 4
+    held = n * v * 2 + (n // t if sp else n) * h * 2
+    off, on = (simulation.run(deferred(path, k)).metrics.per_rank for k in (0, 4))
+    assert on[0].memory == off[0].memory  # rank 0 holds no output layer
+    d_on, d_off = on[1].memory.dynamic_peak, off[1].memory.dynamic_peak
+    assert 4 * held <= d_on <= 4 * held + d_off
+    assert on[1].memory.total - off[1].memory.total == pytest.approx(d_on - d_off)
+    two = simulation.run(deferred(path, 2)).metrics.per_rank[1].memory.dynamic_peak
+    assert 2 * held <= two <= 2 * held + d_off
