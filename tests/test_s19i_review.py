@@ -99,3 +99,28 @@ def test_deferred_buffers_are_held_until_the_drain(tmp_path, sp):
     assert on[1].memory.total - off[1].memory.total == pytest.approx(d_on - d_off)
     two = simulation.run(deferred(path, 2)).metrics.per_rank[1].memory.dynamic_peak
     assert 2 * held <= two <= 2 * held + d_off
+
+
+def test_deferred_buffers_with_a_split_backward(tmp_path):
+    """ZB-H1 splits each backward into I and W: a deferred micro-batch's buffers are taken at its I (the pass that runs
+    the output layer's backward), once each: 3 of 4 micro-batches deferred, 3 buffers alive after the last I."""
+    path = write(tmp_path, STEP)
+    path.write_text(path.read_text().replace('schedule = "1f1b"', 'schedule = "zb-h1"'))
+    n, v, h, t = 64 * 128, 32000 // 4, 256, 4
+    held = n * v * 2 + n // t * h * 2
+    off = simulation.run(deferred(path, 0)).metrics.per_rank[1].memory.dynamic_peak
+    on = simulation.run(deferred(path, 3)).metrics.per_rank[1].memory.dynamic_peak
+    assert 3 * held <= on <= 3 * held + off
+
+
+@pytest.mark.parametrize("sp, expected", [(True, 8192 * 8000 * 2 + 2048 * 256 * 2),  # 132,120,576 B
+                                          (False, 8192 * 8000 * 2 + 8192 * 256 * 2)])  # 135,266,304 B
+def test_held_bytes_by_hand(tmp_path, sp, expected):
+    """One deferred micro-batch's buffers: the output gradient 8,192 tokens x 32,000 / TP 4 and the input, the TP
+    shard (8,192 / 4 tokens) under sequence parallelism, else all 8,192 tokens, x hidden 256; 2 bytes each."""
+    from dualpipe_sim.model import deferred_wgrad
+
+    path = write(tmp_path, STEP)
+    if not sp:
+        path.write_text(path.read_text().replace("sequence_parallel = true", "sequence_parallel = false"))
+    assert deferred_wgrad.held_bytes(scenario.load(path).derived().setup) == expected
