@@ -124,3 +124,22 @@ def test_held_bytes_by_hand(tmp_path, sp, expected):
     if not sp:
         path.write_text(path.read_text().replace("sequence_parallel = true", "sequence_parallel = false"))
     assert deferred_wgrad.held_bytes(scenario.load(path).derived().setup) == expected
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("model.runtime", "megatron-lm-2021", "gradient accumulation fusion"),
+    ("step.runtime", "deepspeed-bf16", "DeepSpeed"),
+])  # fmt: skip
+def test_deferral_where_megatron_core_does_not_run_it(tmp_path, capsys, key, value, words):
+    """Megatron-core refuses defer_embedding_wgrad_compute without gradient_accumulation_fusion (core_r0.11.0
+    model_parallel_config.py, beside the pipeline check the key already mirrors), which model.runtime =
+    "megatron-lm-2021" runs without (its accumulation a separate pass); DeepSpeed's pipeline engine runs its own
+    schedule, with no drain. Both were accepted and timed as Megatron-core's."""
+    path = write(tmp_path, STEP)
+    out = tmp_path / "o"
+    more = ["--set", "parallel.zero=1", "--set", "step.overlap_grad_sync=false"] if key == "step.runtime" else []
+    code = cli.main(["run", str(path), "--set", "model.defer_embedding_wgrad=4", "--set", f'{key}="{value}"', *more,
+                     "--out", str(out), "--plots", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: model.defer_embedding_wgrad: ") and words in err, err
+    assert "Traceback" not in err and not out.exists()
