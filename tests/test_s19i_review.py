@@ -143,3 +143,28 @@ def test_deferral_where_megatron_core_does_not_run_it(tmp_path, capsys, key, val
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: model.defer_embedding_wgrad: ") and words in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+# -- a sync beside the drain is not exposed: the rank still has the drain's compute to run ----------------------------
+
+def test_sync_beside_the_drain_is_not_exposed():
+    """tests/test_defer_embedding_wgrad.py's hand-worked step: 1F1B, 2 stages x 4 micro-batches, stage 1's first two
+    backwards lighter; rank 1's pipeline ends at 15.5, its drain of 4 runs to 19.5. Overlapped, stage 1's grad sync of 1
+    runs [15.5, 16.5], beside the drain: nothing of it is exposed (step_metrics: exposed is what runs after the rank has
+    nothing left to do but wait). Not overlapped it runs [19.5, 20.5], after the drain: all of it is exposed."""
+    from dualpipe_sim.engine.step import with_step
+    from dualpipe_sim.inputs.costs import CostModel
+    from dualpipe_sim.readers.step_metrics import step_metrics
+    from dualpipe_sim.schedules import registry
+    from dualpipe_sim.step_costs import StepCosts
+
+    base = dict(forward=(1.0, 1.0), backward=(3.0, 3.0), weight=(1.0, 1.0), activation_bytes=(1.0, 1.0),
+                parameter_bytes=(1.0, 1.0), deferred=(1, 2, 0.5, 1.0))
+    pipeline = simulation.simulate(registry.build("1f1b", 2, 4), CostModel(**base))
+    for overlap, exposed in ((True, 0.0), (False, 1.0)):
+        costs = StepCosts(grad_sync=(0.0, 1.0), cross_copy_sync=(0.0, 0.0), optimizer=(0.5, 0.5),
+                          overlap_grad_sync=overlap, drain=(0.0, 4.0))
+        m = step_metrics(with_step(pipeline, costs), costs)
+        assert m.per_rank[1].grad_sync == 1.0
+        assert m.per_rank[1].grad_sync_exposed == exposed
+        assert m.grad_sync.exposed == exposed
