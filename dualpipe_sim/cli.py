@@ -340,7 +340,8 @@ def _cmd_run(args) -> int:
             from .outputs.plots.memory import save_memory
 
             writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path, args.pair_rank)
-            writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path)
+            writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path,
+                                                             deferred=getattr(result.costs, "deferred", None) is not None)
         if args.plots in ("html", "all"):
             from .outputs.plots.report import save_report
 

@@ -168,3 +168,26 @@ def test_sync_beside_the_drain_is_not_exposed():
         assert m.per_rank[1].grad_sync == 1.0
         assert m.per_rank[1].grad_sync_exposed == exposed
         assert m.grad_sync.exposed == exposed
+
+
+# -- memory.png names the deferred buffers its grey band now holds ----------------------------------------------------
+
+def test_memory_chart_names_the_deferred_buffers(tmp_path, monkeypatch):
+    """With model.defer_embedding_wgrad the grey band (total - activation peak) holds the deferred micro-batches'
+    buffers (dynamic_peak, model/buffers.py): its words say so, for `run` and for the API's save_memory; without the
+    key they stay the P2P / all-to-all words."""
+    import dualpipe_sim
+    from dualpipe_sim.outputs.plots import memory as plot
+
+    said = []
+    real = plot.draw_memory
+    monkeypatch.setattr(plot, "draw_memory", lambda fig, trace, **kw: (said.append(kw["static_words"]),
+                                                                         real(fig, trace, **kw))[1])
+    path = write(tmp_path, STEP)
+    for n in (0, 4):
+        assert cli.main(["run", str(path), "--set", f"model.defer_embedding_wgrad={n}", "--out", str(tmp_path / f"o{n}"),
+                         "--plots", "png"]) == 0
+        dualpipe_sim.save_memory(simulation.run(deferred(path, n)), tmp_path / f"m{n}.png")
+    buffers = "buffers (dynamic peak - activation peak)"
+    assert [w.endswith("P2P / all-to-all " + buffers) for w in said] == [True, True, False, False]
+    assert [w.endswith("P2P / all-to-all / deferred wgrad " + buffers) for w in said] == [False, False, True, True]
