@@ -101,6 +101,7 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
+    _check_deferral(schedule, costs)
     trace = with_step(simulate(schedule, costs), inputs.step_costs)
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace, inputs)
     tp = throughput(scenario, inputs.derived)
@@ -114,6 +115,22 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
         band = validation_band.lookup(scenario.hardware, inputs.derived.setup.cfg.moe, metrics.step is not None)
         metrics = replace(metrics, validation_band=band)
     return Result(scenario, schedule, costs, trace, metrics, inputs)
+
+
+def _check_deferral(schedule: Schedule, costs: CostModel) -> None:
+    """model.defer_embedding_wgrad is Megatron-core's, on the one pipeline rank holding the output layer: a schedule
+    that runs the head's stage on two ranks (DualPipe, Chimera: one copy a direction) would charge both the whole
+    drain (StepCosts.drain is per stage) for micro-batches deferred once, so it is refused, as that schedule's rule
+    (a ScheduleError: compare skips the schedule and runs the others)."""
+    deferred = getattr(costs, "deferred", None)
+    if deferred is None:
+        return
+    holders = [r for r, held in enumerate(schedule.stages_on_rank()) if deferred[0] in held]
+    if len(holders) > 1:
+        raise ScheduleError(field="model.defer_embedding_wgrad",
+                            rule=f"is Megatron-core's, on the one rank holding the output layer; {schedule.name} runs "
+                                 f"its stage ({deferred[0]}) on ranks {', '.join(map(str, holders[:-1]))} and "
+                                 f"{holders[-1]}; set it to 0 or pick a schedule with one copy of each stage")  # fmt: skip
 
 
 def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inputs) -> Metrics:

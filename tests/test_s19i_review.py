@@ -191,3 +191,42 @@ def test_memory_chart_names_the_deferred_buffers(tmp_path, monkeypatch):
     buffers = "buffers (dynamic peak - activation peak)"
     assert [w.endswith("P2P / all-to-all " + buffers) for w in said] == [True, True, False, False]
     assert [w.endswith("P2P / all-to-all / deferred wgrad " + buffers) for w in said] == [False, False, True, True]
+
+
+# -- a bidirectional schedule holds the output layer on two ranks: the deferral is Megatron-core's, on one ------------
+
+@pytest.mark.parametrize("schedule, stages", [("dualpipe", 2), ("chimera", 2)])
+def test_deferral_on_a_stage_two_ranks_hold_is_refused(tmp_path, capsys, schedule, stages):
+    """DualPipe and Chimera run each stage on two ranks (one per direction): StepCosts.drain charged the whole drain of N
+    GEMMs to both ranks holding the head while the N deferred micro-batches were split between them (Chimera) or all on
+    one (DualPipe): the deferred GEMMs counted twice. Megatron-core's deferral is on its one last pipeline rank."""
+    path = write(tmp_path, STEP, microbatches=6)
+    out = tmp_path / "o"
+    code = cli.main(["run", str(path), "--set", "model.defer_embedding_wgrad=3", "--set", f'pipeline.schedule="{schedule}"',
+                     "--set", f"pipeline.stages={stages}", "--out", str(out), "--plots", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: model.defer_embedding_wgrad: ") and "ranks 0 and 1" in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_deferral_on_dualpipev_runs_on_the_one_rank_holding_the_head(tmp_path):
+    """DualPipeV folds stages 0 and 3 onto rank 0: the head's stage (3) is on rank 0 alone, which takes the drain."""
+    path = write(tmp_path, STEP, microbatches=6)
+    sc = deferred(path, 3)
+    raw = sc.model_dump(exclude_unset=True)
+    raw["pipeline"].update(schedule="dualpipev", stages=4)
+    raw["model"]["num_hidden_layers"] = 8
+    r = simulation.run(scenario.from_dict(raw))
+    drains = r.inputs.step_costs.drains(r.trace.stages_on_rank)
+    assert drains[0] > 0 and drains[1] == 0.0
+
+
+def test_compare_skips_the_schedules_that_hold_the_head_twice(tmp_path):
+    """compare with the key: dualpipe and chimera skipped with the rule's words, the one-way schedules run."""
+    from dualpipe_sim import compare
+
+    path = write(tmp_path, STEP, microbatches=8)
+    c = compare.compare(deferred(path, 3), ["1f1b", "dualpipe", "chimera", "zb-h1"])
+    assert [r.metrics.schedule for r in c.results] == ["1f1b", "zb-h1"]
+    assert {name for name, _ in c.skipped} == {"dualpipe", "chimera"}
+    assert all(why.field == "model.defer_embedding_wgrad" for _, why in c.skipped)
