@@ -102,7 +102,7 @@ def save_memory(result: Result, path: str | _Path) -> None:
     """memory.png of a run."""
     from .outputs.plots.memory import save_memory as save
 
-    save(result.trace, result.metrics, _Path(path))
+    save(result.trace, result.metrics, _Path(path), deferred=getattr(result.costs, "deferred", None) is not None)
 
 
 def save_report(result: Result | list[Result], path: str | _Path) -> None:

@@ -340,7 +340,8 @@ def _cmd_run(args) -> int:
             from .outputs.plots.memory import save_memory
 
             writers["gantt.png"] = lambda path: save_gantt(result.trace, metrics, path, args.pair_rank)
-            writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path)
+            writers["memory.png"] = lambda path: save_memory(result.trace, metrics, path,
+                                                             deferred=getattr(result.costs, "deferred", None) is not None)
         if args.plots in ("html", "all"):
             from .outputs.plots.report import save_report
 
@@ -459,7 +460,8 @@ def memory_lines(m: Metrics, low: str = "fp8") -> list[str]:
         return []
     gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731 - decimal GB, as units.nbytes and the datasheets
     cap = "unknown" if not m.device_memory else f"{gb(m.device_memory)} GB"
-    # "dyn peak": activations + P2P + all-to-all buffers at their joint peak (total adds that, not the three)
+    # "dyn peak": activations + P2P + all-to-all buffers (and model.defer_embedding_wgrad's) at their joint peak (total
+    # adds that, not the three)
     names = ("params", f"{low} w", "grads", "optim", "zero buf", "act peak", "p2p buf", "a2a buf", "dyn peak",
              "runtime", "total")  # fmt: skip
     terms = [(mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,

@@ -101,10 +101,13 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
             raise ScenarioError(
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
+    _check_deferral(schedule, costs)
     trace = with_step(simulate(schedule, costs), inputs.step_costs)
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace, inputs)
     tp = throughput(scenario, inputs.derived)
-    if len(trace.step):  # a block only when [step] adds work: otherwise metrics stay as they were
+    # a block only when [step] adds work (a row, or a drain: time on a rank's compute with no row of its own,
+    # StepCosts.drain): otherwise metrics stay as they were
+    if len(trace.step) or (inputs.step_costs is not None and any(inputs.step_costs.drain)):
         metrics = replace(metrics, step=step_metrics(trace, inputs.step_costs, tp))
     step_time = metrics.step.total if metrics.step is not None else metrics.makespan
     metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))
@@ -112,6 +115,22 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
         band = validation_band.lookup(scenario.hardware, inputs.derived.setup.cfg.moe, metrics.step is not None)
         metrics = replace(metrics, validation_band=band)
     return Result(scenario, schedule, costs, trace, metrics, inputs)
+
+
+def _check_deferral(schedule: Schedule, costs: CostModel) -> None:
+    """model.defer_embedding_wgrad is Megatron-core's, on the one pipeline rank holding the output layer: a schedule
+    that runs the head's stage on two ranks (DualPipe, Chimera: one copy a direction) would charge both the whole
+    drain (StepCosts.drain is per stage) for micro-batches deferred once, so it is refused, as that schedule's rule
+    (a ScheduleError: compare skips the schedule and runs the others)."""
+    deferred = getattr(costs, "deferred", None)
+    if deferred is None:
+        return
+    holders = [r for r, held in enumerate(schedule.stages_on_rank()) if deferred[0] in held]
+    if len(holders) > 1:
+        raise ScheduleError(field="model.defer_embedding_wgrad",
+                            rule=f"is Megatron-core's, on the one rank holding the output layer; {schedule.name} runs "
+                                 f"its stage ({deferred[0]}) on ranks {', '.join(map(str, holders[:-1]))} and "
+                                 f"{holders[-1]}; set it to 0 or pick a schedule with one copy of each stage")  # fmt: skip
 
 
 def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inputs) -> Metrics:
@@ -127,7 +146,8 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inp
                       sh.expert_tensor]
             runtime = model_memory.runtime_allowance(groups, setup.hw is None or setup.hw.name != "A100")
         rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
-                                     [r.peak_activation_bytes for r in ranks], model_buffers.per_rank(trace, setup),
+                                     [r.peak_activation_bytes for r in ranks],
+                                     model_buffers.per_rank(trace, setup, getattr(inputs.costs, "deferred", None)),
                                      [s.sharding_buffers for s in derived.stages], runtime)  # fmt: skip
         if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
             for r, mem in zip(ranks, rows):

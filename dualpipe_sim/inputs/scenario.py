@@ -549,6 +549,12 @@ class Scenario(_Section):
         if self.pipeline.stages < 2:  # core_r0.11.0 model_parallel_config.py lines 357-360
             raise ScenarioError(f"{key}: needs pipeline.stages >= 2 (Megatron-core refuses it without pipeline "
                                 "parallelism)")
+        if self.model.runtime == "megatron-lm-2021":  # core_r0.11.0 model_parallel_config.py, beside the check above
+            raise ScenarioError(f'{key}: Megatron-core refuses it without gradient accumulation fusion, which model.runtime '
+                                '= "megatron-lm-2021" runs without (its accumulation is a separate pass); set it to 0')
+        if self.step is not None and self.step.runtime == "deepspeed-bf16":
+            raise ScenarioError(f'{key}: is Megatron-core\'s schedules\' drain; DeepSpeed\'s pipeline engine (step.runtime '
+                                '= "deepspeed-bf16") runs its own schedule, with none; set it to 0')
         typed = [name for name in ("backward", "weight", "overlapped") if getattr(self.costs, name) is not None]
         if typed:
             raise ScenarioError(f"{key}: is taken off the derived backward; leave costs.{typed[0]} out")
@@ -556,6 +562,10 @@ class Scenario(_Section):
             # buffered, its loop never runs and the last GEMM reads drain_idx unset (UnboundLocalError)
             raise ScenarioError(f"{key}: one deferred micro-batch is a run Megatron-core cannot make (its drain "
                                 "fails with a single buffered input); give 0 or at least 2 (with as many micro-batches)")
+        if self.step is None:  # the drain is StepCosts.drain: without [step] the lighter backwards would stand alone
+            raise ScenarioError(f"{key}: its drain (the deferred wgrad GEMMs after the last stage's last backward) is "
+                                "timed in the step; add a [step] table (without one the run's time is the pipeline's "
+                                "alone, lighter by the deferred GEMMs and missing their drain)")
         return deferred_wgrad.figures(derived, n, self.pipeline.microbatches)
 
     def _shared_cost_fields(self, derived=None) -> dict:

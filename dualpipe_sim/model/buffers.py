@@ -12,6 +12,11 @@ with the activations.
   parallelism ETP > 1 a phase also holds the rows gathered over the ETP group
   and the fp32 reduce-scatter's tensors (``etp_phase_bytes``).
 
+* **Deferred output-layer wgrad** (``model.defer_embedding_wgrad``, model/deferred_wgrad.py): each deferred
+  micro-batch's buffered input and output gradient (``deferred_wgrad.held_bytes``), held on the rank running the
+  head's stage from the end of its backward (B, or I when split: where its activation is freed) until the drain after
+  the rank's last backward, so past every row here.
+
 The activation rows (trace.memory) and these intervals are summed over time per
 rank; ``joint`` is that sum's peak, which is what the rank's total adds (the
 separate peaks need not coincide).  docs/model.md, "Memory per rank", says why.
@@ -24,7 +29,9 @@ import numpy as np
 from ..schedules.components import Component
 from ..engine.trace import A2A, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
+from .deferred_wgrad import held_bytes
 from .kernels import PROB_BYTES
+from ..schedules.rules import KIND_CODES
 
 _FP8_PHASES = (Component.dispatch_forward, Component.combine_backward)  # FP8 in an FP8 model (DeepSeek-V3 Sec. 3.3.2)
 
@@ -99,8 +106,28 @@ def _consumer_starts(trace: Trace, rank: np.ndarray, action: np.ndarray, fallbac
     return np.where(key[idx] == want, start[idx], fallback)
 
 
-def per_rank(trace: Trace, st: Setup) -> list[dict]:
-    """Per rank: the peak of P2P buffers, of all-to-all buffers, and of both with the activations."""
+def _deferred(trace: Trace, st: Setup, deferred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The deferred micro-batches' buffers as (rank, time, bytes) allocations, at the end of each backward action that
+    defers (``CostModel.deferred``'s stage and count; the action's end is where its activation row frees); none kept
+    past the trace: the drain frees them after the rank's last backward."""
+    c = trace.compute
+    if deferred is None or len(c) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+    stage, count = deferred[:2]
+    key = c["rank"].astype(np.int64) << 32 | (c["action"].astype(np.int64) & 0xFFFFFFFF)
+    light = (c["stage"] == stage) & (c["microbatch"] < count) & np.isin(c["kind"], (KIND_CODES["B"], KIND_CODES["I"]))
+    # one allocation per deferring action (a micro-batch's backward), at the action's end: its last compute row's
+    order = np.argsort(key, kind="stable")
+    actions, starts = np.unique(key[order], return_index=True)
+    action_end = np.maximum.reduceat(c["end"][order], starts)
+    keys = np.unique(key[light])
+    ends = action_end[np.searchsorted(actions, keys)]
+    return (keys >> 32).astype(np.int64), ends, np.full(len(keys), held_bytes(st))
+
+
+def per_rank(trace: Trace, st: Setup, deferred=None) -> list[dict]:
+    """Per rank: the peak of P2P buffers, of all-to-all buffers, and of both with the activations (and, with
+    ``deferred``, CostModel.deferred, the deferred output-layer wgrad buffers)."""
     comm = trace.comm
     p2p, a2a = comm[comm["channel"] == P2P], comm[comm["channel"] == A2A]
     # P2P: the sender holds [start, end], the receiver [start, when the consuming action starts]
@@ -116,9 +143,10 @@ def per_rank(trace: Trace, st: Setup) -> list[dict]:
     a2a_delta = np.concatenate([a2a_size, -a2a_size])
     mem = trace.memory
     ranks = trace.ranks
-    joint = _peaks(ranks, np.concatenate([mem["rank"], p2p_rank, a2a_rank]),
-                   np.concatenate([mem["time"], p2p_time, a2a_time]),
-                   np.concatenate([mem["bytes"], p2p_delta, a2a_delta]))  # fmt: skip
+    held_rank, held_time, held_delta = _deferred(trace, st, deferred)
+    joint = _peaks(ranks, np.concatenate([mem["rank"], p2p_rank, a2a_rank, held_rank]),
+                   np.concatenate([mem["time"], p2p_time, a2a_time, held_time]),
+                   np.concatenate([mem["bytes"], p2p_delta, a2a_delta, held_delta]))  # fmt: skip
     p2p_peak = _peaks(ranks, p2p_rank, p2p_time, p2p_delta)
     a2a_peak = _peaks(ranks, a2a_rank, a2a_time, a2a_delta)
     return [{"p2p": p, "a2a": a, "joint": j} for p, a, j in zip(p2p_peak, a2a_peak, joint)]

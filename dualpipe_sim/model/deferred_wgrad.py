@@ -13,7 +13,8 @@ stream: the first input's all-gather waited for (``async_op=False``), then for e
 the next one's all-gather (``async_op=True``, waited for after the GEMM), then the last GEMM alone.
 
 This module times both sides with the kernel model: what one deferred micro-batch's backward saves (input-gradient
-and weight-gradient passes) and how long the drain of N runs.
+and weight-gradient passes) and how long the drain of N runs; and what each deferred micro-batch keeps in memory
+until the drain (``held_bytes``: its two buffered tensors, which model/buffers.py holds from its backward's end).
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def drain_ms(cfg, rates, lay, count: int) -> float:
             gemm(tb)
 
     return first + (count - 1) * ms(beside) + ms(gemm)
+
+
+def held_bytes(st) -> float:
+    """Bytes one deferred micro-batch keeps on its rank from its backward until the drain (model/buffers.py): the
+    output layer's input, as ``ColumnParallelLinear.forward`` appends it to ``embedding_activation_buffer`` (the
+    rank's tokens / TP shard under sequence parallelism, gathered only in the drain; the whole input without), and the
+    output gradient its backward appends to ``grad_output_buffer`` (tokens x vocabulary / TP, the logits' dtype)."""
+    lay, h = st.layout, st.cfg.hidden_size
+    n, v = lay.tokens, -(-st.cfg.vocab_size // lay.tensor)
+    shard = n / lay.tensor if lay.sequence_parallel and lay.tensor > 1 else n
+    return (n * v + shard * h) * lay.act_bytes
 
 
 def figures(derived, key: int, microbatches: int) -> Deferral | None:

@@ -171,7 +171,7 @@ def per_rank(stage_static: list[Static], stages_on_rank: list[list[int]], activa
     """metrics.json's ``per_rank[].memory``: bytes per rank; ``total`` is the rank's peak of
     everything together.  Static memory (parameters, gradients, optimizer, FP8 copies), the
     sharding buffers and the runtime allowance are held all along; activations, P2P and
-    all-to-all buffers come and go, so the total adds their joint peak (``buffers[r]``:
+    all-to-all buffers (and deferred output-layer wgrad ones) come and go, so the total adds their joint peak (``buffers[r]``:
     ``{"p2p", "a2a", "joint"}``, from model/buffers.py; without it the activation peak alone)."""
     out = []
     for r, (held, peak) in enumerate(zip(stages_on_rank, activations_peak)):

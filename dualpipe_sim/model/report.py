@@ -28,6 +28,12 @@ CROSS_ENTROPY_NOTES = {
     "te": "Transformer Engine's Triton kernel on the 16-bit logits",
 }
 
+def band_of(scenario, cfg) -> validation_band.Band:
+    """The validation band `run` reports beside this scenario's tokens/s (simulation.run): without a [step] table its
+    throughput is the pipeline's alone, which no published run is, so none is given (validation_band.lookup)."""
+    return validation_band.lookup(scenario.hardware, cfg.moe, scenario.step is not None)
+
+
 def summary(d: Derived, scenario=None) -> dict:
     """The verb's JSON; with the ``scenario`` the figures derive from, ``step_end``: what `run` adds once per step
     (step_end.summary; null without a [step] table)."""
@@ -101,7 +107,7 @@ def summary(d: Derived, scenario=None) -> dict:
     if scenario is not None:
         out["step_end"] = step_end.summary(scenario, d)
         # how far off `run`'s tokens/s was on published runs of this class: reported, never applied
-        out["validation_band"] = asdict(validation_band.lookup(scenario.hardware, cfg.moe))
+        out["validation_band"] = asdict(band_of(scenario, cfg))
     return out
 
 
@@ -261,7 +267,7 @@ def text(d: Derived, explain: bool = False, typed: list[str] = (), scenario=None
     if typed:
         lines.append(f"note: `run` uses the scenario's hand-typed {', '.join(typed)} instead of the derived figures")
     if scenario is not None:  # `run`'s tokens/s against published runs of its class (not applied)
-        lines.append(validation_band.describe(validation_band.lookup(scenario.hardware, cfg.moe)))
+        lines.append(validation_band.describe(band_of(scenario, cfg)))
     if explain:
         lines += ["", *explain_lines(d)]
         if scenario is not None:

@@ -102,7 +102,7 @@ class RankMemory:
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded gradient (and, ZeRO 3, parameter) buffers
     p2p_buffers: float = 0.0  # peak of in-flight P2P buffers
     a2a_buffers: float = 0.0  # peak of all-to-all token buffers
-    dynamic_peak: float = 0.0  # peak of activations + P2P + all-to-all buffers together
+    dynamic_peak: float = 0.0  # peak of activations + P2P + all-to-all (+ deferred wgrad, model/buffers.py) buffers together
     runtime: float = 0.0  # CUDA context, NCCL communicators, GEMM workspace
 
 

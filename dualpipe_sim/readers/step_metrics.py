@@ -61,7 +61,7 @@ def _after(rows: np.ndarray, t: float) -> float:
 
 def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None = None) -> StepMetrics:
     """The ``step`` block.  A sync is *exposed* on a rank for the part of it that
-    runs after the rank's pipeline work has ended: the rank has nothing left to
+    runs after the rank's pipeline work (and its drain, StepCosts.drain) has ended: the rank has nothing left to
     do then but wait for it (before, it runs beside the rank's own work)."""
     ends = pipeline_ends(trace)
     step = trace.step
@@ -71,17 +71,18 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
         mine = step[step["rank"] == r]
         sync, cross, opt = (mine[mine["kind"] == k] for k in (GRAD_SYNC, CROSS_COPY, OPTIMIZER))
         pend = ends.rank_end[r]
+        busy = pend + drains[r]  # its compute's end: a sync beside the drain runs beside the rank's own work
         per_rank.append(
             RankStep(
                 rank=r,
                 pipeline_end=pend,
                 grad_sync=float(np.sum(sync["end"] - sync["start"])),
-                grad_sync_exposed=_after(sync, pend),
+                grad_sync_exposed=_after(sync, busy),
                 cross_copy_sync=float(np.sum(cross["end"] - cross["start"])),
-                cross_copy_exposed=_after(cross, pend),
+                cross_copy_exposed=_after(cross, busy),
                 optimizer_start=float(opt["start"][0]) if len(opt) else None,
                 optimizer=float(np.sum(opt["end"] - opt["start"])),
-                end=max(pend + drains[r], float(mine["end"].max()) if len(mine) else 0.0),
+                end=max(busy, float(mine["end"].max()) if len(mine) else 0.0),
             )
         )
 

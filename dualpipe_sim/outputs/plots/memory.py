@@ -133,19 +133,21 @@ def _shade_step(ax, step: np.ndarray) -> None:
     ax.add_collection(PolyCollection(boxes, facecolors=colours, edgecolors="none", alpha=0.25, zorder=0), autolim=False)
 
 
-def static_words(mem) -> str:
+def static_words(mem, deferred: bool = False) -> str:
     """What the grey band (total - activation peak) holds, for the title: the terms ``total`` sums that are not
     zero on every rank, the buffers as what dynamic_peak adds to the activation peak (naming p2p_buffers and
-    dynamic_peak as terms would read as if buffers and activations were in the grey twice)."""
+    dynamic_peak as terms would read as if buffers and activations were in the grey twice); ``deferred``: the run
+    defers output-layer wgrad GEMMs, whose buffers dynamic_peak also holds (model/buffers.py)."""
     summed = [k for k in asdict(mem[0]) if k not in ("total", "activations_peak", "p2p_buffers", "a2a_buffers",
                                                       "dynamic_peak") and any(getattr(m, k) for m in mem)]
     names = [n.replace("_", " ") + (" states" if n == "optimizer" else "") for n in summed]
     if any(m.dynamic_peak > m.activations_peak for m in mem):
-        names.append("P2P / all-to-all buffers (dynamic peak - activation peak)")
+        names.append(f"P2P / all-to-all{' / deferred wgrad' if deferred else ''} buffers (dynamic peak - activation peak)")
     return ", ".join(names)
 
 
-def save_memory(trace: Trace, metrics, path, capacity: float | None = None) -> None:
+def save_memory(trace: Trace, metrics, path, capacity: float | None = None, deferred: bool = False) -> None:
+    """memory.png; ``deferred``: the run's cost model defers output-layer wgrad GEMMs (CostModel.deferred)."""
     ranks = max(trace.ranks, 1)
     row = float(np.clip(8.0 / ranks, ROW_IN_MIN, ROW_IN_MAX))
     extra = 0.2 if len(trace.step) else 0.0  # a fourth title line
@@ -159,7 +161,7 @@ def save_memory(trace: Trace, metrics, path, capacity: float | None = None) -> N
     mem = [r.memory for r in metrics.per_rank]
     # Everything per_rank[].memory counts but the activation peak (a term added there is counted here).
     static = [m.total - m.activations_peak for m in mem] if all(mem) and mem else None
-    words = static_words(mem) if static is not None else None
+    words = static_words(mem, deferred) if static is not None else None
     capacity = capacity if capacity is not None else metrics.device_memory
     draw_memory(fig, trace, title=title, capacity=capacity, static=static, static_words=words)
     canvas.save(fig, path)
