@@ -1,0 +1,198 @@
+"""Every layout a user types either runs with sane figures or gets one clear error (issue 21, s19l).
+
+A property test over the whole-step path (``[model]`` + ``[parallel]`` + ``[hardware]`` + ``[step]``
+grad_sync = "derived"): hypothesis draws a scenario from a bundled base (the model configs under
+scenarios/models/ through scenarios/*.toml, and a few scenarios/validation/*.toml with inline models), then
+a layout over the space the issue's "Done when" names: pipeline stages (1 included), virtual stages, tensor,
+context, expert, expert-tensor and data parallelism, ZeRO 0-3, micro-batch size, sequence length, recompute
+policy, FP8 (delayed / current) and NVFP4, every GPU preset, overlapped or plain grad sync. Micro-batch
+counts stay small so a draw runs in about a second.
+
+For each draw, one of two things must happen:
+
+* the library refuses it with the project's input error (``InputError``: ScenarioError / ScheduleError,
+  the classes the CLI maps to exit 2), whose message is one line that starts with the key at fault
+  (``parallel.expert: ...``), and never blames ``costs`` or ``chunk`` when the scenario gave neither;
+* or it returns figures that are finite and sane, each by definition, not by what the code printed:
+  tokens/s > 0 and equal to the tokens a step runs (micro-batches x micro-batch size x sequence x data
+  parallelism) over the step time; the step time at least each rank's compute in the trace (the union of
+  its compute rows and its optimizer row: one channel runs them one at a time); bubble ratio in [0, 1);
+  every rank's memory > 0 and at least the parameter, gradient and optimizer bytes it holds; MFU in (0, 1).
+
+tests/conftest.py's ``suite`` profile keeps the default run bounded and derandomized;
+``HYPOTHESIS_PROFILE=explore`` hunts for new failures. Each failure found that way has a plain regression
+test in tests/test_layout_fuzz_found.py.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpipe_sim import InputError, run
+from dualpipe_sim.inputs import scenario as scenario_module
+from dualpipe_sim.engine.trace import OPTIMIZER
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "scenarios"
+
+# Bases: every bundled model config (through the scenario that names it) and a few inline models of the
+# validation rows (a dense GPT on A100, Llama 3.1 8B in FP8, Qwen3-30B-A3B MoE).
+DENSE = ("llama3-70b.toml", "b300-llama3.1-70b.toml", "llama3-405b-1f1b.toml", "validation/n21-1.7b.toml",
+         "validation/mlperf51-llama8b-8b200.toml", "validation/k22-22b-seqsel.toml")
+MOE = ("gpt-oss-120b.toml", "llama4-maverick.toml", "glm4.5-air.toml", "deepseek-v3-predicted.toml",
+       "validation/pai643-qwen3-30b-a3b-pp4ep4.toml", "validation/mz7-qwen3-30b-a3b-b200.toml")
+BASES = DENSE + MOE
+PRESETS = ("H100", "H800", "H200", "A100", "B200", "GB200", "GB300", "B300")
+BLACKWELL = ("B200", "GB200", "GB300", "B300")
+HOPPER = ("H100", "H800", "H200")
+SCHEDULES = ("1f1b", "1f1b", "1f1b", "interleaved-1f1b", "interleaved-1f1b", "gpipe", "dualpipev", "zb-h1",
+             "1f1b-overlap", "dualpipe")
+
+# an error line: the key at fault (a dotted scenario key, maybe with an index), a colon, the rule
+ERROR_LINE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z0-9_\[\]]+)*: \S")
+
+
+def base(name: str) -> dict:
+    raw = scenario_module.load_raw(SCENARIOS / name)
+    raw.pop("chunk", None)
+    raw.pop("costs", None)
+    return raw
+
+
+@st.composite
+def layouts(draw) -> dict:
+    """A raw scenario dict: a base with a drawn layout."""
+    name = draw(st.sampled_from(BASES))
+    raw = base(name)
+    moe = name in MOE
+    model, parallel = raw.setdefault("model", {}), raw.setdefault("parallel", {})
+    hardware, memory = raw.setdefault("hardware", {}), raw.setdefault("memory", {})
+    ranks = draw(st.sampled_from((1, 1, 2, 2, 3, 4)))
+    schedule = draw(st.sampled_from(SCHEDULES))
+    pipeline = {"schedule": schedule, "microbatches": draw(st.integers(1, 8))}
+    if schedule == "interleaved-1f1b":
+        chunks = draw(st.sampled_from((1, 2, 3)))
+        pipeline.update(stages=ranks * chunks, chunks_per_rank=chunks)
+    elif schedule == "dualpipev":
+        pipeline["stages"] = 2 * ranks
+    elif schedule == "dualpipe":
+        pipeline["stages"] = ranks + ranks % 2  # an even count of ranks
+    else:
+        pipeline["stages"] = ranks
+    raw["pipeline"] = pipeline
+    parallel.pop("layout", None)  # the bases' layouts are for their own stage counts
+    parallel["tensor"] = draw(st.sampled_from((1, 1, 2, 4, 8)))
+    parallel["context"] = draw(st.sampled_from((1, 1, 1, 2, 4)))
+    parallel["data"] = draw(st.sampled_from((1, 2, 4, 8, 16)))
+    # a dense model takes expert = expert_tensor = 1, and is refused otherwise: now and then drawn anyway
+    parallel["expert"] = draw(st.sampled_from((1, 2, 4, 8) if moe else (1,) * 9 + (2,)))
+    parallel["expert_tensor"] = draw(st.sampled_from((1, 1, 1, 2) if moe else (1,) * 9 + (2,)))
+    parallel["zero"] = draw(st.sampled_from((0, 1, 1, 2, 3)))
+    if draw(st.booleans()):
+        parallel["sequence_parallel"] = draw(st.booleans())
+    if draw(st.booleans()):
+        parallel["tp_comm_overlap"] = draw(st.booleans())
+    model["micro_batch_size"] = draw(st.sampled_from((1, 1, 2, 4)))
+    model["seq_length"] = draw(st.sampled_from((1024, 2048, 4096, 8192)))
+    hardware.clear()
+    hardware["preset"] = draw(st.sampled_from(PRESETS))
+    # FP8 needs Hopper or Blackwell, NVFP4 Blackwell: other draws are refused (drawn now and then)
+    precisions = ["bf16", "bf16"] + (["fp8-delayed", "fp8-current"] if hardware["preset"] != "A100" else []) \
+        + (["nvfp4"] if hardware["preset"] in BLACKWELL else [])
+    precision = draw(st.sampled_from(precisions * 9 + ["fp8-delayed", "nvfp4"]))
+    for key in ("fp8", "fp8_params", "fp8_recipe", "fp4"):
+        model.pop(key, None)
+    if precision.startswith("fp8"):
+        model.update(fp8=True, fp8_recipe=precision.removeprefix("fp8-"))
+    elif precision == "nvfp4":
+        model.update(fp8=True, fp4="nvfp4")
+    else:
+        model["fp8"] = False
+    if model.get("fp8_gemm") == "deepgemm" and (hardware["preset"] not in HOPPER or precision == "bf16"):
+        model.pop("fp8_gemm")  # DeepGEMM's FP8 tables are Hopper's (refused elsewhere, as tests/test_deepgemm*.py check)
+    memory.clear()
+    memory["recompute"] = draw(st.sampled_from(("none", "none", "selective", "full")))
+    if draw(st.integers(0, 3)) == 0:
+        memory["recompute"] = "selective"
+        memory["recompute_modules"] = draw(st.sampled_from((["core_attn"], ["core_attn", "mlp"], ["layernorm", "moe_act"])))
+    raw["step"] = {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": draw(st.booleans())}
+    if draw(st.integers(0, 3)) == 0:
+        raw["step"]["grad_sync_buckets"] = draw(st.integers(1, 4))
+    if pipeline["schedule"].startswith("dualpipe") and draw(st.booleans()):
+        raw["step"]["cross_copy_sync"] = "derived"
+    raw.pop("comm", None)
+    if draw(st.integers(0, 3)) == 0:
+        raw["comm"] = {"p2p_mode": draw(st.sampled_from(("async", "blocking")))}
+    if draw(st.integers(0, 4)) == 0:  # the rarer keys a published layout sets
+        parallel["rank_order"] = draw(st.sampled_from(("tp-cp-ep-dp-pp", "tp-cp-ep-pp-dp")))
+        model["defer_embedding_wgrad"] = draw(st.integers(0, 3))
+        model["attention_kernel"] = draw(st.sampled_from(("cudnn", "flash-attn-2")))
+        if moe:
+            model["moe_dispatcher"] = draw(st.sampled_from(("alltoall", "deepep")))
+            model["expert_gemm"] = draw(st.sampled_from(("multi-stream", "grouped", "sequential")))
+    raw["seed"] = 0
+    return raw
+
+
+def refused_clearly(raw: dict, exc: InputError) -> None:
+    """The error is the project's input error in one line, naming the key and the rule."""
+    line = str(exc)
+    assert "\n" not in line, line
+    assert ERROR_LINE.match(line), f"no key first: {line!r}"
+    key = line.split(":", 1)[0].split(".")[0]
+    assert key not in ("costs", "chunk"), f"blames [{key}], which the scenario does not give: {line!r}"
+
+
+def compute_busy(trace, rank: int) -> float:
+    """The length of the union of a rank's compute rows and its optimizer rows (the compute channel)."""
+    rows = trace.compute[trace.compute["rank"] == rank]
+    step = trace.step[(trace.step["rank"] == rank) & (trace.step["kind"] == int(OPTIMIZER))]
+    spans = sorted(zip(np.concatenate([rows["start"], step["start"]]), np.concatenate([rows["end"], step["end"]])))
+    total, reach = 0.0, -math.inf
+    for start, end in spans:
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def check_sane(raw: dict, result) -> None:
+    m = result.metrics
+    assert m.step is not None and m.throughput is not None
+    step_ms = m.step.total
+    assert math.isfinite(step_ms) and step_ms > 0
+    tokens = raw["pipeline"]["microbatches"] * raw["model"]["micro_batch_size"] * raw["model"]["seq_length"] \
+        * raw["parallel"]["data"]
+    assert m.throughput.tokens_per_second > 0
+    assert math.isclose(m.step.tokens_per_second, tokens / (step_ms / 1e3), rel_tol=1e-9)
+    for rank in range(m.ranks):
+        assert step_ms >= compute_busy(result.trace, rank) * (1 - 1e-12)
+    assert 0 <= m.bubble_ratio < 1
+    for r in m.per_rank:
+        mem = r.memory
+        assert mem is not None and math.isfinite(mem.total) and mem.total > 0
+        assert mem.parameters > 0
+        assert mem.total >= (mem.parameters + mem.gradients + mem.optimizer) * (1 - 1e-12)
+    assert 0 < m.throughput.mfu < 1, m.throughput.mfu
+
+
+def run_or_refuse(raw: dict):
+    try:
+        return run(scenario_module.from_dict(raw))
+    except InputError as exc:
+        refused_clearly(raw, exc)
+        return None
+
+
+@settings(max_examples=40)
+@given(layouts())
+def test_every_layout_runs_sanely_or_is_refused_clearly(raw):
+    result = run_or_refuse(raw)
+    if result is not None:
+        check_sane(raw, result)
