@@ -27,6 +27,7 @@ test in tests/test_layout_fuzz_found.py.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -37,6 +38,14 @@ from hypothesis import strategies as st
 from dualpipe_sim import InputError, run
 from dualpipe_sim.inputs import scenario as scenario_module
 from dualpipe_sim.engine.trace import OPTIMIZER
+from dualpipe_sim.model import hardware
+
+
+
+def examples(n: int) -> int:
+    """n examples in the suite's profile; the profile's own count (explore: 500) when hunting."""
+    return n if os.environ.get("HYPOTHESIS_PROFILE", "suite") == "suite" else settings.default.max_examples
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -173,6 +182,9 @@ def check_sane(raw: dict, result) -> None:
     assert math.isclose(m.step.tokens_per_second, tokens / (step_ms / 1e3), rel_tol=1e-9)
     for rank in range(m.ranks):
         assert step_ms >= compute_busy(result.trace, rank) * (1 - 1e-12)
+    pp_ranks = result.schedule.num_ranks
+    gpus = pp_ranks * raw["parallel"]["tensor"] * raw["parallel"]["context"] * raw["parallel"]["data"]
+    assert m.throughput.gpus == gpus  # Megatron's world: TP x CP x PP x DP (EP and ETP are carved out of it)
     assert 0 <= m.bubble_ratio < 1
     for r in m.per_rank:
         mem = r.memory
@@ -190,9 +202,77 @@ def run_or_refuse(raw: dict):
         return None
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(60))
 @given(layouts())
 def test_every_layout_runs_sanely_or_is_refused_clearly(raw):
     result = run_or_refuse(raw)
     if result is not None:
         check_sane(raw, result)
+
+
+# Monotonic invariants: two runs of one drawn layout that differ in one thing, where the model's construction
+# says which way the step time moves. A pair where either side is refused says nothing and passes.
+
+def step_of(raw: dict):
+    try:
+        return run(scenario_module.from_dict(raw)).metrics
+    except InputError:
+        return None
+
+
+def with_changes(raw: dict, **sections) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for section, values in sections.items():
+        out[section] = {**out.get(section, {}), **values}
+    return out
+
+
+@settings(max_examples=examples(12))
+@given(layouts(), st.sampled_from((1, 2, 4, 8)))
+def test_doubling_data_parallelism_never_raises_tokens_per_gpu(raw, data):
+    """The same layout on twice the data-parallel ranks, the same micro-batches each: every rank's pipeline
+    work is the same (its shapes do not depend on DP), and what grows is the gradient sync, whose ring
+    collectives move (n-1)/n of the bytes over the same links (collectives.py). Without a distributed optimizer
+    (zero = 0): with it the optimizer shard is 1/DP of the parameters, and a step can rightly run faster per GPU
+    on more of them. Both groups inside one NVLink domain or both across domains: a ring that leaves its node
+    adds the NICs' bandwidth to NVLink's (collectives.across_nodes_bus), which on an H800 (NVLink 155 GB/s, 8 NICs
+    of 47) rightly makes 16 ranks over two nodes faster per byte than 8 in one."""
+    raw = with_changes(raw, parallel={"zero": 0, "data": data})
+    p = raw["parallel"]
+    domain = hardware.preset(raw["hardware"]["preset"]).domain
+    group = p["tensor"] * p["context"] * data  # the data-parallel group's span of ranks (tp-cp-ep-dp-pp)
+    if group <= domain < 2 * group:
+        return
+    small, large = step_of(raw), step_of(with_changes(raw, parallel={"data": 2 * data}))
+    if small is None or large is None:
+        return
+    assert large.throughput.tokens_per_second_per_gpu <= small.throughput.tokens_per_second_per_gpu * (1 + 1e-9)
+
+
+@settings(max_examples=examples(12))
+@given(layouts())
+def test_full_recomputation_never_shortens_the_step(raw):
+    """Full recomputation reruns each layer's forward before its backward (Megatron-core's checkpointed
+    layers; activations.py, kernels.py): work added, none removed, so the step is never shorter than without."""
+    none = step_of(with_changes(raw, memory={"recompute": "none"}))
+    full = step_of(with_changes(raw, memory={"recompute": "full"}))
+    if none is None or full is None:
+        return
+    assert full.step.total >= none.step.total * (1 - 1e-12)
+
+
+@settings(max_examples=examples(12))
+@given(layouts(), st.sampled_from(DENSE))
+def test_a_faster_hopper_never_slows_a_bf16_dense_step(raw, name):
+    """H800, H100 and H200 are one die (model/rates.py: H800 is H100's rates with NVLink cut to 155 GB/s,
+    H200 H100's with HBM at 4.0 TB/s; hardware.py the same peaks), each a strict gain in one resource over
+    the one before: a BF16 dense step never runs slower on the later one."""
+    raw = with_changes(base(name), pipeline=raw["pipeline"], parallel={**raw["parallel"], "expert": 1,
+                       "expert_tensor": 1}, memory=raw["memory"], step=raw["step"])
+    raw["model"].update(fp8=False, micro_batch_size=1)
+    for key in ("fp4", "fp8_params", "fp8_recipe", "fp8_gemm"):
+        raw["model"].pop(key, None)
+    times = [step_of(with_changes(raw, hardware={"preset": preset})) for preset in ("H800", "H100", "H200")]
+    for slower, faster in zip(times, times[1:]):
+        if slower is not None and faster is not None:
+            assert faster.step.total <= slower.step.total * (1 + 1e-12)
