@@ -89,3 +89,21 @@ def test_an_h100_is_not_slower_than_an_h800_on_a_bf16_dense_step():
     """The same die with more NVLink (model/rates.py: H800 = H100's rates, nvlink_bus 155 GB/s): not slower."""
     h800, h100 = (run(scenario_module.from_dict(tp4_cp4_llama(p))).metrics.step.total for p in ("H800", "H100"))
     assert h100 <= h800
+
+
+def fsdp_llama(recompute: str) -> dict:
+    """Found: Llama 3 70B on one GPU a pipeline, DP 2 with ZeRO 3 (FSDP), the grad sync overlapped."""
+    return {"pipeline": {"schedule": "1f1b", "microbatches": 1, "stages": 1},
+            "model": {"config": LLAMA_70B, "seq_length": 1024, "micro_batch_size": 1, "fp8": False},
+            "parallel": {"data": 2, "zero": 3}, "hardware": {"preset": "H100"}, "memory": {"recompute": recompute},
+            "step": {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": True}}  # fmt: skip
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the step's end (model/step_figures.py's figures, engine/step.py's placing; not fixed in s19l): with ZeRO 3 "
+    "the pipeline (886.506 ms: the recomputed forward hides under FSDP's re-gathers), the grad sync (6.572 ms) "
+    "and its exposed part (0.061 ms) are the same with and without full recomputation, yet the optimizer starts "
+    "at 892.166 ms instead of 892.230: the step ends 0.065 ms earlier (1451.742 against 1451.807)"))
+def test_full_recomputation_does_not_shorten_an_fsdp_step():
+    none, full = (run(scenario_module.from_dict(fsdp_llama(r))).metrics.step.total for r in ("none", "full"))
+    assert full >= none
