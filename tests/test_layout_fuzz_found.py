@@ -4,6 +4,7 @@ scenario hypothesis shrank to, with its figure worked by hand."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,28 @@ def fsdp_llama(recompute: str) -> dict:
 def test_full_recomputation_does_not_shorten_an_fsdp_step():
     none, full = (run(scenario_module.from_dict(fsdp_llama(r))).metrics.step.total for r in ("none", "full"))
     assert full >= none
+
+
+@pytest.mark.parametrize("model, parallel, extra, preset, key", [
+    ("llama3-70b.json", "tensor = 2\nexpert = 4\ndata = 4", "", "H100", "parallel.expert"),
+    ("gpt-oss-120b.json", "tensor = 2\ncontext = 2\ndata = 2", "", "H100", "parallel.context"),
+    ("llama3-70b.json", "tensor = 8\ndata = 2", 'fp4 = "nvfp4"', "H100", "model.fp4"),
+    ("llama3-70b.json", "tensor = 8\ndata = 2", "fp8 = true", "A100", "model.fp8"),
+    ("gpt-oss-120b.json", "expert = 4\nexpert_tensor = 2\ndata = 4\nzero = 3", "", "H100", "parallel.expert_tensor"),
+    ("deepseek-v3.json", "expert = 8\ndata = 8", 'fp8_gemm = "deepgemm"', "B200", "model.fp8_gemm"),
+    ("gpt-oss-120b.json", "expert = 8\ndata = 4", "", "H100", "parallel.expert"),
+])  # fmt: skip
+def test_refused_layouts_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, model, parallel, extra, preset, key):
+    """Layouts the fuzz drew that the library refuses, through the CLI: exit 2, one line naming the key, no output."""
+    from dualpipe_sim import cli
+
+    config = Path(__file__).resolve().parent.parent / "scenarios" / "models" / model
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'[pipeline]\nschedule = "1f1b"\nstages = 2\nmicrobatches = 4\n[model]\nconfig = "{config}"\n'
+                        f"seq_length = 4096\n{extra}\n[parallel]\n{parallel}\n[hardware]\npreset = \"{preset}\"\n"
+                        '[step]\ngrad_sync = "derived"\noverlap_grad_sync = true\n')
+    out = tmp_path / "out"
+    assert cli.main(["run", str(scenario), "--out", str(out), "--plots", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {key}: ") and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
