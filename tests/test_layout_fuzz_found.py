@@ -13,16 +13,23 @@ from dualpipe_sim.inputs import scenario as scenario_module
 from dualpipe_sim.model import collectives
 from dualpipe_sim.model.rates import PRESETS
 
-LLAMA_70B = "scenarios/models/llama3-70b.json"
+MODELS = Path(__file__).resolve().parent.parent / "scenarios" / "models"
+
+
+def found(model: str, parallel: dict, preset: str = "H100", recompute: str = "none", overlap: bool = True,
+          seq: int = 1024, **extra) -> dict:
+    """A case the fuzz shrank to: one GPU a pipeline (1F1B, one micro-batch), BF16, the step's end derived;
+    ``extra``: more top-level tables ([memory] keys go in ``recompute`` and ``memory``)."""
+    memory = {"recompute": recompute, **extra.pop("memory", {})}
+    return {"pipeline": {"schedule": "1f1b", "microbatches": 1, "stages": 1},
+            "model": {"config": str(MODELS / model), "seq_length": seq, "micro_batch_size": 1, "fp8": False},
+            "parallel": parallel, "hardware": {"preset": preset}, "memory": memory,
+            "step": {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": overlap}, **extra}
 
 
 def llama_70b(data: int, preset: str) -> dict:
-    """Found: Llama 3 70B on one GPU a pipeline, TP 1, no distributed optimizer, the grad sync not overlapped."""
-    return {"pipeline": {"schedule": "1f1b", "microbatches": 1, "stages": 1},
-            "model": {"config": LLAMA_70B, "seq_length": 1024, "micro_batch_size": 1, "fp8": False},
-            "parallel": {"tensor": 1, "data": data, "zero": 0}, "hardware": {"preset": preset},
-            "memory": {"recompute": "none"},
-            "step": {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": False}}  # fmt: skip
+    """Found: Llama 3 70B, TP 1, no distributed optimizer, the grad sync not overlapped."""
+    return found("llama3-70b.json", {"tensor": 1, "data": data, "zero": 0}, preset, overlap=False)
 
 
 def test_a_ring_across_h800_nodes_is_bound_by_their_nvlink():
@@ -48,36 +55,40 @@ def test_data_parallel_16_over_two_h800_nodes_is_not_faster_than_8_in_one_per_by
     assert math.isfinite(sync[0]) and sync[0] > 0
 
 
-def zero2_gpt_oss(recompute: str) -> dict:
-    """Found: gpt-oss-120b on one GPU a pipeline, DP 2 with ZeRO 2, the grad sync overlapped."""
-    return {"pipeline": {"schedule": "1f1b", "microbatches": 1, "stages": 1},
-            "model": {"config": "scenarios/models/gpt-oss-120b.json", "seq_length": 1024, "micro_batch_size": 1,
-                      "fp8": False},
-            "parallel": {"data": 2, "zero": 2}, "hardware": {"preset": "H100"}, "memory": {"recompute": recompute},
-            "step": {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": True}}  # fmt: skip
-
-
-@pytest.mark.xfail(strict=True, reason=(
+ZERO2_BACKLOG = (
     "model/step_figures.py _zero2_backlog (not editable in s19l): ZeRO 2's end-of-step backlog is M / copies x "
     "(sync - (F + B)), and full recomputation's rerun forward sits in B, so the backlog shrinks by exactly the "
     "compute it adds; with overlap_grad_sync the tail starts before the pipeline ends and the step comes out "
     "294 ms shorter (7693.3 -> 7399.0 ms). The backlog should be waited from when the channel is free, "
-    "max(pipeline end, sync start + M / copies x sync), not shortened by the recompute"))
-def test_full_recomputation_does_not_shorten_a_zero2_step():
+    "max(pipeline end, sync start + M / copies x sync), not shortened by the recompute")
+FSDP_OPTIMIZER_START = (
+    "the step's end (model/step_figures.py's figures, engine/step.py's placing; not fixed in s19l): with ZeRO 3 "
+    "the pipeline (886.506 ms: the recomputed forward hides under FSDP's re-gathers), the grad sync (6.572 ms) "
+    "and its exposed part (0.061 ms) are the same with and without full recomputation, yet the optimizer starts "
+    "at 892.166 ms instead of 892.230: the step ends 0.065 ms earlier (1451.742 against 1451.807)")
+
+
+@pytest.mark.parametrize("model, parallel", [
+    # found: gpt-oss-120b, DP 2 with ZeRO 2, the grad sync overlapped
+    pytest.param("gpt-oss-120b.json", {"data": 2, "zero": 2}, marks=pytest.mark.xfail(strict=True, reason=ZERO2_BACKLOG)),
+    # found: Llama 3 70B, DP 2 with ZeRO 3 (FSDP), the grad sync overlapped
+    pytest.param("llama3-70b.json", {"data": 2, "zero": 3},
+                 marks=pytest.mark.xfail(strict=True, reason=FSDP_OPTIMIZER_START)),
+    # and as a control, where it holds: Llama 3 70B with ZeRO 1
+    ("llama3-70b.json", {"data": 2, "zero": 1}),
+])  # fmt: skip
+def test_full_recomputation_does_not_shorten_the_step(model, parallel):
     """Full recomputation adds each layer's forward before its backward and removes nothing, so the step cannot
     get shorter than with none (the same layout, the same GPU)."""
-    none, full = (run(scenario_module.from_dict(zero2_gpt_oss(r))).metrics.step.total for r in ("none", "full"))
+    none, full = (run(scenario_module.from_dict(found(model, parallel, recompute=r))).metrics.step.total
+                  for r in ("none", "full"))
     assert full >= none
 
 
 def tp4_cp4_llama(preset: str) -> dict:
-    """Found: Llama 3 70B, TP 4 x CP 4 (16 GPUs over two nodes), ZeRO 1, BF16, the grad sync overlapped."""
-    return {"pipeline": {"schedule": "1f1b", "microbatches": 1, "stages": 1},
-            "model": {"config": LLAMA_70B, "seq_length": 8192, "micro_batch_size": 1, "fp8": False},
-            "parallel": {"tensor": 4, "context": 4, "data": 1, "zero": 1}, "hardware": {"preset": preset},
-            "memory": {"recompute": "selective", "recompute_modules": ["core_attn"]},
-            "step": {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": True},
-            "comm": {"p2p_mode": "async"}}  # fmt: skip
+    """Found: Llama 3 70B, TP 4 x CP 4 (16 GPUs over two nodes), ZeRO 1, the grad sync overlapped."""
+    return found("llama3-70b.json", {"tensor": 4, "context": 4, "data": 1, "zero": 1}, preset, "selective", seq=8192,
+                 memory={"recompute_modules": ["core_attn"]}, comm={"p2p_mode": "async"})
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -90,24 +101,6 @@ def test_an_h100_is_not_slower_than_an_h800_on_a_bf16_dense_step():
     """The same die with more NVLink (model/rates.py: H800 = H100's rates, nvlink_bus 155 GB/s): not slower."""
     h800, h100 = (run(scenario_module.from_dict(tp4_cp4_llama(p))).metrics.step.total for p in ("H800", "H100"))
     assert h100 <= h800
-
-
-def fsdp_llama(recompute: str) -> dict:
-    """Found: Llama 3 70B on one GPU a pipeline, DP 2 with ZeRO 3 (FSDP), the grad sync overlapped."""
-    return {"pipeline": {"schedule": "1f1b", "microbatches": 1, "stages": 1},
-            "model": {"config": LLAMA_70B, "seq_length": 1024, "micro_batch_size": 1, "fp8": False},
-            "parallel": {"data": 2, "zero": 3}, "hardware": {"preset": "H100"}, "memory": {"recompute": recompute},
-            "step": {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": True}}  # fmt: skip
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "the step's end (model/step_figures.py's figures, engine/step.py's placing; not fixed in s19l): with ZeRO 3 "
-    "the pipeline (886.506 ms: the recomputed forward hides under FSDP's re-gathers), the grad sync (6.572 ms) "
-    "and its exposed part (0.061 ms) are the same with and without full recomputation, yet the optimizer starts "
-    "at 892.166 ms instead of 892.230: the step ends 0.065 ms earlier (1451.742 against 1451.807)"))
-def test_full_recomputation_does_not_shorten_an_fsdp_step():
-    none, full = (run(scenario_module.from_dict(fsdp_llama(r))).metrics.step.total for r in ("none", "full"))
-    assert full >= none
 
 
 @pytest.mark.parametrize("model, parallel, extra, preset, key", [
@@ -123,7 +116,7 @@ def test_refused_layouts_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, 
     """Layouts the fuzz drew that the library refuses, through the CLI: exit 2, one line naming the key, no output."""
     from dualpipe_sim import cli
 
-    config = Path(__file__).resolve().parent.parent / "scenarios" / "models" / model
+    config = MODELS / model
     scenario = tmp_path / "s.toml"
     scenario.write_text(f'[pipeline]\nschedule = "1f1b"\nstages = 2\nmicrobatches = 4\n[model]\nconfig = "{config}"\n'
                         f"seq_length = 4096\n{extra}\n[parallel]\n{parallel}\n[hardware]\npreset = \"{preset}\"\n"
