@@ -26,6 +26,7 @@ test in tests/test_layout_fuzz_found.py.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -74,6 +75,14 @@ def base(name: str) -> dict:
     return raw
 
 
+def layers_of(model: dict) -> int:
+    """The decoder layers of a base's [model]: inline, or its config.json's (text_config's for Llama 4)."""
+    if "config" in model:
+        config = json.loads(Path(model["config"]).read_text())
+        return config.get("num_hidden_layers") or config["text_config"]["num_hidden_layers"]
+    return model.get("num_hidden_layers") or model["n_layer"]
+
+
 @st.composite
 def layouts(draw) -> dict:
     """A raw scenario dict: a base with a drawn layout."""
@@ -82,7 +91,7 @@ def layouts(draw) -> dict:
     moe = name in MOE
     model, parallel = raw.setdefault("model", {}), raw.setdefault("parallel", {})
     hardware, memory = raw.setdefault("hardware", {}), raw.setdefault("memory", {})
-    ranks = draw(st.sampled_from((1, 1, 2, 2, 3, 4)))
+    ranks = draw(st.sampled_from((1, 1, 2, 2, 3, 4, 8)))
     schedule = draw(st.sampled_from(SCHEDULES))
     pipeline = {"schedule": schedule, "microbatches": draw(st.integers(1, 8))}
     if schedule == "interleaved-1f1b":
@@ -96,6 +105,12 @@ def layouts(draw) -> dict:
         pipeline["stages"] = ranks
     raw["pipeline"] = pipeline
     parallel.pop("layout", None)  # the bases' layouts are for their own stage counts
+    if draw(st.integers(0, 5)) == 0:  # a layout typed as layers per stage, uneven, now and then empty stages
+        layers, stages = layers_of(model), pipeline["stages"]
+        cuts = sorted(draw(st.lists(st.integers(0, layers), min_size=stages - 1, max_size=stages - 1)))
+        parallel["layout"] = [b - a for a, b in zip([0, *cuts], [*cuts, layers])]
+        if draw(st.integers(0, 4)) == 0:  # and sometimes a count that is not the model's
+            parallel["layout"][0] += draw(st.sampled_from((-1, 1)))
     parallel["tensor"] = draw(st.sampled_from((1, 1, 2, 4, 8)))
     parallel["context"] = draw(st.sampled_from((1, 1, 1, 2, 4)))
     parallel["data"] = draw(st.sampled_from((1, 2, 4, 8, 16)))
@@ -111,6 +126,8 @@ def layouts(draw) -> dict:
     model["seq_length"] = draw(st.sampled_from((1024, 2048, 4096, 8192)))
     hardware.clear()
     hardware["preset"] = draw(st.sampled_from(PRESETS))
+    if draw(st.integers(0, 5)) == 0:
+        hardware["nccl_version"] = draw(st.sampled_from(("2.18.5", "2.21.5", "2.23.4", "2.27.3")))
     # FP8 needs Hopper or Blackwell, NVFP4 Blackwell: other draws are refused (drawn now and then)
     precisions = ["bf16", "bf16"] + (["fp8-delayed", "fp8-current"] if hardware["preset"] != "A100" else []) \
         + (["nvfp4"] if hardware["preset"] in BLACKWELL else [])
