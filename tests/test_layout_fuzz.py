@@ -188,6 +188,23 @@ def compute_busy(trace, rank: int) -> float:
     return total
 
 
+def llama_parameters(model: dict) -> int | None:
+    """A Llama-family dense model's parameters by hand (HF LlamaForCausalLM: q, k, v, o projections, the SwiGLU's
+    gate, up and down, two RMSNorm weights a layer, the embedding, the final norm, an untied head; no biases),
+    or None for any other base. Llama 3 70B: 80 x 855,654,400 + 2 x 128,256 x 8,192 + 8,192 = 70,553,706,496."""
+    if "config" in model:
+        config = json.loads(Path(model["config"]).read_text())
+    else:
+        config = model
+    if config.get("model_type") != "llama" or config.get("tie_word_embeddings", False):
+        return None
+    h, ffn, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    layer = h * (q + 2 * kv) + q * h + 3 * h * ffn + 2 * h
+    return config["num_hidden_layers"] * layer + 2 * vocab * h + h
+
+
 def check_sane(raw: dict, result) -> None:
     m = result.metrics
     assert m.step is not None and m.throughput is not None
@@ -208,6 +225,12 @@ def check_sane(raw: dict, result) -> None:
         assert mem is not None and math.isfinite(mem.total) and mem.total > 0
         assert mem.parameters > 0
         assert mem.total >= (mem.parameters + mem.gradients + mem.optimizer) * (1 - 1e-12)
+    total = llama_parameters(raw["model"])
+    p = raw["parallel"]
+    if total is not None and p["zero"] < 3 and not raw["model"].get("fp8_params"):
+        # every parameter is on some pipeline rank of a tensor group, once (a stage copy twice), at 2 bytes (BF16 /
+        # FP16 weights): the ranks' parameter bytes x TP at least the model's (padding and replicated norms add)
+        assert sum(r.memory.parameters for r in m.per_rank) * p["tensor"] >= 2 * total * (1 - 1e-9)
     assert 0 < m.throughput.mfu < 1, m.throughput.mfu
 
 
