@@ -274,16 +274,28 @@ def test_doubling_data_parallelism_never_raises_tokens_per_gpu(raw, data):
     work is the same (its shapes do not depend on DP), and what grows is the gradient sync, whose ring
     collectives move (n-1)/n of the bytes over the same links (collectives.py). Without a distributed optimizer
     (zero = 0): with it the optimizer shard is 1/DP of the parameters, and a step can rightly run faster per GPU
-    on more of them. Both groups inside one NVLink domain or both across domains: a ring that leaves its node
-    adds the NICs' bandwidth to NVLink's (collectives.across_nodes_bus), which on an H800 (NVLink 155 GB/s, 8 NICs
-    of 47) rightly makes 16 ranks over two nodes faster per byte than 8 in one. Not inside one node of an
-    H100 / H200 either: NCCL's tuner picks NVLS by the group's size there (model/nccl_nvls.py), 1.3x the
-    ring's bus for an all-reduce of 8 (NVIDIA/nccl#1221), so 8 ranks can rightly sync faster than 4."""
-    raw = with_changes(raw, parallel={"zero": 0, "data": data})
+    on more of them. Both groups inside NVLink domains, or both across them with every pipeline rank's block
+    of GPUs whole domains (PP outermost, as Megatron-core's default rank order puts it), so that a ring has as
+    many ranks on each node either way: a ring that leaves its node adds the NICs' bandwidth to NVLink's
+    (collectives.across_nodes_bus), which on an H800 (NVLink 155 GB/s, 8 NICs of 47) rightly makes 16 ranks over
+    two nodes faster per byte than 8 in one, and a block that puts one rank of its ring on a node (GB200's
+    domains of 72) is bound by that rank's one NIC. Not inside one node of an H100 / H200 either: NCCL's tuner
+    picks NVLS by the group's size there (model/nccl_nvls.py), 1.3x the ring's bus for an all-reduce of 8
+    (NVIDIA/nccl#1221), so 8 ranks can rightly sync faster than 4."""
+    raw = with_changes(raw, parallel={"zero": 0, "data": data, "rank_order": "tp-cp-ep-dp-pp"})
     p = raw["parallel"]
     domain = hardware.preset(raw["hardware"]["preset"]).domain
-    group = p["tensor"] * p["context"] * data  # the data-parallel group's span of ranks (tp-cp-ep-dp-pp)
-    if group <= domain < 2 * group or (2 * group <= domain and raw["hardware"]["preset"] in nccl_nvls.PRESETS):
+    group = p["tensor"] * p["context"] * data  # a pipeline rank's block of GPUs (tp-cp-ep-dp-pp: PP outermost)
+    pipe = raw["pipeline"]  # its ranks: stages over the stages each holds (layouts() draws them so)
+    ranks = pipe["stages"] // (pipe.get("chunks_per_rank", 1) if pipe["schedule"] != "dualpipev" else 2)
+
+    def crosses(block: int) -> bool:  # some pipeline rank's block of GPUs spans two NVLink domains
+        return any(s * block // domain != ((s + 1) * block - 1) // domain for s in range(ranks))
+
+    hopper_nvls = raw["hardware"]["preset"] in nccl_nvls.PRESETS
+    inside = not crosses(2 * group) and not hopper_nvls  # every group inside a domain, on the ring
+    whole_domains = group % domain == 0 and group > domain  # blocks of whole domains, across: as many ranks a node
+    if not (inside or whole_domains):
         return
     small, large = step_of(raw), step_of(with_changes(raw, parallel={"data": 2 * data}))
     if small is None or large is None:
