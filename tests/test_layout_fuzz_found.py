@@ -126,3 +126,23 @@ def test_refused_layouts_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {key}: ") and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_head_only_last_stage_of_an_moe_model_runs():
+    """Found (a crash: TypeError in derive.stage_chunk): Qwen3-30B-A3B with parallel.layout = [1, 1, 46, 0], its
+    last stage the output layer alone (Megatron-core's "L" stage). An MoE model's stages are [chunk] tables, and a
+    stage of no layers had no attention component to sum. It runs: that stage has no attention and no all-to-all
+    (no layer, no expert to route to), and its forward is at least the output layer's GEMM at the H800's BF16
+    peak: 2 x 1,024 tokens x 2,048 x 151,936 = 637.3 GFLOP / 989.4 TFLOP/s = 0.644 ms."""
+    raw = scenario_module.load_raw(Path(__file__).resolve().parent.parent / "scenarios" / "validation"
+                                   / "pai643-qwen3-30b-a3b-pp4ep4.toml")
+    raw["model"].update(seq_length=1024, fp8=False)
+    raw["pipeline"] = {"schedule": "1f1b", "microbatches": 1, "stages": 4}
+    raw["parallel"] = {"tensor": 1, "data": 2, "expert": 2, "zero": 0, "layout": [1, 1, 46, 0]}
+    raw["step"] = {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": False}
+    result = run(scenario_module.from_dict(raw))
+    layers, head = result.inputs.derived.stage_chunks[-1]
+    assert head.attn_forward == head.attn_backward_input == head.attn_backward_weight == 0
+    assert head.dispatch_forward == head.combine_forward == head.dispatch_backward == head.combine_backward == 0
+    assert head.mlp_forward * layers >= 2 * 1024 * 2048 * 151936 / 989.4e12 * 1e3
+    assert 0 < result.metrics.throughput.mfu < 1
