@@ -28,6 +28,17 @@ def bus(rates, link: str) -> float:
     return rates.nvlink_bus if link == "nvlink" else rates.nic_bus
 
 
+def across_nodes_bus(rates, per_node: int) -> float:
+    """The bus bandwidth of a ring across nodes with ``per_node`` of its ranks on each node, each with its NIC.
+    NCCL runs a ring per NIC (``time``), so a rank is the one that leaves its node in 1 of every ``per_node``
+    rings and hands its share to a node neighbour over NVLink in the other per_node - 1: the NICs carry
+    1 / per_node of the bytes and NVLink (per_node - 1) / per_node, and the slower of the two bounds the bus,
+    min(per_node x NIC, per_node / (per_node - 1) x NVLink). The NICs bound it on every preset but the H800,
+    whose NVLink (155 GB/s) is cut below what 8 NICs carry (8 x 47 GB/s)."""
+    nics = rates.nic_bus * per_node
+    return nics if per_node <= 1 else min(nics, rates.nvlink_bus * per_node / (per_node - 1))
+
+
 def measured_bus(curve, nbytes: float) -> float:
     """Bus bandwidth of a measured (bytes, bytes/s) curve at ``nbytes``: linear in log2(bytes) between
     rows, the end rows' figures beyond them."""
@@ -53,7 +64,7 @@ def time(op: str, nbytes: float, n: int, rates, link: str, nics: int = 1) -> flo
     if curve:  # the measured time includes NCCL's latency; a message below the table costs its first row
         size = max(nbytes, curve[0][0])
         return size * FACTORS[op](n) / measured_bus(curve, size)
-    speed = bus(rates, link) * (nics if link == "nic" else 1)
+    speed = across_nodes_bus(rates, nics) if link == "nic" else bus(rates, link)
     if link == "nvlink" and nccl_nvls.runs_nvls(rates, op, nbytes, n):  # NCCL's tuner picks NVLS over the ring
         speed *= nccl_nvls.bus_gain(op, n, rates.nccl)  # docs/model.md, "SMs on Hopper and Blackwell"
     return rates.latency + nbytes * FACTORS[op](n) / speed
@@ -193,7 +204,7 @@ def bucketed(op: str, nbytes: float, n: int, rates, per_node: int, buckets: int,
     if n <= 1 or nbytes <= 0:
         return 0.0
     nccl = rates.nccl
-    bus = rates.nic_bus * per_node
+    bus = across_nodes_bus(rates, per_node)
     ll128 = 0.92 if per_node >= 2 or one_per_node_rules(nccl) else 0.7
     moved = nbytes * FACTORS[op](n)
     # in NCCL's protocol order (LL128 before Simple: the first of equal times wins, getAlgoInfo's strict <)

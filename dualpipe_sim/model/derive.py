@@ -176,6 +176,9 @@ class LayerTimes:
         return self.attn_backward_input + self.mlp_backward_input + self.weight
 
 
+LAYER_PARTS = tuple(LayerTimes.__dataclass_fields__)  # its components, in the [chunk] names
+
+
 @dataclass
 class StageFigures:
     # whole-model counts this stage holds (before any sharding), which one rank holds 1 / tensor of the dense part;
@@ -954,7 +957,8 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
     tkey = times_key(st) if memo is not None else None
     layer_tab, module_tab = _table(memo, "layer_times", tkey), _table(memo, "module_components", tkey)
     per_layer = {} if per_layer is None else per_layer  # layer kind -> LayerTimes, shared across stages
-    totals: dict[str, float] = {}
+    # every component, 0 until added: a stage of no layers (parallel.layout's head-only "L") has no attention
+    totals: dict[str, float] = dict.fromkeys(LAYER_PARTS, 0.0)
 
     def add(parts) -> None:
         for k, v in parts.items():
