@@ -328,7 +328,7 @@ def test_a_faster_hopper_never_slows_a_bf16_dense_step(raw, name):
     the one before: a BF16 dense step never runs slower on the later one. With nothing overlapped with the
     data-parallel collectives (no distributed optimizer, the grad sync after the pipeline): each overlap is
     charged apart from the compute it hides under, so faster compute can expose more of it
-    (tests/test_layout_fuzz_found.py, an xfail until model/step_figures.py is fixed)."""
+    (tests/test_layout_fuzz_found.py, an xfail until model/grad_sync.py is fixed)."""
     raw = with_changes(base(name), pipeline=raw["pipeline"], parallel={**raw["parallel"], "expert": 1,
                        "expert_tensor": 1, "zero": 0}, memory=raw["memory"],
                        step={**raw["step"], "overlap_grad_sync": False})

@@ -56,13 +56,13 @@ def test_data_parallel_16_over_two_h800_nodes_is_not_faster_than_8_in_one_per_by
 
 
 ZERO2_BACKLOG = (
-    "model/step_figures.py _zero2_backlog (not editable in s19l): ZeRO 2's end-of-step backlog is M / copies x "
+    "model/grad_sync.py zero2_backlog (model/step_figures.py when found; not editable in s19l): ZeRO 2's end-of-step backlog is M / copies x "
     "(sync - (F + B)), and full recomputation's rerun forward sits in B, so the backlog shrinks by exactly the "
     "compute it adds; with overlap_grad_sync the tail starts before the pipeline ends and the step comes out "
     "294 ms shorter (7693.3 -> 7399.0 ms). The backlog should be waited from when the channel is free, "
     "max(pipeline end, sync start + M / copies x sync), not shortened by the recompute")
 FSDP_OPTIMIZER_START = (
-    "the step's end (model/step_figures.py's figures, engine/step.py's placing; not fixed in s19l): with ZeRO 3 "
+    "the step's end (the model/ step-end modules split from step_figures.py, engine/step.py's placing; not fixed in s19l): with ZeRO 3 "
     "the pipeline (886.506 ms: the recomputed forward hides under FSDP's re-gathers), the grad sync (6.572 ms) "
     "and its exposed part (0.061 ms) are the same with and without full recomputation, yet the optimizer starts "
     "at 892.166 ms instead of 892.230: the step ends 0.065 ms earlier (1451.742 against 1451.807)")
@@ -92,7 +92,7 @@ def tp4_cp4_llama(preset: str) -> dict:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "model/step_figures.py (not editable in s19l): an H100 is an H800 with 2.07x the NVLink (model/rates.py), "
+    "the model/ step-end modules (model/step_figures.py when found; not editable in s19l): an H100 is an H800 with 2.07x the NVLink (model/rates.py), "
     "yet the step is 1006.2 -> 1008.8 ms: the pipeline gains 19 ms (499.0 -> 480.1) but the parameter all-gather "
     "waited at the step's start grows 108.9 -> 115.6 ms (less forward to hide under), the exposed grad sync "
     "252.1 -> 264.1 ms and the compute beside a data-parallel collective slows x1.371 -> x1.404 though that "
