@@ -32,14 +32,17 @@ def _ms(path: Path, source: str, library: str, kind: str, seq: int) -> float:
 
 
 def test_the_gb200_run_is_what_its_source_says():
-    rows = kernel_table(GB200)
-    # 9 lengths x forward, backward x cuDNN, PyTorch's flash-attn 2, on each GPU
-    assert len(rows) == 72
-    assert {(r["source"], r["gpu"]) for r in rows} == {("gb200_917", "GB200"), ("gb300_917", "GB300")}
+    every = kernel_table(GB200)
+    rows = [r for r in every if r["source"].endswith("_917")]
+    # 9 lengths x forward, backward x cuDNN, PyTorch's flash-attn 2, on each GPU; the later cuDNN's checks, 5 lengths of
+    # cuDNN both ways on each GPU at 9.18.1 and 9.19.1
+    assert len(rows) == 72 and len(every) == 72 + 40
+    assert {(r["source"], r["gpu"]) for r in every} == {(f"{g.lower()}_{v}", g) for g in ("GB200", "GB300")
+                                                        for v in ("917", "918", "919")}  # fmt: skip
     # each row's time and the file's own TFLOP/s agree by flash-attention's count, within the two printed roundings
     # (times to 1 us, TFLOP/s to 1) and 0.05% more (the files round their times apart from their rates: 17.536 ms at
     # 2,007 TFLOP/s, GB300 forward at 32,768)
-    for r in rows:
+    for r in every:
         ms, tflops = float(r["ms"]), float(r["tflops"])
         assert sdpa_flops(r) / tflops / 1e12 * 1e3 == pytest.approx(ms, rel=0.5 / tflops + 0.0005 / ms + 5e-4)
     # the B200 and GB300 tables' shapes: one row per (library, pass, length), 128 query and 8 KV heads of 128, batch 1
@@ -71,17 +74,30 @@ def test_gb200_over_b200_is_the_two_runs_ratios_by_hand():
 
 
 def test_gb200_against_gb300_is_a_stable_ratio_across_cudnn_versions():
-    # the chain assumes GB200 / GB300 does not depend on the cuDNN build; the 9.17.0 run at 2,048-16,384 tokens:
-    # forward 0.129 / 0.105 ... GB300 / GB200 = 0.814, 0.824, 0.834, 0.844; backward 1.034, 0.950, 0.937, 0.932.
-    # cuDNN 9.18.1, 9.19.1 and 9.22 (cudnn-frontend's results/ trees, 64 heads; docs/model.md) read 0.77-0.89 forward,
-    # 0.88-0.95 backward over the same lengths: 9.17's 16,384-token ratios lie inside both bands
-    fwd = [_ms(GB200, "gb300_917", "cudnn", "forward", s) / _ms(GB200, "gb200_917", "cudnn", "forward", s)
-           for s in (2048, 4096, 8192, 16384)]
-    bwd = [_ms(GB200, "gb300_917", "cudnn", "backward", s) / _ms(GB200, "gb200_917", "cudnn", "backward", s)
-           for s in (2048, 4096, 8192, 16384)]
-    assert fwd == pytest.approx([0.81395, 0.82368, 0.83369, 0.84354], abs=1e-5)
-    assert bwd == pytest.approx([1.03429, 0.95015, 0.93703, 0.93228], abs=1e-5)
-    assert 0.77 <= fwd[-1] <= 0.89 and 0.88 <= bwd[-1] <= 0.95
+    # the chain assumes GB200 / GB300 does not depend on the cuDNN build. GB200's rate over GB300's (GB300's time over
+    # GB200's) at 9.17.0, 2,048-16,384 tokens: forward 0.105 / 0.129 = 0.814, 0.824, 0.834, 0.844; backward 1.034,
+    # 0.950, 0.937, 0.932
+    def ratio(version: str, kind: str, seq: int) -> float:
+        return _ms(GB200, f"gb300_{version}", "cudnn", kind, seq) / _ms(GB200, f"gb200_{version}", "cudnn", kind, seq)
+
+    assert [ratio("917", "forward", s) for s in (2048, 4096, 8192, 16384)] == \
+        pytest.approx([0.81395, 0.82368, 0.83369, 0.84354], abs=1e-5)
+    assert [ratio("917", "backward", s) for s in (2048, 4096, 8192, 16384)] == \
+        pytest.approx([1.03429, 0.95015, 0.93703, 0.93228], abs=1e-5)
+    # at 16,384 tokens on later cuDNN (64 query heads): 9.18.1 2.202 / 2.672 = 0.824 and 7.361 / 8.018 = 0.918,
+    # 9.19.1 2.235 / 2.606 = 0.858 and 7.380 / 7.845 = 0.941; 9.22 (batch 2) 4.593 / 5.150 = 0.892, 14.593 / 16.554 = 0.882
+    later = {"forward": [ratio("918", "forward", 16384), ratio("919", "forward", 16384)],
+             "backward": [ratio("918", "backward", 16384), ratio("919", "backward", 16384)]}
+    assert later["forward"] == pytest.approx([0.82410, 0.85764], abs=1e-5)
+    assert later["backward"] == pytest.approx([0.91806, 0.94073], abs=1e-5)
+    ultra = kernel_table(ROOT / "tests" / "data" / "kernels" / "cudnn_frontend_blackwell_ultra.csv")
+    for kind in ("forward", "backward"):
+        ms = {r["source"]: float(r["ms"]) for r in ultra
+              if r["source"] in ("llama_gb200", "llama_gb300") and r["pass"] == kind and int(r["q_seq"]) == 16384}
+        later[kind].append(ms["llama_gb300"] / ms["llama_gb200"])
+    # the ratio the preset takes (9.17.0's) lies within the later builds' spread, forward 0.824-0.892, backward 0.882-0.941
+    assert min(later["forward"]) <= ratio("917", "forward", 16384) <= max(later["forward"])
+    assert min(later["backward"]) <= ratio("917", "backward", 16384) <= max(later["backward"])
 
 
 def test_gb200_preset_is_b200s_curves_times_the_ratio_at_b200s_sustained_share():
