@@ -262,9 +262,11 @@ def main_attention_cudnn_frontend() -> None:
                                 *sdpa_rows("gb300_913", library, kind, 16384))
     print(f"B300 / GB300 attention (cudnn-frontend's DiT forward, cuDNN, 4,096 and 8,192 queries): "
           f"{rates.B300_OVER_GB300_ATTENTION:.4f}")
-    # GB200's own (s19m): B200's curves x GB200 / B200 at 16,384 tokens, GB300 / B200 (cuDNN 9.13.1, the table above) times
-    # GB200 / GB300 from one run of both at cuDNN 9.17.0 (cudnn_frontend_gb200.csv; rates.GB200_OVER_B200_CUDNN, _FA2)
-    pair = {(r["source"], r["library"], r["pass"], int(r["seq"])): float(r["ms"]) for r in rows("cudnn_frontend_gb200.csv")}
+    # GB200's own (s19m): B200's curves x GB200 / B200 at 16,384 tokens, GB300 / B200 (cuDNN 9.13.1, the table
+    # above) times GB200 / GB300 from one run of both at cuDNN 9.17.0 (cudnn_frontend_gb200.csv;
+    # rates.GB200_OVER_B200_CUDNN, _FA2)
+    pair = {(r["source"], r["library"], r["pass"], int(r["seq"])): float(r["ms"])
+            for r in rows("cudnn_frontend_gb200.csv")}
     for library, fa2_917 in (("cudnn", "cudnn"), ("flash-attn-2", "pyt-flash-attn-2")):
         for kind in ("forward", "backward"):
             ultra = sdpa_rows("gb300_913", library, kind)

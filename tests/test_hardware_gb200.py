@@ -46,7 +46,8 @@ def test_gb200_kernel_rates_are_b200s_but_the_domain_sms_fp8_and_attention():
     # B200's half-rate lengths kept (tests/test_attention_gb200.py)
     assert changed == {"name", "nvlink_domain", "sms", "gemm_fp8", "attention_forward", "attention_backward",
                        "attention_fa2"}
-    assert (gb.attention_seq_half, gb.attention_seq_half_backward) == (b.attention_seq_half, b.attention_seq_half_backward)
+    assert (gb.attention_seq_half, gb.attention_seq_half_backward) == \
+        (b.attention_seq_half, b.attention_seq_half_backward)
     assert (gb.name, gb.nvlink_domain, b.nvlink_domain, gb.sms, b.sms) == ("GB200", 72, 8, 152, 148)
     assert dataclasses.replace(gb.gemm_fp8, peak=b.gemm_fp8.peak) == b.gemm_fp8
 

@@ -301,9 +301,10 @@ GB300_FREE_CLOCK = replace(PRESETS["GB300"], attention_forward=GB300_CUDNN_FREE_
                            attention_seq_half_backward=GB300_CUDNN_FREE_CLOCK[3], attention_fa2=GB300_FA2_FREE_CLOCK)
 PRESETS["GB300"] = sustained_attention(GB300_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 # s19m (docs/model.md, "GB200's attention (s19m)"): GB200's own attention, B200's until then. No GB200 table of the B200
-# table's software (cuDNN 9.13.1) was published and no run timed both GPUs; GB300 ran with each. GB200 / B200 at 16,384
-# tokens (the fitted range's longest, where the 9.13.1 table's host cost is under 3% of a call), per library and pass, is
-# the product of two same-run, same-shape ratios (Llama 3.1 405B's heads, batch 1, causal, BF16, free clock):
+# table's software (cuDNN 9.13.1) was published and no run timed both GPUs; GB300 ran with each. GB200 / B200 at
+# 16,384 tokens (the fitted range's longest, where the 9.13.1 table's host cost is under 3% of a call), per library and
+# pass, is the product of two same-run, same-shape ratios (Llama 3.1 405B's heads, batch 1, causal, BF16, free
+# clock):
 # GB300 / B200, cudnn-frontend @ 0b1577c (cuDNN 9.13.1, CUDA events; cudnn_frontend_sdpa.csv b200_913, gb300_913), and
 # GB200 / GB300, cudnn-frontend @ b372d39 (cuDNN 9.17.0, kernel time; tests/data/kernels/cudnn_frontend_gb200.csv).
 # The curves' shape stays B200's: GB200 is the B200's die (sm_100, 152 SMs against 148, 1,200 W against 1,000), GB300 is
