@@ -262,6 +262,21 @@ def main_attention_cudnn_frontend() -> None:
                                 *sdpa_rows("gb300_913", library, kind, 16384))
     print(f"B300 / GB300 attention (cudnn-frontend's DiT forward, cuDNN, 4,096 and 8,192 queries): "
           f"{rates.B300_OVER_GB300_ATTENTION:.4f}")
+    # GB200's own (s19m): B200's curves x GB200 / B200 at 16,384 tokens, GB300 / B200 (cuDNN 9.13.1, the table
+    # above) times GB200 / GB300 from one run of both at cuDNN 9.17.0 (cudnn_frontend_gb200.csv;
+    # rates.GB200_OVER_B200_CUDNN, _FA2)
+    pair = {(r["source"], r["library"], r["pass"], int(r["seq"])): float(r["ms"])
+            for r in rows("cudnn_frontend_gb200.csv")}
+    for library, fa2_917 in (("cudnn", "cudnn"), ("flash-attn-2", "pyt-flash-attn-2")):
+        for kind in ("forward", "backward"):
+            ultra = sdpa_rows("gb300_913", library, kind)
+            b200 = sdpa_rows("b200_913", library, kind)
+            at = {int(s): t for s, t in zip(b200[0], b200[2])}
+            over = {int(s): at[int(s)] / t for s, t in zip(ultra[0], ultra[2])}
+            chained = {s: over[s] * pair[("gb300_917", fa2_917, kind, s)] / pair[("gb200_917", fa2_917, kind, s)]
+                       for s in over}
+            print(f"GB200 / B200 {library} {kind} (GB300 / B200 at 9.13.1 x GB200 / GB300 at 9.17.0): " +
+                  ", ".join(f"{s} {r:.3f}" for s, r in sorted(chained.items())) + "; the preset takes 16384's")
     # those rows ran at free clock; the preset keeps flashinfer#2899's throttled / peak window (rates.py)
     windows = {(r["first"], r["last"]): float(r["tflops"]) for r in rows("flashinfer2899_b200_sustained_attention.csv")}
     b200 = rates.PRESETS["B200"]

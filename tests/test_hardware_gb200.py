@@ -39,11 +39,15 @@ def test_gb200_preset_is_the_datasheet_per_gpu():
     assert hw.nvlink_domain == hw.domain == gpus == 72
 
 
-def test_gb200_kernel_rates_are_b200s_but_the_domain():
+def test_gb200_kernel_rates_are_b200s_but_the_domain_sms_fp8_and_attention():
     gb, b = RATES["GB200"], RATES["B200"]
     changed = {f.name for f in dataclasses.fields(gb) if getattr(gb, f.name) != getattr(b, f.name)}
-    # s18k: its own SM count and the FP8 peak refitted at it (tests/test_gb200_sms.py)
-    assert changed == {"name", "nvlink_domain", "sms", "gemm_fp8"}
+    # s18k: its own SM count and the FP8 peak refitted at it (tests/test_gb200_sms.py); s19m: its own attention rates,
+    # B200's half-rate lengths kept (tests/test_attention_gb200.py)
+    assert changed == {"name", "nvlink_domain", "sms", "gemm_fp8", "attention_forward", "attention_backward",
+                       "attention_fa2"}
+    assert (gb.attention_seq_half, gb.attention_seq_half_backward) == \
+        (b.attention_seq_half, b.attention_seq_half_backward)
     assert (gb.name, gb.nvlink_domain, b.nvlink_domain, gb.sms, b.sms) == ("GB200", 72, 8, 152, 148)
     assert dataclasses.replace(gb.gemm_fp8, peak=b.gemm_fp8.peak) == b.gemm_fp8
 

@@ -252,7 +252,7 @@ PRESETS["B200"] = sustained_attention(B200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 # GB200 (NVL72): the B200's GPU at a higher power limit (1,200 W against 1,000), so B200's measured rates with the rack's
 # 72-GPU NVLink domain (docs/model.md, "GB200 NVL72"). A GB200 measurement: the FP8 GEMMs (Azure's table is GB200's).
 # B200's, checked on GB200: the BF16 GEMMs (gpu-fryer's GB200-NVL72 burn, ~1,550 TFLOP/s: the fit 0.9% above it on 152 SMs).
-# B200's carried over: attention (cudnn-frontend's B200 table, flashinfer#2899's sustained share), HBM and the kernel
+# B200's carried over: attention until s19m (GB200's own since: below, after GB300's), HBM and the kernel
 # floor (cccl#7391; GB200's HBM3e is the same 8 TB/s), NCCL's NVLink bus (XLA's 8-GPU sm_100_B200 table; the one
 # 72-GPU figure reached, coreweave/nccl-tests#43's all-reduce, is not below it at 1-2 GiB), the NIC (a 400 Gb/s CX7 a GPU)
 # s18k (docs/model.md, "GB200's SM count (s18k)"): GB200's own SM count and so its own FP8 fit. SMs: 152 as the device
@@ -300,6 +300,25 @@ GB300_FREE_CLOCK = replace(PRESETS["GB300"], attention_forward=GB300_CUDNN_FREE_
                            attention_backward=GB300_CUDNN_FREE_CLOCK[1], attention_seq_half=GB300_CUDNN_FREE_CLOCK[2],
                            attention_seq_half_backward=GB300_CUDNN_FREE_CLOCK[3], attention_fa2=GB300_FA2_FREE_CLOCK)
 PRESETS["GB300"] = sustained_attention(GB300_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
+# s19m (docs/model.md, "GB200's attention (s19m)"): GB200's own attention, B200's until then. No GB200 table of the B200
+# table's software (cuDNN 9.13.1) was published and no run timed both GPUs; GB300 ran with each. GB200 / B200 at
+# 16,384 tokens (the fitted range's longest, where the 9.13.1 table's host cost is under 3% of a call), per library and
+# pass, is the product of two same-run, same-shape ratios (Llama 3.1 405B's heads, batch 1, causal, BF16, free
+# clock):
+# GB300 / B200, cudnn-frontend @ 0b1577c (cuDNN 9.13.1, CUDA events; cudnn_frontend_sdpa.csv b200_913, gb300_913), and
+# GB200 / GB300, cudnn-frontend @ b372d39 (cuDNN 9.17.0, kernel time; tests/data/kernels/cudnn_frontend_gb200.csv).
+# The curves' shape stays B200's: GB200 is the B200's die (sm_100, 152 SMs against 148, 1,200 W against 1,000), GB300 is
+# not (sm_103). flash-attn 2: Dao's flash_attn_func at 9.13.1, PyTorch's flash-attn 2 kernels at 9.17 (Dao's not run
+# there). Then B200's sustained share (no GB200 attention timed under load was reached). (forward, backward):
+GB200_OVER_B200_CUDNN = (6.602 / 5.167 * 4.448 / 5.273, 20.460 / 17.345 * 15.721 / 16.863)
+GB200_OVER_B200_FA2 = (20.690 / 18.936 * 20.296 / 20.445, 65.324 / 59.595 * 61.516 / 62.397)
+GB200_FREE_CLOCK = replace(PRESETS["GB200"],
+                           attention_forward=B200_FREE_CLOCK.attention_forward * GB200_OVER_B200_CUDNN[0],
+                           attention_backward=B200_FREE_CLOCK.attention_backward * GB200_OVER_B200_CUDNN[1],
+                           attention_fa2=(B200_FREE_CLOCK.attention_fa2[0] * GB200_OVER_B200_FA2[0],
+                                          B200_FREE_CLOCK.attention_fa2[1] * GB200_OVER_B200_FA2[1],
+                                          *B200_FREE_CLOCK.attention_fa2[2:]))  # fmt: skip
+PRESETS["GB200"] = sustained_attention(GB200_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
 # B300 (HGX B300, s18m; docs/model.md, "HGX B300 (s18m)"): the Blackwell Ultra GPU (GB300's die, sm_103) on an 8-GPU HGX
 # board at 1,100 W (GB300: 1,400 W), so GB300's short-run GEMM figures are not carried over. B300's own:
 # SMs: 148 as the device reports them (ademeure/QuickRunCUDA @ b913c35 MICROBENCH_RESULTS_GPU1.md, "NVIDIA B300 SXM6 AC",
