@@ -42,12 +42,14 @@ def dashed_lines(ax):
 # -- memory.png ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("capacity,drawn", [(16e9, True), (16.1e9, False), (40e9, False)])
+# 16e9 + 2: twice rank 0's 8 GB + its 1 byte of parameters (the default), exactly half used
+@pytest.mark.parametrize("capacity,drawn", [(16e9 + 2, True), (16.1e9, False), (40e9, False)])
 def test_memory_png_device_line_only_while_the_fullest_rank_uses_half_of_it(capacity, drawn):
     """1F1B, 4 ranks, 8 micro-batches of 2 GB, no parameters: rank 0 holds min(4, 8) = 4 activations, 8 GB.  At a
     16 GB device (8 GB is half of it) the line is drawn and each band spans 1.25 x 16 = 20 GB; at 16.1 GB or 40 GB
     the band spans 1.25 x 8 = 10 GB, no line, and the title says 8 GB is 50% / 20% of the device."""
     r = run_uniform("1f1b", 4, 8, memory__activation=2e9)
+    assert list(r.trace.parameter_bytes) == [1.0] * 4
     fig = Figure(figsize=(10, 5))
     ax, per_unit = draw_memory(fig, r.trace, capacity=capacity)
     title = fig.get_suptitle()
@@ -84,10 +86,21 @@ def test_memory_png_of_the_walk_fills_its_bands_and_names_the_device(monkeypatch
         in fig.get_suptitle()
     # each band 0 to 1.25 x the fullest rank, in the title's unit (GB)
     assert f"each band 0 to {1.25 * gb:.3g} GB" in fig.get_suptitle()
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    box = fig._suptitle.get_window_extent(renderer)
-    assert box.y1 <= fig.bbox.y1 and box.y0 >= ax.get_window_extent(renderer).y1
     assert fig.get_suptitle().count("\n") + 1 == 6  # title, scale, device, grey, shaded, dot
+    # The same run with a device 1.5 x the fullest rank: its line drawn, one title line fewer.  The device's line of
+    # words costs the figure 0.2 inch, and the title keeps its gap above the bands (a line is a little under 0.2 inch:
+    # 3 pixels closer at 110 dpi, where a line left without room would take 0.2 inch, 22 pixels).
+    save_memory(result.trace, m, tmp_path / "m2.png", capacity=1.5 * total)
+    drawn = caught[1]
+    assert drawn.get_suptitle().count("\n") + 1 == 5
+    assert fig.get_size_inches()[1] - drawn.get_size_inches()[1] == pytest.approx(0.2)
+    gaps = []
+    for f in (fig, drawn):
+        renderer = FigureCanvasAgg(f).get_renderer()
+        box = f._suptitle.get_window_extent(renderer)
+        assert box.y1 <= f.bbox.y1
+        gaps.append(box.y0 - f.axes[0].get_window_extent(renderer).y1)
+    assert min(gaps) > 15 and gaps[0] == pytest.approx(gaps[1], abs=4.0)  # over 0.14 inch of white, as with 4 lines
 
 
 # -- report.html -------------------------------------------------------------------------------------------------

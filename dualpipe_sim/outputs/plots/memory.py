@@ -7,7 +7,9 @@ stage it holds) are the grey base and its activations the blue step area on
 top (the level held until the next allocation or free).  Each band's peak of
 activations is dotted and labelled with the activations alive and their
 bytes; the highest over all ranks is red and named in the title.  With a
-``capacity`` (bytes per device) a red dashed line in every band marks it.
+``capacity`` (bytes per device) a red dashed line in every band marks it while
+the fullest rank uses half of it or more; under half, the bands stop above the
+fullest rank and the title names the device (style.memory_axis).
 With [step] work the axis runs to the end of the training step and each band
 shades its rank's end-of-step work in the Gantt chart's colours: the
 activations are seen to be freed before the optimizer runs.

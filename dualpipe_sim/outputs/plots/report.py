@@ -13,7 +13,8 @@ Plotly (plotly.js, embedded whole in the page: no server, no network) draws
 * the memory timeline per rank (a step line per rank: activations over
   everything else the rank holds, with a [model] every term of
   ``per_rank[].memory``, so its peak is ``memory.total``), with the device
-  capacity as a dashed line when it is known;
+  capacity as a dashed line when it is known (on the axis by memory.png's
+  rule, style.memory_axis: else named above the chart);
 * the metrics table (Metrics.scalars(), one row per metric, one column per
   schedule; ratios as percentages).
 
