@@ -39,7 +39,13 @@ def test_memory_chart_peaks_at_memory_total_with_the_device_line():
         assert mem.total > mem.parameters + mem.activations_peak  # gradients and optimizer states count too
     (line,) = layout["shapes"]
     assert line["y0"] == line["y1"] == pytest.approx(81559 * 2**20 / 1e9) and line["line"]["dash"] == "dash"
-    assert layout["annotations"][0]["text"] == "device memory 85.5 GB"  # H100's 81559 MiB in 10^9 bytes
+    # The fullest rank holds 34.8 GB of the H100's 85.5 GB (81559 MiB in 10^9 bytes), 41%, under half (s19q): the axis
+    # stops at 1.08 x 34.8 GB, the line stays beyond it, and a note above the chart names the device.
+    total = m.memory_total()
+    assert round(total / 1e8) == 348
+    assert layout["yaxis"]["range"] == pytest.approx([0, 1.08 * total / 1e9])
+    assert layout["annotations"][0]["text"] == (f"device memory 85.5 GB: off the scale (the fullest rank, "
+                                                f"{total / 1e9:.3g} GB, uses 41% of it)")
 
 
 @dataclass(frozen=True)

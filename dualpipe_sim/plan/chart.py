@@ -46,6 +46,18 @@ def fitting_front(points: list[tuple[float, float]], limit: float | None) -> lis
     return [fitting[i] for i in pareto([points[i] for i in fitting])]
 
 
+def device_label(ax, device: float) -> None:
+    """"device memory" beside its dashed line at x = ``device`` GB, inside the axes, on the side with room: right of
+    the line in the left half (left of it, near the axis, it ran into the top K's column of labels), left of it in
+    the right half (right of a line near the right edge it ran into the legend beside the axes: s19g's 256-GPU B200
+    plan, the line at 192 GB on a 0-200 GB axis)."""
+    x0, x1 = ax.get_xlim()
+    left = (device - x0) / (x1 - x0) > 0.5
+    ax.annotate("device memory", (device, 1.0), xycoords=("data", "axes fraction"), xytext=(-4 if left else 4, -12),
+                textcoords="offset points", ha="right" if left else "left", fontsize=8, color="0.3",
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})  # fmt: skip
+
+
 def draw(plan, path) -> None:
     rows = [r for r in plan.rows if r.ok and r.tokens_per_second_per_gpu]
     fig = new_figure(9.0, 5.6)
@@ -62,9 +74,6 @@ def draw(plan, path) -> None:
                        marker=schedule_marker(name), linewidths=0, zorder=z, label=None if on_front else name)  # fmt: skip
     if plan.device_memory:
         ax.axvline(plan.device_memory / 1e9, color="0.4", ls="--", lw=1.0)
-        # right of the line: left of it, near the axis, it ran into the top K's column of labels below
-        ax.annotate("device memory", (plan.device_memory / 1e9, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(4, -12), textcoords="offset points", ha="left", fontsize=8, color="0.3")  # fmt: skip
     # The top K sit close together: their numbers in a column at the top left (where a Pareto
     # chart is empty: nothing there is both lighter and faster), each with a leader line.
     top = plan.top
@@ -82,6 +91,8 @@ def draw(plan, path) -> None:
             ax.set_xlim(0, edge)
             ax.annotate(f"{beyond} layouts over {edge:.0f} GB not shown", (1.0, 0.0), xycoords="axes fraction",
                         xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8, color="0.3")  # fmt: skip
+    if plan.device_memory:
+        device_label(ax, plan.device_memory / 1e9)
     ax.set_xlabel("peak memory per rank (GB): static bytes, activations, buffers, runtime allowance")
     ax.set_ylabel("tokens / s per GPU")
     ax.set_title(f"{len(rows)} simulated layouts on {plan.gpus} GPUs: throughput against memory\n"

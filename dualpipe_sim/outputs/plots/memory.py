@@ -7,7 +7,9 @@ stage it holds) are the grey base and its activations the blue step area on
 top (the level held until the next allocation or free).  Each band's peak of
 activations is dotted and labelled with the activations alive and their
 bytes; the highest over all ranks is red and named in the title.  With a
-``capacity`` (bytes per device) a red dashed line in every band marks it.
+``capacity`` (bytes per device) a red dashed line in every band marks it while
+the fullest rank uses half of it or more; under half, the bands stop above the
+fullest rank and the title names the device (style.memory_axis).
 With [step] work the axis runs to the end of the training step and each band
 shades its rank's end-of-step work in the Gantt chart's colours: the
 activations are seen to be freed before the optimizer runs.
@@ -25,6 +27,7 @@ from ..exports.timeline import activation_levels
 from ...engine.trace import Trace
 from ...units import byte_scale
 from . import canvas
+from .style import device_words, memory_axis
 from .gantt import time_axis
 
 LINE, FILL, STATIC, PEAK, TOP = "#1f5f9e", "#cfe0f1", "#c8c8c8", "#d62728", "#444444"
@@ -45,8 +48,11 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     full = static is not None  # parameters, gradients and optimizer states (a [model] scenario)
     static = [float(b) for b in (static if full else trace.parameter_bytes)]
     static += [0.0] * max(0, ranks - len(static))
-    top = max([s + float(b.max()) for s, (_, _, b) in zip(static, levels)] + [capacity or 0.0, 1.0])
-    scale = top * 1.25  # bytes per band height: room for the peak labels
+    highest = max([s + float(b.max()) for s, (_, _, b) in zip(static, levels)] + [1.0])
+    # bytes per band height, 1.25 x the top: room for the peak labels; the device's line only while the fullest
+    # rank uses half of it or more (style.memory_axis), else its size in the title
+    scale, cap_drawn = memory_axis(highest, capacity, 1.25)
+    top = scale / 1.25
     div, unit = byte_scale(top)
 
     areas, face, steps, dots, dot_colours = [], [], [], [], []
@@ -78,7 +84,7 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
             sel = np.array(dot_colours) == colour
             if sel.any():
                 ax.plot(xy[sel, 0], xy[sel, 1], "o", color=colour, markersize=4, zorder=3, linestyle="none")
-    if capacity:
+    if cap_drawn:
         y = -np.arange(ranks) + capacity / scale * BAND
         ax.add_collection(LineCollection([[(0, v), (end, v)] for v in y], colors=PEAK, linewidths=1.0,
                                          linestyles="--"), autolim=False)  # fmt: skip
@@ -103,18 +109,19 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     # the static terms on a line of their own: with every memory term they no longer fit beside the rest
     parts = "static (grey) + activations (blue)" if any(static) else "activations"
     grey_line = f"grey: {grey}\n" if any(static) else ""
-    cap = f"; red dashed: capacity {units.nbytes(capacity)}" if capacity else ""
+    cap = f"; red dashed: capacity {units.nbytes(capacity)}" if cap_drawn else ""
     if full and ranks:  # the red dot is the largest activation peak, not always the rank nearest capacity
         totals = [s + float(b.max()) for s, (_, _, b) in zip(static, levels)]
         fullest = max(range(ranks), key=lambda r: (totals[r], -r))
         cap += f"; fullest: rank {fullest}, {units.number(totals[fullest] / div, 3)} {unit}"
+    device = device_words(highest, capacity) + "\n" if capacity and not cap_drawn else ""
     if len(trace.step):
         _shade_step(ax, trace.step)
     # Its own line: beside the rest it ran past the figure's right edge.
     shaded = "\nshaded: grad sync (green), cross-copy sync (teal), optimizer (olive)" if len(trace.step) else ""
     fig.suptitle(
         (title + "\n" if title else "")
-        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n{grey_line}"
+        + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n{device}{grey_line}"
         + (shaded[1:] + "\n" if shaded else "")
         + f"dot = the rank's activation peak, labelled stage-activations alive ({unit}); {where}",
         fontsize=10, x=0.01, ha="left",
@@ -150,9 +157,7 @@ def save_memory(trace: Trace, metrics, path, capacity: float | None = None, defe
     """memory.png; ``deferred``: the run's cost model defers output-layer wgrad GEMMs (CostModel.deferred)."""
     ranks = max(trace.ranks, 1)
     row = float(np.clip(8.0 / ranks, ROW_IN_MIN, ROW_IN_MAX))
-    extra = 0.2 if len(trace.step) else 0.0  # a fourth title line
-    fig = canvas.new_figure(12, 1.5 + 0.5 + extra + row * ranks)
-    canvas.place(fig, left=0.8, right=0.3, top=0.95 + extra, bottom=0.5)
+    fig = canvas.new_figure(12, 1.5 + 0.5 + row * ranks)
     title = (
         f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
         f"{metrics.microbatches} micro-batches"
@@ -164,4 +169,8 @@ def save_memory(trace: Trace, metrics, path, capacity: float | None = None, defe
     words = static_words(mem, deferred) if static is not None else None
     capacity = capacity if capacity is not None else metrics.device_memory
     draw_memory(fig, trace, title=title, capacity=capacity, static=static, static_words=words)
+    # 0.2 inch a title line past four (the shaded step work's, the device's when it is off the scale)
+    extra = 0.2 * max(0, fig.get_suptitle().count("\n") + 1 - 4)
+    fig.set_size_inches(12, 1.5 + 0.5 + extra + row * ranks)
+    canvas.place(fig, left=0.8, right=0.3, top=0.95 + extra, bottom=0.5)
     canvas.save(fig, path)

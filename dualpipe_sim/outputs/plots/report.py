@@ -13,7 +13,8 @@ Plotly (plotly.js, embedded whole in the page: no server, no network) draws
 * the memory timeline per rank (a step line per rank: activations over
   everything else the rank holds, with a [model] every term of
   ``per_rank[].memory``, so its peak is ``memory.total``), with the device
-  capacity as a dashed line when it is known;
+  capacity as a dashed line when it is known (on the axis by memory.png's
+  rule, style.memory_axis: else named above the chart);
 * the metrics table (Metrics.scalars(), one row per metric, one column per
   schedule; ratios as percentages).
 
@@ -41,11 +42,26 @@ from ..exports.timeline import activation_levels
 from ...schedules.rules import KIND_CODES, KIND_NAMES
 from ...inputs.scenario import activation_bytes_given
 from ...engine.trace import A2A, Trace
-from .style import COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, direction_label, drawn_kind, hues, op_rows
+from .style import (COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, device_words, direction_label,
+                    drawn_kind, hues, memory_axis, op_rows)  # fmt: skip
 
 MAX_BARS = 40_000  # op bars per page: beyond, SVG bars make the browser crawl
 MAX_A2A_BARS = 20_000  # all-to-all phase bars per page (a component run has several per op)
 ROW_PX = 22
+# The top strip of a chart left to plotly's toolbar (the modebar, about 25 px high at the top right, shown on hover):
+# the Gantt chart's legend starts below it; at the chart's top edge the toolbar covered its right-hand entries (s19g).
+MODEBAR_PX = 30
+# Under a memory metric's name in the table: what it counts, in a reader's words (peak_memory_bytes beside
+# memory.total read as two answers to one question; README's metrics.json keys, docs/sweep.md).
+METRIC_WORDS = {
+    "peak_activation_bytes": "activations alone, at their peak",
+    "parameter_bytes": "weights alone",
+    "peak_memory_bytes": "weights + activations at their peak; no gradients, optimizer states, buffers or runtime",
+    "memory.total": "all the rank holds at its peak: weights, gradients, optimizer states, buffers, runtime "
+                    "and activations; what must fit the device",
+    "device_memory": "the GPU's memory ([hardware])",
+    "fits": "memory.total within device_memory",
+}
 
 
 class MissingPlotly(RuntimeError):
@@ -207,6 +223,10 @@ def _cell(key: str, v) -> str:
     return units.number(v) if isinstance(v, float) else str(v)
 
 
+def _words(key: str) -> str:
+    return f"<br><span class=words>{html.escape(METRIC_WORDS[key])}</span>" if key in METRIC_WORDS else ""
+
+
 def _table(results) -> str:
     """Metrics.scalars() with one row per metric and one column per schedule (readable at any width)."""
     rows = [r.metrics.scalars() for r in results]
@@ -215,7 +235,7 @@ def _table(results) -> str:
             row.update({k: "n/a" for k in ("peak_activation_bytes", "peak_memory_bytes")})
     keys = [k for k in dict.fromkeys(k for row in rows for k in row) if any(row.get(k) is not None for row in rows)]
     head = "<th>metric</th>" + "".join(f"<th>{html.escape(r.metrics.schedule)}</th>" for r in results)
-    body = "".join(f"<tr><th class=name>{html.escape(k)}</th>"
+    body = "".join(f"<tr><th class=name>{html.escape(k)}{_words(k)}</th>"
                    + "".join(f"<td>{html.escape(_cell(k, row.get(k)))}</td>" for row in rows) + "</tr>"
                    for k in keys)  # fmt: skip
     note = ("<p>Times in ms; sizes decimal (1 GB = 10^9 bytes); per-rank figures are the maximum over ranks; "
@@ -262,11 +282,14 @@ def report_html(results, capacity: float | None = None) -> str:
         t["showlegend"] = t["legendgroup"] not in seen
         seen.add(t["legendgroup"])
     longest = max(r.trace.end for r in results) or 1.0  # the whole step with [step] work
+    height = 140 + MODEBAR_PX + ROW_PX * offset
     gantt_layout = {
-        "barmode": "overlay", "height": 140 + ROW_PX * offset, "hovermode": "closest",
+        "barmode": "overlay", "height": height, "hovermode": "closest",
         "xaxis": {"title": {"text": "time (ms)"}, "range": [0, longest]},
         "yaxis": {"autorange": "reversed", "tickvals": ticks, "ticktext": names, "zeroline": False},
-        "margin": {"l": 140, "r": 20, "t": 30, "b": 50}, "legend": {"orientation": "h", "y": 1.0, "yanchor": "bottom"},
+        # the legend's top MODEBAR_PX below the chart's (container coordinates): the toolbar keeps its strip
+        "margin": {"l": 140, "r": 20, "t": 30, "b": 50},
+        "legend": {"orientation": "h", "yref": "container", "y": 1 - MODEBAR_PX / height, "yanchor": "top"},
     }  # fmt: skip
     model = any(r.per_rank and r.per_rank[0].memory is not None for r in (res.metrics for res in results))
     memory_title = "memory (GB)"
@@ -281,12 +304,20 @@ def report_html(results, capacity: float | None = None) -> str:
         "margin": {"l": 80, "r": 20, "t": 30, "b": 50},
     }  # fmt: skip
     if capacity:
+        # the device's line on the axis while the fullest rank uses half of it or more (style.memory_axis); else the
+        # axis stops above the fullest rank, the line is kept beyond it (zoom out to see it) and a note names it
+        highest = max((max(t["y"]) for t in memory), default=0.0) * 1e9
+        top, drawn = memory_axis(highest, capacity, 1.08)
         memory_layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": capacity / 1e9,
                                     "y1": capacity / 1e9, "line": {"color": "#d62728", "dash": "dash"}}]  # fmt: skip
-        memory_layout["annotations"] = [{"xref": "paper", "x": 1, "xanchor": "right", "y": capacity / 1e9,
-                                         "yanchor": "bottom", "showarrow": False, "font": {"color": "#d62728"},
-                                         "text": f"device memory {units.nbytes(capacity)}"}]  # fmt: skip
-        memory_layout["yaxis"]["range"] = [0, 1.08 * max(capacity / 1e9, *(max(t["y"]) for t in memory))]
+        # off the axis: the note above the chart's top left (the toolbar has the top right)
+        memory_layout["annotations"] = [{"xref": "paper", "showarrow": False, "font": {"color": "#d62728"},
+                                         "yanchor": "bottom",
+                                         **({"x": 1, "xanchor": "right", "y": capacity / 1e9,
+                                             "text": f"device memory {units.nbytes(capacity)}"}
+                                            if drawn else {"x": 0, "xanchor": "left", "yref": "paper", "y": 1,
+                                                           "text": device_words(highest, capacity)})}]  # fmt: skip
+        memory_layout["yaxis"]["range"] = [0, top / 1e9]
     m = results[0].metrics
     title = (f"{m.schedule}: {m.stages} stages, {m.microbatches} micro-batches" if len(results) == 1
              else f"{len(results)} schedules, {m.stages} stages, {m.microbatches} micro-batches, one time axis")
@@ -295,7 +326,7 @@ def report_html(results, capacity: float | None = None) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dualpipe-sim: {html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:16px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}} th.name{{text-align:left;font-weight:normal;font-family:monospace}} .note{{color:#a33}}</style>
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}} th.name{{text-align:left;font-weight:normal;font-family:monospace}} .words{{font-family:sans-serif;font-size:11px;color:#555}} .note{{color:#a33}}</style>
 <script>{js}</script></head>
 <body data-ops-expected="{expected}">
 <h1>{html.escape(title)}</h1>

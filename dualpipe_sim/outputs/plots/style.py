@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import units
 from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES
 from ...engine.trace import A2A, Trace
@@ -36,6 +37,25 @@ SCHEDULE_ORDER = ("1f1b", "chimera", "dualpipe", "dualpipev", "gpipe", "interlea
                   "zb-h1-megatron", "zb-h2", "zbv", "1f1b-overlap", "interleaved-1f1b-overlap",
                   "chimera-doubling")  # fmt: skip
 
+
+# Memory charts (memory.png, report.html's memory chart): the device's line is drawn while the fullest rank uses at
+# least this share of the device.  Below it, an axis up to the device squashes the curve into the bottom of each band
+# (s19g's walk: 61 GB of a 192 GB B200 drawn on a 240 GB band, a flat line at the bottom), so the axis then stops
+# above the fullest rank and the device is named in words instead (:func:`device_words`).
+DEVICE_IN_VIEW = 0.5
+
+
+def memory_axis(top: float, capacity: float | None, room: float) -> tuple[float, bool]:
+    """(the memory axis' top in bytes, whether the device's line is on it) for a chart whose fullest rank peaks at
+    ``top`` bytes: ``room`` x the larger of ``top`` and the device when the device is drawn, else ``room`` x ``top``."""
+    shown = bool(capacity) and top >= DEVICE_IN_VIEW * capacity
+    return room * (max(top, capacity) if shown else top), shown
+
+
+def device_words(top: float, capacity: float) -> str:
+    """What a memory chart says of a device it leaves off its axis: its size and the fullest rank's share of it."""
+    return (f"device memory {units.nbytes(capacity)}: off the scale (the fullest rank, {units.nbytes(top)}, "
+            f"uses {units.percent(top / capacity, 0)} of it)")
 
 def schedule_colour(name: str) -> str:
     """The fixed colour of a schedule in sweep charts."""
