@@ -181,8 +181,31 @@ Hops = float | tuple[float, float, frozenset]
 
 
 def _link_hops(b: Built, p2p: Hops) -> float | list[float]:
-    """``p2p`` as replay.replay takes it: one figure, or each link's (replay.link_hops)."""
-    return float(p2p) if isinstance(p2p, (int, float)) else replay.link_hops(b.transfers, *p2p)
+    """``p2p`` as replay.replay takes it: one figure, or each link's (replay.link_hops's list, its NVLink links read
+    once per build and rank pairs: a walk over every transfer, done for each of thousands of candidates before)."""
+    if isinstance(p2p, (int, float)):
+        return float(p2p)
+    nic, nvlink, pairs = p2p
+    hop = [nic] * len(b.transfers.receiver)
+    for link in _nvlink_links(b, pairs):
+        hop[link] = nvlink
+    return hop
+
+
+# id(Built.transfers) -> (that plan, {rank pairs: the links replay.link_hops times at NVLink}); built() keeps its
+# Builts (lru_cache), and the plan held here is checked to be the one asked about
+_NVLINK: dict[int, tuple[object, dict]] = {}
+
+
+def _nvlink_links(b: Built, pairs: frozenset) -> tuple[int, ...]:
+    """The links of ``b``'s transfer plan on which replay.link_hops puts ``nvlink`` (with 0 for the NIC, 1 for NVLink)."""
+    held = _NVLINK.get(id(b.transfers))
+    if held is None or held[0] is not b.transfers:
+        held = _NVLINK[id(b.transfers)] = (b.transfers, {})
+    if pairs not in held[1]:
+        hop = replay.link_hops(b.transfers, 0.0, 1.0, pairs)
+        held[1][pairs] = tuple(i for i, h in enumerate(hop) if h == 1.0)
+    return held[1][pairs]
 
 
 def _transfer_hops(b: Built, p2p: Hops) -> float | np.ndarray:
