@@ -105,9 +105,8 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
     trace = with_step(simulate(schedule, costs), inputs.step_costs)
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace, inputs)
     tp = throughput(scenario, inputs.derived)
-    # a block only when [step] adds work (a row, or a drain: time on a rank's compute with no row of its own,
-    # StepCosts.drain): otherwise metrics stay as they were
-    if len(trace.step) or (inputs.step_costs is not None and any(inputs.step_costs.drain)):
+    # a block only when [step] adds work (a row: a drain is one, StepKind.DRAIN): otherwise metrics stay as they were
+    if len(trace.step):
         metrics = replace(metrics, step=step_metrics(trace, inputs.step_costs, tp))
     step_time = metrics.step.total if metrics.step is not None else metrics.makespan
     metrics = replace(metrics, throughput=throughput_metrics(step_time, metrics.step is not None, metrics.ranks, tp))

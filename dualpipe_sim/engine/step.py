@@ -28,10 +28,12 @@ pipeline trace and adds what happens in between, as rows of the trace's
   every other sync of the rank have ended (Megatron's finalize_model_grads after finish_grad_sync: the
   tensor-parallel all-reduce of the sequence-parallel gradients, the tied embedding's all-reduce; NeMo's held
   bucket group on apex, its fp32 embedding all-reduce), on the same channel, stage by stage.
-* **drain** (``StepCosts.drain``): compute a rank runs after its pipeline work and before anything there that
-  waits for the pipeline's end (a sync not overlapped, the tail, the optimizer): the output layer's deferred wgrad
-  GEMMs (model/deferred_wgrad.py); overlapped syncs released earlier, pp-aligned launches past the rank's last
-  weight-gradient op included, run beside it.  No row: it is time on the rank's compute.
+* **drain** (``DRAIN``, ``StepCosts.drain``): compute a rank runs after its pipeline work and before anything
+  there that waits for the pipeline's end (a sync not overlapped, the tail, the optimizer): the output layer's
+  deferred wgrad GEMMs (model/deferred_wgrad.py), one row on the rank's compute channel from its pipeline's end.
+  Overlapped syncs released earlier, pp-aligned launches past the rank's last weight-gradient op included, run
+  beside it, unordered against it as Megatron-core runs them (docs/model.md, "The output layer's deferred weight
+  gradients"), and slow it as they slow the pipeline's compute (_stretch).
 * **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
   ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass
   lays the step out on each rank's times stretched by it (_stretch).
@@ -66,8 +68,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..step_costs import StepCosts
-from .trace import (CROSS_COPY, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow, Trace,
-                    pipeline_ends)
+from .trace import (CROSS_COPY, DRAIN, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow,
+                    Trace, pipeline_ends)
 
 
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
@@ -156,13 +158,17 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...]):
     A compute row of stage s that overlaps the rank's grad sync rows for d ms takes (slowdown[s] - 1) x d ms
     longer (the collective's CTAs hold SMs the compute kernels would use), and what follows on the rank moves
     by as much: t -> t + sum over those overlaps before t of (f - 1) x their length.  The overlaps are the
-    first pass's (the syncs as timed on the unslowed pipeline); docs/step.md, "Data-parallel collectives take SMs"."""
+    first pass's (the syncs as timed on the unslowed pipeline); docs/step.md, "Data-parallel collectives take SMs".
+    A first-pass DRAIN row is the rank's compute too (after its pipeline's rows), slowed by its stage's factor."""
     maps = []
     c = trace.compute
     syncs: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]  # per rank: its grad syncs
-    for kind, rank, _, _, start, end in rows:
+    drains: list[list[tuple[float, float, int]]] = [[] for _ in range(trace.ranks)]  # per rank: its drain rows
+    for kind, rank, _, stage, start, end in rows:
         if kind == GRAD_SYNC:
             syncs[rank].append((start, end))
+        elif kind == DRAIN:
+            drains[rank].append((start, end, stage))
     by_rank = np.argsort(c["rank"], kind="stable")  # each rank's rows, in the table's order
     bounds = np.searchsorted(c["rank"][by_rank], np.arange(trace.ranks + 1)).tolist()
     less = np.asarray(slowdown, dtype=float) - 1.0  # per stage: slowdown[s] - 1.0
@@ -176,6 +182,10 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...]):
         # order sync by sync, row by row
         near = (weight != 0.0) & (ends[mine] > busy[:, 0].min(initial=np.inf)) & (starts[mine] < busy[:, 1].max(initial=-np.inf))
         start, end, weight = starts[mine][near], ends[mine][near], weight[near]
+        if drains[r]:  # the drain after the pipeline's rows: compute like theirs
+            d = np.array(drains[r], dtype=float).reshape(-1, 3)
+            start, end = np.concatenate((start, d[:, 0])), np.concatenate((end, d[:, 1]))
+            weight = np.concatenate((weight, less[d[:, 2].astype(np.int64)]))
         lo, hi, w = [], [], []
         block = max(1, (1 << 20) // max(1, len(start)))
         for i in range(0, len(busy), block):
@@ -262,9 +272,20 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
             readies = [[[next(moved[r]) for _ in ts] for ts in per_copy] for r, per_copy in enumerate(readies)]
 
     # each rank's pipeline work and then its drain (the deferred wgrad GEMMs, after the loop's last launches of
-    # overlapped grad syncs: those go at ends.rank_end); a drain runs after the rank's last compute, so a stretched
-    # time past it moves by as much as rank_end does
-    drained = [e + d for e, d in zip(ends.rank_end, drains)]
+    # overlapped grad syncs: those go at ends.rank_end), a DRAIN row per stage copy with one on the rank's compute;
+    # stretched, its end is the map of its unstretched end (the map counts the first pass's drain row as compute
+    # beside the syncs that overlap it)
+    drained = list(ends.rank_end)
+    for r, stages in enumerate(trace.stages_on_rank):
+        if not drains[r]:
+            continue
+        at = raw.rank_end[r]
+        for s in stages:
+            if costs.drain[s] > 0:
+                at += costs.drain[s]
+                end = float(maps[r](np.array([at]))[0]) if maps is not None else at
+                rows.append((DRAIN, r, r, s, drained[r], end))
+                drained[r] = end
 
     def done(rank: int, stage: int, early: bool) -> float:
         # early: when this copy's gradients are complete; else when the rank's pipeline work is.

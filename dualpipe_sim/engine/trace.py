@@ -23,8 +23,9 @@ event: metrics, charts and exports are vectorised functions of these arrays.
 * ``step``: the end-of-step work after the pipeline (step.py), empty unless
   the scenario has [step] figures: one row per grad sync of a stage copy
   (``kind`` StepKind.GRAD_SYNC), per rank of a cross-copy sync (CROSS_COPY,
-  ``peer`` = the other copy's rank) and per optimizer step (OPTIMIZER,
-  ``stage`` -1).  ``makespan`` stays the pipeline's; ``end`` includes these.
+  ``peer`` = the other copy's rank), per optimizer step (OPTIMIZER,
+  ``stage`` -1) and per deferred output-layer wgrad drain (DRAIN, ``stage``
+  the head's).  ``makespan`` stays the pipeline's; ``end`` includes these.
 """
 
 from __future__ import annotations
@@ -78,23 +79,25 @@ class StepKind(IntEnum):
     GRAD_SYNC = 0  # on the rank's Channel.GRAD_SYNC
     CROSS_COPY = 1  # on Channel.CROSS_COPY, the pair's link (a row on each rank of the pair)
     OPTIMIZER = 2  # on the rank's Channel.COMPUTE, after its pipeline work
+    DRAIN = 3  # on the rank's Channel.COMPUTE: the output layer's deferred wgrad GEMMs after its pipeline work
 
     @property
     def channel(self) -> Channel:
-        return (Channel.GRAD_SYNC, Channel.CROSS_COPY, Channel.COMPUTE)[self]
+        return (Channel.GRAD_SYNC, Channel.CROSS_COPY, Channel.COMPUTE, Channel.COMPUTE)[self]
 
 
-GRAD_SYNC, CROSS_COPY, OPTIMIZER = StepKind
-STEP_KIND_NAMES = ("grad_sync", "cross_copy_sync", "optimizer")  # metrics.json / chart names, by code
+GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN = StepKind
+STEP_KIND_NAMES = ("grad_sync", "cross_copy_sync", "optimizer", "drain")  # metrics.json / chart names, by code
+ON_COMPUTE = (OPTIMIZER, DRAIN)  # the step kinds on the rank's compute (drawn in its compute lane); the rest are syncs
 
 
 class StepRow(NamedTuple):
     """End-of-step work on a rank after the pipeline (step.py): a sync or its optimizer step."""
 
-    kind: int  # StepKind: GRAD_SYNC, CROSS_COPY or OPTIMIZER
+    kind: int  # StepKind: GRAD_SYNC, CROSS_COPY, OPTIMIZER or DRAIN
     rank: int
     peer: int  # CROSS_COPY: the rank holding the stage's other copy; else the rank again
-    stage: int  # the stage copy synced; OPTIMIZER: -1 (all the rank holds)
+    stage: int  # the stage copy synced (DRAIN: the stage holding the output layer); OPTIMIZER: -1 (all the rank holds)
     start: float
     end: float
 

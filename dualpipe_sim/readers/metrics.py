@@ -28,6 +28,9 @@ Definitions (also in README.md):
 
 * ``busy`` of a rank: total length of its compute intervals; ``idle`` =
   makespan - busy (the rank's bubble, including the tail after its last op).
+  The deferred output-layer wgrad drain (a DRAIN step row, compute on the
+  rank after its pipeline work) counts as compute for the part of it inside
+  the makespan, in ``busy`` and in ``span``.
 * ``bubble_ratio`` = sum of idle / (ranks x makespan).
 * ``span`` of a rank: from the start of its first op to the end of its last;
   ``span_idle`` = span - busy (idle inside the rank's own span: the start-up
@@ -61,7 +64,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .step_metrics import StepMetrics
-from ..engine.trace import A2A, P2P, Trace
+from ..engine.trace import A2A, DRAIN, P2P, Trace
 
 if TYPE_CHECKING:  # a record the run hands over (simulation.run), not read off the trace
     from ..model.validation_band import Band
@@ -441,10 +444,17 @@ def compute_metrics(trace: Trace, analytic: dict | None = None) -> Metrics:
     per_rank = []
     compute, bounds = _split(trace.compute, trace.ranks)
     length, starts, ends = compute["end"] - compute["start"], compute["start"], compute["end"]
+    drain = trace.step[trace.step["kind"] == DRAIN] if len(trace.step) else trace.step
     for rank in range(trace.ranks):
         lo, hi = bounds[rank], bounds[rank + 1]
         busy = float(np.sum(length[lo:hi]))
         span = float(ends[lo:hi].max() - starts[lo:hi].min()) if hi > lo else 0.0
+        mine = drain[drain["rank"] == rank] if len(drain) else drain
+        if len(mine):  # its drain: compute after its pipeline rows, the part inside the makespan
+            inside = np.minimum(mine["end"], makespan) - mine["start"]
+            busy += float(np.sum(np.maximum(inside, 0.0)))
+            if hi > lo:
+                span = max(span, float(min(mine["end"].max(), makespan) - starts[lo:hi].min()))
         per_rank.append(
             RankMetrics(
                 rank=rank,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..step_costs import StepCosts, Throughput
-from ..engine.trace import CROSS_COPY, GRAD_SYNC, OPTIMIZER, Trace, pipeline_ends
+from ..engine.trace import CROSS_COPY, DRAIN, GRAD_SYNC, OPTIMIZER, Trace, pipeline_ends
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class RankStep:
     optimizer_start: float | None  # None when it has no optimizer time
     optimizer: float
     end: float  # when its step is over
+    # with model.defer_embedding_wgrad, on the rank holding the output layer: its drain's length (the DRAIN rows, the
+    # deferred wgrad GEMMs after its pipeline work, slowed beside a grad sync); left out of the JSON on other ranks
+    drain: float | None = field(default=None, metadata={"omit_if_none": True})
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class StepMetrics:
     # With a [model] (and [hardware] for mfu): see Throughput; left out of the JSON otherwise.
     tokens_per_second: float | None = field(default=None, metadata={"omit_if_none": True})
     mfu: float | None = field(default=None, metadata={"omit_if_none": True})
+    drain: float | None = field(default=None, metadata={"omit_if_none": True})  # max over ranks of RankStep.drain
 
 
 def _after(rows: np.ndarray, t: float) -> float:
@@ -61,17 +65,17 @@ def _after(rows: np.ndarray, t: float) -> float:
 
 def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None = None) -> StepMetrics:
     """The ``step`` block.  A sync is *exposed* on a rank for the part of it that
-    runs after the rank's pipeline work (and its drain, StepCosts.drain) has ended: the rank has nothing left to
+    runs after the rank's pipeline work (and its drain, the DRAIN rows) has ended: the rank has nothing left to
     do then but wait for it (before, it runs beside the rank's own work)."""
     ends = pipeline_ends(trace)
     step = trace.step
     per_rank = []
-    drains = costs.drains(trace.stages_on_rank)  # compute after the pipeline work that no row shows (StepCosts.drain)
     for r in range(trace.ranks):
         mine = step[step["rank"] == r]
-        sync, cross, opt = (mine[mine["kind"] == k] for k in (GRAD_SYNC, CROSS_COPY, OPTIMIZER))
+        sync, cross, opt, drain = (mine[mine["kind"] == k] for k in (GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN))
         pend = ends.rank_end[r]
-        busy = pend + drains[r]  # its compute's end: a sync beside the drain runs beside the rank's own work
+        # its compute's end: a sync beside the drain runs beside the rank's own work
+        busy = max(pend, float(drain["end"].max())) if len(drain) else pend
         per_rank.append(
             RankStep(
                 rank=r,
@@ -83,6 +87,7 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
                 optimizer_start=float(opt["start"][0]) if len(opt) else None,
                 optimizer=float(np.sum(opt["end"] - opt["start"])),
                 end=max(busy, float(mine["end"].max()) if len(mine) else 0.0),
+                drain=float(np.sum(drain["end"] - drain["start"])) if len(drain) else None,
             )
         )
 
@@ -106,4 +111,5 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
         per_rank=per_rank,
         tokens_per_second=tps,
         mfu=mfu,
+        drain=max((p.drain for p in per_rank if p.drain is not None), default=None),
     )

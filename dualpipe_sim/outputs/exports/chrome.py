@@ -188,7 +188,7 @@ def chrome_trace(trace: Trace) -> dict:
 
 def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
     """Thread names and slices of the end-of-step rows (none without [step] work)."""
-    from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES
+    from ...engine.trace import DRAIN, OPTIMIZER, STEP_KIND_NAMES
 
     step = trace.step
     meta, slices = [], []
@@ -203,6 +203,8 @@ def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
         kind, stage = int(row["kind"]), int(row["stage"])
         if kind == OPTIMIZER:
             name, tid, args = "optimizer", THREADS["compute"][0], {}
+        elif kind == DRAIN:  # on the compute thread: the output layer's deferred wgrad GEMMs
+            name, tid, args = f"drain stage {stage}", THREADS["compute"][0], {"stage": stage}
         else:
             name, tid = f"{THREADS[STEP_KIND_NAMES[kind]][1]} stage {stage}", THREADS[STEP_KIND_NAMES[kind]][0]
             args = {"stage": stage} | ({"with_rank": int(row["peer"])} if row["peer"] != row["rank"] else {})

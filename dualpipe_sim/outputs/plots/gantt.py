@@ -278,21 +278,22 @@ def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None
 
 
 def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> None:
-    """End-of-step rows: syncs in the communication lane, the optimizer in the compute lane."""
-    from ...engine.trace import GRAD_SYNC, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only runs with [step] work)
+    """End-of-step rows: syncs in the communication lane, the optimizer and the drain in the compute lane."""
+    from ...engine.trace import GRAD_SYNC, ON_COMPUTE, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
     for kind, name in enumerate(STEP_KIND_NAMES):
         rows = step[step["kind"] == kind]
         if len(rows) == 0:
             continue
         y = -rows["rank"] * ROW_H
-        if kind == OPTIMIZER:
+        if kind in ON_COMPUTE:
             ax.add_collection(boxes(rows["start"], rows["end"], y, LANE_H, facecolors=STEP_COLOURS[name],
                                      edgecolors="#333333", linewidths=0.4), autolim=False)  # fmt: skip
             fits = (rows["end"] - rows["start"]) * pts_per_time >= 18
             if fits.any() and LANE_H * pts_per_y >= 8:
                 mid = (rows["start"][fits] + rows["end"][fits]) / 2
-                draw_texts(ax, mid, y[fits] + LANE_H / 2, ["opt"] * int(fits.sum()), [7.0] * int(fits.sum()),
+                word = "opt" if kind == OPTIMIZER else "drain"
+                draw_texts(ax, mid, y[fits] + LANE_H / 2, [word] * int(fits.sum()), [7.0] * int(fits.sum()),
                            [[1.0, 1.0, 1.0, 1.0]])  # fmt: skip
         else:  # the two syncs run on separate channels and may overlap: half the lane each
             y0 = y - COMM_H + (COMM_H * 0.45 if kind == GRAD_SYNC else 0.0)

@@ -217,11 +217,14 @@ def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | N
     optimizer = np.zeros((ranks, bins))
     step = trace.step
     if len(step):
-        from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import DRAIN, ON_COMPUTE, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         shares = _shares(step, ranks, step["kind"].astype(np.int64), len(STEP_KIND_NAMES), edges)
-        syncs = [k for k in range(len(STEP_KIND_NAMES)) if k != OPTIMIZER]
+        syncs = [k for k in range(len(STEP_KIND_NAMES)) if k not in ON_COMPUTE]
         optimizer = shares[:, OPTIMIZER]
+        # the drain is compute: the deferred wgrad GEMMs, backward work (the mix's first hue, its backward half)
+        compute[:, 0, 1] += shares[:, DRAIN]
+        busy = busy + shares[:, DRAIN]
         links = np.concatenate([links, shares[:, syncs]], axis=1)
         names += [STEP_KIND_NAMES[k] for k in syncs]
     window = BIN_ACTIONS * typical_action(trace) if window is None else window

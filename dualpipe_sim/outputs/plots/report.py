@@ -154,7 +154,7 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: 
         })  # fmt: skip
     step = _window_rows(trace.step, windows)
     if len(step):
-        from ...engine.trace import OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import ON_COMPUTE, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         for kind, name in enumerate(STEP_KIND_NAMES):
             rows = step[step["kind"] == kind]
@@ -162,11 +162,11 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: 
                 continue
             text = [f"{label}<br>{STEP_LABELS[name]} rank {int(r['rank'])}<br>start {units.duration(float(r['start']))}, "
                     f"end {units.duration(float(r['end']))}" for r in rows]  # fmt: skip
-            lane = 0.0 if kind == OPTIMIZER else 0.36
+            lane = 0.0 if kind in ON_COMPUTE else 0.36
             traces.append({
                 "type": "bar", "orientation": "h", "name": STEP_LABELS[name], "legendgroup": name, "base": rows["start"].tolist(), "x": (rows["end"] - rows["start"]).tolist(),
-                "y": (offset + rows["rank"] + lane - (0.08 if kind == OPTIMIZER else 0)).tolist(),
-                "width": 0.66 if kind == OPTIMIZER else 0.12,
+                "y": (offset + rows["rank"] + lane - (0.08 if kind in ON_COMPUTE else 0)).tolist(),
+                "width": 0.66 if kind in ON_COMPUTE else 0.12,
                 "marker": {"color": STEP_COLOURS[name], "line": {"width": 0}},
                 "hovertext": text, "hoverinfo": "text", "meta": "step",
             })  # fmt: skip
