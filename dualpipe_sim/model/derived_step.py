@@ -134,7 +134,7 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
             tail = grad_sync.sync_ms(st, key, *grad_sync.last_unit_grads(st, where))
             if copies is not None and stage.forward is not None:
                 full = grad_sync.sync_ms(st, key, dense, routed)
-                tail = max(tail, grad_sync.zero2_backlog(scenario, st, stage, copies[s], full))
+                tail = grad_sync.zero2_backlog(scenario, st, stage, copies[s], full, tail)
             out.append(tail + tied.get(s, 0.0))
             continue
         group = grad_sync.one_group(scenario, st, s)
