@@ -142,9 +142,9 @@ def start_slowdown_ms(scenario, derived, slowdown: float, memo: dict | None = No
     if step is None or st.sharding.zero not in (1, 2) or not step.param_gather_overlapped() \
             or step.param_gather == "apex" or scenario._megatron_interleaved():
         return None
-    first = nemo_optimizer.apex_stage(scenario, st, st.stages[0], derived.stages[0])
+    held = nemo_optimizer.apex_stage(scenario, st, st.stages[0], derived.stages[0])  # what step_start_ms gathers
     bucket = step_memo.per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived))[0]
-    gathers, computes, _ = _prefetch_chain(scenario, st, st.stages[0], first, bucket)
+    gathers, computes, _ = _prefetch_chain(scenario, st, st.stages[0], held, bucket)
     return chained_slowdown_ms(gathers, computes, slowdown)
 
 
