@@ -329,7 +329,9 @@ def test_llama3_70b_throughput_and_derived_sync():
     # 309-314, 356-361): 7 x 2 x 8192 more in a count a rank holds 1/8 of, 855,769,088.  Simple wins at these sizes (LL128's 30% less bandwidth costs more than its latency saves).
     # Stage 0 (the embedding and its layers) is the exception: its whole-gradient reduce-scatter (ZeRO 1's
     # figure, R) outlasts a micro-batch's F + B (B holds W), so ZeRO 2's 16 per-micro-batch reduce-scatters leave
-    # the channel a backlog of 16 x (R - (F + B)) at the step's end (model/grad_sync.py zero2_backlog), longer than the last unit's.
+    # the channel a backlog: the first 15 hide at best under 15 x (F + B), the last backward's under that backward
+    # alone (its forward ran before any of its gradients existed), so the step's end (the sync not overlapped) waits
+    # 15 x (R - (F + B)) + R - B (model/grad_sync.py zero2_backlog), longer than the last unit's.
     whole = scenario.load(ROOT / "scenarios" / "llama3-70b.toml",
                           ["step.grad_sync=derived", "step.optimizer=1", "parallel.zero=1"]).step_costs().grad_sync
     stages = sc.derived().stages
@@ -341,10 +343,12 @@ def test_llama3_70b_throughput_and_derived_sync():
         compute = stages[s_].forward + stages[s_].backward
         if s_ == 0:
             assert whole[0] > compute
-            assert got == pytest.approx(16 * (whole[0] - compute)) and got > simple * 1e3
+            assert got == pytest.approx(15 * (whole[0] - compute) + whole[0] - stages[0].backward)
+            assert got > simple * 1e3
         else:
-            assert whole[s_] <= compute
-            assert got == pytest.approx(simple * 1e3)
+            assert whole[s_] <= compute  # nothing carried to the last backward: its R less that backward, or
+            # the last unit's (the stage's first layer) when that is longer
+            assert got == pytest.approx(max(simple * 1e3, whole[s_] - stages[s_].backward))
     tokens = 16 * 8192 * 1 * 64
     assert s.tokens_per_second == pytest.approx(tokens / (s.total / 1e3))
     per_token = flops.per_token(st.cfg, 8192).training

@@ -60,7 +60,8 @@ def _alone(sc, derived) -> StepCosts:
     slow = comm_slowdown.dp_comm_slowdown(sc, st.dp_comm_sms, derived) if st.dp_comm_sms else ()
     return StepCosts(figures["grad_sync"], figures.get("cross_copy_sync", (0.0,) * sc.pipeline.stages),
                      figures["optimizer"], st.overlap_grad_sync, st.cross_copy_eager, ddp_buckets.per_stage(sc, derived),
-                     sc.grad_sync_launch(), st.grad_sync_shares_p2p, slow, tail)  # fmt: skip
+                     sc.grad_sync_launch(), st.grad_sync_shares_p2p, slow, tail,
+                     grad_sync_shares=grad_sync.grad_sync_shares_zero2(sc, derived, figures["grad_sync"]))  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

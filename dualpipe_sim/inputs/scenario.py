@@ -384,7 +384,7 @@ class Scenario(_Section):
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
         from ..model.derived_step import derived_sync
-        from ..model.grad_sync import grad_sync_shares, grad_sync_tail
+        from ..model.grad_sync import grad_sync_shares, grad_sync_shares_zero2, grad_sync_tail
         from ..model.step_memo import per_call
 
         figures = {}
@@ -401,6 +401,8 @@ class Scenario(_Section):
             try:
                 tail = grad_sync_tail(self, derived, memo)
                 shares = grad_sync_shares(self, derived, memo)  # Megatron-core's bucket groups, when unequal
+                # or ZeRO 2's units, released through the last backward
+                shares = shares or grad_sync_shares_zero2(self, derived, figures.get("grad_sync"))
             except ModelError as exc:
                 raise ScenarioError(f"step.grad_sync: {exc}") from None
             tail = tail if any(tail) else ()

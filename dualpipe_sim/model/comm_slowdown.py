@@ -19,7 +19,14 @@ def fewer_sms(rates, sms: int):
 def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
     """Per stage, how much longer its compute (forward + backward, ms) runs while a data-parallel
     collective holds ``sms`` of the GPU's SMs: the stage derived again on fewer_sms' rates, over the
-    stage as derived.  () when the compute is not timed from a preset's kernel rates."""
+    stage as derived (its forward + backward, which FSDP's exposed collectives are part of).  () when the compute is
+    not timed from a preset's kernel rates.
+
+    The engine stretches a whole row overlapping the collective (engine/step.py _stretch) and a row's length holds
+    FSDP's exposed waits, which NCCL's SMs do not slow (the wait is on the collective, not on a kernel), so the factor
+    is the kernels' extra time over the row: 1 + (slowed - compute) / (forward + backward).  Taken over the compute
+    alone, a stage whose waits recomputation fills (ZeRO 3: the recomputed forward hides under the re-gathers) came
+    out with a smaller factor on the same row, and the step ended earlier with more compute (s19l's fuzz)."""
     derived = scenario.derived() if derived is None else derived
     st = derived.setup
     if st.rates is None:
@@ -27,8 +34,9 @@ def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
     out = []
     for fig, less in zip(derived.stages, _slowed_compute(st, sms)):
         # the stage as derived: the same sum (_stage_compute), plus FSDP's exposed collectives, which are not compute
-        base = fig.forward + fig.backward - (sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0)
-        out.append(less / base if base > 0 else 1.0)
+        row = fig.forward + fig.backward
+        base = row - (sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0)
+        out.append(1.0 + (less - base) / row if base > 0 else 1.0)
     return tuple(out)
 
 

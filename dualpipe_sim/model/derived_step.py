@@ -122,7 +122,8 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
                 whole = param_gather.param_gather_ms(st, stage, fp8_elements)
                 forward = scenario.pipeline.microbatches / held[s] * (stage.forward or 0.0)
                 waited = param_gather.waited_before_forward(step, s, start)
-                ms += param_gather.forward_under_gather_ms(whole, waited, forward, slow[s])
+                chain = param_gather.start_slowdown_ms(scenario, derived, slow[s], memo) if s == 0 else None
+                ms += param_gather.forward_under_gather_ms(whole, waited, forward, slow[s]) if chain is None else chain
             out.append(ms)
             continue
         if deepspeed:  # the fp32 gradient cast to bf16, all-reduced (not reduce-scattered), cast back
@@ -134,7 +135,7 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
             tail = grad_sync.sync_ms(st, key, *grad_sync.last_unit_grads(st, where))
             if copies is not None and stage.forward is not None:
                 full = grad_sync.sync_ms(st, key, dense, routed)
-                tail = max(tail, grad_sync.zero2_backlog(scenario, st, stage, copies[s], full))
+                tail = grad_sync.zero2_backlog(scenario, st, stage, copies[s], full, tail)
             out.append(tail + tied.get(s, 0.0))
             continue
         group = grad_sync.one_group(scenario, st, s)

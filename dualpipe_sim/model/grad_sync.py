@@ -69,18 +69,65 @@ def last_unit_grads(st, where) -> tuple[float, float]:
     return dense / sh.tensor * sh.grads_bytes, routed / sh.routed_ranks * sh.grads_bytes
 
 
-def zero2_backlog(scenario, st, stage, copies: int, full_ms: float) -> float:
-    """ZeRO 2's end-of-step wait bounded by its data-parallel channel's load (ms).
+def zero2_backlog(scenario, st, stage, copies: int, full_ms: float, tail_ms: float) -> float:
+    """ZeRO 2's end-of-step grad sync figure of a stage copy (ms), from its data-parallel channel's load.
 
-    ZeRO 2 reduce-scatters a stage copy's whole gradient after every backward it runs (M / copies
-    of them per step), where ZeRO 1 does it once.  They run on the data-parallel channel beside the
-    rank's compute, so at best they hide under all of that copy's compute (F + B per micro-batch: B holds W);
-    what the channel still has to carry when the pipeline ends is waited for.  A lower bound: the
-    pipeline's P2P and the expert all-to-all on the same NIC are not counted.
+    ZeRO 2 (Megatron-FSDP's ``optim_grads``) reduce-scatters each FSDP unit's gradient right after the unit's
+    backward in every micro-batch (``grad_reduce_every_bprop``, megatron_fsdp.py @ d98e8a6 lines 757-783, the
+    overlap forced on, lines 331-337), on one reduce-scatter stream that waits for the compute stream
+    (param_and_grad_buffer.py @ d98e8a6 lines 4037-4045): one FIFO channel fed as each backward yields its
+    gradients.  A copy runs n = M / copies backwards and the channel carries ``full_ms`` (the stage's whole
+    gradient, ZeRO 1's figure) after each.  Before the last backward starts, the first n - 1 loads had at best the
+    copy's compute after the first backward began to run under, (n - 1) x (F + B) (B holds W; 1F1B's forwards
+    between the backwards at most n - 1): ``carry`` = max(0, (n - 1) x (full - (F + B))) is still queued.
+    * overlapped (step.overlap_grad_sync): the figure is the channel's work from the last backward's start,
+      carry + full, released through that backward (grad_sync_shares_zero2: its units one after another, the
+      last unit's reduce-scatter, ``tail_ms``, at its end);
+    * not overlapped (released when the pipeline ends): what the last backward could not hide, carry + full - B,
+      at least the last unit's reduce-scatter.
+    More compute never shortens the step: the last backward starts later by at least what carry loses
+    ((n - 1) x (F + B) grows as fast), and its releases only move later.  The recomputed forward sits in B and is
+    counted as hiding: a lower bound, as are the pipeline's P2P and the expert all-to-all on the same NIC, not
+    counted against the channel.
     """
     backwards = scenario.pipeline.microbatches / copies
-    compute = (stage.forward or 0.0) + (stage.backward or 0.0)  # B already holds W (I = B - W)
-    return max(0.0, backwards * (full_ms - compute))
+    forward, backward = stage.forward or 0.0, stage.backward or 0.0  # B already holds W (I = B - W)
+    carry = max(0.0, (backwards - 1) * (full_ms - (forward + backward)))
+    if scenario.step.overlap_grad_sync:
+        return max(tail_ms, carry + full_ms)
+    return max(tail_ms, carry + full_ms - backward)
+
+
+def zero2_units(where) -> int:
+    """How many FSDP units a ZeRO 2 stage copy reduce-scatters in its backward (model/fsdp.py's units: a layer, an
+    MTP module, the embedding, the head)."""
+    return len(where.layers) + where.mtp + int(where.embedding) + int(where.head)
+
+
+def grad_sync_shares_zero2(scenario, derived, figures) -> tuple[tuple[float, ...], ...]:
+    """Per stage, ZeRO 2's overlapped grad sync (``figures``: the derived grad_sync per stage, zero2_backlog's) as
+    shares in release order (StepCosts.grad_sync_shares), or () when not ZeRO 2, not overlapped or not derived: its
+    units' reduce-scatters released one after another through the last backward (the engine releases share k of
+    n k/n of the way through it), the stage's first unit, ``last_unit_grads``, last, at the backward's end, and the
+    rest (the carry and the other units) in equal shares before it (the units' sizes apart from the last are not
+    told apart)."""
+    step = scenario.step
+    if step is None or not step.overlap_grad_sync or step.grad_sync != "derived" or not figures \
+            or scenario.parallel is None or scenario.parallel.zero != 2:
+        return ()
+    st = (scenario.derived() if derived is None else derived).setup
+    if st.sharding.zero != 2:
+        return ()
+    out = []
+    for where, total in zip(st.stages, figures):
+        units = zero2_units(where)
+        tail = sync_ms(st, "grad_sync", *last_unit_grads(st, where))
+        if units <= 1 or total <= tail or total <= 0:
+            out.append(())
+            continue
+        rest = (total - tail) / (units - 1) / total
+        out.append((rest,) * (units - 1) + (tail / total,))
+    return tuple(out) if any(out) else ()
 
 
 def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:

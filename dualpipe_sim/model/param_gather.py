@@ -106,6 +106,13 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     ``step.grad_sync_buckets`` as equal buckets, or "derived" by Megatron's fill rule; each an NCCL ring
     per bucket on the data-parallel link; the stage's forward spread over its parameters in forward order.
     The routed experts' own buffer is waited for whole, as start_gather_ms does."""
+    gathers, computes, routed_ms = _prefetch_chain(scenario, st, where, stage, buckets)
+    return chained_wait_ms(gathers, computes) + routed_ms
+
+
+def _prefetch_chain(scenario, st, where, stage, buckets: int) -> tuple[list[float], list[float], float]:
+    """prefetch_gather_ms's chain: each bucket group's all-gather (ms, forward order), the forward's compute between
+    two groups' waits (ms), and the routed experts' buffer's all-gather, waited for whole (ms)."""
     sh = st.sharding
     tensors, groups = grad_sync.bucket_groups(scenario, st, where, stage, buckets)
     gathers = [gather_ms(st, w * sh.params_bytes + n, b, group=True) for _, w, n, b in groups]
@@ -113,7 +120,32 @@ def prefetch_gather_ms(scenario, st, where, stage, buckets: int) -> float:
     computes = [(b[0] - a[0]) * per_element for a, b in zip(groups, groups[1:])]
     routed_linear = fp8_step_casts.fp8_param_elements(st, where)[1] if scenario.model.fp8_params else 0.0
     routed = stage.routed_params / sh.routed_ranks * sh.params_bytes - routed_linear * (sh.params_bytes - 1.0)
-    return chained_wait_ms(gathers, computes) + grad_sync.sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+    return gathers, computes, grad_sync.sync_ms(st, "grad_sync", 0.0, routed, op="all_gather")
+
+
+def chained_slowdown_ms(gathers: list[float], computes: list[float], slowdown: float) -> float:
+    """What the SMs the chained all-gathers hold add to chained_wait_ms's chain (ms).  Between two waits the
+    forward's compute c runs beside the next group's gather g, ``slowdown`` (f) times slower while that gather runs
+    and at full speed after it, so the interval lasts g + max(0, c - g / f) where chained_wait_ms counted
+    max(g, c): max(0, c - g / f) - max(0, c - g) more.  Nothing when the gather outlasts the slowed compute (the
+    compute hides under it: the wait already holds the interval), (1 - 1 / f) x g when the compute outlasts the
+    gather; never more than (f - 1) x min(g, c), the rule of forward_under_gather_ms, which charged it on top of
+    the wait."""
+    return sum(max(0.0, c - g / slowdown) - max(0.0, c - g) for g, c in zip(gathers[1:], computes))
+
+
+def start_slowdown_ms(scenario, derived, slowdown: float, memo: dict | None = None) -> float | None:
+    """Stage 0's forward slowed beside its overlapped all-gather where step_start_ms waits for Megatron-core's
+    chain outside its interleaved schedule (ms, chained_slowdown_ms over prefetch_gather_ms's chain: the forward
+    after the last group's wait runs beside no gather); None on the other paths (forward_under_gather_ms's rule)."""
+    st, step = derived.setup, scenario.step
+    if step is None or st.sharding.zero not in (1, 2) or not step.param_gather_overlapped() \
+            or step.param_gather == "apex" or scenario._megatron_interleaved():
+        return None
+    held = nemo_optimizer.apex_stage(scenario, st, st.stages[0], derived.stages[0])  # what step_start_ms gathers
+    bucket = step_memo.per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived))[0]
+    gathers, computes, _ = _prefetch_chain(scenario, st, st.stages[0], held, bucket)
+    return chained_slowdown_ms(gathers, computes, slowdown)
 
 
 def step_start_ms(scenario, derived, memo: dict | None = None) -> float:

@@ -347,8 +347,9 @@ def _optimizer(scenario, derived) -> list[Item]:
         held = derived_step.stage_copies(scenario)  # the copy's forwards in a step: M / copies of them
         forwards = [scenario.pipeline.microbatches / held[s] * (f.forward or 0.0) for s, f in enumerate(derived.stages)]
         waited = [param_gather.waited_before_forward(step, s, start) for s in range(n)]
+        chain = param_gather.start_slowdown_ms(scenario, derived, slow[0])  # stage 0 on Megatron-core's chain
         beside = tuple(param_gather.forward_under_gather_ms(whole[s], waited[s], forwards[s], slow[s])
-                       for s in range(n))  # fmt: skip
+                       if s or chain is None else chain for s in range(n))  # fmt: skip
         out.append(Item("forward slowed beside the overlapped all-gather", "optimizer", (0.0,) * n, beside,
                         "the rank", "-", f"SMs ({step.dp_comm_sms} taken)",
                         "(slowdown - 1) x the forward the gather runs beside (step.dp_comm_sms)"))  # fmt: skip

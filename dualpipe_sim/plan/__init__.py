@@ -264,8 +264,8 @@ def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape
 
 def _zero2_no_heavier(cache: FigureCache, cand) -> bool:
     """ZeRO 2 runs the same actions as ZeRO 1 (model/derive.py costs collectives inside actions
-    only for ZeRO 3), its end-of-step gradient sync is one unit's reduce-scatter instead of the
-    stage's where the per-micro-batch ones fit under the compute (model/grad_sync.py zero2_backlog; the caller
+    only for ZeRO 3), its end-of-step gradient sync is the stage's reduce-scatter unit by unit, the last unit's at
+    the backward's end, where the per-micro-batch ones fit under the compute (model/grad_sync.py zero2_backlog; the caller
     checks that: FigureCache.reduce_scatters_fit) and the optimizer step is the same: never slower.  It is no
     heavier when on every rank its sharded gradients and unsharded buffers take no more than ZeRO
     1's whole gradients (activations, P2P buffers and the runtime allowance are the same)."""

@@ -203,7 +203,8 @@ class FigureCache:
     def reduce_scatters_fit(self, cand: Candidate) -> bool:
         """Whether every stage's whole-gradient reduce-scatter (ZeRO 1's end-of-step sync) is no
         longer than its F + B per micro-batch (B holds W): then ZeRO 2's per-micro-batch reduce-scatters
-        leave nothing beyond their last unit's for the end of the step (model/grad_sync.py zero2_backlog)."""
+        carry nothing into the last backward, whose own are ZeRO 1's one sync's bytes released unit by unit through
+        it, so they end no later than ZeRO 1's (model/grad_sync.py zero2_backlog)."""
         key = _layout(cand)
         if key not in self._fits:
             derived = self._derived_for(cand)
