@@ -8,11 +8,13 @@ figure ``plan`` reports comes from a full simulation.
   allowance; first from the stages' parameter counts alone (a lower bound: no
   FP8 weight copies), then as derived (with them and ZeRO's buffers);
 * memory floor: the fullest rank's static bytes plus one micro-batch's
-  activations of the largest stage it holds.  Every schedule holds at least
-  that, so a floor above the device proves the candidate cannot fit;
+  activations of the largest stage it holds, or on the rank holding the output layer
+  with model.defer_embedding_wgrad its deferred micro-batches' buffers if more
+  (deferred_held).  Every schedule holds at least that, so a floor above the device
+  proves the candidate cannot fit;
 * memory estimate: the static bytes plus the closed form's peak number of live
-  activations (registry.analytic) of the rank's smallest stage, or the floor where there is no
-  formula;
+  activations (registry.analytic) of the rank's smallest stage (or the deferred
+  buffers on their rank if more), or the floor where there is no formula;
 * step time: the candidate's schedule replayed by the engine's replay core on
   its per-stage F, B, W and F&B (and, with model.defer_embedding_wgrad, the last stage's lighter
   backwards of the deferred micro-batches, as the run's CostModel.deferred) and its P2P time,
@@ -31,6 +33,7 @@ from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection
 from ..model.derived_step import derived_sync
+from ..model.deferred_wgrad import held_bytes
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
 from .space import Candidate
@@ -352,13 +355,28 @@ def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     runtime = cache.runtime(cand)
     statics = [sum(fig.static[s] for s in {s for _, s in on_rank}) + max(fig.buffers[s] for _, s in on_rank) + runtime
                for on_rank in held]  # fmt: skip
-    floor = max(st + max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held))
+    kept = deferred_held(cache, cand, fig)
+    # model.defer_embedding_wgrad's buffers on the rank holding the output layer: all of them are held together after
+    # its last deferring backward, until the drain (model/buffers.py), with no activation certain beside them (GPipe's
+    # backwards may have freed every one), so a rank holds the larger of them and its activations at least
+    wgrad = [kept[1] if kept and any(s == kept[0] for _, s in on_rank) else 0.0 for on_rank in held]
+    floor = max(st + max(max(fig.activation[s] for _, s in on_rank), w) for st, on_rank, w in zip(statics, held, wgrad))
     peak = closed.get("peak_activation")
-    # Optimistic on purpose (the smallest stage's activations on each rank): it decides what is
-    # simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
-    memory = max(st + peak * min(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
-        if peak else floor
+    # Optimistic on purpose (the smallest stage's activations on each rank, or the deferred buffers if more): it
+    # decides what is simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
+    memory = max(st + max(peak * min(fig.activation[s] for _, s in on_rank), w)
+                 for st, on_rank, w in zip(statics, held, wgrad)) if peak else floor  # fmt: skip
     return Estimate(None, floor, max(memory, floor), compute_floor(fig.costs, cand.microbatches, cand.pipeline))
+
+
+def deferred_held(cache: FigureCache, cand: Candidate, fig: StageFigures) -> tuple[int, float] | None:
+    """model.defer_embedding_wgrad's buffers (None without it): the model stage holding the output layer and the bytes
+    its deferred micro-batches hold together until the drain, count x model/deferred_wgrad.py's held_bytes (the count:
+    the key, capped at the micro-batches, as CostModel.deferred gives it)."""
+    if fig.costs is None or fig.costs.deferred is None:
+        return None
+    stage, count = fig.costs.deferred[:2]
+    return stage, count * held_bytes(cache._derived_for(cand).setup)
 
 
 def compute_floor(costs: StageCosts, microbatches: int, ranks: int) -> float:
