@@ -170,12 +170,18 @@ def test_held_bytes_by_hand(big_vocab):
     assert deferred_held(plain, TWO, plain.figures(TWO)) is None
 
 
-def test_floor_and_estimate_count_the_held_buffers(big_vocab):
-    plain = FigureCache(big_vocab)
-    deferred = FigureCache(apply_overrides(big_vocab, ["model.defer_embedding_wgrad=8"]))
+@pytest.mark.parametrize("layout", [[], ["parallel.layout=[7, 1]"]], ids=["even", "7-1"])
+def test_floor_and_estimate_count_the_held_buffers(big_vocab, layout):
+    # [7, 1]: rank 0 (the embedding and 7 layers) holds more static bytes than rank 1 (1 layer and the output layer),
+    # so buffers counted on the wrong rank would show
+    base = apply_overrides(big_vocab, layout)
+    plain = FigureCache(base)
+    deferred = FigureCache(apply_overrides(base, ["model.defer_embedding_wgrad=8"]))
     before, after = memory_estimate(plain, TWO), memory_estimate(deferred, TWO)
-    act = plain.figures(TWO).activation
+    act, static = plain.figures(TWO).activation, plain.figures(TWO).static
     assert act[1] > act[0]  # the last stage (its logits) is the fuller rank, and the floor's before
+    if layout:
+        assert static[0] > static[1]
     # the last rank: static + its micro-batch's activations before; static + the 8 buffers after, which are more
     held = 8 * 263_192_576
     assert held > act[1]

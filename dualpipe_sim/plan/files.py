@@ -233,9 +233,9 @@ def search_noop(plan) -> str | None:
     say it (a pin beside the option is refused before, so it is not one of these)."""
     from .request import model_config, whole_experts
 
-    if not plan.search_expert_tensor:
+    if plan.search_expert_tensor is not True:  # (plan() took a bool only)
         return None
-    if not plan.experts:
+    if plan.experts == 0:
         return "the model has no experts, so the search-expert-tensor option changes nothing (no layout has an ETP)"
     whole = whole_experts(plan.base, model_config(plan.base))
     return f"the search-expert-tensor option changes nothing: every layout keeps ETP 1 ({whole})" if whole else None
