@@ -203,3 +203,44 @@ def test_floor_is_below_the_run_with_deferred_buffers(big_vocab, schedule, stage
     assert est.memory_floor <= run.metrics.scalars()["memory.total"]
     plain = memory_estimate(FigureCache(big_vocab), cand)
     assert est.memory_floor > plain.memory_floor  # the buffers moved it
+
+
+# -- 4. the compute floor with the fill and drain no schedule avoids ------------------------------------------------
+def test_compute_floor_fill_and_drain_by_hand():
+    from dualpipe_sim.plan.estimate import compute_floor
+    from dualpipe_sim.plan.step_estimate import StageCosts, built, replayed
+
+    # test_plan_etp.py's 2-stage 1F1B, F = (1, 2), B = (2, 4), 3 micro-batches: 27 ms of compute on 2 ranks; rank 1
+    # waits for stage 0's first forward (1) and, its backwards whole, stage 0's last backward runs after its last (2):
+    # (27 + 1 + 2) / 2 = 15, the replay's 21 above it
+    dense = StageCosts((1.0, 2.0), (2.0, 4.0), (0.0, 0.0))
+    one_each = (((0, 0),), ((0, 1),))
+    assert compute_floor(dense, 3, 2, one_each, whole_backwards=True) == 15.0
+    assert compute_floor(dense, 3, 2, one_each, whole_backwards=False) == 14.0  # a W may end a rank: no drain
+    assert 15.0 <= replayed(built("1f1b", 2, 3, None), dense, 0.0, False).makespan
+    # one micro-batch through 4 equal stages (F 1, B 2): work 12, fill 0 + 1 + 2 + 3, drain 0 + 2 + 4 + 6: 30 / 4
+    four = StageCosts((1.0,) * 4, (2.0,) * 4, (0.0,) * 4)
+    assert compute_floor(four, 1, 4, tuple(((0, s),) for s in range(4)), whole_backwards=True) == 7.5
+    # a V placement (rank 0 holds stages 0 and 3, rank 1 stages 1 and 2): each rank's least stage counts, 0 and 1
+    assert compute_floor(four, 1, 2, (((0, 0), (0, 3)), ((0, 1), (0, 2))), whole_backwards=True) == (12 + 1 + 2) / 2
+
+
+SCHEDULES = [("1f1b", 2, None), ("gpipe", 2, None), ("zb-h1", 2, None), ("1f1b-overlap", 2, None),
+             ("chimera", 2, None), ("dualpipe", 2, None), ("dualpipev", 4, None), ("interleaved-1f1b", 4, 2),
+             ("zbv", 4, None), ("zb-h2", 2, None), ("interleaved-1f1b-overlap", 4, 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", [TINY_DENSE, TINY_MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("schedule,stages,virtual", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+def test_compute_floor_below_every_simulated_pipeline(tmp_path, model, schedule, stages, virtual):
+    # the floor, with its fill and drain, under the run's pipeline (and so its step) on every family, a 2-rank
+    # pipeline with uneven stages (the embedding and head on the ends), 4 micro-batches; MoE with expert parallelism 2
+    config = tmp_path / "m.json"
+    config.write_text(json.dumps({**model, "num_hidden_layers": 8}))
+    base = base_scenario(config, "H100", 2048, [])
+    moe = "num_local_experts" in model
+    cand = Candidate(tensor=1, context=1, pipeline=2, data=2, expert=2 if moe else 1, micro_batch_size=1,
+                     microbatches=4, schedule=schedule, stages=stages, virtual=virtual, recompute="none", zero=1)
+    est = memory_estimate(FigureCache(base), cand)
+    got = simulation.run(sections_only(apply_overrides(base, cand.overrides()))).metrics
+    assert 0 < est.compute_floor <= got.makespan <= got.scalars()["step.total"]
