@@ -244,3 +244,15 @@ def test_compute_floor_below_every_simulated_pipeline(tmp_path, model, schedule,
     est = memory_estimate(FigureCache(base), cand)
     got = simulation.run(sections_only(apply_overrides(base, cand.overrides()))).metrics
     assert 0 < est.compute_floor <= got.makespan <= got.scalars()["step.total"]
+
+
+def test_which_families_run_whole_backwards():
+    # the zero-bubble families split each backward into I and W (Qi et al. 2023), and DualPipe / DualPipeV run their
+    # cooldown's W apart (deepseek-ai/DualPipe); 1F1B, GPipe, the interleaved and overlap families and Chimera do not
+    from dualpipe_sim.plan.estimate import whole_backwards
+
+    whole = {"1f1b": (2, None), "gpipe": (2, None), "1f1b-overlap": (2, None), "chimera": (2, None),
+             "interleaved-1f1b": (4, 2), "interleaved-1f1b-overlap": (4, 2)}  # fmt: skip
+    split = {"zb-h1": (2, None), "zb-h2": (2, None), "zbv": (4, None), "dualpipe": (2, None), "dualpipev": (4, None)}
+    assert all(whole_backwards(n, s, v) for n, (s, v) in whole.items())
+    assert not any(whole_backwards(n, s, v) for n, (s, v) in split.items())
