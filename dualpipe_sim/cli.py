@@ -773,6 +773,9 @@ def _cmd_plan(args) -> int:
         print("\n" + plan.files.none_fits(result))
     print("\npruned: " + ", ".join(f"{k} ({v})" for k, v in result.pruned.items()))
     print("wrote " + ", ".join(str(f) for f in written[:3]) + f" and {len(written) - 3} scenario TOMLs")
+    noop = plan.files.search_noop(result)
+    if noop:  # after success, on stderr, as the other notes (plan.md's ETP line says it too)
+        print(f"note: --search-expert-tensor: {noop.replace('the search-expert-tensor option', 'it')}", file=sys.stderr)
     return 0
 
 

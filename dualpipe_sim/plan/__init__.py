@@ -21,7 +21,7 @@ from ..schedules import registry
 from ..schedules.ir import ScheduleError
 from ..model import derive, flops
 from ..model.sections import HardwareSection
-from ..inputs.scenario import sections_only
+from ..inputs.scenario import parse_override, sections_only
 from ..outputs.files import write_all, write_text
 from ..progress import Progress, each_file, report
 from ..sweep.errors import SweepError
@@ -124,10 +124,15 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
     overrides = list(overrides)
     base = base_scenario(source, hardware, seq, overrides, unset)
     pinned_etp = base.get("parallel", {}).get("expert_tensor")
-    if search_expert_tensor and pinned_etp is not None:
+    set_etp = any(parse_override(o)[0] == ["parallel", "expert_tensor"] for o in overrides)
+    if search_expert_tensor and set_etp:
         raise PlanError(f"search_expert_tensor: does not apply with parallel.expert_tensor pinned to {shown(pinned_etp)} "
                         f"(the pin fixes ETP; drop one)")  # fmt: skip
     sections_only(base)  # a malformed section refused in `run`'s one line (hardware.gpus_per_node: ...), first
+    if search_expert_tensor and pinned_etp is not None:  # the source's own pin (request.source_pins), as --set's
+        raise PlanError(field="search_expert_tensor", rule=f"does not apply with parallel.expert_tensor = "
+                        f"{shown(pinned_etp)} in {source}, which pins it (the pin fixes the expert tensor "
+                        f"parallelism); drop one (unset parallel.expert_tensor to search it)")  # fmt: skip
     req = make_request(base, gpus, global_batch, seq)
     # Read the model's config once, before the minutes of work: a file removed mid-run then fails
     # the candidates that read it (each row says so), not the whole plan after they have run.

@@ -8,11 +8,13 @@ figure ``plan`` reports comes from a full simulation.
   allowance; first from the stages' parameter counts alone (a lower bound: no
   FP8 weight copies), then as derived (with them and ZeRO's buffers);
 * memory floor: the fullest rank's static bytes plus one micro-batch's
-  activations of the largest stage it holds.  Every schedule holds at least
-  that, so a floor above the device proves the candidate cannot fit;
+  activations of the largest stage it holds, or on the rank holding the output layer
+  with model.defer_embedding_wgrad its deferred micro-batches' buffers if more
+  (deferred_held).  Every schedule holds at least that, so a floor above the device
+  proves the candidate cannot fit;
 * memory estimate: the static bytes plus the closed form's peak number of live
-  activations (registry.analytic) of the rank's smallest stage, or the floor where there is no
-  formula;
+  activations (registry.analytic) of the rank's smallest stage (or the deferred
+  buffers on their rank if more), or the floor where there is no formula;
 * step time: the candidate's schedule replayed by the engine's replay core on
   its per-stage F, B, W and F&B (and, with model.defer_embedding_wgrad, the last stage's lighter
   backwards of the deferred micro-batches, as the run's CostModel.deferred) and its P2P time,
@@ -23,14 +25,18 @@ figure ``plan`` reports comes from a full simulation.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from ..schedules import registry
+from ..schedules.ir import ops_of
+from ..schedules.rules import Kind
 from ..inputs.costs import CostModel
 from ..step_costs import StepCosts
 from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection
 from ..model.derived_step import derived_sync
+from ..model.deferred_wgrad import held_bytes
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
 from .space import Candidate
@@ -353,29 +359,74 @@ def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     runtime = cache.runtime(cand)
     statics = [sum(fig.static[s] for s in {s for _, s in on_rank}) + max(fig.buffers[s] for _, s in on_rank) + runtime
                for on_rank in held]  # fmt: skip
-    floor = max(st + max(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held))
+    kept = deferred_held(cache, cand, fig)
+    # model.defer_embedding_wgrad's buffers on the rank holding the output layer: all of them are held together after
+    # its last deferring backward, until the drain (model/buffers.py), with no activation certain beside them (GPipe's
+    # backwards may have freed every one), so a rank holds the larger of them and its activations at least
+    wgrad = [kept[1] if kept and any(s == kept[0] for _, s in on_rank) else 0.0 for on_rank in held]
+    floor = max(st + max(max(fig.activation[s] for _, s in on_rank), w) for st, on_rank, w in zip(statics, held, wgrad))
     peak = closed.get("peak_activation")
-    # Optimistic on purpose (the smallest stage's activations on each rank): it decides what is
-    # simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
-    memory = max(st + peak * min(fig.activation[s] for _, s in on_rank) for st, on_rank in zip(statics, held)) \
-        if peak else floor
-    return Estimate(None, floor, max(memory, floor), compute_floor(fig.costs, cand.microbatches, cand.pipeline))
+    # Optimistic on purpose (the smallest stage's activations on each rank, or the deferred buffers if more): it
+    # decides what is simulated first, and a schedule such as DualPipe keeps few of its larger stage's activations.
+    memory = max(st + max(peak * min(fig.activation[s] for _, s in on_rank), w)
+                 for st, on_rank, w in zip(statics, held, wgrad)) if peak else floor  # fmt: skip
+    return Estimate(None, floor, max(memory, floor), compute_floor(fig.costs, cand.microbatches, cand.pipeline, held,
+                                                                   whole_backwards(cand.schedule, cand.stages,
+                                                                                   cand.virtual)))  # fmt: skip
 
 
-def compute_floor(costs: StageCosts, microbatches: int, ranks: int) -> float:
+def deferred_held(cache: FigureCache, cand: Candidate, fig: StageFigures) -> tuple[int, float] | None:
+    """model.defer_embedding_wgrad's buffers (None without it): the model stage holding the output layer and the bytes
+    its deferred micro-batches hold together until the drain, count x model/deferred_wgrad.py's held_bytes (the count:
+    the key, capped at the micro-batches, as CostModel.deferred gives it)."""
+    if fig.costs is None or fig.costs.deferred is None:
+        return None
+    stage, count = fig.costs.deferred[:2]
+    return stage, count * held_bytes(cache._derived_for(cand).setup)
+
+
+def compute_floor(costs: StageCosts, microbatches: int, ranks: int, held: tuple = (),
+                  whole_backwards: bool = False) -> float:  # fmt: skip
     """A lower bound of the run's step (ms): every micro-batch's forward and backward compute on every stage, shared
-    by the ``ranks`` pipeline ranks as evenly as can be.  A rank runs its actions one after another (the replay core),
-    an action lasts at least its compute (a lone op its whole length; an overlapped pair, on the [chunk] model's
-    compute channel, its two computes one after the other, only slowed beside an all-to-all: the F and B less their
-    all-to-all here), and the step ends no earlier than its busiest rank's pipeline work, which is at least the
-    average.  The deferred output-layer wgrad's lighter backwards (StageCosts.deferred) count as the run runs them.
-    Without random durations only (``costs.jitter``, ``ranks.slowdown``, ``hardware.gpu_variability``: plan uses the
-    floor only then, rank.py's ``floor_holds``); tests/test_plan_etp.py holds it under every simulated step."""
+    by the ``ranks`` pipeline ranks as evenly as can be, plus the time each rank must stand idle.  A rank runs its
+    actions one after another (the replay core), an action lasts at least its compute (a lone op its whole length; an
+    overlapped pair, on the [chunk] model's compute channel, its two computes one after the other, only slowed beside
+    an all-to-all: the F and B less their all-to-all here), so with the makespan T every rank r is busy at most
+    T - idle(r) and T >= (work + sum idle) / ranks.  ``held``: the (direction, stage) pairs on each rank
+    (shapes.placement); a rank's first action is a forward of a stage s it holds (a backward follows its forward on
+    its own rank), which waits for that micro-batch's forwards on stages 0 .. s - 1, each published at its action's
+    end: idle(r) >= min over its stages of their forward computes' sum (s19n).  ``whole_backwards`` (no W action in
+    the schedule): a rank's last action then holds a backward of a stage s it holds, after which the micro-batch's
+    backwards on stages s - 1 .. 0 still run: idle(r) grows by the least of their sums (with W actions the rank's last
+    may be a W, after which nothing need run).  The deferred output-layer wgrad's lighter backwards
+    (StageCosts.deferred) count as the run runs them.  Without random durations only (``costs.jitter``,
+    ``ranks.slowdown``, ``hardware.gpu_variability``: plan uses the floor only then, rank.py's ``floor_holds``);
+    tests/test_plan_etp.py and tests/test_s19n_plan_leftovers.py hold it under every simulated step."""
     n = len(costs.forward)
     fa = costs.forward_a2a or (0.0,) * n
     ba = costs.backward_a2a or (0.0,) * n
-    work = sum((f - a) + (b - z) for f, a, b, z in zip(costs.forward, fa, costs.backward, ba)) * microbatches
+    fc = [max(0.0, f - a) for f, a in zip(costs.forward, fa)]
+    bc = [max(0.0, b - z) for b, z in zip(costs.backward, ba)]
+    work = sum(fc[s] + bc[s] for s in range(n)) * microbatches
     if costs.deferred is not None:
-        _, count, less_i, less_w = costs.deferred
+        stage, count, less_i, less_w = costs.deferred
         work -= count * (less_i + less_w)
-    return max(0.0, work) / ranks
+        bc[stage] = max(0.0, bc[stage] - less_i - less_w)  # the lightest backward the chain below may hold
+    idle = 0.0
+    for on_rank in held:
+        idle += min(sum(fc[:s]) for _, s in on_rank)
+        if whole_backwards:
+            idle += min(sum(bc[:s]) for _, s in on_rank)
+    return (max(0.0, work) + idle) / ranks
+
+
+@lru_cache(maxsize=None)
+def whole_backwards(name: str, stages: int, virtual: int | None) -> bool:
+    """Whether the schedule runs every backward whole (no W action: compute_floor's drain), read off builds with 2 and
+    4 micro-batches per stage (every family accepts those counts; a family that splits splits there)."""
+    options = {VIRTUAL_OPTION: virtual} if virtual else {}
+    for m in (2 * stages, 4 * stages):
+        schedule = registry.build(name, stages, m, **options)
+        if any(op.kind in (Kind.W, Kind.I) for actions in schedule.ranks for a in actions for op in ops_of(a)):
+            return False
+    return True

@@ -208,6 +208,8 @@ def etp_line(plan) -> str | None:
     from .request import model_config, whole_experts
 
     if not plan.experts:
+        if plan.search_expert_tensor:
+            return f"Expert tensor parallelism: {search_noop(plan)}."
         return None
     pinned = plan.base.get("parallel", {}).get("expert_tensor")
     if pinned is not None:
@@ -223,6 +225,20 @@ def etp_line(plan) -> str | None:
                 "about twice the simulations on an MoE plan.")  # fmt: skip
     return ("Expert tensor parallelism (parallel.expert_tensor): searched, 1 (experts whole) and the tensor degree "
             "(Megatron-core's default) for each layout; plan.csv's expert_tensor column gives each one's.")
+
+
+def search_noop(plan) -> str | None:
+    """Why the search-expert-tensor option changed nothing in this plan (None when it searched, or was not given): the
+    model has no experts, or the base costs ETP 1 only (request.whole_experts).  plan.md's ETP line and the CLI's note
+    say it (a pin beside the option is refused before, so it is not one of these)."""
+    from .request import model_config, whole_experts
+
+    if plan.search_expert_tensor is not True:  # (plan() took a bool only)
+        return None
+    if plan.experts == 0:
+        return "the model has no experts, so the search-expert-tensor option changes nothing (no layout has an ETP)"
+    whole = whole_experts(plan.base, model_config(plan.base))
+    return f"the search-expert-tensor option changes nothing: every layout keeps ETP 1 ({whole})" if whole else None
 
 
 def why(plan) -> list[str]:

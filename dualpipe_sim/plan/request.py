@@ -1,9 +1,10 @@
 """A plan request checked and turned into the base scenario every candidate overrides.
 
 The source is a scenario TOML (its [model], [hardware], [step], [comm] and
-[memory] are kept; [pipeline] and [parallel] are what ``plan`` chooses) or an
-HF config.json.  Overrides apply to the base; one that sets a key ``plan``
-enumerates pins that choice to its value.
+[memory] are kept; [pipeline] and [parallel]'s degrees are what ``plan`` chooses,
+[parallel]'s runtime settings are kept and its expert_tensor pins, as
+--set's) or an HF config.json.  Overrides apply to the base; one that sets a key
+``plan`` enumerates pins that choice to its value.
 """
 
 from __future__ import annotations
@@ -31,13 +32,23 @@ PINS = {"parallel.tensor": "tensor", "parallel.context": "context", "parallel.ex
         "parallel.expert_tensor": "expert_tensor"}  # fmt: skip
 # keys plan sets itself: a --set of these is refused (say --schedules or a pin instead)
 CHOSEN = ("pipeline.schedule", "pipeline.stages", "pipeline.microbatches", "parallel.data")
-KEPT_PARALLEL = ("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather")
+# [parallel] keys a source TOML keeps (docs/plan.md, "1. The base scenario"): how its runtime runs whatever the layout
+# (the overlaps and their SMs, the NCCL CTA cap, the rank numbering), and expert_tensor, which plan does not search
+# unless asked and so takes from the source as a pin (source_pins).  The others (tensor, pipeline, data, expert,
+# context, zero, layout) are the layout, sized for the source's GPUs: plan chooses them.
+KEPT_PARALLEL = ("tp_comm_overlap", "sequence_parallel", "pipeline_scatter_gather", "tp_overlap_sms",
+                 "tp_overlap_atomic", "tp_overlap_ring_rs", "tp_overlap_not_told", "sync_tp_duplicated_parameters",
+                 "tp_max_ctas", "rank_order", "expert_tensor")  # fmt: skip
+LAYOUT_PARALLEL = ("tensor", "expert", "data", "context", "zero", "layout")  # a source's are dropped: plan's to choose
 
 
 def source_pins(base: dict) -> list[str]:
-    """A recompute policy the source scenario states is kept: it pins memory.recompute."""
+    """What the source scenario states of an enumerated choice plan keeps, as the --set that pins it: a recompute
+    policy (memory.recompute) and an expert tensor parallelism (parallel.expert_tensor)."""
     policy = base.get("memory", {}).get("recompute")
-    return [f'memory.recompute="{policy}"'] if isinstance(policy, str) else []
+    etp = base.get("parallel", {}).get("expert_tensor")
+    return [*([f'memory.recompute="{policy}"'] if isinstance(policy, str) else []),
+            *([f"parallel.expert_tensor={etp}"] if etp is not None else [])]
 
 
 class PlanError(ScenarioError):
