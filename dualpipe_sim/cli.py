@@ -387,7 +387,7 @@ def summary_table(m: Metrics, bytes_given: bool = True, low: str = "fp8") -> str
     a, c, s = m.analytic, m.comm, m.scalars()
     num = units.number
     lines = [
-        f"schedule {m.schedule}: {m.stages} stages on {m.ranks} ranks, {m.microbatches} micro-batches",
+        f"schedule {m.schedule}: {units.layout(m.stages, m.ranks, m.microbatches)}",
         f"makespan {units.duration(m.makespan)}   bubble ratio {m.bubble_ratio:.2%}   "
         f"span bubble rate {m.span_bubble_rate:.2%}",
         "",

@@ -111,6 +111,16 @@ def count(n: int) -> str:
     return f"{int(n):,}"
 
 
+def layout(stages: int, ranks: int, microbatches: int) -> str:
+    """A run's shape in words, singular where a count is 1: ``8 stages on 4 ranks, 16 micro-batches``,
+    ``1 stage on 1 rank, 1 micro-batch`` (the titles of gantt.png and memory.png, the run's summary)."""
+    def words(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
+
+    return (f"{words(stages, 'stage', 'stages')} on {words(ranks, 'rank', 'ranks')}, "
+            f"{words(microbatches, 'micro-batch', 'micro-batches')}")
+
+
 def aligned(values: list[float], digits: int = 4) -> list[str]:
     """One column of numbers with the same decimals, so their points line up: about ``digits``
     significant digits in the largest (``[55.5, 5.35]`` -> ``["55.50", "5.35"]``, whole numbers without

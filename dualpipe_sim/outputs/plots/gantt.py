@@ -412,8 +412,7 @@ def too_dense(trace: Trace, width_px: float, share: float = 1.0) -> bool:
 
 def gantt_title(metrics) -> str:
     return (
-        f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
-        f"{metrics.microbatches} micro-batches, bubble ratio {units.percent(metrics.bubble_ratio)}, "
+        f"{metrics.schedule}: {units.layout(metrics.stages, metrics.ranks, metrics.microbatches)}, bubble ratio {units.percent(metrics.bubble_ratio)}, "
         f"makespan {units.duration(metrics.makespan)}"
         + (f", step {units.duration(metrics.step.total)}" if metrics.step is not None else "")
     )

@@ -163,8 +163,7 @@ def save_memory(trace: Trace, metrics, path, capacity: float | None = None, defe
     row = float(np.clip(8.0 / ranks, ROW_IN_MIN, ROW_IN_MAX))
     fig = canvas.new_figure(12, 1.5 + 0.5 + row * ranks)
     title = (
-        f"{metrics.schedule}: {metrics.stages} stages on {metrics.ranks} ranks, "
-        f"{metrics.microbatches} micro-batches"
+        f"{metrics.schedule}: {units.layout(metrics.stages, metrics.ranks, metrics.microbatches)}"
     )
     # With a [model], the static memory is all of it and the capacity the device's (metrics.json).
     mem = [r.memory for r in metrics.per_rank]
