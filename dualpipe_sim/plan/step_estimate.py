@@ -34,7 +34,7 @@ so no term is added for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -69,6 +69,8 @@ class Built:
     copy_stage: np.ndarray  # per stage copy: its stage
     last_wgrad: np.ndarray  # per stage copy: the action of its last weight-gradient op (its rank's latest)
     transfers: object = None  # replay.Plan: the replay core's transfer plan, worked out once per build
+    # rank pairs -> the links of ``transfers`` replay.link_hops times at NVLink (_nvlink_links), filled as asked
+    nvlink_links: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @lru_cache(maxsize=None)
@@ -192,20 +194,14 @@ def _link_hops(b: Built, p2p: Hops) -> float | list[float]:
     return hop
 
 
-# id(Built.transfers) -> (that plan, {rank pairs: the links replay.link_hops times at NVLink}); built() keeps its
-# Builts (lru_cache), and the plan held here is checked to be the one asked about
-_NVLINK: dict[int, tuple[object, dict]] = {}
-
-
 def _nvlink_links(b: Built, pairs: frozenset) -> tuple[int, ...]:
-    """The links of ``b``'s transfer plan on which replay.link_hops puts ``nvlink`` (with 0 for the NIC, 1 for NVLink)."""
-    held = _NVLINK.get(id(b.transfers))
-    if held is None or held[0] is not b.transfers:
-        held = _NVLINK[id(b.transfers)] = (b.transfers, {})
-    if pairs not in held[1]:
+    """The links of ``b``'s transfer plan on which replay.link_hops puts ``nvlink`` (with 0 for the NIC, 1 for NVLink),
+    kept on the build (built() caches its Builts) per set of rank pairs."""
+    held = b.nvlink_links
+    if pairs not in held:
         hop = replay.link_hops(b.transfers, 0.0, 1.0, pairs)
-        held[1][pairs] = tuple(i for i, h in enumerate(hop) if h == 1.0)
-    return held[1][pairs]
+        held[pairs] = tuple(i for i, h in enumerate(hop) if h == 1.0)
+    return held[pairs]
 
 
 def _transfer_hops(b: Built, p2p: Hops) -> float | np.ndarray:
