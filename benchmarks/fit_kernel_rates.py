@@ -82,6 +82,14 @@ def report(label, t, sms, hbm, dtype, peaks, k0s, floors):
     return floor
 
 
+def rows_that_pin_the_peak(t: np.ndarray, floor: float, top: float) -> np.ndarray:
+    """The rows of a (b, m, n, k, seconds) table a peak fit keeps: measured slower than the floor plus their FLOPs at
+    the datasheet's rate ``top`` (faster says nothing of the peak), and with those FLOPs outlasting the floor (a row
+    the model prices at its floor pins the floor, not the peak)."""
+    at_top = 2 * t[:, :4].prod(axis=1) / top
+    return t[(t[:, 4] > floor + at_top) & (at_top > floor)]
+
+
 def check_line(r: dict, preset, label: str, against: str) -> str:
     """One checked (not fitted) GEMM row against a preset's GEMM rate: measured and modelled TFLOP/s."""
     fp8 = r["dtype"] == "fp8"
@@ -137,7 +145,7 @@ def main_gemm() -> None:
         gb300 = np.array([(1, int(r["m"]), int(r["n"]), int(r["k"]), 2.0 * int(r["m"]) * int(r["n"]) * int(r["k"])
                            / (float(r["value"]) * 1e12)) for r in rows("azure_gb300.csv") if r["dtype"] == dtype])
         flops_at_top = 2 * gb300[:, 1:4].prod(axis=1) / top
-        kept = gb300[(gb300[:, 4] > floor + flops_at_top) & (flops_at_top > floor)]
+        kept = rows_that_pin_the_peak(gb300, floor, top)
         report(f"GB300 {dtype} (Azure cuBLASLt, 152 SMs; k_overhead held at 0; {len(kept)} rows)", kept,
                rates.GB300_SMS, B200_HBM, size, np.linspace(0.3 * top, top, 51), np.array([0.0, 0.0]),
                np.array([floor, floor]))

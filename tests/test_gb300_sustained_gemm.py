@@ -5,8 +5,10 @@ rate comes from. The numbers are worked by hand from the table, not taken from t
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import kernel_table
 
@@ -16,6 +18,8 @@ from dualpipe_sim.model.rates import (GB300_FP8_PEAK, GB300_FP8_SHORT_RUN_PEAK, 
 from dualpipe_sim.model.rates import PRESETS as RATES
 
 DATA = Path(__file__).resolve().parent / "data" / "kernels"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import fit_kernel_rates  # noqa: E402
 NVFP4 = 0.5 + 1 / 16  # bytes a value: a 4-bit value and 1/16 of its block's E4M3 scale
 S = 8192
 FLOOR = 5.25e-6  # sm_100's (the B200 fit's), which every GB300 GEMM fit holds
@@ -52,6 +56,9 @@ def test_the_rows_that_pin_the_peak(dtype, top, kept):
     rows = _table(dtype)
     pinned = {s for s in rows if 2 * math.prod(s) / top > FLOOR and 2 * math.prod(s) / rows[s] > FLOOR + 2 * math.prod(s) / top}
     assert pinned == kept
+    # and the fit script keeps those rows (benchmarks/fit_kernel_rates.py)
+    table = np.array([(1, *s, 2 * math.prod(s) / rate) for s, rate in rows.items()])
+    assert {tuple(int(x) for x in r[1:4]) for r in fit_kernel_rates.rows_that_pin_the_peak(table, FLOOR, top)} == kept
 
 
 @pytest.mark.parametrize("dtype, size, peak, kept", [
