@@ -139,7 +139,7 @@ def main_gemm() -> None:
     # The rows kept pin the peak: measured slower than the floor plus their FLOPs at the datasheet's rate (GB200's
     # rule) and with those FLOPs outlasting the floor (a row the model prices at its floor says nothing of the peak:
     # for FP8 the two rules keep the same rows; for NVFP4 the first alone keeps 1024^3, 2048^3 and 1024 x 2145 x 1024,
-    # run 19-34% slower than the model at any peak, printed below for the record). Datasheets: 5,000 dense FP8,
+    # the model puts 18-33% faster than measured at any peak, printed below for the record). Datasheets: 5,000 dense FP8,
     # 15,000 dense FP4 a GPU (docs/model.md, "GB300 NVL72").
     for dtype, size, top in (("fp8", 1.0, 5000e12), ("nvfp4", kernels.NVFP4_BYTES, 15000e12)):
         gb300 = np.array([(1, int(r["m"]), int(r["n"]), int(r["k"]), 2.0 * int(r["m"]) * int(r["n"]) * int(r["k"])
