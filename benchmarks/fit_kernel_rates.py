@@ -3,7 +3,8 @@
     python benchmarks/fit_kernel_rates.py
 
 Reads the measured GEMM tables in tests/data/kernels/ (XLA's sm_90 and sm_100 matmul tables,
-DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 tables on H100 and GB200, its FP8 and NVFP4 tables on GB300), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
+DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 tables on H100 and GB200, its FP8 and NVFP4 tables on GB300), fits
+``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
 least squares on log time (a grid search, then a finer one around the best), and prints them with
 the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
 rounded; tests/test_kernels.py checks that they reproduce the tables.  It then prints the H100
@@ -139,8 +140,8 @@ def main_gemm() -> None:
     # The rows kept pin the peak: measured slower than the floor plus their FLOPs at the datasheet's rate (GB200's
     # rule) and with those FLOPs outlasting the floor (a row the model prices at its floor says nothing of the peak:
     # for FP8 the two rules keep the same rows; for NVFP4 the first alone keeps 1024^3, 2048^3 and 1024 x 2145 x 1024,
-    # the model puts 18-33% faster than measured at any peak, printed below for the record). Datasheets: 5,000 dense FP8,
-    # 15,000 dense FP4 a GPU (docs/model.md, "GB300 NVL72").
+    # the model puts 18-33% faster than measured at any peak, printed below for the record). Datasheets: 5,000 dense
+    # FP8, 15,000 dense FP4 a GPU (docs/model.md, "GB300 NVL72").
     for dtype, size, top in (("fp8", 1.0, 5000e12), ("nvfp4", kernels.NVFP4_BYTES, 15000e12)):
         gb300 = np.array([(1, int(r["m"]), int(r["n"]), int(r["k"]), 2.0 * int(r["m"]) * int(r["n"]) * int(r["k"])
                            / (float(r["value"]) * 1e12)) for r in rows("azure_gb300.csv") if r["dtype"] == dtype])

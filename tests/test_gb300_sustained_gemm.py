@@ -45,8 +45,9 @@ def test_the_preset_takes_the_sustained_peaks():
 
 
 @pytest.mark.parametrize("dtype, top, kept", [
-    # FP8 at 5,000 TFLOP/s: 1024^3 2.1 GFLOP (0.43 us), 2048^3 (3.4 us) and 1024 x 2145 x 1024 (0.9 us) take less than the
-    # 5.25 us floor, and each was measured faster than floor + that (3.9, 7.5 and 4.0 us): GB200's rule drops them too
+    # FP8 at 5,000 TFLOP/s: 1024^3 2.1 GFLOP (0.43 us), 2048^3 (3.4 us) and 1024 x 2145 x 1024 (0.9 us) take less
+    # than the 5.25 us floor, and each was measured faster than floor + that (3.9, 7.5 and 4.0 us): GB200's rule drops
+    # them too
     ("fp8", 5000e12, {(4096,) * 3, (8192,) * 3, (16384,) * 3, (32768,) * 3, (6144, 12288, 12288), (802816, 192, 768)}),
     # NVFP4 at 15,000: the same three take 0.14, 1.15 and 0.30 us, less than the floor; measured 6.8, 10.2 and 8.2 us,
     # slower than floor + that, which GB200's rule alone would keep
@@ -54,7 +55,8 @@ def test_the_preset_takes_the_sustained_peaks():
 ])
 def test_the_rows_that_pin_the_peak(dtype, top, kept):
     rows = _table(dtype)
-    pinned = {s for s in rows if 2 * math.prod(s) / top > FLOOR and 2 * math.prod(s) / rows[s] > FLOOR + 2 * math.prod(s) / top}
+    at_top = {s: 2 * math.prod(s) / top for s in rows}
+    pinned = {s for s in rows if at_top[s] > FLOOR and 2 * math.prod(s) / rows[s] > FLOOR + at_top[s]}
     assert pinned == kept
     # and the fit script keeps those rows (benchmarks/fit_kernel_rates.py)
     table = np.array([(1, *s, 2 * math.prod(s) / rate) for s, rate in rows.items()])
@@ -113,8 +115,9 @@ def test_sustained_against_the_short_runs_at_8192_cubed():
 
 
 def test_gb300_against_gb200_on_the_same_benchmark():
-    # Azure's GB200 table (CUDA 12.8) at 8192^3: 2,876.6 TFLOP/s; GB300's (CUDA 13.0) 3,286.3: 1.142, where the datasheets
-    # give both 5,000 dense FP8 (the short runs read 1.35x). The presets' peaks, both fitted on 152 SMs: 3,415 / 2,976 = 1.148
+    # Azure's GB200 table (CUDA 12.8) at 8192^3: 2,876.6 TFLOP/s; GB300's (CUDA 13.0) 3,286.3: 1.142, where the
+    # datasheets give both 5,000 dense FP8 (the short runs read 1.35x). The presets' peaks, both fitted on 152 SMs:
+    # 3,415 / 2,976 = 1.148
     gb200 = {(int(r["m"]), int(r["n"]), int(r["k"])): float(r["value"])
              for r in kernel_table(DATA / "azure_gb200_fp8.csv") if r["kind"] == "gemm"}
     assert _table("fp8")[S, S, S] / 1e12 / gb200[S, S, S] == pytest.approx(1.142, abs=0.001)

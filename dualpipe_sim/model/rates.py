@@ -281,7 +281,8 @@ PRESETS["GB200"] = replace(PRESETS["B200"], name="GB200", nvlink_domain=72, sms=
 GB300_SMS = 152
 # FP8: cuBLASLt's FP8 GEMM measured on that GB300 (torch._scaled_mm, e4m3 x e4m3 -> fp16, unit per-tensor scales; the
 # same document): seven figures at 8192^3 (six 12-16-rep interleaved session medians and a cold sweep's), their median
-# 283.1 us, the peak fitted to it as the NVFP4 one (B200's floor, k_overhead 0; tests/data/kernels/gb300_fp8_cublaslt.csv)
+# 283.1 us, the peak fitted to it as the NVFP4 one (B200's floor, k_overhead 0; tests/data/kernels/gb300_fp8_cublaslt.csv).
+# Both short-run peaks are checks since s20b (below)
 GB300_FP8_SHORT_RUN_PEAK = 3965e12
 GB300_FP4_OVER_GB200 = 15000 / 10000
 GB300_NVFP4_SHORT_RUN_PEAK = 8796e12
