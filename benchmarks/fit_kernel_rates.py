@@ -3,7 +3,8 @@
     python benchmarks/fit_kernel_rates.py
 
 Reads the measured GEMM tables in tests/data/kernels/ (XLA's sm_90 and sm_100 matmul tables,
-DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 tables on H100 and GB200), fits ``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
+DeepGEMM's H800 FP8 table, Azure's cuBLASLt FP8 tables on H100 and GB200, its FP8 and NVFP4 tables on GB300), fits
+``peak``, ``k_overhead`` and ``floor`` of model/gemm.py to each by
 least squares on log time (a grid search, then a finer one around the best), and prints them with
 the median and worst error.  The constants in dualpipe_sim/model/rates.py are these figures,
 rounded; tests/test_kernels.py checks that they reproduce the tables.  It then prints the H100
@@ -82,6 +83,14 @@ def report(label, t, sms, hbm, dtype, peaks, k0s, floors):
     return floor
 
 
+def rows_that_pin_the_peak(t: np.ndarray, floor: float, top: float) -> np.ndarray:
+    """The rows of a (b, m, n, k, seconds) table a peak fit keeps: measured slower than the floor plus their FLOPs at
+    the datasheet's rate ``top`` (faster says nothing of the peak), and with those FLOPs outlasting the floor (a row
+    the model prices at its floor pins the floor, not the peak)."""
+    at_top = 2 * t[:, :4].prod(axis=1) / top
+    return t[(t[:, 4] > floor + at_top) & (at_top > floor)]
+
+
 def check_line(r: dict, preset, label: str, against: str) -> str:
     """One checked (not fitted) GEMM row against a preset's GEMM rate: measured and modelled TFLOP/s."""
     fp8 = r["dtype"] == "fp8"
@@ -126,6 +135,24 @@ def main_gemm() -> None:
     # (rates.GB200_SMS; docs/model.md, "GB200's SM count (s18k)"); the rows, filter, floor and grid as above
     report("GB200 fp8 (Azure cuBLASLt, 152 SMs; k_overhead held at 0)", reachable, rates.GB200_SMS, B200_HBM, 1.0,
            np.linspace(2000e12, 4500e12, 51), np.array([0.0, 0.0]), np.array([floor, floor]))
+    # GB300's own sustained FP8 and NVFP4 rates (s20b): Azure's cuBLASLt tables on an ND GB300 v6, the same benchmark
+    # (10,000 warm-up iterations), fitted as GB200's: 152 SMs (rates.GB300_SMS), sm_100's floor, k_overhead held at 0.
+    # The rows kept pin the peak: measured slower than the floor plus their FLOPs at the datasheet's rate (GB200's
+    # rule) and with those FLOPs outlasting the floor (a row the model prices at its floor says nothing of the peak:
+    # for FP8 the two rules keep the same rows; for NVFP4 the first alone keeps 1024^3, 2048^3 and 1024 x 2145 x 1024,
+    # the model puts 18-33% faster than measured at any peak, printed below for the record). Datasheets: 5,000 dense
+    # FP8, 15,000 dense FP4 a GPU (docs/model.md, "GB300 NVL72").
+    for dtype, size, top in (("fp8", 1.0, 5000e12), ("nvfp4", kernels.NVFP4_BYTES, 15000e12)):
+        gb300 = np.array([(1, int(r["m"]), int(r["n"]), int(r["k"]), 2.0 * int(r["m"]) * int(r["n"]) * int(r["k"])
+                           / (float(r["value"]) * 1e12)) for r in rows("azure_gb300.csv") if r["dtype"] == dtype])
+        flops_at_top = 2 * gb300[:, 1:4].prod(axis=1) / top
+        kept = rows_that_pin_the_peak(gb300, floor, top)
+        report(f"GB300 {dtype} (Azure cuBLASLt, 152 SMs; k_overhead held at 0; {len(kept)} rows)", kept,
+               rates.GB300_SMS, B200_HBM, size, np.linspace(0.3 * top, top, 51), np.array([0.0, 0.0]),
+               np.array([floor, floor]))
+        report(f"  for the record, GB300 {dtype} with GB200's rule alone", gb300[gb300[:, 4] > floor + flops_at_top],
+               rates.GB300_SMS, B200_HBM, size, np.linspace(0.3 * top, top, 51), np.array([0.0, 0.0]),
+               np.array([floor, floor]))
     # A100: Azure's cuBLASLt FP16 table has no tiny shape to pin the floor: sm_90's floor, as for DeepGEMM's
     report("A100 fp16 (Azure cuBLASLt)", table("azure_a100.csv", "value", 1e12, kind="gemm"), 108, 2.039e12 * 0.85,
            2.0, np.linspace(200e12, 312e12, 57), np.linspace(0, 1000, 41), np.array([5.54e-6, 5.54e-6]))

@@ -1,6 +1,7 @@
 """GB300's NVFP4 GEMM rate (s17l): fitted to cuBLASLt's NVFP4 GEMM measured on a GB300 at 8192^3
 (tests/data/kernels/gb300_nvfp4_cublaslt.csv), in place of the datasheet-ratio assumption (docs/model.md, "GB300
-NVL72"). The numbers here are worked by hand from the table, not taken from the code."""
+NVL72"). The numbers here are worked by hand from the table, not taken from the code. Since s20b that short-run peak is
+a check (rates.GB300_NVFP4_SHORT_RUN_PEAK); the preset takes Azure's sustained table (tests/test_gb300_sustained_gemm.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from helpers import kernel_table
 
 from dualpipe_sim.model import gemm
-from dualpipe_sim.model.rates import GB300_FP4_OVER_GB200
+from dualpipe_sim.model.rates import GB300_FP4_OVER_GB200, GB300_NVFP4_SHORT_RUN_PEAK
 from dualpipe_sim.model.rates import PRESETS as RATES
 
 DATA = Path(__file__).resolve().parent / "data" / "kernels"
@@ -23,9 +24,15 @@ def _rows():
     return {r["row"]: r for r in kernel_table(DATA / "gb300_nvfp4_cublaslt.csv")}
 
 
+def _short_run():
+    """The peak these rows fit, with the preset's shape terms (B200's floor, k_overhead 0)."""
+    r = RATES["GB300"].gemm_fp4
+    return gemm.GemmRates(GB300_NVFP4_SHORT_RUN_PEAK, r.k_overhead, r.floor)
+
+
 def _gb300(m, n, k, rates=None):
     r = RATES["GB300"]
-    return gemm.time(m, n, k, rates or r.gemm_fp4, r.sms, r.hbm, NVFP4, schedule=r.gemm_schedule)
+    return gemm.time(m, n, k, rates or _short_run(), r.sms, r.hbm, NVFP4, schedule=r.gemm_schedule)
 
 
 def test_the_table_is_self_consistent():
@@ -42,7 +49,7 @@ def test_the_peak_is_fitted_to_the_median_by_hand():
     # rounds, so the tensor cores are busy 4,096 / (27 x 152) = 512 / 513 of the time; the B200 fit's floor is 5.25 us,
     # k_overhead 0: peak = 1.0995e12 / (512/513 x (130.5 - 5.25) us) = 8,796 TFLOP/s (8,881 with 148 SMs' 256/259)
     t_meas = float(_rows()["median"]["microseconds"]) * 1e-6
-    rates = RATES["GB300"].gemm_fp4
+    rates = _short_run()
     assert rates.floor == 5.25e-6 and rates.k_overhead == 0.0
     by_hand = FLOPS / (512 / 513 * (t_meas - 5.25e-6))
     assert by_hand == pytest.approx(8796e12, rel=1e-3)
