@@ -106,3 +106,22 @@ def test_what_the_rate_bounds_in_a_rows_forward(name, cast_share, all_share):
 
     assert added(casts) == pytest.approx(cast_share, abs=0.0005)
     assert added(memory) == pytest.approx(all_share, abs=0.003)
+
+
+@pytest.mark.parametrize(("name", "share"), [
+    ("mlperf30-gpt3-512", 0.0067),  # TE release_v0.8
+    ("mlperf31-gpt3-512", 0.0074),  # TE @ 09ba842
+    ("mlperf40-gpt3-512", 0.0080),  # TE 1.6
+])
+def test_what_the_timed_kernel_adds_to_a_layer_of_the_rows_that_ran_it(name, share):
+    # The rows on TE before v1.7 ran the kernel the PR times: a layer's cast-transposes (Table.cast: the out_proj
+    # input's forward, the qkv output gradient's backward, 2 + 1 + 1 B an element) at the PR's 4096^2 rate add
+    # 0.67-0.80% to the layer's forward and backward: what a rate for that kernel kind would move those rows by
+    # (TE release_v0.8, 09ba842 and v1.6rc1 all carry #101's kernel: get_n_tiles; the NVRTC one is not in them)
+    rows = derive.layer_kernels(derive.setup(scenario.load(VALIDATION / f"{name}.toml")), 0)
+    casts = [k for k in rows if k.name in ("out_proj input cast", "qkv grad cast")]
+    assert len(casts) == 2
+    assert all(k.bytes % CAST_TRANSPOSE_BYTES == 0 and k.bytes / CAST_TRANSPOSE_BYTES >= 512 * 512 for k in casts)
+    rate = _bytes(4096) / _measured(4096)
+    added = sum(k.bytes / rate + PRESETS["H100"].floor - k.seconds for k in casts)
+    assert added / sum(k.seconds for k in rows) == pytest.approx(share, abs=0.0005)
