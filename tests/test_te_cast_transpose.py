@@ -12,6 +12,7 @@ and no key tells the model a run's TE release."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,26 +87,27 @@ def test_model_against_the_rows(table):
     assert error[2048] == pytest.approx(0.196, abs=0.005)
 
 
-@pytest.mark.parametrize(("name", "cast_share", "all_share"), [
-    ("mlperf31-gpt3-512", 0.0057, 0.065),
-    ("mlperf50-llama405b-512", 0.0037, 0.083),
+@pytest.mark.parametrize(("name", "all_share"), [
+    ("mlperf30-gpt3-512", 0.055),
+    ("mlperf31-gpt3-512", 0.065),
+    ("mlperf40-gpt3-512", 0.066),
+    ("mlperf50-llama405b-512", 0.086),
 ])
-def test_what_the_rate_bounds_in_a_rows_forward(name, cast_share, all_share):
-    # The forward's one TE cast-transpose (the out_proj input's) timed at the PR's slowest rate adds 0.4-0.6% to the
-    # layer's forward; every memory-bound forward kernel at that rate (norms, activation, residual adds, the ring
-    # reduce, none of them a transpose) 6.5-8.3%: short of the 7-30% the Hopper rows' forward misses by, even then
-    rows = derive.layer_kernels(derive.setup(scenario.load(VALIDATION / f"{name}.toml")), 0)
-    forward = [k for k in rows if k.component in ("attn_forward", "mlp_forward")]
+def test_the_evaluation_forward_runs_no_cast_transpose(name, all_share):
+    # docs/validation.md's "Forward only" rows are evaluations, autograd off: TE casts without the transpose
+    # (09ba842 cast_to_fp8; release_v2.8 columnwise_usage needs grad), so the kernel the PR times does not run there.
+    # Even every memory-bound kernel of that forward (norms, the cast, activation, residual adds, copies) at the PR's
+    # slowest rate would add 5.5-8.6% to the layer: short of the 7-30% the rows' forward misses by
+    training = derive.setup(scenario.load(VALIDATION / f"{name}.toml"))
+    forward = [k for k in derive.layer_kernels(replace(training, evaluation=True), 1) if k.component.endswith("_forward")]
     memory = [k for k in forward if k.kind == "memory"]
-    casts = [k for k in memory if k.name == "out_proj input cast"]
-    assert len(casts) == 1
+    cast = next(k for k in memory if k.name == "out_proj input cast")
+    trained = next(k for k in derive.layer_kernels(training, 1) if k.name == "out_proj input cast")
+    assert cast.bytes == trained.bytes * (2 + 1) / CAST_TRANSPOSE_BYTES  # one FP8 copy, no transpose
+    assert not any("transpose" in k.name for k in memory)
     slowest = min(_bytes(n) / _measured(n) for n in (3072, 4096))
-
-    def added(ks):
-        return sum(k.bytes / slowest + PRESETS["H100"].floor - k.seconds for k in ks) / sum(k.seconds for k in forward)
-
-    assert added(casts) == pytest.approx(cast_share, abs=0.0005)
-    assert added(memory) == pytest.approx(all_share, abs=0.003)
+    added = sum(k.bytes / slowest + PRESETS["H100"].floor - k.seconds for k in memory)
+    assert added / sum(k.seconds for k in forward) == pytest.approx(all_share, abs=0.003)
 
 
 @pytest.mark.parametrize(("name", "share"), [
