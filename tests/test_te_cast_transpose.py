@@ -5,10 +5,10 @@ TB/s on H100: BabelStream's Mul, checked on Liger-Kernel's Triton kernels). TE's
 kernel, one read of a 16-bit matrix and two FP8 writes (the cast and its transpose: 2 + 1 + 1 bytes an element).
 NVIDIA/TransformerEngine#101 times it on an H100 SXM at n x n, FP16 in, FP8 out
 (tests/data/kernels/te101_h100_cast_transpose.csv). Held here: the transcription (the PR's own claims about its
-columns), the model's time for each row and how far the two differ, and what that bounds for a validation row's
-forward (docs/model.md, "Transformer Engine's cast-transpose against its own timings"). Nothing is fitted to it and no
-constant moved: the timed kernel is TE v0.7-v1.6's (and the MLPerf v3.1 fork's), replaced by an NVRTC kernel in v1.7,
-and no key tells the model a run's TE release."""
+columns), the HBM row's time for each row and how far the two differ, the rate model.te_cast_transpose = "v0.7-v1.6"
+takes from the PR's largest row (the kernel of TE v0.7-v1.6 and the MLPerf v3.1 fork, which the v3.0 / v3.1 / v4.0
+GPT-3 rows ran; v1.7 on run an NVRTC kernel, the default "nvrtc" keeps the HBM row) and where it is refused, and what
+the kernel bounds for the forward-only rows (docs/model.md, "Achievable HBM")."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import derive, kernels
+from dualpipe_sim.cli import main
+from dualpipe_sim.model import derive, fp8_step_casts, kernels, rates
 from dualpipe_sim.model.rates import PRESETS
 from helpers import kernel_table
 
@@ -113,17 +114,60 @@ def test_the_evaluation_forward_runs_no_cast_transpose(name, all_share):
 @pytest.mark.parametrize(("name", "share"), [
     ("mlperf30-gpt3-512", 0.0067),  # TE release_v0.8
     ("mlperf31-gpt3-512", 0.0074),  # TE @ 09ba842
-    ("mlperf40-gpt3-512", 0.0080),  # TE 1.6
+    ("mlperf40-gpt3-512", 0.0080),  # TE v1.6rc1
 ])
-def test_what_the_timed_kernel_adds_to_a_layer_of_the_rows_that_ran_it(name, share):
-    # The rows on TE before v1.7 ran the kernel the PR times: a layer's cast-transposes (Table.cast: the out_proj
-    # input's forward, the qkv output gradient's backward, 2 + 1 + 1 B an element) at the PR's 4096^2 rate add
-    # 0.67-0.80% to the layer's forward and backward: what a rate for that kernel kind would move those rows by
-    # (TE release_v0.8, 09ba842 and v1.6rc1 all carry #101's kernel: get_n_tiles; the NVRTC one is not in them)
-    rows = derive.layer_kernels(derive.setup(scenario.load(VALIDATION / f"{name}.toml")), 0)
-    casts = [k for k in rows if k.name in ("out_proj input cast", "qkv grad cast")]
-    assert len(casts) == 2
-    assert all(k.bytes % CAST_TRANSPOSE_BYTES == 0 and k.bytes / CAST_TRANSPOSE_BYTES >= 512 * 512 for k in casts)
+def test_the_rows_that_ran_the_timed_kernel_take_its_rate(name, share):
+    # model.te_cast_transpose = "v0.7-v1.6" (TE release_v0.8, 09ba842 and v1.6rc1 all carry #101's kernel, get_n_tiles;
+    # #258's NVRTC one came in v1.7): a layer's two cast-transposes (Table.cast, 2 + 1 + 1 B an element: the out_proj
+    # input's forward, the qkv output gradient's backward) at the PR's 4096^2 rate, 1.292 TB/s, each floor + bytes /
+    # that rate; they add 0.67-0.80% to the layer's forward and backward. The other kernels do not move
+    path = VALIDATION / f"{name}.toml"
+    assert scenario.load(path).model.te_cast_transpose == "v0.7-v1.6"
+    rows = derive.layer_kernels(derive.setup(scenario.load(path)), 0)
+    streamed = derive.layer_kernels(derive.setup(scenario.load(path, ['model.te_cast_transpose="nvrtc"'])), 0)
+    names = ("out_proj input cast", "qkv grad cast")
     rate = _bytes(4096) / _measured(4096)
-    added = sum(k.bytes / rate + PRESETS["H100"].floor - k.seconds for k in casts)
-    assert added / sum(k.seconds for k in rows) == pytest.approx(share, abs=0.0005)
+    moved = [(k, s) for k, s in zip(rows, streamed) if k.seconds != s.seconds]
+    assert [k.name for k, _ in moved] == list(names)
+    for k, s in moved:
+        assert k.bytes == s.bytes and k.bytes % CAST_TRANSPOSE_BYTES == 0
+        assert k.seconds == pytest.approx(PRESETS["H100"].floor + k.bytes / rate, rel=1e-9)
+        assert s.seconds == pytest.approx(PRESETS["H100"].floor + k.bytes / PRESETS["H100"].hbm, rel=1e-9)
+    added = sum(k.seconds - s.seconds for k, s in moved)
+    assert added / sum(s.seconds for s in streamed) == pytest.approx(share, abs=0.0005)
+
+
+def test_the_rate_is_the_prs_largest_row():
+    # the share of the HBM row the key's casts take: 67,108,864 B in 51.95 us over 2.90 TB/s, 0.4454; the model's
+    # 4096^2 cast-transpose with the key then 2.5 + 51.95 us, the PR's time plus the floor (+4.8%)
+    assert rates.TE_STATIC_CAST_TRANSPOSE_SHARE * PRESETS["H100"].hbm == pytest.approx(_bytes(4096) / _measured(4096))
+    assert rates.TE_STATIC_CAST_TRANSPOSE_SHARE == pytest.approx(0.4454, abs=1e-4)
+    assert PRESETS["H800"].hbm == PRESETS["H100"].hbm
+    assert rates.TE_STATIC_CAST_TRANSPOSE_GPUS == ("H100", "H800")
+
+
+def test_weight_refresh_takes_the_rate_with_16_bit_weights():
+    # the once-a-step FP8 weight refresh of 16-bit weights is the same kernel (cast into weight_fp8 / weight_t_fp8):
+    # 4 B a weight at the key's rate, 1 / 0.4454 times the streaming time
+    path = VALIDATION / "mlperf31-gpt3-512.toml"
+    st = derive.setup(scenario.load(path))
+    streamed = derive.setup(scenario.load(path, ['model.te_cast_transpose="nvrtc"']))
+    where = st.stages[1]
+    slow, fast = fp8_step_casts.fp8_weight_cast_ms(st, where), fp8_step_casts.fp8_weight_cast_ms(streamed, where)
+    assert fast > 0 and slow / fast == pytest.approx(1 / rates.TE_STATIC_CAST_TRANSPOSE_SHARE, rel=1e-9)
+
+
+@pytest.mark.parametrize(("path", "extra", "words"), [
+    ("mlperf50-llama405b-512h200.toml", [], 'not on the H200; it needs hardware.preset H100 or H800'),
+    ("mlperf31-gpt3-512.toml", ["hardware.efficiency=0.4"], "not on a run without a GPU preset's kernel rates"),
+    ("nemotron4-340b-dp16.toml", [], '"v0.7-v1.6" is Transformer Engine\'s FP8 cast kernel (model.fp8 = true'),
+    ("mlperf51-llama8b-8b200.toml", [], 'predates current scaling (TE 2.2 on'),
+    ("mlperf51-llama8b-8gb300-nvfp4.toml", [], 'must be left out with model.fp4 = "nvfp4"'),
+])
+def test_refused_where_no_measured_rate_applies(tmp_path, capsys, path, extra, words):
+    out = tmp_path / "out"
+    sets = [a for e in ['model.te_cast_transpose="v0.7-v1.6"', *extra] for a in ("--set", e)]
+    assert main(["run", str(VALIDATION / path), "--out", str(out), *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.te_cast_transpose:") and err.count("\n") == 1, err
+    assert words in err and not out.exists()
