@@ -171,3 +171,12 @@ def test_refused_where_no_measured_rate_applies(tmp_path, capsys, path, extra, w
     err = capsys.readouterr().err
     assert err.startswith("error: model.te_cast_transpose:") and err.count("\n") == 1, err
     assert words in err and not out.exists()
+
+
+def test_explain_names_the_rate():
+    # `model --explain`'s header says which rate the cast-transposes take, on the rows that set the key only
+    from dualpipe_sim.model import report
+
+    for name, note in (("mlperf31-gpt3-512", True), ("mlperf41-gpt3-256", False)):
+        text = "\n".join(report.explain_lines(scenario.load(VALIDATION / f"{name}.toml").derived()))
+        assert ("FP8 cast-transposes at 1.29: TE v0.7-v1.6's kernel, model.te_cast_transpose" in text) == note, name
