@@ -123,7 +123,7 @@ def test_fp8_gemm_key_picks_the_library(tmp_path, capsys):
     assert st.rates.gemm_fp8 == H100.gemm_fp8
     # (the row's fp8_amax_reduction "hidden" is TE's delayed scaling, which DeepGEMM has not: s14h refuses it there)
     st = _load_scenario(ROOT / "scenarios" / "validation" / "mlperf31-gpt3-512.toml",
-                        ["model.fp8_gemm=deepgemm", "model.fp8_amax_reduction=data"])
+                        ["model.fp8_gemm=deepgemm", "model.fp8_amax_reduction=data", 'model.te_cast_transpose="nvrtc"'])
     assert st.rates.gemm_fp8 == H100.gemm_fp8_deepgemm
     st = _load_scenario(ROOT / "scenarios" / "deepseek-v3-predicted.toml")
     assert st.rates.gemm_fp8 == PRESETS["H800"].gemm_fp8_deepgemm == H100.gemm_fp8_deepgemm
@@ -146,7 +146,8 @@ def test_fp8_on_a_gpu_without_fp8_tensor_cores_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "model.fp8" in err and "A100" in err and "Traceback" not in err
         assert not (tmp_path / "out").exists()
-    bf16 = ["--set", "model.fp8_amax_reduction=data", "--set", "parallel.tp_overlap_atomic=[]"]  # the row's FP8-only keys
+    bf16 = ["--set", "model.fp8_amax_reduction=data", "--set", "parallel.tp_overlap_atomic=[]",
+            "--set", 'model.te_cast_transpose="nvrtc"']  # the row's FP8-only keys
     assert main(["run", str(src), "--set", "hardware.preset=A100", "--set", "model.fp8=false", *bf16,
                  "--out", str(tmp_path / "out")]) == 0  # fmt: skip
 

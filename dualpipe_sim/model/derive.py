@@ -23,7 +23,7 @@ from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu
 from . import nemo_loss, placement, recompute, unused_keys
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
-from .rates import KernelRates
+from .rates import TE_STATIC_CAST_TRANSPOSE_GPUS, TE_STATIC_CAST_TRANSPOSE_SHARE, KernelRates
 from .sections import DTYPES, ModelSection, ParallelSection
 from ..errors import cut
 
@@ -94,6 +94,7 @@ class Setup:
     rank_order: str = placement.DEFAULT_ORDER  # parallel.rank_order
     pipeline: int = 1  # pipeline ranks (pipeline_ranks)
     amax_history: int = kernels.AMAX_HISTORY  # model.fp8_amax_history
+    cast_transpose_share: float = 1.0  # model.te_cast_transpose: that kernel's rate over the HBM row's (cast_transpose)
 
     def group(self, kind: str) -> placement.Group:
         """Where the run's groups of ``kind`` sit in its NVLink domains (placement.group; needs the kernel rates)."""
@@ -129,6 +130,7 @@ class Setup:
                               grad_copy=self.grad_copy, embedding_grad=self.embedding_grad,
                               grad_hook=self.grad_hook, embed_layernorm=self.embed_layernorm, fp4=self.fp4,
                               rope_fusion=self.rope_fusion, amax_history=self.amax_history,
+                              cast_transpose_share=self.cast_transpose_share,
                               deepspeed_pipe=self.deepspeed_pipe, tp_max_ctas=self.tp_max_ctas,
                               expert_tensor=self.sharding.expert_tensor, places=self.kernel_places())  # fmt: skip
 
@@ -413,6 +415,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
         raise ModelError(f"parallel.tp_overlap_ring_rs: {', '.join(both)} also in parallel.tp_overlap_atomic; the atomic "
                          "GEMM is the pipelined reduce-scatter's (name each overlap in one of the two)")  # fmt: skip
     nvfp4(scenario, hw, rates)
+    share = cast_transpose(m, hw, rates)
     transpose = fp8_transpose(m, hw) or m.fp4 != "none"  # NVFP4's GEMMs read K-major operands only
     sharding = replace(sharding, fp8_transpose=transpose, expert_tensor=expert_tensor(scenario, cfg, hw, rates),
                        fp4=m.fp4 != "none")
@@ -446,6 +449,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
                  rope_fusion=m.rope_fusion, fp4=m.fp4 != "none", amax_history=m.fp8_amax_history,
+                 cast_transpose_share=share,
                  rank_order=par.rank_order, pipeline=pipeline_ranks(scenario) if S == scenario.pipeline.stages
                  else run_gpus(scenario, S) // (par.tensor * par.data * par.context))  # fmt: skip
 
@@ -627,12 +631,30 @@ def nvfp4(scenario, hw: Hardware | None, rates: KernelRates | None) -> None:
                       ("fp8_amax_reduction", "NVFP4 keeps no amax history to reduce per chunk"),
                       ("fp8_amax_history", "NVFP4 keeps no amax history"),
                       ("fp8_transpose", "NVFP4 GEMMs read K-major operands, so the column-wise copy is always written"),
-                      ("fp8_gemm", "NVFP4 GEMMs run in cuBLASLt")):  # fmt: skip
+                      ("fp8_gemm", "NVFP4 GEMMs run in cuBLASLt"),
+                      ("te_cast_transpose", "NVFP4's casts are Transformer Engine 2.x's kernels")):  # fmt: skip
         if key in given:
             raise ModelError(f'model.{key}: must be left out with model.fp4 = "nvfp4" ({rule})')
     if m.fp8_params:
         raise ModelError('model.fp8_params: must be false with model.fp4 = "nvfp4" (NVFP4 parameters are not '
                          "modelled; the MLPerf v5.1 NVFP4 runs keep 16-bit parameters, FP8_PARAM_GATHER=False)")
+
+
+def cast_transpose(m, hw: Hardware | None, rates) -> float:
+    """model.te_cast_transpose resolved: the rate of Transformer Engine's FP8 cast that writes its transpose, as a share
+    of the achievable HBM row (1: the row; rates.TE_STATIC_CAST_TRANSPOSE_SHARE for TE v0.7-v1.6's kernel, whose one
+    timing is on an H100 SXM: NVIDIA/TransformerEngine#101)."""
+    if m.te_cast_transpose == "nvrtc":
+        return 1.0
+    if m.fp8_recipe == "current":
+        raise ModelError('model.te_cast_transpose: "v0.7-v1.6" predates current scaling (TE 2.2 on, whose casts run '
+                         'the NVRTC kernel); leave it out with model.fp8_recipe = "current"')  # fmt: skip
+    gpus = " or ".join(TE_STATIC_CAST_TRANSPOSE_GPUS)
+    if rates is None or hw is None or hw.name not in TE_STATIC_CAST_TRANSPOSE_GPUS:
+        where = f"the {hw.name}" if hw is not None and rates is not None else "a run without a GPU preset's kernel rates"
+        raise ModelError(f'model.te_cast_transpose: "v0.7-v1.6" is timed on an H100 SXM only (NVIDIA/TransformerEngine'
+                         f"#101), not on {where}; it needs hardware.preset {gpus} and no hardware.efficiency")  # fmt: skip
+    return TE_STATIC_CAST_TRANSPOSE_SHARE
 
 
 def fp8_transpose(m, hw: Hardware | None) -> bool:

@@ -182,4 +182,6 @@ def fp8_weight_cast_ms(st, where) -> float:
     dense, routed = fp8_param_elements(st, where)  # every linear weight the rank holds of the stage copy
     elements = dense + routed
     per = kernels.fp8_weight_cast_bytes(sh.fp8_params, sh.fp8_transpose, sh.fp4)  # FP8 parameters: the transpose alone
-    return elements * per / st.rates.hbm * 1e3 if elements else 0.0
+    # a 16-bit weight's cast that writes its transpose is TE's cast_transpose kernel (model.te_cast_transpose)
+    share = st.cast_transpose_share if sh.fp8_transpose and not sh.fp8_params else 1.0
+    return elements * per / (st.rates.hbm * share) * 1e3 if elements else 0.0

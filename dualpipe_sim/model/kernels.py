@@ -246,6 +246,8 @@ class Layout:
     places: tuple[tuple[str, placement.Group], ...] = ()
     # model.fp8_amax_history: the entries of each amax's history the per-chunk update kernel rolls
     amax_history: int = AMAX_HISTORY
+    # model.te_cast_transpose: the rate of TE's FP8 cast that writes its transpose, over the achievable HBM row's
+    cast_transpose_share: float = 1.0
 
     def group(self, kind: str, domain: int) -> placement.Group:
         """Where this layout's groups of ``kind`` sit: as ``places`` has it, else (a layout built without a run) in
@@ -501,10 +503,11 @@ class Table:
         self.rows.append(Kernel(name, comp, "attention", shape, flops, 0.0, secs, bound))
         return secs
 
-    def memory(self, name: str, comp: str, nbytes: float, launches: int = 1, note: str = "") -> float:
+    def memory(self, name: str, comp: str, nbytes: float, launches: int = 1, note: str = "",
+               share: float = 1.0) -> float:  # fmt: skip
         """A memory-bound kernel (``launches`` > 1: the same bytes split over that many kernels; ``note``: why it
-        runs, added to the shape text)."""
-        body = nbytes / self.r.hbm
+        runs, added to the shape text; ``share``: its rate over the achievable HBM row's, for a kernel measured apart)."""
+        body = nbytes / (self.r.hbm * share)
         secs = launches * self.r.floor + body
         shape = f"{nbytes / 1e6:.3g} MB" + (f" ({launches} kernels)" if launches > 1 else "")
         shape += f"; {note}" if note else ""
@@ -537,8 +540,14 @@ class Table:
         write 1 B twice; without transposes, write once; NVFP4: NVFP4_BYTES a copy); with current scaling its amax
         pass first (``groups``: tensors quantized one by one, as GroupedLinear's experts)."""
         if self.lay.fp8:
-            self.memory(name, comp, (2.0 + self.fp8_writes) * elems)
+            self.memory(name, comp, (2.0 + self.fp8_writes) * elems, share=self.cast_transpose_share)
             self.amax(name.removesuffix(" cast"), comp, elems, groups)
+
+    @property
+    def cast_transpose_share(self) -> float:
+        """An FP8 cast's rate over the HBM row's: model.te_cast_transpose's where it writes the transpose (TE's
+        cast_transpose kernel), else 1 (a cast alone streams)."""
+        return self.lay.cast_transpose_share if self.fp8_copies == 2.0 else 1.0
 
     @property
     def fp8_copies(self) -> float:
@@ -1685,8 +1694,9 @@ def fp8_weight_casts(tb: Table, i: int) -> None:
     n = fp8_linears(cfg, i, lay)
     n_attn = len(shapes) + 1
     per = fp8_weight_cast_bytes(False, lay.fp8_transpose, lay.fp4)  # a cast per use: 16-bit weights
-    tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * per, n_attn)
-    tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * per, n - n_attn)
+    share = tb.cast_transpose_share  # a 16-bit weight's cast with its transpose: TE's cast_transpose kernel
+    tb.memory("attention weights fp8 cast (uncached)", "attn_forward", attn * per, n_attn, share=share)
+    tb.memory("mlp weights fp8 cast (uncached)", "mlp_forward", mlp * per, n - n_attn, share=share)
     tb.amax("attention weights (uncached)", "attn_forward", attn, n_attn)
     tb.amax("mlp weights (uncached)", "mlp_forward", mlp, n - n_attn)
 

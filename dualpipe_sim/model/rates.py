@@ -170,6 +170,12 @@ _SM90_FP8_CUBLAS = GemmRates(peak=1382e12, k_overhead=0.0, floor=5.54e-6)
 _H100_HBM = 2.90e12  # 86.6% of 3.35 TB/s
 _H200_HBM = 4.00e12  # 83.3% of 4.8 TB/s
 _FLOOR = 2.5e-6  # back-to-back small kernels (gpu-benches gpu-small-kernels, H200 and A100)
+# Transformer Engine v0.7-v1.6's cast-transpose (the tiled kernel of NVIDIA/TransformerEngine#101, also in MLPerf
+# v3.1's TE @ 09ba842; TE v1.7 on runs #258's NVRTC kernel), timed on an H100 SXM by that PR: 4,096^2 FP16 -> FP8,
+# 2 + 1 + 1 B an element (67.1 MB, beyond the 50 MB L2), in 51.95 us: 1.292 TB/s, as a share of H100's HBM row
+# (tests/data/kernels/te101_h100_cast_transpose.csv); H800 takes it as it takes H100's HBM row; no other GPU timed
+TE_STATIC_CAST_TRANSPOSE_GPUS = ("H100", "H800")
+TE_STATIC_CAST_TRANSPOSE_SHARE = 4 * 4096**2 / 51.95e-6 / _H100_HBM  # 0.4455
 # B200's own: NVIDIA/cccl#7391's nvbench table of cub::DeviceTransform relu on "NVIDIA B200" (one load, one store a
 # value; tests/data/kernels/cccl7391_b200_relu.csv), its batch (back-to-back) times: 2^28 F16 values, 1 GiB moved, in
 # 156.563 us; 2^16 values in 2.044 / 2.036 us (F16 / BF16)

@@ -398,7 +398,9 @@ def explain_lines(d: Derived) -> list[str]:
             + (f", {r.gemm_fp8.peak / 1e12:g} FP8" if r.gemm_fp8 else "")
             + (f", {r.gemm_fp4.peak / 1e12:g} NVFP4" if r.gemm_fp4 and st.fp4 else "")
             + f"), flash attention {r.attention_forward / 1e12:g} / {r.attention_backward / 1e12:g} TFLOP/s "
-            f"forward / backward at long sequences, memory-bound kernels at {r.hbm / 1e12:.3g} TB/s, "
+            f"forward / backward at long sequences, memory-bound kernels at {r.hbm / 1e12:.3g} TB/s"
+            + (f" (FP8 cast-transposes at {r.hbm * st.cast_transpose_share / 1e12:.3g}: TE v0.7-v1.6's kernel, "
+               "model.te_cast_transpose)" if st.cast_transpose_share != 1.0 else "") + ", "
             f"every kernel at least {r.floor * 1e6:g} us; collectives {r.latency * 1e6:g} us + bytes / "
             f"{r.nvlink_bus / 1e9:g} GB/s (NVLink) or {r.nic_bus / 1e9:g} GB/s (NIC)"
             + ("; NVLink all-reduce / all-gather / reduce-scatter at the bus bandwidth measured at their size"

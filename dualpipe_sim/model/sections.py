@@ -152,6 +152,10 @@ class ModelSection(BaseModel):
     # any GPU: FP8 GEMMs in the TN layout only), "none" (TE 2.x on Blackwell: nvte_is_non_tn_fp8_gemm_supported, the
     # GEMMs read the row-wise data), "derived" (none on a B200, else kept); docs/model.md, "FP8 transposes"
     fp8_transpose: Literal["derived", "kept", "none"] = "derived"
+    # which Transformer Engine kernel the FP8 casts that write their transpose ran: "nvrtc" (TE v1.7 on: #258's
+    # runtime-compiled kernel, at the achievable HBM row) or "v0.7-v1.6" (TE v0.7 to v1.6 and MLPerf v3.1's 09ba842:
+    # #101's tiled kernel at its measured H100 rate; H100 / H800, delayed scaling); docs/model.md, "Achievable HBM"
+    te_cast_transpose: Literal["nvrtc", "v0.7-v1.6"] = "nvrtc"
     # NVFP4 linears (Megatron-core --fp4-format e2m1 --fp4-recipe nvfp4; NeMo FP4=True, FP4_RECIPE=nvfp4): Transformer
     # Engine's NVFP4BlockScaling runs every linear's fprop, dgrad and wgrad GEMM in NVFP4 and casts their operands to it
     # (per-tensor amax each cast, the column-wise copy written beside); Blackwell presets only; docs/model.md, "NVFP4

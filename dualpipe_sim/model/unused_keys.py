@@ -42,6 +42,9 @@ def refuse(m: ModelSection, par: ParallelSection, fp8_weight_cache: bool, fp8: b
     if m.fp8_amax_history != _default(m, "fp8_amax_history") and not te_fp8:
         raise ModelError(f"model.fp8_amax_history: {m.fp8_amax_history} is Transformer Engine's delayed scaling "
                          '(model.fp8 = true, model.fp8_gemm = "cublas"); leave it out')  # fmt: skip
+    if m.te_cast_transpose != _default(m, "te_cast_transpose") and not te_fp8:
+        raise ModelError(f'model.te_cast_transpose: "{m.te_cast_transpose}" is Transformer Engine\'s FP8 cast kernel '
+                         '(model.fp8 = true, model.fp8_gemm = "cublas"); leave it out')  # fmt: skip
     for key in UB_KEYS:
         if getattr(par, key) and not par.tp_comm_overlap:
             raise ModelError(f"parallel.{key}: configures Transformer Engine's userbuffers overlaps, which run only "
