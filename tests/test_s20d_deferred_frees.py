@@ -1,6 +1,6 @@
 """s20d: the deferred output-layer wgrad buffers (model.defer_embedding_wgrad) are freed as the drain's GEMMs that read
 them finish, not held past the drain's end.  Megatron-core core_r0.11.0 (7c00175) megatron/core/utils.py
-drain_embedding_wgrad_compute, lines 593-616: each loop pops micro-batch i's output gradient, runs its wgrad GEMM and
+drain_embedding_wgrad_compute, lines 592-616: each loop pops micro-batch i's output gradient, runs its wgrad GEMM and
 drops it and its (gathered) input (``all_gathered_input[i % 2], grad_output = None, None``); the last after the loop.
 
 The tiny Llama of tests/test_s19i_review.py: 1F1B, 2 stages x 4 micro-batches, TP 4, the head on rank 1; all 4

@@ -49,7 +49,7 @@ def drain_ms(cfg, rates, lay, count: int) -> float:
 def gemm_ends(cfg, rates, lay, count: int) -> list[float]:
     """When each of the drain's ``count`` wgrad GEMMs ends, ms from the drain's start, in the order it runs them (the
     buffers' order, ``pop(0)``: the first micro-batch deferred first); the last is the drain's length.  Micro-batch
-    j's buffered tensors are dropped as its GEMM finishes (utils.py lines 601-616: ``grad_output_buffer.pop(0)``, then
+    j's buffered tensors are dropped as its GEMM finishes (utils.py lines 592-616: ``grad_output_buffer.pop(0)``, then
     ``all_gathered_input[i % 2], grad_output = None, None`` after ``wgrad_compute``): model/buffers.py frees them there."""
     if count <= 0:
         return []
