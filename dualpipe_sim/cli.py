@@ -764,9 +764,14 @@ def _cmd_plan(args) -> int:
         print(f"{word}: {exc.finished} finished candidates are in {exc.path}; "
               f"rerun with --resume to simulate the other {exc.left}", file=sys.stderr)
         return code
+    dropped = plan.files.dropped_line(result)
     if args.json:
+        if dropped:  # stdout is the JSON
+            print(f"note: {dropped[0].lower()}{dropped[1:]}", file=sys.stderr)
         print(json.dumps(plan.top_json(result, args.out), indent=2))
         return 0
+    if dropped:  # the header: what of the source plan did not keep, before what it chose
+        print(dropped + "\n")
     print(plan.files.markdown_table(plan.files.table(result)))
     print(plan.files.band_line(result))  # beside the tokens/s, as plan.md has it: reported, never applied
     if plan.files.none_fits(result):

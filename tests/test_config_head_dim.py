@@ -26,12 +26,15 @@ MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 768,
 def test_head_dim_default_per_model_type(model_type, head_dim):
     cfg = config.from_hf({"model_type": model_type, **BASE, **MOE})
     assert (cfg.qk_head_dim, cfg.v_head_dim) == (head_dim, head_dim)
-    assert len(cfg.defaults_taken) == 1 and f"= {head_dim} (" in cfg.defaults_taken[0]
+    # s20d: a Mistral config without sliding_window takes MistralConfig's 4096 too, and says so
+    window = ["sliding_window = 4096 (mistral's config default; the config has none)"] if model_type == "mistral" else []
+    assert len(cfg.defaults_taken) == 1 + len(window) and f"= {head_dim} (" in cfg.defaults_taken[0]
+    assert list(cfg.defaults_taken[1:]) == window
     given = config.from_hf({"model_type": model_type, **BASE, **MOE, "head_dim": head_dim})
     if model_type == "qwen2_moe":  # reads no head_dim (tests/test_qa_s17.py): the same, and says it ignored it
         assert given.qk_head_dim == head_dim and given.defaults_taken[0].endswith(f"the config's {head_dim} ignored)")
     else:
-        assert given == cfg and given.defaults_taken == ()
+        assert given == cfg and given.defaults_taken == tuple(window)
     # Attention weights by hand: q and o are 32 heads x head_dim wide, k and v 4 kv heads x head_dim;
     # Qwen2's q, k, v biases, Qwen3's per-head q and k RMSNorms.
     d = head_dim

@@ -88,7 +88,7 @@ EXPECT = {
     "model-config-missing.toml": "no-such-config.json: model config file not found",
     "model-expert-parallel.toml": "parallel.expert: must divide the number of routed experts (8), got 3",
     # s15e: an MoE user's slips
-    "model-expert-over-data.toml": "parallel.expert: must divide parallel.data x parallel.tensor (4)",
+    "model-expert-over-data.toml": "parallel.expert: must divide parallel.tensor x parallel.context x parallel.data (4)",
     "model-topk-over-experts.toml": "model.num_experts_per_tok: must be <= the number of experts (8), got 16",
     "model-tensor-beyond-node.toml": "parallel.tensor: must be at most the GPUs of one NVLink domain (8 on the H800",
     "dualpipe-few-microbatches.toml": "pipeline.microbatches: dualpipe needs >= 2 * pipeline.stages = 8, got 6",

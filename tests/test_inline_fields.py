@@ -34,9 +34,11 @@ SCOUT = _json(DATA / "configs" / "llama4-scout-config.json")
 # Each family's configs; together they reach every conditional read (Llama 4 reads no_rope_layer_interval only
 # without a no_rope_layers list)
 VARIANTS = {
-    "llama": [_json(ROOT / "scenarios" / "models" / "llama3-70b.json")],
+    "llama": [_json(ROOT / "scenarios" / "models" / "llama3-70b.json"),  # s20d: Qwen2's window fields, with the window on
+              {**_json(ROOT / "scenarios" / "models" / "llama3-70b.json"), "model_type": "qwen2", "use_sliding_window": True}],
     "mixtral": [_json(DATA / "mixtral-8x7b-config.json")],
-    "qwen_moe": [QWEN_MOE, {**QWEN_MOE, "model_type": "qwen3_moe"}],  # qwen3_moe reads head_dim, qwen2_moe not
+    "qwen_moe": [QWEN_MOE, {**QWEN_MOE, "model_type": "qwen3_moe"},  # qwen3_moe reads head_dim, qwen2_moe not
+                 {**QWEN_MOE, "use_sliding_window": True}],  # s20d: the window's fields
     "deepseek": [_json(ROOT / "scenarios" / "models" / "deepseek-v3.json")],
     "glm4_moe": [_json(DATA / "configs" / "glm4.5.json")],
     "gpt2": [_json(DATA / "gpt2-config.json")],
@@ -101,7 +103,7 @@ def test_a_field_only_another_family_reads_is_refused(family, path, mt, field):
     assert field in config.INLINE_FIELDS and field not in config.FAMILY_FIELDS[family]
     with pytest.raises(ModelError) as exc:
         derive.model_config(_section(config=str(path), **{field: 8}))
-    assert str(exc.value) == _line(field, mt, ", ".join(sorted(config.FAMILY_FIELDS[family])))
+    assert str(exc.value) == _line(field, mt, ", ".join(sorted(config.fields_of(mt))))  # llama: not Qwen2's window
 
 
 def test_nemotron_refusal_lists_its_fields_by_hand():

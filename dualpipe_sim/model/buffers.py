@@ -14,8 +14,9 @@ with the activations.
 
 * **Deferred output-layer wgrad** (``model.defer_embedding_wgrad``, model/deferred_wgrad.py): each deferred
   micro-batch's buffered input and output gradient (``deferred_wgrad.held_bytes``), held on the rank running the
-  head's stage from the end of its backward (B, or I when split: where its activation is freed) until the drain after
-  the rank's last backward, so past every row here.
+  head's stage from the end of its backward (B, or I when split: where its activation is freed) until its GEMM in
+  the drain after the rank's last backward ends (``deferred_wgrad.gemm_ends``, placed in the trace's DRAIN row; s20d:
+  before, never freed).
 
 The activation rows (trace.memory) and these intervals are summed over time per
 rank; ``joint`` is that sum's peak, which is what the rank's total adds (the
@@ -27,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..schedules.components import Component
-from ..engine.trace import A2A, P2P, Trace
+from ..engine.trace import A2A, DRAIN, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
-from .deferred_wgrad import held_bytes
+from .deferred_wgrad import gemm_ends, held_bytes
 from .kernels import PROB_BYTES
 from ..schedules.rules import KIND_CODES
 
@@ -106,10 +107,26 @@ def _consumer_starts(trace: Trace, rank: np.ndarray, action: np.ndarray, fallbac
     return np.where(key[idx] == want, start[idx], fallback)
 
 
+def deferred_events(trace: Trace, st: Setup, deferred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The deferred micro-batches' buffers as (rank, time, bytes) events: an allocation at the end of each backward
+    action that defers (``CostModel.deferred``'s stage and count; the action's end is where its activation row frees),
+    and a free at the end of each of the drain's GEMMs (``gemm_ends``, scaled onto the trace's DRAIN row of that
+    stage, which step.dp_comm_sms may have stretched), the first deferred first.  Without a DRAIN row (a trace with
+    no step rows) the buffers stay held to the trace's end."""
+    rank, time, size = _deferred(trace, st, deferred)
+    drain = trace.step[(trace.step["kind"] == DRAIN) & (trace.step["stage"] == (deferred[0] if deferred else -1))]
+    if len(rank) == 0 or len(drain) == 0:
+        return rank, time, size
+    ends = np.array(gemm_ends(st.cfg, st.rates, st.layout, len(rank)))
+    row = drain[0]
+    freed = row["start"] + (row["end"] - row["start"]) * ends / ends[-1]
+    return (np.concatenate([rank, np.full(len(ends), row["rank"], dtype=np.int64)]), np.concatenate([time, freed]),
+            np.concatenate([size, -size]))  # fmt: skip
+
+
 def _deferred(trace: Trace, st: Setup, deferred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The deferred micro-batches' buffers as (rank, time, bytes) allocations, at the end of each backward action that
-    defers (``CostModel.deferred``'s stage and count; the action's end is where its activation row frees); none kept
-    past the trace: the drain frees them after the rank's last backward."""
+    defers."""
     c = trace.compute
     if deferred is None or len(c) == 0:
         return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
@@ -143,7 +160,7 @@ def per_rank(trace: Trace, st: Setup, deferred=None) -> list[dict]:
     a2a_delta = np.concatenate([a2a_size, -a2a_size])
     mem = trace.memory
     ranks = trace.ranks
-    held_rank, held_time, held_delta = _deferred(trace, st, deferred)
+    held_rank, held_time, held_delta = deferred_events(trace, st, deferred)
     joint = _peaks(ranks, np.concatenate([mem["rank"], p2p_rank, a2a_rank, held_rank]),
                    np.concatenate([mem["time"], p2p_time, a2a_time, held_time]),
                    np.concatenate([mem["bytes"], p2p_delta, a2a_delta, held_delta]))  # fmt: skip

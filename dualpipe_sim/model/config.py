@@ -272,9 +272,60 @@ def from_hf(raw: dict, where: str = "") -> ModelConfig:
             dense_layers=tuple(i for i in range(L) if i in only or (i + 1) % every),
             moe_layers_key="mlp_only_layers" if only else "decoder_sparse_step",
         )
-    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn, defaults_taken=taken,
-                      **common, **extra)
+    window, sliding, window_taken = _hf_window(raw, mt, common["num_layers"], where)
+    cfg = ModelConfig(qk_head_dim=head_dim, v_head_dim=head_dim, intermediate_size=ffn,
+                      defaults_taken=(*taken, *window_taken), sliding_window=window, sliding_layers=sliding,
+                      **common, **extra)  # fmt: skip
     return _checked(cfg, where)
+
+
+# Mistral's and the Qwen families' sliding window as transformers @ 008e574 sets it (docs/model.md, "Sliding-window
+# attention"): the window's default when the config has none, and the layers it applies to.
+HF_WINDOW = 4096  # MistralConfig's, Qwen2Config's, Qwen3Config's, Qwen2MoeConfig's and Qwen3MoeConfig's default
+HF_MAX_WINDOW_LAYERS = 28  # Qwen2Config's, Qwen3Config's and Qwen2MoeConfig's max_window_layers default
+WINDOW_FIELDS = ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types")
+WINDOWED = ("mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # the model types _hf_window reads
+
+
+def _hf_window(raw: dict, mt: str, L: int, where: str) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+    """(window, its layers, the defaults taken in words) of a Llama-family or Qwen-MoE config.  Mistral windows
+    every layer by ``sliding_window`` (4096 unless the config says null); the Qwen families only with
+    ``use_sliding_window`` (their __post_init__ sets the window to None, Qwen2-MoE's to 0, without it), then
+    Qwen3-MoE every layer (Qwen3MoeAttention passes config.sliding_window on every layer; max_window_layers is not
+    a field), the others the layers ``layer_types`` marks "sliding_attention", by default Qwen2's and Qwen3's from
+    index max_window_layers on and Qwen2-MoE's even indices below it.  Llama and Mixtral: none (not read)."""
+    if mt not in WINDOWED or (mt != "mistral" and not _flag(raw, "use_sliding_window", where)):
+        return 0, (), ()
+    if "sliding_window" in raw and raw["sliding_window"] is None:  # null: no window (Mistral v0.2 on, Qwen3 releases)
+        return 0, (), ()
+    taken = [] if "sliding_window" in raw else [f"sliding_window = {HF_WINDOW} ({mt}'s config default; the config "
+                                                 f"has none)"]  # fmt: skip
+    window = _whole(raw, "sliding_window", where, default=HF_WINDOW)
+    if mt in ("mistral", "qwen3_moe"):
+        return window, tuple(range(L)), tuple(taken)
+    kinds = _layer_types(raw, L, where)
+    if kinds is None:
+        top = _whole(raw, "max_window_layers", where, default=HF_MAX_WINDOW_LAYERS, minimum=0)
+        if "max_window_layers" not in raw:
+            taken.append(f"max_window_layers = {HF_MAX_WINDOW_LAYERS} ({mt}'s config default; the config has none)")
+        windowed = (lambda i: (i + 1) % 2 and i < top) if mt == "qwen2_moe" else (lambda i: i >= top)
+        return window, tuple(i for i in range(L) if windowed(i)), tuple(taken)
+    return window, tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention"), tuple(taken)
+
+
+def _layer_types(raw: dict, L: int, where: str) -> list[str] | None:
+    """The config's layer_types checked (one of LAYER_TYPES per layer), or None when it has none."""
+    kinds = raw.get("layer_types")
+    if kinds is None:
+        return None
+    if not isinstance(kinds, list) or len(kinds) != L:
+        got = f"{len(kinds)} entries" if isinstance(kinds, list) else shown(kinds)
+        raise ModelError(f"{where}layer_types: must list one entry per layer (num_hidden_layers = {L}), got {got}")
+    for i, kind in enumerate(kinds):
+        if kind not in LAYER_TYPES:
+            raise ModelError(f"{where}layer_types: entry {i} must be \"sliding_attention\" or \"full_attention\", "
+                             f"got {shown(kind)}")
+    return kinds
 
 
 def _common(raw: dict, mt: str, where, head_dim: bool = True) -> tuple[dict, int, tuple[str, ...]]:
@@ -576,18 +627,11 @@ def _gpt_oss(raw: dict, where: str, common: dict, head_dim: int, taken: tuple[st
     if raw.get("sliding_window") is None:
         taken.append(f"sliding_window = {GPT_OSS_WINDOW} (GptOssConfig's default; the config has none)")
     window = w("sliding_window", default=GPT_OSS_WINDOW)
-    kinds = raw.get("layer_types")
+    kinds = _layer_types(raw, L, where)
     if kinds is None:  # GptOssConfig: "sliding_attention" if (i + 1) % 2 else "full_attention"
         kinds = [LAYER_TYPES[i % 2] for i in range(L)]
         taken.append("layer_types: sliding_attention and full_attention alternating from layer 0 "
                      "(GptOssConfig's default; the config has none)")
-    elif not isinstance(kinds, list) or len(kinds) != L:
-        got = f"{len(kinds)} entries" if isinstance(kinds, list) else shown(kinds)
-        raise ModelError(f"{where}layer_types: must list one entry per layer (num_hidden_layers = {L}), got {got}")
-    for i, kind in enumerate(kinds):
-        if kind not in LAYER_TYPES:
-            raise ModelError(f"{where}layer_types: entry {i} must be \"sliding_attention\" or \"full_attention\", "
-                             f"got {shown(kind)}")
     limit = raw.get("swiglu_limit", GPT_OSS_SWIGLU_LIMIT)
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
         raise ModelError(f"{where}swiglu_limit: must be a number > 0, got {shown(limit)}")
@@ -667,10 +711,10 @@ _LLAMA = [*_COMMON, "intermediate_size", "attention_bias"]
 _DEEPSEEK_MOE = ("first_k_dense_replace n_routed_experts n_shared_experts moe_intermediate_size num_experts_per_tok "
                  "n_group topk_group num_nextn_predict_layers").split()
 FAMILY_FIELDS: dict[str, frozenset[str]] = {f: frozenset(keys) for f, keys in {
-    "llama": _LLAMA,
+    "llama": [*_LLAMA, *WINDOW_FIELDS],  # the window's fields: Mistral's, Qwen2's and Qwen3's (_hf_window)
     "mixtral": [*_LLAMA, "num_local_experts", "num_experts_per_tok"],
     "qwen_moe": [*_LLAMA, "num_experts", "num_experts_per_tok", "moe_intermediate_size",
-                 "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers"],
+                 "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers", *WINDOW_FIELDS],
     "deepseek": [*(k for k in _COMMON if k != "head_dim"), *_DEEPSEEK_MOE, "intermediate_size", "moe_layer_freq",
                  "topk_method", "quantization_config", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                  "qk_rope_head_dim", "v_head_dim"],  # MLA: head sizes from the qk_/v_ fields, not head_dim
@@ -692,8 +736,8 @@ INLINE_FIELDS = frozenset().union(*FAMILY_FIELDS.values())
 # (check_inline).  tests/test_s18r_polish.py proves this is exactly the fields a reader refuses 7.5 in.
 INTEGER_FIELDS = frozenset(
     "attention_chunk_size decoder_sparse_step first_k_dense_replace head_dim hidden_size interleave_moe_layer_step "
-    "intermediate_size intermediate_size_mlp kv_lora_rank moe_intermediate_size moe_layer_freq n_embd n_group n_head "
-    "n_inner n_layer n_positions n_routed_experts n_shared_experts no_rope_layer_interval num_attention_heads "
+    "intermediate_size intermediate_size_mlp kv_lora_rank max_window_layers moe_intermediate_size moe_layer_freq n_embd "
+    "n_group n_head n_inner n_layer n_positions n_routed_experts n_shared_experts no_rope_layer_interval num_attention_heads "
     "num_experts num_experts_per_tok num_hidden_layers num_key_value_heads num_local_experts num_nextn_predict_layers "
     "q_lora_rank qk_nope_head_dim qk_rope_head_dim shared_expert_intermediate_size sliding_window topk_group "
     "v_head_dim vocab_size".split())
@@ -701,7 +745,10 @@ INTEGER_FIELDS = frozenset(
 # A family's field one of its model_types does not read: Qwen2-MoE's attention takes hidden / heads whatever
 # head_dim says (docs/model.md "Reading a config"), Qwen3-MoE's reads it; Qwen3-MoE's MoE block has no shared
 # expert (transformers' Qwen3MoeSparseMoeBlock: a gate and the routed experts), Qwen2-MoE's reads its size.
-_NOT_READ = {"qwen2_moe": frozenset({"head_dim"}), "qwen3_moe": frozenset({"shared_expert_intermediate_size"})}
+_NOT_READ = {"qwen2_moe": frozenset({"head_dim"}),
+             "qwen3_moe": frozenset({"shared_expert_intermediate_size", "max_window_layers", "layer_types"}),
+             "llama": frozenset(WINDOW_FIELDS),  # LlamaConfig has no window
+             "mistral": frozenset({"use_sliding_window", "max_window_layers", "layer_types"})}  # fmt: skip
 # What Llama 4's text_config holds: its family's fields but those of the outer config.
 _TEXT_CONFIG_FIELDS = FAMILY_FIELDS["llama4"] - {"model_type", "architectures", "text_config"}
 

@@ -43,8 +43,16 @@ def _passes(cfg, rates, lay, deferred: bool) -> dict[str, float]:
 def drain_ms(cfg, rates, lay, count: int) -> float:
     """drain_embedding_wgrad_compute of ``count`` micro-batches (ms): with sequence parallelism the first all-gather
     alone, then count - 1 GEMMs each beside the next input's all-gather (exposed beyond it), then the last GEMM."""
+    return gemm_ends(cfg, rates, lay, count)[-1] if count > 0 else 0.0
+
+
+def gemm_ends(cfg, rates, lay, count: int) -> list[float]:
+    """When each of the drain's ``count`` wgrad GEMMs ends, ms from the drain's start, in the order it runs them (the
+    buffers' order, ``pop(0)``: the first micro-batch deferred first); the last is the drain's length.  Micro-batch
+    j's buffered tensors are dropped as its GEMM finishes (utils.py lines 592-616: ``grad_output_buffer.pop(0)``, then
+    ``all_gathered_input[i % 2], grad_output = None, None`` after ``wgrad_compute``): model/buffers.py frees them there."""
     if count <= 0:
-        return 0.0
+        return []
     n, h, ab = lay.tokens, cfg.hidden_size, lay.act_bytes
     v = -(-cfg.vocab_size // lay.tensor)
 
@@ -56,8 +64,9 @@ def drain_ms(cfg, rates, lay, count: int) -> float:
         build(tb)
         return sum(k.ms for k in tb.rows)
 
+    one = ms(gemm)
     if not (lay.sequence_parallel and lay.tensor > 1):  # the whole input is on the rank: the GEMMs alone
-        return count * ms(gemm)
+        return [(j + 1) * one for j in range(count)]
     first = ms(lambda tb: tb.comm("tp all-gather (deferred input, waited)", "mlp_backward_weight", "all_gather",
                                   n * h * ab, lay.tensor, "nvlink"))
 
@@ -65,7 +74,8 @@ def drain_ms(cfg, rates, lay, count: int) -> float:
         with tb.nccl_beside("tp all-gather (next deferred input)", "mlp_backward_weight", "all_gather", n * h * ab):
             gemm(tb)
 
-    return first + (count - 1) * ms(beside) + ms(gemm)
+    each = ms(beside)  # GEMM j (j < count - 1) beside input j + 1's all-gather, waited for after it
+    return [first + (j + 1) * each for j in range(count - 1)] + [first + (count - 1) * each + one]
 
 
 def held_bytes(st) -> float:

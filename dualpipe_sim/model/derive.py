@@ -326,10 +326,11 @@ def setup(scenario, stages: int | None = None) -> Setup:
             raise ModelError(
                 f"parallel.expert: must divide the number of routed experts ({cfg.num_experts}), got {par.expert}"
             )
-        if (par.data * par.tensor) % par.expert:
+        if (par.tensor * par.context * par.data) % par.expert:  # ETP 1; expert_tensor() checks ETP x EP
             raise ModelError(
-                f"parallel.expert: must divide parallel.data x parallel.tensor ({par.data * par.tensor}): "
-                f"expert-parallel ranks are carved out of the data-parallel ones, got {par.expert}"
+                f"parallel.expert: must divide parallel.tensor x parallel.context x parallel.data "
+                f"({par.tensor * par.context * par.data}): Megatron-core's expert grid (expert-tensor x expert x "
+                f"expert-data) fills those ranks (MoE parallel folding), got {par.expert}"
             )
     elif par.expert > 1:
         raise ModelError(f"parallel.expert: the model has no experts, so it must be 1, got {par.expert}")
@@ -786,7 +787,7 @@ def p2p_ms(st: Setup, link: str = "nic") -> float:
 
 def run_gpus(scenario, stages: int) -> int:
     """The GPUs a step synchronises: pipeline ranks (the schedule's, for ``stages`` stages) x tensor x data x
-    context (expert-parallel ranks are carved out of data x tensor)."""
+    context (expert-parallel ranks are carved out of tensor x context x data)."""
     from ..schedules import registry
 
     p, par = scenario.pipeline, scenario.parallel or ParallelSection()

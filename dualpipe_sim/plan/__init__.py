@@ -28,8 +28,8 @@ from ..sweep.errors import SweepError
 from . import files
 from .estimate import FigureCache, memory_estimate, static_floor
 from .rank import BEYOND_TOP, Row, beyond_top, estimate_order, floor_holds, ranked, split_later, to_simulate
-from .request import (PlanError, base_scenario, check_sizes, device_memory, make_request, model_config, model_shape,
-                      pinned_choices, source_pins)
+from .request import (PlanError, base_scenario, check_sizes, device_memory, dropped_layout, make_request, model_config,
+                      model_shape, pinned_choices, source_pins)
 from .journal import NAME as JOURNAL
 from .journal import Journal
 from .shapes import placement, shapes
@@ -72,6 +72,7 @@ class Plan:
     journal: Path | None = None  # the finished candidates on disk (journal.py); write() removes it
     experts: int = 0  # the model's routed experts (0: dense): plan.md then says the ETP the layouts share
     search_expert_tensor: bool = False  # ETP = tensor tried beside ETP 1 (plan.md's ETP line says so)
+    dropped: dict = field(default_factory=dict)  # the source's layout keys plan searched over (request.dropped_layout)
 
     @property
     def top(self) -> list[Row]:
@@ -180,7 +181,8 @@ def plan(source: str | Path, gpus: int, global_batch: int, seq: int, *, hardware
                 row.mfu = row.tokens_per_second_per_gpu * flops_per_token / peak
     pruned = Counter(reason_kind(r.pruned) for r in rows if r.pruned)
     return Plan(base, gpus, global_batch, seq, device, ranked(rows), top, dict(sorted(pruned.items())),
-                journal.path if journal is not None else None, experts, search_expert_tensor)
+                journal.path if journal is not None else None, experts, search_expert_tensor,
+                dropped_layout(source, unset, overrides))  # fmt: skip
 
 
 def _estimated(base: dict, req, names: list[str], overrides: list[str], device: float | None,

@@ -157,6 +157,7 @@ def plan_md(plan) -> str:
         "",
         precision_line(plan),
         "",
+        *([dropped_line(plan), ""] if dropped_line(plan) else []),
         band_line(plan),
         "",
         *([etp_line(plan), ""] if etp_line(plan) else []),
@@ -186,6 +187,16 @@ def precision_line(plan) -> str:
     run = precision(ModelSection.model_validate(plan.base["model"]), model_config(plan.base))
     return (f"Precision (model.fp4, model.fp8, model.fp8_recipe): {run} in every layout; plan does not search it "
             f"(the base scenario sets it).")
+
+
+def dropped_line(plan) -> str | None:
+    """The source scenario's layout keys plan searched over instead of keeping (docs/plan.md, section 1), one line;
+    None when it stated none (or a config.json was the source)."""
+    if not plan.dropped:
+        return None
+    said = ", ".join(f"{k} = " + (f'"{v}"' if isinstance(v, str) else f"{v}") for k, v in plan.dropped.items())
+    return (f"From the source: {said} searched over, not kept (plan chooses the layout; an override of "
+            f"parallel.tensor, context, expert or zero pins one).")
 
 
 def band(plan) -> validation_band.Band:

@@ -1,7 +1,8 @@
 """The finished candidates of a plan, kept on disk while it runs so that Ctrl-C loses none.
 
 One JSON line per simulated candidate, appended and flushed the moment it
-finishes: the plan's base scenario id, the options that define its search
+finishes: the plan's base scenario id and (since s20d) the base itself, so that a resume of another
+plan's journal names the key that differs, the options that define its search
 (``search``: the GPUs, the global batch, the schedules, the budget and
 search_expert_tensor, which set the candidates and which of them are
 simulated), the candidate's overrides, and the fields its simulation gave.
@@ -56,7 +57,7 @@ class Journal:
 
     def _line(self, overrides, fields: dict) -> str:
         return json.dumps({"scenario_id": self.id, "search": self.search, "candidate": list(overrides),
-                           "fields": fields}) + "\n"  # fmt: skip
+                           "base": self.base, "fields": fields}) + "\n"  # fmt: skip
 
     def finished(self, overrides) -> dict | None:
         """The fields of a candidate simulated before (None if it was not)."""
@@ -100,9 +101,7 @@ def read(path: Path, base: dict, ours: str, search: dict | None = None) -> dict[
                 or not isinstance(options, dict):
             continue
         if theirs != ours:
-            raise PlanError(field="resume", rule=f"{path} holds candidates of another plan (scenario_id {theirs}, this "
-                                                 f"one is {ours}: the model, hardware, sequence or overrides differ); "
-                                                 f"resume with the same request, or write to another folder")  # fmt: skip
+            raise PlanError(field="resume", rule=another_plan(path, entry.get("base"), base, theirs, ours))
         differ = [name for name in search if options.get(name) != search[name]]
         if differ:
             name = differ[0]
@@ -112,4 +111,36 @@ def read(path: Path, base: dict, ours: str, search: dict | None = None) -> dict[
         key = point_key(base, overrides)
         if key is not None and isinstance(fields, dict):
             out[key] = (overrides, fields)
+    return out
+
+
+ABSENT = "absent"  # a key one base scenario has and the other not
+
+
+def another_plan(path: Path, theirs: dict | None, base: dict, their_id: str, our_id: str) -> str:
+    """The refusal of a journal another base scenario wrote, in one line: the first key (dotted, in sorted order)
+    whose value differs, and what to do.  A journal from before s20d keeps no base: then only the ids, and the
+    usual causes (s19n keeps more of a source's [parallel], so such a journal of the same command differs too)."""
+    fix = f"delete {path} to start this plan afresh, or write to another folder"
+    if not isinstance(theirs, dict):
+        return (f"{path} holds candidates of another plan (scenario_id {their_id}, this one is {our_id}: the model, "
+                f"hardware, sequence, overrides or the [parallel] keys kept from a source differ; a journal from before "
+                f"s20d does not say which); {fix}")  # fmt: skip
+    a, b = _flat(theirs), _flat(json.loads(json.dumps(base, default=str)))
+    key = next((k for k in sorted(a.keys() | b.keys()) if a.get(k, ABSENT) != b.get(k, ABSENT)), None)
+    if key is None:  # equal content, another id: a journal of another version's scenario_id
+        return f"{path} holds candidates of another plan (scenario_id {their_id}, this one is {our_id}); {fix}"
+    said = [ABSENT if k not in d else shown(d[k]) for d, k in ((a, key), (b, key))]
+    return (f"{path} holds candidates of another plan: its base scenario's {key} is {said[0]}, this one's "
+            f"{said[1]}; {fix}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested dict's leaves by dotted key."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out

@@ -51,6 +51,17 @@ def source_pins(base: dict) -> list[str]:
             *([f"parallel.expert_tensor={etp}"] if etp is not None else [])]
 
 
+def dropped_layout(source: str | Path, unset: list[str] = (), overrides: list[str] = ()) -> dict[str, object]:
+    """The source TOML's [parallel] layout keys plan searches instead of keeping (LAYOUT_PARALLEL), in that order:
+    those ``unset`` takes out and those an override sets are not dropped.  plan's header names them."""
+    path = Path(source)
+    if path.suffix == ".json":  # a model config states no layout
+        return {}
+    par = unset_keys(load_raw(path), unset).get("parallel", {})
+    set_keys = {".".join(parse_override(o)[0]) for o in overrides}
+    return {k: par[k] for k in LAYOUT_PARALLEL if k in par and f"parallel.{k}" not in set_keys}
+
+
 class PlanError(ScenarioError):
     """A request no layout can serve; the message names the parameter.  Raised with ``field=`` one of
     plan()'s keywords (``gpus``, ``global_batch``, ``top``, ...) where the fault is that argument's, so

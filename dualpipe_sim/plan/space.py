@@ -170,8 +170,9 @@ def _pipelines(model, req, shapes, choices, row) -> Iterator[Candidate]:
             if model.experts and model.experts % e:
                 yield replace(row_e, pruned=f"parallel.expert: must divide the model's {model.experts} experts")
                 continue
-            if (row_p.data * row.tensor) % e:
-                yield replace(row_e, pruned="parallel.expert: must divide parallel.data x parallel.tensor")
+            if (row.tensor * row.context * row_p.data) % e:
+                yield replace(row_e, pruned="parallel.expert: must divide parallel.tensor x parallel.context x "
+                                            "parallel.data")  # fmt: skip
                 continue
             for etp in expert_tensors(model, choices, row.tensor):
                 yield from _expert_tensor(model, req, shapes, choices, replace(row_e, expert_tensor=etp))

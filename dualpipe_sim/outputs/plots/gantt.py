@@ -65,6 +65,7 @@ LABEL_FLOOR, LABEL_MAX, LABEL_PAD = 4.5, 8.5, 3.0  # label sizes (points) and th
 FLAT_SHARE = 0.45  # a number lying down is at most this share of its box's height
 UPRIGHT_PAD = 1.5  # across an upright label: the narrow boxes it is for have no 3 pt to spare
 UPRIGHT_MAX = 6.0  # an upright label stands among lying ones near the floor: larger, it would stand out
+STEP_WORD_MAX = 7.0  # the step's words ("opt", "drain"): smaller than the numbers' most, they read as a box's name
 
 
 def _row_y(rank: int) -> float:
@@ -182,6 +183,12 @@ def draw_texts(ax, x, y, texts, sizes, colours, zorder: float = 4, upright=None)
     ax.add_collection(coll, autolim=False)
 
 
+def lying_size(wide, w_pts, h_pts, most: float):
+    """A text's size in points lying down in boxes ``w_pts`` wide and ``h_pts`` tall (``wide``: its width at
+    1 pt): LABEL_PAD left beside it, at most FLAT_SHARE of the height and ``most``."""
+    return np.minimum(np.minimum(most, (w_pts - LABEL_PAD) / wide), h_pts * FLAT_SHARE)
+
+
 def label_fit(rows: np.ndarray, pts_per_time: float, pts_per_y: float) -> tuple[np.ndarray, np.ndarray]:
     """Per op row: its micro-batch label's size in points (0: no label) and whether it stands upright.
     Lying down where it fits at LABEL_FLOOR or more; else upright, if the box is wider than the
@@ -190,7 +197,7 @@ def label_fit(rows: np.ndarray, pts_per_time: float, pts_per_y: float) -> tuple[
     mbs, inverse = np.unique(rows["microbatch"], return_inverse=True)
     wide, tall = (np.array([glyph(str(int(m)))[i] for m in mbs])[inverse] for i in (2, 3))
     w_pts, h_pts = (rows["end"] - rows["start"]) * pts_per_time, hs * pts_per_y
-    flat = np.minimum(np.minimum(LABEL_MAX, (w_pts - LABEL_PAD) / wide), h_pts * FLAT_SHARE)
+    flat = lying_size(wide, w_pts, h_pts, LABEL_MAX)
     up = np.minimum(np.minimum(UPRIGHT_MAX, (w_pts - UPRIGHT_PAD) / tall), (h_pts * 0.8 - LABEL_PAD) / wide)
     upright = (flat < LABEL_FLOOR) & (up >= LABEL_FLOOR)
     return np.where(flat >= LABEL_FLOOR, flat, np.where(upright, up, 0.0)), upright
@@ -289,16 +296,25 @@ def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> N
         if kind in ON_COMPUTE:
             ax.add_collection(boxes(rows["start"], rows["end"], y, LANE_H, facecolors=STEP_COLOURS[name],
                                      edgecolors="#333333", linewidths=0.4), autolim=False)  # fmt: skip
-            fits = (rows["end"] - rows["start"]) * pts_per_time >= 18
-            if fits.any() and LANE_H * pts_per_y >= 8:
+            word = "opt" if kind == OPTIMIZER else "drain"
+            size = step_word_size(word, (rows["end"] - rows["start"]) * pts_per_time, LANE_H * pts_per_y)
+            fits = size > 0
+            if fits.any():
                 mid = (rows["start"][fits] + rows["end"][fits]) / 2
-                word = "opt" if kind == OPTIMIZER else "drain"
-                draw_texts(ax, mid, y[fits] + LANE_H / 2, [word] * int(fits.sum()), [7.0] * int(fits.sum()),
+                draw_texts(ax, mid, y[fits] + LANE_H / 2, [word] * int(fits.sum()), size[fits],
                            [[1.0, 1.0, 1.0, 1.0]])  # fmt: skip
         else:  # the two syncs run on separate channels and may overlap: half the lane each
             y0 = y - COMM_H + (COMM_H * 0.45 if kind == GRAD_SYNC else 0.0)
             ax.add_collection(boxes(rows["start"], rows["end"], y0, COMM_H * 0.45, facecolors=STEP_COLOURS[name],
                                      edgecolors="white", linewidths=0.5), autolim=False)  # fmt: skip
+
+
+def step_word_size(word: str, w_pts: np.ndarray, h_pts: float) -> np.ndarray:
+    """Per end-of-step box ``w_pts`` wide: its word's size in points, sized to the box as a micro-batch
+    number lying down (up to STEP_WORD_MAX), 0 (left out) below LABEL_FLOOR: a box is labelled when its
+    word fits, not above a fixed width."""
+    size = lying_size(glyph(word)[2], np.asarray(w_pts, float), h_pts, STEP_WORD_MAX)
+    return np.where(size >= LABEL_FLOOR, size, 0.0)
 
 
 def frame(ax, title: str | None, handles: list | None) -> None:
