@@ -107,7 +107,8 @@ def test_a_ranks_drain_adds_every_stage_copy_it_holds():
     """By hand: drains 1, 2, 4, 8 ms on stages 0-3, ranks holding (0, 3) and (1, 2) as DualPipe's do: 9 and 6."""
     from dualpipe_sim.step_costs import StepCosts
 
-    costs = StepCosts(grad_sync=(0.0,) * 4, cross_copy_sync=(0.0,) * 4, optimizer=(0.0,) * 4, drain=(1.0, 2.0, 4.0, 8.0))
+    zero = (0.0,) * 4
+    costs = StepCosts(grad_sync=zero, cross_copy_sync=zero, optimizer=zero, drain=(1.0, 2.0, 4.0, 8.0))
     assert costs.drains([[0, 3], [1, 2]]) == [9.0, 6.0]
     assert costs.drains([[3, 0]]) == [9.0]
 
