@@ -284,3 +284,31 @@ def test_apex_adam_streams_fp8_experts_at_the_fp8_rate_by_hand():
     wide = fig.dense_params / 2 / 8 - 5_505_024
     nbytes, _ = nemo_optimizer.apex_adam_ms(sc, st, st.stages[5], fig, 1.0)
     assert nbytes == pytest.approx(wide * 34 + fp8 * 32, rel=1e-12)
+
+
+# -- kernel lists: Megatron's get_batch and DeepSeek's MoE layer, by hand -------------------------------------
+
+
+def test_get_batch_broadcasts_s_plus_one_tokens_a_sequence():
+    """Megatron-LM's pretrain_gpt.py get_batch broadcasts the 'text' key, s + 1 int64 tokens a sequence (labels =
+    tokens_[:, 1:], tokens = tokens_[:, :-1]): n21-145b's micro-batch of 2 x 2,048 sends 2 x 2,049 x 8 = 32,784 B."""
+    from dualpipe_sim.inputs import scenario
+    from dualpipe_sim.model import derive
+
+    st = derive.setup(scenario.load(VALIDATION / "n21-145b.toml"))
+    rows = {k.name: k for k in derive.extra_kernels(st, st.stages[7])}
+    assert rows["tokens broadcast (get_batch)"].bytes == 2 * 2049 * 8 == 32_784
+
+
+def test_deepseek_expert_sort_and_fc2_transpose_bytes_by_hand():
+    """DeepSeek-V3 (scenarios/deepseek-v3-predicted.toml: 4,096 tokens a micro-batch, top-8 of 256 experts, EP 64,
+    so 4 local experts of FFN 2,048, hidden 7,168).  The sort into local-expert order reads and writes each of the
+    4,096 x 8 = 32,768 routed rows as FP8 with one fp32 scale per 128: 2 x 32,768 x 7,168 x (1 + 4/128) B; the fc2
+    weights' FP8 transpose reads and writes 1 B of each of the 4 experts' 2,048 x 7,168: 2 x 4 x 2,048 x 7,168 B."""
+    from dualpipe_sim.inputs.scenario import load
+    from dualpipe_sim.model import derive
+
+    st = derive.setup(load(Path(__file__).resolve().parents[1] / "scenarios" / "deepseek-v3-predicted.toml"))
+    rows = {k.name: k for k in derive.layer_kernels(st, 3)}  # layer 3: the first MoE layer
+    assert rows["sort by local expert (expand with scales)"].bytes == pytest.approx(2 * 32_768 * 7_168 * (1 + 4 / 128))
+    assert rows["experts fc2 weight transpose"].bytes == 2 * 4 * 2_048 * 7_168
