@@ -1,7 +1,7 @@
 """The data-parallel gradient sync at a step's end: one collective over the data-parallel or expert-data ranks
-timed (sync_ms), Megatron-core's bucket groups, ZeRO 2's last unit, the tied embedding's and the tensor-parallel
-all-reduces after the sync (grad_sync_tail), NeMo's sync on apex (nemo_sync, grad_sync_parts) and DeepSpeed's bf16
-all-reduce's passes.
+timed (sync_ms), Megatron-core's bucket groups, ZeRO 2/3's releases (Megatron-FSDP's post-backward hooks), the tied
+embedding's and the tensor-parallel all-reduces after the sync (grad_sync_tail), NeMo's sync on apex (nemo_sync,
+grad_sync_parts) and DeepSpeed's bf16 all-reduce's passes.
 
 Part of ``[step]``'s derived grad sync figure (derived_step.py); docs/step.md gives the formulas.
 """
