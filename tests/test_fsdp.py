@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from dualpipe_sim import simulation
+from dualpipe_sim.engine.trace import GRAD_SYNC
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.cli import main
+from dualpipe_sim.schedules.rules import KIND_CODES
 from dualpipe_sim.model import fsdp
 from helpers import TINY_LLAMA_MODEL
 
@@ -73,16 +76,65 @@ def test_stage_forward_carries_its_exposed_gathers(tmp_path):
     assert plain.fsdp_exposed is None
 
 
-def test_end_of_step_waits_for_the_last_reduce_scatter_only(tmp_path):
-    """ZeRO >= 2 reduce-scatters every unit after every backward; the step's derived grad sync is
-    the last one: stage 0's embedding, 1/2 x 4 x 256,000 B over 1 GB/s = 0.512 ms; stage 1's first
-    layer, 1/2 x 4 x 655,872 B = 1.311744 ms.  At 0.5 TFLOP/s each micro-batch's F + B outlasts a whole
-    stage's reduce-scatter, so no backlog is left (test_fsdp's backlog test has the other case)."""
-    for zero in (2, 3):
-        sync = scenario.load(tiny_with_hardware(tmp_path, zero, 0.5)).step_costs().grad_sync
-        assert sync == pytest.approx((0.512, 1.311744))
+def test_end_of_step_waits_for_what_the_last_backward_leaves_on_the_channel(tmp_path):
+    """ZeRO >= 2 reduce-scatters every unit after every backward (Megatron-FSDP's post-backward hooks) and the
+    step's end waits for them all (finish_grad_sync).  Layers' reduce-scatters 1/2 x 4 x 655,872 B over 1 GB/s =
+    1.311744 ms, the embedding's 1/2 x 4 x 256,000 B = 0.512 ms.  At 0.5 TFLOP/s each micro-batch's F + B outlasts
+    a whole stage's reduce-scatter, so no backlog is carried from the earlier backwards.
+    * ZeRO 3, stage 0's last backward (layer 1, layer 0, the embedding, which computes nothing here): layer 0's
+      reduce-scatter is issued when its backward ends, the embedding's right after, so both are left on the
+      channel: 1.311744 + 0.512 = 1.823744 ms.  Stage 1's (head, layer 3, layer 2): layer 3's reduce-scatter ends
+      under layer 2's 1.78 ms backward, so only layer 2's is left, 1.311744 ms.
+    * ZeRO 2: the channel's work from the last backward's start, the stage's whole gradient, ZeRO 1's figure."""
+    sync = scenario.load(tiny_with_hardware(tmp_path, 3, 0.5)).step_costs().grad_sync
+    assert sync == pytest.approx((1.311744 + 0.512, 1.311744))
     whole = scenario.load(tiny_with_hardware(tmp_path, 1, 0.5)).step_costs().grad_sync  # ZeRO 1: the whole stage
     assert whole[0] == pytest.approx(1 / 2 * 4 * (EMB + 2 * LAYER) / 1e9 * 1e3)
+    assert scenario.load(tiny_with_hardware(tmp_path, 2, 0.5)).step_costs().grad_sync == pytest.approx(whole)
+
+
+def test_backward_tail_is_the_channel_left_when_the_last_unit_ends():
+    """Three units, backward order C (the stage's last layer), B, A (the first); compute 2, 2, 1 ms; gathers 1 ms
+    each; reduce-scatters 3, 1, 2 ms.  AG(C) [0,1]; C [1,3] while AG(B) [1,2]; RS(C) issued at 3, [3,6]; B [3,5],
+    AG(A) issued at 3 after RS(C), [6,7]; RS(B) [7,8]; A waits for its gather, [7,8]; RS(A) [8,10].  The backward
+    ends at 8 and leaves A's reduce-scatter, 2 ms.  With C's reduce-scatter 6 ms instead: RS(C) [3,9], AG(A)
+    [9,10], A [10,11], RS(B) [10,11], RS(A) [11,13]: 2 ms again (A waited for its gather behind them).  With A's
+    gather prefetched early enough (gathers 0.5, reduce-scatters 1, 4, 2): AG(C) [0,0.5], C [0.5,2.5], AG(B)
+    [0.5,1]; RS(C) [2.5,3.5]; B [2.5,4.5], AG(A) [3.5,4]; RS(B) [4.5,8.5]; A [4.5,5.5]; RS(A) [8.5,10.5]: 5 ms
+    left, B's reduce-scatter still running when A's is launched."""
+    units = lambda b, g, r: [fsdp.Unit(0.0, b_, g_, r_) for b_, g_, r_ in zip(b, g, r)]  # noqa: E731
+    # forward order A, B, C: the backward runs them C, B, A
+    assert fsdp.backward_tail(units([1, 2, 2], [1, 1, 1], [2, 1, 3])) == pytest.approx(2.0)
+    assert fsdp.backward_tail(units([1, 2, 2], [1, 1, 1], [2, 1, 6])) == pytest.approx(2.0)
+    assert fsdp.backward_tail(units([1, 2, 2], [0.5, 0.5, 0.5], [2, 4, 1])) == pytest.approx(5.0)
+    assert fsdp.stage_exposure(units([1, 2, 2], [0.5, 0.5, 0.5], [2, 4, 1]))[1] == pytest.approx(0.5)
+
+
+def test_zero_3s_sync_goes_as_one_collective_at_the_copys_last_backward_whatever_the_overlap_keys(tmp_path):
+    """Megatron-FSDP launches the last unit's reduce-scatter from its post-backward hook at the backward's end
+    (the overlap forced on, start_grad_sync a no-op), so the grad sync row of each stage starts at its last
+    backward's end and runs the whole figure, not n buckets spread through that backward, with or without
+    step.overlap_grad_sync, and with the derived (pp-aligned) or the given launch."""
+    base = tiny_with_hardware(tmp_path, 3, 0.5).read_text().replace('schedule = "1f1b"', 'schedule = "interleaved-1f1b"')
+    base = base.replace("stages = 2", "stages = 4\nchunks_per_rank = 2").replace("microbatches = 2", "microbatches = 4")
+    rows = {}
+    for i, extra in enumerate(("", "overlap_grad_sync = true\ngrad_sync_buckets = 4\n",
+                               'overlap_grad_sync = true\ngrad_sync_launch = "pp-aligned"\n')):
+        path = tmp_path / f"z3-{i}.toml"
+        path.write_text(base.replace('grad_sync = "derived"\n', 'grad_sync = "derived"\n' + extra))
+        sc = scenario.load(path)
+        trace = simulation.run(sc).trace
+        sync = sc.step_costs().grad_sync
+        got = sorted((int(r["stage"]), float(r["start"]), float(r["end"])) for r in trace.step if r["kind"] == GRAD_SYNC)
+        assert [s for s, _, _ in got] == [0, 1, 2, 3]  # one collective a stage copy
+        for s, start, end in got:
+            backwards = trace.compute[(trace.compute["stage"] == s) & (trace.compute["kind"] != KIND_CODES["F"])]
+            ready = float(backwards["end"].max())  # the copy's last backward's end
+            assert start >= ready - 1e-9 and end - start == pytest.approx(sync[s])
+            assert start == pytest.approx(ready) or any(
+                e == pytest.approx(start) for _, _, e in got)  # at its end, or queued behind another copy's
+        rows[i] = got
+    assert rows[0] == rows[1] == rows[2]
 
 
 def test_fsdp_with_expert_parallelism_is_refused_as_not_yet(tmp_path, capsys):
@@ -119,27 +171,37 @@ def test_zero_2_waits_for_what_its_channel_could_not_carry_under_compute(tmp_pat
     """ZeRO 2 reduce-scatters a stage copy's whole gradient after each of its M / copies backwards
     (ZeRO 1: once).  Stage 0's is 1/2 x 4 x (256,000 + 2 x 655,872) B over 1 GB/s = 3.135488 ms;
     at 1,000 TFLOP/s a micro-batch's F + B is far shorter (B holds W: I = B - W), so when the last backward starts
-    the channel still carries (n - 1) x (3.135488 - compute) ms of the first n - 1 (n = M / copies), and at the
-    step's end (the sync not overlapped) that plus the last one's 3.135488 less the last backward it ran beside
-    (not its forward: that ran before any gradient existed).  DualPipe holds each stage on two ranks."""
+    the channel still carries (n - 1) x (3.135488 - compute) ms of the first n - 1 (n = M / copies), and the
+    figure is that plus the last one's 3.135488, released through the last backward as Megatron-FSDP's hooks
+    launch them (the overlap forced on: the same with step.overlap_grad_sync false, the default here).  DualPipe
+    holds each stage on two ranks."""
     whole = _fast_compute(tmp_path, 1, schedule).step_costs().grad_sync
     assert whole[0] == pytest.approx(1 / 2 * 4 * (EMB + 2 * LAYER) / 1e9 * 1e3)
     sc = _fast_compute(tmp_path, 2, schedule)
     stages = sc.derived().stages
-    sync = sc.step_costs().grad_sync
+    costs = sc.step_costs()
+    assert not sc.step.overlap_grad_sync and costs.overlap_grad_sync and costs.grad_sync_launch == "ready"
+    sync = costs.grad_sync
     for s in (0, 1):
         assert stages[s].weight > 0  # so that counting W twice would show
         compute = stages[s].forward + stages[s].backward
         assert compute < whole[s] / 10  # the case the bound is for
         n = 8 / copies
-        assert sync[s] == pytest.approx((n - 1) * (whole[s] - compute) + whole[s] - stages[s].backward)
+        assert sync[s] == pytest.approx((n - 1) * (whole[s] - compute) + whole[s])
 
 
-def test_zero_2_with_compute_to_spare_waits_only_for_the_last_reduce_scatter(tmp_path):
-    """At 0.5 TFLOP/s and 2 micro-batches each backward's reduce-scatter fits under the compute:
-    the end of the step waits for the last unit's only (test_end_of_step_waits_for_the_last_reduce_scatter_only)."""
+def test_zero_2_with_compute_to_spare_carries_nothing_to_the_last_backward(tmp_path):
+    """At 0.5 TFLOP/s and 2 micro-batches each backward's reduce-scatter fits under the compute: nothing carried,
+    the figure is the last backward's own reduce-scatters, the stage's whole gradient (ZeRO 1's figure), released
+    unit by unit through it, the stage's first unit (stage 0: the embedding, 0.512 ms of 3.135488; stage 1: its
+    first layer, 1.311744 of 3.136) last, at its end."""
     sc = scenario.load(tiny_with_hardware(tmp_path, 2, 0.5))
     whole = scenario.load(tiny_with_hardware(tmp_path, 1, 0.5)).step_costs().grad_sync
     stages = sc.derived().stages
     assert all(st.forward + st.backward >= w for st, w in zip(stages, whole))
-    assert sc.step_costs().grad_sync == pytest.approx((0.512, 1.311744))
+    costs = sc.step_costs()
+    assert costs.grad_sync == pytest.approx(whole)
+    assert [len(x) for x in costs.grad_sync_shares] == [3, 3]  # stage 0: embedding + 2 layers; stage 1: 2 layers + head
+    assert costs.grad_sync_shares[0][-1] * whole[0] == pytest.approx(0.512)
+    assert costs.grad_sync_shares[1][-1] * whole[1] == pytest.approx(1.311744)
+    assert sum(costs.grad_sync_shares[0]) == pytest.approx(1.0)

@@ -161,17 +161,37 @@ def test_a_step_run_refuses_is_said_not_raised(tmp_path, capsys):
     assert f"  the step's end: not costed, `run` would refuse the scenario: {want}" in capsys.readouterr().out.splitlines()
 
 
-def test_zero2_item_shows_the_last_units_bytes_and_its_bound(tmp_path):
-    """ZeRO 2 leaves the end of the step only the last backward's last unit: its size and bound are that unit's,
-    not the stage's whole gradient.  Stage 0's last unit is the embedding, 256,000 x 4 B = 1,024,000 B: 25.5 us
-    + 512,000 B / 321 GB/s = 25.5 + 1.595 = 27.095 us; stage 1's a layer, 655,872 x 4 = 2,623,488 B: 25.5 us +
-    1,311,744 / 321 GB/s = 29.586 us.  The 25.5 us of latency is over half of each: latency-bound."""
+def test_zero3_item_shows_the_last_units_bytes_and_what_is_queued_before_it(tmp_path):
+    """ZeRO 3 leaves the end of the step what the last backward leaves on the channel: its last unit's
+    reduce-scatter, behind any earlier one still running.  A layer's, 655,872 x 4 = 2,623,488 B: 25.5 us +
+    1,311,744 / 321 GB/s = 29.586 us; the embedding's, 256,000 x 4 B = 1,024,000 B: 25.5 + 512,000 B / 321 GB/s =
+    27.095 us.  Stage 1 (backward: head, layer 3, layer 2): layer 3's reduce-scatter ends under layer 2's backward,
+    so only layer 2's is left, 29.586 us, latency-bound (25.5 us is over half of it).  Stage 0 (layer 1, layer 0,
+    the embedding): layer 0's is issued as its backward ends and the embedding's backward (e us) is shorter, so
+    29.586 - e of it is left, then the embedding's 27.095.  The item's bytes are the last unit's."""
+    from dualpipe_sim.model import derive, layout
+
+    sc = scenario.load(tiny(tmp_path), ["parallel.zero=3"])
+    derived = sc.derived()
+    f, i, w = derive.extra_times(derived.setup, layout.Stage((), embedding=True))
+    e = i + w
+    assert 0 < e < 0.029586
+    items = {it["name"]: it for it in step_end.summary(sc, derived)["items"]}
+    rs = items["data-parallel gradient reduce-scatter"]
+    assert rs["bytes"] == [1_024_000, 2_623_488]
+    assert rs["ms"] == pytest.approx([0.029586 - e + 0.027095, 0.029586], abs=1e-6)
+    assert rs["bound"] == "bandwidth (the backlog)"
+
+
+def test_zero2_item_shows_the_stages_whole_gradient(tmp_path):
+    """ZeRO 2's figure is the channel's work from the last backward's start: with nothing carried, the stage's
+    whole gradient (ZeRO 1's bytes: 4 x (256,000 + 2 x 655,872) = 6,270,976 B on stage 0), released unit by unit
+    through that backward."""
     sc = scenario.load(tiny(tmp_path), ["parallel.zero=2"])
     items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
     rs = items["data-parallel gradient reduce-scatter"]
-    assert rs["bytes"] == [1_024_000, 2_623_488]
-    assert rs["ms"] == pytest.approx([0.027095, 0.029586], abs=1e-6)
-    assert rs["bound"] == "latency"
+    assert rs["bytes"][0] == 4 * (256_000 + 2 * 655_872)
+    assert "released unit by unit" in rs["rule"] and rs["bound"] in ("latency", "bandwidth")
 
 
 def test_explain_lines_fit_140_columns(tmp_path, capsys):

@@ -59,9 +59,9 @@ def _alone(sc, derived) -> StepCosts:
     tail = tail if any(tail) else ()
     slow = comm_slowdown.dp_comm_slowdown(sc, st.dp_comm_sms, derived) if st.dp_comm_sms else ()
     return StepCosts(figures["grad_sync"], figures.get("cross_copy_sync", (0.0,) * sc.pipeline.stages),
-                     figures["optimizer"], st.overlap_grad_sync, st.cross_copy_eager, ddp_buckets.per_stage(sc, derived),
+                     figures["optimizer"], sc.grad_sync_overlapped(), st.cross_copy_eager, ddp_buckets.per_stage(sc, derived),
                      sc.grad_sync_launch(), st.grad_sync_shares_p2p, slow, tail,
-                     grad_sync_shares=grad_sync.grad_sync_shares_zero2(sc, derived, figures["grad_sync"]))  # fmt: skip
+                     grad_sync_shares=grad_sync.grad_sync_shares_fsdp(sc, derived, figures["grad_sync"]))  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

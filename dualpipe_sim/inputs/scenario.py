@@ -384,7 +384,7 @@ class Scenario(_Section):
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
         from ..model.derived_step import derived_sync
-        from ..model.grad_sync import grad_sync_shares, grad_sync_shares_zero2, grad_sync_tail
+        from ..model.grad_sync import grad_sync_shares, grad_sync_shares_fsdp, grad_sync_tail
         from ..model.step_memo import per_call
 
         figures = {}
@@ -401,8 +401,8 @@ class Scenario(_Section):
             try:
                 tail = grad_sync_tail(self, derived, memo)
                 shares = grad_sync_shares(self, derived, memo)  # Megatron-core's bucket groups, when unequal
-                # or ZeRO 2's units, released through the last backward
-                shares = shares or grad_sync_shares_zero2(self, derived, figures.get("grad_sync"))
+                # or ZeRO 2/3's, as Megatron-FSDP's post-backward hooks release them
+                shares = shares or grad_sync_shares_fsdp(self, derived, figures.get("grad_sync"))
             except ModelError as exc:
                 raise ScenarioError(f"step.grad_sync: {exc}") from None
             tail = tail if any(tail) else ()
@@ -411,7 +411,7 @@ class Scenario(_Section):
             grad_sync_tail=tail,
             cross_copy_sync=figures.get("cross_copy_sync") or _per_stage(st.cross_copy_sync, S, "step.cross_copy_sync"),
             optimizer=figures.get("optimizer") or _per_stage(settings["optimizer"], S, "step.optimizer"),
-            overlap_grad_sync=st.overlap_grad_sync,
+            overlap_grad_sync=self.grad_sync_overlapped(),
             cross_copy_eager=st.cross_copy_eager,
             grad_sync_buckets=per_call(memo, "buckets", lambda: ddp_buckets.per_stage(self, derived)),
             grad_sync_shares=shares,
@@ -478,10 +478,25 @@ class Scenario(_Section):
         chunks = self.pipeline.chunks_per_rank or DEFAULT_CHUNKS
         return self.pipeline.schedule in ("interleaved-1f1b", "interleaved-1f1b-overlap") and chunks > 1
 
+    def fsdp_grad_sync(self) -> bool:
+        """Whether the grad sync is Megatron-FSDP's (parallel.zero 2 or 3, step.grad_sync = "derived"): each unit's
+        reduce-scatter launched by its post-backward hook, the overlap forced on (megatron_fsdp.py @ d98e8a6 lines
+        331-337, 757-783), start_grad_sync a no-op then (lines 1325-1340), so step.overlap_grad_sync and
+        step.grad_sync_launch change nothing (docs/step.md, "ZeRO 2 and 3: Megatron-FSDP's reduce-scatters")."""
+        return (self.step is not None and self.step.grad_sync == "derived" and self.parallel is not None
+                and self.parallel.zero >= 2)
+
+    def grad_sync_overlapped(self) -> bool:
+        """step.overlap_grad_sync, or on where Megatron-FSDP forces it (fsdp_grad_sync)."""
+        return self.step.overlap_grad_sync or self.fsdp_grad_sync()
+
     def grad_sync_launch(self) -> str:
         """step.grad_sync_launch as given; "derived": Megatron-core's (align_grad_reduce, on by default):
-        "pp-aligned" in its interleaved schedule, "ready" otherwise (docs/step.md, "Launch")."""
+        "pp-aligned" in its interleaved schedule, "ready" otherwise (docs/step.md, "Launch"); "ready" whatever is
+        given where Megatron-FSDP's hooks launch the reduce-scatters (fsdp_grad_sync)."""
         launch = self.step.grad_sync_launch
+        if self.fsdp_grad_sync():
+            return "ready"
         if launch != "derived":
             return launch
         megatron = self.step.runtime == "megatron"

@@ -195,6 +195,7 @@ class StageFigures:
     weight: float | None = None
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
     fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
+    fsdp_tail: float | None = None  # ZeRO 3: ms the last backward leaves on the data-parallel channel (fsdp.backward_tail)
 
 
 @dataclass
@@ -1156,7 +1157,8 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             fig.backward += i_ + w
             fig.weight += w
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
-                fig.fsdp_exposed = fsdp.stage_exposure(_fsdp_units(st, stage, times, fsdp_tabs))
+                units = _fsdp_units(st, stage, times, fsdp_tabs)
+                fig.fsdp_exposed, fig.fsdp_tail = fsdp.stage_exposure(units), fsdp.backward_tail(units)
                 fig.forward += fig.fsdp_exposed[0]
                 fig.backward += fig.fsdp_exposed[1]
         figures.append(fig)

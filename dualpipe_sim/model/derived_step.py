@@ -24,8 +24,10 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
       or with ZeRO >= 1 (sharded optimizer) reduce-scatter (D-1)/D x bytes / bw; the
       dense part over ``data`` ranks, the routed part over ``data x tensor / expert``.
       With ZeRO >= 2 each FSDP unit's gradient is reduce-scattered after every backward
-      (model/fsdp.py), so what is left for the end of the step is the last backward's last
-      reduce-scatter: the stage's first unit (its embedding, else its first layer).
+      (model/fsdp.py), so what is left for the end of the step is the last backward's: under ZeRO 3
+      what it leaves on the channel (fsdp.backward_tail: the stage's first unit's reduce-scatter, its
+      embedding's else its first layer's, behind any earlier one still queued), under ZeRO 2 the channel's
+      work from its start (grad_sync.zero2_backlog).
     * cross_copy_sync: an all-reduce between the two ranks holding the copies,
       2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
     * optimizer: an Adam step over the parameters the rank updates (sharded by ZeRO >= 1):
@@ -133,6 +135,8 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
             continue
         if key == "grad_sync" and sh.zero >= 2:
             tail = grad_sync.sync_ms(st, key, *grad_sync.last_unit_grads(st, where))
+            if stage.fsdp_tail is not None:  # ZeRO 3: the channel's work left at the last backward's end
+                tail = stage.fsdp_tail
             if copies is not None and stage.forward is not None:
                 full = grad_sync.sync_ms(st, key, dense, routed)
                 tail = grad_sync.zero2_backlog(scenario, st, stage, copies[s], full, tail)

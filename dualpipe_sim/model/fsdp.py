@@ -11,8 +11,10 @@ starts computing when the one before it has ended and its own all-gather has.  W
 then takes beyond its compute is its exposed communication; derive.py adds it to the stage's
 forward (all-gathers) and backward (all-gathers and reduce-scatters).  The last unit's
 reduce-scatter runs after the action, under the next one (not counted here); the end of the step
-waits for the last backward's (model/grad_sync.py).  Collectives are rings over the
-data-parallel group on the NIC: (D - 1) / D x bytes / bandwidth.  docs/model.md, "FSDP".
+waits for what the last backward leaves on the channel (backward_tail: that unit's reduce-scatter and any
+earlier one still queued, as Megatron-FSDP's finish_grad_sync waits for every reduce-scatter its post-backward
+hooks launched).  Collectives are rings over the data-parallel group on the NIC: (D - 1) / D x bytes /
+bandwidth.  docs/model.md, "FSDP"; docs/step.md, "ZeRO 2 and 3: Megatron-FSDP's reduce-scatters".
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ def ring_ms(nbytes: float, ranks: float, gbps: float) -> float:
 def exposed(compute: list[float], gathers: list[float], reduces: list[float] | None = None) -> float:
     """Time an action of units ``compute`` (in the order they run) spends waiting for its
     all-gathers, with reduce-scatters queued on the same channel after each unit."""
+    return _walk(compute, gathers, reduces)[0] - sum(compute)
+
+
+def _walk(compute: list[float], gathers: list[float], reduces: list[float] | None) -> tuple[float, float]:
+    """(when the action's last unit ends, when its channel is next free), from the action's start."""
     if not compute:
-        return 0.0
+        return 0.0, 0.0
     channel = gathers[0]  # when the channel is next free; the first gather starts with the action
     gathered = gathers[0]  # when the unit about to run has its parameters
     clock = 0.0  # when the unit before it ended
@@ -51,7 +58,7 @@ def exposed(compute: list[float], gathers: list[float], reduces: list[float] | N
         clock = start + c
         if reduces is not None:
             channel = max(channel, clock) + reduces[j]
-    return clock - sum(compute)
+    return clock, channel
 
 
 def stage_exposure(units: list[Unit]) -> tuple[float, float]:
@@ -60,3 +67,12 @@ def stage_exposure(units: list[Unit]) -> tuple[float, float]:
     back = units[::-1]
     b = exposed([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back])
     return f, b
+
+
+def backward_tail(units: list[Unit]) -> float:
+    """What a backward of ``units`` (given in forward order) leaves on the data-parallel channel when its last
+    unit's compute ends (ms): that unit's reduce-scatter, launched then by its post-backward hook, queued behind
+    any earlier unit's still running.  The step's end waits for it (Megatron-FSDP's finish_grad_sync)."""
+    back = units[::-1]
+    clock, channel = _walk([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back])
+    return max(0.0, channel - clock)

@@ -1,7 +1,7 @@
 """The data-parallel gradient sync at a step's end: one collective over the data-parallel or expert-data ranks
-timed (sync_ms), Megatron-core's bucket groups, ZeRO 2's last unit, the tied embedding's and the tensor-parallel
-all-reduces after the sync (grad_sync_tail), NeMo's sync on apex (nemo_sync, grad_sync_parts) and DeepSpeed's bf16
-all-reduce's passes.
+timed (sync_ms), Megatron-core's bucket groups, ZeRO 2/3's releases (Megatron-FSDP's post-backward hooks), the tied
+embedding's and the tensor-parallel all-reduces after the sync (grad_sync_tail), NeMo's sync on apex (nemo_sync,
+grad_sync_parts) and DeepSpeed's bf16 all-reduce's passes.
 
 Part of ``[step]``'s derived grad sync figure (derived_step.py); docs/step.md gives the formulas.
 """
@@ -79,12 +79,11 @@ def zero2_backlog(scenario, st, stage, copies: int, full_ms: float, tail_ms: flo
     gradients.  A copy runs n = M / copies backwards and the channel carries ``full_ms`` (the stage's whole
     gradient, ZeRO 1's figure) after each.  Before the last backward starts, the first n - 1 loads had at best the
     copy's compute after the first backward began to run under, (n - 1) x (F + B) (B holds W; 1F1B's forwards
-    between the backwards at most n - 1): ``carry`` = max(0, (n - 1) x (full - (F + B))) is still queued.
-    * overlapped (step.overlap_grad_sync): the figure is the channel's work from the last backward's start,
-      carry + full, released through that backward (grad_sync_shares_zero2: its units one after another, the
-      last unit's reduce-scatter, ``tail_ms``, at its end);
-    * not overlapped (released when the pipeline ends): what the last backward could not hide, carry + full - B,
-      at least the last unit's reduce-scatter.
+    between the backwards at most n - 1): ``carry`` = max(0, (n - 1) x (full - (F + B))) is still queued.  The
+    figure is the channel's work from the last backward's start, carry + full, released through that backward
+    (grad_sync_shares_fsdp: its units one after another, the last unit's reduce-scatter, ``tail_ms``, at its end),
+    whatever step.overlap_grad_sync says: Megatron-FSDP forces the overlap on for optim_grads (lines 331-337) and
+    has no reduce-scatter after the pipeline (docs/step.md, "ZeRO 2 and 3: Megatron-FSDP's reduce-scatters").
     More compute never shortens the step: the last backward starts later by at least what carry loses
     ((n - 1) x (F + B) grows as fast), and its releases only move later.  The recomputed forward sits in B and is
     counted as hiding: a lower bound, as are the pipeline's P2P and the expert all-to-all on the same NIC, not
@@ -93,9 +92,7 @@ def zero2_backlog(scenario, st, stage, copies: int, full_ms: float, tail_ms: flo
     backwards = scenario.pipeline.microbatches / copies
     forward, backward = stage.forward or 0.0, stage.backward or 0.0  # B already holds W (I = B - W)
     carry = max(0.0, (backwards - 1) * (full_ms - (forward + backward)))
-    if scenario.step.overlap_grad_sync:
-        return max(tail_ms, carry + full_ms)
-    return max(tail_ms, carry + full_ms - backward)
+    return max(tail_ms, carry + full_ms)
 
 
 def zero2_units(where) -> int:
@@ -104,26 +101,28 @@ def zero2_units(where) -> int:
     return len(where.layers) + where.mtp + int(where.embedding) + int(where.head)
 
 
-def grad_sync_shares_zero2(scenario, derived, figures) -> tuple[tuple[float, ...], ...]:
-    """Per stage, ZeRO 2's overlapped grad sync (``figures``: the derived grad_sync per stage, zero2_backlog's) as
-    shares in release order (StepCosts.grad_sync_shares), or () when not ZeRO 2, not overlapped or not derived: its
-    units' reduce-scatters released one after another through the last backward (the engine releases share k of
-    n k/n of the way through it), the stage's first unit, ``last_unit_grads``, last, at the backward's end, and the
-    rest (the carry and the other units) in equal shares before it (the units' sizes apart from the last are not
-    told apart)."""
-    step = scenario.step
-    if step is None or not step.overlap_grad_sync or step.grad_sync != "derived" or not figures \
-            or scenario.parallel is None or scenario.parallel.zero != 2:
+def grad_sync_shares_fsdp(scenario, derived, figures) -> tuple[tuple[float, ...], ...]:
+    """Per stage, ZeRO 2/3's grad sync (``figures``: the derived grad_sync per stage) as shares in release order
+    (StepCosts.grad_sync_shares), or () when not Megatron-FSDP's (Scenario.fsdp_grad_sync).  Its post-backward
+    hooks launch each unit's reduce-scatter once the unit's backward is done (megatron_fsdp.py @ d98e8a6
+    _process_post_backward_gradients, lines 757-783), so the stage's first unit, the backward's last, goes at the
+    backward's end.  ZeRO 3: one share, the whole figure (fsdp.backward_tail: what the last backward leaves on
+    the channel) at the backward's end.  ZeRO 2: its units' reduce-scatters released one after another through the
+    last backward (the engine releases share k of n k/n of the way through it), the stage's first unit,
+    ``last_unit_grads``, last, at the backward's end, and the rest (the carry and the other units) in equal shares
+    before it (the units' sizes apart from the last are not told apart); one share where nothing is left but
+    the last unit's."""
+    if not figures or not scenario.fsdp_grad_sync():
         return ()
     st = (scenario.derived() if derived is None else derived).setup
-    if st.sharding.zero != 2:
-        return ()
+    if st.sharding.zero >= 3:
+        return ((1.0,),) * len(figures)
     out = []
     for where, total in zip(st.stages, figures):
         units = zero2_units(where)
         tail = sync_ms(st, "grad_sync", *last_unit_grads(st, where))
         if units <= 1 or total <= tail or total <= 0:
-            out.append(())
+            out.append((1.0,))
             continue
         rest = (total - tail) / (units - 1) / total
         out.append((rest,) * (units - 1) + (tail / total,))

@@ -106,23 +106,27 @@ def _grad_sync(scenario, derived) -> list[Item]:
     fp32 = deepspeed or step.fp32_embedding_grads  # DeepSpeed's fp32 gradients; NeMo's fp32 embedding ones
     tied = grad_sync.tied_embedding_ms(scenario, st, FP32_GRAD_BYTES if fp32 else sh.grads_bytes)
     overlap = (f"overlapped with the backward, launch {scenario.grad_sync_launch()}"
-               if step.overlap_grad_sync else "after the pipeline's last backward")
+               if scenario.grad_sync_overlapped() else "after the pipeline's last backward")
     if step.grad_sync_held or step.fp32_embedding_optimizer:  # NeMo's end of step on apex: its own parts
         return _nemo_grad_sync(scenario, derived, overlap)
     if deepspeed or sh.zero >= 2:  # their own rules inside derived_sync: the figure less the tied all-reduce
         whole = derived_step.derived_sync(scenario, "grad_sync", derived)
         ms = tuple(w - (tied.get(s, 0.0) if deepspeed else 0.0) for s, w in enumerate(whole))
         rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
-                f"ZeRO {sh.zero}: what is left at the end, the last unit's reduce-scatter (or the backlog: "
-                "the stage's whole gradient, M / copies times)")
+                "ZeRO 3: what the last backward leaves on the channel, its last unit's reduce-scatter behind any "
+                "earlier one still queued, launched at its end by Megatron-FSDP's post-backward hook" if sh.zero >= 3 else
+                "ZeRO 2: the channel's work from the last backward's start (its units' reduce-scatters, with the "
+                "earlier backwards' backlog where the whole gradient outlasts F + B), released unit by unit through "
+                "it by Megatron-FSDP's post-backward hooks")
         if deepspeed:  # its dense gradient sent in bf16
             nbytes = tuple(f.dense_params / sh.tensor * grad_sync.BF16 for f in derived.stages)
             bound = _bound(ms, (grad_sync.sync_ms(st, "grad_sync", 1.0, 0.0, op="all_reduce"),) * len(ms))
-        else:  # ZeRO 2/3: the last unit's reduce-scatter, or where the channel's backlog is longer, that backlog
-            units = [grad_sync.last_unit_grads(st, w) for w in st.stages]
+        else:  # ZeRO 3: the last unit's reduce-scatter (and what is queued before it); ZeRO 2: the stage's whole
+            # gradient, and where the earlier backwards left a backlog, that backlog
+            units = [grad_sync.last_unit_grads(st, w) for w in st.stages] if sh.zero >= 3 else grads
             unit_ms = [grad_sync.sync_ms(st, "grad_sync", d, r) for d, r in units]
             backlog = [m > u * (1 + 1e-9) for m, u in zip(ms, unit_ms)]
-            nbytes = tuple(sum(g) if b else sum(u) for g, u, b in zip(grads, units, backlog))
+            nbytes = tuple(sum(u) for u in units)
             latency = tuple(grad_sync.sync_ms(st, "grad_sync", 1.0, 1.0 if r else 0.0) for _, r in units)
             bound = "bandwidth (the backlog)" if any(backlog) else _bound(ms, latency)
         out = [Item(f"data-parallel gradient {op}", "grad_sync", nbytes, ms, _groups(sh, routed), _link(st),
