@@ -98,6 +98,9 @@ def test_readme_cli_block_is_argparse():
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     readme = readme_cli()
     assert set(readme) == set(sub.choices)
+    # s20i: the flags before a verb (--version) are in README's prose below the block, as `dualpipe-sim --version`
+    top = {o for a in _parser()._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+    assert top and all(f"`dualpipe-sim {flag}`" in README for flag in top), sorted(top)
     for verb, parser in sub.choices.items():
         flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
         assert set(re.findall(r"--[a-z-]+", readme[verb])) == flags, verb
