@@ -352,6 +352,39 @@ def test_every_module_is_named_in_the_docs():
     assert not missing, f"modules docs/architecture.md does not name: {missing}"
 
 
+def named_files(table: str) -> list[tuple[str, Path]]:
+    """(name, where it should be) of every ``x.py`` or ``x/`` in backticks in the rows of a ``| module | ...``
+    table: a name with a folder is under the package (``tests/...`` under the repository); a bare name in a
+    row whose first cell is a folder (``| `sweep/` |``) is in that folder, elsewhere at the package's top."""
+    out = []
+    for row in table.splitlines():
+        first = re.match(r"\| `([\w/]+/)` \|", row)
+        for name in re.findall(r"`([\w./]+(?:\.py|/))`", row):
+            if name.startswith("tests/"):
+                out.append((name, PACKAGE.parent / name))
+            elif "/" in name.rstrip("/") or not first or name == first.group(1):
+                out.append((name, PACKAGE / name))
+            else:
+                out.append((name, PACKAGE / first.group(1) / name))
+    return out
+
+
+def test_named_files_reads_rows_by_hand():
+    rows = "| `sweep/` | points (`grid.py`), charts in `outputs/plots/` |\n| `cli.py` (`__main__.py`) | x |\n"
+    assert named_files(rows) == [("sweep/", PACKAGE / "sweep/"), ("grid.py", PACKAGE / "sweep/grid.py"),
+                                 ("outputs/plots/", PACKAGE / "outputs/plots/"), ("cli.py", PACKAGE / "cli.py"),
+                                 ("__main__.py", PACKAGE / "__main__.py")]  # fmt: skip
+
+
+def test_every_module_the_docs_name_is_there():
+    """s20i: the other way round from the test above: a module or folder the modules table names exists."""
+    table = DOC.read_text(encoding="utf-8").split("\n## Modules, one job each\n", 1)[1].partition("\n#")[0]
+    named = named_files(table)
+    assert len(named) > 80  # the table names over eighty files and folders (a reader that finds none fails)
+    gone = [name for name, path in named if not path.exists()]
+    assert not gone, f"docs/architecture.md's modules table names files that are not there: {gone}"
+
+
 def _model_package_lines(text: str) -> list[str]:
     """The module lines (``- `model/x.py`: its job``) of architecture.md's "The model package" subsection."""
     section = text.split("\n### The model package\n", 1)[1].split("\n#", 1)[0]
