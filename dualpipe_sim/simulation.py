@@ -159,7 +159,7 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inp
 def simulate(schedule: Schedule, costs: CostModel) -> Trace:
     """Prove ``schedule`` complete, then replay it on ``costs`` (replay.py, async or blocking
     P2P): its trace.  The replay proves it can finish on the way, raising validate()'s words.
-    The SimPy engine (engine.py) is the reference the tests hold this replay equal to."""
+    The SimPy engine (engine/simpy_engine.py) is the reference the tests hold this replay equal to."""
     replay.check_costs_cover(schedule, costs)
     index = index_ops(schedule)
     if costs.placement is not None and not costs.nvlink_pairs:

@@ -56,6 +56,27 @@ def test_two_deferred_micro_batches_by_hand():
     assert t.makespan == 18.5
 
 
+def test_an_overlapped_pair_is_lighter_only_when_its_backward_defers():
+    """A pair's length follows its backward half (rules.BACKWARDS), not its forward: one rank, one stage, 3 micro-batches,
+    F0, (F1 & B0), (F2 & B1), B2, F = 1, B = 2 (W = 1), no overlap gain (a pair is F + B); micro-batch 0 defers 0.5 of
+    input gradient and 0.25 of weight gradient, so B0 = 1.25 and its pair 2.25, the other pair 3: spans [0,1] [1,3.25]
+    [3.25,6.25] [6.25,8.25].  Both pairs are of one stage and kind; given one timeline they would last alike."""
+    from dualpipe_sim.engine import simpy_engine
+    from dualpipe_sim.schedules.ir import FB, Op, Schedule
+
+    f, b = (lambda m: Op("F", m, 0)), (lambda m: Op("B", m, 0))
+    schedule = Schedule("pairs", 1, 3, ((f(0), FB(f(1), b(0)), FB(f(2), b(1)), b(2)),))
+    costs = CostModel.uniform(1, forward=1.0, backward=2.0, weight=1.0)
+    costs = CostModel(**{**costs.__dict__, "deferred": (0, 1, 0.5, 0.25)})
+    for simulate in (simulation.simulate, simpy_engine.simulate):
+        t = simulate(schedule, costs)
+        c = t.compute
+        actions = sorted({(int(a), float(c["start"][c["action"] == a].min()), float(c["end"][c["action"] == a].max()))
+                          for a in c["action"]})  # fmt: skip
+        assert [(s, e) for _, s, e in actions] == [(0.0, 1.0), (1.0, 3.25), (3.25, 6.25), (6.25, 8.25)]
+        assert t.makespan == 8.25
+
+
 def test_without_deferral_by_hand():
     t = trace_of()
     assert spans(t, 1) == [(1, 2), (2, 5), (5, 6), (6, 9), (9, 10), (10, 13), (13, 14), (14, 17)]

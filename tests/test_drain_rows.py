@@ -26,7 +26,7 @@ import pytest
 
 from dualpipe_sim import simulation
 from dualpipe_sim.engine.step import with_step
-from dualpipe_sim.engine.trace import DRAIN, GRAD_SYNC, OPTIMIZER, StepKind
+from dualpipe_sim.engine.trace import DRAIN, GRAD_SYNC, ON_COMPUTE, OPTIMIZER
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.inputs.costs import CostModel
 from dualpipe_sim.model import deferred_wgrad
@@ -35,7 +35,6 @@ from dualpipe_sim.outputs.files import metrics_json
 from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.readers.step_metrics import step_metrics
 from dualpipe_sim.schedules import registry
-from dualpipe_sim.schedules.rules import Channel
 from dualpipe_sim.step_costs import StepCosts
 from helpers import TINY_LLAMA_MODEL
 
@@ -56,7 +55,7 @@ def stepped(**step):
 
 def test_drain_is_a_compute_row_on_the_head_rank():
     trace, _, rows = stepped()
-    assert StepKind.DRAIN.channel == Channel.COMPUTE
+    assert DRAIN in ON_COMPUTE  # drawn in the rank's compute lane
     assert rows[(DRAIN, 1)] == [(1, 15.5, 19.5)]  # stage 1's, from rank 1's last backward's end, 4 long
     assert (DRAIN, 0) not in rows
     assert rows[(OPTIMIZER, 1)] == [(-1, 19.5, 20.0)]  # after it

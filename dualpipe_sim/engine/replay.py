@@ -71,7 +71,7 @@ import numpy as np
 from ..inputs.costs import CostModel
 from ..schedules.ir import Action, DeadlockError, Schedule, ScheduleError, ops_of
 from ..schedules.rules import KEPT, KIND_CODES, RULES, SENT, Channel, Data, Kind, key_words, needs, produced
-from .trace import COMM_DTYPE, Trace, TraceBuilder
+from .trace import COMM_DTYPE, IS_BACKWARD, Trace, TraceBuilder
 
 P2P = int(Channel.P2P)  # the comm rows' channel code
 
@@ -388,7 +388,7 @@ def simulate(schedule: Schedule, costs: CostModel, index: OpIndex) -> Trace:
     size = (len(KIND_CODES) + 1) * S * S + len(KIND_CODES) * S
     if getattr(costs, "deferred", None) is not None:  # a backward whose output-layer wgrad is deferred: its own kind (costs.signature)
         stage, count = costs.deferred[:2]
-        light = (k1 != KIND_CODES["F"]) & (flat.stage[tail] == stage) & (flat.microbatch[tail] < count)
+        light = IS_BACKWARD[k1] & (flat.stage[tail] == stage) & (flat.microbatch[tail] < count)
         sig, size = sig + light * size, 2 * size
     kinds_of_action, which = dense_ids(sig, size)
     first = np.zeros(len(kinds_of_action), dtype=np.int64)

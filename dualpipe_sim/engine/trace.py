@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..schedules.rules import ALLOCATES, FREES, KIND_CODES, KINDS, WEIGHT_GRADS, Channel
+from ..schedules.rules import ALLOCATES, BACKWARDS, FORWARDS, FREES, KIND_CODES, KINDS, RECEIVES, WEIGHT_GRADS, Channel
 
 P2P, A2A = Channel.P2P, Channel.A2A  # the comm rows' channel codes
 
@@ -80,10 +80,6 @@ class StepKind(IntEnum):
     CROSS_COPY = 1  # on Channel.CROSS_COPY, the pair's link (a row on each rank of the pair)
     OPTIMIZER = 2  # on the rank's Channel.COMPUTE, after its pipeline work
     DRAIN = 3  # on the rank's Channel.COMPUTE: the output layer's deferred wgrad GEMMs after its pipeline work
-
-    @property
-    def channel(self) -> Channel:
-        return (Channel.GRAD_SYNC, Channel.CROSS_COPY, Channel.COMPUTE, Channel.COMPUTE)[self]
 
 
 GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN = StepKind
@@ -298,15 +294,15 @@ def _memory(col: dict[str, np.ndarray], ends: np.ndarray, act_bytes: np.ndarray)
 def consumer_rows(compute: np.ndarray, comm: np.ndarray) -> np.ndarray:
     """Per comm row, the compute row that consumes its transfer, -1 for none: for a P2P send
     naming an action, the first compute row (row order) of its receiver (``peer``) with that
-    ``action``, micro-batch and direction, a forward for an activation (kind 0)."""
+    ``action``, micro-batch and direction, of a kind that reads that data from another stage
+    (rules.RECEIVES: a forward for an activation, a B or I for a gradient)."""
     out = np.full(len(comm), -1, dtype=np.int64)
     sends = np.flatnonzero((comm["channel"] == P2P) & (comm["action"] >= 0))
     if not len(sends) or not len(compute):
         return out
     rows = comm[sends]
-    ckeys = [compute["rank"], compute["action"], compute["kind"] == KIND_CODES["F"], compute["microbatch"],
-             compute["direction"]]  # fmt: skip
-    skeys = [rows["peer"], rows["action"], rows["kind"] == 0, rows["microbatch"], rows["direction"]]
+    ckeys = [compute["rank"], compute["action"], RECEIVED[compute["kind"]], compute["microbatch"], compute["direction"]]
+    skeys = [rows["peer"], rows["action"], rows["kind"], rows["microbatch"], rows["direction"]]
     packed = _pack(ckeys, skeys)
     if packed is None:  # too wide to pack in 64 bits: a dict, first row of each key
         first: dict[tuple, int] = {}
@@ -359,14 +355,26 @@ _ACTION_DTYPE = np.dtype(
      ("kind0", "i1"), ("microbatch0", "i4"), ("stage0", "i4"), ("direction0", "i1"),
      ("kind1", "i1"), ("microbatch1", "i4"), ("stage1", "i4"), ("direction1", "i1")]
 )  # fmt: skip
-_ALLOCATES = np.array([k in ALLOCATES for k in KINDS], dtype=bool)  # by kind code
-_FREES = np.array([k in FREES for k in KINDS], dtype=bool)
+
+
+# rules.RULES's sets as tables by kind code, for the trace's ``kind`` columns (a lookup costs less than np.isin):
+# readers of a trace ask these, never a kind's letter, what a kind is.
+def by_code(kinds) -> np.ndarray:
+    """Per kind code: whether the kind is in ``kinds``."""
+    return np.array([k in kinds for k in KINDS], dtype=bool)
+
+
+_ALLOCATES = by_code(ALLOCATES)
+_FREES = by_code(FREES)
+IS_FORWARD = by_code(FORWARDS)  # runs the forward pass: a pair's upper half, a direction's forward hue
+IS_BACKWARD = by_code(BACKWARDS)  # B, I, W: what model.defer_embedding_wgrad lightens
+# per kind code: the rules.Data code it reads from another stage (a P2P row's ``kind``), -1 for none
+RECEIVED = np.array([-1 if RECEIVES[k] is None else int(RECEIVES[k]) for k in KINDS], dtype=np.int64)
 
 
 # -- what the end of a step waits for (step.py simulates it, step_metrics.py reads it) ---------
-# per kind code: whether the op produces weight gradients (a table: a lookup costs less than np.isin)
-IS_WEIGHT_GRAD = np.zeros(max(KIND_CODES.values()) + 1, dtype=bool)
-IS_WEIGHT_GRAD[[KIND_CODES[k] for k in WEIGHT_GRADS]] = True
+# per kind code: whether the op produces weight gradients
+IS_WEIGHT_GRAD = by_code(WEIGHT_GRADS)
 
 
 @dataclass(frozen=True)

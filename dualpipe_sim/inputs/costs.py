@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from .channels import Span, Timeline, lay_out
 from ..schedules.ir import FB, Action, Op
-from ..schedules.rules import PASS_PRIORITY, Channel, Kind
+from ..schedules.rules import BACKWARDS, PASS_PRIORITY, Channel, Kind
 from ..schedules.components import (  # noqa: F401 - the vocabulary, re-exported for the cost model's readers
     A2A_PARTS,
     COMPONENTS,
@@ -144,7 +144,7 @@ class CostModel:
     # component model; F, B, W and F&B above are then derived from it.  One chunk for every stage,
     # or a tuple of one per stage (a model's stages costed apart: embedding, head, dense layers)
     chunk: Chunk | tuple[Chunk, ...] | None = None
-    p2p_mode: str = "async"  # "async": sends run beside compute; "blocking": see engine.py
+    p2p_mode: str = "async"  # "async": sends run beside compute; "blocking": see engine/replay.py
     variability: object | None = None  # variability.Variability: per-op jitter, slow ranks; None = none
     # Hand-offs inside one NVLink domain (model/placement.py): per distinct data-parallel replica, the (sender,
     # receiver) rank pairs that cost p2p_nvlink instead of p2p; the engine replays the first, simulation.simulate
@@ -159,9 +159,9 @@ class CostModel:
     deferred: tuple[int, int, float, float] | None = None
 
     def light(self, op: Op) -> bool:
-        """Whether ``op`` is a backward (B, I or W) of a micro-batch whose output-layer wgrad is deferred."""
+        """Whether ``op`` is a backward (rules.BACKWARDS: B, I or W) of a micro-batch whose output-layer wgrad is deferred."""
         d = self.deferred
-        return d is not None and op.kind != "F" and op.stage == d[0] and op.microbatch < d[1]
+        return d is not None and op.kind in BACKWARDS and op.stage == d[0] and op.microbatch < d[1]
 
     def link_p2p(self, sender: int, receiver: int) -> float:
         """One hand-off from ``sender`` to ``receiver``: on NVLink inside the first replica's domain pairs, else p2p."""

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..engine import replay, validate
 from ..engine.step import rows_of, simulate_step
-from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, MEMORY_DTYPE, Trace
+from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, IS_BACKWARD, MEMORY_DTYPE, Trace
 from ..schedules import registry
 from ..schedules.rules import KIND_CODES, WEIGHT_GRADS, Kind
 from .shapes import VIRTUAL_OPTION
@@ -145,7 +145,7 @@ def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
     out = per_kind[b.kind, np.where(b.lone, b.stage, b.back_stage)]
     if costs.deferred is not None:  # CostModel.duration's lighter backwards: B - less I - less W, I - less I, W - less W
         s, count, less_i, less_w = costs.deferred
-        light = (b.kind != _F) & (b.back_stage == s) & (b.back_microbatch < count)
+        light = IS_BACKWARD[b.kind] & (b.back_stage == s) & (b.back_microbatch < count)
         k = b.kind[light]
         out[light] = out[light] - np.where(k == _W, 0.0, less_i) - np.where(k == _I, 0.0, less_w)
     share = np.ones(len(out))

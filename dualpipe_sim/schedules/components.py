@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .rules import Channel, Kind
+from .rules import RULES, Channel, Kind
 
 
 class Component(IntEnum):
@@ -61,7 +61,7 @@ _PASS = {c: Kind.F if c.name.endswith("_forward") else Kind.W if c.name.endswith
 COMPONENTS = tuple(c.name for c in Component)  # part index -> name
 A2A_PARTS = tuple(c for c in Component if c.channel == Channel.A2A)
 WEIGHT_PARTS = tuple(c for c in Component if c.grad == Kind.W)
-# Which passes an op kind runs: a split backward I has no W parts, a W op runs only the W parts.
-OP_PASSES = {Kind.F: (Kind.F,), Kind.B: (Kind.I, Kind.W), Kind.I: (Kind.I,), Kind.W: (Kind.W,)}
+# Which passes an op kind runs (rules.RULES): a split backward I has no W parts, a W op runs only the W parts.
+OP_PASSES = {k: rule.passes for k, rule in RULES.items()}
 # One layer's components per op kind, in layer order.
 LAYER_PARTS = {k: tuple(c for c in Component if c.grad in passes) for k, passes in OP_PASSES.items()}

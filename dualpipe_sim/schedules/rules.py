@@ -3,10 +3,14 @@
 The replay core (engine/replay.py: the simulation, and validate.py's
 zero-time replay that proves a schedule can finish), the SimPy reference
 engine and the exports all read these tables; none of them spells a rule out
-again.  Adding an op kind means a member of :class:`Kind`,
-its :data:`RULES` entry (and its place in :data:`WORK`, :data:`PASS_PRIORITY`,
-:data:`WEIGHT_GRADS`), its cost in costs.py (``CostModel.duration``,
-``OP_PASSES``) and how the drawing shows it (plots/: style.py colours, legend words).
+again.  Everything the code asks of an op kind is in its :data:`RULES` entry: its
+needs and results, the passes it runs (so whether it is a forward or a
+backward, whether it leaves weight gradients, which [chunk] components it
+runs) and whether it frees its stage's activation; the sets below are read off
+it, and nothing else tests a kind by its letter to learn these.  Adding an op
+kind means a member of :class:`Kind`, its :data:`RULES` entry and its place in
+:data:`WORK`, its cost (costs.py's ``CostModel.duration``, plan/step_estimate.py's
+``_lengths``) and its colours (plots/style.py); docs/architecture.md has the recipe.
 
 Ops (ir.Op) carry a :class:`Kind`.  Results are named by *keys*
 ``(Data, microbatch, stage, direction)``: the data an op produced at its stage.
@@ -71,18 +75,26 @@ class Need(NamedTuple):
 
 
 class Rule(NamedTuple):
+    """What an op kind is: the one declaration every reader of a kind asks."""
+
     needs: tuple[Need, ...]
     produces: tuple[Data, ...]
     words: str  # what the op is, for messages
+    # The passes it runs, named by the kind that runs each alone: Kind.F forward, Kind.I input-gradient,
+    # Kind.W weight-gradient.  A kind running the forward pass is a forward (FORWARDS), any other a backward.
+    passes: tuple[Kind, ...]
+    # Its end frees its stage's activation (the last reader of it: one kind per WORK set).  Stated, not read off
+    # ``needs``: a kind may read the activation and leave it to a later op (a recompute before the backward).
+    frees: bool
 
 
 RULES: dict[Kind, Rule] = {
-    Kind.F: Rule((Need(Data.ACTIVATION, -1),), (Data.ACTIVATION,), "forward"),
-    Kind.B: Rule((Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT,), "backward (B, or I and W)"),
-    Kind.I: Rule(
-        (Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT, Data.INPUT_GRAD), "input-gradient part"
-    ),
-    Kind.W: Rule((Need(Data.INPUT_GRAD, 0),), (), "weight-gradient part"),
+    Kind.F: Rule((Need(Data.ACTIVATION, -1),), (Data.ACTIVATION,), "forward", (Kind.F,), frees=False),
+    Kind.B: Rule((Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT,), "backward (B, or I and W)",
+                 (Kind.I, Kind.W), frees=True),  # fmt: skip
+    Kind.I: Rule((Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT, Data.INPUT_GRAD),
+                 "input-gradient part", (Kind.I,), frees=True),  # fmt: skip
+    Kind.W: Rule((Need(Data.INPUT_GRAD, 0),), (), "weight-gradient part", (Kind.W,), frees=False),
 }
 
 # The sets of kinds one micro-batch may run on one stage: exactly one of these,
@@ -112,9 +124,30 @@ SENT: dict[Data, tuple[tuple[Kind, ...], int]] = {d: consumers(d) for d in Data}
 # Data some op reads on its own stage (so on the producing rank): engines keep a local record of it.
 KEPT: frozenset[Data] = frozenset(n.data for r in RULES.values() for n in r.needs if n.offset == 0)
 # Activation memory: an op that produces the activation holds it from its start until the op
-# that reads it on its own stage (the backward, B or I) ends.
+# that frees it (Rule.frees: the backward, B or I) ends.
 ALLOCATES: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Data.ACTIVATION in r.produces)
-FREES: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Need(Data.ACTIVATION, 0) in r.needs)
+FREES: frozenset[Kind] = frozenset(k for k, r in RULES.items() if r.frees)
+# Forwards run the forward pass (F; a recompute would); backwards are the rest (B, I, W): the ops
+# model.defer_embedding_wgrad lightens, drawn in a direction's backward hue, a pair's lower half.
+FORWARDS: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Kind.F in r.passes)
+BACKWARDS: frozenset[Kind] = frozenset(RULES) - FORWARDS
+# Per kind, the data it reads from another stage (a P2P transfer's reader): F the activation, B and I the gradient.
+RECEIVES: dict[Kind, Data | None] = {k: next((n.data for n in r.needs if n.offset != 0), None) for k, r in RULES.items()}
+
+
+def _check_rules() -> None:
+    """Each micro-batch's activation on a stage is allocated once and freed once, by a kind that reads it:
+    a kind that frees without reading, or a WORK set freeing twice, would take the memory timeline below zero."""
+    for kind, rule in RULES.items():
+        if rule.frees and Need(Data.ACTIVATION, 0) not in rule.needs:
+            raise ValueError(f"rules: {kind} frees its stage's activation but never reads it (Rule.needs)")
+    for work in WORK:
+        for what, kinds in (("allocate", ALLOCATES), ("free", FREES)):
+            if sum(k in kinds for k in work) != 1:
+                raise ValueError(f"rules: WORK {tuple(k.value for k in work)} must {what} the activation once")
+
+
+_check_rules()
 
 
 def needs(kind: str, microbatch: int, stage: int, direction: int, stages: int) -> list[tuple[Data, int, int, int]]:
@@ -153,10 +186,11 @@ def pair_problem(forward, backward) -> str | None:
     return None
 
 
-# Ops that leave a stage's weight gradients (the end-of-step gradient sync waits for the last).
-WEIGHT_GRADS: frozenset[Kind] = frozenset((Kind.B, Kind.W))
+# Ops that leave a stage's weight gradients, those running the weight-gradient pass (the end-of-step gradient
+# sync waits for the last).
+WEIGHT_GRADS: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Kind.W in r.passes)
 
-# Serving order on a channel (smaller first): nothing waits for a weight-gradient part
+# Serving order on a channel, by pass (a [chunk] component's, Component.grad; smaller first): nothing waits for a weight-gradient part
 # but the end of its op, so forward and input-gradient parts go before it.
 PASS_PRIORITY: dict[Kind, int] = {Kind.F: 0, Kind.B: 0, Kind.I: 0, Kind.W: 1}
 

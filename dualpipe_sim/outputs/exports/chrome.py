@@ -154,17 +154,11 @@ def chrome_trace(trace: Trace) -> dict:
              "ts": _us(m0[i]), "dur": _us(m1[i] - m0[i]), "args": args}
         )
 
-    # Flow arrows: each P2P send to the compute slice of the op that consumes it.
-    consumer: dict[tuple, int] = {}
-    for i, row in enumerate(comp):  # rows sorted by rank, start: the first part wins
-        is_forward = KIND_NAMES[row["kind"]] == "F"
-        key = (int(row["rank"]), int(row["action"]), is_forward, int(row["microbatch"]), int(row["direction"]))
-        consumer.setdefault(key, i)
+    # Flow arrows: each P2P send to the compute slice of the op that consumes it (trace.consumer, as the streamed writer).
+    consumer = trace.consumer if trace.consumer is not None else consumer_rows(comp, comm)
     for i in np.flatnonzero((comm["channel"] == P2P) & (comm["action"] >= 0)):
-        row = comm[i]
-        key = (int(row["peer"]), int(row["action"]), bool(row["kind"] == 0), int(row["microbatch"]), int(row["direction"]))
-        j = consumer.get(key)
-        if j is None:
+        row, j = comm[i], int(consumer[i])
+        if j < 0:
             continue
         fid, name = len(flows) // 2, P2P_KINDS[row["kind"]] if row["kind"] < len(P2P_KINDS) else "p2p"
         flows.append({"ph": "s", "cat": "p2p-flow", "name": name, "id": fid, "pid": int(row["rank"]),

@@ -55,7 +55,7 @@ from ...chart_geometry import (  # noqa: F401  (the layout's numbers; the chart 
 )  # fmt: skip
 from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES, KIND_NAMES
-from ...engine.trace import A2A, Trace
+from ...engine.trace import A2A, IS_FORWARD, Trace
 from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)
     COLOURS, COMM_COLOURS, DARK, KIND_WORDS, STEP_COLOURS, STEP_LABELS, actions_per_rank, direction_label, drawn_kind,
     hues, op_rows, spans,
@@ -102,7 +102,7 @@ def _geometry(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of an FB pair the upper (forward) or lower (backward) half."""
     y = -rows["rank"] * ROW_H
     half = (rows["part"] >= 0) & rows["overlapped"]
-    upper = half & (rows["kind"] == KIND_CODES["F"])
+    upper = half & IS_FORWARD[rows["kind"]]
     return y + np.where(upper, LANE_H / 2, 0.0), np.where(half, LANE_H / 2, LANE_H)
 
 

@@ -35,8 +35,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.patches import Patch
 
 from ... import units
-from ...schedules.rules import KIND_CODES
-from ...engine.trace import A2A, Trace
+from ...engine.trace import A2A, IS_BACKWARD, Trace
 from . import canvas
 from .gantt import (
     BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_H, STEP_COLOURS, STEP_LABELS, draw_gantt, frame, rank_axis,
@@ -200,7 +199,7 @@ def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | N
     meaning = "chunk" if by_chunk(trace) else "dir" if len(comp) and (comp["direction"] != 0).any() else ""
 
     def category(rows):
-        return hues(trace, rows).astype(np.int64) * 2 + (rows["kind"] != KIND_CODES["F"])
+        return hues(trace, rows).astype(np.int64) * 2 + IS_BACKWARD[rows["kind"]]
 
     # The mix: each op's computing, plus WAIT_WEIGHT of the rest of its span (waiting for its all-to-all).
     running = _shares(comp, ranks, category(comp), 4, edges)

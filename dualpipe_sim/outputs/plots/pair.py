@@ -16,8 +16,7 @@ import numpy as np
 from ...schedules.components import A2A_PARTS, COMPONENTS, WEIGHT_PARTS
 from ... import units
 from ...chart_geometry import PAIR_IN
-from ...schedules.rules import KIND_CODES
-from ...engine.trace import A2A, Trace
+from ...engine.trace import A2A, IS_FORWARD, Trace
 from .gantt import boxes, glyph, draw_texts, time_axis
 from .style import COLOURS, hues
 
@@ -83,13 +82,13 @@ def pair_boxes(trace: Trace, which: tuple[int, int]) -> tuple[np.ndarray, np.nda
     # Each op in its own colour family, as in the whole-run chart (a DualPipe pair's F and B
     # are often of different directions); an all-to-all takes its op's row's family.
     family = {(int(r["kind"]), int(r["microbatch"])): int(h) for r, h in zip(rows, hues(trace, rows))}
-    lane = {KIND_CODES["F"]: 1.0, KIND_CODES["B"]: 0.0}
+    lane = {"F": 1.0, "B": 0.0}  # the pair's forward above, its backward (B or I) below
     # In an op's lane, compute on top and all-to-all below: a weight-gradient part runs beside
     # its own op's all-to-all (nothing waits for it), so the two must not share a strip.
     out = PairBoxes([], [], [], [], [], [], [])
     for r in list(rows) + list(a2a):
         part = int(r["part"])
-        kind = "F" if r["kind"] == KIND_CODES["F"] else "B"
+        kind = "F" if IS_FORWARD[r["kind"]] else "B"
         hue = family.get((int(r["kind"]), int(r["microbatch"])), 0)
         if part in A2A_PARTS:
             colour = A2A_COLOURS[kind]
@@ -97,7 +96,7 @@ def pair_boxes(trace: Trace, which: tuple[int, int]) -> tuple[np.ndarray, np.nda
             colour = COLOURS[hue]["W" if part in WEIGHT_PARTS else kind]
         out.x0.append(float(r["start"]))
         out.x1.append(float(r["end"]))
-        out.y.append(lane[KIND_CODES[kind]] + (0.08 if part in A2A_PARTS else 0.47))
+        out.y.append(lane[kind] + (0.08 if part in A2A_PARTS else 0.47))
         out.h.append(0.36 if part in A2A_PARTS else 0.45)
         out.colours.append(colour)
         out.texts.append(NAMES.get(COMPONENTS[part], COMPONENTS[part]))  # a new component: its full name
@@ -122,8 +121,8 @@ def draw_pair(fig, trace: Trace, which: tuple[int, int], rect) -> None:
                size[ok], [(1, 1, 1, 1) if d else (0, 0, 0, 1) for d, k in zip(dark, ok) if k])
     ax.set_xlim(t0, t1)
     ax.set_ylim(-0.05, 2.0)
-    f = rows[rows["kind"] == KIND_CODES["F"]]
-    b = rows[rows["kind"] != KIND_CODES["F"]]
+    forward = IS_FORWARD[rows["kind"]]
+    f, b = rows[forward], rows[~forward]
     ax.set_yticks([1.5, 0.5], [f"F mb {int(f['microbatch'][0])}" if len(f) else "F",
                                f"B mb {int(b['microbatch'][0])}" if len(b) else "B"], fontsize=9)  # fmt: skip
     ax.tick_params(axis="y", length=0)

@@ -39,9 +39,9 @@ from ... import units
 from ...model import validation_band
 from ...schedules.components import A2A_PARTS, COMPONENTS
 from ..exports.timeline import activation_levels
-from ...schedules.rules import KIND_CODES, KIND_NAMES
+from ...schedules.rules import KIND_NAMES
 from ...inputs.scenario import activation_bytes_given
-from ...engine.trace import A2A, Trace
+from ...engine.trace import A2A, IS_FORWARD, Trace
 from .style import (COLOURS, COMM_COLOURS, KIND_WORDS, STEP_COLOURS, STEP_LABELS, device_words, direction_label,
                     drawn_kind, hues, memory_axis, op_rows)  # fmt: skip
 
@@ -108,7 +108,7 @@ def gantt_traces(trace: Trace, label: str, offset: int, windows=None, a2a_bars: 
     kind = drawn_kind(ops) if len(ops) else ops["kind"]
     parts = _parts_text(trace) if (trace.compute["part"] >= 0).any() else {}
     half = ops["overlapped"]
-    forward = ops["kind"] == KIND_CODES["F"]
+    forward = IS_FORWARD[ops["kind"]]
     y = offset + ops["rank"] + np.where(half, np.where(forward, -0.17, 0.17), 0.0) - 0.08
     width = np.where(half, 0.32, 0.66)
     traces = []
