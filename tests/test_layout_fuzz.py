@@ -22,6 +22,10 @@ For each draw, one of two things must happen:
 tests/conftest.py's ``suite`` profile keeps the default run bounded and derandomized;
 ``HYPOTHESIS_PROFILE=explore`` hunts for new failures. Each failure found that way has a plain regression
 test in tests/test_layout_fuzz_found.py.
+
+Round 2 (s20c) adds invariants a training step keeps by construction (memory under recomputation, ZeRO, pipeline
+stages and CP; bandwidth; the trace's intervals and memory events; determinism; the micro-batch size), each argued in
+its docstring from how the runtimes run it.
 """
 
 from __future__ import annotations
