@@ -287,3 +287,40 @@ def test_a_host_bound_moe_step_with_the_all_to_all_overlapped_is_not_shorter_wit
         raw["model"]["micro_batch_size"] = mbs
         return run(scenario_module.from_dict(raw)).metrics.step.total
     assert step(2) >= step(1)
+
+
+def qwen3_cp4(recompute: str, nvlink: float | None = None) -> dict:
+    """Found: Qwen3-30B-A3B (the Pai row's model), one GPU a pipeline, TP 2, CP 4, EP 1, H100."""
+    raw = scenario_module.load_raw(Path(__file__).resolve().parent.parent / "scenarios" / "validation"
+                                   / "pai643-qwen3-30b-a3b-pp4ep4.toml")
+    raw.pop("chunk", None)
+    raw.pop("costs", None)
+    raw["model"].update(seq_length=2048, fp8=False, micro_batch_size=1, attention_kernel="flash-attn-2")
+    raw["pipeline"] = {"schedule": "1f1b", "microbatches": 1, "stages": 1}
+    raw["parallel"] = {"tensor": 2, "data": 2, "context": 4, "expert": 1, "zero": 0}
+    raw["hardware"] = {"preset": "H100", **({"a2a_intra_bandwidth": nvlink} if nvlink else {})}
+    raw["memory"] = {"recompute": recompute}
+    raw["step"] = {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": False}
+    return raw
+
+
+def test_a_rerun_forwards_context_parallel_ring_is_not_the_backwards_either():
+    """Found (after the fix above): twice the H100's NVLink bandwidth made the fuzz's draw 0.03 ms longer (5924.727 ->
+    5924.759 ms; this scenario 5925.192 -> 5925.106 ms now). Under full
+    recomputation the rerun forward's ring attention sends K and V again (Transformer Engine's p2p ring,
+    kernels.context_exchange), rows in the input gradient under the forward's names, and the backward's host share
+    counted them as backward steps: their calls twice, their exposed transfer time as hiding the backward's calls, so
+    a faster NVLink shrank the GPU's time less than it grew the host's share. Left out as the rerun's other rows are:
+    the backward host row is the same with full recomputation as without, and a faster NVLink does not slow the step."""
+    from dualpipe_sim.model import derive, hardware
+
+    def backward_host(raw):
+        st = scenario_module.from_dict(raw).derived().setup
+        (row,) = [k for k in derive.layer_kernels(st, 3) if k.name == "host launches (backward)"]
+        return row
+
+    full, none = backward_host(qwen3_cp4("full")), backward_host(qwen3_cp4("none"))
+    assert full.seconds == none.seconds and full.shape == none.shape
+    nvlink = hardware.preset("H100").a2a_intra_gbps
+    slow, fast = (run(scenario_module.from_dict(qwen3_cp4("full", bw))).metrics.step.total for bw in (None, 2 * nvlink))
+    assert fast <= slow

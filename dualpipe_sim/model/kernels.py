@@ -1347,6 +1347,7 @@ def context_exchange(tb: Table) -> None:
                                   "communication"))  # fmt: skip
         return
     for comp, backward, windows in tb.cp_steps:
+        start = len(tb.rows)
         for i, window in enumerate(windows):
             sent = _ring_transfer(tb, backward, i)
             if sent is None:
@@ -1355,6 +1356,8 @@ def context_exchange(tb: Table) -> None:
             exposed = max(0.0, ring_transfer_seconds(tb, nbytes, link) - window)
             tb.rows.append(Kernel(f"context-parallel {what} exchange (step {i})", comp, "comm",
                                   f"{nbytes / 1e6:.3g} MB ({link})", 0.0, nbytes, exposed, "communication"))
+        if not backward and comp != "attn_forward":  # a rerun forward's ring (full, or the core attention's)
+            tb.rerun_since(start)
 
 
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
