@@ -317,6 +317,18 @@ class Table:
         self.cp_steps: list[tuple[str, bool, list[float]]] = []
         # (SMs held, seconds left) of the NCCL collective the GEMMs now launched run beside (nccl_beside)
         self._beside: tuple[int, float] | None = None
+        # rows of a block's forward run again in its input gradient under its forward's names (full recompute, a
+        # checkpointed MoE layer): not the backward's own kernels (own_rows)
+        self.reruns: list[range] = []
+
+    def rerun_since(self, start: int) -> None:
+        """The rows from ``start`` on are a block's forward rerun inside its input gradient."""
+        self.reruns.append(range(start, len(self.rows)))
+
+    def own_rows(self) -> list[Kernel]:
+        """The rows less the forwards rerun in an input gradient (rerun_since)."""
+        rerun = {i for r in self.reruns for i in r}
+        return [k for i, k in enumerate(self.rows) if i not in rerun]
 
     def group(self, kind: str) -> placement.Group:
         """Where the layout's groups of ``kind`` sit in the rates' NVLink domains (placement.group)."""
@@ -687,6 +699,7 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
     norm_out = ab if lay.current_scaling else low
     up_rows: list[Kernel] = []  # MLA's qkv_up_proj_and_rope_apply as the forward ran it (mla_up_proj reruns it)
     for comp in comps:  # forward, and again inside the input gradient when recomputed
+        start = len(tb.rows)
         tb.memory("input norm", comp, lay.norm_tokens * h * (ab + norm_out))
         name, out, inp, _ = projections[0]
         tb.cast_after_amax(f"{name} input cast", comp, lay.norm_tokens * h, reduce=True,
@@ -721,6 +734,8 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
         tb.tp_linear("out_proj", comp, n, h, a_t * cfg.v_head_dim, "reduce_scatter", n * h * ab, "pipeline",
                      ub="proj_fprop")
         tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
+    if recompute:
+        tb.rerun_since(start)
     comp, wcomp = "attn_backward_input", "attn_backward_weight"
     tb.output_grad_cast("", comp, wcomp, bias=bool(params.out_bias(cfg)))
     tb.tp_linear("out_proj dgrad", comp, n, a_t * cfg.v_head_dim, h, "all_gather", n * h * ab, "ring")
@@ -880,6 +895,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     fused_out = ab if te and lay.current_scaling else low
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
     for comp in comps:
+        start = len(tb.rows)
         if not prefix:
             tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + fused_out))
             tb.cast_after_amax("fc1 input cast", comp, lay.norm_tokens * h, reduce=True,
@@ -896,6 +912,8 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
         tb.tp_linear(f"{prefix}fc2", comp, n, h, f, "reduce_scatter", n * h * ab, "pipeline", ub="fc2_fprop")
         if not prefix and (comp == "mlp_forward" or lay.policy == "full"):  # the add is outside a checkpointed MLP
             tb.memory("residual add", comp, 3 * lay.norm_tokens * h * ab)
+    if recompute:
+        tb.rerun_since(start)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     if prefix:
         tb.cast(f"{prefix}grad cast", comp, n * h)
@@ -975,6 +993,7 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     launches = local if lay.expert_streams == 1 else 1
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute or whole_moe else ())
     for comp in comps:
+        start = len(tb.rows)
         layer_part = comp == "mlp_forward" or recompute  # the norm and the add around the MoE layer
         if layer_part:
             tb.memory("pre-mlp norm", comp, n * h * (ab + low))
@@ -1006,6 +1025,8 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
         if layer_part:
             tb.memory("residual add", comp, 3 * n * h * ab)
+    if len(comps) > 1:
+        tb.rerun_since(start)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
     tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
     _etp_casts(tb, comp, n * k, forward=False)
@@ -1335,6 +1356,7 @@ def context_exchange(tb: Table) -> None:
                                   "communication"))  # fmt: skip
         return
     for comp, backward, windows in tb.cp_steps:
+        start = len(tb.rows)
         for i, window in enumerate(windows):
             sent = _ring_transfer(tb, backward, i)
             if sent is None:
@@ -1343,6 +1365,8 @@ def context_exchange(tb: Table) -> None:
             exposed = max(0.0, ring_transfer_seconds(tb, nbytes, link) - window)
             tb.rows.append(Kernel(f"context-parallel {what} exchange (step {i})", comp, "comm",
                                   f"{nbytes / 1e6:.3g} MB ({link})", 0.0, nbytes, exposed, "communication"))
+        if not backward and comp != "attn_forward":  # a rerun forward's ring (full, or the core attention's)
+            tb.rerun_since(start)
 
 
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
@@ -1431,7 +1455,7 @@ def host_backward_share(tb: Table) -> None:
     time, from one sync to the next (DeepEP's multihot backward) or over the layer (no sync)."""
     lay = tb.lay
     local = max(1, tb.cfg.num_experts // lay.expert)
-    secs, ops, syncs = host_backward.backward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
+    secs, ops, syncs = host_backward.backward_excess(tb.own_rows(), lay.host_op, lay.tensor, lay.expert_streams, local,
                                                      lay.dispatcher)  # fmt: skip
     _host_row(tb, "host launches (backward)", "mlp_backward_input", secs, ops, syncs)
 
