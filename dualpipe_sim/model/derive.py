@@ -88,6 +88,7 @@ class Setup:
     gpu_spread: tuple[str, int, float] | None = None
     tp_max_ctas: int = 0  # parallel.tp_max_ctas
     dp_channels: int = collectives.NCCL_DP_CTAS  # the data-parallel communicator's NCCL channels (dp_channels)
+    dp_held_sms: int = 0  # SMs a data-parallel collective holds from the compute beside it: step.dp_comm_sms, 0 without [step]
     dp_grouped: bool = False  # the data-parallel buckets go to NCCL as one group: apex's (step.param_gather = "apex")
     rope_fusion: bool = True  # model.rope_fusion (false: rope.py's eager kernels)
     fp4: bool = False  # model.fp4 = "nvfp4": the linears' GEMMs and casts in NVFP4 (kernels.Layout.fp4)
@@ -196,6 +197,8 @@ class StageFigures:
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
     fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
     fsdp_tail: float | None = None  # ZeRO 3: ms the last backward leaves on the data-parallel channel (fsdp.backward_tail)
+    # ZeRO 3 with step.dp_comm_sms: ms its forward / backward compute runs longer beside its own collectives (fsdp_slowed)
+    fsdp_slowed: tuple[float, float] | None = None
 
 
 @dataclass
@@ -449,6 +452,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
+                 dp_held_sms=scenario.step.dp_comm_sms if scenario.step is not None else 0,
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
                  rope_fusion=m.rope_fusion, fp4=m.fp4 != "none", amax_history=m.fp8_amax_history,
                  cast_transpose_share=share,
@@ -1092,6 +1096,19 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     return units
 
 
+def fsdp_slowed(st: Setup, stage: layout.Stage, units: list[fsdp.Unit], compute: float) -> tuple[float, float] | None:
+    """ZeRO 3: how much longer (ms) a stage's forward and backward run because their units compute beside the
+    action's own all-gathers and reduce-scatters (fsdp.stage_beside), whose NCCL kernels hold step.dp_comm_sms SMs
+    (docs/step.md, "Data-parallel collectives take SMs"): (k - 1) x that time, k the stage's compute on the SMs
+    left over its compute (``compute``, ms, its forward + backward), the rule step.py applies to the last backward's
+    collectives, measured on the unslowed action.  None without held SMs or kernel rates."""
+    if not st.dp_held_sms or st.rates is None or compute <= 0:
+        return None
+    from . import comm_slowdown  # it derives through this module
+
+    return fsdp.slowed(units, comm_slowdown.slowed_stage_compute(st, stage, st.dp_held_sms) / compute)
+
+
 def evaluation_forwards(st: Setup) -> list[float]:
     """Each stage's forward (ms per micro-batch) as an evaluation runs it: the same kernels with autograd off
     (kernels.Layout.evaluation; the logs' forward-only steps in docs/validation.md)."""
@@ -1159,8 +1176,10 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
                 units = _fsdp_units(st, stage, times, fsdp_tabs)
                 fig.fsdp_exposed, fig.fsdp_tail = fsdp.stage_exposure(units), fsdp.backward_tail(units)
-                fig.forward += fig.fsdp_exposed[0]
-                fig.backward += fig.fsdp_exposed[1]
+                slowed = fsdp_slowed(st, stage, units, fig.forward + fig.backward)
+                fig.fsdp_slowed = slowed
+                fig.forward += fig.fsdp_exposed[0] + (slowed[0] if slowed else 0.0)
+                fig.backward += fig.fsdp_exposed[1] + (slowed[1] if slowed else 0.0)
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
