@@ -182,10 +182,11 @@ def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, fl
 
 
 def _union(spans: list[tuple[float, float]]) -> np.ndarray:
-    """Intervals as (start, end) rows, overlapping ones merged: compute beside two collectives at once is slowed once."""
+    """Intervals as (start, end) rows, overlapping ones merged: compute beside two collectives at once is slowed once
+    (one that starts as another ends is kept apart: one channel's FIFO rows go through as they are, bit for bit)."""
     merged: list[list[float]] = []
     for a, b in sorted(spans):
-        if merged and a <= merged[-1][1]:
+        if merged and a < merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
