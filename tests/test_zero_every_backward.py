@@ -55,6 +55,10 @@ def test_the_earlier_backwards_reduce_scatters_slow_the_compute_beside_them_by_h
     rows = step.simulate_step(trace, every)
     assert spans(rows, GRAD_SYNC) == pytest.approx([5.75, 6.25, 7.0, 8.0])
     assert spans(rows, OPTIMIZER) == pytest.approx([8.0, 9.0])
+    # the last backward's are the grad sync's, not every_backward's: with no grad sync, only B0's 1.5 ms beside
+    # compute move the rank's end, 6 -> 6.75, and the optimizer runs [6.75,7.75] (B1's own would add 0.25 more)
+    alone = step.simulate_step(trace, replace(every, grad_sync=(0.0,), grad_sync_shares=()))
+    assert spans(alone, GRAD_SYNC) == [] and spans(alone, OPTIMIZER) == pytest.approx([6.75, 7.75])
     # nothing slowed (f = 1, or no factor), nothing moves: the earlier reduce-scatters are not rows of the step
     assert step.simulate_step(trace, replace(every, dp_comm_slowdown=(1.0,))).tobytes() == plain.tobytes()
     assert step.simulate_step(trace, replace(costs, every_backward=((0.5, 1.0),))).tobytes() == plain.tobytes()
