@@ -34,7 +34,7 @@ def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
     out = []
     for fig, less in zip(derived.stages, _slowed_compute(st, sms)):
         # the stage as derived: the same sum (_stage_compute), plus FSDP's exposed collectives and its in-action
-        # slowdown (derive.fsdp_slowed), which are not compute
+        # slowdown (fig.fsdp_slowed), which are not compute
         row = fig.forward + fig.backward
         base = row - sum(fig.fsdp_exposed or ()) - sum(fig.fsdp_slowed or ())
         out.append(1.0 + (less - base) / row if base > 0 else 1.0)
@@ -47,11 +47,6 @@ def _slowed_compute(st, sms: int) -> tuple[float, ...]:
     often only in what this does not read (the data-parallel degree, ZeRO, how the layers are staged)."""
     slowed = _slowed_kernels(_KernelReads(st), sms)
     return tuple(slowed.stage(stage) for stage in st.stages)
-
-
-def slowed_stage_compute(st, stage, sms: int) -> float:
-    """One stage's compute (ms, _stage_compute) on fewer_sms' rates: derive.fsdp_slowed's, shared with _slowed_compute."""
-    return _slowed_kernels(_KernelReads(st), sms).stage(stage)
 
 
 class _KernelReads:
