@@ -258,3 +258,10 @@ def test_zero_3_forward_and_backward_carry_their_compute_slowed_beside_their_col
         assert 0 < beside[0] <= b.forward - b.fsdp_exposed[0] + 1e-9  # never more than the compute
         assert a.forward - b.forward == pytest.approx((k - 1) * beside[0])
         assert a.backward - b.backward == pytest.approx((k - 1) * beside[1])
+    # `model --json` reports it per stage beside the exposure (fsdp_slowed_ms), only where something is held
+    from dualpipe_sim.model import report
+
+    rows = [report.summary(scenario.load(p).derived(), scenario.load(p))["stages"] for p in (held, free)]
+    assert rows[0][4]["fsdp_slowed_ms"] == pytest.approx({"forward": slow.stages[4].forward - plain.stages[4].forward,
+                                                          "backward": slow.stages[4].backward - plain.stages[4].backward})
+    assert "fsdp_slowed_ms" not in rows[1][4]
