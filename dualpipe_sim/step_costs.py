@@ -41,6 +41,10 @@ class StepCosts:
     # per stage: compute its rank runs after its pipeline work, before what finalizes the gradients (the output
     # layer's deferred wgrad GEMMs, model/deferred_wgrad.py: Megatron-core's finish_embedding_wgrad_compute); () : none
     drain: tuple[float, ...] = ()
+    # per stage: the collectives (ms, release order) each of a copy's weight-gradient ops but its last releases through
+    # it as grad_sync_shares' are (ZeRO 2's per-micro-batch reduce-scatters, model/grad_sync.every_backward_fsdp), laid on
+    # the rank's channel only to slow the compute beside them (dp_comm_slowdown); () or an empty entry: none
+    every_backward: tuple[tuple[float, ...], ...] = ()
 
     def active(self) -> bool:
         """False when every figure is zero: the step is then the pipeline, nothing is added."""

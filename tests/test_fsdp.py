@@ -205,3 +205,63 @@ def test_zero_2_with_compute_to_spare_carries_nothing_to_the_last_backward(tmp_p
     assert costs.grad_sync_shares[0][-1] * whole[0] == pytest.approx(0.512)
     assert costs.grad_sync_shares[1][-1] * whole[1] == pytest.approx(1.311744)
     assert sum(costs.grad_sync_shares[0]) == pytest.approx(1.0)
+
+
+def test_compute_beside_its_own_collectives_by_hand():
+    """s20n.  Forward, compute 2, 2, gathers 1, 3: AG1 [0,1]; unit 1 [1,3] while AG2 [1,4]; unit 2 [4,6], nothing on
+    the channel: 2 ms of compute beside a collective.  Backward, compute 2, 2, gathers 1, 1, reduce-scatters 3, 1:
+    AG1 [0,1]; unit 1 [1,3] while AG2 [1,2] (1 ms); RS1 [3,6]; unit 2 [3,5] beside it (2 ms); RS2 [6,7] after the
+    action, beside whatever the rank runs next (not counted here): 3 ms."""
+    assert fsdp.beside([2, 2], [1, 3]) == pytest.approx(2.0)
+    assert fsdp.beside([2, 2], [1, 1], [3, 1]) == pytest.approx(3.0)
+    assert fsdp.beside([1, 1], [3, 3]) == pytest.approx(1.0)  # unit 1 [3,4] beside AG2 [3,6]; unit 2 [6,7] alone
+    assert fsdp.beside([2], [1]) == 0.0  # one unit: its gather before it, nothing beside it
+
+
+def test_two_units_slowed_beside_their_collectives_by_hand():
+    """Two units in forward order A, B: forward compute 2, 2, backward 2, 2, gathers 1 (A) and 3 (B), reduce-scatters
+    1 (A) and 3 (B).  Forward: AG(A) [0,1]; A [1,3] beside AG(B) [1,4]; B [4,6]: 2 ms beside.  Backward (B, A):
+    AG(B) [0,3]; B [3,5] beside AG(A) [3,4] (1 ms); RS(B) [5,8]; A [5,7] beside it (2 ms); RS(A) [8,9] after: 3 ms.
+    At a factor of 1.5 (the compute on the SMs the collectives leave over the compute) each action runs half of
+    that longer: 1 and 1.5 ms, on top of its exposed waits (forward 6 - 4 = 2, backward 7 - 4 = 3).  Two
+    micro-batches on one stage: F = 4 + 2 + 1 = 7, B = 4 + 3 + 1.5 = 8.5, so 2 x (7 + 8.5) = 31 ms, not 28."""
+    units = [fsdp.Unit(2.0, 2.0, 1.0, 1.0), fsdp.Unit(2.0, 2.0, 3.0, 3.0)]
+    assert fsdp.stage_beside(units) == pytest.approx((2.0, 3.0))
+    assert fsdp.slowed(units, 1.5) == pytest.approx((1.0, 1.5))
+    assert fsdp.slowed(units, 1.0) == (0.0, 0.0)
+    assert fsdp.stage_exposure(units) == pytest.approx((2.0, 3.0))
+    f, b = (4 + e + s for e, s in zip(fsdp.stage_exposure(units), fsdp.slowed(units, 1.5)))
+    assert 2 * (f + b) == pytest.approx(31.0)
+
+
+def test_zero_3_forward_and_backward_carry_their_compute_slowed_beside_their_collectives(tmp_path):
+    """s20n.  With a preset's kernel rates and step.dp_comm_sms, a ZeRO 3 stage's forward and backward are longer by
+    (k - 1) x the compute beside their collectives, k its compute on the SMs left (comm_slowdown) over its compute;
+    without held SMs (0, or no [step]) they are not.  Llama 3 70B on H100, 16 of 132 SMs held."""
+    from dualpipe_sim.model import comm_slowdown, derive
+
+    text = (PRESETS / "llama3-70b.toml").read_text().replace('config = "', f'config = "{PRESETS}/')
+    text = text.replace("zero = 2 ", "zero = 3 ")
+    held, free = tmp_path / "held.toml", tmp_path / "free.toml"
+    held.write_text(text + "\n[step]\ngrad_sync = \"derived\"\noptimizer = 1\n")
+    free.write_text(text + "\n[step]\ngrad_sync = \"derived\"\noptimizer = 1\ndp_comm_sms = 0\n")
+    slow, plain = scenario.load(held).derived(), scenario.load(free).derived()
+    for s in (0, 4):
+        a, b = slow.stages[s], plain.stages[s]
+        assert b.fsdp_slowed is None and a.fsdp_exposed == pytest.approx(b.fsdp_exposed)
+        compute = b.forward + b.backward - sum(b.fsdp_exposed)
+        k = comm_slowdown._slowed_compute(slow.setup, 16)[s] / compute  # the step end's own sum of the held kernels
+        assert 1.3 < k < 1.6  # GEMMs in a second round on 116 of 132 SMs (docs/model.md)
+        units = derive._fsdp_units(slow.setup, slow.setup.stages[s], [derive.layer_times(slow.setup, i)
+                                                                          for i in slow.setup.stages[s].layers])
+        beside = fsdp.stage_beside(units)
+        assert 0 < beside[0] <= b.forward - b.fsdp_exposed[0] + 1e-9  # never more than the compute
+        assert a.forward - b.forward == pytest.approx((k - 1) * beside[0])
+        assert a.backward - b.backward == pytest.approx((k - 1) * beside[1])
+    # `model --json` reports it per stage beside the exposure (fsdp_slowed_ms), only where something is held
+    from dualpipe_sim.model import report
+
+    rows = [report.summary(scenario.load(p).derived(), scenario.load(p))["stages"] for p in (held, free)]
+    assert rows[0][4]["fsdp_slowed_ms"] == pytest.approx({"forward": slow.stages[4].forward - plain.stages[4].forward,
+                                                          "backward": slow.stages[4].backward - plain.stages[4].backward})
+    assert "fsdp_slowed_ms" not in rows[1][4]

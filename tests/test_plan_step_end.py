@@ -92,15 +92,26 @@ def _estimate_and_run(base: dict, cand: Candidate) -> tuple[float, float]:
     return est, run.metrics.scalars()["step.total"]
 
 
+# s20n: ZeRO 2's reduce-scatters after every earlier backward slow the compute beside them (engine/step.py
+# _every_backward), which the estimate's trace, cut at the earliest last weight-gradient op (step_estimate.tail), does
+# not hold: the estimate is short of the run there until plan/step_estimate.py keeps those ops (the lead's, not s20n's:
+# plan/ is s20l's).  Strict: the mark must come off when it does.
+ZERO2_GAP = pytest.mark.xfail(strict=True, reason="plan's step_estimate.tail cuts ZeRO 2's earlier backwards (s20n)")
+
+
 @pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
-def test_estimate_is_the_run_where_its_assumptions_hold(base, cand):
+def test_estimate_is_the_run_where_its_assumptions_hold(base, cand, request):
+    if cand.zero == 2:
+        request.applymarker(ZERO2_GAP)
     est, got = _estimate_and_run(base, cand)
     assert est == pytest.approx(got, rel=1e-9)
 
 
 @pytest.mark.parametrize("cand", LAYOUTS, ids=lambda c: c.schedule)
 @pytest.mark.parametrize("deferred", [2, 4])
-def test_deferred_output_wgrad_estimate_is_the_run(base, cand, deferred):
+def test_deferred_output_wgrad_estimate_is_the_run(base, cand, deferred, request):
+    if cand.zero == 2:
+        request.applymarker(ZERO2_GAP)
     # model.defer_embedding_wgrad (s18n): the run's last stage runs the first N micro-batches' backwards lighter
     # (CostModel.deferred) and the drain at the step's end; the estimate replays the same lighter backwards
     # (StageCosts.deferred) and step.py's drain, so where its assumptions hold it is the run's step (s19d), and the

@@ -61,7 +61,8 @@ def _alone(sc, derived) -> StepCosts:
     return StepCosts(figures["grad_sync"], figures.get("cross_copy_sync", (0.0,) * sc.pipeline.stages),
                      figures["optimizer"], sc.grad_sync_overlapped(), st.cross_copy_eager, ddp_buckets.per_stage(sc, derived),
                      sc.grad_sync_launch(), st.grad_sync_shares_p2p, slow, tail,
-                     grad_sync_shares=grad_sync.grad_sync_shares_fsdp(sc, derived, figures["grad_sync"]))  # fmt: skip
+                     grad_sync_shares=grad_sync.grad_sync_shares_fsdp(sc, derived, figures["grad_sync"]),
+                     every_backward=grad_sync.every_backward_fsdp(sc, derived))  # fmt: skip  (s20n: ZeRO 2's)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

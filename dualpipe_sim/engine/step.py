@@ -35,8 +35,9 @@ pipeline trace and adds what happens in between, as rows of the trace's
   beside it, unordered against it as Megatron-core runs them (docs/model.md, "The output layer's deferred weight
   gradients"), and slow it as they slow the pipeline's compute (_stretch).
 * **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
-  ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass
-  lays the step out on each rank's times stretched by it (_stretch).
+  ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs), and so does the compute beside
+  ZeRO 2's reduce-scatters after every earlier backward (``every_backward``: _every_backward, laid
+  out for that alone); a second pass lays the step out on each rank's times stretched by it (_stretch).
 
 The data-parallel channels and the pair links are separate from each other
 and from P2P and all-to-all: nothing here contends with the pipeline's own
@@ -152,17 +153,59 @@ def _yielding(jobs: list[tuple[float, int, int, float]], busy: np.ndarray) -> li
     return out
 
 
-def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...]):
+def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, float]]]:
+    """Per rank, when its channel runs the collectives each of its copies' weight-gradient ops but the last releases
+    (``costs.every_backward``: ZeRO 2's per-micro-batch reduce-scatters), released as the last op's are (_bucket_readies:
+    share k of n k/n of the way through the op) and laid FIFO on the rank's channel (_fifo); [] each without them.
+    They are not rows of the step (the grad sync figure holds what the channel has left at the last op's start):
+    only _stretch reads them, the compute beside them slowed as beside the grad syncs (docs/step.md)."""
+    out: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]
+    if not any(costs.every_backward):
+        return out
+    rows = trace.compute[IS_WEIGHT_GRAD[trace.compute["kind"]]]
+    ops: dict[tuple[int, int], list] = {}  # (rank, action) -> [start, end, stage] over its rows (an op's parts)
+    for r, a, s, t0, t1 in zip(rows["rank"].tolist(), rows["action"].tolist(), rows["stage"].tolist(),
+                               rows["start"].tolist(), rows["end"].tolist()):  # fmt: skip
+        op = ops.setdefault((r, a), [t0, t1, s])
+        op[0], op[1] = min(op[0], t0), max(op[1], t1)
+    copies: dict[tuple[int, int], list[tuple[float, float]]] = {}  # (rank, stage) -> its ops' (end, start)
+    for (r, _), (t0, t1, s) in ops.items():
+        if costs.every_backward[s]:
+            copies.setdefault((r, s), []).append((t1, t0))
+    jobs: list[list] = [[] for _ in range(trace.ranks)]
+    for (r, s), done in copies.items():
+        shares = costs.every_backward[s]
+        n = len(shares)
+        for t1, t0 in sorted(done)[:-1]:  # the copy's last op releases the grad sync rows instead
+            jobs[r] += [(t1 if k == n else t0 + (t1 - t0) * k / n, s, k, length) for k, length in enumerate(shares, 1)]
+    return [[(a, b) for _, a, b in _fifo(mine)] for mine in jobs]
+
+
+def _union(spans: list[tuple[float, float]]) -> np.ndarray:
+    """Intervals as (start, end) rows, overlapping ones merged: compute beside two collectives at once is slowed once
+    (one that starts as another ends is kept apart: one channel's FIFO rows go through as they are, bit for bit)."""
+    merged: list[list[float]] = []
+    for a, b in sorted(spans):
+        if merged and a < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return np.array(merged, dtype=float).reshape(-1, 2)
+
+
+def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], beside=None):
     """Per rank, the map from the pipeline's times to its times with its compute slowed under its grad syncs.
 
     A compute row of stage s that overlaps the rank's grad sync rows for d ms takes (slowdown[s] - 1) x d ms
     longer (the collective's CTAs hold SMs the compute kernels would use), and what follows on the rank moves
     by as much: t -> t + sum over those overlaps before t of (f - 1) x their length.  The overlaps are the
     first pass's (the syncs as timed on the unslowed pipeline); docs/step.md, "Data-parallel collectives take SMs".
-    A first-pass DRAIN row is the rank's compute too (after its pipeline's rows), slowed by its stage's factor."""
+    A first-pass DRAIN row is the rank's compute too (after its pipeline's rows), slowed by its stage's factor.
+    ``beside``: per rank, more collectives' (start, end) on its channel (_every_backward), slowing it alike; where
+    they and the grad syncs overlap, once."""
     maps = []
     c = trace.compute
-    syncs: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]  # per rank: its grad syncs
+    syncs: list[list[tuple[float, float]]] = [list(b) for b in beside] if beside else [[] for _ in range(trace.ranks)]
     drains: list[list[tuple[float, float, int]]] = [[] for _ in range(trace.ranks)]  # per rank: its drain rows
     for kind, rank, _, stage, start, end in rows:
         if kind == GRAD_SYNC:
@@ -175,7 +218,7 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...]):
     # the columns read, in that order once (a rank's rows are then slices, not copies of the table's)
     starts, ends, weights = c["start"][by_rank], c["end"][by_rank], less[c["stage"][by_rank]]
     for r in range(trace.ranks):
-        busy = np.array(sorted(syncs[r])).reshape(-1, 2)
+        busy = _union(syncs[r])
         mine = slice(bounds[r], bounds[r + 1])
         weight = weights[mine]
         # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
@@ -212,8 +255,10 @@ def rows_of(trace: Trace, costs: StepCosts) -> list[tuple]:
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     ops = _weight_ops(trace) if aligned else None  # read once for both passes
     rows = _step_rows(trace, costs, ends, None, ops)
-    if any(f != 1.0 for f in costs.dp_comm_slowdown) and any(x[0] == GRAD_SYNC for x in rows):
-        rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown), ops)
+    if any(f != 1.0 for f in costs.dp_comm_slowdown):
+        beside = _every_backward(trace, costs)
+        if any(beside) or any(x[0] == GRAD_SYNC for x in rows):
+            rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown, beside), ops)
     return rows
 
 

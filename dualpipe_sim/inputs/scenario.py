@@ -384,7 +384,7 @@ class Scenario(_Section):
             raise ScenarioError("step.fp32_embedding_optimizer: NeMo 1.x's separate fp32 AdamW and NeMo 2's fp32 "
                                 "buckets (step.fp32_embedding_grads) are two versions' ways: set one of them")
         from ..model.derived_step import derived_sync
-        from ..model.grad_sync import grad_sync_shares, grad_sync_shares_fsdp, grad_sync_tail
+        from ..model.grad_sync import every_backward_fsdp, grad_sync_shares, grad_sync_shares_fsdp, grad_sync_tail
         from ..model.step_memo import per_call
 
         figures = {}
@@ -396,13 +396,14 @@ class Scenario(_Section):
                     figures[key] = derived_sync(self, key, derived, memo)
                 except ModelError as exc:
                     raise ScenarioError(f"step.{key}: {exc}") from None
-        tail, shares = (), ()
+        tail, shares, every = (), (), ()
         if st.grad_sync == "derived":  # what runs after the data-parallel sync (finalize_model_grads, NeMo's grad_sync)
             try:
                 tail = grad_sync_tail(self, derived, memo)
                 shares = grad_sync_shares(self, derived, memo)  # Megatron-core's bucket groups, when unequal
                 # or ZeRO 2/3's, as Megatron-FSDP's post-backward hooks release them
                 shares = shares or grad_sync_shares_fsdp(self, derived, figures.get("grad_sync"))
+                every = every_backward_fsdp(self, derived)  # ZeRO 2's reduce-scatters after the earlier backwards
             except ModelError as exc:
                 raise ScenarioError(f"step.grad_sync: {exc}") from None
             tail = tail if any(tail) else ()
@@ -419,6 +420,7 @@ class Scenario(_Section):
             nic_shared=st.grad_sync_shares_p2p,
             dp_comm_slowdown=self._dp_comm_slowdown(derived, memo),
             drain=self._drain(derived),
+            every_backward=every,
         )
 
     def _drain(self, derived) -> tuple[float, ...]:

@@ -33,9 +33,10 @@ def dp_comm_slowdown(scenario, sms: int, derived=None) -> tuple[float, ...]:
         return ()
     out = []
     for fig, less in zip(derived.stages, _slowed_compute(st, sms)):
-        # the stage as derived: the same sum (_stage_compute), plus FSDP's exposed collectives, which are not compute
+        # the stage as derived: the same sum (_stage_compute), plus FSDP's exposed collectives and its in-action
+        # slowdown (fig.fsdp_slowed), which are not compute
         row = fig.forward + fig.backward
-        base = row - (sum(fig.fsdp_exposed) if fig.fsdp_exposed else 0.0)
+        base = row - sum(fig.fsdp_exposed or ()) - sum(fig.fsdp_slowed or ())
         out.append(1.0 + (less - base) / row if base > 0 else 1.0)
     return tuple(out)
 

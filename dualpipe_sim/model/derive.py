@@ -88,6 +88,7 @@ class Setup:
     gpu_spread: tuple[str, int, float] | None = None
     tp_max_ctas: int = 0  # parallel.tp_max_ctas
     dp_channels: int = collectives.NCCL_DP_CTAS  # the data-parallel communicator's NCCL channels (dp_channels)
+    dp_held_sms: int = 0  # SMs a data-parallel collective holds from the compute beside it: step.dp_comm_sms, 0 without [step]
     dp_grouped: bool = False  # the data-parallel buckets go to NCCL as one group: apex's (step.param_gather = "apex")
     rope_fusion: bool = True  # model.rope_fusion (false: rope.py's eager kernels)
     fp4: bool = False  # model.fp4 = "nvfp4": the linears' GEMMs and casts in NVFP4 (kernels.Layout.fp4)
@@ -196,6 +197,8 @@ class StageFigures:
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
     fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
     fsdp_tail: float | None = None  # ZeRO 3: ms the last backward leaves on the data-parallel channel (fsdp.backward_tail)
+    # ZeRO 3 with step.dp_comm_sms: ms its forward / backward compute runs longer beside its own collectives (fsdp_slowed)
+    fsdp_slowed: tuple[float, float] | None = None
 
 
 @dataclass
@@ -449,6 +452,7 @@ def setup(scenario, stages: int | None = None) -> Setup:
                  megatron_lm_loop=training_loop(scenario), interleaved=scenario._megatron_interleaved(),
                  nemo_loss=scenario.model.training_loop if scenario.model.training_loop in nemo_loss.LOOPS else "",
                  gpu_spread=spread, tp_max_ctas=par.tp_max_ctas, dp_channels=dp_channels(scenario),
+                 dp_held_sms=scenario.step.dp_comm_sms if scenario.step is not None else 0,
                  dp_grouped=scenario.step is not None and scenario.step.param_gather == "apex",
                  rope_fusion=m.rope_fusion, fp4=m.fp4 != "none", amax_history=m.fp8_amax_history,
                  cast_transpose_share=share,
@@ -1092,6 +1096,44 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     return units
 
 
+def _stage_times(st: Setup, stage: layout.Stage, per_layer: dict, tables: tuple) -> tuple[float, float, float, list]:
+    """A stage's forward, backward (W included) and weight (ms) per micro-batch, and its layers' LayerTimes:
+    its layers (all-to-all included), its embedding, head and MTP modules and its per-chunk kernels.  ``per_layer``:
+    the derivation's LayerTimes by layer kind; ``tables``: derive's Memo tables of the layers' times, extra_times and
+    the chunk passes (or None each), keyed by times_key(st)."""
+    layer_tab, extra_tab, passes_tab = tables
+    times = []
+    for i in stage.layers:
+        key = st.cfg.layer_kind(i)  # layers of one kind (MoE, NoPE, window) cost alike
+        if key not in per_layer:  # layer_times reads times_key(st) and the layer
+            per_layer[key] = _get(layer_tab, i, layer_times, st, i)
+        times.append(per_layer[key])
+    # a2a phases run in sequence with compute in a lone op; F, B carry them
+    forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times)
+    weight = sum(t.weight for t in times)
+    backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
+    # extra_times reads the stage's embedding, head and MTP modules; chunk_kernels its layers
+    f, i_, w = _get(extra_tab, (stage.embedding, stage.head, stage.mtp), extra_times, st, stage)
+    if st.rates is not None:  # once per model chunk and micro-batch
+        cf, ci, cw = _get(passes_tab, (stage.layers, stage.mtp),
+                          lambda: tuple(ms for _, ms in kernels.passes(chunk_kernels(st, stage))))
+        f, i_, w = f + cf, i_ + ci, w + cw
+    return forward + f, backward + i_ + w, weight + w, times
+
+
+def _held(st: Setup, memo: Memo | None) -> tuple[Setup, dict, tuple] | None:
+    """ZeRO 3 with step.dp_comm_sms: the Setup on the rates its kernels get while a data-parallel collective holds
+    those SMs (KernelRates.held, as comm_slowdown times the step's end), with its own per-layer times and Memo
+    tables for _stage_times; None without held SMs or kernel rates (nothing slowed).  A stage's forward and
+    backward then run (k - 1) x its compute beside its own collectives longer (fsdp.slowed), k its compute on
+    these over its compute: the rule engine/step.py applies to the last backward's (docs/step.md, "ZeRO 2 and 3")."""
+    if not st.dp_held_sms or st.rates is None:
+        return None
+    held = replace(st, rates=st.rates.held(st.dp_held_sms))
+    key = times_key(held) if memo is not None else None
+    return held, {}, tuple(_table(memo, name, key) for name in ("layer_times", "extra_times", "chunk_passes"))
+
+
 def evaluation_forwards(st: Setup) -> list[float]:
     """Each stage's forward (ms per micro-batch) as an evaluation runs it: the same kernels with autograd off
     (kernels.Layout.evaluation; the logs' forward-only steps in docs/validation.md)."""
@@ -1117,6 +1159,8 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage
     # the FSDP units' collectives read the sharding, the rates (else the hardware's NIC) and the unit's sizes
     fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw), extra_tab, params_tab)
+    time_tabs = (layer_tab, extra_tab, passes_tab)
+    held = _held(st, memo) if sh.zero >= 3 else None
     for stage in st.stages:
         lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
         dense = sum(p.dense_over_tensor(sh.tensor) for p in lp)
@@ -1137,30 +1181,17 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
         static, sharding_buffers = _get(memory_tab, stage, stage_memory, st, stage)
         fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
         if st.hw is not None:
-            times = []
-            for i in stage.layers:
-                key = cfg.layer_kind(i)  # layers of one kind (MoE, NoPE, window) cost alike
-                if key not in per_layer:  # layer_times reads times_key(st) and the layer
-                    per_layer[key] = _get(layer_tab, i, layer_times, st, i)
-                times.append(per_layer[key])
-            # a2a phases run in sequence with compute in a lone op; F, B carry them
-            fig.forward = sum(t.forward + t.dispatch_forward + t.combine_forward for t in times)
-            fig.weight = sum(t.weight for t in times)
-            fig.backward = sum(t.backward + t.dispatch_backward + t.combine_backward for t in times)
-            # extra_times reads the stage's embedding, head and MTP modules; chunk_kernels its layers
-            f, i_, w = _get(extra_tab, (stage.embedding, stage.head, stage.mtp), extra_times, st, stage)
-            if st.rates is not None:  # once per model chunk and micro-batch
-                cf, ci, cw = _get(passes_tab, (stage.layers, stage.mtp),
-                                  lambda: tuple(ms for _, ms in kernels.passes(chunk_kernels(st, stage))))
-                f, i_, w = f + cf, i_ + ci, w + cw
-            fig.forward += f
-            fig.backward += i_ + w
-            fig.weight += w
+            fig.forward, fig.backward, fig.weight, times = _stage_times(st, stage, per_layer, time_tabs)
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
                 units = _fsdp_units(st, stage, times, fsdp_tabs)
                 fig.fsdp_exposed, fig.fsdp_tail = fsdp.stage_exposure(units), fsdp.backward_tail(units)
-                fig.forward += fig.fsdp_exposed[0]
-                fig.backward += fig.fsdp_exposed[1]
+                slowed = None
+                if held is not None:  # its compute beside its own collectives, on the SMs they leave
+                    f, b, _, _ = _stage_times(held[0], stage, held[1], held[2])
+                    slowed = fsdp.slowed(units, (f + b) / (fig.forward + fig.backward))
+                fig.fsdp_slowed = slowed
+                fig.forward += fig.fsdp_exposed[0] + (slowed[0] if slowed else 0.0)
+                fig.backward += fig.fsdp_exposed[1] + (slowed[1] if slowed else 0.0)
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:

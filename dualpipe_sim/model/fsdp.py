@@ -43,22 +43,38 @@ def exposed(compute: list[float], gathers: list[float], reduces: list[float] | N
     return _walk(compute, gathers, reduces)[0] - sum(compute)
 
 
-def _walk(compute: list[float], gathers: list[float], reduces: list[float] | None) -> tuple[float, float]:
-    """(when the action's last unit ends, when its channel is next free), from the action's start."""
+def beside(compute: list[float], gathers: list[float], reduces: list[float] | None = None) -> float:
+    """How long (ms) the units of an action (as ``exposed`` takes them) compute while one of its collectives runs
+    on the channel: the compute whose SMs the collective's NCCL kernel holds (step.dp_comm_sms)."""
+    return _walk(compute, gathers, reduces)[2]
+
+
+def _walk(compute: list[float], gathers: list[float], reduces: list[float] | None) -> tuple[float, float, float]:
+    """(when the action's last unit ends, when its channel is next free, how long its units compute while a
+    collective of the action runs), from the action's start."""
     if not compute:
-        return 0.0, 0.0
-    channel = gathers[0]  # when the channel is next free; the first gather starts with the action
+        return 0.0, 0.0, 0.0
+    busy = [(0.0, gathers[0])]  # the channel's collectives (start, end); the first gather starts with the action
+    channel = gathers[0]  # when the channel is next free
     gathered = gathers[0]  # when the unit about to run has its parameters
     clock = 0.0  # when the unit before it ended
+    spans = []  # the units' compute (start, end)
     for j, c in enumerate(compute):
         start = max(clock, gathered)
         if j + 1 < len(compute):  # prefetch the next unit's parameters
-            channel = max(channel, start) + gathers[j + 1]
+            at = max(channel, start)
+            channel = at + gathers[j + 1]
+            busy.append((at, channel))
             gathered = channel
         clock = start + c
+        spans.append((start, clock))
         if reduces is not None:
-            channel = max(channel, clock) + reduces[j]
-    return clock, channel
+            at = max(channel, clock)
+            channel = at + reduces[j]
+            busy.append((at, channel))
+    # one channel: its collectives never overlap one another, nor do the units, so the sum of pairwise overlaps
+    beside = sum(max(0.0, min(b, d) - max(a, c)) for a, b in spans for c, d in busy)
+    return clock, channel, beside
 
 
 def stage_exposure(units: list[Unit]) -> tuple[float, float]:
@@ -69,10 +85,25 @@ def stage_exposure(units: list[Unit]) -> tuple[float, float]:
     return f, b
 
 
+def stage_beside(units: list[Unit]) -> tuple[float, float]:
+    """(forward, backward) compute of one stage's units (given in forward order) beside the action's own
+    collectives (``beside``); the last unit's reduce-scatter runs after the action and is not counted."""
+    back = units[::-1]
+    return (beside([u.forward for u in units], [u.gather for u in units]),
+            beside([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back]))
+
+
+def slowed(units: list[Unit], factor: float) -> tuple[float, float]:
+    """(forward, backward) time (ms) one stage's actions run longer when the compute beside their own collectives
+    (``stage_beside``) runs ``factor`` times slower (their NCCL kernels hold step.dp_comm_sms SMs): (factor - 1) x
+    that time, measured on the unslowed action (one pass, as engine/step.py charges the last backward's)."""
+    return tuple((factor - 1.0) * t for t in stage_beside(units))
+
+
 def backward_tail(units: list[Unit]) -> float:
     """What a backward of ``units`` (given in forward order) leaves on the data-parallel channel when its last
     unit's compute ends (ms): that unit's reduce-scatter, launched then by its post-backward hook, queued behind
     any earlier unit's still running.  The step's end waits for it (Megatron-FSDP's finish_grad_sync)."""
     back = units[::-1]
-    clock, channel = _walk([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back])
+    clock, channel, _ = _walk([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back])
     return max(0.0, channel - clock)

@@ -129,6 +129,35 @@ def grad_sync_shares_fsdp(scenario, derived, figures) -> tuple[tuple[float, ...]
     return tuple(out) if any(out) else ()
 
 
+def every_backward_fsdp(scenario, derived=None) -> tuple[tuple[float, ...], ...]:
+    """ZeRO 2 with step.dp_comm_sms: per stage, the reduce-scatters each of a copy's backwards but its last releases
+    (ms, in release order; StepCosts.every_backward), or () when not Megatron-FSDP's ZeRO 2 or nothing is slowed.
+    Megatron-FSDP's post-backward hooks reduce-scatter each unit after its backward in every micro-batch
+    (megatron_fsdp.py @ d98e8a6 lines 757-783), so each backward releases the copy's whole gradient (ZeRO 1's
+    figure, ``full``) as the last one releases its share of it (grad_sync_shares_fsdp, without the carry): the
+    units one after another, the stage's first (``last_unit_grads``) at the backward's end.  The engine lays them
+    on the rank's channel only to slow the compute beside them (engine/step.py _every_backward); the last
+    backward's, and the carry the channel has left when it starts, are the grad sync figure (zero2_backlog)."""
+    step = scenario.step
+    if not scenario.fsdp_grad_sync() or scenario.parallel.zero != 2 or not step.dp_comm_sms:
+        return ()
+    derived = scenario.derived() if derived is None else derived
+    st = derived.setup
+    if st.rates is None:  # nothing timed from kernels: nothing slowed (comm_slowdown)
+        return ()
+    sh = st.sharding
+    out = []
+    for where, stage in zip(st.stages, derived.stages):
+        dense = stage.dense_params / sh.tensor * sh.grads_bytes  # as derived_sync's grad_sync reads it
+        if step.fp32_embedding_grads:
+            dense += nemo_optimizer.fp32_embedding_extra_bytes(st, where)
+        full = sync_ms(st, "grad_sync", dense, stage.routed_params / sh.routed_ranks * sh.grads_bytes)
+        tail = sync_ms(st, "grad_sync", *last_unit_grads(st, where))
+        units = zero2_units(where)
+        out.append((full,) if units <= 1 or full <= tail else ((full - tail) / (units - 1),) * (units - 1) + (tail,))
+    return tuple(out)
+
+
 def tied_embedding_ms(scenario, st, grad_bytes: float) -> dict[int, float]:
     """{stage: ms} of the tied word embedding's gradient all-reduce, on the stage holding the embedding
     and the one holding the head.

@@ -68,6 +68,8 @@ def summary(d: Derived, scenario=None) -> dict:
             row.update(forward_ms=fig.forward, backward_ms=fig.backward, weight_ms=fig.weight)
         if fig.fsdp_exposed is not None:  # ZeRO 3: part of forward_ms / backward_ms (model/fsdp.py)
             row["fsdp_exposed_ms"] = {"forward": fig.fsdp_exposed[0], "backward": fig.fsdp_exposed[1]}
+        if fig.fsdp_slowed is not None:  # ZeRO 3 with step.dp_comm_sms: part of them too (derive._held)
+            row["fsdp_slowed_ms"] = {"forward": fig.fsdp_slowed[0], "backward": fig.fsdp_slowed[1]}
         stages.append(row)
     out = {
         "model_type": cfg.model_type,
