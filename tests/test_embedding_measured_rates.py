@@ -91,7 +91,7 @@ def test_one_kernel_two_gpus_one_rate():
 
 
 def test_lookup_time_at_the_rows_sizes():
-    # A Llama 3.1 405B micro-batch, 8,192 tokens x 16,384 on H100: 134,217,728 elements / 83.2e9 = 1.614 ms (+ floor),
+    # 8,192 tokens x 16,384 (Llama 3.1 405B's hidden) on H100: 134,217,728 elements / 83.2e9 = 1.614 ms (+ floor),
     # where HBM alone (268 MB at 3.35 TB/s x the preset's share) would take 0.08 ms
     row = embedding_rows("H100", 8192, 16384)["embedding lookup"]
     assert row.seconds == pytest.approx(FLOOR + 134_217_728 / PRESETS["H100"].index_select, rel=1e-9)
