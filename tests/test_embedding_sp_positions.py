@@ -10,7 +10,9 @@ charged a reduce-scatter forward.
 Around the lookup (80389ef ``mpu/layers.py`` lines 182-202, 1e05700 ``tensor_parallel/layers.py`` lines 252-272):
 with TP > 1 the int64 ids' mask (``<``, ``>=``, ``|``: 9 + 9 + 3 B a token), ``input_.clone()`` (16 B), ``- start``
 (16 B) and ``masked_input[input_mask] = 0`` (the mask read, 1 B, and 8 B for each id outside the shard): six kernels;
-then ``output_parallel[input_mask, :] = 0.0``: the mask read and h x 2 B for each token outside the shard.  Each token
+then ``output_parallel[input_mask, :] = 0.0``: under Megatron-LM 2021 (PyTorch 1.8, an index_put_) the mask read and
+h x 2 B for each token outside the shard; from PyTorch 1.10 a masked_fill_ reading and writing the whole output (s20q,
+tests/test_embedding_measured_rates.py).  Each token
 is in exactly one rank's shard, so over the t ranks (t - 1) n tokens are outside: (t - 1) / t of them a rank.  The
 [b s h] -> [s b h] ``transpose(0, 1).contiguous()`` copies (read + write) only at micro-batch > 1: a [1, s, h] tensor's
 transpose is already contiguous.
@@ -24,7 +26,9 @@ all_reduce_perf rows, linear in log2(bytes)):
 * k22-22b-seqsel (TP 8, SP, micro-batch 4 x 2,048, h 6,144, fp16): the output is 8,192 x 6,144 x 2 = 100,663,296 B
   = 96 MiB, between the rows at 64 MiB (166.63 GB/s) and 128 MiB (174.18): 166.63 + 7.55 x log2(1.5) = 171.0465 GB/s;
   all-reduce 2 x 7/8 x 100,663,296 / 171.0465e9 = 1.02990 ms, all-gather 7/8 x ... = 0.51495 ms.  Ids' kernels
-  54 x 8,192 + 8 x 8,192 x 7/8 = 499,712 B; masked rows 8,192 + 100,663,296 x 7/8 = 88,088,576 B.
+  54 x 8,192 + 8 x 8,192 x 7/8 = 499,712 B; the masked rows zeroed by masked_fill_ (PyTorch 1.10 on; the k22 rows
+  run Megatron-core's kernels, not Megatron-LM 2021's index_put_; s20q): the whole output read and written and the
+  mask, 8,192 + 2 x 100,663,296 = 201,334,784 B.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def test_k22_seqsel_all_reduce_and_all_gather_and_the_mask_kernels():
     ids = rows[("vocab mask and shifted ids", "mlp_forward")]
     assert ids.bytes == 499_712 and ids.seconds == pytest.approx(6 * FLOOR + 499_712 / HBM, rel=1e-9)
     zeroed = rows[("embedding masked rows zeroed", "mlp_forward")]
-    assert zeroed.bytes == 88_088_576 and zeroed.seconds == pytest.approx(FLOOR + 88_088_576 / HBM, rel=1e-9)
+    assert zeroed.bytes == 201_334_784 and zeroed.seconds == pytest.approx(FLOOR + 201_334_784 / HBM, rel=1e-9)
     assert rows[("embedding transpose [b s h] -> [s b h]", "mlp_forward")].bytes == 2 * K22_OUT
 
 

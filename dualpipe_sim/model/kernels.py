@@ -1552,14 +1552,24 @@ def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]
     reduced across the tensor-parallel ranks; its backward adds the gradient rows into the embedding's
     gradient.  The kernels and collectives each runtime runs around it: docs/model.md, "The embedding's
     collective" and "The embedding's own kernels"."""
-    tb = Table(rates, lay, cfg)
+    tb, r = Table(rates, lay, cfg), rates
     n, h, ab, t = lay.tokens, cfg.hidden_size, lay.act_bytes, lay.tensor
     outside = (t - 1) / t  # the share of tokens outside a rank's shard: each token is in exactly one
     if t > 1:  # the int64 ids' mask (<, >=, |), clone, shift and masked zero: 9 + 9 + 3 + 16 + 16 + 1 B a token
         tb.memory("vocab mask and shifted ids", "mlp_forward", 54 * n + 8 * n * outside, 6)
-    tb.memory("embedding lookup", "mlp_forward", n * h * ab + n * 8)
-    if t > 1:  # output_parallel[input_mask, :] = 0.0: the mask read, the rows of tokens outside the shard written
-        tb.memory("embedding masked rows zeroed", "mlp_forward", n + n * h * ab * outside)
+    # F.embedding is weight.index_select(0, ids): indexSelectLargeIndex, one element a thread a step, slower than HBM where
+    # a rate was measured (rates.index_select, elements a second; docs/model.md, "The embedding's lookup and masked
+    # zeroing at their measured rates (s20q)")
+    lookup, elements = n * h * ab + n * 8, n * h
+    share = min(1.0, r.index_select * lookup / (elements * r.hbm)) if r.index_select else 1.0
+    tb.memory("embedding lookup", "mlp_forward", lookup, share=share,
+              note=f"indexSelectLargeIndex at {r.index_select / 1e9:.3g} G elements/s" if share < 1.0 else "")
+    if t > 1 and lay.legacy:  # output_parallel[input_mask, :] = 0.0 as an index_put_ (PyTorch before 1.10):
+        tb.memory("embedding masked rows zeroed", "mlp_forward", n + n * h * ab * outside)  # the masked rows written
+    elif t > 1:  # the same as masked_fill_ (PyTorch 1.10 on, pytorch/pytorch#61612): the whole output read and written
+        fill = r.masked_fill_broadcast
+        tb.memory("embedding masked rows zeroed", "mlp_forward", n + 2 * n * h * ab,
+                  share=min(1.0, fill / r.hbm) if fill else 1.0, note="masked_fill_, the mask broadcast")
     if lay.embed_layernorm:  # VocabParallelEmbedding's self.norm (MixedFusedLayerNorm) on the reduced output, whole
         tb.memory("embedding norm", "mlp_forward", 2 * n * h * ab)  # as the final norm: read and write
         tb.memory("embedding norm backward", "mlp_backward_input", 4 * n * h * ab)

@@ -65,6 +65,13 @@ class KernelRates:
     # NVFP4 GEMMs (model.fp4 = "nvfp4": E2M1 values, an E4M3 scale a block of 16, cuBLASLt as Transformer Engine
     # runs them); None: no FP4 tensor cores (before Blackwell)
     gemm_fp4: GemmRates | None = None
+    # PyTorch's indexSelectLargeIndex, the kernel F.embedding's forward runs (Indexing.cu: one element a thread a step,
+    # at most 8 blocks of 128 threads an SM), in elements written a second, measured (docs/model.md, "The embedding's
+    # lookup and masked zeroing at their measured rates (s20q)"); None: none measured, the lookup at the HBM rate
+    index_select: float | None = None
+    # masked_fill_ of a [tokens, hidden] tensor by a [tokens, 1] mask (TensorIterator's unvectorized elementwise_kernel:
+    # the broadcast mask is not contiguous), bytes read and written a second, measured; None: at the HBM rate
+    masked_fill_broadcast: float | None = None
 
     def __post_init__(self) -> None:
         if self.gemm_schedule not in SCHEDULES:
@@ -202,13 +209,20 @@ _H100_FA2 = (350e12, 327e12, 400.0, 580.0)
 # 128): one curve fitted to forward+backward, used for both passes as A100's flash-attn 2 figure is (no FA1
 # forward-only figure); benchmarks/fit_kernel_rates.py
 _H100_FA1 = (133e12, 133e12, 210.0, 210.0)
+# The embedding's forward kernels on sm_90 (docs/model.md, "The embedding's lookup and masked zeroing at their measured
+# rates (s20q)"): GindaChen/nsys-ai @ 2be79f6's H200 capture of a Megatron-LM forward (tests/data/kernels/
+# distca_h200_llama8b_forward.csv), its vocabulary-parallel embedding over 131,072 tokens x 4,096 BF16 (TP 4, inferred):
+# indexSelectLargeIndex 6.455 ms, the masked rows' masked_fill_ (elementwise_kernel) 2.524 ms, reading and writing
+# the whole output and the 1-byte mask. Taken for H100 and H800 too: the same 132-SM die, the kernels' grids fixed per SM
+_SM90_INDEX_SELECT = 131072 * 4096 / 6.455e-3  # 83.2e9 elements/s: 333 GB/s read and written, 7% of the H200's 4.8 TB/s
+_SM90_MASKED_FILL = (2 * 131072 * 4096 * 2 + 131072) / 2.524e-3  # 851 GB/s
 _H100 = KernelRates("H100", 132, _SM90_BF16, _SM90_FP8_CUBLAS, 562e12, 500e12, 390.0, _H100_HBM,
                     _FLOOR, 321e9, _NIC_NDR, _LATENCY, gemm_fp8_deepgemm=_SM90_FP8, attention_fa2=_H100_FA2, attention_fa1=_H100_FA1,
                     deepep_dispatch=_DEEPEP_DISPATCH, deepep_combine=_DEEPEP_COMBINE,
                     # cuBLAS's sm_90 GEMMs are persistent, one block per SM (pytorch/pytorch#143988: 132 blocks on
                     # H100, each running several tiles; NVIDIA/cutlass#1921: cuBLAS's 4096^3 grid of 60 x 2 blocks),
                     # and sm_90's persistent schedulers are static (CUTLASS StaticPersistentTileScheduler)
-                    gemm_schedule="persistent",
+                    gemm_schedule="persistent", index_select=_SM90_INDEX_SELECT, masked_fill_broadcast=_SM90_MASKED_FILL,
                     attention_seq_half_backward=780.0)  # the backward's own fit (benchmarks/fit_kernel_rates.py)
 # H100 with XLA's short-run BF16 fit: for checks against sources that time a few iterations (layers, grouped GEMMs,
 # MAMF), like for like (tests/helpers.py short_run_h100, benchmarks/te_layer_profiles.py, moe_layer_sources.py)
@@ -243,7 +257,11 @@ PRESETS: dict[str, KernelRates] = {
                         1.61e12, _FLOOR, 230e9, _NIC_NDR / 2, _LATENCY,
                         nvlink_curve=_A100_ALL_REDUCE,
                         # sm_80: one block per tile, launched in waves (docs/model.md)
-                        gemm_schedule="waves"),  # fmt: skip
+                        gemm_schedule="waves",
+                        # Liger-Kernel's benchmark of torch.nn.Embedding's forward on A100-SXM4-80GB (FP32, 16,384 x
+                        # 4,096 ids, triton do_bench; tests/data/kernels/liger_a100_embedding.csv): the median of its
+                        # eight vocabulary sizes' medians, 0.85587 ms, for 67,108,864 elements; the masked fill: none
+                        index_select=16384 * 4096 / 0.85587e-3),  # fmt: skip
 }
 # B200's attention tables (cudnn-frontend's, above) ran at free clock, each call followed by a sleep ten times its
 # length "to avoid GPU throttling"; a training run is minutes of load, as the GEMM peaks are taken. flashinfer#2899:
