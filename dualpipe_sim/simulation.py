@@ -17,7 +17,8 @@ from . import limits, units
 from .engine import replay
 from .schedules import registry
 from .inputs.costs import CostModel
-from .schedules.ir import Schedule, ScheduleError
+from .schedules.ir import Schedule, ScheduleError, ops_of
+from .schedules.rules import Kind
 from .inputs.resolve import Inputs, resolve
 from .readers.metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
 from .model import buffers as model_buffers
@@ -102,6 +103,7 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
     _check_deferral(schedule, costs)
+    _check_fsdp(schedule, inputs)
     trace = with_step(simulate(schedule, costs), inputs.step_costs)
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace, inputs)
     tp = throughput(scenario, inputs.derived)
@@ -130,6 +132,22 @@ def _check_deferral(schedule: Schedule, costs: CostModel) -> None:
                             rule=f"is Megatron-core's, on the one rank holding the output layer; {schedule.name} runs "
                                  f"its stage ({deferred[0]}) on ranks {', '.join(map(str, holders[:-1]))} and "
                                  f"{holders[-1]}; set it to 0 or pick a schedule with one copy of each stage")  # fmt: skip
+
+
+def _check_fsdp(schedule: Schedule, inputs: Inputs) -> None:
+    """ZeRO 3 (model/fsdp.py) works a backward's re-gathers and reduce-scatters against its whole compute, input and
+    weight gradients, and puts what they leave exposed on the op that runs the input gradient; a schedule that runs the
+    weight gradients apart (W ops) would hide that op's gathers under GEMMs that run later, and Megatron-FSDP releases
+    a unit's reduce-scatter only once its delayed weight gradients exist.  So the pair is refused, as a rule of
+    parallel.zero (a ScheduleError: compare skips the schedule and runs the others); docs/step.md, "ZeRO 3"."""
+    derived = inputs.derived
+    if derived is None or derived.setup.sharding.zero < 3:
+        return
+    if any(op.kind == Kind.W for actions in schedule.ranks for action in actions for op in ops_of(action)):
+        raise ScheduleError(field="parallel.zero",
+                            rule=f"3 (FSDP) is not modelled with a schedule that runs weight gradients apart ({schedule.name} "
+                                 f"has W ops); use parallel.zero 0, 1 or 2, or a schedule without W ops (1f1b, "
+                                 f"interleaved-1f1b, gpipe, chimera)")  # fmt: skip
 
 
 def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inputs) -> Metrics:

@@ -45,6 +45,7 @@ from dualpipe_sim.inputs import scenario as scenario_module
 from dualpipe_sim.engine.trace import DRAIN, OPTIMIZER
 from dualpipe_sim.model import hardware, nccl_nvls
 from dualpipe_sim.outputs import files
+from dualpipe_sim.schedules import registry
 
 
 
@@ -429,12 +430,13 @@ A2A_OVERLAP = ("1f1b-overlap", "dualpipe", "dualpipev")  # the schedules that hi
 
 
 def without_open_issues(raw: dict) -> dict:
-    """The layout less the two terms s20c found non-monotonic and left open (tests/test_layout_fuzz_found.py, strict
-    xfails): the MoE layer's host share where the schedule hides the all-to-all (model.host_overhead_us = 0 there),
-    and FSDP's backward exposure under zb-h1 (ZeRO 2 instead of 3)."""
+    """The layout less the term s20c found non-monotonic and left open (tests/test_layout_fuzz_found.py, a strict
+    xfail): the MoE layer's host share where the schedule hides the all-to-all (model.host_overhead_us = 0 there);
+    and ZeRO 2 instead of 3 under a schedule that runs weight gradients apart, which the run refuses (s20o,
+    simulation._check_fsdp: FSDP's backward exposure was worked against I and W together), so the draw still runs."""
     if raw["pipeline"]["schedule"] in A2A_OVERLAP:
         raw = with_changes(raw, model={"host_overhead_us": 0})
-    if raw["pipeline"]["schedule"] == "zb-h1" and raw["parallel"]["zero"] >= 3:
+    if registry.get(raw["pipeline"]["schedule"]).splits_weight and raw["parallel"]["zero"] >= 3:
         raw = with_changes(raw, parallel={"zero": 2})
     return raw
 
@@ -535,9 +537,10 @@ def test_twice_the_micro_batch_never_shortens_the_step(raw):
     """Twice the micro-batch size, the same micro-batch count: every kernel has at least as much to do (twice the
     tokens), the collectives carry at least as many bytes, the host launches the same calls, and the schedule's
     order is the same, so no op is shorter and the step is not either. The host-bound MoE layer is max(host, GPU)
-    (model/host.py): longer kernels never shorten it. Less the two terms left open (without_open_issues): with the
-    weight gradient split off (zb-h1 under ZeRO 3) or the all-to-all hidden under the other micro-batch's compute
-    (1f1b-overlap, dualpipe, dualpipev: the MoE host share) it fails (tests/test_layout_fuzz_found.py, two xfails)."""
+    (model/host.py): longer kernels never shorten it. Less the term left open (without_open_issues): with the
+    all-to-all hidden under the other micro-batch's compute (1f1b-overlap, dualpipe, dualpipev: the MoE host share)
+    it fails (tests/test_layout_fuzz_found.py, an xfail); ZeRO 3 with the weight gradient split off (zb-h1) is
+    refused now (s20o), ZeRO 2 drawn there instead."""
     raw = without_open_issues(raw)
     one = step_of(raw)
     two = step_of(with_changes(raw, model={"micro_batch_size": 2 * raw["model"]["micro_batch_size"]}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
+from ..schedules import registry
 from .shapes import ScheduleShape
 
 TENSOR = (1, 2, 4, 8)  # within a node: tensor-parallel collectives need NVLink
@@ -264,9 +265,13 @@ def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
 
 
 def _unmodelled(model: ModelShape, cand: Candidate) -> str:
-    """A rule of the model, judged here so it costs no derivation: FSDP with expert (tensor) parallelism."""
+    """A rule of the model, judged here so it costs no derivation: FSDP with expert (tensor) parallelism, and with a
+    schedule family that runs weight gradients apart (Family.splits_weight; simulation._check_fsdp refuses it)."""
     if cand.zero == 3 and model.experts and cand.expert > 1:
         return "parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled (model/derive.py refuses it)"
     if cand.zero == 3 and cand.expert_tensor > 1:
         return "parallel.zero: 3 (FSDP) with parallel.expert_tensor > 1 is not modelled (model/derive.py refuses it)"
+    if cand.zero == 3 and registry.get(cand.schedule).splits_weight:
+        return (f'parallel.zero: 3 (FSDP) with pipeline.schedule = "{cand.schedule}", which runs weight gradients '
+                "apart (W ops), is not modelled (the run refuses it)")
     return ""

@@ -172,6 +172,7 @@ def _check_dualpipe(stages: int, microbatches: int) -> str | None:
         "zero-bubble weight splitting in warm-up and cool-down"
     ),
     analytic=_analytic,
+    splits_weight=True,
 )
 def dualpipe(stages: int, microbatches: int) -> Schedule:
     error = dualpipe.family.error(stages, microbatches)
@@ -215,6 +216,7 @@ def _check_dualpipev(stages: int, microbatches: int) -> str | None:
         "overlapped forward/backward pairs and zero-bubble weight splitting"
     ),
     analytic=_analytic,
+    splits_weight=True,
 )
 def dualpipev(stages: int, microbatches: int) -> Schedule:
     error = dualpipev.family.error(stages, microbatches)

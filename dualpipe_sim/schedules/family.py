@@ -30,6 +30,9 @@ class Family:
     # stage-activation units}; None where the family has no formula.
     analytic: Callable[..., dict] | None = None
     recompute: str = "none"  # memory.recompute when the scenario leaves it out (what the family's source runs)
+    # its schedules may run a backward's weight gradients apart, as W ops (ZB, DualPipe): ZeRO 3 is refused with them
+    # (simulation._check_fsdp) and plan prunes it (plan/space.py _unmodelled)
+    splits_weight: bool = False
 
     def error(self, stages: int, microbatches: int, **options) -> ScheduleError | None:
         """The broken rule as an error with its parts (field, rule, this family), whose line is
@@ -56,6 +59,7 @@ def register(
     options: tuple[str, ...] = (),
     analytic: Callable[..., dict] | None = None,
     recompute: str = "none",
+    splits_weight: bool = False,
 ):
     """Decorator: describe a generator as the family ``name`` (sets ``fn.family``).
 
@@ -63,7 +67,7 @@ def register(
     ``schedules/__init__.py``'s FAMILIES table."""
 
     def wrap(fn):
-        fn.family = Family(name, fn, check, constraints, description, options, analytic, recompute)
+        fn.family = Family(name, fn, check, constraints, description, options, analytic, recompute, splits_weight)
         return fn
 
     return wrap

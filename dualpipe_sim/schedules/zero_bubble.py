@@ -112,6 +112,7 @@ def _zb_h1_order(p: int, m: int, r: int, fused: bool) -> tuple[Op, ...]:
         "rank r holding back its first r W's"
     ),
     analytic=_zb_h1_analytic,
+    splits_weight=True,
 )
 def zb_h1(stages: int, microbatches: int) -> Schedule:
     ranks = tuple(_zb_h1_order(stages, microbatches, r, fused=False) for r in range(stages))
@@ -127,6 +128,7 @@ def zb_h1(stages: int, microbatches: int) -> Schedule:
         "the rest are fused B's (gradient sent after W)"
     ),
     analytic=_zb_h1_analytic,
+    splits_weight=True,
 )
 def zb_h1_megatron(stages: int, microbatches: int) -> Schedule:
     ranks = tuple(_zb_h1_order(stages, microbatches, r, fused=True) for r in range(stages))
@@ -164,6 +166,7 @@ def _zb_h2_analytic(stages: int, microbatches: int, costs) -> dict:
         "W's held back at the tail so the pipeline is a parallelogram"
     ),
     analytic=_zb_h2_analytic,
+    splits_weight=True,
 )
 def zb_h2(stages: int, microbatches: int) -> Schedule:
     p, m = stages, microbatches
@@ -242,6 +245,7 @@ def _zbv_analytic(stages: int, microbatches: int, costs) -> dict:
     constraints="stages even >= 2; ranks = stages / 2 (rank r holds stages r and S-1-r); microbatches >= 1",
     description="ZB-V: zero-bubble V schedule, two stages per rank, F/I/W split (handcrafted order, paper Sec. 6)",
     analytic=_zbv_analytic,
+    splits_weight=True,
 )
 def zbv(stages: int, microbatches: int) -> Schedule:
     p, m = stages // 2, microbatches
