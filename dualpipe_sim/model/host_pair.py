@@ -7,10 +7,10 @@ half's compute: Megatron-core's ``TransformerLayerSchedulePlan.run`` (NVIDIA/Meg
 megatron/core/models/common/model_chunk_schedule_plan.py) issues, per layer pair, the backward's combine,
 the forward's attention, the backward's MLP, the forward's dispatch, the backward's dispatch, the forward's
 MLP and combine, the backward's attention; DeepSeek's DualPipe calls one ``overlapped_forward_backward`` hook
-for both halves (deepseek-ai/DualPipe @ 030ce43, dualpipe/dualpipe.py).  So a pair is host-bound when both
-halves' calls take longer than its compute channel: the pair's layer is replayed in that order (host.replay)
-with the all-to-alls taking no compute time, against the compute kernels of both halves.  docs/model.md,
-"The MoE layer's host share in an overlapped pair".
+for both halves (deepseek-ai/DualPipe @ bb214e8, dualpipe/dualpipe.py ``_forward_backward_compute_chunk``).
+So a pair is host-bound when both halves' calls take longer than its compute channel: the pair's layer is
+replayed in that order (host.replay) with the all-to-alls taking no compute time, against the compute kernels
+of both halves.  docs/model.md, "The MoE layer's host share in an overlapped pair".
 """
 
 from __future__ import annotations
