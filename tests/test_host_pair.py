@@ -65,3 +65,21 @@ def test_a_pair_carries_its_layer_pairs_host_share_in_place_of_its_halves():
     assert plain.pair_duration(pair) == pytest.approx(22.0, rel=1e-12)
     assert hosted.pair_duration(pair) == pytest.approx(24.4, rel=1e-12)
     assert hosted.forward == plain.forward and hosted.backward == plain.backward  # lone ops keep their own rows
+
+
+def test_plans_estimate_takes_a_pairs_host_share_as_the_run_does():
+    """plan's replay (plan/step_estimate.py): with F = 3, B = 8 ms a stage and a stage's host rows 0.5 (forward) and 0.3
+    (backward), a pair's share 2.0, no all-to-all: each overlapped pair 3 + 8 - 0.5 - 0.3 + 2.0 = 12.2 ms, the lone F and
+    B 3 and 8 as the run's lone ops; the compute floor counts each F and B less its host rows (a pair may drop them)."""
+    import numpy as np
+
+    from dualpipe_sim.plan.estimate import compute_floor
+    from dualpipe_sim.plan.step_estimate import StageCosts, built, lengths
+
+    costs = StageCosts((3.0, 3.0), (8.0, 8.0), (1.0, 1.0), pair_host=((0.5, 0.3, 2.0),) * 2)
+    b = built("1f1b-overlap", 2, 4, None)
+    got = lengths(b, costs)
+    assert (~b.lone).any() and np.allclose(got[~b.lone], 12.2)
+    assert set(np.round(got[b.lone], 12)) <= {3.0, 8.0}
+    # work: 4 micro-batches x 2 stages x (2.5 + 7.7); rank 1's first forward waits for stage 0's (2.5): / 2 ranks
+    assert compute_floor(costs, 4, 2, (((0, 0),), ((0, 1),))) == pytest.approx((4 * 2 * 10.2 + 2.5) / 2, rel=1e-12)
