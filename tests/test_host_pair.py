@@ -65,6 +65,10 @@ def test_a_pair_carries_its_layer_pairs_host_share_in_place_of_its_halves():
     assert plain.pair_duration(pair) == pytest.approx(22.0, rel=1e-12)
     assert hosted.pair_duration(pair) == pytest.approx(24.4, rel=1e-12)
     assert hosted.forward == plain.forward and hosted.backward == plain.backward  # lone ops keep their own rows
+    # a forward stage with no MoE layer (no share) beside that backward: the backward keeps its host row, 22.0 ms
+    dense = Chunk(2, tuple(times))
+    mixed = CostModel.from_chunk(2, (dense, Chunk(2, tuple(times), pair_host=(0.5, 0.3, 2.0))))
+    assert mixed.pair_duration(FB(Op("F", 1, 0), Op("B", 0, 1))) == pytest.approx(22.0, rel=1e-12)
 
 
 def test_plans_estimate_takes_a_pairs_host_share_as_the_run_does():

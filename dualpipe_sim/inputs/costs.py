@@ -138,10 +138,11 @@ class Chunk:
 
 def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> float:
     """A component's duration in an overlapped pair: one host share for the layer pair (Chunk.pair_host) in place
-    of each half's own; ``forward`` / ``backward``: the halves' chunks' pair_host."""
+    of each half's own; ``forward`` / ``backward``: the halves' chunks' pair_host.  A forward stage without the share
+    (no MoE layer) leaves the backward its own host row."""
     if c == Component.mlp_forward:
         return max(0.0, d - forward[0] + forward[2])
-    if c == Component.mlp_backward_input:
+    if c == Component.mlp_backward_input and forward[2] > 0:
         return max(0.0, d - backward[1])
     return d
 

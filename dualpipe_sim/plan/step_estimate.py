@@ -160,7 +160,8 @@ def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
         comm = fa[b.stage[p]] + ba[b.back_stage[p]]
         host = np.asarray(costs.pair_host, dtype=float) if costs.pair_host else np.zeros((len(f), 3))
         first = f[b.stage[p]] - fa[b.stage[p]] - host[b.stage[p], 0] + host[b.stage[p], 2]
-        compute = first + out[p] - ba[b.back_stage[p]] - host[b.back_stage[p], 1]
+        # the backward's host row gives way only to a forward stage's share (costs._pair_duration)
+        compute = first + out[p] - ba[b.back_stage[p]] - np.where(host[b.stage[p], 2] > 0, host[b.back_stage[p], 1], 0.0)
         share[p] = np.where(compute > 0, first / np.where(compute > 0, compute, 1.0), 0.5)
         out[p] = np.maximum(compute + (costs.slowdown - 1) * np.minimum(compute, comm), comm)
     return out, share
