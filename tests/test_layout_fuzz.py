@@ -426,16 +426,11 @@ def test_context_parallelism_never_raises_a_ranks_activation_peak(raw):
         assert b.activations_peak <= a.activations_peak * (1 + 1e-9)
 
 
-A2A_OVERLAP = ("1f1b-overlap", "dualpipe", "dualpipev")  # the schedules that hide the all-to-all under compute
-
-
 def without_open_issues(raw: dict) -> dict:
-    """The layout less the term s20c found non-monotonic and left open (tests/test_layout_fuzz_found.py, a strict
-    xfail): the MoE layer's host share where the schedule hides the all-to-all (model.host_overhead_us = 0 there);
-    and ZeRO 2 instead of 3 under a schedule that runs weight gradients apart, which the run refuses (s20o,
-    simulation._check_fsdp: FSDP's backward exposure was worked against I and W together), so the draw still runs."""
-    if raw["pipeline"]["schedule"] in A2A_OVERLAP:
-        raw = with_changes(raw, model={"host_overhead_us": 0})
+    """The layout with ZeRO 2 in place of 3 under a schedule that runs weight gradients apart, which the run refuses
+    (s20o, simulation._check_fsdp: FSDP's backward exposure was worked against I and W together), so the draw still
+    runs. s20c's other open term, the MoE host share where the schedule hides the all-to-all, is replayed per layer
+    pair since s20p (model/host_pair.py) and drawn as it is."""
     if registry.get(raw["pipeline"]["schedule"]).splits_weight and raw["parallel"]["zero"] >= 3:
         raw = with_changes(raw, parallel={"zero": 2})
     return raw
@@ -447,7 +442,7 @@ def test_twice_the_bandwidth_never_slows_a_step(raw, link):
     """Twice a preset's NIC bandwidth (the pipeline sends across nodes and the collectives' NIC rate,
     [hardware] p2p_bandwidth and a2a_bandwidth) or its NVLink's (a2a_intra_bandwidth): every transfer on that link
     takes no longer and nothing else changes (the kernels, the schedule, what waits on what), so the step is never
-    longer. Less the two terms left open (without_open_issues)."""
+    longer. Less the term left open (without_open_issues)."""
     raw = without_open_issues(raw)
     hw = hardware.preset(raw["hardware"]["preset"])
     faster = {"nic": {"p2p_bandwidth": 2 * hw.p2p_gbps, "a2a_bandwidth": 2 * hw.a2a_gbps},
@@ -537,10 +532,8 @@ def test_twice_the_micro_batch_never_shortens_the_step(raw):
     """Twice the micro-batch size, the same micro-batch count: every kernel has at least as much to do (twice the
     tokens), the collectives carry at least as many bytes, the host launches the same calls, and the schedule's
     order is the same, so no op is shorter and the step is not either. The host-bound MoE layer is max(host, GPU)
-    (model/host.py): longer kernels never shorten it. Less the term left open (without_open_issues): with the
-    all-to-all hidden under the other micro-batch's compute (1f1b-overlap, dualpipe, dualpipev: the MoE host share)
-    it fails (tests/test_layout_fuzz_found.py, an xfail); ZeRO 3 with the weight gradient split off (zb-h1) is
-    refused now (s20o), ZeRO 2 drawn there instead."""
+    (model/host.py; an overlapped pair's layer, model/host_pair.py): longer kernels never shorten it. ZeRO 3 with
+    the weight gradient split off (zb-h1) is refused now (s20o), ZeRO 2 drawn there instead (without_open_issues)."""
     raw = without_open_issues(raw)
     one = step_of(raw)
     two = step_of(with_changes(raw, model={"micro_batch_size": 2 * raw["model"]["micro_batch_size"]}))

@@ -84,6 +84,9 @@ class Chunk:
     # Per channel, the declared order of a pair's components in each layer pair; () = none
     # (the channel then serves by priority alone).
     order: tuple[tuple[Channel, tuple[Component, ...]], ...] = tuple(DEEPSEEK_ORDER.items())
+    # Per layer, ms: the host rows a lone op's mlp_forward and mlp_backward_input carry, and the host's share of a
+    # layer pair that replaces them in an overlapped pair (model/host_pair.py), charged to the forward's mlp_forward
+    pair_host: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def stream(self, kind: str) -> tuple[tuple[Component, Channel, float], ...]:
         """(component, channel, duration) of every component of a ``kind`` op, in order.
@@ -113,6 +116,7 @@ class Chunk:
             last_in_pass: dict[Kind, int] = {}
             for n, (c, ch, d) in enumerate(chunks[member].stream(kind)):
                 layer = n // per_layer[member]
+                d = _pair_duration(c, d, chunks[0].pair_host, chunks[1].pair_host)
                 if c.grad == Kind.W:
                     needs = (index[(member, c.input_part, layer)],)
                 else:
@@ -130,6 +134,17 @@ class Chunk:
                     out[i] = out[i]._replace(turn_after=previous)
                     previous = i
         return tuple(out)
+
+
+def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> float:
+    """A component's duration in an overlapped pair: one host share for the layer pair (Chunk.pair_host) in place
+    of each half's own; ``forward`` / ``backward``: the halves' chunks' pair_host.  A forward stage without the share
+    (no MoE layer) leaves the backward its own host row."""
+    if c == Component.mlp_forward:
+        return max(0.0, d - forward[0] + forward[2])
+    if c == Component.mlp_backward_input and forward[2] > 0:
+        return max(0.0, d - backward[1])
+    return d
 
 
 @dataclass(frozen=True)

@@ -621,8 +621,10 @@ class Scenario(_Section):
                 )
         # each stage apart, as its layout holds it (model/derive.stage_chunk), at kernel rates or the efficiency
         slow = derived.comm_compute_slowdown
-        chunk = tuple(ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), slow)
-                      for n, t in derived.stage_chunks)  # fmt: skip
+        # and an overlapped pair's host share in place of its halves' (model/host_pair.py)
+        hosts = derived.stage_pair_host or ((0.0, 0.0, 0.0),) * len(derived.stage_chunks)
+        chunk = tuple(ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), slow, pair_host=h)
+                      for (n, t), h in zip(derived.stage_chunks, hosts))  # fmt: skip
         return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
 
     def _chunk_cost_model(self, derived=None) -> CostModel:

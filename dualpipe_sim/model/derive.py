@@ -213,6 +213,9 @@ class Derived:
     # MoE with expert parallelism: each stage's [chunk] as (layers, LayerTimes): its layers, embedding, head
     # and MTP spread evenly over its MoE layers (dense-only stages: over their layers, no all-to-all)
     stage_chunks: tuple[tuple[int, LayerTimes], ...] = ()
+    # per stage, per MoE layer as stage_chunks spreads it, ms: the forward's and the backward's host rows a lone op
+    # carries and the host's share of a layer in an overlapped pair instead (stage_pair_host); () = none
+    stage_pair_host: tuple[tuple[float, float, float], ...] = ()
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -1013,6 +1016,15 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
 
 
+def stage_pair_host(st: Setup, stage: layout.Stage, layers: int, table: dict | None = None) -> tuple[float, float, float]:
+    """kernels.pair_host summed over a stage's MoE layers (an MTP module's included) and spread over its ``layers``
+    as stage_chunk spreads the components."""
+    cfg, table = st.cfg, {} if table is None else table  # layers of one kind cost alike
+    moe = [i for i in stage.layers + (cfg.num_layers,) * stage.mtp if cfg.is_moe_layer(i)]
+    each = [_get(table, cfg.layer_kind(i), lambda i: kernels.pair_host(cfg, i, st.rates, st.layout), i) for i in moe]
+    return tuple(sum(e[n] for e in each) / layers for n in range(3))
+
+
 def module_components(st: Setup, stage: layout.Stage) -> dict[str, float]:
     """ms per [chunk] component of a stage's embedding, head and MTP modules, their layers left out."""
     if st.rates is not None:
@@ -1203,6 +1215,10 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
                 out.comm_compute_slowdown = st.rates.sms / (st.rates.sms - A2A_SMS)
             # each stage as its layout holds it, with kernel rates or at hardware.efficiency alike
             out.stage_chunks = tuple(stage_chunk(st, stage, per_layer, memo=memo) for stage in st.stages)
+            if st.rates is not None and st.host_op > 0:
+                pair_tab = _table(memo, "pair_host", tkey)
+                out.stage_pair_host = tuple(stage_pair_host(st, stage, n, pair_tab)
+                                            for stage, (n, _) in zip(st.stages, out.stage_chunks))  # fmt: skip
             counts = Counter(sum(cfg.is_moe_layer(i) for i in s.layers) for s in st.stages)
             out.chunk_layers = max(1, counts.most_common(1)[0][0])
     return out

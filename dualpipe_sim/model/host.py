@@ -60,6 +60,7 @@ class Step:
     ops: int
     seconds: float
     sync: bool = False
+    comm: bool = False  # an all-to-all row: on the communication stream when a pair overlaps it (host_pair.py)
 
 
 def replay(steps: list[Step], per_op: float, wait: float = SYNC_WAIT) -> float:
@@ -129,16 +130,20 @@ def _dispatch(dispatcher: str) -> tuple[list[Step], list[Step]]:
 DISPATCH_EXTRAS = ("probs all-to-all", "etp all-gather", "etp probs all-gather")
 
 
-def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int,
-                  dispatcher: str) -> list[Step]:  # fmt: skip
-    """One MoE layer's forward in launch order, from just after its last sync round to the same point in
-    the next layer (the layers repeat, so the tail of this layer stands for the previous one's)."""
+A2A = ("dispatch_forward", "combine_forward", "dispatch_backward", "combine_backward")  # the all-to-all components
+
+
+def forward_nodes(rows: list, tensor: int, expert_streams: int, local_experts: int,
+                  dispatcher: str) -> dict[str, list[Step]]:  # fmt: skip
+    """One MoE layer's forward in launch order, cut where Megatron-core's overlapped schedule cuts a layer
+    (``attn``: attention, router, the dispatcher's preprocess and its sync; ``dispatch``: the all-to-all;
+    ``mlp``: what follows it up to the combine; ``combine``: the combine and the residual)."""
     fwd = [k for k in rows if k.component in ("attn_forward", "mlp_forward")]
 
     def step(k) -> Step:
         deepep = dispatcher == "deepep" and k.name == "all-to-all"  # its data kernels and stream waits (DEEPEP_A2A)
         return Step(k.name, DEEPEP_A2A[k.component] if deepep else calls(k, tensor, expert_streams, local_experts),
-                    k.seconds)  # fmt: skip
+                    k.seconds, comm=k.component in A2A)  # fmt: skip
 
     attn = [step(k) for k in fwd if k.component == "attn_forward"]
     mlp = [step(k) for k in fwd if k.component == "mlp_forward"]
@@ -157,9 +162,23 @@ def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: i
     back += [step(a2a["combine_forward"])] if "combine_forward" in a2a else []
     tail = mlp[cut:]
     combine_at = next((i for i, s in enumerate(tail) if s.label == "residual add"), len(tail))
-    order = (attn + mlp[:cut] + counted + send + after + tail[:combine_at] + back + tail[combine_at:])
+    return {"attn": attn + mlp[:cut] + counted, "dispatch": send, "mlp": after + tail[:combine_at],
+            "combine": back + tail[combine_at:]}
+
+
+def from_last_sync(order: list[Step]) -> list[Step]:
+    """``order`` (one layer, or one layer pair) rotated to start just after its last sync: the layers repeat, so
+    the tail stands for the previous layer's."""
     last = max((i for i, s in enumerate(order) if s.sync), default=len(order) - 1)
     return order[last + 1:] + order[:last + 1]
+
+
+def forward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int,
+                  dispatcher: str) -> list[Step]:  # fmt: skip
+    """One MoE layer's forward in launch order, from just after its last sync round to the same point in
+    the next layer (the layers repeat, so the tail of this layer stands for the previous one's)."""
+    nodes = forward_nodes(rows, tensor, expert_streams, local_experts, dispatcher)
+    return from_last_sync(nodes["attn"] + nodes["dispatch"] + nodes["mlp"] + nodes["combine"])
 
 
 def forward_excess(rows: list, per_op: float, tensor: int, expert_streams: int, local_experts: int,

@@ -59,28 +59,35 @@ def _deepep(tensor: int) -> tuple[list[host.Step], list[host.Step]]:
     return before, after
 
 
-def backward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int,
-                   dispatcher: str) -> list[host.Step]:  # fmt: skip
-    """One MoE layer's backward in launch order: the combine's backward, the experts' (each GroupedLinear's
-    dgrad then wgrad), the permute's; the dispatch's; the router's, the norm's; the attention's.  Reruns of the
-    forward (their syncs are the forward's replay) and host rows are left out."""
+def backward_nodes(rows: list, tensor: int, expert_streams: int, local_experts: int,
+                   dispatcher: str) -> dict[str, list[host.Step]]:  # fmt: skip
+    """One MoE layer's backward in launch order, cut as host.forward_nodes cuts the forward: ``combine``: the
+    combine's backward; ``mlp``: the experts' (each GroupedLinear's dgrad then wgrad) and the permute's;
+    ``dispatch``: the dispatch's; ``attn``: the router's, the norm's, the attention's.  Reruns of the forward
+    (their syncs are the forward's replay) and host rows are left out."""
     bwd = [k for k in rows if k.component in BACKWARD and k.kind != "host" and not k.name.endswith("(recompute)")]
 
     def steps(keep) -> list[host.Step]:
-        return [host.Step(k.name, calls(k, tensor, expert_streams, local_experts, dispatcher), k.seconds)
-                for k in bwd if keep(k)]  # fmt: skip
+        return [host.Step(k.name, calls(k, tensor, expert_streams, local_experts, dispatcher), k.seconds,
+                          comm=k.component in host.A2A) for k in bwd if keep(k)]  # fmt: skip
 
     mlp = ("mlp_backward_input", "mlp_backward_weight")
     # the experts' backward and the (un)permutes around them run before the dispatch's backward; the router after
     moe = lambda k: k.name.startswith("experts ") or "permute" in k.name or "sort by" in k.name  # noqa: E731
     before, after = _deepep(tensor) if dispatcher == "deepep" else ([], [])
     sums = [host.Step("gradient sums (residual stream)", GRAD_SUMS, 0.0)]
-    order = (steps(lambda k: k.component == "combine_backward") + steps(lambda k: k.component in mlp and moe(k))
-             + before + steps(lambda k: k.component == "dispatch_backward") + after
-             + steps(lambda k: k.component in mlp and not moe(k)) + sums
-             + steps(lambda k: k.component.startswith("attn_backward")))  # fmt: skip
-    last = max((i for i, s in enumerate(order) if s.sync), default=len(order) - 1)
-    return order[last + 1:] + order[:last + 1]
+    return {"combine": steps(lambda k: k.component == "combine_backward"),
+            "mlp": steps(lambda k: k.component in mlp and moe(k)),
+            "dispatch": before + steps(lambda k: k.component == "dispatch_backward") + after,
+            "attn": steps(lambda k: k.component in mlp and not moe(k)) + sums
+            + steps(lambda k: k.component.startswith("attn_backward"))}  # fmt: skip
+
+
+def backward_steps(rows: list, tensor: int, expert_streams: int, local_experts: int,
+                   dispatcher: str) -> list[host.Step]:  # fmt: skip
+    """One MoE layer's backward in launch order (backward_nodes, one after the other), from its last sync."""
+    nodes = backward_nodes(rows, tensor, expert_streams, local_experts, dispatcher)
+    return host.from_last_sync(nodes["combine"] + nodes["mlp"] + nodes["dispatch"] + nodes["attn"])
 
 
 def excess(steps: list[host.Step], per_op: float) -> float:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, nccl_nvls, params, placement, recompute, rope
+from . import collectives, deepseek_kernels, flops, gemm, host, host_backward, host_pair, nccl_nvls, params, placement, recompute, rope
 from .config import ModelConfig
 from .flops import causal_keys
 from .rates import KernelRates
@@ -1371,11 +1371,28 @@ def context_exchange(tb: Table) -> None:
 
 def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Kernel]:
     """Every kernel of layer ``i`` for one micro-batch on one rank."""
+    return _layer_table(cfg, i, rates, lay).rows
+
+
+def pair_host(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> tuple[float, float, float]:
+    """Layer ``i``'s host share in an overlapped pair (host_pair.py), ms: (the forward's host row and the backward's,
+    which a lone op carries, and what the pair's layer takes instead); all 0 where no host row is costed."""
+    tb = _layer_table(cfg, i, rates, lay)
+    forward = sum(k.ms for k in tb.rows if k.name == "host launches and syncs" and k.component == "mlp_forward")
+    backward = sum(k.ms for k in tb.rows if k.name == "host launches (backward)")
+    if not any(k.kind == "host" for k in tb.rows):
+        return 0.0, 0.0, 0.0
+    local = max(1, cfg.num_experts // lay.expert)
+    pair = host_pair.pair_excess(tb.own_rows(), lay.host_op, lay.tensor, lay.expert_streams, local, lay.dispatcher)
+    return forward, backward, pair * 1e3
+
+
+def _layer_table(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> Table:
     tb = Table(rates, lay, cfg)
     if lay.deepseek and cfg.mla and cfg.q_lora_rank and cfg.is_moe_layer(i) and lay.tensor == lay.context == 1:
         deepseek_kernels.moe_layer(tb)
         _all_to_all(tb, lay.tokens)
-        return tb.rows
+        return tb
     full = lay.policy == "full"
     attention_block(tb, full, i)
     context_exchange(tb)
@@ -1404,7 +1421,7 @@ def layer(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> list[Ker
     _rerun_discarded_outputs(tb, i)
     if cfg.is_moe_layer(i) and lay.host_op > 0:  # after every backward row: the host's calls span them all
         host_backward_share(tb)
-    return tb.rows
+    return tb
 
 
 def _rerun(tb: Table, rows: list[Kernel], comp: str) -> None:

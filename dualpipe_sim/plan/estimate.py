@@ -135,7 +135,8 @@ class FigureCache:
             work = tuple(x + y for x, y in zip(f, b))
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
-                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown, deferred),
+                                              StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown, deferred,
+                                                         _pair_host(derived)),
                                               derived.p2p or 0.0, derived.p2p_nvlink)  # fmt: skip
         return self._figures[key]
 
@@ -254,6 +255,11 @@ def _stage_costs(derived, s: int) -> tuple[float, ...]:
     bc, ba = t.attn_backward_input + t.mlp_backward_input + bw, t.dispatch_backward + t.combine_backward
     pair = fc + bc + (derived.comm_compute_slowdown - 1) * min(fc + bc, fa + ba)
     return n * (fc + fa), n * (bc + ba), n * bw, n * max(pair, fa + ba), n * fa, n * ba
+
+
+def _pair_host(derived) -> tuple[tuple[float, float, float], ...]:
+    """Per stage, its MoE layers' host shares (derive.stage_pair_host x its layers), ms: () where none is costed."""
+    return tuple(tuple(n * x for x in h) for (n, _), h in zip(derived.stage_chunks, derived.stage_pair_host))
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
@@ -391,7 +397,8 @@ def compute_floor(costs: StageCosts, microbatches: int, ranks: int, held: tuple 
     by the ``ranks`` pipeline ranks as evenly as can be, plus the time each rank must stand idle.  A rank runs its
     actions one after another (the replay core), an action lasts at least its compute (a lone op its whole length; an
     overlapped pair, on the [chunk] model's compute channel, its two computes one after the other, only slowed beside
-    an all-to-all: the F and B less their all-to-all here), so with the makespan T every rank r is busy at most
+    an all-to-all: the F and B less their all-to-all, and less the MoE host rows a pair replaces by its own share,
+    here), so with the makespan T every rank r is busy at most
     T - idle(r) and T >= (work + sum idle) / ranks.  ``held``: the (direction, stage) pairs on each rank
     (shapes.placement); a rank's first action is a forward of a stage s it holds (a backward follows its forward on
     its own rank), which waits for that micro-batch's forwards on stages 0 .. s - 1, each published at its action's
@@ -405,8 +412,10 @@ def compute_floor(costs: StageCosts, microbatches: int, ranks: int, held: tuple 
     n = len(costs.forward)
     fa = costs.forward_a2a or (0.0,) * n
     ba = costs.backward_a2a or (0.0,) * n
-    fc = [max(0.0, f - a) for f, a in zip(costs.forward, fa)]
-    bc = [max(0.0, b - z) for b, z in zip(costs.backward, ba)]
+    # less the host rows an overlapped pair replaces by its own share (>= 0, model/host_pair.py): a floor either way
+    host = costs.pair_host or ((0.0, 0.0, 0.0),) * n
+    fc = [max(0.0, f - a - h[0]) for f, a, h in zip(costs.forward, fa, host)]
+    bc = [max(0.0, b - z - h[1]) for b, z, h in zip(costs.backward, ba, host)]
     work = sum(fc[s] + bc[s] for s in range(n)) * microbatches
     if costs.deferred is not None:
         stage, count, less_i, less_w = costs.deferred

@@ -126,6 +126,9 @@ class StageCosts:
     # the output layer's deferred wgrad (model.defer_embedding_wgrad), as the run's CostModel.deferred: (stage, count,
     # input-gradient ms less, weight-gradient ms less) for the backwards of micro-batches 0 .. count - 1; None: none
     deferred: tuple[int, int, float, float] | None = None
+    # per stage, the MoE host share (model/host_pair.py) as the run's Chunk.pair_host for all its layers: (ms its
+    # forward's host rows, ms its backward's, ms an overlapped pair takes instead with this stage's forward); (): none
+    pair_host: tuple[tuple[float, float, float], ...] = ()
 
 
 def lengths(b: Built, costs: StageCosts) -> np.ndarray:
@@ -155,8 +158,10 @@ def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
         fa = np.asarray(costs.forward_a2a, dtype=float) if costs.forward_a2a else zero
         ba = np.asarray(costs.backward_a2a, dtype=float) if costs.backward_a2a else zero
         comm = fa[b.stage[p]] + ba[b.back_stage[p]]
-        first = f[b.stage[p]] - fa[b.stage[p]]
-        compute = first + out[p] - ba[b.back_stage[p]]
+        host = np.asarray(costs.pair_host, dtype=float) if costs.pair_host else np.zeros((len(f), 3))
+        first = f[b.stage[p]] - fa[b.stage[p]] - host[b.stage[p], 0] + host[b.stage[p], 2]
+        # the backward's host row gives way only to a forward stage's share (costs._pair_duration)
+        compute = first + out[p] - ba[b.back_stage[p]] - np.where(host[b.stage[p], 2] > 0, host[b.back_stage[p], 1], 0.0)
         share[p] = np.where(compute > 0, first / np.where(compute > 0, compute, 1.0), 0.5)
         out[p] = np.maximum(compute + (costs.slowdown - 1) * np.minimum(compute, comm), comm)
     return out, share
