@@ -297,7 +297,8 @@ def test_a_host_bound_moe_step_with_the_all_to_all_overlapped_is_not_shorter_wit
 def test_twice_the_nvlink_bandwidth_never_slows_a_host_bound_dualpipev_moe_step():
     """Found beside the case above (an xfail until s20p): 2x NVLink lengthened a dualpipev GLM-4.5-Air step at EP 2
     (10565.7 -> 10567.3 ms): a shorter all-to-all hid fewer of the host's calls in the lone-op replay that a pair's
-    forward was charged. This layout (EP 2, TP 2, B300, 2048-token sequences) was 2971.4 -> 2984.6 ms before s20p's pair replay."""
+    forward was charged. This layout (EP 2, TP 2, B300, 2048-token sequences) was 2971.4 -> 2984.6 ms before s20p's
+    pair replay."""
     from dualpipe_sim.model import hardware
 
     raw = scenario_module.load_raw(Path(__file__).resolve().parent.parent / "scenarios" / "glm4.5-air.toml")
