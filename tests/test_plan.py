@@ -139,7 +139,7 @@ def test_zero_1_is_kept_where_it_beats_zero_2(tmp_path):
 
 def test_small_space_is_simulated_whole_and_ranked_by_throughput(tiny):
     complete = [r for r in tiny.rows if not r.pruned]
-    assert all(r.ok for r in complete)  # 84 survivors < the default budget: every one simulated
+    assert all(r.ok for r in complete)  # 124 survivors < the default budget: every one simulated
     tokens_per_gpu = 8 * 2048 / 4
     for r in complete:  # tokens/s per GPU = the step's tokens on one GPU / the step time
         assert r.tokens_per_second_per_gpu == pytest.approx(tokens_per_gpu / (r.simulated["step.total"] / 1e3))
