@@ -56,29 +56,20 @@ HAND_LAYOUTS = {  # (tensor, pipeline, data): {mbs: M}
 def hand_complete() -> set[tuple]:
     """(schedule, tensor, pipeline, data, mbs, M, stages, recompute, zero) of every complete candidate:
     1f1b runs every layout (stages = pipeline); dualpipev needs stages = 2 x pipeline <= 4 layers and
-    M >= stages, and not with ZeRO 3 (it runs weight gradients apart, W ops).  Selective recompute is not worth it beside none (flash attention) and zero 0 never beats zero 1, so
-    both are pruned; zero 2 and 3 equal 1 with one data-parallel rank (pruned there): none and full at
-    zero 1, 2 and 3 remain where data > 1, at zero 1 where data = 1.  Zero 1 is pruned where its
-    zero-2 twin is no heavier (see ZERO1_PRUNED): with pipeline 1 and data > 1."""
+    M >= stages, and dualpipev not with ZeRO 3 (it runs weight gradients apart, W ops: s20o).  Selective recompute is
+    not worth it beside none (flash attention), so it is pruned; zero 0, 2 and 3 equal 1 with one data-parallel rank
+    (pruned there): none and full at zero 0, 1, 2 and 3 remain where data > 1 (dualpipev's without zero 3), at zero 1
+    where data = 1 (no rule prunes zero 0 or 1 beside a data-parallel group since s20l: each can be the fastest,
+    test_zero_0_is_kept_where_it_beats_zero_1 and test_zero_1_is_kept_where_it_beats_zero_2)."""
     out = set()
     for (t, p, d), by_mbs in HAND_LAYOUTS.items():
         for mbs, m in by_mbs.items():
             for rc in ("none", "full"):
-                for z in ((2, 3) if p == 1 else (1, 2, 3)) if d > 1 else (1,):
+                for z in (0, 1, 2, 3) if d > 1 else (1,):
                     out.add(("1f1b", t, p, d, mbs, m, p, rc, z))
                     if 2 * p <= 4 and m >= 2 * p and z < 3:  # dualpipev has W ops: ZeRO 3 not modelled (s20o)
                         out.add(("dualpipev", t, p, d, mbs, m, 2 * p, rc, z))
     return out
-
-
-# Zero 1 is pruned where ZeRO 2 is as fast and no heavier: on every rank ZeRO 2's sharded fp32
-# gradients 4P / D plus two units' whole gradients 2 x 4 U take no more than ZeRO 1's whole 4P (P the
-# rank's parameters, U its largest unit: a layer, 655,872; see test_memory_floor_sees_zero_savings):
-# P (1 - 1/D) >= 2U.  Pipeline 1 holds the whole model, 3,135,744: D = 4 and D = 2 both pass (2.35M,
-# 1.57M >= 1.31M).  Pipeline 2 at D 2: 1f1b's stages (embedding or head + 2 layers, about 1.57M) give
-# 0.78M, dualpipev's rank (embedding, head + 2 layers, 1.82M) 0.91M: kept.  Rows: 1f1b's 5 pairs with
-# pipeline 1 and data > 1, dualpipev's 3, at none and full: 16.
-ZERO1_PRUNED = "parallel.zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)"
 
 
 def test_every_complete_candidate_is_listed(tiny):
@@ -86,17 +77,17 @@ def test_every_complete_candidate_is_listed(tiny):
     got = {(c.schedule, c.tensor, c.pipeline, c.data, c.micro_batch_size, c.microbatches, c.stages, c.recompute,
             c.zero) for c in complete}  # fmt: skip
     assert got == hand_complete()
-    # 17 (layout, mbs) pairs run 1f1b, 8 of them with data > 1 (5 with pipeline 1: no zero 1); 9 run
-    # dualpipev, 4 of them with data > 1 (3 with pipeline 1), not at zero 3 (W ops: s20o)
-    assert len(got) == (8 * 6 - 5 * 2 + 9 * 2) + (4 * 4 - 3 * 2 + 5 * 2)
+    # 17 (layout, mbs) pairs run 1f1b, 8 of them with data > 1 (2 recompute x 4 zero), 9 with data 1 (2 x 1);
+    # 9 run dualpipev, 4 of them with data > 1 (2 recompute x 3 zero: not zero 3, W ops, s20o)
+    assert len(got) == (8 * 8 + 9 * 2) + (4 * 6 + 5 * 2)
 
 
 def test_every_pruning_reason_is_counted(tiny):
     # 1f1b: 17 pairs x 3 recompute x 4 zero = 204 rows; dualpipev: 9 pairs x 12 = 108 rows, the 3 pairs
     # with pipeline 4 need 8 stages (> 4 layers), and 5 pairs have M < stages (A: M1; D: M1; B: M2, M1;
-    # E: M2).  Selective rows: (17 + 9) x 4; zero-0 rows besides those: (17 + 9) x 2; zero 2 and 3 at
-    # none and full on the pairs with data 1 (9 of 1f1b's, 5 of dualpipev's): 14 x 4; dualpipev's zero 3 at none
-    # and full on its 4 pairs with data > 1 (it runs weight gradients apart, W ops: s20o): 8.
+    # E: M2).  Selective rows: (17 + 9) x 4; zero 2 and 3 at none and full on the pairs with data 1 (9 of
+    # 1f1b's, 5 of dualpipev's): 14 x 4; zero 0 there: 14 x 2; dualpipev's zero 3 at none and full on its 4 pairs
+    # with data > 1 (it runs weight gradients apart, W ops: s20o): 8.
     assert tiny.pruned == {
         "parallel.context: must leave at least 2048 tokens of the sequence per context rank": 3,
         "global batch: must be a multiple of parallel.data x model.micro_batch_size": 1,
@@ -105,44 +96,54 @@ def test_every_pruning_reason_is_counted(tiny):
         'memory.recompute: "selective" under flash attention reruns the flash forward to free only its log-sum-exp': 104,
         'pipeline.schedule = "dualpipev": pipeline.microbatches': 5,
         "parallel.tensor: must divide the model's 4 attention heads": 1,
-        "parallel.zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next forward)": 52,
         "parallel.zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)": 56,
-        ZERO1_PRUNED: 16,
+        "parallel.zero: 0 equals 1 with one data-parallel rank (nothing to shard)": 28,
         'parallel.zero: 3 (FSDP) with pipeline.schedule = "dualpipev", which runs weight gradients apart (W ops), '
         "is not modelled (the run refuses it)": 8,
     }
     assert len(tiny.rows) == 1 + 6 + 3 + 1 + 204 + 3 + 5 + 108
 
 
-def test_zero_0_is_tried_when_the_parameter_all_gather_is_not_hidden(config):
-    # Not overlapped, ZeRO 1's all-gather follows the optimizer: its reduce-scatter and all-gather move an
-    # all-reduce's bytes, so ZeRO 0 is no longer dominated and no row is pruned for it.
-    shown = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
-                    overrides=["step.overlap_param_gather=false", "memory.recompute=none"])
-    assert not any(reason.startswith("parallel.zero: 0 never beats 1") for reason in shown.pruned)
-    hidden = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1,
-                     overrides=["memory.recompute=none"])
-    assert any(reason.startswith("parallel.zero: 0 never beats 1") for reason in hidden.pruned)
+# s20l: found by tests/test_plan_pruning_sound.py.  Each pair below is one layout at two ZeRO stages, simulated
+# (plan/simulate.py run_candidate, as plan simulates its survivors); the lower stage is the faster, so a rule that
+# pruned it ("0 never beats 1", "1 never beats 2", both dropped: docs/plan.md, "Pruning") lost the better candidate.
+TINIER = {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 4, "intermediate_size": 256, "vocab_size": 1000}  # fmt: skip
+WIDER = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 8,
+         "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 32000}  # fmt: skip
+LAYOUT = ["parallel.tensor=1", "parallel.context=1", "model.micro_batch_size=1", "memory.recompute=none"]
 
 
-def test_a_zero_1_pruned_for_its_zero_2_twin_is_never_better(tiny, config):
-    # The rule, checked by simulating both: the ZeRO 2 twin is as fast or faster and no heavier.
-    from dualpipe_sim.plan.request import base_scenario
-    from dualpipe_sim.plan.simulate import run_candidate
+def _both_zeros(tmp_path, model, gpus, batch, pipeline, low):
+    """plan's rows of the layout (1F1B, TP1, the given pipeline, mbs 1, recompute none) at ZeRO ``low`` and ``low`` + 1."""
+    config = tmp_path / "model.json"
+    config.write_text(json.dumps(model))
+    result = ds_plan(config, gpus, batch, 2048, hardware="H100", schedules=["1f1b"], jobs=1, overrides=LAYOUT)
+    return [next(r for r in result.rows if r.candidate.pipeline == pipeline and r.candidate.zero == z) for z in (low, low + 1)]
 
-    base = base_scenario(config, "H100", 2048, [])
-    pruned = [r.candidate for r in tiny.rows if r.pruned == ZERO1_PRUNED]
-    assert len(pruned) == 16
-    for cand in pruned:
-        one = run_candidate(base, tuple(cand.overrides()))
-        two = run_candidate(base, tuple(replace(cand, zero=2, pruned="").overrides()))
-        assert one["status"] == two["status"] == "ok"
-        assert two["step.total"] <= one["step.total"] and two["memory.total"] <= one["memory.total"]
+
+def test_zero_0_is_kept_where_it_beats_zero_1(tmp_path):
+    # 2 layers of hidden 128 on 8 H100, PP2 DP4, M = 1: ZeRO 1's optimizer shard saves a few us of streaming, while
+    # the next step's start waits for stage 0's first parameter all-gather (latency-bound): 0.484 ms against 0.512
+    zero0, zero1 = _both_zeros(tmp_path, TINIER, 8, 4, 2, 0)
+    assert not zero0.pruned and not zero1.pruned and zero0.ok and zero1.ok
+    assert zero0.simulated["step.total"] < zero1.simulated["step.total"]
+    assert zero0.simulated["step.optimizer"] < zero1.simulated["step.optimizer"]  # where ZeRO 1 loses: its step end
+
+
+def test_zero_1_is_kept_where_it_beats_zero_2(tmp_path):
+    # 8 layers of hidden 2048 on 16 H100, PP2 DP8, M = 4: ZeRO 2 reduce-scatters every micro-batch's gradients
+    # (docs/step.md, "ZeRO 2 and 3"); its step ends 2.5 us after ZeRO 1's, 46.93 ms, though it is no heavier and every
+    # whole-gradient reduce-scatter fits under a micro-batch's F + B, the old rule's two conditions
+    zero1, zero2 = _both_zeros(tmp_path, WIDER, 16, 32, 2, 1)
+    assert not zero1.pruned and not zero2.pruned and zero1.ok and zero2.ok
+    assert zero1.simulated["step.total"] < zero2.simulated["step.total"]
+    assert zero2.simulated["memory.total"] <= zero1.simulated["memory.total"]
 
 
 def test_small_space_is_simulated_whole_and_ranked_by_throughput(tiny):
     complete = [r for r in tiny.rows if not r.pruned]
-    assert all(r.ok for r in complete)  # 76 survivors < the default budget: every one simulated
+    assert all(r.ok for r in complete)  # 116 survivors < the default budget: every one simulated
     tokens_per_gpu = 8 * 2048 / 4
     for r in complete:  # tokens/s per GPU = the step's tokens on one GPU / the step time
         assert r.tokens_per_second_per_gpu == pytest.approx(tokens_per_gpu / (r.simulated["step.total"] / 1e3))
@@ -228,7 +229,7 @@ def test_pins_narrow_the_space(config):
                      overrides=["parallel.tensor=2", "memory.recompute=full"])  # fmt: skip
     complete = [r.candidate for r in pinned.rows if not r.pruned]
     assert {c.tensor for c in complete} == {2} and {c.recompute for c in complete} == {"full"}
-    assert len(complete) == 9  # (2,1,2) x 3 mbs x zero 2, 3 (zero 1 pruned) + (2,2,1) x 3 mbs x zero 1
+    assert len(complete) == 15  # (2,1,2) x 3 mbs x zero 0-3 + (2,2,1) x 3 mbs x zero 1
 
 
 def test_a_pinned_context_degree_is_kept_below_the_token_floor(config):
@@ -275,8 +276,8 @@ def test_cli_outputs_and_a_top_scenario_reproduces_its_metrics(config, tmp_path)
     assert required <= set(top[0])
     rows = list(csv.DictReader((out / "plan.csv").open()))
     assert len(rows) == 331 and required - {"scenario"} <= set(rows[0])
-    assert sum(r["simulated"] == "yes" for r in rows) == 76 and sum(bool(r["pruned"]) for r in rows) == 255
-    assert {r["zero"] for r in rows if r["simulated"] == "yes"} == {"1", "2", "3"}
+    assert sum(r["simulated"] == "yes" for r in rows) == 116 and sum(bool(r["pruned"]) for r in rows) == 215
+    assert {r["zero"] for r in rows if r["simulated"] == "yes"} == {"0", "1", "2", "3"}
     assert {p.name for p in out.iterdir()} == {"plan.csv", "plan.md", "plan.png", "top-01.toml", "top-02.toml",
                                                "top-03.toml"}  # fmt: skip
     # `run` on a written scenario gives the plan's figures
@@ -307,9 +308,8 @@ def test_a_scenario_source_keeps_its_recompute_and_switches(config, tmp_path):
     assert {c.recompute for c in complete} == {"full"}
     assert {c.tensor for c in complete} == {1, 2, 4}
     assert result.base["parallel"] == {"tp_comm_overlap": False}
-    # every (layout, mbs) pair of HAND_LAYOUTS: zero 1-3 where data > 1 (zero 1 pruned for 5 pairs with
-    # pipeline 1), zero 1 where data = 1
-    assert len(complete) == 8 * 3 - 5 + 9
+    # every (layout, mbs) pair of HAND_LAYOUTS: zero 0-3 where data > 1, zero 1 where data = 1
+    assert len(complete) == 8 * 4 + 9
 
 
 # -- ZeRO 2 and 3 in the search ------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config, 
         tiny = ds_plan(config, 4, 8, 2048, hardware="H100", schedules=["1f1b", "dualpipev"], jobs=1, budget=1,
                        overrides=['model.runtime="megatron-lm-2021"', 'model.grads_dtype="bf16"'])  # fmt: skip
     complete = [r.candidate for r in tiny.rows if not r.pruned]
-    assert {c.data for c in complete} == {1, 2, 4} and {c.zero for c in complete} == {1, 2, 3}
+    assert {c.data for c in complete} == {1, 2, 4} and {c.zero for c in complete} == {0, 1, 2, 3}
     # ZeRO 1 and 2 share one derivation: each complete candidate's twin at the other stage goes in too (a plan
     # whose cache mixed the two up prunes the wrong twin, so the complete ones alone would not show it)
     twins = [replace(c, zero=3 - c.zero) for c in complete if c.zero in (1, 2)]
@@ -412,38 +412,6 @@ def test_figure_cache_equals_a_fresh_derivation_of_each_candidate(tiny, config, 
             # the [step] figures the estimated step's end reads: the candidate's own, whatever the
             # shared derivation's sharding and whichever candidate filled the entry first
             assert cache.step_costs(cand) == sections_only(apply_overrides(tiny.base, cand.overrides())).step_costs(own)
-
-
-# intermediate 432: near the middle of the sizes (about 416-448 with today's kernel rates, F + B per micro-batch) at
-# which some micro-batch sizes leave the reduce-scatters a backlog and others hide them; the test below needs both kinds
-MOE = {"model_type": "mixtral", "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 1000, "num_attention_heads": 4,
-       "num_key_value_heads": 4, "intermediate_size": 432, "num_local_experts": 128, "num_experts_per_tok": 1,
-       "tie_word_embeddings": False}  # fmt: skip
-
-
-def test_zero_1_is_kept_where_zero_2_reduce_scatters_cannot_hide(tmp_path):
-    """128 experts, top-1, no expert parallelism: an expert's parameters see 1/128 of the tokens, so on
-    some layouts a micro-batch's F + B is shorter than a whole-gradient reduce-scatter and ZeRO 2's
-    one per micro-batch may leave a backlog longer than ZeRO 1's single sync (model/grad_sync.py zero2_backlog;
-    tests/test_fsdp.py works such a case by hand).  ZeRO 2 is then not sure to be faster, so ZeRO 1
-    is not pruned for its twin; where they fit, it is."""
-    from dualpipe_sim.plan.estimate import FigureCache
-    from dualpipe_sim.plan.request import base_scenario
-
-    config = tmp_path / "moe.json"
-    config.write_text(json.dumps(MOE))
-    # without the host's share of the MoE forward (model/host.py), which on this tiny model makes every
-    # micro-batch long enough to hide the reduce-scatters: the case needs one where they cannot hide (with 64
-    # experts the wgrads' fp32 main_grad accumulation, 8 bytes per parameter and micro-batch, hides them all)
-    host_off = ["model.host_overhead_us=0"]
-    result = ds_plan(config, 2, 8, 2048, hardware="H100", schedules=["1f1b"], jobs=1, overrides=host_off)
-    cache = FigureCache(base_scenario(config, "H100", 2048, host_off))
-    # expert 1: every expert's gradient reduce-scattered over both ranks
-    rows = [r for r in result.rows if r.candidate.zero == 1 and r.candidate.data == 2 and r.candidate.expert == 1
-            and r.candidate.recompute == "none"]  # fmt: skip
-    backlog = [r for r in rows if not cache.reduce_scatters_fit(r.candidate)]
-    assert backlog and not any(r.pruned == ZERO1_PRUNED for r in backlog)
-    assert any(r.pruned == ZERO1_PRUNED for r in rows if r not in backlog)
 
 
 def test_a_config_removed_mid_run_fails_its_candidates_not_the_plan(tmp_path, monkeypatch):

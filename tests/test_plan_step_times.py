@@ -51,7 +51,7 @@ def test_workers_give_each_candidate_its_step_alone(one_job, monkeypatch, at_onc
     if at_once:
         monkeypatch.setattr(step_estimate, "LOOP_US", 1e9)
     rows = _estimated(one_job)
-    assert len(rows) == 76  # test_plan.py's hand count of the candidates estimated
+    assert len(rows) == 116  # test_plan.py's hand count of the candidates estimated (84 before s20l)
     cands = [r.candidate for r in rows]
     cache = FigureCache(one_job.base)
     for c in cands:  # the memory pass fills the cache before the workers fork, as in plan()

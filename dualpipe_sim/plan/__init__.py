@@ -32,10 +32,10 @@ from .request import (PlanError, base_scenario, check_sizes, device_memory, drop
                       model_shape, pinned_choices, source_pins)
 from .journal import NAME as JOURNAL
 from .journal import Journal
-from .shapes import placement, shapes
+from .shapes import shapes
 from .simulate import DaskCandidates, LocalCandidates
 from ..sweep.executors import default_jobs
-from .space import ModelShape, enumerate_candidates, shards_nothing
+from .space import ModelShape, enumerate_candidates
 from .step_times import one as step_time_or_words
 from .step_times import all_step_times, memory_and_steps, steps
 from ..errors import shown
@@ -248,10 +248,11 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
 
 def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape,
            zeros: tuple[int, ...]) -> tuple[str, tuple | None]:  # fmt: skip
-    """Why a complete candidate is not worth simulating ('' when it is): a rule of the model,
-    a memory floor over the device, or a ZeRO 2 twin as fast and no heavier; and, for one that
-    is, what a candidate with equal stage costs and memory shares with it (the caller prunes
-    the later ones as duplicates and works out the step time of the first)."""
+    """Why a complete candidate is not worth simulating ('' when it is): a rule of the model or a
+    memory floor over the device; and, for one that is, what a candidate with equal stage costs
+    and memory shares with it (the caller prunes the later ones as duplicates and works out the step
+    time of the first).  ``model`` and ``zeros`` are read by no rule since s20l dropped "ZeRO 1 never
+    beats 2" (docs/plan.md): kept so that its callers stay as they are."""
     cand = row.candidate
     try:
         if device and static_floor(cache, cand) > device:
@@ -261,28 +262,9 @@ def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape
         return f"model: {exc}", None
     if device and row.estimate.memory_floor > device:
         return f"memory: at least {row.estimate.memory_floor / 1e9:.1f} GB per rank > {device / 1e9:.1f} GB", None
-    if cand.zero == 1 and 2 in zeros and not shards_nothing(model, cand) and _zero2_no_heavier(cache, cand) \
-            and cache.reduce_scatters_fit(cand):
-        return "parallel.zero: 1 never beats 2 here (same compute, a shorter gradient sync, no more static memory)", None
     # Candidates whose figures are the same whatever their recompute policy run once.
     fig = cache.figures(cand)
     return "", (replace(cand, recompute=None), fig.work, fig.pair, fig.activation)
-
-
-def _zero2_no_heavier(cache: FigureCache, cand) -> bool:
-    """ZeRO 2 runs the same actions as ZeRO 1 (model/derive.py costs collectives inside actions
-    only for ZeRO 3), its end-of-step gradient sync is the stage's reduce-scatter unit by unit, the last unit's at
-    the backward's end, where the per-micro-batch ones fit under the compute (model/grad_sync.py zero2_backlog; the caller
-    checks that: FigureCache.reduce_scatters_fit) and the optimizer step is the same: never slower.  It is no
-    heavier when on every rank its sharded gradients and unsharded buffers take no more than ZeRO
-    1's whole gradients (activations, P2P buffers and the runtime allowance are the same)."""
-    one, two = cache.figures(cand), cache.figures(replace(cand, zero=2))
-    for on_rank in placement(cand.schedule, cand.stages, cand.virtual):
-        held = {s for _, s in on_rank}
-        if sum(two.static[s] for s in held) + max(two.buffers[s] for s in held) > \
-                sum(one.static[s] for s in held) + max(one.buffers[s] for s in held):
-            return False
-    return True
 
 
 def _simulate(executor, base: dict, chosen: list[Row], journal: Journal | None, progress: Progress | None,

@@ -35,7 +35,6 @@ from ..step_costs import StepCosts
 from ..model import derive
 from ..model import memory as model_memory
 from ..model.sections import HardwareSection
-from ..model.derived_step import derived_sync
 from ..model.deferred_wgrad import held_bytes
 from ..inputs.scenario import apply_overrides, sections_only
 from .shapes import VIRTUAL_OPTION, placement
@@ -75,7 +74,6 @@ class FigureCache:
         self._setups: dict[int, derive.Setup] = {}  # by stage count: the layers each stage holds
         self._figures: dict[tuple, StageFigures] = {}
         self._derived: dict[tuple, derive.Derived] = {}
-        self._fits: dict[tuple, bool] = {}  # reduce_scatters_fit, by layout
         self._steps: dict[tuple, StepCosts | None] = {}  # step_costs, by layout, M and placement
         self._pipelines: dict[tuple, tuple] = {}  # pipeline_ms, by schedule shape and stage costs
         self._blocking: dict[tuple, bool] = {}  # comm.p2p_mode resolved blocking, by schedule and chunks
@@ -206,22 +204,6 @@ class FigureCache:
         if times not in self._derived:
             self._derived[times] = self.scenario(cand).derived(self._memo)
         return self._derived[times]
-
-    def reduce_scatters_fit(self, cand: Candidate) -> bool:
-        """Whether every stage's whole-gradient reduce-scatter (ZeRO 1's end-of-step sync) is no
-        longer than its F + B per micro-batch (B holds W): then ZeRO 2's per-micro-batch reduce-scatters
-        carry nothing into the last backward, whose own are ZeRO 1's one sync's bytes released unit by unit through
-        it, so they end no later than ZeRO 1's (model/grad_sync.py zero2_backlog)."""
-        key = _layout(cand)
-        if key not in self._fits:
-            derived = self._derived_for(cand)
-            sh = replace(derived.setup.sharding, data=cand.data * cand.context, zero=1)
-            one = replace(derived, setup=replace(derived.setup, sharding=sh))
-            whole = derived_sync(self.scenario(replace(cand, zero=1)), "grad_sync", one)
-            self._fits[key] = all(
-                r <= (st.forward or 0.0) + (st.backward or 0.0) for r, st in zip(whole, derived.stages)
-            )
-        return self._fits[key]
 
     def _stage_memory(self, cand: Candidate, derived) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Each stage's static bytes and ZeRO 2/3 buffers for the candidate's sharding, as derive()

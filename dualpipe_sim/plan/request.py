@@ -17,7 +17,7 @@ from ..model import derive
 from ..model.config import ModelError
 from ..model.hardware import PRESETS, unknown_preset_rule
 from ..model.sections import ModelSection
-from ..inputs.scenario import Step, apply_overrides, load_raw, parse_override, unset_keys
+from ..inputs.scenario import apply_overrides, load_raw, parse_override, unset_keys
 from .space import Choices, ModelShape, Request
 
 # [step] when the source gives none: the data-parallel sync, the DualPipe/Chimera copy sum and the
@@ -131,10 +131,9 @@ def model_config(base: dict):
 
 def model_shape(base: dict) -> ModelShape:
     cfg = model_config(base)
-    hidden = Step.model_validate(base.get("step", {})).param_gather_overlapped() is True  # plan checked [step] first
     return ModelShape(heads=cfg.num_heads, kv_heads=cfg.num_kv_heads, layers=cfg.num_layers, experts=cfg.num_experts,
                       flash_attention=cfg.model_type != "gpt2",  # as model/activations.py counts
-                      param_gather_hidden=hidden, expert_ffn=cfg.moe_intermediate_size if cfg.moe else 0,
+                      expert_ffn=cfg.moe_intermediate_size if cfg.moe else 0,
                       whole_experts=whole_experts(base, cfg))  # fmt: skip
 
 

@@ -34,9 +34,6 @@ class ModelShape:
     layers: int
     experts: int  # routed experts; 0 for a dense model
     flash_attention: bool = True  # scores never materialised: selective recompute frees only the log-sum-exp
-    # [step]'s parameter all-gather runs under the next forward (step.overlap_param_gather): only then
-    # does ZeRO 1 cost no more sync than ZeRO 0's all-reduce (the same bytes in two halves, one hidden)
-    param_gather_hidden: bool = True
     kv_heads: int = 0  # key-value heads (query groups), which tensor must divide too; 0: as many as heads
     expert_ffn: int = 0  # the experts' FFN hidden size (moe_intermediate_size), which expert_tensor must divide
     whole_experts: str = ""  # why this base costs expert_tensor 1 only ('' when more is costed): only 1 is tried
@@ -250,17 +247,17 @@ def _dominated(model: ModelShape, choices: Choices, cand: Candidate) -> str:
     if cand.recompute == "selective" and model.flash_attention and "none" in choices.recompute:
         return ('memory.recompute: "selective" under flash attention reruns the flash forward to free only its '
                 "log-sum-exp")
-    if cand.zero == 0 and 1 in choices.zero and model.param_gather_hidden:
-        return ("parallel.zero: 0 never beats 1 here (same compute, a sharded optimizer, the all-gather under the next "
-                "forward)")
     if cand.zero >= 2 and shards_nothing(model, cand) and 1 in choices.zero:
         return "parallel.zero: 2 and 3 equal 1 with one data-parallel rank (nothing to shard)"
+    # ZeRO 0 is kept beside ZeRO 1 wherever ZeRO shards something: it can be the faster (s20l, docs/plan.md)
+    if cand.zero == 0 and shards_nothing(model, cand) and 1 in choices.zero:
+        return "parallel.zero: 0 equals 1 with one data-parallel rank (nothing to shard)"
     return ""
 
 
 def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
     """ZeRO shards over data x context ranks (experts over data x context x tensor / (expert x expert_tensor)): over one
-    rank a shard is the whole, every collective is empty, and ZeRO 1, 2 and 3 are equal to the byte."""
+    rank a shard is the whole, every collective is empty, and ZeRO 0, 1, 2 and 3 are equal to the byte."""
     return cand.data * cand.context == 1 and (not model.experts or cand.tensor == cand.expert * cand.expert_tensor)
 
 
