@@ -242,6 +242,7 @@ def test_gantt_draws_the_slowed_row_in_the_compute_lane():
     assert spans == [(17.0, 17.75, pytest.approx(-gantt.ROW_H)), (20.0, 21.0, pytest.approx(0.0))]
     assert STEP_LABELS["slowed"] in [h.get_label() for h in gantt.step_legend(trace)]
     assert set(STEP_WORDS) == {STEP_KIND_NAMES[k] for k in ON_COMPUTE}  # every compute-lane box has its word
+    assert set(STEP_COLOURS) == set(STEP_LABELS) == set(STEP_KIND_NAMES)  # and every kind its colour and legend
 
 
 def test_bands_count_the_slowed_row_as_compute():
