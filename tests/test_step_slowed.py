@@ -200,9 +200,9 @@ def test_cross_copy_sums_can_keep_a_rank_waiting():
 
 
 def test_the_reported_case_llama3_70b_zero2(tmp_path, capsys):
-    """The issue's case: Llama 3 70B, interleaved 4 x 5 x 16, ZeRO 2, derived grad sync: the step (about 5.0 s) was
-    pipeline 3.69 s + exposed sync 0.24 s + optimizer, 1 s short; the slowdown is now a row, a figure and a word of
-    the step line, and the rank's end adds up."""
+    """The issue's case: Llama 3 70B, interleaved 4 x 5 x 16, ZeRO 2, derived grad sync: rank 0's step (5.0 s) was
+    pipeline 3.69 s + exposed sync 0.24 s + optimizer, 1.06 s short; the slowdown is now a row, a figure and a word
+    of the step line, and each rank's end adds up (how large it is is the cost model's, s20n's, not checked here)."""
     from dualpipe_sim.cli import main
 
     out = tmp_path / "o"
@@ -212,7 +212,7 @@ def test_the_reported_case_llama3_70b_zero2(tmp_path, capsys):
     assert "compute slowed beside data-parallel collectives" in capsys.readouterr().out
     st = json.loads((out / "metrics.json").read_text())["step"]
     worst = max(st["per_rank"], key=lambda p: p["end"])
-    assert worst["slowed"] > 1000.0 and st["slowed"] == max(p["slowed"] for p in st["per_rank"])
+    assert worst["slowed"] > 0.0 and st["slowed"] == max(p["slowed"] for p in st["per_rank"])
     for p in st["per_rank"]:
         assert p["end"] == pytest.approx(p["pipeline_end"] + p["slowed"] + p["grad_sync_exposed"] + p["optimizer"])
 
