@@ -527,6 +527,7 @@ def step_line(st) -> str:
         f"training step (ms): total {num(st.total)}, pipeline {num(st.pipeline)}; most on one rank: "
         f"grad sync {num(g.time)} (exposed {num(g.exposed)}), cross-copy sync {num(x.time)} "
         f"(exposed {num(x.exposed)}), optimizer {num(st.optimizer)}"
+        + (f", compute slowed beside data-parallel collectives {num(st.slowed)}" if st.slowed is not None else "")
     )
 
 

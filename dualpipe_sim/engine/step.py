@@ -38,6 +38,8 @@ pipeline trace and adds what happens in between, as rows of the trace's
   ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs), and so does the compute beside
   ZeRO 2's reduce-scatters after every earlier backward (``every_backward``: _every_backward, laid
   out for that alone); a second pass lays the step out on each rank's times stretched by it (_stretch).
+  What the stretch charged a rank by its pipeline's end is a ``SLOWED`` row on its compute, from that end
+  (the pipeline's compute rows keep their unslowed times) to its stretched end, where a drain starts.
 
 The data-parallel channels and the pair links are separate from each other
 and from P2P and all-to-all: nothing here contends with the pipeline's own
@@ -69,8 +71,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..step_costs import StepCosts
-from .trace import (CROSS_COPY, DRAIN, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, STEP_DTYPE, PipelineEnds, StepRow,
-                    Trace, pipeline_ends)
+from .trace import (CROSS_COPY, DRAIN, GRAD_SYNC, IS_WEIGHT_GRAD, OPTIMIZER, P2P, SLOWED, STEP_DTYPE, PipelineEnds,
+                    StepRow, Trace, pipeline_ends)
 
 
 def _fifo(jobs: list[tuple[float, int, int, float]]) -> list[tuple[int, float, float]]:
@@ -315,6 +317,14 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
                             {(r, s): (next(moved[r]), next(moved[r])) for r, s in raw.last_weight}, raw.holders)
         if not aligned:
             readies = [[[next(moved[r]) for _ in ts] for ts in per_copy] for r, per_copy in enumerate(readies)]
+
+    # what the stretch charged each rank by its pipeline's end, as a row from that end (the unslowed trace's) to its
+    # stretched end: the time was spent spread over the pipeline's compute beside the collectives, but the compute rows
+    # keep their unslowed times, and the step's end is what it moves; the drain starts where it ends
+    if maps is not None:
+        for r, (unslowed, slowed) in enumerate(zip(raw.rank_end, ends.rank_end)):
+            if slowed > unslowed:
+                rows.append((SLOWED, r, r, -1, unslowed, slowed))
 
     # each rank's pipeline work and then its drain (the deferred wgrad GEMMs, after the loop's last launches of
     # overlapped grad syncs: those go at ends.rank_end), a DRAIN row per stage copy with one on the rank's compute;

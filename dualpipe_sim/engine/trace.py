@@ -24,8 +24,10 @@ event: metrics, charts and exports are vectorised functions of these arrays.
   the scenario has [step] figures: one row per grad sync of a stage copy
   (``kind`` StepKind.GRAD_SYNC), per rank of a cross-copy sync (CROSS_COPY,
   ``peer`` = the other copy's rank), per optimizer step (OPTIMIZER,
-  ``stage`` -1) and per deferred output-layer wgrad drain (DRAIN, ``stage``
-  the head's).  ``makespan`` stays the pipeline's; ``end`` includes these.
+  ``stage`` -1), per deferred output-layer wgrad drain (DRAIN, ``stage``
+  the head's) and per rank whose compute step.dp_comm_sms slowed (SLOWED,
+  ``stage`` -1: from the rank's pipeline end, as long as the slowdown accrued
+  by then).  ``makespan`` stays the pipeline's; ``end`` includes these.
 """
 
 from __future__ import annotations
@@ -80,20 +82,23 @@ class StepKind(IntEnum):
     CROSS_COPY = 1  # on Channel.CROSS_COPY, the pair's link (a row on each rank of the pair)
     OPTIMIZER = 2  # on the rank's Channel.COMPUTE, after its pipeline work
     DRAIN = 3  # on the rank's Channel.COMPUTE: the output layer's deferred wgrad GEMMs after its pipeline work
+    # on the rank's Channel.COMPUTE, from its pipeline's end: how much longer its compute ran beside its data-parallel
+    # collectives (step.dp_comm_sms), spread over the pipeline but charged, and drawn, where it moves the step's end
+    SLOWED = 4
 
 
-GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN = StepKind
-STEP_KIND_NAMES = ("grad_sync", "cross_copy_sync", "optimizer", "drain")  # metrics.json / chart names, by code
-ON_COMPUTE = (OPTIMIZER, DRAIN)  # the step kinds on the rank's compute (drawn in its compute lane); the rest are syncs
+GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN, SLOWED = StepKind
+STEP_KIND_NAMES = ("grad_sync", "cross_copy_sync", "optimizer", "drain", "slowed")  # metrics.json / chart names, by code
+ON_COMPUTE = (OPTIMIZER, DRAIN, SLOWED)  # the step kinds on the rank's compute (drawn in its compute lane); the rest are syncs
 
 
 class StepRow(NamedTuple):
     """End-of-step work on a rank after the pipeline (step.py): a sync or its optimizer step."""
 
-    kind: int  # StepKind: GRAD_SYNC, CROSS_COPY, OPTIMIZER or DRAIN
+    kind: int  # StepKind: GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN or SLOWED
     rank: int
     peer: int  # CROSS_COPY: the rank holding the stage's other copy; else the rank again
-    stage: int  # the stage copy synced (DRAIN: the stage holding the output layer); OPTIMIZER: -1 (all the rank holds)
+    stage: int  # the stage copy synced (DRAIN: the stage holding the output layer); OPTIMIZER, SLOWED: -1 (all the rank holds)
     start: float
     end: float
 

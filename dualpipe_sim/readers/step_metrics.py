@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..step_costs import StepCosts, Throughput
-from ..engine.trace import CROSS_COPY, DRAIN, GRAD_SYNC, OPTIMIZER, Trace, pipeline_ends
+from ..engine.trace import CROSS_COPY, DRAIN, GRAD_SYNC, OPTIMIZER, SLOWED, Trace, pipeline_ends
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class RankStep:
     # with model.defer_embedding_wgrad, on the rank holding the output layer: its drain's length (the DRAIN rows, the
     # deferred wgrad GEMMs after its pipeline work, slowed beside a grad sync); left out of the JSON on other ranks
     drain: float | None = field(default=None, metadata={"omit_if_none": True})
+    # with step.dp_comm_sms slowing compute: how much longer its pipeline's compute ran beside its data-parallel
+    # collectives (its SLOWED row, drawn from pipeline_end); left out of the JSON when nothing is slowed
+    slowed: float | None = field(default=None, metadata={"omit_if_none": True})
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class StepMetrics:
     tokens_per_second: float | None = field(default=None, metadata={"omit_if_none": True})
     mfu: float | None = field(default=None, metadata={"omit_if_none": True})
     drain: float | None = field(default=None, metadata={"omit_if_none": True})  # max over ranks of RankStep.drain
+    slowed: float | None = field(default=None, metadata={"omit_if_none": True})  # max over ranks of RankStep.slowed
 
 
 def _after(rows: np.ndarray, t: float) -> float:
@@ -64,18 +68,25 @@ def _after(rows: np.ndarray, t: float) -> float:
 
 
 def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None = None) -> StepMetrics:
-    """The ``step`` block.  A sync is *exposed* on a rank for the part of it that
-    runs after the rank's pipeline work (and its drain, the DRAIN rows) has ended: the rank has nothing left to
-    do then but wait for it (before, it runs beside the rank's own work)."""
+    """The ``step`` block.  A sync is *exposed* on a rank for the part of it that runs after the rank's compute has
+    ended: its pipeline work, what step.dp_comm_sms's slowdown added to it (the SLOWED row) and its drain (the DRAIN
+    rows); the rank has nothing left to do then but wait for it (before, it runs beside the rank's own work).
+
+    So on a rank without cross-copy sums, ``end == pipeline_end + slowed + drain + grad_sync_exposed + optimizer``
+    (None as 0): every grad sync is released by the compute's end (its last bucket at the stretched end of the copy's
+    last weight-gradient op, or of the rank's pipeline and drain), so from then on its channel runs without a gap,
+    the tail follows at once and then the optimizer.  A cross-copy sum can also keep a rank waiting for its pair."""
     ends = pipeline_ends(trace)
     step = trace.step
+    slows = any(f != 1.0 for f in costs.dp_comm_slowdown)  # then every rank says how much (0: nothing beside it)
     per_rank = []
     for r in range(trace.ranks):
         mine = step[step["rank"] == r]
-        sync, cross, opt, drain = (mine[mine["kind"] == k] for k in (GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN))
+        sync, cross, opt, drain, slowed = (mine[mine["kind"] == k] for k in (GRAD_SYNC, CROSS_COPY, OPTIMIZER, DRAIN,
+                                                                               SLOWED))
         pend = ends.rank_end[r]
-        # its compute's end: a sync beside the drain runs beside the rank's own work
-        busy = max(pend, float(drain["end"].max())) if len(drain) else pend
+        # its compute's end (the slowed row ends where the drain starts): a sync before it runs beside its own work
+        busy = max([pend] + [float(x["end"].max()) for x in (slowed, drain) if len(x)])
         per_rank.append(
             RankStep(
                 rank=r,
@@ -88,6 +99,7 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
                 optimizer=float(np.sum(opt["end"] - opt["start"])),
                 end=max(busy, float(mine["end"].max()) if len(mine) else 0.0),
                 drain=float(np.sum(drain["end"] - drain["start"])) if len(drain) else None,
+                slowed=float(np.sum(slowed["end"] - slowed["start"])) if slows else None,
             )
         )
 
@@ -112,4 +124,5 @@ def step_metrics(trace: Trace, costs: StepCosts, throughput: Throughput | None =
         tokens_per_second=tps,
         mfu=mfu,
         drain=max((p.drain for p in per_rank if p.drain is not None), default=None),
+        slowed=worst("slowed") if slows else None,
     )

@@ -182,7 +182,7 @@ def chrome_trace(trace: Trace) -> dict:
 
 def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
     """Thread names and slices of the end-of-step rows (none without [step] work)."""
-    from ...engine.trace import DRAIN, OPTIMIZER, STEP_KIND_NAMES
+    from ...engine.trace import DRAIN, OPTIMIZER, SLOWED, STEP_KIND_NAMES
 
     step = trace.step
     meta, slices = [], []
@@ -199,6 +199,8 @@ def _step_events(trace: Trace) -> tuple[list[dict], list[dict]]:
             name, tid, args = "optimizer", THREADS["compute"][0], {}
         elif kind == DRAIN:  # on the compute thread: the output layer's deferred wgrad GEMMs
             name, tid, args = f"drain stage {stage}", THREADS["compute"][0], {"stage": stage}
+        elif kind == SLOWED:  # on the compute thread from the pipeline's end: what step.dp_comm_sms's slowdown added
+            name, tid, args = "compute slowed beside data-parallel collectives", THREADS["compute"][0], {}
         else:
             name, tid = f"{THREADS[STEP_KIND_NAMES[kind]][1]} stage {stage}", THREADS[STEP_KIND_NAMES[kind]][0]
             args = {"stage": stage} | ({"with_rank": int(row["peer"])} if row["peer"] != row["rank"] else {})

@@ -12,7 +12,12 @@ Empty space is idle time.
 With [step] work (step.py) the chart runs to the end of the training step:
 each rank's grad syncs (green, upper half) and cross-copy sums (teal, lower
 half, drawn on both ranks of the pair) go in its communication lane, its
-optimizer step (olive, "opt") in its compute lane after its pipeline work.
+optimizer step (olive, "opt") in its compute lane after its pipeline work.  With
+step.dp_comm_sms, what the rank's compute was slowed beside its data-parallel
+collectives is a dark red box ("slowed") in its compute lane from its pipeline's
+end: the compute boxes keep their unslowed times, and the slowdown is charged
+where it moves the step's end (the drain, the exposed syncs and the optimizer
+follow it).
 
 With the component model ([chunk]) an op is many boxes, one per compute
 component, drawn without edges; the weight-gradient components of a B are drawn
@@ -57,8 +62,8 @@ from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES, KIND_NAMES
 from ...engine.trace import A2A, IS_FORWARD, Trace
 from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)
-    COLOURS, COMM_COLOURS, DARK, KIND_WORDS, STEP_COLOURS, STEP_LABELS, actions_per_rank, direction_label, drawn_kind,
-    hues, op_rows, spans,
+    COLOURS, COMM_COLOURS, DARK, KIND_WORDS, STEP_COLOURS, STEP_LABELS, STEP_WORDS, actions_per_rank, direction_label,
+    drawn_kind, hues, op_rows, spans,
 )  # fmt: skip
 
 LABEL_FLOOR, LABEL_MAX, LABEL_PAD = 4.5, 8.5, 3.0  # label sizes (points) and the box left beside a label
@@ -285,8 +290,9 @@ def draw_gantt(ax, trace: Trace, *, title: str | None = None, xlim: float | None
 
 
 def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> None:
-    """End-of-step rows: syncs in the communication lane, the optimizer and the drain in the compute lane."""
-    from ...engine.trace import GRAD_SYNC, ON_COMPUTE, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+    """End-of-step rows: syncs in the communication lane, the optimizer, the drain and the compute's slowdown beside
+    the data-parallel collectives in the compute lane."""
+    from ...engine.trace import GRAD_SYNC, ON_COMPUTE, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
     for kind, name in enumerate(STEP_KIND_NAMES):
         rows = step[step["kind"] == kind]
@@ -296,7 +302,7 @@ def _draw_step(ax, step: np.ndarray, pts_per_time: float, pts_per_y: float) -> N
         if kind in ON_COMPUTE:
             ax.add_collection(boxes(rows["start"], rows["end"], y, LANE_H, facecolors=STEP_COLOURS[name],
                                      edgecolors="#333333", linewidths=0.4), autolim=False)  # fmt: skip
-            word = "opt" if kind == OPTIMIZER else "drain"
+            word = STEP_WORDS[name]
             size = step_word_size(word, (rows["end"] - rows["start"]) * pts_per_time, LANE_H * pts_per_y)
             fits = size > 0
             if fits.any():

@@ -118,11 +118,13 @@ def draw_memory(fig, trace: Trace, *, title: str | None = None, capacity: float 
     if len(trace.step):
         _shade_step(ax, trace.step)
     # Its own line: beside the rest it ran past the figure's right edge.
-    from ...engine.trace import DRAIN  # noqa: PLC0415  (as _shade_step's)
+    from ...engine.trace import DRAIN, SLOWED  # noqa: PLC0415  (as _shade_step's)
 
     drained = bool(len(trace.step)) and bool((trace.step["kind"] == DRAIN).any())  # model.defer_embedding_wgrad
+    slowed = bool(len(trace.step)) and bool((trace.step["kind"] == SLOWED).any())  # step.dp_comm_sms
     shaded = ("\nshaded: grad sync (green), cross-copy sync (teal), optimizer (olive)"
-              + (", deferred wgrad drain (purple)" if drained else "")) if len(trace.step) else ""
+              + (", deferred wgrad drain (purple)" if drained else "")
+              + (", compute slowed beside data-parallel collectives (dark red)" if slowed else "")) if len(trace.step) else ""
     fig.suptitle(
         (title + "\n" if title else "")
         + f"memory per rank: {parts}, each band 0 to {units.number(scale / div, 3)} {unit}{cap}\n{device}{grey_line}"

@@ -17,8 +17,9 @@ op-by-op flicker of a column (1F1B's F, B, F, B at a pixel or less per op)
 would beat against the pixel grid and draw stripes that are not in the run;
 with it a column shows the local mix.  The thin lane under each strip mixes the
 P2P (grey) and all-to-all (purple) shares the same way, and with [step] work
-the optimizer (compute lane) and the grad and cross-copy syncs (communication
-lane) in the Gantt chart's colours.  The image is one artist (a pcolor image,
+the optimizer and the compute's slowdown beside the data-parallel collectives
+(compute lane, step.dp_comm_sms's SLOWED rows) and the grad and cross-copy
+syncs (communication lane) in the Gantt chart's colours.  The image is one artist (a pcolor image,
 a few rows per lane and one column per pixel), whatever the size of the run.
 
 :func:`overview_figure` adds the first and the last actions of every rank
@@ -134,6 +135,7 @@ class Bands:
     links: np.ndarray  # (ranks, channels, bins): P2P, all-to-all, then the [step] syncs
     link_names: list[str]  # per channel: "p2p", "a2a" or a step kind name
     meaning: str  # what the two families stand for: "" (one family), "dir" or "chunk"
+    slowed: np.ndarray | None = None  # (ranks, bins): share in the SLOWED rows (step.dp_comm_sms); None: zeros
 
     def idle(self) -> np.ndarray:
         """(ranks, bins): the share of the strip drawn idle grey."""
@@ -147,23 +149,27 @@ class Bands:
             keys.add("idle")
         if self.optimizer.max(initial=0) > eps:
             keys.add("optimizer")
+        if self.slowed is not None and self.slowed.max(initial=0) > eps:
+            keys.add("slowed")
         keys |= {name for c, name in enumerate(self.link_names) if self.links[:, c].max(initial=0) > eps}
         return keys
 
     def image(self) -> np.ndarray:
         """RGBA, 2 + LANE_ROWS rows per rank from the bottom rank up: the communication lane,
         the compute lane's rows bottom to top, the (transparent) gap above; one column per bin.
-        The lane is stacked from the top: the first family, the second, the optimizer, each
+        The lane is stacked from the top: the first family, the second, the slowed compute, the optimizer, each
         as tall as its share of the work in the bin, each in the mix of its colours made as
         pale as the rank was idle."""
         ranks, bins = self.busy.shape
-        groups = [self.compute[:, 0], self.compute[:, 1], self.optimizer[:, None]]  # each (ranks, n, bins)
-        palettes = [[COLOURS[f][k] for k in ("F", "B")] for f in (0, 1)] + [[STEP_COLOURS["optimizer"]]]
-        strength = np.stack([g.sum(axis=1) for g in groups])  # (3, ranks, bins)
+        slowed = np.zeros_like(self.optimizer) if self.slowed is None else self.slowed
+        groups = [self.compute[:, 0], self.compute[:, 1], slowed[:, None], self.optimizer[:, None]]  # each (ranks, n, bins)
+        palettes = [[COLOURS[f][k] for k in ("F", "B")] for f in (0, 1)] + [[STEP_COLOURS["slowed"]],
+                                                                               [STEP_COLOURS["optimizer"]]]
+        strength = np.stack([g.sum(axis=1) for g in groups])  # (groups, ranks, bins)
         # Where each group ends, as a share of the lane from the top.
         cut = np.cumsum(strength, axis=0) / np.maximum(strength.sum(axis=0), 1e-12)
         level = 1.0 - (np.arange(LANE_ROWS) + 0.5) / LANE_ROWS  # each row's height from the top, bottom row first
-        which = (level[None, :, None, None] > cut[:2].transpose(1, 0, 2)[:, None]).sum(axis=2)  # (ranks, rows, bins)
+        which = (level[None, :, None, None] > cut[:-1].transpose(1, 0, 2)[:, None]).sum(axis=2)  # (ranks, rows, bins)
         rgb = np.stack([self._strip(w, palette) for w, palette in zip(groups, palettes)], axis=1)
         out = np.zeros((ranks, LANE_ROWS + 2, bins, 4), np.uint8)
         out[:, 1:LANE_ROWS + 1, :, :3] = np.take_along_axis(rgb, which[..., None], axis=1)  # rgb: (ranks, 3, bins, 3)
@@ -213,14 +219,16 @@ def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | N
     comm = trace.comm
     links = _shares(comm, ranks, np.where(comm["channel"] == A2A, 1, 0).astype(np.int64), 2, edges)
     names = ["p2p", "a2a"]
-    optimizer = np.zeros((ranks, bins))
+    optimizer = slowed = np.zeros((ranks, bins))
     step = trace.step
     if len(step):
-        from ...engine.trace import DRAIN, ON_COMPUTE, OPTIMIZER, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
+        from ...engine.trace import DRAIN, ON_COMPUTE, OPTIMIZER, SLOWED, STEP_KIND_NAMES  # noqa: PLC0415  (only with [step] work)
 
         shares = _shares(step, ranks, step["kind"].astype(np.int64), len(STEP_KIND_NAMES), edges)
         syncs = [k for k in range(len(STEP_KIND_NAMES)) if k not in ON_COMPUTE]
         optimizer = shares[:, OPTIMIZER]
+        slowed = shares[:, SLOWED]  # compute, its own colour: no op's, as it was spread over the pipeline's ops
+        busy = busy + slowed
         # the drain is compute: the deferred wgrad GEMMs, backward work (the mix's first hue, its backward half)
         compute[:, 0, 1] += shares[:, DRAIN]
         busy = busy + shares[:, DRAIN]
@@ -229,7 +237,8 @@ def band_shares(trace: Trace, t0: float, t1: float, bins: int, window: float | N
     window = BIN_ACTIONS * typical_action(trace) if window is None else window
     half = int(round(window / 4 / (edges[1] - edges[0]))) if bins else 0
     busy = np.clip(smooth(busy + optimizer, half), 0.0, 1.0)
-    return Bands(edges, busy, smooth(compute, half), smooth(optimizer, half), smooth(links, half), names, meaning)
+    return Bands(edges, busy, smooth(compute, half), smooth(optimizer, half), smooth(links, half), names, meaning,
+                 smooth(slowed, half))
 
 
 def draw_overview(ax, trace: Trace, *, title: str | None = None, span: tuple[float, float] | None = None,
@@ -262,8 +271,9 @@ def band_legend(drawn: list[Bands]) -> list[Patch]:
                 handles.append(Patch(facecolor=COLOURS[f]["FB"[k]], label=label))
     if "idle" in keys:
         handles.append(Patch(facecolor=IDLE, edgecolor="#bbbbbb", label="idle"))
-    if "optimizer" in keys:
-        handles.append(Patch(facecolor=STEP_COLOURS["optimizer"], label=STEP_LABELS["optimizer"]))
+    for name in ("slowed", "optimizer"):
+        if name in keys:
+            handles.append(Patch(facecolor=STEP_COLOURS[name], label=STEP_LABELS[name]))
     for name, label in (("p2p", "P2P send"), ("a2a", "all-to-all")):
         if name in keys:
             handles.append(Patch(facecolor=COMM_COLOURS[name], label=label))

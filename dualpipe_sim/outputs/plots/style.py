@@ -25,9 +25,11 @@ COLOURS = {
 DARK = {"B"}
 KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}  # legends and hover text
 COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
-STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e", "drain": "#6a3d9a"}  # step.STEP_KIND_NAMES
+STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e", "drain": "#6a3d9a",
+                "slowed": "#a50f15"}  # trace.STEP_KIND_NAMES
 STEP_LABELS = {"grad_sync": "grad sync (data-parallel)", "cross_copy_sync": "cross-copy sync", "optimizer": "optimizer",
-               "drain": "deferred wgrad (drain)"}
+               "drain": "deferred wgrad (drain)", "slowed": "slowed beside DP collectives"}
+STEP_WORDS = {"optimizer": "opt", "drain": "drain", "slowed": "slowed"}  # the word on a compute-lane step box (trace.ON_COMPUTE)
 # Sweep charts: one fixed colour per schedule name, the same in every chart and every sweep
 # (not the order a grid happens to list them in); other names get one by a stable hash.
 SCHEDULE_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
