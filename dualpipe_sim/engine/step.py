@@ -241,25 +241,50 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], besid
     return maps
 
 
-def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
+def simulate_step(trace: Trace, costs: StepCosts, ahead: list[float] | None = None) -> np.ndarray:
     """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace.  With compute slowed under the
-    data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times."""
-    out = np.array(rows_of(trace, costs), dtype=STEP_DTYPE)
+    data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times
+    (``ahead``: rows_of's)."""
+    out = np.array(rows_of(trace, costs, ahead), dtype=STEP_DTYPE)
     return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
 
 
-def rows_of(trace: Trace, costs: StepCosts) -> list[tuple]:
+def rows_of(trace: Trace, costs: StepCosts, ahead: list[float] | None = None) -> list[tuple]:
     """simulate_step's rows, unsorted, each a tuple of StepRow's fields (plan's estimate reads only their last
-    end; a plain tuple is the cheaper to make, and a step lays out thousands)."""
+    end; a plain tuple is the cheaper to make, and a step lays out thousands).  ``ahead``: per rank, ms its compute
+    was slowed before the trace by collectives not in it, added to every stretched time (plan's estimate: the
+    periods of micro-batches its replay leaves out, plan/step_estimate.step_end_ms); None: none."""
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     ops = _weight_ops(trace) if aligned else None  # read once for both passes
     rows = _step_rows(trace, costs, ends, None, ops)
-    if any(f != 1.0 for f in costs.dp_comm_slowdown):
-        beside = _every_backward(trace, costs)
-        if any(beside) or any(x[0] == GRAD_SYNC for x in rows):
-            rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown, beside), ops)
-    return rows
+    maps = _maps(trace, costs, rows)
+    if ahead is not None and any(ahead):
+        maps = [lambda t, m=m, a=a: (t if m is None else m(t)) + a for m, a in zip(maps or [None] * trace.ranks, ahead)]
+    return rows if maps is None else _step_rows(trace, costs, ends, maps, ops)
+
+
+def _maps(trace: Trace, costs: StepCosts, rows: list[tuple]) -> list | None:
+    """_stretch's maps on the first pass's ``rows``, or None where nothing is slowed (every factor 1, or no
+    collective on any rank's channel: no grad sync row, no earlier backward's reduce-scatter)."""
+    if all(f == 1.0 for f in costs.dp_comm_slowdown):
+        return None
+    beside = _every_backward(trace, costs)
+    if not any(beside) and not any(x[0] == GRAD_SYNC for x in rows):
+        return None
+    return _stretch(trace, rows, costs.dp_comm_slowdown, beside)
+
+
+def slowed_by_end(trace: Trace, costs: StepCosts) -> list[float]:
+    """Per rank, how much later its pipeline work ends on its stretched times (ms): the compute its collectives
+    slowed before then (_stretch: the grad syncs', ZeRO 2's earlier backwards'); 0.0 each where nothing is slowed.
+    plan's estimate extends the difference of two replays one period apart (plan/step_estimate.step_end_ms)."""
+    ends = pipeline_ends(trace)
+    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
+    maps = _maps(trace, costs, _step_rows(trace, costs, ends, None, _weight_ops(trace) if aligned else None))
+    if maps is None:
+        return [0.0] * trace.ranks
+    return [float(m(np.array([t]))[0]) - t for m, t in zip(maps, ends.rank_end)]
 
 
 def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds,
