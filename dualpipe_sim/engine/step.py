@@ -163,13 +163,15 @@ def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, fl
     if not any(costs.every_backward):
         return out
     rows = trace.compute[IS_WEIGHT_GRAD[trace.compute["kind"]]]
-    ops: dict[tuple[int, int], list] = {}  # (rank, action) -> [start, end, stage] over its rows (an op's parts)
-    for r, a, s, t0, t1 in zip(rows["rank"].tolist(), rows["action"].tolist(), rows["stage"].tolist(),
-                               rows["start"].tolist(), rows["end"].tolist()):  # fmt: skip
-        op = ops.setdefault((r, a), [t0, t1, s])
-        op[0], op[1] = min(op[0], t0), max(op[1], t1)
+    # per op (rank, action): its rows' (an op's parts) first start, last end and its first row's stage
+    rows = rows[np.lexsort((rows["action"], rows["rank"]))]  # stable: each op's rows in the table's order
+    rank, action = rows["rank"], rows["action"]
+    first = np.flatnonzero(np.concatenate(([True], (rank[1:] != rank[:-1]) | (action[1:] != action[:-1])))) \
+        if len(rows) else np.zeros(0, dtype=np.int64)
+    op_start = np.minimum.reduceat(rows["start"], first).tolist() if len(rows) else []
+    op_end = np.maximum.reduceat(rows["end"], first).tolist() if len(rows) else []
     copies: dict[tuple[int, int], list[tuple[float, float]]] = {}  # (rank, stage) -> its ops' (end, start)
-    for (r, _), (t0, t1, s) in ops.items():
+    for r, s, t0, t1 in zip(rank[first].tolist(), rows["stage"][first].tolist(), op_start, op_end):
         if costs.every_backward[s]:
             copies.setdefault((r, s), []).append((t1, t0))
     jobs: list[list] = [[] for _ in range(trace.ranks)]
@@ -184,13 +186,15 @@ def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, fl
 def _union(spans: list[tuple[float, float]]) -> np.ndarray:
     """Intervals as (start, end) rows, overlapping ones merged: compute beside two collectives at once is slowed once
     (one that starts as another ends is kept apart: one channel's FIFO rows go through as they are, bit for bit)."""
-    merged: list[list[float]] = []
-    for a, b in sorted(spans):
-        if merged and a < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return np.array(merged, dtype=float).reshape(-1, 2)
+    if not spans:
+        return np.empty((0, 2))
+    x = np.array(spans, dtype=float).reshape(-1, 2)
+    x = x[np.lexsort((x[:, 1], x[:, 0]))]  # sorted(spans)
+    # in that order an interval starts a new one where it starts at or past every end before it (each end >= its
+    # start: the ends before it are its own group's); the group's end is its members' max
+    reach = np.maximum.accumulate(x[:, 1])
+    first = np.flatnonzero(np.concatenate(([True], x[1:, 0] >= reach[:-1])))
+    return np.column_stack((x[first, 0], np.maximum.reduceat(x[:, 1], first)))
 
 
 def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], beside=None):
@@ -249,16 +253,19 @@ def simulate_step(trace: Trace, costs: StepCosts, ahead: list[float] | None = No
     return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
 
 
-def rows_of(trace: Trace, costs: StepCosts, ahead: list[float] | None = None) -> list[tuple]:
+def rows_of(trace: Trace, costs: StepCosts, ahead=None) -> list[tuple]:
     """simulate_step's rows, unsorted, each a tuple of StepRow's fields (plan's estimate reads only their last
     end; a plain tuple is the cheaper to make, and a step lays out thousands).  ``ahead``: per rank, ms its compute
     was slowed before the trace by collectives not in it, added to every stretched time (plan's estimate: the
-    periods of micro-batches its replay leaves out, plan/step_estimate.step_end_ms); None: none."""
+    periods of micro-batches its replay leaves out, plan/step_estimate.step_end_ms), or a function giving them from
+    the trace's own slowed_by_end (worked out here once for both); None: none."""
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     ops = _weight_ops(trace) if aligned else None  # read once for both passes
     rows = _step_rows(trace, costs, ends, None, ops)
     maps = _maps(trace, costs, rows)
+    if callable(ahead):
+        ahead = ahead(_slowed_at(maps, ends.rank_end))
     if ahead is not None and any(ahead):
         maps = [lambda t, m=m, a=a: (t if m is None else m(t)) + a for m, a in zip(maps or [None] * trace.ranks, ahead)]
     return rows if maps is None else _step_rows(trace, costs, ends, maps, ops)
@@ -282,9 +289,14 @@ def slowed_by_end(trace: Trace, costs: StepCosts) -> list[float]:
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     maps = _maps(trace, costs, _step_rows(trace, costs, ends, None, _weight_ops(trace) if aligned else None))
+    return _slowed_at(maps, ends.rank_end)
+
+
+def _slowed_at(maps: list | None, rank_end: list[float]) -> list[float]:
+    """slowed_by_end from the ranks' maps (_maps)."""
     if maps is None:
-        return [0.0] * trace.ranks
-    return [float(m(np.array([t]))[0]) - t for m, t in zip(maps, ends.rank_end)]
+        return [0.0] * len(rank_end)
+    return [float(m(np.array([t]))[0]) - t for m, t in zip(maps, rank_end)]
 
 
 def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds,

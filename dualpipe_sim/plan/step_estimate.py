@@ -441,7 +441,7 @@ def every_backward(step) -> bool:
     return bool(step.every_backward) and any(f != 1.0 for f in step.dp_comm_slowdown)
 
 
-def _step_input(b: Built, run: Replayed, step) -> tuple[Trace, list[float] | None]:
+def _step_input(b: Built, run: Replayed, step) -> tuple[Trace, object]:
     """The trace step.py lays the step's end out on, and per rank the stretch the replay leaves out (rows_of's
     ``ahead``).  Without ZeRO 2's every-backward collectives, the replay's tail (``tail``) and none.  With them,
     every earlier backward releases collectives that slow the compute beside them, from the first backward on: the
@@ -455,8 +455,8 @@ def _step_input(b: Built, run: Replayed, step) -> tuple[Trace, list[float] | Non
     p = run.period
     if p is None or p.periods == 0:
         return whole, None
-    longer, shorter = slowed_by_end(whole, step), slowed_by_end(trace_of(p.built, p.run), step)
-    return whole, [p.periods * (a - c) for a, c in zip(longer, shorter)]
+    shorter = slowed_by_end(trace_of(p.built, p.run), step)
+    return whole, lambda longer: [p.periods * (a - c) for a, c in zip(longer, shorter)]  # longer: whole's (rows_of)
 
 
 def tail(b: Built, run: Replayed) -> Trace:
