@@ -19,7 +19,10 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   a row per op, a pair's two ops one after the other in the shares of its two computes,
   and the P2P transfers) and handed to step.py's own ``simulate_step``: the same buckets,
   launches, cross-copy sums, NIC shared with P2P, optimizer, and the second pass on the
-  ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.
+  ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.  With ZeRO 2's
+  reduce-scatters after every earlier backward (StepCosts.every_backward), which slow the compute
+  beside them from the first backward on, it is handed the whole replay, and an extrapolated
+  makespan's periods add each rank's stretch per period (``_step_input``).
 
 Many candidates of one schedule shape are replayed at once (``replayed_many``, used by
 estimate.step_times_of): the replay core's dependencies, read off one replay with unit lengths,
