@@ -218,7 +218,8 @@ def test_zero2_every_backward_worked_by_hand():
     # 1F1B on 2 stages, 3 micro-batches, F = (1, 2), B = (2, 4), no P2P (test_dp_comm_slowdown_worked_by_hand):
     # rank 0 F0 [0,1] F1 [1,2] B0 [7,9] F2 [9,10] B1 [13,15] B2 [19,21]; rank 1 F0 [1,3] B0 [3,7] F1 [7,9] B1 [9,13]
     # F2 [13,15] B2 [15,19].  Grad sync 2 and 4 ms in 2 buckets, overlapped, optimizer 1 and 2 ms, every stage's
-    # compute 1.5x slower beside a collective; each earlier backward releases 1 ms (stage 0) or 2 ms (stage 1) at its end.
+    # compute 1.5x slower beside a collective; each earlier backward releases 1 ms (stage 0) or 2 ms (stage 1) at its
+    # end.
     # Rank 0: B0's [9,10] beside F2 (+0.5), B1's [15,16] beside nothing (idle until 19), bucket 1 [20,21] beside B2's
     # second half (+0.5): the buckets go at 20.5 and 22 ([20.5,21.5], [22,23]), the optimizer [23,24].
     # Rank 1: B0's [7,9] beside F1 (+1), B1's [13,15] beside F2 (+1), bucket 1 [17,19] beside B2 (+1): the buckets go
@@ -234,8 +235,10 @@ def test_zero2_every_backward_worked_by_hand():
     rows = step_rows(b, run, ZERO2_BY_HAND)
     spans = lambda r, k: [x for row in rows[(rows["rank"] == r) & (rows["kind"] == k)]  # noqa: E731
                           for x in (float(row["start"]), float(row["end"]))]
-    assert spans(0, GRAD_SYNC) == pytest.approx([20.5, 21.5, 22.0, 23.0]) and spans(0, OPTIMIZER) == pytest.approx([23, 24])
-    assert spans(1, GRAD_SYNC) == pytest.approx([19.0, 21.0, 22.0, 24.0]) and spans(1, OPTIMIZER) == pytest.approx([24, 26])
+    assert spans(0, GRAD_SYNC) == pytest.approx([20.5, 21.5, 22.0, 23.0])
+    assert spans(0, OPTIMIZER) == pytest.approx([23, 24])
+    assert spans(1, GRAD_SYNC) == pytest.approx([19.0, 21.0, 22.0, 24.0])
+    assert spans(1, OPTIMIZER) == pytest.approx([24, 26])
     # the run: the same schedule on typed costs, its step's end laid out on its own trace
     sc = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 3},
                              "costs": {"forward": [1.0, 2.0], "backward": [2.0, 4.0]}, "comm": {"p2p": 0.0}})  # fmt: skip
@@ -244,7 +247,8 @@ def test_zero2_every_backward_worked_by_hand():
 
 def test_zero2_every_backward_extrapolated_by_hand():
     # One stage, F 1, B 2 (F_i [3i, 3i+1], B_i [3i+1, 3i+3]); the grad sync in two shares, 0.5 ms halfway through the
-    # last backward and 1.0 ms at its end, each earlier backward releasing the same two (tests/test_zero_every_backward.py),
+    # last backward and 1.0 ms at its end, each earlier backward releasing the same two
+    # (tests/test_zero_every_backward.py),
     # optimizer 1 ms, f = 1.5.  Each earlier backward's [3i+2, 3i+2.5] (beside B_i) and [3i+3, 3i+4] (beside F_i+1)
     # add 0.75 ms; the last one's first share 0.25 more: the second share starts at 3M + 0.75 (M - 1) + 0.25, the
     # optimizer ends 2 ms later, 3M + 0.75 M + 1.5.  M = 7 is extrapolated from 2 and 3 micro-batches (counts), 4

@@ -184,7 +184,7 @@ class Replayed:
     share: np.ndarray
     begin: object  # array("d"), per transfer
     p2p: float | np.ndarray  # ms, one for every transfer or each one's
-    period: Period | None = None  # extrapolated (pipelines): the replay one period shorter, and M's periods past this one
+    period: Period | None = None  # extrapolated (pipelines): the replay a period shorter, M's periods past this
 
 
 @dataclass(frozen=True)
