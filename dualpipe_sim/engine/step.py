@@ -225,21 +225,24 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], besid
         busy = _union(syncs[r])
         mine = slice(bounds[r], bounds[r + 1])
         weight = weights[mine]
-        # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
-        # order sync by sync, row by row
+        # the rows some sync overlaps
         near = (weight != 0.0) & (ends[mine] > busy[:, 0].min(initial=np.inf)) & (starts[mine] < busy[:, 1].max(initial=-np.inf))
         start, end, weight = starts[mine][near], ends[mine][near], weight[near]
         if drains[r]:  # the drain after the pipeline's rows: compute like theirs
             d = np.array(drains[r], dtype=float).reshape(-1, 3)
             start, end = np.concatenate((start, d[:, 0])), np.concatenate((end, d[:, 1]))
             weight = np.concatenate((weight, less[d[:, 2].astype(np.int64)]))
-        lo, hi, w = [], [], []
-        block = max(1, (1 << 20) // max(1, len(start)))
-        for i in range(0, len(busy), block):
-            a, b = np.maximum(start, busy[i:i + block, :1]), np.minimum(end, busy[i:i + block, 1:])
-            keep = b > a
-            lo.append(a[keep]), hi.append(b[keep]), w.append(np.broadcast_to(weight, a.shape)[keep])
-        lo, hi, w = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, w))
+        # busy is sorted and disjoint (_union), so each row can overlap only the syncs from the first that ends past
+        # its start to the last that starts before its end: those pairs alone, sync by sync, row by row
+        first = np.searchsorted(busy[:, 1], start, side="right")
+        count = np.maximum(np.searchsorted(busy[:, 0], end, side="left") - first, 0)
+        row = np.repeat(np.arange(len(start)), count)
+        sync = np.repeat(first, count) + np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+        order = np.lexsort((row, sync))
+        row, sync = row[order], sync[order]
+        a, b = np.maximum(start[row], busy[sync, 0]), np.minimum(end[row], busy[sync, 1])
+        keep = b > a
+        lo, hi, w = a[keep], b[keep], weight[row][keep]
         # t a time or an array of times (the same sums, bit for bit)
         maps.append(lambda t, lo=lo, hi=hi, w=w: t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1))
     return maps
