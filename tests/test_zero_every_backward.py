@@ -106,3 +106,39 @@ def test_zero_2_releases_the_stages_whole_gradient_after_every_backward(tmp_path
     assert llama70b(tmp_path, 1).step_costs().every_backward == ()
     assert llama70b(tmp_path, 3).step_costs().every_backward == ()
     assert llama70b(tmp_path, 2, sms=0).step_costs().every_backward == ()
+
+
+def test_the_stretch_pairs_each_row_with_the_syncs_it_overlaps_as_every_pair_would():
+    """_stretch intersects a rank's compute rows only with the syncs each can overlap (the merged spans are sorted and
+    disjoint): its maps must be those of every row against every span, in the order span by span, row by row, bit for
+    bit (s20r; the whole replays plan's ZeRO 2 estimate lays out made the every-pair way costly)."""
+    import numpy as np
+
+    from dualpipe_sim.plan.step_estimate import StageCosts, built, replayed, trace_of
+    from dualpipe_sim.step_costs import StepCosts
+
+    rng = np.random.default_rng(7)
+    b = built("interleaved-1f1b", 8, 12, 2)
+    f = tuple(rng.uniform(1.0, 2.0, 8))
+    trace = trace_of(b, replayed(b, StageCosts(f, tuple(2 * x for x in f), tuple(0.4 * x for x in f)), 0.1, False))
+    costs = StepCosts(tuple(rng.uniform(0.5, 6.0, 8)), (0.0,) * 8, (0.5,) * 8, overlap_grad_sync=True,
+                      grad_sync_buckets=3, dp_comm_slowdown=tuple(rng.uniform(1.0, 1.4, 8)),
+                      every_backward=tuple(tuple(rng.uniform(0.1, 2.0, 3)) for _ in range(8)))  # fmt: skip
+    rows = step.rows_of(trace, replace(costs, dp_comm_slowdown=(1.0,) * 8))  # the first pass's rows
+    beside = step._every_backward(trace, costs)
+    maps = step._stretch(trace, rows, costs.dp_comm_slowdown, beside)
+    less = np.asarray(costs.dp_comm_slowdown) - 1.0
+    c = trace.compute
+    for r in range(trace.ranks):
+        busy = step._union(list(beside[r]) + [(x[4], x[5]) for x in rows if x[0] == GRAD_SYNC and x[1] == r])
+        mine = c[c["rank"] == r]
+        lo, hi, w = [], [], []
+        for s0, s1 in busy.tolist():
+            for t0, t1, stage in zip(mine["start"].tolist(), mine["end"].tolist(), mine["stage"].tolist()):
+                if less[stage] != 0.0 and min(t1, s1) > max(t0, s0):
+                    lo.append(max(t0, s0)), hi.append(min(t1, s1)), w.append(less[stage])
+        assert len(lo) > 10  # compute beside many spans
+        lo, hi, w = np.array(lo), np.array(hi), np.array(w)
+        t = np.linspace(0.0, float(mine["end"].max()) + 5.0, 97)
+        every = t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1)
+        assert np.array_equal(maps[r](t), every)

@@ -165,13 +165,15 @@ def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, fl
     if not any(costs.every_backward):
         return out
     rows = trace.compute[IS_WEIGHT_GRAD[trace.compute["kind"]]]
-    ops: dict[tuple[int, int], list] = {}  # (rank, action) -> [start, end, stage] over its rows (an op's parts)
-    for r, a, s, t0, t1 in zip(rows["rank"].tolist(), rows["action"].tolist(), rows["stage"].tolist(),
-                               rows["start"].tolist(), rows["end"].tolist()):  # fmt: skip
-        op = ops.setdefault((r, a), [t0, t1, s])
-        op[0], op[1] = min(op[0], t0), max(op[1], t1)
+    # per op (rank, action): its rows' (an op's parts) first start, last end and its first row's stage
+    rows = rows[np.lexsort((rows["action"], rows["rank"]))]  # stable: each op's rows in the table's order
+    rank, action = rows["rank"], rows["action"]
+    first = np.flatnonzero(np.concatenate(([True], (rank[1:] != rank[:-1]) | (action[1:] != action[:-1])))) \
+        if len(rows) else np.zeros(0, dtype=np.int64)
+    op_start = np.minimum.reduceat(rows["start"], first).tolist() if len(rows) else []
+    op_end = np.maximum.reduceat(rows["end"], first).tolist() if len(rows) else []
     copies: dict[tuple[int, int], list[tuple[float, float]]] = {}  # (rank, stage) -> its ops' (end, start)
-    for (r, _), (t0, t1, s) in ops.items():
+    for r, s, t0, t1 in zip(rank[first].tolist(), rows["stage"][first].tolist(), op_start, op_end):
         if costs.every_backward[s]:
             copies.setdefault((r, s), []).append((t1, t0))
     jobs: list[list] = [[] for _ in range(trace.ranks)]
@@ -186,13 +188,15 @@ def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, fl
 def _union(spans: list[tuple[float, float]]) -> np.ndarray:
     """Intervals as (start, end) rows, overlapping ones merged: compute beside two collectives at once is slowed once
     (one that starts as another ends is kept apart: one channel's FIFO rows go through as they are, bit for bit)."""
-    merged: list[list[float]] = []
-    for a, b in sorted(spans):
-        if merged and a < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return np.array(merged, dtype=float).reshape(-1, 2)
+    if not spans:
+        return np.empty((0, 2))
+    x = np.array(spans, dtype=float).reshape(-1, 2)
+    x = x[np.lexsort((x[:, 1], x[:, 0]))]  # sorted(spans)
+    # in that order an interval starts a new one where it starts at or past every end before it (each end >= its
+    # start: the ends before it are its own group's); the group's end is its members' max
+    reach = np.maximum.accumulate(x[:, 1])
+    first = np.flatnonzero(np.concatenate(([True], x[1:, 0] >= reach[:-1])))
+    return np.column_stack((x[first, 0], np.maximum.reduceat(x[:, 1], first)))
 
 
 def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], beside=None):
@@ -223,45 +227,81 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], besid
         busy = _union(syncs[r])
         mine = slice(bounds[r], bounds[r + 1])
         weight = weights[mine]
-        # the rows some sync overlaps, each sync against them at once (blocks of about 1M pairs), in the
-        # order sync by sync, row by row
+        # the rows some sync overlaps
         near = (weight != 0.0) & (ends[mine] > busy[:, 0].min(initial=np.inf)) & (starts[mine] < busy[:, 1].max(initial=-np.inf))
         start, end, weight = starts[mine][near], ends[mine][near], weight[near]
         if drains[r]:  # the drain after the pipeline's rows: compute like theirs
             d = np.array(drains[r], dtype=float).reshape(-1, 3)
             start, end = np.concatenate((start, d[:, 0])), np.concatenate((end, d[:, 1]))
             weight = np.concatenate((weight, less[d[:, 2].astype(np.int64)]))
-        lo, hi, w = [], [], []
-        block = max(1, (1 << 20) // max(1, len(start)))
-        for i in range(0, len(busy), block):
-            a, b = np.maximum(start, busy[i:i + block, :1]), np.minimum(end, busy[i:i + block, 1:])
-            keep = b > a
-            lo.append(a[keep]), hi.append(b[keep]), w.append(np.broadcast_to(weight, a.shape)[keep])
-        lo, hi, w = (np.concatenate(x) if x else np.empty(0) for x in (lo, hi, w))
+        # busy is sorted and disjoint (_union), so each row can overlap only the syncs from the first that ends past
+        # its start to the last that starts before its end: those pairs alone, sync by sync, row by row
+        first = np.searchsorted(busy[:, 1], start, side="right")
+        count = np.maximum(np.searchsorted(busy[:, 0], end, side="left") - first, 0)
+        row = np.repeat(np.arange(len(start)), count)
+        sync = np.repeat(first, count) + np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+        order = np.lexsort((row, sync))
+        row, sync = row[order], sync[order]
+        a, b = np.maximum(start[row], busy[sync, 0]), np.minimum(end[row], busy[sync, 1])
+        keep = b > a
+        lo, hi, w = a[keep], b[keep], weight[row][keep]
         # t a time or an array of times (the same sums, bit for bit)
         maps.append(lambda t, lo=lo, hi=hi, w=w: t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1))
     return maps
 
 
-def simulate_step(trace: Trace, costs: StepCosts) -> np.ndarray:
+def simulate_step(trace: Trace, costs: StepCosts, ahead: list[float] | None = None) -> np.ndarray:
     """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace.  With compute slowed under the
-    data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times."""
-    out = np.array(rows_of(trace, costs), dtype=STEP_DTYPE)
+    data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times
+    (``ahead``: rows_of's)."""
+    out = np.array(rows_of(trace, costs, ahead), dtype=STEP_DTYPE)
     return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
 
 
-def rows_of(trace: Trace, costs: StepCosts) -> list[tuple]:
+def rows_of(trace: Trace, costs: StepCosts, ahead=None) -> list[tuple]:
     """simulate_step's rows, unsorted, each a tuple of StepRow's fields (plan's estimate reads only their last
-    end; a plain tuple is the cheaper to make, and a step lays out thousands)."""
+    end; a plain tuple is the cheaper to make, and a step lays out thousands).  ``ahead``: per rank, ms its compute
+    was slowed before the trace by collectives not in it, added to every stretched time (plan's estimate: the
+    periods of micro-batches its replay leaves out, plan/step_estimate.step_end_ms), or a function giving them from
+    the trace's own slowed_by_end (worked out here once for both); None: none."""
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     ops = _weight_ops(trace) if aligned else None  # read once for both passes
     rows = _step_rows(trace, costs, ends, None, ops)
-    if any(f != 1.0 for f in costs.dp_comm_slowdown):
-        beside = _every_backward(trace, costs)
-        if any(beside) or any(x[0] == GRAD_SYNC for x in rows):
-            rows = _step_rows(trace, costs, ends, _stretch(trace, rows, costs.dp_comm_slowdown, beside), ops)
-    return rows
+    maps = _maps(trace, costs, rows)
+    if callable(ahead):
+        ahead = ahead(_slowed_at(maps, ends.rank_end))
+    if ahead is not None and any(ahead):
+        maps = [lambda t, m=m, a=a: (t if m is None else m(t)) + a for m, a in zip(maps or [None] * trace.ranks, ahead)]
+    return rows if maps is None else _step_rows(trace, costs, ends, maps, ops)
+
+
+def _maps(trace: Trace, costs: StepCosts, rows: list[tuple]) -> list | None:
+    """_stretch's maps on the first pass's ``rows``, or None where nothing is slowed (every factor 1, or no
+    collective on any rank's channel: no grad sync row, no earlier backward's reduce-scatter)."""
+    if all(f == 1.0 for f in costs.dp_comm_slowdown):
+        return None
+    beside = _every_backward(trace, costs)
+    if not any(beside) and not any(x[0] == GRAD_SYNC for x in rows):
+        return None
+    return _stretch(trace, rows, costs.dp_comm_slowdown, beside)
+
+
+def slowed_by_end(trace: Trace, costs: StepCosts) -> list[float]:
+    """Per rank, how much later its pipeline work ends on its stretched times (ms): the compute its collectives
+    slowed before then (_stretch: the grad syncs', ZeRO 2's earlier backwards'); 0.0 each where nothing is slowed.
+    plan's estimate extends the difference of two replays one period apart (plan/step_estimate.step_end_ms)."""
+    ends = pipeline_ends(trace)
+    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
+    maps = _maps(trace, costs, _step_rows(trace, costs, ends, None, _weight_ops(trace) if aligned else None))
+    return _slowed_at(maps, ends.rank_end)
+
+
+def _slowed_at(maps: list | None, rank_end: list[float]) -> list[float]:
+    """slowed_by_end from the ranks' maps (_maps)."""
+    if maps is None:
+        return [0.0] * len(rank_end)
+    return [float(m(np.array([t]))[0]) - t for m, t in zip(maps, rank_end)]
 
 
 def _bucket_readies(trace: Trace, costs: StepCosts, raw: PipelineEnds,

@@ -19,7 +19,10 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   a row per op, a pair's two ops one after the other in the shares of its two computes,
   and the P2P transfers) and handed to step.py's own ``simulate_step``: the same buckets,
   launches, cross-copy sums, NIC shared with P2P, optimizer, and the second pass on the
-  ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.
+  ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.  With ZeRO 2's
+  reduce-scatters after every earlier backward (StepCosts.every_backward), which slow the compute
+  beside them from the first backward on, it is handed the whole replay, and an extrapolated
+  makespan's periods add each rank's stretch per period (``_step_input``).
 
 Many candidates of one schedule shape are replayed at once (``replayed_many``, used by
 estimate.step_times_of): the replay core's dependencies, read off one replay with unit lengths,
@@ -34,14 +37,14 @@ so no term is added for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
 from ..engine import replay, validate
-from ..engine.step import rows_of, simulate_step
+from ..engine.step import rows_of, simulate_step, slowed_by_end
 from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, IS_BACKWARD, MEMORY_DTYPE, Trace
 from ..schedules import registry
 from ..schedules.rules import KIND_CODES, WEIGHT_GRADS, Kind
@@ -181,6 +184,18 @@ class Replayed:
     share: np.ndarray
     begin: object  # array("d"), per transfer
     p2p: float | np.ndarray  # ms, one for every transfer or each one's
+    period: Period | None = None  # extrapolated (pipelines): the replay a period shorter, M's periods past this
+
+
+@dataclass(frozen=True)
+class Period:
+    """What an extrapolated makespan extends (pipelines): the replay one period (``ranks`` micro-batches) shorter than
+    the one it hangs on, its build, and how many periods M lies past the longer one.  step_end_ms extends the
+    compute ZeRO 2's earlier backwards' reduce-scatters slow by as many periods."""
+
+    built: Built
+    run: Replayed
+    periods: float
 
 
 # One replica's hand-offs: ms for all, or (NIC ms, NVLink ms, the rank pairs in one NVLink domain: model/placement.py)
@@ -372,7 +387,10 @@ def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ra
     if len(ms) == 1:
         return [(r.makespan, r, microbatches) for (r,) in runs]
     (m1, m2) = ms
-    return [(r2.makespan + (microbatches - m2) / (m2 - m1) * (r2.makespan - r1.makespan), r2, m2) for r1, r2 in runs]
+    k = (microbatches - m2) / (m2 - m1)
+    shorter = built(name, stages, m1, virtual)
+    return [(r2.makespan + k * (r2.makespan - r1.makespan), replace(r2, period=Period(shorter, r1, k)), m2)
+            for r1, r2 in runs]  # fmt: skip
 
 
 def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:
@@ -409,20 +427,46 @@ def step_end_ms(b: Built, run: Replayed, step) -> float:
     end past the makespan.  ``step``: the scenario's StepCosts (None: nothing)."""
     if step is None or not step.active():
         return 0.0
-    ends = [x[5] for x in rows_of(tail(b, run), step)]  # step_rows' ends (StepRow.end), neither sorted nor an array
+    trace, ahead = _step_input(b, run, step)
+    ends = [x[5] for x in rows_of(trace, step, ahead)]  # step_rows' ends (StepRow.end), neither sorted nor an array
     return max(0.0, float(np.max(ends)) - run.makespan) if ends else 0.0
 
 
 def step_rows(b: Built, run: Replayed, step) -> np.ndarray:
-    """step.py's end-of-step rows (simulate_step) on the replay's trace from where they can start (``tail``)."""
-    return simulate_step(tail(b, run), step)
+    """step.py's end-of-step rows (simulate_step) on what step.py reads of the replay (_step_input)."""
+    trace, ahead = _step_input(b, run, step)
+    return simulate_step(trace, step, ahead)
+
+
+def every_backward(step) -> bool:
+    """Whether ``step`` slows the compute beside ZeRO 2's reduce-scatters after every backward (engine/step.py
+    _every_backward): then step.py reads the whole replay, not its tail."""
+    return bool(step.every_backward) and any(f != 1.0 for f in step.dp_comm_slowdown)
+
+
+def _step_input(b: Built, run: Replayed, step) -> tuple[Trace, object]:
+    """The trace step.py lays the step's end out on, and per rank the stretch the replay leaves out (rows_of's
+    ``ahead``).  Without ZeRO 2's every-backward collectives, the replay's tail (``tail``) and none.  With them,
+    every earlier backward releases collectives that slow the compute beside them, from the first backward on: the
+    whole replay; and where the makespan is extrapolated (``run.period``), each rank's stretch at its pipeline's
+    end (slowed_by_end) grows by the same amount each period past the replay (a steady state repeats its period's
+    ops, their releases and so the channel's spans, shifted by the makespan's step), so the periods M adds
+    are its difference from the replay one period shorter, times their count, as the makespan's line extends."""
+    if not every_backward(step):
+        return tail(b, run), None
+    whole = trace_of(b, run)
+    p = run.period
+    if p is None or p.periods == 0:
+        return whole, None
+    shorter = slowed_by_end(trace_of(p.built, p.run), step)
+    return whole, lambda longer: [p.periods * (a - c) for a, c in zip(longer, shorter)]  # longer: whole's (rows_of)
 
 
 def tail(b: Built, run: Replayed) -> Trace:
-    """The replay's trace (trace_of) as step.py reads it.  No sync starts before the earliest start of a copy's
-    last weight-gradient op (a bucket is released within it at the earliest), and nothing that ends before then
-    moves a sync, a stretch, a launch or a rank's end: the trace is cut there, and step.py's rows are the whole
-    trace's (tests/test_plan_step_end.py)."""
+    """The replay's trace (trace_of) as step.py reads it without ZeRO 2's every-backward collectives (_step_input).
+    No sync starts before the earliest start of a copy's last weight-gradient op (a bucket is released within it at
+    the earliest), and nothing that ends before then moves a sync, a stretch, a launch or a rank's end: the trace is
+    cut there, and step.py's rows are the whole trace's (tests/test_plan_step_end.py)."""
     last = b.last_wgrad[b.last_wgrad >= 0]
     since = float(run.starts[last].min()) if len(last) else -np.inf
     return trace_of(b, run, since)
