@@ -127,3 +127,24 @@ def bucket_fill(reversed_sizes, size: int) -> list[int]:
         if bucket >= size:
             out, bucket = out + [bucket], 0
     return out + ([bucket] if bucket else [])
+
+
+def step_kind_path(trace, kind: str, xmax: float):
+    """The one path gantt._draw_step draws for the step rows of ``kind`` (its colour, style.STEP_COLOURS) on an axis
+    [0, xmax], and that axis' module (gantt) for its lane constants and legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    from dualpipe_sim.outputs.plots import gantt
+    from dualpipe_sim.outputs.plots.style import STEP_COLOURS
+
+    ax = Figure().add_subplot()
+    gantt._draw_step(ax, trace.step, xmax, xmax)
+    drawn = [c for c in ax.collections if np.allclose(c.get_facecolor()[0], to_rgba(STEP_COLOURS[kind]))]
+    assert len(drawn) == 1
+    (path,) = drawn[0].get_paths()
+    return path, gantt

@@ -36,7 +36,7 @@ from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.readers.step_metrics import step_metrics
 from dualpipe_sim.schedules import registry
 from dualpipe_sim.step_costs import StepCosts
-from helpers import TINY_LLAMA_MODEL
+from helpers import TINY_LLAMA_MODEL, step_kind_path
 
 BASE = dict(forward=(1.0, 1.0), backward=(3.0, 3.0), weight=(1.0, 1.0), activation_bytes=(1.0, 1.0),
             parameter_bytes=(1.0, 1.0))
@@ -161,21 +161,10 @@ def test_run_shows_the_drain(tmp_path):
 def test_gantt_draws_the_drain_in_the_compute_lane():
     """gantt.png: the drain a box of rank 1's compute lane (y from -ROW_H to -ROW_H + LANE_H, as the optimizer's),
     from 15.5 to 19.5, in its own colour; the legend names it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.colors import to_rgba
-    from matplotlib.figure import Figure
-
-    from dualpipe_sim.outputs.plots import gantt
-    from dualpipe_sim.outputs.plots.style import STEP_COLOURS, STEP_LABELS
+    from dualpipe_sim.outputs.plots.style import STEP_LABELS
 
     trace, _, _ = stepped()
-    ax = Figure().add_subplot()
-    gantt._draw_step(ax, trace.step, 10.0, 10.0)
-    drawn = [c for c in ax.collections if np.allclose(c.get_facecolor()[0], to_rgba(STEP_COLOURS["drain"]))]
-    assert len(drawn) == 1
-    (path,) = drawn[0].get_paths()
+    path, gantt = step_kind_path(trace, "drain", 10.0)
     xs, ys = path.vertices[:, 0], path.vertices[:, 1]
     assert (xs.min(), xs.max()) == (15.5, 19.5)
     assert (ys.min(), ys.max()) == pytest.approx((-gantt.ROW_H, -gantt.ROW_H + gantt.LANE_H))

@@ -36,6 +36,7 @@ from dualpipe_sim.readers.metrics import compute_metrics
 from dualpipe_sim.readers.step_metrics import step_metrics
 from dualpipe_sim.schedules import registry
 from dualpipe_sim.step_costs import StepCosts
+from helpers import step_kind_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(forward=(1.0, 1.0), backward=(3.0, 3.0), weight=(1.0, 1.0), activation_bytes=(1.0, 1.0),
@@ -222,21 +223,10 @@ def test_the_reported_case_llama3_70b_zero2(tmp_path, capsys):
 def test_gantt_draws_the_slowed_row_in_the_compute_lane():
     """Rank 1's slowed row [17, 17.75] a box of its compute lane, in its own colour, its word "slowed" where it fits;
     the legend names it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.colors import to_rgba
-    from matplotlib.figure import Figure
-
-    from dualpipe_sim.outputs.plots import gantt
     from dualpipe_sim.outputs.plots.style import STEP_COLOURS, STEP_LABELS, STEP_WORDS
 
     trace, _, _ = stepped()
-    ax = Figure().add_subplot()
-    gantt._draw_step(ax, trace.step, 40.0, 40.0)
-    drawn = [c for c in ax.collections if np.allclose(c.get_facecolor()[0], to_rgba(STEP_COLOURS["slowed"]))]
-    assert len(drawn) == 1
-    (path,) = drawn[0].get_paths()  # one compound path: 5 vertices a box, closed
+    path, gantt = step_kind_path(trace, "slowed", 40.0)  # one compound path: 5 vertices a box, closed
     box = path.vertices.reshape(-1, 5, 2)[:, :4]
     spans = sorted((float(b[:, 0].min()), float(b[:, 0].max()), float(b[:, 1].min())) for b in box)
     assert spans == [(17.0, 17.75, pytest.approx(-gantt.ROW_H)), (20.0, 21.0, pytest.approx(0.0))]
