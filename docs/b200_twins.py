@@ -32,9 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-sys.path.insert(0, str(ROOT / "docs"))
+sys.path[:0] = [str(ROOT), str(ROOT / "docs")]  # the package, and make_validation's evaluation figures beside this file
 
 import make_validation  # noqa: E402
 
@@ -219,6 +217,7 @@ def beyond_forward(name: str) -> dict[str, float]:
 
 
 def passes_table(names=BEYOND_FORWARD) -> list[str]:
+    """docs/searches.md's s21a table (without its GPU column): one line per row of ``names``."""
     lines = ["| row | model step | F | I + W | idle | DP beyond + optimizer | miss | forward's part | rest | backward x "
              "| end x |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for name in names:
