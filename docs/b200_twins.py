@@ -1,8 +1,10 @@
 """The B200 rows against their Hopper twins, component by component (docs/searches.md, "B200 against its Hopper
-twins, by component (s18l)"): an analysis of the model's own figures, not part of the model.  No constant is chosen
-from it.
+twins, by component (s18l)"), and every Blackwell row's step by pass against what its logs leave beyond the forward
+("The B200 rows beyond the forward: where the miss is (s21a)"): analyses of the model's own figures, not part of the
+model.  No constant is chosen from them.
 
-    python docs/b200_twins.py
+    python docs/b200_twins.py             # the twins by component
+    python docs/b200_twins.py --passes    # the rows by pass, beyond the forward
 
 A twin is a Hopper row of the same code and layout as a B200 row.  Per pair: the measured and the predicted
 B200 / Hopper tokens/s per GPU, and the extra gap f = predicted ratio / measured ratio (how much longer the B200
@@ -23,17 +25,21 @@ absorbed the extra gap: t_B -> t_B + (f - 1) T_B, so ratio x t_B / (t_B + (f - 1
 
 from __future__ import annotations
 
+import csv
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "docs")]  # the package, and make_validation's evaluation figures beside this file
+
+import make_validation  # noqa: E402
 
 from dualpipe_sim import simulation  # noqa: E402
 from dualpipe_sim.inputs import scenario  # noqa: E402
 from dualpipe_sim.model import derive, rates  # noqa: E402
+from dualpipe_sim.schedules.components import Component, Kind  # noqa: E402
 
 # (B200 row, its Hopper twin, measured tokens/s per GPU of each: docs/validation.md's B200 and Hopper tables)
 PAIRS = (
@@ -41,8 +47,19 @@ PAIRS = (
     ("mlperf51-llama405b-256b200", "mlperf50-llama405b-512h200", 666.3, 368.5),
     ("mlperf51-llama8b-64b200", "mlperf51-llama8b-64h200", 21626.2, 11600.1),
 )
-COMPONENTS = ("GEMM FP8", "GEMM BF16", "attention", "memory-bound", "TP collectives", "CP exchange",
-              "host", "bubble + PP P2P", "DP beyond the pipeline", "optimizer + param gather")  # fmt: skip
+KERNEL_KINDS = ("GEMM FP8", "GEMM BF16", "attention", "memory-bound", "TP collectives", "CP exchange", "host")
+STEP_PARTS = ("bubble + PP P2P", "DP beyond the pipeline", "optimizer + param gather")  # a rank's step beyond its kernels
+COMPONENTS = KERNEL_KINDS + STEP_PARTS
+PASSES = {Kind.F: "forward", Kind.I: "input gradient", Kind.W: "weight gradient"}
+# the s21a table's rows: every Blackwell row with a timed evaluation, and the Hopper twins (the GPT-3, 405B and 8B pairs'
+# and NVIDIA's v5.0 H100 405B row, the GB200 405B rows' round)
+BEYOND_FORWARD = (
+    "mlperf41-gpt3-64b200", "mlperf41-gpt3-256", "mlperf51-llama405b-256b200", "mlperf51-llama405b-448b200",
+    "mlperf50-llama405b-512h200", "mlperf50-llama405b-512", "mlperf50-llama405b-256gb200", "mlperf50-llama405b-512gb200",
+    "mlperf51-llama8b-8b200", "mlperf51-llama8b-16b200", "mlperf51-llama8b-32b200", "mlperf51-llama8b-64b200",
+    "mlperf51-llama8b-64b200-verda", "mlperf51-llama8b-128b200", "mlperf51-llama8b-256b200", "mlperf51-llama8b-64h200",
+    "mlperf51-llama8b-72gb200", "mlperf51-llama8b-72gb300", "mlperf51-llama8b-8gb300-nvfp4",
+    "mlperf51-llama405b-512gb300-nvfp4", "mlperf51-llama405b-2560gb200-nvfp4", "mlperf51-llama405b-5120gb200-nvfp4")
 # Datasheet B200 / Hopper ratio of the rate each component runs at (hardware.py's peaks: dense FP8 4,500 / 1,978.9,
 # BF16 2,250 / 989.4 (attention is BF16 tensor-core work); HBM 8 TB/s / 3.35 (H100) or 4.8 (H200); NVLink 5 / 4
 # 900 / 450 GB/s a direction; the NIC 400 Gb/s both).  None: no one rate (a mix, or idle time).
@@ -67,27 +84,33 @@ def kind(k) -> str:
     raise ValueError(f"unclassified kernel {k.name!r} ({k.kind})")
 
 
-def stage_components(st, stage) -> dict[str, float]:
-    """ms per component of one chunk and one micro-batch (forward and backward)."""
+def pass_of(k) -> str:
+    """The pass of one kernel row: its [chunk] component's (schedules/components.py, `Component.grad`)."""
+    return PASSES[Component[k.component].grad]
+
+
+def stage_components(st, stage, classify=kind) -> dict[str, float]:
+    """ms per component (or whatever ``classify`` names a kernel row by) of one chunk and one micro-batch (forward
+    and backward)."""
     rows = [k for i in stage.layers for k in derive.layer_kernels(st, i)]
     rows += derive.extra_kernels(st, stage) + derive.chunk_kernels(st, stage)
-    out = dict.fromkeys(COMPONENTS, 0.0)
+    out: dict[str, float] = {}
     for k in rows:
-        out[kind(k)] += k.ms
+        out[classify(k)] = out.get(classify(k), 0.0) + k.ms
     return out
 
 
-def split(name: str) -> tuple[dict[str, float], float, float]:
+def split(name: str, classify=kind, kinds=KERNEL_KINDS) -> tuple[dict[str, float], float, float]:
     """(ms per component averaged over the ranks, the step in ms, tokens per GPU a step).  Per rank the parts add up
-    to the step: its busy kernels, its idle time (bubbles, P2P waits, and the wait for the last rank's end),
-    data-parallel beyond its pipeline, its optimizer."""
+    to the step: its busy kernels (by ``classify``, one of ``kinds``), its idle time (bubbles, P2P waits, and the wait
+    for the last rank's end), data-parallel beyond its pipeline, its optimizer."""
     sc = scenario.load(ROOT / "scenarios" / "validation" / f"{name}.toml")
     d = sc.derived()
     res = simulation.run(sc)
     m = res.metrics.to_dict()
     step, mb = m["step"], m["microbatches"]
-    chunks = [stage_components(d.setup, s) for s in d.setup.stages]
-    out = dict.fromkeys(COMPONENTS, 0.0)
+    chunks = [stage_components(d.setup, s, classify) for s in d.setup.stages]
+    out = dict.fromkeys(tuple(kinds) + STEP_PARTS, 0.0)
     ranks = step["per_rank"]
     for r in ranks:
         held = res.trace.stages_on_rank[r["rank"]]
@@ -163,7 +186,55 @@ def pair_table(b200: str, hopper: str, measured_b: float, measured_h: float) -> 
     return lines
 
 
+def grown(part_ms: float, extra_ms: float) -> float:
+    """How many times longer a part would have to be to hold ``extra_ms`` alone."""
+    return (part_ms + extra_ms) / part_ms
+
+
+def measured_step_ms(name: str) -> float:
+    """The row's measured step in ms, as published.csv gives it ("0.1894 s per step (median of 1872)")."""
+    with open(ROOT / "scenarios" / "validation" / "published.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["name"] == name)
+    return float(row["published"].split(" s per step")[0]) * 1e3
+
+
+def beyond_forward(name: str) -> dict[str, float]:
+    """One row's model step by pass (ms per step, averaged over the ranks) and what the measured step leaves beyond
+    the logs' forward: the forward's part of the miss is docs/validation.md's evaluation table's, M x (the measured
+    evaluation per micro-batch - the model's forward-only pipeline); the rest is what the backward and the step's end
+    must hold."""
+    parts, step, _ = split(name, pass_of, PASSES.values())
+    sc = scenario.load(ROOT / "scenarios" / "validation" / f"{name}.toml")
+    m = sc.pipeline.microbatches
+    rank, ring = make_validation.eval_model_ms(sc)
+    forward_part = m * (make_validation.EVAL_STEP_S[name][0] * 1e3 / m - rank - ring)
+    measured = measured_step_ms(name)
+    rest = measured - step - forward_part
+    backward = parts["input gradient"] + parts["weight gradient"]
+    end = parts["DP beyond the pipeline"] + parts["optimizer + param gather"]
+    return {**parts, "step": step, "measured": measured, "forward part": forward_part, "rest": rest,
+            "backward x": grown(backward, rest), "end x": grown(end, rest)}  # fmt: skip
+
+
+def passes_table(names=BEYOND_FORWARD) -> list[str]:
+    """docs/searches.md's s21a table (without its GPU column): one line per row of ``names``."""
+    lines = ["| row | model step | F | I + W | idle | DP beyond + optimizer | miss | forward's part | rest | backward x "
+             "| end x |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name in names:
+        r = beyond_forward(name)
+        end = f"{r['end x']:.1f}" if r["rest"] > 0 else "-"  # nothing left beyond the forward to hold
+        lines.append(f"| {name} | {r['step']:,.1f} | {r['forward']:,.1f} | "
+                     f"{r['input gradient'] + r['weight gradient']:,.1f} | {r['bubble + PP P2P']:,.1f} | "
+                     f"{r['DP beyond the pipeline'] + r['optimizer + param gather']:,.1f} | "
+                     f"{r['measured'] - r['step']:,.1f} | {r['forward part']:,.1f} | {r['rest']:,.1f} | "
+                     f"{r['backward x']:.3f} | {end} |")  # fmt: skip
+    return lines
+
+
 if __name__ == "__main__":
-    for pair in PAIRS:
-        print("\n".join(pair_table(*pair)))
-        print()
+    if "--passes" in sys.argv[1:]:
+        print("\n".join(passes_table()))
+    else:
+        for pair in PAIRS:
+            print("\n".join(pair_table(*pair)))
+            print()
