@@ -366,9 +366,9 @@ def test_full_recomputation_never_shortens_a_zero_2_step_under_an_overlapped_pai
     """Found (s21g, the recompute invariant of test_layout_fuzz.py, whose ZeRO 2 guard it keeps): full recomputation
     adds the forward to each backward, B + d.  ZeRO 2's grad sync figure is carry + whole, carry = (n - 1) x (whole -
     (F + B)) with n = 2 backwards: it loses exactly d, and its shares, released through the last backward, hide d more
-    under it; the pipeline must grow by 2d to keep the step from shortening.  Under 1F1B (F0 B0 F1 B1) it does; under
-    1f1b-overlap the pair (F1, B0), its halves overlapped, grows by less than d, so does the pipeline, and the step shortens
-    (6,797.87 -> 6,795.16 ms; with step.dp_comm_sms = 0, so the held SMs play no part)."""
+    under it; the pipeline must grow by 2d to keep the step from shortening.  Under 1F1B (F0 B0 F1 B1) it does;
+    under 1f1b-overlap the pair (F1, B0), its halves overlapped, grows by less than d, so does the pipeline, and the
+    step shortens (6,797.87 -> 6,795.16 ms; with step.dp_comm_sms = 0, so the held SMs play no part)."""
     steps = {}
     for schedule in ("1f1b", "1f1b-overlap"):
         for recompute in ("none", "full"):

@@ -16,6 +16,7 @@ from dualpipe_sim import simulation
 from dualpipe_sim.engine import step
 from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER
 from dualpipe_sim.inputs import scenario
+from dualpipe_sim.schedules.rules import KIND_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,6 +145,9 @@ def test_the_stretch_pairs_each_row_with_the_syncs_it_overlaps_as_every_pair_wou
         assert np.array_equal(maps[r](t), every)
 
 
+F, B = KIND_CODES["F"], KIND_CODES["B"]
+
+
 def two_rank_zero_3(sms: int):
     """Two ranks of 1F1B, two micro-batches, each stage four layers of Llama 3 70B's shape (TP 8, DP 64, H100)
     with ZeRO 3 (Megatron-FSDP's per-unit gathers and reduce-scatters inside every forward and backward)."""
@@ -174,14 +178,15 @@ def test_zero_3s_slowed_forward_delays_the_next_rank_by_hand():
         assert c + d > max(a, b)
         p = float(trace.comm["end"][0] - trace.comm["start"][0])
         assert p > 0
-        expect = {(0, 0, 0): (0, a), (0, 0, 1): (a + p, 2 * a + p),
-                  (1, 0, 0): (a + p, a + p + c), (1, 1, 0): (a + p + c, a + p + c + d),
-                  (1, 0, 1): (a + 2 * p + c + d, a + 2 * p + 2 * c + d),
-                  (1, 1, 1): (a + 2 * p + 2 * c + d, a + 2 * p + 2 * c + 2 * d),
-                  (0, 1, 0): (a + 2 * p + c + d, a + 2 * p + c + d + b),
-                  (0, 1, 1): (a + 3 * p + 2 * c + 2 * d, a + 3 * p + 2 * c + 2 * d + b)}
+        expect = {(0, F, 0): (0, a), (0, F, 1): (a + p, 2 * a + p),
+                  (1, F, 0): (a + p, a + p + c), (1, B, 0): (a + p + c, a + p + c + d),
+                  (1, F, 1): (a + 2 * p + c + d, a + 2 * p + 2 * c + d),
+                  (1, B, 1): (a + 2 * p + 2 * c + d, a + 2 * p + 2 * c + 2 * d),
+                  (0, B, 0): (a + 2 * p + c + d, a + 2 * p + c + d + b),
+                  (0, B, 1): (a + 3 * p + 2 * c + 2 * d, a + 3 * p + 2 * c + 2 * d + b)}
         rows = trace.compute
-        got = {(int(r["rank"]), int(r["kind"]), int(r["microbatch"])): (float(r["start"]), float(r["end"])) for r in rows}
+        got = {(int(r["rank"]), int(r["kind"]), int(r["microbatch"])): (float(r["start"]), float(r["end"]))
+               for r in rows}
         assert len(rows) == 8 and got.keys() == expect.keys()
         for key, span in expect.items():
             assert got[key] == pytest.approx(span, rel=1e-12, abs=1e-9), key
@@ -192,7 +197,7 @@ def test_zero_3s_slowed_forward_delays_the_next_rank_by_hand():
     assert held_stages[0].forward - free_stages[0].forward == pytest.approx(slowed)
 
     def first_forward(trace, rank):
-        return float(trace.compute["start"][(trace.compute["rank"] == rank) & (trace.compute["kind"] == 0)].min())
+        return float(trace.compute["start"][(trace.compute["rank"] == rank) & (trace.compute["kind"] == F)].min())
 
     assert first_forward(held, 1) - first_forward(free, 1) == pytest.approx(slowed)
 
