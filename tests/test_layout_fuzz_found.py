@@ -350,3 +350,35 @@ def test_a_rerun_forwards_context_parallel_ring_is_not_the_backwards_either():
     nvlink = hardware.preset("H100").a2a_intra_gbps
     slow, fast = (run(scenario_module.from_dict(qwen3_cp4("full", bw))).metrics.step.total for bw in (None, 2 * nvlink))
     assert fast <= slow
+
+
+def gpt_oss_zero_2(recompute: str, schedule: str) -> dict:
+    """Found (s21g): gpt-oss-120b, one stage, two micro-batches, EP 2, DP 4, ZeRO 2 on H100."""
+    raw = found("gpt-oss-120b.json", {"tensor": 1, "data": 4, "zero": 2, "expert": 2}, recompute=recompute,
+                overlap=False, step={"grad_sync": "derived", "optimizer": "derived", "dp_comm_sms": 0})
+    raw["pipeline"] = {"schedule": schedule, "microbatches": 2, "stages": 1}
+    return raw
+
+
+@pytest.mark.xfail(strict=True, reason="ZeRO 2's carry (model/grad_sync.py zero2_backlog) assumes F + B of compute "
+                   "between backwards, which an overlapped pair runs in less (docs/searches.md, s21g)")
+def test_full_recomputation_never_shortens_a_zero_2_step_under_an_overlapped_pair():
+    """Found (s21g, the recompute invariant of test_layout_fuzz.py, whose ZeRO 2 guard it keeps): full recomputation
+    adds the forward to each backward, B + d.  ZeRO 2's grad sync figure is carry + whole, carry = (n - 1) x (whole -
+    (F + B)) with n = 2 backwards: it loses exactly d, and its shares, released through the last backward, hide d more
+    under it; the pipeline must grow by 2d to keep the step from shortening.  Under 1F1B (F0 B0 F1 B1) it does;
+    under 1f1b-overlap the pair (F1, B0), its halves overlapped, grows by less than d, so does the pipeline, and the
+    step shortens (6,797.87 -> 6,795.16 ms; with step.dp_comm_sms = 0, so the held SMs play no part)."""
+    steps = {}
+    for schedule in ("1f1b", "1f1b-overlap"):
+        for recompute in ("none", "full"):
+            sc = scenario_module.from_dict(gpt_oss_zero_2(recompute, schedule))
+            steps[schedule, recompute] = (run(sc).metrics.step, sc.derived().stages[0].backward)
+    (plain, b), (full, b_full) = steps["1f1b", "none"], steps["1f1b", "full"]
+    d = b_full - b
+    assert d > 50 and plain.grad_sync.time - full.grad_sync.time == pytest.approx(d)  # the carry loses d
+    assert full.pipeline - plain.pipeline == pytest.approx(2 * d)  # 1F1B: two backwards, each d longer
+    assert full.total >= plain.total
+    (plain, _), (full, _) = steps["1f1b-overlap", "none"], steps["1f1b-overlap", "full"]
+    assert full.pipeline - plain.pipeline < 2 * d  # the pair hides part of it
+    assert full.total >= plain.total

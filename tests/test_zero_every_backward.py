@@ -16,6 +16,7 @@ from dualpipe_sim import simulation
 from dualpipe_sim.engine import step
 from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER
 from dualpipe_sim.inputs import scenario
+from dualpipe_sim.schedules.rules import KIND_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,3 +143,97 @@ def test_the_stretch_pairs_each_row_with_the_syncs_it_overlaps_as_every_pair_wou
         t = np.linspace(0.0, float(mine["end"].max()) + 5.0, 97)
         every = t + np.sum(w * np.clip(np.subtract.outer(t, lo), 0.0, hi - lo), axis=-1)
         assert np.array_equal(maps[r](t), every)
+
+
+F, B = KIND_CODES["F"], KIND_CODES["B"]
+
+
+def two_rank_zero_3(sms: int):
+    """Two ranks of 1F1B, two micro-batches, each stage four layers of Llama 3 70B's shape (TP 8, DP 64, H100)
+    with ZeRO 3 (Megatron-FSDP's per-unit gathers and reduce-scatters inside every forward and backward)."""
+    raw = {"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 2},
+           "model": {"model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 8, "vocab_size": 128256,
+                     "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 28672,
+                     "seq_length": 8192},
+           "parallel": {"tensor": 8, "data": 64, "zero": 3},
+           "hardware": {"preset": "H100"},
+           "step": {"grad_sync": "derived", "optimizer": 1, "dp_comm_sms": sms}}
+    sc = scenario.from_dict(raw)
+    return sc.derived().stages, simulation.run(sc).trace
+
+
+def test_zero_3s_slowed_forward_delays_the_next_rank_by_hand():
+    """s21g.  ZeRO 3's every-micro-batch collectives slow the forward and backward they run in (model/fsdp.py
+    `slowed`, in the stage's figures), so the replay waits for the slowed action: rank 0's slower forward delays
+    rank 1's, inside the pipeline, not only the rank's end of step (ZeRO 2's earlier reduce-scatters, laid out after
+    the pipeline, do not: docs/step.md).  Two ranks, two micro-batches, blocking P2P (1F1B's derived mode: a rank
+    waits for its previous call's sends), a, b rank 0's forward and backward, c, d rank 1's, p one transfer:
+    rank 0 F0 [0, a], F1 [a+p, 2a+p]; rank 1 F0 [a+p, a+p+c], B0 [a+p+c, a+p+c+d], F1 from a+2p+c+d (its B0's send
+    landed; rank 0's F1 arrived at 2a+2p, earlier as c+d > a), B1 [a+2p+2c+d, a+2p+2c+2d]; rank 0 B0 [a+2p+c+d,
+    a+2p+c+d+b], B1 [a+3p+2c+2d, a+3p+2c+2d+b] (B0 ended first, as c+d > b)."""
+    free_stages, free = two_rank_zero_3(0)
+    held_stages, held = two_rank_zero_3(16)
+    for stages, trace in ((free_stages, free), (held_stages, held)):
+        a, b, c, d = stages[0].forward, stages[0].backward, stages[1].forward, stages[1].backward
+        assert c + d > max(a, b)
+        p = float(trace.comm["end"][0] - trace.comm["start"][0])
+        assert p > 0
+        expect = {(0, F, 0): (0, a), (0, F, 1): (a + p, 2 * a + p),
+                  (1, F, 0): (a + p, a + p + c), (1, B, 0): (a + p + c, a + p + c + d),
+                  (1, F, 1): (a + 2 * p + c + d, a + 2 * p + 2 * c + d),
+                  (1, B, 1): (a + 2 * p + 2 * c + d, a + 2 * p + 2 * c + 2 * d),
+                  (0, B, 0): (a + 2 * p + c + d, a + 2 * p + c + d + b),
+                  (0, B, 1): (a + 3 * p + 2 * c + 2 * d, a + 3 * p + 2 * c + 2 * d + b)}
+        rows = trace.compute
+        got = {(int(r["rank"]), int(r["kind"]), int(r["microbatch"])): (float(r["start"]), float(r["end"]))
+               for r in rows}
+        assert len(rows) == 8 and got.keys() == expect.keys()
+        for key, span in expect.items():
+            assert got[key] == pytest.approx(span, rel=1e-12, abs=1e-9), key
+    # rank 0's forward is slower by its compute beside its own gathers x (k - 1) (tests/test_fsdp.py), and rank 1's
+    # first forward starts that much later
+    slowed = held_stages[0].fsdp_slowed[0]
+    assert slowed > 1.0 and free_stages[0].fsdp_slowed is None
+    assert held_stages[0].forward - free_stages[0].forward == pytest.approx(slowed)
+
+    def first_forward(trace, rank):
+        return float(trace.compute["start"][(trace.compute["rank"] == rank) & (trace.compute["kind"] == F)].min())
+
+    assert first_forward(held, 1) - first_forward(free, 1) == pytest.approx(slowed)
+
+
+def two_ranks_zero_2():
+    """Two ranks of 1F1B, two micro-batches, F 1 ms, B 2 ms, no P2P time: rank 0 F0 [0,1], F1 [1,2], B0 [4,6],
+    B1 [7,9]; rank 1 F0 [1,2], B0 [2,4], F1 [4,5], B1 [5,7].  ZeRO 2: each backward releases the stage's 1.5 ms
+    reduce-scatter at its end (one unit), the last backward's as the grad sync; f = 1.5; optimizer 1 ms."""
+    raw = {"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 2},
+           "costs": {"forward": 1.0, "backward": 2.0}, "comm": {"p2p": 0.0},
+           "step": {"grad_sync": 1.5, "overlap_grad_sync": True, "optimizer": 1.0}}
+    sc = scenario.from_dict(raw)
+    costs = replace(sc.step_costs(), dp_comm_slowdown=(1.5, 1.5), every_backward=((1.5,), (1.5,)))
+    return simulation.run(sc).trace, costs
+
+
+def test_zero_2s_earlier_reduce_scatters_stretch_only_the_ranks_end():
+    """s21g, what the model does (docs/step.md, "ZeRO 2 and 3"): the stretch is measured on the unslowed pipeline and
+    charged at each rank's end.  Rank 1: B0's reduce-scatter [4,5.5] runs beside F1 [4,5] and B1 [5,5.5], 1.5 ms,
+    0.75 more: its end 7 -> 7.75, its grad sync [7.75,9.25].  Rank 0: B0's [6,7.5] beside B1 [7,7.5] only (rank 0
+    idles [6,7]), 0.25 more: end 9.25, grad sync [9.25,10.75], optimizer [10.75,11.75]."""
+    trace, costs = two_ranks_zero_2()
+    rows = step.simulate_step(trace, costs)
+    assert spans(rows[rows["rank"] == 0], GRAD_SYNC) == pytest.approx([9.25, 10.75])
+    assert spans(rows[rows["rank"] == 1], GRAD_SYNC) == pytest.approx([7.75, 9.25])
+    assert spans(rows[rows["rank"] == 0], OPTIMIZER) == pytest.approx([10.75, 11.75])
+
+
+@pytest.mark.xfail(strict=True, reason="ZeRO 2's earlier reduce-scatters slow the rank's end, not the replay "
+                   "(docs/step.md, 'ZeRO 2 and 3'; docs/searches.md, s21g)")
+def test_zero_2s_slowed_forward_would_delay_the_next_rank_by_hand():
+    """s21g, the runtime: rank 1's F1 runs at 1/1.5 of its speed while B0's reduce-scatter runs, [4,5.5], both
+    ending at 5.5; B1 [5.5,7.5] beside nothing; its gradient reaches rank 0 at 7.5, so rank 0's B1 runs [7.5,9.5],
+    B0's reduce-scatter [6,7.5] having run while rank 0 waited (nothing slowed on rank 0).  Rank 0's grad sync
+    [9.5,11], optimizer [11,12]: 0.25 ms later than the model's end-of-rank stretch, which neither delays rank 0 nor
+    sees that its own reduce-scatter then runs beside an idle GPU."""
+    trace, costs = two_ranks_zero_2()
+    rows = step.simulate_step(trace, costs)
+    assert spans(rows[rows["rank"] == 0], OPTIMIZER) == pytest.approx([11.0, 12.0])

@@ -84,10 +84,12 @@ def zero2_backlog(scenario, st, stage, copies: int, full_ms: float, tail_ms: flo
     (grad_sync_shares_fsdp: its units one after another, the last unit's reduce-scatter, ``tail_ms``, at its end),
     whatever step.overlap_grad_sync says: Megatron-FSDP forces the overlap on for optim_grads (lines 331-337) and
     has no reduce-scatter after the pipeline (docs/step.md, "ZeRO 2 and 3: Megatron-FSDP's reduce-scatters").
-    More compute never shortens the step: the last backward starts later by at least what carry loses
-    ((n - 1) x (F + B) grows as fast), and its releases only move later.  The recomputed forward sits in B and is
-    counted as hiding: a lower bound, as are the pipeline's P2P and the expert all-to-all on the same NIC, not
-    counted against the channel.
+    More compute shortens the step only where the last backward starts later by less than what carry loses
+    ((n - 1) x (F + B) grows faster than the pipeline: an overlapped pair, whose halves overlap; s21g,
+    tests/test_layout_fuzz_found.py).  The recomputed forward sits in B and is counted as hiding: a lower bound, as
+    are the pipeline's P2P and the expert all-to-all on the same NIC, not counted against the channel.  Per copy,
+    not the rank's channel as the trace feeds it (its copies share it, and it drains in the rank's idle waits):
+    docs/searches.md, "ZeRO 2's earlier reduce-scatters in the replay (s21g)", measures the difference.
     """
     backwards = scenario.pipeline.microbatches / copies
     forward, backward = stage.forward or 0.0, stage.backward or 0.0  # B already holds W (I = B - W)
