@@ -18,7 +18,7 @@ from .engine import replay
 from .schedules import registry
 from .inputs.costs import CostModel
 from .schedules.ir import Schedule, ScheduleError, ops_of
-from .schedules.rules import Kind
+from .schedules.rules import WEIGHT_APART
 from .inputs.resolve import Inputs, resolve
 from .readers.metrics import Metrics, RankMemory, compute_metrics, throughput_metrics
 from .model import buffers as model_buffers
@@ -143,7 +143,7 @@ def _check_fsdp(schedule: Schedule, inputs: Inputs) -> None:
     derived = inputs.derived
     if derived is None or derived.setup.sharding.zero < 3:
         return
-    if any(op.kind == Kind.W for actions in schedule.ranks for action in actions for op in ops_of(action)):
+    if any(op.kind in WEIGHT_APART for actions in schedule.ranks for action in actions for op in ops_of(action)):
         raise ScheduleError(field="parallel.zero",
                             rule=f"3 (FSDP) is not modelled with a schedule that runs weight gradients apart ({schedule.name} "
                                  f"has W ops); use parallel.zero 0, 1 or 2, or a schedule without W ops (1f1b, "

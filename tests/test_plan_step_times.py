@@ -96,8 +96,8 @@ def test_a_refused_step_hands_its_key_to_the_next_candidate(config, monkeypatch)
 
     real_prune = plan_pkg._prune
 
-    def prune_all_alike(cache, row, device, model, zeros):
-        reason, key = real_prune(cache, row, device, model, zeros)
+    def prune_all_alike(cache, row, device):
+        reason, key = real_prune(cache, row, device)
         return reason, (None if reason else "one key")
 
     gathered, seen = [], []

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from .channels import Span, Timeline, lay_out
 from ..schedules.ir import FB, Action, Op
-from ..schedules.rules import BACKWARDS, PASS_PRIORITY, Channel, Kind
+from ..schedules.rules import BACKWARDS, PASS_PRIORITY, RULES, Channel, Kind
 from ..schedules.components import (  # noqa: F401 - the vocabulary, re-exported for the cost model's readers
     A2A_PARTS,
     COMPONENTS,
@@ -147,6 +147,27 @@ def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> f
     return d
 
 
+def kind_length(kind: Kind, forward, backward, weight):
+    """An op's length read off the passes its kind runs (rules.Rule.passes), on a stage whose forward, whole backward
+    (B) and weight-gradient part (W) take ``forward``, ``backward`` and ``weight`` (floats, or numpy arrays over
+    stages): the forward pass ``forward``; the input- and weight-gradient passes together ``backward`` (B's own
+    figure: I's and W's need not sum to it to the bit), the input-gradient pass alone ``backward - weight`` (I), the
+    weight-gradient pass alone ``weight`` (W)."""
+    runs = RULES[kind].passes
+    f, i, w = Kind.F in runs, Kind.I in runs, Kind.W in runs
+    if not (i or w):
+        return forward if f else 0.0
+    grads = backward if i and w else backward - weight if i else weight
+    return forward + grads if f else grads
+
+
+def deferred_share(kind: Kind, less_i: float, less_w: float) -> tuple[float, float]:
+    """What a lighter backward of ``kind`` (CostModel.light) runs less: the input-gradient pass's ``less_i`` if it runs
+    that pass, the weight-gradient pass's ``less_w`` if it runs that one (else 0.0 each)."""
+    runs = RULES[kind].passes
+    return (less_i if Kind.I in runs else 0.0), (less_w if Kind.W in runs else 0.0)
+
+
 @dataclass(frozen=True)
 class CostModel:
     forward: tuple[float, ...]  # F per stage
@@ -231,14 +252,11 @@ class CostModel:
 
     def duration(self, op: Op) -> float:
         s = op.stage
-        if op.kind == "F":
-            return self.forward[s]
-        less_i, less_w = self.deferred[2:] if self.light(op) else (0.0, 0.0)
-        if op.kind == "B":
-            return self.backward[s] - less_i - less_w
-        if op.kind == "I":
-            return self.backward[s] - self.weight[s] - less_i
-        return self.weight[s] - less_w  # W
+        length = kind_length(op.kind, self.forward[s], self.backward[s], self.weight[s])
+        if not self.light(op):
+            return length
+        less_i, less_w = deferred_share(op.kind, *self.deferred[2:])
+        return length - less_i - less_w
 
     def pair_duration(self, pair: FB) -> float:
         """Wall time of an overlapped forward+backward pair on one rank."""

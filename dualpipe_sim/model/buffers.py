@@ -32,7 +32,7 @@ from ..engine.trace import A2A, DRAIN, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
 from .deferred_wgrad import gemm_ends, held_bytes
 from .kernels import PROB_BYTES
-from ..schedules.rules import KIND_CODES
+from ..schedules.rules import FREES, KIND_CODES
 
 _FP8_PHASES = (Component.dispatch_forward, Component.combine_backward)  # FP8 in an FP8 model (DeepSeek-V3 Sec. 3.3.2)
 
@@ -132,7 +132,8 @@ def _deferred(trace: Trace, st: Setup, deferred) -> tuple[np.ndarray, np.ndarray
         return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
     stage, count = deferred[:2]
     key = c["rank"].astype(np.int64) << 32 | (c["action"].astype(np.int64) & 0xFFFFFFFF)
-    light = (c["stage"] == stage) & (c["microbatch"] < count) & np.isin(c["kind"], (KIND_CODES["B"], KIND_CODES["I"]))
+    # the backward that defers is the one whose end frees the activation (rules.FREES: B, or I)
+    light = (c["stage"] == stage) & (c["microbatch"] < count) & np.isin(c["kind"], [KIND_CODES[k] for k in FREES])
     # one allocation per deferring action (a micro-batch's backward), at the action's end: its last compute row's
     order = np.argsort(key, kind="stable")
     actions, starts = np.unique(key[order], return_index=True)

@@ -35,7 +35,7 @@ from .journal import Journal
 from .shapes import shapes
 from .simulate import DaskCandidates, LocalCandidates
 from ..sweep.executors import default_jobs
-from .space import ModelShape, enumerate_candidates
+from .space import enumerate_candidates
 from .step_times import one as step_time_or_words
 from .step_times import all_step_times, memory_and_steps, steps
 from ..errors import shown
@@ -200,7 +200,7 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
     keys: dict[int, tuple] = {}  # position in live -> what a duplicate shares (_prune)
     # With `jobs` processes the memory pass runs in them, each block's step inputs gathered with it; the steps
     # are then worked out by schedule shape (step_times.py).
-    passed = memory_and_steps(cache, live, lambda c, row: _prune(c, row, device, model, choices.zero), jobs, progress)
+    passed = memory_and_steps(cache, live, lambda c, row: _prune(c, row, device), jobs, progress)
     if passed is not None:
         inputs: dict[int, object] = {}  # position -> its step inputs (estimate.step_inputs), the blocks' firsts
         for n, (reason, estimate, key, got) in enumerate(passed):
@@ -215,7 +215,7 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
         for n, row in enumerate(live):
             if n % 100 == 0:
                 report(progress, n, len(live), "estimating")
-            row.pruned, key = _prune(cache, row, device, model, choices.zero)
+            row.pruned, key = _prune(cache, row, device)
             if not row.pruned:
                 keys[n] = key
         # A step time for the first candidate of each key: the others are its duplicates (unless its step
@@ -246,13 +246,11 @@ def _estimated(base: dict, req, names: list[str], overrides: list[str], device: 
     return rows, survivors
 
 
-def _prune(cache: FigureCache, row: Row, device: float | None, model: ModelShape,
-           zeros: tuple[int, ...]) -> tuple[str, tuple | None]:  # fmt: skip
+def _prune(cache: FigureCache, row: Row, device: float | None) -> tuple[str, tuple | None]:
     """Why a complete candidate is not worth simulating ('' when it is): a rule of the model or a
     memory floor over the device; and, for one that is, what a candidate with equal stage costs
     and memory shares with it (the caller prunes the later ones as duplicates and works out the step
-    time of the first).  ``model`` and ``zeros`` are read by no rule since s20l dropped "ZeRO 1 never
-    beats 2" (docs/plan.md): kept so that its callers stay as they are."""
+    time of the first)."""
     cand = row.candidate
     try:
         if device and static_floor(cache, cand) > device:

@@ -29,7 +29,7 @@ from functools import lru_cache
 
 from ..schedules import registry
 from ..schedules.ir import ops_of
-from ..schedules.rules import Kind
+from ..schedules.rules import WEIGHT_APART
 from ..inputs.costs import CostModel
 from ..step_costs import StepCosts
 from ..model import derive
@@ -413,11 +413,12 @@ def compute_floor(costs: StageCosts, microbatches: int, ranks: int, held: tuple 
 
 @lru_cache(maxsize=None)
 def whole_backwards(name: str, stages: int, virtual: int | None) -> bool:
-    """Whether the schedule runs every backward whole (no W action: compute_floor's drain), read off builds with 2 and
-    4 micro-batches per stage (every family accepts those counts; a family that splits splits there)."""
+    """Whether the schedule runs every backward whole (no action runs weight gradients apart, rules.WEIGHT_APART: W;
+    compute_floor's drain), read off builds with 2 and 4 micro-batches per stage (every family accepts those counts;
+    a family that splits splits there)."""
     options = {VIRTUAL_OPTION: virtual} if virtual else {}
     for m in (2 * stages, 4 * stages):
         schedule = registry.build(name, stages, m, **options)
-        if any(op.kind in (Kind.W, Kind.I) for actions in schedule.ranks for a in actions for op in ops_of(a)):
+        if any(op.kind in WEIGHT_APART for actions in schedule.ranks for a in actions for op in ops_of(a)):
             return False
     return True

@@ -47,10 +47,10 @@ from ..engine import replay, validate
 from ..engine.step import rows_of, simulate_step, slowed_by_end
 from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, IS_BACKWARD, MEMORY_DTYPE, Trace
 from ..schedules import registry
-from ..schedules.rules import KIND_CODES, WEIGHT_GRADS, Kind
+from ..schedules.rules import KIND_CODES, KINDS, WEIGHT_GRADS
+from ..inputs.costs import deferred_share, kind_length
 from .shapes import VIRTUAL_OPTION
 
-_F, _B, _I, _W = (KIND_CODES[k] for k in (Kind.F, Kind.B, Kind.I, Kind.W))
 _WEIGHT_CODES = np.array(sorted(KIND_CODES[k] for k in WEIGHT_GRADS))
 
 
@@ -146,14 +146,13 @@ def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
     """lengths, and per action the share of it its first op takes (1 when lone; a pair's forward's
     compute over the pair's two computes)."""
     f, bw, w = (np.asarray(x, dtype=float) for x in (costs.forward, costs.backward, costs.weight))
-    per_kind = np.zeros((max(_F, _B, _I, _W) + 1, len(f)))
-    per_kind[_F], per_kind[_B], per_kind[_I], per_kind[_W] = f, bw, bw - w, w
+    per_kind = np.array([np.broadcast_to(kind_length(k, f, bw, w), f.shape) for k in KINDS])  # by kind code
     out = per_kind[b.kind, np.where(b.lone, b.stage, b.back_stage)]
     if costs.deferred is not None:  # CostModel.duration's lighter backwards: B - less I - less W, I - less I, W - less W
         s, count, less_i, less_w = costs.deferred
         light = IS_BACKWARD[b.kind] & (b.back_stage == s) & (b.back_microbatch < count)
-        k = b.kind[light]
-        out[light] = out[light] - np.where(k == _W, 0.0, less_i) - np.where(k == _I, 0.0, less_w)
+        less = np.array([deferred_share(k, less_i, less_w) for k in KINDS])[b.kind[light]]
+        out[light] = out[light] - less[:, 0] - less[:, 1]
     share = np.ones(len(out))
     if not b.lone.all():
         p = ~b.lone

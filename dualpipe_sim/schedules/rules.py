@@ -5,12 +5,12 @@ zero-time replay that proves a schedule can finish), the SimPy reference
 engine and the exports all read these tables; none of them spells a rule out
 again.  Everything the code asks of an op kind is in its :data:`RULES` entry: its
 needs and results, the passes it runs (so whether it is a forward or a
-backward, whether it leaves weight gradients, which [chunk] components it
-runs) and whether it frees its stage's activation; the sets below are read off
-it, and nothing else tests a kind by its letter to learn these.  Adding an op
-kind means a member of :class:`Kind`, its :data:`RULES` entry and its place in
-:data:`WORK`, its cost (costs.py's ``CostModel.duration``, plan/step_estimate.py's
-``_lengths``) and its colours (plots/style.py); docs/architecture.md has the recipe.
+backward, whether it leaves weight gradients and whether apart from its input
+gradients, which [chunk] components it runs, its length), whether it frees its
+stage's activation and how the charts draw it (:class:`Look`); the sets below
+are read off it, and nothing else tests a kind by its letter to learn these.
+Adding an op kind means a member of :class:`Kind`, its :data:`RULES` entry and
+its place in :data:`WORK`; docs/architecture.md has the recipe.
 
 Ops (ir.Op) carry a :class:`Kind`.  Results are named by *keys*
 ``(Data, microbatch, stage, direction)``: the data an op produced at its stage.
@@ -74,6 +74,18 @@ class Need(NamedTuple):
     offset: int  # producer stage - consumer stage: 0 same stage (same rank), +-1 a neighbour
 
 
+class Look(NamedTuple):
+    """How the charts draw a kind (gantt.png, the bands, the pair view, report.html; plots/style.py reads it)."""
+
+    colours: tuple[str, str]  # its box per colour family: direction 0 (blues), direction 1 (oranges)
+    word: str  # legends and hover text
+    # White text on its box: where white contrasts more than black (WCAG 2 contrast ratio; tests/test_s19f_planted.py).
+    dark: bool = False
+    # Drawn pale and hatched, its micro-batch number on a white backing, and too thin to widen the chart for its
+    # number (gantt.png: the weight-gradient part, which nothing waits for).
+    hatched: bool = False
+
+
 class Rule(NamedTuple):
     """What an op kind is: the one declaration every reader of a kind asks."""
 
@@ -82,20 +94,25 @@ class Rule(NamedTuple):
     words: str  # what the op is, for messages
     # The passes it runs, named by the kind that runs each alone: Kind.F forward, Kind.I input-gradient,
     # Kind.W weight-gradient.  A kind running the forward pass is a forward (FORWARDS), any other a backward.
+    # Its length is its passes' (inputs/costs.py's kind_length).
     passes: tuple[Kind, ...]
     # Its end frees its stage's activation (the last reader of it: one kind per WORK set).  Stated, not read off
     # ``needs``: a kind may read the activation and leave it to a later op (a recompute before the backward).
     frees: bool
+    look: Look
 
 
 RULES: dict[Kind, Rule] = {
-    Kind.F: Rule((Need(Data.ACTIVATION, -1),), (Data.ACTIVATION,), "forward", (Kind.F,), frees=False),
+    Kind.F: Rule((Need(Data.ACTIVATION, -1),), (Data.ACTIVATION,), "forward", (Kind.F,), frees=False,
+                 look=Look(("#a6cee3", "#fdc98a"), "forward")),
     Kind.B: Rule((Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT,), "backward (B, or I and W)",
-                 (Kind.I, Kind.W), frees=True),  # fmt: skip
+                 (Kind.I, Kind.W), frees=True, look=Look(("#1f5f9e", "#c1500a"), "backward", dark=True)),
+    # Not dark: white on I's blue is 3.4:1 and on its orange 2.5:1, black 6.1:1 and 8.3:1.
     Kind.I: Rule((Need(Data.ACTIVATION, 0), Need(Data.GRADIENT, +1)), (Data.GRADIENT, Data.INPUT_GRAD),
-                 "input-gradient part", (Kind.I,), frees=True),  # fmt: skip
-    Kind.W: Rule((Need(Data.INPUT_GRAD, 0),), (), "weight-gradient part", (Kind.W,), frees=False),
-}
+                 "input-gradient part", (Kind.I,), frees=True, look=Look(("#4f8fc9", "#ec8a3c"), "input-grad")),
+    Kind.W: Rule((Need(Data.INPUT_GRAD, 0),), (), "weight-gradient part", (Kind.W,), frees=False,
+                 look=Look(("#dcebf5", "#fdebd6"), "weight-grad", hatched=True)),
+}  # fmt: skip
 
 # The sets of kinds one micro-batch may run on one stage: exactly one of these,
 # each kind once.  The first set is the one named when ops are missing.
@@ -189,6 +206,9 @@ def pair_problem(forward, backward) -> str | None:
 # Ops that leave a stage's weight gradients, those running the weight-gradient pass (the end-of-step gradient
 # sync waits for the last).
 WEIGHT_GRADS: frozenset[Kind] = frozenset(k for k, r in RULES.items() if Kind.W in r.passes)
+# Ops running the weight-gradient pass apart from the input-gradient one (W): a schedule holding one splits its
+# backwards, so a rank's last op may be one after which nothing need run (plan's compute floor), and ZeRO 3 is refused.
+WEIGHT_APART: frozenset[Kind] = frozenset(k for k in WEIGHT_GRADS if Kind.I not in RULES[k].passes)
 
 # Serving order on a channel, by pass (a [chunk] component's, Component.grad; smaller first): nothing waits for a weight-gradient part
 # but the end of its op, so forward and input-gradient parts go before it.

@@ -62,9 +62,11 @@ from ...schedules.components import WEIGHT_PARTS
 from ...schedules.rules import KIND_CODES, KIND_NAMES
 from ...engine.trace import A2A, IS_FORWARD, Trace
 from .style import (  # noqa: F401  (COLOURS and the rest stay importable from here)
-    COLOURS, COMM_COLOURS, DARK, KIND_WORDS, STEP_COLOURS, STEP_LABELS, STEP_WORDS, actions_per_rank, direction_label,
-    drawn_kind, hues, op_rows, spans,
+    COLOURS, COMM_COLOURS, DARK, HATCHED, KIND_WORDS, STEP_COLOURS, STEP_LABELS, STEP_WORDS, WEIGHT_PASS_KIND,
+    actions_per_rank, direction_label, drawn_kind, hues, op_rows, spans,
 )  # fmt: skip
+
+_HATCHED_CODES = [KIND_CODES[k] for k in HATCHED]  # the trace's kind codes of the kinds drawn hatched (rules.Look)
 
 LABEL_FLOOR, LABEL_MAX, LABEL_PAD = 4.5, 8.5, 3.0  # label sizes (points) and the box left beside a label
 FLAT_SHARE = 0.45  # a number lying down is at most this share of its box's height
@@ -127,8 +129,8 @@ def _draw_boxes(ax, rows: np.ndarray, hue: np.ndarray, edges: bool, tint: bool =
             sel = (hue == d) & (kind == k)
             if not sel.any():
                 continue
-            # Hatching costs Agg ~1 ms a box: only whole W ops get it, W components stay plain.
-            hatch = "////" if name == "W" and edges else None
+            # Hatching costs Agg ~1 ms a box: only whole ops of a hatched kind (W) get it, W components stay plain.
+            hatch = "////" if name in HATCHED and edges else None
             colour = _tint(COLOURS[d][name]) if tint else COLOURS[d][name]
             ax.add_collection(
                 boxes(rows["start"][sel], rows["end"][sel], ys[sel], hs[sel], facecolors=colour,
@@ -224,7 +226,7 @@ def _draw_labels(ax, comp: np.ndarray, pts_per_time: float, pts_per_y: float) ->
     components = rows["part"] >= 0
     mid = (rows["start"] + rows["end"]) / 2
     dark = np.isin(rows["kind"], [KIND_CODES[k] for k in DARK]) & ~components
-    backed = components | (rows["kind"] == KIND_CODES["W"])  # striped or hatched boxes: the number needs a backing
+    backed = components | np.isin(rows["kind"], _HATCHED_CODES)  # striped or hatched boxes: the number needs a backing
     if backed.any():
         pad = np.where(upright[backed], UPRIGHT_PAD, LABEL_PAD)
         half_w = (across[backed] * size[backed] + pad) / 2 / pts_per_time
@@ -355,15 +357,15 @@ def legend_for(trace: Trace) -> list[Patch]:
     comp = trace.compute
     directions = set(np.unique(hues(trace, comp)).tolist()) if len(comp) else {0}
     kinds_used = {KIND_NAMES[k] for k in np.unique(comp["kind"]).tolist()} if len(comp) else set()
-    hatch_w = bool(len(comp)) and ((comp["kind"] == KIND_CODES["W"]) & (comp["part"] < 0)).any()
+    whole = {KIND_NAMES[k] for k in np.unique(comp["kind"][comp["part"] < 0]).tolist()} if len(comp) else set()
     if len(comp) and np.isin(comp["part"], list(WEIGHT_PARTS)).any():
-        kinds_used.add("W")
+        kinds_used.add(WEIGHT_PASS_KIND.value)
     handles = []
     for d in sorted(directions):
         for kind, name in KIND_WORDS.items():
             if kind in kinds_used:
                 handles.append(Patch(facecolor=COLOURS[d][kind], edgecolor="#333333",
-                                     hatch="////" if kind == "W" and hatch_w else "",
+                                     hatch="////" if kind in HATCHED and kind in whole else "",
                                      label=f"{kind} {name}{direction_label(trace, directions, d)}"))  # fmt: skip
     if len(comp) and (comp["part"] >= 0).any():
         handles.append(Patch(facecolor=_tint(COLOURS[0]["F"]), edgecolor="#555555", linewidth=0.6,
@@ -409,11 +411,12 @@ def label_width(trace: Trace) -> float:
 def widen_for_labels(base: float, traces, span: float) -> float:
     """A figure ``base`` inches wide, or wider (up to MAX_WIDTH_IN) until the narrowest F, B or I
     box of any of ``traces`` has room for its number lying down at LABEL_FLOOR, the axes spanning
-    ``span`` (gantt.png: one trace over its own end; compare.png: every panel over the longest)."""
+    ``span`` (gantt.png: one trace over its own end; compare.png: every panel over the longest).  A hatched
+    kind's box (rules.Look.hatched: W) does not count: its number sits on a white backing."""
     need = 0.0  # points of axes per unit of time
     for trace in traces:
         ops = op_rows(trace.compute)
-        ops = ops[(ops["kind"] != KIND_CODES["W"]) & (ops["end"] > ops["start"])]
+        ops = ops[~np.isin(ops["kind"], _HATCHED_CODES) & (ops["end"] > ops["start"])]
         if not len(ops):
             continue
         mbs, inverse = np.unique(ops["microbatch"], return_inverse=True)

@@ -41,7 +41,7 @@ from . import canvas
 from .gantt import (
     BOTTOM_IN, COMM_H, LANE_H, LEFT_IN, RIGHT_IN, ROW_H, STEP_COLOURS, STEP_LABELS, draw_gantt, frame, rank_axis,
 )  # fmt: skip
-from .style import COLOURS, COMM_COLOURS, by_chunk, hues, op_rows, spans
+from .style import COLOURS, COMM_COLOURS, HUE_KINDS, by_chunk, hues, op_rows, spans
 
 IDLE = "#f4f4f4"  # the lane guide's grey: an idle strip is an empty lane
 COMM_IDLE = "#ffffff"
@@ -163,8 +163,8 @@ class Bands:
         ranks, bins = self.busy.shape
         slowed = np.zeros_like(self.optimizer) if self.slowed is None else self.slowed
         groups = [self.compute[:, 0], self.compute[:, 1], slowed[:, None], self.optimizer[:, None]]  # each (ranks, n, bins)
-        palettes = [[COLOURS[f][k] for k in ("F", "B")] for f in (0, 1)] + [[STEP_COLOURS["slowed"]],
-                                                                               [STEP_COLOURS["optimizer"]]]
+        palettes = [[COLOURS[f][k] for k in HUE_KINDS] for f in (0, 1)] + [[STEP_COLOURS["slowed"]],
+                                                                            [STEP_COLOURS["optimizer"]]]
         strength = np.stack([g.sum(axis=1) for g in groups])  # (groups, ranks, bins)
         # Where each group ends, as a share of the lane from the top.
         cut = np.cumsum(strength, axis=0) / np.maximum(strength.sum(axis=0), 1e-12)
@@ -268,7 +268,7 @@ def band_legend(drawn: list[Bands]) -> list[Patch]:
         for k, word in enumerate(BAND_KINDS):
             if (f, k) in keys:
                 label = word + (f", {qualifier}" if qualifier else "")
-                handles.append(Patch(facecolor=COLOURS[f]["FB"[k]], label=label))
+                handles.append(Patch(facecolor=COLOURS[f][HUE_KINDS[k]], label=label))
     if "idle" in keys:
         handles.append(Patch(facecolor=IDLE, edgecolor="#bbbbbb", label="idle"))
     for name in ("slowed", "optimizer"):

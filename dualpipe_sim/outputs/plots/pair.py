@@ -18,7 +18,7 @@ from ... import units
 from ...chart_geometry import PAIR_IN
 from ...engine.trace import A2A, IS_FORWARD, Trace
 from .gantt import boxes, glyph, draw_texts, time_axis
-from .style import COLOURS, hues
+from .style import COLOURS, WEIGHT_PASS_KIND, hues
 
 HEIGHT_IN = PAIR_IN  # the pair view's share of the figure, axes and titles included (chart_geometry)
 A2A_COLOURS = {"F": "#c9b3e6", "B": "#6a3d9a"}
@@ -93,7 +93,7 @@ def pair_boxes(trace: Trace, which: tuple[int, int]) -> tuple[np.ndarray, np.nda
         if part in A2A_PARTS:
             colour = A2A_COLOURS[kind]
         else:
-            colour = COLOURS[hue]["W" if part in WEIGHT_PARTS else kind]
+            colour = COLOURS[hue][WEIGHT_PASS_KIND.value if part in WEIGHT_PARTS else kind]
         out.x0.append(float(r["start"]))
         out.x1.append(float(r["end"]))
         out.y.append(lane[kind] + (0.08 if part in A2A_PARTS else 0.47))

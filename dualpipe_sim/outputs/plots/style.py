@@ -13,17 +13,17 @@ import numpy as np
 
 from ... import units
 from ...schedules.components import WEIGHT_PARTS
-from ...schedules.rules import KIND_CODES
+from ...schedules.rules import KIND_CODES, RULES, Kind
 from ...engine.trace import A2A, Trace
 
-COLOURS = {
-    0: {"F": "#a6cee3", "B": "#1f5f9e", "I": "#4f8fc9", "W": "#dcebf5"},
-    1: {"F": "#fdc98a", "B": "#c1500a", "I": "#ec8a3c", "W": "#fdebd6"},
-}
-# Kinds drawn dark enough to need white text: where white contrasts more than black (WCAG 2 contrast ratio;
-# tests/test_s19f_planted.py).  Not I: white on its blue is 3.4:1 and on its orange 2.5:1, black 6.1:1 and 8.3:1.
-DARK = {"B"}
-KIND_WORDS = {"F": "forward", "B": "backward", "I": "input-grad", "W": "weight-grad"}  # legends and hover text
+# Each kind's look as its rules.RULES entry declares it (rules.Look), by letter, in kind order.
+COLOURS = {d: {k.value: r.look.colours[d] for k, r in RULES.items()} for d in (0, 1)}
+DARK = {k.value for k, r in RULES.items() if r.look.dark}  # white text on its box
+HATCHED = {k.value for k, r in RULES.items() if r.look.hatched}  # pale and hatched, its number on a white backing
+KIND_WORDS = {k.value: r.look.word for k, r in RULES.items()}  # legends and hover text
+# The kinds whose colours stand for a direction's forward and its backward work where a chart draws only those two
+# (the bands: rules.FORWARDS / BACKWARDS): any kind is drawn there in one of these, so a new kind needs no entry.
+HUE_KINDS = ("F", "B")
 COMM_COLOURS = {"p2p": "#9a9a9a", "a2a": "#8e6bbf"}
 STEP_COLOURS = {"grad_sync": "#4daf4a", "cross_copy_sync": "#1b9e9e", "optimizer": "#8c8c2e", "drain": "#6a3d9a",
                 "slowed": "#a50f15"}  # trace.STEP_KIND_NAMES
@@ -85,9 +85,14 @@ def hues(trace: Trace, rows: np.ndarray) -> np.ndarray:
     return (rows["stage"] != first[rows["rank"]]).astype(np.int8)
 
 
+# A weight-gradient [chunk] component is drawn as the kind that runs the weight-gradient pass alone: the pass is
+# named by that kind (rules.Rule.passes), so this letter names a pass, not a kind's property.
+WEIGHT_PASS_KIND = Kind.W
+
+
 def drawn_kind(rows: np.ndarray) -> np.ndarray:
-    """Kind code each row is drawn as: a weight-gradient component of a B is drawn as W."""
-    return np.where(np.isin(rows["part"], list(WEIGHT_PARTS)), KIND_CODES["W"], rows["kind"])
+    """Kind code each row is drawn as: a weight-gradient component of a B is drawn as W (:data:`WEIGHT_PASS_KIND`)."""
+    return np.where(np.isin(rows["part"], list(WEIGHT_PARTS)), KIND_CODES[WEIGHT_PASS_KIND.value], rows["kind"])
 
 
 def spans(trace: Trace) -> np.ndarray:
