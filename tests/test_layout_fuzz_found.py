@@ -385,3 +385,60 @@ def test_a_rerun_core_attentions_context_parallel_ring_is_not_the_backwards():
     assert rerun.seconds == none.seconds and rerun.shape == none.shape
     slow, fast = (run(scenario_module.from_dict(glm_air_cp4(core_attn, peak))).metrics.step.total for peak in (1, 2))
     assert fast <= slow
+
+
+
+def validation_model(toml: str, pipeline: dict, parallel: dict) -> dict:
+    """Found (round 3, s21i): a validation row's inline model in BF16, one 1,024-token sequence a micro-batch, the
+    core attention checkpointed, the step's end derived, the grad sync not overlapped."""
+    raw = scenario_module.load_raw(Path(__file__).resolve().parent.parent / "scenarios" / "validation" / toml)
+    raw.pop("chunk", None)
+    raw.pop("costs", None)
+    for key in ("fp8_params", "fp8_recipe"):
+        raw["model"].pop(key, None)
+    raw["model"].update(seq_length=1024, micro_batch_size=1, fp8=False)
+    raw["pipeline"], raw["parallel"] = pipeline, parallel
+    raw["memory"] = {"recompute": "selective", "recompute_modules": ["core_attn"]}
+    raw["step"] = {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": False}
+    return raw
+
+
+def h100_steps(raw: dict, nvlink_factors: tuple[float, ...]) -> list[float]:
+    """The step (ms) on an H100 with its NVLink bandwidth times each factor."""
+    from dualpipe_sim.model import hardware
+
+    nvlink = hardware.preset("H100").a2a_intra_gbps
+    return [run(scenario_module.from_dict(raw | {"hardware": {"preset": "H100", "a2a_intra_bandwidth": f * nvlink}}))
+            .metrics.step.total for f in nvlink_factors]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="open (s21i): FSDP's held-SM charge (fsdp.slowed) grows with a faster NVLink")
+def test_twice_the_nvlink_bandwidth_never_slows_a_zero3_step_with_held_sms():
+    """Found (round 3, s21i): Llama 3.1 8B (the MLPerf row's model), one GPU a pipeline, TP 2, DP 8, ZeRO 3 on H100,
+    step.dp_comm_sms at its default: twice the NVLink bandwidth lengthens the step 487.40 -> 487.76 ms (with
+    dp_comm_sms = 0 both are 462.46 ms). FSDP's compute beside its own gathers is charged (k - 1) x on top of the
+    action's exposed wait (fsdp.slowed), where the gathers set the pace and the slowed compute would hide under them;
+    k, the stage's compute on the held SMs over its compute, counts the TP collectives in both terms, so a faster
+    NVLink raises it (backward: 15.97 -> 16.42 ms charged). Open: a walk of the units with the slowed compute in it
+    would settle it, and moves the ZeRO 3 figures (a modelling change for the lead)."""
+    raw = validation_model("mlperf51-llama8b-8b200.toml", {"schedule": "1f1b", "microbatches": 1, "stages": 1},
+                           {"tensor": 2, "data": 8, "sequence_parallel": False, "tp_comm_overlap": False, "zero": 3})
+    slow, fast = h100_steps(raw, (1, 2))
+    assert fast <= slow
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="open (s21i): the MoE backward's host share is worked against I and W together")
+def test_twice_the_nvlink_bandwidth_never_slows_a_zb_h1_moe_step():
+    """Found (round 3, s21i): Qwen3-30B-A3B (the Pai row's model), zb-h1 on 2 stages, one micro-batch, TP 2, EP 1,
+    H100: twice the NVLink bandwidth lengthens the step 1998.731 -> 1998.752 ms (under 1F1B it falls, 2049.922 ->
+    2049.863; with model.host_overhead_us = 0 it falls under both). The backward's host share (host_backward.py:
+    autograd's calls against the GPU's time) is worked over the input and weight gradients together and put on the
+    input gradient (mlp_backward_input); a faster NVLink shortens W's TP reduce-scatter, so I's share grows by as much,
+    though zb-h1 runs W later, apart: each I op is 0.08 ms longer. Open: a share per op (I's calls against I's time,
+    W's against W's) is a modelling change for the lead, as FSDP's exposure under split W was (s20o)."""
+    raw = validation_model("pai643-qwen3-30b-a3b-pp4ep4.toml", {"schedule": "zb-h1", "microbatches": 1, "stages": 2},
+                           {"tensor": 2, "data": 1, "expert": 1, "zero": 0})
+    slow, fast = h100_steps(raw, (1, 2))
+    assert fast <= slow
