@@ -382,3 +382,93 @@ def test_full_recomputation_never_shortens_a_zero_2_step_under_an_overlapped_pai
     (plain, _), (full, _) = steps["1f1b-overlap", "none"], steps["1f1b-overlap", "full"]
     assert full.pipeline - plain.pipeline < 2 * d  # the pair hides part of it
     assert full.total >= plain.total
+def glm_air_cp4(memory: dict, peak: float = 1.0) -> dict:
+    """Found (round 3, s21i): GLM-4.5-Air, one GPU a pipeline, TP 2, CP 4, EP 2, H100 with its BF16 peak times
+    ``peak`` (every GEMM and attention rate scaled with it, rates.KernelRates.scaled)."""
+    from dualpipe_sim.model import hardware
+
+    raw = found("glm4.5-air.json", {"tensor": 2, "context": 4, "expert": 2, "data": 1, "zero": 0}, overlap=False,
+                memory=memory)
+    h100 = hardware.preset("H100")
+    raw["hardware"] |= {"bf16_tflops": peak * h100.bf16_tflops, "fp8_tflops": peak * h100.fp8_tflops}
+    return raw
+
+
+def test_a_rerun_core_attentions_context_parallel_ring_is_not_the_backwards():
+    """Found: twice the H100's compute peak made the draw 0.2 ms longer (7741.78 -> 7741.99 ms; 7739.34 -> 7738.23 ms
+    now). With the core attention checkpointed (recompute_modules = ["core_attn"]) the backward reruns the flash
+    forward; on a context-parallel ring its steps are rows named "flash attention (recompute) step k", which the
+    backward's host share (host_backward.py: reruns left out) took as backward steps, since only names ending
+    "(recompute)" and rows marked rerun_since were left out: their calls counted, and their GPU time as hiding the
+    backward's calls while the rerun's ring exchange (marked) was not, so a faster attention grew the host's share
+    by more than the attention shrank. Left out as the rest of the rerun: the backward's host row is the same with the
+    core attention checkpointed as without, and a faster GPU does not slow the step."""
+    from dualpipe_sim.model import derive
+
+    def backward_host(raw):
+        st = scenario_module.from_dict(raw).derived().setup
+        (row,) = [k for k in derive.layer_kernels(st, 3) if k.name == "host launches (backward)"]
+        return row
+
+    core_attn = {"recompute": "selective", "recompute_modules": ["core_attn"]}
+    rerun, none = backward_host(glm_air_cp4(core_attn)), backward_host(glm_air_cp4({"recompute": "none"}))
+    assert rerun.seconds == none.seconds and rerun.shape == none.shape
+    slow, fast = (run(scenario_module.from_dict(glm_air_cp4(core_attn, peak))).metrics.step.total for peak in (1, 2))
+    assert fast <= slow
+
+
+
+def validation_model(toml: str, pipeline: dict, parallel: dict) -> dict:
+    """Found (round 3, s21i): a validation row's inline model in BF16, one 1,024-token sequence a micro-batch, the
+    core attention checkpointed, the step's end derived, the grad sync not overlapped."""
+    raw = scenario_module.load_raw(Path(__file__).resolve().parent.parent / "scenarios" / "validation" / toml)
+    raw.pop("chunk", None)
+    raw.pop("costs", None)
+    for key in ("fp8_params", "fp8_recipe"):
+        raw["model"].pop(key, None)
+    raw["model"].update(seq_length=1024, micro_batch_size=1, fp8=False)
+    raw["pipeline"], raw["parallel"] = pipeline, parallel
+    raw["memory"] = {"recompute": "selective", "recompute_modules": ["core_attn"]}
+    raw["step"] = {"grad_sync": "derived", "optimizer": "derived", "overlap_grad_sync": False}
+    return raw
+
+
+def h100_steps(raw: dict, nvlink_factors: tuple[float, ...]) -> list[float]:
+    """The step (ms) on an H100 with its NVLink bandwidth times each factor."""
+    from dualpipe_sim.model import hardware
+
+    nvlink = hardware.preset("H100").a2a_intra_gbps
+    return [run(scenario_module.from_dict(raw | {"hardware": {"preset": "H100", "a2a_intra_bandwidth": f * nvlink}}))
+            .metrics.step.total for f in nvlink_factors]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="open (s21i): FSDP's held-SM charge (fsdp.slowed) grows with a faster NVLink")
+def test_twice_the_nvlink_bandwidth_never_slows_a_zero3_step_with_held_sms():
+    """Found (round 3, s21i): Llama 3.1 8B (the MLPerf row's model), one GPU a pipeline, TP 2, DP 8, ZeRO 3 on H100,
+    step.dp_comm_sms at its default: twice the NVLink bandwidth lengthens the step 487.40 -> 487.76 ms (with
+    dp_comm_sms = 0 both are 462.46 ms). FSDP's compute beside its own gathers is charged (k - 1) x on top of the
+    action's exposed wait (fsdp.slowed), where the gathers set the pace and the slowed compute would hide under them;
+    k, the stage's compute on the held SMs over its compute, counts the TP collectives in both terms, so a faster
+    NVLink raises it (backward: 15.97 -> 16.42 ms charged). Open: a walk of the units with the slowed compute in it
+    would settle it, and moves the ZeRO 3 figures (a modelling change for the lead)."""
+    raw = validation_model("mlperf51-llama8b-8b200.toml", {"schedule": "1f1b", "microbatches": 1, "stages": 1},
+                           {"tensor": 2, "data": 8, "sequence_parallel": False, "tp_comm_overlap": False, "zero": 3})
+    slow, fast = h100_steps(raw, (1, 2))
+    assert fast <= slow
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="open (s21i): the MoE backward's host share is worked against I and W together")
+def test_twice_the_nvlink_bandwidth_never_slows_a_zb_h1_moe_step():
+    """Found (round 3, s21i): Qwen3-30B-A3B (the Pai row's model), zb-h1 on 2 stages, one micro-batch, TP 2, EP 1,
+    H100: twice the NVLink bandwidth lengthens the step 1998.731 -> 1998.752 ms (under 1F1B it falls, 2049.922 ->
+    2049.863; with model.host_overhead_us = 0 it falls under both). The backward's host share (host_backward.py:
+    autograd's calls against the GPU's time) is worked over the input and weight gradients together and put on the
+    input gradient (mlp_backward_input); a faster NVLink shortens W's TP reduce-scatter, so I's share grows by as much,
+    though zb-h1 runs W later, apart: each I op is 0.08 ms longer. Open: a share per op (I's calls against I's time,
+    W's against W's) is a modelling change for the lead, as FSDP's exposure under split W was (s20o)."""
+    raw = validation_model("pai643-qwen3-30b-a3b-pp4ep4.toml", {"schedule": "zb-h1", "microbatches": 1, "stages": 2},
+                           {"tensor": 2, "data": 1, "expert": 1, "zero": 0})
+    slow, fast = h100_steps(raw, (1, 2))
+    assert fast <= slow

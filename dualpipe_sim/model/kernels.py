@@ -743,15 +743,17 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
         _rerun(tb, up_rows, comp)
         # copy_ of query, key and value back into their freed storage: read + write each
         tb.memory("q, k, v (recompute copy)", comp, 2 * n * a_t * (2 * cfg.qk_head_dim + cfg.v_head_dim) * ab)
-    rerun_core = lay.reruns_core(eager)
-    if eager:
-        if rerun_core:  # Korthikanti et al.: the attention core is recomputed
+    if lay.reruns_core(eager):
+        start = len(tb.rows)
+        if eager:  # Korthikanti et al.: the attention core is recomputed
             _eager_attention(tb, comp, backward=False)
-        _eager_attention(tb, comp, backward=True)
-    else:
-        if rerun_core:  # Megatron-core's checkpointed core attention: the flash forward again (recompute.py)
+        else:  # Megatron-core's checkpointed core attention: the flash forward again (recompute.py)
             _qkv_prepare(tb, comp, "qkv prepare for flash-attn (fa_prepare_fwd) (recompute)")
             tb.attention("flash attention (recompute)", comp, core, backward=False, chunk=chunk, layer=i)
+        tb.rerun_since(start)  # a forward rerun, not the backward's own rows (a context-parallel ring's steps too)
+    if eager:
+        _eager_attention(tb, comp, backward=True)
+    else:
         tb.attention("flash attention backward", comp, 2.5 * core, backward=True, chunk=chunk, layer=i)
         _qkv_prepare(tb, comp, "dqkv interleave (fa_prepare_bwd)")
     if temperature:  # the gradient of q scaled by the same factor
