@@ -99,3 +99,32 @@ def test_only_deepseek_s_runtime_takes_its_list():
     assert st.layout.deepseek
     # dense layers keep the generic list (the profile holds MoE layers only)
     assert any(k.name == "pre-mlp norm" for k in derive.layer_kernels(st, 0))
+
+
+def _dims(shape):
+    """(m, n, k) of a GEMM row's shape text ("m x n x k fp8")."""
+    return tuple(int(x) for x in shape.split()[0:5:2])
+
+
+def test_linear_backward_gemm_shapes_are_the_transposes():
+    # y = x W with x: m x k, W: k x n.  dgrad dX = dY W^T: m x k out, n inner; wgrad dW = X^T dY: k x n out, m
+    # inner.  q_down: 4096 tokens, 7168 -> q_lora_rank 1536 (DeepSeek-V3 config.json); the shared expert's fc2:
+    # moe_intermediate_size 2048 (one shared expert) -> 7168
+    _, rows = _moe_rows()
+    shape = {k.name: _dims(k.shape) for k in rows if k.kind == "gemm"}
+    assert shape["q_down"] == (N, 1536, H)
+    assert shape["q_down dgrad"] == (N, H, 1536)
+    assert shape["q_down wgrad"] == (H, 1536, N)
+    assert shape["shared expert fc2"] == (N, H, 2048)
+    assert shape["shared expert fc2 dgrad"] == (N, 2048, H)
+    assert shape["shared expert fc2 wgrad"] == (2048, H, N)
+
+
+def test_router_gating_launches_the_profiles_small_kernels():
+    # docs/model.md: 37 small PyTorch kernels in the gating's forward (attn(F)), 26 in its backward (attn(B)), each
+    # the floor, the bytes (three fp32 passes over the 4096 x 256 scores) shared by them
+    _, rows = _moe_rows()
+    ms = {k.name: k.seconds for k in rows}
+    body = N * 256 * 4 * 3 / HBM
+    assert ms["router gating"] == pytest.approx(37 * FLOOR + body)
+    assert ms["router gating backward"] == pytest.approx(26 * FLOOR + body)

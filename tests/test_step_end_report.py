@@ -15,7 +15,7 @@ import pytest
 
 from dualpipe_sim.cli import main
 from dualpipe_sim.inputs import scenario
-from dualpipe_sim.model import report, step_end
+from dualpipe_sim.model import collectives, report, step_end
 from helpers import tiny_llama_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,3 +256,31 @@ def test_adam_over_the_whole_copy_without_zero(tmp_path):
     adam = step_end.summary(sc, sc.derived())["items"][1]
     assert adam["bytes"][0] == STAGE0 * 38 == 59_574_272
     assert adam["group"] == "the rank's whole stage copy (ZeRO 0)"
+
+
+def test_fp8_parameters_are_gathered_at_one_byte_and_the_gradient_buffers_zeroed_whole(tmp_path):
+    """FP8 parameters (model.fp8_params): the updated weights all-gathered are the linears' FP8 copies, 1 B an
+    element, the rest bf16.  A tiny layer's linears: 4 x 256 x 256 (attention) + 3 x 256 x 512 (MLP) = 655,360 of
+    its 655,872 parameters (2 norms of 256 the rest); stage 0: (256,000 + 2 x 512) x 2 + 2 x 655,360 = 1,824,768 B,
+    stage 1: (2 x 512 + 256 + 256,256) x 2 + 1,310,720 = 1,825,280 B.  The step's start zeroes each stage's whole
+    fp32 gradient buffer: its parameters x 4 B, whatever the parameters' own bytes."""
+    sc = scenario.load(tiny(tmp_path), ["model.fp8=true", "model.fp8_params=true"])
+    r = sc.derived().setup.rates
+    items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
+    gather = items["parameter all-gather (exposed)"]
+    assert gather["bytes"] == [1_824_768, 1_825_280]
+    assert gather["ms"][0] == pytest.approx((r.latency + 1_824_768 / 2 / r.nvlink_bus) * 1e3, rel=1e-12)
+    assert items["gradient buffers zeroed at the step's start"]["bytes"] == [STAGE0 * 4, STAGE1 * 4]
+
+
+def test_nemo_fp32_embedding_optimizer_all_reduces_the_tied_gradient_in_fp32():
+    """NeMo 1.x's fp32 embedding AdamW (step.fp32_embedding_optimizer, MLPerf v3.0 GPT-3, bf16 gradients otherwise):
+    the tied embedding's gradient all-reduced in fp32, 50,688 x 12,288 / TP 4 x 4 B = 622,854,144 B, the bytes its
+    time is worked from (an all-reduce of two ranks over the NIC)."""
+    sc = scenario.load(ROOT / "scenarios/validation/mlperf30-gpt3-512.toml")
+    d = sc.derived()
+    assert d.setup.sharding.grads_bytes == 2
+    [tied] = [it for it in step_end.summary(sc, d)["items"] if it["name"] == "tied embedding gradient all-reduce"]
+    assert tied["bytes"][0] == 50_688 * 12_288 // 4 * 4 == 622_854_144
+    timed = collectives.time("all_reduce", tied["bytes"][0], 2, d.setup.rates, tied["link"]) * 1e3
+    assert tied["ms"][0] == pytest.approx(timed, rel=1e-12)
