@@ -840,7 +840,9 @@ def _cmd_model(args) -> int:
         raise UsageError(f"{args.source}: no [model] section to describe")
     # the schedule places the stages on ranks (the per-rank figures): one `run` would refuse is refused here too,
     # its family's constraints as it is built, then ZeRO 3 with weight gradients apart (simulation.check_fsdp)
-    _refuse_unused_options([scenario.pipeline.schedule], scenario)
+    p = scenario.pipeline
+    registry.get(p.schedule)  # a misspelt name is named before the options it would not take
+    _refuse_unused_options([p.schedule], scenario)
     schedule = simulation.build_schedule(scenario)
     derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)
     simulation.check_fsdp(schedule, derived)
