@@ -250,16 +250,29 @@ def right_edge_plan():
     return plan
 
 
+def crossing_leader_plan():
+    """The line in the left half (its label right of it) and #1 the fastest dot far right of it, a little lower than
+    its number: #1's leader line, from its number at the top left, crosses the label's place at the top, where no number
+    or ring is."""
+    plan = plan_of([100 + 0.5 * i for i in range(100)] + [145.0], 110e9)
+    plan.rows[-1].tokens_per_second_per_gpu = 17030.0
+    plan.top = [plan.rows[-1]]
+    return plan
+
+
 @pytest.mark.parametrize("make", [
     deepseek_like_plan,
     right_edge_plan,
+    crossing_leader_plan,
     lambda: plan_of([15 + 1.6 * i for i in range(100)], 192.27e9),  # the two cases above, still clear
     lambda: plan_of([100 + 0.5 * i for i in range(100)], 110e9),
-], ids=["deepseek-v3", "right-edge", "b200-left", "right"])  # fmt: skip
+], ids=["deepseek-v3", "right-edge", "crossing-leader", "b200-left", "right"])  # fmt: skip
 def test_plan_device_label_clears_the_top_k_marks(make, monkeypatch, tmp_path):
     """"device memory" lay on DeepSeek-V3's #1 ring and leader line (s21e): its box now clears every top K number's
     box, ring and leader line, as drawn (the leader read off its arrow patch, the ring off its scatter size), and stays
     inside the axes beside its line."""
+    from matplotlib.text import Text
+
     plan = make()
     ax, renderer, box, line_x = drawn_plan(plan, monkeypatch, tmp_path)
     FigureCanvasAgg(ax.figure).draw()  # the leader lines laid out
@@ -267,7 +280,7 @@ def test_plan_device_label_clears_the_top_k_marks(make, monkeypatch, tmp_path):
     assert len(numbers) == len(plan.top)
     ring = (130**0.5 + 1.1) / 2 * ax.figure.dpi / 72  # a ring's outer radius, pixels: s=130 points squared, lw 1.1
     for t, r in zip(numbers, plan.top):
-        assert not box.overlaps(t.get_window_extent(renderer)), t.get_text()
+        assert not box.overlaps(Text.get_window_extent(t, renderer)), t.get_text()  # the number, not its leader's box
         leader = t.arrow_patch.get_transform().transform_path(t.arrow_patch.get_path())
         assert not leader.intersects_bbox(box, filled=False), t.get_text()
         cx, cy = ax.transData.transform((r.peak_memory / 1e9, r.tokens_per_second_per_gpu))

@@ -11,6 +11,7 @@ from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.lines import Line2D
 from matplotlib.path import Path
+from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from ..outputs.plots.canvas import new_figure, place, save
@@ -91,7 +92,8 @@ def top_k_marks(ax, top: list, renderer) -> list:
                              fontsize=8, ha="left", va="center", zorder=2,
                              arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6, "ls": ":"})  # fmt: skip
         at = ax.transData.transform((x, y))
-        covered += [number.get_window_extent(renderer), Bbox.from_extents(*(at - ring), *(at + ring)),
+        # the number's own box (an Annotation's box spans its leader line too, which is a Path here)
+        covered += [Text.get_window_extent(number, renderer), Bbox.from_extents(*(at - ring), *(at + ring)),
                     Path([ax.transAxes.transform(number.xyann), at])]
     return covered
 
