@@ -528,6 +528,7 @@ def step_line(st) -> str:
         f"grad sync {num(g.time)} (exposed {num(g.exposed)}), cross-copy sync {num(x.time)} "
         f"(exposed {num(x.exposed)}), optimizer {num(st.optimizer)}"
         + (f", compute slowed beside data-parallel collectives {num(st.slowed)}" if st.slowed is not None else "")
+        + (f", deferred output-layer wgrad drain {num(st.drain)}" if st.drain is not None else "")
     )
 
 
@@ -837,15 +838,14 @@ def _cmd_model(args) -> int:
     scenario = sections_only(apply_overrides(raw, args.overrides, args.unset))
     if scenario.model is None:
         raise UsageError(f"{args.source}: no [model] section to describe")
-    # the schedule places the stages on ranks (the per-rank figures): one `run` would refuse is refused here too
+    # the schedule places the stages on ranks (the per-rank figures): one `run` would refuse is refused here too,
+    # its family's constraints as it is built, then ZeRO 3 with weight gradients apart (simulation.check_fsdp)
     p = scenario.pipeline
-    family = registry.get(p.schedule)
+    registry.get(p.schedule)  # a misspelt name is named before the options it would not take
     _refuse_unused_options([p.schedule], scenario)
-    error = family.error(p.stages, p.microbatches, **{k: v for k, v in scenario.options().items()
-                                                      if k in family.options and v is not None})
-    if error is not None:
-        raise error
+    schedule = simulation.build_schedule(scenario)
     derived = scenario.derived()  # the model alone: this verb needs no costs (resolve.py)
+    simulation.check_fsdp(schedule, derived)
     if args.json:
         print(json.dumps(report.summary(derived, scenario), indent=2, allow_nan=False))
     else:

@@ -103,7 +103,7 @@ def _run(scenario: Scenario, schedule: Schedule | None, inputs: Inputs) -> Resul
                 f"pipeline.stages: the schedule file has {schedule.stages} stages, the scenario {scenario.pipeline.stages}"
             )
     _check_deferral(schedule, costs)
-    _check_fsdp(schedule, inputs)
+    check_fsdp(schedule, inputs.derived)
     trace = with_step(simulate(schedule, costs), inputs.step_costs)
     metrics = _with_memory(compute_metrics(trace, analytic), scenario, trace, inputs)
     tp = throughput(scenario, inputs.derived)
@@ -134,13 +134,14 @@ def _check_deferral(schedule: Schedule, costs: CostModel) -> None:
                                  f"{holders[-1]}; set it to 0 or pick a schedule with one copy of each stage")  # fmt: skip
 
 
-def _check_fsdp(schedule: Schedule, inputs: Inputs) -> None:
+def check_fsdp(schedule: Schedule, derived) -> None:
     """ZeRO 3 (model/fsdp.py) works a backward's re-gathers and reduce-scatters against its whole compute, input and
     weight gradients, and puts what they leave exposed on the op that runs the input gradient; a schedule that runs the
     weight gradients apart (W ops) would hide that op's gathers under GEMMs that run later, and Megatron-FSDP releases
     a unit's reduce-scatter only once its delayed weight gradients exist.  So the pair is refused, as a rule of
-    parallel.zero (a ScheduleError: compare skips the schedule and runs the others); docs/step.md, "ZeRO 3"."""
-    derived = inputs.derived
+    parallel.zero (a ScheduleError: compare skips the schedule and runs the others); docs/step.md, "ZeRO 3".
+    ``derived``: the scenario's [model] figures (model/derive.py's Derived) or None.  Every verb that derives the
+    model runs this one check: run (and compare, sweep, repeat through it) and model (cli._cmd_model)."""
     if derived is None or derived.setup.sharding.zero < 3:
         return
     if any(op.kind in WEIGHT_APART for actions in schedule.ranks for action in actions for op in ops_of(action)):

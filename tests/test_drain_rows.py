@@ -169,3 +169,20 @@ def test_gantt_draws_the_drain_in_the_compute_lane():
     assert (xs.min(), xs.max()) == (15.5, 19.5)
     assert (ys.min(), ys.max()) == pytest.approx((-gantt.ROW_H, -gantt.ROW_H + gantt.LANE_H))
     assert STEP_LABELS["drain"] in [h.get_label() for h in gantt.step_legend(trace)]
+
+
+def test_step_line_prints_the_drain(tmp_path, capsys):
+    """run's step line names the drain as it names the slowdown (s21e): the hand case's 4 ms (its last words), none
+    without a drain; and the tiny scenario's run prints it (metrics.json's step.drain, in units.number's words)."""
+    from dualpipe_sim import units
+    from dualpipe_sim.cli import main, step_line
+
+    trace, costs, _ = stepped()
+    assert step_line(step_metrics(trace, costs)).endswith(", optimizer 0.5, deferred output-layer wgrad drain 4")
+    trace, costs, _ = stepped(drain=())
+    assert "drain" not in step_line(step_metrics(trace, costs))
+    tiny(tmp_path)  # writes t.toml
+    out = tmp_path / "o"
+    assert main(["run", str(tmp_path / "t.toml"), "--out", str(out), "--plots", "none"]) == 0
+    drain = json.loads((out / "metrics.json").read_text())["step"]["drain"]
+    assert f", deferred output-layer wgrad drain {units.number(drain)}\n" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 backward's re-gathers and reduce-scatters against the layers' whole backward (input and weight gradients) and derive.py
 puts the exposure on the op that runs the input gradient, so under a split schedule I's gathers were hidden under W
 GEMMs that run later (tests/test_layout_fuzz_found.py, zb-h1 shorter with a larger micro-batch). The rule is
-parallel.zero's (simulation._check_fsdp, a ScheduleError: compare skips the schedule); plan prunes the pair by the
+parallel.zero's (simulation.check_fsdp, a ScheduleError: compare skips the schedule); plan prunes the pair by the
 family's ``splits_weight`` (plan/space.py _unmodelled). docs/step.md, "ZeRO 3"."""
 
 from __future__ import annotations
@@ -80,6 +80,35 @@ def test_cli_refuses_it_in_one_line_with_exit_2(tmp_path, capsys):
     assert code == 2 and err.startswith("error: " + RULE.format("dualpipev")), err
     assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()
 
+
+def test_model_refuses_it_as_run_does(tmp_path, capsys):
+    """The model verb derives the same figures, so it runs the same check on the scenario's built schedule (s21e;
+    before, it printed zb-h1's ZeRO 3 figures that run refuses): one line, exit 2; ZeRO 2 with W ops, ZeRO 3 with 1F1B
+    and zb-h1-megatron on one stage (no W op) are described."""
+    assert main(["model", str(tiny(tmp_path, 3)), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + RULE.format("zb-h1")) and err.count("\n") == 1 and "Traceback" not in err, err
+    assert main(["model", str(tiny(tmp_path, 3, "1f1b")), "--set", 'pipeline.schedule="dualpipev"']) == 2
+    assert capsys.readouterr().err.startswith("error: " + RULE.format("dualpipev"))
+    for path in (tiny(tmp_path, 2), tiny(tmp_path, 3, "1f1b"), tiny(tmp_path, 3, "zb-h1-megatron", stages=1)):
+        assert main(["model", str(path), "--json"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
+def test_a_sweep_point_that_hits_it_is_that_points_error(tmp_path):
+    """As another invalid point: status error, the rule as its reason; the sweep's other points run."""
+    import csv
+
+    from dualpipe_sim.cli import parse_grid
+    from dualpipe_sim.sweep import run_sweep
+
+    run_sweep(tiny(tmp_path, 3, "1f1b"), parse_grid(["pipeline.schedule=1f1b,zb-h1,dualpipev"]), tmp_path / "out",
+              jobs=1, charts=False)  # fmt: skip
+    with (tmp_path / "out" / "results.csv").open(newline="") as f:
+        rows = {r["pipeline.schedule"]: r for r in csv.DictReader(f)}
+    assert rows["1f1b"]["status"] == "ok" and float(rows["1f1b"]["step.total"]) > 0
+    for name in ("zb-h1", "dualpipev"):
+        assert rows[name]["status"] == "error" and rows[name]["reason"].startswith(RULE.format(name))
 
 def test_compare_skips_the_splitting_schedules_and_runs_the_others(tmp_path):
     c = compare.compare(scenario.load(tiny(tmp_path, 3, "1f1b")), ["1f1b", "zb-h1", "dualpipev", "gpipe"])

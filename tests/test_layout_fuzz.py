@@ -437,7 +437,7 @@ def test_context_parallelism_never_raises_a_ranks_activation_peak(raw):
 
 def without_open_issues(raw: dict) -> dict:
     """The layout with ZeRO 2 in place of 3 under a schedule that runs weight gradients apart, which the run refuses
-    (s20o, simulation._check_fsdp: FSDP's backward exposure was worked against I and W together), so the draw still
+    (s20o, simulation.check_fsdp: FSDP's backward exposure was worked against I and W together), so the draw still
     runs. s20c's other open term, the MoE host share where the schedule hides the all-to-all, is replayed per layer
     pair since s20p (model/host_pair.py) and drawn as it is."""
     if registry.get(raw["pipeline"]["schedule"]).splits_weight and raw["parallel"]["zero"] >= 3:

@@ -253,7 +253,7 @@ def test_zb_h1_with_zero_3_is_refused():
     weight gradients, and all of it lands in the I op; zb-h1 runs the weight gradients apart, later (W), so a larger
     W shrank I's wait (416.3 -> 390.8 ms a stage) though W no longer runs between I's gathers. (s20n's compute
     slowdown beside the collectives made this one case monotone again, by chance.) Now refused (s20o): ZeRO 3 with a
-    schedule that has W ops is a rule of parallel.zero (simulation._check_fsdp); the same layout under 1F1B runs."""
+    schedule that has W ops is a rule of parallel.zero (simulation.check_fsdp); the same layout under 1F1B runs."""
     from dualpipe_sim.schedules.ir import ScheduleError
 
     def step(schedule, mbs=1):

@@ -63,6 +63,17 @@ PAIRS = {
     "zero": (deepseek(zero=1), deepseek(zero=2)),
     # FSDP units' collectives read the data-parallel degree (ZeRO 3, dense model)
     "fsdp data": (llama(data=4), llama(data=8)),
+    # and the link of the data-parallel group (s21e): TP 2, DP 4, PP 4 on 8-GPU nodes, the data-parallel ranks 2 apart
+    # (one node, NVLink) in Megatron's default order, 8 apart (across nodes) with the pipeline inside them
+    "fsdp link (rank order)": (llama(tensor=2), llama(tensor=2, extra=['parallel.rank_order="tp-cp-ep-pp-dp"'])),
+    # the same Sharding (data x context = 2), the data-parallel ranks tensor x pipeline = 8 apart (the NIC) or, as
+    # context-parallel ranks, tensor = 2 apart (NVLink) with the pipeline inside the data ranks: the context is not in it
+    "fsdp link (context)": (llama(tensor=2, data=2, extra=['parallel.rank_order="tp-cp-ep-pp-dp"']),
+                            llama(tensor=2, data=1, extra=['parallel.rank_order="tp-cp-ep-pp-dp"',
+                                                           "parallel.context=2"])),
+    # nor the pipeline: in that order the data-parallel ranks tensor x pipeline apart, 4 (NVLink) or 8 (the NIC)
+    "fsdp link (pipeline)": (llama(stages=2, tensor=2, data=2, extra=['parallel.rank_order="tp-cp-ep-pp-dp"']),
+                             llama(stages=4, tensor=2, data=2, extra=['parallel.rank_order="tp-cp-ep-pp-dp"'])),
     # without kernel rates (FLOPs / efficiency) the whole Setup but its stages is the key
     "efficiency": (llama(extra=["hardware.efficiency=0.4"]), llama(extra=["hardware.efficiency=0.5"])),
     "efficiency, recompute": (llama(zero=1, extra=["hardware.efficiency=0.4", 'memory.recompute="none"']),

@@ -225,3 +225,66 @@ def test_plan_device_label_stays_inside_the_axes_clear_of_the_legend(xs, device,
     assert axes.x0 <= box.x0 and box.x1 <= axes.x1 and box.y1 <= axes.y1  # inside the axes
     assert box.x1 < legend.x0  # clear of the legend beside them
     assert (box.x1 <= line_x) if side == "left" else (box.x0 >= line_x)  # beside its line, on the side with room
+
+
+def deepseek_like_plan():
+    """DeepSeek-V3's plan.png of session 20 (docs/plan.md, 750 layouts on 2,048 H800s), its geometry: the device's line
+    at 85.5 GB, layouts from 25 to 114 GB and 1,410 to 1,925 tokens/s per GPU, the top 10 at 72-85 GB near the top,
+    #1 (80.5 GB, 1,925) the highest dot, just left of the line under its label (read off docs/img/plan-deepseek-v3.png)."""
+    top = [(80.5, 1925), (82.5, 1905), (77, 1903), (77, 1900), (77, 1878), (77, 1872), (85, 1845), (84, 1840),
+           (72, 1836), (76.5, 1835)]  # fmt: skip
+    rest = [(25 + (i * 37) % 90, 1410 + (i * 53) % 470) for i in range(300)]
+    rows = [NS(ok=True, tokens_per_second_per_gpu=float(y), peak_memory=x * 1e9,
+               candidate=NS(schedule=("1f1b-overlap", "dualpipe", "dualpipev", "interleaved-1f1b-overlap")[i % 4]))
+            for i, (x, y) in enumerate(top + rest)]  # fmt: skip
+    return NS(rows=rows, top=rows[:10], device_memory=85.5e9, gpus=2048)
+
+
+def right_edge_plan():
+    """s19g's B200 case (the line near the right edge) with its top 3 the fastest dots just left of the line, under
+    the label's place at the top: no room right of the line (the legend), so the label goes down the line's left."""
+    plan = plan_of([15 + 1.6 * i for i in range(100)] + [186.0, 188.0, 190.0], 192.27e9)
+    for r in plan.rows[-3:]:
+        r.tokens_per_second_per_gpu = 20000.0
+    plan.top = plan.rows[-3:]
+    return plan
+
+
+def crossing_leader_plan():
+    """The line in the left half (its label right of it) and #1 the fastest dot far right of it, a little lower than
+    its number: #1's leader line, from its number at the top left, crosses the label's place at the top, where no number
+    or ring is."""
+    plan = plan_of([100 + 0.5 * i for i in range(100)] + [145.0], 110e9)
+    plan.rows[-1].tokens_per_second_per_gpu = 17030.0
+    plan.top = [plan.rows[-1]]
+    return plan
+
+
+@pytest.mark.parametrize("make", [
+    deepseek_like_plan,
+    right_edge_plan,
+    crossing_leader_plan,
+    lambda: plan_of([15 + 1.6 * i for i in range(100)], 192.27e9),  # the two cases above, still clear
+    lambda: plan_of([100 + 0.5 * i for i in range(100)], 110e9),
+], ids=["deepseek-v3", "right-edge", "crossing-leader", "b200-left", "right"])  # fmt: skip
+def test_plan_device_label_clears_the_top_k_marks(make, monkeypatch, tmp_path):
+    """"device memory" lay on DeepSeek-V3's #1 ring and leader line (s21e): its box now clears every top K number's
+    box, ring and leader line, as drawn (the leader read off its arrow patch, the ring off its scatter size), and stays
+    inside the axes beside its line."""
+    from matplotlib.text import Text
+
+    plan = make()
+    ax, renderer, box, line_x = drawn_plan(plan, monkeypatch, tmp_path)
+    FigureCanvasAgg(ax.figure).draw()  # the leader lines laid out
+    numbers = [t for t in ax.texts if t.get_text().startswith("#")]
+    assert len(numbers) == len(plan.top)
+    ring = (130**0.5 + 1.1) / 2 * ax.figure.dpi / 72  # a ring's outer radius, pixels: s=130 points squared, lw 1.1
+    for t, r in zip(numbers, plan.top):
+        assert not box.overlaps(Text.get_window_extent(t, renderer)), t.get_text()  # the number, not its leader's box
+        leader = t.arrow_patch.get_transform().transform_path(t.arrow_patch.get_path())
+        assert not leader.intersects_bbox(box, filled=False), t.get_text()
+        cx, cy = ax.transData.transform((r.peak_memory / 1e9, r.tokens_per_second_per_gpu))
+        assert box.x1 < cx - ring or box.x0 > cx + ring or box.y1 < cy - ring or box.y0 > cy + ring, t.get_text()
+    axes = ax.get_window_extent(renderer)
+    assert axes.x0 <= box.x0 and box.x1 <= axes.x1 and axes.y0 <= box.y0 and box.y1 <= axes.y1
+    assert box.x1 <= line_x or box.x0 >= line_x

@@ -190,6 +190,31 @@ def test_the_step_adds_up_per_rank(name):
         assert st.drain
 
 
+def test_sweep_results_carry_step_slowed(tmp_path):
+    """results.csv's ``step.slowed`` (s21e): a point whose compute step.dp_comm_sms slows holds metrics.json's figure,
+    the most on one rank, which each rank's identity gives (end - pipeline_end - grad_sync_exposed - optimizer, no
+    drain or cross-copy sum here); a point with dp_comm_sms = 0 (nothing slowed) leaves it empty, as the other
+    optional step columns are."""
+    import csv
+
+    from dualpipe_sim.cli import parse_grid
+    from dualpipe_sim.sweep import run_sweep
+
+    text = (f'[pipeline]\nschedule = "1f1b"\nstages = 2\nmicrobatches = 8\n{MODEL}[parallel]\ndata = 8\n'
+            '[hardware]\npreset = "H100"\n[step]\ngrad_sync = "derived"\noptimizer = "derived"\n'
+            "overlap_grad_sync = true\n")  # fmt: skip
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    run_sweep(path, parse_grid(["step.dp_comm_sms=0,16"]), tmp_path / "out", jobs=1, charts=False)
+    with (tmp_path / "out" / "results.csv").open(newline="") as f:
+        rows = {r["step.dp_comm_sms"]: r for r in csv.DictReader(f)}
+    assert rows["0"]["status"] == rows["16"]["status"] == "ok"
+    assert rows["0"]["step.slowed"] == "" and rows["0"]["step.total"] != ""
+    st = simulation.run(scenario.from_dict(tomllib.loads(text + "dp_comm_sms = 16\n"))).metrics.step
+    by_identity = max(p.end - p.pipeline_end - p.grad_sync_exposed - p.optimizer for p in st.per_rank)
+    assert float(rows["16"]["step.slowed"]) == st.slowed == pytest.approx(by_identity)
+    assert st.slowed > 0.0
+
 def test_cross_copy_sums_can_keep_a_rank_waiting():
     """DualPipe: a stage's sum waits for both copies, so a rank can idle for its pair and the two channels run side
     by side: end - (pipeline_end + slowed + optimizer) is at least the larger exposed figure (no drain here)."""

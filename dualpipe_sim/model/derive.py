@@ -1069,6 +1069,9 @@ def stage_memory(st: Setup, stage: layout.Stage, memo: Memo | None = None) -> tu
             memory.sharding_buffers(*biggest, sh))  # fmt: skip
 
 
+FSDP_GROUPS = ("dp-cp", "edp")  # the groups an FSDP unit's dense and routed parameters are gathered and reduced over
+
+
 def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables: tuple = (None, None, None)) -> list[fsdp.Unit]:
     """A stage's FSDP units in forward order with their compute (``times``: its layers'; the
     embedding, head and MTP modules as extra_times costs them) and their all-gather /
@@ -1084,8 +1087,9 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
 
     def unit(forward: float, backward: float, dense: float, routed: float) -> fsdp.Unit:
         def ms(op: str, per_param: float) -> float:
-            return (collective(op, per_param * dense / sh.tensor, sh.data, "dp-cp")
-                    + collective(op, per_param * routed / sh.routed_ranks, sh.expert_data, "edp"))  # fmt: skip
+            dense_kind, routed_kind = FSDP_GROUPS
+            return (collective(op, per_param * dense / sh.tensor, sh.data, dense_kind)
+                    + collective(op, per_param * routed / sh.routed_ranks, sh.expert_data, routed_kind))  # fmt: skip
 
         gather, reduce = _get(sync_tab, (dense, routed),
                               lambda: (ms("all_gather", sh.params_bytes), ms("reduce_scatter", sh.grads_bytes)))
@@ -1106,6 +1110,11 @@ def _fsdp_units(st: Setup, stage: layout.Stage, times: list[LayerTimes], tables:
     if stage.head:
         units.append(unit(*extra(head=True), params.head_over_tensor(cfg, sh.tensor), 0))
     return units
+
+
+def _fsdp_links(st: Setup) -> tuple[str, ...]:
+    """The links _fsdp_units' collectives take (its ``kind``s), () without kernel rates (a ring over the NIC)."""
+    return () if st.rates is None else tuple(st.group(kind).link for kind in FSDP_GROUPS)
 
 
 def _stage_times(st: Setup, stage: layout.Stage, per_layer: dict, tables: tuple) -> tuple[float, float, float, list]:
@@ -1169,8 +1178,10 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     params_tab, act_tab = _table(memo, "layer_params", cfg), _table(memo, "layer_activations", cfg, args, *saved.values())
     layer_tab, extra_tab, passes_tab = (_table(memo, name, tkey) for name in ("layer_times", "extra_times", "chunk_passes"))
     memory_tab = _table(memo, "stage_memory", cfg, sh)  # stage_memory reads the model, the sharding and the stage
-    # the FSDP units' collectives read the sharding, the rates (else the hardware's NIC) and the unit's sizes
-    fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw), extra_tab, params_tab)
+    # the FSDP units' collectives read the sharding, the rates (else the hardware's NIC), the unit's sizes and, with
+    # rates, their groups' links, which the rank order, context and pipeline ranks set besides the sharding (s21e)
+    fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw, *_fsdp_links(st)) if sh.zero >= 3 else None,
+                 extra_tab, params_tab)
     time_tabs = (layer_tab, extra_tab, passes_tab)
     held = _held(st, memo) if sh.zero >= 3 else None
     for stage in st.stages:

@@ -263,7 +263,7 @@ def shards_nothing(model: ModelShape, cand: Candidate) -> bool:
 
 def _unmodelled(model: ModelShape, cand: Candidate) -> str:
     """A rule of the model, judged here so it costs no derivation: FSDP with expert (tensor) parallelism, and with a
-    schedule family that runs weight gradients apart (Family.splits_weight; simulation._check_fsdp refuses it)."""
+    schedule family that runs weight gradients apart (Family.splits_weight; simulation.check_fsdp refuses it)."""
     if cand.zero == 3 and model.experts and cand.expert > 1:
         return "parallel.zero: 3 (FSDP) with parallel.expert > 1 is not modelled (model/derive.py refuses it)"
     if cand.zero == 3 and cand.expert_tensor > 1:

@@ -31,7 +31,7 @@ class Family:
     analytic: Callable[..., dict] | None = None
     recompute: str = "none"  # memory.recompute when the scenario leaves it out (what the family's source runs)
     # its schedules may run a backward's weight gradients apart, as W ops (ZB, DualPipe): ZeRO 3 is refused with them
-    # (simulation._check_fsdp) and plan prunes it (plan/space.py _unmodelled)
+    # (simulation.check_fsdp) and plan prunes it (plan/space.py _unmodelled)
     splits_weight: bool = False
 
     def error(self, stages: int, microbatches: int, **options) -> ScheduleError | None:

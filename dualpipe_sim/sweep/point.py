@@ -18,9 +18,11 @@ from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 # The scalar metrics of a point, as results.csv columns: Metrics.scalars(), whose
 # dotted names follow metrics.json and whose per-rank quantities are the maximum over ranks,
 # then what the point occupies: points of one sweep may run on different numbers of GPUs, then the validation band
-# of its tokens/s (reported only; columns are only ever added at the end, before the identity columns)
+# of its tokens/s (reported only; columns are only ever added at the end, before the identity columns), then the step's
+# figures added since (metrics.json's step block, empty without them)
 GPU_COLUMNS = ("gpus", "gpu_time")
-METRIC_COLUMNS = (*scalar_names(), *GPU_COLUMNS, *validation_band.COLUMNS)
+LATER_STEP_COLUMNS = ("step.slowed",)  # s21e: step.dp_comm_sms's slowdown, the most on one rank
+METRIC_COLUMNS = (*scalar_names(), *GPU_COLUMNS, *validation_band.COLUMNS, *LATER_STEP_COLUMNS)
 
 
 def gpu_fields(scenario, ranks: int, step_time: float) -> dict:
@@ -49,6 +51,7 @@ def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
         scalars.update(gpu_fields(scenario, metrics.ranks, step))
         if metrics.validation_band is not None:  # with a throughput: its class's band, beside it
             scalars.update(validation_band.cells(metrics.validation_band))
+        scalars["step.slowed"] = metrics.step and metrics.step.slowed  # None: nothing slowed, or no step
     except (ScenarioError, ScheduleError) as exc:
         return {**row, "status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad point must not stop a sweep
