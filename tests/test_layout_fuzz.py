@@ -314,16 +314,14 @@ def test_doubling_data_parallelism_never_raises_tokens_per_gpu(raw, data):
 def test_full_recomputation_never_shortens_the_step(raw):
     """Full recomputation reruns each layer's forward before its backward (Megatron-core's checkpointed
     layers; activations.py, kernels.py): work added, none removed, so the step is never shorter than without.
-    ZeRO 2 aside, an open term: its grad sync figure's carry (model/grad_sync.py zero2_backlog) assumes (n - 1) x
-    (F + B) of the rank's compute before its last backward, so a longer B costs the carry (n - 1) x as much, and where
-    the pipeline grows by less the step shortens (session 21's explore run, with step.dp_comm_sms 16 or 0:
-    gpt-oss-120b, 1f1b-overlap, whose pairs overlap their halves, 1 stage, 2 micro-batches, EP 2, DP 4 on H100,
-    6,802.47 -> 6,800.37 ms with full recomputation, tests/test_layout_fuzz_found.py; session 20's, not re-run:
-    Qwen3-30B-A3B, 1F1B, DP 2, 2,326.49 -> 2,326.05 ms; docs/searches.md, s21g). ZeRO 3 is drawn
-    (its guard dropped in session 21: two explore runs with ZeRO 3 forced on every draw compared 432 distinct
-    pairs, 1F1B, 1f1b-overlap, GPipe and interleaved, none shorter with recomputation)."""
-    if raw["parallel"]["zero"] == 2:
-        raw = with_changes(raw, parallel={"zero": 1})
+    Every ZeRO level is drawn.  ZeRO 2's guard went in session 21 (s21k): its grad sync figure's per-copy carry
+    (n - 1) x (R - (F + B)) lost (n - 1) x the longer backward, and under 1f1b-overlap, whose pairs overlap their
+    halves, the pipeline grew by less (gpt-oss-120b, 1 stage, 2 micro-batches, EP 2, DP 4 on H100, 6,802.47 ->
+    6,800.37 ms with full recomputation, tests/test_layout_fuzz_found.py); since then the rank's channel is laid out
+    from the trace (engine/step.py _earlier_jobs), where a longer backward only releases later, and explore runs with
+    ZeRO 2 forced on every draw found none shorter (docs/searches.md, s21k).  ZeRO 3's went before it (two explore
+    runs with ZeRO 3 forced on every draw compared 432 distinct pairs, 1F1B, 1f1b-overlap, GPipe and interleaved,
+    none shorter with recomputation)."""
     none = step_of(with_changes(raw, memory={"recompute": "none"}))
     full = step_of(with_changes(raw, memory={"recompute": "full"}))
     if none is None or full is None:
