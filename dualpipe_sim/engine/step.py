@@ -265,16 +265,16 @@ def rows_of(trace: Trace, costs: StepCosts, ahead=None, carry=None) -> list[tupl
     end; a plain tuple is the cheaper to make, and a step lays out thousands).  ``ahead``: per rank, ms its compute
     was slowed before the trace by collectives not in it, added to every stretched time (plan's estimate: the
     periods of micro-batches its replay leaves out, plan/step_estimate.step_end_ms), or a function giving them from
-    the trace's own slowed_by_end (worked out here once for both); None: none.  ``carry``: per rank, ms of
-    collectives its channel has queued from micro-batches not in the trace (plan's estimate: ZeRO 2's backlog over
-    the periods its replay leaves out), run after the rest of the channel's pipeline work, or a function giving
-    them from the trace's own backlog_by_end; None: none."""
+    the trace's own stretch by each rank's end (by_end's first; worked out here once for both); None: none.
+    ``carry``: per rank, ms of collectives its channel has queued from micro-batches not in the trace (plan's
+    estimate: ZeRO 2's backlog over the periods its replay leaves out), run after the rest of the channel's pipeline
+    work, or a function giving them from the trace's own backlog (by_end's second); None: none."""
     return _passes(trace, costs, ahead, carry)[0]
 
 
 def _passes(trace: Trace, costs: StepCosts, ahead=None, carry=None) -> tuple[list[tuple], list[float], list[float]]:
-    """rows_of's rows, with per rank what its stretch charged by its pipeline's end (slowed_by_end, on the first
-    pass) and its channel's backlog then (backlog_by_end, on the last pass before any ``carry``)."""
+    """rows_of's rows, with per rank what its stretch charged by its pipeline's end (on the first pass) and its
+    channel's backlog then (on the last pass before any ``carry``): by_end's two."""
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
     ops = _weight_ops(trace) if aligned else None  # read once for every pass
@@ -305,7 +305,7 @@ def _maps(trace: Trace, costs: StepCosts, rows: list[tuple]) -> list | None:
 
 
 def by_end(trace: Trace, costs: StepCosts) -> tuple[list[float], list[float]]:
-    """Per rank, (slowed_by_end, backlog_by_end): how much later its pipeline work ends on its stretched times (ms:
+    """Per rank, (slowed, backlog): how much later its pipeline work ends on its stretched times (ms:
     the compute its collectives slowed before then, 0.0 where nothing is slowed), and how much work (ms) its channel
     still has from its pipeline's jobs at that stretched end (ZeRO 2's earlier backwards' reduce-scatters and the
     grad syncs, not the tail; 0.0 where it is done by then).  plan's estimate extends the difference of two replays
@@ -315,7 +315,7 @@ def by_end(trace: Trace, costs: StepCosts) -> tuple[list[float], list[float]]:
 
 
 def _slowed_at(maps: list | None, rank_end: list[float]) -> list[float]:
-    """slowed_by_end from the ranks' maps (_maps)."""
+    """by_end's slowed, from the ranks' maps (_maps)."""
     if maps is None:
         return [0.0] * len(rank_end)
     return [float(m(np.array([t]))[0]) - t for m, t in zip(maps, rank_end)]
