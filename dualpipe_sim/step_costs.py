@@ -42,8 +42,9 @@ class StepCosts:
     # layer's deferred wgrad GEMMs, model/deferred_wgrad.py: Megatron-core's finish_embedding_wgrad_compute); () : none
     drain: tuple[float, ...] = ()
     # per stage: the collectives (ms, release order) each of a copy's weight-gradient ops but its last releases through
-    # it as grad_sync_shares' are (ZeRO 2's per-micro-batch reduce-scatters, model/grad_sync.every_backward_fsdp), laid on
-    # the rank's channel only to slow the compute beside them (dp_comm_slowdown); () or an empty entry: none
+    # it as grad_sync_shares' are (ZeRO 2's per-micro-batch reduce-scatters, model/grad_sync.every_backward_fsdp): grad
+    # sync rows queued with the grad syncs on the rank's channel, slowing the compute beside them (dp_comm_slowdown);
+    # () or an empty entry: none
     every_backward: tuple[tuple[float, ...], ...] = ()
 
     def active(self) -> bool:

@@ -170,24 +170,28 @@ def _fast_compute(tmp_path, zero: int, schedule: str = "1f1b", microbatches: int
 def test_zero_2_waits_for_what_its_channel_could_not_carry_under_compute(tmp_path, schedule, copies):
     """ZeRO 2 reduce-scatters a stage copy's whole gradient after each of its M / copies backwards
     (ZeRO 1: once).  Stage 0's is 1/2 x 4 x (256,000 + 2 x 655,872) B over 1 GB/s = 3.135488 ms;
-    at 1,000 TFLOP/s a micro-batch's F + B is far shorter (B holds W: I = B - W), so when the last backward starts
-    the channel still carries (n - 1) x (3.135488 - compute) ms of the first n - 1 (n = M / copies), and the
-    figure is that plus the last one's 3.135488, released through the last backward as Megatron-FSDP's hooks
-    launch them (the overlap forced on: the same with step.overlap_grad_sync false, the default here).  DualPipe
-    holds each stage on two ranks."""
+    at 1,000 TFLOP/s a micro-batch's F + B is far shorter (B holds W: I = B - W), so once the first backward has
+    released its first unit the rank's channel never idles (s21k: laid out from the trace, engine/step.py
+    _earlier_jobs): every copy's n = M / copies whole reduce-scatters, one after another, the last backward's (the
+    grad sync figure, the whole gradient) released unit by unit through it as Megatron-FSDP's hooks launch them (the
+    overlap forced on: the same with step.overlap_grad_sync false, the default here).  DualPipe holds each stage on
+    two ranks, so each rank's channel carries n of both stages'."""
     whole = _fast_compute(tmp_path, 1, schedule).step_costs().grad_sync
     assert whole[0] == pytest.approx(1 / 2 * 4 * (EMB + 2 * LAYER) / 1e9 * 1e3)
     sc = _fast_compute(tmp_path, 2, schedule)
     stages = sc.derived().stages
     costs = sc.step_costs()
     assert not sc.step.overlap_grad_sync and costs.overlap_grad_sync and costs.grad_sync_launch == "ready"
-    sync = costs.grad_sync
+    assert costs.grad_sync == pytest.approx(whole)
     for s in (0, 1):
         assert stages[s].weight > 0  # so that counting W twice would show
-        compute = stages[s].forward + stages[s].backward
-        assert compute < whole[s] / 10  # the case the bound is for
-        n = 8 / copies
-        assert sync[s] == pytest.approx((n - 1) * (whole[s] - compute) + whole[s])
+        assert stages[s].forward + stages[s].backward < whole[s] / 10  # the case the bound is for
+    trace = simulation.run(sc).trace
+    n = 8 / copies
+    for r, held in enumerate(trace.stages_on_rank):
+        rows = trace.step[(trace.step["rank"] == r) & (trace.step["kind"] == GRAD_SYNC)]
+        assert (rows["start"][1:] == rows["end"][:-1]).all()  # one after another, never idle
+        assert rows["end"].max() - rows["start"].min() == pytest.approx(n * sum(whole[s] for s in held))
 
 
 def test_zero_2_with_compute_to_spare_carries_nothing_to_the_last_backward(tmp_path):

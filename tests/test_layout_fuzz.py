@@ -319,14 +319,17 @@ def test_doubling_data_parallelism_never_raises_tokens_per_gpu(raw, data):
 def test_full_recomputation_never_shortens_the_step(raw):
     """Full recomputation reruns each layer's forward before its backward (Megatron-core's checkpointed
     layers; activations.py, kernels.py): work added, none removed, so the step is never shorter than without.
-    ZeRO 2 aside, an open term: its grad sync figure's carry (model/grad_sync.py zero2_backlog) assumes (n - 1) x
-    (F + B) of the rank's compute before its last backward, so a longer B costs the carry (n - 1) x as much, and where
-    the pipeline grows by less the step shortens (session 21's explore run, with step.dp_comm_sms 16 or 0:
-    gpt-oss-120b, 1f1b-overlap, whose pairs overlap their halves, 1 stage, 2 micro-batches, EP 2, DP 4 on H100,
-    6,802.47 -> 6,800.37 ms with full recomputation, tests/test_layout_fuzz_found.py; session 20's, not re-run:
-    Qwen3-30B-A3B, 1F1B, DP 2, 2,326.49 -> 2,326.05 ms; docs/searches.md, s21g). ZeRO 3 is drawn
-    (its guard dropped in session 21: two explore runs with ZeRO 3 forced on every draw compared 432 distinct
-    pairs, 1F1B, 1f1b-overlap, GPipe and interleaved, none shorter with recomputation)."""
+    ZeRO 2 aside, for two open terms the per-copy carry hid (s21k: its grad sync figure's carry (n - 1) x (R - (F +
+    B)) lost (n - 1) x the longer backward, shortening gpt-oss-120b's step under 1f1b-overlap; since then the rank's
+    channel is laid out from the trace, engine/step.py _earlier_jobs, and that case passes): where ZeRO 2's channel
+    outlasts the pipeline, the step's end is the channel's, which reads (1) the rank's end through step.dp_comm_sms's
+    one-pass stretch, measured on the unslowed timeline (DeepSeek-V3, 1F1B, 2 stages, EP 8, CP 4, DP 8 on H100,
+    14,944.6 -> 14,930.2 ms, a strict xfail in tests/test_layout_fuzz_found.py), and (2) its first release, F + B /
+    units, where the model's forward is shorter with full recomputation (Qwen3-30B-A3B on pai-megatron-patch, one
+    stage, one micro-batch, DP 2, 0 SMs held: F 211.69 -> 207.16 ms, the step 2,326.49 -> 2,326.05; session 20's
+    case); docs/searches.md, s21k.  ZeRO 3 is drawn (its guard dropped in session 21: two explore runs with ZeRO 3
+    forced on every draw compared 432 distinct pairs, 1F1B, 1f1b-overlap, GPipe and interleaved, none shorter with
+    recomputation)."""
     if raw["parallel"]["zero"] == 2:
         raw = with_changes(raw, parallel={"zero": 1})
     none = step_of(with_changes(raw, memory={"recompute": "none"}))

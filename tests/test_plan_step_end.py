@@ -205,10 +205,11 @@ def test_deferred_output_wgrad_on_chunk_components_is_pruned_with_runs_words(tmp
     assert est == pytest.approx(got, rel=1e-9)
 
 
-# ZeRO 2 with step.dp_comm_sms (s20n, s20r): each copy's weight-gradient ops but its last release reduce-scatters
-# (StepCosts.every_backward) that slow the compute beside them, from the first backward on (engine/step.py
-# _every_backward): step.py reads the estimate's whole replay then, and where the makespan is extrapolated in M, each
-# rank's stretch by its pipeline's end grows by its difference between the two replayed counts per period.
+# ZeRO 2 (s20n, s20r, s21k): each copy's weight-gradient ops but its last release reduce-scatters
+# (StepCosts.every_backward) onto the rank's channel, which slow the compute beside them, from the first backward on
+# (engine/step.py _earlier_jobs): step.py reads the estimate's whole replay then, and where the makespan is
+# extrapolated in M, each rank's stretch by its pipeline's end, and its channel's backlog then, grow by their
+# difference between the two replayed counts per period.
 ZERO2_BY_HAND = StepCosts(grad_sync=(2.0, 4.0), cross_copy_sync=(0.0, 0.0), optimizer=(1.0, 2.0),
                           overlap_grad_sync=True, grad_sync_buckets=2, dp_comm_slowdown=(1.5, 1.5),
                           every_backward=((1.0,), (2.0,)))  # fmt: skip
@@ -224,6 +225,8 @@ def test_zero2_every_backward_worked_by_hand():
     # second half (+0.5): the buckets go at 20.5 and 22 ([20.5,21.5], [22,23]), the optimizer [23,24].
     # Rank 1: B0's [7,9] beside F1 (+1), B1's [13,15] beside F2 (+1), bucket 1 [17,19] beside B2 (+1): the buckets go
     # at 17 + 2 = 19 and 19 + 3 = 22 ([19,21], [22,24]), the optimizer [24,26]: 5 ms past the pipeline's 21.
+    # The earlier ones are rows too, released on the stretched times (s21k): rank 0's at 9 and 15 + 0.5, rank 1's at
+    # 7 and 13 + 1.
     # Cut where the last backwards can first release (rank 1's B2 starts at 15), as before s20r, the replay held no
     # earlier collective beside compute (rank 1's B1 ends at 13; rank 0's B1 [13,15] releases onto an idle rank): 3 ms,
     # as with the last backwards' alone (rank 1's buckets [17,19], [20,22], its optimizer [22,24]).
@@ -235,9 +238,9 @@ def test_zero2_every_backward_worked_by_hand():
     rows = step_rows(b, run, ZERO2_BY_HAND)
     spans = lambda r, k: [x for row in rows[(rows["rank"] == r) & (rows["kind"] == k)]  # noqa: E731
                           for x in (float(row["start"]), float(row["end"]))]
-    assert spans(0, GRAD_SYNC) == pytest.approx([20.5, 21.5, 22.0, 23.0])
+    assert spans(0, GRAD_SYNC) == pytest.approx([9.0, 10.0, 15.5, 16.5, 20.5, 21.5, 22.0, 23.0])
     assert spans(0, OPTIMIZER) == pytest.approx([23, 24])
-    assert spans(1, GRAD_SYNC) == pytest.approx([19.0, 21.0, 22.0, 24.0])
+    assert spans(1, GRAD_SYNC) == pytest.approx([7.0, 9.0, 14.0, 16.0, 19.0, 21.0, 22.0, 24.0])
     assert spans(1, OPTIMIZER) == pytest.approx([24, 26])
     # the run: the same schedule on typed costs, its step's end laid out on its own trace
     sc = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 2, "microbatches": 3},
@@ -268,6 +271,28 @@ def test_zero2_every_backward_extrapolated_by_hand():
     # without the periods' stretch (the replay at 3 alone) it is 4 x 0.75 ms short
     alone = makespan + step_end_ms(built("1f1b", 1, 3, None), replace(run, period=None), step)
     assert alone == pytest.approx(27.75 - 3.0)
+
+
+def test_zero2_backlog_extrapolated_by_hand():
+    # s21k.  One stage, F 1, B 2 (F_i [3i, 3i+1], B_i [3i+1, 3i+3]), nothing slowed; each backward releases 0.5 ms
+    # halfway through it and 3.0 ms at its end (the last one's the grad sync, 3.5 ms in those shares), optimizer 1 ms.
+    # 3.5 ms a period of 3: B0's [2,2.5], [3,6], then every backward's queue behind the one before, the channel ending
+    # at 6 + 3.5 i after B_i; at M = 7, 27, the optimizer [27,28].  The estimate replays 2 and 3 micro-batches: the
+    # backlog at the pipeline's end is 9.5 - 6 = 3.5 and 13 - 9 = 4, so 4 periods add 4 x 0.5 = 2 to the 3's channel
+    # (13 + 2 = 15, the optimizer ending 7 ms past its 9): 21 + 7 = 28, the run's.  Without the carry, 27.
+    step = StepCosts(grad_sync=(3.5,), cross_copy_sync=(0.0,), optimizer=(1.0,), overlap_grad_sync=True,
+                     grad_sync_shares=((1 / 7, 6 / 7),), every_backward=((0.5, 3.0),))  # fmt: skip
+    costs = StageCosts((1.0,), (2.0,), (0.0,))
+    makespan, run, m = pipeline("1f1b", 1, 7, None, 1, costs, 0.0, False)
+    assert (makespan, m, run.period.periods) == (21.0, 3, 4.0)
+    assert makespan + step_end_ms(built("1f1b", 1, 3, None), run, step) == pytest.approx(28.0)
+    sc = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 7},
+                             "costs": {"forward": 1.0, "backward": 2.0}, "comm": {"p2p": 0.0}})  # fmt: skip
+    rows = simulate_step(simulation.run(sc).trace, step)
+    assert float(rows["end"].max()) == pytest.approx(28.0)
+    # without the periods' backlog (the replay at 3 alone) it is 4 x 0.5 ms short
+    alone = makespan + step_end_ms(built("1f1b", 1, 3, None), replace(run, period=None), step)
+    assert alone == pytest.approx(28.0 - 2.0)
 
 
 @pytest.mark.parametrize("name,stages,virtual,ranks", [("1f1b", 2, None, 2), ("1f1b", 4, None, 4), ("gpipe", 2, None, 2),

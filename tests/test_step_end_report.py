@@ -184,9 +184,9 @@ def test_zero3_item_shows_the_last_units_bytes_and_what_is_queued_before_it(tmp_
 
 
 def test_zero2_item_shows_the_stages_whole_gradient(tmp_path):
-    """ZeRO 2's figure is the channel's work from the last backward's start: with nothing carried, the stage's
-    whole gradient (ZeRO 1's bytes: 4 x (256,000 + 2 x 655,872) = 6,270,976 B on stage 0), released unit by unit
-    through that backward."""
+    """ZeRO 2's figure is the last backward's reduce-scatters, the stage's whole gradient (ZeRO 1's bytes: 4 x
+    (256,000 + 2 x 655,872) = 6,270,976 B on stage 0), released unit by unit through that backward (what the earlier
+    backwards left on the channel is the trace's, s21k)."""
     sc = scenario.load(tiny(tmp_path), ["parallel.zero=2"])
     items = {it["name"]: it for it in step_end.summary(sc, sc.derived())["items"]}
     rs = items["data-parallel gradient reduce-scatter"]

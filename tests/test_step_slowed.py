@@ -89,9 +89,10 @@ def test_the_earlier_backwards_collectives_charged_too():
     """ZeRO 2's reduce-scatters after each earlier backward (every_backward): stage 1's 1 ms at B0, B1 and B2's ends,
     [5,6], [9,10], [13,14], beside F1, F2 and F3 for 1 ms each (+0.5 each at f = 1.5), then B3 beside the first
     bucket as above (+0.75): map(15.5) = 17, map(17) = 19.25.  Buckets [17,19], [19.25,21.25]; slowed [17, 19.25]
-    (2.25); optimizer [21.25,21.75] = 17 + 2.25 + 2 + 0.5."""
+    (2.25); optimizer [21.25,21.75] = 17 + 2.25 + 2 + 0.5.  The earlier ones are grad sync rows on the stretched
+    times (s21k): [5,6], [9.5,10.5], [14,15], none exposed."""
     trace, costs, rows = stepped(every_backward=((), (1.0,)), grad_sync=(0.0, 4.0), dp_comm_slowdown=(1.0, 1.5))
-    assert rows[(GRAD_SYNC, 1)] == [(17.0, 19.0), (19.25, 21.25)]
+    assert rows[(GRAD_SYNC, 1)] == [(5.0, 6.0), (9.5, 10.5), (14.0, 15.0), (17.0, 19.0), (19.25, 21.25)]
     assert rows[(SLOWED, 1)] == [(17.0, 19.25)]
     assert rows[(OPTIMIZER, 1)] == [(21.25, 21.75)]
     assert (SLOWED, 0) not in rows  # nothing beside rank 0's compute: no row, and 0 in the block

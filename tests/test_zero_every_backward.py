@@ -1,8 +1,9 @@
 """ZeRO 2/3: every micro-batch's data-parallel collectives slow the compute beside them (step.dp_comm_sms), not
 only the last backward's (issue 21 s20n; docs/step.md, "ZeRO 2 and 3: Megatron-FSDP's reduce-scatters").
 
-ZeRO 2's reduce-scatters after the earlier backwards are laid on the rank's channel as the last backward's are and
-stretch the compute beside them (engine/step.py _every_backward): worked by hand on typed costs.  ZeRO 3's are
+ZeRO 2's reduce-scatters after the earlier backwards are laid on the rank's channel as the last backward's are, grad
+sync rows queued with them, and stretch the compute beside them (engine/step.py _earlier_jobs): worked by hand on typed
+costs.  ZeRO 3's are
 inside its actions (tests/test_fsdp.py works those by hand)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from dualpipe_sim import simulation
 from dualpipe_sim.engine import step
-from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER
+from dualpipe_sim.engine.trace import GRAD_SYNC, OPTIMIZER, SLOWED
 from dualpipe_sim.inputs import scenario
 from dualpipe_sim.schedules.rules import KIND_CODES
 
@@ -46,7 +47,8 @@ def test_the_earlier_backwards_reduce_scatters_slow_the_compute_beside_them_by_h
     [5,5.5], [6.25,7.25], optimizer [7.25,8.25].  With B0's own reduce-scatters (every_backward, the same two
     units): 0.5 at 2 ([2,2.5], beside B0) and 1.0 at 3 ([3,4], beside F1): 1.5 ms more of compute beside a
     collective, 0.75 more, all before 5: the first unit goes at 5 + 0.5 x (0.5 + 1.0) = 5.75, [5.75,6.25]; B1 ends
-    at 6 + 0.5 x (0.5 + 1.0 + 0.5) = 7, [7,8]; optimizer [8,9]."""
+    at 6 + 0.5 x (0.5 + 1.0 + 0.5) = 7, [7,8]; optimizer [8,9].  B0's are grad sync rows on the stretched times too
+    (s21k): [2,2.5] and, released at 3 + 0.5 x 0.5 = 3.25, [3.25,4.25]."""
     trace, costs = two_microbatches()
     plain = step.simulate_step(trace, costs)
     assert spans(plain, GRAD_SYNC) == [5.0, 5.5, 6.0, 7.0] and spans(plain, OPTIMIZER) == [7.0, 8.0]
@@ -54,34 +56,40 @@ def test_the_earlier_backwards_reduce_scatters_slow_the_compute_beside_them_by_h
     assert spans(last, GRAD_SYNC) == pytest.approx([5.0, 5.5, 6.25, 7.25])
     every = replace(costs, dp_comm_slowdown=(1.5,), every_backward=((0.5, 1.0),))
     rows = step.simulate_step(trace, every)
-    assert spans(rows, GRAD_SYNC) == pytest.approx([5.75, 6.25, 7.0, 8.0])
+    assert spans(rows, GRAD_SYNC) == pytest.approx([2.0, 2.5, 3.25, 4.25, 5.75, 6.25, 7.0, 8.0])
     assert spans(rows, OPTIMIZER) == pytest.approx([8.0, 9.0])
     # the last backward's are the grad sync's, not every_backward's: with no grad sync, only B0's 1.5 ms beside
     # compute move the rank's end, 6 -> 6.75, and the optimizer runs [6.75,7.75] (B1's own would add 0.25 more)
     alone = step.simulate_step(trace, replace(every, grad_sync=(0.0,), grad_sync_shares=()))
-    assert spans(alone, GRAD_SYNC) == [] and spans(alone, OPTIMIZER) == pytest.approx([6.75, 7.75])
-    # nothing slowed (f = 1, or no factor), nothing moves: the earlier reduce-scatters are not rows of the step
-    assert step.simulate_step(trace, replace(every, dp_comm_slowdown=(1.0,))).tobytes() == plain.tobytes()
-    assert step.simulate_step(trace, replace(costs, every_backward=((0.5, 1.0),))).tobytes() == plain.tobytes()
+    assert spans(alone, GRAD_SYNC) == pytest.approx([2.0, 2.5, 3.25, 4.25])
+    assert spans(alone, OPTIMIZER) == pytest.approx([6.75, 7.75])
+    # nothing slowed (f = 1, or no factor): B0's [2,2.5] and [3,4], done before B1's are released, move nothing
+    for unslowed in (replace(every, dp_comm_slowdown=(1.0,)), replace(costs, every_backward=((0.5, 1.0),))):
+        rows = step.simulate_step(trace, unslowed)
+        assert spans(rows, GRAD_SYNC) == [2.0, 2.5, 3.0, 4.0, 5.0, 5.5, 6.0, 7.0]
+        assert spans(rows, OPTIMIZER) == [7.0, 8.0]
 
 
-def test_a_reduce_scatter_on_an_idle_gpu_or_beside_another_slows_nothing_more():
+def test_a_reduce_scatter_on_an_idle_gpu_slows_nothing_and_holds_the_channel():
     """B0's second unit 5 ms instead: [3,8] beside F1 [3,4] and B1 [4,6], then nothing computes (the GPU idles from
-    6): 3 ms of it beside compute, not 5.  The last backward's [5,5.5] runs inside it, so B1's half beside both is
-    slowed once.  Before 5: 0.5 (B0) + 1 (F1) + 1 (B1's first half) = 2.5 ms beside, 1.25 more: [6.25,6.75]; B1 ends
-    at 6 + 0.5 x 3.5 = 7.75, [7.75,8.75]; optimizer [8.75,9.75]."""
+    6): 3 ms of it beside compute, not 5.  B1's reduce-scatters, released at 5 and 6, queue behind it on the one
+    channel (s21k): [8,8.5], [8.5,9.5] on the first pass, beside nothing.  Beside compute: 0.5 (B0) + 1 (F1) + 2 (B1)
+    = 3.5 ms, 1.75 more, so B1 ends at 7.75 (the slowed row [6,7.75]).  Second pass: B0's at 2 and 3 + 0.25,
+    [2,2.5], [3.25,8.25]; B1's behind them [8.25,8.75], [8.75,9.75]; optimizer [9.75,10.75]."""
     trace, costs = two_microbatches()
     rows = step.simulate_step(trace, replace(costs, dp_comm_slowdown=(1.5,), every_backward=((0.5, 5.0),)))
-    assert spans(rows, GRAD_SYNC) == pytest.approx([6.25, 6.75, 7.75, 8.75])
-    assert spans(rows, OPTIMIZER) == pytest.approx([8.75, 9.75])
+    assert spans(rows, SLOWED) == pytest.approx([6.0, 7.75])
+    assert spans(rows, GRAD_SYNC) == pytest.approx([2.0, 2.5, 3.25, 8.25, 8.25, 8.75, 8.75, 9.75])
+    assert spans(rows, OPTIMIZER) == pytest.approx([9.75, 10.75])
 
 
 def test_gpipe_releases_through_each_backward_on_its_own_times():
     """GPipe: F0 [0,1], F1 [1,2], B0 [2,4], B1 [4,6].  B0 releases 0.5 at 3 ([3,3.5], beside B0) and 1.0 at 4 ([4,5],
-    beside B1): 1.5 ms beside before 5, with B1's [5,5.5] 2 ms before 6: the first unit at 5.75, B1 ends at 7."""
+    beside B1): 1.5 ms beside before 5, with B1's [5,5.5] 2 ms before 6: the first unit at 5.75, B1 ends at 7; B0's
+    second at 4 + 0.5 x 0.5 = 4.25."""
     trace, costs = two_microbatches("gpipe")
     rows = step.simulate_step(trace, replace(costs, dp_comm_slowdown=(1.5,), every_backward=((0.5, 1.0),)))
-    assert spans(rows, GRAD_SYNC) == pytest.approx([5.75, 6.25, 7.0, 8.0])
+    assert spans(rows, GRAD_SYNC) == pytest.approx([3.0, 3.5, 4.25, 5.25, 5.75, 6.25, 7.0, 8.0])
 
 
 def llama70b(tmp_path, zero: int, sms: int = 16):
@@ -95,7 +103,8 @@ def llama70b(tmp_path, zero: int, sms: int = 16):
 def test_zero_2_releases_the_stages_whole_gradient_after_every_backward(tmp_path):
     """Llama 3 70B, ZeRO 2: each backward releases the copy's whole reduce-scatter (docs/step.md's worked example:
     36.74 ms on stages 4-16, four layers, the first layer's last; 47.74 ms on stage 0, the
-    embedding's last), ZeRO 1's figure; none with ZeRO 1 or 3, or with step.dp_comm_sms = 0."""
+    embedding's last), ZeRO 1's figure, and so does the last (its grad sync figure, s21k: no per-copy carry); none
+    with ZeRO 1 or 3; the same with step.dp_comm_sms = 0 (they load the channel whether or not they slow compute)."""
     every = llama70b(tmp_path, 2).step_costs().every_backward
     assert len(every) == 20 and len(every[4]) == 4 and len(every[0]) == 5
     assert sum(every[4]) == pytest.approx(36.74, abs=0.005)
@@ -104,9 +113,10 @@ def test_zero_2_releases_the_stages_whole_gradient_after_every_backward(tmp_path
     assert sum(every[0]) == pytest.approx(47.74, abs=0.005)
     whole = llama70b(tmp_path, 1).step_costs().grad_sync
     assert [sum(x) for x in every] == pytest.approx(list(whole))
+    assert list(llama70b(tmp_path, 2).step_costs().grad_sync) == pytest.approx(list(whole))
     assert llama70b(tmp_path, 1).step_costs().every_backward == ()
     assert llama70b(tmp_path, 3).step_costs().every_backward == ()
-    assert llama70b(tmp_path, 2, sms=0).step_costs().every_backward == ()
+    assert llama70b(tmp_path, 2, sms=0).step_costs().every_backward == every
 
 
 def test_the_stretch_pairs_each_row_with_the_syncs_it_overlaps_as_every_pair_would():
@@ -126,12 +136,11 @@ def test_the_stretch_pairs_each_row_with_the_syncs_it_overlaps_as_every_pair_wou
                       grad_sync_buckets=3, dp_comm_slowdown=tuple(rng.uniform(1.0, 1.4, 8)),
                       every_backward=tuple(tuple(rng.uniform(0.1, 2.0, 3)) for _ in range(8)))  # fmt: skip
     rows = step.rows_of(trace, replace(costs, dp_comm_slowdown=(1.0,) * 8))  # the first pass's rows
-    beside = step._every_backward(trace, costs)
-    maps = step._stretch(trace, rows, costs.dp_comm_slowdown, beside)
+    maps = step._stretch(trace, rows, costs.dp_comm_slowdown)
     less = np.asarray(costs.dp_comm_slowdown) - 1.0
     c = trace.compute
     for r in range(trace.ranks):
-        busy = step._union(list(beside[r]) + [(x[4], x[5]) for x in rows if x[0] == GRAD_SYNC and x[1] == r])
+        busy = step._union([(x[4], x[5]) for x in rows if x[0] == GRAD_SYNC and x[1] == r])
         mine = c[c["rank"] == r]
         lo, hi, w = [], [], []
         for s0, s1 in busy.tolist():
@@ -218,11 +227,11 @@ def test_zero_2s_earlier_reduce_scatters_stretch_only_the_ranks_end():
     """s21g, what the model does (docs/step.md, "ZeRO 2 and 3"): the stretch is measured on the unslowed pipeline and
     charged at each rank's end.  Rank 1: B0's reduce-scatter [4,5.5] runs beside F1 [4,5] and B1 [5,5.5], 1.5 ms,
     0.75 more: its end 7 -> 7.75, its grad sync [7.75,9.25].  Rank 0: B0's [6,7.5] beside B1 [7,7.5] only (rank 0
-    idles [6,7]), 0.25 more: end 9.25, grad sync [9.25,10.75], optimizer [10.75,11.75]."""
+    idles [6,7]), 0.25 more: end 9.25, grad sync [9.25,10.75], optimizer [10.75,11.75].  B0's are grad sync rows too."""
     trace, costs = two_ranks_zero_2()
     rows = step.simulate_step(trace, costs)
-    assert spans(rows[rows["rank"] == 0], GRAD_SYNC) == pytest.approx([9.25, 10.75])
-    assert spans(rows[rows["rank"] == 1], GRAD_SYNC) == pytest.approx([7.75, 9.25])
+    assert spans(rows[rows["rank"] == 0], GRAD_SYNC) == pytest.approx([6.0, 7.5, 9.25, 10.75])
+    assert spans(rows[rows["rank"] == 1], GRAD_SYNC) == pytest.approx([4.0, 5.5, 7.75, 9.25])
     assert spans(rows[rows["rank"] == 0], OPTIMIZER) == pytest.approx([10.75, 11.75])
 
 

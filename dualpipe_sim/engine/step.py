@@ -34,10 +34,13 @@ pipeline trace and adds what happens in between, as rows of the trace's
   Overlapped syncs released earlier, pp-aligned launches past the rank's last weight-gradient op included, run
   beside it, unordered against it as Megatron-core runs them (docs/model.md, "The output layer's deferred weight
   gradients"), and slow it as they slow the pipeline's compute (_stretch).
+* **ZeRO 2's earlier backwards** (``every_backward``): each of a copy's weight-gradient ops but its last releases
+  the copy's whole reduce-scatter, unit by unit as its last op releases the grad sync (_earlier_jobs); they are
+  grad sync rows on the same channel, one at a time in release order, so the last op's wait behind whatever
+  backlog the trace's own backwards left there.
 * **SMs** (``step.dp_comm_sms``): the compute a grad sync overlaps runs
-  ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs), and so does the compute beside
-  ZeRO 2's reduce-scatters after every earlier backward (``every_backward``: _every_backward, laid
-  out for that alone); a second pass lays the step out on each rank's times stretched by it (_stretch).
+  ``dp_comm_slowdown[s]`` times slower (NCCL's CTAs hold SMs); a second pass lays the step out on each rank's
+  times stretched by it (_stretch).
   What the stretch charged a rank by its pipeline's end is a ``SLOWED`` row on its compute, from that end
   (the pipeline's compute rows keep their unslowed times) to its stretched end, where a drain starts.
 
@@ -155,13 +158,14 @@ def _yielding(jobs: list[tuple[float, int, int, float]], busy: np.ndarray) -> li
     return out
 
 
-def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, float]]]:
-    """Per rank, when its channel runs the collectives each of its copies' weight-gradient ops but the last releases
-    (``costs.every_backward``: ZeRO 2's per-micro-batch reduce-scatters), released as the last op's are (_bucket_readies:
-    share k of n k/n of the way through the op) and laid FIFO on the rank's channel (_fifo); [] each without them.
-    They are not rows of the step (the grad sync figure holds what the channel has left at the last op's start):
-    only _stretch reads them, the compute beside them slowed as beside the grad syncs (docs/step.md)."""
-    out: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]
+def _earlier_jobs(trace: Trace, costs: StepCosts) -> list[list[tuple[float, int, int, float]]]:
+    """Per rank, the collectives each of its copies' weight-gradient ops but the copy's last releases
+    (``costs.every_backward``: ZeRO 2's reduce-scatters after every backward) as its channel's jobs (release, stage,
+    part, length) on the pipeline's own times, released as the last op's grad syncs are (_bucket_readies: share k of
+    n k/n of the way through the op, the last at its end); [] each without them.  _step_rows queues them with the
+    grad syncs on the rank's one channel, one at a time in release order: what they have not run when the last
+    backward's are released, the backlog, is that channel's own, not a figure."""
+    out: list[list] = [[] for _ in range(trace.ranks)]
     if not any(costs.every_backward):
         return out
     rows = trace.compute[IS_WEIGHT_GRAD[trace.compute["kind"]]]
@@ -176,13 +180,12 @@ def _every_backward(trace: Trace, costs: StepCosts) -> list[list[tuple[float, fl
     for r, s, t0, t1 in zip(rank[first].tolist(), rows["stage"][first].tolist(), op_start, op_end):
         if costs.every_backward[s]:
             copies.setdefault((r, s), []).append((t1, t0))
-    jobs: list[list] = [[] for _ in range(trace.ranks)]
     for (r, s), done in copies.items():
         shares = costs.every_backward[s]
         n = len(shares)
         for t1, t0 in sorted(done)[:-1]:  # the copy's last op releases the grad sync rows instead
-            jobs[r] += [(t1 if k == n else t0 + (t1 - t0) * k / n, s, k, length) for k, length in enumerate(shares, 1)]
-    return [[(a, b) for _, a, b in _fifo(mine)] for mine in jobs]
+            out[r] += [(t1 if k == n else t0 + (t1 - t0) * k / n, s, k, length) for k, length in enumerate(shares, 1)]
+    return out
 
 
 def _union(spans: list[tuple[float, float]]) -> np.ndarray:
@@ -199,7 +202,7 @@ def _union(spans: list[tuple[float, float]]) -> np.ndarray:
     return np.column_stack((x[first, 0], np.maximum.reduceat(x[:, 1], first)))
 
 
-def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], beside=None):
+def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...]):
     """Per rank, the map from the pipeline's times to its times with its compute slowed under its grad syncs.
 
     A compute row of stage s that overlaps the rank's grad sync rows for d ms takes (slowdown[s] - 1) x d ms
@@ -207,11 +210,10 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], besid
     by as much: t -> t + sum over those overlaps before t of (f - 1) x their length.  The overlaps are the
     first pass's (the syncs as timed on the unslowed pipeline); docs/step.md, "Data-parallel collectives take SMs".
     A first-pass DRAIN row is the rank's compute too (after its pipeline's rows), slowed by its stage's factor.
-    ``beside``: per rank, more collectives' (start, end) on its channel (_every_backward), slowing it alike; where
-    they and the grad syncs overlap, once."""
+    The grad sync rows hold ZeRO 2's earlier backwards' reduce-scatters too (_earlier_jobs)."""
     maps = []
     c = trace.compute
-    syncs: list[list[tuple[float, float]]] = [list(b) for b in beside] if beside else [[] for _ in range(trace.ranks)]
+    syncs: list[list[tuple[float, float]]] = [[] for _ in range(trace.ranks)]
     drains: list[list[tuple[float, float, int]]] = [[] for _ in range(trace.ranks)]  # per rank: its drain rows
     for kind, rank, _, stage, start, end in rows:
         if kind == GRAD_SYNC:
@@ -250,55 +252,70 @@ def _stretch(trace: Trace, rows: list[tuple], slowdown: tuple[float, ...], besid
     return maps
 
 
-def simulate_step(trace: Trace, costs: StepCosts, ahead: list[float] | None = None) -> np.ndarray:
+def simulate_step(trace: Trace, costs: StepCosts, ahead=None, carry=None) -> np.ndarray:
     """The end-of-step rows (trace.STEP_DTYPE) of a finished pipeline trace.  With compute slowed under the
     data-parallel collectives (``costs.dp_comm_slowdown``), a second pass on each rank's stretched times
-    (``ahead``: rows_of's)."""
-    out = np.array(rows_of(trace, costs, ahead), dtype=STEP_DTYPE)
+    (``ahead``, ``carry``: rows_of's)."""
+    out = np.array(rows_of(trace, costs, ahead, carry), dtype=STEP_DTYPE)
     return out[np.lexsort((out["stage"], out["start"], out["kind"], out["rank"]))]
 
 
-def rows_of(trace: Trace, costs: StepCosts, ahead=None) -> list[tuple]:
+def rows_of(trace: Trace, costs: StepCosts, ahead=None, carry=None) -> list[tuple]:
     """simulate_step's rows, unsorted, each a tuple of StepRow's fields (plan's estimate reads only their last
     end; a plain tuple is the cheaper to make, and a step lays out thousands).  ``ahead``: per rank, ms its compute
     was slowed before the trace by collectives not in it, added to every stretched time (plan's estimate: the
     periods of micro-batches its replay leaves out, plan/step_estimate.step_end_ms), or a function giving them from
-    the trace's own slowed_by_end (worked out here once for both); None: none."""
+    the trace's own stretch by each rank's end (by_end's first; worked out here once for both); None: none.
+    ``carry``: per rank, ms of collectives its channel has queued from micro-batches not in the trace (plan's
+    estimate: ZeRO 2's backlog over the periods its replay leaves out), run after the rest of the channel's pipeline
+    work, or a function giving them from the trace's own backlog (by_end's second); None: none."""
+    return _passes(trace, costs, ahead, carry)[0]
+
+
+def _passes(trace: Trace, costs: StepCosts, ahead=None, carry=None) -> tuple[list[tuple], list[float], list[float]]:
+    """rows_of's rows, with per rank what its stretch charged by its pipeline's end (on the first pass) and its
+    channel's backlog then (on the last pass before any ``carry``): by_end's two."""
     ends = pipeline_ends(trace)
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
-    ops = _weight_ops(trace) if aligned else None  # read once for both passes
-    rows = _step_rows(trace, costs, ends, None, ops)
+    ops = _weight_ops(trace) if aligned else None  # read once for every pass
+    earlier = _earlier_jobs(trace, costs)
+    backlog = [0.0] * trace.ranks
+    rows = _step_rows(trace, costs, ends, None, ops, earlier, backlog=backlog)
     maps = _maps(trace, costs, rows)
+    slowed = _slowed_at(maps, ends.rank_end)
     if callable(ahead):
-        ahead = ahead(_slowed_at(maps, ends.rank_end))
+        ahead = ahead(slowed)
     if ahead is not None and any(ahead):
         maps = [lambda t, m=m, a=a: (t if m is None else m(t)) + a for m, a in zip(maps or [None] * trace.ranks, ahead)]
-    return rows if maps is None else _step_rows(trace, costs, ends, maps, ops)
+    if maps is not None:
+        rows = _step_rows(trace, costs, ends, maps, ops, earlier, backlog=backlog)
+    if callable(carry):
+        carry = carry(list(backlog))
+    if carry is not None and any(c > 0 for c in carry):
+        rows = _step_rows(trace, costs, ends, maps, ops, earlier, carry)
+    return rows, slowed, backlog
 
 
 def _maps(trace: Trace, costs: StepCosts, rows: list[tuple]) -> list | None:
     """_stretch's maps on the first pass's ``rows``, or None where nothing is slowed (every factor 1, or no
-    collective on any rank's channel: no grad sync row, no earlier backward's reduce-scatter)."""
-    if all(f == 1.0 for f in costs.dp_comm_slowdown):
+    collective on any rank's channel)."""
+    if all(f == 1.0 for f in costs.dp_comm_slowdown) or not any(x[0] == GRAD_SYNC for x in rows):
         return None
-    beside = _every_backward(trace, costs)
-    if not any(beside) and not any(x[0] == GRAD_SYNC for x in rows):
-        return None
-    return _stretch(trace, rows, costs.dp_comm_slowdown, beside)
+    return _stretch(trace, rows, costs.dp_comm_slowdown)
 
 
-def slowed_by_end(trace: Trace, costs: StepCosts) -> list[float]:
-    """Per rank, how much later its pipeline work ends on its stretched times (ms): the compute its collectives
-    slowed before then (_stretch: the grad syncs', ZeRO 2's earlier backwards'); 0.0 each where nothing is slowed.
-    plan's estimate extends the difference of two replays one period apart (plan/step_estimate.step_end_ms)."""
-    ends = pipeline_ends(trace)
-    aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
-    maps = _maps(trace, costs, _step_rows(trace, costs, ends, None, _weight_ops(trace) if aligned else None))
-    return _slowed_at(maps, ends.rank_end)
+def by_end(trace: Trace, costs: StepCosts) -> tuple[list[float], list[float]]:
+    """Per rank, (slowed, backlog): how much later its pipeline work ends on its stretched times (ms:
+    the compute its collectives slowed before then, 0.0 where nothing is slowed), and how much work (ms) its channel
+    still has from its pipeline's jobs at that stretched end (ZeRO 2's earlier backwards' reduce-scatters and the
+    grad syncs, not the tail; 0.0 where it is done by then).  plan's estimate extends the difference of two replays
+    one period apart (plan/step_estimate.step_end_ms)."""
+    _, slowed, backlog = _passes(trace, costs)
+    return slowed, backlog
 
 
 def _slowed_at(maps: list | None, rank_end: list[float]) -> list[float]:
-    """slowed_by_end from the ranks' maps (_maps)."""
+    """by_end's slowed, from the ranks' maps (_maps)."""
     if maps is None:
         return [0.0] * len(rank_end)
     return [float(m(np.array([t]))[0]) - t for m, t in zip(maps, rank_end)]
@@ -335,10 +352,13 @@ def _durations(costs: StepCosts, stage: int) -> list[float]:
     return [costs.grad_sync[stage] / n] * n
 
 
-def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=None) -> list[tuple]:
+def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=None, earlier=None, carry=None,
+               backlog: list[float] | None = None) -> list[tuple]:  # fmt: skip
     """One pass over the cross-copy sums, the grad syncs and the optimizer steps, given when each rank's
     pipeline work and each copy's last weight-gradient op end (``ends``); ``maps``: per rank, its times
-    stretched (_stretch), applied to every time read off the pipeline, or None; ``ops``: _weight_ops(trace)."""
+    stretched (_stretch), applied to every time read off the pipeline, or None; ``ops``: _weight_ops(trace);
+    ``earlier``: _earlier_jobs(trace, costs), queued on the channel with the grad syncs; ``carry``: rows_of's, a job
+    released at the rank's end; ``backlog``: per rank, filled with its channel's work left at its end (by_end)."""
     rows: list[tuple] = []  # StepRow's fields
     raw = ends  # the buckets' readiness is interpolated on the pipeline's own times, then stretched
     aligned = costs.overlap_grad_sync and costs.grad_sync_launch == "pp-aligned"
@@ -406,7 +426,10 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
     durations: dict[int, list[float]] = {}  # per stage: _durations, worked out once for every copy and rank
     for r, stages in enumerate(trace.stages_on_rank):
         synced[r] = max([summed.get(s, 0.0) for s in stages], default=0.0)
-        jobs = []
+        jobs = list(earlier[r]) if earlier else []  # ZeRO 2's earlier backwards', on the same channel
+        if jobs and maps is not None:
+            moved = maps[r](np.array([j[0] for j in jobs])).tolist()
+            jobs = [(t, s, k, length) for t, (_, s, k, length) in zip(moved, jobs)]
         for s, copy_readies in zip([s for s in stages if costs.grad_sync[s] > 0], readies[r]):
             if s not in durations:
                 durations[s] = _durations(costs, s)
@@ -417,6 +440,8 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
             else:
                 jobs += [(max(ready, after), s, k, length)
                          for k, (ready, length) in enumerate(zip(copy_readies, durations[s]), 1)]
+        if carry and carry[r] > 0:  # after every job the rank's pipeline released (none is released past its end)
+            jobs.append((ends.rank_end[r], stages[0], len(jobs) + 1, carry[r]))
         busy = _p2p_busy(trace, r) if costs.nic_shared else None
         if busy is not None and maps is not None:  # the rank's P2P moves with its stretched compute
             busy = maps[r](busy).reshape(-1, 2)  # every start and end at once (elementwise: the same sums)
@@ -426,6 +451,8 @@ def _step_rows(trace: Trace, costs: StepCosts, ends: PipelineEnds, maps, ops=Non
             if t1 > last:  # max(last, t1)
                 last = t1
         synced[r] = last
+        if backlog is not None:
+            backlog[r] = max(0.0, last - ends.rank_end[r])
         # then the tail: released once the rank's pipeline and every sync above have ended (NeMo's
         # _finish_bucket_grad_sync, then apex's grad_sync()), one after another in stage order
         after = max(drained[r], synced[r])

@@ -26,8 +26,8 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
       With ZeRO >= 2 each FSDP unit's gradient is reduce-scattered after every backward
       (model/fsdp.py), so what is left for the end of the step is the last backward's: under ZeRO 3
       what it leaves on the channel (fsdp.backward_tail: the stage's first unit's reduce-scatter, its
-      embedding's else its first layer's, behind any earlier one still queued), under ZeRO 2 the channel's
-      work from its start (grad_sync.zero2_backlog).
+      embedding's else its first layer's, behind any earlier one still queued), under ZeRO 2 the stage's whole
+      gradient (what the earlier backwards left on the channel is laid out by engine/step.py from the trace).
     * cross_copy_sync: an all-reduce between the two ranks holding the copies,
       2(2-1)/2 x bytes / bw = bytes / bw, on the pipeline's P2P bandwidth.
     * optimizer: an Adam step over the parameters the rank updates (sharded by ZeRO >= 1):
@@ -86,7 +86,6 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
                               lambda: comm_slowdown.dp_comm_slowdown(scenario, step.dp_comm_sms, derived)) \
         if beside and step.dp_comm_sms else ()
     held = stage_copies(scenario) if slow else None
-    copies = stage_copies(scenario) if key == "grad_sync" and sh.zero == 2 else None
     buckets = step_memo.per_call(memo, "buckets", lambda: ddp_buckets.per_stage(scenario, derived)) \
         if key == "grad_sync" else (1,) * len(st.stages)
     out = []
@@ -137,9 +136,9 @@ def derived_sync(scenario, key: str, derived=None, memo: dict | None = None) -> 
             tail = grad_sync.sync_ms(st, key, *grad_sync.last_unit_grads(st, where))
             if stage.fsdp_tail is not None:  # ZeRO 3: the channel's work left at the last backward's end
                 tail = stage.fsdp_tail
-            if copies is not None and stage.forward is not None:
-                full = grad_sync.sync_ms(st, key, dense, routed)
-                tail = grad_sync.zero2_backlog(scenario, st, stage, copies[s], full, tail)
+            if sh.zero == 2:  # ZeRO 2: the last backward's whole gradient, queued behind what the earlier backwards
+                # left on the rank's channel (grad_sync.every_backward_fsdp, engine/step.py)
+                tail = max(tail, grad_sync.sync_ms(st, key, dense, routed))
             out.append(tail + tied.get(s, 0.0))
             continue
         group = grad_sync.one_group(scenario, st, s)

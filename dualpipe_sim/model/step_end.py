@@ -115,14 +115,14 @@ def _grad_sync(scenario, derived) -> list[Item]:
         rule = ("DeepSpeed bf16: fp32 gradient cast to bf16, all-reduced, cast back (step.runtime)" if deepspeed else
                 "ZeRO 3: what the last backward leaves on the channel, its last unit's reduce-scatter behind any "
                 "earlier one still queued, launched at its end by Megatron-FSDP's post-backward hook" if sh.zero >= 3 else
-                "ZeRO 2: the channel's work from the last backward's start (its units' reduce-scatters, with the "
-                "earlier backwards' backlog where the whole gradient outlasts F + B), released unit by unit through "
-                "it by Megatron-FSDP's post-backward hooks")
+                "ZeRO 2: the last backward's units' reduce-scatters (the stage's whole gradient), released unit by "
+                "unit through it by Megatron-FSDP's post-backward hooks, queued on the rank's channel behind what "
+                "the earlier backwards' left there (laid out from the trace)")
         if deepspeed:  # its dense gradient sent in bf16
             nbytes = tuple(f.dense_params / sh.tensor * grad_sync.BF16 for f in derived.stages)
             bound = _bound(ms, (grad_sync.sync_ms(st, "grad_sync", 1.0, 0.0, op="all_reduce"),) * len(ms))
         else:  # ZeRO 3: the last unit's reduce-scatter (and what is queued before it); ZeRO 2: the stage's whole
-            # gradient, and where the earlier backwards left a backlog, that backlog
+            # gradient
             units = [grad_sync.last_unit_grads(st, w) for w in st.stages] if sh.zero >= 3 else grads
             unit_ms = [grad_sync.sync_ms(st, "grad_sync", d, r) for d, r in units]
             backlog = [m > u * (1 + 1e-9) for m, u in zip(ms, unit_ms)]

@@ -20,9 +20,9 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   and the P2P transfers) and handed to step.py's own ``simulate_step``: the same buckets,
   launches, cross-copy sums, NIC shared with P2P, optimizer, and the second pass on the
   ranks' compute stretched under their grad syncs (``step.dp_comm_sms``) as a run.  With ZeRO 2's
-  reduce-scatters after every earlier backward (StepCosts.every_backward), which slow the compute
-  beside them from the first backward on, it is handed the whole replay, and an extrapolated
-  makespan's periods add each rank's stretch per period (``_step_input``).
+  reduce-scatters after every earlier backward (StepCosts.every_backward), which load the rank's channel (and
+  slow the compute beside them) from the first backward on, it is handed the whole replay, and an extrapolated
+  makespan's periods add each rank's stretch and its channel's backlog per period (``_step_input``).
 
 Many candidates of one schedule shape are replayed at once (``replayed_many``, used by
 estimate.step_times_of): the replay core's dependencies, read off one replay with unit lengths,
@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..engine import replay, validate
-from ..engine.step import rows_of, simulate_step, slowed_by_end
+from ..engine.step import by_end, rows_of, simulate_step
 from ..engine.trace import COMM_DTYPE, COMPUTE_DTYPE, IS_BACKWARD, MEMORY_DTYPE, Trace
 from ..schedules import registry
 from ..schedules.rules import KIND_CODES, KINDS, WEIGHT_GRADS
@@ -426,39 +426,44 @@ def step_end_ms(b: Built, run: Replayed, step) -> float:
     end past the makespan.  ``step``: the scenario's StepCosts (None: nothing)."""
     if step is None or not step.active():
         return 0.0
-    trace, ahead = _step_input(b, run, step)
-    ends = [x[5] for x in rows_of(trace, step, ahead)]  # step_rows' ends (StepRow.end), neither sorted nor an array
+    trace, ahead, carry = _step_input(b, run, step)
+    ends = [x[5] for x in rows_of(trace, step, ahead, carry)]  # step_rows' ends (StepRow.end), neither sorted nor an array
     return max(0.0, float(np.max(ends)) - run.makespan) if ends else 0.0
 
 
 def step_rows(b: Built, run: Replayed, step) -> np.ndarray:
     """step.py's end-of-step rows (simulate_step) on what step.py reads of the replay (_step_input)."""
-    trace, ahead = _step_input(b, run, step)
-    return simulate_step(trace, step, ahead)
+    trace, ahead, carry = _step_input(b, run, step)
+    return simulate_step(trace, step, ahead, carry)
 
 
 def every_backward(step) -> bool:
-    """Whether ``step`` slows the compute beside ZeRO 2's reduce-scatters after every backward (engine/step.py
-    _every_backward): then step.py reads the whole replay, not its tail."""
-    return bool(step.every_backward) and any(f != 1.0 for f in step.dp_comm_slowdown)
+    """Whether ``step`` has ZeRO 2's reduce-scatters after every backward (engine/step.py _earlier_jobs), which load
+    the rank's channel from its first backward on: then step.py reads the whole replay, not its tail."""
+    return bool(step.every_backward)
 
 
-def _step_input(b: Built, run: Replayed, step) -> tuple[Trace, object]:
-    """The trace step.py lays the step's end out on, and per rank the stretch the replay leaves out (rows_of's
-    ``ahead``).  Without ZeRO 2's every-backward collectives, the replay's tail (``tail``) and none.  With them,
-    every earlier backward releases collectives that slow the compute beside them, from the first backward on: the
-    whole replay; and where the makespan is extrapolated (``run.period``), each rank's stretch at its pipeline's
-    end (slowed_by_end) grows by the same amount each period past the replay (a steady state repeats its period's
-    ops, their releases and so the channel's spans, shifted by the makespan's step), so the periods M adds
-    are its difference from the replay one period shorter, times their count, as the makespan's line extends."""
+def _step_input(b: Built, run: Replayed, step) -> tuple[Trace, object, object]:
+    """The trace step.py lays the step's end out on, and per rank the stretch and the channel's backlog the replay
+    leaves out (rows_of's ``ahead`` and ``carry``).  Without ZeRO 2's every-backward collectives, the replay's tail
+    (``tail``) and neither.  With them, every earlier backward releases collectives onto the rank's channel (which
+    slow the compute beside them), from the first backward on: the whole replay; and where the makespan is
+    extrapolated (``run.period``), each rank's stretch at its pipeline's end (by_end) grows by the same amount each
+    period past the replay (a steady state repeats its period's ops, their releases and so the channel's spans,
+    shifted by the makespan's step), and so does its channel's backlog then (a channel that keeps up with a period's
+    releases holds the same backlog each period, one that does not holds their excess more), so the periods M adds
+    are each one's difference from the replay one period shorter, times their count, as the makespan's line extends;
+    a backlog that shrinks from one replay to the next (not yet steady) is kept as the longer one's."""
     if not every_backward(step):
-        return tail(b, run), None
+        return tail(b, run), None, None
     whole = trace_of(b, run)
     p = run.period
     if p is None or p.periods == 0:
-        return whole, None
-    shorter = slowed_by_end(trace_of(p.built, p.run), step)
-    return whole, lambda longer: [p.periods * (a - c) for a, c in zip(longer, shorter)]  # longer: whole's (rows_of)
+        return whole, None, None
+    slowed, backlog = by_end(trace_of(p.built, p.run), step)
+    slows = any(f != 1.0 for f in step.dp_comm_slowdown)
+    ahead = (lambda longer: [p.periods * (a - c) for a, c in zip(longer, slowed)]) if slows else None  # whole's
+    return whole, ahead, lambda longer: [p.periods * max(0.0, a - c) for a, c in zip(longer, backlog)]
 
 
 def tail(b: Built, run: Replayed) -> Trace:
