@@ -192,7 +192,7 @@ def test_drain_is_a_waited_gather_then_gemms_beside_the_next(tmp_path):
     n, h, ab, v = lay.tokens, cfg.hidden_size, lay.act_bytes, -(-cfg.vocab_size // lay.tensor)
     gather = collectives.time("all_gather", n * h * ab, lay.tensor, rates, "nvlink") * 1e3
     tb = kernels.Table(rates, lay, cfg)
-    gemm = tb.gemm("w", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out) * 1e3
+    gemm = tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=lay.wgrad_out) * 1e3
     one = deferred_wgrad.drain_ms(cfg, rates, lay, 1)
     assert one == pytest.approx(gather + gemm)
     step = deferred_wgrad.drain_ms(cfg, rates, lay, 2) - one
@@ -208,7 +208,7 @@ def test_drain_without_sequence_parallelism_is_the_gemms(tmp_path):
     st = scenario.load(path).derived().setup
     tb = kernels.Table(st.rates, st.layout, st.cfg)
     h, v, n = st.cfg.hidden_size, -(-st.cfg.vocab_size // 2), st.layout.tokens
-    gemm = tb.gemm("w", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=st.layout.wgrad_out) * 1e3
+    gemm = tb.gemm("output layer wgrad", "mlp_backward_weight", h, v, n, fp8=False, out_bytes=st.layout.wgrad_out) * 1e3
     assert deferred_wgrad.drain_ms(st.cfg, st.rates, st.layout, 3) == pytest.approx(3 * gemm)
 
 

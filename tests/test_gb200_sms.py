@@ -85,6 +85,7 @@ def test_fp8_peak_is_the_fit_at_152_sms():
     at_152, at_148 = _scan_fp8_peak(152), _scan_fp8_peak(148)
     assert at_152 == pytest.approx(2976.15, abs=0.05) and at_148 == pytest.approx(2971.05, abs=0.05)
     assert abs(GB200_FP8_PEAK / 1e12 - at_152) <= 2 and abs(RATES["B200"].gemm_fp8.peak / 1e12 - at_148) <= 2
-    assert RATES["GB200"].gemm_fp8 == gemm.GemmRates(2976e12, 0.0, 5.25e-6)
+    assert RATES["GB200"].gemm_fp8 == gemm.GemmRates(2976e12, 0.0, 5.25e-6, RATES["B200"].gemm_fp8.dgrad,
+                                                     RATES["B200"].gemm_fp8.wgrad)  # Blackwell's pass factors (s21j)
     # below the datasheet's 5,000 dense FP8 (the GB200 NVL72's 720 PFLOPS sparse / 72 / 2)
     assert GB200_FP8_PEAK < 720e15 / 72 / 2

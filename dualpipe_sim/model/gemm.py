@@ -22,7 +22,12 @@ the GPU's peak, and each is a term here:
 blocks then land on the SMs left depends on how it schedules tiles (``SCHEDULES``, per GPU
 in rates.py; docs/model.md, "GEMMs beside a kernel they were not told about").
 
-The rates (``GemmRates``: achievable peak, ``k_overhead``, floor) are per GPU
+**The backward's layouts** (``dgrad`` / ``wgrad``): a linear's input-gradient GEMM (K and N of its
+forward swapped) and weight-gradient GEMM (the tokens as K) have the forward's FLOPs, but the
+library picks other kernels for their shapes; what that costs beyond the tiles and waves counted
+here is a measured factor per pass (``GemmRates.dgrad`` / ``wgrad``, ``measured_passes``).
+
+The rates (``GemmRates``: achievable peak, ``k_overhead``, floor, the two pass factors) are per GPU
 architecture and dtype, each from a kernel-level measurement (docs/model.md,
 "Kernel rates"); nothing here is fitted to a training run.
 """
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 # Output tile shapes (rows x columns) that cuBLAS / CUTLASS heuristics choose among for large
@@ -44,6 +49,14 @@ class GemmRates:
     peak: float  # achievable FLOP/s of a large, well-shaped GEMM
     k_overhead: float  # prologue + epilogue of one tile, in elements of K
     floor: float  # seconds: the shortest a GEMM kernel takes (launch + sync)
+    # A linear's input- and weight-gradient GEMMs' time against the tile model's at the same shape (measured_passes);
+    # 1: none measured, or a library the measurement did not run (DeepGEMM's own table)
+    dgrad: float = 1.0
+    wgrad: float = 1.0
+
+    def pass_factor(self, grad: str) -> float:
+        """The factor of a GEMM in pass ``grad`` ("fprop", "dgrad" or "wgrad")."""
+        return {"fprop": 1.0, "dgrad": self.dgrad, "wgrad": self.wgrad}[grad]
 
 
 @dataclass(frozen=True)
@@ -116,9 +129,11 @@ def efficiency(m: int, n: int, k: int, sms: int, k_overhead: float, groups: int 
 
 
 def time(m: int, n: int, k: int, rates: GemmRates, sms: int, hbm: float, dtype_bytes: float,
-         groups: int = 1, out_bytes: float = 2.0, held: int = 0, schedule: str = "dynamic") -> GemmTime:  # fmt: skip
+         groups: int = 1, out_bytes: float = 2.0, held: int = 0, schedule: str = "dynamic",
+         grad: str = "fprop") -> GemmTime:  # fmt: skip
     """One kernel of ``groups`` GEMMs (m x k) @ (k x n); ``hbm`` the achievable bytes/s; ``rates.peak``
-    that of ``sms`` SMs, ``held`` of which another kernel holds (efficiency())."""
+    that of ``sms`` SMs, ``held`` of which another kernel holds (efficiency()); ``grad``: the linear's pass
+    whose measured factor it takes (GemmRates.pass_factor)."""
     if min(m, n, k, groups) <= 0:
         return GemmTime(0.0, 0.0, 0.0, 1.0, "latency")
     flops = 2.0 * m * n * k * groups
@@ -130,4 +145,25 @@ def time(m: int, n: int, k: int, rates: GemmRates, sms: int, hbm: float, dtype_b
     bound = "compute" if compute >= memory else "memory"
     if rates.floor > body:
         bound = "latency"
-    return GemmTime(rates.floor + body, flops, nbytes, util, bound)
+    return GemmTime((rates.floor + body) * rates.pass_factor(grad), flops, nbytes, util, bound)
+
+
+def layer_passes(shapes: tuple[tuple[int, int, int], ...], rates: GemmRates, sms: int, hbm: float,
+                 dtype_bytes: float) -> tuple[float, float, float]:
+    """Seconds of the tile model (no pass factor) for a layer's linears, each forward (M x K) @ (K x N) given as
+    (M, K, N), summed per pass as Transformer Engine's GEMM profiling guide times them, every one a forward GEMM of
+    its shape: fprop (M, K, N), dgrad (M, N, K): K and N swapped, wgrad (K, M, N): the tokens as K."""
+    plain = replace(rates, dgrad=1.0, wgrad=1.0)
+    one = lambda m, k, n: time(m, n, k, plain, sms, hbm, dtype_bytes).seconds  # noqa: E731
+    return (sum(one(m, k, n) for m, k, n in shapes), sum(one(m, n, k) for m, k, n in shapes),
+            sum(one(k, m, n) for m, k, n in shapes))
+
+
+def measured_passes(rates: GemmRates, measured: tuple[float, float, float], shapes: tuple[tuple[int, int, int], ...],
+                    sms: int, hbm: float, dtype_bytes: float) -> GemmRates:  # fmt: skip
+    """``rates`` with the pass factors a measurement of a layer's (fprop, dgrad, wgrad) sums at ``shapes`` gives on
+    the GPU ``rates``, ``sms`` and ``hbm`` describe: the measured dgrad / fprop and wgrad / fprop over the tile model's
+    own two ratios there, so that the model's passes stand to its forward as the measured ones did."""
+    fprop, dgrad, wgrad = layer_passes(shapes, rates, sms, hbm, dtype_bytes)
+    return replace(rates, dgrad=measured[1] / measured[0] / (dgrad / fprop),
+                   wgrad=measured[2] / measured[0] / (wgrad / fprop))

@@ -306,6 +306,15 @@ class Layout:
         return self.dispatcher == "deepep" or self.deepseek
 
 
+def linear_pass(name: str) -> str:
+    """The pass of a linear a GEMM row named ``name`` is: "dgrad" or "wgrad" for the backward's "<linear> dgrad" /
+    "<linear> wgrad" (a note in brackets after it), else "fprop". By name, not by component: a forward rerun inside
+    the input gradient (recompute) keeps its forward's name, and eager attention's "... (batched)" GEMMs are no
+    linear's."""
+    last = name.split(" (")[0].rsplit(" ", 1)[-1]
+    return last if last in ("dgrad", "wgrad") and not name.endswith("(batched)") else "fprop"
+
+
 class Table:
     """Builds one block's kernels on one GPU (a list, with helpers for each kind)."""
 
@@ -341,7 +350,8 @@ class Table:
         ``sm_margin``: SMs left to a communication kernel running beside it; ``out_bytes``: per output
         value moved (8: an fp32 gradient accumulated in place, read and written)."""
         low = self.lay.fp8 if fp8 is None else fp8
-        t = self._gemm_time(self.r, m, n, k, low, groups, splits, sm_margin, out_bytes)
+        grad = linear_pass(name)
+        t = self._gemm_time(self.r, m, n, k, low, groups, splits, sm_margin, out_bytes, grad)
         sms = self.r.sms - sm_margin
         shape = (f"{groups} x " if groups > 1 else "") + f"{m} x {n} x {k}" + (
             (" fp4" if self.lay.fp4 else " fp8") if low else " bf16")
@@ -350,7 +360,7 @@ class Table:
         secs = t.seconds * splits
         if self._beside is not None and self._beside[1] > 0:  # an NCCL collective's CTAs hold SMs meanwhile
             ctas, left = self._beside
-            held = self._gemm_time(self.r.held(ctas), m, n, k, low, groups, splits, sm_margin, out_bytes).seconds
+            held = self._gemm_time(self.r.held(ctas), m, n, k, low, groups, splits, sm_margin, out_bytes, grad).seconds
             secs = beside_transfer(secs, held * splits, left)
             self._beside = (ctas, max(0.0, left - secs))
             shape += f" (beside NCCL, {ctas} SMs held for {left * 1e6:.0f} us)"
@@ -358,15 +368,16 @@ class Table:
         return secs
 
     def _gemm_time(self, r: KernelRates, m: int, n: int, k: int, low: bool, groups: int, splits: int, sm_margin: int,
-                   out_bytes: float) -> gemm.GemmTime:  # fmt: skip
-        """One GEMM (of ``splits``) on rates ``r``: told ``sm_margin``, not told ``r.held_sms`` (rates.held)."""
+                   out_bytes: float, grad: str) -> gemm.GemmTime:  # fmt: skip
+        """One GEMM (of ``splits``) on rates ``r``: told ``sm_margin``, not told ``r.held_sms`` (rates.held); ``grad``
+        the linear's pass (linear_pass)."""
         rates = r.gemm_fp8 if low and r.gemm_fp8 is not None else r.gemm_bf16
         if low and self.lay.fp4:  # derive refuses model.fp4 on a GPU without gemm_fp4
             rates = r.gemm_fp4
         sms = r.sms - sm_margin
         rates = replace(rates, peak=rates.peak * sms / r.sms)
         return gemm.time(-(-m // splits), n, k, rates, sms, r.hbm, self.lay.low_bytes if low else 2.0, groups, out_bytes,
-                         r.held_sms, r.gemm_schedule)  # fmt: skip
+                         r.held_sms, r.gemm_schedule, grad)  # fmt: skip
 
     @contextmanager
     def nccl_beside(self, name: str, comp: str, op: str, nbytes: float) -> Iterator[None]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .config import ModelError
-from .gemm import SCHEDULES, GemmRates
+from .gemm import SCHEDULES, GemmRates, measured_passes
 
 
 @dataclass(frozen=True)
@@ -359,19 +359,20 @@ B300_SMS = 148
 # GEMMs: Transformer Engine's GEMM profiling guide on a B300 (NVIDIA/TransformerEngine @ 8f2e635
 # docs/examples/gemm_profiling/gemm_profiling.rst, "GEMM Benchmark (Model Config Mode) on NVIDIA B300 SXM6 AC":
 # benchmarks/gemm/benchmark_gemm.py, CUDA events over 100 calls after 10 warm-up, randn operands): a layer's 12 GEMMs
-# (hidden 4,096, FFN 16,384, M = 15,872 tokens: 19.17 TFLOP) per precision. Each peak is fitted to the layer's total
-# with B200's floor (5.25 us) and no K overhead (the GB300 fits'): peak = sum(2mnk / efficiency) / (total - 12 floors).
-# BF16: torch.matmul, the mean of its two runs' totals (12.758 and 13.102 ms: the same kernels; no quantisation in
-# either); FP8: per-tensor current scaling, pre-quantized (tex.generic_gemm, kernel only), 6.812 ms; NVFP4: pre-quantized,
-# 3.764 ms (tests/data/kernels/te_gemm_profiling_b300.csv, tests/test_b300_preset.py). Sustained-state figures: the script
-# runs 5 s of matmuls first, then every shape and precision back to back (s19a: QuickRunCUDA's 8192^3 cuBLAS, 28% / 43%
+# (hidden 4,096, FFN 16,384, M = 15,872 tokens: 19.17 TFLOP) per precision and pass. Each peak is fitted to the
+# forward's four GEMMs (s21j: the backward's two passes take their measured factors, BACKWARD_GEMMS below) with B200's
+# floor (5.25 us) and no K overhead (the GB300 fits'): peak = sum(2mnk / efficiency) / (fprop sum - 4 floors).
+# BF16: torch.matmul, the mean of its two runs (4.196 and 4.250 ms: the same kernels; no quantisation in either); FP8:
+# per-tensor current scaling, pre-quantized (tex.generic_gemm, kernel only), 2.158 ms; NVFP4: pre-quantized, 1.254 ms
+# (tests/data/kernels/te_gemm_profiling_b300.csv, tests/test_b300_preset.py). Sustained-state figures: the script
+# runs 5 s of matmuls first, then every shape and precision back to back (s19a: QuickRunCUDA's 8192^3 cuBLAS, 25% / 36%
 # above, is the fastest single call at the boost clock; its long NVFP4 runs hold 0.79-0.87 of such: docs/model.md).
-B300_LAYER_BF16 = (12.758e-3 + 13.102e-3) / 2
-B300_LAYER_FP8 = 6.812e-3
-B300_LAYER_NVFP4 = 3.764e-3
-B300_BF16_PEAK = 1502.9e12
-B300_FP8_PEAK = 2865.3e12
-B300_NVFP4_PEAK = 5225.0e12
+# The guide's per-pass sums, ms (fprop, dgrad, wgrad), pre-quantized; BF16 the mean of its two runs:
+B300_PASSES = {"bf16": ((4.196 + 4.250) / 2, (4.290 + 4.434) / 2, (4.272 + 4.418) / 2),
+               "fp8": (2.158, 2.329, 2.325), "fp4": (1.254, 1.305, 1.205)}  # fmt: skip
+B300_BF16_PEAK = 1531.7e12
+B300_FP8_PEAK = 3011.7e12
+B300_NVFP4_PEAK = 5219.8e12
 # HBM: a copy kernel (one load, one store a value) on that B300 at its largest size, 4 GiB copied in 1.2401 ms: 6,927 GB/s
 # read + written (QuickRunCUDA MICROBENCH_RESULTS_GPU1.md, section 1.4), as B200's cccl relu at its largest.
 B300_HBM = 6.927e12
@@ -393,3 +394,37 @@ B300_FREE_CLOCK = sustained_attention(replace(PRESETS["B300"], attention_forward
                                               attention_seq_half_backward=GB300_CUDNN_FREE_CLOCK[3],
                                               attention_fa2=GB300_FA2_FREE_CLOCK), B300_OVER_GB300_ATTENTION)
 PRESETS["B300"] = sustained_attention(B300_FREE_CLOCK, B200_ATTENTION_SUSTAINED)
+
+# s21j (docs/model.md, "The backward's GEMMs at their measured pass ratios (s21j)"): a linear's input-gradient (dgrad)
+# and weight-gradient (wgrad) GEMMs against its forward's, as Transformer Engine's GEMM profiling guide measured them
+# (NVIDIA/TransformerEngine @ 8f2e635 docs/examples/gemm_profiling/gemm_profiling.rst, #2863;
+# benchmarks/gemm/benchmark_gemm.py): one layer's four linears, (M, K, N) as the guide writes them, each pass's shapes
+# timed as forward GEMMs of those shapes back to back; per pass the sum. Per GPU family and precision, the factor is the
+# measured dgrad / fprop (wgrad / fprop) over the tile model's own ratio at those shapes on the GPU measured
+# (gemm.measured_passes): Blackwell from the B300 (sm_103) run, taken for every Blackwell part (sm_100 B200 and GB200
+# too: assumed); Hopper from the H200 NVL run (the H200 preset's tile model; H100 and H800 the same die). A100: none
+# measured (1). FP8: per-tensor current scaling pre-quantized, the cuBLASLt kernel delayed scaling runs too (the guide's
+# delayed rows are autocast, quantisation inside); NVFP4: pre-quantized; BF16: the mean of its two runs. DeepGEMM's FP8
+# table (model.fp8_gemm = "deepgemm") keeps 1: a different library, not the one timed.
+TE_GUIDE_SHAPES = ((15872, 4096, 12288), (15872, 4096, 4096), (15872, 4096, 16384), (15872, 16384, 4096))
+H200_NVL_PASSES = {"bf16": ((10.653 + 10.632) / 2, (10.813 + 10.747) / 2, (10.548 + 10.530) / 2),
+                   "fp8": (5.577, 5.661, 5.547)}  # fmt: skip
+FAMILIES = {"B300": (B300_PASSES, ("B200", "GB200", "GB300", "B300")), "H200": (H200_NVL_PASSES, ("H100", "H800", "H200"))}
+PRECISION_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1 / 16}  # an operand element: NVFP4's value and its block's scale
+
+
+def _measured_passes(measured_on: KernelRates, passes: dict) -> dict[str, GemmRates]:
+    """The GEMM rates of ``measured_on`` per precision with the factors ``passes`` (fprop, dgrad, wgrad sums) give."""
+    return {p: measured_passes(getattr(measured_on, f"gemm_{p}"), sums, TE_GUIDE_SHAPES, measured_on.sms,
+                               measured_on.hbm, PRECISION_BYTES[p]) for p, sums in passes.items()}  # fmt: skip
+
+
+# per measured GPU and precision, (dgrad, wgrad) factors
+BACKWARD_GEMMS = {gpu: {p: (g.dgrad, g.wgrad) for p, g in _measured_passes(PRESETS[gpu], passes).items()}
+                  for gpu, (passes, _) in FAMILIES.items()}  # fmt: skip
+for _gpu, (_, _members) in FAMILIES.items():
+    for _name in _members:
+        _r = PRESETS[_name]
+        PRESETS[_name] = replace(_r, **{f"gemm_{p}": replace(getattr(_r, f"gemm_{p}"), dgrad=d, wgrad=w)
+                                        for p, (d, w) in BACKWARD_GEMMS[_gpu].items()
+                                        if getattr(_r, f"gemm_{p}") is not None})  # a precision the GPU lacks: none
