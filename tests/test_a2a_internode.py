@@ -6,6 +6,7 @@ are worked by hand from those rules and the table; sources in docs/model.md ("Ke
 
 from __future__ import annotations
 
+from math import comb
 from pathlib import Path
 
 import pytest
@@ -118,13 +119,21 @@ def test_nccl_moves_every_copy_deepep_each_node_once():
     assert all(nccl[c].seconds > 2 * deepep[c].seconds for c in nccl)
 
 
-def test_inside_a_node_the_dispatchers_agree():
-    # EP 8 on one node: NVLink, every copy, either dispatcher (DeepEP's intranode kernels are not modelled apart)
+def test_inside_a_node_deepep_sends_a_token_once_per_rank():
+    # EP 8 on one node, NVLink at the same bus rate: NCCL sends every (token, expert) copy that leaves the rank, DeepEP
+    # a token once to each rank holding one of its experts (is_token_in_rank; DeepEP's intranode dispatch, s21m).  A
+    # rank holds 16 of the 128 experts, none of a token's 8 with probability C(112, 8) / C(128, 8) = 0.332580, so
+    # 8 x 0.667420 = 5.33936 ranks a token against 8 experts; 7/8 of either leaves the rank
     cfg = _cfg("xt-qwen3-235b-tp2ep32pp8vpp4")
     a = _a2a(cfg, H800, tensor=1, expert=8, dispatcher="alltoall")
     b = _a2a(cfg, H800, tensor=1, expert=8, dispatcher="deepep")
-    assert {c: r.seconds for c, r in a.items()} == {c: r.seconds for c, r in b.items()}
+    none = comb(112, 8) / comb(128, 8)
+    assert none == pytest.approx(0.332580, abs=1e-6)
     assert a["dispatch_forward"].bytes == pytest.approx(4096 * K * 7 / 8 * H * 2)
+    assert b["dispatch_forward"].bytes == pytest.approx(4096 * 8 * (1 - none) * 7 / 8 * H * 2)
+    for c in a:  # the same NVLink all-to-all rate for both: latency + bytes / bus bandwidth
+        assert b[c].seconds - H800.latency == pytest.approx((a[c].seconds - H800.latency) * 5.33936 / K,
+                                                                 rel=1e-5)
 
 
 def test_deepep_without_a_table_keeps_the_nic_model():

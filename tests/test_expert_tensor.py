@@ -13,6 +13,7 @@ moe_intermediate_size 1536, 128 experts, top-8, sequence 4096) and the code read
 
 from __future__ import annotations
 
+from math import comb
 from pathlib import Path
 
 import pytest
@@ -97,11 +98,17 @@ def test_nothing_of_it_at_etp_1():
 
 
 def test_deepep_sends_each_row_to_the_experts_etp_ranks():
-    # DeepEP over tp_ep (EP 4 x ETP 2 = 8 ranks, one node): each token to its 8 experts' 2 ranks, 7 / 8 of them away:
-    # 2,048 x 16 x 7 / 8 = 28,672 rows of 4096 x 2 B; no gather, reduce-scatter or fp32 casts of its own
+    # DeepEP over tp_ep (EP 4 x ETP 2 = 8 ranks, one node): each token once to every ETP rank of each EP rank its 8
+    # experts fall on (is_token_in_rank), 7 / 8 of them away.  An EP rank holds 32 of the 128 experts, so it holds none
+    # of a token's 8 with probability C(96, 8) / C(128, 8) = 0.092747: 4 x 0.907253 = 3.62901 EP ranks, 2 x 3.62901 x
+    # 7/8 = 6.35077 rows a token, 2,048 x 6.35077 = 13,006.4 rows of 4096 x 2 B (16 per token, 28,672 rows, were each
+    # (token, expert) pair sent); no gather, reduce-scatter or fp32 casts of its own
     rows = _rows(tensor=2, expert=4, expert_tensor=2, dispatcher="deepep")
     a2a = _by_name(rows, "all-to-all")
-    assert a2a["dispatch_forward"].bytes == 28_672 * H * 2
+    none = comb(96, 8) / comb(128, 8)
+    assert none == pytest.approx(0.092747, abs=1e-6)
+    assert a2a["dispatch_forward"].bytes == pytest.approx(2_048 * 2 * 4 * (1 - none) * 7 / 8 * H * 2)
+    assert a2a["dispatch_forward"].bytes == pytest.approx(13_006.4 * H * 2, rel=1e-5)
     assert not [k for k in rows if k.name.startswith("etp ")]
 
 

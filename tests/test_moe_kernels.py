@@ -146,10 +146,10 @@ def test_attention_key_rejects_other_values(tmp_path, capsys):
 
 # -- the dispatcher's own kernels -----------------------------------------------------------------------
 def test_regrouping_by_local_expert_and_the_count_exchange_by_hand():
-    # Qwen3-235B, TP 4 / EP 8: 4096 / 4 = 1024 tokens per rank, top-8: 8192 rows of h = 4096 in BF16 received
-    # (balanced routing), read and written once to group them by the 16 local experts: 134,217,728 bytes,
-    # after the dispatch and again (reversed) before the combine, and both again in the backward.
-    st = _load("mz-qwen3-235b-tp4ep8pp8")
+    # Qwen3-235B, TP 4 / EP 8 with the alltoall dispatcher: 4096 / 4 = 1024 tokens per rank, top-8: 8192 rows of
+    # h = 4096 in BF16 received (balanced routing), read and written once to group them by the 16 local experts:
+    # 134,217,728 bytes, after the dispatch and again (reversed) before the combine, and both again in the backward.
+    st = _load("mz-qwen3-235b-tp4ep8pp8", ["model.moe_dispatcher=alltoall"])
     rows = [k for k in derive.layer_kernels(st, 0) if "local expert" in k.name]
     assert sorted((k.name, k.component) for k in rows) == [
         ("sort by local expert", "mlp_forward"), ("sort by local expert backward", "mlp_backward_input"),
@@ -166,12 +166,58 @@ def test_regrouping_by_local_expert_and_the_count_exchange_by_hand():
 
 def test_one_local_expert_needs_no_regrouping_and_no_expert_parallelism_no_exchange():
     # EP 128: one expert per rank; EP 1: nothing is sent, no counts are exchanged
-    one = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=128", "parallel.data=32"])
+    one = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=128", "parallel.data=32", "model.moe_dispatcher=alltoall"])
     names = {k.name for k in derive.layer_kernels(one, 0)}
     assert "sort by local expert" not in names and "token counts all-gather" in names
-    alone = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=1"])
+    alone = _load("mz-qwen3-235b-tp4ep8pp8", ["parallel.expert=1", "model.moe_dispatcher=alltoall"])
     names = {k.name for k in derive.layer_kernels(alone, 0)}
     assert "sort by local expert" in names and "token counts all-gather" not in names
+
+
+def test_deepep_layer_kernel_list_by_hand():
+    """One small MoE layer under Megatron-core's flex dispatcher (DeepEP), TP 1, EP 8 on one H100 node, read call by
+    call at NVIDIA/Megatron-LM @ 1e05700 (token_dispatcher.py _DeepepManager / MoEFlexTokenDispatcher, fused_a2a.py)
+    and 6a6cd478 (the same calls), DeepEP csrc/deep_ep.cpp @ 9fe9021: the dispatch sends each token once to each rank
+    holding one of its experts; the received rows are permuted straight to the local experts by TE's permute with
+    the multihot routing map (no sort_chunks_by_idxs either way); the unpermute sums a token's local rows back to
+    one row before the combine; DeepEP carries the probabilities (no probs all-to-all).
+    4,096 tokens of h 1,024, 32 experts top-4, 4 a rank: a rank holds none of a token's 4 with probability
+    C(28, 4) / C(32, 4) = 20,475 / 35,960, so R = 4,096 x 8 x (1 - 20,475 / 35,960) = 14,110.5 rows received,
+    16,384 (= 4,096 x 4) rows for the experts."""
+    st = derive.setup(scenario.sections_only({
+        "pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1},
+        "model": {"model_type": "qwen3_moe", "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 8,
+                  "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 4096, "moe_intermediate_size": 512,
+                  "num_experts": 32, "num_experts_per_tok": 4, "vocab_size": 32000, "tie_word_embeddings": False,
+                  "seq_length": 4096, "micro_batch_size": 1, "moe_dispatcher": "deepep"},
+        "parallel": {"tensor": 1, "data": 8, "expert": 8},
+        "hardware": {"preset": "H100"}}))  # fmt: skip
+    rows = [k for k in derive.layer_kernels(st, 0) if not k.component.startswith("attn") and k.kind != "host"]
+    assert [k.name for k in rows if k.component == "mlp_forward"] == [
+        "pre-mlp norm", "router", "router softmax + top-k", "permute row-id map", "permute", "experts fc1 (grouped)",
+        "experts swiglu", "experts fc2 (grouped)", "unpermute + weighted sum", "residual add"]
+    assert [k.name for k in rows if k.component == "mlp_backward_input"] == [
+        "unpermute backward", "experts fc2 dgrad (grouped)", "experts swiglu backward", "experts fc1 dgrad (grouped)",
+        "permute backward", "router backward", "router dgrad", "pre-mlp norm backward"]
+    assert [(k.name, k.component) for k in rows if k.kind == "comm"] == [
+        ("token counts all-gather", "dispatch_forward"), ("all-to-all", "dispatch_forward"),
+        ("all-to-all", "combine_forward"), ("all-to-all", "dispatch_backward"), ("all-to-all", "combine_backward")]
+    received, routed, h = 4096 * 8 * (1 - 20475 / 35960), 4096 * 4, 1024
+    assert received == pytest.approx(14_110.5, abs=0.05)
+    by = {(k.name, k.component): k for k in rows}
+    # the row-id map over the received rows x 4 local experts, 25 B an entry, two kernels at the launch floor
+    assert by["permute row-id map", "mlp_forward"].bytes == pytest.approx(received * 4 * 25)
+    # the permute reads each received row once and writes its routed copies; the unpermute and both backwards the
+    # same rows the other way: (14,110.5 + 16,384) x 1,024 x 2 B = 62.45 MB, at H100's 2.9 TB/s after the floor
+    for name, comp in (("permute", "mlp_forward"), ("unpermute + weighted sum", "mlp_forward"),
+                       ("unpermute backward", "mlp_backward_input"), ("permute backward", "mlp_backward_input")):
+        assert by[name, comp].bytes == pytest.approx((received + routed) * h * 2)
+        assert by[name, comp].seconds == pytest.approx(2.5e-6 + (received + routed) * h * 2 / HBM)
+    # each phase: the received rows from the other 7 ranks, 7/8 of them, at the NVLink all-to-all rate
+    sent = received * 7 / 8 * h * 2
+    for comp in ("dispatch_forward", "combine_forward", "dispatch_backward", "combine_backward"):
+        assert by["all-to-all", comp].bytes == pytest.approx(sent)
+        assert by["all-to-all", comp].seconds == pytest.approx(25.5e-6 + sent / 321e9)
 
 
 # -- model.moe_aux_loss ---------------------------------------------------------------------------------------

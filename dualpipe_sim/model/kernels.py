@@ -987,7 +987,8 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     parallelism"; the collectives are _all_to_all's).
     With several local experts the received rows are regrouped by expert after the dispatch and
     back before the combine (Megatron-core token_dispatcher.py: ``sort_chunks_by_idxs``, "Permutation
-    2"; the DeepEP dispatcher's ``get_permuted_hidden_states_by_experts``), forward and backward.
+    2"), forward and backward.  The flex dispatcher (DeepEP) permutes after the dispatch instead, straight to
+    the local experts, and regroups nothing (docs/model.md, "The MoE layer under DeepEP, call by call").
     ``recompute``: the layer's forward rerun in the input gradient (full); ``whole_moe``: the MoE layer's alone
     (--recompute-modules moe: moe_layer.py checkpoints router, dispatch, experts, combine and shared experts; the
     pre-MLP norm and the residual add are the transformer layer's, outside it)."""
@@ -1001,6 +1002,12 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     fl, rows = fe // etp, n * k * etp
     local = max(1, E // e)
     m = max(1, round(n * k * e * etp / E))  # tokens per local expert, balanced routing
+    # where the permute runs: before the all-to-all on the rank's n tokens over all E experts, or, with the flex
+    # dispatcher (DeepEP), after it on the distinct tokens received over the local experts (_DeepepManager,
+    # token_dispatcher.py @ 1e05700 lines 885-916): n x k rows out either way (x ETP with DeepEP), and no
+    # regrouping by local expert, as the permute's routing map is already the local experts'
+    flex = lay.dispatcher == "deepep"
+    src, dst, mapped = (n * etp * ranks_reached(E, e, k), rows, local) if flex else (n, n * k, E)
     low = lay.low_bytes if lay.fp8 else ab
     # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
     launches = local if lay.expert_streams == 1 else 1
@@ -1016,11 +1023,11 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
         if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
             _aux_loss(tb, comp, n)
-        # the fused permute first builds its row-id map: two Triton kernels over the n x E routing map, each at
-        # the kernel floor here (the unpermute and both backwards reuse the saved map)
-        tb.memory("permute row-id map", comp, n * E * ROW_ID_MAP_BYTES, launches=2)
-        tb.memory("permute", comp, n * h * ab + n * k * h * low)
-        if local > 1:  # the received rows regrouped by local expert (read and write each)
+        # the fused permute first builds its row-id map: two Triton kernels over the routing map (n x E, or DeepEP's
+        # received rows x local experts), each at the kernel floor here (the unpermute and both backwards reuse it)
+        tb.memory("permute row-id map", comp, src * mapped * ROW_ID_MAP_BYTES, launches=2)
+        tb.memory("permute", comp, src * h * ab + dst * h * low)
+        if local > 1 and not flex:  # the received rows regrouped by local expert (read and write each)
             tb.memory("sort by local expert", comp, 2 * rows * h * ab)
         tb.amax("experts fc1 input", comp, rows * h, local)  # GroupedLinear quantizes each expert's rows apart
         tb.experts("experts fc1 (grouped)", comp, m, 2 * fl, h, local)
@@ -1032,18 +1039,18 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         if cfg.expert_bias:  # fc1's bias rides in the fused activation; fc2's is added apart (GPT_OSS_FC2_BIAS)
             passes, each, once = GPT_OSS_FC2_BIAS[0]
             tb.memory("experts fc2 bias x probs + add, cat", comp, rows * h * passes * ab, each * local + once)
-        if local > 1:
+        if local > 1 and not flex:
             tb.memory("unsort by local expert", comp, 2 * rows * h * ab)
         _etp_casts(tb, comp, n * k, forward=True)
-        tb.memory("unpermute + weighted sum", comp, n * k * h * ab + n * h * ab)
+        tb.memory("unpermute + weighted sum", comp, dst * h * ab + src * h * ab)
         if layer_part:
             tb.memory("residual add", comp, 3 * n * h * ab)
     if len(comps) > 1:
         tb.rerun_since(start)
     comp, wcomp = "mlp_backward_input", "mlp_backward_weight"
-    tb.memory("unpermute backward", comp, n * h * ab + n * k * h * ab)
+    tb.memory("unpermute backward", comp, src * h * ab + dst * h * ab)
     _etp_casts(tb, comp, n * k, forward=False)
-    if local > 1:
+    if local > 1 and not flex:
         tb.memory("unsort by local expert backward", comp, 2 * rows * h * ab)
     if cfg.expert_bias:
         passes, each, once = GPT_OSS_FC2_BIAS[1]
@@ -1057,9 +1064,9 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         tb.memory("experts swiglu clamp backward", comp, rows * 2 * fl * 3 * ab, 2)
     tb.cast("experts fc1 grad cast", comp, rows * 2 * fl, local)
     tb.experts("experts fc1 dgrad (grouped)", comp, m, h, 2 * fl, local)
-    if local > 1:
+    if local > 1 and not flex:
         tb.memory("sort by local expert backward", comp, 2 * rows * h * ab)
-    tb.memory("permute backward", comp, n * k * h * ab + n * h * ab)
+    tb.memory("permute backward", comp, dst * h * ab + src * h * ab)
     if lay.aux_loss:  # the aux loss's gradient into the scores, then through their softmax
         tb.memory("aux loss backward", comp, n * E * 4 * 2)
     tb.memory("router backward", comp, n * E * 4 * 3)
@@ -1073,6 +1080,12 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     if cfg.shared_intermediate_size:
         dense_mlp_block(tb, recompute or whole_moe, cfg.shared_intermediate_size, prefix="shared expert ")
     _all_to_all(tb, n, rerun=recompute or whole_moe)
+
+
+def ranks_reached(experts: int, ranks: int, k: int) -> float:
+    """How many of ``ranks`` ranks, each holding an equal share of ``experts``, a token's ``k`` distinct experts
+    fall on (balanced routing): a rank holds none of them with probability C(E - E/ranks, k) / C(E, k)."""
+    return ranks * (1 - math.comb(experts - experts // ranks, k) / math.comb(experts, k))
 
 
 def _aux_loss(tb: Table, comp: str, n: int) -> None:
@@ -1091,8 +1104,8 @@ def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     """Dispatch and combine, forward and backward: each rank sends its tokens' copies to the
     ranks of their experts (expert parallelism e); FP8 payloads where the model is FP8.  With expert tensor
     parallelism ETP > 1 the received rows are all-gathered over the ETP group after the dispatch and the experts'
-    partial sums reduce-scattered before the combine (_expert_tensor_collectives); DeepEP instead sends each row to
-    all ETP ranks of its expert over the ETP x EP group.  ``rerun``: the
+    partial sums reduce-scattered before the combine (_expert_tensor_collectives); DeepEP instead sends each token
+    once to every ETP rank of each EP rank its experts are on, over the ETP x EP group.  ``rerun``: the
     forward's dispatch and combine run again where the MoE layer's forward is rerun (full recompute, or
     --recompute-modules moe), each in the backward's all-to-all of the same phase, as the rerun compute
     goes into the input gradient of its block."""
@@ -1105,10 +1118,13 @@ def _all_to_all(tb: Table, n: int, rerun: bool = False) -> None:
     fp8 = 1.0 + 4 / 128 if lay.fp8 else lay.act_bytes  # one fp32 scale per 128 values
     ep = tb.group("ep")  # its ranks ETP apart (placement.group)
     link = ep.link
-    # DeepEP's group is tp_ep (ETP x EP ranks): each row to its k experts' ETP ranks (MoEFlexTokenDispatcher, topk
-    # and num_experts times ETP, token_dispatcher.py @ 1e05700 lines 950-956)
-    group, fan = (e * etp, k * etp) if lay.deepep else (e, k)
-    copies = fan * (group - 1) / group  # copies of a token that leave the rank (balanced routing)
+    # DeepEP's group is tp_ep (ETP x EP ranks; MoEFlexTokenDispatcher, topk and num_experts times ETP,
+    # token_dispatcher.py @ 1e05700 lines 950-956), and it sends a token once to each rank it reaches
+    # (is_token_in_rank, DeepEP's intranode dispatch), not once per expert
+    group = e * etp if lay.deepep else e
+    copies = k * (group - 1) / group  # copies of a token that leave the rank (balanced routing)
+    if lay.deepep:
+        copies = etp * ranks_reached(cfg.num_experts, e, k) * (group - 1) / group
     deepep = False
     if link == "nic":
         nodes = ep.domains
