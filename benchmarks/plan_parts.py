@@ -74,7 +74,7 @@ def run(name: str, every: int) -> None:
     start = time.process_time()
     firsts: dict[tuple, int] = {}
     for n, row in enumerate(live):  # the memory pass, as plan._estimated runs it in one process
-        row.pruned, key = _prune(cache, row, device, model, choices.zero)
+        row.pruned, key = _prune(cache, row, device)
         if not row.pruned:
             firsts.setdefault(key, n)
     memory = time.process_time() - start
