@@ -57,19 +57,19 @@ def test_the_codes_sums_are_the_guides():
 @pytest.mark.parametrize("precision", ["bf16", "fp8", "fp4"])
 def test_blackwell_factors_by_hand(precision):
     # On the B300's 148 SMs every one of the 12 shapes runs 128 x 128 tiles: the fprop and dgrad outputs (15,872 rows:
-    # 124 tile rows) at 992/999 of the peak, the wgrad outputs (4,096 or 16,384 rows) at 256/259. So the tile model's
-    # dgrad sum is its fprop sum (ratio 1: the factor is the measured ratio), and its wgrad / fprop is
-    # (4 floors + 12F / (peak x 256/259)) / (4 floors + 12F / (peak x 992/999)), 1.0046 at every peak here.
+    # 124 tile rows) at 992/999 of the peak, the wgrad outputs (4,096 or 16,384 rows) at 256/259, all compute-bound.
+    # The peak is fitted to the fprop sum (4 floors + 12F x 999/992 / peak = the measured fprop), and a factor scales
+    # a pass's math, not its 4 floors (s21p), so dgrad: 4 floors + f 12F x 999/992 / peak = the measured dgrad, i.e.
+    # f = (dgrad - 4 floors) / (fprop - 4 floors); wgrad the same over the math's 259/256 / (999/992).
     fprop, dgrad, wgrad = B300[precision]
-    peak = getattr(RATES["B300"], f"gemm_{precision}").peak
-    model_wgrad = (4 * FLOOR + 12 * F * 259 / 256 / peak) / (4 * FLOOR + 12 * F * 999 / 992 / peak)
-    assert model_wgrad == pytest.approx(1.0046, abs=1e-4)
+    math = (fprop - 4 * FLOOR * 1e3) / (999 / 992)  # 12F / peak, ms
+    by_hand = ((dgrad - 4 * FLOOR * 1e3) / (math * 999 / 992), (wgrad - 4 * FLOOR * 1e3) / (math * 259 / 256))
     for gpu in BLACKWELL:
         g = getattr(RATES[gpu], f"gemm_{precision}")
-        assert g.dgrad == pytest.approx(dgrad / fprop, rel=1e-9)
-        assert g.wgrad == pytest.approx(wgrad / fprop / model_wgrad, rel=1e-6)
-    # FP8 1.0792 / 1.0725, BF16 1.0329 / 1.0242, NVFP4 1.0407 / 0.9566 (its wgrad shapes measured quicker)
-    expected = {"fp8": (1.0792, 1.0725), "bf16": (1.0329, 1.0242), "fp4": (1.0407, 0.9566)}[precision]
+        assert (g.dgrad, g.wgrad) == pytest.approx(by_hand, rel=2e-4)  # the peak's rounding to 0.1 TFLOP/s
+    # FP8 1.0800 / 1.0732, BF16 1.0331 / 1.0243, NVFP4 1.0414 / 0.9558 (its wgrad shapes measured quicker)
+    expected = {"fp8": (1.0800, 1.0732), "bf16": (1.0331, 1.0243), "fp4": (1.0414, 0.9558)}[precision]
+    assert by_hand == pytest.approx(expected, abs=1e-4)
     g = getattr(RATES["B200"], f"gemm_{precision}")
     assert (g.dgrad, g.wgrad) == pytest.approx(expected, abs=1e-4)
 
@@ -98,13 +98,17 @@ def test_hopper_factors_from_the_h200_nvl_run(precision):
     dgrad = sum(one(m, k, n) for m, k, n in rates.TE_GUIDE_SHAPES)  # K and N swapped
     wgrad = sum(one(k, n, m) for m, k, n in rates.TE_GUIDE_SHAPES)  # the tokens as K
     assert 1.0 <= dgrad / fprop < 1.006 and 1.0 <= wgrad / fprop < 1.015
+    # the factor scales each pass's math (its sum less its 4 floors) so that the pass's sum is the model's fprop x the
+    # measured ratio
     f, d, w = H200_NVL[precision]
+    floors = 4 * plain.floor
+    by_hand = ((fprop * d / f - floors) / (dgrad - floors), (fprop * w / f - floors) / (wgrad - floors))
     for gpu in HOPPER:
         g = getattr(RATES[gpu], f"gemm_{precision}")
-        assert (g.dgrad, g.wgrad) == pytest.approx((d / f / (dgrad / fprop), w / f / (wgrad / fprop)), rel=1e-9)
-    # FP8 1.0096 / 0.9813, BF16 1.0116 / 0.9889: Hopper's weight gradients get quicker
+        assert (g.dgrad, g.wgrad) == pytest.approx(by_hand, rel=1e-9)
+    # FP8 1.0096 / 0.9812, BF16 1.0116 / 0.9889: Hopper's weight gradients get quicker
     g = getattr(RATES["H100"], f"gemm_{precision}")
-    assert (g.dgrad, g.wgrad) == pytest.approx({"fp8": (1.0096, 0.9813), "bf16": (1.0116, 0.9889)}[precision], abs=1e-4)
+    assert (g.dgrad, g.wgrad) == pytest.approx({"fp8": (1.0096, 0.9812), "bf16": (1.0116, 0.9889)}[precision], abs=1e-4)
 
 
 def test_no_factor_where_nothing_was_measured():
@@ -125,16 +129,47 @@ def test_a_gemms_pass_is_its_linears_by_name():
 def test_one_dgrad_gemm_on_b200_by_hand():
     # Llama 3.1 8B on 8 B200s (TP 1): fc1's input gradient, 16,384 x 4,096 x 28,672 FP8. 128 x 128 tiles: 128 x 32 = 4,096
     # tiles in 28 rounds of 148 (256/259 useful); 2 x 16,384 x 4,096 x 28,672 = 3.8483e12 FLOP at 2,972 TFLOP/s x 256/259
-    # = 1,310.0 us, + 5.25 us = 1,315.3 us; x 2.329 / 2.158 (the B300 run's FP8 dgrad / fprop; the tile model's own ratio
-    # there is 1) = 1,419.5 us
+    # = 1,310.0 us, x (2.329 - 4 floors) / (2.158 - 4 floors) ms (the B300 run's FP8 dgrad over fprop, each less its four
+    # floors: the factor scales the math alone; the tile model's own ratio there is 1) = 1,414.8 us, + 5.25 us = 1,420.0 us
     sc = scenario.load(ROOT / "scenarios" / "validation" / "mlperf51-llama8b-8b200.toml")
     st = sc.derived().setup
     row = next(k for k in derive.layer_kernels(st, 0) if k.name == "fc1 dgrad")
     assert row.shape == "16384 x 4096 x 28672 fp8" and row.component == "mlp_backward_input"
     flops = 2 * 16384 * 4096 * 28672
-    by_hand = (FLOOR + flops / (2972e12 * 256 / 259)) * 2.329 / 2.158
-    assert by_hand == pytest.approx(1419.5e-6, abs=0.1e-6)
-    assert row.seconds == pytest.approx(by_hand, rel=1e-9)
+    by_hand = FLOOR + flops / (2972e12 * 256 / 259) * (2.329e-3 - 4 * FLOOR) / (2.158e-3 - 4 * FLOOR)
+    assert by_hand == pytest.approx(1420.0e-6, abs=0.1e-6)
+    assert row.seconds == pytest.approx(by_hand, rel=1e-4)  # the B300 peak's rounding
     # its forward, 16,384 x 28,672 x 4,096: 128 x 224 = 28,672 tiles in 194 rounds, no factor
     forward = next(k for k in derive.layer_kernels(st, 0) if k.name == "fc1")
     assert forward.seconds == pytest.approx(FLOOR + flops / (2972e12 * 28672 / (194 * 148)), rel=1e-9)
+
+
+def test_the_factor_scales_the_math_alone():
+    # s21p: the guide timed compute-bound shapes; its factor scales a GEMM's math, not the bytes it moves or its launch.
+    # One SM, one 128 x 128 tile (useful fraction 1), K = 1,024, BF16: 2 x 128 x 128 x 1,024 = 33,554,432 FLOP, 33.554 us
+    # at 1 PFLOP/s; (2 x 128 x 1,024 + 128 x 128) x 2 B = 557,056 B, 55.706 us at 10 GB/s: memory-bound.
+    g = gemm.GemmRates(peak=1e12, k_overhead=0.0, floor=5e-6, dgrad=1.5, wgrad=2.0)
+    t = lambda grad: gemm.time(128, 128, 1024, g, 1, 1e10, 2.0, grad=grad)  # noqa: E731
+    assert t("fprop").bound == "memory"
+    assert t("fprop").seconds == pytest.approx(5e-6 + 55.706e-6, abs=1e-9)
+    # dgrad: 1.5 x 33.554 = 50.33 us of math, still under the bytes' 55.706: no change (before s21p: x 1.5 on the whole)
+    assert t("dgrad").seconds == pytest.approx(5e-6 + 55.706e-6, abs=1e-9) and t("dgrad").bound == "memory"
+    # wgrad: 2 x 33.554 = 67.109 us of math outlasts the bytes: compute-bound, the floor not scaled
+    assert t("wgrad").seconds == pytest.approx(5e-6 + 67.109e-6, abs=1e-9) and t("wgrad").bound == "compute"
+    # a latency-bound GEMM (K = 16: 0.524 us of math, x 2 = 1.049; 40,960 B, 0.41 us at 0.1 PB/s) pays its floor once,
+    # unscaled (before s21p: 2 x (5 + 1.049) us)
+    short = gemm.time(128, 128, 16, g, 1, 1e14, 2.0, grad="wgrad")
+    assert short.bound == "latency" and short.seconds == pytest.approx(5e-6 + 2 * 2 * 128 * 128 * 16 / 1e12, abs=1e-12)
+
+
+def test_a_measured_shape_that_is_not_compute_bound_is_refused():
+    # the rule scales the tile model's math; a pass measured so quick that its shape would be bound by its bytes at the
+    # factor cannot be matched by scaling math. One SM, (M, K, N) = (128, 1,024, 128) at 1 PFLOP/s and 10 GB/s: fprop
+    # memory-bound at 5 + 55.706 us; dgrad (128 x 1,024 out, K = 128: 33.554 us of math, 557,056 B = 55.706 us) measured
+    # at half the fprop: 30.35 us, its factor (30.35 - 5) / 33.554 = 0.755, its math 25.35 us under its bytes' 55.7
+    g = gemm.GemmRates(peak=1e12, k_overhead=0.0, floor=5e-6)
+    with pytest.raises(ValueError, match="compute-bound"):
+        gemm.measured_passes(g, (1.0, 0.5, 1.0), ((128, 1024, 128),), 1, 1e10, 2.0)
+    # the same at a pass ratio whose math outlasts the bytes: (2 x 60.706 - 5) / 33.554 = 3.469
+    assert gemm.measured_passes(g, (1.0, 2.0, 2.0), ((128, 1024, 128),), 1, 1e10, 2.0).dgrad == pytest.approx(
+        (2 * 60.706 - 5) / 33.554, rel=1e-4)

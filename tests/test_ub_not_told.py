@@ -35,10 +35,10 @@ def _table(not_told: tuple[str, ...]) -> kernels.Table:
 
 def _by_hand(factor: float = 1.0):
     """The GEMM alone (T: floor + body) and beside 16 held SMs (floor + 2 x body), from the rate's formula; ``factor``:
-    its pass's measured factor (a dgrad's: H100.gemm_bf16.dgrad, s21j)."""
+    its pass's measured factor (a dgrad's: H100.gemm_bf16.dgrad, s21j), on the math, not the floor (s21p)."""
     r = H100.gemm_bf16
-    body = 2.0 * M * N * K / (r.peak * K / (K + r.k_overhead))  # one full round of 264 tiles, 2 per SM
-    return (r.floor + body) * factor, (r.floor + 2 * body) * factor
+    body = 2.0 * M * N * K / (r.peak * K / (K + r.k_overhead)) * factor  # one full round of 264 tiles, 2 per SM
+    return r.floor + body, r.floor + 2 * body
 
 
 DGRAD = H100.gemm_bf16.dgrad  # "qkv dgrad" below: the input gradient's measured factor (tests/test_backward_gemm_passes.py)

@@ -22,10 +22,12 @@ the GPU's peak, and each is a term here:
 blocks then land on the SMs left depends on how it schedules tiles (``SCHEDULES``, per GPU
 in rates.py; docs/model.md, "GEMMs beside a kernel they were not told about").
 
-**The backward's layouts** (``dgrad`` / ``wgrad``): a linear's input-gradient GEMM (K and N of its
+**The backward's shapes** (``dgrad`` / ``wgrad``): a linear's input-gradient GEMM (K and N of its
 forward swapped) and weight-gradient GEMM (the tokens as K) have the forward's FLOPs, but the
 library picks other kernels for their shapes; what that costs beyond the tiles and waves counted
-here is a measured factor per pass (``GemmRates.dgrad`` / ``wgrad``, ``measured_passes``).
+here is a measured factor per pass on the math (``GemmRates.dgrad`` / ``wgrad``, ``measured_passes``),
+measured on compute-bound shapes all in one layout: a kernel bound by its bytes or its launch keeps
+them, and the layouts themselves (TE's TN fprop, NN dgrad, NT wgrad) are in no measurement.
 
 The rates (``GemmRates``: achievable peak, ``k_overhead``, floor, the two pass factors) are per GPU
 architecture and dtype, each from a kernel-level measurement (docs/model.md,
@@ -139,31 +141,42 @@ def time(m: int, n: int, k: int, rates: GemmRates, sms: int, hbm: float, dtype_b
     flops = 2.0 * m * n * k * groups
     nbytes = groups * ((m * k + k * n) * dtype_bytes + m * n * out_bytes)
     util = efficiency(m, n, k, sms, rates.k_overhead, groups, held, schedule)
-    compute = flops / (rates.peak * util)
+    # the pass factor scales the math alone: the guide that measured it timed compute-bound shapes, and a kernel
+    # bound by its bytes or its launch moves the same bytes and pays the same launch whichever layout it runs
+    compute = flops / (rates.peak * util) * rates.pass_factor(grad)
     memory = nbytes / hbm
     body = max(compute, memory)
     bound = "compute" if compute >= memory else "memory"
     if rates.floor > body:
         bound = "latency"
-    return GemmTime((rates.floor + body) * rates.pass_factor(grad), flops, nbytes, util, bound)
+    return GemmTime(rates.floor + body, flops, nbytes, util, bound)
 
 
 def layer_passes(shapes: tuple[tuple[int, int, int], ...], rates: GemmRates, sms: int, hbm: float,
-                 dtype_bytes: float) -> tuple[float, float, float]:
-    """Seconds of the tile model (no pass factor) for a layer's linears, each forward (M x K) @ (K x N) given as
-    (M, K, N), summed per pass as Transformer Engine's GEMM profiling guide times them, every one a forward GEMM of
-    its shape: fprop (M, K, N), dgrad (M, N, K): K and N swapped, wgrad (K, M, N): the tokens as K."""
+                 dtype_bytes: float) -> tuple[tuple[GemmTime, ...], ...]:
+    """The tile model's kernels (no pass factor) for a layer's linears, each forward (M x K) @ (K x N) given as
+    (M, K, N), per pass as Transformer Engine's GEMM profiling guide times them, every one a GEMM of its shape in one
+    layout: fprop (M, K, N), dgrad (M, N, K): K and N swapped, wgrad (K, M, N): the tokens as K."""
     plain = replace(rates, dgrad=1.0, wgrad=1.0)
-    one = lambda m, k, n: time(m, n, k, plain, sms, hbm, dtype_bytes).seconds  # noqa: E731
-    return (sum(one(m, k, n) for m, k, n in shapes), sum(one(m, n, k) for m, k, n in shapes),
-            sum(one(k, m, n) for m, k, n in shapes))
+    one = lambda m, k, n: time(m, n, k, plain, sms, hbm, dtype_bytes)  # noqa: E731
+    return (tuple(one(m, k, n) for m, k, n in shapes), tuple(one(m, n, k) for m, k, n in shapes),
+            tuple(one(k, m, n) for m, k, n in shapes))
 
 
 def measured_passes(rates: GemmRates, measured: tuple[float, float, float], shapes: tuple[tuple[int, int, int], ...],
                     sms: int, hbm: float, dtype_bytes: float) -> GemmRates:  # fmt: skip
     """``rates`` with the pass factors a measurement of a layer's (fprop, dgrad, wgrad) sums at ``shapes`` gives on
-    the GPU ``rates``, ``sms`` and ``hbm`` describe: the measured dgrad / fprop and wgrad / fprop over the tile model's
-    own two ratios there, so that the model's passes stand to its forward as the measured ones did."""
-    fprop, dgrad, wgrad = layer_passes(shapes, rates, sms, hbm, dtype_bytes)
-    return replace(rates, dgrad=measured[1] / measured[0] / (dgrad / fprop),
-                   wgrad=measured[2] / measured[0] / (wgrad / fprop))
+    the GPU ``rates``, ``sms`` and ``hbm`` describe, so that the model's passes stand to its forward as the measured
+    ones did: the factor scales the math of each pass's kernels (time()), not their floors, so it is (the model's
+    fprop sum x the measured pass / fprop - the pass's floors) / the pass's math. Every shape must be compute-bound
+    at the factor (the math is what it scales)."""
+    fprop, *backward = layer_passes(shapes, rates, sms, hbm, dtype_bytes)
+    target = sum(t.seconds for t in fprop) / measured[0]
+    factors = []
+    for kernels, seconds in zip(backward, measured[1:]):
+        maths = [t.flops / (rates.peak * t.utilisation) for t in kernels]
+        factor = (target * seconds - rates.floor * len(kernels)) / sum(maths)
+        if any(t.bytes / hbm > factor * math for t, math in zip(kernels, maths)):
+            raise ValueError("measured_passes: every measured shape must be compute-bound at its pass factor")
+        factors.append(factor)
+    return replace(rates, dgrad=factors[0], wgrad=factors[1])
