@@ -196,6 +196,7 @@ COLUMNS = (
     ("devices", "devices"),
     ("makespan", "makespan (ms)"),
     ("step", "step (ms)"),  # only with [step] work
+    ("slowed", "compute slowed (ms)"),  # only where step.dp_comm_sms slows some schedule's compute
     ("speedup", "speed-up vs 1F1B"),
     ("bubble", "bubble ratio"),
     ("peak", "peak activation"),
@@ -219,6 +220,7 @@ def summary_rows(comparison: Comparison) -> list[dict]:
                 "devices": s["ranks"],
                 "makespan": s["makespan"],
                 "step": step_time(result.metrics),
+                "slowed": result.metrics.later_step_scalars()["step.slowed"],  # metrics.json's step.slowed
                 "speedup": base / time if base and time > 0 else None,
                 "bubble": s["bubble_ratio"],
                 "peak": s["peak_activation"],
@@ -260,6 +262,7 @@ def _cells(row: dict, memory: bool = False, throughput: bool = False) -> list[st
         str(row["devices"]),
         units.number(row["makespan"]),
         units.number(row["step"]),
+        "-" if row["slowed"] is None else units.number(row["slowed"]),
         "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
         f"{row['bubble']:.1%}",
         str(row["peak"]),
@@ -274,7 +277,8 @@ def table(comparison: Comparison) -> str:
     """The side-by-side table as an aligned Markdown table (reads in a terminal too)."""
     rows = summary_rows(comparison)
     columns = _columns(rows)
-    keep = [comparison.has_step or key != "step" for key, _ in columns]  # the step column only with [step] work
+    shown = {"step": comparison.has_step, "slowed": any(r["slowed"] is not None for r in rows)}
+    keep = [shown.get(key, True) for key, _ in columns]  # the step's columns only where some schedule has them
     memory, throughput = MEMORY_COLUMNS[0] in columns, THROUGHPUT_COLUMNS[0] in columns
     body = [[c for c, k in zip(_cells(r, memory, throughput), keep) if k] for r in rows]
     head = [title for (_, title), k in zip(columns, keep) if k]

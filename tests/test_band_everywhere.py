@@ -114,8 +114,8 @@ def test_sweep_results_and_summary_name_each_points_class(tmp_path):
     run_sweep(toml(tmp_path), parse_grid(["hardware.preset=H100,A100"]), tmp_path / "s", jobs=1, charts=False)
     with (tmp_path / "s" / "results.csv").open(newline="") as f:
         header = next(csv.reader(f))
-    # added before the identity (and s21e's step.slowed after them)
-    assert header[-3 - len(BAND_COLUMNS):] == [*BAND_COLUMNS, "step.slowed", "point", "scenario_id"]
+    # added before the identity (and s21e's step.slowed, s21r's step.drain after them)
+    assert header[-4 - len(BAND_COLUMNS):] == [*BAND_COLUMNS, "step.slowed", "step.drain", "point", "scenario_id"]
     rows = {r["hardware.preset"]: r for r in read_csv(tmp_path / "s" / "results.csv")}
     for preset, cls, anchor in (("H100", "Hopper dense", "whole-training-runs-on-h100"),
                                 ("A100", "A100 dense", "whole-training-runs")):  # fmt: skip

@@ -6,6 +6,7 @@ docs/model.md "Expert tensor parallelism", "The MoE backward on the host", "Host
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,7 +129,10 @@ def test_a2a_buffers_grow_with_the_gathered_rows():
     assert two["dispatch_backward"] == 2 * r * 2 + r * 2  # the gathered gradient and its reduce-scattered r
     assert two["combine_backward"] == 2 * r * 4 + 2 * r * 2  # the fp32 gradient all-gathered, cast to bf16
     deepep = _a2a(["parallel.expert_tensor=2", "parallel.expert=4", 'model.moe_dispatcher="deepep"'])
-    assert set(deepep.values()) == {(1 + 2) * r * 2}  # r sent, 2 r received (or the other way round)
+    # s21r: rows, not (token, expert) copies: a rank's 2,048 tokens, and 2,048 x ETP 2 x the EP ranks a token's 8 of
+    # 128 experts reach, 4 (1 - C(96, 8) / C(128, 8)), received (or the other way round)
+    reached = 4 * (1 - math.prod(range(89, 97)) / math.prod(range(121, 129)))
+    assert list(deepep.values()) == [pytest.approx((2048 + 2048 * 2 * reached) * 4096 * 2, rel=1e-12)] * 4
 
 
 def test_gpt_oss_fc2_bias_over_each_etp_ranks_gathered_rows():

@@ -25,8 +25,8 @@ def read(path):
 def test_new_columns_come_after_every_earlier_one():
     cols = columns(parse_grid(["pipeline.stages=2,4"]))
     band = list(validation_band.COLUMNS)  # s18q: the validation band after them, the identity columns still last
-    # s21e: step.slowed after the band
-    assert cols[-5 - len(band):] == ["gpus", "gpu_time", *band, "step.slowed", "point", "scenario_id"]
+    # s21e: step.slowed after the band, s21r: step.drain after it
+    assert cols[-6 - len(band):] == ["gpus", "gpu_time", *band, "step.slowed", "step.drain", "point", "scenario_id"]
     assert METRIC_COLUMNS[: len(scalar_names())] == scalar_names()  # the earlier columns, in their order
 
 

@@ -10,7 +10,8 @@ with the activations.
   the micro-batch's routed token copies (``2 x tokens / tensor x top-k x
   hidden``, FP8 where the phase carries FP8) while it runs.  At expert tensor
   parallelism ETP > 1 a phase also holds the rows gathered over the ETP group
-  and the fp32 reduce-scatter's tensors (``etp_phase_bytes``).
+  and the fp32 reduce-scatter's tensors (``etp_phase_bytes``).  Under DeepEP a phase holds the rank's own tokens
+  and the rows it receives, one per token per rank it reaches (``deepep_rows``, as the kernel model moves them).
 
 * **Deferred output-layer wgrad** (``model.defer_embedding_wgrad``, model/deferred_wgrad.py): each deferred
   micro-batch's buffered input and output gradient (``deferred_wgrad.held_bytes``), held on the rank running the
@@ -31,7 +32,7 @@ from ..schedules.components import Component
 from ..engine.trace import A2A, DRAIN, P2P, Trace
 from .derive import FP8_SCALE_OVERHEAD, Setup
 from .deferred_wgrad import gemm_ends, held_bytes
-from .kernels import PROB_BYTES
+from .kernels import PROB_BYTES, ranks_reached
 from ..schedules.rules import FREES, KIND_CODES
 
 _FP8_PHASES = (Component.dispatch_forward, Component.combine_backward)  # FP8 in an FP8 model (DeepSeek-V3 Sec. 3.3.2)
@@ -45,17 +46,31 @@ def p2p_bytes(st: Setup) -> float:
 def a2a_bytes(st: Setup) -> dict[int, float]:
     """Send + receive buffers of one all-to-all phase, by component index."""
     cfg = st.cfg
-    copies = st.tokens / st.sharding.tensor * cfg.experts_per_token * cfg.hidden_size
+    tokens = st.tokens / st.sharding.tensor
+    copies = tokens * cfg.experts_per_token * cfg.hidden_size
     fp8 = 1.0 + FP8_SCALE_OVERHEAD if cfg.fp8 else st.act_bytes
     phases = (Component.dispatch_forward, Component.combine_forward, Component.dispatch_backward, Component.combine_backward)
+    if st.dispatcher == "deepep" or st.deepseek_kernels:  # DeepEP, as kernels._all_to_all counts its rows
+        rows = deepep_rows(tokens, cfg.num_experts, st.sharding.expert, st.sharding.expert_tensor, cfg.experts_per_token)
+        return {int(c): rows * cfg.hidden_size * (fp8 if c in _FP8_PHASES else st.act_bytes) for c in phases}
     etp = st.sharding.expert_tensor
     if etp > 1:
-        held = etp_phase_bytes(copies, etp, fp8, st.act_bytes, st.dispatcher == "deepep")
+        held = etp_phase_bytes(copies, etp, fp8, st.act_bytes)
         return {int(c): held[c.name] for c in phases}
     return {int(c): 2 * copies * (fp8 if c in _FP8_PHASES else st.act_bytes) for c in phases}
 
 
-def etp_phase_bytes(r: float, etp: int, low: float, ab: float, deepep: bool) -> dict[str, float]:
+def deepep_rows(n: float, experts: int, ep: int, etp: int, k: int) -> float:
+    """Rows one rank holds in a DeepEP phase: its own ``n`` tokens (the dispatch's input, the combine's output) and
+    the R = n x ETP x kernels.ranks_reached(E, EP, k) rows it receives (DeepEP's ``recv_x``, one row per token that
+    has an expert on the rank, deepseek-ai/DeepEP @ 9fe9021 csrc/deep_ep.cpp line 438; the combine's input), each
+    row sent once to each ETP rank of an EP rank it reaches (token_dispatcher.py @ 1e05700 lines 943-990); the
+    backward the other way round.  DeepEP's own NVLink buffer is a fixed ring of chunks, not per row (config.hpp
+    ``get_nvl_buffer_size_hint``), allocated once: not held per phase."""
+    return n + n * etp * ranks_reached(experts, ep, k)
+
+
+def etp_phase_bytes(r: float, etp: int, low: float, ab: float) -> dict[str, float]:
     """Bytes one rank holds at the peak of each all-to-all phase at ETP > 1, for ``r`` received row elements
     (tokens / tensor x top-k x hidden; ``low``: the FP8 phases' bytes an element, ``ab`` the others').  Each phase's
     tensors as NVIDIA/Megatron-LM @ 1e05700 token_dispatcher.py allocates them, largest step of the phase:
@@ -67,14 +82,11 @@ def etp_phase_bytes(r: float, etp: int, low: float, ab: float, deepep: bool) -> 
       the cast back (the send) and the receive: etp r ab + max((etp + 1) r 4, 2 r ab); no cast where ab is 4 B;
     * their backwards, autograd's mirrors, each gradient freed once its node ran: the gathered rows' gradient
       reduce-scattered, (etp + 1) r ab, then the all-to-all's 2 r ab; the combine's all-to-all (2 r low), then its
-      fp32 gradient all-gathered and cast down, etp r (4 + ab);
-    * DeepEP (MoEFlexTokenDispatcher over tp_ep, lines 943-990: each row sent to its experts' ``etp`` ranks): a
-      rank receives etp x r and sends r (its backward the other way round), (1 + etp) r each phase, no gather.
+      fp32 gradient all-gathered and cast down, etp r (4 + ab).
+
+    DeepEP gathers nothing: deepep_rows.
     """
     q = PROB_BYTES
-    if deepep:
-        return {"dispatch_forward": (1 + etp) * r * low, "combine_forward": (1 + etp) * r * ab,
-                "dispatch_backward": (1 + etp) * r * ab, "combine_backward": (1 + etp) * r * low}  # fmt: skip
     cast = ab != q  # the reduce-scatter in fp32 copies the rows unless they are fp32 already
     return {
         "dispatch_forward": (2 + etp) * r * low,

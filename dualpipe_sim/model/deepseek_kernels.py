@@ -129,7 +129,7 @@ def moe_layer(tb: Table) -> None:
     # -- mlp(B): shared fc2, routed experts, shared fc1 (the profile's order)
     tb.memory("shared expert swiglu input cast back", MB, n * 2 * fs * (FP8_ROW + ab))
     tb.memory("shared expert fc2 weight transpose (dgrad)", MB, 2.0 * h * fs)
-    tb.memory("shared expert fc2 scales transpose", MB, n * h / 128 * 4 * 2)
+    tb.memory("shared expert fc2 output grad scales transpose", MB, n * h / 128 * 4 * 2)  # its dgrad's input
     tb.gemm("shared expert fc2 dgrad", MB, n, fs, h)
     tb.memory("shared expert fc2 grad cast, per channel (wgrad)", MB, n * h * ROW_CAST)
     tb.memory("shared expert swiglu recompute + cast, per channel", MB, n * (2 * fs * ab + fs * FP8_ROW))

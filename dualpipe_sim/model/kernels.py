@@ -1532,6 +1532,9 @@ def _legacy_layer_kernels(tb: Table, i: int, recompute: bool) -> None:
             tb.memory("fc2 bias gradient", "mlp_backward_weight", lay.norm_tokens * h * ab)
 
 
+NORM_TENSORS = ("norm weight", "norm bias")  # a LayerNorm's; an RMSNorm has the first
+
+
 def norm_tensors(cfg: ModelConfig) -> int:
     """Tensors of one norm: a LayerNorm's weight and bias, an RMSNorm's weight."""
     return 2 if cfg.norm == "layernorm" else 1
@@ -1586,11 +1589,13 @@ def _tp_duplicated_syncs(tb: Table, i: int, recompute: bool) -> None:
     bias; again in a recomputed forward."""
     cfg, lay = tb.cfg, tb.lay
     h, t = cfg.hidden_size, lay.tensor
-    per_norm = norm_tensors(cfg)
-    for block, row_bias in (("attn", cfg.bias), ("mlp", cfg.bias and not cfg.is_moe_layer(i))):
+    norm = NORM_TENSORS[:norm_tensors(cfg)]
+    row_biases = {"attn": ("out_proj bias",) if cfg.bias else (),
+                  "mlp": ("fc2 bias",) if cfg.bias and not cfg.is_moe_layer(i) else ()}  # fmt: skip
+    for block, biases in row_biases.items():
         for comp in (f"{block}_forward",) + ((f"{block}_backward_input",) if recompute else ()):
-            for _ in range(per_norm + row_bias):
-                tb.comm("tp-duplicated parameter sync", comp, "all_reduce", h * lay.act_bytes, t, "nvlink")
+            for tensor in norm + biases:  # one row per tensor, named by it
+                tb.comm(f"tp-duplicated parameter sync ({tensor})", comp, "all_reduce", h * lay.act_bytes, t, "nvlink")
 
 
 def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]:
@@ -1620,8 +1625,8 @@ def embedding(cfg: ModelConfig, rates: KernelRates, lay: Layout) -> list[Kernel]
         tb.memory("embedding norm", "mlp_forward", 2 * n * h * ab)  # as the final norm: read and write
         tb.memory("embedding norm backward", "mlp_backward_input", 4 * n * h * ab)
         if lay.sync_tp_duplicated:  # its weight and bias all-reduced in every forward (_tp_duplicated_syncs)
-            for _ in range(2):
-                tb.comm("tp-duplicated parameter sync", "mlp_forward", "all_reduce", h * ab, t, "nvlink")
+            for tensor in NORM_TENSORS:
+                tb.comm(f"tp-duplicated parameter sync (embedding {tensor})", "mlp_forward", "all_reduce", h * ab, t, "nvlink")
     if lay.micro_batch > 1:  # [b s h] -> [s b h] transpose().contiguous(): a copy, none at b = 1 (already contiguous)
         tb.memory("embedding transpose [b s h] -> [s b h]", "mlp_forward", 2 * n * h * ab)
     if lay.sequence_parallel and not cfg.max_positions:

@@ -223,6 +223,10 @@ class Metrics:
         """One value per name of :func:`scalar_names`, in that order (per-rank numbers: max over ranks)."""
         return {name: get(self) for name, get in _SCALARS}
 
+    def later_step_scalars(self) -> dict[str, object]:
+        """One value per name of :func:`later_step_names` (None where the step has no such part)."""
+        return {name: get(self) for name, get in _LATER_STEP}
+
 
 # The flat view: (dotted name, how to read it).  Order = results.csv column order.
 _SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
@@ -263,6 +267,19 @@ _SCALARS: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
     ("throughput.tokens_per_second_per_gpu", lambda m: m.throughput and m.throughput.tokens_per_second_per_gpu),
     ("throughput.mfu", lambda m: m.throughput and m.throughput.mfu),
 )
+
+
+# The step's parts metrics.json gained after results.csv's scalar columns were set: sweep puts them after the
+# validation band (sweep/point.py), report.html's table after step.optimizer; None without them.
+_LATER_STEP: tuple[tuple[str, Callable[[Metrics], object]], ...] = (
+    ("step.slowed", lambda m: m.step and m.step.slowed),  # s21e: step.dp_comm_sms's slowdown, the most on one rank
+    ("step.drain", lambda m: m.step and m.step.drain),  # s21r: model.defer_embedding_wgrad's longest drain
+)
+
+
+def later_step_names() -> tuple[str, ...]:
+    """The keys of ``Metrics.later_step_scalars()``, in results.csv's order."""
+    return tuple(name for name, _ in _LATER_STEP)
 
 
 def scalar_names() -> tuple[str, ...]:

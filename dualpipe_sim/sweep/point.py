@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..schedules import registry
 from .. import simulation
 from ..schedules.ir import ScheduleError
-from ..readers.metrics import scalar_names
+from ..readers.metrics import later_step_names, scalar_names
 from ..model import validation_band
 from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 
@@ -21,7 +21,7 @@ from ..inputs.scenario import ScenarioError, apply_overrides, resolved
 # of its tokens/s (reported only; columns are only ever added at the end, before the identity columns), then the step's
 # figures added since (metrics.json's step block, empty without them)
 GPU_COLUMNS = ("gpus", "gpu_time")
-LATER_STEP_COLUMNS = ("step.slowed",)  # s21e: step.dp_comm_sms's slowdown, the most on one rank
+LATER_STEP_COLUMNS = later_step_names()  # s21e: step.slowed, s21r: step.drain
 METRIC_COLUMNS = (*scalar_names(), *GPU_COLUMNS, *validation_band.COLUMNS, *LATER_STEP_COLUMNS)
 
 
@@ -51,7 +51,7 @@ def run_point(base: dict, overrides: tuple[str, ...]) -> dict:
         scalars.update(gpu_fields(scenario, metrics.ranks, step))
         if metrics.validation_band is not None:  # with a throughput: its class's band, beside it
             scalars.update(validation_band.cells(metrics.validation_band))
-        scalars["step.slowed"] = metrics.step and metrics.step.slowed  # None: nothing slowed, or no step
+        scalars.update(metrics.later_step_scalars())  # None: nothing slowed / drained, or no step
     except (ScenarioError, ScheduleError) as exc:
         return {**row, "status": "error", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one bad point must not stop a sweep

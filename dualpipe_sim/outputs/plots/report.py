@@ -227,9 +227,19 @@ def _words(key: str) -> str:
     return f"<br><span class=words>{html.escape(METRIC_WORDS[key])}</span>" if key in METRIC_WORDS else ""
 
 
+def _scalars(metrics) -> dict:
+    """Metrics.scalars() with the step's later parts (step.slowed, step.drain) after the step's others."""
+    row = {}
+    for key, value in metrics.scalars().items():
+        row[key] = value
+        if key == "step.optimizer":
+            row.update(metrics.later_step_scalars())
+    return row
+
+
 def _table(results) -> str:
-    """Metrics.scalars() with one row per metric and one column per schedule (readable at any width)."""
-    rows = [r.metrics.scalars() for r in results]
+    """_scalars with one row per metric and one column per schedule (readable at any width)."""
+    rows = [_scalars(r.metrics) for r in results]
     for row, r in zip(rows, results):
         if not activation_bytes_given(r.scenario):  # the 1-byte default: the bytes count stage-activations
             row.update({k: "n/a" for k in ("peak_activation_bytes", "peak_memory_bytes")})
