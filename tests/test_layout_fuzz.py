@@ -446,20 +446,13 @@ def without_open_issues(raw: dict) -> dict:
 
 
 def without_faster_is_slower_terms(raw: dict) -> dict:
-    """The layout less two open terms round 3 (s21i) found, under which a faster link or GPU can lengthen a step by a
-    hair (each a strict xfail in tests/test_layout_fuzz_found.py):
-
-    * ZeRO 3 runs with step.dp_comm_sms 0. FSDP's compute beside its own collectives is charged (k - 1) x on top of
-      the action's exposed wait, measured on the unslowed action (fsdp.slowed; docs/model.md, "FSDP"), k the stage's
-      compute on the held SMs over its compute, TP collectives included: where the gathers set the pace the slowed
-      compute would hide under them, and a faster NVLink, shortening the TP collectives in both terms of k, raises the
-      charge (Llama 3.1 8B, TP 2, DP 8, ZeRO 3 on H100: 2x NVLink 487.40 -> 487.76 ms).
-    * An MoE model under a schedule that runs weight gradients apart runs with model.host_overhead_us 0. The backward's
-      host share (host_backward.py) is worked against the input and weight gradients' GPU time together and put on
-      the input gradient, so a shorter W grows I's share though W runs later (Qwen3-30B-A3B, zb-h1 on 2 stages, TP 2,
-      H100: 2x NVLink 1998.731 -> 1998.752 ms; 1F1B, or the host share off, falls)."""
-    if raw["parallel"]["zero"] >= 3:
-        raw = with_changes(raw, step={"dp_comm_sms": 0})
+    """The layout less the open term round 3 (s21i) found, under which a faster link or GPU can lengthen a step by a
+    hair (a strict xfail in tests/test_layout_fuzz_found.py): an MoE model under a schedule that runs weight gradients
+    apart runs with model.host_overhead_us 0. The backward's host share (host_backward.py) is worked against the input
+    and weight gradients' GPU time together and put on the input gradient, so a shorter W grows I's share though W
+    runs later (Qwen3-30B-A3B, zb-h1 on 2 stages, TP 2, H100: 2x NVLink 1998.731 -> 1998.752 ms; 1F1B, or the host
+    share off, falls). Round 3's other term, ZeRO 3's held-SM charge (fsdp.slowed), is walked with the units since
+    s21n and drawn as it is."""
     if registry.get(raw["pipeline"]["schedule"]).splits_weight:
         raw = with_changes(raw, model={"host_overhead_us": 0})
     return raw

@@ -1136,9 +1136,9 @@ def _stage_times(st: Setup, stage: layout.Stage, per_layer: dict, tables: tuple)
 def _held(st: Setup, memo: Memo | None) -> tuple[Setup, dict, tuple] | None:
     """ZeRO 3 with step.dp_comm_sms: the Setup on the rates its kernels get while a data-parallel collective holds
     those SMs (KernelRates.held, as comm_slowdown times the step's end), with its own per-layer times and Memo
-    tables for _stage_times; None without held SMs or kernel rates (nothing slowed).  A stage's forward and
-    backward then run (k - 1) x its compute beside its own collectives longer (fsdp.slowed), k its compute on
-    these over its compute: the rule engine/step.py applies to the last backward's (docs/step.md, "ZeRO 2 and 3")."""
+    tables for _stage_times; None without held SMs or kernel rates (nothing slowed).  Each FSDP unit then computes
+    at its pace on these while one of its action's collectives runs (fsdp.slowed: the units walked with it;
+    docs/step.md, "ZeRO 2 and 3")."""
     if not st.dp_held_sms or st.rates is None:
         return None
     held = replace(st, rates=st.rates.held(st.dp_held_sms))
@@ -1196,12 +1196,14 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             fig.forward, fig.backward, fig.weight, times = _stage_times(st, stage, per_layer, time_tabs)
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
                 units = _fsdp_units(st, stage, times, fsdp_tabs)
-                fig.fsdp_exposed, fig.fsdp_tail = fsdp.stage_exposure(units), fsdp.backward_tail(units)
+                fig.fsdp_exposed = fsdp.stage_exposure(units)
                 slowed = None
-                if held is not None:  # its compute beside its own collectives, on the SMs they leave
-                    f, b, _, _ = _stage_times(held[0], stage, held[1], held[2])
-                    slowed = fsdp.slowed(units, (f + b) / (fig.forward + fig.backward))
-                fig.fsdp_slowed = slowed
+                if held is not None:  # its units' compute beside their own collectives, on the SMs they leave
+                    held_times = _stage_times(held[0], stage, held[1], held[2])[3]
+                    on_held = _fsdp_units(held[0], stage, held_times, (None, held[2][1], params_tab))
+                    units = [replace(u, forward_held=h.forward, backward_held=h.backward) for u, h in zip(units, on_held)]
+                    slowed = fsdp.slowed(units)
+                fig.fsdp_tail, fig.fsdp_slowed = fsdp.backward_tail(units), slowed
                 fig.forward += fig.fsdp_exposed[0] + (slowed[0] if slowed else 0.0)
                 fig.backward += fig.fsdp_exposed[1] + (slowed[1] if slowed else 0.0)
         figures.append(fig)
