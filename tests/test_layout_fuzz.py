@@ -447,13 +447,13 @@ def without_open_issues(raw: dict) -> dict:
 
 def without_faster_is_slower_terms(raw: dict) -> dict:
     """The layout less the open term round 3 (s21i) found, under which a faster link or GPU can lengthen a step by a
-    hair (a strict xfail in tests/test_layout_fuzz_found.py): an MoE model under a schedule that runs weight gradients
-    apart runs with model.host_overhead_us 0. The backward's host share (host_backward.py) is worked against the input
-    and weight gradients' GPU time together and put on the input gradient, so a shorter W grows I's share though W
-    runs later (Qwen3-30B-A3B, zb-h1 on 2 stages, TP 2, H100: 2x NVLink 1998.731 -> 1998.752 ms; 1F1B, or the host
-    share off, falls). Round 3's other term, ZeRO 3's held-SM charge (fsdp.slowed), is walked with the units since
-    s21n and drawn as it is."""
-    if registry.get(raw["pipeline"]["schedule"]).splits_weight:
+    hair: an MoE model with expert parallelism under a schedule that runs weight gradients apart runs with
+    model.host_overhead_us 0. Its stages are [chunk] components, whose lone I still carries the backward's host share
+    worked against I and W's GPU time together (host_backward.py), so a shorter W grows I's share though W runs later.
+    Fixed where a stage is costed as F, B and W (s21n: CostModel.apart, the stage's host_apart; tests/
+    test_layout_fuzz_found.py, Qwen3-30B-A3B, zb-h1, EP 1) and for ZeRO 3's held-SM charge (s21n: fsdp.slowed walks
+    the units at their held pace), both drawn as they are."""
+    if registry.get(raw["pipeline"]["schedule"]).splits_weight and raw["parallel"].get("expert", 1) > 1:
         raw = with_changes(raw, model={"host_overhead_us": 0})
     return raw
 

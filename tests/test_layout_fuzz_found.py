@@ -459,17 +459,21 @@ def test_twice_the_nvlink_bandwidth_never_slows_a_zero3_step_with_held_sms():
     assert slow == pytest.approx(free, rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="open (s21i): the MoE backward's host share is worked against I and W together")
 def test_twice_the_nvlink_bandwidth_never_slows_a_zb_h1_moe_step():
-    """Found (round 3, s21i): Qwen3-30B-A3B (the Pai row's model), zb-h1 on 2 stages, one micro-batch, TP 2, EP 1,
-    H100: twice the NVLink bandwidth lengthens the step 1998.731 -> 1998.752 ms (under 1F1B it falls, 2049.922 ->
-    2049.863; with model.host_overhead_us = 0 it falls under both). The backward's host share (host_backward.py:
-    autograd's calls against the GPU's time) is worked over the input and weight gradients together and put on the
-    input gradient (mlp_backward_input); a faster NVLink shortens W's TP reduce-scatter, so I's share grows by as much,
-    though zb-h1 runs W later, apart: each I op is 0.08 ms longer. Open: a share per op (I's calls against I's time,
-    W's against W's) is a modelling change for the lead, as FSDP's exposure under split W was (s20o)."""
+    """Found (round 3, s21i; fixed s21n): Qwen3-30B-A3B (the Pai row's model), zb-h1 on 2 stages, one micro-batch, TP
+    2, EP 1, H100: twice the NVLink bandwidth lengthened the step 1998.731 -> 1998.752 ms (under 1F1B it falls,
+    2049.922 -> 2049.863; with model.host_overhead_us = 0 it falls under both). The backward's host share
+    (host_backward.py: autograd's calls against the GPU's time) was worked over the input and weight gradients together
+    and put on the input gradient, so a shorter W (its TP reduce-scatter) grew I's share, though zb-h1 runs W later,
+    apart. Now a lone I carries I's calls against I's GPU time and a lone W W's against W's (host_backward.apart_excess,
+    the stage's host_apart; B keeps the joint share): here both passes are host-bound, so the two shares sum to the
+    joint one, I sheds W's (40.68 ms a stage) and W carries it; zb-h1's W ops fill its bubble and the step falls to
+    1958.05 ms, 2x NVLink 1957.99. 1F1B runs whole backwards: its step is the same."""
     raw = validation_model("pai643-qwen3-30b-a3b-pp4ep4.toml", {"schedule": "zb-h1", "microbatches": 1, "stages": 2},
                            {"tensor": 2, "data": 1, "expert": 1, "zero": 0})
     slow, fast = h100_steps(raw, (1, 2))
     assert fast <= slow
+    derived = scenario_module.from_dict(raw | {"hardware": {"preset": "H100"}}).derived()
+    for fig in derived.stages:  # both passes host-bound: I's share and W's sum to the whole backward's
+        less_i, more_w = fig.host_apart
+        assert less_i == pytest.approx(more_w) and more_w > 0

@@ -147,17 +147,18 @@ def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> f
     return d
 
 
-def kind_length(kind: Kind, forward, backward, weight):
+def kind_length(kind: Kind, forward, backward, weight, apart=(0.0, 0.0)):
     """An op's length read off the passes its kind runs (rules.Rule.passes), on a stage whose forward, whole backward
     (B) and weight-gradient part (W) take ``forward``, ``backward`` and ``weight`` (floats, or numpy arrays over
     stages): the forward pass ``forward``; the input- and weight-gradient passes together ``backward`` (B's own
-    figure: I's and W's need not sum to it to the bit), the input-gradient pass alone ``backward - weight`` (I), the
-    weight-gradient pass alone ``weight`` (W)."""
+    figure: I's and W's need not sum to it to the bit), the input-gradient pass alone ``backward - weight - apart[0]``
+    (I), the weight-gradient pass alone ``weight + apart[1]`` (W).  ``apart``: what each pass run alone carries less /
+    more than B's split gives it (the MoE backward's host share, worked per pass: derive.StageFigures.host_apart)."""
     runs = RULES[kind].passes
     f, i, w = Kind.F in runs, Kind.I in runs, Kind.W in runs
     if not (i or w):
         return forward if f else 0.0
-    grads = backward if i and w else backward - weight if i else weight
+    grads = backward if i and w else backward - weight - apart[0] if i else weight + apart[1]
     return forward + grads if f else grads
 
 
@@ -190,6 +191,9 @@ class CostModel:
     # (rank order, tensor x context, data, NVLink domain): what simulation.simulate works nvlink_pairs out from
     # once the schedule's rank count is known; None: none
     placement: tuple[str, int, int, int] | None = None
+    # per stage, (ms an input-gradient pass run alone carries less than backward - weight, ms a weight-gradient pass
+    # alone more than weight): the MoE backward's host share worked per pass (derive.StageFigures.host_apart); (): none
+    apart: tuple[tuple[float, float], ...] = ()
     # Micro-batches whose backward runs lighter on one stage (model.defer_embedding_wgrad, model/deferred_wgrad.py):
     # (stage, count, input-gradient ms less, weight-gradient ms less) for micro-batches 0 .. count - 1; None: none
     deferred: tuple[int, int, float, float] | None = None
@@ -252,7 +256,8 @@ class CostModel:
 
     def duration(self, op: Op) -> float:
         s = op.stage
-        length = kind_length(op.kind, self.forward[s], self.backward[s], self.weight[s])
+        length = kind_length(op.kind, self.forward[s], self.backward[s], self.weight[s],
+                             self.apart[s] if self.apart else (0.0, 0.0))
         if not self.light(op):
             return length
         less_i, less_w = deferred_share(op.kind, *self.deferred[2:])

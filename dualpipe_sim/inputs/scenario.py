@@ -541,10 +541,12 @@ class Scenario(_Section):
                     f"got W={w} > B={b} at stage {s}"
                 )
         deferral = self.deferral(derived)
+        hosts = [s.host_apart for s in derived.stages] if have and c.backward is None and c.weight is None else []
         return CostModel(
             forward=forward,
             backward=backward,
             weight=weight,
+            apart=tuple(h or (0.0, 0.0) for h in hosts) if any(hosts) else (),
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
             deferred=None if deferral is None else deferral[:4],
             **self._shared_cost_fields(derived),

@@ -199,6 +199,9 @@ class StageFigures:
     fsdp_tail: float | None = None  # ZeRO 3: ms the last backward leaves on the data-parallel channel (fsdp.backward_tail)
     # ZeRO 3 with step.dp_comm_sms: ms its forward / backward compute runs longer beside its own collectives (fsdp_slowed)
     fsdp_slowed: tuple[float, float] | None = None
+    # its MoE layers' backward host share where a schedule runs W apart (stage_apart_host), ms: what a lone I carries
+    # less than backward - weight, what a lone W carries more than weight; None: no host share costed
+    host_apart: tuple[float, float] | None = None
 
 
 @dataclass
@@ -1016,6 +1019,16 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
 
 
+def stage_apart_host(st: Setup, stage: layout.Stage, table: dict | None = None) -> tuple[float, float] | None:
+    """kernels.apart_host summed over a stage's MoE layers (an MTP module's included), or None where it has none."""
+    cfg = st.cfg
+    moe = [i for i in stage.layers + (cfg.num_layers,) * stage.mtp if cfg.is_moe_layer(i)]
+    if not moe:
+        return None
+    each = [_get(table, cfg.layer_kind(i), lambda i: kernels.apart_host(cfg, i, st.rates, st.layout), i) for i in moe]
+    return sum(e[0] for e in each), sum(e[1] for e in each)
+
+
 def stage_pair_host(st: Setup, stage: layout.Stage, layers: int, table: dict | None = None) -> tuple[float, float, float]:
     """kernels.pair_host summed over a stage's MoE layers (an MTP module's included) and spread over its ``layers``
     as stage_chunk spreads the components."""
@@ -1173,6 +1186,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw), extra_tab, params_tab)
     time_tabs = (layer_tab, extra_tab, passes_tab)
     held = _held(st, memo) if sh.zero >= 3 else None
+    apart_tab = _table(memo, "apart_host", tkey)
     for stage in st.stages:
         lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
         dense = sum(p.dense_over_tensor(sh.tensor) for p in lp)
@@ -1206,6 +1220,8 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
                 fig.fsdp_tail, fig.fsdp_slowed = fsdp.backward_tail(units), slowed
                 fig.forward += fig.fsdp_exposed[0] + (slowed[0] if slowed else 0.0)
                 fig.backward += fig.fsdp_exposed[1] + (slowed[1] if slowed else 0.0)
+            if st.rates is not None and st.host_op > 0 and cfg.moe:  # the MoE backward's host share, W apart
+                fig.host_apart = stage_apart_host(st, stage, apart_tab)
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:
