@@ -1021,7 +1021,7 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
 
 def stage_apart_host(st: Setup, stage: layout.Stage, table: dict | None = None) -> tuple[float, float] | None:
     """kernels.apart_host summed over a stage's MoE layers (an MTP module's included), or None where it has none."""
-    cfg = st.cfg
+    cfg, table = st.cfg, {} if table is None else table  # layers of one kind cost alike
     moe = [i for i in stage.layers + (cfg.num_layers,) * stage.mtp if cfg.is_moe_layer(i)]
     if not moe:
         return None
@@ -1186,7 +1186,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
     fsdp_tabs = (_table(memo, "fsdp_collectives", sh, st.rates, st.hw), extra_tab, params_tab)
     time_tabs = (layer_tab, extra_tab, passes_tab)
     held = _held(st, memo) if sh.zero >= 3 else None
-    apart_tab = _table(memo, "apart_host", tkey)
+    apart_tab = _table(memo, "apart_host", tkey) if memo is not None else {}  # one derivation: each layer kind once
     for stage in st.stages:
         lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
         dense = sum(p.dense_over_tensor(sh.tensor) for p in lp)
