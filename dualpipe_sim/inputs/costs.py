@@ -87,6 +87,9 @@ class Chunk:
     # Per layer, ms: the host rows a lone op's mlp_forward and mlp_backward_input carry, and the host's share of a
     # layer pair that replaces them in an overlapped pair (model/host_pair.py), charged to the forward's mlp_forward
     pair_host: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Per layer, ms: what a lone I's mlp_backward_input carries less and a lone W's mlp_backward_weight more, the MoE
+    # backward's host share worked per pass (derive.StageFigures.host_apart over the layers; CostModel.apart's)
+    apart_host: tuple[float, float] = (0.0, 0.0)
 
     def stream(self, kind: str) -> tuple[tuple[Component, Channel, float], ...]:
         """(component, channel, duration) of every component of a ``kind`` op, in order.
@@ -107,6 +110,7 @@ class Chunk:
             stream = self.stream(kinds[0])
             per_layer = len(stream) // self.layers
             for n, (c, ch, d) in enumerate(stream):
+                d = _alone(c, d, kinds[0], self.apart_host)
                 out.append(Part(0, c, n // per_layer, ch, d, (n - 1,) if n else (), None, (n,)))
             return tuple(out)
         chunks = (self, other or self)
@@ -134,6 +138,18 @@ class Chunk:
                     out[i] = out[i]._replace(turn_after=previous)
                     previous = i
         return tuple(out)
+
+
+def _alone(c: Component, d: float, kind: str, apart: tuple[float, float]) -> float:
+    """A component's duration in a lone op whose kind runs the input- or the weight-gradient pass without the other
+    (kind_length's rule): the layer's host share worked per pass (Chunk.apart_host) in place of the whole backward's,
+    which mlp_backward_input carries."""
+    runs = RULES[Kind(kind)].passes
+    if c == Component.mlp_backward_input and Kind.I in runs and Kind.W not in runs:
+        return d - apart[0]
+    if c == Component.mlp_backward_weight and Kind.W in runs and Kind.I not in runs:
+        return d + apart[1]
+    return d
 
 
 def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> float:

@@ -246,8 +246,8 @@ def _pair_host(derived) -> tuple[tuple[float, float, float], ...]:
 
 def _apart(derived, stages: int) -> tuple[tuple[float, float], ...]:
     """Per stage, what a lone I carries less and a lone W more (derive.StageFigures.host_apart), as the run's
-    CostModel.apart: () where none is costed or [chunk] components cost the stages."""
-    hosts = [derived.stages[s].host_apart for s in range(stages)] if not derived.stage_chunks else []
+    CostModel.apart (or its [chunk] stages' Chunk.apart_host over their layers): () where none is costed."""
+    hosts = [derived.stages[s].host_apart for s in range(stages)]
     return tuple(h or (0.0, 0.0) for h in hosts) if any(hosts) else ()
 
 
