@@ -211,38 +211,63 @@ def test_zero_2_with_compute_to_spare_carries_nothing_to_the_last_backward(tmp_p
     assert sum(costs.grad_sync_shares[0]) == pytest.approx(1.0)
 
 
-def test_compute_beside_its_own_collectives_by_hand():
-    """s20n.  Forward, compute 2, 2, gathers 1, 3: AG1 [0,1]; unit 1 [1,3] while AG2 [1,4]; unit 2 [4,6], nothing on
-    the channel: 2 ms of compute beside a collective.  Backward, compute 2, 2, gathers 1, 1, reduce-scatters 3, 1:
-    AG1 [0,1]; unit 1 [1,3] while AG2 [1,2] (1 ms); RS1 [3,6]; unit 2 [3,5] beside it (2 ms); RS2 [6,7] after the
-    action, beside whatever the rank runs next (not counted here): 3 ms."""
-    assert fsdp.beside([2, 2], [1, 3]) == pytest.approx(2.0)
-    assert fsdp.beside([2, 2], [1, 1], [3, 1]) == pytest.approx(3.0)
-    assert fsdp.beside([1, 1], [3, 3]) == pytest.approx(1.0)  # unit 1 [3,4] beside AG2 [3,6]; unit 2 [6,7] alone
-    assert fsdp.beside([2], [1]) == 0.0  # one unit: its gather before it, nothing beside it
+def test_a_unit_beside_a_busy_channel_by_hand():
+    """s21n.  A unit of 2 ms alone, 3 ms at its held pace (k = 1.5), the channel busy for 1 ms from its start: a third
+    of its work done then, the other two thirds at full speed, 1 + 4/3 ms; busy 3 ms or more: 3 ms, all under it;
+    an idle channel: 2 ms; no slowdown (held = compute): 2 ms whatever the channel."""
+    assert fsdp.beside_channel(2.0, 3.0, 1.0) == pytest.approx(1 + 4 / 3)
+    assert fsdp.beside_channel(2.0, 3.0, 3.0) == fsdp.beside_channel(2.0, 3.0, 5.0) == 3.0
+    assert fsdp.beside_channel(2.0, 3.0, 0.0) == pytest.approx(2.0)
+    assert fsdp.beside_channel(2.0, 2.0, 1.0) == pytest.approx(2.0)
 
 
 def test_two_units_slowed_beside_their_collectives_by_hand():
     """Two units in forward order A, B: forward compute 2, 2, backward 2, 2, gathers 1 (A) and 3 (B), reduce-scatters
-    1 (A) and 3 (B).  Forward: AG(A) [0,1]; A [1,3] beside AG(B) [1,4]; B [4,6]: 2 ms beside.  Backward (B, A):
-    AG(B) [0,3]; B [3,5] beside AG(A) [3,4] (1 ms); RS(B) [5,8]; A [5,7] beside it (2 ms); RS(A) [8,9] after: 3 ms.
-    At a factor of 1.5 (the compute on the SMs the collectives leave over the compute) each action runs half of
-    that longer: 1 and 1.5 ms, on top of its exposed waits (forward 6 - 4 = 2, backward 7 - 4 = 3).  Two
-    micro-batches on one stage: F = 4 + 2 + 1 = 7, B = 4 + 3 + 1.5 = 8.5, so 2 x (7 + 8.5) = 31 ms, not 28."""
-    units = [fsdp.Unit(2.0, 2.0, 1.0, 1.0), fsdp.Unit(2.0, 2.0, 3.0, 3.0)]
-    assert fsdp.stage_beside(units) == pytest.approx((2.0, 3.0))
-    assert fsdp.slowed(units, 1.5) == pytest.approx((1.0, 1.5))
-    assert fsdp.slowed(units, 1.0) == (0.0, 0.0)
+    1 (A) and 3 (B); each 3 ms at its held pace (k = 1.5).  At full speed: forward AG(A) [0,1], A [1,3] beside AG(B)
+    [1,4], B [4,6] (exposed 2); backward (B, A) AG(B) [0,3], B [3,5] beside AG(A) [3,4], RS(B) [5,8], A [5,7] beside
+    it, RS(A) [8,9] after (exposed 3, tail 2).  Slowed (s21n): forward A [1,4], its 3 ms under AG(B) [1,4], B [4,6]:
+    6, nothing more (s20n's (k - 1) x beside charged 1 ms); backward B from 3 beside AG(A) for 1 ms (a third of its
+    work), the rest at full speed: [3, 3 + 7/3]; RS(B) [16/3, 25/3]; A [16/3, 25/3], 3 ms all under it: 25/3, 4/3
+    more (s20n: 1.5); RS(A) [25/3, 28/3], a tail of 1.  Two micro-batches on one stage: 2 x (6 + 25/3) = 86/3 ms,
+    not 28 (free) nor 31 (s20n's rule)."""
+    units = [fsdp.Unit(2.0, 2.0, 1.0, 1.0, 3.0, 3.0), fsdp.Unit(2.0, 2.0, 3.0, 3.0, 3.0, 3.0)]
     assert fsdp.stage_exposure(units) == pytest.approx((2.0, 3.0))
-    f, b = (4 + e + s for e, s in zip(fsdp.stage_exposure(units), fsdp.slowed(units, 1.5)))
-    assert 2 * (f + b) == pytest.approx(31.0)
+    assert fsdp.slowed(units) == pytest.approx((0.0, 4 / 3))
+    assert fsdp.backward_tail(units) == pytest.approx(1.0)
+    free = [fsdp.Unit(2.0, 2.0, 1.0, 1.0), fsdp.Unit(2.0, 2.0, 3.0, 3.0)]
+    assert fsdp.slowed(free) == (0.0, 0.0) and fsdp.backward_tail(free) == pytest.approx(2.0)
+    f, b = (4 + e + s for e, s in zip(fsdp.stage_exposure(units), fsdp.slowed(units)))
+    assert 2 * (f + b) == pytest.approx(86 / 3)
+
+
+def test_only_a_units_own_kernels_are_slowed_and_a_faster_tensor_parallel_collective_never_slows_it():
+    """s21n.  One unit B (forward compute 4 ms: 3 of kernels, 1 of a tensor-parallel collective) after unit A (1 ms,
+    gather 1), B's gather 2 ms, beside A.  B's kernels at k = 2 and its collective as fast: held 3 x 2 + 1 = 7.  Forward:
+    AG(A) [0,1], A [1,2] (held 1: nothing to slow, the prefetch AG(B) [1,3] under it), B [3,7]: its channel idle, 7.
+    With A's held 2 ms: A [1,3] under AG(B), B [3,7]: 7 again.  Backward (B, A), reduces 1 each: AG(B) [0,2], B from
+    2 beside AG(A) [2,3] for 1 ms (1/7 of its work), the rest (6/7 x 4 = 24/7 ms): ends 2 + 1 + 24/7; B's collective
+    halved (compute 3.5, held 6.5): 2 + 1 + (1 - 1/6.5) x 3.5 ms, earlier, as fast or faster."""
+    a = fsdp.Unit(1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    unit_b = fsdp.Unit(4.0, 4.0, 2.0, 1.0, 7.0, 7.0)
+    assert fsdp.slowed([a, unit_b])[0] == pytest.approx(0.0)
+    assert fsdp.slowed([fsdp.Unit(1.0, 1.0, 1.0, 1.0, 2.0, 2.0), unit_b])[0] == pytest.approx(0.0)
+    b_end = 2 + 1 + 24 / 7
+    b_end_fast = 2 + 1 + (1 - 1 / 6.5) * 3.5
+    # A then from b_end beside RS(B) [b_end, b_end + 1], 1 ms (its held pace 1): its end b_end + 1; at full speed the
+    # backward ends at 2 + 4 + 1 = 7
+    assert fsdp.slowed([a, unit_b])[1] == pytest.approx(b_end + 1 - 7)
+    faster = fsdp.Unit(3.5, 3.5, 2.0, 1.0, 6.5, 6.5)
+    assert fsdp.slowed([a, faster])[1] == pytest.approx(b_end_fast + 1 - 6.5)
+    assert b_end_fast + 1 < b_end + 1
 
 
 def test_zero_3_forward_and_backward_carry_their_compute_slowed_beside_their_collectives(tmp_path):
-    """s20n.  With a preset's kernel rates and step.dp_comm_sms, a ZeRO 3 stage's forward and backward are longer by
-    (k - 1) x the compute beside their collectives, k its compute on the SMs left (comm_slowdown) over its compute;
-    without held SMs (0, or no [step]) they are not.  Llama 3 70B on H100, 16 of 132 SMs held."""
-    from dualpipe_sim.model import comm_slowdown, derive
+    """s20n.  With a preset's kernel rates and step.dp_comm_sms, a ZeRO 3 stage's forward and backward are longer: its
+    units compute at their held pace while one of their collectives runs (s21n: the walk with it, fsdp.slowed), so
+    by more than nothing and less than (k - 1) x the time they compute beside a collective, k its compute on the SMs
+    left (comm_slowdown) over its compute; without held SMs (0, or no [step]) they are not.  Llama 3 70B on H100, 16
+    of 132 SMs held: its units' compute outlasts their gathers, so part of the slowdown shows."""
+    from dualpipe_sim.model import comm_slowdown
 
     text = (PRESETS / "llama3-70b.toml").read_text().replace('config = "', f'config = "{PRESETS}/')
     text = text.replace("zero = 2 ", "zero = 3 ")
@@ -256,12 +281,9 @@ def test_zero_3_forward_and_backward_carry_their_compute_slowed_beside_their_col
         compute = b.forward + b.backward - sum(b.fsdp_exposed)
         k = comm_slowdown._slowed_compute(slow.setup, 16)[s] / compute  # the step end's own sum of the held kernels
         assert 1.3 < k < 1.6  # GEMMs in a second round on 116 of 132 SMs (docs/model.md)
-        units = derive._fsdp_units(slow.setup, slow.setup.stages[s], [derive.layer_times(slow.setup, i)
-                                                                          for i in slow.setup.stages[s].layers])
-        beside = fsdp.stage_beside(units)
-        assert 0 < beside[0] <= b.forward - b.fsdp_exposed[0] + 1e-9  # never more than the compute
-        assert a.forward - b.forward == pytest.approx((k - 1) * beside[0])
-        assert a.backward - b.backward == pytest.approx((k - 1) * beside[1])
+        assert a.fsdp_slowed == pytest.approx((a.forward - b.forward, a.backward - b.backward))
+        for more, alone in zip(a.fsdp_slowed, (b.forward - b.fsdp_exposed[0], b.backward - b.fsdp_exposed[1])):
+            assert 0 < more < (k - 1) * alone
     # `model --json` reports it per stage beside the exposure (fsdp_slowed_ms), only where something is held
     from dualpipe_sim.model import report
 

@@ -126,3 +126,68 @@ def test_gpu_bound_alltoall_layer_has_a_zero_row():
     assert row.seconds == 0.0 and "0 syncs (alltoall)" in row.shape
     gpu = sum(k.seconds for k in rows if k.component in host_backward.BACKWARD and k.kind != "host")
     assert int(row.shape.split()[0]) * 13.5 * US < gpu
+
+
+# -- W apart (s21n): each pass's calls against its own GPU time ----------------------------------------------
+def test_apart_each_pass_against_its_own_gpu_time_by_hand():
+    """SMALL, all-to-all dispatcher: W's rows are the two grouped wgrads (2 GEMMs + 2 event pairs each, 6 + 6 calls),
+    the router wgrad (2) and the DDP add (2 kernels): 16 calls on 20 + 20 + 1 + 1 = 42 us; I's the other 45 - 16 = 29
+    on 50 + 1 + 20 + 1 + 20 + 1 + 1 + 1 + 1 + 30 + 30 = 156 us (the rerun and the forward row left out).  At 5 us a
+    call: I 145 < 156 us (0), W 80 - 42 = 38 us, together 225 - 198 = 27 us: run whole, I's GPU time hides W's calls;
+    run apart it cannot.  At 10 us both passes are host-bound: 290 - 156 = 134 and 160 - 42 = 118, together 252."""
+    rows = [k for k in SMALL if k.component != "mlp_forward"]
+    assert host_backward.backward_excess(rows, 5 * US, 1, 4, 2, "alltoall")[:2] == (pytest.approx(27 * US), 45)
+    assert host_backward.apart_excess(rows, 5 * US, 1, 4, 2, "alltoall") == pytest.approx((0.0, 38 * US))
+    assert host_backward.apart_excess(rows, 10 * US, 1, 4, 2, "alltoall") == pytest.approx((134 * US, 118 * US))
+    assert host_backward.backward_excess(rows, 10 * US, 1, 4, 2, "alltoall")[0] == pytest.approx(252 * US)
+
+
+def test_a_lone_input_and_weight_gradient_carry_their_own_host_share():
+    """CostModel.apart (a stage's host_apart): B keeps its figure, a lone I runs B - W less apart[0], a lone W runs W
+    plus apart[1]: forward 1, B 10, W 4, apart (1.5, 2): F 1, B 10, I 4.5, W 6; without apart I 6, W 4."""
+    from dualpipe_sim.schedules.ir import Op
+    from dualpipe_sim.inputs.costs import CostModel
+    from dualpipe_sim.schedules.rules import Kind
+
+    costs = CostModel(forward=(1.0,), backward=(10.0,), weight=(4.0,), apart=((1.5, 2.0),))
+    lengths = {k: costs.duration(Op(k, 0, 0)) for k in (Kind.F, Kind.B, Kind.I, Kind.W)}
+    assert lengths == {Kind.F: 1.0, Kind.B: 10.0, Kind.I: 4.5, Kind.W: 6.0}
+    plain = CostModel(forward=(1.0,), backward=(10.0,), weight=(4.0,))
+    assert (plain.duration(Op(Kind.I, 0, 0)), plain.duration(Op(Kind.W, 0, 0))) == (6.0, 4.0)
+
+
+def test_plans_estimate_is_the_run_with_the_host_share_apart():
+    """plan's estimate replays the run's stage costs (docs/plan.md; tests/test_layout_fuzz.py on dense layouts): with
+    an MoE host share apart (Qwen3-30B-A3B, TP 2, 2 stages, H100) it is the run's step to 1e-9 under zb-h1 as under
+    1F1B, at EP 1 (F, B, W: CostModel.apart) and at EP 2 ([chunk] stages: Chunk.apart_host, plan's lone lengths
+    kind_length's with the stage's host_apart), so it moves I and W as the run does."""
+    from dualpipe_sim import run
+    from dualpipe_sim.plan import estimate, request, space
+
+    base = request.base_scenario(VALIDATION / "pai643-qwen3-30b-a3b-pp4ep4.toml", "H100", 1024, ["model.fp8=false"])
+    for schedule, expert in (("zb-h1", 1), ("1f1b", 1), ("zb-h1", 2)):
+        cand = space.Candidate(tensor=2, context=1, pipeline=2, data=1, expert=expert, micro_batch_size=1,
+                               microbatches=2, schedule=schedule, virtual=None, stages=2, recompute="none", zero=0)
+        sc = scenario.sections_only(scenario.apply_overrides(base, cand.overrides()))
+        assert expert == 2 or schedule == "1f1b" or any(sc.cost_model().apart)
+        step = run(sc).metrics.step.total
+        assert estimate.step_time(estimate.FigureCache(base), cand) == pytest.approx(step, rel=1e-9)
+
+
+def test_a_chunk_stages_lone_input_and_weight_gradient_carry_their_own_host_share():
+    """[chunk] stages (an MoE model with EP > 1; s21n): two layers whose backward components are attn I 1, mlp I 3 (its
+    host row, the whole backward's share, included), combine / dispatch backward 0.5 each, attn W 2, mlp W 4 (ms), no
+    all-to-all beside compute, apart_host (1, 1.5) a layer.  A lone B: 2 x (1 + 3 + 0.5 + 0.5 + 2 + 4) = 22 ms, as
+    without it; a lone I 2 x (1 + 3 - 1 + 1) = 8 (10 without); a lone W 2 x (2 + 4 + 1.5) = 15 (12 without)."""
+    from dualpipe_sim.inputs.costs import Chunk, Component, _lay_out
+    from dualpipe_sim.schedules.rules import Kind
+
+    times = [0.0] * len(Component)
+    for c, ms in ((Component.attn_backward_input, 1.0), (Component.mlp_backward_input, 3.0),
+                  (Component.combine_backward, 0.5), (Component.dispatch_backward, 0.5),
+                  (Component.attn_backward_weight, 2.0), (Component.mlp_backward_weight, 4.0)):
+        times[c] = ms
+    apart, plain = Chunk(2, tuple(times), apart_host=(1.0, 1.5)), Chunk(2, tuple(times))
+    lengths = lambda chunk: [_lay_out(chunk, (k,)).length for k in (Kind.B, Kind.I, Kind.W)]  # noqa: E731
+    assert lengths(apart) == pytest.approx([22.0, 8.0, 15.0])
+    assert lengths(plain) == pytest.approx([22.0, 10.0, 12.0])

@@ -448,35 +448,15 @@ def without_open_issues(raw: dict) -> dict:
     return raw
 
 
-def without_faster_is_slower_terms(raw: dict) -> dict:
-    """The layout less two open terms round 3 (s21i) found, under which a faster link or GPU can lengthen a step by a
-    hair (each a strict xfail in tests/test_layout_fuzz_found.py):
-
-    * ZeRO 3 runs with step.dp_comm_sms 0. FSDP's compute beside its own collectives is charged (k - 1) x on top of
-      the action's exposed wait, measured on the unslowed action (fsdp.slowed; docs/model.md, "FSDP"), k the stage's
-      compute on the held SMs over its compute, TP collectives included: where the gathers set the pace the slowed
-      compute would hide under them, and a faster NVLink, shortening the TP collectives in both terms of k, raises the
-      charge (Llama 3.1 8B, TP 2, DP 8, ZeRO 3 on H100: 2x NVLink 487.40 -> 487.76 ms).
-    * An MoE model under a schedule that runs weight gradients apart runs with model.host_overhead_us 0. The backward's
-      host share (host_backward.py) is worked against the input and weight gradients' GPU time together and put on
-      the input gradient, so a shorter W grows I's share though W runs later (Qwen3-30B-A3B, zb-h1 on 2 stages, TP 2,
-      H100: 2x NVLink 1998.731 -> 1998.752 ms; 1F1B, or the host share off, falls)."""
-    if raw["parallel"]["zero"] >= 3:
-        raw = with_changes(raw, step={"dp_comm_sms": 0})
-    if registry.get(raw["pipeline"]["schedule"]).splits_weight:
-        raw = with_changes(raw, model={"host_overhead_us": 0})
-    return raw
-
-
 @settings(max_examples=examples(10))
 @given(layouts(), st.sampled_from(("nic", "nvlink", "every")))
 def test_twice_the_bandwidth_never_slows_a_step(raw, link):
     """Twice a preset's NIC bandwidth (the pipeline sends across nodes and the collectives' NIC rate,
     [hardware] p2p_bandwidth and a2a_bandwidth) or its NVLink's (a2a_intra_bandwidth), or both (round 3: every link
     a [hardware] key sets): every transfer on that link takes no longer and nothing else changes (the kernels, the
-    schedule, what waits on what), so the step is never longer. Less the terms left open (without_open_issues,
-    without_faster_is_slower_terms)."""
-    raw = without_faster_is_slower_terms(without_open_issues(raw))
+    schedule, what waits on what), so the step is never longer. Less the terms left open (without_open_issues;
+    round 3's two, ZeRO 3's held-SM charge and the MoE host share under split W, fixed in s21n)."""
+    raw = without_open_issues(raw)
     hw = hardware.preset(raw["hardware"]["preset"])
     faster = {"nic": {"p2p_bandwidth": 2 * hw.p2p_gbps, "a2a_bandwidth": 2 * hw.a2a_gbps},
               "nvlink": {"a2a_intra_bandwidth": 2 * hw.a2a_intra_gbps}}
@@ -647,9 +627,8 @@ def test_twice_the_compute_peak_never_slows_a_step(raw):
     """A faster GPU, everything else the same: [hardware] bf16_tflops and fp8_tflops twice the preset's, which
     scales every GEMM and attention rate by 2 (rates.KernelRates.scaled; docs/model.md, "A [hardware] section that
     overrides ..."), HBM, links and host the same: no kernel is longer, every rank runs its actions in the same
-    order, so the step is never longer. Less the terms left open (without_open_issues,
-    without_faster_is_slower_terms)."""
-    raw = without_faster_is_slower_terms(without_open_issues(raw))
+    order, so the step is never longer. Less the terms left open (without_open_issues; round 3's two fixed in s21n)."""
+    raw = without_open_issues(raw)
     hw = hardware.preset(raw["hardware"]["preset"])
     peaks = {"bf16_tflops": 2 * hw.bf16_tflops} | ({"fp8_tflops": 2 * hw.fp8_tflops} if hw.fp8_tflops else {})
     slow, fast = step_of(raw), step_of(with_changes(raw, hardware=peaks))

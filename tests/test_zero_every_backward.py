@@ -199,10 +199,11 @@ def test_zero_3s_slowed_forward_delays_the_next_rank_by_hand():
         assert len(rows) == 8 and got.keys() == expect.keys()
         for key, span in expect.items():
             assert got[key] == pytest.approx(span, rel=1e-12, abs=1e-9), key
-    # rank 0's forward is slower by its compute beside its own gathers x (k - 1) (tests/test_fsdp.py), and rank 1's
-    # first forward starts that much later
+    # rank 0's forward is slower by what its units' held pace beside their own gathers adds (tests/test_fsdp.py; since
+    # s21n the walk with it, 0.21 ms here, where s20n's (k - 1) x beside charged over 1 ms), and rank 1's first
+    # forward starts that much later
     slowed = held_stages[0].fsdp_slowed[0]
-    assert slowed > 1.0 and free_stages[0].fsdp_slowed is None
+    assert slowed > 0.1 and free_stages[0].fsdp_slowed is None
     assert held_stages[0].forward - free_stages[0].forward == pytest.approx(slowed)
 
     def first_forward(trace, rank):

@@ -87,6 +87,9 @@ class Chunk:
     # Per layer, ms: the host rows a lone op's mlp_forward and mlp_backward_input carry, and the host's share of a
     # layer pair that replaces them in an overlapped pair (model/host_pair.py), charged to the forward's mlp_forward
     pair_host: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Per layer, ms: what a lone I's mlp_backward_input carries less and a lone W's mlp_backward_weight more, the MoE
+    # backward's host share worked per pass (derive.StageFigures.host_apart over the layers; CostModel.apart's)
+    apart_host: tuple[float, float] = (0.0, 0.0)
 
     def stream(self, kind: str) -> tuple[tuple[Component, Channel, float], ...]:
         """(component, channel, duration) of every component of a ``kind`` op, in order.
@@ -107,6 +110,7 @@ class Chunk:
             stream = self.stream(kinds[0])
             per_layer = len(stream) // self.layers
             for n, (c, ch, d) in enumerate(stream):
+                d = _alone(c, d, kinds[0], self.apart_host)
                 out.append(Part(0, c, n // per_layer, ch, d, (n - 1,) if n else (), None, (n,)))
             return tuple(out)
         chunks = (self, other or self)
@@ -136,6 +140,18 @@ class Chunk:
         return tuple(out)
 
 
+def _alone(c: Component, d: float, kind: str, apart: tuple[float, float]) -> float:
+    """A component's duration in a lone op whose kind runs the input- or the weight-gradient pass without the other
+    (kind_length's rule): the layer's host share worked per pass (Chunk.apart_host) in place of the whole backward's,
+    which mlp_backward_input carries."""
+    runs = RULES[Kind(kind)].passes
+    if c == Component.mlp_backward_input and Kind.I in runs and Kind.W not in runs:
+        return d - apart[0]
+    if c == Component.mlp_backward_weight and Kind.W in runs and Kind.I not in runs:
+        return d + apart[1]
+    return d
+
+
 def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> float:
     """A component's duration in an overlapped pair: one host share for the layer pair (Chunk.pair_host) in place
     of each half's own; ``forward`` / ``backward``: the halves' chunks' pair_host.  A forward stage without the share
@@ -147,17 +163,18 @@ def _pair_duration(c: Component, d: float, forward: tuple, backward: tuple) -> f
     return d
 
 
-def kind_length(kind: Kind, forward, backward, weight):
+def kind_length(kind: Kind, forward, backward, weight, apart=(0.0, 0.0)):
     """An op's length read off the passes its kind runs (rules.Rule.passes), on a stage whose forward, whole backward
     (B) and weight-gradient part (W) take ``forward``, ``backward`` and ``weight`` (floats, or numpy arrays over
     stages): the forward pass ``forward``; the input- and weight-gradient passes together ``backward`` (B's own
-    figure: I's and W's need not sum to it to the bit), the input-gradient pass alone ``backward - weight`` (I), the
-    weight-gradient pass alone ``weight`` (W)."""
+    figure: I's and W's need not sum to it to the bit), the input-gradient pass alone ``backward - weight - apart[0]``
+    (I), the weight-gradient pass alone ``weight + apart[1]`` (W).  ``apart``: what each pass run alone carries less /
+    more than B's split gives it (the MoE backward's host share, worked per pass: derive.StageFigures.host_apart)."""
     runs = RULES[kind].passes
     f, i, w = Kind.F in runs, Kind.I in runs, Kind.W in runs
     if not (i or w):
         return forward if f else 0.0
-    grads = backward if i and w else backward - weight if i else weight
+    grads = backward if i and w else backward - weight - apart[0] if i else weight + apart[1]
     return forward + grads if f else grads
 
 
@@ -190,6 +207,9 @@ class CostModel:
     # (rank order, tensor x context, data, NVLink domain): what simulation.simulate works nvlink_pairs out from
     # once the schedule's rank count is known; None: none
     placement: tuple[str, int, int, int] | None = None
+    # per stage, (ms an input-gradient pass run alone carries less than backward - weight, ms a weight-gradient pass
+    # alone more than weight): the MoE backward's host share worked per pass (derive.StageFigures.host_apart); (): none
+    apart: tuple[tuple[float, float], ...] = ()
     # Micro-batches whose backward runs lighter on one stage (model.defer_embedding_wgrad, model/deferred_wgrad.py):
     # (stage, count, input-gradient ms less, weight-gradient ms less) for micro-batches 0 .. count - 1; None: none
     deferred: tuple[int, int, float, float] | None = None
@@ -252,7 +272,8 @@ class CostModel:
 
     def duration(self, op: Op) -> float:
         s = op.stage
-        length = kind_length(op.kind, self.forward[s], self.backward[s], self.weight[s])
+        length = kind_length(op.kind, self.forward[s], self.backward[s], self.weight[s],
+                             self.apart[s] if self.apart else (0.0, 0.0))
         if not self.light(op):
             return length
         less_i, less_w = deferred_share(op.kind, *self.deferred[2:])

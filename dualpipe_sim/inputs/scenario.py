@@ -541,10 +541,12 @@ class Scenario(_Section):
                     f"got W={w} > B={b} at stage {s}"
                 )
         deferral = self.deferral(derived)
+        hosts = [s.host_apart for s in derived.stages] if have and c.backward is None and c.weight is None else []
         return CostModel(
             forward=forward,
             backward=backward,
             weight=weight,
+            apart=tuple(h or (0.0, 0.0) for h in hosts) if any(hosts) else (),
             overlapped=None if c.overlapped is None else _per_stage(c.overlapped, S, "costs.overlapped"),
             deferred=None if deferral is None else deferral[:4],
             **self._shared_cost_fields(derived),
@@ -623,8 +625,11 @@ class Scenario(_Section):
         slow = derived.comm_compute_slowdown
         # and an overlapped pair's host share in place of its halves' (model/host_pair.py)
         hosts = derived.stage_pair_host or ((0.0, 0.0, 0.0),) * len(derived.stage_chunks)
-        chunk = tuple(ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), slow, pair_host=h)
-                      for (n, t), h in zip(derived.stage_chunks, hosts))  # fmt: skip
+        # and a lone I's and W's host share worked per pass (derive.StageFigures.host_apart), spread over its layers
+        apart = [tuple(x / n for x in fig.host_apart or (0.0, 0.0)) for (n, _), fig in zip(derived.stage_chunks,
+                                                                                            derived.stages)]
+        chunk = tuple(ChunkCosts(n, tuple(getattr(t, c.name) for c in Component), slow, pair_host=h, apart_host=a)
+                      for (n, t), h, a in zip(derived.stage_chunks, hosts, apart))  # fmt: skip
         return CostModel.from_chunk(self.pipeline.stages, chunk, **self._shared_cost_fields(derived))
 
     def _chunk_cost_model(self, derived=None) -> CostModel:

@@ -199,6 +199,9 @@ class StageFigures:
     fsdp_tail: float | None = None  # ZeRO 3: ms the last backward leaves on the data-parallel channel (fsdp.backward_tail)
     # ZeRO 3 with step.dp_comm_sms: ms its forward / backward compute runs longer beside its own collectives (fsdp_slowed)
     fsdp_slowed: tuple[float, float] | None = None
+    # its MoE layers' backward host share where a schedule runs W apart (stage_apart_host), ms: what a lone I carries
+    # less than backward - weight, what a lone W carries more than weight; None: no host share costed
+    host_apart: tuple[float, float] | None = None
 
 
 @dataclass
@@ -1016,6 +1019,16 @@ def stage_chunk(st: Setup, stage: layout.Stage, per_layer: dict | None = None,
     return layers, LayerTimes(**{k: v / layers for k, v in totals.items()})
 
 
+def stage_apart_host(st: Setup, stage: layout.Stage, table: dict | None = None) -> tuple[float, float] | None:
+    """kernels.apart_host summed over a stage's MoE layers (an MTP module's included), or None where it has none."""
+    cfg, table = st.cfg, {} if table is None else table  # layers of one kind cost alike
+    moe = [i for i in stage.layers + (cfg.num_layers,) * stage.mtp if cfg.is_moe_layer(i)]
+    if not moe:
+        return None
+    each = [_get(table, cfg.layer_kind(i), lambda i: kernels.apart_host(cfg, i, st.rates, st.layout), i) for i in moe]
+    return sum(e[0] for e in each), sum(e[1] for e in each)
+
+
 def stage_pair_host(st: Setup, stage: layout.Stage, layers: int, table: dict | None = None) -> tuple[float, float, float]:
     """kernels.pair_host summed over a stage's MoE layers (an MTP module's included) and spread over its ``layers``
     as stage_chunk spreads the components."""
@@ -1145,9 +1158,9 @@ def _stage_times(st: Setup, stage: layout.Stage, per_layer: dict, tables: tuple)
 def _held(st: Setup, memo: Memo | None) -> tuple[Setup, dict, tuple] | None:
     """ZeRO 3 with step.dp_comm_sms: the Setup on the rates its kernels get while a data-parallel collective holds
     those SMs (KernelRates.held, as comm_slowdown times the step's end), with its own per-layer times and Memo
-    tables for _stage_times; None without held SMs or kernel rates (nothing slowed).  A stage's forward and
-    backward then run (k - 1) x its compute beside its own collectives longer (fsdp.slowed), k its compute on
-    these over its compute: the rule engine/step.py applies to the last backward's (docs/step.md, "ZeRO 2 and 3")."""
+    tables for _stage_times; None without held SMs or kernel rates (nothing slowed).  Each FSDP unit then computes
+    at its pace on these while one of its action's collectives runs (fsdp.slowed: the units walked with it;
+    docs/step.md, "ZeRO 2 and 3")."""
     if not st.dp_held_sms or st.rates is None:
         return None
     held = replace(st, rates=st.rates.held(st.dp_held_sms))
@@ -1184,6 +1197,7 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
                  extra_tab, params_tab)
     time_tabs = (layer_tab, extra_tab, passes_tab)
     held = _held(st, memo) if sh.zero >= 3 else None
+    apart_tab = _table(memo, "apart_host", tkey) if memo is not None else {}  # one derivation: each layer kind once
     for stage in st.stages:
         lp = [_get(params_tab, i, params.layer, cfg, i) for i in stage.layers]
         dense = sum(p.dense_over_tensor(sh.tensor) for p in lp)
@@ -1207,14 +1221,18 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             fig.forward, fig.backward, fig.weight, times = _stage_times(st, stage, per_layer, time_tabs)
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)
                 units = _fsdp_units(st, stage, times, fsdp_tabs)
-                fig.fsdp_exposed, fig.fsdp_tail = fsdp.stage_exposure(units), fsdp.backward_tail(units)
+                fig.fsdp_exposed = fsdp.stage_exposure(units)
                 slowed = None
-                if held is not None:  # its compute beside its own collectives, on the SMs they leave
-                    f, b, _, _ = _stage_times(held[0], stage, held[1], held[2])
-                    slowed = fsdp.slowed(units, (f + b) / (fig.forward + fig.backward))
-                fig.fsdp_slowed = slowed
+                if held is not None:  # its units' compute beside their own collectives, on the SMs they leave
+                    held_times = _stage_times(held[0], stage, held[1], held[2])[3]
+                    on_held = _fsdp_units(held[0], stage, held_times, (None, held[2][1], params_tab))
+                    units = [replace(u, forward_held=h.forward, backward_held=h.backward) for u, h in zip(units, on_held)]
+                    slowed = fsdp.slowed(units)
+                fig.fsdp_tail, fig.fsdp_slowed = fsdp.backward_tail(units), slowed
                 fig.forward += fig.fsdp_exposed[0] + (slowed[0] if slowed else 0.0)
                 fig.backward += fig.fsdp_exposed[1] + (slowed[1] if slowed else 0.0)
+            if st.rates is not None and st.host_op > 0 and cfg.moe:  # the MoE backward's host share, W apart
+                fig.host_apart = stage_apart_host(st, stage, apart_tab)
         figures.append(fig)
     out = Derived(st, figures)
     if st.hw is not None:

@@ -30,6 +30,10 @@ class Unit:
     backward: float  # its backward compute (input and weight gradients)
     gather: float  # all-gathering its parameters
     reduce: float  # reduce-scattering its gradient
+    # its forward / backward on the SMs a data-parallel collective beside it leaves (step.dp_comm_sms): its kernels
+    # on KernelRates.held, its tensor-parallel collectives as fast as alone; None: as fast as alone
+    forward_held: float | None = None
+    backward_held: float | None = None
 
 
 def ring_ms(nbytes: float, ranks: float, gbps: float) -> float:
@@ -43,38 +47,33 @@ def exposed(compute: list[float], gathers: list[float], reduces: list[float] | N
     return _walk(compute, gathers, reduces)[0] - sum(compute)
 
 
-def beside(compute: list[float], gathers: list[float], reduces: list[float] | None = None) -> float:
-    """How long (ms) the units of an action (as ``exposed`` takes them) compute while one of its collectives runs
-    on the channel: the compute whose SMs the collective's NCCL kernel holds (step.dp_comm_sms)."""
-    return _walk(compute, gathers, reduces)[2]
+def beside_channel(compute: float, held: float, busy: float) -> float:
+    """How long (ms) a unit runs that takes ``compute`` alone and ``held`` beside a collective, the channel busy for
+    ``busy`` ms from its start: ``held``'s pace while the collective runs, its own after (a share 1 - busy / held
+    of its work left).  Slowed compute that fits under the collective hides under it, as param_gather's chain."""
+    return held if held <= busy else busy + (1.0 - busy / held) * compute
 
 
-def _walk(compute: list[float], gathers: list[float], reduces: list[float] | None) -> tuple[float, float, float]:
-    """(when the action's last unit ends, when its channel is next free, how long its units compute while a
-    collective of the action runs), from the action's start."""
+def _walk(compute: list[float], gathers: list[float], reduces: list[float] | None,
+          held: list[float] | None = None) -> tuple[float, float]:
+    """(when the action's last unit ends, when its channel is next free), from the action's start; ``held``: each
+    unit's compute beside a collective of the action (None: as fast as alone)."""
     if not compute:
-        return 0.0, 0.0, 0.0
-    busy = [(0.0, gathers[0])]  # the channel's collectives (start, end); the first gather starts with the action
-    channel = gathers[0]  # when the channel is next free
+        return 0.0, 0.0
+    channel = gathers[0]  # when the channel is next free; the first gather starts with the action
     gathered = gathers[0]  # when the unit about to run has its parameters
     clock = 0.0  # when the unit before it ended
-    spans = []  # the units' compute (start, end)
     for j, c in enumerate(compute):
         start = max(clock, gathered)
         if j + 1 < len(compute):  # prefetch the next unit's parameters
-            at = max(channel, start)
-            channel = at + gathers[j + 1]
-            busy.append((at, channel))
+            channel = max(channel, start) + gathers[j + 1]
             gathered = channel
-        clock = start + c
-        spans.append((start, clock))
+        # the channel is busy from the unit's start to ``channel``: the reduce-scatter before it was issued when the
+        # unit before ended and runs once its own gather has, i.e. from ``start``; the prefetch queues behind it
+        clock = start + (c if held is None else beside_channel(c, held[j], max(0.0, channel - start)))
         if reduces is not None:
-            at = max(channel, clock)
-            channel = at + reduces[j]
-            busy.append((at, channel))
-    # one channel: its collectives never overlap one another, nor do the units, so the sum of pairwise overlaps
-    beside = sum(max(0.0, min(b, d) - max(a, c)) for a, b in spans for c, d in busy)
-    return clock, channel, beside
+            channel = max(channel, clock) + reduces[j]
+    return clock, channel
 
 
 def stage_exposure(units: list[Unit]) -> tuple[float, float]:
@@ -85,25 +84,30 @@ def stage_exposure(units: list[Unit]) -> tuple[float, float]:
     return f, b
 
 
-def stage_beside(units: list[Unit]) -> tuple[float, float]:
-    """(forward, backward) compute of one stage's units (given in forward order) beside the action's own
-    collectives (``beside``); the last unit's reduce-scatter runs after the action and is not counted."""
+def _held(units: list[Unit], forward: bool) -> list[float] | None:
+    """The units' compute beside a collective in one direction (in the order given), or None where none is slowed."""
+    held = [u.forward_held if forward else u.backward_held for u in units]
+    if all(h is None for h in held):
+        return None
+    return [(u.forward if forward else u.backward) if h is None else h for u, h in zip(units, held)]
+
+
+def slowed(units: list[Unit]) -> tuple[float, float]:
+    """(forward, backward) time (ms) one stage's actions run longer when the compute beside their own collectives runs
+    at its held pace (Unit.forward_held / backward_held: step.dp_comm_sms SMs held by their NCCL kernels): the walk
+    with each unit's pace set by the channel beside it (beside_channel) against the walk at full speed."""
     back = units[::-1]
-    return (beside([u.forward for u in units], [u.gather for u in units]),
-            beside([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back]))
-
-
-def slowed(units: list[Unit], factor: float) -> tuple[float, float]:
-    """(forward, backward) time (ms) one stage's actions run longer when the compute beside their own collectives
-    (``stage_beside``) runs ``factor`` times slower (their NCCL kernels hold step.dp_comm_sms SMs): (factor - 1) x
-    that time, measured on the unslowed action (one pass, as engine/step.py charges the last backward's)."""
-    return tuple((factor - 1.0) * t for t in stage_beside(units))
+    walks = (([u.forward for u in units], [u.gather for u in units], None, _held(units, True)),
+             ([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back], _held(back, False)))
+    return tuple(_walk(c, g, r, h)[0] - _walk(c, g, r)[0] for c, g, r, h in walks)
 
 
 def backward_tail(units: list[Unit]) -> float:
     """What a backward of ``units`` (given in forward order) leaves on the data-parallel channel when its last
-    unit's compute ends (ms): that unit's reduce-scatter, launched then by its post-backward hook, queued behind
-    any earlier unit's still running.  The step's end waits for it (Megatron-FSDP's finish_grad_sync)."""
+    unit's compute ends (ms), at its held pace where it has one: that unit's reduce-scatter, launched then by its
+    post-backward hook, queued behind any earlier unit's still running.  The step's end waits for it
+    (Megatron-FSDP's finish_grad_sync)."""
     back = units[::-1]
-    clock, channel, _ = _walk([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back])
+    clock, channel = _walk([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back],
+                           _held(back, False))
     return max(0.0, channel - clock)

@@ -17,6 +17,7 @@ from . import host
 
 BACKWARD = ("combine_backward", "mlp_backward_input", "mlp_backward_weight", "dispatch_backward",
             "attn_backward_input", "attn_backward_weight")  # fmt: skip
+WEIGHT = ("mlp_backward_weight", "attn_backward_weight")  # the weight-gradient pass's rows
 
 # Backward rows whose PyTorch calls differ from the forward rule (host.calls); every other row is one call per
 # kernel it launches ("(N kernels)" in its shape).
@@ -104,3 +105,15 @@ def backward_excess(rows: list, per_op: float, tensor: int, expert_streams: int,
     """(seconds the host adds to one MoE layer's backward, PyTorch calls, syncs)."""
     steps = backward_steps(rows, tensor, expert_streams, local_experts, dispatcher)
     return excess(steps, per_op), sum(s.ops for s in steps), sum(s.sync for s in steps)
+
+
+def apart_excess(rows: list, per_op: float, tensor: int, expert_streams: int, local_experts: int,
+                 dispatcher: str) -> tuple[float, float]:  # fmt: skip
+    """(seconds the host adds to one MoE layer's input-gradient pass run alone, to its weight-gradient pass alone):
+    where a schedule runs W apart, I's autograd calls go out against I's GPU time only and W's (its wgrad GEMMs,
+    popped later) against W's, not the two together (backward_excess)."""
+    weight = [k for k in rows if k.component in WEIGHT and k.kind != "host"]
+    steps = backward_steps([k for k in rows if k.component not in WEIGHT], tensor, expert_streams, local_experts,
+                           dispatcher)  # fmt: skip
+    w_calls = sum(calls(k, tensor, expert_streams, local_experts, dispatcher) for k in weight)
+    return excess(steps, per_op), max(0.0, w_calls * per_op - sum(k.seconds for k in weight))

@@ -1416,6 +1416,19 @@ def pair_host(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> tupl
     return forward, backward, pair * 1e3
 
 
+def apart_host(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> tuple[float, float]:
+    """Layer ``i``'s backward host share where a schedule runs weight gradients apart (host_backward.apart_excess),
+    ms: (what the input-gradient pass alone carries less than its host row, the share worked over I and W together;
+    what the weight-gradient pass alone carries more); 0 each where no host row is costed."""
+    tb = _layer_table(cfg, i, rates, lay)
+    joint = sum(k.ms for k in tb.rows if k.name == "host launches (backward)")
+    if not any(k.kind == "host" for k in tb.rows):
+        return 0.0, 0.0
+    local = max(1, cfg.num_experts // lay.expert)
+    alone = host_backward.apart_excess(tb.own_rows(), lay.host_op, lay.tensor, lay.expert_streams, local, lay.dispatcher)
+    return joint - alone[0] * 1e3, alone[1] * 1e3
+
+
 def _layer_table(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> Table:
     tb = Table(rates, lay, cfg)
     if lay.deepseek and cfg.mla and cfg.q_lora_rank and cfg.is_moe_layer(i) and lay.tensor == lay.context == 1:

@@ -134,7 +134,7 @@ class FigureCache:
             static, buffers = self._stage_memory(cand, derived)
             self._figures[key] = StageFigures(work, pair, tuple(derived.activation_bytes), uniform, static, buffers,
                                               StageCosts(f, b, w, fa, ba, derived.comm_compute_slowdown, deferred,
-                                                         _pair_host(derived)),
+                                                         _pair_host(derived), _apart(derived, cand.stages)),
                                               derived.p2p or 0.0, derived.p2p_nvlink)  # fmt: skip
         return self._figures[key]
 
@@ -242,6 +242,13 @@ def _stage_costs(derived, s: int) -> tuple[float, ...]:
 def _pair_host(derived) -> tuple[tuple[float, float, float], ...]:
     """Per stage, its MoE layers' host shares (derive.stage_pair_host x its layers), ms: () where none is costed."""
     return tuple(tuple(n * x for x in h) for (n, _), h in zip(derived.stage_chunks, derived.stage_pair_host))
+
+
+def _apart(derived, stages: int) -> tuple[tuple[float, float], ...]:
+    """Per stage, what a lone I carries less and a lone W more (derive.StageFigures.host_apart), as the run's
+    CostModel.apart (or its [chunk] stages' Chunk.apart_host over their layers): () where none is costed."""
+    hosts = [derived.stages[s].host_apart for s in range(stages)]
+    return tuple(h or (0.0, 0.0) for h in hosts) if any(hosts) else ()
 
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:

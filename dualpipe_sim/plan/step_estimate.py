@@ -132,6 +132,8 @@ class StageCosts:
     # per stage, the MoE host share (model/host_pair.py) as the run's Chunk.pair_host for all its layers: (ms its
     # forward's host rows, ms its backward's, ms an overlapped pair takes instead with this stage's forward); (): none
     pair_host: tuple[tuple[float, float, float], ...] = ()
+    # per stage, what a lone I carries less and a lone W more (the run's CostModel.apart); (): none
+    apart: tuple[tuple[float, float], ...] = ()
 
 
 def lengths(b: Built, costs: StageCosts) -> np.ndarray:
@@ -146,7 +148,8 @@ def _lengths(b: Built, costs: StageCosts) -> tuple[np.ndarray, np.ndarray]:
     """lengths, and per action the share of it its first op takes (1 when lone; a pair's forward's
     compute over the pair's two computes)."""
     f, bw, w = (np.asarray(x, dtype=float) for x in (costs.forward, costs.backward, costs.weight))
-    per_kind = np.array([np.broadcast_to(kind_length(k, f, bw, w), f.shape) for k in KINDS])  # by kind code
+    apart = np.asarray(costs.apart, dtype=float).T if costs.apart else (0.0, 0.0)
+    per_kind = np.array([np.broadcast_to(kind_length(k, f, bw, w, apart), f.shape) for k in KINDS])  # by kind code
     out = per_kind[b.kind, np.where(b.lone, b.stage, b.back_stage)]
     if costs.deferred is not None:  # CostModel.duration's lighter backwards: B - less I - less W, I - less I, W - less W
         s, count, less_i, less_w = costs.deferred
