@@ -330,12 +330,10 @@ def test_full_recomputation_leaves_the_forward_but_the_aux_loss(raw):
     loss, "Skip auxiliary loss calculations when using torch.no_grad() or checkpointing" (Megatron-LM @ 1e05700
     moe/router.py lines 234-236; docs/model.md, "What a checkpointed forward skips"): its kernels, its E-count
     all-reduce and their PyTorch calls run in the rerun instead.  So every stage's forward is no longer with full
-    recomputation, and the same (to rounding) with the aux loss off.  ZeRO 3 with no SMs held: with
-    step.dp_comm_sms its forward's slowdown beside its own gathers is (k - 1) x, k the stage's forward + backward
-    on the SMs left over both (fsdp.slowed, derive.derive), which the rerun in the backward moves (Llama 3 70B,
-    1,024 tokens, DP 2, one stage on H100: forward 407.63 -> 405.58 ms with full recomputation; s21o, open)."""
-    if raw["parallel"]["zero"] == 3:
-        raw = with_changes(raw, step={"dp_comm_sms": 0})
+    recomputation, and the same (to rounding) with the aux loss off.  Found here (s21o): ZeRO 3 with
+    step.dp_comm_sms held slowed its forward's compute beside its own gathers by the stage's forward + backward
+    ratio on the SMs left, which the rerun in the backward moved (Llama 3 70B, 1,024 tokens, DP 2, one stage on
+    H100, BF16: forward 407.63 -> 405.58 ms with full recomputation); now each pass by its own (fsdp.slowed)."""
     drawn = [forwards_of(with_changes(raw, memory={"recompute": r})) for r in ("none", "full")]
     off = with_changes(raw, model={"moe_aux_loss": False})
     bare = [forwards_of(with_changes(off, memory={"recompute": r})) for r in ("none", "full")]

@@ -1146,8 +1146,8 @@ def _held(st: Setup, memo: Memo | None) -> tuple[Setup, dict, tuple] | None:
     """ZeRO 3 with step.dp_comm_sms: the Setup on the rates its kernels get while a data-parallel collective holds
     those SMs (KernelRates.held, as comm_slowdown times the step's end), with its own per-layer times and Memo
     tables for _stage_times; None without held SMs or kernel rates (nothing slowed).  A stage's forward and
-    backward then run (k - 1) x its compute beside its own collectives longer (fsdp.slowed), k its compute on
-    these over its compute: the rule engine/step.py applies to the last backward's (docs/step.md, "ZeRO 2 and 3")."""
+    backward then run (k - 1) x its compute beside its own collectives longer (fsdp.slowed), k the pass's compute
+    on these over its compute: the rule engine/step.py applies to the last backward's (docs/step.md, "ZeRO 2 and 3")."""
     if not st.dp_held_sms or st.rates is None:
         return None
     held = replace(st, rates=st.rates.held(st.dp_held_sms))
@@ -1211,7 +1211,9 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
                 slowed = None
                 if held is not None:  # its compute beside its own collectives, on the SMs they leave
                     f, b, _, _ = _stage_times(held[0], stage, held[1], held[2])
-                    slowed = fsdp.slowed(units, (f + b) / (fig.forward + fig.backward))
+                    # each pass by its own kernels: a backward that reruns the forward leaves the forward's as it is
+                    slowed = fsdp.slowed(units, (f / fig.forward if fig.forward else 1.0,
+                                                 b / fig.backward if fig.backward else 1.0))
                 fig.fsdp_slowed = slowed
                 fig.forward += fig.fsdp_exposed[0] + (slowed[0] if slowed else 0.0)
                 fig.backward += fig.fsdp_exposed[1] + (slowed[1] if slowed else 0.0)

@@ -93,11 +93,12 @@ def stage_beside(units: list[Unit]) -> tuple[float, float]:
             beside([u.backward for u in back], [u.gather for u in back], [u.reduce for u in back]))
 
 
-def slowed(units: list[Unit], factor: float) -> tuple[float, float]:
+def slowed(units: list[Unit], factors: tuple[float, float]) -> tuple[float, float]:
     """(forward, backward) time (ms) one stage's actions run longer when the compute beside their own collectives
-    (``stage_beside``) runs ``factor`` times slower (their NCCL kernels hold step.dp_comm_sms SMs): (factor - 1) x
-    that time, measured on the unslowed action (one pass, as engine/step.py charges the last backward's)."""
-    return tuple((factor - 1.0) * t for t in stage_beside(units))
+    (``stage_beside``) runs ``factors`` (forward, backward) times slower (their NCCL kernels hold step.dp_comm_sms
+    SMs): (factor - 1) x that time, measured on the unslowed action (one pass, as engine/step.py charges the last
+    backward's)."""
+    return tuple((k - 1.0) * t for k, t in zip(factors, stage_beside(units)))
 
 
 def backward_tail(units: list[Unit]) -> float:
