@@ -1,6 +1,7 @@
 """FSDP (parallel.zero = 3): per-unit all-gathers and reduce-scatters on the data-parallel channel,
 prefetching one unit ahead (model/fsdp.py, docs/model.md "FSDP"), worked by hand."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from dualpipe_sim import InputError, actions, run, sweep
 from dualpipe_sim.inputs import scenario as scenario_module
 from dualpipe_sim.engine.trace import DRAIN, OPTIMIZER
-from dualpipe_sim.model import hardware, nccl_nvls
+from dualpipe_sim.model import derive, hardware, nccl_nvls
 from dualpipe_sim.outputs import files
 from dualpipe_sim.plan import estimate as plan_estimate, request as plan_request, space as plan_space
 from dualpipe_sim.plan.shapes import shape as schedule_shape
@@ -314,24 +314,53 @@ def test_doubling_data_parallelism_never_raises_tokens_per_gpu(raw, data):
     assert large.throughput.tokens_per_second_per_gpu <= small.throughput.tokens_per_second_per_gpu * (1 + 1e-9)
 
 
+def forwards_of(raw: dict) -> list[float] | None:
+    """Each stage's forward of one micro-batch (ms, derive's figures), or None where the layout is refused."""
+    try:
+        return [fig.forward for fig in derive.derive(derive.setup(scenario_module.from_dict(raw))).stages]
+    except InputError:
+        return None
+
+
+@settings(max_examples=examples(12))
+@given(layouts())
+def test_full_recomputation_leaves_the_forward_but_the_aux_loss(raw):
+    """Megatron-core's full recomputation (CheckpointFunction) runs each layer's forward once under torch.no_grad()
+    and again, with autograd on, in its backward.  What autograd-off skips in the first forward is the router's aux
+    loss, "Skip auxiliary loss calculations when using torch.no_grad() or checkpointing" (Megatron-LM @ 1e05700
+    moe/router.py lines 234-236; docs/model.md, "What a checkpointed forward skips"): its kernels, its E-count
+    all-reduce and their PyTorch calls run in the rerun instead.  So every stage's forward is no longer with full
+    recomputation, and the same (to rounding) with the aux loss off.  Found here (s21o): ZeRO 3 with
+    step.dp_comm_sms held slowed its forward's compute beside its own gathers by the stage's forward + backward
+    ratio on the SMs left, which the rerun in the backward moved (Llama 3 70B, 1,024 tokens, DP 2, one stage on
+    H100, BF16: forward 407.63 -> 405.58 ms with full recomputation); now each pass by its own (fsdp.slowed)."""
+    drawn = [forwards_of(with_changes(raw, memory={"recompute": r})) for r in ("none", "full")]
+    off = with_changes(raw, model={"moe_aux_loss": False})
+    bare = [forwards_of(with_changes(off, memory={"recompute": r})) for r in ("none", "full")]
+    for none, full in (drawn, bare):
+        if none is None or full is None:
+            return
+        assert all(f <= n * (1 + 1e-12) for n, f in zip(none, full))
+    assert all(math.isclose(f, n, rel_tol=1e-12) for n, f in zip(*bare))
+
+
 @settings(max_examples=examples(12))
 @given(layouts())
 def test_full_recomputation_never_shortens_the_step(raw):
     """Full recomputation reruns each layer's forward before its backward (Megatron-core's checkpointed
-    layers; activations.py, kernels.py): work added, none removed, so the step is never shorter than without.
-    ZeRO 2 aside, for two open terms the per-copy carry hid (s21k: its grad sync figure's carry (n - 1) x (R - (F +
-    B)) lost (n - 1) x the longer backward, shortening gpt-oss-120b's step under 1f1b-overlap; since then the rank's
-    channel is laid out from the trace, engine/step.py _earlier_jobs, and that case passes): where ZeRO 2's channel
-    outlasts the pipeline, the step's end is the channel's, which reads (1) the rank's end through step.dp_comm_sms's
-    one-pass stretch, measured on the unslowed timeline (DeepSeek-V3, 1F1B, 2 stages, EP 8, CP 4, DP 8 on H100,
-    14,944.6 -> 14,930.2 ms, a strict xfail in tests/test_layout_fuzz_found.py), and (2) its first release, F + B /
-    units, where the model's forward is shorter with full recomputation (Qwen3-30B-A3B on pai-megatron-patch, one
-    stage, one micro-batch, DP 2, 0 SMs held: F 211.69 -> 207.16 ms, the step 2,326.49 -> 2,326.05; session 20's
-    case); docs/searches.md, s21k.  ZeRO 3 is drawn (its guard dropped in session 21: two explore runs with ZeRO 3
+    layers; activations.py, kernels.py): work added, and none removed but the aux loss's, which moves from the
+    first forward into the rerun (test_full_recomputation_leaves_the_forward_but_the_aux_loss), so the step is never
+    shorter than without.  ZeRO 2 with the aux loss off: its saturated channel ends at its first release plus its
+    work, F + B / units + R (docs/searches.md, s21k), so a forward shorter by the aux loss can rightly end the step
+    earlier by up to that (Qwen3-30B-A3B on pai-megatron-patch, one stage, one micro-batch, DP 2, 1,024 tokens, 0 SMs
+    held: F 211.69 -> 207.16 ms, 48 layers x 7 calls x 13.5 us; the step 2,326.49 -> 2,326.05 in s21k's run), and with
+    step.dp_comm_sms = 0: the channel's end read through the one-pass stretch, measured on the unslowed timeline, is
+    open (DeepSeek-V3, 1F1B, 2 stages, EP 8, CP 4, DP 8 on H100, 14,944.6 -> 14,930.2 ms, a strict xfail in
+    tests/test_layout_fuzz_found.py).  ZeRO 3 is drawn (its guard dropped in session 21: two explore runs with ZeRO 3
     forced on every draw compared 432 distinct pairs, 1F1B, 1f1b-overlap, GPipe and interleaved, none shorter with
     recomputation)."""
     if raw["parallel"]["zero"] == 2:
-        raw = with_changes(raw, parallel={"zero": 1})
+        raw = with_changes(raw, model={"moe_aux_loss": False}, step={"dp_comm_sms": 0})
     none = step_of(with_changes(raw, memory={"recompute": "none"}))
     full = step_of(with_changes(raw, memory={"recompute": "full"}))
     if none is None or full is None:

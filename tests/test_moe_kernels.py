@@ -249,6 +249,49 @@ def test_aux_loss_runs_once_in_the_recompute_under_full_recomputation():
     assert comps == ["mlp_backward_input"]
 
 
+# Qwen3-30B-A3B (the Pai row's model) as s21k's explore run drew it: one stage, one micro-batch of 1,024 tokens, DP 2,
+# EP 1, H100; its forward was 211.69 ms without recomputation and 207.16 ms with full recomputation
+QWEN3_30B = ["pipeline.stages=1", "pipeline.microbatches=1", "parallel.data=2", "parallel.expert=1",
+             "hardware.preset=H100", "model.seq_length=1024"]
+AUX_FORWARD = {"aux-loss scores", "aux loss", "aux-loss token counts all-reduce"}
+
+
+@pytest.mark.parametrize("tensor", [1, 2])
+def test_full_recomputation_drops_only_the_aux_loss_from_the_first_forward(tensor):
+    """Megatron-core's CheckpointFunction.forward runs the layer under torch.no_grad() and router.py computes the
+    aux loss only ``if self.training and torch.is_grad_enabled()`` ("Skip auxiliary loss calculations when using
+    torch.no_grad() or checkpointing", Megatron-LM @ 1e05700 router.py lines 234-236): the forward's kernel list
+    with full recomputation is the one without less the aux loss's rows (its E-count all-reduce with TP 2), and
+    its host row 7 PyTorch calls fewer (the scores' softmax, the loss's 6: host._CALLS; 8 with the all-reduce).
+    The layer is host-bound at 1,024 tokens (its forward is the host's replay of its calls), so the forward is
+    7 x 13.5 us shorter a layer: 48 x 94.5 us = 4.536 ms a stage."""
+    par = [f"parallel.tensor={tensor}", f"parallel.data={4 // tensor}"]
+    none, full = (_load("pai643-qwen3-30b-a3b-pp4ep4", QWEN3_30B + par + [f"memory.recompute={r}"])
+                  for r in ("none", "full"))
+    kn, kf = derive.layer_kernels(none, 0), derive.layer_kernels(full, 0)
+    fwd_n = [k for k in kn if k.component.endswith("_forward")]
+    fwd_f = [k for k in kf if k.component.endswith("_forward")]
+    gone = {k.name for k in fwd_n} - {k.name for k in fwd_f}
+    assert gone == (AUX_FORWARD if tensor > 1 else AUX_FORWARD - {"aux-loss token counts all-reduce"})
+    host_n, host_f = (next(k for k in f if k.name == "host launches and syncs") for f in (fwd_n, fwd_f))
+    calls = {1: (322, 315), 2: (332, 324)}[tensor]  # the all-reduce is one call more
+    assert host_n.shape.startswith(f"{calls[0]} calls") and host_f.shape.startswith(f"{calls[1]} calls")
+    assert [k for k in fwd_n if k.name not in gone and k is not host_n] == [k for k in fwd_f if k is not host_f]
+    # the rerun runs with autograd on: its host row is the forward's without recomputation, aux loss included
+    rerun = [k for k in kf if k.name == "host launches and syncs" and k.component == "mlp_backward_input"]
+    assert [(k.shape, k.seconds) for k in rerun] == [(host_n.shape, host_n.seconds)]
+    if tensor == 1:
+        saved = sum(k.seconds for k in fwd_n) - sum(k.seconds for k in fwd_f)
+        assert saved == pytest.approx(7 * 13.5e-6, rel=1e-9)
+        stage = [derive.derive(st).stages[0].forward for st in (none, full)]  # ms: 211.69 and 207.16
+        assert stage[0] - stage[1] == pytest.approx(48 * 7 * 13.5e-3, rel=1e-9)
+        off = [_load("pai643-qwen3-30b-a3b-pp4ep4", QWEN3_30B + par + ["model.moe_aux_loss=false",
+                                                                        f"memory.recompute={r}"])
+               for r in ("none", "full")]
+        same = [[k for k in derive.layer_kernels(st, 0) if k.component.endswith("_forward")] for st in off]
+        assert same[0] == same[1]  # without the aux loss the checkpointed forward is the forward
+
+
 def test_aux_loss_key_must_be_a_bool(tmp_path, capsys):
     path = tmp_path / "s.toml"
     path.write_text((VALIDATION / "mz-qwen3-235b-tp4ep8pp8.toml").read_text().replace("moe_aux_loss = true", 'moe_aux_loss = "yes"'))

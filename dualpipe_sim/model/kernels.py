@@ -1500,13 +1500,22 @@ def _rerun_discarded_outputs(tb: Table, i: int) -> None:
 
 def host_share(tb: Table, recompute: bool) -> None:
     """What the host adds to an MoE layer's forward (host.py): launches from Python between the
-    dispatcher's syncs; again in the input gradient when the forward is rerun there."""
+    dispatcher's syncs; again in the input gradient when the forward is rerun there, replayed on the rerun's own
+    MLP rows: the checkpoint's first forward runs under ``no_grad`` and skips the aux loss, its rerun does not
+    (docs/model.md, "What a checkpointed forward skips")."""
     lay, cfg = tb.lay, tb.cfg
     local = max(1, cfg.num_experts // lay.expert)
-    secs, ops, syncs = host.forward_excess(tb.rows, lay.host_op, lay.tensor, lay.expert_streams, local,
-                                           lay.dispatcher)  # fmt: skip
-    for comp in ("mlp_forward",) + (("mlp_backward_input",) if recompute else ()):
+
+    def row(comp: str, rows: list[Kernel]) -> None:
+        secs, ops, syncs = host.forward_excess(rows, lay.host_op, lay.tensor, lay.expert_streams, local,
+                                               lay.dispatcher)  # fmt: skip
         _host_row(tb, "host launches and syncs", comp, secs, ops, syncs)
+
+    row("mlp_forward", tb.rows)
+    if recompute:  # the rerun's MLP rows as its forward's, in place of the first forward's
+        rerun = [replace(tb.rows[i], component="mlp_forward") for r in tb.reruns for i in r
+                 if tb.rows[i].component == "mlp_backward_input"]
+        row("mlp_backward_input", [k for k in tb.rows if k.component != "mlp_forward"] + rerun)
 
 
 def host_backward_share(tb: Table) -> None:
