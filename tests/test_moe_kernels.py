@@ -350,3 +350,31 @@ def test_small_bf16_gemms_reproduce_xla_sm90_rows():
     assert len(errs) == 98
     assert statistics.median(abs(e) for e in errs) < 0.10 and abs(statistics.mean(errs)) < 0.03
     assert min(errs) > -0.35 and max(errs) < 0.45
+
+
+
+def test_deepseeks_runtime_on_the_generic_moe_block_permutes_what_deepep_delivers():
+    """DeepSeek's runtime (FP8 on DeepGEMM, recompute "deepseek") on a layer its own kernel list does not cover (no
+    MLA here; TP > 1 alike) falls back to the generic MoE block, its experts' tokens still carried by DeepEP
+    (Layout.deepep): as under Megatron's flex dispatcher, the permute runs after the dispatch on the distinct tokens
+    received and nothing is regrouped by local expert (s21s's review: the block keyed this on model.moe_dispatcher
+    alone and charged the all-to-all dispatcher's permute and sorts). The layer of the test above, FP8: R = 14,110.5
+    rows received, 16,384 routed, h 1,024."""
+    raw = {"pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 1},
+           "model": {"model_type": "qwen3_moe", "hidden_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 8,
+                     "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 4096, "moe_intermediate_size": 512,
+                     "num_experts": 32, "num_experts_per_tok": 4, "vocab_size": 32000, "tie_word_embeddings": False,
+                     "seq_length": 4096, "micro_batch_size": 1, "fp8": True, "fp8_gemm": "deepgemm"},
+           "memory": {"recompute": "deepseek"},
+           "parallel": {"tensor": 1, "data": 8, "expert": 8},
+           "hardware": {"preset": "H100"}}  # fmt: skip
+    st = derive.setup(scenario.sections_only(raw))
+    assert st.deepseek_kernels and st.dispatcher == "alltoall"
+    rows = [k for k in derive.layer_kernels(st, 0) if k.component == "mlp_forward" and k.kind != "host"]
+    names = [k.name for k in rows]
+    assert "permute" in names and "sort by local expert" not in names and "unsort by local expert" not in names
+    received, routed, h = 4096 * 8 * (1 - 20475 / 35960), 4096 * 4, 1024
+    (permute,) = [k for k in rows if k.name == "permute"]
+    assert permute.bytes == pytest.approx(received * h * 2 + routed * h * 1)  # BF16 rows in, FP8 rows out
+    (row_map,) = [k for k in rows if k.name == "permute row-id map"]
+    assert row_map.bytes == pytest.approx(received * 4 * 25)  # the received rows x 4 local experts

@@ -1006,7 +1006,7 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     # dispatcher (DeepEP), after it on the distinct tokens received over the local experts (_DeepepManager,
     # token_dispatcher.py @ 1e05700 lines 885-916): n x k rows out either way (x ETP with DeepEP), and no
     # regrouping by local expert, as the permute's routing map is already the local experts'
-    flex = lay.dispatcher == "deepep"
+    flex = lay.deepep  # DeepEP delivers the distinct tokens received, whichever runtime calls it
     src, dst, mapped = (n * etp * ranks_reached(E, e, k), rows, local) if flex else (n, n * k, E)
     low = lay.low_bytes if lay.fp8 else ab
     # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
