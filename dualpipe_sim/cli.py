@@ -467,11 +467,16 @@ def memory_lines(m: Metrics, low: str = "fp8") -> list[str]:
     terms = [(mem.parameters, mem.fp8_weights, mem.gradients, mem.optimizer, mem.sharding_buffers,
               mem.activations_peak, mem.p2p_buffers, mem.a2a_buffers, mem.dynamic_peak, mem.runtime, mem.total)
              for mem in (r.memory for r in m.per_rank)]
+    deepep = any(r.memory.deepep_buffers for r in m.per_rank)  # model.moe_dispatcher = "deepep": its column
+    if deepep:
+        names = (*names[:5], "deepep buf", *names[5:])
+        terms = [(*t[:5], r.memory.deepep_buffers, *t[5:]) for t, r in zip(terms, m.per_rank)]
     over = ["over" if m.device_memory and t[-1] > m.device_memory else "" for t in terms]
     columns = [("", "rank", [str(r.rank) for r in m.per_rank])]
     columns += [(*_wrap(name), [gb(t[i]) for t in terms]) for i, name in enumerate(names)]
     lines = ["", f"memory per rank (GB; device {cap}):", *text_table.render(columns + [("", "", over)])]
-    lines.append(f"total = params + {low} w + grads + optim + zero buf + dyn peak + runtime (docs/model.md)")
+    lines.append(f"total = params + {low} w + grads + optim + zero buf{' + deepep buf' if deepep else ''} + dyn peak + "
+                 f"runtime (docs/model.md)")
     return lines
 
 

@@ -166,7 +166,8 @@ def _with_memory(metrics: Metrics, scenario: Scenario, trace: Trace, inputs: Inp
         rows = model_memory.per_rank([s.static for s in derived.stages], trace.stages_on_rank,
                                      [r.peak_activation_bytes for r in ranks],
                                      model_buffers.per_rank(trace, setup, getattr(inputs.costs, "deferred", None)),
-                                     [s.sharding_buffers for s in derived.stages], runtime)  # fmt: skip
+                                     [s.sharding_buffers for s in derived.stages], runtime,
+                                     [s.deepep_buffers for s in derived.stages])  # fmt: skip
         if "parameters" in scenario.memory.model_fields_set:  # memory.parameters typed by hand wins
             for r, mem in zip(ranks, rows):
                 mem["total"] += r.parameter_bytes - mem["parameters"]

@@ -93,8 +93,11 @@ def test_preset_fits_the_80_gb_h800():
     # NCCL communicators: pipeline 16, data 128, expert 64 (688 MiB each), expert-data 2 (544 MiB)
     assert mem.runtime == 0.5e9 + (3 * 688 + 544) * 2**20 + 32 * 2**20
     assert mem.sharding_buffers == 0  # ZeRO 1
+    # DeepEP's buffer over EP 64 (8 nodes of 8), hidden 7,168 (s21u; tests/test_s21u_deepep_persistent.py works it):
+    # NVLink 377,677,824 + RDMA 367,550,720 + FIFO and peer pointers 131,200 + workspace 32 MiB
+    assert mem.deepep_buffers == 377_677_824 + 367_550_720 + 131_200 + 33_554_432
     assert mem.total == pytest.approx(mem.parameters + mem.fp8_weights + mem.gradients + mem.optimizer
-                                      + mem.dynamic_peak + mem.runtime)  # fmt: skip
+                                      + mem.deepep_buffers + mem.dynamic_peak + mem.runtime)  # fmt: skip
     assert m.device_memory == 81559 * 2**20  # the H800 taken as H100's 81559 MiB (nvidia-smi's total)
     assert max(r.memory.total for r in m.per_rank) < 81559 * 2**20
 

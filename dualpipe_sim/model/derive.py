@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from . import activations, collectives, config, deepspeed_pipe, flops, fsdp, gpu_spread, kernels, layout, megatron_lm, memory, params
-from . import nemo_loss, placement, recompute, unused_keys
+from . import deepep_buffer, nemo_loss, placement, recompute, unused_keys
 from .config import ModelConfig, ModelError
 from .hardware import PRESETS, Hardware, preset
 from .rates import TE_STATIC_CAST_TRANSPOSE_GPUS, TE_STATIC_CAST_TRANSPOSE_SHARE, KernelRates
@@ -195,6 +195,7 @@ class StageFigures:
     backward: float | None = None
     weight: float | None = None
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded buffers of its largest FSDP unit (memory.sharding_buffers)
+    deepep_buffers: float = 0.0  # DeepEP's persistent buffer, on a rank holding an MoE layer (stage_deepep_bytes)
     fsdp_exposed: tuple[float, float] | None = None  # ZeRO 3: ms its forward / backward wait for collectives
     fsdp_tail: float | None = None  # ZeRO 3: ms the last backward leaves on the data-parallel channel (fsdp.backward_tail)
     # ZeRO 3 with step.dp_comm_sms: ms its forward / backward compute runs longer beside its own collectives (fsdp_slowed)
@@ -1082,6 +1083,17 @@ def stage_memory(st: Setup, stage: layout.Stage, memo: Memo | None = None) -> tu
             memory.sharding_buffers(*biggest, sh))  # fmt: skip
 
 
+def stage_deepep_bytes(st: Setup, stage: layout.Stage) -> float:
+    """The bytes of DeepEP's buffer (model/deepep_buffer.py) on a rank running this stage: under DeepEP (or DeepSeek's
+    runtime) where the stage has an MoE layer (or an MTP module, an MoE block), as the buffer is made at a first
+    dispatch; one per process, so a rank holds the largest of its stages'."""
+    cfg, sh = st.cfg, st.sharding
+    moe = any(cfg.is_moe_layer(i) for i in stage.layers) or (stage.mtp > 0 and params.mtp_module(cfg).routed > 0)
+    if not moe or not (st.dispatcher == "deepep" or st.deepseek_kernels):
+        return 0.0
+    return deepep_buffer.persistent_bytes(cfg.hidden_size, sh.expert * sh.expert_tensor)
+
+
 FSDP_GROUPS = ("dp-cp", "edp")  # the groups an FSDP unit's dense and routed parameters are gathered and reduced over
 
 
@@ -1216,7 +1228,8 @@ def derive(st: Setup, memo: Memo | None = None) -> Derived:
             routed += stage.mtp * mtp.routed
             act += stage.mtp * activations.mtp_module(cfg, *args, **saved)
         static, sharding_buffers = _get(memory_tab, stage, stage_memory, st, stage)
-        fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers)
+        fig = StageFigures(dense, routed, act, static, sharding_buffers=sharding_buffers,
+                           deepep_buffers=stage_deepep_bytes(st, stage))  # fmt: skip
         if st.hw is not None:
             fig.forward, fig.backward, fig.weight, times = _stage_times(st, stage, per_layer, time_tabs)
             if sh.zero >= 3:  # FSDP: what its actions wait for of the per-layer collectives (model/fsdp.py)

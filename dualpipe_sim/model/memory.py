@@ -167,10 +167,11 @@ def runtime_allowance(group_sizes: list[int], hopper: bool = True) -> float:
 
 def per_rank(stage_static: list[Static], stages_on_rank: list[list[int]], activations_peak: list[float],
              buffers: list[dict] | None = None, stage_buffers: list[float] | None = None,
-             runtime: float = 0.0) -> list[dict]:  # fmt: skip
+             runtime: float = 0.0, stage_deepep: list[float] | None = None) -> list[dict]:  # fmt: skip
     """metrics.json's ``per_rank[].memory``: bytes per rank; ``total`` is the rank's peak of
     everything together.  Static memory (parameters, gradients, optimizer, FP8 copies), the
-    sharding buffers and the runtime allowance are held all along; activations, P2P and
+    sharding buffers, DeepEP's buffer (``stage_deepep``: one per process, the largest of its stages') and the runtime
+    allowance are held all along; activations, P2P and
     all-to-all buffers (and deferred output-layer wgrad ones) come and go, so the total adds their joint peak (``buffers[r]``:
     ``{"p2p", "a2a", "joint"}``, from model/buffers.py; without it the activation peak alone)."""
     out = []
@@ -178,10 +179,12 @@ def per_rank(stage_static: list[Static], stages_on_rank: list[list[int]], activa
         st = sum((stage_static[s] for s in held), Static(0.0, 0.0, 0.0))
         dyn = buffers[r] if buffers else {"p2p": 0.0, "a2a": 0.0, "joint": peak}
         sharding = max((stage_buffers[s] for s in held), default=0.0) if stage_buffers else 0.0
+        deepep = max((stage_deepep[s] for s in held), default=0.0) if stage_deepep else 0.0
         out.append({"parameters": st.parameters, "gradients": st.gradients, "optimizer": st.optimizer,
-                    "activations_peak": peak, "total": st.total + sharding + dyn["joint"] + runtime,
+                    "activations_peak": peak, "total": st.total + sharding + deepep + dyn["joint"] + runtime,
                     "fp8_weights": st.fp8_weights, "sharding_buffers": sharding, "p2p_buffers": dyn["p2p"],
-                    "a2a_buffers": dyn["a2a"], "dynamic_peak": dyn["joint"], "runtime": runtime})  # fmt: skip
+                    "a2a_buffers": dyn["a2a"], "dynamic_peak": dyn["joint"], "runtime": runtime,
+                    "deepep_buffers": deepep})  # fmt: skip
     return out
 
 

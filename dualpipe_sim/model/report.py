@@ -64,6 +64,8 @@ def summary(d: Derived, scenario=None) -> dict:
             "sharding_buffer_bytes_per_rank": fig.sharding_buffers,
             "activation_bytes": fig.activation_bytes,
         }
+        if fig.deepep_buffers:  # model.moe_dispatcher = "deepep" (or DeepSeek's runtime), a stage with MoE layers
+            row["deepep_buffer_bytes_per_rank"] = fig.deepep_buffers
         if fig.forward is not None:
             row.update(forward_ms=fig.forward, backward_ms=fig.backward, weight_ms=fig.weight)
         if fig.fsdp_exposed is not None:  # ZeRO 3: part of forward_ms / backward_ms (model/fsdp.py)

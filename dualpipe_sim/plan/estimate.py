@@ -80,6 +80,7 @@ class FigureCache:
         # by (stages, tensor, expert, expert_tensor, data x context, zero): what memory depends on of a layout
         self._static: dict[tuple, tuple[float, ...]] = {}
         self._memory: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        self._deepep: dict[tuple, tuple[float, ...]] = {}  # by (stages, expert, expert_tensor): DeepEP's buffer
         self.floors: dict[tuple, float] = {}  # static_floor, by what it reads of a candidate
         self._last_scenario: tuple = (None, None)  # (overrides, Scenario): see scenario()
         self._memo = derive.Memo()  # per-layer and per-stage figures the derivations share (this plan's only)
@@ -118,6 +119,17 @@ class FigureCache:
             st = replace(setup, sharding=sh)
             self._static[key] = tuple(derive.stage_memory(st, stage, self._memo)[0].total for stage in setup.stages)
         return self._static[key]
+
+    def deepep(self, cand: Candidate) -> tuple[float, ...]:
+        """DeepEP's persistent buffer on a rank running each stage (derive.stage_deepep_bytes; 0 without DeepEP): one
+        per process, so a rank holds the largest of its stages', as simulation.py adds it."""
+        key = (cand.stages, cand.expert, cand.expert_tensor)
+        if key not in self._deepep:
+            self.static(cand)  # the stage count's Setup
+            setup = self._setups[cand.stages]
+            st = replace(setup, sharding=replace(setup.sharding, expert=cand.expert, expert_tensor=cand.expert_tensor))
+            self._deepep[key] = tuple(derive.stage_deepep_bytes(st, stage) for stage in setup.stages)
+        return self._deepep[key]
 
     def figures(self, cand: Candidate) -> StageFigures:
         key = (*_layout(cand), cand.zero)
@@ -253,16 +265,17 @@ def _apart(derived, stages: int) -> tuple[tuple[float, float], ...]:
 
 def static_floor(cache: FigureCache, cand: Candidate) -> float:
     """A lower bound of the fullest rank's bytes before any activation: its stages' static bytes
-    (parameters, gradients, optimizer states, FP8 weight copies) and the runtime allowance."""
+    (parameters, gradients, optimizer states, FP8 weight copies), DeepEP's buffer and the runtime allowance."""
     # static() reads (stages, tensor, expert, expert_tensor, data x context, zero), placement (schedule, stages,
     # virtual), runtime() (tensor, pipeline, data x context, expert, expert_tensor): candidates differing in micro-batch
     # size or recompute share the floor
     key = (cand.schedule, cand.stages, cand.virtual, cand.tensor, cand.pipeline, cand.expert, cand.expert_tensor,
            cand.data * cand.context, cand.zero)  # fmt: skip
     if key not in cache.floors:
-        static = cache.static(cand)
+        static, deepep = cache.static(cand), cache.deepep(cand)
         held = placement(cand.schedule, cand.stages, cand.virtual)
-        cache.floors[key] = max(sum(static[s] for s in {s for _, s in on}) for on in held) + cache.runtime(cand)
+        cache.floors[key] = max(sum(static[s] for s in {s for _, s in on}) + max(deepep[s] for _, s in on)
+                                for on in held) + cache.runtime(cand)  # fmt: skip
     return cache.floors[key]
 
 
@@ -351,9 +364,9 @@ def memory_estimate(cache: FigureCache, cand: Candidate) -> Estimate:
     held = placement(cand.schedule, cand.stages, cand.virtual)
     options = {VIRTUAL_OPTION: cand.virtual} if cand.virtual else {}
     closed = registry.analytic(cand.schedule, cand.stages, cand.microbatches, fig.mean, **options)
-    runtime = cache.runtime(cand)
-    statics = [sum(fig.static[s] for s in {s for _, s in on_rank}) + max(fig.buffers[s] for _, s in on_rank) + runtime
-               for on_rank in held]  # fmt: skip
+    runtime, deepep = cache.runtime(cand), cache.deepep(cand)
+    statics = [sum(fig.static[s] for s in {s for _, s in on_rank}) + max(fig.buffers[s] for _, s in on_rank)
+               + max(deepep[s] for _, s in on_rank) + runtime for on_rank in held]  # fmt: skip
     kept = deferred_held(cache, cand, fig)
     # model.defer_embedding_wgrad's buffers on the rank holding the output layer: all of them are held together after
     # its last deferring backward, until the drain (model/buffers.py), with no activation certain beside them (GPipe's

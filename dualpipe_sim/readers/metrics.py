@@ -100,13 +100,14 @@ class RankMemory:
     optimizer: float
     activations_peak: float
     total: float
-    # docs/model.md "Memory per rank": total = the static terms + sharding_buffers + dynamic_peak + runtime
+    # docs/model.md "Memory per rank": total = the static terms + sharding_buffers + deepep_buffers + dynamic_peak + runtime
     fp8_weights: float = 0.0  # FP8 copies and transposes of the FP8 linears' weights
     sharding_buffers: float = 0.0  # ZeRO 2/3: unsharded gradient (and, ZeRO 3, parameter) buffers
     p2p_buffers: float = 0.0  # peak of in-flight P2P buffers
     a2a_buffers: float = 0.0  # peak of all-to-all token buffers
     dynamic_peak: float = 0.0  # peak of activations + P2P + all-to-all (+ deferred wgrad, model/buffers.py) buffers together
     runtime: float = 0.0  # CUDA context, NCCL communicators, GEMM workspace
+    deepep_buffers: float = 0.0  # DeepEP's persistent NVLink (and RDMA) buffers and workspace (model/deepep_buffer.py)
 
 
 @dataclass(frozen=True)
