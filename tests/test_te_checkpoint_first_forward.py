@@ -147,3 +147,16 @@ def test_an_evaluation_skips_the_aux_loss():
     names = {k.name for k in derive.layer_kernels(replace(st, evaluation=True), 0)}
     assert not {"aux-loss scores", "aux loss"} & names
     assert {"aux-loss scores", "aux loss"} <= {k.name for k in derive.layer_kernels(st, 0)}
+
+
+def test_recompute_mlp_stashes_the_mlp_modules_only():
+    """--recompute-modules mlp checkpoints the dense MLP alone (te_checkpoint under FP8, transformer_layer.py @
+    1e05700 lines 586-601): fc1's gather runs by NCCL and fc1 / fc2 stash their state; the attention is untouched."""
+    none = _setup(GPT3_V31, "none")
+    mlp = _setup(GPT3_V31, "selective", 'memory.recompute_modules=["mlp"]')
+    stash = [(k.component, k.bytes) for k in derive.layer_kernels(mlp, 1) if "scaling state" in k.name]
+    assert stash == [("mlp_forward", 49_248), ("mlp_backward_input", 98_496)]
+    fn, fm = (_forward(derive.layer_kernels(st, 1)) for st in (none, mlp))
+    assert [_key(k) for k in fn if k.component == "attn_forward"] == \
+        [_key(k) for k in fm if k.component == "attn_forward"]
+    assert ("tp all-gather", "mlp_forward") in {(k.name, k.component) for k in fm}

@@ -346,8 +346,7 @@ class Table:
         (grad_off); the rerun under ``torch.enable_grad()`` as the forward without recomputation."""
         for comp in comps:
             self.checkpointed = len(comps) > 1 and comp == comps[0]
-            yield comp
-        self.checkpointed = False
+            yield comp  # the last component is never a first forward: the flag ends False
 
     def rerun_since(self, start: int) -> None:
         """The rows from ``start`` on are a block's forward rerun inside its input gradient."""
