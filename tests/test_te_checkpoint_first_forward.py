@@ -62,12 +62,14 @@ def test_the_first_forward_by_hand():
     gone = [k for k in fn if _key(k) not in {_key(x) for x in ff}]
     new = [k for k in ff if _key(k) not in {_key(x) for x in fn}]
     assert [(k.name, k.component) for k in gone] == [
-        ("qkv", "attn_forward"), ("tp all-gather (ring overlap)", "attn_forward"), ("out_proj input cast", "attn_forward"),
+        ("qkv", "attn_forward"), ("tp all-gather (ring overlap)", "attn_forward"),
+        ("out_proj input cast", "attn_forward"),
         ("fc1", "mlp_forward"), ("tp all-gather (ring overlap)", "mlp_forward")]
     assert [(k.name, k.component) for k in new] == [
         ("qkv", "attn_forward"), ("tp all-gather", "attn_forward"), ("out_proj input cast", "attn_forward"),
         ("fc1", "mlp_forward"), ("tp all-gather", "mlp_forward"),
-        ("fp8 scaling state stash (checkpoint)", "attn_forward"), ("fp8 scaling state stash (checkpoint)", "mlp_forward")]
+        ("fp8 scaling state stash (checkpoint)", "attn_forward"),
+        ("fp8 scaling state stash (checkpoint)", "mlp_forward")]
     by = {(k.name, k.component): k for k in new}
     old = {(k.name, k.component): k for k in gone}
     # out_proj's input cast: n x a_t x d = 6,291,456 values; with autograd on read 2 B, write 1 B twice at the
@@ -135,7 +137,8 @@ def test_bf16_with_userbuffers_only_the_gathers_move():
 
 def test_current_scaling_stashes_nothing():
     """Current scaling keeps no amax history: TE release_v2.8 returns unless ``recipe.delayed()``."""
-    full = _setup(GPT3_V31, "full", "model.fp8_recipe=current", unset=["model.fp8_amax_reduction", "model.te_cast_transpose"])
+    full = _setup(GPT3_V31, "full", "model.fp8_recipe=current",
+                  unset=["model.fp8_amax_reduction", "model.te_cast_transpose"])
     assert not [k for k in derive.layer_kernels(full, 1) if "scaling state" in k.name]
 
 

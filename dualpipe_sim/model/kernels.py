@@ -452,9 +452,10 @@ class Table:
         named in ``ub_atomic`` runs its GEMM as one atomic GEMM whose finished chunks the reduce-scatter
         follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed.
         ``overlap`` False: a linear no userbuffers serve (Megatron's own ColumnParallelLinear).  With autograd
-        off (``grad_off``: an evaluation, a checkpoint's first forward) TE turns its all-gather overlap off: ``ub_split_ag = False`` when not
-        ``is_grad_enabled`` (layernorm_linear.py / layernorm_mlp.py at release_v0.8, 09ba842, v1.6rc1, 08a85d3;
-        ``ub_overlap_ag_fprop and is_grad_enabled`` at release_v2.8); its reduce-scatter overlaps stay."""
+        off (``grad_off``: an evaluation, a checkpoint's first forward) TE turns its all-gather overlap off:
+        ``ub_split_ag = False`` when not ``is_grad_enabled`` (layernorm_linear.py / layernorm_mlp.py at
+        release_v0.8, 09ba842, v1.6rc1, 08a85d3; ``ub_overlap_ag_fprop and is_grad_enabled`` at release_v2.8); its
+        reduce-scatter overlaps stay."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
             return self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)  # without SP the input is whole
