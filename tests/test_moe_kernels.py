@@ -272,11 +272,18 @@ def test_full_recomputation_drops_only_the_aux_loss_from_the_first_forward(tenso
     fwd_n = [k for k in kn if k.component.endswith("_forward")]
     fwd_f = [k for k in kf if k.component.endswith("_forward")]
     gone = {k.name for k in fwd_n} - {k.name for k in fwd_f}
-    assert gone == (AUX_FORWARD if tensor > 1 else AUX_FORWARD - {"aux-loss token counts all-reduce"})
+    # with TP 2 Transformer Engine's qkv, autograd off, also gathers its input by NCCL before one whole GEMM, not in
+    # its userbuffers ring (test_te_checkpoint_first_forward.py)
+    gather = {"tp all-gather (ring overlap)"} if tensor > 1 else set()
+    assert gone == (AUX_FORWARD | gather if tensor > 1 else AUX_FORWARD - {"aux-loss token counts all-reduce"})
     host_n, host_f = (next(k for k in f if k.name == "host launches and syncs") for f in (fwd_n, fwd_f))
-    calls = {1: (322, 315), 2: (332, 324)}[tensor]  # the all-reduce is one call more
+    # the all-reduce is one call more; with TP 2 the qkv's NCCL gather and whole GEMM (2 calls) one fewer than the
+    # ring's exchange and 2 GEMM chunks (host.calls)
+    calls = {1: (322, 315), 2: (332, 323)}[tensor]
     assert host_n.shape.startswith(f"{calls[0]} calls") and host_f.shape.startswith(f"{calls[1]} calls")
-    assert [k for k in fwd_n if k.name not in gone and k is not host_n] == [k for k in fwd_f if k is not host_f]
+    qkv = {"qkv", "tp all-gather"} if gather else set()
+    assert ([k for k in fwd_n if k.name not in gone | qkv and k is not host_n]
+            == [k for k in fwd_f if k is not host_f and k.name not in qkv])
     # the rerun runs with autograd on: its host row is the forward's without recomputation, aux loss included
     rerun = [k for k in kf if k.name == "host launches and syncs" and k.component == "mlp_backward_input"]
     assert [(k.shape, k.seconds) for k in rerun] == [(host_n.shape, host_n.seconds)]

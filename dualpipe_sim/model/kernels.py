@@ -329,6 +329,24 @@ class Table:
         # rows of a block's forward run again in its input gradient under its forward's names (full recompute, a
         # checkpointed MoE layer): not the backward's own kernels (own_rows)
         self.reruns: list[range] = []
+        # the forward now built is a checkpoint's first, run under torch.no_grad (forward_passes)
+        self.checkpointed = False
+
+    @property
+    def grad_off(self) -> bool:
+        """Whether the forward now built runs with autograd off, as Transformer Engine's modules see it: an
+        evaluation's (Layout.evaluation) or a checkpoint's first forward (forward_passes)."""
+        return self.lay.evaluation or self.checkpointed
+
+    def forward_passes(self, comps: tuple[str, ...]) -> Iterator[str]:
+        """A block's forward components in turn: its forward and, checkpointed (two components), its rerun in the
+        input gradient.  The checkpoint runs its first forward under ``torch.no_grad()`` (Megatron-core
+        CheckpointFunction.forward, random.py @ 1e05700 lines 414-422; TE's te_checkpoint, distributed.py
+        ``_CheckpointFunction.forward`` at release_v1.6 / v1.14 / v2.8), so it is built with autograd off
+        (grad_off); the rerun under ``torch.enable_grad()`` as the forward without recomputation."""
+        for comp in comps:
+            self.checkpointed = len(comps) > 1 and comp == comps[0]
+            yield comp  # the last component is never a first forward: the flag ends False
 
     def rerun_since(self, start: int) -> None:
         """The rows from ``start`` on are a block's forward rerun inside its input gradient."""
@@ -434,9 +452,10 @@ class Table:
         named in ``ub_atomic`` runs its GEMM as one atomic GEMM whose finished chunks the reduce-scatter
         follows (TE comm_gemm_overlap.h ``atomic_gemm_overlap_rs``): one kernel, the last chunk exposed.
         ``overlap`` False: a linear no userbuffers serve (Megatron's own ColumnParallelLinear).  With autograd
-        off (``Layout.evaluation``) TE turns its all-gather overlap off: ``ub_split_ag = False`` when not
-        ``is_grad_enabled`` (layernorm_linear.py / layernorm_mlp.py at release_v0.8, 09ba842, v1.6rc1, 08a85d3;
-        ``ub_overlap_ag_fprop and is_grad_enabled`` at release_v2.8); its reduce-scatter overlaps stay."""
+        off (``grad_off``: an evaluation, a checkpoint's first forward) TE turns its all-gather overlap off:
+        ``ub_split_ag = False`` when not ``is_grad_enabled`` (layernorm_linear.py / layernorm_mlp.py at
+        release_v0.8, 09ba842, v1.6rc1, 08a85d3; ``ub_overlap_ag_fprop and is_grad_enabled`` at release_v2.8); its
+        reduce-scatter overlaps stay."""
         t = self.lay.tensor
         if t <= 1 or (not self.lay.sequence_parallel and op == "all_gather"):
             return self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)  # without SP the input is whole
@@ -445,7 +464,7 @@ class Table:
             self.comm("tp all-reduce", comp, "all_reduce", nbytes, t, "nvlink")
             return secs
         full = collectives.time(op, nbytes, t, self.r, "nvlink")
-        if not (self.lay.tp_overlap and overlap) or (self.lay.evaluation and op == "all_gather"):
+        if not (self.lay.tp_overlap and overlap) or (self.grad_off and op == "all_gather"):
             secs = self.gemm(name, comp, m, n, k, fp8, out_bytes=out_bytes)
             self.comm(f"tp {op.replace('_', '-')}", comp, op, nbytes, t, "nvlink")
             return secs
@@ -577,7 +596,7 @@ class Table:
         """Copies an FP8 cast writes: the row-wise data and, where TE makes transposes, the column-wise (transposed)
         copy in the same kernel; with autograd off none (09ba842 ``cast_to_fp8`` where training calls
         ``fp8_cast_transpose_fused``; release_v2.8 ``columnwise_usage = is_grad_enabled and ...``)."""
-        return 2.0 if self.lay.fp8_transpose and not self.lay.evaluation else 1.0
+        return 2.0 if self.lay.fp8_transpose and not self.grad_off else 1.0
 
     @property
     def fp8_writes(self) -> float:
@@ -640,7 +659,7 @@ class Table:
         both; gathered, it is cast row-wise, re-gathered in the backward and transposed there (``update_usage``).
         Delayed scaling's norm writes FP8 itself and transposes apart (ln_api.cpp ``nvte_transpose``)."""
         lay = self.lay
-        return lay.current_scaling and not (lay.sequence_parallel and lay.tensor > 1) and not lay.evaluation
+        return lay.current_scaling and not (lay.sequence_parallel and lay.tensor > 1) and not self.grad_off
 
     def output_grad_cast(self, prefix: str, comp: str, wcomp: str, bias: bool | None = None) -> None:
         """The output gradient of a row-parallel linear (out_proj, fc2) made FP8 for its dgrad and wgrad
@@ -709,7 +728,7 @@ def attention_block(tb: Table, recompute: bool, i: int) -> None:
     # current scaling: TE's norm writes 16 bits with the amax (FUSED_NORM_AMAX_FP8), then a cast of its own
     norm_out = ab if lay.current_scaling else low
     up_rows: list[Kernel] = []  # MLA's qkv_up_proj_and_rope_apply as the forward ran it (mla_up_proj reruns it)
-    for comp in comps:  # forward, and again inside the input gradient when recomputed
+    for comp in tb.forward_passes(comps):  # forward, and again inside the input gradient when recomputed
         start = len(tb.rows)
         tb.memory("input norm", comp, lay.norm_tokens * h * (ab + norm_out))
         name, out, inp, _ = projections[0]
@@ -907,7 +926,7 @@ def dense_mlp_block(tb: Table, recompute: bool, width: int | None = None, prefix
     # current scaling: LayerNormMLP's norm and activation write 16 bits with the amax, then a cast of their own
     fused_out = ab if te and lay.current_scaling else low
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute else ())
-    for comp in comps:
+    for comp in tb.forward_passes(comps):
         start = len(tb.rows)
         if not prefix:
             tb.memory("pre-mlp norm", comp, lay.norm_tokens * h * (ab + fused_out))
@@ -1012,7 +1031,7 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
     # SequentialMLP (model.expert_gemm = "sequential") runs each expert's activation apart too
     launches = local if lay.expert_streams == 1 else 1
     comps = ("mlp_forward",) + (("mlp_backward_input",) if recompute or whole_moe else ())
-    for comp in comps:
+    for comp in tb.forward_passes(comps):
         start = len(tb.rows)
         layer_part = comp == "mlp_forward" or recompute  # the norm and the add around the MoE layer
         if layer_part:
@@ -1021,7 +1040,7 @@ def moe_mlp_block(tb: Table, recompute: bool, whole_moe: bool = False) -> None:
         if lay.force_balance:  # logits.clone() (read, write) then .normal_() (write) over the n x E logits
             tb.memory("router random logits", comp, n * E * RANDOM_LOGITS_BYTES, launches=2)
         tb.memory("router softmax + top-k", comp, n * E * 4 * 3)
-        if lay.aux_loss and comp == comps[-1]:  # once: where autograd records (the recompute, if any)
+        if lay.aux_loss and not tb.grad_off:  # router.py: only with autograd on (the recompute, if any)
             _aux_loss(tb, comp, n)
         # the fused permute first builds its row-id map: two Triton kernels over the routing map (n x E, or DeepEP's
         # received rows x local experts), each at the kernel floor here (the unpermute and both backwards reuse it)
@@ -1445,6 +1464,7 @@ def _layer_table(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> T
             host_share(tb, full or whole_moe)
     else:  # --recompute-modules mlp: the dense MLP checkpointed (transformer_layer.py _forward_mlp)
         dense_mlp_block(tb, full or lay.recomputes("mlp"))
+    fp8_meta_recompute(tb, i, full)
     if lay.legacy:
         _legacy_layer_kernels(tb, i, full)
     if lay.grad_accumulation > 0:  # a runtime that adds each weight gradient into the accumulated one apart
@@ -1464,6 +1484,38 @@ def _layer_table(cfg: ModelConfig, i: int, rates: KernelRates, lay: Layout) -> T
     if cfg.is_moe_layer(i) and lay.host_op > 0:  # after every backward row: the host's calls span them all
         host_backward_share(tb)
     return tb
+
+
+# Transformer Engine's checkpoint under delayed scaling keeps the rerun's FP8 scaling as the first forward's: each
+# FP8 module's prepare_forward (module/base.py) clones its forward amax history, scale and scale_inv in the first
+# forward (fp8.py copy_forward_fp8_meta_tensors_for_recompute, release_v0.8 to release_v1.14; release_v2.8 clones
+# the first two) and, in the rerun, copies them in and the updated state back after
+# (get_old_fp8_meta_tensors_for_recompute, restore_fp8_meta_tensors: three copy_ each at release_v1.14, two clones
+# and two copy_ each at release_v2.8; release_v0.8 and release_v1.6 swap references, no kernel).  Kernels a module in
+# (the first forward, the rerun), as release_v1.14 runs them
+FP8_META_RECOMPUTE_KERNELS = (3, 6)
+
+
+def fp8_meta_recompute(tb: Table, i: int, full: bool) -> None:
+    """The FP8 scaling state of layer ``i``'s checkpointed modules (te_checkpoint: full recomputation, or
+    --recompute-modules moe / mlp under FP8) stashed in the first forward and swapped around the rerun
+    (FP8_META_RECOMPUTE_KERNELS): small fp32 tensors, each copy a kernel at the floor.  Delayed scaling only
+    (``recipe.delayed()`` at release_v2.8; current scaling keeps no history)."""
+    cfg, lay = tb.cfg, tb.lay
+    if not lay.te_fp8 or lay.current_scaling:
+        return
+    attn = len(_attention_shapes(cfg, lay.tensor)) + 1  # TE modules = FP8 GEMMs in attention
+    mlp_gemms = fp8_linears(cfg, i, lay) - attn
+    if cfg.is_moe_layer(i):  # TEGroupedLinear: one module of all local experts; SequentialMLP: one an expert
+        checkpointed = full or lay.recomputes("moe")
+        mlp = mlp_gemms if lay.expert_streams == 1 else mlp_gemms - 2 * max(1, cfg.num_experts // lay.expert) + 2
+    else:
+        checkpointed, mlp = full or lay.recomputes("mlp"), mlp_gemms
+    first, rerun = FP8_META_RECOMPUTE_KERNELS
+    for block, modules, gemms in (("attn", attn, attn),) * full + (("mlp", mlp, mlp_gemms),) * checkpointed:
+        state = gemms * AMAXES["forward"] * (lay.amax_history + 2) * 4.0  # amax history, scale, scale_inv: fp32
+        tb.memory("fp8 scaling state stash (checkpoint)", f"{block}_forward", 2 * state, first * modules)
+        tb.memory("fp8 scaling state swap (recompute)", f"{block}_backward_input", 4 * state, rerun * modules)
 
 
 def _rerun(tb: Table, rows: list[Kernel], comp: str) -> None:
@@ -1512,10 +1564,11 @@ def host_share(tb: Table, recompute: bool) -> None:
         _host_row(tb, "host launches and syncs", comp, secs, ops, syncs)
 
     row("mlp_forward", tb.rows)
-    if recompute:  # the rerun's MLP rows as its forward's, in place of the first forward's
-        rerun = [replace(tb.rows[i], component="mlp_forward") for r in tb.reruns for i in r
-                 if tb.rows[i].component == "mlp_backward_input"]
-        row("mlp_backward_input", [k for k in tb.rows if k.component != "mlp_forward"] + rerun)
+    if recompute:  # the rerun's rows as its forward's, in place of the first forward's (attention's too when full)
+        blocks = ("attn", "mlp") if lay.policy == "full" else ("mlp",)
+        rerun = [replace(tb.rows[i], component=tb.rows[i].component.replace("_backward_input", "_forward"))
+                 for r in tb.reruns for i in r if tb.rows[i].component in [f"{b}_backward_input" for b in blocks]]
+        row("mlp_backward_input", [k for k in tb.rows if k.component not in [f"{b}_forward" for b in blocks]] + rerun)
 
 
 def host_backward_share(tb: Table) -> None:
