@@ -358,8 +358,7 @@ def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks
     and as many steady periods past them, so that the two replays differ by one period of full ones."""
     if microbatches <= 4 * ranks + light:
         return (microbatches,)
-    family = registry.get(name)
-    options = {VIRTUAL_OPTION: virtual} if virtual else {}
+    family, options = registry.get(name), _options(virtual)
     fill = 2 * ranks + light
     first = fill + (microbatches - fill) % ranks  # in [fill, fill + ranks), congruent to M
     for m1 in range(first, microbatches - ranks, ranks):
@@ -379,17 +378,53 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
 def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int, costs: list[StageCosts],
               p2p: list[Hops], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
     """``pipeline`` of each (costs, p2p) on one schedule shape, the replays at each count all at once
-    (``replayed_many``)."""
+    (``replayed_many``).  A pair of counts whose makespan grows by less than some rank's work over the period
+    (``settled``) is still in the transient: those candidates are replayed again a period further on, until M."""
     light = max((c.deferred[1] for c in costs if c.deferred is not None), default=0)
     ms = counts(name, stages, microbatches, virtual, ranks, light)
-    runs = list(zip(*(replayed_many(name, stages, m, virtual, costs, p2p, blocking) for m in ms)))
     if len(ms) == 1:
-        return [(r.makespan, r, microbatches) for (r,) in runs]
-    (m1, m2) = ms
-    k = (microbatches - m2) / (m2 - m1)
-    shorter = built(name, stages, m1, virtual)
-    return [(r2.makespan + k * (r2.makespan - r1.makespan), replace(r2, period=Period(shorter, r1, k)), m2)
-            for r1, r2 in runs]  # fmt: skip
+        return [(r.makespan, r, microbatches) for r in replayed_many(name, stages, microbatches, virtual, costs, p2p,
+                                                                      blocking)]  # fmt: skip
+    out: list = [None] * len(costs)
+    todo, (m1, m2) = list(range(len(costs))), ms
+    shorter = replayed_many(name, stages, m1, virtual, costs, p2p, blocking)
+    while todo:
+        if m2 >= microbatches or registry.get(name).check(stages, m2, **_options(virtual)) is not None:
+            for i, r in zip(todo, replayed_many(name, stages, microbatches, virtual, [costs[i] for i in todo],
+                                                [p2p[i] for i in todo], blocking)):  # fmt: skip
+                out[i] = (r.makespan, r, microbatches)
+            break
+        longer = replayed_many(name, stages, m2, virtual, [costs[i] for i in todo], [p2p[i] for i in todo], blocking)
+        k = (microbatches - m2) / (m2 - m1)
+        left = []
+        for i, r1, r2 in zip(todo, shorter, longer):
+            b1, b2 = built(name, stages, m1, virtual), built(name, stages, m2, virtual)
+            if settled((b1, r1), (b2, r2)):
+                out[i] = (r2.makespan + k * (r2.makespan - r1.makespan), replace(r2, period=Period(b1, r1, k)), m2)
+            else:
+                left.append((i, r2))
+        todo, shorter = [i for i, _ in left], [r for _, r in left]
+        m1, m2 = m2, m2 + ranks
+    return out
+
+
+def _options(virtual: int | None) -> dict:
+    return {VIRTUAL_OPTION: virtual} if virtual else {}
+
+
+def settled(shorter: tuple[Built, Replayed], longer: tuple[Built, Replayed]) -> bool:
+    """Whether the makespan's growth from ``shorter`` to ``longer`` (replays one period apart, each with its build)
+    can be the steady one: at least each rank's compute over the period (a rank runs its ops one after another, so
+    in the steady state its makespan grows by no less a period).  Less: the transient is not over (ZB-V on uneven
+    stages: its busiest rank waits on the others' fill for several periods), and the line would be short."""
+    grows = (_busy(*longer) - _busy(*shorter)).max(initial=0.0)
+    return longer[1].makespan - shorter[1].makespan >= float(grows) * (1 - 1e-9)
+
+
+def _busy(b: Built, run: Replayed) -> np.ndarray:
+    """Each rank's compute in ``run`` (ms): the lengths of its actions."""
+    per_rank = np.diff(np.append(b.rank_first, len(run.length)))
+    return np.bincount(np.repeat(np.arange(len(per_rank)), per_rank), weights=run.length, minlength=len(per_rank))
 
 
 def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:
