@@ -11,7 +11,9 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   transfer, blocking where ``comm.p2p_mode`` says so).  Replaying at the real
   M would cost as much as the run; a schedule in steady state adds the same time per
   extra period of micro-batches, so the makespan at M is extrapolated linearly from
-  two small counts one period apart (``counts``); where M is small it is replayed as is;
+  two small counts one period apart (``counts``), moved on a period at a time while the
+  makespan grows by less than some rank's own compute over the period, still in the
+  transient (``settled``); where M is small it is replayed as is;
 * **the step's end** (``step_end_ms``): what step.py adds after the pipeline, from the
   scenario's [step] figures (``Scenario.step_costs``: model/derived_step.py's derived
   grad sync, optimizer and compute slowdown under a data-parallel collective).  The small
