@@ -11,9 +11,9 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   transfer, blocking where ``comm.p2p_mode`` says so).  Replaying at the real
   M would cost as much as the run; a schedule in steady state adds the same time per
   extra period of micro-batches, so the makespan at M is extrapolated linearly from
-  two small counts one period apart (``counts``), moved on a period at a time while the
-  makespan grows by less than some rank's own compute over the period, still in the
-  transient (``settled``); where M is small it is replayed as is;
+  two small counts one period apart (``counts``), moved on a period at a time until the
+  makespan grows by as much as over the period before and by no less than each rank's own
+  compute over the period (``settled``); where M is small it is replayed as is;
 * **the step's end** (``step_end_ms``): what step.py adds after the pipeline, from the
   scenario's [step] figures (``Scenario.step_costs``: model/derived_step.py's derived
   grad sync, optimizer and compute slowdown under a data-parallel collective).  The small
@@ -380,8 +380,9 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
 def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int, costs: list[StageCosts],
               p2p: list[Hops], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
     """``pipeline`` of each (costs, p2p) on one schedule shape, the replays at each count all at once
-    (``replayed_many``).  A pair of counts whose makespan grows by less than some rank's work over the period
-    (``settled``) is still in the transient: those candidates are replayed again a period further on, until M."""
+    (``replayed_many``).  The line is drawn once the transient is over: the makespan grows over the pair's period by
+    as much as over the period before it, and by no less than each rank's work (``settled``); until then the
+    candidates are replayed again a period further on, until M (then replayed as is)."""
     light = max((c.deferred[1] for c in costs if c.deferred is not None), default=0)
     ms = counts(name, stages, microbatches, virtual, ranks, light)
     if len(ms) == 1:
@@ -390,6 +391,7 @@ def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ra
     out: list = [None] * len(costs)
     todo, (m1, m2) = list(range(len(costs))), ms
     shorter = replayed_many(name, stages, m1, virtual, costs, p2p, blocking)
+    grew: list = [None] * len(costs)
     while todo:
         if m2 >= microbatches or registry.get(name).check(stages, m2, **_options(virtual)) is not None:
             for i, r in zip(todo, replayed_many(name, stages, microbatches, virtual, [costs[i] for i in todo],
@@ -399,13 +401,14 @@ def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ra
         longer = replayed_many(name, stages, m2, virtual, [costs[i] for i in todo], [p2p[i] for i in todo], blocking)
         k = (microbatches - m2) / (m2 - m1)
         left = []
-        for i, r1, r2 in zip(todo, shorter, longer):
+        for i, r1, r2, g in zip(todo, shorter, longer, grew):
             b1, b2 = built(name, stages, m1, virtual), built(name, stages, m2, virtual)
-            if settled((b1, r1), (b2, r2)):
-                out[i] = (r2.makespan + k * (r2.makespan - r1.makespan), replace(r2, period=Period(b1, r1, k)), m2)
+            growth = r2.makespan - r1.makespan
+            if settled((b1, r1), (b2, r2)) and g is not None and abs(growth - g) <= 1e-9 * growth:
+                out[i] = (r2.makespan + k * growth, replace(r2, period=Period(b1, r1, k)), m2)
             else:
-                left.append((i, r2))
-        todo, shorter = [i for i, _ in left], [r for _, r in left]
+                left.append((i, r2, growth))
+        todo, shorter, grew = [x[0] for x in left], [x[1] for x in left], [x[2] for x in left]
         m1, m2 = m2, m2 + ranks
     return out
 
