@@ -691,26 +691,31 @@ def test_the_schedule_json_round_trips(raw):
 # 1F1B and GPipe (and 1F1B-overlap, on a dense model 1F1B with its steady state's pairs): past the fill each period of
 # p micro-batches repeats the same ops, so the makespan is affine in M and plan's line through two replayed counts is
 # exact (docs/plan.md). The other families' transients can outlast 2p micro-batches on uneven stages, where the line is
-# not exact (docs/plan.md; round 3's explore pass: ZB-V on Llama 3 70B PP4, M 28, 2.9% short).
-AFFINE = ("1f1b", "gpipe", "1f1b-overlap")
+# not exact (docs/plan.md; round 3's explore pass: ZB-V on Llama 3 70B PP4, M 28, 2.9% short). Since s21q plan's counts
+# wait until two periods in a row grow alike and by at least each rank's work (step_estimate.settled): every family
+# here is then exact at any M (s21q's explore passes, 400 draws at M 4p-12p), but ZB-V under ZeRO 2, whose
+# extrapolated backlog is not (up to +0.26%, as before s21q).
 PLAN_SOURCES = (SCENARIOS / "models" / "llama3-70b.json", ROOT / "tests" / "data" / "gpt2-config.json")
 
 
 @st.composite
 def plan_candidates(draw):
     """A plan base (a dense model config, a preset, a sequence) and a complete candidate of plan's space whose
-    micro-batch count is at most 4 x its pipeline ranks, or 12 x where the makespan is affine in M (AFFINE)."""
+    micro-batch count is at most 12 x its pipeline ranks, 4 x for ZB-V under ZeRO 2 (its extrapolated backlog is
+    not exact)."""
     source, preset = draw(st.sampled_from(PLAN_SOURCES)), draw(st.sampled_from(PRESETS))
     base = plan_request.base_scenario(source, preset, draw(st.sampled_from((1024, 2048))), [])
     name = draw(st.sampled_from(("1f1b", "gpipe", "zb-h1", "interleaved-1f1b", "dualpipev", "zbv", "1f1b-overlap")))
     shape, ranks = schedule_shape(name), draw(st.sampled_from((1, 2, 4)))
     virtual = draw(st.sampled_from((2, 3))) if shape.virtual else None
+    zero = draw(st.integers(0, 3))
+    steady = name != "zbv" or zero != 2
     cand = plan_space.Candidate(
         tensor=draw(st.sampled_from((1, 2, 4))), context=1, pipeline=ranks, data=draw(st.sampled_from((1, 2, 4))),
         expert=1, micro_batch_size=draw(st.sampled_from((1, 2))),
-        microbatches=draw(st.integers(1, (12 if name in AFFINE else 4) * ranks)),
+        microbatches=draw(st.integers(1, (12 if steady else 4) * ranks)),
         schedule=name, virtual=virtual, stages=ranks * (virtual or shape.stages_per_rank),
-        recompute=draw(st.sampled_from(("none", "selective", "full"))), zero=draw(st.integers(0, 3)))
+        recompute=draw(st.sampled_from(("none", "selective", "full"))), zero=zero)
     return base, cand
 
 
@@ -720,7 +725,7 @@ def test_plans_estimate_is_the_run_on_small_dense_layouts(drawn):
     """plan's estimated step (plan/estimate.step_time) replays the candidate's schedule with the replay core on the
     run's stage costs and lays the step's end out with step.py on that replay (docs/plan.md, "estimated step
     time"): where its assumptions hold (a dense model, no random model, M <= 4 x ranks so nothing is extrapolated, or
-    a makespan affine in M) it is the run's step to rounding, the tolerance docs/plan.md and
+    replayed counts past the transient, but ZB-V's ZeRO 2 backlog) it is the run's step to rounding, the tolerance docs/plan.md and
     tests/test_plan_step_end.py state (1e-9 relative)."""
     base, cand = drawn
     try:

@@ -254,45 +254,47 @@ def test_zero2_every_backward_extrapolated_by_hand():
     # (tests/test_zero_every_backward.py),
     # optimizer 1 ms, f = 1.5.  Each earlier backward's [3i+2, 3i+2.5] (beside B_i) and [3i+3, 3i+4] (beside F_i+1)
     # add 0.75 ms; the last one's first share 0.25 more: the second share starts at 3M + 0.75 (M - 1) + 0.25, the
-    # optimizer ends 2 ms later, 3M + 0.75 M + 1.5.  M = 7 is extrapolated from 2 and 3 micro-batches (counts), 4
-    # periods of 1 past 3: 27.75 ms (21 of pipeline, 3 x 7); before s20r the cut replay at 3 gave 21 + 0.25 + 2 = 23.25.
+    # optimizer ends 2 ms later, 3M + 0.75 M + 1.5.  M = 7 is extrapolated from 3 and 4 micro-batches (counts gives 2
+    # and 3; since s21q the line waits for a second period that grows alike, 3 to 4), 3 periods of 1 past 4: 27.75 ms
+    # (21 of pipeline, 3 x 7); before s20r the cut replay at 3 gave 21 + 0.25 + 2 = 23.25.
     step = StepCosts(grad_sync=(1.5,), cross_copy_sync=(0.0,), optimizer=(1.0,), overlap_grad_sync=True,
                      grad_sync_shares=((1 / 3, 2 / 3),), dp_comm_slowdown=(1.5,), every_backward=((0.5, 1.0),))  # fmt: skip
     costs = StageCosts((1.0,), (2.0,), (0.0,))
     assert counts("1f1b", 1, 7, None, 1) == (2, 3)
     makespan, run, m = pipeline("1f1b", 1, 7, None, 1, costs, 0.0, False)
-    assert (makespan, m, run.period.periods) == (21.0, 3, 4.0)
-    assert makespan + step_end_ms(built("1f1b", 1, 3, None), run, step) == pytest.approx(27.75)
+    assert (makespan, m, run.period.periods) == (21.0, 4, 3.0)
+    assert makespan + step_end_ms(built("1f1b", 1, 4, None), run, step) == pytest.approx(27.75)
     # the run at M = 7, and at M = 2, 3 (replayed as they are) by the same rule
     for micro in (2, 3, 7):
         sc = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": micro},
                                  "costs": {"forward": 1.0, "backward": 2.0}, "comm": {"p2p": 0.0}})  # fmt: skip
         assert float(simulate_step(simulation.run(sc).trace, step)["end"].max()) == pytest.approx(3.75 * micro + 1.5)
-    # without the periods' stretch (the replay at 3 alone) it is 4 x 0.75 ms short
-    alone = makespan + step_end_ms(built("1f1b", 1, 3, None), replace(run, period=None), step)
-    assert alone == pytest.approx(27.75 - 3.0)
+    # without the periods' stretch (the replay at 4 alone) it is 3 x 0.75 ms short
+    alone = makespan + step_end_ms(built("1f1b", 1, 4, None), replace(run, period=None), step)
+    assert alone == pytest.approx(27.75 - 2.25)
 
 
 def test_zero2_backlog_extrapolated_by_hand():
     # s21k.  One stage, F 1, B 2 (F_i [3i, 3i+1], B_i [3i+1, 3i+3]), nothing slowed; each backward releases 0.5 ms
     # halfway through it and 3.0 ms at its end (the last one's the grad sync, 3.5 ms in those shares), optimizer 1 ms.
     # 3.5 ms a period of 3: B0's [2,2.5], [3,6], then every backward's queue behind the one before, the channel ending
-    # at 6 + 3.5 i after B_i; at M = 7, 27, the optimizer [27,28].  The estimate replays 2 and 3 micro-batches: the
-    # backlog at the pipeline's end is 9.5 - 6 = 3.5 and 13 - 9 = 4, so 4 periods add 4 x 0.5 = 2 to the 3's channel
-    # (13 + 2 = 15, the optimizer ending 7 ms past its 9): 21 + 7 = 28, the run's.  Without the carry, 27.
+    # at 6 + 3.5 i after B_i; at M = 7, 27, the optimizer [27,28].  The estimate replays 3 and 4 micro-batches (since
+    # s21q; 2 and 3 before): the backlog at the pipeline's end is 13 - 9 = 4 and 16.5 - 12 = 4.5, so 3 periods add
+    # 3 x 0.5 = 1.5 to the 4's channel (16.5 + 1.5 = 18, the optimizer ending 7 ms past its 12): 21 + 7 = 28, the
+    # run's.  Without the carry, 26.5.
     step = StepCosts(grad_sync=(3.5,), cross_copy_sync=(0.0,), optimizer=(1.0,), overlap_grad_sync=True,
                      grad_sync_shares=((1 / 7, 6 / 7),), every_backward=((0.5, 3.0),))  # fmt: skip
     costs = StageCosts((1.0,), (2.0,), (0.0,))
     makespan, run, m = pipeline("1f1b", 1, 7, None, 1, costs, 0.0, False)
-    assert (makespan, m, run.period.periods) == (21.0, 3, 4.0)
-    assert makespan + step_end_ms(built("1f1b", 1, 3, None), run, step) == pytest.approx(28.0)
+    assert (makespan, m, run.period.periods) == (21.0, 4, 3.0)
+    assert makespan + step_end_ms(built("1f1b", 1, 4, None), run, step) == pytest.approx(28.0)
     sc = scenario.from_dict({"pipeline": {"schedule": "1f1b", "stages": 1, "microbatches": 7},
                              "costs": {"forward": 1.0, "backward": 2.0}, "comm": {"p2p": 0.0}})  # fmt: skip
     rows = simulate_step(simulation.run(sc).trace, step)
     assert float(rows["end"].max()) == pytest.approx(28.0)
-    # without the periods' backlog (the replay at 3 alone) it is 4 x 0.5 ms short
-    alone = makespan + step_end_ms(built("1f1b", 1, 3, None), replace(run, period=None), step)
-    assert alone == pytest.approx(28.0 - 2.0)
+    # without the periods' backlog (the replay at 4 alone) it is 3 x 0.5 ms short
+    alone = makespan + step_end_ms(built("1f1b", 1, 4, None), replace(run, period=None), step)
+    assert alone == pytest.approx(28.0 - 1.5)
 
 
 @pytest.mark.parametrize("name,stages,virtual,ranks", [("1f1b", 2, None, 2), ("1f1b", 4, None, 4), ("gpipe", 2, None, 2),

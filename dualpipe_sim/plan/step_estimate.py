@@ -11,7 +11,9 @@ Two terms, each from the engine's own rules and the model's figures, never fitte
   transfer, blocking where ``comm.p2p_mode`` says so).  Replaying at the real
   M would cost as much as the run; a schedule in steady state adds the same time per
   extra period of micro-batches, so the makespan at M is extrapolated linearly from
-  two small counts one period apart (``counts``); where M is small it is replayed as is;
+  two small counts one period apart (``counts``), moved on a period at a time until the
+  makespan grows by as much as over the period before and by no less than each rank's own
+  compute over the period (``settled``); where M is small it is replayed as is;
 * **the step's end** (``step_end_ms``): what step.py adds after the pipeline, from the
   scenario's [step] figures (``Scenario.step_costs``: model/derived_step.py's derived
   grad sync, optimizer and compute slowdown under a data-parallel collective).  The small
@@ -361,8 +363,7 @@ def counts(name: str, stages: int, microbatches: int, virtual: int | None, ranks
     and as many steady periods past them, so that the two replays differ by one period of full ones."""
     if microbatches <= 4 * ranks + light:
         return (microbatches,)
-    family = registry.get(name)
-    options = {VIRTUAL_OPTION: virtual} if virtual else {}
+    family, options = registry.get(name), _options(virtual)
     fill = 2 * ranks + light
     first = fill + (microbatches - fill) % ranks  # in [fill, fill + ranks), congruent to M
     for m1 in range(first, microbatches - ranks, ranks):
@@ -382,17 +383,56 @@ def pipeline(name: str, stages: int, microbatches: int, virtual: int | None, ran
 def pipelines(name: str, stages: int, microbatches: int, virtual: int | None, ranks: int, costs: list[StageCosts],
               p2p: list[Hops], blocking: bool) -> list[tuple[float, Replayed, int]]:  # fmt: skip
     """``pipeline`` of each (costs, p2p) on one schedule shape, the replays at each count all at once
-    (``replayed_many``)."""
+    (``replayed_many``).  The line is drawn once the transient is over: the makespan grows over the pair's period by
+    as much as over the period before it, and by no less than each rank's work (``settled``); until then the
+    candidates are replayed again a period further on, until M (then replayed as is)."""
     light = max((c.deferred[1] for c in costs if c.deferred is not None), default=0)
     ms = counts(name, stages, microbatches, virtual, ranks, light)
-    runs = list(zip(*(replayed_many(name, stages, m, virtual, costs, p2p, blocking) for m in ms)))
     if len(ms) == 1:
-        return [(r.makespan, r, microbatches) for (r,) in runs]
-    (m1, m2) = ms
-    k = (microbatches - m2) / (m2 - m1)
-    shorter = built(name, stages, m1, virtual)
-    return [(r2.makespan + k * (r2.makespan - r1.makespan), replace(r2, period=Period(shorter, r1, k)), m2)
-            for r1, r2 in runs]  # fmt: skip
+        return [(r.makespan, r, microbatches) for r in replayed_many(name, stages, microbatches, virtual, costs, p2p,
+                                                                      blocking)]  # fmt: skip
+    out: list = [None] * len(costs)
+    todo, (m1, m2) = list(range(len(costs))), ms
+    shorter = replayed_many(name, stages, m1, virtual, costs, p2p, blocking)
+    grew: list = [None] * len(costs)
+    while todo:
+        if m2 >= microbatches or registry.get(name).check(stages, m2, **_options(virtual)) is not None:
+            for i, r in zip(todo, replayed_many(name, stages, microbatches, virtual, [costs[i] for i in todo],
+                                                [p2p[i] for i in todo], blocking)):  # fmt: skip
+                out[i] = (r.makespan, r, microbatches)
+            break
+        longer = replayed_many(name, stages, m2, virtual, [costs[i] for i in todo], [p2p[i] for i in todo], blocking)
+        k = (microbatches - m2) / (m2 - m1)
+        left = []
+        for i, r1, r2, g in zip(todo, shorter, longer, grew):
+            b1, b2 = built(name, stages, m1, virtual), built(name, stages, m2, virtual)
+            growth = r2.makespan - r1.makespan
+            if settled((b1, r1), (b2, r2)) and g is not None and abs(growth - g) <= 1e-9 * growth:
+                out[i] = (r2.makespan + k * growth, replace(r2, period=Period(b1, r1, k)), m2)
+            else:
+                left.append((i, r2, growth))
+        todo, shorter, grew = [x[0] for x in left], [x[1] for x in left], [x[2] for x in left]
+        m1, m2 = m2, m2 + ranks
+    return out
+
+
+def _options(virtual: int | None) -> dict:
+    return {VIRTUAL_OPTION: virtual} if virtual else {}
+
+
+def settled(shorter: tuple[Built, Replayed], longer: tuple[Built, Replayed]) -> bool:
+    """Whether the makespan's growth from ``shorter`` to ``longer`` (replays one period apart, each with its build)
+    can be the steady one: at least each rank's compute over the period (a rank runs its ops one after another, so
+    in the steady state its makespan grows by no less a period).  Less: the transient is not over (ZB-V on uneven
+    stages: its busiest rank waits on the others' fill for several periods), and the line would be short."""
+    grows = (_busy(*longer) - _busy(*shorter)).max(initial=0.0)
+    return longer[1].makespan - shorter[1].makespan >= float(grows) * (1 - 1e-9)
+
+
+def _busy(b: Built, run: Replayed) -> np.ndarray:
+    """Each rank's compute in ``run`` (ms): the lengths of its actions."""
+    per_rank = np.diff(np.append(b.rank_first, len(run.length)))
+    return np.bincount(np.repeat(np.arange(len(per_rank)), per_rank), weights=run.length, minlength=len(per_rank))
 
 
 def trace_of(b: Built, run: Replayed, since: float = -np.inf) -> Trace:
