@@ -23,8 +23,8 @@ def test_zero_2_shards_gradients_and_optimizer_not_parameters():
 
 def test_total_is_the_sum_of_its_terms_on_deepseek_v3():
     # README's definition of per_rank[].memory.total: the static terms (parameters, gradients,
-    # optimizer, fp8_weights) + sharding_buffers + dynamic_peak + runtime.  DeepSeek-V3 is FP8, so
-    # every term is there (fp8_weights > 0).
+    # optimizer, fp8_weights) + sharding_buffers + deepep_buffers + dynamic_peak + runtime.  DeepSeek-V3 is FP8 on
+    # DeepEP, so every term is there (fp8_weights > 0, deepep_buffers > 0 since s21u).
     from pathlib import Path
 
     from dualpipe_sim.inputs import scenario
@@ -34,9 +34,9 @@ def test_total_is_the_sum_of_its_terms_on_deepseek_v3():
     res = simulation.run(scenario.load(path, ["pipeline.microbatches=32"]))
     for r in res.metrics.to_dict()["per_rank"]:
         m = r["memory"]
-        assert m["fp8_weights"] > 0
+        assert m["fp8_weights"] > 0 and m["deepep_buffers"] > 0
         terms = (m["parameters"] + m["gradients"] + m["optimizer"] + m["fp8_weights"] + m["sharding_buffers"]
-                 + m["dynamic_peak"] + m["runtime"])  # fmt: skip
+                 + m["deepep_buffers"] + m["dynamic_peak"] + m["runtime"])  # fmt: skip
         assert abs(m["total"] - terms) <= 1e-9 * terms, r["rank"]
 
 
